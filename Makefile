@@ -1,0 +1,112 @@
+# kvpub: one Makefile, out-of-tree builds into $(BUILD) (default build/).
+# Sources are discovered by folder, so adding a file to a module needs no edit here:
+#   <module>/*.c          -> $(BUILD)/lib<module>.a     (crypto format store engine)
+#   kvpubd/*.c kvfetch/*.c kvsynth/*.c -> $(BUILD)/<tool>
+#   tests/unit/test_*.c   -> $(BUILD)/tests/test_*      (cmocka, one binary per file)
+#   tests/cli/*.sh        -> run by scripts/run-tests.sh with BUILD set
+#   bench/*.c             -> $(BUILD)/bench/*
+#   fuzz/fuzz_*.c         -> $(BUILD)/fuzz/fuzz_*       (clang libFuzzer)
+
+BUILD   ?= build
+CC      ?= cc
+PREFIX  ?= /usr/local
+OPT     ?= -O2
+SAN     ?=
+
+PKGS    := openblas libmicrohttpd jansson libzstd libcurl sqlite3 libcrypto gnutls
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Wshadow -Wvla -Wformat=2 -Wmissing-prototypes \
+           -Wstrict-prototypes -Wno-unused-parameter -Werror
+CFLAGS  ?= $(OPT) -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread $(WARN) $(CFLAGS) $(SAN) -I. $(PKG_CFLAGS) -MMD -MP
+LDLIBS  := $(PKG_LIBS) -lpthread -lm
+
+MODULES := store format crypto engine
+TOOLS   := kvpubd kvfetch kvsynth
+
+mod_srcs = $(wildcard $(1)/*.c)
+mod_objs = $(patsubst %.c,$(BUILD)/obj/%.o,$(call mod_srcs,$(1)))
+LIBS    := $(foreach m,$(MODULES),$(BUILD)/lib$(m).a)
+
+TEST_SRCS  := $(wildcard tests/unit/test_*.c)
+TEST_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TEST_HELP  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c)))
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+FUZZ_SRCS  := $(wildcard fuzz/fuzz_*.c)
+
+.PHONY: all deps test check check-asan bench demo fuzz install clean
+all: $(foreach t,$(TOOLS),$(BUILD)/$(t))
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+define module_rule
+$(BUILD)/lib$(1).a: $(call mod_objs,$(1))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(eval $(call module_rule,$(m))))
+
+define tool_rule
+$(BUILD)/$(1): $(call mod_objs,$(1)) $(LIBS)
+	$$(CC) $$(ALL_CFLAGS) -o $$@ $(call mod_objs,$(1)) $(LIBS) $$(LDLIBS)
+endef
+$(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_HELP) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_HELP) $(LIBS) $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
+
+test: deps
+	@$(MAKE) --no-print-directory all $(TEST_BINS)
+	@BUILD=$(BUILD) scripts/run-tests.sh
+
+check: test
+
+# Tests under AddressSanitizer + UndefinedBehaviorSanitizer, in their own build tree.
+check-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all \
+	  $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS))
+	@BUILD=build-asan KVPUB_ASAN=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 scripts/run-tests.sh
+
+bench: deps
+	@scripts/deps.sh --bench
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@BUILD=$(BUILD) scripts/bench.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) scripts/demo.sh
+
+# libFuzzer targets: each fuzz/fuzz_X.c links the modules rebuilt with clang + sanitizers.
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT=-O1 \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" $(patsubst %,build-fuzz/lib%.a,$(MODULES))
+	@mkdir -p build-fuzz/fuzz
+	@for f in $(FUZZ_SRCS); do n=$$(basename $$f .c); \
+	  echo "  FUZZ  build-fuzz/fuzz/$$n"; \
+	  clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) \
+	    -o build-fuzz/fuzz/$$n $$f $(patsubst %,build-fuzz/lib%.a,$(MODULES)) $(LDLIBS) || exit 1; done
+	@echo "run e.g.: build-fuzz/fuzz/fuzz_kvblob -max_total_time=60 spec/vectors"
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(foreach t,$(TOOLS),$(BUILD)/$(t)) $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,174 @@
+/* engine.h: run llama-family GGUF models on the CPU (OpenBLAS for batched products), with an
+ * f16 KV cache whose cells carry explicit positions, KV export/import, K re-rotation,
+ * tokenizers, sampling and model/tokenizer fingerprints. The whole public contract of engine/.
+ * engine/ depends on nothing else of kvpub's. */
+#ifndef KVPUB_ENGINE_H
+#define KVPUB_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ENG_WUR __attribute__((warn_unused_result))
+
+/* Stable status values: never renumber. */
+typedef enum eng_status {
+    ENG_OK = 0,
+    ENG_ERR_IO = 1,          /* file missing or unreadable */
+    ENG_ERR_FORMAT = 2,      /* malformed GGUF: bad magic/version, sizes out of bounds, ... */
+    ENG_ERR_UNSUPPORTED = 3, /* valid GGUF we cannot run: arch, tensor type, attention kind */
+    ENG_ERR_NOMEM = 4,
+    ENG_ERR_RANGE = 5,       /* context full, position/cell/token id out of range */
+    ENG_ERR_ARG = 6,         /* invalid argument */
+    ENG_ERR_INTERNAL = 7,
+} eng_status;
+
+const char *eng_status_str(eng_status st); /* never NULL */
+
+/* ---- model ---- */
+
+typedef enum eng_rope_type { ENG_ROPE_NORMAL = 0, ENG_ROPE_NEOX = 2 } eng_rope_type;
+typedef enum eng_rope_scaling {
+    ENG_ROPE_SCALING_NONE = 0,
+    ENG_ROPE_SCALING_LINEAR = 1,
+    ENG_ROPE_SCALING_YARN = 2,
+} eng_rope_scaling;
+
+/* RoPE as the GGUF states it; these fields go into blob manifests and the model fingerprint. */
+typedef struct eng_rope {
+    eng_rope_type type;       /* llama: NORMAL (adjacent pairs); qwen2/qwen3: NEOX (half split) */
+    int n_rot;                /* rotated dims per head (== head_dim for supported archs) */
+    float freq_base;          /* theta base, e.g. 10000 or 1e6 */
+    float freq_scale;         /* 1 / scaling factor; 1 when no scaling */
+    eng_rope_scaling scaling;
+    int n_ctx_orig;           /* YaRN: original training context (0 when unused) */
+    float yarn_ext_factor;    /* YaRN ramp mix; 0 when not YaRN */
+    float yarn_attn_factor;   /* YaRN magnitude factor; 1 when not YaRN */
+    float yarn_beta_fast;     /* 32 by default */
+    float yarn_beta_slow;     /* 1 by default */
+} eng_rope;
+
+typedef struct eng_info {
+    char arch[16];            /* "llama", "qwen2", "qwen3" */
+    int n_layer;
+    int n_embd;
+    int n_head;
+    int n_head_kv;
+    int head_dim;             /* key (= value) length per head */
+    int n_ff;
+    int n_vocab;
+    int n_ctx_train;
+    float norm_eps;           /* RMSNorm epsilon */
+    eng_rope rope;
+    int weight_type;          /* ggml type id of the bulk of the weights (attn_q.weight of layer 0) */
+    int32_t bos_id;           /* -1 when none */
+    int32_t eos_id;           /* -1 when none */
+    int add_bos;              /* tokenizer adds BOS at the start of a sequence */
+    char tokenizer[16];       /* "llama" (SentencePiece) or "gpt2" (byte-level BPE) */
+} eng_info;
+
+typedef struct eng_model eng_model;
+
+/* Loads (mmaps) a GGUF model. On failure returns the status and writes a one-line reason to
+ * err, e.g. "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3)". */
+eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen) ENG_WUR;
+void eng_model_free(eng_model *m); /* NULL is a no-op */
+const eng_info *eng_model_info(const eng_model *m);
+
+/* Model fingerprint as DESIGN.md defines it (hyper-parameters, then every tensor's name,
+ * type, shape and data bytes in name order). Cached by (device, inode, size, mtime) in
+ * $KVPUB_CACHE_DIR or $XDG_CACHE_HOME/kvpub or ~/.cache/kvpub, so a big model is hashed once. */
+eng_status eng_model_fingerprint(eng_model *m, uint8_t out[32], char *err, size_t errlen) ENG_WUR;
+/* Tokenizer fingerprint: vocabulary, scores/merges, token types, special ids, add-BOS/EOS. */
+void eng_tokenizer_fingerprint(const eng_model *m, uint8_t out[32]);
+
+/* ---- tokenizer ---- */
+
+/* Tokenizes len bytes of UTF-8 text. add_bos: prepend BOS if the model's policy says so.
+ * parse_special: match special-token strings (e.g. "<|im_start|>") in the text; documents are
+ * tokenized with 0. On success *ids is malloc'd (caller frees) and holds *n ids. */
+eng_status eng_tokenize(const eng_model *m, const char *text, size_t len, int add_bos,
+                        int parse_special, int32_t **ids, size_t *n) ENG_WUR;
+
+/* Streaming detokenizer: feeds one id at a time, returns the bytes to print now (complete
+ * UTF-8 only; partial sequences are held back). Concatenating everything returned for
+ * tokenize(x) (without BOS) gives x back. */
+typedef struct eng_detok eng_detok;
+eng_detok *eng_detok_create(const eng_model *m);
+/* Returns a pointer valid until the next call; *len bytes (may be 0). */
+const char *eng_detok_push(eng_detok *d, int32_t id, size_t *len);
+const char *eng_detok_flush(eng_detok *d, size_t *len); /* held-back bytes at the end */
+void eng_detok_free(eng_detok *d);
+
+/* Whole-sequence detokenization into a malloc'd NUL-terminated string. */
+eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, char **out, size_t *len) ENG_WUR;
+
+int eng_token_is_eog(const eng_model *m, int32_t id); /* end of generation (EOS, EOT) */
+
+/* ---- context and KV cache ----
+ * A context holds one sequence. Its KV cache is an array of cells; cell i holds the K and V
+ * of the i-th token of the sequence at an explicit RoPE position. Tokens evaluated later
+ * attend to every filled cell before them (cells are in sequence order whatever their
+ * positions). K is stored after RoPE; V never is rotated. */
+
+typedef struct eng_ctx_params {
+    int n_ctx;        /* cells; 0 = the model's training context */
+    int n_threads;    /* 0 = all online cores */
+    int kv_f32;       /* 0: f16 cache (default, as llama.cpp); 1: f32 cache */
+} eng_ctx_params;
+
+typedef struct eng_ctx eng_ctx;
+
+eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out,
+                          char *err, size_t errlen) ENG_WUR;
+void eng_ctx_free(eng_ctx *c);
+
+int eng_kv_len(const eng_ctx *c);        /* filled cells */
+int32_t eng_kv_next_pos(const eng_ctx *c); /* position after the last filled cell (0 if empty) */
+void eng_kv_clear(eng_ctx *c);
+eng_status eng_kv_truncate(eng_ctx *c, int n_cells) ENG_WUR;
+
+/* Batched prefill of n tokens into cells kv_len..kv_len+n-1. pos: n explicit positions, or
+ * NULL for next_pos, next_pos+1, ... logits: n_vocab floats for the last token (or NULL);
+ * all_logits: n*n_vocab floats, one row per token (or NULL). The result for a token does
+ * not depend on how the sequence was split into prefill calls. */
+eng_status eng_prefill(eng_ctx *c, const int32_t *tokens, const int32_t *pos, size_t n,
+                       float *logits, float *all_logits) ENG_WUR;
+
+/* One decode step (the fast matrix-vector path): token at position pos (-1 = next_pos). */
+eng_status eng_decode(eng_ctx *c, int32_t token, int32_t pos, float *logits) ENG_WUR;
+
+/* Bytes of one token's K plus V over all layers in the f16 exchange layout. */
+size_t eng_kv_token_bytes(const eng_model *m);
+
+/* Exchange layout, per layer: k and v each (n, n_head_kv * head_dim) as f16 bit patterns,
+ * K already rotated for the cells' positions. export copies cells [cell0, cell0+n). */
+eng_status eng_kv_export_layer(const eng_ctx *c, int layer, int cell0, int n,
+                               uint16_t *k, uint16_t *v) ENG_WUR;
+/* Writes K and V of cells [cell0, cell0+n) of one layer. Cells must be imported in order:
+ * cell0 <= kv_len. Call eng_kv_commit once all layers are written. */
+eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n,
+                               const uint16_t *k, const uint16_t *v) ENG_WUR;
+/* Marks cells [cell0, cell0+n) filled with positions pos0, pos0+1, ... (kv_len becomes
+ * cell0+n). */
+eng_status eng_kv_commit(eng_ctx *c, int cell0, int n, int32_t pos0) ENG_WUR;
+
+/* Re-rotates K of cells [cell0, cell0+n) in every layer by delta positions: one rotation by
+ * delta * theta_i per pair in f32 (YaRN-corrected theta when the model uses YaRN), then
+ * rounded to the cache type; V untouched; the cells' positions grow by delta. */
+eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta) ENG_WUR;
+/* Same rotation applied to an exchange-layout buffer (n tokens, one layer's K), so a loader
+ * can rotate chunks before import. */
+void eng_rope_rerotate_f16(const eng_model *m, uint16_t *k, int n, int32_t delta);
+
+/* ---- sampling ---- */
+
+typedef struct eng_sampler eng_sampler;
+/* temp <= 0: greedy (argmax, lowest id on ties). top_k <= 0: off. top_p >= 1: off. */
+eng_sampler *eng_sampler_create(float temp, int top_k, float top_p, uint64_t seed);
+int32_t eng_sample(eng_sampler *s, const float *logits, int n_vocab);
+void eng_sampler_free(eng_sampler *s);
+
+/* Number of cores the engine uses by default. */
+int eng_default_threads(void);
+
+#endif

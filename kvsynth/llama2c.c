@@ -1,0 +1,12 @@
+/* kvsynth/llama2c.c: placeholder until its owner lands the real command. */
+#include "kvsynth/kvsynth.h"
+
+#include <stdio.h>
+
+int kvsynth_llama2c_main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fputs("kvsynth: this command is still being written\n", stderr);
+    return 2;
+}

@@ -1,0 +1,26 @@
+/* kvsynth: makes deterministic synthetic test data. Thin dispatcher over the kvsynth/ commands. */
+#include "kvsynth/kvsynth.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fputs("usage: kvsynth [model options] -o OUT.gguf      write a synthetic GGUF model\n"
+          "       kvsynth from-llama2c CKPT.bin TOK.bin -o OUT.gguf\n"
+          "       kvsynth vectors -o DIR                  write the spec/vectors blobs\n"
+          "Run 'kvsynth --help', 'kvsynth from-llama2c --help', ... for each command's options.\n", f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "from-llama2c") == 0)
+        return kvsynth_llama2c_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "vectors") == 0)
+        return kvsynth_vectors_main(argc - 1, argv + 1);
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    return kvsynth_model_main(argc, argv);
+}

@@ -1,0 +1,12 @@
+/* kvsynth/vectors.c: placeholder until its owner lands the real command. */
+#include "kvsynth/kvsynth.h"
+
+#include <stdio.h>
+
+int kvsynth_vectors_main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fputs("kvsynth: this command is still being written\n", stderr);
+    return 2;
+}

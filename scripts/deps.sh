@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that kvpub's build, tests, benchmarks and demo need.
+# Idempotent: does nothing when everything is present. Needs root (or sudo) only to install.
+set -eu
+pkgs="build-essential pkg-config clang libclang-rt-14-dev
+ libssl-dev openssl libcurl4-openssl-dev curl libsqlite3-dev sqlite3 libzstd-dev
+ libopenblas-dev libmicrohttpd-dev libgnutls28-dev libjansson-dev libcmocka-dev"
+if [ "${1:-}" = "--bench" ]; then
+  pkgs="$pkgs nginx-light wrk gnuplot-nox hyperfine"
+fi
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps.sh: installing:$missing" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >&2
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >&2
