@@ -71,6 +71,9 @@ kvc_status kvc_key_load_private(const char *path, kvc_key **out, char *err, size
 kvc_status kvc_key_load_public(const char *path, kvc_key **out, char *err, size_t errlen) KVC_WUR;
 /* Makes a public key from 32 raw bytes. */
 kvc_status kvc_key_from_raw_public(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **out) KVC_WUR;
+/* Makes a private key from its 32-byte raw seed (RFC 8032 "secret key"); for test vectors
+ * and import. The caller should wipe raw afterwards. */
+kvc_status kvc_key_from_raw_private(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **out) KVC_WUR;
 /* Parses a PEM public key held in memory (len bytes, need not be NUL-terminated). */
 kvc_status kvc_key_from_pem_public(const char *pem, size_t len, kvc_key **out) KVC_WUR;
 
@@ -104,6 +107,9 @@ const kvc_key *kvc_trust_key(const kvc_trust *t, size_t i);
 /* Number of revoked ids, and the i-th of them. */
 size_t kvc_trust_revoked_count(const kvc_trust *t);
 const uint8_t *kvc_trust_revoked_id(const kvc_trust *t, size_t i);
+
+/* Fills buf with n bytes from OpenSSL's CSPRNG. Returns KVC_OK or KVC_ERR_INTERNAL. */
+kvc_status kvc_random_bytes(void *buf, size_t n) KVC_WUR;
 
 /* Overwrites n bytes with zeros in a way the compiler keeps (OPENSSL_cleanse). */
 void kvc_wipe(void *p, size_t n);

@@ -85,9 +85,20 @@ int gguf_get_arr(const gguf_file *g, const char *key, gguf_vtype *elem, uint64_t
  * not a string array. */
 int gguf_get_arr_str(const gguf_file *g, const char *key, uint64_t i, gguf_str *out);
 
+/* Alignment of tensor data (general.alignment, default 32) and the file offset of the data
+ * section. */
+uint64_t gguf_alignment(const gguf_file *g);
+uint64_t gguf_data_offset(const gguf_file *g);
+/* fstat of the file as it was mapped (NULL for gguf_open_mem): the fingerprint cache keys on
+ * it so that a file replaced after open cannot be confused with the mapped one. */
+struct stat;
+const struct stat *gguf_file_stat(const gguf_file *g);
+
 size_t gguf_n_tensors(const gguf_file *g);
 const gguf_tensor *gguf_tensor_at(const gguf_file *g, size_t i);
 const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name); /* NULL if absent */
+/* i-th tensor in strcmp name order (names are unique), NULL if out of range. */
+const gguf_tensor *gguf_tensor_sorted(const gguf_file *g, size_t i);
 
 /* Fills info from GGUF metadata: architecture (llama, qwen2, qwen3 only; anything else, or
  * sliding-window / hybrid attention / M-RoPE, is ENG_ERR_UNSUPPORTED naming it), shape,

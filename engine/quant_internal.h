@@ -30,4 +30,11 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols,
  * and tests. Returns the bytes written, 0 for a type it cannot produce. */
 size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 
+/* Which kernels eng_matvec / the row conversions use now: "avx2" or "scalar". */
+const char *eng_quant_kernels(void);
+/* Test and benchmark hook: on = 1 forces the portable scalar kernels even where the CPU has
+ * AVX2 (process-wide, not thread-safe against running kernels); 0 restores the CPU's choice.
+ * Returns the previous setting. */
+int eng_quant_force_scalar(int on);
+
 #endif

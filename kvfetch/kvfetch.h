@@ -7,5 +7,8 @@
 int kvfetch_inspect_main(int argc, char **argv);
 int kvfetch_verify_main(int argc, char **argv);
 int kvfetch_generate_main(int argc, char **argv);
+int kvfetch_get_main(int argc, char **argv);
+int kvfetch_run_main(int argc, char **argv);
+int kvfetch_compare_main(int argc, char **argv);
 
 #endif

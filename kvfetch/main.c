@@ -10,6 +10,11 @@ static const struct {
     const char *help;
 } cmds[] = {
     /* entries are added as commands land */
+    {"get", kvfetch_get_main, "fetch a blob over HTTPS, verify it and keep it in the local cache"},
+    {"run", kvfetch_run_main, "load blobs after a prefix into a model and generate"},
+    {"compare", kvfetch_compare_main, "run, plus a full prefill: TTFT speedup, KL, bit-exactness"},
+    {"inspect", kvfetch_inspect_main, "summarise a blob: document, model, codec, sizes, signer"},
+    {"verify", kvfetch_verify_main, "check a blob: signature, trust, expiry, every chunk hash"},
     {NULL, NULL, NULL},
 };
 

@@ -4,5 +4,9 @@
 #define KVPUB_KVPUBD_H
 
 int kvpubd_keygen_main(int argc, char **argv);
+int kvpubd_publish_main(int argc, char **argv);   /* cmd_publish.c */
+int kvpubd_serve_main(int argc, char **argv);     /* cmd_serve.c */
+int kvpubd_publisher_main(int argc, char **argv); /* cmd_publisher.c */
+int kvpubd_gc_main(int argc, char **argv);        /* cmd_gc.c */
 
 #endif

@@ -10,6 +10,11 @@ static const struct {
     const char *help;
 } cmds[] = {
     /* entries are added as commands land */
+    {"keygen", kvpubd_keygen_main, "create an Ed25519 publisher key pair"},
+    {"publish", kvpubd_publish_main, "prefill documents and publish signed KV blobs to a store"},
+    {"serve", kvpubd_serve_main, "serve a store over HTTPS (catalog, blobs, purchases, uploads)"},
+    {"publisher", kvpubd_publisher_main, "register publishers (keys + upload credentials) in a store"},
+    {"gc", kvpubd_gc_main, "remove expired blobs and reconcile a store"},
     {NULL, NULL, NULL},
 };
 

@@ -1,12 +1,448 @@
-/* kvsynth/model.c: placeholder until its owner lands the real command. */
+/* kvsynth/model.c: `kvsynth --arch ... -o m.gguf`, a synthetic llama/qwen2/qwen3 GGUF with
+ * deterministic random weights and a small valid tokenizer, streamed to disk tensor by tensor. */
 #include "kvsynth/kvsynth.h"
 
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/gguf_internal.h"
+#include "engine/quant_internal.h"
+#include "kvsynth/gguf_writer.h"
+#include "kvsynth/synth_vocab.h"
+
+static void usage(FILE *f)
+{
+    fputs("usage: kvsynth --arch llama|qwen2|qwen3 --layers N --dim D --heads H [--kv-heads K]\n"
+          "               [--head-dim HD] --ffn F --vocab V [--ctx C] [--type TYPE]\n"
+          "               [--rope-base B] [--yarn FACTOR] [--tied|--untied]\n"
+          "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--name NAME]\n"
+          "               --seed S -o OUT.gguf [--json]\n"
+          "Writes a GGUF model with deterministic random weights (same arguments, same bytes).\n"
+          "  TYPE       f32 f16 bf16 q8_0 q4_0 q4_k q6_k (2-D weights; norms and biases stay f32)\n"
+          "  --yarn F   YaRN scaling by F: context_length = C*F, original context C\n"
+          "  --tied     no output.weight (default for qwen3); --untied writes one (default otherwise)\n"
+          "  --json     print a JSON summary on stdout\n", f);
+}
+
+static const struct {
+    const char *name;
+    uint32_t type;
+    uint32_t file_type; /* general.file_type (llama_ftype) */
+} k_types[] = {
+    {"f32", GGML_T_F32, 0},   {"f16", GGML_T_F16, 1},   {"bf16", GGML_T_BF16, 32},
+    {"q8_0", GGML_T_Q8_0, 7}, {"q4_0", GGML_T_Q4_0, 2}, {"q4_k", GGML_T_Q4_K, 15},
+    {"q6_k", GGML_T_Q6_K, 18},
+};
+
+static int synth_type_from_name(const char *s, uint32_t *type, uint32_t *file_type)
+{
+    for (size_t i = 0; i < sizeof k_types / sizeof k_types[0]; i++)
+        if (strcmp(s, k_types[i].name) == 0) {
+            *type = k_types[i].type;
+            if (file_type)
+                *file_type = k_types[i].file_type;
+            return 1;
+        }
+    return 0;
+}
+
+/* ---- PRNG: splitmix64 seeds xoshiro256** per tensor ---- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+typedef struct rng {
+    uint64_t s[4];
+} rng;
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(rng *r)
+{
+    uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return res;
+}
+
+/* Uniform in [-1, 1). */
+static float rng_sym(rng *r)
+{
+    return (float)(rng_next(r) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+/* Seeded by (seed, tensor name) so a tensor's values do not depend on the others. */
+static void rng_seed(rng *r, uint64_t seed, const char *name)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    uint64_t x = seed ^ h;
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&x);
+}
+
+/* ---- tensor plan ---- */
+
+typedef enum kind { K_WEIGHT, K_NORM, K_BIAS } kind;
+
+typedef struct plan_t {
+    char name[64];
+    uint32_t n_dims;
+    uint64_t ne[2];
+    uint32_t type;
+    kind k;
+} plan_t;
+
+typedef struct opts {
+    const char *arch, *out, *type_name, *tok, *pre, *name;
+    long layers, dim, heads, kv_heads, head_dim, ffn, vocab, ctx;
+    double rope_base, yarn;
+    int tied; /* -1 default */
+    unsigned long long seed;
+    int have_seed, json;
+} opts;
+
+static size_t make_plan(const opts *o, uint32_t wtype, plan_t *p)
+{
+    size_t n = 0;
+    uint64_t e = (uint64_t)o->dim, qd = (uint64_t)(o->heads * o->head_dim),
+             kd = (uint64_t)(o->kv_heads * o->head_dim), f = (uint64_t)o->ffn;
+    int qwen2 = strcmp(o->arch, "qwen2") == 0, qwen3 = strcmp(o->arch, "qwen3") == 0;
+#define ADD(nm, nd, a, b, ty, kk)                                                  \
+    do {                                                                          \
+        p[n] = (plan_t){.n_dims = (nd), .ne = {(a), (b)}, .type = (ty), .k = (kk)}; \
+        snprintf(p[n].name, sizeof p[n].name, "%s", nm);                          \
+        n++;                                                                      \
+    } while (0)
+    ADD("token_embd.weight", 2, e, (uint64_t)o->vocab, wtype, K_WEIGHT);
+    for (long l = 0; l < o->layers; l++) {
+        char b[64];
+#define L(sfx) (snprintf(b, sizeof b, "blk.%ld.%s", l, sfx), b)
+        ADD(L("attn_norm.weight"), 1, e, 1, GGML_T_F32, K_NORM);
+        ADD(L("attn_q.weight"), 2, e, qd, wtype, K_WEIGHT);
+        ADD(L("attn_k.weight"), 2, e, kd, wtype, K_WEIGHT);
+        ADD(L("attn_v.weight"), 2, e, kd, wtype, K_WEIGHT);
+        if (qwen2) {
+            ADD(L("attn_q.bias"), 1, qd, 1, GGML_T_F32, K_BIAS);
+            ADD(L("attn_k.bias"), 1, kd, 1, GGML_T_F32, K_BIAS);
+            ADD(L("attn_v.bias"), 1, kd, 1, GGML_T_F32, K_BIAS);
+        }
+        if (qwen3) {
+            ADD(L("attn_q_norm.weight"), 1, (uint64_t)o->head_dim, 1, GGML_T_F32, K_NORM);
+            ADD(L("attn_k_norm.weight"), 1, (uint64_t)o->head_dim, 1, GGML_T_F32, K_NORM);
+        }
+        ADD(L("attn_output.weight"), 2, qd, e, wtype, K_WEIGHT);
+        ADD(L("ffn_norm.weight"), 1, e, 1, GGML_T_F32, K_NORM);
+        ADD(L("ffn_gate.weight"), 2, e, f, wtype, K_WEIGHT);
+        ADD(L("ffn_up.weight"), 2, e, f, wtype, K_WEIGHT);
+        ADD(L("ffn_down.weight"), 2, f, e, wtype, K_WEIGHT);
+#undef L
+    }
+    ADD("output_norm.weight", 1, e, 1, GGML_T_F32, K_NORM);
+    if (!o->tied)
+        ADD("output.weight", 2, e, (uint64_t)o->vocab, wtype, K_WEIGHT);
+#undef ADD
+    return n;
+}
+
+/* Streams one tensor's values row by row, converted to its type. */
+static int write_tensor(ggw *w, const plan_t *t, uint64_t seed, float *row, void *qrow,
+                        char *err, size_t errlen)
+{
+    rng r;
+    rng_seed(&r, seed, t->name);
+    uint64_t ne0 = t->ne[0], rows = t->n_dims == 2 ? t->ne[1] : 1;
+    /* uniform(-a, a) has variance a^2/3: a = sqrt(3/fan_in) keeps activations near unit scale */
+    float a = t->k == K_WEIGHT ? sqrtf(3.0f / (float)ne0) : t->k == K_NORM ? 0.1f : 0.02f;
+    float base = t->k == K_NORM ? 1.0f : 0.0f;
+    for (uint64_t i = 0; i < rows; i++) {
+        for (uint64_t j = 0; j < ne0; j++)
+            row[j] = base + a * rng_sym(&r);
+        size_t nb = eng_quantize_row(t->type, row, qrow, (int64_t)ne0);
+        if (nb == 0) {
+            snprintf(err, errlen, "cannot produce tensor type %u", t->type);
+            return -1;
+        }
+        if (ggw_write(w, qrow, nb, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) {
+        fprintf(stderr, "kvsynth: %s expects an integer in %ld..%ld, got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "kvsynth: %s expects a number in %g..%g, got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->kv_heads = o->head_dim = -1;
+    o->ctx = 2048;
+    o->type_name = "f32";
+    o->tok = "spm";
+    o->tied = -1;
+    o->rope_base = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int r = 0, flag = 1;
+        if (strcmp(a, "--tied") == 0)
+            o->tied = 1;
+        else if (strcmp(a, "--untied") == 0)
+            o->tied = 0;
+        else if (strcmp(a, "--json") == 0)
+            o->json = 1;
+        else {
+            flag = 0;
+            if (!v) {
+                fprintf(stderr, "kvsynth: unknown option or missing value: '%s' (see --help)\n", a);
+                return -1;
+            }
+            if (strcmp(a, "--arch") == 0)
+                o->arch = v;
+            else if (strcmp(a, "-o") == 0)
+                o->out = v;
+            else if (strcmp(a, "--type") == 0)
+                o->type_name = v;
+            else if (strcmp(a, "--tokenizer") == 0)
+                o->tok = v;
+            else if (strcmp(a, "--pre") == 0)
+                o->pre = v;
+            else if (strcmp(a, "--name") == 0)
+                o->name = v;
+            else if (strcmp(a, "--layers") == 0)
+                r = parse_long(a, v, 1, 1024, &o->layers);
+            else if (strcmp(a, "--dim") == 0)
+                r = parse_long(a, v, 1, 1 << 16, &o->dim);
+            else if (strcmp(a, "--heads") == 0)
+                r = parse_long(a, v, 1, 1024, &o->heads);
+            else if (strcmp(a, "--kv-heads") == 0)
+                r = parse_long(a, v, 1, 1024, &o->kv_heads);
+            else if (strcmp(a, "--head-dim") == 0)
+                r = parse_long(a, v, 1, 4096, &o->head_dim);
+            else if (strcmp(a, "--ffn") == 0)
+                r = parse_long(a, v, 1, 1 << 20, &o->ffn);
+            else if (strcmp(a, "--vocab") == 0)
+                r = parse_long(a, v, 1, 1 << 20, &o->vocab);
+            else if (strcmp(a, "--ctx") == 0)
+                r = parse_long(a, v, 1, 1 << 24, &o->ctx);
+            else if (strcmp(a, "--rope-base") == 0)
+                r = parse_double(a, v, 1.0, 1e12, &o->rope_base);
+            else if (strcmp(a, "--yarn") == 0)
+                r = parse_double(a, v, 1.0, 1024.0, &o->yarn);
+            else if (strcmp(a, "--seed") == 0) {
+                char *end;
+                o->seed = strtoull(v, &end, 10);
+                o->have_seed = 1;
+                if (!*v || *end || *v == '-') {
+                    fprintf(stderr, "kvsynth: --seed expects an unsigned integer, got '%s'\n", v);
+                    r = -1;
+                }
+            } else {
+                fprintf(stderr, "kvsynth: unknown option '%s' (see --help)\n", a);
+                return -1;
+            }
+        }
+        if (r)
+            return -1;
+        if (!flag)
+            i++;
+    }
+    const char *missing = !o->arch ? "--arch" : !o->layers ? "--layers" : !o->dim ? "--dim"
+                        : !o->heads ? "--heads" : !o->ffn ? "--ffn" : !o->vocab ? "--vocab"
+                        : !o->have_seed ? "--seed" : !o->out ? "-o" : NULL;
+    if (missing) {
+        fprintf(stderr, "kvsynth: missing required option %s (see --help)\n", missing);
+        return -1;
+    }
+    if (strcmp(o->arch, "llama") && strcmp(o->arch, "qwen2") && strcmp(o->arch, "qwen3")) {
+        fprintf(stderr, "kvsynth: --arch must be llama, qwen2 or qwen3, got '%s'\n", o->arch);
+        return -1;
+    }
+    if (o->kv_heads < 0)
+        o->kv_heads = o->heads;
+    if (o->heads % o->kv_heads) {
+        fprintf(stderr, "kvsynth: --heads %ld must be a multiple of --kv-heads %ld\n", o->heads, o->kv_heads);
+        return -1;
+    }
+    if (o->head_dim < 0) {
+        if (o->dim % o->heads) {
+            fprintf(stderr, "kvsynth: --dim %ld is not a multiple of --heads %ld (give --head-dim)\n",
+                    o->dim, o->heads);
+            return -1;
+        }
+        o->head_dim = o->dim / o->heads;
+    }
+    if (o->head_dim % 2) {
+        fprintf(stderr, "kvsynth: head dim %ld must be even for RoPE\n", o->head_dim);
+        return -1;
+    }
+    if (strcmp(o->tok, "spm") && strcmp(o->tok, "bpe")) {
+        fprintf(stderr, "kvsynth: --tokenizer must be spm or bpe, got '%s'\n", o->tok);
+        return -1;
+    }
+    if (o->tied < 0)
+        o->tied = strcmp(o->arch, "qwen3") == 0;
+    if (o->rope_base < 0)
+        o->rope_base = strcmp(o->arch, "llama") == 0 ? 10000.0 : 1000000.0;
+    if (!o->pre)
+        o->pre = strcmp(o->arch, "llama") == 0 ? "llama-bpe" : "qwen2";
+    return 0;
+}
+
+static int write_hparams(ggw *w, const opts *o, uint32_t file_type, const char *name)
+{
+    char k[128];
+    int r = 0;
+#define AK(sfx) (snprintf(k, sizeof k, "%s.%s", o->arch, sfx), k)
+    r |= ggw_kv_str(w, "general.architecture", o->arch);
+    r |= ggw_kv_str(w, "general.name", name);
+    r |= ggw_kv_u32(w, "general.alignment", 32);
+    r |= ggw_kv_u32(w, "general.file_type", file_type);
+    long ctx = o->yarn > 0 ? (long)(o->ctx * o->yarn) : o->ctx;
+    r |= ggw_kv_u32(w, AK("context_length"), (uint32_t)ctx);
+    r |= ggw_kv_u32(w, AK("embedding_length"), (uint32_t)o->dim);
+    r |= ggw_kv_u32(w, AK("block_count"), (uint32_t)o->layers);
+    r |= ggw_kv_u32(w, AK("feed_forward_length"), (uint32_t)o->ffn);
+    r |= ggw_kv_u32(w, AK("attention.head_count"), (uint32_t)o->heads);
+    r |= ggw_kv_u32(w, AK("attention.head_count_kv"), (uint32_t)o->kv_heads);
+    r |= ggw_kv_u32(w, AK("attention.key_length"), (uint32_t)o->head_dim);
+    r |= ggw_kv_u32(w, AK("attention.value_length"), (uint32_t)o->head_dim);
+    r |= ggw_kv_u32(w, AK("rope.dimension_count"), (uint32_t)o->head_dim);
+    r |= ggw_kv_f32(w, AK("rope.freq_base"), (float)o->rope_base);
+    r |= ggw_kv_f32(w, AK("attention.layer_norm_rms_epsilon"), strcmp(o->arch, "llama") == 0 ? 1e-5f : 1e-6f);
+    r |= ggw_kv_u32(w, AK("vocab_size"), (uint32_t)o->vocab);
+    if (o->yarn > 0) {
+        r |= ggw_kv_str(w, AK("rope.scaling.type"), "yarn");
+        r |= ggw_kv_f32(w, AK("rope.scaling.factor"), (float)o->yarn);
+        r |= ggw_kv_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)o->ctx);
+    }
+#undef AK
+    return r;
+}
 
 int kvsynth_model_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fputs("kvsynth: this command is still being written\n", stderr);
-    return 2;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+    opts o;
+    if (parse_args(argc, argv, &o) != 0)
+        return 2;
+    uint32_t wtype, file_type;
+    if (!synth_type_from_name(o.type_name, &wtype, &file_type)) {
+        fprintf(stderr, "kvsynth: unknown --type '%s' (expected f32 f16 bf16 q8_0 q4_0 q4_k q6_k)\n", o.type_name);
+        return 2;
+    }
+    size_t cap = 4 + 16 * (size_t)o.layers;
+    plan_t *plan = calloc(cap, sizeof *plan);
+    if (!plan) {
+        fputs("kvsynth: out of memory\n", stderr);
+        return 2;
+    }
+    size_t nt = make_plan(&o, wtype, plan);
+    uint64_t max_ne0 = 0;
+    for (size_t i = 0; i < nt; i++) {
+        uint32_t blck;
+        const char *tn;
+        ggml_type_traits(plan[i].type, &blck, NULL, &tn);
+        if (plan[i].ne[0] % blck) {
+            fprintf(stderr, "kvsynth: --type %s needs row lengths that are multiples of %u, but %s has rows of %llu\n",
+                    o.type_name, blck, plan[i].name, (unsigned long long)plan[i].ne[0]);
+            free(plan);
+            return 2;
+        }
+        if (plan[i].ne[0] > max_ne0)
+            max_ne0 = plan[i].ne[0];
+    }
+    char err[512];
+    synth_vocab v;
+    int vr = strcmp(o.tok, "spm") == 0 ? synth_vocab_spm((size_t)o.vocab, &v, err, sizeof err)
+                                       : synth_vocab_bpe((size_t)o.vocab, o.pre, &v, err, sizeof err);
+    if (vr != 0) {
+        fprintf(stderr, "kvsynth: %s\n", err);
+        free(plan);
+        return 2;
+    }
+    char name[128];
+    snprintf(name, sizeof name, "%s", o.name ? o.name : "kvsynth");
+    ggw *w = ggw_create(32);
+    int rc = 2;
+    float *row = malloc(max_ne0 * sizeof *row);
+    void *qrow = malloc(max_ne0 * sizeof(float));
+    if (!w || !row || !qrow) {
+        fputs("kvsynth: out of memory\n", stderr);
+        goto out;
+    }
+    if (write_hparams(w, &o, file_type, name) | synth_vocab_write(w, &v)) {
+        fputs("kvsynth: out of memory\n", stderr);
+        goto out;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < nt; i++)
+        total += ggw_tensor(w, plan[i].name, plan[i].type, plan[i].n_dims, plan[i].ne);
+    if (ggw_begin(w, o.out, err, sizeof err) != 0)
+        goto fail;
+    for (size_t i = 0; i < nt; i++)
+        if (write_tensor(w, &plan[i], o.seed, row, qrow, err, sizeof err) != 0)
+            goto fail;
+    if (ggw_finish(w, err, sizeof err) != 0)
+        goto fail;
+    rc = 0;
+    if (o.json) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:I}", "path", o.out, "arch", o.arch,
+                              "type", o.type_name, "n_tensors", (json_int_t)nt, "n_vocab", (json_int_t)o.vocab,
+                              "tensor_bytes", (json_int_t)total, "tokenizer", v.model, "seed",
+                              (json_int_t)o.seed);
+        char *s = j ? json_dumps(j, JSON_SORT_KEYS) : NULL;
+        if (s)
+            printf("%s\n", s);
+        free(s);
+        json_decref(j);
+    }
+    goto out;
+fail:
+    fprintf(stderr, "kvsynth: %s\n", err);
+out:
+    ggw_free(w);
+    free(row);
+    free(qrow);
+    free(plan);
+    synth_vocab_free(&v);
+    return rc;
 }

@@ -1,0 +1,96 @@
+/* bench_quant.c: single-threaded eng_matvec throughput per weight type, in weight bytes per
+ * second, for the decode path's 3072x1024 and 1024x3072 shapes (Qwen3-0.6B's FFN). "cold"
+ * rotates over copies totalling 256 MB so weights come from DRAM, as in a real decode step;
+ * "hot" repeats one matrix (it fits in L3 for the smaller types).
+ * usage: bench_quant [--scalar] [seconds per figure, default 0.3] */
+#include "engine/gguf_internal.h"
+#include "engine/quant_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Returns GB/s of weights streamed by matvecs over ncopy copies (ncopy = 1: hot). */
+static double run(uint32_t type, const uint8_t *W, size_t mat_bytes, size_t ncopy, size_t rb,
+                  int64_t rows, int64_t cols, const float *x, float *y, double secs)
+{
+    size_t iters = 0;
+    double t0 = now(), t;
+    do {
+        for (size_t c = 0; c < ncopy; c++)
+            eng_matvec(type, W + c * mat_bytes, rb, cols, x, y, 0, rows);
+        iters += ncopy;
+        t = now() - t0;
+    } while (t < secs);
+    return (double)iters * (double)mat_bytes / t / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    double secs = 0.3;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--scalar"))
+            eng_quant_force_scalar(1);
+        else
+            secs = atof(argv[i]);
+    }
+    static const uint32_t types[] = {GGML_T_F32, GGML_T_F16, GGML_T_BF16, GGML_T_Q8_0,
+                                     GGML_T_Q4_0, GGML_T_Q4_K, GGML_T_Q6_K};
+    static const int64_t shapes[2][2] = {{3072, 1024}, {1024, 3072}};
+    const size_t cold_total = (size_t)256 << 20;
+    printf("kernels: %s; GB/s of weights, one thread\n", eng_quant_kernels());
+    printf("%-5s  %-22s  %-22s\n", "type", "3072x1024 cold / hot", "1024x3072 cold / hot");
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        uint32_t type = types[t];
+        const char *name = "?";
+        ggml_type_traits(type, NULL, NULL, &name);
+        printf("%-5s", name);
+        for (int s = 0; s < 2; s++) {
+            int64_t rows = shapes[s][0], cols = shapes[s][1];
+            size_t rb = ggml_row_bytes(type, (uint64_t)cols), mat = rb * (size_t)rows;
+            size_t ncopy = (cold_total + mat - 1) / mat;
+            uint8_t *W = malloc(mat * ncopy);
+            float *x = malloc(sizeof(float) * (size_t)cols), *w = malloc(sizeof(float) * (size_t)cols);
+            float *y = malloc(sizeof(float) * (size_t)rows);
+            if (!W || !x || !w || !y) {
+                fprintf(stderr, "bench_quant: out of memory\n");
+                return 2;
+            }
+            uint64_t st = 12345;
+            for (int64_t i = 0; i < cols; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                x[i] = (float)((double)(st >> 11) * 0x1p-53 - 0.5);
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                for (int64_t i = 0; i < cols; i++) {
+                    st = st * 6364136223846793005ull + 1442695040888963407ull;
+                    w[i] = (float)((double)(st >> 11) * 0x1p-53 - 0.5) * 0.05f;
+                }
+                if (eng_quantize_row(type, w, W + (size_t)r * rb, cols) != rb) {
+                    fprintf(stderr, "bench_quant: cannot quantize to %s\n", name);
+                    return 2;
+                }
+            }
+            for (size_t c = 1; c < ncopy; c++)
+                memcpy(W + c * mat, W, mat);
+            double cold = run(type, W, mat, ncopy, rb, rows, cols, x, y, secs);
+            double hot = run(type, W, mat, 1, rb, rows, cols, x, y, secs);
+            printf("  %7.2f / %7.2f       ", cold, hot);
+            fflush(stdout);
+            free(W);
+            free(x);
+            free(w);
+            free(y);
+        }
+        printf("\n");
+    }
+    return 0;
+}

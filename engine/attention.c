@@ -1,0 +1,312 @@
+/* attention.c: blocked causal attention over the KV cache with an online softmax; never an
+ * n x n matrix. Keys are visited in blocks aligned to absolute cell indices, in order, and
+ * every query runs the same operation sequence whatever else is in its batch, which makes
+ * prefill results independent of how a sequence was split. */
+#include "engine/ctx_internal.h"
+#include "engine/quant_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+enum { KB = ENG_KEY_BLOCK, QB = 16 /* queries per work item */ };
+
+size_t eng_attention_scratch_floats(const eng_info *hp)
+{
+    size_t hd = (size_t)hp->head_dim, G = (size_t)(hp->n_head / hp->n_head_kv);
+    return hd * KB          /* Kt: (head_dim, KB) keys transposed */
+           + KB * hd        /* Vb: (KB, head_dim) */
+           + KB             /* scores / probabilities */
+           + hd             /* conversion row */
+           + QB * G * (hd + 2) /* per query: acc (head_dim), running max, running sum */
+           + 64;            /* alignment slack */
+}
+
+/* One query against one key block: updates the running max *m, sum *l and acc (head_dim). */
+typedef void (*blk_fn)(const float *q, const float *Kt, const float *Vb, int hd, int jend,
+                       float scale, float *s, float *m, float *l, float *acc);
+
+static void blk_scalar(const float *q, const float *Kt, const float *Vb, int hd, int jend,
+                       float scale, float *s, float *m, float *l, float *acc)
+{
+    for (int j = 0; j < KB; j++)
+        s[j] = 0;
+    for (int d = 0; d < hd; d++) {
+        const float qd = q[d];
+        const float *kr = Kt + (size_t)d * KB;
+        for (int j = 0; j < KB; j++)
+            s[j] += qd * kr[j];
+    }
+    float bmax = -INFINITY;
+    for (int j = 0; j < jend; j++) {
+        s[j] *= scale;
+        bmax = fmaxf(bmax, s[j]);
+    }
+    const float mnew = fmaxf(*m, bmax);
+    float lsum = 0;
+    for (int j = 0; j < jend; j++) {
+        s[j] = expf(s[j] - mnew);
+        lsum += s[j];
+    }
+    const float alpha = expf(*m - mnew);
+    *l = *l * alpha + lsum;
+    *m = mnew;
+    if (alpha != 1.0f)
+        for (int d = 0; d < hd; d++)
+            acc[d] *= alpha;
+    for (int j = 0; j < jend; j++) {
+        const float p = s[j];
+        const float *vr = Vb + (size_t)j * hd;
+        for (int d = 0; d < hd; d++)
+            acc[d] += p * vr[d];
+    }
+}
+
+#if defined(__x86_64__)
+/* exp for x <= 0 (what softmax needs); exp(-inf) = 0 exactly. Cephes-style polynomial, about
+ * 1 ulp. Every lane runs the same operations, so the result does not depend on lane. */
+__attribute__((target("avx2,fma"))) static inline __m256 exp_neg_avx2(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r2 = _mm256_mul_ps(r, r);
+    __m256 y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(under, y);
+}
+
+__attribute__((target("avx2,fma"))) static float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+__attribute__((target("avx2,fma"))) static float hmax8(__m256 v)
+{
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* hd must be a multiple of 8. */
+__attribute__((target("avx2,fma"))) static void blk_avx2(const float *q, const float *Kt,
+                                                         const float *Vb, int hd, int jend,
+                                                         float scale, float *s, float *m,
+                                                         float *l, float *acc)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int d = 0; d < hd; d++) {
+        const __m256 qd = _mm256_broadcast_ss(q + d);
+        const float *kr = Kt + (size_t)d * KB;
+        a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 0), a0);
+        a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 8), a1);
+        a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 16), a2);
+        a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 24), a3);
+        a4 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 32), a4);
+        a5 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 40), a5);
+        a6 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 48), a6);
+        a7 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 56), a7);
+    }
+    const __m256 vs = _mm256_set1_ps(scale);
+    _mm256_storeu_ps(s + 0, _mm256_mul_ps(a0, vs));
+    _mm256_storeu_ps(s + 8, _mm256_mul_ps(a1, vs));
+    _mm256_storeu_ps(s + 16, _mm256_mul_ps(a2, vs));
+    _mm256_storeu_ps(s + 24, _mm256_mul_ps(a3, vs));
+    _mm256_storeu_ps(s + 32, _mm256_mul_ps(a4, vs));
+    _mm256_storeu_ps(s + 40, _mm256_mul_ps(a5, vs));
+    _mm256_storeu_ps(s + 48, _mm256_mul_ps(a6, vs));
+    _mm256_storeu_ps(s + 56, _mm256_mul_ps(a7, vs));
+    for (int j = jend; j < KB; j++)
+        s[j] = -INFINITY; /* keys after this query's cell */
+    __m256 mx = _mm256_loadu_ps(s);
+    for (int j = 8; j < KB; j += 8)
+        mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
+    const float mnew = fmaxf(*m, hmax8(mx));
+    const __m256 vm = _mm256_set1_ps(mnew);
+    __m256 sum[8];
+    for (int t = 0; t < 8; t++) {
+        __m256 p = exp_neg_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + 8 * t), vm));
+        _mm256_storeu_ps(s + 8 * t, p);
+        sum[t] = p;
+    }
+    __m256 t0 = _mm256_add_ps(_mm256_add_ps(sum[0], sum[1]), _mm256_add_ps(sum[2], sum[3]));
+    __m256 t1 = _mm256_add_ps(_mm256_add_ps(sum[4], sum[5]), _mm256_add_ps(sum[6], sum[7]));
+    const float lsum = hsum8(_mm256_add_ps(t0, t1));
+    const float alpha = expf(*m - mnew);
+    *l = *l * alpha + lsum;
+    *m = mnew;
+    if (alpha != 1.0f) {
+        const __m256 va = _mm256_set1_ps(alpha);
+        for (int d = 0; d < hd; d += 8)
+            _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), va));
+    }
+    /* acc[d] = fma(p_j, v_j[d], acc[d]) in j order for every d, in either loop shape */
+    int d = 0;
+    for (; d + 64 <= hd; d += 64) {
+        __m256 c0 = _mm256_loadu_ps(acc + d), c1 = _mm256_loadu_ps(acc + d + 8);
+        __m256 c2 = _mm256_loadu_ps(acc + d + 16), c3 = _mm256_loadu_ps(acc + d + 24);
+        __m256 c4 = _mm256_loadu_ps(acc + d + 32), c5 = _mm256_loadu_ps(acc + d + 40);
+        __m256 c6 = _mm256_loadu_ps(acc + d + 48), c7 = _mm256_loadu_ps(acc + d + 56);
+        for (int j = 0; j < jend; j++) {
+            const __m256 p = _mm256_broadcast_ss(s + j);
+            const float *vr = Vb + (size_t)j * hd + d;
+            c0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 0), c0);
+            c1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8), c1);
+            c2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 16), c2);
+            c3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 24), c3);
+            c4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 32), c4);
+            c5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 40), c5);
+            c6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 48), c6);
+            c7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 56), c7);
+        }
+        _mm256_storeu_ps(acc + d, c0);
+        _mm256_storeu_ps(acc + d + 8, c1);
+        _mm256_storeu_ps(acc + d + 16, c2);
+        _mm256_storeu_ps(acc + d + 24, c3);
+        _mm256_storeu_ps(acc + d + 32, c4);
+        _mm256_storeu_ps(acc + d + 40, c5);
+        _mm256_storeu_ps(acc + d + 48, c6);
+        _mm256_storeu_ps(acc + d + 56, c7);
+    }
+    for (; d < hd; d += 8) {
+        __m256 c0 = _mm256_loadu_ps(acc + d);
+        for (int j = 0; j < jend; j++)
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(s + j), _mm256_loadu_ps(Vb + (size_t)j * hd + d), c0);
+        _mm256_storeu_ps(acc + d, c0);
+    }
+}
+
+static int cpu_avx2(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return v;
+}
+#endif
+
+static blk_fn pick_kernel(int hd)
+{
+#if defined(__x86_64__)
+    if (hd % 8 == 0 && cpu_avx2())
+        return blk_avx2;
+#endif
+    (void)hd;
+    return blk_scalar;
+}
+
+typedef struct att_job {
+    eng_ctx *c;
+    int il;
+    const float *q;
+    size_t ldq;
+    int c0, nq;
+    float *out;
+    size_t ldo;
+    blk_fn fn;
+} att_job;
+
+static float *align32(float *p)
+{
+    return (float *)(((uintptr_t)p + 31) & ~(uintptr_t)31);
+}
+
+/* Work item: one kv head and up to QB consecutive queries, for all query heads of its group,
+ * so each converted key block serves QB * group queries. */
+static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
+{
+    const eng_ctx *c = J->c;
+    const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, kvd = c->kv_dim;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *Kt = align32(scr), *Vb = Kt + (size_t)hd * KB, *s = Vb + (size_t)KB * hd;
+    float *row = s + KB, *st = row + hd;
+    const int nqi = i1 - i0;
+    /* per (g, i): acc[hd], m, l */
+    for (int t = 0; t < G * nqi; t++) {
+        float *a = st + (size_t)t * (hd + 2);
+        memset(a, 0, sizeof(float) * (size_t)hd);
+        a[hd] = -INFINITY;
+        a[hd + 1] = 0;
+    }
+    const int last = J->c0 + i1 - 1; /* last cell any query of the item sees */
+    const void *K = c->k[J->il], *V = c->v[J->il];
+    for (int b0 = 0; b0 <= last; b0 += KB) {
+        const int b1 = b0 + KB - 1 < last ? b0 + KB : last + 1;
+        for (int j = 0; j < b1 - b0; j++) {
+            size_t off = (size_t)(b0 + j) * kvd + (size_t)h * hd;
+            if (c->kv_f32) {
+                memcpy(row, (const float *)K + off, sizeof(float) * (size_t)hd);
+                memcpy(Vb + (size_t)j * hd, (const float *)V + off, sizeof(float) * (size_t)hd);
+            } else {
+                eng_f16_to_f32_row((const uint16_t *)K + off, row, (size_t)hd);
+                eng_f16_to_f32_row((const uint16_t *)V + off, Vb + (size_t)j * hd, (size_t)hd);
+            }
+            for (int d = 0; d < hd; d++)
+                Kt[(size_t)d * KB + j] = row[d];
+        }
+        for (int g = 0; g < G; g++) {
+            const int head = h * G + g;
+            for (int i = i0; i < i1; i++) {
+                const int ci = J->c0 + i;
+                if (ci < b0)
+                    continue;
+                const int jend = ci - b0 + 1 < KB ? ci - b0 + 1 : KB;
+                float *a = st + (size_t)(g * nqi + (i - i0)) * (hd + 2);
+                J->fn(J->q + (size_t)i * J->ldq + (size_t)head * hd, Kt, Vb, hd, jend, scale, s,
+                      &a[hd], &a[hd + 1], a);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        const int head = h * G + g;
+        for (int i = i0; i < i1; i++) {
+            const float *a = st + (size_t)(g * nqi + (i - i0)) * (hd + 2);
+            float *o = J->out + (size_t)i * J->ldo + (size_t)head * hd;
+            const float inv = 1.0f / a[hd + 1];
+            for (int d = 0; d < hd; d++)
+                o[d] = a[d] * inv;
+        }
+    }
+}
+
+static void att_worker(void *arg, int ith, int nth)
+{
+    const att_job *J = arg;
+    const eng_ctx *c = J->c;
+    float *scr = c->att_scratch + (size_t)ith * c->att_scratch_per;
+    const int nkv = c->hp->n_head_kv, nqb = (J->nq + QB - 1) / QB;
+    const int items = nkv * nqb;
+    /* later query blocks see more keys: hand them out first, round robin */
+    for (int it = ith; it < items; it += nth) {
+        int qb = nqb - 1 - it / nkv, h = it % nkv;
+        int i0 = qb * QB, i1 = i0 + QB < J->nq ? i0 + QB : J->nq;
+        att_item(J, scr, h, i0, i1);
+    }
+}
+
+void eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
+                   size_t ldo)
+{
+    att_job J = {c, il, q, ldq, c0, nq, out, ldo, pick_kernel(c->hp->head_dim)};
+    eng_pool_run(c->pool, att_worker, &J);
+}

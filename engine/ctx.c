@@ -1,0 +1,206 @@
+/* ctx.c: eng_ctx lifetime and the KV cache: cells with explicit positions, export/import in
+ * the f16 exchange layout, commit, truncate, and K re-rotation. */
+#include "engine/ctx_internal.h"
+#include "engine/quant_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+enum { MAX_CTX = 1 << 20 };
+
+eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, char *err,
+                          size_t errlen)
+{
+    if (!out || !m)
+        return fail(err, errlen, ENG_ERR_ARG, "eng_ctx_create: model or out is NULL");
+    *out = NULL;
+    const eng_info *hp = eng_model_info(m);
+    eng_ctx_params def = {0, 0, 0};
+    if (!p)
+        p = &def;
+    int n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
+    if (n_ctx <= 0 || n_ctx > MAX_CTX)
+        return fail(err, errlen, ENG_ERR_ARG, "context size %d out of range (1..%d)", n_ctx, MAX_CTX);
+    int nt = p->n_threads > 0 ? p->n_threads : eng_default_threads();
+    eng_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return fail(err, errlen, ENG_ERR_NOMEM, "out of memory creating a context");
+    c->m = m;
+    c->hp = hp;
+    c->w = eng_model_weights(m);
+    c->n_ctx = n_ctx;
+    c->n_threads = nt;
+    c->kv_f32 = p->kv_f32 != 0;
+    c->kv_dim = hp->n_head_kv * hp->head_dim;
+    eng_rope_cfg_init(&hp->rope, &c->rope);
+    size_t esz = c->kv_f32 ? sizeof(float) : sizeof(uint16_t);
+    size_t layer_bytes = (size_t)n_ctx * (size_t)c->kv_dim * esz;
+    c->k = calloc((size_t)hp->n_layer, sizeof(void *));
+    c->v = calloc((size_t)hp->n_layer, sizeof(void *));
+    c->pos = calloc((size_t)n_ctx, sizeof(int32_t));
+    if (!c->k || !c->v || !c->pos)
+        goto nomem;
+    /* calloc: cells past the filled ones are read (never used) by whole key blocks, so they
+     * must hold finite numbers */
+    for (int il = 0; il < hp->n_layer; il++) {
+        c->k[il] = calloc(1, layer_bytes);
+        c->v[il] = calloc(1, layer_bytes);
+        if (!c->k[il] || !c->v[il])
+            goto nomem;
+    }
+    c->att_scratch_per = (eng_attention_scratch_floats(hp) + 15) & ~(size_t)15;
+    c->att_scratch = calloc((size_t)nt * c->att_scratch_per, sizeof(float));
+    if (!c->att_scratch || eng_pool_create(nt, &c->pool) != ENG_OK)
+        goto nomem;
+    *out = c;
+    return ENG_OK;
+nomem:
+    eng_ctx_free(c);
+    return fail(err, errlen, ENG_ERR_NOMEM, "out of memory for a KV cache of %d cells (%zu MiB)",
+                n_ctx, 2 * (size_t)hp->n_layer * layer_bytes >> 20);
+}
+
+void eng_ctx_free(eng_ctx *c)
+{
+    if (!c)
+        return;
+    eng_pool_free(c->pool);
+    if (c->k)
+        for (int il = 0; il < c->hp->n_layer; il++)
+            free(c->k[il]);
+    if (c->v)
+        for (int il = 0; il < c->hp->n_layer; il++)
+            free(c->v[il]);
+    free(c->k);
+    free(c->v);
+    free(c->pos);
+    free(c->x);
+    free(c->xn);
+    free(c->q);
+    free(c->kk);
+    free(c->vv);
+    free(c->att);
+    free(c->g);
+    free(c->u);
+    free(c->xr);
+    free(c->cs);
+    free(c->wtile);
+    free(c->att_scratch);
+    free(c);
+}
+
+int eng_kv_len(const eng_ctx *c) { return c->n_cells; }
+
+int32_t eng_kv_next_pos(const eng_ctx *c)
+{
+    return c->n_cells ? c->pos[c->n_cells - 1] + 1 : 0;
+}
+
+void eng_kv_clear(eng_ctx *c) { c->n_cells = 0; }
+
+eng_status eng_kv_truncate(eng_ctx *c, int n_cells)
+{
+    if (n_cells < 0 || n_cells > c->n_cells)
+        return ENG_ERR_RANGE;
+    c->n_cells = n_cells;
+    return ENG_OK;
+}
+
+eng_status eng_kv_export_layer(const eng_ctx *c, int layer, int cell0, int n, uint16_t *k, uint16_t *v)
+{
+    if (layer < 0 || layer >= c->hp->n_layer || cell0 < 0 || n < 0 || cell0 > c->n_cells ||
+        n > c->n_cells - cell0)
+        return ENG_ERR_RANGE;
+    size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
+    if (c->kv_f32) {
+        if (k)
+            eng_f32_to_f16_row((const float *)c->k[layer] + off, k, cnt);
+        if (v)
+            eng_f32_to_f16_row((const float *)c->v[layer] + off, v, cnt);
+    } else {
+        if (k)
+            memcpy(k, (const uint16_t *)c->k[layer] + off, cnt * sizeof(uint16_t));
+        if (v)
+            memcpy(v, (const uint16_t *)c->v[layer] + off, cnt * sizeof(uint16_t));
+    }
+    return ENG_OK;
+}
+
+eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
+                               const uint16_t *v)
+{
+    if (!k || !v)
+        return ENG_ERR_ARG;
+    if (layer < 0 || layer >= c->hp->n_layer || cell0 < 0 || n < 0 || cell0 > c->n_cells ||
+        n > c->n_ctx - cell0)
+        return ENG_ERR_RANGE;
+    size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
+    if (c->kv_f32) {
+        eng_f16_to_f32_row(k, (float *)c->k[layer] + off, cnt);
+        eng_f16_to_f32_row(v, (float *)c->v[layer] + off, cnt);
+    } else {
+        memcpy((uint16_t *)c->k[layer] + off, k, cnt * sizeof(uint16_t));
+        memcpy((uint16_t *)c->v[layer] + off, v, cnt * sizeof(uint16_t));
+    }
+    return ENG_OK;
+}
+
+eng_status eng_kv_commit(eng_ctx *c, int cell0, int n, int32_t pos0)
+{
+    if (cell0 < 0 || n < 0 || cell0 > c->n_cells || n > c->n_ctx - cell0 || pos0 < 0 ||
+        (int64_t)pos0 + n > INT32_MAX)
+        return ENG_ERR_RANGE;
+    for (int i = 0; i < n; i++)
+        c->pos[cell0 + i] = pos0 + i;
+    c->n_cells = cell0 + n;
+    return ENG_OK;
+}
+
+eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
+{
+    if (cell0 < 0 || n < 0 || cell0 > c->n_cells || n > c->n_cells - cell0)
+        return ENG_ERR_RANGE;
+    for (int i = 0; i < n; i++) {
+        int64_t np = (int64_t)c->pos[cell0 + i] + delta;
+        if (np < 0 || np > INT32_MAX)
+            return ENG_ERR_RANGE;
+    }
+    if (delta == 0 || n == 0)
+        return ENG_OK;
+    const int hd = c->hp->head_dim;
+    float cs[1024], x[512];
+    eng_rope_cos_sin(&c->rope, (float)delta, 0, cs);
+    for (int il = 0; il < c->hp->n_layer; il++) {
+        for (int i = 0; i < n; i++) {
+            for (int h = 0; h < c->hp->n_head_kv; h++) {
+                size_t off = (size_t)(cell0 + i) * c->kv_dim + (size_t)h * hd;
+                if (c->kv_f32) {
+                    eng_rope_apply(&c->rope, cs, (float *)c->k[il] + off);
+                } else {
+                    uint16_t *kr = (uint16_t *)c->k[il] + off;
+                    eng_f16_to_f32_row(kr, x, (size_t)hd);
+                    eng_rope_apply(&c->rope, cs, x);
+                    eng_f32_to_f16_row(x, kr, (size_t)hd);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n; i++)
+        c->pos[cell0 + i] += delta;
+    return ENG_OK;
+}

@@ -1,0 +1,88 @@
+/* ctx_internal.h: the inference context shared by engine/ctx.c (KV cache), forward.c (the
+ * graph), attention.c, rope.c and pool.c (worker threads). Not part of engine.h. */
+#ifndef KVPUB_CTX_INTERNAL_H
+#define KVPUB_CTX_INTERNAL_H
+
+#include "engine/engine.h"
+#include "engine/model_internal.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Batched products run on tiles of ENG_ROW_TILE token rows aligned to absolute cell indices,
+ * always with the same sgemm shape: OpenBLAS results for a row depend on M and on the row's
+ * place in the call (tests/unit/test_engine_blas.c), so this is what makes a token's result
+ * independent of how the sequence was split into prefill calls. */
+enum { ENG_ROW_TILE = 64 };
+/* Attention walks keys in blocks of this many cells, aligned to absolute cell indices. */
+enum { ENG_KEY_BLOCK = 64 };
+/* Most rows one forward pass holds (longer prompts run in several passes). */
+enum { ENG_MAX_ROWS = 2048 + ENG_ROW_TILE };
+
+/* ---- worker threads ---- */
+typedef struct eng_pool eng_pool;
+typedef void (*eng_pool_fn)(void *arg, int ith, int nth);
+eng_status eng_pool_create(int n_threads, eng_pool **out) ENG_WUR;
+void eng_pool_free(eng_pool *p);
+/* Runs fn(arg, ith, nth) for ith in [0, nth) (ith 0 on the calling thread); returns when all
+ * are done. */
+void eng_pool_run(eng_pool *p, eng_pool_fn fn, void *arg);
+int eng_pool_size(const eng_pool *p);
+
+/* ---- RoPE (ggml's rope_yarn, in f32 as ggml computes it) ---- */
+typedef struct eng_rope_cfg {
+    eng_rope_type type;
+    int n_rot;
+    float theta_scale;      /* freq_base^(-2/n_rot) */
+    float freq_scale;
+    float ext_factor;
+    float attn_factor;
+    float corr_dims[2];     /* YaRN ramp bounds (dims) */
+} eng_rope_cfg;
+
+void eng_rope_cfg_init(const eng_rope *r, eng_rope_cfg *cfg);
+/* cs: (n_rot/2, 2) cos, sin of position p; with_mscale 0 omits the YaRN magnitude factor (for
+ * re-rotation: K already carries it). */
+void eng_rope_cos_sin(const eng_rope_cfg *cfg, float p, int with_mscale, float *cs);
+/* Rotates one head vector x (n_rot) in place. */
+void eng_rope_apply(const eng_rope_cfg *cfg, const float *cs, float *x);
+
+/* ---- the context ---- */
+struct eng_ctx {
+    eng_model *m;
+    const eng_info *hp;
+    const eng_weights *w;
+    int n_ctx;
+    int n_threads;
+    int kv_f32;
+    int kv_dim;              /* n_head_kv * head_dim */
+    void **k, **v;           /* per layer: (n_ctx, kv_dim) f16 bits, or f32 when kv_f32 */
+    int32_t *pos;            /* (n_ctx) position of each cell */
+    int n_cells;             /* filled cells */
+    eng_rope_cfg rope;
+    eng_pool *pool;
+
+    /* forward scratch, sized for cap_rows token rows, grown on demand (never per token) */
+    int cap_rows;
+    float *x;                /* (rows, n_embd) residual stream */
+    float *xn;               /* (rows, n_embd) normed input / projection output */
+    float *q;                /* (rows, n_head * head_dim) */
+    float *kk, *vv;          /* (rows, kv_dim) */
+    float *att;              /* (rows, n_head * head_dim) */
+    float *g, *u;            /* (rows, n_ff) */
+    float *xr;               /* (rows, max(n_embd, n_head*head_dim, n_ff)) rounded activations */
+    float *cs;               /* (rows, n_rot) cos/sin per token */
+    float *wtile;            /* (tile rows, ncols) dequantized weights */
+    size_t wtile_cap;        /* floats */
+    float *att_scratch;      /* per thread attention scratch */
+    size_t att_scratch_per;  /* floats per thread */
+};
+
+/* Blocked causal attention for nq query rows whose cells are c0..c0+nq-1 (already written to
+ * the cache for layer il): q (nq, n_head, head_dim) with row stride ldq floats, out likewise.
+ * Each query's result depends only on the cache contents up to its own cell. */
+void eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
+                   size_t ldo);
+size_t eng_attention_scratch_floats(const eng_info *hp);
+
+#endif

@@ -1,0 +1,753 @@
+/* gguf.c: the GGUF v2/v3 reader. Maps the file, validates every count, length, offset and
+ * shape against the file size and hard limits at open, and then serves lookups without ever
+ * trusting the bytes again. */
+#include "engine/gguf_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- tensor types ---- */
+
+typedef struct type_trait {
+    uint32_t type;
+    uint32_t blck;
+    uint32_t bytes;
+    const char *name;
+} type_trait;
+
+/* Block geometry of the ggml types, as ggml defines them (QK_K = 256). */
+static const type_trait k_types[] = {
+    {GGML_T_F32, 1, 4, "f32"},          {GGML_T_F16, 1, 2, "f16"},
+    {GGML_T_Q4_0, 32, 18, "q4_0"},      {GGML_T_Q4_1, 32, 20, "q4_1"},
+    {GGML_T_Q5_0, 32, 22, "q5_0"},      {GGML_T_Q5_1, 32, 24, "q5_1"},
+    {GGML_T_Q8_0, 32, 34, "q8_0"},      {GGML_T_Q8_1, 32, 36, "q8_1"},
+    {GGML_T_Q2_K, 256, 84, "q2_k"},     {GGML_T_Q3_K, 256, 110, "q3_k"},
+    {GGML_T_Q4_K, 256, 144, "q4_k"},    {GGML_T_Q5_K, 256, 176, "q5_k"},
+    {GGML_T_Q6_K, 256, 210, "q6_k"},    {GGML_T_Q8_K, 256, 292, "q8_k"},
+    {GGML_T_BF16, 1, 2, "bf16"},
+};
+
+int ggml_type_traits(uint32_t type, uint32_t *blck, uint32_t *bytes, const char **name)
+{
+    for (size_t i = 0; i < sizeof k_types / sizeof k_types[0]; i++) {
+        if (k_types[i].type != type)
+            continue;
+        if (blck)
+            *blck = k_types[i].blck;
+        if (bytes)
+            *bytes = k_types[i].bytes;
+        if (name)
+            *name = k_types[i].name;
+        return 1;
+    }
+    if (blck)
+        *blck = 0;
+    if (bytes)
+        *bytes = 0;
+    if (name)
+        *name = NULL;
+    return 0;
+}
+
+size_t ggml_row_bytes(uint32_t type, uint64_t n)
+{
+    uint32_t blck, bytes;
+    if (!ggml_type_traits(type, &blck, &bytes, NULL) || n % blck != 0)
+        return 0;
+    uint64_t nb = n / blck;
+    if (nb > SIZE_MAX / bytes)
+        return 0;
+    return (size_t)(nb * bytes);
+}
+
+/* ---- the handle ---- */
+
+typedef struct gguf_kv {
+    char key[GGUF_MAX_NAME + 1];
+    gguf_vtype type;
+    const uint8_t *val;      /* scalar value bytes, or the string's length prefix */
+    gguf_vtype elem;         /* arrays */
+    uint64_t n;              /* arrays: element count */
+    const uint8_t *arr;      /* arrays: first element */
+    const uint8_t **strs;    /* string arrays: each string's length prefix */
+} gguf_kv;
+
+struct gguf_file {
+    const uint8_t *base;
+    size_t size;
+    int mapped;              /* munmap at close */
+    uint32_t version;
+    uint64_t alignment;
+    uint64_t data_off;
+    gguf_kv *kv;
+    int64_t n_kv;
+    int64_t *kv_sorted;      /* kv indices in strcmp key order */
+    gguf_tensor *t;
+    size_t n_t;
+    size_t *t_sorted;        /* tensor indices in strcmp name order */
+    int have_stat;
+    struct stat st;
+};
+
+/* ---- little-endian loads ---- */
+
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* ---- parser ---- */
+
+typedef struct parser {
+    const uint8_t *p;
+    size_t size;
+    size_t off;
+    const char *name;  /* file name for messages */
+    char *err;
+    size_t errlen;
+} parser;
+
+__attribute__((format(printf, 3, 4)))
+static eng_status fail(parser *ps, eng_status st, const char *fmt, ...)
+{
+    if (!ps->err || ps->errlen == 0)
+        return st;
+    int n = snprintf(ps->err, ps->errlen, "%s: ", ps->name);
+    if (n < 0 || (size_t)n >= ps->errlen)
+        return st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ps->err + n, ps->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+static size_t remaining(const parser *ps)
+{
+    return ps->size - ps->off;
+}
+
+static eng_status need(parser *ps, size_t n, const char *what)
+{
+    if (remaining(ps) < n)
+        return fail(ps, ENG_ERR_FORMAT, "truncated at byte %zu reading %s (need %zu bytes, %zu left)",
+                    ps->off, what, n, remaining(ps));
+    return ENG_OK;
+}
+
+static eng_status rd_u32(parser *ps, uint32_t *v, const char *what)
+{
+    eng_status st = need(ps, 4, what);
+    if (st)
+        return st;
+    *v = le32(ps->p + ps->off);
+    ps->off += 4;
+    return ENG_OK;
+}
+
+static eng_status rd_u64(parser *ps, uint64_t *v, const char *what)
+{
+    eng_status st = need(ps, 8, what);
+    if (st)
+        return st;
+    *v = le64(ps->p + ps->off);
+    ps->off += 8;
+    return ENG_OK;
+}
+
+/* Reads a string, checking its length against max and the bytes left. */
+static eng_status rd_str(parser *ps, uint64_t max, const char *what, gguf_str *s)
+{
+    uint64_t n;
+    size_t at = ps->off;
+    eng_status st = rd_u64(ps, &n, what);
+    if (st)
+        return st;
+    if (n > max)
+        return fail(ps, ENG_ERR_FORMAT, "%s at byte %zu has length %llu (max %llu)", what, at,
+                    (unsigned long long)n, (unsigned long long)max);
+    if (n > remaining(ps))
+        return fail(ps, ENG_ERR_FORMAT, "%s at byte %zu has length %llu but only %zu bytes remain",
+                    what, at, (unsigned long long)n, remaining(ps));
+    s->p = (const char *)ps->p + ps->off;
+    s->n = n;
+    ps->off += (size_t)n;
+    return ENG_OK;
+}
+
+/* Copies a key or tensor name into a NUL-terminated buffer, refusing empty names and
+ * embedded NULs (we hand these out as C strings). */
+static eng_status rd_name(parser *ps, const char *what, char out[GGUF_MAX_NAME + 1])
+{
+    gguf_str s;
+    size_t at = ps->off;
+    eng_status st = rd_str(ps, GGUF_MAX_NAME, what, &s);
+    if (st)
+        return st;
+    if (s.n == 0)
+        return fail(ps, ENG_ERR_FORMAT, "empty %s at byte %zu", what, at);
+    if (memchr(s.p, 0, (size_t)s.n))
+        return fail(ps, ENG_ERR_FORMAT, "%s at byte %zu contains a NUL byte", what, at);
+    memcpy(out, s.p, (size_t)s.n);
+    out[s.n] = 0;
+    return ENG_OK;
+}
+
+/* Size of a fixed-size value type, 0 for string/array/unknown. */
+static size_t scalar_size(uint32_t t)
+{
+    switch (t) {
+    case GGUF_VT_UINT8: case GGUF_VT_INT8: case GGUF_VT_BOOL: return 1;
+    case GGUF_VT_UINT16: case GGUF_VT_INT16: return 2;
+    case GGUF_VT_UINT32: case GGUF_VT_INT32: case GGUF_VT_FLOAT32: return 4;
+    case GGUF_VT_UINT64: case GGUF_VT_INT64: case GGUF_VT_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+static eng_status parse_value(parser *ps, gguf_kv *kv)
+{
+    uint32_t t;
+    eng_status st = rd_u32(ps, &t, "value type");
+    if (st)
+        return st;
+    kv->type = (gguf_vtype)t;
+    if (t == GGUF_VT_STRING) {
+        gguf_str s;
+        kv->val = ps->p + ps->off;
+        return rd_str(ps, GGUF_MAX_STRING, "string value", &s);
+    }
+    if (t != GGUF_VT_ARRAY) {
+        size_t sz = scalar_size(t);
+        if (sz == 0)
+            return fail(ps, ENG_ERR_FORMAT, "key '%s' has unknown value type %u (expected 0..12)",
+                        kv->key, t);
+        if ((st = need(ps, sz, "value")))
+            return st;
+        kv->val = ps->p + ps->off;
+        ps->off += sz;
+        return ENG_OK;
+    }
+    uint32_t et;
+    uint64_t n;
+    if ((st = rd_u32(ps, &et, "array element type")) || (st = rd_u64(ps, &n, "array count")))
+        return st;
+    if (et == GGUF_VT_ARRAY)
+        return fail(ps, ENG_ERR_FORMAT, "key '%s' is a nested array (not supported)", kv->key);
+    if (et != GGUF_VT_STRING && scalar_size(et) == 0)
+        return fail(ps, ENG_ERR_FORMAT, "key '%s' has unknown array element type %u", kv->key, et);
+    if (n > GGUF_MAX_ARRAY)
+        return fail(ps, ENG_ERR_FORMAT, "key '%s' array count %llu exceeds the limit %d", kv->key,
+                    (unsigned long long)n, GGUF_MAX_ARRAY);
+    /* Strings need at least their 8-byte length each: check before allocating the index. */
+    size_t esz = et == GGUF_VT_STRING ? 8 : scalar_size(et);
+    if (n * esz > remaining(ps))
+        return fail(ps, ENG_ERR_FORMAT,
+                    "key '%s' array of %llu elements needs at least %llu bytes, only %zu remain",
+                    kv->key, (unsigned long long)n, (unsigned long long)(n * esz), remaining(ps));
+    kv->elem = (gguf_vtype)et;
+    kv->n = n;
+    kv->arr = ps->p + ps->off;
+    if (et != GGUF_VT_STRING) {
+        ps->off += (size_t)(n * esz);
+        return ENG_OK;
+    }
+    kv->strs = malloc((n ? (size_t)n : 1) * sizeof *kv->strs);
+    if (!kv->strs)
+        return fail(ps, ENG_ERR_NOMEM, "out of memory for array '%s'", kv->key);
+    for (uint64_t i = 0; i < n; i++) {
+        gguf_str s;
+        kv->strs[i] = ps->p + ps->off;
+        if ((st = rd_str(ps, GGUF_MAX_STRING, "array string", &s)))
+            return st;
+    }
+    return ENG_OK;
+}
+
+typedef int (*idx_cmp)(const gguf_file *g, const void *a, const void *b);
+
+static int cmp_kv_idx(const gguf_file *g, const void *a, const void *b)
+{
+    return strcmp(g->kv[*(const int64_t *)a].key, g->kv[*(const int64_t *)b].key);
+}
+
+static int cmp_t_name(const gguf_file *g, const void *a, const void *b)
+{
+    return strcmp(g->t[*(const size_t *)a].name, g->t[*(const size_t *)b].name);
+}
+
+static int cmp_t_off(const gguf_file *g, const void *a, const void *b)
+{
+    uint64_t x = g->t[*(const size_t *)a].offset, y = g->t[*(const size_t *)b].offset;
+    return x < y ? -1 : x > y;
+}
+
+/* Stable bottom-up merge sort of n index elements of sz bytes (tmp: n*sz bytes). qsort has
+ * no context argument and a global would make opens thread-unsafe. */
+static void sort_idx(void *base, size_t n, size_t sz, const gguf_file *g, idx_cmp cmp, void *tmp)
+{
+    uint8_t *a = base, *b = tmp;
+    for (size_t w = 1; w < n; w *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) {
+                if (cmp(g, a + j * sz, a + i * sz) < 0)
+                    memcpy(b + k++ * sz, a + j++ * sz, sz);
+                else
+                    memcpy(b + k++ * sz, a + i++ * sz, sz);
+            }
+            while (i < mid)
+                memcpy(b + k++ * sz, a + i++ * sz, sz);
+            while (j < hi)
+                memcpy(b + k++ * sz, a + j++ * sz, sz);
+        }
+        uint8_t *s = a;
+        a = b;
+        b = s;
+    }
+    if (a != base)
+        memcpy(base, a, n * sz);
+}
+
+static eng_status parse_tensor_info(parser *ps, gguf_tensor *t)
+{
+    eng_status st = rd_name(ps, "tensor name", t->name);
+    if (st)
+        return st;
+    if ((st = rd_u32(ps, &t->n_dims, "tensor n_dims")))
+        return st;
+    if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
+        return fail(ps, ENG_ERR_FORMAT, "tensor '%s' has n_dims %u (expected 1..%d)", t->name,
+                    t->n_dims, GGUF_MAX_DIMS);
+    uint64_t nelem = 1;
+    for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) {
+        t->ne[d] = 1;
+        if (d >= t->n_dims)
+            continue;
+        if ((st = rd_u64(ps, &t->ne[d], "tensor shape")))
+            return st;
+        if (t->ne[d] < 1 || t->ne[d] > (uint64_t)INT64_MAX)
+            return fail(ps, ENG_ERR_FORMAT, "tensor '%s' dimension %u is %llu (expected >= 1)",
+                        t->name, d, (unsigned long long)t->ne[d]);
+        if (nelem > (uint64_t)INT64_MAX / t->ne[d])
+            return fail(ps, ENG_ERR_FORMAT, "tensor '%s' element count overflows", t->name);
+        nelem *= t->ne[d];
+    }
+    t->nelem = nelem;
+    if ((st = rd_u32(ps, &t->type, "tensor type")))
+        return st;
+    uint32_t blck, bytes;
+    const char *tname;
+    if (!ggml_type_traits(t->type, &blck, &bytes, &tname))
+        return fail(ps, ENG_ERR_FORMAT, "tensor '%s' has unknown type %u", t->name, t->type);
+    if (t->ne[0] % blck != 0)
+        return fail(ps, ENG_ERR_FORMAT,
+                    "tensor '%s' row length %llu is not a multiple of the %s block size %u",
+                    t->name, (unsigned long long)t->ne[0], tname, blck);
+    uint64_t nb = nelem / blck;
+    if (nb > (uint64_t)INT64_MAX / bytes)
+        return fail(ps, ENG_ERR_FORMAT, "tensor '%s' byte size overflows", t->name);
+    t->nbytes = nb * bytes;
+    return rd_u64(ps, &t->offset, "tensor offset");
+}
+
+static eng_status parse(gguf_file *g, parser *ps)
+{
+    eng_status st;
+    if (ps->size < 4 || memcmp(ps->p, "GGUF", 4) != 0)
+        return fail(ps, ENG_ERR_FORMAT, "not a GGUF file (bad magic, expected 'GGUF')");
+    ps->off = 4;
+    uint64_t n_t, n_kv;
+    if ((st = rd_u32(ps, &g->version, "version")))
+        return st;
+    if (g->version == 1)
+        return fail(ps, ENG_ERR_FORMAT, "GGUF version 1 is not supported (expected 2 or 3)");
+    if (g->version != 2 && g->version != 3)
+        return fail(ps, ENG_ERR_FORMAT, "unsupported GGUF version %u (expected 2 or 3%s)",
+                    g->version, g->version > 0xffff ? "; big-endian files are not supported" : "");
+    if ((st = rd_u64(ps, &n_t, "tensor count")) || (st = rd_u64(ps, &n_kv, "metadata count")))
+        return st;
+    if (n_t > GGUF_MAX_TENSORS)
+        return fail(ps, ENG_ERR_FORMAT, "tensor count %llu exceeds the limit %d",
+                    (unsigned long long)n_t, GGUF_MAX_TENSORS);
+    if (n_kv > GGUF_MAX_KV)
+        return fail(ps, ENG_ERR_FORMAT, "metadata count %llu exceeds the limit %d",
+                    (unsigned long long)n_kv, GGUF_MAX_KV);
+    /* Smallest possible entries: key (8+1) + type (4) + 1 byte value; tensor: name (8+1) +
+     * n_dims (4) + one dim (8) + type (4) + offset (8). */
+    if (n_kv * 14 + n_t * 33 > remaining(ps))
+        return fail(ps, ENG_ERR_FORMAT,
+                    "%llu metadata entries and %llu tensors cannot fit in the %zu bytes left",
+                    (unsigned long long)n_kv, (unsigned long long)n_t, remaining(ps));
+    g->kv = calloc(n_kv ? (size_t)n_kv : 1, sizeof *g->kv);
+    g->kv_sorted = malloc((n_kv ? (size_t)n_kv : 1) * sizeof *g->kv_sorted);
+    g->t = calloc(n_t ? (size_t)n_t : 1, sizeof *g->t);
+    g->t_sorted = malloc((n_t ? (size_t)n_t : 1) * sizeof *g->t_sorted);
+    if (!g->kv || !g->kv_sorted || !g->t || !g->t_sorted)
+        return fail(ps, ENG_ERR_NOMEM, "out of memory for %llu keys / %llu tensors",
+                    (unsigned long long)n_kv, (unsigned long long)n_t);
+    for (uint64_t i = 0; i < n_kv; i++) {
+        gguf_kv *kv = &g->kv[i];
+        if ((st = rd_name(ps, "metadata key", kv->key)))
+            return st;
+        g->n_kv = (int64_t)i + 1; /* so close frees this entry's allocations */
+        if ((st = parse_value(ps, kv)))
+            return st;
+    }
+    g->n_kv = (int64_t)n_kv;
+
+    /* Duplicate keys: sort an index and compare neighbours (O(n log n) for hostile counts). */
+    size_t tmp_sz = (size_t)(n_kv > n_t ? n_kv : n_t) * 8 + 8;
+    void *tmp = malloc(tmp_sz);
+    if (!tmp)
+        return fail(ps, ENG_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < g->n_kv; i++)
+        g->kv_sorted[i] = i;
+    sort_idx(g->kv_sorted, (size_t)g->n_kv, sizeof *g->kv_sorted, g, cmp_kv_idx, tmp);
+    for (int64_t i = 1; i < g->n_kv; i++) {
+        if (strcmp(g->kv[g->kv_sorted[i]].key, g->kv[g->kv_sorted[i - 1]].key) == 0) {
+            free(tmp);
+            return fail(ps, ENG_ERR_FORMAT, "duplicate metadata key '%s'", g->kv[g->kv_sorted[i]].key);
+        }
+    }
+
+    g->alignment = 32;
+    int64_t ai = gguf_find_key(g, "general.alignment");
+    if (ai >= 0) {
+        if (g->kv[ai].type != GGUF_VT_UINT32) {
+            free(tmp);
+            return fail(ps, ENG_ERR_FORMAT, "general.alignment has value type %d (expected uint32)",
+                        (int)g->kv[ai].type);
+        }
+        g->alignment = le32(g->kv[ai].val);
+        if (g->alignment == 0 || (g->alignment & (g->alignment - 1)) != 0) {
+            free(tmp);
+            return fail(ps, ENG_ERR_FORMAT, "general.alignment %llu is not a power of two",
+                        (unsigned long long)g->alignment);
+        }
+    }
+
+    g->n_t = (size_t)n_t;
+    for (size_t i = 0; i < g->n_t; i++) {
+        if ((st = parse_tensor_info(ps, &g->t[i]))) {
+            free(tmp);
+            return st;
+        }
+    }
+    for (size_t i = 0; i < g->n_t; i++)
+        g->t_sorted[i] = i;
+    sort_idx(g->t_sorted, g->n_t, sizeof *g->t_sorted, g, cmp_t_name, tmp);
+    for (size_t i = 1; i < g->n_t; i++) {
+        if (strcmp(g->t[g->t_sorted[i]].name, g->t[g->t_sorted[i - 1]].name) == 0) {
+            free(tmp);
+            return fail(ps, ENG_ERR_FORMAT, "duplicate tensor name '%s'", g->t[g->t_sorted[i]].name);
+        }
+    }
+
+    /* Data section starts at the next multiple of the alignment after the tensor infos. */
+    uint64_t hdr_end = ps->off;
+    g->data_off = (hdr_end + g->alignment - 1) / g->alignment * g->alignment;
+    if (g->n_t > 0 && g->data_off > ps->size) {
+        free(tmp);
+        return fail(ps, ENG_ERR_FORMAT, "data section at byte %llu starts past end of file (size %zu)",
+                    (unsigned long long)g->data_off, ps->size);
+    }
+    uint64_t data_size = g->data_off <= ps->size ? ps->size - g->data_off : 0;
+    for (size_t i = 0; i < g->n_t; i++) {
+        gguf_tensor *t = &g->t[i];
+        if (t->offset % g->alignment != 0) {
+            free(tmp);
+            return fail(ps, ENG_ERR_FORMAT, "tensor '%s' offset %llu is not a multiple of the alignment %llu",
+                        t->name, (unsigned long long)t->offset, (unsigned long long)g->alignment);
+        }
+        if (t->offset > data_size || t->nbytes > data_size - t->offset) {
+            unsigned long long a = (unsigned long long)(g->data_off + t->offset);
+            free(tmp);
+            return fail(ps, ENG_ERR_FORMAT, "tensor '%s' data [%llu, %llu) extends past end of file (size %zu)",
+                        t->name, a, a + (unsigned long long)t->nbytes, ps->size);
+        }
+        t->data = ps->p + g->data_off + t->offset;
+    }
+    /* Overlaps: sort by offset and compare each tensor's end with the next start. */
+    size_t *by_off = malloc((g->n_t ? g->n_t : 1) * sizeof *by_off);
+    if (!by_off) {
+        free(tmp);
+        return fail(ps, ENG_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < g->n_t; i++)
+        by_off[i] = i;
+    sort_idx(by_off, g->n_t, sizeof *by_off, g, cmp_t_off, tmp);
+    free(tmp);
+    for (size_t i = 1; i < g->n_t; i++) {
+        const gguf_tensor *a = &g->t[by_off[i - 1]], *b = &g->t[by_off[i]];
+        if (a->offset + a->nbytes > b->offset) {
+            st = fail(ps, ENG_ERR_FORMAT, "tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap",
+                      a->name, (unsigned long long)a->offset, (unsigned long long)(a->offset + a->nbytes),
+                      b->name, (unsigned long long)b->offset, (unsigned long long)(b->offset + b->nbytes));
+            free(by_off);
+            return st;
+        }
+    }
+    free(by_off);
+    return ENG_OK;
+}
+
+static const char *base_name(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static eng_status open_common(gguf_file *g, const char *name, gguf_file **out, char *err, size_t errlen)
+{
+    parser ps = {.p = g->base, .size = g->size, .off = 0, .name = name, .err = err, .errlen = errlen};
+    eng_status st = parse(g, &ps);
+    if (st) {
+        gguf_close(g);
+        return st;
+    }
+    *out = g;
+    return ENG_OK;
+}
+
+eng_status gguf_open_mem(const void *data, size_t size, gguf_file **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    gguf_file *g = calloc(1, sizeof *g);
+    if (!g) {
+        snprintf(err, errlen, "out of memory");
+        return ENG_ERR_NOMEM;
+    }
+    g->base = data;
+    g->size = size;
+    return open_common(g, "<memory>", out, err, errlen);
+}
+
+eng_status gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return ENG_ERR_IO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return ENG_ERR_IO;
+    }
+    if (st.st_size < 4 || (uint64_t)st.st_size > SIZE_MAX) {
+        snprintf(err, errlen, "%s: not a GGUF file (size %lld bytes, too small)", base_name(path),
+                 (long long)st.st_size);
+        close(fd);
+        return ENG_ERR_FORMAT;
+    }
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
+        return ENG_ERR_IO;
+    }
+    gguf_file *g = calloc(1, sizeof *g);
+    if (!g) {
+        munmap(m, (size_t)st.st_size);
+        snprintf(err, errlen, "out of memory");
+        return ENG_ERR_NOMEM;
+    }
+    g->base = m;
+    g->size = (size_t)st.st_size;
+    g->mapped = 1;
+    g->have_stat = 1;
+    g->st = st;
+    return open_common(g, base_name(path), out, err, errlen);
+}
+
+void gguf_close(gguf_file *g)
+{
+    if (!g)
+        return;
+    for (int64_t i = 0; i < g->n_kv; i++)
+        free(g->kv[i].strs);
+    free(g->kv);
+    free(g->kv_sorted);
+    free(g->t);
+    free(g->t_sorted);
+    if (g->mapped)
+        munmap((void *)g->base, g->size);
+    free(g);
+}
+
+uint32_t gguf_version(const gguf_file *g) { return g->version; }
+size_t gguf_file_size(const gguf_file *g) { return g->size; }
+const void *gguf_file_data(const gguf_file *g) { return g->base; }
+uint64_t gguf_alignment(const gguf_file *g) { return g->alignment; }
+uint64_t gguf_data_offset(const gguf_file *g) { return g->data_off; }
+
+const struct stat *gguf_file_stat(const gguf_file *g)
+{
+    return g->have_stat ? &g->st : NULL;
+}
+
+/* ---- metadata lookups ---- */
+
+int64_t gguf_n_kv(const gguf_file *g) { return g->n_kv; }
+
+const char *gguf_kv_key(const gguf_file *g, int64_t i)
+{
+    return i >= 0 && i < g->n_kv ? g->kv[i].key : NULL;
+}
+
+gguf_vtype gguf_kv_type(const gguf_file *g, int64_t i)
+{
+    return i >= 0 && i < g->n_kv ? g->kv[i].type : (gguf_vtype)-1;
+}
+
+int64_t gguf_find_key(const gguf_file *g, const char *key)
+{
+    int64_t lo = 0, hi = g->n_kv;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(g->kv[g->kv_sorted[mid]].key, key);
+        if (c == 0)
+            return g->kv_sorted[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+int gguf_get_int(const gguf_file *g, const char *key, int64_t *out)
+{
+    int64_t i = gguf_find_key(g, key);
+    if (i < 0)
+        return 0;
+    const uint8_t *v = g->kv[i].val;
+    switch (g->kv[i].type) {
+    case GGUF_VT_UINT8: *out = v[0]; return 1;
+    case GGUF_VT_BOOL: *out = v[0] != 0; return 1;
+    case GGUF_VT_INT8: *out = (int8_t)v[0]; return 1;
+    case GGUF_VT_UINT16: *out = (uint16_t)(v[0] | v[1] << 8); return 1;
+    case GGUF_VT_INT16: *out = (int16_t)(uint16_t)(v[0] | v[1] << 8); return 1;
+    case GGUF_VT_UINT32: *out = le32(v); return 1;
+    case GGUF_VT_INT32: *out = (int32_t)le32(v); return 1;
+    case GGUF_VT_INT64: *out = (int64_t)le64(v); return 1;
+    case GGUF_VT_UINT64:
+        if (le64(v) > (uint64_t)INT64_MAX)
+            return -1;
+        *out = (int64_t)le64(v);
+        return 1;
+    default:
+        return -1;
+    }
+}
+
+int gguf_get_float(const gguf_file *g, const char *key, double *out)
+{
+    int64_t i = gguf_find_key(g, key);
+    if (i < 0)
+        return 0;
+    if (g->kv[i].type == GGUF_VT_FLOAT32) {
+        uint32_t b = le32(g->kv[i].val);
+        float f;
+        memcpy(&f, &b, 4);
+        *out = f;
+        return 1;
+    }
+    if (g->kv[i].type == GGUF_VT_FLOAT64) {
+        uint64_t b = le64(g->kv[i].val);
+        memcpy(out, &b, 8);
+        return 1;
+    }
+    if (g->kv[i].type == GGUF_VT_BOOL)
+        return -1;
+    int64_t iv;
+    int r = gguf_get_int(g, key, &iv);
+    if (r == 1)
+        *out = (double)iv;
+    return r;
+}
+
+int gguf_get_str(const gguf_file *g, const char *key, gguf_str *out)
+{
+    int64_t i = gguf_find_key(g, key);
+    if (i < 0)
+        return 0;
+    if (g->kv[i].type != GGUF_VT_STRING)
+        return -1;
+    out->n = le64(g->kv[i].val);
+    out->p = (const char *)g->kv[i].val + 8;
+    return 1;
+}
+
+int gguf_get_arr(const gguf_file *g, const char *key, gguf_vtype *elem, uint64_t *n, const void **data)
+{
+    int64_t i = gguf_find_key(g, key);
+    if (i < 0)
+        return 0;
+    if (g->kv[i].type != GGUF_VT_ARRAY)
+        return -1;
+    *elem = g->kv[i].elem;
+    *n = g->kv[i].n;
+    *data = g->kv[i].elem == GGUF_VT_STRING ? NULL : g->kv[i].arr;
+    return 1;
+}
+
+int gguf_get_arr_str(const gguf_file *g, const char *key, uint64_t idx, gguf_str *out)
+{
+    int64_t i = gguf_find_key(g, key);
+    if (i < 0)
+        return 0;
+    if (g->kv[i].type != GGUF_VT_ARRAY || g->kv[i].elem != GGUF_VT_STRING)
+        return -1;
+    if (idx >= g->kv[i].n)
+        return 0;
+    out->n = le64(g->kv[i].strs[idx]);
+    out->p = (const char *)g->kv[i].strs[idx] + 8;
+    return 1;
+}
+
+/* ---- tensors ---- */
+
+size_t gguf_n_tensors(const gguf_file *g) { return g->n_t; }
+
+const gguf_tensor *gguf_tensor_at(const gguf_file *g, size_t i)
+{
+    return i < g->n_t ? &g->t[i] : NULL;
+}
+
+const gguf_tensor *gguf_tensor_sorted(const gguf_file *g, size_t i)
+{
+    return i < g->n_t ? &g->t[g->t_sorted[i]] : NULL;
+}
+
+const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name)
+{
+    size_t lo = 0, hi = g->n_t;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(g->t[g->t_sorted[mid]].name, name);
+        if (c == 0)
+            return &g->t[g->t_sorted[mid]];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}

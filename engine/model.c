@@ -1,0 +1,259 @@
+/* model.c: eng_model: maps a GGUF, reads its hyper-parameters, binds and shape-checks every
+ * weight tensor of the llama / qwen2 / qwen3 graph, and loads the vocabulary. */
+#include "engine/model_internal.h"
+#include "engine/quant_internal.h"
+#include "engine/tokenizer_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct eng_model {
+    char *path;
+    gguf_file *g;
+    eng_info info;
+    eng_weights w;
+    float *vecs;              /* f32 copies of every norm weight and bias */
+    struct eng_vocab *vocab;
+    uint8_t tok_fp[32];
+    int have_fp;
+    uint8_t fp[32];
+};
+
+static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+static const char *type_name(uint32_t type)
+{
+    const char *name = NULL;
+    uint32_t blck, bytes;
+    if (!ggml_type_traits(type, &blck, &bytes, &name) || !name)
+        return "unknown";
+    return name;
+}
+
+/* Binding state: file, shapes and where the error goes. */
+typedef struct binder {
+    const gguf_file *g;
+    const char *path;
+    char *err;
+    size_t errlen;
+    float *vec_next;          /* bump allocator into eng_model.vecs */
+} binder;
+
+static const gguf_tensor *find(binder *b, const char *name, int required, eng_status *st)
+{
+    const gguf_tensor *t = gguf_find_tensor(b->g, name);
+    *st = ENG_OK;
+    if (!t && required)
+        *st = fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: missing tensor '%s'", b->path, name);
+    return t;
+}
+
+static eng_status bind_mat(binder *b, const char *name, int64_t rows, int64_t cols, eng_wmat *out)
+{
+    eng_status st;
+    const gguf_tensor *t = find(b, name, 1, &st);
+    if (!t)
+        return st;
+    if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows ||
+        t->ne[2] != 1 || t->ne[3] != 1)
+        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+                    "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
+                    b->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                    (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
+                    (long long)cols, (long long)rows);
+    if (!eng_type_supported(t->type))
+        return fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
+                    "%s: tensor '%s' has type %s (%u), which has no kernel here "
+                    "(supported: f32, f16, bf16, q4_0, q8_0, q4_K, q6_K)",
+                    b->path, name, type_name(t->type), t->type);
+    size_t rb = ggml_row_bytes(t->type, (uint64_t)cols);
+    if (rb == 0 || rb * (uint64_t)rows > t->nbytes)
+        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+                    "%s: tensor '%s': %lld columns of type %s do not form whole rows",
+                    b->path, name, (long long)cols, type_name(t->type));
+    out->name = t->name;
+    out->data = t->data;
+    out->type = t->type;
+    out->nrows = rows;
+    out->ncols = cols;
+    out->row_bytes = rb;
+    return ENG_OK;
+}
+
+/* Small vectors (norms, biases) are copied to f32 so the forward pass reads one type. */
+static eng_status bind_vec(binder *b, const char *name, int64_t n, int required, const float **out)
+{
+    eng_status st;
+    const gguf_tensor *t = find(b, name, required, &st);
+    *out = NULL;
+    if (!t)
+        return st;
+    if (t->nelem != (uint64_t)n || t->ne[0] != (uint64_t)n)
+        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+                    "%s: tensor '%s' has %llu elements (ne0 %llu), expected a vector of %lld",
+                    b->path, name, (unsigned long long)t->nelem, (unsigned long long)t->ne[0],
+                    (long long)n);
+    if (t->type != GGML_T_F32 && t->type != GGML_T_F16 && t->type != GGML_T_BF16)
+        return fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
+                    "%s: tensor '%s' has type %s, expected f32, f16 or bf16 for a norm/bias vector",
+                    b->path, name, type_name(t->type));
+    if (ggml_row_bytes(t->type, (uint64_t)n) > t->nbytes)
+        return fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: tensor '%s' is truncated", b->path, name);
+    float *dst = b->vec_next;
+    b->vec_next += n;
+    eng_dequant_row(t->type, t->data, dst, n);
+    *out = dst;
+    return ENG_OK;
+}
+
+static eng_status bind_layer(binder *b, const eng_info *hp, int il, eng_layer *L)
+{
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int64_t QD = (int64_t)hp->n_head * hp->head_dim, KD = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int qwen3 = strcmp(hp->arch, "qwen3") == 0;
+    char n[96];
+    eng_status st;
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", il, s), n)
+    if ((st = bind_vec(b, NAME("attn_norm.weight"), E, 1, &L->attn_norm)) ||
+        (st = bind_vec(b, NAME("ffn_norm.weight"), E, 1, &L->ffn_norm)) ||
+        (st = bind_mat(b, NAME("attn_q.weight"), QD, E, &L->wq)) ||
+        (st = bind_mat(b, NAME("attn_k.weight"), KD, E, &L->wk)) ||
+        (st = bind_mat(b, NAME("attn_v.weight"), KD, E, &L->wv)) ||
+        (st = bind_mat(b, NAME("attn_output.weight"), E, QD, &L->wo)) ||
+        (st = bind_mat(b, NAME("ffn_gate.weight"), F, E, &L->gate)) ||
+        (st = bind_mat(b, NAME("ffn_up.weight"), F, E, &L->up)) ||
+        (st = bind_mat(b, NAME("ffn_down.weight"), E, F, &L->down)) ||
+        /* biases: qwen2 has them; accepted on any arch when present */
+        (st = bind_vec(b, NAME("attn_q.bias"), QD, 0, &L->bq)) ||
+        (st = bind_vec(b, NAME("attn_k.bias"), KD, 0, &L->bk)) ||
+        (st = bind_vec(b, NAME("attn_v.bias"), KD, 0, &L->bv)) ||
+        (st = bind_vec(b, NAME("attn_q_norm.weight"), hp->head_dim, qwen3, &L->q_norm)) ||
+        (st = bind_vec(b, NAME("attn_k_norm.weight"), hp->head_dim, qwen3, &L->k_norm)))
+        return st;
+#undef NAME
+    if (!!L->q_norm != !!L->k_norm)
+        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+                    "%s: layer %d has only one of attn_q_norm / attn_k_norm", b->path, il);
+    return ENG_OK;
+}
+
+static eng_status bind_all(eng_model *m, char *err, size_t errlen)
+{
+    const eng_info *hp = &m->info;
+    const int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t KD = (int64_t)hp->n_head_kv * hp->head_dim;
+    /* upper bound of the f32 vector copies: every optional vector present */
+    size_t nvec = (size_t)E + (size_t)hp->n_layer * (size_t)(2 * E + 2 * hp->head_dim + QD + 2 * KD);
+    m->vecs = malloc(nvec * sizeof(float));
+    m->w.layers = calloc((size_t)hp->n_layer, sizeof(eng_layer));
+    if (!m->vecs || !m->w.layers)
+        return fail(err, errlen, ENG_ERR_NOMEM, "out of memory binding %d layers", hp->n_layer);
+    binder b = {m->g, m->path, err, errlen, m->vecs};
+    eng_status st;
+    if ((st = bind_mat(&b, "token_embd.weight", hp->n_vocab, E, &m->w.tok_embd)) ||
+        (st = bind_vec(&b, "output_norm.weight", E, 1, &m->w.output_norm)))
+        return st;
+    if (gguf_find_tensor(m->g, "output.weight")) {
+        if ((st = bind_mat(&b, "output.weight", hp->n_vocab, E, &m->w.output)))
+            return st;
+    } else {
+        m->w.output = m->w.tok_embd; /* tied embeddings */
+    }
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((st = bind_layer(&b, hp, il, &m->w.layers[il])))
+            return st;
+    return ENG_OK;
+}
+
+eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (!out)
+        return fail(err, errlen, ENG_ERR_ARG, "eng_model_load: out is NULL");
+    *out = NULL;
+    if (!path)
+        return fail(err, errlen, ENG_ERR_ARG, "eng_model_load: path is NULL");
+    eng_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) {
+        free(m);
+        return fail(err, errlen, ENG_ERR_NOMEM, "out of memory loading %s", path);
+    }
+    eng_status st;
+    if ((st = gguf_open(path, &m->g, err, errlen)) ||
+        (st = eng_hparams_from_gguf(m->g, &m->info, err, errlen)))
+        goto fail;
+    const eng_info *hp = &m->info;
+    if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 ||
+        hp->head_dim < 2 || hp->head_dim > 512 || hp->head_dim % 2 || hp->n_head % hp->n_head_kv || hp->n_vocab < 1 ||
+        hp->n_ff < 1 || hp->rope.n_rot != hp->head_dim) {
+        st = fail(err, errlen, ENG_ERR_UNSUPPORTED,
+                  "%s: unsupported shape (layers %d, embd %d, heads %d/%d, head dim %d, rot %d)", path,
+                  hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->rope.n_rot);
+        goto fail;
+    }
+    if ((st = bind_all(m, err, errlen)))
+        goto fail;
+    if ((st = eng_vocab_from_gguf(m->g, &m->info, &m->vocab, err, errlen)))
+        goto fail;
+    eng_fingerprint_tokenizer_compute(m->g, &m->info, m->tok_fp);
+    *out = m;
+    return ENG_OK;
+fail:
+    eng_model_free(m);
+    return st;
+}
+
+void eng_model_free(eng_model *m)
+{
+    if (!m)
+        return;
+    eng_vocab_free(m->vocab);
+    free(m->w.layers);
+    free(m->vecs);
+    gguf_close(m->g);
+    free(m->path);
+    free(m);
+}
+
+const eng_info *eng_model_info(const eng_model *m) { return &m->info; }
+const eng_weights *eng_model_weights(const eng_model *m) { return &m->w; }
+const struct eng_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
+const gguf_file *eng_model_gguf(const eng_model *m) { return m->g; }
+const char *eng_model_path(const eng_model *m) { return m->path; }
+
+eng_status eng_model_fingerprint(eng_model *m, uint8_t out[32], char *err, size_t errlen)
+{
+    if (!m->have_fp) {
+        eng_status st = eng_fingerprint_model_cached(m->path, m->g, &m->info, m->fp, err, errlen);
+        if (st)
+            return st;
+        m->have_fp = 1;
+    }
+    memcpy(out, m->fp, 32);
+    return ENG_OK;
+}
+
+void eng_tokenizer_fingerprint(const eng_model *m, uint8_t out[32])
+{
+    memcpy(out, m->tok_fp, 32);
+}
+
+size_t eng_kv_token_bytes(const eng_model *m)
+{
+    return (size_t)m->info.n_layer * 2 * (size_t)m->info.n_head_kv * (size_t)m->info.head_dim *
+           sizeof(uint16_t);
+}

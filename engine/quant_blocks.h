@@ -1,0 +1,91 @@
+/* quant_blocks.h: private to engine/quant*.c: byte offsets of ggml's block formats, the
+ * Q8 activation blocks the integer kernels consume, and the per-ISA kernel entry points. */
+#ifndef KVPUB_QUANT_BLOCKS_H
+#define KVPUB_QUANT_BLOCKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Blocks are addressed as bytes, never as C structs: rows sit at whatever offsets the GGUF
+ * file gives, and a 2-byte f16 field may be unaligned for a caller's buffer. */
+enum {
+    QB_QK = 32,            /* elements per Q4_0 / Q8_0 block */
+    QB_QK_K = 256,         /* elements per K-quant super-block */
+    QB_Q4_0_BYTES = 18,    /* f16 d, 16 bytes of nibbles */
+    QB_Q8_0_BYTES = 34,    /* f16 d, 32 int8 */
+    QB_Q4_K_BYTES = 144,   /* f16 d, f16 dmin, 12 bytes 6-bit scales/mins, 128 bytes nibbles */
+    QB_Q6_K_BYTES = 210,   /* 128 bytes ql, 64 bytes qh, 16 int8 scales, f16 d */
+    QB_Q6_K_QH = 128,      /* offsets inside a Q6_K block */
+    QB_Q6_K_SC = 192,
+    QB_Q6_K_D = 208,
+};
+
+static inline uint16_t qb_ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline void qb_st16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+
+/* Q4_K: unpacks the 12 bytes of 6-bit scales and mins of 8 sub-blocks of 32. Bytes 0-3 hold
+ * scales 0-3 in their low 6 bits, bytes 4-7 mins 0-3; sub-blocks 4-7 keep their low 4 bits in
+ * bytes 8-11 (scale low nibble, min high nibble) and their top 2 bits in the spare top bits
+ * of bytes 0-3 (scales) and 4-7 (mins). Done on 32-bit words, as 4 words of 4 bytes (scales
+ * 0-7, then mins 0-7; little-endian byte order): this runs once per 256 weights in matvec. */
+static inline void qb_q4k_scale_min_words(const uint8_t *s, uint32_t w[4])
+{
+    uint32_t a, b, c;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + 4, 4);
+    memcpy(&c, s + 8, 4);
+    w[0] = a & 0x3f3f3f3fu;                                               /* scales 0-3 */
+    w[1] = (c & 0x0f0f0f0fu) | (((a >> 6) & 0x03030303u) << 4);           /* scales 4-7 */
+    w[2] = b & 0x3f3f3f3fu;                                               /* mins 0-3 */
+    w[3] = ((c >> 4) & 0x0f0f0f0fu) | (((b >> 6) & 0x03030303u) << 4);    /* mins 4-7 */
+}
+
+static inline void qb_q4k_scale_min(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
+{
+    uint32_t w[4];
+    qb_q4k_scale_min_words(s, w);
+    memcpy(sc, w, 8);
+    memcpy(mn, w + 2, 8);
+}
+
+/* x quantized to int8 blocks (ggml's q8_0 for blk 32, q8_K for blk 256) so that weight blocks
+ * can be dotted in integers. q is 32-byte aligned. */
+typedef struct eng_xq {
+    int64_t nb;        /* blocks */
+    float *d;          /* (nb) scale: x ~= d * q */
+    int8_t *q;         /* (nb * blk) */
+    int16_t *bsum;     /* (nb * blk / 16) sums of 16 consecutive q, or NULL (K-quants use it) */
+    float *dsum;       /* (nb) d * sum of the block's q, or NULL (Q4_0 uses it) */
+} eng_xq;
+
+/* n must be a multiple of 32 (resp. 256); the arrays in out must be large enough. */
+void eng_xq_quantize(const float *x, int64_t n, int blk, eng_xq *out);
+
+/* Kernel signature: y[r] = dot(row r, x) for r in [r0, r1). Float kernels read x; integer
+ * kernels read xq. */
+typedef void (*eng_mv_fn)(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                          const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+
+#if defined(__x86_64__)
+/* quant_avx2.c: need AVX2 + FMA + F16C at run time. */
+void eng_mv_f32_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                     const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_f16_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                     const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_bf16_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q8_0_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q4_0_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q4_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q6_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n);
+void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n);
+void eng_dequant_q8_0_avx2(const uint8_t *src, float *dst, int64_t n);
+#endif
+
+#endif

@@ -1,0 +1,39 @@
+/* tokenizer_api.c: engine.h's tokenizer functions on a loaded model, thin wrappers over the
+ * model's vocabulary (tokenizer_internal.h). Separate from tokenizer.c so that vocabulary tests
+ * link without the model code. */
+#include "engine/model_internal.h"
+#include "engine/tokenizer_internal.h"
+
+#include <stdlib.h>
+
+eng_status eng_tokenize(const eng_model *m, const char *text, size_t len, int add_bos,
+                        int parse_special, int32_t **ids, size_t *n)
+{
+    if (!ids || !n)
+        return ENG_ERR_ARG;
+    *ids = NULL;
+    *n = 0;
+    if (!m || !eng_model_vocab(m))
+        return ENG_ERR_ARG;
+    return eng_vocab_tokenize(eng_model_vocab(m), text, len, add_bos, parse_special, ids, n, NULL, 0);
+}
+
+eng_detok *eng_detok_create(const eng_model *m)
+{
+    return m ? eng_vocab_detok_create(eng_model_vocab(m)) : NULL;
+}
+
+eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, char **out, size_t *len)
+{
+    if (!m || !eng_model_vocab(m)) {
+        if (out)
+            *out = NULL;
+        return ENG_ERR_ARG;
+    }
+    return eng_vocab_detokenize(eng_model_vocab(m), ids, n, out, len);
+}
+
+int eng_token_is_eog(const eng_model *m, int32_t id)
+{
+    return m ? eng_vocab_is_eog(eng_model_vocab(m), id) : 0;
+}

@@ -1,0 +1,227 @@
+/* vocab_gguf.c: reads a GGUF file's tokenizer.ggml.* metadata into an eng_vocab_desc and hands
+ * it to eng_vocab_create, which validates everything. Kept apart from tokenizer.c so that the
+ * tokenizer builds and tests without the GGUF reader. */
+#include "engine/tokenizer_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+__attribute__((format(printf, 3, 4)))
+static eng_status fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return ENG_ERR_FORMAT;
+}
+
+/* Printable copy of a metadata string for messages. */
+static void shown(const gguf_str *s, char out[48])
+{
+    size_t n = s->n < 40 ? (size_t)s->n : 40;
+    for (size_t i = 0; i < n; i++)
+        out[i] = s->p[i] >= 0x20 && s->p[i] < 0x7F ? s->p[i] : '?';
+    memcpy(out + n, s->n > 40 ? "..." : "", s->n > 40 ? 4 : 1);
+}
+
+/* A string array as pointer + length arrays into the mapping (borrowed). absent_ok: a missing
+ * key gives n = 0. */
+static eng_status get_strarr(const gguf_file *g, const char *key, int absent_ok, uint64_t max,
+                             const char ***ptrs, size_t **lens, size_t *n, char *err, size_t errlen)
+{
+    gguf_vtype elem;
+    uint64_t cnt;
+    const void *data;
+    *ptrs = NULL;
+    *lens = NULL;
+    *n = 0;
+    int r = gguf_get_arr(g, key, &elem, &cnt, &data);
+    if (r == 0)
+        return absent_ok ? ENG_OK : fail(err, errlen, "missing required key '%s'", key);
+    if (r < 0 || elem != GGUF_VT_STRING)
+        return fail(err, errlen, "key '%s' has the wrong type (expected an array of strings)", key);
+    if (cnt > max)
+        return fail(err, errlen, "key '%s' has %llu entries (limit %llu)", key, (unsigned long long)cnt,
+                    (unsigned long long)max);
+    *ptrs = malloc((cnt ? cnt : 1) * sizeof **ptrs);
+    *lens = malloc((cnt ? cnt : 1) * sizeof **lens);
+    if (!*ptrs || !*lens)
+        return ENG_ERR_NOMEM;
+    for (uint64_t i = 0; i < cnt; i++) {
+        gguf_str s;
+        if (gguf_get_arr_str(g, key, i, &s) != 1)
+            return fail(err, errlen, "key '%s': cannot read string %llu", key, (unsigned long long)i);
+        (*ptrs)[i] = s.p;
+        (*lens)[i] = (size_t)s.n;
+    }
+    *n = (size_t)cnt;
+    return ENG_OK;
+}
+
+/* A numeric array of 4-byte elements of one of two accepted types, copied out (the mapping
+ * may be unaligned). */
+static eng_status get_arr32(const gguf_file *g, const char *key, gguf_vtype t1, gguf_vtype t2,
+                            const char *expected, void **out, size_t *n, char *err, size_t errlen)
+{
+    gguf_vtype elem;
+    uint64_t cnt;
+    const void *data;
+    *out = NULL;
+    *n = 0;
+    int r = gguf_get_arr(g, key, &elem, &cnt, &data);
+    if (r == 0)
+        return ENG_OK;
+    if (r < 0 || (elem != t1 && elem != t2))
+        return fail(err, errlen, "key '%s' has the wrong type (expected an array of %s)", key, expected);
+    if (cnt > ENG_VOCAB_MAX_TOKENS)
+        return fail(err, errlen, "key '%s' has %llu entries (limit %d)", key, (unsigned long long)cnt,
+                    ENG_VOCAB_MAX_TOKENS);
+    *out = malloc(cnt ? cnt * 4 : 1);
+    if (!*out)
+        return ENG_ERR_NOMEM;
+    if (cnt)
+        memcpy(*out, data, cnt * 4);
+    *n = (size_t)cnt;
+    return ENG_OK;
+}
+
+/* Special ids as eng_hparams_from_gguf reads them: absent, negative or 0xFFFFFFFF-style values
+ * mean none; eng_vocab_create range-checks the rest. */
+static eng_status get_id(const gguf_file *g, const char *key, int32_t *out, char *err, size_t errlen)
+{
+    int64_t x;
+    int r = gguf_get_int(g, key, &x);
+    *out = -1;
+    if (r < 0)
+        return fail(err, errlen, "key '%s' has the wrong type (expected an integer)", key);
+    if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX) {
+        if (x > INT32_MAX)
+            return fail(err, errlen, "key '%s' is %lld, outside any vocabulary", key, (long long)x);
+        *out = (int32_t)x;
+    }
+    return ENG_OK;
+}
+
+static eng_status get_flag(const gguf_file *g, const char *key, int *flag, char *err, size_t errlen)
+{
+    int64_t x;
+    int r = gguf_get_int(g, key, &x);
+    if (r < 0)
+        return fail(err, errlen, "key '%s' has the wrong type (expected a bool)", key);
+    if (r == 1)
+        *flag = x != 0;
+    return ENG_OK;
+}
+
+eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct eng_vocab **out,
+                               char *err, size_t errlen)
+{
+    if (!out)
+        return ENG_ERR_ARG;
+    *out = NULL;
+    if (!g)
+        return ENG_ERR_ARG;
+    eng_vocab_desc d;
+    memset(&d, 0, sizeof d);
+    char buf[48], pre[64] = "default";
+    gguf_str s;
+    int r = gguf_get_str(g, "tokenizer.ggml.model", &s);
+    if (r == 0)
+        return fail(err, errlen, "missing required key 'tokenizer.ggml.model'");
+    if (r < 0)
+        return fail(err, errlen, "key 'tokenizer.ggml.model' has the wrong type (expected a string)");
+    if (s.n == 5 && memcmp(s.p, "llama", 5) == 0) {
+        d.kind = ENG_VOCAB_SPM;
+    } else if (s.n == 4 && memcmp(s.p, "gpt2", 4) == 0) {
+        d.kind = ENG_VOCAB_BPE;
+    } else {
+        shown(&s, buf);
+        if (err && errlen)
+            snprintf(err, errlen, "unsupported tokenizer model '%s' (supported: llama, gpt2)", buf);
+        return ENG_ERR_UNSUPPORTED;
+    }
+    r = gguf_get_str(g, "tokenizer.ggml.pre", &s);
+    if (r < 0)
+        return fail(err, errlen, "key 'tokenizer.ggml.pre' has the wrong type (expected a string)");
+    if (r == 1 && d.kind == ENG_VOCAB_BPE) {
+        eng_pretok k;
+        if (s.n >= sizeof pre || memchr(s.p, 0, (size_t)s.n) || !eng_pretok_from_name(s.p, (size_t)s.n, &k)) {
+            shown(&s, buf);
+            if (err && errlen)
+                snprintf(err, errlen,
+                         "unsupported BPE pre-tokenizer '%s' (supported: llama-bpe, qwen2, default/gpt2)", buf);
+            return ENG_ERR_UNSUPPORTED;
+        }
+        memcpy(pre, s.p, (size_t)s.n);
+        pre[s.n] = 0;
+    }
+    d.pre = pre;
+
+    const char **toks = NULL, **merges = NULL;
+    size_t *tok_lens = NULL, *merge_lens = NULL;
+    void *scores = NULL, *types = NULL;
+    eng_status st;
+    if ((st = get_strarr(g, "tokenizer.ggml.tokens", 0, ENG_VOCAB_MAX_TOKENS, &toks, &tok_lens, &d.n_tokens,
+                         err, errlen)) ||
+        (st = get_arr32(g, "tokenizer.ggml.scores", GGUF_VT_FLOAT32, GGUF_VT_FLOAT32, "float32", &scores,
+                        &d.n_scores, err, errlen)) ||
+        (st = get_arr32(g, "tokenizer.ggml.token_type", GGUF_VT_INT32, GGUF_VT_UINT32, "int32", &types,
+                        &d.n_types, err, errlen)))
+        goto done;
+    if (d.kind == ENG_VOCAB_BPE &&
+        (st = get_strarr(g, "tokenizer.ggml.merges", 0, ENG_VOCAB_MAX_MERGES, &merges, &merge_lens,
+                         &d.n_merges, err, errlen)))
+        goto done;
+    if (info && info->n_vocab > 0 && d.n_tokens > (size_t)info->n_vocab) {
+        st = fail(err, errlen, "tokenizer.ggml.tokens has %zu tokens but the model embeds only %d",
+                  d.n_tokens, info->n_vocab);
+        goto done;
+    }
+    d.tokens = toks;
+    d.token_lens = tok_lens;
+    d.scores = scores;
+    d.types = types; /* uint32 values above INT32_MAX read as negative and are rejected */
+    d.merges = merges;
+    d.merge_lens = merge_lens;
+
+    /* Defaults as llama.cpp's: SentencePiece adds BOS and a space prefix, GPT-2 BPE neither,
+     * except llama3 which adds BOS. The model's eng_info, when given, is the authority on
+     * BOS/EOS so the engine and the tokenizer cannot disagree. */
+    eng_pretok pk = ENG_PRETOK_GPT2;
+    (void)eng_pretok_from_name(pre, strlen(pre), &pk);
+    d.add_bos = d.kind == ENG_VOCAB_SPM || pk == ENG_PRETOK_LLAMA3;
+    d.add_space_prefix = d.kind == ENG_VOCAB_SPM;
+    if ((st = get_id(g, "tokenizer.ggml.bos_token_id", &d.bos_id, err, errlen)) ||
+        (st = get_id(g, "tokenizer.ggml.eos_token_id", &d.eos_id, err, errlen)) ||
+        (st = get_id(g, "tokenizer.ggml.unknown_token_id", &d.unk_id, err, errlen)) ||
+        (st = get_id(g, "tokenizer.ggml.eot_token_id", &d.eot_id, err, errlen)) ||
+        (st = get_flag(g, "tokenizer.ggml.add_bos_token", &d.add_bos, err, errlen)) ||
+        (st = get_flag(g, "tokenizer.ggml.add_eos_token", &d.add_eos, err, errlen)) ||
+        (st = get_flag(g, "tokenizer.ggml.add_space_prefix", &d.add_space_prefix, err, errlen)))
+        goto done;
+    if (info) {
+        d.bos_id = info->bos_id;
+        d.eos_id = info->eos_id;
+        d.add_bos = info->add_bos;
+    }
+    if (d.bos_id < 0)
+        d.add_bos = 0;
+    if (d.eos_id < 0)
+        d.add_eos = 0;
+    st = eng_vocab_create(&d, out, err, errlen);
+done:
+    if (st == ENG_ERR_NOMEM && err && errlen)
+        snprintf(err, errlen, "out of memory reading the vocabulary");
+    free(toks);
+    free(tok_lens);
+    free(merges);
+    free(merge_lens);
+    free(scores);
+    free(types);
+    return st;
+}

@@ -1,0 +1,66 @@
+/* kvb_internal.h: what the format/ files share and nothing outside format/ may use:
+ * little-endian helpers, error formatting, the codecs and the manifest (de)serialiser. */
+#ifndef KVPUB_KVB_INTERNAL_H
+#define KVPUB_KVB_INTERNAL_H
+
+#include "format/kvblob.h"
+
+#include <stdarg.h>
+
+#define KVB_MAGIC "\x89KVBLOB\n"
+
+static inline uint16_t kvb_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t kvb_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline void kvb_put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void kvb_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline uint64_t kvb_align(uint64_t x) { return (x + KVB_ALIGN - 1) & ~(uint64_t)(KVB_ALIGN - 1); }
+
+/* snprintf into err (if non-NULL) and return st: every error path is one line. */
+kvb_status kvb_fail(char *err, size_t errlen, kvb_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Parses the fixed 32-byte header (magic, version, flags, signature algorithm, limits). */
+kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t errlen);
+/* Writes the 32-byte header. */
+void kvb_header_write(uint8_t *p, uint32_t manifest_len, const uint8_t key_id[KVC_KEYID_LEN]);
+
+/* Manifest JSON <-> struct. serialize: canonical (sorted keys, compact), malloc'd, no NUL
+ * counted in *len. parse: validates every field and the section layout. */
+kvb_status kvb_manifest_serialize(const kvb_manifest *m, char **out, size_t *len, char *err, size_t errlen);
+kvb_status kvb_manifest_parse(const uint8_t *json, size_t len, kvb_manifest **out, char *err, size_t errlen);
+/* Checks the writer-side "in" fields (shape, limits, codec). */
+kvb_status kvb_manifest_check_shape(const kvb_manifest *m, char *err, size_t errlen);
+
+/* Number of f16 values in a decoded chunk of n tokens; bytes = 2x. */
+static inline uint64_t kvb_chunk_values(uint32_t n_layer, uint32_t n, uint32_t kv_dim)
+{
+    return (uint64_t)n_layer * 2 * n * kv_dim;
+}
+/* Most bytes a chunk of raw_bytes may take when stored with codec c (a reader refuses more). */
+uint64_t kvb_codec_max_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_t kv_dim);
+
+/* Per-thread codec scratch (zstd contexts + buffers); create returns NULL on OOM. */
+typedef struct kvb_codec_ctx kvb_codec_ctx;
+kvb_codec_ctx *kvb_codec_ctx_create(int zstd_level);
+void kvb_codec_ctx_free(kvb_codec_ctx *c);
+
+/* Encodes one chunk (kv: (n_layer, 2, n, kv_dim) f16) into *out (malloc'd, *outlen bytes). */
+kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *kv, uint32_t n_layer,
+                            uint32_t n, uint32_t kv_dim, uint8_t **out, size_t *outlen,
+                            char *err, size_t errlen);
+/* Decodes len stored bytes into kv ((n_layer, 2, n, kv_dim) f16). The caller has checked the
+ * hash; a size mismatch is KVB_ERR_DECODE. */
+kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,
+                            uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *kv,
+                            char *err, size_t errlen);
+
+/* Parses "YYYY-MM-DDTHH:MM:SSZ". Returns 0 on success. */
+int kvb_time_parse(const char *s, int64_t *out);
+
+#endif

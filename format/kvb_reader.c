@@ -1,0 +1,633 @@
+/* kvb_reader.c: the streaming reader. Bytes arrive in pieces of any size; the signature over
+ * the raw header+manifest is checked before the manifest is parsed, each section's SHA-256
+ * before it is decoded; chunks are hashed and decoded on a small pthread pool and handed to
+ * the caller strictly in order, on the caller's thread. Also the manifest-only peek. */
+#include "format/kvb_internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { ERRLEN = 256, MAX_THREADS = 64 };
+enum phase { P_HEADER, P_PREFIX, P_PAD, P_SECTION, P_DONE };
+enum slot_state { S_EMPTY, S_QUEUED, S_RUNNING, S_DONE };
+
+/* One chunk in flight: its stored bytes, its decoded K/V, its outcome. */
+typedef struct slot {
+    uint8_t *in;
+    size_t in_cap, in_len;
+    uint16_t *out;
+    size_t out_cap;  /* bytes */
+    uint32_t index;
+    int decode;
+    enum slot_state state;
+    kvb_status st;
+    char err[ERRLEN];
+} slot;
+
+struct kvb_reader {
+    kvb_read_opts o;
+    kvb_status st;          /* sticky first error */
+    char err[ERRLEN];
+    enum phase phase;
+    uint64_t pos;           /* bytes consumed so far */
+    uint8_t hdr[KVB_HEADER_LEN];
+    kvb_header h;
+    const kvc_key *signer;
+    uint8_t *prefix;        /* header + manifest + signature */
+    size_t prefix_len;
+    kvb_manifest *m;
+    uint64_t pad_to;        /* P_PAD: absolute offset where the next section starts */
+    int64_t sec;            /* P_SECTION: -1 token ids, else chunk index */
+    uint64_t sec_have;
+    uint8_t *tokbuf;
+    int32_t *tokens;        /* valid once the token section verified */
+    slot *cur;              /* chunk slot being filled */
+    /* decode pool: slots form a ring indexed by chunk number */
+    slot *slots;
+    uint32_t nslots;
+    uint32_t next_submit, next_run, next_deliver;
+    int nthreads;           /* workers started; 0 = decode inline */
+    pthread_t thr[MAX_THREADS];
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    int shutdown;
+    kvb_codec_ctx *inline_ctx;
+};
+
+static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...)
+{
+    if (r->st)
+        return r->st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, sizeof r->err, fmt, ap);
+    va_end(ap);
+    return r->st = st;
+}
+
+static kvb_status ret(const kvb_reader *r, char *err, size_t errlen)
+{
+    if (r->st && err && errlen)
+        snprintf(err, errlen, "%s", r->err);
+    return r->st;
+}
+
+kvb_reader *kvb_reader_create(const kvb_read_opts *opts)
+{
+    kvb_reader *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    if (opts)
+        r->o = *opts;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv_work, NULL);
+    pthread_cond_init(&r->cv_done, NULL);
+    return r;
+}
+
+static void stop_workers(kvb_reader *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->shutdown = 1;
+    pthread_cond_broadcast(&r->cv_work);
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < r->nthreads; i++)
+        pthread_join(r->thr[i], NULL);
+    r->nthreads = 0;
+}
+
+void kvb_reader_free(kvb_reader *r)
+{
+    if (!r)
+        return;
+    stop_workers(r);
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        free(r->slots[i].in);
+        free(r->slots[i].out);
+    }
+    free(r->slots);
+    free(r->prefix);
+    kvb_manifest_free(r->m);
+    free(r->tokbuf);
+    free(r->tokens);
+    kvb_codec_ctx_free(r->inline_ctx);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv_work);
+    pthread_cond_destroy(&r->cv_done);
+    free(r);
+}
+
+const kvb_manifest *kvb_reader_manifest(const kvb_reader *r) { return r->m; }
+const kvb_header *kvb_reader_header(const kvb_reader *r) { return r->m ? &r->h : NULL; }
+const int32_t *kvb_reader_tokens(const kvb_reader *r) { return r->tokens; }
+
+/* ---- the work on one chunk: hash, then (maybe) decode; runs on a worker or inline ---- */
+
+static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
+{
+    const kvb_manifest *m = r->m;
+    const kvb_section *sec = &m->chunks[s->index];
+    uint8_t h[KVC_SHA256_LEN];
+    kvc_sha256(s->in, s->in_len, h);
+    if (memcmp(h, sec->sha256, KVC_SHA256_LEN) != 0) {
+        s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_CHUNK_HASH, "chunk %u of %u: sha256 mismatch", s->index,
+                         m->n_chunks);
+        return;
+    }
+    if (!s->decode) {
+        s->st = KVB_OK;
+        return;
+    }
+    if (!cc) {
+        s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, m->n_chunks);
+        return;
+    }
+    char e[ERRLEN - 40];
+    s->st = kvb_chunk_decode(cc, m->codec, s->in, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->out,
+                             e, sizeof e);
+    if (s->st)
+        snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
+}
+
+static void *worker(void *arg)
+{
+    kvb_reader *r = arg;
+    kvb_codec_ctx *cc = kvb_codec_ctx_create(0);
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->shutdown && r->next_run == r->next_submit)
+            pthread_cond_wait(&r->cv_work, &r->mu);
+        if (r->shutdown)
+            break;
+        slot *s = &r->slots[r->next_run % r->nslots];
+        r->next_run++;
+        s->state = S_RUNNING;
+        pthread_mutex_unlock(&r->mu);
+        run_job(r, s, cc);
+        pthread_mutex_lock(&r->mu);
+        s->state = S_DONE;
+        pthread_cond_broadcast(&r->cv_done);
+    }
+    pthread_mutex_unlock(&r->mu);
+    kvb_codec_ctx_free(cc);
+    return NULL;
+}
+
+/* Hands the oldest finished chunk to the caller. wait=0: only if it is done already.
+ * Returns 1 if one was delivered, 0 if none, -1 on error (r->st set). */
+static int deliver_one(kvb_reader *r, int wait)
+{
+    if (r->next_deliver == r->next_submit)
+        return 0;
+    slot *s = &r->slots[r->next_deliver % r->nslots];
+    pthread_mutex_lock(&r->mu);
+    while (s->state != S_DONE) {
+        if (!wait) {
+            pthread_mutex_unlock(&r->mu);
+            return 0;
+        }
+        pthread_cond_wait(&r->cv_done, &r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    s->state = S_EMPTY;
+    r->next_deliver++;
+    if (s->st) {
+        set_err(r, s->st, "%s", s->err);
+        return -1;
+    }
+    if (s->decode && r->o.on_chunk) {
+        const kvb_section *sec = &r->m->chunks[s->index];
+        kvb_chunk c = {s->index, r->m->n_chunks, sec->t0, sec->t1, r->m->n_layer, r->m->kv_dim, s->out};
+        char e[ERRLEN] = "refused by the chunk callback";
+        kvb_status st = r->o.on_chunk(r->o.user, &c, e, sizeof e);
+        if (st) {
+            set_err(r, st, "%s", e);
+            return -1;
+        }
+    }
+    return 1;
+}
+
+/* Delivers everything in flight (in order). Returns r->st. */
+static kvb_status drain(kvb_reader *r)
+{
+    while (!r->st && deliver_one(r, 1) > 0) {
+    }
+    return r->st;
+}
+
+/* A failure found by the feeder itself: chunks before it in the byte stream report first. */
+static kvb_status feeder_fail(kvb_reader *r, kvb_status st, const char *msg)
+{
+    if (drain(r))
+        return r->st;
+    return set_err(r, st, "%s", msg);
+}
+
+static kvb_status start_pool(kvb_reader *r)
+{
+    int want = r->o.n_threads;
+    if (want <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        want = n > 0 ? (int)n : 1;
+    }
+    if (want > MAX_THREADS)
+        want = MAX_THREADS;
+    if (want > 1 && r->m->n_chunks > 1) {
+        r->nslots = 2 * (uint32_t)want;
+        r->slots = calloc(r->nslots, sizeof *r->slots);
+        if (!r->slots)
+            return set_err(r, KVB_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < want; i++) {
+            if (pthread_create(&r->thr[i], NULL, worker, r) != 0)
+                break; /* fewer workers is still correct */
+            r->nthreads++;
+        }
+        if (r->nthreads > 0)
+            return KVB_OK;
+        free(r->slots);
+    }
+    r->nslots = 1;
+    r->slots = calloc(1, sizeof *r->slots);
+    r->inline_ctx = kvb_codec_ctx_create(0);
+    if (!r->slots || !r->inline_ctx)
+        return set_err(r, KVB_ERR_NOMEM, "out of memory");
+    return KVB_OK;
+}
+
+/* Reserves the slot for chunk i, delivering older chunks first when the ring is full. */
+static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
+{
+    while (r->next_submit - r->next_deliver >= r->nslots)
+        if (deliver_one(r, 1) < 0)
+            return r->st;
+    slot *s = &r->slots[r->next_submit % r->nslots];
+    const kvb_section *sec = &r->m->chunks[i];
+    if (s->in_cap < sec->length) {
+        free(s->in);
+        /* the manifest parser bounded length by the codec's maximum for this chunk shape */
+        s->in = malloc(sec->length);
+        s->in_cap = s->in ? sec->length : 0;
+    }
+    s->index = i;
+    s->decode = !r->o.no_decode && (r->o.max_chunks == 0 || i < r->o.max_chunks);
+    size_t outb = 2 * kvb_chunk_values(r->m->n_layer, sec->t1 - sec->t0, r->m->kv_dim);
+    if (s->decode && s->out_cap < outb) {
+        free(s->out);
+        s->out = malloc(outb);
+        s->out_cap = s->out ? outb : 0;
+    }
+    if (!s->in || (s->decode && !s->out))
+        return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
+    s->in_len = 0;
+    r->cur = s;
+    return KVB_OK;
+}
+
+static void submit_chunk(kvb_reader *r)
+{
+    slot *s = r->cur;
+    r->cur = NULL;
+    if (r->nthreads == 0) {
+        run_job(r, s, r->inline_ctx);
+        s->state = S_DONE;
+        r->next_submit++;
+        r->next_run = r->next_submit;
+        return;
+    }
+    pthread_mutex_lock(&r->mu);
+    s->state = S_QUEUED;
+    r->next_submit++;
+    pthread_cond_signal(&r->cv_work);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- the byte-stream state machine ---- */
+
+static kvb_status on_header(kvb_reader *r)
+{
+    char e[ERRLEN];
+    kvb_status st = kvb_header_parse(r->hdr, &r->h, e, sizeof e);
+    if (st)
+        return set_err(r, st, "%s", e);
+    char kid[2 * KVC_KEYID_LEN + 1];
+    kvc_hex(r->h.key_id, KVC_KEYID_LEN, kid);
+    if (r->o.trust) {
+        kvc_status ks = kvc_trust_lookup(r->o.trust, r->h.key_id, &r->signer);
+        if (ks == KVC_ERR_REVOKED)
+            return set_err(r, KVB_ERR_REVOKED, "signer key id %s is revoked", kid);
+        if (ks != KVC_OK)
+            return set_err(r, KVB_ERR_UNTRUSTED, "signer key id %s is not in the trust store", kid);
+    } else if (r->o.key) {
+        uint8_t want[KVC_KEYID_LEN];
+        char wkid[2 * KVC_KEYID_LEN + 1];
+        kvc_key_id(r->o.key, want);
+        if (memcmp(want, r->h.key_id, KVC_KEYID_LEN) != 0)
+            return set_err(r, KVB_ERR_WRONG_KEY, "signed by key id %s, expected key id %s", kid,
+                           kvc_hex(want, KVC_KEYID_LEN, wkid));
+        r->signer = r->o.key;
+    } else if (!r->o.skip_signature) {
+        return set_err(r, KVB_ERR_USAGE, "reader: no trust store or key to check the signature with");
+    }
+    r->prefix_len = KVB_HEADER_LEN + (size_t)r->h.manifest_len + KVC_SIG_LEN;
+    r->prefix = malloc(r->prefix_len); /* manifest_len <= KVB_MAX_MANIFEST was checked */
+    if (!r->prefix)
+        return set_err(r, KVB_ERR_NOMEM, "out of memory for a %u-byte manifest", r->h.manifest_len);
+    memcpy(r->prefix, r->hdr, KVB_HEADER_LEN);
+    r->phase = P_PREFIX;
+    return KVB_OK;
+}
+
+static kvb_status on_prefix(kvb_reader *r)
+{
+    size_t signed_len = KVB_HEADER_LEN + r->h.manifest_len;
+    char kid[2 * KVC_KEYID_LEN + 1];
+    kvc_hex(r->h.key_id, KVC_KEYID_LEN, kid);
+    if (r->signer && kvc_verify(r->signer, r->prefix, signed_len, r->prefix + signed_len) != KVC_OK)
+        return set_err(r, KVB_ERR_BAD_SIG, "signature does not verify over header+manifest (signer key id %s)", kid);
+    char e[ERRLEN];
+    kvb_status st = kvb_manifest_parse(r->prefix + KVB_HEADER_LEN, r->h.manifest_len, &r->m, e, sizeof e);
+    if (st)
+        return set_err(r, st, "%s", e);
+    const kvb_manifest *m = r->m;
+    const kvb_section *last = &m->chunks[m->n_chunks - 1];
+    r->h.file_size = r->h.data_offset + last->offset + last->length;
+    int64_t now = r->o.now ? r->o.now : (int64_t)time(NULL);
+    if (r->o.now >= 0 && m->expires && now >= m->expires) {
+        char a[32], b[32];
+        return set_err(r, KVB_ERR_EXPIRED, "blob expired at %s (now %s)", kvb_time_format(m->expires, a, sizeof a),
+                       kvb_time_format(now, b, sizeof b));
+    }
+    if (r->o.on_manifest) {
+        snprintf(e, sizeof e, "refused by the manifest callback");
+        st = r->o.on_manifest(r->o.user, m, &r->h, e, sizeof e);
+        if (st)
+            return set_err(r, st, "%s", e);
+    }
+    r->tokbuf = malloc(m->tokens.length);
+    if (!r->tokbuf)
+        return set_err(r, KVB_ERR_NOMEM, "out of memory");
+    if (start_pool(r))
+        return r->st;
+    r->phase = P_PAD;
+    r->pad_to = r->h.data_offset;
+    r->sec = -1;
+    return KVB_OK;
+}
+
+static kvb_status on_section_done(kvb_reader *r)
+{
+    const kvb_manifest *m = r->m;
+    if (r->sec < 0) {
+        uint8_t h[KVC_SHA256_LEN];
+        kvc_sha256(r->tokbuf, m->tokens.length, h);
+        if (memcmp(h, m->tokens.sha256, KVC_SHA256_LEN) != 0)
+            return set_err(r, KVB_ERR_TOKENS_HASH, "token ids: sha256 mismatch");
+        r->tokens = malloc(4ull * m->n_tokens);
+        if (!r->tokens)
+            return set_err(r, KVB_ERR_NOMEM, "out of memory");
+        for (uint32_t i = 0; i < m->n_tokens; i++)
+            r->tokens[i] = (int32_t)kvb_le32(r->tokbuf + 4ull * i);
+    } else {
+        submit_chunk(r);
+        while (deliver_one(r, 0) > 0) {
+        }
+        if (r->st)
+            return r->st;
+    }
+    r->sec++;
+    if ((uint64_t)r->sec >= m->n_chunks) {
+        r->phase = P_DONE;
+        return KVB_OK;
+    }
+    r->phase = P_PAD;
+    r->pad_to = r->h.data_offset + m->chunks[r->sec].offset;
+    return KVB_OK;
+}
+
+static const char *sec_name(const kvb_reader *r, char *buf, size_t n)
+{
+    if (r->phase == P_HEADER || r->phase == P_PREFIX)
+        return r->phase == P_HEADER ? "the header" : "the manifest or signature";
+    if (r->sec < 0)
+        return "the token ids";
+    snprintf(buf, n, "chunk %lld of %u", (long long)r->sec, r->m->n_chunks);
+    return buf;
+}
+
+kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *err, size_t errlen)
+{
+    const uint8_t *p = data;
+    while (!r->st && len > 0) {
+        size_t take = 0;
+        switch (r->phase) {
+        case P_HEADER:
+            take = KVB_HEADER_LEN - r->pos < len ? KVB_HEADER_LEN - r->pos : len;
+            memcpy(r->hdr + r->pos, p, take);
+            if (r->pos + take == KVB_HEADER_LEN) {
+                r->pos += take;
+                p += take;
+                len -= take;
+                take = 0;
+                on_header(r);
+            }
+            break;
+        case P_PREFIX:
+            take = r->prefix_len - r->pos < len ? r->prefix_len - r->pos : len;
+            memcpy(r->prefix + r->pos, p, take);
+            if (r->pos + take == r->prefix_len) {
+                r->pos += take;
+                p += take;
+                len -= take;
+                take = 0;
+                on_prefix(r);
+            }
+            break;
+        case P_PAD:
+            take = r->pad_to - r->pos < len ? (size_t)(r->pad_to - r->pos) : len;
+            for (size_t i = 0; i < take; i++)
+                if (p[i]) {
+                    char msg[ERRLEN], nb[48];
+                    snprintf(msg, sizeof msg, "padding byte at offset %llu before %s is not zero",
+                             (unsigned long long)(r->pos + i), sec_name(r, nb, sizeof nb));
+                    feeder_fail(r, KVB_ERR_MALFORMED, msg);
+                    break;
+                }
+            if (!r->st && r->pos + take == r->pad_to) {
+                r->phase = P_SECTION;
+                r->sec_have = 0;
+                if (r->sec >= 0)
+                    begin_chunk(r, (uint32_t)r->sec);
+            }
+            break;
+        case P_SECTION: {
+            uint64_t slen = r->sec < 0 ? r->m->tokens.length : r->m->chunks[r->sec].length;
+            take = slen - r->sec_have < len ? (size_t)(slen - r->sec_have) : len;
+            if (r->sec < 0) {
+                memcpy(r->tokbuf + r->sec_have, p, take);
+            } else {
+                memcpy(r->cur->in + r->cur->in_len, p, take);
+                r->cur->in_len += take;
+            }
+            r->sec_have += take;
+            if (r->sec_have == slen) {
+                r->pos += take;
+                p += take;
+                len -= take;
+                take = 0;
+                on_section_done(r);
+            }
+            break;
+        }
+        case P_DONE: {
+            char msg[ERRLEN];
+            snprintf(msg, sizeof msg, "trailing data: the blob ends at byte %llu but more bytes follow",
+                     (unsigned long long)r->h.file_size);
+            feeder_fail(r, KVB_ERR_MALFORMED, msg);
+            break;
+        }
+        }
+        r->pos += take;
+        p += take;
+        len -= take;
+    }
+    return ret(r, err, errlen);
+}
+
+kvb_status kvb_reader_finish(kvb_reader *r, char *err, size_t errlen)
+{
+    if (!r->st && r->phase != P_DONE) {
+        char msg[ERRLEN], nb[48];
+        if (r->m)
+            snprintf(msg, sizeof msg, "truncated: input ends at byte %llu inside %s; the blob is %llu bytes",
+                     (unsigned long long)r->pos, sec_name(r, nb, sizeof nb), (unsigned long long)r->h.file_size);
+        else
+            snprintf(msg, sizeof msg, "truncated: input ends at byte %llu inside %s", (unsigned long long)r->pos,
+                     sec_name(r, nb, sizeof nb));
+        feeder_fail(r, KVB_ERR_TRUNCATED, msg);
+    }
+    drain(r);
+    return ret(r, err, errlen);
+}
+
+/* ---- whole files and manifest-only peeks ---- */
+
+kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manifest **mout, kvb_header *hout,
+                         char *err, size_t errlen)
+{
+    if (mout)
+        *mout = NULL;
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
+    kvb_reader *r = kvb_reader_create(opts);
+    uint8_t *buf = malloc(1 << 20);
+    kvb_status st = KVB_OK;
+    if (!r || !buf) {
+        st = kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
+    } else {
+        size_t n;
+        while (!st && (n = fread(buf, 1, 1 << 20, f)) > 0)
+            st = kvb_reader_feed(r, buf, n, err, errlen);
+        if (!st && ferror(f))
+            st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error: %s", path, strerror(errno));
+        if (!st)
+            st = kvb_reader_finish(r, err, errlen);
+        if (r->m && mout) {
+            char e2[ERRLEN];
+            if (kvb_manifest_parse(r->prefix + KVB_HEADER_LEN, r->h.manifest_len, mout, e2, sizeof e2) != KVB_OK)
+                *mout = NULL;
+        }
+        if (r->m && hout)
+            *hout = r->h;
+    }
+    free(buf);
+    kvb_reader_free(r);
+    if (f != stdin)
+        fclose(f);
+    return st;
+}
+
+size_t kvb_prefix_len(const void *data, size_t len, kvb_status *st)
+{
+    kvb_header h;
+    *st = KVB_OK;
+    if (len < KVB_HEADER_LEN)
+        return 0;
+    *st = kvb_header_parse(data, &h, NULL, 0);
+    return *st ? 0 : KVB_HEADER_LEN + (size_t)h.manifest_len + KVC_SIG_LEN;
+}
+
+kvb_status kvb_peek(const void *data, size_t len, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
+                    char *err, size_t errlen)
+{
+    const uint8_t *p = data;
+    kvb_header h;
+    *out = NULL;
+    if (len < KVB_HEADER_LEN)
+        return kvb_fail(err, errlen, KVB_ERR_TRUNCATED, "truncated: %zu bytes, a kvblob header is %d", len,
+                        KVB_HEADER_LEN);
+    kvb_status st = kvb_header_parse(p, &h, err, errlen);
+    if (st)
+        return st;
+    size_t signed_len = KVB_HEADER_LEN + (size_t)h.manifest_len;
+    if (len < signed_len + KVC_SIG_LEN)
+        return kvb_fail(err, errlen, KVB_ERR_TRUNCATED,
+                        "truncated: %zu bytes, the header, manifest and signature need %zu", len,
+                        signed_len + KVC_SIG_LEN);
+    char kid[2 * KVC_KEYID_LEN + 1], wkid[2 * KVC_KEYID_LEN + 1];
+    kvc_hex(h.key_id, KVC_KEYID_LEN, kid);
+    if (key) {
+        uint8_t want[KVC_KEYID_LEN];
+        kvc_key_id(key, want);
+        if (memcmp(want, h.key_id, KVC_KEYID_LEN) != 0)
+            return kvb_fail(err, errlen, KVB_ERR_WRONG_KEY, "signed by key id %s, expected key id %s", kid,
+                            kvc_hex(want, KVC_KEYID_LEN, wkid));
+        if (kvc_verify(key, p, signed_len, p + signed_len) != KVC_OK)
+            return kvb_fail(err, errlen, KVB_ERR_BAD_SIG,
+                            "signature does not verify over header+manifest (signer key id %s)", kid);
+    }
+    st = kvb_manifest_parse(p + KVB_HEADER_LEN, h.manifest_len, out, err, errlen);
+    if (st)
+        return st;
+    const kvb_section *last = &(*out)->chunks[(*out)->n_chunks - 1];
+    h.file_size = h.data_offset + last->offset + last->length;
+    if (hdr)
+        *hdr = h;
+    return KVB_OK;
+}
+
+kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
+                         char *err, size_t errlen)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
+    uint8_t h[KVB_HEADER_LEN];
+    size_t n = fread(h, 1, sizeof h, f);
+    kvb_status st = KVB_OK;
+    size_t need = kvb_prefix_len(h, n, &st);
+    uint8_t *buf = NULL;
+    if (!st && need) {
+        buf = malloc(need);
+        if (!buf) {
+            fclose(f);
+            return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
+        }
+        memcpy(buf, h, n);
+        n += fread(buf + n, 1, need - n, f);
+    }
+    if (ferror(f))
+        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error", path);
+    else
+        st = kvb_peek(buf ? buf : h, n, key, hdr, out, err, errlen);
+    free(buf);
+    fclose(f);
+    return st;
+}

@@ -1,0 +1,217 @@
+/* kvb_util.c: status names and exit codes, codec names, f16 conversion, RFC 3339 times and the
+ * fixed 32-byte header. */
+#include "format/kvb_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+const char *kvb_status_str(kvb_status st)
+{
+    switch (st) {
+    case KVB_OK: return "ok";
+    case KVB_ERR_USAGE: return "usage error";
+    case KVB_ERR_IO: return "I/O error";
+    case KVB_ERR_NOMEM: return "out of memory";
+    case KVB_ERR_TRUNCATED: return "truncated blob";
+    case KVB_ERR_MAGIC: return "not a kvblob";
+    case KVB_ERR_VERSION: return "unsupported version";
+    case KVB_ERR_UNSUPPORTED: return "unsupported feature";
+    case KVB_ERR_MALFORMED: return "malformed blob";
+    case KVB_ERR_LIMIT: return "limit exceeded";
+    case KVB_ERR_BAD_SIG: return "bad signature";
+    case KVB_ERR_UNTRUSTED: return "untrusted signer";
+    case KVB_ERR_REVOKED: return "revoked signer";
+    case KVB_ERR_WRONG_KEY: return "wrong signer";
+    case KVB_ERR_EXPIRED: return "expired";
+    case KVB_ERR_CHUNK_HASH: return "chunk hash mismatch";
+    case KVB_ERR_TOKENS_HASH: return "token ids hash mismatch";
+    case KVB_ERR_DECODE: return "chunk does not decode";
+    case KVB_ERR_CALLBACK: return "refused by caller";
+    case KVB_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+int kvb_exit_code(kvb_status st)
+{
+    switch (st) {
+    case KVB_OK:
+        return 0;
+    case KVB_ERR_BAD_SIG: case KVB_ERR_UNTRUSTED: case KVB_ERR_REVOKED: case KVB_ERR_WRONG_KEY:
+    case KVB_ERR_EXPIRED: case KVB_ERR_CHUNK_HASH: case KVB_ERR_TOKENS_HASH: case KVB_ERR_CALLBACK:
+        return 1;
+    case KVB_ERR_TRUNCATED: case KVB_ERR_MAGIC: case KVB_ERR_VERSION: case KVB_ERR_UNSUPPORTED:
+    case KVB_ERR_MALFORMED: case KVB_ERR_LIMIT: case KVB_ERR_DECODE:
+        return 3;
+    case KVB_ERR_USAGE: case KVB_ERR_IO: case KVB_ERR_NOMEM: case KVB_ERR_INTERNAL:
+        return 2;
+    }
+    return 2;
+}
+
+static const char *const codec_names[KVB_CODEC_COUNT] = {"f16", "f16-zstd", "q8", "q4"};
+
+const char *kvb_codec_name(kvb_codec c)
+{
+    return ((unsigned)c < KVB_CODEC_COUNT) ? codec_names[c] : "?";
+}
+
+kvb_status kvb_codec_parse(const char *name, kvb_codec *out)
+{
+    for (int i = 0; i < KVB_CODEC_COUNT; i++)
+        if (name && strcmp(name, codec_names[i]) == 0) {
+            *out = (kvb_codec)i;
+            return KVB_OK;
+        }
+    return KVB_ERR_UNSUPPORTED;
+}
+
+kvb_status kvb_fail(char *err, size_t errlen, kvb_status st, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+float kvb_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf / NaN (payload kept) */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {
+        /* subnormal: value = man * 2^-24, exact in f32 */
+        float f = (float)man * (1.0f / 16777216.0f);
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+uint16_t kvb_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf or NaN: keep NaN quiet */
+        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
+        return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000u) {
+        /* result is subnormal or zero: let the FPU round (x * 2^24 rounded to an integer,
+         * ties to even, is exactly the subnormal mantissa) */
+        float a;
+        memcpy(&a, &ax, 4);
+        float m = a * 16777216.0f;
+        uint32_t r = (uint32_t)m;
+        float frac = m - (float)r;
+        if (frac > 0.5f || (frac == 0.5f && (r & 1)))
+            r++;
+        return (uint16_t)(sign | r); /* r == 0x400 rolls into the smallest normal: correct */
+    }
+    /* normal: rebias exponent, round mantissa to 10 bits, ties to even */
+    uint32_t r = ax - 0x38000000u; /* exponent bias 127 -> 15, shifted by 23 */
+    uint32_t lsb = (r >> 13) & 1;
+    r += 0xfff + lsb;
+    return (uint16_t)(sign | (r >> 13));
+}
+
+char *kvb_time_format(int64_t t, char *out, size_t outlen)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (!gmtime_r(&tt, &tm) || strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, outlen, "@%lld", (long long)t);
+    return out;
+}
+
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int kvb_time_parse(const char *s, int64_t *out)
+{
+    int Y, M, D, h, m, sec;
+    if (strlen(s) != 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+        s[16] != ':' || s[19] != 'Z')
+        return -1;
+    if (digits(s, 4, &Y) || digits(s + 5, 2, &M) || digits(s + 8, 2, &D) || digits(s + 11, 2, &h) ||
+        digits(s + 14, 2, &m) || digits(s + 17, 2, &sec))
+        return -1;
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > mdays[M - 1] || h > 23 || m > 59 || sec > 59)
+        return -1;
+    int leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    if (M == 2 && D == 29 && !leap)
+        return -1;
+    /* days since 1970-01-01 (proleptic Gregorian), no libc timezone state involved */
+    static const int cum[12] = {0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334};
+    int64_t y = Y - 1;
+    int64_t days = 365 * (int64_t)(Y - 1970) + (y / 4 - y / 100 + y / 400) - (1969 / 4 - 1969 / 100 + 1969 / 400);
+    days += cum[M - 1] + (M > 2 && leap) + (D - 1);
+    *out = days * 86400 + h * 3600 + m * 60 + sec;
+    return 0;
+}
+
+kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t errlen)
+{
+    memset(h, 0, sizeof *h);
+    if (memcmp(p, KVB_MAGIC, 8) != 0)
+        return kvb_fail(err, errlen, KVB_ERR_MAGIC, "not a kvblob: bad magic (expected 89 4b 56 42 4c 4f 42 0a)");
+    h->version = kvb_le16(p + 8);
+    h->flags = kvb_le16(p + 10);
+    h->sig_alg = kvb_le16(p + 12);
+    h->manifest_len = kvb_le32(p + 16);
+    memcpy(h->key_id, p + 24, KVC_KEYID_LEN);
+    if (h->version != KVB_VERSION)
+        return kvb_fail(err, errlen, KVB_ERR_VERSION,
+                        "header: unsupported container version %u (this reader knows version %d)",
+                        h->version, KVB_VERSION);
+    if (h->flags != 0)
+        return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED,
+                        "header: unknown flags 0x%04x (version 1 defines none)", h->flags);
+    if (h->sig_alg != KVB_SIG_ED25519)
+        return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED,
+                        "header: unknown signature algorithm %u (expected 1 = Ed25519)", h->sig_alg);
+    if (kvb_le16(p + 14) != 0 || kvb_le32(p + 20) != 0)
+        return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "header: reserved bytes are not zero");
+    if (h->manifest_len < 2)
+        return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "header: manifest length %u is too small",
+                        h->manifest_len);
+    if (h->manifest_len > KVB_MAX_MANIFEST)
+        return kvb_fail(err, errlen, KVB_ERR_LIMIT, "header: manifest length %u exceeds the limit of %d bytes",
+                        h->manifest_len, KVB_MAX_MANIFEST);
+    h->data_offset = kvb_align((uint64_t)KVB_HEADER_LEN + h->manifest_len + KVC_SIG_LEN);
+    return KVB_OK;
+}
+
+void kvb_header_write(uint8_t *p, uint32_t manifest_len, const uint8_t key_id[KVC_KEYID_LEN])
+{
+    memset(p, 0, KVB_HEADER_LEN);
+    memcpy(p, KVB_MAGIC, 8);
+    kvb_put16(p + 8, KVB_VERSION);
+    kvb_put16(p + 10, 0);
+    kvb_put16(p + 12, KVB_SIG_ED25519);
+    kvb_put32(p + 16, manifest_len);
+    memcpy(p + 24, key_id, KVC_KEYID_LEN);
+}

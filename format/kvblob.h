@@ -1,0 +1,270 @@
+/* kvblob.h: the kvpub blob container (spec/kvblob.md): a signed manifest followed by chunks of
+ * per-layer f16 K/V. A writer, a streaming verifying reader and the codecs. The whole contract. */
+#ifndef KVPUB_KVBLOB_H
+#define KVPUB_KVBLOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "crypto/kvcrypto.h"
+
+#define KVB_WUR __attribute__((warn_unused_result))
+
+/* Stable status values (never renumber). kvb_exit_code() maps them to process exit codes. */
+typedef enum kvb_status {
+    KVB_OK = 0,
+    KVB_ERR_USAGE = 1,        /* bad argument from the caller (not from the blob) */
+    KVB_ERR_IO = 2,           /* read/write/open failed */
+    KVB_ERR_NOMEM = 3,
+    KVB_ERR_TRUNCATED = 4,    /* input ended before the blob did */
+    KVB_ERR_MAGIC = 5,        /* not a kvblob */
+    KVB_ERR_VERSION = 6,      /* unknown container version */
+    KVB_ERR_UNSUPPORTED = 7,  /* unknown flags, signature algorithm or codec */
+    KVB_ERR_MALFORMED = 8,    /* header/manifest/layout inconsistent */
+    KVB_ERR_LIMIT = 9,        /* a count or size exceeds a hard limit below */
+    KVB_ERR_BAD_SIG = 10,     /* Ed25519 signature does not verify */
+    KVB_ERR_UNTRUSTED = 11,   /* signer key id not in the trust store */
+    KVB_ERR_REVOKED = 12,     /* signer key id revoked */
+    KVB_ERR_WRONG_KEY = 13,   /* signed by a key other than the one the caller expected */
+    KVB_ERR_EXPIRED = 14,     /* now >= expires */
+    KVB_ERR_CHUNK_HASH = 15,  /* a chunk's SHA-256 differs from the manifest */
+    KVB_ERR_TOKENS_HASH = 16, /* the token-id section's SHA-256 differs from the manifest */
+    KVB_ERR_DECODE = 17,      /* a hash-valid chunk does not decode to the expected size */
+    KVB_ERR_CALLBACK = 18,    /* a caller callback refused (its message is kept) */
+    KVB_ERR_INTERNAL = 19,
+} kvb_status;
+
+/* Short constant name ("chunk hash mismatch", ...). Never NULL. */
+const char *kvb_status_str(kvb_status st);
+/* Exit code a tool returns for st, as spec/kvblob.md section "Exit codes" documents:
+ * 0 ok; 1 verification failed (signature, trust, revoked, wrong key, expired, hashes);
+ * 2 usage, I/O, memory, internal; 3 malformed, truncated or unsupported blob. */
+int kvb_exit_code(kvb_status st);
+
+/* Hard limits: a reader refuses (KVB_ERR_LIMIT) anything larger, before allocating. */
+enum {
+    KVB_HEADER_LEN = 32,
+    KVB_ALIGN = 64,                       /* data section and each section start aligned */
+    KVB_VERSION = 1,
+    KVB_SIG_ED25519 = 1,
+    KVB_MAX_MANIFEST = 16 << 20,          /* bytes of manifest JSON */
+    KVB_MAX_TOKENS = 1 << 20,
+    KVB_MAX_LAYERS = 256,
+    KVB_MAX_KV_DIM = 32768,               /* n_head_kv * head_dim */
+    KVB_MAX_CHUNK_TOKENS = 4096,
+    KVB_MAX_CHUNKS = 65536,
+    KVB_MAX_STRING = 4096,                /* bytes of any manifest string */
+};
+#define KVB_MAX_CHUNK_RAW ((uint64_t)512 << 20) /* decoded bytes of one chunk */
+
+typedef enum kvb_codec {
+    KVB_CODEC_F16 = 0,       /* "f16": raw little-endian f16 */
+    KVB_CODEC_F16_ZSTD = 1,  /* "f16-zstd": byte-shuffle then zstd; lossless; the default */
+    KVB_CODEC_Q8 = 2,        /* "q8": int8, K per channel, V per token, f16 scales, zstd */
+    KVB_CODEC_Q4 = 3,        /* "q4": int4, same scaling, zstd */
+    KVB_CODEC_COUNT
+} kvb_codec;
+
+/* "f16", "f16-zstd", "q8", "q4"; "?" for an unknown value. */
+const char *kvb_codec_name(kvb_codec c);
+/* Parses a codec name. Returns KVB_OK or KVB_ERR_UNSUPPORTED. */
+kvb_status kvb_codec_parse(const char *name, kvb_codec *out) KVB_WUR;
+
+typedef enum kvb_rope_type { KVB_ROPE_NORMAL = 0, KVB_ROPE_NEOX = 1 } kvb_rope_type;
+typedef enum kvb_rope_scaling {
+    KVB_SCALING_NONE = 0, KVB_SCALING_LINEAR = 1, KVB_SCALING_YARN = 2
+} kvb_rope_scaling;
+
+/* One section (token ids or a chunk). offset is relative to the data section start. */
+typedef struct kvb_section {
+    uint64_t offset;
+    uint64_t length;                 /* bytes as stored (after compression) */
+    uint32_t t0, t1;                 /* token range [t0, t1); the token section covers all */
+    uint8_t sha256[KVC_SHA256_LEN];  /* of the stored bytes */
+} kvb_section;
+
+/* The manifest. For a parsed manifest every pointer points into the same allocation and all
+ * strings are NUL-terminated (empty string when absent). For the writer the caller fills the
+ * fields marked "in" (strings may be NULL = empty); fields marked "out" are computed. */
+typedef struct kvb_manifest {
+    /* document */
+    uint8_t doc_sha256[KVC_SHA256_LEN];       /* in */
+    const char *doc_title;                    /* in */
+    const char *doc_source_uri;               /* in */
+    const char *doc_media_type;               /* in, e.g. "text/plain" */
+    uint64_t doc_bytes;                       /* in */
+    /* model: the KV shape and identity */
+    uint8_t model_fingerprint[KVC_SHA256_LEN];/* in */
+    const char *model_arch;                   /* in, e.g. "qwen3" */
+    uint32_t n_layer, n_embd, n_head, n_head_kv, head_dim; /* in */
+    uint8_t tokenizer_fingerprint[KVC_SHA256_LEN]; /* in */
+    /* RoPE as the publisher's prefill applied it */
+    kvb_rope_type rope_type;                  /* in */
+    uint32_t rope_n_rot;                      /* in */
+    double rope_freq_base, rope_freq_scale;   /* in */
+    kvb_rope_scaling rope_scaling;            /* in */
+    uint32_t rope_n_ctx_orig;                 /* in */
+    double yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow; /* in */
+    uint32_t pos0;                            /* in: position of the first token (1 after BOS) */
+    /* payload */
+    uint32_t n_tokens;                        /* in */
+    kvb_codec codec;                          /* in */
+    uint32_t chunk_tokens;                    /* in: tokens per chunk (last may be shorter); 0 = 256 */
+    int64_t created;                          /* in: unix seconds */
+    int64_t expires;                          /* in: unix seconds; 0 = never */
+    uint64_t serial;                          /* in */
+    uint8_t tokens_sha256[KVC_SHA256_LEN];    /* out: SHA-256 of the ids as LE int32 */
+    kvb_section tokens;                       /* out: the token-id section */
+    uint32_t n_chunks;                        /* out */
+    const kvb_section *chunks;                /* out: n_chunks entries, in token order */
+    /* derived on parse (out), for convenience */
+    uint32_t kv_dim;                          /* n_head_kv * head_dim */
+    uint64_t raw_bytes;                       /* n_tokens * n_layer * 2 * kv_dim * 2 */
+    uint64_t stored_bytes;                    /* sum of chunk lengths */
+} kvb_manifest;
+
+void kvb_manifest_free(kvb_manifest *m); /* NULL is a no-op */
+
+/* Fixed header fields. */
+typedef struct kvb_header {
+    uint16_t version, flags, sig_alg;
+    uint32_t manifest_len;
+    uint8_t key_id[KVC_KEYID_LEN];
+    uint64_t data_offset;  /* file offset of the data section (aligned to KVB_ALIGN) */
+    uint64_t file_size;    /* total file size the manifest implies; 0 until parsed */
+} kvb_header;
+
+/* Bytes of header+manifest+signature a peek needs: 0 if len < KVB_HEADER_LEN (need 32 first),
+ * else KVB_HEADER_LEN + manifest_len + 64 (after checking magic/version/limits; on a bad header
+ * returns 0 and *st != KVB_OK). */
+size_t kvb_prefix_len(const void *data, size_t len, kvb_status *st);
+
+/* Parses header and manifest from the first len bytes of a blob (chunks not needed).
+ * key: the expected signer (public or private); NULL = do NOT verify the signature (inspect,
+ * indexing before a key lookup). Expiry is not checked. On success *out owns a new manifest;
+ * hdr may be NULL. */
+kvb_status kvb_peek(const void *data, size_t len, const kvc_key *key, kvb_header *hdr,
+                    kvb_manifest **out, char *err, size_t errlen) KVB_WUR;
+/* Same, reading the prefix of the file at path. */
+kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr,
+                         kvb_manifest **out, char *err, size_t errlen) KVB_WUR;
+
+/* ---- reading: streaming, verifying, multithreaded ---- */
+
+/* A decoded chunk, valid only during the callback. Layout of kv:
+ * for each layer l in order: K (n, kv_dim) then V (n, kv_dim), f16 bit patterns, n = t1 - t0,
+ * i.e. the engine's exchange layout per layer (eng_kv_import_layer). */
+typedef struct kvb_chunk {
+    uint32_t index, n_chunks;
+    uint32_t t0, t1;
+    uint32_t n_layer, kv_dim;
+    const uint16_t *kv; /* (n_layer, 2, t1 - t0, kv_dim) */
+} kvb_chunk;
+
+static inline const uint16_t *kvb_chunk_k(const kvb_chunk *c, uint32_t layer)
+{
+    return c->kv + (size_t)(2 * layer) * (c->t1 - c->t0) * c->kv_dim;
+}
+static inline const uint16_t *kvb_chunk_v(const kvb_chunk *c, uint32_t layer)
+{
+    return c->kv + (size_t)(2 * layer + 1) * (c->t1 - c->t0) * c->kv_dim;
+}
+
+/* Callbacks run on the thread calling kvb_reader_feed/finish, in order. Returning non-OK
+ * stops the reader with that status; put the reason in err. */
+typedef kvb_status (*kvb_manifest_fn)(void *user, const kvb_manifest *m, const kvb_header *h,
+                                      char *err, size_t errlen);
+typedef kvb_status (*kvb_chunk_fn)(void *user, const kvb_chunk *c, char *err, size_t errlen);
+
+/* Zero-initialise, then set what you need. Exactly one of trust / key / skip_signature. */
+typedef struct kvb_read_opts {
+    const kvc_trust *trust;    /* signer must be in this store and not revoked */
+    const kvc_key *key;        /* or: signer must be exactly this key (server upload check) */
+    int skip_signature;        /* or: 1 = do not verify the signature (fuzzing, inspect) */
+    int64_t now;               /* unix seconds for the expiry check; 0 = time(NULL); <0 = skip */
+    int n_threads;             /* decode workers; 0 = online cores; 1 = on the caller's thread */
+    int no_decode;             /* 1 = verify hashes only, never decompress (verify, upload) */
+    uint32_t max_chunks;       /* deliver only the first max_chunks chunks (0 = all); the rest
+                                  are still hash-checked if fed */
+    kvb_manifest_fn on_manifest; /* after the signature check and manifest parse; may be NULL */
+    kvb_chunk_fn on_chunk;     /* each decoded chunk in order; may be NULL */
+    void *user;
+} kvb_read_opts;
+
+typedef struct kvb_reader kvb_reader;
+
+/* Creates a reader (opts copied; trust/key borrowed, must outlive the reader). NULL on OOM. */
+kvb_reader *kvb_reader_create(const kvb_read_opts *opts) KVB_WUR;
+void kvb_reader_free(kvb_reader *r); /* NULL is a no-op; stops its worker threads */
+
+/* Feeds the next len bytes of the blob, in pieces of any size. Verifies the signature over the
+ * raw header+manifest bytes before parsing the manifest, and each section's SHA-256 before
+ * decoding it. Returns KVB_OK or the first error (sticky: later calls return it again, with
+ * the same message). err gets one line such as "chunk 3 of 16: sha256 mismatch". */
+kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *err, size_t errlen) KVB_WUR;
+/* Declares end of input: waits for pending decodes, delivers them, and returns KVB_OK only if
+ * the whole blob was received and verified (else e.g. KVB_ERR_TRUNCATED). */
+kvb_status kvb_reader_finish(kvb_reader *r, char *err, size_t errlen) KVB_WUR;
+
+/* The verified manifest and header, or NULL before they are parsed. Borrowed from r. */
+const kvb_manifest *kvb_reader_manifest(const kvb_reader *r);
+const kvb_header *kvb_reader_header(const kvb_reader *r);
+/* The verified token ids (n_tokens of them), or NULL before the token section arrived. */
+const int32_t *kvb_reader_tokens(const kvb_reader *r);
+
+/* Convenience: creates a reader, feeds the file at path (or "-" = stdin) in 1 MiB pieces,
+ * finishes. If mout is non-NULL and the manifest was parsed, *mout gets a copy the caller
+ * frees (also on verification failures after the parse, so tools can still describe it). */
+kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manifest **mout,
+                         kvb_header *hout, char *err, size_t errlen) KVB_WUR;
+
+/* ---- writing ---- */
+
+typedef struct kvb_write_opts {
+    int zstd_level;  /* 0 = 3 */
+} kvb_write_opts;
+
+typedef struct kvb_writer kvb_writer;
+
+/* Starts a blob. meta: the "in" fields of the manifest (copied). tokens: n_tokens ids (copied).
+ * opts may be NULL. Encoded chunks are kept in memory until finish. */
+kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
+                             const kvb_write_opts *opts, kvb_writer **out,
+                             char *err, size_t errlen) KVB_WUR;
+void kvb_writer_free(kvb_writer *w); /* NULL is a no-op */
+
+/* Adds the next chunk: n tokens (chunk_tokens, or fewer for the last), kv laid out as
+ * kvb_chunk's kv: (n_layer, 2, n, kv_dim) f16. */
+kvb_status kvb_writer_add_chunk(kvb_writer *w, const uint16_t *kv, uint32_t n,
+                                char *err, size_t errlen) KVB_WUR;
+/* Adds all n_tokens at once from per-layer arrays: k[l], v[l] each (n_tokens, kv_dim) f16.
+ * Only valid before any add_chunk. */
+kvb_status kvb_writer_add_layers(kvb_writer *w, const uint16_t *const *k,
+                                 const uint16_t *const *v, char *err, size_t errlen) KVB_WUR;
+
+/* Signs with key (must be private) and emits the blob. All tokens must have been added.
+ * _mem: *out is malloc'd (caller frees). _file: writes to f (not closed, flushed).
+ * _path: writes PATH.tmp.XXXXXX, fsyncs, renames to path; nothing is left on failure. */
+kvb_status kvb_writer_finish_mem(kvb_writer *w, const kvc_key *key, uint8_t **out, size_t *len,
+                                 char *err, size_t errlen) KVB_WUR;
+kvb_status kvb_writer_finish_file(kvb_writer *w, const kvc_key *key, FILE *f,
+                                  char *err, size_t errlen) KVB_WUR;
+kvb_status kvb_writer_finish_path(kvb_writer *w, const kvc_key *key, const char *path,
+                                  char *err, size_t errlen) KVB_WUR;
+
+/* Writes a whole blob in one call (create + add_layers + finish_path or _mem when path NULL). */
+kvb_status kvb_write(const kvb_manifest *meta, const int32_t *tokens, const uint16_t *const *k,
+                     const uint16_t *const *v, const kvb_write_opts *opts, const kvc_key *key,
+                     const char *path, uint8_t **out, size_t *len, char *err, size_t errlen) KVB_WUR;
+
+/* ---- helpers ---- */
+
+/* IEEE half <-> single conversions (round to nearest even), as the codecs use them. */
+float kvb_f16_to_f32(uint16_t h);
+uint16_t kvb_f32_to_f16(float f);
+
+/* Formats unix seconds as RFC 3339 UTC ("2025-01-02T03:04:05Z") into out (>= 21 bytes). */
+char *kvb_time_format(int64_t t, char *out, size_t outlen);
+
+#endif

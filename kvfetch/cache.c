@@ -1,0 +1,321 @@
+/* cache.c: the local content-addressed blob cache: DIR/<id hex> blobs, DIR/tmp/<key>.part
+ * partial downloads, DIR/urls/<sha256(url) hex> holding the id a URL served. */
+#include "kvfetch/cache.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto/kvcrypto.h"
+
+#define MAX_ENTRIES 100000 /* blobs considered by one eviction scan */
+
+struct kvf_cache {
+    char dir[PATH_MAX - 128]; /* room for the "/urls/<64 hex>" suffixes in PATH_MAX buffers */
+    uint64_t max;
+};
+
+static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+/* mkdir -p with mode 0700 for the directories we create. */
+static int mkdirs(const char *path)
+{
+    char tmp[PATH_MAX];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof tmp)
+        return -1;
+    memcpy(tmp, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (tmp[i] == '/' || tmp[i] == 0) {
+            char c = tmp[i];
+            tmp[i] = 0;
+            if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+                return -1;
+            tmp[i] = c;
+        }
+    }
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : -1;
+}
+
+int kvf_parse_size(const char *s, uint64_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *s == '-')
+        return -1;
+    unsigned shift = 0;
+    switch (*end) {
+    case 0: break;
+    case 'k': case 'K': shift = 10; break;
+    case 'm': case 'M': shift = 20; break;
+    case 'g': case 'G': shift = 30; break;
+    case 't': case 'T': shift = 40; break;
+    default: return -1;
+    }
+    if (*end && end[1] && !((end[1] == 'B' || end[1] == 'b' || end[1] == 'i') && !end[2]))
+        return -1;
+    if (shift && v > (UINT64_MAX >> shift))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    kvf_cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    const char *env;
+    int n;
+    if (dir && *dir)
+        n = snprintf(c->dir, sizeof c->dir, "%s", dir);
+    else if ((env = getenv("KVPUB_CACHE_DIR")) && *env)
+        n = snprintf(c->dir, sizeof c->dir, "%s", env);
+    else if ((env = getenv("XDG_CACHE_HOME")) && *env)
+        n = snprintf(c->dir, sizeof c->dir, "%s/kvpub/blobs", env);
+    else if ((env = getenv("HOME")) && *env)
+        n = snprintf(c->dir, sizeof c->dir, "%s/.cache/kvpub/blobs", env);
+    else {
+        free(c);
+        return fail(err, errlen, KVF_ERR_USAGE, "no cache directory: set KVPUB_CACHE_DIR or HOME");
+    }
+    if (n < 0 || (size_t)n >= sizeof c->dir) {
+        free(c);
+        return fail(err, errlen, KVF_ERR_USAGE, "cache directory path too long");
+    }
+    c->max = max_bytes;
+    if (!c->max) {
+        if ((env = getenv("KVPUB_CACHE_MAX")) && *env) {
+            if (kvf_parse_size(env, &c->max) != 0 || c->max == 0) {
+                free(c);
+                return fail(err, errlen, KVF_ERR_USAGE,
+                            "KVPUB_CACHE_MAX='%s' is not a size (e.g. 512M, 10G)", env);
+            }
+        } else {
+            c->max = KVF_CACHE_DEFAULT_MAX;
+        }
+    }
+    char sub[PATH_MAX];
+    const char *subs[] = {"", "/tmp", "/urls"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(sub, sizeof sub, "%s%s", c->dir, subs[i]);
+        if (mkdirs(sub) != 0) {
+            kvf_status st = fail(err, errlen, KVF_ERR_IO, "cannot create cache directory %s: %s",
+                                 sub, strerror(errno));
+            free(c);
+            return st;
+        }
+    }
+    *out = c;
+    return KVF_OK;
+}
+
+void kvf_cache_free(kvf_cache *c) { free(c); }
+const char *kvf_cache_dir(const kvf_cache *c) { return c->dir; }
+uint64_t kvf_cache_max(const kvf_cache *c) { return c->max; }
+
+static void blob_path(const kvf_cache *c, const uint8_t id[32], char *path, size_t pathlen)
+{
+    char hex[65];
+    snprintf(path, pathlen, "%s/%s", c->dir, kvc_hex(id, 32, hex));
+}
+
+/* Sets the access time explicitly: relatime/noatime mounts would not keep LRU order. */
+static void touch_atime(const char *path)
+{
+    struct timespec ts[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
+    (void)utimensat(AT_FDCWD, path, ts, 0);
+}
+
+int kvf_cache_lookup(kvf_cache *c, const uint8_t id[32], char *path, size_t pathlen)
+{
+    char p[PATH_MAX];
+    struct stat sb;
+    blob_path(c, id, p, sizeof p);
+    if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    touch_atime(p);
+    if (path)
+        snprintf(path, pathlen, "%s", p);
+    return 1;
+}
+
+int kvf_cache_part_path(const kvf_cache *c, const char *key, char *path, size_t pathlen)
+{
+    int n = snprintf(path, pathlen, "%s/tmp/%s.part", c->dir, key);
+    return n < 0 || (size_t)n >= pathlen ? -1 : 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32], char *path,
+                            size_t pathlen, char *err, size_t errlen)
+{
+    char dst[PATH_MAX];
+    blob_path(c, id, dst, sizeof dst);
+    int fd = open(src, O_RDONLY);
+    if (fd < 0)
+        return fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", src, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    if (rc != 0)
+        return fail(err, errlen, KVF_ERR_IO, "fsync %s: %s", src, strerror(errno));
+    (void)chmod(src, 0644);
+    if (rename(src, dst) != 0)
+        return fail(err, errlen, KVF_ERR_IO, "cannot move %s to %s: %s", src, dst, strerror(errno));
+    (void)fsync_dir(c->dir);
+    touch_atime(dst);
+    kvf_cache_evict(c, id);
+    if (path)
+        snprintf(path, pathlen, "%s", dst);
+    return KVF_OK;
+}
+
+void kvf_cache_remove(kvf_cache *c, const uint8_t id[32])
+{
+    char p[PATH_MAX];
+    blob_path(c, id, p, sizeof p);
+    (void)unlink(p);
+}
+
+static void url_path(const kvf_cache *c, const char *url, char *path, size_t pathlen)
+{
+    uint8_t h[32];
+    char hex[65];
+    kvc_sha256(url, strlen(url), h);
+    snprintf(path, pathlen, "%s/urls/%s", c->dir, kvc_hex(h, 32, hex));
+}
+
+void kvf_cache_url_put(kvf_cache *c, const char *url, const uint8_t id[32])
+{
+    char p[PATH_MAX], tmp[PATH_MAX + 16], hex[65];
+    url_path(c, url, p, sizeof p);
+    snprintf(tmp, sizeof tmp, "%s.%ld", p, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    int ok = fprintf(f, "%s\n", kvc_hex(id, 32, hex)) == 65;
+    if (fclose(f) != 0 || !ok || rename(tmp, p) != 0)
+        (void)unlink(tmp); /* only a shortcut: losing it costs one download */
+}
+
+int kvf_cache_url_get(kvf_cache *c, const char *url, uint8_t id[32])
+{
+    char p[PATH_MAX], line[80];
+    url_path(c, url, p, sizeof p);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return 0;
+    int ok = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    if (!ok || strlen(line) < 64)
+        return 0;
+    line[64] = 0;
+    return kvc_unhex(line, id, 32) == KVC_OK;
+}
+
+typedef struct entry {
+    char name[65];
+    uint64_t size;
+    struct timespec atime;
+} entry;
+
+static int by_atime(const void *a, const void *b)
+{
+    const entry *x = a, *y = b;
+    if (x->atime.tv_sec != y->atime.tv_sec)
+        return x->atime.tv_sec < y->atime.tv_sec ? -1 : 1;
+    if (x->atime.tv_nsec != y->atime.tv_nsec)
+        return x->atime.tv_nsec < y->atime.tv_nsec ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static int is_id_name(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return 0;
+    return n == 64;
+}
+
+int kvf_cache_evict(kvf_cache *c, const uint8_t *keep)
+{
+    DIR *d = opendir(c->dir);
+    if (!d)
+        return 0;
+    char keephex[65] = "";
+    if (keep)
+        kvc_hex(keep, 32, keephex);
+    entry *v = NULL;
+    size_t n = 0, cap = 0;
+    uint64_t total = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < MAX_ENTRIES) {
+        if (!is_id_name(de->d_name))
+            continue;
+        struct stat sb;
+        if (fstatat(dirfd(d), de->d_name, &sb, 0) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            entry *nv = realloc(v, nc * sizeof *v);
+            if (!nv)
+                break;
+            v = nv;
+            cap = nc;
+        }
+        memcpy(v[n].name, de->d_name, 65);
+        v[n].size = (uint64_t)sb.st_size;
+        v[n].atime = sb.st_atim;
+        total += v[n].size;
+        n++;
+    }
+    int removed = 0;
+    if (total > c->max) {
+        qsort(v, n, sizeof *v, by_atime);
+        for (size_t i = 0; i < n && total > c->max; i++) {
+            if (strcmp(v[i].name, keephex) == 0)
+                continue;
+            if (unlinkat(dirfd(d), v[i].name, 0) == 0) {
+                total -= v[i].size;
+                removed++;
+            }
+        }
+    }
+    closedir(d);
+    free(v);
+    return removed;
+}

@@ -1,0 +1,446 @@
+/* client.c: kvfetch's HTTPS client on libcurl: downloads streamed into a sink with Range
+ * resumption, bounded exponential-backoff retries and stall timeouts; small JSON requests. */
+#include "kvfetch/client.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto/kvcrypto.h"
+
+#define MAX_BACKOFF_S 8.0
+#define ERRBODY_MAX 512
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+/* curl_global_init is not thread-safe on older libcurl: run it exactly once. */
+static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* State of one download across its attempts. */
+typedef struct xfer {
+    const kvf_http_opts *o;
+    kvf_sink_fn sink;
+    kvf_restart_fn restart;
+    void *user;
+    uint64_t pos;        /* absolute offset of the next byte the sink expects */
+    uint64_t req_from;   /* Range start of the current request (0 = none) */
+    long code;           /* status of the current response, once known */
+    int started;         /* body of the current response seen */
+    int range_ok;        /* Content-Range of a 206 starts where we asked */
+    int have_crange;
+    uint64_t crange_start, crange_total;
+    kvf_status sink_st;  /* set when the sink (or a status check) aborted */
+    char *err;
+    size_t errlen;
+    char errbody[ERRBODY_MAX + 1];
+    size_t errbody_len;
+    double t0, last_draw;
+    int drew;
+    kvf_http_stats *stats;
+} xfer;
+
+static int hdr_is(const char *line, size_t n, const char *name)
+{
+    size_t k = strlen(name);
+    return n > k && strncasecmp(line, name, k) == 0 && line[k] == ':';
+}
+
+static size_t on_header(char *buf, size_t size, size_t nitems, void *userp)
+{
+    xfer *x = userp;
+    size_t n = size * nitems;
+    if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
+        /* a new response (after a redirect or 100-continue): forget the previous one's */
+        x->have_crange = 0;
+        return n;
+    }
+    if (hdr_is(buf, n, "Content-Range")) {
+        /* "Content-Range: bytes START-END/TOTAL" */
+        char tmp[128];
+        size_t m = n < sizeof tmp - 1 ? n : sizeof tmp - 1;
+        memcpy(tmp, buf, m);
+        tmp[m] = 0;
+        unsigned long long s = 0, e = 0, t = 0;
+        if (sscanf(tmp + 14, " bytes %llu-%llu/%llu", &s, &e, &t) >= 2) {
+            x->have_crange = 1;
+            x->crange_start = s;
+            x->crange_total = t;
+        }
+    }
+    return n;
+}
+
+/* First body bytes of a response: decide whether they belong to the blob. */
+static int check_response(xfer *x, CURL *h)
+{
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &x->code);
+    x->started = 1;
+    if (x->code == 206) {
+        if (!x->have_crange || x->crange_start != x->req_from) {
+            x->sink_st = fail(x->err, x->errlen, KVF_ERR_HTTP,
+                              "server answered Range %llu- with a different range",
+                              (unsigned long long)x->req_from);
+            return -1;
+        }
+        if (x->stats)
+            x->stats->resumed++;
+        return 0;
+    }
+    if (x->code == 200 && x->req_from > 0) {
+        /* the server ignored Range: the body starts again at byte 0 */
+        kvf_status st = x->restart ? x->restart(x->user, x->err, x->errlen)
+                                   : fail(x->err, x->errlen, KVF_ERR_HTTP, "server ignored Range");
+        if (st != KVF_OK) {
+            x->sink_st = st;
+            return -1;
+        }
+        x->pos = 0;
+        x->req_from = 0;
+    }
+    return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    void **pp = userp;
+    xfer *x = pp[0];
+    CURL *h = pp[1];
+    size_t n = size * nmemb;
+    if (!x->started && check_response(x, h) != 0)
+        return 0;
+    if (x->code < 200 || x->code >= 300) {
+        /* keep the start of an error body for the message; swallow the rest */
+        size_t room = ERRBODY_MAX - x->errbody_len, m = n < room ? n : room;
+        memcpy(x->errbody + x->errbody_len, data, m);
+        x->errbody_len += m;
+        x->errbody[x->errbody_len] = 0;
+        return n;
+    }
+    kvf_status st = x->sink(x->user, data, n, x->err, x->errlen);
+    if (st != KVF_OK) {
+        x->sink_st = st;
+        return 0;
+    }
+    x->pos += n;
+    if (x->stats)
+        x->stats->bytes += n;
+    return n;
+}
+
+static void human(double b, char *out, size_t len)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(out, len, "%.1f %s", b, u[i]);
+}
+
+static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    xfer *x = userp;
+    double t = now_s();
+    if (t - x->last_draw < 0.1)
+        return 0;
+    x->last_draw = t;
+    uint64_t have = x->req_from + (uint64_t)dlnow;
+    uint64_t total = dltotal > 0 ? x->req_from + (uint64_t)dltotal : 0;
+    char a[32], b[32], r[32];
+    human((double)have, a, sizeof a);
+    human(t > x->t0 ? (double)x->stats->bytes / (t - x->t0) : 0, r, sizeof r);
+    if (total) {
+        int w = 30, fill = (int)((double)have / (double)total * w);
+        char bar[31];
+        for (int i = 0; i < w; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[w] = 0;
+        human((double)total, b, sizeof b);
+        fprintf(stderr, "\r  [%s] %3d%%  %s / %s  %s/s   ", bar, (int)(100.0 * have / total), a, b, r);
+    } else {
+        fprintf(stderr, "\r  %s  %s/s   ", a, r);
+    }
+    x->drew = 1;
+    return 0;
+}
+
+/* Options every request shares: TLS verification on, https only, timeouts, bearer token. */
+static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
+                               struct curl_slist **hdrs, char *err, size_t errlen)
+{
+    const char *protos = o->allow_http ? "https,http" : "https";
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, protos);
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, protos);
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(h, CURLOPT_MAXREDIRS, 5L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "kvfetch/1");
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, o->connect_timeout_s > 0 ? o->connect_timeout_s : 10L);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s > 0 ? o->stall_timeout_s : 20L);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, o->stall_min_bps > 0 ? o->stall_min_bps : 1024L);
+    if (o->cacert && curl_easy_setopt(h, CURLOPT_CAINFO, o->cacert) != CURLE_OK)
+        return fail(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
+    if (o->token) {
+        char line[600];
+        if (strlen(o->token) > 512 || strpbrk(o->token, "\r\n"))
+            return fail(err, errlen, KVF_ERR_USAGE, "token is longer than 512 bytes or has a newline");
+        snprintf(line, sizeof line, "Authorization: Bearer %s", o->token);
+        struct curl_slist *l = curl_slist_append(*hdrs, line);
+        kvc_wipe(line, sizeof line);
+        if (!l)
+            return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        *hdrs = l;
+    }
+    return KVF_OK;
+}
+
+static int transient_curl(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The first line of an error body, for messages. */
+static const char *errbody_line(xfer *x)
+{
+    for (size_t i = 0; i < x->errbody_len; i++)
+        if (x->errbody[i] == '\n' || x->errbody[i] == '\r' || (unsigned char)x->errbody[i] < 0x20) {
+            x->errbody[i] = 0;
+            break;
+        }
+    return x->errbody;
+}
+
+kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset,
+                             kvf_sink_fn sink, kvf_restart_fn restart, void *user,
+                             kvf_http_stats *stats, char *err, size_t errlen)
+{
+    if (!o || !url || !sink)
+        return fail(err, errlen, KVF_ERR_USAGE, "kvf_http_download: NULL argument");
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+    kvf_http_stats local = {0};
+    if (!stats)
+        stats = &local;
+    memset(stats, 0, sizeof *stats);
+    CURL *h = curl_easy_init();
+    if (!h)
+        return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    struct curl_slist *hdrs = NULL;
+    xfer x = {.o = o, .sink = sink, .restart = restart, .user = user, .pos = offset,
+              .err = err, .errlen = errlen, .stats = stats, .t0 = now_s()};
+    kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
+    if (st != KVF_OK)
+        goto out;
+    if (hdrs)
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    void *pp[2] = {&x, h};
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, pp);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &x);
+    if (o->progress) {
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &x);
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    }
+    int max_retries = o->max_retries == 0 ? 6 : o->max_retries < 0 ? 0 : o->max_retries;
+    double delay = o->backoff_s > 0 ? o->backoff_s : 0.5;
+    char cerr[CURL_ERROR_SIZE];
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
+
+    for (int attempt = 0;; attempt++) {
+        char range[48];
+        x.req_from = x.pos;
+        x.code = 0;
+        x.started = 0;
+        x.have_crange = 0;
+        x.errbody_len = 0;
+        x.errbody[0] = 0;
+        x.sink_st = KVF_OK;
+        cerr[0] = 0;
+        if (x.pos > 0) {
+            snprintf(range, sizeof range, "%llu-", (unsigned long long)x.pos);
+            curl_easy_setopt(h, CURLOPT_RANGE, range);
+        } else {
+            curl_easy_setopt(h, CURLOPT_RANGE, NULL);
+        }
+        stats->attempts++;
+        CURLcode rc = curl_easy_perform(h);
+        long code = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+        stats->last_http_code = code;
+        int transient = 0;
+        if (x.sink_st != KVF_OK) {
+            st = x.sink_st; /* the sink refused the bytes: not a network problem, never retried */
+            goto out;
+        }
+        if (code == 401 || code == 402 || code == 403) {
+            const char *why = errbody_line(&x);
+            st = fail(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s", code, url,
+                      *why ? ": " : "", why);
+            goto out;
+        }
+        if (code == 408 || code == 429 || code >= 500) {
+            transient = 1;
+            fail(err, errlen, KVF_ERR_NET, "HTTP %ld from %s: %s", code, url, errbody_line(&x));
+        } else if (code >= 300 || (rc == CURLE_OK && code != 200 && code != 206)) {
+            const char *why = errbody_line(&x);
+            st = fail(err, errlen, KVF_ERR_HTTP, "HTTP %ld from %s%s%s", code, url, *why ? ": " : "", why);
+            goto out;
+        } else if (rc == CURLE_OK) {
+            st = KVF_OK;
+            goto out;
+        } else if (transient_curl(rc)) {
+            transient = 1;
+            fail(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
+        } else {
+            st = fail(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
+            goto out;
+        }
+        if (!transient || attempt >= max_retries) {
+            st = KVF_ERR_NET;
+            if (attempt > 0 && err && errlen) {
+                size_t m = strlen(err);
+                snprintf(err + m, errlen - m, " (after %d attempts)", attempt + 1);
+            }
+            goto out;
+        }
+        usleep((useconds_t)(delay * 1e6));
+        delay = delay * 2 > MAX_BACKOFF_S ? MAX_BACKOFF_S : delay * 2;
+    }
+out:
+    if (x.drew)
+        fputs("\r\033[K", stderr);
+    stats->seconds = now_s() - x.t0;
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
+    return st;
+}
+
+typedef struct membuf {
+    char *p;
+    size_t len, max;
+    int over;
+} membuf;
+
+static size_t on_mem(char *data, size_t size, size_t nmemb, void *userp)
+{
+    membuf *b = userp;
+    size_t n = size * nmemb;
+    if (n > b->max - b->len) {
+        b->over = 1;
+        return 0;
+    }
+    char *q = realloc(b->p, b->len + n + 1);
+    if (!q)
+        return 0;
+    b->p = q;
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return n;
+}
+
+kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const char *url,
+                            const char *json_body, size_t max, char **out, size_t *outlen,
+                            long *code, char *err, size_t errlen)
+{
+    if (!o || !method || !url || !out)
+        return fail(err, errlen, KVF_ERR_USAGE, "kvf_http_request: NULL argument");
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+    *out = NULL;
+    CURL *h = curl_easy_init();
+    if (!h)
+        return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    struct curl_slist *hdrs = NULL;
+    membuf b = {.max = max};
+    kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
+    if (st != KVF_OK)
+        goto out;
+    if (json_body) {
+        struct curl_slist *l = curl_slist_append(hdrs, "Content-Type: application/json");
+        if (!l) {
+            st = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        hdrs = l;
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, json_body);
+    }
+    if (strcmp(method, "POST") == 0 && !json_body)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    if (hdrs)
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_mem);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+    CURLcode rc = curl_easy_perform(h);
+    if (b.over) {
+        st = fail(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, max);
+    } else if (rc != CURLE_OK) {
+        st = fail(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
+    } else {
+        if (!b.p && !(b.p = calloc(1, 1))) {
+            st = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, code);
+        *out = b.p;
+        b.p = NULL;
+        if (outlen)
+            *outlen = b.len;
+    }
+out:
+    free(b.p);
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
+    return st;
+}

@@ -1,0 +1,219 @@
+/* cmd_get.c: `kvfetch get`: fetch a blob over HTTPS (kvpubd API or any static mirror), verify it
+ * while it streams in, resume and retry, and keep it in the content-addressed local cache. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kvfetch/fetch.h"
+#include "kvfetch/kvfetch.h"
+#include "kvfetch/opts.h"
+
+static const char usage_text[] =
+    "usage: kvfetch get (URL | --server URL --blob ID) --trust DIR [options]\n"
+    "\n"
+    "Downloads a kvpub blob over HTTPS (certificate verification always on), verifying its\n"
+    "signature, trust, revocation, expiry and every chunk hash while the bytes arrive, and\n"
+    "keeps it in the local cache named by its SHA-256 (the blob id). A blob already cached is\n"
+    "re-verified from disk without the network. An interrupted download is resumed with a\n"
+    "Range request from the bytes already on disk. Prints the verified file's path on stdout.\n"
+    "\n"
+    "  URL                  a blob URL: the API's /v1/blobs/ID or a static mirror's file\n"
+    "  --server URL         kvpubd API base URL (with --blob)\n"
+    "  --blob ID            blob id (64 hex digits): with --server, or checked against URL\n"
+    "  -o FILE              also copy the verified blob to FILE\n"
+    "  --json               print a JSON summary on stdout instead of the path\n"
+    KVF_SHARED_HELP
+    "\n"
+    "exit codes: 0 ok; 1 verification failed or refused (bad signature, untrusted or revoked\n"
+    "key, expired, chunk hash, wrong blob id, body larger than the manifest says); 2 usage,\n"
+    "I/O, network or HTTP error (a partial download is kept for resuming); 3 malformed,\n"
+    "truncated or unsupported blob; 4 access denied by the server (token missing, invalid,\n"
+    "expired or used up: buy a new one).\n";
+
+/* Copies src to dst through a temporary file and rename, so dst is never half-written. */
+static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
+{
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", dst) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "output path too long");
+        return -1;
+    }
+    int in = open(src, O_RDONLY);
+    if (in < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", src, strerror(errno));
+        return -1;
+    }
+    int out = mkstemp(tmp);
+    if (out < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+        close(in);
+        return -1;
+    }
+    int rc = 0;
+    char *buf = malloc(1 << 20);
+    if (!buf)
+        rc = -1;
+    while (rc == 0) {
+        ssize_t r = read(in, buf, 1 << 20);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = r < 0 ? -1 : 0;
+            break;
+        }
+        for (ssize_t o = 0; o < r;) {
+            ssize_t w = write(out, buf + o, (size_t)(r - o));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                rc = -1;
+                break;
+            }
+            o += w;
+        }
+    }
+    free(buf);
+    if (rc == 0 && (fchmod(out, 0644) != 0 || fsync(out) != 0))
+        rc = -1;
+    if (close(out) != 0)
+        rc = -1;
+    close(in);
+    if (rc == 0 && rename(tmp, dst) != 0)
+        rc = -1;
+    if (rc != 0) {
+        snprintf(err, errlen, "writing %s: %s", dst, strerror(errno));
+        unlink(tmp);
+    }
+    return rc;
+}
+
+static void print_json(const kvf_get_result *r, const char *out_path)
+{
+    char id[65], fp[65], kid[17];
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(kvc_hex(r->id, 32, id)));
+    json_object_set_new(o, "path", json_string(out_path ? out_path : r->path));
+    json_object_set_new(o, "cache_path", json_string(r->path));
+    json_object_set_new(o, "bytes", json_integer((json_int_t)r->bytes));
+    json_object_set_new(o, "from_cache", json_boolean(r->from_cache));
+    json_object_set_new(o, "resumed_bytes", json_integer((json_int_t)r->reused));
+    json_object_set_new(o, "http_attempts", json_integer(r->http.attempts));
+    json_object_set_new(o, "http_bytes", json_integer((json_int_t)r->http.bytes));
+    json_object_set_new(o, "seconds", json_real(r->seconds));
+    json_object_set_new(o, "signer", json_string(kvc_hex(r->header.key_id, KVC_KEYID_LEN, kid)));
+    if (r->manifest) {
+        const kvb_manifest *m = r->manifest;
+        json_object_set_new(o, "title", json_string(m->doc_title));
+        json_object_set_new(o, "model_arch", json_string(m->model_arch));
+        json_object_set_new(o, "model_fingerprint", json_string(kvc_hex(m->model_fingerprint, 32, fp)));
+        json_object_set_new(o, "n_tokens", json_integer(m->n_tokens));
+        json_object_set_new(o, "codec", json_string(kvb_codec_name(m->codec)));
+        json_object_set_new(o, "expires", json_integer(m->expires));
+    }
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (s)
+        printf("%s\n", s);
+    free(s);
+    json_decref(o);
+}
+
+int kvfetch_get_main(int argc, char **argv)
+{
+    const char *prog = "kvfetch get";
+    static const struct option longopts[] = {
+        KVF_SHARED_LONGOPTS,
+        {"server", required_argument, NULL, 's'},
+        {"blob", required_argument, NULL, 'b'},
+        {"output", required_argument, NULL, 'o'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    kvf_common co = {0};
+    kvf_get_opts go = {0};
+    const char *out_path = NULL;
+    int json = 0, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        int r = kvf_common_opt(&co, c, optarg, prog);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        switch (c) {
+        case 's': go.server = optarg; break;
+        case 'b': go.blob_id = optarg; break;
+        case 'o': out_path = optarg; break;
+        case 'j': json = 1; break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default:
+            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc)
+        go.url = argv[optind++];
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+        return 2;
+    }
+    if (!go.url && !(go.server && go.blob_id)) {
+        fprintf(stderr, "%s: give a blob URL, or --server URL and --blob ID (try --help)\n", prog);
+        return 2;
+    }
+    if (go.url && go.server) {
+        fprintf(stderr, "%s: give either a URL or --server, not both\n", prog);
+        return 2;
+    }
+    int rc = kvf_common_open(&co, prog);
+    if (rc != 0)
+        return rc;
+    go.trust = co.trust;
+    go.now = co.now;
+    go.http = co.http;
+
+    kvf_get_result res;
+    char err[8192] = "";
+    kvf_status st = kvf_get(co.cache, &go, &res, err, sizeof err);
+    if (st != KVF_OK) {
+        rc = kvf_exit_code(st, res.vst);
+        if (st == KVF_ERR_VERIFY)
+            fprintf(stderr, "%s: verification failed (%s): %s\n", prog, kvb_status_str(res.vst), err);
+        else if (st == KVF_ERR_NET && res.http.bytes + res.reused > 0)
+            fprintf(stderr, "%s: %s (partial download kept; run again to resume)\n", prog, err);
+        else
+            fprintf(stderr, "%s: %s\n", prog, err);
+        goto out;
+    }
+    if (out_path && copy_out(res.path, out_path, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        rc = 2;
+        goto out;
+    }
+    if (json) {
+        print_json(&res, out_path);
+    } else {
+        printf("%s\n", out_path ? out_path : res.path);
+        if (!co.quiet) {
+            char id[65], kid[17];
+            const kvb_manifest *m = res.manifest;
+            fprintf(stderr, "verified blob %s: %s, %u tokens, model %s, signer %s; %s in %.3f s\n",
+                    kvc_hex(res.id, 32, id), m ? m->doc_title : "?", m ? m->n_tokens : 0,
+                    m ? m->model_arch : "?", kvc_hex(res.header.key_id, KVC_KEYID_LEN, kid),
+                    res.from_cache ? "from the local cache (no network)" : "downloaded",
+                    res.seconds);
+            if (res.reused)
+                fprintf(stderr, "resumed: %llu bytes were already on disk\n", (unsigned long long)res.reused);
+        }
+    }
+out:
+    kvf_get_result_clear(&res);
+    kvf_common_close(&co);
+    return rc;
+}

@@ -1,0 +1,97 @@
+/* opts.c: the options kvfetch get, run and compare share (trust, TLS, token, cache, retries). */
+#include "kvfetch/opts.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
+{
+    long v;
+    switch (c) {
+    case KVF_OPT_TRUST: co->trust_dir = arg; return 1;
+    case KVF_OPT_CACERT: co->http.cacert = arg; return 1;
+    case KVF_OPT_TOKEN: co->http.token = arg; return 1;
+    case KVF_OPT_CACHE_DIR: co->cache_dir = arg; return 1;
+    case KVF_OPT_QUIET: co->quiet = 1; return 1;
+    case KVF_OPT_CACHE_MAX:
+        if (kvf_parse_size(arg, &co->cache_max) != 0 || co->cache_max == 0) {
+            fprintf(stderr, "%s: --cache-max '%s' is not a size (e.g. 512M, 10G)\n", prog, arg);
+            return -1;
+        }
+        return 1;
+    case KVF_OPT_RETRIES:
+        if (parse_long(arg, 0, 100, &v) != 0) {
+            fprintf(stderr, "%s: --retries '%s' is not a number in 0..100\n", prog, arg);
+            return -1;
+        }
+        co->http.max_retries = v == 0 ? -1 : (int)v;
+        return 1;
+    case KVF_OPT_CONNECT_TIMEOUT:
+    case KVF_OPT_STALL_TIMEOUT:
+        if (parse_long(arg, 1, 3600, &v) != 0) {
+            fprintf(stderr, "%s: timeout '%s' is not a number of seconds in 1..3600\n", prog, arg);
+            return -1;
+        }
+        if (c == KVF_OPT_CONNECT_TIMEOUT)
+            co->http.connect_timeout_s = v;
+        else
+            co->http.stall_timeout_s = v;
+        return 1;
+    case KVF_OPT_NOW:
+        if (parse_long(arg, 1, 0x7fffffffffffL, &v) != 0) {
+            fprintf(stderr, "%s: --now '%s' is not unix seconds\n", prog, arg);
+            return -1;
+        }
+        co->now = v;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int kvf_common_open(kvf_common *co, const char *prog)
+{
+    char err[512];
+    if (!co->trust_dir) {
+        fprintf(stderr, "%s: --trust DIR is required (the publisher keys you trust)\n", prog);
+        return 2;
+    }
+    if (!co->http.token) {
+        const char *t = getenv("KVPUB_TOKEN");
+        if (t && *t)
+            co->http.token = t;
+    }
+    co->http.progress = !co->quiet && isatty(2);
+    if (kvc_trust_open(co->trust_dir, &co->trust, err, sizeof err) != KVC_OK) {
+        fprintf(stderr, "%s: trust store %s: %s\n", prog, co->trust_dir, err);
+        return 2;
+    }
+    if (kvf_cache_open(co->cache_dir, co->cache_max, &co->cache, err, sizeof err) != KVF_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        kvf_common_close(co);
+        return 2;
+    }
+    return 0;
+}
+
+void kvf_common_close(kvf_common *co)
+{
+    if (co->trust)
+        kvc_trust_free(co->trust);
+    kvf_cache_free(co->cache);
+    co->trust = NULL;
+    co->cache = NULL;
+}

@@ -1,0 +1,65 @@
+/* opts.h: option handling kvfetch get, run and compare share: trust store, TLS, token, cache,
+ * retry and timeout flags, parsed into one struct so the three commands accept the same words. */
+#ifndef KVPUB_KVFETCH_OPTS_H
+#define KVPUB_KVFETCH_OPTS_H
+
+#include <getopt.h>
+#include <stdint.h>
+
+#include "crypto/kvcrypto.h"
+#include "kvfetch/cache.h"
+#include "kvfetch/client.h"
+
+/* getopt_long codes of the shared long options (above any short option character). */
+enum {
+    KVF_OPT_TRUST = 1000, KVF_OPT_CACERT, KVF_OPT_TOKEN, KVF_OPT_CACHE_DIR, KVF_OPT_CACHE_MAX,
+    KVF_OPT_RETRIES, KVF_OPT_CONNECT_TIMEOUT, KVF_OPT_STALL_TIMEOUT, KVF_OPT_NOW, KVF_OPT_QUIET,
+    KVF_OPT_SHARED_END
+};
+
+/* The shared long options, to splice into a command's table (no terminator). */
+#define KVF_SHARED_LONGOPTS                                                   \
+    {"trust", required_argument, NULL, KVF_OPT_TRUST},                        \
+    {"cacert", required_argument, NULL, KVF_OPT_CACERT},                      \
+    {"token", required_argument, NULL, KVF_OPT_TOKEN},                        \
+    {"cache-dir", required_argument, NULL, KVF_OPT_CACHE_DIR},                \
+    {"cache-max", required_argument, NULL, KVF_OPT_CACHE_MAX},                \
+    {"retries", required_argument, NULL, KVF_OPT_RETRIES},                    \
+    {"connect-timeout", required_argument, NULL, KVF_OPT_CONNECT_TIMEOUT},    \
+    {"stall-timeout", required_argument, NULL, KVF_OPT_STALL_TIMEOUT},        \
+    {"now", required_argument, NULL, KVF_OPT_NOW},                            \
+    {"quiet", no_argument, NULL, KVF_OPT_QUIET}
+
+/* Help text for the shared options. */
+#define KVF_SHARED_HELP                                                                        \
+    "  --trust DIR          trusted publisher keys (*.pub) and optional 'revoked' list (required)\n" \
+    "  --cacert FILE        CA bundle for the server's certificate (default: the system's)\n"   \
+    "  --token T            Bearer token for a priced blob (or $KVPUB_TOKEN)\n"                   \
+    "  --cache-dir DIR      blob cache (default $KVPUB_CACHE_DIR, $XDG_CACHE_HOME/kvpub/blobs,\n" \
+    "                       ~/.cache/kvpub/blobs)\n"                                              \
+    "  --cache-max SIZE     cache size cap, LRU eviction (default $KVPUB_CACHE_MAX or 10G)\n"      \
+    "  --retries N          retries of a failed transfer, exponential backoff (default 6)\n"      \
+    "  --connect-timeout S  seconds (default 10)\n"                                              \
+    "  --stall-timeout S    abort a transfer under 1 KiB/s for S seconds (default 20)\n"          \
+    "  --now UNIX           judge expiry at this time instead of the clock (tests)\n"            \
+    "  --quiet              no progress bar or summaries on stderr\n"
+
+typedef struct kvf_common {
+    const char *trust_dir;
+    const char *cache_dir;
+    uint64_t cache_max;
+    int64_t now;
+    int quiet;
+    kvf_http_opts http;
+    kvc_trust *trust;   /* opened by kvf_common_open */
+    kvf_cache *cache;
+} kvf_common;
+
+/* Handles one shared option (c is getopt's return). Returns 1 if it was one, 0 if not, -1 on a
+ * bad value (message printed to stderr with prog as prefix). */
+int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog);
+/* Opens the trust store and the cache. Returns an exit code: 0, or 2 after printing. */
+int kvf_common_open(kvf_common *co, const char *prog);
+void kvf_common_close(kvf_common *co);
+
+#endif

@@ -1,0 +1,64 @@
+/* blobinfo.c: manifest -> kvs_blob (the index row), including the shape and RoPE JSON texts
+ * the catalog shows, so the daemon and the publish command index blobs the same way. */
+#include "kvpubd/blobinfo.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+static char *dump(json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    return s;
+}
+
+int kvpubd_blobinfo_fill(kvpubd_blobinfo *bi, const kvb_manifest *m, const uint8_t key_id[KVC_KEYID_LEN],
+                         uint64_t price)
+{
+    memset(bi, 0, sizeof *bi);
+    static const char *const scaling[] = {"none", "linear", "yarn"};
+    bi->shape_json = dump(json_pack("{s:I, s:I, s:I, s:I, s:I}", "n_layer", (json_int_t)m->n_layer,
+                                    "n_embd", (json_int_t)m->n_embd, "n_head", (json_int_t)m->n_head,
+                                    "n_head_kv", (json_int_t)m->n_head_kv, "head_dim",
+                                    (json_int_t)m->head_dim));
+    bi->rope_json = dump(json_pack(
+        "{s:s, s:I, s:f, s:f, s:s, s:I, s:f, s:f, s:f, s:f, s:I}", "type",
+        m->rope_type == KVB_ROPE_NEOX ? "neox" : "normal", "n_rot", (json_int_t)m->rope_n_rot, "freq_base",
+        m->rope_freq_base, "freq_scale", m->rope_freq_scale, "scaling",
+        (unsigned)m->rope_scaling < 3 ? scaling[m->rope_scaling] : "?", "n_ctx_orig",
+        (json_int_t)m->rope_n_ctx_orig, "yarn_ext_factor", m->yarn_ext_factor, "yarn_attn_factor",
+        m->yarn_attn_factor, "yarn_beta_fast", m->yarn_beta_fast, "yarn_beta_slow", m->yarn_beta_slow, "pos0",
+        (json_int_t)m->pos0));
+    if (!bi->shape_json || !bi->rope_json) {
+        kvpubd_blobinfo_clear(bi);
+        return -1;
+    }
+    kvs_blob *b = &bi->blob;
+    memcpy(b->doc_sha256, m->doc_sha256, sizeof b->doc_sha256);
+    b->doc_title = m->doc_title ? m->doc_title : "";
+    b->doc_source_uri = m->doc_source_uri && m->doc_source_uri[0] ? m->doc_source_uri : NULL;
+    b->doc_media_type = m->doc_media_type && m->doc_media_type[0] ? m->doc_media_type : "text/plain";
+    b->doc_bytes = m->doc_bytes;
+    memcpy(b->model_fp, m->model_fingerprint, sizeof b->model_fp);
+    b->model_arch = m->model_arch ? m->model_arch : "";
+    b->model_shape = bi->shape_json;
+    b->rope = bi->rope_json;
+    memcpy(b->tokenizer_fp, m->tokenizer_fingerprint, sizeof b->tokenizer_fp);
+    b->codec = kvb_codec_name(m->codec);
+    b->n_tokens = m->n_tokens;
+    b->serial = m->serial;
+    b->created = m->created;
+    b->expires = m->expires;
+    b->price = price;
+    memcpy(b->publisher_id, key_id, KVS_KEYID_LEN);
+    return 0;
+}
+
+void kvpubd_blobinfo_clear(kvpubd_blobinfo *bi)
+{
+    free(bi->shape_json);
+    free(bi->rope_json);
+    bi->shape_json = bi->rope_json = NULL;
+}

@@ -1,0 +1,781 @@
+/* server.c: the kvpubd HTTPS daemon: libmicrohttpd (thread pool, epoll, GnuTLS) routing the
+ * endpoints of spec/http-api.md onto store/, with limits, metrics and structured logs. */
+#include "kvpubd/server.h"
+#include "kvpubd/server_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+/* Bodies we accept besides uploads (purchase requests) are tiny JSON objects. */
+#define SMALL_BODY_MAX 4096
+/* Blob bodies are read and handed to TLS in blocks of this size: MHD's own fd responses use
+ * 4 KiB blocks, which become 4 KiB TLS records (4x the records and syscalls of 16 KiB). */
+#define FILE_BLOCK (256 * 1024)
+/* Per-connection memory pool: the request line + headers must fit in about half of it. */
+#define CONN_MEMORY_LIMIT (64 * 1024)
+#define MAX_LOG_PATH 200
+
+/* ---- metrics ---- */
+
+static const char *const ep_names[EP_COUNT] = {
+    "catalog", "manifest", "blob", "purchase", "upload", "keys", "healthz", "metrics", "other",
+};
+static const unsigned metric_codes[] = {200, 201, 206, 304, 400, 401, 403, 404, 405, 410, 411,
+                                        413, 415, 416, 422, 500, 503};
+#define N_CODES (sizeof metric_codes / sizeof metric_codes[0])
+_Static_assert(N_CODES + 1 == KVSRV_N_CODES, "KVSRV_N_CODES counts metric_codes plus 'other'");
+
+static unsigned code_slot(unsigned code)
+{
+    for (unsigned i = 0; i < N_CODES; i++)
+        if (metric_codes[i] == code)
+            return i;
+    return N_CODES; /* "other" */
+}
+
+/* ---- logging ---- */
+
+static void log_vwrite(kvsrv *s, const char *level, const char *fmt, va_list ap)
+{
+    char ts[32];
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    pthread_mutex_lock(&s->log_mu);
+    FILE *f = s->log ? s->log : stderr;
+    fprintf(f, "ts=%s.%03ldZ level=%s ", ts, now.tv_nsec / 1000000, level);
+    vfprintf(f, fmt, ap);
+    fputc('\n', f);
+    fflush(f);
+    pthread_mutex_unlock(&s->log_mu);
+}
+
+void kvsrv_log(kvsrv *s, const char *level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vwrite(s, level, fmt, ap);
+    va_end(ap);
+}
+
+void kvsrv_reopen_log(kvsrv *s)
+{
+    if (!s->log_path)
+        return;
+    FILE *f = fopen(s->log_path, "a");
+    if (!f) {
+        kvsrv_log(s, "error", "event=log_reopen path=%s error=\"%s\"", s->log_path, strerror(errno));
+        return;
+    }
+    pthread_mutex_lock(&s->log_mu);
+    FILE *old = s->log;
+    s->log = f;
+    pthread_mutex_unlock(&s->log_mu);
+    if (old)
+        fclose(old);
+    kvsrv_log(s, "info", "event=log_reopen path=%s", s->log_path);
+}
+
+/* MHD's own diagnostics (TLS handshake failures, limits hit) become error lines. */
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = 0;
+    for (char *p = msg; *p; p++)
+        if (*p == '"' || (unsigned char)*p < 0x20)
+            *p = '\'';
+    kvsrv_log(cls, "error", "event=mhd msg=\"%s\"", msg);
+}
+
+/* Copies s into out for a log line: quotes and control bytes replaced, length capped. */
+static void log_sanitize(const char *s, char *out, size_t outlen)
+{
+    size_t j = 0;
+    for (size_t i = 0; s && s[i] && j + 1 < outlen; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[j++] = (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
+    }
+    out[j] = 0;
+}
+
+/* ---- request state ---- */
+
+static double mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static void req_free(kvsrv_req *r)
+{
+    if (!r)
+        return;
+    if (r->up_reader)
+        kvb_reader_free(r->up_reader);
+    if (r->up_fd >= 0)
+        close(r->up_fd);
+    kvc_key_free(r->up_key);
+    free(r->body);
+    free(r);
+}
+
+/* ---- responses ---- */
+
+enum MHD_Result kvsrv_queue(kvsrv_req *r, unsigned status, struct MHD_Response *resp)
+{
+    if (!resp)
+        return MHD_NO;
+    r->status = status;
+    if (atomic_load(&r->srv->stopping))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!text)
+        return MHD_NO;
+    size_t len = strlen(text);
+    text[len] = 0;
+    /* a trailing newline keeps curl output and logs readable */
+    char *t2 = realloc(text, len + 2);
+    if (!t2) {
+        free(text);
+        return MHD_NO;
+    }
+    t2[len] = '\n';
+    t2[len + 1] = 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len + 1, t2, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(t2);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    r->bytes = len + 1;
+    return kvsrv_queue(r, status, resp);
+}
+
+enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error,
+                                    const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    snprintf(r->err, sizeof r->err, "%.60s: %.190s", error, detail);
+    json_t *o = json_pack("{s:s, s:s}", "error", error, "detail", detail);
+    if (!o)
+        return MHD_NO;
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text)
+        return MHD_NO;
+    size_t len = strlen(text);
+    char *t2 = realloc(text, len + 2);
+    if (!t2) {
+        free(text);
+        return MHD_NO;
+    }
+    t2[len] = '\n';
+    t2[len + 1] = 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len + 1, t2, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(t2);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"kvpub\"");
+    r->bytes = len + 1;
+    return kvsrv_queue(r, status, resp);
+}
+
+enum MHD_Result kvsrv_respond_text(kvsrv_req *r, unsigned status, const char *ctype, char *text_take,
+                                   size_t len)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text_take, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text_take);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    r->bytes = len;
+    return kvsrv_queue(r, status, resp);
+}
+
+/* ---- file bodies ---- */
+
+typedef struct file_body {
+    int fd;
+    uint64_t offset;          /* file offset of the response's first byte */
+    _Atomic uint64_t *bytes;  /* the request's counter; valid until the request completes */
+    kvsrv *srv;
+} file_body;
+
+static ssize_t file_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    file_body *fb = cls;
+    ssize_t n;
+    do
+        n = pread(fb->fd, buf, max, (off_t)(fb->offset + pos));
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR; /* the file shrank or vanished: cut the body */
+    atomic_fetch_add_explicit(fb->bytes, (uint64_t)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&fb->srv->bytes_sent, (uint64_t)n, memory_order_relaxed);
+    return n;
+}
+
+static void file_free(void *cls)
+{
+    file_body *fb = cls;
+    close(fb->fd);
+    free(fb);
+}
+
+struct MHD_Response *kvsrv_file_response(kvsrv_req *r, int fd_take, uint64_t offset, uint64_t len)
+{
+    file_body *fb = malloc(sizeof *fb);
+    if (!fb) {
+        close(fd_take);
+        return NULL;
+    }
+    fb->fd = fd_take;
+    fb->offset = offset;
+    fb->bytes = &r->file_bytes;
+    fb->srv = r->srv;
+    size_t block = len < FILE_BLOCK ? (size_t)(len ? len : 1) : FILE_BLOCK;
+    struct MHD_Response *resp = MHD_create_response_from_callback(len, block, file_read, fb, file_free);
+    if (!resp)
+        file_free(fb);
+    return resp;
+}
+
+/* ---- small helpers shared by the handlers ---- */
+
+int kvsrv_is_id(const char *s)
+{
+    size_t i = 0;
+    for (; s[i]; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return i == 64;
+}
+
+const char *kvsrv_header(kvsrv_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *kvsrv_arg(kvsrv_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *kvsrv_bearer(kvsrv_req *r)
+{
+    const char *h = kvsrv_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return NULL;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return *h ? h : NULL;
+}
+
+/* Parses a decimal uint64 that is the whole string. Returns 0 on success. */
+int kvsrv_parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return -1;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- routing ---- */
+
+/* Splits the URL path into an endpoint and, for /v1/blobs/{id}[/manifest], the id. */
+static void route(const char *url, kvsrv_req *r)
+{
+    r->ep = EP_OTHER;
+    if (strcmp(url, "/v1/catalog") == 0)
+        r->ep = EP_CATALOG;
+    else if (strcmp(url, "/v1/purchases") == 0)
+        r->ep = EP_PURCHASE;
+    else if (strcmp(url, "/v1/blobs") == 0)
+        r->ep = EP_UPLOAD;
+    else if (strcmp(url, "/v1/keys") == 0)
+        r->ep = EP_KEYS;
+    else if (strcmp(url, "/healthz") == 0)
+        r->ep = EP_HEALTHZ;
+    else if (strcmp(url, "/metrics") == 0)
+        r->ep = EP_METRICS;
+    else if (strncmp(url, "/v1/blobs/", 10) == 0) {
+        const char *id = url + 10;
+        const char *slash = strchr(id, '/');
+        size_t n = slash ? (size_t)(slash - id) : strlen(id);
+        if (slash && strcmp(slash, "/manifest") != 0)
+            return;
+        /* the id is checked character by character, so "..", "%2e" or "/" never reach a path */
+        if (n != 64)
+            r->ep = slash ? EP_MANIFEST : EP_BLOB, r->bad_id = 1;
+        else {
+            memcpy(r->id, id, 64);
+            r->id[64] = 0;
+            r->ep = slash ? EP_MANIFEST : EP_BLOB;
+            r->bad_id = !kvsrv_is_id(r->id);
+        }
+    }
+}
+
+static enum MHD_Result method_not_allowed(kvsrv_req *r, const char *allow)
+{
+    char detail[128];
+    snprintf(detail, sizeof detail, "%s %s is not supported (allowed: %s)", r->method,
+             ep_names[r->ep], allow);
+    snprintf(r->err, sizeof r->err, "method_not_allowed: %s", detail);
+    json_t *o = json_pack("{s:s, s:s}", "error", "method_not_allowed", "detail", detail);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text)
+        return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    r->bytes = strlen(detail);
+    return kvsrv_queue(r, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+}
+
+static int is_get(const char *m)
+{
+    return strcmp(m, MHD_HTTP_METHOD_GET) == 0 || strcmp(m, MHD_HTTP_METHOD_HEAD) == 0;
+}
+
+/* First call for a request without a body (GET/HEAD): a body is refused so that nothing is
+ * left unread on the connection. */
+static int has_body(kvsrv_req *r)
+{
+    const char *te = kvsrv_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    const char *cl = kvsrv_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return te != NULL || (cl && strcmp(cl, "0") != 0);
+}
+
+static enum MHD_Result handle_healthz(kvsrv_req *r)
+{
+    return kvsrv_respond_json(r, MHD_HTTP_OK, json_pack("{s:s}", "status",
+                                                          atomic_load(&r->srv->stopping) ? "stopping" : "ok"));
+}
+
+static enum MHD_Result handle_metrics(kvsrv_req *r)
+{
+    kvsrv *s = r->srv;
+    size_t cap = 64 * 1024, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return MHD_NO;
+#define EMIT(...) \
+    do { \
+        int n_ = snprintf(out + len, cap - len, __VA_ARGS__); \
+        if (n_ > 0 && (size_t)n_ < cap - len) \
+            len += (size_t)n_; \
+    } while (0)
+    EMIT("# HELP kvpubd_requests_total Requests answered, by endpoint and HTTP status.\n"
+         "# TYPE kvpubd_requests_total counter\n");
+    for (int e = 0; e < EP_COUNT; e++)
+        for (unsigned c = 0; c <= N_CODES; c++) {
+            uint64_t v = atomic_load_explicit(&s->requests[e][c], memory_order_relaxed);
+            if (!v)
+                continue;
+            if (c < N_CODES)
+                EMIT("kvpubd_requests_total{endpoint=\"%s\",status=\"%u\"} %" PRIu64 "\n",
+                     ep_names[e], metric_codes[c], v);
+            else
+                EMIT("kvpubd_requests_total{endpoint=\"%s\",status=\"other\"} %" PRIu64 "\n",
+                     ep_names[e], v);
+        }
+    EMIT("# HELP kvpubd_response_bytes_total Body bytes handed to TLS.\n"
+         "# TYPE kvpubd_response_bytes_total counter\n"
+         "kvpubd_response_bytes_total %" PRIu64 "\n",
+         atomic_load(&s->bytes_sent));
+    EMIT("# HELP kvpubd_errors_total Requests answered 5xx or cut before completion.\n"
+         "# TYPE kvpubd_errors_total counter\n"
+         "kvpubd_errors_total %" PRIu64 "\n",
+         atomic_load(&s->errors));
+    EMIT("# HELP kvpubd_active_connections Open client connections.\n"
+         "# TYPE kvpubd_active_connections gauge\n"
+         "kvpubd_active_connections %" PRId64 "\n",
+         (int64_t)atomic_load(&s->active_conns));
+    EMIT("# HELP kvpubd_inflight_requests Requests being handled or sent.\n"
+         "# TYPE kvpubd_inflight_requests gauge\n"
+         "kvpubd_inflight_requests %" PRId64 "\n",
+         (int64_t)atomic_load(&s->inflight));
+    EMIT("# HELP kvpubd_uploads_rejected_total Uploads refused (auth, size, verification).\n"
+         "# TYPE kvpubd_uploads_rejected_total counter\n"
+         "kvpubd_uploads_rejected_total %" PRIu64 "\n",
+         atomic_load(&s->uploads_rejected));
+#undef EMIT
+    return kvsrv_respond_text(r, MHD_HTTP_OK, "text/plain; version=0.0.4", out, len);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    kvsrv *s = cls;
+    kvsrv_req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->srv = s;
+        r->conn = conn;
+        r->up_fd = -1;
+        r->t0 = mono_ms();
+        snprintf(r->method, sizeof r->method, "%s", method);
+        log_sanitize(url, r->path, sizeof r->path);
+        atomic_fetch_add(&s->inflight, 1);
+        *con_cls = r;
+        route(url, r);
+        /* Requests with a body set up their state here and return before reading it. */
+        switch (r->ep) {
+        case EP_UPLOAD:
+            if (strcmp(method, MHD_HTTP_METHOD_PUT) != 0)
+                return method_not_allowed(r, "PUT");
+            return kvsrv_upload_begin(r);
+        case EP_PURCHASE:
+            if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+                return method_not_allowed(r, "POST");
+            return kvsrv_purchase_begin(r);
+        default:
+            break;
+        }
+        if (r->ep == EP_OTHER)
+            return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no endpoint at this path");
+        if (!is_get(method))
+            return method_not_allowed(r, "GET, HEAD");
+        if (has_body(r))
+            return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                       "a %s request must not have a body", method);
+        if (r->bad_id)
+            return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found",
+                                       "blob ids are 64 lowercase hex digits (the blob's SHA-256)");
+        switch (r->ep) {
+        case EP_HEALTHZ: return handle_healthz(r);
+        case EP_METRICS: return handle_metrics(r);
+        case EP_CATALOG: return kvsrv_catalog(r);
+        case EP_KEYS: return kvsrv_keys(r);
+        case EP_MANIFEST: return kvsrv_manifest(r);
+        case EP_BLOB: return kvsrv_download(r);
+        default: return MHD_NO;
+        }
+    }
+    /* later calls: only the body endpoints get here */
+    if (r->status) { /* already answered (refused early): discard what still arrives */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->ep == EP_UPLOAD)
+        return kvsrv_upload_data(r, upload_data, upload_data_size);
+    if (r->ep == EP_PURCHASE) {
+        if (*upload_data_size) {
+            if (r->body_len + *upload_data_size > SMALL_BODY_MAX) {
+                *upload_data_size = 0;
+                return kvsrv_respond_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
+                                           "request body over %d bytes", SMALL_BODY_MAX);
+            }
+            memcpy(r->body + r->body_len, upload_data, *upload_data_size);
+            r->body_len += *upload_data_size;
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        r->body[r->body_len] = 0;
+        return kvsrv_purchase(r);
+    }
+    (void)version;
+    return MHD_NO;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    kvsrv *s = cls;
+    kvsrv_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    uint64_t bytes = r->bytes + atomic_load(&r->file_bytes);
+    if (!r->file_response && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        atomic_fetch_add_explicit(&s->bytes_sent, r->bytes, memory_order_relaxed);
+    unsigned st = r->status;
+    atomic_fetch_add_explicit(&s->requests[r->ep][code_slot(st)], 1, memory_order_relaxed);
+    if (st >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        atomic_fetch_add_explicit(&s->errors, 1, memory_order_relaxed);
+    char addr[INET6_ADDRSTRLEN + 8] = "-";
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        socklen_t sl = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        if (getnameinfo(sa, sl, addr, sizeof addr, NULL, 0, NI_NUMERICHOST) != 0)
+            snprintf(addr, sizeof addr, "?");
+    }
+    snprintf(r->remote, sizeof r->remote, "%s", addr);
+    static const char *const toe_names[] = {"ok", "error", "timeout", "shutdown", "read_error", "client_abort"};
+    const char *how = (unsigned)toe < sizeof toe_names / sizeof toe_names[0] ? toe_names[toe] : "?";
+    char err[300];
+    log_sanitize(r->err, err, sizeof err);
+    kvsrv_log(s, st >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK ? "error" : "info",
+              "event=access remote=%s method=%s path=\"%s\" endpoint=%s status=%u bytes=%" PRIu64
+              " ms=%.1f end=%s%s%s%s",
+              addr, r->method, r->path, ep_names[r->ep], st, bytes, mono_ms() - r->t0, how,
+              err[0] ? " detail=\"" : "", err, err[0] ? "\"" : "");
+    kvsrv_req_finish(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    req_free(r);
+    atomic_fetch_sub(&s->inflight, 1);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    kvsrv *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&s->active_conns, 1);
+    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+        atomic_fetch_sub(&s->active_conns, 1);
+}
+
+/* ---- lifecycle ---- */
+
+/* Reads a whole small file (PEM) into a NUL-terminated buffer. */
+static char *slurp(const char *path, size_t max, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(max + 1);
+    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad || n == 0 || n > max) {
+        snprintf(err, errlen, "%s: %s", path, !buf ? "out of memory" : bad ? "read error"
+                                                 : n == 0 ? "empty file" : "larger than 1 MiB");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+/* Parses "ADDR:PORT" / "[ADDR]:PORT" and binds a listening socket. */
+static int bind_listen(const char *spec, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof host) {
+        snprintf(err, errlen, "--listen '%s': expected ADDR:PORT, e.g. 127.0.0.1:8443 or [::1]:8443", spec);
+        return -1;
+    }
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = 0;
+    if (host[0] == '[') {
+        size_t hl = strlen(host);
+        if (hl < 3 || host[hl - 1] != ']') {
+            snprintf(err, errlen, "--listen '%s': unbalanced [ ] around the IPv6 address", spec);
+            return -1;
+        }
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = 0;
+    }
+    uint64_t port;
+    if (kvsrv_parse_u64(colon + 1, &port) != 0 || port > 65535) {
+        snprintf(err, errlen, "--listen '%s': port must be 0..65535", spec);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%u", (unsigned)port);
+    int rc = getaddrinfo(host, ps, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "--listen '%s': '%s' is not a numeric IPv4/IPv6 address (%s)", spec, host,
+                 gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 512) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", spec, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    kvsrv *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return 2;
+    }
+    pthread_mutex_init(&s->log_mu, NULL);
+    s->listen_fd = -1;
+    s->cfg = *cfg;
+    if (!s->cfg.threads)
+        s->cfg.threads = 2;
+    if (!s->cfg.max_conns)
+        s->cfg.max_conns = 256;
+    if (!s->cfg.timeout_s)
+        s->cfg.timeout_s = 30;
+    if (!s->cfg.max_upload)
+        s->cfg.max_upload = (uint64_t)4 << 30;
+    if (!s->cfg.token_ttl_s)
+        s->cfg.token_ttl_s = 24 * 3600;
+    if (!s->cfg.token_downloads)
+        s->cfg.token_downloads = 5;
+    if (cfg->log_path) {
+        if (strlen(cfg->log_path) > MAX_LOG_PATH * 20) {
+            snprintf(err, errlen, "--log path too long");
+            goto fail;
+        }
+        s->log_path = strdup(cfg->log_path);
+        s->log = s->log_path ? fopen(s->log_path, "a") : NULL;
+        if (!s->log) {
+            snprintf(err, errlen, "cannot open log %s: %s", cfg->log_path, strerror(errno));
+            goto fail;
+        }
+    }
+    if (kvsrv_store_open(s, err, errlen) != 0)
+        goto fail;
+    if (!(s->cert = slurp(cfg->tls_cert, 1 << 20, err, errlen)) ||
+        !(s->key = slurp(cfg->tls_key, 1 << 20, err, errlen)))
+        goto fail;
+    s->listen_fd = bind_listen(cfg->listen, err, errlen);
+    if (s->listen_fd < 0)
+        goto fail;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) == 0)
+        s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    s->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TLS | MHD_USE_ITC | MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->listen_fd,
+        MHD_OPTION_HTTPS_MEM_CERT, s->cert,
+        MHD_OPTION_HTTPS_MEM_KEY, s->key,
+        MHD_OPTION_THREAD_POOL_SIZE, s->cfg.threads,
+        MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_conns,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->cfg.max_conns_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+        MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot start the HTTPS daemon on %s (bad certificate/key pair?)", cfg->listen);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    kvsrv_free(s);
+    return 2;
+}
+
+unsigned kvsrv_port(const kvsrv *s)
+{
+    return s->port;
+}
+
+unsigned kvsrv_shutdown(kvsrv *s, unsigned deadline_s)
+{
+    if (!s->daemon)
+        return 0;
+    atomic_store(&s->stopping, 1);
+    MHD_socket lfd = MHD_quiesce_daemon(s->daemon);
+    if (lfd != MHD_INVALID_SOCKET) {
+        close(lfd);
+        s->listen_fd = -1;
+    }
+    double end = mono_ms() + deadline_s * 1e3;
+    while (atomic_load(&s->inflight) > 0 && mono_ms() < end) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    unsigned left = (unsigned)atomic_load(&s->inflight);
+    MHD_stop_daemon(s->daemon);
+    s->daemon = NULL;
+    return left;
+}
+
+void kvsrv_free(kvsrv *s)
+{
+    if (!s)
+        return;
+    if (s->daemon)
+        MHD_stop_daemon(s->daemon);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    kvsrv_store_close(s);
+    free(s->cert);
+    if (s->key) {
+        kvc_wipe(s->key, strlen(s->key));
+        free(s->key);
+    }
+    if (s->log)
+        fclose(s->log);
+    free(s->log_path);
+    pthread_mutex_destroy(&s->log_mu);
+    free(s);
+}

@@ -1,0 +1,116 @@
+/* server_internal.h: what server.c (daemon plumbing) and server_api.c (the endpoints over
+ * store/) share: the daemon and per-request state and the respond helpers. */
+#ifndef KVPUB_KVPUBD_SERVER_INTERNAL_H
+#define KVPUB_KVPUBD_SERVER_INTERNAL_H
+
+#include "kvpubd/server.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "crypto/kvcrypto.h"
+#include "format/kvblob.h"
+#include "store/kvstore.h"
+
+typedef enum kvsrv_ep {
+    EP_CATALOG, EP_MANIFEST, EP_BLOB, EP_PURCHASE, EP_UPLOAD, EP_KEYS, EP_HEALTHZ, EP_METRICS,
+    EP_OTHER, EP_COUNT
+} kvsrv_ep;
+
+#define KVSRV_N_CODES 18 /* server.c metric_codes plus one "other" slot */
+
+struct kvsrv {
+    kvsrv_config cfg;
+    struct MHD_Daemon *daemon;
+    int listen_fd;
+    unsigned port;
+    char *cert, *key;              /* PEM text handed to GnuTLS; key wiped on free */
+    /* store handles: SQLite connections are not shared between threads, so each request
+     * checks one out of this pool (one per worker thread, so nobody ever waits long) */
+    kvs_store **pool;
+    size_t pool_n, pool_free;
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_cv;
+    char *keys_dir;                /* STORE/keys: trust-directory layout served at /v1/keys */
+    /* logging */
+    pthread_mutex_t log_mu;
+    FILE *log;                     /* NULL = stderr */
+    char *log_path;
+    /* lifecycle and metrics */
+    atomic_int stopping;
+    atomic_long inflight;          /* requests between first call and completion */
+    atomic_long active_conns;
+    _Atomic uint64_t requests[EP_COUNT][KVSRV_N_CODES];
+    _Atomic uint64_t bytes_sent, errors, uploads_rejected;
+};
+
+/* Per-request state: allocated on the first access-handler call, freed in on_completed. */
+typedef struct kvsrv_req {
+    kvsrv *srv;
+    struct MHD_Connection *conn;
+    kvsrv_ep ep;
+    char id[65];                   /* blob id for EP_BLOB / EP_MANIFEST */
+    int bad_id;
+    char method[16];
+    char path[256];                /* sanitized, for the log */
+    double t0;
+    unsigned status;               /* 0 until a response is queued */
+    uint64_t bytes;                /* buffer body bytes */
+    _Atomic uint64_t file_bytes;   /* file body bytes handed to TLS */
+    int file_response;
+    char err[256];                 /* detail for the log line */
+    char remote[64];               /* client address, filled just before completion */
+    /* download bookkeeping, written to the store's download log on completion */
+    int log_download;
+    int64_t purchase_id;
+    /* small JSON bodies (purchases) */
+    char *body;
+    size_t body_len;
+    /* uploads */
+    int up_fd;                     /* anonymous temp file holding the body */
+    uint64_t up_expected, up_received;
+    kvb_reader *up_reader;
+    kvc_key *up_key;
+    kvb_status up_st;
+    char up_err[256];
+    uint8_t up_key_id[KVC_KEYID_LEN];
+} kvsrv_req;
+
+/* Respond helpers: each queues a response, records the status and returns MHD's result. */
+enum MHD_Result kvsrv_queue(kvsrv_req *r, unsigned status, struct MHD_Response *resp);
+/* Takes ownership of body (a jansson reference). */
+enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body);
+/* {"error": error, "detail": printf(fmt, ...)} */
+enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Takes ownership of text_take (malloc'd). */
+enum MHD_Result kvsrv_respond_text(kvsrv_req *r, unsigned status, const char *ctype, char *text_take,
+                                   size_t len);
+/* A response sending len bytes of fd_take from offset (the fd is closed with the response). */
+struct MHD_Response *kvsrv_file_response(kvsrv_req *r, int fd_take, uint64_t offset, uint64_t len);
+
+int kvsrv_is_id(const char *s);        /* exactly 64 lowercase hex digits */
+const char *kvsrv_header(kvsrv_req *r, const char *name);
+const char *kvsrv_arg(kvsrv_req *r, const char *name);
+const char *kvsrv_bearer(kvsrv_req *r); /* the token of "Authorization: Bearer X", or NULL */
+int kvsrv_parse_u64(const char *s, uint64_t *out);
+
+/* server_api.c: the store pool and the endpoints. */
+int kvsrv_store_open(kvsrv *s, char *err, size_t errlen);
+void kvsrv_store_close(kvsrv *s);
+enum MHD_Result kvsrv_catalog(kvsrv_req *r);
+enum MHD_Result kvsrv_keys(kvsrv_req *r);
+enum MHD_Result kvsrv_manifest(kvsrv_req *r);
+enum MHD_Result kvsrv_download(kvsrv_req *r);
+enum MHD_Result kvsrv_purchase_begin(kvsrv_req *r);
+enum MHD_Result kvsrv_purchase(kvsrv_req *r);
+enum MHD_Result kvsrv_upload_begin(kvsrv_req *r);
+enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size);
+/* Called from on_completed: download log row, upload cleanup. */
+void kvsrv_req_finish(kvsrv_req *r, int completed_ok);
+
+#endif

@@ -1,0 +1,64 @@
+/* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi). */
+#include "kvpubd/util.h"
+
+#include <string.h>
+
+/* Parses leading digits; *end gets the first non-digit. -1 on no digits or overflow. */
+static int digits(const char *s, uint64_t *out, const char **end)
+{
+    uint64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (p == s)
+        return -1;
+    *out = v;
+    *end = p;
+    return 0;
+}
+
+static int scaled(const char *s, uint64_t *out, const char *units, const uint64_t *mult)
+{
+    uint64_t v;
+    const char *end;
+    if (!s || digits(s, &v, &end) != 0)
+        return -1;
+    uint64_t m = 1;
+    if (*end) {
+        const char *u = strchr(units, *end);
+        if (!u || end[1])
+            return -1;
+        m = mult[u - units];
+    }
+    if (m && v > UINT64_MAX / m)
+        return -1;
+    *out = v * m;
+    return 0;
+}
+
+int kvpubd_parse_uint(const char *s, uint64_t *out)
+{
+    uint64_t v;
+    const char *end;
+    if (!s || digits(s, &v, &end) != 0 || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int kvpubd_parse_size(const char *s, uint64_t *out)
+{
+    static const uint64_t mult[] = {1024, (uint64_t)1 << 20, (uint64_t)1 << 30, (uint64_t)1 << 40,
+                                    1024, (uint64_t)1 << 20, (uint64_t)1 << 30, (uint64_t)1 << 40};
+    return scaled(s, out, "KMGTkmgt", mult);
+}
+
+int kvpubd_parse_duration(const char *s, uint64_t *out)
+{
+    static const uint64_t mult[] = {1, 60, 3600, 86400, 7 * 86400};
+    return scaled(s, out, "smhdw", mult);
+}

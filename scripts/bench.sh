@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs kvpub's benchmarks (not tests): blob codecs, quant kernels, engine prefill/decode on a
+# Qwen3-0.6B-shaped synthetic model, load pipeline/TTFT and HTTPS serving vs nginx, as far as
+# each exists. Models and outputs go under $BUILD/bench-data. BENCH=name runs only matching ones.
+set -u
+BUILD=${BUILD:-build}
+export BUILD
+data="$BUILD/bench-data"; mkdir -p "$data"
+want() { case "$1" in *"${BENCH:-}"*) return 0;; *) return 1;; esac; }
+section() { printf '\n== %s ==\n' "$*"; }
+
+qwen3_model() {  # type -> path of a Qwen3-0.6B-shaped kvsynth model, made once
+  local t=$1 m="$data/qwen3-0.6b-shape-$1.gguf"
+  if [ ! -s "$m" ]; then
+    "$BUILD/kvsynth" --arch qwen3 --layers 28 --dim 1024 --heads 16 --kv-heads 8 --head-dim 128 \
+      --ffn 3072 --vocab 32000 --ctx 8192 --type "$t" --seed 1 -o "$m" >/dev/null || return 1
+  fi
+  echo "$m"
+}
+
+if want kvblob && [ -x "$BUILD/bench/bench_kvblob" ]; then
+  section "blob codecs (Qwen3-0.6B-shaped KV, 4096 tokens)"
+  "$BUILD/bench/bench_kvblob" --tokens 4096
+fi
+if want quant && [ -x "$BUILD/bench/bench_quant" ]; then
+  section "matvec kernels"
+  "$BUILD/bench/bench_quant"
+fi
+if want engine && [ -x "$BUILD/bench/bench_engine" ]; then
+  for t in f16 q8_0; do
+    section "engine prefill/decode, Qwen3-0.6B shape, $t"
+    m=$(qwen3_model "$t") && "$BUILD/bench/bench_engine" "$m"
+  done
+fi
+for s in scripts/bench-*.sh; do
+  [ -f "$s" ] || continue
+  n=$(basename "$s" .sh); n=${n#bench-}
+  want "$n" || continue
+  section "$n"
+  bash "$s"
+done

@@ -1,0 +1,329 @@
+/* access.c: who may get what: purchases with hashed access tokens (check-and-consume in one
+ * transaction), publishers with hashed upload credentials, and the download log. */
+#include "store/store_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "crypto/kvcrypto.h"
+
+/* Does a blob row exist? *found. */
+static kvs_status blob_exists(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], int *found, int64_t *price, char *err,
+                              size_t errlen)
+{
+    db_stmt q;
+    kvs_status st = db_prepare(s->db, "SELECT price FROM blobs WHERE id = :id", &q, err, errlen);
+    db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
+    *found = 0;
+    if (st == KVS_OK)
+        st = db_step(&q, found, err, errlen);
+    if (st == KVS_OK && *found && price)
+        *price = sqlite3_column_int64(q.st, 0);
+    db_finalize(&q);
+    return st;
+}
+
+kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], const char *buyer, int64_t now,
+                              int64_t expires, uint32_t max_downloads, uint8_t token[KVS_TOKEN_LEN],
+                              int64_t *purchase_id, char *err, size_t errlen)
+{
+    memset(token, 0, KVS_TOKEN_LEN);
+    if (purchase_id)
+        *purchase_id = 0;
+    if (expires <= now || max_downloads == 0) {
+        kvs_set_err(err, errlen, "purchase needs expires > now and at least one download (got expires %lld, now %lld, "
+                    "%u downloads)", (long long)expires, (long long)now, max_downloads);
+        return KVS_ERR_INVALID;
+    }
+    uint8_t raw[KVS_TOKEN_LEN], h[KVS_SHA256_LEN];
+    if (kvc_random_bytes(raw, sizeof raw) != KVC_OK) {
+        kvs_set_err(err, errlen, "cannot get random bytes for an access token");
+        return KVS_ERR_IO;
+    }
+    kvc_sha256(raw, sizeof raw, h);
+
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK) {
+        kvc_wipe(raw, sizeof raw);
+        return st;
+    }
+    int found = 0;
+    int64_t price = 0, pid = 0;
+    st = blob_exists(s, id, &found, &price, err, errlen);
+    char hex[65];
+    if (st == KVS_OK && !found) {
+        kvs_set_err(err, errlen, "cannot sell blob %s: not in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
+        st = KVS_ERR_NOTFOUND;
+    }
+    db_stmt q;
+    if (st == KVS_OK)
+        st = db_prepare(s->db,
+                        "INSERT INTO purchases (blob_id, buyer, price, created) VALUES (:blob, :buyer, :price, :now)",
+                        &q, err, errlen);
+    if (st == KVS_OK) {
+        db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
+        db_bind_text(&q, ":buyer", buyer);
+        db_bind_int64(&q, ":price", price);
+        db_bind_int64(&q, ":now", now);
+        st = db_run(&q, err, errlen);
+        pid = sqlite3_last_insert_rowid(s->db);
+        db_finalize(&q);
+    }
+    if (st == KVS_OK)
+        st = db_prepare(s->db,
+                        "INSERT INTO access_tokens (token_sha256, purchase_id, blob_id, expires, downloads_left) "
+                        "VALUES (:hash, :pid, :blob, :expires, :n)",
+                        &q, err, errlen);
+    if (st == KVS_OK) {
+        db_bind_hex(&q, ":hash", h, sizeof h);
+        db_bind_int64(&q, ":pid", pid);
+        db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
+        db_bind_int64(&q, ":expires", expires);
+        db_bind_int64(&q, ":n", max_downloads);
+        st = db_run(&q, err, errlen);
+        db_finalize(&q);
+    }
+    st = db_end(s->db, st, err, errlen);
+    if (st == KVS_OK) {
+        memcpy(token, raw, KVS_TOKEN_LEN);
+        if (purchase_id)
+            *purchase_id = pid;
+    }
+    kvc_wipe(raw, sizeof raw);
+    return st;
+}
+
+kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
+                                   const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
+                                   int64_t *purchase_id, char *err, size_t errlen)
+{
+    if (downloads_left)
+        *downloads_left = 0;
+    if (purchase_id)
+        *purchase_id = 0;
+    uint8_t h[KVS_SHA256_LEN], bought[KVS_SHA256_LEN];
+    kvc_sha256(token, KVS_TOKEN_LEN, h);
+
+    /* the write lock from the start: two downloads racing for the last use cannot both win */
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    db_stmt q;
+    st = db_prepare(s->db,
+                    "SELECT blob_id, expires, downloads_left, purchase_id FROM access_tokens WHERE token_sha256 = :hash",
+                    &q, err, errlen);
+    db_bind_hex(&q, ":hash", h, sizeof h);
+    int row = 0;
+    int64_t expires = 0, left = 0, pid = 0;
+    if (st == KVS_OK)
+        st = db_step(&q, &row, err, errlen);
+    if (st == KVS_OK && row) {
+        if (db_column_hex(q.st, 0, bought, sizeof bought) != 0) {
+            kvs_set_err(err, errlen, "access token row holds a malformed blob id");
+            st = KVS_ERR_DB;
+        }
+        expires = sqlite3_column_int64(q.st, 1);
+        left = sqlite3_column_int64(q.st, 2);
+        pid = sqlite3_column_int64(q.st, 3);
+    }
+    db_finalize(&q);
+    char hex[65];
+    if (st == KVS_OK && !row) {
+        kvs_set_err(err, errlen, "unknown access token");
+        st = KVS_TOKEN_UNKNOWN;
+    } else if (st == KVS_OK && memcmp(bought, id, KVS_SHA256_LEN) != 0) {
+        kvs_set_err(err, errlen, "access token was bought for blob %s, not this one", kvc_hex(bought, sizeof bought, hex));
+        st = KVS_TOKEN_WRONG_BLOB;
+    } else if (st == KVS_OK && expires <= now) {
+        kvs_set_err(err, errlen, "access token expired at %lld (now %lld)", (long long)expires, (long long)now);
+        st = KVS_TOKEN_EXPIRED;
+    } else if (st == KVS_OK && left <= 0) {
+        kvs_set_err(err, errlen, "access token has no downloads left");
+        st = KVS_TOKEN_EXHAUSTED;
+    }
+    if (st == KVS_OK)
+        st = db_prepare(s->db,
+                        "UPDATE access_tokens SET downloads_left = downloads_left - 1 "
+                        "WHERE token_sha256 = :hash AND downloads_left > 0",
+                        &q, err, errlen);
+    if (st == KVS_OK) {
+        db_bind_hex(&q, ":hash", h, sizeof h);
+        st = db_run(&q, err, errlen);
+        if (st == KVS_OK && sqlite3_changes(s->db) != 1) {
+            kvs_set_err(err, errlen, "access token changed during the download check");
+            st = KVS_ERR_DB;
+        }
+        db_finalize(&q);
+    }
+    st = db_end(s->db, st, err, errlen);
+    if (st == KVS_OK) {
+        if (downloads_left)
+            *downloads_left = (uint32_t)(left - 1);
+        if (purchase_id)
+            *purchase_id = pid;
+    }
+    return st;
+}
+
+/* ---- publishers ---- */
+
+kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN],
+                                   const uint8_t public_key[KVS_PUBKEY_LEN], const char *name, const void *cred,
+                                   size_t cred_len, int64_t now, char *err, size_t errlen)
+{
+    if (!name || strlen(name) > KVS_NAME_MAX) {
+        kvs_set_err(err, errlen, "publisher name must be given and at most %d bytes", KVS_NAME_MAX);
+        return KVS_ERR_INVALID;
+    }
+    uint8_t h[KVS_SHA256_LEN];
+    if (cred)
+        kvc_sha256(cred, cred_len, h);
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    db_stmt q;
+    st = db_prepare(s->db, "SELECT 1 FROM publishers WHERE key_id = :kid", &q, err, errlen);
+    db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
+    int row = 0;
+    if (st == KVS_OK)
+        st = db_step(&q, &row, err, errlen);
+    db_finalize(&q);
+    char hex[17];
+    if (st == KVS_OK && row) {
+        kvs_set_err(err, errlen, "publisher %s is already registered", kvc_hex(key_id, KVS_KEYID_LEN, hex));
+        st = KVS_ERR_EXISTS;
+    }
+    if (st == KVS_OK)
+        st = db_prepare(s->db,
+                        "INSERT INTO publishers (key_id, public_key, name, credential_sha256, created) "
+                        "VALUES (:kid, :pk, :name, :cred, :now)",
+                        &q, err, errlen);
+    if (st == KVS_OK) {
+        db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
+        db_bind_hex(&q, ":pk", public_key, KVS_PUBKEY_LEN);
+        db_bind_text(&q, ":name", name);
+        if (cred)
+            db_bind_hex(&q, ":cred", h, sizeof h);
+        else
+            db_bind_text(&q, ":cred", NULL);
+        db_bind_int64(&q, ":now", now);
+        st = db_run(&q, err, errlen);
+        db_finalize(&q);
+    }
+    st = db_end(s->db, st, err, errlen);
+    return st;
+}
+
+/* Reads a publisher row; *found, and the stored credential hash into cred_hash (when set). */
+static kvs_status publisher_read(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], kvs_publisher *out,
+                                 uint8_t cred_hash[KVS_SHA256_LEN], char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    db_stmt q;
+    kvs_status st = db_prepare(s->db,
+                               "SELECT public_key, name, credential_sha256, created FROM publishers WHERE key_id = :kid",
+                               &q, err, errlen);
+    db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
+    int row = 0;
+    if (st == KVS_OK)
+        st = db_step(&q, &row, err, errlen);
+    char hex[17];
+    if (st == KVS_OK && !row) {
+        kvs_set_err(err, errlen, "unknown publisher %s", kvc_hex(key_id, KVS_KEYID_LEN, hex));
+        st = KVS_ERR_NOTFOUND;
+    }
+    if (st == KVS_OK) {
+        memcpy(out->key_id, key_id, KVS_KEYID_LEN);
+        const char *name = (const char *)sqlite3_column_text(q.st, 1);
+        snprintf(out->name, sizeof out->name, "%s", name ? name : "");
+        out->has_credential = sqlite3_column_type(q.st, 2) != SQLITE_NULL;
+        out->created = sqlite3_column_int64(q.st, 3);
+        if (db_column_hex(q.st, 0, out->public_key, KVS_PUBKEY_LEN) != 0 ||
+            (out->has_credential && db_column_hex(q.st, 2, cred_hash, KVS_SHA256_LEN) != 0)) {
+            kvs_set_err(err, errlen, "publisher row %s holds a malformed key or hash", hex);
+            st = KVS_ERR_DB;
+        }
+    }
+    db_finalize(&q);
+    return st;
+}
+
+kvs_status kvs_store_publisher_get(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], kvs_publisher *out, char *err,
+                                   size_t errlen)
+{
+    uint8_t ignored[KVS_SHA256_LEN];
+    return publisher_read(s, key_id, out, ignored, err, errlen);
+}
+
+kvs_status kvs_store_publisher_check(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const void *cred,
+                                     size_t cred_len, char *err, size_t errlen)
+{
+    kvs_publisher p;
+    uint8_t stored[KVS_SHA256_LEN], h[KVS_SHA256_LEN];
+    kvs_status st = publisher_read(s, key_id, &p, stored, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    char hex[17];
+    kvc_hex(key_id, KVS_KEYID_LEN, hex);
+    if (!p.has_credential) {
+        kvs_set_err(err, errlen, "publisher %s has no upload credential", hex);
+        return KVS_ERR_CREDENTIAL;
+    }
+    kvc_sha256(cred ? cred : "", cred ? cred_len : 0, h);
+    if (CRYPTO_memcmp(h, stored, sizeof h) != 0) {
+        kvs_set_err(err, errlen, "wrong upload credential for publisher %s", hex);
+        return KVS_ERR_CREDENTIAL;
+    }
+    return KVS_OK;
+}
+
+/* ---- download log ---- */
+
+kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], int64_t purchase_id,
+                                  const char *client, uint64_t bytes, int status, int64_t now, char *err, size_t errlen)
+{
+    if (bytes > (uint64_t)INT64_MAX) {
+        kvs_set_err(err, errlen, "download size out of range");
+        return KVS_ERR_INVALID;
+    }
+    db_stmt q;
+    /* a single INSERT is its own transaction; no BEGIN needed */
+    kvs_status st = db_prepare(s->db,
+                               "INSERT INTO download_log (at, blob_id, purchase_id, client, bytes, status) "
+                               "VALUES (:now, :blob, :pid, :client, :bytes, :status)",
+                               &q, err, errlen);
+    db_bind_int64(&q, ":now", now);
+    db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
+    if (purchase_id)
+        db_bind_int64(&q, ":pid", purchase_id);
+    else
+        db_bind_text(&q, ":pid", NULL);
+    db_bind_text(&q, ":client", client);
+    db_bind_int64(&q, ":bytes", (int64_t)bytes);
+    db_bind_int64(&q, ":status", status);
+    if (st == KVS_OK)
+        st = db_run(&q, err, errlen);
+    db_finalize(&q);
+    return st;
+}
+
+kvs_status kvs_store_download_count(kvs_store *s, const uint8_t *id, uint64_t *count, char *err, size_t errlen)
+{
+    *count = 0;
+    db_stmt q;
+    kvs_status st = db_prepare(s->db, "SELECT count(*) FROM download_log WHERE :blob IS NULL OR blob_id = :blob", &q,
+                               err, errlen);
+    if (id)
+        db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
+    else
+        db_bind_text(&q, ":blob", NULL);
+    int row = 0;
+    if (st == KVS_OK)
+        st = db_step(&q, &row, err, errlen);
+    if (st == KVS_OK && row)
+        *count = (uint64_t)sqlite3_column_int64(q.st, 0);
+    db_finalize(&q);
+    return st;
+}

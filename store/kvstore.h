@@ -1,0 +1,198 @@
+/* kvstore.h: the publisher's store: a SQLite index (DIR/index.db) plus content-addressed blob
+ * files (DIR/blobs/ab/abcdef...), atomic publish, orphan reconciliation, GC, catalog queries,
+ * purchases with hashed access tokens, publishers and the download log. The whole contract. */
+#ifndef KVPUB_KVSTORE_H
+#define KVPUB_KVSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_WUR __attribute__((warn_unused_result))
+
+/* Stable status values: tools and the daemon map them to exit codes / HTTP statuses. */
+typedef enum kvs_status {
+    KVS_OK = 0,
+    KVS_ERR_IO = 1,            /* a file or directory could not be read/written */
+    KVS_ERR_DB = 2,            /* SQLite failed (message carries sqlite3_errmsg and the SQL) */
+    KVS_ERR_SCHEMA = 3,        /* index.db is from a newer kvpub, or not ours */
+    KVS_ERR_INVALID = 4,       /* bad argument: empty codec, value out of range, ... */
+    KVS_ERR_NOTFOUND = 5,      /* no such blob / publisher */
+    KVS_ERR_EXISTS = 6,        /* publisher already registered; blob id used by another row */
+    KVS_ERR_MISMATCH = 7,      /* blob bytes do not match the declared SHA-256 or size */
+    KVS_ERR_NOMEM = 8,
+    KVS_ERR_CREDENTIAL = 9,    /* publisher upload credential does not match */
+    KVS_TOKEN_UNKNOWN = 10,    /* no purchase with this access token */
+    KVS_TOKEN_EXPIRED = 11,
+    KVS_TOKEN_EXHAUSTED = 12,  /* no downloads left */
+    KVS_TOKEN_WRONG_BLOB = 13, /* token was bought for another blob */
+} kvs_status;
+
+/* Short constant name of a status. Never NULL. */
+const char *kvs_status_str(kvs_status st);
+
+enum {
+    KVS_SHA256_LEN = 32,
+    KVS_KEYID_LEN = 8,
+    KVS_PUBKEY_LEN = 32,
+    KVS_TOKEN_LEN = 32,        /* raw access token; callers show it as 64 hex digits */
+    KVS_QUERY_MAX_LIMIT = 1000,
+    KVS_QUERY_DEFAULT_LIMIT = 100,
+};
+
+/* The already-parsed facts about one blob, as the index keeps them. Used as input to publish
+ * (strings borrowed from the caller) and as output of lookups (strings owned by the kvs_blob
+ * allocation, freed with it). Hashes are raw bytes; the index stores them as lowercase hex so
+ * the sqlite3 CLI can read it. */
+typedef struct kvs_blob {
+    uint8_t id[KVS_SHA256_LEN];           /* SHA-256 of the blob file; all-zero on publish
+                                             input = compute it */
+    uint8_t doc_sha256[KVS_SHA256_LEN];
+    const char *doc_title;                /* required, may be "" */
+    const char *doc_source_uri;           /* NULL = none */
+    const char *doc_media_type;           /* required, e.g. "text/plain" */
+    uint64_t doc_bytes;
+    uint8_t model_fp[KVS_SHA256_LEN];
+    const char *model_arch;               /* e.g. "qwen3" */
+    const char *model_shape;              /* JSON text: layers, heads, dims ... */
+    const char *rope;                     /* JSON text: RoPE metadata */
+    uint8_t tokenizer_fp[KVS_SHA256_LEN];
+    const char *codec;                    /* e.g. "f16-zstd" */
+    uint64_t n_tokens;
+    uint64_t size;                        /* bytes of the blob file; 0 on input = compute */
+    uint64_t serial;
+    int64_t created;                      /* unix seconds */
+    int64_t expires;                      /* unix seconds; 0 = never */
+    uint64_t price;                       /* smallest currency unit; 0 = free */
+    uint8_t publisher_id[KVS_KEYID_LEN];
+} kvs_blob;
+
+/* Frees a kvs_blob returned by this module (one allocation). NULL is a no-op. */
+void kvs_blob_free(kvs_blob *b);
+
+/* A store handle owns one SQLite connection: use it from one thread at a time (open one per
+ * thread or worker). Processes coordinate through SQLite locks and flock()ed temp files. */
+typedef struct kvs_store kvs_store;
+
+/* Opens (creating if needed) the store in dir: dir/, dir/blobs/, dir/tmp/, dir/index.db in WAL
+ * mode with a busy timeout; runs pending schema migrations; then reconciles orphans (see
+ * kvs_store_reconcile). Several processes may open the same store. On success *out owns the
+ * handle. */
+kvs_status kvs_store_open(const char *dir, kvs_store **out, char *err, size_t errlen) KVS_WUR;
+void kvs_store_close(kvs_store *s); /* NULL is a no-op */
+
+/* Schema version of the open index (PRAGMA user_version) and the newest this build knows. */
+int kvs_store_schema_version(kvs_store *s);
+int kvs_schema_latest(void);
+
+/* Makes files and index agree, under the index write lock so no publish is half-way:
+ * removes temp files left by dead writers, blob files without a row (or whose size differs
+ * from the row), and rows whose file is missing. Counts go to the optional out-pointers. */
+kvs_status kvs_store_reconcile(kvs_store *s, size_t *files_removed, size_t *rows_removed, char *err,
+                               size_t errlen) KVS_WUR;
+
+/* Result of a publish. */
+typedef struct kvs_publish_result {
+    uint8_t id[KVS_SHA256_LEN]; /* the blob id (new or existing) */
+    int already;                /* 1: (document, model, codec) was already published; nothing
+                                   written, id is the existing blob's */
+} kvs_publish_result;
+
+/* Publishes the blob whose bytes are read from fd (to EOF) or from path. The bytes go to a
+ * temp file (fsynced) while being hashed; a declared id/size must match them
+ * (KVS_ERR_MISMATCH). Then, in one BEGIN IMMEDIATE transaction, the file is renamed to its
+ * content address and the rows are inserted. Publishing the same (document, model, codec)
+ * again is a no-op reporting the existing id. Strings in info are borrowed. */
+kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_publish_result *res, char *err,
+                                size_t errlen) KVS_WUR;
+kvs_status kvs_store_publish_file(kvs_store *s, const kvs_blob *info, const char *path, kvs_publish_result *res,
+                                  char *err, size_t errlen) KVS_WUR;
+
+/* Looks up one blob. On success *out is a new kvs_blob (free with kvs_blob_free); an unknown
+ * id is KVS_ERR_NOTFOUND. */
+kvs_status kvs_store_blob_get(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], kvs_blob **out, char *err,
+                              size_t errlen) KVS_WUR;
+/* Writes the path of a blob's file into out (KVS_ERR_NOTFOUND when no such row,
+ * KVS_ERR_INVALID when outlen is too small). */
+kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], char *out, size_t outlen, char *err,
+                               size_t errlen) KVS_WUR;
+
+/* Catalog filters; NULL / 0 fields do not filter. */
+typedef struct kvs_query {
+    const uint8_t *model_fp;    /* KVS_SHA256_LEN bytes */
+    const uint8_t *doc_sha256;  /* KVS_SHA256_LEN bytes */
+    const char *title_contains; /* case-insensitive (ASCII) substring */
+    int64_t now;                /* > 0: hide blobs expired at this time */
+    size_t limit;               /* 0 = KVS_QUERY_DEFAULT_LIMIT; capped at KVS_QUERY_MAX_LIMIT */
+    size_t offset;
+} kvs_query;
+
+/* A page of catalog rows, newest first (created desc, then id). */
+typedef struct kvs_list kvs_list;
+kvs_status kvs_store_catalog(kvs_store *s, const kvs_query *q, kvs_list **out, char *err, size_t errlen) KVS_WUR;
+size_t kvs_list_count(const kvs_list *l);
+/* Number of rows matching the filters, ignoring limit/offset (for pagination). */
+uint64_t kvs_list_total(const kvs_list *l);
+/* The i-th row, borrowed from l; NULL when i is out of range. */
+const kvs_blob *kvs_list_get(const kvs_list *l, size_t i);
+void kvs_list_free(kvs_list *l);
+
+/* Removes blobs expired at now (rows, then files), documents/models/tokenizers no blob
+ * references any more, and then reconciles. Counts go to the optional out-pointer. */
+kvs_status kvs_store_gc(kvs_store *s, int64_t now, size_t *blobs_removed, char *err, size_t errlen) KVS_WUR;
+
+/* ---- purchases and access tokens ---- */
+
+/* Records a purchase of blob id and creates its access token: 32 random bytes written to
+ * token (shown to the caller once; only its SHA-256 is stored), valid until expires (unix
+ * seconds, must be > now) for max_downloads (>= 1) downloads. buyer is free text (may be
+ * NULL). *purchase_id (optional) receives the purchase row id. */
+kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], const char *buyer, int64_t now,
+                              int64_t expires, uint32_t max_downloads, uint8_t token[KVS_TOKEN_LEN],
+                              int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
+
+/* Checks an access token for a download of blob id at time now and, when it is good,
+ * consumes one download, atomically (one BEGIN IMMEDIATE transaction). Returns KVS_OK,
+ * KVS_TOKEN_UNKNOWN, KVS_TOKEN_WRONG_BLOB, KVS_TOKEN_EXPIRED or KVS_TOKEN_EXHAUSTED (checked
+ * in that order), or an error. *downloads_left and *purchase_id are optional outputs. */
+kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
+                                   const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
+                                   int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
+
+/* ---- publishers ---- */
+
+enum { KVS_NAME_MAX = 200 };
+
+typedef struct kvs_publisher {
+    uint8_t key_id[KVS_KEYID_LEN];
+    uint8_t public_key[KVS_PUBKEY_LEN];
+    char name[KVS_NAME_MAX + 1];
+    int has_credential;         /* 0: this publisher cannot upload */
+    int64_t created;
+} kvs_publisher;
+
+/* Registers a publisher. The credential (cred_len bytes, NULL = none) is stored only as its
+ * SHA-256. An already registered key id is KVS_ERR_EXISTS; a name longer than KVS_NAME_MAX
+ * is KVS_ERR_INVALID. */
+kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN],
+                                   const uint8_t public_key[KVS_PUBKEY_LEN], const char *name, const void *cred,
+                                   size_t cred_len, int64_t now, char *err, size_t errlen) KVS_WUR;
+/* Fills *out; KVS_ERR_NOTFOUND for an unknown key id. */
+kvs_status kvs_store_publisher_get(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], kvs_publisher *out,
+                                   char *err, size_t errlen) KVS_WUR;
+/* KVS_OK when cred matches the publisher's stored credential hash; KVS_ERR_NOTFOUND for an
+ * unknown key id; KVS_ERR_CREDENTIAL when it does not match or none is stored. */
+kvs_status kvs_store_publisher_check(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const void *cred,
+                                     size_t cred_len, char *err, size_t errlen) KVS_WUR;
+
+/* ---- download log ---- */
+
+/* Appends one download record. purchase_id 0 = free download; client may be NULL; status is
+ * the HTTP status sent. */
+kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], int64_t purchase_id,
+                                  const char *client, uint64_t bytes, int status, int64_t now, char *err,
+                                  size_t errlen) KVS_WUR;
+/* Number of log rows for blob id (all blobs when id is NULL). */
+kvs_status kvs_store_download_count(kvs_store *s, const uint8_t *id, uint64_t *count, char *err,
+                                    size_t errlen) KVS_WUR;
+
+#endif

@@ -1,0 +1,63 @@
+/* store_internal.h: what the files of store/ share: the store handle, the small SQLite
+ * statement wrapper (db.c) and path helpers. Not part of the public contract. */
+#ifndef KVPUB_STORE_INTERNAL_H
+#define KVPUB_STORE_INTERNAL_H
+
+#include "store/kvstore.h"
+
+#include <sqlite3.h>
+#include <stdarg.h>
+
+struct kvs_store {
+    sqlite3 *db;
+    char *dir;      /* store root, no trailing slash */
+};
+
+/* A prepared statement plus what an error message needs. Statements are always finalized
+ * with db_finalize, whatever happened. */
+typedef struct db_stmt {
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    const char *sql;
+    int bad;        /* a bind failed: step refuses to run */
+    char bind_err[160];
+} db_stmt;
+
+void kvs_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Runs one or more statements without results. */
+kvs_status db_exec(sqlite3 *db, const char *sql, char *err, size_t errlen) KVS_WUR;
+kvs_status db_prepare(sqlite3 *db, const char *sql, db_stmt *out, char *err, size_t errlen) KVS_WUR;
+/* Binders by parameter name (":doc"). An unknown name marks the statement bad, so the
+ * programming error surfaces at step instead of silently binding nothing. */
+void db_bind_text(db_stmt *q, const char *name, const char *v);   /* NULL binds SQL NULL */
+void db_bind_int64(db_stmt *q, const char *name, int64_t v);
+void db_bind_hex(db_stmt *q, const char *name, const uint8_t *bytes, size_t n); /* lowercase hex */
+void db_bind_blob(db_stmt *q, const char *name, const void *p, size_t n);
+/* Steps once: KVS_OK with *row = 1 (a row is ready) or 0 (done), or KVS_ERR_DB. */
+kvs_status db_step(db_stmt *q, int *row, char *err, size_t errlen) KVS_WUR;
+/* Steps a statement expected to return no rows. */
+kvs_status db_run(db_stmt *q, char *err, size_t errlen) KVS_WUR;
+void db_finalize(db_stmt *q);
+
+/* Transactions: BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
+ * timeout), so a transaction never fails half-way on a lock upgrade. */
+kvs_status db_begin(sqlite3 *db, char *err, size_t errlen) KVS_WUR;
+kvs_status db_commit(sqlite3 *db, char *err, size_t errlen) KVS_WUR;
+void db_rollback(sqlite3 *db); /* best effort, for error paths */
+/* Ends a write transaction: commits when st is KVS_OK, else rolls back; returns the final
+ * status (st, or the commit's failure). */
+kvs_status db_end(sqlite3 *db, kvs_status st, char *err, size_t errlen) KVS_WUR;
+
+/* Parses a column holding 2n hex digits into out; 0 on success. */
+int db_column_hex(sqlite3_stmt *st, int col, uint8_t *out, size_t n);
+
+/* DIR/blobs/ab/<hex id> into out. 0 on success, -1 if it does not fit. */
+int store_blob_path(const kvs_store *s, const uint8_t id[KVS_SHA256_LEN], char *out, size_t outlen);
+/* fsync a directory (best effort). */
+void store_sync_dir(const char *path);
+
+/* Migrations (schema.c): brings the index to the newest schema version. */
+kvs_status store_migrate(sqlite3 *db, char *err, size_t errlen) KVS_WUR;
+
+#endif

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# kvsynth.sh: CLI test of build/kvsynth: help and usage errors, every arch x type, determinism,
+# both tokenizers, and from-llama2c against llama.cpp's own conversion of stories260K.
+set -u
+BUILD=${BUILD:-build}
+SHARED=${KVPUB_SHARED:-/work/shared}
+K="$BUILD/kvsynth"
+T=$(mktemp -d /tmp/kvpub-cli-kvsynth.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# expect CODE CMD... : exit code and, for errors, exactly one line on stderr
+expect() {
+  local want=$1; shift
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  [ "$rc" -eq "$want" ] || { fail "exit $rc (want $want): $*"; cat "$T/err"; return 1; }
+  if [ "$want" -ne 0 ] && [ "$(wc -l <"$T/err")" -ne 1 ]; then fail "stderr not one line: $*"; cat "$T/err"; fi
+  return 0
+}
+
+[ -x "$K" ] || { echo "FAIL: $K not built"; exit 1; }
+
+expect 0 "$K" --help && grep -q '^usage: kvsynth --arch' "$T/out" || fail "--help text"
+expect 0 "$K" from-llama2c --help && grep -q 'usage: kvsynth from-llama2c' "$T/out" || fail "from-llama2c --help"
+"$K" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no arguments: want exit 2"
+BASE=(--arch llama --layers 1 --dim 256 --heads 4 --kv-heads 2 --ffn 256 --vocab 300 --seed 1)
+expect 2 "$K" "${BASE[@]}"                                   # no -o
+grep -q 'missing required option -o' "$T/err" || fail "missing -o message"
+expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --bogus
+grep -q "'--bogus'" "$T/err" || fail "unknown option message"
+expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --arch gemma2
+grep -q "got 'gemma2'" "$T/err" || fail "bad arch message"
+expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --layers zero
+expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --type q5_1
+expect 2 "$K" --arch llama --layers 1 --dim 64 --heads 4 --ffn 64 --vocab 300 --seed 1 --type q4_k -o "$T/x.gguf"
+grep -q 'multiples of 256' "$T/err" || fail "q4_k block message: $(cat "$T/err")"
+expect 2 "$K" "${BASE[@]}" --vocab 100 -o "$T/x.gguf"
+grep -q 'too small' "$T/err" || fail "small vocab message"
+expect 2 "$K" "${BASE[@]}" --tokenizer bpe --vocab 259 -o "$T/x.gguf"
+expect 2 "$K" "${BASE[@]}" --heads 3 -o "$T/x.gguf"
+[ ! -e "$T/x.gguf" ] || fail "a failed run left x.gguf behind"
+ls "$T" | grep -q tmp && fail "a failed run left a temp file"
+
+for arch in llama qwen2 qwen3; do
+  for type in f32 f16 bf16 q8_0 q4_0 q4_k q6_k; do
+    f="$T/$arch-$type.gguf"
+    expect 0 "$K" "${BASE[@]}" --arch "$arch" --type "$type" -o "$f" --json || continue
+    [ "$(head -c 4 "$f")" = GGUF ] || fail "$arch/$type: bad magic"
+    grep -q "\"type\": \"$type\"" "$T/out" || fail "$arch/$type: --json output: $(cat "$T/out")"
+  done
+done
+# quantized files are smaller than f32 ones
+[ "$(stat -c %s "$T/qwen3-q4_0.gguf")" -lt "$(stat -c %s "$T/qwen3-f16.gguf")" ] || fail "q4_0 not smaller than f16"
+
+# determinism: same arguments => same bytes; another seed => other bytes
+expect 0 "$K" "${BASE[@]}" --arch qwen2 --type q8_0 --tokenizer bpe -o "$T/d1.gguf"
+expect 0 "$K" "${BASE[@]}" --arch qwen2 --type q8_0 --tokenizer bpe -o "$T/d2.gguf"
+cmp -s "$T/d1.gguf" "$T/d2.gguf" || fail "same seed gave different files"
+expect 0 "$K" --arch qwen2 --layers 1 --dim 256 --heads 4 --kv-heads 2 --ffn 256 --vocab 300 --seed 2 \
+  --type q8_0 --tokenizer bpe -o "$T/d3.gguf"
+cmp -s "$T/d1.gguf" "$T/d3.gguf" && fail "different seeds gave identical files"
+grep -aq '<|im_start|>' "$T/d1.gguf" || fail "qwen2 bpe special tokens missing"
+expect 0 "$K" "${BASE[@]}" --tokenizer bpe --pre llama-bpe -o "$T/l3.gguf"
+grep -aq '<|begin_of_text|>' "$T/l3.gguf" || fail "llama-bpe special tokens missing"
+grep -aq 'tokenizer.ggml.merges' "$T/l3.gguf" || fail "bpe merges missing"
+expect 2 "$K" "${BASE[@]}" --tokenizer bpe --pre gpt4 -o "$T/x.gguf"
+
+# from-llama2c: the tensor data section must equal llama.cpp's conversion byte for byte
+# (same tensor order and offsets; 1040128 = 1054368 - 14240, read with python struct).
+expect 0 "$K" from-llama2c "$SHARED/models/stories260K.bin" -o "$T/st.gguf"
+cmp -s <(tail -c 1040128 "$T/st.gguf") <(tail -c 1040128 "$SHARED/models/stories260K.gguf") \
+  || fail "from-llama2c tensor data differs from stories260K.gguf"
+grep -aq 'stories260K' "$T/st.gguf" || fail "general.name not from the checkpoint file name"
+
+# with a llama2.c tokenizer.bin: int32 max_len, then per token f32 score, int32 len, bytes
+le32() { printf "\\x$(printf %02x $(($1 & 255)))\\x$(printf %02x $((($1 >> 8) & 255)))\\x00\\x00"; }
+{
+  le32 16
+  tok() { printf '\x00\x00\x80\xbf'; le32 ${#1}; printf '%s' "$1"; }  # score -1.0
+  tok '<unk>'; tok '<s>'; tok '</s>'
+  for i in $(seq 0 255); do tok "$(printf '<0x%02X>' "$i")"; done
+  tok ' the'
+  for i in $(seq 260 511); do tok "w$i"; done
+} >"$T/tok.bin"
+expect 0 "$K" from-llama2c "$SHARED/models/stories260K.bin" "$T/tok.bin" -o "$T/st2.gguf" --name mine
+grep -aq $'\xe2\x96\x81the' "$T/st2.gguf" || fail "space not mapped to U+2581"
+grep -aq 'w511' "$T/st2.gguf" || fail "last token missing"
+cmp -s <(tail -c 1040128 "$T/st2.gguf") <(tail -c 1040128 "$SHARED/models/stories260K.gguf") \
+  || fail "from-llama2c (with tokenizer) tensor data differs"
+head -c 3000 "$T/tok.bin" >"$T/short.bin"
+expect 2 "$K" from-llama2c "$SHARED/models/stories260K.bin" "$T/short.bin" -o "$T/x.gguf"
+grep -q 'truncated at token' "$T/err" || fail "truncated tokenizer message"
+head -c 500000 "$SHARED/models/stories260K.bin" >"$T/short.ckpt"
+expect 2 "$K" from-llama2c "$T/short.ckpt" -o "$T/x.gguf"
+grep -q 'expected 1056540' "$T/err" || fail "truncated checkpoint message: $(cat "$T/err")"
+expect 2 "$K" from-llama2c "$T/missing.bin" -o "$T/x.gguf"
+[ ! -e "$T/x.gguf" ] || fail "failed conversion left x.gguf behind"
+
+[ "$fails" -eq 0 ] && echo "kvsynth: all checks passed"
+[ "$fails" -eq 0 ]

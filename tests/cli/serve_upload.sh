@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# serve_upload.sh: PUT /v1/blobs: a good upload is verified and indexed; tampered, truncated,
+# expired, foreign-key, revoked, unauthenticated, chunked and oversize uploads are refused with
+# 4xx and leave nothing in the index (checked with the sqlite3 CLI) or in the blob directory.
+source "$(dirname "$0")/lib_serve.bash"
+build_mkblob
+make_cert
+"$KVPUBD" keygen -o "$T/pub1" >/dev/null
+"$KVPUBD" keygen -o "$T/pub2" >/dev/null
+"$KVPUBD" keygen -o "$T/stranger" >/dev/null
+CRED1=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)
+CRED2=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub2.pub" --name bob 2>/dev/null)
+"$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name again >/dev/null 2>&1 && fail "re-adding a key" \
+  || ok "a registered key cannot be added twice"
+"$MKBLOB" --key "$T/pub1.key" -o "$T/good.kvb" --tokens 100 --seed 1
+"$MKBLOB" --key "$T/pub2.key" -o "$T/bob.kvb" --tokens 100 --seed 2
+"$MKBLOB" --key "$T/stranger.key" -o "$T/stranger.kvb" --seed 3
+"$MKBLOB" --key "$T/pub1.key" -o "$T/expired.kvb" --seed 4 --expires 1000
+"$MKBLOB" --key "$T/pub1.key" -o "$T/large.kvb" --seed 5 --tokens 200 --layers 4 --kv-dim 128 --codec f16
+size=$(wc -c < "$T/good.kvb")
+cp "$T/good.kvb" "$T/chunk-tampered.kvb"
+printf '\x55' | dd of="$T/chunk-tampered.kvb" bs=1 seek=$((size - 100)) conv=notrunc status=none
+cp "$T/good.kvb" "$T/manifest-tampered.kvb"
+printf '}' | dd of="$T/manifest-tampered.kvb" bs=1 seek=40 conv=notrunc status=none
+head -c $((size - 300)) "$T/good.kvb" > "$T/truncated.kvb"
+{ cat "$T/good.kvb"; printf 'trailing'; } > "$T/trailing.kvb"
+head -c 5000 /dev/urandom > "$T/noise.kvb"
+
+start_server "$T/store" --max-upload 64K
+rows() { sqlite3 "$T/store/index.db" "select count(*) from blobs"; }
+files() { find "$T/store/blobs" -type f | wc -l; }
+
+put() { expect "$1" PUT "/v1/blobs${QUERY:-}" -H "Authorization: Bearer $2" --data-binary @"$T/$3" "${@:4}"; }
+put 401 "" good.kvb
+[ "$(json .error)" = credential_required ] || fail "401 error name"
+grep -qi '^WWW-Authenticate: Bearer' "$T/hdr" || fail "401 carries WWW-Authenticate"
+put 401 "nonsense" good.kvb
+put 401 "$(cut -d. -f1 <<<"$CRED1").$(printf '0%.0s' $(seq 64))" good.kvb
+[ "$(json .error)" = bad_credential ] || fail "wrong secret"
+put 403 "$CRED1" stranger.kvb
+[ "$(json .error)" = foreign_key ] || fail "foreign key error name: $(json .error)"
+put 403 "$CRED1" bob.kvb       # another registered publisher's blob is still foreign to alice
+put 422 "$CRED1" chunk-tampered.kvb
+[ "$(json .error)" = invalid_blob ] && grep -q hash "$T/body" || fail "tampered chunk: $(cat "$T/body")"
+put 422 "$CRED1" manifest-tampered.kvb
+grep -qi signature "$T/body" || fail "tampered manifest names the signature: $(cat "$T/body")"
+put 422 "$CRED1" truncated.kvb
+put 422 "$CRED1" trailing.kvb
+put 422 "$CRED1" noise.kvb
+put 422 "$CRED1" expired.kvb
+put 413 "$CRED1" large.kvb
+[ "$(json .error)" = payload_too_large ] || fail "413 error name"
+put 411 "$CRED1" good.kvb -H "Transfer-Encoding: chunked"
+expect 400 PUT /v1/blobs -H "Authorization: Bearer $CRED1" --data-binary 'short'
+[ "$(rows)" = 0 ] && [ "$(files)" = 0 ] && ok "nothing indexed after refused uploads" \
+  || fail "refused uploads left rows=$(rows) files=$(files)"
+[ -z "$(ls -A "$T/store/tmp" 2>/dev/null)" ] || fail "temp files left: $(ls "$T/store/tmp")"
+
+QUERY="?price=0" put 201 "$CRED1" good.kvb
+ID=$(json .id)
+[ "$(json .status)" = published ] || fail "status published"
+put 200 "$CRED1" good.kvb
+[ "$(json .status)" = exists ] && [ "$(json .id)" = "$ID" ] || fail "second upload reports exists"
+put 201 "$CRED2" bob.kvb
+[ "$(rows)" = 2 ] || fail "two blobs indexed, got $(rows)"
+[ "$(sqlite3 "$T/store/index.db" "select count(*) from blobs where id='$ID'")" = 1 ] || fail "row for $ID"
+expect 200 GET "/v1/blobs/$ID"
+cmp -s "$T/body" "$T/good.kvb" || fail "uploaded blob served back byte-exact"
+
+# revoking bob: /v1/keys lists it, and his uploads stop
+"$KVPUBD" publisher revoke --store "$T/store" --key-id "$(cut -d. -f1 <<<"$CRED2")" 2>/dev/null
+expect 200 GET /v1/keys
+[ "$(json '.revoked[0]')" = "$(cut -d. -f1 <<<"$CRED2")" ] || fail "revocation listed"
+"$MKBLOB" --key "$T/pub2.key" -o "$T/bob2.kvb" --seed 7
+put 403 "$CRED2" bob2.kvb
+[ "$(json .error)" = key_revoked ] || fail "revoked publisher: $(json .error)"
+"$KVPUBD" publisher list --store "$T/store" > "$T/list" || fail "publisher list exit status"
+grep -q "revoked" "$T/list" && grep -q alice "$T/list" || fail "publisher list: $(cat "$T/list")"
+
+expect 200 GET /metrics
+grep -q '^kvpubd_uploads_rejected_total 1[0-9]' "$T/body" || fail "rejections counted: $(grep rejected "$T/body")"
+stop_server || fail "clean stop"
+done_tests

@@ -1,0 +1,168 @@
+/* test_kvblob_vectors.c: the spec/vectors blobs, byte for byte: file hashes, header bytes,
+ * manifest fields, and decoded values against an independent copy of the spec's generator. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "format/kvblob.h"
+
+enum { L = 2, KVD = 16, T = 40, CT = 16 };
+
+static const struct {
+    const char *name;
+    kvb_codec codec;
+    const char *sha256;
+    int qmax; /* 0 = lossless */
+} vecs[] = {
+    {"vec-f16.kvb", KVB_CODEC_F16, "cd57c414596169c6afbdd61b9f8f1b9e64526808a5d697d9e798dd74790064bd", 0},
+    {"vec-f16-zstd.kvb", KVB_CODEC_F16_ZSTD, "01db01e7b4a0c6f06eff945be0a84dc0a56b98713120062ef6505e2120430519", 0},
+    {"vec-q8.kvb", KVB_CODEC_Q8, "bacae264c6514a4e09e3be236dfe0c341602225f262613403493449604c9d6f2", 127},
+    {"vec-q4.kvb", KVB_CODEC_Q4, "2de99b4442b975c091d1b653d4919645d2171ab7504c87f20a74a01a4f8a5e92", 7},
+};
+
+static double expect_k[L][T * KVD], expect_v[L][T * KVD];
+static uint16_t got_k[L][T * KVD], got_v[L][T * KVD];
+
+/* spec/kvblob.md "Test vectors", written again from the spec text */
+static void generate(void)
+{
+    uint64_t s = 0x6b76707562ull;
+    for (int l = 0; l < L; l++)
+        for (int w = 0; w < 2; w++)
+            for (int t = 0; t < T; t++)
+                for (int c = 0; c < KVD; c++) {
+                    s += 0x9E3779B97F4A7C15ull;
+                    uint64_t z = s;
+                    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+                    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+                    z ^= z >> 31;
+                    double x = ldexp((double)((int)(z >> 53) - 1024), -(11 - c % 4));
+                    (w ? expect_v : expect_k)[l][t * KVD + c] = x;
+                }
+}
+
+static double h2d(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+static uint8_t *slurp(const char *name, size_t *len)
+{
+    const char *root = getenv("KVPUB_ROOT");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/spec/vectors/%s", root ? root : ".", name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    uint8_t *b = malloc(1 << 20);
+    *len = fread(b, 1, 1 << 20, f);
+    fclose(f);
+    return b;
+}
+
+static kvb_status collect(void *user, const kvb_chunk *c, char *err, size_t errlen)
+{
+    (void)user;
+    (void)err;
+    (void)errlen;
+    for (uint32_t l = 0; l < L; l++) {
+        memcpy(got_k[l] + c->t0 * KVD, kvb_chunk_k(c, l), (c->t1 - c->t0) * KVD * 2);
+        memcpy(got_v[l] + c->t0 * KVD, kvb_chunk_v(c, l), (c->t1 - c->t0) * KVD * 2);
+    }
+    return KVB_OK;
+}
+
+static void test_vectors(void **state)
+{
+    (void)state;
+    generate();
+    const char *root = getenv("KVPUB_ROOT");
+    char path[1024], err[256];
+    snprintf(path, sizeof path, "%s/spec/vectors/test-key.pub", root ? root : ".");
+    kvc_key *pub = NULL;
+    assert_int_equal(kvc_key_load_public(path, &pub, err, sizeof err), KVC_OK);
+    uint8_t id[KVC_KEYID_LEN];
+    char hex[65];
+    kvc_key_id(pub, id);
+    assert_string_equal(kvc_hex(id, KVC_KEYID_LEN, hex), "e5337331b87e3772");
+    for (size_t v = 0; v < sizeof vecs / sizeof *vecs; v++) {
+        size_t len;
+        uint8_t *b = slurp(vecs[v].name, &len);
+        uint8_t h[32];
+        kvc_sha256(b, len, h);
+        if (strcmp(kvc_hex(h, 32, hex), vecs[v].sha256) != 0)
+            fail_msg("%s: sha256 %s, spec/vectors says %s", vecs[v].name, hex, vecs[v].sha256);
+        /* magic, version 1, flags 0, Ed25519, reserved, manifest length (any), reserved, key id */
+        static const uint8_t hdr0[16] = {0x89, 'K', 'V', 'B', 'L', 'O', 'B', '\n', 1, 0, 0, 0, 1, 0, 0, 0};
+        static const uint8_t hdr1[12] = {0, 0, 0, 0, 0xe5, 0x33, 0x73, 0x31, 0xb8, 0x7e, 0x37, 0x72};
+        assert_memory_equal(b, hdr0, 16);
+        assert_memory_equal(b + 20, hdr1, 12);
+        memset(got_k, 0, sizeof got_k);
+        memset(got_v, 0, sizeof got_v);
+        kvb_read_opts o;
+        memset(&o, 0, sizeof o);
+        o.key = pub;
+        o.n_threads = 2;
+        o.on_chunk = collect;
+        kvb_reader *r = kvb_reader_create(&o);
+        assert_int_equal(kvb_reader_feed(r, b, len, err, sizeof err), KVB_OK);
+        assert_int_equal(kvb_reader_finish(r, err, sizeof err), KVB_OK);
+        const kvb_manifest *m = kvb_reader_manifest(r);
+        assert_int_equal(m->codec, vecs[v].codec);
+        assert_string_equal(m->doc_title, "kvpub test vector");
+        assert_string_equal(m->doc_source_uri, "https://example.invalid/kvpub/vector.txt");
+        assert_string_equal(m->model_arch, "synthetic");
+        assert_int_equal(m->n_tokens, T);
+        assert_int_equal(m->chunk_tokens, CT);
+        assert_int_equal(m->n_chunks, 3);
+        assert_int_equal(m->created, 1700000000);
+        assert_int_equal(m->expires, 0);
+        assert_int_equal(m->serial, 1);
+        assert_int_equal(m->pos0, 1);
+        assert_int_equal(m->rope_type, KVB_ROPE_NEOX);
+        assert_true(m->rope_freq_base == 10000.0);
+        assert_int_equal(m->doc_sha256[31], 31);
+        assert_int_equal(m->model_fingerprint[0], 0x20);
+        assert_int_equal(m->tokenizer_fingerprint[0], 0x40);
+        const int32_t *tok = kvb_reader_tokens(r);
+        for (int i = 0; i < T; i++)
+            assert_int_equal(tok[i], (i * 7919 + 13) % 32000);
+        for (int l = 0; l < L; l++)
+            for (int i = 0; i < T * KVD; i++) {
+                double gk = h2d(got_k[l][i]), gv = h2d(got_v[l][i]);
+                if (!vecs[v].qmax) {
+                    assert_true(gk == expect_k[l][i]);
+                    assert_true(gv == expect_v[l][i]);
+                    continue;
+                }
+                int t = i / KVD, c = i % KVD, t0 = t / CT * CT, t1 = t0 + CT < T ? t0 + CT : T;
+                double kmax = 0, vmax = 0;
+                for (int u = t0; u < t1; u++)
+                    kmax = fmax(kmax, fabs(expect_k[l][u * KVD + c]));
+                for (int d = 0; d < KVD; d++)
+                    vmax = fmax(vmax, fabs(expect_v[l][t * KVD + d]));
+                double sk = kmax / vecs[v].qmax * (1 + ldexp(1, -10)) + ldexp(1, -24);
+                double sv = vmax / vecs[v].qmax * (1 + ldexp(1, -10)) + ldexp(1, -24);
+                assert_true(fabs(gk - expect_k[l][i]) <= sk / 2 + ldexp(fabs(gk), -11) + ldexp(1, -25));
+                assert_true(fabs(gv - expect_v[l][i]) <= sv / 2 + ldexp(fabs(gv), -11) + ldexp(1, -25));
+            }
+        kvb_reader_free(r);
+        free(b);
+    }
+    kvc_key_free(pub);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_vectors)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,804 @@
+/* test_tokenizer.c: SentencePiece and byte-level BPE tokenizers on small in-memory vocabularies
+ * whose segmentations are worked out by hand, the BPE pre-tokenizer splits, round trips,
+ * streaming detokenization and malformed vocabulary descriptions. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "engine/tokenizer_internal.h"
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- vocabulary builder ---- */
+
+struct vb {
+    const char *tok[600];
+    float score[600];
+    int32_t type[600];
+    size_t n;
+    char bytes[256][8];
+    const char *merges[64];
+    size_t n_merges;
+};
+
+static int32_t vb_add(struct vb *b, const char *t, float score, int32_t type)
+{
+    assert_true(b->n < N_OF(b->tok));
+    b->tok[b->n] = t;
+    b->score[b->n] = score;
+    b->type[b->n] = type;
+    return (int32_t)b->n++;
+}
+
+static eng_vocab_desc vb_desc(struct vb *b, eng_vocab_kind kind)
+{
+    eng_vocab_desc d;
+    memset(&d, 0, sizeof d);
+    d.kind = kind;
+    d.n_tokens = b->n;
+    d.tokens = b->tok;
+    d.scores = b->score;
+    d.n_scores = b->n;
+    d.types = b->type;
+    d.n_types = b->n;
+    d.merges = b->merges;
+    d.n_merges = b->n_merges;
+    d.bos_id = d.eos_id = d.unk_id = d.eot_id = -1;
+    return d;
+}
+
+static struct eng_vocab *create_ok(const eng_vocab_desc *d)
+{
+    struct eng_vocab *v = NULL;
+    char err[256] = "";
+    eng_status st = eng_vocab_create(d, &v, err, sizeof err);
+    if (st != ENG_OK)
+        fail_msg("eng_vocab_create: %s", err);
+    assert_non_null(v);
+    return v;
+}
+
+/* SPM ids of the hand-worked vocabulary (see spm_vocab). */
+enum {
+    S_UNK = 0, S_BOS = 1, S_EOS = 2, S_BYTE0 = 3, /* <0x00>.. <0xFF> = 3..258 */
+    S_SP = 259, S_H, S_E, S_L, S_O, S_W, S_R, S_D,
+    S_SP_H = 267, S_HE, S_LL, S_LLO, S_SP_HELLO, S_SP_W, S_OR, S_LD, S_SP_WOR, S_SP_WORLD,
+};
+
+static struct vb g_spm; /* one builder is enough: the descriptions are borrowed */
+
+static struct eng_vocab *spm_vocab(int add_space_prefix)
+{
+    struct vb *b = &g_spm;
+    memset(b, 0, sizeof *b);
+    vb_add(b, "<unk>", 0, ENG_TOKTYPE_UNKNOWN);
+    vb_add(b, "<s>", 0, ENG_TOKTYPE_CONTROL);
+    vb_add(b, "</s>", 0, ENG_TOKTYPE_CONTROL);
+    for (int i = 0; i < 256; i++) {
+        snprintf(b->bytes[i], sizeof b->bytes[i], "<0x%02X>", i);
+        vb_add(b, b->bytes[i], 0, ENG_TOKTYPE_BYTE);
+    }
+    static const char *const chars[] = { "\xE2\x96\x81", "h", "e", "l", "o", "w", "r", "d" };
+    for (size_t i = 0; i < N_OF(chars); i++)
+        vb_add(b, chars[i], -10, ENG_TOKTYPE_NORMAL);
+    /* Merged pieces with their scores: the highest-scoring available pair merges first. */
+    static const struct { const char *t; float s; } pieces[] = {
+        { "\xE2\x96\x81h", -1 }, { "he", -3 }, { "ll", -2 }, { "llo", -4 },
+        { "\xE2\x96\x81hello", -5 }, { "\xE2\x96\x81w", -1.5f }, { "or", -2.5f }, { "ld", -6 },
+        { "\xE2\x96\x81wor", -3.5f }, { "\xE2\x96\x81world", -7 },
+    };
+    for (size_t i = 0; i < N_OF(pieces); i++)
+        vb_add(b, pieces[i].t, pieces[i].s, ENG_TOKTYPE_NORMAL);
+    assert_int_equal(b->n, S_SP_WORLD + 1);
+    eng_vocab_desc d = vb_desc(b, ENG_VOCAB_SPM);
+    d.bos_id = S_BOS;
+    d.eos_id = S_EOS;
+    d.unk_id = S_UNK;
+    d.add_bos = 1;
+    d.add_space_prefix = add_space_prefix;
+    return create_ok(&d);
+}
+
+static void expect_ids(const struct eng_vocab *v, const char *text, size_t len, int add_special,
+                       int parse_special, const int32_t *exp, size_t n_exp)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    eng_status st = eng_vocab_tokenize(v, text, len, add_special, parse_special, &ids, &n, err, sizeof err);
+    if (st != ENG_OK)
+        fail_msg("tokenize failed: %s", err);
+    int same = n == n_exp && (n == 0 || memcmp(ids, exp, n * sizeof *ids) == 0);
+    if (!same) {
+        char got[512] = "", want[512] = "";
+        size_t o = 0;
+        for (size_t i = 0; i < n && o < sizeof got - 16; i++)
+            o += (size_t)snprintf(got + o, sizeof got - o, " %d", ids[i]);
+        o = 0;
+        for (size_t i = 0; i < n_exp && o < sizeof want - 16; i++)
+            o += (size_t)snprintf(want + o, sizeof want - o, " %d", exp[i]);
+        free(ids);
+        fail_msg("tokens of \"%.*s\": got [%s ], want [%s ]", (int)len, text, got, want);
+    }
+    free(ids);
+}
+
+#define EXPECT_IDS(v, text, add_special, parse_special, ...)                                   \
+    do {                                                                                       \
+        static const int32_t exp_[] = { __VA_ARGS__ };                                         \
+        expect_ids((v), (text), strlen(text), (add_special), (parse_special), exp_, N_OF(exp_)); \
+    } while (0)
+
+static void expect_detok(const struct eng_vocab *v, const int32_t *ids, size_t n, const char *want, size_t want_len)
+{
+    char *s = NULL;
+    size_t len = 0;
+    assert_int_equal(eng_vocab_detokenize(v, ids, n, &s, &len), ENG_OK);
+    assert_non_null(s);
+    assert_int_equal(len, want_len);
+    assert_memory_equal(s, want, want_len);
+    assert_int_equal(s[len], 0);
+    free(s);
+}
+
+/* ---- SentencePiece ---- */
+
+static void test_spm_hello_world(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = spm_vocab(1);
+    /* "▁hello▁world": ▁h(-1), ▁w(-1.5), ll(-2), or(-2.5) merge first; "he" is stale once ▁h
+     * took the h; then ▁wor(-3.5), llo(-4), ld(-6), ▁world(-7). "▁hello" is never reachable
+     * because neither "▁he" nor "ello" is a piece. */
+    EXPECT_IDS(v, "hello world", 0, 0, S_SP_H, S_E, S_LLO, S_SP_WORLD);
+    EXPECT_IDS(v, "hello world", 1, 0, S_BOS, S_SP_H, S_E, S_LLO, S_SP_WORLD);
+    /* Equal scores: the leftmost pair wins. */
+    EXPECT_IDS(v, "lll", 0, 0, S_SP, S_LL, S_L);
+    /* A leading space becomes a second ▁; "▁▁" is no piece. */
+    EXPECT_IDS(v, " hello", 0, 0, S_SP, S_SP_H, S_E, S_LLO);
+    {
+        int32_t *ids;
+        size_t n;
+        assert_int_equal(eng_vocab_tokenize(v, "", 0, 0, 0, &ids, &n, NULL, 0), ENG_OK);
+        assert_int_equal(n, 0);
+        free(ids);
+        assert_int_equal(eng_vocab_tokenize(v, "", 0, 1, 0, &ids, &n, NULL, 0), ENG_OK);
+        assert_int_equal(n, 1);
+        assert_int_equal(ids[0], S_BOS);
+        free(ids);
+    }
+    static const int32_t hw[] = { S_BOS, S_SP_H, S_E, S_LLO, S_SP_WORLD, S_EOS };
+    expect_detok(v, hw, N_OF(hw), "hello world", 11);
+    static const int32_t sp[] = { S_SP, S_SP_H, S_E, S_LLO };
+    expect_detok(v, sp, N_OF(sp), " hello", 6);
+    eng_vocab_free(v);
+}
+
+/* The space-prefix rule needs a vocab of its own since the flag is per vocabulary. */
+static void test_spm_no_space_prefix(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = spm_vocab(0);
+    /* "hello": ll(-2) first, then he(-3), then "llo"(-4) from [ll][o]: [he][llo]. */
+    EXPECT_IDS(v, "hello", 0, 0, S_HE, S_LLO);
+    static const int32_t ids[] = { S_SP_H, S_E };
+    expect_detok(v, ids, N_OF(ids), " he", 3);
+    eng_vocab_free(v);
+}
+
+static void test_spm_byte_fallback(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = spm_vocab(1);
+    EXPECT_IDS(v, "\xC3\xA9", 0, 0, S_SP, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9); /* é */
+    EXPECT_IDS(v, "\xF0\x9F\x98\x80", 0, 0, S_SP, S_BYTE0 + 0xF0, S_BYTE0 + 0x9F, S_BYTE0 + 0x98,
+               S_BYTE0 + 0x80); /* 😀 */
+    EXPECT_IDS(v, "h\xC3\xA9!", 0, 0, S_SP_H, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9, S_BYTE0 + '!');
+    /* A stray continuation byte and a truncated sequence still fall back byte by byte. */
+    EXPECT_IDS(v, "\x80h\xE2\x82", 0, 0, S_SP, S_BYTE0 + 0x80, S_H, S_BYTE0 + 0xE2, S_BYTE0 + 0x82);
+    static const int32_t ids[] = { S_BOS, S_SP, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9, S_UNK };
+    expect_detok(v, ids, N_OF(ids), "\xC3\xA9\xE2\x96\x85", 5);
+    eng_vocab_free(v);
+
+    /* Without byte tokens, each byte of an unknown character becomes <unk>. */
+    struct vb b;
+    memset(&b, 0, sizeof b);
+    vb_add(&b, "<unk>", 0, ENG_TOKTYPE_UNKNOWN);
+    vb_add(&b, "\xE2\x96\x81", -1, ENG_TOKTYPE_NORMAL);
+    vb_add(&b, "a", -1, ENG_TOKTYPE_NORMAL);
+    eng_vocab_desc d = vb_desc(&b, ENG_VOCAB_SPM);
+    d.unk_id = 0;
+    d.add_space_prefix = 1;
+    v = create_ok(&d);
+    EXPECT_IDS(v, "a\xC3\xA9", 0, 0, 1, 2, 0, 0);
+    eng_vocab_free(v);
+
+    /* ... and with neither, tokenizing it is a clear error. */
+    d.unk_id = -1;
+    v = create_ok(&d);
+    int32_t *out;
+    size_t n;
+    char err[256] = "";
+    assert_int_equal(eng_vocab_tokenize(v, "\xC3\xA9", 2, 0, 0, &out, &n, err, sizeof err), ENG_ERR_RANGE);
+    assert_non_null(strstr(err, "0xC3"));
+    assert_null(out);
+    eng_vocab_free(v);
+}
+
+static void test_spm_special(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = spm_vocab(1);
+    /* parse_special: the control token splits the text, and like llama.cpp the text after it
+     * gets its own space prefix. */
+    EXPECT_IDS(v, "hello</s>world", 0, 1, S_SP_H, S_E, S_LLO, S_EOS, S_SP_WORLD);
+    /* Without it the marker is plain text: "<", "/", "s", ">" are bytes here. */
+    EXPECT_IDS(v, "</s>", 0, 0, S_SP, S_BYTE0 + '<', S_BYTE0 + '/', S_BYTE0 + 's', S_BYTE0 + '>');
+    assert_true(eng_vocab_is_eog(v, S_EOS));
+    assert_false(eng_vocab_is_eog(v, S_BOS));
+    assert_false(eng_vocab_is_eog(v, -1));
+    assert_false(eng_vocab_is_eog(v, 100000));
+    eng_vocab_free(v);
+}
+
+/* ---- byte-level BPE ---- */
+
+/* GPT-2's byte -> character map, written out independently of the engine's. */
+static uint32_t gpt2_char(unsigned b)
+{
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
+        return b;
+    unsigned k = 0;
+    for (unsigned x = 0; x < b; x++)
+        if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE))
+            k++;
+    return 256 + k;
+}
+
+enum {
+    B_HE = 256, B_LL, B_GW, B_OR, B_HELL, B_HELLO, B_GWOR, B_LD, B_GWORLD, B_BC, B_AB,
+    B_A_C3, B_A9_B, B_EOT_TEXT, B_IM_END, B_XYZ, B_USER, B_N_TOKENS
+};
+
+static struct vb g_bpe;
+
+static struct eng_vocab *bpe_vocab(const char *pre)
+{
+    struct vb *b = &g_bpe;
+    memset(b, 0, sizeof *b);
+    for (unsigned i = 0; i < 256; i++) { /* id = byte value */
+        uint32_t c = gpt2_char(i);
+        char *s = b->bytes[i];
+        if (c < 0x80) {
+            s[0] = (char)c;
+        } else {
+            s[0] = (char)(0xC0 | (c >> 6));
+            s[1] = (char)(0x80 | (c & 0x3F));
+        }
+        vb_add(b, s, 0, ENG_TOKTYPE_NORMAL);
+    }
+    /* Ġ = U+0120 stands for ' ', Ã = U+00C3 and © = U+00A9 for the bytes of é. */
+    static const char *const merged[] = {
+        "he", "ll", "\xC4\xA0w", "or", "hell", "hello", "\xC4\xA0wor", "ld", "\xC4\xA0world", "bc", "ab",
+        "a\xC3\x83", "\xC2\xA9\x62",
+    };
+    static const char *const merges[] = {
+        "h e", "l l", "\xC4\xA0 w", "o r", "he ll", "hell o", "\xC4\xA0w or", "l d", "\xC4\xA0wor ld",
+        "b c", "a b", "a \xC3\x83", "\xC2\xA9 b",
+    };
+    for (size_t i = 0; i < N_OF(merged); i++)
+        vb_add(b, merged[i], 0, ENG_TOKTYPE_NORMAL);
+    for (size_t i = 0; i < N_OF(merges); i++)
+        b->merges[b->n_merges++] = merges[i];
+    vb_add(b, "<|endoftext|>", 0, ENG_TOKTYPE_CONTROL);
+    vb_add(b, "<|im_end|>", 0, ENG_TOKTYPE_CONTROL);
+    vb_add(b, "xyz", 0, ENG_TOKTYPE_NORMAL); /* reachable by no merge */
+    vb_add(b, "<tool>", 0, ENG_TOKTYPE_USER_DEFINED);
+    assert_int_equal(b->n, B_N_TOKENS);
+    eng_vocab_desc d = vb_desc(b, ENG_VOCAB_BPE);
+    d.pre = pre;
+    d.eos_id = B_EOT_TEXT;
+    d.scores = NULL;
+    return create_ok(&d);
+}
+
+static void test_bpe_merges(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = bpe_vocab("default");
+    /* "hello" -> he(0) -> ll(1) -> hell(4) -> hello(5); " world" (Ġworld) -> Ġw(2) -> or(3)
+     * -> Ġwor(6) -> ld(7) -> Ġworld(8). */
+    EXPECT_IDS(v, "hello world", 0, 0, B_HELLO, B_GWORLD);
+    EXPECT_IDS(v, "hell", 0, 0, B_HELL);
+    EXPECT_IDS(v, "lol", 0, 0, 'l', 'o', 'l');
+    /* Rank decides, not position: "b c" (9) beats "a b" (10). */
+    EXPECT_IDS(v, "abc", 0, 0, 'a', B_BC);
+    EXPECT_IDS(v, "ab", 0, 0, B_AB);
+    /* Pre-tokens "hello" " " " hello": merges never cross a boundary, and in "Ġhello" no merge
+     * takes the Ġ, so it stays the byte token of ' ' (id 32). */
+    EXPECT_IDS(v, "hello  hello", 0, 0, B_HELLO, ' ', ' ', B_HELLO);
+    eng_vocab_free(v);
+}
+
+static void test_bpe_bytes_and_special(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = bpe_vocab("default");
+    /* é is one letter, so "aéb" is one pre-token; a+Ã (11) and ©+b (12) merge. */
+    EXPECT_IDS(v, "a\xC3\xA9\x62", 0, 0, B_A_C3, B_A9_B);
+    /* Invalid UTF-8 and NUL are bytes like any other. */
+    {
+        static const int32_t exp[] = { 0xFF, 0xFE, 0, 'a' };
+        expect_ids(v, "\xFF\xFE\0a", 4, 0, 0, exp, N_OF(exp));
+    }
+    EXPECT_IDS(v, "hi<|endoftext|>", 0, 1, 'h', 'i', B_EOT_TEXT);
+    /* Without parse_special: "hi" "<|" "endoftext" "|>" as bytes (no merge applies). */
+    EXPECT_IDS(v, "hi<|endoftext|>", 0, 0, 'h', 'i', '<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x',
+               't', '|', '>');
+    EXPECT_IDS(v, "<tool>hello<|im_end|>", 0, 1, B_USER, B_HELLO, B_IM_END);
+    /* The whole-word shortcut belongs to llama3 only. */
+    EXPECT_IDS(v, "xyz", 0, 0, 'x', 'y', 'z');
+    assert_true(eng_vocab_is_eog(v, B_EOT_TEXT));
+    assert_true(eng_vocab_is_eog(v, B_IM_END));
+    assert_false(eng_vocab_is_eog(v, B_USER));
+    /* Control tokens print nothing, user-defined ones their text. */
+    static const int32_t ids[] = { B_USER, B_HELLO, B_GWORLD, B_IM_END, 0xFF };
+    expect_detok(v, ids, N_OF(ids), "<tool>hello world\xFF", 18);
+    eng_vocab_free(v);
+
+    v = bpe_vocab("llama-bpe");
+    EXPECT_IDS(v, "xyz", 0, 0, B_XYZ);
+    EXPECT_IDS(v, "hello world", 0, 0, B_HELLO, B_GWORLD);
+    eng_vocab_free(v);
+}
+
+/* ---- pre-tokenizers ---- */
+
+static void expect_split(eng_pretok kind, const char *text, const char *const *exp)
+{
+    size_t len = strlen(text);
+    size_t ends[256];
+    assert_true(len <= N_OF(ends));
+    size_t n = eng_pretok_split(kind, text, len, ends, N_OF(ends));
+    size_t n_exp = 0;
+    while (exp[n_exp])
+        n_exp++;
+    char msg[1024] = "";
+    size_t o = 0;
+    for (size_t i = 0, p = 0; i < n && o < sizeof msg - 64; p = ends[i++])
+        o += (size_t)snprintf(msg + o, sizeof msg - o, "[%.*s]", (int)(ends[i] - p), text + p);
+    if (n != n_exp)
+        fail_msg("split(%d) of \"%s\": got %zu pieces %s, want %zu", (int)kind, text, n, msg, n_exp);
+    for (size_t i = 0, p = 0; i < n; p = ends[i++]) {
+        if (ends[i] - p != strlen(exp[i]) || memcmp(text + p, exp[i], ends[i] - p) != 0)
+            fail_msg("split(%d) of \"%s\": piece %zu: got %s, want [%s]", (int)kind, text, i, msg, exp[i]);
+    }
+}
+
+#define SPLIT(kind, text, ...) expect_split((kind), (text), (const char *const[]){ __VA_ARGS__, NULL })
+
+static void test_pretok_llama3_qwen2(void **state)
+{
+    (void)state;
+    const eng_pretok L = ENG_PRETOK_LLAMA3, Q = ENG_PRETOK_QWEN2, G = ENG_PRETOK_GPT2;
+    SPLIT(L, "12345", "123", "45");
+    SPLIT(Q, "12345", "1", "2", "3", "4", "5");
+    SPLIT(G, "12345", "12345");
+    SPLIT(L, "x1234567", "x", "123", "456", "7");
+    SPLIT(L, "abc123def", "abc", "123", "def");
+    SPLIT(Q, "abc123def", "abc", "1", "2", "3", "def");
+    SPLIT(G, "abc123def", "abc", "123", "def");
+    SPLIT(L, "I'll don't", "I", "'ll", " don", "'t");
+    SPLIT(Q, "I'll don't", "I", "'ll", " don", "'t");
+    SPLIT(G, "I'll don't", "I", "'ll", " don", "'t");
+    /* Contractions are case-insensitive in llama3/qwen2 only. */
+    SPLIT(L, "I'LL WE'RE", "I", "'LL", " WE", "'RE");
+    SPLIT(G, "I'LL", "I", "'", "LL");
+    SPLIT(L, "hello!!! ...", "hello", "!!!", " ...");
+    SPLIT(G, "hello!!! ...", "hello", "!!!", " ...");
+    /* A space run gives its last space to the next word; newlines end their own piece. */
+    SPLIT(L, "a   b\n\n c", "a", "  ", " b", "\n\n", " c");
+    SPLIT(Q, "a   b\n\n c", "a", "  ", " b", "\n\n", " c");
+    SPLIT(G, "a   b\n\n c", "a", "  ", " b", "\n\n", " c");
+    /* Punctuation keeps the newlines after it in llama3; GPT-2 splits the run. */
+    SPLIT(L, "!\n\nfoo", "!\n\n", "foo");
+    SPLIT(G, "!\n\nfoo", "!", "\n", "\n", "foo");
+    SPLIT(L, "\n\nfoo", "\n\n", "foo");
+    SPLIT(L, "  \tfoo", "  ", "\tfoo");
+    SPLIT(L, "x \n y", "x", " \n", " y");
+    SPLIT(L, "end  ", "end", "  ");
+    SPLIT(L, "a\r\nb", "a", "\r\n", "b");
+    SPLIT(L, "(x)", "(x", ")");
+    SPLIT(G, "(x)", "(", "x", ")");
+    SPLIT(L, "naïve café 日本語 Привет мир", "naïve", " café", " 日本語", " Привет", " мир");
+    SPLIT(G, "naïve café 日本語 Привет мир", "naïve", " café", " 日本語", " Привет", " мир");
+    SPLIT(L, "مرحبا بالعالم", "مرحبا", " بالعالم");
+    SPLIT(L, "한국어 Ελληνικά", "한국어", " Ελληνικά");
+    /* Marks are not letters: a combining acute starts a new piece before the next letter. */
+    SPLIT(L, "e\xCC\x81x", "e", "\xCC\x81x");
+    SPLIT(L, "नमस्ते", "नमस", "्त", "े");
+    /* Arabic-Indic digits are \p{N}. */
+    SPLIT(L, "٣٤٥٦", "٣٤٥", "٦");
+    SPLIT(Q, "٣٤٥", "٣", "٤", "٥");
+    /* NO-BREAK SPACE is white space and, like ' ', prefixes a word. */
+    SPLIT(L, "a\xC2\xA0\x62", "a", "\xC2\xA0\x62");
+    SPLIT(L, "😀😀 ok", "😀😀", " ok");
+    /* Invalid bytes count as punctuation-like characters. */
+    SPLIT(L, "a\xFF\xFE\x62", "a", "\xFF\xFE", "b");
+    SPLIT(L, "\xFF\x61\x62\x63", "\xFF\x61\x62\x63");
+}
+
+static void test_pretok_names(void **state)
+{
+    (void)state;
+    eng_pretok k;
+    assert_true(eng_pretok_from_name("llama-bpe", 9, &k));
+    assert_int_equal(k, ENG_PRETOK_LLAMA3);
+    assert_true(eng_pretok_from_name("qwen2", 5, &k));
+    assert_int_equal(k, ENG_PRETOK_QWEN2);
+    assert_true(eng_pretok_from_name("default", 7, &k));
+    assert_int_equal(k, ENG_PRETOK_GPT2);
+    assert_false(eng_pretok_from_name("qwen", 4, &k));
+    assert_false(eng_pretok_from_name("deepseek-llm", 12, &k));
+}
+
+static void test_unicode(void **state)
+{
+    (void)state;
+    uint32_t cp = 0;
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xC3\xA9", 2, &cp), 2);
+    assert_int_equal(cp, 0xE9);
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xF0\x9F\x98\x80", 4, &cp), 4);
+    assert_int_equal(cp, 0x1F600);
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xC0\x80", 2, &cp), 0);      /* overlong */
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xE0\x80\x80", 3, &cp), 0);  /* overlong */
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xED\xA0\x80", 3, &cp), 0);  /* surrogate */
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xF4\x90\x80\x80", 4, &cp), 0); /* > 10FFFF */
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\xE2\x82", 2, &cp), 0);      /* truncated */
+    assert_int_equal(eng_utf8_decode((const unsigned char *)"\x80", 1, &cp), 0);
+    char buf[4];
+    assert_int_equal(eng_utf8_encode(0x20AC, buf), 3);
+    assert_memory_equal(buf, "\xE2\x82\xAC", 3);
+    static const struct { uint32_t cp; int cat; } cats[] = {
+        { 'a', ENG_UCAT_LETTER }, { 'Z', ENG_UCAT_LETTER }, { '7', ENG_UCAT_NUMBER }, { '_', ENG_UCAT_OTHER },
+        { 0xE9, ENG_UCAT_LETTER },   /* é */
+        { 0x3B1, ENG_UCAT_LETTER },  /* α */
+        { 0x416, ENG_UCAT_LETTER },  /* Ж */
+        { 0x5D0, ENG_UCAT_LETTER },  /* א */
+        { 0x628, ENG_UCAT_LETTER },  /* ب */
+        { 0x915, ENG_UCAT_LETTER },  /* क */
+        { 0x93F, ENG_UCAT_OTHER },   /* ि (spacing mark) */
+        { 0x4E2D, ENG_UCAT_LETTER }, /* 中 */
+        { 0xD55C, ENG_UCAT_LETTER }, /* 한 */
+        { 0x3042, ENG_UCAT_LETTER }, /* あ */
+        { 0x20000, ENG_UCAT_LETTER }, /* CJK extension B */
+        { 0x663, ENG_UCAT_NUMBER },  /* ٣ */
+        { 0x967, ENG_UCAT_NUMBER },  /* १ */
+        { 0xFF11, ENG_UCAT_NUMBER }, /* fullwidth 1 */
+        { 0x216B, ENG_UCAT_NUMBER }, /* Roman numeral twelve (Nl) */
+        { 0xBD, ENG_UCAT_NUMBER },   /* ½ (No) */
+        { 0x301, ENG_UCAT_OTHER },   /* combining acute */
+        { 0x1F600, ENG_UCAT_OTHER }, /* 😀 */
+        { 0x3000, ENG_UCAT_OTHER },
+        { 0x10FFFF, ENG_UCAT_OTHER },
+    };
+    for (size_t i = 0; i < N_OF(cats); i++)
+        if (eng_unicode_category(cats[i].cp) != cats[i].cat)
+            fail_msg("category of U+%04X: got %d, want %d", cats[i].cp, eng_unicode_category(cats[i].cp),
+                     cats[i].cat);
+    assert_true(eng_unicode_is_space(' '));
+    assert_true(eng_unicode_is_space('\t'));
+    assert_true(eng_unicode_is_space(0xA0));
+    assert_true(eng_unicode_is_space(0x3000));
+    assert_true(eng_unicode_is_space(0x2009));
+    assert_false(eng_unicode_is_space(0x200B)); /* zero width space is not White_Space */
+    assert_false(eng_unicode_is_space('x'));
+}
+
+/* ---- round trips and streaming ---- */
+
+static const struct { const char *s; size_t n; } corpus[] = {
+#define C(x) { x, sizeof(x) - 1 }
+    C("The quick brown fox jumps over the lazy dog. It's 3:45pm, isn't it?"),
+    C(" leading space and trailing   "),
+    C("  two leading spaces"),
+    C("int main(void)\n{\n\tint  x =  42;\t// tabs\tand  spaces\n\treturn x;\n}\n"),
+    C("日本語のテキストと中文文本，还有한국어."),
+    C("emoji 😀👍🏽 and flags 🇫🇷 and ZWJ 👩‍💻"),
+    C("مرحبا بالعالم — עברית — नमस्ते दुनिया"),
+    C("combining: e\xCC\x81 a\xCC\x8A n\xCC\x83 and precomposed é å ñ"),
+    C("Привет, мир! Ελληνικά. 1234567890 ٣٤٥"),
+    C("\n\n\r\n \t \n"),
+    C("hello world"),
+    C("lll hello!!! ..."),
+    C("nul\0inside"),
+    C("x"),
+};
+
+static const struct { const char *s; size_t n; } invalid_utf8[] = {
+    C("\xFF\xFE bad bytes \x80 here"),
+    C("truncated \xE2\x82"),
+    C("\xC0\x80 overlong and \xED\xA0\x80 surrogate"),
+#undef C
+};
+
+static void round_trip(const struct eng_vocab *v, const char *s, size_t n)
+{
+    int32_t *ids = NULL;
+    size_t nt = 0;
+    char err[256] = "";
+    if (eng_vocab_tokenize(v, s, n, 1, 0, &ids, &nt, err, sizeof err) != ENG_OK)
+        fail_msg("tokenize: %s", err);
+    char *out = NULL;
+    size_t len = 0;
+    assert_int_equal(eng_vocab_detokenize(v, ids, nt, &out, &len), ENG_OK);
+    if (len != n || memcmp(out, s, n) != 0)
+        fail_msg("round trip (%s) of \"%.*s\" gave \"%s\"", eng_vocab_get_kind(v) == ENG_VOCAB_SPM ? "spm" : "bpe", (int)n, s, out);
+
+    /* Streaming: every push is complete UTF-8 (unless the input itself is not), and the
+     * concatenation equals the whole-sequence result. */
+    eng_detok *d = eng_vocab_detok_create(v);
+    assert_non_null(d);
+    char *cat = malloc(n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < nt; i++) {
+        size_t l;
+        const char *p = eng_detok_push(d, ids[i], &l);
+        assert_true(o + l <= n);
+        memcpy(cat + o, p, l);
+        o += l;
+    }
+    size_t l;
+    const char *p = eng_detok_flush(d, &l);
+    assert_true(o + l <= n);
+    memcpy(cat + o, p, l);
+    o += l;
+    assert_int_equal(o, n);
+    assert_memory_equal(cat, s, n);
+    free(cat);
+    eng_detok_free(d);
+    free(out);
+    free(ids);
+}
+
+static void test_round_trip(void **state)
+{
+    (void)state;
+    struct eng_vocab *spm = spm_vocab(1);
+    struct eng_vocab *spm0 = spm_vocab(0);
+    struct eng_vocab *bpe[3] = { bpe_vocab("default"), bpe_vocab("llama-bpe"), bpe_vocab("qwen2") };
+    for (size_t i = 0; i < N_OF(corpus); i++) {
+        round_trip(spm, corpus[i].s, corpus[i].n);
+        round_trip(spm0, corpus[i].s, corpus[i].n);
+        for (int k = 0; k < 3; k++)
+            round_trip(bpe[k], corpus[i].s, corpus[i].n);
+    }
+    /* With full byte fallback even invalid UTF-8 survives both kinds. */
+    for (size_t i = 0; i < N_OF(invalid_utf8); i++) {
+        round_trip(spm, invalid_utf8[i].s, invalid_utf8[i].n);
+        for (int k = 0; k < 3; k++)
+            round_trip(bpe[k], invalid_utf8[i].s, invalid_utf8[i].n);
+    }
+    eng_vocab_free(spm);
+    eng_vocab_free(spm0);
+    for (int k = 0; k < 3; k++)
+        eng_vocab_free(bpe[k]);
+}
+
+static void push_expect(eng_detok *d, int32_t id, const char *want)
+{
+    size_t l;
+    const char *p = eng_detok_push(d, id, &l);
+    if (l != strlen(want) || memcmp(p, want, l) != 0)
+        fail_msg("push %d: got \"%.*s\" (%zu bytes), want \"%s\"", id, (int)l, p, l, want);
+}
+
+static void test_detok_stream(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = spm_vocab(1);
+    eng_detok *d = eng_vocab_detok_create(v);
+    assert_non_null(d);
+    push_expect(d, S_BOS, "");
+    push_expect(d, S_SP, ""); /* the space prefix */
+    push_expect(d, S_BYTE0 + 0xC3, "");
+    push_expect(d, S_BYTE0 + 0xA9, "\xC3\xA9");
+    push_expect(d, S_BYTE0 + 0xF0, "");
+    push_expect(d, S_BYTE0 + 0x9F, "");
+    push_expect(d, S_BYTE0 + 0x98, "");
+    push_expect(d, S_BYTE0 + 0x80, "\xF0\x9F\x98\x80");
+    push_expect(d, S_SP_WORLD, " world");
+    push_expect(d, S_BYTE0 + 0xE2, "");
+    push_expect(d, S_SP_H, "\xE2 h"); /* not a continuation: the held byte goes out as is */
+    push_expect(d, S_BYTE0 + 0xFF, "\xFF");
+    push_expect(d, 99999, "");        /* out of range: ignored */
+    push_expect(d, S_BYTE0 + 0xE2, "");
+    push_expect(d, S_BYTE0 + 0x82, "");
+    size_t l;
+    const char *p = eng_detok_flush(d, &l);
+    assert_int_equal(l, 2);
+    assert_memory_equal(p, "\xE2\x82", 2);
+    eng_detok_flush(d, &l);
+    assert_int_equal(l, 0);
+    eng_detok_free(d);
+    eng_detok_free(NULL);
+    eng_vocab_free(v);
+
+    /* BPE pieces that end and start inside one character. */
+    v = bpe_vocab("default");
+    d = eng_vocab_detok_create(v);
+    push_expect(d, B_A_C3, "a");
+    push_expect(d, B_A9_B, "\xC3\xA9\x62");
+    push_expect(d, B_HELLO, "hello");
+    eng_detok_free(d);
+    eng_vocab_free(v);
+}
+
+/* ---- add_bos / add_eos, accessors ---- */
+
+static void test_policy(void **state)
+{
+    (void)state;
+    struct vb *b = &g_bpe;
+    struct eng_vocab *v = bpe_vocab("qwen2");
+    eng_vocab_free(v);
+    eng_vocab_desc d = vb_desc(b, ENG_VOCAB_BPE);
+    d.pre = "qwen2";
+    d.bos_id = B_IM_END;
+    d.eos_id = B_EOT_TEXT;
+    d.eot_id = B_XYZ;
+    d.add_bos = 1;
+    d.add_eos = 1;
+    v = create_ok(&d);
+    EXPECT_IDS(v, "hello", 1, 0, B_IM_END, B_HELLO, B_EOT_TEXT);
+    EXPECT_IDS(v, "hello", 0, 0, B_HELLO);
+    assert_true(eng_vocab_is_eog(v, B_XYZ));
+    assert_int_equal(eng_vocab_bos(v), B_IM_END);
+    assert_int_equal(eng_vocab_eos(v), B_EOT_TEXT);
+    assert_int_equal(eng_vocab_n_tokens(v), B_N_TOKENS);
+    assert_int_equal(eng_vocab_get_kind(v), ENG_VOCAB_BPE);
+    size_t len;
+    const char *t = eng_vocab_token_text(v, B_HE, &len);
+    assert_int_equal(len, 2);
+    assert_memory_equal(t, "he", 2);
+    assert_null(eng_vocab_token_text(v, B_N_TOKENS, &len));
+    assert_int_equal(eng_vocab_token_type(v, B_IM_END), ENG_TOKTYPE_CONTROL);
+    assert_int_equal(eng_vocab_token_type(v, -1), -1);
+    char *s = NULL;
+    static const int32_t bad[] = { B_HE, B_N_TOKENS };
+    assert_int_equal(eng_vocab_detokenize(v, bad, 2, &s, NULL), ENG_ERR_RANGE);
+    assert_null(s);
+    eng_vocab_free(v);
+    eng_vocab_free(NULL);
+}
+
+/* ---- malformed descriptions ---- */
+
+static void expect_create_fails(const eng_vocab_desc *d, eng_status want, const char *needle)
+{
+    struct eng_vocab *v = (struct eng_vocab *)1;
+    char err[256] = "";
+    eng_status st = eng_vocab_create(d, &v, err, sizeof err);
+    if (st != want)
+        fail_msg("eng_vocab_create: got status %d (%s), want %d", st, err, want);
+    assert_null(v);
+    if (!strstr(err, needle))
+        fail_msg("error \"%s\" does not mention \"%s\"", err, needle);
+}
+
+static void test_malformed(void **state)
+{
+    (void)state;
+    struct vb *b = &g_bpe;
+    eng_vocab_free(bpe_vocab("default")); /* fills g_bpe */
+    eng_vocab_desc good = vb_desc(b, ENG_VOCAB_BPE);
+    good.scores = NULL;
+
+    eng_vocab_desc d = good;
+    const char *merges[] = { "h e", "h zz" };
+    d.merges = merges;
+    d.n_merges = 2;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "merge 1 'h zz' names unknown token 'zz'");
+    const char *nospace[] = { "hello" };
+    d.merges = nospace;
+    d.n_merges = 1;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "not two tokens separated by a space");
+    const char *trailing[] = { "h " };
+    d.merges = trailing;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "not two tokens");
+
+    d = good;
+    d.scores = b->score;
+    d.n_scores = b->n - 1;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "mismatch");
+    d = good;
+    d.n_types = b->n + 1;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "mismatch");
+
+    d = good;
+    d.bos_id = -7;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "bos id -7 is negative");
+    d = good;
+    d.eos_id = (int32_t)b->n;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "eos id 273 out of range");
+    d = good;
+    d.unk_id = 1 << 30;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "unk id");
+
+    d = good;
+    d.pre = "deepseek-llm";
+    expect_create_fails(&d, ENG_ERR_UNSUPPORTED, "'deepseek-llm'");
+
+    d = good;
+    int32_t types[B_N_TOKENS];
+    memcpy(types, b->type, sizeof types);
+    types[5] = 9;
+    d.types = types;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "token 5 has type 9");
+
+    d = good;
+    d.n_tokens = 0;
+    expect_create_fails(&d, ENG_ERR_FORMAT, "0 tokens");
+
+    d = good;
+    const char *toks[] = { "a", NULL };
+    d.tokens = toks;
+    d.n_tokens = d.n_scores = d.n_types = 2;
+    d.types = NULL;
+    d.n_merges = 0;
+    d.bos_id = d.eos_id = -1;
+    expect_create_fails(&d, ENG_ERR_ARG, "token 1 is NULL");
+
+    d = good;
+    d.kind = (eng_vocab_kind)7;
+    expect_create_fails(&d, ENG_ERR_ARG, "kind");
+    expect_create_fails(NULL, ENG_ERR_ARG, "NULL");
+
+    /* Duplicate token texts are allowed: the first id wins, as does a merge's first rank. */
+    const char *dup_toks[] = { "a", "b", "ab", "ab" };
+    const char *dup_merges[] = { "a b", "a b" };
+    eng_vocab_desc dd;
+    memset(&dd, 0, sizeof dd);
+    dd.kind = ENG_VOCAB_BPE;
+    dd.tokens = dup_toks;
+    dd.n_tokens = 4;
+    dd.merges = dup_merges;
+    dd.n_merges = 2;
+    dd.bos_id = dd.eos_id = dd.unk_id = dd.eot_id = -1;
+    struct eng_vocab *v = create_ok(&dd);
+    EXPECT_IDS(v, "abab", 0, 0, 2, 2);
+    int32_t *ids;
+    size_t n;
+    char err[128] = "";
+    /* 'c' has no token and there is no unk. */
+    assert_int_equal(eng_vocab_tokenize(v, "c", 1, 0, 0, &ids, &n, err, sizeof err), ENG_ERR_RANGE);
+    assert_non_null(strstr(err, "0x63"));
+    assert_int_equal(eng_vocab_tokenize(v, NULL, 1, 0, 0, &ids, &n, err, sizeof err), ENG_ERR_ARG);
+    eng_vocab_free(v);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spm_hello_world),
+        cmocka_unit_test(test_spm_no_space_prefix),
+        cmocka_unit_test(test_spm_byte_fallback),
+        cmocka_unit_test(test_spm_special),
+        cmocka_unit_test(test_bpe_merges),
+        cmocka_unit_test(test_bpe_bytes_and_special),
+        cmocka_unit_test(test_pretok_llama3_qwen2),
+        cmocka_unit_test(test_pretok_names),
+        cmocka_unit_test(test_unicode),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_detok_stream),
+        cmocka_unit_test(test_policy),
+        cmocka_unit_test(test_malformed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
