@@ -11,6 +11,7 @@
 #define MAX_INPUT_BYTES ((size_t)1 << 30)
 #define MAX_ARENA_BYTES ((size_t)1 << 30)
 #define SPM_SPACE "\xE2\x96\x81" /* U+2581 '▁', SentencePiece's visible space */
+#define BYTEMAP_CP_END 324 /* GPT-2 byte map: 256 + 68, every mapped code point is below */
 #define SPM_UNK_PIECE "\xE2\x96\x85" /* U+2585, what llama.cpp prints for an unknown token */
 
 /* Open-addressing table of int32 values (-1 = empty); the caller compares keys. */
@@ -46,6 +47,8 @@ struct eng_vocab {
     int32_t eog[8];
     size_t n_eog;
     size_t max_piece;        /* longest piece: sizes the streaming detokenizer's buffer */
+    uint16_t byte_cp[256];   /* BPE: byte -> code point of its visible character */
+    int16_t cp_byte[BYTEMAP_CP_END];    /* and back; -1 for code points that stand for no byte */
 };
 
 struct eng_detok {
@@ -172,25 +175,25 @@ static int32_t merge_rank(const struct eng_vocab *v, int32_t a, int32_t b)
  * Printable bytes (33..126, 161..172, 174..255) stand for themselves; the other 68 take code
  * points 256, 257, ... in byte order, so every byte has a visible, non-space character. */
 
-static uint32_t byte_to_cp(unsigned b)
+static int byte_is_printable(unsigned b)
 {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)
-        return b;
-    uint32_t k = 0; /* rank of b among the remapped bytes */
-    for (unsigned x = 0; x < b; x++)
-        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174))
-            k++;
-    return 256 + k;
+    return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
 }
 
-static int cp_to_byte(uint32_t cp)
+static void bytemap_init(struct eng_vocab *v)
 {
-    if (cp < 256)
-        return byte_to_cp(cp) == cp ? (int)cp : -1;
-    for (unsigned b = 0; b < 256; b++)
-        if (byte_to_cp(b) == cp)
-            return (int)b;
-    return -1;
+    uint32_t next = 256;
+    for (unsigned i = 0; i < BYTEMAP_CP_END; i++)
+        v->cp_byte[i] = -1;
+    for (unsigned b = 0; b < 256; b++) {
+        v->byte_cp[b] = (uint16_t)(byte_is_printable(b) ? b : next++);
+        v->cp_byte[v->byte_cp[b]] = (int16_t)b;
+    }
+}
+
+static int cp_to_byte(const struct eng_vocab *v, uint32_t cp)
+{
+    return cp < BYTEMAP_CP_END ? v->cp_byte[cp] : -1;
 }
 
 /* ---- growable buffers ---- */
@@ -280,7 +283,7 @@ static size_t make_piece(const struct eng_vocab *v, int32_t id, char *dst)
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t l = eng_utf8_decode((const unsigned char *)s + i, n - i, &cp);
-        int b = l ? cp_to_byte(cp) : -1;
+        int b = l ? cp_to_byte(v, cp) : -1;
         if (b >= 0) {
             dst[o++] = (char)b;
             i += l;
@@ -497,6 +500,7 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     v->add_bos = d->add_bos != 0;
     v->add_eos = d->add_eos != 0;
     v->add_space_prefix = d->kind == ENG_VOCAB_SPM && d->add_space_prefix;
+    bytemap_init(v);
     v->text = malloc(total ? total : 1);
     v->piece = malloc(total ? total : 1);
     v->text_off = malloc((n + 1) * sizeof *v->text_off);
@@ -541,7 +545,7 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
             if (v->byte_tok[b] >= 0)
                 continue;
             char u[4];
-            size_t ul = eng_utf8_encode(byte_to_cp((unsigned)b), u);
+            size_t ul = eng_utf8_encode(v->byte_cp[b], u);
             v->byte_tok[b] = token_find(v, u, ul);
         }
         st = build_merges(v, d, err, errlen);
@@ -869,7 +873,7 @@ static eng_status bpe_word(const struct eng_vocab *v, struct work *w, const char
     if (v->ignore_merges) {
         size_t o = 0;
         for (size_t i = 0; i < n; i++)
-            o += eng_utf8_encode(byte_to_cp((unsigned char)s[i]), w->buf + o);
+            o += eng_utf8_encode(v->byte_cp[(unsigned char)s[i]], w->buf + o);
         int32_t id = token_find(v, w->buf, o);
         if (id >= 0)
             return ids_push(out, id) ? ENG_OK : ENG_ERR_NOMEM;

@@ -34,6 +34,7 @@ struct ggw {
     char *tmp;
     size_t cur;           /* tensor being written */
     uint64_t cur_done;    /* its bytes written so far */
+    char iobuf[1 << 20];  /* stdio buffer: large sequential writes */
 };
 
 ggw *ggw_create(uint32_t alignment)
@@ -250,8 +251,7 @@ int ggw_begin(ggw *w, const char *path, char *err, size_t errlen)
         unlink(w->tmp);
         return wfail(err, errlen, "cannot open", w->tmp);
     }
-    static char buf[1 << 20];
-    setvbuf(w->f, buf, _IOFBF, sizeof buf);
+    setvbuf(w->f, w->iobuf, _IOFBF, sizeof w->iobuf);
     uint8_t hdr[24] = {'G', 'G', 'U', 'F', 3, 0, 0, 0};
     for (int i = 0; i < 8; i++) {
         hdr[8 + i] = (uint8_t)((uint64_t)w->n_t >> (8 * i));

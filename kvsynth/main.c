@@ -7,7 +7,7 @@
 static void usage(FILE *f)
 {
     fputs("usage: kvsynth [model options] -o OUT.gguf      write a synthetic GGUF model\n"
-          "       kvsynth from-llama2c CKPT.bin TOK.bin -o OUT.gguf\n"
+          "       kvsynth from-llama2c CKPT.bin [TOK.bin] -o OUT.gguf\n"
           "       kvsynth vectors -o DIR                  write the spec/vectors blobs\n"
           "Run 'kvsynth --help', 'kvsynth from-llama2c --help', ... for each command's options.\n", f);
 }
@@ -19,8 +19,12 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "vectors") == 0)
         return kvsynth_vectors_main(argc - 1, argv + 1);
     if (argc < 2) {
-        usage(stderr);
+        fputs("kvsynth: missing arguments (try kvsynth --help)\n", stderr);
         return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return kvsynth_model_main(argc, argv);
     }
     return kvsynth_model_main(argc, argv);
 }

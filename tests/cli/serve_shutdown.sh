@@ -6,11 +6,14 @@ source "$(dirname "$0")/lib_serve.bash"
 build_mkblob
 make_cert
 "$KVPUBD" serve --help | grep -q -- "--tls-cert" || fail "serve --help"
-"$KVPUBD" serve --store "$T/store" 2>/dev/null; [ $? = 2 ] || fail "missing options exit 2"
-"$KVPUBD" serve --store "$T/store" --listen 127.0.0.1:99999 --tls-cert "$T/cert.pem" --tls-key "$T/certkey.pem" \
-  2>"$T/err"; [ $? = 2 ] && grep -q "port must be" "$T/err" || fail "bad port refused"
-"$KVPUBD" serve --store "$T/store" --listen 127.0.0.1:0 --tls-cert "$T/nope.pem" --tls-key "$T/certkey.pem" \
-  2>"$T/err"; [ $? = 2 ] && grep -q "nope.pem" "$T/err" || fail "missing certificate named"
+rc=0; "$KVPUBD" serve --store "$T/store" 2>/dev/null || rc=$?
+[ $rc = 2 ] || fail "missing options exit 2"
+rc=0; "$KVPUBD" serve --store "$T/store" --listen 127.0.0.1:99999 --tls-cert "$T/cert.pem" --tls-key "$T/certkey.pem" \
+  2>"$T/err" || rc=$?
+[ $rc = 2 ] && grep -q "port must be" "$T/err" || fail "bad port refused"
+rc=0; "$KVPUBD" serve --store "$T/store" --listen 127.0.0.1:0 --tls-cert "$T/nope.pem" --tls-key "$T/certkey.pem" \
+  2>"$T/err" || rc=$?
+[ $rc = 2 ] && grep -q "nope.pem" "$T/err" || fail "missing certificate named"
 
 "$KVPUBD" keygen -o "$T/pub1" >/dev/null
 CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# publish_cli.sh: kvpubd publish on a tiny synthetic model: --json summary, idempotence
+# (skipped), a too-long document refused with exit 2 before the store is touched, usage
+# errors, and the published blob served and verified again by an upload to a second store.
+source "$(dirname "$0")/lib_serve.bash"
+make_cert
+"$BUILD/kvsynth" --arch llama --layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 512 --ctx 96 \
+  --seed 1 -o "$T/m.gguf" >/dev/null
+"$KVPUBD" keygen -o "$T/pub" >/dev/null
+printf 'A small document about precomputed caches.\nIt has two lines.\n' > "$T/doc1.txt"
+printf 'Another document, different text.\n' > "$T/doc2.md"
+head -c 2000 /work/shared/DESIGN.md 2>/dev/null > "$T/long.txt" || seq 1 500 > "$T/long.txt"
+
+pub() { "$KVPUBD" publish --store "$T/store" --model "$T/m.gguf" --key "$T/pub.key" "$@"; }
+
+# too long: exit 2, a message naming both lengths, and no store created
+rc=0; pub "$T/doc1.txt" "$T/long.txt" 2>"$T/err" >/dev/null || rc=$?
+[ $rc = 2 ] || fail "too-long document exit status $rc"
+grep -Eq "long.txt: document is [0-9]+ tokens, but the model's context is 96 tokens \(95 after BOS\)" "$T/err" \
+  && ok "too-long message: $(cat "$T/err")" || fail "too-long message: $(cat "$T/err")"
+[ ! -e "$T/store" ] && ok "store untouched" || fail "the store was created by a refused run"
+
+rc=0; pub 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "no FILE: exit 2"
+rc=0; pub --codec zip "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "bad codec: exit 2"
+rc=0; pub --expires soon "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "bad --expires: exit 2"
+rc=0; pub --title T "$T/doc1.txt" "$T/doc2.md" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--title with 2 files"
+
+pub --json --expires 30d --price 7 "$T/doc1.txt" "$T/doc2.md" > "$T/out.json"
+jq -e '.documents | length == 2' "$T/out.json" >/dev/null || fail "--json: two documents: $(cat "$T/out.json")"
+jq -e '[.documents[].status] == ["published","published"]' "$T/out.json" >/dev/null || fail "--json statuses"
+[ "$(jq -r '.documents[0].sha256' "$T/out.json")" = "$(sha256sum "$T/doc1.txt" | cut -d' ' -f1)" ] || fail "sha256"
+jq -e '.documents[0].tokens > 5 and .documents[0].bytes > 100 and .documents[0].seconds >= 0' "$T/out.json" >/dev/null \
+  || fail "--json tokens/bytes/seconds"
+ID1=$(jq -r '.documents[0].id' "$T/out.json")
+[ "$(sqlite3 "$T/store/index.db" 'select count(*) from blobs')" = 2 ] || fail "two rows"
+
+pub --json "$T/doc1.txt" > "$T/again.json"
+[ "$(jq -r '.documents[0].status' "$T/again.json")" = skipped ] && [ "$(jq -r '.documents[0].id' "$T/again.json")" = "$ID1" ] \
+  && ok "republish skipped" || fail "republish: $(cat "$T/again.json")"
+pub --codec q8 "$T/doc1.txt" | grep -q '^published ' || fail "another codec is another blob"
+[ "$(sqlite3 "$T/store/index.db" 'select count(*) from blobs')" = 3 ] || fail "three rows"
+
+# served: catalog fields from the manifest, and the blob passes the upload verification
+start_server "$T/store"
+expect 200 GET "/v1/catalog?doc=$(sha256sum "$T/doc1.txt" | cut -d' ' -f1)&limit=10"
+[ "$(json .total)" = 2 ] || fail "two codecs of doc1"
+expect 200 GET "/v1/blobs/$ID1/manifest"
+jq -e '.' "$T/body" >/dev/null || fail "manifest JSON"
+grep -q '"pos0":1' "$T/body" || fail "pos0 = 1 after BOS"
+grep -q 'file://' "$T/body" && grep -q 'doc1.txt' "$T/body" || fail "source uri / title"
+expect 401 GET "/v1/blobs/$ID1"      # --price 7
+stop_server || fail "clean stop"
+cp "$T/store/blobs/${ID1:0:2}/$ID1" "$T/pub1.kvb" 2>/dev/null || find "$T/store/blobs" -name "$ID1*" -exec cp {} "$T/pub1.kvb" \;
+CRED=$("$KVPUBD" publisher add --store "$T/store2" --key "$T/pub.pub" --name me 2>/dev/null)
+start_server "$T/store2"
+expect 201 PUT /v1/blobs -H "Authorization: Bearer $CRED" --data-binary @"$T/pub1.kvb"
+[ "$(json .id)" = "$ID1" ] || fail "same id in the second store"
+stop_server || fail "clean stop"
+done_tests
