@@ -207,25 +207,35 @@ static void dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
     }
 }
 
-/* Q6_K: the 6-bit value of element e (0..255) of a super-block. Each 128-element half h uses
- * 64 bytes of ql and 32 of qh; within it, element 32k + l (k = 0..3, l = 0..31) takes the low
- * (k < 2) or high (k >= 2) nibble of ql[64h + l + 32 (k & 1)] and bits 2k..2k+1 of qh[32h + l]. */
-static int q6k_get(const uint8_t *b, int e)
+/* Q6_K: the values q - 32 (-32..31) of one super-block. Each 128-element half h uses 64 bytes
+ * of ql and 32 of qh; within it, element 32k + l (k = 0..3, l = 0..31) takes the low (k < 2)
+ * or high (k >= 2) nibble of ql[64h + l + 32 (k & 1)] and bits 2k..2k+1 of qh[32h + l]. */
+static void q6k_unpack(const uint8_t *b, int8_t v[QB_QK_K])
 {
-    int h = e >> 7, k = (e >> 5) & 3, l = e & 31;
-    uint8_t ql = b[64 * h + l + 32 * (k & 1)];
-    uint8_t qh = b[QB_Q6_K_QH + 32 * h + l];
-    int lo = k < 2 ? (ql & 0xf) : (ql >> 4);
-    return lo | (((qh >> (2 * k)) & 3) << 4);
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + QB_Q6_K_QH + 32 * h;
+        int8_t *o = v + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (int8_t)(((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32);
+            o[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
 }
 
 static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
 {
+    int8_t v[QB_QK_K];
     for (int64_t i = 0; i < nb; i++, b += QB_Q6_K_BYTES, y += QB_QK_K) {
         float d = eng_f16_to_f32(qb_ld16(b + QB_Q6_K_D));
         const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
-        for (int e = 0; e < QB_QK_K; e++)
-            y[e] = d * (float)sc[e >> 4] * (float)(q6k_get(b, e) - 32);
+        q6k_unpack(b, v);
+        for (int j = 0; j < 16; j++) {
+            float ds = d * (float)sc[j];
+            for (int l = 0; l < 16; l++)
+                y[16 * j + l] = ds * (float)v[16 * j + l];
+        }
     }
 }
 
@@ -237,7 +247,11 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
         memcpy(dst, src, (size_t)n * 4);
         break;
     case GGML_T_F16:
-        for (int64_t i = 0; i < n; i++) /* unaligned-safe; rows are usually aligned */
+        if (((uintptr_t)src & 1) == 0) { /* GGUF rows are aligned: F16C when available */
+            eng_f16_to_f32_row(src, dst, (size_t)n);
+            break;
+        }
+        for (int64_t i = 0; i < n; i++)
             dst[i] = eng_f16_to_f32(qb_ld16(b + 2 * i));
         break;
     case GGML_T_BF16:
@@ -552,11 +566,13 @@ static void mv_q6_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
         for (int64_t i = 0; i < xq->nb; i++, b += QB_Q6_K_BYTES) {
             const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
             const int8_t *q = xq->q + i * QB_QK_K;
+            int8_t v[QB_QK_K];
+            q6k_unpack(b, v);
             int sum = 0;
             for (int j = 0; j < 16; j++) {
                 int dot = 0;
                 for (int l = 0; l < 16; l++)
-                    dot += (q6k_get(b, 16 * j + l) - 32) * q[16 * j + l];
+                    dot += v[16 * j + l] * q[16 * j + l];
                 sum += sc[j] * dot;
             }
             s += xq->d[i] * eng_f16_to_f32(qb_ld16(b + QB_Q6_K_D)) * (float)sum;

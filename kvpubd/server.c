@@ -479,7 +479,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
         route(url, r);
-        /* Requests with a body set up their state here and return before reading it. */
+        /* Requests with a body set up their state here and return before reading it (an
+         * early refusal queued now also makes MHD close the connection: the body is never
+         * read). Other requests are answered on the next call: MHD 0.9.7x closes any
+         * connection whose response is queued in the first call, which would cost a TLS
+         * handshake per request. */
         switch (r->ep) {
         case EP_UPLOAD:
             if (strcmp(method, MHD_HTTP_METHOD_PUT) != 0)
@@ -490,15 +494,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return method_not_allowed(r, "POST");
             return kvsrv_purchase_begin(r);
         default:
-            break;
+            if (has_body(r))
+                return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                           "a %s request to this endpoint must not have a body", method);
+            return MHD_YES;
         }
+    }
+    if (r->status) { /* already answered (refused early): discard what still arrives */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->ep != EP_UPLOAD && r->ep != EP_PURCHASE) {
         if (r->ep == EP_OTHER)
             return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no endpoint at this path");
         if (!is_get(method))
             return method_not_allowed(r, "GET, HEAD");
-        if (has_body(r))
-            return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
-                                       "a %s request must not have a body", method);
         if (r->bad_id)
             return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found",
                                        "blob ids are 64 lowercase hex digits (the blob's SHA-256)");
@@ -511,11 +521,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         case EP_BLOB: return kvsrv_download(r);
         default: return MHD_NO;
         }
-    }
-    /* later calls: only the body endpoints get here */
-    if (r->status) { /* already answered (refused early): discard what still arrives */
-        *upload_data_size = 0;
-        return MHD_YES;
     }
     if (r->ep == EP_UPLOAD)
         return kvsrv_upload_data(r, upload_data, upload_data_size);

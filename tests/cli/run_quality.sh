@@ -29,11 +29,11 @@ done
 "$BUILD/kvpubd" publish --store "$tmp/store" --model "$MODEL" --key "$tmp/pub.key" --threads 2 \
   --json "$tmp"/docs/doc*.txt >"$tmp/publish.json" || fail "publish"
 
-# prefixes of exactly 16 and 64 tokens: this tokenizer gives one token per character of such
-# spaced letters plus a leading space token; the compare output's prefix_tokens checks it
-letters='A B C D E F G H I J K L M N O P Q R S T U V W X Y Z A B C D E F G H I J K L M N O P Q R S T U V W X Y Z'
-p16=${letters:0:15}
-p64=${letters:0:63}
+# prefixes of exactly 16 and 64 tokens: this tokenizer gives one token per
+# '|' plus a leading space token (no merges); the compare output's prefix_tokens checks it
+bars='|||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||'
+p16=${bars:0:15}
+p64=${bars:0:63}
 
 num() { sed -n "s/^  \"$1\": \([^,]*\),\{0,1\}\$/\1/p" "$tmp/out" | head -1; }
 out="$BUILD/quality.txt"

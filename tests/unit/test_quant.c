@@ -182,6 +182,33 @@ static void test_bf16(void **state)
     assert_true(back[0] == 1.0f && back[1] == 1.0f + 0x1p-6f && isnan(back[3]));
 }
 
+static void test_dequant_f16_paths(void **state)
+{
+    (void)state;
+    /* aligned (F16C) and odd-address (byte loads) rows, fast and forced-scalar: all exact */
+    enum { N = 203 };
+    uint8_t buf[2 * N + 1];
+    uint64_t s = 5;
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t)rng_next(&s);
+    for (int i = 0; i < N; i++) /* no NaNs, so values compare exactly */
+        if ((buf[2 * i + 1] & 0x7c) == 0x7c)
+            buf[2 * i + 1] &= 0xbf;
+    float y[N];
+    for (int scalar = 0; scalar < 2; scalar++) {
+        eng_quant_force_scalar(scalar);
+        for (int off = 0; off < 2; off++) {
+            eng_dequant_row(GGML_T_F16, buf + off, y, N);
+            for (int i = 0; i < N; i++) {
+                uint16_t h = (uint16_t)(buf[off + 2 * i] | buf[off + 2 * i + 1] << 8);
+                if (!f16_is_nan(h) && (double)y[i] != f16_ref(h))
+                    fail_msg("scalar %d offset %d elem %d: %04x -> %g", scalar, off, i, h, (double)y[i]);
+            }
+        }
+    }
+    eng_quant_force_scalar(0);
+}
+
 /* ---- hand-built blocks ---- */
 
 static void test_dequant_q4_0_block(void **state)
@@ -552,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_f16_all_patterns),
         cmocka_unit_test(test_f32_to_f16_rounding),
         cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_dequant_f16_paths),
         cmocka_unit_test(test_dequant_q4_0_block),
         cmocka_unit_test(test_dequant_q8_0_block),
         cmocka_unit_test(test_dequant_q4_k_block),

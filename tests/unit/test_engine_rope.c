@@ -1,0 +1,262 @@
+/* test_engine_rope.c: K re-rotation (K computed at pos0 then shifted by delta vs K computed at
+ * pos0 + delta, for normal, NEOX and YaRN RoPE), the buffer re-rotation, KV API argument
+ * checks, and model load errors (missing / misshaped tensor, bad file). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <unistd.h>
+
+#include "engine/quant_internal.h"
+#include "tests/unit/engine_test_util.h"
+
+/* One f16 ulp at magnitude x (normal range). */
+static double ulp16(double x)
+{
+    if (x < 6.1e-5)
+        return 5.96e-8; /* subnormal spacing */
+    return ldexp(1.0, (int)floor(log2(x)) - 10);
+}
+
+/* Runs the comparison on model path p. Bound: in layer 0 the two K differ only by rounding: the
+ * shifted one was rounded to f16, rotated in f32 by delta and rounded again, the direct one was
+ * rotated once; each pair (x0, x1) may differ by RERO_ULPS f16 ulps of the pair's magnitude.
+ * Deeper layers see attention over keys that themselves carry this rounding, so they get
+ * DEEP_ULPS (measured worst printed). */
+enum { RERO_ULPS = 2, DEEP_ULPS = 128 }; /* measured worst: 1 and 54 */
+
+static void check_rerotate(const char *path)
+{
+    char err[512];
+    eng_model *m = NULL;
+    assert_int_equal(eng_model_load(path, &m, err, sizeof err), ENG_OK);
+    const eng_info *hp = eng_model_info(m);
+    enum { N = 40 };
+    const int32_t pos0 = 1, delta = 100;
+    int32_t toks[N], pa[N], pb[N];
+    for (int i = 0; i < N; i++) {
+        toks[i] = 3 + (i * 37) % (hp->n_vocab - 3);
+        pa[i] = pos0 + delta + i;
+        pb[i] = pos0 + i;
+    }
+    eng_ctx *a = et_ctx(m, 256, 0), *b = et_ctx(m, 256, 0);
+    assert_int_equal(eng_prefill(a, toks, pa, N, NULL, NULL), ENG_OK);
+    assert_int_equal(eng_prefill(b, toks, pb, N, NULL, NULL), ENG_OK);
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd;
+    uint16_t *kb0 = malloc(sizeof(uint16_t) * N * kvd), *vb0 = malloc(sizeof(uint16_t) * N * kvd);
+    uint16_t *ka = malloc(sizeof(uint16_t) * N * kvd), *kb = malloc(sizeof(uint16_t) * N * kvd);
+    /* layer 0 of b, before the shift, for the buffer variant */
+    assert_int_equal(eng_kv_export_layer(b, 0, 0, N, kb0, vb0), ENG_OK);
+    assert_int_equal(eng_kv_rerotate(b, 0, N, delta), ENG_OK);
+    assert_int_equal(eng_kv_next_pos(b), pos0 + delta + N);
+    double worst[2] = {0, 0};
+    for (int il = 0; il < hp->n_layer; il++) {
+        assert_int_equal(eng_kv_export_layer(a, il, 0, N, ka, NULL), ENG_OK);
+        assert_int_equal(eng_kv_export_layer(b, il, 0, N, kb, NULL), ENG_OK);
+        const double lim = il == 0 ? RERO_ULPS : DEEP_ULPS;
+        for (int r = 0; r < N * hp->n_head_kv; r++) {
+            const uint16_t *x = ka + (size_t)r * hd, *y = kb + (size_t)r * hd;
+            for (int i = 0; i < hd / 2; i++) {
+                /* pair members: adjacent (normal) or half apart (neox); the bound uses the
+                 * larger of both layouts' pair magnitudes, which covers either */
+                int j0 = hp->rope.type == ENG_ROPE_NEOX ? i : 2 * i;
+                int j1 = hp->rope.type == ENG_ROPE_NEOX ? i + hd / 2 : 2 * i + 1;
+                double a0 = eng_f16_to_f32(x[j0]), a1 = eng_f16_to_f32(x[j1]);
+                double b0 = eng_f16_to_f32(y[j0]), b1 = eng_f16_to_f32(y[j1]);
+                double mag = sqrt(a0 * a0 + a1 * a1), u = ulp16(mag);
+                double d = fmax(fabs(a0 - b0), fabs(a1 - b1)) / u;
+                if (d > worst[il != 0])
+                    worst[il != 0] = d;
+                if (d > lim)
+                    fail_msg("%s layer %d row %d pair %d: %g vs %g, %g vs %g (%.1f ulps)", path, il, r, i,
+                             a0, b0, a1, b1, d);
+            }
+        }
+    }
+    printf("%s: re-rotation vs direct, worst %.2f f16 ulps (layer 0), %.2f (deeper)\n", path,
+           worst[0], worst[1]);
+    /* the buffer variant is the same computation */
+    eng_rope_rerotate_f16(m, kb0, N, delta);
+    assert_int_equal(eng_kv_export_layer(b, 0, 0, N, kb, NULL), ENG_OK);
+    assert_memory_equal(kb0, kb, sizeof(uint16_t) * N * kvd);
+    free(kb0);
+    free(vb0);
+    free(ka);
+    free(kb);
+    eng_ctx_free(a);
+    eng_ctx_free(b);
+    eng_model_free(m);
+}
+
+static void test_rerotate_normal(void **state)
+{
+    (void)state;
+    char p[1024];
+    et_path(p, sizeof p, "models/stories260K.gguf");
+    check_rerotate(p);
+    et_path(p, sizeof p, "models/synth/synth-llama-tiny-f16.gguf");
+    check_rerotate(p);
+}
+
+static void test_rerotate_neox(void **state)
+{
+    (void)state;
+    char p[1024];
+    et_path(p, sizeof p, "models/synth/synth-qwen2-tiny-f32.gguf");
+    check_rerotate(p);
+    et_path(p, sizeof p, "models/synth/synth-qwen3-tiny-f32.gguf");
+    check_rerotate(p);
+}
+
+/* YaRN model written by kvsynth (scaling 4, original context 256). */
+static void test_rerotate_yarn(void **state)
+{
+    (void)state;
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    char cmd[1024], out[256];
+    snprintf(out, sizeof out, "/tmp/kvpub-test-yarn-%d.gguf", (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             "%s/kvsynth --arch qwen3 --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 32 "
+             "--ffn 128 --vocab 512 --ctx 256 --type f32 --yarn 4 --seed 3 -o %s >/dev/null",
+             build, out);
+    if (system(cmd) != 0)
+        skip();
+    char err[256];
+    eng_model *m = NULL;
+    assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
+    assert_int_equal(eng_model_info(m)->rope.scaling, ENG_ROPE_SCALING_YARN);
+    eng_model_free(m);
+    check_rerotate(out);
+    unlink(out);
+}
+
+/* ---- load errors: edit a copy of stories260K.gguf ---- */
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*n);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
+static void spit(const char *path, const unsigned char *b, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, n, f), n);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* offset of the tensor-info name "name" (preceded by its u64 length) in the header */
+static size_t find_name(const unsigned char *b, size_t n, const char *name)
+{
+    size_t l = strlen(name);
+    for (size_t i = 8; i + l < n; i++)
+        if (memcmp(b + i, name, l) == 0 && b[i - 8] == l && b[i - 7] == 0)
+            return i;
+    fail_msg("tensor name %s not found", name);
+    return 0;
+}
+
+static void expect_load_error(const char *path, eng_status want, const char *needle)
+{
+    char err[512] = "";
+    eng_model *m = NULL;
+    eng_status st = eng_model_load(path, &m, err, sizeof err);
+    printf("expected error: [%s] %s\n", eng_status_str(st), err);
+    assert_null(m);
+    assert_int_equal(st, want);
+    assert_non_null(strstr(err, needle));
+}
+
+static void test_load_errors(void **state)
+{
+    (void)state;
+    char src[1024], tmp[256];
+    et_path(src, sizeof src, "models/stories260K.gguf");
+    snprintf(tmp, sizeof tmp, "/tmp/kvpub-test-bad-%d.gguf", (int)getpid());
+    size_t n;
+    unsigned char *orig = slurp(src, &n), *b = malloc(n);
+
+    /* missing tensor: rename blk.1.attn_k.weight (same length, so the file stays valid) */
+    memcpy(b, orig, n);
+    size_t at = find_name(b, n, "blk.1.attn_k.weight");
+    b[at + strlen("blk.1.attn_k.weigh")] = 'X';
+    spit(tmp, b, n);
+    expect_load_error(tmp, ENG_ERR_FORMAT, "missing tensor 'blk.1.attn_k.weight'");
+
+    /* misshaped: blk.0.attn_q.weight ne[1] 64 -> 32 (name, n_dims u32, ne0 u64, ne1 u64) */
+    memcpy(b, orig, n);
+    at = find_name(b, n, "blk.0.attn_q.weight") + strlen("blk.0.attn_q.weight");
+    assert_int_equal(b[at], 2);
+    assert_int_equal(b[at + 4 + 8], 64);
+    b[at + 4 + 8] = 32;
+    spit(tmp, b, n);
+    expect_load_error(tmp, ENG_ERR_FORMAT, "blk.0.attn_q.weight");
+
+    /* not a GGUF */
+    memcpy(b, orig, n);
+    b[0] = 'X';
+    spit(tmp, b, n);
+    char err[256];
+    eng_model *m = NULL;
+    assert_int_not_equal(eng_model_load(tmp, &m, err, sizeof err), ENG_OK);
+    assert_null(m);
+    assert_int_equal(eng_model_load("/nonexistent/model.gguf", &m, err, sizeof err), ENG_ERR_IO);
+
+    unlink(tmp);
+    free(orig);
+    free(b);
+}
+
+/* KV API range checks and status names. */
+static void test_kv_args(void **state)
+{
+    (void)state;
+    eng_model *m = et_load_model("models/stories260K.gguf");
+    assert_non_null(m);
+    eng_ctx *c = et_ctx(m, 16, 0);
+    int32_t t[20] = {1, 5, 6, 7};
+    assert_int_equal(eng_prefill(c, t, NULL, 17, NULL, NULL), ENG_ERR_RANGE); /* context full */
+    int32_t badtok = 100000;
+    assert_int_equal(eng_prefill(c, &badtok, NULL, 1, NULL, NULL), ENG_ERR_RANGE);
+    assert_int_equal(eng_prefill(c, t, NULL, 4, NULL, NULL), ENG_OK);
+    assert_int_equal(eng_kv_len(c), 4);
+    assert_int_equal(eng_kv_next_pos(c), 4);
+    uint16_t buf[4 * 64];
+    assert_int_equal(eng_kv_export_layer(c, 0, 2, 3, buf, buf), ENG_ERR_RANGE);
+    assert_int_equal(eng_kv_export_layer(c, 99, 0, 1, buf, buf), ENG_ERR_RANGE);
+    assert_int_equal(eng_kv_import_layer(c, 0, 5, 1, buf, buf), ENG_ERR_RANGE); /* gap */
+    assert_int_equal(eng_kv_rerotate(c, 0, 4, -10), ENG_ERR_RANGE);            /* negative pos */
+    assert_int_equal(eng_kv_truncate(c, 5), ENG_ERR_RANGE);
+    assert_int_equal(eng_kv_truncate(c, 2), ENG_OK);
+    assert_int_equal(eng_kv_next_pos(c), 2);
+    eng_kv_clear(c);
+    assert_int_equal(eng_kv_len(c), 0);
+    assert_int_equal(eng_kv_next_pos(c), 0);
+    assert_int_equal((int)eng_kv_token_bytes(m), 5 * 2 * 32 * 2);
+    assert_string_equal(eng_status_str(ENG_ERR_RANGE), "out of range");
+    assert_true(eng_default_threads() >= 1);
+    eng_ctx_free(c);
+    eng_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rerotate_normal),
+        cmocka_unit_test(test_rerotate_neox),
+        cmocka_unit_test(test_rerotate_yarn),
+        cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_kv_args),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
