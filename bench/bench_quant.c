@@ -1,7 +1,9 @@
 /* bench_quant.c: single-threaded eng_matvec throughput per weight type, in weight bytes per
  * second, for the decode path's 3072x1024 and 1024x3072 shapes (Qwen3-0.6B's FFN). "cold"
  * rotates over copies totalling 256 MB so weights come from DRAM, as in a real decode step;
- * "hot" repeats one matrix (it fits in L3 for the smaller types).
+ * "hot" repeats one matrix (it fits in L3 for the smaller types). Time is the thread's CPU
+ * time, so that other processes on a shared machine do not count (their memory traffic still
+ * does).
  * usage: bench_quant [--scalar] [seconds per figure, default 0.3] */
 #include "engine/gguf_internal.h"
 #include "engine/quant_internal.h"
@@ -14,7 +16,7 @@
 static double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -46,7 +48,7 @@ int main(int argc, char **argv)
                                      GGML_T_Q4_0, GGML_T_Q4_K, GGML_T_Q6_K};
     static const int64_t shapes[2][2] = {{3072, 1024}, {1024, 3072}};
     const size_t cold_total = (size_t)256 << 20;
-    printf("kernels: %s; GB/s of weights, one thread\n", eng_quant_kernels());
+    printf("kernels: %s; GB/s of weights per second of thread CPU time\n", eng_quant_kernels());
     printf("%-5s  %-22s  %-22s\n", "type", "3072x1024 cold / hot", "1024x3072 cold / hot");
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         uint32_t type = types[t];

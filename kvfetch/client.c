@@ -23,9 +23,9 @@ static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 /* curl_global_init is not thread-safe on older libcurl: run it exactly once. */
 static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;
@@ -104,7 +104,7 @@ static int check_response(xfer *x, CURL *h)
     x->started = 1;
     if (x->code == 206) {
         if (!x->have_crange || x->crange_start != x->req_from) {
-            x->sink_st = fail(x->err, x->errlen, KVF_ERR_HTTP,
+            x->sink_st = set_err(x->err, x->errlen, KVF_ERR_HTTP,
                               "server answered Range %llu- with a different range",
                               (unsigned long long)x->req_from);
             return -1;
@@ -116,7 +116,7 @@ static int check_response(xfer *x, CURL *h)
     if (x->code == 200 && x->req_from > 0) {
         /* the server ignored Range: the body starts again at byte 0 */
         kvf_status st = x->restart ? x->restart(x->user, x->err, x->errlen)
-                                   : fail(x->err, x->errlen, KVF_ERR_HTTP, "server ignored Range");
+                                   : set_err(x->err, x->errlen, KVF_ERR_HTTP, "server ignored Range");
         if (st != KVF_OK) {
             x->sink_st = st;
             return -1;
@@ -211,16 +211,16 @@ static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s > 0 ? o->stall_timeout_s : 20L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, o->stall_min_bps > 0 ? o->stall_min_bps : 1024L);
     if (o->cacert && curl_easy_setopt(h, CURLOPT_CAINFO, o->cacert) != CURLE_OK)
-        return fail(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
+        return set_err(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
     if (o->token) {
         char line[600];
         if (strlen(o->token) > 512 || strpbrk(o->token, "\r\n"))
-            return fail(err, errlen, KVF_ERR_USAGE, "token is longer than 512 bytes or has a newline");
+            return set_err(err, errlen, KVF_ERR_USAGE, "token is longer than 512 bytes or has a newline");
         snprintf(line, sizeof line, "Authorization: Bearer %s", o->token);
         struct curl_slist *l = curl_slist_append(*hdrs, line);
         kvc_wipe(line, sizeof line);
         if (!l)
-            return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
         *hdrs = l;
     }
     return KVF_OK;
@@ -261,17 +261,17 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
                              kvf_http_stats *stats, char *err, size_t errlen)
 {
     if (!o || !url || !sink)
-        return fail(err, errlen, KVF_ERR_USAGE, "kvf_http_download: NULL argument");
+        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_http_download: NULL argument");
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
-        return fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+        return set_err(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
     kvf_http_stats local = {0};
     if (!stats)
         stats = &local;
     memset(stats, 0, sizeof *stats);
     CURL *h = curl_easy_init();
     if (!h)
-        return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
     struct curl_slist *hdrs = NULL;
     xfer x = {.o = o, .sink = sink, .restart = restart, .user = user, .pos = offset,
               .err = err, .errlen = errlen, .stats = stats, .t0 = now_s()};
@@ -323,25 +323,25 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         }
         if (code == 401 || code == 402 || code == 403) {
             const char *why = errbody_line(&x);
-            st = fail(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s", code, url,
+            st = set_err(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s", code, url,
                       *why ? ": " : "", why);
             goto out;
         }
         if (code == 408 || code == 429 || code >= 500) {
             transient = 1;
-            fail(err, errlen, KVF_ERR_NET, "HTTP %ld from %s: %s", code, url, errbody_line(&x));
+            set_err(err, errlen, KVF_ERR_NET, "HTTP %ld from %s: %s", code, url, errbody_line(&x));
         } else if (code >= 300 || (rc == CURLE_OK && code != 200 && code != 206)) {
             const char *why = errbody_line(&x);
-            st = fail(err, errlen, KVF_ERR_HTTP, "HTTP %ld from %s%s%s", code, url, *why ? ": " : "", why);
+            st = set_err(err, errlen, KVF_ERR_HTTP, "HTTP %ld from %s%s%s", code, url, *why ? ": " : "", why);
             goto out;
         } else if (rc == CURLE_OK) {
             st = KVF_OK;
             goto out;
         } else if (transient_curl(rc)) {
             transient = 1;
-            fail(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
+            set_err(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
         } else {
-            st = fail(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
+            st = set_err(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
             goto out;
         }
         if (!transient || attempt >= max_retries) {
@@ -393,14 +393,14 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
                             long *code, char *err, size_t errlen)
 {
     if (!o || !method || !url || !out)
-        return fail(err, errlen, KVF_ERR_USAGE, "kvf_http_request: NULL argument");
+        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_http_request: NULL argument");
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
-        return fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+        return set_err(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
     *out = NULL;
     CURL *h = curl_easy_init();
     if (!h)
-        return fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
     struct curl_slist *hdrs = NULL;
     membuf b = {.max = max};
     kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
@@ -409,7 +409,7 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
     if (json_body) {
         struct curl_slist *l = curl_slist_append(hdrs, "Content-Type: application/json");
         if (!l) {
-            st = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            st = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
             goto out;
         }
         hdrs = l;
@@ -424,12 +424,12 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
     CURLcode rc = curl_easy_perform(h);
     if (b.over) {
-        st = fail(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, max);
+        st = set_err(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, max);
     } else if (rc != CURLE_OK) {
-        st = fail(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
+        st = set_err(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
     } else {
         if (!b.p && !(b.p = calloc(1, 1))) {
-            st = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            st = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
             goto out;
         }
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, code);

@@ -13,9 +13,9 @@
 
 #define READ_PIECE (4u << 20)
 
-static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static kvf_status fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
 {
     if (err && errlen) {
         va_list ap;
@@ -99,21 +99,21 @@ kvf_status kvf_check_manifest(const kvb_manifest *m, const eng_model *model,
         snprintf(shape, sizeof shape, "KV shape: blob %u layers x %u kv heads x %u, model %d x %d x %d",
                  m->n_layer, m->n_head_kv, m->head_dim, in->n_layer, in->n_head_kv, in->head_dim);
     if (memcmp(m->model_fingerprint, model_fp, 32) != 0)
-        return fail(err, errlen, KVF_ERR_REFUSED,
+        return set_err(err, errlen, KVF_ERR_REFUSED,
                     "model mismatch: blob wants %s (%s, %u layers), you loaded %s (%s, %d layers)%s%s%s%s",
                     short_fp(m->model_fingerprint, a), m->model_arch, m->n_layer, short_fp(model_fp, b),
                     in->arch, in->n_layer, rope_differs ? "; " : "", rd, shape_differs ? "; " : "", shape);
     if (memcmp(m->tokenizer_fingerprint, tok_fp, 32) != 0)
-        return fail(err, errlen, KVF_ERR_REFUSED,
+        return set_err(err, errlen, KVF_ERR_REFUSED,
                     "tokenizer mismatch: blob wants %s, your model's tokenizer is %s (%s, %d tokens)",
                     short_fp(m->tokenizer_fingerprint, a), short_fp(tok_fp, b), in->tokenizer, in->n_vocab);
     /* the same fingerprint with another shape or RoPE means a publisher bug: still refuse */
     if (shape_differs || m->kv_dim != kv_dim)
-        return fail(err, errlen, KVF_ERR_REFUSED, "blob does not fit the model: %s", shape);
+        return set_err(err, errlen, KVF_ERR_REFUSED, "blob does not fit the model: %s", shape);
     if (rope_differs)
-        return fail(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate exactly: %s", rd);
+        return set_err(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate exactly: %s", rd);
     if (delta != 0 && (in->rope.n_rot <= 0 || in->rope.n_rot % 2 || in->rope.n_rot > in->head_dim))
-        return fail(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate: RoPE n_rot %d with head_dim %d",
+        return set_err(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate: RoPE n_rot %d with head_dim %d",
                     in->rope.n_rot, in->head_dim);
     return KVF_OK;
 }
@@ -144,7 +144,7 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
         l->kbuf_len = (size_t)ct * m->kv_dim;
         l->kbuf = malloc(l->kbuf_len * sizeof *l->kbuf);
         if (!l->kbuf) {
-            l->st = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            l->st = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
             return KVB_ERR_CALLBACK;
         }
     }
@@ -164,7 +164,7 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
         const uint16_t *k = kvb_chunk_k(c, layer);
         if (l->delta != 0) {
             if (vals > l->kbuf_len) {
-                l->st = fail(err, errlen, KVF_ERR_ENGINE, "chunk %u larger than the manifest's chunk size", c->index);
+                l->st = set_err(err, errlen, KVF_ERR_ENGINE, "chunk %u larger than the manifest's chunk size", c->index);
                 return KVB_ERR_CALLBACK;
             }
             double t1 = now_s();
@@ -175,14 +175,14 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
         }
         eng_status es = eng_kv_import_layer(l->o->ctx, (int)layer, cell, n, k, kvb_chunk_v(c, layer));
         if (es != ENG_OK) {
-            l->st = fail(err, errlen, KVF_ERR_ENGINE, "importing chunk %u layer %u: %s", c->index, layer,
+            l->st = set_err(err, errlen, KVF_ERR_ENGINE, "importing chunk %u layer %u: %s", c->index, layer,
                          eng_status_str(es));
             return KVB_ERR_CALLBACK;
         }
     }
     eng_status es = eng_kv_commit(l->o->ctx, cell, n, l->pos + (int32_t)c->t0);
     if (es != ENG_OK) {
-        l->st = fail(err, errlen, KVF_ERR_ENGINE, "committing chunk %u (cells %d..%d): %s", c->index,
+        l->st = set_err(err, errlen, KVF_ERR_ENGINE, "committing chunk %u (cells %d..%d): %s", c->index,
                      cell, cell + n, eng_status_str(es));
         return KVB_ERR_CALLBACK;
     }
@@ -206,7 +206,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     if (vst)
         *vst = KVB_OK;
     if (!o || !o->model || !o->ctx || !o->model_fp || !o->tok_fp || !o->trust || !path)
-        return fail(err, errlen, KVF_ERR_USAGE, "kvf_load_blob: missing argument");
+        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_load_blob: missing argument");
     double t0 = now_s();
     load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVF_OK, .stats = st};
     st->pos = l.pos;
@@ -221,14 +221,14 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
 
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return set_err(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     uint8_t *buf = malloc(READ_PIECE);
     kvb_reader *r = kvb_reader_create(&ro);
     kvf_status rst = KVF_OK;
     kvb_status ks = KVB_OK;
     double in_reader = 0;
     if (!buf || !r) {
-        rst = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        rst = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
         goto out;
     }
     for (;;) {
@@ -238,7 +238,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            rst = fail(err, errlen, KVF_ERR_IO, "reading %s: %s", path, strerror(errno));
+            rst = set_err(err, errlen, KVF_ERR_IO, "reading %s: %s", path, strerror(errno));
             goto out;
         }
         if (n == 0)
@@ -268,7 +268,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     const kvb_manifest *m = kvb_reader_manifest(r);
     const int32_t *ids = kvb_reader_tokens(r);
     if (!m || !ids || eng_kv_len(o->ctx) != l.cell0 + (int)m->n_tokens) {
-        rst = fail(err, errlen, KVF_ERR_VERIFY, "%s: blob ended without delivering all its tokens", path);
+        rst = set_err(err, errlen, KVF_ERR_VERIFY, "%s: blob ended without delivering all its tokens", path);
         if (vst)
             *vst = KVB_ERR_TRUNCATED;
         goto out;
@@ -278,7 +278,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     if (tokens) {
         *tokens = malloc((m->n_tokens ? m->n_tokens : 1) * sizeof **tokens);
         if (!*tokens) {
-            rst = fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            rst = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
             goto out;
         }
         memcpy(*tokens, ids, m->n_tokens * sizeof **tokens);

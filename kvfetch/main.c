@@ -15,6 +15,7 @@ static const struct {
     {"compare", kvfetch_compare_main, "run, plus a full prefill: TTFT speedup, KL, bit-exactness"},
     {"inspect", kvfetch_inspect_main, "summarise a blob: document, model, codec, sizes, signer"},
     {"verify", kvfetch_verify_main, "check a blob: signature, trust, expiry, every chunk hash"},
+    {"generate", kvfetch_generate_main, "generate text with a local GGUF model (no blobs)"},
     {NULL, NULL, NULL},
 };
 

@@ -37,7 +37,7 @@
 static const char *const ep_names[EP_COUNT] = {
     "catalog", "manifest", "blob", "purchase", "upload", "keys", "healthz", "metrics", "other",
 };
-static const unsigned metric_codes[] = {200, 201, 206, 304, 400, 401, 403, 404, 405, 410, 411,
+static const unsigned metric_codes[] = {200, 201, 206, 304, 400, 401, 403, 404, 405, 409, 410, 411,
                                         413, 415, 416, 422, 500, 503};
 #define N_CODES (sizeof metric_codes / sizeof metric_codes[0])
 _Static_assert(N_CODES + 1 == KVSRV_N_CODES, "KVSRV_N_CODES counts metric_codes plus 'other'");
@@ -52,6 +52,7 @@ static unsigned code_slot(unsigned code)
 
 /* ---- logging ---- */
 
+__attribute__((format(printf, 3, 0)))
 static void log_vwrite(kvsrv *s, const char *level, const char *fmt, va_list ap)
 {
     char ts[32];
@@ -96,6 +97,7 @@ void kvsrv_reopen_log(kvsrv *s)
 }
 
 /* MHD's own diagnostics (TLS handshake failures, limits hit) become error lines. */
+__attribute__((format(printf, 2, 0)))
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];

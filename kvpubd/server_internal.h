@@ -21,7 +21,7 @@ typedef enum kvsrv_ep {
     EP_OTHER, EP_COUNT
 } kvsrv_ep;
 
-#define KVSRV_N_CODES 18 /* server.c metric_codes plus one "other" slot */
+#define KVSRV_N_CODES 19 /* server.c metric_codes plus one "other" slot */
 
 struct kvsrv {
     kvsrv_config cfg;

@@ -58,7 +58,11 @@ mkdir -p "$W/ngx/v1/blobs" "$W/ngx/tmp"
 ln -s "$(cd "$(dirname "$blob")" && pwd)/$(basename "$blob")" "$W/ngx/v1/blobs/$id"
 cp "$W/catalog.json" "$W/ngx/v1/catalog"
 nport=$((20000 + RANDOM % 20000))
+chmod 755 "$W"
+# as root nginx would drop its workers to 'nobody'; keep them as the user who owns the files
+userline=""; [ "$(id -u)" = 0 ] && userline="user $(id -un);"
 cat > "$W/ngx/nginx.conf" <<EOF
+$userline
 worker_processes $THREADS;
 daemon off;
 pid $W/ngx/nginx.pid;

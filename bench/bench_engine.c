@@ -1,0 +1,108 @@
+/* bench_engine.c: engine throughput on one GGUF: prefill tokens/s at 512 and 2048 tokens,
+ * decode tokens/s at 2048 context, peak RSS; median of --runs runs (default 3), one line per
+ * figure. usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] */
+#include "engine/engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0) {
+        fputs("usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N]\n", argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    int threads = 0, runs = 3, n_dec = 32;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--threads") == 0)
+            threads = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--runs") == 0)
+            runs = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--decode") == 0)
+            n_dec = atoi(argv[i + 1]);
+    }
+    if (runs < 1 || runs > 99 || n_dec < 1) {
+        fputs("bench_engine: bad --runs / --decode\n", stderr);
+        return 2;
+    }
+    char err[512];
+    eng_model *m = NULL;
+    if (eng_model_load(argv[1], &m, err, sizeof err) != ENG_OK) {
+        fprintf(stderr, "bench_engine: %s\n", err);
+        return 2;
+    }
+    const eng_info *hp = eng_model_info(m);
+    enum { NMAX = 2048 };
+    int32_t *toks = malloc(sizeof(int32_t) * (NMAX + 1));
+    float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
+    uint64_t s = 1;
+    for (int i = 0; i <= NMAX; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        toks[i] = i == 0 && hp->bos_id >= 0 ? hp->bos_id : (int32_t)((s >> 33) % (uint64_t)hp->n_vocab);
+    }
+    eng_ctx_params cp = {NMAX + n_dec + 1, threads, 0};
+    printf("model %s: %s, %d layers, n_embd %d, weight type %d, threads %d\n", argv[1], hp->arch,
+           hp->n_layer, hp->n_embd, hp->weight_type, threads ? threads : eng_default_threads());
+    const int lens[2] = {512, NMAX};
+    double dec[99];
+    for (int li = 0; li < 2; li++) {
+        double tps[99];
+        for (int r = 0; r < runs; r++) {
+            eng_ctx *c = NULL;
+            if (eng_ctx_create(m, &cp, &c, err, sizeof err) != ENG_OK) {
+                fprintf(stderr, "bench_engine: %s\n", err);
+                return 2;
+            }
+            double t0 = now_s();
+            if (eng_prefill(c, toks, NULL, (size_t)lens[li], logits, NULL) != ENG_OK) {
+                fputs("bench_engine: prefill failed\n", stderr);
+                return 2;
+            }
+            tps[r] = lens[li] / (now_s() - t0);
+            if (lens[li] == NMAX) {
+                int32_t t = toks[NMAX];
+                double t1 = now_s();
+                for (int i = 0; i < n_dec; i++) {
+                    if (eng_decode(c, t, -1, logits) != ENG_OK) {
+                        fputs("bench_engine: decode failed\n", stderr);
+                        return 2;
+                    }
+                    t = (t * 7 + 3) % hp->n_vocab;
+                }
+                dec[r] = n_dec / (now_s() - t1);
+            }
+            eng_ctx_free(c);
+        }
+        printf("prefill %d tokens: %.2f tok/s (median of %d)\n", lens[li], median(tps, runs), runs);
+    }
+    printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, median(dec, runs), runs, n_dec);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("peak RSS: %.1f MiB\n", (double)ru.ru_maxrss / 1024.0);
+    free(toks);
+    free(logits);
+    eng_model_free(m);
+    return 0;
+}

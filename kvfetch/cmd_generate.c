@@ -1,0 +1,246 @@
+/* kvfetch/cmd_generate.c: `kvfetch generate`: plain text generation with a local GGUF model
+ * (no blobs): tokenize or take ids, prefill, decode, stream text or ids to stdout. */
+#include "engine/engine.h"
+#include "kvfetch/kvfetch.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *f)
+{
+    fputs("usage: kvfetch generate --model M.gguf (--prompt TEXT | --prompt-ids ID,ID,...) [options]\n"
+          "Generates text with a local model: prefill of the prompt, then one token at a time.\n"
+          "  --model FILE        GGUF model (llama, qwen2, qwen3)\n"
+          "  --prompt TEXT       prompt text, tokenized with BOS as the model's policy says\n"
+          "  --prompt-ids LIST   comma-separated token ids, used as they are (no BOS added)\n"
+          "  -n N                tokens to generate (default 64); stops earlier at end of generation\n"
+          "  --temp T            temperature (default 0: greedy)\n"
+          "  --top-k K           top-k (default 0: off)\n"
+          "  --top-p P           nucleus sampling (default 1: off)\n"
+          "  --seed S            sampler seed (default 1)\n"
+          "  --tokens            print the generated ids (space-separated) instead of text\n"
+          "  --threads N         threads (default: all cores)\n"
+          "  --ctx N             context size in tokens (default: prompt + n)\n"
+          "Text goes to stdout; prefill and decode speeds to stderr.\n"
+          "Exit codes: 0 ok, 2 usage or I/O error, 3 the model cannot be run.\n",
+          f);
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* "1,2,3" -> malloc'd ids */
+static int parse_ids(const char *s, int32_t **ids, size_t *n)
+{
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v)
+        return -1;
+    size_t k = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (errno || end == p || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
+            free(v);
+            return -1;
+        }
+        v[k++] = (int32_t)x;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 0) {
+        free(v);
+        return -1;
+    }
+    *ids = v;
+    *n = k;
+    return 0;
+}
+
+static int exit_for(eng_status st)
+{
+    return st == ENG_ERR_UNSUPPORTED || st == ENG_ERR_FORMAT ? 3 : 2;
+}
+
+int kvfetch_generate_main(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"model", required_argument, NULL, 'm'},  {"prompt", required_argument, NULL, 'p'},
+        {"prompt-ids", required_argument, NULL, 'i'}, {"temp", required_argument, NULL, 't'},
+        {"top-k", required_argument, NULL, 'k'},  {"top-p", required_argument, NULL, 'P'},
+        {"seed", required_argument, NULL, 's'},   {"tokens", no_argument, NULL, 'T'},
+        {"threads", required_argument, NULL, 'j'}, {"ctx", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *model = NULL, *prompt = NULL, *prompt_ids = NULL;
+    long n_gen = 64, top_k = 0, threads = 0, n_ctx = 0, seed = 1;
+    float temp = 0, top_p = 1;
+    int print_ids = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "n:h", lo, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'i': prompt_ids = optarg; break;
+        case 'n': bad = parse_long(optarg, 0, 1 << 20, &n_gen); break;
+        case 't': bad = parse_float(optarg, &temp); break;
+        case 'k': bad = parse_long(optarg, 0, 1 << 30, &top_k); break;
+        case 'P': bad = parse_float(optarg, &top_p); break;
+        case 's': bad = parse_long(optarg, 0, 0x7fffffffL, &seed); break;
+        case 'T': print_ids = 1; break;
+        case 'j': bad = parse_long(optarg, 1, 256, &threads); break;
+        case 'c': bad = parse_long(optarg, 1, 1 << 20, &n_ctx); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "kvfetch generate: bad value '%s' for --%s\n", optarg,
+                    c == 'n' ? "n" : c == 't' ? "temp" : c == 'k' ? "top-k" : c == 'P' ? "top-p" :
+                    c == 's' ? "seed" : c == 'j' ? "threads" : "ctx");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kvfetch generate: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!model || (!prompt == !prompt_ids)) {
+        fprintf(stderr, "kvfetch generate: need --model and exactly one of --prompt / --prompt-ids "
+                        "(try --help)\n");
+        return 2;
+    }
+    char err[512];
+    eng_model *m = NULL;
+    eng_status st = eng_model_load(model, &m, err, sizeof err);
+    if (st) {
+        fprintf(stderr, "kvfetch generate: %s\n", err);
+        return exit_for(st);
+    }
+    const eng_info *hp = eng_model_info(m);
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = 2;
+    eng_ctx *ctx = NULL;
+    eng_sampler *smp = NULL;
+    eng_detok *dt = NULL;
+    float *logits = NULL;
+    if (prompt_ids) {
+        if (parse_ids(prompt_ids, &ids, &n_ids)) {
+            fprintf(stderr, "kvfetch generate: bad --prompt-ids '%s' (expected ID,ID,... of non-negative "
+                            "integers)\n", prompt_ids);
+            goto out;
+        }
+        for (size_t i = 0; i < n_ids; i++)
+            if (ids[i] >= hp->n_vocab) {
+                fprintf(stderr, "kvfetch generate: token id %d out of range (vocabulary has %d)\n", ids[i],
+                        hp->n_vocab);
+                goto out;
+            }
+    } else if ((st = eng_tokenize(m, prompt, strlen(prompt), 1, 0, &ids, &n_ids))) {
+        fprintf(stderr, "kvfetch generate: cannot tokenize the prompt: %s\n", eng_status_str(st));
+        goto out;
+    }
+    if (n_ids == 0) {
+        fprintf(stderr, "kvfetch generate: the prompt is empty\n");
+        goto out;
+    }
+    if (n_ctx == 0)
+        n_ctx = (long)n_ids + n_gen;
+    if ((long)n_ids + n_gen > n_ctx) {
+        fprintf(stderr, "kvfetch generate: prompt (%zu tokens) + -n %ld exceeds --ctx %ld\n", n_ids, n_gen,
+                n_ctx);
+        goto out;
+    }
+    eng_ctx_params cp = {(int)n_ctx, (int)threads, 0};
+    if ((st = eng_ctx_create(m, &cp, &ctx, err, sizeof err))) {
+        fprintf(stderr, "kvfetch generate: %s\n", err);
+        goto out;
+    }
+    smp = eng_sampler_create(temp, (int)top_k, top_p, (uint64_t)seed);
+    dt = print_ids ? NULL : eng_detok_create(m);
+    logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
+    if (!smp || (!print_ids && !dt) || !logits) {
+        fprintf(stderr, "kvfetch generate: out of memory\n");
+        goto out;
+    }
+    double t0 = now_s();
+    if ((st = eng_prefill(ctx, ids, NULL, n_ids, logits, NULL))) {
+        fprintf(stderr, "kvfetch generate: prefill failed: %s\n", eng_status_str(st));
+        goto out;
+    }
+    double t1 = now_s();
+    long made = 0, n_dec = 0;
+    for (; made < n_gen; made++) {
+        int32_t tok = eng_sample(smp, logits, hp->n_vocab);
+        if (eng_token_is_eog(m, tok))
+            break;
+        if (print_ids) {
+            printf(made ? " %d" : "%d", tok);
+        } else {
+            size_t len;
+            const char *s = eng_detok_push(dt, tok, &len);
+            fwrite(s, 1, len, stdout);
+        }
+        fflush(stdout);
+        if (made + 1 < n_gen) {
+            if ((st = eng_decode(ctx, tok, -1, logits))) {
+                fprintf(stderr, "\nkvfetch generate: decode failed: %s\n", eng_status_str(st));
+                goto out;
+            }
+            n_dec++;
+        }
+    }
+    if (dt) {
+        size_t len;
+        const char *s = eng_detok_flush(dt, &len);
+        fwrite(s, 1, len, stdout);
+    }
+    putchar('\n');
+    double t2 = now_s();
+    fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %ld tokens in %.3f s (%.1f tok/s)\n",
+            n_ids, t1 - t0, (double)n_ids / (t1 - t0), n_dec, t2 - t1,
+            n_dec ? (double)n_dec / (t2 - t1) : 0.0);
+    rc = fflush(stdout) == 0 ? 0 : 2;
+out:
+    free(logits);
+    eng_detok_free(dt);
+    eng_sampler_free(smp);
+    eng_ctx_free(ctx);
+    free(ids);
+    eng_model_free(m);
+    return rc;
+}

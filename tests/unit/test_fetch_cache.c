@@ -1,0 +1,126 @@
+/* test_fetch_cache.c: kvfetch's local blob cache (kvfetch/cache.c, compiled in): size parsing,
+ * directory choice from the environment, insert/lookup by id, URL -> id memory, LRU eviction
+ * by access time under the cap (never the blob just added), and kvf_url_blob_id. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kvfetch/cache.c"
+
+static void test_parse_size(void **state)
+{
+    static const struct {
+        const char *s;
+        int ok;
+        uint64_t v;
+    } cases[] = {
+        {"0", 0, 0}, {"1048576", 0, 1048576}, {"512M", 0, 512ull << 20}, {"10G", 0, 10ull << 30},
+        {"3k", 0, 3072}, {"2T", 0, 2ull << 40}, {"1GB", 0, 1ull << 30}, {"1Gi", 0, 1ull << 30},
+        {"", -1, 0}, {"-1", -1, 0}, {"12X", -1, 0}, {"G", -1, 0}, {"1GBB", -1, 0},
+        {"99999999999999999999", -1, 0}, {"20000000T", -1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint64_t v = 12345;
+        int rc = kvf_parse_size(cases[i].s, &v);
+        if (rc != cases[i].ok)
+            fail_msg("'%s': rc %d, want %d", cases[i].s, rc, cases[i].ok);
+        if (rc == 0 && v != cases[i].v)
+            fail_msg("'%s': %llu, want %llu", cases[i].s, (unsigned long long)v, (unsigned long long)cases[i].v);
+    }
+}
+
+static void put_file(const char *path, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++)
+        fputc((int)(i & 0xff), f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_cache_lru(void **state)
+{
+    char dir[] = "/tmp/kvpub-test-cache-XXXXXX", err[256], path[PATH_MAX], src[PATH_MAX];
+    assert_non_null(mkdtemp(dir));
+    char cdir[PATH_MAX];
+    snprintf(cdir, sizeof cdir, "%s/c", dir);
+    kvf_cache *c = NULL;
+    assert_int_equal(kvf_cache_open(cdir, 2500, &c, err, sizeof err), KVF_OK);
+    struct stat sb;
+    assert_int_equal(stat(cdir, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0700);
+    assert_int_equal(kvf_cache_max(c), 2500);
+
+    uint8_t id[4][32];
+    for (int i = 0; i < 4; i++) {
+        memset(id[i], 0x11 * (i + 1), 32);
+        snprintf(src, sizeof src, "%s/c/tmp/in%d", dir, i);
+        put_file(src, 1000);
+        assert_int_equal(kvf_cache_lookup(c, id[i], NULL, 0), 0);
+        assert_int_equal(kvf_cache_insert(c, src, id[i], path, sizeof path, err, sizeof err), KVF_OK);
+        assert_int_equal(kvf_cache_lookup(c, id[i], NULL, 0), 1);
+        char hex[65];
+        assert_non_null(strstr(path, kvc_hex(id[i], 32, hex)));
+        if (i == 1) {
+            /* use blob 0 again: blob 1 becomes the least recently used */
+            usleep(20000);
+            assert_int_equal(kvf_cache_lookup(c, id[0], NULL, 0), 1);
+            usleep(20000);
+        }
+    }
+    /* cap 2500 holds two 1000-byte blobs: inserting 2 evicted 1 (LRU), inserting 3 evicted 0 */
+    assert_int_equal(kvf_cache_lookup(c, id[1], NULL, 0), 0);
+    assert_int_equal(kvf_cache_lookup(c, id[0], NULL, 0), 0);
+    assert_int_equal(kvf_cache_lookup(c, id[2], NULL, 0), 1);
+    assert_int_equal(kvf_cache_lookup(c, id[3], NULL, 0), 1);
+    kvf_cache_free(c);
+
+    /* a blob larger than the cap is kept (it was just asked for) */
+    assert_int_equal(kvf_cache_open(cdir, 500, &c, err, sizeof err), KVF_OK);
+    assert_int_equal(kvf_cache_evict(c, id[3]), 1);
+    assert_int_equal(kvf_cache_lookup(c, id[3], NULL, 0), 1);
+
+    /* URL memory */
+    uint8_t got[32];
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob", got), 0);
+    kvf_cache_url_put(c, "https://x/blob", id[2]);
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob", got), 1);
+    assert_memory_equal(got, id[2], 32);
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob2", got), 0);
+    kvf_cache_free(c);
+
+    /* directory from the environment */
+    setenv("KVPUB_CACHE_DIR", "", 1);
+    setenv("XDG_CACHE_HOME", dir, 1);
+    setenv("KVPUB_CACHE_MAX", "1M", 1);
+    assert_int_equal(kvf_cache_open(NULL, 0, &c, err, sizeof err), KVF_OK);
+    snprintf(path, sizeof path, "%s/kvpub/blobs", dir);
+    assert_string_equal(kvf_cache_dir(c), path);
+    assert_int_equal(kvf_cache_max(c), 1 << 20);
+    kvf_cache_free(c);
+    setenv("KVPUB_CACHE_MAX", "lots", 1);
+    assert_int_equal(kvf_cache_open(NULL, 0, &c, err, sizeof err), KVF_ERR_USAGE);
+    assert_non_null(strstr(err, "KVPUB_CACHE_MAX"));
+    unsetenv("KVPUB_CACHE_MAX");
+
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_cache_lru),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

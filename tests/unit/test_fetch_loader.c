@@ -1,0 +1,343 @@
+/* test_fetch_loader.c: kvfetch/loader.c on stories260K (real weights): a blob loaded right after
+ * BOS gives bit-identical logits to a full prefill; after a prefix its layer-0 keys match the
+ * full prefill's within f16 rounding (re-rotation is exact up to rounding: layer 0's K depends
+ * only on the token and its position); every manifest mismatch is refused with both sides
+ * named; a tampered blob is refused and leaves the context as it was. The loader is compiled
+ * into this test (the Makefile links only the modules' libraries into tests). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kvfetch/loader.c"
+
+typedef struct fixture {
+    eng_model *m;
+    const eng_info *in;
+    uint8_t fp[32], tok_fp[32];
+    kvc_key *key;
+    kvc_trust *trust;
+    char dir[64];
+    int32_t *doc;
+    size_t n_doc;
+} fixture;
+
+static const char DOC[] = "Once upon a time, there was a little girl named Lily. She loved to play "
+                          "outside in the park with her dog. One day, she saw a big red ball.";
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    char path[1024], err[256];
+    const char *sh = getenv("KVPUB_SHARED");
+    snprintf(path, sizeof path, "%s/models/stories260K.gguf", sh && *sh ? sh : "../shared");
+    if (eng_model_load(path, &f->m, err, sizeof err) != ENG_OK) {
+        fprintf(stderr, "cannot load %s: %s\n", path, err);
+        return -1;
+    }
+    f->in = eng_model_info(f->m);
+    if (eng_model_fingerprint(f->m, f->fp, err, sizeof err) != ENG_OK)
+        return -1;
+    eng_tokenizer_fingerprint(f->m, f->tok_fp);
+    if (eng_tokenize(f->m, DOC, strlen(DOC), 0, 0, &f->doc, &f->n_doc) != ENG_OK || f->n_doc < 40)
+        return -1;
+    snprintf(f->dir, sizeof f->dir, "/tmp/kvpub-test-loader-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "%s/pub", f->dir);
+    f->key = kvc_key_generate();
+    if (!f->key || kvc_key_write_pair(f->key, prefix, err, sizeof err) != KVC_OK)
+        return -1;
+    snprintf(path, sizeof path, "%s/pub.key", f->dir);
+    unlink(path); /* the trust directory holds only the public half */
+    if (kvc_trust_open(f->dir, &f->trust, err, sizeof err) != KVC_OK)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", f->dir);
+    kvc_trust_free(f->trust);
+    kvc_key_free(f->key);
+    free(f->doc);
+    eng_model_free(f->m);
+    free(f);
+    return 0;
+}
+
+static eng_ctx *new_ctx(fixture *f)
+{
+    eng_ctx *c = NULL;
+    char err[256];
+    eng_ctx_params p = {.n_ctx = 512, .n_threads = 2};
+    assert_int_equal(eng_ctx_create(f->m, &p, &c, err, sizeof err), ENG_OK);
+    return c;
+}
+
+/* The manifest a publisher writes for this model (as kvpubd publish does). */
+static void fill_manifest(fixture *f, kvb_manifest *m, uint32_t n, kvb_codec codec)
+{
+    memset(m, 0, sizeof *m);
+    const eng_rope *r = &f->in->rope;
+    m->doc_title = "test";
+    m->doc_bytes = sizeof DOC - 1;
+    kvc_sha256(DOC, sizeof DOC - 1, m->doc_sha256);
+    memcpy(m->model_fingerprint, f->fp, 32);
+    memcpy(m->tokenizer_fingerprint, f->tok_fp, 32);
+    m->model_arch = f->in->arch;
+    m->n_layer = (uint32_t)f->in->n_layer;
+    m->n_embd = (uint32_t)f->in->n_embd;
+    m->n_head = (uint32_t)f->in->n_head;
+    m->n_head_kv = (uint32_t)f->in->n_head_kv;
+    m->head_dim = (uint32_t)f->in->head_dim;
+    m->kv_dim = m->n_head_kv * m->head_dim;
+    m->rope_type = r->type == ENG_ROPE_NEOX ? KVB_ROPE_NEOX : KVB_ROPE_NORMAL;
+    m->rope_n_rot = (uint32_t)r->n_rot;
+    m->rope_freq_base = r->freq_base;
+    m->rope_freq_scale = r->freq_scale;
+    m->rope_scaling = r->scaling == ENG_ROPE_SCALING_YARN ? KVB_SCALING_YARN
+                    : r->scaling == ENG_ROPE_SCALING_LINEAR ? KVB_SCALING_LINEAR : KVB_SCALING_NONE;
+    m->yarn_attn_factor = r->yarn_attn_factor;
+    m->yarn_beta_fast = r->yarn_beta_fast;
+    m->yarn_beta_slow = r->yarn_beta_slow;
+    m->pos0 = 1;
+    m->n_tokens = n;
+    m->codec = codec;
+    m->chunk_tokens = 16; /* several chunks even for a short document */
+    m->created = 1700000000;
+}
+
+/* Prefills [BOS, doc] and writes the doc's KV as a blob at path. */
+static void make_blob(fixture *f, const char *path, kvb_codec codec)
+{
+    eng_ctx *c = new_ctx(f);
+    int32_t bos = f->in->bos_id;
+    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    assert_int_equal(eng_prefill(c, f->doc, NULL, f->n_doc, NULL, NULL), ENG_OK);
+    int L = f->in->n_layer, n = (int)f->n_doc;
+    size_t kvd = (size_t)f->in->n_head_kv * f->in->head_dim;
+    uint16_t **k = calloc((size_t)L, sizeof *k), **v = calloc((size_t)L, sizeof *v);
+    for (int l = 0; l < L; l++) {
+        k[l] = malloc((size_t)n * kvd * 2);
+        v[l] = malloc((size_t)n * kvd * 2);
+        assert_int_equal(eng_kv_export_layer(c, l, 1, n, k[l], v[l]), ENG_OK);
+    }
+    kvb_manifest m;
+    fill_manifest(f, &m, (uint32_t)n, codec);
+    char err[256];
+    kvb_status st = kvb_write(&m, f->doc, (const uint16_t *const *)k, (const uint16_t *const *)v, NULL,
+                              f->key, path, NULL, NULL, err, sizeof err);
+    if (st != KVB_OK)
+        fail_msg("kvb_write: %s", err);
+    for (int l = 0; l < L; l++) {
+        free(k[l]);
+        free(v[l]);
+    }
+    free(k);
+    free(v);
+    eng_ctx_free(c);
+}
+
+static kvf_status load_doc(fixture *f, eng_ctx *c, const char *path, kvf_load_stats *st, char *err, size_t errlen)
+{
+    kvf_load_opts o = {.model = f->m, .ctx = c, .model_fp = f->fp, .tok_fp = f->tok_fp,
+                       .trust = f->trust, .n_threads = 2};
+    kvb_status vst;
+    uint32_t n = 0;
+    int32_t *ids = NULL;
+    kvf_status s = kvf_load_blob(&o, path, &ids, &n, st, &vst, err, errlen);
+    if (s == KVF_OK) {
+        assert_int_equal(n, f->n_doc);
+        assert_memory_equal(ids, f->doc, n * sizeof *ids);
+    }
+    free(ids);
+    return s;
+}
+
+static void test_exact_after_bos(void **state)
+{
+    fixture *f = *state;
+    char path[128], err[512];
+    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
+    make_blob(f, path, KVB_CODEC_F16_ZSTD);
+    int32_t suffix[3] = {f->doc[0], f->doc[1], f->doc[2]};
+    int nv = f->in->n_vocab;
+    float *a = malloc((size_t)nv * 4), *b = malloc((size_t)nv * 4);
+
+    eng_ctx *c = new_ctx(f);
+    int32_t bos = f->in->bos_id;
+    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    kvf_load_stats st;
+    if (load_doc(f, c, path, &st, err, sizeof err) != KVF_OK)
+        fail_msg("load: %s", err);
+    assert_int_equal(st.delta, 0);
+    assert_int_equal(st.n_chunks, (f->n_doc + 15) / 16);
+    assert_int_equal(eng_kv_len(c), 1 + (int)f->n_doc);
+    assert_int_equal(eng_kv_next_pos(c), 1 + (int)f->n_doc);
+    assert_int_equal(eng_prefill(c, suffix, NULL, 3, a, NULL), ENG_OK);
+
+    eng_ctx *full = new_ctx(f);
+    int32_t *seq = malloc((f->n_doc + 4) * sizeof *seq);
+    seq[0] = bos;
+    memcpy(seq + 1, f->doc, f->n_doc * sizeof *seq);
+    memcpy(seq + 1 + f->n_doc, suffix, sizeof suffix);
+    assert_int_equal(eng_prefill(full, seq, NULL, f->n_doc + 4, b, NULL), ENG_OK);
+    assert_memory_equal(a, b, (size_t)nv * 4); /* bit-identical */
+    free(seq);
+    free(a);
+    free(b);
+    eng_ctx_free(c);
+    eng_ctx_free(full);
+}
+
+static void test_rerotated_layer0(void **state)
+{
+    fixture *f = *state;
+    char path[128], err[512];
+    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
+    make_blob(f, path, KVB_CODEC_F16);
+    int32_t head[1 + 23];
+    head[0] = f->in->bos_id;
+    for (int i = 1; i < 24; i++)
+        head[i] = f->doc[(i * 7) % f->n_doc]; /* some other tokens as a prefix */
+    eng_ctx *c = new_ctx(f), *full = new_ctx(f);
+    assert_int_equal(eng_prefill(c, head, NULL, 24, NULL, NULL), ENG_OK);
+    kvf_load_stats st;
+    if (load_doc(f, c, path, &st, err, sizeof err) != KVF_OK)
+        fail_msg("load: %s", err);
+    assert_int_equal(st.pos, 24);
+    assert_int_equal(st.delta, 23);
+    assert_true(st.rerotate_s > 0);
+    assert_int_equal(eng_kv_next_pos(c), 24 + (int)f->n_doc);
+
+    assert_int_equal(eng_prefill(full, head, NULL, 24, NULL, NULL), ENG_OK);
+    assert_int_equal(eng_prefill(full, f->doc, NULL, f->n_doc, NULL, NULL), ENG_OK);
+    size_t kvd = (size_t)f->in->n_head_kv * f->in->head_dim, nv = f->n_doc * kvd;
+    uint16_t *k1 = malloc(nv * 2), *v1 = malloc(nv * 2), *k2 = malloc(nv * 2), *v2 = malloc(nv * 2);
+    assert_int_equal(eng_kv_export_layer(c, 0, 24, (int)f->n_doc, k1, v1), ENG_OK);
+    assert_int_equal(eng_kv_export_layer(full, 0, 24, (int)f->n_doc, k2, v2), ENG_OK);
+    double maxabs = 0, maxk = 0;
+    for (size_t i = 0; i < nv; i++) {
+        double a = kvb_f16_to_f32(k1[i]), b = kvb_f16_to_f32(k2[i]);
+        maxabs = fmax(maxabs, fabs(a - b));
+        maxk = fmax(maxk, fabs(b));
+    }
+    /* two f16 roundings of the same rotation: a few ulp of the largest |K| */
+    printf("layer 0 K after re-rotation by 23: max |diff| %.3g, max |K| %.3g\n", maxabs, maxk);
+    assert_true(maxk > 0.1);
+    assert_true(maxabs <= 4e-3 * maxk);
+    /* V is never rotated: layer 0 V is identical */
+    assert_memory_equal(v1, v2, nv * 2);
+    free(k1);
+    free(v1);
+    free(k2);
+    free(v2);
+    eng_ctx_free(c);
+    eng_ctx_free(full);
+}
+
+static void test_manifest_checks(void **state)
+{
+    fixture *f = *state;
+    char err[512];
+    kvb_manifest m;
+    fill_manifest(f, &m, 10, KVB_CODEC_F16);
+    assert_int_equal(kvf_check_manifest(&m, f->m, f->fp, f->tok_fp, 5, err, sizeof err), KVF_OK);
+
+    static const struct {
+        int what;
+        const char *want;
+    } cases[] = {
+        {0, "model mismatch: blob wants sha256:"},
+        {1, "tokenizer mismatch: blob wants sha256:"},
+        {2, "cannot re-rotate exactly: RoPE freq_base: blob 500000, model 10000"},
+        {3, "cannot re-rotate exactly: RoPE type: blob neox, model normal"},
+        {4, "blob does not fit the model: KV shape: blob 6 layers"},
+        {5, "cannot re-rotate exactly: RoPE scaling: blob linear, model none"},
+        {6, "model mismatch: blob wants sha256:0000000000000000... (llama, 5 layers), you loaded sha256:"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fill_manifest(f, &m, 10, KVB_CODEC_F16);
+        switch (cases[i].what) {
+        case 0: m.model_fingerprint[31] ^= 1; break;
+        case 1: m.tokenizer_fingerprint[0] ^= 0x80; break;
+        case 2: m.rope_freq_base = 500000; break;
+        case 3: m.rope_type = KVB_ROPE_NEOX; break;
+        case 4: m.n_layer = 6; break;
+        case 5: m.rope_scaling = KVB_SCALING_LINEAR; break;
+        case 6: memset(m.model_fingerprint, 0, 32); m.rope_freq_base = 1e6; break;
+        }
+        err[0] = 0;
+        assert_int_equal(kvf_check_manifest(&m, f->m, f->fp, f->tok_fp, 5, err, sizeof err), KVF_ERR_REFUSED);
+        if (!strstr(err, cases[i].want))
+            fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].want);
+    }
+    /* the model mismatch also names the RoPE difference */
+    fill_manifest(f, &m, 10, KVB_CODEC_F16);
+    m.model_fingerprint[0] ^= 1;
+    m.rope_freq_base = 1e6;
+    assert_int_equal(kvf_check_manifest(&m, f->m, f->fp, f->tok_fp, 0, err, sizeof err), KVF_ERR_REFUSED);
+    assert_non_null(strstr(err, "RoPE freq_base: blob 1e+06, model 10000"));
+}
+
+static void test_tampered_rolls_back(void **state)
+{
+    fixture *f = *state;
+    char path[128], err[512];
+    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
+    make_blob(f, path, KVB_CODEC_F16);
+    FILE *fp = fopen(path, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, -8, SEEK_END), 0); /* inside the last chunk */
+    int ch = fgetc(fp);
+    assert_int_equal(fseek(fp, -8, SEEK_END), 0);
+    fputc(ch ^ 0x40, fp);
+    fclose(fp);
+    eng_ctx *c = new_ctx(f);
+    int32_t bos = f->in->bos_id;
+    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    kvf_load_opts o = {.model = f->m, .ctx = c, .model_fp = f->fp, .tok_fp = f->tok_fp, .trust = f->trust};
+    kvb_status vst = KVB_OK;
+    int32_t *ids = NULL;
+    uint32_t n = 0;
+    assert_int_equal(kvf_load_blob(&o, path, &ids, &n, NULL, &vst, err, sizeof err), KVF_ERR_VERIFY);
+    assert_int_equal(vst, KVB_ERR_CHUNK_HASH);
+    assert_null(ids);
+    assert_int_equal(eng_kv_len(c), 1); /* the chunks imported before the bad one are gone */
+    assert_int_equal(eng_kv_next_pos(c), 1);
+    /* a model mismatch is refused before anything is imported */
+    make_blob(f, path, KVB_CODEC_F16);
+    uint8_t other[32];
+    memcpy(other, f->fp, 32);
+    other[5] ^= 1;
+    o.model_fp = other;
+    assert_int_equal(kvf_load_blob(&o, path, NULL, NULL, NULL, &vst, err, sizeof err), KVF_ERR_REFUSED);
+    assert_non_null(strstr(err, "model mismatch"));
+    assert_int_equal(eng_kv_len(c), 1);
+    eng_ctx_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exact_after_bos),
+        cmocka_unit_test(test_rerotated_layer0),
+        cmocka_unit_test(test_manifest_checks),
+        cmocka_unit_test(test_tampered_rolls_back),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
