@@ -55,6 +55,7 @@ int main(int argc, char **argv)
         const char *name = "?";
         ggml_type_traits(type, NULL, NULL, &name);
         printf("%-5s", name);
+        double call_us = 0;
         for (int s = 0; s < 2; s++) {
             int64_t rows = shapes[s][0], cols = shapes[s][1];
             size_t rb = ggml_row_bytes(type, (uint64_t)cols), mat = rb * (size_t)rows;
@@ -83,6 +84,12 @@ int main(int argc, char **argv)
             }
             for (size_t c = 1; c < ncopy; c++)
                 memcpy(W + c * mat, W, mat);
+            if (s == 1) { /* one row: what each call costs besides the weights (x to Q8) */
+                double t0 = now();
+                for (int k = 0; k < 2000; k++)
+                    eng_matvec(type, W, rb, cols, x, y, 0, 1);
+                call_us = (now() - t0) / 2000 * 1e6;
+            }
             double cold = run(type, W, mat, ncopy, rb, rows, cols, x, y, secs);
             double hot = run(type, W, mat, 1, rb, rows, cols, x, y, secs);
             printf("  %7.2f / %7.2f       ", cold, hot);
@@ -92,7 +99,7 @@ int main(int argc, char **argv)
             free(w);
             free(y);
         }
-        printf("\n");
+        printf("  1x3072 call %.2f us\n", call_us);
     }
     return 0;
 }

@@ -6,6 +6,7 @@
 #include "engine/quant_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -17,10 +18,7 @@ enum { KB = ENG_KEY_BLOCK, QB = 16 /* queries per work item */ };
 size_t eng_attention_scratch_floats(const eng_info *hp)
 {
     size_t hd = (size_t)hp->head_dim, G = (size_t)(hp->n_head / hp->n_head_kv);
-    return hd * KB          /* Kt: (head_dim, KB) keys transposed */
-           + KB * hd        /* Vb: (KB, head_dim) */
-           + KB             /* scores / probabilities */
-           + hd             /* conversion row */
+    return KB               /* scores / probabilities */
            + QB * G * (hd + 2) /* per query: acc (head_dim), running max, running sum */
            + 64;            /* alignment slack */
 }
@@ -231,15 +229,13 @@ static float *align32(float *p)
     return (float *)(((uintptr_t)p + 31) & ~(uintptr_t)31);
 }
 
-/* Work item: one kv head and up to QB consecutive queries, for all query heads of its group,
- * so each converted key block serves QB * group queries. */
+/* Work item: one kv head and up to QB consecutive queries, for all query heads of its group. */
 static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
 {
     const eng_ctx *c = J->c;
-    const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, kvd = c->kv_dim;
+    const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *Kt = align32(scr), *Vb = Kt + (size_t)hd * KB, *s = Vb + (size_t)KB * hd;
-    float *row = s + KB, *st = row + hd;
+    float *s = align32(scr), *st = s + KB;
     const int nqi = i1 - i0;
     /* per (g, i): acc[hd], m, l */
     for (int t = 0; t < G * nqi; t++) {
@@ -249,21 +245,10 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
         a[hd + 1] = 0;
     }
     const int last = J->c0 + i1 - 1; /* last cell any query of the item sees */
-    const void *K = c->k[J->il], *V = c->v[J->il];
+    const float *kt = c->kt[J->il] + (size_t)h * c->n_blk * hd * KB;
+    const float *vf = c->vf[J->il] + (size_t)h * c->n_blk * KB * hd;
     for (int b0 = 0; b0 <= last; b0 += KB) {
-        const int b1 = b0 + KB - 1 < last ? b0 + KB : last + 1;
-        for (int j = 0; j < b1 - b0; j++) {
-            size_t off = (size_t)(b0 + j) * kvd + (size_t)h * hd;
-            if (c->kv_f32) {
-                memcpy(row, (const float *)K + off, sizeof(float) * (size_t)hd);
-                memcpy(Vb + (size_t)j * hd, (const float *)V + off, sizeof(float) * (size_t)hd);
-            } else {
-                eng_f16_to_f32_row((const uint16_t *)K + off, row, (size_t)hd);
-                eng_f16_to_f32_row((const uint16_t *)V + off, Vb + (size_t)j * hd, (size_t)hd);
-            }
-            for (int d = 0; d < hd; d++)
-                Kt[(size_t)d * KB + j] = row[d];
-        }
+        const float *Kt = kt + (size_t)(b0 / KB) * hd * KB, *Vb = vf + (size_t)b0 * hd;
         for (int g = 0; g < G; g++) {
             const int head = h * G + g;
             for (int i = i0; i < i1; i++) {
@@ -289,6 +274,45 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
     }
 }
 
+/* Brings the f32 mirror of layer il up to cell `upto`, cells split over threads. */
+typedef struct mir_job {
+    eng_ctx *c;
+    int il, from, upto;
+} mir_job;
+
+static void mir_worker(void *arg, int ith, int nth)
+{
+    mir_job *M = arg;
+    eng_ctx *c = M->c;
+    const int hd = c->hp->head_dim, kvd = c->kv_dim, nkv = c->hp->n_head_kv;
+    const int n = M->upto - M->from;
+    const int j0 = M->from + (int)((int64_t)n * ith / nth), j1 = M->from + (int)((int64_t)n * (ith + 1) / nth);
+    float row[512];
+    for (int cell = j0; cell < j1; cell++) {
+        for (int h = 0; h < nkv; h++) {
+            size_t off = (size_t)cell * kvd + (size_t)h * hd;
+            float *kt = c->kt[M->il] + ((size_t)h * c->n_blk + (size_t)(cell / KB)) * hd * KB + cell % KB;
+            float *vf = c->vf[M->il] + ((size_t)h * c->n_blk * KB + (size_t)cell) * hd;
+            if (c->kv_f32) {
+                memcpy(row, (const float *)c->k[M->il] + off, sizeof(float) * (size_t)hd);
+                memcpy(vf, (const float *)c->v[M->il] + off, sizeof(float) * (size_t)hd);
+            } else {
+                eng_f16_to_f32_row((const uint16_t *)c->k[M->il] + off, row, (size_t)hd);
+                eng_f16_to_f32_row((const uint16_t *)c->v[M->il] + off, vf, (size_t)hd);
+            }
+            for (int d = 0; d < hd; d++)
+                kt[(size_t)d * KB] = row[d];
+        }
+    }
+}
+
+void eng_attention_invalidate(eng_ctx *c, int cell0)
+{
+    for (int il = 0; il < c->hp->n_layer; il++)
+        if (c->mirror_ok[il] > cell0)
+            c->mirror_ok[il] = cell0;
+}
+
 static void att_worker(void *arg, int ith, int nth)
 {
     const att_job *J = arg;
@@ -304,9 +328,31 @@ static void att_worker(void *arg, int ith, int nth)
     }
 }
 
-void eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
-                   size_t ldo)
+eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
+                         size_t ldo)
 {
+    const size_t per = (size_t)c->n_blk * KB * (size_t)c->kv_dim;
+    if (!c->kt[il]) {
+        /* calloc: cells past the filled ones are read (never used) by whole key blocks, so
+         * they must hold finite numbers */
+        c->kt[il] = calloc(per, sizeof(float));
+        c->vf[il] = calloc(per, sizeof(float));
+        if (!c->kt[il] || !c->vf[il]) {
+            free(c->kt[il]);
+            free(c->vf[il]);
+            c->kt[il] = c->vf[il] = NULL;
+            return ENG_ERR_NOMEM;
+        }
+    }
+    if (c->mirror_ok[il] < c0 + nq) {
+        mir_job M = {c, il, c->mirror_ok[il], c0 + nq};
+        if (nq == 1 && M.upto - M.from == 1)
+            mir_worker(&M, 0, 1);
+        else
+            eng_pool_run(c->pool, mir_worker, &M);
+        c->mirror_ok[il] = c0 + nq;
+    }
     att_job J = {c, il, q, ldq, c0, nq, out, ldo, pick_kernel(c->hp->head_dim)};
     eng_pool_run(c->pool, att_worker, &J);
+    return ENG_OK;
 }

@@ -63,6 +63,12 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
         if (!c->k[il] || !c->v[il])
             goto nomem;
     }
+    c->n_blk = (n_ctx + ENG_KEY_BLOCK - 1) / ENG_KEY_BLOCK;
+    c->kt = calloc((size_t)hp->n_layer, sizeof(float *));
+    c->vf = calloc((size_t)hp->n_layer, sizeof(float *));
+    c->mirror_ok = calloc((size_t)hp->n_layer, sizeof(int));
+    if (!c->kt || !c->vf || !c->mirror_ok)
+        goto nomem;
     c->att_scratch_per = (eng_attention_scratch_floats(hp) + 15) & ~(size_t)15;
     c->att_scratch = calloc((size_t)nt * c->att_scratch_per, sizeof(float));
     if (!c->att_scratch || eng_pool_create(nt, &c->pool) != ENG_OK)
@@ -86,6 +92,15 @@ void eng_ctx_free(eng_ctx *c)
     if (c->v)
         for (int il = 0; il < c->hp->n_layer; il++)
             free(c->v[il]);
+    if (c->kt)
+        for (int il = 0; il < c->hp->n_layer; il++)
+            free(c->kt[il]);
+    if (c->vf)
+        for (int il = 0; il < c->hp->n_layer; il++)
+            free(c->vf[il]);
+    free(c->kt);
+    free(c->vf);
+    free(c->mirror_ok);
     free(c->k);
     free(c->v);
     free(c->pos);
@@ -111,13 +126,18 @@ int32_t eng_kv_next_pos(const eng_ctx *c)
     return c->n_cells ? c->pos[c->n_cells - 1] + 1 : 0;
 }
 
-void eng_kv_clear(eng_ctx *c) { c->n_cells = 0; }
+void eng_kv_clear(eng_ctx *c)
+{
+    c->n_cells = 0;
+    eng_attention_invalidate(c, 0);
+}
 
 eng_status eng_kv_truncate(eng_ctx *c, int n_cells)
 {
     if (n_cells < 0 || n_cells > c->n_cells)
         return ENG_ERR_RANGE;
     c->n_cells = n_cells;
+    eng_attention_invalidate(c, n_cells);
     return ENG_OK;
 }
 
@@ -150,6 +170,7 @@ eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n, const ui
         n > c->n_ctx - cell0)
         return ENG_ERR_RANGE;
     size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
+    eng_attention_invalidate(c, cell0);
     if (c->kv_f32) {
         eng_f16_to_f32_row(k, (float *)c->k[layer] + off, cnt);
         eng_f16_to_f32_row(v, (float *)c->v[layer] + off, cnt);
@@ -202,5 +223,6 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
     }
     for (int i = 0; i < n; i++)
         c->pos[cell0 + i] += delta;
+    eng_attention_invalidate(c, cell0);
     return ENG_OK;
 }

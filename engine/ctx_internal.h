@@ -74,6 +74,12 @@ struct eng_ctx {
     float *cs;               /* (rows, n_rot) cos/sin per token */
     float *wtile;            /* (tile rows, ncols) dequantized weights */
     size_t wtile_cap;        /* floats */
+    /* f32 mirror of the cache in the layout attention reads, converted once per cell: per layer,
+     * kt (n_head_kv, n_blk, head_dim, ENG_KEY_BLOCK) keys transposed per block and
+     * vf (n_head_kv, n_blk * ENG_KEY_BLOCK, head_dim); cells below mirror_ok[il] are current */
+    float **kt, **vf;
+    int *mirror_ok;
+    int n_blk;
     float *att_scratch;      /* per thread attention scratch */
     size_t att_scratch_per;  /* floats per thread */
 };
@@ -81,8 +87,10 @@ struct eng_ctx {
 /* Blocked causal attention for nq query rows whose cells are c0..c0+nq-1 (already written to
  * the cache for layer il): q (nq, n_head, head_dim) with row stride ldq floats, out likewise.
  * Each query's result depends only on the cache contents up to its own cell. */
-void eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
-                   size_t ldo);
+eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
+                         size_t ldo) ENG_WUR;
 size_t eng_attention_scratch_floats(const eng_info *hp);
+/* Marks the f32 mirror stale from cell0 on (after import, re-rotation, truncation). */
+void eng_attention_invalidate(eng_ctx *c, int cell0);
 
 #endif

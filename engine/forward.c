@@ -11,7 +11,7 @@
 
 /* Column sub-tile of a batched product: every sgemm call has shape
  * (ENG_ROW_TILE, COL_TILE or the matrix's fixed remainder, K), whatever the thread count. */
-enum { COL_TILE = 256 };
+enum { COL_TILE = 1024 };
 /* Floats of dequantized weights held at once (8 MiB), rounded to whole column sub-tiles. */
 enum { WTILE_FLOATS = 1 << 21 };
 
@@ -160,12 +160,18 @@ static void round_rows(eng_ctx *c, void *a, int r0, int r1)
         } else { /* Q8_0 blocks of 32, scale stored as f16, round half to even */
             for (int i = 0; i < A->K; i += 32) {
                 float amax = 0;
-                for (int j = 0; j < 32; j++)
-                    amax = fmaxf(amax, fabsf(x[i + j]));
+                for (int j = 0; j < 32; j++) {
+                    float v = fabsf(x[i + j]);
+                    amax = v > amax ? v : amax;
+                }
                 const float d = eng_f16_to_f32(eng_f32_to_f16(amax / 127.0f));
                 const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-                for (int j = 0; j < 32; j++)
-                    y[i + j] = d * (float)lrintf(x[i + j] * id);
+                /* |x * id| <= 127: adding and removing 1.5 * 2^23 rounds to the nearest
+                 * integer, ties to even, as ggml's _mm256_round_ps does */
+                for (int j = 0; j < 32; j++) {
+                    volatile float t = x[i + j] * id + 12582912.0f;
+                    y[i + j] = d * (t - 12582912.0f);
+                }
             }
         }
     }
@@ -407,8 +413,9 @@ static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos,
         linear_n(c, decode, 3, wqkv, c->xn, R, yqkv);
         qkv_arg qa = {L, il, off, c0};
         par_rows(c, n, qkv_rows, &qa);
-        eng_attention(c, il, c->q + (size_t)off * QD, (size_t)QD, c0, n, c->att + (size_t)off * QD,
-                      (size_t)QD);
+        if (eng_attention(c, il, c->q + (size_t)off * QD, (size_t)QD, c0, n, c->att + (size_t)off * QD,
+                          (size_t)QD) != ENG_OK)
+            return ENG_ERR_NOMEM;
         if (!decode) {
             memset(c->att, 0, sizeof(float) * (size_t)off * QD);
             memset(c->att + (size_t)(off + n) * QD, 0, sizeof(float) * (size_t)(R - off - n) * QD);

@@ -668,7 +668,12 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, c
         xq.dsum = qblk == QB_QK ? ds : NULL;
         xq.bsum = qblk == QB_QK_K ? (int16_t *)(ds + n / QB_QK) : NULL;
     }
-    eng_xq_quantize(x, ncols, qblk, &xq);
+#if defined(__x86_64__)
+    if (avx2)
+        eng_xq_quantize_avx2(x, ncols, qblk, &xq);
+    else
+#endif
+        eng_xq_quantize(x, ncols, qblk, &xq);
     fn(W, row_bytes, ncols, x, &xq, y, r0, r1);
     free(heap);
 }

@@ -48,6 +48,56 @@ AVX2 void eng_dequant_q8_0_avx2(const uint8_t *b, float *y, int64_t n)
     }
 }
 
+static AVX2 inline float hmax_ps(__m256 v)
+{
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Same numbers as eng_xq_quantize (the same float products, rounded to nearest even by
+ * cvtps2dq as lrintf does), without a libm call per element: this runs in every call. */
+AVX2 void eng_xq_quantize_avx2(const float *x, int64_t n, int blk, eng_xq *out)
+{
+    const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    out->nb = n / blk;
+    for (int64_t i = 0; i < out->nb; i++) {
+        const float *xb = x + i * blk;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < blk; j += 8)
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + j), nosign));
+        float d = hmax_ps(m) / 127.0f;
+        float id = d > 0 ? 1.0f / d : 0;
+        __m256 vid = _mm256_set1_ps(id);
+        int total = 0;
+        for (int j = 0; j < blk; j += 32) {
+            __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j), vid));
+            __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8), vid));
+            __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 16), vid));
+            __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 24), vid));
+            /* the packs interleave 128-bit lanes; the permute puts elements back in order */
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+            p = _mm256_permutevar8x32_epi32(p, order);
+            _mm256_store_si256((__m256i *)(out->q + i * blk + j), p);
+            /* sums of elements 0-15 and 16-31: one per 128-bit lane */
+            __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+            s4 = _mm256_hadd_epi32(s4, s4);
+            s4 = _mm256_hadd_epi32(s4, s4);
+            int lo = _mm256_extract_epi32(s4, 0), hi = _mm256_extract_epi32(s4, 4);
+            if (out->bsum) {
+                out->bsum[i * (blk / 16) + j / 16] = (int16_t)lo;
+                out->bsum[i * (blk / 16) + j / 16 + 1] = (int16_t)hi;
+            }
+            total += lo + hi;
+        }
+        out->d[i] = d;
+        if (out->dsum)
+            out->dsum[i] = d * (float)total;
+    }
+}
+
 /* ---- float weights: 4 independent accumulators hide the FMA latency ---- */
 
 AVX2 void eng_mv_f32_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
@@ -137,35 +187,29 @@ static AVX2 inline __m256i dot_s8(__m256i w, __m256i x)
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
-/* Two rows per pass: x's blocks are loaded once for both, and two weight streams in flight
- * keep more memory requests outstanding (this kernel is bound by DRAM bandwidth). */
 AVX2 void eng_mv_q8_0_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
                            const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
     const int64_t nb = xq->nb;
-    int64_t r = r0;
-    for (; r + 2 <= r1; r += 2) {
-        const uint8_t *b0 = W + (size_t)r * rb, *b1 = b0 + rb;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        for (int64_t i = 0; i < nb; i++, b0 += QB_Q8_0_BYTES, b1 += QB_Q8_0_BYTES) {
-            __m256i xv = _mm256_load_si256((const __m256i *)(xq->q + i * QB_QK));
-            __m256i p0 = dot_s8(_mm256_loadu_si256((const __m256i *)(b0 + 2)), xv);
-            __m256i p1 = dot_s8(_mm256_loadu_si256((const __m256i *)(b1 + 2)), xv);
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(b0) * xq->d[i]), _mm256_cvtepi32_ps(p0), a0);
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(b1) * xq->d[i]), _mm256_cvtepi32_ps(p1), a1);
-        }
-        y[r] = hsum_ps(a0);
-        y[r + 1] = hsum_ps(a1);
-    }
-    for (; r < r1; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
-        __m256 a0 = _mm256_setzero_ps();
-        for (int64_t i = 0; i < nb; i++, b += QB_Q8_0_BYTES) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        int64_t i = 0;
+        for (; i + 2 <= nb; i += 2, b += 2 * QB_Q8_0_BYTES) {
+            __m256i p0 = dot_s8(_mm256_loadu_si256((const __m256i *)(b + 2)),
+                                _mm256_load_si256((const __m256i *)(xq->q + i * QB_QK)));
+            __m256i p1 = dot_s8(_mm256_loadu_si256((const __m256i *)(b + QB_Q8_0_BYTES + 2)),
+                                _mm256_load_si256((const __m256i *)(xq->q + (i + 1) * QB_QK)));
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(b) * xq->d[i]), _mm256_cvtepi32_ps(p0), a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(b + QB_Q8_0_BYTES) * xq->d[i + 1]),
+                                 _mm256_cvtepi32_ps(p1), a1);
+        }
+        if (i < nb) {
             __m256i p0 = dot_s8(_mm256_loadu_si256((const __m256i *)(b + 2)),
                                 _mm256_load_si256((const __m256i *)(xq->q + i * QB_QK)));
             a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(b) * xq->d[i]), _mm256_cvtepi32_ps(p0), a0);
         }
-        y[r] = hsum_ps(a0);
+        y[r] = hsum_ps(_mm256_add_ps(a0, a1));
     }
 }
 

@@ -83,6 +83,7 @@ void eng_mv_q4_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const f
                       const eng_xq *xq, float *y, int64_t r0, int64_t r1);
 void eng_mv_q6_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
                       const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_xq_quantize_avx2(const float *x, int64_t n, int blk, eng_xq *out);
 void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n);
 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n);
 void eng_dequant_q8_0_avx2(const uint8_t *src, float *dst, int64_t n);

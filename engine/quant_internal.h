@@ -22,7 +22,9 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
 
 /* y[r] = dot(row r of W, x) for r in [r0, r1). W: nrows rows of ncols elements of `type`,
  * row_bytes apart. x: ncols floats. Kernels may quantize x internally (as ggml does for
- * Q8_0/Q4_K/Q6_K, to Q8); results then match ggml's to within that rounding. */
+ * Q8_0/Q4_K/Q6_K, to Q8); results then match ggml's to within that rounding. ncols must be a
+ * multiple of the block size (else y is left untouched). Thread-safe; each call quantizes x
+ * itself (O(ncols), on the stack up to 16384 columns), so threads may split [r0, r1). */
 void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols,
                 const float *x, float *y, int64_t r0, int64_t r1);
 

@@ -496,6 +496,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return method_not_allowed(r, "POST");
             return kvsrv_purchase_begin(r);
         default:
+            if (r->ep != EP_OTHER && !is_get(method))
+                return method_not_allowed(r, "GET, HEAD");
             if (has_body(r))
                 return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
                                            "a %s request to this endpoint must not have a body", method);

@@ -500,14 +500,18 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
             return kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "invalid_token",
                                        "access tokens are 64 hex digits");
         }
-        /* HEAD never spends (it delivers no bytes). Every GET spends one download, ranged
-         * or not; spec/http-api.md "Download budget" says why resumptions spend too. */
+        /* HEAD never spends (it delivers no bytes). A GET that delivers byte 0 starts a
+         * download and spends one; a resumption only needs a valid token for this blob
+         * (spec/http-api.md "Download budget"). */
         if (strcmp(r->method, MHD_HTTP_METHOD_GET) == 0) {
             char e[256];
             uint32_t left = 0;
             kvs_store *st = pool_get(r->srv);
-            kvs_status s1 = kvs_store_token_consume(st, raw, id, (int64_t)time(NULL), &left, &r->purchase_id,
-                                                    e, sizeof e);
+            kvs_status s1 = start == 0
+                                ? kvs_store_token_consume(st, raw, id, (int64_t)time(NULL), &left, &r->purchase_id,
+                                                          e, sizeof e)
+                                : kvs_store_token_check(st, raw, id, (int64_t)time(NULL), &left, &r->purchase_id,
+                                                        e, sizeof e);
             pool_put(r->srv, st);
             kvc_wipe(raw, sizeof raw);
             if (s1 != KVS_OK) {

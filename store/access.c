@@ -95,9 +95,10 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     return st;
 }
 
-kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
-                                   const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
-                                   int64_t *purchase_id, char *err, size_t errlen)
+/* Checks a token and, when consume is set, spends one download in the same transaction. */
+static kvs_status token_use(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], const uint8_t id[KVS_SHA256_LEN],
+                            int64_t now, int consume, uint32_t *downloads_left, int64_t *purchase_id,
+                            char *err, size_t errlen)
 {
     if (downloads_left)
         *downloads_left = 0;
@@ -139,16 +140,16 @@ kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_L
     } else if (st == KVS_OK && expires <= now) {
         kvs_set_err(err, errlen, "access token expired at %lld (now %lld)", (long long)expires, (long long)now);
         st = KVS_TOKEN_EXPIRED;
-    } else if (st == KVS_OK && left <= 0) {
+    } else if (st == KVS_OK && consume && left <= 0) {
         kvs_set_err(err, errlen, "access token has no downloads left");
         st = KVS_TOKEN_EXHAUSTED;
     }
-    if (st == KVS_OK)
+    if (st == KVS_OK && consume)
         st = db_prepare(s->db,
                         "UPDATE access_tokens SET downloads_left = downloads_left - 1 "
                         "WHERE token_sha256 = :hash AND downloads_left > 0",
                         &q, err, errlen);
-    if (st == KVS_OK) {
+    if (st == KVS_OK && consume) {
         db_bind_hex(&q, ":hash", h, sizeof h);
         st = db_run(&q, err, errlen);
         if (st == KVS_OK && sqlite3_changes(s->db) != 1) {
@@ -160,11 +161,25 @@ kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_L
     st = db_end(s->db, st, err, errlen);
     if (st == KVS_OK) {
         if (downloads_left)
-            *downloads_left = (uint32_t)(left - 1);
+            *downloads_left = (uint32_t)(left - (consume ? 1 : 0));
         if (purchase_id)
             *purchase_id = pid;
     }
     return st;
+}
+
+kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
+                                   const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
+                                   int64_t *purchase_id, char *err, size_t errlen)
+{
+    return token_use(s, token, id, now, 1, downloads_left, purchase_id, err, errlen);
+}
+
+kvs_status kvs_store_token_check(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
+                                 const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
+                                 int64_t *purchase_id, char *err, size_t errlen)
+{
+    return token_use(s, token, id, now, 0, downloads_left, purchase_id, err, errlen);
 }
 
 /* ---- publishers ---- */

@@ -158,6 +158,13 @@ kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_L
                                    const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
                                    int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
 
+/* The checks of kvs_store_token_consume except the budget (unknown, wrong blob, expired),
+ * spending nothing: for a request that resumes a download already paid for (a Range not
+ * starting at 0), which must work even after the last download was spent. */
+kvs_status kvs_store_token_check(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
+                                 const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
+                                 int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
+
 /* ---- publishers ---- */
 
 enum { KVS_NAME_MAX = 200 };

@@ -85,5 +85,11 @@ expect() {
   req "$@"
   if [ "$CODE" = "$want" ]; then ok "$1 $2 -> $want"; else fail "$1 $2: got $CODE, want $want: $(head -c 300 "$T/body")"; fi
 }
+# wait_log PATTERN [FILE]: access lines are written when MHD completes a request, which can be
+# just after the client has its response; give the server up to 2 s.
+wait_log() {
+  for _ in $(seq 40); do grep -q -- "$1" "${2:-$T/server.log}" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
 json() { jq -r "$1" "$T/body"; }   # field of the last response body
 header() { grep -i "^$1:" "$T/hdr" | head -n1 | cut -d' ' -f2- | tr -d '\r'; }

@@ -133,7 +133,7 @@ grep -q '^kvpubd_requests_total{endpoint="blob",status="416"} 4' "$T/body" || fa
 grep -q '^kvpubd_response_bytes_total [1-9]' "$T/body" || fail "metrics: bytes"
 grep -q '^kvpubd_active_connections ' "$T/body" || fail "metrics: connections"
 # the access log has one structured line per request
-grep -q "event=access remote=127.0.0.1 method=GET path=\"/v1/blobs/$BIG\" endpoint=blob status=206" "$T/server.log" \
+wait_log "event=access remote=127.0.0.1 method=GET path=\"/v1/blobs/$BIG\" endpoint=blob status=206" \
   || fail "access log line"
 # downloads are recorded in the store's download log
 n=$(sqlite3 "$T/store/index.db" "select count(*) from download_log")

@@ -46,14 +46,21 @@ expect 206 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=0
 expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK"
 [ "$(json .error)" = token_exhausted ] || fail "exhausted: $(json .error)"
 expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=0-9"
+# a resumption (range after byte 0) spends nothing and works with the budget used up
+expect 206 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=100-"
+tail -c +101 "$T/priced.kvb" | cmp -s - "$T/body" || fail "resumed bytes"
+left=$(sqlite3 "$T/store/index.db" "select downloads_left from access_tokens")
+[ "$left" = 0 ] || fail "resumption spent nothing: downloads_left=$left"
 n=$(sqlite3 "$T/store/index.db" "select count(*) from download_log where purchase_id is not null and purchase_id > 0")
-[ "$n" = 2 ] || fail "paid downloads logged with their purchase: $n"
+[ "$n" = 3 ] || fail "paid downloads (2 spent + 1 resumption) logged with their purchase: $n"
 
 pj 201 "{\"blob\": \"$P\"}"
 TOK2=$(json .token)
 sleep 2.2
 expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK2"
 [ "$(json .error)" = token_expired ] || fail "expired: $(json .error)"
+expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK2" -H "Range: bytes=100-"
+[ "$(json .error)" = token_expired ] || fail "expired resumption: $(json .error)"
 
 # malformed purchases
 pj 400 '{"blob": "nope"}'

@@ -27,7 +27,7 @@ mv "$T/server.log" "$T/server.log.1"
 kill -HUP "$SERVER_PID"
 for _ in $(seq 50); do [ -s "$T/server.log" ] && break; sleep 0.05; done
 expect 200 GET /healthz
-grep -q 'event=access.*/healthz' "$T/server.log" && ok "log reopened on SIGHUP" || fail "SIGHUP reopen"
+wait_log 'event=access.*/healthz' && ok "log reopened on SIGHUP" || fail "SIGHUP reopen"
 
 # SIGTERM in the middle of a rate-limited download (16 MiB at 8 MB/s: about 2 s)
 curl -sS --cacert "$T/cert.pem" --limit-rate 8M -o "$T/dl" "$URL/v1/blobs/$ID" & DL=$!

@@ -48,7 +48,7 @@ put 422 "$CRED1" truncated.kvb
 put 422 "$CRED1" trailing.kvb
 put 422 "$CRED1" noise.kvb
 put 422 "$CRED1" expired.kvb
-put 413 "$CRED1" large.kvb
+put 413 "$CRED1" large.kvb -H "Expect: 100-continue"  # refused before the body is sent
 [ "$(json .error)" = payload_too_large ] || fail "413 error name"
 put 411 "$CRED1" good.kvb -H "Transfer-Encoding: chunked"
 expect 400 PUT /v1/blobs -H "Authorization: Bearer $CRED1" --data-binary 'short'

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "engine/gguf_internal.h"
+#include "engine/quant_blocks.h"
 #include "engine/quant_internal.h"
 
 /* ---- helpers ---- */
@@ -470,6 +471,40 @@ static void check_matvec(const mv_case *c, uint64_t seed)
     free(ys);
 }
 
+/* The AVX2 activation quantizer must give the scalar one's numbers exactly. */
+static void test_xq_paths_agree(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    if (strcmp(eng_quant_kernels(), "avx2") != 0)
+        skip();
+    enum { N = 1024 };
+    static float x[N];
+    _Alignas(32) static int8_t q1[N], q2[N];
+    static float d1[N / 32], d2[N / 32], s1[N / 32], s2[N / 32];
+    static int16_t b1[N / 16], b2[N / 16];
+    uint64_t s = 9;
+    for (int i = 0; i < N; i++)
+        x[i] = rng_unit(&s) * (float)(1 + i % 5);
+    for (int i = 64; i < 96; i++)
+        x[i] = 0;
+    x[200] = 127.5f; /* exact .5 products appear at the block maximum's neighbours */
+    for (int blk = 32; blk <= 256; blk *= 8) {
+        eng_xq a = {.d = d1, .q = q1, .bsum = b1, .dsum = s1};
+        eng_xq b = {.d = d2, .q = q2, .bsum = b2, .dsum = s2};
+        eng_xq_quantize(x, N, blk, &a);
+        eng_xq_quantize_avx2(x, N, blk, &b);
+        assert_int_equal(a.nb, b.nb);
+        assert_memory_equal(q1, q2, N);
+        assert_memory_equal(d1, d2, sizeof(float) * (size_t)a.nb);
+        assert_memory_equal(s1, s2, sizeof(float) * (size_t)a.nb);
+        assert_memory_equal(b1, b2, sizeof(int16_t) * N / 16);
+    }
+#else
+    skip();
+#endif
+}
+
 static void test_matvec(void **state)
 {
     (void)state;
@@ -585,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_dequant_q4_k_block),
         cmocka_unit_test(test_dequant_q6_k_block),
         cmocka_unit_test(test_quantize_roundtrip),
+        cmocka_unit_test(test_xq_paths_agree),
         cmocka_unit_test(test_matvec),
         cmocka_unit_test(test_real_tensors),
     };
