@@ -1,5 +1,7 @@
 /* kvb_codec.c: the chunk codecs of spec/kvblob.md section "Codecs": f16 (raw), f16-zstd
- * (byte-shuffle + zstd), q8 and q4 (K scaled per channel, V per token, f16 scales, zstd). */
+ * (per matrix: zstd frame of the high bytes, then the low bytes raw), q8 and q4 (K scaled per
+ * channel, V per token, f16 scales, zstd). The byte (un)shuffle and the q8/q4 dequantisation
+ * have AVX2/F16C versions chosen at run time, bit-identical to the scalar ones. */
 #include "format/kvb_internal.h"
 
 #include <math.h>
@@ -7,20 +9,41 @@
 #include <string.h>
 #include <zstd.h>
 
+#if defined(__x86_64__) && defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVB_X86 1
+#include <immintrin.h>
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVB_HOST_LE 1
+#endif
+
 struct kvb_codec_ctx {
     ZSTD_CCtx *cctx;
     ZSTD_DCtx *dctx;
     int level;
     uint8_t *scratch;   /* shuffled / quantised payload before zstd */
     size_t scratch_cap;
+    float *fscale;      /* q8/q4 decode: one layer's K scales as f32 */
+    size_t fscale_cap;  /* floats */
 };
+
+/* 1 if this CPU runs the AVX2+F16C paths. */
+static int simd_ok(void)
+{
+#ifdef KVB_X86
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
 
 kvb_codec_ctx *kvb_codec_ctx_create(int zstd_level)
 {
     kvb_codec_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    c->level = zstd_level ? zstd_level : 3;
+    c->level = zstd_level ? zstd_level : KVB_DEFAULT_ZSTD_LEVEL;
     return c;
 }
 
@@ -31,6 +54,7 @@ void kvb_codec_ctx_free(kvb_codec_ctx *c)
     ZSTD_freeCCtx(c->cctx);
     ZSTD_freeDCtx(c->dctx);
     free(c->scratch);
+    free(c->fscale);
     free(c);
 }
 

@@ -24,7 +24,7 @@ synth shape --layers 3
 
 mkdir -p "$tmp/trust" "$tmp/revoked" "$tmp/other"
 "$BUILD/kvpubd" keygen -o "$tmp/pub" >/dev/null
-kid=$("$BUILD/kvpubd" keygen -o "$tmp/other/o" | tail -1); rm "$tmp/other/o.key"
+"$BUILD/kvpubd" keygen -o "$tmp/other/o" >/dev/null; rm "$tmp/other/o.key"
 cp "$tmp/pub.pub" "$tmp/trust/"; cp "$tmp/pub.pub" "$tmp/revoked/"
 pubid=$(openssl pkey -pubin -in "$tmp/pub.pub" -outform DER | tail -c 32 | sha256sum | cut -c1-16)
 echo "$pubid" >"$tmp/revoked/revoked"
@@ -35,11 +35,10 @@ publish() {  # STORE-NAME args...
   local s=$1; shift
   "$BUILD/kvpubd" publish --store "$tmp/$s" --model "$tmp/base.gguf" --key "$tmp/pub.key" --threads 2 --json "$@" \
     >"$tmp/pub.json" || fail "publish failed"
-  find "$tmp/$s/blobs" -type f -newer "$tmp/doc2.txt" | sort
 }
-publish st "$tmp/doc1.txt" >/dev/null
+publish st "$tmp/doc1.txt"
 b1=$(find "$tmp/st/blobs" -type f)
-publish st2 "$tmp/doc2.txt" >/dev/null
+publish st2 "$tmp/doc2.txt"
 b2=$(find "$tmp/st2/blobs" -type f)
 R=("$KVFETCH" run --trust "$tmp/trust" --prompt " and so on" -n 8 --threads 2)
 C=("$KVFETCH" compare --trust "$tmp/trust" --prompt " and so on" -n 8 --threads 2)
@@ -90,7 +89,7 @@ expect_rc 1 "$KVFETCH" run --trust "$tmp/revoked" --model "$tmp/base.gguf" --blo
 expect_err "revoked"
 
 note "expired blob (exit 1); fine before expiry"
-publish st3 --expires 1h "$tmp/doc2.txt" >/dev/null
+publish st3 --expires 1h "$tmp/doc2.txt"
 b3=$(find "$tmp/st3/blobs" -type f)
 expect_rc 0 "${R[@]}" --model "$tmp/base.gguf" --blob "$b3"
 expect_rc 1 "${R[@]}" --model "$tmp/base.gguf" --blob "$b3" --now $(( $(date +%s) + 7200 ))
