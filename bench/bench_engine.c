@@ -1,6 +1,9 @@
 /* bench_engine.c: engine throughput on one GGUF: prefill tokens/s at 512 and 2048 tokens,
- * decode tokens/s at 2048 context, peak RSS; median of --runs runs (default 3), one line per
- * figure. usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] */
+ * decode tokens/s at 2048 context, the latency of small prefills (1, 8, 16 tokens) after the
+ * 2048-token context (time to first token after loading a cached document), peak RSS; median
+ * of --runs runs (default 3), one line per figure. Wall and process CPU seconds are both
+ * printed for prefills: the machine may be shared.
+ * usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] */
 #include "engine/engine.h"
 
 #include <stdio.h>
@@ -13,6 +16,13 @@ static double now_s(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static double cpu_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
@@ -66,22 +76,37 @@ int main(int argc, char **argv)
     printf("model %s: %s, %d layers, n_embd %d, weight type %d, threads %d\n", argv[1], hp->arch,
            hp->n_layer, hp->n_embd, hp->weight_type, threads ? threads : eng_default_threads());
     const int lens[2] = {512, NMAX};
-    double dec[99];
+    enum { NSMALL = 3 };
+    const int small[NSMALL] = {1, 8, 16};
+    double dec[99], sm[NSMALL][99];
     for (int li = 0; li < 2; li++) {
-        double tps[99];
+        double tps[99], cpu[99];
         for (int r = 0; r < runs; r++) {
             eng_ctx *c = NULL;
             if (eng_ctx_create(m, &cp, &c, err, sizeof err) != ENG_OK) {
                 fprintf(stderr, "bench_engine: %s\n", err);
                 return 2;
             }
-            double t0 = now_s();
+            double t0 = now_s(), u0 = cpu_s();
             if (eng_prefill(c, toks, NULL, (size_t)lens[li], logits, NULL) != ENG_OK) {
                 fputs("bench_engine: prefill failed\n", stderr);
                 return 2;
             }
             tps[r] = lens[li] / (now_s() - t0);
+            cpu[r] = cpu_s() - u0;
             if (lens[li] == NMAX) {
+                for (int k = 0; k < NSMALL; k++) {
+                    double t1 = now_s();
+                    if (eng_prefill(c, toks + 1, NULL, (size_t)small[k], logits, NULL) != ENG_OK) {
+                        fputs("bench_engine: small prefill failed\n", stderr);
+                        return 2;
+                    }
+                    sm[k][r] = now_s() - t1;
+                    if (eng_kv_truncate(c, NMAX) != ENG_OK) {
+                        fputs("bench_engine: truncate failed\n", stderr);
+                        return 2;
+                    }
+                }
                 int32_t t = toks[NMAX];
                 double t1 = now_s();
                 for (int i = 0; i < n_dec; i++) {
@@ -95,8 +120,12 @@ int main(int argc, char **argv)
             }
             eng_ctx_free(c);
         }
-        printf("prefill %d tokens: %.2f tok/s (median of %d)\n", lens[li], median(tps, runs), runs);
+        printf("prefill %d tokens: %.2f tok/s (median of %d), %.2f CPU s per run\n", lens[li],
+               median(tps, runs), runs, median(cpu, runs));
     }
+    for (int k = 0; k < NSMALL; k++)
+        printf("prefill %d token(s) after %d: %.4f s (median of %d)\n", small[k], NMAX,
+               median(sm[k], runs), runs);
     printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, median(dec, runs), runs, n_dec);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

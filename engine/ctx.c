@@ -161,24 +161,69 @@ eng_status eng_kv_export_layer(const eng_ctx *c, int layer, int cell0, int n, ui
     return ENG_OK;
 }
 
-eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
-                               const uint16_t *v)
+/* The cached re-rotation table for delta (a load imports every layer of every chunk with the
+ * same delta: one table per load, not per call). */
+static const eng_rerot *rerot_table(eng_ctx *c, int32_t delta)
+{
+    if (!c->rerot_ok || c->rerot.delta != delta) {
+        eng_rerot_init(&c->rope, delta, &c->rerot);
+        c->rerot_ok = 1;
+    }
+    return &c->rerot;
+}
+
+/* One memcpy per tensor in the f16 cache (cells are contiguous per layer); K goes through the
+ * re-rotation kernel straight into the cache when delta != 0, so nothing is copied twice. */
+static eng_status import_layer(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
+                               const uint16_t *v, int32_t delta)
 {
     if (!k || !v)
         return ENG_ERR_ARG;
     if (layer < 0 || layer >= c->hp->n_layer || cell0 < 0 || n < 0 || cell0 > c->n_cells ||
         n > c->n_ctx - cell0)
         return ENG_ERR_RANGE;
+    if (delta != 0 && c->hp->rope.n_rot > ENG_RERO_MAX_ROT)
+        return ENG_ERR_UNSUPPORTED;
+    const int hd = c->hp->head_dim;
     size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
+    size_t rows = (size_t)n * (size_t)c->hp->n_head_kv;
     eng_attention_invalidate(c, cell0);
     if (c->kv_f32) {
-        eng_f16_to_f32_row(k, (float *)c->k[layer] + off, cnt);
+        float *kd = (float *)c->k[layer] + off;
+        if (delta == 0) {
+            eng_f16_to_f32_row(k, kd, cnt);
+        } else {
+            const eng_rerot *t = rerot_table(c, delta);
+            uint16_t row[512];
+            if (hd > 512) /* hparams bounds head_dim well below this */
+                return ENG_ERR_UNSUPPORTED;
+            for (size_t r = 0; r < rows; r++) {
+                eng_rerot_f16(t, k + r * (size_t)hd, row, 1, hd);
+                eng_f16_to_f32_row(row, kd + r * (size_t)hd, (size_t)hd);
+            }
+        }
         eng_f16_to_f32_row(v, (float *)c->v[layer] + off, cnt);
     } else {
-        memcpy((uint16_t *)c->k[layer] + off, k, cnt * sizeof(uint16_t));
+        uint16_t *kd = (uint16_t *)c->k[layer] + off;
+        if (delta == 0)
+            memcpy(kd, k, cnt * sizeof(uint16_t));
+        else
+            eng_rerot_f16(rerot_table(c, delta), k, kd, rows, hd);
         memcpy((uint16_t *)c->v[layer] + off, v, cnt * sizeof(uint16_t));
     }
     return ENG_OK;
+}
+
+eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
+                               const uint16_t *v)
+{
+    return import_layer(c, layer, cell0, n, k, v, 0);
+}
+
+eng_status eng_kv_import_layer_rerotated(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
+                                         const uint16_t *v, int32_t delta)
+{
+    return import_layer(c, layer, cell0, n, k, v, delta);
 }
 
 eng_status eng_kv_commit(eng_ctx *c, int cell0, int n, int32_t pos0)
@@ -204,21 +249,24 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
     if (delta == 0 || n == 0)
         return ENG_OK;
     const int hd = c->hp->head_dim;
-    float cs[1024], x[512];
-    eng_rope_cos_sin(&c->rope, (float)delta, 0, cs);
-    for (int il = 0; il < c->hp->n_layer; il++) {
-        for (int i = 0; i < n; i++) {
-            for (int h = 0; h < c->hp->n_head_kv; h++) {
-                size_t off = (size_t)(cell0 + i) * c->kv_dim + (size_t)h * hd;
-                if (c->kv_f32) {
-                    eng_rope_apply(&c->rope, cs, (float *)c->k[il] + off);
-                } else {
-                    uint16_t *kr = (uint16_t *)c->k[il] + off;
-                    eng_f16_to_f32_row(kr, x, (size_t)hd);
-                    eng_rope_apply(&c->rope, cs, x);
-                    eng_f32_to_f16_row(x, kr, (size_t)hd);
-                }
-            }
+    if (c->kv_f32) {
+        float cs[2 * ENG_RERO_MAX_ROT];
+        if (c->rope.n_rot > ENG_RERO_MAX_ROT)
+            return ENG_ERR_UNSUPPORTED;
+        eng_rope_cos_sin(&c->rope, (float)delta, 0, cs);
+        for (int il = 0; il < c->hp->n_layer; il++)
+            for (int i = 0; i < n; i++)
+                for (int h = 0; h < c->hp->n_head_kv; h++)
+                    eng_rope_apply(&c->rope, cs, (float *)c->k[il] + (size_t)(cell0 + i) * c->kv_dim + (size_t)h * hd);
+    } else {
+        if (c->rope.n_rot > ENG_RERO_MAX_ROT)
+            return ENG_ERR_UNSUPPORTED;
+        /* the cells of a layer are contiguous: one pass over n * n_head_kv head vectors */
+        const eng_rerot *t = rerot_table(c, delta);
+        size_t rows = (size_t)n * (size_t)c->hp->n_head_kv;
+        for (int il = 0; il < c->hp->n_layer; il++) {
+            uint16_t *kr = (uint16_t *)c->k[il] + (size_t)cell0 * c->kv_dim;
+            eng_rerot_f16(t, kr, kr, rows, hd);
         }
     }
     for (int i = 0; i < n; i++)

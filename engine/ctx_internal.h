@@ -47,6 +47,21 @@ void eng_rope_cos_sin(const eng_rope_cfg *cfg, float p, int with_mscale, float *
 /* Rotates one head vector x (n_rot) in place. */
 void eng_rope_apply(const eng_rope_cfg *cfg, const float *cs, float *x);
 
+/* K re-rotation by a position delta: cos/sin of delta * theta_i computed once, laid out for the
+ * kernels (NEOX: c[i], s[i] per pair i; normal: each pair's values at both of its members). */
+enum { ENG_RERO_MAX_ROT = 512 };
+typedef struct eng_rerot {
+    eng_rope_type type;
+    int n_rot;               /* 0: nothing to rotate */
+    int32_t delta;
+    float c[ENG_RERO_MAX_ROT], s[ENG_RERO_MAX_ROT];
+} eng_rerot;
+void eng_rerot_init(const eng_rope_cfg *cfg, int32_t delta, eng_rerot *t);
+/* rows head vectors of hd f16 (rows * hd contiguous) from src to dst (may be equal): the first
+ * n_rot dims rotated (f32 per pair, rounded to f16: the bits of eng_rope_apply), the rest
+ * copied. AVX2+F16C when the CPU has them, else scalar; same bits either way. */
+void eng_rerot_f16(const eng_rerot *t, const uint16_t *src, uint16_t *dst, size_t rows, int hd);
+
 /* ---- the context ---- */
 struct eng_ctx {
     eng_model *m;
@@ -82,6 +97,8 @@ struct eng_ctx {
     int n_blk;
     float *att_scratch;      /* per thread attention scratch */
     size_t att_scratch_per;  /* floats per thread */
+    eng_rerot rerot;         /* last re-rotation table (ctx.c), valid when rerot_ok */
+    int rerot_ok;
 };
 
 /* Blocked causal attention for nq query rows whose cells are c0..c0+nq-1 (already written to

@@ -148,6 +148,11 @@ eng_status eng_kv_export_layer(const eng_ctx *c, int layer, int cell0, int n,
  * cell0 <= kv_len. Call eng_kv_commit once all layers are written. */
 eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n,
                                const uint16_t *k, const uint16_t *v) ENG_WUR;
+/* Same, with K re-rotated by delta on its way into the cache (the bits eng_rope_rerotate_f16
+ * gives, without a separate pass or copy); the loader's path for a document placed at another
+ * position than it was computed for. Commit the cells at their new positions. */
+eng_status eng_kv_import_layer_rerotated(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
+                                         const uint16_t *v, int32_t delta) ENG_WUR;
 /* Marks cells [cell0, cell0+n) filled with positions pos0, pos0+1, ... (kv_len becomes
  * cell0+n). */
 eng_status eng_kv_commit(eng_ctx *c, int cell0, int n, int32_t pos0) ENG_WUR;

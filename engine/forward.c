@@ -1,30 +1,34 @@
-/* forward.c: the llama / qwen2 / qwen3 forward pass: batched prefill (weight tiles dequantized
- * once per pass, products through OpenBLAS on fixed-shape tiles) and the single-token decode
- * step (eng_matvec). Per-token work is row-wise, so results do not depend on batching. */
+/* forward.c: the llama / qwen2 / qwen3 forward pass: batched prefill (weight chunks dequantized
+ * once per pass, products in eng_gemm_dot's fixed order) and the single-token decode step
+ * (eng_matvec). Per-token work is row-wise, so results do not depend on batching. */
 #include "engine/ctx_internal.h"
 #include "engine/quant_internal.h"
 
-#include <cblas.h>
+#include "engine/gemm_internal.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Column sub-tile of a batched product: every sgemm call has shape
- * (ENG_ROW_TILE, COL_TILE or the matrix's fixed remainder, K), whatever the thread count. */
-enum { COL_TILE = 1024 };
-/* Floats of dequantized weights held at once (8 MiB), rounded to whole column sub-tiles. */
-enum { WTILE_FLOATS = 1 << 21 };
-
-static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+/* Weight rows one thread dequantizes to f32 and multiplies at a time: about 192 KiB, so they
+ * stay in that core's L2 while every token row passes; a multiple of the GEMM's 3-row tile. */
+enum { CHUNK_FLOATS = 49152 };
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-static int64_t tile_rows(int64_t K, int64_t N)
+/* Widest K of any product: n_embd, n_head * head_dim or n_ff. */
+static int64_t xr_width_raw(const eng_info *hp)
 {
-    int64_t nt = WTILE_FLOATS / K / COL_TILE * COL_TILE;
-    if (nt < COL_TILE)
-        nt = COL_TILE;
-    return nt < N ? nt : N;
+    const int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim, F = hp->n_ff;
+    return max64(max64(E, QD), F);
+}
+
+static int xr_width(const eng_ctx *c) { return eng_gemm_kr((int)xr_width_raw(c->hp)); }
+
+static int chunk_rows(int64_t K)
+{
+    int64_t nb = CHUNK_FLOATS / K / 3 * 3;
+    return nb < 3 ? 3 : (int)nb;
 }
 
 static eng_status ensure_rows(eng_ctx *c, int rows)
@@ -39,19 +43,22 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
     const size_t widths[] = {E, E, QD, KD, KD, QD, F, F, XR, (size_t)hp->rope.n_rot};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free(*bufs[i]);
-        /* zeroed: padding rows of a tile must hold finite numbers */
         *bufs[i] = calloc((size_t)rows * widths[i], sizeof(float));
         if (!*bufs[i]) {
             c->cap_rows = 0;
             return ENG_ERR_NOMEM;
         }
     }
+    /* c->wtile: X packed for the GEMM (rows, Kr of the widest K), then one chunk of packed,
+     * dequantized weight rows plus one row of scratch per thread */
+    free(c->wtile);
+    const size_t kmax = (size_t)eng_gemm_kr((int)XR);
+    const size_t per = (size_t)max64(CHUNK_FLOATS, 3 * (int64_t)kmax) + kmax;
+    c->wtile_cap = (size_t)rows * kmax + per * (size_t)eng_pool_size(c->pool);
+    c->wtile = aligned_alloc(64, (c->wtile_cap * sizeof(float) + 63) / 64 * 64);
     if (!c->wtile) {
-        int64_t maxk = max64(max64((int64_t)E, (int64_t)QD), (int64_t)F);
-        c->wtile_cap = (size_t)WTILE_FLOATS + (size_t)COL_TILE * (size_t)maxk;
-        c->wtile = malloc(c->wtile_cap * sizeof(float));
-        if (!c->wtile)
-            return ENG_ERR_NOMEM;
+        c->cap_rows = 0;
+        return ENG_ERR_NOMEM;
     }
     c->cap_rows = rows;
     return ENG_OK;
@@ -187,61 +194,98 @@ static const float *round_act(eng_ctx *c, uint32_t type, const float *X, int R, 
     return c->xr;
 }
 
-/* ---- batched product: Y (R, N) = X (R, K) W^T ---- */
+/* ---- batched product: Y (R, N) = X (R, K) W^T ----
+ * Work is split over weight-row chunks; each thread dequantizes its chunk once into its own
+ * buffer and multiplies every token row by it (eng_gemm_dot). A product's bits depend only on
+ * the token's own row and the weights, never on R or on the thread count. */
 
-typedef struct deq_arg {
-    const eng_wmat *W;
-    int64_t n0;
-    float *dst;
-} deq_arg;
+typedef struct lin_job {
+    eng_ctx *c;
+    int n, R;
+    const eng_wmat *W[3];
+    const float *X[3];  /* (R, K) rounded for W's type, packed (eng_gemm_pack_row) */
+    float *Y[3];        /* (R, N) */
+    int nb[3], nch[3];  /* rows per chunk, chunks */
+    int total;
+} lin_job;
 
-static void deq_rows(eng_ctx *c, void *a, int r0, int r1)
+static void lin_worker(void *a, int ith, int nth)
 {
-    (void)c;
-    deq_arg *A = a;
-    for (int r = r0; r < r1; r++)
-        eng_dequant_row(A->W->type, (const char *)A->W->data + (size_t)(A->n0 + r) * A->W->row_bytes,
-                        A->dst + (size_t)r * A->W->ncols, A->W->ncols);
-}
-
-typedef struct gemm_arg {
-    const float *X;  /* (R, K) */
-    const float *B;  /* (nn, K) weight rows n0.. */
-    float *Y;        /* (R, N) */
-    int64_t K, N, n0, nn;
-    int n_rt, n_ct;  /* row tiles, column sub-tiles */
-} gemm_arg;
-
-static void gemm_units(eng_ctx *c, void *a, int u0, int u1)
-{
-    (void)c;
-    gemm_arg *A = a;
+    lin_job *J = a;
+    const eng_ctx *c = J->c;
+    const size_t xarea = (size_t)c->cap_rows * (size_t)xr_width(c);
+    const size_t per = (c->wtile_cap - xarea) / (size_t)nth;
+    float *buf = c->wtile + xarea + (size_t)ith * per;
+    const int u0 = (int)((int64_t)J->total * ith / nth), u1 = (int)((int64_t)J->total * (ith + 1) / nth);
     for (int u = u0; u < u1; u++) {
-        int rt = u % A->n_rt, ct = u / A->n_rt;
-        int64_t j0 = (int64_t)ct * COL_TILE, jn = A->nn - j0 < COL_TILE ? A->nn - j0 : COL_TILE;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ENG_ROW_TILE, (int)jn, (int)A->K, 1.0f,
-                    A->X + (size_t)rt * ENG_ROW_TILE * A->K, (int)A->K, A->B + (size_t)j0 * A->K,
-                    (int)A->K, 0.0f, A->Y + (size_t)rt * ENG_ROW_TILE * A->N + A->n0 + j0, (int)A->N);
+        int m = 0, ch = u;
+        while (ch >= J->nch[m])
+            ch -= J->nch[m++];
+        const eng_wmat *W = J->W[m];
+        const int64_t K = W->ncols, N = W->nrows, n0 = (int64_t)ch * J->nb[m];
+        const int nn = (int)(N - n0 < J->nb[m] ? N - n0 : J->nb[m]);
+        const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
+        float *row = buf + (size_t)nn * (size_t)eng_gemm_kr((int)K);
+        for (int r = 0; r < nn; r++) {
+            eng_dequant_row(W->type, src + (size_t)r * W->row_bytes, row, K);
+            eng_gemm_pack_row(row, (int)K, r, nn, ENG_GEMM_NR, buf);
+        }
+        eng_gemm_packed(J->X[m], J->R, buf, nn, (int)K, J->Y[m] + n0, (size_t)N);
     }
 }
 
-/* Xr: activations already rounded for W's type (round_act). */
-static void linear_batch_rounded(eng_ctx *c, const eng_wmat *W, const float *Xr, int R, float *Y)
+/* How activations are rounded for a weight type (round_act); products sharing one share X. */
+static int round_kind(uint32_t type, int64_t K)
 {
-    const int64_t K = W->ncols, N = W->nrows, nt = tile_rows(K, N);
-    for (int64_t n0 = 0; n0 < N; n0 += nt) {
-        const int64_t nn = N - n0 < nt ? N - n0 : nt;
-        const float *B;
-        if (W->type == GGML_T_F32) {
-            B = (const float *)((const char *)W->data + (size_t)n0 * W->row_bytes);
-        } else {
-            deq_arg D = {W, n0, c->wtile};
-            par_rows(c, (int)nn, deq_rows, &D);
-            B = c->wtile;
+    if (type == GGML_T_F16)
+        return 1;
+    if (type == GGML_T_BF16)
+        return 2;
+    if ((type == GGML_T_Q8_0 || type == GGML_T_Q4_0) && K % 32 == 0)
+        return 3;
+    return 0;
+}
+
+typedef struct pack_arg {
+    const float *x;
+    float *dst;
+    int K, R;
+} pack_arg;
+
+static void pack_rows(eng_ctx *c, void *a, int r0, int r1)
+{
+    (void)c;
+    pack_arg *A = a;
+    for (int r = r0; r < r1; r++)
+        eng_gemm_pack_row(A->x + (size_t)r * A->K, A->K, r, A->R, ENG_GEMM_MR, A->dst);
+}
+
+/* Products of up to three matrices with the same input X (R rows) in one pool run. */
+static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const float *X, int R,
+                         float *const *Y)
+{
+    for (int i0 = 0; i0 < n;) {
+        /* the matrices from i0 on whose activations round alike */
+        const int kind = round_kind(W[i0]->type, W[i0]->ncols);
+        int i1 = i0 + 1;
+        while (i1 < n && round_kind(W[i1]->type, W[i1]->ncols) == kind && W[i1]->ncols == W[i0]->ncols)
+            i1++;
+        const int K = (int)W[i0]->ncols;
+        pack_arg P = {round_act(c, W[i0]->type, X, R, K), c->wtile, K, R};
+        par_rows(c, R, pack_rows, &P);
+        const float *xr = c->wtile;
+        lin_job J = {c, i1 - i0, R, {0}, {0}, {0}, {0}, {0}, 0};
+        for (int i = i0; i < i1; i++) {
+            const int k = i - i0;
+            J.W[k] = W[i];
+            J.X[k] = xr;
+            J.Y[k] = Y[i];
+            J.nb[k] = chunk_rows(W[i]->ncols);
+            J.nch[k] = (int)((W[i]->nrows + J.nb[k] - 1) / J.nb[k]);
+            J.total += J.nch[k];
         }
-        gemm_arg G = {Xr, B, Y, K, N, n0, nn, R / ENG_ROW_TILE, (int)((nn + COL_TILE - 1) / COL_TILE)};
-        rows_job J = {c, gemm_units, &G, G.n_rt * G.n_ct};
-        eng_pool_run(c->pool, rows_worker, &J);
+        eng_pool_run(c->pool, lin_worker, &J);
+        i0 = i1;
     }
 }
 
@@ -288,7 +332,7 @@ static void matvec_n(eng_ctx *c, int n, const eng_wmat *const *W, const float *c
     eng_pool_run(c->pool, mv_worker, &A);
 }
 
-/* Products of R rows: the fixed-tile batched path, or matvec when decoding. */
+/* Products of R rows: the batched path, or matvec when decoding. */
 static void linear_n(eng_ctx *c, int decode, int n, const eng_wmat *const *W, const float *X, int R,
                      float *const *Y)
 {
@@ -299,19 +343,14 @@ static void linear_n(eng_ctx *c, int decode, int n, const eng_wmat *const *W, co
         matvec_n(c, n, W, xs, Y);
         return;
     }
-    const float *xr = NULL;
-    for (int i = 0; i < n; i++) {
-        if (i == 0 || W[i]->type != W[i - 1]->type)
-            xr = round_act(c, W[i]->type, X, R, (int)W[i]->ncols);
-        linear_batch_rounded(c, W[i], xr, R, Y[i]);
-    }
+    linear_batch(c, n, W, X, R, Y);
 }
 
 /* ---- per-token attention input: biases, qk-norm, RoPE, cache store ---- */
 
 typedef struct qkv_arg {
     const eng_layer *L;
-    int il, off, c0;
+    int il, c0;
 } qkv_arg;
 
 static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
@@ -321,7 +360,7 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
     const int hd = hp->head_dim, QD = hp->n_head * hd, KD = c->kv_dim;
     const eng_layer *L = A->L;
     for (int i = i0; i < i1; i++) {
-        const int r = A->off + i;
+        const int r = i; /* scratch row of cell c0 + i */
         float *q = c->q + (size_t)r * QD, *k = c->kk + (size_t)r * KD, *v = c->vv + (size_t)r * KD;
         const float *cs = c->cs + (size_t)r * hp->rope.n_rot;
         if (L->bq)
@@ -376,33 +415,22 @@ static void add_rows(eng_ctx *c, void *a, int r0, int r1)
 
 /* ---- the pass ---- */
 
-/* Evaluates n tokens into cells n_cells.. . Rows of the scratch are tile-aligned to absolute
- * cells for prefill (row off holds cell c0); decode uses one row. out_rows: how many of the
- * last rows want logits (0, 1 or n), written to logits (n_vocab per row). */
+/* Evaluates n tokens into cells n_cells.. (row i of the scratch holds cell c0 + i). out_rows:
+ * how many of the last rows want logits (0, 1 or n), written to logits (n_vocab per row). */
 static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode,
                           int out_rows, float *logits)
 {
     const eng_info *hp = c->hp;
     const eng_weights *w = c->w;
     const int E = hp->n_embd, QD = hp->n_head * hp->head_dim;
-    const int c0 = c->n_cells;
-    int off = 0, R = 1;
-    if (!decode) {
-        off = c0 % ENG_ROW_TILE;
-        R = round_up(off + n, ENG_ROW_TILE);
-    }
+    const int c0 = c->n_cells, R = n;
     if (ensure_rows(c, R) != ENG_OK)
         return ENG_ERR_NOMEM;
-    if (!decode) {
-        openblas_set_num_threads(1); /* our pool runs the tiles; see ENG_ROW_TILE */
-        memset(c->x, 0, sizeof(float) * (size_t)off * E);
-        memset(c->x + (size_t)(off + n) * E, 0, sizeof(float) * (size_t)(R - off - n) * E);
-    }
     for (int i = 0; i < n; i++) {
         eng_dequant_row(w->tok_embd.type,
                         (const char *)w->tok_embd.data + (size_t)tokens[i] * w->tok_embd.row_bytes,
-                        c->x + (size_t)(off + i) * E, E);
-        eng_rope_cos_sin(&c->rope, (float)pos[i], 1, c->cs + (size_t)(off + i) * hp->rope.n_rot);
+                        c->x + (size_t)i * E, E);
+        eng_rope_cos_sin(&c->rope, (float)pos[i], 1, c->cs + (size_t)i * hp->rope.n_rot);
     }
     for (int il = 0; il < hp->n_layer; il++) {
         const eng_layer *L = &w->layers[il];
@@ -411,15 +439,10 @@ static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos,
         const eng_wmat *wqkv[3] = {&L->wq, &L->wk, &L->wv};
         float *yqkv[3] = {c->q, c->kk, c->vv};
         linear_n(c, decode, 3, wqkv, c->xn, R, yqkv);
-        qkv_arg qa = {L, il, off, c0};
+        qkv_arg qa = {L, il, c0};
         par_rows(c, n, qkv_rows, &qa);
-        if (eng_attention(c, il, c->q + (size_t)off * QD, (size_t)QD, c0, n, c->att + (size_t)off * QD,
-                          (size_t)QD) != ENG_OK)
+        if (eng_attention(c, il, c->q, (size_t)QD, c0, n, c->att, (size_t)QD) != ENG_OK)
             return ENG_ERR_NOMEM;
-        if (!decode) {
-            memset(c->att, 0, sizeof(float) * (size_t)off * QD);
-            memset(c->att + (size_t)(off + n) * QD, 0, sizeof(float) * (size_t)(R - off - n) * QD);
-        }
         const eng_wmat *wo[1] = {&L->wo};
         float *yo[1] = {c->xn};
         linear_n(c, decode, 1, wo, c->att, R, yo);
@@ -442,7 +465,7 @@ static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos,
     c->n_cells = c0 + n;
     /* logits rows: one matvec per row, the same code for prefill and decode */
     for (int t = 0; t < out_rows; t++) {
-        const int r = off + n - out_rows + t;
+        const int r = n - out_rows + t;
         float *xr = c->xn + (size_t)r * E;
         rmsnorm_row(c->x + (size_t)r * E, w->output_norm, E, hp->norm_eps, xr);
         const eng_wmat *wout[1] = {&w->output};
@@ -491,8 +514,7 @@ eng_status eng_prefill(eng_ctx *c, const int32_t *tokens, const int32_t *pos, si
     }
     size_t done = 0;
     while (done < n) {
-        int off = c->n_cells % ENG_ROW_TILE;
-        size_t chunk = (size_t)(ENG_MAX_ROWS - ENG_ROW_TILE - off);
+        size_t chunk = (size_t)ENG_MAX_ROWS;
         if (chunk > n - done)
             chunk = n - done;
         const int last = done + chunk == n;

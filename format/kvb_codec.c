@@ -1,5 +1,5 @@
 /* kvb_codec.c: the chunk codecs of spec/kvblob.md section "Codecs": f16 (raw), f16-zstd
- * (per matrix: zstd frame of the high bytes, then the low bytes raw), q8 and q4 (K scaled per
+ * (a zstd frame of the high bytes, then the low bytes raw), q8 and q4 (K scaled per
  * channel, V per token, f16 scales, zstd). The byte (un)shuffle and the q8/q4 dequantisation
  * have AVX2/F16C versions chosen at run time, bit-identical to the scalar ones. */
 #include "format/kvb_internal.h"
@@ -88,8 +88,80 @@ uint64_t kvb_codec_max_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_
     uint64_t p = payload_bytes(c, n_layer, n, kv_dim);
     if (c == KVB_CODEC_F16)
         return p;
-    /* ZSTD_compressBound's formula, computed in 64 bits: size + size/256 + small margin */
+    /* ZSTD_compressBound's formula, computed in 64 bits: size + size/256 + small margin; for
+     * f16-zstd (a frame of p/2 high bytes, then p/2 raw low bytes) this is a loose bound */
     return p + (p >> 8) + 1024;
+}
+
+/* ---- byte planes: f16 values <-> (low bytes, high bytes) ---- */
+
+static void split_scalar(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi)
+{
+    for (size_t i = 0; i < n; i++) {
+        lo[i] = (uint8_t)x[i];
+        hi[i] = (uint8_t)(x[i] >> 8);
+    }
+}
+
+static void merge_scalar(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = (uint16_t)(lo[i] | (hi[i] << 8));
+}
+
+#ifdef KVB_X86
+__attribute__((target("avx2"))) static void split_avx2(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi)
+{
+    /* per 128-bit lane: even bytes (low halves) to the first 8, odd bytes to the last 8 */
+    const __m256i sh = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + i)), sh);
+        __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + i + 16)), sh);
+        a = _mm256_permute4x64_epi64(a, 0xd8); /* lo 0..15 | hi 0..15 */
+        b = _mm256_permute4x64_epi64(b, 0xd8); /* lo 16..31 | hi 16..31 */
+        _mm256_storeu_si256((__m256i *)(lo + i), _mm256_permute2x128_si256(a, b, 0x20));
+        _mm256_storeu_si256((__m256i *)(hi + i), _mm256_permute2x128_si256(a, b, 0x31));
+    }
+    split_scalar(x + i, n - i, lo + i, hi + i);
+}
+
+__attribute__((target("avx2"))) static void merge_avx2(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
+{
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i l = _mm256_loadu_si256((const __m256i *)(lo + i));
+        __m256i h = _mm256_loadu_si256((const __m256i *)(hi + i));
+        __m256i a = _mm256_unpacklo_epi8(l, h); /* values 0..7 | 16..23 */
+        __m256i b = _mm256_unpackhi_epi8(l, h); /* values 8..15 | 24..31 */
+        _mm256_storeu_si256((__m256i *)(x + i), _mm256_permute2x128_si256(a, b, 0x20));
+        _mm256_storeu_si256((__m256i *)(x + i + 16), _mm256_permute2x128_si256(a, b, 0x31));
+    }
+    merge_scalar(lo + i, hi + i, n - i, x + i);
+}
+#endif
+
+static void split_planes(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi)
+{
+#if defined(KVB_X86) && defined(KVB_HOST_LE)
+    if (simd_ok()) {
+        split_avx2(x, n, lo, hi);
+        return;
+    }
+#endif
+    split_scalar(x, n, lo, hi);
+}
+
+static void merge_planes(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
+{
+#if defined(KVB_X86) && defined(KVB_HOST_LE)
+    if (simd_ok()) {
+        merge_avx2(lo, hi, n, x);
+        return;
+    }
+#endif
+    merge_scalar(lo, hi, n, x);
 }
 
 /* ---- scale selection shared by q8 and q4 ----
@@ -139,19 +211,34 @@ static int get_code(const uint8_t *codes, kvb_codec codec, size_t i)
     return (int)((codes[i >> 1] >> ((i & 1) * 4)) & 0x0f) - 8;
 }
 
-/* Quantises one layer: k, v (n, kv_dim) -> p (q_layer_bytes). Non-finite input is refused. */
-static kvb_status quant_layer(kvb_codec codec, const uint16_t *k, const uint16_t *v, uint32_t n,
-                              uint32_t kv_dim, uint8_t *p, uint32_t layer, char *err, size_t errlen)
+/* 1 if the f16 bit pattern is inf or NaN. */
+static int f16_nonfinite(uint16_t h) { return (h & 0x7c00) == 0x7c00; }
+
+kvb_status kvb_chunk_check(kvb_codec codec, const uint16_t *kv, uint32_t n_layer, uint32_t n, uint32_t kv_dim,
+                           char *err, size_t errlen)
+{
+    if (codec != KVB_CODEC_Q8 && codec != KVB_CODEC_Q4)
+        return KVB_OK; /* the lossless codecs carry any bit pattern */
+    size_t layer_vals = (size_t)n * kv_dim;
+    for (uint32_t l = 0; l < n_layer; l++) {
+        const uint16_t *k = kv + 2 * l * layer_vals, *v = k + layer_vals;
+        for (size_t i = 0; i < layer_vals; i++)
+            if (f16_nonfinite(k[i]) || f16_nonfinite(v[i]))
+                return kvb_fail(err, errlen, KVB_ERR_USAGE,
+                                "layer %u token %zu channel %zu: non-finite K or V value; %s needs finite values",
+                                l, i / kv_dim, i % kv_dim, kvb_codec_name(codec));
+    }
+    return KVB_OK;
+}
+
+/* Quantises one layer: k, v (n, kv_dim) -> p (q_layer_bytes); values are finite (checked). */
+static void quant_layer(kvb_codec codec, const uint16_t *k, const uint16_t *v, uint32_t n, uint32_t kv_dim,
+                        uint8_t *p)
 {
     int qmax = codec == KVB_CODEC_Q8 ? 127 : 7;
     uint8_t *ks = p, *vs = p + 2ull * kv_dim;
     uint8_t *kc = vs + 2ull * n;
     uint8_t *vc = kc + (codec == KVB_CODEC_Q8 ? (size_t)n * kv_dim : ((size_t)n * kv_dim + 1) / 2);
-    for (size_t i = 0; i < (size_t)n * kv_dim; i++)
-        if (!isfinite(kvb_f16_to_f32(k[i])) || !isfinite(kvb_f16_to_f32(v[i])))
-            return kvb_fail(err, errlen, KVB_ERR_USAGE,
-                            "layer %u token %zu channel %zu: non-finite K or V value; %s needs finite values",
-                            layer, i / kv_dim, i % kv_dim, kvb_codec_name(codec));
     for (uint32_t c = 0; c < kv_dim; c++) { /* K: one scale per channel */
         float m = 0.0f;
         for (uint32_t t = 0; t < n; t++)
@@ -175,23 +262,137 @@ static kvb_status quant_layer(kvb_codec codec, const uint16_t *k, const uint16_t
         for (uint32_t c = 0; c < kv_dim; c++)
             put_code(vc, codec, (size_t)t * kv_dim + c, quant(kvb_f16_to_f32(row[c]), sf, qmax));
     }
-    return KVB_OK;
 }
 
-static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_t kv_dim,
+/* ---- dequantisation: x' = f16_rne(code * scale), computed in f32 ---- */
+
+/* One row of kv_dim values from codes starting at element index i (row-major in the layer). */
+static void dequant_row_scalar(kvb_codec codec, const uint8_t *codes, size_t i, uint32_t kv_dim,
+                               const float *sc, float s1, uint16_t *out)
+{
+    for (uint32_t c = 0; c < kv_dim; c++)
+        out[c] = kvb_f32_to_f16((float)get_code(codes, codec, i + c) * (sc ? sc[c] : s1));
+}
+
+#ifdef KVB_X86
+/* kv_dim % 16 == 0 and i even: 16 codes at a time, widened to f32, scaled, rounded by F16C
+ * (round to nearest even, the same as kvb_f32_to_f16; no FMA, so the product is the same). */
+__attribute__((target("avx2,f16c"))) static void dequant_row_avx2(kvb_codec codec, const uint8_t *codes, size_t i,
+                                                                   uint32_t kv_dim, const float *sc, float s1,
+                                                                   uint16_t *out)
+{
+    const __m256 one = _mm256_set1_ps(s1);
+    const __m128i nib = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    for (uint32_t c = 0; c < kv_dim; c += 16) {
+        __m128i q;
+        if (codec == KVB_CODEC_Q8) {
+            q = _mm_loadu_si128((const __m128i *)(codes + i + c));
+        } else {
+            __m128i b = _mm_loadl_epi64((const __m128i *)(codes + (i + c) / 2));
+            __m128i lo = _mm_and_si128(b, nib), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
+            q = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), eight); /* element 2j low nibble, 2j+1 high */
+        }
+        __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+        __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+        __m256 s0 = sc ? _mm256_loadu_ps(sc + c) : one, s8 = sc ? _mm256_loadu_ps(sc + c + 8) : one;
+        _mm_storeu_si128((__m128i *)(out + c), _mm256_cvtps_ph(_mm256_mul_ps(f0, s0), _MM_FROUND_TO_NEAREST_INT));
+        _mm_storeu_si128((__m128i *)(out + c + 8), _mm256_cvtps_ph(_mm256_mul_ps(f1, s8), _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+#endif
+
+/* ksf: kv_dim floats of scratch for the K scales. */
+static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_t kv_dim, float *ksf,
                           uint16_t *k, uint16_t *v)
 {
     const uint8_t *ks = p, *vs = p + 2ull * kv_dim;
     const uint8_t *kc = vs + 2ull * n;
     const uint8_t *vc = kc + (codec == KVB_CODEC_Q8 ? (size_t)n * kv_dim : ((size_t)n * kv_dim + 1) / 2);
+    for (uint32_t c = 0; c < kv_dim; c++)
+        ksf[c] = kvb_f16_to_f32(kvb_le16(ks + 2ull * c));
+    int vec = simd_ok() && kv_dim % 16 == 0;
     for (uint32_t t = 0; t < n; t++) {
         float vsf = kvb_f16_to_f32(kvb_le16(vs + 2ull * t));
-        for (uint32_t c = 0; c < kv_dim; c++) {
-            size_t i = (size_t)t * kv_dim + c;
-            k[i] = kvb_f32_to_f16((float)get_code(kc, codec, i) * kvb_f16_to_f32(kvb_le16(ks + 2ull * c)));
-            v[i] = kvb_f32_to_f16((float)get_code(vc, codec, i) * vsf);
+        size_t i = (size_t)t * kv_dim;
+#ifdef KVB_X86
+        if (vec) {
+            dequant_row_avx2(codec, kc, i, kv_dim, ksf, 0.0f, k + i);
+            dequant_row_avx2(codec, vc, i, kv_dim, NULL, vsf, v + i);
+            continue;
         }
+#endif
+        (void)vec;
+        dequant_row_scalar(codec, kc, i, kv_dim, ksf, 0.0f, k + i);
+        dequant_row_scalar(codec, vc, i, kv_dim, NULL, vsf, v + i);
     }
+}
+
+static kvb_status zstd_into(kvb_codec_ctx *c, uint8_t *dst, size_t cap, const uint8_t *src, size_t n, size_t *z,
+                            char *err, size_t errlen)
+{
+    if (!c->cctx && !(c->cctx = ZSTD_createCCtx()))
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory creating a zstd context");
+    *z = ZSTD_compressCCtx(c->cctx, dst, cap, src, n, c->level);
+    if (ZSTD_isError(*z))
+        return kvb_fail(err, errlen, KVB_ERR_INTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(*z));
+    return KVB_OK;
+}
+
+/* f16-zstd: one zstd frame of the N high bytes (sign, exponent, top mantissa bits: they
+ * compress), then the N low bytes as they are (mantissa noise that zstd cannot shrink; decoding
+ * merges them straight from the stored bytes). */
+static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t nv, uint8_t **out, size_t *outlen,
+                                  char *err, size_t errlen)
+{
+    size_t bound = ZSTD_compressBound(nv);
+    uint8_t *o = malloc(bound + nv);
+    uint8_t *hi = scratch(c, 2 * nv), *lo = hi + nv;
+    if (!o || !hi) {
+        free(o);
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory encoding a chunk");
+    }
+    split_planes(kv, nv, lo, hi);
+    size_t z;
+    kvb_status st = zstd_into(c, o, bound, hi, nv, &z, err, errlen);
+    if (st) {
+        free(o);
+        return st;
+    }
+    memcpy(o + z, lo, nv);
+    uint8_t *shrunk = realloc(o, z + nv);
+    *out = shrunk ? shrunk : o;
+    *outlen = z + nv;
+    return KVB_OK;
+}
+
+static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, uint16_t *kv,
+                                  char *err, size_t errlen)
+{
+    if (len < nv)
+        return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16-zstd chunk is %zu bytes, less than its %zu low bytes",
+                        len, nv);
+    size_t zlen = len - nv;
+    /* The frame must declare exactly N bytes and end where the low bytes start: checked before
+     * decompressing, so a signed-but-wrong chunk cannot make us write past the buffer or spin on
+     * huge output. */
+    unsigned long long fcs = ZSTD_getFrameContentSize(in, zlen);
+    if (fcs != nv)
+        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame declares %lld bytes, expected %zu",
+                        fcs >= ZSTD_CONTENTSIZE_ERROR ? -1LL : (long long)fcs, nv);
+    size_t fs = ZSTD_findFrameCompressedSize(in, zlen);
+    if (fs != zlen)
+        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame of the high bytes is %lld bytes, expected %zu",
+                        ZSTD_isError(fs) ? -1LL : (long long)fs, zlen);
+    uint8_t *hi = scratch(c, nv);
+    if (!hi)
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");
+    if (!c->dctx && !(c->dctx = ZSTD_createDCtx()))
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory creating a zstd context");
+    size_t z = ZSTD_decompressDCtx(c->dctx, hi, nv, in, zlen);
+    if (ZSTD_isError(z) || z != nv)
+        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s", ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
+    merge_planes(in + zlen, hi, nv, kv);
+    return KVB_OK;
 }
 
 kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *kv, uint32_t n_layer,
@@ -202,14 +403,24 @@ kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *k
     uint64_t pbytes = payload_bytes(codec, n_layer, n, kv_dim);
     if ((unsigned)codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)codec);
-    if (pbytes > SIZE_MAX / 2)
+    if (pbytes > SIZE_MAX / 4)
         return kvb_fail(err, errlen, KVB_ERR_LIMIT, "chunk of %llu bytes is too large", (unsigned long long)pbytes);
+    kvb_status st = kvb_chunk_check(codec, kv, n_layer, n, kv_dim, err, errlen);
+    if (st)
+        return st;
+    if (codec == KVB_CODEC_F16_ZSTD)
+        return encode_f16_zstd(c, kv, (size_t)nvals, out, outlen, err, errlen);
     if (codec == KVB_CODEC_F16) {
         uint8_t *o = malloc(pbytes ? pbytes : 1);
         if (!o)
             return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory encoding a chunk");
+#ifdef KVB_HOST_LE
+        memcpy(o, kv, pbytes);
+#else
         for (uint64_t i = 0; i < nvals; i++)
             kvb_put16(o + 2 * i, kv[i]);
+#endif
+        (void)nvals;
         *out = o;
         *outlen = pbytes;
         return KVB_OK;
@@ -217,31 +428,20 @@ kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *k
     uint8_t *p = scratch(c, pbytes);
     if (!p)
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory encoding a chunk");
-    if (codec == KVB_CODEC_F16_ZSTD) {
-        for (uint64_t i = 0; i < nvals; i++) { /* low bytes, then high bytes */
-            p[i] = (uint8_t)kv[i];
-            p[nvals + i] = (uint8_t)(kv[i] >> 8);
-        }
-    } else {
-        size_t layer_vals = (size_t)n * kv_dim;
-        uint64_t lb = q_layer_bytes(codec, n, kv_dim);
-        for (uint32_t l = 0; l < n_layer; l++) {
-            const uint16_t *k = kv + 2 * l * layer_vals, *v = k + layer_vals;
-            kvb_status st = quant_layer(codec, k, v, n, kv_dim, p + l * lb, l, err, errlen);
-            if (st)
-                return st;
-        }
+    size_t layer_vals = (size_t)n * kv_dim;
+    uint64_t lb = q_layer_bytes(codec, n, kv_dim);
+    for (uint32_t l = 0; l < n_layer; l++) {
+        const uint16_t *k = kv + 2 * l * layer_vals, *v = k + layer_vals;
+        quant_layer(codec, k, v, n, kv_dim, p + l * lb);
     }
-    if (!c->cctx && !(c->cctx = ZSTD_createCCtx()))
-        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory creating a zstd context");
-    size_t bound = ZSTD_compressBound(pbytes);
+    size_t bound = ZSTD_compressBound(pbytes), z = 0;
     uint8_t *o = malloc(bound);
     if (!o)
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory encoding a chunk");
-    size_t z = ZSTD_compressCCtx(c->cctx, o, bound, p, pbytes, c->level);
-    if (ZSTD_isError(z)) {
+    st = zstd_into(c, o, bound, p, pbytes, &z, err, errlen);
+    if (st) {
         free(o);
-        return kvb_fail(err, errlen, KVB_ERR_INTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(z));
+        return st;
     }
     uint8_t *shrunk = realloc(o, z ? z : 1);
     *out = shrunk ? shrunk : o;
@@ -259,10 +459,17 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
         if (len != pbytes)
             return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16 chunk is %zu bytes, expected %llu", len,
                             (unsigned long long)pbytes);
+#ifdef KVB_HOST_LE
+        memcpy(kv, in, pbytes);
+#else
         for (uint64_t i = 0; i < nvals; i++)
             kv[i] = kvb_le16(in + 2 * i);
+#endif
+        (void)nvals;
         return KVB_OK;
     }
+    if (codec == KVB_CODEC_F16_ZSTD)
+        return decode_f16_zstd(c, in, len, (size_t)nvals, kv, err, errlen);
     if ((unsigned)codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)codec);
     /* The frame must declare exactly the payload size: checked before decompressing so a
@@ -274,21 +481,23 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
     uint8_t *p = scratch(c, pbytes);
     if (!p)
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");
+    if (c->fscale_cap < kv_dim) {
+        free(c->fscale);
+        c->fscale = malloc(sizeof(float) * kv_dim);
+        c->fscale_cap = c->fscale ? kv_dim : 0;
+        if (!c->fscale)
+            return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");
+    }
     if (!c->dctx && !(c->dctx = ZSTD_createDCtx()))
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory creating a zstd context");
     size_t z = ZSTD_decompressDCtx(c->dctx, p, pbytes, in, len);
     if (ZSTD_isError(z) || z != pbytes)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s",
                         ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
-    if (codec == KVB_CODEC_F16_ZSTD) {
-        const uint8_t *lo = p, *hi = p + nvals;
-        for (uint64_t i = 0; i < nvals; i++)
-            kv[i] = (uint16_t)(lo[i] | (hi[i] << 8));
-        return KVB_OK;
-    }
     size_t layer_vals = (size_t)n * kv_dim;
     uint64_t lb = q_layer_bytes(codec, n, kv_dim);
     for (uint32_t l = 0; l < n_layer; l++)
-        dequant_layer(codec, p + l * lb, n, kv_dim, kv + 2 * l * layer_vals, kv + (2 * l + 1) * layer_vals);
+        dequant_layer(codec, p + l * lb, n, kv_dim, c->fscale, kv + 2 * l * layer_vals,
+                      kv + (2 * l + 1) * layer_vals);
     return KVB_OK;
 }

@@ -45,6 +45,14 @@ static inline uint64_t kvb_chunk_values(uint32_t n_layer, uint32_t n, uint32_t k
 /* Most bytes a chunk of raw_bytes may take when stored with codec c (a reader refuses more). */
 uint64_t kvb_codec_max_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_t kv_dim);
 
+/* Writers' zstd level when kvb_write_opts.zstd_level is 0 (spec/kvblob.md section 6). */
+#define KVB_DEFAULT_ZSTD_LEVEL 3
+
+/* Checks that kv ((n_layer, 2, n, kv_dim) f16) can be encoded with codec: q8/q4 refuse
+ * non-finite values (KVB_ERR_USAGE naming the first). Lossless codecs accept anything. */
+kvb_status kvb_chunk_check(kvb_codec codec, const uint16_t *kv, uint32_t n_layer, uint32_t n, uint32_t kv_dim,
+                           char *err, size_t errlen);
+
 /* Per-thread codec scratch (zstd contexts + buffers); create returns NULL on OOM. */
 typedef struct kvb_codec_ctx kvb_codec_ctx;
 kvb_codec_ctx *kvb_codec_ctx_create(int zstd_level);

@@ -1,24 +1,30 @@
 /* kvb_reader.c: the streaming reader. Bytes arrive in pieces of any size; the signature over
  * the raw header+manifest is checked before the manifest is parsed, each section's SHA-256
  * before it is decoded; chunks are hashed and decoded on a small pthread pool and handed to
- * the caller strictly in order, on the caller's thread. Also the manifest-only peek. */
+ * the caller strictly in order, on the caller's thread. A chunk that arrives whole inside one
+ * piece is hashed and decoded straight from the caller's bytes (feed waits for those jobs
+ * before it returns); otherwise its bytes are gathered once into the chunk's slot, or read
+ * there directly through kvb_reader_buffer/commit. Also the manifest-only peek. */
 #include "format/kvb_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-enum { ERRLEN = 256, MAX_THREADS = 64 };
+enum { ERRLEN = 256, MAX_THREADS = 64, STAGE = 64 << 10 };
 enum phase { P_HEADER, P_PREFIX, P_PAD, P_SECTION, P_DONE };
 enum slot_state { S_EMPTY, S_QUEUED, S_RUNNING, S_DONE };
 
 /* One chunk in flight: its stored bytes, its decoded K/V, its outcome. */
 typedef struct slot {
-    uint8_t *in;
+    uint8_t *in;            /* owned copy, when the chunk arrived in several pieces */
     size_t in_cap, in_len;
+    const uint8_t *data;    /* the stored bytes: in, or the caller's piece (borrowed) */
+    int borrowed;
     uint16_t *out;
     size_t out_cap;  /* bytes */
     uint32_t index;
@@ -56,6 +62,10 @@ struct kvb_reader {
     pthread_cond_t cv_work, cv_done;
     int shutdown;
     kvb_codec_ctx *inline_ctx;
+    int borrowing;          /* some slot's data points into the piece being fed */
+    uint8_t *stage;         /* kvb_reader_buffer for padding and trailing bytes */
+    uint8_t *lent;          /* what kvb_reader_buffer returned last (NULL: nothing lent) */
+    size_t lent_len;
 };
 
 static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -115,6 +125,7 @@ void kvb_reader_free(kvb_reader *r)
     kvb_manifest_free(r->m);
     free(r->tokbuf);
     free(r->tokens);
+    free(r->stage);
     kvb_codec_ctx_free(r->inline_ctx);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv_work);
@@ -133,7 +144,7 @@ static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
     const kvb_manifest *m = r->m;
     const kvb_section *sec = &m->chunks[s->index];
     uint8_t h[KVC_SHA256_LEN];
-    kvc_sha256(s->in, s->in_len, h);
+    kvc_sha256(s->data, s->in_len, h);
     if (memcmp(h, sec->sha256, KVC_SHA256_LEN) != 0) {
         s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_CHUNK_HASH, "chunk %u of %u: sha256 mismatch", s->index,
                          m->n_chunks);
@@ -148,7 +159,7 @@ static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
         return;
     }
     char e[ERRLEN - 40];
-    s->st = kvb_chunk_decode(cc, m->codec, s->in, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->out,
+    s->st = kvb_chunk_decode(cc, m->codec, s->data, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->out,
                              e, sizeof e);
     if (s->st)
         snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
@@ -268,12 +279,6 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
             return r->st;
     slot *s = &r->slots[r->next_submit % r->nslots];
     const kvb_section *sec = &r->m->chunks[i];
-    if (s->in_cap < sec->length) {
-        free(s->in);
-        /* the manifest parser bounded length by the codec's maximum for this chunk shape */
-        s->in = malloc(sec->length);
-        s->in_cap = s->in ? sec->length : 0;
-    }
     s->index = i;
     s->decode = !r->o.no_decode && (r->o.max_chunks == 0 || i < r->o.max_chunks);
     size_t outb = 2 * kvb_chunk_values(r->m->n_layer, sec->t1 - sec->t0, r->m->kv_dim);
@@ -282,11 +287,47 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
         s->out = malloc(outb);
         s->out_cap = s->out ? outb : 0;
     }
-    if (!s->in || (s->decode && !s->out))
+    if (s->decode && !s->out)
         return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
     s->in_len = 0;
+    s->data = NULL;
+    s->borrowed = 0;
     r->cur = s;
     return KVB_OK;
+}
+
+/* The current chunk's own buffer, allocated on first use (the manifest parser bounded the
+ * length by the codec's maximum for this chunk shape). */
+static kvb_status own_buffer(kvb_reader *r)
+{
+    slot *s = r->cur;
+    uint64_t len = r->m->chunks[s->index].length;
+    if (s->in_cap < len) {
+        free(s->in);
+        s->in = malloc(len);
+        s->in_cap = s->in ? len : 0;
+        if (!s->in)
+            return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);
+    }
+    s->data = s->in;
+    return KVB_OK;
+}
+
+/* Before feed returns: no job may still read the caller's piece. Finished jobs keep their
+ * decoded output, so they are delivered later as usual. */
+static void wait_borrowed(kvb_reader *r)
+{
+    if (!r->borrowing)
+        return;
+    pthread_mutex_lock(&r->mu);
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        slot *s = &r->slots[i];
+        while (s->borrowed && (s->state == S_QUEUED || s->state == S_RUNNING))
+            pthread_cond_wait(&r->cv_done, &r->mu);
+        s->borrowed = 0;
+    }
+    pthread_mutex_unlock(&r->mu);
+    r->borrowing = 0;
 }
 
 static void submit_chunk(kvb_reader *r)
@@ -308,6 +349,22 @@ static void submit_chunk(kvb_reader *r)
 }
 
 /* ---- the byte-stream state machine ---- */
+
+/* memcpy, except that bytes read straight into place (kvb_reader_buffer) stay where they are. */
+static void put(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (dst != src)
+        memcpy(dst, src, n);
+}
+
+/* Padding done: the next section (token ids or chunk r->sec) starts at r->pos. */
+static void enter_section(kvb_reader *r)
+{
+    r->phase = P_SECTION;
+    r->sec_have = 0;
+    if (r->sec >= 0)
+        begin_chunk(r, (uint32_t)r->sec);
+}
 
 static kvb_status on_header(kvb_reader *r)
 {
@@ -428,7 +485,7 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
         switch (r->phase) {
         case P_HEADER:
             take = KVB_HEADER_LEN - r->pos < len ? KVB_HEADER_LEN - r->pos : len;
-            memcpy(r->hdr + r->pos, p, take);
+            put(r->hdr + r->pos, p, take);
             if (r->pos + take == KVB_HEADER_LEN) {
                 r->pos += take;
                 p += take;
@@ -439,7 +496,7 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
             break;
         case P_PREFIX:
             take = r->prefix_len - r->pos < len ? r->prefix_len - r->pos : len;
-            memcpy(r->prefix + r->pos, p, take);
+            put(r->prefix + r->pos, p, take);
             if (r->pos + take == r->prefix_len) {
                 r->pos += take;
                 p += take;
@@ -458,21 +515,26 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
                     feeder_fail(r, KVB_ERR_MALFORMED, msg);
                     break;
                 }
-            if (!r->st && r->pos + take == r->pad_to) {
-                r->phase = P_SECTION;
-                r->sec_have = 0;
-                if (r->sec >= 0)
-                    begin_chunk(r, (uint32_t)r->sec);
-            }
+            if (!r->st && r->pos + take == r->pad_to)
+                enter_section(r);
             break;
         case P_SECTION: {
             uint64_t slen = r->sec < 0 ? r->m->tokens.length : r->m->chunks[r->sec].length;
             take = slen - r->sec_have < len ? (size_t)(slen - r->sec_have) : len;
             if (r->sec < 0) {
-                memcpy(r->tokbuf + r->sec_have, p, take);
+                put(r->tokbuf + r->sec_have, p, take);
             } else {
-                memcpy(r->cur->in + r->cur->in_len, p, take);
-                r->cur->in_len += take;
+                slot *s = r->cur;
+                if (s->in_len == 0 && take == slen && !(s->in && p == s->in)) {
+                    s->data = p; /* whole chunk in this piece: no copy */
+                    s->borrowed = 1;
+                    r->borrowing = 1;
+                } else if (own_buffer(r) != KVB_OK) {
+                    break;
+                } else {
+                    put(s->in + s->in_len, p, take);
+                }
+                s->in_len += take;
             }
             r->sec_have += take;
             if (r->sec_have == slen) {
@@ -496,7 +558,69 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
         p += take;
         len -= take;
     }
+    wait_borrowed(r);
     return ret(r, err, errlen);
+}
+
+kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, size_t errlen)
+{
+    *buf = NULL;
+    *len = 0;
+    r->lent = NULL;
+    if (r->st)
+        return ret(r, err, errlen);
+    if (r->phase == P_PAD && r->pos == r->pad_to)
+        enter_section(r); /* no padding: the section starts here */
+    uint8_t *p = NULL;
+    size_t n = 0;
+    switch (r->phase) {
+    case P_HEADER:
+        p = r->hdr + r->pos;
+        n = KVB_HEADER_LEN - r->pos;
+        break;
+    case P_PREFIX:
+        p = r->prefix + r->pos;
+        n = r->prefix_len - r->pos;
+        break;
+    case P_SECTION:
+        if (r->sec < 0) {
+            p = r->tokbuf + r->sec_have;
+            n = r->m->tokens.length - r->sec_have;
+        } else if (own_buffer(r) == KVB_OK) {
+            p = r->cur->in + r->cur->in_len;
+            n = r->m->chunks[r->sec].length - r->sec_have;
+        }
+        break;
+    case P_PAD:
+    case P_DONE:
+        if (!r->stage && !(r->stage = malloc(STAGE))) {
+            set_err(r, KVB_ERR_NOMEM, "out of memory");
+            break;
+        }
+        p = r->stage;
+        n = r->phase == P_PAD && r->pad_to - r->pos < STAGE ? (size_t)(r->pad_to - r->pos) : STAGE;
+        break;
+    }
+    if (r->st)
+        return ret(r, err, errlen);
+    r->lent = p;
+    r->lent_len = n;
+    *buf = p;
+    *len = n;
+    return KVB_OK;
+}
+
+kvb_status kvb_reader_commit(kvb_reader *r, size_t n, char *err, size_t errlen)
+{
+    uint8_t *p = r->lent;
+    if (r->st)
+        return ret(r, err, errlen);
+    if (!p || n > r->lent_len) {
+        set_err(r, KVB_ERR_USAGE, "reader: commit of %zu bytes without a buffer of that size", n);
+        return ret(r, err, errlen);
+    }
+    r->lent = NULL;
+    return kvb_reader_feed(r, p, n, err, errlen);
 }
 
 kvb_status kvb_reader_finish(kvb_reader *r, char *err, size_t errlen)
@@ -522,20 +646,32 @@ kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manife
 {
     if (mout)
         *mout = NULL;
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f)
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
     kvb_reader *r = kvb_reader_create(opts);
-    uint8_t *buf = malloc(1 << 20);
     kvb_status st = KVB_OK;
-    if (!r || !buf) {
+    if (!r) {
         st = kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
     } else {
-        size_t n;
-        while (!st && (n = fread(buf, 1, 1 << 20, f)) > 0)
-            st = kvb_reader_feed(r, buf, n, err, errlen);
-        if (!st && ferror(f))
-            st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error: %s", path, strerror(errno));
+        /* read(2) straight into the reader's buffers: the kernel's copy is the only one */
+        for (;;) {
+            void *buf;
+            size_t cap;
+            if ((st = kvb_reader_buffer(r, &buf, &cap, err, errlen)) != KVB_OK)
+                break;
+            ssize_t n = read(fd, buf, cap < (1u << 30) ? cap : (1u << 30));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error: %s", path, strerror(errno));
+                break;
+            }
+            if (n == 0)
+                break;
+            if ((st = kvb_reader_commit(r, (size_t)n, err, errlen)) != KVB_OK)
+                break;
+        }
         if (!st)
             st = kvb_reader_finish(r, err, errlen);
         if (r->m && mout) {
@@ -546,10 +682,9 @@ kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manife
         if (r->m && hout)
             *hout = r->h;
     }
-    free(buf);
     kvb_reader_free(r);
-    if (f != stdin)
-        fclose(f);
+    if (fd != STDIN_FILENO)
+        close(fd);
     return st;
 }
 

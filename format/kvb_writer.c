@@ -1,13 +1,26 @@
 /* kvb_writer.c: builds a blob: encodes chunks as they are added (kept in memory, because the
- * signed manifest that precedes them lists their hashes), then signs and emits it. */
+ * signed manifest that precedes them lists their hashes), then signs and emits it. Chunks are
+ * encoded and hashed on a small pthread pool; each chunk's bytes depend only on its values and
+ * the zstd level, and offsets are assigned in chunk order afterwards, so the blob is the same
+ * whatever the thread count. */
 #include "format/kvb_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+enum { ERRLEN = 256, MAX_THREADS = 64 };
+
+/* One chunk waiting for or being encoded by a worker: a private copy of its values. */
+typedef struct job {
+    uint16_t *raw;     /* (n_layer, 2, n, kv_dim) */
+    uint32_t index, n;
+    int busy;          /* queued or running */
+} job;
 
 struct kvb_writer {
     kvb_manifest m;        /* copy of the caller's "in" fields; strings below */
@@ -16,8 +29,156 @@ struct kvb_writer {
     kvb_section *secs;     /* n_chunks */
     uint8_t **enc;         /* encoded chunk bytes */
     uint32_t added;        /* chunks added so far */
-    kvb_codec_ctx *codec;
+    int settled;           /* offsets assigned (all chunks encoded) */
+    int zstd_level;
+    kvb_codec_ctx *codec;  /* the caller's thread (no pool) */
+    /* encode pool: jobs form a ring indexed by chunk number */
+    int nthreads;
+    pthread_t thr[MAX_THREADS];
+    job *jobs;
+    uint32_t njobs, next_run, done;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    int shutdown;
+    kvb_status st;         /* first failure by chunk index */
+    uint32_t st_index;
+    char err[ERRLEN];
 };
+
+static void *encode_worker(void *arg);
+
+/* Starts up to want workers (fewer is still correct: 0 = encode on the caller's thread). */
+static void start_pool(kvb_writer *w, int want)
+{
+    if (want <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        want = n > 0 ? (int)n : 1;
+    }
+    if (want > MAX_THREADS)
+        want = MAX_THREADS;
+    if (want < 2 || w->m.n_chunks < 2)
+        return;
+    w->njobs = 2 * (uint32_t)want;
+    w->jobs = calloc(w->njobs, sizeof *w->jobs);
+    if (!w->jobs)
+        return;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv_work, NULL);
+    pthread_cond_init(&w->cv_done, NULL);
+    for (int i = 0; i < want; i++) {
+        if (pthread_create(&w->thr[i], NULL, encode_worker, w) != 0)
+            break;
+        w->nthreads++;
+    }
+    if (w->nthreads == 0) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv_work);
+        pthread_cond_destroy(&w->cv_done);
+        free(w->jobs);
+        w->jobs = NULL;
+        w->njobs = 0;
+    }
+}
+
+/* Encodes and hashes chunk i from kv; on failure records it if it is the earliest so far
+ * (called with w->mu held when pooled: only the recording). */
+static kvb_status encode_chunk(kvb_writer *w, kvb_codec_ctx *cc, const uint16_t *kv, uint32_t i, uint32_t n,
+                               char *err, size_t errlen)
+{
+    size_t len = 0;
+    if (!cc)
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
+    kvb_status st = kvb_chunk_encode(cc, w->m.codec, kv, w->m.n_layer, n, w->m.kv_dim, &w->enc[i], &len, err, errlen);
+    if (st)
+        return st;
+    kvb_section *s = &w->secs[i];
+    s->length = len;
+    s->t0 = i * w->m.chunk_tokens;
+    s->t1 = s->t0 + n;
+    kvc_sha256(w->enc[i], len, s->sha256);
+    return KVB_OK;
+}
+
+static void *encode_worker(void *arg)
+{
+    kvb_writer *w = arg;
+    kvb_codec_ctx *cc = kvb_codec_ctx_create(w->zstd_level);
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->shutdown && w->next_run == w->added)
+            pthread_cond_wait(&w->cv_work, &w->mu);
+        if (w->next_run == w->added) /* shutdown and nothing left */
+            break;
+        job *j = &w->jobs[w->next_run % w->njobs];
+        w->next_run++;
+        pthread_mutex_unlock(&w->mu);
+        char e[ERRLEN];
+        kvb_status st = encode_chunk(w, cc, j->raw, j->index, j->n, e, sizeof e);
+        pthread_mutex_lock(&w->mu);
+        if (st && (!w->st || j->index < w->st_index)) {
+            w->st = st;
+            w->st_index = j->index;
+            snprintf(w->err, sizeof w->err, "%s", e);
+        }
+        j->busy = 0;
+        w->done++;
+        pthread_cond_broadcast(&w->cv_done);
+    }
+    pthread_mutex_unlock(&w->mu);
+    kvb_codec_ctx_free(cc);
+    return NULL;
+}
+
+/* Waits for every queued chunk; then assigns offsets in chunk order (once). */
+static kvb_status settle(kvb_writer *w, char *err, size_t errlen)
+{
+    if (w->nthreads) {
+        pthread_mutex_lock(&w->mu);
+        while (w->done != w->added)
+            pthread_cond_wait(&w->cv_done, &w->mu);
+        pthread_mutex_unlock(&w->mu);
+    }
+    if (w->st)
+        return kvb_fail(err, errlen, w->st, "%s", w->err);
+    if (w->added != w->m.n_chunks)
+        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: %u of %u chunks added", w->added, w->m.n_chunks);
+    if (w->settled)
+        return KVB_OK;
+    uint64_t end = w->m.tokens.length;
+    w->m.stored_bytes = 0;
+    for (uint32_t i = 0; i < w->m.n_chunks; i++) {
+        w->secs[i].offset = kvb_align(end);
+        end = w->secs[i].offset + w->secs[i].length;
+        w->m.stored_bytes += w->secs[i].length;
+    }
+    w->settled = 1;
+    return KVB_OK;
+}
+
+/* Reserves the job for chunk w->added, waiting for the one that last used it. NULL on OOM. */
+static job *take_job(kvb_writer *w)
+{
+    job *j = &w->jobs[w->added % w->njobs];
+    pthread_mutex_lock(&w->mu);
+    while (j->busy)
+        pthread_cond_wait(&w->cv_done, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    if (!j->raw)
+        j->raw = malloc(2 * kvb_chunk_values(w->m.n_layer, w->m.chunk_tokens, w->m.kv_dim));
+    return j->raw ? j : NULL;
+}
+
+/* Hands the filled job for chunk w->added (n tokens) to the pool. */
+static void queue_job(kvb_writer *w, job *j, uint32_t n)
+{
+    j->index = w->added;
+    j->n = n;
+    j->busy = 1;
+    pthread_mutex_lock(&w->mu);
+    w->added++;
+    pthread_cond_signal(&w->cv_work);
+    pthread_mutex_unlock(&w->mu);
+}
 
 static char *dupstr(const char *s)
 {
@@ -49,7 +210,8 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->tok = malloc(4ull * m.n_tokens);
     w->secs = calloc(w->m.n_chunks, sizeof *w->secs);
     w->enc = calloc(w->m.n_chunks, sizeof *w->enc);
-    w->codec = kvb_codec_ctx_create(opts ? opts->zstd_level : 0);
+    w->zstd_level = opts ? opts->zstd_level : 0;
+    w->codec = kvb_codec_ctx_create(w->zstd_level);
     if (!w->strs[0] || !w->strs[1] || !w->strs[2] || !w->strs[3] || !w->tok || !w->secs || !w->enc || !w->codec) {
         kvb_writer_free(w);
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
@@ -67,6 +229,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->m.tokens.t1 = m.n_tokens;
     kvc_sha256(w->tok, 4ull * m.n_tokens, w->m.tokens.sha256);
     memcpy(w->m.tokens_sha256, w->m.tokens.sha256, KVC_SHA256_LEN);
+    start_pool(w, opts ? opts->n_threads : 0);
     *out = w;
     return KVB_OK;
 }
@@ -75,6 +238,20 @@ void kvb_writer_free(kvb_writer *w)
 {
     if (!w)
         return;
+    if (w->nthreads) {
+        pthread_mutex_lock(&w->mu);
+        w->shutdown = 1; /* workers finish what is queued, then exit */
+        pthread_cond_broadcast(&w->cv_work);
+        pthread_mutex_unlock(&w->mu);
+        for (int i = 0; i < w->nthreads; i++)
+            pthread_join(w->thr[i], NULL);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv_work);
+        pthread_cond_destroy(&w->cv_done);
+    }
+    for (uint32_t i = 0; i < w->njobs; i++)
+        free(w->jobs[i].raw);
+    free(w->jobs);
     for (int i = 0; i < 4; i++)
         free(w->strs[i]);
     if (w->enc)
@@ -87,30 +264,71 @@ void kvb_writer_free(kvb_writer *w)
     free(w);
 }
 
-kvb_status kvb_writer_add_chunk(kvb_writer *w, const uint16_t *kv, uint32_t n, char *err, size_t errlen)
+/* Tokens in chunk i. */
+static uint32_t chunk_n(const kvb_writer *w, uint32_t i)
 {
-    if (w->added >= w->m.n_chunks)
-        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: all %u chunks were already added", w->m.n_chunks);
-    uint32_t i = w->added, t0 = i * w->m.chunk_tokens;
-    uint32_t want = w->m.n_tokens - t0 < w->m.chunk_tokens ? w->m.n_tokens - t0 : w->m.chunk_tokens;
-    if (n != want)
-        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: chunk %u of %u has %u tokens, expected %u", i,
-                        w->m.n_chunks, n, want);
-    size_t len = 0;
-    kvb_status st = kvb_chunk_encode(w->codec, w->m.codec, kv, w->m.n_layer, n, w->m.kv_dim, &w->enc[i], &len,
-                                     err, errlen);
+    uint32_t t0 = i * w->m.chunk_tokens;
+    return w->m.n_tokens - t0 < w->m.chunk_tokens ? w->m.n_tokens - t0 : w->m.chunk_tokens;
+}
+
+/* Common checks before adding a chunk of n tokens. */
+static kvb_status can_add(kvb_writer *w, uint32_t n, char *err, size_t errlen)
+{
+    kvb_status st = KVB_OK;
+    if (w->nthreads)
+        pthread_mutex_lock(&w->mu);
+    if (w->st)
+        st = kvb_fail(err, errlen, w->st, "%s", w->err); /* a worker's failure, reported once known */
+    if (w->nthreads)
+        pthread_mutex_unlock(&w->mu);
     if (st)
         return st;
-    kvb_section *s = &w->secs[i];
-    uint64_t prev_end = i ? w->secs[i - 1].offset + w->secs[i - 1].length : w->m.tokens.length;
-    s->offset = kvb_align(prev_end);
-    s->length = len;
-    s->t0 = t0;
-    s->t1 = t0 + n;
-    kvc_sha256(w->enc[i], len, s->sha256);
-    w->m.stored_bytes += len;
-    w->added++;
+    if (w->added >= w->m.n_chunks)
+        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: all %u chunks were already added", w->m.n_chunks);
+    uint32_t want = chunk_n(w, w->added);
+    if (n != want)
+        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: chunk %u of %u has %u tokens, expected %u", w->added,
+                        w->m.n_chunks, n, want);
     return KVB_OK;
+}
+
+/* Adds chunk w->added from kv (chunk layout) on the caller's thread. */
+static kvb_status add_sync(kvb_writer *w, const uint16_t *kv, uint32_t n, char *err, size_t errlen)
+{
+    kvb_status st = encode_chunk(w, w->codec, kv, w->added, n, err, errlen);
+    if (!st)
+        w->added++;
+    return st;
+}
+
+kvb_status kvb_writer_add_chunk(kvb_writer *w, const uint16_t *kv, uint32_t n, char *err, size_t errlen)
+{
+    kvb_status st = can_add(w, n, err, errlen);
+    if (st)
+        return st;
+    if (!w->nthreads)
+        return add_sync(w, kv, n, err, errlen);
+    /* refuse bad values now, on the caller's thread, rather than at finish */
+    st = kvb_chunk_check(w->m.codec, kv, w->m.n_layer, n, w->m.kv_dim, err, errlen);
+    if (st)
+        return st;
+    job *j = take_job(w);
+    if (!j)
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
+    memcpy(j->raw, kv, 2 * kvb_chunk_values(w->m.n_layer, n, w->m.kv_dim));
+    queue_job(w, j, n);
+    return KVB_OK;
+}
+
+/* Copies rows [t0, t0+n) of every layer into buf in chunk layout (n_layer, 2, n, kv_dim). */
+static void gather(const kvb_writer *w, const uint16_t *const *k, const uint16_t *const *v, uint32_t t0, uint32_t n,
+                   uint16_t *buf)
+{
+    size_t row = w->m.kv_dim;
+    for (uint32_t l = 0; l < w->m.n_layer; l++) { /* rows [t0, t0+n) are contiguous per layer */
+        memcpy(buf + (size_t)(2 * l) * n * row, k[l] + (size_t)t0 * row, (size_t)n * row * 2);
+        memcpy(buf + (size_t)(2 * l + 1) * n * row, v[l] + (size_t)t0 * row, (size_t)n * row * 2);
+    }
 }
 
 kvb_status kvb_writer_add_layers(kvb_writer *w, const uint16_t *const *k, const uint16_t *const *v,
@@ -119,18 +337,26 @@ kvb_status kvb_writer_add_layers(kvb_writer *w, const uint16_t *const *k, const 
     if (w->added)
         return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: add_layers after add_chunk");
     const kvb_manifest *m = &w->m;
-    size_t row = m->kv_dim;
-    uint16_t *buf = malloc(2 * kvb_chunk_values(m->n_layer, m->chunk_tokens, m->kv_dim));
-    if (!buf)
+    uint16_t *buf = NULL;
+    if (!w->nthreads && !(buf = malloc(2 * kvb_chunk_values(m->n_layer, m->chunk_tokens, m->kv_dim))))
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
     kvb_status st = KVB_OK;
-    for (uint32_t t0 = 0; t0 < m->n_tokens && !st; t0 += m->chunk_tokens) {
-        uint32_t n = m->n_tokens - t0 < m->chunk_tokens ? m->n_tokens - t0 : m->chunk_tokens;
-        for (uint32_t l = 0; l < m->n_layer; l++) { /* rows [t0, t0+n) are contiguous per layer */
-            memcpy(buf + (size_t)(2 * l) * n * row, k[l] + (size_t)t0 * row, (size_t)n * row * 2);
-            memcpy(buf + (size_t)(2 * l + 1) * n * row, v[l] + (size_t)t0 * row, (size_t)n * row * 2);
+    for (uint32_t i = 0; i < m->n_chunks && !st; i++) {
+        uint32_t n = chunk_n(w, i), t0 = i * m->chunk_tokens;
+        if (!w->nthreads) {
+            gather(w, k, v, t0, n, buf);
+            st = add_sync(w, buf, n, err, errlen);
+            continue;
         }
-        st = kvb_writer_add_chunk(w, buf, n, err, errlen);
+        job *j = take_job(w); /* gathered straight into the job: one copy */
+        if (!j) {
+            st = kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
+            break;
+        }
+        gather(w, k, v, t0, n, j->raw);
+        st = kvb_chunk_check(m->codec, j->raw, m->n_layer, n, m->kv_dim, err, errlen);
+        if (!st)
+            queue_job(w, j, n);
     }
     free(buf);
     return st;
@@ -141,13 +367,14 @@ typedef int (*sink_fn)(void *ctx, const void *p, size_t n);
 
 static kvb_status emit(kvb_writer *w, const kvc_key *key, sink_fn sink, void *ctx, char *err, size_t errlen)
 {
-    if (w->added != w->m.n_chunks)
-        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: %u of %u chunks added", w->added, w->m.n_chunks);
+    kvb_status st = settle(w, err, errlen);
+    if (st)
+        return st;
     if (!key || !kvc_key_is_private(key))
         return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: a private key is required to sign");
     char *json = NULL;
     size_t jlen = 0;
-    kvb_status st = kvb_manifest_serialize(&w->m, &json, &jlen, err, errlen);
+    st = kvb_manifest_serialize(&w->m, &json, &jlen, err, errlen);
     if (st)
         return st;
     size_t plen = KVB_HEADER_LEN + jlen + KVC_SIG_LEN;
@@ -207,11 +434,12 @@ kvb_status kvb_writer_finish_mem(kvb_writer *w, const kvc_key *key, uint8_t **ou
 {
     *out = NULL;
     *len = 0;
-    if (w->added != w->m.n_chunks)
-        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: %u of %u chunks added", w->added, w->m.n_chunks);
+    kvb_status st = settle(w, err, errlen);
+    if (st)
+        return st;
     char *json = NULL;
     size_t jlen = 0;
-    kvb_status st = kvb_manifest_serialize(&w->m, &json, &jlen, err, errlen);
+    st = kvb_manifest_serialize(&w->m, &json, &jlen, err, errlen);
     if (st)
         return st;
     free(json);

@@ -198,11 +198,21 @@ typedef struct kvb_reader kvb_reader;
 kvb_reader *kvb_reader_create(const kvb_read_opts *opts) KVB_WUR;
 void kvb_reader_free(kvb_reader *r); /* NULL is a no-op; stops its worker threads */
 
-/* Feeds the next len bytes of the blob, in pieces of any size. Verifies the signature over the
+/* Feeds the next len bytes of the blob, in pieces of any size (borrowed only during the call: a
+ * chunk that lies whole inside the piece is hashed and decoded from it in place, and the call
+ * waits for that before returning; other chunk bytes are copied once). Verifies the signature over the
  * raw header+manifest bytes before parsing the manifest, and each section's SHA-256 before
  * decoding it. Returns KVB_OK or the first error (sticky: later calls return it again, with
  * the same message). err gets one line such as "chunk 3 of 16: sha256 mismatch". */
 kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *err, size_t errlen) KVB_WUR;
+/* Zero-copy feeding, an alternative to kvb_reader_feed (mix them freely): *buf gets where the
+ * next bytes of the blob go and *len how many of them fit there (> 0); write n <= *len bytes
+ * there (e.g. read(2) into it), then kvb_reader_commit(r, n). Chunk bytes land directly in the
+ * buffer they are hashed and decoded from. The buffer is borrowed from r and valid until the
+ * next call on r. Returns KVB_OK or the sticky error. */
+kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, size_t errlen) KVB_WUR;
+/* Feeds the n bytes written into the buffer that kvb_reader_buffer returned last. */
+kvb_status kvb_reader_commit(kvb_reader *r, size_t n, char *err, size_t errlen) KVB_WUR;
 /* Declares end of input: waits for pending decodes, delivers them, and returns KVB_OK only if
  * the whole blob was received and verified (else e.g. KVB_ERR_TRUNCATED). */
 kvb_status kvb_reader_finish(kvb_reader *r, char *err, size_t errlen) KVB_WUR;
@@ -222,13 +232,17 @@ kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manife
 /* ---- writing ---- */
 
 typedef struct kvb_write_opts {
-    int zstd_level;  /* 0 = 3 */
+    int zstd_level;  /* 0 = the default (3); the blob's bytes depend on it */
+    int n_threads;   /* encode workers; 0 = online cores; 1 = on the caller's thread. The blob's
+                        bytes do not depend on it. */
 } kvb_write_opts;
 
 typedef struct kvb_writer kvb_writer;
 
 /* Starts a blob. meta: the "in" fields of the manifest (copied). tokens: n_tokens ids (copied).
- * opts may be NULL. Encoded chunks are kept in memory until finish. */
+ * opts may be NULL (defaults). Encoded chunks are kept in memory until finish. With encode
+ * workers, add_chunk copies kv and returns while the chunk is encoded in the background; an
+ * encoding failure other than a refused value is then reported by the next call or by finish. */
 kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
                              const kvb_write_opts *opts, kvb_writer **out,
                              char *err, size_t errlen) KVB_WUR;

@@ -101,9 +101,10 @@ static struct eng_vocab *make_bpe(const char *pre)
     }
     /* merges in rank order; each result is a token (\xC4\xA0 = U+0120 stands for ' ') */
     static const char *const m[][2] = {
-        {"t", "h"}, {"th", "e"}, {"\xC4\xA0", "t"}, {"\xC4\xA0t", "he"}, {"i", "n"}, {"in", "g"},
-        {"a", "n"}, {"an", "d"}, {"\xC4\xA0", "a"}, {"\xC4\xA0a", "nd"}, {"e", "r"}, {"1", "2"},
-        {"12", "3"}, {"\xC4\x8A", "\xC4\x8A"}, {"\xC3\x83", "\xC2\xA9"}, {"o", "n"}, {"\xC4\xA0", "\xC4\xA0"},
+        {"t", "h"}, {"h", "e"}, {"th", "e"}, {"\xC4\xA0", "t"}, {"\xC4\xA0t", "he"}, {"i", "n"},
+        {"in", "g"}, {"a", "n"}, {"n", "d"}, {"a", "nd"}, {"\xC4\xA0", "a"}, {"\xC4\xA0" "a", "nd"},
+        {"e", "r"}, {"1", "2"}, {"12", "3"}, {"\xC4\x8A", "\xC4\x8A"}, {"\xC3\x83", "\xC2\xA9"},
+        {"o", "n"}, {"\xC4\xA0", "\xC4\xA0"},
     };
     static char merged[N_OF(m)][16];
     static char mline[N_OF(m)][24];

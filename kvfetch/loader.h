@@ -16,9 +16,11 @@
 typedef struct kvf_load_stats {
     double read_s;        /* reading the file */
     double verify_decode_s; /* inside the reader (signature, hashes, waiting for decode workers) */
-    double rerotate_s;    /* eng_rope_rerotate_f16 on every chunk's K */
-    double import_s;      /* eng_kv_import_layer + eng_kv_commit */
+    double rerotate_s;    /* importing with K re-rotated on the way in (delta != 0: the rotation
+                             is fused into the copy, eng_kv_import_layer_rerotated) */
+    double import_s;      /* plain imports (delta == 0) and commits */
     double total_s;
+    double cpu_s;         /* CPU time of the whole process during the load (all threads) */
     uint64_t file_bytes;  /* blob bytes read */
     uint64_t raw_bytes;   /* decoded f16 K+V bytes imported */
     uint32_t n_tokens, n_chunks;

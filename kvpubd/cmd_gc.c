@@ -1,6 +1,8 @@
 /* cmd_gc.c: `kvpubd gc`: removes expired blobs and reconciles the store (thin over store/). */
 #include "kvpubd/kvpubd.h"
+#include "kvpubd/util.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,12 +27,12 @@ int kvpubd_gc_main(int argc, char **argv)
         if (i + 1 < argc && strcmp(argv[i], "--store") == 0)
             dir = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--now") == 0) {
-            char *end;
-            now = strtoll(argv[++i], &end, 10);
-            if (*end || now <= 0) {
+            uint64_t v = 0;
+            if (kvpubd_parse_uint(argv[++i], &v) != 0 || v == 0 || v > (uint64_t)INT64_MAX) {
                 fprintf(stderr, "kvpubd gc: --now '%s': expected unix seconds\n", argv[i]);
                 return 2;
             }
+            now = (long long)v;
         } else {
             fprintf(stderr, "kvpubd gc: unexpected argument '%s'\n%s", argv[i], gc_usage);
             return 2;

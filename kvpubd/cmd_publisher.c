@@ -38,9 +38,17 @@ static int write_atomic(const char *path, const void *data, size_t len, int appe
     if (append_to_existing) {
         FILE *f = fopen(path, "rb");
         if (f) {
-            old = malloc(1 << 20);
-            oldlen = old ? fread(old, 1, 1 << 20, f) : 0;
+            /* one byte more than the cap tells a full cap from a longer file, which would be
+             * cut short by the rewrite */
+            old = malloc((1 << 20) + 1);
+            oldlen = old ? fread(old, 1, (1 << 20) + 1, f) : 0;
+            int bad_read = !old || ferror(f) || oldlen > (1 << 20);
             fclose(f);
+            if (bad_read) {
+                free(old);
+                errno = EFBIG;
+                return -1;
+            }
         }
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -105,21 +105,8 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = 0;
-    for (char *p = msg; *p; p++)
-        if (*p == '"' || (unsigned char)*p < 0x20)
-            *p = '\'';
-    kvsrv_log(cls, "error", "event=mhd msg=\"%s\"", msg);
-}
-
-/* Copies s into out for a log line: quotes and control bytes replaced, length capped. */
-static void log_sanitize(const char *s, char *out, size_t outlen)
-{
-    size_t j = 0;
-    for (size_t i = 0; s && s[i] && j + 1 < outlen; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        out[j++] = (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
-    }
-    out[j] = 0;
+    char esc[1024];
+    kvsrv_log(cls, "error", "event=mhd msg=\"%s\"", kvsrv_log_escape(msg, esc, sizeof esc));
 }
 
 /* ---- request state ---- */
@@ -195,6 +182,11 @@ enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *e
     va_end(ap);
     snprintf(r->err, sizeof r->err, "%.60s: %.190s", error, detail);
     json_t *o = json_pack("{s:s, s:s}", "error", error, "detail", detail);
+    if (!o) {
+        /* the detail quoted request bytes that are not UTF-8: send them escaped instead */
+        char esc[sizeof detail * 4];
+        o = json_pack("{s:s, s:s}", "error", error, "detail", kvsrv_log_escape(detail, esc, sizeof esc));
+    }
     if (!o)
         return MHD_NO;
     char *text = json_dumps(o, JSON_COMPACT);
@@ -285,15 +277,6 @@ struct MHD_Response *kvsrv_file_response(kvsrv_req *r, int fd_take, uint64_t off
 
 /* ---- small helpers shared by the handlers ---- */
 
-int kvsrv_is_id(const char *s)
-{
-    size_t i = 0;
-    for (; s[i]; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return 0;
-    return i == 64;
-}
-
 const char *kvsrv_header(kvsrv_req *r, const char *name)
 {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
@@ -306,31 +289,7 @@ const char *kvsrv_arg(kvsrv_req *r, const char *name)
 
 const char *kvsrv_bearer(kvsrv_req *r)
 {
-    const char *h = kvsrv_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
-        return NULL;
-    h += 7;
-    while (*h == ' ')
-        h++;
-    return *h ? h : NULL;
-}
-
-/* Parses a decimal uint64 that is the whole string. Returns 0 on success. */
-int kvsrv_parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !*s)
-        return -1;
-    uint64_t v = 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9')
-            return -1;
-        unsigned d = (unsigned)(*s - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return -1;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
+    return kvsrv_bearer_token(kvsrv_header(r, MHD_HTTP_HEADER_AUTHORIZATION));
 }
 
 /* ---- routing ---- */
@@ -372,8 +331,9 @@ static void route(const char *url, kvsrv_req *r)
 static enum MHD_Result method_not_allowed(kvsrv_req *r, const char *allow)
 {
     char detail[128];
-    snprintf(detail, sizeof detail, "%s %s is not supported (allowed: %s)", r->method,
-             ep_names[r->ep], allow);
+    char method[sizeof r->method * 4];
+    snprintf(detail, sizeof detail, "%s %s is not supported (allowed: %s)",
+             kvsrv_log_escape(r->method, method, sizeof method), ep_names[r->ep], allow);
     snprintf(r->err, sizeof r->err, "method_not_allowed: %s", detail);
     json_t *o = json_pack("{s:s, s:s}", "error", "method_not_allowed", "detail", detail);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -385,9 +345,10 @@ static enum MHD_Result method_not_allowed(kvsrv_req *r, const char *allow)
         free(text);
         return MHD_NO;
     }
+    size_t len = strlen(text);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    r->bytes = strlen(detail);
+    r->bytes = len;
     return kvsrv_queue(r, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
 }
 
@@ -477,7 +438,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->up_fd = -1;
         r->t0 = mono_ms();
         snprintf(r->method, sizeof r->method, "%s", method);
-        log_sanitize(url, r->path, sizeof r->path);
+        kvsrv_log_escape(url, r->path, sizeof r->path);
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
         route(url, r);
@@ -573,12 +534,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     snprintf(r->remote, sizeof r->remote, "%s", addr);
     static const char *const toe_names[] = {"ok", "error", "timeout", "shutdown", "read_error", "client_abort"};
     const char *how = (unsigned)toe < sizeof toe_names / sizeof toe_names[0] ? toe_names[toe] : "?";
-    char err[300];
-    log_sanitize(r->err, err, sizeof err);
+    char err[300], method[70];
+    kvsrv_log_escape(r->err, err, sizeof err);
+    kvsrv_log_escape(r->method, method, sizeof method);
     kvsrv_log(s, st >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK ? "error" : "info",
               "event=access remote=%s method=%s path=\"%s\" endpoint=%s status=%u bytes=%" PRIu64
               " ms=%.1f end=%s%s%s%s",
-              addr, r->method, r->path, ep_names[r->ep], st, bytes, mono_ms() - r->t0, how,
+              addr, method, r->path, ep_names[r->ep], st, bytes, mono_ms() - r->t0, how,
               err[0] ? " detail=\"" : "", err, err[0] ? "\"" : "");
     kvsrv_req_finish(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     req_free(r);

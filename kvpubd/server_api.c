@@ -98,7 +98,9 @@ static json_t *time_json(int64_t t)
 
 static enum MHD_Result store_error(kvsrv_req *r, kvs_status st, const char *e)
 {
-    kvsrv_log(r->srv, "error", "event=store status=\"%s\" detail=\"%s\"", kvs_status_str(st), e);
+    char esc[1024];
+    kvsrv_log(r->srv, "error", "event=store status=\"%s\" detail=\"%s\"", kvs_status_str(st),
+              kvsrv_log_escape(e, esc, sizeof esc));
     return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "index error (%s)",
                                kvs_status_str(st));
 }
@@ -252,7 +254,8 @@ enum MHD_Result kvsrv_keys(kvsrv_req *r)
         if (kvc_trust_open(r->srv->keys_dir, &t, e, sizeof e) != KVC_OK) {
             json_decref(keys);
             json_decref(revoked);
-            kvsrv_log(r->srv, "error", "event=keys detail=\"%s\"", e);
+            char esc[1024];
+            kvsrv_log(r->srv, "error", "event=keys detail=\"%s\"", kvsrv_log_escape(e, esc, sizeof esc));
             return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "key directory unreadable");
         }
         kvs_store *st = pool_get(r->srv);
@@ -340,75 +343,6 @@ enum MHD_Result kvsrv_manifest(kvsrv_req *r)
 
 /* ---- GET /v1/blobs/{id} ---- */
 
-/* Parses a Range header against a file of size bytes. Returns 0: no usable range (other unit:
- * serve the whole file), 1: one satisfiable range [*start, *start + *len), -1: 416 (bad syntax,
- * several ranges, or nothing of the file selected). */
-static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *len)
-{
-    if (strncasecmp(h, "bytes=", 6) != 0)
-        return 0;
-    const char *p = h + 6;
-    while (*p == ' ')
-        p++;
-    if (strchr(p, ','))
-        return -1;
-    char a[24] = "", b[24] = "";
-    const char *dash = strchr(p, '-');
-    if (!dash || (size_t)(dash - p) >= sizeof a)
-        return -1;
-    memcpy(a, p, (size_t)(dash - p));
-    a[dash - p] = 0;
-    const char *q = dash + 1;
-    size_t bl = strlen(q);
-    while (bl && q[bl - 1] == ' ')
-        bl--;
-    if (bl >= sizeof b)
-        return -1;
-    memcpy(b, q, bl);
-    b[bl] = 0;
-    uint64_t va, vb;
-    if (!a[0]) { /* suffix: the last vb bytes */
-        if (kvsrv_parse_u64(b, &vb) != 0 || vb == 0 || size == 0)
-            return -1;
-        if (vb > size)
-            vb = size;
-        *start = size - vb;
-        *len = vb;
-        return 1;
-    }
-    if (kvsrv_parse_u64(a, &va) != 0 || va >= size)
-        return -1;
-    if (!b[0])
-        vb = size - 1;
-    else if (kvsrv_parse_u64(b, &vb) != 0 || vb < va)
-        return -1;
-    if (vb >= size)
-        vb = size - 1;
-    *start = va;
-    *len = vb - va + 1;
-    return 1;
-}
-
-/* If-None-Match: "*" or a list of entity tags; W/ tags compare weakly (RFC 9110 13.1.2). */
-static int etag_matches(const char *inm, const char *etag)
-{
-    size_t el = strlen(etag);
-    const char *p = inm;
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (*p == '*')
-            return 1;
-        if (strncmp(p, "W/", 2) == 0)
-            p += 2;
-        if (strncmp(p, etag, el) == 0 && (p[el] == 0 || p[el] == ',' || p[el] == ' '))
-            return 1;
-        while (*p && *p != ',')
-            p++;
-    }
-    return 0;
-}
-
 static enum MHD_Result token_refused(kvsrv_req *r, kvs_status st, const char *e)
 {
     switch (st) {
@@ -451,7 +385,7 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
     const char *inm = kvsrv_header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
     /* a client holding the bytes (the ETag is the blob's hash) owes nothing: checked before
      * the token so a revalidation never spends a download */
-    if (inm && etag_matches(inm, etag)) {
+    if (inm && kvsrv_etag_matches(inm, etag)) {
         close(fd);
         struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
         if (!resp)
@@ -464,7 +398,7 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
     const char *range = kvsrv_header(r, MHD_HTTP_HEADER_RANGE);
     const char *ifr = kvsrv_header(r, MHD_HTTP_HEADER_IF_RANGE);
     if (range && (!ifr || strcmp(ifr, etag) == 0)) {
-        ranged = parse_range(range, size, &start, &len);
+        ranged = kvsrv_parse_range(range, size, &start, &len);
         if (ranged < 0) {
             close(fd);
             char cr[40];
@@ -625,20 +559,6 @@ enum MHD_Result kvsrv_purchase(kvsrv_req *r)
 
 /* ---- PUT /v1/blobs ---- */
 
-/* Credential format (kvpubd publisher add): "<16 hex key id>.<64 hex secret>". */
-static int parse_credential(const char *c, uint8_t key_id[8])
-{
-    if (strlen(c) != 16 + 1 + 64 || c[16] != '.')
-        return -1;
-    char idh[17];
-    memcpy(idh, c, 16);
-    idh[16] = 0;
-    for (size_t i = 17; i < 81; i++)
-        if (!strchr("0123456789abcdef", c[i]))
-            return -1;
-    return kvc_unhex(idh, key_id, 8) == KVC_OK ? 0 : -1;
-}
-
 /* An unnamed file in the store's filesystem: it vanishes with the process, so a crash or a
  * refused upload never leaves anything for reconcile to find. */
 static int upload_tmpfile(const char *dir)
@@ -659,7 +579,7 @@ enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
     kvsrv *s = r->srv;
     const char *cred = kvsrv_bearer(r);
     uint8_t key_id[8];
-    if (!cred || parse_credential(cred, key_id) != 0) {
+    if (!cred || kvsrv_parse_credential(cred, key_id) != 0) {
         atomic_fetch_add(&s->uploads_rejected, 1);
         return kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "credential_required",
                                    "uploads need Authorization: Bearer <publisher credential>");
@@ -742,9 +662,11 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
         switch (r->up_st) {
         case KVB_ERR_IO:
         case KVB_ERR_NOMEM:
-        case KVB_ERR_INTERNAL:
-            kvsrv_log(s, "error", "event=upload detail=\"%s\"", r->up_err);
+        case KVB_ERR_INTERNAL: {
+            char esc[1024];
+            kvsrv_log(s, "error", "event=upload detail=\"%s\"", kvsrv_log_escape(r->up_err, esc, sizeof esc));
             return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "upload failed");
+        }
         case KVB_ERR_WRONG_KEY:
         case KVB_ERR_UNTRUSTED:
         case KVB_ERR_REVOKED:
@@ -767,7 +689,7 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "price must be a whole number");
     kvpubd_blobinfo bi;
     if (kvpubd_blobinfo_fill(&bi, m, r->up_key_id, price) != 0)
-        return MHD_NO;
+        return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "cannot index the blob's metadata");
     bi.blob.size = r->up_received;
     if (lseek(r->up_fd, 0, SEEK_SET) != 0) {
         kvpubd_blobinfo_clear(&bi);
@@ -806,6 +728,8 @@ void kvsrv_req_finish(kvsrv_req *r, int completed_ok)
     kvs_status s1 = kvs_store_log_download(st, id, r->purchase_id, r->remote, atomic_load(&r->file_bytes),
                                            completed_ok ? (int)r->status : 499, (int64_t)time(NULL), e, sizeof e);
     pool_put(r->srv, st);
-    if (s1 != KVS_OK)
-        kvsrv_log(r->srv, "error", "event=download_log detail=\"%s\"", e);
+    if (s1 != KVS_OK) {
+        char esc[1024];
+        kvsrv_log(r->srv, "error", "event=download_log detail=\"%s\"", kvsrv_log_escape(e, esc, sizeof esc));
+    }
 }

@@ -4,6 +4,7 @@
 #define KVPUB_KVPUBD_SERVER_INTERNAL_H
 
 #include "kvpubd/server.h"
+#include "kvpubd/reqparse.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -93,11 +94,9 @@ enum MHD_Result kvsrv_respond_text(kvsrv_req *r, unsigned status, const char *ct
 /* A response sending len bytes of fd_take from offset (the fd is closed with the response). */
 struct MHD_Response *kvsrv_file_response(kvsrv_req *r, int fd_take, uint64_t offset, uint64_t len);
 
-int kvsrv_is_id(const char *s);        /* exactly 64 lowercase hex digits */
 const char *kvsrv_header(kvsrv_req *r, const char *name);
 const char *kvsrv_arg(kvsrv_req *r, const char *name);
 const char *kvsrv_bearer(kvsrv_req *r); /* the token of "Authorization: Bearer X", or NULL */
-int kvsrv_parse_u64(const char *s, uint64_t *out);
 
 /* server_api.c: the store pool and the endpoints. */
 int kvsrv_store_open(kvsrv *s, char *err, size_t errlen);

@@ -245,8 +245,9 @@ static kvs_status publisher_read(kvs_store *s, const uint8_t key_id[KVS_KEYID_LE
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);
     char hex[17];
+    kvc_hex(key_id, KVS_KEYID_LEN, hex); /* both messages below name the key */
     if (st == KVS_OK && !row) {
-        kvs_set_err(err, errlen, "unknown publisher %s", kvc_hex(key_id, KVS_KEYID_LEN, hex));
+        kvs_set_err(err, errlen, "unknown publisher %s", hex);
         st = KVS_ERR_NOTFOUND;
     }
     if (st == KVS_OK) {

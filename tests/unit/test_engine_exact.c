@@ -1,15 +1,16 @@
 /* test_engine_exact.c: the exactness contract: a token's logits do not depend on how the
  * sequence was split into eng_prefill calls, nor on whether the prefix's K/V came from this
  * context or were exported and imported into a fresh one (bit-identical). Also pins down the
- * OpenBLAS behaviour that the fixed-shape tiling in engine/forward.c relies on. */
+ * accumulation order of the batched product (engine/gemm.c) that this relies on. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <cblas.h>
+#include <math.h>
 
+#include "engine/gemm_internal.h"
 #include "tests/unit/engine_test_util.h"
 
 static float frand(uint64_t *s)
@@ -18,41 +19,65 @@ static float frand(uint64_t *s)
     return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
 }
 
-/* OpenBLAS sgemm results for a row change with M and with the row's place in the call (so the
- * engine never relies on either), but with the shape fixed the result of a row must not depend
- * on the other rows' contents: that is what the engine's fixed (64, n, K) tiles rely on. */
-static void test_blas_rows(void **state)
+/* The order gemm_internal.h promises, written out independently of engine/gemm.c. */
+static float ref_dot(const float *x, const float *w, int K)
+{
+    float l[8] = {0};
+    for (int k = 0; k < (K + 7) / 8 * 8; k++)
+        l[k % 8] = k < K ? fmaf(x[k], w[k], l[k % 8]) : fmaf(0.0f, 0.0f, l[k % 8]);
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+/* Packs M rows of X (K floats each) in groups of `group` rows into a fresh buffer. */
+static float *pack(const float *X, int M, int K, int group)
+{
+    float *p = aligned_alloc(32, sizeof(float) * (size_t)M * (size_t)eng_gemm_kr(K) + 32);
+    for (int r = 0; r < M; r++)
+        eng_gemm_pack_row(X + (size_t)r * K, K, r, M, group, p);
+    return p;
+}
+
+/* eng_gemm_packed: every element equals the reference order bit for bit, whatever M and N the
+ * call has and wherever the row sits in it (what makes prefill split-invariant). */
+static void test_gemm_rows(void **state)
 {
     (void)state;
-    enum { M = 64, N = 256, K = 1024 };
+    static const int shapes[][3] = {{1, 1, 8}, {1, 7, 1024}, {5, 50, 1024}, {13, 97, 3072},
+                                    {4, 48, 520}, {9, 10, 172}, {3, 5, 13}, {64, 100, 2048}};
     uint64_t s = 42;
-    float *A = malloc(sizeof(float) * M * K), *A2 = malloc(sizeof(float) * M * K);
-    float *B = malloc(sizeof(float) * N * K), *C = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
-    for (int i = 0; i < M * K; i++)
-        A[i] = frand(&s);
-    for (int i = 0; i < N * K; i++)
-        B[i] = frand(&s);
-    for (int nt = 1; nt <= 2; nt++) {
-        openblas_set_num_threads(nt);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A, K, B, K, 0, C, N);
-        for (int r = 0; r < M; r += 9) {
-            for (int i = 0; i < M * K; i++)
-                A2[i] = frand(&s) * 3;
-            memcpy(A2 + (size_t)r * K, A + (size_t)r * K, sizeof(float) * K);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A2, K, B, K, 0, C2, N);
-            assert_memory_equal(C + (size_t)r * N, C2 + (size_t)r * N, sizeof(float) * N);
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int M = shapes[t][0], N = shapes[t][1], K = shapes[t][2];
+        float *X = malloc(sizeof(float) * (size_t)M * K), *W = malloc(sizeof(float) * (size_t)N * K);
+        float *Y = malloc(sizeof(float) * (size_t)M * N), *Y1 = malloc(sizeof(float) * (size_t)N);
+        for (int i = 0; i < M * K; i++)
+            X[i] = frand(&s);
+        for (int i = 0; i < N * K; i++)
+            W[i] = frand(&s);
+        float *Xp = pack(X, M, K, ENG_GEMM_MR), *Wp = pack(W, N, K, ENG_GEMM_NR);
+        float *Wp1 = N > 2 ? pack(W + K, N - 1, K, ENG_GEMM_NR) : NULL;
+        eng_gemm_packed(Xp, M, Wp, N, K, Y, (size_t)N);
+        for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+                float r = ref_dot(X + (size_t)i * K, W + (size_t)j * K, K);
+                assert_memory_equal(&r, &Y[(size_t)i * N + j], sizeof r);
+            }
+            /* the same row alone, against the rows from 1 on (other panel groupings) */
+            if (Wp1) {
+                float *Xi = pack(X + (size_t)i * K, 1, K, ENG_GEMM_MR);
+                eng_gemm_packed(Xi, 1, Wp1, N - 1, K, Y1, (size_t)N);
+                assert_memory_equal(Y1, &Y[(size_t)i * N + 1], sizeof(float) * (size_t)(N - 1));
+                free(Xi);
+            }
         }
-        /* informational: the same row with M = 1 (OpenBLAS may take its gemv path) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 1, N, K, 1, A, K, B, K, 0, C2, N);
-        printf("OpenBLAS, %d thread(s): row 0 with M=1 %s the M=64 result\n", nt,
-               memcmp(C, C2, sizeof(float) * N) ? "differs from" : "equals");
+        free(X);
+        free(W);
+        free(Y);
+        free(Y1);
+        free(Xp);
+        free(Wp);
+        free(Wp1);
     }
-    openblas_set_num_threads(1);
-    free(A);
-    free(A2);
-    free(B);
-    free(C);
-    free(C2);
+    printf("eng_gemm_packed kernel: %s\n", eng_gemm_kernel());
 }
 
 typedef struct xcase {
@@ -141,6 +166,40 @@ static void test_prefix(void **state)
     free(d2);
 }
 
+/* Many small calls (the prompt after a loaded cache), odd sizes across 64-cell boundaries,
+ * and one call per token: every token's logits equal the single-call prefill's. */
+static void test_splits(void **state)
+{
+    const xcase *xc = *state;
+    eng_model *m = et_load_model(xc->model);
+    assert_non_null(m);
+    const int V = eng_model_info(m)->n_vocab;
+    static const int sizes[] = {1, 1, 1, 5, 17, 64, 65, 3};
+    enum { N = 157 };
+    int32_t toks[N];
+    make_tokens(toks, N, V);
+    float *full = malloc(sizeof(float) * N * V), *part = malloc(sizeof(float) * N * V);
+    eng_ctx *a = et_ctx(m, 512, 0), *b = et_ctx(m, 512, 0);
+    assert_int_equal(eng_prefill(a, toks, NULL, N, NULL, full), ENG_OK);
+    int done = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        assert_int_equal(eng_prefill(b, toks + done, NULL, (size_t)sizes[i], NULL, part + (size_t)done * V), ENG_OK);
+        done += sizes[i];
+    }
+    assert_int_equal(done, N);
+    assert_memory_equal(full, part, sizeof(float) * N * V);
+    /* one token per call, last-token logits only */
+    eng_kv_clear(b);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(eng_prefill(b, toks + i, NULL, 1, part + (size_t)i * V, NULL), ENG_OK);
+    assert_memory_equal(full, part, sizeof(float) * 20 * V);
+    eng_ctx_free(a);
+    eng_ctx_free(b);
+    eng_model_free(m);
+    free(full);
+    free(part);
+}
+
 /* Thread count must not change results either: a blob made on one machine loads on another. */
 static void test_threads(void **state)
 {
@@ -168,12 +227,14 @@ static void test_threads(void **state)
 }
 
 #define XCASE(i) cmocka_unit_test_prestate(test_prefix, (void *)&k_models[i])
+#define SCASE(i) cmocka_unit_test_prestate(test_splits, (void *)&k_models[i])
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_blas_rows),
+        cmocka_unit_test(test_gemm_rows),
         XCASE(0), XCASE(1), XCASE(2), XCASE(3), XCASE(4), XCASE(5), XCASE(6),
+        SCASE(0), SCASE(2), SCASE(5), SCASE(6),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "kvfetch/loader.c"
+#include "engine/quant_internal.h"
 
 typedef struct fixture {
     eng_model *m;
@@ -331,6 +332,99 @@ static void test_tampered_rolls_back(void **state)
     eng_ctx_free(c);
 }
 
+/* The loader's fused path (K re-rotated on its way into the cache) leaves the same bits as
+ * importing the unrotated K and re-rotating the cells afterwards, with the SIMD kernels and
+ * with the portable scalar ones. */
+static void test_rerotated_import_bits(void **state)
+{
+    fixture *f = *state;
+    char path[128], err[512];
+    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
+    make_blob(f, path, KVB_CODEC_F16_ZSTD);
+    enum { HEAD = 24 };
+    int32_t head[HEAD];
+    head[0] = f->in->bos_id;
+    for (int i = 1; i < HEAD; i++)
+        head[i] = f->doc[(i * 5) % f->n_doc];
+    const int n = (int)f->n_doc, L = f->in->n_layer;
+    size_t kvd = (size_t)f->in->n_head_kv * f->in->head_dim, nv = (size_t)n * kvd;
+    uint16_t *k = malloc(nv * 2), *v = malloc(nv * 2), *k2 = malloc(nv * 2), *v2 = malloc(nv * 2);
+
+    /* reference: the document's KV computed after BOS, imported as is, then re-rotated */
+    eng_ctx *src = new_ctx(f), *ref = new_ctx(f);
+    assert_int_equal(eng_prefill(src, head, NULL, 1, NULL, NULL), ENG_OK);
+    assert_int_equal(eng_prefill(src, f->doc, NULL, f->n_doc, NULL, NULL), ENG_OK);
+    assert_int_equal(eng_prefill(ref, head, NULL, HEAD, NULL, NULL), ENG_OK);
+    for (int l = 0; l < L; l++) {
+        assert_int_equal(eng_kv_export_layer(src, l, 1, n, k, v), ENG_OK);
+        assert_int_equal(eng_kv_import_layer(ref, l, HEAD, n, k, v), ENG_OK);
+    }
+    assert_int_equal(eng_kv_commit(ref, HEAD, n, 1), ENG_OK);
+    assert_int_equal(eng_kv_rerotate(ref, HEAD, n, HEAD - 1), ENG_OK);
+
+    for (int scalar = 0; scalar < 2; scalar++) {
+        int prev = eng_quant_force_scalar(scalar);
+        eng_ctx *c = new_ctx(f);
+        assert_int_equal(eng_prefill(c, head, NULL, HEAD, NULL, NULL), ENG_OK);
+        kvf_load_stats st;
+        if (load_doc(f, c, path, &st, err, sizeof err) != KVF_OK)
+            fail_msg("load: %s", err);
+        assert_int_equal(st.delta, HEAD - 1);
+        assert_int_equal(eng_kv_next_pos(c), eng_kv_next_pos(ref));
+        for (int l = 0; l < L; l++) {
+            assert_int_equal(eng_kv_export_layer(c, l, HEAD, n, k, v), ENG_OK);
+            assert_int_equal(eng_kv_export_layer(ref, l, HEAD, n, k2, v2), ENG_OK);
+            assert_memory_equal(k, k2, nv * 2);
+            assert_memory_equal(v, v2, nv * 2);
+        }
+        eng_ctx_free(c);
+        eng_quant_force_scalar(prev);
+    }
+    free(k);
+    free(v);
+    free(k2);
+    free(v2);
+    eng_ctx_free(src);
+    eng_ctx_free(ref);
+}
+
+/* The AVX2 re-rotation kernel against the scalar one on random finite f16 rows, for NEOX
+ * (qwen3) and normal (llama) RoPE, for many deltas. */
+static void test_rerotate_kernels_agree(void **state)
+{
+    (void)state;
+    const char *models[] = {"models/synth/synth-qwen3-tiny-f32.gguf", "models/stories260K.gguf"};
+    const char *sh = getenv("KVPUB_SHARED");
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
+        char path[1024], err[256];
+        snprintf(path, sizeof path, "%s/%s", sh && *sh ? sh : "../shared", models[mi]);
+        eng_model *m = NULL;
+        if (eng_model_load(path, &m, err, sizeof err) != ENG_OK)
+            fail_msg("%s: %s", path, err);
+        const eng_info *in = eng_model_info(m);
+        enum { N = 37 };
+        size_t cnt = (size_t)N * in->n_head_kv * in->head_dim;
+        uint16_t *a = malloc(cnt * 2), *b = malloc(cnt * 2);
+        const int32_t deltas[] = {1, -1, 7, 23, -100, 4095, 40000};
+        for (size_t di = 0; di < sizeof deltas / sizeof *deltas; di++) {
+            for (size_t i = 0; i < cnt; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                a[i] = eng_f32_to_f16((float)((int64_t)(x >> 40) - (1 << 23)) / (float)(1 << 20));
+            }
+            memcpy(b, a, cnt * 2);
+            eng_rope_rerotate_f16(m, a, N, deltas[di]);
+            int prev = eng_quant_force_scalar(1);
+            eng_rope_rerotate_f16(m, b, N, deltas[di]);
+            eng_quant_force_scalar(prev);
+            assert_memory_equal(a, b, cnt * 2);
+        }
+        free(a);
+        free(b);
+        eng_model_free(m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +432,8 @@ int main(void)
         cmocka_unit_test(test_rerotated_layer0),
         cmocka_unit_test(test_manifest_checks),
         cmocka_unit_test(test_tampered_rolls_back),
+        cmocka_unit_test(test_rerotated_import_bits),
+        cmocka_unit_test(test_rerotate_kernels_agree),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

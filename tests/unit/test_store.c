@@ -667,6 +667,25 @@ static void test_publishers_and_log(void **state)
     assert_int_equal(n, 3);
     kvs_store_close(s);
 
+    /* a damaged publisher row is a database error that names the key (the message once
+     * printed an uninitialised buffer here) */
+    {
+        char dbpath[600];
+        snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
+        sqlite3 *db = NULL;
+        assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+        static const char damage[] = "UPDATE publishers SET public_key = substr(public_key, 1, 62) || 'zz' "
+                                     "WHERE key_id = '0909090909090909'";
+        assert_int_equal(sqlite3_exec(db, damage, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        s = open_ok(sdir);
+        memset(err, 'Q', sizeof err - 1);
+        err[sizeof err - 1] = 0;
+        assert_int_equal(kvs_store_publisher_get(s, kid2, &p, err, sizeof err), KVS_ERR_DB);
+        assert_non_null(strstr(err, "publisher row 0909090909090909 holds a malformed key"));
+        kvs_store_close(s);
+    }
+
     /* credentials are stored hashed: the plain text is not in the file */
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "grep -c s3cret '%s/index.db' '%s/index.db-wal' 2>/dev/null | grep -v ':0$' | wc -l",

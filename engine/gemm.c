@@ -1,0 +1,208 @@
+/* gemm.c: Y = X W^T in the fixed per-element order of gemm_internal.h: an AVX2/FMA
+ * register-blocked kernel (4 X rows x 3 W rows, K in L1-sized blocks) and a portable scalar
+ * one that performs the same operations lane by lane, both on packed panels.
+ *
+ * Why not OpenBLAS sgemm: its per-row results change with M and with a row's place in the
+ * call, so split-invariant prefill needed fixed 64-row tiles over f32 copies of every weight,
+ * which made a 1-token prefill cost a 64-row product plus dequantizing the whole model. With
+ * the order fixed here, a product has the same bits for any number of rows, and small
+ * prefills only touch each weight once. */
+#include "engine/gemm_internal.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+enum {
+    MR = ENG_GEMM_MR, /* X rows per register tile */
+    NR = ENG_GEMM_NR, /* W rows per register tile: 12 accumulators + 3 W + 1 X = 16 ymm */
+    JB = 48,          /* W rows whose accumulators persist across K blocks */
+    KC = 512,         /* K block: an X group's slice (8 KiB) stays in L1 while JB W rows pass */
+};
+
+void eng_gemm_pack_row(const float *src, int K, int r, int rows, int group, float *dst)
+{
+    const int Kr = eng_gemm_kr(K), r0 = r / group * group;
+    const int g = rows - r0 < group ? rows - r0 : group, i = r - r0;
+    float *p = dst + (size_t)r0 * Kr + (size_t)i * 8;
+    int k = 0;
+    for (; k + 8 <= K; k += 8, p += (size_t)g * 8)
+        memcpy(p, src + k, 8 * sizeof(float));
+    if (k < K) {
+        for (int t = 0; t < 8; t++)
+            p[t] = k + t < K ? src[k + t] : 0.0f;
+    }
+}
+
+/* Panel addressing: group base pointer, then step s, row i at base + (s * g + i) * 8. */
+static const float *group_base(const float *P, int r0, int Kr) { return P + (size_t)r0 * Kr; }
+
+/* ---- scalar: the reference order ---- */
+
+static float reduce8(const float l[8])
+{
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+static void gemm_scalar(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy)
+{
+    const int Kr = eng_gemm_kr(K), steps = Kr / 8;
+    for (int i = 0; i < M; i++) {
+        const int gi = M - i / MR * MR < MR ? M - i / MR * MR : MR;
+        const float *xb = group_base(Xp, i / MR * MR, Kr) + (size_t)(i % MR) * 8;
+        for (int j = 0; j < N; j++) {
+            const int gj = N - j / NR * NR < NR ? N - j / NR * NR : NR;
+            const float *wb = group_base(Wp, j / NR * NR, Kr) + (size_t)(j % NR) * 8;
+            float l[8] = {0};
+            for (int s = 0; s < steps; s++)
+                for (int t = 0; t < 8; t++)
+                    l[t] = fmaf(xb[(size_t)s * gi * 8 + t], wb[(size_t)s * gj * 8 + t], l[t]);
+            Y[(size_t)i * ldy + j] = reduce8(l);
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define AVX2 __attribute__((target("avx2,fma")))
+
+static AVX2 inline float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* One (mr, nr) register tile over steps [s0, s1) of packed groups xb (mr rows) and wb (nr
+ * rows): accumulators come from st (or +0 when first) and go back to st; st holds MR * NR
+ * vectors, (i, j) at (i * NR + j) * 8. */
+static AVX2 inline __attribute__((always_inline)) void tile(const float *xb, const float *wb,
+                                                            int mr, int nr, int s0, int s1,
+                                                            float *st, int first)
+{
+    __m256 acc[MR][NR];
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = first ? _mm256_setzero_ps() : _mm256_load_ps(st + (i * NR + j) * 8);
+    const float *x = xb + (size_t)s0 * mr * 8, *w = wb + (size_t)s0 * nr * 8;
+    for (int s = s0; s < s1; s++, x += mr * 8, w += nr * 8) {
+        __m256 wv[NR];
+#pragma GCC unroll 3
+        for (int j = 0; j < nr; j++)
+            wv[j] = _mm256_load_ps(w + j * 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            const __m256 xv = _mm256_load_ps(x + i * 8);
+#pragma GCC unroll 3
+            for (int j = 0; j < nr; j++)
+                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nr; j++)
+            _mm256_store_ps(st + (i * NR + j) * 8, acc[i][j]);
+}
+
+typedef void (*tile_fn)(const float *xb, const float *wb, int s0, int s1, float *st, int first);
+
+#define DEF_TILE(m, n)                                                                            \
+    static AVX2 void tile_##m##_##n(const float *xb, const float *wb, int s0, int s1, float *st,  \
+                                    int first)                                                    \
+    {                                                                                             \
+        tile(xb, wb, m, n, s0, s1, st, first);                                                    \
+    }
+DEF_TILE(1, 1)
+DEF_TILE(1, 2)
+DEF_TILE(1, 3)
+DEF_TILE(2, 1)
+DEF_TILE(2, 2)
+DEF_TILE(2, 3)
+DEF_TILE(3, 1)
+DEF_TILE(3, 2)
+DEF_TILE(3, 3)
+DEF_TILE(4, 1)
+DEF_TILE(4, 2)
+DEF_TILE(4, 3)
+#undef DEF_TILE
+
+static const tile_fn k_tiles[MR][NR] = {
+    {tile_1_1, tile_1_2, tile_1_3},
+    {tile_2_1, tile_2_2, tile_2_3},
+    {tile_3_1, tile_3_2, tile_3_3},
+    {tile_4_1, tile_4_2, tile_4_3},
+};
+
+static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy)
+{
+    /* accumulators of one MR x JB block: (JB / NR) tiles of MR * NR vectors */
+    float st[(JB / NR) * MR * NR * 8] __attribute__((aligned(32)));
+    const int Kr = eng_gemm_kr(K), steps = Kr / 8;
+    for (int i0 = 0; i0 < M; i0 += MR) {
+        const int mr = M - i0 < MR ? M - i0 : MR;
+        const float *xb = group_base(Xp, i0, Kr);
+        for (int jb = 0; jb < N; jb += JB) {
+            const int jn = N - jb < JB ? N - jb : JB;
+            for (int s0 = 0; s0 < steps; s0 += KC / 8) {
+                const int s1 = steps - s0 < KC / 8 ? steps : s0 + KC / 8;
+                for (int t = 0; t * NR < jn; t++) {
+                    const int nr = jn - t * NR < NR ? jn - t * NR : NR;
+                    k_tiles[mr - 1][nr - 1](xb, group_base(Wp, jb + t * NR, Kr), s0, s1,
+                                            st + t * MR * NR * 8, s0 == 0);
+                }
+            }
+            for (int t = 0; t * NR < jn; t++) {
+                const int nr = jn - t * NR < NR ? jn - t * NR : NR;
+                for (int i = 0; i < mr; i++)
+                    for (int j = 0; j < nr; j++)
+                        Y[(size_t)(i0 + i) * ldy + jb + t * NR + j] =
+                            hsum8(_mm256_load_ps(st + t * MR * NR * 8 + (i * NR + j) * 8));
+            }
+        }
+    }
+}
+
+static int cpu_avx2(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return v;
+}
+#endif
+
+void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++)
+            memset(Y + (size_t)i * ldy, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+#if defined(__x86_64__)
+    if (cpu_avx2()) {
+        gemm_avx2(Xp, M, Wp, N, K, Y, ldy);
+        return;
+    }
+#endif
+    gemm_scalar(Xp, M, Wp, N, K, Y, ldy);
+}
+
+const char *eng_gemm_kernel(void)
+{
+#if defined(__x86_64__)
+    if (cpu_avx2())
+        return "avx2";
+#endif
+    return "scalar";
+}

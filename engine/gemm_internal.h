@@ -1,0 +1,35 @@
+/* gemm_internal.h: the engine's batched product Y = X W^T with one fixed, documented
+ * accumulation order per output element, so that a token's result never depends on how many
+ * other rows share the call, where its row sits, or which kernel (AVX2 or scalar) ran it. */
+#ifndef KVPUB_GEMM_INTERNAL_H
+#define KVPUB_GEMM_INTERNAL_H
+
+#include <stddef.h>
+
+/* Every element Y[i][j] = dot(X row i, W row j) over K is computed the same way:
+ *   lane l (0..7) starts at +0 and accumulates fma(x[k], w[k], lane) for k = l, l+8, ...
+ *   in increasing k (k >= K reads as 0), then
+ *   y = ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+ * That is the order of an 8-wide FMA dot product, so a register-blocked many-row kernel and a
+ * one-row kernel agree bit for bit.
+ *
+ * Operands are packed into panels: X in groups of ENG_GEMM_MR rows, W in groups of
+ * ENG_GEMM_NR rows (the last group of each may be shorter); a group of g rows starting at
+ * row r0 sits at offset r0 * Kr (Kr = K rounded up to 8) and stores, for each step of 8
+ * columns, its g rows' 8 values one after the other; columns K..Kr-1 are zero. Panel buffers
+ * hold rows * Kr floats, 32-byte aligned. */
+enum { ENG_GEMM_MR = 4, ENG_GEMM_NR = 3 };
+
+static inline int eng_gemm_kr(int K) { return (K + 7) / 8 * 8; }
+
+/* Packs row r (K floats) of a matrix of `rows` rows into panels of `group` rows at dst. */
+void eng_gemm_pack_row(const float *src, int K, int r, int rows, int group, float *dst);
+
+/* Y[i * ldy + j] for i < M, j < N from packed Xp (M rows, groups of ENG_GEMM_MR) and Wp
+ * (N rows, groups of ENG_GEMM_NR). Thread-safe; no allocation. */
+void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy);
+
+/* Which kernel eng_gemm_packed runs: "avx2" or "scalar". */
+const char *eng_gemm_kernel(void);
+
+#endif

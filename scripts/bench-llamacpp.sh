@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench-llamacpp.sh (make bench; a benchmark, not a test): llama.cpp's own CPU prefill/decode speed
+# on the same Qwen3-0.6B-shaped kvsynth models (F16 and Q8_0) that bench_engine measures, so that
+# our engine can be compared with it on this machine, same file, same thread count.
+#
+# llama.cpp comes from npm: node-llama-cpp 3.22.1 and its prebuilt @node-llama-cpp/linux-x64
+# package (libllama / libggml*.so, with per-CPU ggml backends), installed into $BUILD/llamacpp with
+# install scripts off (no binary download, no source build). The harness scripts/llamacpp/llama_bench.c
+# is compiled against llama.h taken from the package's own source bundle (llama/gitRelease.bundle)
+# and drives libllama through its C API; it prints the same lines as bench_engine, per flash-attention
+# setting, plus the time to save/restore a 2048-token sequence state. Skips with one line when npm,
+# the package, git or a C compiler is missing.
+#
+# Knobs: THREADS (2), RUNS (3), FA (both | on | off), TYPES ("f16 q8_0"),
+#        COMPARE=1 also runs bench_engine right after on each file and prints a side-by-side table.
+set -u
+BUILD=${BUILD:-build}
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-3}
+FA=${FA:-both}
+TYPES=${TYPES:-f16 q8_0}
+VERSION=3.22.1
+here=$(cd "$(dirname "$0")" && pwd)
+dir="$BUILD/llamacpp"
+lib="$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64"
+bundle="$dir/node_modules/node-llama-cpp/llama/gitRelease.bundle"
+skip() { echo "bench-llamacpp: skipped: $*"; exit 0; }
+
+[ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] || skip "needs linux x86_64 (prebuilt @node-llama-cpp/linux-x64)"
+for t in npm git tar; do command -v "$t" >/dev/null 2>&1 || skip "$t not found"; done
+CC=${CC:-cc}
+command -v "$CC" >/dev/null 2>&1 || skip "no C compiler ($CC)"
+
+mkdir -p "$dir"
+if [ ! -s "$lib/libllama.v0.5.0.so" ] || [ ! -s "$bundle" ] ||
+   ! grep -q "\"version\": \"$VERSION\"" "$dir/node_modules/node-llama-cpp/package.json" 2>/dev/null; then
+  cp "$here/llamacpp/package.json" "$dir/package.json"
+  # --ignore-scripts: node-llama-cpp's postinstall would try to fetch or build binaries; the prebuilt
+  # linux-x64 package is a plain npm dependency. --omit=optional: skip the CUDA/Vulkan/other-OS builds.
+  NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --prefix "$dir" --ignore-scripts --omit=optional \
+    --no-audit --no-fund --loglevel=error >"$dir/npm-install.log" 2>&1 ||
+    skip "npm install node-llama-cpp@$VERSION failed (see $dir/npm-install.log)"
+  [ -s "$lib/libllama.v0.5.0.so" ] || skip "prebuilt libllama not found in @node-llama-cpp/linux-x64"
+  rm -rf "$dir/hdr"
+fi
+
+# llama.h / ggml headers of exactly this build, from the package's source bundle
+if [ ! -s "$dir/hdr/include/llama.h" ]; then
+  rm -rf "$dir/src" "$dir/hdr.tmp"; mkdir -p "$dir/hdr.tmp"
+  { git clone -q --no-checkout "$bundle" "$dir/src" &&
+    git -C "$dir/src" archive HEAD include/llama.h ggml/include | tar -x -C "$dir/hdr.tmp"; } >/dev/null 2>&1 ||
+    skip "cannot read llama.h from $bundle"
+  rm -rf "$dir/src"; mv "$dir/hdr.tmp" "$dir/hdr"
+fi
+
+exe="$dir/llama_bench"
+if [ ! -x "$exe" ] || [ "$here/llamacpp/llama_bench.c" -nt "$exe" ]; then
+  abslib=$(cd "$lib" && pwd)
+  "$CC" -std=c11 -O2 -Wall -Wextra -I"$dir/hdr/include" -I"$dir/hdr/ggml/include" \
+    "$here/llamacpp/llama_bench.c" -o "$exe" -L"$lib" -l:libllama.v0.5.0.so -l:libggml.v0.5.0.so \
+    -l:libggml-base.so -Wl,-rpath,"$abslib" || skip "cannot compile scripts/llamacpp/llama_bench.c"
+fi
+
+data="$BUILD/bench-data"; mkdir -p "$data"
+model() {  # type -> Qwen3-0.6B-shaped kvsynth model (the one bench_engine uses), made once
+  local m="$data/qwen3-0.6b-shape-$1.gguf"
+  if [ ! -s "$m" ]; then
+    [ -x "$BUILD/kvsynth" ] || { echo "bench-llamacpp: $BUILD/kvsynth not built (make $BUILD/kvsynth)" >&2; return 1; }
+    "$BUILD/kvsynth" --arch qwen3 --layers 28 --dim 1024 --heads 16 --kv-heads 8 --head-dim 128 \
+      --ffn 3072 --vocab 32000 --ctx 8192 --type "$1" --seed 1 -o "$m.tmp" >/dev/null && mv "$m.tmp" "$m" || return 1
+  fi
+  echo "$m"
+}
+num() { sed -n "s/^$1: \([0-9.]*\) .*/\1/p" "$2" | head -1; }  # figure "LABEL: X ..." -> X
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
+
+for t in $TYPES; do
+  m=$(model "$t") || { echo "bench-llamacpp: no $t model"; continue; }
+  out="$data/llamacpp-$t.txt"
+  echo "# llama.cpp (node-llama-cpp $VERSION), $t, threads $THREADS, load:$(uptime | sed 's/.*load average://')"
+  "$exe" "$lib" "$m" --threads "$THREADS" --runs "$RUNS" --fa "$FA" | tee "$out" || { echo "bench-llamacpp: llama_bench failed on $m"; continue; }
+  [ "${COMPARE:-0}" = 1 ] || continue
+  if [ ! -x "$BUILD/bench/bench_engine" ]; then echo "bench-llamacpp: no $BUILD/bench/bench_engine to compare"; continue; fi
+  ours="$data/engine-$t.txt"
+  echo "# kvpub engine, $t, threads $THREADS, load:$(uptime | sed 's/.*load average://')"
+  "$BUILD/bench/bench_engine" "$m" --threads "$THREADS" --runs "$RUNS" | tee "$ours" || continue
+  # llama.cpp figures for flash attention on (its default) come first in $out, off second
+  fa_on=$(sed -n '/^-- flash attention on/,/^-- flash attention off/p' "$out")
+  fa_off=$(sed -n '/^-- flash attention off/,$p' "$out")
+  echo "# side by side, $t, $THREADS threads (ratio = ours / llama.cpp; > 1 means we are faster)"
+  printf '%-28s %12s %12s %12s %10s %10s\n' figure ours llama-fa-on llama-fa-off "vs fa-on" "vs fa-off"
+  for f in "prefill 512 tokens" "prefill 2048 tokens" "decode at 2048 context"; do
+    a=$(num "$f" "$ours"); b=$(num "$f" <(echo "$fa_on")); c=$(num "$f" <(echo "$fa_off"))
+    printf '%-28s %12s %12s %12s %10s %10s\n' "$f tok/s" "${a:--}" "${b:--}" "${c:--}" "$(ratio "$a" "$b")" "$(ratio "$a" "$c")"
+  done
+done

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# serve_limits.sh: the daemon's hygiene under hostile clients: the connection limit (idle TLS
+# connections past --max-conns get no service and the server recovers once they go), idle and
+# partial-header (slowloris) connections closed at --timeout while others are served, a flood of
+# headers, a 100 KB request line, absurd Content-Lengths (413 before any body byte is read), and
+# log lines that cannot be forged from the request. Ends with the server still answering /healthz.
+source "$(dirname "$0")/lib_serve.bash"
+make_cert
+command -v openssl >/dev/null || { echo "openssl CLI missing"; exit 1; }
+
+"$KVPUBD" keygen -o "$T/pub1" >/dev/null
+CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)
+TIMEOUT=3
+start_server "$T/store" --max-conns 4 --timeout "$TIMEOUT"
+expect 200 GET /healthz
+
+# raw REQUEST-FILE [seconds]: sends the file's bytes over TLS, keeps reading until the server
+# closes (s_client -quiet ignores stdin EOF); the response lands in $T/raw.out.
+raw() {
+  timeout "${2:-8}" openssl s_client -quiet -connect "127.0.0.1:$PORT" -servername localhost \
+    <"$1" >"$T/raw.out" 2>/dev/null || true
+}
+status_of() { head -n1 "$T/raw.out" | tr -d '\r' | cut -d' ' -f2; }
+healthy() {  # the daemon is alive and serving
+  kill -0 "$SERVER_PID" 2>/dev/null || { fail "server died ($1)"; return; }
+  req GET /healthz --max-time 5
+  [ "$CODE" = 200 ] && ok "healthy after $1" || fail "not answering /healthz after $1 (got $CODE)"
+}
+
+# ---- connection limit: 4 idle TLS connections fill the server; a fifth gets no service ----
+mkfifo "$T/hold"
+HOLD_PIDS=""
+for i in 1 2 3 4; do
+  openssl s_client -brief -connect "127.0.0.1:$PORT" -servername localhost <"$T/hold" \
+    >"$T/idle$i.out" 2>&1 &
+  HOLD_PIDS="$HOLD_PIDS $!"
+done
+EXTRA_PIDS="$HOLD_PIDS"
+exec 9>"$T/hold"   # releases the s_clients' blocked opens; they stay idle reading it
+for i in 1 2 3 4; do
+  for _ in $(seq 100); do grep -q "CONNECTION ESTABLISHED" "$T/idle$i.out" && break; sleep 0.05; done
+  grep -q "CONNECTION ESTABLISHED" "$T/idle$i.out" || fail "idle connection $i did not complete TLS"
+done
+req GET /healthz --max-time 1.5
+[ "$CODE" != 200 ] && ok "5th connection refused at --max-conns 4 ($CODE)" \
+  || fail "5th connection served past --max-conns 4"
+# the clients leave (stdin EOF ends s_client): the slots free up and service resumes by itself
+exec 9>&-
+for p in $HOLD_PIDS; do wait "$p" 2>/dev/null || true; done
+EXTRA_PIDS=""
+healthy "the connection limit"
+
+# idle connections are closed by the server at --timeout, without the client's help
+mkfifo "$T/hold2"
+openssl s_client -brief -connect "127.0.0.1:$PORT" -servername localhost <"$T/hold2" >"$T/idle.out" 2>&1 &
+IDLE=$!; EXTRA_PIDS="$IDLE"
+exec 8>"$T/hold2"
+t0=$(date +%s%N)
+for _ in $(seq $((TIMEOUT * 20 + 60))); do kill -0 "$IDLE" 2>/dev/null || break; sleep 0.05; done
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+if kill -0 "$IDLE" 2>/dev/null; then fail "idle TLS connection still open after ${ms}ms"; kill "$IDLE"
+else ok "idle TLS connection closed by the server after ${ms}ms"; fi
+exec 8>&-
+wait "$IDLE" 2>/dev/null || true
+EXTRA_PIDS=""
+
+# ---- slowloris: partial headers, then silence; served requests go on meanwhile ----
+printf 'GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1' >"$T/partial"
+SLOW_PIDS=""
+for i in 1 2; do
+  (timeout $((TIMEOUT + 6)) openssl s_client -quiet -connect "127.0.0.1:$PORT" -servername localhost \
+     <"$T/partial" >"$T/slow$i.out" 2>/dev/null; echo $? >"$T/slow$i.rc") &
+  SLOW_PIDS="$SLOW_PIDS $!"
+done
+EXTRA_PIDS="$SLOW_PIDS"
+sleep 0.5
+for _ in 1 2 3; do
+  req GET /healthz --max-time 3
+  [ "$CODE" = 200 ] || fail "request beside slowloris connections: $CODE"
+done
+ok "served beside partial-header connections"
+for p in $SLOW_PIDS; do wait "$p" 2>/dev/null || true; done
+EXTRA_PIDS=""
+for i in 1 2; do
+  # s_client exits 0 when the server closes; 124 would mean our guard timeout fired
+  [ "$(cat "$T/slow$i.rc")" != 124 ] && ok "partial-header connection $i closed by the server" \
+    || fail "partial-header connection $i was never closed"
+  grep -q "HTTP/1.1 200" "$T/slow$i.out" && fail "a partial request was answered 200"
+done
+healthy "slowloris"
+
+# ---- a flood of headers: past the per-connection memory, refused with a 4xx ----
+{
+  printf 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n'
+  for i in $(seq 6000); do printf 'X-H%d: v\r\n' "$i"; done
+  printf '\r\n'
+} >"$T/many"
+raw "$T/many"
+st=$(status_of)
+case "$st" in 4[0-9][0-9]) ok "6000 headers refused ($st)";; *) fail "6000 headers: status '$st'";; esac
+healthy "a header flood"
+
+# ---- a 100 KB request line ----
+{
+  printf 'GET /v1/catalog?q='
+  head -c 102400 /dev/zero | tr '\0' 'a'
+  printf ' HTTP/1.1\r\nHost: localhost\r\n\r\n'
+} >"$T/longurl"
+raw "$T/longurl"
+st=$(status_of)
+case "$st" in 4[0-9][0-9]) ok "100 KB URL refused ($st)";; *) fail "100 KB URL: status '$st'";; esac
+healthy "a 100 KB URL"
+
+# ---- absurd Content-Length: 413 at once, the body is never waited for ----
+t0=$(date +%s%N)
+printf 'PUT /v1/blobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nContent-Length: 9000000000000000000\r\n\r\n' \
+  "$CRED" >"$T/bigput"
+raw "$T/bigput" 6
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+st=$(status_of)
+[ "$st" = 413 ] && ok "absurd upload Content-Length -> 413" || fail "absurd upload Content-Length: '$st'"
+[ "$ms" -lt $((TIMEOUT * 1000)) ] && ok "413 without waiting for the body (${ms}ms)" \
+  || fail "413 took ${ms}ms (waited for the body?)"
+# over 2^64: not a number at all
+printf 'PUT /v1/blobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nContent-Length: 99999999999999999999999\r\n\r\n' \
+  "$CRED" >"$T/hugeput"
+raw "$T/hugeput" 6
+st=$(status_of)
+case "$st" in 400|413) ok "Content-Length over 2^64 -> $st";; *) fail "Content-Length over 2^64: '$st'";; esac
+printf 'POST /v1/purchases HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n' \
+  >"$T/bigpost"
+raw "$T/bigpost" 6
+st=$(status_of)
+[ "$st" = 413 ] && ok "absurd purchase Content-Length -> 413" || fail "absurd purchase Content-Length: '$st'"
+# a declared body that never comes: closed at the timeout
+printf 'PUT /v1/blobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nContent-Length: 100000\r\n\r\nKVB' \
+  "$CRED" >"$T/shortput"
+t0=$(date +%s%N)
+raw "$T/shortput" $((TIMEOUT + 6))
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$ms" -lt $(( (TIMEOUT + 5) * 1000 )) ] && ok "stalled upload body closed after ${ms}ms" \
+  || fail "stalled upload body kept open"
+healthy "absurd Content-Lengths"
+
+# ---- log injection: what the client sends cannot start a new log line or close a field ----
+req GET '/v1/nope%0d%0aevent=access%20status=200%22x%5c' --max-time 5
+[ "$CODE" = 404 ] || fail "injection probe: $CODE"
+wait_log 'event=access.*path="/v1/nope' || fail "probe not logged"
+if grep -q '^event=access status=200' "$T/server.log" || grep -a 'path="/v1/nope' "$T/server.log" | grep -q '[^\\]"x'; then
+  fail "a request forged a log line or field"
+else
+  ok "untrusted path escaped in the log"
+fi
+# a method token with a quote and a non-ASCII byte (answered 405 or refused by MHD, never
+# copied raw into the log)
+printf 'G"E\xc3T\xff /v1/catalog HTTP/1.1\r\nHost: localhost\r\n\r\n' >"$T/method"
+raw "$T/method" 5
+st=$(status_of)
+case "$st" in 4[0-9][0-9]|"") ok "odd method refused (${st:-closed})";; *) fail "odd method: '$st'";; esac
+if grep -a 'event=access' "$T/server.log" | grep -aq 'method=G"'; then
+  fail "raw method bytes in the log"
+else
+  ok "method escaped in the log"
+fi
+bad=$(grep -avc '^ts=' "$T/server.log" || true)
+[ "$bad" = 0 ] && ok "every log line is a structured line" || fail "$bad log lines not starting with ts="
+
+healthy "everything"
+stop_server || fail "graceful stop at the end"
+done_tests
