@@ -1,5 +1,6 @@
 /* attention.c: blocked causal attention over the KV cache with an online softmax; never an
- * n x n matrix. Keys are visited in blocks aligned to absolute cell indices, in order, and
+ * n x n matrix, and no f32 copy of the cache: each work item converts the f16 key blocks it
+ * visits into per-thread scratch once for all of its queries. Keys are visited in blocks aligned to absolute cell indices, in order, and
  * every query runs the same operation sequence whatever else is in its batch, which makes
  * prefill results independent of how a sequence was split. */
 #include "engine/ctx_internal.h"
@@ -10,17 +11,21 @@
 #include <string.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
-enum { KB = ENG_KEY_BLOCK, QB = 16 /* queries per work item */ };
+/* QB: queries per work item; each item converts every key block it visits once, for all of
+ * its QB * (n_head / n_head_kv) query heads. */
+enum { KB = ENG_KEY_BLOCK, QB = 32 };
 
 size_t eng_attention_scratch_floats(const eng_info *hp)
 {
     size_t hd = (size_t)hp->head_dim, G = (size_t)(hp->n_head / hp->n_head_kv);
-    return KB               /* scores / probabilities */
+    return KB                  /* scores / probabilities */
+           + 2 * KB * hd       /* the key block in f32: K transposed (hd, KB), V (KB, hd) */
            + QB * G * (hd + 2) /* per query: acc (head_dim), running max, running sum */
-           + 64;            /* alignment slack */
+           + 64;               /* alignment slack */
 }
 
 /* One query against one key block: updates the running max *m, sum *l and acc (head_dim). */
@@ -229,13 +234,15 @@ static float *align32(float *p)
     return (float *)(((uintptr_t)p + 31) & ~(uintptr_t)31);
 }
 
+static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt, float *Vb);
+
 /* Work item: one kv head and up to QB consecutive queries, for all query heads of its group. */
 static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
 {
     const eng_ctx *c = J->c;
     const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *s = align32(scr), *st = s + KB;
+    float *s = align32(scr), *Kt = s + KB, *Vb = Kt + (size_t)KB * hd, *st = Vb + (size_t)KB * hd;
     const int nqi = i1 - i0;
     /* per (g, i): acc[hd], m, l */
     for (int t = 0; t < G * nqi; t++) {
@@ -245,10 +252,8 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
         a[hd + 1] = 0;
     }
     const int last = J->c0 + i1 - 1; /* last cell any query of the item sees */
-    const float *kt = c->kt[J->il] + (size_t)h * c->n_blk * hd * KB;
-    const float *vf = c->vf[J->il] + (size_t)h * c->n_blk * KB * hd;
     for (int b0 = 0; b0 <= last; b0 += KB) {
-        const float *Kt = kt + (size_t)(b0 / KB) * hd * KB, *Vb = vf + (size_t)b0 * hd;
+        load_block(c, J->il, h, b0, last + 1 - b0 < KB ? last + 1 - b0 : KB, Kt, Vb);
         for (int g = 0; g < G; g++) {
             const int head = h * G + g;
             for (int i = i0; i < i1; i++) {
@@ -274,43 +279,88 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
     }
 }
 
-/* Brings the f32 mirror of layer il up to cell `upto`, cells split over threads. */
-typedef struct mir_job {
-    eng_ctx *c;
-    int il, from, upto;
-} mir_job;
-
-static void mir_worker(void *arg, int ith, int nth)
+#if defined(__x86_64__)
+/* Keys of 8 consecutive cells of one kv head (f16 rows kvd apart) into 8 columns of a
+ * transposed block: kt[d * KB] receives dim d of the first cell. 8x8 transposes in registers
+ * instead of strided scalar stores. */
+__attribute__((target("avx2,fma,f16c"))) static void k8_f16c(const uint16_t *k, size_t kvd, int hd,
+                                                             float *kt)
 {
-    mir_job *M = arg;
-    eng_ctx *c = M->c;
-    const int hd = c->hp->head_dim, kvd = c->kv_dim, nkv = c->hp->n_head_kv;
-    const int n = M->upto - M->from;
-    const int j0 = M->from + (int)((int64_t)n * ith / nth), j1 = M->from + (int)((int64_t)n * (ith + 1) / nth);
-    float row[512];
-    for (int cell = j0; cell < j1; cell++) {
-        for (int h = 0; h < nkv; h++) {
-            size_t off = (size_t)cell * kvd + (size_t)h * hd;
-            float *kt = c->kt[M->il] + ((size_t)h * c->n_blk + (size_t)(cell / KB)) * hd * KB + cell % KB;
-            float *vf = c->vf[M->il] + ((size_t)h * c->n_blk * KB + (size_t)cell) * hd;
-            if (c->kv_f32) {
-                memcpy(row, (const float *)c->k[M->il] + off, sizeof(float) * (size_t)hd);
-                memcpy(vf, (const float *)c->v[M->il] + off, sizeof(float) * (size_t)hd);
-            } else {
-                eng_f16_to_f32_row((const uint16_t *)c->k[M->il] + off, row, (size_t)hd);
-                eng_f16_to_f32_row((const uint16_t *)c->v[M->il] + off, vf, (size_t)hd);
-            }
-            for (int d = 0; d < hd; d++)
-                kt[(size_t)d * KB] = row[d];
+    for (int d = 0; d < hd; d += 8) {
+        __m256 r[8], t[8], u[8];
+        for (int i = 0; i < 8; i++)
+            r[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + (size_t)i * kvd + d)));
+        for (int i = 0; i < 8; i += 2) { /* t[i]: dims 0,1 | 4,5 of cells i, i+1 interleaved */
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int q = 0; q < 8; q += 4) { /* u[q + j]: dim j | dim j + 4 of cells q .. q + 3 */
+            u[q + 0] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+            u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xee);
+            u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+            u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xee);
+        }
+        for (int j = 0; j < 4; j++) {
+            _mm256_storeu_ps(kt + (size_t)(d + j) * KB, _mm256_permute2f128_ps(u[j], u[j + 4], 0x20));
+            _mm256_storeu_ps(kt + (size_t)(d + j + 4) * KB, _mm256_permute2f128_ps(u[j], u[j + 4], 0x31));
         }
     }
 }
 
+static int cpu_f16c(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        unsigned a, b, c, d;
+        __builtin_cpu_init();
+        v = cpu_avx2() && __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+    }
+    return v;
+}
+#endif
+
+/* Cells [b0, b0 + n) (n <= KB) of kv head h of layer il, straight from the cache, into Kt (hd,
+ * KB) transposed and Vb (KB, hd) in f32; key columns n.. of Kt are zeroed (they are scored
+ * and then masked, so they must be finite). The conversion is exact, so the values are the
+ * cache's whatever block or batch asks for them. */
+static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt, float *Vb)
+{
+    const int hd = c->hp->head_dim;
+    const size_t kvd = (size_t)c->kv_dim, off = (size_t)b0 * kvd + (size_t)h * hd;
+    int j = 0;
+    if (c->kv_f32) {
+        const float *k = (const float *)c->k[il] + off, *v = (const float *)c->v[il] + off;
+        for (; j < n; j++) {
+            for (int d = 0; d < hd; d++)
+                Kt[(size_t)d * KB + j] = k[(size_t)j * kvd + d];
+            memcpy(Vb + (size_t)j * hd, v + (size_t)j * kvd, sizeof(float) * (size_t)hd);
+        }
+    } else {
+        const uint16_t *k = (const uint16_t *)c->k[il] + off, *v = (const uint16_t *)c->v[il] + off;
+#if defined(__x86_64__)
+        if (hd % 8 == 0 && cpu_f16c())
+            for (; j + 8 <= n; j += 8)
+                k8_f16c(k + (size_t)j * kvd, kvd, hd, Kt + j);
+#endif
+        float row[512];
+        for (int jj = j; jj < n; jj++) {
+            eng_f16_to_f32_row(k + (size_t)jj * kvd, row, (size_t)hd);
+            for (int d = 0; d < hd; d++)
+                Kt[(size_t)d * KB + jj] = row[d];
+        }
+        for (j = 0; j < n; j++)
+            eng_f16_to_f32_row(v + (size_t)j * kvd, Vb + (size_t)j * hd, (size_t)hd);
+    }
+    if (n < KB)
+        for (int d = 0; d < hd; d++)
+            memset(Kt + (size_t)d * KB + n, 0, sizeof(float) * (size_t)(KB - n));
+}
+
 void eng_attention_invalidate(eng_ctx *c, int cell0)
 {
-    for (int il = 0; il < c->hp->n_layer; il++)
-        if (c->mirror_ok[il] > cell0)
-            c->mirror_ok[il] = cell0;
+    /* attention reads the cache itself and keeps no copy, so nothing goes stale */
+    (void)c;
+    (void)cell0;
 }
 
 static void att_worker(void *arg, int ith, int nth)
@@ -331,27 +381,6 @@ static void att_worker(void *arg, int ith, int nth)
 eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
                          size_t ldo)
 {
-    const size_t per = (size_t)c->n_blk * KB * (size_t)c->kv_dim;
-    if (!c->kt[il]) {
-        /* calloc: cells past the filled ones are read (never used) by whole key blocks, so
-         * they must hold finite numbers */
-        c->kt[il] = calloc(per, sizeof(float));
-        c->vf[il] = calloc(per, sizeof(float));
-        if (!c->kt[il] || !c->vf[il]) {
-            free(c->kt[il]);
-            free(c->vf[il]);
-            c->kt[il] = c->vf[il] = NULL;
-            return ENG_ERR_NOMEM;
-        }
-    }
-    if (c->mirror_ok[il] < c0 + nq) {
-        mir_job M = {c, il, c->mirror_ok[il], c0 + nq};
-        if (nq == 1 && M.upto - M.from == 1)
-            mir_worker(&M, 0, 1);
-        else
-            eng_pool_run(c->pool, mir_worker, &M);
-        c->mirror_ok[il] = c0 + nq;
-    }
     att_job J = {c, il, q, ldq, c0, nq, out, ldo, pick_kernel(c->hp->head_dim)};
     eng_pool_run(c->pool, att_worker, &J);
     return ENG_OK;

@@ -9,10 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Batched products run on tiles of ENG_ROW_TILE token rows aligned to absolute cell indices,
- * always with the same sgemm shape: OpenBLAS results for a row depend on M and on the row's
- * place in the call (tests/unit/test_engine_blas.c), so this is what makes a token's result
- * independent of how the sequence was split into prefill calls. */
+/* Formerly the fixed sgemm row tile. Batched products now run through engine/gemm.c, whose
+ * per-element accumulation order does not depend on the number or place of rows, so a
+ * forward pass holds exactly its tokens; kept for code that still names it. */
 enum { ENG_ROW_TILE = 64 };
 /* Attention walks keys in blocks of this many cells, aligned to absolute cell indices. */
 enum { ENG_KEY_BLOCK = 64 };
@@ -87,15 +86,15 @@ struct eng_ctx {
     float *g, *u;            /* (rows, n_ff) */
     float *xr;               /* (rows, max(n_embd, n_head*head_dim, n_ff)) rounded activations */
     float *cs;               /* (rows, n_rot) cos/sin per token */
-    float *wtile;            /* (tile rows, ncols) dequantized weights */
+    float *wtile;            /* GEMM panels (forward.c): packed X (cap_rows, widest K rounded
+                              * to 8), then per thread a chunk of dequantized weight rows */
     size_t wtile_cap;        /* floats */
-    /* f32 mirror of the cache in the layout attention reads, converted once per cell: per layer,
-     * kt (n_head_kv, n_blk, head_dim, ENG_KEY_BLOCK) keys transposed per block and
-     * vf (n_head_kv, n_blk * ENG_KEY_BLOCK, head_dim); cells below mirror_ok[il] are current */
+    /* unused since attention reads the f16 cache directly (engine/attention.c); ctx.c still
+     * allocates the per-layer pointer arrays (all NULL) */
     float **kt, **vf;
     int *mirror_ok;
     int n_blk;
-    float *att_scratch;      /* per thread attention scratch */
+    float *att_scratch;      /* per thread attention scratch (key block in f32, accumulators) */
     size_t att_scratch_per;  /* floats per thread */
     eng_rerot rerot;         /* last re-rotation table (ctx.c), valid when rerot_ok */
     int rerot_ok;
@@ -107,7 +106,8 @@ struct eng_ctx {
 eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
                          size_t ldo) ENG_WUR;
 size_t eng_attention_scratch_floats(const eng_info *hp);
-/* Marks the f32 mirror stale from cell0 on (after import, re-rotation, truncation). */
+/* Called after import, re-rotation and truncation from cell0 on; attention keeps no copy of
+ * the cache, so there is nothing to refresh (kept as the hook for any future cache). */
 void eng_attention_invalidate(eng_ctx *c, int cell0);
 
 #endif

@@ -1,10 +1,10 @@
 /* forward.c: the llama / qwen2 / qwen3 forward pass: batched prefill (weight chunks dequantized
- * once per pass, products in eng_gemm_dot's fixed order) and the single-token decode step
+ * once per pass, products in eng_gemm_packed's fixed order) and the single-token decode step
  * (eng_matvec). Per-token work is row-wise, so results do not depend on batching. */
 #include "engine/ctx_internal.h"
-#include "engine/quant_internal.h"
-
 #include "engine/gemm_internal.h"
+#include "engine/quant_blocks.h"
+#include "engine/quant_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -27,7 +27,7 @@ static int xr_width(const eng_ctx *c) { return eng_gemm_kr((int)xr_width_raw(c->
 
 static int chunk_rows(int64_t K)
 {
-    int64_t nb = CHUNK_FLOATS / K / 3 * 3;
+    int64_t nb = CHUNK_FLOATS / eng_gemm_kr((int)K) / 3 * 3;
     return nb < 3 ? 3 : (int)nb;
 }
 
@@ -38,7 +38,7 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
         return ENG_OK;
     const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
     const size_t KD = (size_t)c->kv_dim, F = (size_t)hp->n_ff;
-    const size_t XR = (size_t)max64(max64((int64_t)E, (int64_t)QD), (int64_t)F);
+    const size_t XR = (size_t)xr_width_raw(hp);
     float **bufs[] = {&c->x, &c->xn, &c->q, &c->kk, &c->vv, &c->att, &c->g, &c->u, &c->xr, &c->cs};
     const size_t widths[] = {E, E, QD, KD, KD, QD, F, F, XR, (size_t)hp->rope.n_rot};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
@@ -52,7 +52,7 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
     /* c->wtile: X packed for the GEMM (rows, Kr of the widest K), then one chunk of packed,
      * dequantized weight rows plus one row of scratch per thread */
     free(c->wtile);
-    const size_t kmax = (size_t)eng_gemm_kr((int)XR);
+    const size_t kmax = (size_t)xr_width(c);
     const size_t per = (size_t)max64(CHUNK_FLOATS, 3 * (int64_t)kmax) + kmax;
     c->wtile_cap = (size_t)rows * kmax + per * (size_t)eng_pool_size(c->pool);
     c->wtile = aligned_alloc(64, (c->wtile_cap * sizeof(float) + 63) / 64 * 64);
@@ -82,10 +82,14 @@ static void rows_worker(void *a, int ith, int nth)
         J->fn(J->c, J->arg, r0, r1);
 }
 
+/* Few rows run on the calling thread: the row-wise steps are microseconds for them, less than
+ * a pool hand-off costs (and far less when the machine is oversubscribed). */
+enum { PAR_MIN_ROWS = 32 };
+
 static void par_rows(eng_ctx *c, int n, rows_fn fn, void *arg)
 {
     rows_job J = {c, fn, arg, n};
-    if (n < 4)
+    if (n < PAR_MIN_ROWS)
         fn(c, arg, 0, n);
     else
         eng_pool_run(c->pool, rows_worker, &J);
@@ -184,19 +188,10 @@ static void round_rows(eng_ctx *c, void *a, int r0, int r1)
     }
 }
 
-static const float *round_act(eng_ctx *c, uint32_t type, const float *X, int R, int K)
-{
-    int q8 = type == GGML_T_Q8_0 || type == GGML_T_Q4_0;
-    if (!(type == GGML_T_F16 || type == GGML_T_BF16 || (q8 && K % 32 == 0)))
-        return X;
-    round_arg A = {type, X, c->xr, K};
-    par_rows(c, R, round_rows, &A);
-    return c->xr;
-}
 
 /* ---- batched product: Y (R, N) = X (R, K) W^T ----
  * Work is split over weight-row chunks; each thread dequantizes its chunk once into its own
- * buffer and multiplies every token row by it (eng_gemm_dot). A product's bits depend only on
+ * buffer and multiplies every token row by it (eng_gemm_packed). A product's bits depend only on
  * the token's own row and the weights, never on R or on the thread count. */
 
 typedef struct lin_job {
@@ -227,6 +222,10 @@ static void lin_worker(void *a, int ith, int nth)
         const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
         float *row = buf + (size_t)nn * (size_t)eng_gemm_kr((int)K);
         for (int r = 0; r < nn; r++) {
+            size_t step;
+            const size_t at = eng_gemm_row_at(r, nn, ENG_GEMM_NR, (int)K, &step);
+            if (eng_dequant_row_panel(W->type, src + (size_t)r * W->row_bytes, buf + at, K, step))
+                continue;
             eng_dequant_row(W->type, src + (size_t)r * W->row_bytes, row, K);
             eng_gemm_pack_row(row, (int)K, r, nn, ENG_GEMM_NR, buf);
         }
@@ -246,18 +245,28 @@ static int round_kind(uint32_t type, int64_t K)
     return 0;
 }
 
+/* Activations for a product: rounded the way ggml feeds them to W's type (round_rows; into
+ * c->xr) when it does, then packed into GEMM panels. */
 typedef struct pack_arg {
     const float *x;
     float *dst;
     int K, R;
+    uint32_t type;
+    int round;
 } pack_arg;
 
 static void pack_rows(eng_ctx *c, void *a, int r0, int r1)
 {
-    (void)c;
     pack_arg *A = a;
-    for (int r = r0; r < r1; r++)
-        eng_gemm_pack_row(A->x + (size_t)r * A->K, A->K, r, A->R, ENG_GEMM_MR, A->dst);
+    for (int r = r0; r < r1; r++) {
+        const float *x = A->x + (size_t)r * A->K;
+        if (A->round) {
+            round_arg R = {A->type, A->x, c->xr, A->K};
+            round_rows(c, &R, r, r + 1);
+            x = c->xr + (size_t)r * A->K;
+        }
+        eng_gemm_pack_row(x, A->K, r, A->R, ENG_GEMM_MR, A->dst);
+    }
 }
 
 /* Products of up to three matrices with the same input X (R rows) in one pool run. */
@@ -271,7 +280,7 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
         while (i1 < n && round_kind(W[i1]->type, W[i1]->ncols) == kind && W[i1]->ncols == W[i0]->ncols)
             i1++;
         const int K = (int)W[i0]->ncols;
-        pack_arg P = {round_act(c, W[i0]->type, X, R, K), c->wtile, K, R};
+        pack_arg P = {X, c->wtile, K, R, W[i0]->type, kind != 0};
         par_rows(c, R, pack_rows, &P);
         const float *xr = c->wtile;
         lin_job J = {c, i1 - i0, R, {0}, {0}, {0}, {0}, {0}, 0};

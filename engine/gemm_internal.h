@@ -22,6 +22,15 @@ enum { ENG_GEMM_MR = 4, ENG_GEMM_NR = 3 };
 
 static inline int eng_gemm_kr(int K) { return (K + 7) / 8 * 8; }
 
+/* Where row r of a `rows`-row matrix starts in its panels (offset in floats) and the distance
+ * between its consecutive 8-column steps. */
+static inline size_t eng_gemm_row_at(int r, int rows, int group, int K, size_t *step)
+{
+    const int r0 = r / group * group, g = rows - r0 < group ? rows - r0 : group;
+    *step = (size_t)g * 8;
+    return (size_t)r0 * (size_t)eng_gemm_kr(K) + (size_t)(r - r0) * 8;
+}
+
 /* Packs row r (K floats) of a matrix of `rows` rows into panels of `group` rows at dst. */
 void eng_gemm_pack_row(const float *src, int K, int r, int rows, int group, float *dst);
 

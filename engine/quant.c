@@ -274,6 +274,24 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
     }
 }
 
+int eng_dequant_row_panel(uint32_t type, const void *src, float *dst, int64_t n, size_t stride)
+{
+#if defined(__x86_64__)
+    if (have_avx2() && n % 8 == 0) {
+        if (type == GGML_T_Q8_0 && n % QB_QK == 0) {
+            eng_dequant_q8_0_panel_avx2(src, dst, n, stride);
+            return 1;
+        }
+        if (type == GGML_T_F16) {
+            eng_f16_panel_f16c(src, dst, n, stride);
+            return 1;
+        }
+    }
+#endif
+    (void)type, (void)src, (void)dst, (void)n, (void)stride;
+    return 0;
+}
+
 /* ---- quantization (simple absmax / min-max rounding; valid blocks, not optimal ones) ---- */
 
 static float absmax(const float *x, int n)

@@ -37,6 +37,25 @@ AVX2 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n)
         dst[i] = eng_f32_to_f16(src[i]);
 }
 
+/* Panel variants for the prefill GEMM: element k goes to y[(k / 8) * stride + k % 8]. The
+ * values are those of eng_dequant_q8_0_avx2 / eng_f16_to_f32_row_f16c. */
+AVX2 void eng_dequant_q8_0_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    for (int64_t i = 0; i < n; i += QB_QK, b += QB_Q8_0_BYTES) {
+        __m256 d = _mm256_set1_ps(f16s(b));
+        for (int k = 0; k < 4; k++, y += stride) {
+            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * k)));
+            _mm256_storeu_ps(y, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+    }
+}
+
+AVX2 void eng_f16_panel_f16c(const uint8_t *src, float *y, int64_t n, size_t stride)
+{
+    for (int64_t i = 0; i < n; i += 8, src += 16, y += stride)
+        _mm256_storeu_ps(y, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)src)));
+}
+
 AVX2 void eng_dequant_q8_0_avx2(const uint8_t *b, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i += QB_QK, b += QB_Q8_0_BYTES, y += QB_QK) {

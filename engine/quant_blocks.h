@@ -1,4 +1,4 @@
-/* quant_blocks.h: private to engine/quant*.c: byte offsets of ggml's block formats, the
+/* quant_blocks.h: private to engine/quant*.c (and forward.c's packing hook at the end): byte offsets of ggml's block formats, the
  * Q8 activation blocks the integer kernels consume, and the per-ISA kernel entry points. */
 #ifndef KVPUB_QUANT_BLOCKS_H
 #define KVPUB_QUANT_BLOCKS_H
@@ -87,6 +87,14 @@ void eng_xq_quantize_avx2(const float *x, int64_t n, int blk, eng_xq *out);
 void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n);
 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n);
 void eng_dequant_q8_0_avx2(const uint8_t *src, float *dst, int64_t n);
+void eng_dequant_q8_0_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
+void eng_f16_panel_f16c(const uint8_t *src, float *dst, int64_t n, size_t stride);
 #endif
+
+/* For engine/forward.c's GEMM packing: dequantizes n elements (a multiple of 8) of one row
+ * to exactly the values eng_dequant_row gives, element k at dst[(k / 8) * stride + k % 8].
+ * Returns 0 (writing nothing) for types without such a kernel here; the caller then
+ * dequantizes a row and copies it. */
+int eng_dequant_row_panel(uint32_t type, const void *src, float *dst, int64_t n, size_t stride);
 
 #endif

@@ -11,6 +11,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define KVB_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -28,11 +29,39 @@ struct kvb_codec_ctx {
     size_t fscale_cap;  /* floats */
 };
 
-/* 1 if this CPU runs the AVX2+F16C paths. */
+#ifdef KVB_X86
+/* CPUID: AVX2 and F16C present and the OS saves YMM state (clang's __builtin_cpu_supports
+ * does not know "f16c" everywhere, so ask the CPU directly). */
+static int cpu_has_avx2_f16c(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX) || !(c & bit_F16C))
+        return 0;
+    unsigned xlo, xhi;
+    __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 6) != 6 || __get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b & bit_AVX2) != 0;
+}
+#endif
+
+/* 1 if this CPU runs the AVX2+F16C paths and KVB_NO_SIMD=1 does not ask for the scalar ones
+ * (tests compare both). */
 static int simd_ok(void)
 {
 #ifdef KVB_X86
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    static int cached = -1; /* every thread computes the same value: a benign, atomic race */
+    const char *no = getenv("KVB_NO_SIMD");
+    if (no && strcmp(no, "1") == 0)
+        return 0;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = cpu_has_avx2_f16c();
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
 #else
     return 0;
 #endif

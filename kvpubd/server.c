@@ -415,12 +415,125 @@ static enum MHD_Result handle_metrics(kvsrv_req *r)
          "# TYPE kvpubd_inflight_requests gauge\n"
          "kvpubd_inflight_requests %" PRId64 "\n",
          (int64_t)atomic_load(&s->inflight));
+    EMIT("# HELP kvpubd_header_timeouts_total Connections cut for not completing request headers in time.\n"
+         "# TYPE kvpubd_header_timeouts_total counter\n"
+         "kvpubd_header_timeouts_total %" PRIu64 "\n",
+         atomic_load(&s->header_timeouts));
     EMIT("# HELP kvpubd_uploads_rejected_total Uploads refused (auth, size, verification).\n"
          "# TYPE kvpubd_uploads_rejected_total counter\n"
          "kvpubd_uploads_rejected_total %" PRIu64 "\n",
          atomic_load(&s->uploads_rejected));
 #undef EMIT
     return kvsrv_respond_text(r, MHD_HTTP_OK, "text/plain; version=0.0.4", out, len);
+}
+
+/* ---- header deadline (see struct kvsrv) ---- */
+
+typedef struct kvsrv_watch {
+    struct kvsrv_watch *prev, *next;
+    int fd;
+    double since;      /* mono ms: accept, or the end of the previous request */
+    int in_request;    /* headers complete: the request is being handled or answered */
+    int cut;           /* shut down by the watchdog */
+} kvsrv_watch;
+
+static kvsrv_watch *watch_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Marks the connection's request started (headers complete) or ended (idle again). */
+static void watch_mark(kvsrv *s, struct MHD_Connection *conn, int in_request)
+{
+    kvsrv_watch *w = watch_of(conn);
+    if (!w)
+        return;
+    pthread_mutex_lock(&s->watch_mu);
+    w->in_request = in_request;
+    w->since = mono_ms();
+    pthread_mutex_unlock(&s->watch_mu);
+}
+
+static void *watchdog_main(void *arg)
+{
+    kvsrv *s = arg;
+    double limit_ms = s->cfg.timeout_s * 1e3;
+    pthread_mutex_lock(&s->watch_mu);
+    while (!s->watchdog_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 250 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->watch_cv, &s->watch_mu, &until);
+        double now = mono_ms();
+        /* MHD closes the socket only after its CLOSED notification, which unlinks the entry
+         * under watch_mu: every fd on this list still belongs to its connection */
+        for (kvsrv_watch *w = s->watch_head; w && !s->watchdog_stop; w = w->next) {
+            if (w->in_request || w->cut || now - w->since <= limit_ms)
+                continue;
+            w->cut = 1;
+            (void)shutdown(w->fd, SHUT_RDWR); /* MHD sees the end of the stream and closes it */
+            atomic_fetch_add_explicit(&s->header_timeouts, 1, memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&s->watch_mu);
+    return NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    kvsrv *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add(&s->active_conns, 1);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        kvsrv_watch *w = ci ? calloc(1, sizeof *w) : NULL;
+        if (!w)
+            return; /* unwatched: MHD's idle timeout still applies */
+        w->fd = ci->connect_fd;
+        w->since = mono_ms();
+        pthread_mutex_lock(&s->watch_mu);
+        w->next = s->watch_head;
+        if (w->next)
+            w->next->prev = w;
+        s->watch_head = w;
+        pthread_mutex_unlock(&s->watch_mu);
+        *socket_context = w;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        atomic_fetch_sub(&s->active_conns, 1);
+        kvsrv_watch *w = *socket_context;
+        if (!w)
+            return;
+        pthread_mutex_lock(&s->watch_mu);
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            s->watch_head = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        pthread_mutex_unlock(&s->watch_mu);
+        if (w->cut)
+            kvsrv_log(s, "info", "event=header_timeout detail=\"request headers not complete within %us\"",
+                      s->cfg.timeout_s);
+        free(w);
+        *socket_context = NULL;
+    }
+}
+
+static void watchdog_halt(kvsrv *s)
+{
+    if (!s->watchdog_running)
+        return;
+    pthread_mutex_lock(&s->watch_mu);
+    s->watchdog_stop = 1;
+    pthread_cond_signal(&s->watch_cv);
+    pthread_mutex_unlock(&s->watch_mu);
+    pthread_join(s->watchdog, NULL);
+    s->watchdog_running = 0;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -441,6 +554,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         kvsrv_log_escape(url, r->path, sizeof r->path);
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
+        watch_mark(s, conn, 1);
         route(url, r);
         /* Requests with a body set up their state here and return before reading it (an
          * early refusal queued now also makes MHD close the connection: the body is never
@@ -544,17 +658,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
               err[0] ? " detail=\"" : "", err, err[0] ? "\"" : "");
     kvsrv_req_finish(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     req_free(r);
+    watch_mark(s, conn, 0); /* keep-alive: the next request's headers have timeout_s again */
     atomic_fetch_sub(&s->inflight, 1);
-}
-
-static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-                          enum MHD_ConnectionNotificationCode toe)
-{
-    kvsrv *s = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
-        atomic_fetch_add(&s->active_conns, 1);
-    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
-        atomic_fetch_sub(&s->active_conns, 1);
 }
 
 /* ---- lifecycle ---- */
@@ -639,6 +744,8 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
         return 2;
     }
     pthread_mutex_init(&s->log_mu, NULL);
+    pthread_mutex_init(&s->watch_mu, NULL);
+    pthread_cond_init(&s->watch_cv, NULL);
     s->listen_fd = -1;
     s->cfg = *cfg;
     if (!s->cfg.threads)
@@ -697,6 +804,11 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
         snprintf(err, errlen, "cannot start the HTTPS daemon on %s (bad certificate/key pair?)", cfg->listen);
         goto fail;
     }
+    if (pthread_create(&s->watchdog, NULL, watchdog_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the connection watchdog thread");
+        goto fail;
+    }
+    s->watchdog_running = 1;
     *out = s;
     return 0;
 fail:
@@ -725,6 +837,7 @@ unsigned kvsrv_shutdown(kvsrv *s, unsigned deadline_s)
         nanosleep(&ts, NULL);
     }
     unsigned left = (unsigned)atomic_load(&s->inflight);
+    watchdog_halt(s);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
     return left;
@@ -734,6 +847,7 @@ void kvsrv_free(kvsrv *s)
 {
     if (!s)
         return;
+    watchdog_halt(s);
     if (s->daemon)
         MHD_stop_daemon(s->daemon);
     if (s->listen_fd >= 0)
@@ -748,5 +862,8 @@ void kvsrv_free(kvsrv *s)
         fclose(s->log);
     free(s->log_path);
     pthread_mutex_destroy(&s->log_mu);
+    /* MHD_stop_daemon sent every CLOSED notification: the list is empty */
+    pthread_mutex_destroy(&s->watch_mu);
+    pthread_cond_destroy(&s->watch_cv);
     free(s);
 }

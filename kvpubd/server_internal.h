@@ -41,6 +41,16 @@ struct kvsrv {
     pthread_mutex_t log_mu;
     FILE *log;                     /* NULL = stderr */
     char *log_path;
+    /* header deadline: libmicrohttpd's timeout is an idle timer that every byte resets, so a
+     * client trickling header lines could hold a connection slot for ever. Each connection is
+     * watched from accept (or the end of its previous request) until its request's headers
+     * are complete; past timeout_s the watchdog shuts the socket down. */
+    pthread_mutex_t watch_mu;
+    pthread_cond_t watch_cv;
+    struct kvsrv_watch *watch_head;
+    pthread_t watchdog;
+    int watchdog_running, watchdog_stop;
+    _Atomic uint64_t header_timeouts;
     /* lifecycle and metrics */
     atomic_int stopping;
     atomic_long inflight;          /* requests between first call and completion */

@@ -52,10 +52,11 @@ static void die(const char *msg)
 
 int main(int argc, char **argv)
 {
+    const int help = argc == 2 && strcmp(argv[1], "--help") == 0;
     if (argc < 3) {
         fputs("usage: llama_bench LIBDIR MODEL.gguf [--threads N] [--runs N] [--decode N] [--fa on|off|both]\n",
-              stderr);
-        return 2;
+              help ? stdout : stderr);
+        return help ? 0 : 2;
     }
     int threads = 2, runs = 3, n_dec = 32, fa_on = 1, fa_off = 1;
     for (int i = 3; i + 1 < argc; i += 2) {

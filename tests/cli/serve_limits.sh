@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # serve_limits.sh: the daemon's hygiene under hostile clients: the connection limit (idle TLS
 # connections past --max-conns get no service and the server recovers once they go), idle and
-# partial-header (slowloris) connections closed at --timeout while others are served, a flood of
-# headers, a 100 KB request line, absurd Content-Lengths (413 before any body byte is read), and
-# log lines that cannot be forged from the request. Ends with the server still answering /healthz.
+# partial-header (slowloris) connections, even ones trickling a header line at a time, closed
+# at --timeout while others are served, a flood of headers, a 100 KB request line, absurd
+# Content-Lengths (413 before any body byte is read), and log lines that cannot be forged from
+# the request. Ends with the server still answering /healthz and stopping cleanly.
 source "$(dirname "$0")/lib_serve.bash"
 make_cert
 command -v openssl >/dev/null || { echo "openssl CLI missing"; exit 1; }
@@ -87,6 +88,21 @@ for i in 1 2; do
     || fail "partial-header connection $i was never closed"
   grep -q "HTTP/1.1 200" "$T/slow$i.out" && fail "a partial request was answered 200"
 done
+# a trickle: one header line every 0.7 s resets an idle timer for ever; the header deadline
+# (whole headers within --timeout of accept) cuts it anyway
+t0=$(date +%s%N)
+{ printf 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n'
+  for i in $(seq 12); do printf 'X-Trickle-%d: y\r\n' "$i"; sleep 0.7; done; printf '\r\n'; } |
+  timeout 15 openssl s_client -quiet -connect "127.0.0.1:$PORT" -servername localhost >"$T/trickle.out" 2>/dev/null || true
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+if grep -q "HTTP/1.1 200" "$T/trickle.out"; then
+  fail "trickled headers (8.4 s) were answered: no header deadline (${ms}ms)"
+else
+  ok "trickled headers cut by the header deadline"
+fi
+req GET /metrics --max-time 5
+grep -Eq '^kvpubd_header_timeouts_total [1-9]' "$T/body" && ok "header timeouts counted" \
+  || fail "kvpubd_header_timeouts_total not counted"
 healthy "slowloris"
 
 # ---- a flood of headers: past the per-connection memory, refused with a 4xx ----

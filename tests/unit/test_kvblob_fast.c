@@ -1,0 +1,384 @@
+/* test_kvblob_fast.c: the fast paths of format/ give the same bytes as the plain ones: writer
+ * output identical whatever the thread count (add_layers and add_chunk), SIMD and scalar
+ * (KVB_NO_SIMD=1) codecs identical on odd shapes, and zero-copy reading (kvb_reader_buffer /
+ * commit, kvb_read_file) identical to kvb_reader_feed, errors included. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "format/kvblob.h"
+
+typedef struct shape {
+    uint32_t n_layer, n_head_kv, head_dim, n_tokens, chunk_tokens;
+} shape;
+
+/* odd sizes reach every SIMD tail; 16-multiples reach the vector q8/q4 rows */
+static const shape shapes[] = {
+    {2, 1, 3, 37, 5},
+    {3, 2, 16, 100, 32},
+    {1, 3, 8, 19, 19},
+};
+
+static kvc_key *g_key;
+static uint32_t rng = 777;
+static uint32_t rnd(void)
+{
+    rng = rng * 1664525u + 1013904223u;
+    return rng >> 8;
+}
+
+typedef struct data {
+    shape s;
+    uint32_t kv_dim;
+    uint16_t **k, **v; /* n_layer arrays of (n_tokens, kv_dim) */
+    int32_t *tok;
+} data;
+
+/* lossless codecs get every bit pattern (NaN, inf, subnormals); q8/q4 finite values */
+static void make(data *d, const shape *s, int finite)
+{
+    d->s = *s;
+    d->kv_dim = s->n_head_kv * s->head_dim;
+    size_t nv = (size_t)s->n_tokens * d->kv_dim;
+    d->k = calloc(s->n_layer, sizeof *d->k);
+    d->v = calloc(s->n_layer, sizeof *d->v);
+    for (uint32_t l = 0; l < s->n_layer; l++) {
+        d->k[l] = malloc(nv * 2);
+        d->v[l] = malloc(nv * 2);
+        for (size_t i = 0; i < nv; i++) {
+            uint16_t a = (uint16_t)rnd(), b = (uint16_t)rnd();
+            if (finite) { /* exponent 1..24: finite, wide range */
+                a = (uint16_t)((a & 0x83ff) | ((1 + rnd() % 24) << 10));
+                b = (uint16_t)((b & 0x83ff) | ((1 + rnd() % 24) << 10));
+            }
+            d->k[l][i] = a;
+            d->v[l][i] = b;
+        }
+    }
+    d->tok = malloc(4ull * s->n_tokens);
+    for (uint32_t i = 0; i < s->n_tokens; i++)
+        d->tok[i] = (int32_t)(rnd() % 50000);
+}
+
+static void unmake(data *d)
+{
+    for (uint32_t l = 0; l < d->s.n_layer; l++) {
+        free(d->k[l]);
+        free(d->v[l]);
+    }
+    free(d->k);
+    free(d->v);
+    free(d->tok);
+}
+
+static void meta(kvb_manifest *m, const data *d, kvb_codec codec)
+{
+    memset(m, 0, sizeof *m);
+    m->model_arch = "test";
+    m->n_layer = d->s.n_layer;
+    m->n_embd = 64;
+    m->n_head = 4;
+    m->n_head_kv = d->s.n_head_kv;
+    m->head_dim = d->s.head_dim;
+    m->rope_n_rot = d->s.head_dim;
+    m->rope_freq_base = 10000.0;
+    m->rope_freq_scale = 1.0;
+    m->pos0 = 1;
+    m->n_tokens = d->s.n_tokens;
+    m->codec = codec;
+    m->chunk_tokens = d->s.chunk_tokens;
+    m->created = 1700000000;
+    m->serial = 7;
+}
+
+static uint8_t *write_blob(const data *d, kvb_codec codec, int threads, size_t *len)
+{
+    kvb_manifest m;
+    meta(&m, d, codec);
+    kvb_write_opts wo = {0, threads};
+    uint8_t *blob = NULL;
+    char err[256] = "";
+    kvb_status st = kvb_write(&m, d->tok, (const uint16_t *const *)d->k, (const uint16_t *const *)d->v, &wo, g_key,
+                              NULL, &blob, len, err, sizeof err);
+    if (st)
+        fail_msg("write %s threads %d: %s", kvb_codec_name(codec), threads, err);
+    return blob;
+}
+
+/* The same blob through create + add_chunk (the publisher's path). */
+static uint8_t *write_by_chunks(const data *d, kvb_codec codec, int threads, size_t *len)
+{
+    kvb_manifest m;
+    meta(&m, d, codec);
+    kvb_write_opts wo = {0, threads};
+    kvb_writer *w = NULL;
+    char err[256] = "";
+    assert_int_equal(kvb_writer_create(&m, d->tok, &wo, &w, err, sizeof err), KVB_OK);
+    uint32_t ct = d->s.chunk_tokens, kvd = d->kv_dim;
+    uint16_t *buf = malloc((size_t)d->s.n_layer * 2 * ct * kvd * 2);
+    for (uint32_t t0 = 0; t0 < d->s.n_tokens; t0 += ct) {
+        uint32_t n = d->s.n_tokens - t0 < ct ? d->s.n_tokens - t0 : ct;
+        for (uint32_t l = 0; l < d->s.n_layer; l++) {
+            memcpy(buf + (size_t)(2 * l) * n * kvd, d->k[l] + (size_t)t0 * kvd, (size_t)n * kvd * 2);
+            memcpy(buf + (size_t)(2 * l + 1) * n * kvd, d->v[l] + (size_t)t0 * kvd, (size_t)n * kvd * 2);
+        }
+        /* the caller may reuse its buffer at once: scribble over it after each add */
+        assert_int_equal(kvb_writer_add_chunk(w, buf, n, err, sizeof err), KVB_OK);
+        memset(buf, 0xa5, (size_t)d->s.n_layer * 2 * ct * kvd * 2);
+    }
+    free(buf);
+    uint8_t *blob = NULL;
+    assert_int_equal(kvb_writer_finish_mem(w, g_key, &blob, len, err, sizeof err), KVB_OK);
+    kvb_writer_free(w);
+    return blob;
+}
+
+/* ---- reading into one (n_layer, 2, n_tokens, kv_dim) array ---- */
+
+typedef struct sink {
+    const data *d;
+    uint16_t *kv;
+    uint32_t next;
+} sink;
+
+static kvb_status collect(void *user, const kvb_chunk *c, char *err, size_t errlen)
+{
+    sink *s = user;
+    const data *d = s->d;
+    assert_int_equal(c->index, s->next);
+    s->next++;
+    size_t n = c->t1 - c->t0, row = d->kv_dim;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        memcpy(s->kv + ((size_t)(2 * l) * d->s.n_tokens + c->t0) * row, kvb_chunk_k(c, l), n * row * 2);
+        memcpy(s->kv + ((size_t)(2 * l + 1) * d->s.n_tokens + c->t0) * row, kvb_chunk_v(c, l), n * row * 2);
+    }
+    (void)err;
+    (void)errlen;
+    return KVB_OK;
+}
+
+enum mode { FEED_WHOLE, FEED_RANDOM, DIRECT, MIXED };
+
+/* Reads blob with mode and threads into *out (malloc'd). */
+static kvb_status read_blob(const data *d, const uint8_t *blob, size_t len, enum mode mode, int threads,
+                            uint16_t **out, char *err, size_t errlen)
+{
+    size_t nv = (size_t)d->s.n_layer * 2 * d->s.n_tokens * d->kv_dim;
+    sink s = {d, calloc(nv ? nv : 1, 2), 0};
+    kvb_read_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = g_key;
+    o.n_threads = threads;
+    o.on_chunk = collect;
+    o.user = &s;
+    kvb_reader *r = kvb_reader_create(&o);
+    assert_non_null(r);
+    kvb_status st = KVB_OK;
+    size_t off = 0;
+    while (!st && off < len) {
+        size_t n = mode == FEED_WHOLE ? len - off : 1 + rnd() % 300;
+        if (n > len - off)
+            n = len - off;
+        if (mode == DIRECT || (mode == MIXED && rnd() % 2)) {
+            void *buf;
+            size_t cap;
+            st = kvb_reader_buffer(r, &buf, &cap, err, errlen);
+            if (st)
+                break;
+            assert_true(cap > 0);
+            if (mode == DIRECT && rnd() % 4 == 0)
+                n = cap; /* fill it all */
+            if (n > cap)
+                n = cap;
+            memcpy(buf, blob + off, n);
+            st = kvb_reader_commit(r, n, err, errlen);
+        } else {
+            st = kvb_reader_feed(r, blob + off, n, err, errlen);
+        }
+        off += n;
+    }
+    if (!st)
+        st = kvb_reader_finish(r, err, errlen);
+    kvb_reader_free(r);
+    *out = s.kv;
+    return st;
+}
+
+/* The input values in the decoded layout. */
+static uint16_t *expected(const data *d)
+{
+    size_t nv = (size_t)d->s.n_tokens * d->kv_dim;
+    uint16_t *e = malloc(2 * nv * d->s.n_layer * 2);
+    for (uint32_t l = 0; l < d->s.n_layer; l++) {
+        memcpy(e + (size_t)(2 * l) * nv, d->k[l], nv * 2);
+        memcpy(e + (size_t)(2 * l + 1) * nv, d->v[l], nv * 2);
+    }
+    return e;
+}
+
+static void test_writer_threads_same_bytes(void **st)
+{
+    (void)st;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int c = 0; c < KVB_CODEC_COUNT; c++) {
+            data d;
+            make(&d, &shapes[si], c == KVB_CODEC_Q8 || c == KVB_CODEC_Q4);
+            size_t l1, ln;
+            uint8_t *b1 = write_blob(&d, (kvb_codec)c, 1, &l1);
+            int threads[] = {2, 3, 0};
+            for (size_t t = 0; t < 3; t++) {
+                uint8_t *bn = write_blob(&d, (kvb_codec)c, threads[t], &ln);
+                assert_int_equal(ln, l1);
+                assert_memory_equal(bn, b1, l1);
+                free(bn);
+                bn = write_by_chunks(&d, (kvb_codec)c, threads[t], &ln);
+                assert_int_equal(ln, l1);
+                assert_memory_equal(bn, b1, l1);
+                free(bn);
+            }
+            free(b1);
+            unmake(&d);
+        }
+}
+
+static void test_simd_and_scalar_agree(void **st)
+{
+    (void)st;
+    char err[256];
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int c = 0; c < KVB_CODEC_COUNT; c++) {
+            data d;
+            int lossy = c == KVB_CODEC_Q8 || c == KVB_CODEC_Q4;
+            make(&d, &shapes[si], lossy);
+            size_t ls, lv;
+            setenv("KVB_NO_SIMD", "1", 1);
+            uint8_t *bs = write_blob(&d, (kvb_codec)c, 2, &ls);
+            uint16_t *ds = NULL, *dv = NULL;
+            assert_int_equal(read_blob(&d, bs, ls, FEED_WHOLE, 1, &ds, err, sizeof err), KVB_OK);
+            unsetenv("KVB_NO_SIMD");
+            uint8_t *bv = write_blob(&d, (kvb_codec)c, 2, &lv);
+            assert_int_equal(lv, ls);
+            assert_memory_equal(bv, bs, ls);
+            assert_int_equal(read_blob(&d, bv, lv, FEED_WHOLE, 1, &dv, err, sizeof err), KVB_OK);
+            size_t bytes = (size_t)d.s.n_layer * 2 * d.s.n_tokens * d.kv_dim * 2;
+            assert_memory_equal(dv, ds, bytes);
+            if (!lossy) {
+                uint16_t *e = expected(&d);
+                assert_memory_equal(dv, e, bytes);
+                free(e);
+            }
+            free(ds);
+            free(dv);
+            free(bs);
+            free(bv);
+            unmake(&d);
+        }
+}
+
+static void test_zero_copy_reading(void **st)
+{
+    (void)st;
+    char err[256], e2[256];
+    for (int c = 0; c < KVB_CODEC_COUNT; c++) {
+        data d;
+        int lossy = c == KVB_CODEC_Q8 || c == KVB_CODEC_Q4;
+        make(&d, &shapes[1], lossy);
+        size_t len;
+        uint8_t *blob = write_blob(&d, (kvb_codec)c, 0, &len);
+        size_t bytes = (size_t)d.s.n_layer * 2 * d.s.n_tokens * d.kv_dim * 2;
+        uint16_t *ref = NULL;
+        assert_int_equal(read_blob(&d, blob, len, FEED_WHOLE, 1, &ref, err, sizeof err), KVB_OK);
+        enum mode modes[] = {FEED_WHOLE, FEED_RANDOM, DIRECT, MIXED};
+        for (size_t mi = 0; mi < 4; mi++)
+            for (int threads = 1; threads <= 3; threads += 2) {
+                uint16_t *got = NULL;
+                kvb_status s = read_blob(&d, blob, len, modes[mi], threads, &got, err, sizeof err);
+                if (s)
+                    fail_msg("%s mode %zu threads %d: %s", kvb_codec_name((kvb_codec)c), mi, threads, err);
+                assert_memory_equal(got, ref, bytes);
+                free(got);
+            }
+        /* kvb_read_file reads straight into the reader's buffers */
+        char path[] = "/tmp/test_kvblob_fast_XXXXXX";
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, blob, len), (ssize_t)len);
+        close(fd);
+        size_t nv = bytes / 2;
+        sink s = {&d, calloc(nv, 2), 0};
+        kvb_read_opts o;
+        memset(&o, 0, sizeof o);
+        o.key = g_key;
+        o.n_threads = 2;
+        o.on_chunk = collect;
+        o.user = &s;
+        kvb_manifest *m = NULL;
+        assert_int_equal(kvb_read_file(path, &o, &m, NULL, err, sizeof err), KVB_OK);
+        assert_non_null(m);
+        assert_int_equal(m->n_tokens, d.s.n_tokens);
+        kvb_manifest_free(m);
+        assert_memory_equal(s.kv, ref, bytes);
+        free(s.kv);
+        /* the same failure, the same message, whichever way the bytes came */
+        blob[len - 2] ^= 0x40;
+        fd = open(path, O_WRONLY | O_TRUNC);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, blob, len), (ssize_t)len);
+        close(fd);
+        uint16_t *got = NULL;
+        assert_int_equal(read_blob(&d, blob, len, FEED_WHOLE, 3, &got, err, sizeof err), KVB_ERR_CHUNK_HASH);
+        free(got);
+        assert_int_equal(read_blob(&d, blob, len, DIRECT, 1, &got, e2, sizeof e2), KVB_ERR_CHUNK_HASH);
+        free(got);
+        assert_string_equal(err, e2);
+        memset(&o, 0, sizeof o);
+        o.key = g_key;
+        assert_int_equal(kvb_read_file(path, &o, NULL, NULL, e2, sizeof e2), KVB_ERR_CHUNK_HASH);
+        assert_string_equal(err, e2);
+        assert_string_equal(err, "chunk 3 of 4: sha256 mismatch");
+        unlink(path);
+        free(ref);
+        free(blob);
+        unmake(&d);
+    }
+    /* commit without a buffer is a usage error (sticky) */
+    kvb_read_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = g_key;
+    kvb_reader *r = kvb_reader_create(&o);
+    assert_int_equal(kvb_reader_commit(r, 1, err, sizeof err), KVB_ERR_USAGE);
+    assert_int_equal(kvb_reader_feed(r, "x", 1, err, sizeof err), KVB_ERR_USAGE);
+    kvb_reader_free(r);
+}
+
+static int setup(void **s)
+{
+    (void)s;
+    g_key = kvc_key_generate();
+    return g_key ? 0 : -1;
+}
+
+static int teardown(void **s)
+{
+    (void)s;
+    kvc_key_free(g_key);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_writer_threads_same_bytes),
+        cmocka_unit_test(test_simd_and_scalar_agree),
+        cmocka_unit_test(test_zero_copy_reading),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
