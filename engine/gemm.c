@@ -180,6 +180,15 @@ static int cpu_avx2(void)
 }
 #endif
 
+static int g_force_scalar;
+
+int eng_gemm_force_scalar(int on)
+{
+    int prev = g_force_scalar;
+    g_force_scalar = on;
+    return prev;
+}
+
 void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy)
 {
     if (M <= 0 || N <= 0)
@@ -190,7 +199,7 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
         return;
     }
 #if defined(__x86_64__)
-    if (cpu_avx2()) {
+    if (cpu_avx2() && !g_force_scalar) {
         gemm_avx2(Xp, M, Wp, N, K, Y, ldy);
         return;
     }
@@ -201,7 +210,7 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
 const char *eng_gemm_kernel(void)
 {
 #if defined(__x86_64__)
-    if (cpu_avx2())
+    if (cpu_avx2() && !g_force_scalar)
         return "avx2";
 #endif
     return "scalar";

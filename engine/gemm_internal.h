@@ -40,5 +40,8 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
 
 /* Which kernel eng_gemm_packed runs: "avx2" or "scalar". */
 const char *eng_gemm_kernel(void);
+/* Test hook: on = 1 forces the scalar kernel (process-wide, not thread-safe against running
+ * products); returns the previous setting. */
+int eng_gemm_force_scalar(int on);
 
 #endif

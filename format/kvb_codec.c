@@ -156,17 +156,36 @@ __attribute__((target("avx2"))) static void split_avx2(const uint16_t *x, size_t
     split_scalar(x + i, n - i, lo + i, hi + i);
 }
 
+/* Large outputs (a chunk is tens of MB, more than the caches) are written with non-temporal
+ * stores: no read-for-ownership of lines that are overwritten whole (measured: merge 3.3 ms
+ * -> 2.2 ms per 14.7M values). */
+enum { STREAM_MIN = 1 << 18 };
+
 __attribute__((target("avx2"))) static void merge_avx2(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
 {
     size_t i = 0;
+    int stream = n >= STREAM_MIN && ((uintptr_t)x & 1) == 0;
+    if (stream) { /* scalar head up to a 32-byte boundary */
+        size_t head = ((32 - ((uintptr_t)x & 31)) & 31) / 2;
+        merge_scalar(lo, hi, head, x);
+        i = head;
+    }
     for (; i + 32 <= n; i += 32) {
         __m256i l = _mm256_loadu_si256((const __m256i *)(lo + i));
         __m256i h = _mm256_loadu_si256((const __m256i *)(hi + i));
         __m256i a = _mm256_unpacklo_epi8(l, h); /* values 0..7 | 16..23 */
         __m256i b = _mm256_unpackhi_epi8(l, h); /* values 8..15 | 24..31 */
-        _mm256_storeu_si256((__m256i *)(x + i), _mm256_permute2x128_si256(a, b, 0x20));
-        _mm256_storeu_si256((__m256i *)(x + i + 16), _mm256_permute2x128_si256(a, b, 0x31));
+        __m256i v0 = _mm256_permute2x128_si256(a, b, 0x20), v1 = _mm256_permute2x128_si256(a, b, 0x31);
+        if (stream) {
+            _mm256_stream_si256((__m256i *)(x + i), v0);
+            _mm256_stream_si256((__m256i *)(x + i + 16), v1);
+        } else {
+            _mm256_storeu_si256((__m256i *)(x + i), v0);
+            _mm256_storeu_si256((__m256i *)(x + i + 16), v1);
+        }
     }
+    if (stream)
+        _mm_sfence(); /* the stores are visible before the chunk is handed over */
     merge_scalar(lo + i, hi + i, n - i, x + i);
 }
 #endif

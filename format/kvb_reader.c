@@ -569,8 +569,11 @@ kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, 
     r->lent = NULL;
     if (r->st)
         return ret(r, err, errlen);
-    if (r->phase == P_PAD && r->pos == r->pad_to)
+    if (r->phase == P_PAD && r->pos == r->pad_to) {
         enter_section(r); /* no padding: the section starts here */
+        if (r->st)
+            return ret(r, err, errlen);
+    }
     uint8_t *p = NULL;
     size_t n = 0;
     switch (r->phase) {

@@ -56,9 +56,14 @@ static void start_pool(kvb_writer *w, int want)
     }
     if (want > MAX_THREADS)
         want = MAX_THREADS;
+    /* each job holds a copy of one raw chunk: keep them under 1 GiB together */
+    uint64_t raw = 2 * kvb_chunk_values(w->m.n_layer, w->m.chunk_tokens, w->m.kv_dim);
+    uint64_t fit = ((uint64_t)1 << 30) / (raw ? raw : 1);
+    if ((uint64_t)want + 1 > fit)
+        want = fit > 3 ? (int)fit - 1 : 2;
     if (want < 2 || w->m.n_chunks < 2)
         return;
-    w->njobs = 2 * (uint32_t)want;
+    w->njobs = (uint32_t)want + 1; /* one being filled while the workers encode the others */
     w->jobs = calloc(w->njobs, sizeof *w->jobs);
     if (!w->jobs)
         return;

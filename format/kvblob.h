@@ -223,9 +223,10 @@ const kvb_header *kvb_reader_header(const kvb_reader *r);
 /* The verified token ids (n_tokens of them), or NULL before the token section arrived. */
 const int32_t *kvb_reader_tokens(const kvb_reader *r);
 
-/* Convenience: creates a reader, feeds the file at path (or "-" = stdin) in 1 MiB pieces,
- * finishes. If mout is non-NULL and the manifest was parsed, *mout gets a copy the caller
- * frees (also on verification failures after the parse, so tools can still describe it). */
+/* Convenience: creates a reader, read(2)s the file at path (or "-" = stdin) straight into the
+ * reader's buffers (kvb_reader_buffer), finishes. If mout is non-NULL and the manifest was
+ * parsed, *mout gets a copy the caller frees (also on verification failures after the parse,
+ * so tools can still describe it). */
 kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manifest **mout,
                          kvb_header *hout, char *err, size_t errlen) KVB_WUR;
 
@@ -241,7 +242,8 @@ typedef struct kvb_writer kvb_writer;
 
 /* Starts a blob. meta: the "in" fields of the manifest (copied). tokens: n_tokens ids (copied).
  * opts may be NULL (defaults). Encoded chunks are kept in memory until finish. With encode
- * workers, add_chunk copies kv and returns while the chunk is encoded in the background; an
+ * workers, add_chunk copies kv (workers + 1 chunk copies in flight, at most 1 GiB; fewer
+ * workers when chunks are large) and returns while the chunk is encoded in the background; an
  * encoding failure other than a refused value is then reported by the next call or by finish. */
 kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
                              const kvb_write_opts *opts, kvb_writer **out,

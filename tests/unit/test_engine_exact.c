@@ -45,8 +45,11 @@ static void test_gemm_rows(void **state)
     static const int shapes[][3] = {{1, 1, 8}, {1, 7, 1024}, {5, 50, 1024}, {13, 97, 3072},
                                     {4, 48, 520}, {9, 10, 172}, {3, 5, 13}, {64, 100, 2048}};
     uint64_t s = 42;
-    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
-        const int M = shapes[t][0], N = shapes[t][1], K = shapes[t][2];
+    const size_t ns = sizeof shapes / sizeof shapes[0];
+    for (size_t t = 0; t < 2 * ns; t++) {
+        /* first with the CPU's kernel, then again with the scalar one */
+        eng_gemm_force_scalar(t >= ns);
+        const int M = shapes[t % ns][0], N = shapes[t % ns][1], K = shapes[t % ns][2];
         float *X = malloc(sizeof(float) * (size_t)M * K), *W = malloc(sizeof(float) * (size_t)N * K);
         float *Y = malloc(sizeof(float) * (size_t)M * N), *Y1 = malloc(sizeof(float) * (size_t)N);
         for (int i = 0; i < M * K; i++)
@@ -77,7 +80,8 @@ static void test_gemm_rows(void **state)
         free(Wp);
         free(Wp1);
     }
-    printf("eng_gemm_packed kernel: %s\n", eng_gemm_kernel());
+    eng_gemm_force_scalar(0);
+    printf("eng_gemm_packed kernel: %s (and scalar)\n", eng_gemm_kernel());
 }
 
 typedef struct xcase {

@@ -1,7 +1,8 @@
 /* test_kvblob_fast.c: the fast paths of format/ give the same bytes as the plain ones: writer
  * output identical whatever the thread count (add_layers and add_chunk), SIMD and scalar
  * (KVB_NO_SIMD=1) codecs identical on odd shapes, and zero-copy reading (kvb_reader_buffer /
- * commit, kvb_read_file) identical to kvb_reader_feed, errors included. */
+ * commit, kvb_read_file) identical to kvb_reader_feed, errors included; a signed chunk whose
+ * zstd frame is broken does not decode. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,11 +21,13 @@ typedef struct shape {
     uint32_t n_layer, n_head_kv, head_dim, n_tokens, chunk_tokens;
 } shape;
 
-/* odd sizes reach every SIMD tail; 16-multiples reach the vector q8/q4 rows */
+/* odd sizes reach every SIMD tail; 16-multiples reach the vector q8/q4 rows; the last one has
+ * a chunk big enough for the non-temporal merge */
 static const shape shapes[] = {
     {2, 1, 3, 37, 5},
     {3, 2, 16, 100, 32},
     {1, 3, 8, 19, 19},
+    {2, 8, 128, 131, 128},
 };
 
 static kvc_key *g_key;
@@ -359,6 +362,43 @@ static void test_zero_copy_reading(void **st)
     kvb_reader_free(r);
 }
 
+/* A hash-valid, correctly signed f16-zstd chunk whose zstd frame is broken does not decode:
+ * change a stored byte, put the new SHA-256 in the manifest (same length) and sign again. */
+static void test_signed_chunk_that_does_not_decode(void **st)
+{
+    (void)st;
+    data d;
+    make(&d, &shapes[1], 0);
+    size_t len;
+    uint8_t *blob = write_blob(&d, KVB_CODEC_F16_ZSTD, 2, &len);
+    kvb_manifest *m = NULL;
+    kvb_header h;
+    char err[256];
+    assert_int_equal(kvb_peek(blob, len, g_key, &h, &m, err, sizeof err), KVB_OK);
+    const kvb_section *c1 = &m->chunks[1];
+    uint8_t *chunk = blob + h.data_offset + c1->offset;
+    char oldhex[65], newhex[65];
+    kvc_hex(c1->sha256, 32, oldhex);
+    chunk[0] ^= 0xff; /* zstd magic: no frame */
+    uint8_t sha[32];
+    kvc_sha256(chunk, c1->length, sha);
+    kvc_hex(sha, 32, newhex);
+    char *json = (char *)blob + KVB_HEADER_LEN;
+    char *at = memmem(json, h.manifest_len, oldhex, 64);
+    assert_non_null(at);
+    memcpy(at, newhex, 64);
+    assert_int_equal(kvc_sign(g_key, blob, KVB_HEADER_LEN + h.manifest_len, blob + KVB_HEADER_LEN + h.manifest_len),
+                     KVC_OK);
+    uint16_t *got = NULL;
+    assert_int_equal(read_blob(&d, blob, len, FEED_RANDOM, 3, &got, err, sizeof err), KVB_ERR_DECODE);
+    free(got);
+    assert_string_equal(err, "chunk 1 of 4: zstd frame declares -1 bytes, expected 6144");
+    assert_int_equal(kvb_exit_code(KVB_ERR_DECODE), 3);
+    kvb_manifest_free(m);
+    free(blob);
+    unmake(&d);
+}
+
 static int setup(void **s)
 {
     (void)s;
@@ -379,6 +419,7 @@ int main(void)
         cmocka_unit_test(test_writer_threads_same_bytes),
         cmocka_unit_test(test_simd_and_scalar_agree),
         cmocka_unit_test(test_zero_copy_reading),
+        cmocka_unit_test(test_signed_chunk_that_does_not_decode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
