@@ -22,6 +22,7 @@ enum { KB = ENG_KEY_BLOCK, QB = 32 };
 size_t eng_attention_scratch_floats(const eng_info *hp)
 {
     size_t hd = (size_t)hp->head_dim, G = (size_t)(hp->n_head / hp->n_head_kv);
+    /* (the decode path needs 2 * G * KB + G * (hd + 2), which this covers) */
     return KB                  /* scores / probabilities */
            + 2 * KB * hd       /* the key block in f32: K transposed (hd, KB), V (KB, hd) */
            + QB * G * (hd + 2) /* per query: acc (head_dim), running max, running sum */
@@ -477,7 +478,7 @@ static F16C_FN void dec_scores_f16c(const eng_ctx *c, int il, int h, const float
                      q1 ? s + (g + 1) * KB + j : NULL);
     }
     if (n4 < n) {
-        float *tmp = s + G * KB; /* the scratch row past the G score rows */
+        float *tmp = s + G * KB; /* the scratch rows past the G score rows */
         dec_scores_scalar(c, il, h, q, G, b0 + n4, n - n4, scale, tmp);
         for (int g = 0; g < G; g++)
             for (int j = n4; j < n; j++)
@@ -539,8 +540,8 @@ static void dec_item(const dec_job *J, float *scr, int h)
     const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, il = J->il;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t kvd = (size_t)c->kv_dim;
-    float *s = align32(scr);              /* (G + 1, KB) scores, then one scratch row */
-    float *acc = s + (size_t)(G + 1) * KB; /* (G, hd + 2): acc, running max, running sum */
+    float *s = align32(scr);               /* (G, KB) scores, then (G, KB) scratch */
+    float *acc = s + (size_t)(2 * G) * KB; /* (G, hd + 2): acc, running max, running sum */
     const float *q = J->q + (size_t)h * G * hd;
     for (int g = 0; g < G; g++) {
         float *a = acc + (size_t)g * (hd + 2);
@@ -561,7 +562,6 @@ static void dec_item(const dec_job *J, float *scr, int h)
         else
 #endif
             dec_scores_scalar(c, il, h, q, G, b0, n, scale, s);
-        float alpha[64];
         for (int g = 0; g < G; g++) {
             float *sg = s + g * KB, *a = acc + (size_t)g * (hd + 2);
             float bmax = -INFINITY;
@@ -573,12 +573,12 @@ static void dec_item(const dec_job *J, float *scr, int h)
                 sg[j] = expf(sg[j] - mnew);
                 lsum += sg[j];
             }
-            alpha[g] = expf(a[hd] - mnew);
-            a[hd + 1] = a[hd + 1] * alpha[g] + lsum;
+            const float alpha = expf(a[hd] - mnew);
+            a[hd + 1] = a[hd + 1] * alpha + lsum;
             a[hd] = mnew;
-            if (alpha[g] != 1.0f)
+            if (alpha != 1.0f)
                 for (int d = 0; d < hd; d++)
-                    a[d] *= alpha[g];
+                    a[d] *= alpha;
         }
         const size_t voff = (size_t)b0 * kvd + (size_t)h * hd;
 #if defined(__x86_64__)

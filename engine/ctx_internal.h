@@ -106,6 +106,10 @@ struct eng_ctx {
 eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
                          size_t ldo) ENG_WUR;
 size_t eng_attention_scratch_floats(const eng_info *hp);
+/* The single query of a decode step at `cell` (already written to the cache): q (n_head,
+ * head_dim) -> out (n_head, head_dim). Faster for one query than eng_attention; its results
+ * may differ from eng_attention's in the last bits. */
+eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out) ENG_WUR;
 /* Called after import, re-rotation and truncation from cell0 on; attention keeps no copy of
  * the cache, so there is nothing to refresh (kept as the hook for any future cache). */
 void eng_attention_invalidate(eng_ctx *c, int cell0);

@@ -450,8 +450,10 @@ static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos,
         linear_n(c, decode, 3, wqkv, c->xn, R, yqkv);
         qkv_arg qa = {L, il, c0};
         par_rows(c, n, qkv_rows, &qa);
-        if (eng_attention(c, il, c->q, (size_t)QD, c0, n, c->att, (size_t)QD) != ENG_OK)
-            return ENG_ERR_NOMEM;
+        const eng_status ast = decode ? eng_attention_decode(c, il, c->q, c0, c->att)
+                                      : eng_attention(c, il, c->q, (size_t)QD, c0, n, c->att, (size_t)QD);
+        if (ast != ENG_OK)
+            return ast;
         const eng_wmat *wo[1] = {&L->wo};
         float *yo[1] = {c->xn};
         linear_n(c, decode, 1, wo, c->att, R, yo);
