@@ -22,11 +22,14 @@ enum { KB = ENG_KEY_BLOCK, QB = 32 };
 size_t eng_attention_scratch_floats(const eng_info *hp)
 {
     size_t hd = (size_t)hp->head_dim, G = (size_t)(hp->n_head / hp->n_head_kv);
-    /* (the decode path needs 2 * G * KB + G * (hd + 2), which this covers) */
-    return KB                  /* scores / probabilities */
-           + 2 * KB * hd       /* the key block in f32: K transposed (hd, KB), V (KB, hd) */
-           + QB * G * (hd + 2) /* per query: acc (head_dim), running max, running sum */
-           + 64;               /* alignment slack */
+    const size_t nkv = (size_t)hp->n_head_kv;
+    const size_t pre = KB                  /* scores / probabilities */
+                       + 2 * KB * hd       /* the key block in f32: K transposed, V */
+                       + QB * G * (hd + 2) /* per query: acc (head_dim), running max, sum */
+                       + 64;               /* alignment slack */
+    /* decode, with one thread taking every kv head: scores and scratch, accumulators */
+    const size_t dec = 2 * G * KB + nkv * G * (hd + 2) + 64;
+    return pre > dec ? pre : dec;
 }
 
 /* One query against one key block: updates the running max *m, sum *l and acc (head_dim). */
@@ -534,93 +537,97 @@ static F16C_FN void dec_pv_f16c(const uint16_t *v, size_t kvd, int hd, int n, co
 }
 #endif
 
-static void dec_item(const dec_job *J, float *scr, int h)
+/* One key block [b0, b0 + n) for kv head h: scores into s (scratch, 2 * G * KB floats), then
+ * the online-softmax update of acc (G, hd + 2): accumulators, running max, running sum. */
+static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *acc)
 {
     const eng_ctx *c = J->c;
     const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, il = J->il;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t kvd = (size_t)c->kv_dim;
-    float *s = align32(scr);               /* (G, KB) scores, then (G, KB) scratch */
-    float *acc = s + (size_t)(2 * G) * KB; /* (G, hd + 2): acc, running max, running sum */
     const float *q = J->q + (size_t)h * G * hd;
+#if defined(__x86_64__)
+    const int fast = !c->kv_f32 && hd % 32 == 0 && cpu_f16c();
+    if (fast)
+        dec_scores_f16c(c, il, h, q, G, b0, n, scale, s);
+    else
+#endif
+        dec_scores_scalar(c, il, h, q, G, b0, n, scale, s);
     for (int g = 0; g < G; g++) {
-        float *a = acc + (size_t)g * (hd + 2);
+        float *sg = s + g * KB, *a = acc + (size_t)g * (hd + 2);
+        float bmax = -INFINITY;
+        for (int j = 0; j < n; j++)
+            bmax = fmaxf(bmax, sg[j]);
+        const float mnew = fmaxf(a[hd], bmax);
+        float lsum = 0;
+        for (int j = 0; j < n; j++) {
+            sg[j] = expf(sg[j] - mnew);
+            lsum += sg[j];
+        }
+        const float alpha = expf(a[hd] - mnew);
+        a[hd + 1] = a[hd + 1] * alpha + lsum;
+        a[hd] = mnew;
+        if (alpha != 1.0f)
+            for (int d = 0; d < hd; d++)
+                a[d] *= alpha;
+    }
+    const size_t voff = (size_t)b0 * kvd + (size_t)h * hd;
+#if defined(__x86_64__)
+    if (fast) {
+        for (int g = 0; g < G; g += 2) {
+            const int two = g + 1 < G;
+            dec_pv_f16c((const uint16_t *)c->v[il] + voff, kvd, hd, n, s + g * KB,
+                        two ? s + (g + 1) * KB : NULL, acc + (size_t)g * (hd + 2),
+                        two ? acc + (size_t)(g + 1) * (hd + 2) : NULL);
+        }
+        return;
+    }
+#endif
+    float row[512];
+    for (int j = 0; j < n; j++) {
+        if (c->kv_f32)
+            memcpy(row, (const float *)c->v[il] + voff + (size_t)j * kvd, sizeof(float) * (size_t)hd);
+        else
+            eng_f16_to_f32_row((const uint16_t *)c->v[il] + voff + (size_t)j * kvd, row, (size_t)hd);
+        for (int g = 0; g < G; g++) {
+            float *a = acc + (size_t)g * (hd + 2);
+            const float p = s[g * KB + j];
+            for (int d = 0; d < hd; d++)
+                a[d] += p * row[d];
+        }
+    }
+}
+
+/* Each thread takes a contiguous range of kv heads and walks the key blocks once for all of
+ * them, so it streams one contiguous part of every cache row. A head's result does not depend
+ * on the split. */
+static void dec_worker(void *arg, int ith, int nth)
+{
+    const dec_job *J = arg;
+    const eng_ctx *c = J->c;
+    const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, nkv = c->hp->n_head_kv;
+    const int h0 = nkv * ith / nth, h1 = nkv * (ith + 1) / nth;
+    float *s = align32(c->att_scratch + (size_t)ith * c->att_scratch_per);
+    float *acc = s + (size_t)(2 * G) * KB; /* (h1 - h0, G, hd + 2) */
+    for (int t = 0; t < (h1 - h0) * G; t++) {
+        float *a = acc + (size_t)t * (hd + 2);
         memset(a, 0, sizeof(float) * (size_t)hd);
         a[hd] = -INFINITY;
         a[hd + 1] = 0;
     }
-#if defined(__x86_64__)
-    const int fast = !c->kv_f32 && hd % 32 == 0 && cpu_f16c();
-#else
-    const int fast = 0;
-#endif
     for (int b0 = 0; b0 <= J->cell; b0 += KB) {
         const int n = J->cell + 1 - b0 < KB ? J->cell + 1 - b0 : KB;
-#if defined(__x86_64__)
-        if (fast)
-            dec_scores_f16c(c, il, h, q, G, b0, n, scale, s);
-        else
-#endif
-            dec_scores_scalar(c, il, h, q, G, b0, n, scale, s);
+        for (int h = h0; h < h1; h++)
+            dec_block(J, h, b0, n, s, acc + (size_t)(h - h0) * G * (hd + 2));
+    }
+    for (int h = h0; h < h1; h++)
         for (int g = 0; g < G; g++) {
-            float *sg = s + g * KB, *a = acc + (size_t)g * (hd + 2);
-            float bmax = -INFINITY;
-            for (int j = 0; j < n; j++)
-                bmax = fmaxf(bmax, sg[j]);
-            const float mnew = fmaxf(a[hd], bmax);
-            float lsum = 0;
-            for (int j = 0; j < n; j++) {
-                sg[j] = expf(sg[j] - mnew);
-                lsum += sg[j];
-            }
-            const float alpha = expf(a[hd] - mnew);
-            a[hd + 1] = a[hd + 1] * alpha + lsum;
-            a[hd] = mnew;
-            if (alpha != 1.0f)
-                for (int d = 0; d < hd; d++)
-                    a[d] *= alpha;
+            const float *a = acc + (size_t)((h - h0) * G + g) * (hd + 2);
+            float *o = J->out + (size_t)(h * G + g) * hd;
+            const float inv = 1.0f / a[hd + 1];
+            for (int d = 0; d < hd; d++)
+                o[d] = a[d] * inv;
         }
-        const size_t voff = (size_t)b0 * kvd + (size_t)h * hd;
-#if defined(__x86_64__)
-        if (fast) {
-            for (int g = 0; g < G; g += 2) {
-                const int two = g + 1 < G;
-                dec_pv_f16c((const uint16_t *)c->v[il] + voff, kvd, hd, n, s + g * KB,
-                            two ? s + (g + 1) * KB : NULL, acc + (size_t)g * (hd + 2),
-                            two ? acc + (size_t)(g + 1) * (hd + 2) : NULL);
-            }
-            continue;
-        }
-#endif
-        float row[512];
-        for (int j = 0; j < n; j++) {
-            if (c->kv_f32)
-                memcpy(row, (const float *)c->v[il] + voff + (size_t)j * kvd, sizeof(float) * (size_t)hd);
-            else
-                eng_f16_to_f32_row((const uint16_t *)c->v[il] + voff + (size_t)j * kvd, row, (size_t)hd);
-            for (int g = 0; g < G; g++) {
-                float *a = acc + (size_t)g * (hd + 2);
-                const float p = s[g * KB + j];
-                for (int d = 0; d < hd; d++)
-                    a[d] += p * row[d];
-            }
-        }
-    }
-    for (int g = 0; g < G; g++) {
-        const float *a = acc + (size_t)g * (hd + 2);
-        float *o = J->out + (size_t)(h * G + g) * hd;
-        const float inv = 1.0f / a[hd + 1];
-        for (int d = 0; d < hd; d++)
-            o[d] = a[d] * inv;
-    }
-}
-
-static void dec_worker(void *arg, int ith, int nth)
-{
-    const dec_job *J = arg;
-    float *scr = J->c->att_scratch + (size_t)ith * J->c->att_scratch_per;
-    for (int h = ith; h < J->c->hp->n_head_kv; h += nth)
-        dec_item(J, scr, h);
 }
 
 eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out)
