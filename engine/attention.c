@@ -23,7 +23,7 @@ size_t eng_attention_scratch_floats(const eng_info *hp)
 {
     size_t hd = (size_t)hp->head_dim, G = (size_t)(hp->n_head / hp->n_head_kv);
     const size_t nkv = (size_t)hp->n_head_kv;
-    const size_t pre = KB                  /* scores / probabilities */
+    const size_t pre = G * QB * KB         /* scores / probabilities per query */
                        + 2 * KB * hd       /* the key block in f32: K transposed, V */
                        + QB * G * (hd + 2) /* per query: acc (head_dim), running max, sum */
                        + 64;               /* alignment slack */
@@ -32,13 +32,19 @@ size_t eng_attention_scratch_floats(const eng_info *hp)
     return pre > dec ? pre : dec;
 }
 
-/* One query against one key block: updates the running max *m, sum *l and acc (head_dim). */
+/* One query against one key block, in two phases so that a work item can run phase 0 (the
+ * scores, reading Kt) for all of its queries and then phase 1 (softmax and the V product,
+ * reading Vb) for all of them, each with one f32 block hot in L1. Phase 0 fills s (KB); phase
+ * 1 takes that s and updates the running max *m, sum *l and acc (head_dim). Splitting does not
+ * change a query's operations or their order. */
 typedef void (*blk_fn)(const float *q, const float *Kt, const float *Vb, int hd, int jend,
-                       float scale, float *s, float *m, float *l, float *acc);
+                       float scale, float *s, float *m, float *l, float *acc, int phase);
 
 static void blk_scalar(const float *q, const float *Kt, const float *Vb, int hd, int jend,
-                       float scale, float *s, float *m, float *l, float *acc)
+                       float scale, float *s, float *m, float *l, float *acc, int phase)
 {
+    if (phase == 1)
+        goto softmax;
     for (int j = 0; j < KB; j++)
         s[j] = 0;
     for (int d = 0; d < hd; d++) {
@@ -47,6 +53,8 @@ static void blk_scalar(const float *q, const float *Kt, const float *Vb, int hd,
         for (int j = 0; j < KB; j++)
             s[j] += qd * kr[j];
     }
+    return;
+softmax:;
     float bmax = -INFINITY;
     for (int j = 0; j < jend; j++) {
         s[j] *= scale;
@@ -117,8 +125,10 @@ __attribute__((target("avx2,fma"))) static float hmax8(__m256 v)
 __attribute__((target("avx2,fma"))) static void blk_avx2(const float *q, const float *Kt,
                                                          const float *Vb, int hd, int jend,
                                                          float scale, float *s, float *m,
-                                                         float *l, float *acc)
+                                                         float *l, float *acc, int phase)
 {
+    if (phase == 1)
+        goto softmax;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     for (int d = 0; d < hd; d++) {
         const __m256 qd = _mm256_broadcast_ss(q + d);
@@ -143,6 +153,8 @@ __attribute__((target("avx2,fma"))) static void blk_avx2(const float *q, const f
     _mm256_storeu_ps(s + 56, _mm256_mul_ps(a7, vs));
     for (int j = jend; j < KB; j++)
         s[j] = -INFINITY; /* keys after this query's cell */
+    return;
+softmax:;
     __m256 mx = _mm256_loadu_ps(s);
     for (int j = 8; j < KB; j += 8)
         mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
@@ -246,8 +258,10 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
     const eng_ctx *c = J->c;
     const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *s = align32(scr), *Kt = s + KB, *Vb = Kt + (size_t)KB * hd, *st = Vb + (size_t)KB * hd;
     const int nqi = i1 - i0;
+    /* scores (G * nqi, KB), key block, accumulators */
+    float *S = align32(scr), *Kt = S + (size_t)G * QB * KB, *Vb = Kt + (size_t)KB * hd;
+    float *st = Vb + (size_t)KB * hd;
     /* per (g, i): acc[hd], m, l */
     for (int t = 0; t < G * nqi; t++) {
         float *a = st + (size_t)t * (hd + 2);
@@ -258,18 +272,20 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
     const int last = J->c0 + i1 - 1; /* last cell any query of the item sees */
     for (int b0 = 0; b0 <= last; b0 += KB) {
         load_block(c, J->il, h, b0, last + 1 - b0 < KB ? last + 1 - b0 : KB, Kt, Vb);
-        for (int g = 0; g < G; g++) {
-            const int head = h * G + g;
-            for (int i = i0; i < i1; i++) {
-                const int ci = J->c0 + i;
-                if (ci < b0)
-                    continue;
-                const int jend = ci - b0 + 1 < KB ? ci - b0 + 1 : KB;
-                float *a = st + (size_t)(g * nqi + (i - i0)) * (hd + 2);
-                J->fn(J->q + (size_t)i * J->ldq + (size_t)head * hd, Kt, Vb, hd, jend, scale, s,
-                      &a[hd], &a[hd + 1], a);
+        for (int phase = 0; phase < 2; phase++)
+            for (int g = 0; g < G; g++) {
+                const int head = h * G + g;
+                for (int i = i0; i < i1; i++) {
+                    const int ci = J->c0 + i;
+                    if (ci < b0)
+                        continue;
+                    const int jend = ci - b0 + 1 < KB ? ci - b0 + 1 : KB;
+                    const size_t t = (size_t)(g * nqi + (i - i0));
+                    float *a = st + t * (hd + 2);
+                    J->fn(J->q + (size_t)i * J->ldq + (size_t)head * hd, Kt, Vb, hd, jend, scale,
+                          S + t * KB, &a[hd], &a[hd + 1], a, phase);
+                }
             }
-        }
     }
     for (int g = 0; g < G; g++) {
         const int head = h * G + g;

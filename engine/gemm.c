@@ -150,10 +150,23 @@ static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K
         const float *xb = group_base(Xp, i0, Kr);
         for (int jb = 0; jb < N; jb += JB) {
             const int jn = N - jb < JB ? N - jb : JB;
+            const int nt = (jn + NR - 1) / NR;
             for (int s0 = 0; s0 < steps; s0 += KC / 8) {
                 const int s1 = steps - s0 < KC / 8 ? steps : s0 + KC / 8;
-                for (int t = 0; t * NR < jn; t++) {
+                /* while this group's tiles run, pull the next group's slice of X (which comes
+                 * from L3 for long prompts) into cache, a share per tile */
+                const float *nx = NULL;
+                size_t nlines = 0, per = 0;
+                if (i0 + MR < M && jb + JB >= N) {
+                    const int nmr = M - i0 - MR < MR ? M - i0 - MR : MR;
+                    nx = group_base(Xp, i0 + MR, Kr) + (size_t)s0 * nmr * 8;
+                    nlines = (size_t)(s1 - s0) * nmr * 8 / 16;
+                    per = (nlines + (size_t)nt - 1) / (size_t)nt;
+                }
+                for (int t = 0; t < nt; t++) {
                     const int nr = jn - t * NR < NR ? jn - t * NR : NR;
+                    for (size_t l = (size_t)t * per; nx && l < (size_t)(t + 1) * per && l < nlines; l++)
+                        _mm_prefetch((const char *)(nx + l * 16), _MM_HINT_T0);
                     k_tiles[mr - 1][nr - 1](xb, group_base(Wp, jb + t * NR, Kr), s0, s1,
                                             st + t * MR * NR * 8, s0 == 0);
                 }

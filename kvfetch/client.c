@@ -210,6 +210,8 @@ static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, o->connect_timeout_s > 0 ? o->connect_timeout_s : 10L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s > 0 ? o->stall_timeout_s : 20L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, o->stall_min_bps > 0 ? o->stall_min_bps : 1024L);
+    if (o->max_recv_bps)
+        curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)o->max_recv_bps);
     if (o->cacert && curl_easy_setopt(h, CURLOPT_CAINFO, o->cacert) != CURLE_OK)
         return set_err(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
     if (o->token) {

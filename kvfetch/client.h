@@ -19,6 +19,7 @@ typedef struct kvf_http_opts {
     double backoff_s;          /* first retry delay, doubled each time, capped at 8 s; 0 = 0.5 */
     int progress;              /* 1 = draw a progress bar on stderr (caller checks isatty) */
     int allow_http;            /* 1 = accept plain http:// (never the default) */
+    uint64_t max_recv_bps;     /* cap on the download rate in bytes/s; 0 = none */
 } kvf_http_opts;
 
 /* Receives the body bytes in order. Returning non-OK aborts the download without retrying

@@ -50,6 +50,12 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
         else
             co->http.stall_timeout_s = v;
         return 1;
+    case KVF_OPT_LIMIT_RATE:
+        if (kvf_parse_size(arg, &co->http.max_recv_bps) != 0 || co->http.max_recv_bps == 0) {
+            fprintf(stderr, "%s: --limit-rate '%s' is not a rate in bytes/s (e.g. 500K, 2M)\n", prog, arg);
+            return -1;
+        }
+        return 1;
     case KVF_OPT_NOW:
         if (parse_long(arg, 1, 0x7fffffffffffL, &v) != 0) {
             fprintf(stderr, "%s: --now '%s' is not unix seconds\n", prog, arg);

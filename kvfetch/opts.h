@@ -14,6 +14,7 @@
 enum {
     KVF_OPT_TRUST = 1000, KVF_OPT_CACERT, KVF_OPT_TOKEN, KVF_OPT_CACHE_DIR, KVF_OPT_CACHE_MAX,
     KVF_OPT_RETRIES, KVF_OPT_CONNECT_TIMEOUT, KVF_OPT_STALL_TIMEOUT, KVF_OPT_NOW, KVF_OPT_QUIET,
+    KVF_OPT_LIMIT_RATE,
     KVF_OPT_SHARED_END
 };
 
@@ -28,7 +29,8 @@ enum {
     {"connect-timeout", required_argument, NULL, KVF_OPT_CONNECT_TIMEOUT},    \
     {"stall-timeout", required_argument, NULL, KVF_OPT_STALL_TIMEOUT},        \
     {"now", required_argument, NULL, KVF_OPT_NOW},                            \
-    {"quiet", no_argument, NULL, KVF_OPT_QUIET}
+    {"quiet", no_argument, NULL, KVF_OPT_QUIET},                              \
+    {"limit-rate", required_argument, NULL, KVF_OPT_LIMIT_RATE}
 
 /* Help text for the shared options. */
 #define KVF_SHARED_HELP                                                                        \
@@ -41,6 +43,7 @@ enum {
     "  --retries N          retries of a failed transfer, exponential backoff (default 6)\n"      \
     "  --connect-timeout S  seconds (default 10)\n"                                              \
     "  --stall-timeout S    abort a transfer under 1 KiB/s for S seconds (default 20)\n"          \
+    "  --limit-rate SIZE    cap the download rate, bytes per second (e.g. 2M; default none)\n"  \
     "  --now UNIX           judge expiry at this time instead of the clock (tests)\n"            \
     "  --quiet              no progress bar or summaries on stderr\n"
 

@@ -52,6 +52,28 @@ expect_rc 0 "$KVFETCH" run --trust "$tmp/trust" --cacert "$tmp/cert.pem" --model
   --blob "$url" --blob "$base/v1/blobs/$free" --prefix "Read:" --prompt " Thus" -n 6 --threads 2 --json
 grep -q '"generated_tokens": 6' "$tmp/out" || fail "run --json: $(cat "$tmp/out")"
 
+note "kvpubd killed (SIGKILL) mid-download and restarted: get retries, resumes with Range, verifies"
+# A blob big enough (~24 MB, raw f16) that loopback socket buffers cannot hold it, fetched at a
+# capped rate so the kill lands mid-transfer.
+"$BUILD/kvsynth" --arch llama --layers 8 --dim 256 --heads 4 --kv-heads 4 --ffn 256 --vocab 1024 \
+  --ctx 4096 --tokenizer bpe --seed 9 -o "$tmp/big.gguf" >/dev/null
+for f in GPL-3 Apache-2.0 Artistic; do cat /usr/share/common-licenses/$f; done | head -c 5200 >"$tmp/big.txt"
+big=$("${P[@]}" --model "$tmp/big.gguf" --codec f16 "$tmp/big.txt" | grep -o '"id": *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}')
+size=$(stat -c %s "$(ls "$tmp/store"/blobs/*/"$big")")
+[ "$size" -gt 16000000 ] || fail "big blob is only $size bytes"
+"$KVFETCH" get --trust "$tmp/trust" --cacert "$tmp/cert.pem" --retries 8 --limit-rate 4M --quiet \
+  --server "$base" --blob "$big" >"$tmp/kill.out" 2>"$tmp/kill.err" &
+getpid=$!
+sleep 1.5
+stop_kvpubd KILL
+kill -0 "$getpid" 2>/dev/null || fail "get finished before the server was killed: $(cat "$tmp/kill.err")"
+sleep 1
+start_kvpubd "$tmp/store"
+wait "$getpid" || fail "get did not recover after the restart: $(cat "$tmp/kill.err")"
+[ "$(sha256sum "$(cat "$tmp/kill.out")" | cut -d' ' -f1)" = "$big" ] || fail "resumed blob differs"
+grep -q "path=\"/v1/blobs/$big\" endpoint=blob status=206" "$tmp/kvpubd.log" ||
+  fail "no ranged (206) resumption in the restarted server's log: $(grep blob "$tmp/kvpubd.log" | tail -3)"
+
 note "an expired token -> exit 4"
 stop_kvpubd
 start_kvpubd "$tmp/store" --token-ttl 1s
