@@ -64,6 +64,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_HELP) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_HELP) $(LIBS) $(LDLIBS) -lcmocka
 
+# kvfetch's loader-side files (client, cache, loader) are tested directly: test_fetch_* link
+# every kvfetch object but its main.
+KVFETCH_OBJS := $(filter-out $(BUILD)/obj/kvfetch/main.o,$(call mod_objs,kvfetch))
+$(BUILD)/tests/test_fetch_%: $(BUILD)/obj/tests/unit/test_fetch_%.o $(TEST_HELP) $(KVFETCH_OBJS) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_HELP) $(KVFETCH_OBJS) $(LIBS) $(LDLIBS) -lcmocka
+
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBS) $(LDLIBS)

@@ -23,19 +23,6 @@ struct kvf_cache {
     uint64_t max;
 };
 
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
 /* mkdir -p with mode 0700 for the directories we create. */
 static int mkdirs(const char *path)
 {
@@ -88,7 +75,7 @@ kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, 
     *out = NULL;
     kvf_cache *c = calloc(1, sizeof *c);
     if (!c)
-        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     const char *env;
     int n;
     if (dir && *dir)
@@ -101,18 +88,18 @@ kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, 
         n = snprintf(c->dir, sizeof c->dir, "%s/.cache/kvpub/blobs", env);
     else {
         free(c);
-        return set_err(err, errlen, KVF_ERR_USAGE, "no cache directory: set KVPUB_CACHE_DIR or HOME");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "no cache directory: set KVPUB_CACHE_DIR or HOME");
     }
     if (n < 0 || (size_t)n >= sizeof c->dir) {
         free(c);
-        return set_err(err, errlen, KVF_ERR_USAGE, "cache directory path too long");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "cache directory path too long");
     }
     c->max = max_bytes;
     if (!c->max) {
         if ((env = getenv("KVPUB_CACHE_MAX")) && *env) {
             if (kvf_parse_size(env, &c->max) != 0 || c->max == 0) {
                 free(c);
-                return set_err(err, errlen, KVF_ERR_USAGE,
+                return kvf_fail(err, errlen, KVF_ERR_USAGE,
                             "KVPUB_CACHE_MAX='%s' is not a size (e.g. 512M, 10G)", env);
             }
         } else {
@@ -124,7 +111,7 @@ kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, 
     for (size_t i = 0; i < 3; i++) {
         snprintf(sub, sizeof sub, "%s%s", c->dir, subs[i]);
         if (mkdirs(sub) != 0) {
-            kvf_status st = set_err(err, errlen, KVF_ERR_IO, "cannot create cache directory %s: %s",
+            kvf_status st = kvf_fail(err, errlen, KVF_ERR_IO, "cannot create cache directory %s: %s",
                                  sub, strerror(errno));
             free(c);
             return st;
@@ -187,14 +174,14 @@ kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32],
     blob_path(c, id, dst, sizeof dst);
     int fd = open(src, O_RDONLY);
     if (fd < 0)
-        return set_err(err, errlen, KVF_ERR_IO, "cannot open %s: %s", src, strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", src, strerror(errno));
     int rc = fsync(fd);
     close(fd);
     if (rc != 0)
-        return set_err(err, errlen, KVF_ERR_IO, "fsync %s: %s", src, strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "fsync %s: %s", src, strerror(errno));
     (void)chmod(src, 0644);
     if (rename(src, dst) != 0)
-        return set_err(err, errlen, KVF_ERR_IO, "cannot move %s to %s: %s", src, dst, strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot move %s to %s: %s", src, dst, strerror(errno));
     (void)fsync_dir(c->dir);
     touch_atime(dst);
     kvf_cache_evict(c, id);

@@ -23,26 +23,6 @@ static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 /* curl_global_init is not thread-safe on older libcurl: run it exactly once. */
 static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* State of one download across its attempts. */
 typedef struct xfer {
     const kvf_http_opts *o;
@@ -104,7 +84,7 @@ static int check_response(xfer *x, CURL *h)
     x->started = 1;
     if (x->code == 206) {
         if (!x->have_crange || x->crange_start != x->req_from) {
-            x->sink_st = set_err(x->err, x->errlen, KVF_ERR_HTTP,
+            x->sink_st = kvf_fail(x->err, x->errlen, KVF_ERR_HTTP,
                               "server answered Range %llu- with a different range",
                               (unsigned long long)x->req_from);
             return -1;
@@ -116,7 +96,7 @@ static int check_response(xfer *x, CURL *h)
     if (x->code == 200 && x->req_from > 0) {
         /* the server ignored Range: the body starts again at byte 0 */
         kvf_status st = x->restart ? x->restart(x->user, x->err, x->errlen)
-                                   : set_err(x->err, x->errlen, KVF_ERR_HTTP, "server ignored Range");
+                                   : kvf_fail(x->err, x->errlen, KVF_ERR_HTTP, "server ignored Range");
         if (st != KVF_OK) {
             x->sink_st = st;
             return -1;
@@ -169,7 +149,7 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
                        curl_off_t ulnow)
 {
     xfer *x = userp;
-    double t = now_s();
+    double t = kvf_now_s();
     if (t - x->last_draw < 0.1)
         return 0;
     x->last_draw = t;
@@ -213,16 +193,16 @@ static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
     if (o->max_recv_bps)
         curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)o->max_recv_bps);
     if (o->cacert && curl_easy_setopt(h, CURLOPT_CAINFO, o->cacert) != CURLE_OK)
-        return set_err(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
     if (o->token) {
         char line[600];
         if (strlen(o->token) > 512 || strpbrk(o->token, "\r\n"))
-            return set_err(err, errlen, KVF_ERR_USAGE, "token is longer than 512 bytes or has a newline");
+            return kvf_fail(err, errlen, KVF_ERR_USAGE, "token is longer than 512 bytes or has a newline");
         snprintf(line, sizeof line, "Authorization: Bearer %s", o->token);
         struct curl_slist *l = curl_slist_append(*hdrs, line);
         kvc_wipe(line, sizeof line);
         if (!l)
-            return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
         *hdrs = l;
     }
     return KVF_OK;
@@ -263,20 +243,20 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
                              kvf_http_stats *stats, char *err, size_t errlen)
 {
     if (!o || !url || !sink)
-        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_http_download: NULL argument");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_http_download: NULL argument");
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
-        return set_err(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+        return kvf_fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
     kvf_http_stats local = {0};
     if (!stats)
         stats = &local;
     memset(stats, 0, sizeof *stats);
     CURL *h = curl_easy_init();
     if (!h)
-        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     struct curl_slist *hdrs = NULL;
     xfer x = {.o = o, .sink = sink, .restart = restart, .user = user, .pos = offset,
-              .err = err, .errlen = errlen, .stats = stats, .t0 = now_s()};
+              .err = err, .errlen = errlen, .stats = stats, .t0 = kvf_now_s()};
     kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
     if (st != KVF_OK)
         goto out;
@@ -325,25 +305,25 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         }
         if (code == 401 || code == 402 || code == 403) {
             const char *why = errbody_line(&x);
-            st = set_err(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s", code, url,
+            st = kvf_fail(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s", code, url,
                       *why ? ": " : "", why);
             goto out;
         }
         if (code == 408 || code == 429 || code >= 500) {
             transient = 1;
-            set_err(err, errlen, KVF_ERR_NET, "HTTP %ld from %s: %s", code, url, errbody_line(&x));
+            kvf_fail(err, errlen, KVF_ERR_NET, "HTTP %ld from %s: %s", code, url, errbody_line(&x));
         } else if (code >= 300 || (rc == CURLE_OK && code != 200 && code != 206)) {
             const char *why = errbody_line(&x);
-            st = set_err(err, errlen, KVF_ERR_HTTP, "HTTP %ld from %s%s%s", code, url, *why ? ": " : "", why);
+            st = kvf_fail(err, errlen, KVF_ERR_HTTP, "HTTP %ld from %s%s%s", code, url, *why ? ": " : "", why);
             goto out;
         } else if (rc == CURLE_OK) {
             st = KVF_OK;
             goto out;
         } else if (transient_curl(rc)) {
             transient = 1;
-            set_err(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
+            kvf_fail(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
         } else {
-            st = set_err(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
+            st = kvf_fail(err, errlen, KVF_ERR_NET, "%s: %s", url, cerr[0] ? cerr : curl_easy_strerror(rc));
             goto out;
         }
         if (!transient || attempt >= max_retries) {
@@ -360,7 +340,7 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
 out:
     if (x.drew)
         fputs("\r\033[K", stderr);
-    stats->seconds = now_s() - x.t0;
+    stats->seconds = kvf_now_s() - x.t0;
     curl_easy_cleanup(h);
     curl_slist_free_all(hdrs);
     return st;
@@ -395,14 +375,14 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
                             long *code, char *err, size_t errlen)
 {
     if (!o || !method || !url || !out)
-        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_http_request: NULL argument");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_http_request: NULL argument");
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
-        return set_err(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+        return kvf_fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
     *out = NULL;
     CURL *h = curl_easy_init();
     if (!h)
-        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     struct curl_slist *hdrs = NULL;
     membuf b = {.max = max};
     kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
@@ -411,7 +391,7 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
     if (json_body) {
         struct curl_slist *l = curl_slist_append(hdrs, "Content-Type: application/json");
         if (!l) {
-            st = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            st = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
             goto out;
         }
         hdrs = l;
@@ -426,12 +406,12 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
     CURLcode rc = curl_easy_perform(h);
     if (b.over) {
-        st = set_err(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, max);
+        st = kvf_fail(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, max);
     } else if (rc != CURLE_OK) {
-        st = set_err(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
+        st = kvf_fail(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
     } else {
         if (!b.p && !(b.p = calloc(1, 1))) {
-            st = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            st = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
             goto out;
         }
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, code);

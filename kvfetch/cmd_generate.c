@@ -2,6 +2,7 @@
  * (no blobs): tokenize or take ids, prefill, decode, stream text or ids to stdout. */
 #include "engine/engine.h"
 #include "kvfetch/kvfetch.h"
+#include "kvfetch/status.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -28,13 +29,6 @@ static void usage(FILE *f)
           "Text goes to stdout; prefill and decode speeds to stderr.\n"
           "Exit codes: 0 ok, 2 usage or I/O error, 3 the model cannot be run.\n",
           f);
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out)
@@ -197,12 +191,12 @@ int kvfetch_generate_main(int argc, char **argv)
         fprintf(stderr, "kvfetch generate: out of memory\n");
         goto out;
     }
-    double t0 = now_s();
+    double t0 = kvf_now_s();
     if ((st = eng_prefill(ctx, ids, NULL, n_ids, logits, NULL))) {
         fprintf(stderr, "kvfetch generate: prefill failed: %s\n", eng_status_str(st));
         goto out;
     }
-    double t1 = now_s();
+    double t1 = kvf_now_s();
     long made = 0, n_dec = 0;
     for (; made < n_gen; made++) {
         int32_t tok = eng_sample(smp, logits, hp->n_vocab);
@@ -230,7 +224,7 @@ int kvfetch_generate_main(int argc, char **argv)
         fwrite(s, 1, len, stdout);
     }
     putchar('\n');
-    double t2 = now_s();
+    double t2 = kvf_now_s();
     fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %ld tokens in %.3f s (%.1f tok/s)\n",
             n_ids, t1 - t0, (double)n_ids / (t1 - t0), n_dec, t2 - t1,
             n_dec ? (double)n_dec / (t2 - t1) : 0.0);

@@ -71,13 +71,6 @@ typedef struct args {
     kvf_common co;
 } args;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int parse_args(int argc, char **argv, args *a, const char *prog, const char *usage)
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
@@ -224,7 +217,7 @@ static void session_free(session *s)
 /* Resolves every --blob to a local file: URLs through kvf_get (and the cache). */
 static int resolve_blobs(session *s)
 {
-    double t = now_s();
+    double t = kvf_now_s();
     for (int i = 0; i < s->a.n_blobs; i++) {
         const char *b = s->a.blobs[i];
         if (!kvf_is_url(b)) {
@@ -255,27 +248,27 @@ static int resolve_blobs(session *s)
         snprintf(s->paths[i], PATH_MAX, "%s", res.path);
         kvf_get_result_clear(&res);
     }
-    s->fetch_s = now_s() - t;
+    s->fetch_s = kvf_now_s() - t;
     return 0;
 }
 
 static int load_model(session *s)
 {
-    double t = now_s();
+    double t = kvf_now_s();
     eng_status es = eng_model_load(s->a.model, &s->model, s->err, sizeof s->err);
     if (es != ENG_OK) {
         fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
     }
     s->info = eng_model_info(s->model);
-    s->model_s = now_s() - t;
-    t = now_s();
+    s->model_s = kvf_now_s() - t;
+    t = kvf_now_s();
     if (eng_model_fingerprint(s->model, s->fp, s->err, sizeof s->err) != ENG_OK) {
         fprintf(stderr, "%s: fingerprinting %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
     }
     eng_tokenizer_fingerprint(s->model, s->tok_fp);
-    s->fp_s = now_s() - t;
+    s->fp_s = kvf_now_s() - t;
     s->bos = s->info->add_bos && s->info->bos_id >= 0 ? s->info->bos_id : -1;
     /* prefix and prompt are the caller's own text: special-token strings are honoured */
     if (*s->a.prefix &&
@@ -333,7 +326,7 @@ typedef struct loaded_times {
  * is reported as warm-up. */
 static int warm_up(session *s, eng_ctx *c, size_t n_cells)
 {
-    double t = now_s();
+    double t = kvf_now_s();
     enum { BLOCK = 256 };
     size_t kvd = (size_t)s->info->n_head_kv * (size_t)s->info->head_dim;
     uint16_t *zero = calloc((size_t)BLOCK * kvd, sizeof *zero);
@@ -354,7 +347,7 @@ static int warm_up(session *s, eng_ctx *c, size_t n_cells)
     if (es == ENG_OK)
         es = eng_prefill(c, &tok, NULL, 1, NULL, NULL);
     eng_kv_clear(c);
-    s->warm_s += now_s() - t;
+    s->warm_s += kvf_now_s() - t;
     if (es != ENG_OK) {
         fprintf(stderr, "%s: warm-up: %s\n", s->prog, eng_status_str(es));
         return 2;
@@ -377,7 +370,7 @@ static int loaded_path(session *s, loaded_times *lt)
     }
     if ((rc = warm_up(s, s->ctx, total)) != 0)
         return rc;
-    double t0 = now_s();
+    double t0 = kvf_now_s();
     size_t nh = (s->bos >= 0) + s->n_prefix;
     if (nh) {
         int32_t *head = malloc(nh * sizeof *head);
@@ -395,8 +388,8 @@ static int loaded_path(session *s, loaded_times *lt)
             return 2;
         }
     }
-    lt->prefix_s = now_s() - t0;
-    double t1 = now_s();
+    lt->prefix_s = kvf_now_s() - t0;
+    double t1 = kvf_now_s();
     kvf_load_opts lo = {.model = s->model, .ctx = s->ctx, .model_fp = s->fp, .tok_fp = s->tok_fp,
                         .trust = s->a.co.trust, .now = s->a.co.now, .n_threads = s->a.threads};
     for (int i = 0; i < s->a.n_blobs; i++) {
@@ -413,15 +406,15 @@ static int loaded_path(session *s, loaded_times *lt)
             return st == KVF_ERR_REFUSED ? KVF_EXIT_REFUSED : 2;
         }
     }
-    lt->load_s = now_s() - t1;
-    double t2 = now_s();
+    lt->load_s = kvf_now_s() - t1;
+    double t2 = kvf_now_s();
     eng_status es = eng_prefill(s->ctx, s->prompt_ids, NULL, s->n_prompt, s->logits, NULL);
     if (es != ENG_OK) {
         fprintf(stderr, "%s: prefill of the prompt: %s\n", s->prog, eng_status_str(es));
         return 2;
     }
-    lt->suffix_s = now_s() - t2;
-    lt->ttft_s = now_s() - t0; /* the first token is sampled from these logits */
+    lt->suffix_s = kvf_now_s() - t2;
+    lt->ttft_s = kvf_now_s() - t0; /* the first token is sampled from these logits */
     return 0;
 }
 
@@ -533,11 +526,11 @@ int kvfetch_run_main(int argc, char **argv)
         goto out;
     }
     int n_out = 0;
-    double td = now_s(), t_first = 0;
+    double td = kvf_now_s(), t_first = 0;
     for (int i = 0; i < s->a.n_gen; i++) {
         int32_t tok = eng_sample(smp, s->logits, s->info->n_vocab);
         if (i == 0)
-            t_first = now_s() - td; /* sampling the first token belongs to TTFT */
+            t_first = kvf_now_s() - td; /* sampling the first token belongs to TTFT */
         if (eng_token_is_eog(s->model, tok))
             break;
         size_t n;
@@ -566,7 +559,7 @@ int kvfetch_run_main(int argc, char **argv)
         if (!s->a.json)
             fwrite(p, 1, n, stdout);
     }
-    double dec_s = now_s() - td - t_first;
+    double dec_s = kvf_now_s() - td - t_first;
     lt.ttft_s += t_first;
     double tps = n_out > 1 && dec_s > 0 ? (n_out - 1) / dec_s : 0;
     if (s->a.json) {
@@ -675,18 +668,18 @@ int kvfetch_compare_main(int argc, char **argv)
     size_t cells = 0;
     if ((rc = make_ctx(s, &s->ctx_full, &cells)) != 0 || (rc = warm_up(s, s->ctx_full, cells)) != 0)
         goto out;
-    double tf = now_s();
+    double tf = kvf_now_s();
     eng_status es = eng_prefill(s->ctx_full, seq, NULL, total, s->logits_full, NULL);
-    double full_prefill_s = now_s() - tf;
+    double full_prefill_s = kvf_now_s() - tf;
     if (es != ENG_OK) {
         fprintf(stderr, "%s: full prefill of %zu tokens: %s\n", s->prog, total, eng_status_str(es));
         rc = 2;
         goto out;
     }
     /* the first token: argmax costs the same on both paths, count it in both TTFTs */
-    double ts = now_s();
+    double ts = kvf_now_s();
     (void)argmax(s->logits, nv);
-    double t_sample = now_s() - ts;
+    double t_sample = kvf_now_s() - ts;
     lt.ttft_s += t_sample;
     double ttft_full = full_prefill_s + t_sample;
 
@@ -708,9 +701,9 @@ int kvfetch_compare_main(int argc, char **argv)
         gen[n_done++] = tl;
         if (eng_token_is_eog(s->model, tl) || i + 1 == s->a.n_gen)
             break;
-        double t = now_s();
+        double t = kvf_now_s();
         es = eng_decode(s->ctx, tl, -1, s->logits);
-        dec_s += now_s() - t;
+        dec_s += kvf_now_s() - t;
         if (es == ENG_OK)
             es = eng_decode(s->ctx_full, tl, -1, s->logits_full);
         if (es != ENG_OK) {

@@ -16,26 +16,6 @@
 #define PIECE (1u << 20)
 #define MAX_SHORT_RETRIES 3 /* a body that ended early without a transport error */
 
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 int kvf_is_url(const char *s)
 {
     return strncmp(s, "https://", 8) == 0 || strncmp(s, "http://", 7) == 0;
@@ -117,7 +97,7 @@ static kvf_status vs_begin(vstream *v, const kvf_get_opts *o, int fd, char *err,
         kvc_sha256_free(v->h);
         v->r = NULL;
         v->h = NULL;
-        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     }
     return KVF_OK;
 }
@@ -154,7 +134,7 @@ static kvf_status vs_consume(vstream *v, const uint8_t *p, size_t n, int store, 
         size_t take = n;
         if (v->size) {
             if (v->got + n > v->size)
-                return set_err(err, errlen, KVF_ERR_TOO_BIG,
+                return kvf_fail(err, errlen, KVF_ERR_TOO_BIG,
                             "refusing a body larger than the blob: the manifest declares %llu bytes",
                             (unsigned long long)v->size);
         } else if (v->got < KVB_HEADER_LEN) {
@@ -170,7 +150,7 @@ static kvf_status vs_consume(vstream *v, const uint8_t *p, size_t n, int store, 
                 take = (size_t)(v->prefix - v->got);
         }
         if (store && v->fd >= 0 && write_all(v->fd, p, take) != 0)
-            return set_err(err, errlen, KVF_ERR_IO, "writing the partial download: %s", strerror(errno));
+            return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s", strerror(errno));
         kvc_sha256_update(v->h, p, take);
         kvb_status st = kvb_reader_feed(v->r, p, take, err, errlen);
         if (st != KVB_OK) {
@@ -194,14 +174,14 @@ static kvf_status vs_feed_file(vstream *v, int fd, char *err, size_t errlen)
 {
     uint8_t *buf = malloc(PIECE);
     if (!buf)
-        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     kvf_status st = KVF_OK;
     for (;;) {
         ssize_t r = read(fd, buf, PIECE);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            st = set_err(err, errlen, KVF_ERR_IO, "read: %s", strerror(errno));
+            st = kvf_fail(err, errlen, KVF_ERR_IO, "read: %s", strerror(errno));
             break;
         }
         if (r == 0)
@@ -226,7 +206,7 @@ static kvf_status restart(void *user, char *err, size_t errlen)
     const kvf_get_opts *o = v->o;
     vs_end(v);
     if (ftruncate(fd, 0) != 0 || lseek(fd, 0, SEEK_SET) != 0)
-        return set_err(err, errlen, KVF_ERR_IO, "truncating the partial download: %s", strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "truncating the partial download: %s", strerror(errno));
     return vs_begin(v, o, fd, err, errlen);
 }
 
@@ -264,7 +244,7 @@ static kvf_status verify_cached(const kvf_get_opts *o, const char *path, kvf_get
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
-        return set_err(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     vstream v;
     uint8_t want[32];
     memcpy(want, res->id, 32);
@@ -274,7 +254,7 @@ static kvf_status verify_cached(const kvf_get_opts *o, const char *path, kvf_get
     if (st == KVF_OK)
         st = vs_finish(&v, res, err, errlen);
     if (st == KVF_OK && memcmp(want, res->id, 32) != 0)
-        st = set_err(err, errlen, KVF_ERR_VERIFY, "cached file %s does not hash to its name", path);
+        st = kvf_fail(err, errlen, KVF_ERR_VERIFY, "cached file %s does not hash to its name", path);
     res->vst = v.vst;
     vs_end(&v);
     close(fd);
@@ -312,25 +292,25 @@ static int open_part_locked(const char *path)
 kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                    char *err, size_t errlen)
 {
-    double t0 = now_s();
+    double t0 = kvf_now_s();
     memset(res, 0, sizeof *res);
     if (!cache || !o || !o->trust)
-        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_get: cache and trust store are required");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_get: cache and trust store are required");
     char url[4096];
     uint8_t want[32];
     int have_want = 0;
     if (o->blob_id) {
         if (strlen(o->blob_id) != 64 || kvc_unhex(o->blob_id, want, 32) != KVC_OK)
-            return set_err(err, errlen, KVF_ERR_USAGE, "blob id '%s' is not 64 hex digits", o->blob_id);
+            return kvf_fail(err, errlen, KVF_ERR_USAGE, "blob id '%s' is not 64 hex digits", o->blob_id);
         have_want = 1;
     }
     if (o->url) {
         if (snprintf(url, sizeof url, "%s", o->url) >= (int)sizeof url)
-            return set_err(err, errlen, KVF_ERR_USAGE, "URL longer than %zu bytes", sizeof url - 1);
+            return kvf_fail(err, errlen, KVF_ERR_USAGE, "URL longer than %zu bytes", sizeof url - 1);
         uint8_t uid[32];
         if (kvf_url_blob_id(url, uid)) {
             if (have_want && memcmp(uid, want, 32) != 0)
-                return set_err(err, errlen, KVF_ERR_USAGE, "--blob %s differs from the id in the URL", o->blob_id);
+                return kvf_fail(err, errlen, KVF_ERR_USAGE, "--blob %s differs from the id in the URL", o->blob_id);
             memcpy(want, uid, 32);
             have_want = 1;
         }
@@ -340,12 +320,12 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
             n--;
         char hex[65];
         if (snprintf(url, sizeof url, "%.*s/v1/blobs/%s", (int)n, o->server, kvc_hex(want, 32, hex)) >= (int)sizeof url)
-            return set_err(err, errlen, KVF_ERR_USAGE, "server URL too long");
+            return kvf_fail(err, errlen, KVF_ERR_USAGE, "server URL too long");
     } else {
-        return set_err(err, errlen, KVF_ERR_USAGE, "give a blob URL, or --server URL and --blob ID");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "give a blob URL, or --server URL and --blob ID");
     }
     if (!kvf_is_url(url))
-        return set_err(err, errlen, KVF_ERR_USAGE, "'%s' is not an https:// URL", url);
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "'%s' is not an https:// URL", url);
     if (!have_want && kvf_cache_url_get(cache, url, want))
         have_want = 1; /* a URL we fetched before */
 
@@ -362,7 +342,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                 res->bytes = (uint64_t)sb.st_size;
             res->from_cache = 1;
             keep_manifest(res);
-            res->seconds = now_s() - t0;
+            res->seconds = kvf_now_s() - t0;
             return KVF_OK;
         }
         if (st != KVF_ERR_VERIFY || !is_corruption(res->vst))
@@ -381,10 +361,10 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         kvc_hex(uh, 32, key);
     }
     if (kvf_cache_part_path(cache, key, part, sizeof part) != 0)
-        return set_err(err, errlen, KVF_ERR_USAGE, "cache path too long");
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "cache path too long");
     int fd = open_part_locked(part);
     if (fd < 0)
-        return set_err(err, errlen, KVF_ERR_IO, "cannot open %s: %s", part, strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", part, strerror(errno));
     if (have_want && kvf_cache_lookup(cache, want, res->path, sizeof res->path)) {
         /* another kvfetch finished it while we waited for the lock */
         close(fd);
@@ -450,7 +430,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     }
     if (have_want && memcmp(res->id, want, 32) != 0) {
         char a[65], b[65];
-        st = set_err(err, errlen, KVF_ERR_REFUSED, "blob id mismatch: asked for %s, the server sent sha256 %s",
+        st = kvf_fail(err, errlen, KVF_ERR_REFUSED, "blob id mismatch: asked for %s, the server sent sha256 %s",
                   kvc_hex(want, 32, a), kvc_hex(res->id, 32, b));
         goto fail_delete;
     }
@@ -461,7 +441,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         return st;
     kvf_cache_url_put(cache, url, res->id);
     keep_manifest(res);
-    res->seconds = now_s() - t0;
+    res->seconds = kvf_now_s() - t0;
     return KVF_OK;
 
 fail_delete:
@@ -470,6 +450,6 @@ fail_delete:
 fail_keep:
     vs_end(&v);
     close(fd);
-    res->seconds = now_s() - t0;
+    res->seconds = kvf_now_s() - t0;
     return st;
 }

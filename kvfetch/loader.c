@@ -16,19 +16,6 @@
 
 #define READ_PIECE (8u << 20)
 
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static kvf_status set_err(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
 static double cpu_now_s(void)
 {
     struct rusage u;
@@ -36,13 +23,6 @@ static double cpu_now_s(void)
         return 0;
     return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec +
            u.ru_stime.tv_usec / 1e6;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* "sha256:" and the first 16 hex digits: enough to tell fingerprints apart in a message. */
@@ -111,21 +91,21 @@ kvf_status kvf_check_manifest(const kvb_manifest *m, const eng_model *model,
         snprintf(shape, sizeof shape, "KV shape: blob %u layers x %u kv heads x %u, model %d x %d x %d",
                  m->n_layer, m->n_head_kv, m->head_dim, in->n_layer, in->n_head_kv, in->head_dim);
     if (memcmp(m->model_fingerprint, model_fp, 32) != 0)
-        return set_err(err, errlen, KVF_ERR_REFUSED,
+        return kvf_fail(err, errlen, KVF_ERR_REFUSED,
                     "model mismatch: blob wants %s (%s, %u layers), you loaded %s (%s, %d layers)%s%s%s%s",
                     short_fp(m->model_fingerprint, a), m->model_arch, m->n_layer, short_fp(model_fp, b),
                     in->arch, in->n_layer, rope_differs ? "; " : "", rd, shape_differs ? "; " : "", shape);
     if (memcmp(m->tokenizer_fingerprint, tok_fp, 32) != 0)
-        return set_err(err, errlen, KVF_ERR_REFUSED,
+        return kvf_fail(err, errlen, KVF_ERR_REFUSED,
                     "tokenizer mismatch: blob wants %s, your model's tokenizer is %s (%s, %d tokens)",
                     short_fp(m->tokenizer_fingerprint, a), short_fp(tok_fp, b), in->tokenizer, in->n_vocab);
     /* the same fingerprint with another shape or RoPE means a publisher bug: still refuse */
     if (shape_differs || m->kv_dim != kv_dim)
-        return set_err(err, errlen, KVF_ERR_REFUSED, "blob does not fit the model: %s", shape);
+        return kvf_fail(err, errlen, KVF_ERR_REFUSED, "blob does not fit the model: %s", shape);
     if (rope_differs)
-        return set_err(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate exactly: %s", rd);
+        return kvf_fail(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate exactly: %s", rd);
     if (delta != 0 && (in->rope.n_rot <= 0 || in->rope.n_rot % 2 || in->rope.n_rot > in->head_dim))
-        return set_err(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate: RoPE n_rot %d with head_dim %d",
+        return kvf_fail(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate: RoPE n_rot %d with head_dim %d",
                     in->rope.n_rot, in->head_dim);
     return KVF_OK;
 }
@@ -144,14 +124,14 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
                               size_t errlen)
 {
     load *l = user;
-    double t = now_s();
+    double t = kvf_now_s();
     l->delta = l->pos - (int32_t)m->pos0;
     l->st = kvf_check_manifest(m, l->o->model, l->o->model_fp, l->o->tok_fp, l->delta, err, errlen);
     if (l->st != KVF_OK)
         return KVB_ERR_CALLBACK;
     l->stats->n_tokens = m->n_tokens;
     l->stats->n_chunks = m->n_chunks;
-    l->cb_s += now_s() - t;
+    l->cb_s += kvf_now_s() - t;
     return KVB_OK;
 }
 
@@ -161,7 +141,7 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
 static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t errlen)
 {
     load *l = user;
-    double t = now_s();
+    double t = kvf_now_s();
     int n = (int)(c->t1 - c->t0), cell = l->cell0 + (int)c->t0;
     for (uint32_t layer = 0; layer < c->n_layer; layer++) {
         const uint16_t *k = kvb_chunk_k(c, layer), *v = kvb_chunk_v(c, layer);
@@ -169,18 +149,18 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
                             ? eng_kv_import_layer_rerotated(l->o->ctx, (int)layer, cell, n, k, v, l->delta)
                             : eng_kv_import_layer(l->o->ctx, (int)layer, cell, n, k, v);
         if (es != ENG_OK) {
-            l->st = set_err(err, errlen, KVF_ERR_ENGINE, "importing chunk %u layer %u: %s", c->index, layer,
+            l->st = kvf_fail(err, errlen, KVF_ERR_ENGINE, "importing chunk %u layer %u: %s", c->index, layer,
                          eng_status_str(es));
             return KVB_ERR_CALLBACK;
         }
     }
     eng_status es = eng_kv_commit(l->o->ctx, cell, n, l->pos + (int32_t)c->t0);
     if (es != ENG_OK) {
-        l->st = set_err(err, errlen, KVF_ERR_ENGINE, "committing chunk %u (cells %d..%d): %s", c->index,
+        l->st = kvf_fail(err, errlen, KVF_ERR_ENGINE, "committing chunk %u (cells %d..%d): %s", c->index,
                      cell, cell + n, eng_status_str(es));
         return KVB_ERR_CALLBACK;
     }
-    double dt = now_s() - t;
+    double dt = kvf_now_s() - t;
     l->cb_s += dt;
     if (l->delta != 0)
         l->stats->rerotate_s += dt;
@@ -204,7 +184,7 @@ static kvf_status feed_all(source *src, kvb_reader *r, const char *path, load *l
 {
     kvf_load_stats *st = l->stats;
     struct stat sb;
-    double t = now_s();
+    double t = kvf_now_s();
     if (fstat(src->fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size <= SIZE_MAX) {
         /* MAP_POPULATE: the page-cache pages are mapped in one batch instead of one fault per
          * 4 KiB page during hashing */
@@ -215,31 +195,31 @@ static kvf_status feed_all(source *src, kvb_reader *r, const char *path, load *l
             (void)madvise(p, src->map_len, MADV_SEQUENTIAL);
         }
     }
-    st->read_s += now_s() - t;
+    st->read_s += kvf_now_s() - t;
     if (src->map) {
         st->file_bytes = src->map_len;
-        t = now_s();
+        t = kvf_now_s();
         *ks = kvb_reader_feed(r, src->map, src->map_len, err, errlen);
-        *in_reader += now_s() - t;
+        *in_reader += kvf_now_s() - t;
         return KVF_OK;
     }
     src->buf = malloc(READ_PIECE);
     if (!src->buf)
-        return set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     for (;;) {
-        t = now_s();
+        t = kvf_now_s();
         ssize_t n = read(src->fd, src->buf, READ_PIECE);
-        st->read_s += now_s() - t;
+        st->read_s += kvf_now_s() - t;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return set_err(err, errlen, KVF_ERR_IO, "reading %s: %s", path, strerror(errno));
+            return kvf_fail(err, errlen, KVF_ERR_IO, "reading %s: %s", path, strerror(errno));
         if (n == 0)
             return KVF_OK;
         st->file_bytes += (uint64_t)n;
-        t = now_s();
+        t = kvf_now_s();
         *ks = kvb_reader_feed(r, src->buf, (size_t)n, err, errlen);
-        *in_reader += now_s() - t;
+        *in_reader += kvf_now_s() - t;
         if (*ks != KVB_OK)
             return KVF_OK;
     }
@@ -257,8 +237,8 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     if (vst)
         *vst = KVB_OK;
     if (!o || !o->model || !o->ctx || !o->model_fp || !o->tok_fp || !o->trust || !path)
-        return set_err(err, errlen, KVF_ERR_USAGE, "kvf_load_blob: missing argument");
-    double t0 = now_s(), c0 = cpu_now_s();
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_load_blob: missing argument");
+    double t0 = kvf_now_s(), c0 = cpu_now_s();
     load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVF_OK, .stats = st};
     st->pos = l.pos;
     st->n_threads = o->n_threads > 0 ? o->n_threads : eng_default_threads();
@@ -272,21 +252,21 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
 
     source src = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
     if (src.fd < 0)
-        return set_err(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvb_reader *r = kvb_reader_create(&ro);
     kvf_status rst = KVF_OK;
     kvb_status ks = KVB_OK;
     double in_reader = 0;
     if (!r) {
-        rst = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        rst = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
         goto out;
     }
     if ((rst = feed_all(&src, r, path, &l, &in_reader, &ks, err, errlen)) != KVF_OK)
         goto out;
     if (ks == KVB_OK) {
-        double t = now_s();
+        double t = kvf_now_s();
         ks = kvb_reader_finish(r, err, errlen);
-        in_reader += now_s() - t;
+        in_reader += kvf_now_s() - t;
     }
     if (ks != KVB_OK) {
         if (ks == KVB_ERR_CALLBACK && l.st != KVF_OK) {
@@ -301,7 +281,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     const kvb_manifest *m = kvb_reader_manifest(r);
     const int32_t *ids = kvb_reader_tokens(r);
     if (!m || !ids || eng_kv_len(o->ctx) != l.cell0 + (int)m->n_tokens) {
-        rst = set_err(err, errlen, KVF_ERR_VERIFY, "%s: blob ended without delivering all its tokens", path);
+        rst = kvf_fail(err, errlen, KVF_ERR_VERIFY, "%s: blob ended without delivering all its tokens", path);
         if (vst)
             *vst = KVB_ERR_TRUNCATED;
         goto out;
@@ -311,7 +291,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     if (tokens) {
         *tokens = malloc((m->n_tokens ? m->n_tokens : 1) * sizeof **tokens);
         if (!*tokens) {
-            rst = set_err(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            rst = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
             goto out;
         }
         memcpy(*tokens, ids, m->n_tokens * sizeof **tokens);
@@ -326,7 +306,7 @@ out:
         munmap((void *)src.map, src.map_len);
     free(src.buf);
     close(src.fd);
-    st->total_s = now_s() - t0;
+    st->total_s = kvf_now_s() - t0;
     st->cpu_s = cpu_now_s() - c0;
     return rst;
 }

@@ -3,6 +3,8 @@
 #ifndef KVPUB_KVFETCH_STATUS_H
 #define KVPUB_KVFETCH_STATUS_H
 
+#include <stddef.h>
+
 #define KVF_WUR __attribute__((warn_unused_result))
 
 /* Stable values (never renumber). */
@@ -28,5 +30,11 @@ enum {
     KVF_EXIT_MALFORMED = 3, /* malformed, truncated or unsupported blob (kvb_exit_code) */
     KVF_EXIT_DENIED = 4,    /* server refused access: buy a (new) token */
 };
+
+/* Writes the printf-style message to err (if non-NULL) and returns st. */
+kvf_status kvf_fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Monotonic clock, seconds. */
+double kvf_now_s(void);
 
 #endif

@@ -13,7 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kvfetch/cache.c"
+#include <limits.h>
+
+#include "crypto/kvcrypto.h"
+#include "kvfetch/cache.h"
 
 static void test_parse_size(void **state)
 {

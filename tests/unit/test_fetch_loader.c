@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kvfetch/loader.c"
+#include "kvfetch/loader.h"
 #include "engine/quant_internal.h"
 
 typedef struct fixture {
