@@ -481,6 +481,25 @@ static F16C_FN void dec_dot4(const uint16_t *k, size_t kvd, int hd, const float 
     }
 }
 
+/* s[j] = exp(s[j] - m) for j < n (m >= every s[j]); returns their sum. */
+static F16C_FN float dec_exp_avx2(float *s, int n, float m)
+{
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 sum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 p = exp_neg_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+        _mm256_storeu_ps(s + j, p);
+        sum = _mm256_add_ps(sum, p);
+    }
+    float tail = 0;
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - m);
+        tail += s[j];
+    }
+    return hsum8(sum) + tail;
+}
+
 static F16C_FN void dec_scores_f16c(const eng_ctx *c, int il, int h, const float *q, int G, int b0,
                                     int n, float scale, float *s)
 {
@@ -576,10 +595,15 @@ static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *a
             bmax = fmaxf(bmax, sg[j]);
         const float mnew = fmaxf(a[hd], bmax);
         float lsum = 0;
-        for (int j = 0; j < n; j++) {
-            sg[j] = expf(sg[j] - mnew);
-            lsum += sg[j];
-        }
+#if defined(__x86_64__)
+        if (fast)
+            lsum = dec_exp_avx2(sg, n, mnew);
+        else
+#endif
+            for (int j = 0; j < n; j++) {
+                sg[j] = expf(sg[j] - mnew);
+                lsum += sg[j];
+            }
         const float alpha = expf(a[hd] - mnew);
         a[hd + 1] = a[hd + 1] * alpha + lsum;
         a[hd] = mnew;
