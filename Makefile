@@ -13,7 +13,7 @@ PREFIX  ?= /usr/local
 OPT     ?= -O2
 SAN     ?=
 
-PKGS    := openblas libmicrohttpd jansson libzstd libcurl sqlite3 libcrypto gnutls
+PKGS    := libmicrohttpd jansson libzstd libcurl sqlite3 libcrypto gnutls
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -63,12 +63,6 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
         if (!c->k[il] || !c->v[il])
             goto nomem;
     }
-    c->n_blk = (n_ctx + ENG_KEY_BLOCK - 1) / ENG_KEY_BLOCK;
-    c->kt = calloc((size_t)hp->n_layer, sizeof(float *));
-    c->vf = calloc((size_t)hp->n_layer, sizeof(float *));
-    c->mirror_ok = calloc((size_t)hp->n_layer, sizeof(int));
-    if (!c->kt || !c->vf || !c->mirror_ok)
-        goto nomem;
     c->att_scratch_per = (eng_attention_scratch_floats(hp) + 15) & ~(size_t)15;
     c->att_scratch = calloc((size_t)nt * c->att_scratch_per, sizeof(float));
     if (!c->att_scratch || eng_pool_create(nt, &c->pool) != ENG_OK)
@@ -92,15 +86,6 @@ void eng_ctx_free(eng_ctx *c)
     if (c->v)
         for (int il = 0; il < c->hp->n_layer; il++)
             free(c->v[il]);
-    if (c->kt)
-        for (int il = 0; il < c->hp->n_layer; il++)
-            free(c->kt[il]);
-    if (c->vf)
-        for (int il = 0; il < c->hp->n_layer; il++)
-            free(c->vf[il]);
-    free(c->kt);
-    free(c->vf);
-    free(c->mirror_ok);
     free(c->k);
     free(c->v);
     free(c->pos);

@@ -9,14 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Formerly the fixed sgemm row tile. Batched products now run through engine/gemm.c, whose
- * per-element accumulation order does not depend on the number or place of rows, so a
- * forward pass holds exactly its tokens; kept for code that still names it. */
-enum { ENG_ROW_TILE = 64 };
 /* Attention walks keys in blocks of this many cells, aligned to absolute cell indices. */
 enum { ENG_KEY_BLOCK = 64 };
 /* Most rows one forward pass holds (longer prompts run in several passes). */
-enum { ENG_MAX_ROWS = 2048 + ENG_ROW_TILE };
+enum { ENG_MAX_ROWS = 2048 };
 
 /* ---- worker threads ---- */
 typedef struct eng_pool eng_pool;
@@ -89,11 +85,6 @@ struct eng_ctx {
     float *wtile;            /* GEMM panels (forward.c): packed X (cap_rows, widest K rounded
                               * to 8), then per thread a chunk of dequantized weight rows */
     size_t wtile_cap;        /* floats */
-    /* unused since attention reads the f16 cache directly (engine/attention.c); ctx.c still
-     * allocates the per-layer pointer arrays (all NULL) */
-    float **kt, **vf;
-    int *mirror_ok;
-    int n_blk;
     float *att_scratch;      /* per thread attention scratch (key block in f32, accumulators) */
     size_t att_scratch_per;  /* floats per thread */
     eng_rerot rerot;         /* last re-rotation table (ctx.c), valid when rerot_ok */

@@ -1,5 +1,5 @@
-/* engine.h: run llama-family GGUF models on the CPU (OpenBLAS for batched products), with an
- * f16 KV cache whose cells carry explicit positions, KV export/import, K re-rotation,
+/* engine.h: run llama-family GGUF models on the CPU (a fixed-order GEMM for batched products, see
+ * spec/engine.md), with an f16 KV cache whose cells carry explicit positions, KV export/import, K re-rotation,
  * tokenizers, sampling and model/tokenizer fingerprints. The whole public contract of engine/.
  * engine/ depends on nothing else of kvpub's. */
 #ifndef KVPUB_ENGINE_H

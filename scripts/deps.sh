@@ -4,7 +4,7 @@
 set -eu
 pkgs="build-essential pkg-config clang libclang-rt-14-dev
  libssl-dev openssl libcurl4-openssl-dev curl libsqlite3-dev sqlite3 libzstd-dev
- libopenblas-dev libmicrohttpd-dev libgnutls28-dev libjansson-dev libcmocka-dev
+ libmicrohttpd-dev libgnutls28-dev libjansson-dev libcmocka-dev
  jq nginx-light gnuplot-nox"
 if [ "${1:-}" = "--bench" ]; then
   pkgs="$pkgs wrk hyperfine"
