@@ -30,7 +30,9 @@ start_server "$T/store" --max-upload 64K
 rows() { sqlite3 "$T/store/index.db" "select count(*) from blobs"; }
 files() { find "$T/store/blobs" -type f | wc -l; }
 
-put() { expect "$1" PUT "/v1/blobs${QUERY:-}" -H "Authorization: Bearer $2" --data-binary @"$T/$3" "${@:4}"; }
+# Expect: 100-continue, as spec/http-api.md asks of uploaders: early refusals arrive before the body.
+put() { expect "$1" PUT "/v1/blobs${QUERY:-}" -H "Authorization: Bearer $2" -H "Expect: 100-continue" \
+  --data-binary @"$T/$3" "${@:4}"; }
 put 401 "" good.kvb
 [ "$(json .error)" = credential_required ] || fail "401 error name"
 grep -qi '^WWW-Authenticate: Bearer' "$T/hdr" || fail "401 carries WWW-Authenticate"
