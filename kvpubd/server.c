@@ -149,30 +149,40 @@ enum MHD_Result kvsrv_queue(kvsrv_req *r, unsigned status, struct MHD_Response *
     return ret;
 }
 
-enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body)
+/* A compact JSON response with a trailing newline (readable in curl output and logs). Takes
+ * body. Returns NULL when out of memory; *len gets the body's bytes. */
+static struct MHD_Response *json_response(json_t *body, size_t *len)
 {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text)
-        return MHD_NO;
-    size_t len = strlen(text);
-    text[len] = 0;
-    /* a trailing newline keeps curl output and logs readable */
-    char *t2 = realloc(text, len + 2);
+        return NULL;
+    size_t n = strlen(text);
+    char *t2 = realloc(text, n + 2);
     if (!t2) {
         free(text);
-        return MHD_NO;
+        return NULL;
     }
-    t2[len] = '\n';
-    t2[len + 1] = 0;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len + 1, t2, MHD_RESPMEM_MUST_FREE);
+    t2[n] = '\n';
+    t2[n + 1] = 0;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n + 1, t2, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(t2);
-        return MHD_NO;
+        return NULL;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    r->bytes = len + 1;
+    *len = n + 1;
+    return resp;
+}
+
+enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body)
+{
+    size_t len = 0;
+    struct MHD_Response *resp = json_response(body, &len);
+    if (!resp)
+        return MHD_NO;
+    r->bytes = len;
     return kvsrv_queue(r, status, resp);
 }
 
@@ -193,28 +203,13 @@ enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *e
     }
     if (!o)
         return MHD_NO;
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!text)
+    size_t len = 0;
+    struct MHD_Response *resp = json_response(o, &len);
+    if (!resp)
         return MHD_NO;
-    size_t len = strlen(text);
-    char *t2 = realloc(text, len + 2);
-    if (!t2) {
-        free(text);
-        return MHD_NO;
-    }
-    t2[len] = '\n';
-    t2[len + 1] = 0;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len + 1, t2, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(t2);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"kvpub\"");
-    r->bytes = len + 1;
+    r->bytes = len;
     return kvsrv_queue(r, status, resp);
 }
 
