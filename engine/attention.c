@@ -376,13 +376,6 @@ static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt
             memset(Kt + (size_t)d * KB + n, 0, sizeof(float) * (size_t)(KB - n));
 }
 
-void eng_attention_invalidate(eng_ctx *c, int cell0)
-{
-    /* attention reads the cache itself and keeps no copy, so nothing goes stale */
-    (void)c;
-    (void)cell0;
-}
-
 static void att_worker(void *arg, int ith, int nth)
 {
     const att_job *J = arg;

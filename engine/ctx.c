@@ -44,7 +44,6 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
     c->hp = hp;
     c->w = eng_model_weights(m);
     c->n_ctx = n_ctx;
-    c->n_threads = nt;
     c->kv_f32 = p->kv_f32 != 0;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
     eng_rope_cfg_init(&hp->rope, &c->rope);
@@ -99,7 +98,7 @@ void eng_ctx_free(eng_ctx *c)
     free(c->u);
     free(c->xr);
     free(c->cs);
-    free(c->wtile);
+    free(c->panels);
     free(c->att_scratch);
     free(c);
 }
@@ -114,7 +113,6 @@ int32_t eng_kv_next_pos(const eng_ctx *c)
 void eng_kv_clear(eng_ctx *c)
 {
     c->n_cells = 0;
-    eng_attention_invalidate(c, 0);
 }
 
 eng_status eng_kv_truncate(eng_ctx *c, int n_cells)
@@ -122,7 +120,6 @@ eng_status eng_kv_truncate(eng_ctx *c, int n_cells)
     if (n_cells < 0 || n_cells > c->n_cells)
         return ENG_ERR_RANGE;
     c->n_cells = n_cells;
-    eng_attention_invalidate(c, n_cells);
     return ENG_OK;
 }
 
@@ -172,7 +169,6 @@ static eng_status import_layer(eng_ctx *c, int layer, int cell0, int n, const ui
     const int hd = c->hp->head_dim;
     size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
     size_t rows = (size_t)n * (size_t)c->hp->n_head_kv;
-    eng_attention_invalidate(c, cell0);
     if (c->kv_f32) {
         float *kd = (float *)c->k[layer] + off;
         if (delta == 0) {
@@ -228,7 +224,7 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
         return ENG_ERR_RANGE;
     for (int i = 0; i < n; i++) {
         int64_t np = (int64_t)c->pos[cell0 + i] + delta;
-        if (np < 0 || np > INT32_MAX)
+        if (np < 0 || np >= INT32_MAX) /* next_pos (last + 1) must stay representable */
             return ENG_ERR_RANGE;
     }
     if (delta == 0 || n == 0)
@@ -256,6 +252,5 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
     }
     for (int i = 0; i < n; i++)
         c->pos[cell0 + i] += delta;
-    eng_attention_invalidate(c, cell0);
     return ENG_OK;
 }

@@ -63,7 +63,6 @@ struct eng_ctx {
     const eng_info *hp;
     const eng_weights *w;
     int n_ctx;
-    int n_threads;
     int kv_f32;
     int kv_dim;              /* n_head_kv * head_dim */
     void **k, **v;           /* per layer: (n_ctx, kv_dim) f16 bits, or f32 when kv_f32 */
@@ -82,9 +81,9 @@ struct eng_ctx {
     float *g, *u;            /* (rows, n_ff) */
     float *xr;               /* (rows, max(n_embd, n_head*head_dim, n_ff)) rounded activations */
     float *cs;               /* (rows, n_rot) cos/sin per token */
-    float *wtile;            /* GEMM panels (forward.c): packed X (cap_rows, widest K rounded
+    float *panels;           /* GEMM panels (forward.c): packed X (cap_rows, widest K rounded
                               * to 8), then per thread a chunk of dequantized weight rows */
-    size_t wtile_cap;        /* floats */
+    size_t panels_cap;       /* floats */
     float *att_scratch;      /* per thread attention scratch (key block in f32, accumulators) */
     size_t att_scratch_per;  /* floats per thread */
     eng_rerot rerot;         /* last re-rotation table (ctx.c), valid when rerot_ok */
@@ -101,8 +100,5 @@ size_t eng_attention_scratch_floats(const eng_info *hp);
  * head_dim) -> out (n_head, head_dim). Faster for one query than eng_attention; its results
  * may differ from eng_attention's in the last bits. */
 eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out) ENG_WUR;
-/* Called after import, re-rotation and truncation from cell0 on; attention keeps no copy of
- * the cache, so there is nothing to refresh (kept as the hook for any future cache). */
-void eng_attention_invalidate(eng_ctx *c, int cell0);
 
 #endif

@@ -27,8 +27,8 @@ static int xr_width(const eng_ctx *c) { return eng_gemm_kr((int)xr_width_raw(c->
 
 static int chunk_rows(int64_t K)
 {
-    int64_t nb = CHUNK_FLOATS / eng_gemm_kr((int)K) / 3 * 3;
-    return nb < 3 ? 3 : (int)nb;
+    int64_t nb = CHUNK_FLOATS / eng_gemm_kr((int)K) / ENG_GEMM_NR * ENG_GEMM_NR;
+    return nb < ENG_GEMM_NR ? ENG_GEMM_NR : (int)nb;
 }
 
 static eng_status ensure_rows(eng_ctx *c, int rows)
@@ -49,14 +49,14 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
             return ENG_ERR_NOMEM;
         }
     }
-    /* c->wtile: X packed for the GEMM (rows, Kr of the widest K), then one chunk of packed,
+    /* c->panels: X packed for the GEMM (rows, Kr of the widest K), then one chunk of packed,
      * dequantized weight rows plus one row of scratch per thread */
-    free(c->wtile);
+    free(c->panels);
     const size_t kmax = (size_t)xr_width(c);
-    const size_t per = (size_t)max64(CHUNK_FLOATS, 3 * (int64_t)kmax) + kmax;
-    c->wtile_cap = (size_t)rows * kmax + per * (size_t)eng_pool_size(c->pool);
-    c->wtile = aligned_alloc(64, (c->wtile_cap * sizeof(float) + 63) / 64 * 64);
-    if (!c->wtile) {
+    const size_t per = (size_t)max64(CHUNK_FLOATS, ENG_GEMM_NR * (int64_t)kmax) + kmax;
+    c->panels_cap = (size_t)rows * kmax + per * (size_t)eng_pool_size(c->pool);
+    c->panels = aligned_alloc(64, (c->panels_cap * sizeof(float) + 63) / 64 * 64);
+    if (!c->panels) {
         c->cap_rows = 0;
         return ENG_ERR_NOMEM;
     }
@@ -196,7 +196,7 @@ static void round_rows(eng_ctx *c, void *a, int r0, int r1)
 
 typedef struct lin_job {
     eng_ctx *c;
-    int n, R;
+    int R;
     const eng_wmat *W[3];
     const float *X[3];  /* (R, K) rounded for W's type, packed (eng_gemm_pack_row) */
     float *Y[3];        /* (R, N) */
@@ -209,8 +209,8 @@ static void lin_worker(void *a, int ith, int nth)
     lin_job *J = a;
     const eng_ctx *c = J->c;
     const size_t xarea = (size_t)c->cap_rows * (size_t)xr_width(c);
-    const size_t per = (c->wtile_cap - xarea) / (size_t)nth;
-    float *buf = c->wtile + xarea + (size_t)ith * per;
+    const size_t per = (c->panels_cap - xarea) / (size_t)nth;
+    float *buf = c->panels + xarea + (size_t)ith * per;
     const int u0 = (int)((int64_t)J->total * ith / nth), u1 = (int)((int64_t)J->total * (ith + 1) / nth);
     for (int u = u0; u < u1; u++) {
         int m = 0, ch = u;
@@ -233,7 +233,7 @@ static void lin_worker(void *a, int ith, int nth)
     }
 }
 
-/* How activations are rounded for a weight type (round_act); products sharing one share X. */
+/* How activations are rounded for a weight type (round_rows); products sharing one share X. */
 static int round_kind(uint32_t type, int64_t K)
 {
     if (type == GGML_T_F16)
@@ -280,10 +280,10 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
         while (i1 < n && round_kind(W[i1]->type, W[i1]->ncols) == kind && W[i1]->ncols == W[i0]->ncols)
             i1++;
         const int K = (int)W[i0]->ncols;
-        pack_arg P = {X, c->wtile, K, R, W[i0]->type, kind != 0};
+        pack_arg P = {X, c->panels, K, R, W[i0]->type, kind != 0};
         par_rows(c, R, pack_rows, &P);
-        const float *xr = c->wtile;
-        lin_job J = {c, i1 - i0, R, {0}, {0}, {0}, {0}, {0}, 0};
+        const float *xr = c->panels;
+        lin_job J = {c, R, {0}, {0}, {0}, {0}, {0}, 0};
         for (int i = i0; i < i1; i++) {
             const int k = i - i0;
             J.W[k] = W[i];
@@ -492,7 +492,8 @@ static eng_status check_tokens(const eng_ctx *c, const int32_t *tokens, const in
     for (size_t i = 0; i < n; i++) {
         if (tokens[i] < 0 || tokens[i] >= c->hp->n_vocab)
             return ENG_ERR_RANGE;
-        if (pos && pos[i] < 0)
+        /* INT32_MAX is refused so that eng_kv_next_pos (last position + 1) cannot overflow */
+        if (pos && (pos[i] < 0 || pos[i] == INT32_MAX))
             return ENG_ERR_RANGE;
     }
     return ENG_OK;

@@ -784,6 +784,18 @@ static size_t spm_char_len(const char *s, size_t n)
     return l ? l : 1;
 }
 
+/* Merges symbol g->right into g->left (the result token g->result) and unlinks the right one. */
+static void sym_merge(struct work *w, const struct bigram *g)
+{
+    struct sym *a = &w->sym[g->left], *b = &w->sym[g->right];
+    a->len += b->len;
+    a->id = g->result;
+    b->len = 0;
+    a->next = b->next;
+    if (b->next >= 0)
+        w->sym[b->next].prev = g->left;
+}
+
 /* Greedy SentencePiece-style merging of the escaped text w->buf[0..n): repeatedly merge the
  * adjacent pair whose merged piece has the highest score. */
 static eng_status spm_segment(const struct eng_vocab *v, struct work *w, size_t n, struct idbuf *out,
@@ -806,12 +818,7 @@ static eng_status spm_segment(const struct eng_vocab *v, struct work *w, size_t 
         /* Stale entry: one side was merged away or grew since it was queued. */
         if (a->len == 0 || b->len == 0 || a->len + b->len != g.size)
             continue;
-        a->len += b->len;
-        a->id = g.result;
-        b->len = 0;
-        a->next = b->next;
-        if (b->next >= 0)
-            w->sym[b->next].prev = g.left;
+        sym_merge(w, &g);
         if (!spm_try_pair(v, w, a->prev, g.left) || !spm_try_pair(v, w, g.left, a->next))
             return ENG_ERR_NOMEM;
     }
@@ -890,12 +897,7 @@ static eng_status bpe_word(const struct eng_vocab *v, struct work *w, const char
         struct sym *a = &w->sym[g.left], *b = &w->sym[g.right];
         if (a->len == 0 || b->len == 0 || a->next != g.right || a->id != g.lid || b->id != g.rid)
             continue;
-        a->len += b->len;
-        a->id = g.result;
-        b->len = 0;
-        a->next = b->next;
-        if (b->next >= 0)
-            w->sym[b->next].prev = g.left;
+        sym_merge(w, &g);
         if (!bpe_try_pair(v, w, a->prev, g.left) || !bpe_try_pair(v, w, g.left, a->next))
             return ENG_ERR_NOMEM;
     }

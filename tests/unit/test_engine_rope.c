@@ -239,6 +239,17 @@ static void test_kv_args(void **state)
     assert_int_equal(eng_kv_truncate(c, 5), ENG_ERR_RANGE);
     assert_int_equal(eng_kv_truncate(c, 2), ENG_OK);
     assert_int_equal(eng_kv_next_pos(c), 2);
+    assert_int_equal(eng_decode(c, -5, -1, NULL), ENG_ERR_RANGE);
+    /* positions stop at INT32_MAX - 1, so next_pos (last + 1) never overflows */
+    assert_int_equal(eng_kv_rerotate(c, 0, 2, INT32_MAX - 1), ENG_ERR_RANGE);
+    assert_int_equal(eng_kv_rerotate(c, 0, 2, INT32_MAX - 2), ENG_OK);
+    assert_int_equal(eng_kv_next_pos(c), INT32_MAX);
+    assert_int_equal(eng_decode(c, 1, -1, NULL), ENG_ERR_RANGE);
+    assert_int_equal(eng_prefill(c, t, NULL, 1, NULL, NULL), ENG_ERR_RANGE);
+    const int32_t maxpos = INT32_MAX;
+    assert_int_equal(eng_prefill(c, t, &maxpos, 1, NULL, NULL), ENG_ERR_RANGE);
+    assert_int_equal(eng_kv_commit(c, 0, 1, INT32_MAX), ENG_ERR_RANGE);
+    assert_int_equal(eng_kv_len(c), 2);
     eng_kv_clear(c);
     assert_int_equal(eng_kv_len(c), 0);
     assert_int_equal(eng_kv_next_pos(c), 0);
