@@ -376,10 +376,8 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
         PFAIL(&p, KVB_ERR_MALFORMED, "manifest: n_tokens and chunk_tokens must be at least 1");
         goto done;
     }
-    if (kvb_manifest_check_shape(&m, err, errlen) != KVB_OK) {
-        p.st = kvb_manifest_check_shape(&m, err, errlen);
+    if ((p.st = kvb_manifest_check_shape(&m, err, errlen)) != KVB_OK)
         goto done;
-    }
     m.kv_dim = m.n_head_kv * m.head_dim;
     m.raw_bytes = 2 * kvb_chunk_values(m.n_layer, m.n_tokens, m.kv_dim);
     m.n_chunks = (m.n_tokens + m.chunk_tokens - 1) / m.chunk_tokens;

@@ -677,13 +677,13 @@ kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manife
         }
         if (!st)
             st = kvb_reader_finish(r, err, errlen);
-        if (r->m && mout) {
-            char e2[ERRLEN];
-            if (kvb_manifest_parse(r->prefix + KVB_HEADER_LEN, r->h.manifest_len, mout, e2, sizeof e2) != KVB_OK)
-                *mout = NULL;
-        }
         if (r->m && hout)
             *hout = r->h;
+        if (r->m && mout) {
+            stop_workers(r); /* after an error a job may still read r->m */
+            *mout = r->m;    /* handed over, not parsed a second time */
+            r->m = NULL;
+        }
     }
     kvb_reader_free(r);
     if (fd != STDIN_FILENO)

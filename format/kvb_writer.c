@@ -370,18 +370,22 @@ kvb_status kvb_writer_add_layers(kvb_writer *w, const uint16_t *const *k, const 
 /* Emits header+manifest+signature; the sink gets (header+manifest+sig, padding, sections). */
 typedef int (*sink_fn)(void *ctx, const void *p, size_t n);
 
-static kvb_status emit(kvb_writer *w, const kvc_key *key, sink_fn sink, void *ctx, char *err, size_t errlen)
+/* Everything emit needs that can fail before a byte is written: all chunks encoded, a
+ * signing key, the manifest JSON (*json malloc'd, handed to emit). */
+static kvb_status prepare(kvb_writer *w, const kvc_key *key, char **json, size_t *jlen, char *err, size_t errlen)
 {
     kvb_status st = settle(w, err, errlen);
     if (st)
         return st;
     if (!key || !kvc_key_is_private(key))
         return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: a private key is required to sign");
-    char *json = NULL;
-    size_t jlen = 0;
-    st = kvb_manifest_serialize(&w->m, &json, &jlen, err, errlen);
-    if (st)
-        return st;
+    return kvb_manifest_serialize(&w->m, json, jlen, err, errlen);
+}
+
+/* Takes json (from prepare) and frees it. */
+static kvb_status emit(kvb_writer *w, const kvc_key *key, char *json, size_t jlen, sink_fn sink, void *ctx,
+                       char *err, size_t errlen)
+{
     size_t plen = KVB_HEADER_LEN + jlen + KVC_SIG_LEN;
     uint64_t data_off = kvb_align(plen);
     uint8_t *pre = calloc(1, data_off);
@@ -439,22 +443,20 @@ kvb_status kvb_writer_finish_mem(kvb_writer *w, const kvc_key *key, uint8_t **ou
 {
     *out = NULL;
     *len = 0;
-    kvb_status st = settle(w, err, errlen);
-    if (st)
-        return st;
     char *json = NULL;
     size_t jlen = 0;
-    st = kvb_manifest_serialize(&w->m, &json, &jlen, err, errlen);
+    kvb_status st = prepare(w, key, &json, &jlen, err, errlen);
     if (st)
         return st;
-    free(json);
     uint64_t total = kvb_align(KVB_HEADER_LEN + jlen + KVC_SIG_LEN) + data_size(w);
-    if (total > SIZE_MAX)
-        return kvb_fail(err, errlen, KVB_ERR_LIMIT, "blob too large for memory");
-    membuf b = {malloc(total), 0, total};
-    if (!b.p)
-        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory (%llu bytes)", (unsigned long long)total);
-    st = emit(w, key, mem_sink, &b, err, errlen);
+    membuf b = {total <= SIZE_MAX ? malloc(total) : NULL, 0, total};
+    if (!b.p) {
+        free(json);
+        return total > SIZE_MAX ? kvb_fail(err, errlen, KVB_ERR_LIMIT, "blob too large for memory")
+                                : kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory (%llu bytes)",
+                                           (unsigned long long)total);
+    }
+    st = emit(w, key, json, jlen, mem_sink, &b, err, errlen);
     if (st) {
         free(b.p);
         return st;
@@ -471,7 +473,11 @@ static int file_sink(void *ctx, const void *p, size_t n)
 
 kvb_status kvb_writer_finish_file(kvb_writer *w, const kvc_key *key, FILE *f, char *err, size_t errlen)
 {
-    kvb_status st = emit(w, key, file_sink, f, err, errlen);
+    char *json = NULL;
+    size_t jlen = 0;
+    kvb_status st = prepare(w, key, &json, &jlen, err, errlen);
+    if (!st)
+        st = emit(w, key, json, jlen, file_sink, f, err, errlen);
     if (!st && fflush(f) != 0)
         return kvb_fail(err, errlen, KVB_ERR_IO, "write failed: %s", strerror(errno));
     return st;

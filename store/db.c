@@ -103,13 +103,6 @@ void db_bind_hex(db_stmt *q, const char *name, const uint8_t *bytes, size_t n)
     db_bind_text(q, name, kvc_hex(bytes, n, hex));
 }
 
-void db_bind_blob(db_stmt *q, const char *name, const void *p, size_t n)
-{
-    int i = param_index(q, name);
-    if (i)
-        bind_rc(q, sqlite3_bind_blob64(q->st, i, p, n, SQLITE_TRANSIENT), name);
-}
-
 kvs_status db_step(db_stmt *q, int *row, char *err, size_t errlen)
 {
     *row = 0;

@@ -201,7 +201,8 @@ static size_t clean_tmp(const kvs_store *s)
             continue;
         if ((size_t)snprintf(path, sizeof path, "%s/%s", tdir, de->d_name) >= sizeof path)
             continue;
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        /* O_NONBLOCK: a stray FIFO here must not hang the store's open */
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
         if (fd < 0)
             continue;
         if (flock(fd, LOCK_EX | LOCK_NB) == 0 && unlink(path) == 0)

@@ -347,6 +347,12 @@ static void test_zero_copy_reading(void **st)
         assert_int_equal(kvb_read_file(path, &o, NULL, NULL, e2, sizeof e2), KVB_ERR_CHUNK_HASH);
         assert_string_equal(err, e2);
         assert_string_equal(err, "chunk 3 of 4: sha256 mismatch");
+        /* a failure after the manifest still hands it over, with the pool still running */
+        o.n_threads = 3;
+        assert_int_equal(kvb_read_file(path, &o, &m, NULL, e2, sizeof e2), KVB_ERR_CHUNK_HASH);
+        assert_non_null(m);
+        assert_int_equal(m->n_chunks, 4);
+        kvb_manifest_free(m);
         unlink(path);
         free(ref);
         free(blob);

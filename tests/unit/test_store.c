@@ -915,6 +915,22 @@ static void test_crash_leaves_no_partial_state(void **state)
     (void)total_orphans;
 }
 
+/* A FIFO left in tmp/ (not ours, or a crashed tool's) must not hang the reconcile that runs
+ * on open: opening it for reading without O_NONBLOCK waits for a writer forever. */
+static void test_reconcile_tmp_fifo(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], fifo[1024];
+    snprintf(sdir, sizeof sdir, "%s/store", dir);
+    kvs_store_close(open_ok(sdir));
+    snprintf(fifo, sizeof fifo, "%s/tmp/blob.fifo00", sdir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    alarm(20); /* a hang fails the test instead of stalling the suite */
+    kvs_store *s = open_ok(sdir);
+    alarm(0);
+    kvs_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -922,6 +938,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_catalog_filters_and_pages, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_republish_is_noop, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_reconcile_orphans, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_tmp_fifo, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_gc_expired, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_purchases_and_tokens, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_publishers_and_log, tmpdir_setup, tmpdir_teardown),
