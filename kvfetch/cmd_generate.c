@@ -2,6 +2,7 @@
  * (no blobs): tokenize or take ids, prefill, decode, stream text or ids to stdout. */
 #include "engine/engine.h"
 #include "kvfetch/kvfetch.h"
+#include "kvfetch/opts.h"
 #include "kvfetch/status.h"
 
 #include <errno.h>
@@ -29,17 +30,6 @@ static void usage(FILE *f)
           "Text goes to stdout; prefill and decode speeds to stderr.\n"
           "Exit codes: 0 ok, 2 usage or I/O error, 3 the model cannot be run.\n",
           f);
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 static int parse_float(const char *s, float *out)
@@ -110,14 +100,14 @@ int kvfetch_generate_main(int argc, char **argv)
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
         case 'i': prompt_ids = optarg; break;
-        case 'n': bad = parse_long(optarg, 0, 1 << 20, &n_gen); break;
+        case 'n': bad = kvf_parse_long(optarg, 0, 1 << 20, &n_gen); break;
         case 't': bad = parse_float(optarg, &temp); break;
-        case 'k': bad = parse_long(optarg, 0, 1 << 30, &top_k); break;
+        case 'k': bad = kvf_parse_long(optarg, 0, 1 << 30, &top_k); break;
         case 'P': bad = parse_float(optarg, &top_p); break;
-        case 's': bad = parse_long(optarg, 0, 0x7fffffffL, &seed); break;
+        case 's': bad = kvf_parse_long(optarg, 0, 0x7fffffffL, &seed); break;
         case 'T': print_ids = 1; break;
-        case 'j': bad = parse_long(optarg, 1, 256, &threads); break;
-        case 'c': bad = parse_long(optarg, 1, 1 << 20, &n_ctx); break;
+        case 'j': bad = kvf_parse_long(optarg, 1, 256, &threads); break;
+        case 'c': bad = kvf_parse_long(optarg, 1, 1 << 20, &n_ctx); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -119,8 +119,8 @@ static int parse_args(int argc, char **argv, args *a, const char *prog, const ch
         case O_PROMPT: a->prompt = optarg; break;
         case O_JSON: a->json = 1; break;
         case 'n': {
-            long v = strtol(optarg, &end, 10);
-            if (errno || *end || end == optarg || v < 1 || v > MAX_GEN) {
+            long v;
+            if (kvf_parse_long(optarg, 1, MAX_GEN, &v) != 0) {
                 fprintf(stderr, "%s: -n '%s' is not a count in 1..%d\n", prog, optarg, MAX_GEN);
                 return 2;
             }
@@ -129,8 +129,8 @@ static int parse_args(int argc, char **argv, args *a, const char *prog, const ch
         }
         case O_THREADS:
         case O_TOPK: {
-            long v = strtol(optarg, &end, 10);
-            if (errno || *end || end == optarg || v < 0 || v > 1024) {
+            long v;
+            if (kvf_parse_long(optarg, 0, 1024, &v) != 0) {
                 fprintf(stderr, "%s: '%s' is not a number in 0..1024\n", prog, optarg);
                 return 2;
             }
@@ -193,6 +193,7 @@ typedef struct session {
     int32_t *prefix_ids, *prompt_ids;
     size_t n_prefix, n_prompt;
     int32_t bos;
+    size_t n_cells;        /* context size, from the blobs' headers (0 = not yet read) */
     double fetch_s, model_s, fp_s, warm_s;
     int fetched_from_cache;
     eng_ctx *ctx, *ctx_full;
@@ -202,6 +203,8 @@ typedef struct session {
 
 static void session_free(session *s)
 {
+    if (!s)
+        return;
     for (int i = 0; i < MAX_BLOBS; i++)
         free(s->doc_tokens[i]);
     free(s->prefix_ids);
@@ -212,6 +215,7 @@ static void session_free(session *s)
     eng_ctx_free(s->ctx_full);
     eng_model_free(s->model);
     kvf_common_close(&s->a.co);
+    free(s);
 }
 
 /* Resolves every --blob to a local file: URLs through kvf_get (and the cache). */
@@ -288,20 +292,24 @@ static int load_model(session *s)
  * (unverified sizes only size the context; the content is verified while loading). */
 static int make_ctx(session *s, eng_ctx **out, size_t *total_out)
 {
-    size_t total = (s->bos >= 0) + s->n_prefix + s->n_prompt + (size_t)s->a.n_gen;
-    for (int i = 0; i < s->a.n_blobs; i++) {
-        kvb_manifest *m = NULL;
-        kvb_status ks = kvb_peek_file(s->paths[i], NULL, NULL, &m, s->err, sizeof s->err);
-        if (ks != KVB_OK) {
-            fprintf(stderr, "%s: %s: %s\n", s->prog, s->paths[i], s->err);
-            return kvb_exit_code(ks);
+    size_t total = s->n_cells; /* compare's second context: the headers were read already */
+    if (!total) {
+        total = (s->bos >= 0) + s->n_prefix + s->n_prompt + (size_t)s->a.n_gen;
+        for (int i = 0; i < s->a.n_blobs; i++) {
+            kvb_manifest *m = NULL;
+            kvb_status ks = kvb_peek_file(s->paths[i], NULL, NULL, &m, s->err, sizeof s->err);
+            if (ks != KVB_OK) {
+                fprintf(stderr, "%s: %s: %s\n", s->prog, s->paths[i], s->err);
+                return kvb_exit_code(ks);
+            }
+            total += m->n_tokens;
+            kvb_manifest_free(m);
         }
-        total += m->n_tokens;
-        kvb_manifest_free(m);
-    }
-    if (total > (size_t)INT32_MAX / 2) {
-        fprintf(stderr, "%s: sequence too long\n", s->prog);
-        return 2;
+        if (total > (size_t)INT32_MAX / 2) {
+            fprintf(stderr, "%s: sequence too long\n", s->prog);
+            return 2;
+        }
+        s->n_cells = total;
     }
     eng_ctx_params p = {.n_ctx = (int)total, .n_threads = s->a.threads};
     if (eng_ctx_create(s->model, &p, out, s->err, sizeof s->err) != ENG_OK) {
@@ -374,8 +382,10 @@ static int loaded_path(session *s, loaded_times *lt)
     size_t nh = (s->bos >= 0) + s->n_prefix;
     if (nh) {
         int32_t *head = malloc(nh * sizeof *head);
-        if (!head)
+        if (!head) {
+            fprintf(stderr, "%s: out of memory\n", s->prog);
             return 2;
+        }
         size_t k = 0;
         if (s->bos >= 0)
             head[k++] = s->bos;
@@ -489,35 +499,39 @@ static void text_append(char **buf, size_t *len, const char *p, size_t n)
     *buf = q;
 }
 
-static int setup(session *s, int argc, char **argv, const char *usage)
+/* What run and compare share up to the first token: parse, open trust and cache, fetch the
+ * blobs, load the model, run the loaded path. Returns an exit code and sets *done when the
+ * command is over (an error, or --help); *out is always set (session_free it). */
+static int start(const char *prog, int argc, char **argv, const char *usage, session **out,
+                 loaded_times *lt, int *done)
 {
-    int rc = parse_args(argc, argv, &s->a, s->prog, usage);
+    *done = 1;
+    session *s = *out = calloc(1, sizeof *s);
+    if (!s) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 2;
+    }
+    s->prog = prog;
+    int rc = parse_args(argc, argv, &s->a, prog, usage);
     if (rc)
+        return rc < 0 ? 0 : rc; /* -1: --help was printed */
+    if ((rc = kvf_common_open(&s->a.co, prog)) != 0 || (rc = resolve_blobs(s)) != 0 ||
+        (rc = load_model(s)) != 0 || (rc = loaded_path(s, lt)) != 0)
         return rc;
-    if ((rc = kvf_common_open(&s->a.co, s->prog)) != 0)
-        return rc;
-    if ((rc = resolve_blobs(s)) != 0)
-        return rc;
-    return load_model(s);
+    *done = 0;
+    return 0;
 }
 
 int kvfetch_run_main(int argc, char **argv)
 {
-    session *s = calloc(1, sizeof *s);
-    if (!s)
-        return 2;
-    s->prog = "kvfetch run";
+    session *s;
     loaded_times lt = {0};
     char *text = NULL;
     size_t text_len = 0;
     eng_sampler *smp = NULL;
     eng_detok *dt = NULL;
-    int rc = setup(s, argc, argv, usage_run);
-    if (rc) {
-        rc = rc < 0 ? 0 : rc;
-        goto out;
-    }
-    if ((rc = loaded_path(s, &lt)) != 0)
+    int done, rc = start("kvfetch run", argc, argv, usage_run, &s, &lt, &done);
+    if (done)
         goto out;
     smp = eng_sampler_create(s->a.temp, s->a.top_k, s->a.top_p, s->a.seed);
     dt = eng_detok_create(s->model);
@@ -585,7 +599,6 @@ out:
     eng_sampler_free(smp);
     eng_detok_free(dt);
     session_free(s);
-    free(s);
     return rc;
 }
 
@@ -624,21 +637,14 @@ static int32_t argmax(const float *x, int n)
 
 int kvfetch_compare_main(int argc, char **argv)
 {
-    session *s = calloc(1, sizeof *s);
-    if (!s)
-        return 2;
-    s->prog = "kvfetch compare";
+    session *s;
     loaded_times lt = {0};
-    char *text = NULL, *text_full = NULL;
+    char *text = NULL;
     size_t text_len = 0;
     int32_t *seq = NULL, *gen = NULL;
     double *kls = NULL;
-    int rc = setup(s, argc, argv, usage_compare);
-    if (rc) {
-        rc = rc < 0 ? 0 : rc;
-        goto out;
-    }
-    if ((rc = loaded_path(s, &lt)) != 0)
+    int done, rc = start("kvfetch compare", argc, argv, usage_compare, &s, &lt, &done);
+    if (done)
         goto out;
     int nv = s->info->n_vocab;
 
@@ -770,11 +776,9 @@ int kvfetch_compare_main(int argc, char **argv)
     }
 out:
     free(text);
-    free(text_full);
     free(seq);
     free(gen);
     free(kls);
     session_free(s);
-    free(s);
     return rc;
 }

@@ -2,8 +2,8 @@
  * is good, the signer trusted and not revoked, the blob not expired and every hash matches. */
 #include "format/kvblob.h"
 #include "kvfetch/kvfetch.h"
+#include "kvfetch/opts.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,10 +36,8 @@ int kvfetch_verify_main(int argc, char **argv)
         } else if (strcmp(argv[i], "--trust") == 0 && i + 1 < argc) {
             trust_dir = argv[++i];
         } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-            char *end;
-            errno = 0;
-            long v = strtol(argv[++i], &end, 10);
-            if (errno || *end || end == argv[i] || v < 0 || v > 64) {
+            long v;
+            if (kvf_parse_long(argv[++i], 0, 64, &v) != 0) {
                 fprintf(stderr, "kvfetch verify: --threads wants 0..64, got '%s'\n", argv[i]);
                 return 2;
             }

@@ -366,7 +366,11 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     if (fd < 0)
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", part, strerror(errno));
     if (have_want && kvf_cache_lookup(cache, want, res->path, sizeof res->path)) {
-        /* another kvfetch finished it while we waited for the lock */
+        /* another kvfetch finished it while we waited for the lock (and open_part_locked
+         * created a new, empty partial file: remove it while we hold the lock) */
+        struct stat sb;
+        if (fstat(fd, &sb) == 0 && sb.st_size == 0)
+            (void)unlink(part);
         close(fd);
         kvf_get_opts again = *o;
         return kvf_get(cache, &again, res, err, errlen);
@@ -444,10 +448,15 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     res->seconds = kvf_now_s() - t0;
     return KVF_OK;
 
+fail_keep:
+    /* a partial file is kept for a resume only if it holds bytes: an empty one (a 404, a
+     * refusal, no connection) would be litter in the cache's tmp/ */
+    if (v.got > 0)
+        goto fail_close;
 fail_delete:
     /* bytes that failed verification are never kept for a resume */
     (void)unlink(part);
-fail_keep:
+fail_close:
     vs_end(&v);
     close(fd);
     res->seconds = kvf_now_s() - t0;

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static int parse_long(const char *s, long lo, long hi, long *out)
+int kvf_parse_long(const char *s, long lo, long hi, long *out)
 {
     char *end;
     errno = 0;
@@ -33,7 +33,7 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
         }
         return 1;
     case KVF_OPT_RETRIES:
-        if (parse_long(arg, 0, 100, &v) != 0) {
+        if (kvf_parse_long(arg, 0, 100, &v) != 0) {
             fprintf(stderr, "%s: --retries '%s' is not a number in 0..100\n", prog, arg);
             return -1;
         }
@@ -41,7 +41,7 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
         return 1;
     case KVF_OPT_CONNECT_TIMEOUT:
     case KVF_OPT_STALL_TIMEOUT:
-        if (parse_long(arg, 1, 3600, &v) != 0) {
+        if (kvf_parse_long(arg, 1, 3600, &v) != 0) {
             fprintf(stderr, "%s: timeout '%s' is not a number of seconds in 1..3600\n", prog, arg);
             return -1;
         }
@@ -57,7 +57,7 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
         }
         return 1;
     case KVF_OPT_NOW:
-        if (parse_long(arg, 1, 0x7fffffffffffL, &v) != 0) {
+        if (kvf_parse_long(arg, 1, 0x7fffffffffffL, &v) != 0) {
             fprintf(stderr, "%s: --now '%s' is not unix seconds\n", prog, arg);
             return -1;
         }

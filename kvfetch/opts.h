@@ -58,6 +58,9 @@ typedef struct kvf_common {
     kvf_cache *cache;
 } kvf_common;
 
+/* Parses a whole decimal number in lo..hi. Returns 0, or -1 (nothing printed). */
+int kvf_parse_long(const char *s, long lo, long hi, long *out);
+
 /* Handles one shared option (c is getopt's return). Returns 1 if it was one, 0 if not, -1 on a
  * bad value (message printed to stderr with prog as prefix). */
 int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog);

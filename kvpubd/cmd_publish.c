@@ -228,14 +228,7 @@ out:
 /* An unnamed temp file in the store's filesystem (vanishes with the process). */
 static FILE *store_tmpfile(const char *dir)
 {
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/tmp/publish.XXXXXX", dir);
-        fd = mkostemp(path, O_CLOEXEC);
-        if (fd >= 0)
-            unlink(path);
-    }
+    int fd = kvpubd_store_tmpfd(dir);
     FILE *f = fd >= 0 ? fdopen(fd, "w+b") : NULL;
     if (!f && fd >= 0)
         close(fd);

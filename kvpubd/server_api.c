@@ -2,6 +2,7 @@
  * downloads (Range, ETag, bearer tokens), purchases and verified publisher uploads. */
 #include "kvpubd/server_internal.h"
 #include "kvpubd/blobinfo.h"
+#include "kvpubd/util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -559,21 +560,6 @@ enum MHD_Result kvsrv_purchase(kvsrv_req *r)
 
 /* ---- PUT /v1/blobs ---- */
 
-/* An unnamed file in the store's filesystem: it vanishes with the process, so a crash or a
- * refused upload never leaves anything for reconcile to find. */
-static int upload_tmpfile(const char *dir)
-{
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0)
-        return fd;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tmp/upload.XXXXXX", dir);
-    fd = mkostemp(path, O_CLOEXEC);
-    if (fd >= 0)
-        unlink(path);
-    return fd;
-}
-
 enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
 {
     kvsrv *s = r->srv;
@@ -621,7 +607,7 @@ enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
     memcpy(r->up_key_id, key_id, 8);
     if (kvc_key_from_raw_public(pub.public_key, &r->up_key) != KVC_OK)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "stored publisher key unusable");
-    r->up_fd = upload_tmpfile(s->cfg.store_dir);
+    r->up_fd = kvpubd_store_tmpfd(s->cfg.store_dir);
     if (r->up_fd < 0) {
         kvsrv_log(s, "error", "event=upload detail=\"temp file in %s: %s\"", s->cfg.store_dir, strerror(errno));
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "no space for the upload");

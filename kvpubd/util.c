@@ -1,7 +1,13 @@
 /* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi). */
 #include "kvpubd/util.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Parses leading digits; *end gets the first non-digit. -1 on no digits or overflow. */
 static int digits(const char *s, uint64_t *out, const char **end)
@@ -61,4 +67,20 @@ int kvpubd_parse_duration(const char *s, uint64_t *out)
 {
     static const uint64_t mult[] = {1, 60, 3600, 86400, 7 * 86400};
     return scaled(s, out, "smhdw", mult);
+}
+
+int kvpubd_store_tmpfd(const char *store_dir)
+{
+    int fd = open(store_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/tmp/blob.XXXXXX", store_dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
 }

@@ -100,6 +100,7 @@ expect_err "blob id mismatch"
 note "404 (exit 2)"
 expect_rc 2 "${G[@]}" "$base/0000000000000000000000000000000000000000000000000000000000000000"
 expect_err "HTTP 404"
+[ -z "$(ls -A "$tmp/cache/tmp")" ] || fail "an empty partial file was left after a 404: $(ls "$tmp/cache/tmp")"
 
 note "-o and --json"
 expect_rc 0 "${G[@]}" -o "$tmp/copy.kvb" --json "$base/${ID[f16]}"
