@@ -104,6 +104,7 @@ int main(int argc, char **argv)
 {
     uint32_t nt = 4096;
     int only = -1, threads = 2, level = 0;
+    uint32_t chunk = 256;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
             nt = (uint32_t)strtoul(argv[++i], NULL, 10);
@@ -118,6 +119,8 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--level") == 0 && i + 1 < argc) {
             level = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--chunk-tokens") == 0 && i + 1 < argc) {
+            chunk = (uint32_t)strtoul(argv[++i], NULL, 10);
         } else if (strcmp(argv[i], "--help") == 0) {
             puts("usage: bench_kvblob [--tokens N (4096)] [--codec f16|f16-zstd|q8|q4] [--threads N (2)]\n"
                  "                    [--level ZSTD_LEVEL (0 = writer default)]\n"
@@ -173,7 +176,7 @@ int main(int argc, char **argv)
     m.rope_freq_scale = 1.0;
     m.pos0 = 1;
     m.n_tokens = nt;
-    m.chunk_tokens = 256;
+    m.chunk_tokens = chunk;
     m.created = 1700000000;
     const uint16_t *kp[NL], *vp[NL];
     for (int l = 0; l < NL; l++) {
