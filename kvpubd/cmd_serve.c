@@ -14,8 +14,7 @@
 static const char serve_usage[] =
     "usage: kvpubd serve --store DIR --listen ADDR:PORT --tls-cert CERT.pem --tls-key KEY.pem [options]\n"
     "Serves the store over HTTPS (spec/http-api.md).\n"
-    "  --threads N           requests that may use the store at once (default 2); every\n"
-    "                        connection is served by a thread of its own\n"
+    "  --threads N           worker threads (default 2)\n"
     "  --max-conns N         connection limit (default 256)\n"
     "  --max-conns-per-ip N  per client address (default 0 = no limit)\n"
     "  --timeout SECONDS     idle connection timeout (default 30)\n"

@@ -12,7 +12,7 @@ typedef struct kvsrv_config {
     const char *tls_cert;      /* PEM certificate chain file */
     const char *tls_key;       /* PEM private key file */
     const char *log_path;      /* access + error log; NULL = stderr */
-    unsigned threads;          /* store (SQLite) handles: requests using it at once; 0 = 2 */
+    unsigned threads;          /* MHD worker threads (thread pool); 0 = 2 */
     unsigned max_conns;        /* total connection limit; 0 = 256 */
     unsigned max_conns_per_ip; /* 0 = no per-address limit */
     unsigned timeout_s;        /* idle connection timeout; 0 = 30 */
@@ -24,8 +24,8 @@ typedef struct kvsrv_config {
 typedef struct kvsrv kvsrv;
 
 /* Opens the store, reads the certificate and key, binds the listening socket and starts the
- * listener (one thread per connection). Returns 0 and *out on success, else an exit code (2) with a one-line
- * reason in err. Call with SIGTERM/SIGHUP/SIGINT blocked so connection threads never take them. */
+ * worker threads. Returns 0 and *out on success, else an exit code (2) with a one-line
+ * reason in err. Call with SIGTERM/SIGHUP/SIGINT blocked so workers never take them. */
 int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen);
 
 /* The bound port (useful with PORT 0). */
@@ -38,7 +38,7 @@ void kvsrv_reopen_log(kvsrv *s);
 void kvsrv_log(kvsrv *s, const char *level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Graceful stop: stops accepting, lets in-flight requests (downloads) finish for up to
- * deadline_s seconds, then stops the connection threads. Returns the number of requests still running
+ * deadline_s seconds, then stops the workers. Returns the number of requests still running
  * at the deadline (0 = clean). kvsrv_free afterwards. */
 unsigned kvsrv_shutdown(kvsrv *s, unsigned deadline_s);
 

@@ -25,8 +25,7 @@ int kvsrv_store_open(kvsrv *s, char *err, size_t errlen)
 {
     pthread_mutex_init(&s->pool_mu, NULL);
     pthread_cond_init(&s->pool_cv, NULL);
-    /* --threads handles (requests wait for a free one), plus one so the metrics of a busy pool
-     * never wait */
+    /* one per worker thread, plus one so the metrics of a busy pool never wait */
     size_t n = (size_t)s->cfg.threads + 1;
     s->pool = calloc(n, sizeof *s->pool);
     if (!s->pool) {
