@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@
 /* Blob bodies are read and handed to TLS in blocks of this size: MHD's own fd responses use
  * 4 KiB blocks, which become 4 KiB TLS records (4x the records and syscalls of 16 KiB). */
 #define FILE_BLOCK (256 * 1024)
+#define CORK_MIN (1u << 20) /* bodies at least this large are sent corked */
 /* Per-connection memory pool: the request line + headers must fit in about half of it, and
  * it bounds the send buffer each TLS write is cut from (64 KiB: ~550 MB/s for 8 concurrent
  * downloads here; 256 KiB: ~650 MB/s). */
@@ -269,8 +271,21 @@ struct MHD_Response *kvsrv_file_response(kvsrv_req *r, int fd_take, uint64_t off
     fb->srv = r->srv;
     size_t block = len < FILE_BLOCK ? (size_t)(len ? len : 1) : FILE_BLOCK;
     struct MHD_Response *resp = MHD_create_response_from_callback(len, block, file_read, fb, file_free);
-    if (!resp)
+    if (!resp) {
         file_free(fb);
+        return NULL;
+    }
+    /* Large bodies go out corked: MHD's epoll loop sends one 16 KiB TLS record per connection
+     * per turn and pushes each at once, so with several downloads every record woke its client
+     * on its own; corked, the kernel sends full-size segments (4 records on loopback) and the
+     * tail leaves when the request completes (on_completed uncorks). spec/http-api.md has the
+     * measurements. */
+    if (len >= CORK_MIN) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        int on = 1;
+        if (ci && setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0)
+            r->cork_fd = ci->connect_fd;
+    }
     return resp;
 }
 
@@ -556,6 +571,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->srv = s;
         r->conn = conn;
         r->up_fd = -1;
+        r->cork_fd = -1;
         r->t0 = mono_ms();
         snprintf(r->method, sizeof r->method, "%s", method);
         kvsrv_log_escape(url, r->path, sizeof r->path);
@@ -643,6 +659,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
+    if (r->cork_fd >= 0) { /* push the tail of a corked download now, not after the 200 ms cork timer */
+        int off = 0;
+        (void)setsockopt(r->cork_fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+    }
     uint64_t bytes = r->bytes + atomic_load(&r->file_bytes);
     if (!r->file_response && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
         atomic_fetch_add_explicit(&s->bytes_sent, r->bytes, memory_order_relaxed);

@@ -73,6 +73,7 @@ typedef struct kvsrv_req {
     uint64_t bytes;                /* buffer body bytes */
     _Atomic uint64_t file_bytes;   /* file body bytes handed to TLS */
     int file_response;
+    int cork_fd;                   /* >= 0: socket corked for this download, uncorked when done */
     char err[256];                 /* detail for the log line */
     char remote[64];               /* client address, filled just before completion */
     /* download bookkeeping, written to the store's download log on completion */

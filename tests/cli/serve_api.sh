@@ -67,6 +67,14 @@ expect 304 GET "/v1/blobs/$BIG" -H "If-None-Match: \"$BIG\""
 expect 304 GET "/v1/blobs/$BIG" -H "If-None-Match: \"x\", W/\"$BIG\""
 expect 200 GET "/v1/blobs/$BIG" -H "If-None-Match: \"$ID\""
 size=$(wc -c < "$T/big.kvb")
+# bodies of 1 MiB or more go out corked (spec/http-api.md): two on one keep-alive connection,
+# then a catalog request on it, all complete and intact
+[ "$size" -ge 1048576 ] || fail "big.kvb must be at least 1 MiB to test corked bodies ($size)"
+curl -sS --cacert "$T/cert.pem" -o "$T/k1" "$URL/v1/blobs/$BIG" -o "$T/k2" "$URL/v1/blobs/$BIG" \
+  -o "$T/k3" "$URL/v1/catalog" -w '%{num_connects}\n' >"$T/nconn" || fail "keep-alive downloads"
+cmp -s "$T/k1" "$T/big.kvb" && cmp -s "$T/k2" "$T/big.kvb" || fail "keep-alive download bytes differ"
+jq -e .items "$T/k3" >/dev/null || fail "catalog after corked downloads on the same connection"
+[ "$(sed -n 2p "$T/nconn")" = 0 ] && [ "$(sed -n 3p "$T/nconn")" = 0 ] || fail "connection not reused: $(tr '\n' ' ' < "$T/nconn")"
 # ranges
 expect 206 GET "/v1/blobs/$BIG" -H "Range: bytes=100-199"
 [ "$(wc -c < "$T/body")" = 100 ] && cmp -s "$T/body" <(tail -c +101 "$T/big.kvb" | head -c 100) || fail "range a-b bytes"
