@@ -207,6 +207,21 @@ eng_status eng_kv_import_layer_rerotated(eng_ctx *c, int layer, int cell0, int n
     return import_layer(c, layer, cell0, n, k, v, delta);
 }
 
+eng_status eng_kv_rows_f16(eng_ctx *c, int layer, int cell0, int n, uint16_t **k, uint16_t **v)
+{
+    if (!k || !v)
+        return ENG_ERR_ARG;
+    if (c->kv_f32)
+        return ENG_ERR_UNSUPPORTED;
+    if (layer < 0 || layer >= c->hp->n_layer || cell0 < c->n_cells || n < 0 || cell0 > c->n_ctx ||
+        n > c->n_ctx - cell0)
+        return ENG_ERR_RANGE;
+    size_t off = (size_t)cell0 * (size_t)c->kv_dim;
+    *k = (uint16_t *)c->k[layer] + off;
+    *v = (uint16_t *)c->v[layer] + off;
+    return ENG_OK;
+}
+
 eng_status eng_kv_commit(eng_ctx *c, int cell0, int n, int32_t pos0)
 {
     if (cell0 < 0 || n < 0 || cell0 > c->n_cells || n > c->n_ctx - cell0 || pos0 < 0 ||

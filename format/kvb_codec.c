@@ -442,8 +442,8 @@ static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t n
     return KVB_OK;
 }
 
-static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, uint16_t *kv,
-                                  char *err, size_t errlen)
+static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, size_t secn,
+                                  uint16_t *const *sec, char *err, size_t errlen)
 {
     if (len < nv)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16-zstd chunk is %zu bytes, less than its %zu low bytes",
@@ -468,7 +468,8 @@ static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t le
     size_t z = ZSTD_decompressDCtx(c->dctx, hi, nv, in, zlen);
     if (ZSTD_isError(z) || z != nv)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s", ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
-    merge_planes(in + zlen, hi, nv, kv);
+    for (size_t i = 0; i * secn < nv; i++)
+        merge_planes(in + zlen + i * secn, hi + i * secn, secn, sec[i]);
     return KVB_OK;
 }
 
@@ -527,26 +528,29 @@ kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *k
 }
 
 kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,
-                            uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *kv,
+                            uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
                             char *err, size_t errlen)
 {
     uint64_t nvals = kvb_chunk_values(n_layer, n, kv_dim);
     uint64_t pbytes = payload_bytes(codec, n_layer, n, kv_dim);
+    size_t secn = (size_t)n * kv_dim; /* values in one layer's K or V */
     if (codec == KVB_CODEC_F16) {
         if (len != pbytes)
             return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16 chunk is %zu bytes, expected %llu", len,
                             (unsigned long long)pbytes);
+        for (uint32_t i = 0; i < 2 * n_layer; i++) {
+            const uint8_t *p = in + 2 * i * secn;
 #ifdef KVB_HOST_LE
-        memcpy(kv, in, pbytes);
+            memcpy(sec[i], p, 2 * secn);
 #else
-        for (uint64_t i = 0; i < nvals; i++)
-            kv[i] = kvb_le16(in + 2 * i);
+            for (size_t j = 0; j < secn; j++)
+                sec[i][j] = kvb_le16(p + 2 * j);
 #endif
-        (void)nvals;
+        }
         return KVB_OK;
     }
     if (codec == KVB_CODEC_F16_ZSTD)
-        return decode_f16_zstd(c, in, len, (size_t)nvals, kv, err, errlen);
+        return decode_f16_zstd(c, in, len, (size_t)nvals, secn, sec, err, errlen);
     if ((unsigned)codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)codec);
     /* The frame must declare exactly the payload size: checked before decompressing so a
@@ -571,10 +575,8 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
     if (ZSTD_isError(z) || z != pbytes)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s",
                         ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
-    size_t layer_vals = (size_t)n * kv_dim;
     uint64_t lb = q_layer_bytes(codec, n, kv_dim);
     for (uint32_t l = 0; l < n_layer; l++)
-        dequant_layer(codec, p + l * lb, n, kv_dim, c->fscale, kv + 2 * l * layer_vals,
-                      kv + (2 * l + 1) * layer_vals);
+        dequant_layer(codec, p + l * lb, n, kv_dim, c->fscale, sec[2 * l], sec[2 * l + 1]);
     return KVB_OK;
 }

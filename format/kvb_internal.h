@@ -62,10 +62,11 @@ void kvb_codec_ctx_free(kvb_codec_ctx *c);
 kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *kv, uint32_t n_layer,
                             uint32_t n, uint32_t kv_dim, uint8_t **out, size_t *outlen,
                             char *err, size_t errlen);
-/* Decodes len stored bytes into kv ((n_layer, 2, n, kv_dim) f16). The caller has checked the
- * hash; a size mismatch is KVB_ERR_DECODE. */
+/* Decodes len stored bytes into its 2 * n_layer sections: sec[2l] receives layer l's K and
+ * sec[2l + 1] its V, each (n, kv_dim) f16 (the sections may lie anywhere, e.g. in a KV cache).
+ * The caller has checked the hash; a size mismatch is KVB_ERR_DECODE. */
 kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,
-                            uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *kv,
+                            uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
                             char *err, size_t errlen);
 
 /* Parses "YYYY-MM-DDTHH:MM:SSZ". Returns 0 on success. */

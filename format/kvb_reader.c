@@ -25,8 +25,10 @@ typedef struct slot {
     size_t in_cap, in_len;
     const uint8_t *data;    /* the stored bytes: in, or the caller's piece (borrowed) */
     int borrowed;
-    uint16_t *out;
+    uint16_t *out;   /* the reader's own decode buffer */
     size_t out_cap;  /* bytes */
+    uint16_t *sec[2 * KVB_MAX_LAYERS]; /* where each layer's K and V decode: out, or on_dest's rows */
+    int in_place;
     uint32_t index;
     int decode;
     enum slot_state state;
@@ -159,7 +161,7 @@ static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
         return;
     }
     char e[ERRLEN - 40];
-    s->st = kvb_chunk_decode(cc, m->codec, s->data, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->out,
+    s->st = kvb_chunk_decode(cc, m->codec, s->data, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->sec,
                              e, sizeof e);
     if (s->st)
         snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
@@ -213,7 +215,8 @@ static int deliver_one(kvb_reader *r, int wait)
     }
     if (s->decode && r->o.on_chunk) {
         const kvb_section *sec = &r->m->chunks[s->index];
-        kvb_chunk c = {s->index, r->m->n_chunks, sec->t0, sec->t1, r->m->n_layer, r->m->kv_dim, s->out};
+        kvb_chunk c = {s->index, r->m->n_chunks, sec->t0, sec->t1, r->m->n_layer, r->m->kv_dim,
+                       (const uint16_t *const *)s->sec, s->in_place};
         char e[ERRLEN] = "refused by the chunk callback";
         kvb_status st = r->o.on_chunk(r->o.user, &c, e, sizeof e);
         if (st) {
@@ -281,14 +284,31 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
     const kvb_section *sec = &r->m->chunks[i];
     s->index = i;
     s->decode = !r->o.no_decode && (r->o.max_chunks == 0 || i < r->o.max_chunks);
-    size_t outb = 2 * kvb_chunk_values(r->m->n_layer, sec->t1 - sec->t0, r->m->kv_dim);
-    if (s->decode && s->out_cap < outb) {
-        free(s->out);
-        s->out = malloc(outb);
-        s->out_cap = s->out ? outb : 0;
+    s->in_place = 0;
+    uint32_t nl = r->m->n_layer;
+    if (s->decode && r->o.on_dest) {
+        uint16_t *k[KVB_MAX_LAYERS] = {0}, *v[KVB_MAX_LAYERS] = {0};
+        s->in_place = r->o.on_dest(r->o.user, i, sec->t0, sec->t1, k, v) != 0;
+        for (uint32_t l = 0; s->in_place && l < nl; l++) {
+            if (!k[l] || !v[l])
+                return set_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest gave no rows for layer %u", i,
+                               r->m->n_chunks, l);
+            s->sec[2 * l] = k[l];
+            s->sec[2 * l + 1] = v[l];
+        }
     }
-    if (s->decode && !s->out)
-        return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
+    if (s->decode && !s->in_place) {
+        size_t secn = (size_t)(sec->t1 - sec->t0) * r->m->kv_dim;
+        if (s->out_cap < 2 * 2 * nl * secn) {
+            free(s->out);
+            s->out = malloc(2 * 2 * nl * secn);
+            s->out_cap = s->out ? 2 * 2 * nl * secn : 0;
+        }
+        if (!s->out)
+            return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
+        for (uint32_t j = 0; j < 2 * nl; j++)
+            s->sec[j] = s->out + j * secn;
+    }
     s->in_len = 0;
     s->data = NULL;
     s->borrowed = 0;

@@ -152,30 +152,32 @@ kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr,
 
 /* ---- reading: streaming, verifying, multithreaded ---- */
 
-/* A decoded chunk, valid only during the callback. Layout of kv:
- * for each layer l in order: K (n, kv_dim) then V (n, kv_dim), f16 bit patterns, n = t1 - t0,
- * i.e. the engine's exchange layout per layer (eng_kv_import_layer). */
+/* A decoded chunk, valid only during the callback. Layer l's K is sec[2l] and its V sec[2l+1],
+ * each (n, kv_dim) f16 bit patterns, n = t1 - t0: the engine's exchange layout per layer
+ * (eng_kv_import_layer). in_place: decoded straight into the destinations on_dest gave. */
 typedef struct kvb_chunk {
     uint32_t index, n_chunks;
     uint32_t t0, t1;
     uint32_t n_layer, kv_dim;
-    const uint16_t *kv; /* (n_layer, 2, t1 - t0, kv_dim) */
+    const uint16_t *const *sec; /* 2 * n_layer rows */
+    int in_place;
 } kvb_chunk;
 
-static inline const uint16_t *kvb_chunk_k(const kvb_chunk *c, uint32_t layer)
-{
-    return c->kv + (size_t)(2 * layer) * (c->t1 - c->t0) * c->kv_dim;
-}
-static inline const uint16_t *kvb_chunk_v(const kvb_chunk *c, uint32_t layer)
-{
-    return c->kv + (size_t)(2 * layer + 1) * (c->t1 - c->t0) * c->kv_dim;
-}
+static inline const uint16_t *kvb_chunk_k(const kvb_chunk *c, uint32_t layer) { return c->sec[2 * layer]; }
+static inline const uint16_t *kvb_chunk_v(const kvb_chunk *c, uint32_t layer) { return c->sec[2 * layer + 1]; }
 
 /* Callbacks run on the thread calling kvb_reader_feed/finish, in order. Returning non-OK
  * stops the reader with that status; put the reason in err. */
 typedef kvb_status (*kvb_manifest_fn)(void *user, const kvb_manifest *m, const kvb_header *h,
                                       char *err, size_t errlen);
 typedef kvb_status (*kvb_chunk_fn)(void *user, const kvb_chunk *c, char *err, size_t errlen);
+/* Where chunk index (tokens t0..t1) should be decoded, instead of the reader's own buffer: set
+ * k[l] and v[l] for every layer l < n_layer to room for (t1 - t0) rows of kv_dim f16, and return
+ * 1; or return 0 for the reader's buffer. Called on the thread calling feed/finish, in chunk
+ * order, before the chunk's hash is checked; the chunk is decoded there (on a decode thread)
+ * only once its hash matched, and on_chunk then sees in_place = 1. The rows must stay valid and
+ * must not be read until on_chunk for that chunk; after a failure they may hold any bytes. */
+typedef int (*kvb_dest_fn)(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v);
 
 /* Zero-initialise, then set what you need. Exactly one of trust / key / skip_signature. */
 typedef struct kvb_read_opts {
@@ -189,6 +191,7 @@ typedef struct kvb_read_opts {
                                   are still hash-checked if fed */
     kvb_manifest_fn on_manifest; /* after the signature check and manifest parse; may be NULL */
     kvb_chunk_fn on_chunk;     /* each decoded chunk in order; may be NULL */
+    kvb_dest_fn on_dest;       /* decode chunks straight into the caller's memory; may be NULL */
     void *user;
 } kvb_read_opts;
 

@@ -20,9 +20,10 @@ static kvb_status sink(void *user, const kvb_chunk *c, char *err, size_t errlen)
     (void)errlen;
     /* touch every decoded value so ASan sees out-of-bounds deliveries */
     volatile uint16_t acc = 0;
-    size_t n = (size_t)c->n_layer * 2 * (c->t1 - c->t0) * c->kv_dim;
-    for (size_t i = 0; i < n; i++)
-        acc ^= c->kv[i];
+    size_t n = (size_t)(c->t1 - c->t0) * c->kv_dim;
+    for (uint32_t l = 0; l < 2 * c->n_layer; l++)
+        for (size_t i = 0; i < n; i++)
+            acc ^= c->sec[l][i];
     (void)user;
     return KVB_OK;
 }
@@ -33,11 +34,13 @@ static void fuzz_decode(const uint8_t *data, size_t size)
         return;
     kvb_codec codec = (kvb_codec)(data[6] % KVB_CODEC_COUNT);
     uint32_t n_layer = 1 + data[7] % 4, n = 1 + data[8] % 64, kv_dim = 1 + data[9] % 64;
-    uint16_t *kv = malloc(2 * kvb_chunk_values(n_layer, n, kv_dim));
+    uint16_t *kv = malloc(2 * kvb_chunk_values(n_layer, n, kv_dim)), *sec[8];
     kvb_codec_ctx *c = kvb_codec_ctx_create(0);
     char err[256];
+    for (uint32_t i = 0; kv && i < 2 * n_layer; i++) /* sections in reverse order: any placement works */
+        sec[i] = kv + (size_t)(2 * n_layer - 1 - i) * n * kv_dim;
     if (kv && c)
-        (void)kvb_chunk_decode(c, codec, data + 10, size - 10, n_layer, n, kv_dim, kv, err, sizeof err);
+        (void)kvb_chunk_decode(c, codec, data + 10, size - 10, n_layer, n, kv_dim, sec, err, sizeof err);
     kvb_codec_ctx_free(c);
     free(kv);
 }

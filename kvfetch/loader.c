@@ -115,6 +115,7 @@ typedef struct load {
     int cell0;           /* first cell of the document */
     int32_t pos;         /* position of its first token */
     int32_t delta;
+    int in_place;        /* chunks decode straight into the cache's cells (f16 cache) */
     kvf_status st;       /* why a callback refused */
     double cb_s;         /* time inside callbacks (excluded from verify_decode) */
     kvf_load_stats *stats;
@@ -131,33 +132,56 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
         return KVB_ERR_CALLBACK;
     l->stats->n_tokens = m->n_tokens;
     l->stats->n_chunks = m->n_chunks;
+    uint16_t *k, *v;
+    l->in_place = eng_kv_rows_f16(l->o->ctx, 0, l->cell0, 0, &k, &v) == ENG_OK;
     l->cb_s += kvf_now_s() - t;
     return KVB_OK;
 }
 
-/* Runs on the caller's thread while the decode workers work on the next chunks. Per layer one
- * copy of V and one of K into the cache's contiguous cells; with a delta, K is re-rotated by
- * the engine on that same pass (no staging buffer). */
+/* With an f16 cache the reader decodes each verified chunk straight into the cells it will
+ * occupy (cells past kv_len: invisible until committed, dropped if the load fails). */
+static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v)
+{
+    load *l = user;
+    (void)index;
+    if (!l->in_place)
+        return 0;
+    const eng_info *in = eng_model_info(l->o->model);
+    for (int layer = 0; layer < in->n_layer; layer++)
+        if (eng_kv_rows_f16(l->o->ctx, layer, l->cell0 + (int)t0, (int)(t1 - t0), &k[layer], &v[layer]) != ENG_OK)
+            return 0;
+    return 1;
+}
+
+/* Runs on the caller's thread, in chunk order, while the decode workers work on the next
+ * chunks. A chunk decoded in place is committed (at the positions it was computed for, then
+ * re-rotated in place by delta); otherwise, per layer, one copy of V and one of K into the
+ * cache's contiguous cells, K re-rotated by the engine on that same pass. */
 static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t errlen)
 {
     load *l = user;
     double t = kvf_now_s();
     int n = (int)(c->t1 - c->t0), cell = l->cell0 + (int)c->t0;
-    for (uint32_t layer = 0; layer < c->n_layer; layer++) {
+    eng_status es = ENG_OK;
+    const char *what = "importing";
+    for (uint32_t layer = 0; !c->in_place && es == ENG_OK && layer < c->n_layer; layer++) {
         const uint16_t *k = kvb_chunk_k(c, layer), *v = kvb_chunk_v(c, layer);
-        eng_status es = l->delta != 0
-                            ? eng_kv_import_layer_rerotated(l->o->ctx, (int)layer, cell, n, k, v, l->delta)
-                            : eng_kv_import_layer(l->o->ctx, (int)layer, cell, n, k, v);
-        if (es != ENG_OK) {
-            l->st = kvf_fail(err, errlen, KVF_ERR_ENGINE, "importing chunk %u layer %u: %s", c->index, layer,
-                         eng_status_str(es));
-            return KVB_ERR_CALLBACK;
+        es = l->delta != 0 ? eng_kv_import_layer_rerotated(l->o->ctx, (int)layer, cell, n, k, v, l->delta)
+                           : eng_kv_import_layer(l->o->ctx, (int)layer, cell, n, k, v);
+    }
+    if (es == ENG_OK) {
+        what = "committing";
+        if (c->in_place) { /* at the positions it was made for, then moved in place */
+            es = eng_kv_commit(l->o->ctx, cell, n, l->pos - l->delta + (int32_t)c->t0);
+            if (es == ENG_OK)
+                es = eng_kv_rerotate(l->o->ctx, cell, n, l->delta);
+        } else {
+            es = eng_kv_commit(l->o->ctx, cell, n, l->pos + (int32_t)c->t0);
         }
     }
-    eng_status es = eng_kv_commit(l->o->ctx, cell, n, l->pos + (int32_t)c->t0);
     if (es != ENG_OK) {
-        l->st = kvf_fail(err, errlen, KVF_ERR_ENGINE, "committing chunk %u (cells %d..%d): %s", c->index,
-                     cell, cell + n, eng_status_str(es));
+        l->st = kvf_fail(err, errlen, KVF_ERR_ENGINE, "%s chunk %u (cells %d..%d): %s", what, c->index, cell,
+                         cell + n, eng_status_str(es));
         return KVB_ERR_CALLBACK;
     }
     double dt = kvf_now_s() - t;
@@ -248,6 +272,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     ro.n_threads = st->n_threads;
     ro.on_manifest = on_manifest;
     ro.on_chunk = on_chunk;
+    ro.on_dest = on_dest;
     ro.user = &l;
 
     source src = {.fd = open(path, O_RDONLY | O_CLOEXEC)};

@@ -235,6 +235,19 @@ static void test_kv_args(void **state)
     assert_int_equal(eng_kv_export_layer(c, 0, 2, 3, buf, buf), ENG_ERR_RANGE);
     assert_int_equal(eng_kv_export_layer(c, 99, 0, 1, buf, buf), ENG_ERR_RANGE);
     assert_int_equal(eng_kv_import_layer(c, 0, 5, 1, buf, buf), ENG_ERR_RANGE); /* gap */
+    /* rows to fill in place: only unfilled cells, inside the context, of a real layer */
+    uint16_t *rk = NULL, *rv = NULL, *rk2 = NULL, *rv2 = NULL;
+    assert_int_equal(eng_kv_rows_f16(c, 0, 3, 1, &rk, &rv), ENG_ERR_RANGE);  /* filled cell */
+    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 13, &rk, &rv), ENG_ERR_RANGE); /* past n_ctx */
+    assert_int_equal(eng_kv_rows_f16(c, 5, 4, 1, &rk, &rv), ENG_ERR_RANGE);  /* no layer 5 */
+    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 2, &rk, &rv), ENG_OK);
+    assert_int_equal(eng_kv_rows_f16(c, 0, 5, 1, &rk2, &rv2), ENG_OK);
+    assert_ptr_equal(rk2, rk + 32); /* rows are kv_dim (32) apart, K and V apart */
+    assert_ptr_equal(rv2, rv + 32);
+    assert_ptr_not_equal(rk, rv);
+    eng_ctx *cf = et_ctx(m, 16, 1);
+    assert_int_equal(eng_kv_rows_f16(cf, 0, 0, 1, &rk, &rv), ENG_ERR_UNSUPPORTED); /* f32 cache */
+    eng_ctx_free(cf);
     assert_int_equal(eng_kv_rerotate(c, 0, 4, -10), ENG_ERR_RANGE);            /* negative pos */
     assert_int_equal(eng_kv_truncate(c, 5), ENG_ERR_RANGE);
     assert_int_equal(eng_kv_truncate(c, 2), ENG_OK);

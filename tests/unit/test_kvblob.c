@@ -252,6 +252,82 @@ static void roundtrip_lossy(kvb_codec codec, int qmax)
 static void test_roundtrip_q8(void **s) { (void)s; roundtrip_lossy(KVB_CODEC_Q8, 127); }
 static void test_roundtrip_q4(void **s) { (void)s; roundtrip_lossy(KVB_CODEC_Q4, 7); }
 
+/* on_dest: chunks decode straight into the caller's rows (a KV cache's cells), here every
+ * other chunk, on 1 and 3 threads, for every codec; the rest take the reader's buffer. */
+typedef struct cache {
+    uint16_t k[NL][NT * KVD], v[NL][NT * KVD];
+    int null_row, in_place, copied;
+} cache;
+static cache g_cache;
+
+static int dest_rows(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v)
+{
+    cache *c = user;
+    (void)t1;
+    if (index % 2)
+        return 0;
+    for (uint32_t l = 0; l < NL; l++) {
+        k[l] = c->k[l] + (size_t)t0 * KVD;
+        v[l] = c->null_row && l == NL - 1 ? NULL : c->v[l] + (size_t)t0 * KVD;
+    }
+    return 1;
+}
+
+static kvb_status dest_chunk(void *user, const kvb_chunk *ch, char *err, size_t errlen)
+{
+    cache *c = user;
+    (void)err;
+    (void)errlen;
+    assert_int_equal(ch->in_place, ch->index % 2 == 0);
+    size_t n = ch->t1 - ch->t0;
+    for (uint32_t l = 0; l < NL; l++) {
+        assert_ptr_equal(kvb_chunk_k(ch, l) == c->k[l] + (size_t)ch->t0 * KVD, ch->in_place);
+        if (!ch->in_place) {
+            memcpy(c->k[l] + (size_t)ch->t0 * KVD, kvb_chunk_k(ch, l), n * KVD * 2);
+            memcpy(c->v[l] + (size_t)ch->t0 * KVD, kvb_chunk_v(ch, l), n * KVD * 2);
+        }
+    }
+    c->in_place += ch->in_place;
+    c->copied += !ch->in_place;
+    return KVB_OK;
+}
+
+static void test_decode_in_place(void **s)
+{
+    (void)s;
+    for (int codec = 0; codec < KVB_CODEC_COUNT; codec++) {
+        size_t len;
+        uint8_t *blob = make_blob((kvb_codec)codec, 0, &len);
+        int threads[] = {1, 3};
+        for (int ti = 0; ti < 2; ti++) {
+            char err[256] = "";
+            kvb_read_opts o = key_opts(threads[ti]);
+            kvb_status st = read_blob(blob, len, &o, 0, &g_got, err, sizeof err, NULL); /* reference */
+            assert_int_equal(st, KVB_OK);
+            memset(&g_cache, 0, sizeof g_cache);
+            o = key_opts(threads[ti]);
+            o.on_dest = dest_rows;
+            o.on_chunk = dest_chunk;
+            o.user = &g_cache;
+            st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
+            if (st)
+                fprintf(stderr, "%s\n", err);
+            assert_int_equal(st, KVB_OK);
+            assert_int_equal(g_cache.in_place, (NCH + 1) / 2);
+            assert_int_equal(g_cache.copied, NCH / 2);
+            assert_memory_equal(g_cache.k, g_got.k, sizeof g_got.k);
+            assert_memory_equal(g_cache.v, g_got.v, sizeof g_got.v);
+            /* a destination without rows is the caller's mistake, named */
+            memset(&g_cache, 0, sizeof g_cache);
+            g_cache.null_row = 1;
+            st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
+            assert_int_equal(st, KVB_ERR_USAGE);
+            assert_non_null(strstr(err, "on_dest gave no rows for layer"));
+        }
+        free(blob);
+    }
+}
+
 static void test_sizes_and_ratio(void **s)
 {
     (void)s;
@@ -750,6 +826,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_f16_zstd),
         cmocka_unit_test(test_roundtrip_q8),
         cmocka_unit_test(test_roundtrip_q4),
+        cmocka_unit_test(test_decode_in_place),
         cmocka_unit_test(test_sizes_and_ratio),
         cmocka_unit_test(test_streaming_pieces),
         cmocka_unit_test(test_tamper_bits),
