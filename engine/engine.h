@@ -182,4 +182,10 @@ void eng_sampler_free(eng_sampler *s);
 /* Number of cores the engine uses by default. */
 int eng_default_threads(void);
 
+/* For programs (a library never installs it by itself): makes SIGBUS, which is what touching a
+ * page of a memory-mapped file (model, blob) that was truncated or became unreadable under us
+ * gives, print "PROG: a file mapped into memory (model or blob) was truncated or became
+ * unreadable while in use" on stderr and exit with status 2 instead of dumping core. */
+void eng_exit_on_sigbus(const char *prog);
+
 #endif

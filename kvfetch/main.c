@@ -1,4 +1,5 @@
 /* kvfetch: the loader CLI. Thin dispatcher over the kvfetch/cmd_ files. */
+#include "engine/engine.h"
 #include "kvfetch/kvfetch.h"
 
 #include <stdio.h>
@@ -28,6 +29,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    eng_exit_on_sigbus("kvfetch"); /* a mapped model or blob truncated under us: error, not core */
     if (argc < 2) {
         fputs("kvfetch: missing command (try kvfetch --help)\n", stderr);
         return 2;

@@ -1,4 +1,5 @@
 /* kvpubd: the publisher CLI and daemon. Thin dispatcher over the kvpubd/cmd_ files. */
+#include "engine/engine.h"
 #include "kvpubd/kvpubd.h"
 
 #include <stdio.h>
@@ -27,6 +28,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    eng_exit_on_sigbus("kvpubd"); /* a mapped model or blob truncated under us: error, not core */
     if (argc < 2) {
         fputs("kvpubd: missing command (try kvpubd --help)\n", stderr);
         return 2;

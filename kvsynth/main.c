@@ -1,4 +1,5 @@
 /* kvsynth: makes deterministic synthetic test data. Thin dispatcher over the kvsynth/ commands. */
+#include "engine/engine.h"
 #include "kvsynth/kvsynth.h"
 
 #include <stdio.h>
@@ -14,6 +15,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    eng_exit_on_sigbus("kvsynth"); /* a mapped model or blob truncated under us: error, not core */
     if (argc >= 2 && strcmp(argv[1], "from-llama2c") == 0)
         return kvsynth_llama2c_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "vectors") == 0)
