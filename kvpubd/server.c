@@ -433,6 +433,10 @@ static enum MHD_Result handle_metrics(kvsrv_req *r)
          "# TYPE kvpubd_header_timeouts_total counter\n"
          "kvpubd_header_timeouts_total %" PRIu64 "\n",
          atomic_load(&s->header_timeouts));
+    EMIT("# HELP kvpubd_body_timeouts_total Connections cut for sending a request body too slowly.\n"
+         "# TYPE kvpubd_body_timeouts_total counter\n"
+         "kvpubd_body_timeouts_total %" PRIu64 "\n",
+         atomic_load(&s->body_timeouts));
     EMIT("# HELP kvpubd_uploads_rejected_total Uploads refused (auth, size, verification).\n"
          "# TYPE kvpubd_uploads_rejected_total counter\n"
          "kvpubd_uploads_rejected_total %" PRIu64 "\n",
@@ -446,15 +450,34 @@ static enum MHD_Result handle_metrics(kvsrv_req *r)
 typedef struct kvsrv_watch {
     struct kvsrv_watch *prev, *next;
     int fd;
-    double since;      /* mono ms: accept, or the end of the previous request */
+    double since;      /* mono ms: accept, the end of the previous request, or headers done */
     int in_request;    /* headers complete: the request is being handled or answered */
-    int cut;           /* shut down by the watchdog */
+    int in_body;       /* its body (upload, purchase) is still arriving */
+    uint64_t body_bytes;
+    int cut;           /* shut down by the watchdog: CUT_HEADERS or CUT_BODY */
 } kvsrv_watch;
+
+enum { CUT_HEADERS = 1, CUT_BODY = 2 };
+/* A request body must average BODY_MIN_RATE bytes/s after a grace of --timeout seconds (the
+ * idle timeout alone lets a client trickle a byte every timeout - 1 seconds for ever). */
+#define BODY_MIN_RATE 1024.0
 
 static kvsrv_watch *watch_of(struct MHD_Connection *conn)
 {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return ci ? ci->socket_context : NULL;
+}
+
+/* A body starts arriving (bytes 0), goes on (bytes > 0) or is complete (done). */
+static void watch_body(kvsrv *s, struct MHD_Connection *conn, size_t bytes, int done)
+{
+    kvsrv_watch *w = watch_of(conn);
+    if (!w)
+        return;
+    pthread_mutex_lock(&s->watch_mu);
+    w->in_body = !done;
+    w->body_bytes += bytes;
+    pthread_mutex_unlock(&s->watch_mu);
 }
 
 /* Marks the connection's request started (headers complete) or ended (idle again). */
@@ -465,6 +488,8 @@ static void watch_mark(kvsrv *s, struct MHD_Connection *conn, int in_request)
         return;
     pthread_mutex_lock(&s->watch_mu);
     w->in_request = in_request;
+    w->in_body = 0;
+    w->body_bytes = 0;
     w->since = mono_ms();
     pthread_mutex_unlock(&s->watch_mu);
 }
@@ -487,11 +512,18 @@ static void *watchdog_main(void *arg)
         /* MHD closes the socket only after its CLOSED notification, which unlinks the entry
          * under watch_mu: every fd on this list still belongs to its connection */
         for (kvsrv_watch *w = s->watch_head; w && !s->watchdog_stop; w = w->next) {
-            if (w->in_request || w->cut || now - w->since <= limit_ms)
+            if (w->cut)
                 continue;
-            w->cut = 1;
+            if (!w->in_request && now - w->since > limit_ms) {
+                w->cut = CUT_HEADERS;
+                atomic_fetch_add_explicit(&s->header_timeouts, 1, memory_order_relaxed);
+            } else if (w->in_body && now - w->since > limit_ms + (double)w->body_bytes / BODY_MIN_RATE * 1e3) {
+                w->cut = CUT_BODY;
+                atomic_fetch_add_explicit(&s->body_timeouts, 1, memory_order_relaxed);
+            } else {
+                continue;
+            }
             (void)shutdown(w->fd, SHUT_RDWR); /* MHD sees the end of the stream and closes it */
-            atomic_fetch_add_explicit(&s->header_timeouts, 1, memory_order_relaxed);
         }
     }
     pthread_mutex_unlock(&s->watch_mu);
@@ -530,9 +562,12 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         if (w->next)
             w->next->prev = w->prev;
         pthread_mutex_unlock(&s->watch_mu);
-        if (w->cut)
+        if (w->cut == CUT_HEADERS)
             kvsrv_log(s, "info", "event=header_timeout detail=\"request headers not complete within %us\"",
                       s->cfg.timeout_s);
+        else if (w->cut == CUT_BODY)
+            kvsrv_log(s, "info", "event=body_timeout detail=\"request body slower than %.0f bytes/s after %us\"",
+                      BODY_MIN_RATE, s->cfg.timeout_s);
         free(w);
         *socket_context = NULL;
     }
@@ -594,10 +629,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         case EP_UPLOAD:
             if (strcmp(method, MHD_HTTP_METHOD_PUT) != 0)
                 return method_not_allowed(r, "PUT");
+            watch_body(s, conn, 0, 0);
             return kvsrv_upload_begin(r);
         case EP_PURCHASE:
             if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
                 return method_not_allowed(r, "POST");
+            watch_body(s, conn, 0, 0);
             return kvsrv_purchase_begin(r);
         default:
             if (r->ep != EP_OTHER && !is_get(method))
@@ -630,6 +667,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         default: return MHD_NO;
         }
     }
+    watch_body(s, conn, *upload_data_size, *upload_data_size == 0);
     if (r->ep == EP_UPLOAD)
         return kvsrv_upload_data(r, upload_data, upload_data_size);
     if (r->ep == EP_PURCHASE) {

@@ -51,6 +51,7 @@ struct kvsrv {
     pthread_t watchdog;
     int watchdog_running, watchdog_stop;
     _Atomic uint64_t header_timeouts;
+    _Atomic uint64_t body_timeouts;
     /* lifecycle and metrics */
     atomic_int stopping;
     atomic_long inflight;          /* requests between first call and completion */

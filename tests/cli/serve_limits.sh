@@ -100,9 +100,23 @@ if grep -q "HTTP/1.1 200" "$T/trickle.out"; then
 else
   ok "trickled headers cut by the header deadline"
 fi
+# a trickled body: one byte every 0.3 s resets the idle timer for ever; bodies must average
+# 1 KiB/s after --timeout, so the server cuts it at about --timeout (guard: 20 s)
+t0=$(date +%s%N)
+{ printf 'POST /v1/purchases HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n'
+  for i in $(seq 60); do printf ' '; sleep 0.3; done; } |
+  timeout 20 openssl s_client -quiet -connect "127.0.0.1:$PORT" -servername localhost >"$T/bodytrickle.out" 2>/dev/null \
+  && rc=0 || rc=$?
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$rc" != 124 ] && [ "$ms" -lt 15000 ] && ok "trickled body cut by the body deadline (${ms}ms)" \
+  || fail "trickled body not cut (rc $rc, ${ms}ms)"
+grep -q "HTTP/1.1 200" "$T/bodytrickle.out" && fail "a trickled body was answered 200"
+wait_log "event=body_timeout" || fail "no body_timeout log line"
 req GET /metrics --max-time 5
 grep -Eq '^kvpubd_header_timeouts_total [1-9]' "$T/body" && ok "header timeouts counted" \
   || fail "kvpubd_header_timeouts_total not counted"
+grep -Eq '^kvpubd_body_timeouts_total 1$' "$T/body" && ok "body timeouts counted" \
+  || fail "kvpubd_body_timeouts_total not 1"
 healthy "slowloris"
 
 # ---- a flood of headers: past the per-connection memory, refused with a 4xx ----
