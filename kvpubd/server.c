@@ -133,6 +133,7 @@ static void req_free(kvsrv_req *r)
     if (r->up_fd >= 0)
         close(r->up_fd);
     kvc_key_free(r->up_key);
+    kvc_wipe(r->token, sizeof r->token);
     free(r->body);
     free(r);
 }

@@ -435,25 +435,26 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
             return kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "invalid_token",
                                        "access tokens are 64 hex digits");
         }
-        /* HEAD never spends (it delivers no bytes). A GET that delivers byte 0 starts a
-         * download and spends one; a resumption only needs a valid token for this blob
-         * (spec/http-api.md "Download budget"). */
+        /* HEAD never spends (it delivers no bytes). A GET spends the bytes it asks for from
+         * the token's budget (downloads x blob size); what is not delivered is given back
+         * when the request ends, so a resumption pays only for the rest (spec/http-api.md
+         * "Download budget"). */
         if (strcmp(r->method, MHD_HTTP_METHOD_GET) == 0) {
             char e[256];
             uint32_t left = 0;
             kvs_store *st = pool_get(r->srv);
-            kvs_status s1 = start == 0
-                                ? kvs_store_token_consume(st, raw, id, (int64_t)time(NULL), &left, &r->purchase_id,
-                                                          e, sizeof e)
-                                : kvs_store_token_check(st, raw, id, (int64_t)time(NULL), &left, &r->purchase_id,
-                                                        e, sizeof e);
+            kvs_status s1 = kvs_store_token_spend(st, raw, id, (int64_t)time(NULL), len, &left, &r->purchase_id, e,
+                                                  sizeof e);
             pool_put(r->srv, st);
-            kvc_wipe(raw, sizeof raw);
             if (s1 != KVS_OK) {
+                kvc_wipe(raw, sizeof raw);
                 close(fd);
                 return token_refused(r, s1, e);
             }
+            memcpy(r->token, raw, sizeof raw);
+            r->spent = len;
         }
+        kvc_wipe(raw, sizeof raw);
     }
     struct MHD_Response *resp = kvsrv_file_response(r, fd, start, len);
     if (!resp)
@@ -704,18 +705,25 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
 
 void kvsrv_req_finish(kvsrv_req *r, int completed_ok)
 {
+    char e[256], esc[1024];
+    uint64_t sent = atomic_load(&r->file_bytes);
+    if (r->spent > sent) { /* give back what this GET did not deliver */
+        kvs_store *st = pool_get(r->srv);
+        kvs_status s0 = kvs_store_token_refund(st, r->token, r->spent - sent, e, sizeof e);
+        pool_put(r->srv, st);
+        if (s0 != KVS_OK)
+            kvsrv_log(r->srv, "error", "event=token_refund detail=\"%s\"", kvsrv_log_escape(e, esc, sizeof esc));
+    }
+    kvc_wipe(r->token, sizeof r->token);
     if (!r->log_download)
         return;
     uint8_t id[32];
     if (kvc_unhex(r->id, id, 32) != KVC_OK)
         return;
-    char e[256];
     kvs_store *st = pool_get(r->srv);
     kvs_status s1 = kvs_store_log_download(st, id, r->purchase_id, r->remote, atomic_load(&r->file_bytes),
                                            completed_ok ? (int)r->status : 499, (int64_t)time(NULL), e, sizeof e);
     pool_put(r->srv, st);
-    if (s1 != KVS_OK) {
-        char esc[1024];
+    if (s1 != KVS_OK)
         kvsrv_log(r->srv, "error", "event=download_log detail=\"%s\"", kvsrv_log_escape(e, esc, sizeof esc));
-    }
 }

@@ -80,6 +80,9 @@ typedef struct kvsrv_req {
     /* download bookkeeping, written to the store's download log on completion */
     int log_download;
     int64_t purchase_id;
+    /* a priced GET: bytes spent from the token's budget, refunded in part if not delivered */
+    uint8_t token[KVS_TOKEN_LEN];
+    uint64_t spent;
     /* small JSON bodies (purchases) */
     char *body;
     size_t body_len;

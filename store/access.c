@@ -73,8 +73,9 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     }
     if (st == KVS_OK)
         st = db_prepare(s->db,
-                        "INSERT INTO access_tokens (token_sha256, purchase_id, blob_id, expires, downloads_left) "
-                        "VALUES (:hash, :pid, :blob, :expires, :n)",
+                        "INSERT INTO access_tokens (token_sha256, purchase_id, blob_id, expires, downloads_left, "
+                        "bytes_left) VALUES (:hash, :pid, :blob, :expires, :n, "
+                        ":n * (SELECT size FROM blobs WHERE id = :blob))",
                         &q, err, errlen);
     if (st == KVS_OK) {
         db_bind_hex(&q, ":hash", h, sizeof h);
@@ -95,29 +96,40 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     return st;
 }
 
-/* Checks a token and, when consume is set, spends one download in the same transaction. */
-static kvs_status token_use(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], const uint8_t id[KVS_SHA256_LEN],
-                            int64_t now, int consume, uint32_t *downloads_left, int64_t *purchase_id,
-                            char *err, size_t errlen)
+/* Checks a byte count, hashes the token into h and takes the write lock from the start (two
+ * downloads racing for the last bytes cannot both win). */
+static kvs_status token_begin(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, const char *what,
+                              uint8_t h[KVS_SHA256_LEN], char *err, size_t errlen)
+{
+    if (bytes > (uint64_t)INT64_MAX) {
+        kvs_set_err(err, errlen, "%s of %llu bytes is out of range", what, (unsigned long long)bytes);
+        return KVS_ERR_INVALID;
+    }
+    kvc_sha256(token, KVS_TOKEN_LEN, h);
+    return db_begin(s->db, err, errlen);
+}
+
+/* Checks a token for blob id and spends bytes of its budget, in one transaction. */
+kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], const uint8_t id[KVS_SHA256_LEN],
+                                 int64_t now, uint64_t bytes, uint32_t *downloads_left, int64_t *purchase_id,
+                                 char *err, size_t errlen)
 {
     if (downloads_left)
         *downloads_left = 0;
     if (purchase_id)
         *purchase_id = 0;
     uint8_t h[KVS_SHA256_LEN], bought[KVS_SHA256_LEN];
-    kvc_sha256(token, KVS_TOKEN_LEN, h);
-
-    /* the write lock from the start: two downloads racing for the last use cannot both win */
-    kvs_status st = db_begin(s->db, err, errlen);
+    kvs_status st = token_begin(s, token, bytes, "download", h, err, errlen);
     if (st != KVS_OK)
         return st;
     db_stmt q;
     st = db_prepare(s->db,
-                    "SELECT blob_id, expires, downloads_left, purchase_id FROM access_tokens WHERE token_sha256 = :hash",
+                    "SELECT t.blob_id, t.expires, t.bytes_left, t.purchase_id, b.size FROM access_tokens t "
+                    "JOIN blobs b ON b.id = t.blob_id WHERE t.token_sha256 = :hash",
                     &q, err, errlen);
     db_bind_hex(&q, ":hash", h, sizeof h);
     int row = 0;
-    int64_t expires = 0, left = 0, pid = 0;
+    int64_t expires = 0, left = 0, pid = 0, size = 0;
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && row) {
@@ -128,6 +140,7 @@ static kvs_status token_use(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], co
         expires = sqlite3_column_int64(q.st, 1);
         left = sqlite3_column_int64(q.st, 2);
         pid = sqlite3_column_int64(q.st, 3);
+        size = sqlite3_column_int64(q.st, 4);
     }
     db_finalize(&q);
     char hex[65];
@@ -140,17 +153,21 @@ static kvs_status token_use(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], co
     } else if (st == KVS_OK && expires <= now) {
         kvs_set_err(err, errlen, "access token expired at %lld (now %lld)", (long long)expires, (long long)now);
         st = KVS_TOKEN_EXPIRED;
-    } else if (st == KVS_OK && consume && left <= 0) {
-        kvs_set_err(err, errlen, "access token has no downloads left");
+    } else if (st == KVS_OK && (uint64_t)left < bytes) {
+        kvs_set_err(err, errlen, "access token has %lld bytes of downloads left, this request needs %llu",
+                    (long long)left, (unsigned long long)bytes);
         st = KVS_TOKEN_EXHAUSTED;
     }
-    if (st == KVS_OK && consume)
+    if (st == KVS_OK && bytes)
         st = db_prepare(s->db,
-                        "UPDATE access_tokens SET downloads_left = downloads_left - 1 "
-                        "WHERE token_sha256 = :hash AND downloads_left > 0",
+                        "UPDATE access_tokens SET bytes_left = bytes_left - :n, "
+                        "downloads_left = (bytes_left - :n) / max(:size, 1) "
+                        "WHERE token_sha256 = :hash AND bytes_left >= :n",
                         &q, err, errlen);
-    if (st == KVS_OK && consume) {
+    if (st == KVS_OK && bytes) {
         db_bind_hex(&q, ":hash", h, sizeof h);
+        db_bind_int64(&q, ":n", (int64_t)bytes);
+        db_bind_int64(&q, ":size", size);
         st = db_run(&q, err, errlen);
         if (st == KVS_OK && sqlite3_changes(s->db) != 1) {
             kvs_set_err(err, errlen, "access token changed during the download check");
@@ -161,25 +178,35 @@ static kvs_status token_use(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], co
     st = db_end(s->db, st, err, errlen);
     if (st == KVS_OK) {
         if (downloads_left)
-            *downloads_left = (uint32_t)(left - (consume ? 1 : 0));
+            *downloads_left = (uint32_t)((left - (int64_t)bytes) / (size > 0 ? size : 1));
         if (purchase_id)
             *purchase_id = pid;
     }
     return st;
 }
 
-kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
-                                   const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
-                                   int64_t *purchase_id, char *err, size_t errlen)
+kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, char *err,
+                                  size_t errlen)
 {
-    return token_use(s, token, id, now, 1, downloads_left, purchase_id, err, errlen);
-}
-
-kvs_status kvs_store_token_check(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
-                                 const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
-                                 int64_t *purchase_id, char *err, size_t errlen)
-{
-    return token_use(s, token, id, now, 0, downloads_left, purchase_id, err, errlen);
+    if (bytes == 0)
+        return KVS_OK;
+    uint8_t h[KVS_SHA256_LEN];
+    kvs_status st = token_begin(s, token, bytes, "refund", h, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    db_stmt q;
+    st = db_prepare(s->db,
+                    "UPDATE access_tokens SET bytes_left = bytes_left + :n, "
+                    "downloads_left = (bytes_left + :n) / max((SELECT size FROM blobs WHERE id = blob_id), 1) "
+                    "WHERE token_sha256 = :hash",
+                    &q, err, errlen);
+    if (st == KVS_OK) {
+        db_bind_hex(&q, ":hash", h, sizeof h);
+        db_bind_int64(&q, ":n", (int64_t)bytes);
+        st = db_run(&q, err, errlen);
+        db_finalize(&q);
+    }
+    return db_end(s->db, st, err, errlen); /* a token gone with its blob: nothing to give back */
 }
 
 /* ---- publishers ---- */

@@ -150,20 +150,19 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
                               int64_t expires, uint32_t max_downloads, uint8_t token[KVS_TOKEN_LEN],
                               int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
 
-/* Checks an access token for a download of blob id at time now and, when it is good,
- * consumes one download, atomically (one BEGIN IMMEDIATE transaction). Returns KVS_OK,
- * KVS_TOKEN_UNKNOWN, KVS_TOKEN_WRONG_BLOB, KVS_TOKEN_EXPIRED or KVS_TOKEN_EXHAUSTED (checked
- * in that order), or an error. *downloads_left and *purchase_id are optional outputs. */
-kvs_status kvs_store_token_consume(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
-                                   const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
-                                   int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
-
-/* The checks of kvs_store_token_consume except the budget (unknown, wrong blob, expired),
- * spending nothing: for a request that resumes a download already paid for (a Range not
- * starting at 0), which must work even after the last download was spent. */
-kvs_status kvs_store_token_check(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN],
-                                 const uint8_t id[KVS_SHA256_LEN], int64_t now, uint32_t *downloads_left,
-                                 int64_t *purchase_id, char *err, size_t errlen) KVS_WUR;
+/* The download budget is counted in bytes: max_downloads x the blob's size at purchase.
+ * Checks an access token for a GET of `bytes` bytes of blob id at time now and, when it is
+ * good, spends them, atomically (one BEGIN IMMEDIATE transaction). Returns KVS_OK,
+ * KVS_TOKEN_UNKNOWN, KVS_TOKEN_WRONG_BLOB, KVS_TOKEN_EXPIRED or KVS_TOKEN_EXHAUSTED (fewer
+ * bytes left than asked; checked in that order), or an error. *downloads_left (whole downloads
+ * left after this one) and *purchase_id are optional outputs. */
+kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], const uint8_t id[KVS_SHA256_LEN],
+                                 int64_t now, uint64_t bytes, uint32_t *downloads_left, int64_t *purchase_id,
+                                 char *err, size_t errlen) KVS_WUR;
+/* Gives back bytes a spent GET did not deliver (the client went away, the server stopped), so
+ * resuming it costs only what is still missing. */
+kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, char *err,
+                                  size_t errlen) KVS_WUR;
 
 /* ---- publishers ---- */
 

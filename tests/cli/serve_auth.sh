@@ -42,17 +42,22 @@ expect 304 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "If-None-Match:
 expect 200 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK"
 cmp -s "$T/body" "$T/priced.kvb" || fail "paid download bytes"
 [ "$(header Cache-Control)" = "private, max-age=31536000, immutable" ] || fail "priced blobs are private"
+# the budget is bytes (2 downloads = 2 x size): a range spends its length, so the first 100
+# bytes plus the rest make the second download, and then nothing more can be read
+psize=$(wc -c < "$T/priced.kvb")
 expect 206 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=0-99"
 expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK"
 [ "$(json .error)" = token_exhausted ] || fail "exhausted: $(json .error)"
-expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=0-9"
-# a resumption (range after byte 0) spends nothing and works with the budget used up
 expect 206 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=100-"
 tail -c +101 "$T/priced.kvb" | cmp -s - "$T/body" || fail "resumed bytes"
-left=$(sqlite3 "$T/store/index.db" "select downloads_left from access_tokens")
-[ "$left" = 0 ] || fail "resumption spent nothing: downloads_left=$left"
+[ "$(sqlite3 "$T/store/index.db" "select bytes_left, downloads_left from access_tokens")" = "0|0" ] \
+  || fail "budget after 2 x $psize bytes: $(sqlite3 "$T/store/index.db" "select bytes_left, downloads_left from access_tokens")"
+# used up: no byte more, not even a range after byte 0 (no re-reading piece by piece)
+expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=100-199"
+[ "$(json .error)" = token_exhausted ] || fail "exhausted range: $(json .error)"
+expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "Range: bytes=-1"
 n=$(sqlite3 "$T/store/index.db" "select count(*) from download_log where purchase_id is not null and purchase_id > 0")
-[ "$n" = 3 ] || fail "paid downloads (2 spent + 1 resumption) logged with their purchase: $n"
+[ "$n" = 3 ] || fail "paid downloads (1 whole + 2 ranges) logged with their purchase: $n"
 
 pj 201 "{\"blob\": \"$P\"}"
 TOK2=$(json .token)
@@ -66,6 +71,28 @@ expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK2"
 [ "$(json .error)" = token_expired ] || fail "expired: $(json .error)"
 expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK2" -H "Range: bytes=100-"
 [ "$(json .error)" = token_expired ] || fail "expired resumption: $(json .error)"
+
+# an interrupted download gives back what the server did not hand to TLS, so resuming it
+# costs only the rest; the budget always equals 2 x size minus the bytes handed out
+"$MKBLOB" --key "$T/pub1.key" -o "$T/big.kvb" --seed 4 --tokens 1024 --layers 8 --kv-dim 512 --codec f16 --title big
+bsize=$(wc -c < "$T/big.kvb")
+expect 201 "PUT" "/v1/blobs?price=5" -H "Authorization: Bearer $CRED" --data-binary @"$T/big.kvb"; B=$(json .id)
+pj 201 "{\"blob\": \"$B\"}"
+TOK3=$(json .token)
+db() { sqlite3 "$T/store/index.db" ".timeout 5000" "$1"; }
+curl -sS --cacert "$T/cert.pem" -H "Authorization: Bearer $TOK3" --limit-rate 1M --max-time 3 -o "$T/part" \
+  "$URL/v1/blobs/$B" 2>/dev/null || true
+got=$(wc -c < "$T/part")
+[ "$got" -gt 0 ] && [ "$got" -lt "$bsize" ] || fail "interrupted download got $got of $bsize bytes"
+for _ in $(seq 100); do [ "$(db "select count(*) from download_log where blob_id = '$B'")" = 1 ] && break; sleep 0.05; done
+handed=$(db "select bytes from download_log where blob_id = '$B'")
+[ "$handed" -ge "$got" ] && [ "$handed" -lt "$bsize" ] || fail "handed $handed bytes for $got received of $bsize"
+[ "$(db "select bytes_left from access_tokens t join purchases p on p.id = t.purchase_id where p.blob_id = '$B'")" \
+  = $((2 * bsize - handed)) ] || fail "undelivered bytes given back"
+expect 206 GET "/v1/blobs/$B" -H "Authorization: Bearer $TOK3" -H "Range: bytes=$got-"
+cat "$T/part" "$T/body" | cmp -s - "$T/big.kvb" && ok "interrupted download resumed" || fail "resumed download bytes"
+[ "$(db "select bytes_left from access_tokens t join purchases p on p.id = t.purchase_id where p.blob_id = '$B'")" \
+  = $((2 * bsize - handed - (bsize - got))) ] || fail "the resumption spent the rest only"
 
 # malformed purchases
 pj 400 '{"blob": "nope"}'

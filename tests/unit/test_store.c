@@ -530,7 +530,7 @@ static void test_gc_expired(void **state)
     assert_int_equal(kvs_store_blob_get(s, keep.sha, &row, err, sizeof err), KVS_OK);
     kvs_blob_free(row);
     /* its token died with it */
-    assert_int_equal(kvs_store_token_consume(s, token, old.sha, 20, NULL, NULL, err, sizeof err), KVS_TOKEN_UNKNOWN);
+    assert_int_equal(kvs_store_token_spend(s, token, old.sha, 20, 1, NULL, NULL, err, sizeof err), KVS_TOKEN_UNKNOWN);
     kvs_store_close(s);
 
     /* the document row no blob references any more is gone; model 1 stays (blob 3 uses it) */
@@ -557,6 +557,48 @@ static void test_gc_expired(void **state)
     kvs_store_close(s);
 }
 
+/* ---- schema 1 -> 2: the byte budget of tokens bought before it ---- */
+
+static void test_budget_migration(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], err[512] = "", dbpath[600];
+    snprintf(sdir, sizeof sdir, "%s/store", dir);
+    kvs_store *s = open_ok(sdir);
+    item a;
+    make_item(&a, dir, 1, 1, "f16-zstd", 100, 10, 0);
+    publish_ok(s, &a, 0);
+    uint8_t tok[32];
+    assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 3, tok, NULL, err, sizeof err), KVS_OK);
+    kvs_store_close(s);
+    /* turn the index back into schema 1: access_tokens as it was, 2 downloads left */
+    snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    const char *v1 =
+        "ALTER TABLE access_tokens RENAME TO t2;\n"
+        "CREATE TABLE access_tokens (\n"
+        "  token_sha256 TEXT PRIMARY KEY CHECK (length(token_sha256) = 64),\n"
+        "  purchase_id INTEGER NOT NULL REFERENCES purchases(id),\n"
+        "  blob_id TEXT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,\n"
+        "  expires INTEGER NOT NULL,\n"
+        "  downloads_left INTEGER NOT NULL CHECK (downloads_left >= 0));\n"
+        "INSERT INTO access_tokens SELECT token_sha256, purchase_id, blob_id, expires, 2 FROM t2;\n"
+        "DROP TABLE t2;\n"
+        "CREATE INDEX access_tokens_by_blob ON access_tokens(blob_id);\n"
+        "PRAGMA user_version = 1;\n";
+    assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    s = open_ok(sdir); /* migrates: 2 downloads of a 100-byte blob = 200 bytes */
+    assert_int_equal(kvs_store_schema_version(s), kvs_schema_latest());
+    uint32_t left = 0;
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 150, &left, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(left, 0);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 51, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 50, &left, NULL, err, sizeof err), KVS_OK);
+    kvs_store_close(s);
+}
+
 /* ---- purchases and tokens ---- */
 
 static void test_purchases_and_tokens(void **state)
@@ -579,24 +621,35 @@ static void test_purchases_and_tokens(void **state)
     assert_int_equal(kvs_store_purchase(s, a.sha, NULL, 100, 200, 1, tok2, NULL, err, sizeof err), KVS_OK);
     assert_memory_not_equal(tok, tok2, 32);
 
+    /* the budget is bytes: 2 downloads of a 100-byte blob = 200 bytes */
     uint32_t left = 99;
-    /* wrong blob does not consume */
-    assert_int_equal(kvs_store_token_consume(s, tok, b.sha, 150, &left, NULL, err, sizeof err), KVS_TOKEN_WRONG_BLOB);
-    assert_int_equal(kvs_store_token_consume(s, tok, a.sha, 150, &left, &pid_seen, err, sizeof err), KVS_OK);
+    /* wrong blob does not spend */
+    assert_int_equal(kvs_store_token_spend(s, tok, b.sha, 150, 100, &left, NULL, err, sizeof err), KVS_TOKEN_WRONG_BLOB);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 100, &left, &pid_seen, err, sizeof err), KVS_OK);
     assert_int_equal(left, 1);
     assert_int_equal(pid_seen, pid);
-    assert_int_equal(kvs_store_token_consume(s, tok, a.sha, 151, &left, NULL, err, sizeof err), KVS_OK);
+    /* ranges spend what they ask for: 60 + 40 use up the second download */
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 151, 60, &left, NULL, err, sizeof err), KVS_OK);
     assert_int_equal(left, 0);
-    assert_int_equal(kvs_store_token_consume(s, tok, a.sha, 152, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
-    assert_non_null(strstr(err, "no downloads left"));
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 151, 41, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
+    assert_non_null(strstr(err, "40 bytes of downloads left"));
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 151, 40, &left, NULL, err, sizeof err), KVS_OK);
+    /* exhausted: not even one byte, not even a range after byte 0 */
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 152, 1, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
+    /* undelivered bytes come back: a resumption of the missing 30 is paid for, no more */
+    assert_int_equal(kvs_store_token_refund(s, tok, 30, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 153, 31, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 153, 30, &left, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 153, 1, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
     /* expiry: valid strictly before expires */
-    assert_int_equal(kvs_store_token_consume(s, tok2, a.sha, 200, &left, NULL, err, sizeof err), KVS_TOKEN_EXPIRED);
+    assert_int_equal(kvs_store_token_spend(s, tok2, a.sha, 200, 1, &left, NULL, err, sizeof err), KVS_TOKEN_EXPIRED);
     /* unknown token */
     uint8_t fake[32];
     memset(fake, 7, sizeof fake);
-    assert_int_equal(kvs_store_token_consume(s, fake, a.sha, 150, &left, NULL, err, sizeof err), KVS_TOKEN_UNKNOWN);
-    /* tok2 is still usable before expiry: the expired attempt did not consume it */
-    assert_int_equal(kvs_store_token_consume(s, tok2, a.sha, 199, &left, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_token_spend(s, fake, a.sha, 150, 1, &left, NULL, err, sizeof err), KVS_TOKEN_UNKNOWN);
+    assert_int_equal(kvs_store_token_refund(s, fake, 10, err, sizeof err), KVS_OK); /* nothing to give back */
+    /* tok2 is still usable before expiry: the expired attempt did not spend it */
+    assert_int_equal(kvs_store_token_spend(s, tok2, a.sha, 199, 100, &left, NULL, err, sizeof err), KVS_OK);
 
     /* bad purchases */
     uint8_t unknown[32];
@@ -941,6 +994,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reconcile_tmp_fifo, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_gc_expired, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_purchases_and_tokens, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_budget_migration, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_publishers_and_log, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_schema_newer_refused, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_two_processes_publish, tmpdir_setup, tmpdir_teardown),
