@@ -107,7 +107,8 @@ fuzz: deps
 	  echo "  FUZZ  build-fuzz/fuzz/$$n"; \
 	  clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) \
 	    -o build-fuzz/fuzz/$$n $$f $(patsubst %,build-fuzz/lib%.a,$(MODULES)) $(LDLIBS) || exit 1; done
-	@echo "run e.g.: build-fuzz/fuzz/fuzz_kvblob -max_total_time=60 spec/vectors"
+	@echo "run e.g.: mkdir -p build-fuzz/corpus && build-fuzz/fuzz/fuzz_kvblob -max_total_time=60 build-fuzz/corpus spec/vectors"
+	@echo "(new inputs go to the first directory: never name spec/vectors first)"
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
