@@ -435,24 +435,27 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
             return kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "invalid_token",
                                        "access tokens are 64 hex digits");
         }
-        /* HEAD never spends (it delivers no bytes). A GET spends the bytes it asks for from
-         * the token's budget (downloads x blob size); what is not delivered is given back
-         * when the request ends, so a resumption pays only for the rest (spec/http-api.md
-         * "Download budget"). */
-        if (strcmp(r->method, MHD_HTTP_METHOD_GET) == 0) {
+        /* A GET spends the bytes it asks for from the token's budget (downloads x blob size);
+         * what is not delivered is given back when the request ends, so a resumption pays
+         * only for the rest (spec/http-api.md "Download budget"). HEAD delivers no bytes: its
+         * token is checked (known, this blob, not expired) and spends nothing. */
+        {
+            int get = strcmp(r->method, MHD_HTTP_METHOD_GET) == 0;
             char e[256];
             uint32_t left = 0;
             kvs_store *st = pool_get(r->srv);
-            kvs_status s1 = kvs_store_token_spend(st, raw, id, (int64_t)time(NULL), len, &left, &r->purchase_id, e,
-                                                  sizeof e);
+            kvs_status s1 = kvs_store_token_spend(st, raw, id, (int64_t)time(NULL), get ? len : 0, &left,
+                                                  &r->purchase_id, e, sizeof e);
             pool_put(r->srv, st);
             if (s1 != KVS_OK) {
                 kvc_wipe(raw, sizeof raw);
                 close(fd);
                 return token_refused(r, s1, e);
             }
-            memcpy(r->token, raw, sizeof raw);
-            r->spent = len;
+            if (get) {
+                memcpy(r->token, raw, sizeof raw);
+                r->spent = len;
+            }
         }
         kvc_wipe(raw, sizeof raw);
     }

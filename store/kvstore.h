@@ -154,8 +154,8 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
  * Checks an access token for a GET of `bytes` bytes of blob id at time now and, when it is
  * good, spends them, atomically (one BEGIN IMMEDIATE transaction). Returns KVS_OK,
  * KVS_TOKEN_UNKNOWN, KVS_TOKEN_WRONG_BLOB, KVS_TOKEN_EXPIRED or KVS_TOKEN_EXHAUSTED (fewer
- * bytes left than asked; checked in that order), or an error. *downloads_left (whole downloads
- * left after this one) and *purchase_id are optional outputs. */
+ * bytes left than asked; checked in that order), or an error; bytes 0 only checks (HEAD).
+ * *downloads_left (whole downloads left after this one) and *purchase_id are optional. */
 kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], const uint8_t id[KVS_SHA256_LEN],
                                  int64_t now, uint64_t bytes, uint32_t *downloads_left, int64_t *purchase_id,
                                  char *err, size_t errlen) KVS_WUR;

@@ -28,6 +28,9 @@ expect 401 GET "/v1/blobs/$P" -H "Authorization: Bearer $(printf '0%.0s' $(seq 6
 expect 401 GET "/v1/blobs/$P" -H "Authorization: Basic dXNlcjpwYXNz"
 CODE=$(curl -sS --cacert "$T/cert.pem" -I -o /dev/null -w '%{http_code}' "$URL/v1/blobs/$P")
 [ "$CODE" = 401 ] || fail "HEAD without a token: $CODE"
+CODE=$(curl -sS --cacert "$T/cert.pem" -I -o /dev/null -w '%{http_code}' \
+  -H "Authorization: Bearer $(printf '0%.0s' $(seq 64))" "$URL/v1/blobs/$P")
+[ "$CODE" = 401 ] || fail "HEAD with an unknown token: $CODE"
 
 # purchase
 pj() { expect "$1" POST /v1/purchases -H 'Content-Type: application/json' --data-binary "$2"; }
@@ -39,6 +42,10 @@ sqlite3 "$T/store/index.db" .dump | grep -qi "$TOK" && fail "token stored in cle
 expect 403 GET "/v1/blobs/$O" -H "Authorization: Bearer $TOK"
 [ "$(json .error)" = token_wrong_blob ] || fail "wrong blob: $(json .error)"
 expect 304 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK" -H "If-None-Match: \"$P\""  # spends nothing
+CODE=$(curl -sS --cacert "$T/cert.pem" -I -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOK" "$URL/v1/blobs/$P")
+[ "$CODE" = 200 ] || fail "HEAD with the token: $CODE"
+[ "$(sqlite3 "$T/store/index.db" "select bytes_left from access_tokens")" = $((2 * $(wc -c < "$T/priced.kvb"))) ] \
+  || fail "HEAD and 304 spent nothing"
 expect 200 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK"
 cmp -s "$T/body" "$T/priced.kvb" || fail "paid download bytes"
 [ "$(header Cache-Control)" = "private, max-age=31536000, immutable" ] || fail "priced blobs are private"
