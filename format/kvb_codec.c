@@ -418,8 +418,8 @@ static kvb_status zstd_into(kvb_codec_ctx *c, uint8_t *dst, size_t cap, const ui
 /* f16-zstd: one zstd frame of the N high bytes (sign, exponent, top mantissa bits: they
  * compress), then the N low bytes as they are (mantissa noise that zstd cannot shrink; decoding
  * merges them straight from the stored bytes). */
-static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t nv, size_t section, uint8_t **out, size_t *outlen,
-                                  char *err, size_t errlen)
+static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t nv, size_t section, uint8_t **out,
+                                  size_t *outlen, char *err, size_t errlen)
 {
     size_t bound = ZSTD_compressBound(nv);
     uint8_t *o = malloc(bound + nv);
@@ -442,7 +442,7 @@ static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t n
     return KVB_OK;
 }
 
-static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, size_t secn,
+static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, uint32_t nsec,
                                   uint16_t *const *sec, char *err, size_t errlen)
 {
     if (len < nv)
@@ -468,7 +468,8 @@ static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t le
     size_t z = ZSTD_decompressDCtx(c->dctx, hi, nv, in, zlen);
     if (ZSTD_isError(z) || z != nv)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s", ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
-    for (size_t i = 0; i * secn < nv; i++)
+    size_t secn = nv / nsec; /* values per section: the plane is nsec equal sections */
+    for (uint32_t i = 0; i < nsec; i++)
         merge_planes(in + zlen + i * secn, hi + i * secn, secn, sec[i]);
     return KVB_OK;
 }
@@ -550,7 +551,7 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
         return KVB_OK;
     }
     if (codec == KVB_CODEC_F16_ZSTD)
-        return decode_f16_zstd(c, in, len, (size_t)nvals, secn, sec, err, errlen);
+        return decode_f16_zstd(c, in, len, (size_t)nvals, 2 * n_layer, sec, err, errlen);
     if ((unsigned)codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)codec);
     /* The frame must declare exactly the payload size: checked before decompressing so a

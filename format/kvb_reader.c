@@ -298,11 +298,12 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
         }
     }
     if (s->decode && !s->in_place) {
-        size_t secn = (size_t)(sec->t1 - sec->t0) * r->m->kv_dim;
-        if (s->out_cap < 2 * 2 * nl * secn) {
+        size_t secn = (size_t)(sec->t1 - sec->t0) * r->m->kv_dim; /* the parser bounded the chunk */
+        size_t outb = 2 * kvb_chunk_values(nl, sec->t1 - sec->t0, r->m->kv_dim);
+        if (s->out_cap < outb) {
             free(s->out);
-            s->out = malloc(2 * 2 * nl * secn);
-            s->out_cap = s->out ? 2 * 2 * nl * secn : 0;
+            s->out = malloc(outb);
+            s->out_cap = s->out ? outb : 0;
         }
         if (!s->out)
             return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
