@@ -189,14 +189,11 @@ enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body)
     return kvsrv_queue(r, status, resp);
 }
 
-enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error,
-                                    const char *fmt, ...)
+static enum MHD_Result respond_error_v(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
+                                       const char *hdr_value, const char *fmt, va_list ap)
 {
     char detail[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
-    va_end(ap);
     snprintf(r->err, sizeof r->err, "%.60s: %.190s", error, detail);
     json_t *o = json_pack("{s:s, s:s}", "error", error, "detail", detail);
     if (!o) {
@@ -212,8 +209,30 @@ enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *e
         return MHD_NO;
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"kvpub\"");
+    if (hdr)
+        MHD_add_response_header(resp, hdr, hdr_value);
     r->bytes = len;
     return kvsrv_queue(r, status, resp);
+}
+
+enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error,
+                                    const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    enum MHD_Result ret = respond_error_v(r, status, error, NULL, NULL, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+enum MHD_Result kvsrv_respond_error_hdr(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
+                                        const char *hdr_value, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    enum MHD_Result ret = respond_error_v(r, status, error, hdr, hdr_value, fmt, ap);
+    va_end(ap);
+    return ret;
 }
 
 enum MHD_Result kvsrv_respond_text(kvsrv_req *r, unsigned status, const char *ctype, char *text_take,
@@ -345,26 +364,10 @@ static void route(const char *url, kvsrv_req *r)
 
 static enum MHD_Result method_not_allowed(kvsrv_req *r, const char *allow)
 {
-    char detail[128];
     char method[sizeof r->method * 4];
-    snprintf(detail, sizeof detail, "%s %s is not supported (allowed: %s)",
-             kvsrv_log_escape(r->method, method, sizeof method), ep_names[r->ep], allow);
-    snprintf(r->err, sizeof r->err, "method_not_allowed: %s", detail);
-    json_t *o = json_pack("{s:s, s:s}", "error", "method_not_allowed", "detail", detail);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!text)
-        return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
-    }
-    size_t len = strlen(text);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    r->bytes = len;
-    return kvsrv_queue(r, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+    return kvsrv_respond_error_hdr(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", MHD_HTTP_HEADER_ALLOW, allow,
+                                   "%s %s is not supported (allowed: %s)",
+                                   kvsrv_log_escape(r->method, method, sizeof method), ep_names[r->ep], allow);
 }
 
 static int is_get(const char *m)

@@ -404,22 +404,9 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
             close(fd);
             char cr[40];
             snprintf(cr, sizeof cr, "bytes */%" PRIu64, size);
-            snprintf(r->err, sizeof r->err, "range_not_satisfiable: %s", range);
-            json_t *o = json_pack("{s:s, s:s}", "error", "range_not_satisfiable", "detail",
-                                  "one range of bytes inside the blob is supported");
-            char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-            json_decref(o);
-            if (!text)
-                return MHD_NO;
-            struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-            if (!resp) {
-                free(text);
-                return MHD_NO;
-            }
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, cr);
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-            r->bytes = strlen(text);
-            return kvsrv_queue(r, MHD_HTTP_RANGE_NOT_SATISFIABLE, resp);
+            return kvsrv_respond_error_hdr(r, MHD_HTTP_RANGE_NOT_SATISFIABLE, "range_not_satisfiable",
+                                           MHD_HTTP_HEADER_CONTENT_RANGE, cr,
+                                           "one range of bytes inside the blob is supported (got %.100s)", range);
         }
     }
     if (price) {

@@ -103,6 +103,10 @@ enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body);
 /* {"error": error, "detail": printf(fmt, ...)} */
 enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same with one more response header (Allow on 405, Content-Range on 416). */
+enum MHD_Result kvsrv_respond_error_hdr(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
+                                        const char *hdr_value, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 /* Takes ownership of text_take (malloc'd). */
 enum MHD_Result kvsrv_respond_text(kvsrv_req *r, unsigned status, const char *ctype, char *text_take,
                                    size_t len);
