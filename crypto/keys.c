@@ -349,20 +349,6 @@ static kvc_status pem_encode(const kvc_key *k, int private_part, char **out, siz
     return st;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Writes data to a fresh temporary file next to final (path returned in tmp), with mode,
  * fsynced. */
 static kvc_status write_temp(const char *final, const char *data, size_t len, mode_t mode, char *tmp,
@@ -378,7 +364,7 @@ static kvc_status write_temp(const char *final, const char *data, size_t len, mo
         tmp[0] = '\0';
         return KVC_ERR_IO;
     }
-    if (fchmod(fd, mode) != 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, mode) != 0 || kvc_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
         kvc_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
@@ -409,26 +395,6 @@ static kvc_status publish_exclusive(const char *tmp, const char *final, char *er
     }
     unlink(tmp);
     return KVC_OK;
-}
-
-/* fsync the directory holding path so the new names survive a crash. */
-static void sync_parent_dir(const char *path)
-{
-    char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else if ((size_t)(slash - path) < sizeof dir)
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    else
-        return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd); /* best effort: some filesystems refuse fsync on directories */
-        close(fd);
-    }
 }
 
 kvc_status kvc_key_write_pair(const kvc_key *k, const char *prefix, char *err, size_t errlen)
@@ -479,7 +445,7 @@ kvc_status kvc_key_write_pair(const kvc_key *k, const char *prefix, char *err, s
     if (pubtmp[0])
         unlink(pubtmp);
     if (s == KVC_OK)
-        sync_parent_dir(keypath);
+        kvc_fsync_parent_dir(keypath);
 out:
     if (keypem)
         kvc_wipe(keypem, keylen);

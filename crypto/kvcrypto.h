@@ -114,4 +114,13 @@ kvc_status kvc_random_bytes(void *buf, size_t n) KVC_WUR;
 /* Overwrites n bytes with zeros in a way the compiler keeps (OPENSSL_cleanse). */
 void kvc_wipe(void *p, size_t n);
 
+/* ---- durable writes (keys here; blobs, the store and downloads use them too) ---- */
+
+/* Writes all n bytes (retrying short writes and EINTR). Returns 0, or -1 with errno set. */
+int kvc_write_all(int fd, const void *data, size_t n);
+/* fsyncs directory dir, or the directory holding path, so renames in it survive a crash.
+ * Best effort: some filesystems refuse fsync on directories. */
+void kvc_fsync_dir(const char *dir);
+void kvc_fsync_parent_dir(const char *path);
+
 #endif

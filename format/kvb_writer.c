@@ -483,19 +483,6 @@ kvb_status kvb_writer_finish_file(kvb_writer *w, const kvc_key *key, FILE *f, ch
     return st;
 }
 
-/* Makes the rename durable; best effort, since some filesystems refuse fsync on directories. */
-static void sync_parent_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
-    int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY) : -1;
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 kvb_status kvb_writer_finish_path(kvb_writer *w, const kvc_key *key, const char *path, char *err, size_t errlen)
 {
     size_t n = strlen(path);
@@ -527,7 +514,7 @@ kvb_status kvb_writer_finish_path(kvb_writer *w, const kvc_key *key, const char 
     if (st)
         unlink(tmp);
     else
-        sync_parent_dir(path);
+        kvc_fsync_parent_dir(path); /* makes the rename durable */
     free(tmp);
     return st;
 }

@@ -157,16 +157,6 @@ int kvf_cache_part_path(const kvf_cache *c, const char *key, char *path, size_t 
     return n < 0 || (size_t)n >= pathlen ? -1 : 0;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
 kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32], char *path,
                             size_t pathlen, char *err, size_t errlen)
 {
@@ -182,7 +172,7 @@ kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32],
     (void)chmod(src, 0644);
     if (rename(src, dst) != 0)
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot move %s to %s: %s", src, dst, strerror(errno));
-    (void)fsync_dir(c->dir);
+    kvc_fsync_dir(c->dir);
     touch_atime(dst);
     kvf_cache_evict(c, id);
     if (path)

@@ -66,16 +66,8 @@ static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
             rc = r < 0 ? -1 : 0;
             break;
         }
-        for (ssize_t o = 0; o < r;) {
-            ssize_t w = write(out, buf + o, (size_t)(r - o));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                rc = -1;
-                break;
-            }
-            o += w;
-        }
+        if (kvc_write_all(out, buf, (size_t)r) != 0)
+            rc = -1;
     }
     free(buf);
     if (rc == 0 && (fchmod(out, 0644) != 0 || fsync(out) != 0))

@@ -110,21 +110,6 @@ static void vs_end(vstream *v)
     v->h = NULL;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Consumes bytes: refuses more than the blob's declared size, appends them to the partial
  * file (when store), hashes and verifies them. The reader is fed up to the end of the signed
  * prefix first, so the size limit is known before any byte past it is accepted. */
@@ -149,7 +134,7 @@ static kvf_status vs_consume(vstream *v, const uint8_t *p, size_t n, int store, 
             if (v->prefix && v->got < v->prefix && v->prefix - v->got < n)
                 take = (size_t)(v->prefix - v->got);
         }
-        if (store && v->fd >= 0 && write_all(v->fd, p, take) != 0)
+        if (store && v->fd >= 0 && kvc_write_all(v->fd, p, take) != 0)
             return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s", strerror(errno));
         kvc_sha256_update(v->h, p, take);
         kvb_status st = kvb_reader_feed(v->r, p, take, err, errlen);

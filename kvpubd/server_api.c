@@ -618,16 +618,9 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
             return MHD_YES; /* refused already: drain the rest, answer at the end */
         /* the signature, then every chunk hash, is checked while the bytes arrive */
         r->up_st = kvb_reader_feed(r->up_reader, data, n, r->up_err, sizeof r->up_err);
-        for (size_t off = 0; off < n && r->up_st == KVB_OK;) {
-            ssize_t w = write(r->up_fd, data + off, n - off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                r->up_st = KVB_ERR_IO;
-                snprintf(r->up_err, sizeof r->up_err, "writing the upload: %s", strerror(errno));
-                break;
-            }
-            off += (size_t)w;
+        if (r->up_st == KVB_OK && kvc_write_all(r->up_fd, data, n) != 0) {
+            r->up_st = KVB_ERR_IO;
+            snprintf(r->up_err, sizeof r->up_err, "writing the upload: %s", strerror(errno));
         }
         return MHD_YES;
     }

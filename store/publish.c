@@ -207,20 +207,6 @@ static kvs_status insert_rows(kvs_store *s, const kvs_blob *b, char *err, size_t
                      b, ids, &found, NULL, NULL, err, errlen);
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Creates DIR/tmp/blob.XXXXXX and takes its flock, which tells reconcile the writer is
  * alive. A reconcile can unlink the file between mkstemp and flock; the link count shows
  * that and we simply make another. */
@@ -270,7 +256,7 @@ static kvs_status copy_hash(int fd, int tfd, const char *tpath, uint8_t id[KVS_S
             break;
         kvc_sha256_update(h, buf, (size_t)r);
         *size += (uint64_t)r;
-        if (write_all(tfd, buf, (size_t)r) != 0) {
+        if (kvc_write_all(tfd, buf, (size_t)r) != 0) {
             kvs_set_err(err, errlen, "cannot write %s: %s", tpath, strerror(errno));
             st = KVS_ERR_IO;
         }
@@ -322,7 +308,7 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
     }
     *renamed = 1;
     /* the new name must be durable before the row that points at it */
-    store_sync_dir(sub);
+    kvc_fsync_dir(sub);
     st = insert_rows(s, b, err, errlen);
     if (st == KVS_OK)
         memcpy(res->id, b->id, KVS_SHA256_LEN);

@@ -53,15 +53,6 @@ int store_blob_path(const kvs_store *s, const uint8_t id[KVS_SHA256_LEN], char *
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-void store_sync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd); /* best effort: some filesystems refuse fsync on directories */
-        close(fd);
-    }
-}
-
 static kvs_status make_dir(const char *path, char *err, size_t errlen)
 {
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {

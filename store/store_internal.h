@@ -53,8 +53,6 @@ int db_column_hex(sqlite3_stmt *st, int col, uint8_t *out, size_t n);
 
 /* DIR/blobs/ab/<hex id> into out. 0 on success, -1 if it does not fit. */
 int store_blob_path(const kvs_store *s, const uint8_t id[KVS_SHA256_LEN], char *out, size_t outlen);
-/* fsync a directory (best effort). */
-void store_sync_dir(const char *path);
 
 /* Migrations (schema.c): brings the index to the newest schema version. */
 kvs_status store_migrate(sqlite3 *db, char *err, size_t errlen) KVS_WUR;
