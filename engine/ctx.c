@@ -8,26 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
 enum { MAX_CTX = 1 << 20 };
 
 eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, char *err,
                           size_t errlen)
 {
     if (!out || !m)
-        return fail(err, errlen, ENG_ERR_ARG, "eng_ctx_create: model or out is NULL");
+        return eng_fail(err, errlen, ENG_ERR_ARG, "eng_ctx_create: model or out is NULL");
     *out = NULL;
     const eng_info *hp = eng_model_info(m);
     eng_ctx_params def = {0, 0, 0};
@@ -35,11 +22,11 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
         p = &def;
     int n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
     if (n_ctx <= 0 || n_ctx > MAX_CTX)
-        return fail(err, errlen, ENG_ERR_ARG, "context size %d out of range (1..%d)", n_ctx, MAX_CTX);
+        return eng_fail(err, errlen, ENG_ERR_ARG, "context size %d out of range (1..%d)", n_ctx, MAX_CTX);
     int nt = p->n_threads > 0 ? p->n_threads : eng_default_threads();
     eng_ctx *c = calloc(1, sizeof *c);
     if (!c)
-        return fail(err, errlen, ENG_ERR_NOMEM, "out of memory creating a context");
+        return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory creating a context");
     c->m = m;
     c->hp = hp;
     c->w = eng_model_weights(m);
@@ -70,7 +57,7 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
     return ENG_OK;
 nomem:
     eng_ctx_free(c);
-    return fail(err, errlen, ENG_ERR_NOMEM, "out of memory for a KV cache of %d cells (%zu MiB)",
+    return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory for a KV cache of %d cells (%zu MiB)",
                 n_ctx, 2 * (size_t)hp->n_layer * layer_bytes >> 20);
 }
 

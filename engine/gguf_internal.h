@@ -113,4 +113,7 @@ eng_status eng_fingerprint_model_cached(const char *path, const gguf_file *g, co
                                         uint8_t out[32], char *err, size_t errlen) ENG_WUR;
 void eng_fingerprint_tokenizer_compute(const gguf_file *g, const eng_info *info, uint8_t out[32]);
 
+/* Formats a one-line error into err (when given) and returns st: every engine file's failure path. */
+eng_status eng_fail(char *err, size_t errlen, eng_status st, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 #endif

@@ -21,19 +21,6 @@ struct eng_model {
     uint8_t fp[32];
 };
 
-static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static eng_status fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
 static const char *type_name(uint32_t type)
 {
     const char *name = NULL;
@@ -57,7 +44,7 @@ static const gguf_tensor *find(binder *b, const char *name, int required, eng_st
     const gguf_tensor *t = gguf_find_tensor(b->g, name);
     *st = ENG_OK;
     if (!t && required)
-        *st = fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: missing tensor '%s'", b->path, name);
+        *st = eng_fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: missing tensor '%s'", b->path, name);
     return t;
 }
 
@@ -69,19 +56,19 @@ static eng_status bind_mat(binder *b, const char *name, int64_t rows, int64_t co
         return st;
     if (t->n_dims > 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows ||
         t->ne[2] != 1 || t->ne[3] != 1)
-        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+        return eng_fail(b->err, b->errlen, ENG_ERR_FORMAT,
                     "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
                     b->path, name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                     (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
                     (long long)cols, (long long)rows);
     if (!eng_type_supported(t->type))
-        return fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
+        return eng_fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
                     "%s: tensor '%s' has type %s (%u), which has no kernel here "
                     "(supported: f32, f16, bf16, q4_0, q8_0, q4_K, q6_K)",
                     b->path, name, type_name(t->type), t->type);
     size_t rb = ggml_row_bytes(t->type, (uint64_t)cols);
     if (rb == 0 || rb * (uint64_t)rows > t->nbytes)
-        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+        return eng_fail(b->err, b->errlen, ENG_ERR_FORMAT,
                     "%s: tensor '%s': %lld columns of type %s do not form whole rows",
                     b->path, name, (long long)cols, type_name(t->type));
     out->name = t->name;
@@ -102,16 +89,16 @@ static eng_status bind_vec(binder *b, const char *name, int64_t n, int required,
     if (!t)
         return st;
     if (t->nelem != (uint64_t)n || t->ne[0] != (uint64_t)n)
-        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+        return eng_fail(b->err, b->errlen, ENG_ERR_FORMAT,
                     "%s: tensor '%s' has %llu elements (ne0 %llu), expected a vector of %lld",
                     b->path, name, (unsigned long long)t->nelem, (unsigned long long)t->ne[0],
                     (long long)n);
     if (t->type != GGML_T_F32 && t->type != GGML_T_F16 && t->type != GGML_T_BF16)
-        return fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
+        return eng_fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
                     "%s: tensor '%s' has type %s, expected f32, f16 or bf16 for a norm/bias vector",
                     b->path, name, type_name(t->type));
     if (ggml_row_bytes(t->type, (uint64_t)n) > t->nbytes)
-        return fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: tensor '%s' is truncated", b->path, name);
+        return eng_fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: tensor '%s' is truncated", b->path, name);
     float *dst = b->vec_next;
     b->vec_next += n;
     eng_dequant_row(t->type, t->data, dst, n);
@@ -145,7 +132,7 @@ static eng_status bind_layer(binder *b, const eng_info *hp, int il, eng_layer *L
         return st;
 #undef NAME
     if (!!L->q_norm != !!L->k_norm)
-        return fail(b->err, b->errlen, ENG_ERR_FORMAT,
+        return eng_fail(b->err, b->errlen, ENG_ERR_FORMAT,
                     "%s: layer %d has only one of attn_q_norm / attn_k_norm", b->path, il);
     return ENG_OK;
 }
@@ -160,7 +147,7 @@ static eng_status bind_all(eng_model *m, char *err, size_t errlen)
     m->vecs = malloc(nvec * sizeof(float));
     m->w.layers = calloc((size_t)hp->n_layer, sizeof(eng_layer));
     if (!m->vecs || !m->w.layers)
-        return fail(err, errlen, ENG_ERR_NOMEM, "out of memory binding %d layers", hp->n_layer);
+        return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory binding %d layers", hp->n_layer);
     binder b = {m->g, m->path, err, errlen, m->vecs};
     eng_status st;
     if ((st = bind_mat(&b, "token_embd.weight", hp->n_vocab, E, &m->w.tok_embd)) ||
@@ -183,14 +170,14 @@ eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t e
     if (err && errlen)
         err[0] = '\0';
     if (!out)
-        return fail(err, errlen, ENG_ERR_ARG, "eng_model_load: out is NULL");
+        return eng_fail(err, errlen, ENG_ERR_ARG, "eng_model_load: out is NULL");
     *out = NULL;
     if (!path)
-        return fail(err, errlen, ENG_ERR_ARG, "eng_model_load: path is NULL");
+        return eng_fail(err, errlen, ENG_ERR_ARG, "eng_model_load: path is NULL");
     eng_model *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) {
         free(m);
-        return fail(err, errlen, ENG_ERR_NOMEM, "out of memory loading %s", path);
+        return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory loading %s", path);
     }
     eng_status st;
     if ((st = gguf_open(path, &m->g, err, errlen)) ||
@@ -200,7 +187,7 @@ eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t e
     if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 ||
         hp->head_dim < 2 || hp->head_dim > 512 || hp->head_dim % 2 || hp->n_head % hp->n_head_kv || hp->n_vocab < 1 ||
         hp->n_ff < 1 || hp->rope.n_rot != hp->head_dim) {
-        st = fail(err, errlen, ENG_ERR_UNSUPPORTED,
+        st = eng_fail(err, errlen, ENG_ERR_UNSUPPORTED,
                   "%s: unsupported shape (layers %d, embd %d, heads %d/%d, head dim %d, rot %d)", path,
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->rope.n_rot);
         goto fail;

@@ -8,18 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-__attribute__((format(printf, 3, 4)))
-static eng_status fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return ENG_ERR_FORMAT;
-}
-
 /* Printable copy of a metadata string for messages. */
 static void shown(const gguf_str *s, char out[48])
 {
@@ -42,11 +30,11 @@ static eng_status get_strarr(const gguf_file *g, const char *key, int absent_ok,
     *n = 0;
     int r = gguf_get_arr(g, key, &elem, &cnt, &data);
     if (r == 0)
-        return absent_ok ? ENG_OK : fail(err, errlen, "missing required key '%s'", key);
+        return absent_ok ? ENG_OK : eng_fail(err, errlen, ENG_ERR_FORMAT, "missing required key '%s'", key);
     if (r < 0 || elem != GGUF_VT_STRING)
-        return fail(err, errlen, "key '%s' has the wrong type (expected an array of strings)", key);
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an array of strings)", key);
     if (cnt > max)
-        return fail(err, errlen, "key '%s' has %llu entries (limit %llu)", key, (unsigned long long)cnt,
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has %llu entries (limit %llu)", key, (unsigned long long)cnt,
                     (unsigned long long)max);
     *ptrs = malloc((cnt ? cnt : 1) * sizeof **ptrs);
     *lens = malloc((cnt ? cnt : 1) * sizeof **lens);
@@ -55,7 +43,7 @@ static eng_status get_strarr(const gguf_file *g, const char *key, int absent_ok,
     for (uint64_t i = 0; i < cnt; i++) {
         gguf_str s;
         if (gguf_get_arr_str(g, key, i, &s) != 1)
-            return fail(err, errlen, "key '%s': cannot read string %llu", key, (unsigned long long)i);
+            return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s': cannot read string %llu", key, (unsigned long long)i);
         (*ptrs)[i] = s.p;
         (*lens)[i] = (size_t)s.n;
     }
@@ -77,9 +65,9 @@ static eng_status get_arr32(const gguf_file *g, const char *key, gguf_vtype t1, 
     if (r == 0)
         return ENG_OK;
     if (r < 0 || (elem != t1 && elem != t2))
-        return fail(err, errlen, "key '%s' has the wrong type (expected an array of %s)", key, expected);
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an array of %s)", key, expected);
     if (cnt > ENG_VOCAB_MAX_TOKENS)
-        return fail(err, errlen, "key '%s' has %llu entries (limit %d)", key, (unsigned long long)cnt,
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has %llu entries (limit %d)", key, (unsigned long long)cnt,
                     ENG_VOCAB_MAX_TOKENS);
     *out = malloc(cnt ? cnt * 4 : 1);
     if (!*out)
@@ -98,10 +86,10 @@ static eng_status get_id(const gguf_file *g, const char *key, int32_t *out, char
     int r = gguf_get_int(g, key, &x);
     *out = -1;
     if (r < 0)
-        return fail(err, errlen, "key '%s' has the wrong type (expected an integer)", key);
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an integer)", key);
     if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX) {
         if (x > INT32_MAX)
-            return fail(err, errlen, "key '%s' is %lld, outside any vocabulary", key, (long long)x);
+            return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' is %lld, outside any vocabulary", key, (long long)x);
         *out = (int32_t)x;
     }
     return ENG_OK;
@@ -112,7 +100,7 @@ static eng_status get_flag(const gguf_file *g, const char *key, int *flag, char 
     int64_t x;
     int r = gguf_get_int(g, key, &x);
     if (r < 0)
-        return fail(err, errlen, "key '%s' has the wrong type (expected a bool)", key);
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected a bool)", key);
     if (r == 1)
         *flag = x != 0;
     return ENG_OK;
@@ -132,9 +120,9 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
     gguf_str s;
     int r = gguf_get_str(g, "tokenizer.ggml.model", &s);
     if (r == 0)
-        return fail(err, errlen, "missing required key 'tokenizer.ggml.model'");
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "missing required key 'tokenizer.ggml.model'");
     if (r < 0)
-        return fail(err, errlen, "key 'tokenizer.ggml.model' has the wrong type (expected a string)");
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key 'tokenizer.ggml.model' has the wrong type (expected a string)");
     if (s.n == 5 && memcmp(s.p, "llama", 5) == 0) {
         d.kind = ENG_VOCAB_SPM;
     } else if (s.n == 4 && memcmp(s.p, "gpt2", 4) == 0) {
@@ -147,7 +135,7 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
     }
     r = gguf_get_str(g, "tokenizer.ggml.pre", &s);
     if (r < 0)
-        return fail(err, errlen, "key 'tokenizer.ggml.pre' has the wrong type (expected a string)");
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key 'tokenizer.ggml.pre' has the wrong type (expected a string)");
     if (r == 1 && d.kind == ENG_VOCAB_BPE) {
         eng_pretok k;
         if (s.n >= sizeof pre || memchr(s.p, 0, (size_t)s.n) || !eng_pretok_from_name(s.p, (size_t)s.n, &k)) {
@@ -178,7 +166,7 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
                          &d.n_merges, err, errlen)))
         goto done;
     if (info && info->n_vocab > 0 && d.n_tokens > (size_t)info->n_vocab) {
-        st = fail(err, errlen, "tokenizer.ggml.tokens has %zu tokens but the model embeds only %d",
+        st = eng_fail(err, errlen, ENG_ERR_FORMAT, "tokenizer.ggml.tokens has %zu tokens but the model embeds only %d",
                   d.n_tokens, info->n_vocab);
         goto done;
     }
