@@ -119,53 +119,9 @@ AVX2 void eng_xq_quantize_avx2(const float *x, int64_t n, int blk, eng_xq *out)
 
 /* ---- float weights: 4 independent accumulators hide the FMA latency ---- */
 
-AVX2 void eng_mv_f32_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                          const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const float *w = (const float *)(W + (size_t)r * rb);
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int64_t i = 0;
-        for (; i + 32 <= ncols; i += 32) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-        }
-        for (; i + 8 <= ncols; i += 8)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-        float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        for (; i < ncols; i++)
-            s += w[i] * x[i];
-        y[r] = s;
-    }
-}
-
 static AVX2 inline __m256 ld_f16x8(const uint16_t *p)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-AVX2 void eng_mv_f16_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                          const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const uint16_t *w = (const uint16_t *)(W + (size_t)r * rb);
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int64_t i = 0;
-        for (; i + 32 <= ncols; i += 32) {
-            a0 = _mm256_fmadd_ps(ld_f16x8(w + i), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(ld_f16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-            a2 = _mm256_fmadd_ps(ld_f16x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-            a3 = _mm256_fmadd_ps(ld_f16x8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-        }
-        for (; i + 8 <= ncols; i += 8)
-            a0 = _mm256_fmadd_ps(ld_f16x8(w + i), _mm256_loadu_ps(x + i), a0);
-        float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        for (; i < ncols; i++)
-            s += _cvtsh_ss(w[i]) * x[i];
-        y[r] = s;
-    }
 }
 
 static AVX2 inline __m256 ld_bf16x8(const uint16_t *p)
@@ -174,26 +130,66 @@ static AVX2 inline __m256 ld_bf16x8(const uint16_t *p)
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-AVX2 void eng_mv_bf16_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+enum wkind { W_F32, W_F16, W_BF16 };
+#define INLINE_ALWAYS inline __attribute__((always_inline))
+
+/* 8 weights from element i of row w, and one: kind is a constant at every call, so each
+ * kernel below compiles to its own loads with no branch left. */
+static AVX2 INLINE_ALWAYS __m256 w8(enum wkind kind, const void *w, int64_t i)
+{
+    return kind == W_F32   ? _mm256_loadu_ps((const float *)w + i)
+           : kind == W_F16 ? ld_f16x8((const uint16_t *)w + i)
+                           : ld_bf16x8((const uint16_t *)w + i);
+}
+
+static AVX2 INLINE_ALWAYS float w1(enum wkind kind, const void *w, int64_t i)
+{
+    return kind == W_F32   ? ((const float *)w)[i]
+           : kind == W_F16 ? _cvtsh_ss(((const uint16_t *)w)[i])
+                           : eng_bf16_to_f32(((const uint16_t *)w)[i]);
+}
+
+static AVX2 INLINE_ALWAYS void mv_float(enum wkind kind, const uint8_t *W, size_t rb, int64_t ncols,
+                                         const float *x, float *y, int64_t r0, int64_t r1)
 {
     for (int64_t r = r0; r < r1; r++) {
-        const uint16_t *w = (const uint16_t *)(W + (size_t)r * rb);
+        const void *w = W + (size_t)r * rb;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int64_t i = 0;
         for (; i + 32 <= ncols; i += 32) {
-            a0 = _mm256_fmadd_ps(ld_bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(ld_bf16x8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-            a2 = _mm256_fmadd_ps(ld_bf16x8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-            a3 = _mm256_fmadd_ps(ld_bf16x8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+            a0 = _mm256_fmadd_ps(w8(kind, w, i), _mm256_loadu_ps(x + i), a0);
+            a1 = _mm256_fmadd_ps(w8(kind, w, i + 8), _mm256_loadu_ps(x + i + 8), a1);
+            a2 = _mm256_fmadd_ps(w8(kind, w, i + 16), _mm256_loadu_ps(x + i + 16), a2);
+            a3 = _mm256_fmadd_ps(w8(kind, w, i + 24), _mm256_loadu_ps(x + i + 24), a3);
         }
         for (; i + 8 <= ncols; i += 8)
-            a0 = _mm256_fmadd_ps(ld_bf16x8(w + i), _mm256_loadu_ps(x + i), a0);
+            a0 = _mm256_fmadd_ps(w8(kind, w, i), _mm256_loadu_ps(x + i), a0);
         float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
         for (; i < ncols; i++)
-            s += eng_bf16_to_f32(w[i]) * x[i];
+            s += w1(kind, w, i) * x[i];
         y[r] = s;
     }
+}
+
+AVX2 void eng_mv_f32_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                          const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    (void)xq;
+    mv_float(W_F32, W, rb, ncols, x, y, r0, r1);
+}
+
+AVX2 void eng_mv_f16_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                          const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    (void)xq;
+    mv_float(W_F16, W, rb, ncols, x, y, r0, r1);
+}
+
+AVX2 void eng_mv_bf16_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    (void)xq;
+    mv_float(W_BF16, W, rb, ncols, x, y, r0, r1);
 }
 
 /* ---- integer kernels over Q8 activations ---- */
