@@ -73,9 +73,8 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     }
     if (st == KVS_OK)
         st = db_prepare(s->db,
-                        "INSERT INTO access_tokens (token_sha256, purchase_id, blob_id, expires, downloads_left, "
-                        "bytes_left) VALUES (:hash, :pid, :blob, :expires, :n, "
-                        ":n * (SELECT size FROM blobs WHERE id = :blob))",
+                        "INSERT INTO access_tokens (token_sha256, purchase_id, blob_id, expires, bytes_left) "
+                        "VALUES (:hash, :pid, :blob, :expires, :n * (SELECT size FROM blobs WHERE id = :blob))",
                         &q, err, errlen);
     if (st == KVS_OK) {
         db_bind_hex(&q, ":hash", h, sizeof h);
@@ -160,14 +159,12 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
     }
     if (st == KVS_OK && bytes)
         st = db_prepare(s->db,
-                        "UPDATE access_tokens SET bytes_left = bytes_left - :n, "
-                        "downloads_left = (bytes_left - :n) / max(:size, 1) "
+                        "UPDATE access_tokens SET bytes_left = bytes_left - :n "
                         "WHERE token_sha256 = :hash AND bytes_left >= :n",
                         &q, err, errlen);
     if (st == KVS_OK && bytes) {
         db_bind_hex(&q, ":hash", h, sizeof h);
         db_bind_int64(&q, ":n", (int64_t)bytes);
-        db_bind_int64(&q, ":size", size);
         st = db_run(&q, err, errlen);
         if (st == KVS_OK && sqlite3_changes(s->db) != 1) {
             kvs_set_err(err, errlen, "access token changed during the download check");
@@ -196,9 +193,7 @@ kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LE
         return st;
     db_stmt q;
     st = db_prepare(s->db,
-                    "UPDATE access_tokens SET bytes_left = bytes_left + :n, "
-                    "downloads_left = (bytes_left + :n) / max((SELECT size FROM blobs WHERE id = blob_id), 1) "
-                    "WHERE token_sha256 = :hash",
+                    "UPDATE access_tokens SET bytes_left = bytes_left + :n WHERE token_sha256 = :hash",
                     &q, err, errlen);
     if (st == KVS_OK) {
         db_bind_hex(&q, ":hash", h, sizeof h);

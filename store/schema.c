@@ -79,11 +79,12 @@ static const char *const migrations[] = {
     ");\n"
     "CREATE INDEX download_log_by_blob ON download_log(blob_id);\n",
     /* 2: the download budget in bytes (downloads x blob size), so that ranged requests spend
-     * what they deliver and an exhausted token cannot re-read the blob piece by piece;
-     * downloads_left now mirrors bytes_left / size (whole downloads left) */
+     * what they deliver and an exhausted token cannot re-read the blob piece by piece; whole
+     * downloads left are bytes_left / size, so downloads_left goes */
     "ALTER TABLE access_tokens ADD COLUMN bytes_left INTEGER NOT NULL DEFAULT 0 CHECK (bytes_left >= 0);\n"
     "UPDATE access_tokens SET bytes_left = downloads_left *\n"
-    "  COALESCE((SELECT size FROM blobs WHERE blobs.id = access_tokens.blob_id), 0);\n",
+    "  COALESCE((SELECT size FROM blobs WHERE blobs.id = access_tokens.blob_id), 0);\n"
+    "ALTER TABLE access_tokens DROP COLUMN downloads_left;\n",
 };
 
 enum { N_MIGRATIONS = sizeof migrations / sizeof migrations[0] };
