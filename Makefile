@@ -22,6 +22,11 @@ WARN    := -Wall -Wextra -Wshadow -Wvla -Wformat=2 -Wmissing-prototypes \
 CFLAGS  ?= $(OPT) -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread $(WARN) $(CFLAGS) $(SAN) -I. $(PKG_CFLAGS) -MMD -MP
 LDLIBS  := $(PKG_LIBS) -lpthread -lm
+# intel-ipsec-mb (x86-64 only): multi-buffer SHA-256 for the chunk digest; OpenSSL otherwise
+ifneq ($(wildcard /usr/include/intel-ipsec-mb.h),)
+ALL_CFLAGS += -DKVC_IPSEC_MB
+LDLIBS  += -lIPSec_MB
+endif
 
 MODULES := store format crypto engine
 TOOLS   := kvpubd kvfetch kvsynth
@@ -75,8 +80,13 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
 
+# tests/cli/mkblob.c: writes blobs of any shape, codec and seed for the CLI tests and bench-serve
+$(BUILD)/tests/mkblob: $(BUILD)/obj/tests/cli/mkblob.o $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
+
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BINS)
+	@$(MAKE) --no-print-directory all $(TEST_BINS) $(BUILD)/tests/mkblob
 	@BUILD=$(BUILD) scripts/run-tests.sh
 
 check: test
@@ -85,13 +95,13 @@ check: test
 check-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all \
-	  $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS))
+	  $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS)) build-asan/tests/mkblob
 	@BUILD=build-asan KVPUB_ASAN=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 scripts/run-tests.sh
 
 bench: deps
 	@scripts/deps.sh --bench
-	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@$(MAKE) --no-print-directory all $(BENCH_BINS) $(BUILD)/tests/mkblob
 	@BUILD=$(BUILD) scripts/bench.sh
 
 demo: deps

@@ -158,6 +158,7 @@ int main(int argc, char **argv)
         load[0] = -1;
     printf("kvblob bench: %u tokens x %d layers x %d kv_dim, raw f16 KV %.1f MB, %ld cores, load %.2f, "
            "%d threads for wall figures\n", nt, NL, KVD, raw / 1e6, cores, load[0], threads);
+    printf("chunk digest (32 KiB SHA-256 leaves) on: %s\n", kvc_leaf_digest_engine());
     kvc_key *key = kvc_key_generate();
     int32_t *tok = malloc(sizeof(int32_t) * nt);
     for (uint32_t i = 0; i < nt; i++)

@@ -44,6 +44,16 @@ void kvc_sha256_update(kvc_sha256_ctx *c, const void *data, size_t len);
 void kvc_sha256_final(kvc_sha256_ctx *c, uint8_t out[KVC_SHA256_LEN]);
 void kvc_sha256_free(kvc_sha256_ctx *c);
 
+/* The kvblob chunk digest (spec/kvblob.md, "Chunk digest"): SHA-256 over the concatenated
+ * SHA-256s of the 32 KiB leaves of data (the last leaf may be shorter; no data, no leaves).
+ * Leaves are hashed side by side where intel-ipsec-mb is available, else one by one through
+ * OpenSSL; the bytes are the same either way. Thread-safe. */
+enum { KVC_LEAF_LEN = 32768 };
+void kvc_leaf_digest(const void *data, size_t len, uint8_t out[KVC_SHA256_LEN]);
+/* What kvc_leaf_digest runs on, e.g. "intel-ipsec-mb sse (SHA-NI, 2 lanes)" or "openssl"
+ * (KVPUB_LEAF_HASH=openssl in the environment forces the latter). Never NULL. */
+const char *kvc_leaf_digest_engine(void);
+
 /* Lowercase hex of n bytes into out (2n+1 bytes incl. NUL). Returns out. */
 char *kvc_hex(const uint8_t *bytes, size_t n, char *out);
 /* Parses exactly 2n lowercase or uppercase hex digits (NUL-terminated) into out.

@@ -27,7 +27,10 @@ kvb_status kvb_fail(char *err, size_t errlen, kvb_status st, const char *fmt, ..
 
 /* Parses the fixed 32-byte header (magic, version, flags, signature algorithm, limits). */
 kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t errlen);
-/* Writes the 32-byte header. */
+/* The chunk hash the manifest's chunks[i].sha256 holds: SHA-256 of the stored bytes in version
+ * 1, the 32 KiB leaf list of kvc_leaf_digest from version 2 on (spec section 4). */
+void kvb_chunk_digest(uint16_t version, const void *data, size_t len, uint8_t out[KVC_SHA256_LEN]);
+/* Writes the 32-byte header (version KVB_VERSION). */
 void kvb_header_write(uint8_t *p, uint32_t manifest_len, const uint8_t key_id[KVC_KEYID_LEN]);
 
 /* Manifest JSON <-> struct. serialize: canonical (sorted keys, compact), malloc'd, no NUL

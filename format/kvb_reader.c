@@ -146,7 +146,7 @@ static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
     const kvb_manifest *m = r->m;
     const kvb_section *sec = &m->chunks[s->index];
     uint8_t h[KVC_SHA256_LEN];
-    kvc_sha256(s->data, s->in_len, h);
+    kvb_chunk_digest(r->h.version, s->data, s->in_len, h);
     if (memcmp(h, sec->sha256, KVC_SHA256_LEN) != 0) {
         s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_CHUNK_HASH, "chunk %u of %u: sha256 mismatch", s->index,
                          m->n_chunks);

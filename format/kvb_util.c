@@ -183,13 +183,13 @@ kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t e
     h->sig_alg = kvb_le16(p + 12);
     h->manifest_len = kvb_le32(p + 16);
     memcpy(h->key_id, p + 24, KVC_KEYID_LEN);
-    if (h->version != KVB_VERSION)
+    if (h->version < KVB_VERSION_MIN || h->version > KVB_VERSION)
         return kvb_fail(err, errlen, KVB_ERR_VERSION,
-                        "header: unsupported container version %u (this reader knows version %d)",
-                        h->version, KVB_VERSION);
+                        "header: unsupported container version %u (this reader knows versions %d to %d)",
+                        h->version, KVB_VERSION_MIN, KVB_VERSION);
     if (h->flags != 0)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED,
-                        "header: unknown flags 0x%04x (version 1 defines none)", h->flags);
+                        "header: unknown flags 0x%04x (version %u defines none)", h->flags, h->version);
     if (h->sig_alg != KVB_SIG_ED25519)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED,
                         "header: unknown signature algorithm %u (expected 1 = Ed25519)", h->sig_alg);
@@ -203,6 +203,14 @@ kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t e
                         h->manifest_len, KVB_MAX_MANIFEST);
     h->data_offset = kvb_align((uint64_t)KVB_HEADER_LEN + h->manifest_len + KVC_SIG_LEN);
     return KVB_OK;
+}
+
+void kvb_chunk_digest(uint16_t version, const void *data, size_t len, uint8_t out[KVC_SHA256_LEN])
+{
+    if (version == 1)
+        kvc_sha256(data, len, out);
+    else
+        kvc_leaf_digest(data, len, out);
 }
 
 void kvb_header_write(uint8_t *p, uint32_t manifest_len, const uint8_t key_id[KVC_KEYID_LEN])

@@ -100,7 +100,7 @@ static kvb_status encode_chunk(kvb_writer *w, kvb_codec_ctx *cc, const uint16_t 
     s->length = len;
     s->t0 = i * w->m.chunk_tokens;
     s->t1 = s->t0 + n;
-    kvc_sha256(w->enc[i], len, s->sha256);
+    kvb_chunk_digest(KVB_VERSION, w->enc[i], len, s->sha256);
     return KVB_OK;
 }
 

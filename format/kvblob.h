@@ -46,7 +46,8 @@ int kvb_exit_code(kvb_status st);
 enum {
     KVB_HEADER_LEN = 32,
     KVB_ALIGN = 64,                       /* data section and each section start aligned */
-    KVB_VERSION = 1,
+    KVB_VERSION = 2,                      /* written; readers also accept 1 (spec section 2) */
+    KVB_VERSION_MIN = 1,
     KVB_SIG_ED25519 = 1,
     KVB_MAX_MANIFEST = 16 << 20,          /* bytes of manifest JSON */
     KVB_MAX_TOKENS = 1 << 20,

@@ -24,6 +24,9 @@ static const char test_pub_pem[] =
     "-----END PUBLIC KEY-----\n";
 
 enum { V_LAYERS = 2, V_HEAD_KV = 2, V_HEAD_DIM = 8, V_KV_DIM = V_HEAD_KV * V_HEAD_DIM, V_TOKENS = 40, V_CHUNK = 16 };
+/* vec-f16-leaves.kvb: the same generator run for more tokens, so that chunk 0 spans three
+ * 32 KiB leaves of the chunk digest (560 tokens x 128 bytes = 71 680 bytes) */
+enum { V_LONG_TOKENS = 600, V_LONG_CHUNK = 560 };
 
 static uint64_t splitmix64(uint64_t *s)
 {
@@ -36,8 +39,9 @@ static uint64_t splitmix64(uint64_t *s)
 static void usage(FILE *f)
 {
     fputs("usage: kvsynth vectors -o DIR [--created UNIX] [--expires UNIX] [--serial N]\n"
-          "Writes DIR/vec-{f16,f16-zstd,q8,q4}.kvb, DIR/test-key.{key,pub} (TEST-ONLY key) and\n"
-          "DIR/SHA256SUMS from the deterministic data of spec/kvblob.md (\"Test vectors\").\n"
+          "Writes DIR/vec-{f16,f16-zstd,q8,q4}.kvb, DIR/vec-f16-leaves.kvb, DIR/test-key.{key,pub}\n"
+          "(TEST-ONLY key) and DIR/SHA256SUMS from the deterministic data of spec/kvblob.md\n"
+          "(\"Test vectors\").\n"
           "Defaults: --created 1700000000 --expires 0 (never) --serial 1.\n", f);
 }
 
@@ -69,6 +73,23 @@ static int parse_i64(const char *s, int64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* The data of spec/kvblob.md "Test vectors" for nt tokens: exactly representable f16 values,
+ * K and V of layer l at k + l * nt * V_KV_DIM and v + ..., and the token ids. */
+static void vector_data(int nt, uint16_t *k, uint16_t *v, int32_t *tokens)
+{
+    uint64_t s = 0x6b76707562ull; /* "kvpub" */
+    for (int l = 0; l < V_LAYERS; l++)
+        for (int w = 0; w < 2; w++)
+            for (int t = 0; t < nt; t++)
+                for (int c = 0; c < V_KV_DIM; c++) {
+                    int r = (int)(splitmix64(&s) >> 53) - 1024;        /* -1024..1023 */
+                    float x = (float)r / (float)(1 << (11 - c % 4));  /* exact in f16 */
+                    (w ? v : k)[((size_t)l * nt + t) * V_KV_DIM + c] = kvb_f32_to_f16(x);
+                }
+    for (int i = 0; i < nt; i++)
+        tokens[i] = (i * 7919 + 13) % 32000;
 }
 
 int kvsynth_vectors_main(int argc, char **argv)
@@ -113,25 +134,6 @@ int kvsynth_vectors_main(int argc, char **argv)
         return 2;
     }
 
-    /* the data of spec/kvblob.md "Test vectors": exactly representable f16 values */
-    static uint16_t k[V_LAYERS][V_TOKENS * V_KV_DIM], v[V_LAYERS][V_TOKENS * V_KV_DIM];
-    int32_t tokens[V_TOKENS];
-    uint64_t s = 0x6b76707562ull; /* "kvpub" */
-    for (int l = 0; l < V_LAYERS; l++)
-        for (int w = 0; w < 2; w++)
-            for (int t = 0; t < V_TOKENS; t++)
-                for (int c = 0; c < V_KV_DIM; c++) {
-                    int r = (int)(splitmix64(&s) >> 53) - 1024;        /* -1024..1023 */
-                    float x = (float)r / (float)(1 << (11 - c % 4));  /* exact in f16 */
-                    (w ? v : k)[l][t * V_KV_DIM + c] = kvb_f32_to_f16(x);
-                }
-    for (int i = 0; i < V_TOKENS; i++)
-        tokens[i] = (i * 7919 + 13) % 32000;
-    const uint16_t *kp[V_LAYERS], *vp[V_LAYERS];
-    for (int l = 0; l < V_LAYERS; l++) {
-        kp[l] = k[l];
-        vp[l] = v[l];
-    }
     kvb_manifest m;
     memset(&m, 0, sizeof m);
     for (int i = 0; i < 32; i++) {
@@ -160,18 +162,28 @@ int kvsynth_vectors_main(int argc, char **argv)
     m.yarn_beta_fast = 32.0;
     m.yarn_beta_slow = 1.0;
     m.pos0 = 1;
-    m.n_tokens = V_TOKENS;
-    m.chunk_tokens = V_CHUNK;
     m.created = created;
     m.expires = expires;
     m.serial = (uint64_t)serial;
 
+    /* one blob per codec, then the f16 blob whose first chunk spans several leaves */
+    static uint16_t k[V_LAYERS * V_LONG_TOKENS * V_KV_DIM], v[V_LAYERS * V_LONG_TOKENS * V_KV_DIM];
+    static int32_t tokens[V_LONG_TOKENS];
     char sums[2048] = "";
     int rc = 0;
-    for (int c = 0; c < KVB_CODEC_COUNT && rc == 0; c++) {
-        m.codec = (kvb_codec)c;
+    for (int c = 0; c <= KVB_CODEC_COUNT && rc == 0; c++) {
+        int leaves = c == KVB_CODEC_COUNT;
+        m.codec = leaves ? KVB_CODEC_F16 : (kvb_codec)c;
+        m.n_tokens = leaves ? V_LONG_TOKENS : V_TOKENS;
+        m.chunk_tokens = leaves ? V_LONG_CHUNK : V_CHUNK;
+        vector_data((int)m.n_tokens, k, v, tokens);
+        const uint16_t *kp[V_LAYERS], *vp[V_LAYERS];
+        for (int l = 0; l < V_LAYERS; l++) {
+            kp[l] = k + (size_t)l * m.n_tokens * V_KV_DIM;
+            vp[l] = v + (size_t)l * m.n_tokens * V_KV_DIM;
+        }
         char name[64];
-        snprintf(name, sizeof name, "vec-%s.kvb", kvb_codec_name(m.codec));
+        snprintf(name, sizeof name, leaves ? "vec-f16-leaves.kvb" : "vec-%s.kvb", kvb_codec_name(m.codec));
         snprintf(path, sizeof path, "%s/%s", dir, name);
         uint8_t *blob = NULL;
         size_t len = 0;

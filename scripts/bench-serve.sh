@@ -26,12 +26,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "bench-serve: nginx not installed (nginx-light)"; exit 0; }
 
 # the blob: 1024 tokens x 28 layers x 2 x 1024 f16 (Qwen3-0.6B-shaped KV, raw f16) = 117 MB
-MK="$BUILD/tests/mkblob"
-if [ ! -x "$MK" ] || [ tests/cli/mkblob.c -nt "$MK" ]; then
-  # shellcheck disable=SC2046
-  cc -std=c11 -D_GNU_SOURCE -O2 -I. -o "$MK" tests/cli/mkblob.c "$BUILD/libformat.a" "$BUILD/libcrypto.a" \
-    $(pkg-config --libs libzstd libcrypto jansson) -lpthread -lm
-fi
+MK="$BUILD/tests/mkblob"  # built by make bench
+[ -x "$MK" ] || make --no-print-directory "BUILD=$BUILD" "$MK" >&2
 [ -f "$data/bench.key" ] || "$BUILD/kvpubd" keygen -o "$data/bench" >/dev/null
 blob="$data/serve-117MB.kvb"
 [ -s "$blob" ] || "$MK" --key "$data/bench.key" -o "$blob" --tokens 1024 --layers 28 --kv-dim 1024 --codec f16 \

@@ -21,6 +21,8 @@ qwen3_model() {  # type -> path of a Qwen3-0.6B-shaped kvsynth model, made once
 if want kvblob && [ -x "$BUILD/bench/bench_kvblob" ]; then
   section "blob codecs (Qwen3-0.6B-shaped KV, 4096 tokens)"
   "$BUILD/bench/bench_kvblob" --tokens 4096
+  echo "the default codec again, its chunk digest forced onto OpenSSL (one leaf at a time):"
+  KVPUB_LEAF_HASH=openssl "$BUILD/bench/bench_kvblob" --tokens 4096 --codec f16-zstd | tail -1
 fi
 if want quant && [ -x "$BUILD/bench/bench_quant" ]; then
   section "matvec kernels"

@@ -6,6 +6,10 @@ pkgs="build-essential pkg-config clang libclang-rt-14-dev
  libssl-dev openssl libcurl4-openssl-dev curl libsqlite3-dev sqlite3 libzstd-dev
  libmicrohttpd-dev libgnutls28-dev libjansson-dev libcmocka-dev
  jq nginx-light gnuplot-nox"
+# multi-buffer SHA-256 for the blob chunk digests (x86-64 only; OpenSSL does it elsewhere)
+if [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ]; then
+  pkgs="$pkgs libipsec-mb-dev"
+fi
 if [ "${1:-}" = "--bench" ]; then
   pkgs="$pkgs wrk hyperfine"
 fi

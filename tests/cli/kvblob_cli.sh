@@ -64,7 +64,7 @@ cp "$f" "$tmp/magic.kvb"; flip "$tmp/magic.kvb" 1
 check magic_flip 3 err "not a kvblob: bad magic" -- "$KVFETCH" verify "$tmp/magic.kvb" --trust "$tmp/trust"
 check magic_inspect 3 err "not a kvblob" -- "$KVFETCH" inspect "$tmp/magic.kvb"
 cp "$f" "$tmp/ver.kvb"; flip "$tmp/ver.kvb" 9
-check version 3 err "unsupported container version 257" -- "$KVFETCH" verify "$tmp/ver.kvb" --trust "$tmp/trust"
+check version 3 err "unsupported container version 258" -- "$KVFETCH" verify "$tmp/ver.kvb" --trust "$tmp/trust"
 head -c 3000 "$f" >"$tmp/trunc.kvb"
 check truncated 3 err "truncated: input ends at byte 3000 inside chunk 0 of 3; the blob is 6720 bytes" \
   -- "$KVFETCH" verify "$tmp/trunc.kvb" --trust "$tmp/trust"

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,95 @@ static void test_sha256_million_a_streamed(void **state)
     assert_hex_eq(d, sizeof d, sha_vectors[0].digest);
     kvc_sha256_free(c);
     kvc_sha256_free(NULL);
+}
+
+/* The chunk digest of spec/kvblob.md composed again from one-shot SHA-256s. */
+static void leaf_reference(const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
+{
+    size_t n = (len + KVC_LEAF_LEN - 1) / KVC_LEAF_LEN;
+    uint8_t *cat = malloc(n * KVC_SHA256_LEN + 1);
+    assert_non_null(cat);
+    for (size_t i = 0; i < n; i++) {
+        size_t at = i * KVC_LEAF_LEN;
+        kvc_sha256(p + at, len - at < KVC_LEAF_LEN ? len - at : KVC_LEAF_LEN, cat + i * KVC_SHA256_LEN);
+    }
+    kvc_sha256(cat, n * KVC_SHA256_LEN, out);
+    free(cat);
+}
+
+enum { LEAF_BUF = 40 * KVC_LEAF_LEN + 1000 };
+
+typedef struct leaf_job {
+    const uint8_t *buf;
+    int seed, bad;
+} leaf_job;
+
+static void *leaf_thread(void *arg)
+{
+    leaf_job *j = arg;
+    for (int i = 0; i < 12; i++) {
+        size_t len = (size_t)(j->seed * 7919 + i * 104729) % (LEAF_BUF - 1) + 1;
+        uint8_t a[KVC_SHA256_LEN], b[KVC_SHA256_LEN];
+        kvc_leaf_digest(j->buf + j->seed, len - (size_t)j->seed % len, a);
+        leaf_reference(j->buf + j->seed, len - (size_t)j->seed % len, b);
+        j->bad += memcmp(a, b, sizeof a) != 0;
+    }
+    return NULL;
+}
+
+static void test_leaf_digest(void **state)
+{
+    (void)state;
+    uint8_t d[KVC_SHA256_LEN], r[KVC_SHA256_LEN];
+    assert_non_null(kvc_leaf_digest_engine());
+    /* known answers (computed with `openssl dgst` and Python's hashlib): one leaf is
+     * SHA-256(SHA-256(m)); no data hashes no leaves; one million 'a' are 30 full leaves and
+     * one of 16 960 bytes */
+    kvc_leaf_digest("abc", 3, d);
+    assert_hex_eq(d, sizeof d, "4f8b42c22dd3729b519ba6f68d2da7cc5b2d606d05daed5ad5128cc03e6c6358");
+    kvc_leaf_digest("", 0, d);
+    assert_hex_eq(d, sizeof d, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    uint8_t *a = malloc(1000000);
+    assert_non_null(a);
+    memset(a, 'a', 1000000);
+    kvc_leaf_digest(a, 1000000, d);
+    assert_hex_eq(d, sizeof d, "e38bc18652af83b8114b4c4c339984439aac9e0c099ac62f3a99e974bae57702");
+    free(a);
+
+    /* every boundary: leaf, batch of leaves (32 in crypto/leafhash.c), unaligned starts */
+    uint8_t *buf = malloc(LEAF_BUF);
+    assert_non_null(buf);
+    for (size_t i = 0; i < LEAF_BUF; i++)
+        buf[i] = (uint8_t)(i * 2654435761u >> 13);
+    static const size_t lens[] = {1, 63, 64, 65, KVC_LEAF_LEN - 1, KVC_LEAF_LEN, KVC_LEAF_LEN + 1,
+                                  2 * KVC_LEAF_LEN, 3 * KVC_LEAF_LEN - 7, 32 * KVC_LEAF_LEN,
+                                  32 * KVC_LEAF_LEN + 1, 33 * KVC_LEAF_LEN, 39 * KVC_LEAF_LEN + 999};
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
+        for (size_t off = 0; off < 3; off++) {
+            kvc_leaf_digest(buf + off, lens[i], d);
+            leaf_reference(buf + off, lens[i], r);
+            if (memcmp(d, r, sizeof d) != 0)
+                fail_msg("leaf digest of %zu bytes at offset %zu differs from the reference", lens[i], off);
+        }
+    /* one changed byte in the last leaf changes the digest */
+    kvc_leaf_digest(buf, 3 * KVC_LEAF_LEN, d);
+    buf[3 * KVC_LEAF_LEN - 1] ^= 1;
+    kvc_leaf_digest(buf, 3 * KVC_LEAF_LEN, r);
+    buf[3 * KVC_LEAF_LEN - 1] ^= 1;
+    assert_memory_not_equal(d, r, sizeof d);
+
+    /* several threads at once share the engine's contexts safely */
+    pthread_t th[4];
+    leaf_job jobs[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (leaf_job){buf, t + 1, 0};
+        assert_int_equal(pthread_create(&th[t], NULL, leaf_thread, &jobs[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(jobs[t].bad, 0);
+    }
+    free(buf);
 }
 
 static void test_hex(void **state)
@@ -535,6 +625,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_sha256_million_a_streamed),
+        cmocka_unit_test(test_leaf_digest),
         cmocka_unit_test(test_hex),
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_ed25519_rfc8032),

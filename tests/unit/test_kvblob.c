@@ -423,7 +423,8 @@ static void test_tamper_bits(void **s)
     char err[256];
     assert_int_equal(kvb_peek(blob, len, NULL, NULL, &m, err, sizeof err), KVB_OK);
     flip(blob, len, 0, 0x01, KVB_ERR_MAGIC, "bad magic");
-    flip(blob, len, 8, 0x02, KVB_ERR_VERSION, "unsupported container version 3");
+    flip(blob, len, 8, 0x04, KVB_ERR_VERSION, "unsupported container version 6");
+    flip(blob, len, 8, 0x02, KVB_ERR_VERSION, "unsupported container version 0");
     flip(blob, len, 11, 0x80, KVB_ERR_UNSUPPORTED, "unknown flags 0x8000");
     flip(blob, len, 12, 0x02, KVB_ERR_UNSUPPORTED, "signature algorithm 3");
     flip(blob, len, 14, 0x01, KVB_ERR_MALFORMED, "reserved");
@@ -627,15 +628,25 @@ static void test_resigned_manifests(void **s)
         expect(b, n, &o, cases[i].want, cases[i].substr);
         free(b);
     }
-    /* header version 2, correctly signed: still refused before the manifest is looked at */
-    uint8_t *b = malloc(len);
-    memcpy(b, blob, len);
-    b[8] = 2;
-    uint32_t ml = (uint32_t)b[16] | (uint32_t)b[17] << 8 | (uint32_t)b[18] << 16;
-    assert_int_equal(kvc_sign(g_key, b, 32 + ml, b + 32 + ml), KVC_OK);
-    kvb_read_opts o = key_opts(1);
-    expect(b, len, &o, KVB_ERR_VERSION, "unsupported container version 2");
-    free(b);
+    /* header version 3, correctly signed: still refused before the manifest is looked at;
+     * version 1, correctly signed: chunks are then hashed whole, which the leaf-list digests
+     * in this version 2 manifest do not match */
+    static const struct {
+        uint8_t version;
+        kvb_status want;
+        const char *substr;
+    } vs[] = {{3, KVB_ERR_VERSION, "unsupported container version 3"},
+              {1, KVB_ERR_CHUNK_HASH, "chunk 0 of 4: sha256 mismatch"}};
+    for (size_t i = 0; i < sizeof vs / sizeof *vs; i++) {
+        uint8_t *b = malloc(len);
+        memcpy(b, blob, len);
+        b[8] = vs[i].version;
+        uint32_t ml = (uint32_t)b[16] | (uint32_t)b[17] << 8 | (uint32_t)b[18] << 16;
+        assert_int_equal(kvc_sign(g_key, b, 32 + ml, b + 32 + ml), KVC_OK);
+        kvb_read_opts o = key_opts(1);
+        expect(b, len, &o, vs[i].want, vs[i].substr);
+        free(b);
+    }
     free(blob);
 }
 

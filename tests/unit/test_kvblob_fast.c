@@ -369,7 +369,7 @@ static void test_zero_copy_reading(void **st)
 }
 
 /* A hash-valid, correctly signed f16-zstd chunk whose zstd frame is broken does not decode:
- * change a stored byte, put the new SHA-256 in the manifest (same length) and sign again. */
+ * change a stored byte, put the new chunk digest in the manifest (same length) and sign again. */
 static void test_signed_chunk_that_does_not_decode(void **st)
 {
     (void)st;
@@ -387,7 +387,7 @@ static void test_signed_chunk_that_does_not_decode(void **st)
     kvc_hex(c1->sha256, 32, oldhex);
     chunk[0] ^= 0xff; /* zstd magic: no frame */
     uint8_t sha[32];
-    kvc_sha256(chunk, c1->length, sha);
+    kvc_leaf_digest(chunk, c1->length, sha);
     kvc_hex(sha, 32, newhex);
     char *json = (char *)blob + KVB_HEADER_LEN;
     char *at = memmem(json, h.manifest_len, oldhex, 64);

@@ -16,25 +16,29 @@
 
 #include "format/kvblob.h"
 
-enum { L = 2, KVD = 16, T = 40, CT = 16 };
+enum { L = 2, KVD = 16, TMAX = 600 };
 
 static const struct {
     const char *name;
     kvb_codec codec;
     const char *sha256;
     int qmax; /* 0 = lossless */
+    int version, t, ct, chunks;
 } vecs[] = {
-    {"vec-f16.kvb", KVB_CODEC_F16, "cd57c414596169c6afbdd61b9f8f1b9e64526808a5d697d9e798dd74790064bd", 0},
-    {"vec-f16-zstd.kvb", KVB_CODEC_F16_ZSTD, "f4f0b0ec5a1c5189a61116c756711c5f528fcc12faa5887250b8fa801c54fd6b", 0},
-    {"vec-q8.kvb", KVB_CODEC_Q8, "bacae264c6514a4e09e3be236dfe0c341602225f262613403493449604c9d6f2", 127},
-    {"vec-q4.kvb", KVB_CODEC_Q4, "2de99b4442b975c091d1b653d4919645d2171ab7504c87f20a74a01a4f8a5e92", 7},
+    {"vec-f16.kvb", KVB_CODEC_F16, "685f327e8511b0a6f8bcc343f5359e708df8221b6cbbecb0a290abe292ecab46", 0, 2, 40, 16, 3},
+    {"vec-f16-zstd.kvb", KVB_CODEC_F16_ZSTD, "cd7d7bf954b2e1f113c1b981ce266f286436ed2c10a70a90490cfd206cd2830d", 0, 2, 40, 16, 3},
+    {"vec-q8.kvb", KVB_CODEC_Q8, "8f8ede6fcbd59e7faf75d867f95e04a6ff86a64bdd1947996895efc564f15d29", 127, 2, 40, 16, 3},
+    {"vec-q4.kvb", KVB_CODEC_Q4, "a71627e5ff3188a1ef3fffd236791d1f6350edb189934d9a47129ae4727130cf", 7, 2, 40, 16, 3},
+    {"vec-f16-leaves.kvb", KVB_CODEC_F16, "3d45e51bb9a89379cbbacbc85fba6ff4813e0024fa6ff8d84621904fe9c5a406", 0, 2, 600, 560, 2},
+    /* written by the version 1 writer (whole-chunk SHA-256): readers still accept it */
+    {"v1-f16-zstd.kvb", KVB_CODEC_F16_ZSTD, "f4f0b0ec5a1c5189a61116c756711c5f528fcc12faa5887250b8fa801c54fd6b", 0, 1, 40, 16, 3},
 };
 
-static double expect_k[L][T * KVD], expect_v[L][T * KVD];
-static uint16_t got_k[L][T * KVD], got_v[L][T * KVD];
+static double expect_k[L][TMAX * KVD], expect_v[L][TMAX * KVD];
+static uint16_t got_k[L][TMAX * KVD], got_v[L][TMAX * KVD];
 
-/* spec/kvblob.md "Test vectors", written again from the spec text */
-static void generate(void)
+/* spec/kvblob.md "Test vectors", written again from the spec text, for T tokens */
+static void generate(int T)
 {
     uint64_t s = 0x6b76707562ull;
     for (int l = 0; l < L; l++)
@@ -49,6 +53,22 @@ static void generate(void)
                     double x = ldexp((double)((int)(z >> 53) - 1024), -(11 - c % 4));
                     (w ? expect_v : expect_k)[l][t * KVD + c] = x;
                 }
+}
+
+/* spec/kvblob.md section 4, "Chunk digest", written again from the spec text: version 1
+ * hashes the stored bytes; version 2 hashes the SHA-256s of their 32 KiB leaves, concatenated. */
+static void spec_digest(int version, const uint8_t *p, size_t len, uint8_t out[32])
+{
+    if (version == 1) {
+        kvc_sha256(p, len, out);
+        return;
+    }
+    size_t n = (len + 32767) / 32768;
+    uint8_t *cat = malloc(n * 32 + 1);
+    for (size_t i = 0; i < n; i++)
+        kvc_sha256(p + i * 32768, len - i * 32768 < 32768 ? len - i * 32768 : 32768, cat + i * 32);
+    kvc_sha256(cat, n * 32, out);
+    free(cat);
 }
 
 /* spec/kvblob.md section 6, written again from the spec text: decodes chunk `stored` (len
@@ -112,7 +132,6 @@ static kvb_status collect(void *user, const kvb_chunk *c, char *err, size_t errl
 static void test_vectors(void **state)
 {
     (void)state;
-    generate();
     const char *root = getenv("KVPUB_ROOT");
     char path[1024], err[256];
     snprintf(path, sizeof path, "%s/spec/vectors/test-key.pub", root ? root : ".");
@@ -125,12 +144,14 @@ static void test_vectors(void **state)
     for (size_t v = 0; v < sizeof vecs / sizeof *vecs; v++) {
         size_t len;
         uint8_t *b = slurp(vecs[v].name, &len);
+        const int T = vecs[v].t, CT = vecs[v].ct;
+        generate(T);
         uint8_t h[32];
         kvc_sha256(b, len, h);
         if (strcmp(kvc_hex(h, 32, hex), vecs[v].sha256) != 0)
             fail_msg("%s: sha256 %s, spec/vectors says %s", vecs[v].name, hex, vecs[v].sha256);
-        /* magic, version 1, flags 0, Ed25519, reserved, manifest length (any), reserved, key id */
-        static const uint8_t hdr0[16] = {0x89, 'K', 'V', 'B', 'L', 'O', 'B', '\n', 1, 0, 0, 0, 1, 0, 0, 0};
+        /* magic, version, flags 0, Ed25519, reserved, manifest length (any), reserved, key id */
+        uint8_t hdr0[16] = {0x89, 'K', 'V', 'B', 'L', 'O', 'B', '\n', (uint8_t)vecs[v].version, 0, 0, 0, 1, 0, 0, 0};
         static const uint8_t hdr1[12] = {0, 0, 0, 0, 0xe5, 0x33, 0x73, 0x31, 0xb8, 0x7e, 0x37, 0x72};
         assert_memory_equal(b, hdr0, 16);
         assert_memory_equal(b + 20, hdr1, 12);
@@ -151,7 +172,7 @@ static void test_vectors(void **state)
         assert_string_equal(m->model_arch, "synthetic");
         assert_int_equal(m->n_tokens, T);
         assert_int_equal(m->chunk_tokens, CT);
-        assert_int_equal(m->n_chunks, 3);
+        assert_int_equal(m->n_chunks, vecs[v].chunks);
         assert_int_equal(m->created, 1700000000);
         assert_int_equal(m->expires, 0);
         assert_int_equal(m->serial, 1);
@@ -183,10 +204,16 @@ static void test_vectors(void **state)
                 assert_true(fabs(gk - expect_k[l][i]) <= sk / 2 + ldexp(fabs(gk), -11) + ldexp(1, -25));
                 assert_true(fabs(gv - expect_v[l][i]) <= sv / 2 + ldexp(fabs(gv), -11) + ldexp(1, -25));
             }
+        /* data offset = align64(32 + manifest_len + 64); chunk offsets from the manifest */
+        uint32_t ml = (uint32_t)b[16] | (uint32_t)b[17] << 8 | (uint32_t)b[18] << 16 | (uint32_t)b[19] << 24;
+        size_t data = (32 + ml + 64 + 63) & ~(size_t)63;
+        for (uint32_t c = 0; c < m->n_chunks; c++) {
+            const kvb_section *sec = &m->chunks[c];
+            assert_true(data + sec->offset + sec->length <= len);
+            spec_digest(vecs[v].version, b + data + sec->offset, sec->length, h);
+            assert_memory_equal(h, sec->sha256, 32);
+        }
         if (vecs[v].codec == KVB_CODEC_F16 || vecs[v].codec == KVB_CODEC_F16_ZSTD) {
-            /* data offset = align64(32 + manifest_len + 64); chunk offsets from the manifest */
-            uint32_t ml = (uint32_t)b[16] | (uint32_t)b[17] << 8 | (uint32_t)b[18] << 16 | (uint32_t)b[19] << 24;
-            size_t data = (32 + ml + 64 + 63) & ~(size_t)63;
             for (uint32_t c = 0; c < m->n_chunks; c++) {
                 const kvb_section *sec = &m->chunks[c];
                 size_t n = sec->t1 - sec->t0, nv = (size_t)L * 2 * n * KVD;
