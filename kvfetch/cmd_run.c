@@ -449,6 +449,7 @@ static void stats_json(json_t *o, const session *s, const loaded_times *lt)
         json_object_set_new(b, "load_s", json_real(l->total_s));
         json_object_set_new(b, "load_cpu_s", json_real(l->cpu_s));
         json_object_set_new(b, "decode_threads", json_integer(l->n_threads));
+        json_object_set_new(b, "chunk_digest", json_string(kvc_leaf_digest_engine()));
         json_array_append_new(blobs, b);
     }
     json_object_set_new(o, "blobs", blobs);

@@ -101,7 +101,12 @@ for n in $TOKENS; do
     bytes=$(size_doc "$n")
     head -c "$bytes" "$corpus" >"$keep/docs/doc$n.txt"
   fi
-  [ -s "$keep/id$n" ] && [ -z "${REPUBLISH:-}" ] || publish "$n"
+  # kept blobs are reused unless REPUBLISH is set or an older writer made them (container
+  # version 1 hashed chunks whole)
+  ver=""
+  [ -s "$keep/id$n" ] && ver=$("$BUILD/kvfetch" inspect "$KVPUB_CACHE_DIR/$(cat "$keep/id$n")" --json 2>/dev/null \
+    | sed -n 's/^  "version": \([0-9]*\).*/\1/p')
+  [ "$ver" = 2 ] && [ -z "${REPUBLISH:-}" ] || publish "$n"
   blob="$KVPUB_CACHE_DIR/$(cat "$keep/id$n")"
   prompt=(--prompt " Summary:")
   rc=0
@@ -144,6 +149,7 @@ for n in $TOKENS; do
                (cpu1 - v1) * 1e3, bos * 1e3, sf * 1e3, raw / 1e6, raw / load / 1e9, raw / cpu1 / 1e9 }' >>"$out"
   grep -q '"bit_identical": true' "$f" || echo "warning: loaded path not bit-identical for $n tokens" >&2
 done
+printf '# chunk digests on: %s\n' "$(sed -n 's/^ *"chunk_digest": "\(.*\)",\{0,1\}$/\1/p' "$work"/one*.json | head -1)" >>"$out"
 printf '# load average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$out"
 cat "$out"
 if command -v gnuplot >/dev/null; then
