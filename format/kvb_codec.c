@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <zstd.h>
 
@@ -82,7 +83,8 @@ void kvb_codec_ctx_free(kvb_codec_ctx *c)
         return;
     ZSTD_freeCCtx(c->cctx);
     ZSTD_freeDCtx(c->dctx);
-    free(c->scratch);
+    if (c->scratch)
+        munmap(c->scratch, c->scratch_cap);
     free(c->fscale);
     free(c);
 }
@@ -90,8 +92,10 @@ void kvb_codec_ctx_free(kvb_codec_ctx *c)
 static uint8_t *scratch(kvb_codec_ctx *c, size_t n)
 {
     if (c->scratch_cap < n) {
-        free(c->scratch);
-        c->scratch = malloc(n);
+        if (c->scratch)
+            munmap(c->scratch, c->scratch_cap);
+        void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        c->scratch = p == MAP_FAILED ? NULL : p;
         c->scratch_cap = c->scratch ? n : 0;
     }
     return c->scratch;
