@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -224,6 +225,35 @@ static void test_leaf_digest(void **state)
         assert_int_equal(jobs[t].bad, 0);
     }
     free(buf);
+}
+
+/* Leaves hashed side by side must not read a byte outside the message: each message here
+ * starts right after and ends right before an inaccessible page (a blob mapped from a file
+ * ends where its last chunk ends), so an over- or under-read would crash the test. */
+static void test_leaf_digest_bounds(void **state)
+{
+    (void)state;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), span = 8 * KVC_LEAF_LEN;
+    uint8_t *m = mmap(NULL, span + 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(m != MAP_FAILED);
+    assert_int_equal(mprotect(m, page, PROT_NONE), 0);
+    assert_int_equal(mprotect(m + page + span, page, PROT_NONE), 0);
+    uint8_t *body = m + page;
+    for (size_t i = 0; i < span; i++)
+        body[i] = (uint8_t)(i * 40503u >> 7);
+    static const size_t lens[] = {2 * KVC_LEAF_LEN, 2 * KVC_LEAF_LEN + 1, 3 * KVC_LEAF_LEN - 1,
+                                  3 * KVC_LEAF_LEN + 55, 3 * KVC_LEAF_LEN + 56, 3 * KVC_LEAF_LEN + 64,
+                                  5 * KVC_LEAF_LEN + 4095, 8 * KVC_LEAF_LEN};
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++) {
+        uint8_t d[KVC_SHA256_LEN], r[KVC_SHA256_LEN];
+        kvc_leaf_digest(body + span - lens[i], lens[i], d); /* ends at the guard page */
+        leaf_reference(body + span - lens[i], lens[i], r);
+        assert_memory_equal(d, r, sizeof d);
+        kvc_leaf_digest(body, lens[i], d); /* starts at the guard page */
+        leaf_reference(body, lens[i], r);
+        assert_memory_equal(d, r, sizeof d);
+    }
+    munmap(m, span + 2 * page);
 }
 
 static void test_hex(void **state)
@@ -626,6 +656,7 @@ int main(void)
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_sha256_million_a_streamed),
         cmocka_unit_test(test_leaf_digest),
+        cmocka_unit_test(test_leaf_digest_bounds),
         cmocka_unit_test(test_hex),
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_ed25519_rfc8032),
