@@ -192,7 +192,7 @@ int main(int argc, char **argv)
         uint8_t *blob = NULL, *blob_n = NULL;
         size_t len = 0, len_n = 0;
         char err[256];
-        kvb_write_opts wo = {level, 1};
+        kvb_write_opts wo = {level, 1, NULL};
         double c0 = cpu_s();
         kvb_status st = kvb_write(&m, tok, kp, vp, &wo, key, NULL, &blob, &len, err, sizeof err);
         double enc1 = cpu_s() - c0;

@@ -1,5 +1,6 @@
-/* kvb_writer.c: builds a blob: encodes chunks as they are added (kept in memory, because the
- * signed manifest that precedes them lists their hashes), then signs and emits it. Chunks are
+/* kvb_writer.c: builds a blob: encodes chunks as they are added (kept in memory, or in a spill
+ * file, because the signed manifest that precedes them lists their hashes), then signs and
+ * emits it. Chunks are
  * encoded and hashed on a small pthread pool; each chunk's bytes depend only on its values and
  * the zstd level, and offsets are assigned in chunk order afterwards, so the blob is the same
  * whatever the thread count. */
@@ -27,7 +28,11 @@ struct kvb_writer {
     char *strs[4];
     uint8_t *tok;          /* n_tokens LE int32 */
     kvb_section *secs;     /* n_chunks */
-    uint8_t **enc;         /* encoded chunk bytes */
+    uint8_t **enc;         /* encoded chunk bytes (NULL once spilled) */
+    int spill_fd;          /* -1: chunks stay in enc[] */
+    uint64_t spill_end;    /* bytes reserved in the spill file (atomic) */
+    uint64_t *spill_off;   /* n_chunks: where chunk i lies in it */
+    const char *spill_dir;
     uint32_t added;        /* chunks added so far */
     int settled;           /* offsets assigned (all chunks encoded) */
     int zstd_level;
@@ -87,6 +92,59 @@ static void start_pool(kvb_writer *w, int want)
 
 /* Encodes and hashes chunk i from kv; on failure records it if it is the earliest so far
  * (called with w->mu held when pooled: only the recording). */
+/* pwrite(2) of all n bytes at off. Returns 0, or -1 with errno set. */
+static int pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+    while (n > 0) {
+        ssize_t k = pwrite(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+/* Moves encoded chunk i to the spill file (any thread: space is reserved atomically, in
+ * completion order; the offset is remembered). */
+static kvb_status spill(kvb_writer *w, uint32_t i, char *err, size_t errlen)
+{
+    uint64_t len = w->secs[i].length;
+    uint64_t off = __atomic_fetch_add(&w->spill_end, len, __ATOMIC_RELAXED);
+    if (pwrite_all(w->spill_fd, w->enc[i], len, off) != 0)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot spill chunk %u to a temporary file in %s: %s", i,
+                        w->spill_dir, strerror(errno));
+    w->spill_off[i] = off;
+    free(w->enc[i]);
+    w->enc[i] = NULL;
+    return KVB_OK;
+}
+
+/* An unnamed temporary file in dir (O_TMPFILE, else created and unlinked at once). */
+static int spill_open(const char *dir)
+{
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+    size_t n = strlen(dir);
+    char *path = malloc(n + 24);
+    if (!path)
+        return -1;
+    memcpy(path, dir, n);
+    memcpy(path + n, "/.kvb-spill.XXXXXX", 19);
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    free(path);
+    return fd;
+}
+
 static kvb_status encode_chunk(kvb_writer *w, kvb_codec_ctx *cc, const uint16_t *kv, uint32_t i, uint32_t n,
                                char *err, size_t errlen)
 {
@@ -101,7 +159,7 @@ static kvb_status encode_chunk(kvb_writer *w, kvb_codec_ctx *cc, const uint16_t 
     s->t0 = i * w->m.chunk_tokens;
     s->t1 = s->t0 + n;
     kvb_chunk_digest(KVB_VERSION, w->enc[i], len, s->sha256);
-    return KVB_OK;
+    return w->spill_fd >= 0 ? spill(w, i, err, errlen) : KVB_OK;
 }
 
 static void *encode_worker(void *arg)
@@ -217,7 +275,19 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->enc = calloc(w->m.n_chunks, sizeof *w->enc);
     w->zstd_level = opts ? opts->zstd_level : 0;
     w->codec = kvb_codec_ctx_create(w->zstd_level);
-    if (!w->strs[0] || !w->strs[1] || !w->strs[2] || !w->strs[3] || !w->tok || !w->secs || !w->enc || !w->codec) {
+    w->spill_fd = -1;
+    if (opts && opts->spill_dir) {
+        w->spill_dir = opts->spill_dir;
+        w->spill_off = calloc(w->m.n_chunks, sizeof *w->spill_off);
+        if (w->spill_off && (w->spill_fd = spill_open(opts->spill_dir)) < 0) {
+            st = kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot create a temporary file in %s: %s",
+                          opts->spill_dir, strerror(errno));
+            kvb_writer_free(w);
+            return st;
+        }
+    }
+    if (!w->strs[0] || !w->strs[1] || !w->strs[2] || !w->strs[3] || !w->tok || !w->secs || !w->enc || !w->codec ||
+        (w->spill_dir && !w->spill_off)) {
         kvb_writer_free(w);
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
     }
@@ -263,6 +333,9 @@ void kvb_writer_free(kvb_writer *w)
         for (uint32_t i = 0; i < w->m.n_chunks; i++)
             free(w->enc[i]);
     free(w->enc);
+    if (w->spill_fd >= 0)
+        close(w->spill_fd);
+    free(w->spill_off);
     free(w->secs);
     free(w->tok);
     kvb_codec_ctx_free(w->codec);
@@ -405,12 +478,31 @@ static kvb_status emit(kvb_writer *w, const kvc_key *key, char *json, size_t jle
     static const uint8_t zeros[KVB_ALIGN];
     int bad = sink(ctx, pre, data_off) || sink(ctx, w->tok, w->m.tokens.length);
     free(pre);
+    enum { PIECE = 1 << 20 };
+    uint8_t *buf = w->spill_fd >= 0 ? malloc(PIECE) : NULL;
+    if (w->spill_fd >= 0 && !buf)
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
     uint64_t end = w->m.tokens.length;
     for (uint32_t i = 0; i < w->m.n_chunks && !bad; i++) {
         const kvb_section *s = &w->secs[i];
-        bad = sink(ctx, zeros, s->offset - end) || sink(ctx, w->enc[i], s->length);
+        bad = sink(ctx, zeros, s->offset - end);
+        if (w->enc[i]) {
+            bad = bad || sink(ctx, w->enc[i], s->length);
+        } else { /* spilled: read back piece by piece */
+            for (uint64_t at = 0; at < s->length && !bad; at += PIECE) {
+                size_t n = s->length - at < PIECE ? (size_t)(s->length - at) : PIECE;
+                ssize_t got = pread(w->spill_fd, buf, n, (off_t)(w->spill_off[i] + at));
+                if (got != (ssize_t)n) {
+                    free(buf);
+                    return kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot read chunk %u back from the temporary file: %s",
+                                    i, got < 0 ? strerror(errno) : "short read");
+                }
+                bad = sink(ctx, buf, n);
+            }
+        }
         end = s->offset + s->length;
     }
+    free(buf);
     return bad ? kvb_fail(err, errlen, KVB_ERR_IO, "write failed: %s", strerror(errno)) : KVB_OK;
 }
 

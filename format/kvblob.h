@@ -240,12 +240,16 @@ typedef struct kvb_write_opts {
     int zstd_level;  /* 0 = the default (3); the blob's bytes depend on it */
     int n_threads;   /* encode workers; 0 = online cores; 1 = on the caller's thread. The blob's
                         bytes do not depend on it. */
+    const char *spill_dir; /* non-NULL: encoded chunks wait for finish in an unnamed temporary
+                              file in this directory instead of in memory (long documents:
+                              the writer then holds about one chunk per worker). Same bytes. */
 } kvb_write_opts;
 
 typedef struct kvb_writer kvb_writer;
 
 /* Starts a blob. meta: the "in" fields of the manifest (copied). tokens: n_tokens ids (copied).
- * opts may be NULL (defaults). Encoded chunks are kept in memory until finish. With encode
+ * opts may be NULL (defaults). Encoded chunks are kept in memory (or in opts->spill_dir) until
+ * finish. With encode
  * workers, add_chunk copies kv (workers + 1 chunk copies in flight, at most 1 GiB; fewer
  * workers when chunks are large) and returns while the chunk is encoded in the background; an
  * encoding failure other than a refused value is then reported by the next call or by finish. */

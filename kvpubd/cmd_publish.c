@@ -119,6 +119,7 @@ typedef struct pub_opts {
     uint64_t price, expires_in;
     uint32_t chunk_tokens;
     const char *title;
+    const char *spill_dir; /* the store's tmp/: encoded chunks wait there, not in memory */
     int tty;
 } pub_opts;
 
@@ -195,7 +196,8 @@ static int prefill_and_write(eng_model *model, const eng_info *info, const uint8
     uint32_t kv_dim = m.n_head_kv * m.head_dim, ct = po->chunk_tokens;
     size_t per_layer = (size_t)ct * kv_dim; /* f16 values of K (or V) of one layer in a chunk */
     uint16_t *buf = malloc(per_layer * 2 * m.n_layer * sizeof *buf);
-    kvb_status bs = buf ? kvb_writer_create(&m, d->ids, NULL, &w, err, errlen) : KVB_ERR_NOMEM;
+    kvb_write_opts wo = {0, 0, po->spill_dir};
+    kvb_status bs = buf ? kvb_writer_create(&m, d->ids, &wo, &w, err, errlen) : KVB_ERR_NOMEM;
     if (bs != KVB_OK) {
         if (!buf)
             snprintf(err, errlen, "out of memory");
@@ -367,6 +369,9 @@ int kvpubd_publish_main(int argc, char **argv)
         goto done;
     }
     const char *codec = kvb_codec_name(po.codec);
+    char spill[PATH_MAX];
+    if (snprintf(spill, sizeof spill, "%s/tmp", store_dir) < (int)sizeof spill)
+        po.spill_dir = spill;
     for (size_t i = 0; i < nf; i++) {
         doc *d = &docs[i];
         double t0 = now_s();

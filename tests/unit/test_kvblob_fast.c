@@ -9,10 +9,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "format/kvblob.h"
@@ -106,7 +110,7 @@ static uint8_t *write_blob(const data *d, kvb_codec codec, int threads, size_t *
 {
     kvb_manifest m;
     meta(&m, d, codec);
-    kvb_write_opts wo = {0, threads};
+    kvb_write_opts wo = {0, threads, NULL};
     uint8_t *blob = NULL;
     char err[256] = "";
     kvb_status st = kvb_write(&m, d->tok, (const uint16_t *const *)d->k, (const uint16_t *const *)d->v, &wo, g_key,
@@ -116,12 +120,15 @@ static uint8_t *write_blob(const data *d, kvb_codec codec, int threads, size_t *
     return blob;
 }
 
-/* The same blob through create + add_chunk (the publisher's path). */
-static uint8_t *write_by_chunks(const data *d, kvb_codec codec, int threads, size_t *len)
+static char g_spill[64]; /* a temporary directory for spilled chunks */
+
+/* The same blob through create + add_chunk (the publisher's path), chunks spilled to a
+ * temporary file in spill_dir when it is not NULL. */
+static uint8_t *write_by_chunks(const data *d, kvb_codec codec, int threads, const char *spill_dir, size_t *len)
 {
     kvb_manifest m;
     meta(&m, d, codec);
-    kvb_write_opts wo = {0, threads};
+    kvb_write_opts wo = {0, threads, spill_dir};
     kvb_writer *w = NULL;
     char err[256] = "";
     assert_int_equal(kvb_writer_create(&m, d->tok, &wo, &w, err, sizeof err), KVB_OK);
@@ -242,14 +249,77 @@ static void test_writer_threads_same_bytes(void **st)
                 assert_int_equal(ln, l1);
                 assert_memory_equal(bn, b1, l1);
                 free(bn);
-                bn = write_by_chunks(&d, (kvb_codec)c, threads[t], &ln);
-                assert_int_equal(ln, l1);
-                assert_memory_equal(bn, b1, l1);
-                free(bn);
+                for (int sp = 0; sp < 2; sp++) {
+                    bn = write_by_chunks(&d, (kvb_codec)c, threads[t], sp ? g_spill : NULL, &ln);
+                    assert_int_equal(ln, l1);
+                    assert_memory_equal(bn, b1, l1);
+                    free(bn);
+                }
             }
             free(b1);
             unmake(&d);
         }
+}
+
+/* Spilling fails cleanly: a spill directory that cannot hold a file is refused at create, and
+ * a spill file that cannot grow (RLIMIT_FSIZE, in a child process) fails the writer with one
+ * line naming the chunk; the spill directory is left empty either way. */
+static void test_writer_spill_failures(void **st)
+{
+    (void)st;
+    data d;
+    make(&d, &shapes[3], 0);
+    kvb_manifest m;
+    meta(&m, &d, KVB_CODEC_F16);
+    char err[256] = "";
+    kvb_writer *w = NULL;
+    kvb_write_opts wo = {0, 1, "/nonexistent/kvpub-spill"};
+    assert_int_equal(kvb_writer_create(&m, d.tok, &wo, &w, err, sizeof err), KVB_ERR_IO);
+    assert_null(w);
+    assert_non_null(strstr(err, "cannot create a temporary file in /nonexistent/kvpub-spill"));
+    for (int threads = 1; threads <= 3; threads += 2) {
+        int fds[2];
+        assert_int_equal(pipe(fds), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(fds[0]);
+            signal(SIGXFSZ, SIG_IGN);
+            struct rlimit rl = {40000, 40000}; /* chunk 0 is 1 MiB, chunk 1 24 KiB */
+            setrlimit(RLIMIT_FSIZE, &rl);
+            kvb_write_opts so = {0, threads, g_spill};
+            kvb_status s2 = kvb_writer_create(&m, d.tok, &so, &w, err, sizeof err);
+            if (!s2)
+                s2 = kvb_writer_add_layers(w, (const uint16_t *const *)d.k, (const uint16_t *const *)d.v, err, sizeof err);
+            uint8_t *blob = NULL;
+            size_t len = 0;
+            if (!s2)
+                s2 = kvb_writer_finish_mem(w, g_key, &blob, &len, err, sizeof err);
+            kvb_writer_free(w);
+            free(blob);
+            dprintf(fds[1], "%d %s", (int)s2, err);
+            _exit(0);
+        }
+        close(fds[1]);
+        char got[300] = "";
+        ssize_t n = read(fds[0], got, sizeof got - 1);
+        close(fds[0]);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        assert_true(n > 0 && WIFEXITED(status));
+        got[n] = 0;
+        if (atoi(got) != KVB_ERR_IO || !strstr(got, "cannot spill chunk 0 to a temporary file in") ||
+            !strstr(got, "File too large"))
+            fail_msg("%d threads: %s", threads, got);
+    }
+    DIR *dir = opendir(g_spill);
+    assert_non_null(dir);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(dir)) != NULL;)
+        entries += e->d_name[0] != '.';
+    closedir(dir);
+    assert_int_equal(entries, 0);
+    unmake(&d);
 }
 
 static void test_simd_and_scalar_agree(void **st)
@@ -409,13 +479,15 @@ static int setup(void **s)
 {
     (void)s;
     g_key = kvc_key_generate();
-    return g_key ? 0 : -1;
+    snprintf(g_spill, sizeof g_spill, "/tmp/kvb-spill.XXXXXX");
+    return g_key && mkdtemp(g_spill) ? 0 : -1;
 }
 
 static int teardown(void **s)
 {
     (void)s;
     kvc_key_free(g_key);
+    rmdir(g_spill);
     return 0;
 }
 
@@ -423,6 +495,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_writer_threads_same_bytes),
+        cmocka_unit_test(test_writer_spill_failures),
         cmocka_unit_test(test_simd_and_scalar_agree),
         cmocka_unit_test(test_zero_copy_reading),
         cmocka_unit_test(test_signed_chunk_that_does_not_decode),
