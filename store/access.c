@@ -14,7 +14,7 @@ static kvs_status blob_exists(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], in
                               size_t errlen)
 {
     db_stmt q;
-    kvs_status st = db_prepare(s->db, "SELECT price FROM blobs WHERE id = :id", &q, err, errlen);
+    kvs_status st = kvs_prepare(s, "SELECT price FROM blobs WHERE id = :id", &q, err, errlen);
     db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
     *found = 0;
     if (st == KVS_OK)
@@ -59,7 +59,7 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     }
     db_stmt q;
     if (st == KVS_OK)
-        st = db_prepare(s->db,
+        st = kvs_prepare(s,
                         "INSERT INTO purchases (blob_id, buyer, price, created) VALUES (:blob, :buyer, :price, :now)",
                         &q, err, errlen);
     if (st == KVS_OK) {
@@ -72,7 +72,7 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
         db_finalize(&q);
     }
     if (st == KVS_OK)
-        st = db_prepare(s->db,
+        st = kvs_prepare(s,
                         "INSERT INTO access_tokens (token_sha256, purchase_id, blob_id, expires, bytes_left) "
                         "VALUES (:hash, :pid, :blob, :expires, :n * (SELECT size FROM blobs WHERE id = :blob))",
                         &q, err, errlen);
@@ -122,7 +122,7 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
     if (st != KVS_OK)
         return st;
     db_stmt q;
-    st = db_prepare(s->db,
+    st = kvs_prepare(s,
                     "SELECT t.blob_id, t.expires, t.bytes_left, t.purchase_id, b.size FROM access_tokens t "
                     "JOIN blobs b ON b.id = t.blob_id WHERE t.token_sha256 = :hash",
                     &q, err, errlen);
@@ -158,7 +158,7 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
         st = KVS_TOKEN_EXHAUSTED;
     }
     if (st == KVS_OK && bytes)
-        st = db_prepare(s->db,
+        st = kvs_prepare(s,
                         "UPDATE access_tokens SET bytes_left = bytes_left - :n "
                         "WHERE token_sha256 = :hash AND bytes_left >= :n",
                         &q, err, errlen);
@@ -192,7 +192,7 @@ kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LE
     if (st != KVS_OK)
         return st;
     db_stmt q;
-    st = db_prepare(s->db,
+    st = kvs_prepare(s,
                     "UPDATE access_tokens SET bytes_left = bytes_left + :n WHERE token_sha256 = :hash",
                     &q, err, errlen);
     if (st == KVS_OK) {
@@ -221,7 +221,7 @@ kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_
     if (st != KVS_OK)
         return st;
     db_stmt q;
-    st = db_prepare(s->db, "SELECT 1 FROM publishers WHERE key_id = :kid", &q, err, errlen);
+    st = kvs_prepare(s, "SELECT 1 FROM publishers WHERE key_id = :kid", &q, err, errlen);
     db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
     int row = 0;
     if (st == KVS_OK)
@@ -233,7 +233,7 @@ kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_
         st = KVS_ERR_EXISTS;
     }
     if (st == KVS_OK)
-        st = db_prepare(s->db,
+        st = kvs_prepare(s,
                         "INSERT INTO publishers (key_id, public_key, name, credential_sha256, created) "
                         "VALUES (:kid, :pk, :name, :cred, :now)",
                         &q, err, errlen);
@@ -259,7 +259,7 @@ static kvs_status publisher_read(kvs_store *s, const uint8_t key_id[KVS_KEYID_LE
 {
     memset(out, 0, sizeof *out);
     db_stmt q;
-    kvs_status st = db_prepare(s->db,
+    kvs_status st = kvs_prepare(s,
                                "SELECT public_key, name, credential_sha256, created FROM publishers WHERE key_id = :kid",
                                &q, err, errlen);
     db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
@@ -328,7 +328,7 @@ kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN]
     }
     db_stmt q;
     /* a single INSERT is its own transaction; no BEGIN needed */
-    kvs_status st = db_prepare(s->db,
+    kvs_status st = kvs_prepare(s,
                                "INSERT INTO download_log (at, blob_id, purchase_id, client, bytes, status) "
                                "VALUES (:now, :blob, :pid, :client, :bytes, :status)",
                                &q, err, errlen);
@@ -351,7 +351,7 @@ kvs_status kvs_store_download_count(kvs_store *s, const uint8_t *id, uint64_t *c
 {
     *count = 0;
     db_stmt q;
-    kvs_status st = db_prepare(s->db, "SELECT count(*) FROM download_log WHERE :blob IS NULL OR blob_id = :blob", &q,
+    kvs_status st = kvs_prepare(s, "SELECT count(*) FROM download_log WHERE :blob IS NULL OR blob_id = :blob", &q,
                                err, errlen);
     if (id)
         db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);

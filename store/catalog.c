@@ -86,7 +86,7 @@ kvs_status kvs_store_blob_get(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], kv
 {
     *out = NULL;
     db_stmt q;
-    kvs_status st = db_prepare(s->db, "SELECT " BLOB_COLUMNS BLOB_FROM "WHERE b.id = :id", &q, err, errlen);
+    kvs_status st = kvs_prepare(s, "SELECT " BLOB_COLUMNS BLOB_FROM "WHERE b.id = :id", &q, err, errlen);
     db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
     int row = 0;
     if (st == KVS_OK)
@@ -108,7 +108,7 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
     if (outlen)
         out[0] = '\0';
     db_stmt q;
-    kvs_status st = db_prepare(s->db, "SELECT 1 FROM blobs WHERE id = :id", &q, err, errlen);
+    kvs_status st = kvs_prepare(s, "SELECT 1 FROM blobs WHERE id = :id", &q, err, errlen);
     db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
     int row = 0;
     if (st == KVS_OK)
@@ -202,7 +202,7 @@ kvs_status kvs_store_catalog(kvs_store *s, const kvs_query *qry, kvs_list **out,
         return st;
     }
     db_stmt q;
-    st = db_prepare(s->db, "SELECT count(*)" BLOB_FROM CATALOG_WHERE, &q, err, errlen);
+    st = kvs_prepare(s, "SELECT count(*)" BLOB_FROM CATALOG_WHERE, &q, err, errlen);
     bind_query(&q, f);
     int row = 0;
     if (st == KVS_OK)
@@ -212,7 +212,7 @@ kvs_status kvs_store_catalog(kvs_store *s, const kvs_query *qry, kvs_list **out,
     db_finalize(&q);
 
     if (st == KVS_OK)
-        st = db_prepare(s->db,
+        st = kvs_prepare(s,
                         "SELECT " BLOB_COLUMNS BLOB_FROM CATALOG_WHERE
                         "ORDER BY b.created DESC, b.id LIMIT :limit OFFSET :offset",
                         &q, err, errlen);

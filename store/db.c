@@ -58,6 +58,37 @@ kvs_status db_prepare(sqlite3 *db, const char *sql, db_stmt *out, char *err, siz
     return KVS_OK;
 }
 
+kvs_status db_prepare_cached(db_cache *c, sqlite3 *db, const char *sql, db_stmt *out, char *err, size_t errlen)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (c->busy[i] || strcmp(sqlite3_sql(c->st[i]), sql) != 0)
+            continue;
+        memset(out, 0, sizeof *out);
+        out->db = db;
+        out->sql = sql;
+        out->st = c->st[i];
+        out->cache = c;
+        out->slot = i;
+        c->busy[i] = 1;
+        return KVS_OK;
+    }
+    kvs_status st = db_prepare(db, sql, out, err, errlen);
+    if (st == KVS_OK && c->n < DB_CACHE) {
+        out->cache = c;
+        out->slot = c->n;
+        c->st[c->n] = out->st;
+        c->busy[c->n++] = 1;
+    }
+    return st;
+}
+
+void db_cache_clear(db_cache *c)
+{
+    for (int i = 0; i < c->n; i++)
+        sqlite3_finalize(c->st[i]);
+    c->n = 0;
+}
+
 static int param_index(db_stmt *q, const char *name)
 {
     if (q->bad || !q->st)
@@ -138,9 +169,15 @@ kvs_status db_run(db_stmt *q, char *err, size_t errlen)
 
 void db_finalize(db_stmt *q)
 {
-    if (q->st)
+    if (q->st && q->cache) {
+        sqlite3_reset(q->st); /* its error, if any, was reported by step */
+        sqlite3_clear_bindings(q->st);
+        q->cache->busy[q->slot] = 0;
+    } else if (q->st) {
         sqlite3_finalize(q->st);
+    }
     q->st = NULL;
+    q->cache = NULL;
 }
 
 kvs_status db_begin(sqlite3 *db, char *err, size_t errlen)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,7 @@ void kvs_store_close(kvs_store *s)
 {
     if (!s)
         return;
+    db_cache_clear(&s->cache);
     if (s->db)
         sqlite3_close_v2(s->db);
     free(s->dir);
@@ -111,8 +113,18 @@ static kvs_status configure(sqlite3 *db, const char *dbpath, char *err, size_t e
     return db_exec(db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON", err, errlen);
 }
 
+/* SQLite's memory statistics (on by default) take one process-wide mutex around every
+ * allocation, which the server's threads then queue on; nothing here reads them. Only
+ * possible before SQLite initializes, so done once, before the first open. */
+static void sqlite_setup(void)
+{
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 kvs_status kvs_store_open(const char *dir, kvs_store **out, char *err, size_t errlen)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, sqlite_setup);
     *out = NULL;
     if (!dir || !*dir) {
         kvs_set_err(err, errlen, "store directory is empty");
@@ -289,7 +301,7 @@ static kvs_status reconcile_files(kvs_store *s, size_t *files, size_t *rows, cha
 static kvs_status reconcile_rows(kvs_store *s, size_t *rows, char *err, size_t errlen)
 {
     db_stmt q;
-    kvs_status st = db_prepare(s->db, "SELECT id FROM blobs", &q, err, errlen);
+    kvs_status st = kvs_prepare(s, "SELECT id FROM blobs", &q, err, errlen);
     char (*gone)[65] = NULL;
     size_t n_gone = 0, cap = 0;
     int row = 1;
@@ -355,7 +367,7 @@ kvs_status kvs_store_gc(kvs_store *s, int64_t now, size_t *blobs_removed, char *
     if (st != KVS_OK)
         return st;
     db_stmt q;
-    st = db_prepare(s->db, "SELECT id FROM blobs WHERE expires IS NOT NULL AND expires <= :now", &q, err, errlen);
+    st = kvs_prepare(s, "SELECT id FROM blobs WHERE expires IS NOT NULL AND expires <= :now", &q, err, errlen);
     db_bind_int64(&q, ":now", now);
     size_t n = 0;
     int row = 1;
@@ -382,7 +394,7 @@ kvs_status kvs_store_gc(kvs_store *s, int64_t now, size_t *blobs_removed, char *
         "DELETE FROM tokenizers WHERE id NOT IN (SELECT tokenizer_id FROM blobs)",
     };
     for (size_t i = 0; st == KVS_OK && i < sizeof deletes / sizeof deletes[0]; i++) {
-        st = db_prepare(s->db, deletes[i], &q, err, errlen);
+        st = kvs_prepare(s, deletes[i], &q, err, errlen);
         if (i == 0)
             db_bind_int64(&q, ":now", now);
         if (st == KVS_OK)

@@ -23,6 +23,7 @@
 
 #include "crypto/kvcrypto.h"
 #include "store/kvstore.h"
+#include "store/store_internal.h" /* the statement cache of db.c */
 
 /* ---- fixtures ---- */
 
@@ -984,9 +985,70 @@ static void test_reconcile_tmp_fifo(void **state)
     kvs_store_close(s);
 }
 
+/* db.c's statement cache: a statement is handed out to one user at a time, comes back reset
+ * with its bindings cleared, a full cache falls back to plain statements, and clearing it
+ * finalizes what it holds (sqlite3_close then finds nothing left open). */
+static void test_statement_cache(void **state)
+{
+    (void)state;
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    char err[256];
+    db_cache c;
+    memset(&c, 0, sizeof c);
+    static const char sql[] = "SELECT :x";
+    db_stmt a, b;
+    assert_int_equal(db_prepare_cached(&c, db, sql, &a, err, sizeof err), KVS_OK);
+    assert_int_equal(db_prepare_cached(&c, db, sql, &b, err, sizeof err), KVS_OK);
+    assert_ptr_not_equal(a.st, b.st); /* a is in use: b is another statement */
+    db_bind_int64(&a, ":x", 41);
+    int row = 0;
+    assert_int_equal(db_step(&a, &row, err, sizeof err), KVS_OK);
+    assert_int_equal(row, 1);
+    assert_int_equal(sqlite3_column_int64(a.st, 0), 41);
+    sqlite3_stmt *first = a.st;
+    db_finalize(&a); /* mid-result: reset, not finalized */
+    db_finalize(&b);
+    assert_int_equal(db_prepare_cached(&c, db, sql, &a, err, sizeof err), KVS_OK);
+    assert_ptr_equal(a.st, first);
+    assert_int_equal(db_step(&a, &row, err, sizeof err), KVS_OK);
+    assert_int_equal(row, 1);
+    assert_int_equal(sqlite3_column_type(a.st, 0), SQLITE_NULL); /* bindings were cleared */
+    db_finalize(&a);
+    /* the same text from another buffer finds the cached statement too */
+    char copy[sizeof sql];
+    memcpy(copy, sql, sizeof sql);
+    assert_int_equal(db_prepare_cached(&c, db, copy, &a, err, sizeof err), KVS_OK);
+    assert_ptr_equal(a.st, first);
+    db_finalize(&a);
+    /* fill the cache, then one more: a plain statement, finalized by db_finalize */
+    char text[DB_CACHE + 2][32];
+    db_stmt q[DB_CACHE + 2];
+    for (int i = 0; i < DB_CACHE + 2; i++) {
+        snprintf(text[i], sizeof text[i], "SELECT %d", i);
+        assert_int_equal(db_prepare_cached(&c, db, text[i], &q[i], err, sizeof err), KVS_OK);
+    }
+    assert_int_equal(c.n, DB_CACHE);
+    assert_null(q[DB_CACHE + 1].cache);
+    for (int i = 0; i < DB_CACHE + 2; i++) {
+        assert_int_equal(db_step(&q[i], &row, err, sizeof err), KVS_OK);
+        assert_int_equal(sqlite3_column_int(q[i].st, 0), i);
+        db_finalize(&q[i]);
+    }
+    /* a statement that does not prepare is an error with the SQL, and nothing is cached */
+    assert_int_equal(db_prepare_cached(&c, db, "SELEC nonsense", &a, err, sizeof err), KVS_ERR_DB);
+    assert_non_null(strstr(err, "SELEC nonsense"));
+    assert_int_equal(c.n, DB_CACHE);
+    db_cache_clear(&c);
+    assert_int_equal(c.n, 0);
+    assert_null(sqlite3_next_stmt(db, NULL));
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_statement_cache),
         cmocka_unit_test_setup_teardown(test_publish_and_lookup, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_catalog_filters_and_pages, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_republish_is_noop, tmpdir_setup, tmpdir_teardown),
