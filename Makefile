@@ -42,7 +42,7 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 FUZZ_SRCS  := $(wildcard fuzz/fuzz_*.c)
 
-.PHONY: all deps test check check-asan bench demo fuzz install clean
+.PHONY: all deps test check check-asan bench demo fuzz fuzz-build install clean
 all: $(foreach t,$(TOOLS),$(BUILD)/$(t))
 
 deps:
@@ -109,7 +109,11 @@ demo: deps
 	@BUILD=$(BUILD) scripts/demo.sh
 
 # libFuzzer targets: each fuzz/fuzz_X.c links the modules rebuilt with clang + sanitizers.
+# The link runs in a second make, which sees the libraries deps.sh may just have installed.
 fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+
+fuzz-build:
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT=-O1 \
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" $(patsubst %,build-fuzz/lib%.a,$(MODULES))
 	@mkdir -p build-fuzz/fuzz
