@@ -191,6 +191,9 @@ enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body)
 
 static enum MHD_Result respond_error_v(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
                                        const char *hdr_value, const char *fmt, va_list ap)
+    __attribute__((format(printf, 6, 0)));
+static enum MHD_Result respond_error_v(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
+                                       const char *hdr_value, const char *fmt, va_list ap)
 {
     char detail[512];
     vsnprintf(detail, sizeof detail, fmt, ap);
