@@ -147,8 +147,9 @@ int kvfetch_inspect_main(int argc, char **argv)
             printf("yarn:       ext %g, attn %g, beta_fast %g, beta_slow %g\n", m->yarn_ext_factor,
                    m->yarn_attn_factor, m->yarn_beta_fast, m->yarn_beta_slow);
         printf("tokens:     %u (ids sha256:%s)\n", m->n_tokens, hex32(m->tokens_sha256, d));
-        printf("codec:      %s, %u tokens per chunk, %u chunks\n", kvb_codec_name(m->codec), m->chunk_tokens,
-               m->n_chunks);
+        printf("codec:      %s, %u tokens per chunk, %u chunks (container version %u: chunks hashed %s)\n",
+               kvb_codec_name(m->codec), m->chunk_tokens, m->n_chunks, h.version,
+               h.version == 1 ? "whole with SHA-256" : "as SHA-256 lists of 32 KiB leaves");
         printf("size:       raw KV %llu bytes, stored %llu bytes, ratio %.3fx\n", (unsigned long long)m->raw_bytes,
                (unsigned long long)m->stored_bytes, ratio);
         printf("signer:     key id %s, signature %s\n", kid, sig);

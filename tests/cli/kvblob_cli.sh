@@ -45,7 +45,10 @@ done
 check verify_hash_only 0 out "hash-checked;" -- "$KVFETCH" verify "$tmp/v/vec-q4.kvb" --trust "$tmp/trust" --hash-only --threads 1
 check verify_stdin 0 out "OK -:" -- bash -c "\"$KVFETCH\" verify - --trust \"$tmp/trust\" <\"$tmp/v/vec-q8.kvb\""
 check verify_json 0 out '"ok": true' -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/trust" --json
-check inspect 0 out "codec:      q8, 16 tokens per chunk, 3 chunks" -- "$KVFETCH" inspect "$tmp/v/vec-q8.kvb"
+check inspect 0 out "codec:      q8, 16 tokens per chunk, 3 chunks (container version 2: chunks hashed as SHA-256 lists of 32 KiB leaves)" \
+  -- "$KVFETCH" inspect "$tmp/v/vec-q8.kvb"
+check inspect_v1 0 out "3 chunks (container version 1: chunks hashed whole with SHA-256)" \
+  -- "$KVFETCH" inspect "${KVPUB_ROOT:-.}/spec/vectors/v1-f16-zstd.kvb"
 check inspect_rope 0 out "rope:       neox, n_rot 8, freq_base 10000, freq_scale 1, scaling none, n_ctx_orig 4096, pos0 1" \
   -- "$KVFETCH" inspect "$tmp/v/vec-f16.kvb"
 check inspect_size 0 out "raw KV 5120 bytes, stored 5120 bytes, ratio 1.000x" -- "$KVFETCH" inspect "$tmp/v/vec-f16.kvb"
