@@ -29,7 +29,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 MK="$BUILD/tests/mkblob"  # built by make bench
 [ -x "$MK" ] || make --no-print-directory "BUILD=$BUILD" "$MK" >&2
 [ -f "$data/bench.key" ] || "$BUILD/kvpubd" keygen -o "$data/bench" >/dev/null
-blob="$data/serve-117MB.kvb"
+blob="$data/serve-117MB-v2.kvb"  # v2: made by the container version 2 writer
 [ -s "$blob" ] || "$MK" --key "$data/bench.key" -o "$blob" --tokens 1024 --layers 28 --kv-dim 1024 --codec f16 \
   --chunk-tokens 256 --title "bench blob"
 size=$(stat -c %s "$blob")
