@@ -1,9 +1,8 @@
 /* kvb_writer.c: builds a blob: encodes chunks as they are added (kept in memory, or in a spill
  * file, because the signed manifest that precedes them lists their hashes), then signs and
- * emits it. Chunks are
- * encoded and hashed on a small pthread pool; each chunk's bytes depend only on its values and
- * the zstd level, and offsets are assigned in chunk order afterwards, so the blob is the same
- * whatever the thread count. */
+ * emits it. Chunks are encoded and hashed on a small pthread pool; each chunk's bytes depend
+ * only on its values and the zstd level, and offsets are assigned in chunk order afterwards,
+ * so the blob is the same whatever the thread count. */
 #include "format/kvb_internal.h"
 
 #include <errno.h>
@@ -32,7 +31,7 @@ struct kvb_writer {
     int spill_fd;          /* -1: chunks stay in enc[] */
     uint64_t spill_end;    /* bytes reserved in the spill file (atomic) */
     uint64_t *spill_off;   /* n_chunks: where chunk i lies in it */
-    const char *spill_dir;
+    char *spill_dir;       /* copy of kvb_write_opts.spill_dir, for messages */
     uint32_t added;        /* chunks added so far */
     int settled;           /* offsets assigned (all chunks encoded) */
     int zstd_level;
@@ -90,8 +89,6 @@ static void start_pool(kvb_writer *w, int want)
     }
 }
 
-/* Encodes and hashes chunk i from kv; on failure records it if it is the earliest so far
- * (called with w->mu held when pooled: only the recording). */
 /* pwrite(2) of all n bytes at off. Returns 0, or -1 with errno set. */
 static int pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 {
@@ -145,6 +142,8 @@ static int spill_open(const char *dir)
     return fd;
 }
 
+/* Encodes and hashes chunk i from kv (then spills it, when spilling); on failure records it if
+ * it is the earliest so far (called with w->mu held when pooled: only the recording). */
 static kvb_status encode_chunk(kvb_writer *w, kvb_codec_ctx *cc, const uint16_t *kv, uint32_t i, uint32_t n,
                                char *err, size_t errlen)
 {
@@ -277,9 +276,9 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->codec = kvb_codec_ctx_create(w->zstd_level);
     w->spill_fd = -1;
     if (opts && opts->spill_dir) {
-        w->spill_dir = opts->spill_dir;
+        w->spill_dir = strdup(opts->spill_dir);
         w->spill_off = calloc(w->m.n_chunks, sizeof *w->spill_off);
-        if (w->spill_off && (w->spill_fd = spill_open(opts->spill_dir)) < 0) {
+        if (w->spill_dir && w->spill_off && (w->spill_fd = spill_open(opts->spill_dir)) < 0) {
             st = kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot create a temporary file in %s: %s",
                           opts->spill_dir, strerror(errno));
             kvb_writer_free(w);
@@ -287,7 +286,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
         }
     }
     if (!w->strs[0] || !w->strs[1] || !w->strs[2] || !w->strs[3] || !w->tok || !w->secs || !w->enc || !w->codec ||
-        (w->spill_dir && !w->spill_off)) {
+        (opts && opts->spill_dir && (!w->spill_dir || !w->spill_off))) {
         kvb_writer_free(w);
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
     }
@@ -336,6 +335,7 @@ void kvb_writer_free(kvb_writer *w)
     if (w->spill_fd >= 0)
         close(w->spill_fd);
     free(w->spill_off);
+    free(w->spill_dir);
     free(w->secs);
     free(w->tok);
     kvb_codec_ctx_free(w->codec);
