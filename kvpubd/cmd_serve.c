@@ -15,7 +15,7 @@ static const char serve_usage[] =
     "usage: kvpubd serve --store DIR --listen ADDR:PORT --tls-cert CERT.pem --tls-key KEY.pem [options]\n"
     "Serves the store over HTTPS (spec/http-api.md).\n"
     "  --threads N           worker threads (default 2)\n"
-    "  --max-conns N         connection limit (default 256)\n"
+    "  --max-conns N         connections served (default 256); a few more are answered 503 busy\n"
     "  --max-conns-per-ip N  per client address (default 0 = no limit)\n"
     "  --timeout SECONDS     idle connection timeout (default 30)\n"
     "  --max-upload SIZE     largest PUT /v1/blobs body, e.g. 512M, 4G (default 4G)\n"

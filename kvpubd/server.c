@@ -444,6 +444,10 @@ static enum MHD_Result handle_metrics(kvsrv_req *r)
          "# TYPE kvpubd_body_timeouts_total counter\n"
          "kvpubd_body_timeouts_total %" PRIu64 "\n",
          atomic_load(&s->body_timeouts));
+    EMIT("# HELP kvpubd_busy_total Connections past --max-conns answered 503 busy and closed.\n"
+         "# TYPE kvpubd_busy_total counter\n"
+         "kvpubd_busy_total %" PRIu64 "\n",
+         atomic_load(&s->busy));
     EMIT("# HELP kvpubd_uploads_rejected_total Uploads refused (auth, size, verification).\n"
          "# TYPE kvpubd_uploads_rejected_total counter\n"
          "kvpubd_uploads_rejected_total %" PRIu64 "\n",
@@ -462,6 +466,7 @@ typedef struct kvsrv_watch {
     int in_body;       /* its body (upload, purchase) is still arriving */
     uint64_t body_bytes;
     int cut;           /* shut down by the watchdog: CUT_HEADERS or CUT_BODY */
+    int over;          /* opened past --max-conns: its first request is answered 503 busy */
 } kvsrv_watch;
 
 enum { CUT_HEADERS = 1, CUT_BODY = 2 };
@@ -537,17 +542,27 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
+/* Connections MHD accepts past --max-conns only to answer them 503 busy at once (instead of
+ * leaving them in the listen queue): an eighth more, at least 4 and at most 64. Past those,
+ * new connections wait in the listen queue. */
+static unsigned busy_slots(unsigned max_conns)
+{
+    unsigned n = max_conns / 8;
+    return n < 4 ? 4 : n > 64 ? 64 : n;
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
     kvsrv *s = cls;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        atomic_fetch_add(&s->active_conns, 1);
+        long open = atomic_fetch_add(&s->active_conns, 1) + 1;
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         kvsrv_watch *w = ci ? calloc(1, sizeof *w) : NULL;
         if (!w)
             return; /* unwatched: MHD's idle timeout still applies */
         w->fd = ci->connect_fd;
+        w->over = open > (long)s->cfg.max_conns;
         w->since = mono_ms();
         pthread_mutex_lock(&s->watch_mu);
         w->next = s->watch_head;
@@ -627,6 +642,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return kvsrv_respond_error(r, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large",
                                        "request line and headers are %zu bytes, over %d", hbytes,
                                        MAX_HEADER_BYTES);
+        const kvsrv_watch *w = watch_of(conn);
+        if (w && w->over) { /* answered now, in the first call: MHD then closes the connection */
+            atomic_fetch_add_explicit(&s->busy, 1, memory_order_relaxed);
+            return kvsrv_respond_error_hdr(r, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", MHD_HTTP_HEADER_RETRY_AFTER,
+                                           "1", "the server already has its %u connections open (--max-conns); "
+                                           "retry later", s->cfg.max_conns);
+        }
         /* Requests with a body set up their state here and return before reading it (an
          * early refusal queued now also makes MHD close the connection: the body is never
          * read). Other requests are answered on the next call: MHD 0.9.7x closes any
@@ -871,7 +893,7 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
         MHD_OPTION_HTTPS_MEM_CERT, s->cert,
         MHD_OPTION_HTTPS_MEM_KEY, s->key,
         MHD_OPTION_THREAD_POOL_SIZE, s->cfg.threads,
-        MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_conns,
+        MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_conns + busy_slots(s->cfg.max_conns),
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->cfg.max_conns_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,

@@ -52,6 +52,7 @@ struct kvsrv {
     int watchdog_running, watchdog_stop;
     _Atomic uint64_t header_timeouts;
     _Atomic uint64_t body_timeouts;
+    _Atomic uint64_t busy;          /* connections past --max-conns answered 503 */
     /* lifecycle and metrics */
     atomic_int stopping;
     atomic_long inflight;          /* requests between first call and completion */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# serve_limits.sh: the daemon's hygiene under hostile clients: the connection limit (idle TLS
-# connections past --max-conns get no service and the server recovers once they go), idle and
+# serve_limits.sh: the daemon's hygiene under hostile clients: the connection limit (with
+# --max-conns idle TLS connections open, the next ones are answered 503 busy at once, past the
+# spare slots they get no service, and the server recovers once they go), idle and
 # partial-header (slowloris) connections, even ones trickling a header line at a time, closed
 # at --timeout while others are served, a flood of headers, a 100 KB request line, absurd
 # Content-Lengths (413 before any body byte is read), and log lines that cannot be forged from
@@ -28,23 +29,37 @@ healthy() {  # the daemon is alive and serving
   [ "$CODE" = 200 ] && ok "healthy after $1" || fail "not answering /healthz after $1 (got $CODE)"
 }
 
-# ---- connection limit: 4 idle TLS connections fill the server; a fifth gets no service ----
+# ---- connection limit: 4 idle TLS connections fill the server; the next are told 503 busy at
+# once (4 spare slots at --max-conns 4); once 4 more idle ones fill those, a request gets no service
 mkfifo "$T/hold"
 HOLD_PIDS=""
-for i in 1 2 3 4; do
-  openssl s_client -brief -connect "127.0.0.1:$PORT" -servername localhost <"$T/hold" \
-    >"$T/idle$i.out" 2>&1 &
-  HOLD_PIDS="$HOLD_PIDS $!"
-done
-EXTRA_PIDS="$HOLD_PIDS"
-exec 9>"$T/hold"   # releases the s_clients' blocked opens; they stay idle reading it
-for i in 1 2 3 4; do
-  for _ in $(seq 100); do grep -q "CONNECTION ESTABLISHED" "$T/idle$i.out" && break; sleep 0.05; done
-  grep -q "CONNECTION ESTABLISHED" "$T/idle$i.out" || fail "idle connection $i did not complete TLS"
-done
+hold_conns() {  # FIRST LAST: idle TLS connections idleFIRST..idleLAST, reading the fifo
+  for i in $(seq "$1" "$2"); do
+    openssl s_client -brief -connect "127.0.0.1:$PORT" -servername localhost <"$T/hold" \
+      >"$T/idle$i.out" 2>&1 &
+    HOLD_PIDS="$HOLD_PIDS $!"
+  done
+  EXTRA_PIDS="$HOLD_PIDS"
+  [ "$1" = 1 ] && exec 9>"$T/hold"   # releases the s_clients' blocked opens; they stay idle reading it
+  for i in $(seq "$1" "$2"); do
+    for _ in $(seq 100); do grep -q "CONNECTION ESTABLISHED" "$T/idle$i.out" && break; sleep 0.05; done
+    grep -q "CONNECTION ESTABLISHED" "$T/idle$i.out" || fail "idle connection $i did not complete TLS"
+  done
+}
+hold_conns 1 4
+t0=$(date +%s%N)
+req GET /healthz --max-time 5
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+if [ "$CODE" = 503 ] && grep -q '"error":"busy"' "$T/body" && grep -qi '^retry-after: 1' "$T/hdr" \
+   && grep -qi '^connection: close' "$T/hdr" && [ "$ms" -lt 3000 ]; then
+  ok "5th connection at --max-conns 4: 503 busy, Retry-After 1, closed, in $ms ms"
+else
+  fail "5th connection at --max-conns 4: got $CODE in $ms ms: $(head -c 200 "$T/body") $(tr -d '\r' <"$T/hdr" | tr '\n' ' ')"
+fi
+hold_conns 5 8
 req GET /healthz --max-time 1.5
-[ "$CODE" != 200 ] && ok "5th connection refused at --max-conns 4 ($CODE)" \
-  || fail "5th connection served past --max-conns 4"
+[ "$CODE" != 200 ] && [ "$CODE" != 503 ] && ok "past the spare slots a connection waits unserved ($CODE)" \
+  || fail "connection past --max-conns 4 and its spare slots answered $CODE"
 # the clients leave (stdin EOF ends s_client): the slots free up and service resumes by itself
 exec 9>&-
 for p in $HOLD_PIDS; do wait "$p" 2>/dev/null || true; done
@@ -117,6 +132,7 @@ grep -Eq '^kvpubd_header_timeouts_total [1-9]' "$T/body" && ok "header timeouts 
   || fail "kvpubd_header_timeouts_total not counted"
 grep -Eq '^kvpubd_body_timeouts_total 1$' "$T/body" && ok "body timeouts counted" \
   || fail "kvpubd_body_timeouts_total not 1"
+grep -Eq '^kvpubd_busy_total [1-9]' "$T/body" && ok "busy answers counted" || fail "kvpubd_busy_total not counted"
 healthy "slowloris"
 
 # ---- a flood of headers: past the per-connection memory, refused with a 4xx ----
