@@ -33,6 +33,8 @@ jq -e '.documents[0].tokens > 5 and .documents[0].bytes > 100 and .documents[0].
   || fail "--json tokens/bytes/seconds"
 ID1=$(jq -r '.documents[0].id' "$T/out.json")
 [ "$(sqlite3 "$T/store/index.db" 'select count(*) from blobs')" = 2 ] || fail "two rows"
+# the encoded chunks waited in unnamed temporary files under the store's tmp/: nothing stays
+[ -z "$(ls -A "$T/store/tmp")" ] && ok "store tmp/ empty after publishing" || fail "left in tmp/: $(ls -A "$T/store/tmp")"
 
 pub --json "$T/doc1.txt" > "$T/again.json"
 [ "$(jq -r '.documents[0].status' "$T/again.json")" = skipped ] && [ "$(jq -r '.documents[0].id' "$T/again.json")" = "$ID1" ] \
