@@ -1,19 +1,23 @@
-/* files.c: the durable-write helpers every kvpub writer shares (keys here, blobs in format/
- * and store/, downloads in kvfetch/): write everything, fsync a directory after a rename. */
+/* files.c: the file helpers every kvpub writer shares (keys here, blobs in format/ and store/,
+ * downloads in kvfetch/): write everything, unnamed temporary files, fsync a directory after a
+ * rename. */
 #include "crypto/kvcrypto.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
-int kvc_write_all(int fd, const void *data, size_t n)
+/* write(2) (off < 0) or pwrite(2) at off until all n bytes are written. */
+static int write_at(int fd, const void *data, size_t n, int64_t off)
 {
     const char *p = data;
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = off < 0 ? write(fd, p, n) : pwrite(fd, p, n, (off_t)off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
@@ -23,8 +27,37 @@ int kvc_write_all(int fd, const void *data, size_t n)
         }
         p += w;
         n -= (size_t)w;
+        if (off >= 0)
+            off += w;
     }
     return 0;
+}
+
+int kvc_write_all(int fd, const void *data, size_t n) { return write_at(fd, data, n, -1); }
+
+int kvc_pwrite_all(int fd, const void *data, size_t n, uint64_t off)
+{
+    if (off > (uint64_t)INT64_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    return write_at(fd, data, n, (int64_t)off);
+}
+
+int kvc_tmpfd(const char *dir)
+{
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/.tmp.XXXXXX", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
 }
 
 void kvc_fsync_dir(const char *dir)

@@ -89,57 +89,19 @@ static void start_pool(kvb_writer *w, int want)
     }
 }
 
-/* pwrite(2) of all n bytes at off. Returns 0, or -1 with errno set. */
-static int pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
-{
-    while (n > 0) {
-        ssize_t k = pwrite(fd, p, n, (off_t)off);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            if (k == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-        off += (uint64_t)k;
-    }
-    return 0;
-}
-
 /* Moves encoded chunk i to the spill file (any thread: space is reserved atomically, in
  * completion order; the offset is remembered). */
 static kvb_status spill(kvb_writer *w, uint32_t i, char *err, size_t errlen)
 {
     uint64_t len = w->secs[i].length;
     uint64_t off = __atomic_fetch_add(&w->spill_end, len, __ATOMIC_RELAXED);
-    if (pwrite_all(w->spill_fd, w->enc[i], len, off) != 0)
+    if (kvc_pwrite_all(w->spill_fd, w->enc[i], len, off) != 0)
         return kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot spill chunk %u to a temporary file in %s: %s", i,
                         w->spill_dir, strerror(errno));
     w->spill_off[i] = off;
     free(w->enc[i]);
     w->enc[i] = NULL;
     return KVB_OK;
-}
-
-/* An unnamed temporary file in dir (O_TMPFILE, else created and unlinked at once). */
-static int spill_open(const char *dir)
-{
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0)
-        return fd;
-    size_t n = strlen(dir);
-    char *path = malloc(n + 24);
-    if (!path)
-        return -1;
-    memcpy(path, dir, n);
-    memcpy(path + n, "/.kvb-spill.XXXXXX", 19);
-    fd = mkostemp(path, O_CLOEXEC);
-    if (fd >= 0)
-        unlink(path);
-    free(path);
-    return fd;
 }
 
 /* Encodes and hashes chunk i from kv (then spills it, when spilling); on failure records it if
@@ -278,7 +240,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     if (opts && opts->spill_dir) {
         w->spill_dir = strdup(opts->spill_dir);
         w->spill_off = calloc(w->m.n_chunks, sizeof *w->spill_off);
-        if (w->spill_dir && w->spill_off && (w->spill_fd = spill_open(opts->spill_dir)) < 0) {
+        if (w->spill_dir && w->spill_off && (w->spill_fd = kvc_tmpfd(opts->spill_dir)) < 0) {
             st = kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot create a temporary file in %s: %s",
                           opts->spill_dir, strerror(errno));
             kvb_writer_free(w);

@@ -1,13 +1,12 @@
-/* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi). */
+/* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi), and the store's
+ * temporary files. */
 #include "kvpubd/util.h"
+#include "crypto/kvcrypto.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* Parses leading digits; *end gets the first non-digit. -1 on no digits or overflow. */
 static int digits(const char *s, uint64_t *out, const char **end)
@@ -71,16 +70,10 @@ int kvpubd_parse_duration(const char *s, uint64_t *out)
 
 int kvpubd_store_tmpfd(const char *store_dir)
 {
-    int fd = open(store_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0)
-        return fd;
-    char path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/tmp/blob.XXXXXX", store_dir) >= (int)sizeof path) {
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s/tmp", store_dir) >= (int)sizeof dir) {
         errno = ENAMETOOLONG;
         return -1;
     }
-    fd = mkostemp(path, O_CLOEXEC);
-    if (fd >= 0)
-        unlink(path);
-    return fd;
+    return kvc_tmpfd(dir);
 }

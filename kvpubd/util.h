@@ -12,10 +12,8 @@ int kvpubd_parse_size(const char *s, uint64_t *out);
 /* Seconds from "90", "90s", "30m", "12h", "30d", "2w". 0 on success. */
 int kvpubd_parse_duration(const char *s, uint64_t *out);
 
-/* An unnamed read-write file in the store's filesystem for a blob being written (publish,
- * upload): O_TMPFILE, else a name under STORE/tmp/ unlinked at once. It vanishes with the
- * process, so a crash or a refused blob never leaves anything behind. Returns the fd
- * (O_CLOEXEC) or -1 with errno set. */
+/* kvc_tmpfd in STORE/tmp/, for a blob being written (publish, upload): it vanishes with the
+ * process, so a crash or a refused blob never leaves anything behind. */
 int kvpubd_store_tmpfd(const char *store_dir);
 
 #endif
