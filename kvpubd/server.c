@@ -420,38 +420,23 @@ static enum MHD_Result handle_metrics(kvsrv_req *r)
                 EMIT("kvpubd_requests_total{endpoint=\"%s\",status=\"other\"} %" PRIu64 "\n",
                      ep_names[e], v);
         }
-    EMIT("# HELP kvpubd_response_bytes_total Body bytes handed to TLS.\n"
-         "# TYPE kvpubd_response_bytes_total counter\n"
-         "kvpubd_response_bytes_total %" PRIu64 "\n",
-         atomic_load(&s->bytes_sent));
-    EMIT("# HELP kvpubd_errors_total Requests answered 5xx or cut before completion.\n"
-         "# TYPE kvpubd_errors_total counter\n"
-         "kvpubd_errors_total %" PRIu64 "\n",
-         atomic_load(&s->errors));
-    EMIT("# HELP kvpubd_active_connections Open client connections.\n"
-         "# TYPE kvpubd_active_connections gauge\n"
-         "kvpubd_active_connections %" PRId64 "\n",
-         (int64_t)atomic_load(&s->active_conns));
-    EMIT("# HELP kvpubd_inflight_requests Requests being handled or sent.\n"
-         "# TYPE kvpubd_inflight_requests gauge\n"
-         "kvpubd_inflight_requests %" PRId64 "\n",
-         (int64_t)atomic_load(&s->inflight));
-    EMIT("# HELP kvpubd_header_timeouts_total Connections cut for not completing request headers in time.\n"
-         "# TYPE kvpubd_header_timeouts_total counter\n"
-         "kvpubd_header_timeouts_total %" PRIu64 "\n",
-         atomic_load(&s->header_timeouts));
-    EMIT("# HELP kvpubd_body_timeouts_total Connections cut for sending a request body too slowly.\n"
-         "# TYPE kvpubd_body_timeouts_total counter\n"
-         "kvpubd_body_timeouts_total %" PRIu64 "\n",
-         atomic_load(&s->body_timeouts));
-    EMIT("# HELP kvpubd_busy_total Connections past --max-conns answered 503 busy and closed.\n"
-         "# TYPE kvpubd_busy_total counter\n"
-         "kvpubd_busy_total %" PRIu64 "\n",
-         atomic_load(&s->busy));
-    EMIT("# HELP kvpubd_uploads_rejected_total Uploads refused (auth, size, verification).\n"
-         "# TYPE kvpubd_uploads_rejected_total counter\n"
-         "kvpubd_uploads_rejected_total %" PRIu64 "\n",
-         atomic_load(&s->uploads_rejected));
+    /* one scalar metric: its HELP, TYPE and value lines from one line here */
+#define METRIC(name, type, help, value) \
+    EMIT("# HELP " name " " help "\n# TYPE " name " " type "\n" name " %" PRId64 "\n", (int64_t)(value))
+    METRIC("kvpubd_response_bytes_total", "counter", "Body bytes handed to TLS.", atomic_load(&s->bytes_sent));
+    METRIC("kvpubd_errors_total", "counter", "Requests answered 5xx or cut before completion.",
+           atomic_load(&s->errors));
+    METRIC("kvpubd_active_connections", "gauge", "Open client connections.", atomic_load(&s->active_conns));
+    METRIC("kvpubd_inflight_requests", "gauge", "Requests being handled or sent.", atomic_load(&s->inflight));
+    METRIC("kvpubd_header_timeouts_total", "counter",
+           "Connections cut for not completing request headers in time.", atomic_load(&s->header_timeouts));
+    METRIC("kvpubd_body_timeouts_total", "counter", "Connections cut for sending a request body too slowly.",
+           atomic_load(&s->body_timeouts));
+    METRIC("kvpubd_busy_total", "counter", "Connections past --max-conns answered 503 busy and closed.",
+           atomic_load(&s->busy));
+    METRIC("kvpubd_uploads_rejected_total", "counter", "Uploads refused (auth, size, verification).",
+           atomic_load(&s->uploads_rejected));
+#undef METRIC
 #undef EMIT
     return kvsrv_respond_text(r, MHD_HTTP_OK, "text/plain; version=0.0.4", out, len);
 }
@@ -492,18 +477,20 @@ static void watch_body(kvsrv *s, struct MHD_Connection *conn, size_t bytes, int 
     pthread_mutex_unlock(&s->watch_mu);
 }
 
-/* Marks the connection's request started (headers complete) or ended (idle again). */
-static void watch_mark(kvsrv *s, struct MHD_Connection *conn, int in_request)
+/* Marks the connection's request started (headers complete) or ended (idle again). Returns
+ * its watch (NULL: unwatched). */
+static const kvsrv_watch *watch_mark(kvsrv *s, struct MHD_Connection *conn, int in_request)
 {
     kvsrv_watch *w = watch_of(conn);
     if (!w)
-        return;
+        return NULL;
     pthread_mutex_lock(&s->watch_mu);
     w->in_request = in_request;
     w->in_body = 0;
     w->body_bytes = 0;
     w->since = mono_ms();
     pthread_mutex_unlock(&s->watch_mu);
+    return w;
 }
 
 static void *watchdog_main(void *arg)
@@ -634,7 +621,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         kvsrv_log_escape(url, r->path, sizeof r->path);
         atomic_fetch_add(&s->inflight, 1);
         *con_cls = r;
-        watch_mark(s, conn, 1);
+        const kvsrv_watch *w = watch_mark(s, conn, 1);
         route(url, r);
         size_t hbytes = strlen(url) + strlen(method) + 12;
         MHD_get_connection_values(conn, MHD_HEADER_KIND, add_header_bytes, &hbytes);
@@ -642,7 +629,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return kvsrv_respond_error(r, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large",
                                        "request line and headers are %zu bytes, over %d", hbytes,
                                        MAX_HEADER_BYTES);
-        const kvsrv_watch *w = watch_of(conn);
         if (w && w->over) { /* answered now, in the first call: MHD then closes the connection */
             atomic_fetch_add_explicit(&s->busy, 1, memory_order_relaxed);
             return kvsrv_respond_error_hdr(r, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", MHD_HTTP_HEADER_RETRY_AFTER,
@@ -758,7 +744,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
               err[0] ? " detail=\"" : "", err, err[0] ? "\"" : "");
     kvsrv_req_finish(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     req_free(r);
-    watch_mark(s, conn, 0); /* keep-alive: the next request's headers have timeout_s again */
+    (void)watch_mark(s, conn, 0); /* keep-alive: the next request's headers have timeout_s again */
     atomic_fetch_sub(&s->inflight, 1);
 }
 

@@ -104,7 +104,8 @@ enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body);
 /* {"error": error, "detail": printf(fmt, ...)} */
 enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* The same with one more response header (Allow on 405, Content-Range on 416). */
+/* The same with one more response header (Allow on 405, Content-Range on 416, Retry-After on
+ * 503). */
 enum MHD_Result kvsrv_respond_error_hdr(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
                                         const char *hdr_value, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
