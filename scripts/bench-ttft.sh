@@ -3,7 +3,7 @@
 # locally cached KV blob vs a full prefill, for documents of 512, 2048 and 4096 tokens on the
 # Qwen3-0.6B-shaped kvsynth model (F16), with the load pipeline broken down by stage and its
 # throughput per core. Writes $BUILD/ttft.txt and the plot $BUILD/ttft.png (gnuplot).
-# TOKENS="512 2048" limits the lengths. Targets (DESIGN.md): >= 50x at 4096 tokens; load
+# TOKENS="512 2048" limits the lengths. Targets (docs/design.md): >= 50x at 4096 tokens; load
 # (read + verify + decompress + re-rotate) >= 1 GB/s of raw f16 KV per core.
 #
 # The model, documents, keys and published blobs are kept in $BUILD/bench-data/ttft-cache, so

@@ -9,7 +9,7 @@ make_cert
 "$KVPUBD" keygen -o "$T/pub" >/dev/null
 printf 'A small document about precomputed caches.\nIt has two lines.\n' > "$T/doc1.txt"
 printf 'Another document, different text.\n' > "$T/doc2.md"
-head -c 2000 /work/shared/DESIGN.md 2>/dev/null > "$T/long.txt" || seq 1 500 > "$T/long.txt"
+head -c 2000 "$KVPUB_ROOT/docs/design.md" > "$T/long.txt"
 
 pub() { "$KVPUBD" publish --store "$T/store" --model "$T/m.gguf" --key "$T/pub.key" "$@"; }
 
