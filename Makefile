@@ -42,7 +42,7 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 FUZZ_SRCS  := $(wildcard fuzz/fuzz_*.c)
 
-.PHONY: all deps test check check-asan check-clang bench demo fuzz fuzz-build install clean
+.PHONY: all deps test check check-asan check-clang bench demo fuzz fuzz-build fuzz-replay install clean
 all: $(foreach t,$(TOOLS),$(BUILD)/$(t))
 
 deps:
@@ -89,7 +89,8 @@ test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS) $(BUILD)/tests/mkblob
 	@BUILD=$(BUILD) scripts/run-tests.sh
 
-check: test
+# What CI runs (.ci/run): the tests, the same tests under the sanitizers, and the fuzz replay.
+check: test check-asan fuzz-replay
 
 # Tests under AddressSanitizer + UndefinedBehaviorSanitizer, in their own build tree.
 check-asan: deps
@@ -123,6 +124,12 @@ fuzz-build:
 	    -o build-fuzz/fuzz/$$n $$f $(patsubst %,build-fuzz/lib%.a,$(MODULES)) $(LDLIBS) || exit 1; done
 	@echo "run e.g.: mkdir -p build-fuzz/corpus && build-fuzz/fuzz/fuzz_kvblob -max_total_time=60 build-fuzz/corpus spec/vectors"
 	@echo "(new inputs go to the first directory: never name spec/vectors first)"
+
+# Every fuzz target once over its committed seed corpus (fuzz/corpus/<target>/) and spec/vectors:
+# a regression replay under ASan+UBSan, a few seconds, not a fuzzing campaign.
+fuzz-replay: deps
+	@$(MAKE) --no-print-directory all fuzz-build
+	@FUZZ=build-fuzz/fuzz KVSYNTH=$(BUILD)/kvsynth scripts/fuzz-replay.sh
 
 # gcc builds everything; clang must find it warning-free too: every source is checked with the
 # same flags, without code generation (tests/cli/clang_clean.sh runs it)
