@@ -80,13 +80,8 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
 
-# tests/cli/mkblob.c: writes blobs of any shape, codec and seed for the CLI tests and bench-serve
-$(BUILD)/tests/mkblob: $(BUILD)/obj/tests/cli/mkblob.o $(LIBS)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
-
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BINS) $(BUILD)/tests/mkblob
+	@$(MAKE) --no-print-directory all $(TEST_BINS)
 	@BUILD=$(BUILD) scripts/run-tests.sh
 
 # What CI runs (.ci/run): the tests, the same tests under the sanitizers, and the fuzz replay.
@@ -96,13 +91,13 @@ check: test check-asan fuzz-replay
 check-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all \
-	  $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS)) build-asan/tests/mkblob
+	  $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BINS))
 	@BUILD=build-asan KVPUB_ASAN=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 scripts/run-tests.sh
 
 bench: deps
 	@scripts/deps.sh --bench
-	@$(MAKE) --no-print-directory all $(BENCH_BINS) $(BUILD)/tests/mkblob
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	@BUILD=$(BUILD) scripts/bench.sh
 
 demo: deps
@@ -134,7 +129,7 @@ fuzz-replay: deps
 # gcc builds everything; clang must find it warning-free too: every source is checked with the
 # same flags, without code generation (tests/cli/clang_clean.sh runs it)
 CHECK_SRCS := $(foreach m,$(MODULES) $(TOOLS),$(call mod_srcs,$(m))) $(wildcard tests/unit/*.c) \
-              tests/cli/mkblob.c $(BENCH_SRCS)
+              $(BENCH_SRCS)
 check-clang:
 	@printf '%s\n' $(CHECK_SRCS) | xargs -P2 -n8 clang $(filter-out -MMD -MP,$(ALL_CFLAGS)) -fsyntax-only
 

@@ -10,6 +10,7 @@ static void usage(FILE *f)
     fputs("usage: kvsynth [model options] -o OUT.gguf      write a synthetic GGUF model\n"
           "       kvsynth from-llama2c CKPT.bin [TOK.bin] -o OUT.gguf\n"
           "       kvsynth vectors -o DIR                  write the spec/vectors blobs\n"
+          "       kvsynth blob --key K.key -o OUT.kvb     write a synthetic signed blob\n"
           "Run 'kvsynth --help', 'kvsynth from-llama2c --help', ... for each command's options.\n", f);
 }
 
@@ -20,6 +21,8 @@ int main(int argc, char **argv)
         return kvsynth_llama2c_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "vectors") == 0)
         return kvsynth_vectors_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "blob") == 0)
+        return kvsynth_blob_main(argc - 1, argv + 1);
     if (argc < 2) {
         fputs("kvsynth: missing arguments (try kvsynth --help)\n", stderr);
         return 2;

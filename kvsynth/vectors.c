@@ -135,7 +135,7 @@ int kvsynth_vectors_main(int argc, char **argv)
     }
 
     kvb_manifest m;
-    memset(&m, 0, sizeof m);
+    kvsynth_manifest_init(&m, "synthetic", V_LAYERS, V_HEAD_KV, V_HEAD_DIM);
     for (int i = 0; i < 32; i++) {
         m.doc_sha256[i] = (uint8_t)i;
         m.model_fingerprint[i] = (uint8_t)(0x20 + i);
@@ -145,23 +145,10 @@ int kvsynth_vectors_main(int argc, char **argv)
     m.doc_source_uri = "https://example.invalid/kvpub/vector.txt";
     m.doc_media_type = "text/plain";
     m.doc_bytes = 1234;
-    m.model_arch = "synthetic";
-    m.n_layer = V_LAYERS;
     m.n_embd = 64;
     m.n_head = 4;
-    m.n_head_kv = V_HEAD_KV;
-    m.head_dim = V_HEAD_DIM;
     m.rope_type = KVB_ROPE_NEOX;
-    m.rope_n_rot = V_HEAD_DIM;
-    m.rope_freq_base = 10000.0;
-    m.rope_freq_scale = 1.0;
-    m.rope_scaling = KVB_SCALING_NONE;
     m.rope_n_ctx_orig = 4096;
-    m.yarn_ext_factor = 0.0;
-    m.yarn_attn_factor = 1.0;
-    m.yarn_beta_fast = 32.0;
-    m.yarn_beta_slow = 1.0;
-    m.pos0 = 1;
     m.created = created;
     m.expires = expires;
     m.serial = (uint64_t)serial;

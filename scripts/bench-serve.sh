@@ -26,11 +26,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "bench-serve: nginx not installed (nginx-light)"; exit 0; }
 
 # the blob: 1024 tokens x 28 layers x 2 x 1024 f16 (Qwen3-0.6B-shaped KV, raw f16) = 117 MB
-MK="$BUILD/tests/mkblob"  # built by make bench
-[ -x "$MK" ] || make --no-print-directory "BUILD=$BUILD" "$MK" >&2
 [ -f "$data/bench.key" ] || "$BUILD/kvpubd" keygen -o "$data/bench" >/dev/null
 blob="$data/serve-117MB-v2.kvb"  # v2: made by the container version 2 writer
-[ -s "$blob" ] || "$MK" --key "$data/bench.key" -o "$blob" --tokens 1024 --layers 28 --kv-dim 1024 --codec f16 \
+[ -s "$blob" ] || "$BUILD/kvsynth" blob --key "$data/bench.key" -o "$blob" --tokens 1024 --layers 28 --kv-dim 1024 --codec f16 \
   --chunk-tokens 256 --title "bench blob"
 size=$(stat -c %s "$blob")
 id=$(sha256sum "$blob" | cut -d' ' -f1)

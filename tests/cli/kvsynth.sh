@@ -97,5 +97,32 @@ grep -q 'expected 1056540' "$T/err" || fail "truncated checkpoint message: $(cat
 expect 2 "$K" from-llama2c "$T/missing.bin" -o "$T/x.gguf"
 [ ! -e "$T/x.gguf" ] || fail "failed conversion left x.gguf behind"
 
+# kvsynth blob: a signed synthetic blob of the asked shape, deterministic KV per seed
+KVPUBD="$BUILD/kvpubd"; KVFETCH="$BUILD/kvfetch"
+"$KVPUBD" keygen -o "$T/bk" >/dev/null && mkdir -p "$T/trust" && cp "$T/bk.pub" "$T/trust/"
+expect 0 "$K" blob --help && grep -q '^usage: kvsynth blob' "$T/out" || fail "blob --help"
+expect 2 "$K" blob -o "$T/b.kvb"                                      # no --key
+expect 2 "$K" blob --key "$T/bk.key" -o "$T/b.kvb" --kv-dim 12        # not a multiple of 8
+expect 2 "$K" blob --key "$T/bk.key" -o "$T/b.kvb" --tokens 12x
+expect 2 "$K" blob --key "$T/bk.key" -o "$T/b.kvb" --codec zip
+grep -q "unknown codec 'zip'" "$T/err" || fail "blob bad codec message"
+expect 2 "$K" blob --key "$T/missing.key" -o "$T/b.kvb"
+[ ! -e "$T/b.kvb" ] || fail "a refused kvsynth blob left b.kvb behind"
+expect 0 "$K" blob --key "$T/bk.key" -o "$T/b1.kvb" --tokens 70 --layers 3 --kv-dim 32 --chunk-tokens 32 \
+  --codec q8 --title "t one" --seed 5
+"$KVFETCH" verify "$T/b1.kvb" --trust "$T/trust" >/dev/null 2>&1 || fail "kvsynth blob does not verify"
+"$KVFETCH" inspect "$T/b1.kvb" --json >"$T/b1.json" || fail "inspect kvsynth blob"
+jq -e '.manifest.n_tokens == 70 and .manifest.model.n_layer == 3 and .manifest.codec == "q8"
+       and .manifest.chunk_tokens == 32 and .manifest.document.title == "t one"' "$T/b1.json" >/dev/null \
+  || fail "kvsynth blob manifest: $(cat "$T/b1.json")"
+"$K" blob --key "$T/bk.key" -o "$T/b2.kvb" --tokens 70 --layers 3 --kv-dim 32 --chunk-tokens 32 --codec q8 \
+  --title "t one" --seed 5
+"$K" blob --key "$T/bk.key" -o "$T/b3.kvb" --tokens 70 --layers 3 --kv-dim 32 --chunk-tokens 32 --codec q8 \
+  --title "t one" --seed 6
+# chunks (the tail after header, manifest and signature) depend on the seed only
+chunks() { jq -r '.manifest.chunks[] | .sha256' <("$KVFETCH" inspect "$1" --json); }
+[ "$(chunks "$T/b1.kvb")" = "$(chunks "$T/b2.kvb")" ] || fail "same seed, different chunks"
+[ "$(chunks "$T/b1.kvb")" != "$(chunks "$T/b3.kvb")" ] || fail "other seed, same chunks"
+
 [ "$fails" -eq 0 ] && echo "kvsynth: all checks passed"
 [ "$fails" -eq 0 ]

@@ -31,10 +31,10 @@ done_tests() {
   echo "all checks passed"
 }
 
-# tests/cli/mkblob.c, built by `make test` / `make check-asan` with the rest.
-MKBLOB="$BUILD/tests/mkblob"
+# synthetic signed blobs of any shape: `kvsynth blob`, built by `make test` with the rest
+mkblob() { "$BUILD/kvsynth" blob "$@"; }
 build_mkblob() {
-  [ -x "$MKBLOB" ] || { echo "$MKBLOB is missing: run the tests through make test" >&2; exit 1; }
+  [ -x "$BUILD/kvsynth" ] || { echo "$BUILD/kvsynth is missing: run the tests through make test" >&2; exit 1; }
 }
 
 make_cert() {  # -> $T/cert.pem $T/certkey.pem for 127.0.0.1 / ::1 / localhost

@@ -7,8 +7,8 @@ build_mkblob
 make_cert
 "$KVPUBD" keygen -o "$T/pub1" >/dev/null
 CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)
-for i in 1 2 3; do "$MKBLOB" --key "$T/pub1.key" -o "$T/b$i.kvb" --seed $i --title "Doc number $i"; done
-"$MKBLOB" --key "$T/pub1.key" -o "$T/big.kvb" --seed 9 --tokens 300 --layers 4 --kv-dim 256 --codec f16 --title "Big one"
+for i in 1 2 3; do mkblob --key "$T/pub1.key" -o "$T/b$i.kvb" --seed $i --title "Doc number $i"; done
+mkblob --key "$T/pub1.key" -o "$T/big.kvb" --seed 9 --tokens 300 --layers 4 --kv-dim 256 --codec f16 --title "Big one"
 start_server "$T/store"
 
 expect 200 GET /healthz

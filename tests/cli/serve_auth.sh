@@ -7,9 +7,9 @@ build_mkblob
 make_cert
 "$KVPUBD" keygen -o "$T/pub1" >/dev/null
 CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)
-"$MKBLOB" --key "$T/pub1.key" -o "$T/priced.kvb" --seed 1 --title priced
-"$MKBLOB" --key "$T/pub1.key" -o "$T/other.kvb" --seed 2 --title other
-"$MKBLOB" --key "$T/pub1.key" -o "$T/free.kvb" --seed 3 --title free
+mkblob --key "$T/pub1.key" -o "$T/priced.kvb" --seed 1 --title priced
+mkblob --key "$T/pub1.key" -o "$T/other.kvb" --seed 2 --title other
+mkblob --key "$T/pub1.key" -o "$T/free.kvb" --seed 3 --title free
 start_server "$T/store" --token-downloads 2 --token-ttl 1h
 
 expect 201 "PUT" "/v1/blobs?price=250" -H "Authorization: Bearer $CRED" --data-binary @"$T/priced.kvb"; P=$(json .id)
@@ -81,7 +81,7 @@ expect 403 GET "/v1/blobs/$P" -H "Authorization: Bearer $TOK2" -H "Range: bytes=
 
 # an interrupted download gives back what the server did not hand to TLS, so resuming it
 # costs only the rest; the budget always equals 2 x size minus the bytes handed out
-"$MKBLOB" --key "$T/pub1.key" -o "$T/big.kvb" --seed 4 --tokens 1024 --layers 8 --kv-dim 512 --codec f16 --title big
+mkblob --key "$T/pub1.key" -o "$T/big.kvb" --seed 4 --tokens 1024 --layers 8 --kv-dim 512 --codec f16 --title big
 bsize=$(wc -c < "$T/big.kvb")
 expect 201 "PUT" "/v1/blobs?price=5" -H "Authorization: Bearer $CRED" --data-binary @"$T/big.kvb"; B=$(json .id)
 pj 201 "{\"blob\": \"$B\"}"

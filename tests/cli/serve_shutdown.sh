@@ -17,7 +17,7 @@ rc=0; "$KVPUBD" serve --store "$T/store" --listen 127.0.0.1:0 --tls-cert "$T/nop
 
 "$KVPUBD" keygen -o "$T/pub1" >/dev/null
 CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)
-"$MKBLOB" --key "$T/pub1.key" -o "$T/big.kvb" --tokens 512 --layers 8 --kv-dim 1024 --codec f16 --chunk-tokens 256
+mkblob --key "$T/pub1.key" -o "$T/big.kvb" --tokens 512 --layers 8 --kv-dim 1024 --codec f16 --chunk-tokens 256
 start_server "$T/store" --max-conns 4
 expect 201 PUT /v1/blobs -H "Authorization: Bearer $CRED" --data-binary @"$T/big.kvb"
 ID=$(json .id)

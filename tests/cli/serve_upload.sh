@@ -12,11 +12,11 @@ CRED1=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name al
 CRED2=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub2.pub" --name bob 2>/dev/null)
 "$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name again >/dev/null 2>&1 && fail "re-adding a key" \
   || ok "a registered key cannot be added twice"
-"$MKBLOB" --key "$T/pub1.key" -o "$T/good.kvb" --tokens 100 --seed 1
-"$MKBLOB" --key "$T/pub2.key" -o "$T/bob.kvb" --tokens 100 --seed 2
-"$MKBLOB" --key "$T/stranger.key" -o "$T/stranger.kvb" --seed 3
-"$MKBLOB" --key "$T/pub1.key" -o "$T/expired.kvb" --seed 4 --expires 1000
-"$MKBLOB" --key "$T/pub1.key" -o "$T/large.kvb" --seed 5 --tokens 200 --layers 4 --kv-dim 128 --codec f16
+mkblob --key "$T/pub1.key" -o "$T/good.kvb" --tokens 100 --seed 1
+mkblob --key "$T/pub2.key" -o "$T/bob.kvb" --tokens 100 --seed 2
+mkblob --key "$T/stranger.key" -o "$T/stranger.kvb" --seed 3
+mkblob --key "$T/pub1.key" -o "$T/expired.kvb" --seed 4 --expires 1000
+mkblob --key "$T/pub1.key" -o "$T/large.kvb" --seed 5 --tokens 200 --layers 4 --kv-dim 128 --codec f16
 size=$(wc -c < "$T/good.kvb")
 cp "$T/good.kvb" "$T/chunk-tampered.kvb"
 printf '\x55' | dd of="$T/chunk-tampered.kvb" bs=1 seek=$((size - 100)) conv=notrunc status=none
@@ -73,7 +73,7 @@ cmp -s "$T/body" "$T/good.kvb" || fail "uploaded blob served back byte-exact"
 "$KVPUBD" publisher revoke --store "$T/store" --key-id "$(cut -d. -f1 <<<"$CRED2")" 2>/dev/null
 expect 200 GET /v1/keys
 [ "$(json '.revoked[0]')" = "$(cut -d. -f1 <<<"$CRED2")" ] || fail "revocation listed"
-"$MKBLOB" --key "$T/pub2.key" -o "$T/bob2.kvb" --seed 7
+mkblob --key "$T/pub2.key" -o "$T/bob2.kvb" --seed 7
 put 403 "$CRED2" bob2.kvb
 [ "$(json .error)" = key_revoked ] || fail "revoked publisher: $(json .error)"
 "$KVPUBD" publisher list --store "$T/store" > "$T/list" || fail "publisher list exit status"
