@@ -1,9 +1,9 @@
 /* kvfetch/cmd_generate.c: `kvfetch generate`: plain text generation with a local GGUF model
  * (no blobs): tokenize or take ids, prefill, decode, stream text or ids to stdout. */
 #include "engine/engine.h"
+#include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/opts.h"
-#include "kvfetch/status.h"
 
 #include <errno.h>
 #include <getopt.h>

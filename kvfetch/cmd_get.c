@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "kvfetch/fetch.h"
+#include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/opts.h"
 

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
-#include "kvfetch/fetch.h"
+#include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/loader.h"
 #include "kvfetch/opts.h"

@@ -4,6 +4,21 @@
 #ifndef KVPUB_KVFETCH_H
 #define KVPUB_KVFETCH_H
 
+#include "fetch/fetch.h"
+#include "format/kvblob.h"
+
+/* Process exit codes of kvfetch get/run/compare (documented in their --help). */
+enum {
+    KVF_EXIT_OK = 0,
+    KVF_EXIT_REFUSED = 1,   /* verification failed, or blob refused for this model */
+    KVF_EXIT_USAGE = 2,     /* usage, I/O, network, HTTP errors */
+    KVF_EXIT_MALFORMED = 3, /* malformed, truncated or unsupported blob (kvb_exit_code) */
+    KVF_EXIT_DENIED = 4,    /* server refused access: buy a (new) token */
+};
+
+/* Exit code for a fetch status; vst says how verification failed with KVF_ERR_VERIFY. */
+int kvf_exit_code(kvf_status st, kvb_status vst);
+
 int kvfetch_inspect_main(int argc, char **argv);
 int kvfetch_verify_main(int argc, char **argv);
 int kvfetch_generate_main(int argc, char **argv);

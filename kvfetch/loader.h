@@ -9,8 +9,8 @@
 
 #include "crypto/kvcrypto.h"
 #include "engine/engine.h"
+#include "fetch/fetch.h"
 #include "format/kvblob.h"
-#include "kvfetch/status.h"
 
 /* What one load cost, in seconds of wall time on the calling thread. */
 typedef struct kvf_load_stats {

@@ -1,10 +1,24 @@
-/* opts.c: the options kvfetch get, run and compare share (trust, TLS, token, cache, retries). */
+/* opts.c: the options kvfetch get, run and compare share (trust, TLS, token, cache, retries),
+ * and the exit codes they map fetch statuses to. */
+#include "kvfetch/kvfetch.h"
 #include "kvfetch/opts.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+int kvf_exit_code(kvf_status st, kvb_status vst)
+{
+    switch (st) {
+    case KVF_OK: return KVF_EXIT_OK;
+    case KVF_ERR_VERIFY: return kvb_exit_code(vst);
+    case KVF_ERR_REFUSED:
+    case KVF_ERR_TOO_BIG: return KVF_EXIT_REFUSED;
+    case KVF_ERR_DENIED: return KVF_EXIT_DENIED;
+    default: return KVF_EXIT_USAGE;
+    }
+}
 
 int kvf_parse_long(const char *s, long lo, long hi, long *out)
 {

@@ -7,8 +7,7 @@
 #include <stdint.h>
 
 #include "crypto/kvcrypto.h"
-#include "kvfetch/cache.h"
-#include "kvfetch/client.h"
+#include "fetch/fetch.h"
 
 /* getopt_long codes of the shared long options (above any short option character). */
 enum {

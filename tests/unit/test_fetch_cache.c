@@ -16,7 +16,7 @@
 #include <limits.h>
 
 #include "crypto/kvcrypto.h"
-#include "kvfetch/cache.h"
+#include "fetch/fetch.h"
 
 static void test_parse_size(void **state)
 {

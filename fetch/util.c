@@ -1,6 +1,6 @@
-/* util.c: the two small helpers every kvfetch loader-side file uses: filling an error buffer
+/* util.c: the two small helpers every fetch/ file uses: filling an error buffer
  * and a monotonic clock in seconds. */
-#include "kvfetch/status.h"
+#include "fetch/fetch.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /* cache.c: the local content-addressed blob cache: DIR/<id hex> blobs, DIR/tmp/<key>.part
  * partial downloads, DIR/urls/<sha256(url) hex> holding the id a URL served. */
-#include "kvfetch/cache.h"
+#include "fetch/fetch.h"
 
 #include <dirent.h>
 #include <errno.h>

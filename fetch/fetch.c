@@ -1,6 +1,6 @@
 /* fetch.c: kvf_get: cache lookup, verifying streamed download with resumption, cache insert.
  * Every byte is written to the partial file, hashed (blob id) and fed to a kvb reader. */
-#include "kvfetch/fetch.h"
+#include "fetch/fetch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,18 +35,6 @@ int kvf_url_blob_id(const char *url, uint8_t id[32])
     memcpy(hex, seg, 64);
     hex[64] = 0;
     return kvc_unhex(hex, id, 32) == KVC_OK;
-}
-
-int kvf_exit_code(kvf_status st, kvb_status vst)
-{
-    switch (st) {
-    case KVF_OK: return KVF_EXIT_OK;
-    case KVF_ERR_VERIFY: return kvb_exit_code(vst);
-    case KVF_ERR_REFUSED:
-    case KVF_ERR_TOO_BIG: return KVF_EXIT_REFUSED;
-    case KVF_ERR_DENIED: return KVF_EXIT_DENIED;
-    default: return KVF_EXIT_USAGE;
-    }
 }
 
 void kvf_get_result_clear(kvf_get_result *res)

@@ -1,6 +1,6 @@
-/* client.c: kvfetch's HTTPS client on libcurl: downloads streamed into a sink with Range
- * resumption, bounded exponential-backoff retries and stall timeouts; small JSON requests. */
-#include "kvfetch/client.h"
+/* client.c: the HTTPS client on libcurl: downloads streamed into a sink with Range resumption,
+ * bounded exponential-backoff retries and stall timeouts; small JSON requests. */
+#include "fetch/fetch.h"
 
 #include <curl/curl.h>
 #include <pthread.h>

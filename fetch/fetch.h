@@ -1,0 +1,177 @@
+/* fetch.h: the loader side's network and cache library: an HTTPS client (libcurl) with
+ * resumable, retrying, stall-guarded downloads; the local content-addressed blob cache; and
+ * "get a verified blob" (cache hit, or a download streamed through the verifying kvb reader).
+ * Certificate verification is always on. Statuses are kvf_status; nothing here prints. */
+#ifndef KVPUB_FETCH_H
+#define KVPUB_FETCH_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto/kvcrypto.h"
+#include "format/kvblob.h"
+
+#define KVF_WUR __attribute__((warn_unused_result))
+
+/* Stable values (never renumber). */
+typedef enum kvf_status {
+    KVF_OK = 0,
+    KVF_ERR_USAGE = 1,    /* bad argument */
+    KVF_ERR_IO = 2,       /* local file or directory */
+    KVF_ERR_NOMEM = 3,
+    KVF_ERR_NET = 4,      /* connection, TLS, timeout, 5xx, still failing after the retries */
+    KVF_ERR_HTTP = 5,     /* the server answered with a non-retryable error (404, ...) */
+    KVF_ERR_DENIED = 6,   /* 401/402/403: token missing, invalid, expired or used up */
+    KVF_ERR_VERIFY = 7,   /* the blob failed verification; the kvb_status says which way */
+    KVF_ERR_REFUSED = 8,  /* a verified blob that does not fit: other model, tokenizer, RoPE */
+    KVF_ERR_TOO_BIG = 9,  /* the server sent more bytes than the blob's manifest declares */
+    KVF_ERR_ENGINE = 10,  /* the engine failed (context full, ...) */
+} kvf_status;
+
+/* Writes the printf-style message to err (if non-NULL) and returns st. */
+kvf_status kvf_fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Monotonic clock, seconds. */
+double kvf_now_s(void);
+
+/* ---- HTTPS client ---- */
+
+/* Zero-initialise; zero fields take the defaults noted. */
+typedef struct kvf_http_opts {
+    const char *cacert;        /* PEM bundle to trust instead of the system's (test servers) */
+    const char *token;         /* Bearer token for priced blobs; NULL = none */
+    long connect_timeout_s;    /* 0 = 10 */
+    long stall_timeout_s;      /* abort a transfer slower than stall_min_bps for this long; 0 = 20 */
+    long stall_min_bps;        /* 0 = 1024 bytes/s */
+    int max_retries;           /* transient failures retried this many times; 0 = 6, <0 = none */
+    double backoff_s;          /* first retry delay, doubled each time, capped at 8 s; 0 = 0.5 */
+    int progress;              /* 1 = draw a progress bar on stderr (caller checks isatty) */
+    int allow_http;            /* 1 = accept plain http:// (never the default) */
+    uint64_t max_recv_bps;     /* cap on the download rate in bytes/s; 0 = none */
+} kvf_http_opts;
+
+/* Receives the body bytes in order. Returning non-OK aborts the download without retrying
+ * (the status is returned from kvf_http_download and err is kept). */
+typedef kvf_status (*kvf_sink_fn)(void *user, const void *data, size_t len, char *err, size_t errlen);
+/* Called when the server ignored a Range request and sends the body from byte 0: the sink
+ * must discard what it holds. Non-OK aborts. */
+typedef kvf_status (*kvf_restart_fn)(void *user, char *err, size_t errlen);
+
+/* Counters of one download, for reports and tests. */
+typedef struct kvf_http_stats {
+    int attempts;              /* HTTP requests made */
+    int resumed;               /* requests that asked for a Range and got 206 */
+    uint64_t bytes;            /* body bytes handed to the sink */
+    double seconds;
+    long last_http_code;
+} kvf_http_stats;
+
+/* GETs url, asking for bytes [offset, end) with a Range header when offset > 0, and hands the
+ * body to sink. Transient failures (connect, TLS handshake reset, timeout/stall, a transfer cut
+ * short, 408/429/5xx) are retried with exponential backoff, each retry resuming with Range from
+ * the last byte the sink accepted. 401/402/403 give KVF_ERR_DENIED, other 4xx KVF_ERR_HTTP, a
+ * certificate that does not verify KVF_ERR_NET at once. stats may be NULL. */
+kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset,
+                             kvf_sink_fn sink, kvf_restart_fn restart, void *user,
+                             kvf_http_stats *stats, char *err, size_t errlen) KVF_WUR;
+
+/* One request with a small body in memory (at most max bytes, else KVF_ERR_TOO_BIG):
+ * method "GET" or "POST"; json_body (NUL-terminated) is sent as application/json when non-NULL.
+ * On success *out is malloc'd NUL-terminated (caller frees) and *code the HTTP status (any
+ * status is success here: the caller decides). Not retried. */
+kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const char *url,
+                            const char *json_body, size_t max, char **out, size_t *outlen,
+                            long *code, char *err, size_t errlen) KVF_WUR;
+
+/* ---- local blob cache: verified blobs named by the SHA-256 of the whole file (the blob id),
+ * partial downloads kept for resumption, LRU eviction under a cap ---- */
+
+#define KVF_CACHE_DEFAULT_MAX ((uint64_t)10 << 30) /* 10 GiB */
+
+typedef struct kvf_cache kvf_cache;
+
+/* Opens (creating, mode 0700) the cache directory: dir if non-NULL, else $KVPUB_CACHE_DIR,
+ * else $XDG_CACHE_HOME/kvpub/blobs, else $HOME/.cache/kvpub/blobs. max_bytes: the size cap
+ * (0 = $KVPUB_CACHE_MAX if set, else KVF_CACHE_DEFAULT_MAX). On success *out owns the handle. */
+kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out,
+                          char *err, size_t errlen) KVF_WUR;
+void kvf_cache_free(kvf_cache *c); /* NULL is a no-op */
+
+const char *kvf_cache_dir(const kvf_cache *c);
+uint64_t kvf_cache_max(const kvf_cache *c);
+
+/* Path of the blob with this id if it is in the cache (and marks it used now for LRU):
+ * returns 1 and fills path, else 0. */
+int kvf_cache_lookup(kvf_cache *c, const uint8_t id[32], char *path, size_t pathlen);
+
+/* Path where a partial download named key (64 hex digits: the blob id when known, else the
+ * SHA-256 of the URL) is kept between attempts. Returns 0, or -1 if pathlen is too small. */
+int kvf_cache_part_path(const kvf_cache *c, const char *key, char *path, size_t pathlen);
+
+/* Moves a complete, verified file (on the same filesystem, e.g. a part path) into the cache
+ * under id: fsync, rename, fsync of the directory; then evicts least recently used blobs until
+ * the total fits the cap (never the one just added). path gets the final path. */
+kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32], char *path,
+                            size_t pathlen, char *err, size_t errlen) KVF_WUR;
+
+/* Removes the blob with this id (a cached file that no longer verifies). */
+void kvf_cache_remove(kvf_cache *c, const uint8_t id[32]);
+
+/* Remembers that url served the blob id, so a later get of a URL that does not name its id
+ * can be answered from the cache without the network. get returns 1 and fills id if known. */
+void kvf_cache_url_put(kvf_cache *c, const char *url, const uint8_t id[32]);
+int kvf_cache_url_get(kvf_cache *c, const char *url, uint8_t id[32]);
+
+/* Evicts least recently used blobs (by access time, which lookup sets explicitly) until the
+ * total size is at most the cap; keep (may be NULL) is never evicted. Returns the number of
+ * blobs removed. */
+int kvf_cache_evict(kvf_cache *c, const uint8_t *keep);
+
+/* Parses a size such as "512M", "10G", "1048576" (K/M/G/T are powers of 1024). 0 on success. */
+int kvf_parse_size(const char *s, uint64_t *out);
+
+/* ---- get a verified blob ---- */
+
+typedef struct kvf_get_opts {
+    const char *url;         /* a blob URL (API or static mirror); or NULL and server + blob_id */
+    const char *server;      /* API base, e.g. https://127.0.0.1:8443: GET {server}/v1/blobs/{id} */
+    const char *blob_id;     /* 64 hex digits; required with server; with url an extra check
+                                (a URL whose last path segment is 64 hex names its id too) */
+    const kvc_trust *trust;  /* signer must be trusted and not revoked (required) */
+    int64_t now;             /* unix seconds for expiry; 0 = time(NULL) */
+    int trust_cached;        /* 1 = a cache hit is returned without re-verifying (the caller
+                                verifies while loading); 0 = re-verify it (hashes only) */
+    kvf_http_opts http;
+} kvf_get_opts;
+
+typedef struct kvf_get_result {
+    char path[PATH_MAX];     /* the verified blob, in the cache */
+    uint8_t id[32];          /* SHA-256 of the whole file */
+    uint64_t bytes;
+    int from_cache;          /* 1 = answered without the network */
+    uint64_t reused;         /* bytes of an earlier partial download that were kept */
+    int discarded_partial;   /* an earlier partial download failed verification and was dropped */
+    kvf_http_stats http;
+    double seconds;
+    kvb_status vst;          /* why verification failed, with KVF_ERR_VERIFY */
+    kvb_manifest *manifest;  /* the verified manifest when known; owned, kvf_get_result_clear */
+    kvb_header header;
+} kvf_get_result;
+
+/* Gets a verified blob into the cache. Statuses: KVF_ERR_VERIFY (res->vst says how; the
+ * partial download is deleted), KVF_ERR_REFUSED (a valid blob with another id than asked),
+ * KVF_ERR_TOO_BIG (more bytes than the manifest declares), KVF_ERR_NET (kept for a later
+ * resume), KVF_ERR_DENIED, KVF_ERR_HTTP, KVF_ERR_IO, KVF_ERR_USAGE. */
+kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
+                   char *err, size_t errlen) KVF_WUR;
+void kvf_get_result_clear(kvf_get_result *res); /* frees the manifest; the struct stays usable */
+
+/* Extracts the 64-hex blob id from the last path segment of url (before '?', an optional
+ * extension after a '.' allowed). Returns 1 and fills id, else 0. */
+int kvf_url_blob_id(const char *url, uint8_t id[32]);
+
+/* Is s something kvf_get should download (https:// or http://)? */
+int kvf_is_url(const char *s);
+
+#endif
