@@ -32,7 +32,7 @@ static const char publish_usage[] =
     "  --chunk-tokens N    tokens per chunk (default 256)\n"
     "  --threads N         engine threads (default: all cores)\n"
     "  --json              print a JSON summary on stdout\n"
-    "A (document, model, codec) already in the store is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
+    "A (document, model, codec) this key already lists is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
     "document longer than the model's context (nothing is published then).\n";
 
 #define DOC_MAX ((size_t)64 << 20) /* bytes of one document file */
@@ -93,11 +93,11 @@ static void progress(int tty, size_t di, size_t nd, size_t done, size_t total, d
     fflush(stderr);
 }
 
-/* Is (document, model, codec) in the store already? Returns 1 and the id if so. */
+/* Does this publisher list (document, model, codec) already? Returns 1 and the id if so. */
 static int already_published(kvs_store *st, const uint8_t doc_sha[32], const uint8_t model_fp[32], const char *codec,
-                             uint8_t id[32])
+                             const uint8_t key_id[KVC_KEYID_LEN], uint8_t id[32])
 {
-    kvs_query q = {.model_fp = model_fp, .doc_sha256 = doc_sha, .limit = KVS_QUERY_MAX_LIMIT};
+    kvs_query q = {.model_fp = model_fp, .doc_sha256 = doc_sha, .publisher_id = key_id, .limit = KVS_QUERY_MAX_LIMIT};
     kvs_list *l = NULL;
     char e[256];
     if (kvs_store_catalog(st, &q, &l, e, sizeof e) != KVS_OK)
@@ -379,7 +379,7 @@ int kvpubd_publish_main(int argc, char **argv)
         char idh[65], shah[65];
         kvc_hex(d->sha, 32, shah);
         uint64_t bytes = 0;
-        int skipped = already_published(st, d->sha, mfp, codec, id);
+        int skipped = already_published(st, d->sha, mfp, codec, key_id, id);
         if (!skipped) {
             FILE *f = store_tmpfile(store_dir);
             if (!f) {

@@ -18,11 +18,13 @@
 
 static const char publisher_usage[] =
     "usage: kvpubd publisher add --store DIR --key PREFIX.pub --name NAME\n"
-    "       kvpubd publisher revoke --store DIR --key-id HEX16\n"
+    "       kvpubd publisher revoke --store DIR --key-id HEX16 [--reason TEXT]\n"
     "       kvpubd publisher list --store DIR\n"
     "add registers the public key and prints a new upload credential on stdout, once: only its\n"
     "SHA-256 is kept. Uploads send it as 'Authorization: Bearer CREDENTIAL'.\n"
-    "revoke lists the key id in DIR/keys/revoked: its uploads are refused and /v1/keys shows it.\n"
+    "revoke lists the key id in DIR/keys/revoked (/v1/keys shows it) and in the index: its listings\n"
+    "leave the catalog, its blobs are no longer sold or served, it cannot publish or upload, and\n"
+    "purchases whose tokens could still download are refunded in the ledger (the refunds table).\n"
     "Exit: 0 ok, 1 refused (already registered), 2 usage or I/O error.\n";
 
 #define PEM_MAX 8192
@@ -145,7 +147,7 @@ static int cmd_add(const char *dir, const char *keypath, const char *name)
     return 0;
 }
 
-static int cmd_revoke(const char *dir, const char *idhex)
+static int cmd_revoke(const char *dir, const char *idhex, const char *reason)
 {
     uint8_t id[KVC_KEYID_LEN];
     if (strlen(idhex) != 16 || kvc_unhex(idhex, id, sizeof id) != KVC_OK) {
@@ -160,7 +162,20 @@ static int cmd_revoke(const char *dir, const char *idhex)
         fprintf(stderr, "kvpubd publisher revoke: cannot update %s/keys/revoked: %s\n", dir, strerror(errno));
         return 2;
     }
-    fprintf(stderr, "kvpubd: key %s revoked\n", idh);
+    /* the list first: a failure after it is repaired by running revoke again */
+    kvs_store *s = NULL;
+    char err[512];
+    size_t blobs = 0, refunds = 0;
+    kvs_status st = kvs_store_open(dir, &s, err, sizeof err);
+    if (st == KVS_OK)
+        st = kvs_store_publisher_revoke(s, id, reason, (int64_t)time(NULL), &blobs, &refunds, err, sizeof err);
+    kvs_store_close(s);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvpubd publisher revoke: %s\n", err);
+        return 2;
+    }
+    fprintf(stderr, "kvpubd: key %s revoked: %zu listing(s) withdrawn, %zu purchase(s) refunded\n", idh, blobs,
+            refunds);
     return 0;
 }
 
@@ -208,6 +223,7 @@ int kvpubd_publisher_main(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1], *dir = NULL, *key = NULL, *name = NULL, *keyid = NULL;
+    const char *reason = "revoked by the store operator";
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0) {
@@ -227,6 +243,8 @@ int kvpubd_publisher_main(int argc, char **argv)
             name = v;
         else if (strcmp(a, "--key-id") == 0)
             keyid = v;
+        else if (strcmp(a, "--reason") == 0)
+            reason = v;
         else {
             fprintf(stderr, "kvpubd publisher: unknown option %s\n%s", a, publisher_usage);
             return 2;
@@ -249,7 +267,7 @@ int kvpubd_publisher_main(int argc, char **argv)
             fprintf(stderr, "kvpubd publisher revoke: --key-id HEX16 is required\n");
             return 2;
         }
-        return cmd_revoke(dir, keyid);
+        return cmd_revoke(dir, keyid, reason);
     }
     if (strcmp(sub, "list") == 0)
         return cmd_list(dir);

@@ -129,6 +129,14 @@ static int lookup_blob(kvsrv_req *r, uint8_t id[32], kvs_blob **out, char *path,
                     : store_error(r, s2, e);
         return -1;
     }
+    if ((*out)->revoked) {
+        char pub[17];
+        *done = kvsrv_respond_error(r, MHD_HTTP_GONE, "revoked", "blob %s is withdrawn: its publisher key %s is "
+                                    "revoked", r->id, hex((*out)->publisher_id, 8, pub));
+        kvs_blob_free(*out);
+        *out = NULL;
+        return -1;
+    }
     if ((*out)->expires && (*out)->expires <= (int64_t)time(NULL)) {
         char ts[32];
         *done = kvsrv_respond_error(r, MHD_HTTP_GONE, "expired", "blob %s expired at %s", r->id,
@@ -189,6 +197,14 @@ enum MHD_Result kvsrv_catalog(kvsrv_req *r)
     if (arg_hex32(r, "doc", doc, &q.doc_sha256) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
                                    "doc must be a document SHA-256: 64 lowercase hex digits");
+    uint8_t pub[8];
+    const char *ps = kvsrv_arg(r, "publisher");
+    if (ps) {
+        if (strlen(ps) != 16 || strspn(ps, "0123456789abcdef") != 16 || kvc_unhex(ps, pub, sizeof pub) != KVC_OK)
+            return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                       "publisher must be a key id: 16 lowercase hex digits");
+        q.publisher_id = pub;
+    }
     const char *t = kvsrv_arg(r, "q");
     if (t && strlen(t) > QUERY_TEXT_MAX)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "q is longer than %d bytes",
@@ -357,6 +373,8 @@ static enum MHD_Result token_refused(kvsrv_req *r, kvs_status st, const char *e)
     case KVS_TOKEN_WRONG_BLOB:
         return kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "token_wrong_blob",
                                    "the access token was bought for another blob");
+    case KVS_ERR_REVOKED: /* revoked between the lookup and the spend */
+        return kvsrv_respond_error(r, MHD_HTTP_GONE, "revoked", "%s", e);
     default:
         return store_error(r, st, e);
     }
@@ -535,6 +553,8 @@ enum MHD_Result kvsrv_purchase(kvsrv_req *r)
     pool_put(r->srv, st);
     if (s1 == KVS_ERR_NOTFOUND)
         return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no blob %s", r->id);
+    if (s1 == KVS_ERR_REVOKED)
+        return kvsrv_respond_error(r, MHD_HTTP_GONE, "revoked", "%s", e);
     if (s1 != KVS_OK)
         return store_error(r, s1, e);
     char th[65], ts[32];
@@ -673,6 +693,8 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
     kvpubd_blobinfo_clear(&bi);
     if (s1 == KVS_ERR_EXISTS || s1 == KVS_ERR_INVALID || s1 == KVS_ERR_MISMATCH)
         return kvsrv_respond_error(r, MHD_HTTP_CONFLICT, "conflict", "%s", e);
+    if (s1 == KVS_ERR_REVOKED)
+        return kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "key_revoked", "%s", e);
     if (s1 != KVS_OK)
         return store_error(r, s1, e);
     char idh[65];

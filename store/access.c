@@ -9,18 +9,23 @@
 
 #include "crypto/kvcrypto.h"
 
-/* Does a blob row exist? *found. */
-static kvs_status blob_exists(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], int *found, int64_t *price, char *err,
-                              size_t errlen)
+/* Does a blob row exist? *found, its price and whether its publisher key is revoked. */
+static kvs_status blob_exists(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], int *found, int64_t *price,
+                              int *revoked, char *err, size_t errlen)
 {
     db_stmt q;
-    kvs_status st = kvs_prepare(s, "SELECT price FROM blobs WHERE id = :id", &q, err, errlen);
+    kvs_status st = kvs_prepare(s,
+                                "SELECT price, EXISTS (SELECT 1 FROM revocations r WHERE r.key_id = "
+                                "blobs.publisher_key_id) FROM blobs WHERE id = :id",
+                                &q, err, errlen);
     db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
     *found = 0;
     if (st == KVS_OK)
         st = db_step(&q, found, err, errlen);
-    if (st == KVS_OK && *found && price)
+    if (st == KVS_OK && *found) {
         *price = sqlite3_column_int64(q.st, 0);
+        *revoked = sqlite3_column_int(q.st, 1) != 0;
+    }
     db_finalize(&q);
     return st;
 }
@@ -49,13 +54,16 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
         kvc_wipe(raw, sizeof raw);
         return st;
     }
-    int found = 0;
+    int found = 0, revoked = 0;
     int64_t price = 0, pid = 0;
-    st = blob_exists(s, id, &found, &price, err, errlen);
+    st = blob_exists(s, id, &found, &price, &revoked, err, errlen);
     char hex[65];
     if (st == KVS_OK && !found) {
         kvs_set_err(err, errlen, "cannot sell blob %s: not in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
         st = KVS_ERR_NOTFOUND;
+    } else if (st == KVS_OK && revoked) {
+        kvs_set_err(err, errlen, "cannot sell blob %s: its publisher key is revoked", kvc_hex(id, KVS_SHA256_LEN, hex));
+        st = KVS_ERR_REVOKED;
     }
     db_stmt q;
     if (st == KVS_OK)
@@ -123,12 +131,14 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
         return st;
     db_stmt q;
     st = kvs_prepare(s,
-                    "SELECT t.blob_id, t.expires, t.bytes_left, t.purchase_id, b.size FROM access_tokens t "
+                    "SELECT t.blob_id, t.expires, t.bytes_left, t.purchase_id, b.size, EXISTS (SELECT 1 FROM "
+                    "revocations r WHERE r.key_id = b.publisher_key_id) FROM access_tokens t "
                     "JOIN blobs b ON b.id = t.blob_id WHERE t.token_sha256 = :hash",
                     &q, err, errlen);
     db_bind_hex(&q, ":hash", h, sizeof h);
     int row = 0;
     int64_t expires = 0, left = 0, pid = 0, size = 0;
+    int revoked = 0;
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && row) {
@@ -140,6 +150,7 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
         left = sqlite3_column_int64(q.st, 2);
         pid = sqlite3_column_int64(q.st, 3);
         size = sqlite3_column_int64(q.st, 4);
+        revoked = sqlite3_column_int(q.st, 5) != 0;
     }
     db_finalize(&q);
     char hex[65];
@@ -149,6 +160,10 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
     } else if (st == KVS_OK && memcmp(bought, id, KVS_SHA256_LEN) != 0) {
         kvs_set_err(err, errlen, "access token was bought for blob %s, not this one", kvc_hex(bought, sizeof bought, hex));
         st = KVS_TOKEN_WRONG_BLOB;
+    } else if (st == KVS_OK && revoked) {
+        kvs_set_err(err, errlen, "the publisher key of blob %s is revoked: it is no longer served (the purchase "
+                    "was refunded)", kvc_hex(bought, sizeof bought, hex));
+        st = KVS_ERR_REVOKED;
     } else if (st == KVS_OK && expires <= now) {
         kvs_set_err(err, errlen, "access token expired at %lld (now %lld)", (long long)expires, (long long)now);
         st = KVS_TOKEN_EXPIRED;

@@ -10,14 +10,16 @@
 
 /* Columns in the order row_to_blob reads them. */
 #define BLOB_COLUMNS                                                                                          \
-    "b.id, d.sha256, d.title, d.source_uri, d.media_type, d.bytes, m.fingerprint, m.arch, m.shape, m.rope, " \
-    "t.fingerprint, b.codec, b.tokens, b.size, b.serial, b.created, b.expires, b.price, b.publisher_key_id"
+    "b.id, d.sha256, b.title, b.source_uri, b.media_type, d.bytes, m.fingerprint, m.arch, m.shape, m.rope, " \
+    "t.fingerprint, b.codec, b.tokens, b.size, b.serial, b.created, b.expires, b.price, b.publisher_key_id, "  \
+    "EXISTS (SELECT 1 FROM revocations r WHERE r.key_id = b.publisher_key_id)"
 #define BLOB_FROM                                                                                             \
     " FROM blobs b JOIN documents d ON d.id = b.document_id JOIN models m ON m.id = b.model_id "            \
     "JOIN tokenizers t ON t.id = b.tokenizer_id "
 
 enum { COL_ID, COL_DOC, COL_TITLE, COL_URI, COL_MEDIA, COL_DOC_BYTES, COL_MODEL, COL_ARCH, COL_SHAPE, COL_ROPE,
-       COL_TOK, COL_CODEC, COL_TOKENS, COL_SIZE, COL_SERIAL, COL_CREATED, COL_EXPIRES, COL_PRICE, COL_PUB };
+       COL_TOK, COL_CODEC, COL_TOKENS, COL_SIZE, COL_SERIAL, COL_CREATED, COL_EXPIRES, COL_PRICE, COL_PUB,
+       COL_REVOKED };
 
 struct kvs_list {
     kvs_blob **rows;
@@ -77,6 +79,7 @@ static kvs_status row_to_blob(sqlite3_stmt *st, kvs_blob **out, char *err, size_
     b->created = sqlite3_column_int64(st, COL_CREATED);
     b->expires = sqlite3_column_int64(st, COL_EXPIRES); /* NULL reads as 0 = never */
     b->price = (uint64_t)sqlite3_column_int64(st, COL_PRICE);
+    b->revoked = sqlite3_column_int(st, COL_REVOKED) != 0;
     *out = b;
     return KVS_OK;
 }
@@ -131,8 +134,10 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
 /* NULL filters match everything; one fixed statement instead of SQL assembled from pieces. */
 #define CATALOG_WHERE                                                                      \
     "WHERE (:model IS NULL OR m.fingerprint = :model) AND (:doc IS NULL OR d.sha256 = :doc) " \
-    "AND (:title IS NULL OR instr(lower(d.title), lower(:title)) > 0) "                    \
-    "AND (:now IS NULL OR b.expires IS NULL OR b.expires > :now) "
+    "AND (:title IS NULL OR instr(lower(b.title), lower(:title)) > 0) "                    \
+    "AND (:now IS NULL OR b.expires IS NULL OR b.expires > :now) "                         \
+    "AND (:publisher IS NULL OR b.publisher_key_id = :publisher) "                         \
+    "AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.key_id = b.publisher_key_id) "
 
 static void bind_query(db_stmt *q, const kvs_query *f)
 {
@@ -145,6 +150,10 @@ static void bind_query(db_stmt *q, const kvs_query *f)
     else
         db_bind_text(q, ":doc", NULL);
     db_bind_text(q, ":title", f->title_contains && *f->title_contains ? f->title_contains : NULL);
+    if (f->publisher_id)
+        db_bind_hex(q, ":publisher", f->publisher_id, KVS_KEYID_LEN);
+    else
+        db_bind_text(q, ":publisher", NULL);
     if (f->now > 0)
         db_bind_int64(q, ":now", f->now);
     else

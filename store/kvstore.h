@@ -25,6 +25,7 @@ typedef enum kvs_status {
     KVS_TOKEN_EXPIRED = 11,
     KVS_TOKEN_EXHAUSTED = 12,  /* no downloads left */
     KVS_TOKEN_WRONG_BLOB = 13, /* token was bought for another blob */
+    KVS_ERR_REVOKED = 14,      /* the blob's publisher key is revoked: not sold, not served */
 } kvs_status;
 
 /* Short constant name of a status. Never NULL. */
@@ -64,6 +65,7 @@ typedef struct kvs_blob {
     int64_t expires;                      /* unix seconds; 0 = never */
     uint64_t price;                       /* smallest currency unit; 0 = free */
     uint8_t publisher_id[KVS_KEYID_LEN];
+    int revoked;                          /* output only: 1 = the publisher key is revoked */
 } kvs_blob;
 
 /* Frees a kvs_blob returned by this module (one allocation). NULL is a no-op. */
@@ -93,15 +95,18 @@ kvs_status kvs_store_reconcile(kvs_store *s, size_t *files_removed, size_t *rows
 /* Result of a publish. */
 typedef struct kvs_publish_result {
     uint8_t id[KVS_SHA256_LEN]; /* the blob id (new or existing) */
-    int already;                /* 1: (document, model, codec) was already published; nothing
-                                   written, id is the existing blob's */
+    int already;                /* 1: this publisher already lists (document, model, codec);
+                                   nothing written, id is the existing blob's */
 } kvs_publish_result;
 
 /* Publishes the blob whose bytes are read from fd (to EOF) or from path. The bytes go to a
  * temp file (fsynced) while being hashed; a declared id/size must match them
  * (KVS_ERR_MISMATCH). Then, in one BEGIN IMMEDIATE transaction, the file is renamed to its
- * content address and the rows are inserted. Publishing the same (document, model, codec)
- * again is a no-op reporting the existing id. Strings in info are borrowed. */
+ * content address and the rows are inserted. A listing belongs to its publisher: the same
+ * (document, model, codec) again from the same publisher is a no-op reporting the existing
+ * id; from another publisher it is a listing of its own, whatever was listed before. A
+ * revoked publisher key is KVS_ERR_REVOKED. The title, source and media type shown for the
+ * listing are info's (the blob's signed manifest). Strings in info are borrowed. */
 kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_publish_result *res, char *err,
                                 size_t errlen) KVS_WUR;
 kvs_status kvs_store_publish_file(kvs_store *s, const kvs_blob *info, const char *path, kvs_publish_result *res,
@@ -120,13 +125,15 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
 typedef struct kvs_query {
     const uint8_t *model_fp;    /* KVS_SHA256_LEN bytes */
     const uint8_t *doc_sha256;  /* KVS_SHA256_LEN bytes */
-    const char *title_contains; /* case-insensitive (ASCII) substring */
+    const char *title_contains; /* case-insensitive (ASCII) substring of the listing's title */
+    const uint8_t *publisher_id; /* KVS_KEYID_LEN bytes: one publisher's listings */
     int64_t now;                /* > 0: hide blobs expired at this time */
     size_t limit;               /* 0 = KVS_QUERY_DEFAULT_LIMIT; capped at KVS_QUERY_MAX_LIMIT */
     size_t offset;
 } kvs_query;
 
-/* A page of catalog rows, newest first (created desc, then id). */
+/* A page of catalog rows, newest first (created desc, then id). Listings of revoked publisher
+ * keys are never in it. */
 typedef struct kvs_list kvs_list;
 kvs_status kvs_store_catalog(kvs_store *s, const kvs_query *q, kvs_list **out, char *err, size_t errlen) KVS_WUR;
 size_t kvs_list_count(const kvs_list *l);
@@ -142,7 +149,8 @@ kvs_status kvs_store_gc(kvs_store *s, int64_t now, size_t *blobs_removed, char *
 
 /* ---- purchases and access tokens ---- */
 
-/* Records a purchase of blob id and creates its access token: 32 random bytes written to
+/* Records a purchase of blob id (KVS_ERR_REVOKED when its publisher key is revoked) and
+ * creates its access token: 32 random bytes written to
  * token (shown to the caller once; only its SHA-256 is stored), valid until expires (unix
  * seconds, must be > now) for max_downloads (>= 1) downloads. buyer is free text (may be
  * NULL). *purchase_id (optional) receives the purchase row id. */
@@ -153,8 +161,9 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
 /* The download budget is counted in bytes: max_downloads x the blob's size at purchase.
  * Checks an access token for a GET of `bytes` bytes of blob id at time now and, when it is
  * good, spends them, atomically (one BEGIN IMMEDIATE transaction). Returns KVS_OK,
- * KVS_TOKEN_UNKNOWN, KVS_TOKEN_WRONG_BLOB, KVS_TOKEN_EXPIRED or KVS_TOKEN_EXHAUSTED (fewer
- * bytes left than asked; checked in that order), or an error; bytes 0 only checks (HEAD).
+ * KVS_TOKEN_UNKNOWN, KVS_TOKEN_WRONG_BLOB, KVS_ERR_REVOKED, KVS_TOKEN_EXPIRED or
+ * KVS_TOKEN_EXHAUSTED (fewer bytes left than asked; checked in that order), or an error;
+ * bytes 0 only checks (HEAD).
  * *downloads_left (whole downloads left after this one) and *purchase_id are optional. */
 kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], const uint8_t id[KVS_SHA256_LEN],
                                  int64_t now, uint64_t bytes, uint32_t *downloads_left, int64_t *purchase_id,
@@ -189,6 +198,20 @@ kvs_status kvs_store_publisher_get(kvs_store *s, const uint8_t key_id[KVS_KEYID_
  * unknown key id; KVS_ERR_CREDENTIAL when it does not match or none is stored. */
 kvs_status kvs_store_publisher_check(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const void *cred,
                                      size_t cred_len, char *err, size_t errlen) KVS_WUR;
+
+/* Revokes a publisher key (known to the store as a publisher or only as a blob signer): its
+ * listings leave the catalog at once, its blobs are neither sold (kvs_store_purchase) nor
+ * served to token holders (kvs_store_token_spend: KVS_ERR_REVOKED) nor published again, and
+ * every purchase of them whose token was still usable at now gets a refunds row of its price
+ * (reason is recorded with the revocation and each refund). All in one transaction. Revoking
+ * a revoked key again changes nothing (counts 0). *blobs and *refunds (optional) get how
+ * many listings were withdrawn and how many purchases refunded. */
+kvs_status kvs_store_publisher_revoke(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason,
+                                      int64_t now, size_t *blobs, size_t *refunds, char *err,
+                                      size_t errlen) KVS_WUR;
+/* *revoked = 1 and *at (optional) the revocation time when key_id is revoked, else 0. */
+kvs_status kvs_store_key_revoked(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], int *revoked, int64_t *at,
+                                 char *err, size_t errlen) KVS_WUR;
 
 /* ---- download log ---- */
 

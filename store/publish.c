@@ -151,9 +151,9 @@ static kvs_status query_one(sqlite3 *db, const char *sql, const kvs_blob *b, con
 
 static const char SQL_EXISTING[] =
     "SELECT b.id FROM blobs b JOIN documents d ON d.id = b.document_id JOIN models m ON m.id = b.model_id "
-    "WHERE d.sha256 = :doc AND m.fingerprint = :model AND b.codec = :codec";
+    "WHERE d.sha256 = :doc AND m.fingerprint = :model AND b.codec = :codec AND b.publisher_key_id = :publisher";
 
-/* Looks for an existing blob for (document, model, codec); *found and res->id. */
+/* Looks for this publisher's blob for (document, model, codec); *found and res->id. */
 static kvs_status find_existing(kvs_store *s, const kvs_blob *b, int *found, kvs_publish_result *res, char *err,
                                 size_t errlen)
 {
@@ -202,8 +202,9 @@ static kvs_status insert_rows(kvs_store *s, const kvs_blob *b, char *err, size_t
     int found = 0;
     return query_one(s->db,
                      "INSERT INTO blobs (id, document_id, model_id, tokenizer_id, codec, tokens, size, serial, "
-                     "created, expires, price, publisher_key_id) VALUES (:id, :doc_id, :model_id, :tok_id, :codec, "
-                     ":tokens, :size, :serial, :created, :expires, :price, :publisher)",
+                     "created, expires, price, publisher_key_id, title, source_uri, media_type) VALUES (:id, "
+                     ":doc_id, :model_id, :tok_id, :codec, :tokens, :size, :serial, :created, :expires, :price, "
+                     ":publisher, :title, :uri, :media)",
                      b, ids, &found, NULL, NULL, err, errlen);
 }
 
@@ -277,8 +278,16 @@ static kvs_status copy_hash(int fd, int tfd, const char *tpath, uint8_t id[KVS_S
 static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpath, kvs_publish_result *res,
                                 int *renamed, char *err, size_t errlen)
 {
-    int found = 0;
-    kvs_status st = find_existing(s, b, &found, res, err, errlen);
+    int found = 0, revoked = 0;
+    kvs_status st = kvs_store_key_revoked(s, b->publisher_id, &revoked, NULL, err, errlen);
+    char hex[65];
+    if (st == KVS_OK && revoked) {
+        kvs_set_err(err, errlen, "publisher key %s is revoked: it cannot publish",
+                    kvc_hex(b->publisher_id, KVS_KEYID_LEN, hex));
+        return KVS_ERR_REVOKED;
+    }
+    if (st == KVS_OK)
+        st = find_existing(s, b, &found, res, err, errlen);
     if (st != KVS_OK || found)
         return st;
     int64_t ignored = 0;
@@ -286,9 +295,8 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
     st = query_one(s->db, "SELECT 1 FROM blobs WHERE id = :id", b, no_ids, &found, &ignored, NULL, err, errlen);
     if (st != KVS_OK)
         return st;
-    char hex[65];
     if (found) {
-        kvs_set_err(err, errlen, "blob %s is already indexed for another (document, model, codec)",
+        kvs_set_err(err, errlen, "blob %s is already indexed for another listing",
                     kvc_hex(b->id, KVS_SHA256_LEN, hex));
         return KVS_ERR_EXISTS;
     }

@@ -4,6 +4,22 @@
 
 #include <stdio.h>
 
+/* The columns of blobs in migration 1, which migration 3 keeps when it rebuilds the table (the
+ * text of migration 1 is unchanged by naming them once). */
+#define BLOB_COLUMNS_V1 \
+    "  id TEXT PRIMARY KEY CHECK (length(id) = 64),\n" \
+    "  document_id INTEGER NOT NULL REFERENCES documents(id),\n" \
+    "  model_id INTEGER NOT NULL REFERENCES models(id),\n" \
+    "  tokenizer_id INTEGER NOT NULL REFERENCES tokenizers(id),\n" \
+    "  codec TEXT NOT NULL,\n" \
+    "  tokens INTEGER NOT NULL CHECK (tokens >= 0),\n" \
+    "  size INTEGER NOT NULL CHECK (size >= 0),\n" \
+    "  serial INTEGER NOT NULL,\n" \
+    "  created INTEGER NOT NULL,\n" \
+    "  expires INTEGER,\n" \
+    "  price INTEGER NOT NULL DEFAULT 0 CHECK (price >= 0),\n" \
+    "  publisher_key_id TEXT NOT NULL CHECK (length(publisher_key_id) = 16),\n"
+
 /* Hashes and key ids are lowercase hex TEXT and times are unix seconds, so the index reads
  * well in the sqlite3 CLI. */
 static const char *const migrations[] = {
@@ -36,18 +52,7 @@ static const char *const migrations[] = {
     "  bytes INTEGER NOT NULL CHECK (bytes >= 0)\n"
     ");\n"
     "CREATE TABLE blobs (\n"
-    "  id TEXT PRIMARY KEY CHECK (length(id) = 64),\n"
-    "  document_id INTEGER NOT NULL REFERENCES documents(id),\n"
-    "  model_id INTEGER NOT NULL REFERENCES models(id),\n"
-    "  tokenizer_id INTEGER NOT NULL REFERENCES tokenizers(id),\n"
-    "  codec TEXT NOT NULL,\n"
-    "  tokens INTEGER NOT NULL CHECK (tokens >= 0),\n"
-    "  size INTEGER NOT NULL CHECK (size >= 0),\n"
-    "  serial INTEGER NOT NULL,\n"
-    "  created INTEGER NOT NULL,\n"
-    "  expires INTEGER,\n"
-    "  price INTEGER NOT NULL DEFAULT 0 CHECK (price >= 0),\n"
-    "  publisher_key_id TEXT NOT NULL CHECK (length(publisher_key_id) = 16),\n"
+    BLOB_COLUMNS_V1
     "  UNIQUE (document_id, model_id, codec)\n"
     ");\n"
     "CREATE INDEX blobs_by_model ON blobs(model_id);\n"
@@ -85,6 +90,42 @@ static const char *const migrations[] = {
     "UPDATE access_tokens SET bytes_left = downloads_left *\n"
     "  COALESCE((SELECT size FROM blobs WHERE blobs.id = access_tokens.blob_id), 0);\n"
     "ALTER TABLE access_tokens DROP COLUMN downloads_left;\n",
+    /* 3: listings belong to publishers. A listing is unique per (document, model, codec,
+     * publisher), not per (document, model, codec): a publisher who knew only a document's hash
+     * could otherwise squat it. Each blob shows the title, source and media type its own signed
+     * manifest carries (documents.* keep the first publisher's, for nothing but history).
+     * Revoked publisher keys are recorded here, so that their listings leave the catalog and
+     * their blobs are neither sold nor served; refunds record what revocation voided. SQLite
+     * cannot change a table's UNIQUE constraint, so blobs is rebuilt (store_migrate runs
+     * migrations with foreign keys off and checks them before committing). */
+    "CREATE TABLE blobs_v3 (\n"
+    BLOB_COLUMNS_V1
+    "  title TEXT NOT NULL,\n"
+    "  source_uri TEXT,\n"
+    "  media_type TEXT NOT NULL,\n"
+    "  UNIQUE (document_id, model_id, codec, publisher_key_id)\n"
+    ");\n"
+    "INSERT INTO blobs_v3 SELECT b.id, b.document_id, b.model_id, b.tokenizer_id, b.codec, b.tokens, b.size,\n"
+    "  b.serial, b.created, b.expires, b.price, b.publisher_key_id, d.title, d.source_uri, d.media_type\n"
+    "  FROM blobs b JOIN documents d ON d.id = b.document_id;\n"
+    "DROP TABLE blobs;\n"
+    "ALTER TABLE blobs_v3 RENAME TO blobs;\n"
+    "CREATE INDEX blobs_by_model ON blobs(model_id);\n"
+    "CREATE INDEX blobs_by_created ON blobs(created DESC, id);\n"
+    "CREATE INDEX blobs_by_publisher ON blobs(publisher_key_id);\n"
+    "CREATE TABLE revocations (\n"
+    "  key_id TEXT PRIMARY KEY CHECK (length(key_id) = 16),\n"
+    "  revoked INTEGER NOT NULL,\n"
+    "  reason TEXT NOT NULL\n"
+    ");\n"
+    "CREATE TABLE refunds (\n"
+    "  id INTEGER PRIMARY KEY,\n"
+    "  purchase_id INTEGER NOT NULL REFERENCES purchases(id),\n"
+    "  amount INTEGER NOT NULL CHECK (amount >= 0),\n"
+    "  at INTEGER NOT NULL,\n"
+    "  reason TEXT NOT NULL,\n"
+    "  UNIQUE (purchase_id)\n"
+    ");\n",
 };
 
 enum { N_MIGRATIONS = sizeof migrations / sizeof migrations[0] };
@@ -131,7 +172,45 @@ static kvs_status check_foreign(sqlite3 *db, char *err, size_t errlen)
     return st;
 }
 
+/* Rows that break a foreign key (PRAGMA foreign_key_check): a migration that leaves any is
+ * rolled back. */
+static kvs_status check_foreign_keys(sqlite3 *db, char *err, size_t errlen)
+{
+    db_stmt q;
+    kvs_status st = db_prepare(db, "PRAGMA foreign_key_check", &q, err, errlen);
+    int row = 0;
+    if (st == KVS_OK)
+        st = db_step(&q, &row, err, errlen);
+    if (st == KVS_OK && row) {
+        kvs_set_err(err, errlen, "schema migration would break a reference from table %s",
+                    (const char *)sqlite3_column_text(q.st, 0));
+        st = KVS_ERR_SCHEMA;
+    }
+    db_finalize(&q);
+    return st;
+}
+
+static kvs_status migrate_locked(sqlite3 *db, char *err, size_t errlen);
+
 kvs_status store_migrate(sqlite3 *db, char *err, size_t errlen)
+{
+    /* A migration may rebuild a table (SQLite's way to change a constraint); with foreign keys
+     * on, dropping the old table would cascade into the rows that reference it. The pragma only
+     * takes effect outside a transaction, so it brackets the whole loop, and each migration
+     * checks the references itself before it commits. */
+    kvs_status st = db_exec(db, "PRAGMA foreign_keys = OFF", err, errlen);
+    if (st == KVS_OK)
+        st = migrate_locked(db, err, errlen);
+    char e2[256];
+    kvs_status st2 = db_exec(db, "PRAGMA foreign_keys = ON", e2, sizeof e2);
+    if (st == KVS_OK && st2 != KVS_OK) {
+        kvs_set_err(err, errlen, "%s", e2);
+        st = st2;
+    }
+    return st;
+}
+
+static kvs_status migrate_locked(sqlite3 *db, char *err, size_t errlen)
 {
     /* The version is read inside the write transaction: two processes opening a fresh
      * store at once must not both run migration 1. */
@@ -162,6 +241,8 @@ kvs_status store_migrate(sqlite3 *db, char *err, size_t errlen)
         char pragma[48];
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
         st = db_exec(db, migrations[v], err, errlen);
+        if (st == KVS_OK)
+            st = check_foreign_keys(db, err, errlen);
         if (st == KVS_OK)
             st = db_exec(db, pragma, err, errlen);
         if (st != KVS_OK) {

@@ -37,6 +37,7 @@ const char *kvs_status_str(kvs_status st)
     case KVS_TOKEN_EXPIRED: return "access token expired";
     case KVS_TOKEN_EXHAUSTED: return "access token has no downloads left";
     case KVS_TOKEN_WRONG_BLOB: return "access token is for another blob";
+    case KVS_ERR_REVOKED: return "publisher key revoked";
     }
     return "unknown status";
 }

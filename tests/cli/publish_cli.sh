@@ -58,4 +58,16 @@ start_server "$T/store2"
 expect 201 PUT /v1/blobs -H "Authorization: Bearer $CRED" --data-binary @"$T/pub1.kvb"
 [ "$(json .id)" = "$ID1" ] || fail "same id in the second store"
 stop_server || fail "clean stop"
+
+# listings belong to publishers: another key's doc1 is a listing of its own, not "skipped";
+# once that key is revoked it cannot publish into the store any more
+KB=$("$KVPUBD" keygen -o "$T/pubB" 2>/dev/null)
+pubB() { "$KVPUBD" publish --store "$T/store" --model "$T/m.gguf" --key "$T/pubB.key" "$@"; }
+pubB --json "$T/doc1.txt" > "$T/b.json"
+[ "$(jq -r '.documents[0].status' "$T/b.json")" = published ] && [ "$(jq -r '.documents[0].id' "$T/b.json")" != "$ID1" ] \
+  && ok "second publisher's doc1 published as its own listing" || fail "second publisher: $(cat "$T/b.json")"
+"$KVPUBD" publisher revoke --store "$T/store" --key-id "$KB" 2>/dev/null || fail "revoke exit status"
+rc=0; pubB "$T/doc2.md" >/dev/null 2>"$T/err" || rc=$?
+[ $rc = 2 ] && grep -q "revoked" "$T/err" && ok "revoked key cannot publish: $(cat "$T/err")" \
+  || fail "revoked key publish: exit $rc: $(cat "$T/err")"
 done_tests

@@ -2,6 +2,8 @@
 # serve_upload.sh: PUT /v1/blobs: a good upload is verified and indexed; tampered, truncated,
 # expired, foreign-key, revoked, unauthenticated, chunked and oversize uploads are refused with
 # 4xx and leave nothing in the index (checked with the sqlite3 CLI) or in the blob directory.
+# Listings belong to publishers (a squatter cannot take another's document), and revocation
+# withdraws a key's listings, refuses their sale and download (410), and refunds purchases.
 source "$(dirname "$0")/lib_serve.bash"
 build_mkblob
 make_cert
@@ -14,6 +16,9 @@ CRED2=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub2.pub" --name bo
   || ok "a registered key cannot be added twice"
 mkblob --key "$T/pub1.key" -o "$T/good.kvb" --tokens 100 --seed 1
 mkblob --key "$T/pub2.key" -o "$T/bob.kvb" --tokens 100 --seed 2
+# bob knows the hash of alice's next document (the text is not needed, only its SHA-256)
+mkblob --key "$T/pub2.key" -o "$T/squat.kvb" --tokens 50 --seed 8 --doc "alice's paper" --title "Free copy!"
+mkblob --key "$T/pub1.key" -o "$T/paper.kvb" --tokens 50 --seed 9 --doc "alice's paper" --title "Alice's paper"
 mkblob --key "$T/stranger.key" -o "$T/stranger.kvb" --seed 3
 mkblob --key "$T/pub1.key" -o "$T/expired.kvb" --seed 4 --expires 1000
 mkblob --key "$T/pub1.key" -o "$T/large.kvb" --seed 5 --tokens 200 --layers 4 --kv-dim 128 --codec f16
@@ -69,8 +74,43 @@ put 201 "$CRED2" bob.kvb
 expect 200 GET "/v1/blobs/$ID"
 cmp -s "$T/body" "$T/good.kvb" || fail "uploaded blob served back byte-exact"
 
+# squatting: bob lists alice's document first; alice's own upload is still hers
+BOBID=$(sha256sum "$T/bob.kvb" | cut -d" " -f1)
+QUERY="?price=5" put 201 "$CRED2" squat.kvb
+SQUAT=$(json .id)
+put 201 "$CRED1" paper.kvb
+PAPER=$(json .id)
+[ "$(json .status)" = published ] && [ "$PAPER" != "$SQUAT" ] || fail "alice's upload answered with bob's listing"
+DOC=$(printf "%s" "alice's paper" | sha256sum | cut -d' ' -f1)
+expect 200 GET "/v1/catalog?doc=$DOC"
+[ "$(json '.total')" = 2 ] || fail "two listings of one document: $(cat "$T/body")"
+[ "$(json ".items[] | select(.id == \"$PAPER\") | .document.title")" = "Alice's paper" ] &&
+  [ "$(json ".items[] | select(.id == \"$SQUAT\") | .document.title")" = "Free copy!" ] \
+  && ok "each listing shows its own signed title" || fail "titles: $(cat "$T/body")"
+expect 200 GET "/v1/catalog?publisher=$(cut -d. -f1 <<<"$CRED1")"
+[ "$(json '[.items[].id] | sort | join(",")')" = "$(printf '%s\n' "$ID" "$PAPER" | sort | paste -sd,)" ] \
+  || fail "publisher filter: $(cat "$T/body")"
+expect 400 GET "/v1/catalog?publisher=XYZ"
+expect 201 POST /v1/purchases -H "Content-Type: application/json" --data "{\"blob\":\"$SQUAT\"}"
+SQUAT_TOKEN=$(json .token)
+
 # revoking bob: /v1/keys lists it, and his uploads stop
-"$KVPUBD" publisher revoke --store "$T/store" --key-id "$(cut -d. -f1 <<<"$CRED2")" 2>/dev/null
+"$KVPUBD" publisher revoke --store "$T/store" --key-id "$(cut -d. -f1 <<<"$CRED2")" --reason "squatter" \
+  2>"$T/revoke.err" || fail "revoke exit status"
+grep -q "2 listing(s) withdrawn, 1 purchase(s) refunded" "$T/revoke.err" || fail "revoke summary: $(cat "$T/revoke.err")"
+[ "$(sqlite3 "$T/store/index.db" "select amount || ' ' || reason from refunds")" = "5 squatter" ] \
+  || fail "refund row: $(sqlite3 "$T/store/index.db" 'select * from refunds')"
+expect 200 GET "/v1/catalog?doc=$DOC"
+[ "$(json '.items[0].id')" = "$PAPER" ] && [ "$(json '.total')" = 1 ] || fail "revoked listing still in the catalog"
+expect 200 GET /v1/catalog
+json '.items[].id' | grep -q "$BOBID" && fail "bob's other blob still listed"
+expect 410 GET "/v1/blobs/$SQUAT" -H "Authorization: Bearer $SQUAT_TOKEN"
+[ "$(json .error)" = revoked ] || fail "revoked blob download: $(cat "$T/body")"
+expect 410 GET "/v1/blobs/$BOBID"
+expect 410 GET "/v1/blobs/$BOBID/manifest"
+expect 410 POST /v1/purchases -H "Content-Type: application/json" --data "{\"blob\":\"$BOBID\"}"
+[ "$(json .error)" = revoked ] || fail "revoked blob purchase: $(cat "$T/body")"
+expect 200 GET "/v1/blobs/$PAPER"
 expect 200 GET /v1/keys
 [ "$(json '.revoked[0]')" = "$(cut -d. -f1 <<<"$CRED2")" ] || fail "revocation listed"
 mkblob --key "$T/pub2.key" -o "$T/bob2.kvb" --seed 7

@@ -587,6 +587,8 @@ static void test_budget_migration(void **state)
         "INSERT INTO access_tokens SELECT token_sha256, purchase_id, blob_id, expires, 2 FROM t2;\n"
         "DROP TABLE t2;\n"
         "CREATE INDEX access_tokens_by_blob ON access_tokens(blob_id);\n"
+        "DROP TABLE revocations;\n" /* migration 3's tables; its blobs rebuild copes with either shape */
+        "DROP TABLE refunds;\n"
         "PRAGMA user_version = 1;\n";
     assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
@@ -597,6 +599,216 @@ static void test_budget_migration(void **state)
     assert_int_equal(left, 0);
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 51, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 50, &left, NULL, err, sizeof err), KVS_OK);
+    kvs_store_close(s);
+}
+
+/* ---- listings belong to publishers; revocation ---- */
+
+/* Item n as publisher pub's listing: its own key id, title and blob bytes (two publishers'
+ * blobs of one document always differ: each is signed by its own key). */
+static void make_listing(item *it, const char *dir, unsigned doc, unsigned pub, const char *title)
+{
+    make_item(it, dir, doc, 1, "f16-zstd", 100 + pub, 10 + pub, 0);
+    memset(it->info.publisher_id, (int)pub, sizeof it->info.publisher_id);
+    snprintf(it->title, sizeof it->title, "%s", title);
+    uint8_t *bytes = make_bytes(doc * 7919 + pub, it->len);
+    kvc_sha256(bytes, it->len, it->sha);
+    snprintf(it->blob_path, sizeof it->blob_path, "%s/in-%u-pub%u.blob", dir, doc, pub);
+    write_file(it->blob_path, bytes, it->len);
+    free(bytes);
+}
+
+static kvs_list *catalog_ok(kvs_store *s, const kvs_query *q)
+{
+    char err[512] = "";
+    kvs_list *l = NULL;
+    kvs_status st = kvs_store_catalog(s, q, &l, err, sizeof err);
+    if (st != KVS_OK)
+        fail_msg("catalog: %s: %s", kvs_status_str(st), err);
+    return l;
+}
+
+static void test_listings_per_publisher(void **state)
+{
+    const char *dir = *state;
+    char sdir[512];
+    snprintf(sdir, sizeof sdir, "%s/store", dir);
+    kvs_store *s = open_ok(sdir);
+    item squat, real, again;
+    /* a squatter who knows only the document's hash lists it first, under its own title */
+    make_listing(&squat, dir, 1, 0x5a, "Buy my fake");
+    publish_ok(s, &squat, 0);
+    /* the genuine publisher's listing of the same (document, model, codec) is its own */
+    make_listing(&real, dir, 1, 0xab, "The real document");
+    publish_ok(s, &real, 0);
+    /* and publishing it again is the genuine publisher's no-op, naming its own blob */
+    make_listing(&again, dir, 1, 0xab, "The real document");
+    char err[512] = "";
+    kvs_publish_result res;
+    assert_int_equal(kvs_store_publish_file(s, &again.info, again.blob_path, &res, err, sizeof err), KVS_OK);
+    assert_int_equal(res.already, 1);
+    assert_memory_equal(res.id, real.sha, 32);
+
+    kvs_query q = {.doc_sha256 = real.info.doc_sha256};
+    kvs_list *l = catalog_ok(s, &q);
+    assert_int_equal(kvs_list_count(l), 2);
+    for (size_t i = 0; i < 2; i++) {
+        const kvs_blob *b = kvs_list_get(l, i);
+        const item *it = memcmp(b->id, real.sha, 32) == 0 ? &real : &squat;
+        assert_memory_equal(b->id, it->sha, 32);
+        assert_string_equal(b->doc_title, it->title); /* each listing shows its own signed title */
+        assert_memory_equal(b->publisher_id, it->info.publisher_id, 8);
+        assert_int_equal(b->revoked, 0);
+    }
+    kvs_list_free(l);
+
+    /* one publisher's listings; a title search finds only the listing that carries it */
+    q = (kvs_query){.publisher_id = real.info.publisher_id};
+    l = catalog_ok(s, &q);
+    assert_int_equal(kvs_list_count(l), 1);
+    assert_memory_equal(kvs_list_get(l, 0)->id, real.sha, 32);
+    kvs_list_free(l);
+    q = (kvs_query){.title_contains = "REAL DOC"};
+    l = catalog_ok(s, &q);
+    assert_int_equal(kvs_list_count(l), 1);
+    assert_memory_equal(kvs_list_get(l, 0)->id, real.sha, 32);
+    kvs_list_free(l);
+    kvs_store_close(s);
+}
+
+/* Opens the store DIR/store; sdir and dbpath get its directory and index path. */
+static kvs_store *open_store_in(const char *dir, char sdir[512], char dbpath[600])
+{
+    snprintf(sdir, 512, "%s/store", dir);
+    snprintf(dbpath, 600, "%s/index.db", sdir);
+    return open_ok(sdir);
+}
+
+static int64_t count_rows(const char *dbpath, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+static void test_revocation_bites(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], dbpath[600], err[512] = "";
+    kvs_store *s = open_store_in(dir, sdir, dbpath);
+    item bad, bad2, good;
+    make_listing(&bad, dir, 1, 0x66, "from the key that leaks");
+    make_listing(&bad2, dir, 2, 0x66, "second from it");
+    make_listing(&good, dir, 1, 0x77, "from an honest key");
+    publish_ok(s, &bad, 0);
+    publish_ok(s, &bad2, 0);
+    publish_ok(s, &good, 0);
+    uint8_t tok[32], tok_used[32], tok_old[32], tok_good[32];
+    assert_int_equal(kvs_store_purchase(s, bad.sha, "carol", 100, 1000, 1, tok, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_purchase(s, bad.sha, "dave", 100, 1000, 1, tok_used, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_token_spend(s, tok_used, bad.sha, 150, bad.len, NULL, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_purchase(s, bad2.sha, "erin", 100, 160, 1, tok_old, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_purchase(s, good.sha, "carol", 100, 1000, 1, tok_good, NULL, err, sizeof err), KVS_OK);
+
+    size_t blobs = 9, refunds = 9;
+    int revoked = 0;
+    int64_t at = 0;
+    assert_int_equal(kvs_store_key_revoked(s, bad.info.publisher_id, &revoked, &at, err, sizeof err), KVS_OK);
+    assert_int_equal(revoked, 0);
+    assert_int_equal(kvs_store_publisher_revoke(s, bad.info.publisher_id, "key leaked", 200, &blobs, &refunds, err,
+                                                sizeof err), KVS_OK);
+    assert_int_equal(blobs, 2);
+    assert_int_equal(refunds, 1); /* carol's: dave spent his download, erin's token expired at 160 */
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM refunds r JOIN purchases p ON p.id = r.purchase_id "
+                                        "WHERE p.buyer = 'carol' AND r.amount = p.price AND r.amount = 100 "
+                                        "AND r.at = 200 AND r.reason = 'key leaked'"), 1);
+    assert_int_equal(kvs_store_key_revoked(s, bad.info.publisher_id, &revoked, &at, err, sizeof err), KVS_OK);
+    assert_int_equal(revoked, 1);
+    assert_int_equal(at, 200);
+
+    /* gone from the catalog, marked on lookup, not sold, not served, not published again */
+    kvs_list *l = catalog_ok(s, NULL);
+    assert_int_equal(kvs_list_count(l), 1);
+    assert_int_equal(kvs_list_total(l), 1);
+    assert_memory_equal(kvs_list_get(l, 0)->id, good.sha, 32);
+    kvs_list_free(l);
+    kvs_blob *b = NULL;
+    assert_int_equal(kvs_store_blob_get(s, bad.sha, &b, err, sizeof err), KVS_OK);
+    assert_int_equal(b->revoked, 1);
+    kvs_blob_free(b);
+    uint8_t t2[32];
+    assert_int_equal(kvs_store_purchase(s, bad.sha, "frank", 300, 1000, 1, t2, NULL, err, sizeof err),
+                     KVS_ERR_REVOKED);
+    assert_non_null(strstr(err, "revoked"));
+    assert_int_equal(kvs_store_token_spend(s, tok, bad.sha, 300, 10, NULL, NULL, err, sizeof err), KVS_ERR_REVOKED);
+    assert_int_equal(kvs_store_token_spend(s, tok, bad.sha, 300, 0, NULL, NULL, err, sizeof err), KVS_ERR_REVOKED);
+    item bad3;
+    make_listing(&bad3, dir, 3, 0x66, "after revocation");
+    kvs_publish_result res;
+    assert_int_equal(kvs_store_publish_file(s, &bad3.info, bad3.blob_path, &res, err, sizeof err), KVS_ERR_REVOKED);
+    assert_non_null(strstr(err, "6666666666666666 is revoked"));
+    /* the honest key is untouched */
+    assert_int_equal(kvs_store_token_spend(s, tok_good, good.sha, 300, 10, NULL, NULL, err, sizeof err), KVS_OK);
+    /* revoking again changes nothing */
+    assert_int_equal(kvs_store_publisher_revoke(s, bad.info.publisher_id, "again", 400, &blobs, &refunds, err,
+                                                sizeof err), KVS_OK);
+    assert_int_equal(blobs, 0);
+    assert_int_equal(refunds, 0);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM refunds"), 1);
+    kvs_store_close(s);
+}
+
+/* A store indexed before listings belonged to publishers (schema 2) migrates without losing a
+ * row: access tokens survive the rebuild of blobs (their foreign key cascades on delete), and
+ * each listing keeps the title it showed. */
+static void test_listing_migration(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], dbpath[600], err[512] = "";
+    kvs_store *s = open_store_in(dir, sdir, dbpath);
+    item a;
+    make_listing(&a, dir, 1, 0x11, "Document Number 1");
+    publish_ok(s, &a, 0);
+    uint8_t tok[32];
+    assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 1, tok, NULL, err, sizeof err), KVS_OK);
+    kvs_store_close(s);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    const char *v2 =
+        "CREATE TABLE b2 (id TEXT PRIMARY KEY, document_id INTEGER NOT NULL REFERENCES documents(id),\n"
+        "  model_id INTEGER NOT NULL REFERENCES models(id), tokenizer_id INTEGER NOT NULL REFERENCES tokenizers(id),\n"
+        "  codec TEXT NOT NULL, tokens INTEGER NOT NULL, size INTEGER NOT NULL, serial INTEGER NOT NULL,\n"
+        "  created INTEGER NOT NULL, expires INTEGER, price INTEGER NOT NULL DEFAULT 0,\n"
+        "  publisher_key_id TEXT NOT NULL, UNIQUE (document_id, model_id, codec));\n"
+        "INSERT INTO b2 SELECT id, document_id, model_id, tokenizer_id, codec, tokens, size, serial, created,\n"
+        "  expires, price, publisher_key_id FROM blobs;\n"
+        "DROP TABLE blobs;\n"
+        "ALTER TABLE b2 RENAME TO blobs;\n"
+        "DROP TABLE revocations;\n"
+        "DROP TABLE refunds;\n"
+        "PRAGMA user_version = 2;\n";
+    assert_int_equal(sqlite3_exec(db, v2, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM access_tokens"), 1);
+
+    s = open_ok(sdir);
+    assert_int_equal(kvs_store_schema_version(s), kvs_schema_latest());
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM access_tokens"), 1);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 10, NULL, NULL, err, sizeof err), KVS_OK);
+    kvs_blob *b = NULL;
+    assert_int_equal(kvs_store_blob_get(s, a.sha, &b, err, sizeof err), KVS_OK);
+    assert_string_equal(b->doc_title, "Document Number 1");
+    kvs_blob_free(b);
+    item other;
+    make_listing(&other, dir, 1, 0x22, "Another publisher's copy");
+    publish_ok(s, &other, 0);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
     kvs_store_close(s);
 }
 
@@ -1057,6 +1269,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gc_expired, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_purchases_and_tokens, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_budget_migration, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_listings_per_publisher, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_revocation_bites, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_listing_migration, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_publishers_and_log, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_schema_newer_refused, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test_setup_teardown(test_two_processes_publish, tmpdir_setup, tmpdir_teardown),
