@@ -1,6 +1,6 @@
 # kvpub: one Makefile, out-of-tree builds into $(BUILD) (default build/).
 # Sources are discovered by folder, so adding a file to a module needs no edit here:
-#   <module>/*.c          -> $(BUILD)/lib<module>.a     (fetch store format crypto engine)
+#   <module>/*.c          -> $(BUILD)/lib<module>.a     (kvpub fetch store format crypto engine)
 #   kvpubd/*.c kvfetch/*.c kvsynth/*.c -> $(BUILD)/<tool>
 #   tests/unit/test_*.c   -> $(BUILD)/tests/test_*      (cmocka, one binary per file)
 #   tests/cli/*.sh        -> run by scripts/run-tests.sh with BUILD set
@@ -28,7 +28,7 @@ ALL_CFLAGS += -DKVC_IPSEC_MB
 LDLIBS  += -lIPSec_MB
 endif
 
-MODULES := fetch store format crypto engine
+MODULES := kvpub fetch store format crypto engine
 TOOLS   := kvpubd kvfetch kvsynth
 
 mod_srcs = $(wildcard $(1)/*.c)
@@ -68,12 +68,6 @@ $(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_HELP) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_HELP) $(LIBS) $(LDLIBS) -lcmocka
-
-# kvfetch's loader is tested directly: test_fetch_loader links every kvfetch object but its main.
-KVFETCH_OBJS := $(filter-out $(BUILD)/obj/kvfetch/main.o,$(call mod_objs,kvfetch))
-$(BUILD)/tests/test_fetch_loader: $(BUILD)/obj/tests/unit/test_fetch_loader.o $(TEST_HELP) $(KVFETCH_OBJS) $(LIBS)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(TEST_HELP) $(KVFETCH_OBJS) $(LIBS) $(LDLIBS) -lcmocka
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBS)
 	@mkdir -p $(dir $@)

@@ -6,9 +6,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const rope_types[] = {"normal", "neox"};
-static const char *const scalings[] = {"none", "linear", "yarn"};
+/* The manifest's names of the RoPE enums, indexed by value: the only copy of these tables. */
+static const char *const rope_types[KVB_ROPE_TYPE_COUNT] = {"normal", "neox"};
+static const char *const scalings[KVB_SCALING_COUNT] = {"none", "linear", "yarn"};
 #define MAX_SAFE_INT 9007199254740991LL /* 2^53 - 1: JSON integers beyond lose precision */
+
+const char *kvb_rope_type_name(kvb_rope_type t)
+{
+    return (unsigned)t < KVB_ROPE_TYPE_COUNT ? rope_types[t] : "?";
+}
+
+const char *kvb_scaling_name(kvb_rope_scaling s)
+{
+    return (unsigned)s < KVB_SCALING_COUNT ? scalings[s] : "?";
+}
 
 kvb_status kvb_manifest_check_shape(const kvb_manifest *m, char *err, size_t errlen)
 {
@@ -32,7 +43,7 @@ kvb_status kvb_manifest_check_shape(const kvb_manifest *m, char *err, size_t err
                         (unsigned long long)n_chunks, KVB_MAX_CHUNKS);
     if ((unsigned)m->codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)m->codec);
-    if ((unsigned)m->rope_type > KVB_ROPE_NEOX || (unsigned)m->rope_scaling > KVB_SCALING_YARN)
+    if ((unsigned)m->rope_type >= KVB_ROPE_TYPE_COUNT || (unsigned)m->rope_scaling >= KVB_SCALING_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown rope type or scaling");
     if (m->rope_n_rot > m->head_dim)
         return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "rope n_rot %u exceeds head_dim %u", m->rope_n_rot, m->head_dim);
@@ -78,10 +89,36 @@ static json_t *section_json(const kvb_section *s, int with_range)
 
 static const char *nz(const char *s) { return s ? s : ""; }
 
+/* The manifest's "rope" object; the store indexes the same object (kvb_manifest_rope_json). */
+static json_t *rope_object(const kvb_manifest *m)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "type", json_string(kvb_rope_type_name(m->rope_type)));
+    json_object_set_new(o, "n_rot", json_integer(m->rope_n_rot));
+    json_object_set_new(o, "freq_base", json_real(m->rope_freq_base));
+    json_object_set_new(o, "freq_scale", json_real(m->rope_freq_scale));
+    json_object_set_new(o, "scaling", json_string(kvb_scaling_name(m->rope_scaling)));
+    json_object_set_new(o, "n_ctx_orig", json_integer(m->rope_n_ctx_orig));
+    json_object_set_new(o, "yarn_ext_factor", json_real(m->yarn_ext_factor));
+    json_object_set_new(o, "yarn_attn_factor", json_real(m->yarn_attn_factor));
+    json_object_set_new(o, "yarn_beta_fast", json_real(m->yarn_beta_fast));
+    json_object_set_new(o, "yarn_beta_slow", json_real(m->yarn_beta_slow));
+    json_object_set_new(o, "pos0", json_integer(m->pos0));
+    return o;
+}
+
+char *kvb_manifest_rope_json(const kvb_manifest *m)
+{
+    json_t *o = rope_object(m);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    return s;
+}
+
 kvb_status kvb_manifest_serialize(const kvb_manifest *m, char **out, size_t *len, char *err, size_t errlen)
 {
     json_t *root = json_object(), *doc = json_object(), *model = json_object(), *tok = json_object();
-    json_t *rope = json_object(), *chunks = json_array();
+    json_t *rope = rope_object(m), *chunks = json_array();
     char serial[24];
     snprintf(serial, sizeof serial, "%llu", (unsigned long long)m->serial);
 
@@ -100,18 +137,6 @@ kvb_status kvb_manifest_serialize(const kvb_manifest *m, char **out, size_t *len
     json_object_set_new(model, "head_dim", json_integer(m->head_dim));
 
     json_object_set_new(tok, "fingerprint", hexstr(m->tokenizer_fingerprint, KVC_SHA256_LEN));
-
-    json_object_set_new(rope, "type", json_string(rope_types[m->rope_type]));
-    json_object_set_new(rope, "n_rot", json_integer(m->rope_n_rot));
-    json_object_set_new(rope, "freq_base", json_real(m->rope_freq_base));
-    json_object_set_new(rope, "freq_scale", json_real(m->rope_freq_scale));
-    json_object_set_new(rope, "scaling", json_string(scalings[m->rope_scaling]));
-    json_object_set_new(rope, "n_ctx_orig", json_integer(m->rope_n_ctx_orig));
-    json_object_set_new(rope, "yarn_ext_factor", json_real(m->yarn_ext_factor));
-    json_object_set_new(rope, "yarn_attn_factor", json_real(m->yarn_attn_factor));
-    json_object_set_new(rope, "yarn_beta_fast", json_real(m->yarn_beta_fast));
-    json_object_set_new(rope, "yarn_beta_slow", json_real(m->yarn_beta_slow));
-    json_object_set_new(rope, "pos0", json_integer(m->pos0));
 
     for (uint32_t i = 0; i < m->n_chunks; i++)
         json_array_append_new(chunks, section_json(&m->chunks[i], 1));
@@ -333,11 +358,11 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
     m.head_dim = (uint32_t)get_uint(&p, model, "model", "head_dim", KVB_MAX_KV_DIM);
     get_hash(&p, tok, "tokenizer", "fingerprint", m.tokenizer_fingerprint);
 
-    m.rope_type = (kvb_rope_type)get_enum(&p, rope, "rope", "type", rope_types, 2);
+    m.rope_type = (kvb_rope_type)get_enum(&p, rope, "rope", "type", rope_types, KVB_ROPE_TYPE_COUNT);
     m.rope_n_rot = (uint32_t)get_uint(&p, rope, "rope", "n_rot", KVB_MAX_KV_DIM);
     m.rope_freq_base = get_num(&p, rope, "rope", "freq_base");
     m.rope_freq_scale = get_num(&p, rope, "rope", "freq_scale");
-    m.rope_scaling = (kvb_rope_scaling)get_enum(&p, rope, "rope", "scaling", scalings, 3);
+    m.rope_scaling = (kvb_rope_scaling)get_enum(&p, rope, "rope", "scaling", scalings, KVB_SCALING_COUNT);
     m.rope_n_ctx_orig = (uint32_t)get_uint(&p, rope, "rope", "n_ctx_orig", INT32_MAX);
     m.yarn_ext_factor = get_num(&p, rope, "rope", "yarn_ext_factor");
     m.yarn_attn_factor = get_num(&p, rope, "rope", "yarn_attn_factor");

@@ -72,10 +72,17 @@ const char *kvb_codec_name(kvb_codec c);
 /* Parses a codec name. Returns KVB_OK or KVB_ERR_UNSUPPORTED. */
 kvb_status kvb_codec_parse(const char *name, kvb_codec *out) KVB_WUR;
 
-typedef enum kvb_rope_type { KVB_ROPE_NORMAL = 0, KVB_ROPE_NEOX = 1 } kvb_rope_type;
+/* RoPE as manifests name it. A new value needs its name in kvb_manifest.c's table and the
+ * engine mapping in kvpub/identity.c, nothing else. */
+typedef enum kvb_rope_type { KVB_ROPE_NORMAL = 0, KVB_ROPE_NEOX = 1, KVB_ROPE_TYPE_COUNT } kvb_rope_type;
 typedef enum kvb_rope_scaling {
-    KVB_SCALING_NONE = 0, KVB_SCALING_LINEAR = 1, KVB_SCALING_YARN = 2
+    KVB_SCALING_NONE = 0, KVB_SCALING_LINEAR = 1, KVB_SCALING_YARN = 2, KVB_SCALING_COUNT
 } kvb_rope_scaling;
+
+/* "normal", "neox"; "?" for an unknown value. */
+const char *kvb_rope_type_name(kvb_rope_type t);
+/* "none", "linear", "yarn"; "?" for an unknown value. */
+const char *kvb_scaling_name(kvb_rope_scaling s);
 
 /* One section (token ids or a chunk). offset is relative to the data section start. */
 typedef struct kvb_section {
@@ -126,6 +133,10 @@ typedef struct kvb_manifest {
 } kvb_manifest;
 
 void kvb_manifest_free(kvb_manifest *m); /* NULL is a no-op */
+
+/* The manifest's "rope" object (RoPE parameters and pos0) as compact JSON with sorted keys,
+ * as the store's index shows it. Returns a malloc'd string (caller frees), NULL out of memory. */
+char *kvb_manifest_rope_json(const kvb_manifest *m);
 
 /* Fixed header fields. */
 typedef struct kvb_header {

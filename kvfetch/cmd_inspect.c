@@ -110,7 +110,6 @@ int kvfetch_inspect_main(int argc, char **argv)
         kvb_time_format(m->expires, expires, sizeof expires);
     else
         snprintf(expires, sizeof expires, "never");
-    static const char *const rope_type[] = {"normal", "neox"}, *const scaling[] = {"none", "linear", "yarn"};
 
     if (as_json) {
         json_t *o = json_object();
@@ -141,8 +140,8 @@ int kvfetch_inspect_main(int argc, char **argv)
                m->n_embd, m->n_head, m->n_head_kv, m->head_dim, hex32(m->model_fingerprint, b));
         printf("tokenizer:  sha256:%s\n", hex32(m->tokenizer_fingerprint, c));
         printf("rope:       %s, n_rot %u, freq_base %g, freq_scale %g, scaling %s, n_ctx_orig %u, pos0 %u\n",
-               rope_type[m->rope_type], m->rope_n_rot, m->rope_freq_base, m->rope_freq_scale, scaling[m->rope_scaling],
-               m->rope_n_ctx_orig, m->pos0);
+               kvb_rope_type_name(m->rope_type), m->rope_n_rot, m->rope_freq_base, m->rope_freq_scale,
+               kvb_scaling_name(m->rope_scaling), m->rope_n_ctx_orig, m->pos0);
         if (m->rope_scaling == KVB_SCALING_YARN)
             printf("yarn:       ext %g, attn %g, beta_fast %g, beta_slow %g\n", m->yarn_ext_factor,
                    m->yarn_attn_factor, m->yarn_beta_fast, m->yarn_beta_slow);

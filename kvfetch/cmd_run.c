@@ -13,8 +13,8 @@
 #include "engine/engine.h"
 #include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
-#include "kvfetch/loader.h"
 #include "kvfetch/opts.h"
+#include "kvpub/kvpub.h"
 
 #define MAX_BLOBS 16
 #define MAX_GEN 4096
@@ -185,11 +185,11 @@ typedef struct session {
     const char *prog;
     eng_model *model;
     const eng_info *info;
-    uint8_t fp[32], tok_fp[32];
+    kvp_identity id;
     char paths[MAX_BLOBS][PATH_MAX];
     int32_t *doc_tokens[MAX_BLOBS];
     uint32_t doc_n[MAX_BLOBS];
-    kvf_load_stats ls[MAX_BLOBS];
+    kvp_load_stats ls[MAX_BLOBS];
     int32_t *prefix_ids, *prompt_ids;
     size_t n_prefix, n_prompt;
     int32_t bos;
@@ -267,11 +267,10 @@ static int load_model(session *s)
     s->info = eng_model_info(s->model);
     s->model_s = kvf_now_s() - t;
     t = kvf_now_s();
-    if (eng_model_fingerprint(s->model, s->fp, s->err, sizeof s->err) != ENG_OK) {
+    if (kvp_identity_from_model(s->model, &s->id, s->err, sizeof s->err) != KVP_OK) {
         fprintf(stderr, "%s: fingerprinting %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
     }
-    eng_tokenizer_fingerprint(s->model, s->tok_fp);
     s->fp_s = kvf_now_s() - t;
     s->bos = s->info->add_bos && s->info->bos_id >= 0 ? s->info->bos_id : -1;
     /* prefix and prompt are the caller's own text: special-token strings are honoured */
@@ -400,20 +399,20 @@ static int loaded_path(session *s, loaded_times *lt)
     }
     lt->prefix_s = kvf_now_s() - t0;
     double t1 = kvf_now_s();
-    kvf_load_opts lo = {.model = s->model, .ctx = s->ctx, .model_fp = s->fp, .tok_fp = s->tok_fp,
-                        .trust = s->a.co.trust, .now = s->a.co.now, .n_threads = s->a.threads};
+    kvp_load_opts lo = {.model = s->model, .ctx = s->ctx, .identity = &s->id, .trust = s->a.co.trust,
+                        .now = s->a.co.now, .n_threads = s->a.threads};
     for (int i = 0; i < s->a.n_blobs; i++) {
         kvb_status vst;
-        kvf_status st = kvf_load_blob(&lo, s->paths[i], &s->doc_tokens[i], &s->doc_n[i], &s->ls[i], &vst,
+        kvp_status st = kvp_load_blob(&lo, s->paths[i], &s->doc_tokens[i], &s->doc_n[i], &s->ls[i], &vst,
                                       s->err, sizeof s->err);
-        if (st != KVF_OK) {
-            if (st == KVF_ERR_VERIFY) {
+        if (st != KVP_OK) {
+            if (st == KVP_ERR_VERIFY) {
                 fprintf(stderr, "%s: %s: verification failed (%s): %s\n", s->prog, s->a.blobs[i],
                         kvb_status_str(vst), s->err);
                 return kvb_exit_code(vst);
             }
             fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.blobs[i], s->err);
-            return st == KVF_ERR_REFUSED ? KVF_EXIT_REFUSED : 2;
+            return st == KVP_ERR_REFUSED ? KVF_EXIT_REFUSED : 2;
         }
     }
     lt->load_s = kvf_now_s() - t1;
@@ -432,7 +431,7 @@ static void stats_json(json_t *o, const session *s, const loaded_times *lt)
 {
     json_t *blobs = json_array();
     for (int i = 0; i < s->a.n_blobs; i++) {
-        const kvf_load_stats *l = &s->ls[i];
+        const kvp_load_stats *l = &s->ls[i];
         json_t *b = json_object();
         json_object_set_new(b, "blob", json_string(s->a.blobs[i]));
         json_object_set_new(b, "path", json_string(s->paths[i]));
@@ -470,7 +469,7 @@ static void stats_json(json_t *o, const session *s, const loaded_times *lt)
 static void stats_text(const session *s, const loaded_times *lt)
 {
     for (int i = 0; i < s->a.n_blobs; i++) {
-        const kvf_load_stats *l = &s->ls[i];
+        const kvp_load_stats *l = &s->ls[i];
         double gbs = l->total_s > 0 ? (double)l->raw_bytes / l->total_s / 1e9 : 0;
         fprintf(stderr,
                 "blob %d: %u tokens at position %d (re-rotated by %d), %.1f MB raw KV in %.2f ms "

@@ -18,19 +18,11 @@ int kvpubd_blobinfo_fill(kvpubd_blobinfo *bi, const kvb_manifest *m, const uint8
                          uint64_t price)
 {
     memset(bi, 0, sizeof *bi);
-    static const char *const scaling[] = {"none", "linear", "yarn"};
     bi->shape_json = dump(json_pack("{s:I, s:I, s:I, s:I, s:I}", "n_layer", (json_int_t)m->n_layer,
                                     "n_embd", (json_int_t)m->n_embd, "n_head", (json_int_t)m->n_head,
                                     "n_head_kv", (json_int_t)m->n_head_kv, "head_dim",
                                     (json_int_t)m->head_dim));
-    bi->rope_json = dump(json_pack(
-        "{s:s, s:I, s:f, s:f, s:s, s:I, s:f, s:f, s:f, s:f, s:I}", "type",
-        m->rope_type == KVB_ROPE_NEOX ? "neox" : "normal", "n_rot", (json_int_t)m->rope_n_rot, "freq_base",
-        m->rope_freq_base, "freq_scale", m->rope_freq_scale, "scaling",
-        (unsigned)m->rope_scaling < 3 ? scaling[m->rope_scaling] : "?", "n_ctx_orig",
-        (json_int_t)m->rope_n_ctx_orig, "yarn_ext_factor", m->yarn_ext_factor, "yarn_attn_factor",
-        m->yarn_attn_factor, "yarn_beta_fast", m->yarn_beta_fast, "yarn_beta_slow", m->yarn_beta_slow, "pos0",
-        (json_int_t)m->pos0));
+    bi->rope_json = kvb_manifest_rope_json(m);
     if (!bi->shape_json || !bi->rope_json) {
         kvpubd_blobinfo_clear(bi);
         return -1;

@@ -1,9 +1,8 @@
-/* test_fetch_loader.c: kvfetch/loader.c on stories260K (real weights): a blob loaded right after
+/* test_kvpub_load.c: kvpub/load.c on stories260K (real weights): a blob loaded right after
  * BOS gives bit-identical logits to a full prefill; after a prefix its layer-0 keys match the
  * full prefill's within f16 rounding (re-rotation is exact up to rounding: layer 0's K depends
  * only on the token and its position); every manifest mismatch is refused with both sides
- * named; a tampered blob is refused and leaves the context as it was. The loader is compiled
- * into this test (the Makefile links only the modules' libraries into tests). */
+ * named; a tampered blob is refused and leaves the context as it was. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,13 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kvfetch/loader.h"
+#include "kvpub/kvpub.h"
 #include "engine/quant_internal.h"
 
 typedef struct fixture {
     eng_model *m;
     const eng_info *in;
-    uint8_t fp[32], tok_fp[32];
+    kvp_identity id;
     kvc_key *key;
     kvc_trust *trust;
     char dir[64];
@@ -44,9 +43,8 @@ static int setup(void **state)
         return -1;
     }
     f->in = eng_model_info(f->m);
-    if (eng_model_fingerprint(f->m, f->fp, err, sizeof err) != ENG_OK)
+    if (kvp_identity_from_model(f->m, &f->id, err, sizeof err) != KVP_OK)
         return -1;
-    eng_tokenizer_fingerprint(f->m, f->tok_fp);
     if (eng_tokenize(f->m, DOC, strlen(DOC), 0, 0, &f->doc, &f->n_doc) != ENG_OK || f->n_doc < 40)
         return -1;
     snprintf(f->dir, sizeof f->dir, "/tmp/kvpub-test-loader-XXXXXX");
@@ -93,29 +91,11 @@ static eng_ctx *new_ctx(fixture *f)
 static void fill_manifest(fixture *f, kvb_manifest *m, uint32_t n, kvb_codec codec)
 {
     memset(m, 0, sizeof *m);
-    const eng_rope *r = &f->in->rope;
     m->doc_title = "test";
     m->doc_bytes = sizeof DOC - 1;
     kvc_sha256(DOC, sizeof DOC - 1, m->doc_sha256);
-    memcpy(m->model_fingerprint, f->fp, 32);
-    memcpy(m->tokenizer_fingerprint, f->tok_fp, 32);
-    m->model_arch = f->in->arch;
-    m->n_layer = (uint32_t)f->in->n_layer;
-    m->n_embd = (uint32_t)f->in->n_embd;
-    m->n_head = (uint32_t)f->in->n_head;
-    m->n_head_kv = (uint32_t)f->in->n_head_kv;
-    m->head_dim = (uint32_t)f->in->head_dim;
+    kvp_identity_to_manifest(&f->id, m);
     m->kv_dim = m->n_head_kv * m->head_dim;
-    m->rope_type = r->type == ENG_ROPE_NEOX ? KVB_ROPE_NEOX : KVB_ROPE_NORMAL;
-    m->rope_n_rot = (uint32_t)r->n_rot;
-    m->rope_freq_base = r->freq_base;
-    m->rope_freq_scale = r->freq_scale;
-    m->rope_scaling = r->scaling == ENG_ROPE_SCALING_YARN ? KVB_SCALING_YARN
-                    : r->scaling == ENG_ROPE_SCALING_LINEAR ? KVB_SCALING_LINEAR : KVB_SCALING_NONE;
-    m->yarn_attn_factor = r->yarn_attn_factor;
-    m->yarn_beta_fast = r->yarn_beta_fast;
-    m->yarn_beta_slow = r->yarn_beta_slow;
-    m->pos0 = 1;
     m->n_tokens = n;
     m->codec = codec;
     m->chunk_tokens = 16; /* several chunks even for a short document */
@@ -153,15 +133,14 @@ static void make_blob(fixture *f, const char *path, kvb_codec codec)
     eng_ctx_free(c);
 }
 
-static kvf_status load_doc(fixture *f, eng_ctx *c, const char *path, kvf_load_stats *st, char *err, size_t errlen)
+static kvp_status load_doc(fixture *f, eng_ctx *c, const char *path, kvp_load_stats *st, char *err, size_t errlen)
 {
-    kvf_load_opts o = {.model = f->m, .ctx = c, .model_fp = f->fp, .tok_fp = f->tok_fp,
-                       .trust = f->trust, .n_threads = 2};
+    kvp_load_opts o = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust, .n_threads = 2};
     kvb_status vst;
     uint32_t n = 0;
     int32_t *ids = NULL;
-    kvf_status s = kvf_load_blob(&o, path, &ids, &n, st, &vst, err, errlen);
-    if (s == KVF_OK) {
+    kvp_status s = kvp_load_blob(&o, path, &ids, &n, st, &vst, err, errlen);
+    if (s == KVP_OK) {
         assert_int_equal(n, f->n_doc);
         assert_memory_equal(ids, f->doc, n * sizeof *ids);
     }
@@ -182,8 +161,8 @@ static void test_exact_after_bos(void **state)
     eng_ctx *c = new_ctx(f);
     int32_t bos = f->in->bos_id;
     assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
-    kvf_load_stats st;
-    if (load_doc(f, c, path, &st, err, sizeof err) != KVF_OK)
+    kvp_load_stats st;
+    if (load_doc(f, c, path, &st, err, sizeof err) != KVP_OK)
         fail_msg("load: %s", err);
     assert_int_equal(st.delta, 0);
     assert_int_equal(st.n_chunks, (f->n_doc + 15) / 16);
@@ -217,8 +196,8 @@ static void test_rerotated_layer0(void **state)
         head[i] = f->doc[(i * 7) % f->n_doc]; /* some other tokens as a prefix */
     eng_ctx *c = new_ctx(f), *full = new_ctx(f);
     assert_int_equal(eng_prefill(c, head, NULL, 24, NULL, NULL), ENG_OK);
-    kvf_load_stats st;
-    if (load_doc(f, c, path, &st, err, sizeof err) != KVF_OK)
+    kvp_load_stats st;
+    if (load_doc(f, c, path, &st, err, sizeof err) != KVP_OK)
         fail_msg("load: %s", err);
     assert_int_equal(st.pos, 24);
     assert_int_equal(st.delta, 23);
@@ -257,7 +236,7 @@ static void test_manifest_checks(void **state)
     char err[512];
     kvb_manifest m;
     fill_manifest(f, &m, 10, KVB_CODEC_F16);
-    assert_int_equal(kvf_check_manifest(&m, f->m, f->fp, f->tok_fp, 5, err, sizeof err), KVF_OK);
+    assert_int_equal(kvp_check_manifest(&m, &f->id, 5, err, sizeof err), KVP_OK);
 
     static const struct {
         int what;
@@ -283,7 +262,7 @@ static void test_manifest_checks(void **state)
         case 6: memset(m.model_fingerprint, 0, 32); m.rope_freq_base = 1e6; break;
         }
         err[0] = 0;
-        assert_int_equal(kvf_check_manifest(&m, f->m, f->fp, f->tok_fp, 5, err, sizeof err), KVF_ERR_REFUSED);
+        assert_int_equal(kvp_check_manifest(&m, &f->id, 5, err, sizeof err), KVP_ERR_REFUSED);
         if (!strstr(err, cases[i].want))
             fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].want);
     }
@@ -291,7 +270,7 @@ static void test_manifest_checks(void **state)
     fill_manifest(f, &m, 10, KVB_CODEC_F16);
     m.model_fingerprint[0] ^= 1;
     m.rope_freq_base = 1e6;
-    assert_int_equal(kvf_check_manifest(&m, f->m, f->fp, f->tok_fp, 0, err, sizeof err), KVF_ERR_REFUSED);
+    assert_int_equal(kvp_check_manifest(&m, &f->id, 0, err, sizeof err), KVP_ERR_REFUSED);
     assert_non_null(strstr(err, "RoPE freq_base: blob 1e+06, model 10000"));
 }
 
@@ -311,22 +290,21 @@ static void test_tampered_rolls_back(void **state)
     eng_ctx *c = new_ctx(f);
     int32_t bos = f->in->bos_id;
     assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
-    kvf_load_opts o = {.model = f->m, .ctx = c, .model_fp = f->fp, .tok_fp = f->tok_fp, .trust = f->trust};
+    kvp_load_opts o = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust};
     kvb_status vst = KVB_OK;
     int32_t *ids = NULL;
     uint32_t n = 0;
-    assert_int_equal(kvf_load_blob(&o, path, &ids, &n, NULL, &vst, err, sizeof err), KVF_ERR_VERIFY);
+    assert_int_equal(kvp_load_blob(&o, path, &ids, &n, NULL, &vst, err, sizeof err), KVP_ERR_VERIFY);
     assert_int_equal(vst, KVB_ERR_CHUNK_HASH);
     assert_null(ids);
     assert_int_equal(eng_kv_len(c), 1); /* the chunks imported before the bad one are gone */
     assert_int_equal(eng_kv_next_pos(c), 1);
     /* a model mismatch is refused before anything is imported */
     make_blob(f, path, KVB_CODEC_F16);
-    uint8_t other[32];
-    memcpy(other, f->fp, 32);
-    other[5] ^= 1;
-    o.model_fp = other;
-    assert_int_equal(kvf_load_blob(&o, path, NULL, NULL, NULL, &vst, err, sizeof err), KVF_ERR_REFUSED);
+    kvp_identity other = f->id;
+    other.model_fp[5] ^= 1;
+    o.identity = &other;
+    assert_int_equal(kvp_load_blob(&o, path, NULL, NULL, NULL, &vst, err, sizeof err), KVP_ERR_REFUSED);
     assert_non_null(strstr(err, "model mismatch"));
     assert_int_equal(eng_kv_len(c), 1);
     eng_ctx_free(c);
@@ -366,8 +344,8 @@ static void test_rerotated_import_bits(void **state)
         int prev = eng_quant_force_scalar(scalar);
         eng_ctx *c = new_ctx(f);
         assert_int_equal(eng_prefill(c, head, NULL, HEAD, NULL, NULL), ENG_OK);
-        kvf_load_stats st;
-        if (load_doc(f, c, path, &st, err, sizeof err) != KVF_OK)
+        kvp_load_stats st;
+        if (load_doc(f, c, path, &st, err, sizeof err) != KVP_OK)
             fail_msg("load: %s", err);
         assert_int_equal(st.delta, HEAD - 1);
         assert_int_equal(eng_kv_next_pos(c), eng_kv_next_pos(ref));

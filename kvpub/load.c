@@ -1,6 +1,6 @@
-/* loader.c: blob -> engine context: manifest checks against the loaded model, streaming
+/* load.c: blob -> engine context: the identity check against the loaded model, streaming
  * verified read with parallel chunk decode, per-chunk K re-rotation and KV import. */
-#include "kvfetch/loader.h"
+#include "kvpub/kvpub.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fetch/fetch.h"
+#include "kvpub/kvpub_internal.h"
+
 #define READ_PIECE (8u << 20)
 
 static double cpu_now_s(void)
@@ -25,100 +28,15 @@ static double cpu_now_s(void)
            u.ru_stime.tv_usec / 1e6;
 }
 
-/* "sha256:" and the first 16 hex digits: enough to tell fingerprints apart in a message. */
-static const char *short_fp(const uint8_t fp[32], char out[32])
-{
-    char hex[65];
-    kvc_hex(fp, 32, hex);
-    snprintf(out, 32, "sha256:%.16s...", hex);
-    return out;
-}
-
-static const char *rope_type_name(int neox) { return neox ? "neox" : "normal"; }
-static const char *scaling_name(int s)
-{
-    return s == KVB_SCALING_NONE ? "none" : s == KVB_SCALING_LINEAR ? "linear" : s == KVB_SCALING_YARN ? "yarn" : "?";
-}
-
-/* Describes the first RoPE parameter that differs into out; returns 0 if all agree. */
-static int rope_diff(const kvb_manifest *m, const eng_info *in, char *out, size_t len)
-{
-    const eng_rope *r = &in->rope;
-    int blob_neox = m->rope_type == KVB_ROPE_NEOX, model_neox = r->type == ENG_ROPE_NEOX;
-    int model_scaling = r->scaling == ENG_ROPE_SCALING_LINEAR ? KVB_SCALING_LINEAR
-                      : r->scaling == ENG_ROPE_SCALING_YARN   ? KVB_SCALING_YARN
-                                                              : KVB_SCALING_NONE;
-    if (blob_neox != model_neox)
-        return snprintf(out, len, "RoPE type: blob %s, model %s", rope_type_name(blob_neox),
-                        rope_type_name(model_neox)), 1;
-    if (m->rope_n_rot != (uint32_t)r->n_rot)
-        return snprintf(out, len, "RoPE n_rot: blob %u, model %d", m->rope_n_rot, r->n_rot), 1;
-    /* the manifest carries the model's float values widened to double: compare as float */
-    if ((float)m->rope_freq_base != r->freq_base)
-        return snprintf(out, len, "RoPE freq_base: blob %g, model %g", m->rope_freq_base, (double)r->freq_base), 1;
-    if ((float)m->rope_freq_scale != r->freq_scale)
-        return snprintf(out, len, "RoPE freq_scale: blob %g, model %g", m->rope_freq_scale, (double)r->freq_scale), 1;
-    if ((int)m->rope_scaling != model_scaling)
-        return snprintf(out, len, "RoPE scaling: blob %s, model %s", scaling_name(m->rope_scaling),
-                        scaling_name(model_scaling)), 1;
-    if (model_scaling == KVB_SCALING_YARN) {
-        if (m->rope_n_ctx_orig != (uint32_t)r->n_ctx_orig ||
-            (float)m->yarn_ext_factor != r->yarn_ext_factor ||
-            (float)m->yarn_attn_factor != r->yarn_attn_factor ||
-            (float)m->yarn_beta_fast != r->yarn_beta_fast ||
-            (float)m->yarn_beta_slow != r->yarn_beta_slow)
-            return snprintf(out, len, "YaRN parameters: blob n_ctx_orig %u ext %g attn %g beta %g/%g, "
-                            "model n_ctx_orig %d ext %g attn %g beta %g/%g",
-                            m->rope_n_ctx_orig, m->yarn_ext_factor, m->yarn_attn_factor,
-                            m->yarn_beta_fast, m->yarn_beta_slow, r->n_ctx_orig,
-                            (double)r->yarn_ext_factor, (double)r->yarn_attn_factor,
-                            (double)r->yarn_beta_fast, (double)r->yarn_beta_slow), 1;
-    }
-    return 0;
-}
-
-kvf_status kvf_check_manifest(const kvb_manifest *m, const eng_model *model,
-                              const uint8_t model_fp[32], const uint8_t tok_fp[32],
-                              int32_t delta, char *err, size_t errlen)
-{
-    const eng_info *in = eng_model_info(model);
-    char a[32], b[32], rd[256] = "", shape[160] = "";
-    int rope_differs = rope_diff(m, in, rd, sizeof rd);
-    uint32_t kv_dim = (uint32_t)in->n_head_kv * (uint32_t)in->head_dim;
-    int shape_differs = m->n_layer != (uint32_t)in->n_layer || m->n_head_kv != (uint32_t)in->n_head_kv ||
-                        m->head_dim != (uint32_t)in->head_dim;
-    if (shape_differs)
-        snprintf(shape, sizeof shape, "KV shape: blob %u layers x %u kv heads x %u, model %d x %d x %d",
-                 m->n_layer, m->n_head_kv, m->head_dim, in->n_layer, in->n_head_kv, in->head_dim);
-    if (memcmp(m->model_fingerprint, model_fp, 32) != 0)
-        return kvf_fail(err, errlen, KVF_ERR_REFUSED,
-                    "model mismatch: blob wants %s (%s, %u layers), you loaded %s (%s, %d layers)%s%s%s%s",
-                    short_fp(m->model_fingerprint, a), m->model_arch, m->n_layer, short_fp(model_fp, b),
-                    in->arch, in->n_layer, rope_differs ? "; " : "", rd, shape_differs ? "; " : "", shape);
-    if (memcmp(m->tokenizer_fingerprint, tok_fp, 32) != 0)
-        return kvf_fail(err, errlen, KVF_ERR_REFUSED,
-                    "tokenizer mismatch: blob wants %s, your model's tokenizer is %s (%s, %d tokens)",
-                    short_fp(m->tokenizer_fingerprint, a), short_fp(tok_fp, b), in->tokenizer, in->n_vocab);
-    /* the same fingerprint with another shape or RoPE means a publisher bug: still refuse */
-    if (shape_differs || m->kv_dim != kv_dim)
-        return kvf_fail(err, errlen, KVF_ERR_REFUSED, "blob does not fit the model: %s", shape);
-    if (rope_differs)
-        return kvf_fail(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate exactly: %s", rd);
-    if (delta != 0 && (in->rope.n_rot <= 0 || in->rope.n_rot % 2 || in->rope.n_rot > in->head_dim))
-        return kvf_fail(err, errlen, KVF_ERR_REFUSED, "cannot re-rotate: RoPE n_rot %d with head_dim %d",
-                    in->rope.n_rot, in->head_dim);
-    return KVF_OK;
-}
-
 typedef struct load {
-    const kvf_load_opts *o;
+    const kvp_load_opts *o;
     int cell0;           /* first cell of the document */
     int32_t pos;         /* position of its first token */
     int32_t delta;
     int in_place;        /* chunks decode straight into the cache's cells (f16 cache) */
-    kvf_status st;       /* why a callback refused */
+    kvp_status st;       /* why a callback refused */
     double cb_s;         /* time inside callbacks (excluded from verify_decode) */
-    kvf_load_stats *stats;
+    kvp_load_stats *stats;
 } load;
 
 static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_header *h, char *err,
@@ -127,8 +45,8 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
     load *l = user;
     double t = kvf_now_s();
     l->delta = l->pos - (int32_t)m->pos0;
-    l->st = kvf_check_manifest(m, l->o->model, l->o->model_fp, l->o->tok_fp, l->delta, err, errlen);
-    if (l->st != KVF_OK)
+    l->st = kvp_check_manifest(m, l->o->identity, l->delta, err, errlen);
+    if (l->st != KVP_OK)
         return KVB_ERR_CALLBACK;
     l->stats->n_tokens = m->n_tokens;
     l->stats->n_chunks = m->n_chunks;
@@ -180,7 +98,7 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
         }
     }
     if (es != ENG_OK) {
-        l->st = kvf_fail(err, errlen, KVF_ERR_ENGINE, "%s chunk %u (cells %d..%d): %s", what, c->index, cell,
+        l->st = kvp_fail(err, errlen, KVP_ERR_ENGINE, "%s chunk %u (cells %d..%d): %s", what, c->index, cell,
                          cell + n, eng_status_str(es));
         return KVB_ERR_CALLBACK;
     }
@@ -203,10 +121,10 @@ typedef struct source {
     uint8_t *buf;
 } source;
 
-static kvf_status feed_all(source *src, kvb_reader *r, const char *path, load *l, double *in_reader,
+static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l, double *in_reader,
                            kvb_status *ks, char *err, size_t errlen)
 {
-    kvf_load_stats *st = l->stats;
+    kvp_load_stats *st = l->stats;
     struct stat sb;
     double t = kvf_now_s();
     if (fstat(src->fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size <= SIZE_MAX) {
@@ -225,11 +143,11 @@ static kvf_status feed_all(source *src, kvb_reader *r, const char *path, load *l
         t = kvf_now_s();
         *ks = kvb_reader_feed(r, src->map, src->map_len, err, errlen);
         *in_reader += kvf_now_s() - t;
-        return KVF_OK;
+        return KVP_OK;
     }
     src->buf = malloc(READ_PIECE);
     if (!src->buf)
-        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
     for (;;) {
         t = kvf_now_s();
         ssize_t n = read(src->fd, src->buf, READ_PIECE);
@@ -237,33 +155,33 @@ static kvf_status feed_all(source *src, kvb_reader *r, const char *path, load *l
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return kvf_fail(err, errlen, KVF_ERR_IO, "reading %s: %s", path, strerror(errno));
+            return kvp_fail(err, errlen, KVP_ERR_IO, "reading %s: %s", path, strerror(errno));
         if (n == 0)
-            return KVF_OK;
+            return KVP_OK;
         st->file_bytes += (uint64_t)n;
         t = kvf_now_s();
         *ks = kvb_reader_feed(r, src->buf, (size_t)n, err, errlen);
         *in_reader += kvf_now_s() - t;
         if (*ks != KVB_OK)
-            return KVF_OK;
+            return KVP_OK;
     }
 }
 
-kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tokens,
-                         uint32_t *n_tokens, kvf_load_stats *stp, kvb_status *vst,
+kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tokens,
+                         uint32_t *n_tokens, kvp_load_stats *stp, kvb_status *vst,
                          char *err, size_t errlen)
 {
-    kvf_load_stats local;
-    kvf_load_stats *st = stp ? stp : &local;
+    kvp_load_stats local;
+    kvp_load_stats *st = stp ? stp : &local;
     memset(st, 0, sizeof *st);
     if (tokens)
         *tokens = NULL;
     if (vst)
         *vst = KVB_OK;
-    if (!o || !o->model || !o->ctx || !o->model_fp || !o->tok_fp || !o->trust || !path)
-        return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_load_blob: missing argument");
+    if (!o || !o->model || !o->ctx || !o->identity || !o->trust || !path)
+        return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_load_blob: missing argument");
     double t0 = kvf_now_s(), c0 = cpu_now_s();
-    load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVF_OK, .stats = st};
+    load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVP_OK, .stats = st};
     st->pos = l.pos;
     st->n_threads = o->n_threads > 0 ? o->n_threads : eng_default_threads();
     kvb_read_opts ro = {0};
@@ -277,16 +195,16 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
 
     source src = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
     if (src.fd < 0)
-        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvb_reader *r = kvb_reader_create(&ro);
-    kvf_status rst = KVF_OK;
+    kvp_status rst = KVP_OK;
     kvb_status ks = KVB_OK;
     double in_reader = 0;
     if (!r) {
-        rst = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+        rst = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if ((rst = feed_all(&src, r, path, &l, &in_reader, &ks, err, errlen)) != KVF_OK)
+    if ((rst = feed_all(&src, r, path, &l, &in_reader, &ks, err, errlen)) != KVP_OK)
         goto out;
     if (ks == KVB_OK) {
         double t = kvf_now_s();
@@ -294,10 +212,10 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
         in_reader += kvf_now_s() - t;
     }
     if (ks != KVB_OK) {
-        if (ks == KVB_ERR_CALLBACK && l.st != KVF_OK) {
+        if (ks == KVB_ERR_CALLBACK && l.st != KVP_OK) {
             rst = l.st; /* our own refusal: err already says why */
         } else {
-            rst = KVF_ERR_VERIFY;
+            rst = KVP_ERR_VERIFY;
             if (vst)
                 *vst = ks;
         }
@@ -306,7 +224,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     const kvb_manifest *m = kvb_reader_manifest(r);
     const int32_t *ids = kvb_reader_tokens(r);
     if (!m || !ids || eng_kv_len(o->ctx) != l.cell0 + (int)m->n_tokens) {
-        rst = kvf_fail(err, errlen, KVF_ERR_VERIFY, "%s: blob ended without delivering all its tokens", path);
+        rst = kvp_fail(err, errlen, KVP_ERR_VERIFY, "%s: blob ended without delivering all its tokens", path);
         if (vst)
             *vst = KVB_ERR_TRUNCATED;
         goto out;
@@ -316,7 +234,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     if (tokens) {
         *tokens = malloc((m->n_tokens ? m->n_tokens : 1) * sizeof **tokens);
         if (!*tokens) {
-            rst = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+            rst = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
             goto out;
         }
         memcpy(*tokens, ids, m->n_tokens * sizeof **tokens);
@@ -324,7 +242,7 @@ kvf_status kvf_load_blob(const kvf_load_opts *o, const char *path, int32_t **tok
     st->delta = l.delta;
 out:
     st->verify_decode_s = in_reader - l.cb_s;
-    if (rst != KVF_OK && eng_kv_len(o->ctx) > l.cell0)
+    if (rst != KVP_OK && eng_kv_len(o->ctx) > l.cell0)
         (void)!eng_kv_truncate(o->ctx, l.cell0); /* nothing half-imported stays visible */
     kvb_reader_free(r);
     if (src.map)
