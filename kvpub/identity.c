@@ -17,6 +17,9 @@ const char *kvp_status_str(kvp_status st)
     case KVP_ERR_VERIFY: return "verification failed";
     case KVP_ERR_REFUSED: return "refused";
     case KVP_ERR_ENGINE: return "engine error";
+    case KVP_ERR_TOO_LONG: return "document too long";
+    case KVP_ERR_FORMAT: return "blob format error";
+    case KVP_ERR_STORE: return "store error";
     }
     return "?";
 }

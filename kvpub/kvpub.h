@@ -1,7 +1,8 @@
 /* kvpub.h: the product's flow as a library, above engine, format, store, crypto and fetch and
  * below the tools: the model-identity record and the one check that refuses a blob made for
- * another model, and loading a verified blob into an engine context. Nothing here prints or
- * exits: functions return a kvp_status and write the detail into a caller's err buffer. */
+ * another model; publishing a document (tokenize, prefill after BOS, export, encode, sign,
+ * index); and loading a verified blob into an engine context. Nothing here prints or exits:
+ * functions return a kvp_status and write the detail into a caller's err buffer. */
 #ifndef KVPUB_KVPUB_H
 #define KVPUB_KVPUB_H
 
@@ -11,6 +12,7 @@
 #include "crypto/kvcrypto.h"
 #include "engine/engine.h"
 #include "format/kvblob.h"
+#include "store/kvstore.h"
 
 #define KVP_WUR __attribute__((warn_unused_result))
 
@@ -23,6 +25,9 @@ typedef enum kvp_status {
     KVP_ERR_VERIFY = 4,   /* the blob failed verification; the kvb_status says which way */
     KVP_ERR_REFUSED = 5,  /* a verified blob that does not fit: other model, tokenizer, RoPE */
     KVP_ERR_ENGINE = 6,   /* the engine failed (context full, fingerprinting, ...) */
+    KVP_ERR_TOO_LONG = 7, /* a document longer than the model's context */
+    KVP_ERR_FORMAT = 8,   /* encoding, signing or re-reading a blob */
+    KVP_ERR_STORE = 9,    /* the store could not index a blob */
 } kvp_status;
 
 /* "ok", "usage", ...; never NULL. */
@@ -81,6 +86,83 @@ kvp_status kvp_identity_check(const kvp_identity *blob, const kvp_identity *mode
 /* kvp_identity_check of the identity a manifest states. */
 kvp_status kvp_check_manifest(const kvb_manifest *m, const kvp_identity *model, int32_t delta,
                               char *err, size_t errlen) KVP_WUR;
+
+/* ---- the store's index row of a blob ---- */
+
+/* The strings a kvs_blob borrows (shape and RoPE JSON), owned by this struct. */
+typedef struct kvp_blobinfo {
+    kvs_blob blob;   /* strings point into m and into the two buffers below */
+    char *shape_json;
+    char *rope_json;
+} kvp_blobinfo;
+
+/* Fills bi from m (borrowed: must outlive bi), the signer key id and a price: what the store
+ * indexes of a blob, the same for `kvpubd publish` and the daemon's uploads. The blob id and
+ * size are left zero (store/ computes them from the bytes). Returns 0, or -1 out of memory. */
+int kvp_blobinfo_fill(kvp_blobinfo *bi, const kvb_manifest *m, const uint8_t key_id[KVC_KEYID_LEN],
+                      uint64_t price);
+void kvp_blobinfo_clear(kvp_blobinfo *bi); /* frees the JSON texts; bi may be filled again */
+
+/* kvc_tmpfd in STORE/tmp/, for a blob being written (publish, upload): it vanishes with the
+ * process, so a crash or a refused blob never leaves anything behind. Returns the descriptor,
+ * or -1 with errno set. */
+int kvp_store_tmpfd(const char *store_dir);
+
+/* ---- publishing a document ---- */
+
+#define KVP_DOC_MAX ((size_t)64 << 20) /* bytes of one document file */
+#define KVP_CHUNK_TOKENS 256           /* default tokens per chunk */
+
+/* A document read and tokenized, ready to publish. */
+typedef struct kvp_document {
+    const char *path;      /* borrowed from the caller */
+    char *text;            /* owned: the file's bytes, NUL-terminated */
+    size_t len;
+    uint8_t sha256[32];    /* of the bytes */
+    int32_t *ids;          /* owned: the document's tokens (no BOS) */
+    size_t n_tokens;
+} kvp_document;
+
+/* Reads path (a regular file of at most KVP_DOC_MAX bytes), hashes it and tokenizes it with
+ * model (special-token strings count as text). Refuses a document without tokens
+ * (KVP_ERR_USAGE) or one that does not fit the model's context after BOS (KVP_ERR_TOO_LONG);
+ * KVP_ERR_IO, KVP_ERR_ENGINE otherwise. d is always safe to kvp_document_clear. */
+kvp_status kvp_document_read(const eng_model *model, const char *path, kvp_document *d,
+                             char *err, size_t errlen) KVP_WUR;
+void kvp_document_clear(kvp_document *d); /* NULL is a no-op */
+
+/* Called after each prefill batch of a document: done of total tokens. */
+typedef void (*kvp_progress_fn)(void *user, size_t done, size_t total);
+
+typedef struct kvp_publish_opts {
+    eng_model *model;
+    const kvp_identity *identity; /* the model's, from kvp_identity_from_model */
+    const kvc_key *key;           /* the signer (private key) */
+    kvs_store *store;             /* where the blob is indexed */
+    const char *store_dir;        /* that store's directory: the blob is written in its tmp/ */
+    kvb_codec codec;
+    uint32_t chunk_tokens;        /* 0 = KVP_CHUNK_TOKENS */
+    uint64_t price;               /* smallest currency unit; 0 = free */
+    uint64_t expires_in;          /* seconds from now; 0 = never */
+    const char *title;            /* NULL = the file name */
+    int n_threads;                /* engine threads; 0 = all cores */
+    kvp_progress_fn progress;     /* NULL = none */
+    void *user;                   /* passed to progress */
+} kvp_publish_opts;
+
+typedef struct kvp_publish_result {
+    uint8_t id[32];               /* the blob id (SHA-256 of the file) */
+    uint64_t bytes;               /* its size */
+    int skipped;                  /* 1 = this key already listed (document, model, codec) */
+} kvp_publish_result;
+
+/* Publishes d: unless this key already lists (document, model, codec), prefills [BOS, d] in
+ * a fresh context, exports the KV chunk by chunk, encodes and signs it into a blob in the
+ * store's tmp/ and indexes it from the blob's own manifest. Nothing is left behind on
+ * failure. Statuses: KVP_ERR_USAGE, KVP_ERR_IO, KVP_ERR_NOMEM, KVP_ERR_ENGINE,
+ * KVP_ERR_FORMAT, KVP_ERR_STORE. */
+kvp_status kvp_publish_document(const kvp_publish_opts *o, const kvp_document *d,
+                                kvp_publish_result *res, char *err, size_t errlen) KVP_WUR;
 
 /* ---- loading a blob into an engine context ---- */
 

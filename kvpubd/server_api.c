@@ -1,7 +1,7 @@
 /* server_api.c: the endpoints of spec/http-api.md over store/: catalog, keys, manifests,
  * downloads (Range, ETag, bearer tokens), purchases and verified publisher uploads. */
 #include "kvpubd/server_internal.h"
-#include "kvpubd/blobinfo.h"
+#include "kvpub/kvpub.h"
 #include "kvpubd/util.h"
 
 #include <dirent.h>
@@ -618,7 +618,7 @@ enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
     memcpy(r->up_key_id, key_id, 8);
     if (kvc_key_from_raw_public(pub.public_key, &r->up_key) != KVC_OK)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "stored publisher key unusable");
-    r->up_fd = kvpubd_store_tmpfd(s->cfg.store_dir);
+    r->up_fd = kvp_store_tmpfd(s->cfg.store_dir);
     if (r->up_fd < 0) {
         kvsrv_log(s, "error", "event=upload detail=\"temp file in %s: %s\"", s->cfg.store_dir, strerror(errno));
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "no space for the upload");
@@ -677,12 +677,12 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
     const char *ps = kvsrv_arg(r, "price");
     if (ps && kvsrv_parse_u64(ps, &price) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "price must be a whole number");
-    kvpubd_blobinfo bi;
-    if (kvpubd_blobinfo_fill(&bi, m, r->up_key_id, price) != 0)
+    kvp_blobinfo bi;
+    if (kvp_blobinfo_fill(&bi, m, r->up_key_id, price) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "cannot index the blob's metadata");
     bi.blob.size = r->up_received;
     if (lseek(r->up_fd, 0, SEEK_SET) != 0) {
-        kvpubd_blobinfo_clear(&bi);
+        kvp_blobinfo_clear(&bi);
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "upload temp file");
     }
     kvs_publish_result res;
@@ -690,7 +690,7 @@ enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size)
     kvs_store *st = pool_get(s);
     kvs_status s1 = kvs_store_publish_fd(st, &bi.blob, r->up_fd, &res, e, sizeof e);
     pool_put(s, st);
-    kvpubd_blobinfo_clear(&bi);
+    kvp_blobinfo_clear(&bi);
     if (s1 == KVS_ERR_EXISTS || s1 == KVS_ERR_INVALID || s1 == KVS_ERR_MISMATCH)
         return kvsrv_respond_error(r, MHD_HTTP_CONFLICT, "conflict", "%s", e);
     if (s1 == KVS_ERR_REVOKED)

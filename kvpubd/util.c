@@ -1,11 +1,6 @@
-/* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi), and the store's
- * temporary files. */
+/* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi). */
 #include "kvpubd/util.h"
-#include "crypto/kvcrypto.h"
 
-#include <errno.h>
-#include <limits.h>
-#include <stdio.h>
 #include <string.h>
 
 /* Parses leading digits; *end gets the first non-digit. -1 on no digits or overflow. */
@@ -66,14 +61,4 @@ int kvpubd_parse_duration(const char *s, uint64_t *out)
 {
     static const uint64_t mult[] = {1, 60, 3600, 86400, 7 * 86400};
     return scaled(s, out, "smhdw", mult);
-}
-
-int kvpubd_store_tmpfd(const char *store_dir)
-{
-    char dir[PATH_MAX];
-    if (snprintf(dir, sizeof dir, "%s/tmp", store_dir) >= (int)sizeof dir) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    return kvc_tmpfd(dir);
 }

@@ -1,7 +1,10 @@
 /* blobinfo.c: manifest -> kvs_blob (the index row), including the shape and RoPE JSON texts
  * the catalog shows, so the daemon and the publish command index blobs the same way. */
-#include "kvpubd/blobinfo.h"
+#include "kvpub/kvpub.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,8 +17,8 @@ static char *dump(json_t *o)
     return s;
 }
 
-int kvpubd_blobinfo_fill(kvpubd_blobinfo *bi, const kvb_manifest *m, const uint8_t key_id[KVC_KEYID_LEN],
-                         uint64_t price)
+int kvp_blobinfo_fill(kvp_blobinfo *bi, const kvb_manifest *m, const uint8_t key_id[KVC_KEYID_LEN],
+                      uint64_t price)
 {
     memset(bi, 0, sizeof *bi);
     bi->shape_json = dump(json_pack("{s:I, s:I, s:I, s:I, s:I}", "n_layer", (json_int_t)m->n_layer,
@@ -24,7 +27,7 @@ int kvpubd_blobinfo_fill(kvpubd_blobinfo *bi, const kvb_manifest *m, const uint8
                                     (json_int_t)m->head_dim));
     bi->rope_json = kvb_manifest_rope_json(m);
     if (!bi->shape_json || !bi->rope_json) {
-        kvpubd_blobinfo_clear(bi);
+        kvp_blobinfo_clear(bi);
         return -1;
     }
     kvs_blob *b = &bi->blob;
@@ -48,7 +51,17 @@ int kvpubd_blobinfo_fill(kvpubd_blobinfo *bi, const kvb_manifest *m, const uint8
     return 0;
 }
 
-void kvpubd_blobinfo_clear(kvpubd_blobinfo *bi)
+int kvp_store_tmpfd(const char *store_dir)
+{
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s/tmp", store_dir) >= (int)sizeof dir) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return kvc_tmpfd(dir);
+}
+
+void kvp_blobinfo_clear(kvp_blobinfo *bi)
 {
     free(bi->shape_json);
     free(bi->rope_json);
