@@ -173,7 +173,17 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
     return 0;
 }
 
-/* Options every request shares: TLS verification on, https only, timeouts, bearer token. */
+/* Does the token go to url? Only to the origin it was bought from: a mirror or a redirect to
+ * another origin never sees it. */
+static int token_goes_to(const kvf_http_opts *o, const char *url)
+{
+    char a[512], b[512];
+    return o->token && o->token_origin && kvf_url_origin(o->token_origin, a, sizeof a) == 0 &&
+           kvf_url_origin(url, b, sizeof b) == 0 && strcmp(a, b) == 0;
+}
+
+/* Options every request shares: TLS verification on, https only, timeouts, bearer token (to its
+ * own origin only; curl drops it on a redirect to another host, port or scheme). */
 static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
                                struct curl_slist **hdrs, char *err, size_t errlen)
 {
@@ -194,7 +204,7 @@ static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
         curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)o->max_recv_bps);
     if (o->cacert && curl_easy_setopt(h, CURLOPT_CAINFO, o->cacert) != CURLE_OK)
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "libcurl refuses --cacert %s", o->cacert);
-    if (o->token) {
+    if (token_goes_to(o, url)) {
         char line[600];
         if (strlen(o->token) > 512 || strpbrk(o->token, "\r\n"))
             return kvf_fail(err, errlen, KVF_ERR_USAGE, "token is longer than 512 bytes or has a newline");
@@ -305,8 +315,12 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         }
         if (code == 401 || code == 402 || code == 403) {
             const char *why = errbody_line(&x);
-            st = kvf_fail(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s", code, url,
-                      *why ? ": " : "", why);
+            char origin[512];
+            int withheld = o->token && !token_goes_to(o, url) && kvf_url_origin(url, origin, sizeof origin) == 0;
+            st = kvf_fail(err, errlen, KVF_ERR_DENIED, "HTTP %ld from %s%s%s%s%s%s", code, url,
+                          *why ? ": " : "", why, withheld ? " (the token was not sent to " : "",
+                          withheld ? origin : "",
+                          withheld ? ": a token goes only to the origin that sold it, see --token-origin)" : "");
             goto out;
         }
         if (code == 408 || code == 429 || code >= 500) {

@@ -2,6 +2,7 @@
  * Every byte is written to the partial file, hashed (blob id) and fed to a kvb reader. */
 #include "fetch/fetch.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -19,6 +20,46 @@
 int kvf_is_url(const char *s)
 {
     return strncmp(s, "https://", 8) == 0 || strncmp(s, "http://", 7) == 0;
+}
+
+int kvf_url_origin(const char *url, char *out, size_t outlen)
+{
+    size_t sl = strncasecmp(url, "https://", 8) == 0 ? 5 : strncasecmp(url, "http://", 7) == 0 ? 4 : 0;
+    if (!sl)
+        return -1;
+    const char *host = url + sl + 3;
+    size_t hl = strcspn(host, "/?#");
+    const char *at = memchr(host, '@', hl); /* userinfo is not part of the origin */
+    if (at) {
+        hl -= (size_t)(at + 1 - host);
+        host = at + 1;
+    }
+    /* the port: after the last ':' that is not inside an IPv6 literal's brackets */
+    const char *close = host[0] == '[' ? memchr(host, ']', hl) : NULL;
+    if (host[0] == '[' && !close)
+        return -1;
+    const char *colon = NULL;
+    for (const char *p = close ? close : host; p < host + hl; p++)
+        if (*p == ':')
+            colon = p;
+    size_t namelen = colon ? (size_t)(colon - host) : hl;
+    const char *port = colon ? colon + 1 : sl == 5 ? "443" : "80";
+    size_t portlen = colon ? hl - namelen - 1 : strlen(port);
+    if (!namelen || !portlen || portlen > 5 || strspn(port, "0123456789") < portlen)
+        return -1;
+    if (sl + 3 + namelen + 1 + portlen + 1 > outlen)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < sl; i++)
+        out[n++] = (char)tolower((unsigned char)url[i]);
+    memcpy(out + n, "://", 3);
+    n += 3;
+    for (size_t i = 0; i < namelen; i++)
+        out[n++] = (char)tolower((unsigned char)host[i]);
+    out[n++] = ':';
+    memcpy(out + n, port, portlen);
+    out[n + portlen] = 0;
+    return 0;
 }
 
 int kvf_url_blob_id(const char *url, uint8_t id[32])
@@ -299,6 +340,11 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     }
     if (!kvf_is_url(url))
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "'%s' is not an https:// URL", url);
+    /* a token goes to the origin that sold it: the one named, else the API server's, else (only
+     * when given for this very URL) the URL's own; never to whatever host a URL names */
+    kvf_http_opts http = o->http;
+    if (http.token && !http.token_origin)
+        http.token_origin = o->server ? o->server : http.token_bind_url ? url : NULL;
     if (!have_want && kvf_cache_url_get(cache, url, want))
         have_want = 1; /* a URL we fetched before */
 
@@ -371,7 +417,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     for (int round = 0;; round++) {
         if (!v.size || v.got < v.size) {
             kvf_http_stats hs;
-            st = kvf_http_download(&o->http, url, v.got, sink, restart, &v, &hs, err, errlen);
+            st = kvf_http_download(&http, url, v.got, sink, restart, &v, &hs, err, errlen);
             res->http.attempts += hs.attempts;
             res->http.resumed += hs.resumed;
             res->http.bytes += hs.bytes;

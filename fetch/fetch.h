@@ -41,6 +41,13 @@ double kvf_now_s(void);
 typedef struct kvf_http_opts {
     const char *cacert;        /* PEM bundle to trust instead of the system's (test servers) */
     const char *token;         /* Bearer token for priced blobs; NULL = none */
+    const char *token_origin;  /* the origin that sold the token ("https://host:port", any URL of
+                                  it will do): the token is sent only to URLs of exactly this
+                                  scheme, host and port, never to another (a mirror, a
+                                  redirect). NULL: kvf_get binds it to its server's origin, or
+                                  with token_bind_url to its URL's; kvf_http_* send it nowhere */
+    int token_bind_url;        /* 1 = the token was given for this very URL (the same command
+                                  line): kvf_get may send it to the URL's origin */
     long connect_timeout_s;    /* 0 = 10 */
     long stall_timeout_s;      /* abort a transfer slower than stall_min_bps for this long; 0 = 20 */
     long stall_min_bps;        /* 0 = 1024 bytes/s */
@@ -170,6 +177,11 @@ void kvf_get_result_clear(kvf_get_result *res); /* frees the manifest; the struc
 /* Extracts the 64-hex blob id from the last path segment of url (before '?', an optional
  * extension after a '.' allowed). Returns 1 and fills id, else 0. */
 int kvf_url_blob_id(const char *url, uint8_t id[32]);
+
+/* Writes the origin of url, "scheme://host:port" with scheme and host in lower case and the
+ * default port (443, 80) made explicit, into out. Returns 0, or -1 for a URL that is not
+ * http(s)://host... or does not fit. */
+int kvf_url_origin(const char *url, char *out, size_t outlen);
 
 /* Is s something kvf_get should download (https:// or http://)? */
 int kvf_is_url(const char *s);

@@ -37,7 +37,14 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
     switch (c) {
     case KVF_OPT_TRUST: co->trust_dir = arg; return 1;
     case KVF_OPT_CACERT: co->http.cacert = arg; return 1;
-    case KVF_OPT_TOKEN: co->http.token = arg; return 1;
+    case KVF_OPT_TOKEN: co->http.token = arg; co->http.token_bind_url = 1; return 1;
+    case KVF_OPT_TOKEN_ORIGIN:
+        if (kvf_url_origin(arg, (char[512]){0}, 512) != 0) {
+            fprintf(stderr, "%s: --token-origin '%s' is not an https://host[:port] URL\n", prog, arg);
+            return -1;
+        }
+        co->http.token_origin = arg;
+        return 1;
     case KVF_OPT_CACHE_DIR: co->cache_dir = arg; return 1;
     case KVF_OPT_QUIET: co->quiet = 1; return 1;
     case KVF_OPT_CACHE_MAX:
@@ -90,9 +97,13 @@ int kvf_common_open(kvf_common *co, const char *prog)
         return 2;
     }
     if (!co->http.token) {
-        const char *t = getenv("KVPUB_TOKEN");
+        /* a token in the environment is not tied to any URL on this command line: it goes to
+         * --token-origin, $KVPUB_TOKEN_ORIGIN or the --server that sold it, nowhere else */
+        const char *t = getenv("KVPUB_TOKEN"), *origin = getenv("KVPUB_TOKEN_ORIGIN");
         if (t && *t)
             co->http.token = t;
+        if (!co->http.token_origin && origin && *origin)
+            co->http.token_origin = origin;
     }
     co->http.progress = !co->quiet && isatty(2);
     if (kvc_trust_open(co->trust_dir, &co->trust, err, sizeof err) != KVC_OK) {

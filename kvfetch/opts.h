@@ -13,7 +13,7 @@
 enum {
     KVF_OPT_TRUST = 1000, KVF_OPT_CACERT, KVF_OPT_TOKEN, KVF_OPT_CACHE_DIR, KVF_OPT_CACHE_MAX,
     KVF_OPT_RETRIES, KVF_OPT_CONNECT_TIMEOUT, KVF_OPT_STALL_TIMEOUT, KVF_OPT_NOW, KVF_OPT_QUIET,
-    KVF_OPT_LIMIT_RATE,
+    KVF_OPT_LIMIT_RATE, KVF_OPT_TOKEN_ORIGIN,
     KVF_OPT_SHARED_END
 };
 
@@ -29,13 +29,17 @@ enum {
     {"stall-timeout", required_argument, NULL, KVF_OPT_STALL_TIMEOUT},        \
     {"now", required_argument, NULL, KVF_OPT_NOW},                            \
     {"quiet", no_argument, NULL, KVF_OPT_QUIET},                              \
-    {"limit-rate", required_argument, NULL, KVF_OPT_LIMIT_RATE}
+    {"limit-rate", required_argument, NULL, KVF_OPT_LIMIT_RATE},                \
+    {"token-origin", required_argument, NULL, KVF_OPT_TOKEN_ORIGIN}
 
 /* Help text for the shared options. */
 #define KVF_SHARED_HELP                                                                        \
     "  --trust DIR          trusted publisher keys (*.pub) and optional 'revoked' list (required)\n" \
     "  --cacert FILE        CA bundle for the server's certificate (default: the system's)\n"   \
-    "  --token T            Bearer token for a priced blob (or $KVPUB_TOKEN)\n"                   \
+    "  --token T            Bearer token for a priced blob (or $KVPUB_TOKEN); sent only to the\n" \
+    "                       origin that sold it: --server, else the URL given with --token\n"  \
+    "  --token-origin URL   that origin, e.g. https://shop.example:8443 (or $KVPUB_TOKEN_ORIGIN);\n" \
+    "                       a $KVPUB_TOKEN goes to --server or this origin only\n"              \
     "  --cache-dir DIR      blob cache (default $KVPUB_CACHE_DIR, $XDG_CACHE_HOME/kvpub/blobs,\n" \
     "                       ~/.cache/kvpub/blobs)\n"                                              \
     "  --cache-max SIZE     cache size cap, LRU eviction (default $KVPUB_CACHE_MAX or 10G)\n"      \

@@ -15,7 +15,9 @@ mk_cert() {
 NGINX_PID=""
 NGINX_PORT=""
 # start_nginx WWW_DIR [RATE]: serves WWW_DIR over TLS on 127.0.0.1 (cert from $tmp), /slow/ at
-# RATE bytes/s (default 2k). Sets NGINX_PORT; the access log is $tmp/nginx/access.log.
+# RATE bytes/s (default 2k). Sets NGINX_PORT; the access log is $tmp/nginx/access.log, one line
+# per request with the Authorization header it carried (auth="-" when none).
+# $NGINX_LOCATIONS goes into that server block, $NGINX_SERVERS into the http block (more servers).
 start_nginx() {
   local www=$1 rate=${2:-2k} try
   mkdir -p "$tmp/nginx"
@@ -30,7 +32,9 @@ pid $tmp/nginx/nginx.pid;
 error_log $tmp/nginx/error.log;
 events { worker_connections 64; }
 http {
-  access_log $tmp/nginx/access.log;
+  log_format kv '\$remote_addr [\$time_local] "\$request" \$status \$body_bytes_sent "\$http_user_agent" '
+                'port=\$server_port auth="\$http_authorization"';
+  access_log $tmp/nginx/access.log kv;
   client_body_temp_path $tmp/nginx/body;
   proxy_temp_path $tmp/nginx/proxy;
   fastcgi_temp_path $tmp/nginx/fastcgi;
@@ -43,7 +47,9 @@ http {
     ssl_certificate_key $tmp/key.pem;
     root $www;
     location /slow/ { alias $www/; limit_rate $rate; }
+    ${NGINX_LOCATIONS:-}
   }
+  ${NGINX_SERVERS:-}
 }
 CONF
     nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" >"$tmp/nginx/stdout" 2>&1 &
