@@ -1,6 +1,7 @@
 # kvpub: one Makefile, out-of-tree builds into $(BUILD) (default build/).
 # Sources are discovered by folder, so adding a file to a module needs no edit here:
-#   <module>/*.c          -> $(BUILD)/lib<module>.a     (kvpub fetch store format crypto engine)
+#   <module>/*.c <module>/*/*.c -> $(BUILD)/lib<module>.a (kvpub fetch store format crypto
+#                           engine; engine/'s gguf/ tok/ kernels/ build into $(BUILD)/obj/engine/<sub>/)
 #   kvpubd/*.c kvfetch/*.c kvsynth/*.c -> $(BUILD)/<tool>
 #   tests/unit/test_*.c   -> $(BUILD)/tests/test_*      (cmocka, one binary per file)
 #   tests/cli/*.sh        -> run by scripts/run-tests.sh with BUILD set
@@ -31,7 +32,7 @@ endif
 MODULES := kvpub fetch store format crypto engine
 TOOLS   := kvpubd kvfetch kvsynth
 
-mod_srcs = $(wildcard $(1)/*.c)
+mod_srcs = $(wildcard $(1)/*.c $(1)/*/*.c)
 mod_objs = $(patsubst %.c,$(BUILD)/obj/%.o,$(call mod_srcs,$(1)))
 LIBS    := $(foreach m,$(MODULES),$(BUILD)/lib$(m).a)
 

@@ -1,7 +1,7 @@
 /* ctx.c: eng_ctx lifetime and the KV cache: cells with explicit positions, export/import in
  * the f16 exchange layout, commit, truncate, and K re-rotation. */
 #include "engine/ctx_internal.h"
-#include "engine/quant_internal.h"
+#include "engine/kernels/quant_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -2,9 +2,9 @@
  * once per pass, products in eng_gemm_packed's fixed order) and the single-token decode step
  * (eng_matvec). Per-token work is row-wise, so results do not depend on batching. */
 #include "engine/ctx_internal.h"
-#include "engine/gemm_internal.h"
-#include "engine/quant_blocks.h"
-#include "engine/quant_internal.h"
+#include "engine/kernels/gemm_internal.h"
+#include "engine/kernels/quant_blocks.h"
+#include "engine/kernels/quant_internal.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,8 +1,8 @@
 /* model.c: eng_model: maps a GGUF, reads its hyper-parameters, binds and shape-checks every
  * weight tensor of the llama / qwen2 / qwen3 graph, and loads the vocabulary. */
 #include "engine/model_internal.h"
-#include "engine/quant_internal.h"
-#include "engine/tokenizer_internal.h"
+#include "engine/kernels/quant_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* rope.c: rotary position embedding as ggml computes it (rope_yarn in f32, per-pair angles
  * built by repeated multiplication with theta_scale), and K re-rotation by a position delta. */
 #include "engine/ctx_internal.h"
-#include "engine/quant_internal.h"
+#include "engine/kernels/quant_internal.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/gguf_internal.h"
-#include "kvsynth/gguf_writer.h"
+#include "engine/gguf.h"
+#include "engine/gguf/writer.h"
 #include "kvsynth/synth_vocab.h"
 
 static void usage(FILE *f)

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/gguf_internal.h"
-#include "engine/quant_internal.h"
-#include "kvsynth/gguf_writer.h"
+#include "engine/gguf.h"
+#include "engine/kernels/quant_internal.h"
+#include "engine/gguf/writer.h"
 #include "kvsynth/synth_vocab.h"
 
 static void usage(FILE *f)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-# unicode_gen.py: writes engine/unicode_data.h, the \p{L} / \p{N} range table the BPE
-# pre-tokenizers use, from Python's unicodedata. Run: python3 scripts/unicode_gen.py > engine/unicode_data.h
+# unicode_gen.py: writes engine/tok/unicode_data.h, the \p{L} / \p{N} range table the BPE
+# pre-tokenizers use, from Python's unicodedata. Run: python3 scripts/unicode_gen.py > engine/tok/unicode_data.h
 import sys
 import unicodedata as u
 

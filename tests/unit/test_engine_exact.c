@@ -1,7 +1,7 @@
 /* test_engine_exact.c: the exactness contract: a token's logits do not depend on how the
  * sequence was split into eng_prefill calls, nor on whether the prefix's K/V came from this
  * context or were exported and imported into a fresh one (bit-identical). Also pins down the
- * accumulation order of the batched product (engine/gemm.c) that this relies on. */
+ * accumulation order of the batched product (engine/kernels/gemm.c) that this relies on. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,7 +10,7 @@
 
 #include <math.h>
 
-#include "engine/gemm_internal.h"
+#include "engine/kernels/gemm_internal.h"
 #include "tests/unit/engine_test_util.h"
 
 static float frand(uint64_t *s)
@@ -19,7 +19,7 @@ static float frand(uint64_t *s)
     return (float)((*s >> 40) & 0xffffff) / 16777216.0f - 0.5f;
 }
 
-/* The order gemm_internal.h promises, written out independently of engine/gemm.c. */
+/* The order gemm_internal.h promises, written out independently of engine/kernels/gemm.c. */
 static float ref_dot(const float *x, const float *w, int K)
 {
     float l[8] = {0};

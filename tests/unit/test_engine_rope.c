@@ -9,7 +9,7 @@
 
 #include <unistd.h>
 
-#include "engine/quant_internal.h"
+#include "engine/kernels/quant_internal.h"
 #include "tests/unit/engine_test_util.h"
 
 /* One f16 ulp at magnitude x (normal range). */

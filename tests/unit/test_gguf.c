@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/gguf_internal.h"
+#include "engine/gguf.h"
 #include "tests/unit/gguf_test_build.h"
 
 static const char *shared_dir(void)

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "kvpub/kvpub.h"
-#include "engine/quant_internal.h"
+#include "engine/kernels/quant_internal.h"
 
 typedef struct fixture {
     eng_model *m;

@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/gguf_internal.h"
-#include "engine/quant_blocks.h"
-#include "engine/quant_internal.h"
+#include "engine/gguf.h"
+#include "engine/kernels/quant_blocks.h"
+#include "engine/kernels/quant_internal.h"
 
 /* ---- helpers ---- */
 

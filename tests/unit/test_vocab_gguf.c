@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "engine/tokenizer_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 

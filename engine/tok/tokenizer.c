@@ -1,6 +1,6 @@
 /* tokenizer.c: vocabularies (validated from GGUF metadata or in-memory descriptions), the
  * SentencePiece-style and GPT-2 byte-level BPE tokenizers, and (streaming) detokenization. */
-#include "engine/tokenizer_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #include <math.h>
 #include <stdarg.h>

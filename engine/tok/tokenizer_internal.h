@@ -5,12 +5,12 @@
 #define KVPUB_TOKENIZER_INTERNAL_H
 
 #include "engine/engine.h"
-#include "engine/gguf_internal.h"
+#include "engine/gguf.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-struct eng_vocab; /* opaque; defined in engine/tokenizer.c */
+struct eng_vocab; /* opaque; defined in engine/tok/tokenizer.c */
 
 /* Token types as GGUF's tokenizer.ggml.token_type stores them (llama.cpp values). */
 enum {
@@ -120,7 +120,7 @@ int eng_pretok_from_name(const char *name, size_t len, eng_pretok *out);
  * their start, so a caller may resume at the last end. */
 size_t eng_pretok_split(eng_pretok kind, const char *text, size_t len, size_t *ends, size_t cap);
 
-/* ---- UTF-8 and Unicode categories (engine/unicode.c) ---- */
+/* ---- UTF-8 and Unicode categories (engine/tok/unicode.c) ---- */
 
 enum { ENG_UCAT_OTHER = 0, ENG_UCAT_LETTER = 1, ENG_UCAT_NUMBER = 2 };
 

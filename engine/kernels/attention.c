@@ -4,7 +4,7 @@
  * every query runs the same operation sequence whatever else is in its batch, which makes
  * prefill results independent of how a sequence was split. */
 #include "engine/ctx_internal.h"
-#include "engine/quant_internal.h"
+#include "engine/kernels/quant_internal.h"
 
 #include <math.h>
 #include <stdlib.h>

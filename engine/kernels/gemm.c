@@ -7,7 +7,7 @@
  * which made a 1-token prefill cost a 64-row product plus dequantizing the whole model. With
  * the order fixed here, a product has the same bits for any number of rows, and small
  * prefills only touch each weight once. */
-#include "engine/gemm_internal.h"
+#include "engine/kernels/gemm_internal.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* gguf.c: the GGUF v2/v3 reader. Maps the file, validates every count, length, offset and
  * shape against the file size and hard limits at open, and then serves lookups without ever
  * trusting the bytes again. */
-#include "engine/gguf_internal.h"
+#include "engine/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,7 +1,7 @@
 /* vocab_gguf.c: reads a GGUF file's tokenizer.ggml.* metadata into an eng_vocab_desc and hands
  * it to eng_vocab_create, which validates everything. Kept apart from tokenizer.c so that the
  * tokenizer builds and tests without the GGUF reader. */
-#include "engine/tokenizer_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>

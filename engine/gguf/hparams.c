@@ -1,6 +1,6 @@
 /* hparams.c: eng_hparams_from_gguf, the GGUF metadata -> eng_info mapping for the llama-family
  * architectures we run (llama, qwen2, qwen3), refusing what our forward pass does not do. */
-#include "engine/gguf_internal.h"
+#include "engine/gguf.h"
 
 #include <math.h>
 #include <stdarg.h>

@@ -1,7 +1,7 @@
 /* quant_avx2.c: AVX2/FMA/F16C matrix-vector kernels and row conversions. Compiled for any
  * x86-64 (per-function target attributes); quant.c calls them only after checking the CPU. */
-#include "engine/quant_internal.h"
-#include "engine/quant_blocks.h"
+#include "engine/kernels/quant_internal.h"
+#include "engine/kernels/quant_blocks.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

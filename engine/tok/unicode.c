@@ -1,8 +1,8 @@
 /* unicode.c: strict UTF-8 decoding/encoding and the Unicode letter / number / white-space
  * classes the BPE pre-tokenizers need (\p{L}, \p{N}, \s), from a generated range table. */
-#include "engine/tokenizer_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
-#include "engine/unicode_data.h"
+#include "engine/tok/unicode_data.h"
 
 size_t eng_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
 {

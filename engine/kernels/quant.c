@@ -1,8 +1,8 @@
 /* quant.c: f16/bf16 conversion, ggml block dequantizers and quantizers, the portable scalar
  * matrix-vector kernels, and the run-time choice between them and quant_avx2.c's. */
-#include "engine/quant_internal.h"
-#include "engine/quant_blocks.h"
-#include "engine/gguf_internal.h"
+#include "engine/kernels/quant_internal.h"
+#include "engine/kernels/quant_blocks.h"
+#include "engine/gguf.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>

@@ -2,7 +2,7 @@
  * model's vocabulary (tokenizer_internal.h). Separate from tokenizer.c so that vocabulary tests
  * link without the model code. */
 #include "engine/model_internal.h"
-#include "engine/tokenizer_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #include <stdlib.h>
 

@@ -2,7 +2,7 @@
  * the matchers their regexes describe, leftmost alternative first, with the regex engine's
  * greedy backtracking resolved per alternative. Works on byte offsets so that invalid UTF-8
  * bytes survive into the pieces (byte-level BPE must round-trip them). */
-#include "engine/tokenizer_internal.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #include <string.h>
 

@@ -1,6 +1,6 @@
 /* gguf_writer.c: streaming GGUF v3 writer (see gguf_writer.h). All integers are written
  * little-endian byte by byte, whatever the host. */
-#include "kvsynth/gguf_writer.h"
+#include "engine/gguf/writer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/gguf_internal.h"
+#include "engine/gguf.h"
 
 typedef struct wtensor {
     char name[GGUF_MAX_NAME + 1];
