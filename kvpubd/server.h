@@ -31,6 +31,8 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen);
 /* The bound port (useful with PORT 0). */
 unsigned kvsrv_port(const kvsrv *s);
 
+/* The log (http.c, so that every layer of the daemon can write to it). */
+
 /* Reopens the log file (SIGHUP, after logrotate moved it). Safe while serving. */
 void kvsrv_reopen_log(kvsrv *s);
 

@@ -1,7 +1,8 @@
-/* server_internal.h: what server.c (daemon plumbing) and server_api.c (the endpoints over
- * store/) share: the daemon and per-request state and the respond helpers. */
-#ifndef KVPUB_KVPUBD_SERVER_INTERNAL_H
-#define KVPUB_KVPUBD_SERVER_INTERNAL_H
+/* http.h: the bottom layer of the kvpubd daemon, shared by server.c (lifecycle, routing) and
+ * the endpoint files: the daemon and per-request state, the respond helpers, request
+ * accessors and the structured log. It calls none of them back. */
+#ifndef KVPUB_KVPUBD_HTTP_H
+#define KVPUB_KVPUBD_HTTP_H
 
 #include "kvpubd/server.h"
 #include "kvpubd/reqparse.h"
@@ -17,12 +18,13 @@
 #include "format/kvblob.h"
 #include "store/kvstore.h"
 
+/* What a request is for; the metrics and the access log are kept per endpoint. */
 typedef enum kvsrv_ep {
     EP_CATALOG, EP_MANIFEST, EP_BLOB, EP_PURCHASE, EP_UPLOAD, EP_KEYS, EP_HEALTHZ, EP_METRICS,
     EP_OTHER, EP_COUNT
 } kvsrv_ep;
 
-#define KVSRV_N_CODES 19 /* server.c metric_codes plus one "other" slot */
+#define KVSRV_N_CODES 19 /* metrics.c metric_codes plus one "other" slot */
 
 struct kvsrv {
     kvsrv_config cfg;
@@ -41,10 +43,10 @@ struct kvsrv {
     pthread_mutex_t log_mu;
     FILE *log;                     /* NULL = stderr */
     char *log_path;
-    /* header deadline: libmicrohttpd's timeout is an idle timer that every byte resets, so a
-     * client trickling header lines could hold a connection slot for ever. Each connection is
-     * watched from accept (or the end of its previous request) until its request's headers
-     * are complete; past timeout_s the watchdog shuts the socket down. */
+    /* header deadline (watchdog.c): libmicrohttpd's timeout is an idle timer that every byte
+     * resets, so a client trickling header lines could hold a connection slot for ever. Each
+     * connection is watched from accept (or the end of its previous request) until its
+     * request's headers are complete; past timeout_s the watchdog shuts the socket down. */
     pthread_mutex_t watch_mu;
     pthread_cond_t watch_cv;
     struct kvsrv_watch *watch_head;
@@ -61,7 +63,7 @@ struct kvsrv {
     _Atomic uint64_t bytes_sent, errors, uploads_rejected;
 };
 
-/* Per-request state: allocated on the first access-handler call, freed in on_completed. */
+/* Per-request state: created on the first access-handler call, freed on completion. */
 typedef struct kvsrv_req {
     kvsrv *srv;
     struct MHD_Connection *conn;
@@ -97,6 +99,14 @@ typedef struct kvsrv_req {
     uint8_t up_key_id[KVC_KEYID_LEN];
 } kvsrv_req;
 
+/* Monotonic clock in milliseconds (request durations, deadlines). */
+double kvsrv_mono_ms(void);
+
+/* A request of method to url (both copied) on conn. Returns NULL when out of memory. */
+kvsrv_req *kvsrv_req_create(kvsrv *s, struct MHD_Connection *conn, const char *method, const char *url);
+/* Frees r and whatever its handler left open (upload reader, temp file, key). NULL is a no-op. */
+void kvsrv_req_free(kvsrv_req *r);
+
 /* Respond helpers: each queues a response, records the status and returns MHD's result. */
 enum MHD_Result kvsrv_queue(kvsrv_req *r, unsigned status, struct MHD_Response *resp);
 /* Takes ownership of body (a jansson reference). */
@@ -112,25 +122,14 @@ enum MHD_Result kvsrv_respond_error_hdr(kvsrv_req *r, unsigned status, const cha
 /* Takes ownership of text_take (malloc'd). */
 enum MHD_Result kvsrv_respond_text(kvsrv_req *r, unsigned status, const char *ctype, char *text_take,
                                    size_t len);
+/* A response of len bytes of text_take (malloc'd, owned by the response or freed here) with
+ * Content-Type ctype, for a caller that adds headers before kvsrv_queue. NULL: out of memory. */
+struct MHD_Response *kvsrv_text_response(kvsrv_req *r, const char *ctype, char *text_take, size_t len);
 /* A response sending len bytes of fd_take from offset (the fd is closed with the response). */
 struct MHD_Response *kvsrv_file_response(kvsrv_req *r, int fd_take, uint64_t offset, uint64_t len);
 
 const char *kvsrv_header(kvsrv_req *r, const char *name);
 const char *kvsrv_arg(kvsrv_req *r, const char *name);
 const char *kvsrv_bearer(kvsrv_req *r); /* the token of "Authorization: Bearer X", or NULL */
-
-/* server_api.c: the store pool and the endpoints. */
-int kvsrv_store_open(kvsrv *s, char *err, size_t errlen);
-void kvsrv_store_close(kvsrv *s);
-enum MHD_Result kvsrv_catalog(kvsrv_req *r);
-enum MHD_Result kvsrv_keys(kvsrv_req *r);
-enum MHD_Result kvsrv_manifest(kvsrv_req *r);
-enum MHD_Result kvsrv_download(kvsrv_req *r);
-enum MHD_Result kvsrv_purchase_begin(kvsrv_req *r);
-enum MHD_Result kvsrv_purchase(kvsrv_req *r);
-enum MHD_Result kvsrv_upload_begin(kvsrv_req *r);
-enum MHD_Result kvsrv_upload_data(kvsrv_req *r, const char *data, size_t *size);
-/* Called from on_completed: download log row, upload cleanup. */
-void kvsrv_req_finish(kvsrv_req *r, int completed_ok);
 
 #endif
