@@ -6,7 +6,8 @@
 #   tests/unit/test_*.c   -> $(BUILD)/tests/test_*      (cmocka, one binary per file)
 #   tests/cli/*.sh        -> run by scripts/run-tests.sh with BUILD set
 #   bench/*.c             -> $(BUILD)/bench/*
-#   fuzz/fuzz_*.c         -> $(BUILD)/fuzz/fuzz_*       (clang libFuzzer)
+#   fuzz/fuzz_*.c         -> build-fuzz/fuzz/fuzz_*     (clang libFuzzer; kvpubd's parsers from
+#                            build-fuzz/libkvpubd_parse.a)
 
 BUILD   ?= build
 CC      ?= cc
@@ -98,19 +99,28 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh
 
-# libFuzzer targets: each fuzz/fuzz_X.c links the modules rebuilt with clang + sanitizers.
+# kvpubd is a tool, not a module: its hand-written parsers (request fields, size and duration
+# arguments) go into a library of their own for fuzz/fuzz_kvpubd_parse.c. They need crypto/ only.
+KVPUBD_PARSE_OBJS := $(patsubst %,$(BUILD)/obj/kvpubd/%.o,reqparse util)
+$(BUILD)/libkvpubd_parse.a: $(KVPUBD_PARSE_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+# libFuzzer targets: each fuzz/fuzz_X.c links the modules rebuilt with clang + sanitizers (and
+# libkvpubd_parse.a, which only the kvpubd target draws from).
 # The link runs in a second make, which sees the libraries deps.sh may just have installed.
+FUZZ_LIBS := build-fuzz/libkvpubd_parse.a $(patsubst %,build-fuzz/lib%.a,$(MODULES))
 fuzz: deps
 	@$(MAKE) --no-print-directory fuzz-build
 
 fuzz-build:
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT=-O1 \
-	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" $(patsubst %,build-fuzz/lib%.a,$(MODULES))
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" $(FUZZ_LIBS)
 	@mkdir -p build-fuzz/fuzz
 	@for f in $(FUZZ_SRCS); do n=$$(basename $$f .c); \
 	  echo "  FUZZ  build-fuzz/fuzz/$$n"; \
 	  clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) \
-	    -o build-fuzz/fuzz/$$n $$f $(patsubst %,build-fuzz/lib%.a,$(MODULES)) $(LDLIBS) || exit 1; done
+	    -o build-fuzz/fuzz/$$n $$f $(FUZZ_LIBS) $(LDLIBS) || exit 1; done
 	@echo "run e.g.: mkdir -p build-fuzz/corpus && build-fuzz/fuzz/fuzz_kvblob -max_total_time=60 build-fuzz/corpus spec/vectors"
 	@echo "(new inputs go to the first directory: never name spec/vectors first)"
 

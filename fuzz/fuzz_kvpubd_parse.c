@@ -8,11 +8,10 @@
 #include <string.h>
 #include <strings.h>
 
-/* The Makefile links fuzz targets against the module libraries only, and kvpubd is a tool:
- * its two parser files are compiled into this target directly (they depend on nothing but
- * libcrypto's kvc_unhex). */
-#include "kvpubd/reqparse.c"
-#include "kvpubd/util.c"
+/* kvpubd is a tool, not a module: the Makefile links this target with the objects of its
+ * parser files (build-fuzz/libkvpubd_parse.a). */
+#include "kvpubd/reqparse.h"
+#include "kvpubd/util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
