@@ -5,8 +5,8 @@
  * time, so that other processes on a shared machine do not count (their memory traffic still
  * does).
  * usage: bench_quant [--scalar] [seconds per figure, default 0.3] */
+#include "engine/engine.h"
 #include "engine/gguf.h"
-#include "engine/kernels/quant_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>

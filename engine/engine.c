@@ -1,6 +1,6 @@
 /* engine.c: small engine-wide helpers of engine.h: status names, the default thread count,
  * the SIGBUS handler for programs that map files. */
-#include "engine/gguf.h"
+#include "engine/engine_internal.h"
 
 #include <signal.h>
 #include <stdarg.h>

@@ -104,6 +104,96 @@ eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, char
 
 int eng_token_is_eog(const eng_model *m, int32_t id); /* end of generation (EOS, EOT) */
 
+/* ---- vocabularies without a model (engine/tok/) ----
+ * The tokenizers behind eng_tokenize, built from an in-memory description instead of a GGUF
+ * file. Public for programs that tokenize without weights and for fuzz/fuzz_tokenizer.c,
+ * which feeds the tokenizers fuzzed vocabularies. */
+
+typedef struct eng_vocab eng_vocab;
+
+/* Token types as GGUF's tokenizer.ggml.token_type stores them (llama.cpp values). */
+enum {
+    ENG_TOKTYPE_UNDEFINED = 0,
+    ENG_TOKTYPE_NORMAL = 1,
+    ENG_TOKTYPE_UNKNOWN = 2,
+    ENG_TOKTYPE_CONTROL = 3,
+    ENG_TOKTYPE_USER_DEFINED = 4,
+    ENG_TOKTYPE_UNUSED = 5,
+    ENG_TOKTYPE_BYTE = 6,
+};
+
+typedef enum eng_vocab_kind {
+    ENG_VOCAB_SPM = 1, /* tokenizer.ggml.model = "llama" */
+    ENG_VOCAB_BPE = 2, /* tokenizer.ggml.model = "gpt2" (byte-level BPE) */
+} eng_vocab_kind;
+
+/* Hard limits on untrusted vocabularies, checked before allocating. */
+enum {
+    ENG_VOCAB_MAX_TOKENS = 1 << 22,
+    ENG_VOCAB_MAX_MERGES = 1 << 22,
+    ENG_VOCAB_MAX_TOKEN_BYTES = 1 << 16, /* one token's text */
+};
+
+/* In-memory description of a vocabulary; everything is borrowed and copied by
+ * eng_vocab_create. Strings are UTF-8; a NULL length array means NUL-terminated strings. */
+typedef struct eng_vocab_desc {
+    eng_vocab_kind kind;
+    const char *pre;            /* BPE pre-tokenizer: "llama-bpe", "qwen2", "default"/"gpt2";
+                                 * NULL = "default". Ignored for SPM. */
+    size_t n_tokens;
+    const char *const *tokens;  /* n_tokens texts (BPE: in byte-to-unicode mapped form) */
+    const size_t *token_lens;   /* n_tokens lengths, or NULL */
+    const float *scores;        /* n_scores SPM merge scores, or NULL (all 0) */
+    size_t n_scores;            /* must equal n_tokens when scores != NULL */
+    const int32_t *types;       /* n_types ENG_TOKTYPE_* values, or NULL (all NORMAL) */
+    size_t n_types;             /* must equal n_tokens when types != NULL */
+    const char *const *merges;  /* BPE: n_merges "left right" strings, rank = index */
+    const size_t *merge_lens;   /* n_merges lengths, or NULL */
+    size_t n_merges;
+    int32_t bos_id, eos_id, unk_id, eot_id; /* -1 = none */
+    int add_bos, add_eos;       /* policy applied when tokenizing with add_special */
+    int add_space_prefix;       /* SPM: prefix '▁' to the text (and after special tokens) */
+} eng_vocab_desc;
+
+/* Builds a vocabulary from d, validating it: counts match, ids in range, every merge names
+ * two known tokens, known pre-tokenizer (else ENG_ERR_UNSUPPORTED naming it). On failure *out
+ * is NULL and err holds one line. */
+eng_status eng_vocab_create(const eng_vocab_desc *d, eng_vocab **out,
+                            char *err, size_t errlen) ENG_WUR;
+
+void eng_vocab_free(eng_vocab *v); /* NULL is a no-op */
+
+eng_vocab_kind eng_vocab_get_kind(const eng_vocab *v);
+size_t eng_vocab_n_tokens(const eng_vocab *v);
+/* Token text as stored (not NUL-terminated); NULL when id is out of range. */
+const char *eng_vocab_token_text(const eng_vocab *v, int32_t id, size_t *len);
+int eng_vocab_token_type(const eng_vocab *v, int32_t id); /* -1 when out of range */
+int32_t eng_vocab_bos(const eng_vocab *v);
+int32_t eng_vocab_eos(const eng_vocab *v);
+int eng_vocab_add_bos(const eng_vocab *v);
+int eng_vocab_add_eos(const eng_vocab *v);
+
+/* Tokenizes len bytes. add_special: prepend BOS / append EOS as the vocab's add_bos/add_eos
+ * policy says. parse_special: match control, user-defined and unknown token texts in the
+ * input (longest first). On success *ids is malloc'd (caller frees; non-NULL even when
+ * *n == 0). Errors: ENG_ERR_ARG, ENG_ERR_RANGE (input over 1 GiB, or a byte with neither a
+ * token nor unk), ENG_ERR_NOMEM. */
+eng_status eng_vocab_tokenize(const eng_vocab *v, const char *text, size_t len,
+                              int add_special, int parse_special, int32_t **ids, size_t *n,
+                              char *err, size_t errlen) ENG_WUR;
+
+/* Whole-sequence detokenization into a malloc'd NUL-terminated string. Ids out of range are
+ * ENG_ERR_RANGE. */
+eng_status eng_vocab_detokenize(const eng_vocab *v, const int32_t *ids, size_t n,
+                                char **out, size_t *len) ENG_WUR;
+
+/* Streaming detokenizer on a vocabulary (eng_detok_create wraps it); the vocab is borrowed. */
+eng_detok *eng_vocab_detok_create(const eng_vocab *v);
+
+/* End of generation: EOS, EOT, and the chat end markers "<|im_end|>", "<|eot_id|>",
+ * "<|endoftext|>", "<|end_of_text|>", "<|eom_id|>" when the vocabulary has them. */
+int eng_vocab_is_eog(const eng_vocab *v, int32_t id);
+
 /* ---- context and KV cache ----
  * A context holds one sequence. Its KV cache is an array of cells; cell i holds the K and V
  * of the i-th token of the sequence at an explicit RoPE position. Tokens evaluated later
@@ -178,6 +268,25 @@ typedef struct eng_sampler eng_sampler;
 eng_sampler *eng_sampler_create(float temp, int top_k, float top_p, uint64_t seed);
 int32_t eng_sample(eng_sampler *s, const float *logits, int n_vocab);
 void eng_sampler_free(eng_sampler *s);
+
+/* ---- weight kernels (engine/kernels/quant*.c) ----
+ * Public for bench/bench_quant.c, which measures them apart from a model; eng_decode calls
+ * them itself. type is a GGML_T_* value of engine/gguf.h. */
+
+/* y[r] = dot(row r of W, x) for r in [r0, r1). W: nrows rows of ncols elements of `type`,
+ * row_bytes apart. x: ncols floats. Kernels may quantize x internally (as ggml does for
+ * Q8_0/Q4_K/Q6_K, to Q8); results then match ggml's to within that rounding. ncols must be a
+ * multiple of the block size (else y is left untouched). Thread-safe; each call quantizes x
+ * itself (O(ncols), on the stack up to 16384 columns), so threads may split [r0, r1). */
+void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols,
+                const float *x, float *y, int64_t r0, int64_t r1);
+
+/* Which kernels eng_matvec / the row conversions use now: "avx2" or "scalar". */
+const char *eng_quant_kernels(void);
+/* Test and benchmark hook: on = 1 forces the portable scalar kernels even where the CPU has
+ * AVX2 (process-wide, not thread-safe against running kernels); 0 restores the CPU's choice.
+ * Returns the previous setting. */
+int eng_quant_force_scalar(int on);
 
 /* Number of cores the engine uses by default. */
 int eng_default_threads(void);

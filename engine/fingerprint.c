@@ -1,6 +1,6 @@
 /* fingerprint.c: model and tokenizer fingerprints (SHA-256 over the canonical serializations
  * of spec/fingerprints.md) and the (dev, ino, size, mtime)-keyed cache of model fingerprints. */
-#include "engine/gguf.h"
+#include "engine/engine_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

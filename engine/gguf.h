@@ -1,9 +1,12 @@
-/* gguf_internal.h: the GGUF (v2, v3) reader inside engine/: a validated, mmap'd view of the
- * metadata and tensors, plus the ggml tensor-type table. Every offset, size, count and string
- * length is checked against the file size and hard limits at open; nothing here trusts the
- * file afterwards. */
-#ifndef KVPUB_GGUF_INTERNAL_H
-#define KVPUB_GGUF_INTERNAL_H
+/* gguf.h: GGUF files, engine/'s second public header (engine.h runs models; this one is for
+ * programs that read or write the files themselves: kvsynth, bench, fuzz). A validated,
+ * mmap'd reader of GGUF v2/v3 metadata and tensors; what the engine derives from a file
+ * (hyper-parameters, fingerprints); the ggml tensor-type table; and a streaming GGUF v3
+ * writer with the row quantizer it needs to store quantized tensors. The reader checks every
+ * offset, size, count and string length against the file size and hard limits at open, and
+ * trusts nothing in the file afterwards. */
+#ifndef KVPUB_ENGINE_GGUF_H
+#define KVPUB_ENGINE_GGUF_H
 
 #include "engine/engine.h"
 
@@ -105,15 +108,46 @@ const gguf_tensor *gguf_tensor_sorted(const gguf_file *g, size_t i);
  * norm eps, RoPE (type from arch; base, scale, linear/YaRN scaling), special ids, add-BOS. */
 eng_status eng_hparams_from_gguf(const gguf_file *g, eng_info *info, char *err, size_t errlen) ENG_WUR;
 
-/* Fingerprints (DESIGN.md): pure functions over a validated file. */
+/* Fingerprints (docs/design.md, spec/fingerprints.md): pure functions over a validated file. */
 void eng_fingerprint_model_compute(const gguf_file *g, const eng_info *info, uint8_t out[32]);
-/* Looks up (dev, ino, size, mtime) of path in the fingerprint cache, computing and storing
- * on a miss. A cache that cannot be written is not an error. */
-eng_status eng_fingerprint_model_cached(const char *path, const gguf_file *g, const eng_info *info,
-                                        uint8_t out[32], char *err, size_t errlen) ENG_WUR;
 void eng_fingerprint_tokenizer_compute(const gguf_file *g, const eng_info *info, uint8_t out[32]);
 
-/* Formats a one-line error into err (when given) and returns st: every engine file's failure path. */
-eng_status eng_fail(char *err, size_t errlen, eng_status st, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* ---- writer (engine/gguf/writer.c) ----
+ * Metadata and tensor declarations are buffered; then the header is written and tensor data
+ * is streamed in declaration order, so a 1 GB model never sits in memory. Output goes to a
+ * temp file renamed into place at the end. All integers are written little-endian. */
+
+typedef struct ggw ggw;
+
+ggw *ggw_create(uint32_t alignment); /* alignment: power of two; NULL on allocation failure */
+void ggw_free(ggw *w);                /* NULL is a no-op; removes an unfinished temp file */
+
+/* Metadata; each returns 0 on success, -1 on allocation failure (then the writer is unusable
+ * and ggw_begin reports it). Keys and strings are copied. */
+int ggw_kv_u32(ggw *w, const char *key, uint32_t v);
+int ggw_kv_i32(ggw *w, const char *key, int32_t v);
+int ggw_kv_f32(ggw *w, const char *key, float v);
+int ggw_kv_bool(ggw *w, const char *key, int v);
+int ggw_kv_str(ggw *w, const char *key, const char *s);
+int ggw_kv_arr_str(ggw *w, const char *key, char *const *s, size_t n);
+int ggw_kv_arr_f32(ggw *w, const char *key, const float *v, size_t n);
+int ggw_kv_arr_i32(ggw *w, const char *key, const int32_t *v, size_t n);
+
+/* Declares the next tensor (ne in ggml order, unused dims ignored). Returns its byte size, or
+ * 0 if the shape does not fit the type's block size. */
+uint64_t ggw_tensor(ggw *w, const char *name, uint32_t type, uint32_t n_dims, const uint64_t *ne);
+
+/* Writes the header to a temp file next to path. Returns 0, or -1 with err filled. */
+int ggw_begin(ggw *w, const char *path, char *err, size_t errlen);
+/* Appends data of the current tensor; moves on (with padding) when a tensor is complete. */
+int ggw_write(ggw *w, const void *p, size_t n, char *err, size_t errlen);
+/* Checks every declared tensor was written in full, flushes, renames into place. */
+int ggw_finish(ggw *w, char *err, size_t errlen);
+
+/* Quantizes n f32 values (a multiple of the block size) into one row of `type` (GGML_T_*).
+ * Public so that a writer can store quantized tensors: it is the engine's own quantizer
+ * (engine/kernels/quant.c), so a file written with it holds the bits the engine's kernels
+ * were tested against. Returns the bytes written, 0 for a type it cannot produce. */
+size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 
 #endif

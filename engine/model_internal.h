@@ -5,12 +5,10 @@
 #define KVPUB_MODEL_INTERNAL_H
 
 #include "engine/engine.h"
-#include "engine/gguf.h"
+#include "engine/engine_internal.h"
 
 #include <stddef.h>
 #include <stdint.h>
-
-struct eng_vocab; /* engine/tok/tokenizer_internal.h */
 
 /* A weight matrix as the GGUF stores it: nrows rows of ncols elements of a ggml type, rows
  * row_bytes apart, mmap'd. Products are y = W x, so nrows is the output width. */

@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "engine/gguf.h"
-#include "engine/gguf/writer.h"
 #include "kvsynth/synth_vocab.h"
 
 static void usage(FILE *f)

@@ -9,8 +9,6 @@
 #include <string.h>
 
 #include "engine/gguf.h"
-#include "engine/kernels/quant_internal.h"
-#include "engine/gguf/writer.h"
 #include "kvsynth/synth_vocab.h"
 
 static void usage(FILE *f)

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/gguf/writer.h"
+#include "engine/gguf.h"
 
 typedef struct synth_vocab {
     char **tokens;     /* n NUL-terminated strings */

@@ -1,6 +1,6 @@
-/* gguf_writer.c: streaming GGUF v3 writer (see gguf_writer.h). All integers are written
+/* writer.c: the streaming GGUF v3 writer (engine/gguf.h). All integers are written
  * little-endian byte by byte, whatever the host. */
-#include "engine/gguf/writer.h"
+#include "engine/gguf.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -8,8 +8,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include "engine/gguf.h"
 
 typedef struct wtensor {
     char name[GGUF_MAX_NAME + 1];

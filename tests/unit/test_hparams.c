@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/gguf.h"
+#include "engine/engine_internal.h"
 #include "tests/unit/gguf_test_build.h"
 
 static char g_tmp[256];
