@@ -118,50 +118,68 @@ enum MHD_Result kvsrv_purchase_body(kvsrv_req *r, const char *data, size_t *size
 
 /* ---- PUT /v1/blobs ---- */
 
-enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
+/* Counts a refused upload (kvpubd_uploads_rejected_total) and passes its answer on. */
+static enum MHD_Result refused(kvsrv_req *r, enum MHD_Result answer)
+{
+    atomic_fetch_add(&r->srv->uploads_rejected, 1);
+    return answer;
+}
+
+/* The publisher whose credential the upload carries: 0 with its key id and record, or -1 with
+ * the refusal queued and its result in *done. */
+static int upload_publisher(kvsrv_req *r, uint8_t key_id[8], kvs_publisher *pub, enum MHD_Result *done)
 {
     kvsrv *s = r->srv;
     const char *cred = kvsrv_bearer(r);
-    uint8_t key_id[8];
     if (!cred || kvsrv_parse_credential(cred, key_id) != 0) {
-        atomic_fetch_add(&s->uploads_rejected, 1);
-        return kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "credential_required",
-                                   "uploads need Authorization: Bearer <publisher credential>");
+        *done = refused(r, kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "credential_required",
+                                               "uploads need Authorization: Bearer <publisher credential>"));
+        return -1;
     }
     char e[256];
-    kvs_publisher pub;
     kvs_store *st = kvsrv_pool_get(s);
     kvs_status s1 = kvs_store_publisher_check(st, key_id, cred, strlen(cred), e, sizeof e);
-    kvs_status s2 = s1 == KVS_OK ? kvs_store_publisher_get(st, key_id, &pub, e, sizeof e) : s1;
+    kvs_status s2 = s1 == KVS_OK ? kvs_store_publisher_get(st, key_id, pub, e, sizeof e) : s1;
     kvsrv_pool_put(s, st);
     if (s2 == KVS_ERR_NOTFOUND || s2 == KVS_ERR_CREDENTIAL) {
-        atomic_fetch_add(&s->uploads_rejected, 1);
-        return kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "bad_credential", "unknown publisher credential");
+        *done = refused(r, kvsrv_respond_error(r, MHD_HTTP_UNAUTHORIZED, "bad_credential",
+                                               "unknown publisher credential"));
+        return -1;
     }
-    if (s2 != KVS_OK)
-        return kvsrv_store_error(r, s2, e);
+    if (s2 != KVS_OK) {
+        *done = kvsrv_store_error(r, s2, e);
+        return -1;
+    }
     /* a key revoked in STORE/keys/revoked may not publish any more */
     struct stat sb;
     if (stat(s->keys_dir, &sb) == 0) {
         kvc_trust *t = NULL;
         const kvc_key *k;
-        if (kvc_trust_open(s->keys_dir, &t, e, sizeof e) == KVC_OK && kvc_trust_lookup(t, key_id, &k) == KVC_ERR_REVOKED) {
-            kvc_trust_free(t);
-            atomic_fetch_add(&s->uploads_rejected, 1);
-            return kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "key_revoked", "publisher key %.16s is revoked", cred);
-        }
+        int revoked = kvc_trust_open(s->keys_dir, &t, e, sizeof e) == KVC_OK &&
+                      kvc_trust_lookup(t, key_id, &k) == KVC_ERR_REVOKED;
         kvc_trust_free(t);
+        if (revoked) {
+            *done = refused(r, kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "key_revoked",
+                                                   "publisher key %.16s is revoked", cred));
+            return -1;
+        }
     }
+    return 0;
+}
+
+enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
+{
+    kvsrv *s = r->srv;
+    uint8_t key_id[8];
+    kvs_publisher pub;
     enum MHD_Result done;
-    if (body_length(r, s->cfg.max_upload, &r->up_expected, &done) != 0) {
-        atomic_fetch_add(&s->uploads_rejected, 1);
+    if (upload_publisher(r, key_id, &pub, &done) != 0)
         return done;
-    }
-    if (r->up_expected < KVB_HEADER_LEN) {
-        atomic_fetch_add(&s->uploads_rejected, 1);
-        return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "a blob is at least %d bytes",
-                                   KVB_HEADER_LEN);
-    }
+    if (body_length(r, s->cfg.max_upload, &r->up_expected, &done) != 0)
+        return refused(r, done);
+    if (r->up_expected < KVB_HEADER_LEN)
+        return refused(r, kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "a blob is at least %d bytes",
+                                              KVB_HEADER_LEN));
     memcpy(r->up_key_id, key_id, 8);
     if (kvc_key_from_raw_public(pub.public_key, &r->up_key) != KVC_OK)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "stored publisher key unusable");
@@ -175,51 +193,32 @@ enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
     return r->up_reader ? MHD_YES : MHD_NO;
 }
 
-enum MHD_Result kvsrv_upload_body(kvsrv_req *r, const char *data, size_t *size)
+/* The answer to a body the reader refused (r->up_st, r->up_err). */
+static enum MHD_Result invalid_upload(kvsrv_req *r)
 {
-    size_t n = *size;
-    *size = 0;
-    if (n) {
-        r->up_received += n;
-        if (r->up_st != KVB_OK)
-            return MHD_YES; /* refused already: drain the rest, answer at the end */
-        /* the signature, then every chunk hash, is checked while the bytes arrive */
-        r->up_st = kvb_reader_feed(r->up_reader, data, n, r->up_err, sizeof r->up_err);
-        if (r->up_st == KVB_OK && kvc_write_all(r->up_fd, data, n) != 0) {
-            r->up_st = KVB_ERR_IO;
-            snprintf(r->up_err, sizeof r->up_err, "writing the upload: %s", strerror(errno));
-        }
-        return MHD_YES;
+    switch (r->up_st) {
+    case KVB_ERR_IO:
+    case KVB_ERR_NOMEM:
+    case KVB_ERR_INTERNAL: {
+        char esc[1024];
+        kvsrv_log(r->srv, "error", "event=upload detail=\"%s\"", kvsrv_log_escape(r->up_err, esc, sizeof esc));
+        return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "upload failed");
     }
+    case KVB_ERR_WRONG_KEY:
+    case KVB_ERR_UNTRUSTED:
+    case KVB_ERR_REVOKED:
+        return kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "foreign_key", "blob is not signed by this publisher's key: %s",
+                                   r->up_err);
+    default:
+        return kvsrv_respond_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_blob", "%s: %s",
+                                   kvb_status_str(r->up_st), r->up_err);
+    }
+}
+
+/* A verified upload of manifest m (its bytes in r->up_fd) goes into the index. */
+static enum MHD_Result index_upload(kvsrv_req *r, const kvb_manifest *m)
+{
     kvsrv *s = r->srv;
-    if (r->up_st == KVB_OK)
-        r->up_st = kvb_reader_finish(r->up_reader, r->up_err, sizeof r->up_err);
-    if (r->up_st != KVB_OK) {
-        atomic_fetch_add(&s->uploads_rejected, 1);
-        switch (r->up_st) {
-        case KVB_ERR_IO:
-        case KVB_ERR_NOMEM:
-        case KVB_ERR_INTERNAL: {
-            char esc[1024];
-            kvsrv_log(s, "error", "event=upload detail=\"%s\"", kvsrv_log_escape(r->up_err, esc, sizeof esc));
-            return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "upload failed");
-        }
-        case KVB_ERR_WRONG_KEY:
-        case KVB_ERR_UNTRUSTED:
-        case KVB_ERR_REVOKED:
-            return kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "foreign_key",
-                                       "blob is not signed by this publisher's key: %s", r->up_err);
-        default:
-            return kvsrv_respond_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_blob", "%s: %s",
-                                       kvb_status_str(r->up_st), r->up_err);
-        }
-    }
-    const kvb_manifest *m = kvb_reader_manifest(r->up_reader);
-    const kvb_header *h = kvb_reader_header(r->up_reader);
-    if (!m || !h || memcmp(h->key_id, r->up_key_id, 8) != 0) {
-        atomic_fetch_add(&s->uploads_rejected, 1);
-        return kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "foreign_key", "blob key id is not the publisher's");
-    }
     uint64_t price = 0;
     const char *ps = kvsrv_arg(r, "price");
     if (ps && kvsrv_parse_u64(ps, &price) != 0)
@@ -253,4 +252,32 @@ enum MHD_Result kvsrv_upload_body(kvsrv_req *r, const char *data, size_t *size)
                               json_pack("{s:s, s:s, s:I}", "id", idh, "status",
                                         res.already ? "exists" : "published", "bytes",
                                         (json_int_t)r->up_received));
+}
+
+enum MHD_Result kvsrv_upload_body(kvsrv_req *r, const char *data, size_t *size)
+{
+    size_t n = *size;
+    *size = 0;
+    if (n) {
+        r->up_received += n;
+        if (r->up_st != KVB_OK)
+            return MHD_YES; /* refused already: drain the rest, answer at the end */
+        /* the signature, then every chunk hash, is checked while the bytes arrive */
+        r->up_st = kvb_reader_feed(r->up_reader, data, n, r->up_err, sizeof r->up_err);
+        if (r->up_st == KVB_OK && kvc_write_all(r->up_fd, data, n) != 0) {
+            r->up_st = KVB_ERR_IO;
+            snprintf(r->up_err, sizeof r->up_err, "writing the upload: %s", strerror(errno));
+        }
+        return MHD_YES;
+    }
+    if (r->up_st == KVB_OK)
+        r->up_st = kvb_reader_finish(r->up_reader, r->up_err, sizeof r->up_err);
+    if (r->up_st != KVB_OK)
+        return refused(r, invalid_upload(r));
+    const kvb_manifest *m = kvb_reader_manifest(r->up_reader);
+    const kvb_header *h = kvb_reader_header(r->up_reader);
+    if (!m || !h || memcmp(h->key_id, r->up_key_id, 8) != 0)
+        return refused(r, kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "foreign_key",
+                                              "blob key id is not the publisher's"));
+    return index_upload(r, m);
 }
