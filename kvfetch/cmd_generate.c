@@ -1,9 +1,10 @@
 /* kvfetch/cmd_generate.c: `kvfetch generate`: plain text generation with a local GGUF model
- * (no blobs): tokenize or take ids, prefill, decode, stream text or ids to stdout. */
+ * (no blobs): tokenize or take ids, prefill, decode (kvp_decode), stream text or ids. */
 #include "engine/engine.h"
 #include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/opts.h"
+#include "kvpub/kvpub.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -74,6 +75,20 @@ static int parse_ids(const char *s, int32_t **ids, size_t *n)
     return 0;
 }
 
+/* Streams each token to stdout: its id (user points to --tokens) or its text. */
+static int print_token(void *user, const kvp_token *t)
+{
+    if (t->eog)
+        return 0;
+    if (*(const int *)user)
+        printf(t->i ? " %d" : "%d", t->id);
+    else
+        fwrite(t->text, 1, t->len, stdout);
+    if (t->i >= 0)
+        fflush(stdout);
+    return 0;
+}
+
 static int exit_for(eng_status st)
 {
     return st == ENG_ERR_UNSUPPORTED || st == ENG_ERR_FORMAT ? 3 : 2;
@@ -140,7 +155,6 @@ int kvfetch_generate_main(int argc, char **argv)
     int rc = 2;
     eng_ctx *ctx = NULL;
     eng_sampler *smp = NULL;
-    eng_detok *dt = NULL;
     float *logits = NULL;
     if (prompt_ids) {
         if (parse_ids(prompt_ids, &ids, &n_ids)) {
@@ -175,9 +189,8 @@ int kvfetch_generate_main(int argc, char **argv)
         goto out;
     }
     smp = eng_sampler_create(temp, (int)top_k, top_p, (uint64_t)seed);
-    dt = print_ids ? NULL : eng_detok_create(m);
     logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
-    if (!smp || (!print_ids && !dt) || !logits) {
+    if (!smp || !logits) {
         fprintf(stderr, "kvfetch generate: out of memory\n");
         goto out;
     }
@@ -187,32 +200,14 @@ int kvfetch_generate_main(int argc, char **argv)
         goto out;
     }
     double t1 = kvf_now_s();
-    long made = 0, n_dec = 0;
-    for (; made < n_gen; made++) {
-        int32_t tok = eng_sample(smp, logits, hp->n_vocab);
-        if (eng_token_is_eog(m, tok))
-            break;
-        if (print_ids) {
-            printf(made ? " %d" : "%d", tok);
-        } else {
-            size_t len;
-            const char *s = eng_detok_push(dt, tok, &len);
-            fwrite(s, 1, len, stdout);
-        }
-        fflush(stdout);
-        if (made + 1 < n_gen) {
-            if ((st = eng_decode(ctx, tok, -1, logits))) {
-                fprintf(stderr, "\nkvfetch generate: decode failed: %s\n", eng_status_str(st));
-                goto out;
-            }
-            n_dec++;
-        }
+    kvp_decode_opts d = {.model = m, .ctx = ctx, .sampler = smp, .n_max = (int)n_gen, .text = !print_ids,
+                         .on_token = print_token, .user = &print_ids};
+    kvp_decode_stats ds;
+    if (kvp_decode(&d, logits, &ds, err, sizeof err) != KVP_OK) {
+        fprintf(stderr, "\nkvfetch generate: decode failed: %s\n", err);
+        goto out;
     }
-    if (dt) {
-        size_t len;
-        const char *s = eng_detok_flush(dt, &len);
-        fwrite(s, 1, len, stdout);
-    }
+    long n_dec = ds.n_decoded;
     putchar('\n');
     double t2 = kvf_now_s();
     fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %ld tokens in %.3f s (%.1f tok/s)\n",
@@ -221,7 +216,6 @@ int kvfetch_generate_main(int argc, char **argv)
     rc = fflush(stdout) == 0 ? 0 : 2;
 out:
     free(logits);
-    eng_detok_free(dt);
     eng_sampler_free(smp);
     eng_ctx_free(ctx);
     free(ids);

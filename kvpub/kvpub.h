@@ -1,7 +1,8 @@
 /* kvpub.h: the product's flow as a library, above engine, format, store, crypto and fetch and
  * below the tools: the model-identity record and the one check that refuses a blob made for
  * another model; publishing a document (tokenize, prefill after BOS, export, encode, sign,
- * index); and loading a verified blob into an engine context. Nothing here prints or exits:
+ * index); loading verified blobs into an engine context after a prefix; the one decode loop;
+ * and the compare measurement (full prefill vs loaded). Nothing here prints or exits:
  * functions return a kvp_status and write the detail into a caller's err buffer. */
 #ifndef KVPUB_KVPUB_H
 #define KVPUB_KVPUB_H
@@ -202,5 +203,127 @@ typedef struct kvp_load_opts {
 kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tokens,
                          uint32_t *n_tokens, kvp_load_stats *st, kvb_status *vst,
                          char *err, size_t errlen) KVP_WUR;
+
+/* ---- the loaded path: [BOS, prefix] prefilled, blobs loaded, prompt prefilled ---- */
+
+/* Readies a fresh context for timing: every cell but the last is written (zeros), then tok
+ * is prefilled in the last, then the context is cleared, so no later step pays for first-touch
+ * page faults or thread start-up. n_cells: the context's size. Returns KVP_OK, KVP_ERR_NOMEM
+ * or KVP_ERR_ENGINE ("warm-up: ..."). */
+kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32_t tok,
+                           char *err, size_t errlen) KVP_WUR;
+
+typedef struct kvp_path {
+    int32_t bos;                 /* prefilled first; -1 = none */
+    const int32_t *prefix;       /* then these (may be NULL with n_prefix 0) */
+    size_t n_prefix;
+    const char *const *blobs;    /* local blob files, placed in this order after the prefix */
+    int n_blobs;
+    const int32_t *prompt;       /* prefilled after the documents; its last logits are kept */
+    size_t n_prompt;
+} kvp_path;
+
+/* What kvp_path_run filled; the arrays are the caller's, n_blobs entries each. */
+typedef struct kvp_path_result {
+    kvp_load_stats *ls;          /* per blob */
+    int32_t **doc_tokens;        /* per blob: its token ids (malloc'd; the caller frees) */
+    uint32_t *doc_n;
+    int failed_blob;             /* the blob that was refused or failed; -1 = none */
+    kvb_status vst;              /* how it failed verification, with KVP_ERR_VERIFY */
+    double prefix_s, load_s, suffix_s;
+    double ttft_s;               /* from the first prefill to the prompt's logits */
+} kvp_path_result;
+
+/* Runs the loaded path in lo->ctx (empty, with room for every token): prefill of [bos, prefix],
+ * kvp_load_blob of each blob, prefill of the prompt with its last logits in logits (n_vocab).
+ * Statuses as kvp_load_blob (failed_blob says which), or KVP_ERR_ENGINE ("prefill of
+ * BOS+prefix: ...", "prefill of the prompt: ..."), KVP_ERR_NOMEM. */
+kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logits,
+                        kvp_path_result *r, char *err, size_t errlen) KVP_WUR;
+
+/* The identical sequence for a full prefill: bos, prefix, each document's ids (from r), prompt.
+ * *seq is malloc'd (caller frees), *n its length. Returns KVP_OK or KVP_ERR_NOMEM. */
+kvp_status kvp_path_sequence(const kvp_path *p, const kvp_path_result *r, int32_t **seq,
+                             size_t *n) KVP_WUR;
+
+/* ---- decoding ---- */
+
+/* Index of the largest of x[0..n) (the first one on ties): greedy decoding. */
+int32_t kvp_argmax(const float *x, int n);
+
+/* One token kvp_decode picked, as its callback sees it. */
+typedef struct kvp_token {
+    int i;                 /* 0.. ; -1 for the held-back text flushed after the last token */
+    int32_t id;            /* -1 with i == -1 */
+    int eog;               /* it ends generation: nothing follows */
+    int more;              /* it will be fed back and another token picked */
+    const float *logits;   /* (n_vocab) it was picked from; NULL with i == -1 */
+    const char *text;      /* its bytes (complete UTF-8 only; may be 0 of them); NULL without
+                              kvp_decode_opts.text and for an eog token */
+    size_t len;
+} kvp_token;
+
+/* Returns 0 to go on, non-zero to stop after this token. */
+typedef int (*kvp_token_fn)(void *user, const kvp_token *t);
+
+typedef struct kvp_decode_opts {
+    eng_model *model;
+    eng_ctx *ctx;          /* holds the sequence so far; each picked token is appended */
+    eng_sampler *sampler;  /* NULL = greedy (kvp_argmax) */
+    int n_max;             /* tokens to pick at most */
+    int text;              /* 1 = detokenize: kvp_token.text, and a last call with i == -1 */
+    kvp_token_fn on_token; /* may be NULL */
+    void *user;
+} kvp_decode_opts;
+
+typedef struct kvp_decode_stats {
+    int n_tokens;          /* picked, end-of-generation token not counted */
+    int n_decoded;         /* fed back through eng_decode */
+    double first_s;        /* from the start to the first token picked */
+    double decode_s;       /* inside eng_decode */
+    double total_s;        /* the whole call, callbacks included */
+} kvp_decode_stats;
+
+/* The one sample/decode loop: logits (n_vocab) holds the next token's logits on entry and is
+ * overwritten by each decode. Picks up to n_max tokens, stopping after an end-of-generation
+ * token or when on_token returns non-zero. st may be NULL. Returns KVP_OK, KVP_ERR_NOMEM, or
+ * KVP_ERR_ENGINE with err holding only the engine's status text (e.g. "context full"). */
+kvp_status kvp_decode(const kvp_decode_opts *o, float *logits, kvp_decode_stats *st,
+                      char *err, size_t errlen) KVP_WUR;
+
+/* ---- compare: the loaded path against a full prefill ---- */
+
+typedef struct kvp_compare_opts {
+    eng_model *model;
+    eng_ctx *loaded;       /* the loaded path, ready to pick its first token */
+    eng_ctx *full;         /* an empty context with room for n_seq + n_gen tokens */
+    const int32_t *seq;    /* the identical sequence: BOS, prefix, documents' ids, prompt */
+    size_t n_seq;
+    int n_gen;             /* positions to compare (greedy tokens of the loaded path) */
+} kvp_compare_opts;
+
+typedef struct kvp_compare_result {
+    double full_prefill_s; /* prefill of seq in the full context */
+    double sample_s;       /* picking the first token (counted in both paths' TTFT) */
+    double full_ttft_s;    /* full_prefill_s + sample_s */
+    double decode_s;       /* the loaded path's decode time */
+    int positions;         /* compared (the loaded path's end-of-generation token included) */
+    int32_t *tokens;       /* (positions) the loaded path's greedy tokens; owned */
+    double *kl;            /* (positions) KL(full || loaded) in nats; owned */
+    double kl_mean, kl_max;
+    int argmax_agree;      /* positions whose argmaxes agree */
+    int first_disagreement; /* -1 when none */
+    int bit_identical;     /* every logit of every position equal bit for bit */
+} kvp_compare_result;
+
+/* Prefills o->seq into o->full (timed), then decodes the loaded path greedily for up to
+ * n_gen positions, teacher-forcing its tokens into the full path and comparing the two
+ * next-token distributions at each. logits (n_vocab) holds the loaded path's next-token
+ * logits on entry (overwritten). r is always safe to kvp_compare_result_clear. Returns
+ * KVP_OK, KVP_ERR_USAGE, KVP_ERR_NOMEM, or KVP_ERR_ENGINE ("full prefill of N tokens: ...",
+ * "decode: ..."). */
+kvp_status kvp_compare(const kvp_compare_opts *o, float *logits, kvp_compare_result *r,
+                       char *err, size_t errlen) KVP_WUR;
+void kvp_compare_result_clear(kvp_compare_result *r); /* frees tokens and kl; NULL is a no-op */
 
 #endif

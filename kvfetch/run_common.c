@@ -1,0 +1,382 @@
+/* run_common.c: what `kvfetch run` and `kvfetch compare` share: their options, fetching the
+ * blobs, loading the model, the loaded path up to the first token (kvp_path_run) and the
+ * per-blob and timing report. */
+#include "kvfetch/run_common.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fetch/fetch.h"
+#include "kvfetch/kvfetch.h"
+
+static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *prog, const char *usage)
+{
+    enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
+           O_TOPP, O_THREADS, O_JSON };
+    static const struct option longopts[] = {
+        KVF_SHARED_LONGOPTS,
+        {"model", required_argument, NULL, O_MODEL},
+        {"blob", required_argument, NULL, O_BLOB},
+        {"prefix", required_argument, NULL, O_PREFIX},
+        {"prompt", required_argument, NULL, O_PROMPT},
+        {"temp", required_argument, NULL, O_TEMP},
+        {"seed", required_argument, NULL, O_SEED},
+        {"top-k", required_argument, NULL, O_TOPK},
+        {"top-p", required_argument, NULL, O_TOPP},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"json", no_argument, NULL, O_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    memset(a, 0, sizeof *a);
+    a->prefix = "";
+    a->n_gen = 64;
+    a->top_p = 1.0f;
+    a->seed = 1;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
+        int r = kvf_common_opt(&a->co, c, optarg, prog);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        char *end = NULL;
+        errno = 0;
+        switch (c) {
+        case O_MODEL: a->model = optarg; break;
+        case O_BLOB:
+            if (a->n_blobs == KVFETCH_MAX_BLOBS) {
+                fprintf(stderr, "%s: at most %d --blob\n", prog, KVFETCH_MAX_BLOBS);
+                return 2;
+            }
+            a->blobs[a->n_blobs++] = optarg;
+            break;
+        case O_PREFIX: a->prefix = optarg; break;
+        case O_PROMPT: a->prompt = optarg; break;
+        case O_JSON: a->json = 1; break;
+        case 'n': {
+            long v;
+            if (kvf_parse_long(optarg, 1, KVFETCH_MAX_GEN, &v) != 0) {
+                fprintf(stderr, "%s: -n '%s' is not a count in 1..%d\n", prog, optarg, KVFETCH_MAX_GEN);
+                return 2;
+            }
+            a->n_gen = (int)v;
+            break;
+        }
+        case O_THREADS:
+        case O_TOPK: {
+            long v;
+            if (kvf_parse_long(optarg, 0, 1024, &v) != 0) {
+                fprintf(stderr, "%s: '%s' is not a number in 0..1024\n", prog, optarg);
+                return 2;
+            }
+            if (c == O_THREADS)
+                a->threads = (int)v;
+            else
+                a->top_k = (int)v;
+            break;
+        }
+        case O_TEMP:
+        case O_TOPP: {
+            float v = strtof(optarg, &end);
+            if (errno || *end || end == optarg || !(v >= 0) || v > 100) {
+                fprintf(stderr, "%s: '%s' is not a number in 0..100\n", prog, optarg);
+                return 2;
+            }
+            if (c == O_TEMP)
+                a->temp = v;
+            else
+                a->top_p = v;
+            break;
+        }
+        case O_SEED: {
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg) {
+                fprintf(stderr, "%s: --seed '%s' is not a number\n", prog, optarg);
+                return 2;
+            }
+            a->seed = v;
+            break;
+        }
+        case 'h': fputs(usage, stdout); return -1;
+        default:
+            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+        return 2;
+    }
+    if (!a->model || !a->n_blobs || !a->prompt || !*a->prompt) {
+        fprintf(stderr, "%s: --model, --blob and a non-empty --prompt are required (try --help)\n", prog);
+        return 2;
+    }
+    return 0;
+}
+
+void kvfetch_session_free(kvfetch_session *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < KVFETCH_MAX_BLOBS; i++)
+        free(s->doc_tokens[i]);
+    free(s->prefix_ids);
+    free(s->prompt_ids);
+    free(s->logits);
+    eng_ctx_free(s->ctx);
+    eng_ctx_free(s->ctx_full);
+    eng_model_free(s->model);
+    kvf_common_close(&s->a.co);
+    free(s);
+}
+
+/* Resolves every --blob to a local file: URLs through kvf_get (and the cache). */
+static int resolve_blobs(kvfetch_session *s)
+{
+    double t = kvf_now_s();
+    for (int i = 0; i < s->a.n_blobs; i++) {
+        const char *b = s->a.blobs[i];
+        if (!kvf_is_url(b)) {
+            if (access(b, R_OK) != 0) {
+                fprintf(stderr, "%s: cannot read blob %s: %s\n", s->prog, b, strerror(errno));
+                return 2;
+            }
+            snprintf(s->paths[i], PATH_MAX, "%s", b);
+            s->path_of[i] = s->paths[i];
+            continue;
+        }
+        kvf_get_opts go = {0};
+        go.url = b;
+        go.trust = s->a.co.trust;
+        go.now = s->a.co.now;
+        go.trust_cached = 1; /* the loader verifies everything while it loads */
+        go.http = s->a.co.http;
+        kvf_get_result res;
+        kvf_status st = kvf_get(s->a.co.cache, &go, &res, s->err, sizeof s->err);
+        if (st != KVF_OK) {
+            if (st == KVF_ERR_VERIFY)
+                fprintf(stderr, "%s: %s: verification failed (%s): %s\n", s->prog, b, kvb_status_str(res.vst), s->err);
+            else
+                fprintf(stderr, "%s: %s: %s\n", s->prog, b, s->err);
+            kvf_get_result_clear(&res);
+            return kvf_exit_code(st, res.vst);
+        }
+        s->fetched_from_cache += res.from_cache;
+        snprintf(s->paths[i], PATH_MAX, "%s", res.path);
+        s->path_of[i] = s->paths[i];
+        kvf_get_result_clear(&res);
+    }
+    s->fetch_s = kvf_now_s() - t;
+    return 0;
+}
+
+static int load_model(kvfetch_session *s)
+{
+    double t = kvf_now_s();
+    eng_status es = eng_model_load(s->a.model, &s->model, s->err, sizeof s->err);
+    if (es != ENG_OK) {
+        fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.model, s->err);
+        return 2;
+    }
+    s->info = eng_model_info(s->model);
+    s->model_s = kvf_now_s() - t;
+    t = kvf_now_s();
+    if (kvp_identity_from_model(s->model, &s->id, s->err, sizeof s->err) != KVP_OK) {
+        fprintf(stderr, "%s: fingerprinting %s: %s\n", s->prog, s->a.model, s->err);
+        return 2;
+    }
+    s->fp_s = kvf_now_s() - t;
+    s->path.bos = s->info->add_bos && s->info->bos_id >= 0 ? s->info->bos_id : -1;
+    /* prefix and prompt are the caller's own text: special-token strings are honoured */
+    if (*s->a.prefix &&
+        eng_tokenize(s->model, s->a.prefix, strlen(s->a.prefix), 0, 1, &s->prefix_ids, &s->n_prefix) != ENG_OK) {
+        fprintf(stderr, "%s: cannot tokenize --prefix\n", s->prog);
+        return 2;
+    }
+    if (eng_tokenize(s->model, s->a.prompt, strlen(s->a.prompt), 0, 1, &s->prompt_ids, &s->n_prompt) != ENG_OK ||
+        s->n_prompt == 0) {
+        fprintf(stderr, "%s: cannot tokenize --prompt (or it has no tokens)\n", s->prog);
+        return 2;
+    }
+    return 0;
+}
+
+/* A warmed context with room for every token of the sequence plus the generation, sized from
+ * the blobs' own headers (unverified sizes only size the context; the content is verified
+ * while loading). */
+static int make_ctx(kvfetch_session *s, eng_ctx **out)
+{
+    size_t total = s->n_cells; /* compare's second context: the headers were read already */
+    if (!total) {
+        total = (s->path.bos >= 0) + s->n_prefix + s->n_prompt + (size_t)s->a.n_gen;
+        for (int i = 0; i < s->a.n_blobs; i++) {
+            kvb_manifest *m = NULL;
+            kvb_status ks = kvb_peek_file(s->paths[i], NULL, NULL, &m, s->err, sizeof s->err);
+            if (ks != KVB_OK) {
+                fprintf(stderr, "%s: %s: %s\n", s->prog, s->paths[i], s->err);
+                return kvb_exit_code(ks);
+            }
+            total += m->n_tokens;
+            kvb_manifest_free(m);
+        }
+        if (total > (size_t)INT32_MAX / 2) {
+            fprintf(stderr, "%s: sequence too long\n", s->prog);
+            return 2;
+        }
+        s->n_cells = total;
+    }
+    eng_ctx_params p = {.n_ctx = (int)total, .n_threads = s->a.threads};
+    if (eng_ctx_create(s->model, &p, out, s->err, sizeof s->err) != ENG_OK) {
+        fprintf(stderr, "%s: context of %zu tokens: %s\n", s->prog, total, s->err);
+        return 2;
+    }
+    /* the cost of readying it is reported as warm-up, outside both paths' times */
+    double t = kvf_now_s();
+    kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, s->path.bos >= 0 ? s->path.bos : s->prompt_ids[0], s->err,
+                                    sizeof s->err);
+    s->warm_s += kvf_now_s() - t;
+    if (ws != KVP_OK) {
+        fprintf(stderr, "%s: %s\n", s->prog, s->err);
+        return 2;
+    }
+    return 0;
+}
+
+int kvfetch_session_ctx(kvfetch_session *s, eng_ctx **out)
+{
+    return make_ctx(s, out);
+}
+
+/* The loaded path up to the first token's logits. */
+static int loaded_path(kvfetch_session *s)
+{
+    int rc = make_ctx(s, &s->ctx);
+    if (rc)
+        return rc;
+    s->logits = malloc((size_t)s->info->n_vocab * sizeof *s->logits);
+    if (!s->logits) {
+        fprintf(stderr, "%s: out of memory\n", s->prog);
+        return 2;
+    }
+    s->path.prefix = s->prefix_ids;
+    s->path.n_prefix = s->n_prefix;
+    s->path.blobs = s->path_of;
+    s->path.n_blobs = s->a.n_blobs;
+    s->path.prompt = s->prompt_ids;
+    s->path.n_prompt = s->n_prompt;
+    s->pr.ls = s->ls;
+    s->pr.doc_tokens = s->doc_tokens;
+    s->pr.doc_n = s->doc_n;
+    kvp_load_opts lo = {.model = s->model, .ctx = s->ctx, .identity = &s->id, .trust = s->a.co.trust,
+                        .now = s->a.co.now, .n_threads = s->a.threads};
+    kvp_status st = kvp_path_run(&lo, &s->path, s->logits, &s->pr, s->err, sizeof s->err);
+    if (st == KVP_OK)
+        return 0;
+    int i = s->pr.failed_blob;
+    if (i < 0) {
+        fprintf(stderr, "%s: %s\n", s->prog, s->err);
+        return 2;
+    }
+    if (st == KVP_ERR_VERIFY) {
+        fprintf(stderr, "%s: %s: verification failed (%s): %s\n", s->prog, s->a.blobs[i], kvb_status_str(s->pr.vst),
+                s->err);
+        return kvb_exit_code(s->pr.vst);
+    }
+    fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.blobs[i], s->err);
+    return st == KVP_ERR_REFUSED ? KVF_EXIT_REFUSED : 2;
+}
+
+void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
+{
+    json_t *blobs = json_array();
+    for (int i = 0; i < s->a.n_blobs; i++) {
+        const kvp_load_stats *l = &s->ls[i];
+        json_t *b = json_object();
+        json_object_set_new(b, "blob", json_string(s->a.blobs[i]));
+        json_object_set_new(b, "path", json_string(s->paths[i]));
+        json_object_set_new(b, "tokens", json_integer(l->n_tokens));
+        json_object_set_new(b, "chunks", json_integer(l->n_chunks));
+        json_object_set_new(b, "position", json_integer(l->pos));
+        json_object_set_new(b, "delta", json_integer(l->delta));
+        json_object_set_new(b, "file_bytes", json_integer((json_int_t)l->file_bytes));
+        json_object_set_new(b, "raw_kv_bytes", json_integer((json_int_t)l->raw_bytes));
+        json_object_set_new(b, "read_s", json_real(l->read_s));
+        json_object_set_new(b, "verify_decode_s", json_real(l->verify_decode_s));
+        json_object_set_new(b, "rerotate_s", json_real(l->rerotate_s));
+        json_object_set_new(b, "import_s", json_real(l->import_s));
+        json_object_set_new(b, "load_s", json_real(l->total_s));
+        json_object_set_new(b, "load_cpu_s", json_real(l->cpu_s));
+        json_object_set_new(b, "decode_threads", json_integer(l->n_threads));
+        json_object_set_new(b, "chunk_digest", json_string(kvc_leaf_digest_engine()));
+        json_array_append_new(blobs, b);
+    }
+    json_object_set_new(o, "blobs", blobs);
+    json_t *t = json_object();
+    json_object_set_new(t, "fetch_s", json_real(s->fetch_s));
+    json_object_set_new(t, "model_load_s", json_real(s->model_s));
+    json_object_set_new(t, "fingerprint_s", json_real(s->fp_s));
+    json_object_set_new(t, "warm_up_s", json_real(s->warm_s));
+    json_object_set_new(t, "prefix_prefill_s", json_real(s->pr.prefix_s));
+    json_object_set_new(t, "blob_load_s", json_real(s->pr.load_s));
+    json_object_set_new(t, "suffix_prefill_s", json_real(s->pr.suffix_s));
+    json_object_set_new(t, "ttft_s", json_real(ttft_s));
+    json_object_set_new(o, "timings", t);
+    json_object_set_new(o, "prefix_tokens", json_integer((json_int_t)s->n_prefix));
+    json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)s->n_prompt));
+}
+
+void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
+{
+    for (int i = 0; i < s->a.n_blobs; i++) {
+        const kvp_load_stats *l = &s->ls[i];
+        double gbs = l->total_s > 0 ? (double)l->raw_bytes / l->total_s / 1e9 : 0;
+        fprintf(stderr,
+                "blob %d: %u tokens at position %d (re-rotated by %d), %.1f MB raw KV in %.2f ms "
+                "(%.2f GB/s, %.2f ms CPU): read %.2f, verify+decode %.2f (%d threads), re-rotate+import %.2f, "
+                "import %.2f ms\n",
+                i + 1, l->n_tokens, l->pos, l->delta, (double)l->raw_bytes / 1e6, l->total_s * 1e3, gbs, l->cpu_s * 1e3,
+                l->read_s * 1e3, l->verify_decode_s * 1e3, l->n_threads, l->rerotate_s * 1e3,
+                l->import_s * 1e3);
+    }
+    fprintf(stderr,
+            "timings: fetch %.3f s%s, model load %.3f s, fingerprints %.3f s, warm-up %.3f s; prefix prefill (%zu tokens) "
+            "%.2f ms, blob load %.2f ms, suffix prefill (%zu tokens) %.2f ms, time to first token %.2f ms\n",
+            s->fetch_s, s->fetched_from_cache ? " (cache)" : "", s->model_s, s->fp_s, s->warm_s,
+            (s->path.bos >= 0) + s->n_prefix, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->n_prompt,
+            s->pr.suffix_s * 1e3, ttft_s * 1e3);
+}
+
+void kvfetch_print_json(json_t *o)
+{
+    char *js = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (js)
+        printf("%s\n", js);
+    free(js);
+    json_decref(o);
+}
+
+int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, kvfetch_session **out,
+                          int *done)
+{
+    *done = 1;
+    kvfetch_session *s = *out = calloc(1, sizeof *s);
+    if (!s) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 2;
+    }
+    s->prog = prog;
+    int rc = parse_args(argc, argv, &s->a, prog, usage);
+    if (rc)
+        return rc < 0 ? 0 : rc; /* -1: --help was printed */
+    if ((rc = kvf_common_open(&s->a.co, prog)) != 0 || (rc = resolve_blobs(s)) != 0 ||
+        (rc = load_model(s)) != 0 || (rc = loaded_path(s)) != 0)
+        return rc;
+    *done = 0;
+    return 0;
+}

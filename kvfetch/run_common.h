@@ -1,0 +1,85 @@
+/* run_common.h: what `kvfetch run` and `kvfetch compare` share: their options, and a session
+ * that fetches the blobs, loads the model and runs the loaded path up to the first token. */
+#ifndef KVPUB_KVFETCH_RUN_COMMON_H
+#define KVPUB_KVFETCH_RUN_COMMON_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+#include "kvfetch/opts.h"
+#include "kvpub/kvpub.h"
+
+#define KVFETCH_MAX_BLOBS 16
+#define KVFETCH_MAX_GEN 4096
+
+/* The options of run and compare, for their --help. */
+#define KVFETCH_RUN_HELP                                                                        \
+    "  --model FILE         GGUF model (required)\n"                                           \
+    "  --blob FILE|URL      a blob file or an https:// URL (fetched like kvfetch get, cached);\n" \
+    "                       repeat to place several documents in order (at most 16)\n"          \
+    "  --prefix TEXT        text before the documents, e.g. a system prompt (default empty)\n" \
+    "  --prompt TEXT        text after the documents (required, non-empty)\n"                  \
+    "  -n N                 tokens to generate (default 64; stops early at end of generation)\n" \
+    "  --temp T             sampling temperature; 0 = greedy (default 0)\n"                    \
+    "  --top-k K, --top-p P sampling filters (default off)\n"                                   \
+    "  --seed S             sampler seed (default 1)\n"                                         \
+    "  --threads N          engine and decode threads (default: all cores)\n"                  \
+    "  --json               machine-readable result on stdout\n"
+
+typedef struct kvfetch_run_args {
+    const char *model;
+    const char *blobs[KVFETCH_MAX_BLOBS];
+    int n_blobs;
+    const char *prefix, *prompt;
+    int n_gen, threads, top_k, json;
+    float temp, top_p;
+    uint64_t seed;
+    kvf_common co;
+} kvfetch_run_args;
+
+/* Everything one invocation holds, freed in one place. */
+typedef struct kvfetch_session {
+    kvfetch_run_args a;
+    const char *prog;
+    eng_model *model;
+    const eng_info *info;
+    kvp_identity id;
+    char paths[KVFETCH_MAX_BLOBS][PATH_MAX];
+    const char *path_of[KVFETCH_MAX_BLOBS]; /* paths[i], as kvp_path takes them */
+    int32_t *doc_tokens[KVFETCH_MAX_BLOBS];
+    uint32_t doc_n[KVFETCH_MAX_BLOBS];
+    kvp_load_stats ls[KVFETCH_MAX_BLOBS];
+    int32_t *prefix_ids, *prompt_ids;
+    size_t n_prefix, n_prompt;
+    size_t n_cells;        /* context size, from the blobs' headers (0 = not yet read) */
+    double fetch_s, model_s, fp_s, warm_s;
+    int fetched_from_cache;
+    eng_ctx *ctx, *ctx_full;
+    float *logits;         /* (n_vocab) the loaded path's next-token logits */
+    kvp_path path;         /* what the loaded path placed */
+    kvp_path_result pr;    /* and what it cost */
+    char err[8192];
+} kvfetch_session;
+
+/* What run and compare share up to the first token: parse, open trust and cache, fetch the
+ * blobs, load the model, run the loaded path. Returns an exit code and sets *done when the
+ * command is over (an error, or --help); *out is always set (kvfetch_session_free it). */
+int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, kvfetch_session **out,
+                          int *done);
+void kvfetch_session_free(kvfetch_session *s); /* NULL is a no-op */
+
+/* A fresh, warmed context with room for the whole sequence and the generation (compare's full
+ * path). Returns an exit code (0, or non-zero after printing). */
+int kvfetch_session_ctx(kvfetch_session *s, eng_ctx **out);
+
+/* The per-blob and timing report: into o's "blobs" and "timings" (--json), or on stderr.
+ * ttft_s: the loaded path's time to first token, the first token's pick included. */
+void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s);
+void kvfetch_stats_text(const kvfetch_session *s, double ttft_s);
+
+/* Prints o as indented JSON on stdout and frees it. */
+void kvfetch_print_json(json_t *o);
+
+#endif

@@ -1,0 +1,103 @@
+/* path.c: the loaded path of run and compare up to the first token: a warmed context,
+ * [BOS, prefix] prefilled, each blob verified and imported where it now sits, the prompt
+ * prefilled; and the identical token sequence a full prefill compares against. */
+#include "kvpub/kvpub.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "fetch/fetch.h"
+#include "kvpub/kvpub_internal.h"
+
+/* Readies a fresh context as a long-lived one would be (llama.cpp likewise clears its whole KV
+ * buffer when it creates a context): zeros are imported into every cell but the last, then one
+ * throwaway token is prefilled in the last cell, and the context is cleared. That faults in
+ * the mmap'd weights, the KV cache pages and the attention scratch, and starts the engine's
+ * threads, so neither path's time to first token pays for first-touch page faults. */
+kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32_t tok, char *err, size_t errlen)
+{
+    enum { BLOCK = 256 };
+    const eng_info *in = eng_model_info(m);
+    size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
+    uint16_t *zero = calloc((size_t)BLOCK * kvd, sizeof *zero);
+    if (!zero)
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+    eng_status es = ENG_OK;
+    for (size_t c0 = 0; es == ENG_OK && c0 + 1 < n_cells; c0 += BLOCK) {
+        int n = (int)(n_cells - 1 - c0 < BLOCK ? n_cells - 1 - c0 : BLOCK);
+        for (int il = 0; es == ENG_OK && il < in->n_layer; il++)
+            es = eng_kv_import_layer(c, il, (int)c0, n, zero, zero);
+        if (es == ENG_OK)
+            es = eng_kv_commit(c, (int)c0, n, (int32_t)c0);
+    }
+    free(zero);
+    if (es == ENG_OK)
+        es = eng_prefill(c, &tok, NULL, 1, NULL, NULL);
+    eng_kv_clear(c);
+    if (es != ENG_OK)
+        return kvp_fail(err, errlen, KVP_ERR_ENGINE, "warm-up: %s", eng_status_str(es));
+    return KVP_OK;
+}
+
+kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logits, kvp_path_result *r, char *err,
+                        size_t errlen)
+{
+    r->failed_blob = -1;
+    r->vst = KVB_OK;
+    double t0 = kvf_now_s();
+    size_t nh = (p->bos >= 0) + p->n_prefix;
+    if (nh) {
+        int32_t *head = malloc(nh * sizeof *head);
+        if (!head)
+            return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+        size_t k = 0;
+        if (p->bos >= 0)
+            head[k++] = p->bos;
+        if (p->n_prefix)
+            memcpy(head + k, p->prefix, p->n_prefix * sizeof *head);
+        eng_status es = eng_prefill(lo->ctx, head, NULL, nh, NULL, NULL);
+        free(head);
+        if (es != ENG_OK)
+            return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of BOS+prefix: %s", eng_status_str(es));
+    }
+    r->prefix_s = kvf_now_s() - t0;
+    double t1 = kvf_now_s();
+    for (int i = 0; i < p->n_blobs; i++) {
+        kvp_status st = kvp_load_blob(lo, p->blobs[i], &r->doc_tokens[i], &r->doc_n[i], &r->ls[i], &r->vst, err,
+                                      errlen);
+        if (st != KVP_OK) {
+            r->failed_blob = i;
+            return st;
+        }
+    }
+    r->load_s = kvf_now_s() - t1;
+    double t2 = kvf_now_s();
+    eng_status es = eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL);
+    if (es != ENG_OK)
+        return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of the prompt: %s", eng_status_str(es));
+    r->suffix_s = kvf_now_s() - t2;
+    r->ttft_s = kvf_now_s() - t0;
+    return KVP_OK;
+}
+
+kvp_status kvp_path_sequence(const kvp_path *p, const kvp_path_result *r, int32_t **seq, size_t *n)
+{
+    size_t total = (p->bos >= 0) + p->n_prefix + p->n_prompt, k = 0;
+    for (int i = 0; i < p->n_blobs; i++)
+        total += r->doc_n[i];
+    int32_t *s = *seq = malloc(total * sizeof *s);
+    if (!s)
+        return KVP_ERR_NOMEM;
+    if (p->bos >= 0)
+        s[k++] = p->bos;
+    if (p->n_prefix)
+        memcpy(s + k, p->prefix, p->n_prefix * sizeof *s);
+    k += p->n_prefix;
+    for (int i = 0; i < p->n_blobs; i++) {
+        memcpy(s + k, r->doc_tokens[i], r->doc_n[i] * sizeof *s);
+        k += r->doc_n[i];
+    }
+    memcpy(s + k, p->prompt, p->n_prompt * sizeof *s);
+    *n = total;
+    return KVP_OK;
+}
