@@ -1,5 +1,6 @@
 /* blobinfo.c: manifest -> kvs_blob (the index row), including the shape and RoPE JSON texts
- * the catalog shows, so the daemon and the publish command index blobs the same way. */
+ * the catalog shows, and the store's temp files, so the daemon and kvp_publish_document
+ * write and index blobs the same way. */
 #include "kvpub/kvpub.h"
 
 #include <errno.h>

@@ -1,4 +1,4 @@
-/* test_fetch_cache.c: kvfetch's local blob cache (kvfetch/cache.c, compiled in): size parsing,
+/* test_fetch_cache.c: the local blob cache (fetch/cache.c, in libfetch.a): size parsing,
  * directory choice from the environment, insert/lookup by id, URL -> id memory, LRU eviction
  * by access time under the cap (never the blob just added), and kvf_url_blob_id. */
 #include <setjmp.h>

@@ -2,7 +2,8 @@
  * BOS gives bit-identical logits to a full prefill; after a prefix its layer-0 keys match the
  * full prefill's within f16 rounding (re-rotation is exact up to rounding: layer 0's K depends
  * only on the token and its position); every manifest mismatch is refused with both sides
- * named; a tampered blob is refused and leaves the context as it was. */
+ * named; a tampered blob is refused and leaves the context as it was. The loaded path, compare
+ * and decode over it: bit-identical to a full prefill, the same greedy tokens twice. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -403,6 +404,80 @@ static void test_rerotate_kernels_agree(void **state)
     }
 }
 
+typedef struct collected {
+    int32_t ids[16];
+    int n;
+} collected;
+
+static int collect(void *user, const kvp_token *t)
+{
+    collected *c = user;
+    if (t->i >= 0 && c->n < 16)
+        c->ids[c->n++] = t->id;
+    return 0;
+}
+
+/* The library's loaded path right after BOS, measured by kvp_compare against a full prefill:
+ * bit-identical logits at every position, KL 0, every argmax agreeing; and kvp_decode picks
+ * the same greedy tokens again from a second loaded path. */
+static void test_path_compare_decode(void **state)
+{
+    fixture *f = *state;
+    char path[128], err[512];
+    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
+    make_blob(f, path, KVB_CODEC_F16_ZSTD);
+    int32_t prompt[3] = {f->doc[0], f->doc[1], f->doc[2]};
+    const char *blobs[1] = {path};
+    kvp_path p = {.bos = f->in->bos_id, .blobs = blobs, .n_blobs = 1, .prompt = prompt, .n_prompt = 3};
+    int nv = f->in->n_vocab;
+    float *logits = malloc((size_t)nv * sizeof *logits);
+    collected first = {0}, again = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        eng_ctx *c = new_ctx(f), *full = new_ctx(f);
+        assert_int_equal(kvp_ctx_warm_up(c, f->m, 512, f->in->bos_id, err, sizeof err), KVP_OK);
+        kvp_load_stats ls;
+        int32_t *doc = NULL;
+        uint32_t doc_n = 0;
+        kvp_path_result r = {.ls = &ls, .doc_tokens = &doc, .doc_n = &doc_n};
+        kvp_load_opts lo = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust, .n_threads = 2};
+        if (kvp_path_run(&lo, &p, logits, &r, err, sizeof err) != KVP_OK)
+            fail_msg("path: %s", err);
+        assert_int_equal(r.failed_blob, -1);
+        assert_int_equal(doc_n, f->n_doc);
+        assert_int_equal(eng_kv_len(c), 1 + (int)f->n_doc + 3);
+        if (pass == 0) {
+            int32_t *seq = NULL;
+            size_t n_seq = 0;
+            assert_int_equal(kvp_path_sequence(&p, &r, &seq, &n_seq), KVP_OK);
+            assert_int_equal(n_seq, 1 + f->n_doc + 3);
+            kvp_compare_opts co = {.model = f->m, .loaded = c, .full = full, .seq = seq, .n_seq = n_seq, .n_gen = 8};
+            kvp_compare_result cr;
+            if (kvp_compare(&co, logits, &cr, err, sizeof err) != KVP_OK)
+                fail_msg("compare: %s", err);
+            assert_true(cr.positions >= 1 && cr.positions <= 8);
+            assert_true(cr.bit_identical);
+            assert_true(cr.kl_max == 0);
+            assert_int_equal(cr.argmax_agree, cr.positions);
+            assert_int_equal(cr.first_disagreement, -1);
+            for (int i = 0; i < cr.positions; i++)
+                collect(&first, &(kvp_token){.i = i, .id = cr.tokens[i]});
+            kvp_compare_result_clear(&cr);
+            free(seq);
+        } else {
+            kvp_decode_opts d = {.model = f->m, .ctx = c, .n_max = 8, .on_token = collect, .user = &again};
+            kvp_decode_stats ds;
+            assert_int_equal(kvp_decode(&d, logits, &ds, err, sizeof err), KVP_OK);
+            assert_int_equal(ds.n_decoded, again.n - 1);
+            assert_int_equal(again.n, first.n);
+            assert_memory_equal(again.ids, first.ids, (size_t)first.n * sizeof *first.ids);
+        }
+        free(doc);
+        eng_ctx_free(c);
+        eng_ctx_free(full);
+    }
+    free(logits);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -412,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_tampered_rolls_back),
         cmocka_unit_test(test_rerotated_import_bits),
         cmocka_unit_test(test_rerotate_kernels_agree),
+        cmocka_unit_test(test_path_compare_decode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
