@@ -134,17 +134,6 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
-static void human(double b, char *out, size_t len)
-{
-    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int i = 0;
-    while (b >= 1024 && i < 4) {
-        b /= 1024;
-        i++;
-    }
-    snprintf(out, len, "%.1f %s", b, u[i]);
-}
-
 static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
@@ -155,20 +144,7 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
     x->last_draw = t;
     uint64_t have = x->req_from + (uint64_t)dlnow;
     uint64_t total = dltotal > 0 ? x->req_from + (uint64_t)dltotal : 0;
-    char a[32], b[32], r[32];
-    human((double)have, a, sizeof a);
-    human(t > x->t0 ? (double)x->stats->bytes / (t - x->t0) : 0, r, sizeof r);
-    if (total) {
-        int w = 30, fill = (int)((double)have / (double)total * w);
-        char bar[31];
-        for (int i = 0; i < w; i++)
-            bar[i] = i < fill ? '#' : '.';
-        bar[w] = 0;
-        human((double)total, b, sizeof b);
-        fprintf(stderr, "\r  [%s] %3d%%  %s / %s  %s/s   ", bar, (int)(100.0 * have / total), a, b, r);
-    } else {
-        fprintf(stderr, "\r  %s  %s/s   ", a, r);
-    }
+    x->o->progress(x->o->progress_user, have, total, t > x->t0 ? (double)x->stats->bytes / (t - x->t0) : 0, 0);
     x->drew = 1;
     return 0;
 }
@@ -353,7 +329,7 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
     }
 out:
     if (x.drew)
-        fputs("\r\033[K", stderr);
+        o->progress(o->progress_user, 0, 0, 0, 1);
     stats->seconds = kvf_now_s() - x.t0;
     curl_easy_cleanup(h);
     curl_slist_free_all(hdrs);

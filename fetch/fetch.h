@@ -37,6 +37,10 @@ double kvf_now_s(void);
 
 /* ---- HTTPS client ---- */
 
+/* Progress of a download: have of total bytes (total 0 = unknown), rate the mean bytes/s so
+ * far; done = 1 once after the last call, when the download is over (a bar may be erased). */
+typedef void (*kvf_progress_fn)(void *user, uint64_t have, uint64_t total, double rate, int done);
+
 /* Zero-initialise; zero fields take the defaults noted. */
 typedef struct kvf_http_opts {
     const char *cacert;        /* PEM bundle to trust instead of the system's (test servers) */
@@ -53,7 +57,8 @@ typedef struct kvf_http_opts {
     long stall_min_bps;        /* 0 = 1024 bytes/s */
     int max_retries;           /* transient failures retried this many times; 0 = 6, <0 = none */
     double backoff_s;          /* first retry delay, doubled each time, capped at 8 s; 0 = 0.5 */
-    int progress;              /* 1 = draw a progress bar on stderr (caller checks isatty) */
+    kvf_progress_fn progress;  /* called while bytes arrive (at most every 0.1 s); NULL = none */
+    void *progress_user;       /* passed to progress */
     int allow_http;            /* 1 = accept plain http:// (never the default) */
     uint64_t max_recv_bps;     /* cap on the download rate in bytes/s; 0 = none */
 } kvf_http_opts;

@@ -1,5 +1,5 @@
 /* opts.c: the options kvfetch get, run and compare share (trust, TLS, token, cache, retries),
- * and the exit codes they map fetch statuses to. */
+ * the exit codes they map fetch statuses to, and their download progress bar. */
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/opts.h"
 
@@ -89,6 +89,41 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
     }
 }
 
+static void human(double b, char *out, size_t len)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(out, len, "%.1f %s", b, u[i]);
+}
+
+/* A download's progress bar on stderr (a terminal), erased when the download is over. */
+static void draw_progress(void *user, uint64_t have, uint64_t total, double rate, int done)
+{
+    (void)user;
+    if (done) {
+        fputs("\r\033[K", stderr);
+        return;
+    }
+    char a[32], b[32], r[32];
+    human((double)have, a, sizeof a);
+    human(rate, r, sizeof r);
+    if (total) {
+        int w = 30, fill = (int)((double)have / (double)total * w);
+        char bar[31];
+        for (int i = 0; i < w; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[w] = 0;
+        human((double)total, b, sizeof b);
+        fprintf(stderr, "\r  [%s] %3d%%  %s / %s  %s/s   ", bar, (int)(100.0 * have / total), a, b, r);
+    } else {
+        fprintf(stderr, "\r  %s  %s/s   ", a, r);
+    }
+}
+
 int kvf_common_open(kvf_common *co, const char *prog)
 {
     char err[512];
@@ -105,7 +140,8 @@ int kvf_common_open(kvf_common *co, const char *prog)
         if (!co->http.token_origin && origin && *origin)
             co->http.token_origin = origin;
     }
-    co->http.progress = !co->quiet && isatty(2);
+    if (!co->quiet && isatty(2))
+        co->http.progress = draw_progress;
     if (kvc_trust_open(co->trust_dir, &co->trust, err, sizeof err) != KVC_OK) {
         fprintf(stderr, "%s: trust store %s: %s\n", prog, co->trust_dir, err);
         return 2;
