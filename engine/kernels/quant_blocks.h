@@ -1,4 +1,4 @@
-/* quant_blocks.h: private to engine/quant*.c (and forward.c's packing hook at the end): byte offsets of ggml's block formats, the
+/* quant_blocks.h: private to engine/kernels/quant*.c (and forward.c's packing hook at the end): byte offsets of ggml's block formats, the
  * Q8 activation blocks the integer kernels consume, and the per-ISA kernel entry points. */
 #ifndef KVPUB_QUANT_BLOCKS_H
 #define KVPUB_QUANT_BLOCKS_H
