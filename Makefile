@@ -1,7 +1,7 @@
 # kvpub: one Makefile, out-of-tree builds into $(BUILD) (default build/).
 # Sources are discovered by folder, so adding a file to a module needs no edit here:
 #   <module>/*.c <module>/*/*.c -> $(BUILD)/lib<module>.a (kvpub fetch store format crypto
-#                           engine; engine/'s gguf/ tok/ kernels/ build into $(BUILD)/obj/engine/<sub>/)
+#                           engine base; engine/'s gguf/ tok/ kernels/ build into $(BUILD)/obj/engine/<sub>/)
 #   kvpubd/*.c kvfetch/*.c kvsynth/*.c -> $(BUILD)/<tool>
 #   tests/unit/test_*.c   -> $(BUILD)/tests/test_*      (cmocka, one binary per file)
 #   tests/cli/*.sh        -> run by scripts/run-tests.sh with BUILD set
@@ -30,7 +30,8 @@ ALL_CFLAGS += -DKVC_IPSEC_MB
 LDLIBS  += -lIPSec_MB
 endif
 
-MODULES := kvpub fetch store format crypto engine
+# link order: a library before those it uses; base (libc + pthread only) is under all of them
+MODULES := kvpub fetch store format crypto engine base
 TOOLS   := kvpubd kvfetch kvsynth
 
 mod_srcs = $(wildcard $(1)/*.c $(1)/*/*.c)
@@ -100,7 +101,7 @@ demo: deps
 	@BUILD=$(BUILD) scripts/demo.sh
 
 # kvpubd is a tool, not a module: its hand-written parsers (request fields, size and duration
-# arguments) go into a library of their own for fuzz/fuzz_kvpubd_parse.c. They need crypto/ only.
+# arguments) go into a library of their own for fuzz/fuzz_kvpubd_parse.c. They need crypto/ and base/.
 KVPUBD_PARSE_OBJS := $(patsubst %,$(BUILD)/obj/kvpubd/%.o,reqparse util)
 $(BUILD)/libkvpubd_parse.a: $(KVPUBD_PARSE_OBJS)
 	@mkdir -p $(dir $@)

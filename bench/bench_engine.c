@@ -4,6 +4,7 @@
  * of --runs runs (default 3), one line per figure. Wall and process CPU seconds are both
  * printed for prefills: the machine may be shared.
  * usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] */
+#include "base/base.h"
 #include "engine/engine.h"
 
 #include <stdio.h>
@@ -11,13 +12,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static double cpu_s(void)
 {
@@ -87,28 +81,28 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_engine: %s\n", err);
                 return 2;
             }
-            double t0 = now_s(), u0 = cpu_s();
+            double t0 = base_now_s(), u0 = cpu_s();
             if (eng_prefill(c, toks, NULL, (size_t)lens[li], logits, NULL) != ENG_OK) {
                 fputs("bench_engine: prefill failed\n", stderr);
                 return 2;
             }
-            tps[r] = lens[li] / (now_s() - t0);
+            tps[r] = lens[li] / (base_now_s() - t0);
             cpu[r] = cpu_s() - u0;
             if (lens[li] == NMAX) {
                 for (int k = 0; k < NSMALL; k++) {
-                    double t1 = now_s();
+                    double t1 = base_now_s();
                     if (eng_prefill(c, toks + 1, NULL, (size_t)small[k], logits, NULL) != ENG_OK) {
                         fputs("bench_engine: small prefill failed\n", stderr);
                         return 2;
                     }
-                    sm[k][r] = now_s() - t1;
+                    sm[k][r] = base_now_s() - t1;
                     if (eng_kv_truncate(c, NMAX) != ENG_OK) {
                         fputs("bench_engine: truncate failed\n", stderr);
                         return 2;
                     }
                 }
                 int32_t t = toks[NMAX];
-                double t1 = now_s();
+                double t1 = base_now_s();
                 for (int i = 0; i < n_dec; i++) {
                     if (eng_decode(c, t, -1, logits) != ENG_OK) {
                         fputs("bench_engine: decode failed\n", stderr);
@@ -116,7 +110,7 @@ int main(int argc, char **argv)
                     }
                     t = (t * 7 + 3) % hp->n_vocab;
                 }
-                dec[r] = n_dec / (now_s() - t1);
+                dec[r] = n_dec / (base_now_s() - t1);
             }
             eng_ctx_free(c);
         }

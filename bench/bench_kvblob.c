@@ -2,6 +2,7 @@
  * (28 layers, 8 KV heads x 128), per codec: ratio; encode (1 thread per core, and wall on n
  * threads, checking both give the same bytes); verify+decode on 1 thread per core (CPU time)
  * and wall on n threads; verify only. All GB/s are of raw f16 KV. */
+#include "base/base.h"
 #include "format/kvblob.h"
 
 #include <math.h>
@@ -13,13 +14,6 @@
 #include <unistd.h>
 
 enum { NL = 28, NKV = 8, HD = 128, KVD = NKV * HD };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* CPU seconds of this process: on a shared machine wall time measures the neighbours too,
  * so per-core figures use CPU time (single-threaded runs use exactly one core). */
@@ -59,8 +53,8 @@ static void make_kv(uint16_t **k, uint16_t **v, uint32_t nt)
             for (int c = 0; c < KVD; c++) {
                 double kx = scale[c] * (0.8 * cos(t * freq[c] + l) + 0.3 * gauss());
                 double vx = 0.2 * tok * gauss() + 0.05 * sin(0.01 * c);
-                k[l][(size_t)t * KVD + c] = kvb_f32_to_f16((float)kx);
-                v[l][(size_t)t * KVD + c] = kvb_f32_to_f16((float)vx);
+                k[l][(size_t)t * KVD + c] = base_f32_to_f16((float)kx);
+                v[l][(size_t)t * KVD + c] = base_f32_to_f16((float)vx);
             }
         }
 }
@@ -85,13 +79,13 @@ static double read_once(const uint8_t *blob, size_t len, const kvc_key *key, int
     o.on_chunk = sink;
     o.user = &toks;
     char err[256];
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = base_now_s(), c0 = cpu_s();
     kvb_reader *r = kvb_reader_create(&o);
     kvb_status st = kvb_reader_feed(r, blob, len, err, sizeof err);
     if (!st)
         st = kvb_reader_finish(r, err, sizeof err);
     kvb_reader_free(r);
-    double dt = now_s() - t0;
+    double dt = base_now_s() - t0;
     *cpu = cpu_s() - c0;
     if (st) {
         fprintf(stderr, "bench_kvblob: read failed: %s\n", err);
@@ -197,10 +191,10 @@ int main(int argc, char **argv)
         kvb_status st = kvb_write(&m, tok, kp, vp, &wo, key, NULL, &blob, &len, err, sizeof err);
         double enc1 = cpu_s() - c0;
         wo.n_threads = threads;
-        double w0 = now_s();
+        double w0 = base_now_s();
         if (!st)
             st = kvb_write(&m, tok, kp, vp, &wo, key, NULL, &blob_n, &len_n, err, sizeof err);
-        double encn = now_s() - w0;
+        double encn = base_now_s() - w0;
         if (st) {
             fprintf(stderr, "bench_kvblob: %s: %s\n", kvb_codec_name(m.codec), err);
             free(blob);

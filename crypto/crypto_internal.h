@@ -4,13 +4,10 @@
 
 #include "crypto/kvcrypto.h"
 
-#include <stdarg.h>
+#include "base/base.h"
 
 /* Key files and revocation lists are small; anything bigger is not one of ours. */
 #define KVC_MAX_SMALL_FILE (1u << 20)
-
-/* Formats one line into err (if err and errlen are non-zero). */
-void kvc_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Reads a whole regular file of at most max bytes into a new NUL-terminated buffer (*out,
  * caller frees; wipe first if it held a secret). When private_mode is set, a file with any

@@ -23,16 +23,6 @@ struct kvc_key {
     uint8_t id[KVC_KEYID_LEN];
 };
 
-void kvc_set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 kvc_status kvc_read_small_file(const char *path, size_t max, int private_mode, char **out, size_t *outlen,
                                char *err, size_t errlen)
 {
@@ -40,28 +30,28 @@ kvc_status kvc_read_small_file(const char *path, size_t max, int private_mode, c
     *outlen = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        kvc_set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        base_errf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return KVC_ERR_IO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
-        kvc_set_err(err, errlen, "cannot stat %s: %s", path, strerror(errno));
+        base_errf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
         close(fd);
         return KVC_ERR_IO;
     }
     if (!S_ISREG(st.st_mode)) {
-        kvc_set_err(err, errlen, "%s is not a regular file", path);
+        base_errf(err, errlen, "%s is not a regular file", path);
         close(fd);
         return KVC_ERR_IO;
     }
     if (private_mode && (st.st_mode & 077)) {
-        kvc_set_err(err, errlen, "private key %s is accessible by group or others (mode %04o); expected 0600 (chmod 600 %s)",
-                    path, (unsigned)(st.st_mode & 07777), path);
+        base_errf(err, errlen, "private key %s is accessible by group or others (mode %04o); expected 0600 (chmod 600 %s)",
+                  path, (unsigned)(st.st_mode & 07777), path);
         close(fd);
         return KVC_ERR_PERM;
     }
     if ((uint64_t)st.st_size > max) {
-        kvc_set_err(err, errlen, "%s is %lld bytes; expected at most %zu", path, (long long)st.st_size, max);
+        base_errf(err, errlen, "%s is %lld bytes; expected at most %zu", path, (long long)st.st_size, max);
         close(fd);
         return KVC_ERR_FORMAT;
     }
@@ -69,7 +59,7 @@ kvc_status kvc_read_small_file(const char *path, size_t max, int private_mode, c
     char *buf = malloc(cap);
     if (!buf) {
         close(fd);
-        kvc_set_err(err, errlen, "out of memory reading %s", path);
+        base_errf(err, errlen, "out of memory reading %s", path);
         return KVC_ERR_NOMEM;
     }
     size_t n = 0;
@@ -79,7 +69,7 @@ kvc_status kvc_read_small_file(const char *path, size_t max, int private_mode, c
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            kvc_set_err(err, errlen, "cannot read %s: %s", path, strerror(errno));
+            base_errf(err, errlen, "cannot read %s: %s", path, strerror(errno));
             kvc_wipe(buf, cap);
             free(buf);
             close(fd);
@@ -242,9 +232,9 @@ kvc_status kvc_key_load_private(const char *path, kvc_key **out, char *err, size
     kvc_wipe(buf, len);
     free(buf);
     if (st == KVC_ERR_FORMAT)
-        kvc_set_err(err, errlen, "%s is not an unencrypted Ed25519 private key in PEM (PKCS#8) form", path);
+        base_errf(err, errlen, "%s is not an unencrypted Ed25519 private key in PEM (PKCS#8) form", path);
     else if (st != KVC_OK)
-        kvc_set_err(err, errlen, "cannot load %s: %s", path, kvc_status_str(st));
+        base_errf(err, errlen, "cannot load %s: %s", path, kvc_status_str(st));
     return st;
 }
 
@@ -261,9 +251,9 @@ kvc_status kvc_key_load_public(const char *path, kvc_key **out, char *err, size_
     kvc_wipe(buf, len);
     free(buf);
     if (st == KVC_ERR_FORMAT)
-        kvc_set_err(err, errlen, "%s is not an Ed25519 public key in PEM (SubjectPublicKeyInfo) form", path);
+        base_errf(err, errlen, "%s is not an Ed25519 public key in PEM (SubjectPublicKeyInfo) form", path);
     else if (st != KVC_OK)
-        kvc_set_err(err, errlen, "cannot load %s: %s", path, kvc_status_str(st));
+        base_errf(err, errlen, "cannot load %s: %s", path, kvc_status_str(st));
     return st;
 }
 
@@ -355,24 +345,24 @@ static kvc_status write_temp(const char *final, const char *data, size_t len, mo
                              size_t tmplen, char *err, size_t errlen)
 {
     if ((size_t)snprintf(tmp, tmplen, "%s.tmp.XXXXXX", final) >= tmplen) {
-        kvc_set_err(err, errlen, "path too long: %s", final);
+        base_errf(err, errlen, "path too long: %s", final);
         return KVC_ERR_IO;
     }
     int fd = mkstemp(tmp); /* mkstemp creates the file 0600, so the secret is never exposed */
     if (fd < 0) {
-        kvc_set_err(err, errlen, "cannot create a temporary file next to %s: %s", final, strerror(errno));
+        base_errf(err, errlen, "cannot create a temporary file next to %s: %s", final, strerror(errno));
         tmp[0] = '\0';
         return KVC_ERR_IO;
     }
-    if (fchmod(fd, mode) != 0 || kvc_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
-        kvc_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+    if (fchmod(fd, mode) != 0 || base_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+        base_errf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
         tmp[0] = '\0';
         return KVC_ERR_IO;
     }
     if (close(fd) != 0) {
-        kvc_set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        base_errf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         unlink(tmp);
         tmp[0] = '\0';
         return KVC_ERR_IO;
@@ -387,10 +377,10 @@ static kvc_status publish_exclusive(const char *tmp, const char *final, char *er
     if (link(tmp, final) != 0) {
         int e = errno;
         if (e == EEXIST) {
-            kvc_set_err(err, errlen, "%s already exists; refusing to overwrite a key file", final);
+            base_errf(err, errlen, "%s already exists; refusing to overwrite a key file", final);
             return KVC_ERR_PERM;
         }
-        kvc_set_err(err, errlen, "cannot create %s: %s", final, strerror(e));
+        base_errf(err, errlen, "cannot create %s: %s", final, strerror(e));
         return KVC_ERR_IO;
     }
     unlink(tmp);
@@ -400,21 +390,21 @@ static kvc_status publish_exclusive(const char *tmp, const char *final, char *er
 kvc_status kvc_key_write_pair(const kvc_key *k, const char *prefix, char *err, size_t errlen)
 {
     if (!k->is_private) {
-        kvc_set_err(err, errlen, "cannot write a key pair from a public key");
+        base_errf(err, errlen, "cannot write a key pair from a public key");
         return KVC_ERR_FORMAT;
     }
     char keypath[PATH_MAX], pubpath[PATH_MAX], keytmp[PATH_MAX], pubtmp[PATH_MAX];
     if ((size_t)snprintf(keypath, sizeof keypath, "%s.key", prefix) >= sizeof keypath - 16 ||
         (size_t)snprintf(pubpath, sizeof pubpath, "%s.pub", prefix) >= sizeof pubpath - 16) {
-        kvc_set_err(err, errlen, "key path prefix too long: %s", prefix);
+        base_errf(err, errlen, "key path prefix too long: %s", prefix);
         return KVC_ERR_IO;
     }
     /* fail early (before any write) when either name is taken; the link() below is the
      * authoritative check against races */
     struct stat st;
     if (lstat(keypath, &st) == 0 || lstat(pubpath, &st) == 0) {
-        kvc_set_err(err, errlen, "%s already exists; refusing to overwrite a key file",
-                    lstat(keypath, &st) == 0 ? keypath : pubpath);
+        base_errf(err, errlen, "%s already exists; refusing to overwrite a key file",
+                  lstat(keypath, &st) == 0 ? keypath : pubpath);
         return KVC_ERR_PERM;
     }
 
@@ -424,7 +414,7 @@ kvc_status kvc_key_write_pair(const kvc_key *k, const char *prefix, char *err, s
     if (s == KVC_OK)
         s = pem_encode(k, 0, &pubpem, &publen);
     if (s != KVC_OK) {
-        kvc_set_err(err, errlen, "cannot encode the key as PEM: %s", kvc_status_str(s));
+        base_errf(err, errlen, "cannot encode the key as PEM: %s", kvc_status_str(s));
         goto out;
     }
     keytmp[0] = pubtmp[0] = '\0';
@@ -445,7 +435,7 @@ kvc_status kvc_key_write_pair(const kvc_key *k, const char *prefix, char *err, s
     if (pubtmp[0])
         unlink(pubtmp);
     if (s == KVC_OK)
-        kvc_fsync_parent_dir(keypath);
+        base_fsync_parent_dir(keypath);
 out:
     if (keypem)
         kvc_wipe(keypem, keylen);

@@ -124,19 +124,4 @@ kvc_status kvc_random_bytes(void *buf, size_t n) KVC_WUR;
 /* Overwrites n bytes with zeros in a way the compiler keeps (OPENSSL_cleanse). */
 void kvc_wipe(void *p, size_t n);
 
-/* ---- durable writes (keys here; blobs, the store and downloads use them too) ---- */
-
-/* Writes all n bytes (retrying short writes and EINTR), at the file offset or, for pwrite_all,
- * at off (safe from several threads on one fd). Return 0, or -1 with errno set. */
-int kvc_write_all(int fd, const void *data, size_t n);
-int kvc_pwrite_all(int fd, const void *data, size_t n, uint64_t off);
-/* An unnamed read-write file in directory dir (O_TMPFILE, else a name created and unlinked at
- * once): it vanishes with the process, so a crash leaves nothing behind. Returns the fd
- * (O_CLOEXEC) or -1 with errno set. */
-int kvc_tmpfd(const char *dir);
-/* fsyncs directory dir, or the directory holding path, so renames in it survive a crash.
- * Best effort: some filesystems refuse fsync on directories. */
-void kvc_fsync_dir(const char *dir);
-void kvc_fsync_parent_dir(const char *path);
-
 #endif

@@ -54,7 +54,7 @@ static kvc_status load_revoked(kvc_trust *t, const char *dir, char *err, size_t 
 {
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/revoked", dir) >= sizeof path) {
-        kvc_set_err(err, errlen, "trust directory path too long: %s", dir);
+        base_errf(err, errlen, "trust directory path too long: %s", dir);
         return KVC_ERR_IO;
     }
     struct stat sb;
@@ -66,7 +66,7 @@ static kvc_status load_revoked(kvc_trust *t, const char *dir, char *err, size_t 
     if (st != KVC_OK)
         return st;
     if (memchr(buf, '\0', len)) {
-        kvc_set_err(err, errlen, "%s: contains a NUL byte; expected text, one key id per line", path);
+        base_errf(err, errlen, "%s: contains a NUL byte; expected text, one key id per line", path);
         free(buf);
         return KVC_ERR_FORMAT;
     }
@@ -89,12 +89,12 @@ static kvc_status load_revoked(kvc_trust *t, const char *dir, char *err, size_t 
         if (*s) {
             uint8_t id[KVC_KEYID_LEN];
             if (kvc_unhex(s, id, KVC_KEYID_LEN) != KVC_OK) {
-                kvc_set_err(err, errlen, "%s:%zu: expected a key id of 16 hex digits, got '%.40s'", path, lineno, s);
+                base_errf(err, errlen, "%s:%zu: expected a key id of 16 hex digits, got '%.40s'", path, lineno, s);
                 free(buf);
                 return KVC_ERR_FORMAT;
             }
             if (t->n_revoked >= TRUST_MAX_REVOKED) {
-                kvc_set_err(err, errlen, "%s: more than %d revoked ids", path, TRUST_MAX_REVOKED);
+                base_errf(err, errlen, "%s: more than %d revoked ids", path, TRUST_MAX_REVOKED);
                 free(buf);
                 return KVC_ERR_FORMAT;
             }
@@ -122,7 +122,7 @@ static kvc_status list_pub(const char *dir, char ***names_out, size_t *n_out, ch
     *n_out = 0;
     DIR *d = opendir(dir);
     if (!d) {
-        kvc_set_err(err, errlen, "cannot open trust directory %s: %s", dir, strerror(errno));
+        base_errf(err, errlen, "cannot open trust directory %s: %s", dir, strerror(errno));
         return KVC_ERR_IO;
     }
     char **names = NULL;
@@ -133,7 +133,7 @@ static kvc_status list_pub(const char *dir, char ***names_out, size_t *n_out, ch
         if (de->d_name[0] == '.' || !ends_with_pub(de->d_name))
             continue;
         if (n >= TRUST_MAX_KEYS) {
-            kvc_set_err(err, errlen, "trust directory %s holds more than %d .pub files", dir, TRUST_MAX_KEYS);
+            base_errf(err, errlen, "trust directory %s holds more than %d .pub files", dir, TRUST_MAX_KEYS);
             st = KVC_ERR_FORMAT;
             break;
         }
@@ -181,7 +181,7 @@ kvc_status kvc_trust_open(const char *dir, kvc_trust **out, char *err, size_t er
     for (size_t i = 0; st == KVC_OK && i < n; i++) {
         char path[4096];
         if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= sizeof path) {
-            kvc_set_err(err, errlen, "path too long: %s/%s", dir, names[i]);
+            base_errf(err, errlen, "path too long: %s/%s", dir, names[i]);
             st = KVC_ERR_IO;
             break;
         }
@@ -195,11 +195,11 @@ kvc_status kvc_trust_open(const char *dir, kvc_trust **out, char *err, size_t er
         st = kvc_key_from_pem_public(buf, len, &k);
         free(buf);
         if (st == KVC_ERR_FORMAT) {
-            kvc_set_err(err, errlen, "%s: not an Ed25519 public key in PEM (SubjectPublicKeyInfo) form", path);
+            base_errf(err, errlen, "%s: not an Ed25519 public key in PEM (SubjectPublicKeyInfo) form", path);
             break;
         }
         if (st != KVC_OK) {
-            kvc_set_err(err, errlen, "%s: %s", path, kvc_status_str(st));
+            base_errf(err, errlen, "%s: %s", path, kvc_status_str(st));
             break;
         }
         uint8_t id[KVC_KEYID_LEN];
@@ -214,7 +214,7 @@ kvc_status kvc_trust_open(const char *dir, kvc_trust **out, char *err, size_t er
     free(names);
     if (st != KVC_OK) {
         if (st == KVC_ERR_NOMEM)
-            kvc_set_err(err, errlen, "out of memory reading trust directory %s", dir);
+            base_errf(err, errlen, "out of memory reading trust directory %s", dir);
         kvc_trust_free(t);
         return st;
     }

@@ -3,8 +3,6 @@
 #include "engine/engine_internal.h"
 
 #include <signal.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,17 +19,6 @@ const char *eng_status_str(eng_status st)
     case ENG_ERR_INTERNAL: return "internal error";
     }
     return "unknown status";
-}
-
-eng_status eng_fail(char *err, size_t errlen, eng_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
 }
 
 int eng_default_threads(void)

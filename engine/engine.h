@@ -1,7 +1,7 @@
 /* engine.h: run llama-family GGUF models on the CPU (a fixed-order GEMM for batched products, see
  * spec/engine.md), with an f16 KV cache whose cells carry explicit positions, KV export/import, K re-rotation,
  * tokenizers, sampling and model/tokenizer fingerprints. The whole public contract of engine/.
- * engine/ depends on nothing else of kvpub's. */
+ * engine/ depends only on base/ (the libc-level layer under every module). */
 #ifndef KVPUB_ENGINE_H
 #define KVPUB_ENGINE_H
 

@@ -3,6 +3,7 @@
 #ifndef KVPUB_ENGINE_INTERNAL_H
 #define KVPUB_ENGINE_INTERNAL_H
 
+#include "base/base.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
 
@@ -15,6 +16,6 @@ eng_status eng_fingerprint_model_cached(const char *path, const gguf_file *g, co
                                         uint8_t out[32], char *err, size_t errlen) ENG_WUR;
 
 /* Formats a one-line error into err (when given) and returns st: every engine file's failure path. */
-eng_status eng_fail(char *err, size_t errlen, eng_status st, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+#define eng_fail(err, errlen, st, ...) ((eng_status)base_fail((st), (err), (errlen), __VA_ARGS__))
 
 #endif

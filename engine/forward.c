@@ -166,7 +166,7 @@ static void round_rows(eng_ctx *c, void *a, int r0, int r1)
                     u |= 0x00400000u; /* quiet NaN */
                 else
                     u += 0x7fffu + ((u >> 16) & 1u);
-                y[i] = eng_bf16_to_f32((uint16_t)(u >> 16));
+                y[i] = base_bf16_to_f32((uint16_t)(u >> 16));
             }
         } else { /* Q8_0 blocks of 32, scale stored as f16, round half to even */
             for (int i = 0; i < A->K; i += 32) {
@@ -175,7 +175,7 @@ static void round_rows(eng_ctx *c, void *a, int r0, int r1)
                     float v = fabsf(x[i + j]);
                     amax = v > amax ? v : amax;
                 }
-                const float d = eng_f16_to_f32(eng_f32_to_f16(amax / 127.0f));
+                const float d = base_f16_to_f32(base_f32_to_f16(amax / 127.0f));
                 const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
                 /* |x * id| <= 127: adding and removing 1.5 * 2^23 rounds to the nearest
                  * integer, ties to even, as ggml's _mm256_round_ps does */

@@ -110,19 +110,19 @@ static void rerot_row_scalar(const eng_rerot *t, const uint16_t *src, uint16_t *
     const int n = t->n_rot, h = n / 2;
     if (t->type == ENG_ROPE_NEOX) {
         for (int i = 0; i < h; i++) {
-            float x0 = eng_f16_to_f32(src[i]), x1 = eng_f16_to_f32(src[i + h]);
+            float x0 = base_f16_to_f32(src[i]), x1 = base_f16_to_f32(src[i + h]);
             float c = t->c[i], s = t->s[i];
             float a = x0 * c, b = x1 * s, d = x0 * s, e = x1 * c;
-            dst[i] = eng_f32_to_f16(a - b);
-            dst[i + h] = eng_f32_to_f16(d + e);
+            dst[i] = base_f32_to_f16(a - b);
+            dst[i + h] = base_f32_to_f16(d + e);
         }
     } else {
         for (int i = 0; i < n; i += 2) {
-            float x0 = eng_f16_to_f32(src[i]), x1 = eng_f16_to_f32(src[i + 1]);
+            float x0 = base_f16_to_f32(src[i]), x1 = base_f16_to_f32(src[i + 1]);
             float c = t->c[i], s = t->s[i];
             float a = x0 * c, b = x1 * s, d = x0 * s, e = x1 * c;
-            dst[i] = eng_f32_to_f16(a - b);
-            dst[i + 1] = eng_f32_to_f16(d + e);
+            dst[i] = base_f32_to_f16(a - b);
+            dst[i + 1] = base_f32_to_f16(d + e);
         }
     }
 }
@@ -131,7 +131,7 @@ static void rerot_row_scalar(const eng_rerot *t, const uint16_t *src, uint16_t *
 #include <immintrin.h>
 
 /* 8 f16 at a time: the same f32 products and one sum per lane as the scalar code (no FMA in
- * the target, so nothing is contracted), rounded to nearest even by F16C as eng_f32_to_f16
+ * the target, so nothing is contracted), rounded to nearest even by F16C as base_f32_to_f16
  * rounds: bit-identical to rerot_row_scalar. NEOX needs n_rot % 16 == 0, normal n_rot % 8. */
 __attribute__((target("avx2,f16c"))) static void rerot_rows_avx2(const eng_rerot *t, const uint16_t *src,
                                                                    uint16_t *dst, size_t rows, int hd)

@@ -172,7 +172,7 @@ kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32],
     (void)chmod(src, 0644);
     if (rename(src, dst) != 0)
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot move %s to %s: %s", src, dst, strerror(errno));
-    kvc_fsync_dir(c->dir);
+    base_fsync_dir(c->dir);
     touch_atime(dst);
     kvf_cache_evict(c, id);
     if (path)

@@ -138,7 +138,7 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
                        curl_off_t ulnow)
 {
     xfer *x = userp;
-    double t = kvf_now_s();
+    double t = base_now_s();
     if (t - x->last_draw < 0.1)
         return 0;
     x->last_draw = t;
@@ -242,7 +242,7 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     struct curl_slist *hdrs = NULL;
     xfer x = {.o = o, .sink = sink, .restart = restart, .user = user, .pos = offset,
-              .err = err, .errlen = errlen, .stats = stats, .t0 = kvf_now_s()};
+              .err = err, .errlen = errlen, .stats = stats, .t0 = base_now_s()};
     kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
     if (st != KVF_OK)
         goto out;
@@ -330,7 +330,7 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
 out:
     if (x.drew)
         o->progress(o->progress_user, 0, 0, 0, 1);
-    stats->seconds = kvf_now_s() - x.t0;
+    stats->seconds = base_now_s() - x.t0;
     curl_easy_cleanup(h);
     curl_slist_free_all(hdrs);
     return st;

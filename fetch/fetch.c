@@ -163,7 +163,7 @@ static kvf_status vs_consume(vstream *v, const uint8_t *p, size_t n, int store, 
             if (v->prefix && v->got < v->prefix && v->prefix - v->got < n)
                 take = (size_t)(v->prefix - v->got);
         }
-        if (store && v->fd >= 0 && kvc_write_all(v->fd, p, take) != 0)
+        if (store && v->fd >= 0 && base_write_all(v->fd, p, take) != 0)
             return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s", strerror(errno));
         kvc_sha256_update(v->h, p, take);
         kvb_status st = kvb_reader_feed(v->r, p, take, err, errlen);
@@ -306,7 +306,7 @@ static int open_part_locked(const char *path)
 kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                    char *err, size_t errlen)
 {
-    double t0 = kvf_now_s();
+    double t0 = base_now_s();
     memset(res, 0, sizeof *res);
     if (!cache || !o || !o->trust)
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_get: cache and trust store are required");
@@ -361,7 +361,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                 res->bytes = (uint64_t)sb.st_size;
             res->from_cache = 1;
             keep_manifest(res);
-            res->seconds = kvf_now_s() - t0;
+            res->seconds = base_now_s() - t0;
             return KVF_OK;
         }
         if (st != KVF_ERR_VERIFY || !is_corruption(res->vst))
@@ -464,7 +464,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         return st;
     kvf_cache_url_put(cache, url, res->id);
     keep_manifest(res);
-    res->seconds = kvf_now_s() - t0;
+    res->seconds = base_now_s() - t0;
     return KVF_OK;
 
 fail_keep:
@@ -478,6 +478,6 @@ fail_delete:
 fail_close:
     vs_end(&v);
     close(fd);
-    res->seconds = kvf_now_s() - t0;
+    res->seconds = base_now_s() - t0;
     return st;
 }

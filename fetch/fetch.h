@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/base.h"
 #include "crypto/kvcrypto.h"
 #include "format/kvblob.h"
 
@@ -30,10 +31,7 @@ typedef enum kvf_status {
 } kvf_status;
 
 /* Writes the printf-style message to err (if non-NULL) and returns st. */
-kvf_status kvf_fail(char *err, size_t errlen, kvf_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-/* Monotonic clock, seconds. */
-double kvf_now_s(void);
+#define kvf_fail(err, errlen, st, ...) ((kvf_status)base_fail((st), (err), (errlen), __VA_ARGS__))
 
 /* ---- HTTPS client ---- */
 

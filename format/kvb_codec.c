@@ -250,12 +250,12 @@ static uint16_t pick_scale(float maxabs, int qmax)
 {
     if (!(maxabs > 0.0f))
         return 0;
-    uint16_t s = kvb_f32_to_f16(maxabs / (float)qmax);
+    uint16_t s = base_f32_to_f16(maxabs / (float)qmax);
     if (s == 0)
         s = 1; /* smallest subnormal, 2^-24 */
-    while (kvb_f16_to_f32(s) * (float)qmax < maxabs && s < 0x7bff)
+    while (base_f16_to_f32(s) * (float)qmax < maxabs && s < 0x7bff)
         s++; /* next f16 up: positive f16 bit patterns are ordered like their values */
-    while (s > 1 && kvb_f16_to_f32((uint16_t)(s - 1)) * (float)qmax >= maxabs)
+    while (s > 1 && base_f16_to_f32((uint16_t)(s - 1)) * (float)qmax >= maxabs)
         s--; /* double rounding of maxabs/qmax can overshoot by one: keep the smallest */
     return s;
 }
@@ -321,25 +321,25 @@ static void quant_layer(kvb_codec codec, const uint16_t *k, const uint16_t *v, u
     for (uint32_t c = 0; c < kv_dim; c++) { /* K: one scale per channel */
         float m = 0.0f;
         for (uint32_t t = 0; t < n; t++)
-            m = fmaxf(m, fabsf(kvb_f16_to_f32(k[(size_t)t * kv_dim + c])));
+            m = fmaxf(m, fabsf(base_f16_to_f32(k[(size_t)t * kv_dim + c])));
         uint16_t s = pick_scale(m, qmax);
         kvb_put16(ks + 2ull * c, s);
-        float sf = kvb_f16_to_f32(s);
+        float sf = base_f16_to_f32(s);
         for (uint32_t t = 0; t < n; t++) {
             size_t i = (size_t)t * kv_dim + c;
-            put_code(kc, codec, i, quant(kvb_f16_to_f32(k[i]), sf, qmax));
+            put_code(kc, codec, i, quant(base_f16_to_f32(k[i]), sf, qmax));
         }
     }
     for (uint32_t t = 0; t < n; t++) { /* V: one scale per token */
         const uint16_t *row = v + (size_t)t * kv_dim;
         float m = 0.0f;
         for (uint32_t c = 0; c < kv_dim; c++)
-            m = fmaxf(m, fabsf(kvb_f16_to_f32(row[c])));
+            m = fmaxf(m, fabsf(base_f16_to_f32(row[c])));
         uint16_t s = pick_scale(m, qmax);
         kvb_put16(vs + 2ull * t, s);
-        float sf = kvb_f16_to_f32(s);
+        float sf = base_f16_to_f32(s);
         for (uint32_t c = 0; c < kv_dim; c++)
-            put_code(vc, codec, (size_t)t * kv_dim + c, quant(kvb_f16_to_f32(row[c]), sf, qmax));
+            put_code(vc, codec, (size_t)t * kv_dim + c, quant(base_f16_to_f32(row[c]), sf, qmax));
     }
 }
 
@@ -350,12 +350,12 @@ static void dequant_row_scalar(kvb_codec codec, const uint8_t *codes, size_t i, 
                                const float *sc, float s1, uint16_t *out)
 {
     for (uint32_t c = 0; c < kv_dim; c++)
-        out[c] = kvb_f32_to_f16((float)get_code(codes, codec, i + c) * (sc ? sc[c] : s1));
+        out[c] = base_f32_to_f16((float)get_code(codes, codec, i + c) * (sc ? sc[c] : s1));
 }
 
 #ifdef KVB_X86
 /* kv_dim % 16 == 0 and i even: 16 codes at a time, widened to f32, scaled, rounded by F16C
- * (round to nearest even, the same as kvb_f32_to_f16; no FMA, so the product is the same). */
+ * (round to nearest even, the same as base_f32_to_f16; no FMA, so the product is the same). */
 __attribute__((target("avx2,f16c"))) static void dequant_row_avx2(kvb_codec codec, const uint8_t *codes, size_t i,
                                                                    uint32_t kv_dim, const float *sc, float s1,
                                                                    uint16_t *out)
@@ -388,10 +388,10 @@ static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_
     const uint8_t *kc = vs + 2ull * n;
     const uint8_t *vc = kc + (codec == KVB_CODEC_Q8 ? (size_t)n * kv_dim : ((size_t)n * kv_dim + 1) / 2);
     for (uint32_t c = 0; c < kv_dim; c++)
-        ksf[c] = kvb_f16_to_f32(kvb_le16(ks + 2ull * c));
+        ksf[c] = base_f16_to_f32(kvb_le16(ks + 2ull * c));
     int vec = simd_ok() && kv_dim % 16 == 0;
     for (uint32_t t = 0; t < n; t++) {
-        float vsf = kvb_f16_to_f32(kvb_le16(vs + 2ull * t));
+        float vsf = base_f16_to_f32(kvb_le16(vs + 2ull * t));
         size_t i = (size_t)t * kv_dim;
 #ifdef KVB_X86
         if (vec) {

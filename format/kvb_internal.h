@@ -3,9 +3,8 @@
 #ifndef KVPUB_KVB_INTERNAL_H
 #define KVPUB_KVB_INTERNAL_H
 
+#include "base/base.h"
 #include "format/kvblob.h"
-
-#include <stdarg.h>
 
 #define KVB_MAGIC "\x89KVBLOB\n"
 
@@ -22,8 +21,7 @@ static inline void kvb_put32(uint8_t *p, uint32_t v)
 static inline uint64_t kvb_align(uint64_t x) { return (x + KVB_ALIGN - 1) & ~(uint64_t)(KVB_ALIGN - 1); }
 
 /* snprintf into err (if non-NULL) and return st: every error path is one line. */
-kvb_status kvb_fail(char *err, size_t errlen, kvb_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#define kvb_fail(err, errlen, st, ...) ((kvb_status)base_fail((st), (err), (errlen), __VA_ARGS__))
 
 /* Parses the fixed 32-byte header (magic, version, flags, signature algorithm, limits). */
 kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t errlen);

@@ -77,7 +77,7 @@ static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...)
         return r->st;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->err, sizeof r->err, fmt, ap);
+    base_verrf(r->err, sizeof r->err, fmt, ap);
     va_end(ap);
     return r->st = st;
 }

@@ -67,67 +67,6 @@ kvb_status kvb_codec_parse(const char *name, kvb_codec *out)
     return KVB_ERR_UNSUPPORTED;
 }
 
-kvb_status kvb_fail(char *err, size_t errlen, kvb_status st, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
-
-float kvb_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13); /* inf / NaN (payload kept) */
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {
-        /* subnormal: value = man * 2^-24, exact in f32 */
-        float f = (float)man * (1.0f / 16777216.0f);
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    memcpy(&out, &bits, 4);
-    return out;
-}
-
-uint16_t kvb_f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) /* inf or NaN: keep NaN quiet */
-        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
-    if (ax >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
-        return (uint16_t)(sign | 0x7c00);
-    if (ax < 0x38800000u) {
-        /* result is subnormal or zero: let the FPU round (x * 2^24 rounded to an integer,
-         * ties to even, is exactly the subnormal mantissa) */
-        float a;
-        memcpy(&a, &ax, 4);
-        float m = a * 16777216.0f;
-        uint32_t r = (uint32_t)m;
-        float frac = m - (float)r;
-        if (frac > 0.5f || (frac == 0.5f && (r & 1)))
-            r++;
-        return (uint16_t)(sign | r); /* r == 0x400 rolls into the smallest normal: correct */
-    }
-    /* normal: rebias exponent, round mantissa to 10 bits, ties to even */
-    uint32_t r = ax - 0x38000000u; /* exponent bias 127 -> 15, shifted by 23 */
-    uint32_t lsb = (r >> 13) & 1;
-    r += 0xfff + lsb;
-    return (uint16_t)(sign | (r >> 13));
-}
-
 char *kvb_time_format(int64_t t, char *out, size_t outlen)
 {
     time_t tt = (time_t)t;

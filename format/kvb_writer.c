@@ -95,7 +95,7 @@ static kvb_status spill(kvb_writer *w, uint32_t i, char *err, size_t errlen)
 {
     uint64_t len = w->secs[i].length;
     uint64_t off = __atomic_fetch_add(&w->spill_end, len, __ATOMIC_RELAXED);
-    if (kvc_pwrite_all(w->spill_fd, w->enc[i], len, off) != 0)
+    if (base_pwrite_all(w->spill_fd, w->enc[i], len, off) != 0)
         return kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot spill chunk %u to a temporary file in %s: %s", i,
                         w->spill_dir, strerror(errno));
     w->spill_off[i] = off;
@@ -240,7 +240,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     if (opts && opts->spill_dir) {
         w->spill_dir = strdup(opts->spill_dir);
         w->spill_off = calloc(w->m.n_chunks, sizeof *w->spill_off);
-        if (w->spill_dir && w->spill_off && (w->spill_fd = kvc_tmpfd(opts->spill_dir)) < 0) {
+        if (w->spill_dir && w->spill_off && (w->spill_fd = base_tmpfd(opts->spill_dir)) < 0) {
             st = kvb_fail(err, errlen, KVB_ERR_IO, "writer: cannot create a temporary file in %s: %s",
                           opts->spill_dir, strerror(errno));
             kvb_writer_free(w);
@@ -568,7 +568,7 @@ kvb_status kvb_writer_finish_path(kvb_writer *w, const kvc_key *key, const char 
     if (st)
         unlink(tmp);
     else
-        kvc_fsync_parent_dir(path); /* makes the rename durable */
+        base_fsync_parent_dir(path); /* makes the rename durable */
     free(tmp);
     return st;
 }

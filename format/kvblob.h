@@ -295,10 +295,6 @@ kvb_status kvb_write(const kvb_manifest *meta, const int32_t *tokens, const uint
 
 /* ---- helpers ---- */
 
-/* IEEE half <-> single conversions (round to nearest even), as the codecs use them. */
-float kvb_f16_to_f32(uint16_t h);
-uint16_t kvb_f32_to_f16(float f);
-
 /* Formats unix seconds as RFC 3339 UTC ("2025-01-02T03:04:05Z") into out (>= 21 bytes). */
 char *kvb_time_format(int64_t t, char *out, size_t outlen);
 

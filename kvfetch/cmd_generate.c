@@ -194,12 +194,12 @@ int kvfetch_generate_main(int argc, char **argv)
         fprintf(stderr, "kvfetch generate: out of memory\n");
         goto out;
     }
-    double t0 = kvf_now_s();
+    double t0 = base_now_s();
     if ((st = eng_prefill(ctx, ids, NULL, n_ids, logits, NULL))) {
         fprintf(stderr, "kvfetch generate: prefill failed: %s\n", eng_status_str(st));
         goto out;
     }
-    double t1 = kvf_now_s();
+    double t1 = base_now_s();
     kvp_decode_opts d = {.model = m, .ctx = ctx, .sampler = smp, .n_max = (int)n_gen, .text = !print_ids,
                          .on_token = print_token, .user = &print_ids};
     kvp_decode_stats ds;
@@ -209,7 +209,7 @@ int kvfetch_generate_main(int argc, char **argv)
     }
     long n_dec = ds.n_decoded;
     putchar('\n');
-    double t2 = kvf_now_s();
+    double t2 = base_now_s();
     fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %ld tokens in %.3f s (%.1f tok/s)\n",
             n_ids, t1 - t0, (double)n_ids / (t1 - t0), n_dec, t2 - t1,
             n_dec ? (double)n_dec / (t2 - t1) : 0.0);

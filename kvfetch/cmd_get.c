@@ -66,7 +66,7 @@ static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
             rc = r < 0 ? -1 : 0;
             break;
         }
-        if (kvc_write_all(out, buf, (size_t)r) != 0)
+        if (base_write_all(out, buf, (size_t)r) != 0)
             rc = -1;
     }
     free(buf);

@@ -139,7 +139,7 @@ void kvfetch_session_free(kvfetch_session *s)
 /* Resolves every --blob to a local file: URLs through kvf_get (and the cache). */
 static int resolve_blobs(kvfetch_session *s)
 {
-    double t = kvf_now_s();
+    double t = base_now_s();
     for (int i = 0; i < s->a.n_blobs; i++) {
         const char *b = s->a.blobs[i];
         if (!kvf_is_url(b)) {
@@ -172,26 +172,26 @@ static int resolve_blobs(kvfetch_session *s)
         s->path_of[i] = s->paths[i];
         kvf_get_result_clear(&res);
     }
-    s->fetch_s = kvf_now_s() - t;
+    s->fetch_s = base_now_s() - t;
     return 0;
 }
 
 static int load_model(kvfetch_session *s)
 {
-    double t = kvf_now_s();
+    double t = base_now_s();
     eng_status es = eng_model_load(s->a.model, &s->model, s->err, sizeof s->err);
     if (es != ENG_OK) {
         fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
     }
     s->info = eng_model_info(s->model);
-    s->model_s = kvf_now_s() - t;
-    t = kvf_now_s();
+    s->model_s = base_now_s() - t;
+    t = base_now_s();
     if (kvp_identity_from_model(s->model, &s->id, s->err, sizeof s->err) != KVP_OK) {
         fprintf(stderr, "%s: fingerprinting %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
     }
-    s->fp_s = kvf_now_s() - t;
+    s->fp_s = base_now_s() - t;
     s->path.bos = s->info->add_bos && s->info->bos_id >= 0 ? s->info->bos_id : -1;
     /* prefix and prompt are the caller's own text: special-token strings are honoured */
     if (*s->a.prefix &&
@@ -237,10 +237,10 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
         return 2;
     }
     /* the cost of readying it is reported as warm-up, outside both paths' times */
-    double t = kvf_now_s();
+    double t = base_now_s();
     kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, s->path.bos >= 0 ? s->path.bos : s->prompt_ids[0], s->err,
                                     sizeof s->err);
-    s->warm_s += kvf_now_s() - t;
+    s->warm_s += base_now_s() - t;
     if (ws != KVP_OK) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);
         return 2;

@@ -2,6 +2,7 @@
  * the catalog shows, and the store's temp files, so the daemon and kvp_publish_document
  * write and index blobs the same way. */
 #include "kvpub/kvpub.h"
+#include "base/base.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -59,7 +60,7 @@ int kvp_store_tmpfd(const char *store_dir)
         errno = ENAMETOOLONG;
         return -1;
     }
-    return kvc_tmpfd(dir);
+    return base_tmpfd(dir);
 }
 
 void kvp_blobinfo_clear(kvp_blobinfo *bi)

@@ -93,17 +93,17 @@ kvp_status kvp_compare(const kvp_compare_opts *o, float *logits, kvp_compare_res
         rc = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
         goto out;
     }
-    double t = kvf_now_s();
+    double t = base_now_s();
     eng_status es = eng_prefill(o->full, o->seq, NULL, o->n_seq, ls.logits_full, NULL);
-    r->full_prefill_s = kvf_now_s() - t;
+    r->full_prefill_s = base_now_s() - t;
     if (es != ENG_OK) {
         rc = kvp_fail(err, errlen, KVP_ERR_ENGINE, "full prefill of %zu tokens: %s", o->n_seq, eng_status_str(es));
         goto out;
     }
     /* the first token: argmax costs the same on both paths, count it in both TTFTs */
-    t = kvf_now_s();
+    t = base_now_s();
     (void)kvp_argmax(logits, ls.nv);
-    r->sample_s = kvf_now_s() - t;
+    r->sample_s = base_now_s() - t;
     r->full_ttft_s = r->full_prefill_s + r->sample_s;
 
     kvp_decode_opts d = {.model = o->model, .ctx = o->loaded, .n_max = o->n_gen, .on_token = on_token, .user = &ls};

@@ -28,11 +28,11 @@ kvp_status kvp_decode(const kvp_decode_opts *o, float *logits, kvp_decode_stats 
     if (o->text && !(dt = eng_detok_create(o->model)))
         return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
     kvp_status rc = KVP_OK;
-    double t0 = kvf_now_s();
+    double t0 = base_now_s();
     for (int i = 0; i < o->n_max; i++) {
         int32_t tok = o->sampler ? eng_sample(o->sampler, logits, nv) : kvp_argmax(logits, nv);
         if (i == 0)
-            st->first_s = kvf_now_s() - t0; /* picking the first token belongs to its latency */
+            st->first_s = base_now_s() - t0; /* picking the first token belongs to its latency */
         kvp_token t = {.i = i, .id = tok, .eog = eng_token_is_eog(o->model, tok), .logits = logits};
         t.more = !t.eog && i + 1 < o->n_max;
         if (dt && !t.eog)
@@ -44,9 +44,9 @@ kvp_status kvp_decode(const kvp_decode_opts *o, float *logits, kvp_decode_stats 
         st->n_tokens++;
         if (!t.more)
             break;
-        double td = kvf_now_s();
+        double td = base_now_s();
         eng_status es = eng_decode(o->ctx, tok, -1, logits);
-        st->decode_s += kvf_now_s() - td;
+        st->decode_s += base_now_s() - td;
         if (es != ENG_OK) {
             rc = kvp_fail(err, errlen, KVP_ERR_ENGINE, "%s", eng_status_str(es));
             goto out;
@@ -60,7 +60,7 @@ kvp_status kvp_decode(const kvp_decode_opts *o, float *logits, kvp_decode_stats 
             (void)o->on_token(o->user, &t);
     }
 out:
-    st->total_s = kvf_now_s() - t0;
+    st->total_s = base_now_s() - t0;
     eng_detok_free(dt);
     return rc;
 }

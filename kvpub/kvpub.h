@@ -104,7 +104,7 @@ int kvp_blobinfo_fill(kvp_blobinfo *bi, const kvb_manifest *m, const uint8_t key
                       uint64_t price);
 void kvp_blobinfo_clear(kvp_blobinfo *bi); /* frees the JSON texts; bi may be filled again */
 
-/* kvc_tmpfd in STORE/tmp/, for a blob being written (publish, upload): it vanishes with the
+/* base_tmpfd in STORE/tmp/, for a blob being written (publish, upload): it vanishes with the
  * process, so a crash or a refused blob never leaves anything behind. Returns the descriptor,
  * or -1 with errno set. */
 int kvp_store_tmpfd(const char *store_dir);

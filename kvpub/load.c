@@ -43,7 +43,7 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
                               size_t errlen)
 {
     load *l = user;
-    double t = kvf_now_s();
+    double t = base_now_s();
     l->delta = l->pos - (int32_t)m->pos0;
     l->st = kvp_check_manifest(m, l->o->identity, l->delta, err, errlen);
     if (l->st != KVP_OK)
@@ -52,7 +52,7 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
     l->stats->n_chunks = m->n_chunks;
     uint16_t *k, *v;
     l->in_place = eng_kv_rows_f16(l->o->ctx, 0, l->cell0, 0, &k, &v) == ENG_OK;
-    l->cb_s += kvf_now_s() - t;
+    l->cb_s += base_now_s() - t;
     return KVB_OK;
 }
 
@@ -78,7 +78,7 @@ static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_
 static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t errlen)
 {
     load *l = user;
-    double t = kvf_now_s();
+    double t = base_now_s();
     int n = (int)(c->t1 - c->t0), cell = l->cell0 + (int)c->t0;
     eng_status es = ENG_OK;
     const char *what = "importing";
@@ -102,7 +102,7 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
                          cell + n, eng_status_str(es));
         return KVB_ERR_CALLBACK;
     }
-    double dt = kvf_now_s() - t;
+    double dt = base_now_s() - t;
     l->cb_s += dt;
     if (l->delta != 0)
         l->stats->rerotate_s += dt;
@@ -126,7 +126,7 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
 {
     kvp_load_stats *st = l->stats;
     struct stat sb;
-    double t = kvf_now_s();
+    double t = base_now_s();
     if (fstat(src->fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size <= SIZE_MAX) {
         /* MAP_POPULATE: the page-cache pages are mapped in one batch instead of one fault per
          * 4 KiB page during hashing */
@@ -137,21 +137,21 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
             (void)madvise(p, src->map_len, MADV_SEQUENTIAL);
         }
     }
-    st->read_s += kvf_now_s() - t;
+    st->read_s += base_now_s() - t;
     if (src->map) {
         st->file_bytes = src->map_len;
-        t = kvf_now_s();
+        t = base_now_s();
         *ks = kvb_reader_feed(r, src->map, src->map_len, err, errlen);
-        *in_reader += kvf_now_s() - t;
+        *in_reader += base_now_s() - t;
         return KVP_OK;
     }
     src->buf = malloc(READ_PIECE);
     if (!src->buf)
         return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
     for (;;) {
-        t = kvf_now_s();
+        t = base_now_s();
         ssize_t n = read(src->fd, src->buf, READ_PIECE);
-        st->read_s += kvf_now_s() - t;
+        st->read_s += base_now_s() - t;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -159,9 +159,9 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
         if (n == 0)
             return KVP_OK;
         st->file_bytes += (uint64_t)n;
-        t = kvf_now_s();
+        t = base_now_s();
         *ks = kvb_reader_feed(r, src->buf, (size_t)n, err, errlen);
-        *in_reader += kvf_now_s() - t;
+        *in_reader += base_now_s() - t;
         if (*ks != KVB_OK)
             return KVP_OK;
     }
@@ -180,7 +180,7 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
         *vst = KVB_OK;
     if (!o || !o->model || !o->ctx || !o->identity || !o->trust || !path)
         return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_load_blob: missing argument");
-    double t0 = kvf_now_s(), c0 = cpu_now_s();
+    double t0 = base_now_s(), c0 = cpu_now_s();
     load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVP_OK, .stats = st};
     st->pos = l.pos;
     st->n_threads = o->n_threads > 0 ? o->n_threads : eng_default_threads();
@@ -207,9 +207,9 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
     if ((rst = feed_all(&src, r, path, &l, &in_reader, &ks, err, errlen)) != KVP_OK)
         goto out;
     if (ks == KVB_OK) {
-        double t = kvf_now_s();
+        double t = base_now_s();
         ks = kvb_reader_finish(r, err, errlen);
-        in_reader += kvf_now_s() - t;
+        in_reader += base_now_s() - t;
     }
     if (ks != KVB_OK) {
         if (ks == KVB_ERR_CALLBACK && l.st != KVP_OK) {
@@ -249,7 +249,7 @@ out:
         munmap((void *)src.map, src.map_len);
     free(src.buf);
     close(src.fd);
-    st->total_s = kvf_now_s() - t0;
+    st->total_s = base_now_s() - t0;
     st->cpu_s = cpu_now_s() - c0;
     return rst;
 }

@@ -44,7 +44,7 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
 {
     r->failed_blob = -1;
     r->vst = KVB_OK;
-    double t0 = kvf_now_s();
+    double t0 = base_now_s();
     size_t nh = (p->bos >= 0) + p->n_prefix;
     if (nh) {
         int32_t *head = malloc(nh * sizeof *head);
@@ -60,8 +60,8 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
         if (es != ENG_OK)
             return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of BOS+prefix: %s", eng_status_str(es));
     }
-    r->prefix_s = kvf_now_s() - t0;
-    double t1 = kvf_now_s();
+    r->prefix_s = base_now_s() - t0;
+    double t1 = base_now_s();
     for (int i = 0; i < p->n_blobs; i++) {
         kvp_status st = kvp_load_blob(lo, p->blobs[i], &r->doc_tokens[i], &r->doc_n[i], &r->ls[i], &r->vst, err,
                                       errlen);
@@ -70,13 +70,13 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
             return st;
         }
     }
-    r->load_s = kvf_now_s() - t1;
-    double t2 = kvf_now_s();
+    r->load_s = base_now_s() - t1;
+    double t2 = base_now_s();
     eng_status es = eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL);
     if (es != ENG_OK)
         return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of the prompt: %s", eng_status_str(es));
-    r->suffix_s = kvf_now_s() - t2;
-    r->ttft_s = kvf_now_s() - t0;
+    r->suffix_s = base_now_s() - t2;
+    r->ttft_s = base_now_s() - t0;
     return KVP_OK;
 }
 

@@ -1,6 +1,7 @@
 /* api_write.c: the endpoints of spec/http-api.md that take a request body and write to
  * store/: purchases (a bearer token for a priced blob) and verified publisher uploads. */
 #include "kvpubd/api.h"
+#include "base/base.h"
 #include "kvpub/kvpub.h"
 
 #include <errno.h>
@@ -264,7 +265,7 @@ enum MHD_Result kvsrv_upload_body(kvsrv_req *r, const char *data, size_t *size)
             return MHD_YES; /* refused already: drain the rest, answer at the end */
         /* the signature, then every chunk hash, is checked while the bytes arrive */
         r->up_st = kvb_reader_feed(r->up_reader, data, n, r->up_err, sizeof r->up_err);
-        if (r->up_st == KVB_OK && kvc_write_all(r->up_fd, data, n) != 0) {
+        if (r->up_st == KVB_OK && base_write_all(r->up_fd, data, n) != 0) {
             r->up_st = KVB_ERR_IO;
             snprintf(r->up_err, sizeof r->up_err, "writing the upload: %s", strerror(errno));
         }

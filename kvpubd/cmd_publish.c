@@ -1,6 +1,7 @@
 /* cmd_publish.c: `kvpubd publish`: argv, the progress bar, the summary and exit codes around
  * kvp_publish_document (tokenize, prefill after BOS, encode, sign, index). */
 #include "kvpubd/kvpubd.h"
+#include "base/base.h"
 #include "kvpubd/util.h"
 
 #include <inttypes.h>
@@ -31,13 +32,6 @@ static const char publish_usage[] =
     "A (document, model, codec) already in the store is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
     "document longer than the model's context (nothing is published then).\n";
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* The progress bar of document di of nd, drawn on a terminal's stderr. */
 typedef struct bar {
     size_t di, nd;
@@ -48,7 +42,7 @@ typedef struct bar {
 static void progress(void *user, size_t done, size_t total)
 {
     bar *b = user;
-    double dt = now_s() - b->t0;
+    double dt = base_now_s() - b->t0;
     double rate = dt > 0 ? (double)done / dt : 0;
     double eta = rate > 0 ? (double)(total - done) / rate : 0;
     int width = 30, fill = total ? (int)((double)done / (double)total * width) : width;
@@ -173,7 +167,7 @@ int kvpubd_publish_main(int argc, char **argv)
     po.n_threads = (int)threads;
     for (size_t i = 0; i < nf; i++) {
         kvp_document *d = &docs[i];
-        bar b = {.di = i, .nd = nf, .t0 = now_s()};
+        bar b = {.di = i, .nd = nf, .t0 = base_now_s()};
         po.progress = tty ? progress : NULL;
         po.user = &b;
         kvp_publish_result res;
@@ -184,7 +178,7 @@ int kvpubd_publish_main(int argc, char **argv)
             fprintf(stderr, "kvpubd publish: %s\n", err);
             goto done;
         }
-        double secs = now_s() - b.t0;
+        double secs = base_now_s() - b.t0;
         int skipped = res.skipped;
         char idh[65], shah[65];
         kvc_hex(d->sha256, 32, shah);

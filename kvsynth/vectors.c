@@ -1,6 +1,7 @@
 /* kvsynth/vectors.c: `kvsynth vectors -o DIR` writes the spec/vectors blobs (one per codec) from
  * the deterministic data that spec/kvblob.md section "Test vectors" defines, signed by the
  * published TEST-ONLY key, plus SHA256SUMS. Same options, same bytes, on every run. */
+#include "base/base.h"
 #include "format/kvblob.h"
 #include "kvsynth/kvsynth.h"
 
@@ -86,7 +87,7 @@ static void vector_data(int nt, uint16_t *k, uint16_t *v, int32_t *tokens)
                 for (int c = 0; c < V_KV_DIM; c++) {
                     int r = (int)(splitmix64(&s) >> 53) - 1024;        /* -1024..1023 */
                     float x = (float)r / (float)(1 << (11 - c % 4));  /* exact in f16 */
-                    (w ? v : k)[((size_t)l * nt + t) * V_KV_DIM + c] = kvb_f32_to_f16(x);
+                    (w ? v : k)[((size_t)l * nt + t) * V_KV_DIM + c] = base_f32_to_f16(x);
                 }
     for (int i = 0; i < nt; i++)
         tokens[i] = (i * 7919 + 13) % 32000;

@@ -38,13 +38,13 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     if (purchase_id)
         *purchase_id = 0;
     if (expires <= now || max_downloads == 0) {
-        kvs_set_err(err, errlen, "purchase needs expires > now and at least one download (got expires %lld, now %lld, "
-                    "%u downloads)", (long long)expires, (long long)now, max_downloads);
+        base_errf(err, errlen, "purchase needs expires > now and at least one download (got expires %lld, now %lld, "
+                  "%u downloads)", (long long)expires, (long long)now, max_downloads);
         return KVS_ERR_INVALID;
     }
     uint8_t raw[KVS_TOKEN_LEN], h[KVS_SHA256_LEN];
     if (kvc_random_bytes(raw, sizeof raw) != KVC_OK) {
-        kvs_set_err(err, errlen, "cannot get random bytes for an access token");
+        base_errf(err, errlen, "cannot get random bytes for an access token");
         return KVS_ERR_IO;
     }
     kvc_sha256(raw, sizeof raw, h);
@@ -59,10 +59,10 @@ kvs_status kvs_store_purchase(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], co
     st = blob_exists(s, id, &found, &price, &revoked, err, errlen);
     char hex[65];
     if (st == KVS_OK && !found) {
-        kvs_set_err(err, errlen, "cannot sell blob %s: not in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
+        base_errf(err, errlen, "cannot sell blob %s: not in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
         st = KVS_ERR_NOTFOUND;
     } else if (st == KVS_OK && revoked) {
-        kvs_set_err(err, errlen, "cannot sell blob %s: its publisher key is revoked", kvc_hex(id, KVS_SHA256_LEN, hex));
+        base_errf(err, errlen, "cannot sell blob %s: its publisher key is revoked", kvc_hex(id, KVS_SHA256_LEN, hex));
         st = KVS_ERR_REVOKED;
     }
     db_stmt q;
@@ -109,7 +109,7 @@ static kvs_status token_begin(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], 
                               uint8_t h[KVS_SHA256_LEN], char *err, size_t errlen)
 {
     if (bytes > (uint64_t)INT64_MAX) {
-        kvs_set_err(err, errlen, "%s of %llu bytes is out of range", what, (unsigned long long)bytes);
+        base_errf(err, errlen, "%s of %llu bytes is out of range", what, (unsigned long long)bytes);
         return KVS_ERR_INVALID;
     }
     kvc_sha256(token, KVS_TOKEN_LEN, h);
@@ -143,7 +143,7 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && row) {
         if (db_column_hex(q.st, 0, bought, sizeof bought) != 0) {
-            kvs_set_err(err, errlen, "access token row holds a malformed blob id");
+            base_errf(err, errlen, "access token row holds a malformed blob id");
             st = KVS_ERR_DB;
         }
         expires = sqlite3_column_int64(q.st, 1);
@@ -155,21 +155,21 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
     db_finalize(&q);
     char hex[65];
     if (st == KVS_OK && !row) {
-        kvs_set_err(err, errlen, "unknown access token");
+        base_errf(err, errlen, "unknown access token");
         st = KVS_TOKEN_UNKNOWN;
     } else if (st == KVS_OK && memcmp(bought, id, KVS_SHA256_LEN) != 0) {
-        kvs_set_err(err, errlen, "access token was bought for blob %s, not this one", kvc_hex(bought, sizeof bought, hex));
+        base_errf(err, errlen, "access token was bought for blob %s, not this one", kvc_hex(bought, sizeof bought, hex));
         st = KVS_TOKEN_WRONG_BLOB;
     } else if (st == KVS_OK && revoked) {
-        kvs_set_err(err, errlen, "the publisher key of blob %s is revoked: it is no longer served (the purchase "
-                    "was refunded)", kvc_hex(bought, sizeof bought, hex));
+        base_errf(err, errlen, "the publisher key of blob %s is revoked: it is no longer served (the purchase "
+                  "was refunded)", kvc_hex(bought, sizeof bought, hex));
         st = KVS_ERR_REVOKED;
     } else if (st == KVS_OK && expires <= now) {
-        kvs_set_err(err, errlen, "access token expired at %lld (now %lld)", (long long)expires, (long long)now);
+        base_errf(err, errlen, "access token expired at %lld (now %lld)", (long long)expires, (long long)now);
         st = KVS_TOKEN_EXPIRED;
     } else if (st == KVS_OK && (uint64_t)left < bytes) {
-        kvs_set_err(err, errlen, "access token has %lld bytes of downloads left, this request needs %llu",
-                    (long long)left, (unsigned long long)bytes);
+        base_errf(err, errlen, "access token has %lld bytes of downloads left, this request needs %llu",
+                  (long long)left, (unsigned long long)bytes);
         st = KVS_TOKEN_EXHAUSTED;
     }
     if (st == KVS_OK && bytes)
@@ -182,7 +182,7 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
         db_bind_int64(&q, ":n", (int64_t)bytes);
         st = db_run(&q, err, errlen);
         if (st == KVS_OK && sqlite3_changes(s->db) != 1) {
-            kvs_set_err(err, errlen, "access token changed during the download check");
+            base_errf(err, errlen, "access token changed during the download check");
             st = KVS_ERR_DB;
         }
         db_finalize(&q);
@@ -226,7 +226,7 @@ kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_
                                    size_t cred_len, int64_t now, char *err, size_t errlen)
 {
     if (!name || strlen(name) > KVS_NAME_MAX) {
-        kvs_set_err(err, errlen, "publisher name must be given and at most %d bytes", KVS_NAME_MAX);
+        base_errf(err, errlen, "publisher name must be given and at most %d bytes", KVS_NAME_MAX);
         return KVS_ERR_INVALID;
     }
     uint8_t h[KVS_SHA256_LEN];
@@ -244,7 +244,7 @@ kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_
     db_finalize(&q);
     char hex[17];
     if (st == KVS_OK && row) {
-        kvs_set_err(err, errlen, "publisher %s is already registered", kvc_hex(key_id, KVS_KEYID_LEN, hex));
+        base_errf(err, errlen, "publisher %s is already registered", kvc_hex(key_id, KVS_KEYID_LEN, hex));
         st = KVS_ERR_EXISTS;
     }
     if (st == KVS_OK)
@@ -284,7 +284,7 @@ static kvs_status publisher_read(kvs_store *s, const uint8_t key_id[KVS_KEYID_LE
     char hex[17];
     kvc_hex(key_id, KVS_KEYID_LEN, hex); /* both messages below name the key */
     if (st == KVS_OK && !row) {
-        kvs_set_err(err, errlen, "unknown publisher %s", hex);
+        base_errf(err, errlen, "unknown publisher %s", hex);
         st = KVS_ERR_NOTFOUND;
     }
     if (st == KVS_OK) {
@@ -295,7 +295,7 @@ static kvs_status publisher_read(kvs_store *s, const uint8_t key_id[KVS_KEYID_LE
         out->created = sqlite3_column_int64(q.st, 3);
         if (db_column_hex(q.st, 0, out->public_key, KVS_PUBKEY_LEN) != 0 ||
             (out->has_credential && db_column_hex(q.st, 2, cred_hash, KVS_SHA256_LEN) != 0)) {
-            kvs_set_err(err, errlen, "publisher row %s holds a malformed key or hash", hex);
+            base_errf(err, errlen, "publisher row %s holds a malformed key or hash", hex);
             st = KVS_ERR_DB;
         }
     }
@@ -321,12 +321,12 @@ kvs_status kvs_store_publisher_check(kvs_store *s, const uint8_t key_id[KVS_KEYI
     char hex[17];
     kvc_hex(key_id, KVS_KEYID_LEN, hex);
     if (!p.has_credential) {
-        kvs_set_err(err, errlen, "publisher %s has no upload credential", hex);
+        base_errf(err, errlen, "publisher %s has no upload credential", hex);
         return KVS_ERR_CREDENTIAL;
     }
     kvc_sha256(cred ? cred : "", cred ? cred_len : 0, h);
     if (CRYPTO_memcmp(h, stored, sizeof h) != 0) {
-        kvs_set_err(err, errlen, "wrong upload credential for publisher %s", hex);
+        base_errf(err, errlen, "wrong upload credential for publisher %s", hex);
         return KVS_ERR_CREDENTIAL;
     }
     return KVS_OK;
@@ -338,7 +338,7 @@ kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN]
                                   const char *client, uint64_t bytes, int status, int64_t now, char *err, size_t errlen)
 {
     if (bytes > (uint64_t)INT64_MAX) {
-        kvs_set_err(err, errlen, "download size out of range");
+        base_errf(err, errlen, "download size out of range");
         return KVS_ERR_INVALID;
     }
     db_stmt q;

@@ -40,7 +40,7 @@ static kvs_status row_to_blob(sqlite3_stmt *st, kvs_blob **out, char *err, size_
     }
     kvs_blob *b = calloc(1, total);
     if (!b) {
-        kvs_set_err(err, errlen, "out of memory reading a catalog row");
+        base_errf(err, errlen, "out of memory reading a catalog row");
         return KVS_ERR_NOMEM;
     }
     char *p = (char *)(b + 1);
@@ -67,8 +67,8 @@ static kvs_status row_to_blob(sqlite3_stmt *st, kvs_blob **out, char *err, size_
         db_column_hex(st, COL_MODEL, b->model_fp, KVS_SHA256_LEN) ||
         db_column_hex(st, COL_TOK, b->tokenizer_fp, KVS_SHA256_LEN) ||
         db_column_hex(st, COL_PUB, b->publisher_id, KVS_KEYID_LEN)) {
-        kvs_set_err(err, errlen, "index row for blob %.64s holds a malformed hash",
-                    (const char *)sqlite3_column_text(st, COL_ID));
+        base_errf(err, errlen, "index row for blob %.64s holds a malformed hash",
+                  (const char *)sqlite3_column_text(st, COL_ID));
         free(b);
         return KVS_ERR_DB;
     }
@@ -96,7 +96,7 @@ kvs_status kvs_store_blob_get(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], kv
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && !row) {
         char hex[65];
-        kvs_set_err(err, errlen, "no blob %s in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
+        base_errf(err, errlen, "no blob %s in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
         st = KVS_ERR_NOTFOUND;
     }
     if (st == KVS_OK)
@@ -119,13 +119,13 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
     db_finalize(&q);
     char hex[65];
     if (st == KVS_OK && !row) {
-        kvs_set_err(err, errlen, "no blob %s in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
+        base_errf(err, errlen, "no blob %s in the store", kvc_hex(id, KVS_SHA256_LEN, hex));
         return KVS_ERR_NOTFOUND;
     }
     if (st == KVS_OK && store_blob_path(s, id, out, outlen) != 0) {
         if (outlen)
             out[0] = '\0';
-        kvs_set_err(err, errlen, "path buffer of %zu bytes is too small for the blob path", outlen);
+        base_errf(err, errlen, "path buffer of %zu bytes is too small for the blob path", outlen);
         return KVS_ERR_INVALID;
     }
     return st;
@@ -194,13 +194,13 @@ kvs_status kvs_store_catalog(kvs_store *s, const kvs_query *qry, kvs_list **out,
     if (limit > KVS_QUERY_MAX_LIMIT)
         limit = KVS_QUERY_MAX_LIMIT;
     if (f->offset > (size_t)INT64_MAX) {
-        kvs_set_err(err, errlen, "catalog offset %zu is out of range", f->offset);
+        base_errf(err, errlen, "catalog offset %zu is out of range", f->offset);
         return KVS_ERR_INVALID;
     }
     kvs_list *l = calloc(1, sizeof *l);
     if (!l || !(l->rows = calloc(limit, sizeof *l->rows))) {
         free(l);
-        kvs_set_err(err, errlen, "out of memory for a catalog page");
+        base_errf(err, errlen, "out of memory for a catalog page");
         return KVS_ERR_NOMEM;
     }
 

@@ -7,16 +7,6 @@
 
 #include "crypto/kvcrypto.h"
 
-void kvs_set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* SQL in messages is cut to one readable line. */
 static void sql_err(char *err, size_t errlen, sqlite3 *db, const char *what, const char *sql)
 {
@@ -31,7 +21,7 @@ static void sql_err(char *err, size_t errlen, sqlite3 *db, const char *what, con
     if (sql && strlen(sql) >= sizeof one - 4)
         one[j++] = '.', one[j++] = '.', one[j++] = '.';
     one[j] = '\0';
-    kvs_set_err(err, errlen, "sqlite %s failed: %s (in: %s)", what, sqlite3_errmsg(db), one);
+    base_errf(err, errlen, "sqlite %s failed: %s (in: %s)", what, sqlite3_errmsg(db), one);
 }
 
 kvs_status db_exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
@@ -138,11 +128,11 @@ kvs_status db_step(db_stmt *q, int *row, char *err, size_t errlen)
 {
     *row = 0;
     if (!q->st) {
-        kvs_set_err(err, errlen, "sqlite step on an unprepared statement (in: %.80s)", q->sql ? q->sql : "");
+        base_errf(err, errlen, "sqlite step on an unprepared statement (in: %.80s)", q->sql ? q->sql : "");
         return KVS_ERR_DB;
     }
     if (q->bad) {
-        kvs_set_err(err, errlen, "sqlite bind failed: %s (in: %.80s)", q->bind_err, q->sql);
+        base_errf(err, errlen, "sqlite bind failed: %s (in: %.80s)", q->bind_err, q->sql);
         return KVS_ERR_DB;
     }
     int rc = sqlite3_step(q->st);
@@ -161,7 +151,7 @@ kvs_status db_run(db_stmt *q, char *err, size_t errlen)
     int row = 0;
     kvs_status st = db_step(q, &row, err, errlen);
     if (st == KVS_OK && row) {
-        kvs_set_err(err, errlen, "sqlite statement returned rows where none were expected (in: %.80s)", q->sql);
+        base_errf(err, errlen, "sqlite statement returned rows where none were expected (in: %.80s)", q->sql);
         return KVS_ERR_DB;
     }
     return st;

@@ -36,7 +36,7 @@ static kvs_status check_info(const kvs_blob *b, char *err, size_t errlen)
     };
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         if (!strs[i].v || (!strs[i].may_be_empty && !*strs[i].v)) {
-            kvs_set_err(err, errlen, "publish: %s is missing", strs[i].name);
+            base_errf(err, errlen, "publish: %s is missing", strs[i].name);
             return KVS_ERR_INVALID;
         }
     }
@@ -49,13 +49,13 @@ static kvs_status check_info(const kvs_blob *b, char *err, size_t errlen)
     };
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         if (nums[i].v > (uint64_t)INT64_MAX) {
-            kvs_set_err(err, errlen, "publish: %s %llu is out of range (at most %lld)", nums[i].name,
-                        (unsigned long long)nums[i].v, (long long)INT64_MAX);
+            base_errf(err, errlen, "publish: %s %llu is out of range (at most %lld)", nums[i].name,
+                      (unsigned long long)nums[i].v, (long long)INT64_MAX);
             return KVS_ERR_INVALID;
         }
     }
     if (b->expires < 0 || b->created < 0) {
-        kvs_set_err(err, errlen, "publish: created/expires must be unix seconds >= 0 (expires 0 = never)");
+        base_errf(err, errlen, "publish: created/expires must be unix seconds >= 0 (expires 0 = never)");
         return KVS_ERR_INVALID;
     }
     return KVS_OK;
@@ -162,7 +162,7 @@ static kvs_status find_existing(kvs_store *s, const kvs_blob *b, int *found, kvs
     kvs_status st = query_one(s->db, SQL_EXISTING, b, no_ids, found, NULL, &hex, err, errlen);
     if (st == KVS_OK && *found) {
         if (kvc_unhex(hex, res->id, KVS_SHA256_LEN) != KVC_OK) {
-            kvs_set_err(err, errlen, "index holds a malformed blob id '%.70s'", hex);
+            base_errf(err, errlen, "index holds a malformed blob id '%.70s'", hex);
             return KVS_ERR_DB;
         }
         res->already = 1;
@@ -193,7 +193,7 @@ static kvs_status insert_rows(kvs_store *s, const kvs_blob *b, char *err, size_t
         if (st == KVS_OK)
             st = query_one(s->db, parents[i].select, b, ids, &found, &ids[i], NULL, err, errlen);
         if (st == KVS_OK && !found) {
-            kvs_set_err(err, errlen, "index row vanished after insert (in: %.60s)", parents[i].select);
+            base_errf(err, errlen, "index row vanished after insert (in: %.60s)", parents[i].select);
             st = KVS_ERR_DB;
         }
     }
@@ -215,12 +215,12 @@ static int open_locked_temp(const kvs_store *s, char *path, size_t pathlen, char
 {
     for (int attempt = 0; attempt < 8; attempt++) {
         if ((size_t)snprintf(path, pathlen, "%s/tmp/blob.XXXXXX", s->dir) >= pathlen) {
-            kvs_set_err(err, errlen, "store path too long: %s", s->dir);
+            base_errf(err, errlen, "store path too long: %s", s->dir);
             return -1;
         }
         int fd = mkostemp(path, O_CLOEXEC);
         if (fd < 0) {
-            kvs_set_err(err, errlen, "cannot create a temp file in %s/tmp: %s", s->dir, strerror(errno));
+            base_errf(err, errlen, "cannot create a temp file in %s/tmp: %s", s->dir, strerror(errno));
             return -1;
         }
         struct stat sb;
@@ -228,7 +228,7 @@ static int open_locked_temp(const kvs_store *s, char *path, size_t pathlen, char
             return fd;
         close(fd);
     }
-    kvs_set_err(err, errlen, "cannot keep a temp file in %s/tmp (removed repeatedly)", s->dir);
+    base_errf(err, errlen, "cannot keep a temp file in %s/tmp (removed repeatedly)", s->dir);
     return -1;
 }
 
@@ -242,14 +242,14 @@ static kvs_status copy_hash(int fd, int tfd, const char *tpath, uint8_t id[KVS_S
     *size = 0;
     if (!buf || !h) {
         st = KVS_ERR_NOMEM;
-        kvs_set_err(err, errlen, "out of memory copying a blob");
+        base_errf(err, errlen, "out of memory copying a blob");
     }
     while (st == KVS_OK) {
         ssize_t r = read(fd, buf, COPY_BUF);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            kvs_set_err(err, errlen, "cannot read the blob: %s", strerror(errno));
+            base_errf(err, errlen, "cannot read the blob: %s", strerror(errno));
             st = KVS_ERR_IO;
             break;
         }
@@ -257,13 +257,13 @@ static kvs_status copy_hash(int fd, int tfd, const char *tpath, uint8_t id[KVS_S
             break;
         kvc_sha256_update(h, buf, (size_t)r);
         *size += (uint64_t)r;
-        if (kvc_write_all(tfd, buf, (size_t)r) != 0) {
-            kvs_set_err(err, errlen, "cannot write %s: %s", tpath, strerror(errno));
+        if (base_write_all(tfd, buf, (size_t)r) != 0) {
+            base_errf(err, errlen, "cannot write %s: %s", tpath, strerror(errno));
             st = KVS_ERR_IO;
         }
     }
     if (st == KVS_OK && (fchmod(tfd, 0644) != 0 || fsync(tfd) != 0)) {
-        kvs_set_err(err, errlen, "cannot sync %s: %s", tpath, strerror(errno));
+        base_errf(err, errlen, "cannot sync %s: %s", tpath, strerror(errno));
         st = KVS_ERR_IO;
     }
     if (st == KVS_OK)
@@ -282,8 +282,8 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
     kvs_status st = kvs_store_key_revoked(s, b->publisher_id, &revoked, NULL, err, errlen);
     char hex[65];
     if (st == KVS_OK && revoked) {
-        kvs_set_err(err, errlen, "publisher key %s is revoked: it cannot publish",
-                    kvc_hex(b->publisher_id, KVS_KEYID_LEN, hex));
+        base_errf(err, errlen, "publisher key %s is revoked: it cannot publish",
+                  kvc_hex(b->publisher_id, KVS_KEYID_LEN, hex));
         return KVS_ERR_REVOKED;
     }
     if (st == KVS_OK)
@@ -296,27 +296,27 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
     if (st != KVS_OK)
         return st;
     if (found) {
-        kvs_set_err(err, errlen, "blob %s is already indexed for another listing",
-                    kvc_hex(b->id, KVS_SHA256_LEN, hex));
+        base_errf(err, errlen, "blob %s is already indexed for another listing",
+                  kvc_hex(b->id, KVS_SHA256_LEN, hex));
         return KVS_ERR_EXISTS;
     }
     char final[PATH_MAX], sub[PATH_MAX];
     if (store_blob_path(s, b->id, final, sizeof final) != 0) {
-        kvs_set_err(err, errlen, "store path too long: %s", s->dir);
+        base_errf(err, errlen, "store path too long: %s", s->dir);
         return KVS_ERR_INVALID;
     }
     snprintf(sub, sizeof sub, "%.*s", (int)(strrchr(final, '/') - final), final);
     if (mkdir(sub, 0755) != 0 && errno != EEXIST) {
-        kvs_set_err(err, errlen, "cannot create directory %s: %s", sub, strerror(errno));
+        base_errf(err, errlen, "cannot create directory %s: %s", sub, strerror(errno));
         return KVS_ERR_IO;
     }
     if (rename(tpath, final) != 0) {
-        kvs_set_err(err, errlen, "cannot move %s to %s: %s", tpath, final, strerror(errno));
+        base_errf(err, errlen, "cannot move %s to %s: %s", tpath, final, strerror(errno));
         return KVS_ERR_IO;
     }
     *renamed = 1;
     /* the new name must be durable before the row that points at it */
-    kvc_fsync_dir(sub);
+    base_fsync_dir(sub);
     st = insert_rows(s, b, err, errlen);
     if (st == KVS_OK)
         memcpy(res->id, b->id, KVS_SHA256_LEN);
@@ -347,17 +347,17 @@ kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_
     st = copy_hash(fd, tfd, tpath, id, &size, err, errlen);
     char want[65], got[65];
     if (st == KVS_OK && !all_zero(info->id, KVS_SHA256_LEN) && memcmp(info->id, id, KVS_SHA256_LEN) != 0) {
-        kvs_set_err(err, errlen, "blob bytes hash to sha256:%s, but sha256:%s was declared",
-                    kvc_hex(id, KVS_SHA256_LEN, got), kvc_hex(info->id, KVS_SHA256_LEN, want));
+        base_errf(err, errlen, "blob bytes hash to sha256:%s, but sha256:%s was declared",
+                  kvc_hex(id, KVS_SHA256_LEN, got), kvc_hex(info->id, KVS_SHA256_LEN, want));
         st = KVS_ERR_MISMATCH;
     }
     if (st == KVS_OK && info->size != 0 && info->size != size) {
-        kvs_set_err(err, errlen, "blob is %llu bytes, but %llu were declared", (unsigned long long)size,
-                    (unsigned long long)info->size);
+        base_errf(err, errlen, "blob is %llu bytes, but %llu were declared", (unsigned long long)size,
+                  (unsigned long long)info->size);
         st = KVS_ERR_MISMATCH;
     }
     if (st == KVS_OK && size > (uint64_t)INT64_MAX) {
-        kvs_set_err(err, errlen, "blob too large");
+        base_errf(err, errlen, "blob too large");
         st = KVS_ERR_INVALID;
     }
     memcpy(b.id, id, sizeof id);
@@ -390,7 +390,7 @@ kvs_status kvs_store_publish_file(kvs_store *s, const kvs_blob *info, const char
     memset(res, 0, sizeof *res);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        kvs_set_err(err, errlen, "cannot open blob %s: %s", path, strerror(errno));
+        base_errf(err, errlen, "cannot open blob %s: %s", path, strerror(errno));
         return KVS_ERR_IO;
     }
     kvs_status st = kvs_store_publish_fd(s, info, fd, res, err, errlen);

@@ -164,8 +164,8 @@ static kvs_status check_foreign(sqlite3 *db, char *err, size_t errlen)
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && row) {
-        kvs_set_err(err, errlen, "%s is not a kvpub index (it has tables but no kvpub schema version)",
-                    sqlite3_db_filename(db, "main"));
+        base_errf(err, errlen, "%s is not a kvpub index (it has tables but no kvpub schema version)",
+                  sqlite3_db_filename(db, "main"));
         st = KVS_ERR_SCHEMA;
     }
     db_finalize(&q);
@@ -182,8 +182,8 @@ static kvs_status check_foreign_keys(sqlite3 *db, char *err, size_t errlen)
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && row) {
-        kvs_set_err(err, errlen, "schema migration would break a reference from table %s",
-                    (const char *)sqlite3_column_text(q.st, 0));
+        base_errf(err, errlen, "schema migration would break a reference from table %s",
+                  (const char *)sqlite3_column_text(q.st, 0));
         st = KVS_ERR_SCHEMA;
     }
     db_finalize(&q);
@@ -204,7 +204,7 @@ kvs_status store_migrate(sqlite3 *db, char *err, size_t errlen)
     char e2[256];
     kvs_status st2 = db_exec(db, "PRAGMA foreign_keys = ON", e2, sizeof e2);
     if (st == KVS_OK && st2 != KVS_OK) {
-        kvs_set_err(err, errlen, "%s", e2);
+        base_errf(err, errlen, "%s", e2);
         st = st2;
     }
     return st;
@@ -234,8 +234,8 @@ static kvs_status migrate_locked(sqlite3 *db, char *err, size_t errlen)
         }
         if (v < 0 || v > N_MIGRATIONS) {
             db_rollback(db);
-            kvs_set_err(err, errlen, "index schema version %d is newer than this build understands (up to %d); "
-                        "use a newer kvpub", v, N_MIGRATIONS);
+            base_errf(err, errlen, "index schema version %d is newer than this build understands (up to %d); "
+                      "use a newer kvpub", v, N_MIGRATIONS);
             return KVS_ERR_SCHEMA;
         }
         char pragma[48];

@@ -58,12 +58,12 @@ int store_blob_path(const kvs_store *s, const uint8_t id[KVS_SHA256_LEN], char *
 static kvs_status make_dir(const char *path, char *err, size_t errlen)
 {
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-        kvs_set_err(err, errlen, "cannot create directory %s: %s", path, strerror(errno));
+        base_errf(err, errlen, "cannot create directory %s: %s", path, strerror(errno));
         return KVS_ERR_IO;
     }
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        kvs_set_err(err, errlen, "%s exists but is not a directory", path);
+        base_errf(err, errlen, "%s exists but is not a directory", path);
         return KVS_ERR_IO;
     }
     return KVS_OK;
@@ -103,7 +103,7 @@ static kvs_status configure(sqlite3 *db, const char *dbpath, char *err, size_t e
     if (st == KVS_OK) {
         const char *mode = row ? (const char *)sqlite3_column_text(q.st, 0) : NULL;
         if (!mode || strcmp(mode, "wal") != 0) {
-            kvs_set_err(err, errlen, "%s: cannot switch to WAL journal mode (got %s)", dbpath, mode ? mode : "nothing");
+            base_errf(err, errlen, "%s: cannot switch to WAL journal mode (got %s)", dbpath, mode ? mode : "nothing");
             st = KVS_ERR_DB;
         }
     }
@@ -128,7 +128,7 @@ kvs_status kvs_store_open(const char *dir, kvs_store **out, char *err, size_t er
     pthread_once(&once, sqlite_setup);
     *out = NULL;
     if (!dir || !*dir) {
-        kvs_set_err(err, errlen, "store directory is empty");
+        base_errf(err, errlen, "store directory is empty");
         return KVS_ERR_INVALID;
     }
     kvs_store *s = calloc(1, sizeof *s);
@@ -145,20 +145,20 @@ kvs_status kvs_store_open(const char *dir, kvs_store **out, char *err, size_t er
     static const char *const subdirs[] = {"blobs", "tmp"};
     for (size_t i = 0; st == KVS_OK && i < 2; i++) {
         if ((size_t)snprintf(path, sizeof path, "%s/%s", s->dir, subdirs[i]) >= sizeof path) {
-            kvs_set_err(err, errlen, "store path too long: %s", s->dir);
+            base_errf(err, errlen, "store path too long: %s", s->dir);
             st = KVS_ERR_INVALID;
         } else {
             st = make_dir(path, err, errlen);
         }
     }
     if (st == KVS_OK && (size_t)snprintf(path, sizeof path, "%s/index.db", s->dir) >= sizeof path) {
-        kvs_set_err(err, errlen, "store path too long: %s", s->dir);
+        base_errf(err, errlen, "store path too long: %s", s->dir);
         st = KVS_ERR_INVALID;
     }
     if (st == KVS_OK) {
         int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
         if (rc != SQLITE_OK) {
-            kvs_set_err(err, errlen, "cannot open index %s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+            base_errf(err, errlen, "cannot open index %s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
             st = KVS_ERR_DB;
         }
     }
@@ -251,7 +251,7 @@ static kvs_status reconcile_files(kvs_store *s, size_t *files, size_t *rows, cha
         return KVS_ERR_INVALID;
     DIR *d = opendir(bdir);
     if (!d) {
-        kvs_set_err(err, errlen, "cannot read %s: %s", bdir, strerror(errno));
+        base_errf(err, errlen, "cannot read %s: %s", bdir, strerror(errno));
         return KVS_ERR_IO;
     }
     kvs_status st = KVS_OK;
@@ -334,7 +334,7 @@ static kvs_status reconcile_rows(kvs_store *s, size_t *rows, char *err, size_t e
     }
     free(gone);
     if (st == KVS_ERR_NOMEM)
-        kvs_set_err(err, errlen, "out of memory while reconciling %s", s->dir);
+        base_errf(err, errlen, "out of memory while reconciling %s", s->dir);
     return st;
 }
 
@@ -381,7 +381,7 @@ kvs_status kvs_store_gc(kvs_store *s, int64_t now, size_t *blobs_removed, char *
         if (db_column_hex(q.st, 0, id, sizeof id) != 0 || store_blob_path(s, id, path, sizeof path) != 0)
             continue;
         if (unlink(path) != 0 && errno != ENOENT) {
-            kvs_set_err(err, errlen, "cannot remove expired blob %s: %s", path, strerror(errno));
+            base_errf(err, errlen, "cannot remove expired blob %s: %s", path, strerror(errno));
             st = KVS_ERR_IO;
             break;
         }

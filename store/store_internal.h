@@ -6,7 +6,7 @@
 #include "store/kvstore.h"
 
 #include <sqlite3.h>
-#include <stdarg.h>
+#include "base/base.h"
 
 /* Prepared statements kept for reuse on one connection: parsing SQL was a third of a catalog
  * request's CPU. A slot is busy from db_prepare_cached to db_finalize. */
@@ -34,8 +34,6 @@ typedef struct db_stmt {
     db_cache *cache; /* non-NULL: st belongs to cache slot `slot` */
     int slot;
 } db_stmt;
-
-void kvs_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Runs one or more statements without results. */
 kvs_status db_exec(sqlite3 *db, const char *sql, char *err, size_t errlen) KVS_WUR;

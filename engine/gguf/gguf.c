@@ -2,6 +2,7 @@
  * and shape against the file size and hard limits, so that lookups (lookup.c) never have to
  * trust the bytes again. */
 #include "engine/gguf/reader_internal.h"
+#include "base/base.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,7 +35,7 @@ static eng_status fail(parser *ps, eng_status st, const char *fmt, ...)
         return st;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ps->err + n, ps->errlen - (size_t)n, fmt, ap);
+    base_verrf(ps->err + n, ps->errlen - (size_t)n, fmt, ap);
     va_end(ap);
     return st;
 }

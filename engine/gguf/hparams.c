@@ -1,9 +1,9 @@
 /* hparams.c: eng_hparams_from_gguf, the GGUF metadata -> eng_info mapping for the llama-family
  * architectures we run (llama, qwen2, qwen3), refusing what our forward pass does not do. */
+#include "base/base.h"
 #include "engine/gguf.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,17 +14,7 @@ typedef struct hp {
     size_t errlen;
 } hp;
 
-__attribute__((format(printf, 3, 4)))
-static eng_status hp_fail(hp *h, eng_status st, const char *fmt, ...)
-{
-    if (h->err && h->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(h->err, h->errlen, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
+#define hp_fail(h, st, ...) ((eng_status)base_fail((st), (h)->err, (h)->errlen, __VA_ARGS__))
 
 static void arch_key(const hp *h, const char *suffix, char *out, size_t n)
 {

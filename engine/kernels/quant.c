@@ -1,4 +1,4 @@
-/* quant.c: f16/bf16 conversion, ggml block dequantizers and quantizers, the portable scalar
+/* quant.c: f16/bf16 row conversion, ggml block dequantizers and quantizers, the portable scalar
  * matrix-vector kernels, and the run-time choice between them and quant_avx2.c's. */
 #include "engine/kernels/quant_internal.h"
 #include "engine/kernels/quant_blocks.h"
@@ -11,81 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- f16 / bf16 ---- */
-
-static uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-float eng_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t man = h & 0x3ff;
-    if (exp == 0) {
-        /* zero or subnormal: man * 2^-24 is exact in f32 */
-        float v = (float)man * 0x1p-24f;
-        return bits_f32(f32_bits(v) | sign);
-    }
-    if (exp == 31)
-        return bits_f32(sign | 0x7f800000u | (man << 13));
-    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
-}
-
-/* Rounds q (the kept bits) to nearest even given the dropped bits rem out of 2^shift. */
-static uint32_t round_ne(uint32_t q, uint32_t rem, unsigned shift)
-{
-    uint32_t half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1)))
-        q++;
-    return q;
-}
-
-uint16_t eng_f32_to_f16(float f)
-{
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    x &= 0x7fffffffu;
-    if (x >= 0x7f800000u) {
-        /* inf, or NaN quieted with the top payload bits kept (what F16C produces) */
-        if (x == 0x7f800000u)
-            return sign | 0x7c00;
-        return (uint16_t)(sign | 0x7e00 | ((x >> 13) & 0x3ff));
-    }
-    if (x >= 0x477ff000u) /* >= 65520: rounds to inf */
-        return sign | 0x7c00;
-    if (x >= 0x38800000u) { /* normal f16: rebias exponent, round away 13 mantissa bits */
-        uint32_t v = x - (112u << 23);
-        return (uint16_t)(sign | round_ne(v >> 13, v & 0x1fff, 13));
-    }
-    if (x <= 0x33000000u) /* <= 2^-25: zero (2^-25 itself is a tie to even zero) */
-        return sign;
-    /* subnormal f16: value * 2^24 rounded to an integer (may carry into the min normal) */
-    uint32_t e = x >> 23;
-    uint32_t m = (x & 0x7fffff) | 0x800000;
-    unsigned shift = 126 - e; /* 14..24 */
-    return (uint16_t)(sign | round_ne(m >> shift, m & ((1u << shift) - 1), shift));
-}
-
-float eng_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
-
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40); /* keep NaN a (quiet) NaN */
-    return (uint16_t)(round_ne(x >> 16, x & 0xffff, 16));
-}
+/* ---- f16 / bf16 rows ---- */
 
 static int have_avx2(void);
 
@@ -98,7 +24,7 @@ void eng_f16_to_f32_row(const uint16_t *src, float *dst, size_t n)
     }
 #endif
     for (size_t i = 0; i < n; i++)
-        dst[i] = eng_f16_to_f32(src[i]);
+        dst[i] = base_f16_to_f32(src[i]);
 }
 
 void eng_f32_to_f16_row(const float *src, uint16_t *dst, size_t n)
@@ -110,7 +36,7 @@ void eng_f32_to_f16_row(const float *src, uint16_t *dst, size_t n)
     }
 #endif
     for (size_t i = 0; i < n; i++)
-        dst[i] = eng_f32_to_f16(src[i]);
+        dst[i] = base_f32_to_f16(src[i]);
 }
 
 /* ---- dispatch ---- */
@@ -170,7 +96,7 @@ int eng_type_supported(uint32_t type)
 static void dequant_q4_0(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += QB_Q4_0_BYTES, y += QB_QK) {
-        float d = eng_f16_to_f32(qb_ld16(b));
+        float d = base_f16_to_f32(qb_ld16(b));
         for (int j = 0; j < 16; j++) {
             y[j] = (float)((b[2 + j] & 0xf) - 8) * d;
             y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
@@ -181,7 +107,7 @@ static void dequant_q4_0(const uint8_t *b, float *y, int64_t nb)
 static void dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += QB_Q8_0_BYTES, y += QB_QK) {
-        float d = eng_f16_to_f32(qb_ld16(b));
+        float d = base_f16_to_f32(qb_ld16(b));
         for (int j = 0; j < 32; j++)
             y[j] = (float)(int8_t)b[2 + j] * d;
     }
@@ -190,8 +116,8 @@ static void dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
 static void dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += QB_Q4_K_BYTES) {
-        float d = eng_f16_to_f32(qb_ld16(b));
-        float dmin = eng_f16_to_f32(qb_ld16(b + 2));
+        float d = base_f16_to_f32(qb_ld16(b));
+        float dmin = base_f16_to_f32(qb_ld16(b + 2));
         uint8_t sc[8], mn[8];
         qb_q4k_scale_min(b + 4, sc, mn);
         const uint8_t *qs = b + 16;
@@ -228,7 +154,7 @@ static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
 {
     int8_t v[QB_QK_K];
     for (int64_t i = 0; i < nb; i++, b += QB_Q6_K_BYTES, y += QB_QK_K) {
-        float d = eng_f16_to_f32(qb_ld16(b + QB_Q6_K_D));
+        float d = base_f16_to_f32(qb_ld16(b + QB_Q6_K_D));
         const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
         q6k_unpack(b, v);
         for (int j = 0; j < 16; j++) {
@@ -252,11 +178,11 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
             break;
         }
         for (int64_t i = 0; i < n; i++)
-            dst[i] = eng_f16_to_f32(qb_ld16(b + 2 * i));
+            dst[i] = base_f16_to_f32(qb_ld16(b + 2 * i));
         break;
     case GGML_T_BF16:
         for (int64_t i = 0; i < n; i++)
-            dst[i] = eng_bf16_to_f32(qb_ld16(b + 2 * i));
+            dst[i] = base_bf16_to_f32(qb_ld16(b + 2 * i));
         break;
     case GGML_T_Q4_0: dequant_q4_0(b, dst, n / QB_QK); break;
     case GGML_T_Q8_0:
@@ -305,8 +231,8 @@ static float absmax(const float *x, int n)
 /* The smallest f16 >= v (v >= 0, finite), so scales rounded to f16 never clip. */
 static uint16_t f16_ceil(float v)
 {
-    uint16_t h = eng_f32_to_f16(v);
-    if (eng_f16_to_f32(h) < v && h < 0x7bff)
+    uint16_t h = base_f32_to_f16(v);
+    if (base_f16_to_f32(h) < v && h < 0x7bff)
         h++;
     return h;
 }
@@ -317,7 +243,7 @@ static void quant_q8_0(const float *x, uint8_t *b, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QB_QK, b += QB_Q8_0_BYTES) {
         uint16_t dh = f16_ceil(absmax(x, QB_QK) / 127.0f);
-        float d = eng_f16_to_f32(dh);
+        float d = base_f16_to_f32(dh);
         float id = d > 0 ? 1.0f / d : 0;
         qb_st16(b, dh);
         for (int j = 0; j < QB_QK; j++)
@@ -334,8 +260,8 @@ static void quant_q4_0(const float *x, uint8_t *b, int64_t nb)
         for (int j = 0; j < QB_QK; j++)
             if (fabsf(x[j]) > fabsf(mx))
                 mx = x[j];
-        uint16_t dh = eng_f32_to_f16(mx / -8.0f);
-        float d = eng_f16_to_f32(dh);
+        uint16_t dh = base_f32_to_f16(mx / -8.0f);
+        float d = base_f16_to_f32(dh);
         float id = d != 0 ? 1.0f / d : 0;
         qb_st16(b, dh);
         for (int j = 0; j < 16; j++) {
@@ -363,7 +289,7 @@ static void quant_q4_k(const float *x, uint8_t *b, int64_t nb)
             maxmin = fmaxf(maxmin, mins[j]);
         }
         uint16_t dh = f16_ceil(maxscale / 63.0f), mh = f16_ceil(maxmin / 63.0f);
-        float d = eng_f16_to_f32(dh), dmin = eng_f16_to_f32(mh);
+        float d = base_f16_to_f32(dh), dmin = base_f16_to_f32(mh);
         uint8_t ls[8], lm[8];
         for (int j = 0; j < 8; j++) {
             /* rounded up so that the 6-bit scale and min still cover the sub-block's range */
@@ -401,7 +327,7 @@ static void quant_q6_k(const float *x, uint8_t *b, int64_t nb)
             maxscale = fmaxf(maxscale, scale[j]);
         }
         uint16_t dh = f16_ceil(maxscale / 127.0f);
-        float d = eng_f16_to_f32(dh);
+        float d = base_f16_to_f32(dh);
         memset(b, 0, QB_Q6_K_BYTES);
         qb_st16(b + QB_Q6_K_D, dh);
         int8_t *sc = (int8_t *)(b + QB_Q6_K_SC);
@@ -428,11 +354,11 @@ size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
     case GGML_T_F32: memcpy(dst, src, (size_t)n * 4); break;
     case GGML_T_F16:
         for (int64_t i = 0; i < n; i++)
-            qb_st16(b + 2 * i, eng_f32_to_f16(src[i]));
+            qb_st16(b + 2 * i, base_f32_to_f16(src[i]));
         break;
     case GGML_T_BF16:
         for (int64_t i = 0; i < n; i++)
-            qb_st16(b + 2 * i, f32_to_bf16(src[i]));
+            qb_st16(b + 2 * i, base_f32_to_bf16(src[i]));
         break;
     case GGML_T_Q4_0: quant_q4_0(src, b, n / blk); break;
     case GGML_T_Q8_0: quant_q8_0(src, b, n / blk); break;
@@ -497,7 +423,7 @@ static void mv_f16(const uint8_t *W, size_t rb, int64_t ncols, const float *x, c
         const uint8_t *w = W + (size_t)r * rb;
         float s = 0;
         for (int64_t i = 0; i < ncols; i++)
-            s += eng_f16_to_f32(qb_ld16(w + 2 * i)) * x[i];
+            s += base_f16_to_f32(qb_ld16(w + 2 * i)) * x[i];
         y[r] = s;
     }
 }
@@ -509,7 +435,7 @@ static void mv_bf16(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
         const uint8_t *w = W + (size_t)r * rb;
         float s = 0;
         for (int64_t i = 0; i < ncols; i++)
-            s += eng_bf16_to_f32(qb_ld16(w + 2 * i)) * x[i];
+            s += base_bf16_to_f32(qb_ld16(w + 2 * i)) * x[i];
         y[r] = s;
     }
 }
@@ -525,7 +451,7 @@ static void mv_q8_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
             int sum = 0;
             for (int j = 0; j < QB_QK; j++)
                 sum += (int8_t)b[2 + j] * q[j];
-            s += eng_f16_to_f32(qb_ld16(b)) * xq->d[i] * (float)sum;
+            s += base_f16_to_f32(qb_ld16(b)) * xq->d[i] * (float)sum;
         }
         y[r] = s;
     }
@@ -542,7 +468,7 @@ static void mv_q4_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
             int sum = 0;
             for (int j = 0; j < 16; j++)
                 sum += ((b[2 + j] & 0xf) - 8) * q[j] + ((b[2 + j] >> 4) - 8) * q[j + 16];
-            s += eng_f16_to_f32(qb_ld16(b)) * xq->d[i] * (float)sum;
+            s += base_f16_to_f32(qb_ld16(b)) * xq->d[i] * (float)sum;
         }
         y[r] = s;
     }
@@ -568,8 +494,8 @@ static void mv_q4_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
                 sumq += sc[j] * dot;
                 summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
             }
-            s += xq->d[i] * (eng_f16_to_f32(qb_ld16(b)) * (float)sumq -
-                             eng_f16_to_f32(qb_ld16(b + 2)) * (float)summ);
+            s += xq->d[i] * (base_f16_to_f32(qb_ld16(b)) * (float)sumq -
+                             base_f16_to_f32(qb_ld16(b + 2)) * (float)summ);
         }
         y[r] = s;
     }
@@ -593,7 +519,7 @@ static void mv_q6_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
                     dot += v[16 * j + l] * q[16 * j + l];
                 sum += sc[j] * dot;
             }
-            s += xq->d[i] * eng_f16_to_f32(qb_ld16(b + QB_Q6_K_D)) * (float)sum;
+            s += xq->d[i] * base_f16_to_f32(qb_ld16(b + QB_Q6_K_D)) * (float)sum;
         }
         y[r] = s;
     }

@@ -24,7 +24,7 @@ AVX2 void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n)
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
     for (; i < n; i++)
-        dst[i] = eng_f16_to_f32(src[i]);
+        dst[i] = base_f16_to_f32(src[i]);
 }
 
 AVX2 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n)
@@ -34,7 +34,7 @@ AVX2 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n)
         _mm_storeu_si128((__m128i *)(dst + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++)
-        dst[i] = eng_f32_to_f16(src[i]);
+        dst[i] = base_f32_to_f16(src[i]);
 }
 
 /* Panel variants for the prefill GEMM: element k goes to y[(k / 8) * stride + k % 8]. The
@@ -146,7 +146,7 @@ static AVX2 INLINE_ALWAYS float w1(enum wkind kind, const void *w, int64_t i)
 {
     return kind == W_F32   ? ((const float *)w)[i]
            : kind == W_F16 ? _cvtsh_ss(((const uint16_t *)w)[i])
-                           : eng_bf16_to_f32(((const uint16_t *)w)[i]);
+                           : base_bf16_to_f32(((const uint16_t *)w)[i]);
 }
 
 static AVX2 INLINE_ALWAYS void mv_float(enum wkind kind, const uint8_t *W, size_t rb, int64_t ncols,

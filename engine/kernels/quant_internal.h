@@ -1,4 +1,4 @@
-/* quant_internal.h: f16/bf16 conversion and dequantization of ggml tensor rows to f32, inside
+/* quant_internal.h: f16/bf16 row conversion and dequantization of ggml tensor rows to f32, inside
  * engine/. The decode path's matrix-vector products (AVX2/FMA/F16C when the CPU has them,
  * chosen at run time, with a portable scalar fallback) are declared in engine.h for bench/,
  * the row quantizer in gguf.h for writers. Block layouts follow ggml's (F32, F16, BF16, Q4_0,
@@ -6,15 +6,13 @@
 #ifndef KVPUB_QUANT_INTERNAL_H
 #define KVPUB_QUANT_INTERNAL_H
 
+#include "base/base.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-float eng_f16_to_f32(uint16_t h);
-uint16_t eng_f32_to_f16(float f);          /* round to nearest even, as F16C does */
-float eng_bf16_to_f32(uint16_t h);
 void eng_f16_to_f32_row(const uint16_t *src, float *dst, size_t n);
 void eng_f32_to_f16_row(const float *src, uint16_t *dst, size_t n);
 

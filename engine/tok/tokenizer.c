@@ -3,7 +3,6 @@
 #include "engine/tok/tokenizer_internal.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,17 +58,6 @@ struct eng_detok {
     char *buf;
     size_t cap;
 };
-
-__attribute__((format(printf, 3, 4)))
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Printable excerpt of untrusted bytes for error messages (quotes excluded). */
 static const char *excerpt(const char *s, size_t n, char out[64])
@@ -342,11 +330,11 @@ void eng_vocab_free(struct eng_vocab *v)
 static eng_status check_id(const char *what, int32_t id, size_t n, char *err, size_t errlen)
 {
     if (id < -1) {
-        seterr(err, errlen, "%s id %d is negative (expected -1 for none or 0..%zu)", what, id, n - 1);
+        base_errf(err, errlen, "%s id %d is negative (expected -1 for none or 0..%zu)", what, id, n - 1);
         return ENG_ERR_FORMAT;
     }
     if (id >= 0 && (size_t)id >= n) {
-        seterr(err, errlen, "%s id %d out of range (vocabulary has %zu tokens)", what, id, n);
+        base_errf(err, errlen, "%s id %d out of range (vocabulary has %zu tokens)", what, id, n);
         return ENG_ERR_FORMAT;
     }
     return ENG_OK;
@@ -355,11 +343,11 @@ static eng_status check_id(const char *what, int32_t id, size_t n, char *err, si
 static eng_status build_merges(struct eng_vocab *v, const eng_vocab_desc *d, char *err, size_t errlen)
 {
     if (d->n_merges > ENG_VOCAB_MAX_MERGES) {
-        seterr(err, errlen, "too many merges: %zu (limit %d)", d->n_merges, ENG_VOCAB_MAX_MERGES);
+        base_errf(err, errlen, "too many merges: %zu (limit %d)", d->n_merges, ENG_VOCAB_MAX_MERGES);
         return ENG_ERR_FORMAT;
     }
     if (d->n_merges && !d->merges) {
-        seterr(err, errlen, "vocabulary description has %zu merges but no merge array", d->n_merges);
+        base_errf(err, errlen, "vocabulary description has %zu merges but no merge array", d->n_merges);
         return ENG_ERR_ARG;
     }
     v->merges = malloc((d->n_merges ? d->n_merges : 1) * sizeof *v->merges);
@@ -372,7 +360,7 @@ static eng_status build_merges(struct eng_vocab *v, const eng_vocab_desc *d, cha
         const char *m = d->merges[r];
         char ex[64], ex2[64];
         if (!m) {
-            seterr(err, errlen, "merge %zu is NULL", r);
+            base_errf(err, errlen, "merge %zu is NULL", r);
             st = ENG_ERR_ARG;
             break;
         }
@@ -381,16 +369,16 @@ static eng_status build_merges(struct eng_vocab *v, const eng_vocab_desc *d, cha
          * a literal space in vocabularies that do not map bytes. */
         const char *sp = n > 1 ? memchr(m + 1, ' ', n - 1) : NULL;
         if (!sp || sp + 1 == m + n) {
-            seterr(err, errlen, "merge %zu '%s' is not two tokens separated by a space", r,
-                   excerpt(m, n, ex));
+            base_errf(err, errlen, "merge %zu '%s' is not two tokens separated by a space", r,
+                      excerpt(m, n, ex));
             st = ENG_ERR_FORMAT;
             break;
         }
         size_t ll = (size_t)(sp - m), rl = n - ll - 1;
         int32_t a = token_find(v, m, ll), b = token_find(v, sp + 1, rl);
         if (a < 0 || b < 0) {
-            seterr(err, errlen, "merge %zu '%s' names unknown token '%s'", r, excerpt(m, n, ex),
-                   a < 0 ? excerpt(m, ll, ex2) : excerpt(sp + 1, rl, ex2));
+            base_errf(err, errlen, "merge %zu '%s' names unknown token '%s'", r, excerpt(m, n, ex),
+                      a < 0 ? excerpt(m, ll, ex2) : excerpt(sp + 1, rl, ex2));
             st = ENG_ERR_FORMAT;
             break;
         }
@@ -421,24 +409,24 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
         return ENG_ERR_ARG;
     *out = NULL;
     if (!d || !d->tokens) {
-        seterr(err, errlen, "vocabulary description or its token array is NULL");
+        base_errf(err, errlen, "vocabulary description or its token array is NULL");
         return ENG_ERR_ARG;
     }
     if (d->kind != ENG_VOCAB_SPM && d->kind != ENG_VOCAB_BPE) {
-        seterr(err, errlen, "unknown vocabulary kind %d (expected SPM or BPE)", (int)d->kind);
+        base_errf(err, errlen, "unknown vocabulary kind %d (expected SPM or BPE)", (int)d->kind);
         return ENG_ERR_ARG;
     }
     size_t n = d->n_tokens;
     if (n == 0 || n > ENG_VOCAB_MAX_TOKENS) {
-        seterr(err, errlen, "vocabulary has %zu tokens (expected 1..%d)", n, ENG_VOCAB_MAX_TOKENS);
+        base_errf(err, errlen, "vocabulary has %zu tokens (expected 1..%d)", n, ENG_VOCAB_MAX_TOKENS);
         return ENG_ERR_FORMAT;
     }
     if (d->scores && d->n_scores != n) {
-        seterr(err, errlen, "token count mismatch: %zu scores for %zu tokens", d->n_scores, n);
+        base_errf(err, errlen, "token count mismatch: %zu scores for %zu tokens", d->n_scores, n);
         return ENG_ERR_FORMAT;
     }
     if (d->types && d->n_types != n) {
-        seterr(err, errlen, "token count mismatch: %zu token types for %zu tokens", d->n_types, n);
+        base_errf(err, errlen, "token count mismatch: %zu token types for %zu tokens", d->n_types, n);
         return ENG_ERR_FORMAT;
     }
     static const char *const id_names[4] = { "bos", "eos", "unk", "eot" };
@@ -453,8 +441,8 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
         const char *pre = d->pre ? d->pre : "default";
         if (!eng_pretok_from_name(pre, strlen(pre), &pretok)) {
             char ex[64];
-            seterr(err, errlen, "unsupported BPE pre-tokenizer '%s' (supported: llama-bpe, qwen2, default/gpt2)",
-                   excerpt(pre, strlen(pre), ex));
+            base_errf(err, errlen, "unsupported BPE pre-tokenizer '%s' (supported: llama-bpe, qwen2, default/gpt2)",
+                      excerpt(pre, strlen(pre), ex));
             return ENG_ERR_UNSUPPORTED;
         }
     }
@@ -463,25 +451,25 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if (!d->tokens[i]) {
-            seterr(err, errlen, "token %zu is NULL", i);
+            base_errf(err, errlen, "token %zu is NULL", i);
             return ENG_ERR_ARG;
         }
         size_t l = d->token_lens ? d->token_lens[i] : strlen(d->tokens[i]);
         if (l > ENG_VOCAB_MAX_TOKEN_BYTES) {
-            seterr(err, errlen, "token %zu is %zu bytes long (limit %d)", i, l, ENG_VOCAB_MAX_TOKEN_BYTES);
+            base_errf(err, errlen, "token %zu is %zu bytes long (limit %d)", i, l, ENG_VOCAB_MAX_TOKEN_BYTES);
             return ENG_ERR_FORMAT;
         }
         total += l;
         if (total > MAX_ARENA_BYTES) {
-            seterr(err, errlen, "token texts exceed %zu bytes in total", MAX_ARENA_BYTES);
+            base_errf(err, errlen, "token texts exceed %zu bytes in total", MAX_ARENA_BYTES);
             return ENG_ERR_FORMAT;
         }
         if (d->types && (d->types[i] < 0 || d->types[i] > ENG_TOKTYPE_BYTE)) {
-            seterr(err, errlen, "token %zu has type %d (expected 0..6)", i, d->types[i]);
+            base_errf(err, errlen, "token %zu has type %d (expected 0..6)", i, d->types[i]);
             return ENG_ERR_FORMAT;
         }
         if (d->scores && isnan(d->scores[i])) {
-            seterr(err, errlen, "token %zu has a NaN score", i);
+            base_errf(err, errlen, "token %zu has a NaN score", i);
             return ENG_ERR_FORMAT;
         }
     }
@@ -591,7 +579,7 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     return ENG_OK;
 fail:
     if (st == ENG_ERR_NOMEM)
-        seterr(err, errlen, "out of memory building a vocabulary of %zu tokens", n);
+        base_errf(err, errlen, "out of memory building a vocabulary of %zu tokens", n);
     eng_vocab_free(v);
     return st;
 }
@@ -742,7 +730,7 @@ static eng_status emit_bytes(const struct eng_vocab *v, const char *s, size_t n,
         unsigned char c = (unsigned char)s[i];
         int32_t id = v->byte_tok[c] >= 0 ? v->byte_tok[c] : v->unk;
         if (id < 0) {
-            seterr(err, errlen, "byte 0x%02X has no token and the vocabulary has no unknown token", c);
+            base_errf(err, errlen, "byte 0x%02X has no token and the vocabulary has no unknown token", c);
             return ENG_ERR_RANGE;
         }
         if (!ids_push(out, id))
@@ -1013,11 +1001,11 @@ eng_status eng_vocab_tokenize(const struct eng_vocab *v, const char *text, size_
     *ids = NULL;
     *n = 0;
     if (!v || (!text && len)) {
-        seterr(err, errlen, "tokenize: NULL vocabulary or text");
+        base_errf(err, errlen, "tokenize: NULL vocabulary or text");
         return ENG_ERR_ARG;
     }
     if (len > MAX_INPUT_BYTES) {
-        seterr(err, errlen, "tokenize: input of %zu bytes exceeds the %zu byte limit", len, MAX_INPUT_BYTES);
+        base_errf(err, errlen, "tokenize: input of %zu bytes exceeds the %zu byte limit", len, MAX_INPUT_BYTES);
         return ENG_ERR_RANGE;
     }
     struct idbuf out = { 0 };
@@ -1052,7 +1040,7 @@ eng_status eng_vocab_tokenize(const struct eng_vocab *v, const char *text, size_
         st = ENG_ERR_NOMEM;
     if (st != ENG_OK) {
         if (st == ENG_ERR_NOMEM)
-            seterr(err, errlen, "tokenize: out of memory");
+            base_errf(err, errlen, "tokenize: out of memory");
         free(out.a);
         return st;
     }

@@ -63,8 +63,8 @@ static void check_rerotate(const char *path)
                  * larger of both layouts' pair magnitudes, which covers either */
                 int j0 = hp->rope.type == ENG_ROPE_NEOX ? i : 2 * i;
                 int j1 = hp->rope.type == ENG_ROPE_NEOX ? i + hd / 2 : 2 * i + 1;
-                double a0 = eng_f16_to_f32(x[j0]), a1 = eng_f16_to_f32(x[j1]);
-                double b0 = eng_f16_to_f32(y[j0]), b1 = eng_f16_to_f32(y[j1]);
+                double a0 = base_f16_to_f32(x[j0]), a1 = base_f16_to_f32(x[j1]);
+                double b0 = base_f16_to_f32(y[j0]), b1 = base_f16_to_f32(y[j1]);
                 double mag = sqrt(a0 * a0 + a1 * a1), u = ulp16(mag);
                 double d = fmax(fabs(a0 - b0), fabs(a1 - b1)) / u;
                 if (d > worst[il != 0])

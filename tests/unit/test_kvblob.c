@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/base.h"
 #include "format/kvblob.h"
 
 enum { NL = 3, NKV = 2, HD = 16, KVD = NKV * HD, NT = 100, CT = 32, NCH = 4 };
@@ -45,8 +46,8 @@ static void make_data(void)
                 /* smooth per-channel structure plus noise, like real K/V; a few outlier channels */
                 double s = (1 + c % 5) * (c == 7 ? 20.0 : 1.0);
                 double n = ((double)(rnd() % 2001) - 1000.0) / 10000.0;
-                g_k[l][t * KVD + c] = kvb_f32_to_f16((float)(s * sin(0.05 * t + c + l) + n));
-                g_v[l][t * KVD + c] = kvb_f32_to_f16((float)(0.5 * cos(0.03 * t * (c + 1)) + n));
+                g_k[l][t * KVD + c] = base_f32_to_f16((float)(s * sin(0.05 * t + c + l) + n));
+                g_v[l][t * KVD + c] = base_f32_to_f16((float)(0.5 * cos(0.03 * t * (c + 1)) + n));
             }
     for (int i = 0; i < NT; i++)
         g_tok[i] = (int32_t)(i * 31 + 7);
@@ -788,14 +789,14 @@ static void test_f16_and_time(void **s)
         {1.00048828125f, 0x3c00}, /* tie: to even */ {1.00146484375f, 0x3c02}, /* tie: to even (up) */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        if (kvb_f32_to_f16(cases[i].f) != cases[i].h)
-            fail_msg("f32_to_f16(%a) = %04x, want %04x", (double)cases[i].f, kvb_f32_to_f16(cases[i].f), cases[i].h);
+        if (base_f32_to_f16(cases[i].f) != cases[i].h)
+            fail_msg("f32_to_f16(%a) = %04x, want %04x", (double)cases[i].f, base_f32_to_f16(cases[i].f), cases[i].h);
     }
     for (uint32_t h = 0; h < 0x10000; h++) { /* every finite half survives f16 -> f32 -> f16 */
         if (((h >> 10) & 0x1f) == 0x1f)
             continue;
-        assert_int_equal(kvb_f32_to_f16(kvb_f16_to_f32((uint16_t)h)), h);
-        assert_true((double)kvb_f16_to_f32((uint16_t)h) == h2d((uint16_t)h));
+        assert_int_equal(base_f32_to_f16(base_f16_to_f32((uint16_t)h)), h);
+        assert_true((double)base_f16_to_f32((uint16_t)h) == h2d((uint16_t)h));
     }
     char buf[32];
     assert_string_equal(kvb_time_format(1700000000, buf, sizeof buf), "2023-11-14T22:13:20Z");

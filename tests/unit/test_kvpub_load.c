@@ -213,7 +213,7 @@ static void test_rerotated_layer0(void **state)
     assert_int_equal(eng_kv_export_layer(full, 0, 24, (int)f->n_doc, k2, v2), ENG_OK);
     double maxabs = 0, maxk = 0;
     for (size_t i = 0; i < nv; i++) {
-        double a = kvb_f16_to_f32(k1[i]), b = kvb_f16_to_f32(k2[i]);
+        double a = base_f16_to_f32(k1[i]), b = base_f16_to_f32(k2[i]);
         maxabs = fmax(maxabs, fabs(a - b));
         maxk = fmax(maxk, fabs(b));
     }
@@ -389,7 +389,7 @@ static void test_rerotate_kernels_agree(void **state)
         for (size_t di = 0; di < sizeof deltas / sizeof *deltas; di++) {
             for (size_t i = 0; i < cnt; i++) {
                 x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-                a[i] = eng_f32_to_f16((float)((int64_t)(x >> 40) - (1 << 23)) / (float)(1 << 20));
+                a[i] = base_f32_to_f16((float)((int64_t)(x >> 40) - (1 << 23)) / (float)(1 << 20));
             }
             memcpy(b, a, cnt * 2);
             eng_rope_rerotate_f16(m, a, N, deltas[di]);

@@ -70,15 +70,15 @@ static void test_f16_all_patterns(void **state)
     static float fs[65536], fr[65536];
     for (uint32_t h = 0; h < 65536; h++) {
         hs[h] = (uint16_t)h;
-        float f = eng_f16_to_f32((uint16_t)h);
+        float f = base_f16_to_f32((uint16_t)h);
         fs[h] = f;
         if (f16_is_nan((uint16_t)h)) {
             assert_true(isnan(f));
-            assert_true(f16_is_nan(eng_f32_to_f16(f)));
+            assert_true(f16_is_nan(base_f32_to_f16(f)));
             continue;
         }
         assert_true((double)f == f16_ref((uint16_t)h));
-        assert_int_equal(eng_f32_to_f16(f), h); /* exact round trip */
+        assert_int_equal(base_f32_to_f16(f), h); /* exact round trip */
     }
     /* the row (F16C where present) versions agree bit for bit with the scalar ones */
     eng_f16_to_f32_row(hs, fr, 65536);
@@ -88,14 +88,14 @@ static void test_f16_all_patterns(void **state)
         else
             assert_int_equal(f_bits(fr[h]), f_bits(fs[h]));
     }
-    assert_true(eng_f16_to_f32(0x3c00) == 1.0f);
-    assert_true(eng_f16_to_f32(0xc000) == -2.0f);
-    assert_true(eng_f16_to_f32(0x7bff) == 65504.0f);
-    assert_true(eng_f16_to_f32(0x0001) == 0x1p-24f);
-    assert_true(eng_f16_to_f32(0x03ff) == 1023 * 0x1p-24f);
-    assert_true(eng_f16_to_f32(0x0400) == 0x1p-14f);
-    assert_true(isinf(eng_f16_to_f32(0xfc00)) && eng_f16_to_f32(0xfc00) < 0);
-    assert_int_equal(f_bits(eng_f16_to_f32(0x8000)), 0x80000000u);
+    assert_true(base_f16_to_f32(0x3c00) == 1.0f);
+    assert_true(base_f16_to_f32(0xc000) == -2.0f);
+    assert_true(base_f16_to_f32(0x7bff) == 65504.0f);
+    assert_true(base_f16_to_f32(0x0001) == 0x1p-24f);
+    assert_true(base_f16_to_f32(0x03ff) == 1023 * 0x1p-24f);
+    assert_true(base_f16_to_f32(0x0400) == 0x1p-14f);
+    assert_true(isinf(base_f16_to_f32(0xfc00)) && base_f16_to_f32(0xfc00) < 0);
+    assert_int_equal(f_bits(base_f16_to_f32(0x8000)), 0x80000000u);
 }
 
 static void test_f32_to_f16_rounding(void **state)
@@ -122,12 +122,12 @@ static void test_f32_to_f16_rounding(void **state)
         {0.333333343f, 0x3555},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        uint16_t h = eng_f32_to_f16(cases[i].f);
+        uint16_t h = base_f32_to_f16(cases[i].f);
         if (h != cases[i].h)
             fail_msg("f32 %a -> f16 %04x, want %04x", (double)cases[i].f, h, cases[i].h);
     }
-    assert_int_equal(eng_f32_to_f16(INFINITY), 0x7c00);
-    assert_true(f16_is_nan(eng_f32_to_f16(NAN)));
+    assert_int_equal(base_f32_to_f16(INFINITY), 0x7c00);
+    assert_true(f16_is_nan(base_f32_to_f16(NAN)));
 
     /* random finite values: the result is a nearest f16, ties to an even mantissa */
     uint64_t s = 42;
@@ -142,7 +142,7 @@ static void test_f32_to_f16_rounding(void **state)
     }
     for (int i = 0; i < N; i++) {
         float f = src[i];
-        uint16_t h = eng_f32_to_f16(f);
+        uint16_t h = base_f32_to_f16(f);
         if (isnan(f)) {
             assert_true(f16_is_nan(h));
             continue;
@@ -162,16 +162,16 @@ static void test_f32_to_f16_rounding(void **state)
     /* the F16C row conversion (where present) agrees bit for bit, NaNs included */
     eng_f32_to_f16_row(src, rowh, N);
     for (int i = 0; i < N; i++)
-        if (rowh[i] != eng_f32_to_f16(src[i]))
-            fail_msg("row %04x vs scalar %04x for %08x", rowh[i], eng_f32_to_f16(src[i]), f_bits(src[i]));
+        if (rowh[i] != base_f32_to_f16(src[i]))
+            fail_msg("row %04x vs scalar %04x for %08x", rowh[i], base_f32_to_f16(src[i]), f_bits(src[i]));
 }
 
 static void test_bf16(void **state)
 {
     (void)state;
-    assert_true(eng_bf16_to_f32(0x3f80) == 1.0f);
-    assert_true(eng_bf16_to_f32(0xc000) == -2.0f);
-    assert_true(eng_bf16_to_f32(0x3e80) == 0.25f);
+    assert_true(base_bf16_to_f32(0x3f80) == 1.0f);
+    assert_true(base_bf16_to_f32(0xc000) == -2.0f);
+    assert_true(base_bf16_to_f32(0x3e80) == 0.25f);
     float src[4] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -1.0f - 0x1p-8f - 0x1p-20f, NAN};
     uint8_t dst[8];
     assert_int_equal(eng_quantize_row(GGML_T_BF16, src, dst, 4), 8);
@@ -586,9 +586,9 @@ static void test_real_tensors(void **state)
         for (size_t i = 0; i < n; i++) {
             /* the f16 file is exactly our round-to-nearest-even of the f32 weights */
             uint16_t want = (uint16_t)(h[2 * i] | h[2 * i + 1] << 8);
-            if (eng_f32_to_f16(f32[i]) != want)
+            if (base_f32_to_f16(f32[i]) != want)
                 fail_msg("%s[%zu]: f16(%a) = %04x, file has %04x", ts[t].name, i, (double)f32[i],
-                         eng_f32_to_f16(f32[i]), want);
+                         base_f32_to_f16(f32[i]), want);
             assert_true((double)f16[i] == f16_ref(want));
             /* q8_0 within half a step, plus the scale's own f16 rounding over 127 steps */
             double d = f16_ref((uint16_t)(q[34 * (i / 32)] | q[34 * (i / 32) + 1] << 8));

@@ -1,7 +1,7 @@
-/* files.c: the file helpers every kvpub writer shares (keys here, blobs in format/ and store/,
- * downloads in kvfetch/): write everything, unnamed temporary files, fsync a directory after a
- * rename. */
-#include "crypto/kvcrypto.h"
+/* files.c: the file helpers every kvpub writer shares (keys in crypto/, blobs in format/ and
+ * store/, downloads in kvfetch/): write everything, unnamed temporary files, fsync a directory
+ * after a rename. */
+#include "base/base.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,9 +33,9 @@ static int write_at(int fd, const void *data, size_t n, int64_t off)
     return 0;
 }
 
-int kvc_write_all(int fd, const void *data, size_t n) { return write_at(fd, data, n, -1); }
+int base_write_all(int fd, const void *data, size_t n) { return write_at(fd, data, n, -1); }
 
-int kvc_pwrite_all(int fd, const void *data, size_t n, uint64_t off)
+int base_pwrite_all(int fd, const void *data, size_t n, uint64_t off)
 {
     if (off > (uint64_t)INT64_MAX) {
         errno = EINVAL;
@@ -44,7 +44,7 @@ int kvc_pwrite_all(int fd, const void *data, size_t n, uint64_t off)
     return write_at(fd, data, n, (int64_t)off);
 }
 
-int kvc_tmpfd(const char *dir)
+int base_tmpfd(const char *dir)
 {
     int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (fd >= 0)
@@ -60,7 +60,7 @@ int kvc_tmpfd(const char *dir)
     return fd;
 }
 
-void kvc_fsync_dir(const char *dir)
+void base_fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
@@ -69,7 +69,7 @@ void kvc_fsync_dir(const char *dir)
     }
 }
 
-void kvc_fsync_parent_dir(const char *path)
+void base_fsync_parent_dir(const char *path)
 {
     char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
@@ -81,5 +81,5 @@ void kvc_fsync_parent_dir(const char *path)
         snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
     else
         return;
-    kvc_fsync_dir(dir);
+    base_fsync_dir(dir);
 }

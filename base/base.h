@@ -1,0 +1,119 @@
+/* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
+ * formatting, f16/bf16 scalar conversion, durable file writes and a monotonic clock. */
+#ifndef KVPUB_BASE_H
+#define KVPUB_BASE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- errors ---- */
+
+/* printf-style one-line message into err; does nothing when err is NULL or errlen is 0. */
+void base_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void base_verrf(char *err, size_t errlen, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
+/* base_errf, then returns st, so that a module's status-typed fail is one line:
+ *   #define kvf_fail(err, errlen, st, ...) ((kvf_status)base_fail((st), (err), (errlen), __VA_ARGS__)) */
+int base_fail(int st, char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* ---- time ---- */
+
+/* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */
+double base_now_s(void);
+
+/* ---- f16 / bf16 ----
+ * Scalar conversions, inline because the dequantizers call them once per block. f32 -> f16
+ * rounds to nearest even and matches F16C bit for bit (NaN quieted, top payload bits kept). */
+
+static inline uint32_t base_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float base_bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float base_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    if (exp == 0) {
+        /* zero or subnormal: man * 2^-24 is exact in f32 */
+        float v = (float)man * 0x1p-24f;
+        return base_bits_f32(base_f32_bits(v) | sign);
+    }
+    if (exp == 31)
+        return base_bits_f32(sign | 0x7f800000u | (man << 13));
+    return base_bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+/* Rounds q (the kept bits) to nearest even given the dropped bits rem out of 2^shift. */
+static inline uint32_t base_round_ne(uint32_t q, uint32_t rem, unsigned shift)
+{
+    uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1)))
+        q++;
+    return q;
+}
+
+static inline uint16_t base_f32_to_f16(float f)
+{
+    uint32_t x = base_f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    x &= 0x7fffffffu;
+    if (x >= 0x7f800000u) {
+        /* inf, or NaN quieted with the top payload bits kept (what F16C produces) */
+        if (x == 0x7f800000u)
+            return sign | 0x7c00;
+        return (uint16_t)(sign | 0x7e00 | ((x >> 13) & 0x3ff));
+    }
+    if (x >= 0x477ff000u) /* >= 65520: rounds to inf */
+        return sign | 0x7c00;
+    if (x >= 0x38800000u) { /* normal f16: rebias exponent, round away 13 mantissa bits */
+        uint32_t v = x - (112u << 23);
+        return (uint16_t)(sign | base_round_ne(v >> 13, v & 0x1fff, 13));
+    }
+    if (x <= 0x33000000u) /* <= 2^-25: zero (2^-25 itself is a tie to even zero) */
+        return sign;
+    /* subnormal f16: value * 2^24 rounded to an integer (may carry into the min normal) */
+    uint32_t e = x >> 23;
+    uint32_t m = (x & 0x7fffff) | 0x800000;
+    unsigned shift = 126 - e; /* 14..24 */
+    return (uint16_t)(sign | base_round_ne(m >> shift, m & ((1u << shift) - 1), shift));
+}
+
+static inline float base_bf16_to_f32(uint16_t h) { return base_bits_f32((uint32_t)h << 16); }
+
+/* Round to nearest even; a NaN stays a (quiet) NaN. */
+static inline uint16_t base_f32_to_bf16(float f)
+{
+    uint32_t x = base_f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40);
+    return (uint16_t)(base_round_ne(x >> 16, x & 0xffff, 16));
+}
+
+/* ---- durable writes (keys, blobs, the store, downloads) ---- */
+
+/* Writes all n bytes (retrying short writes and EINTR), at the file offset or, for pwrite_all,
+ * at off (safe from several threads on one fd). Return 0, or -1 with errno set. */
+int base_write_all(int fd, const void *data, size_t n);
+int base_pwrite_all(int fd, const void *data, size_t n, uint64_t off);
+/* An unnamed read-write file in directory dir (O_TMPFILE, else a name created and unlinked at
+ * once): it vanishes with the process, so a crash leaves nothing behind. Returns the fd
+ * (O_CLOEXEC) or -1 with errno set. */
+int base_tmpfd(const char *dir);
+/* fsyncs directory dir, or the directory holding path, so renames in it survive a crash.
+ * Best effort: some filesystems refuse fsync on directories. */
+void base_fsync_dir(const char *dir);
+void base_fsync_parent_dir(const char *path);
+
+#endif
