@@ -70,6 +70,11 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
                             uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
                             char *err, size_t errlen);
 
+/* The parsed manifest, handed over to the caller (who frees it with kvb_manifest_free), or
+ * NULL before one was read; stops the reader's workers first, since after an error a job may
+ * still read it. For kvb_read_file. */
+kvb_manifest *kvb_reader_take_manifest(kvb_reader *r);
+
 /* Parses "YYYY-MM-DDTHH:MM:SSZ". Returns 0 on success. */
 int kvb_time_parse(const char *s, int64_t *out);
 
