@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "engine/engine.h"
-#include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/run_common.h"
 #include "kvpub/kvpub.h"
