@@ -1,5 +1,6 @@
 /* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
- * formatting, f16/bf16 scalar conversion, durable file writes and a monotonic clock. */
+ * formatting, CPU feature detection, f16/bf16 scalar conversion, durable file writes and a
+ * monotonic clock. */
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
@@ -21,6 +22,19 @@ int base_fail(int st, char *err, size_t errlen, const char *fmt, ...) __attribut
 
 /* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */
 double base_now_s(void);
+
+/* ---- CPU features ---- */
+
+/* x86 SIMD extensions this CPU and OS run (AVX-family bits only when the OS saves YMM state);
+ * 0 elsewhere. Probed once per process, safe from any thread. */
+enum {
+    BASE_CPU_AVX2 = 1u << 0,
+    BASE_CPU_FMA = 1u << 1,
+    BASE_CPU_F16C = 1u << 2,
+};
+unsigned base_cpu_features(void);
+/* 1 if every bit of want is present. */
+int base_cpu_has(unsigned want);
 
 /* ---- f16 / bf16 ----
  * Scalar conversions, inline because the dequantizers call them once per block. f32 -> f16

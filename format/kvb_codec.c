@@ -12,7 +12,6 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define KVB_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -30,24 +29,6 @@ struct kvb_codec_ctx {
     size_t fscale_cap;  /* floats */
 };
 
-#ifdef KVB_X86
-/* CPUID: AVX2 and F16C present and the OS saves YMM state (clang's __builtin_cpu_supports
- * does not know "f16c" everywhere, so ask the CPU directly). */
-static int cpu_has_avx2_f16c(void)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX) || !(c & bit_F16C))
-        return 0;
-    unsigned xlo, xhi;
-    __asm__("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    (void)xhi;
-    if ((xlo & 6) != 6 || __get_cpuid_max(0, NULL) < 7)
-        return 0;
-    __cpuid_count(7, 0, a, b, c, d);
-    return (b & bit_AVX2) != 0;
-}
-#endif
-
 /* 1 if this CPU runs the AVX2+F16C paths and KVB_NO_SIMD=1 does not ask for the scalar ones
  * (tests compare both). */
 static int simd_ok(void)
@@ -59,7 +40,7 @@ static int simd_ok(void)
         return 0;
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
-        v = cpu_has_avx2_f16c();
+        v = base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_F16C);
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;

@@ -11,13 +11,18 @@
 #include <string.h>
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
 /* QB: queries per work item; each item converts every key block it visits once, for all of
  * its QB * (n_head / n_head_kv) query heads. */
 enum { KB = ENG_KEY_BLOCK, QB = 32 };
+
+/* What the AVX2 kernels need, and the ones that also read the f16 cache with F16C. */
+enum {
+    CPU_AVX2_PATHS = BASE_CPU_AVX2 | BASE_CPU_FMA,
+    CPU_F16C_PATHS = BASE_CPU_AVX2 | BASE_CPU_FMA | BASE_CPU_F16C,
+};
 
 size_t eng_attention_scratch_floats(const eng_info *hp)
 {
@@ -212,22 +217,12 @@ softmax:;
         _mm256_storeu_ps(acc + d, c0);
     }
 }
-
-static int cpu_avx2(void)
-{
-    static int v = -1;
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return v;
-}
 #endif
 
 static blk_fn pick_kernel(int hd)
 {
 #if defined(__x86_64__)
-    if (hd % 8 == 0 && cpu_avx2())
+    if (hd % 8 == 0 && base_cpu_has(CPU_AVX2_PATHS))
         return blk_avx2;
 #endif
     (void)hd;
@@ -326,17 +321,6 @@ __attribute__((target("avx2,fma,f16c"))) static void k8_f16c(const uint16_t *k, 
         }
     }
 }
-
-static int cpu_f16c(void)
-{
-    static int v = -1;
-    if (v < 0) {
-        unsigned a, b, c, d;
-        __builtin_cpu_init();
-        v = cpu_avx2() && __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
-    }
-    return v;
-}
 #endif
 
 /* Cells [b0, b0 + n) (n <= KB) of kv head h of layer il, straight from the cache, into Kt (hd,
@@ -358,7 +342,7 @@ static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt
     } else {
         const uint16_t *k = (const uint16_t *)c->k[il] + off, *v = (const uint16_t *)c->v[il] + off;
 #if defined(__x86_64__)
-        if (hd % 8 == 0 && cpu_f16c())
+        if (hd % 8 == 0 && base_cpu_has(CPU_F16C_PATHS))
             for (; j + 8 <= n; j += 8)
                 k8_f16c(k + (size_t)j * kvd, kvd, hd, Kt + j);
 #endif
@@ -575,7 +559,7 @@ static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *a
     const size_t kvd = (size_t)c->kv_dim;
     const float *q = J->q + (size_t)h * G * hd;
 #if defined(__x86_64__)
-    const int fast = !c->kv_f32 && hd % 32 == 0 && cpu_f16c();
+    const int fast = !c->kv_f32 && hd % 32 == 0 && base_cpu_has(CPU_F16C_PATHS);
     if (fast)
         dec_scores_f16c(c, il, h, q, G, b0, n, scale, s);
     else

@@ -8,6 +8,7 @@
  * the order fixed here, a product has the same bits for any number of rows, and small
  * prefills only touch each weight once. */
 #include "engine/kernels/gemm_internal.h"
+#include "base/base.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -181,16 +182,6 @@ static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K
         }
     }
 }
-
-static int cpu_avx2(void)
-{
-    static int v = -1;
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return v;
-}
 #endif
 
 static int g_force_scalar;
@@ -212,7 +203,7 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
         return;
     }
 #if defined(__x86_64__)
-    if (cpu_avx2() && !g_force_scalar) {
+    if (base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA) && !g_force_scalar) {
         gemm_avx2(Xp, M, Wp, N, K, Y, ldy);
         return;
     }
@@ -223,7 +214,7 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
 const char *eng_gemm_kernel(void)
 {
 #if defined(__x86_64__)
-    if (cpu_avx2() && !g_force_scalar)
+    if (base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA) && !g_force_scalar)
         return "avx2";
 #endif
     return "scalar";

@@ -4,9 +4,6 @@
 #include "engine/kernels/quant_blocks.h"
 #include "engine/gguf.h"
 
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,17 +49,10 @@ int eng_quant_force_scalar(int on)
 
 static int g_cpu_avx2; /* AVX2 + FMA + F16C, set once before main */
 
-#if defined(__x86_64__)
-/* clang's __builtin_cpu_supports knows no "f16c", so that bit comes from CPUID leaf 1 (ECX
- * bit 29); the builtin's avx2 test already covers the OS saving YMM state. */
 __attribute__((constructor)) static void cpu_detect(void)
 {
-    unsigned a, b, c, d;
-    __builtin_cpu_init();
-    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
-    g_cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    g_cpu_avx2 = base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA | BASE_CPU_F16C);
 }
-#endif
 
 static int have_avx2(void) { return g_cpu_avx2 && !g_force_scalar; }
 
