@@ -100,9 +100,9 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/demo.sh
 
-# kvpubd is a tool, not a module: its hand-written parsers (request fields, size and duration
-# arguments) go into a library of their own for fuzz/fuzz_kvpubd_parse.c. They need crypto/ and base/.
-KVPUBD_PARSE_OBJS := $(patsubst %,$(BUILD)/obj/kvpubd/%.o,reqparse util)
+# kvpubd is a tool, not a module: its hand-written request-field parsers go into a library of
+# their own for fuzz/fuzz_kvpubd_parse.c (with base/'s size and duration grammar). They need crypto/.
+KVPUBD_PARSE_OBJS := $(patsubst %,$(BUILD)/obj/kvpubd/%.o,reqparse)
 $(BUILD)/libkvpubd_parse.a: $(KVPUBD_PARSE_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^

@@ -23,6 +23,19 @@ int base_fail(int st, char *err, size_t errlen, const char *fmt, ...) __attribut
 /* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */
 double base_now_s(void);
 
+/* ---- numbers on command lines and in the environment ----
+ * One grammar, overflow-checked (out of range is an error, never a wrap), 0 on success and -1
+ * otherwise, *out untouched then:
+ *   count     digits                          "0", "1048576"
+ *   size      count [unit [B|b|i]]            unit K M G T (either case) = 2^10 2^20 2^30 2^40:
+ *                                             "512M", "10G", "1GB", "1Gi", "3k"
+ *   duration  count [unit], in seconds        unit s m h d w = 1 60 3600 86400 604800:
+ *                                             "90", "90s", "30m", "12h", "30d", "2w"
+ * Nothing else: no sign, no blanks, no "0x", no fractions; the empty string is an error. */
+int base_parse_u64(const char *s, uint64_t *out) __attribute__((warn_unused_result));
+int base_parse_size(const char *s, uint64_t *out) __attribute__((warn_unused_result));
+int base_parse_duration(const char *s, uint64_t *out) __attribute__((warn_unused_result));
+
 /* ---- CPU features ---- */
 
 /* x86 SIMD extensions this CPU and OS run (AVX-family bits only when the OS saves YMM state);

@@ -44,32 +44,6 @@ static int mkdirs(const char *path)
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : -1;
 }
 
-int kvf_parse_size(const char *s, uint64_t *out)
-{
-    if (!s || !*s)
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *s == '-')
-        return -1;
-    unsigned shift = 0;
-    switch (*end) {
-    case 0: break;
-    case 'k': case 'K': shift = 10; break;
-    case 'm': case 'M': shift = 20; break;
-    case 'g': case 'G': shift = 30; break;
-    case 't': case 'T': shift = 40; break;
-    default: return -1;
-    }
-    if (*end && end[1] && !((end[1] == 'B' || end[1] == 'b' || end[1] == 'i') && !end[2]))
-        return -1;
-    if (shift && v > (UINT64_MAX >> shift))
-        return -1;
-    *out = (uint64_t)v << shift;
-    return 0;
-}
-
 kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -97,7 +71,7 @@ kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, 
     c->max = max_bytes;
     if (!c->max) {
         if ((env = getenv("KVPUB_CACHE_MAX")) && *env) {
-            if (kvf_parse_size(env, &c->max) != 0 || c->max == 0) {
+            if (base_parse_size(env, &c->max) != 0 || c->max == 0) {
                 free(c);
                 return kvf_fail(err, errlen, KVF_ERR_USAGE,
                             "KVPUB_CACHE_MAX='%s' is not a size (e.g. 512M, 10G)", env);

@@ -138,9 +138,6 @@ int kvf_cache_url_get(kvf_cache *c, const char *url, uint8_t id[32]);
  * blobs removed. */
 int kvf_cache_evict(kvf_cache *c, const uint8_t *keep);
 
-/* Parses a size such as "512M", "10G", "1048576" (K/M/G/T are powers of 1024). 0 on success. */
-int kvf_parse_size(const char *s, uint64_t *out);
-
 /* ---- get a verified blob ---- */
 
 typedef struct kvf_get_opts {

@@ -1,6 +1,7 @@
 /* fuzz_kvpubd_parse.c: libFuzzer target for kvpubd's hand-written parsers: the daemon's request
  * fields (Range, If-None-Match, bearer credentials, numbers; kvpubd/reqparse.c), the log escaper,
- * and the size/duration arguments (kvpubd/util.c), each checked against its contract. */
+ * and the count/size/duration grammar of the arguments (base/parse.c), each checked against its
+ * contract. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,7 +12,7 @@
 /* kvpubd is a tool, not a module: the Makefile links this target with the objects of its
  * parser files (build-fuzz/libkvpubd_parse.a). */
 #include "kvpubd/reqparse.h"
-#include "kvpubd/util.h"
+#include "base/base.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -101,10 +102,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     (void)kvsrv_log_escape(NULL, (char[4]){0}, 4);
 
     uint64_t v;
-    int ru = kvpubd_parse_uint(s, &v);
+    int ru = base_parse_u64(s, &v);
     check(ru == ra && (ru != 0 || v == a), "parse_uint agrees with kvsrv_parse_u64");
     uint64_t sz, du;
-    int rs = kvpubd_parse_size(s, &sz), rd = kvpubd_parse_duration(s, &du);
+    int rs = base_parse_size(s, &sz), rd = base_parse_duration(s, &du);
     if (ru == 0)
         check(rs == 0 && sz == v && rd == 0 && du == v, "plain numbers are sizes and seconds");
     if (rs == 0 && ru != 0)

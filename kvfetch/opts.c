@@ -48,7 +48,7 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
     case KVF_OPT_CACHE_DIR: co->cache_dir = arg; return 1;
     case KVF_OPT_QUIET: co->quiet = 1; return 1;
     case KVF_OPT_CACHE_MAX:
-        if (kvf_parse_size(arg, &co->cache_max) != 0 || co->cache_max == 0) {
+        if (base_parse_size(arg, &co->cache_max) != 0 || co->cache_max == 0) {
             fprintf(stderr, "%s: --cache-max '%s' is not a size (e.g. 512M, 10G)\n", prog, arg);
             return -1;
         }
@@ -72,7 +72,7 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
             co->http.stall_timeout_s = v;
         return 1;
     case KVF_OPT_LIMIT_RATE:
-        if (kvf_parse_size(arg, &co->http.max_recv_bps) != 0 || co->http.max_recv_bps == 0) {
+        if (base_parse_size(arg, &co->http.max_recv_bps) != 0 || co->http.max_recv_bps == 0) {
             fprintf(stderr, "%s: --limit-rate '%s' is not a rate in bytes/s (e.g. 500K, 2M)\n", prog, arg);
             return -1;
         }

@@ -1,6 +1,6 @@
 /* cmd_gc.c: `kvpubd gc`: removes expired blobs and reconciles the store (thin over store/). */
 #include "kvpubd/kvpubd.h"
-#include "kvpubd/util.h"
+#include "base/base.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -28,7 +28,7 @@ int kvpubd_gc_main(int argc, char **argv)
             dir = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--now") == 0) {
             uint64_t v = 0;
-            if (kvpubd_parse_uint(argv[++i], &v) != 0 || v == 0 || v > (uint64_t)INT64_MAX) {
+            if (base_parse_u64(argv[++i], &v) != 0 || v == 0 || v > (uint64_t)INT64_MAX) {
                 fprintf(stderr, "kvpubd gc: --now '%s': expected unix seconds\n", argv[i]);
                 return 2;
             }

@@ -2,7 +2,6 @@
  * kvp_publish_document (tokenize, prefill after BOS, encode, sign, index). */
 #include "kvpubd/kvpubd.h"
 #include "base/base.h"
-#include "kvpubd/util.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -93,14 +92,14 @@ int kvpubd_publish_main(int argc, char **argv)
         else if (strcmp(a, "--title") == 0)
             po.title = val;
         else if (strcmp(a, "--price") == 0)
-            bad = kvpubd_parse_uint(val, &po.price) != 0;
+            bad = base_parse_u64(val, &po.price) != 0;
         else if (strcmp(a, "--expires") == 0)
-            bad = kvpubd_parse_duration(val, &po.expires_in) != 0 || po.expires_in == 0;
+            bad = base_parse_duration(val, &po.expires_in) != 0 || po.expires_in == 0;
         else if (strcmp(a, "--chunk-tokens") == 0) {
-            bad = kvpubd_parse_uint(val, &v) != 0 || v < 1 || v > KVB_MAX_CHUNK_TOKENS;
+            bad = base_parse_u64(val, &v) != 0 || v < 1 || v > KVB_MAX_CHUNK_TOKENS;
             po.chunk_tokens = (uint32_t)v;
         } else if (strcmp(a, "--threads") == 0)
-            bad = kvpubd_parse_uint(val, &threads) != 0 || threads > 1024;
+            bad = base_parse_u64(val, &threads) != 0 || threads > 1024;
         else {
             fprintf(stderr, "kvpubd publish: unknown option %s\n%s", a, publish_usage);
             free(files);

@@ -2,7 +2,7 @@
  * (kvpubd/server.c). SIGTERM/SIGINT stop gracefully, SIGHUP reopens the log. */
 #include "kvpubd/kvpubd.h"
 #include "kvpubd/server.h"
-#include "kvpubd/util.h"
+#include "base/base.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -74,12 +74,12 @@ int kvpubd_serve_main(int argc, char **argv)
         else if (strcmp(a, "--port-file") == 0)
             port_file = v;
         else if (strcmp(a, "--max-upload") == 0) {
-            if (kvpubd_parse_size(v, &cfg.max_upload) != 0 || !cfg.max_upload) {
+            if (base_parse_size(v, &cfg.max_upload) != 0 || !cfg.max_upload) {
                 fprintf(stderr, "kvpubd serve: --max-upload '%s': expected a size such as 512M or 4G\n", v);
                 return 2;
             }
         } else if (strcmp(a, "--token-ttl") == 0) {
-            if (kvpubd_parse_duration(v, &n) != 0 || n == 0 || n > 366u * 86400) {
+            if (base_parse_duration(v, &n) != 0 || n == 0 || n > 366u * 86400) {
                 fprintf(stderr, "kvpubd serve: --token-ttl '%s': expected a duration such as 30m, 24h, 7d\n", v);
                 return 2;
             }
@@ -96,7 +96,7 @@ int kvpubd_serve_main(int argc, char **argv)
                 fprintf(stderr, "kvpubd serve: unknown option %s\n%s", a, serve_usage);
                 return 2;
             }
-            if (kvpubd_parse_uint(v, &n) != 0 || n > 100000 || (dst == &cfg.threads && (n < 1 || n > 256))) {
+            if (base_parse_u64(v, &n) != 0 || n > 100000 || (dst == &cfg.threads && (n < 1 || n > 256))) {
                 fprintf(stderr, "kvpubd serve: %s '%s': expected a whole number%s\n", a, v,
                         dst == &cfg.threads ? " in 1..256" : "");
                 return 2;

@@ -1,5 +1,5 @@
-/* test_fetch_cache.c: the local blob cache (fetch/cache.c, in libfetch.a): size parsing,
- * directory choice from the environment, insert/lookup by id, URL -> id memory, LRU eviction
+/* test_fetch_cache.c: the local blob cache (fetch/cache.c, in libfetch.a): directory
+ * choice from the environment, insert/lookup by id, URL -> id memory, LRU eviction
  * by access time under the cap (never the blob just added), and kvf_url_blob_id. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,28 +17,6 @@
 
 #include "crypto/kvcrypto.h"
 #include "fetch/fetch.h"
-
-static void test_parse_size(void **state)
-{
-    static const struct {
-        const char *s;
-        int ok;
-        uint64_t v;
-    } cases[] = {
-        {"0", 0, 0}, {"1048576", 0, 1048576}, {"512M", 0, 512ull << 20}, {"10G", 0, 10ull << 30},
-        {"3k", 0, 3072}, {"2T", 0, 2ull << 40}, {"1GB", 0, 1ull << 30}, {"1Gi", 0, 1ull << 30},
-        {"", -1, 0}, {"-1", -1, 0}, {"12X", -1, 0}, {"G", -1, 0}, {"1GBB", -1, 0},
-        {"99999999999999999999", -1, 0}, {"20000000T", -1, 0},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        uint64_t v = 12345;
-        int rc = kvf_parse_size(cases[i].s, &v);
-        if (rc != cases[i].ok)
-            fail_msg("'%s': rc %d, want %d", cases[i].s, rc, cases[i].ok);
-        if (rc == 0 && v != cases[i].v)
-            fail_msg("'%s': %llu, want %llu", cases[i].s, (unsigned long long)v, (unsigned long long)cases[i].v);
-    }
-}
 
 static void put_file(const char *path, size_t n)
 {
@@ -122,7 +100,6 @@ static void test_cache_lru(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_cache_lru),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

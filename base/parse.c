@@ -1,7 +1,6 @@
-/* util.c: argument parsers for the kvpubd commands, overflow-checked (no atoi). */
-#include "kvpubd/util.h"
-
-#include <string.h>
+/* parse.c: the one grammar for counts, sizes and durations on command lines and in the
+ * environment (base.h documents it); overflow-checked, no atoi/strtoull. */
+#include "base/base.h"
 
 /* Parses leading digits; *end gets the first non-digit. -1 on no digits or overflow. */
 static int digits(const char *s, uint64_t *out, const char **end)
@@ -21,7 +20,9 @@ static int digits(const char *s, uint64_t *out, const char **end)
     return 0;
 }
 
-static int scaled(const char *s, uint64_t *out, const char *units, const uint64_t *mult)
+/* digits, then at most one unit from units (multiplier mult[i]) followed by at most one of
+ * tails (only after a unit). */
+static int scaled(const char *s, uint64_t *out, const char *units, const uint64_t *mult, const char *tails)
 {
     uint64_t v;
     const char *end;
@@ -30,17 +31,22 @@ static int scaled(const char *s, uint64_t *out, const char *units, const uint64_
     uint64_t m = 1;
     if (*end) {
         const char *u = strchr(units, *end);
-        if (!u || end[1])
+        if (!u)
             return -1;
         m = mult[u - units];
+        end++;
+        if (*end && strchr(tails, *end))
+            end++;
+        if (*end)
+            return -1;
     }
-    if (m && v > UINT64_MAX / m)
+    if (v > UINT64_MAX / m)
         return -1;
     *out = v * m;
     return 0;
 }
 
-int kvpubd_parse_uint(const char *s, uint64_t *out)
+int base_parse_u64(const char *s, uint64_t *out)
 {
     uint64_t v;
     const char *end;
@@ -50,15 +56,15 @@ int kvpubd_parse_uint(const char *s, uint64_t *out)
     return 0;
 }
 
-int kvpubd_parse_size(const char *s, uint64_t *out)
+int base_parse_size(const char *s, uint64_t *out)
 {
     static const uint64_t mult[] = {1024, (uint64_t)1 << 20, (uint64_t)1 << 30, (uint64_t)1 << 40,
                                     1024, (uint64_t)1 << 20, (uint64_t)1 << 30, (uint64_t)1 << 40};
-    return scaled(s, out, "KMGTkmgt", mult);
+    return scaled(s, out, "KMGTkmgt", mult, "Bbi");
 }
 
-int kvpubd_parse_duration(const char *s, uint64_t *out)
+int base_parse_duration(const char *s, uint64_t *out)
 {
     static const uint64_t mult[] = {1, 60, 3600, 86400, 7 * 86400};
-    return scaled(s, out, "smhdw", mult);
+    return scaled(s, out, "smhdw", mult, "");
 }

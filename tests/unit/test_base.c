@@ -1,0 +1,122 @@
+/* test_base.c: base/'s one grammar for counts, sizes and durations (accepted forms, units,
+ * overflow at the edge, junk, empty, NULL), the error formatter's NULL/zero-length buffers,
+ * and the f16 conversions' rounding. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <string.h>
+
+#include "base/base.h"
+
+typedef int (*parse_fn)(const char *s, uint64_t *out);
+
+typedef struct parse_case {
+    const char *s;
+    int ok; /* 0 or -1 */
+    uint64_t v;
+} parse_case;
+
+static void check_cases(const char *name, parse_fn fn, const parse_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 12345;
+        int rc = fn(cases[i].s, &v);
+        if (rc != cases[i].ok)
+            fail_msg("%s('%s'): rc %d, want %d", name, cases[i].s, rc, cases[i].ok);
+        if (rc == 0 && v != cases[i].v)
+            fail_msg("%s('%s'): %llu, want %llu", name, cases[i].s, (unsigned long long)v,
+                     (unsigned long long)cases[i].v);
+        if (rc != 0 && v != 12345)
+            fail_msg("%s('%s'): failed but wrote %llu", name, cases[i].s, (unsigned long long)v);
+    }
+    uint64_t v;
+    assert_int_equal(fn(NULL, &v), -1);
+}
+
+#define CHECK(fn, cases) check_cases(#fn, fn, cases, sizeof cases / sizeof cases[0])
+
+static void test_parse_u64(void **state)
+{
+    static const parse_case cases[] = {
+        {"0", 0, 0}, {"7", 0, 7}, {"007", 0, 7}, {"1048576", 0, 1048576},
+        {"18446744073709551615", 0, UINT64_MAX},
+        {"18446744073709551616", -1, 0}, {"99999999999999999999", -1, 0},
+        {"", -1, 0}, {"-1", -1, 0}, {"+1", -1, 0}, {" 1", -1, 0}, {"1 ", -1, 0}, {"0x10", -1, 0},
+        {"1.5", -1, 0}, {"1k", -1, 0}, {"12X", -1, 0}, {"x", -1, 0},
+    };
+    CHECK(base_parse_u64, cases);
+}
+
+static void test_parse_size(void **state)
+{
+    static const parse_case cases[] = {
+        {"0", 0, 0}, {"1048576", 0, 1048576}, {"512M", 0, 512ull << 20}, {"10G", 0, 10ull << 30},
+        {"3k", 0, 3072}, {"3K", 0, 3072}, {"2T", 0, 2ull << 40}, {"2t", 0, 2ull << 40},
+        {"1GB", 0, 1ull << 30}, {"1Gi", 0, 1ull << 30}, {"1gb", 0, 1ull << 30}, {"0K", 0, 0},
+        {"16777215T", 0, 16777215ull << 40}, {"18446744073709551615", 0, UINT64_MAX},
+        {"16777216T", -1, 0}, {"20000000T", -1, 0}, {"18014398509481984K", -1, 0},
+        {"99999999999999999999", -1, 0},
+        {"", -1, 0}, {"-1", -1, 0}, {"12X", -1, 0}, {"G", -1, 0}, {"1GBB", -1, 0}, {"1GiB", -1, 0},
+        {"1B", -1, 0}, {"1P", -1, 0}, {"1 G", -1, 0}, {"1G ", -1, 0}, {"1.5G", -1, 0}, {"1s", -1, 0},
+    };
+    CHECK(base_parse_size, cases);
+}
+
+static void test_parse_duration(void **state)
+{
+    static const parse_case cases[] = {
+        {"0", 0, 0}, {"90", 0, 90}, {"90s", 0, 90}, {"30m", 0, 1800}, {"12h", 0, 43200},
+        {"30d", 0, 2592000}, {"2w", 0, 1209600},
+        {"30500568904943w", 0, 30500568904943ull * 604800},
+        {"30500568904944w", -1, 0}, {"99999999999999999999", -1, 0},
+        {"", -1, 0}, {"d", -1, 0}, {"-1d", -1, 0}, {"1D", -1, 0}, {"1y", -1, 0}, {"1dd", -1, 0},
+        {"1ds", -1, 0}, {"1 d", -1, 0}, {"1.5h", -1, 0}, {"1K", -1, 0},
+    };
+    CHECK(base_parse_duration, cases);
+}
+
+static void test_errf(void **state)
+{
+    char buf[8];
+    memset(buf, 'Z', sizeof buf);
+    base_errf(buf, sizeof buf, "%s=%d", "abcdef", 42);
+    assert_string_equal(buf, "abcdef=");
+    base_errf(NULL, 100, "ignored %d", 1);
+    memset(buf, 'Z', sizeof buf);
+    base_errf(buf, 0, "ignored %d", 1);
+    assert_int_equal(buf[0], 'Z');
+    assert_int_equal(base_fail(7, buf, sizeof buf, "x%d", 1), 7);
+    assert_string_equal(buf, "x1");
+}
+
+static void test_f16(void **state)
+{
+    assert_int_equal(base_f32_to_f16(1.0f), 0x3c00);
+    assert_int_equal(base_f32_to_f16(65504.0f), 0x7bff);
+    assert_int_equal(base_f32_to_f16(65520.0f), 0x7c00);               /* rounds to inf */
+    assert_int_equal(base_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);        /* tie to even: down */
+    assert_int_equal(base_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);    /* tie to even: up */
+    assert_int_equal(base_f32_to_f16(0x1p-25f), 0x0000);               /* tie to even zero */
+    assert_int_equal(base_f32_to_f16(-0x1p-24f), 0x8001);              /* smallest subnormal */
+    assert_int_equal(base_f32_to_f16(NAN) & 0x7e00, 0x7e00);          /* quiet NaN */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff))
+            continue; /* NaNs come back quieted */
+        assert_int_equal(base_f32_to_f16(base_f16_to_f32((uint16_t)h)), h);
+    }
+    assert_true(base_bf16_to_f32(base_f32_to_bf16(1.5f)) == 1.5f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_u64),    cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_errf),
+        cmocka_unit_test(test_f16),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
