@@ -1,6 +1,6 @@
 /* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
- * formatting, CPU feature detection, f16/bf16 scalar conversion, durable file writes and a
- * monotonic clock. */
+ * formatting, the command-line number grammar, CPU feature detection, f16/bf16 scalar
+ * conversion, the tools' cache directory, durable file writes and a monotonic clock. */
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
@@ -127,6 +127,14 @@ static inline uint16_t base_f32_to_bf16(float f)
         return (uint16_t)((x >> 16) | 0x40);
     return (uint16_t)(base_round_ne(x >> 16, x & 0xffff, 16));
 }
+
+/* ---- where the tools cache ---- */
+
+/* The cache directory the tools default to, into buf: $KVPUB_CACHE_DIR itself when set (sub is
+ * ignored: everything shares it), else $XDG_CACHE_HOME/kvpub/SUB, else $HOME/.cache/kvpub/SUB
+ * (without "/SUB" when sub is NULL). Returns buf, or NULL with errno ENOENT (none of the three
+ * is set) or ENAMETOOLONG. Libraries take a directory from their caller instead. */
+const char *base_cache_dir(const char *sub, char *buf, size_t n);
 
 /* ---- durable writes (keys, blobs, the store, downloads) ---- */
 

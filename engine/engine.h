@@ -72,11 +72,15 @@ typedef struct eng_model eng_model;
  * err, e.g. "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3)". */
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen) ENG_WUR;
 void eng_model_free(eng_model *m); /* NULL is a no-op */
+/* Where eng_model_fingerprint caches (dir is copied, and created when first written); NULL, the
+ * default, caches nothing. The tools pass base_cache_dir(NULL, ...). */
+void eng_model_set_fingerprint_cache(eng_model *m, const char *dir);
 const eng_info *eng_model_info(const eng_model *m);
 
 /* Model fingerprint as DESIGN.md defines it (hyper-parameters, then every tensor's name,
- * type, shape and data bytes in name order). Cached by (device, inode, size, mtime) in
- * $KVPUB_CACHE_DIR or $XDG_CACHE_HOME/kvpub or ~/.cache/kvpub, so a big model is hashed once. */
+ * type, shape and data bytes in name order). Cached by (device, inode, size, mtime) in the
+ * directory eng_model_set_fingerprint_cache gave, so a big model is hashed once; not cached
+ * when none was given. */
 eng_status eng_model_fingerprint(eng_model *m, uint8_t out[32], char *err, size_t errlen) ENG_WUR;
 /* Tokenizer fingerprint: vocabulary, scores/merges, token types, special ids, add-BOS/EOS. */
 void eng_tokenizer_fingerprint(const eng_model *m, uint8_t out[32]);

@@ -268,23 +268,6 @@ void eng_fingerprint_tokenizer_compute(const gguf_file *g, const eng_info *info,
 
 /* ---- cache ---- */
 
-/* Cache directory into buf; 0 if no candidate is known. */
-static int cache_dir(char *buf, size_t n)
-{
-    const char *d = getenv("KVPUB_CACHE_DIR");
-    int w;
-    if (d && *d) {
-        w = snprintf(buf, n, "%s", d);
-    } else if ((d = getenv("XDG_CACHE_HOME")) && *d) {
-        w = snprintf(buf, n, "%s/kvpub", d);
-    } else if ((d = getenv("HOME")) && *d) {
-        w = snprintf(buf, n, "%s/.cache/kvpub", d);
-    } else {
-        return 0;
-    }
-    return w > 0 && (size_t)w < n;
-}
-
 /* mkdir -p, best effort. */
 static void make_dirs(const char *dir)
 {
@@ -380,7 +363,7 @@ static void cache_store(const char *dir, const char *file, const struct stat *st
 }
 
 eng_status eng_fingerprint_model_cached(const char *path, const gguf_file *g, const eng_info *info,
-                                        uint8_t out[32], char *err, size_t errlen)
+                                        const char *cache_dir, uint8_t out[32], char *err, size_t errlen)
 {
     struct stat stbuf;
     const struct stat *st = gguf_file_stat(g);
@@ -392,10 +375,10 @@ eng_status eng_fingerprint_model_cached(const char *path, const gguf_file *g, co
         }
         st = &stbuf;
     }
-    char dir[4096], file[4200];
-    int have_dir = cache_dir(dir, sizeof dir);
+    char file[4200];
+    int have_dir = cache_dir && *cache_dir;
     if (have_dir) {
-        int w = snprintf(file, sizeof file, "%s/model-%llx-%llx.fp", dir,
+        int w = snprintf(file, sizeof file, "%s/model-%llx-%llx.fp", cache_dir,
                          (unsigned long long)st->st_dev, (unsigned long long)st->st_ino);
         have_dir = w > 0 && (size_t)w < sizeof file;
     }
@@ -413,6 +396,6 @@ eng_status eng_fingerprint_model_cached(const char *path, const gguf_file *g, co
         return ENG_ERR_INTERNAL;
     }
     if (have_dir)
-        cache_store(dir, file, st, out);
+        cache_store(cache_dir, file, st, out);
     return ENG_OK;
 }

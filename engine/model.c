@@ -19,6 +19,7 @@ struct eng_model {
     uint8_t tok_fp[32];
     int have_fp;
     uint8_t fp[32];
+    char *fp_cache_dir;       /* NULL: fingerprints are not cached */
 };
 
 static const char *type_name(uint32_t type)
@@ -213,6 +214,7 @@ void eng_model_free(eng_model *m)
     free(m->vecs);
     gguf_close(m->g);
     free(m->path);
+    free(m->fp_cache_dir);
     free(m);
 }
 
@@ -222,10 +224,17 @@ const struct eng_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
 const gguf_file *eng_model_gguf(const eng_model *m) { return m->g; }
 const char *eng_model_path(const eng_model *m) { return m->path; }
 
+void eng_model_set_fingerprint_cache(eng_model *m, const char *dir)
+{
+    free(m->fp_cache_dir);
+    m->fp_cache_dir = dir ? strdup(dir) : NULL; /* out of memory: no cache, which is allowed */
+}
+
 eng_status eng_model_fingerprint(eng_model *m, uint8_t out[32], char *err, size_t errlen)
 {
     if (!m->have_fp) {
-        eng_status st = eng_fingerprint_model_cached(m->path, m->g, &m->info, m->fp, err, errlen);
+        eng_status st = eng_fingerprint_model_cached(m->path, m->g, &m->info, m->fp_cache_dir, m->fp, err,
+                                                     errlen);
         if (st)
             return st;
         m->have_fp = 1;

@@ -51,16 +51,12 @@ kvf_status kvf_cache_open(const char *dir, uint64_t max_bytes, kvf_cache **out, 
     if (!c)
         return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     const char *env;
-    int n;
+    int n = -1;
     if (dir && *dir)
         n = snprintf(c->dir, sizeof c->dir, "%s", dir);
-    else if ((env = getenv("KVPUB_CACHE_DIR")) && *env)
-        n = snprintf(c->dir, sizeof c->dir, "%s", env);
-    else if ((env = getenv("XDG_CACHE_HOME")) && *env)
-        n = snprintf(c->dir, sizeof c->dir, "%s/kvpub/blobs", env);
-    else if ((env = getenv("HOME")) && *env)
-        n = snprintf(c->dir, sizeof c->dir, "%s/.cache/kvpub/blobs", env);
-    else {
+    else if (base_cache_dir("blobs", c->dir, sizeof c->dir))
+        n = 0;
+    else if (errno == ENOENT) {
         free(c);
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "no cache directory: set KVPUB_CACHE_DIR or HOME");
     }

@@ -184,6 +184,8 @@ static int load_model(kvfetch_session *s)
         fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
     }
+    char fp_dir[PATH_MAX];
+    eng_model_set_fingerprint_cache(s->model, base_cache_dir(NULL, fp_dir, sizeof fp_dir));
     s->info = eng_model_info(s->model);
     s->model_s = base_now_s() - t;
     t = base_now_s();

@@ -4,6 +4,7 @@
 #include "base/base.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,8 +143,13 @@ int kvpubd_publish_main(int argc, char **argv)
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }
-    if (eng_model_load(model_path, &model, err, sizeof err) != ENG_OK ||
-        kvp_identity_from_model(model, &id, err, sizeof err) != KVP_OK) {
+    if (eng_model_load(model_path, &model, err, sizeof err) != ENG_OK) {
+        fprintf(stderr, "kvpubd publish: %s\n", err);
+        goto done;
+    }
+    char fp_dir[PATH_MAX];
+    eng_model_set_fingerprint_cache(model, base_cache_dir(NULL, fp_dir, sizeof fp_dir));
+    if (kvp_identity_from_model(model, &id, err, sizeof err) != KVP_OK) {
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }

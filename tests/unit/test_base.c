@@ -1,13 +1,15 @@
 /* test_base.c: base/'s one grammar for counts, sizes and durations (accepted forms, units,
  * overflow at the edge, junk, empty, NULL), the error formatter's NULL/zero-length buffers,
- * and the f16 conversions' rounding. */
+ * the f16 conversions' rounding, and the tools' cache directory from the environment. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/base.h"
@@ -111,12 +113,35 @@ static void test_f16(void **state)
     assert_true(base_bf16_to_f32(base_f32_to_bf16(1.5f)) == 1.5f);
 }
 
+static void test_cache_dir(void **state)
+{
+    char buf[64];
+    setenv("HOME", "/h", 1);
+    setenv("XDG_CACHE_HOME", "", 1);
+    unsetenv("KVPUB_CACHE_DIR");
+    assert_string_equal(base_cache_dir("blobs", buf, sizeof buf), "/h/.cache/kvpub/blobs");
+    assert_string_equal(base_cache_dir(NULL, buf, sizeof buf), "/h/.cache/kvpub");
+    setenv("XDG_CACHE_HOME", "/x", 1);
+    assert_string_equal(base_cache_dir("blobs", buf, sizeof buf), "/x/kvpub/blobs");
+    assert_string_equal(base_cache_dir(NULL, buf, sizeof buf), "/x/kvpub");
+    setenv("KVPUB_CACHE_DIR", "/k", 1);
+    assert_string_equal(base_cache_dir("blobs", buf, sizeof buf), "/k");
+    assert_string_equal(base_cache_dir(NULL, buf, sizeof buf), "/k");
+    assert_null(base_cache_dir(NULL, buf, 2));
+    assert_int_equal(errno, ENAMETOOLONG);
+    unsetenv("KVPUB_CACHE_DIR");
+    unsetenv("XDG_CACHE_HOME");
+    unsetenv("HOME");
+    assert_null(base_cache_dir(NULL, buf, sizeof buf));
+    assert_int_equal(errno, ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_u64),    cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_errf),
-        cmocka_unit_test(test_f16),
+        cmocka_unit_test(test_f16),            cmocka_unit_test(test_cache_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -468,7 +468,6 @@ static void test_fingerprint_cache(void **state)
     (void)state;
     char cdir[512], model[512], entry[1024], err[512];
     tmp_path(cdir, sizeof cdir, "cache/sub");
-    setenv("KVPUB_CACHE_DIR", cdir, 1);
     kvsynth("--arch qwen2 --layers 1 --dim 64 --heads 4 --ffn 64 --vocab 300", "c.gguf");
     tmp_path(model, sizeof model, "c.gguf");
     gguf_file *g = open_path(model);
@@ -477,7 +476,7 @@ static void test_fingerprint_cache(void **state)
     uint8_t want[32], got[32];
     eng_fingerprint_model_compute(g, &info, want);
     assert_int_equal(count_cache_files(cdir, entry, sizeof entry), 0);
-    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, got, err, sizeof err), ENG_OK);
+    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, cdir, got, err, sizeof err), ENG_OK);
     assert_memory_equal(got, want, 32);
     assert_int_equal(count_cache_files(cdir, entry, sizeof entry), 1);
     char hx[65];
@@ -492,7 +491,7 @@ static void test_fingerprint_cache(void **state)
     FILE *f = fopen(entry, "wb");
     assert_int_equal(fwrite(c, 1, n, f), n);
     fclose(f);
-    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, got, err, sizeof err), ENG_OK);
+    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, cdir, got, err, sizeof err), ENG_OK);
     for (int i = 0; i < 32; i++)
         assert_int_equal(got[i], 0xaa);
     gguf_close(g);
@@ -501,18 +500,17 @@ static void test_fingerprint_cache(void **state)
     struct timespec ts[2] = {{.tv_sec = 1000000000, .tv_nsec = 5}, {.tv_sec = 1000000000, .tv_nsec = 5}};
     assert_int_equal(utimensat(AT_FDCWD, model, ts, 0), 0);
     g = open_path(model);
-    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, got, err, sizeof err), ENG_OK);
+    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, cdir, got, err, sizeof err), ENG_OK);
     assert_memory_equal(got, want, 32);
     gguf_close(g);
     free(c);
 
     /* An unwritable cache is not an error. */
-    setenv("KVPUB_CACHE_DIR", "/proc/kvpub-no-such-dir", 1);
     g = open_path(model);
-    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, got, err, sizeof err), ENG_OK);
+    assert_int_equal(eng_fingerprint_model_cached(model, g, &info, "/proc/kvpub-no-such-dir", got, err, sizeof err),
+                     ENG_OK);
     assert_memory_equal(got, want, 32);
     gguf_close(g);
-    unsetenv("KVPUB_CACHE_DIR");
 }
 
 int main(void)
