@@ -1,6 +1,7 @@
 /* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
  * formatting, the command-line number grammar, CPU feature detection, f16/bf16 scalar
- * conversion, the tools' cache directory, durable file writes and a monotonic clock. */
+ * conversion, the tools' subcommand dispatch and cache directory, durable file writes and a
+ * monotonic clock. */
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
@@ -127,6 +128,21 @@ static inline uint16_t base_f32_to_bf16(float f)
         return (uint16_t)((x >> 16) | 0x40);
     return (uint16_t)(base_round_ne(x >> 16, x & 0xffff, 16));
 }
+
+/* ---- the tools' subcommands ---- */
+
+/* One row of a tool's command table; the table ends with a row whose name is NULL. fn gets
+ * argv from the command name on. */
+typedef struct base_cmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary; /* one line for PROG --help */
+} base_cmd;
+
+/* The whole of a tool's main() after its setup: PROG --help / -h / help prints the table on
+ * stdout and returns 0; PROG COMMAND ... returns COMMAND's fn; no command, or an unknown one,
+ * is a one-line error on stderr and 2. The only base_ function that prints. */
+int base_cmd_dispatch(const char *prog, const base_cmd *cmds, int argc, char **argv);
 
 /* ---- where the tools cache ---- */
 
