@@ -129,6 +129,11 @@ static inline uint16_t base_f32_to_bf16(float f)
     return (uint16_t)(base_round_ne(x >> 16, x & 0xffff, 16));
 }
 
+/* No thread pool here, on purpose: engine/pool.c is a fork-join pool whose workers spin between
+ * the few hundred tiny jobs of a decode step, while the blob writer and reader stream chunks
+ * through a bounded queue to workers that each keep a zstd context and let the producer run
+ * ahead; either one serving the other would cost the decode path a sleep or burn a core on I/O. */
+
 /* ---- the tools' subcommands ---- */
 
 /* One row of a tool's command table; the table ends with a row whose name is NULL. fn gets
