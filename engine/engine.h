@@ -77,7 +77,7 @@ void eng_model_free(eng_model *m); /* NULL is a no-op */
 void eng_model_set_fingerprint_cache(eng_model *m, const char *dir);
 const eng_info *eng_model_info(const eng_model *m);
 
-/* Model fingerprint as DESIGN.md defines it (hyper-parameters, then every tensor's name,
+/* Model fingerprint as docs/design.md and spec/fingerprints.md define it (hyper-parameters, then every tensor's name,
  * type, shape and data bytes in name order). Cached by (device, inode, size, mtime) in the
  * directory eng_model_set_fingerprint_cache gave, so a big model is hashed once; not cached
  * when none was given. */
