@@ -2,8 +2,6 @@
  * stop being sold and served, and the purchases it voids are refunded in the ledger. */
 #include "store/store_internal.h"
 
-#include <string.h>
-
 #include "crypto/kvcrypto.h"
 
 kvs_status kvs_store_key_revoked(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], int *revoked, int64_t *at,
@@ -23,7 +21,8 @@ kvs_status kvs_store_key_revoked(kvs_store *s, const uint8_t key_id[KVS_KEYID_LE
     return st;
 }
 
-/* Runs one bound-by-name write statement of the revocation; *changes gets its row count. */
+/* Runs one write statement of the revocation (it uses :kid, :reason and :now); *changes gets
+ * its row count. */
 static kvs_status revoke_step(kvs_store *s, const char *sql, const uint8_t key_id[KVS_KEYID_LEN], const char *reason,
                               int64_t now, size_t *changes, char *err, size_t errlen)
 {
@@ -32,10 +31,8 @@ static kvs_status revoke_step(kvs_store *s, const char *sql, const uint8_t key_i
     if (st != KVS_OK)
         return st;
     db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
-    if (strstr(sql, ":reason"))
-        db_bind_text(&q, ":reason", reason);
-    if (strstr(sql, ":now"))
-        db_bind_int64(&q, ":now", now);
+    db_bind_text(&q, ":reason", reason);
+    db_bind_int64(&q, ":now", now);
     st = db_run(&q, err, errlen);
     if (st == KVS_OK && changes)
         *changes = (size_t)sqlite3_changes(s->db);
