@@ -19,6 +19,14 @@ void base_verrf(char *err, size_t errlen, const char *fmt, va_list ap) __attribu
  *   #define kvf_fail(err, errlen, st, ...) ((kvf_status)base_fail((st), (err), (errlen), __VA_ARGS__)) */
 int base_fail(int st, char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
+/* ---- growable arrays ---- */
+
+/* Makes room for element n of the array *items (a T ** passed as void *) that has room for *cap
+ * elements of size bytes, doubling from first; returns 0, leaving the array as it was, when
+ * memory or size_t runs out. */
+int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
+    __attribute__((warn_unused_result));
+
 /* ---- time ---- */
 
 /* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */

@@ -1,5 +1,6 @@
 /* writer.c: the streaming GGUF v3 writer (engine/gguf.h). All integers are written
  * little-endian byte by byte, whatever the host. */
+#include "base/base.h"
 #include "engine/gguf.h"
 
 #include <errno.h>
@@ -161,15 +162,9 @@ uint64_t ggw_tensor(ggw *w, const char *name, uint32_t type, uint32_t n_dims, co
     size_t rb = ggml_row_bytes(type, ne[0]);
     if (rb == 0)
         return 0;
-    if (w->n_t == w->t_cap) {
-        size_t cap = w->t_cap ? 2 * w->t_cap : 64;
-        wtensor *t = realloc(w->t, cap * sizeof *t);
-        if (!t) {
-            w->oom = 1;
-            return 0;
-        }
-        w->t = t;
-        w->t_cap = cap;
+    if (!base_grow(&w->t, &w->t_cap, w->n_t, sizeof *w->t, 64)) {
+        w->oom = 1;
+        return 0;
     }
     wtensor *t = &w->t[w->n_t++];
     memset(t, 0, sizeof *t);

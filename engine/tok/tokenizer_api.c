@@ -1,5 +1,5 @@
 /* tokenizer_api.c: engine.h's tokenizer functions on a loaded model, thin wrappers over the
- * model's vocabulary (tokenizer_internal.h). Separate from tokenizer.c so that vocabulary tests
+ * model's vocabulary (tokenizer_internal.h). Separate from vocab.c so that vocabulary tests
  * link without the model code. */
 #include "engine/model_internal.h"
 #include "engine/tok/tokenizer_internal.h"

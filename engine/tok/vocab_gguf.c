@@ -1,5 +1,5 @@
 /* vocab_gguf.c: reads a GGUF file's tokenizer.ggml.* metadata into an eng_vocab_desc and hands
- * it to eng_vocab_create, which validates everything. Kept apart from tokenizer.c so that the
+ * it to eng_vocab_create, which validates everything. Kept apart from vocab.c so that the
  * tokenizer builds and tests without the GGUF reader. */
 #include "engine/tok/tokenizer_internal.h"
 

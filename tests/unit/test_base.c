@@ -136,12 +136,37 @@ static void test_cache_dir(void **state)
     assert_int_equal(errno, ENOENT);
 }
 
+static void test_grow(void **state)
+{
+    int32_t *a = NULL;
+    size_t cap = 0;
+    for (size_t n = 0; n < 100; n++) {
+        assert_true(base_grow(&a, &cap, n, sizeof *a, 4));
+        assert_true(cap > n);
+        a[n] = (int32_t)n;
+    }
+    assert_int_equal(cap, 128); /* 4, 8, ..., 128: doubling from first */
+    for (size_t n = 0; n < 100; n++)
+        assert_int_equal(a[n], (int32_t)n);
+    int32_t *kept = a;
+    assert_true(base_grow(&a, &cap, 50, sizeof *a, 4)); /* room left: nothing moves */
+    assert_ptr_equal(a, kept);
+    size_t huge = SIZE_MAX / 2 + 1;
+    assert_false(base_grow(&a, &huge, huge, sizeof *a, 4)); /* 2 * huge overflows */
+    assert_ptr_equal(a, kept);
+    size_t big = SIZE_MAX / 8;
+    assert_false(base_grow(&a, &big, big, sizeof *a, 4)); /* elements * size overflows */
+    assert_ptr_equal(a, kept);
+    free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_u64),    cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_errf),
         cmocka_unit_test(test_f16),            cmocka_unit_test(test_cache_dir),
+        cmocka_unit_test(test_grow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
