@@ -4,8 +4,8 @@
 # our engine can be compared with it on this machine, same file, same thread count.
 #
 # llama.cpp comes from npm: node-llama-cpp 3.22.1 and its prebuilt @node-llama-cpp/linux-x64
-# package (libllama / libggml*.so, with per-CPU ggml backends), installed into $BUILD/llamacpp with
-# install scripts off (no binary download, no source build). The harness scripts/llamacpp/llama_bench.c
+# package (libllama / libggml*.so, with per-CPU ggml backends), installed into $BUILD/llamacpp by
+# scripts/llamacpp/install.sh (install scripts off). The harness scripts/llamacpp/llama_bench.c
 # is compiled against llama.h taken from the package's own source bundle (llama/gitRelease.bundle)
 # and drives libllama through its C API; it prints the same lines as bench_engine, per flash-attention
 # setting, plus the time to save/restore a 2048-token sequence state. Skips with one line when npm,
@@ -19,46 +19,22 @@ THREADS=${THREADS:-2}
 RUNS=${RUNS:-3}
 FA=${FA:-both}
 TYPES=${TYPES:-f16 q8_0}
-VERSION=3.22.1
 here=$(cd "$(dirname "$0")" && pwd)
 dir="$BUILD/llamacpp"
-lib="$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64"
-bundle="$dir/node_modules/node-llama-cpp/llama/gitRelease.bundle"
 skip() { echo "bench-llamacpp: skipped: $*"; exit 0; }
 
-[ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] || skip "needs linux x86_64 (prebuilt @node-llama-cpp/linux-x64)"
-for t in npm git tar; do command -v "$t" >/dev/null 2>&1 || skip "$t not found"; done
 CC=${CC:-cc}
 command -v "$CC" >/dev/null 2>&1 || skip "no C compiler ($CC)"
-
-mkdir -p "$dir"
-if [ ! -s "$lib/libllama.v0.5.0.so" ] || [ ! -s "$bundle" ] ||
-   ! grep -q "\"version\": \"$VERSION\"" "$dir/node_modules/node-llama-cpp/package.json" 2>/dev/null; then
-  cp "$here/llamacpp/package.json" "$dir/package.json"
-  # --ignore-scripts: node-llama-cpp's postinstall would try to fetch or build binaries; the prebuilt
-  # linux-x64 package is a plain npm dependency. --omit=optional: skip the CUDA/Vulkan/other-OS builds.
-  NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --prefix "$dir" --ignore-scripts --omit=optional \
-    --no-audit --no-fund --loglevel=error >"$dir/npm-install.log" 2>&1 ||
-    skip "npm install node-llama-cpp@$VERSION failed (see $dir/npm-install.log)"
-  [ -s "$lib/libllama.v0.5.0.so" ] || skip "prebuilt libllama not found in @node-llama-cpp/linux-x64"
-  rm -rf "$dir/hdr"
-fi
-
-# llama.h / ggml headers of exactly this build, from the package's source bundle
-if [ ! -s "$dir/hdr/include/llama.h" ]; then
-  rm -rf "$dir/src" "$dir/hdr.tmp"; mkdir -p "$dir/hdr.tmp"
-  { git clone -q --no-checkout "$bundle" "$dir/src" &&
-    git -C "$dir/src" archive HEAD include/llama.h ggml/include | tar -x -C "$dir/hdr.tmp"; } >/dev/null 2>&1 ||
-    skip "cannot read llama.h from $bundle"
-  rm -rf "$dir/src"; mv "$dir/hdr.tmp" "$dir/hdr"
-fi
+. "$here/llamacpp/install.sh"
+llamacpp_install "$dir" || skip "$LLAMACPP_WHY"
+lib=$LLAMACPP_LIB
+VERSION=$LLAMACPP_VERSION
 
 exe="$dir/llama_bench"
 if [ ! -x "$exe" ] || [ "$here/llamacpp/llama_bench.c" -nt "$exe" ]; then
-  abslib=$(cd "$lib" && pwd)
-  "$CC" -std=c11 -O2 -Wall -Wextra -I"$dir/hdr/include" -I"$dir/hdr/ggml/include" \
-    "$here/llamacpp/llama_bench.c" -o "$exe" -L"$lib" -l:libllama.v0.5.0.so -l:libggml.v0.5.0.so \
-    -l:libggml-base.so -Wl,-rpath,"$abslib" || skip "cannot compile scripts/llamacpp/llama_bench.c"
+  # shellcheck disable=SC2086 # the flags are word lists
+  "$CC" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC "$here/llamacpp/llama_bench.c" -o "$exe" $LLAMACPP_LDFLAGS ||
+    skip "cannot compile scripts/llamacpp/llama_bench.c"
 fi
 
 data="$BUILD/bench-data"; mkdir -p "$data"
