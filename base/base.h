@@ -5,6 +5,7 @@
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
+#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -164,6 +165,12 @@ int base_cmd_dispatch(const char *prog, const base_cmd *cmds, int argc, char **a
  * (without "/SUB" when sub is NULL). Returns buf, or NULL with errno ENOENT (none of the three
  * is set) or ENAMETOOLONG. Libraries take a directory from their caller instead. */
 const char *base_cache_dir(const char *sub, char *buf, size_t n);
+
+/* ---- whole streams ---- */
+
+/* Reads f to its end into a malloc'd, NUL-terminated buffer (*len bytes before the NUL). NULL
+ * with errno EFBIG past max bytes, ENOMEM, or EIO on a read error. */
+char *base_read_stream(FILE *f, size_t max, size_t *len);
 
 /* ---- durable writes (keys, blobs, the store, downloads) ---- */
 

@@ -1,6 +1,6 @@
 /* files.c: the file helpers every kvpub writer shares (keys in crypto/, blobs in format/ and
  * store/, downloads in kvfetch/): write everything, unnamed temporary files, fsync a directory
- * after a rename. */
+ * after a rename, read a whole stream. */
 #include "base/base.h"
 
 #include <errno.h>
@@ -82,4 +82,34 @@ void base_fsync_parent_dir(const char *path)
     else
         return;
     base_fsync_dir(dir);
+}
+
+char *base_read_stream(FILE *f, size_t max, size_t *len)
+{
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (!base_grow(&buf, &cap, n + 1, 1, 1 << 16)) { /* + 1: room for the NUL */
+            free(buf);
+            errno = ENOMEM;
+            return NULL;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (n > max) {
+            free(buf);
+            errno = EFBIG;
+            return NULL;
+        }
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
 }

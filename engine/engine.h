@@ -157,6 +157,8 @@ typedef struct eng_vocab_desc {
     int32_t bos_id, eos_id, unk_id, eot_id; /* -1 = none */
     int add_bos, add_eos;       /* policy applied when tokenizing with add_special */
     int add_space_prefix;       /* SPM: prefix '▁' to the text (and after special tokens) */
+    int rstrip_special;         /* white space after a special token is dropped (llama.cpp does
+                                 * this for Phi-3, except after <unk>, <s>, <|endoftext|>) */
 } eng_vocab_desc;
 
 /* Builds a vocabulary from d, validating it: counts match, ids in range, every merge names
@@ -166,6 +168,11 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, eng_vocab **out,
                             char *err, size_t errlen) ENG_WUR;
 
 void eng_vocab_free(eng_vocab *v); /* NULL is a no-op */
+
+/* The vocabulary of a GGUF file alone (a whole model or a vocabulary-only file; tensors are
+ * not read), with the BOS/EOS policy eng_model_load would give it. Errors as eng_model_load's
+ * for the tokenizer keys; *out is NULL on failure and err holds one line. */
+eng_status eng_vocab_load(const char *path, eng_vocab **out, char *err, size_t errlen) ENG_WUR;
 
 eng_vocab_kind eng_vocab_get_kind(const eng_vocab *v);
 size_t eng_vocab_n_tokens(const eng_vocab *v);

@@ -2,6 +2,7 @@
  * architectures we run (llama, qwen2, qwen3), refusing what our forward pass does not do. */
 #include "base/base.h"
 #include "engine/gguf.h"
+#include "engine/tok/tokenizer_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -183,8 +184,8 @@ static eng_status tokenizer_params(hp *h, eng_info *info)
     if ((st = get_special_id(h, "tokenizer.ggml.bos_token_id", info->n_vocab, &info->bos_id)) ||
         (st = get_special_id(h, "tokenizer.ggml.eos_token_id", info->n_vocab, &info->eos_id)))
         return st;
-    /* SentencePiece models add BOS unless told otherwise; GPT-2 style ones do not. */
-    info->add_bos = strcmp(info->tokenizer, "llama") == 0;
+    /* As llama.cpp: SentencePiece and the llama3 BPE family add BOS unless told otherwise. */
+    info->add_bos = eng_vocab_default_add_bos(h->g);
     int64_t ab;
     r = gguf_get_int(h->g, "tokenizer.ggml.add_bos_token", &ab);
     if (r < 0)

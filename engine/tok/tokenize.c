@@ -339,19 +339,35 @@ static int frag_push(struct fragbuf *f, struct frag x)
     return 1;
 }
 
+/* Phi-3's special tokens eat the white space after them in llama.cpp, all but three. */
+static int strips_after(const struct eng_vocab *v, int32_t id)
+{
+    if (!v->rstrip_special)
+        return 0;
+    static const char *const keep[] = { "<unk>", "<s>", "<|endoftext|>" };
+    size_t l;
+    const char *t = tok_text(v, id, &l);
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        if (strlen(keep[i]) == l && memcmp(keep[i], t, l) == 0)
+            return 0;
+    return 1;
+}
+
 /* Splits text at occurrences of special tokens, longest token first over the whole text (as
- * llama.cpp does), so a long marker is never broken by a shorter one inside it. */
+ * llama.cpp does), so a long marker is never broken by a shorter one inside it. Without
+ * parse_special, user-defined tokens (Qwen's <think>, fill-in-the-middle markers, GPT-NeoX's
+ * runs of spaces) still match, as in llama.cpp: only control and unknown texts stay text. */
 static eng_status partition(const struct eng_vocab *v, const char *text, size_t len, int parse_special,
                             struct fragbuf *fb)
 {
     fb->n = 0;
     if (len && !frag_push(fb, (struct frag){ 0, len, -1 }))
         return ENG_ERR_NOMEM;
-    if (!parse_special)
-        return ENG_OK;
     struct fragbuf next = { 0 };
     for (size_t k = 0; k < v->n_special; k++) {
         int32_t sid = v->special[k];
+        if (!parse_special && v->types[sid] != ENG_TOKTYPE_USER_DEFINED)
+            continue;
         size_t sl;
         const char *st = tok_text(v, sid, &sl);
         next.n = 0;
@@ -372,6 +388,9 @@ static eng_status partition(const struct eng_vocab *v, const char *text, size_t 
                     !frag_push(&next, (struct frag){ h, sl, sid }))
                     goto nomem;
                 p = h + sl;
+                if (strips_after(v, sid))
+                    while (p < end && text[p] && strchr(" \t\n\v\f\r", text[p]))
+                        p++;
             }
             if (p < end && !frag_push(&next, (struct frag){ p, end - p, -1 }))
                 goto nomem;

@@ -6,6 +6,20 @@
 
 #include <stdlib.h>
 
+eng_status eng_vocab_load(const char *path, eng_vocab **out, char *err, size_t errlen)
+{
+    if (!out)
+        return ENG_ERR_ARG;
+    *out = NULL;
+    gguf_file *g = NULL;
+    eng_status st = gguf_open(path, &g, err, errlen);
+    if (st != ENG_OK)
+        return st;
+    st = eng_vocab_from_gguf(g, NULL, out, err, errlen);
+    gguf_close(g);
+    return st;
+}
+
 eng_status eng_tokenize(const eng_model *m, const char *text, size_t len, int add_bos,
                         int parse_special, int32_t **ids, size_t *n)
 {

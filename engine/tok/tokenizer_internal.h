@@ -17,16 +17,33 @@
 eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct eng_vocab **out,
                                char *err, size_t errlen) ENG_WUR;
 
+/* Whether a tokenizer adds BOS when tokenizer.ggml.add_bos_token is absent, as llama.cpp decides
+ * it: SentencePiece vocabularies do, byte-level BPE ones only for the llama3 family of
+ * pre-tokenizers. One answer for the vocabulary and the model's eng_info. */
+int eng_vocab_default_add_bos(const gguf_file *g);
+
 /* ---- BPE pre-tokenizers (exposed for tests) ---- */
 
+#define ENG_PRETOK_SUPPORTED                                                                    \
+    "supported: default, gpt-2, llama-bpe (llama3), qwen2, qwen35, falcon, starcoder, refact, " \
+    "command-r, mpt and their aliases"
+
+
 typedef enum eng_pretok {
-    ENG_PRETOK_GPT2 = 0,  /* "default", "gpt2" */
-    ENG_PRETOK_LLAMA3 = 1, /* "llama-bpe" (also "llama3", "llama-v3") */
-    ENG_PRETOK_QWEN2 = 2, /* "qwen2" */
+    ENG_PRETOK_GPT2 = 0,      /* "gpt-2", "gpt2", "mpt", ... */
+    ENG_PRETOK_LLAMA3 = 1,    /* "llama-bpe" (also "llama3", "llama-v3", ...) */
+    ENG_PRETOK_QWEN2 = 2,     /* "qwen2" */
+    ENG_PRETOK_DEFAULT = 3,   /* "default", or no tokenizer.ggml.pre: llama.cpp's own splitter */
+    ENG_PRETOK_FALCON = 4,    /* "falcon" */
+    ENG_PRETOK_STARCODER = 5, /* "starcoder", "refact", "command-r", "smollm" */
+    ENG_PRETOK_QWEN35 = 6,    /* "qwen35": qwen2's, with combining marks inside words */
 } eng_pretok;
 
 /* Maps a tokenizer.ggml.pre name to a splitter; 0 if unknown. */
 int eng_pretok_from_name(const char *name, size_t len, eng_pretok *out);
+/* 1 if llama.cpp adds BOS for this splitter's vocabularies when the GGUF does not say
+ * (tokenizer.ggml.add_bos_token absent): the llama3 family. */
+int eng_pretok_adds_bos(eng_pretok kind);
 
 /* Splits text into pre-tokens as the named regex would, working on code points; invalid UTF-8
  * bytes count as one non-letter, non-number, non-space character each so that every input
@@ -37,7 +54,7 @@ size_t eng_pretok_split(eng_pretok kind, const char *text, size_t len, size_t *e
 
 /* ---- UTF-8 and Unicode categories (engine/tok/unicode.c) ---- */
 
-enum { ENG_UCAT_OTHER = 0, ENG_UCAT_LETTER = 1, ENG_UCAT_NUMBER = 2 };
+enum { ENG_UCAT_OTHER = 0, ENG_UCAT_LETTER = 1, ENG_UCAT_NUMBER = 2, ENG_UCAT_PUNCT = 3, ENG_UCAT_MARK = 4 };
 
 /* Strict UTF-8 decode of one code point at s (n > 0 bytes available): returns the length in
  * bytes (1..4) and the code point, or 0 for an invalid or truncated sequence (overlong,
@@ -45,7 +62,7 @@ enum { ENG_UCAT_OTHER = 0, ENG_UCAT_LETTER = 1, ENG_UCAT_NUMBER = 2 };
 size_t eng_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
 /* Encodes cp (<= U+10FFFF) into out (4 bytes); returns the length. */
 size_t eng_utf8_encode(uint32_t cp, char out[4]);
-int eng_unicode_category(uint32_t cp); /* ENG_UCAT_*: general category L*, N*, or other */
+int eng_unicode_category(uint32_t cp); /* ENG_UCAT_*: general category L*, N*, P*, M* or other */
 int eng_unicode_is_space(uint32_t cp); /* Unicode White_Space */
 
 #endif

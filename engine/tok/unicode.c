@@ -1,8 +1,10 @@
-/* unicode.c: strict UTF-8 decoding/encoding and the Unicode letter / number / white-space
- * classes the BPE pre-tokenizers need (\p{L}, \p{N}, \s), from a generated range table. */
+/* unicode.c: strict UTF-8 decoding/encoding and the Unicode classes the BPE pre-tokenizers need
+ * (\p{L}, \p{N}, \p{P}, \p{M}, \s), from a generated range table. */
 #include "engine/tok/tokenizer_internal.h"
 
 #include "engine/tok/unicode_data.h"
+
+#include <string.h>
 
 size_t eng_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
 {
@@ -65,7 +67,9 @@ int eng_unicode_category(uint32_t cp)
     if (cp < 0x80) {
         if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z')
             return ENG_UCAT_LETTER;
-        return cp >= '0' && cp <= '9' ? ENG_UCAT_NUMBER : ENG_UCAT_OTHER;
+        if (cp >= '0' && cp <= '9')
+            return ENG_UCAT_NUMBER;
+        return cp > ' ' && strchr("!\"#%&'()*,-./:;?@[\\]_{}", (int)cp) ? ENG_UCAT_PUNCT : ENG_UCAT_OTHER;
     }
     size_t lo = 0, hi = sizeof ucd_ranges / sizeof ucd_ranges[0];
     while (lo < hi) { /* first range whose last code point is >= cp */

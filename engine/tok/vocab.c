@@ -156,6 +156,24 @@ struct special_key {
     int32_t id;
 };
 
+/* Texts that end generation whatever their token type says, as llama.cpp's vocabulary loader
+ * lists them; a token with one of these texts is a control token there (so special-token
+ * parsing matches it and detokenizing drops it), and here. */
+static const char *const eog_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    ("<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"), "[e~[",
+};
+
+static int is_eog_text(const char *s, size_t l)
+{
+    for (size_t i = 0; i < sizeof eog_texts / sizeof eog_texts[0]; i++)
+        if (strlen(eog_texts[i]) == l && memcmp(eog_texts[i], s, l) == 0)
+            return 1;
+    return 0;
+}
+
 /* Longest text first, then lowest id, so partitioning is deterministic. */
 static int cmp_special(const void *a, const void *b)
 {
@@ -307,8 +325,8 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
         const char *pre = d->pre ? d->pre : "default";
         if (!eng_pretok_from_name(pre, strlen(pre), &pretok)) {
             char ex[64];
-            base_errf(err, errlen, "unsupported BPE pre-tokenizer '%s' (supported: llama-bpe, qwen2, default/gpt2)",
-                      excerpt(pre, strlen(pre), ex));
+            base_errf(err, errlen, "unsupported BPE pre-tokenizer '%s' (%s)", excerpt(pre, strlen(pre), ex),
+                      ENG_PRETOK_SUPPORTED);
             return ENG_ERR_UNSUPPORTED;
         }
     }
@@ -354,6 +372,7 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     v->add_bos = d->add_bos != 0;
     v->add_eos = d->add_eos != 0;
     v->add_space_prefix = d->kind == ENG_VOCAB_SPM && d->add_space_prefix;
+    v->rstrip_special = d->rstrip_special != 0;
     bytemap_init(v);
     v->text = malloc(total ? total : 1);
     v->piece = malloc(total ? total : 1);
@@ -374,6 +393,8 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
         off += l;
         v->scores[i] = d->scores ? d->scores[i] : 0.0f;
         v->types[i] = d->types ? (uint8_t)d->types[i] : ENG_TOKTYPE_NORMAL;
+        if (is_eog_text(d->tokens[i], l))
+            v->types[i] = ENG_TOKTYPE_CONTROL;
     }
     v->text_off[n] = off;
     for (int b = 0; b < 256; b++)
@@ -437,8 +458,6 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
 
     add_eog(v, v->eos);
     add_eog(v, v->eot);
-    static const char *const eog_texts[] = { "<|im_end|>", "<|eot_id|>", "<|endoftext|>",
-                                             "<|end_of_text|>", "<|eom_id|>" };
     for (size_t i = 0; i < sizeof eog_texts / sizeof eog_texts[0]; i++)
         add_eog(v, token_find(v, eog_texts[i], strlen(eog_texts[i])));
     *out = v;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Printable copy of a metadata string for messages. */
 static void shown(const gguf_str *s, char out[48])
@@ -106,6 +107,39 @@ static eng_status get_flag(const gguf_file *g, const char *key, int *flag, char 
     return ENG_OK;
 }
 
+/* 1 if the string key holds exactly the text t. */
+static int str_is(const gguf_file *g, const char *key, const char *t)
+{
+    gguf_str s;
+    return gguf_get_str(g, key, &s) == 1 && (size_t)s.n == strlen(t) && memcmp(s.p, t, (size_t)s.n) == 0;
+}
+
+/* llama.cpp keys Phi-3's special-token white-space stripping on general.name, lowercased,
+ * containing "phi-3" or "phi3". */
+static int name_has_phi3(const gguf_file *g)
+{
+    gguf_str s;
+    if (gguf_get_str(g, "general.name", &s) != 1)
+        return 0;
+    for (size_t i = 0; i + 4 <= (size_t)s.n; i++) {
+        if (strncasecmp(s.p + i, "phi3", 4) == 0 || (i + 5 <= (size_t)s.n && strncasecmp(s.p + i, "phi-3", 5) == 0))
+            return 1;
+    }
+    return 0;
+}
+
+int eng_vocab_default_add_bos(const gguf_file *g)
+{
+    if (str_is(g, "tokenizer.ggml.model", "llama"))
+        return 1;
+    if (!str_is(g, "tokenizer.ggml.model", "gpt2"))
+        return 0;
+    gguf_str s;
+    eng_pretok k;
+    return gguf_get_str(g, "tokenizer.ggml.pre", &s) == 1 && eng_pretok_from_name(s.p, (size_t)s.n, &k) &&
+           eng_pretok_adds_bos(k);
+}
+
 eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct eng_vocab **out,
                                char *err, size_t errlen)
 {
@@ -141,8 +175,7 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
         if (s.n >= sizeof pre || memchr(s.p, 0, (size_t)s.n) || !eng_pretok_from_name(s.p, (size_t)s.n, &k)) {
             shown(&s, buf);
             if (err && errlen)
-                snprintf(err, errlen,
-                         "unsupported BPE pre-tokenizer '%s' (supported: llama-bpe, qwen2, default/gpt2)", buf);
+                snprintf(err, errlen, "unsupported BPE pre-tokenizer '%s' (%s)", buf, ENG_PRETOK_SUPPORTED);
             return ENG_ERR_UNSUPPORTED;
         }
         memcpy(pre, s.p, (size_t)s.n);
@@ -178,11 +211,11 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
     d.merge_lens = merge_lens;
 
     /* Defaults as llama.cpp's: SentencePiece adds BOS and a space prefix, GPT-2 BPE neither,
-     * except llama3 which adds BOS. The model's eng_info, when given, is the authority on
-     * BOS/EOS so the engine and the tokenizer cannot disagree. */
-    eng_pretok pk = ENG_PRETOK_GPT2;
-    (void)eng_pretok_from_name(pre, strlen(pre), &pk);
-    d.add_bos = d.kind == ENG_VOCAB_SPM || pk == ENG_PRETOK_LLAMA3;
+     * except the llama3 family which adds BOS (eng_vocab_default_add_bos, which the model's
+     * eng_info uses too). The model's eng_info, when given, is the authority on BOS/EOS so the
+     * engine and the tokenizer cannot disagree. */
+    d.add_bos = eng_vocab_default_add_bos(g);
+    d.rstrip_special = name_has_phi3(g);
     d.add_space_prefix = d.kind == ENG_VOCAB_SPM;
     if ((st = get_id(g, "tokenizer.ggml.bos_token_id", &d.bos_id, err, errlen)) ||
         (st = get_id(g, "tokenizer.ggml.eos_token_id", &d.eos_id, err, errlen)) ||

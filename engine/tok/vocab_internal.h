@@ -42,8 +42,8 @@ struct eng_vocab {
     int32_t *special;        /* tokens matched with parse_special, longest text first */
     size_t n_special;
     int32_t bos, eos, unk, eot;
-    int add_bos, add_eos, add_space_prefix;
-    int32_t eog[8];
+    int add_bos, add_eos, add_space_prefix, rstrip_special;
+    int32_t eog[16];
     size_t n_eog;
     size_t max_piece;        /* longest piece: sizes the streaming detokenizer's buffer */
     uint16_t byte_cp[256];   /* BPE: byte -> code point of its visible character */

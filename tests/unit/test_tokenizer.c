@@ -434,6 +434,24 @@ static void test_pretok_llama3_qwen2(void **state)
     SPLIT(L, "\xFF\x61\x62\x63", "\xFF\x61\x62\x63");
 }
 
+/* The splitters llama.cpp runs as lists of regexes; expected pieces worked out by hand from
+ * llama-vocab.cpp's regex lists (each regex splits the pieces the one before left). */
+static void test_pretok_regex_lists(void **state)
+{
+    (void)state;
+    const eng_pretok D = ENG_PRETOK_DEFAULT, F = ENG_PRETOK_FALCON, S = ENG_PRETOK_STARCODER;
+    /* punctuation first (contractions break), then GPT-2, then numbers, then groups of three */
+    SPLIT(D, "don't stop 12345 now!!", "don", "'", "t", " stop", " ", "123", "45", " now", "!!");
+    SPLIT(D, "x $5", "x", " ", "$", "5");
+    SPLIT(D, "a `b", "a", " `", "b");      /* the backtick is not in the default's set */
+    SPLIT(F, "a `b", "a", " ", "`", "b");  /* but is in falcon's */
+    SPLIT(F, "1234567", "123", "456", "7"); /* falcon has no \p{N}+ step */
+    SPLIT(D, "\xE3\x80\x81\xE3\x80\x81x", "\xE3\x80\x81\xE3\x80\x81", "x"); /* U+3001 is \p{P} */
+    SPLIT(S, "ab12 c3", "ab", "1", "2", " c", "3"); /* every digit alone, then GPT-2 */
+    SPLIT(D, " \xF0\x9F\x98\x80 \xF0\x9F\x98\x80", " \xF0\x9F\x98\x80", " \xF0\x9F\x98\x80"); /* U+1F600 is \p{S} */
+    SPLIT(D, "", NULL);
+}
+
 static void test_pretok_names(void **state)
 {
     (void)state;
@@ -443,7 +461,20 @@ static void test_pretok_names(void **state)
     assert_true(eng_pretok_from_name("qwen2", 5, &k));
     assert_int_equal(k, ENG_PRETOK_QWEN2);
     assert_true(eng_pretok_from_name("default", 7, &k));
+    assert_int_equal(k, ENG_PRETOK_DEFAULT); /* llama.cpp's own splitter, not GPT-2's */
+    assert_true(eng_pretok_from_name("gpt-2", 5, &k));
     assert_int_equal(k, ENG_PRETOK_GPT2);
+    assert_true(eng_pretok_from_name("mpt", 3, &k));
+    assert_int_equal(k, ENG_PRETOK_GPT2);
+    assert_true(eng_pretok_from_name("falcon", 6, &k));
+    assert_int_equal(k, ENG_PRETOK_FALCON);
+    assert_true(eng_pretok_from_name("command-r", 9, &k));
+    assert_int_equal(k, ENG_PRETOK_STARCODER);
+    assert_true(eng_pretok_from_name("falcon3", 7, &k));
+    assert_int_equal(k, ENG_PRETOK_LLAMA3);
+    assert_true(eng_pretok_adds_bos(ENG_PRETOK_LLAMA3));
+    assert_false(eng_pretok_adds_bos(ENG_PRETOK_QWEN2));
+    assert_false(eng_pretok_adds_bos(ENG_PRETOK_DEFAULT));
     assert_false(eng_pretok_from_name("qwen", 4, &k));
     assert_false(eng_pretok_from_name("deepseek-llm", 12, &k));
 }
@@ -466,14 +497,20 @@ static void test_unicode(void **state)
     assert_int_equal(eng_utf8_encode(0x20AC, buf), 3);
     assert_memory_equal(buf, "\xE2\x82\xAC", 3);
     static const struct { uint32_t cp; int cat; } cats[] = {
-        { 'a', ENG_UCAT_LETTER }, { 'Z', ENG_UCAT_LETTER }, { '7', ENG_UCAT_NUMBER }, { '_', ENG_UCAT_OTHER },
+        { 'a', ENG_UCAT_LETTER }, { 'Z', ENG_UCAT_LETTER }, { '7', ENG_UCAT_NUMBER },
+        { '_', ENG_UCAT_PUNCT }, { '\'', ENG_UCAT_PUNCT }, { '$', ENG_UCAT_OTHER }, { '`', ENG_UCAT_OTHER },
+        { 0x3001, ENG_UCAT_PUNCT },  /* 、 (Po) */
+        { 0x2014, ENG_UCAT_PUNCT },  /* em dash (Pd) */
+        { 0x2EBF0, ENG_UCAT_LETTER }, /* CJK extension I: new in Unicode 15.1 */
+        { 0x11F50, ENG_UCAT_NUMBER }, /* Kawi digit zero: new in Unicode 15.0 */
+        { 0x1E4F0, ENG_UCAT_NUMBER }, /* Nag Mundari digit zero: new in Unicode 15.0 */
         { 0xE9, ENG_UCAT_LETTER },   /* é */
         { 0x3B1, ENG_UCAT_LETTER },  /* α */
         { 0x416, ENG_UCAT_LETTER },  /* Ж */
         { 0x5D0, ENG_UCAT_LETTER },  /* א */
         { 0x628, ENG_UCAT_LETTER },  /* ب */
         { 0x915, ENG_UCAT_LETTER },  /* क */
-        { 0x93F, ENG_UCAT_OTHER },   /* ि (spacing mark) */
+        { 0x93F, ENG_UCAT_MARK },    /* ि (spacing mark) */
         { 0x4E2D, ENG_UCAT_LETTER }, /* 中 */
         { 0xD55C, ENG_UCAT_LETTER }, /* 한 */
         { 0x3042, ENG_UCAT_LETTER }, /* あ */
@@ -483,7 +520,7 @@ static void test_unicode(void **state)
         { 0xFF11, ENG_UCAT_NUMBER }, /* fullwidth 1 */
         { 0x216B, ENG_UCAT_NUMBER }, /* Roman numeral twelve (Nl) */
         { 0xBD, ENG_UCAT_NUMBER },   /* ½ (No) */
-        { 0x301, ENG_UCAT_OTHER },   /* combining acute */
+        { 0x301, ENG_UCAT_MARK },    /* combining acute */
         { 0x1F600, ENG_UCAT_OTHER }, /* 😀 */
         { 0x3000, ENG_UCAT_OTHER },
         { 0x10FFFF, ENG_UCAT_OTHER },
@@ -793,7 +830,7 @@ int main(void)
         cmocka_unit_test(test_bpe_merges),
         cmocka_unit_test(test_bpe_bytes_and_special),
         cmocka_unit_test(test_pretok_llama3_qwen2),
-        cmocka_unit_test(test_pretok_names),
+        cmocka_unit_test(test_pretok_regex_lists), cmocka_unit_test(test_pretok_names),
         cmocka_unit_test(test_unicode),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_detok_stream),

@@ -1,0 +1,157 @@
+/* kvfetch/cmd_tokenize.c: `kvfetch tokenize`: the token ids a model's tokenizer gives a text, as
+ * publish and run compute them, so a user can see what a blob's document or a prompt becomes
+ * and hold it against llama.cpp's llama_tokenize (tests/cli/llamacpp_tokenize.sh does). */
+#include "base/base.h"
+#include "engine/engine.h"
+#include "kvfetch/kvfetch.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOKENIZE_MAX_INPUT ((size_t)1 << 30) /* the tokenizer's own limit */
+
+static void usage(FILE *f)
+{
+    fputs("usage: kvfetch tokenize --model M.gguf [options] [TEXT | -]\n"
+          "Prints the token ids the model's tokenizer gives TEXT (standard input with '-' or no\n"
+          "TEXT), space-separated on one line. Only the vocabulary is read: a vocabulary-only GGUF\n"
+          "is enough.\n"
+          "  --model FILE     GGUF model or vocabulary\n"
+          "  --special        match special-token texts such as <|im_start|> (the default, as for\n"
+          "                   prompts in run and generate)\n"
+          "  --no-special     treat them as plain text, as publish treats documents (user-defined\n"
+          "                   tokens such as <think> still match, as in llama.cpp)\n"
+          "  --no-bos         never add BOS (by default it is added when the vocabulary says so)\n"
+          "  --separator SEP  tokenize each part of the input between occurrences of SEP on its\n"
+          "                   own, one line per part (one model load for many texts)\n"
+          "  --json           one JSON object: ids, and per token its vocabulary text and the\n"
+          "                   bytes it stands for (null when those are not UTF-8 on their own)\n"
+          "Exit codes: 0 ok, 2 usage or I/O error, 3 the vocabulary cannot be read or used.\n",
+          f);
+}
+
+/* One token for --json: {"id", "text" (the vocabulary entry), "piece" (what it decodes to)}. */
+static json_t *token_json(const eng_vocab *v, int32_t id)
+{
+    size_t tl;
+    const char *text = eng_vocab_token_text(v, id, &tl);
+    char *piece = NULL;
+    size_t pl = 0;
+    json_t *jp = NULL;
+    if (eng_vocab_detokenize(v, &id, 1, &piece, &pl) == ENG_OK)
+        jp = json_stringn(piece, pl); /* NULL when the bytes are not UTF-8 alone */
+    free(piece);
+    json_t *jt = text ? json_stringn(text, tl) : NULL;
+    return json_pack("{s:i, s:o, s:o}", "id", (json_int_t)id, "text", jt ? jt : json_null(), "piece",
+                     jp ? jp : json_null());
+}
+
+static int emit(const eng_vocab *v, const int32_t *ids, size_t n, json_t *parts)
+{
+    if (!parts) {
+        for (size_t i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", ids[i]);
+        putchar('\n');
+        return 0;
+    }
+    json_t *jids = json_array(), *toks = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(jids, json_integer(ids[i]));
+        json_array_append_new(toks, token_json(v, ids[i]));
+    }
+    return json_array_append_new(parts, json_pack("{s:o, s:o}", "ids", jids, "tokens", toks));
+}
+
+int kvfetch_tokenize_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'},  {"special", no_argument, NULL, 's'},
+        {"no-special", no_argument, NULL, 'S'},   {"no-bos", no_argument, NULL, 'B'},
+        {"separator", required_argument, NULL, 'p'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *model = NULL, *sep = NULL;
+    int special = 1, add_bos = 1, as_json = 0, c;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 's': special = 1; break;
+        case 'S': special = 0; break;
+        case 'B': add_bos = 0; break;
+        case 'p': sep = optarg; break;
+        case 'j': as_json = 1; break;
+        case 'h': usage(stdout); return KVF_EXIT_OK;
+        default:
+            fprintf(stderr, "kvfetch tokenize: unexpected option '%s' (try --help)\n", argv[optind - 1]);
+            return KVF_EXIT_USAGE;
+        }
+    }
+    if (!model || argc - optind > 1 || (sep && !*sep)) {
+        fputs(!model ? "kvfetch tokenize: --model is required (try --help)\n"
+              : sep && !*sep ? "kvfetch tokenize: --separator must not be empty\n"
+                             : "kvfetch tokenize: one TEXT at most (try --help)\n",
+              stderr);
+        return KVF_EXIT_USAGE;
+    }
+    size_t len;
+    char *text;
+    if (optind < argc && strcmp(argv[optind], "-") != 0) {
+        len = strlen(argv[optind]);
+        text = strdup(argv[optind]);
+    } else if (!(text = base_read_stream(stdin, TOKENIZE_MAX_INPUT, &len))) {
+        fprintf(stderr, "kvfetch tokenize: reading standard input: %s\n", strerror(errno));
+        return KVF_EXIT_USAGE;
+    }
+    char err[256];
+    eng_vocab *v = NULL;
+    eng_status st = eng_vocab_load(model, &v, err, sizeof err);
+    if (st != ENG_OK) {
+        fprintf(stderr, "kvfetch tokenize: %s: %s\n", model, err);
+        free(text);
+        return st == ENG_ERR_IO ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
+    }
+    json_t *parts = as_json ? json_array() : NULL;
+    int rc = KVF_EXIT_OK;
+    size_t sl = sep ? strlen(sep) : 0;
+    const char *p = text, *end = text + len;
+    for (;;) {
+        const char *hit = sl ? memmem(p, (size_t)(end - p), sep, sl) : NULL;
+        const char *stop = hit ? hit : end;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        st = eng_vocab_tokenize(v, p, (size_t)(stop - p), add_bos, special, &ids, &n, err, sizeof err);
+        if (st != ENG_OK) {
+            fprintf(stderr, "kvfetch tokenize: %s\n", err[0] ? err : eng_status_str(st));
+            rc = st == ENG_ERR_NOMEM ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
+        } else if (emit(v, ids, n, parts) != 0) {
+            fputs("kvfetch tokenize: out of memory\n", stderr);
+            rc = KVF_EXIT_USAGE;
+        }
+        free(ids);
+        if (rc != KVF_EXIT_OK || !hit)
+            break;
+        p = hit + sl;
+    }
+    if (parts && rc == KVF_EXIT_OK) {
+        json_t *doc = sep ? json_pack("{s:o}", "parts", parts) : json_incref(json_array_get(parts, 0));
+        if (sep)
+            parts = NULL;
+        if (json_dumpf(doc, stdout, JSON_COMPACT) != 0 || putchar('\n') == EOF)
+            rc = KVF_EXIT_USAGE;
+        json_decref(doc);
+    }
+    json_decref(parts);
+    eng_vocab_free(v);
+    free(text);
+    if (fflush(stdout) != 0) {
+        fputs("kvfetch tokenize: cannot write standard output\n", stderr);
+        rc = KVF_EXIT_USAGE;
+    }
+    return rc;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# llamacpp_tokenize.sh: tokenizer parity with the real llama.cpp. On every vocabulary-only GGUF
+# llama.cpp ships for its own tokenizer tests (models/ggml-vocab-*.gguf, from the source bundle
+# of the pinned prebuilt package), `kvfetch tokenize` must give exactly the ids that libllama's
+# llama_tokenize gives (scripts/llamacpp/llama_tok.c), on llama.cpp's test texts (*.inp) and on
+# ours (tests/cli/data/tokenize_cases.txt: added tokens, chat markers, numbers, contractions,
+# Unicode 15.1 letters and digits, combining marks, punctuation, white space), in both modes:
+# documents (no special-token parsing, no BOS) and prompts (special tokens parsed, BOS as the
+# vocabulary says). A vocabulary we do not implement must be refused with one clear line (exit
+# 3), never tokenized differently. Prints a parity table. Skips with one line only when no npm
+# registry is reachable.
+set -eu
+BUILD=${BUILD:-build}
+KVFETCH=${KVFETCH:-$BUILD/kvfetch}
+CC=${CC:-cc}
+. scripts/llamacpp/install.sh
+llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp parity: $LLAMACPP_WHY"; exit 0; }
+tok="$BUILD/llamacpp/llama_tok"
+if [ ! -x "$tok" ] || [ scripts/llamacpp/llama_tok.c -nt "$tok" ]; then
+  # shellcheck disable=SC2086 # the flags are word lists
+  "$CC" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC scripts/llamacpp/llama_tok.c -o "$tok" $LLAMACPP_LDFLAGS
+fi
+tmp=$(mktemp -d /tmp/kvpub-tok-parity-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+SEP=$'\n__ggml_vocab_test__\n'
+ours_cases=tests/cli/data/tokenize_cases.txt
+fails=0
+printf '%-16s %-9s %8s %8s\n' vocabulary mode texts matched
+for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
+  name=$(basename "$v" .gguf); name=${name#ggml-vocab-}
+  inp="$tmp/$name.txt"
+  if [ -f "$v.inp" ]; then { cat "$v.inp"; printf '%s' "$SEP"; cat "$ours_cases"; } >"$inp"; else cp "$ours_cases" "$inp"; fi
+  "$KVFETCH" tokenize --model "$v" --separator "$SEP" <"$inp" >/dev/null 2>"$tmp/err" && rc=0 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "unsupported" "$tmp/err"; then
+      printf '%-16s %-9s %s\n' "$name" refused "$(sed 's/.*: unsupported/unsupported/' "$tmp/err")"
+    else
+      echo "FAIL: $name: kvfetch tokenize exit $rc without one clear refusal line:"; cat "$tmp/err"; fails=$((fails + 1))
+    fi
+    continue
+  fi
+  for mode in document prompt; do
+    if [ $mode = document ]; then ours=(--no-special --no-bos); theirs=(); else ours=(--special); theirs=(--special --add); fi
+    "$tok" "$LLAMACPP_LIB" "$v" "$inp" --separator "$SEP" "${theirs[@]}" >"$tmp/want"
+    "$KVFETCH" tokenize --model "$v" --separator "$SEP" "${ours[@]}" <"$inp" >"$tmp/got"
+    total=$(wc -l <"$tmp/want")
+    same=$(paste -d '\t' "$tmp/want" "$tmp/got" | awk -F '\t' '$1 == $2' | wc -l)
+    printf '%-16s %-9s %8d %8d\n' "$name" "$mode" "$total" "$same"
+    if [ "$same" -ne "$total" ] || [ "$(wc -l <"$tmp/got")" -ne "$total" ]; then
+      fails=$((fails + 1))
+      paste -d '\t' "$tmp/want" "$tmp/got" | awk -F '\t' '$1 != $2 { print "  text " NR ": llama.cpp [" $1 "]\n          kvfetch   [" $2 "]"; if (++k == 3) exit }'
+    fi
+  done
+done
+[ "$fails" -eq 0 ] || { echo "FAIL: $fails vocabulary/mode pairs differ from llama.cpp"; exit 1; }
+echo "ok: every supported vocabulary tokenizes as llama.cpp does; the others are refused"
