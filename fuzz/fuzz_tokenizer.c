@@ -340,6 +340,18 @@ static void run_desc(const uint8_t *data, size_t size)
         free(mbuf[i]);
 }
 
+static int valid_utf8(const char *s, size_t n)
+{
+    for (size_t p = 0; p < n;) {
+        uint32_t cp;
+        size_t l = eng_utf8_decode((const unsigned char *)s + p, n - p, &cp);
+        if (l == 0)
+            return 0;
+        p += l;
+    }
+    return 1;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size > 1 << 16)
@@ -352,9 +364,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const struct eng_vocab *v = g_fixed[mode & 7];
         int parse_special = (mode >> 3) & 1, add_special = (mode >> 4) & 1;
         /* Both kinds have a token for every byte, so without special-token parsing the round
-         * trip is exact; SPM turns a literal U+2581 in the text into a space, like
-         * SentencePiece itself, so such texts are only checked for safety. */
-        int exact = !parse_special &&
+         * trip is exact for UTF-8 text; SPM turns a literal U+2581 in the text into a space, like
+         * SentencePiece itself, and text that is not UTF-8 is read as llama.cpp reads it (BPE:
+         * U+FFFD), so such texts are only checked for safety. */
+        int exact = !parse_special && valid_utf8(text, len) &&
                     (eng_vocab_get_kind(v) != ENG_VOCAB_SPM || !contains(text, len, SPM_SPACE, 3));
         run_text(v, text, len, add_special, parse_special, exact);
     } else {

@@ -166,11 +166,14 @@ static int spm_try_pair(const struct eng_vocab *v, struct work *w, int32_t l, in
  * which lets a broken sequence swallow the next character (even an escaped space); a strictly
  * decoded character or else one byte gives the same symbols on valid UTF-8 and keeps invalid
  * input byte-exact. */
+/* A character's length as llama.cpp's SentencePiece tokenizer takes it: from the lead byte's
+ * high bits alone, cut at the end of the text. Invalid UTF-8 then swallows the bytes after it,
+ * which byte fallback turns into byte tokens, exactly as there. */
 static size_t spm_char_len(const char *s, size_t n)
 {
-    uint32_t cp;
-    size_t l = eng_utf8_decode((const unsigned char *)s, n, &cp);
-    return l ? l : 1;
+    static const unsigned char len_of_high4[16] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4 };
+    size_t l = len_of_high4[(unsigned char)s[0] >> 4];
+    return l < n ? l : n;
 }
 
 /* Merges symbol g->right into g->left (the result token g->result) and unlinks the right one. */
@@ -300,8 +303,68 @@ static eng_status bpe_word(const struct eng_vocab *v, struct work *w, const char
     return ENG_OK;
 }
 
-static eng_status bpe_fragment(const struct eng_vocab *v, struct work *w, const char *s, size_t n,
-                               struct idbuf *out, char *err, size_t errlen)
+/* One code point as llama.cpp's decoder reads it: a lead byte and the continuation bytes it
+ * announces, with no check for overlong forms, surrogates or the U+10FFFF limit. 0 where that
+ * decoder gives up (and llama.cpp substitutes U+FFFD for one byte). */
+static size_t lenient_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned c = s[0];
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    size_t len = !(c & 0x40) ? 0 : !(c & 0x20) ? 2 : !(c & 0x10) ? 3 : !(c & 0x08) ? 4 : 0;
+    if (len == 0 || n < len)
+        return 0;
+    uint32_t v = c & (0x7Fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    *cp = v;
+    return len;
+}
+
+/* Byte-level BPE in llama.cpp sees the text as code points: every byte its decoder rejects
+ * becomes U+FFFD, an overlong form its shortest encoding. Returns a malloc'd copy so rewritten in
+ * *out (NULL when s needs no change), or ENG_ERR_RANGE for a code point past U+10FFFF, which
+ * llama.cpp cannot encode back (it aborts). */
+static eng_status bpe_normalize(const char *s, size_t n, char **out, size_t *out_n, char *err, size_t errlen)
+{
+    *out = NULL;
+    char *buf = NULL;
+    size_t o = 0;
+    for (size_t p = 0; p < n;) {
+        uint32_t cp = 0xFFFD;
+        size_t l = lenient_decode((const unsigned char *)s + p, n - p, &cp);
+        if (cp > 0x10FFFF) {
+            base_errf(err, errlen, "tokenize: bytes at offset %zu encode U+%X, past U+10FFFF (llama.cpp cannot "
+                      "tokenize them)", p, (unsigned)cp);
+            free(buf);
+            return ENG_ERR_RANGE;
+        }
+        char enc[4];
+        size_t el = eng_utf8_encode(cp, enc);
+        if (!buf && (l == 0 || el != l)) { /* the first change: copy what came before */
+            if (!(buf = malloc(3 * n)))
+                return ENG_ERR_NOMEM;
+            memcpy(buf, s, p);
+            o = p;
+        }
+        if (buf) {
+            memcpy(buf + o, enc, el);
+            o += el;
+        }
+        p += l ? l : 1;
+    }
+    *out = buf;
+    *out_n = o;
+    return ENG_OK;
+}
+
+static eng_status bpe_pieces(const struct eng_vocab *v, struct work *w, const char *s, size_t n,
+                             struct idbuf *out, char *err, size_t errlen)
 {
     /* The splitters never look behind their start, so splitting in batches from the last piece
      * end gives the same pieces as one pass, without memory proportional to the text. */
@@ -317,6 +380,19 @@ static eng_status bpe_fragment(const struct eng_vocab *v, struct work *w, const 
         p += ends[np - 1];
     }
     return ENG_OK;
+}
+
+static eng_status bpe_fragment(const struct eng_vocab *v, struct work *w, const char *s, size_t n,
+                               struct idbuf *out, char *err, size_t errlen)
+{
+    char *norm;
+    size_t norm_n;
+    eng_status st = bpe_normalize(s, n, &norm, &norm_n, err, errlen);
+    if (st != ENG_OK || !norm)
+        return st != ENG_OK ? st : bpe_pieces(v, w, s, n, out, err, errlen);
+    st = bpe_pieces(v, w, norm, norm_n, out, err, errlen);
+    free(norm);
+    return st;
 }
 
 /* ---- special-token partition ---- */

@@ -4,7 +4,8 @@
 # of the pinned prebuilt package), `kvfetch tokenize` must give exactly the ids that libllama's
 # llama_tokenize gives (scripts/llamacpp/llama_tok.c), on llama.cpp's test texts (*.inp) and on
 # ours (tests/cli/data/tokenize_cases.txt: added tokens, chat markers, numbers, contractions,
-# Unicode 15.1 letters and digits, combining marks, punctuation, white space), in both modes:
+# Unicode 15.1 letters and digits, combining marks, punctuation, white space; and bytes that are
+# not UTF-8), in both modes:
 # documents (no special-token parsing, no BOS) and prompts (special tokens parsed, BOS as the
 # vocabulary says). A vocabulary we do not implement must be refused with one clear line (exit
 # 3), never tokenized differently. Prints a parity table. Skips with one line only when no npm
@@ -24,12 +25,17 @@ tmp=$(mktemp -d /tmp/kvpub-tok-parity-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 SEP=$'\n__ggml_vocab_test__\n'
 ours_cases=tests/cli/data/tokenize_cases.txt
+# not UTF-8: Latin-1 and Windows-1252 bytes, stray continuation bytes, overlong forms, surrogates,
+# a sequence cut at the end (llama.cpp reads them leniently and substitutes U+FFFD)
+printf 'caf\xe9 na\xefve \x93quoted\x94%s\xff\xfe x \xc0\x80 y \xed\xa0\x80 z \xe2\x82%s\x80abc \xf0\x9f\x98' \
+  "$SEP" "$SEP" >"$tmp/invalid"
 fails=0
 printf '%-16s %-9s %8s %8s\n' vocabulary mode texts matched
 for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
   name=$(basename "$v" .gguf); name=${name#ggml-vocab-}
   inp="$tmp/$name.txt"
-  if [ -f "$v.inp" ]; then { cat "$v.inp"; printf '%s' "$SEP"; cat "$ours_cases"; } >"$inp"; else cp "$ours_cases" "$inp"; fi
+  { if [ -f "$v.inp" ]; then cat "$v.inp"; printf '%s' "$SEP"; fi; cat "$ours_cases"; printf '%s' "$SEP"
+    cat "$tmp/invalid"; } >"$inp"
   "$KVFETCH" tokenize --model "$v" --separator "$SEP" <"$inp" >/dev/null 2>"$tmp/err" && rc=0 || rc=$?
   if [ "$rc" -ne 0 ]; then
     if [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "unsupported" "$tmp/err"; then

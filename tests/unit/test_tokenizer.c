@@ -202,6 +202,9 @@ static void test_spm_byte_fallback(void **state)
     EXPECT_IDS(v, "h\xC3\xA9!", 0, 0, S_SP_H, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9, S_BYTE0 + '!');
     /* A stray continuation byte and a truncated sequence still fall back byte by byte. */
     EXPECT_IDS(v, "\x80h\xE2\x82", 0, 0, S_SP, S_BYTE0 + 0x80, S_H, S_BYTE0 + 0xE2, S_BYTE0 + 0x82);
+    /* As in llama.cpp, a character is as long as its lead byte says: the Latin-1 \xE9 takes the
+     * next two bytes along (half of the escaped space), so no "\xE2\x96\x81h" merge follows. */
+    EXPECT_IDS(v, "\xE9 h", 0, 0, S_SP, S_BYTE0 + 0xE9, S_BYTE0 + 0xE2, S_BYTE0 + 0x96, S_BYTE0 + 0x81, S_H);
     static const int32_t ids[] = { S_BOS, S_SP, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9, S_UNK };
     expect_detok(v, ids, N_OF(ids), "\xC3\xA9\xE2\x96\x85", 5);
     eng_vocab_free(v);
@@ -263,7 +266,7 @@ static uint32_t gpt2_char(unsigned b)
 
 enum {
     B_HE = 256, B_LL, B_GW, B_OR, B_HELL, B_HELLO, B_GWOR, B_LD, B_GWORLD, B_BC, B_AB,
-    B_A_C3, B_A9_B, B_EOT_TEXT, B_IM_END, B_XYZ, B_USER, B_N_TOKENS
+    B_A_C3, B_A9_B, B_EOT_TEXT, B_IM_END, B_XYZ, B_USER, B_END, B_N_TOKENS
 };
 
 static struct vb g_bpe;
@@ -300,6 +303,7 @@ static struct eng_vocab *bpe_vocab(const char *pre)
     vb_add(b, "<|im_end|>", 0, ENG_TOKTYPE_CONTROL);
     vb_add(b, "xyz", 0, ENG_TOKTYPE_NORMAL); /* reachable by no merge */
     vb_add(b, "<tool>", 0, ENG_TOKTYPE_USER_DEFINED);
+    vb_add(b, "<|end|>", 0, ENG_TOKTYPE_NORMAL); /* typed wrong, as some conversions do */
     assert_int_equal(b->n, B_N_TOKENS);
     eng_vocab_desc d = vb_desc(b, ENG_VOCAB_BPE);
     d.pre = pre;
@@ -332,16 +336,32 @@ static void test_bpe_bytes_and_special(void **state)
     struct eng_vocab *v = bpe_vocab("default");
     /* é is one letter, so "aéb" is one pre-token; a+Ã (11) and ©+b (12) merge. */
     EXPECT_IDS(v, "a\xC3\xA9\x62", 0, 0, B_A_C3, B_A9_B);
-    /* Invalid UTF-8 and NUL are bytes like any other. */
+    /* NUL is a byte like any other; bytes that are not UTF-8 become U+FFFD (EF BF BD) and an
+     * overlong form its shortest encoding, as llama.cpp's lenient decoder reads them. */
     {
-        static const int32_t exp[] = { 0xFF, 0xFE, 0, 'a' };
+        static const int32_t exp[] = { 0xEF, 0xBF, 0xBD, 0xEF, 0xBF, 0xBD, 0, 'a' };
         expect_ids(v, "\xFF\xFE\0a", 4, 0, 0, exp, N_OF(exp));
+        static const int32_t exp2[] = { 0, 'a', 0xED, 0xA0, 0x80 }; /* C0 80 is U+0000; a surrogate stays */
+        expect_ids(v, "\xC0\x80\x61\xED\xA0\x80", 6, 0, 0, exp2, N_OF(exp2));
+        int32_t *out;
+        size_t n;
+        char err[256] = "";
+        assert_int_equal(eng_vocab_tokenize(v, "a\xF4\x90\x80\x80", 5, 0, 0, &out, &n, err, sizeof err),
+                         ENG_ERR_RANGE); /* U+110000: llama.cpp aborts on it */
+        assert_non_null(strstr(err, "U+110000"));
     }
     EXPECT_IDS(v, "hi<|endoftext|>", 0, 1, 'h', 'i', B_EOT_TEXT);
     /* Without parse_special: "hi" "<|" "endoftext" "|>" as bytes (no merge applies). */
     EXPECT_IDS(v, "hi<|endoftext|>", 0, 0, 'h', 'i', '<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x',
                't', '|', '>');
     EXPECT_IDS(v, "<tool>hello<|im_end|>", 0, 1, B_USER, B_HELLO, B_IM_END);
+    /* User-defined tokens match even without special-token parsing (llama.cpp); control ones not. */
+    EXPECT_IDS(v, "<tool>hello<|im_end|>", 0, 0, B_USER, B_HELLO, '<', '|', 'i', 'm', '_', 'e', 'n', 'd', '|',
+               '>');
+    /* "<|end|>" ends generation in llama.cpp whatever its type says: a control token here too. */
+    assert_int_equal(eng_vocab_token_type(v, B_END), ENG_TOKTYPE_CONTROL);
+    assert_true(eng_vocab_is_eog(v, B_END));
+    EXPECT_IDS(v, "x<|end|>", 0, 1, 'x', B_END);
     /* The whole-word shortcut belongs to llama3 only. */
     EXPECT_IDS(v, "xyz", 0, 0, 'x', 'y', 'z');
     assert_true(eng_vocab_is_eog(v, B_EOT_TEXT));
@@ -350,6 +370,16 @@ static void test_bpe_bytes_and_special(void **state)
     /* Control tokens print nothing, user-defined ones their text. */
     static const int32_t ids[] = { B_USER, B_HELLO, B_GWORLD, B_IM_END, 0xFF };
     expect_detok(v, ids, N_OF(ids), "<tool>hello world\xFF", 18);
+    eng_vocab_free(v);
+
+    /* Phi-3: white space after a special token is dropped, except after <|endoftext|>. */
+    eng_vocab_desc d = vb_desc(&g_bpe, ENG_VOCAB_BPE);
+    d.pre = "default";
+    d.scores = NULL;
+    d.rstrip_special = 1;
+    v = create_ok(&d);
+    EXPECT_IDS(v, "<|im_end|> \n hello", 0, 1, B_IM_END, B_HELLO);
+    EXPECT_IDS(v, "<|endoftext|> hello", 0, 1, B_EOT_TEXT, 0x20, B_HELLO);
     eng_vocab_free(v);
 
     v = bpe_vocab("llama-bpe");
@@ -558,14 +588,23 @@ static const struct { const char *s; size_t n; } corpus[] = {
     C("x"),
 };
 
-static const struct { const char *s; size_t n; } invalid_utf8[] = {
-    C("\xFF\xFE bad bytes \x80 here"),
-    C("truncated \xE2\x82"),
-    C("\xC0\x80 overlong and \xED\xA0\x80 surrogate"),
+/* Text that is not UTF-8, and what it comes back as, as in llama.cpp: SentencePiece takes a
+ * character's length from its lead byte, so \xFE swallows the first bytes of the escaped space
+ * after it; byte-level BPE decodes leniently (U+FFFD per rejected byte, overlong forms
+ * shortened, surrogates kept). */
+static const struct { const char *s, *spm, *bpe; size_t n, spm_n, bpe_n; } invalid_utf8[] = {
+#define C3(a, b, c) { a, b, c, sizeof a - 1, sizeof b - 1, sizeof c - 1 }
+    C3("\xFF\xFE bad bytes \x80 here", "\xFF\xFE\xE2\x96\x81" "bad bytes \x80 here",
+       "\xEF\xBF\xBD\xEF\xBF\xBD bad bytes \xEF\xBF\xBD here"),
+    C3("truncated \xE2\x82", "truncated \xE2\x82", "truncated \xEF\xBF\xBD\xEF\xBF\xBD"),
+    C3("\xC0\x80 overlong and \xED\xA0\x80 surrogate", "\xC0\x80 overlong and \xED\xA0\x80 surrogate",
+       "\0 overlong and \xED\xA0\x80 surrogate"),
+#undef C3
 #undef C
 };
 
-static void round_trip(const struct eng_vocab *v, const char *s, size_t n)
+/* Tokenizes s and detokenizes the ids, whole and streaming: the result must be want. */
+static void round_trip_to(const struct eng_vocab *v, const char *s, size_t n, const char *want, size_t want_n)
 {
     int32_t *ids = NULL;
     size_t nt = 0;
@@ -575,33 +614,38 @@ static void round_trip(const struct eng_vocab *v, const char *s, size_t n)
     char *out = NULL;
     size_t len = 0;
     assert_int_equal(eng_vocab_detokenize(v, ids, nt, &out, &len), ENG_OK);
-    if (len != n || memcmp(out, s, n) != 0)
+    if (len != want_n || memcmp(out, want, want_n) != 0)
         fail_msg("round trip (%s) of \"%.*s\" gave \"%s\"", eng_vocab_get_kind(v) == ENG_VOCAB_SPM ? "spm" : "bpe", (int)n, s, out);
 
     /* Streaming: every push is complete UTF-8 (unless the input itself is not), and the
      * concatenation equals the whole-sequence result. */
     eng_detok *d = eng_vocab_detok_create(v);
     assert_non_null(d);
-    char *cat = malloc(n + 1);
+    char *cat = malloc(want_n + 1);
     size_t o = 0;
     for (size_t i = 0; i < nt; i++) {
         size_t l;
         const char *p = eng_detok_push(d, ids[i], &l);
-        assert_true(o + l <= n);
+        assert_true(o + l <= want_n);
         memcpy(cat + o, p, l);
         o += l;
     }
     size_t l;
     const char *p = eng_detok_flush(d, &l);
-    assert_true(o + l <= n);
+    assert_true(o + l <= want_n);
     memcpy(cat + o, p, l);
     o += l;
-    assert_int_equal(o, n);
-    assert_memory_equal(cat, s, n);
+    assert_int_equal(o, want_n);
+    assert_memory_equal(cat, want, want_n);
     free(cat);
     eng_detok_free(d);
     free(out);
     free(ids);
+}
+
+static void round_trip(const struct eng_vocab *v, const char *s, size_t n)
+{
+    round_trip_to(v, s, n, s, n);
 }
 
 static void test_round_trip(void **state)
@@ -616,11 +660,10 @@ static void test_round_trip(void **state)
         for (int k = 0; k < 3; k++)
             round_trip(bpe[k], corpus[i].s, corpus[i].n);
     }
-    /* With full byte fallback even invalid UTF-8 survives both kinds. */
     for (size_t i = 0; i < N_OF(invalid_utf8); i++) {
-        round_trip(spm, invalid_utf8[i].s, invalid_utf8[i].n);
+        round_trip_to(spm, invalid_utf8[i].s, invalid_utf8[i].n, invalid_utf8[i].spm, invalid_utf8[i].spm_n);
         for (int k = 0; k < 3; k++)
-            round_trip(bpe[k], invalid_utf8[i].s, invalid_utf8[i].n);
+            round_trip_to(bpe[k], invalid_utf8[i].s, invalid_utf8[i].n, invalid_utf8[i].bpe, invalid_utf8[i].bpe_n);
     }
     eng_vocab_free(spm);
     eng_vocab_free(spm0);
@@ -763,7 +806,7 @@ static void test_malformed(void **state)
     expect_create_fails(&d, ENG_ERR_FORMAT, "bos id -7 is negative");
     d = good;
     d.eos_id = (int32_t)b->n;
-    expect_create_fails(&d, ENG_ERR_FORMAT, "eos id 273 out of range");
+    expect_create_fails(&d, ENG_ERR_FORMAT, "eos id 274 out of range");
     d = good;
     d.unk_id = 1 << 30;
     expect_create_fails(&d, ENG_ERR_FORMAT, "unk id");
