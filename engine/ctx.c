@@ -33,7 +33,7 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
     c->n_ctx = n_ctx;
     c->kv_f32 = p->kv_f32 != 0;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
-    eng_rope_cfg_init(&hp->rope, &c->rope);
+    eng_rope_cfg_init(&hp->rope, c->w->rope_freqs, &c->rope);
     size_t esz = c->kv_f32 ? sizeof(float) : sizeof(uint16_t);
     size_t layer_bytes = (size_t)n_ctx * (size_t)c->kv_dim * esz;
     c->k = calloc((size_t)hp->n_layer, sizeof(void *));

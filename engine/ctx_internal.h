@@ -33,9 +33,11 @@ typedef struct eng_rope_cfg {
     float ext_factor;
     float attn_factor;
     float corr_dims[2];     /* YaRN ramp bounds (dims) */
+    const float *freq_factors; /* (n_rot / 2) pair i turns at theta_i / f[i] (rope_freqs), or NULL */
 } eng_rope_cfg;
 
-void eng_rope_cfg_init(const eng_rope *r, eng_rope_cfg *cfg);
+/* freq_factors: the model's rope_freqs (eng_weights), or NULL; borrowed. */
+void eng_rope_cfg_init(const eng_rope *r, const float *freq_factors, eng_rope_cfg *cfg);
 /* cs: (n_rot/2, 2) cos, sin of position p; with_mscale 0 omits the YaRN magnitude factor (for
  * re-rotation: K already carries it). */
 void eng_rope_cos_sin(const eng_rope_cfg *cfg, float p, int with_mscale, float *cs);

@@ -76,6 +76,10 @@ void eng_model_free(eng_model *m); /* NULL is a no-op */
  * default, caches nothing. The tools pass base_cache_dir(NULL, ...). */
 void eng_model_set_fingerprint_cache(eng_model *m, const char *dir);
 const eng_info *eng_model_info(const eng_model *m);
+/* The model's llama3 RoPE frequency factors (rope_freqs.weight: pair i of a head turns at
+ * theta_i / factors[i]): their count, n_rot / 2, with *factors pointing at them; 0 and NULL when
+ * the model has none. Valid while m lives. */
+size_t eng_model_rope_freqs(const eng_model *m, const float **factors);
 
 /* Model fingerprint as docs/design.md and spec/fingerprints.md define it (hyper-parameters, then every tensor's name,
  * type, shape and data bytes in name order). Cached by (device, inode, size, mtime) in the

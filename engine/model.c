@@ -35,9 +35,12 @@ static const char *type_name(uint32_t type)
 typedef struct binder {
     const gguf_file *g;
     const char *path;
+    const char *arch;
     char *err;
     size_t errlen;
     float *vec_next;          /* bump allocator into eng_model.vecs */
+    const gguf_tensor **used; /* every tensor bound so far */
+    size_t n_used;
 } binder;
 
 static const gguf_tensor *find(binder *b, const char *name, int required, eng_status *st)
@@ -46,7 +49,29 @@ static const gguf_tensor *find(binder *b, const char *name, int required, eng_st
     *st = ENG_OK;
     if (!t && required)
         *st = eng_fail(b->err, b->errlen, ENG_ERR_FORMAT, "%s: missing tensor '%s'", b->path, name);
+    if (t && b->n_used < gguf_n_tensors(b->g))
+        b->used[b->n_used++] = t;
     return t;
+}
+
+/* A tensor the forward pass does not read means a model feature we do not implement (as
+ * rope_freqs was): computing without it would publish KV that llama.cpp does not compute, so
+ * the file is refused naming it. llama.cpp refuses such files too. */
+static eng_status unused_tensor(const binder *b)
+{
+    size_t n = gguf_n_tensors(b->g);
+    for (size_t i = 0; i < n && b->n_used < n; i++) {
+        const gguf_tensor *t = gguf_tensor_at(b->g, i);
+        size_t k = 0;
+        while (k < b->n_used && b->used[k] != t)
+            k++;
+        if (k == b->n_used)
+            return eng_fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
+                            "%s: tensor '%s' is not used by the %s forward pass here; refusing the file "
+                            "rather than computing KV that differs from llama.cpp's",
+                            b->path, t->name, b->arch);
+    }
+    return ENG_OK;
 }
 
 static eng_status bind_mat(binder *b, const char *name, int64_t rows, int64_t cols, eng_wmat *out)
@@ -138,32 +163,50 @@ static eng_status bind_layer(binder *b, const eng_info *hp, int il, eng_layer *L
     return ENG_OK;
 }
 
+static eng_status bind_tensors(binder *b, eng_model *m)
+{
+    const eng_info *hp = &m->info;
+    const int64_t E = hp->n_embd;
+    eng_status st;
+    if ((st = bind_mat(b, "token_embd.weight", hp->n_vocab, E, &m->w.tok_embd)) ||
+        (st = bind_vec(b, "output_norm.weight", E, 1, &m->w.output_norm)))
+        return st;
+    if (gguf_find_tensor(m->g, "output.weight")) {
+        if ((st = bind_mat(b, "output.weight", hp->n_vocab, E, &m->w.output)))
+            return st;
+    } else {
+        m->w.output = m->w.tok_embd; /* tied embeddings */
+    }
+    /* llama3 RoPE frequency factors (Llama 3.1/3.2 GGUFs): llama.cpp's llama graph uses them;
+     * on other architectures it does not, and neither do we (the file is refused below). */
+    if (strcmp(hp->arch, "llama") == 0 &&
+        (st = bind_vec(b, "rope_freqs.weight", hp->rope.n_rot / 2, 0, &m->w.rope_freqs)))
+        return st;
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((st = bind_layer(b, hp, il, &m->w.layers[il])))
+            return st;
+    return unused_tensor(b);
+}
+
 static eng_status bind_all(eng_model *m, char *err, size_t errlen)
 {
     const eng_info *hp = &m->info;
     const int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim;
     const int64_t KD = (int64_t)hp->n_head_kv * hp->head_dim;
     /* upper bound of the f32 vector copies: every optional vector present */
-    size_t nvec = (size_t)E + (size_t)hp->n_layer * (size_t)(2 * E + 2 * hp->head_dim + QD + 2 * KD);
+    size_t nvec = (size_t)E + (size_t)hp->rope.n_rot / 2 +
+                  (size_t)hp->n_layer * (size_t)(2 * E + 2 * hp->head_dim + QD + 2 * KD);
     m->vecs = malloc(nvec * sizeof(float));
     m->w.layers = calloc((size_t)hp->n_layer, sizeof(eng_layer));
-    if (!m->vecs || !m->w.layers)
+    const gguf_tensor **used = malloc((gguf_n_tensors(m->g) + 1) * sizeof *used);
+    if (!m->vecs || !m->w.layers || !used) {
+        free(used);
         return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory binding %d layers", hp->n_layer);
-    binder b = {m->g, m->path, err, errlen, m->vecs};
-    eng_status st;
-    if ((st = bind_mat(&b, "token_embd.weight", hp->n_vocab, E, &m->w.tok_embd)) ||
-        (st = bind_vec(&b, "output_norm.weight", E, 1, &m->w.output_norm)))
-        return st;
-    if (gguf_find_tensor(m->g, "output.weight")) {
-        if ((st = bind_mat(&b, "output.weight", hp->n_vocab, E, &m->w.output)))
-            return st;
-    } else {
-        m->w.output = m->w.tok_embd; /* tied embeddings */
     }
-    for (int il = 0; il < hp->n_layer; il++)
-        if ((st = bind_layer(&b, hp, il, &m->w.layers[il])))
-            return st;
-    return ENG_OK;
+    binder b = {m->g, m->path, hp->arch, err, errlen, m->vecs, used, 0};
+    eng_status st = bind_tensors(&b, m);
+    free(used);
+    return st;
 }
 
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen)
@@ -219,6 +262,12 @@ void eng_model_free(eng_model *m)
 }
 
 const eng_info *eng_model_info(const eng_model *m) { return &m->info; }
+
+size_t eng_model_rope_freqs(const eng_model *m, const float **factors)
+{
+    *factors = m->w.rope_freqs;
+    return m->w.rope_freqs ? (size_t)m->info.rope.n_rot / 2 : 0;
+}
 const eng_weights *eng_model_weights(const eng_model *m) { return &m->w; }
 const struct eng_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
 const gguf_file *eng_model_gguf(const eng_model *m) { return m->g; }

@@ -40,6 +40,7 @@ typedef struct eng_weights {
     eng_wmat tok_embd;           /* (n_vocab, n_embd) */
     eng_wmat output;             /* (n_vocab, n_embd): output.weight, or tok_embd when tied */
     const float *output_norm;    /* (n_embd) */
+    const float *rope_freqs;     /* (n_rot / 2) llama3 RoPE frequency factors, or NULL */
     eng_layer *layers;           /* n_layer */
 } eng_weights;
 

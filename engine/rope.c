@@ -14,9 +14,10 @@ static float corr_dim(int n_dims, int n_ctx_orig, float n_rot_turns, float base)
            (2.0f * logf(base));
 }
 
-void eng_rope_cfg_init(const eng_rope *r, eng_rope_cfg *cfg)
+void eng_rope_cfg_init(const eng_rope *r, const float *freq_factors, eng_rope_cfg *cfg)
 {
     cfg->type = r->type;
+    cfg->freq_factors = freq_factors;
     cfg->n_rot = r->n_rot;
     cfg->theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
     cfg->freq_scale = r->freq_scale > 0 ? r->freq_scale : 1.0f;
@@ -42,12 +43,14 @@ void eng_rope_cos_sin(const eng_rope_cfg *cfg, float p, int with_mscale, float *
 {
     float theta_extrap = p;
     for (int i0 = 0; i0 < cfg->n_rot; i0 += 2) {
-        float theta_interp = cfg->freq_scale * theta_extrap;
+        /* llama3 frequency factors divide the angle before YaRN sees it, as in ggml */
+        float te = cfg->freq_factors ? theta_extrap / cfg->freq_factors[i0 / 2] : theta_extrap;
+        float theta_interp = cfg->freq_scale * te;
         float theta = theta_interp;
         float mscale = cfg->attn_factor;
         if (cfg->ext_factor != 0.0f) {
             float mix = ramp(cfg->corr_dims[0], cfg->corr_dims[1], i0) * cfg->ext_factor;
-            theta = theta_interp * (1 - mix) + theta_extrap * mix;
+            theta = theta_interp * (1 - mix) + te * mix;
             mscale *= 1.0f + 0.1f * logf(1.0f / cfg->freq_scale);
         }
         if (!with_mscale)
@@ -195,7 +198,7 @@ void eng_rope_rerotate_f16(const eng_model *m, uint16_t *k, int n, int32_t delta
         return;
     eng_rope_cfg cfg;
     eng_rerot t;
-    eng_rope_cfg_init(&hp->rope, &cfg);
+    eng_rope_cfg_init(&hp->rope, eng_model_weights(m)->rope_freqs, &cfg);
     eng_rerot_init(&cfg, delta, &t);
     eng_rerot_f16(&t, k, k, (size_t)n * (size_t)hp->n_head_kv, hp->head_dim);
 }

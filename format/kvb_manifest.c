@@ -3,6 +3,7 @@
 #include "format/kvb_internal.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,12 @@ kvb_status kvb_manifest_check_shape(const kvb_manifest *m, char *err, size_t err
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown rope type or scaling");
     if (m->rope_n_rot > m->head_dim)
         return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "rope n_rot %u exceeds head_dim %u", m->rope_n_rot, m->head_dim);
+    if (m->rope_n_freq_factors && m->rope_n_freq_factors != m->rope_n_rot / 2)
+        return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "rope freq_factors has %u values, n_rot %u needs %u",
+                        m->rope_n_freq_factors, m->rope_n_rot, m->rope_n_rot / 2);
+    for (uint32_t i = 0; i < m->rope_n_freq_factors; i++)
+        if (!(m->rope_freq_factors[i] > 0) || !isfinite(m->rope_freq_factors[i]))
+            return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "rope freq_factors[%u] is not a positive number", i);
     if ((uint64_t)m->pos0 + m->n_tokens > INT32_MAX)
         return kvb_fail(err, errlen, KVB_ERR_LIMIT, "pos0 %u + n_tokens %u exceeds 2^31-1", m->pos0, m->n_tokens);
     if (m->doc_bytes > (uint64_t)MAX_SAFE_INT)
@@ -104,6 +111,12 @@ static json_t *rope_object(const kvb_manifest *m)
     json_object_set_new(o, "yarn_beta_fast", json_real(m->yarn_beta_fast));
     json_object_set_new(o, "yarn_beta_slow", json_real(m->yarn_beta_slow));
     json_object_set_new(o, "pos0", json_integer(m->pos0));
+    if (m->rope_n_freq_factors) { /* absent unless the model has them: older manifests stay as they were */
+        json_t *f = json_array();
+        for (uint32_t i = 0; i < m->rope_n_freq_factors; i++)
+            json_array_append_new(f, json_real(m->rope_freq_factors[i]));
+        json_object_set_new(o, "freq_factors", f);
+    }
     return o;
 }
 
@@ -210,6 +223,28 @@ static double get_num(pctx *p, json_t *obj, const char *where, const char *key)
 {
     json_t *v = need(p, obj, where, key, JSON_REAL);
     return v ? json_number_value(v) : 0.0;
+}
+
+/* rope.freq_factors: optional array of numbers (kvb_manifest_validate checks count and values). */
+static void get_freq_factors(pctx *p, json_t *rope, kvb_manifest *m)
+{
+    json_t *f = json_is_object(rope) ? json_object_get(rope, "freq_factors") : NULL;
+    if (!f || p->st)
+        return;
+    if (!json_is_array(f) || json_array_size(f) > KVB_MAX_FREQ_FACTORS) {
+        PFAIL(p, KVB_ERR_MALFORMED, "manifest: rope.freq_factors must be an array of at most %d numbers",
+              KVB_MAX_FREQ_FACTORS);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(f); i++) {
+        json_t *v = json_array_get(f, i);
+        if (!json_is_number(v)) {
+            PFAIL(p, KVB_ERR_MALFORMED, "manifest: rope.freq_factors[%zu] is not a number", i);
+            return;
+        }
+        m->rope_freq_factors[i] = (float)json_number_value(v);
+    }
+    m->rope_n_freq_factors = (uint32_t)json_array_size(f);
 }
 
 static const char *get_str(pctx *p, json_t *obj, const char *where, const char *key)
@@ -369,6 +404,7 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
     m.yarn_beta_fast = get_num(&p, rope, "rope", "yarn_beta_fast");
     m.yarn_beta_slow = get_num(&p, rope, "rope", "yarn_beta_slow");
     m.pos0 = (uint32_t)get_uint(&p, rope, "rope", "pos0", INT32_MAX);
+    get_freq_factors(&p, rope, &m);
 
     m.n_tokens = (uint32_t)get_uint(&p, root, "", "n_tokens", KVB_MAX_TOKENS);
     get_section(&p, tsec, "tokens", &m.tokens, 0);

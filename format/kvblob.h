@@ -53,6 +53,7 @@ enum {
     KVB_MAX_TOKENS = 1 << 20,
     KVB_MAX_LAYERS = 256,
     KVB_MAX_KV_DIM = 32768,               /* n_head_kv * head_dim */
+    KVB_MAX_FREQ_FACTORS = 256,           /* RoPE frequency factors: n_rot / 2 <= 256 */
     KVB_MAX_CHUNK_TOKENS = 4096,
     KVB_MAX_CHUNKS = 65536,
     KVB_MAX_STRING = 4096,                /* bytes of any manifest string */
@@ -115,6 +116,8 @@ typedef struct kvb_manifest {
     uint32_t rope_n_ctx_orig;                 /* in */
     double yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow; /* in */
     uint32_t pos0;                            /* in: position of the first token (1 after BOS) */
+    uint32_t rope_n_freq_factors;             /* in: 0, or n_rot / 2 (llama3 rope_freqs) */
+    float rope_freq_factors[KVB_MAX_FREQ_FACTORS]; /* in: pair i turns at theta_i / factor i */
     /* payload */
     uint32_t n_tokens;                        /* in */
     kvb_codec codec;                          /* in */

@@ -19,6 +19,9 @@ static void usage(FILE *f)
           "Generates text with a local model: prefill of the prompt, then one token at a time.\n"
           "  --model FILE        GGUF model (llama, qwen2, qwen3)\n"
           "  --prompt TEXT       prompt text, tokenized with BOS as the model's policy says\n"
+          "  --special           match special-token texts such as <|im_start|> in the prompt (the\n"
+          "                      default for prompts everywhere: generate, run, compare, tokenize)\n"
+          "  --no-special        treat them as plain text (as publish treats documents)\n"
           "  --prompt-ids LIST   comma-separated token ids, used as they are (no BOS added)\n"
           "  -n N                tokens to generate (default 64); stops earlier at end of generation\n"
           "  --temp T            temperature (default 0: greedy)\n"
@@ -28,6 +31,9 @@ static void usage(FILE *f)
           "  --tokens            print the generated ids (space-separated) instead of text\n"
           "  --threads N         threads (default: all cores)\n"
           "  --ctx N             context size in tokens (default: prompt + n)\n"
+          "  --kv-f32            f32 K/V cache instead of f16 (exact comparisons with other runtimes)\n"
+          "  --logits FILE       write the logits after the prompt (n_vocab little-endian f32) to\n"
+          "                      FILE, to hold them against another runtime's\n"
           "Text goes to stdout; prefill and decode speeds to stderr.\n"
           "Exit codes: 0 ok, 2 usage or I/O error, 3 the model cannot be run.\n",
           f);
@@ -75,6 +81,25 @@ static int parse_ids(const char *s, int32_t **ids, size_t *n)
     return 0;
 }
 
+static int write_logits(const char *path, const float *logits, int n)
+{
+    unsigned char *b = malloc((size_t)n * 4);
+    if (!b)
+        return -1;
+    for (int i = 0; i < n; i++) { /* little-endian whatever the host */
+        uint32_t u;
+        memcpy(&u, &logits[i], 4);
+        for (int k = 0; k < 4; k++)
+            b[4 * (size_t)i + (size_t)k] = (unsigned char)(u >> (8 * k));
+    }
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(b, 4, (size_t)n, f) == (size_t)n;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    free(b);
+    return ok ? 0 : -1;
+}
+
 /* Streams each token to stdout: its id (user points to --tokens) or its text. */
 static int print_token(void *user, const kvp_token *t)
 {
@@ -102,9 +127,12 @@ int kvfetch_generate_main(int argc, char **argv)
         {"top-k", required_argument, NULL, 'k'},  {"top-p", required_argument, NULL, 'P'},
         {"seed", required_argument, NULL, 's'},   {"tokens", no_argument, NULL, 'T'},
         {"threads", required_argument, NULL, 'j'}, {"ctx", required_argument, NULL, 'c'},
+        {"special", no_argument, NULL, 'S'},      {"no-special", no_argument, NULL, 'N'},
+        {"kv-f32", no_argument, NULL, 'F'},       {"logits", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    const char *model = NULL, *prompt = NULL, *prompt_ids = NULL;
+    const char *model = NULL, *prompt = NULL, *prompt_ids = NULL, *logits_out = NULL;
+    int special = 1, kv_f32 = 0;
     long n_gen = 64, top_k = 0, threads = 0, n_ctx = 0, seed = 1;
     float temp = 0, top_p = 1;
     int print_ids = 0, c;
@@ -121,6 +149,10 @@ int kvfetch_generate_main(int argc, char **argv)
         case 'P': bad = parse_float(optarg, &top_p); break;
         case 's': bad = kvf_parse_long(optarg, 0, 0x7fffffffL, &seed); break;
         case 'T': print_ids = 1; break;
+        case 'S': special = 1; break;
+        case 'N': special = 0; break;
+        case 'F': kv_f32 = 1; break;
+        case 'L': logits_out = optarg; break;
         case 'j': bad = kvf_parse_long(optarg, 1, 256, &threads); break;
         case 'c': bad = kvf_parse_long(optarg, 1, 1 << 20, &n_ctx); break;
         case 'h': usage(stdout); return 0;
@@ -168,7 +200,7 @@ int kvfetch_generate_main(int argc, char **argv)
                         hp->n_vocab);
                 goto out;
             }
-    } else if ((st = eng_tokenize(m, prompt, strlen(prompt), 1, 0, &ids, &n_ids))) {
+    } else if ((st = eng_tokenize(m, prompt, strlen(prompt), 1, special, &ids, &n_ids))) {
         fprintf(stderr, "kvfetch generate: cannot tokenize the prompt: %s\n", eng_status_str(st));
         goto out;
     }
@@ -183,7 +215,7 @@ int kvfetch_generate_main(int argc, char **argv)
                 n_ctx);
         goto out;
     }
-    eng_ctx_params cp = {(int)n_ctx, (int)threads, 0};
+    eng_ctx_params cp = {(int)n_ctx, (int)threads, kv_f32};
     if ((st = eng_ctx_create(m, &cp, &ctx, err, sizeof err))) {
         fprintf(stderr, "kvfetch generate: %s\n", err);
         goto out;
@@ -200,6 +232,10 @@ int kvfetch_generate_main(int argc, char **argv)
         goto out;
     }
     double t1 = base_now_s();
+    if (logits_out && write_logits(logits_out, logits, hp->n_vocab) != 0) {
+        fprintf(stderr, "kvfetch generate: cannot write %s: %s\n", logits_out, strerror(errno));
+        goto out;
+    }
     kvp_decode_opts d = {.model = m, .ctx = ctx, .sampler = smp, .n_max = (int)n_gen, .text = !print_ids,
                          .on_token = print_token, .user = &print_ids};
     kvp_decode_stats ds;

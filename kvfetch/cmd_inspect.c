@@ -145,6 +145,9 @@ int kvfetch_inspect_main(int argc, char **argv)
         if (m->rope_scaling == KVB_SCALING_YARN)
             printf("yarn:       ext %g, attn %g, beta_fast %g, beta_slow %g\n", m->yarn_ext_factor,
                    m->yarn_attn_factor, m->yarn_beta_fast, m->yarn_beta_slow);
+        if (m->rope_n_freq_factors)
+            printf("rope freqs: %u llama3 frequency factors (rope_freqs), %g .. %g\n", m->rope_n_freq_factors,
+                   m->rope_freq_factors[0], m->rope_freq_factors[m->rope_n_freq_factors - 1]);
         printf("tokens:     %u (ids sha256:%s)\n", m->n_tokens, hex32(m->tokens_sha256, d));
         printf("codec:      %s, %u tokens per chunk, %u chunks (container version %u: chunks hashed %s)\n",
                kvb_codec_name(m->codec), m->chunk_tokens, m->n_chunks, h.version,

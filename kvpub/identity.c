@@ -62,6 +62,14 @@ kvp_status kvp_identity_from_model(eng_model *m, kvp_identity *id, char *err, si
     id->yarn_beta_fast = r->yarn_beta_fast;
     id->yarn_beta_slow = r->yarn_beta_slow;
     id->pos0 = in->add_bos && in->bos_id >= 0 ? 1 : 0;
+    const float *ff;
+    size_t nff = eng_model_rope_freqs(m, &ff);
+    if (nff > KVB_MAX_FREQ_FACTORS)
+        return kvp_fail(err, errlen, KVP_ERR_ENGINE, "%zu RoPE frequency factors exceed the blob format's %d",
+                        nff, KVB_MAX_FREQ_FACTORS);
+    id->rope_n_freq_factors = (uint32_t)nff;
+    if (nff)
+        memcpy(id->rope_freq_factors, ff, nff * sizeof *ff);
     snprintf(id->tokenizer, sizeof id->tokenizer, "%s", in->tokenizer);
     id->n_vocab = in->n_vocab;
     return KVP_OK;
@@ -88,6 +96,8 @@ void kvp_identity_to_manifest(const kvp_identity *id, kvb_manifest *m)
     m->yarn_beta_fast = id->yarn_beta_fast;
     m->yarn_beta_slow = id->yarn_beta_slow;
     m->pos0 = id->pos0;
+    m->rope_n_freq_factors = id->rope_n_freq_factors;
+    memcpy(m->rope_freq_factors, id->rope_freq_factors, sizeof m->rope_freq_factors);
 }
 
 void kvp_identity_from_manifest(const kvb_manifest *m, kvp_identity *id)
@@ -112,6 +122,8 @@ void kvp_identity_from_manifest(const kvb_manifest *m, kvp_identity *id)
     id->yarn_beta_fast = m->yarn_beta_fast;
     id->yarn_beta_slow = m->yarn_beta_slow;
     id->pos0 = m->pos0;
+    id->rope_n_freq_factors = m->rope_n_freq_factors;
+    memcpy(id->rope_freq_factors, m->rope_freq_factors, sizeof id->rope_freq_factors);
 }
 
 /* "sha256:" and the first 16 hex digits: enough to tell fingerprints apart in a message. */
@@ -141,6 +153,13 @@ static int rope_diff(const kvp_identity *b, const kvp_identity *m, char *out, si
     if (b->rope_scaling != m->rope_scaling)
         return snprintf(out, len, "RoPE scaling: blob %s, model %s", kvb_scaling_name(b->rope_scaling),
                         kvb_scaling_name(m->rope_scaling)), 1;
+    if (b->rope_n_freq_factors != m->rope_n_freq_factors)
+        return snprintf(out, len, "RoPE frequency factors (rope_freqs): blob %u, model %u", b->rope_n_freq_factors,
+                        m->rope_n_freq_factors), 1;
+    for (uint32_t i = 0; i < m->rope_n_freq_factors; i++)
+        if (b->rope_freq_factors[i] != m->rope_freq_factors[i])
+            return snprintf(out, len, "RoPE frequency factor %u: blob %g, model %g", i, b->rope_freq_factors[i],
+                            m->rope_freq_factors[i]), 1;
     if (m->rope_scaling == KVB_SCALING_YARN &&
         (b->rope_n_ctx_orig != m->rope_n_ctx_orig || differ(b->yarn_ext_factor, m->yarn_ext_factor) ||
          differ(b->yarn_attn_factor, m->yarn_attn_factor) || differ(b->yarn_beta_fast, m->yarn_beta_fast) ||

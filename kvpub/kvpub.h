@@ -55,6 +55,8 @@ typedef struct kvp_identity {
     uint32_t rope_n_ctx_orig;
     double yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow;
     uint32_t pos0;                 /* position of the document's first token (1 after BOS) */
+    uint32_t rope_n_freq_factors;  /* llama3 rope_freqs: n_rot / 2 factors, or 0 */
+    float rope_freq_factors[KVB_MAX_FREQ_FACTORS];
     /* a declared context before the document (not in manifests yet): 0 tokens = none */
     uint32_t n_context;
     uint8_t context_sha256[32];

@@ -15,12 +15,18 @@ static void usage(FILE *f)
 {
     fputs("usage: kvsynth --arch llama|qwen2|qwen3 --layers N --dim D --heads H [--kv-heads K]\n"
           "               [--head-dim HD] --ffn F --vocab V [--ctx C] [--type TYPE]\n"
-          "               [--rope-base B] [--yarn FACTOR] [--tied|--untied]\n"
+          "               [--rope-base B] [--yarn FACTOR] [--n-rot R] [--rope-freqs]\n"
+          "               [--tied|--untied] [--extra-tensor NAME]\n"
           "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--name NAME]\n"
           "               --seed S -o OUT.gguf [--json]\n"
           "Writes a GGUF model with deterministic random weights (same arguments, same bytes).\n"
           "  TYPE       f32 f16 bf16 q8_0 q4_0 q4_k q6_k (2-D weights; norms and biases stay f32)\n"
           "  --yarn F   YaRN scaling by F: context_length = C*F, original context C\n"
+          "  --n-rot R  partial rotary: RoPE turns the first R dims of each head (default: all)\n"
+          "  --extra-tensor NAME  also write an f32 vector NAME that no forward pass reads (a model\n"
+          "             feature kvpub does not implement; for refusal tests)\n"
+          "  --rope-freqs  write rope_freqs.weight, llama3 frequency factors (scale 8, low 1,\n"
+          "             high 4, original context C), as Llama 3.1/3.2 GGUFs carry them\n"
           "  --tied     no output.weight (default for qwen3); --untied writes one (default otherwise)\n"
           "  --json     print a JSON summary on stdout\n", f);
 }
@@ -94,7 +100,7 @@ static void rng_seed(rng *r, uint64_t seed, const char *name)
 
 /* ---- tensor plan ---- */
 
-typedef enum kind { K_WEIGHT, K_NORM, K_BIAS } kind;
+typedef enum kind { K_WEIGHT, K_NORM, K_BIAS, K_ROPE_FREQS } kind;
 
 typedef struct plan_t {
     char name[64];
@@ -105,10 +111,11 @@ typedef struct plan_t {
 } plan_t;
 
 typedef struct opts {
-    const char *arch, *out, *type_name, *tok, *pre, *name;
-    long layers, dim, heads, kv_heads, head_dim, ffn, vocab, ctx;
+    const char *arch, *out, *type_name, *tok, *pre, *name, *extra_tensor;
+    long layers, dim, heads, kv_heads, head_dim, ffn, vocab, ctx, n_rot;
     double rope_base, yarn;
     int tied; /* -1 default */
+    int rope_freqs;
     unsigned long long seed;
     int have_seed, json;
 } opts;
@@ -126,6 +133,10 @@ static size_t make_plan(const opts *o, uint32_t wtype, plan_t *p)
         n++;                                                                      \
     } while (0)
     ADD("token_embd.weight", 2, e, (uint64_t)o->vocab, wtype, K_WEIGHT);
+    if (o->rope_freqs)
+        ADD("rope_freqs.weight", 1, (uint64_t)o->n_rot / 2, 1, GGML_T_F32, K_ROPE_FREQS);
+    if (o->extra_tensor)
+        ADD(o->extra_tensor, 1, e, 1, GGML_T_F32, K_NORM);
     for (long l = 0; l < o->layers; l++) {
         char b[64];
 #define L(sfx) (snprintf(b, sizeof b, "blk.%ld.%s", l, sfx), b)
@@ -156,10 +167,35 @@ static size_t make_plan(const opts *o, uint32_t wtype, plan_t *p)
     return n;
 }
 
-/* Streams one tensor's values row by row, converted to its type. */
-static int write_tensor(ggw *w, const plan_t *t, uint64_t seed, float *row, void *qrow,
-                        char *err, size_t errlen)
+/* Llama 3's RoPE frequency factors as its conversion computes them from rope_scaling (factor
+ * 8, low_freq_factor 1, high_freq_factor 4, original_max_position_embeddings ctx): 1 for short
+ * wavelengths, 8 for long ones, a smooth blend between. */
+static void llama3_freq_factors(const opts *o, float *f)
 {
+    const double factor = 8, low = 1, high = 4, orig = (double)o->ctx;
+    for (long i = 0; i < o->n_rot / 2; i++) {
+        double freq = pow(o->rope_base, -2.0 * (double)i / (double)o->n_rot);
+        double wavelen = 2 * M_PI / freq;
+        if (wavelen < orig / high) {
+            f[i] = 1.0f;
+        } else if (wavelen > orig / low) {
+            f[i] = (float)factor;
+        } else {
+            double smooth = (orig / wavelen - low) / (high - low);
+            f[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+        }
+    }
+}
+
+/* Streams one tensor's values row by row, converted to its type. */
+static int write_tensor(ggw *w, const opts *o, const plan_t *t, float *row, void *qrow, char *err,
+                        size_t errlen)
+{
+    if (t->k == K_ROPE_FREQS) {
+        llama3_freq_factors(o, row);
+        return ggw_write(w, row, (size_t)t->ne[0] * sizeof *row, err, errlen);
+    }
+    uint64_t seed = o->seed;
     rng r;
     rng_seed(&r, seed, t->name);
     uint64_t ne0 = t->ne[0], rows = t->n_dims == 2 ? t->ne[1] : 1;
@@ -223,6 +259,8 @@ static int parse_args(int argc, char **argv, opts *o)
             o->tied = 0;
         else if (strcmp(a, "--json") == 0)
             o->json = 1;
+        else if (strcmp(a, "--rope-freqs") == 0)
+            o->rope_freqs = 1;
         else {
             flag = 0;
             if (!v) {
@@ -261,6 +299,10 @@ static int parse_args(int argc, char **argv, opts *o)
                 r = parse_double(a, v, 1.0, 1e12, &o->rope_base);
             else if (strcmp(a, "--yarn") == 0)
                 r = parse_double(a, v, 1.0, 1024.0, &o->yarn);
+            else if (strcmp(a, "--extra-tensor") == 0)
+                o->extra_tensor = v;
+            else if (strcmp(a, "--n-rot") == 0)
+                r = parse_long(a, v, 2, 4096, &o->n_rot);
             else if (strcmp(a, "--seed") == 0) {
                 char *end;
                 o->seed = strtoull(v, &end, 10);
@@ -308,6 +350,16 @@ static int parse_args(int argc, char **argv, opts *o)
         fprintf(stderr, "kvsynth: head dim %ld must be even for RoPE\n", o->head_dim);
         return -1;
     }
+    if (o->n_rot == 0)
+        o->n_rot = o->head_dim;
+    if (o->n_rot % 2 || o->n_rot > o->head_dim) {
+        fprintf(stderr, "kvsynth: --n-rot %ld must be even and at most the head dim %ld\n", o->n_rot, o->head_dim);
+        return -1;
+    }
+    if (o->rope_freqs && strcmp(o->arch, "llama") != 0) {
+        fputs("kvsynth: --rope-freqs is a llama-architecture tensor\n", stderr);
+        return -1;
+    }
     if (strcmp(o->tok, "spm") && strcmp(o->tok, "bpe")) {
         fprintf(stderr, "kvsynth: --tokenizer must be spm or bpe, got '%s'\n", o->tok);
         return -1;
@@ -339,7 +391,7 @@ static int write_hparams(ggw *w, const opts *o, uint32_t file_type, const char *
     r |= ggw_kv_u32(w, AK("attention.head_count_kv"), (uint32_t)o->kv_heads);
     r |= ggw_kv_u32(w, AK("attention.key_length"), (uint32_t)o->head_dim);
     r |= ggw_kv_u32(w, AK("attention.value_length"), (uint32_t)o->head_dim);
-    r |= ggw_kv_u32(w, AK("rope.dimension_count"), (uint32_t)o->head_dim);
+    r |= ggw_kv_u32(w, AK("rope.dimension_count"), (uint32_t)o->n_rot);
     r |= ggw_kv_f32(w, AK("rope.freq_base"), (float)o->rope_base);
     r |= ggw_kv_f32(w, AK("attention.layer_norm_rms_epsilon"), strcmp(o->arch, "llama") == 0 ? 1e-5f : 1e-6f);
     r |= ggw_kv_u32(w, AK("vocab_size"), (uint32_t)o->vocab);
@@ -417,7 +469,7 @@ int kvsynth_model_main(int argc, char **argv)
     if (ggw_begin(w, o.out, err, sizeof err) != 0)
         goto fail;
     for (size_t i = 0; i < nt; i++)
-        if (write_tensor(w, &plan[i], o.seed, row, qrow, err, sizeof err) != 0)
+        if (write_tensor(w, &o, &plan[i], row, qrow, err, sizeof err) != 0)
             goto fail;
     if (ggw_finish(w, err, sizeof err) != 0)
         goto fail;

@@ -103,10 +103,14 @@ static eng_status rope_params(hp *h, eng_info *info)
     r->n_rot = info->head_dim;
     if ((st = get_int(h, "rope.dimension_count", 0, 1, 1 << 16, &r->n_rot)))
         return st;
+    /* Partial rotary (n_rot < head dim): llama.cpp's llama, qwen2 and qwen3 graphs assert
+     * n_rot == head dim and abort, so such a file is no buyer's model and has no reference to
+     * be checked against; the kernels and re-rotation would handle it (rope.c). */
     if (r->n_rot != info->head_dim)
         return hp_fail(h, ENG_ERR_UNSUPPORTED,
-                       "partial rotary embedding (%s.rope.dimension_count %d, head dim %d) is not supported",
-                       h->arch, r->n_rot, info->head_dim);
+                       "partial rotary embedding (%s.rope.dimension_count %d, head dim %d): llama.cpp's %s "
+                       "graph refuses it too",
+                       h->arch, r->n_rot, info->head_dim, h->arch);
     r->freq_base = 10000.0f;
     if ((st = get_float(h, "rope.freq_base", 1e-3, 1e12, &r->freq_base, NULL)))
         return st;

@@ -110,23 +110,47 @@ static void test_rerotate_neox(void **state)
     check_rerotate(p);
 }
 
+/* Writes a model with kvsynth (arch and extra options) to out; skips the test without kvsynth. */
+static void synth(const char *args, char *out, size_t n)
+{
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    char cmd[1024];
+    snprintf(out, n, "/tmp/kvpub-test-rope-%d.gguf", (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             "%s/kvsynth %s --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 32 "
+             "--ffn 128 --vocab 512 --ctx 256 --type f32 --seed 3 -o %s >/dev/null",
+             build, args, out);
+    if (system(cmd) != 0)
+        skip();
+}
+
 /* YaRN model written by kvsynth (scaling 4, original context 256). */
 static void test_rerotate_yarn(void **state)
 {
     (void)state;
-    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
-    char cmd[1024], out[256];
-    snprintf(out, sizeof out, "/tmp/kvpub-test-yarn-%d.gguf", (int)getpid());
-    snprintf(cmd, sizeof cmd,
-             "%s/kvsynth --arch qwen3 --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 32 "
-             "--ffn 128 --vocab 512 --ctx 256 --type f32 --yarn 4 --seed 3 -o %s >/dev/null",
-             build, out);
-    if (system(cmd) != 0)
-        skip();
-    char err[256];
+    char out[256], err[256];
+    synth("--arch qwen3 --yarn 4", out, sizeof out);
     eng_model *m = NULL;
     assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
     assert_int_equal(eng_model_info(m)->rope.scaling, ENG_ROPE_SCALING_YARN);
+    eng_model_free(m);
+    check_rerotate(out);
+    unlink(out);
+}
+
+/* llama3 frequency factors (rope_freqs.weight, original context 256): re-rotation by delta turns
+ * each pair by delta * theta_i / factor_i, landing where a direct prefill puts it. */
+static void test_rerotate_rope_freqs(void **state)
+{
+    (void)state;
+    char out[256], err[256];
+    synth("--arch llama --rope-freqs", out, sizeof out);
+    eng_model *m = NULL;
+    assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
+    const float *ff;
+    size_t n = eng_model_rope_freqs(m, &ff);
+    assert_int_equal(n, 16);
+    assert_true(ff[0] == 1.0f && ff[15] == 8.0f); /* the fastest pair unscaled, the slowest by 8 */
     eng_model_free(m);
     check_rerotate(out);
     unlink(out);
@@ -279,6 +303,7 @@ int main(void)
         cmocka_unit_test(test_rerotate_normal),
         cmocka_unit_test(test_rerotate_neox),
         cmocka_unit_test(test_rerotate_yarn),
+        cmocka_unit_test(test_rerotate_rope_freqs),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_kv_args),
     };

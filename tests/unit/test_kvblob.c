@@ -735,6 +735,17 @@ static void test_writer_misuse(void **s)
     kvb_writer_free(w);
     m.n_layer = 0;
     assert_int_equal(kvb_writer_create(&m, g_tok, NULL, &w, err, sizeof err), KVB_ERR_LIMIT);
+    /* RoPE frequency factors: n_rot / 2 positive numbers, or none */
+    base_meta(&m, KVB_CODEC_Q8);
+    m.rope_n_freq_factors = m.rope_n_rot / 2 + 1;
+    assert_int_equal(kvb_writer_create(&m, g_tok, NULL, &w, err, sizeof err), KVB_ERR_MALFORMED);
+    assert_non_null(strstr(err, "freq_factors has"));
+    m.rope_n_freq_factors = m.rope_n_rot / 2;
+    for (uint32_t i = 0; i < m.rope_n_freq_factors; i++)
+        m.rope_freq_factors[i] = 1;
+    m.rope_freq_factors[1] = 0;
+    assert_int_equal(kvb_writer_create(&m, g_tok, NULL, &w, err, sizeof err), KVB_ERR_MALFORMED);
+    assert_non_null(strstr(err, "freq_factors[1]"));
     kvb_writer_free(NULL);
     kvb_reader_free(NULL);
     kvb_manifest_free(NULL);

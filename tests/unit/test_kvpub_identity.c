@@ -113,13 +113,21 @@ static void assert_same_identity(const kvp_identity *a, const kvp_identity *b)
     assert_true(a->yarn_beta_fast == b->yarn_beta_fast);
     assert_true(a->yarn_beta_slow == b->yarn_beta_slow);
     assert_int_equal(a->pos0, b->pos0);
+    assert_int_equal(a->rope_n_freq_factors, b->rope_n_freq_factors);
+    for (uint32_t i = 0; i < a->rope_n_freq_factors; i++)
+        assert_true(a->rope_freq_factors[i] == b->rope_freq_factors[i]);
 }
 
 /* to-manifest, signed and written, parsed back, from-manifest: the same record, accepted. */
 static void test_manifest_round_trip(void **state)
 {
     fixture *f = *state;
-    const kvp_identity *ids[] = {&f->id_llama, &f->id_qwen3};
+    /* the llama record again with llama3 frequency factors, as a Llama 3.1 model has them */
+    kvp_identity with_ff = f->id_llama;
+    with_ff.rope_n_freq_factors = with_ff.rope_n_rot / 2;
+    for (uint32_t i = 0; i < with_ff.rope_n_freq_factors; i++)
+        with_ff.rope_freq_factors[i] = 1.0f + 7.0f * (float)i / (float)with_ff.rope_n_freq_factors + 1.0f / 3;
+    const kvp_identity *ids[] = {&f->id_llama, &f->id_qwen3, &with_ff};
     char dir[] = "/tmp/kvpub-test-identity-XXXXXX";
     assert_non_null(mkdtemp(dir));
     kvc_key *key = kvc_key_generate();
@@ -168,7 +176,7 @@ static void test_refusals(void **state)
 {
     fixture *f = *state;
     enum { OTHER_MODEL, OTHER_TOKENIZER, OTHER_SHAPE, OTHER_ROPE_TYPE, OTHER_FREQ, OTHER_SCALING, OTHER_YARN,
-           ODD_N_ROT, NO_N_ROT };
+           ODD_N_ROT, NO_N_ROT, FACTORS_MISSING, FACTOR_VALUE };
     static const struct {
         int what;
         int32_t delta;
@@ -184,6 +192,8 @@ static void test_refusals(void **state)
                         "model n_ctx_orig 2048 ext 1 attn 1 beta 32/1"},
         {ODD_N_ROT, 3, "cannot re-rotate: RoPE n_rot 7 with head_dim"},
         {NO_N_ROT, -2, "cannot re-rotate: RoPE n_rot 0 with head_dim"},
+        {FACTORS_MISSING, 0, "cannot re-rotate exactly: RoPE frequency factors (rope_freqs): blob 2, model 0"},
+        {FACTOR_VALUE, 0, "cannot re-rotate exactly: RoPE frequency factor 1: blob 8, model 4"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         kvp_identity blob = f->id_llama, model = f->id_llama;
@@ -205,6 +215,16 @@ static void test_refusals(void **state)
             break;
         case ODD_N_ROT: blob.rope_n_rot = model.rope_n_rot = 7; break;
         case NO_N_ROT: blob.rope_n_rot = model.rope_n_rot = 0; break;
+        case FACTORS_MISSING:
+            blob.rope_n_freq_factors = 2;
+            blob.rope_freq_factors[0] = blob.rope_freq_factors[1] = 8;
+            break;
+        case FACTOR_VALUE:
+            blob.rope_n_freq_factors = model.rope_n_freq_factors = 2;
+            blob.rope_freq_factors[0] = model.rope_freq_factors[0] = 1;
+            blob.rope_freq_factors[1] = 8;
+            model.rope_freq_factors[1] = 4;
+            break;
         }
         char err[512] = "";
         assert_int_equal(kvp_identity_check(&blob, &model, cases[i].delta, err, sizeof err), KVP_ERR_REFUSED);

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# llamacpp_model_features.sh: GGUF model features checked against the real llama.cpp (the pinned
+# prebuilt libllama, scripts/llamacpp/llama_logits.c), on kvsynth models made here:
+#   - llama3 RoPE frequency factors (rope_freqs.weight, as Llama 3.1/3.2 GGUFs carry them): our
+#     logits after a 48-token prompt equal llama.cpp's within 1e-4 (f32 weights and KV cache),
+#     while the same model without the tensor gives llama.cpp logits far from them (so the check
+#     can fail); the factors reach the blob's signed RoPE metadata (kvfetch inspect);
+#   - partial rotary (rope.dimension_count < head dim): llama.cpp's llama and qwen3 graphs
+#     refuse it, and so do we, with one clear line;
+#   - a tensor no forward pass reads: refused, naming it.
+# Skips with one line only when no npm registry is reachable.
+set -eu
+BUILD=${BUILD:-build}
+KVFETCH=$BUILD/kvfetch
+KVSYNTH=$BUILD/kvsynth
+CC=${CC:-cc}
+. scripts/llamacpp/install.sh
+llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp model features: $LLAMACPP_WHY"; exit 0; }
+logits="$BUILD/llamacpp/llama_logits"
+if [ ! -x "$logits" ] || [ scripts/llamacpp/llama_logits.c -nt "$logits" ]; then
+  # shellcheck disable=SC2086 # the flags are word lists
+  "$CC" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC scripts/llamacpp/llama_logits.c -o "$logits" $LLAMACPP_LDFLAGS -lm
+fi
+tmp=$(mktemp -d /tmp/kvpub-model-features-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+S="--layers 2 --dim 64 --heads 4 --head-dim 16 --ffn 128 --vocab 512 --ctx 64 --type f32 --seed 7"
+IDS=$(seq 1 48 | awk '{ printf "%s%d", (NR > 1 ? "," : ""), 1 + ($1 * 37) % 500 }')
+ours() {
+  "$KVFETCH" generate --model "$1" --prompt-ids "$IDS" -n 0 --kv-f32 --threads 2 --logits "$2" >/dev/null 2>"$tmp/gen.err" ||
+    fail "kvfetch generate on $1: $(cat "$tmp/gen.err")"
+}
+
+# rope_freqs: the original context 64 puts most pairs past the factor-8 wavelength
+"$KVSYNTH" --arch llama $S --rope-freqs -o "$tmp/freqs.gguf" >/dev/null
+"$KVSYNTH" --arch llama $S -o "$tmp/plain.gguf" >/dev/null
+ours "$tmp/freqs.gguf" "$tmp/freqs.ours"
+"$logits" "$LLAMACPP_LIB" "$tmp/freqs.gguf" "$IDS" "$tmp/freqs.llama" --compare "$tmp/freqs.ours" --tol 1e-4 ||
+  fail "rope_freqs: our logits differ from llama.cpp's"
+rc=0
+"$logits" "$LLAMACPP_LIB" "$tmp/plain.gguf" "$IDS" "$tmp/plain.llama" --compare "$tmp/freqs.llama" --tol 1e-2 || rc=$?
+[ "$rc" -eq 2 ] || fail "control: the model without rope_freqs should give other logits in llama.cpp (rc $rc)"
+echo "ok: rope_freqs logits match llama.cpp; without the factors they would not"
+
+# the factors are in the signed manifest
+"$BUILD/kvpubd" keygen -o "$tmp/pub" >/dev/null
+printf 'A document about rotary embeddings and their frequency factors. ' >"$tmp/doc.txt"
+"$BUILD/kvpubd" publish --store "$tmp/store" --model "$tmp/freqs.gguf" --key "$tmp/pub.key" --threads 2 \
+  --json "$tmp/doc.txt" >"$tmp/pub.json"
+blob=$(find "$tmp/store/blobs" -type f | head -1)
+[ -n "$blob" ] || fail "publish wrote no blob"
+"$KVFETCH" inspect "$blob" | grep -q "^rope freqs: 8 llama3 frequency factors" || fail "inspect shows no frequency factors"
+echo "ok: the frequency factors are in the blob's RoPE metadata"
+
+# partial rotary: refused by llama.cpp's graphs, and by us
+for arch in llama qwen3; do
+  "$KVSYNTH" --arch $arch $S --n-rot 8 -o "$tmp/partial-$arch.gguf" >/dev/null
+  rc=0
+  "$KVFETCH" generate --model "$tmp/partial-$arch.gguf" --prompt-ids 1,2 -n 1 >/dev/null 2>"$tmp/err" || rc=$?
+  [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "partial rotary" "$tmp/err" ||
+    fail "partial rotary ($arch) not refused clearly (rc $rc): $(cat "$tmp/err")"
+  rc=0
+  # it aborts: an inner shell keeps bash's "Aborted" line off the log
+  { "$logits" "$LLAMACPP_LIB" "$tmp/partial-$arch.gguf" 1,2 "$tmp/x" >/dev/null 2>&1; } 2>/dev/null || rc=$?
+  [ "$rc" -ne 0 ] || fail "llama.cpp ran partial rotary on $arch: kvpub should support it then"
+done
+echo "ok: partial rotary refused, as llama.cpp's llama and qwen3 graphs refuse it"
+
+# a tensor no forward pass reads
+"$KVSYNTH" --arch qwen2 $S --extra-tensor blk.0.attn_sinks -o "$tmp/extra.gguf" >/dev/null
+rc=0
+"$KVFETCH" generate --model "$tmp/extra.gguf" --prompt-ids 1,2 -n 1 >/dev/null 2>"$tmp/err" || rc=$?
+[ "$rc" -eq 3 ] && grep -q "tensor 'blk.0.attn_sinks' is not used" "$tmp/err" || fail "unused tensor not refused (rc $rc)"
+echo "ok: a tensor the forward pass does not read is refused by name"
