@@ -5,11 +5,8 @@
 # longer than the manifest, 404, a truncated download that resumes with Range, the server killed
 # mid-download and restarted, LRU eviction under --cache-max. Blobs: the spec/vectors ones.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=${KVFETCH:-$BUILD/kvfetch}
-tmp=$(mktemp -d /tmp/kvpub-fetch-get-XXXXXX)
 . tests/cli/lib/fetch_env.sh
-trap fetch_env_cleanup EXIT
+fetch_env_init fetch-get
 
 mkdir -p "$tmp/www" "$tmp/trust" "$tmp/untrusted" "$tmp/revoked" "$tmp/expired"
 cp spec/vectors/test-key.pub "$tmp/trust/"

@@ -4,11 +4,8 @@
 # -> get with the Bearer token -> kvfetch run/compare on the fetched blob by URL; refusals: no
 # token, a bad token, an expired token (exit 4), the server down (exit 2, then served from cache).
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=${KVFETCH:-$BUILD/kvfetch}
-tmp=$(mktemp -d /tmp/kvpub-fetch-kvpubd-XXXXXX)
 . tests/cli/lib/fetch_env.sh
-trap fetch_env_cleanup EXIT
+fetch_env_init fetch-kvpubd
 export KVPUB_CACHE_DIR="$tmp/cache"
 
 "$BUILD/kvsynth" --arch qwen3 --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 16 --ffn 128 \

@@ -4,11 +4,8 @@
 # the --server origin (or the URL it was given with), never a mirror named by a URL, never the
 # target of a redirect to another port, and a $KVPUB_TOKEN only --server / $KVPUB_TOKEN_ORIGIN.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=${KVFETCH:-$BUILD/kvfetch}
-tmp=$(mktemp -d /tmp/kvpub-fetch-token-XXXXXX)
 . tests/cli/lib/fetch_env.sh
-trap fetch_env_cleanup EXIT
+fetch_env_init fetch-token
 
 mkdir -p "$tmp/shop/v1/blobs" "$tmp/mirror" "$tmp/trust"
 cp spec/vectors/test-key.pub "$tmp/trust/"

@@ -5,14 +5,11 @@
 # asserted at 0 (lossless codec, placed right after BOS); KL and greedy agreement are recorded
 # for 16 and 64 (the re-rotation approximation) in $BUILD/quality.txt and printed here.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=${KVFETCH:-$BUILD/kvfetch}
+. tests/cli/lib/fetch_env.sh
+fetch_env_init run-quality
 SHARED=${KVPUB_SHARED:-../shared}
 MODEL="$SHARED/models/stories260K.gguf"
-[ -f "$MODEL" ] || { echo "FAIL: $MODEL missing (set KVPUB_SHARED)" >&2; exit 1; }
-tmp=$(mktemp -d /tmp/kvpub-run-quality-XXXXXX)
-. tests/cli/lib/fetch_env.sh
-trap fetch_env_cleanup EXIT
+[ -f "$MODEL" ] || fail "$MODEL missing (set KVPUB_SHARED)"
 export KVPUB_CACHE_DIR="$tmp/cache"
 N=16
 

@@ -4,11 +4,8 @@
 # sides: other weights, other tokenizer, other RoPE base, untrusted, revoked, expired, tampered,
 # truncated. Models: tiny deterministic kvsynth models that differ in one thing each.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=${KVFETCH:-$BUILD/kvfetch}
-tmp=$(mktemp -d /tmp/kvpub-run-refusals-XXXXXX)
 . tests/cli/lib/fetch_env.sh
-trap fetch_env_cleanup EXIT
+fetch_env_init run-refusals
 export KVPUB_CACHE_DIR="$tmp/cache"
 
 synth() {  # OUT extra-args...: a 2-layer llama with a byte-level BPE tokenizer

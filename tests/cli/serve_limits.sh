@@ -28,6 +28,13 @@ healthy() {  # the daemon is alive and serving
   req GET /healthz --max-time 5
   [ "$CODE" = 200 ] && ok "healthy after $1" || fail "not answering /healthz after $1 (got $CODE)"
 }
+refused_4xx() {  # REQUEST-FILE WHAT AFTER: WHAT is answered with a 4xx; healthy after AFTER
+  raw "$1"
+  local st
+  st=$(status_of)
+  case "$st" in 4[0-9][0-9]) ok "$2 refused ($st)";; *) fail "$2: status '$st'";; esac
+  healthy "$3"
+}
 
 # ---- connection limit: 4 idle TLS connections fill the server; the next are told 503 busy at
 # once (4 spare slots at --max-conns 4); once 4 more idle ones fill those, a request gets no service
@@ -141,10 +148,7 @@ healthy "slowloris"
   for i in $(seq 6000); do printf 'X-H%d: v\r\n' "$i"; done
   printf '\r\n'
 } >"$T/many"
-raw "$T/many"
-st=$(status_of)
-case "$st" in 4[0-9][0-9]) ok "6000 headers refused ($st)";; *) fail "6000 headers: status '$st'";; esac
-healthy "a header flood"
+refused_4xx "$T/many" "6000 headers" "a header flood"
 
 # ---- a 100 KB request line ----
 {
@@ -152,10 +156,7 @@ healthy "a header flood"
   head -c 102400 /dev/zero | tr '\0' 'a'
   printf ' HTTP/1.1\r\nHost: localhost\r\n\r\n'
 } >"$T/longurl"
-raw "$T/longurl"
-st=$(status_of)
-case "$st" in 4[0-9][0-9]) ok "100 KB URL refused ($st)";; *) fail "100 KB URL: status '$st'";; esac
-healthy "a 100 KB URL"
+refused_4xx "$T/longurl" "100 KB URL" "a 100 KB URL"
 
 # ---- absurd Content-Length: 413 at once, the body is never waited for ----
 t0=$(date +%s%N)

@@ -1,6 +1,15 @@
 # fetch_env.sh: helpers the kvfetch integration tests (tests/cli/fetch_*.sh, run_*.sh) source:
 # a throwaway TLS certificate for 127.0.0.1, an nginx static mirror on a free loopback port,
-# and assertions. The caller sets $tmp and installs a trap that calls fetch_env_cleanup.
+# and assertions. The caller starts with fetch_env_init, which makes $tmp and the cleanup trap.
+
+# fetch_env_init NAME: $BUILD and $KVFETCH (overridable), a fresh $tmp named after the test
+# (/tmp/kvpub-NAME-XXXXXX), and a trap that stops the servers and removes $tmp on exit.
+fetch_env_init() {
+  BUILD=${BUILD:-build}
+  KVFETCH=${KVFETCH:-$BUILD/kvfetch}
+  tmp=$(mktemp -d "/tmp/kvpub-$1-XXXXXX")
+  trap fetch_env_cleanup EXIT
+}
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 note() { echo "--- $*"; }
