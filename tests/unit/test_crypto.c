@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "crypto/kvcrypto.h"
+#include "tests/unit/test_util.h"
 
 /* ---- helpers ---- */
 
@@ -32,10 +33,7 @@ static void assert_hex_eq(const uint8_t *bytes, size_t n, const char *want)
 
 static void write_text(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(fputs(text, f) >= 0, 1);
-    assert_int_equal(fclose(f), 0);
+    tu_write_file(path, text, strlen(text));
 }
 
 static char *read_text(const char *path)
@@ -49,25 +47,12 @@ static char *read_text(const char *path)
     return buf;
 }
 
-/* A fresh temporary directory per test; removed (with its files) in teardown. */
-static int tmpdir_setup(void **state)
+/* The files kvc_key_write_pair makes for DIR/NAME: prefix DIR/NAME, DIR/NAME.key, DIR/NAME.pub. */
+static void pair_paths(const char *dir, const char *name, char prefix[256], char key[300], char pub[300])
 {
-    char *d = strdup("/tmp/kvpub-test-crypto-XXXXXX");
-    if (!d || !mkdtemp(d)) {
-        free(d);
-        return -1;
-    }
-    *state = d;
-    return 0;
-}
-
-static int tmpdir_teardown(void **state)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", (char *)*state);
-    int rc = system(cmd);
-    free(*state);
-    return rc == 0 ? 0 : -1;
+    snprintf(prefix, 256, "%s/%s", dir, name);
+    snprintf(key, 300, "%s.key", prefix);
+    snprintf(pub, 300, "%s.pub", prefix);
 }
 
 static mode_t file_mode(const char *path)
@@ -377,9 +362,7 @@ static void test_write_pair_and_load(void **state)
 {
     const char *dir = *state;
     char prefix[256], keypath[300], pubpath[300];
-    snprintf(prefix, sizeof prefix, "%s/pub1", dir);
-    snprintf(keypath, sizeof keypath, "%s.key", prefix);
-    snprintf(pubpath, sizeof pubpath, "%s.pub", prefix);
+    pair_paths(dir, "pub1", prefix, keypath, pubpath);
     char err[512] = "";
 
     kvc_key *k = kvc_key_generate();
@@ -436,9 +419,7 @@ static void test_write_pair_refuses_existing(void **state)
 {
     const char *dir = *state;
     char prefix[256], keypath[300], pubpath[300], before[8192];
-    snprintf(prefix, sizeof prefix, "%s/dup", dir);
-    snprintf(keypath, sizeof keypath, "%s.key", prefix);
-    snprintf(pubpath, sizeof pubpath, "%s.pub", prefix);
+    pair_paths(dir, "dup", prefix, keypath, pubpath);
     char err[512] = "";
 
     kvc_key *a = kvc_key_generate(), *b = kvc_key_generate();
@@ -453,9 +434,7 @@ static void test_write_pair_refuses_existing(void **state)
 
     /* only the .pub exists: still refused, and no .key appears */
     char prefix2[256], key2[300], pub2[300];
-    snprintf(prefix2, sizeof prefix2, "%s/half", dir);
-    snprintf(key2, sizeof key2, "%s.key", prefix2);
-    snprintf(pub2, sizeof pub2, "%s.pub", prefix2);
+    pair_paths(dir, "half", prefix2, key2, pub2);
     write_text(pub2, "placeholder\n");
     assert_int_equal(kvc_key_write_pair(b, prefix2, err, sizeof err), KVC_ERR_PERM);
     assert_int_equal(access(key2, F_OK), -1);
@@ -661,11 +640,11 @@ int main(void)
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_ed25519_rfc8032),
         cmocka_unit_test(test_sign_verify_roundtrip),
-        cmocka_unit_test_setup_teardown(test_write_pair_and_load, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_write_pair_refuses_existing, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_private_key_permissions, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_load_errors, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_trust_dir, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_write_pair_and_load, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_write_pair_refuses_existing, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_private_key_permissions, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_load_errors, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_trust_dir, tu_tmpdir_setup, tu_tmpdir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

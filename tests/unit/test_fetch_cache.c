@@ -17,6 +17,7 @@
 
 #include "crypto/kvcrypto.h"
 #include "fetch/fetch.h"
+#include "tests/unit/test_util.h"
 
 static void put_file(const char *path, size_t n)
 {
@@ -92,9 +93,7 @@ static void test_cache_lru(void **state)
     assert_non_null(strstr(err, "KVPUB_CACHE_MAX"));
     unsetenv("KVPUB_CACHE_MAX");
 
-    char cmd[PATH_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tu_rm_rf(dir), 0);
 }
 
 int main(void)

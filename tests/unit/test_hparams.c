@@ -18,6 +18,7 @@
 
 #include "engine/engine_internal.h"
 #include "tests/unit/gguf_test_build.h"
+#include "tests/unit/test_util.h"
 
 static char g_tmp[256];
 
@@ -75,36 +76,61 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    return system(cmd) == 0 ? 0 : -1;
+    return tu_rm_rf(g_tmp);
 }
 
 /* ---- shared models ---- */
 
+/* The shape and RoPE fields every model states, as each shared model must read. */
+static const struct {
+    const char *file, *arch;
+    int n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train;
+    float norm_eps;
+    int rope_type, n_rot;
+    float freq_base;
+    int weight_type;
+} k_shapes[] = {
+    {"stories260K.gguf", "llama", 5, 64, 8, 4, 8, 172, 512, 512, 1e-5f, ENG_ROPE_NORMAL, 8, 10000.0f, GGML_T_F32},
+    /* head_dim 32 is key_length, not embd/head (16) */
+    {"synth/synth-qwen3-tiny-f16.gguf", "qwen3", 2, 64, 4, 2, 32, 192, 512, 2048, 1e-6f, ENG_ROPE_NEOX, 32, 1e6f,
+     GGML_T_F16},
+};
+
+static void test_shared_shapes(void **state)
+{
+    (void)state;
+    for (size_t k = 0; k < sizeof k_shapes / sizeof k_shapes[0]; k++) {
+        gguf_file *g = open_shared(k_shapes[k].file);
+        eng_info i;
+        hparams_ok(g, &i);
+        assert_string_equal(i.arch, k_shapes[k].arch);
+        assert_int_equal(i.n_layer, k_shapes[k].n_layer);
+        assert_int_equal(i.n_embd, k_shapes[k].n_embd);
+        assert_int_equal(i.n_head, k_shapes[k].n_head);
+        assert_int_equal(i.n_head_kv, k_shapes[k].n_head_kv);
+        assert_int_equal(i.head_dim, k_shapes[k].head_dim);
+        assert_int_equal(i.n_ff, k_shapes[k].n_ff);
+        assert_int_equal(i.n_vocab, k_shapes[k].n_vocab);
+        assert_int_equal(i.n_ctx_train, k_shapes[k].n_ctx_train);
+        assert_float_equal(i.norm_eps, k_shapes[k].norm_eps, 0);
+        assert_int_equal(i.rope.type, k_shapes[k].rope_type);
+        assert_int_equal(i.rope.n_rot, k_shapes[k].n_rot);
+        assert_float_equal(i.rope.freq_base, k_shapes[k].freq_base, 0);
+        assert_int_equal(i.weight_type, k_shapes[k].weight_type);
+        gguf_close(g);
+    }
+}
+
+/* stories260K's scaling, special tokens and tokenizer */
 static void test_stories(void **state)
 {
     (void)state;
     gguf_file *g = open_shared("stories260K.gguf");
     eng_info i;
     hparams_ok(g, &i);
-    assert_string_equal(i.arch, "llama");
-    assert_int_equal(i.n_layer, 5);
-    assert_int_equal(i.n_embd, 64);
-    assert_int_equal(i.n_head, 8);
-    assert_int_equal(i.n_head_kv, 4);
-    assert_int_equal(i.head_dim, 8);
-    assert_int_equal(i.n_ff, 172);
-    assert_int_equal(i.n_vocab, 512);
-    assert_int_equal(i.n_ctx_train, 512);
-    assert_float_equal(i.norm_eps, 1e-5f, 0);
-    assert_int_equal(i.rope.type, ENG_ROPE_NORMAL);
-    assert_int_equal(i.rope.n_rot, 8);
-    assert_float_equal(i.rope.freq_base, 10000.0f, 0);
     assert_float_equal(i.rope.freq_scale, 1.0f, 0);
     assert_int_equal(i.rope.scaling, ENG_ROPE_SCALING_NONE);
     assert_float_equal(i.rope.yarn_ext_factor, 0.0f, 0);
-    assert_int_equal(i.weight_type, GGML_T_F32);
     assert_int_equal(i.bos_id, 1);
     assert_int_equal(i.eos_id, 2);
     assert_int_equal(i.add_bos, 1);
@@ -112,29 +138,11 @@ static void test_stories(void **state)
     gguf_close(g);
 }
 
-static void test_synth_qwen(void **state)
+static void test_synth_qwen2(void **state)
 {
     (void)state;
-    gguf_file *g = open_shared("synth/synth-qwen3-tiny-f16.gguf");
     eng_info i;
-    hparams_ok(g, &i);
-    assert_string_equal(i.arch, "qwen3");
-    assert_int_equal(i.n_layer, 2);
-    assert_int_equal(i.n_embd, 64);
-    assert_int_equal(i.n_head, 4);
-    assert_int_equal(i.n_head_kv, 2);
-    assert_int_equal(i.head_dim, 32); /* key_length, not embd/head (16) */
-    assert_int_equal(i.n_ff, 192);
-    assert_int_equal(i.n_vocab, 512);
-    assert_int_equal(i.n_ctx_train, 2048);
-    assert_float_equal(i.norm_eps, 1e-6f, 0);
-    assert_int_equal(i.rope.type, ENG_ROPE_NEOX);
-    assert_int_equal(i.rope.n_rot, 32);
-    assert_float_equal(i.rope.freq_base, 1e6f, 0);
-    assert_int_equal(i.weight_type, GGML_T_F16);
-    gguf_close(g);
-
-    g = open_shared("synth/synth-qwen2-tiny-q80.gguf");
+    gguf_file *g = open_shared("synth/synth-qwen2-tiny-q80.gguf");
     hparams_ok(g, &i);
     assert_string_equal(i.arch, "qwen2");
     assert_int_equal(i.head_dim, 16);
@@ -331,6 +339,21 @@ static gguf_file *open_buf(const uint8_t *p, size_t n)
     return g;
 }
 
+/* fps() of the GGUF file at path / of the GGUF bytes p[0..n). */
+static void fps_path(const char *path, char model[65], char tok[65])
+{
+    gguf_file *g = open_path(path);
+    fps(g, model, tok);
+    gguf_close(g);
+}
+
+static void fps_buf(const uint8_t *p, size_t n, char model[65], char tok[65])
+{
+    gguf_file *g = open_buf(p, n);
+    fps(g, model, tok);
+    gguf_close(g);
+}
+
 /* Expected values from an independent Python (hashlib + struct) implementation of
  * spec/fingerprints.md run over the shared files. */
 static void test_fingerprint_known_answers(void **state)
@@ -376,30 +399,22 @@ static void test_fingerprint_invariance(void **state)
     assert_true(na != nb || memcmp(a, b, na) != 0); /* the files differ (general.name) */
 
     char ma[65], ta[65], mb[65], tb[65], mq[65], tq[65];
-    gguf_file *g = open_buf(a, na);
-    fps(g, ma, ta);
-    gguf_close(g);
-    g = open_path(pb);
-    fps(g, mb, tb);
-    gguf_close(g);
+    fps_buf(a, na, ma, ta);
+    fps_path(pb, mb, tb);
     assert_string_equal(ma, mb);
     assert_string_equal(ta, tb);
-    g = open_path(pq);
-    fps(g, mq, tq);
-    gguf_close(g);
+    fps_path(pq, mq, tq);
     assert_string_not_equal(ma, mq);   /* another quantization is another model */
     assert_string_equal(ta, tq);       /* same tokenizer */
 
     /* One weight byte changed: model fingerprint changes, tokenizer fingerprint does not. */
-    g = open_buf(a, na);
+    gguf_file *g = open_buf(a, na);
     const gguf_tensor *t = gguf_find_tensor(g, "blk.1.ffn_up.weight");
     size_t at = (size_t)((const uint8_t *)t->data - a) + 100;
     gguf_close(g);
     a[at] ^= 1;
     char m2[65], t2[65];
-    g = open_buf(a, na);
-    fps(g, m2, t2);
-    gguf_close(g);
+    fps_buf(a, na, m2, t2);
     assert_string_not_equal(m2, ma);
     assert_string_equal(t2, ta);
     a[at] ^= 1;
@@ -411,9 +426,7 @@ static void test_fingerprint_invariance(void **state)
     size_t mo = (size_t)((const uint8_t *)s.p - a);
     gguf_close(g);
     a[mo] = a[mo] == 'x' ? 'y' : 'x';
-    g = open_buf(a, na);
-    fps(g, m2, t2);
-    gguf_close(g);
+    fps_buf(a, na, m2, t2);
     assert_string_equal(m2, ma);
     assert_string_not_equal(t2, ta);
     free(a);
@@ -439,9 +452,7 @@ static void test_tokenizer_score_change(void **state)
     size_t at = (size_t)((const uint8_t *)d - a) + 4 * 290;
     gguf_close(g);
     a[at] ^= 0x40;
-    g = open_buf(a, n);
-    fps(g, m2, t2);
-    gguf_close(g);
+    fps_buf(a, n, m2, t2);
     assert_string_equal(m1, m2);
     assert_string_not_equal(t1, t2);
     free(a);
@@ -516,8 +527,9 @@ static void test_fingerprint_cache(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shared_shapes),
         cmocka_unit_test(test_stories),
-        cmocka_unit_test(test_synth_qwen),
+        cmocka_unit_test(test_synth_qwen2),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_defaults_and_scaling),
         cmocka_unit_test(test_yarn_from_kvsynth),

@@ -16,6 +16,7 @@
 
 #include "base/base.h"
 #include "format/kvblob.h"
+#include "tests/unit/test_util.h"
 
 enum { NL = 3, NKV = 2, HD = 16, KVD = NKV * HD, NT = 100, CT = 32, NCH = 4 };
 
@@ -781,9 +782,7 @@ static void test_write_path_atomic(void **s)
     assert_int_equal(kvb_write(&m, g_tok, kp, vp, NULL, pub, path, NULL, NULL, err, sizeof err), KVB_ERR_USAGE);
     kvc_key_free(pub);
     assert_int_equal(access(path, F_OK), -1);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tu_rm_rf(dir), 0);
     assert_int_equal(kvb_read_file("/nonexistent/x.kvb", &o, NULL, NULL, err, sizeof err), KVB_ERR_IO);
 }
 

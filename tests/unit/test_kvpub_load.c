@@ -18,6 +18,7 @@
 
 #include "kvpub/kvpub.h"
 #include "engine/kernels/quant_internal.h"
+#include "tests/unit/test_util.h"
 
 typedef struct fixture {
     eng_model *m;
@@ -67,9 +68,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    if (system(cmd) != 0)
+    if (tu_rm_rf(f->dir) != 0)
         fprintf(stderr, "could not remove %s\n", f->dir);
     kvc_trust_free(f->trust);
     kvc_key_free(f->key);

@@ -24,28 +24,9 @@
 #include "crypto/kvcrypto.h"
 #include "store/kvstore.h"
 #include "store/store_internal.h" /* the statement cache of db.c */
+#include "tests/unit/test_util.h"
 
 /* ---- fixtures ---- */
-
-static int tmpdir_setup(void **state)
-{
-    char *d = strdup("/tmp/kvpub-test-store-XXXXXX");
-    if (!d || !mkdtemp(d)) {
-        free(d);
-        return -1;
-    }
-    *state = d;
-    return 0;
-}
-
-static int tmpdir_teardown(void **state)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", (char *)*state);
-    int rc = system(cmd);
-    free(*state);
-    return rc == 0 ? 0 : -1;
-}
 
 static kvs_store *open_ok(const char *dir)
 {
@@ -68,14 +49,6 @@ static uint8_t *make_bytes(unsigned seed, size_t len)
         p[i] = (uint8_t)(x >> 16);
     }
     return p;
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
 }
 
 /* A blob description for test item n: document n, model m, codec c. */
@@ -118,7 +91,7 @@ static void make_item(item *it, const char *dir, unsigned doc, unsigned model, c
     uint8_t *bytes = make_bytes(doc * 1000 + model * 10 + (unsigned)strlen(codec), len);
     kvc_sha256(bytes, len, it->sha);
     snprintf(it->blob_path, sizeof it->blob_path, "%s/in-%u-%u-%s.blob", dir, doc, model, codec);
-    write_file(it->blob_path, bytes, len);
+    tu_write_file(it->blob_path, bytes, len);
     free(bytes);
 }
 
@@ -141,17 +114,33 @@ static void blob_file_path(const char *dir, const uint8_t id[32], char *out, siz
     snprintf(out, outlen, "%s/store/blobs/%.2s/%s", dir, hex, hex);
 }
 
-/* Counts regular files under dir (recursively, via find). */
-static int count_files(const char *dir)
+/* Runs a shell command and returns the number it prints (the index and the blob directory
+ * are inspected with the ordinary tools, not through the store). */
+static int shell_int(const char *cmd)
 {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "find '%s' -type f | wc -l", dir);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     int n = -1;
     assert_int_equal(fscanf(p, "%d", &n), 1);
     pclose(p);
     return n;
+}
+
+/* Counts regular files under dir (recursively, via find). */
+static int count_files(const char *dir)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "find '%s' -type f | wc -l", dir);
+    return shell_int(cmd);
+}
+
+/* Runs SQL on the SQLite file at dbpath behind the store's back (to age or damage an index). */
+static void exec_sql(const char *dbpath, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
 }
 
 static void sha_file(const char *path, uint8_t out[32], off_t *size)
@@ -457,19 +446,19 @@ static void test_reconcile_orphans(void **state)
     char sub[1024];
     snprintf(sub, sizeof sub, "%.*s", (int)(strrchr(orphan, '/') - orphan), orphan);
     mkdir(sub, 0755);
-    write_file(orphan, "orphan", 6);
+    tu_write_file(orphan, "orphan", 6);
     /* a temp file whose writer is gone, and one whose writer (us) still holds its lock */
     snprintf(tmpf, sizeof tmpf, "%s/tmp/blob.dead00", sdir);
-    write_file(tmpf, "partial", 7);
+    tu_write_file(tmpf, "partial", 7);
     snprintf(locked, sizeof locked, "%s/tmp/blob.live00", sdir);
-    write_file(locked, "in progress", 11);
+    tu_write_file(locked, "in progress", 11);
     int lfd = open(locked, O_RDONLY);
     assert_true(lfd >= 0);
     assert_int_equal(flock(lfd, LOCK_EX), 0);
     /* a file that is not ours is left alone */
     char foreign[1024];
     snprintf(foreign, sizeof foreign, "%s/blobs/README", sdir);
-    write_file(foreign, "hi", 2);
+    tu_write_file(foreign, "hi", 2);
 
     s = open_ok(sdir); /* reconciles on open */
     assert_int_equal(access(orphan, F_OK), -1);
@@ -574,8 +563,6 @@ static void test_budget_migration(void **state)
     kvs_store_close(s);
     /* turn the index back into schema 1: access_tokens as it was, 2 downloads left */
     snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
     const char *v1 =
         "ALTER TABLE access_tokens RENAME TO t2;\n"
         "CREATE TABLE access_tokens (\n"
@@ -590,8 +577,7 @@ static void test_budget_migration(void **state)
         "DROP TABLE revocations;\n" /* migration 3's tables; its blobs rebuild copes with either shape */
         "DROP TABLE refunds;\n"
         "PRAGMA user_version = 1;\n";
-    assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    exec_sql(dbpath, v1);
     s = open_ok(sdir); /* migrates: 2 downloads of a 100-byte blob = 200 bytes */
     assert_int_equal(kvs_store_schema_version(s), kvs_schema_latest());
     uint32_t left = 0;
@@ -614,7 +600,7 @@ static void make_listing(item *it, const char *dir, unsigned doc, unsigned pub, 
     uint8_t *bytes = make_bytes(doc * 7919 + pub, it->len);
     kvc_sha256(bytes, it->len, it->sha);
     snprintf(it->blob_path, sizeof it->blob_path, "%s/in-%u-pub%u.blob", dir, doc, pub);
-    write_file(it->blob_path, bytes, it->len);
+    tu_write_file(it->blob_path, bytes, it->len);
     free(bytes);
 }
 
@@ -778,8 +764,6 @@ static void test_listing_migration(void **state)
     uint8_t tok[32];
     assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 1, tok, NULL, err, sizeof err), KVS_OK);
     kvs_store_close(s);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
     const char *v2 =
         "CREATE TABLE b2 (id TEXT PRIMARY KEY, document_id INTEGER NOT NULL REFERENCES documents(id),\n"
         "  model_id INTEGER NOT NULL REFERENCES models(id), tokenizer_id INTEGER NOT NULL REFERENCES tokenizers(id),\n"
@@ -793,8 +777,7 @@ static void test_listing_migration(void **state)
         "DROP TABLE revocations;\n"
         "DROP TABLE refunds;\n"
         "PRAGMA user_version = 2;\n";
-    assert_int_equal(sqlite3_exec(db, v2, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    exec_sql(dbpath, v2);
     assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM access_tokens"), 1);
 
     s = open_ok(sdir);
@@ -875,12 +858,7 @@ static void test_purchases_and_tokens(void **state)
     /* only the hash of a token is stored: the raw token appears nowhere in the index */
     char cmd[1200], hex[65];
     snprintf(cmd, sizeof cmd, "sqlite3 '%s/index.db' .dump | grep -c %s", sdir, kvc_hex(tok2, 32, hex));
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    int n = -1;
-    assert_int_equal(fscanf(p, "%d", &n), 1);
-    pclose(p);
-    assert_int_equal(n, 0);
+    assert_int_equal(shell_int(cmd), 0);
 }
 
 /* ---- publishers and the download log ---- */
@@ -938,12 +916,8 @@ static void test_publishers_and_log(void **state)
     {
         char dbpath[600];
         snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
-        sqlite3 *db = NULL;
-        assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-        static const char damage[] = "UPDATE publishers SET public_key = substr(public_key, 1, 62) || 'zz' "
-                                     "WHERE key_id = '0909090909090909'";
-        assert_int_equal(sqlite3_exec(db, damage, NULL, NULL, NULL), SQLITE_OK);
-        sqlite3_close(db);
+        exec_sql(dbpath, "UPDATE publishers SET public_key = substr(public_key, 1, 62) || 'zz' "
+                         "WHERE key_id = '0909090909090909'");
         s = open_ok(sdir);
         memset(err, 'Q', sizeof err - 1);
         err[sizeof err - 1] = 0;
@@ -956,12 +930,7 @@ static void test_publishers_and_log(void **state)
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "grep -c s3cret '%s/index.db' '%s/index.db-wal' 2>/dev/null | grep -v ':0$' | wc -l",
              sdir, sdir);
-    FILE *pp = popen(cmd, "r");
-    assert_non_null(pp);
-    int hits = -1;
-    assert_int_equal(fscanf(pp, "%d", &hits), 1);
-    pclose(pp);
-    assert_int_equal(hits, 0);
+    assert_int_equal(shell_int(cmd), 0);
 }
 
 /* ---- schema versions ---- */
@@ -974,12 +943,9 @@ static void test_schema_newer_refused(void **state)
     kvs_store *s = open_ok(sdir);
     kvs_store_close(s);
     snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", kvs_schema_latest() + 1);
-    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    exec_sql(dbpath, sql);
     s = (kvs_store *)1;
     assert_int_equal(kvs_store_open(sdir, &s, err, sizeof err), KVS_ERR_SCHEMA);
     assert_null(s);
@@ -990,16 +956,14 @@ static void test_schema_newer_refused(void **state)
     snprintf(other, sizeof other, "%s/other", dir);
     assert_int_equal(mkdir(other, 0755), 0);
     snprintf(dbpath, sizeof dbpath, "%s/index.db", other);
-    assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "CREATE TABLE t (x)", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    exec_sql(dbpath, "CREATE TABLE t (x)");
     assert_int_equal(kvs_store_open(other, &s, err, sizeof err), KVS_ERR_SCHEMA);
     assert_non_null(strstr(err, "not a kvpub index"));
 
     /* a store directory that is a file */
     char f[600];
     snprintf(f, sizeof f, "%s/plainfile", dir);
-    write_file(f, "x", 1);
+    tu_write_file(f, "x", 1);
     assert_int_equal(kvs_store_open(f, &s, err, sizeof err), KVS_ERR_IO);
     assert_non_null(strstr(err, "plainfile"));
 }
@@ -1261,21 +1225,21 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_statement_cache),
-        cmocka_unit_test_setup_teardown(test_publish_and_lookup, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_catalog_filters_and_pages, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_republish_is_noop, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_reconcile_orphans, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_reconcile_tmp_fifo, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_gc_expired, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_purchases_and_tokens, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_budget_migration, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_listings_per_publisher, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_revocation_bites, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_listing_migration, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_publishers_and_log, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_schema_newer_refused, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_two_processes_publish, tmpdir_setup, tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_crash_leaves_no_partial_state, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_and_lookup, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_catalog_filters_and_pages, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_republish_is_noop, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_orphans, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_tmp_fifo, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_gc_expired, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_purchases_and_tokens, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_budget_migration, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_listings_per_publisher, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_revocation_bites, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_listing_migration, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_publishers_and_log, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_schema_newer_refused, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_two_processes_publish, tu_tmpdir_setup, tu_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_crash_leaves_no_partial_state, tu_tmpdir_setup, tu_tmpdir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
