@@ -163,6 +163,8 @@ typedef struct eng_vocab_desc {
     int add_space_prefix;       /* SPM: prefix '▁' to the text (and after special tokens) */
     int rstrip_special;         /* white space after a special token is dropped (llama.cpp does
                                  * this for Phi-3, except after <unk>, <s>, <|endoftext|>) */
+    const char *chat_template;  /* tokenizer.chat_template (Jinja source), or NULL */
+    size_t chat_template_len;
 } eng_vocab_desc;
 
 /* Builds a vocabulary from d, validating it: counts match, ids in range, every merge names
@@ -187,6 +189,10 @@ int32_t eng_vocab_bos(const eng_vocab *v);
 int32_t eng_vocab_eos(const eng_vocab *v);
 int eng_vocab_add_bos(const eng_vocab *v);
 int eng_vocab_add_eos(const eng_vocab *v);
+/* The GGUF's tokenizer.chat_template (Jinja source, NUL-terminated), or NULL when absent. */
+const char *eng_vocab_chat_template(const eng_vocab *v);
+/* The same for a loaded model. */
+const char *eng_model_chat_template(const eng_model *m);
 
 /* Tokenizes len bytes. add_special: prepend BOS / append EOS as the vocab's add_bos/add_eos
  * policy says. parse_special: match control, user-defined and unknown token texts in the

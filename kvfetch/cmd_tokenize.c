@@ -4,6 +4,7 @@
 #include "base/base.h"
 #include "engine/engine.h"
 #include "kvfetch/kvfetch.h"
+#include "kvpub/kvpub.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -28,6 +29,11 @@ static void usage(FILE *f)
           "  --no-bos         never add BOS (by default it is added when the vocabulary says so)\n"
           "  --separator SEP  tokenize each part of the input between occurrences of SEP on its\n"
           "                   own, one line per part (one model load for many texts)\n"
+          "  --chat           the text is a user message: wrap it in the GGUF's chat template (ChatML/\n"
+          "                   Qwen, Llama 3 or Phi-3, rendered as llama.cpp's llama_chat_apply_template\n"
+          "                   does) with the assistant's header after it; implies --special\n"
+          "  --system S       with --chat: a system message first\n"
+          "  --text           print the text that would be tokenized (after --chat) instead of ids\n"
           "  --json           one JSON object: ids, and per token its vocabulary text and the\n"
           "                   bytes it stands for (null when those are not UTF-8 on their own)\n"
           "Exit codes: 0 ok, 2 usage or I/O error, 3 the vocabulary cannot be read or used.\n",
@@ -66,16 +72,31 @@ static int emit(const eng_vocab *v, const int32_t *ids, size_t n, json_t *parts)
     return json_array_append_new(parts, json_pack("{s:o, s:o}", "ids", jids, "tokens", toks));
 }
 
+/* The conversation --chat tokenizes: [system,] user = the n bytes at s, assistant header. */
+static char *chat_text(kvp_chat_format fmt, const char *system, const char *s, size_t n)
+{
+    char *user = strndup(s, n), *conv = NULL;
+    if (system && !*system)
+        system = NULL; /* an empty system message is none */
+    kvp_chat_msg msgs[2] = {{"system", system ? system : ""}, {"user", user}};
+    if (user && kvp_chat_render(fmt, system ? msgs : msgs + 1, system ? 2 : 1, 1, &conv) != KVP_OK)
+        conv = NULL;
+    free(user);
+    return conv;
+}
+
 int kvfetch_tokenize_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'},  {"special", no_argument, NULL, 's'},
         {"no-special", no_argument, NULL, 'S'},   {"no-bos", no_argument, NULL, 'B'},
         {"separator", required_argument, NULL, 'p'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"chat", no_argument, NULL, 'c'},         {"system", required_argument, NULL, 'y'},
+        {"text", no_argument, NULL, 't'},         {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    const char *model = NULL, *sep = NULL;
-    int special = 1, add_bos = 1, as_json = 0, c;
+    const char *model = NULL, *sep = NULL, *system = NULL;
+    int special = 1, add_bos = 1, as_json = 0, chat = 0, show_text = 0, c;
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -86,6 +107,9 @@ int kvfetch_tokenize_main(int argc, char **argv)
         case 'B': add_bos = 0; break;
         case 'p': sep = optarg; break;
         case 'j': as_json = 1; break;
+        case 'c': chat = 1; break;
+        case 'y': system = optarg; break;
+        case 't': show_text = 1; break;
         case 'h': usage(stdout); return KVF_EXIT_OK;
         default:
             fprintf(stderr, "kvfetch tokenize: unexpected option '%s' (try --help)\n", argv[optind - 1]);
@@ -116,6 +140,19 @@ int kvfetch_tokenize_main(int argc, char **argv)
         free(text);
         return st == ENG_ERR_IO ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
     }
+    kvp_chat_format fmt = KVP_CHAT_NONE;
+    if (chat) {
+        const char *other;
+        fmt = kvp_chat_detect(eng_vocab_chat_template(v), &other);
+        if (fmt == KVP_CHAT_NONE) {
+            fprintf(stderr, "kvfetch tokenize: %s: the chat template is %s, which kvpub does not render "
+                            "(supported: ChatML/Qwen, Llama 3, Phi-3)\n", model, other);
+            eng_vocab_free(v);
+            free(text);
+            return KVF_EXIT_MALFORMED;
+        }
+        special = 1;
+    }
     json_t *parts = as_json ? json_array() : NULL;
     int rc = KVF_EXIT_OK;
     size_t sl = sep ? strlen(sep) : 0;
@@ -125,11 +162,25 @@ int kvfetch_tokenize_main(int argc, char **argv)
         const char *stop = hit ? hit : end;
         int32_t *ids = NULL;
         size_t n = 0;
-        st = eng_vocab_tokenize(v, p, (size_t)(stop - p), add_bos, special, &ids, &n, err, sizeof err);
+        const char *in = p;
+        size_t in_n = (size_t)(stop - p);
+        char *conv = chat ? chat_text(fmt, system, p, in_n) : NULL;
+        if (conv) {
+            in = conv;
+            in_n = strlen(conv);
+        }
+        err[0] = 0;
+        if (chat && !conv)
+            st = ENG_ERR_NOMEM;
+        else if (show_text)
+            st = fwrite(in, 1, in_n, stdout) == in_n && putchar('\n') != EOF ? ENG_OK : ENG_ERR_IO;
+        else
+            st = eng_vocab_tokenize(v, in, in_n, add_bos, special, &ids, &n, err, sizeof err);
+        free(conv);
         if (st != ENG_OK) {
             fprintf(stderr, "kvfetch tokenize: %s\n", err[0] ? err : eng_status_str(st));
-            rc = st == ENG_ERR_NOMEM ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
-        } else if (emit(v, ids, n, parts) != 0) {
+            rc = st == ENG_ERR_NOMEM || st == ENG_ERR_IO ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
+        } else if (!show_text && emit(v, ids, n, parts) != 0) {
             fputs("kvfetch tokenize: out of memory\n", stderr);
             rc = KVF_EXIT_USAGE;
         }

@@ -15,7 +15,7 @@
 static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *prog, const char *usage)
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
-           O_TOPP, O_THREADS, O_JSON };
+           O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL };
     static const struct option longopts[] = {
         KVF_SHARED_LONGOPTS,
         {"model", required_argument, NULL, O_MODEL},
@@ -28,11 +28,16 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         {"top-p", required_argument, NULL, O_TOPP},
         {"threads", required_argument, NULL, O_THREADS},
         {"json", no_argument, NULL, O_JSON},
+        {"chat", no_argument, NULL, O_CHAT},
+        {"system", required_argument, NULL, O_SYSTEM},
+        {"special", no_argument, NULL, O_SPECIAL},
+        {"no-special", no_argument, NULL, O_NO_SPECIAL},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     memset(a, 0, sizeof *a);
     a->prefix = "";
+    a->special = 1;
     a->n_gen = 64;
     a->top_p = 1.0f;
     a->seed = 1;
@@ -59,6 +64,10 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         case O_PREFIX: a->prefix = optarg; break;
         case O_PROMPT: a->prompt = optarg; break;
         case O_JSON: a->json = 1; break;
+        case O_CHAT: a->chat = 1; break;
+        case O_SYSTEM: a->system = optarg; break;
+        case O_SPECIAL: a->special = 1; break;
+        case O_NO_SPECIAL: a->special = 0; break;
         case 'n': {
             long v;
             if (kvf_parse_long(optarg, 1, KVFETCH_MAX_GEN, &v) != 0) {
@@ -117,6 +126,15 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         fprintf(stderr, "%s: --model, --blob and a non-empty --prompt are required (try --help)\n", prog);
         return 2;
     }
+    if (a->chat && *a->prefix) {
+        fprintf(stderr, "%s: --chat builds the text before the documents itself: give --system, not --prefix\n",
+                prog);
+        return 2;
+    }
+    if (a->system && !a->chat) {
+        fprintf(stderr, "%s: --system needs --chat (without it, put the text in --prefix)\n", prog);
+        return 2;
+    }
     return 0;
 }
 
@@ -126,6 +144,8 @@ void kvfetch_session_free(kvfetch_session *s)
         return;
     for (int i = 0; i < KVFETCH_MAX_BLOBS; i++)
         free(s->doc_tokens[i]);
+    free(s->chat_before);
+    free(s->chat_after);
     free(s->prefix_ids);
     free(s->prompt_ids);
     free(s->logits);
@@ -195,13 +215,30 @@ static int load_model(kvfetch_session *s)
     }
     s->fp_s = base_now_s() - t;
     s->path.bos = s->info->add_bos && s->info->bos_id >= 0 ? s->info->bos_id : -1;
-    /* prefix and prompt are the caller's own text: special-token strings are honoured */
-    if (*s->a.prefix &&
-        eng_tokenize(s->model, s->a.prefix, strlen(s->a.prefix), 0, 1, &s->prefix_ids, &s->n_prefix) != ENG_OK) {
+    const char *prefix = s->a.prefix, *prompt = s->a.prompt;
+    if (s->a.chat) {
+        const char *other;
+        kvp_chat_format f = kvp_chat_detect(eng_model_chat_template(s->model), &other);
+        if (f == KVP_CHAT_NONE) {
+            fprintf(stderr, "%s: --chat: the model's chat template is %s, which kvpub does not render "
+                            "(supported: ChatML/Qwen, Llama 3, Phi-3)\n", s->prog, other);
+            return 2;
+        }
+        if (kvp_chat_wrap(f, s->a.system, s->a.prompt, &s->chat_before, &s->chat_after) != KVP_OK) {
+            fprintf(stderr, "%s: out of memory\n", s->prog);
+            return 2;
+        }
+        prefix = s->chat_before;
+        prompt = s->chat_after;
+    }
+    /* prefix and prompt are the caller's own text: special-token strings are honoured unless
+     * --no-special says otherwise (--chat's markers always are) */
+    int special = s->a.special || s->a.chat;
+    if (*prefix && eng_tokenize(s->model, prefix, strlen(prefix), 0, special, &s->prefix_ids, &s->n_prefix) != ENG_OK) {
         fprintf(stderr, "%s: cannot tokenize --prefix\n", s->prog);
         return 2;
     }
-    if (eng_tokenize(s->model, s->a.prompt, strlen(s->a.prompt), 0, 1, &s->prompt_ids, &s->n_prompt) != ENG_OK ||
+    if (eng_tokenize(s->model, prompt, strlen(prompt), 0, special, &s->prompt_ids, &s->n_prompt) != ENG_OK ||
         s->n_prompt == 0) {
         fprintf(stderr, "%s: cannot tokenize --prompt (or it has no tokens)\n", s->prog);
         return 2;

@@ -21,6 +21,14 @@
     "                       repeat to place several documents in order (at most 16)\n"          \
     "  --prefix TEXT        text before the documents, e.g. a system prompt (default empty)\n" \
     "  --prompt TEXT        text after the documents (required, non-empty)\n"                  \
+    "  --chat               build the conversation with the model's chat template (ChatML/Qwen,\n" \
+    "                       Llama 3, Phi-3, as llama.cpp renders them): [--system turn,] a user\n" \
+    "                       turn holding the documents, a blank line and --prompt, then the\n"  \
+    "                       assistant's header; other templates are refused\n"                 \
+    "  --system TEXT        with --chat: the system message\n"                                  \
+    "  --special            match special-token texts (<|im_start|>, ...) in --prefix and\n"   \
+    "                       --prompt (the default for prompts; documents never are)\n"         \
+    "  --no-special         treat them as plain text\n"                                         \
     "  -n N                 tokens to generate (default 64; stops early at end of generation)\n" \
     "  --temp T             sampling temperature; 0 = greedy (default 0)\n"                    \
     "  --top-k K, --top-p P sampling filters (default off)\n"                                   \
@@ -32,8 +40,8 @@ typedef struct kvfetch_run_args {
     const char *model;
     const char *blobs[KVFETCH_MAX_BLOBS];
     int n_blobs;
-    const char *prefix, *prompt;
-    int n_gen, threads, top_k, json;
+    const char *prefix, *prompt, *system;
+    int n_gen, threads, top_k, json, chat, special;
     float temp, top_p;
     uint64_t seed;
     kvf_common co;
@@ -51,6 +59,7 @@ typedef struct kvfetch_session {
     int32_t *doc_tokens[KVFETCH_MAX_BLOBS];
     uint32_t doc_n[KVFETCH_MAX_BLOBS];
     kvp_load_stats ls[KVFETCH_MAX_BLOBS];
+    char *chat_before, *chat_after; /* --chat: the text around the documents */
     int32_t *prefix_ids, *prompt_ids;
     size_t n_prefix, n_prompt;
     size_t n_cells;        /* context size, from the blobs' headers (0 = not yet read) */

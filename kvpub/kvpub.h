@@ -328,4 +328,32 @@ kvp_status kvp_compare(const kvp_compare_opts *o, float *logits, kvp_compare_res
                        char *err, size_t errlen) KVP_WUR;
 void kvp_compare_result_clear(kvp_compare_result *r); /* frees tokens and kl; NULL is a no-op */
 
+/* ---- chat formats (chat.c) ----
+ * The conversation a llama.cpp user's prompt holds, as llama_chat_apply_template renders the
+ * GGUF's tokenizer.chat_template with its built-in formats (not Jinja): ChatML (Qwen), Llama 3
+ * and Phi-3. */
+
+typedef enum kvp_chat_format { KVP_CHAT_NONE = 0, KVP_CHAT_CHATML, KVP_CHAT_LLAMA3, KVP_CHAT_PHI3 } kvp_chat_format;
+
+typedef struct kvp_chat_msg {
+    const char *role;    /* "system", "user", "assistant" */
+    const char *content;
+} kvp_chat_msg;
+
+/* The format llama.cpp's detector picks for a template (Jinja source or a bare format name).
+ * KVP_CHAT_NONE when it is none of the three: *other then names what it is (for the refusal). */
+kvp_chat_format kvp_chat_detect(const char *tmpl, const char **other);
+const char *kvp_chat_format_name(kvp_chat_format f); /* "chatml", "llama3", "phi3", "none" */
+
+/* The whole conversation as text (malloc'd), with the assistant's header when add_assistant. */
+kvp_status kvp_chat_render(kvp_chat_format f, const kvp_chat_msg *msgs, size_t n, int add_assistant,
+                           char **out) KVP_WUR;
+
+/* A conversation with the documents in the user turn, as the text before them (optional system
+ * turn, the user header) and after them ("\n\n", the question, the end of the turn and the
+ * assistant's header): documents placed between the two give render(system, documents +
+ * "\n\n" + question). Both malloc'd. */
+kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *question, char **before,
+                         char **after) KVP_WUR;
+
 #endif

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/base.h"
 #include "engine/gguf.h"
 #include "kvsynth/synth_vocab.h"
 
@@ -16,13 +17,14 @@ static void usage(FILE *f)
     fputs("usage: kvsynth --arch llama|qwen2|qwen3 --layers N --dim D --heads H [--kv-heads K]\n"
           "               [--head-dim HD] --ffn F --vocab V [--ctx C] [--type TYPE]\n"
           "               [--rope-base B] [--yarn FACTOR] [--n-rot R] [--rope-freqs]\n"
-          "               [--tied|--untied] [--extra-tensor NAME]\n"
+          "               [--tied|--untied] [--extra-tensor NAME] [--chat-template FILE]\n"
           "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--name NAME]\n"
           "               --seed S -o OUT.gguf [--json]\n"
           "Writes a GGUF model with deterministic random weights (same arguments, same bytes).\n"
           "  TYPE       f32 f16 bf16 q8_0 q4_0 q4_k q6_k (2-D weights; norms and biases stay f32)\n"
           "  --yarn F   YaRN scaling by F: context_length = C*F, original context C\n"
           "  --n-rot R  partial rotary: RoPE turns the first R dims of each head (default: all)\n"
+          "  --chat-template FILE  store FILE's text as tokenizer.chat_template\n"
           "  --extra-tensor NAME  also write an f32 vector NAME that no forward pass reads (a model\n"
           "             feature kvpub does not implement; for refusal tests)\n"
           "  --rope-freqs  write rope_freqs.weight, llama3 frequency factors (scale 8, low 1,\n"
@@ -111,7 +113,7 @@ typedef struct plan_t {
 } plan_t;
 
 typedef struct opts {
-    const char *arch, *out, *type_name, *tok, *pre, *name, *extra_tensor;
+    const char *arch, *out, *type_name, *tok, *pre, *name, *extra_tensor, *chat_template;
     long layers, dim, heads, kv_heads, head_dim, ffn, vocab, ctx, n_rot;
     double rope_base, yarn;
     int tied; /* -1 default */
@@ -299,6 +301,8 @@ static int parse_args(int argc, char **argv, opts *o)
                 r = parse_double(a, v, 1.0, 1e12, &o->rope_base);
             else if (strcmp(a, "--yarn") == 0)
                 r = parse_double(a, v, 1.0, 1024.0, &o->yarn);
+            else if (strcmp(a, "--chat-template") == 0)
+                o->chat_template = v;
             else if (strcmp(a, "--extra-tensor") == 0)
                 o->extra_tensor = v;
             else if (strcmp(a, "--n-rot") == 0)
@@ -451,6 +455,7 @@ int kvsynth_model_main(int argc, char **argv)
     }
     char name[128];
     snprintf(name, sizeof name, "%s", o.name ? o.name : "kvsynth");
+    char *tmpl = NULL;
     ggw *w = ggw_create(32);
     int rc = 2;
     float *row = malloc(max_ne0 * sizeof *row);
@@ -459,7 +464,19 @@ int kvsynth_model_main(int argc, char **argv)
         fputs("kvsynth: out of memory\n", stderr);
         goto out;
     }
-    if (write_hparams(w, &o, file_type, name) | synth_vocab_write(w, &v)) {
+    if (o.chat_template) {
+        FILE *tf = fopen(o.chat_template, "rb");
+        size_t tl;
+        tmpl = tf ? base_read_stream(tf, 1 << 20, &tl) : NULL;
+        if (tf)
+            fclose(tf);
+        if (!tmpl) {
+            fprintf(stderr, "kvsynth: cannot read --chat-template %s\n", o.chat_template);
+            goto out;
+        }
+    }
+    if (write_hparams(w, &o, file_type, name) | synth_vocab_write(w, &v) |
+        (tmpl ? ggw_kv_str(w, "tokenizer.chat_template", tmpl) : 0)) {
         fputs("kvsynth: out of memory\n", stderr);
         goto out;
     }
@@ -490,6 +507,7 @@ fail:
     fprintf(stderr, "kvsynth: %s\n", err);
 out:
     ggw_free(w);
+    free(tmpl);
     free(row);
     free(qrow);
     free(plan);

@@ -23,19 +23,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 dir="$BUILD/llamacpp"
 skip() { echo "bench-llamacpp: skipped: $*"; exit 0; }
 
-CC=${CC:-cc}
-command -v "$CC" >/dev/null 2>&1 || skip "no C compiler ($CC)"
+command -v "${CC:-cc}" >/dev/null 2>&1 || skip "no C compiler (${CC:-cc})"
 . "$here/llamacpp/install.sh"
 llamacpp_install "$dir" || skip "$LLAMACPP_WHY"
 lib=$LLAMACPP_LIB
 VERSION=$LLAMACPP_VERSION
 
-exe="$dir/llama_bench"
-if [ ! -x "$exe" ] || [ "$here/llamacpp/llama_bench.c" -nt "$exe" ]; then
-  # shellcheck disable=SC2086 # the flags are word lists
-  "$CC" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC "$here/llamacpp/llama_bench.c" -o "$exe" $LLAMACPP_LDFLAGS ||
-    skip "cannot compile scripts/llamacpp/llama_bench.c"
-fi
+exe=$(llamacpp_build llama_bench) || skip "cannot compile scripts/llamacpp/llama_bench.c"
 
 data="$BUILD/bench-data"; mkdir -p "$data"
 model() {  # type -> Qwen3-0.6B-shaped kvsynth model (the one bench_engine uses), made once

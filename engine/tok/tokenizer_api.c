@@ -32,6 +32,11 @@ eng_status eng_tokenize(const eng_model *m, const char *text, size_t len, int ad
     return eng_vocab_tokenize(eng_model_vocab(m), text, len, add_bos, parse_special, ids, n, NULL, 0);
 }
 
+const char *eng_model_chat_template(const eng_model *m)
+{
+    return m && eng_model_vocab(m) ? eng_vocab_chat_template(eng_model_vocab(m)) : NULL;
+}
+
 eng_detok *eng_detok_create(const eng_model *m)
 {
     return m ? eng_vocab_detok_create(eng_model_vocab(m)) : NULL;

@@ -208,6 +208,7 @@ void eng_vocab_free(struct eng_vocab *v)
     free(v->merges);
     free(v->mergemap.slot);
     free(v->special);
+    free(v->chat_template);
     free(v);
 }
 
@@ -373,6 +374,11 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     v->add_eos = d->add_eos != 0;
     v->add_space_prefix = d->kind == ENG_VOCAB_SPM && d->add_space_prefix;
     v->rstrip_special = d->rstrip_special != 0;
+    if (d->chat_template && !(v->chat_template = strndup(d->chat_template, d->chat_template_len))) {
+        eng_vocab_free(v);
+        base_errf(err, errlen, "out of memory copying the chat template");
+        return ENG_ERR_NOMEM;
+    }
     bytemap_init(v);
     v->text = malloc(total ? total : 1);
     v->piece = malloc(total ? total : 1);
@@ -477,6 +483,7 @@ int32_t eng_vocab_bos(const struct eng_vocab *v) { return v->bos; }
 int32_t eng_vocab_eos(const struct eng_vocab *v) { return v->eos; }
 int eng_vocab_add_bos(const struct eng_vocab *v) { return v->add_bos; }
 int eng_vocab_add_eos(const struct eng_vocab *v) { return v->add_eos; }
+const char *eng_vocab_chat_template(const struct eng_vocab *v) { return v->chat_template; }
 
 const char *eng_vocab_token_text(const struct eng_vocab *v, int32_t id, size_t *len)
 {

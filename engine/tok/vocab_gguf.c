@@ -216,6 +216,14 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
      * engine and the tokenizer cannot disagree. */
     d.add_bos = eng_vocab_default_add_bos(g);
     d.rstrip_special = name_has_phi3(g);
+    gguf_str ct;
+    r = gguf_get_str(g, "tokenizer.chat_template", &ct);
+    if (r < 0)
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key 'tokenizer.chat_template' has the wrong type (expected a string)");
+    if (r == 1 && !memchr(ct.p, 0, (size_t)ct.n)) { /* a NUL inside: no template we could read */
+        d.chat_template = ct.p;
+        d.chat_template_len = (size_t)ct.n;
+    }
     d.add_space_prefix = d.kind == ENG_VOCAB_SPM;
     if ((st = get_id(g, "tokenizer.ggml.bos_token_id", &d.bos_id, err, errlen)) ||
         (st = get_id(g, "tokenizer.ggml.eos_token_id", &d.eos_id, err, errlen)) ||

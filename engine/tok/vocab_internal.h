@@ -43,6 +43,7 @@ struct eng_vocab {
     size_t n_special;
     int32_t bos, eos, unk, eot;
     int add_bos, add_eos, add_space_prefix, rstrip_special;
+    char *chat_template;     /* NUL-terminated copy, or NULL */
     int32_t eog[16];
     size_t n_eog;
     size_t max_piece;        /* longest piece: sizes the streaming detokenizer's buffer */

@@ -10,7 +10,7 @@
 # ggml headers and models/ (llama.cpp's vocabulary-only GGUFs with their test texts, and its
 # chat templates), so that what the harnesses compile against is exactly what the library is.
 # On success it sets LLAMACPP_LIB (the .so folder), LLAMACPP_INC (-I flags), LLAMACPP_LDFLAGS,
-# LLAMACPP_SRC (headers and models/) and LLAMACPP_VERSION; on failure it returns 1 with one line
+# LLAMACPP_SRC (headers and models/), LLAMACPP_DIR and LLAMACPP_VERSION; on failure it returns 1 with one line
 # in LLAMACPP_WHY (no npm registry, no git, not linux-x86_64).
 
 LLAMACPP_VERSION=3.22.1
@@ -56,5 +56,19 @@ llamacpp_install() {
   LLAMACPP_SRC="$dir/hdr"
   LLAMACPP_INC="-I$dir/hdr/include -I$dir/hdr/ggml/include"
   LLAMACPP_LDFLAGS="-L$lib -l:libllama.v0.5.0.so -l:libggml.v0.5.0.so -l:libggml-base.so -Wl,-rpath,$lib"
+  LLAMACPP_DIR=$dir
   return 0
+}
+
+# llamacpp_build NAME: compiles scripts/llamacpp/NAME.c against the installed library into
+# $LLAMACPP_DIR/NAME when missing or older than the source; prints the executable's path.
+llamacpp_build() {
+  local src exe
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$1.c"
+  exe="$LLAMACPP_DIR/$1"
+  if [ ! -x "$exe" ] || [ "$src" -nt "$exe" ]; then
+    # shellcheck disable=SC2086 # the flags are word lists
+    "${CC:-cc}" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC "$src" -o "$exe" $LLAMACPP_LDFLAGS -lm >&2 || return 1
+  fi
+  echo "$exe"
 }

@@ -13,14 +13,9 @@ set -eu
 BUILD=${BUILD:-build}
 KVFETCH=$BUILD/kvfetch
 KVSYNTH=$BUILD/kvsynth
-CC=${CC:-cc}
 . scripts/llamacpp/install.sh
 llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp model features: $LLAMACPP_WHY"; exit 0; }
-logits="$BUILD/llamacpp/llama_logits"
-if [ ! -x "$logits" ] || [ scripts/llamacpp/llama_logits.c -nt "$logits" ]; then
-  # shellcheck disable=SC2086 # the flags are word lists
-  "$CC" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC scripts/llamacpp/llama_logits.c -o "$logits" $LLAMACPP_LDFLAGS -lm
-fi
+logits=$(llamacpp_build llama_logits)
 tmp=$(mktemp -d /tmp/kvpub-model-features-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }

@@ -13,14 +13,9 @@
 set -eu
 BUILD=${BUILD:-build}
 KVFETCH=${KVFETCH:-$BUILD/kvfetch}
-CC=${CC:-cc}
 . scripts/llamacpp/install.sh
 llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp parity: $LLAMACPP_WHY"; exit 0; }
-tok="$BUILD/llamacpp/llama_tok"
-if [ ! -x "$tok" ] || [ scripts/llamacpp/llama_tok.c -nt "$tok" ]; then
-  # shellcheck disable=SC2086 # the flags are word lists
-  "$CC" -std=c11 -O2 -Wall -Wextra $LLAMACPP_INC scripts/llamacpp/llama_tok.c -o "$tok" $LLAMACPP_LDFLAGS
-fi
+tok=$(llamacpp_build llama_tok)
 tmp=$(mktemp -d /tmp/kvpub-tok-parity-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 SEP=$'\n__ggml_vocab_test__\n'
