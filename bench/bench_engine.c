@@ -5,32 +5,12 @@
  * printed for prefills: the machine may be shared.
  * usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] */
 #include "base/base.h"
+#include "bench/bench_util.h"
 #include "engine/engine.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-static double cpu_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 int main(int argc, char **argv)
 {
@@ -81,13 +61,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_engine: %s\n", err);
                 return 2;
             }
-            double t0 = base_now_s(), u0 = cpu_s();
+            double t0 = base_now_s(), u0 = bench_cpu_s();
             if (eng_prefill(c, toks, NULL, (size_t)lens[li], logits, NULL) != ENG_OK) {
                 fputs("bench_engine: prefill failed\n", stderr);
                 return 2;
             }
             tps[r] = lens[li] / (base_now_s() - t0);
-            cpu[r] = cpu_s() - u0;
+            cpu[r] = bench_cpu_s() - u0;
             if (lens[li] == NMAX) {
                 for (int k = 0; k < NSMALL; k++) {
                     double t1 = base_now_s();
@@ -115,15 +95,14 @@ int main(int argc, char **argv)
             eng_ctx_free(c);
         }
         printf("prefill %d tokens: %.2f tok/s (median of %d), %.2f CPU s per run\n", lens[li],
-               median(tps, runs), runs, median(cpu, runs));
+               bench_median(tps, runs), runs, bench_median(cpu, runs));
     }
     for (int k = 0; k < NSMALL; k++)
         printf("prefill %d token(s) after %d: %.4f s (median of %d)\n", small[k], NMAX,
-               median(sm[k], runs), runs);
-    printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, median(dec, runs), runs, n_dec);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("peak RSS: %.1f MiB\n", (double)ru.ru_maxrss / 1024.0);
+               bench_median(sm[k], runs), runs);
+    printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, bench_median(dec, runs), runs,
+           n_dec);
+    bench_print_peak_rss();
     free(toks);
     free(logits);
     eng_model_free(m);

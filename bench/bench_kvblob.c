@@ -3,6 +3,7 @@
  * threads, checking both give the same bytes); verify+decode on 1 thread per core (CPU time)
  * and wall on n threads; verify only. All GB/s are of raw f16 KV. */
 #include "base/base.h"
+#include "bench/bench_util.h"
 #include "format/kvblob.h"
 
 #include <math.h>
@@ -14,15 +15,6 @@
 #include <unistd.h>
 
 enum { NL = 28, NKV = 8, HD = 128, KVD = NKV * HD };
-
-/* CPU seconds of this process: on a shared machine wall time measures the neighbours too,
- * so per-core figures use CPU time (single-threaded runs use exactly one core). */
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static double gauss(void)
@@ -79,14 +71,14 @@ static double read_once(const uint8_t *blob, size_t len, const kvc_key *key, int
     o.on_chunk = sink;
     o.user = &toks;
     char err[256];
-    double t0 = base_now_s(), c0 = cpu_s();
+    double t0 = base_now_s(), c0 = bench_cpu_s();
     kvb_reader *r = kvb_reader_create(&o);
     kvb_status st = kvb_reader_feed(r, blob, len, err, sizeof err);
     if (!st)
         st = kvb_reader_finish(r, err, sizeof err);
     kvb_reader_free(r);
     double dt = base_now_s() - t0;
-    *cpu = cpu_s() - c0;
+    *cpu = bench_cpu_s() - c0;
     if (st) {
         fprintf(stderr, "bench_kvblob: read failed: %s\n", err);
         return -1;
@@ -187,9 +179,9 @@ int main(int argc, char **argv)
         size_t len = 0, len_n = 0;
         char err[256];
         kvb_write_opts wo = {level, 1, NULL};
-        double c0 = cpu_s();
+        double c0 = bench_cpu_s();
         kvb_status st = kvb_write(&m, tok, kp, vp, &wo, key, NULL, &blob, &len, err, sizeof err);
-        double enc1 = cpu_s() - c0;
+        double enc1 = bench_cpu_s() - c0;
         wo.n_threads = threads;
         double w0 = base_now_s();
         if (!st)

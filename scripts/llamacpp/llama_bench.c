@@ -11,11 +11,11 @@
  * LIBDIR is the folder with libllama*.so / libggml-cpu-*.so; its CPU backends are loaded from there. */
 #define _POSIX_C_SOURCE 200809L
 #include "llama.h"
+#include "../../bench/bench_util.h" /* by path: built outside the Makefile */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 static double now_s(void)
@@ -23,18 +23,6 @@ static double now_s(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static void quiet_log(enum ggml_log_level level, const char *text, void *ud)
@@ -186,18 +174,17 @@ int main(int argc, char **argv)
                 }
                 llama_free(c);
             }
-            printf("prefill %d tokens: %.2f tok/s (median of %d)\n", lens[li], median(tps, runs), runs);
+            printf("prefill %d tokens: %.2f tok/s (median of %d)\n", lens[li], bench_median(tps, runs), runs);
             fflush(stdout);
         }
-        printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, median(dec, runs), runs,
+        printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, bench_median(dec, runs), runs,
                n_dec);
-        printf("save %d-token state: %.3f s (median of %d, %zu bytes)\n", NMAX, median(sv, runs), runs, state_bytes);
-        printf("restore %d-token state: %.3f s (median of %d)\n", NMAX, median(rs, runs), runs);
+        printf("save %d-token state: %.3f s (median of %d, %zu bytes)\n", NMAX, bench_median(sv, runs), runs,
+               state_bytes);
+        printf("restore %d-token state: %.3f s (median of %d)\n", NMAX, bench_median(rs, runs), runs);
         fflush(stdout);
     }
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("peak RSS: %.1f MiB\n", (double)ru.ru_maxrss / 1024.0);
+    bench_print_peak_rss();
     free(toks);
     llama_model_free(model);
     llama_backend_free();

@@ -1,0 +1,42 @@
+/* bench_util.h: the timing and summary helpers the benchmarks share (header-only, libc and
+ * POSIX only, so that scripts/llamacpp/llama_bench.c, built outside the Makefile against
+ * llama.h alone, measures and prints exactly as bench/bench_engine.c does). */
+#ifndef KVPUB_BENCH_UTIL_H
+#define KVPUB_BENCH_UTIL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* CPU seconds of this process: on a shared machine wall time measures the neighbours too,
+ * so per-core figures use CPU time (single-threaded runs use exactly one core). */
+static inline double bench_cpu_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of v[0..n), n >= 1; sorts v in place. */
+static inline double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Prints the process's peak resident set, the last line of both engine benchmarks. */
+static inline void bench_print_peak_rss(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("peak RSS: %.1f MiB\n", (double)ru.ru_maxrss / 1024.0);
+}
+
+#endif
