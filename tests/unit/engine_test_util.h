@@ -38,6 +38,30 @@ __attribute__((unused)) static const tol k_tol[3][2] = {
  * legitimately differ: comparisons stop (greedy) or accept the flip (argmax) there. */
 __attribute__((unused)) static const double MIN_MARGIN = 0.05;
 
+/* The models llama.cpp's goldens cover (shared/golden/{models,kshift}/NAME.json), with the
+ * weight type that picks their row of k_tol. */
+typedef struct et_golden_model {
+    const char *name;
+    int wtype;
+} et_golden_model;
+
+enum { ET_N_GOLDEN = 10 };
+__attribute__((unused)) static const et_golden_model k_golden_models[ET_N_GOLDEN] = {
+    {"stories260K", W_F32},
+    {"synth-llama-tiny-f32", W_F32}, {"synth-llama-tiny-f16", W_F16}, {"synth-llama-tiny-q80", W_Q80},
+    {"synth-qwen2-tiny-f32", W_F32}, {"synth-qwen2-tiny-f16", W_F16}, {"synth-qwen2-tiny-q80", W_Q80},
+    {"synth-qwen3-tiny-f32", W_F32}, {"synth-qwen3-tiny-f16", W_F16}, {"synth-qwen3-tiny-q80", W_Q80},
+};
+
+/* The K/V cache of a golden case's config: 1 for "exact" (f32 cells), 0 for "f16kv", -1 for
+ * any other (llama.cpp's "default" is flash attention, covered by f16kv's tolerance). */
+static inline int et_config_kv_f32(const char *config)
+{
+    if (strcmp(config, "exact") == 0)
+        return 1;
+    return strcmp(config, "f16kv") == 0 ? 0 : -1;
+}
+
 static inline const char *et_shared(void)
 {
     const char *s = getenv("KVPUB_SHARED");

@@ -12,22 +12,10 @@
 
 /* Tolerances: k_tol in engine_test_util.h, with the measured figures behind them. */
 
-typedef struct gcase {
-    const char *model;
-    int wtype;
-} gcase;
-
-static const gcase k_models[] = {
-    {"stories260K", W_F32},
-    {"synth-llama-tiny-f32", W_F32}, {"synth-llama-tiny-f16", W_F16}, {"synth-llama-tiny-q80", W_Q80},
-    {"synth-qwen2-tiny-f32", W_F32}, {"synth-qwen2-tiny-f16", W_F16}, {"synth-qwen2-tiny-q80", W_Q80},
-    {"synth-qwen3-tiny-f32", W_F32}, {"synth-qwen3-tiny-f16", W_F16}, {"synth-qwen3-tiny-q80", W_Q80},
-};
-
-static void run_model(const gcase *gc)
+static void run_model(const et_golden_model *gc)
 {
     char rel[256];
-    snprintf(rel, sizeof rel, "golden/models/%s.json", gc->model);
+    snprintf(rel, sizeof rel, "golden/models/%s.json", gc->name);
     json_t *root = et_load_json(rel);
     assert_non_null(root);
     eng_model *m = et_load_model(json_string_value(json_object_get(root, "model")));
@@ -41,13 +29,9 @@ static void run_model(const gcase *gc)
     int bad = 0;
     json_array_foreach(cases, ci, cs) {
         const char *config = json_string_value(json_object_get(cs, "config"));
-        int kv_f32;
-        if (strcmp(config, "exact") == 0)
-            kv_f32 = 1;
-        else if (strcmp(config, "f16kv") == 0)
-            kv_f32 = 0;
-        else
-            continue; /* 'default' is flash attention: covered by f16kv's tolerance */
+        const int kv_f32 = et_config_kv_f32(config);
+        if (kv_f32 < 0)
+            continue;
         size_t n;
         int32_t *toks = et_json_ids(json_object_get(cs, "tokens"), &n);
         float *want = et_read_f32(json_string_value(json_object_get(cs, "logits_file")), (size_t)V);
@@ -60,7 +44,7 @@ static void run_model(const gcase *gc)
         float *last = malloc((size_t)V * sizeof(float));
         assert_int_equal(eng_prefill(c, toks, NULL, n, last, all), ENG_OK);
         et_err e = et_compare(last, want, (size_t)V);
-        printf("%-22s %-6s len %3zu: maxabs %.3g nerr %.3g\n", gc->model, config, n, e.maxabs, e.nerr);
+        printf("%-22s %-6s len %3zu: maxabs %.3g nerr %.3g\n", gc->name, config, n, e.maxabs, e.nerr);
         if (e.maxabs > worst_abs)
             worst_abs = e.maxabs;
         if (e.nerr > worst_n)
@@ -103,7 +87,7 @@ static void run_model(const gcase *gc)
         free(want);
         free(toks);
     }
-    printf("%-22s worst: maxabs %.3g nerr %.3g\n", gc->model, worst_abs, worst_n);
+    printf("%-22s worst: maxabs %.3g nerr %.3g\n", gc->name, worst_abs, worst_n);
     eng_model_free(m);
     json_decref(root);
     assert_int_equal(bad, 0);
@@ -112,7 +96,7 @@ static void run_model(const gcase *gc)
 static void test_golden(void **state)
 {
     (void)state;
-    run_model(*state ? (const gcase *)*state : &k_models[0]);
+    run_model(*state ? (const et_golden_model *)*state : &k_golden_models[0]);
 }
 
 static int setup_case(void **state)
@@ -121,7 +105,7 @@ static int setup_case(void **state)
     return 0;
 }
 
-#define GCASE(i) cmocka_unit_test_prestate_setup_teardown(test_golden, setup_case, NULL, (void *)&k_models[i])
+#define GCASE(i) cmocka_unit_test_prestate_setup_teardown(test_golden, setup_case, NULL, (void *)&k_golden_models[i])
 
 int main(void)
 {

@@ -9,18 +9,6 @@
 
 #include "tests/unit/engine_test_util.h"
 
-typedef struct kcase {
-    const char *model;
-    int wtype;
-} kcase;
-
-static const kcase k_models[] = {
-    {"stories260K", W_F32},
-    {"synth-llama-tiny-f32", W_F32}, {"synth-llama-tiny-f16", W_F16}, {"synth-llama-tiny-q80", W_Q80},
-    {"synth-qwen2-tiny-f32", W_F32}, {"synth-qwen2-tiny-f16", W_F16}, {"synth-qwen2-tiny-q80", W_Q80},
-    {"synth-qwen3-tiny-f32", W_F32}, {"synth-qwen3-tiny-f16", W_F16}, {"synth-qwen3-tiny-q80", W_Q80},
-};
-
 static int check(const char *model, const char *config, const char *kind, const float *got,
                  json_t *files, int V, const tol *t)
 {
@@ -34,10 +22,10 @@ static int check(const char *model, const char *config, const char *kind, const 
     return ok ? 0 : 1;
 }
 
-static void run_model(const kcase *kc)
+static void run_model(const et_golden_model *kc)
 {
     char rel[256];
-    snprintf(rel, sizeof rel, "golden/kshift/%s.json", kc->model);
+    snprintf(rel, sizeof rel, "golden/kshift/%s.json", kc->name);
     json_t *root = et_load_json(rel);
     assert_non_null(root);
     json_t *runs = json_object_get(root, "runs");
@@ -51,12 +39,8 @@ static void run_model(const kcase *kc)
     json_t *run;
     json_array_foreach(runs, ri, run) {
         const char *config = json_string_value(json_object_get(run, "config"));
-        int kv_f32;
-        if (strcmp(config, "exact") == 0)
-            kv_f32 = 1;
-        else if (strcmp(config, "f16kv") == 0)
-            kv_f32 = 0;
-        else
+        const int kv_f32 = et_config_kv_f32(config);
+        if (kv_f32 < 0)
             continue;
         /* Q8_0: a tiny change of an activation flips its Q8_0 rounding, so K computed at other
          * positions is already far from the shifted K in llama.cpp itself (its own shifted vs
@@ -79,7 +63,7 @@ static void run_model(const kcase *kc)
         assert_int_equal(eng_kv_next_pos(c), (int32_t)n + D);
         p1 = (int32_t)n + D;
         assert_int_equal(eng_prefill(c, &next, &p1, 1, lg, NULL), ENG_OK);
-        bad += check(kc->model, config, "shifted", lg, files, V, t);
+        bad += check(kc->name, config, "shifted", lg, files, V, t);
 
         /* fresh: prefix at explicit positions D..D+n-1 */
         eng_kv_clear(c);
@@ -87,13 +71,13 @@ static void run_model(const kcase *kc)
             pos[i] = D + (int32_t)i;
         assert_int_equal(eng_prefill(c, toks, pos, n, NULL, NULL), ENG_OK);
         assert_int_equal(eng_prefill(c, &next, NULL, 1, lg, NULL), ENG_OK);
-        bad += check(kc->model, config, "fresh", lg, files, V, t);
+        bad += check(kc->name, config, "fresh", lg, files, V, t);
 
         /* unshifted */
         eng_kv_clear(c);
         assert_int_equal(eng_prefill(c, toks, NULL, n, NULL, NULL), ENG_OK);
         assert_int_equal(eng_prefill(c, &next, NULL, 1, lg, NULL), ENG_OK);
-        bad += check(kc->model, config, "unshifted", lg, files, V, t);
+        bad += check(kc->name, config, "unshifted", lg, files, V, t);
 
         /* discard cells 1..K: keep the tail's K/V (export), truncate, import it at cell 1 with its
          * old positions, then shift it back by K */
@@ -113,7 +97,7 @@ static void run_model(const kcase *kc)
         assert_int_equal(eng_prefill(c, &next, NULL, 1, lg, NULL), ENG_OK);
         /* the exchange layout is f16, so in the f32 cache (exact) the kept K/V went through f16:
          * judged with the f16kv tolerance */
-        bad += check(kc->model, config, "discard", lg, files, V, &k_tol[kc->wtype][1]);
+        bad += check(kc->name, config, "discard", lg, files, V, &k_tol[kc->wtype][1]);
         eng_ctx_free(c);
         free(kb);
         free(vb);
@@ -126,9 +110,9 @@ static void run_model(const kcase *kc)
     assert_int_equal(bad, 0);
 }
 
-static void test_kshift(void **state) { run_model((const kcase *)*state); }
+static void test_kshift(void **state) { run_model((const et_golden_model *)*state); }
 
-#define KCASE(i) cmocka_unit_test_prestate(test_kshift, (void *)&k_models[i])
+#define KCASE(i) cmocka_unit_test_prestate(test_kshift, (void *)&k_golden_models[i])
 
 int main(void)
 {

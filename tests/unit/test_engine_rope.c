@@ -90,24 +90,26 @@ static void check_rerotate(const char *path)
     eng_model_free(m);
 }
 
+/* check_rerotate on a model under $KVPUB_SHARED */
+static void check_rerotate_shared(const char *rel)
+{
+    char p[1024];
+    et_path(p, sizeof p, rel);
+    check_rerotate(p);
+}
+
 static void test_rerotate_normal(void **state)
 {
     (void)state;
-    char p[1024];
-    et_path(p, sizeof p, "models/stories260K.gguf");
-    check_rerotate(p);
-    et_path(p, sizeof p, "models/synth/synth-llama-tiny-f16.gguf");
-    check_rerotate(p);
+    check_rerotate_shared("models/stories260K.gguf");
+    check_rerotate_shared("models/synth/synth-llama-tiny-f16.gguf");
 }
 
 static void test_rerotate_neox(void **state)
 {
     (void)state;
-    char p[1024];
-    et_path(p, sizeof p, "models/synth/synth-qwen2-tiny-f32.gguf");
-    check_rerotate(p);
-    et_path(p, sizeof p, "models/synth/synth-qwen3-tiny-f32.gguf");
-    check_rerotate(p);
+    check_rerotate_shared("models/synth/synth-qwen2-tiny-f32.gguf");
+    check_rerotate_shared("models/synth/synth-qwen3-tiny-f32.gguf");
 }
 
 /* Writes a model with kvsynth (arch and extra options) to out; skips the test without kvsynth. */
