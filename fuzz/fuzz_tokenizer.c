@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "tests/unit/gpt2_bytes.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -27,6 +28,16 @@ static void die(const char *what, const char *err)
 {
     fprintf(stderr, "fuzz_tokenizer: %s: %s\n", what, err);
     abort();
+}
+
+/* One of the fixed vocabularies: they must be accepted, else the target cannot run. */
+static struct eng_vocab *create_fixed(const eng_vocab_desc *d, const char *what)
+{
+    struct eng_vocab *v = NULL;
+    char err[256] = "";
+    if (eng_vocab_create(d, &v, err, sizeof err) != ENG_OK)
+        die(what, err);
+    return v;
 }
 
 static struct eng_vocab *make_spm(int add_space_prefix)
@@ -53,50 +64,12 @@ static struct eng_vocab *make_spm(int add_space_prefix)
     for (size_t i = 0; i < N_OF(pieces); i++)
         ADD(pieces[i], -(float)(i % 7) - 0.5f * (float)(i / 7), ENG_TOKTYPE_NORMAL);
 #undef ADD
-    eng_vocab_desc d;
-    memset(&d, 0, sizeof d);
-    d.kind = ENG_VOCAB_SPM;
-    d.n_tokens = n;
-    d.tokens = tok;
-    d.scores = score;
-    d.n_scores = n;
-    d.types = type;
-    d.n_types = n;
-    d.bos_id = 1;
-    d.eos_id = 2;
-    d.unk_id = 0;
-    d.eot_id = -1;
-    d.add_bos = 1;
-    d.add_space_prefix = add_space_prefix;
-    struct eng_vocab *v = NULL;
-    char err[256] = "";
-    if (eng_vocab_create(&d, &v, err, sizeof err) != ENG_OK)
-        die("fixed SPM vocabulary", err);
-    return v;
-}
-
-/* GPT-2's byte -> code point map (printable bytes stand for themselves). */
-static uint32_t gpt2_cp(unsigned b)
-{
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)
-        return b;
-    unsigned k = 0;
-    for (unsigned x = 0; x < b; x++)
-        if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE))
-            k++;
-    return 256 + k;
-}
-
-/* UTF-8 of a GPT-2 stand-in: all are below U+0800, so one or two bytes. */
-static size_t utf8_small(uint32_t cp, char out[2])
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
+    const eng_vocab_desc d = {
+        .kind = ENG_VOCAB_SPM, .n_tokens = n, .tokens = tok, .scores = score, .n_scores = n,
+        .types = type, .n_types = n, .bos_id = 1, .eos_id = 2, .unk_id = 0, .eot_id = -1,
+        .add_bos = 1, .add_space_prefix = add_space_prefix,
+    };
+    return create_fixed(&d, "fixed SPM vocabulary");
 }
 
 static struct eng_vocab *make_bpe(const char *pre)
@@ -105,10 +78,7 @@ static struct eng_vocab *make_bpe(const char *pre)
     static const char *merges[64];
     size_t n = 0, nm = 0;
     for (unsigned i = 0; i < 256; i++) {
-        char u[4];
-        size_t l = utf8_small(gpt2_cp(i), u);
-        memcpy(g_byte_chars[i], u, l);
-        g_byte_chars[i][l] = 0;
+        gpt2_byte_utf8(i, g_byte_chars[i]);
         tok[n++] = g_byte_chars[i];
     }
     /* merges in rank order; each result is a token (\xC4\xA0 = U+0120 stands for ' ') */
@@ -137,24 +107,12 @@ static struct eng_vocab *make_bpe(const char *pre)
         type[i] = ENG_TOKTYPE_NORMAL;
     type[first_special] = type[first_special + 1] = type[first_special + 2] = ENG_TOKTYPE_CONTROL;
     type[first_special + 3] = ENG_TOKTYPE_USER_DEFINED;
-    eng_vocab_desc d;
-    memset(&d, 0, sizeof d);
-    d.kind = ENG_VOCAB_BPE;
-    d.pre = pre;
-    d.n_tokens = n;
-    d.tokens = tok;
-    d.types = type;
-    d.n_types = n;
-    d.merges = merges;
-    d.n_merges = nm;
-    d.bos_id = d.unk_id = -1;
-    d.eos_id = (int32_t)first_special;
-    d.eot_id = (int32_t)first_special + 2;
-    struct eng_vocab *v = NULL;
-    char err[256] = "";
-    if (eng_vocab_create(&d, &v, err, sizeof err) != ENG_OK)
-        die("fixed BPE vocabulary", err);
-    return v;
+    const eng_vocab_desc d = {
+        .kind = ENG_VOCAB_BPE, .pre = pre, .n_tokens = n, .tokens = tok, .types = type, .n_types = n,
+        .merges = merges, .n_merges = nm, .bos_id = -1, .unk_id = -1,
+        .eos_id = (int32_t)first_special, .eot_id = (int32_t)first_special + 2,
+    };
+    return create_fixed(&d, "fixed BPE vocabulary");
 }
 
 static void init_fixed(void)

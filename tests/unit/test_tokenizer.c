@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "engine/tok/tokenizer_internal.h"
+#include "tests/unit/gpt2_bytes.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -252,18 +253,6 @@ static void test_spm_special(void **state)
 
 /* ---- byte-level BPE ---- */
 
-/* GPT-2's byte -> character map, written out independently of the engine's. */
-static uint32_t gpt2_char(unsigned b)
-{
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
-        return b;
-    unsigned k = 0;
-    for (unsigned x = 0; x < b; x++)
-        if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE))
-            k++;
-    return 256 + k;
-}
-
 enum {
     B_HE = 256, B_LL, B_GW, B_OR, B_HELL, B_HELLO, B_GWOR, B_LD, B_GWORLD, B_BC, B_AB,
     B_A_C3, B_A9_B, B_EOT_TEXT, B_IM_END, B_XYZ, B_USER, B_END, B_N_TOKENS
@@ -276,15 +265,8 @@ static struct eng_vocab *bpe_vocab(const char *pre)
     struct vb *b = &g_bpe;
     memset(b, 0, sizeof *b);
     for (unsigned i = 0; i < 256; i++) { /* id = byte value */
-        uint32_t c = gpt2_char(i);
-        char *s = b->bytes[i];
-        if (c < 0x80) {
-            s[0] = (char)c;
-        } else {
-            s[0] = (char)(0xC0 | (c >> 6));
-            s[1] = (char)(0x80 | (c & 0x3F));
-        }
-        vb_add(b, s, 0, ENG_TOKTYPE_NORMAL);
+        gpt2_byte_utf8(i, b->bytes[i]);
+        vb_add(b, b->bytes[i], 0, ENG_TOKTYPE_NORMAL);
     }
     /* Ġ = U+0120 stands for ' ', Ã = U+00C3 and © = U+00A9 for the bytes of é. */
     static const char *const merged[] = {

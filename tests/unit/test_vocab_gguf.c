@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "engine/tok/tokenizer_internal.h"
+#include "tests/unit/gpt2_bytes.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -121,21 +122,8 @@ static const char *g_tokens[259];
 
 static void bpe_tokens(void)
 {
-    for (unsigned b = 0; b < 256; b++) { /* GPT-2 byte map, written out independently */
-        unsigned k = 0, c = b;
-        if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)) {
-            for (unsigned x = 0; x < b; x++)
-                if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE))
-                    k++;
-            c = 256 + k;
-        }
-        memset(g_bytes[b], 0, sizeof g_bytes[b]);
-        if (c < 0x80) {
-            g_bytes[b][0] = (char)c;
-        } else {
-            g_bytes[b][0] = (char)(0xC0 | (c >> 6));
-            g_bytes[b][1] = (char)(0x80 | (c & 0x3F));
-        }
+    for (unsigned b = 0; b < 256; b++) {
+        gpt2_byte_utf8(b, g_bytes[b]);
         g_tokens[b] = g_bytes[b];
     }
     g_tokens[256] = "ab";
