@@ -55,6 +55,18 @@ static void pair_paths(const char *dir, const char *name, char prefix[256], char
     snprintf(pub, 300, "%s.pub", prefix);
 }
 
+/* A fresh key pair written as DIR/NAME.{key,pub} (paths as pair_paths gives them); returns
+ * the key. */
+static kvc_key *write_new_pair(const char *dir, const char *name, char prefix[256], char key[300], char pub[300])
+{
+    pair_paths(dir, name, prefix, key, pub);
+    char err[512] = "";
+    kvc_key *k = kvc_key_generate();
+    assert_non_null(k);
+    assert_int_equal(kvc_key_write_pair(k, prefix, err, sizeof err), KVC_OK);
+    return k;
+}
+
 static mode_t file_mode(const char *path)
 {
     struct stat st;
@@ -361,13 +373,8 @@ static void test_sign_verify_roundtrip(void **state)
 static void test_write_pair_and_load(void **state)
 {
     const char *dir = *state;
-    char prefix[256], keypath[300], pubpath[300];
-    pair_paths(dir, "pub1", prefix, keypath, pubpath);
-    char err[512] = "";
-
-    kvc_key *k = kvc_key_generate();
-    assert_non_null(k);
-    assert_int_equal(kvc_key_write_pair(k, prefix, err, sizeof err), KVC_OK);
+    char prefix[256], keypath[300], pubpath[300], err[512] = "";
+    kvc_key *k = write_new_pair(dir, "pub1", prefix, keypath, pubpath);
     assert_int_equal(file_mode(keypath), 0600);
     assert_int_equal(file_mode(pubpath), 0644);
     assert_non_null(strstr(read_text(keypath), "-----BEGIN PRIVATE KEY-----"));
@@ -418,14 +425,9 @@ static void test_write_pair_and_load(void **state)
 static void test_write_pair_refuses_existing(void **state)
 {
     const char *dir = *state;
-    char prefix[256], keypath[300], pubpath[300], before[8192];
-    pair_paths(dir, "dup", prefix, keypath, pubpath);
-    char err[512] = "";
-
-    kvc_key *a = kvc_key_generate(), *b = kvc_key_generate();
-    assert_non_null(a);
+    char prefix[256], keypath[300], pubpath[300], before[8192], err[512] = "";
+    kvc_key *a = write_new_pair(dir, "dup", prefix, keypath, pubpath), *b = kvc_key_generate();
     assert_non_null(b);
-    assert_int_equal(kvc_key_write_pair(a, prefix, err, sizeof err), KVC_OK);
     snprintf(before, sizeof before, "%s", read_text(keypath));
     err[0] = '\0';
     assert_int_equal(kvc_key_write_pair(b, prefix, err, sizeof err), KVC_ERR_PERM);
@@ -460,14 +462,8 @@ static void test_write_pair_refuses_existing(void **state)
 static void test_private_key_permissions(void **state)
 {
     const char *dir = *state;
-    char prefix[256], keypath[300];
-    snprintf(prefix, sizeof prefix, "%s/perm", dir);
-    snprintf(keypath, sizeof keypath, "%s.key", prefix);
-    char err[512] = "";
-    kvc_key *k = kvc_key_generate();
-    assert_non_null(k);
-    assert_int_equal(kvc_key_write_pair(k, prefix, err, sizeof err), KVC_OK);
-    kvc_key_free(k);
+    char prefix[256], keypath[300], pubpath[300], err[512] = "";
+    kvc_key_free(write_new_pair(dir, "perm", prefix, keypath, pubpath));
 
     static const mode_t bad[] = {0644, 0640, 0604, 0602, 0620};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -528,11 +524,8 @@ static void test_load_errors(void **state)
 /* Writes a fresh key pair as DIR/NAME.{key,pub} and returns its id. */
 static void make_pair(const char *dir, const char *name, uint8_t id[8])
 {
-    char prefix[1024], err[512] = "";
-    snprintf(prefix, sizeof prefix, "%s/%s", dir, name);
-    kvc_key *k = kvc_key_generate();
-    assert_non_null(k);
-    assert_int_equal(kvc_key_write_pair(k, prefix, err, sizeof err), KVC_OK);
+    char prefix[256], key[300], pub[300];
+    kvc_key *k = write_new_pair(dir, name, prefix, key, pub);
     kvc_key_id(k, id);
     kvc_key_free(k);
 }
@@ -640,11 +633,11 @@ int main(void)
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_ed25519_rfc8032),
         cmocka_unit_test(test_sign_verify_roundtrip),
-        cmocka_unit_test_setup_teardown(test_write_pair_and_load, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_write_pair_refuses_existing, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_private_key_permissions, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_load_errors, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_trust_dir, tu_tmpdir_setup, tu_tmpdir_teardown),
+        TU_TMPDIR_TEST(test_write_pair_and_load),
+        TU_TMPDIR_TEST(test_write_pair_refuses_existing),
+        TU_TMPDIR_TEST(test_private_key_permissions),
+        TU_TMPDIR_TEST(test_load_errors),
+        TU_TMPDIR_TEST(test_trust_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

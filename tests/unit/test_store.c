@@ -38,6 +38,13 @@ static kvs_store *open_ok(const char *dir)
     return s;
 }
 
+/* Opens (creating) the store DIR/store, each test's; sdir gets its directory. */
+static kvs_store *open_store(const char *dir, char sdir[512])
+{
+    snprintf(sdir, 512, "%s/store", dir);
+    return open_ok(sdir);
+}
+
 /* Test content: deterministic bytes that differ per (seed, len). */
 static uint8_t *make_bytes(unsigned seed, size_t len)
 {
@@ -107,6 +114,13 @@ static void publish_ok(kvs_store *s, item *it, int want_already)
         assert_memory_equal(res.id, it->sha, 32);
 }
 
+/* Item doc (model 1, f16-zstd, no expiry) made and published, as most tests need them. */
+static void publish_new(kvs_store *s, item *it, const char *dir, unsigned doc, size_t len, int64_t created)
+{
+    make_item(it, dir, doc, 1, "f16-zstd", len, created, 0);
+    publish_ok(s, it, 0);
+}
+
 static void blob_file_path(const char *dir, const uint8_t id[32], char *out, size_t outlen)
 {
     char hex[65];
@@ -168,14 +182,12 @@ static void test_publish_and_lookup(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "", path[1024];
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     assert_int_equal(kvs_store_schema_version(s), kvs_schema_latest());
     assert_true(kvs_schema_latest() >= 1);
 
     item it;
-    make_item(&it, dir, 1, 1, "f16-zstd", 70000, 1700000000, 0);
-    publish_ok(s, &it, 0);
+    publish_new(s, &it, dir, 1, 70000, 1700000000);
 
     /* the file sits at its content address and holds exactly the bytes */
     blob_file_path(dir, it.sha, path, sizeof path);
@@ -266,8 +278,7 @@ static void test_catalog_filters_and_pages(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "";
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
 
     /* 7 blobs: docs 1..5 on model 1 (created 100..500), docs 1..2 also on model 2 */
     item items[7];
@@ -376,8 +387,7 @@ static void test_republish_is_noop(void **state)
     kvs_store *s = open_ok(sdir);
 
     item a, a2, other;
-    make_item(&a, dir, 1, 1, "f16-zstd", 5000, 10, 0);
-    publish_ok(s, &a, 0);
+    publish_new(s, &a, dir, 1, 5000, 10);
     /* same (document, model, codec), different bytes (e.g. a new serial): still a no-op */
     make_item(&a2, dir, 1, 1, "f16-zstd", 6000, 20, 0);
     kvs_publish_result res;
@@ -427,13 +437,10 @@ static void test_reconcile_orphans(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "", path[1024], orphan[1024], tmpf[1024], locked[1024];
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     item a, b;
-    make_item(&a, dir, 1, 1, "f16-zstd", 1000, 10, 0);
-    make_item(&b, dir, 2, 1, "f16-zstd", 1000, 20, 0);
-    publish_ok(s, &a, 0);
-    publish_ok(s, &b, 0);
+    publish_new(s, &a, dir, 1, 1000, 10);
+    publish_new(s, &b, dir, 2, 1000, 20);
     kvs_store_close(s);
 
     /* row without file: remove b's file behind the store's back */
@@ -496,8 +503,7 @@ static void test_gc_expired(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "", path[1024];
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     item old, keep, later;
     make_item(&old, dir, 1, 1, "f16-zstd", 500, 10, 1000);
     make_item(&keep, dir, 2, 2, "f16-zstd", 500, 20, 0);
@@ -553,11 +559,9 @@ static void test_budget_migration(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "", dbpath[600];
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     item a;
-    make_item(&a, dir, 1, 1, "f16-zstd", 100, 10, 0);
-    publish_ok(s, &a, 0);
+    publish_new(s, &a, dir, 1, 100, 10);
     uint8_t tok[32];
     assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 3, tok, NULL, err, sizeof err), KVS_OK);
     kvs_store_close(s);
@@ -618,8 +622,7 @@ static void test_listings_per_publisher(void **state)
 {
     const char *dir = *state;
     char sdir[512];
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     item squat, real, again;
     /* a squatter who knows only the document's hash lists it first, under its own title */
     make_listing(&squat, dir, 1, 0x5a, "Buy my fake");
@@ -665,9 +668,9 @@ static void test_listings_per_publisher(void **state)
 /* Opens the store DIR/store; sdir and dbpath get its directory and index path. */
 static kvs_store *open_store_in(const char *dir, char sdir[512], char dbpath[600])
 {
-    snprintf(sdir, 512, "%s/store", dir);
+    kvs_store *s = open_store(dir, sdir);
     snprintf(dbpath, 600, "%s/index.db", sdir);
-    return open_ok(sdir);
+    return s;
 }
 
 static int64_t count_rows(const char *dbpath, const char *sql)
@@ -801,13 +804,10 @@ static void test_purchases_and_tokens(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "";
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     item a, b;
-    make_item(&a, dir, 1, 1, "f16-zstd", 100, 10, 0);
-    make_item(&b, dir, 2, 1, "f16-zstd", 100, 10, 0);
-    publish_ok(s, &a, 0);
-    publish_ok(s, &b, 0);
+    publish_new(s, &a, dir, 1, 100, 10);
+    publish_new(s, &b, dir, 2, 100, 10);
 
     uint8_t tok[32], tok2[32], zero[32] = {0};
     int64_t pid = 0, pid_seen = 0;
@@ -867,8 +867,7 @@ static void test_publishers_and_log(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "";
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     uint8_t kid[8] = {1, 2, 3, 4, 5, 6, 7, 8}, pk[32], kid2[8] = {9, 9, 9, 9, 9, 9, 9, 9};
     memset(pk, 0x42, sizeof pk);
     assert_int_equal(kvs_store_publisher_add(s, kid, pk, "Acme Caches", "s3cret", 6, 77, err, sizeof err), KVS_OK);
@@ -939,8 +938,7 @@ static void test_schema_newer_refused(void **state)
 {
     const char *dir = *state;
     char sdir[512], err[512] = "", dbpath[600];
-    snprintf(sdir, sizeof sdir, "%s/store", dir);
-    kvs_store *s = open_ok(sdir);
+    kvs_store *s = open_store(dir, sdir);
     kvs_store_close(s);
     snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
     char sql[64];
@@ -1225,21 +1223,21 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_statement_cache),
-        cmocka_unit_test_setup_teardown(test_publish_and_lookup, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_catalog_filters_and_pages, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_republish_is_noop, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_reconcile_orphans, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_reconcile_tmp_fifo, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_gc_expired, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_purchases_and_tokens, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_budget_migration, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_listings_per_publisher, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_revocation_bites, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_listing_migration, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_publishers_and_log, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_schema_newer_refused, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_two_processes_publish, tu_tmpdir_setup, tu_tmpdir_teardown),
-        cmocka_unit_test_setup_teardown(test_crash_leaves_no_partial_state, tu_tmpdir_setup, tu_tmpdir_teardown),
+        TU_TMPDIR_TEST(test_publish_and_lookup),
+        TU_TMPDIR_TEST(test_catalog_filters_and_pages),
+        TU_TMPDIR_TEST(test_republish_is_noop),
+        TU_TMPDIR_TEST(test_reconcile_orphans),
+        TU_TMPDIR_TEST(test_reconcile_tmp_fifo),
+        TU_TMPDIR_TEST(test_gc_expired),
+        TU_TMPDIR_TEST(test_purchases_and_tokens),
+        TU_TMPDIR_TEST(test_budget_migration),
+        TU_TMPDIR_TEST(test_listings_per_publisher),
+        TU_TMPDIR_TEST(test_revocation_bites),
+        TU_TMPDIR_TEST(test_listing_migration),
+        TU_TMPDIR_TEST(test_publishers_and_log),
+        TU_TMPDIR_TEST(test_schema_newer_refused),
+        TU_TMPDIR_TEST(test_two_processes_publish),
+        TU_TMPDIR_TEST(test_crash_leaves_no_partial_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,6 +41,9 @@ static inline int tu_tmpdir_teardown(void **state)
     return rc;
 }
 
+/* Registers test f to run in its own fresh directory, which f finds in *state. */
+#define TU_TMPDIR_TEST(f) cmocka_unit_test_setup_teardown(f, tu_tmpdir_setup, tu_tmpdir_teardown)
+
 /* Creates or replaces PATH with LEN bytes of DATA; any failure fails the test. */
 static inline void tu_write_file(const char *path, const void *data, size_t len)
 {
