@@ -18,15 +18,10 @@ int main(int argc, char **argv)
         fputs("usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N]\n", argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    int threads = 0, runs = 3, n_dec = 32;
-    for (int i = 2; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--threads") == 0)
-            threads = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--runs") == 0)
-            runs = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--decode") == 0)
-            n_dec = atoi(argv[i + 1]);
-    }
+    bench_opts o = {0, 3, 32};
+    for (int i = 2; i + 1 < argc; i += 2)
+        bench_take_opt(&o, argv[i], argv[i + 1]);
+    const int threads = o.threads, runs = o.runs, n_dec = o.n_dec;
     if (runs < 1 || runs > 99 || n_dec < 1) {
         fputs("bench_engine: bad --runs / --decode\n", stderr);
         return 2;

@@ -6,8 +6,29 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+
+/* The run options both engine benchmarks take, so that their figures are of the same runs. */
+typedef struct bench_opts {
+    int threads; /* --threads N */
+    int runs;    /* --runs N: figures are medians over this many runs */
+    int n_dec;   /* --decode N: tokens per decode figure */
+} bench_opts;
+
+/* Stores "NAME VALUE" in o when NAME is one of bench_opts' options. Returns 1 if it was, 0 for
+ * any other option (the caller's own, or unknown). */
+static inline int bench_take_opt(bench_opts *o, const char *name, const char *value)
+{
+    int *at = strcmp(name, "--threads") == 0 ? &o->threads
+              : strcmp(name, "--runs") == 0  ? &o->runs
+              : strcmp(name, "--decode") == 0 ? &o->n_dec
+                                              : NULL;
+    if (at)
+        *at = atoi(value);
+    return at != NULL;
+}
 
 /* CPU seconds of this process: on a shared machine wall time measures the neighbours too,
  * so per-core figures use CPU time (single-threaded runs use exactly one core). */

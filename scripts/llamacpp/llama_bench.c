@@ -46,20 +46,17 @@ int main(int argc, char **argv)
               help ? stdout : stderr);
         return help ? 0 : 2;
     }
-    int threads = 2, runs = 3, n_dec = 32, fa_on = 1, fa_off = 1;
+    bench_opts o = {2, 3, 32};
+    int fa_on = 1, fa_off = 1;
     for (int i = 3; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--threads") == 0)
-            threads = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--runs") == 0)
-            runs = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--decode") == 0)
-            n_dec = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--fa") == 0) {
-            fa_on = strcmp(argv[i + 1], "off") != 0;
-            fa_off = strcmp(argv[i + 1], "on") != 0;
-        } else
+        if (bench_take_opt(&o, argv[i], argv[i + 1]))
+            continue;
+        if (strcmp(argv[i], "--fa") != 0)
             die("unknown option");
+        fa_on = strcmp(argv[i + 1], "off") != 0;
+        fa_off = strcmp(argv[i + 1], "on") != 0;
     }
+    const int threads = o.threads, runs = o.runs, n_dec = o.n_dec;
     if (runs < 1 || runs > 99 || n_dec < 1 || threads < 1)
         die("bad --threads / --runs / --decode");
 
