@@ -87,6 +87,15 @@ static eng_ctx *new_ctx(fixture *f)
     return c;
 }
 
+/* A new context holding BOS alone, where a document's blob goes right after it. */
+static eng_ctx *new_ctx_after_bos(fixture *f)
+{
+    eng_ctx *c = new_ctx(f);
+    int32_t bos = f->in->bos_id;
+    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    return c;
+}
+
 /* The manifest a publisher writes for this model (as kvpubd publish does). */
 static void fill_manifest(fixture *f, kvb_manifest *m, uint32_t n, kvb_codec codec)
 {
@@ -102,12 +111,11 @@ static void fill_manifest(fixture *f, kvb_manifest *m, uint32_t n, kvb_codec cod
     m->created = 1700000000;
 }
 
-/* Prefills [BOS, doc] and writes the doc's KV as a blob at path. */
-static void make_blob(fixture *f, const char *path, kvb_codec codec)
+/* Prefills [BOS, doc] and writes the doc's KV as the blob f->dir/doc.kvb, its path to path. */
+static void make_blob(fixture *f, kvb_codec codec, char path[128])
 {
-    eng_ctx *c = new_ctx(f);
-    int32_t bos = f->in->bos_id;
-    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    snprintf(path, 128, "%s/doc.kvb", f->dir);
+    eng_ctx *c = new_ctx_after_bos(f);
     assert_int_equal(eng_prefill(c, f->doc, NULL, f->n_doc, NULL, NULL), ENG_OK);
     int L = f->in->n_layer, n = (int)f->n_doc;
     size_t kvd = (size_t)f->in->n_head_kv * f->in->head_dim;
@@ -152,15 +160,12 @@ static void test_exact_after_bos(void **state)
 {
     fixture *f = *state;
     char path[128], err[512];
-    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
-    make_blob(f, path, KVB_CODEC_F16_ZSTD);
+    make_blob(f, KVB_CODEC_F16_ZSTD, path);
     int32_t suffix[3] = {f->doc[0], f->doc[1], f->doc[2]};
     int nv = f->in->n_vocab;
     float *a = malloc((size_t)nv * 4), *b = malloc((size_t)nv * 4);
 
-    eng_ctx *c = new_ctx(f);
-    int32_t bos = f->in->bos_id;
-    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    eng_ctx *c = new_ctx_after_bos(f);
     kvp_load_stats st;
     if (load_doc(f, c, path, &st, err, sizeof err) != KVP_OK)
         fail_msg("load: %s", err);
@@ -172,7 +177,7 @@ static void test_exact_after_bos(void **state)
 
     eng_ctx *full = new_ctx(f);
     int32_t *seq = malloc((f->n_doc + 4) * sizeof *seq);
-    seq[0] = bos;
+    seq[0] = f->in->bos_id;
     memcpy(seq + 1, f->doc, f->n_doc * sizeof *seq);
     memcpy(seq + 1 + f->n_doc, suffix, sizeof suffix);
     assert_int_equal(eng_prefill(full, seq, NULL, f->n_doc + 4, b, NULL), ENG_OK);
@@ -188,8 +193,7 @@ static void test_rerotated_layer0(void **state)
 {
     fixture *f = *state;
     char path[128], err[512];
-    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
-    make_blob(f, path, KVB_CODEC_F16);
+    make_blob(f, KVB_CODEC_F16, path);
     int32_t head[1 + 23];
     head[0] = f->in->bos_id;
     for (int i = 1; i < 24; i++)
@@ -278,8 +282,7 @@ static void test_tampered_rolls_back(void **state)
 {
     fixture *f = *state;
     char path[128], err[512];
-    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
-    make_blob(f, path, KVB_CODEC_F16);
+    make_blob(f, KVB_CODEC_F16, path);
     FILE *fp = fopen(path, "r+b");
     assert_non_null(fp);
     assert_int_equal(fseek(fp, -8, SEEK_END), 0); /* inside the last chunk */
@@ -287,9 +290,7 @@ static void test_tampered_rolls_back(void **state)
     assert_int_equal(fseek(fp, -8, SEEK_END), 0);
     fputc(ch ^ 0x40, fp);
     fclose(fp);
-    eng_ctx *c = new_ctx(f);
-    int32_t bos = f->in->bos_id;
-    assert_int_equal(eng_prefill(c, &bos, NULL, 1, NULL, NULL), ENG_OK);
+    eng_ctx *c = new_ctx_after_bos(f);
     kvp_load_opts o = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust};
     kvb_status vst = KVB_OK;
     int32_t *ids = NULL;
@@ -300,7 +301,7 @@ static void test_tampered_rolls_back(void **state)
     assert_int_equal(eng_kv_len(c), 1); /* the chunks imported before the bad one are gone */
     assert_int_equal(eng_kv_next_pos(c), 1);
     /* a model mismatch is refused before anything is imported */
-    make_blob(f, path, KVB_CODEC_F16);
+    make_blob(f, KVB_CODEC_F16, path);
     kvp_identity other = f->id;
     other.model_fp[5] ^= 1;
     o.identity = &other;
@@ -317,8 +318,7 @@ static void test_rerotated_import_bits(void **state)
 {
     fixture *f = *state;
     char path[128], err[512];
-    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
-    make_blob(f, path, KVB_CODEC_F16_ZSTD);
+    make_blob(f, KVB_CODEC_F16_ZSTD, path);
     enum { HEAD = 24 };
     int32_t head[HEAD];
     head[0] = f->in->bos_id;
@@ -423,8 +423,7 @@ static void test_path_compare_decode(void **state)
 {
     fixture *f = *state;
     char path[128], err[512];
-    snprintf(path, sizeof path, "%s/doc.kvb", f->dir);
-    make_blob(f, path, KVB_CODEC_F16_ZSTD);
+    make_blob(f, KVB_CODEC_F16_ZSTD, path);
     int32_t prompt[3] = {f->doc[0], f->doc[1], f->doc[2]};
     const char *blobs[1] = {path};
     kvp_path p = {.bos = f->in->bos_id, .blobs = blobs, .n_blobs = 1, .prompt = prompt, .n_prompt = 3};
