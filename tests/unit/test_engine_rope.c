@@ -112,8 +112,9 @@ static void test_rerotate_neox(void **state)
     check_rerotate_shared("models/synth/synth-qwen3-tiny-f32.gguf");
 }
 
-/* Writes a model with kvsynth (arch and extra options) to out; skips the test without kvsynth. */
-static void synth(const char *args, char *out, size_t n)
+/* Writes a model with kvsynth (arch and extra options) to out and loads it; skips the test
+ * without kvsynth. */
+static eng_model *synth_load(const char *args, char *out, size_t n)
 {
     const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
     char cmd[1024];
@@ -124,16 +125,18 @@ static void synth(const char *args, char *out, size_t n)
              build, args, out);
     if (system(cmd) != 0)
         skip();
+    char err[256];
+    eng_model *m = NULL;
+    assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
+    return m;
 }
 
 /* YaRN model written by kvsynth (scaling 4, original context 256). */
 static void test_rerotate_yarn(void **state)
 {
     (void)state;
-    char out[256], err[256];
-    synth("--arch qwen3 --yarn 4", out, sizeof out);
-    eng_model *m = NULL;
-    assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
+    char out[256];
+    eng_model *m = synth_load("--arch qwen3 --yarn 4", out, sizeof out);
     assert_int_equal(eng_model_info(m)->rope.scaling, ENG_ROPE_SCALING_YARN);
     eng_model_free(m);
     check_rerotate(out);
@@ -145,10 +148,8 @@ static void test_rerotate_yarn(void **state)
 static void test_rerotate_rope_freqs(void **state)
 {
     (void)state;
-    char out[256], err[256];
-    synth("--arch llama --rope-freqs", out, sizeof out);
-    eng_model *m = NULL;
-    assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
+    char out[256];
+    eng_model *m = synth_load("--arch llama --rope-freqs", out, sizeof out);
     const float *ff;
     size_t n = eng_model_rope_freqs(m, &ff);
     assert_int_equal(n, 16);
