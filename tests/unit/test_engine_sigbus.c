@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "engine/engine.h"
+#include "tests/unit/test_util.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,8 +17,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void child(int errfd)
+static void child(int errfd, void *arg)
 {
+    (void)arg;
     dup2(errfd, STDERR_FILENO);
     eng_exit_on_sigbus("sigbus-test");
     char path[] = "/tmp/kvpub-sigbus-XXXXXX";
@@ -39,23 +41,8 @@ static void child(int errfd)
 static void test_sigbus_exits_2(void **state)
 {
     (void)state;
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(pfd[0]);
-        child(pfd[1]);
-    }
-    close(pfd[1]);
-    char buf[512] = "";
-    size_t have = 0;
-    ssize_t n;
-    while (have < sizeof buf - 1 && (n = read(pfd[0], buf + have, sizeof buf - 1 - have)) > 0)
-        have += (size_t)n;
-    close(pfd[0]);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
+    char buf[512];
+    int status = tu_run_child(child, NULL, buf, sizeof buf);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 2);
     assert_string_equal(buf, "sigbus-test: a file mapped into memory (model or blob) was truncated or became "

@@ -23,6 +23,7 @@ enum { NL = 3, NKV = 2, HD = 16, KVD = NKV * HD, NT = 100, CT = 32, NCH = 4 };
 static kvc_key *g_key, *g_other;
 static uint16_t g_k[NL][NT * KVD], g_v[NL][NT * KVD];
 static int32_t g_tok[NT];
+static const uint16_t *g_kp[NL], *g_vp[NL]; /* per-layer rows of g_k / g_v, as kvb_write takes them */
 
 /* Independent of format/: IEEE half -> double, used to check decoded values. */
 static double h2d(uint16_t h)
@@ -50,6 +51,10 @@ static void make_data(void)
                 g_k[l][t * KVD + c] = base_f32_to_f16((float)(s * sin(0.05 * t + c + l) + n));
                 g_v[l][t * KVD + c] = base_f32_to_f16((float)(0.5 * cos(0.03 * t * (c + 1)) + n));
             }
+    for (int l = 0; l < NL; l++) {
+        g_kp[l] = g_k[l];
+        g_vp[l] = g_v[l];
+    }
     for (int i = 0; i < NT; i++)
         g_tok[i] = (int32_t)(i * 31 + 7);
     g_tok[5] = -1; /* ids are opaque int32: negative values must survive too */
@@ -95,14 +100,9 @@ static uint8_t *make_blob(kvb_codec codec, int64_t expires, size_t *len)
     kvb_manifest m;
     base_meta(&m, codec);
     m.expires = expires;
-    const uint16_t *kp[NL], *vp[NL];
-    for (int l = 0; l < NL; l++) {
-        kp[l] = g_k[l];
-        vp[l] = g_v[l];
-    }
     uint8_t *blob = NULL;
     char err[256] = "";
-    kvb_status st = kvb_write(&m, g_tok, kp, vp, NULL, g_key, NULL, &blob, len, err, sizeof err);
+    kvb_status st = kvb_write(&m, g_tok, g_kp, g_vp, NULL, g_key, NULL, &blob, len, err, sizeof err);
     if (st)
         fprintf(stderr, "write: %s\n", err);
     assert_int_equal(st, KVB_OK);
@@ -761,12 +761,7 @@ static void test_write_path_atomic(void **s)
     snprintf(path, sizeof path, "%s/out.kvb", dir);
     kvb_manifest m;
     base_meta(&m, KVB_CODEC_F16_ZSTD);
-    const uint16_t *kp[NL], *vp[NL];
-    for (int l = 0; l < NL; l++) {
-        kp[l] = g_k[l];
-        vp[l] = g_v[l];
-    }
-    assert_int_equal(kvb_write(&m, g_tok, kp, vp, NULL, g_key, path, NULL, NULL, err, sizeof err), KVB_OK);
+    assert_int_equal(kvb_write(&m, g_tok, g_kp, g_vp, NULL, g_key, path, NULL, NULL, err, sizeof err), KVB_OK);
     kvb_read_opts o = key_opts(2);
     kvb_manifest *got_m = NULL;
     assert_int_equal(kvb_read_file(path, &o, &got_m, NULL, err, sizeof err), KVB_OK);
@@ -779,7 +774,7 @@ static void test_write_path_atomic(void **s)
     uint8_t raw[32];
     kvc_key_raw_public(g_key, raw);
     assert_int_equal(kvc_key_from_raw_public(raw, &pub), KVC_OK);
-    assert_int_equal(kvb_write(&m, g_tok, kp, vp, NULL, pub, path, NULL, NULL, err, sizeof err), KVB_ERR_USAGE);
+    assert_int_equal(kvb_write(&m, g_tok, g_kp, g_vp, NULL, pub, path, NULL, NULL, err, sizeof err), KVB_ERR_USAGE);
     kvc_key_free(pub);
     assert_int_equal(access(path, F_OK), -1);
     assert_int_equal(tu_rm_rf(dir), 0);

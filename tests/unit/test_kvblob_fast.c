@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "format/kvblob.h"
+#include "tests/unit/test_util.h"
 
 typedef struct shape {
     uint32_t n_layer, n_head_kv, head_dim, n_tokens, chunk_tokens;
@@ -261,6 +262,37 @@ static void test_writer_threads_same_bytes(void **st)
         }
 }
 
+/* A writer of d on `threads` threads under a 40000-byte file size limit, in a child process;
+ * it reports "STATUS MESSAGE" to fd. */
+typedef struct spill_job {
+    const kvb_manifest *m;
+    const data *d;
+    int threads;
+} spill_job;
+
+static void spill_child(int fd, void *arg)
+{
+    const spill_job *j = arg;
+    char err[256] = "";
+    kvb_writer *w = NULL;
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl = {40000, 40000}; /* chunk 0 is 1 MiB, chunk 1 24 KiB */
+    setrlimit(RLIMIT_FSIZE, &rl);
+    kvb_write_opts so = {0, j->threads, g_spill};
+    kvb_status s2 = kvb_writer_create(j->m, j->d->tok, &so, &w, err, sizeof err);
+    if (!s2)
+        s2 = kvb_writer_add_layers(w, (const uint16_t *const *)j->d->k, (const uint16_t *const *)j->d->v, err,
+                                   sizeof err);
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    if (!s2)
+        s2 = kvb_writer_finish_mem(w, g_key, &blob, &len, err, sizeof err);
+    kvb_writer_free(w);
+    free(blob);
+    dprintf(fd, "%d %s", (int)s2, err);
+    _exit(0);
+}
+
 /* Spilling fails cleanly: a spill directory that cannot hold a file is refused at create, and
  * a spill file that cannot grow (RLIMIT_FSIZE, in a child process) fails the writer with one
  * line naming the chunk; the spill directory is left empty either way. */
@@ -278,36 +310,10 @@ static void test_writer_spill_failures(void **st)
     assert_null(w);
     assert_non_null(strstr(err, "cannot create a temporary file in /nonexistent/kvpub-spill"));
     for (int threads = 1; threads <= 3; threads += 2) {
-        int fds[2];
-        assert_int_equal(pipe(fds), 0);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            close(fds[0]);
-            signal(SIGXFSZ, SIG_IGN);
-            struct rlimit rl = {40000, 40000}; /* chunk 0 is 1 MiB, chunk 1 24 KiB */
-            setrlimit(RLIMIT_FSIZE, &rl);
-            kvb_write_opts so = {0, threads, g_spill};
-            kvb_status s2 = kvb_writer_create(&m, d.tok, &so, &w, err, sizeof err);
-            if (!s2)
-                s2 = kvb_writer_add_layers(w, (const uint16_t *const *)d.k, (const uint16_t *const *)d.v, err, sizeof err);
-            uint8_t *blob = NULL;
-            size_t len = 0;
-            if (!s2)
-                s2 = kvb_writer_finish_mem(w, g_key, &blob, &len, err, sizeof err);
-            kvb_writer_free(w);
-            free(blob);
-            dprintf(fds[1], "%d %s", (int)s2, err);
-            _exit(0);
-        }
-        close(fds[1]);
-        char got[300] = "";
-        ssize_t n = read(fds[0], got, sizeof got - 1);
-        close(fds[0]);
-        int status = 0;
-        waitpid(pid, &status, 0);
-        assert_true(n > 0 && WIFEXITED(status));
-        got[n] = 0;
+        spill_job job = {&m, &d, threads};
+        char got[300];
+        int status = tu_run_child(spill_child, &job, got, sizeof got);
+        assert_true(got[0] && WIFEXITED(status));
         if (atoi(got) != KVB_ERR_IO || !strstr(got, "cannot spill chunk 0 to a temporary file in") ||
             !strstr(got, "File too large"))
             fail_msg("%d threads: %s", threads, got);
