@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/tok/tokenizer_internal.h" /* eng_utf8_decode */
 #include "tests/unit/gpt2_bytes.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
