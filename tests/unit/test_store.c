@@ -968,6 +968,16 @@ static void test_schema_newer_refused(void **state)
 
 /* ---- consistency under concurrency and crashes ---- */
 
+/* The next entry of d other than "." and ".." (and hidden files), NULL at the end. */
+static struct dirent *next_entry(DIR *d)
+{
+    struct dirent *e;
+    do
+        e = readdir(d);
+    while (e && e->d_name[0] == '.');
+    return e;
+}
+
 /* Checks the raw on-disk state WITHOUT opening the store (which would reconcile): every row
  * has a complete file whose SHA-256 is its id, and every blob file is complete (its name is
  * its hash). Returns the number of rows. */
@@ -1003,17 +1013,13 @@ static int check_raw_consistency(const char *sdir, int *orphans)
     DIR *d = opendir(bdir);
     assert_non_null(d);
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
+    while ((de = next_entry(d)) != NULL) {
         char sub[1000];
         snprintf(sub, sizeof sub, "%s/%s", bdir, de->d_name);
         DIR *d2 = opendir(sub);
         assert_non_null(d2);
         struct dirent *fe;
-        while ((fe = readdir(d2)) != NULL) {
-            if (fe->d_name[0] == '.')
-                continue;
+        while ((fe = next_entry(d2)) != NULL) {
             snprintf(path, sizeof path, "%s/%s", sub, fe->d_name);
             uint8_t got[32], want[32];
             off_t size = 0;
