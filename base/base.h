@@ -172,6 +172,10 @@ const char *base_cache_dir(const char *sub, char *buf, size_t n);
  * with errno EFBIG past max bytes, ENOMEM, or EIO on a read error. */
 char *base_read_stream(FILE *f, size_t max, size_t *len);
 
+/* Writes n floats to path as little-endian f32 (logits for comparison with other runtimes).
+ * 0, or -1 with errno. */
+int base_write_f32_le(const char *path, const float *x, size_t n);
+
 /* ---- durable writes (keys, blobs, the store, downloads) ---- */
 
 /* Writes all n bytes (retrying short writes and EINTR), at the file offset or, for pwrite_all,

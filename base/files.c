@@ -113,3 +113,21 @@ char *base_read_stream(FILE *f, size_t max, size_t *len)
     *len = n;
     return buf;
 }
+
+int base_write_f32_le(const char *path, const float *x, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    int ok = 1;
+    for (size_t i = 0; i < n && ok; i++) { /* little-endian whatever the host */
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8), (unsigned char)(u >> 16),
+                              (unsigned char)(u >> 24)};
+        ok = fwrite(b, 1, 4, f) == 4;
+    }
+    if (fclose(f) != 0)
+        ok = 0;
+    return ok ? 0 : -1;
+}

@@ -33,12 +33,7 @@ int kvfetch_compare_main(int argc, char **argv)
     if (done)
         goto out;
     size_t total = 0;
-    if (kvp_path_sequence(&s->path, &s->pr, &seq, &total) != KVP_OK) {
-        fprintf(stderr, "%s: out of memory\n", s->prog);
-        rc = 2;
-        goto out;
-    }
-    if ((rc = kvfetch_session_ctx(s, &s->ctx_full)) != 0)
+    if ((rc = kvfetch_session_sequence(s, &seq, &total)) != 0 || (rc = kvfetch_session_ctx(s, &s->ctx_full)) != 0)
         goto out;
     kvp_compare_opts co = {.model = s->model, .loaded = s->ctx, .full = s->ctx_full, .seq = seq, .n_seq = total,
                            .n_gen = s->a.n_gen};

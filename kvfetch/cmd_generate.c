@@ -81,25 +81,6 @@ static int parse_ids(const char *s, int32_t **ids, size_t *n)
     return 0;
 }
 
-static int write_logits(const char *path, const float *logits, int n)
-{
-    unsigned char *b = malloc((size_t)n * 4);
-    if (!b)
-        return -1;
-    for (int i = 0; i < n; i++) { /* little-endian whatever the host */
-        uint32_t u;
-        memcpy(&u, &logits[i], 4);
-        for (int k = 0; k < 4; k++)
-            b[4 * (size_t)i + (size_t)k] = (unsigned char)(u >> (8 * k));
-    }
-    FILE *f = fopen(path, "wb");
-    int ok = f && fwrite(b, 4, (size_t)n, f) == (size_t)n;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    free(b);
-    return ok ? 0 : -1;
-}
-
 /* Streams each token to stdout: its id (user points to --tokens) or its text. */
 static int print_token(void *user, const kvp_token *t)
 {
@@ -232,7 +213,7 @@ int kvfetch_generate_main(int argc, char **argv)
         goto out;
     }
     double t1 = base_now_s();
-    if (logits_out && write_logits(logits_out, logits, hp->n_vocab) != 0) {
+    if (logits_out && base_write_f32_le(logits_out, logits, (size_t)hp->n_vocab) != 0) {
         fprintf(stderr, "kvfetch generate: cannot write %s: %s\n", logits_out, strerror(errno));
         goto out;
     }

@@ -23,6 +23,7 @@ int kvfetch_inspect_main(int argc, char **argv);
 int kvfetch_verify_main(int argc, char **argv);
 int kvfetch_generate_main(int argc, char **argv);
 int kvfetch_tokenize_main(int argc, char **argv);
+int kvfetch_export_main(int argc, char **argv);
 int kvfetch_get_main(int argc, char **argv);
 int kvfetch_run_main(int argc, char **argv);
 int kvfetch_compare_main(int argc, char **argv);

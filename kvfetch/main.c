@@ -11,6 +11,7 @@ static const base_cmd cmds[] = {
     {"inspect", kvfetch_inspect_main, "summarise a blob: document, model, codec, sizes, signer"},
     {"verify", kvfetch_verify_main, "check a blob: signature, trust, expiry, every chunk hash"},
     {"generate", kvfetch_generate_main, "generate text with a local GGUF model (no blobs)"},
+    {"export", kvfetch_export_main, "write a verified, placed blob as a llama.cpp sequence-state file"},
     {"tokenize", kvfetch_tokenize_main, "print the token ids a model's tokenizer gives a text"},
     {NULL, NULL, NULL},
 };

@@ -15,7 +15,8 @@
 static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *prog, const char *usage)
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
-           O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL };
+           O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
+           O_LOGITS };
     static const struct option longopts[] = {
         KVF_SHARED_LONGOPTS,
         {"model", required_argument, NULL, O_MODEL},
@@ -32,6 +33,9 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         {"system", required_argument, NULL, O_SYSTEM},
         {"special", no_argument, NULL, O_SPECIAL},
         {"no-special", no_argument, NULL, O_NO_SPECIAL},
+        {"llama-state", required_argument, NULL, O_LLAMA_STATE},
+        {"v-trans", no_argument, NULL, O_V_TRANS},
+        {"logits", required_argument, NULL, O_LOGITS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -68,6 +72,9 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         case O_SYSTEM: a->system = optarg; break;
         case O_SPECIAL: a->special = 1; break;
         case O_NO_SPECIAL: a->special = 0; break;
+        case O_LLAMA_STATE: a->llama_state = optarg; break;
+        case O_V_TRANS: a->v_trans = 1; break;
+        case O_LOGITS: a->logits_out = optarg; break;
         case 'n': {
             long v;
             if (kvf_parse_long(optarg, 1, KVFETCH_MAX_GEN, &v) != 0) {
@@ -122,7 +129,17 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
         return 2;
     }
-    if (!a->model || !a->n_blobs || !a->prompt || !*a->prompt) {
+    int exporting = strcmp(prog, "kvfetch export") == 0;
+    if (exporting != !!a->llama_state || (a->v_trans && !exporting)) {
+        fprintf(stderr, exporting ? "%s: --llama-state OUT is required (try --help)\n"
+                                  : "%s: --llama-state and --v-trans belong to kvfetch export\n", prog);
+        return 2;
+    }
+    if (exporting && a->prompt) {
+        fprintf(stderr, "%s: the state ends with the documents: no --prompt (the llama.cpp user prompts)\n", prog);
+        return 2;
+    }
+    if (!a->model || !a->n_blobs || (!exporting && (!a->prompt || !*a->prompt))) {
         fprintf(stderr, "%s: --model, --blob and a non-empty --prompt are required (try --help)\n", prog);
         return 2;
     }
@@ -224,12 +241,13 @@ static int load_model(kvfetch_session *s)
                             "(supported: ChatML/Qwen, Llama 3, Phi-3)\n", s->prog, other);
             return 2;
         }
-        if (kvp_chat_wrap(f, s->a.system, s->a.prompt, &s->chat_before, &s->chat_after) != KVP_OK) {
+        if (kvp_chat_wrap(f, s->a.system, s->a.prompt ? s->a.prompt : "", &s->chat_before, &s->chat_after) !=
+            KVP_OK) {
             fprintf(stderr, "%s: out of memory\n", s->prog);
             return 2;
         }
         prefix = s->chat_before;
-        prompt = s->chat_after;
+        prompt = s->a.llama_state ? NULL : s->chat_after; /* export ends with the documents */
     }
     /* prefix and prompt are the caller's own text: special-token strings are honoured unless
      * --no-special says otherwise (--chat's markers always are) */
@@ -238,6 +256,8 @@ static int load_model(kvfetch_session *s)
         fprintf(stderr, "%s: cannot tokenize --prefix\n", s->prog);
         return 2;
     }
+    if (!prompt) /* export: the documents end the sequence */
+        return 0;
     if (eng_tokenize(s->model, prompt, strlen(prompt), 0, special, &s->prompt_ids, &s->n_prompt) != ENG_OK ||
         s->n_prompt == 0) {
         fprintf(stderr, "%s: cannot tokenize --prompt (or it has no tokens)\n", s->prog);
@@ -277,14 +297,22 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
     }
     /* the cost of readying it is reported as warm-up, outside both paths' times */
     double t = base_now_s();
-    kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, s->path.bos >= 0 ? s->path.bos : s->prompt_ids[0], s->err,
-                                    sizeof s->err);
+    int32_t warm_tok = s->path.bos >= 0 ? s->path.bos : s->n_prompt ? s->prompt_ids[0] : 0;
+    kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, s->err, sizeof s->err);
     s->warm_s += base_now_s() - t;
     if (ws != KVP_OK) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);
         return 2;
     }
     return 0;
+}
+
+int kvfetch_session_sequence(kvfetch_session *s, int32_t **seq, size_t *n)
+{
+    if (kvp_path_sequence(&s->path, &s->pr, seq, n) == KVP_OK)
+        return 0;
+    fprintf(stderr, "%s: out of memory\n", s->prog);
+    return 2;
 }
 
 int kvfetch_session_ctx(kvfetch_session *s, eng_ctx **out)
@@ -315,6 +343,11 @@ static int loaded_path(kvfetch_session *s)
     kvp_load_opts lo = {.model = s->model, .ctx = s->ctx, .identity = &s->id, .trust = s->a.co.trust,
                         .now = s->a.co.now, .n_threads = s->a.threads};
     kvp_status st = kvp_path_run(&lo, &s->path, s->logits, &s->pr, s->err, sizeof s->err);
+    if (st == KVP_OK && s->a.logits_out && s->n_prompt &&
+        base_write_f32_le(s->a.logits_out, s->logits, (size_t)s->info->n_vocab) != 0) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", s->prog, s->a.logits_out, strerror(errno));
+        return 2;
+    }
     if (st == KVP_OK)
         return 0;
     int i = s->pr.failed_blob;

@@ -29,6 +29,7 @@
     "  --special            match special-token texts (<|im_start|>, ...) in --prefix and\n"   \
     "                       --prompt (the default for prompts; documents never are)\n"         \
     "  --no-special         treat them as plain text\n"                                         \
+    "  --logits FILE        write the loaded path's logits after the prompt (n_vocab f32 LE)\n" \
     "  -n N                 tokens to generate (default 64; stops early at end of generation)\n" \
     "  --temp T             sampling temperature; 0 = greedy (default 0)\n"                    \
     "  --top-k K, --top-p P sampling filters (default off)\n"                                   \
@@ -42,6 +43,9 @@ typedef struct kvfetch_run_args {
     int n_blobs;
     const char *prefix, *prompt, *system;
     int n_gen, threads, top_k, json, chat, special;
+    const char *llama_state;   /* export: the llama.cpp sequence-state file to write */
+    const char *logits_out;    /* run: write the loaded path's first logits here */
+    int v_trans;               /* export: V transposed (llama.cpp without flash attention) */
     float temp, top_p;
     uint64_t seed;
     kvf_common co;
@@ -78,6 +82,10 @@ typedef struct kvfetch_session {
 int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, kvfetch_session **out,
                           int *done);
 void kvfetch_session_free(kvfetch_session *s); /* NULL is a no-op */
+
+/* The placed sequence [BOS, prefix, documents, prompt] (kvp_path_sequence), malloc'd into *seq.
+ * Returns an exit code (0, or 2 after printing). */
+int kvfetch_session_sequence(kvfetch_session *s, int32_t **seq, size_t *n);
 
 /* A fresh, warmed context with room for the whole sequence and the generation (compare's full
  * path). Returns an exit code (0, or non-zero after printing). */

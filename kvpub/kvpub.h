@@ -221,7 +221,8 @@ typedef struct kvp_path {
     size_t n_prefix;
     const char *const *blobs;    /* local blob files, placed in this order after the prefix */
     int n_blobs;
-    const int32_t *prompt;       /* prefilled after the documents; its last logits are kept */
+    const int32_t *prompt;       /* prefilled after the documents; its last logits are kept
+                                  * (n_prompt 0: the path ends with the documents, no logits) */
     size_t n_prompt;
 } kvp_path;
 
@@ -355,5 +356,16 @@ kvp_status kvp_chat_render(kvp_chat_format f, const kvp_chat_msg *msgs, size_t n
  * "\n\n" + question). Both malloc'd. */
 kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *question, char **before,
                          char **after) KVP_WUR;
+
+/* ---- llama.cpp sequence state (llama_state.c, spec/llama-state.md) ---- */
+
+/* Writes the n cells of ctx (tokens[i] at position i, f16 K/V, i.e. exactly the sequence
+ * [BOS, prefix, documents] a path placed) as a llama.cpp sequence-state file: the format of
+ * llama_state_seq_save_file in the pinned llama.cpp (magic 'ggsq', version 3, one stream), for a
+ * llama.cpp context with type_k = type_v = f16 and V transposed (flash attention off) when
+ * v_trans, else not (flash attention on, llama.cpp's CPU default). Atomic: written beside path
+ * and renamed. KVP_ERR_USAGE when ctx does not hold exactly positions 0..n-1, KVP_ERR_IO. */
+kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t *tokens, size_t n, int v_trans,
+                                 const char *path, char *err, size_t errlen) KVP_WUR;
 
 #endif

@@ -72,7 +72,7 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
     }
     r->load_s = base_now_s() - t1;
     double t2 = base_now_s();
-    eng_status es = eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL);
+    eng_status es = p->n_prompt ? eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL) : ENG_OK;
     if (es != ENG_OK)
         return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of the prompt: %s", eng_status_str(es));
     r->suffix_s = base_now_s() - t2;

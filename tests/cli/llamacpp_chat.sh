@@ -8,13 +8,9 @@
 # (ChatML/Qwen, Llama 3, Phi-3) must each be met at least once, and a bare "chatml" too. Skips
 # with one line only when no npm registry is reachable.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=$BUILD/kvfetch
-. scripts/llamacpp/install.sh
-llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp chat templates: $LLAMACPP_WHY"; exit 0; }
-chat=$(llamacpp_build llama_chat)
-tmp=$(mktemp -d /tmp/kvpub-chat-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+HARNESS=llama_chat WHAT="llama.cpp chat templates"
+. tests/cli/lib/llamacpp_env.sh
+chat=$harness
 SYSTEM="You answer from the documents only."
 USER="  What does the second document say about RoPE?  "   # Llama 3 trims, the others do not
 printf 'chatml' >"$tmp/bare-chatml.jinja"

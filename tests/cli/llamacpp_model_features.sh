@@ -10,15 +10,10 @@
 #   - a tensor no forward pass reads: refused, naming it.
 # Skips with one line only when no npm registry is reachable.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=$BUILD/kvfetch
-KVSYNTH=$BUILD/kvsynth
-. scripts/llamacpp/install.sh
-llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp model features: $LLAMACPP_WHY"; exit 0; }
-logits=$(llamacpp_build llama_logits)
-tmp=$(mktemp -d /tmp/kvpub-model-features-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+KVSYNTH=${BUILD:-build}/kvsynth
+HARNESS=llama_logits WHAT="llama.cpp model features"
+. tests/cli/lib/llamacpp_env.sh
+logits=$harness
 S="--layers 2 --dim 64 --heads 4 --head-dim 16 --ffn 128 --vocab 512 --ctx 64 --type f32 --seed 7"
 IDS=$(seq 1 48 | awk '{ printf "%s%d", (NR > 1 ? "," : ""), 1 + ($1 * 37) % 500 }')
 ours() {

@@ -11,13 +11,9 @@
 # 3), never tokenized differently. Prints a parity table. Skips with one line only when no npm
 # registry is reachable.
 set -eu
-BUILD=${BUILD:-build}
-KVFETCH=${KVFETCH:-$BUILD/kvfetch}
-. scripts/llamacpp/install.sh
-llamacpp_install "$BUILD/llamacpp" || { echo "SKIP: llama.cpp parity: $LLAMACPP_WHY"; exit 0; }
-tok=$(llamacpp_build llama_tok)
-tmp=$(mktemp -d /tmp/kvpub-tok-parity-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+HARNESS=llama_tok WHAT="llama.cpp tokenizer parity"
+. tests/cli/lib/llamacpp_env.sh
+tok=$harness
 SEP=$'\n__ggml_vocab_test__\n'
 ours_cases=tests/cli/data/tokenize_cases.txt
 # not UTF-8: Latin-1 and Windows-1252 bytes, stray continuation bytes, overlong forms, surrogates,

@@ -1,0 +1,164 @@
+/* llama_state.c: a context's KV written as a llama.cpp sequence-state file, the file
+ * llama_state_seq_save_file writes and llama_state_seq_load_file (and llama-server's slot
+ * restore) reads, for the llama.cpp release kvpub pins (spec/llama-state.md): so a verified,
+ * placed blob drops into llama.cpp without a prefill. */
+#include "base/base.h"
+#include "kvpub/kvpub_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum {
+    LLAMA_STATE_MAGIC = 0x67677371,   /* 'ggsq' */
+    LLAMA_STATE_VERSION = 3,
+    GGML_TYPE_F16_ID = 1,
+};
+
+/* A little-endian byte sink over a file descriptor, buffered; the first error sticks. */
+typedef struct sink {
+    int fd;
+    unsigned char buf[1 << 16];
+    size_t n;
+    int bad;
+} sink;
+
+static void flush(sink *s)
+{
+    if (!s->bad && s->n && base_write_all(s->fd, s->buf, s->n) != 0)
+        s->bad = 1;
+    s->n = 0;
+}
+
+static void put(sink *s, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    while (n) {
+        if (s->n == sizeof s->buf)
+            flush(s);
+        size_t k = sizeof s->buf - s->n < n ? sizeof s->buf - s->n : n;
+        memcpy(s->buf + s->n, b, k);
+        s->n += k;
+        b += k;
+        n -= k;
+    }
+}
+
+static void put_u32(sink *s, uint32_t v)
+{
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
+    put(s, b, 4);
+}
+
+static void put_u64(sink *s, uint64_t v)
+{
+    put_u32(s, (uint32_t)v);
+    put_u32(s, (uint32_t)(v >> 32));
+}
+
+/* f16 values in the host's order to little-endian bytes (a no-op copy on x86 and arm64). */
+static void put_f16(sink *s, const uint16_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b[2] = {(unsigned char)v[i], (unsigned char)(v[i] >> 8)};
+        put(s, b, 2);
+    }
+}
+
+static void write_state(sink *s, eng_ctx *ctx, const eng_info *in, const int32_t *tokens, uint32_t n, int v_trans,
+                        uint16_t *k, uint16_t *v)
+{
+    const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
+    put_u32(s, LLAMA_STATE_MAGIC);
+    put_u32(s, LLAMA_STATE_VERSION);
+    put_u32(s, n);
+    for (uint32_t i = 0; i < n; i++)
+        put_u32(s, (uint32_t)tokens[i]);
+    put_u32(s, 1); /* streams: one, a unified cache */
+    put_u32(s, n); /* cells of the sequence */
+    for (uint32_t i = 0; i < n; i++) {
+        put_u32(s, i); /* position: cell i holds position i */
+        put_u32(s, 1); /* one sequence id */
+        put_u32(s, 0); /* sequence 0 (the loader puts it in its destination sequence) */
+    }
+    put_u32(s, (uint32_t)v_trans);
+    put_u32(s, (uint32_t)in->n_layer);
+    for (int pass = 0; pass < 2; pass++) { /* every layer's K, then every layer's V */
+        for (int il = 0; il < in->n_layer && !s->bad; il++) {
+            if (eng_kv_export_layer(ctx, il, 0, (int)n, k, v) != ENG_OK) {
+                s->bad = 2;
+                return;
+            }
+            put_u32(s, GGML_TYPE_F16_ID);
+            if (pass == 0 || !v_trans) { /* rows: one per cell */
+                put_u64(s, kvd * 2);
+                put_f16(s, pass == 0 ? k : v, (size_t)n * kvd);
+                continue;
+            }
+            put_u32(s, 2); /* transposed V: element size, width, then column by column */
+            put_u32(s, (uint32_t)kvd);
+            for (size_t j = 0; j < kvd; j++)
+                for (uint32_t c = 0; c < n; c++)
+                    put_f16(s, &v[(size_t)c * kvd + j], 1);
+        }
+    }
+    flush(s);
+}
+
+kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t *tokens, size_t n, int v_trans,
+                                 const char *path, char *err, size_t errlen)
+{
+    const eng_info *in = eng_model_info(m);
+    if (n == 0 || n > UINT32_MAX || (size_t)eng_kv_len(ctx) != n || eng_kv_next_pos(ctx) != (int32_t)n)
+        return kvp_fail(err, errlen, KVP_ERR_USAGE,
+                        "the context holds %d cells up to position %d, not the %zu tokens to export from position 0",
+                        eng_kv_len(ctx), (int)eng_kv_next_pos(ctx), n);
+    const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
+    uint16_t *k = malloc(n * kvd * sizeof *k), *v = malloc(n * kvd * sizeof *v);
+    sink *s = malloc(sizeof *s);
+    char tmp[4096];
+    int fd = -1;
+    kvp_status st = KVP_OK;
+    if (!k || !v || !s) {
+        st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %zu cells", n);
+        goto out;
+    }
+    /* written beside the destination and renamed over it: a reader never sees half a file */
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp ||
+        (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+        st = kvp_fail(err, errlen, KVP_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+        goto out;
+    }
+    s->fd = fd;
+    s->n = 0;
+    s->bad = 0;
+    write_state(s, ctx, in, tokens, (uint32_t)n, v_trans, k, v);
+    int bad = s->bad;
+    if (!bad && fsync(fd) != 0)
+        bad = 1;
+    if (close(fd) != 0 && !bad)
+        bad = 1;
+    fd = -1;
+    if (!bad && rename(tmp, path) != 0)
+        bad = 1;
+    if (bad) {
+        int e = errno ? errno : EIO;
+        unlink(tmp);
+        st = bad == 2 ? kvp_fail(err, errlen, KVP_ERR_ENGINE, "cannot read the context's KV")
+                      : kvp_fail(err, errlen, KVP_ERR_IO, "writing %s: %s", path, strerror(e));
+    } else {
+        base_fsync_parent_dir(path);
+    }
+out:
+    if (fd >= 0) {
+        close(fd);
+        unlink(tmp);
+    }
+    free(s);
+    free(k);
+    free(v);
+    return st;
+}
