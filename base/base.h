@@ -1,7 +1,7 @@
 /* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
  * formatting, the command-line number grammar, CPU feature detection, f16/bf16 scalar
- * conversion, the tools' subcommand dispatch and cache directory, durable file writes and a
- * monotonic clock. */
+ * conversion, the tools' subcommand dispatch and cache directory, durable file writes, a
+ * monotonic clock and a seeded PRNG. */
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
@@ -32,6 +32,34 @@ int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
 
 /* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */
 double base_now_s(void);
+
+/* ---- seeded pseudo-random numbers ----
+ * splitmix64 expands a seed into xoshiro256**'s state, as xoshiro's authors advise; both are
+ * inline because the synthetic-data generators draw from them per element. Not for secrets. */
+
+/* The next splitmix64 output; advances *x. */
+static inline uint64_t base_splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t base_rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+/* The next xoshiro256** output; advances s (which must not be all zero). */
+static inline uint64_t base_xoshiro256ss(uint64_t s[4])
+{
+    uint64_t r = base_rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = base_rotl64(s[3], 45);
+    return r;
+}
 
 /* ---- numbers on command lines and in the environment ----
  * One grammar, overflow-checked (out of range is an error, never a wrap), 0 on success and -1

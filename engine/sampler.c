@@ -3,6 +3,8 @@
  * xoshiro256** so a seed always gives the same sequence. */
 #include "engine/engine.h"
 
+#include "base/base.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -26,29 +28,7 @@ struct eng_sampler {
  * the whole vocabulary. */
 enum { TOP_P_PREFILTER = 256, TOP_P_GROW = 16 };
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t xoshiro_next(uint64_t s[4])
-{
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
-
-static double uniform01(uint64_t s[4]) { return (double)(xoshiro_next(s) >> 11) * 0x1p-53; }
+static double uniform01(uint64_t s[4]) { return (double)(base_xoshiro256ss(s) >> 11) * 0x1p-53; }
 
 eng_sampler *eng_sampler_create(float temp, int top_k, float top_p, uint64_t seed)
 {
@@ -59,7 +39,7 @@ eng_sampler *eng_sampler_create(float temp, int top_k, float top_p, uint64_t see
     s->top_k = top_k;
     s->top_p = top_p;
     for (int i = 0; i < 4; i++) /* splitmix64 expands the seed, as xoshiro's authors advise */
-        s->s[i] = splitmix64(&seed);
+        s->s[i] = base_splitmix64(&seed);
     return s;
 }
 

@@ -57,31 +57,11 @@ static int synth_type_from_name(const char *s, uint32_t *type, uint32_t *file_ty
 
 /* ---- PRNG: splitmix64 seeds xoshiro256** per tensor ---- */
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 typedef struct rng {
     uint64_t s[4];
 } rng;
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(rng *r)
-{
-    uint64_t *s = r->s, res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return res;
-}
+static uint64_t rng_next(rng *r) { return base_xoshiro256ss(r->s); }
 
 /* Uniform in [-1, 1). */
 static float rng_sym(rng *r)
@@ -97,7 +77,7 @@ static void rng_seed(rng *r, uint64_t seed, const char *name)
         h = (h ^ (uint8_t)*p) * 1099511628211ull;
     uint64_t x = seed ^ h;
     for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&x);
+        r->s[i] = base_splitmix64(&x);
 }
 
 /* ---- tensor plan ---- */

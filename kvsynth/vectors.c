@@ -29,14 +29,6 @@ enum { V_LAYERS = 2, V_HEAD_KV = 2, V_HEAD_DIM = 8, V_KV_DIM = V_HEAD_KV * V_HEA
  * 32 KiB leaves of the chunk digest (560 tokens x 128 bytes = 71 680 bytes) */
 enum { V_LONG_TOKENS = 600, V_LONG_CHUNK = 560 };
 
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void usage(FILE *f)
 {
     fputs("usage: kvsynth vectors -o DIR [--created UNIX] [--expires UNIX] [--serial N]\n"
@@ -85,7 +77,7 @@ static void vector_data(int nt, uint16_t *k, uint16_t *v, int32_t *tokens)
         for (int w = 0; w < 2; w++)
             for (int t = 0; t < nt; t++)
                 for (int c = 0; c < V_KV_DIM; c++) {
-                    int r = (int)(splitmix64(&s) >> 53) - 1024;        /* -1024..1023 */
+                    int r = (int)(base_splitmix64(&s) >> 53) - 1024;        /* -1024..1023 */
                     float x = (float)r / (float)(1 << (11 - c % 4));  /* exact in f16 */
                     (w ? v : k)[((size_t)l * nt + t) * V_KV_DIM + c] = base_f32_to_f16(x);
                 }
