@@ -86,10 +86,10 @@ enum MHD_Result kvsrv_catalog(kvsrv_req *r)
     q.title_contains = t && *t ? t : NULL;
     uint64_t limit = KVS_QUERY_DEFAULT_LIMIT, offset = 0;
     const char *ls = kvsrv_arg(r, "limit"), *os = kvsrv_arg(r, "offset");
-    if (ls && (kvsrv_parse_u64(ls, &limit) != 0 || limit < 1 || limit > KVS_QUERY_MAX_LIMIT))
+    if (ls && (base_parse_u64(ls, &limit) != 0 || limit < 1 || limit > KVS_QUERY_MAX_LIMIT))
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "limit must be 1..%d",
                                    KVS_QUERY_MAX_LIMIT);
-    if (os && (kvsrv_parse_u64(os, &offset) != 0 || offset > OFFSET_MAX))
+    if (os && (base_parse_u64(os, &offset) != 0 || offset > OFFSET_MAX))
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "offset must be 0..%u", OFFSET_MAX);
     q.limit = (size_t)limit;
     q.offset = (size_t)offset;

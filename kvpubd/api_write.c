@@ -27,7 +27,7 @@ static int body_length(kvsrv_req *r, uint64_t max, uint64_t *len, enum MHD_Resul
                                     "send the body with a Content-Length (no chunked encoding)");
         return -1;
     }
-    if (kvsrv_parse_u64(cl, len) != 0) {
+    if (base_parse_u64(cl, len) != 0) {
         *done = kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "Content-Length is not a number");
         return -1;
     }
@@ -222,7 +222,7 @@ static enum MHD_Result index_upload(kvsrv_req *r, const kvb_manifest *m)
     kvsrv *s = r->srv;
     uint64_t price = 0;
     const char *ps = kvsrv_arg(r, "price");
-    if (ps && kvsrv_parse_u64(ps, &price) != 0)
+    if (ps && base_parse_u64(ps, &price) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "price must be a whole number");
     kvp_blobinfo bi;
     if (kvp_blobinfo_fill(&bi, m, r->up_key_id, price) != 0)

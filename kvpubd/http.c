@@ -17,13 +17,6 @@
 #define FILE_BLOCK (256 * 1024)
 #define CORK_MIN (1u << 20) /* bodies at least this large are sent corked */
 
-double kvsrv_mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
 /* ---- logging ---- */
 
 __attribute__((format(printf, 3, 0)))
@@ -81,7 +74,7 @@ kvsrv_req *kvsrv_req_create(kvsrv *s, struct MHD_Connection *conn, const char *m
     r->conn = conn;
     r->up_fd = -1;
     r->cork_fd = -1;
-    r->t0 = kvsrv_mono_ms();
+    r->t0 = base_now_s();
     snprintf(r->method, sizeof r->method, "%s", method);
     kvsrv_log_escape(url, r->path, sizeof r->path);
     return r;

@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "base/base.h"
 #include "crypto/kvcrypto.h"
 #include "format/kvblob.h"
 #include "store/kvstore.h"
@@ -72,7 +73,7 @@ typedef struct kvsrv_req {
     int bad_id;
     char method[16];
     char path[256];                /* sanitized, for the log */
-    double t0;
+    double t0;                     /* base_now_s() when it arrived */
     unsigned status;               /* 0 until a response is queued */
     uint64_t bytes;                /* buffer body bytes */
     _Atomic uint64_t file_bytes;   /* file body bytes handed to TLS */
@@ -98,9 +99,6 @@ typedef struct kvsrv_req {
     char up_err[256];
     uint8_t up_key_id[KVC_KEYID_LEN];
 } kvsrv_req;
-
-/* Monotonic clock in milliseconds (request durations, deadlines). */
-double kvsrv_mono_ms(void);
 
 /* A request of method to url (both copied) on conn. Returns NULL when out of memory. */
 kvsrv_req *kvsrv_req_create(kvsrv *s, struct MHD_Connection *conn, const char *method, const char *url);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/base.h"
 #include "crypto/kvcrypto.h"
 
 int kvsrv_is_id(const char *s)
@@ -16,23 +17,6 @@ int kvsrv_is_id(const char *s)
     return i == 64;
 }
 
-int kvsrv_parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !*s)
-        return -1;
-    uint64_t v = 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9')
-            return -1;
-        unsigned d = (unsigned)(*s - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return -1;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
-}
-
 /* Parses the n bytes at p as a whole decimal uint64 (n == 0 is an error). */
 static int parse_u64n(const char *p, size_t n, uint64_t *out)
 {
@@ -41,7 +25,7 @@ static int parse_u64n(const char *p, size_t n, uint64_t *out)
         return -1;
     memcpy(buf, p, n);
     buf[n] = 0;
-    return kvsrv_parse_u64(buf, out);
+    return base_parse_u64(buf, out);
 }
 
 int kvsrv_parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *len)

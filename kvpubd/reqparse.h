@@ -1,5 +1,5 @@
 /* reqparse.h: the daemon's hand-written parsers of untrusted request fields (Range,
- * If-None-Match, bearer credentials, decimal numbers, blob ids) and the log-line escaper.
+ * If-None-Match, bearer credentials, blob ids) and the log-line escaper.
  * Pure functions with no libmicrohttpd dependency, so fuzz/fuzz_kvpubd_parse.c can drive them. */
 #ifndef KVPUB_KVPUBD_REQPARSE_H
 #define KVPUB_KVPUBD_REQPARSE_H
@@ -9,10 +9,6 @@
 
 /* Exactly 64 lowercase hex digits. */
 int kvsrv_is_id(const char *s);
-
-/* A decimal uint64 that is the whole (non-empty) string. Returns 0 on success, -1 otherwise
- * (*out untouched). */
-int kvsrv_parse_u64(const char *s, uint64_t *out);
 
 /* A Range header against a file of size bytes. Returns 0: not a bytes range (serve the whole
  * file), 1: one satisfiable range [*start, *start + *len) with *len >= 1 and

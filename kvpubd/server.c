@@ -237,7 +237,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     kvsrv_log(s, st >= 500 || !ok ? "error" : "info",
               "event=access remote=%s method=%s path=\"%s\" endpoint=%s status=%u bytes=%" PRIu64
               " ms=%.1f end=%s%s%s%s",
-              addr, method, r->path, kvsrv_ep_name(r->ep), st, bytes, kvsrv_mono_ms() - r->t0, how,
+              addr, method, r->path, kvsrv_ep_name(r->ep), st, bytes, (base_now_s() - r->t0) * 1e3, how,
               err[0] ? " detail=\"" : "", err, err[0] ? "\"" : "");
     if (endpoints[r->ep].finish)
         endpoints[r->ep].finish(r, ok);
@@ -291,7 +291,7 @@ static int bind_listen(const char *spec, char *err, size_t errlen)
         host[hl - 2] = 0;
     }
     uint64_t port;
-    if (kvsrv_parse_u64(colon + 1, &port) != 0 || port > 65535) {
+    if (base_parse_u64(colon + 1, &port) != 0 || port > 65535) {
         snprintf(err, errlen, "--listen '%s': port must be 0..65535", spec);
         return -1;
     }
@@ -414,8 +414,8 @@ unsigned kvsrv_shutdown(kvsrv *s, unsigned deadline_s)
         close(lfd);
         s->listen_fd = -1;
     }
-    double end = kvsrv_mono_ms() + deadline_s * 1e3;
-    while (atomic_load(&s->inflight) > 0 && kvsrv_mono_ms() < end) {
+    double end = base_now_s() + deadline_s;
+    while (atomic_load(&s->inflight) > 0 && base_now_s() < end) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -11,7 +11,7 @@
 typedef struct kvsrv_watch {
     struct kvsrv_watch *prev, *next;
     int fd;
-    double since;      /* mono ms: accept, the end of the previous request, or headers done */
+    double since;      /* base_now_s(): accept, the end of the previous request, or headers done */
     int in_request;    /* headers complete: the request is being handled or answered */
     int in_body;       /* its body (upload, purchase) is still arriving */
     uint64_t body_bytes;
@@ -50,7 +50,7 @@ int kvsrv_watch_mark(kvsrv *s, struct MHD_Connection *conn, int in_request)
     w->in_request = in_request;
     w->in_body = 0;
     w->body_bytes = 0;
-    w->since = kvsrv_mono_ms();
+    w->since = base_now_s();
     pthread_mutex_unlock(&s->watch_mu);
     return w->over;
 }
@@ -58,7 +58,7 @@ int kvsrv_watch_mark(kvsrv *s, struct MHD_Connection *conn, int in_request)
 static void *watchdog_main(void *arg)
 {
     kvsrv *s = arg;
-    double limit_ms = s->cfg.timeout_s * 1e3;
+    double limit_s = (double)s->cfg.timeout_s;
     pthread_mutex_lock(&s->watch_mu);
     while (!s->watchdog_stop) {
         struct timespec until;
@@ -69,16 +69,16 @@ static void *watchdog_main(void *arg)
             until.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&s->watch_cv, &s->watch_mu, &until);
-        double now = kvsrv_mono_ms();
+        double now = base_now_s();
         /* MHD closes the socket only after its CLOSED notification, which unlinks the entry
          * under watch_mu: every fd on this list still belongs to its connection */
         for (kvsrv_watch *w = s->watch_head; w && !s->watchdog_stop; w = w->next) {
             if (w->cut)
                 continue;
-            if (!w->in_request && now - w->since > limit_ms) {
+            if (!w->in_request && now - w->since > limit_s) {
                 w->cut = CUT_HEADERS;
                 atomic_fetch_add_explicit(&s->header_timeouts, 1, memory_order_relaxed);
-            } else if (w->in_body && now - w->since > limit_ms + (double)w->body_bytes / BODY_MIN_RATE * 1e3) {
+            } else if (w->in_body && now - w->since > limit_s + (double)w->body_bytes / BODY_MIN_RATE) {
                 w->cut = CUT_BODY;
                 atomic_fetch_add_explicit(&s->body_timeouts, 1, memory_order_relaxed);
             } else {
@@ -103,7 +103,7 @@ void kvsrv_watch_connection(void *cls, struct MHD_Connection *conn, void **socke
             return; /* unwatched: MHD's idle timeout still applies */
         w->fd = ci->connect_fd;
         w->over = open > (long)s->cfg.max_conns;
-        w->since = kvsrv_mono_ms();
+        w->since = base_now_s();
         pthread_mutex_lock(&s->watch_mu);
         w->next = s->watch_head;
         if (w->next)
