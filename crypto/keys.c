@@ -220,41 +220,36 @@ kvc_status kvc_key_from_pem_public(const char *pem, size_t len, kvc_key **out)
     return pem_parse(pem, len, 0, 0, out);
 }
 
-kvc_status kvc_key_load_private(const char *path, kvc_key **out, char *err, size_t errlen)
+/* Reads the PEM file at path and parses the private (priv) or public key in it; form says in
+ * the error what the file should have held. */
+static kvc_status load_pem_file(const char *path, int priv, const char *form, kvc_key **out, char *err,
+                                size_t errlen)
 {
     *out = NULL;
     char *buf = NULL;
     size_t len = 0;
-    kvc_status st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, 1, &buf, &len, err, errlen);
+    kvc_status st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, priv, &buf, &len, err, errlen);
     if (st != KVC_OK)
         return st;
-    st = pem_parse(buf, len, 1, 1, out);
+    st = pem_parse(buf, len, priv, 1, out);
+    /* wiped for a public key too: the file may have been a private key */
     kvc_wipe(buf, len);
     free(buf);
     if (st == KVC_ERR_FORMAT)
-        base_errf(err, errlen, "%s is not an unencrypted Ed25519 private key in PEM (PKCS#8) form", path);
+        base_errf(err, errlen, "%s is not %s", path, form);
     else if (st != KVC_OK)
         base_errf(err, errlen, "cannot load %s: %s", path, kvc_status_str(st));
     return st;
 }
 
+kvc_status kvc_key_load_private(const char *path, kvc_key **out, char *err, size_t errlen)
+{
+    return load_pem_file(path, 1, "an unencrypted Ed25519 private key in PEM (PKCS#8) form", out, err, errlen);
+}
+
 kvc_status kvc_key_load_public(const char *path, kvc_key **out, char *err, size_t errlen)
 {
-    *out = NULL;
-    char *buf = NULL;
-    size_t len = 0;
-    kvc_status st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, 0, &buf, &len, err, errlen);
-    if (st != KVC_OK)
-        return st;
-    st = pem_parse(buf, len, 0, 1, out);
-    /* the file may have been a private key */
-    kvc_wipe(buf, len);
-    free(buf);
-    if (st == KVC_ERR_FORMAT)
-        base_errf(err, errlen, "%s is not an Ed25519 public key in PEM (SubjectPublicKeyInfo) form", path);
-    else if (st != KVC_OK)
-        base_errf(err, errlen, "cannot load %s: %s", path, kvc_status_str(st));
-    return st;
+    return load_pem_file(path, 0, "an Ed25519 public key in PEM (SubjectPublicKeyInfo) form", out, err, errlen);
 }
 
 void kvc_key_raw_public(const kvc_key *k, uint8_t raw[KVC_PUBKEY_LEN])
