@@ -137,26 +137,27 @@ void kvc_key_free(kvc_key *k)
     free(k);
 }
 
-kvc_status kvc_key_from_raw_public(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **out)
+/* A key from its 32 raw bytes: the private seed (priv) or the public point. */
+static kvc_status key_from_raw(const uint8_t raw[KVC_PUBKEY_LEN], int priv, kvc_key **out)
 {
     *out = NULL;
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, raw, KVC_PUBKEY_LEN);
+    EVP_PKEY *pkey = priv ? EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, raw, KVC_PUBKEY_LEN)
+                          : EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, raw, KVC_PUBKEY_LEN);
     if (!pkey) {
         ERR_clear_error();
         return KVC_ERR_FORMAT;
     }
-    return key_wrap(pkey, 0, out);
+    return key_wrap(pkey, priv, out);
+}
+
+kvc_status kvc_key_from_raw_public(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **out)
+{
+    return key_from_raw(raw, 0, out);
 }
 
 kvc_status kvc_key_from_raw_private(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **out)
 {
-    *out = NULL;
-    EVP_PKEY *pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, raw, KVC_PUBKEY_LEN);
-    if (!pkey) {
-        ERR_clear_error();
-        return KVC_ERR_FORMAT;
-    }
-    return key_wrap(pkey, 1, out);
+    return key_from_raw(raw, 1, out);
 }
 
 /* Refuses to prompt for a passphrase: keys are unencrypted and tools run unattended. */
