@@ -118,12 +118,7 @@ static int load_tokenizer(const char *path, size_t n_vocab, synth_vocab *v)
         v->types[i] = i == 0 ? 2 : (i == 1 || i == 2) ? 3
                     : (o == 6 && sscanf(s, "<0x%2X%c", &hex, &tail) == 2 && tail == '>') ? 6 : 1;
     }
-    v->model = "llama";
-    v->pre = "default";
-    v->bos = 1;
-    v->eos = 2;
-    v->unk = 0;
-    v->add_bos = 1;
+    synth_vocab_spm_ids(v);
     rc = 0;
 out:
     munmap((void *)m.p, m.n);

@@ -87,7 +87,28 @@ static int32_t b_add(builder *b, const char *s, size_t len, float score, int32_t
     return id;
 }
 
-static int b_init(builder *b, size_t cap)
+/* Hands the tokens, scores, types and merges over to v and frees the lookup table. */
+static void b_take(builder *b, synth_vocab *v)
+{
+    v->tokens = b->tok;
+    v->scores = b->score;
+    v->types = b->type;
+    v->n = b->n;
+    v->merges = b->merges;
+    v->n_merges = b->n_merges;
+    free(b->slot);
+}
+
+static void b_free(builder *b)
+{
+    synth_vocab v;
+    memset(&v, 0, sizeof v);
+    b_take(b, &v);
+    synth_vocab_free(&v);
+}
+
+/* An empty builder for cap tokens. 0, or -1 with err (nothing left to free). */
+static int b_init(builder *b, size_t cap, char *err, size_t errlen)
 {
     memset(b, 0, sizeof *b);
     b->cap = cap;
@@ -99,23 +120,13 @@ static int b_init(builder *b, size_t cap)
     b->type = calloc(cap, sizeof *b->type);
     b->slot = malloc(b->nslot * sizeof *b->slot);
     b->merges = calloc(cap, sizeof *b->merges);
-    if (!b->tok || !b->score || !b->type || !b->slot || !b->merges)
+    if (!b->tok || !b->score || !b->type || !b->slot || !b->merges) {
+        b_free(b);
+        snprintf(err, errlen, "out of memory");
         return -1;
+    }
     memset(b->slot, 0xff, b->nslot * sizeof *b->slot);
     return 0;
-}
-
-static void b_free(builder *b)
-{
-    for (size_t i = 0; i < b->n; i++)
-        free(b->tok[i]);
-    for (size_t i = 0; i < b->n_merges; i++)
-        free(b->merges[i]);
-    free(b->tok);
-    free(b->score);
-    free(b->type);
-    free(b->slot);
-    free(b->merges);
 }
 
 /* Token for a+b (new or existing); records the merge "a b" when want_merge. -1 on OOM. */
@@ -347,13 +358,7 @@ static int finish(builder *b, synth_vocab *v, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory building the vocabulary");
         return -1;
     }
-    v->tokens = b->tok;
-    v->scores = b->score;
-    v->types = b->type;
-    v->n = b->n;
-    v->merges = b->merges;
-    v->n_merges = b->n_merges;
-    free(b->slot);
+    b_take(b, v);
     return 0;
 }
 
@@ -366,11 +371,8 @@ int synth_vocab_spm(size_t n_vocab, synth_vocab *v, char *err, size_t errlen)
         return -1;
     }
     builder b;
-    if (b_init(&b, n_vocab) != 0) {
-        b_free(&b);
-        snprintf(err, errlen, "out of memory");
+    if (b_init(&b, n_vocab, err, errlen) != 0)
         return -1;
-    }
     b_add(&b, "<unk>", 5, 0, 2);
     b_add(&b, "<s>", 3, 0, 3);
     b_add(&b, "</s>", 4, 0, 3);
@@ -421,12 +423,7 @@ int synth_vocab_spm(size_t n_vocab, synth_vocab *v, char *err, size_t errlen)
         snprintf(err, errlen, "could not build %zu distinct pieces", n_vocab);
         return -1;
     }
-    v->model = "llama";
-    v->pre = "default";
-    v->bos = 1;
-    v->eos = 2;
-    v->unk = 0;
-    v->add_bos = 1;
+    synth_vocab_spm_ids(v);
     return finish(&b, v, err, errlen);
 }
 
@@ -486,11 +483,8 @@ int synth_vocab_bpe(size_t n_vocab, const char *pre, synth_vocab *v, char *err, 
         return -1;
     }
     builder b;
-    if (b_init(&b, n_vocab) != 0) {
-        b_free(&b);
-        snprintf(err, errlen, "out of memory");
+    if (b_init(&b, n_vocab, err, errlen) != 0)
         return -1;
-    }
     int bs[256], cs[256], id_of_byte[256];
     byte_map(bs, cs);
     for (int i = 0; i < 256; i++) {
@@ -537,6 +531,16 @@ int synth_vocab_bpe(size_t n_vocab, const char *pre, synth_vocab *v, char *err, 
     v->unk = -1;
     v->add_bos = !is_qwen;
     return finish(&b, v, err, errlen);
+}
+
+void synth_vocab_spm_ids(synth_vocab *v)
+{
+    v->model = "llama";
+    v->pre = "default";
+    v->bos = 1;
+    v->eos = 2;
+    v->unk = 0;
+    v->add_bos = 1;
 }
 
 void synth_vocab_free(synth_vocab *v)

@@ -27,6 +27,10 @@ typedef struct synth_vocab {
 int synth_vocab_spm(size_t n_vocab, synth_vocab *v, char *err, size_t errlen);
 /* Byte-level BPE of exactly n_vocab tokens; pre is "llama-bpe" or "qwen2". 0 or -1 with err. */
 int synth_vocab_bpe(size_t n_vocab, const char *pre, synth_vocab *v, char *err, size_t errlen);
+/* Sets the SentencePiece ('llama') conventions that synth_vocab_spm's vocabularies and those
+ * read from llama2.c's tokenizer.bin share: <unk> 0, <s> 1 (added as BOS), </s> 2,
+ * pre-tokenizer "default". Leaves the tokens alone. */
+void synth_vocab_spm_ids(synth_vocab *v);
 void synth_vocab_free(synth_vocab *v); /* NULL is a no-op */
 
 /* Writes the tokenizer.ggml.* keys. 0 or -1 (out of memory). */
