@@ -59,6 +59,23 @@ static int32_t ld_i32(const uint8_t *p)
     return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
 }
 
+/* One tensor to write: its GGUF name and shape, and where its f32 data lies in the checkpoint. */
+typedef struct src_tensor {
+    char name[64];
+    uint32_t n_dims;
+    uint64_t ne[2];
+    const float *p;
+} src_tensor;
+
+static void src_set(src_tensor *t, const char *name, uint32_t n_dims, int64_t ne0, int64_t ne1, const float *p)
+{
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->n_dims = n_dims;
+    t->ne[0] = (uint64_t)ne0;
+    t->ne[1] = (uint64_t)ne1;
+    t->p = p;
+}
+
 /* Reads llama2.c's tokenizer.bin into v (llama/SPM conventions). 0, or -1 after a message. */
 static int load_tokenizer(const char *path, size_t n_vocab, synth_vocab *v)
 {
@@ -233,56 +250,39 @@ int kvsynth_llama2c_main(int argc, char **argv)
         fputs("kvsynth: out of memory\n", stderr);
         goto out;
     }
-    /* Tensor order as llama.cpp's converter writes it. */
-    struct src {
-        char name[64];
+    /* Tensor order as llama.cpp's converter writes it. llama2.c stores each per-layer weight
+     * as one array of nl (ne0 x ne1) matrices. */
+    const struct {
+        const char *sfx;
         uint32_t n_dims;
-        uint64_t ne[2];
-        const float *p;
-    } *src = calloc((size_t)nl * 9 + 3, sizeof *src);
+        int64_t ne0, ne1;
+        const float *base;
+    } per_layer[] = {
+        {"attn_norm.weight", 1, dim, 1, rms_att},  {"attn_q.weight", 2, dim, dim, wq},
+        {"attn_k.weight", 2, dim, kvd, wk},        {"attn_v.weight", 2, dim, kvd, wv},
+        {"attn_output.weight", 2, dim, dim, wo},   {"ffn_norm.weight", 1, dim, 1, rms_ffn},
+        {"ffn_gate.weight", 2, dim, hid, w1},      {"ffn_down.weight", 2, hid, dim, w2},
+        {"ffn_up.weight", 2, dim, hid, w3},
+    };
+    enum { N_PER_LAYER = sizeof per_layer / sizeof per_layer[0] };
+    src_tensor *src = calloc((size_t)nl * N_PER_LAYER + 3, sizeof *src);
     if (!src) {
         fputs("kvsynth: out of memory\n", stderr);
         goto out;
     }
     size_t ns = 0;
-    char tn[64];
-#define T(nd, a, b, ptr)                                                                    \
-    do {                                                                                    \
-        src[ns] = (struct src){.n_dims = (nd), .ne = {(uint64_t)(a), (uint64_t)(b)}, .p = (ptr)}; \
-        memcpy(src[ns].name, tn, sizeof tn);                                                \
-        ns++;                                                                               \
-    } while (0)
-#define LN(sfx) snprintf(tn, sizeof tn, "blk.%lld.%s", (long long)l, sfx)
-    snprintf(tn, sizeof tn, "token_embd.weight");
-    T(2, dim, voc, emb);
+    src_set(&src[ns++], "token_embd.weight", 2, dim, voc, emb);
     for (int64_t l = 0; l < nl; l++) {
-        LN("attn_norm.weight");
-        T(1, dim, 1, rms_att + l * dim);
-        LN("attn_q.weight");
-        T(2, dim, dim, wq + l * dim * dim);
-        LN("attn_k.weight");
-        T(2, dim, kvd, wk + l * dim * kvd);
-        LN("attn_v.weight");
-        T(2, dim, kvd, wv + l * dim * kvd);
-        LN("attn_output.weight");
-        T(2, dim, dim, wo + l * dim * dim);
-        LN("ffn_norm.weight");
-        T(1, dim, 1, rms_ffn + l * dim);
-        LN("ffn_gate.weight");
-        T(2, dim, hid, w1 + l * dim * hid);
-        LN("ffn_down.weight");
-        T(2, hid, dim, w2 + l * dim * hid);
-        LN("ffn_up.weight");
-        T(2, dim, hid, w3 + l * dim * hid);
+        for (size_t k = 0; k < N_PER_LAYER; k++) {
+            char tn[64];
+            snprintf(tn, sizeof tn, "blk.%lld.%s", (long long)l, per_layer[k].sfx);
+            src_set(&src[ns++], tn, per_layer[k].n_dims, per_layer[k].ne0, per_layer[k].ne1,
+                    per_layer[k].base + l * per_layer[k].ne0 * per_layer[k].ne1);
+        }
     }
-    snprintf(tn, sizeof tn, "output_norm.weight");
-    T(1, dim, 1, rms_fin);
-    if (!shared) {
-        snprintf(tn, sizeof tn, "output.weight");
-        T(2, dim, voc, wcls);
-    }
-#undef LN
-#undef T
+    src_set(&src[ns++], "output_norm.weight", 1, dim, 1, rms_fin);
+    if (!shared)
+        src_set(&src[ns++], "output.weight", 2, dim, voc, wcls);
     for (size_t i = 0; i < ns; i++)
         ggw_tensor(w, src[i].name, GGML_T_F32, src[i].n_dims, src[i].ne);
     int ok = ggw_begin(w, out, err, sizeof err) == 0;
