@@ -339,6 +339,23 @@ static size_t split_words(int spm, char ***out, int **freq)
     return f ? u : 0;
 }
 
+/* One word per text word, with its frequency and room for one symbol per byte. 0, or -1 when
+ * out of memory or there are no words (free_words frees what was made either way). */
+static int alloc_words(char **ws, const int *f, size_t nw, word **out)
+{
+    word *w = calloc(nw ? nw : 1, sizeof *w);
+    *out = w;
+    if (!w || !nw)
+        return -1;
+    for (size_t i = 0; i < nw; i++) {
+        w[i].sym = malloc(strlen(ws[i]) * sizeof *w[i].sym);
+        w[i].freq = f[i];
+        if (!w[i].sym)
+            return -1;
+    }
+    return 0;
+}
+
 static void free_words(char **ws, int *f, word *w, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -384,20 +401,14 @@ int synth_vocab_spm(size_t n_vocab, synth_vocab *v, char *err, size_t errlen)
     char **ws = NULL;
     int *f = NULL;
     size_t nw = split_words(1, &ws, &f);
-    word *w = calloc(nw ? nw : 1, sizeof *w);
+    word *w;
     int rank = 0;
-    if (!w || !nw)
+    if (alloc_words(ws, f, nw, &w) != 0)
         b.oom = 1;
     /* Character pieces in order of first appearance in the text; scored below any merge. */
     float cscore = -1e6f;
     for (size_t i = 0; !b.oom && i < nw; i++) {
         size_t len = strlen(ws[i]);
-        w[i].sym = malloc(len * sizeof *w[i].sym);
-        w[i].freq = f[i];
-        if (!w[i].sym) {
-            b.oom = 1;
-            break;
-        }
         for (size_t j = 0; j < len;) {
             size_t cl = utf8_len((uint8_t)ws[i][j]);
             if (j + cl > len)
@@ -496,20 +507,12 @@ int synth_vocab_bpe(size_t n_vocab, const char *pre, synth_vocab *v, char *err, 
     char **ws = NULL;
     int *f = NULL;
     size_t nw = split_words(0, &ws, &f);
-    word *w = calloc(nw ? nw : 1, sizeof *w);
-    if (!w || !nw)
+    word *w;
+    if (alloc_words(ws, f, nw, &w) != 0)
         b.oom = 1;
-    for (size_t i = 0; !b.oom && i < nw; i++) {
-        size_t len = strlen(ws[i]);
-        w[i].sym = malloc(len * sizeof *w[i].sym);
-        w[i].freq = f[i];
-        if (!w[i].sym) {
-            b.oom = 1;
-            break;
-        }
-        for (size_t j = 0; j < len; j++)
+    for (size_t i = 0; !b.oom && i < nw; i++)
+        for (size_t j = 0; ws[i][j]; j++)
             w[i].sym[w[i].n++] = id_of_byte[(uint8_t)ws[i][j]];
-    }
     int rank = 0;
     size_t body = n_vocab - n_sp;
     if (!b.oom) {
