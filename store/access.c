@@ -235,13 +235,10 @@ kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_
     kvs_status st = db_begin(s->db, err, errlen);
     if (st != KVS_OK)
         return st;
+    int row;
     db_stmt q;
-    st = kvs_prepare(s, "SELECT 1 FROM publishers WHERE key_id = :kid", &q, err, errlen);
-    db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
-    int row = 0;
-    if (st == KVS_OK)
-        st = db_step(&q, &row, err, errlen);
-    db_finalize(&q);
+    st = kvs_has_row(s, "SELECT 1 FROM publishers WHERE key_id = :kid", ":kid", key_id, KVS_KEYID_LEN, &row, err,
+                     errlen);
     char hex[17];
     if (st == KVS_OK && row) {
         base_errf(err, errlen, "publisher %s is already registered", kvc_hex(key_id, KVS_KEYID_LEN, hex));

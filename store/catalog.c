@@ -110,13 +110,8 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
 {
     if (outlen)
         out[0] = '\0';
-    db_stmt q;
-    kvs_status st = kvs_prepare(s, "SELECT 1 FROM blobs WHERE id = :id", &q, err, errlen);
-    db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
-    int row = 0;
-    if (st == KVS_OK)
-        st = db_step(&q, &row, err, errlen);
-    db_finalize(&q);
+    int row;
+    kvs_status st = kvs_has_row(s, "SELECT 1 FROM blobs WHERE id = :id", ":id", id, KVS_SHA256_LEN, &row, err, errlen);
     char hex[65];
     if (st == KVS_OK && !row) {
         base_errf(err, errlen, "no blob %s in the store", kvc_hex(id, KVS_SHA256_LEN, hex));

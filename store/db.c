@@ -146,6 +146,19 @@ kvs_status db_step(db_stmt *q, int *row, char *err, size_t errlen)
     return KVS_ERR_DB;
 }
 
+kvs_status kvs_has_row(kvs_store *s, const char *sql, const char *name, const uint8_t *key, size_t n, int *row,
+                       char *err, size_t errlen)
+{
+    db_stmt q;
+    *row = 0;
+    kvs_status st = kvs_prepare(s, sql, &q, err, errlen);
+    db_bind_hex(&q, name, key, n);
+    if (st == KVS_OK)
+        st = db_step(&q, row, err, errlen);
+    db_finalize(&q);
+    return st;
+}
+
 kvs_status db_run(db_stmt *q, char *err, size_t errlen)
 {
     int row = 0;

@@ -49,6 +49,10 @@ static inline kvs_status kvs_prepare(kvs_store *s, const char *sql, db_stmt *out
 {
     return db_prepare_cached(&s->cache, s->db, sql, out, err, errlen);
 }
+/* Whether sql, its one parameter `name` bound to the n bytes key as lowercase hex, returns a
+ * row: KVS_OK with *row 1 or 0, or the failure. */
+kvs_status kvs_has_row(kvs_store *s, const char *sql, const char *name, const uint8_t *key, size_t n, int *row,
+                       char *err, size_t errlen) KVS_WUR;
 /* Binders by parameter name (":doc"). An unknown name marks the statement bad, so the
  * programming error surfaces at step instead of silently binding nothing. */
 void db_bind_text(db_stmt *q, const char *name, const char *v);   /* NULL binds SQL NULL */
