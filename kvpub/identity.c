@@ -75,28 +75,21 @@ kvp_status kvp_identity_from_model(eng_model *m, kvp_identity *id, char *err, si
     return KVP_OK;
 }
 
+/* The fields kvp_identity and kvb_manifest both hold under one name: one list, so the two
+ * conversions below cannot drift apart. */
+#define SAME_NAMED_FIELDS(X)                                                                  \
+    X(n_layer) X(n_embd) X(n_head) X(n_head_kv) X(head_dim) X(rope_type) X(rope_n_rot)        \
+    X(rope_freq_base) X(rope_freq_scale) X(rope_scaling) X(rope_n_ctx_orig) X(yarn_ext_factor) \
+    X(yarn_attn_factor) X(yarn_beta_fast) X(yarn_beta_slow) X(pos0) X(rope_n_freq_factors)
+
 void kvp_identity_to_manifest(const kvp_identity *id, kvb_manifest *m)
 {
     memcpy(m->model_fingerprint, id->model_fp, 32);
     memcpy(m->tokenizer_fingerprint, id->tokenizer_fp, 32);
     m->model_arch = id->arch;
-    m->n_layer = id->n_layer;
-    m->n_embd = id->n_embd;
-    m->n_head = id->n_head;
-    m->n_head_kv = id->n_head_kv;
-    m->head_dim = id->head_dim;
-    m->rope_type = id->rope_type;
-    m->rope_n_rot = id->rope_n_rot;
-    m->rope_freq_base = id->rope_freq_base;
-    m->rope_freq_scale = id->rope_freq_scale;
-    m->rope_scaling = id->rope_scaling;
-    m->rope_n_ctx_orig = id->rope_n_ctx_orig;
-    m->yarn_ext_factor = id->yarn_ext_factor;
-    m->yarn_attn_factor = id->yarn_attn_factor;
-    m->yarn_beta_fast = id->yarn_beta_fast;
-    m->yarn_beta_slow = id->yarn_beta_slow;
-    m->pos0 = id->pos0;
-    m->rope_n_freq_factors = id->rope_n_freq_factors;
+#define TO_MANIFEST(f) m->f = id->f;
+    SAME_NAMED_FIELDS(TO_MANIFEST)
+#undef TO_MANIFEST
     memcpy(m->rope_freq_factors, id->rope_freq_factors, sizeof m->rope_freq_factors);
 }
 
@@ -106,23 +99,9 @@ void kvp_identity_from_manifest(const kvb_manifest *m, kvp_identity *id)
     memcpy(id->model_fp, m->model_fingerprint, 32);
     memcpy(id->tokenizer_fp, m->tokenizer_fingerprint, 32);
     snprintf(id->arch, sizeof id->arch, "%s", m->model_arch ? m->model_arch : "");
-    id->n_layer = m->n_layer;
-    id->n_embd = m->n_embd;
-    id->n_head = m->n_head;
-    id->n_head_kv = m->n_head_kv;
-    id->head_dim = m->head_dim;
-    id->rope_type = m->rope_type;
-    id->rope_n_rot = m->rope_n_rot;
-    id->rope_freq_base = m->rope_freq_base;
-    id->rope_freq_scale = m->rope_freq_scale;
-    id->rope_scaling = m->rope_scaling;
-    id->rope_n_ctx_orig = m->rope_n_ctx_orig;
-    id->yarn_ext_factor = m->yarn_ext_factor;
-    id->yarn_attn_factor = m->yarn_attn_factor;
-    id->yarn_beta_fast = m->yarn_beta_fast;
-    id->yarn_beta_slow = m->yarn_beta_slow;
-    id->pos0 = m->pos0;
-    id->rope_n_freq_factors = m->rope_n_freq_factors;
+#define FROM_MANIFEST(f) id->f = m->f;
+    SAME_NAMED_FIELDS(FROM_MANIFEST)
+#undef FROM_MANIFEST
     memcpy(id->rope_freq_factors, m->rope_freq_factors, sizeof id->rope_freq_factors);
 }
 
