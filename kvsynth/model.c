@@ -231,6 +231,35 @@ static int parse_args(int argc, char **argv, opts *o)
     o->tok = "spm";
     o->tied = -1;
     o->rope_base = -1;
+    /* The options that take a value: a string as given, or a number range-checked into place. */
+    const struct {
+        const char *name;
+        const char **s;
+        long *l;
+        double *d;
+        double lo, hi;
+    } valued[] = {
+        {"--arch", .s = &o->arch},
+        {"-o", .s = &o->out},
+        {"--type", .s = &o->type_name},
+        {"--tokenizer", .s = &o->tok},
+        {"--pre", .s = &o->pre},
+        {"--name", .s = &o->name},
+        {"--layers", .l = &o->layers, .lo = 1, .hi = 1024},
+        {"--dim", .l = &o->dim, .lo = 1, .hi = 1 << 16},
+        {"--heads", .l = &o->heads, .lo = 1, .hi = 1024},
+        {"--kv-heads", .l = &o->kv_heads, .lo = 1, .hi = 1024},
+        {"--head-dim", .l = &o->head_dim, .lo = 1, .hi = 4096},
+        {"--ffn", .l = &o->ffn, .lo = 1, .hi = 1 << 20},
+        {"--vocab", .l = &o->vocab, .lo = 1, .hi = 1 << 20},
+        {"--ctx", .l = &o->ctx, .lo = 1, .hi = 1 << 24},
+        {"--rope-base", .d = &o->rope_base, .lo = 1.0, .hi = 1e12},
+        {"--yarn", .d = &o->yarn, .lo = 1.0, .hi = 1024.0},
+        {"--chat-template", .s = &o->chat_template},
+        {"--extra-tensor", .s = &o->extra_tensor},
+        {"--n-rot", .l = &o->n_rot, .lo = 2, .hi = 4096},
+    };
+    const size_t n_valued = sizeof valued / sizeof valued[0];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -249,45 +278,16 @@ static int parse_args(int argc, char **argv, opts *o)
                 fprintf(stderr, "kvsynth: unknown option or missing value: '%s' (see --help)\n", a);
                 return -1;
             }
-            if (strcmp(a, "--arch") == 0)
-                o->arch = v;
-            else if (strcmp(a, "-o") == 0)
-                o->out = v;
-            else if (strcmp(a, "--type") == 0)
-                o->type_name = v;
-            else if (strcmp(a, "--tokenizer") == 0)
-                o->tok = v;
-            else if (strcmp(a, "--pre") == 0)
-                o->pre = v;
-            else if (strcmp(a, "--name") == 0)
-                o->name = v;
-            else if (strcmp(a, "--layers") == 0)
-                r = parse_long(a, v, 1, 1024, &o->layers);
-            else if (strcmp(a, "--dim") == 0)
-                r = parse_long(a, v, 1, 1 << 16, &o->dim);
-            else if (strcmp(a, "--heads") == 0)
-                r = parse_long(a, v, 1, 1024, &o->heads);
-            else if (strcmp(a, "--kv-heads") == 0)
-                r = parse_long(a, v, 1, 1024, &o->kv_heads);
-            else if (strcmp(a, "--head-dim") == 0)
-                r = parse_long(a, v, 1, 4096, &o->head_dim);
-            else if (strcmp(a, "--ffn") == 0)
-                r = parse_long(a, v, 1, 1 << 20, &o->ffn);
-            else if (strcmp(a, "--vocab") == 0)
-                r = parse_long(a, v, 1, 1 << 20, &o->vocab);
-            else if (strcmp(a, "--ctx") == 0)
-                r = parse_long(a, v, 1, 1 << 24, &o->ctx);
-            else if (strcmp(a, "--rope-base") == 0)
-                r = parse_double(a, v, 1.0, 1e12, &o->rope_base);
-            else if (strcmp(a, "--yarn") == 0)
-                r = parse_double(a, v, 1.0, 1024.0, &o->yarn);
-            else if (strcmp(a, "--chat-template") == 0)
-                o->chat_template = v;
-            else if (strcmp(a, "--extra-tensor") == 0)
-                o->extra_tensor = v;
-            else if (strcmp(a, "--n-rot") == 0)
-                r = parse_long(a, v, 2, 4096, &o->n_rot);
-            else if (strcmp(a, "--seed") == 0) {
+            size_t k = 0;
+            while (k < n_valued && strcmp(a, valued[k].name) != 0)
+                k++;
+            if (k < n_valued && valued[k].s) {
+                *valued[k].s = v;
+            } else if (k < n_valued && valued[k].l) {
+                r = parse_long(a, v, (long)valued[k].lo, (long)valued[k].hi, valued[k].l);
+            } else if (k < n_valued) {
+                r = parse_double(a, v, valued[k].lo, valued[k].hi, valued[k].d);
+            } else if (strcmp(a, "--seed") == 0) {
                 char *end;
                 o->seed = strtoull(v, &end, 10);
                 o->have_seed = 1;
