@@ -31,6 +31,7 @@ typedef struct out_text {
     char *buf;
     size_t len;
     int stream;
+    json_t *ids;   /* --json: the generated token ids */
 } out_text;
 
 /* Appends the detokenized bytes of each token to the buffer (grown, capped by
@@ -38,6 +39,8 @@ typedef struct out_text {
 static int on_token(void *user, const kvp_token *t)
 {
     out_text *o = user;
+    if (o->ids && t->id >= 0)
+        json_array_append_new(o->ids, json_integer(t->id));
     if (!t->len)
         return 0;
     char *q = realloc(o->buf, o->len + t->len + 1);
@@ -69,6 +72,7 @@ int kvfetch_run_main(int argc, char **argv)
         goto out;
     }
     text.stream = !s->a.json;
+    text.ids = s->a.json ? json_array() : NULL;
     kvp_decode_opts d = {.model = s->model, .ctx = s->ctx, .sampler = smp, .n_max = s->a.n_gen, .text = 1,
                          .on_token = on_token, .user = &text};
     kvp_decode_stats ds;
@@ -84,6 +88,7 @@ int kvfetch_run_main(int argc, char **argv)
         json_t *o = json_object();
         json_object_set_new(o, "text", json_stringn(text.buf ? text.buf : "", text.len));
         json_object_set_new(o, "generated_tokens", json_integer(ds.n_tokens));
+        json_object_set_new(o, "token_ids", json_incref(text.ids));
         kvfetch_stats_json(o, s, ttft);
         json_object_set_new(json_object_get(o, "timings"), "decode_tok_per_s", json_real(tps));
         kvfetch_print_json(o);
@@ -95,6 +100,7 @@ int kvfetch_run_main(int argc, char **argv)
         }
     }
 out:
+    json_decref(text.ids);
     free(text.buf);
     eng_sampler_free(smp);
     kvfetch_session_free(s);

@@ -148,6 +148,8 @@ typedef struct kvp_publish_opts {
     uint64_t price;               /* smallest currency unit; 0 = free */
     uint64_t expires_in;          /* seconds from now; 0 = never */
     const char *title;            /* NULL = the file name */
+    const char *llama_state;      /* a llama.cpp sequence state holding [BOS, document]: its KV is
+                                   * published instead of a prefill (kvp_llama_state_read) */
     int n_threads;                /* engine threads; 0 = all cores */
     kvp_progress_fn progress;     /* NULL = none */
     void *user;                   /* passed to progress */
@@ -160,10 +162,10 @@ typedef struct kvp_publish_result {
 } kvp_publish_result;
 
 /* Publishes d: unless this key already lists (document, model, codec), prefills [BOS, d] in
- * a fresh context, exports the KV chunk by chunk, encodes and signs it into a blob in the
+ * a fresh context (or reads o->llama_state's KV, checked to be exactly that sequence), exports the KV chunk by chunk, encodes and signs it into a blob in the
  * store's tmp/ and indexes it from the blob's own manifest. Nothing is left behind on
  * failure. Statuses: KVP_ERR_USAGE, KVP_ERR_IO, KVP_ERR_NOMEM, KVP_ERR_ENGINE,
- * KVP_ERR_FORMAT, KVP_ERR_STORE. */
+ * KVP_ERR_FORMAT, KVP_ERR_STORE, and with llama_state KVP_ERR_REFUSED. */
 kvp_status kvp_publish_document(const kvp_publish_opts *o, const kvp_document *d,
                                 kvp_publish_result *res, char *err, size_t errlen) KVP_WUR;
 
@@ -367,5 +369,13 @@ kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *ques
  * and renamed. KVP_ERR_USAGE when ctx does not hold exactly positions 0..n-1, KVP_ERR_IO. */
 kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t *tokens, size_t n, int v_trans,
                                  const char *path, char *err, size_t errlen) KVP_WUR;
+
+/* Reads a state file llama.cpp saved (either V layout, f16 K/V) into the empty ctx, after
+ * checking that it holds exactly the tokens want[0..n_want) (BOS and the document under the
+ * model's tokenizer) at positions 0..n-1 of one sequence, with the model's layer count and row
+ * sizes. KVP_ERR_REFUSED (other tokens, positions, shapes or cache types), KVP_ERR_FORMAT (not
+ * such a file, truncated, trailing bytes), KVP_ERR_IO, KVP_ERR_NOMEM, KVP_ERR_ENGINE. */
+kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *path, const int32_t *want,
+                                size_t n_want, char *err, size_t errlen) KVP_WUR;
 
 #endif

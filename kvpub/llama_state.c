@@ -162,3 +162,141 @@ out:
     free(v);
     return st;
 }
+
+/* ---- reading: a state file llama.cpp saved, into a context (kvpubd publish --from-llama-state) */
+
+typedef struct src {
+    FILE *f;
+    const char *path;
+    int bad;
+} src;
+
+static uint32_t get_u32(src *s)
+{
+    unsigned char b[4];
+    if (fread(b, 1, 4, s->f) != 4) {
+        s->bad = 1;
+        return 0;
+    }
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static uint64_t get_u64(src *s)
+{
+    uint64_t lo = get_u32(s);
+    return lo | (uint64_t)get_u32(s) << 32;
+}
+
+static void get_f16(src *s, uint16_t *v, size_t n)
+{
+    for (size_t i = 0; i < n && !s->bad; i++) {
+        unsigned char b[2];
+        if (fread(b, 1, 2, s->f) != 2)
+            s->bad = 1;
+        v[i] = (uint16_t)(b[0] | b[1] << 8);
+    }
+}
+
+/* Reads every layer's K (then V) into k/v (n_layer blocks of n rows); V may be transposed. */
+static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, uint16_t *v, char *err, size_t errlen)
+{
+    const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
+    uint32_t v_trans = get_u32(s), n_layer = get_u32(s);
+    if (!s->bad && (v_trans > 1 || n_layer != (uint32_t)in->n_layer))
+        return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: %u layers (v_trans %u), the model has %d", s->path, n_layer,
+                        v_trans, in->n_layer);
+    for (int pass = 0; pass < 2 && !s->bad; pass++) {
+        for (int il = 0; il < in->n_layer && !s->bad; il++) {
+            uint16_t *dst = (pass ? v : k) + (size_t)il * blk;
+            uint32_t type = get_u32(s);
+            if (pass == 0 || !v_trans) {
+                uint64_t row = get_u64(s);
+                if (!s->bad && (type != GGML_TYPE_F16_ID || row != kvd * 2))
+                    return kvp_fail(err, errlen, KVP_ERR_REFUSED,
+                                    "%s: layer %d %s is type %u with %llu-byte rows; the model's f16 rows are %zu bytes "
+                                    "(only f16 K/V caches are read)",
+                                    s->path, il, pass ? "V" : "K", type, (unsigned long long)row, kvd * 2);
+                get_f16(s, dst, blk);
+                continue;
+            }
+            uint32_t el = get_u32(s), width = get_u32(s);
+            if (!s->bad && (type != GGML_TYPE_F16_ID || el != 2 || width != kvd))
+                return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: layer %d V is type %u, %u wide; the model needs f16, %zu",
+                                s->path, il, type, width, kvd);
+            for (size_t j = 0; j < kvd && !s->bad; j++)
+                for (uint32_t c = 0; c < n && !s->bad; c++)
+                    get_f16(s, &dst[(size_t)c * kvd + j], 1);
+        }
+    }
+    return KVP_OK;
+}
+
+kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *path, const int32_t *want,
+                                size_t n_want, char *err, size_t errlen)
+{
+    const eng_info *in = eng_model_info(m);
+    src s = {fopen(path, "rb"), path, 0};
+    if (!s.f)
+        return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    kvp_status st = KVP_OK;
+    uint16_t *k = NULL, *v = NULL;
+    uint32_t magic = get_u32(&s), version = get_u32(&s), n = get_u32(&s);
+    if (!s.bad && (magic != LLAMA_STATE_MAGIC || version != LLAMA_STATE_VERSION)) {
+        st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: not a llama.cpp sequence state of version %d (magic %08x, "
+                      "version %u)", path, LLAMA_STATE_VERSION, magic, version);
+        goto out;
+    }
+    if (!s.bad && n != n_want) {
+        st = kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: %u tokens, but BOS and the document under this model's "
+                      "tokenizer are %zu", path, n, n_want);
+        goto out;
+    }
+    for (uint32_t i = 0; i < n && !s.bad; i++) {
+        int32_t t = (int32_t)get_u32(&s);
+        if (!s.bad && t != want[i]) {
+            st = kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: token %u is %d, but the document under this model's "
+                          "tokenizer has %d there", path, i, t, want[i]);
+            goto out;
+        }
+    }
+    uint32_t n_stream = get_u32(&s), cells = get_u32(&s);
+    if (!s.bad && (n_stream != 1 || cells != n)) {
+        st = kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: %u streams with %u cells; one stream of %u cells expected",
+                      path, n_stream, cells, n);
+        goto out;
+    }
+    for (uint32_t i = 0; i < n && !s.bad; i++) {
+        uint32_t pos = get_u32(&s), n_seq = get_u32(&s);
+        (void)get_u32(&s); /* the sequence id it was saved from */
+        if (!s.bad && (pos != i || n_seq != 1)) {
+            st = kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: cell %u holds position %u (%u sequences); positions "
+                          "0..n-1 of one sequence expected", path, i, pos, n_seq);
+            goto out;
+        }
+    }
+    size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
+    k = malloc((size_t)in->n_layer * blk * sizeof *k);
+    v = malloc((size_t)in->n_layer * blk * sizeof *v);
+    if (!k || !v) {
+        st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %u cells", n);
+        goto out;
+    }
+    if ((st = read_kv(&s, in, n, k, v, err, errlen)) != KVP_OK)
+        goto out;
+    if (s.bad || fgetc(s.f) != EOF) {
+        st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: %s", path, s.bad ? "truncated" : "bytes after the state");
+        goto out;
+    }
+    for (int il = 0; il < in->n_layer; il++)
+        if (eng_kv_import_layer(ctx, il, 0, (int)n, k + (size_t)il * blk, v + (size_t)il * blk) != ENG_OK) {
+            st = kvp_fail(err, errlen, KVP_ERR_ENGINE, "importing layer %d failed", il);
+            goto out;
+        }
+    if (eng_kv_commit(ctx, 0, (int)n, 0) != ENG_OK)
+        st = kvp_fail(err, errlen, KVP_ERR_ENGINE, "committing %u cells failed", n);
+out:
+    fclose(s.f);
+    free(k);
+    free(v);
+    return st;
+}

@@ -97,7 +97,8 @@ kvp_status kvp_path_sequence(const kvp_path *p, const kvp_path_result *r, int32_
         memcpy(s + k, r->doc_tokens[i], r->doc_n[i] * sizeof *s);
         k += r->doc_n[i];
     }
-    memcpy(s + k, p->prompt, p->n_prompt * sizeof *s);
+    if (p->n_prompt) /* none when the path ends with the documents (export) */
+        memcpy(s + k, p->prompt, p->n_prompt * sizeof *s);
     *n = total;
     return KVP_OK;
 }

@@ -84,13 +84,31 @@ static int already_published(kvs_store *st, const uint8_t doc_sha[32], const uin
     return found;
 }
 
-/* Prefills [BOS, document] into a fresh context. */
+/* [BOS, document] as llama.cpp saved them: the file must hold exactly these tokens. */
+static kvp_status from_llama_state(const kvp_publish_opts *o, const kvp_document *d, eng_ctx *ctx, char *err,
+                                   size_t errlen)
+{
+    uint32_t pos0 = o->identity->pos0;
+    int32_t *want = malloc((d->n_tokens + pos0) * sizeof *want);
+    if (!want)
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+    if (pos0)
+        want[0] = eng_model_info(o->model)->bos_id;
+    memcpy(want + pos0, d->ids, d->n_tokens * sizeof *want);
+    kvp_status st = kvp_llama_state_read(ctx, o->model, o->llama_state, want, d->n_tokens + pos0, err, errlen);
+    free(want);
+    return st;
+}
+
+/* Prefills [BOS, document] into a fresh context (or reads them from o->llama_state). */
 static kvp_status prefill(const kvp_publish_opts *o, const kvp_document *d, eng_ctx **out, char *err, size_t errlen)
 {
     uint32_t pos0 = o->identity->pos0;
     eng_ctx_params cp = {.n_ctx = (int)(d->n_tokens + pos0), .n_threads = o->n_threads};
     if (eng_ctx_create(o->model, &cp, out, err, errlen) != ENG_OK)
         return KVP_ERR_ENGINE;
+    if (o->llama_state)
+        return from_llama_state(o, d, *out, err, errlen);
     eng_status es = ENG_OK;
     if (pos0) {
         int32_t bos = eng_model_info(o->model)->bos_id;

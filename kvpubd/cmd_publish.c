@@ -28,9 +28,13 @@ static const char publish_usage[] =
     "  --expires DURATION  e.g. 30d, 12h (default: never)\n"
     "  --chunk-tokens N    tokens per chunk (default 256)\n"
     "  --threads N         engine threads (default: all cores)\n"
+    "  --from-llama-state S  publish the KV llama.cpp computed: S is a sequence state it saved\n"
+    "                      (llama_state_seq_save_file, f16 K/V) holding exactly [BOS, FILE's\n"
+    "                      tokens] at positions 0..n-1 (one FILE; spec/llama-state.md)\n"
     "  --json              print a JSON summary on stdout\n"
     "A (document, model, codec) already in the store is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
-    "document longer than the model's context (nothing is published then).\n";
+    "document longer than the model's context, 3 a --from-llama-state file that is not FILE's KV\n"
+    "under this model (nothing is published then).\n";
 
 /* The progress bar of document di of nd, drawn on a terminal's stderr. */
 typedef struct bar {
@@ -99,7 +103,9 @@ int kvpubd_publish_main(int argc, char **argv)
         else if (strcmp(a, "--chunk-tokens") == 0) {
             bad = base_parse_u64(val, &v) != 0 || v < 1 || v > KVB_MAX_CHUNK_TOKENS;
             po.chunk_tokens = (uint32_t)v;
-        } else if (strcmp(a, "--threads") == 0)
+        } else if (strcmp(a, "--from-llama-state") == 0)
+            bad = !(po.llama_state = val);
+        else if (strcmp(a, "--threads") == 0)
             bad = base_parse_u64(val, &threads) != 0 || threads > 1024;
         else {
             fprintf(stderr, "kvpubd publish: unknown option %s\n%s", a, publish_usage);
@@ -115,6 +121,11 @@ int kvpubd_publish_main(int argc, char **argv)
     if (!store_dir || !model_path || !key_path || nf == 0) {
         fprintf(stderr, "kvpubd publish: --store, --model, --key and at least one FILE are required\n%s",
                 publish_usage);
+        free(files);
+        return 2;
+    }
+    if (po.llama_state && nf != 1) {
+        fprintf(stderr, "kvpubd publish: --from-llama-state holds one document; %zu FILEs given\n", nf);
         free(files);
         return 2;
     }
@@ -181,6 +192,8 @@ int kvpubd_publish_main(int argc, char **argv)
             fputc('\n', stderr);
         if (ps != KVP_OK) {
             fprintf(stderr, "kvpubd publish: %s\n", err);
+            if (po.llama_state && (ps == KVP_ERR_REFUSED || ps == KVP_ERR_FORMAT))
+                rc = 3;
             goto done;
         }
         double secs = base_now_s() - b.t0;

@@ -65,6 +65,39 @@ for spec in stories260K.gguf:2e-2 synth/synth-llama-tiny-f16.gguf:1.5e-2 synth/s
     fail "$name: after a prefix"
 done
 
+# the other way: llama.cpp's own state of [BOS, document], published with --from-llama-state,
+# then fetched and run by kvfetch: the same greedy tokens as llama.cpp continuing from its state
+for m in "$SHARED/models/stories260K.gguf" "$SHARED/models/synth/synth-qwen3-tiny-f16.gguf"; do
+  name=$(basename "$m" .gguf)
+  seq=$("$KVFETCH" tokenize --model "$m" --no-special <"$tmp/doc.txt" | tr ' ' ,)   # with BOS
+  prompt=$("$KVFETCH" tokenize --model "$m" --no-bos " What does this say?" | tr ' ' ,)
+  theirs=$("$harness" "$LLAMACPP_LIB" "$m" "$seq" "$prompt" --fa off --greedy 8 --save-after-prefill "$tmp/own.bin") ||
+    fail "$name: llama.cpp's own state"
+  rm -rf "$tmp/st2"
+  "$BUILD/kvpubd" publish --store "$tmp/st2" --model "$m" --key "$tmp/pub.key" --threads 2 --json \
+    --from-llama-state "$tmp/own.bin" "$tmp/doc.txt" >/dev/null || fail "$name: publish --from-llama-state"
+  blob=$(find "$tmp/st2/blobs" -type f)
+  "$KVFETCH" run --model "$m" --blob "$blob" --trust "$tmp/trust" --threads 2 --prompt " What does this say?" -n 8 \
+    --json --quiet >"$tmp/run.json" || fail "$name: run of the published llama.cpp state"
+  ours=$(jq -r '.token_ids | map(tostring) | join(" ")' "$tmp/run.json")
+  [ -n "$ours" ] && [ "${theirs#"$ours"}" != "$theirs" ] ||
+    fail "$name: kvfetch continued with [$ours], llama.cpp with [$theirs]"
+  echo "ok: $name: llama.cpp's state published and run: the same tokens ($ours)"
+done
+# a state of another text, and a truncated one, are refused (exit 3), nothing published
+m="$SHARED/models/synth/synth-qwen3-tiny-f16.gguf"
+other=$("$KVFETCH" tokenize --model "$m" --no-special "Some other text entirely." | tr ' ' ,)
+"$harness" "$LLAMACPP_LIB" "$m" "$other" "" --fa off --save-after-prefill "$tmp/other.bin" >/dev/null
+head -c 5000 "$tmp/own.bin" >"$tmp/cut.bin"
+for bad in other.bin cut.bin; do
+  rm -rf "$tmp/st3"; rc=0
+  "$BUILD/kvpubd" publish --store "$tmp/st3" --model "$m" --key "$tmp/pub.key" --threads 2 \
+    --from-llama-state "$tmp/$bad" "$tmp/doc.txt" >/dev/null 2>"$tmp/err" || rc=$?
+  [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "--from-llama-state $bad: exit $rc: $(cat "$tmp/err")"
+  [ -z "$(find "$tmp/st3/blobs" -type f 2>/dev/null)" ] || fail "--from-llama-state $bad published a blob"
+done
+echo "ok: a state of other tokens and a truncated state are refused (exit 3)"
+
 # refusals: exit codes as kvfetch run's, and nothing written
 m="$SHARED/models/synth/synth-llama-tiny-f16.gguf"
 other="$SHARED/models/synth/synth-qwen3-tiny-f16.gguf"
