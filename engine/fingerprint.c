@@ -79,11 +79,13 @@ static void h_str64(hasher *h, const gguf_str *s)
     h_bytes(h, s->p, (size_t)s->n);
 }
 
-static int h_begin(hasher *h)
+/* Starts a digest with its tag (and the tag's NUL). A failed start leaves h->ok 0: every h_*
+ * call is then a no-op and h_end gives zeros. */
+static void h_begin(hasher *h, const char *tag)
 {
     h->md = EVP_MD_CTX_new();
     h->ok = h->md && EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) == 1;
-    return h->ok;
+    h_bytes(h, tag, strlen(tag) + 1);
 }
 
 static void h_end(hasher *h, uint8_t out[32])
@@ -97,12 +99,7 @@ static void h_end(hasher *h, uint8_t out[32])
 void eng_fingerprint_model_compute(const gguf_file *g, const eng_info *info, uint8_t out[32])
 {
     hasher h;
-    if (!h_begin(&h)) {
-        h_end(&h, out);
-        return;
-    }
-    static const char tag[] = "kvpub-model-fp-v1";
-    h_bytes(&h, tag, sizeof tag); /* with its NUL */
+    h_begin(&h, "kvpub-model-fp-v1");
     h_str32(&h, info->arch, strnlen(info->arch, sizeof info->arch));
     h_u32(&h, (uint32_t)info->n_layer);
     h_u32(&h, (uint32_t)info->n_embd);
@@ -244,12 +241,7 @@ static void h_opt_int(hasher *h, const gguf_file *g, const char *key, int bits64
 void eng_fingerprint_tokenizer_compute(const gguf_file *g, const eng_info *info, uint8_t out[32])
 {
     hasher h;
-    if (!h_begin(&h)) {
-        h_end(&h, out);
-        return;
-    }
-    static const char tag[] = "kvpub-tokenizer-fp-v1";
-    h_bytes(&h, tag, sizeof tag);
+    h_begin(&h, "kvpub-tokenizer-fp-v1");
     h_opt_str(&h, g, "tokenizer.ggml.model");
     h_opt_str(&h, g, "tokenizer.ggml.pre");
     h_opt_strarr(&h, g, "tokenizer.ggml.tokens");

@@ -65,12 +65,11 @@ static eng_status rd_u32(parser *ps, uint32_t *v, const char *what)
 
 static eng_status rd_u64(parser *ps, uint64_t *v, const char *what)
 {
-    eng_status st = need(ps, 8, what);
-    if (st)
-        return st;
-    *v = le64(ps->p + ps->off);
-    ps->off += 8;
-    return ENG_OK;
+    uint32_t lo, hi;
+    eng_status st = need(ps, 8, what); /* both halves or neither: the message names 8 bytes */
+    if (st == ENG_OK && (st = rd_u32(ps, &lo, what)) == ENG_OK && (st = rd_u32(ps, &hi, what)) == ENG_OK)
+        *v = (uint64_t)hi << 32 | lo;
+    return st;
 }
 
 /* Reads a string, checking its length against max and the bytes left. */

@@ -103,6 +103,20 @@ static size_t match_space_run(const char *text, size_t len, size_t p)
     return last;
 }
 
+/* What every splitter looks at first: a contraction at p (its end, case-insensitive with icase),
+ * else 0 with the first two characters (c1 CP_INVALID at the end) and the first one's length. */
+static size_t lead(const char *text, size_t len, size_t p, int icase, uint32_t *c0, uint32_t *c1, size_t *n0)
+{
+    size_t e = match_contraction(text, len, p, icase);
+    if (e)
+        return e;
+    *c1 = CP_INVALID;
+    *n0 = char_at(text, len, p, c0);
+    if (p + *n0 < len)
+        char_at(text, len, p + *n0, c1);
+    return 0;
+}
+
 /* \p{L} or \p{M}: qwen35's letter runs take combining marks along. */
 static int is_letter_mark(uint32_t cp)
 {
@@ -123,13 +137,10 @@ static size_t match_llama3(const char *text, size_t len, size_t p, size_t max_di
 {
     int (*letter)(uint32_t) = marks ? is_letter_mark : is_letter;
     int (*other)(uint32_t) = marks ? is_other_nomark : is_other;
-    size_t e = match_contraction(text, len, p, 1);
+    uint32_t c0, c1;
+    size_t n0, e = lead(text, len, p, 1, &c0, &c1, &n0);
     if (e)
         return e;
-    uint32_t c0, c1 = CP_INVALID;
-    size_t n0 = char_at(text, len, p, &c0);
-    if (p + n0 < len)
-        char_at(text, len, p + n0, &c1);
 
     if (letter(c0))
         return run_end(text, len, p, letter, 0);
@@ -163,13 +174,10 @@ static size_t match_llama3(const char *text, size_t len, size_t p, size_t max_di
 /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
 static size_t match_gpt2(const char *text, size_t len, size_t p)
 {
-    size_t e = match_contraction(text, len, p, 0);
+    uint32_t c0, c1;
+    size_t n0, e = lead(text, len, p, 0, &c0, &c1, &n0);
     if (e)
         return e;
-    uint32_t c0, c1 = CP_INVALID;
-    size_t n0 = char_at(text, len, p, &c0);
-    if (p + n0 < len)
-        char_at(text, len, p + n0, &c1);
     static int (*const classes[3])(uint32_t) = { is_letter, is_number, is_other };
     for (int k = 0; k < 3; k++) {
         if (classes[k](c0))

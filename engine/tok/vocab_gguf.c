@@ -81,13 +81,25 @@ static eng_status get_arr32(const gguf_file *g, const char *key, gguf_vtype t1, 
 
 /* Special ids as eng_hparams_from_gguf reads them: absent, negative or 0xFFFFFFFF-style values
  * mean none; eng_vocab_create range-checks the rest. */
+/* An integer key: 1 and *x when present, 0 when absent, -1 when of another type (*st set and
+ * err naming what was expected). */
+static int int_key(const gguf_file *g, const char *key, const char *expected, int64_t *x, eng_status *st,
+                   char *err, size_t errlen)
+{
+    int r = gguf_get_int(g, key, x);
+    if (r < 0)
+        *st = eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected %s)", key, expected);
+    return r;
+}
+
 static eng_status get_id(const gguf_file *g, const char *key, int32_t *out, char *err, size_t errlen)
 {
     int64_t x;
-    int r = gguf_get_int(g, key, &x);
+    eng_status st = ENG_OK;
+    int r = int_key(g, key, "an integer", &x, &st, err, errlen);
     *out = -1;
     if (r < 0)
-        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an integer)", key);
+        return st;
     if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX) {
         if (x > INT32_MAX)
             return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' is %lld, outside any vocabulary", key, (long long)x);
@@ -99,12 +111,11 @@ static eng_status get_id(const gguf_file *g, const char *key, int32_t *out, char
 static eng_status get_flag(const gguf_file *g, const char *key, int *flag, char *err, size_t errlen)
 {
     int64_t x;
-    int r = gguf_get_int(g, key, &x);
-    if (r < 0)
-        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected a bool)", key);
+    eng_status st = ENG_OK;
+    int r = int_key(g, key, "a bool", &x, &st, err, errlen);
     if (r == 1)
         *flag = x != 0;
-    return ENG_OK;
+    return st;
 }
 
 /* 1 if the string key holds exactly the text t. */
