@@ -222,8 +222,9 @@ static enum MHD_Result index_upload(kvsrv_req *r, const kvb_manifest *m)
     kvsrv *s = r->srv;
     uint64_t price = 0;
     const char *ps = kvsrv_arg(r, "price");
-    if (ps && base_parse_u64(ps, &price) != 0)
-        return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "price must be a whole number");
+    if (ps && (base_parse_u64(ps, &price) != 0 || price > INT64_MAX))
+        return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                   "price must be a whole number from 0 to 9223372036854775807");
     kvp_blobinfo bi;
     if (kvp_blobinfo_fill(&bi, m, r->up_key_id, price) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "cannot index the blob's metadata");

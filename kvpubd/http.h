@@ -80,7 +80,9 @@ typedef struct kvsrv_req {
     int file_response;
     int cork_fd;                   /* >= 0: socket corked for this download, uncorked when done */
     char err[256];                 /* detail for the log line */
-    char remote[64];               /* client address, filled just before completion */
+    char remote[64];               /* client address, from the request's start */
+    int fresh;                     /* made by on_uri; the access handler has not seen it yet */
+    int raw_bad_path, raw_bad_query; /* %00 or %2f in the raw path, %00 in the raw query */
     /* download bookkeeping, written to the store's download log on completion */
     int log_download;
     int64_t purchase_id;

@@ -131,6 +131,29 @@ static unsigned busy_slots(unsigned max_conns)
     return n < 4 ? 4 : n > 64 ? 64 : n;
 }
 
+static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind, (void)value;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        ++*(unsigned *)cls;
+    return MHD_YES;
+}
+
+/* RFC 9112 framing MHD lets through: a second Content-Length (a proxy that honours the other
+ * one would read the rest as a new request: smuggling), and HTTP/1.1 without Host. NULL when
+ * the request is well framed, else why not. */
+static const char *request_framing(struct MHD_Connection *conn, const char *version)
+{
+    unsigned n_cl = 0;
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_content_length, &n_cl);
+    if (n_cl > 1)
+        return "more than one Content-Length header";
+    if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
+        !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST))
+        return "an HTTP/1.1 request must carry a Host header";
+    return NULL;
+}
+
 /* Sums the bytes of the request's header lines (name, value and ": \r\n"). */
 static enum MHD_Result add_header_bytes(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
@@ -139,18 +162,54 @@ static enum MHD_Result add_header_bytes(void *cls, enum MHD_ValueKind kind, cons
     return MHD_YES;
 }
 
+/* The client's numeric address, or "?" / "-". */
+static void client_address(struct MHD_Connection *conn, char *out, size_t n)
+{
+    snprintf(out, n, "-");
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        socklen_t sl = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        if (getnameinfo(sa, sl, out, (socklen_t)n, NULL, 0, NI_NUMERICHOST) != 0)
+            snprintf(out, n, "?");
+    }
+}
+
+/* Called with the raw request target, before MHD decodes it (what it returns becomes the
+ * request's state): MHD decodes %00 to a NUL that silently cuts the path or a query value short,
+ * and %2f to a slash that moves a request to another endpoint, so both are found here, where
+ * they are still visible. The request's state and its client address start here too, so every
+ * answer (the purchase's buyer included) knows who asked. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    kvsrv *s = cls;
+    kvsrv_req *r = kvsrv_req_create(s, conn, "", uri);
+    if (!r)
+        return NULL;
+    atomic_fetch_add(&s->inflight, 1);
+    r->fresh = 1;
+    client_address(conn, r->remote, sizeof r->remote);
+    const char *q = strchr(uri, '?');
+    size_t plen = q ? (size_t)(q - uri) : strlen(uri);
+    for (size_t i = 0; i + 2 < plen; i++)
+        if (uri[i] == '%' && ((uri[i + 1] == '0' && uri[i + 2] == '0') ||
+                              (uri[i + 1] == '2' && (uri[i + 2] | 0x20) == 'f')))
+            r->raw_bad_path = 1;
+    r->raw_bad_query = q && strstr(q, "%00") != NULL;
+    return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
     kvsrv *s = cls;
     kvsrv_req *r = *con_cls;
-    if (!r) {
-        r = kvsrv_req_create(s, conn, method, url);
-        if (!r)
-            return MHD_NO;
-        atomic_fetch_add(&s->inflight, 1);
-        *con_cls = r;
+    if (!r)
+        return MHD_NO; /* on_uri could not allocate it */
+    if (r->fresh) {
+        r->fresh = 0;
+        snprintf(r->method, sizeof r->method, "%s", method);
         int over = kvsrv_watch_mark(s, conn, 1);
         route(url, r);
         size_t hbytes = strlen(url) + strlen(method) + 12;
@@ -159,6 +218,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return kvsrv_respond_error(r, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large",
                                        "request line and headers are %zu bytes, over %d", hbytes,
                                        MAX_HEADER_BYTES);
+        const char *bad = request_framing(conn, version);
+        if (bad)
+            return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "%s", bad);
+        if (r->raw_bad_path)
+            return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found",
+                                       "the path holds an encoded NUL or slash (%%00, %%2f): no endpoint there");
+        if (r->raw_bad_query)
+            return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "the query holds an encoded NUL (%%00)");
         if (over) { /* answered now, in the first call: MHD then closes the connection */
             atomic_fetch_add_explicit(&s->busy, 1, memory_order_relaxed);
             return kvsrv_respond_error_hdr(r, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", MHD_HTTP_HEADER_RETRY_AFTER,
@@ -220,15 +287,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     int ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
     kvsrv_metrics_request_done(r, ok);
     unsigned st = r->status;
-    char addr[INET6_ADDRSTRLEN + 8] = "-";
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci && ci->client_addr) {
-        const struct sockaddr *sa = ci->client_addr;
-        socklen_t sl = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-        if (getnameinfo(sa, sl, addr, sizeof addr, NULL, 0, NI_NUMERICHOST) != 0)
-            snprintf(addr, sizeof addr, "?");
-    }
-    snprintf(r->remote, sizeof r->remote, "%s", addr);
+    const char *addr = r->remote;
     static const char *const toe_names[] = {"ok", "error", "timeout", "shutdown", "read_error", "client_abort"};
     const char *how = (unsigned)toe < sizeof toe_names / sizeof toe_names[0] ? toe_names[toe] : "?";
     char err[300], method[70];
@@ -382,6 +441,7 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
         MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
         MHD_OPTION_NOTIFY_CONNECTION, kvsrv_watch_connection, s,
         MHD_OPTION_END);
     if (!s->daemon) {

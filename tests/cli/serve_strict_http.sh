@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# serve_strict_http.sh: requests framed or encoded so that kvpubd and a proxy in front of it could
+# read them differently are refused (RFC 9112, spec/http-api.md): two Content-Length headers (a
+# smuggling vector), HTTP/1.1 without Host, an encoded NUL or slash in the path (404: it names
+# no blob), an encoded NUL in the query (400), and an upload price past int64 (400, not 409). A
+# purchase without a "buyer" field is recorded under the client's address.
+source "$(dirname "$0")/lib_serve.bash"
+build_mkblob
+make_cert
+command -v openssl >/dev/null || { echo "openssl CLI missing"; exit 1; }
+"$KVPUBD" keygen -o "$T/pub1" >/dev/null
+CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name alice 2>/dev/null)
+mkblob --key "$T/pub1.key" -o "$T/b.kvb" --seed 1 --title strict
+mkblob --key "$T/pub1.key" -o "$T/p.kvb" --seed 2 --title priced
+start_server "$T/store"
+expect 201 PUT "/v1/blobs" -H "Authorization: Bearer $CRED" --data-binary @"$T/b.kvb"; ID=$(json .id)
+
+raw_status() {  # REQUEST-BYTES: the status line's code of the server's answer
+  printf "$1" >"$T/raw.req"
+  timeout 8 openssl s_client -quiet -connect "127.0.0.1:$PORT" -servername localhost <"$T/raw.req" \
+    2>/dev/null | head -n1 | tr -d '\r' | cut -d' ' -f2
+}
+st=$(raw_status 'GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+[ "$st" = 200 ] && ok "a well-framed raw request is served" || fail "baseline raw request: '$st'"
+st=$(raw_status 'GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nContent-Length: 7\r\nConnection: close\r\n\r\n')
+[ "$st" = 400 ] && ok "two Content-Length headers: 400" || fail "two Content-Length headers: '$st'"
+st=$(raw_status 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n')
+[ "$st" = 400 ] && ok "HTTP/1.1 without Host: 400" || fail "HTTP/1.1 without Host: '$st'"
+st=$(raw_status 'GET /healthz HTTP/1.0\r\n\r\n')
+[ "$st" = 200 ] && ok "HTTP/1.0 without Host is fine" || fail "HTTP/1.0 without Host: '$st'"
+
+expect 404 GET "/v1/blobs/$ID%00.kvb"
+expect 404 GET "/v1/blobs/$ID%2fmanifest"
+expect 404 GET "/v1/blobs/$ID%2Fmanifest"
+expect 200 GET "/v1/blobs/$ID/manifest"
+expect 400 GET "/v1/catalog?q=%00zzz"
+expect 200 GET "/v1/catalog?q=strict"
+expect 400 PUT "/v1/blobs?price=9223372036854775808" -H "Authorization: Bearer $CRED" --data-binary @"$T/p.kvb"
+expect 201 PUT "/v1/blobs?price=9223372036854775807" -H "Authorization: Bearer $CRED" --data-binary @"$T/p.kvb"
+P=$(json .id)
+
+expect 201 POST /v1/purchases -H 'Content-Type: application/json' --data-binary "{\"blob\": \"$P\"}"
+buyer=$(sqlite3 "$T/store/index.db" "select buyer from purchases")
+[ "$buyer" = 127.0.0.1 ] && ok "a purchase without a buyer is recorded under the client's address" ||
+  fail "purchase buyer: '$buyer'"
+expect 200 GET /healthz
+stop_server && ok "clean exit" || fail "server exit status"
+done_tests
