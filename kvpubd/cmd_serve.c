@@ -16,7 +16,8 @@ static const char serve_usage[] =
     "Serves the store over HTTPS (spec/http-api.md).\n"
     "  --threads N           worker threads (default 2)\n"
     "  --max-conns N         connections served (default 256); a few more are answered 503 busy\n"
-    "  --max-conns-per-ip N  per client address (default 0 = no limit)\n"
+    "  --max-conns-per-ip N  per client address (default: a quarter of --max-conns, at least 8;\n"
+    "                        0 = no limit)\n"
     "  --timeout SECONDS     idle connection timeout (default 30)\n"
     "  --max-upload SIZE     largest PUT /v1/blobs body, e.g. 512M, 4G (default 4G)\n"
     "  --token-ttl DURATION  lifetime of purchased tokens, e.g. 30m, 24h, 7d (default 24h)\n"
@@ -45,7 +46,7 @@ static int write_port_file(const char *path, unsigned port)
 
 int kvpubd_serve_main(int argc, char **argv)
 {
-    kvsrv_config cfg = {0};
+    kvsrv_config cfg = {.max_conns_per_ip = KVSRV_PER_IP_AUTO};
     const char *port_file = NULL;
     uint64_t grace = 10;
     for (int i = 1; i < argc; i++) {

@@ -395,6 +395,8 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
         s->cfg.threads = 2;
     if (!s->cfg.max_conns)
         s->cfg.max_conns = 256;
+    if (s->cfg.max_conns_per_ip == KVSRV_PER_IP_AUTO)
+        s->cfg.max_conns_per_ip = s->cfg.max_conns / 4 > 8 ? s->cfg.max_conns / 4 : 8;
     if (!s->cfg.timeout_s)
         s->cfg.timeout_s = 30;
     if (!s->cfg.max_upload)

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define KVSRV_PER_IP_AUTO 0xFFFFFFFFu
+
 typedef struct kvsrv_config {
     const char *store_dir;     /* the store to serve (opened read-write: purchases, uploads) */
     const char *listen;        /* "ADDR:PORT", "[v6]:PORT"; PORT 0 = any free port */
@@ -14,7 +16,8 @@ typedef struct kvsrv_config {
     const char *log_path;      /* access + error log; NULL = stderr */
     unsigned threads;          /* MHD worker threads (thread pool); 0 = 2 */
     unsigned max_conns;        /* total connection limit; 0 = 256 */
-    unsigned max_conns_per_ip; /* 0 = no per-address limit */
+    unsigned max_conns_per_ip; /* 0 = no per-address limit; KVSRV_PER_IP_AUTO = a quarter of
+                                * max_conns, at least 8, so one address cannot hold every slot */
     unsigned timeout_s;        /* idle connection timeout; 0 = 30 */
     uint64_t max_upload;       /* bytes of one PUT /v1/blobs body; 0 = 4 GiB */
     unsigned token_ttl_s;      /* lifetime of a purchased token; 0 = 24 h */

@@ -45,4 +45,27 @@ buyer=$(sqlite3 "$T/store/index.db" "select buyer from purchases")
   fail "purchase buyer: '$buyer'"
 expect 200 GET /healthz
 stop_server && ok "clean exit" || fail "server exit status"
+
+# one address cannot hold every slot by default: 20 idle TLS connections from 127.0.0.1 against
+# --max-conns 16 (+4 busy slots) keep only 8 (a quarter, at least 8), and 127.0.0.2 is served
+hold_and_probe() {  # SERVE-ARGS...: $T/probe gets the status 127.0.0.2 gets while .1 holds 20 connections
+  start_server "$T/store" --max-conns 16 "$@"
+  local pids="" i
+  for i in $(seq 20); do  # each holds its connection open while its stdin (a sleep) lasts
+    (sleep 12 | openssl s_client -quiet -connect "127.0.0.1:$PORT" -servername localhost >/dev/null 2>&1) &
+    pids="$pids $!"
+  done
+  sleep 3
+  curl -sS --interface 127.0.0.2 --max-time 4 --cacert "$T/cert.pem" -o /dev/null -w '%{http_code}' \
+    "$URL/healthz" >"$T/probe" 2>/dev/null || true
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+  wait $pids 2>/dev/null || true
+}
+hold_and_probe
+st=$(cat "$T/probe")
+[ "$st" = 200 ] && ok "another address is served while one holds its 8 connections" || fail "per-address default: '$st'"
+hold_and_probe --max-conns-per-ip 0
+st=$(cat "$T/probe")
+[ "$st" != 200 ] && ok "with the limit off, the same 20 connections starve it ('$st')" ||
+  fail "control: with --max-conns-per-ip 0 the probe was still served"
 done_tests
