@@ -126,6 +126,22 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
     struct stat sb;
     double t = base_now_s();
     if (fstat(src->fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size <= SIZE_MAX) {
+        /* The size the manifest declares, from the prefix alone (the reader verifies it all
+         * again): a file longer than that is refused before a byte of the excess is mapped or
+         * read, however long it is */
+        kvb_header h;
+        kvb_manifest *m = NULL;
+        if (kvb_peek_file(path, NULL, &h, &m, err, errlen) == KVB_OK && (uint64_t)sb.st_size > h.file_size) {
+            kvb_manifest_free(m);
+            *ks = KVB_ERR_MALFORMED;
+            if (err && errlen)
+                snprintf(err, errlen, "trailing data: the blob ends at byte %llu but the file is %llu bytes",
+                     (unsigned long long)h.file_size, (unsigned long long)sb.st_size);
+            return KVP_OK;
+        }
+        kvb_manifest_free(m);
+        if (err && errlen)
+            err[0] = 0; /* a failed peek is the reader's to report, with the whole story */
         /* MAP_POPULATE: the page-cache pages are mapped in one batch instead of one fault per
          * 4 KiB page during hashing */
         void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, src->fd, 0);

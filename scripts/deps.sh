@@ -5,7 +5,7 @@ set -eu
 pkgs="build-essential pkg-config clang libclang-rt-14-dev
  libssl-dev openssl libcurl4-openssl-dev curl libsqlite3-dev sqlite3 libzstd-dev
  libmicrohttpd-dev libgnutls28-dev libjansson-dev libcmocka-dev
- jq nginx-light gnuplot-nox git"
+ jq nginx-light gnuplot-nox git time"
 # git + npm: the interop and parity tests install the pinned prebuilt llama.cpp from the npm
 # registry (scripts/llamacpp/install.sh) and read headers and test vocabularies from its bundle;
 # an npm already on the PATH (e.g. from nodejs.org) will do

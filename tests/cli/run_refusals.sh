@@ -101,4 +101,17 @@ expect_err "chunk .*sha256"
 head -c $((size / 2)) "$b1" >"$tmp/trunc.kvb"
 expect_rc 3 "${R[@]}" --model "$tmp/base.gguf" --blob "$tmp/trunc.kvb"
 expect_err "(truncat|ended)"
+note "a blob extended to 10 GiB (sparse) is refused at once, before the excess is mapped (exit 3)"
+cp "$b1" "$tmp/long.kvb"
+truncate -s 10G "$tmp/long.kvb"
+t0=$(date +%s%N)
+/usr/bin/env time -f %M -o "$tmp/rss" "${R[@]}" --model "$tmp/base.gguf" --blob "$tmp/long.kvb" >"$tmp/out" 2>"$tmp/err" \
+  && rc=0 || rc=$?
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$rc" -eq 3 ] || fail "10 GiB blob: exit $rc, want 3: $(cat "$tmp/err")"
+expect_err "trailing data: the blob ends at byte [0-9]+ but the file is 10737418240 bytes"
+rss=$(tail -1 "$tmp/rss")
+[ "$rss" -lt 1000000 ] || fail "10 GiB blob: peak RSS $rss KiB (the excess was read)"
+echo "  refused in $ms ms, peak RSS $rss KiB"
+rm -f "$tmp/long.kvb"
 echo PASS
