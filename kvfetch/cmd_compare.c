@@ -29,7 +29,7 @@ int kvfetch_compare_main(int argc, char **argv)
     char *text = NULL;
     int32_t *seq = NULL;
     kvp_compare_result r = {0};
-    int done, rc = kvfetch_session_start("kvfetch compare", argc, argv, usage_compare, &s, &done);
+    int done, rc = kvfetch_session_start("kvfetch compare", argc, argv, usage_compare, 0, &s, &done);
     if (done)
         goto out;
     size_t total = 0;

@@ -12,7 +12,8 @@
 #include "fetch/fetch.h"
 #include "kvfetch/kvfetch.h"
 
-static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *prog, const char *usage)
+static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *prog, const char *usage,
+                      int exporting)
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
            O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
@@ -129,7 +130,6 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
         return 2;
     }
-    int exporting = strcmp(prog, "kvfetch export") == 0;
     if (exporting != !!a->llama_state || (a->v_trans && !exporting)) {
         fprintf(stderr, exporting ? "%s: --llama-state OUT is required (try --help)\n"
                                   : "%s: --llama-state and --v-trans belong to kvfetch export\n", prog);
@@ -433,8 +433,8 @@ void kvfetch_print_json(json_t *o)
     json_decref(o);
 }
 
-int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, kvfetch_session **out,
-                          int *done)
+int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, int exporting,
+                          kvfetch_session **out, int *done)
 {
     *done = 1;
     kvfetch_session *s = *out = calloc(1, sizeof *s);
@@ -443,7 +443,7 @@ int kvfetch_session_start(const char *prog, int argc, char **argv, const char *u
         return 2;
     }
     s->prog = prog;
-    int rc = parse_args(argc, argv, &s->a, prog, usage);
+    int rc = parse_args(argc, argv, &s->a, prog, usage, exporting);
     if (rc)
         return rc < 0 ? 0 : rc; /* -1: --help was printed */
     if ((rc = kvf_common_open(&s->a.co, prog)) != 0 || (rc = resolve_blobs(s)) != 0 ||
