@@ -1,6 +1,7 @@
 /* api_write.c: the endpoints of spec/http-api.md that take a request body and write to
  * store/: purchases (a bearer token for a priced blob) and verified publisher uploads. */
 #include "kvpubd/api.h"
+#include "kvpubd/ratelimit.h"
 #include "base/base.h"
 #include "kvpub/kvpub.h"
 
@@ -39,10 +40,32 @@ static int body_length(kvsrv_req *r, uint64_t max, uint64_t *len, enum MHD_Resul
     return 0;
 }
 
+/* 0 when the client may buy now, else the refusal (429 with Retry-After) in *done. Checked
+ * before the body is read, so a flood costs no parsing and no index write. */
+static int purchase_allowed(kvsrv_req *r, enum MHD_Result *done)
+{
+    kvsrv *s = r->srv;
+    if (!s->purchase_limit)
+        return 0;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    unsigned wait = kvsrv_ratelimit_take(s->purchase_limit, ci ? ci->client_addr : NULL, base_now_s());
+    if (!wait)
+        return 0;
+    atomic_fetch_add_explicit(&s->rate_limited, 1, memory_order_relaxed);
+    char ra[16];
+    snprintf(ra, sizeof ra, "%u", wait);
+    *done = kvsrv_respond_error_hdr(r, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited", MHD_HTTP_HEADER_RETRY_AFTER, ra,
+                                    "more than %u purchases in a burst or %u a minute from this address; retry in "
+                                    "%u s", s->cfg.purchase_burst, s->cfg.purchase_per_min, wait);
+    return -1;
+}
+
 enum MHD_Result kvsrv_purchase_begin(kvsrv_req *r)
 {
     enum MHD_Result done;
     uint64_t len;
+    if (purchase_allowed(r, &done) != 0)
+        return done;
     const char *ct = kvsrv_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct || strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';' && ct[16] != ' '))
         return kvsrv_respond_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",

@@ -22,6 +22,10 @@ static const char serve_usage[] =
     "  --max-upload SIZE     largest PUT /v1/blobs body, e.g. 512M, 4G (default 4G)\n"
     "  --token-ttl DURATION  lifetime of purchased tokens, e.g. 30m, 24h, 7d (default 24h)\n"
     "  --token-downloads N   downloads per purchased token (default 5)\n"
+    "  --purchase-rate N     purchases a minute per client address (IPv6: per /64), after a\n"
+    "                        burst of --purchase-burst (default 60; 0 = no limit); past it\n"
+    "                        POST /v1/purchases is answered 429 with Retry-After\n"
+    "  --purchase-burst N    purchases an address may make at once (default 20)\n"
     "  --grace SECONDS       on SIGTERM, wait this long for running downloads (default 10)\n"
     "  --log FILE            access and error log (default stderr); SIGHUP reopens it\n"
     "  --port-file FILE      write the bound port there once listening (for PORT 0)\n"
@@ -46,7 +50,8 @@ static int write_port_file(const char *path, unsigned port)
 
 int kvpubd_serve_main(int argc, char **argv)
 {
-    kvsrv_config cfg = {.max_conns_per_ip = KVSRV_PER_IP_AUTO};
+    kvsrv_config cfg = {.max_conns_per_ip = KVSRV_PER_IP_AUTO, .purchase_burst = KVSRV_PURCHASE_BURST_DEFAULT,
+                        .purchase_per_min = KVSRV_PURCHASE_PER_MIN_DEFAULT};
     const char *port_file = NULL;
     uint64_t grace = 10;
     for (int i = 1; i < argc; i++) {
@@ -91,6 +96,8 @@ int kvpubd_serve_main(int argc, char **argv)
                             : strcmp(a, "--max-conns-per-ip") == 0 ? &cfg.max_conns_per_ip
                             : strcmp(a, "--timeout") == 0          ? &cfg.timeout_s
                             : strcmp(a, "--token-downloads") == 0  ? &cfg.token_downloads
+                            : strcmp(a, "--purchase-rate") == 0    ? &cfg.purchase_per_min
+                            : strcmp(a, "--purchase-burst") == 0   ? &cfg.purchase_burst
                                                                    : NULL;
             uint64_t *dst64 = strcmp(a, "--grace") == 0 ? &grace : NULL;
             if (!dst && !dst64) {

@@ -25,7 +25,7 @@ typedef enum kvsrv_ep {
     EP_OTHER, EP_COUNT
 } kvsrv_ep;
 
-#define KVSRV_N_CODES 19 /* metrics.c metric_codes plus one "other" slot */
+#define KVSRV_N_CODES 20 /* metrics.c metric_codes plus one "other" slot */
 
 struct kvsrv {
     kvsrv_config cfg;
@@ -56,6 +56,8 @@ struct kvsrv {
     _Atomic uint64_t header_timeouts;
     _Atomic uint64_t body_timeouts;
     _Atomic uint64_t busy;          /* connections past --max-conns answered 503 */
+    struct kvsrv_ratelimit *purchase_limit; /* NULL: purchases are not rate-limited */
+    _Atomic uint64_t rate_limited;  /* purchases answered 429 */
     /* lifecycle and metrics */
     atomic_int stopping;
     atomic_long inflight;          /* requests between first call and completion */
@@ -115,7 +117,7 @@ enum MHD_Result kvsrv_respond_json(kvsrv_req *r, unsigned status, json_t *body);
 enum MHD_Result kvsrv_respond_error(kvsrv_req *r, unsigned status, const char *error, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* The same with one more response header (Allow on 405, Content-Range on 416, Retry-After on
- * 503). */
+ * 429 and 503). */
 enum MHD_Result kvsrv_respond_error_hdr(kvsrv_req *r, unsigned status, const char *error, const char *hdr,
                                         const char *hdr_value, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));

@@ -9,7 +9,7 @@ static const char *const ep_names[EP_COUNT] = {
     "catalog", "manifest", "blob", "purchase", "upload", "keys", "healthz", "metrics", "other",
 };
 static const unsigned metric_codes[] = {200, 201, 206, 304, 400, 401, 403, 404, 405, 409, 410, 411,
-                                        413, 415, 416, 422, 500, 503};
+                                        413, 415, 416, 422, 429, 500, 503};
 #define N_CODES (sizeof metric_codes / sizeof metric_codes[0])
 _Static_assert(N_CODES + 1 == KVSRV_N_CODES, "KVSRV_N_CODES counts metric_codes plus 'other'");
 
@@ -83,6 +83,8 @@ enum MHD_Result kvsrv_metrics(kvsrv_req *r)
            atomic_load(&s->body_timeouts));
     METRIC("kvpubd_busy_total", "counter", "Connections past --max-conns answered 503 busy and closed.",
            atomic_load(&s->busy));
+    METRIC("kvpubd_rate_limited_total", "counter", "Purchases refused 429 by the per-address rate limit.",
+           atomic_load(&s->rate_limited));
     METRIC("kvpubd_uploads_rejected_total", "counter", "Uploads refused (auth, size, verification).",
            atomic_load(&s->uploads_rejected));
 #undef METRIC

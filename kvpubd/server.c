@@ -5,6 +5,7 @@
 #include "kvpubd/api.h"
 #include "kvpubd/http.h"
 #include "kvpubd/metrics.h"
+#include "kvpubd/ratelimit.h"
 #include "kvpubd/watchdog.h"
 
 #include <arpa/inet.h>
@@ -419,6 +420,11 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
     }
     if (kvsrv_pool_open(s, err, errlen) != 0)
         goto fail;
+    if (s->cfg.purchase_burst && s->cfg.purchase_per_min &&
+        !(s->purchase_limit = kvsrv_ratelimit_create(s->cfg.purchase_burst, s->cfg.purchase_per_min))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     if (!(s->cert = slurp(cfg->tls_cert, 1 << 20, err, errlen)) ||
         !(s->key = slurp(cfg->tls_key, 1 << 20, err, errlen)))
         goto fail;
@@ -498,6 +504,7 @@ void kvsrv_free(kvsrv *s)
     if (s->listen_fd >= 0)
         close(s->listen_fd);
     kvsrv_pool_close(s);
+    kvsrv_ratelimit_free(s->purchase_limit);
     free(s->cert);
     if (s->key) {
         kvc_wipe(s->key, strlen(s->key));

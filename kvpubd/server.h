@@ -7,6 +7,9 @@
 #include <stdint.h>
 
 #define KVSRV_PER_IP_AUTO 0xFFFFFFFFu
+/* What `kvpubd serve` starts with (spec/http-api.md). */
+#define KVSRV_PURCHASE_BURST_DEFAULT 20
+#define KVSRV_PURCHASE_PER_MIN_DEFAULT 60
 
 typedef struct kvsrv_config {
     const char *store_dir;     /* the store to serve (opened read-write: purchases, uploads) */
@@ -22,6 +25,9 @@ typedef struct kvsrv_config {
     uint64_t max_upload;       /* bytes of one PUT /v1/blobs body; 0 = 4 GiB */
     unsigned token_ttl_s;      /* lifetime of a purchased token; 0 = 24 h */
     unsigned token_downloads;  /* download budget of a purchased token; 0 = 5 */
+    /* POST /v1/purchases per client address (ratelimit.h): a bucket of purchase_burst,
+     * refilled at purchase_per_min a minute; either 0 = no limit */
+    unsigned purchase_burst, purchase_per_min;
 } kvsrv_config;
 
 typedef struct kvsrv kvsrv;

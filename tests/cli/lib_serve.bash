@@ -37,6 +37,13 @@ build_mkblob() {
   [ -x "$BUILD/kvsynth" ] || { echo "$BUILD/kvsynth is missing: run the tests through make test" >&2; exit 1; }
 }
 
+# new_publisher NAME: a key pair $T/NAME.key/.pub registered in $T/store as NAME; its upload
+# credential in $CRED
+new_publisher() {
+  "$KVPUBD" keygen -o "$T/$1" >/dev/null
+  CRED=$("$KVPUBD" publisher add --store "$T/store" --key "$T/$1.pub" --name "$1" 2>/dev/null)
+}
+
 make_cert() {  # -> $T/cert.pem $T/certkey.pem for 127.0.0.1 / ::1 / localhost
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost" \
