@@ -13,7 +13,8 @@ typedef enum kvc_status {
     KVC_OK = 0,
     KVC_ERR_IO = 1,          /* file could not be read/written */
     KVC_ERR_FORMAT = 2,      /* not a PEM Ed25519 key, bad hex, ... */
-    KVC_ERR_PERM = 3,        /* private key readable by group/others, or file exists */
+    KVC_ERR_PERM = 3,        /* private key readable by group/others, file exists, or a
+                                world-writable trust directory */
     KVC_ERR_BAD_SIG = 4,     /* signature does not verify */
     KVC_ERR_UNTRUSTED = 5,   /* key id not in the trust directory */
     KVC_ERR_REVOKED = 6,     /* key id listed in the revocation list */
@@ -103,7 +104,8 @@ kvc_status kvc_verify(const kvc_key *k, const void *msg, size_t len, const uint8
 typedef struct kvc_trust kvc_trust;
 
 /* Reads the directory. A malformed *.pub or revocation line is an error naming the file
- * (and line). On success *out owns the store. */
+ * (and line); a directory, key or revocation file writable by every user is refused
+ * (KVC_ERR_PERM): anyone could change whom it trusts. On success *out owns the store. */
 kvc_status kvc_trust_open(const char *dir, kvc_trust **out, char *err, size_t errlen) KVC_WUR;
 void kvc_trust_free(kvc_trust *t);
 

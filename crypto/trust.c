@@ -50,6 +50,21 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* Parses DIR/revoked (absent is fine) into t->revoked. */
+/* Refuses a trust directory or file that anyone on the machine may write: whoever can drop a
+ * .pub file there, or edit one, decides which signers are trusted. */
+static kvc_status refuse_world_writable(const char *path, int is_dir, char *err, size_t errlen)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return KVC_OK; /* a missing path is reported where it is read */
+    if (!(sb.st_mode & S_IWOTH))
+        return KVC_OK;
+    base_errf(err, errlen, "%s %s is writable by every user (mode %04o): anyone could add or change a "
+              "trusted key; run chmod o-w on it", is_dir ? "trust directory" : "trust file", path,
+              (unsigned)(sb.st_mode & 07777));
+    return KVC_ERR_PERM;
+}
+
 static kvc_status load_revoked(kvc_trust *t, const char *dir, char *err, size_t errlen)
 {
     char path[4096];
@@ -62,7 +77,9 @@ static kvc_status load_revoked(kvc_trust *t, const char *dir, char *err, size_t 
         return KVC_OK; /* no revocation list: nothing revoked */
     char *buf = NULL;
     size_t len = 0;
-    kvc_status st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, 0, &buf, &len, err, errlen);
+    kvc_status st = refuse_world_writable(path, 0, err, errlen);
+    if (st == KVC_OK)
+        st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, 0, &buf, &len, err, errlen);
     if (st != KVC_OK)
         return st;
     if (memchr(buf, '\0', len)) {
@@ -165,6 +182,9 @@ static kvc_status list_pub(const char *dir, char ***names_out, size_t *n_out, ch
 kvc_status kvc_trust_open(const char *dir, kvc_trust **out, char *err, size_t errlen)
 {
     *out = NULL;
+    kvc_status wst = refuse_world_writable(dir, 1, err, errlen);
+    if (wst != KVC_OK)
+        return wst;
     kvc_trust *t = calloc(1, sizeof *t);
     if (!t)
         return KVC_ERR_NOMEM;
@@ -187,7 +207,9 @@ kvc_status kvc_trust_open(const char *dir, kvc_trust **out, char *err, size_t er
         }
         char *buf = NULL;
         size_t len = 0;
-        st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, 0, &buf, &len, err, errlen);
+        st = refuse_world_writable(path, 0, err, errlen);
+        if (st == KVC_OK)
+            st = kvc_read_small_file(path, KVC_MAX_SMALL_FILE, 0, &buf, &len, err, errlen);
         if (st != KVC_OK)
             break;
         kvc_key *k = NULL;

@@ -615,6 +615,33 @@ static void test_trust_dir(void **state)
     assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_ERR_FORMAT);
     assert_non_null(strstr(err, "leaked.pub"));
 
+    snprintf(path, sizeof path, "%s/leaked.pub", tdir);
+    assert_int_equal(unlink(path), 0);
+
+    /* anything every user may write is refused: the directory, a key, the revocation list */
+    assert_int_equal(chmod(tdir, 0777), 0);
+    assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_ERR_PERM);
+    assert_null(t);
+    assert_non_null(strstr(err, "writable by every user (mode 0777)"));
+    assert_int_equal(chmod(tdir, 01777), 0); /* sticky: others still add files */
+    assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_ERR_PERM);
+    assert_int_equal(chmod(tdir, 0775), 0); /* group-writable: a shared admin group, accepted */
+    assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_OK);
+    kvc_trust_free(t);
+    snprintf(path, sizeof path, "%s/a.pub", tdir);
+    assert_int_equal(chmod(path, 0666), 0);
+    assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_ERR_PERM);
+    assert_non_null(strstr(err, "a.pub"));
+    assert_int_equal(chmod(path, 0644), 0);
+    snprintf(path, sizeof path, "%s/revoked", tdir);
+    write_text(path, "0123456789abcdef\n");
+    assert_int_equal(chmod(path, 0646), 0);
+    assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_ERR_PERM);
+    assert_non_null(strstr(err, "revoked"));
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(kvc_trust_open(tdir, &t, err, sizeof err), KVC_OK);
+    kvc_trust_free(t);
+
     /* a missing directory */
     snprintf(path, sizeof path, "%s/nope", dir);
     assert_int_equal(kvc_trust_open(path, &t, err, sizeof err), KVC_ERR_IO);
