@@ -205,6 +205,9 @@ static int resolve_blobs(kvfetch_session *s)
             return kvf_exit_code(st, res.vst);
         }
         s->fetched_from_cache += res.from_cache;
+        if (res.stale)
+            fprintf(stderr, "%s: warning: could not ask whether %s changed (%s); using the copy it "
+                            "served last, verified\n", s->prog, b, res.stale_why);
         snprintf(s->paths[i], PATH_MAX, "%s", res.path);
         s->path_of[i] = s->paths[i];
         kvf_get_result_clear(&res);
@@ -284,8 +287,17 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
             total += m->n_tokens;
             kvb_manifest_free(m);
         }
-        if (total > (size_t)INT32_MAX / 2) {
-            fprintf(stderr, "%s: sequence too long\n", s->prog);
+        size_t n_ctx = (size_t)eng_model_info(s->model)->n_ctx_train;
+        if (total - (size_t)s->a.n_gen > n_ctx) {
+            fprintf(stderr, "%s: the sequence is %zu tokens (BOS, prefix, documents, prompt), but the "
+                            "model's context is %zu tokens: it would not fit in the runtime that "
+                            "made the blob either\n", s->prog, total - (size_t)s->a.n_gen, n_ctx);
+            return KVF_EXIT_REFUSED;
+        }
+        if (total > n_ctx) {
+            fprintf(stderr, "%s: %zu tokens plus --n-gen %d exceed the model's context of %zu "
+                            "tokens: ask for at most %zu\n", s->prog, total - (size_t)s->a.n_gen,
+                    s->a.n_gen, n_ctx, n_ctx - (total - (size_t)s->a.n_gen));
             return 2;
         }
         s->n_cells = total;

@@ -114,4 +114,13 @@ rss=$(tail -1 "$tmp/rss")
 [ "$rss" -lt 1000000 ] || fail "10 GiB blob: peak RSS $rss KiB (the excess was read)"
 echo "  refused in $ms ms, peak RSS $rss KiB"
 rm -f "$tmp/long.kvb"
+
+note "a blob longer than the model's context is refused (exit 1), as publish refuses it"
+synth small --ctx 64
+expect_rc 1 "${R[@]}" --model "$tmp/small.gguf" --blob "$b1"
+expect_err "the sequence is [0-9]+ tokens .*but the model's context is 64 tokens"
+note "a generation that would run past the context is refused with the room left (exit 2)"
+expect_rc 2 "$KVFETCH" run --trust "$tmp/trust" --prompt " and so on" --threads 2 -n 1000 \
+  --model "$tmp/base.gguf" --blob "$b1"
+expect_err "plus --n-gen 1000 exceed the model's context of 1024 tokens: ask for at most [0-9]+"
 echo PASS
