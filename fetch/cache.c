@@ -1,5 +1,6 @@
 /* cache.c: the local content-addressed blob cache: DIR/<id hex> blobs, DIR/tmp/<key>.part
- * partial downloads, DIR/urls/<sha256(url) hex> holding the id a URL served. */
+ * partial downloads, DIR/urls/<sha256(url) hex> holding the id and validators a URL served.
+ * The size cap counts blobs and partial downloads alike. */
 #include "fetch/fetch.h"
 
 #include <dirent.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -165,7 +167,16 @@ static void url_path(const kvf_cache *c, const char *url, char *path, size_t pat
     snprintf(path, pathlen, "%s/urls/%s", c->dir, kvc_hex(h, 32, hex));
 }
 
-void kvf_cache_url_put(kvf_cache *c, const char *url, const uint8_t id[32])
+/* A validator is kept only if it is one line of printable ASCII (it goes back into a header). */
+static int validator_ok(const char *v)
+{
+    for (; *v; v++)
+        if ((unsigned char)*v < 0x20 || (unsigned char)*v > 0x7e)
+            return 0;
+    return 1;
+}
+
+void kvf_cache_url_put(kvf_cache *c, const char *url, const kvf_url_rec *rec)
 {
     char p[PATH_MAX], tmp[PATH_MAX + 16], hex[65];
     url_path(c, url, p, sizeof p);
@@ -173,28 +184,49 @@ void kvf_cache_url_put(kvf_cache *c, const char *url, const uint8_t id[32])
     FILE *f = fopen(tmp, "w");
     if (!f)
         return;
-    int ok = fprintf(f, "%s\n", kvc_hex(id, 32, hex)) == 65;
+    const char *etag = validator_ok(rec->etag) ? rec->etag : "";
+    const char *lm = validator_ok(rec->last_modified) ? rec->last_modified : "";
+    int ok = fprintf(f, "%s\n%s\n%s\n", kvc_hex(rec->id, 32, hex), etag, lm) > 0;
     if (fclose(f) != 0 || !ok || rename(tmp, p) != 0)
         (void)unlink(tmp); /* only a shortcut: losing it costs one download */
 }
 
-int kvf_cache_url_get(kvf_cache *c, const char *url, uint8_t id[32])
+/* Reads one line of f into out without its newline; "" at end of file or if it is too long. */
+static void read_line(FILE *f, char *out, size_t len)
+{
+    if (!fgets(out, (int)len, f)) {
+        out[0] = 0;
+        return;
+    }
+    size_t n = strcspn(out, "\n");
+    if (out[n] != '\n' && !feof(f))
+        n = 0; /* longer than a validator may be */
+    out[n] = 0;
+}
+
+int kvf_cache_url_get(kvf_cache *c, const char *url, kvf_url_rec *rec)
 {
     char p[PATH_MAX], line[80];
+    memset(rec, 0, sizeof *rec);
     url_path(c, url, p, sizeof p);
     FILE *f = fopen(p, "r");
     if (!f)
         return 0;
-    int ok = fgets(line, sizeof line, f) != NULL;
+    read_line(f, line, sizeof line);
+    read_line(f, rec->etag, sizeof rec->etag);
+    read_line(f, rec->last_modified, sizeof rec->last_modified);
     fclose(f);
-    if (!ok || strlen(line) < 64)
+    if (strlen(line) != 64 || kvc_unhex(line, rec->id, 32) != KVC_OK)
         return 0;
-    line[64] = 0;
-    return kvc_unhex(line, id, 32) == KVC_OK;
+    if (!validator_ok(rec->etag))
+        rec->etag[0] = 0;
+    if (!validator_ok(rec->last_modified))
+        rec->last_modified[0] = 0;
+    return 1;
 }
 
 typedef struct entry {
-    char name[65];
+    char name[80];       /* a blob id, or "tmp/<key>.part" */
     uint64_t size;
     struct timespec atime;
 } entry;
@@ -218,51 +250,89 @@ static int is_id_name(const char *s)
     return n == 64;
 }
 
+static int is_part_name(const char *s)
+{
+    size_t n = strlen(s);
+    return n == 69 && strcmp(s + 64, ".part") == 0;
+}
+
+/* Removes a partial download unless a kvfetch holds its lock (it is being written). */
+static int remove_part(int dfd, const char *name)
+{
+    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = -1;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+        rc = unlinkat(dfd, name, 0);
+    close(fd);
+    return rc;
+}
+
+/* Adds the blobs (or, with parts, the partial downloads) of one directory to v. Partial
+ * downloads are ranked by their last write: an abandoned one ages like an unused blob. */
+static uint64_t scan(int dfd, int parts, entry **v, size_t *n, size_t *cap)
+{
+    DIR *d = fdopendir(dup(dfd));
+    if (!d)
+        return 0;
+    uint64_t total = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && *n < MAX_ENTRIES) {
+        if (parts ? !is_part_name(de->d_name) : !is_id_name(de->d_name))
+            continue;
+        struct stat sb;
+        if (fstatat(dfd, de->d_name, &sb, 0) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (*n == *cap) {
+            size_t nc = *cap ? *cap * 2 : 64;
+            entry *nv = realloc(*v, nc * sizeof **v);
+            if (!nv)
+                break;
+            *v = nv;
+            *cap = nc;
+        }
+        entry *e = &(*v)[(*n)++];
+        snprintf(e->name, sizeof e->name, "%s%s", parts ? "tmp/" : "", de->d_name);
+        e->size = (uint64_t)sb.st_size;
+        e->atime = parts ? sb.st_mtim : sb.st_atim;
+        total += e->size;
+    }
+    closedir(d);
+    return total;
+}
+
 int kvf_cache_evict(kvf_cache *c, const uint8_t *keep)
 {
-    DIR *d = opendir(c->dir);
-    if (!d)
+    int dfd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
         return 0;
     char keephex[65] = "";
     if (keep)
         kvc_hex(keep, 32, keephex);
     entry *v = NULL;
     size_t n = 0, cap = 0;
-    uint64_t total = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) && n < MAX_ENTRIES) {
-        if (!is_id_name(de->d_name))
-            continue;
-        struct stat sb;
-        if (fstatat(dirfd(d), de->d_name, &sb, 0) != 0 || !S_ISREG(sb.st_mode))
-            continue;
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 64;
-            entry *nv = realloc(v, nc * sizeof *v);
-            if (!nv)
-                break;
-            v = nv;
-            cap = nc;
-        }
-        memcpy(v[n].name, de->d_name, 65);
-        v[n].size = (uint64_t)sb.st_size;
-        v[n].atime = sb.st_atim;
-        total += v[n].size;
-        n++;
-    }
+    uint64_t total = scan(dfd, 0, &v, &n, &cap);
+    int tfd = openat(dfd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (tfd >= 0)
+        total += scan(tfd, 1, &v, &n, &cap);
     int removed = 0;
     if (total > c->max) {
         qsort(v, n, sizeof *v, by_atime);
         for (size_t i = 0; i < n && total > c->max; i++) {
             if (strcmp(v[i].name, keephex) == 0)
                 continue;
-            if (unlinkat(dirfd(d), v[i].name, 0) == 0) {
+            int part = strncmp(v[i].name, "tmp/", 4) == 0;
+            int rc = part ? (tfd >= 0 ? remove_part(tfd, v[i].name + 4) : -1) : unlinkat(dfd, v[i].name, 0);
+            if (rc == 0) {
                 total -= v[i].size;
                 removed++;
             }
         }
     }
-    closedir(d);
+    if (tfd >= 0)
+        close(tfd);
+    close(dfd);
     free(v);
     return removed;
 }

@@ -16,6 +16,7 @@
 
 #define MAX_BACKOFF_S 8.0
 #define ERRBODY_MAX 512
+#define DEADLINE_BASE_S 60.0 /* the automatic deadline: this, plus the length at the floor rate */
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
@@ -42,6 +43,9 @@ typedef struct xfer {
     char errbody[ERRBODY_MAX + 1];
     size_t errbody_len;
     double t0, last_draw;
+    double attempt_t0;   /* start of the current request */
+    uint64_t attempt_bytes; /* body bytes of the current request */
+    int slow;            /* the current request fell below the mean-rate floor (retried) */
     int drew;
     kvf_http_stats *stats;
 } xfer;
@@ -52,6 +56,26 @@ static int hdr_is(const char *line, size_t n, const char *name)
     return n > k && strncasecmp(line, name, k) == 0 && line[k] == ':';
 }
 
+/* Copies a header value (after "Name:") into out, trimmed; values too long for
+ * KVF_VALIDATOR_MAX or holding control characters are dropped (out = ""). */
+static void keep_validator(const char *v, size_t n, char *out)
+{
+    while (n && (*v == ' ' || *v == '\t')) {
+        v++;
+        n--;
+    }
+    while (n && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    out[0] = 0;
+    if (n > KVF_VALIDATOR_MAX)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+            return;
+    memcpy(out, v, n);
+    out[n] = 0;
+}
+
 static size_t on_header(char *buf, size_t size, size_t nitems, void *userp)
 {
     xfer *x = userp;
@@ -59,8 +83,14 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userp)
     if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
         /* a new response (after a redirect or 100-continue): forget the previous one's */
         x->have_crange = 0;
+        x->stats->etag[0] = 0;
+        x->stats->last_modified[0] = 0;
         return n;
     }
+    if (hdr_is(buf, n, "ETag"))
+        keep_validator(buf + 5, n - 5, x->stats->etag);
+    else if (hdr_is(buf, n, "Last-Modified"))
+        keep_validator(buf + 14, n - 14, x->stats->last_modified);
     if (hdr_is(buf, n, "Content-Range")) {
         /* "Content-Range: bytes START-END/TOTAL" */
         char tmp[128];
@@ -129,21 +159,62 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
         return 0;
     }
     x->pos += n;
+    x->attempt_bytes += n;
     if (x->stats)
         x->stats->bytes += n;
     return n;
 }
 
+static long stall_window(const kvf_http_opts *o)
+{
+    return o->stall_timeout_s > 0 ? o->stall_timeout_s : 20L;
+}
+
+static int64_t floor_bps(const kvf_http_opts *o)
+{
+    return o->min_avg_bps == 0 ? KVF_DEFAULT_MIN_AVG_BPS : o->min_avg_bps;
+}
+
+/* The time by which the whole download must be over (0 = none): --timeout, else 60 s plus
+ * the body's length (total, 0 while unknown) at the floor rate. */
+static double deadline_of(const xfer *x, uint64_t total)
+{
+    const kvf_http_opts *o = x->o;
+    if (o->timeout_s > 0)
+        return x->t0 + o->timeout_s;
+    if (o->timeout_s < 0 || floor_bps(o) < 0)
+        return 0;
+    return x->t0 + DEADLINE_BASE_S + (double)total / (double)floor_bps(o);
+}
+
+/* Called by libcurl about once a second and as bytes arrive: enforces the deadline and the
+ * floor on the mean rate (a server that drips bytes just above the stall limit, or sends
+ * nothing between retries, cannot hold the caller for ever), and draws progress. */
 static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
     xfer *x = userp;
     double t = base_now_s();
-    if (t - x->last_draw < 0.1)
+    uint64_t total = dltotal > 0 ? x->req_from + (uint64_t)dltotal : 0;
+    double deadline = deadline_of(x, total);
+    if (deadline && t > deadline) {
+        x->sink_st = kvf_fail(x->err, x->errlen, KVF_ERR_NET,
+                              "gave up after %.0f s: the download's deadline passed (--timeout)", t - x->t0);
+        return 1;
+    }
+    double el = t - x->attempt_t0;
+    int64_t fl = floor_bps(x->o);
+    if (fl > 0 && el > stall_window(x->o) && (double)x->attempt_bytes < (double)fl * el) {
+        x->slow = 1;
+        kvf_fail(x->err, x->errlen, KVF_ERR_NET,
+                              "too slow: %.0f bytes/s on average over %.0f s, the minimum is %lld (--min-rate)",
+                              (double)x->attempt_bytes / el, el, (long long)fl);
+        return 1;
+    }
+    if (!x->o->progress || t - x->last_draw < 0.1)
         return 0;
     x->last_draw = t;
     uint64_t have = x->req_from + (uint64_t)dlnow;
-    uint64_t total = dltotal > 0 ? x->req_from + (uint64_t)dltotal : 0;
     x->o->progress(x->o->progress_user, have, total, t > x->t0 ? (double)x->stats->bytes / (t - x->t0) : 0, 0);
     x->drew = 1;
     return 0;
@@ -174,7 +245,7 @@ static kvf_status setup_common(CURL *h, const kvf_http_opts *o, const char *url,
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "kvfetch/1");
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, o->connect_timeout_s > 0 ? o->connect_timeout_s : 10L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s > 0 ? o->stall_timeout_s : 20L);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall_window(o));
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, o->stall_min_bps > 0 ? o->stall_min_bps : 1024L);
     if (o->max_recv_bps)
         curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)o->max_recv_bps);
@@ -224,6 +295,45 @@ static const char *errbody_line(xfer *x)
     return x->errbody;
 }
 
+/* The header list of a request from byte 0 when the caller revalidates a copy it holds: base
+ * plus If-None-Match / If-Modified-Since (*out stays NULL when there is nothing to add). The
+ * values come from our cache records; a control character in them is refused. */
+static kvf_status conditional_headers(const kvf_http_opts *o, const struct curl_slist *base,
+                                      struct curl_slist **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *name[2] = {"If-None-Match", "If-Modified-Since"};
+    const char *val[2] = {o->if_none_match, o->if_modified_since};
+    if (!(val[0] && *val[0]) && !(val[1] && *val[1]))
+        return KVF_OK;
+    for (const struct curl_slist *b = base; b; b = b->next) {
+        struct curl_slist *l = curl_slist_append(*out, b->data);
+        if (!l)
+            goto nomem;
+        *out = l;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!val[i] || !*val[i])
+            continue;
+        char line[KVF_VALIDATOR_MAX + 32];
+        if (strlen(val[i]) > KVF_VALIDATOR_MAX || strpbrk(val[i], "\r\n")) {
+            curl_slist_free_all(*out);
+            *out = NULL;
+            return kvf_fail(err, errlen, KVF_ERR_USAGE, "%s value is too long or has a newline", name[i]);
+        }
+        snprintf(line, sizeof line, "%s: %s", name[i], val[i]);
+        struct curl_slist *l = curl_slist_append(*out, line);
+        if (!l)
+            goto nomem;
+        *out = l;
+    }
+    return KVF_OK;
+nomem:
+    curl_slist_free_all(*out);
+    *out = NULL;
+    return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+}
+
 kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset,
                              kvf_sink_fn sink, kvf_restart_fn restart, void *user,
                              kvf_http_stats *stats, char *err, size_t errlen)
@@ -240,24 +350,22 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
     CURL *h = curl_easy_init();
     if (!h)
         return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
-    struct curl_slist *hdrs = NULL;
+    struct curl_slist *hdrs = NULL, *cond = NULL;
     xfer x = {.o = o, .sink = sink, .restart = restart, .user = user, .pos = offset,
               .err = err, .errlen = errlen, .stats = stats, .t0 = base_now_s()};
     kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
     if (st != KVF_OK)
         goto out;
-    if (hdrs)
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    if ((st = conditional_headers(o, hdrs, &cond, err, errlen)) != KVF_OK)
+        goto out;
     void *pp[2] = {&x, h};
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, pp);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &x);
-    if (o->progress) {
-        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &x);
-        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    }
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &x);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     int max_retries = o->max_retries == 0 ? 6 : o->max_retries < 0 ? 0 : o->max_retries;
     double delay = o->backoff_s > 0 ? o->backoff_s : 0.5;
     char cerr[CURL_ERROR_SIZE];
@@ -272,12 +380,17 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         x.errbody_len = 0;
         x.errbody[0] = 0;
         x.sink_st = KVF_OK;
+        x.attempt_t0 = base_now_s();
+        x.attempt_bytes = 0;
+        x.slow = 0;
         cerr[0] = 0;
         if (x.pos > 0) {
             snprintf(range, sizeof range, "%llu-", (unsigned long long)x.pos);
             curl_easy_setopt(h, CURLOPT_RANGE, range);
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
         } else {
             curl_easy_setopt(h, CURLOPT_RANGE, NULL);
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, cond ? cond : hdrs);
         }
         stats->attempts++;
         CURLcode rc = curl_easy_perform(h);
@@ -286,10 +399,16 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         stats->last_http_code = code;
         int transient = 0;
         if (x.sink_st != KVF_OK) {
-            st = x.sink_st; /* the sink refused the bytes: not a network problem, never retried */
+            st = x.sink_st; /* the sink refused the bytes, or the deadline passed: never retried */
             goto out;
         }
-        if (code == 401 || code == 402 || code == 403) {
+        if (x.slow) {
+            transient = 1; /* like a stall: try again, resuming (the deadline bounds the tries) */
+        } else if (code == 304 && x.req_from == 0 && (o->if_none_match || o->if_modified_since)) {
+            stats->not_modified = 1; /* the copy the caller holds is current */
+            st = KVF_OK;
+            goto out;
+        } else if (code == 401 || code == 402 || code == 403) {
             const char *why = errbody_line(&x);
             char origin[512];
             int withheld = o->token && !token_goes_to(o, url) && kvf_url_origin(url, origin, sizeof origin) == 0;
@@ -298,8 +417,7 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
                           withheld ? origin : "",
                           withheld ? ": a token goes only to the origin that sold it, see --token-origin)" : "");
             goto out;
-        }
-        if (code == 408 || code == 429 || code >= 500) {
+        } else if (code == 408 || code == 429 || code >= 500) {
             transient = 1;
             kvf_fail(err, errlen, KVF_ERR_NET, "HTTP %ld from %s: %s", code, url, errbody_line(&x));
         } else if (code >= 300 || (rc == CURLE_OK && code != 200 && code != 206)) {
@@ -324,6 +442,14 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
             }
             goto out;
         }
+        double deadline = deadline_of(&x, 0);
+        if (deadline && base_now_s() + delay > deadline) {
+            size_t m = err && errlen ? strlen(err) : 0;
+            if (m)
+                snprintf(err + m, errlen - m, " (no time left for a retry before the deadline, --timeout)");
+            st = KVF_ERR_NET;
+            goto out;
+        }
         usleep((useconds_t)(delay * 1e6));
         delay = delay * 2 > MAX_BACKOFF_S ? MAX_BACKOFF_S : delay * 2;
     }
@@ -333,6 +459,7 @@ out:
     stats->seconds = base_now_s() - x.t0;
     curl_easy_cleanup(h);
     curl_slist_free_all(hdrs);
+    curl_slist_free_all(cond);
     return st;
 }
 

@@ -96,6 +96,7 @@ typedef struct vstream {
     uint8_t head[KVB_HEADER_LEN];
     uint64_t prefix;       /* header+manifest+signature bytes, once the header is known */
     uint64_t size;         /* whole blob size, once the manifest is verified */
+    int no_room;           /* a write failed for lack of space (disk full, quota, file limit) */
     kvb_status vst;
 } vstream;
 
@@ -163,8 +164,12 @@ static kvf_status vs_consume(vstream *v, const uint8_t *p, size_t n, int store, 
             if (v->prefix && v->got < v->prefix && v->prefix - v->got < n)
                 take = (size_t)(v->prefix - v->got);
         }
-        if (store && v->fd >= 0 && base_write_all(v->fd, p, take) != 0)
-            return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s", strerror(errno));
+        if (store && v->fd >= 0 && base_write_all(v->fd, p, take) != 0) {
+            /* no room: the partial file could only grow the problem; it is removed */
+            v->no_room = errno == ENOSPC || errno == EDQUOT || errno == EFBIG;
+            return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s%s", strerror(errno),
+                            v->no_room ? " (the partial download was removed)" : "");
+        }
         kvc_sha256_update(v->h, p, take);
         kvb_status st = kvb_reader_feed(v->r, p, take, err, errlen);
         if (st != KVB_OK) {
@@ -282,6 +287,34 @@ static int is_corruption(kvb_status st)
            st == KVB_ERR_MALFORMED || st == KVB_ERR_BAD_SIG || st == KVB_ERR_MAGIC || st == KVB_OK;
 }
 
+/* Answers from the cache: the blob want, verified again unless o->trust_cached. Returns
+ * KVF_ERR_HTTP (never otherwise returned here) when it must be downloaded: not cached, or
+ * corrupted on disk (then removed). Other errors (trust, revocation, expiry) are final. */
+static kvf_status from_cache(kvf_cache *cache, const kvf_get_opts *o, const uint8_t want[32],
+                             kvf_get_result *res, double t0, char *err, size_t errlen)
+{
+    if (!kvf_cache_lookup(cache, want, res->path, sizeof res->path))
+        return KVF_ERR_HTTP;
+    memcpy(res->id, want, 32);
+    kvf_status st = KVF_OK;
+    if (!o->trust_cached)
+        st = verify_cached(o, res->path, res, err, errlen);
+    if (st == KVF_OK) {
+        struct stat sb;
+        if (stat(res->path, &sb) == 0)
+            res->bytes = (uint64_t)sb.st_size;
+        res->from_cache = 1;
+        keep_manifest(res);
+        res->seconds = base_now_s() - t0;
+        return KVF_OK;
+    }
+    if (st != KVF_ERR_VERIFY || !is_corruption(res->vst))
+        return st; /* trust, revocation, expiry: refused without asking the network */
+    kvf_cache_remove(cache, want); /* corrupted on disk: fetch it again */
+    memset(res->id, 0, 32);
+    return KVF_ERR_HTTP;
+}
+
 /* Opens and locks the partial file, so two kvfetch processes never write one file. */
 static int open_part_locked(const char *path)
 {
@@ -345,30 +378,20 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     kvf_http_opts http = o->http;
     if (http.token && !http.token_origin)
         http.token_origin = o->server ? o->server : http.token_bind_url ? url : NULL;
-    if (!have_want && kvf_cache_url_get(cache, url, want))
-        have_want = 1; /* a URL we fetched before */
+    /* a URL without an id may serve another blob tomorrow: ask whether the one it served
+     * last is still current (a 304 costs a round trip, not the blob) */
+    kvf_url_rec rec;
+    int revalidate = !have_want && kvf_cache_url_get(cache, url, &rec) &&
+                     kvf_cache_lookup(cache, rec.id, NULL, 0);
+    if (revalidate) {
+        http.if_none_match = rec.etag[0] ? rec.etag : NULL;
+        http.if_modified_since = rec.last_modified[0] ? rec.last_modified : NULL;
+    }
 
     /* 1. the cache */
     kvf_status st;
-    if (have_want && kvf_cache_lookup(cache, want, res->path, sizeof res->path)) {
-        memcpy(res->id, want, 32);
-        st = KVF_OK;
-        if (!o->trust_cached)
-            st = verify_cached(o, res->path, res, err, errlen);
-        if (st == KVF_OK) {
-            struct stat sb;
-            if (stat(res->path, &sb) == 0)
-                res->bytes = (uint64_t)sb.st_size;
-            res->from_cache = 1;
-            keep_manifest(res);
-            res->seconds = base_now_s() - t0;
-            return KVF_OK;
-        }
-        if (st != KVF_ERR_VERIFY || !is_corruption(res->vst))
-            return st; /* trust, revocation, expiry: refused without asking the network */
-        kvf_cache_remove(cache, want); /* corrupted on disk: fetch it again */
-        memset(res->id, 0, 32);
-    }
+    if (have_want && (st = from_cache(cache, o, want, res, t0, err, errlen)) != KVF_ERR_HTTP)
+        return st;
 
     /* 2. download, resuming a partial file named after the id (or the URL) */
     char key[65], part[PATH_MAX];
@@ -396,6 +419,8 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     }
 
     vstream v;
+    kvf_url_rec fresh;
+    memset(&fresh, 0, sizeof fresh);
     st = vs_begin(&v, o, fd, err, errlen);
     if (st != KVF_OK) {
         close(fd);
@@ -423,6 +448,26 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
             res->http.bytes += hs.bytes;
             res->http.seconds += hs.seconds;
             res->http.last_http_code = hs.last_http_code;
+            memcpy(fresh.etag, hs.etag, sizeof fresh.etag);
+            memcpy(fresh.last_modified, hs.last_modified, sizeof fresh.last_modified);
+            if (revalidate && v.got == 0 && (hs.not_modified || st == KVF_ERR_NET)) {
+                /* nothing new arrived: the blob the URL served last stands; when the server
+                 * could not be asked it is used all the same, marked stale */
+                if (st == KVF_ERR_NET) {
+                    res->stale = 1;
+                    snprintf(res->stale_why, sizeof res->stale_why, "%s", err ? err : "network error");
+                } else {
+                    res->revalidated = 1;
+                }
+                (void)unlink(part); /* empty, and still ours under the lock */
+                vs_end(&v);
+                close(fd);
+                st = from_cache(cache, o, rec.id, res, t0, err, errlen);
+                if (st != KVF_ERR_HTTP)
+                    return st;
+                kvf_get_opts again = *o; /* it left the cache meanwhile: download it afresh */
+                return kvf_get(cache, &again, res, err, errlen);
+            }
             if (st == KVF_ERR_VERIFY && is_corruption(v.vst) && res->reused && !res->discarded_partial) {
                 /* the bad bytes may be the old partial file's (a chunk spanning the resume
                  * point): drop it and fetch the whole blob once more */
@@ -437,7 +482,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                 res->vst = v.vst;
                 goto fail_delete;
             }
-            if (st == KVF_ERR_TOO_BIG)
+            if (st == KVF_ERR_TOO_BIG || v.no_room)
                 goto fail_delete;
             if (st != KVF_OK)
                 goto fail_keep;
@@ -462,7 +507,8 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     close(fd); /* after the rename: a waiting process then finds the blob in the cache */
     if (st != KVF_OK)
         return st;
-    kvf_cache_url_put(cache, url, res->id);
+    memcpy(fresh.id, res->id, 32);
+    kvf_cache_url_put(cache, url, &fresh);
     keep_manifest(res);
     res->seconds = base_now_s() - t0;
     return KVF_OK;

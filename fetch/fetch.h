@@ -59,7 +59,21 @@ typedef struct kvf_http_opts {
     void *progress_user;       /* passed to progress */
     int allow_http;            /* 1 = accept plain http:// (never the default) */
     uint64_t max_recv_bps;     /* cap on the download rate in bytes/s; 0 = none */
+    int64_t min_avg_bps;       /* an attempt whose mean rate, once it has run for the stall
+                                  window (stall_timeout_s), is below this is abandoned and
+                                  retried like a stall (the deadline bounds the retries);
+                                  0 = KVF_DEFAULT_MIN_AVG_BPS, <0 = no floor */
+    double timeout_s;          /* a whole download, every attempt and wait together; 0 = 60 s
+                                  plus the body's length at the minimum mean rate (60 s while
+                                  the length is unknown; none when the floor is off); <0 = none */
+    const char *if_none_match; /* revalidation: the ETag of the copy the caller holds, and */
+    const char *if_modified_since; /* its Last-Modified; sent on a request from byte 0 only. A 304
+                                  answer then ends kvf_http_download with KVF_OK, no body and
+                                  stats->not_modified set */
 } kvf_http_opts;
+
+#define KVF_DEFAULT_MIN_AVG_BPS (32 * 1024)
+#define KVF_VALIDATOR_MAX 192 /* longest ETag or Last-Modified value kept */
 
 /* Receives the body bytes in order. Returning non-OK aborts the download without retrying
  * (the status is returned from kvf_http_download and err is kept). */
@@ -75,6 +89,9 @@ typedef struct kvf_http_stats {
     uint64_t bytes;            /* body bytes handed to the sink */
     double seconds;
     long last_http_code;
+    int not_modified;          /* the server answered 304 to a revalidation */
+    char etag[KVF_VALIDATOR_MAX + 1];          /* validators of the last response ("" = none; */
+    char last_modified[KVF_VALIDATOR_MAX + 1]; /* values with control characters are dropped) */
 } kvf_http_stats;
 
 /* GETs url, asking for bytes [offset, end) with a Range header when offset > 0, and hands the
@@ -128,14 +145,23 @@ kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32],
 /* Removes the blob with this id (a cached file that no longer verifies). */
 void kvf_cache_remove(kvf_cache *c, const uint8_t id[32]);
 
-/* Remembers that url served the blob id, so a later get of a URL that does not name its id
- * can be answered from the cache without the network. get returns 1 and fills id if known. */
-void kvf_cache_url_put(kvf_cache *c, const char *url, const uint8_t id[32]);
-int kvf_cache_url_get(kvf_cache *c, const char *url, uint8_t id[32]);
+/* What a URL served last: the blob id and the HTTP validators it came with. */
+typedef struct kvf_url_rec {
+    uint8_t id[32];
+    char etag[KVF_VALIDATOR_MAX + 1];          /* "" = the server sent none */
+    char last_modified[KVF_VALIDATOR_MAX + 1];
+} kvf_url_rec;
 
-/* Evicts least recently used blobs (by access time, which lookup sets explicitly) until the
- * total size is at most the cap; keep (may be NULL) is never evicted. Returns the number of
- * blobs removed. */
+/* Remembers what url served, so a later get of a URL that does not name its id can revalidate
+ * the cached blob (If-None-Match / If-Modified-Since) instead of downloading it again. get
+ * returns 1 and fills rec if known (an older record without validators reads as having none). */
+void kvf_cache_url_put(kvf_cache *c, const char *url, const kvf_url_rec *rec);
+int kvf_cache_url_get(kvf_cache *c, const char *url, kvf_url_rec *rec);
+
+/* Evicts least recently used blobs (by access time, which lookup sets explicitly) and
+ * abandoned partial downloads (by their last write; never one a kvfetch is writing) until the
+ * total size of both is at most the cap; keep (may be NULL) is never evicted. Returns the
+ * number of files removed. */
 int kvf_cache_evict(kvf_cache *c, const uint8_t *keep);
 
 /* ---- get a verified blob ---- */
@@ -156,7 +182,11 @@ typedef struct kvf_get_result {
     char path[PATH_MAX];     /* the verified blob, in the cache */
     uint8_t id[32];          /* SHA-256 of the whole file */
     uint64_t bytes;
-    int from_cache;          /* 1 = answered without the network */
+    int from_cache;          /* 1 = the cached blob (for a URL without an id: after revalidation) */
+    int revalidated;         /* a URL without an id was asked whether it changed: 304, it had not */
+    int stale;               /* that question got no answer (network error): the cached blob is
+                                returned, still verified, and stale_why says what failed */
+    char stale_why[256];
     uint64_t reused;         /* bytes of an earlier partial download that were kept */
     int discarded_partial;   /* an earlier partial download failed verification and was dropped */
     kvf_http_stats http;
@@ -166,7 +196,10 @@ typedef struct kvf_get_result {
     kvb_header header;
 } kvf_get_result;
 
-/* Gets a verified blob into the cache. Statuses: KVF_ERR_VERIFY (res->vst says how; the
+/* Gets a verified blob into the cache. A URL or id that names the blob is immutable: a cached
+ * copy is used without the network. A URL without an id (a mirror's "latest.kvb") is
+ * revalidated with the validators it last came with, and downloaded again when it changed or
+ * when the server sent none. Statuses: KVF_ERR_VERIFY (res->vst says how; the
  * partial download is deleted), KVF_ERR_REFUSED (a valid blob with another id than asked),
  * KVF_ERR_TOO_BIG (more bytes than the manifest declares), KVF_ERR_NET (kept for a later
  * resume), KVF_ERR_DENIED, KVF_ERR_HTTP, KVF_ERR_IO, KVF_ERR_USAGE. */

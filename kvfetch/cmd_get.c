@@ -93,6 +93,8 @@ static void print_json(const kvf_get_result *r, const char *out_path)
     json_object_set_new(o, "cache_path", json_string(r->path));
     json_object_set_new(o, "bytes", json_integer((json_int_t)r->bytes));
     json_object_set_new(o, "from_cache", json_boolean(r->from_cache));
+    json_object_set_new(o, "revalidated", json_boolean(r->revalidated));
+    json_object_set_new(o, "stale", json_boolean(r->stale));
     json_object_set_new(o, "resumed_bytes", json_integer((json_int_t)r->reused));
     json_object_set_new(o, "http_attempts", json_integer(r->http.attempts));
     json_object_set_new(o, "http_bytes", json_integer((json_int_t)r->http.bytes));
@@ -188,6 +190,9 @@ int kvfetch_get_main(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (res.stale)
+        fprintf(stderr, "%s: warning: could not ask whether %s changed (%s); using the copy it "
+                        "served last, verified\n", prog, go.url, res.stale_why);
     if (json) {
         print_json(&res, out_path);
     } else {
@@ -198,7 +203,10 @@ int kvfetch_get_main(int argc, char **argv)
             fprintf(stderr, "verified blob %s: %s, %u tokens, model %s, signer %s; %s in %.3f s\n",
                     kvc_hex(res.id, 32, id), m ? m->doc_title : "?", m ? m->n_tokens : 0,
                     m ? m->model_arch : "?", kvc_hex(res.header.key_id, KVC_KEYID_LEN, kid),
-                    res.from_cache ? "from the local cache (no network)" : "downloaded",
+                    !res.from_cache ? "downloaded"
+                    : res.revalidated ? "from the local cache (the server says it is unchanged)"
+                    : res.stale ? "from the local cache (stale)"
+                    : "from the local cache (no network)",
                     res.seconds);
             if (res.reused)
                 fprintf(stderr, "resumed: %llu bytes were already on disk\n", (unsigned long long)res.reused);

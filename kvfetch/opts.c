@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 int kvf_exit_code(kvf_status st, kvb_status vst)
@@ -76,6 +77,22 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
             fprintf(stderr, "%s: --limit-rate '%s' is not a rate in bytes/s (e.g. 500K, 2M)\n", prog, arg);
             return -1;
         }
+        return 1;
+    case KVF_OPT_MIN_RATE: {
+        uint64_t r;
+        if (strcmp(arg, "0") != 0 && (base_parse_size(arg, &r) != 0 || r == 0 || r > INT64_MAX)) {
+            fprintf(stderr, "%s: --min-rate '%s' is not a rate in bytes/s (e.g. 32K; 0 = none)\n", prog, arg);
+            return -1;
+        }
+        co->http.min_avg_bps = strcmp(arg, "0") == 0 ? -1 : (int64_t)r;
+        return 1;
+    }
+    case KVF_OPT_TIMEOUT:
+        if (kvf_parse_long(arg, 0, 30L * 86400, &v) != 0) {
+            fprintf(stderr, "%s: --timeout '%s' is not a number of seconds (0 = none)\n", prog, arg);
+            return -1;
+        }
+        co->http.timeout_s = v == 0 ? -1 : (double)v;
         return 1;
     case KVF_OPT_NOW:
         if (kvf_parse_long(arg, 1, 0x7fffffffffffL, &v) != 0) {

@@ -13,7 +13,7 @@
 enum {
     KVF_OPT_TRUST = 1000, KVF_OPT_CACERT, KVF_OPT_TOKEN, KVF_OPT_CACHE_DIR, KVF_OPT_CACHE_MAX,
     KVF_OPT_RETRIES, KVF_OPT_CONNECT_TIMEOUT, KVF_OPT_STALL_TIMEOUT, KVF_OPT_NOW, KVF_OPT_QUIET,
-    KVF_OPT_LIMIT_RATE, KVF_OPT_TOKEN_ORIGIN,
+    KVF_OPT_LIMIT_RATE, KVF_OPT_TOKEN_ORIGIN, KVF_OPT_MIN_RATE, KVF_OPT_TIMEOUT,
     KVF_OPT_SHARED_END
 };
 
@@ -30,7 +30,9 @@ enum {
     {"now", required_argument, NULL, KVF_OPT_NOW},                            \
     {"quiet", no_argument, NULL, KVF_OPT_QUIET},                              \
     {"limit-rate", required_argument, NULL, KVF_OPT_LIMIT_RATE},                \
-    {"token-origin", required_argument, NULL, KVF_OPT_TOKEN_ORIGIN}
+    {"token-origin", required_argument, NULL, KVF_OPT_TOKEN_ORIGIN},          \
+    {"min-rate", required_argument, NULL, KVF_OPT_MIN_RATE},                  \
+    {"timeout", required_argument, NULL, KVF_OPT_TIMEOUT}
 
 /* Help text for the shared options. */
 #define KVF_SHARED_HELP                                                                        \
@@ -47,6 +49,10 @@ enum {
     "  --connect-timeout S  seconds (default 10)\n"                                              \
     "  --stall-timeout S    abort a transfer under 1 KiB/s for S seconds (default 20)\n"          \
     "  --limit-rate SIZE    cap the download rate, bytes per second (e.g. 2M; default none)\n"  \
+    "  --min-rate SIZE      abandon a transfer whose mean rate, after the stall timeout, is\n"   \
+    "                       below SIZE bytes/s (default 32K; 0 = no floor)\n"                  \
+    "  --timeout S          give up a download after S seconds, retries included (default 60 s\n" \
+    "                       plus its length at the --min-rate; 0 = none)\n"                    \
     "  --now UNIX           judge expiry at this time instead of the clock (tests)\n"            \
     "  --quiet              no progress bar or summaries on stderr\n"
 

@@ -70,13 +70,41 @@ static void test_cache_lru(void **state)
     assert_int_equal(kvf_cache_evict(c, id[3]), 1);
     assert_int_equal(kvf_cache_lookup(c, id[3], NULL, 0), 1);
 
-    /* URL memory */
-    uint8_t got[32];
-    assert_int_equal(kvf_cache_url_get(c, "https://x/blob", got), 0);
-    kvf_cache_url_put(c, "https://x/blob", id[2]);
-    assert_int_equal(kvf_cache_url_get(c, "https://x/blob", got), 1);
-    assert_memory_equal(got, id[2], 32);
-    assert_int_equal(kvf_cache_url_get(c, "https://x/blob2", got), 0);
+    /* URL memory, with the validators the URL's answer carried */
+    kvf_url_rec rec = {0}, got;
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob", &got), 0);
+    memcpy(rec.id, id[2], 32);
+    snprintf(rec.etag, sizeof rec.etag, "\"5f3-1a2b\"");
+    snprintf(rec.last_modified, sizeof rec.last_modified, "Sat, 05 Dec 2026 17:00:00 GMT");
+    kvf_cache_url_put(c, "https://x/blob", &rec);
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob", &got), 1);
+    assert_memory_equal(got.id, id[2], 32);
+    assert_string_equal(got.etag, "\"5f3-1a2b\"");
+    assert_string_equal(got.last_modified, "Sat, 05 Dec 2026 17:00:00 GMT");
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob2", &got), 0);
+    /* a validator that could inject a header line is not kept; the id still is */
+    snprintf(rec.etag, sizeof rec.etag, "\"a\"\r\nX-Evil: 1");
+    rec.last_modified[0] = 0;
+    kvf_cache_url_put(c, "https://x/blob3", &rec);
+    assert_int_equal(kvf_cache_url_get(c, "https://x/blob3", &got), 1);
+    assert_memory_equal(got.id, id[2], 32);
+    assert_string_equal(got.etag, "");
+    assert_string_equal(got.last_modified, "");
+    /* a record written before validators existed (one line) reads as having none */
+    {
+        uint8_t uh[32];
+        char hex[65], rp[PATH_MAX];
+        const char *u = "https://x/old";
+        kvc_sha256(u, strlen(u), uh);
+        snprintf(rp, sizeof rp, "%s/urls/%s", kvf_cache_dir(c), kvc_hex(uh, 32, hex));
+        FILE *f = fopen(rp, "w");
+        assert_non_null(f);
+        fprintf(f, "%s\n", kvc_hex(id[3], 32, hex));
+        fclose(f);
+        assert_int_equal(kvf_cache_url_get(c, u, &got), 1);
+        assert_memory_equal(got.id, id[3], 32);
+        assert_string_equal(got.etag, "");
+    }
     kvf_cache_free(c);
 
     /* directory from the environment */
