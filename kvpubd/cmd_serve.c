@@ -26,6 +26,14 @@ static const char serve_usage[] =
     "                        burst of --purchase-burst (default 60; 0 = no limit); past it\n"
     "                        POST /v1/purchases is answered 429 with Retry-After\n"
     "  --purchase-burst N    purchases an address may make at once (default 20)\n"
+    "  --prune-interval DURATION  how often old records are deleted from the index (default\n"
+    "                        10m; 0 = never), in small batches:\n"
+    "  --unpaid-retention DURATION  unpaid purchases (free, or nothing ever delivered) whose\n"
+    "                        token can no longer download, this long after purchase (default 7d)\n"
+    "  --token-retention DURATION  access tokens this long after they expired (default 7d;\n"
+    "                        until then they are answered token_expired, after invalid_token)\n"
+    "  --log-retention DURATION  download log rows this old (default 90d); a retention of 0\n"
+    "                        keeps that kind of record for ever\n"
     "  --grace SECONDS       on SIGTERM, wait this long for running downloads (default 10)\n"
     "  --log FILE            access and error log (default stderr); SIGHUP reopens it\n"
     "  --port-file FILE      write the bound port there once listening (for PORT 0)\n"
@@ -51,13 +59,18 @@ static int write_port_file(const char *path, unsigned port)
 int kvpubd_serve_main(int argc, char **argv)
 {
     kvsrv_config cfg = {.max_conns_per_ip = KVSRV_PER_IP_AUTO, .purchase_burst = KVSRV_PURCHASE_BURST_DEFAULT,
-                        .purchase_per_min = KVSRV_PURCHASE_PER_MIN_DEFAULT};
+                        .purchase_per_min = KVSRV_PURCHASE_PER_MIN_DEFAULT,
+                        .prune_interval_s = KVSRV_PRUNE_INTERVAL_DEFAULT,
+                        .unpaid_retention_s = KVSRV_UNPAID_RETENTION_DEFAULT,
+                        .token_retention_s = KVSRV_TOKEN_RETENTION_DEFAULT,
+                        .log_retention_s = KVSRV_LOG_RETENTION_DEFAULT};
     const char *port_file = NULL;
     uint64_t grace = 10;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         uint64_t n;
+        unsigned *dur;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             fputs(serve_usage, stdout);
             return 0;
@@ -90,6 +103,16 @@ int kvpubd_serve_main(int argc, char **argv)
                 return 2;
             }
             cfg.token_ttl_s = (unsigned)n;
+        } else if ((dur = strcmp(a, "--prune-interval") == 0        ? &cfg.prune_interval_s
+                          : strcmp(a, "--unpaid-retention") == 0    ? &cfg.unpaid_retention_s
+                          : strcmp(a, "--token-retention") == 0     ? &cfg.token_retention_s
+                          : strcmp(a, "--log-retention") == 0       ? &cfg.log_retention_s
+                                                                    : NULL)) {
+            if (base_parse_duration(v, &n) != 0 || n > 3660u * 86400) {
+                fprintf(stderr, "kvpubd serve: %s '%s': expected a duration such as 0, 30s, 10m, 7d\n", a, v);
+                return 2;
+            }
+            *dur = (unsigned)n;
         } else {
             unsigned *dst = strcmp(a, "--threads") == 0            ? &cfg.threads
                             : strcmp(a, "--max-conns") == 0        ? &cfg.max_conns

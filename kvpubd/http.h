@@ -58,6 +58,7 @@ struct kvsrv {
     _Atomic uint64_t busy;          /* connections past --max-conns answered 503 */
     struct kvsrv_ratelimit *purchase_limit; /* NULL: purchases are not rate-limited */
     _Atomic uint64_t rate_limited;  /* purchases answered 429 */
+    struct kvsrv_pruner *pruner;    /* prune.c's thread; NULL when not running */
     /* lifecycle and metrics */
     atomic_int stopping;
     atomic_long inflight;          /* requests between first call and completion */

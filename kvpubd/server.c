@@ -5,6 +5,7 @@
 #include "kvpubd/api.h"
 #include "kvpubd/http.h"
 #include "kvpubd/metrics.h"
+#include "kvpubd/prune.h"
 #include "kvpubd/ratelimit.h"
 #include "kvpubd/watchdog.h"
 
@@ -460,6 +461,8 @@ int kvsrv_start(const kvsrv_config *cfg, kvsrv **out, char *err, size_t errlen)
         snprintf(err, errlen, "cannot start the connection watchdog thread");
         goto fail;
     }
+    if (kvsrv_prune_start(s, err, errlen) != 0)
+        goto fail;
     *out = s;
     return 0;
 fail:
@@ -488,6 +491,7 @@ unsigned kvsrv_shutdown(kvsrv *s, unsigned deadline_s)
         nanosleep(&ts, NULL);
     }
     unsigned left = (unsigned)atomic_load(&s->inflight);
+    kvsrv_prune_halt(s);
     kvsrv_watchdog_halt(s);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
@@ -498,6 +502,7 @@ void kvsrv_free(kvsrv *s)
 {
     if (!s)
         return;
+    kvsrv_prune_halt(s);
     kvsrv_watchdog_halt(s);
     if (s->daemon)
         MHD_stop_daemon(s->daemon);

@@ -10,6 +10,10 @@
 /* What `kvpubd serve` starts with (spec/http-api.md). */
 #define KVSRV_PURCHASE_BURST_DEFAULT 20
 #define KVSRV_PURCHASE_PER_MIN_DEFAULT 60
+#define KVSRV_PRUNE_INTERVAL_DEFAULT 600u               /* 10 min */
+#define KVSRV_UNPAID_RETENTION_DEFAULT (7u * 86400)     /* 7 d */
+#define KVSRV_TOKEN_RETENTION_DEFAULT (7u * 86400)      /* 7 d after expiry */
+#define KVSRV_LOG_RETENTION_DEFAULT (90u * 86400)       /* 90 d */
 
 typedef struct kvsrv_config {
     const char *store_dir;     /* the store to serve (opened read-write: purchases, uploads) */
@@ -28,6 +32,10 @@ typedef struct kvsrv_config {
     /* POST /v1/purchases per client address (ratelimit.h): a bucket of purchase_burst,
      * refilled at purchase_per_min a minute; either 0 = no limit */
     unsigned purchase_burst, purchase_per_min;
+    /* housekeeping (prune.h), all in seconds: every prune_interval_s (0 = never) delete unpaid
+     * purchases older than unpaid_retention_s, tokens expired more than token_retention_s ago
+     * and download log rows older than log_retention_s; a retention of 0 keeps that kind */
+    unsigned prune_interval_s, unpaid_retention_s, token_retention_s, log_retention_s;
 } kvsrv_config;
 
 typedef struct kvsrv kvsrv;

@@ -339,11 +339,25 @@ kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN]
         return KVS_ERR_INVALID;
     }
     db_stmt q;
-    /* a single INSERT is its own transaction; no BEGIN needed */
-    kvs_status st = kvs_prepare(s,
-                               "INSERT INTO download_log (at, blob_id, purchase_id, client, bytes, status) "
-                               "VALUES (:now, :blob, :pid, :client, :bytes, :status)",
-                               &q, err, errlen);
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    /* what a purchase delivered keeps it out of the pruning of unpaid purchases */
+    if (purchase_id && bytes) {
+        st = kvs_prepare(s, "UPDATE purchases SET delivered = delivered + :bytes WHERE id = :pid", &q, err, errlen);
+        db_bind_int64(&q, ":bytes", (int64_t)bytes);
+        db_bind_int64(&q, ":pid", purchase_id);
+        if (st == KVS_OK)
+            st = db_run(&q, err, errlen);
+        db_finalize(&q);
+    }
+    if (st == KVS_OK)
+        st = kvs_prepare(s,
+                         "INSERT INTO download_log (at, blob_id, purchase_id, client, bytes, status) "
+                         "VALUES (:now, :blob, :pid, :client, :bytes, :status)",
+                         &q, err, errlen);
+    if (st != KVS_OK)
+        return db_end(s->db, st, err, errlen);
     db_bind_int64(&q, ":now", now);
     db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
     if (purchase_id)
@@ -353,10 +367,9 @@ kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN]
     db_bind_text(&q, ":client", client);
     db_bind_int64(&q, ":bytes", (int64_t)bytes);
     db_bind_int64(&q, ":status", status);
-    if (st == KVS_OK)
-        st = db_run(&q, err, errlen);
+    st = db_run(&q, err, errlen);
     db_finalize(&q);
-    return st;
+    return db_end(s->db, st, err, errlen);
 }
 
 kvs_status kvs_store_download_count(kvs_store *s, const uint8_t *id, uint64_t *count, char *err, size_t errlen)

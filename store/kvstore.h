@@ -224,4 +224,29 @@ kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN]
 kvs_status kvs_store_download_count(kvs_store *s, const uint8_t *id, uint64_t *count, char *err,
                                     size_t errlen) KVS_WUR;
 
+/* ---- housekeeping ---- */
+
+/* What kvs_store_prune deletes; a time of 0 turns that kind off. Times are unix seconds. */
+typedef struct kvs_prune_policy {
+    int64_t now;
+    /* unpaid purchases created before this: free ones, and priced ones under which no byte was
+     * ever delivered, once their token can no longer download (expired, used up or gone) and
+     * no refund names them; their token rows go with them */
+    int64_t unpaid_before;
+    int64_t tokens_expired_before; /* access tokens that expired before this */
+    int64_t log_before;            /* download log rows written before this */
+    uint32_t batch;                /* rows of each kind per call, 1..10000 */
+} kvs_prune_policy;
+
+typedef struct kvs_prune_counts {
+    uint64_t purchases, tokens, log_rows;
+} kvs_prune_counts;
+
+/* Deletes at most p->batch rows of each kind, oldest first, in one short write transaction,
+ * so a caller can prune a large backlog in steps without holding the write lock for long.
+ * *c gets what this call deleted: call again while any count equals p->batch. Purchases
+ * under which bytes were delivered (and were not free) are the ledger and never pruned. */
+kvs_status kvs_store_prune(kvs_store *s, const kvs_prune_policy *p, kvs_prune_counts *c, char *err,
+                           size_t errlen) KVS_WUR;
+
 #endif

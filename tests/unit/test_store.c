@@ -555,6 +555,17 @@ static void test_gc_expired(void **state)
 
 /* ---- schema 1 -> 2: the byte budget of tokens bought before it ---- */
 
+/* SQL that undoes migration 4 (the housekeeping column and indexes), for the tests that turn
+ * an index back into an older schema. */
+static int64_t count_rows(const char *dbpath, const char *sql);
+
+#define UNDO_MIGRATION_4 \
+    "DROP INDEX purchases_by_created;\n" \
+    "DROP INDEX access_tokens_by_expires;\n" \
+    "DROP INDEX access_tokens_by_purchase;\n" \
+    "DROP INDEX download_log_by_at;\n" \
+    "ALTER TABLE purchases DROP COLUMN delivered;\n"
+
 static void test_budget_migration(void **state)
 {
     const char *dir = *state;
@@ -563,11 +574,14 @@ static void test_budget_migration(void **state)
     item a;
     publish_new(s, &a, dir, 1, 100, 10);
     uint8_t tok[32];
-    assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 3, tok, NULL, err, sizeof err), KVS_OK);
+    int64_t pid = 0;
+    assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 3, tok, &pid, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_log_download(s, a.sha, pid, "c", 70, 200, 120, err, sizeof err), KVS_OK);
     kvs_store_close(s);
     /* turn the index back into schema 1: access_tokens as it was, 2 downloads left */
     snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
     const char *v1 =
+        UNDO_MIGRATION_4
         "ALTER TABLE access_tokens RENAME TO t2;\n"
         "CREATE TABLE access_tokens (\n"
         "  token_sha256 TEXT PRIMARY KEY CHECK (length(token_sha256) = 64),\n"
@@ -584,6 +598,8 @@ static void test_budget_migration(void **state)
     exec_sql(dbpath, v1);
     s = open_ok(sdir); /* migrates: 2 downloads of a 100-byte blob = 200 bytes */
     assert_int_equal(kvs_store_schema_version(s), kvs_schema_latest());
+    /* migration 4 counts what the download log says was delivered under each purchase */
+    assert_int_equal(count_rows(dbpath, "SELECT delivered FROM purchases"), 70);
     uint32_t left = 0;
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 150, 150, &left, NULL, err, sizeof err), KVS_OK);
     assert_int_equal(left, 0);
@@ -768,6 +784,7 @@ static void test_listing_migration(void **state)
     assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 1, tok, NULL, err, sizeof err), KVS_OK);
     kvs_store_close(s);
     const char *v2 =
+        UNDO_MIGRATION_4
         "CREATE TABLE b2 (id TEXT PRIMARY KEY, document_id INTEGER NOT NULL REFERENCES documents(id),\n"
         "  model_id INTEGER NOT NULL REFERENCES models(id), tokenizer_id INTEGER NOT NULL REFERENCES tokenizers(id),\n"
         "  codec TEXT NOT NULL, tokens INTEGER NOT NULL, size INTEGER NOT NULL, serial INTEGER NOT NULL,\n"
