@@ -307,7 +307,10 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
         fprintf(stderr, "%s: context of %zu tokens: %s\n", s->prog, total, s->err);
         return 2;
     }
-    /* the cost of readying it is reported as warm-up, outside both paths' times */
+    /* the cost of readying it is reported as warm-up, outside both paths' times; export times
+     * nothing against another path, and its own work touches every page the warm-up would */
+    if (s->a.llama_state)
+        return 0;
     double t = base_now_s();
     int32_t warm_tok = s->path.bos >= 0 ? s->path.bos : s->n_prompt ? s->prompt_ids[0] : 0;
     kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, s->err, sizeof s->err);

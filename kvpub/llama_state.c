@@ -59,17 +59,22 @@ static void put_u64(sink *s, uint64_t v)
     put_u32(s, (uint32_t)(v >> 32));
 }
 
-/* f16 values in the host's order to little-endian bytes (a no-op copy on x86 and arm64). */
+/* f16 values in the host's order as little-endian bytes: one copy on a little-endian host. */
 static void put_f16(sink *s, const uint16_t *v, size_t n)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    put(s, v, n * 2);
+#else
     for (size_t i = 0; i < n; i++) {
         unsigned char b[2] = {(unsigned char)v[i], (unsigned char)(v[i] >> 8)};
         put(s, b, 2);
     }
+#endif
 }
 
+/* k, v: room for one layer's n cells; col: for n values (one transposed V column). */
 static void write_state(sink *s, eng_ctx *ctx, const eng_info *in, const int32_t *tokens, uint32_t n, int v_trans,
-                        uint16_t *k, uint16_t *v)
+                        uint16_t *k, uint16_t *v, uint16_t *col)
 {
     const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
     put_u32(s, LLAMA_STATE_MAGIC);
@@ -100,9 +105,11 @@ static void write_state(sink *s, eng_ctx *ctx, const eng_info *in, const int32_t
             }
             put_u32(s, 2); /* transposed V: element size, width, then column by column */
             put_u32(s, (uint32_t)kvd);
-            for (size_t j = 0; j < kvd; j++)
+            for (size_t j = 0; j < kvd; j++) {
                 for (uint32_t c = 0; c < n; c++)
-                    put_f16(s, &v[(size_t)c * kvd + j], 1);
+                    col[c] = v[(size_t)c * kvd + j];
+                put_f16(s, col, n);
+            }
         }
     }
     flush(s);
@@ -117,12 +124,12 @@ kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t
                         "the context holds %d cells up to position %d, not the %zu tokens to export from position 0",
                         eng_kv_len(ctx), (int)eng_kv_next_pos(ctx), n);
     const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
-    uint16_t *k = malloc(n * kvd * sizeof *k), *v = malloc(n * kvd * sizeof *v);
+    uint16_t *k = malloc(n * kvd * sizeof *k), *v = malloc(n * kvd * sizeof *v), *col = malloc(n * sizeof *col);
     sink *s = malloc(sizeof *s);
     char tmp[4096];
     int fd = -1;
     kvp_status st = KVP_OK;
-    if (!k || !v || !s) {
+    if (!k || !v || !col || !s) {
         st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %zu cells", n);
         goto out;
     }
@@ -135,7 +142,7 @@ kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t
     s->fd = fd;
     s->n = 0;
     s->bad = 0;
-    write_state(s, ctx, in, tokens, (uint32_t)n, v_trans, k, v);
+    write_state(s, ctx, in, tokens, (uint32_t)n, v_trans, k, v, col);
     int bad = s->bad;
     if (!bad && fsync(fd) != 0)
         bad = 1;
@@ -160,6 +167,7 @@ out:
     free(s);
     free(k);
     free(v);
+    free(col);
     return st;
 }
 
