@@ -54,6 +54,12 @@ kvb_status kvb_manifest_check_shape(const kvb_manifest *m, char *err, size_t err
     for (uint32_t i = 0; i < m->rope_n_freq_factors; i++)
         if (!(m->rope_freq_factors[i] > 0) || !isfinite(m->rope_freq_factors[i]))
             return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "rope freq_factors[%u] is not a positive number", i);
+    if (m->n_context > KVB_MAX_CONTEXT)
+        return kvb_fail(err, errlen, KVB_ERR_LIMIT, "a declared context of %u tokens exceeds %d", m->n_context,
+                        KVB_MAX_CONTEXT);
+    if (m->pos0 < m->n_context)
+        return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "pos0 %u is before the end of the %u-token declared context",
+                        m->pos0, m->n_context);
     if ((uint64_t)m->pos0 + m->n_tokens > INT32_MAX)
         return kvb_fail(err, errlen, KVB_ERR_LIMIT, "pos0 %u + n_tokens %u exceeds 2^31-1", m->pos0, m->n_tokens);
     if (m->doc_bytes > (uint64_t)MAX_SAFE_INT)
@@ -167,6 +173,22 @@ kvb_status kvb_manifest_serialize(const kvb_manifest *m, char **out, size_t *len
     json_object_set_new(root, "expires", m->expires ? timestr(m->expires) : json_null());
     json_object_set_new(root, "serial", json_string(serial));
     json_object_set_new(root, "chunks", chunks);
+    if (m->n_context) { /* absent without one: older manifests stay as they were */
+        json_t *ctx = json_object(), *ids = json_array();
+        uint8_t h[KVC_SHA256_LEN];
+        if (kvb_ids_sha256(m->context_ids, m->n_context, h) != 0) {
+            json_decref(ctx);
+            json_decref(ids);
+            json_decref(root);
+            return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory serialising the manifest");
+        }
+        for (uint32_t i = 0; i < m->n_context; i++)
+            json_array_append_new(ids, json_integer(m->context_ids[i]));
+        json_object_set_new(ctx, "n_tokens", json_integer(m->n_context));
+        json_object_set_new(ctx, "ids", ids);
+        json_object_set_new(ctx, "sha256", hexstr(h, KVC_SHA256_LEN));
+        json_object_set_new(root, "context", ctx);
+    }
 
     char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
     json_decref(root);
@@ -245,6 +267,51 @@ static void get_freq_factors(pctx *p, json_t *rope, kvb_manifest *m)
         m->rope_freq_factors[i] = (float)json_number_value(v);
     }
     m->rope_n_freq_factors = (uint32_t)json_array_size(f);
+}
+
+static const char *get_str(pctx *p, json_t *obj, const char *where, const char *key);
+static void get_hash(pctx *p, json_t *obj, const char *where, const char *key, uint8_t out[KVC_SHA256_LEN]);
+
+/* "context": optional; n_tokens, ids and their sha256 must agree. Returns the ids array (for
+ * the caller to copy once the manifest's allocation exists), or NULL when there is none. */
+static json_t *get_context(pctx *p, json_t *root, kvb_manifest *m)
+{
+    json_t *c = json_object_get(root, "context");
+    if (!c)
+        return NULL;
+    if (!json_is_object(c)) {
+        PFAIL(p, KVB_ERR_MALFORMED, "manifest: context is not an object");
+        return NULL;
+    }
+    m->n_context = (uint32_t)get_uint(p, c, "context", "n_tokens", KVB_MAX_CONTEXT);
+    json_t *ids = need(p, c, "context", "ids", JSON_ARRAY);
+    uint8_t want[KVC_SHA256_LEN];
+    get_hash(p, c, "context", "sha256", want);
+    if (p->st)
+        return NULL;
+    if (m->n_context == 0 || json_array_size(ids) != m->n_context) {
+        PFAIL(p, KVB_ERR_MALFORMED, "manifest: context lists %zu ids for n_tokens %u (at least 1)",
+              json_array_size(ids), m->n_context);
+        return NULL;
+    }
+    int32_t *tmp = malloc(m->n_context * sizeof *tmp);
+    if (!tmp) {
+        PFAIL(p, KVB_ERR_NOMEM, "out of memory parsing the manifest");
+        return NULL;
+    }
+    for (uint32_t i = 0; i < m->n_context && !p->st; i++) {
+        json_t *v = json_array_get(ids, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+            PFAIL(p, KVB_ERR_MALFORMED, "manifest: context.ids[%u] is not a token id", i);
+        else
+            tmp[i] = (int32_t)json_integer_value(v);
+    }
+    if (!p->st && kvb_ids_sha256(tmp, m->n_context, m->context_sha256) != 0)
+        PFAIL(p, KVB_ERR_NOMEM, "out of memory parsing the manifest");
+    if (!p->st && memcmp(m->context_sha256, want, KVC_SHA256_LEN) != 0)
+        PFAIL(p, KVB_ERR_MALFORMED, "manifest: context.sha256 does not match its ids");
+    free(tmp);
+    return p->st ? NULL : ids;
 }
 
 static const char *get_str(pctx *p, json_t *obj, const char *where, const char *key)
@@ -431,6 +498,7 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
             PFAIL(&p, KVB_ERR_MALFORMED, "manifest: serial \"%.24s\" is not a decimal u64", serial);
         m.serial = v;
     }
+    json_t *ctx_ids = get_context(&p, root, &m);
     if (p.st)
         goto done;
     if (m.chunk_tokens == 0 || m.n_tokens == 0) {
@@ -450,7 +518,8 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
     /* one allocation: struct, section table, strings */
     size_t strbytes = strlen(title) + strlen(uri) + strlen(media) + strlen(arch) + 4;
     size_t secoff = (sizeof(kvb_manifest) + 15) & ~(size_t)15;
-    size_t stroff = secoff + (size_t)m.n_chunks * sizeof(kvb_section);
+    size_t idsoff = secoff + (size_t)m.n_chunks * sizeof(kvb_section);
+    size_t stroff = idsoff + (size_t)m.n_context * sizeof(int32_t);
     uint8_t *blk = malloc(stroff + strbytes);
     if (!blk) {
         PFAIL(&p, KVB_ERR_NOMEM, "out of memory parsing the manifest");
@@ -475,6 +544,12 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
     m.doc_media_type = arena_str(arena, &pos, media);
     m.model_arch = arena_str(arena, &pos, arch);
     m.chunks = ch;
+    if (ctx_ids) {
+        int32_t *ids = (int32_t *)(blk + idsoff);
+        for (uint32_t i = 0; i < m.n_context; i++)
+            ids[i] = (int32_t)json_integer_value(json_array_get(ctx_ids, i));
+        m.context_ids = ids;
+    }
     memcpy(blk, &m, sizeof m);
     *out = (kvb_manifest *)blk;
 done:

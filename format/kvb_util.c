@@ -152,6 +152,22 @@ void kvb_chunk_digest(uint16_t version, const void *data, size_t len, uint8_t ou
         kvc_leaf_digest(data, len, out);
 }
 
+int kvb_ids_sha256(const int32_t *ids, size_t n, uint8_t out[KVC_SHA256_LEN])
+{
+    kvc_sha256_ctx *c = kvc_sha256_create();
+    if (!c)
+        return -1;
+    uint8_t buf[4096];
+    for (size_t i = 0; i < n;) {
+        size_t k = 0;
+        for (; i < n && k + 4 <= sizeof buf; i++, k += 4)
+            kvb_put32(buf + k, (uint32_t)ids[i]);
+        kvc_sha256_update(c, buf, k);
+    }
+    kvc_sha256_final(c, out);
+    return 0;
+}
+
 void kvb_header_write(uint8_t *p, uint32_t manifest_len, const uint8_t key_id[KVC_KEYID_LEN])
 {
     memset(p, 0, KVB_HEADER_LEN);

@@ -26,6 +26,7 @@ struct kvb_writer {
     kvb_manifest m;        /* copy of the caller's "in" fields; strings below */
     char *strs[4];
     uint8_t *tok;          /* n_tokens LE int32 */
+    int32_t *ctx;          /* the declared context's ids (a copy), or NULL */
     kvb_section *secs;     /* n_chunks */
     uint8_t **enc;         /* encoded chunk bytes (NULL once spilled) */
     int spill_fd;          /* -1: chunks stay in enc[] */
@@ -213,8 +214,8 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
                              const kvb_write_opts *opts, kvb_writer **out, char *err, size_t errlen)
 {
     *out = NULL;
-    if (!meta || !tokens)
-        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: metadata and token ids are required");
+    if (!meta || !tokens || (meta->n_context && !meta->context_ids))
+        return kvb_fail(err, errlen, KVB_ERR_USAGE, "writer: metadata, token ids and context ids are required");
     kvb_manifest m = *meta;
     if (m.chunk_tokens == 0)
         m.chunk_tokens = 256;
@@ -232,6 +233,8 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->strs[2] = dupstr(m.doc_media_type);
     w->strs[3] = dupstr(m.model_arch);
     w->tok = malloc(4ull * m.n_tokens);
+    if (m.n_context && m.context_ids && (w->ctx = malloc(m.n_context * sizeof *w->ctx)))
+        memcpy(w->ctx, m.context_ids, m.n_context * sizeof *w->ctx);
     w->secs = calloc(w->m.n_chunks, sizeof *w->secs);
     w->enc = calloc(w->m.n_chunks, sizeof *w->enc);
     w->zstd_level = opts ? opts->zstd_level : 0;
@@ -248,6 +251,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
         }
     }
     if (!w->strs[0] || !w->strs[1] || !w->strs[2] || !w->strs[3] || !w->tok || !w->secs || !w->enc || !w->codec ||
+        (m.n_context && (!w->ctx || kvb_ids_sha256(w->ctx, m.n_context, w->m.context_sha256) != 0)) ||
         (opts && opts->spill_dir && (!w->spill_dir || !w->spill_off))) {
         kvb_writer_free(w);
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
@@ -257,6 +261,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->m.doc_media_type = w->strs[2];
     w->m.model_arch = w->strs[3];
     w->m.chunks = w->secs;
+    w->m.context_ids = w->ctx;
     for (uint32_t i = 0; i < m.n_tokens; i++)
         kvb_put32(w->tok + 4ull * i, (uint32_t)tokens[i]);
     w->m.tokens.offset = 0;
@@ -300,6 +305,7 @@ void kvb_writer_free(kvb_writer *w)
     free(w->spill_dir);
     free(w->secs);
     free(w->tok);
+    free(w->ctx);
     kvb_codec_ctx_free(w->codec);
     free(w);
 }

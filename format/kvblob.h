@@ -57,6 +57,7 @@ enum {
     KVB_MAX_CHUNK_TOKENS = 4096,
     KVB_MAX_CHUNKS = 65536,
     KVB_MAX_STRING = 4096,                /* bytes of any manifest string */
+    KVB_MAX_CONTEXT = 65536,              /* tokens of a declared context */
 };
 #define KVB_MAX_CHUNK_RAW ((uint64_t)512 << 20) /* decoded bytes of one chunk */
 
@@ -118,6 +119,11 @@ typedef struct kvb_manifest {
     uint32_t pos0;                            /* in: position of the first token (1 after BOS) */
     uint32_t rope_n_freq_factors;             /* in: 0, or n_rot / 2 (llama3 rope_freqs) */
     float rope_freq_factors[KVB_MAX_FREQ_FACTORS]; /* in: pair i turns at theta_i / factor i */
+    /* the declared context: the tokens the publisher prefilled between BOS and the document
+     * (pos0 = BOS + n_context); the blob holds only the document's KV */
+    uint32_t n_context;                       /* in: 0 = none (the document follows BOS) */
+    const int32_t *context_ids;               /* in: n_context ids */
+    uint8_t context_sha256[KVC_SHA256_LEN];   /* out: SHA-256 of the ids as LE int32 */
     /* payload */
     uint32_t n_tokens;                        /* in */
     kvb_codec codec;                          /* in */
@@ -136,6 +142,10 @@ typedef struct kvb_manifest {
 } kvb_manifest;
 
 void kvb_manifest_free(kvb_manifest *m); /* NULL is a no-op */
+
+/* SHA-256 of token ids as little-endian int32 (the token section's and a declared context's
+ * hash). Returns 0, or -1 out of memory. */
+int kvb_ids_sha256(const int32_t *ids, size_t n, uint8_t out[KVC_SHA256_LEN]);
 
 /* The manifest's "rope" object (RoPE parameters and pos0) as compact JSON with sorted keys,
  * as the store's index shows it. Returns a malloc'd string (caller frees), NULL out of memory. */

@@ -148,6 +148,9 @@ int kvfetch_inspect_main(int argc, char **argv)
         if (m->rope_n_freq_factors)
             printf("rope freqs: %u llama3 frequency factors (rope_freqs), %g .. %g\n", m->rope_n_freq_factors,
                    m->rope_freq_factors[0], m->rope_freq_factors[m->rope_n_freq_factors - 1]);
+        if (m->n_context)
+            printf("context:    %u tokens declared before the document (not in the blob), sha256:%s\n", m->n_context,
+                   hex32(m->context_sha256, d));
         printf("tokens:     %u (ids sha256:%s)\n", m->n_tokens, hex32(m->tokens_sha256, d));
         printf("codec:      %s, %u tokens per chunk, %u chunks (container version %u: chunks hashed %s)\n",
                kvb_codec_name(m->codec), m->chunk_tokens, m->n_chunks, h.version,

@@ -50,6 +50,9 @@ int kvp_blobinfo_fill(kvp_blobinfo *bi, const kvb_manifest *m, const uint8_t key
     b->expires = m->expires;
     b->price = price;
     memcpy(b->publisher_id, key_id, KVS_KEYID_LEN);
+    b->n_context = m->n_context;
+    if (m->n_context)
+        memcpy(b->context_sha256, m->context_sha256, KVS_SHA256_LEN);
     return 0;
 }
 

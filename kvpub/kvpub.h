@@ -57,9 +57,6 @@ typedef struct kvp_identity {
     uint32_t pos0;                 /* position of the document's first token (1 after BOS) */
     uint32_t rope_n_freq_factors;  /* llama3 rope_freqs: n_rot / 2 factors, or 0 */
     float rope_freq_factors[KVB_MAX_FREQ_FACTORS];
-    /* a declared context before the document (not in manifests yet): 0 tokens = none */
-    uint32_t n_context;
-    uint8_t context_sha256[32];
     /* for messages only, not compared (the fingerprints cover them): known from a model,
      * empty and 0 from a manifest */
     char tokenizer[16];
@@ -148,8 +145,11 @@ typedef struct kvp_publish_opts {
     uint64_t price;               /* smallest currency unit; 0 = free */
     uint64_t expires_in;          /* seconds from now; 0 = never */
     const char *title;            /* NULL = the file name */
-    const char *llama_state;      /* a llama.cpp sequence state holding [BOS, document]: its KV is
-                                   * published instead of a prefill (kvp_llama_state_read) */
+    const char *llama_state;      /* a llama.cpp sequence state holding [BOS, context, document]:
+                                   * its KV is published instead of a prefill (kvp_llama_state_read) */
+    const int32_t *context_ids;   /* the declared context, prefilled between BOS and the document
+                                   * and named in the manifest (its KV is not in the blob) */
+    size_t n_context;             /* 0 = none: the document follows BOS */
     int n_threads;                /* engine threads; 0 = all cores */
     kvp_progress_fn progress;     /* NULL = none */
     void *user;                   /* passed to progress */
@@ -158,10 +158,11 @@ typedef struct kvp_publish_opts {
 typedef struct kvp_publish_result {
     uint8_t id[32];               /* the blob id (SHA-256 of the file) */
     uint64_t bytes;               /* its size */
-    int skipped;                  /* 1 = this key already listed (document, model, codec) */
+    int skipped;                  /* 1 = this key already listed (document, model, codec, context) */
 } kvp_publish_result;
 
-/* Publishes d: unless this key already lists (document, model, codec), prefills [BOS, d] in
+/* Publishes d: unless this key already lists (document, model, codec, context), prefills
+ * [BOS, context, d] (a context that, with d, does not fit the model: KVP_ERR_TOO_LONG) in
  * a fresh context (or reads o->llama_state's KV, checked to be exactly that sequence), exports the KV chunk by chunk, encodes and signs it into a blob in the
  * store's tmp/ and indexes it from the blob's own manifest. Nothing is left behind on
  * failure. Statuses: KVP_ERR_USAGE, KVP_ERR_IO, KVP_ERR_NOMEM, KVP_ERR_ENGINE,
@@ -185,6 +186,11 @@ typedef struct kvp_load_stats {
     uint32_t n_tokens, n_chunks;
     int32_t pos, delta;   /* first position used, and the re-rotation applied */
     int n_threads;        /* decode workers */
+    /* the blob's declared context against the tokens before it (kvp_load_opts.before) */
+    uint32_t n_context;   /* its length; 0 = the blob declares none */
+    int context_exact;    /* 1 = the tokens before it are exactly the context: loaded unrotated,
+                             as a full prefill computes it */
+    char context_note[200]; /* when a declared context does not match: how, in one line */
 } kvp_load_stats;
 
 typedef struct kvp_load_opts {
@@ -194,6 +200,9 @@ typedef struct kvp_load_opts {
     const kvc_trust *trust;
     int64_t now;               /* expiry check time; 0 = time(NULL) */
     int n_threads;             /* decode workers; 0 = eng_default_threads() */
+    const int32_t *before;     /* the tokens before the blob after BOS (prefix and earlier
+                                  documents), compared with its declared context; may be NULL */
+    size_t n_before;
 } kvp_load_opts;
 
 /* Appends the blob at path to ctx: its tokens go to cells kv_len.. at positions

@@ -37,6 +37,34 @@ typedef struct load {
     kvp_load_stats *stats;
 } load;
 
+/* Compares the blob's declared context with the tokens before it: exact when they are the same
+ * ids (then delta is 0 and the load is what a full prefill computes); else a one-line note. */
+static void judge_context(const kvb_manifest *m, const kvp_load_opts *o, kvp_load_stats *ls)
+{
+    ls->n_context = m->n_context;
+    ls->context_exact = 0;
+    ls->context_note[0] = 0;
+    if (!m->n_context)
+        return;
+    size_t nb = o->before ? o->n_before : 0, same = 0;
+    while (same < nb && same < m->n_context && o->before[same] == m->context_ids[same])
+        same++;
+    if (same == nb && nb == m->n_context) {
+        ls->context_exact = 1;
+        return;
+    }
+    char hex[65];
+    kvc_hex(m->context_sha256, 32, hex);
+    if (same < nb && same < m->n_context)
+        snprintf(ls->context_note, sizeof ls->context_note,
+                 "your %zu tokens before it differ from its declared %u-token context (sha256:%.16s) at token %zu",
+                 nb, m->n_context, hex, same);
+    else
+        snprintf(ls->context_note, sizeof ls->context_note,
+                 "its declared context (sha256:%.16s) is %u tokens; you have %zu before it, the first %zu of them "
+                 "agreeing", hex, m->n_context, nb, same);
+}
+
 static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_header *h, char *err,
                               size_t errlen)
 {
@@ -48,6 +76,7 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
         return KVB_ERR_CALLBACK;
     l->stats->n_tokens = m->n_tokens;
     l->stats->n_chunks = m->n_chunks;
+    judge_context(m, l->o, l->stats);
     uint16_t *k, *v;
     l->in_place = eng_kv_rows_f16(l->o->ctx, 0, l->cell0, 0, &k, &v) == ENG_OK;
     l->cb_s += base_now_s() - t;

@@ -62,14 +62,36 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
     }
     r->prefix_s = base_now_s() - t0;
     double t1 = base_now_s();
+    /* each blob sees the tokens before it (prefix, earlier documents) for its declared context */
+    kvp_load_opts one = *lo;
+    int32_t *before = NULL;
+    size_t nb = p->n_prefix;
+    if (nb && !(before = malloc(nb * sizeof *before)))
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+    if (nb)
+        memcpy(before, p->prefix, nb * sizeof *before);
     for (int i = 0; i < p->n_blobs; i++) {
-        kvp_status st = kvp_load_blob(lo, p->blobs[i], &r->doc_tokens[i], &r->doc_n[i], &r->ls[i], &r->vst, err,
+        one.before = before;
+        one.n_before = nb;
+        kvp_status st = kvp_load_blob(&one, p->blobs[i], &r->doc_tokens[i], &r->doc_n[i], &r->ls[i], &r->vst, err,
                                       errlen);
         if (st != KVP_OK) {
+            free(before);
             r->failed_blob = i;
             return st;
         }
+        if (i + 1 < p->n_blobs) {
+            int32_t *nbf = realloc(before, (nb + r->doc_n[i]) * sizeof *before);
+            if (!nbf) {
+                free(before);
+                return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+            }
+            before = nbf;
+            memcpy(before + nb, r->doc_tokens[i], r->doc_n[i] * sizeof *before);
+            nb += r->doc_n[i];
+        }
     }
+    free(before);
     r->load_s = base_now_s() - t1;
     double t2 = base_now_s();
     eng_status es = p->n_prompt ? eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL) : ENG_OK;

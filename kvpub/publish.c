@@ -63,11 +63,13 @@ void kvp_document_clear(kvp_document *d)
     d->ids = NULL;
 }
 
-/* Does this publisher list (document, model, codec) already? Returns 1 and the id if so. */
+/* Does this publisher list (document, model, codec, context) already? Returns 1 and the id if
+ * so. ctx_sha: the declared context's hash, NULL for none. */
 static int already_published(kvs_store *st, const uint8_t doc_sha[32], const uint8_t model_fp[32], const char *codec,
-                             const uint8_t key_id[KVC_KEYID_LEN], uint8_t id[32])
+                             const uint8_t key_id[KVC_KEYID_LEN], const uint8_t *ctx_sha, uint8_t id[32])
 {
-    kvs_query q = {.model_fp = model_fp, .doc_sha256 = doc_sha, .publisher_id = key_id, .limit = KVS_QUERY_MAX_LIMIT};
+    kvs_query q = {.model_fp = model_fp, .doc_sha256 = doc_sha, .publisher_id = key_id, .limit = KVS_QUERY_MAX_LIMIT,
+                   .context_sha256 = ctx_sha, .no_context = !ctx_sha};
     kvs_list *l = NULL;
     char e[256];
     if (kvs_store_catalog(st, &q, &l, e, sizeof e) != KVS_OK)
@@ -84,35 +86,41 @@ static int already_published(kvs_store *st, const uint8_t doc_sha[32], const uin
     return found;
 }
 
-/* [BOS, document] as llama.cpp saved them: the file must hold exactly these tokens. */
+/* [BOS, context, document] as llama.cpp saved them: the file must hold exactly these tokens. */
 static kvp_status from_llama_state(const kvp_publish_opts *o, const kvp_document *d, eng_ctx *ctx, char *err,
                                    size_t errlen)
 {
-    uint32_t pos0 = o->identity->pos0;
+    uint32_t pos0 = o->identity->pos0 + (uint32_t)o->n_context;
     int32_t *want = malloc((d->n_tokens + pos0) * sizeof *want);
     if (!want)
         return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
-    if (pos0)
+    if (o->identity->pos0)
         want[0] = eng_model_info(o->model)->bos_id;
+    if (o->n_context)
+        memcpy(want + o->identity->pos0, o->context_ids, o->n_context * sizeof *want);
     memcpy(want + pos0, d->ids, d->n_tokens * sizeof *want);
     kvp_status st = kvp_llama_state_read(ctx, o->model, o->llama_state, want, d->n_tokens + pos0, err, errlen);
     free(want);
     return st;
 }
 
-/* Prefills [BOS, document] into a fresh context (or reads them from o->llama_state). */
+/* Prefills [BOS, context, document] into a fresh context (or reads them from o->llama_state). */
 static kvp_status prefill(const kvp_publish_opts *o, const kvp_document *d, eng_ctx **out, char *err, size_t errlen)
 {
-    uint32_t pos0 = o->identity->pos0;
+    uint32_t pos0 = o->identity->pos0 + (uint32_t)o->n_context;
     eng_ctx_params cp = {.n_ctx = (int)(d->n_tokens + pos0), .n_threads = o->n_threads};
     if (eng_ctx_create(o->model, &cp, out, err, errlen) != ENG_OK)
         return KVP_ERR_ENGINE;
     if (o->llama_state)
         return from_llama_state(o, d, *out, err, errlen);
     eng_status es = ENG_OK;
-    if (pos0) {
+    if (o->identity->pos0) {
         int32_t bos = eng_model_info(o->model)->bos_id;
         es = eng_prefill(*out, &bos, NULL, 1, NULL, NULL);
+    }
+    for (size_t i = 0; i < o->n_context && es == ENG_OK; i += PREFILL_BATCH) {
+        size_t n = o->n_context - i < PREFILL_BATCH ? o->n_context - i : PREFILL_BATCH;
+        es = eng_prefill(*out, o->context_ids + i, NULL, n, NULL, NULL);
     }
     for (size_t i = 0; i < d->n_tokens && es == ENG_OK; i += PREFILL_BATCH) {
         size_t n = d->n_tokens - i < PREFILL_BATCH ? d->n_tokens - i : PREFILL_BATCH;
@@ -141,6 +149,9 @@ static void make_manifest(const kvp_publish_opts *o, const kvp_document *d, kvb_
     m->doc_media_type = pl > 3 && strcmp(d->path + pl - 3, ".md") == 0 ? "text/markdown" : "text/plain";
     m->doc_bytes = d->len;
     kvp_identity_to_manifest(o->identity, m);
+    m->n_context = (uint32_t)o->n_context;
+    m->context_ids = o->context_ids;
+    m->pos0 += m->n_context;
     m->n_tokens = (uint32_t)d->n_tokens;
     m->codec = o->codec;
     m->chunk_tokens = o->chunk_tokens ? o->chunk_tokens : KVP_CHUNK_TOKENS;
@@ -234,9 +245,21 @@ kvp_status kvp_publish_document(const kvp_publish_opts *o, const kvp_document *d
     memset(res, 0, sizeof *res);
     if (!o || !o->model || !o->identity || !o->key || !o->store || !o->store_dir || !d || !d->ids)
         return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_publish_document: missing argument");
-    uint8_t key_id[KVC_KEYID_LEN];
+    if (o->n_context && !o->context_ids)
+        return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_publish_document: context ids missing");
+    const eng_info *info = eng_model_info(o->model);
+    if (o->n_context > KVB_MAX_CONTEXT ||
+        o->identity->pos0 + o->n_context + d->n_tokens > (size_t)info->n_ctx_train)
+        return kvp_fail(err, errlen, KVP_ERR_TOO_LONG,
+                        "%s: the declared context (%zu tokens) and the document (%zu) do not fit the model's "
+                        "context of %d tokens%s", d->path, o->n_context, d->n_tokens, info->n_ctx_train,
+                        o->identity->pos0 ? " with BOS" : "");
+    uint8_t key_id[KVC_KEYID_LEN], ctx_sha[32];
     kvc_key_id(o->key, key_id);
-    if (already_published(o->store, d->sha256, o->identity->model_fp, kvb_codec_name(o->codec), key_id, res->id)) {
+    if (o->n_context && kvb_ids_sha256(o->context_ids, o->n_context, ctx_sha) != 0)
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+    if (already_published(o->store, d->sha256, o->identity->model_fp, kvb_codec_name(o->codec), key_id,
+                          o->n_context ? ctx_sha : NULL, res->id)) {
         kvs_blob *b = NULL;
         if (kvs_store_blob_get(o->store, res->id, &b, err, errlen) == KVS_OK)
             res->bytes = b->size;

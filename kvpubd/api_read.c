@@ -22,6 +22,15 @@ static json_t *time_json(int64_t t)
     return t ? json_string(kvb_time_format(t, buf, sizeof buf)) : json_null();
 }
 
+/* The declared context a listing was prefilled after: {"tokens", "sha256"}, or null. */
+static json_t *context_json(const kvs_blob *b)
+{
+    char hex[65];
+    if (!b->n_context)
+        return json_null();
+    return json_pack("{s:I, s:s}", "tokens", (json_int_t)b->n_context, "sha256", kvc_hex(b->context_sha256, 32, hex));
+}
+
 static json_t *blob_json(const kvs_blob *b)
 {
     char id[65], doc[65], mfp[65], tfp[65], pub[17];
@@ -32,7 +41,7 @@ static json_t *blob_json(const kvs_blob *b)
     snprintf(url, sizeof url, "/v1/blobs/%s", id);
     snprintf(murl, sizeof murl, "/v1/blobs/%s/manifest", id);
     return json_pack("{s:s, s:{s:s, s:s, s:s?, s:s, s:I}, s:{s:s, s:s, s:o*}, s:s, s:o*, s:s, s:I, s:I, "
-                     "s:I, s:o, s:o, s:I, s:s, s:s, s:s}",
+                     "s:I, s:o, s:o, s:I, s:s, s:s, s:s, s:o}",
                      "id", id,
                      "document", "sha256", kvc_hex(b->doc_sha256, 32, doc), "title", b->doc_title ? b->doc_title : "",
                      "source_uri", b->doc_source_uri, "media_type", b->doc_media_type ? b->doc_media_type : "",
@@ -44,7 +53,7 @@ static json_t *blob_json(const kvs_blob *b)
                      "bytes", (json_int_t)b->size, "price", (json_int_t)b->price,
                      "created", time_json(b->created), "expires", time_json(b->expires),
                      "serial", (json_int_t)b->serial, "publisher_key_id", kvc_hex(b->publisher_id, 8, pub),
-                     "url", url, "manifest_url", murl);
+                     "url", url, "manifest_url", murl, "context", context_json(b));
 }
 
 /* ---- GET /v1/catalog ---- */
@@ -63,7 +72,7 @@ static int arg_hex32(kvsrv_req *r, const char *name, uint8_t out[32], const uint
 
 enum MHD_Result kvsrv_catalog(kvsrv_req *r)
 {
-    uint8_t model[32], doc[32];
+    uint8_t model[32], doc[32], ctx[32];
     kvs_query q = {0};
     if (arg_hex32(r, "model", model, &q.model_fp) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
@@ -71,6 +80,12 @@ enum MHD_Result kvsrv_catalog(kvsrv_req *r)
     if (arg_hex32(r, "doc", doc, &q.doc_sha256) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
                                    "doc must be a document SHA-256: 64 lowercase hex digits");
+    const char *cs = kvsrv_arg(r, "context");
+    if (cs && strcmp(cs, "none") == 0)
+        q.no_context = 1;
+    else if (arg_hex32(r, "context", ctx, &q.context_sha256) != 0)
+        return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                   "context must be a declared context's SHA-256 (64 lowercase hex digits) or none");
     uint8_t pub[8];
     const char *ps = kvsrv_arg(r, "publisher");
     if (ps) {

@@ -29,10 +29,19 @@ static const char publish_usage[] =
     "  --chunk-tokens N    tokens per chunk (default 256)\n"
     "  --threads N         engine threads (default: all cores)\n"
     "  --from-llama-state S  publish the KV llama.cpp computed: S is a sequence state it saved\n"
-    "                      (llama_state_seq_save_file, f16 K/V) holding exactly [BOS, FILE's\n"
-    "                      tokens] at positions 0..n-1 (one FILE; spec/llama-state.md)\n"
+    "                      (llama_state_seq_save_file, f16 K/V) holding exactly [BOS, context,\n"
+    "                      FILE's tokens] at positions 0..n-1 (one FILE; spec/llama-state.md)\n"
+    "A declared context (one of these) is prefilled between BOS and each document and named\n"
+    "in the signed manifest; a buyer whose tokens before the document are exactly these gets\n"
+    "a load identical to a full prefill (spec/kvblob.md, \"Declared context\"):\n"
+    "  --context TEXT      text, tokenized as kvfetch run tokenizes --prefix (special-token\n"
+    "                      texts such as <|im_start|> honoured)\n"
+    "  --context-file F    the same, read from a file\n"
+    "  --context-ids LIST  token ids, e.g. 151644,8948,198\n"
+    "  --chat [--system S] the model's chat template up to the user's message (as kvfetch run\n"
+    "                      --chat --system S builds it): the document opens the user turn\n"
     "  --json              print a JSON summary on stdout\n"
-    "A (document, model, codec) already in the store is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
+    "A (document, model, codec, context) already in the store is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
     "document longer than the model's context, 3 a --from-llama-state file that is not FILE's KV\n"
     "under this model (nothing is published then).\n";
 
@@ -56,12 +65,84 @@ static void progress(void *user, size_t done, size_t total)
     b->drawn = 1;
 }
 
+/* The declared context as the command line gives it (at most one form). */
+typedef struct ctx_args {
+    const char *text, *file, *ids, *system;
+    int chat, forms;
+} ctx_args;
+
+/* Parses "1,2,3" into ids below n_vocab. Returns 0, or -1 with err set. */
+static int parse_ids(const char *s, int32_t n_vocab, int32_t **out, size_t *n, char *err, size_t errlen)
+{
+    size_t cap = strlen(s) / 2 + 1, k = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids)
+        return snprintf(err, errlen, "out of memory"), -1;
+    for (const char *p = s; *p;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v >= n_vocab || (*end && *end != ',') || k == cap) {
+            free(ids);
+            return snprintf(err, errlen, "--context-ids: '%s' is not a comma-separated list of token ids below %d",
+                            s, n_vocab), -1;
+        }
+        ids[k++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    *out = ids;
+    *n = k;
+    return 0;
+}
+
+/* Resolves the declared context into token ids (*n = 0: none). Returns 0, or -1 with err set. */
+static int context_ids(const ctx_args *a, eng_model *model, int32_t **ids, size_t *n, char *err, size_t errlen)
+{
+    *ids = NULL;
+    *n = 0;
+    char *text = NULL, *after = NULL;
+    const char *t = a->text;
+    if (a->ids)
+        return parse_ids(a->ids, eng_model_info(model)->n_vocab, ids, n, err, errlen);
+    if (a->file) {
+        FILE *f = fopen(a->file, "rb");
+        size_t len = 0;
+        text = f ? base_read_stream(f, KVP_DOC_MAX, &len) : NULL;
+        if (f)
+            fclose(f);
+        if (!text || strlen(text) != len)
+            return snprintf(err, errlen, "--context-file %s: cannot read it (or it holds a NUL byte, or is over "
+                            "64 MiB)", a->file), free(text), -1;
+        t = text;
+    }
+    if (a->chat) {
+        const char *other;
+        kvp_chat_format f = kvp_chat_detect(eng_model_chat_template(model), &other);
+        if (f == KVP_CHAT_NONE)
+            return snprintf(err, errlen, "--chat: the model's chat template is %s, which kvpub does not render "
+                            "(supported: ChatML/Qwen, Llama 3, Phi-3)", other), -1;
+        if (kvp_chat_wrap(f, a->system, "", &text, &after) != KVP_OK)
+            return snprintf(err, errlen, "out of memory"), -1;
+        free(after);
+        t = text;
+    }
+    int rc = 0;
+    if (t && *t && eng_tokenize(model, t, strlen(t), 0, 1, ids, n) != ENG_OK)
+        rc = -1, snprintf(err, errlen, "cannot tokenize the declared context");
+    free(text);
+    if (rc == 0 && t && *n == 0)
+        rc = -1, snprintf(err, errlen, "the declared context has no tokens");
+    return rc;
+}
+
 int kvpubd_publish_main(int argc, char **argv)
 {
     const char *store_dir = NULL, *model_path = NULL, *key_path = NULL, *codec_name = "f16-zstd";
     kvp_publish_opts po = {.chunk_tokens = KVP_CHUNK_TOKENS};
     int tty = isatty(2);
     int json_out = 0;
+    ctx_args ca = {0};
+    int32_t *cids = NULL;
+    size_t ncids = 0;
     uint64_t threads = 0, v;
     const char **files = calloc((size_t)argc, sizeof *files);
     size_t nf = 0;
@@ -76,6 +157,11 @@ int kvpubd_publish_main(int argc, char **argv)
         }
         if (strcmp(a, "--json") == 0) {
             json_out = 1;
+            continue;
+        }
+        if (strcmp(a, "--chat") == 0) {
+            ca.chat = 1;
+            ca.forms++;
             continue;
         }
         if (a[0] != '-' || strcmp(a, "-") == 0) {
@@ -105,6 +191,14 @@ int kvpubd_publish_main(int argc, char **argv)
             po.chunk_tokens = (uint32_t)v;
         } else if (strcmp(a, "--from-llama-state") == 0)
             bad = !(po.llama_state = val);
+        else if (strcmp(a, "--context") == 0)
+            ca.text = val, ca.forms++;
+        else if (strcmp(a, "--context-file") == 0)
+            ca.file = val, ca.forms++;
+        else if (strcmp(a, "--context-ids") == 0)
+            ca.ids = val, ca.forms++;
+        else if (strcmp(a, "--system") == 0)
+            ca.system = val;
         else if (strcmp(a, "--threads") == 0)
             bad = base_parse_u64(val, &threads) != 0 || threads > 1024;
         else {
@@ -126,6 +220,12 @@ int kvpubd_publish_main(int argc, char **argv)
     }
     if (po.llama_state && nf != 1) {
         fprintf(stderr, "kvpubd publish: --from-llama-state holds one document; %zu FILEs given\n", nf);
+        free(files);
+        return 2;
+    }
+    if (ca.forms > 1 || (ca.system && !ca.chat)) {
+        fprintf(stderr, "kvpubd publish: give one of --context, --context-file, --context-ids, --chat "
+                        "(--system goes with --chat)\n");
         free(files);
         return 2;
     }
@@ -164,6 +264,12 @@ int kvpubd_publish_main(int argc, char **argv)
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }
+    if (context_ids(&ca, model, &cids, &ncids, err, sizeof err) != 0) {
+        fprintf(stderr, "kvpubd publish: %s\n", err);
+        goto done;
+    }
+    po.context_ids = cids;
+    po.n_context = ncids;
     /* Pass 1: read and tokenize everything, so a document that cannot fit stops the run
      * before the store is touched. */
     for (size_t i = 0; i < nf; i++)
@@ -201,14 +307,24 @@ int kvpubd_publish_main(int argc, char **argv)
         char idh[65], shah[65];
         kvc_hex(d->sha256, 32, shah);
         kvc_hex(res.id, 32, idh);
-        if (!json_out)
-            printf("%s %s %s (%zu tokens, %" PRIu64 " bytes, %.2fs)\n", skipped ? "skipped" : "published", idh,
-                   d->path, d->n_tokens, res.bytes, secs);
-        else
-            json_array_append_new(summary, json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:f}", "file", d->path, "id", idh,
-                                                     "sha256", shah, "tokens", (json_int_t)d->n_tokens, "bytes",
-                                                     (json_int_t)res.bytes, "status", skipped ? "skipped" : "published",
-                                                     "seconds", secs));
+        if (!json_out) {
+            printf("%s %s %s (%zu tokens", skipped ? "skipped" : "published", idh, d->path, d->n_tokens);
+            if (ncids)
+                printf(" after a %zu-token context", ncids);
+            printf(", %" PRIu64 " bytes, %.2fs)\n", res.bytes, secs);
+        } else {
+            json_t *row = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:f, s:I}", "file", d->path, "id", idh, "sha256",
+                                    shah, "tokens", (json_int_t)d->n_tokens, "bytes", (json_int_t)res.bytes,
+                                    "status", skipped ? "skipped" : "published", "seconds", secs, "context_tokens",
+                                    (json_int_t)ncids);
+            if (ncids) {
+                uint8_t ch[32];
+                char chh[65];
+                if (kvb_ids_sha256(cids, ncids, ch) == 0)
+                    json_object_set_new(row, "context_sha256", json_string(kvc_hex(ch, 32, chh)));
+            }
+            json_array_append_new(summary, row);
+        }
     }
     rc = 0;
     if (json_out) {
@@ -228,5 +344,6 @@ done:
     eng_model_free(model);
     kvc_key_free(key);
     free(files);
+    free(cids);
     return rc;
 }

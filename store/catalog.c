@@ -12,14 +12,15 @@
 #define BLOB_COLUMNS                                                                                          \
     "b.id, d.sha256, b.title, b.source_uri, b.media_type, d.bytes, m.fingerprint, m.arch, m.shape, m.rope, " \
     "t.fingerprint, b.codec, b.tokens, b.size, b.serial, b.created, b.expires, b.price, b.publisher_key_id, "  \
-    "EXISTS (SELECT 1 FROM revocations r WHERE r.key_id = b.publisher_key_id)"
+    "EXISTS (SELECT 1 FROM revocations r WHERE r.key_id = b.publisher_key_id), b.context_sha256, "              \
+    "b.context_tokens"
 #define BLOB_FROM                                                                                             \
     " FROM blobs b JOIN documents d ON d.id = b.document_id JOIN models m ON m.id = b.model_id "            \
     "JOIN tokenizers t ON t.id = b.tokenizer_id "
 
 enum { COL_ID, COL_DOC, COL_TITLE, COL_URI, COL_MEDIA, COL_DOC_BYTES, COL_MODEL, COL_ARCH, COL_SHAPE, COL_ROPE,
        COL_TOK, COL_CODEC, COL_TOKENS, COL_SIZE, COL_SERIAL, COL_CREATED, COL_EXPIRES, COL_PRICE, COL_PUB,
-       COL_REVOKED };
+       COL_REVOKED, COL_CTX, COL_CTX_TOKENS };
 
 struct kvs_list {
     kvs_blob **rows;
@@ -80,6 +81,13 @@ static kvs_status row_to_blob(sqlite3_stmt *st, kvs_blob **out, char *err, size_
     b->expires = sqlite3_column_int64(st, COL_EXPIRES); /* NULL reads as 0 = never */
     b->price = (uint64_t)sqlite3_column_int64(st, COL_PRICE);
     b->revoked = sqlite3_column_int(st, COL_REVOKED) != 0;
+    b->n_context = (uint32_t)sqlite3_column_int64(st, COL_CTX_TOKENS);
+    if (b->n_context && db_column_hex(st, COL_CTX, b->context_sha256, KVS_SHA256_LEN)) {
+        base_errf(err, errlen, "index row for blob %.64s holds a malformed context hash",
+                  (const char *)sqlite3_column_text(st, COL_ID));
+        free(b);
+        return KVS_ERR_DB;
+    }
     *out = b;
     return KVS_OK;
 }
@@ -132,6 +140,7 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
     "AND (:title IS NULL OR instr(lower(b.title), lower(:title)) > 0) "                    \
     "AND (:now IS NULL OR b.expires IS NULL OR b.expires > :now) "                         \
     "AND (:publisher IS NULL OR b.publisher_key_id = :publisher) "                         \
+    "AND (:ctx IS NULL OR b.context_sha256 = :ctx) "                                       \
     "AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.key_id = b.publisher_key_id) "
 
 static void bind_query(db_stmt *q, const kvs_query *f)
@@ -149,6 +158,10 @@ static void bind_query(db_stmt *q, const kvs_query *f)
         db_bind_hex(q, ":publisher", f->publisher_id, KVS_KEYID_LEN);
     else
         db_bind_text(q, ":publisher", NULL);
+    if (f->context_sha256)
+        db_bind_hex(q, ":ctx", f->context_sha256, KVS_SHA256_LEN);
+    else
+        db_bind_text(q, ":ctx", f->no_context ? "" : NULL);
     if (f->now > 0)
         db_bind_int64(q, ":now", f->now);
     else

@@ -65,6 +65,8 @@ typedef struct kvs_blob {
     int64_t expires;                      /* unix seconds; 0 = never */
     uint64_t price;                       /* smallest currency unit; 0 = free */
     uint8_t publisher_id[KVS_KEYID_LEN];
+    uint32_t n_context;                   /* tokens of the declared context; 0 = none */
+    uint8_t context_sha256[KVS_SHA256_LEN]; /* their hash (manifest context.sha256); zero if none */
     int revoked;                          /* output only: 1 = the publisher key is revoked */
 } kvs_blob;
 
@@ -127,6 +129,9 @@ typedef struct kvs_query {
     const uint8_t *doc_sha256;  /* KVS_SHA256_LEN bytes */
     const char *title_contains; /* case-insensitive (ASCII) substring of the listing's title */
     const uint8_t *publisher_id; /* KVS_KEYID_LEN bytes: one publisher's listings */
+    const uint8_t *context_sha256; /* KVS_SHA256_LEN bytes: listings made after this declared
+                                    context (the hash of its ids) */
+    int no_context;             /* 1: only listings without a declared context */
     int64_t now;                /* > 0: hide blobs expired at this time */
     size_t limit;               /* 0 = KVS_QUERY_DEFAULT_LIMIT; capped at KVS_QUERY_MAX_LIMIT */
     size_t offset;

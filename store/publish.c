@@ -112,6 +112,13 @@ static void bind_info(db_stmt *q, const kvs_blob *b, const int64_t ids[3])
             db_bind_int64(q, name, (int64_t)b->price);
         } else if (!strcmp(name, ":publisher")) {
             db_bind_hex(q, name, b->publisher_id, KVS_KEYID_LEN);
+        } else if (!strcmp(name, ":ctx")) {
+            if (b->n_context)
+                db_bind_hex(q, name, b->context_sha256, KVS_SHA256_LEN);
+            else
+                db_bind_text(q, name, "");
+        } else if (!strcmp(name, ":ctx_tokens")) {
+            db_bind_int64(q, name, (int64_t)b->n_context);
         } else if (!strcmp(name, ":doc_id")) {
             db_bind_int64(q, name, ids[0]);
         } else if (!strcmp(name, ":model_id")) {
@@ -151,9 +158,11 @@ static kvs_status query_one(sqlite3 *db, const char *sql, const kvs_blob *b, con
 
 static const char SQL_EXISTING[] =
     "SELECT b.id FROM blobs b JOIN documents d ON d.id = b.document_id JOIN models m ON m.id = b.model_id "
-    "WHERE d.sha256 = :doc AND m.fingerprint = :model AND b.codec = :codec AND b.publisher_key_id = :publisher";
+    "WHERE d.sha256 = :doc AND m.fingerprint = :model AND b.codec = :codec AND b.publisher_key_id = :publisher "
+    "AND b.context_sha256 = :ctx";
 
-/* Looks for this publisher's blob for (document, model, codec); *found and res->id. */
+/* Looks for this publisher's blob for (document, model, codec, declared context); *found and
+ * res->id. */
 static kvs_status find_existing(kvs_store *s, const kvs_blob *b, int *found, kvs_publish_result *res, char *err,
                                 size_t errlen)
 {
@@ -202,9 +211,9 @@ static kvs_status insert_rows(kvs_store *s, const kvs_blob *b, char *err, size_t
     int found = 0;
     return query_one(s->db,
                      "INSERT INTO blobs (id, document_id, model_id, tokenizer_id, codec, tokens, size, serial, "
-                     "created, expires, price, publisher_key_id, title, source_uri, media_type) VALUES (:id, "
-                     ":doc_id, :model_id, :tok_id, :codec, :tokens, :size, :serial, :created, :expires, :price, "
-                     ":publisher, :title, :uri, :media)",
+                     "created, expires, price, publisher_key_id, title, source_uri, media_type, context_sha256, "
+                     "context_tokens) VALUES (:id, :doc_id, :model_id, :tok_id, :codec, :tokens, :size, :serial, "
+                     ":created, :expires, :price, :publisher, :title, :uri, :media, :ctx, :ctx_tokens)",
                      b, ids, &found, NULL, NULL, err, errlen);
 }
 

@@ -137,6 +137,27 @@ static const char *const migrations[] = {
     "CREATE INDEX access_tokens_by_expires ON access_tokens(expires);\n"
     "CREATE INDEX access_tokens_by_purchase ON access_tokens(purchase_id);\n"
     "CREATE INDEX download_log_by_at ON download_log(at);\n",
+    /* 5: declared contexts. A blob may be prefilled after a context the publisher declares (a
+     * system prompt, a chat header): several contexts of one document are several listings of
+     * the same publisher, so the context's hash joins the listing's uniqueness ('' = none,
+     * every blob published before). The table is rebuilt as in migration 3. */
+    "CREATE TABLE blobs_v5 (\n"
+    BLOB_COLUMNS_V1
+    "  title TEXT NOT NULL,\n"
+    "  source_uri TEXT,\n"
+    "  media_type TEXT NOT NULL,\n"
+    "  context_sha256 TEXT NOT NULL DEFAULT '' CHECK (context_sha256 = '' OR length(context_sha256) = 64),\n"
+    "  context_tokens INTEGER NOT NULL DEFAULT 0 CHECK (context_tokens >= 0),\n"
+    "  UNIQUE (document_id, model_id, codec, publisher_key_id, context_sha256)\n"
+    ");\n"
+    "INSERT INTO blobs_v5 SELECT id, document_id, model_id, tokenizer_id, codec, tokens, size, serial, created,\n"
+    "  expires, price, publisher_key_id, title, source_uri, media_type, '', 0 FROM blobs;\n"
+    "DROP TABLE blobs;\n"
+    "ALTER TABLE blobs_v5 RENAME TO blobs;\n"
+    "CREATE INDEX blobs_by_model ON blobs(model_id);\n"
+    "CREATE INDEX blobs_by_created ON blobs(created DESC, id);\n"
+    "CREATE INDEX blobs_by_publisher ON blobs(publisher_key_id);\n"
+    "CREATE INDEX blobs_by_context ON blobs(context_sha256);\n",
 };
 
 enum { N_MIGRATIONS = sizeof migrations / sizeof migrations[0] };

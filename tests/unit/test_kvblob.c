@@ -590,6 +590,29 @@ static void ed_time(json_t *r) { json_object_set_new(r, "created", json_string("
 static void ed_serial(json_t *r) { json_object_set_new(r, "serial", json_string("18446744073709551616")); }
 static void ed_toklen(json_t *r) { json_object_set_new(json_object_get(r, "tokens"), "length", json_integer(396)); }
 static void ed_rope(json_t *r) { json_object_set_new(json_object_get(r, "rope"), "type", json_string("glm")); }
+/* a declared context of ids 1, 2, 3: its sha256 computed here from the LE int32 bytes */
+static void ctx_obj(json_t *r, json_int_t n, int good_sha, json_int_t pos0)
+{
+    static const uint8_t le[12] = {1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0};
+    uint8_t h[32];
+    char hex[65];
+    kvc_sha256(le, sizeof le, h);
+    if (!good_sha)
+        h[0] ^= 1;
+    json_t *c = json_object(), *ids = json_array();
+    for (int i = 1; i <= 3; i++)
+        json_array_append_new(ids, json_integer(i));
+    json_object_set_new(c, "n_tokens", json_integer(n));
+    json_object_set_new(c, "ids", ids);
+    json_object_set_new(c, "sha256", json_string(kvc_hex(h, 32, hex)));
+    json_object_set_new(r, "context", c);
+    json_object_set_new(json_object_get(r, "rope"), "pos0", json_integer(pos0));
+}
+static void ed_ctx_ok(json_t *r) { ctx_obj(r, 3, 1, 4); }
+static void ed_ctx_sha(json_t *r) { ctx_obj(r, 3, 0, 4); }
+static void ed_ctx_count(json_t *r) { ctx_obj(r, 4, 1, 5); }
+static void ed_ctx_pos0(json_t *r) { ctx_obj(r, 3, 1, 1); }
+static void ed_ctx_type(json_t *r) { json_object_set_new(r, "context", json_string("system prompt")); }
 static void ed_chunk_sha(json_t *r)
 {
     json_object_set_new(chunk(r, 2), "sha256",
@@ -622,6 +645,11 @@ static void test_resigned_manifests(void **s)
         {ed_toklen, KVB_ERR_MALFORMED, "token section"},
         {ed_rope, KVB_ERR_UNSUPPORTED, "rope.type"},
         {ed_chunk_sha, KVB_ERR_CHUNK_HASH, "chunk 2 of 4: sha256 mismatch"},
+        {ed_ctx_ok, KVB_OK, ""},
+        {ed_ctx_sha, KVB_ERR_MALFORMED, "context.sha256 does not match its ids"},
+        {ed_ctx_count, KVB_ERR_MALFORMED, "context lists 3 ids for n_tokens 4"},
+        {ed_ctx_pos0, KVB_ERR_MALFORMED, "pos0 1 is before the end of the 3-token declared context"},
+        {ed_ctx_type, KVB_ERR_MALFORMED, "context is not an object"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         size_t n;
@@ -714,6 +742,54 @@ static void test_prefix_verify_only_callback(void **s)
     kvb_manifest_free(m);
     assert_int_equal(kvb_peek(blob, need, g_other, &h, &m, err, sizeof err), KVB_ERR_WRONG_KEY);
     free(blob);
+}
+
+/* A declared context survives writing and parsing: ids, count, and the hash of the ids as LE
+ * int32 (computed here from the bytes); without one the manifest has no "context" at all. */
+static void test_declared_context(void **s)
+{
+    (void)s;
+    static const int32_t ids[4] = {7, 151643, 0, 2147483647};
+    kvb_manifest m;
+    base_meta(&m, KVB_CODEC_F16);
+    m.n_context = 4;
+    m.context_ids = ids;
+    m.pos0 = 5;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    char err[256] = "";
+    assert_int_equal(kvb_write(&m, g_tok, g_kp, g_vp, NULL, g_key, NULL, &blob, &len, err, sizeof err), KVB_OK);
+    kvb_manifest *p = NULL;
+    assert_int_equal(kvb_peek(blob, len, g_key, NULL, &p, err, sizeof err), KVB_OK);
+    assert_int_equal(p->n_context, 4);
+    assert_int_equal(p->pos0, 5);
+    assert_memory_equal(p->context_ids, ids, sizeof ids);
+    uint8_t le[16], h[32];
+    for (int i = 0; i < 4; i++)
+        for (int b = 0; b < 4; b++)
+            le[4 * i + b] = (uint8_t)((uint32_t)ids[i] >> (8 * b));
+    kvc_sha256(le, sizeof le, h);
+    assert_memory_equal(p->context_sha256, h, 32);
+    kvb_manifest_free(p);
+    free(blob);
+
+    m.n_context = 0;
+    m.context_ids = NULL;
+    m.pos0 = 1;
+    assert_int_equal(kvb_write(&m, g_tok, g_kp, g_vp, NULL, g_key, NULL, &blob, &len, err, sizeof err), KVB_OK);
+    assert_null(memmem(blob, len, "\"context\"", 9));
+    assert_int_equal(kvb_peek(blob, len, g_key, NULL, &p, err, sizeof err), KVB_OK);
+    assert_int_equal(p->n_context, 0);
+    assert_null(p->context_ids);
+    kvb_manifest_free(p);
+    free(blob);
+
+    m.n_context = 2; /* the document cannot start inside its own context */
+    m.context_ids = ids;
+    m.pos0 = 1;
+    assert_int_equal(kvb_write(&m, g_tok, g_kp, g_vp, NULL, g_key, NULL, &blob, &len, err, sizeof err),
+                     KVB_ERR_MALFORMED);
+    assert_non_null(strstr(err, "declared context"));
 }
 
 static void test_writer_misuse(void **s)
@@ -852,6 +928,7 @@ int main(void)
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_resigned_manifests),
         cmocka_unit_test(test_prefix_verify_only_callback),
+        cmocka_unit_test(test_declared_context),
         cmocka_unit_test(test_writer_misuse),
         cmocka_unit_test(test_write_path_atomic),
     };
