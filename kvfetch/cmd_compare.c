@@ -52,7 +52,7 @@ int kvfetch_compare_main(int argc, char **argv)
     double tps = r.decode_s > 0 && n_done > 1 ? (n_done - 1) / r.decode_s : 0;
     if (s->a.json) {
         json_t *o = json_object();
-        json_object_set_new(o, "text", json_stringn(text ? text : "", n_text));
+        kvfetch_json_text(o, text, n_text);
         json_object_set_new(o, "generated_tokens", json_integer(n_done));
         kvfetch_stats_json(o, s, ttft);
         json_t *t = json_object_get(o, "timings");

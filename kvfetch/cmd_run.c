@@ -86,7 +86,7 @@ int kvfetch_run_main(int argc, char **argv)
     double tps = ds.n_tokens > 1 && dec_s > 0 ? (ds.n_tokens - 1) / dec_s : 0;
     if (s->a.json) {
         json_t *o = json_object();
-        json_object_set_new(o, "text", json_stringn(text.buf ? text.buf : "", text.len));
+        kvfetch_json_text(o, text.buf, text.len);
         json_object_set_new(o, "generated_tokens", json_integer(ds.n_tokens));
         json_object_set_new(o, "token_ids", json_incref(text.ids));
         kvfetch_stats_json(o, s, ttft);

@@ -17,7 +17,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
            O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
-           O_LOGITS };
+           O_LOGITS, O_SERVER };
     static const struct option longopts[] = {
         KVF_SHARED_LONGOPTS,
         {"model", required_argument, NULL, O_MODEL},
@@ -37,6 +37,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         {"llama-state", required_argument, NULL, O_LLAMA_STATE},
         {"v-trans", no_argument, NULL, O_V_TRANS},
         {"logits", required_argument, NULL, O_LOGITS},
+        {"server", required_argument, NULL, O_SERVER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -76,6 +77,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         case O_LLAMA_STATE: a->llama_state = optarg; break;
         case O_V_TRANS: a->v_trans = 1; break;
         case O_LOGITS: a->logits_out = optarg; break;
+        case O_SERVER: a->server = optarg; break;
         case 'n': {
             long v;
             if (kvf_parse_long(optarg, 1, KVFETCH_MAX_GEN, &v) != 0) {
@@ -179,7 +181,18 @@ static int resolve_blobs(kvfetch_session *s)
     double t = base_now_s();
     for (int i = 0; i < s->a.n_blobs; i++) {
         const char *b = s->a.blobs[i];
-        if (!kvf_is_url(b)) {
+        uint8_t id[32];
+        int is_id = !kvf_is_url(b) && access(b, F_OK) != 0 && strlen(b) == 64 && kvc_unhex(b, id, 32) == KVC_OK;
+        if (is_id && !s->a.server) { /* a blob id: the local cache, or --server */
+            if (!kvf_cache_lookup(s->a.co.cache, id, s->paths[i], PATH_MAX)) {
+                fprintf(stderr, "%s: blob %s is not in the local cache (%s); give --server URL to fetch it\n",
+                        s->prog, b, kvf_cache_dir(s->a.co.cache));
+                return 2;
+            }
+            s->path_of[i] = s->paths[i];
+            continue;
+        }
+        if (!kvf_is_url(b) && !is_id) {
             if (access(b, R_OK) != 0) {
                 fprintf(stderr, "%s: cannot read blob %s: %s\n", s->prog, b, strerror(errno));
                 return 2;
@@ -189,7 +202,9 @@ static int resolve_blobs(kvfetch_session *s)
             continue;
         }
         kvf_get_opts go = {0};
-        go.url = b;
+        go.url = is_id ? NULL : b;
+        go.server = is_id ? s->a.server : NULL;
+        go.blob_id = is_id ? b : NULL;
         go.trust = s->a.co.trust;
         go.now = s->a.co.now;
         go.trust_cached = 1; /* the loader verifies everything while it loads */
@@ -363,8 +378,18 @@ static int loaded_path(kvfetch_session *s)
         fprintf(stderr, "%s: cannot write %s: %s\n", s->prog, s->a.logits_out, strerror(errno));
         return 2;
     }
-    if (st == KVP_OK)
+    if (st == KVP_OK) {
+        for (int b = 0; b < s->a.n_blobs && !s->a.co.quiet; b++) {
+            const kvp_load_stats *l = &s->ls[b];
+            if (l->context_exact)
+                fprintf(stderr, "%s: %s: its declared context (%u tokens) matched: loaded exactly as a full "
+                                "prefill computes it\n", s->prog, s->a.blobs[b], l->n_context);
+            else if (l->n_context)
+                fprintf(stderr, "%s: %s: %s; loaded re-rotated by %d positions instead (approximate)\n", s->prog,
+                        s->a.blobs[b], l->context_note, (int)l->delta);
+        }
         return 0;
+    }
     int i = s->pr.failed_blob;
     if (i < 0) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);
@@ -391,6 +416,10 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
         json_object_set_new(b, "chunks", json_integer(l->n_chunks));
         json_object_set_new(b, "position", json_integer(l->pos));
         json_object_set_new(b, "delta", json_integer(l->delta));
+        json_object_set_new(b, "context_tokens", json_integer(l->n_context));
+        json_object_set_new(b, "context", json_string(!l->n_context ? "none" : l->context_exact ? "exact" : "differs"));
+        if (l->context_note[0])
+            json_object_set_new(b, "context_note", json_string(l->context_note));
         json_object_set_new(b, "file_bytes", json_integer((json_int_t)l->file_bytes));
         json_object_set_new(b, "raw_kv_bytes", json_integer((json_int_t)l->raw_bytes));
         json_object_set_new(b, "read_s", json_real(l->read_s));
@@ -437,6 +466,54 @@ void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
             s->fetch_s, s->fetched_from_cache ? " (cache)" : "", s->model_s, s->fp_s, s->warm_s,
             (s->path.bos >= 0) + s->n_prefix, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->n_prompt,
             s->pr.suffix_s * 1e3, ttft_s * 1e3);
+}
+
+/* Length of the valid UTF-8 sequence at p (n bytes left), or 0 (RFC 3629: no overlong forms,
+ * no surrogates, nothing above U+10FFFF). */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (!len || len > n)
+        return 0;
+    uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+void kvfetch_json_text(json_t *o, const char *text, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)(text ? text : "");
+    char *out = malloc(3 * n + 1), *hex = malloc(2 * n + 1);
+    size_t k = 0, bad = 0;
+    for (size_t i = 0; out && i < n;) {
+        size_t l = utf8_len(p + i, n - i);
+        if (l) {
+            memcpy(out + k, p + i, l);
+            k += l;
+            i += l;
+        } else { /* U+FFFD for each byte that starts no valid sequence */
+            memcpy(out + k, "\xef\xbf\xbd", 3);
+            k += 3;
+            i++;
+            bad++;
+        }
+    }
+    if (out)
+        out[k] = 0;
+    json_object_set_new(o, "text", out ? json_stringn(out, k) : json_null());
+    json_object_set_new(o, "text_utf8", json_boolean(out && !bad));
+    if (bad && hex) /* the exact bytes, for a caller that needs them */
+        json_object_set_new(o, "text_hex", json_string(kvc_hex(p, n, hex)));
+    free(out);
+    free(hex);
 }
 
 void kvfetch_print_json(json_t *o)
