@@ -17,7 +17,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
            O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
-           O_LOGITS, O_SERVER };
+           O_LOGITS, O_SERVER, O_RECOMPUTE, O_NO_REROTATE, O_DROP_PREFIX };
     static const struct option longopts[] = {
         KVF_SHARED_LONGOPTS,
         {"model", required_argument, NULL, O_MODEL},
@@ -38,6 +38,9 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         {"v-trans", no_argument, NULL, O_V_TRANS},
         {"logits", required_argument, NULL, O_LOGITS},
         {"server", required_argument, NULL, O_SERVER},
+        {"recompute", required_argument, NULL, O_RECOMPUTE},
+        {"no-rerotate", no_argument, NULL, O_NO_REROTATE},
+        {"drop-prefix", no_argument, NULL, O_DROP_PREFIX},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -78,6 +81,15 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         case O_V_TRANS: a->v_trans = 1; break;
         case O_LOGITS: a->logits_out = optarg; break;
         case O_SERVER: a->server = optarg; break;
+        case O_NO_REROTATE: a->no_rerotate = 1; break;
+        case O_DROP_PREFIX: a->drop_prefix = 1; break;
+        case O_RECOMPUTE:
+            a->recompute = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(a->recompute >= 0 && a->recompute <= 1)) {
+                fprintf(stderr, "%s: --recompute '%s' is not a fraction in 0..1\n", prog, optarg);
+                return 2;
+            }
+            break;
         case 'n': {
             long v;
             if (kvf_parse_long(optarg, 1, KVFETCH_MAX_GEN, &v) != 0) {
@@ -371,8 +383,12 @@ static int loaded_path(kvfetch_session *s)
     s->pr.doc_tokens = s->doc_tokens;
     s->pr.doc_n = s->doc_n;
     kvp_load_opts lo = {.model = s->model, .ctx = s->ctx, .identity = &s->id, .trust = s->a.co.trust,
-                        .now = s->a.co.now, .n_threads = s->a.threads};
+                        .now = s->a.co.now, .n_threads = s->a.threads, .recompute = s->a.recompute,
+                        .no_rerotate = s->a.no_rerotate};
+    if (s->a.drop_prefix) /* the baseline that ignores the prefix; compare's full path keeps it */
+        s->path.n_prefix = 0;
     kvp_status st = kvp_path_run(&lo, &s->path, s->logits, &s->pr, s->err, sizeof s->err);
+    s->path.n_prefix = s->n_prefix;
     if (st == KVP_OK && s->a.logits_out && s->n_prompt &&
         base_write_f32_le(s->a.logits_out, s->logits, (size_t)s->info->n_vocab) != 0) {
         fprintf(stderr, "%s: cannot write %s: %s\n", s->prog, s->a.logits_out, strerror(errno));
@@ -416,6 +432,8 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
         json_object_set_new(b, "chunks", json_integer(l->n_chunks));
         json_object_set_new(b, "position", json_integer(l->pos));
         json_object_set_new(b, "delta", json_integer(l->delta));
+        json_object_set_new(b, "recomputed_tokens", json_integer(l->n_recomputed));
+        json_object_set_new(b, "recompute_s", json_real(l->recompute_s));
         json_object_set_new(b, "context_tokens", json_integer(l->n_context));
         json_object_set_new(b, "context", json_string(!l->n_context ? "none" : l->context_exact ? "exact" : "differs"));
         if (l->context_note[0])

@@ -21,6 +21,12 @@
     "                       blob id (64 hex: the local cache, else --server); repeat to place\n" \
     "                       several documents in order (at most 16)\n"                          \
     "  --server URL         kvpubd API base to fetch --blob IDs from (GET /v1/blobs/ID)\n"      \
+    "  --recompute R        when a document does not sit exactly where it was computed, prefill\n" \
+    "                       the first R (0..1) of its tokens afresh after the real prefix and load\n" \
+    "                       the rest re-rotated (default 0; docs/quality.md has the measurements)\n" \
+    "  --no-rerotate, --drop-prefix  measurement baselines: keys left at the positions they were\n" \
+    "                       computed for; the prefix left out of the loaded path (compare keeps\n" \
+    "                       it in the full prefill)\n"                                         \
     "  --prefix TEXT        text before the documents, e.g. a system prompt (default empty)\n" \
     "  --prompt TEXT        text after the documents (required, non-empty)\n"                  \
     "  --chat               build the conversation with the model's chat template (ChatML/Qwen,\n" \
@@ -45,6 +51,8 @@ typedef struct kvfetch_run_args {
     int n_blobs;
     const char *prefix, *prompt, *system;
     int n_gen, threads, top_k, json, chat, special;
+    double recompute;          /* kvp_load_opts.recompute */
+    int no_rerotate, drop_prefix; /* measurement baselines (kvfetch compare) */
     const char *llama_state;   /* export: the llama.cpp sequence-state file to write */
     const char *server;        /* kvpubd API base that --blob IDs are fetched from */
     const char *logits_out;    /* run: write the loaded path's first logits here */

@@ -191,6 +191,8 @@ typedef struct kvp_load_stats {
     int context_exact;    /* 1 = the tokens before it are exactly the context: loaded unrotated,
                              as a full prefill computes it */
     char context_note[200]; /* when a declared context does not match: how, in one line */
+    uint32_t n_recomputed; /* tokens prefilled afresh (kvp_load_opts.recompute) */
+    double recompute_s;   /* their prefill */
 } kvp_load_stats;
 
 typedef struct kvp_load_opts {
@@ -203,6 +205,12 @@ typedef struct kvp_load_opts {
     const int32_t *before;     /* the tokens before the blob after BOS (prefix and earlier
                                   documents), compared with its declared context; may be NULL */
     size_t n_before;
+    double recompute;          /* when the blob does not sit exactly where it was computed: this
+                                  fraction of its tokens, from its start, is prefilled afresh (they
+                                  attend to the real prefix at every layer) and the rest loaded
+                                  re-rotated; 0 = none, 1 = all (a full prefill of the document) */
+    int no_rerotate;           /* baseline for measurements only: keys keep the rotation of the
+                                  positions they were computed at (wrong by delta) */
 } kvp_load_opts;
 
 /* Appends the blob at path to ctx: its tokens go to cells kv_len.. at positions

@@ -3,6 +3,7 @@
 #include "kvpub/kvpub.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,9 @@ static double cpu_now_s(void)
 
 typedef struct load {
     const kvp_load_opts *o;
+    kvb_reader *r;       /* for the verified token ids of the tokens recomputed */
+    uint32_t skip;       /* tokens from the start that are prefilled, not imported */
+    int prefilled;       /* they are */
     int cell0;           /* first cell of the document */
     int32_t pos;         /* position of its first token */
     int32_t delta;
@@ -77,6 +81,13 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
     l->stats->n_tokens = m->n_tokens;
     l->stats->n_chunks = m->n_chunks;
     judge_context(m, l->o, l->stats);
+    int exact = m->n_context ? l->stats->context_exact : l->o->n_before == 0;
+    if (!exact && l->o->recompute > 0) {
+        double k = ceil(l->o->recompute * (double)m->n_tokens);
+        l->skip = k >= (double)m->n_tokens ? m->n_tokens : (uint32_t)k;
+    }
+    if (l->o->no_rerotate)
+        l->delta = 0; /* committed at the new positions, keys as they were computed */
     uint16_t *k, *v;
     l->in_place = eng_kv_rows_f16(l->o->ctx, 0, l->cell0, 0, &k, &v) == ENG_OK;
     l->cb_s += base_now_s() - t;
@@ -89,13 +100,38 @@ static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_
 {
     load *l = user;
     (void)index;
-    if (!l->in_place)
+    if (!l->in_place || t0 < l->skip) /* rows that are recomputed must not land in their cells */
         return 0;
     const eng_info *in = eng_model_info(l->o->model);
     for (int layer = 0; layer < in->n_layer; layer++)
         if (eng_kv_rows_f16(l->o->ctx, layer, l->cell0 + (int)t0, (int)(t1 - t0), &k[layer], &v[layer]) != ENG_OK)
             return 0;
     return 1;
+}
+
+/* Prefills the first skip tokens of the document at its positions, before any of its rows is
+ * committed: they attend to the caller's real prefix at every layer (the verified token ids
+ * arrived before the first chunk). */
+static kvb_status recompute_head(load *l, char *err, size_t errlen)
+{
+    enum { BATCH = 512 };
+    double t = base_now_s();
+    const int32_t *ids = kvb_reader_tokens(l->r);
+    eng_status es = ids ? ENG_OK : ENG_ERR_INTERNAL;
+    for (uint32_t i = 0; i < l->skip && es == ENG_OK; i += BATCH) {
+        uint32_t n = l->skip - i < BATCH ? l->skip - i : BATCH;
+        es = eng_prefill(l->o->ctx, ids + i, NULL, n, NULL, NULL);
+    }
+    l->prefilled = 1;
+    l->stats->n_recomputed = l->skip;
+    l->stats->recompute_s = base_now_s() - t;
+    l->cb_s += l->stats->recompute_s;
+    if (es != ENG_OK) {
+        l->st = kvp_fail(err, errlen, KVP_ERR_ENGINE, "recomputing the first %u tokens: %s", l->skip,
+                         eng_status_str(es));
+        return KVB_ERR_CALLBACK;
+    }
+    return KVB_OK;
 }
 
 /* Runs on the caller's thread, in chunk order, while the decode workers work on the next
@@ -105,23 +141,29 @@ static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_
 static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t errlen)
 {
     load *l = user;
+    if (l->skip && !l->prefilled && recompute_head(l, err, errlen) != KVB_OK)
+        return KVB_ERR_CALLBACK;
+    if (c->t1 <= l->skip)
+        return KVB_OK; /* all of this chunk was recomputed */
     double t = base_now_s();
-    int n = (int)(c->t1 - c->t0), cell = l->cell0 + (int)c->t0;
+    uint32_t t0 = c->t0 > l->skip ? c->t0 : l->skip; /* the first row imported */
+    size_t off = (size_t)(t0 - c->t0) * c->kv_dim;
+    int n = (int)(c->t1 - t0), cell = l->cell0 + (int)t0;
     eng_status es = ENG_OK;
     const char *what = "importing";
     for (uint32_t layer = 0; !c->in_place && es == ENG_OK && layer < c->n_layer; layer++) {
-        const uint16_t *k = kvb_chunk_k(c, layer), *v = kvb_chunk_v(c, layer);
+        const uint16_t *k = kvb_chunk_k(c, layer) + off, *v = kvb_chunk_v(c, layer) + off;
         es = l->delta != 0 ? eng_kv_import_layer_rerotated(l->o->ctx, (int)layer, cell, n, k, v, l->delta)
                            : eng_kv_import_layer(l->o->ctx, (int)layer, cell, n, k, v);
     }
     if (es == ENG_OK) {
         what = "committing";
         if (c->in_place) { /* at the positions it was made for, then moved in place */
-            es = eng_kv_commit(l->o->ctx, cell, n, l->pos - l->delta + (int32_t)c->t0);
+            es = eng_kv_commit(l->o->ctx, cell, n, l->pos - l->delta + (int32_t)t0);
             if (es == ENG_OK)
                 es = eng_kv_rerotate(l->o->ctx, cell, n, l->delta);
         } else {
-            es = eng_kv_commit(l->o->ctx, cell, n, l->pos + (int32_t)c->t0);
+            es = eng_kv_commit(l->o->ctx, cell, n, l->pos + (int32_t)t0);
         }
     }
     if (es != ENG_OK) {
@@ -240,6 +282,7 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
     if (src.fd < 0)
         return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvb_reader *r = kvb_reader_create(&ro);
+    l.r = r;
     kvp_status rst = KVP_OK;
     kvb_status ks = KVB_OK;
     double in_reader = 0;

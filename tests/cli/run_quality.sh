@@ -3,7 +3,9 @@
 # trained weights; its embedded vocabulary is not its training one, so we judge by logits, not
 # text). 10 documents x prefixes of 0, 16 and 64 tokens through `kvfetch compare`: exactness is
 # asserted at 0 (lossless codec, placed right after BOS); KL and greedy agreement are recorded
-# for 16 and 64 (the re-rotation approximation) in $BUILD/quality.txt and printed here.
+# for 16 and 64 (the re-rotation approximation) in $BUILD/quality.txt and printed here. Then the
+# invariants of --recompute and of declared contexts (exactness where it must hold). The full
+# quality benchmark with baselines is `make bench` (BENCH=quality), docs/quality.md.
 set -eu
 . tests/cli/lib/fetch_env.sh
 fetch_env_init run-quality
@@ -61,4 +63,35 @@ awk 'NR > 3 && $3 > 0 { n[$3]++; s[$3] += $4; if ($4 > m[$3]) m[$3] = $4; g[$3] 
      END { for (p in n) printf "# prefix %s: mean KL %.4g, worst mean KL %.4g, greedy agreement %d/%d documents\n", p, s[p]/n[p], m[p], g[p], n[p] }' \
   "$out" | sort -n -k3 >>"$out"
 cat "$out"
+
+# what must always hold, whatever the quality: recomputing every token of the document is a full
+# prefill of it (bit-identical), recomputing when the blob sits exactly where it was made changes
+# nothing, and a declared context that matches the prefix is exact (also for two documents: the
+# second sees the first)
+id1=$(grep -o '"id": *"[0-9a-f]*"' "$tmp/publish.json" | head -1 | grep -o '[0-9a-f]\{64\}')
+blob1=$(ls "$tmp"/store/blobs/*/"$id1")
+head -c 100 "$tmp/docs/doc3.txt" >"$tmp/short3.txt"
+head -c 100 "$tmp/docs/doc4.txt" >"$tmp/short4.txt"
+"$BUILD/kvpubd" publish --store "$tmp/store" --model "$MODEL" --key "$tmp/pub.key" --threads 2 --json \
+  "$tmp/short3.txt" "$tmp/short4.txt" >"$tmp/short.json" || fail "publish short documents"
+blob2=$(ls "$tmp"/store/blobs/*/"$(jq -r '.documents[0].id' "$tmp/short.json")")
+blob3=$(ls "$tmp"/store/blobs/*/"$(jq -r '.documents[1].id' "$tmp/short.json")")
+CQ=("$KVFETCH" compare --model "$MODEL" --trust "$tmp/trust" --threads 2 --prompt " The little dog said" -n $N --json)
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p16" --recompute 1
+[ "$(num bit_identical)" = true ] || fail "--recompute 1 is not a full prefill: $(cat "$tmp/out")"
+expect_rc 0 "${CQ[@]}" --blob "$blob2" --blob "$blob3" --prefix "$p64" --recompute 1
+[ "$(num bit_identical)" = true ] || fail "--recompute 1 with two documents: $(cat "$tmp/out")"
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --recompute 0.3
+[ "$(num bit_identical)" = true ] || fail "--recompute after BOS changed an exact load: $(cat "$tmp/out")"
+[ "$(jq -r '.blobs[0].recomputed_tokens' "$tmp/out")" = 0 ] || fail "an exact load recomputed tokens"
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p16" --recompute 0.25
+n1=$(jq -r '.blobs[0].tokens' "$tmp/out")
+[ "$(jq -r '.blobs[0].recomputed_tokens' "$tmp/out")" = $(( (n1 + 3) / 4 )) ] || fail "--recompute 0.25 of $n1 tokens"
+expect_rc 2 "${CQ[@]}" --blob "$blob1" --recompute 1.5
+expect_err "--recompute '1.5' is not a fraction"
+"$BUILD/kvpubd" publish --store "$tmp/store" --model "$MODEL" --key "$tmp/pub.key" --threads 2 --json \
+  --context "$p16" "$tmp/docs/doc1.txt" >"$tmp/ctx.json" || fail "publish --context"
+cblob=$(ls "$tmp"/store/blobs/*/"$(jq -r '.documents[0].id' "$tmp/ctx.json")")
+expect_rc 0 "${CQ[@]}" --blob "$cblob" --prefix "$p16"
+[ "$(num bit_identical)" = true ] || fail "a matching declared context is not exact: $(cat "$tmp/out")"
 echo PASS
