@@ -45,7 +45,9 @@ int main(int argc, char **argv)
             secs = atof(argv[i]);
     }
     static const uint32_t types[] = {GGML_T_F32, GGML_T_F16, GGML_T_BF16, GGML_T_Q8_0,
-                                     GGML_T_Q4_0, GGML_T_Q4_K, GGML_T_Q6_K};
+                                     GGML_T_Q4_0, GGML_T_Q4_K, GGML_T_Q6_K, GGML_T_Q4_1,
+                                     GGML_T_Q5_0, GGML_T_Q5_1, GGML_T_Q2_K, GGML_T_Q3_K,
+                                     GGML_T_Q5_K};
     static const int64_t shapes[2][2] = {{3072, 1024}, {1024, 3072}};
     const size_t cold_total = (size_t)256 << 20;
     printf("kernels: %s; GB/s of weights per second of thread CPU time\n", eng_quant_kernels());

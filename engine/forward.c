@@ -135,7 +135,8 @@ static void swiglu_rows(eng_ctx *c, void *a, int r0, int r1)
 
 /* Rounds activations the way ggml feeds them to a product with this weight type (ggml converts
  * src1 to the weight type's vec_dot_type): f16 for F16 weights, bf16 for BF16, Q8_0 blocks for
- * Q4_0/Q8_0. K-quants (Q8_K activations) and F32 stay f32. This keeps prefill close to both
+ * Q4_0/Q5_0/Q8_0, and for Q4_1/Q5_1 too (their Q8_1 blocks hold the same values; only the
+ * f16 block sum ggml adds for the min differs). K-quants (Q8_K activations) and F32 stay f32. This keeps prefill close to both
  * llama.cpp and our decode path, whose kernels quantize x the same way. */
 typedef struct round_arg {
     uint32_t type;
@@ -240,7 +241,8 @@ static int round_kind(uint32_t type, int64_t K)
         return 1;
     if (type == GGML_T_BF16)
         return 2;
-    if ((type == GGML_T_Q8_0 || type == GGML_T_Q4_0) && K % 32 == 0)
+    if ((type == GGML_T_Q8_0 || type == GGML_T_Q4_0 || type == GGML_T_Q5_0 || type == GGML_T_Q4_1 ||
+         type == GGML_T_Q5_1) && K % 32 == 0)
         return 3;
     return 0;
 }

@@ -25,7 +25,8 @@ typedef enum gguf_vtype {
 enum {
     GGML_T_F32 = 0, GGML_T_F16 = 1, GGML_T_Q4_0 = 2, GGML_T_Q4_1 = 3, GGML_T_Q5_0 = 6,
     GGML_T_Q5_1 = 7, GGML_T_Q8_0 = 8, GGML_T_Q8_1 = 9, GGML_T_Q2_K = 10, GGML_T_Q3_K = 11,
-    GGML_T_Q4_K = 12, GGML_T_Q5_K = 13, GGML_T_Q6_K = 14, GGML_T_Q8_K = 15, GGML_T_BF16 = 30,
+    GGML_T_Q4_K = 12, GGML_T_Q5_K = 13, GGML_T_Q6_K = 14, GGML_T_Q8_K = 15, GGML_T_I8 = 24,
+    GGML_T_I16 = 25, GGML_T_I32 = 26, GGML_T_I64 = 27, GGML_T_F64 = 28, GGML_T_BF16 = 30,
 };
 
 enum {
@@ -149,5 +150,11 @@ int ggw_finish(ggw *w, char *err, size_t errlen);
  * (engine/kernels/quant.c), so a file written with it holds the bits the engine's kernels
  * were tested against. Returns the bytes written, 0 for a type it cannot produce. */
 size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
+
+/* Dequantizes n elements (a multiple of the type's block size) of one row of `type` at src
+ * into dst: the floats ggml's dequantize_row_* (its type traits' to_float) gives, bit for
+ * bit. Does nothing for a type without a kernel here (eng_quantize_row's types can all be
+ * read back). */
+void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
 
 #endif

@@ -90,7 +90,7 @@ static eng_status bind_mat(binder *b, const char *name, int64_t rows, int64_t co
     if (!eng_type_supported(t->type))
         return eng_fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
                     "%s: tensor '%s' has type %s (%u), which has no kernel here "
-                    "(supported: f32, f16, bf16, q4_0, q8_0, q4_K, q6_K)",
+                    "(supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K)",
                     b->path, name, type_name(t->type), t->type);
     size_t rb = ggml_row_bytes(t->type, (uint64_t)cols);
     if (rb == 0 || rb * (uint64_t)rows > t->nbytes)

@@ -1,5 +1,6 @@
 /* kvsynth.h: the subcommands of build/kvsynth, a maker of deterministic synthetic test data
- * (GGUF models, llama2.c conversions, blobs, blob test vectors). Each returns a process exit
+ * (GGUF models, llama2.c conversions, blobs, blob test vectors) and of our side of the
+ * interop tests (dequantized blocks). Each returns a process exit
  * code. */
 #ifndef KVPUB_KVSYNTH_H
 #define KVPUB_KVSYNTH_H
@@ -12,6 +13,7 @@ int kvsynth_model_main(int argc, char **argv);    /* default: write a synthetic 
 int kvsynth_llama2c_main(int argc, char **argv);  /* from-llama2c CHECKPOINT TOKENIZER -o OUT */
 int kvsynth_vectors_main(int argc, char **argv);  /* vectors -o DIR: spec/vectors blobs */
 int kvsynth_blob_main(int argc, char **argv);     /* blob --key K -o OUT: a synthetic blob */
+int kvsynth_dequant_main(int argc, char **argv);  /* dequant TYPE IN OUT: blocks to f32 */
 
 /* Zeroes *m and fills the shape (head_dim-wide heads, n_rot = head_dim) and the defaults every
  * synthetic blob shares: normal RoPE, base 10000, scale 1, no scaling, YaRN attn 1, beta 32/1,

@@ -11,6 +11,7 @@ static void usage(FILE *f)
           "       kvsynth from-llama2c CKPT.bin [TOK.bin] -o OUT.gguf\n"
           "       kvsynth vectors -o DIR                  write the spec/vectors blobs\n"
           "       kvsynth blob --key K.key -o OUT.kvb     write a synthetic signed blob\n"
+          "       kvsynth dequant TYPE IN.bin OUT.f32     dequantize raw ggml blocks\n"
           "Run 'kvsynth --help', 'kvsynth from-llama2c --help', ... for each command's options.\n", f);
 }
 
@@ -23,6 +24,8 @@ int main(int argc, char **argv)
         return kvsynth_vectors_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "blob") == 0)
         return kvsynth_blob_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "dequant") == 0)
+        return kvsynth_dequant_main(argc - 1, argv + 1);
     if (argc < 2) {
         fputs("kvsynth: missing arguments (try kvsynth --help)\n", stderr);
         return 2;

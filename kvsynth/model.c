@@ -21,7 +21,8 @@ static void usage(FILE *f)
           "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--name NAME]\n"
           "               --seed S -o OUT.gguf [--json]\n"
           "Writes a GGUF model with deterministic random weights (same arguments, same bytes).\n"
-          "  TYPE       f32 f16 bf16 q8_0 q4_0 q4_k q6_k (2-D weights; norms and biases stay f32)\n"
+          "  TYPE       f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k (2-D weights;\n"
+          "             norms and biases stay f32; K-quants need --dim and --ffn multiples of 256)\n"
           "  --yarn F   YaRN scaling by F: context_length = C*F, original context C\n"
           "  --n-rot R  partial rotary: RoPE turns the first R dims of each head (default: all)\n"
           "  --chat-template FILE  store FILE's text as tokenizer.chat_template\n"
@@ -40,7 +41,9 @@ static const struct {
 } k_types[] = {
     {"f32", GGML_T_F32, 0},   {"f16", GGML_T_F16, 1},   {"bf16", GGML_T_BF16, 32},
     {"q8_0", GGML_T_Q8_0, 7}, {"q4_0", GGML_T_Q4_0, 2}, {"q4_k", GGML_T_Q4_K, 15},
-    {"q6_k", GGML_T_Q6_K, 18},
+    {"q6_k", GGML_T_Q6_K, 18}, {"q4_1", GGML_T_Q4_1, 3}, {"q5_0", GGML_T_Q5_0, 8},
+    {"q5_1", GGML_T_Q5_1, 9}, {"q2_k", GGML_T_Q2_K, 10}, {"q3_k", GGML_T_Q3_K, 12},
+    {"q5_k", GGML_T_Q5_K, 17},
 };
 
 static int synth_type_from_name(const char *s, uint32_t *type, uint32_t *file_type)
@@ -400,7 +403,7 @@ int kvsynth_model_main(int argc, char **argv)
         return 2;
     uint32_t wtype, file_type;
     if (!synth_type_from_name(o.type_name, &wtype, &file_type)) {
-        fprintf(stderr, "kvsynth: unknown --type '%s' (expected f32 f16 bf16 q8_0 q4_0 q4_k q6_k)\n", o.type_name);
+        fprintf(stderr, "kvsynth: unknown --type '%s' (expected f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k)\n", o.type_name);
         return 2;
     }
     size_t cap = 4 + 16 * (size_t)o.layers;

@@ -22,6 +22,10 @@ static const type_trait k_types[] = {
     {GGML_T_Q4_K, 256, 144, "q4_k"},    {GGML_T_Q5_K, 256, 176, "q5_k"},
     {GGML_T_Q6_K, 256, 210, "q6_k"},    {GGML_T_Q8_K, 256, 292, "q8_k"},
     {GGML_T_BF16, 1, 2, "bf16"},
+    /* no kernel reads these, but a file holding one is refused naming the type */
+    {GGML_T_I8, 1, 1, "i8"},            {GGML_T_I16, 1, 2, "i16"},
+    {GGML_T_I32, 1, 4, "i32"},          {GGML_T_I64, 1, 8, "i64"},
+    {GGML_T_F64, 1, 8, "f64"},
 };
 
 int ggml_type_traits(uint32_t type, uint32_t *blck, uint32_t *bytes, const char **name)

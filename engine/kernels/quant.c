@@ -1,5 +1,6 @@
-/* quant.c: f16/bf16 row conversion, ggml block dequantizers and quantizers, the portable scalar
- * matrix-vector kernels, and the run-time choice between them and quant_avx2.c's. */
+/* quant.c: f16/bf16 row conversion, the 32-element ggml block types (Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0: dequantizers, quantizers, portable matrix-vector kernels), and the run-time choice of
+ * kernels for every type (quant_k.c holds the K-quants, quant*_avx2.c the AVX2 kernels). */
 #include "engine/kernels/quant_internal.h"
 #include "engine/kernels/quant_blocks.h"
 #include "engine/gguf.h"
@@ -67,8 +68,14 @@ static int type_layout(uint32_t type, int64_t *blk, size_t *bytes)
     case GGML_T_F16: *blk = 1; *bytes = 2; return 1;
     case GGML_T_BF16: *blk = 1; *bytes = 2; return 1;
     case GGML_T_Q4_0: *blk = QB_QK; *bytes = QB_Q4_0_BYTES; return 1;
+    case GGML_T_Q4_1: *blk = QB_QK; *bytes = QB_Q4_1_BYTES; return 1;
+    case GGML_T_Q5_0: *blk = QB_QK; *bytes = QB_Q5_0_BYTES; return 1;
+    case GGML_T_Q5_1: *blk = QB_QK; *bytes = QB_Q5_1_BYTES; return 1;
     case GGML_T_Q8_0: *blk = QB_QK; *bytes = QB_Q8_0_BYTES; return 1;
+    case GGML_T_Q2_K: *blk = QB_QK_K; *bytes = QB_Q2_K_BYTES; return 1;
+    case GGML_T_Q3_K: *blk = QB_QK_K; *bytes = QB_Q3_K_BYTES; return 1;
     case GGML_T_Q4_K: *blk = QB_QK_K; *bytes = QB_Q4_K_BYTES; return 1;
+    case GGML_T_Q5_K: *blk = QB_QK_K; *bytes = QB_Q5_K_BYTES; return 1;
     case GGML_T_Q6_K: *blk = QB_QK_K; *bytes = QB_Q6_K_BYTES; return 1;
     default: return 0;
     }
@@ -103,54 +110,50 @@ static void dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
     }
 }
 
-static void dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
+/* ---- Q4_1, Q5_0, Q5_1: a 4-bit code, maybe a fifth bit, maybe a min ---- */
+
+/* Where a type's fields sit in its block (0: the type has none) and the offset subtracted
+ * from the stored code (Q5_0's 16: its codes are symmetric around 0). d is at byte 0. */
+typedef struct qb32 {
+    size_t bytes;
+    int m_at, qh_at, qs_at, off;
+} qb32;
+
+static const qb32 k_q4_1 = {QB_Q4_1_BYTES, 2, 0, 4, 0};
+static const qb32 k_q5_0 = {QB_Q5_0_BYTES, 0, 2, 6, 16};
+static const qb32 k_q5_1 = {QB_Q5_1_BYTES, 2, 4, 8, 0};
+
+static const qb32 *qb32_of(uint32_t type)
 {
-    for (int64_t i = 0; i < nb; i++, b += QB_Q4_K_BYTES) {
+    return type == GGML_T_Q4_1 ? &k_q4_1 : type == GGML_T_Q5_0 ? &k_q5_0 : type == GGML_T_Q5_1 ? &k_q5_1 : NULL;
+}
+
+/* Element j < 16 is the low nibble of qs[j], element j + 16 its high nibble; the fifth bit of
+ * element j is bit j of qh read as a little-endian 32-bit word. */
+static void qb32_unpack(const qb32 *t, const uint8_t *b, int v[QB_QK])
+{
+    const uint8_t *qs = b + t->qs_at, *h = b + t->qh_at;
+    uint32_t qh = t->qh_at ? (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24 : 0;
+    for (int j = 0; j < 16; j++) {
+        v[j] = ((qs[j] & 0xf) | (int)((qh >> j) & 1) << 4) - t->off;
+        v[j + 16] = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - t->off;
+    }
+}
+
+/* value * d (+ m): ggml's dequantize_row_q4_1/q5_0/q5_1 operations, so the same floats. */
+static void dequant_qb32(const qb32 *t, const uint8_t *b, float *y, int64_t nb)
+{
+    int v[QB_QK];
+    for (int64_t i = 0; i < nb; i++, b += t->bytes, y += QB_QK) {
         float d = base_f16_to_f32(qb_ld16(b));
-        float dmin = base_f16_to_f32(qb_ld16(b + 2));
-        uint8_t sc[8], mn[8];
-        qb_q4k_scale_min(b + 4, sc, mn);
-        const uint8_t *qs = b + 16;
-        /* each 32 bytes of qs: sub-block 2g in the low nibbles, 2g+1 in the high ones */
-        for (int g = 0; g < 4; g++, qs += 32) {
-            float d0 = d * sc[2 * g], m0 = dmin * mn[2 * g];
-            float d1 = d * sc[2 * g + 1], m1 = dmin * mn[2 * g + 1];
-            for (int l = 0; l < 32; l++)
-                *y++ = d0 * (float)(qs[l] & 0xf) - m0;
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * (float)(qs[l] >> 4) - m1;
-        }
-    }
-}
-
-/* Q6_K: the values q - 32 (-32..31) of one super-block. Each 128-element half h uses 64 bytes
- * of ql and 32 of qh; within it, element 32k + l (k = 0..3, l = 0..31) takes the low (k < 2)
- * or high (k >= 2) nibble of ql[64h + l + 32 (k & 1)] and bits 2k..2k+1 of qh[32h + l]. */
-static void q6k_unpack(const uint8_t *b, int8_t v[QB_QK_K])
-{
-    for (int h = 0; h < 2; h++) {
-        const uint8_t *ql = b + 64 * h, *qh = b + QB_Q6_K_QH + 32 * h;
-        int8_t *o = v + 128 * h;
-        for (int l = 0; l < 32; l++) {
-            o[l] = (int8_t)(((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32);
-            o[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
-            o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-        }
-    }
-}
-
-static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
-{
-    int8_t v[QB_QK_K];
-    for (int64_t i = 0; i < nb; i++, b += QB_Q6_K_BYTES, y += QB_QK_K) {
-        float d = base_f16_to_f32(qb_ld16(b + QB_Q6_K_D));
-        const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
-        q6k_unpack(b, v);
-        for (int j = 0; j < 16; j++) {
-            float ds = d * (float)sc[j];
-            for (int l = 0; l < 16; l++)
-                y[16 * j + l] = ds * (float)v[16 * j + l];
+        qb32_unpack(t, b, v);
+        if (t->m_at) {
+            float m = base_f16_to_f32(qb_ld16(b + t->m_at));
+            for (int j = 0; j < QB_QK; j++)
+                y[j] = (float)v[j] * d + m;
+        } else {
+            for (int j = 0; j < QB_QK; j++)
+                y[j] = (float)v[j] * d;
         }
     }
 }
@@ -184,9 +187,10 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
 #endif
         dequant_q8_0(b, dst, n / QB_QK);
         break;
-    case GGML_T_Q4_K: dequant_q4_k(b, dst, n / QB_QK_K); break;
-    case GGML_T_Q6_K: dequant_q6_k(b, dst, n / QB_QK_K); break;
-    default: break;
+    case GGML_T_Q4_1:
+    case GGML_T_Q5_0:
+    case GGML_T_Q5_1: dequant_qb32(qb32_of(type), b, dst, n / QB_QK); break;
+    default: eng_kq_dequant(type, b, dst, n / QB_QK_K); break;
     }
 }
 
@@ -210,34 +214,15 @@ int eng_dequant_row_panel(uint32_t type, const void *src, float *dst, int64_t n,
 
 /* ---- quantization (simple absmax / min-max rounding; valid blocks, not optimal ones) ---- */
 
-static float absmax(const float *x, int n)
-{
-    float m = 0;
-    for (int i = 0; i < n; i++)
-        m = fmaxf(m, fabsf(x[i]));
-    return m;
-}
-
-/* The smallest f16 >= v (v >= 0, finite), so scales rounded to f16 never clip. */
-static uint16_t f16_ceil(float v)
-{
-    uint16_t h = base_f32_to_f16(v);
-    if (base_f16_to_f32(h) < v && h < 0x7bff)
-        h++;
-    return h;
-}
-
-static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
-
 static void quant_q8_0(const float *x, uint8_t *b, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QB_QK, b += QB_Q8_0_BYTES) {
-        uint16_t dh = f16_ceil(absmax(x, QB_QK) / 127.0f);
+        uint16_t dh = qb_f16_ceil(qb_absmax(x, QB_QK) / 127.0f);
         float d = base_f16_to_f32(dh);
         float id = d > 0 ? 1.0f / d : 0;
         qb_st16(b, dh);
         for (int j = 0; j < QB_QK; j++)
-            b[2 + j] = (uint8_t)(int8_t)clampi((int)lrintf(x[j] * id), -127, 127);
+            b[2 + j] = (uint8_t)(int8_t)qb_clampi((int)lrintf(x[j] * id), -127, 127);
     }
 }
 
@@ -255,80 +240,44 @@ static void quant_q4_0(const float *x, uint8_t *b, int64_t nb)
         float id = d != 0 ? 1.0f / d : 0;
         qb_st16(b, dh);
         for (int j = 0; j < 16; j++) {
-            int q0 = clampi((int)lrintf(x[j] * id) + 8, 0, 15);
-            int q1 = clampi((int)lrintf(x[j + 16] * id) + 8, 0, 15);
+            int q0 = qb_clampi((int)lrintf(x[j] * id) + 8, 0, 15);
+            int q1 = qb_clampi((int)lrintf(x[j + 16] * id) + 8, 0, 15);
             b[2 + j] = (uint8_t)(q0 | (q1 << 4));
         }
     }
 }
 
-static void quant_q4_k(const float *x, uint8_t *b, int64_t nb)
+static void quant_qb32(const qb32 *t, const float *x, uint8_t *b, int64_t nb)
 {
-    for (int64_t i = 0; i < nb; i++, x += QB_QK_K, b += QB_Q4_K_BYTES) {
-        /* per sub-block: x ~= scale * q - min with q in 0..15 and min >= 0 (0 is covered) */
-        float scale[8], mins[8], maxscale = 0, maxmin = 0;
-        for (int j = 0; j < 8; j++) {
-            float lo = 0, hi = 0;
-            for (int l = 0; l < 32; l++) {
-                lo = fminf(lo, x[32 * j + l]);
-                hi = fmaxf(hi, x[32 * j + l]);
+    const int nmax = t->qh_at ? 31 : 15;
+    for (int64_t i = 0; i < nb; i++, x += QB_QK, b += t->bytes) {
+        memset(b, 0, t->bytes);
+        float d, m = 0;
+        if (t->m_at) { /* x ~= d * q + m, q in 0..nmax, m the block's minimum in f16 */
+            float lo = x[0], hi = x[0];
+            for (int j = 1; j < QB_QK; j++) {
+                lo = fminf(lo, x[j]);
+                hi = fmaxf(hi, x[j]);
             }
-            scale[j] = (hi - lo) / 15.0f;
-            mins[j] = -lo;
-            maxscale = fmaxf(maxscale, scale[j]);
-            maxmin = fmaxf(maxmin, mins[j]);
+            uint16_t mh = base_f32_to_f16(lo);
+            m = base_f16_to_f32(mh);
+            qb_st16(b + t->m_at, mh);
+            qb_st16(b, qb_f16_ceil(fmaxf(hi - m, 0) / (float)nmax));
+        } else { /* as quant_q4_0: the value of largest magnitude maps to -off */
+            float mx = 0;
+            for (int j = 0; j < QB_QK; j++)
+                if (fabsf(x[j]) > fabsf(mx))
+                    mx = x[j];
+            qb_st16(b, base_f32_to_f16(mx / (float)-t->off));
         }
-        uint16_t dh = f16_ceil(maxscale / 63.0f), mh = f16_ceil(maxmin / 63.0f);
-        float d = base_f16_to_f32(dh), dmin = base_f16_to_f32(mh);
-        uint8_t ls[8], lm[8];
-        for (int j = 0; j < 8; j++) {
-            /* rounded up so that the 6-bit scale and min still cover the sub-block's range */
-            ls[j] = (uint8_t)(d > 0 ? clampi((int)ceilf(scale[j] / d), 0, 63) : 0);
-            lm[j] = (uint8_t)(dmin > 0 ? clampi((int)ceilf(mins[j] / dmin), 0, 63) : 0);
-        }
-        qb_st16(b, dh);
-        qb_st16(b + 2, mh);
-        uint8_t *s = b + 4;
-        for (int j = 0; j < 4; j++) {
-            s[j] = (uint8_t)(ls[j] | ((ls[j + 4] >> 4) << 6));
-            s[j + 4] = (uint8_t)(lm[j] | ((lm[j + 4] >> 4) << 6));
-            s[j + 8] = (uint8_t)((ls[j + 4] & 0xf) | ((lm[j + 4] & 0xf) << 4));
-        }
-        uint8_t *qs = b + 16;
-        memset(qs, 0, 128);
-        for (int j = 0; j < 8; j++) {
-            float sd = d * ls[j], sm = dmin * lm[j];
-            float id = sd > 0 ? 1.0f / sd : 0;
-            for (int l = 0; l < 32; l++) {
-                int q = clampi((int)lrintf((x[32 * j + l] + sm) * id), 0, 15);
-                qs[32 * (j / 2) + l] |= (uint8_t)(q << (4 * (j & 1)));
-            }
-        }
-    }
-}
-
-static void quant_q6_k(const float *x, uint8_t *b, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, x += QB_QK_K, b += QB_Q6_K_BYTES) {
-        /* per sub-block of 16: x ~= d * sc * (q - 32), symmetric in -31..31 */
-        float scale[16], maxscale = 0;
-        for (int j = 0; j < 16; j++) {
-            scale[j] = absmax(x + 16 * j, 16) / 31.0f;
-            maxscale = fmaxf(maxscale, scale[j]);
-        }
-        uint16_t dh = f16_ceil(maxscale / 127.0f);
-        float d = base_f16_to_f32(dh);
-        memset(b, 0, QB_Q6_K_BYTES);
-        qb_st16(b + QB_Q6_K_D, dh);
-        int8_t *sc = (int8_t *)(b + QB_Q6_K_SC);
-        for (int j = 0; j < 16; j++)
-            sc[j] = (int8_t)(d > 0 ? clampi((int)ceilf(scale[j] / d), 0, 127) : 0);
-        for (int e = 0; e < QB_QK_K; e++) {
-            float sd = d * sc[e >> 4];
-            int q = sd > 0 ? clampi((int)lrintf(x[e] / sd), -32, 31) + 32 : 32;
-            int h = e >> 7, k = (e >> 5) & 3, l = e & 31;
-            b[64 * h + l + 32 * (k & 1)] |= (uint8_t)((q & 0xf) << (k < 2 ? 0 : 4));
-            b[QB_Q6_K_QH + 32 * h + l] |= (uint8_t)((q >> 4) << (2 * k));
+        d = base_f16_to_f32(qb_ld16(b));
+        float id = d != 0 ? 1.0f / d : 0;
+        uint8_t *qs = b + t->qs_at, *qh = b + t->qh_at;
+        for (int j = 0; j < QB_QK; j++) {
+            int q = qb_clampi((int)lrintf((x[j] - m) * id) + t->off, 0, nmax);
+            qs[j & 15] |= (uint8_t)((q & 0xf) << (j < 16 ? 0 : 4));
+            if (t->qh_at)
+                qh[j / 8] |= (uint8_t)((q >> 4) << (j % 8));
         }
     }
 }
@@ -352,9 +301,13 @@ size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
         break;
     case GGML_T_Q4_0: quant_q4_0(src, b, n / blk); break;
     case GGML_T_Q8_0: quant_q8_0(src, b, n / blk); break;
-    case GGML_T_Q4_K: quant_q4_k(src, b, n / blk); break;
-    case GGML_T_Q6_K: quant_q6_k(src, b, n / blk); break;
-    default: return 0;
+    case GGML_T_Q4_1:
+    case GGML_T_Q5_0:
+    case GGML_T_Q5_1: quant_qb32(qb32_of(type), src, b, n / blk); break;
+    default:
+        if (!eng_kq_quantize(type, src, b, n / blk))
+            return 0;
+        break;
     }
     return (size_t)(n / blk) * bytes;
 }
@@ -367,7 +320,7 @@ void eng_xq_quantize(const float *x, int64_t n, int blk, eng_xq *out)
     for (int64_t i = 0; i < out->nb; i++) {
         const float *xb = x + i * blk;
         int8_t *q = out->q + i * blk;
-        float d = absmax(xb, blk) / 127.0f;
+        float d = qb_absmax(xb, blk) / 127.0f;
         float id = d > 0 ? 1.0f / d : 0;
         out->d[i] = d;
         for (int j = 0; j < blk; j++)
@@ -464,55 +417,44 @@ static void mv_q4_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
     }
 }
 
-static void mv_q4_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
+/* sum over blocks of d_w d_x sum(v q) (+ m_w d_x sum(q): the min times x's block sum) */
+static void mv_qb32(const qb32 *t, const uint8_t *W, size_t rb, const eng_xq *xq, float *y,
+                    int64_t r0, int64_t r1)
 {
+    int v[QB_QK];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
         float s = 0;
-        for (int64_t i = 0; i < xq->nb; i++, b += QB_Q4_K_BYTES) {
-            uint8_t sc[8], mn[8];
-            qb_q4k_scale_min(b + 4, sc, mn);
-            const int8_t *q = xq->q + i * QB_QK_K;
-            const int16_t *bs = xq->bsum + i * 16;
-            const uint8_t *qs = b + 16;
-            int sumq = 0, summ = 0;
-            for (int j = 0; j < 8; j++) {
-                int dot = 0, shift = 4 * (j & 1);
-                for (int l = 0; l < 32; l++)
-                    dot += ((qs[32 * (j / 2) + l] >> shift) & 0xf) * q[32 * j + l];
-                sumq += sc[j] * dot;
-                summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-            }
-            s += xq->d[i] * (base_f16_to_f32(qb_ld16(b)) * (float)sumq -
-                             base_f16_to_f32(qb_ld16(b + 2)) * (float)summ);
+        for (int64_t i = 0; i < xq->nb; i++, b += t->bytes) {
+            const int8_t *q = xq->q + i * QB_QK;
+            qb32_unpack(t, b, v);
+            int sum = 0;
+            for (int j = 0; j < QB_QK; j++)
+                sum += v[j] * q[j];
+            s += base_f16_to_f32(qb_ld16(b)) * xq->d[i] * (float)sum;
+            if (t->m_at)
+                s += base_f16_to_f32(qb_ld16(b + t->m_at)) * xq->dsum[i];
         }
         y[r] = s;
     }
 }
 
-static void mv_q6_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
+static void mv_q4_1(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
                     float *y, int64_t r0, int64_t r1)
 {
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *b = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t i = 0; i < xq->nb; i++, b += QB_Q6_K_BYTES) {
-            const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
-            const int8_t *q = xq->q + i * QB_QK_K;
-            int8_t v[QB_QK_K];
-            q6k_unpack(b, v);
-            int sum = 0;
-            for (int j = 0; j < 16; j++) {
-                int dot = 0;
-                for (int l = 0; l < 16; l++)
-                    dot += v[16 * j + l] * q[16 * j + l];
-                sum += sc[j] * dot;
-            }
-            s += xq->d[i] * base_f16_to_f32(qb_ld16(b + QB_Q6_K_D)) * (float)sum;
-        }
-        y[r] = s;
-    }
+    mv_qb32(&k_q4_1, W, rb, xq, y, r0, r1);
+}
+
+static void mv_q5_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
+                    float *y, int64_t r0, int64_t r1)
+{
+    mv_qb32(&k_q5_0, W, rb, xq, y, r0, r1);
+}
+
+static void mv_q5_1(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
+                    float *y, int64_t r0, int64_t r1)
+{
+    mv_qb32(&k_q5_1, W, rb, xq, y, r0, r1);
 }
 
 /* ---- matvec entry ---- */
@@ -552,9 +494,15 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, c
     case GGML_T_BF16: fn = mv_bf16; break;
     case GGML_T_Q8_0: fn = mv_q8_0; qblk = QB_QK; break;
     case GGML_T_Q4_0: fn = mv_q4_0; qblk = QB_QK; break;
-    case GGML_T_Q4_K: fn = mv_q4_k; qblk = QB_QK_K; break;
-    case GGML_T_Q6_K: fn = mv_q6_k; qblk = QB_QK_K; break;
-    default: return;
+    case GGML_T_Q4_1: fn = mv_q4_1; qblk = QB_QK; break;
+    case GGML_T_Q5_0: fn = mv_q5_0; qblk = QB_QK; break;
+    case GGML_T_Q5_1: fn = mv_q5_1; qblk = QB_QK; break;
+    default:
+        fn = eng_kq_mv_scalar(type);
+        if (!fn)
+            return;
+        qblk = QB_QK_K;
+        break;
     }
 #if defined(__x86_64__)
     if (avx2) {
@@ -564,7 +512,13 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, c
         case GGML_T_BF16: fn = eng_mv_bf16_avx2; break;
         case GGML_T_Q8_0: fn = eng_mv_q8_0_avx2; break;
         case GGML_T_Q4_0: fn = eng_mv_q4_0_avx2; break;
+        case GGML_T_Q4_1: fn = eng_mv_q4_1_avx2; break;
+        case GGML_T_Q5_0: fn = eng_mv_q5_0_avx2; break;
+        case GGML_T_Q5_1: fn = eng_mv_q5_1_avx2; break;
+        case GGML_T_Q2_K: fn = eng_mv_q2_k_avx2; break;
+        case GGML_T_Q3_K: fn = eng_mv_q3_k_avx2; break;
         case GGML_T_Q4_K: fn = eng_mv_q4_k_avx2; break;
+        case GGML_T_Q5_K: fn = eng_mv_q5_k_avx2; break;
         case GGML_T_Q6_K: fn = eng_mv_q6_k_avx2; break;
         default: break;
         }

@@ -1,22 +1,12 @@
-/* quant_avx2.c: AVX2/FMA/F16C matrix-vector kernels and row conversions. Compiled for any
- * x86-64 (per-function target attributes); quant.c calls them only after checking the CPU. */
+/* quant_avx2.c: AVX2/FMA/F16C row conversions, the activation quantizer, and the matrix-vector
+ * kernels of the float and 32-element block types (quant_k_avx2.c has the K-quants'). Compiled
+ * for any x86-64 (per-function target attributes); quant.c calls them only after checking the
+ * CPU. */
 #include "engine/kernels/quant_internal.h"
-#include "engine/kernels/quant_blocks.h"
+#include "engine/kernels/quant_avx2_internal.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-
-static AVX2 inline float hsum_ps(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static AVX2 inline float f16s(const uint8_t *p) { return _cvtsh_ss(qb_ld16(p)); }
 
 AVX2 void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n)
 {
@@ -131,7 +121,6 @@ static AVX2 inline __m256 ld_bf16x8(const uint16_t *p)
 }
 
 enum wkind { W_F32, W_F16, W_BF16 };
-#define INLINE_ALWAYS inline __attribute__((always_inline))
 
 /* 8 weights from element i of row w, and one: kind is a constant at every call, so each
  * kernel below compiles to its own loads with no branch left. */
@@ -270,115 +259,75 @@ AVX2 void eng_mv_q4_0_avx2(const uint8_t *W, size_t rb, int64_t ncols, const flo
     }
 }
 
-/* pshufb control that broadcasts int16 word w of each 128-bit lane (lo for the low lane, hi
- * for the high one) across that lane. */
-static AVX2 inline __m256i word_bcast(int lo, int hi)
+/* Q4_1 / Q5_0 / Q5_1: the block's 32 codes, fifth bit included, as unsigned bytes in element
+ * order. The fifth bits: byte k of the vector gets qh byte k / 8 (pshufb), then the test of
+ * bit k % 8. */
+static AVX2 INLINE_ALWAYS __m256i qb32_codes(const uint8_t *b, int qh_at, int qs_at)
 {
-    return _mm256_set_m128i(_mm_set1_epi16((short)(((2 * hi + 1) << 8) | (2 * hi))),
-                            _mm_set1_epi16((short)(((2 * lo + 1) << 8) | (2 * lo))));
+    __m256i v = q4_0_unpack(b + qs_at);
+    if (qh_at) {
+        uint32_t qh;
+        memcpy(&qh, b + qh_at, 4);
+        const __m256i spread = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                  0x0303030303030303);
+        const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+        __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread);
+        h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+        v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+    }
+    return v;
 }
 
-/* One 32-byte group of Q4_K nibbles: sub-block 2g (low nibbles) and 2g+1 (high) against
- * their 64 x values, each scaled by its 6-bit scale (sa, sb: the scale broadcast as int16).
- * Nibbles are unsigned, so maddubs takes them directly (15 * 127 * 2 fits in int16). */
-static AVX2 inline __m256i q4k_group(const uint8_t *qs, const int8_t *q, __m256i sa, __m256i sb)
+/* One block into acc (d_w d_x times the integer dot) and c: the min's m_w * d_x sum(q_x), or
+ * for Q5_0 the -16 offset's -16 d_w * d_x sum(q_x) (codes stay unsigned for maddubs). */
+static AVX2 INLINE_ALWAYS void qb32_block(const uint8_t *b, int m_at, int qh_at, int qs_at, int off,
+                                          const eng_xq *xq, int64_t i, __m256 *acc, float *c)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
-    __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_load_si256((const __m256i *)q));
-    __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                                      _mm256_load_si256((const __m256i *)(q + 32)));
-    return _mm256_add_epi32(_mm256_madd_epi16(p0, sa), _mm256_madd_epi16(p1, sb));
+    __m256i p = _mm256_maddubs_epi16(qb32_codes(b, qh_at, qs_at),
+                                     _mm256_load_si256((const __m256i *)(xq->q + i * QB_QK)));
+    float d = f16s(b);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xq->d[i]),
+                           _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1))), *acc);
+    *c += (m_at ? f16s(b + m_at) : (float)-off * d) * xq->dsum[i];
 }
 
-AVX2 void eng_mv_q4_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+/* The layout arguments are constants at each call: one kernel per type, no branch left. */
+static AVX2 INLINE_ALWAYS void mv_qb32(size_t bytes, int m_at, int qh_at, int qs_at, int off,
+                                       const uint8_t *W, size_t rb, const eng_xq *xq, float *y,
+                                       int64_t r0, int64_t r1)
 {
     const int64_t nb = xq->nb;
-    __m256i sel[8];
-    for (int j = 0; j < 8; j++)
-        sel[j] = word_bcast(j, j);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
-        __m256 acc = _mm256_setzero_ps(), accm = acc;
-        for (int64_t i = 0; i < nb; i++, b += QB_Q4_K_BYTES) {
-            uint32_t sm[4];
-            qb_q4k_scale_min_words(b + 4, sm);
-            /* built in registers: a byte array would cost a store-forwarding stall */
-            __m128i scm = _mm_set_epi32((int)sm[3], (int)sm[2], (int)sm[1], (int)sm[0]);
-            /* the 8 scales as int16 in both lanes; pshufb picks one per sub-block */
-            __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
-            __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(scm, 8));
-            const int8_t *q = xq->q + i * QB_QK_K;
-            const uint8_t *qs = b + 16;
-            __m256i s01 = q4k_group(qs, q, _mm256_shuffle_epi8(sc16, sel[0]), _mm256_shuffle_epi8(sc16, sel[1]));
-            __m256i s23 = q4k_group(qs + 32, q + 64, _mm256_shuffle_epi8(sc16, sel[2]), _mm256_shuffle_epi8(sc16, sel[3]));
-            __m256i s45 = q4k_group(qs + 64, q + 128, _mm256_shuffle_epi8(sc16, sel[4]), _mm256_shuffle_epi8(sc16, sel[5]));
-            __m256i s67 = q4k_group(qs + 96, q + 192, _mm256_shuffle_epi8(sc16, sel[6]), _mm256_shuffle_epi8(sc16, sel[7]));
-            __m256i sumi = _mm256_add_epi32(_mm256_add_epi32(s01, s23), _mm256_add_epi32(s45, s67));
-            /* mins: sum over sub-blocks j of mn[j] * (bsum[2j] + bsum[2j+1]) */
-            __m256i mnv = _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
-            __m256i summ = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16)), mnv);
-            float xd = xq->d[i];
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b)), _mm256_cvtepi32_ps(sumi), acc);
-            accm = _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b + 2)), _mm256_cvtepi32_ps(summ), accm);
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        float c0 = 0, c1 = 0;
+        int64_t i = 0;
+        for (; i + 2 <= nb; i += 2, b += 2 * bytes) {
+            qb32_block(b, m_at, qh_at, qs_at, off, xq, i, &a0, &c0);
+            qb32_block(b + bytes, m_at, qh_at, qs_at, off, xq, i + 1, &a1, &c1);
         }
-        y[r] = hsum_ps(_mm256_sub_ps(acc, accm));
+        if (i < nb)
+            qb32_block(b, m_at, qh_at, qs_at, off, xq, i, &a0, &c0);
+        y[r] = hsum_ps(_mm256_add_ps(a0, a1)) + (c0 + c1);
     }
 }
 
-/* One 128-element half of a Q6_K super-block: 64 bytes of ql, 32 of qh, its 8 scales. */
-static AVX2 inline __m256i q6k_half(const uint8_t *ql, const uint8_t *qh, const uint8_t *sc,
-                                    const int8_t *q, const __m256i sel[4])
-{
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
-    __m256i ql0 = _mm256_loadu_si256((const __m256i *)ql);
-    __m256i ql1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-    __m256i h = _mm256_loadu_si256((const __m256i *)qh);
-    /* 6-bit values 0..63: qh bit pair k lands in bits 4-5 (16-bit shifts are safe because the
-     * mask drops what crossed a byte boundary) */
-    __m256i v0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
-    __m256i v1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
-    __m256i v2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(h, m30));
-    __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                 _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
-    /* the 8 scales as int16 in both lanes; pshufb gives sub-block 2k to the low lane of
-     * chunk k and 2k+1 to its high lane (unsigned 6-bit values: 63 * 127 * 2 fits int16) */
-    __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
-    __m256i p0 = _mm256_maddubs_epi16(v0, _mm256_load_si256((const __m256i *)q));
-    __m256i p1 = _mm256_maddubs_epi16(v1, _mm256_load_si256((const __m256i *)(q + 32)));
-    __m256i p2 = _mm256_maddubs_epi16(v2, _mm256_load_si256((const __m256i *)(q + 64)));
-    __m256i p3 = _mm256_maddubs_epi16(v3, _mm256_load_si256((const __m256i *)(q + 96)));
-    p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc16, sel[0]));
-    p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc16, sel[1]));
-    p2 = _mm256_madd_epi16(p2, _mm256_shuffle_epi8(sc16, sel[2]));
-    p3 = _mm256_madd_epi16(p3, _mm256_shuffle_epi8(sc16, sel[3]));
-    return _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
-}
-
-AVX2 void eng_mv_q6_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+AVX2 void eng_mv_q4_1_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
                            const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
-    const int64_t nb = xq->nb;
-    __m256i sel[4];
-    for (int k = 0; k < 4; k++)
-        sel[k] = word_bcast(2 * k, 2 * k + 1);
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *b = W + (size_t)r * rb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < nb; i++, b += QB_Q6_K_BYTES) {
-            const int8_t *q = xq->q + i * QB_QK_K;
-            const uint8_t *sc = b + QB_Q6_K_SC;
-            __m256i sumi = _mm256_add_epi32(q6k_half(b, b + QB_Q6_K_QH, sc, q, sel),
-                                            q6k_half(b + 64, b + QB_Q6_K_QH + 32, sc + 8, q + 128, sel));
-            /* the -32 offset: 32 * sum_j sc[j] * bsum[j] over the 16 sub-blocks */
-            __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-            __m256i bs = _mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16));
-            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), 5));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(xq->d[i] * f16s(b + QB_Q6_K_D)), _mm256_cvtepi32_ps(sumi), acc);
-        }
-        y[r] = hsum_ps(acc);
-    }
+    mv_qb32(QB_Q4_1_BYTES, 2, 0, 4, 0, W, rb, xq, y, r0, r1);
+}
+
+AVX2 void eng_mv_q5_0_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    mv_qb32(QB_Q5_0_BYTES, 0, 2, 6, 16, W, rb, xq, y, r0, r1);
+}
+
+AVX2 void eng_mv_q5_1_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    mv_qb32(QB_Q5_1_BYTES, 2, 4, 8, 0, W, rb, xq, y, r0, r1);
 }
 
 #else

@@ -3,6 +3,9 @@
 #ifndef KVPUB_QUANT_BLOCKS_H
 #define KVPUB_QUANT_BLOCKS_H
 
+#include "base/base.h"
+
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -13,8 +16,21 @@ enum {
     QB_QK = 32,            /* elements per Q4_0 / Q8_0 block */
     QB_QK_K = 256,         /* elements per K-quant super-block */
     QB_Q4_0_BYTES = 18,    /* f16 d, 16 bytes of nibbles */
+    QB_Q4_1_BYTES = 20,    /* f16 d, f16 m, 16 bytes of nibbles */
+    QB_Q5_0_BYTES = 22,    /* f16 d, 4 bytes of high bits, 16 bytes of nibbles */
+    QB_Q5_1_BYTES = 24,    /* f16 d, f16 m, 4 bytes of high bits, 16 bytes of nibbles */
     QB_Q8_0_BYTES = 34,    /* f16 d, 32 int8 */
+    QB_Q2_K_BYTES = 84,    /* 16 bytes 4-bit scales/mins, 64 bytes 2-bit q, f16 d, f16 dmin */
+    QB_Q2_K_QS = 16,
+    QB_Q2_K_D = 80,
+    QB_Q3_K_BYTES = 110,   /* 32 bytes hmask, 64 bytes 2-bit q, 12 bytes 6-bit scales, f16 d */
+    QB_Q3_K_QS = 32,
+    QB_Q3_K_SC = 96,
+    QB_Q3_K_D = 108,
     QB_Q4_K_BYTES = 144,   /* f16 d, f16 dmin, 12 bytes 6-bit scales/mins, 128 bytes nibbles */
+    QB_Q5_K_BYTES = 176,   /* as Q4_K, with 32 bytes of high bits before the nibbles */
+    QB_Q5_K_QH = 16,
+    QB_Q5_K_QS = 48,
     QB_Q6_K_BYTES = 210,   /* 128 bytes ql, 64 bytes qh, 16 int8 scales, f16 d */
     QB_Q6_K_QH = 128,      /* offsets inside a Q6_K block */
     QB_Q6_K_SC = 192,
@@ -48,6 +64,42 @@ static inline void qb_q4k_scale_min(const uint8_t *s, uint8_t sc[8], uint8_t mn[
     memcpy(sc, w, 8);
     memcpy(mn, w + 2, 8);
 }
+
+/* Q3_K: the 16 6-bit scales (stored + 32) from 12 bytes, as 4 words of 4 bytes. Scales 0-7
+ * keep their low 4 bits in the low nibbles of bytes 0-7, scales 8-15 in the high nibbles; the
+ * top 2 bits of scale 4w + k (w = 0..3) are bits 2w..2w+1 of byte 8 + k. */
+static inline void qb_q3k_scale_words(const uint8_t *s, uint32_t w[4])
+{
+    uint32_t a, b, c;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + 4, 4);
+    memcpy(&c, s + 8, 4);
+    w[0] = (a & 0x0f0f0f0fu) | ((c & 0x03030303u) << 4);
+    w[1] = (b & 0x0f0f0f0fu) | (((c >> 2) & 0x03030303u) << 4);
+    w[2] = ((a >> 4) & 0x0f0f0f0fu) | (((c >> 4) & 0x03030303u) << 4);
+    w[3] = ((b >> 4) & 0x0f0f0f0fu) | (((c >> 6) & 0x03030303u) << 4);
+}
+
+/* ---- helpers of the quantizers (quant.c, quant_k.c) ---- */
+
+static inline float qb_absmax(const float *x, int n)
+{
+    float m = 0;
+    for (int i = 0; i < n; i++)
+        m = fmaxf(m, fabsf(x[i]));
+    return m;
+}
+
+/* The smallest f16 >= v (v >= 0, finite), so scales rounded to f16 never clip. */
+static inline uint16_t qb_f16_ceil(float v)
+{
+    uint16_t h = base_f32_to_f16(v);
+    if (base_f16_to_f32(h) < v && h < 0x7bff)
+        h++;
+    return h;
+}
+
+static inline int qb_clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 /* x quantized to int8 blocks (ggml's q8_0 for blk 32, q8_K for blk 256) so that weight blocks
  * can be dotted in integers. q is 32-byte aligned. */
@@ -83,6 +135,19 @@ void eng_mv_q4_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const f
                       const eng_xq *xq, float *y, int64_t r0, int64_t r1);
 void eng_mv_q6_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
                       const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q4_1_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q5_0_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q5_1_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+/* quant_k_avx2.c */
+void eng_mv_q2_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q3_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+void eng_mv_q5_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
 void eng_xq_quantize_avx2(const float *x, int64_t n, int blk, eng_xq *out);
 void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n);
 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n);
@@ -90,6 +155,13 @@ void eng_dequant_q8_0_avx2(const uint8_t *src, float *dst, int64_t n);
 void eng_dequant_q8_0_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 void eng_f16_panel_f16c(const uint8_t *src, float *dst, int64_t n, size_t stride);
 #endif
+
+/* quant_k.c: the K-quant super-block types (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K). Each returns 0
+ * for a type outside that family (doing nothing), 1 otherwise; nb counts super-blocks. */
+int eng_kq_dequant(uint32_t type, const uint8_t *b, float *y, int64_t nb);
+int eng_kq_quantize(uint32_t type, const float *x, uint8_t *b, int64_t nb);
+/* The portable matvec kernel of a K-quant type, NULL for another type. */
+eng_mv_fn eng_kq_mv_scalar(uint32_t type);
 
 /* For engine/forward.c's GEMM packing: dequantizes n elements (a multiple of 8) of one row
  * to exactly the values eng_dequant_row gives, element k at dst[(k / 8) * stride + k % 8].

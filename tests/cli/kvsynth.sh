@@ -23,6 +23,12 @@ expect() {
 
 expect 0 "$K" --help && grep -q '^usage: kvsynth --arch' "$T/out" || fail "--help text"
 expect 0 "$K" from-llama2c --help && grep -q 'usage: kvsynth from-llama2c' "$T/out" || fail "from-llama2c --help"
+expect 0 "$K" dequant --help && grep -q 'usage: kvsynth dequant' "$T/out" || fail "dequant --help"
+expect 2 "$K" dequant q9_9 "$T/none" "$T/none.f32"
+grep -q "unknown type: q9_9" "$T/err" || fail "dequant unknown type message: $(cat "$T/err")"
+printf 'abc' >"$T/3.bin"
+expect 2 "$K" dequant q4_1 "$T/3.bin" "$T/3.f32"
+grep -q "whole number of blocks" "$T/err" || fail "dequant partial block message: $(cat "$T/err")"
 "$K" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no arguments: want exit 2"
 BASE=(--arch llama --layers 1 --dim 256 --heads 4 --kv-heads 2 --ffn 256 --vocab 300 --seed 1)
 expect 2 "$K" "${BASE[@]}"                                   # no -o
@@ -32,7 +38,7 @@ grep -q "'--bogus'" "$T/err" || fail "unknown option message"
 expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --arch gemma2
 grep -q "got 'gemma2'" "$T/err" || fail "bad arch message"
 expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --layers zero
-expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --type q5_1
+expect 2 "$K" "${BASE[@]}" -o "$T/x.gguf" --type q8_1
 expect 2 "$K" --arch llama --layers 1 --dim 64 --heads 4 --ffn 64 --vocab 300 --seed 1 --type q4_k -o "$T/x.gguf"
 grep -q 'multiples of 256' "$T/err" || fail "q4_k block message: $(cat "$T/err")"
 expect 2 "$K" "${BASE[@]}" --vocab 100 -o "$T/x.gguf"
@@ -43,7 +49,7 @@ expect 2 "$K" "${BASE[@]}" --heads 3 -o "$T/x.gguf"
 ls "$T" | grep -q tmp && fail "a failed run left a temp file"
 
 for arch in llama qwen2 qwen3; do
-  for type in f32 f16 bf16 q8_0 q4_0 q4_k q6_k; do
+  for type in f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k; do
     f="$T/$arch-$type.gguf"
     expect 0 "$K" "${BASE[@]}" --arch "$arch" --type "$type" -o "$f" --json || continue
     [ "$(head -c 4 "$f")" = GGUF ] || fail "$arch/$type: bad magic"

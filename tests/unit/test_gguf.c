@@ -422,6 +422,17 @@ static void test_type_traits(void **state)
     assert_int_equal(ggml_type_traits(GGML_T_Q4_0, &blck, &bytes, NULL), 1);
     assert_int_equal(bytes, 18);
     assert_int_equal(ggml_type_traits(4, &blck, &bytes, &name), 0); /* removed Q4_2 */
+    /* types no kernel reads are still known, so that a file holding one is refused by name */
+    assert_int_equal(ggml_type_traits(GGML_T_I16, &blck, &bytes, &name), 1);
+    assert_string_equal(name, "i16");
+    assert_int_equal(bytes, 2);
+    assert_int_equal(ggml_type_traits(GGML_T_F64, &blck, &bytes, &name), 1);
+    assert_string_equal(name, "f64");
+    assert_int_equal(bytes, 8);
+    assert_int_equal(ggml_type_traits(GGML_T_Q5_K, &blck, &bytes, &name), 1);
+    assert_int_equal(bytes, 176);
+    assert_int_equal(ggml_type_traits(GGML_T_Q3_K, &blck, &bytes, &name), 1);
+    assert_int_equal(bytes, 110);
     assert_int_equal(ggml_row_bytes(GGML_T_Q8_0, 64), 68);
     assert_int_equal(ggml_row_bytes(GGML_T_Q8_0, 48), 0);
     assert_int_equal(ggml_row_bytes(GGML_T_BF16, 3), 6);

@@ -353,15 +353,31 @@ static void test_quantize_roundtrip(void **state)
     x[1501] = 4.0f;
 
     static const uint32_t types[] = {GGML_T_F32, GGML_T_F16, GGML_T_BF16, GGML_T_Q8_0,
-                                     GGML_T_Q4_0, GGML_T_Q4_K, GGML_T_Q6_K};
+                                     GGML_T_Q4_0, GGML_T_Q4_K, GGML_T_Q6_K, GGML_T_Q4_1,
+                                     GGML_T_Q5_0, GGML_T_Q5_1, GGML_T_Q2_K, GGML_T_Q3_K,
+                                     GGML_T_Q5_K};
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         uint32_t type = types[t];
         size_t rb = eng_quantize_row(type, x, q, N);
         assert_int_equal(rb, row_bytes(type, N));
         eng_dequant_row(type, q, y, N);
         double se = 0, sx = 0;
+        uint32_t blck, bb;
+        assert_true(ggml_type_traits(type, &blck, &bb, NULL));
         for (int i = 0; i < N; i++) {
             double e = fabs((double)y[i] - x[i]), bound = 0;
+            const float *sb = x + i / 256 * 256, *sub = x + i / 16 * 16;
+            float lo = 0, hi = 0, amax = 0, asub = 0;
+            for (int l = 0; l < 256; l++) {
+                lo = fminf(lo, sb[l]);
+                hi = fmaxf(hi, sb[l]);
+                amax = fmaxf(amax, fabsf(sb[l]));
+            }
+            for (int l = 0; l < 16; l++)
+                asub = fmaxf(asub, fabsf(sub[l]));
+            /* d of the element's block where it is at byte 0 (Q4_1, Q5_0, Q5_1) */
+            const uint8_t *qb = q + (size_t)bb * (size_t)(i / (int)blck);
+            double d32 = fabs(f16_ref((uint16_t)(qb[0] | qb[1] << 8)));
             se += e * e;
             sx += (double)x[i] * x[i];
             switch (type) {
@@ -374,40 +390,42 @@ static void test_quantize_roundtrip(void **state)
             case GGML_T_Q4_0: /* the +max side may clip by up to one step */
                 bound = fabs(f16_ref((uint16_t)(q[18 * (i / 32)] | q[18 * (i / 32) + 1] << 8))) * 1.001;
                 break;
-            case GGML_T_Q4_K: { /* half a step or the min's rounding, see quant_q4_k */
-                const float *sb = x + i / 256 * 256;
-                float lo = 0, hi = 0, amax = 0;
-                for (int l = 0; l < 256; l++) {
-                    lo = fminf(lo, sb[l]);
-                    hi = fmaxf(hi, sb[l]);
-                    amax = fmaxf(amax, fabsf(sb[l]));
-                }
+            case GGML_T_Q4_K: /* half a step or the min's rounding, see quant_q4_k */
                 bound = (hi - lo) / 30 * 1.02 + amax / 60 + 1e-7;
                 break;
-            }
-            case GGML_T_Q6_K: {
-                const float *sb = x + i / 256 * 256, *sub = x + i / 16 * 16;
-                float amax = 0, asub = 0;
-                for (int l = 0; l < 256; l++)
-                    amax = fmaxf(amax, fabsf(sb[l]));
-                for (int l = 0; l < 16; l++)
-                    asub = fmaxf(asub, fabsf(sub[l]));
+            case GGML_T_Q6_K:
                 bound = asub / 62 * 1.001 + amax / (31 * 254) * 1.01 + 1e-7;
                 break;
-            }
+            case GGML_T_Q4_1: /* half a step, or the min rounded to f16 clipping */
+            case GGML_T_Q5_1:
+                bound = d32 * 0.5 * 1.001 + fabs(x[i]) * 0x1p-10 + 0x1p-20;
+                break;
+            case GGML_T_Q5_0: /* the +max side may clip by up to one step, as Q4_0 */
+                bound = d32 * 1.001;
+                break;
+            case GGML_T_Q5_K:
+                bound = (hi - lo) / 62 * 1.02 + amax / 60 + 1e-7;
+                break;
+            case GGML_T_Q2_K: /* half a step of up to (hi - lo) / 3, the scale's and min's rounding */
+                bound = (hi - lo) / 6 * 1.02 + (hi - lo) / 90 + amax / 15 + 1e-7;
+                break;
+            case GGML_T_Q3_K: /* the +max side may clip by up to one step of asub / 4 */
+                bound = asub / 4 * 1.2 + amax / 100 + 1e-7;
+                break;
             }
             if (e > bound)
                 fail_msg("type %u elem %d: x %g -> %g, error %g > bound %g", type, i, (double)x[i],
                          (double)y[i], e, bound);
         }
         double rel = sqrt(se / sx);
-        static const double max_rel[] = {0, 3e-4, 3e-3, 1e-2, 0.12, 0.10, 0.03};
+        static const double max_rel[] = {0, 3e-4, 3e-3, 1e-2, 0.12, 0.10, 0.03, 0.12, 0.08, 0.06,
+                                         0.45, 0.22, 0.06};
         if (rel > max_rel[t])
             fail_msg("type %u: relative RMS error %g > %g", type, rel, max_rel[t]);
         print_message("quantize %-5u rel rms error %.3g\n", type, rel);
     }
     /* blocks we cannot write */
-    assert_int_equal(eng_quantize_row(GGML_T_Q5_K, x, q, 256), 0);
+    assert_int_equal(eng_quantize_row(GGML_T_Q8_K, x, q, 256), 0);
     assert_int_equal(eng_quantize_row(GGML_T_Q8_0, x, q, 33), 0);
 }
 
@@ -517,9 +535,16 @@ static void test_matvec(void **state)
         {GGML_T_Q4_0, 37, 512, 1e-2}, {GGML_T_Q4_0, 5, 96, 1e-2},
         {GGML_T_Q4_K, 37, 512, 1e-2}, {GGML_T_Q4_K, 5, 256, 1e-2},
         {GGML_T_Q6_K, 37, 512, 1e-2}, {GGML_T_Q6_K, 5, 256, 1e-2},
+        {GGML_T_Q4_1, 37, 512, 1e-2}, {GGML_T_Q4_1, 5, 96, 1e-2},
+        {GGML_T_Q5_0, 37, 512, 1e-2}, {GGML_T_Q5_0, 5, 96, 1e-2},
+        {GGML_T_Q5_1, 37, 512, 1e-2}, {GGML_T_Q5_1, 5, 96, 1e-2},
+        {GGML_T_Q2_K, 37, 512, 1e-2}, {GGML_T_Q2_K, 5, 256, 1e-2},
+        {GGML_T_Q3_K, 37, 512, 1e-2}, {GGML_T_Q3_K, 5, 256, 1e-2},
+        {GGML_T_Q5_K, 37, 512, 1e-2}, {GGML_T_Q5_K, 5, 256, 1e-2},
         /* longer than the on-stack activation scratch */
         {GGML_T_Q8_0, 3, 16384 + 1024, 1e-2}, {GGML_T_Q4_K, 3, 16384 + 1024, 1e-2},
         {GGML_T_Q6_K, 3, 16384 + 1024, 1e-2}, {GGML_T_Q4_0, 3, 16384 + 1024, 1e-2},
+        {GGML_T_Q5_1, 3, 16384 + 1024, 1e-2}, {GGML_T_Q3_K, 3, 16384 + 1024, 1e-2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_matvec(&cases[i], 1000 + i);

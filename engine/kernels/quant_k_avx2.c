@@ -1,0 +1,263 @@
+/* quant_k_avx2.c: AVX2 matrix-vector kernels of ggml's K-quant types (Q2_K, Q3_K, Q4_K, Q5_K,
+ * Q6_K) over Q8 activations with 16-element sums (eng_xq.bsum). Compiled for any x86-64;
+ * quant.c calls them only after checking the CPU. */
+#include "engine/kernels/quant_internal.h"
+#include "engine/kernels/quant_avx2_internal.h"
+
+#if defined(__x86_64__)
+
+/* pshufb control that broadcasts int16 word w of each 128-bit lane (lo for the low lane, hi
+ * for the high one) across that lane. */
+static AVX2 inline __m256i word_bcast(int lo, int hi)
+{
+    return _mm256_set_m128i(_mm_set1_epi16((short)(((2 * hi + 1) << 8) | (2 * hi))),
+                            _mm_set1_epi16((short)(((2 * lo + 1) << 8) | (2 * lo))));
+}
+
+/* Sub-blocks 2g and 2g+1 of a Q4_K/Q5_K super-block (codes lo, hi as unsigned bytes) against
+ * their 64 x values, each scaled by its 6-bit scale (sa, sb: the scale broadcast as int16).
+ * Codes are unsigned, so maddubs takes them directly (31 * 127 * 2 fits in int16). */
+static AVX2 inline __m256i k_pair(__m256i lo, __m256i hi, const int8_t *q, __m256i sa, __m256i sb)
+{
+    __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)q));
+    __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(q + 32)));
+    return _mm256_add_epi32(_mm256_madd_epi16(p0, sa), _mm256_madd_epi16(p1, sb));
+}
+
+/* One 32-byte group of Q4_K nibbles: sub-block 2g in the low nibbles, 2g+1 in the high ones. */
+static AVX2 inline __m256i q4k_group(const uint8_t *qs, const int8_t *q, __m256i sa, __m256i sb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    return k_pair(_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), q, sa, sb);
+}
+
+/* Q5_K: as Q4_K, with the fifth bits of sub-blocks 2g and 2g+1 in bits 0 and 1 of each byte
+ * of h (qh shifted right by 2g; 16-bit shifts are safe: the masks keep one bit per byte). */
+static AVX2 inline __m256i q5k_group(const uint8_t *qs, __m256i h, const int8_t *q, __m256i sa, __m256i sb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(0x10);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m16));
+    __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                 _mm256_and_si256(_mm256_slli_epi16(h, 3), m16));
+    return k_pair(lo, hi, q, sa, sb);
+}
+
+/* Q4_K (five = 0) and Q5_K (five = 1), a constant at each call. */
+static AVX2 INLINE_ALWAYS void mv_q45_k(int five, const uint8_t *W, size_t rb, const eng_xq *xq,
+                                        float *y, int64_t r0, int64_t r1)
+{
+    const int64_t nb = xq->nb;
+    const size_t bytes = five ? QB_Q5_K_BYTES : QB_Q4_K_BYTES;
+    __m256i sel[8];
+    for (int j = 0; j < 8; j++)
+        sel[j] = word_bcast(j, j);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *b = W + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps(), accm = acc;
+        for (int64_t i = 0; i < nb; i++, b += bytes) {
+            uint32_t sm[4];
+            qb_q4k_scale_min_words(b + 4, sm);
+            /* built in registers: a byte array would cost a store-forwarding stall */
+            __m128i scm = _mm_set_epi32((int)sm[3], (int)sm[2], (int)sm[1], (int)sm[0]);
+            /* the 8 scales as int16 in both lanes; pshufb picks one per sub-block */
+            __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
+            __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(scm, 8));
+            const int8_t *q = xq->q + i * QB_QK_K;
+            __m256i s01, s23, s45, s67;
+            if (five) {
+                const uint8_t *qs = b + QB_Q5_K_QS;
+                __m256i h = _mm256_loadu_si256((const __m256i *)(b + QB_Q5_K_QH));
+                s01 = q5k_group(qs, h, q, _mm256_shuffle_epi8(sc16, sel[0]), _mm256_shuffle_epi8(sc16, sel[1]));
+                s23 = q5k_group(qs + 32, _mm256_srli_epi16(h, 2), q + 64, _mm256_shuffle_epi8(sc16, sel[2]),
+                                _mm256_shuffle_epi8(sc16, sel[3]));
+                s45 = q5k_group(qs + 64, _mm256_srli_epi16(h, 4), q + 128, _mm256_shuffle_epi8(sc16, sel[4]),
+                                _mm256_shuffle_epi8(sc16, sel[5]));
+                s67 = q5k_group(qs + 96, _mm256_srli_epi16(h, 6), q + 192, _mm256_shuffle_epi8(sc16, sel[6]),
+                                _mm256_shuffle_epi8(sc16, sel[7]));
+            } else {
+                const uint8_t *qs = b + 16;
+                s01 = q4k_group(qs, q, _mm256_shuffle_epi8(sc16, sel[0]), _mm256_shuffle_epi8(sc16, sel[1]));
+                s23 = q4k_group(qs + 32, q + 64, _mm256_shuffle_epi8(sc16, sel[2]), _mm256_shuffle_epi8(sc16, sel[3]));
+                s45 = q4k_group(qs + 64, q + 128, _mm256_shuffle_epi8(sc16, sel[4]), _mm256_shuffle_epi8(sc16, sel[5]));
+                s67 = q4k_group(qs + 96, q + 192, _mm256_shuffle_epi8(sc16, sel[6]), _mm256_shuffle_epi8(sc16, sel[7]));
+            }
+            __m256i sumi = _mm256_add_epi32(_mm256_add_epi32(s01, s23), _mm256_add_epi32(s45, s67));
+            /* mins: sum over sub-blocks j of mn[j] * (bsum[2j] + bsum[2j+1]) */
+            __m256i mnv = _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
+            __m256i summ = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16)), mnv);
+            float xd = xq->d[i];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b)), _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b + 2)), _mm256_cvtepi32_ps(summ), accm);
+        }
+        y[r] = hsum_ps(_mm256_sub_ps(acc, accm));
+    }
+}
+
+AVX2 void eng_mv_q4_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    mv_q45_k(0, W, rb, xq, y, r0, r1);
+}
+
+AVX2 void eng_mv_q5_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    mv_q45_k(1, W, rb, xq, y, r0, r1);
+}
+
+/* Four chunks of 32 unsigned codes (v0..v3) against their 128 x values, each 16 scaled by its
+ * scale: sc16 holds a half super-block's 8 scales as int16 in both lanes, and pshufb gives
+ * sub-block 2k to the low lane of chunk k and 2k+1 to its high lane. */
+static AVX2 inline __m256i half_dot(__m256i v0, __m256i v1, __m256i v2, __m256i v3, const int8_t *q,
+                                    __m256i sc16, const __m256i sel[4])
+{
+    __m256i p0 = _mm256_maddubs_epi16(v0, _mm256_load_si256((const __m256i *)q));
+    __m256i p1 = _mm256_maddubs_epi16(v1, _mm256_load_si256((const __m256i *)(q + 32)));
+    __m256i p2 = _mm256_maddubs_epi16(v2, _mm256_load_si256((const __m256i *)(q + 64)));
+    __m256i p3 = _mm256_maddubs_epi16(v3, _mm256_load_si256((const __m256i *)(q + 96)));
+    p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc16, sel[0]));
+    p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc16, sel[1]));
+    p2 = _mm256_madd_epi16(p2, _mm256_shuffle_epi8(sc16, sel[2]));
+    p3 = _mm256_madd_epi16(p3, _mm256_shuffle_epi8(sc16, sel[3]));
+    return _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
+}
+
+/* half_dot's pshufb controls: chunk k's sub-blocks 2k (low lane) and 2k+1 (high lane). */
+static AVX2 inline void half_sel(__m256i sel[4])
+{
+    for (int k = 0; k < 4; k++)
+        sel[k] = word_bcast(2 * k, 2 * k + 1);
+}
+
+/* One 128-element half of a Q6_K super-block: 64 bytes of ql, 32 of qh, its 8 scales. */
+static AVX2 inline __m256i q6k_half(const uint8_t *ql, const uint8_t *qh, const uint8_t *sc,
+                                    const int8_t *q, const __m256i sel[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    __m256i ql0 = _mm256_loadu_si256((const __m256i *)ql);
+    __m256i ql1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+    /* 6-bit values 0..63: qh bit pair k lands in bits 4-5 (16-bit shifts are safe because the
+     * mask drops what crossed a byte boundary) */
+    __m256i v0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+    __m256i v1 = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+    __m256i v2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(h, m30));
+    __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                 _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+    /* unsigned 6-bit values: 63 * 127 * 2 fits int16 */
+    __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+    return half_dot(v0, v1, v2, v3, q, sc16, sel);
+}
+
+/* Q2_K: bits 2k..2k+1 of a half's 32 qs bytes are chunk k; scales low nibbles, mins high. */
+static AVX2 inline __m256i q2k_half(const uint8_t *qs, __m128i sc8, const int8_t *q, const __m256i sel[4])
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i v0 = _mm256_and_si256(v, m3), v1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
+    __m256i v2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3), v3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), m3);
+    return half_dot(v0, v1, v2, v3, q, _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8)), sel);
+}
+
+AVX2 void eng_mv_q2_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    const int64_t nb = xq->nb;
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256i sel[4];
+    for (int k = 0; k < 4; k++)
+        sel[k] = word_bcast(2 * k, 2 * k + 1);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *b = W + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps(), accm = acc;
+        for (int64_t i = 0; i < nb; i++, b += QB_Q2_K_BYTES) {
+            const int8_t *q = xq->q + i * QB_QK_K;
+            __m128i s = _mm_loadu_si128((const __m128i *)b);
+            __m128i sc = _mm_and_si128(s, m4), mn = _mm_and_si128(_mm_srli_epi16(s, 4), m4);
+            __m256i sumi = _mm256_add_epi32(q2k_half(b + QB_Q2_K_QS, sc, q, sel),
+                                            q2k_half(b + QB_Q2_K_QS + 32, _mm_srli_si128(sc, 8), q + 128, sel));
+            /* mins: sum over the 16 sub-blocks of mn[j] * bsum[j] */
+            __m256i summ = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16)),
+                                             _mm256_cvtepu8_epi16(mn));
+            float xd = xq->d[i];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b + QB_Q2_K_D)), _mm256_cvtepi32_ps(sumi), acc);
+            accm = _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b + QB_Q2_K_D + 2)), _mm256_cvtepi32_ps(summ), accm);
+        }
+        y[r] = hsum_ps(_mm256_sub_ps(acc, accm));
+    }
+}
+
+/* Q3_K: Q2_K's low bits plus 4 where hmask bit 4h + k is set (codes 0..7, value = code - 4);
+ * sc8: the half's 8 signed scales. h is a constant at each call, so the shifts are too (16-bit
+ * shifts are safe: the mask keeps bit 2 of each byte, which comes from the same byte). */
+static AVX2 INLINE_ALWAYS __m256i q3k_half(const uint8_t *qs, __m256i hm, int h, __m128i sc8, const int8_t *q,
+                                           const __m256i sel[4])
+{
+    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs), c[4];
+    for (int k = 0; k < 4; k++) {
+        int p = 4 * h + k; /* the hmask bit, moved to bit 2 */
+        __m256i hi = p >= 2 ? _mm256_srli_epi16(hm, p - 2) : _mm256_slli_epi16(hm, 2 - p);
+        c[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * k), m3), _mm256_and_si256(hi, four));
+    }
+    return half_dot(c[0], c[1], c[2], c[3], q, _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)), sel);
+}
+
+/* Q3_K (six = 0) and Q6_K (six = 1, a constant at each call): unsigned codes with an offset
+ * (4, 32) taken off per block, signed 8-bit scales per 16 elements, no mins. */
+static AVX2 INLINE_ALWAYS void mv_sym_k(int six, const uint8_t *W, size_t rb, const eng_xq *xq,
+                                        float *y, int64_t r0, int64_t r1)
+{
+    const int64_t nb = xq->nb;
+    const size_t bytes = six ? QB_Q6_K_BYTES : QB_Q3_K_BYTES;
+    __m256i sel[4];
+    half_sel(sel);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *b = W + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nb; i++, b += bytes) {
+            const int8_t *q = xq->q + i * QB_QK_K;
+            __m256i sumi, sc_all;
+            if (six) {
+                const uint8_t *sc = b + QB_Q6_K_SC;
+                sumi = _mm256_add_epi32(q6k_half(b, b + QB_Q6_K_QH, sc, q, sel),
+                                        q6k_half(b + 64, b + QB_Q6_K_QH + 32, sc + 8, q + 128, sel));
+                sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+            } else {
+                uint32_t w[4];
+                qb_q3k_scale_words(b + QB_Q3_K_SC, w);
+                __m128i sc = _mm_sub_epi8(_mm_set_epi32((int)w[3], (int)w[2], (int)w[1], (int)w[0]),
+                                          _mm_set1_epi8(32));
+                __m256i hm = _mm256_loadu_si256((const __m256i *)b);
+                sumi = _mm256_add_epi32(q3k_half(b + QB_Q3_K_QS, hm, 0, sc, q, sel),
+                                        q3k_half(b + QB_Q3_K_QS + 32, hm, 1, _mm_srli_si128(sc, 8), q + 128, sel));
+                sc_all = _mm256_cvtepi8_epi16(sc);
+            }
+            /* the offset: 32 (4) * sum_j sc[j] * bsum[j] over the 16 sub-blocks */
+            __m256i bs = _mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16));
+            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), six ? 5 : 2));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xq->d[i] * f16s(b + (six ? QB_Q6_K_D : QB_Q3_K_D))),
+                                  _mm256_cvtepi32_ps(sumi), acc);
+        }
+        y[r] = hsum_ps(acc);
+    }
+}
+
+AVX2 void eng_mv_q3_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    mv_sym_k(0, W, rb, xq, y, r0, r1);
+}
+
+AVX2 void eng_mv_q6_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    mv_sym_k(1, W, rb, xq, y, r0, r1);
+}
+
+#else
+/* Keeps the translation unit non-empty where there is nothing to compile. */
+typedef int eng_quant_k_avx2_unused;
+#endif
