@@ -46,6 +46,7 @@ typedef struct xfer {
     double attempt_t0;   /* start of the current request */
     uint64_t attempt_bytes; /* body bytes of the current request */
     int slow;            /* the current request fell below the mean-rate floor (retried) */
+    uint64_t total_seen; /* the body's whole length, once a response said it (0 = unknown) */
     int drew;
     kvf_http_stats *stats;
 } xfer;
@@ -196,7 +197,9 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
     xfer *x = userp;
     double t = base_now_s();
     uint64_t total = dltotal > 0 ? x->req_from + (uint64_t)dltotal : 0;
-    double deadline = deadline_of(x, total);
+    if (total > x->total_seen)
+        x->total_seen = total;
+    double deadline = deadline_of(x, x->total_seen);
     if (deadline && t > deadline) {
         x->sink_st = kvf_fail(x->err, x->errlen, KVF_ERR_NET,
                               "gave up after %.0f s: the download's deadline passed (--timeout)", t - x->t0);
@@ -442,7 +445,7 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
             }
             goto out;
         }
-        double deadline = deadline_of(&x, 0);
+        double deadline = deadline_of(&x, x.total_seen);
         if (deadline && base_now_s() + delay > deadline) {
             size_t m = err && errlen ? strlen(err) : 0;
             if (m)
