@@ -82,6 +82,15 @@ int kvfetch_compare_main(int argc, char **argv)
                ttft * 1e3, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->pr.suffix_s * 1e3);
         printf("full prefill: time to first token %.2f ms (%zu tokens)\n", r.full_ttft_s * 1e3, total);
         printf("speedup: %.1fx\n", speedup);
+        double rs = 0;
+        uint32_t rn = 0;
+        for (int b = 0; b < s->a.n_blobs; b++) {
+            rs += s->ls[b].recompute_s;
+            rn += s->ls[b].n_recomputed;
+        }
+        if (rn)
+            printf("recomputed: %u document tokens in %.2f ms (%.1f%% of the full prefill's time)\n", rn, rs * 1e3,
+                   r.full_ttft_s > 0 ? 100 * rs / r.full_ttft_s : 0);
         printf("KL(full || loaded) over %d positions, teacher-forced with the loaded path's greedy tokens: "
                "mean %.3g, max %.3g\n", n_done, r.kl_mean, r.kl_max);
         if (r.argmax_agree == n_done)

@@ -473,10 +473,12 @@ void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
         fprintf(stderr,
                 "blob %d: %u tokens at position %d (re-rotated by %d), %.1f MB raw KV in %.2f ms "
                 "(%.2f GB/s, %.2f ms CPU): read %.2f, verify+decode %.2f (%d threads), re-rotate+import %.2f, "
-                "import %.2f ms\n",
+                "import %.2f ms%s",
                 i + 1, l->n_tokens, l->pos, l->delta, (double)l->raw_bytes / 1e6, l->total_s * 1e3, gbs, l->cpu_s * 1e3,
                 l->read_s * 1e3, l->verify_decode_s * 1e3, l->n_threads, l->rerotate_s * 1e3,
-                l->import_s * 1e3);
+                l->import_s * 1e3, l->n_recomputed ? "" : "\n");
+        if (l->n_recomputed)
+            fprintf(stderr, "; its first %u tokens recomputed in %.2f ms\n", l->n_recomputed, l->recompute_s * 1e3);
     }
     fprintf(stderr,
             "timings: fetch %.3f s%s, model load %.3f s, fingerprints %.3f s, warm-up %.3f s; prefix prefill (%zu tokens) "
