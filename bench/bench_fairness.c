@@ -216,6 +216,7 @@ int main(int argc, char **argv)
     printf("%d downloading clients, %.0f s (after %.0f s warm-up)\n", clients, seconds, WARMUP_S);
     report("probe (catalog, manifest, HEAD)", &r.probe);
     report("probe, new connection", &r.probe_new);
+    /* a download's time to first byte includes this process's own loop, busy decrypting them all */
     report("all requests (time to 1st byte)", &r.all);
     report("whole downloads", &r.whole);
     printf("download throughput %.0f MB/s; errors: probe %ld, downloads %ld\n", r.dl_bytes / span / 1e6,

@@ -3,9 +3,11 @@
 # options serves a store of a few 29 MB blobs on loopback while bench/bench_fairness keeps
 # CLIENTS (64) clients downloading them and probes catalog, manifest and HEAD latencies; RUNS
 # (3) runs of SECS (10) s each, then the median of the runs' percentiles. Target (issue 16):
-# probe p99 <= 50 ms. A benchmark, not a test: run by `make bench` (scripts/bench.sh).
+# probe p99 <= 50 ms. KVPUBD=path compares another build, SERVE_OPTS=... other options.
+# A benchmark, not a test: run by `make bench` (scripts/bench.sh).
 set -euo pipefail
 BUILD=${BUILD:-build}
+KVPUBD=${KVPUBD:-$BUILD/kvpubd}
 CLIENTS=${CLIENTS:-64}
 RUNS=${RUNS:-3}
 SECS=${SECS:-10}
@@ -24,7 +26,7 @@ trap cleanup EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
   -addext "subjectAltName=IP:127.0.0.1" -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 cred=$("$BUILD/kvpubd" publisher add --store "$W/store" --key "$data/bench.pub" --name bench 2>/dev/null)
-"$BUILD/kvpubd" serve --store "$W/store" --listen 127.0.0.1:0 --port-file "$W/port" \
+"$KVPUBD" serve --store "$W/store" --listen 127.0.0.1:0 --port-file "$W/port" \
   --tls-cert "$W/cert.pem" --tls-key "$W/key.pem" --log "$W/kvpubd.log" ${SERVE_OPTS:-} >/dev/null &
 SRV=$!
 for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.05; done
