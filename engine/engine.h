@@ -295,10 +295,11 @@ void eng_sampler_free(eng_sampler *s);
  * them itself. type is a GGML_T_* value of engine/gguf.h. */
 
 /* y[r] = dot(row r of W, x) for r in [r0, r1). W: nrows rows of ncols elements of `type`,
- * row_bytes apart. x: ncols floats. Kernels may quantize x internally (as ggml does for
- * Q8_0/Q4_K/Q6_K, to Q8); results then match ggml's to within that rounding. ncols must be a
- * multiple of the block size (else y is left untouched). Thread-safe; each call quantizes x
- * itself (O(ncols), on the stack up to 16384 columns), so threads may split [r0, r1). */
+ * row_bytes apart. x: ncols floats. Kernels of the block types (Q4_0..Q8_0, Q2_K..Q6_K)
+ * quantize x internally to Q8, as ggml does; results then match ggml's to within that
+ * rounding. ncols must be a multiple of the block size (else y is left untouched).
+ * Thread-safe; each call quantizes x itself (O(ncols), on the stack up to 16384 columns), so
+ * threads may split [r0, r1). */
 void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols,
                 const float *x, float *y, int64_t r0, int64_t r1);
 
