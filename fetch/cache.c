@@ -293,7 +293,12 @@ static uint64_t scan(int dfd, int parts, entry **v, size_t *n, size_t *cap)
             *cap = nc;
         }
         entry *e = &(*v)[(*n)++];
-        snprintf(e->name, sizeof e->name, "%s%s", parts ? "tmp/" : "", de->d_name);
+        char *w = e->name; /* the name was checked: at most 69 bytes */
+        if (parts) {
+            memcpy(w, "tmp/", 4);
+            w += 4;
+        }
+        memcpy(w, de->d_name, strlen(de->d_name) + 1);
         e->size = (uint64_t)sb.st_size;
         e->atime = parts ? sb.st_mtim : sb.st_atim;
         total += e->size;

@@ -165,6 +165,7 @@ int kvb_ids_sha256(const int32_t *ids, size_t n, uint8_t out[KVC_SHA256_LEN])
         kvc_sha256_update(c, buf, k);
     }
     kvc_sha256_final(c, out);
+    kvc_sha256_free(c);
     return 0;
 }
 
