@@ -878,6 +878,80 @@ static void test_purchases_and_tokens(void **state)
     assert_int_equal(shell_int(cmd), 0);
 }
 
+/* ---- housekeeping ---- */
+
+/* Calls kvs_store_prune until a call deletes less than a batch of every kind; sums what went. */
+static kvs_prune_counts prune_all(kvs_store *s, kvs_prune_policy p)
+{
+    kvs_prune_counts sum = {0}, c;
+    char err[512] = "";
+    do {
+        assert_int_equal(kvs_store_prune(s, &p, &c, err, sizeof err), KVS_OK);
+        assert_true(c.purchases <= p.batch && c.log_rows <= p.batch);
+        sum.purchases += c.purchases, sum.tokens += c.tokens, sum.log_rows += c.log_rows;
+    } while (c.purchases == p.batch || c.tokens >= p.batch || c.log_rows == p.batch);
+    return sum;
+}
+
+static void test_prune(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], dbpath[600], err[512] = "";
+    kvs_store *s = open_store_in(dir, sdir, dbpath);
+    item a, f;
+    make_item(&a, dir, 1, 1, "f16-zstd", 100, 10, 0);
+    a.info.price = 7;
+    publish_ok(s, &a, 0);
+    make_item(&f, dir, 2, 1, "f16-zstd", 100, 10, 0);
+    f.info.price = 0;
+    publish_ok(s, &f, 0);
+    uint8_t tok[32];
+    int64_t pid = 0, paid = 0, refunded = 0;
+    for (int i = 0; i < 5; i++) /* unpaid: nothing delivered, tokens expire at 200 */
+        assert_int_equal(kvs_store_purchase(s, a.sha, "u", 100, 200, 1, tok, NULL, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_purchase(s, a.sha, "p", 100, 200, 1, tok, &paid, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_log_download(s, a.sha, paid, "c", 50, 206, 120, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_purchase(s, f.sha, "free", 100, 200, 1, tok, &pid, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_log_download(s, f.sha, pid, "c", 100, 200, 120, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_purchase(s, a.sha, "r", 100, 200, 1, tok, &refunded, err, sizeof err), KVS_OK);
+    char sql[200];
+    snprintf(sql, sizeof sql, "INSERT INTO refunds (purchase_id, amount, at, reason) VALUES (%lld, 7, 150, 'x')",
+             (long long)refunded);
+    exec_sql(dbpath, sql);
+    /* young, and its token still works */
+    assert_int_equal(kvs_store_purchase(s, a.sha, "y", 900, 2000, 1, tok, NULL, err, sizeof err), KVS_OK);
+
+    kvs_prune_policy p = {.now = 1000, .batch = 0};
+    kvs_prune_counts c;
+    assert_int_equal(kvs_store_prune(s, &p, &c, err, sizeof err), KVS_ERR_INVALID);
+    /* unpaid purchases, two at a time: the 5 priced ones and the free one; their tokens go too */
+    p = (kvs_prune_policy){.now = 1000, .unpaid_before = 500, .batch = 2};
+    c = prune_all(s, p);
+    assert_int_equal(c.purchases, 6);
+    assert_int_equal(c.tokens, 6);
+    assert_int_equal(c.log_rows, 0);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM purchases"), 3);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM purchases WHERE id IN (%lld, %lld)", (long long)paid,
+             (long long)refunded);
+    assert_int_equal(count_rows(dbpath, sql), 2);
+    /* expired tokens, then the log, each on its own */
+    p = (kvs_prune_policy){.now = 1000, .tokens_expired_before = 300, .batch = 2};
+    c = prune_all(s, p);
+    assert_int_equal(c.tokens, 2);
+    assert_int_equal(c.purchases, 0);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM access_tokens"), 1);
+    p = (kvs_prune_policy){.now = 1000, .log_before = 150, .batch = 1};
+    c = prune_all(s, p);
+    assert_int_equal(c.log_rows, 2);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM download_log"), 0);
+    /* what was delivered is kept on the purchase, so it stays paid without its log rows */
+    p = (kvs_prune_policy){.now = 3000, .unpaid_before = 2500, .batch = 10};
+    c = prune_all(s, p);
+    assert_int_equal(c.purchases, 1); /* the young one, now old and expired */
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM purchases"), 2);
+    kvs_store_close(s);
+}
+
 /* ---- publishers and the download log ---- */
 
 static void test_publishers_and_log(void **state)
@@ -1257,6 +1331,7 @@ int main(void)
         TU_TMPDIR_TEST(test_listings_per_publisher),
         TU_TMPDIR_TEST(test_revocation_bites),
         TU_TMPDIR_TEST(test_listing_migration),
+        TU_TMPDIR_TEST(test_prune),
         TU_TMPDIR_TEST(test_publishers_and_log),
         TU_TMPDIR_TEST(test_schema_newer_refused),
         TU_TMPDIR_TEST(test_two_processes_publish),
