@@ -442,6 +442,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     for (int round = 0;; round++) {
         if (!v.size || v.got < v.size) {
             kvf_http_stats hs;
+            memset(&hs, 0, sizeof hs); /* filled even when the download fails before a request */
             st = kvf_http_download(&http, url, v.got, sink, restart, &v, &hs, err, errlen);
             res->http.attempts += hs.attempts;
             res->http.resumed += hs.resumed;
