@@ -145,6 +145,8 @@ typedef struct kvp_publish_opts {
     uint64_t price;               /* smallest currency unit; 0 = free */
     uint64_t expires_in;          /* seconds from now; 0 = never */
     const char *title;            /* NULL = the file name */
+    const char *source_uri;       /* signed in the manifest; NULL = none (never the local path) */
+    const char *media_type;       /* NULL = text/markdown for *.md, else text/plain */
     const char *llama_state;      /* a llama.cpp sequence state holding [BOS, context, document]:
                                    * its KV is published instead of a prefill (kvp_llama_state_read) */
     const int32_t *context_ids;   /* the declared context, prefilled between BOS and the document

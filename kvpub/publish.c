@@ -137,16 +137,17 @@ static kvp_status prefill(const kvp_publish_opts *o, const kvp_document *d, eng_
 static void make_manifest(const kvp_publish_opts *o, const kvp_document *d, kvb_manifest *m, char *title,
                           size_t title_len, char *uri, size_t uri_len)
 {
-    char abspath[PATH_MAX];
     const char *base = strrchr(d->path, '/');
     snprintf(title, title_len, "%s", o->title ? o->title : base ? base + 1 : d->path);
-    snprintf(uri, uri_len, "file://%s", realpath(d->path, abspath) ? abspath : d->path);
+    /* the publisher's file system is nobody's business: no path unless a URI is given */
+    snprintf(uri, uri_len, "%s", o->source_uri ? o->source_uri : "");
     size_t pl = strlen(d->path);
     memset(m, 0, sizeof *m);
     memcpy(m->doc_sha256, d->sha256, 32);
     m->doc_title = title;
     m->doc_source_uri = uri;
-    m->doc_media_type = pl > 3 && strcmp(d->path + pl - 3, ".md") == 0 ? "text/markdown" : "text/plain";
+    m->doc_media_type = o->media_type ? o->media_type
+                        : pl > 3 && strcmp(d->path + pl - 3, ".md") == 0 ? "text/markdown" : "text/plain";
     m->doc_bytes = d->len;
     kvp_identity_to_manifest(o->identity, m);
     m->n_context = (uint32_t)o->n_context;

@@ -25,6 +25,9 @@ static const char publish_usage[] =
     "  --codec C           f16-zstd (default, lossless), f16, q8, q4\n"
     "  --price N           price in the smallest currency unit (default 0 = free)\n"
     "  --title T           document title (default: the file name; only with one FILE)\n"
+    "  --source-uri URI    where the document can be found, signed in the manifest (default:\n"
+    "                      none; the local path is never published; only with one FILE)\n"
+    "  --media-type T      e.g. text/html (default: text/markdown for *.md, else text/plain)\n"
     "  --expires DURATION  e.g. 30d, 12h (default: never)\n"
     "  --chunk-tokens N    tokens per chunk (default 256)\n"
     "  --threads N         engine threads (default: all cores)\n"
@@ -182,6 +185,10 @@ int kvpubd_publish_main(int argc, char **argv)
             codec_name = val;
         else if (strcmp(a, "--title") == 0)
             po.title = val;
+        else if (strcmp(a, "--source-uri") == 0)
+            bad = strlen(po.source_uri = val) > KVB_MAX_STRING;
+        else if (strcmp(a, "--media-type") == 0)
+            bad = !*(po.media_type = val) || strlen(val) > 255;
         else if (strcmp(a, "--price") == 0)
             bad = base_parse_u64(val, &po.price) != 0;
         else if (strcmp(a, "--expires") == 0)
@@ -229,8 +236,8 @@ int kvpubd_publish_main(int argc, char **argv)
         free(files);
         return 2;
     }
-    if (po.title && nf > 1) {
-        fprintf(stderr, "kvpubd publish: --title applies to one FILE; %zu given\n", nf);
+    if ((po.title || po.source_uri) && nf > 1) {
+        fprintf(stderr, "kvpubd publish: --title and --source-uri apply to one FILE; %zu given\n", nf);
         free(files);
         return 2;
     }

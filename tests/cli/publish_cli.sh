@@ -24,6 +24,16 @@ rc=0; pub 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "no FILE: exit 2"
 rc=0; pub --codec zip "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "bad codec: exit 2"
 rc=0; pub --expires soon "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "bad --expires: exit 2"
 rc=0; pub --title T "$T/doc1.txt" "$T/doc2.md" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--title with 2 files"
+rc=0; pub --source-uri https://x/ "$T/doc1.txt" "$T/doc2.md" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--source-uri with 2 files"
+"$KVPUBD" publish --store "$T/store-uri" --model "$T/m.gguf" --key "$T/pub.key" --json \
+  --source-uri https://example.org/doc1 --media-type text/html --title "Doc one" "$T/doc1.txt" >"$T/uri.json" \
+  || fail "publish --source-uri"
+UID1=$(jq -r '.documents[0].id' "$T/uri.json")
+"${BUILD:-build}/kvfetch" inspect --json "$(find "$T/store-uri/blobs" -name "$UID1")" >"$T/uri.inspect" || fail "inspect"
+[ "$(jq -r .manifest.document.source_uri "$T/uri.inspect")" = https://example.org/doc1 ] &&
+  [ "$(jq -r .manifest.document.media_type "$T/uri.inspect")" = text/html ] &&
+  [ "$(jq -r .manifest.document.title "$T/uri.inspect")" = "Doc one" ] \
+  || fail "--source-uri/--media-type: $(jq -c .manifest.document "$T/uri.inspect")"
 
 pub --json --expires 30d --price 7 "$T/doc1.txt" "$T/doc2.md" > "$T/out.json"
 jq -e '.documents | length == 2' "$T/out.json" >/dev/null || fail "--json: two documents: $(cat "$T/out.json")"
@@ -49,7 +59,10 @@ expect 200 GET "/v1/catalog?doc=$(sha256sum "$T/doc1.txt" | cut -d' ' -f1)&limit
 expect 200 GET "/v1/blobs/$ID1/manifest"
 jq -e '.' "$T/body" >/dev/null || fail "manifest JSON"
 grep -q '"pos0":1' "$T/body" || fail "pos0 = 1 after BOS"
-grep -q 'file://' "$T/body" && grep -q 'doc1.txt' "$T/body" || fail "source uri / title"
+grep -q 'doc1.txt' "$T/body" || fail "title"
+# the publisher's local path is never published unless a URI is given
+! grep -q "file://\|$T" "$T/body" || fail "the manifest carries a local path: $(cat "$T/body")"
+[ "$(jq -r .document.source_uri "$T/body")" = "" ] || fail "source_uri without --source-uri"
 expect 401 GET "/v1/blobs/$ID1"      # --price 7
 stop_server || fail "clean stop"
 cp "$T/store/blobs/${ID1:0:2}/$ID1" "$T/pub1.kvb" 2>/dev/null || find "$T/store/blobs" -name "$ID1*" -exec cp {} "$T/pub1.kvb" \;
