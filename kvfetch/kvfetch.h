@@ -27,5 +27,6 @@ int kvfetch_export_main(int argc, char **argv);
 int kvfetch_get_main(int argc, char **argv);
 int kvfetch_run_main(int argc, char **argv);
 int kvfetch_compare_main(int argc, char **argv);
+int kvfetch_search_main(int argc, char **argv);
 
 #endif

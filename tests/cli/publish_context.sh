@@ -108,6 +108,22 @@ cat_q() { curl -sS --cacert "$tmp/cert.pem" -o "$tmp/out" -w '%{http_code}' "htt
 [ "$(cat_q "")" = 200 ] && [ "$(jq -r '.items | length' "$tmp/out")" = 4 ] || fail "unfiltered: $(cat "$tmp/out")"
 [ "$(cat_q "context=xyz")" = 400 ] || fail "a bad context hash was not a 400: $(cat "$tmp/out")"
 
+note "kvfetch search: the same filters from the command line"
+S=("$KVFETCH" search --server "https://127.0.0.1:$KVPUBD_PORT" --cacert "$tmp/cert.pem")
+expect_rc 0 "${S[@]}" --json --context "$hash"
+[ "$(jq -r '.items[0].id' "$tmp/out")" = "$id" ] && [ "$(jq -r '.items | length' "$tmp/out")" = 1 ] || fail "search --context"
+expect_rc 0 "${S[@]}" --model "$tmp/m.gguf"
+[ "$(grep -c "doc.txt" "$tmp/out")" = 3 ] && grep -q "^3 of 3 listings" "$tmp/out" || fail "search --model: $(cat "$tmp/out")"
+grep -q "$n tok .*doc.txt" "$tmp/out" || fail "search shows no context column: $(cat "$tmp/out")"
+expect_rc 0 "${S[@]}" --model "$tmp/chat.gguf" --context none
+grep -q "^0 of 0 listings" "$tmp/out" || fail "search --context none on the chat model: $(cat "$tmp/out")"
+expect_rc 0 "${S[@]}" --q "doc" --limit 2 --json
+[ "$(jq -r '.items | length' "$tmp/out")" = 2 ] && [ "$(jq -r .next "$tmp/out")" = 2 ] || fail "search --limit: $(cat "$tmp/out")"
+expect_rc 2 "${S[@]}" --context xyz
+expect_err "HTTP 400 .*context must be"
+expect_rc 2 "$KVFETCH" search --model "$tmp/m.gguf"
+expect_err "give --server URL"
+
 note "run --blob ID: from the local cache, else from --server"
 export KVPUB_CACHE_DIR="$tmp/cache2"
 RI=("$KVFETCH" run --trust "$tmp/trust" --cacert "$tmp/cert.pem" --threads 2 -n 2 --quiet --model "$tmp/m.gguf"
