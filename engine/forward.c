@@ -136,7 +136,7 @@ static void swiglu_rows(eng_ctx *c, void *a, int r0, int r1)
 /* Rounds activations the way ggml feeds them to a product with this weight type (ggml converts
  * src1 to the weight type's vec_dot_type): f16 for F16 weights, bf16 for BF16, Q8_0 blocks for
  * Q4_0/Q5_0/Q8_0, and for Q4_1/Q5_1 too (their Q8_1 blocks hold the same values; only the
- * f16 block sum ggml adds for the min differs). K-quants (Q8_K activations) and F32 stay f32. This keeps prefill close to both
+ * f16 block sum ggml adds for the min differs), Q8_K blocks for the K-quants. F32 stays f32. This keeps prefill close to both
  * llama.cpp and our decode path, whose kernels quantize x the same way. */
 typedef struct round_arg {
     uint32_t type;
@@ -168,6 +168,24 @@ static void round_rows(eng_ctx *c, void *a, int r0, int r1)
                 else
                     u += 0x7fffu + ((u >> 16) & 1u);
                 y[i] = base_bf16_to_f32((uint16_t)(u >> 16));
+            }
+        } else if (A->type >= GGML_T_Q2_K && A->type <= GGML_T_Q6_K) {
+            /* Q8_K blocks of 256 (ggml's quantize_row_q8_K_ref): the value of largest
+             * magnitude (the first one) maps to -127, scale kept in f32 */
+            for (int i = 0; i < A->K; i += 256) {
+                float amax = 0, max = 0;
+                for (int j = 0; j < 256; j++)
+                    if (fabsf(x[i + j]) > amax) {
+                        amax = fabsf(x[i + j]);
+                        max = x[i + j];
+                    }
+                const float iscale = amax != 0.0f ? -127.0f / max : 0.0f;
+                const float d = amax != 0.0f ? 1 / iscale : 0.0f;
+                for (int j = 0; j < 256; j++) {
+                    volatile float t = iscale * x[i + j] + 12582912.0f;
+                    float q = t - 12582912.0f;
+                    y[i + j] = d * (q > 127.0f ? 127.0f : q);
+                }
             }
         } else { /* Q8_0 blocks of 32, scale stored as f16, round half to even */
             for (int i = 0; i < A->K; i += 32) {
@@ -244,6 +262,8 @@ static int round_kind(uint32_t type, int64_t K)
     if ((type == GGML_T_Q8_0 || type == GGML_T_Q4_0 || type == GGML_T_Q5_0 || type == GGML_T_Q4_1 ||
          type == GGML_T_Q5_1) && K % 32 == 0)
         return 3;
+    if (type >= GGML_T_Q2_K && type <= GGML_T_Q6_K && K % 256 == 0)
+        return 4;
     return 0;
 }
 
