@@ -73,6 +73,9 @@ static inline uint64_t base_xoshiro256ss(uint64_t s[4])
 int base_parse_u64(const char *s, uint64_t *out) __attribute__((warn_unused_result));
 int base_parse_size(const char *s, uint64_t *out) __attribute__((warn_unused_result));
 int base_parse_duration(const char *s, uint64_t *out) __attribute__((warn_unused_result));
+/* A list of token ids: counts (the grammar above) below max, separated by single commas,
+ * at least one: "151644,8948,198". *ids is malloc'd (caller frees), *n its length. */
+int base_parse_ids(const char *s, uint32_t max, int32_t **ids, size_t *n) __attribute__((warn_unused_result));
 
 /* ---- CPU features ---- */
 

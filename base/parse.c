@@ -2,6 +2,8 @@
  * environment (base.h documents it); overflow-checked, no atoi/strtoull. */
 #include "base/base.h"
 
+#include <stdlib.h>
+
 /* Parses leading digits; *end gets the first non-digit. -1 on no digits or overflow. */
 static int digits(const char *s, uint64_t *out, const char **end)
 {
@@ -67,4 +69,30 @@ int base_parse_duration(const char *s, uint64_t *out)
 {
     static const uint64_t mult[] = {1, 60, 3600, 86400, 7 * 86400};
     return scaled(s, out, "smhdw", mult, "");
+}
+
+int base_parse_ids(const char *s, uint32_t max, int32_t **ids, size_t *n)
+{
+    if (!s || !*s)
+        return -1;
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    int32_t *v = malloc(cap * sizeof *v);
+    if (!v)
+        return -1;
+    size_t k = 0;
+    for (const char *p = s;; p++) {
+        uint64_t x;
+        if (digits(p, &x, &p) != 0 || x >= max || x > INT32_MAX || (*p && *p != ',')) {
+            free(v);
+            return -1;
+        }
+        v[k++] = (int32_t)x;
+        if (!*p)
+            break;
+    }
+    *ids = v;
+    *n = k;
+    return 0;
 }

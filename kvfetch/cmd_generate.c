@@ -50,37 +50,6 @@ static int parse_float(const char *s, float *out)
     return 0;
 }
 
-/* "1,2,3" -> malloc'd ids */
-static int parse_ids(const char *s, int32_t **ids, size_t *n)
-{
-    size_t cap = 1;
-    for (const char *p = s; *p; p++)
-        cap += *p == ',';
-    int32_t *v = malloc(cap * sizeof *v);
-    if (!v)
-        return -1;
-    size_t k = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (errno || end == p || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
-            free(v);
-            return -1;
-        }
-        v[k++] = (int32_t)x;
-        p = *end ? end + 1 : end;
-    }
-    if (k == 0) {
-        free(v);
-        return -1;
-    }
-    *ids = v;
-    *n = k;
-    return 0;
-}
-
 /* Streams each token to stdout: its id (user points to --tokens) or its text. */
 static int print_token(void *user, const kvp_token *t)
 {
@@ -170,7 +139,7 @@ int kvfetch_generate_main(int argc, char **argv)
     eng_sampler *smp = NULL;
     float *logits = NULL;
     if (prompt_ids) {
-        if (parse_ids(prompt_ids, &ids, &n_ids)) {
+        if (base_parse_ids(prompt_ids, (uint32_t)INT32_MAX + 1, &ids, &n_ids)) {
             fprintf(stderr, "kvfetch generate: bad --prompt-ids '%s' (expected ID,ID,... of non-negative "
                             "integers)\n", prompt_ids);
             goto out;

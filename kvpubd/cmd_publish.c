@@ -74,29 +74,6 @@ typedef struct ctx_args {
     int chat, forms;
 } ctx_args;
 
-/* Parses "1,2,3" into ids below n_vocab. Returns 0, or -1 with err set. */
-static int parse_ids(const char *s, int32_t n_vocab, int32_t **out, size_t *n, char *err, size_t errlen)
-{
-    size_t cap = strlen(s) / 2 + 1, k = 0;
-    int32_t *ids = malloc(cap * sizeof *ids);
-    if (!ids)
-        return snprintf(err, errlen, "out of memory"), -1;
-    for (const char *p = s; *p;) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v >= n_vocab || (*end && *end != ',') || k == cap) {
-            free(ids);
-            return snprintf(err, errlen, "--context-ids: '%s' is not a comma-separated list of token ids below %d",
-                            s, n_vocab), -1;
-        }
-        ids[k++] = (int32_t)v;
-        p = *end ? end + 1 : end;
-    }
-    *out = ids;
-    *n = k;
-    return 0;
-}
-
 /* Resolves the declared context into token ids (*n = 0: none). Returns 0, or -1 with err set. */
 static int context_ids(const ctx_args *a, eng_model *model, int32_t **ids, size_t *n, char *err, size_t errlen)
 {
@@ -104,8 +81,13 @@ static int context_ids(const ctx_args *a, eng_model *model, int32_t **ids, size_
     *n = 0;
     char *text = NULL, *after = NULL;
     const char *t = a->text;
-    if (a->ids)
-        return parse_ids(a->ids, eng_model_info(model)->n_vocab, ids, n, err, errlen);
+    if (a->ids) {
+        int32_t nv = eng_model_info(model)->n_vocab;
+        if (base_parse_ids(a->ids, (uint32_t)nv, ids, n) == 0)
+            return 0;
+        return snprintf(err, errlen, "--context-ids: '%s' is not a comma-separated list of token ids below %d",
+                        a->ids, nv), -1;
+    }
     if (a->file) {
         FILE *f = fopen(a->file, "rb");
         size_t len = 0;

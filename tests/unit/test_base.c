@@ -68,6 +68,36 @@ static void test_parse_size(void **state)
     CHECK(base_parse_size, cases);
 }
 
+static void test_parse_ids(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        uint32_t max;
+        int rc;
+        size_t n;
+        int32_t ids[3];
+    } cases[] = {
+        {"7", 8, 0, 1, {7}}, {"0,151643,2", 151644, 0, 3, {0, 151643, 2}},
+        {"2147483647", 0xffffffffu, 0, 1, {2147483647}},
+        {"8", 8, -1, 0, {0}}, {"2147483648", 0xffffffffu, -1, 0, {0}}, {"", 8, -1, 0, {0}},
+        {"1,", 8, -1, 0, {0}}, {",1", 8, -1, 0, {0}}, {"1,,2", 8, -1, 0, {0}}, {"-1", 8, -1, 0, {0}},
+        {"1 ,2", 8, -1, 0, {0}}, {"1;2", 8, -1, 0, {0}}, {"99999999999999999999", 0xffffffffu, -1, 0, {0}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        int rc = base_parse_ids(cases[i].s, cases[i].max, &ids, &n);
+        if (rc != cases[i].rc)
+            fail_msg("base_parse_ids(\"%s\", %u) = %d, want %d", cases[i].s, cases[i].max, rc, cases[i].rc);
+        if (rc == 0) {
+            assert_int_equal(n, cases[i].n);
+            assert_memory_equal(ids, cases[i].ids, n * sizeof *ids);
+        }
+        free(ids);
+    }
+}
+
 static void test_parse_duration(void **state)
 {
     static const parse_case cases[] = {
@@ -164,7 +194,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_u64),    cmocka_unit_test(test_parse_size),
-        cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_errf),
+        cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_parse_ids), cmocka_unit_test(test_errf),
         cmocka_unit_test(test_f16),            cmocka_unit_test(test_cache_dir),
         cmocka_unit_test(test_grow),
     };
