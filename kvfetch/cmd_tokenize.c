@@ -142,11 +142,9 @@ int kvfetch_tokenize_main(int argc, char **argv)
     }
     kvp_chat_format fmt = KVP_CHAT_NONE;
     if (chat) {
-        const char *other;
-        fmt = kvp_chat_detect(eng_vocab_chat_template(v), &other);
-        if (fmt == KVP_CHAT_NONE) {
-            fprintf(stderr, "kvfetch tokenize: %s: the chat template is %s, which kvpub does not render "
-                            "(supported: ChatML/Qwen, Llama 3, Phi-3)\n", model, other);
+        char why[256];
+        if (kvp_chat_pick(eng_vocab_chat_template(v), &fmt, why, sizeof why) != KVP_OK) {
+            fprintf(stderr, "kvfetch tokenize: %s: %s\n", model, why);
             eng_vocab_free(v);
             free(text);
             return KVF_EXIT_MALFORMED;

@@ -264,11 +264,9 @@ static int load_model(kvfetch_session *s)
     s->path.bos = s->info->add_bos && s->info->bos_id >= 0 ? s->info->bos_id : -1;
     const char *prefix = s->a.prefix, *prompt = s->a.prompt;
     if (s->a.chat) {
-        const char *other;
-        kvp_chat_format f = kvp_chat_detect(eng_model_chat_template(s->model), &other);
-        if (f == KVP_CHAT_NONE) {
-            fprintf(stderr, "%s: --chat: the model's chat template is %s, which kvpub does not render "
-                            "(supported: ChatML/Qwen, Llama 3, Phi-3)\n", s->prog, other);
+        kvp_chat_format f;
+        if (kvp_chat_pick(eng_model_chat_template(s->model), &f, s->err, sizeof s->err) != KVP_OK) {
+            fprintf(stderr, "%s: --chat: %s\n", s->prog, s->err);
             return 2;
         }
         if (kvp_chat_wrap(f, s->a.system, s->a.prompt ? s->a.prompt : "", &s->chat_before, &s->chat_after) !=

@@ -71,6 +71,16 @@ kvp_chat_format kvp_chat_detect(const char *tmpl, const char **other)
     return KVP_CHAT_NONE;
 }
 
+kvp_status kvp_chat_pick(const char *tmpl, kvp_chat_format *f, char *err, size_t errlen)
+{
+    const char *other;
+    *f = kvp_chat_detect(tmpl, &other);
+    if (*f != KVP_CHAT_NONE)
+        return KVP_OK;
+    return kvp_fail(err, errlen, KVP_ERR_USAGE, "the model's chat template is %s, which kvpub does not render "
+                    "(supported: ChatML/Qwen, Llama 3, Phi-3)", other);
+}
+
 const char *kvp_chat_format_name(kvp_chat_format f)
 {
     return f == KVP_CHAT_CHATML ? "chatml" : f == KVP_CHAT_LLAMA3 ? "llama3" : f == KVP_CHAT_PHI3 ? "phi3" : "none";

@@ -366,6 +366,9 @@ typedef struct kvp_chat_msg {
  * KVP_CHAT_NONE when it is none of the three: *other then names what it is (for the refusal). */
 kvp_chat_format kvp_chat_detect(const char *tmpl, const char **other);
 const char *kvp_chat_format_name(kvp_chat_format f); /* "chatml", "llama3", "phi3", "none" */
+/* kvp_chat_detect for a command that needs a format: KVP_OK and *f, or KVP_ERR_USAGE with
+ * err saying which template it is and which ones kvpub renders. */
+kvp_status kvp_chat_pick(const char *tmpl, kvp_chat_format *f, char *err, size_t errlen) KVP_WUR;
 
 /* The whole conversation as text (malloc'd), with the assistant's header when add_assistant. */
 kvp_status kvp_chat_render(kvp_chat_format f, const kvp_chat_msg *msgs, size_t n, int add_assistant,

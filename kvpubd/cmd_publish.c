@@ -100,11 +100,10 @@ static int context_ids(const ctx_args *a, eng_model *model, int32_t **ids, size_
         t = text;
     }
     if (a->chat) {
-        const char *other;
-        kvp_chat_format f = kvp_chat_detect(eng_model_chat_template(model), &other);
-        if (f == KVP_CHAT_NONE)
-            return snprintf(err, errlen, "--chat: the model's chat template is %s, which kvpub does not render "
-                            "(supported: ChatML/Qwen, Llama 3, Phi-3)", other), -1;
+        kvp_chat_format f;
+        char why[256];
+        if (kvp_chat_pick(eng_model_chat_template(model), &f, why, sizeof why) != KVP_OK)
+            return snprintf(err, errlen, "--chat: %s", why), -1;
         if (kvp_chat_wrap(f, a->system, "", &text, &after) != KVP_OK)
             return snprintf(err, errlen, "out of memory"), -1;
         free(after);
