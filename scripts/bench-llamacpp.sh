@@ -32,20 +32,12 @@ VERSION=$LLAMACPP_VERSION
 exe=$(llamacpp_build llama_bench) || skip "cannot compile scripts/llamacpp/llama_bench.c"
 
 data="$BUILD/bench-data"; mkdir -p "$data"
-model() {  # type -> Qwen3-0.6B-shaped kvsynth model (the one bench_engine uses), made once
-  local m="$data/qwen3-0.6b-shape-$1.gguf"
-  if [ ! -s "$m" ]; then
-    [ -x "$BUILD/kvsynth" ] || { echo "bench-llamacpp: $BUILD/kvsynth not built (make $BUILD/kvsynth)" >&2; return 1; }
-    "$BUILD/kvsynth" --arch qwen3 --layers 28 --dim 1024 --heads 16 --kv-heads 8 --head-dim 128 \
-      --ffn 3072 --vocab 32000 --ctx 8192 --type "$1" --seed 1 -o "$m.tmp" >/dev/null && mv "$m.tmp" "$m" || return 1
-  fi
-  echo "$m"
-}
+. "$here/bench-model.inc"  # qwen3_model: the model bench_engine measures
 num() { sed -n "s/^$1: \([0-9.]*\) .*/\1/p" "$2" | head -1; }  # figure "LABEL: X ..." -> X
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 
 for t in $TYPES; do
-  m=$(model "$t") || { echo "bench-llamacpp: no $t model"; continue; }
+  m=$(qwen3_model "$t") || { echo "bench-llamacpp: no $t model"; continue; }
   out="$data/llamacpp-$t.txt"
   echo "# llama.cpp (node-llama-cpp $VERSION), $t, threads $THREADS, load:$(uptime | sed 's/.*load average://')"
   "$exe" "$lib" "$m" --threads "$THREADS" --runs "$RUNS" --fa "$FA" | tee "$out" || { echo "bench-llamacpp: llama_bench failed on $m"; continue; }

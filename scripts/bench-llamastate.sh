@@ -25,12 +25,8 @@ llamacpp_install "$BUILD/llamacpp" || skip "$LLAMACPP_WHY"
 exe=$(llamacpp_build llama_ttft) || skip "cannot compile scripts/llamacpp/llama_ttft.c"
 
 data="$BUILD/bench-data"; mkdir -p "$data"
-m="$data/qwen3-0.6b-shape-f16.gguf"
-if [ ! -s "$m" ]; then
-  "$BUILD/kvsynth" --arch qwen3 --layers 28 --dim 1024 --heads 16 --kv-heads 8 --head-dim 128 \
-    --ffn 3072 --vocab 32000 --ctx 8192 --type f16 --seed 1 -o "$m.tmp" >/dev/null && mv "$m.tmp" "$m" ||
-    die "kvsynth failed"
-fi
+. "$here/bench-model.inc"
+m=$(qwen3_model f16) || die "kvsynth failed"
 # raw f16 KV per token of that shape: layers x (K + V) x kv-heads x head-dim x 2 bytes
 kv_per_token=$(( 28 * 2 * 8 * 128 * 2 ))
 

@@ -31,9 +31,9 @@ SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; true' EXIT
 export KVPUB_CACHE_DIR="$keep/kvcache"
 
-model="$data/qwen3-0.6b-shape-f16.gguf"
+. "$(dirname "$0")/bench-model.inc"
+model=$(qwen3_model f16)
 shape=(--arch qwen3 --heads 16 --kv-heads 8 --head-dim 128 --vocab 32000 --ctx 8192 --seed 1)
-[ -s "$model" ] || "$BUILD/kvsynth" "${shape[@]}" --layers 28 --dim 1024 --ffn 3072 --type f16 -o "$model" >/dev/null
 # a 1-layer twin with the same tokenizer, to size the documents to an exact token count cheaply
 twin="$keep/twin.gguf"
 [ -s "$twin" ] || "$BUILD/kvsynth" "${shape[@]}" --layers 1 --dim 1024 --ffn 64 --type f32 -o "$twin" >/dev/null

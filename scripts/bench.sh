@@ -9,14 +9,7 @@ data="$BUILD/bench-data"; mkdir -p "$data"
 want() { case "$1" in *"${BENCH:-}"*) return 0;; *) return 1;; esac; }
 section() { printf '\n== %s ==\n' "$*"; }
 
-qwen3_model() {  # type -> path of a Qwen3-0.6B-shaped kvsynth model, made once
-  local t=$1 m="$data/qwen3-0.6b-shape-$1.gguf"
-  if [ ! -s "$m" ]; then
-    "$BUILD/kvsynth" --arch qwen3 --layers 28 --dim 1024 --heads 16 --kv-heads 8 --head-dim 128 \
-      --ffn 3072 --vocab 32000 --ctx 8192 --type "$t" --seed 1 -o "$m" >/dev/null || return 1
-  fi
-  echo "$m"
-}
+. "$(dirname "$0")/bench-model.inc"
 
 if want kvblob && [ -x "$BUILD/bench/bench_kvblob" ]; then
   section "blob codecs (Qwen3-0.6B-shaped KV, 4096 tokens)"
