@@ -70,6 +70,14 @@ static int model_fp(const char *path, char hex[65])
     return 0;
 }
 
+/* The string at o.k1[.k2], or "?" when absent. */
+static const char *str(json_t *o, const char *k1, const char *k2)
+{
+    json_t *v = json_object_get(o, k1);
+    const char *t = json_string_value(k2 ? json_object_get(v, k2) : v);
+    return t ? t : "?";
+}
+
 static void print_table(json_t *page)
 {
     json_t *items = json_object_get(page, "items");
@@ -79,21 +87,13 @@ static void print_table(json_t *page)
            "title");
     json_array_foreach(items, i, it) {
         json_t *ctx = json_object_get(it, "context");
-        char cbuf[16] = "-";
+        char cbuf[24] = "-";
         if (json_is_object(ctx))
             snprintf(cbuf, sizeof cbuf, "%lld tok", (long long)json_integer_value(json_object_get(ctx, "tokens")));
-        printf("%-16.16s %-10.10s %7lld %-9.9s %8lld %-16s %-8s %s\n",
-               json_string_value(json_object_get(it, "id")) ? json_string_value(json_object_get(it, "id")) : "?",
-               json_string_value(json_object_get(json_object_get(it, "model"), "arch")) ?
-                   json_string_value(json_object_get(json_object_get(it, "model"), "arch")) : "?",
-               (long long)json_integer_value(json_object_get(it, "tokens")),
-               json_string_value(json_object_get(it, "codec")) ? json_string_value(json_object_get(it, "codec")) : "?",
-               (long long)json_integer_value(json_object_get(it, "price")),
-               json_string_value(json_object_get(it, "publisher_key_id")) ?
-                   json_string_value(json_object_get(it, "publisher_key_id")) : "?",
-               cbuf,
-               json_string_value(json_object_get(json_object_get(it, "document"), "title")) ?
-                   json_string_value(json_object_get(json_object_get(it, "document"), "title")) : "");
+        printf("%-16.16s %-10.10s %7lld %-9.9s %8lld %-16s %-8s %s\n", str(it, "id", NULL), str(it, "model", "arch"),
+               (long long)json_integer_value(json_object_get(it, "tokens")), str(it, "codec", NULL),
+               (long long)json_integer_value(json_object_get(it, "price")), str(it, "publisher_key_id", NULL), cbuf,
+               str(it, "document", "title"));
     }
     json_t *next = json_object_get(page, "next");
     printf("%zu of %lld listings%s\n", json_array_size(items), (long long)json_integer_value(json_object_get(page, "total")),

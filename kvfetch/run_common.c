@@ -509,26 +509,21 @@ static size_t utf8_len(const unsigned char *p, size_t n)
 void kvfetch_json_text(json_t *o, const char *text, size_t n)
 {
     const unsigned char *p = (const unsigned char *)(text ? text : "");
-    char *out = malloc(3 * n + 1), *hex = malloc(2 * n + 1);
+    char *out = malloc(3 * n + 1); /* each byte at most becomes U+FFFD's 3 */
     size_t k = 0, bad = 0;
     for (size_t i = 0; out && i < n;) {
         size_t l = utf8_len(p + i, n - i);
-        if (l) {
-            memcpy(out + k, p + i, l);
-            k += l;
-            i += l;
-        } else { /* U+FFFD for each byte that starts no valid sequence */
-            memcpy(out + k, "\xef\xbf\xbd", 3);
-            k += 3;
-            i++;
-            bad++;
-        }
+        memcpy(out + k, l ? (const char *)p + i : "\xef\xbf\xbd", l ? l : 3);
+        k += l ? l : 3;
+        i += l ? l : 1;
+        bad += !l;
     }
     if (out)
         out[k] = 0;
     json_object_set_new(o, "text", out ? json_stringn(out, k) : json_null());
     json_object_set_new(o, "text_utf8", json_boolean(out && !bad));
-    if (bad && hex) /* the exact bytes, for a caller that needs them */
+    char *hex = bad ? malloc(2 * n + 1) : NULL;
+    if (hex) /* the exact bytes, for a caller that needs them */
         json_object_set_new(o, "text_hex", json_string(kvc_hex(p, n, hex)));
     free(out);
     free(hex);
