@@ -192,17 +192,6 @@ static double arr_elem(gguf_vtype et, const uint8_t *p, int *ok)
     }
 }
 
-static size_t vt_size(gguf_vtype et)
-{
-    switch (et) {
-    case GGUF_VT_UINT8: case GGUF_VT_INT8: case GGUF_VT_BOOL: return 1;
-    case GGUF_VT_UINT16: case GGUF_VT_INT16: return 2;
-    case GGUF_VT_UINT32: case GGUF_VT_INT32: case GGUF_VT_FLOAT32: return 4;
-    case GGUF_VT_UINT64: case GGUF_VT_INT64: case GGUF_VT_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 /* Numeric array hashed as f32 bits (as_float) or i32 values, whatever its stored type. */
 static void h_opt_numarr(hasher *h, const gguf_file *g, const char *key, int as_float)
 {
@@ -210,7 +199,7 @@ static void h_opt_numarr(hasher *h, const gguf_file *g, const char *key, int as_
     uint64_t n;
     const void *d;
     size_t es;
-    if (gguf_get_arr(g, key, &et, &n, &d) != 1 || (es = vt_size(et)) == 0 || et == GGUF_VT_BOOL) {
+    if (gguf_get_arr(g, key, &et, &n, &d) != 1 || (es = gguf_vtype_size(et)) == 0 || et == GGUF_VT_BOOL) {
         h_u8(h, 0);
         return;
     }

@@ -21,6 +21,9 @@ typedef enum gguf_vtype {
     GGUF_VT_FLOAT64 = 12,
 } gguf_vtype;
 
+/* Bytes of one value of a fixed-size type t; 0 for string, array and unknown types. */
+size_t gguf_vtype_size(uint32_t t);
+
 /* ggml tensor types we know (file format values). */
 enum {
     GGML_T_F32 = 0, GGML_T_F16 = 1, GGML_T_Q4_0 = 2, GGML_T_Q4_1 = 3, GGML_T_Q5_0 = 6,

@@ -110,8 +110,7 @@ static eng_status rd_name(parser *ps, const char *what, char out[GGUF_MAX_NAME +
     return ENG_OK;
 }
 
-/* Size of a fixed-size value type, 0 for string/array/unknown. */
-static size_t scalar_size(uint32_t t)
+size_t gguf_vtype_size(uint32_t t)
 {
     switch (t) {
     case GGUF_VT_UINT8: case GGUF_VT_INT8: case GGUF_VT_BOOL: return 1;
@@ -135,7 +134,7 @@ static eng_status parse_value(parser *ps, gguf_kv *kv)
         return rd_str(ps, GGUF_MAX_STRING, "string value", &s);
     }
     if (t != GGUF_VT_ARRAY) {
-        size_t sz = scalar_size(t);
+        size_t sz = gguf_vtype_size(t);
         if (sz == 0)
             return fail(ps, ENG_ERR_FORMAT, "key '%s' has unknown value type %u (expected 0..12)",
                         kv->key, t);
@@ -151,13 +150,13 @@ static eng_status parse_value(parser *ps, gguf_kv *kv)
         return st;
     if (et == GGUF_VT_ARRAY)
         return fail(ps, ENG_ERR_FORMAT, "key '%s' is a nested array (not supported)", kv->key);
-    if (et != GGUF_VT_STRING && scalar_size(et) == 0)
+    if (et != GGUF_VT_STRING && gguf_vtype_size(et) == 0)
         return fail(ps, ENG_ERR_FORMAT, "key '%s' has unknown array element type %u", kv->key, et);
     if (n > GGUF_MAX_ARRAY)
         return fail(ps, ENG_ERR_FORMAT, "key '%s' array count %llu exceeds the limit %d", kv->key,
                     (unsigned long long)n, GGUF_MAX_ARRAY);
     /* Strings need at least their 8-byte length each: check before allocating the index. */
-    size_t esz = et == GGUF_VT_STRING ? 8 : scalar_size(et);
+    size_t esz = et == GGUF_VT_STRING ? 8 : gguf_vtype_size(et);
     if (n * esz > remaining(ps))
         return fail(ps, ENG_ERR_FORMAT,
                     "key '%s' array of %llu elements needs at least %llu bytes, only %zu remain",
