@@ -253,10 +253,7 @@ kvs_status kvs_store_publisher_add(kvs_store *s, const uint8_t key_id[KVS_KEYID_
         db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
         db_bind_hex(&q, ":pk", public_key, KVS_PUBKEY_LEN);
         db_bind_text(&q, ":name", name);
-        if (cred)
-            db_bind_hex(&q, ":cred", h, sizeof h);
-        else
-            db_bind_text(&q, ":cred", NULL);
+        db_bind_hex(&q, ":cred", cred ? h : NULL, sizeof h);
         db_bind_int64(&q, ":now", now);
         st = db_run(&q, err, errlen);
         db_finalize(&q);
@@ -378,10 +375,7 @@ kvs_status kvs_store_download_count(kvs_store *s, const uint8_t *id, uint64_t *c
     db_stmt q;
     kvs_status st = kvs_prepare(s, "SELECT count(*) FROM download_log WHERE :blob IS NULL OR blob_id = :blob", &q,
                                err, errlen);
-    if (id)
-        db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
-    else
-        db_bind_text(&q, ":blob", NULL);
+    db_bind_hex(&q, ":blob", id, KVS_SHA256_LEN);
     int row = 0;
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);

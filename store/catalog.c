@@ -145,19 +145,10 @@ kvs_status kvs_store_blob_path(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], c
 
 static void bind_query(db_stmt *q, const kvs_query *f)
 {
-    if (f->model_fp)
-        db_bind_hex(q, ":model", f->model_fp, KVS_SHA256_LEN);
-    else
-        db_bind_text(q, ":model", NULL);
-    if (f->doc_sha256)
-        db_bind_hex(q, ":doc", f->doc_sha256, KVS_SHA256_LEN);
-    else
-        db_bind_text(q, ":doc", NULL);
+    db_bind_hex(q, ":model", f->model_fp, KVS_SHA256_LEN);
+    db_bind_hex(q, ":doc", f->doc_sha256, KVS_SHA256_LEN);
     db_bind_text(q, ":title", f->title_contains && *f->title_contains ? f->title_contains : NULL);
-    if (f->publisher_id)
-        db_bind_hex(q, ":publisher", f->publisher_id, KVS_KEYID_LEN);
-    else
-        db_bind_text(q, ":publisher", NULL);
+    db_bind_hex(q, ":publisher", f->publisher_id, KVS_KEYID_LEN);
     if (f->context_sha256)
         db_bind_hex(q, ":ctx", f->context_sha256, KVS_SHA256_LEN);
     else

@@ -121,7 +121,7 @@ void db_bind_hex(db_stmt *q, const char *name, const uint8_t *bytes, size_t n)
         snprintf(q->bind_err, sizeof q->bind_err, "hex value for %s too long", name);
         return;
     }
-    db_bind_text(q, name, kvc_hex(bytes, n, hex));
+    db_bind_text(q, name, bytes ? kvc_hex(bytes, n, hex) : NULL);
 }
 
 kvs_status db_step(db_stmt *q, int *row, char *err, size_t errlen)

@@ -57,7 +57,7 @@ kvs_status kvs_has_row(kvs_store *s, const char *sql, const char *name, const ui
  * programming error surfaces at step instead of silently binding nothing. */
 void db_bind_text(db_stmt *q, const char *name, const char *v);   /* NULL binds SQL NULL */
 void db_bind_int64(db_stmt *q, const char *name, int64_t v);
-void db_bind_hex(db_stmt *q, const char *name, const uint8_t *bytes, size_t n); /* lowercase hex */
+void db_bind_hex(db_stmt *q, const char *name, const uint8_t *bytes, size_t n); /* lowercase hex; NULL: SQL NULL */
 /* Steps once: KVS_OK with *row = 1 (a row is ready) or 0 (done), or KVS_ERR_DB. */
 kvs_status db_step(db_stmt *q, int *row, char *err, size_t errlen) KVS_WUR;
 /* Steps a statement expected to return no rows. */
