@@ -1,10 +1,11 @@
 /* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
  * formatting, the command-line number grammar, CPU feature detection, f16/bf16 scalar
  * conversion, the tools' subcommand dispatch and cache directory, durable file writes, a
- * monotonic clock and a seeded PRNG. */
+ * monotonic clock, a seeded PRNG and stopping worker threads. */
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -169,10 +170,16 @@ static inline uint16_t base_f32_to_bf16(float f)
     return (uint16_t)(base_round_ne(x >> 16, x & 0xffff, 16));
 }
 
-/* No thread pool here, on purpose: engine/pool.c is a fork-join pool whose workers spin between
+/* ---- worker threads ----
+ * No thread pool here, on purpose: engine/pool.c is a fork-join pool whose workers spin between
  * the few hundred tiny jobs of a decode step, while the blob writer and reader stream chunks
  * through a bounded queue to workers that each keep a zstd context and let the producer run
- * ahead; either one serving the other would cost the decode path a sleep or burn a core on I/O. */
+ * ahead; either one serving the other would cost the decode path a sleep or burn a core on I/O.
+ * What they share is how their threads stop. */
+
+/* Sets *stop under mu, wakes every thread waiting on cv, then joins the n threads th[0..n).
+ * For threads that wait on cv under mu and return once they see *stop set. */
+void base_threads_stop(pthread_mutex_t *mu, pthread_cond_t *cv, int *stop, const pthread_t *th, int n);
 
 /* ---- the tools' subcommands ---- */
 

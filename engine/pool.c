@@ -104,12 +104,7 @@ void eng_pool_free(eng_pool *p)
 {
     if (!p)
         return;
-    pthread_mutex_lock(&p->mu);
-    p->quit = 1;
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 1; i < p->n; i++)
-        pthread_join(p->th[i], NULL);
+    base_threads_stop(&p->mu, &p->wake, &p->quit, p->th + 1, p->n - 1); /* th[0] is the caller */
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);

@@ -102,12 +102,7 @@ kvb_reader *kvb_reader_create(const kvb_read_opts *opts)
 
 static void stop_workers(kvb_reader *r)
 {
-    pthread_mutex_lock(&r->mu);
-    r->shutdown = 1;
-    pthread_cond_broadcast(&r->cv_work);
-    pthread_mutex_unlock(&r->mu);
-    for (int i = 0; i < r->nthreads; i++)
-        pthread_join(r->thr[i], NULL);
+    base_threads_stop(&r->mu, &r->cv_work, &r->shutdown, r->thr, r->nthreads);
     r->nthreads = 0;
 }
 

@@ -280,12 +280,8 @@ void kvb_writer_free(kvb_writer *w)
     if (!w)
         return;
     if (w->nthreads) {
-        pthread_mutex_lock(&w->mu);
-        w->shutdown = 1; /* workers finish what is queued, then exit */
-        pthread_cond_broadcast(&w->cv_work);
-        pthread_mutex_unlock(&w->mu);
-        for (int i = 0; i < w->nthreads; i++)
-            pthread_join(w->thr[i], NULL);
+        /* workers finish what is queued, then exit */
+        base_threads_stop(&w->mu, &w->cv_work, &w->shutdown, w->thr, w->nthreads);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv_work);
         pthread_cond_destroy(&w->cv_done);

@@ -128,11 +128,7 @@ void kvsrv_prune_halt(kvsrv *s)
     struct kvsrv_pruner *p = s->pruner;
     if (!p)
         return;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_signal(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    pthread_join(p->thread, NULL);
+    base_threads_stop(&p->mu, &p->cv, &p->stop, &p->thread, 1);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     kvs_store_close(p->store);

@@ -147,10 +147,6 @@ void kvsrv_watchdog_halt(kvsrv *s)
 {
     if (!s->watchdog_running)
         return;
-    pthread_mutex_lock(&s->watch_mu);
-    s->watchdog_stop = 1;
-    pthread_cond_signal(&s->watch_cv);
-    pthread_mutex_unlock(&s->watch_mu);
-    pthread_join(s->watchdog, NULL);
+    base_threads_stop(&s->watch_mu, &s->watch_cv, &s->watchdog_stop, &s->watchdog, 1);
     s->watchdog_running = 0;
 }
