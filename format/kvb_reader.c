@@ -496,28 +496,19 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
     const uint8_t *p = data;
     while (!r->st && len > 0) {
         size_t take = 0;
+        kvb_status (*complete)(kvb_reader *) = NULL; /* the part take completes: handled once consumed */
         switch (r->phase) {
         case P_HEADER:
             take = KVB_HEADER_LEN - r->pos < len ? KVB_HEADER_LEN - r->pos : len;
             put(r->hdr + r->pos, p, take);
-            if (r->pos + take == KVB_HEADER_LEN) {
-                r->pos += take;
-                p += take;
-                len -= take;
-                take = 0;
-                on_header(r);
-            }
+            if (r->pos + take == KVB_HEADER_LEN)
+                complete = on_header;
             break;
         case P_PREFIX:
             take = r->prefix_len - r->pos < len ? r->prefix_len - r->pos : len;
             put(r->prefix + r->pos, p, take);
-            if (r->pos + take == r->prefix_len) {
-                r->pos += take;
-                p += take;
-                len -= take;
-                take = 0;
-                on_prefix(r);
-            }
+            if (r->pos + take == r->prefix_len)
+                complete = on_prefix;
             break;
         case P_PAD:
             take = r->pad_to - r->pos < len ? (size_t)(r->pad_to - r->pos) : len;
@@ -551,13 +542,8 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
                 s->in_len += take;
             }
             r->sec_have += take;
-            if (r->sec_have == slen) {
-                r->pos += take;
-                p += take;
-                len -= take;
-                take = 0;
-                on_section_done(r);
-            }
+            if (r->sec_have == slen)
+                complete = on_section_done;
             break;
         }
         case P_DONE: {
@@ -571,6 +557,8 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
         r->pos += take;
         p += take;
         len -= take;
+        if (complete)
+            complete(r);
     }
     wait_borrowed(r);
     return ret(r, err, errlen);
