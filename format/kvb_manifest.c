@@ -105,18 +105,13 @@ static const char *nz(const char *s) { return s ? s : ""; }
 /* The manifest's "rope" object; the store indexes the same object (kvb_manifest_rope_json). */
 static json_t *rope_object(const kvb_manifest *m)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "type", json_string(kvb_rope_type_name(m->rope_type)));
-    json_object_set_new(o, "n_rot", json_integer(m->rope_n_rot));
-    json_object_set_new(o, "freq_base", json_real(m->rope_freq_base));
-    json_object_set_new(o, "freq_scale", json_real(m->rope_freq_scale));
-    json_object_set_new(o, "scaling", json_string(kvb_scaling_name(m->rope_scaling)));
-    json_object_set_new(o, "n_ctx_orig", json_integer(m->rope_n_ctx_orig));
-    json_object_set_new(o, "yarn_ext_factor", json_real(m->yarn_ext_factor));
-    json_object_set_new(o, "yarn_attn_factor", json_real(m->yarn_attn_factor));
-    json_object_set_new(o, "yarn_beta_fast", json_real(m->yarn_beta_fast));
-    json_object_set_new(o, "yarn_beta_slow", json_real(m->yarn_beta_slow));
-    json_object_set_new(o, "pos0", json_integer(m->pos0));
+    json_t *o = json_pack("{s:s, s:I, s:f, s:f, s:s, s:I, s:f, s:f, s:f, s:f, s:I}",
+                          "type", kvb_rope_type_name(m->rope_type), "n_rot", (json_int_t)m->rope_n_rot,
+                          "freq_base", m->rope_freq_base, "freq_scale", m->rope_freq_scale,
+                          "scaling", kvb_scaling_name(m->rope_scaling), "n_ctx_orig", (json_int_t)m->rope_n_ctx_orig,
+                          "yarn_ext_factor", m->yarn_ext_factor, "yarn_attn_factor", m->yarn_attn_factor,
+                          "yarn_beta_fast", m->yarn_beta_fast, "yarn_beta_slow", m->yarn_beta_slow,
+                          "pos0", (json_int_t)m->pos0);
     if (m->rope_n_freq_factors) { /* absent unless the model has them: older manifests stay as they were */
         json_t *f = json_array();
         for (uint32_t i = 0; i < m->rope_n_freq_factors; i++)

@@ -423,41 +423,27 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
     json_t *blobs = json_array();
     for (int i = 0; i < s->a.n_blobs; i++) {
         const kvp_load_stats *l = &s->ls[i];
-        json_t *b = json_object();
-        json_object_set_new(b, "blob", json_string(s->a.blobs[i]));
-        json_object_set_new(b, "path", json_string(s->paths[i]));
-        json_object_set_new(b, "tokens", json_integer(l->n_tokens));
-        json_object_set_new(b, "chunks", json_integer(l->n_chunks));
-        json_object_set_new(b, "position", json_integer(l->pos));
-        json_object_set_new(b, "delta", json_integer(l->delta));
-        json_object_set_new(b, "recomputed_tokens", json_integer(l->n_recomputed));
-        json_object_set_new(b, "recompute_s", json_real(l->recompute_s));
-        json_object_set_new(b, "context_tokens", json_integer(l->n_context));
-        json_object_set_new(b, "context", json_string(!l->n_context ? "none" : l->context_exact ? "exact" : "differs"));
-        if (l->context_note[0])
-            json_object_set_new(b, "context_note", json_string(l->context_note));
-        json_object_set_new(b, "file_bytes", json_integer((json_int_t)l->file_bytes));
-        json_object_set_new(b, "raw_kv_bytes", json_integer((json_int_t)l->raw_bytes));
-        json_object_set_new(b, "read_s", json_real(l->read_s));
-        json_object_set_new(b, "verify_decode_s", json_real(l->verify_decode_s));
-        json_object_set_new(b, "rerotate_s", json_real(l->rerotate_s));
-        json_object_set_new(b, "import_s", json_real(l->import_s));
-        json_object_set_new(b, "load_s", json_real(l->total_s));
-        json_object_set_new(b, "load_cpu_s", json_real(l->cpu_s));
-        json_object_set_new(b, "decode_threads", json_integer(l->n_threads));
-        json_object_set_new(b, "chunk_digest", json_string(kvc_leaf_digest_engine()));
+        json_t *b = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:s, s:s*, s:I, s:I, s:f, s:f, s:f, "
+                              "s:f, s:f, s:f, s:i, s:s}",
+                              "blob", s->a.blobs[i], "path", s->paths[i],
+                              "tokens", (json_int_t)l->n_tokens, "chunks", (json_int_t)l->n_chunks,
+                              "position", (json_int_t)l->pos, "delta", (json_int_t)l->delta,
+                              "recomputed_tokens", (json_int_t)l->n_recomputed, "recompute_s", l->recompute_s,
+                              "context_tokens", (json_int_t)l->n_context,
+                              "context", !l->n_context ? "none" : l->context_exact ? "exact" : "differs",
+                              "context_note", l->context_note[0] ? l->context_note : NULL,
+                              "file_bytes", (json_int_t)l->file_bytes, "raw_kv_bytes", (json_int_t)l->raw_bytes,
+                              "read_s", l->read_s, "verify_decode_s", l->verify_decode_s,
+                              "rerotate_s", l->rerotate_s, "import_s", l->import_s, "load_s", l->total_s,
+                              "load_cpu_s", l->cpu_s, "decode_threads", l->n_threads,
+                              "chunk_digest", kvc_leaf_digest_engine());
         json_array_append_new(blobs, b);
     }
     json_object_set_new(o, "blobs", blobs);
-    json_t *t = json_object();
-    json_object_set_new(t, "fetch_s", json_real(s->fetch_s));
-    json_object_set_new(t, "model_load_s", json_real(s->model_s));
-    json_object_set_new(t, "fingerprint_s", json_real(s->fp_s));
-    json_object_set_new(t, "warm_up_s", json_real(s->warm_s));
-    json_object_set_new(t, "prefix_prefill_s", json_real(s->pr.prefix_s));
-    json_object_set_new(t, "blob_load_s", json_real(s->pr.load_s));
-    json_object_set_new(t, "suffix_prefill_s", json_real(s->pr.suffix_s));
-    json_object_set_new(t, "ttft_s", json_real(ttft_s));
+    json_t *t = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "fetch_s", s->fetch_s,
+                          "model_load_s", s->model_s, "fingerprint_s", s->fp_s, "warm_up_s", s->warm_s,
+                          "prefix_prefill_s", s->pr.prefix_s, "blob_load_s", s->pr.load_s,
+                          "suffix_prefill_s", s->pr.suffix_s, "ttft_s", ttft_s);
     json_object_set_new(o, "timings", t);
     json_object_set_new(o, "prefix_tokens", json_integer((json_int_t)s->n_prefix));
     json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)s->n_prompt));
