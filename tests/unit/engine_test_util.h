@@ -1,5 +1,6 @@
-/* engine_test_util.h: helpers shared by the test_engine_*.c tests (header-only, so nothing is
- * linked into other tests): paths under $KVPUB_SHARED, golden JSON/bin loading, comparisons. */
+/* engine_test_util.h: helpers shared by the tests that run models (test_engine_*.c,
+ * test_kvpub_*.c; header-only, so nothing is linked into other tests): paths and models under
+ * $KVPUB_SHARED, golden JSON/bin loading, comparisons. */
 #ifndef KVPUB_ENGINE_TEST_UTIL_H
 #define KVPUB_ENGINE_TEST_UTIL_H
 

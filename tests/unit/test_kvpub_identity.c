@@ -20,24 +20,12 @@ typedef struct fixture {
     kvp_identity id_llama, id_qwen3;
 } fixture;
 
-static eng_model *load(const char *rel)
-{
-    char path[1024], err[256];
-    eng_model *m = NULL;
-    et_path(path, sizeof path, rel);
-    if (eng_model_load(path, &m, err, sizeof err) != ENG_OK) {
-        fprintf(stderr, "cannot load %s: %s\n", path, err);
-        return NULL;
-    }
-    return m;
-}
-
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
     char err[256];
-    if (!f || !(f->llama = load("models/stories260K.gguf")) ||
-        !(f->qwen3 = load("models/synth/synth-qwen3-tiny-f32.gguf")))
+    if (!f || !(f->llama = et_load_model("models/stories260K.gguf")) ||
+        !(f->qwen3 = et_load_model("models/synth/synth-qwen3-tiny-f32.gguf")))
         return -1;
     if (kvp_identity_from_model(f->llama, &f->id_llama, err, sizeof err) != KVP_OK ||
         kvp_identity_from_model(f->qwen3, &f->id_qwen3, err, sizeof err) != KVP_OK) {

@@ -18,6 +18,7 @@
 
 #include "kvpub/kvpub.h"
 #include "engine/kernels/quant_internal.h"
+#include "tests/unit/engine_test_util.h"
 #include "tests/unit/test_util.h"
 
 typedef struct fixture {
@@ -38,12 +39,8 @@ static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
     char path[1024], err[256];
-    const char *sh = getenv("KVPUB_SHARED");
-    snprintf(path, sizeof path, "%s/models/stories260K.gguf", sh && *sh ? sh : "../shared");
-    if (eng_model_load(path, &f->m, err, sizeof err) != ENG_OK) {
-        fprintf(stderr, "cannot load %s: %s\n", path, err);
+    if (!(f->m = et_load_model("models/stories260K.gguf")))
         return -1;
-    }
     f->in = eng_model_info(f->m);
     if (kvp_identity_from_model(f->m, &f->id, err, sizeof err) != KVP_OK)
         return -1;
@@ -372,14 +369,10 @@ static void test_rerotate_kernels_agree(void **state)
 {
     (void)state;
     const char *models[] = {"models/synth/synth-qwen3-tiny-f32.gguf", "models/stories260K.gguf"};
-    const char *sh = getenv("KVPUB_SHARED");
     uint64_t x = 0x9e3779b97f4a7c15ull;
     for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
-        char path[1024], err[256];
-        snprintf(path, sizeof path, "%s/%s", sh && *sh ? sh : "../shared", models[mi]);
-        eng_model *m = NULL;
-        if (eng_model_load(path, &m, err, sizeof err) != ENG_OK)
-            fail_msg("%s: %s", path, err);
+        eng_model *m = et_load_model(models[mi]);
+        assert_non_null(m);
         const eng_info *in = eng_model_info(m);
         enum { N = 37 };
         size_t cnt = (size_t)N * in->n_head_kv * in->head_dim;
