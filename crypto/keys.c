@@ -439,3 +439,36 @@ out:
     free(pubpem);
     return s;
 }
+
+char *kvc_key_public_pem(const kvc_key *k)
+{
+    char *pem = NULL, *s = NULL;
+    size_t len = 0;
+    if (pem_encode(k, 0, &pem, &len) == KVC_OK && (s = malloc(len + 1))) {
+        memcpy(s, pem, len);
+        s[len] = '\0';
+    }
+    free(pem);
+    return s;
+}
+
+kvc_status kvc_key_write_public(const kvc_key *k, const char *path, char *err, size_t errlen)
+{
+    char *pem = NULL, tmp[PATH_MAX];
+    size_t len = 0;
+    kvc_status s = pem_encode(k, 0, &pem, &len);
+    if (s != KVC_OK) {
+        base_errf(err, errlen, "cannot encode the key as PEM: %s", kvc_status_str(s));
+        return s;
+    }
+    s = write_temp(path, pem, len, 0644, tmp, sizeof tmp, err, errlen);
+    free(pem);
+    if (s == KVC_OK && rename(tmp, path) != 0) {
+        base_errf(err, errlen, "cannot create %s: %s", path, strerror(errno));
+        unlink(tmp);
+        s = KVC_ERR_IO;
+    }
+    if (s == KVC_OK)
+        base_fsync_parent_dir(path);
+    return s;
+}

@@ -61,6 +61,15 @@ char *kvc_hex(const uint8_t *bytes, size_t n, char *out);
  * Returns KVC_OK or KVC_ERR_FORMAT. */
 kvc_status kvc_unhex(const char *hex, uint8_t *out, size_t n) KVC_WUR;
 
+/* Standard padded base64 (RFC 4648 section 4, no line breaks) of len bytes: a new
+ * NUL-terminated string (caller frees; *outlen, optional, gets its length), NULL when out of
+ * memory. */
+char *kvc_base64_encode(const void *data, size_t len, size_t *outlen);
+/* Decodes exactly that form (len characters, need not be NUL-terminated): anything else, a
+ * non-canonical last character included, is KVC_ERR_FORMAT, so one byte string has one
+ * encoding. On KVC_OK *out is a new buffer of *outlen bytes (caller frees). */
+kvc_status kvc_base64_decode(const char *text, size_t len, uint8_t **out, size_t *outlen) KVC_WUR;
+
 /* ---- keys ---- */
 
 /* An Ed25519 key: private (can sign and verify) or public only. Opaque. */
@@ -87,6 +96,13 @@ kvc_status kvc_key_from_raw_public(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **
 kvc_status kvc_key_from_raw_private(const uint8_t raw[KVC_PUBKEY_LEN], kvc_key **out) KVC_WUR;
 /* Parses a PEM public key held in memory (len bytes, need not be NUL-terminated). */
 kvc_status kvc_key_from_pem_public(const char *pem, size_t len, kvc_key **out) KVC_WUR;
+
+/* The public half of k as SubjectPublicKeyInfo PEM text: a new NUL-terminated string (caller
+ * frees), NULL when out of memory. */
+char *kvc_key_public_pem(const kvc_key *k);
+/* Writes the public half of k to path (PEM, 0644) through a temporary file, fsync and rename,
+ * replacing what was there. */
+kvc_status kvc_key_write_public(const kvc_key *k, const char *path, char *err, size_t errlen) KVC_WUR;
 
 void kvc_key_raw_public(const kvc_key *k, uint8_t raw[KVC_PUBKEY_LEN]);
 void kvc_key_id(const kvc_key *k, uint8_t id[KVC_KEYID_LEN]);

@@ -28,6 +28,11 @@ typedef enum kvf_status {
     KVF_ERR_REFUSED = 8,  /* a verified blob that does not fit: other model, tokenizer, RoPE */
     KVF_ERR_TOO_BIG = 9,  /* the server sent more bytes than the blob's manifest declares */
     KVF_ERR_ENGINE = 10,  /* the engine failed (context full, ...) */
+    KVF_ERR_SNAPSHOT = 11, /* a catalog snapshot that does not verify: malformed, bad signature,
+                              untrusted, revoked or retired signer (spec/repository.md) */
+    KVF_ERR_ROLLBACK = 12, /* a snapshot older than one this client has seen (rollback) */
+    KVF_ERR_FROZEN = 13,   /* a snapshot past its expiry (a mirror frozen in time) */
+    KVF_ERR_UNLISTED = 14, /* the verified snapshot does not list the blob asked for */
 } kvf_status;
 
 /* Writes the printf-style message to err (if non-NULL) and returns st. */
@@ -206,6 +211,93 @@ typedef struct kvf_get_result {
 kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                    char *err, size_t errlen) KVF_WUR;
 void kvf_get_result_clear(kvf_get_result *res); /* frees the manifest; the struct stays usable */
+
+/* ---- signed catalog snapshots (spec/repository.md) ---- */
+
+#define KVF_SNAPSHOT_MAX ((size_t)64 << 20) /* largest snapshot file read */
+
+/* One listing of a snapshot; strings are borrowed from the snapshot. */
+typedef struct kvf_listing {
+    uint8_t id[32];
+    uint64_t bytes;                /* the blob file's size */
+    uint8_t doc_sha256[32];
+    const char *title, *media_type;
+    uint64_t doc_bytes;
+    uint8_t model_fp[32];
+    const char *model_arch;
+    uint8_t tokenizer_fp[32];
+    uint32_t n_context;            /* tokens of the declared context, 0 = none */
+    uint8_t context_sha256[32];
+    const char *codec;
+    uint64_t n_tokens, price;
+    int64_t created, expires;      /* unix seconds; expires 0 = never */
+    uint8_t publisher_id[KVC_KEYID_LEN];
+} kvf_listing;
+
+/* A verified, parsed snapshot. Opaque. */
+typedef struct kvf_snapshot kvf_snapshot;
+
+/* Verifies a snapshot file (len bytes) and parses it, in the order spec/repository.md gives:
+ * envelope, a signature by a key of trust that is neither revoked nor (per the payload)
+ * retired before the snapshot was issued, then the payload. Statuses: KVF_ERR_SNAPSHOT (with
+ * the reason), KVF_ERR_FROZEN when now >= its expiry (now 0 = the clock), KVF_ERR_NOMEM. On
+ * KVF_OK *out owns the snapshot. Says nothing about rollback: see kvf_snapshot_remember. */
+kvf_status kvf_snapshot_open(const void *bytes, size_t len, const kvc_trust *trust, int64_t now, kvf_snapshot **out,
+                             char *err, size_t errlen) KVF_WUR;
+void kvf_snapshot_free(kvf_snapshot *s); /* NULL is a no-op */
+
+uint64_t kvf_snapshot_version(const kvf_snapshot *s);
+const uint8_t *kvf_snapshot_signer(const kvf_snapshot *s); /* KVC_KEYID_LEN bytes */
+int64_t kvf_snapshot_issued(const kvf_snapshot *s);
+int64_t kvf_snapshot_expires(const kvf_snapshot *s);
+/* The verified payload bytes (what the signature covers), borrowed. */
+const char *kvf_snapshot_payload(const kvf_snapshot *s, size_t *len);
+size_t kvf_snapshot_count(const kvf_snapshot *s);
+const kvf_listing *kvf_snapshot_get(const kvf_snapshot *s, size_t i); /* NULL when out of range */
+/* The listing of blob id, or NULL when the snapshot does not list it. */
+const kvf_listing *kvf_snapshot_find(const kvf_snapshot *s, const uint8_t id[32]);
+
+/* Whether a signature by key_id dated signed_at (a blob's created time) still counts under
+ * this snapshot's key list: KVF_OK for a key it lists as active or does not list, and for a
+ * retired key before its cut-off; KVF_ERR_SNAPSHOT otherwise (err says which cut-off). */
+kvf_status kvf_snapshot_key_ok(const kvf_snapshot *s, const uint8_t key_id[KVC_KEYID_LEN], int64_t signed_at,
+                               char *err, size_t errlen) KVF_WUR;
+
+/* What kvf_snapshot_resolve picks from; NULL fields do not filter. */
+typedef struct kvf_resolve {
+    const uint8_t *doc_sha256;     /* required */
+    const uint8_t *model_fp;       /* required */
+    const uint8_t *context_sha256; /* only listings after this declared context */
+    int no_context;                /* 1: only listings without one */
+    const char *codec;
+    const uint8_t *publisher_id;
+} kvf_resolve;
+
+/* The one listing for document and model: among those matching, the lossless codecs first
+ * (f16-zstd, f16, then q8, q4), then the newest. KVF_ERR_UNLISTED when none matches. */
+kvf_status kvf_snapshot_resolve(const kvf_snapshot *s, const kvf_resolve *r, const kvf_listing **out, char *err,
+                                size_t errlen) KVF_WUR;
+
+/* Rollback protection: compares the snapshot's version with the highest one recorded for its
+ * signer in dir (a file per key id, created 0700/0644), under a lock: lower is
+ * KVF_ERR_ROLLBACK, the same or higher is KVF_OK and a higher one is recorded. *seen
+ * (optional) gets the version recorded before (0 = none). */
+kvf_status kvf_snapshot_remember(const char *dir, const kvf_snapshot *s, uint64_t *seen, char *err,
+                                 size_t errlen) KVF_WUR;
+
+/* Reads a snapshot from a local file, or GETs it from a repository: `where` is a file path, a
+ * repository base URL (https://host[:port][/prefix], the snapshot is then {base}/v1/snapshot)
+ * or that snapshot URL itself. *bytes is new (caller frees, *len bytes, NUL-terminated); base
+ * (optional, basecap bytes) gets the repository base URL ("" for a file). */
+kvf_status kvf_snapshot_fetch(const kvf_http_opts *o, const char *where, char **bytes, size_t *len, char *base,
+                              size_t basecap, char *err, size_t errlen) KVF_WUR;
+
+/* Finds the key whose id is key_id in a key document (len bytes): a PEM public key, or the JSON
+ * of GET /v1/keys (its "keys" and "signing" lists). The id is computed from the public key
+ * itself, never taken from the document. KVF_ERR_REFUSED when no key there has this id. On
+ * KVF_OK *out owns the public key. */
+kvf_status kvf_keys_find(const char *doc, size_t len, const uint8_t key_id[KVC_KEYID_LEN], kvc_key **out, char *err,
+                         size_t errlen) KVF_WUR;
 
 /* Extracts the 64-hex blob id from the last path segment of url (before '?', an optional
  * extension after a '.' allowed). Returns 1 and fills id, else 0. */

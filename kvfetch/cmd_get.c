@@ -15,6 +15,7 @@
 
 static const char usage_text[] =
     "usage: kvfetch get (URL | --server URL --blob ID) --trust DIR [options]\n"
+    "       kvfetch get --snapshot WHERE (--document SHA256 --model M.gguf | --blob ID) --trust DIR\n"
     "\n"
     "Downloads a kvpub blob over HTTPS (certificate verification always on), verifying its\n"
     "signature, trust, revocation, expiry and every chunk hash while the bytes arrive, and\n"
@@ -25,6 +26,15 @@ static const char usage_text[] =
     "  URL                  a blob URL: the API's /v1/blobs/ID or a static mirror's file\n"
     "  --server URL         kvpubd API base URL (with --blob)\n"
     "  --blob ID            blob id (64 hex digits): with --server, or checked against URL\n"
+    "  --snapshot WHERE     resolve the blob through a signed snapshot (spec/repository.md):\n"
+    "                       a repository (kvpubd or a static mirror: https://host[/prefix]), its\n"
+    "                       /v1/snapshot URL, or a snapshot file (then --server names where the\n"
+    "                       blobs are). The snapshot must verify, be current and not older than\n"
+    "                       one seen before; a blob it does not list is refused\n"
+    "  --document SHA256    with --snapshot: the document's blob for --model (lossless codecs\n"
+    "                       first, then the newest), narrowed by --codec, --context, --publisher\n"
+    "  --model FILE         the GGUF model (its fingerprint), or --model-fp HEX\n"
+    "  --codec C, --context HASH|none, --publisher KEYID   filters for --document\n"
     "  -o FILE              also copy the verified blob to FILE\n"
     "  --json               print a JSON summary on stdout instead of the path\n"
     KVF_SHARED_HELP
@@ -33,7 +43,9 @@ static const char usage_text[] =
     "key, expired, chunk hash, wrong blob id, body larger than the manifest says); 2 usage,\n"
     "I/O, network or HTTP error (a partial download is kept for resuming); 3 malformed,\n"
     "truncated or unsupported blob; 4 access denied by the server (token missing, invalid,\n"
-    "expired or used up: buy a new one).\n";
+    "expired or used up: buy a new one); 5 snapshot older than one seen before (rollback);\n"
+    "6 snapshot expired (a frozen mirror). A snapshot that does not verify, or does not list\n"
+    "the blob, is 1.\n";
 
 /* Copies src to dst through a temporary file and rename, so dst is never half-written. */
 static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
@@ -116,6 +128,87 @@ static void print_json(const kvf_get_result *r, const char *out_path)
     json_decref(o);
 }
 
+/* What --snapshot resolves through. */
+typedef struct snap_args {
+    const char *where, *document, *model, *model_fp, *codec, *context, *publisher;
+} snap_args;
+
+/* Resolves the blob through a verified, current snapshot: fills go->server (the repository,
+ * unless --server named it) and go->blob_id (idbuf). Returns an exit code; *snap owns the
+ * snapshot on 0. */
+static int resolve(kvf_common *co, const snap_args *a, kvf_get_opts *go, char *base, size_t basecap, char idbuf[65],
+                   kvf_snapshot **snap)
+{
+    const char *prog = "kvfetch get";
+    uint8_t doc[32], fp[32], ctx[32], pub[KVC_KEYID_LEN], id[32];
+    char fphex[65], err[1024];
+    if ((!go->blob_id) == (!a->document) || (a->document && !a->model == !a->model_fp) || go->url) {
+        fprintf(stderr, "%s: with --snapshot give --blob ID, or --document SHA256 and one of --model, --model-fp "
+                        "(and no URL)\n", prog);
+        return 2;
+    }
+    if ((a->document && (strlen(a->document) != 64 || kvc_unhex(a->document, doc, 32) != KVC_OK)) ||
+        (a->model_fp && (strlen(a->model_fp) != 64 || kvc_unhex(a->model_fp, fp, 32) != KVC_OK)) ||
+        (a->context && strcmp(a->context, "none") && (strlen(a->context) != 64 || kvc_unhex(a->context, ctx, 32))) ||
+        (a->publisher && (strlen(a->publisher) != 16 || kvc_unhex(a->publisher, pub, sizeof pub) != KVC_OK)) ||
+        (go->blob_id && (strlen(go->blob_id) != 64 || kvc_unhex(go->blob_id, id, 32) != KVC_OK))) {
+        fprintf(stderr, "%s: --document, --model-fp, --context and --blob take 64 hex digits, --publisher 16\n", prog);
+        return 2;
+    }
+    if (a->model) {
+        int rc = kvf_model_fp_hex(a->model, fphex, prog);
+        if (rc || kvc_unhex(fphex, fp, 32) != KVC_OK)
+            return rc ? rc : 2;
+    }
+    int rc = kvf_repo_open(co, a->where, prog, snap, base, basecap);
+    if (rc)
+        return rc;
+    const kvf_listing *l = NULL;
+    kvf_status st = KVF_OK;
+    if (go->blob_id) {
+        if (!(l = kvf_snapshot_find(*snap, id)))
+            st = kvf_fail(err, sizeof err, KVF_ERR_UNLISTED, "snapshot version %llu does not list blob %s: refusing it",
+                          (unsigned long long)kvf_snapshot_version(*snap), go->blob_id);
+    } else {
+        kvf_resolve r = {.doc_sha256 = doc, .model_fp = fp, .codec = a->codec,
+                         .context_sha256 = a->context && strcmp(a->context, "none") ? ctx : NULL,
+                         .no_context = a->context && !strcmp(a->context, "none"),
+                         .publisher_id = a->publisher ? pub : NULL};
+        st = kvf_snapshot_resolve(*snap, &r, &l, err, sizeof err);
+    }
+    if (st == KVF_OK && !go->server && !*base)
+        st = kvf_fail(err, sizeof err, KVF_ERR_USAGE, "a snapshot file names no repository: give --server URL");
+    if (st != KVF_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        kvf_snapshot_free(*snap);
+        *snap = NULL;
+        return kvf_exit_code(st, KVB_OK);
+    }
+    go->blob_id = kvc_hex(l->id, 32, idbuf);
+    if (!go->server)
+        go->server = base;
+    return 0;
+}
+
+/* A blob a snapshot picked must be what the snapshot says: its publisher's, signed while its
+ * key counted. Returns an exit code after printing why not. */
+static int check_listed(const kvf_snapshot *snap, const kvf_get_result *res)
+{
+    const kvf_listing *l = kvf_snapshot_find(snap, res->id);
+    char err[512], a[17], b[17];
+    if (l && memcmp(l->publisher_id, res->header.key_id, KVC_KEYID_LEN) != 0) {
+        fprintf(stderr, "kvfetch get: the blob is signed by %s, the snapshot lists it for publisher %s: refused\n",
+                kvc_hex(res->header.key_id, KVC_KEYID_LEN, a), kvc_hex(l->publisher_id, KVC_KEYID_LEN, b));
+        return KVF_EXIT_REFUSED;
+    }
+    if (kvf_snapshot_key_ok(snap, res->header.key_id, res->manifest ? res->manifest->created : INT64_MAX, err,
+                            sizeof err) != KVF_OK) {
+        fprintf(stderr, "kvfetch get: %s\n", err);
+        return KVF_EXIT_REFUSED;
+    }
+    return 0;
+}
+
 int kvfetch_get_main(int argc, char **argv)
 {
     const char *prog = "kvfetch get";
@@ -125,12 +218,20 @@ int kvfetch_get_main(int argc, char **argv)
         {"blob", required_argument, NULL, 'b'},
         {"output", required_argument, NULL, 'o'},
         {"json", no_argument, NULL, 'j'},
+        {"snapshot", required_argument, NULL, 'S'},
+        {"document", required_argument, NULL, 'D'},
+        {"model", required_argument, NULL, 'M'},
+        {"model-fp", required_argument, NULL, 'F'},
+        {"codec", required_argument, NULL, 'C'},
+        {"context", required_argument, NULL, 'X'},
+        {"publisher", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     kvf_common co = {0};
     kvf_get_opts go = {0};
     const char *out_path = NULL;
+    snap_args sa = {0};
     int json = 0, c;
     optind = 1;
     opterr = 0;
@@ -145,6 +246,13 @@ int kvfetch_get_main(int argc, char **argv)
         case 'b': go.blob_id = optarg; break;
         case 'o': out_path = optarg; break;
         case 'j': json = 1; break;
+        case 'S': sa.where = optarg; break;
+        case 'D': sa.document = optarg; break;
+        case 'M': sa.model = optarg; break;
+        case 'F': sa.model_fp = optarg; break;
+        case 'C': sa.codec = optarg; break;
+        case 'X': sa.context = optarg; break;
+        case 'P': sa.publisher = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default:
             fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
@@ -157,7 +265,11 @@ int kvfetch_get_main(int argc, char **argv)
         fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
         return 2;
     }
-    if (!go.url && !(go.server && go.blob_id)) {
+    if ((sa.document || sa.model || sa.model_fp || sa.codec || sa.context || sa.publisher) && !sa.where) {
+        fprintf(stderr, "%s: --document, --model, --codec, --context and --publisher need --snapshot\n", prog);
+        return 2;
+    }
+    if (!sa.where && !go.url && !(go.server && go.blob_id)) {
         fprintf(stderr, "%s: give a blob URL, or --server URL and --blob ID (try --help)\n", prog);
         return 2;
     }
@@ -171,10 +283,18 @@ int kvfetch_get_main(int argc, char **argv)
     go.trust = co.trust;
     go.now = co.now;
     go.http = co.http;
+    kvf_snapshot *snap = NULL;
+    char base[4096], idbuf[65];
+    if (sa.where && (rc = resolve(&co, &sa, &go, base, sizeof base, idbuf, &snap)) != 0) {
+        kvf_common_close(&co);
+        return rc;
+    }
 
     kvf_get_result res;
     char err[8192] = "";
     kvf_status st = kvf_get(co.cache, &go, &res, err, sizeof err);
+    if (st == KVF_OK && snap && (rc = check_listed(snap, &res)) != 0)
+        goto out;
     if (st != KVF_OK) {
         rc = kvf_exit_code(st, res.vst);
         if (st == KVF_ERR_VERIFY)
@@ -213,6 +333,7 @@ int kvfetch_get_main(int argc, char **argv)
         }
     }
 out:
+    kvf_snapshot_free(snap);
     kvf_get_result_clear(&res);
     kvf_common_close(&co);
     return rc;

@@ -14,6 +14,8 @@ enum {
     KVF_EXIT_USAGE = 2,     /* usage, I/O, network, HTTP errors */
     KVF_EXIT_MALFORMED = 3, /* malformed, truncated or unsupported blob (kvb_exit_code) */
     KVF_EXIT_DENIED = 4,    /* server refused access: buy a (new) token */
+    KVF_EXIT_ROLLBACK = 5,  /* a snapshot older than one seen before (spec/repository.md) */
+    KVF_EXIT_FROZEN = 6,    /* an expired snapshot */
 };
 
 /* Exit code for a fetch status; vst says how verification failed with KVF_ERR_VERIFY. */
@@ -28,5 +30,6 @@ int kvfetch_get_main(int argc, char **argv);
 int kvfetch_run_main(int argc, char **argv);
 int kvfetch_compare_main(int argc, char **argv);
 int kvfetch_search_main(int argc, char **argv);
+int kvfetch_trust_main(int argc, char **argv);
 
 #endif

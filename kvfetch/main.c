@@ -12,7 +12,8 @@ static const base_cmd cmds[] = {
     {"verify", kvfetch_verify_main, "check a blob: signature, trust, expiry, every chunk hash"},
     {"generate", kvfetch_generate_main, "generate text with a local GGUF model (no blobs)"},
     {"export", kvfetch_export_main, "write a verified, placed blob as a llama.cpp sequence-state file"},
-    {"search", kvfetch_search_main, "list a kvpubd catalog, filtered (model, document, title, context)"},
+    {"search", kvfetch_search_main, "list a kvpubd catalog or a signed snapshot, filtered (model, document, ...)"},
+    {"trust", kvfetch_trust_main, "add a publisher's key to a trust directory, by its fingerprint"},
     {"tokenize", kvfetch_tokenize_main, "print the token ids a model's tokenizer gives a text"},
     {NULL, NULL, NULL},
 };

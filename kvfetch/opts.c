@@ -1,7 +1,10 @@
-/* opts.c: the options kvfetch get, run and compare share (trust, TLS, token, cache, retries),
- * the exit codes they map fetch statuses to, and their download progress bar. */
+/* opts.c: the options kvfetch get, run, compare and search share (trust, TLS, token, cache,
+ * retries), the exit codes they map fetch statuses to, their download progress bar, the model
+ * fingerprint of a GGUF, and opening a verified, current snapshot. */
 #include "kvfetch/kvfetch.h"
 #include "kvfetch/opts.h"
+
+#include "engine/engine.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +18,11 @@ int kvf_exit_code(kvf_status st, kvb_status vst)
     case KVF_OK: return KVF_EXIT_OK;
     case KVF_ERR_VERIFY: return kvb_exit_code(vst);
     case KVF_ERR_REFUSED:
+    case KVF_ERR_SNAPSHOT:
+    case KVF_ERR_UNLISTED:
     case KVF_ERR_TOO_BIG: return KVF_EXIT_REFUSED;
+    case KVF_ERR_ROLLBACK: return KVF_EXIT_ROLLBACK;
+    case KVF_ERR_FROZEN: return KVF_EXIT_FROZEN;
     case KVF_ERR_DENIED: return KVF_EXIT_DENIED;
     default: return KVF_EXIT_USAGE;
     }
@@ -178,4 +185,48 @@ void kvf_common_close(kvf_common *co)
     kvf_cache_free(co->cache);
     co->trust = NULL;
     co->cache = NULL;
+}
+
+int kvf_model_fp_hex(const char *path, char hex[65], const char *prog)
+{
+    char err[512], dir[4096];
+    eng_model *m = NULL;
+    uint8_t fp[32];
+    if (eng_model_load(path, &m, err, sizeof err) != ENG_OK) {
+        fprintf(stderr, "%s: %s: %s\n", prog, path, err);
+        return 2;
+    }
+    eng_model_set_fingerprint_cache(m, base_cache_dir(NULL, dir, sizeof dir));
+    eng_status st = eng_model_fingerprint(m, fp, err, sizeof err);
+    eng_model_free(m);
+    if (st != ENG_OK) {
+        fprintf(stderr, "%s: fingerprinting %s: %s\n", prog, path, err);
+        return 2;
+    }
+    kvc_hex(fp, 32, hex);
+    return 0;
+}
+
+int kvf_repo_open(kvf_common *co, const char *where, const char *prog, kvf_snapshot **out, char *base,
+                  size_t basecap)
+{
+    char err[1024], dir[4200];
+    char *bytes = NULL;
+    size_t len = 0;
+    *out = NULL;
+    kvf_status st = kvf_snapshot_fetch(&co->http, where, &bytes, &len, base, basecap, err, sizeof err);
+    if (st == KVF_OK)
+        st = kvf_snapshot_open(bytes, len, co->trust, co->now, out, err, sizeof err);
+    free(bytes);
+    snprintf(dir, sizeof dir, "%s/snapshots", kvf_cache_dir(co->cache));
+    uint64_t seen = 0;
+    if (st == KVF_OK && (st = kvf_snapshot_remember(dir, *out, &seen, err, sizeof err)) != KVF_OK) {
+        kvf_snapshot_free(*out);
+        *out = NULL;
+    }
+    if (st != KVF_OK) {
+        fprintf(stderr, "%s: %s: %s\n", prog, where, err);
+        return kvf_exit_code(st, KVB_OK);
+    }
+    return 0;
 }

@@ -77,4 +77,15 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog);
 int kvf_common_open(kvf_common *co, const char *prog);
 void kvf_common_close(kvf_common *co);
 
+/* The fingerprint of the GGUF model at path as 64 hex digits (hashed once, then cached).
+ * Returns 0, or 2 after printing why not with prog as prefix. */
+int kvf_model_fp_hex(const char *path, char hex[65], const char *prog);
+
+/* Reads the snapshot at `where` (repository URL or file; kvf_snapshot_fetch), verifies it
+ * against co's trust store at co's time, and checks and records its version in the cache's
+ * snapshots/ directory (rollback protection). base gets the repository URL ("" for a file).
+ * Returns an exit code: 0 and *out, or non-zero after printing one line. */
+int kvf_repo_open(kvf_common *co, const char *where, const char *prog, kvf_snapshot **out, char *base,
+                  size_t basecap);
+
 #endif

@@ -37,6 +37,7 @@ int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b, enum MHD_Result *done);
 /* Requests without a body: called once, after the headers, to answer. */
 enum MHD_Result kvsrv_catalog(kvsrv_req *r);  /* GET /v1/catalog */
 enum MHD_Result kvsrv_keys(kvsrv_req *r);     /* GET /v1/keys */
+enum MHD_Result kvsrv_snapshot(kvsrv_req *r); /* GET /v1/snapshot */
 enum MHD_Result kvsrv_manifest(kvsrv_req *r); /* GET /v1/blobs/{id}/manifest */
 enum MHD_Result kvsrv_download(kvsrv_req *r); /* GET /v1/blobs/{id} */
 /* On completion of a download: refunds what was not delivered, writes the download log row. */

@@ -11,8 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #define QUERY_TEXT_MAX 200
 #define OFFSET_MAX 1000000000u
 
@@ -136,55 +134,78 @@ enum MHD_Result kvsrv_catalog(kvsrv_req *r)
 
 /* ---- GET /v1/keys ---- */
 
-/* PEM SubjectPublicKeyInfo of a raw Ed25519 public key (RFC 8410). */
-static json_t *pem_json(const uint8_t raw[32])
-{
-    static const uint8_t spki_prefix[12] = {0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00};
-    uint8_t der[44];
-    unsigned char b64[64];
-    memcpy(der, spki_prefix, 12);
-    memcpy(der + 12, raw, 32);
-    EVP_EncodeBlock(b64, der, (int)sizeof der);
-    char pem[160];
-    snprintf(pem, sizeof pem, "-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n", (char *)b64);
-    return json_string(pem);
-}
-
+/* The document is built by the store (publishers of STORE/keys, revoked ids, the store's
+ * signing keys), so an exported repository carries the same bytes (kvpubd export). */
 enum MHD_Result kvsrv_keys(kvsrv_req *r)
 {
-    json_t *keys = json_array(), *revoked = json_array();
-    struct stat sb;
-    if (stat(r->srv->keys_dir, &sb) == 0) {
-        kvc_trust *t = NULL;
-        char e[256];
-        if (kvc_trust_open(r->srv->keys_dir, &t, e, sizeof e) != KVC_OK) {
-            json_decref(keys);
-            json_decref(revoked);
-            char esc[1024];
-            kvsrv_log(r->srv, "error", "event=keys detail=\"%s\"", kvsrv_log_escape(e, esc, sizeof esc));
-            return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "key directory unreadable");
+    kvs_store *st = kvsrv_pool_get(r->srv);
+    char *doc = NULL, e[512];
+    size_t len = 0;
+    kvs_status ks = kvs_store_keys_document(st, &doc, &len, e, sizeof e);
+    kvsrv_pool_put(r->srv, st);
+    if (ks != KVS_OK)
+        return kvsrv_store_error(r, ks, e);
+    return kvsrv_respond_text(r, MHD_HTTP_OK, "application/json", doc, len);
+}
+
+/* ---- GET /v1/snapshot ---- */
+
+/* Signs a new snapshot into the cache when the catalog moved or half its lifetime is gone.
+ * Called with snap_mu held. Returns KVS_OK, or the failure with e filled. */
+static kvs_status snapshot_refresh(kvsrv *s, int64_t now, char *e, size_t elen)
+{
+    if (s->snap && now == s->snap_checked)
+        return KVS_OK;
+    kvs_store *st = kvsrv_pool_get(s);
+    uint64_t gen = 0;
+    kvs_status ks = kvs_store_catalog_gen(st, &gen, e, elen);
+    int due = !s->snap || gen != s->snap_gen || now >= s->snap_issued + (s->snap_expires - s->snap_issued) / 2;
+    kvc_key *key = NULL;
+    kvs_snapshot snap;
+    if (ks == KVS_OK && due && (ks = kvs_store_key_active(st, &key, e, elen)) == KVS_OK) {
+        ks = kvs_store_snapshot(st, key, now, s->cfg.snapshot_ttl_s ? s->cfg.snapshot_ttl_s : 86400, &snap, e, elen);
+        kvc_key_free(key);
+        if (ks == KVS_OK) {
+            free(s->snap);
+            free(snap.payload);
+            s->snap = snap.bytes;
+            s->snap_len = snap.len;
+            s->snap_gen = snap.gen;
+            s->snap_issued = snap.issued;
+            s->snap_expires = snap.expires;
+            kvsrv_log(s, "info", "event=snapshot version=%" PRIu64 " blobs=%zu", snap.version, snap.n_blobs);
         }
-        kvs_store *st = kvsrv_pool_get(r->srv);
-        for (size_t i = 0; i < kvc_trust_count(t); i++) {
-            const kvc_key *k = kvc_trust_key(t, i);
-            uint8_t id[8], raw[32];
-            char idh[17], rawh[65];
-            kvc_key_id(k, id);
-            kvc_key_raw_public(k, raw);
-            kvs_publisher p;
-            char pe[128];
-            const char *name = kvs_store_publisher_get(st, id, &p, pe, sizeof pe) == KVS_OK ? p.name : NULL;
-            json_array_append_new(keys, json_pack("{s:s, s:s?, s:s, s:o}", "key_id", kvc_hex(id, 8, idh), "name", name,
-                                                  "public_key", kvc_hex(raw, 32, rawh), "pem", pem_json(raw)));
-        }
-        kvsrv_pool_put(r->srv, st);
-        for (size_t i = 0; i < kvc_trust_revoked_count(t); i++) {
-            char idh[17];
-            json_array_append_new(revoked, json_string(kvc_hex(kvc_trust_revoked_id(t, i), 8, idh)));
-        }
-        kvc_trust_free(t);
     }
-    return kvsrv_respond_json(r, MHD_HTTP_OK, json_pack("{s:o, s:o}", "keys", keys, "revoked", revoked));
+    kvsrv_pool_put(s, st);
+    if (ks == KVS_OK)
+        s->snap_checked = now;
+    return ks;
+}
+
+enum MHD_Result kvsrv_snapshot(kvsrv_req *r)
+{
+    kvsrv *s = r->srv;
+    char e[512];
+    pthread_mutex_lock(&s->snap_mu);
+    kvs_status ks = snapshot_refresh(s, (int64_t)time(NULL), e, sizeof e);
+    char *copy = ks == KVS_OK ? malloc(s->snap_len) : NULL;
+    size_t len = s->snap_len;
+    if (copy)
+        memcpy(copy, s->snap, len);
+    pthread_mutex_unlock(&s->snap_mu);
+    if (ks == KVS_ERR_NOTFOUND)
+        return kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found",
+                                   "this store signs no snapshot: it has no active signing key");
+    if (ks != KVS_OK)
+        return kvsrv_store_error(r, ks, e);
+    if (!copy)
+        return MHD_NO;
+    struct MHD_Response *resp = kvsrv_text_response(r, "application/json", copy, len);
+    if (!resp)
+        return MHD_NO;
+    /* short: a cache in front must not hold a snapshot until it freezes */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "public, max-age=60");
+    return kvsrv_queue(r, MHD_HTTP_OK, resp);
 }
 
 /* ---- GET /v1/blobs/{id}/manifest ---- */

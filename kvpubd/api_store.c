@@ -9,6 +9,7 @@
 int kvsrv_pool_open(kvsrv *s, char *err, size_t errlen)
 {
     pthread_mutex_init(&s->pool_mu, NULL);
+    pthread_mutex_init(&s->snap_mu, NULL);
     pthread_cond_init(&s->pool_cv, NULL);
     /* one per worker thread, plus one so the metrics of a busy pool never wait */
     size_t n = (size_t)s->cfg.threads + 1;
@@ -43,11 +44,14 @@ void kvsrv_pool_close(kvsrv *s)
             kvs_store_close(s->pool[i]);
         free(s->pool);
         pthread_mutex_destroy(&s->pool_mu);
+        pthread_mutex_destroy(&s->snap_mu);
         pthread_cond_destroy(&s->pool_cv);
     }
     s->pool = NULL;
     free(s->keys_dir);
     s->keys_dir = NULL;
+    free(s->snap);
+    s->snap = NULL;
 }
 
 /* The free handles are s->pool[0 .. pool_free). */

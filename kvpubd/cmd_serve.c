@@ -22,6 +22,8 @@ static const char serve_usage[] =
     "  --max-upload SIZE     largest PUT /v1/blobs body, e.g. 512M, 4G (default 4G)\n"
     "  --token-ttl DURATION  lifetime of purchased tokens, e.g. 30m, 24h, 7d (default 24h)\n"
     "  --token-downloads N   downloads per purchased token (default 5)\n"
+    "  --snapshot-ttl DURATION  lifetime of the snapshots GET /v1/snapshot signs (default 1d);\n"
+    "                        one is signed again when the catalog changes or half of it is gone\n"
     "  --purchase-rate N     purchases a minute per client address (IPv6: per /64), after a\n"
     "                        burst of --purchase-burst (default 60; 0 = no limit); past it\n"
     "                        POST /v1/purchases is answered 429 with Retry-After\n"
@@ -97,12 +99,12 @@ int kvpubd_serve_main(int argc, char **argv)
                 fprintf(stderr, "kvpubd serve: --max-upload '%s': expected a size such as 512M or 4G\n", v);
                 return 2;
             }
-        } else if (strcmp(a, "--token-ttl") == 0) {
+        } else if (strcmp(a, "--token-ttl") == 0 || strcmp(a, "--snapshot-ttl") == 0) {
             if (base_parse_duration(v, &n) != 0 || n == 0 || n > 366u * 86400) {
-                fprintf(stderr, "kvpubd serve: --token-ttl '%s': expected a duration such as 30m, 24h, 7d\n", v);
+                fprintf(stderr, "kvpubd serve: %s '%s': expected a duration such as 30m, 24h, 7d\n", a, v);
                 return 2;
             }
-            cfg.token_ttl_s = (unsigned)n;
+            *(a[2] == 't' ? &cfg.token_ttl_s : &cfg.snapshot_ttl_s) = (unsigned)n;
         } else if ((dur = strcmp(a, "--prune-interval") == 0        ? &cfg.prune_interval_s
                           : strcmp(a, "--unpaid-retention") == 0    ? &cfg.unpaid_retention_s
                           : strcmp(a, "--token-retention") == 0     ? &cfg.token_retention_s

@@ -22,7 +22,7 @@
 /* What a request is for; the metrics and the access log are kept per endpoint. */
 typedef enum kvsrv_ep {
     EP_CATALOG, EP_MANIFEST, EP_BLOB, EP_PURCHASE, EP_UPLOAD, EP_KEYS, EP_HEALTHZ, EP_METRICS,
-    EP_OTHER, EP_COUNT
+    EP_SNAPSHOT, EP_OTHER, EP_COUNT
 } kvsrv_ep;
 
 #define KVSRV_N_CODES 20 /* metrics.c metric_codes plus one "other" slot */
@@ -40,6 +40,13 @@ struct kvsrv {
     pthread_mutex_t pool_mu;
     pthread_cond_t pool_cv;
     char *keys_dir;                /* STORE/keys: trust-directory layout served at /v1/keys */
+    /* the signed snapshot served at /v1/snapshot (api_read.c): signed again when the catalog
+     * generation moves or half its lifetime has passed, checked at most once a second */
+    pthread_mutex_t snap_mu;
+    char *snap;                    /* the envelope; NULL until first asked for */
+    size_t snap_len;
+    uint64_t snap_gen;
+    int64_t snap_issued, snap_expires, snap_checked;
     /* logging */
     pthread_mutex_t log_mu;
     FILE *log;                     /* NULL = stderr */

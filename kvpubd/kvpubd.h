@@ -8,5 +8,9 @@ int kvpubd_publish_main(int argc, char **argv);   /* cmd_publish.c */
 int kvpubd_serve_main(int argc, char **argv);     /* cmd_serve.c */
 int kvpubd_publisher_main(int argc, char **argv); /* cmd_publisher.c */
 int kvpubd_gc_main(int argc, char **argv);        /* cmd_gc.c */
+int kvpubd_snapshot_main(int argc, char **argv);  /* cmd_repo.c */
+int kvpubd_export_main(int argc, char **argv);    /* cmd_repo.c */
+int kvpubd_key_main(int argc, char **argv);       /* cmd_key.c */
+int kvpubd_listing_main(int argc, char **argv);   /* cmd_listing.c */
 
 #endif

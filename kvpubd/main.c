@@ -10,6 +10,10 @@ static const base_cmd cmds[] = {
     {"serve", kvpubd_serve_main, "serve a store over HTTPS (catalog, blobs, purchases, uploads)"},
     {"publisher", kvpubd_publisher_main, "register publishers (keys + upload credentials) in a store"},
     {"gc", kvpubd_gc_main, "remove expired blobs and reconcile a store"},
+    {"snapshot", kvpubd_snapshot_main, "sign the catalog as a versioned, expiring snapshot"},
+    {"export", kvpubd_export_main, "write a static repository tree any web server can serve"},
+    {"key", kvpubd_key_main, "rotate, list or revoke the store's signing keys"},
+    {"listing", kvpubd_listing_main, "change a listing's price, title or expiry (no new blob)"},
     {NULL, NULL, NULL},
 };
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 static const char *const ep_names[EP_COUNT] = {
-    "catalog", "manifest", "blob", "purchase", "upload", "keys", "healthz", "metrics", "other",
+    "catalog", "manifest", "blob", "purchase", "upload", "keys", "healthz", "metrics", "snapshot", "other",
 };
 static const unsigned metric_codes[] = {200, 201, 206, 304, 400, 401, 403, 404, 405, 409, 410, 411,
                                         413, 415, 416, 422, 429, 500, 503};

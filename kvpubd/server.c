@@ -72,10 +72,13 @@ static const endpoint endpoints[EP_COUNT] = {
     [EP_KEYS] = {.path = "/v1/keys", .allow = GET_HEAD, .answer = kvsrv_keys},
     [EP_HEALTHZ] = {.path = "/healthz", .allow = GET_HEAD, .answer = kvsrv_healthz},
     [EP_METRICS] = {.path = "/metrics", .allow = GET_HEAD, .answer = kvsrv_metrics},
+    [EP_SNAPSHOT] = {.path = "/v1/snapshot", .allow = GET_HEAD, .answer = kvsrv_snapshot},
     [EP_OTHER] = {0},
 };
 
-/* Splits the URL path into an endpoint and, for /v1/blobs/{id}[/manifest], the id. */
+/* Splits the URL path into an endpoint and, for /v1/blobs/{id}[/manifest] and
+ * /v1/manifests/{id} (the static repository's name for the manifest, spec/repository.md), the
+ * id. */
 static void route(const char *url, kvsrv_req *r)
 {
     r->ep = EP_OTHER;
@@ -84,12 +87,15 @@ static void route(const char *url, kvsrv_req *r)
             r->ep = (kvsrv_ep)e;
             return;
         }
-    if (strncmp(url, "/v1/blobs/", 10) == 0) {
-        const char *id = url + 10;
+    int manifests = strncmp(url, "/v1/manifests/", 14) == 0;
+    if (manifests || strncmp(url, "/v1/blobs/", 10) == 0) {
+        const char *id = url + (manifests ? 14 : 10);
         const char *slash = strchr(id, '/');
         size_t n = slash ? (size_t)(slash - id) : strlen(id);
-        if (slash && strcmp(slash, "/manifest") != 0)
+        if (slash && (manifests || strcmp(slash, "/manifest") != 0))
             return;
+        if (manifests)
+            slash = id + n; /* a manifest, as /v1/blobs/{id}/manifest */
         /* the id is checked character by character, so "..", "%2e" or "/" never reach a path */
         if (n != 64)
             r->ep = slash ? EP_MANIFEST : EP_BLOB, r->bad_id = 1;

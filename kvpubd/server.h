@@ -36,6 +36,7 @@ typedef struct kvsrv_config {
      * purchases older than unpaid_retention_s, tokens expired more than token_retention_s ago
      * and download log rows older than log_retention_s; a retention of 0 keeps that kind */
     unsigned prune_interval_s, unpaid_retention_s, token_retention_s, log_retention_s;
+    unsigned snapshot_ttl_s;   /* lifetime of the snapshots /v1/snapshot signs; 0 = 1 day */
 } kvsrv_config;
 
 typedef struct kvsrv kvsrv;

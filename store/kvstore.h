@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "crypto/kvcrypto.h"
+
 #define KVS_WUR __attribute__((warn_unused_result))
 
 /* Stable status values: tools and the daemon map them to exit codes / HTTP statuses. */
@@ -217,6 +219,82 @@ kvs_status kvs_store_publisher_revoke(kvs_store *s, const uint8_t key_id[KVS_KEY
 /* *revoked = 1 and *at (optional) the revocation time when key_id is revoked, else 0. */
 kvs_status kvs_store_key_revoked(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], int *revoked, int64_t *at,
                                  char *err, size_t errlen) KVS_WUR;
+
+/* ---- listings ---- */
+
+/* What kvs_store_listing_set changes; a field left unset keeps its value. */
+typedef struct kvs_listing_update {
+    const char *title;     /* NULL = keep */
+    int set_price;
+    uint64_t price;
+    int set_expires;
+    int64_t expires;       /* unix seconds; 0 = never */
+} kvs_listing_update;
+
+/* Changes a listing's price, title or expiry in the index without touching the blob (its signed
+ * manifest keeps what was published; the next snapshot carries the change). An unknown id is
+ * KVS_ERR_NOTFOUND, a revoked publisher's listing KVS_ERR_REVOKED, a title over 4096 bytes or a
+ * price over 2^63-1 KVS_ERR_INVALID. */
+kvs_status kvs_store_listing_set(kvs_store *s, const uint8_t id[KVS_SHA256_LEN], const kvs_listing_update *u,
+                                 char *err, size_t errlen) KVS_WUR;
+
+/* ---- the store's signing keys and signed catalog snapshots (spec/repository.md) ---- */
+
+typedef enum kvs_key_state { KVS_KEY_ACTIVE = 0, KVS_KEY_RETIRED = 1, KVS_KEY_REVOKED = 2 } kvs_key_state;
+
+typedef struct kvs_signing_key {
+    uint8_t key_id[KVS_KEYID_LEN];
+    uint8_t public_key[KVS_PUBKEY_LEN];
+    int64_t created;
+    kvs_key_state state;
+    int64_t cutoff;         /* retired or revoked: signatures dated at or after this do not count */
+} kvs_signing_key;
+
+/* "active", "retired" or "revoked". */
+const char *kvs_key_state_str(kvs_key_state st);
+
+/* Makes a new signing key (DIR/signing/<key id>.key, 0600, and .pub) and makes it the active
+ * one; the key active until now, if any, is retired with the given cut-off (unix seconds,
+ * >= its creation; 0 = now), all in one transaction after the files are written. *made
+ * (optional) describes the new key. */
+kvs_status kvs_store_key_rotate(kvs_store *s, int64_t now, int64_t cutoff, kvs_signing_key *made, char *err,
+                                size_t errlen) KVS_WUR;
+/* Revokes a signing key: it is listed as revoked with cut-off now, and as a publisher key it is
+ * revoked too (kvs_store_publisher_revoke: the blobs it signed leave the catalog and the
+ * snapshot). A revoked active key leaves the store without one until the next rotate. */
+kvs_status kvs_store_key_revoke(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason, int64_t now,
+                                char *err, size_t errlen) KVS_WUR;
+/* Every signing key, oldest first: *keys is a new array of *n (caller frees; NULL when none). */
+kvs_status kvs_store_key_list(kvs_store *s, kvs_signing_key **keys, size_t *n, char *err, size_t errlen) KVS_WUR;
+/* Loads the active signing key's private half: *out owns it. No active key: KVS_ERR_NOTFOUND. */
+kvs_status kvs_store_key_active(kvs_store *s, kvc_key **out, char *err, size_t errlen) KVS_WUR;
+
+/* A counter that grows with every change a snapshot shows (listings published, changed or
+ * removed; revocations; signing keys rotated or revoked). */
+kvs_status kvs_store_catalog_gen(kvs_store *s, uint64_t *gen, char *err, size_t errlen) KVS_WUR;
+
+/* A signed snapshot, as kvs_store_snapshot made it. */
+typedef struct kvs_snapshot {
+    char *bytes;           /* the envelope file, NUL-terminated (len bytes); caller frees */
+    size_t len;
+    char *payload;         /* the signed payload JSON, NUL-terminated; caller frees */
+    uint64_t version;      /* this signing key's snapshot counter after the increment */
+    int64_t issued, expires;
+    uint64_t gen;          /* the kvs_store_catalog_gen the listing was read at */
+    size_t n_blobs;
+} kvs_snapshot;
+
+/* Lists every current listing at now (not expired, publisher not revoked), the signing keys and
+ * the revoked key ids; takes the next version of key's counter (kept in the index, so every
+ * process signing with this key counts on); and signs the payload with key (private): the
+ * envelope of spec/repository.md. ttl: seconds until it expires (>= 1). */
+kvs_status kvs_store_snapshot(kvs_store *s, const kvc_key *key, int64_t now, int64_t ttl, kvs_snapshot *out,
+                              char *err, size_t errlen) KVS_WUR;
+
+/* The /v1/keys document (spec/http-api.md): the publisher keys of DIR/keys with their names,
+ * the revoked ids, and the signing keys with their state. *out is a new NUL-terminated string
+ * (caller frees). */
+kvs_status kvs_store_keys_document(kvs_store *s, char **out, size_t *len, char *err, size_t errlen) KVS_WUR;
 
 /* ---- download log ---- */
 

@@ -158,6 +158,34 @@ static const char *const migrations[] = {
     "CREATE INDEX blobs_by_created ON blobs(created DESC, id);\n"
     "CREATE INDEX blobs_by_publisher ON blobs(publisher_key_id);\n"
     "CREATE INDEX blobs_by_context ON blobs(context_sha256);\n",
+    /* 6: signed catalog snapshots (spec/repository.md). The store's own signing keys, one
+     * active at a time, retired ones kept with the cut-off after which their signatures no
+     * longer count; the last snapshot version per signing key, which must only grow; and a
+     * generation counter that triggers bump on every change a snapshot shows, so the server
+     * knows when to sign a new one without comparing catalogs. A migration that rebuilds
+     * blobs must create its triggers again. */
+    "CREATE TABLE signing_keys (\n"
+    "  key_id TEXT PRIMARY KEY CHECK (length(key_id) = 16),\n"
+    "  public_key TEXT NOT NULL CHECK (length(public_key) = 64),\n"
+    "  created INTEGER NOT NULL,\n"
+    "  state TEXT NOT NULL CHECK (state IN ('active', 'retired', 'revoked')),\n"
+    "  cutoff INTEGER\n"
+    ");\n"
+    "CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys(state) WHERE state = 'active';\n"
+    "CREATE TABLE snapshot_versions (\n"
+    "  key_id TEXT PRIMARY KEY CHECK (length(key_id) = 16),\n"
+    "  version INTEGER NOT NULL CHECK (version >= 1),\n"
+    "  issued INTEGER NOT NULL,\n"
+    "  expires INTEGER NOT NULL\n"
+    ");\n"
+    "CREATE TABLE catalog_gen (id INTEGER PRIMARY KEY CHECK (id = 1), gen INTEGER NOT NULL);\n"
+    "INSERT INTO catalog_gen VALUES (1, 0);\n"
+    "CREATE TRIGGER blobs_gen_ins AFTER INSERT ON blobs BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
+    "CREATE TRIGGER blobs_gen_upd AFTER UPDATE ON blobs BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
+    "CREATE TRIGGER blobs_gen_del AFTER DELETE ON blobs BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
+    "CREATE TRIGGER revocations_gen AFTER INSERT ON revocations BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
+    "CREATE TRIGGER signing_gen_ins AFTER INSERT ON signing_keys BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
+    "CREATE TRIGGER signing_gen_upd AFTER UPDATE ON signing_keys BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n",
 };
 
 enum { N_MIGRATIONS = sizeof migrations / sizeof migrations[0] };

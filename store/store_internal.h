@@ -79,6 +79,9 @@ int db_column_hex(sqlite3_stmt *st, int col, uint8_t *out, size_t n);
 /* DIR/blobs/ab/<hex id> into out. 0 on success, -1 if it does not fit. */
 int store_blob_path(const kvs_store *s, const uint8_t id[KVS_SHA256_LEN], char *out, size_t outlen);
 
+/* Unix seconds as RFC 3339 UTC ("2025-01-02T03:04:05Z") into out (>= 21 bytes); returns out. */
+char *store_time_format(int64_t t, char *out, size_t outlen);
+
 /* Migrations (schema.c): brings the index to the newest schema version. */
 kvs_status store_migrate(sqlite3 *db, char *err, size_t errlen) KVS_WUR;
 

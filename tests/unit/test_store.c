@@ -559,6 +559,16 @@ static void test_gc_expired(void **state)
  * an index back into an older schema. */
 static int64_t count_rows(const char *dbpath, const char *sql);
 
+/* migration 6's tables and triggers (snapshots), so that an older schema can be rebuilt */
+#define UNDO_MIGRATION_6 \
+    "DROP TRIGGER blobs_gen_ins;\n" \
+    "DROP TRIGGER blobs_gen_upd;\n" \
+    "DROP TRIGGER blobs_gen_del;\n" \
+    "DROP TRIGGER revocations_gen;\n" \
+    "DROP TABLE signing_keys;\n" \
+    "DROP TABLE snapshot_versions;\n" \
+    "DROP TABLE catalog_gen;\n"
+
 #define UNDO_MIGRATION_4 \
     "DROP INDEX purchases_by_created;\n" \
     "DROP INDEX access_tokens_by_expires;\n" \
@@ -581,7 +591,7 @@ static void test_budget_migration(void **state)
     /* turn the index back into schema 1: access_tokens as it was, 2 downloads left */
     snprintf(dbpath, sizeof dbpath, "%s/index.db", sdir);
     const char *v1 =
-        UNDO_MIGRATION_4
+        UNDO_MIGRATION_6 UNDO_MIGRATION_4
         "ALTER TABLE access_tokens RENAME TO t2;\n"
         "CREATE TABLE access_tokens (\n"
         "  token_sha256 TEXT PRIMARY KEY CHECK (length(token_sha256) = 64),\n"
@@ -784,7 +794,7 @@ static void test_listing_migration(void **state)
     assert_int_equal(kvs_store_purchase(s, a.sha, "old", 100, 1000, 1, tok, NULL, err, sizeof err), KVS_OK);
     kvs_store_close(s);
     const char *v2 =
-        UNDO_MIGRATION_4
+        UNDO_MIGRATION_6 UNDO_MIGRATION_4
         "CREATE TABLE b2 (id TEXT PRIMARY KEY, document_id INTEGER NOT NULL REFERENCES documents(id),\n"
         "  model_id INTEGER NOT NULL REFERENCES models(id), tokenizer_id INTEGER NOT NULL REFERENCES tokenizers(id),\n"
         "  codec TEXT NOT NULL, tokens INTEGER NOT NULL, size INTEGER NOT NULL, serial INTEGER NOT NULL,\n"

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# repo_static.sh: signed catalog snapshots and static repositories (spec/repository.md) with
+# real components on loopback: kvpubd serve signs /v1/snapshot and lists its signing key at
+# /v1/keys; `kvfetch trust add` takes that key only with the right fingerprint; `kvpubd export`
+# writes a tree that nginx serves over HTTPS, against which `kvfetch search --snapshot`,
+# `kvfetch get --snapshot` and `kvfetch verify` work as against kvpubd; a second export writes
+# only the new blob; a rolled-back snapshot (exit 5) and an expired one (exit 6) are refused; a
+# listing change makes a new version; a rotated key's old snapshots, a retired key signing
+# after its cut-off, and a revoked publisher's listings are refused or gone.
+set -eu
+. tests/cli/lib/fetch_env.sh
+fetch_env_init repo-static
+
+K="$BUILD/kvpubd"
+S="$tmp/store"
+mkdir -p "$tmp/trust" "$tmp/www"
+export KVPUB_CACHE_DIR="$tmp/cache"
+
+note "a store with a signing key, three listings (one priced)"
+"$K" keygen -o "$tmp/alice" >/dev/null
+CRED=$("$K" publisher add --store "$S" --key "$tmp/alice.pub" --name alice 2>/dev/null)
+expect_rc 2 "$K" snapshot --store "$S"
+expect_err "no active signing key"
+expect_rc 0 "$K" key rotate --store "$S"
+SK1=$(cat "$tmp/out")
+[ ${#SK1} = 16 ] || fail "key rotate printed '$SK1', want a key id"
+cp "$tmp/alice.pub" "$tmp/trust/"
+for i in 1 2 3 4; do "$BUILD/kvsynth" blob --key "$tmp/alice.key" -o "$tmp/b$i.kvb" --seed $i --title "Doc $i"; done
+start_kvpubd "$S"
+api="https://127.0.0.1:$KVPUBD_PORT"
+C=(curl -sS --cacert "$tmp/cert.pem")
+for i in 1 2 3; do
+  q=""; [ $i = 3 ] && q="?price=7"
+  "${C[@]}" -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $CRED" --data-binary @"$tmp/b$i.kvb" \
+    "$api/v1/blobs$q" | grep -qx 201 || fail "upload b$i"
+done
+ID1=$(sha256sum "$tmp/b1.kvb" | cut -d' ' -f1)
+ID4=$(sha256sum "$tmp/b4.kvb" | cut -d' ' -f1)
+DOC1=$("$KVFETCH" inspect --json "$tmp/b1.kvb" | jq -r .manifest.document.sha256)
+FP=$(printf 'ab%.0s' $(seq 32))
+
+note "kvpubd serves the snapshot, the manifests under both names, and its signing key"
+"${C[@]}" "$api/v1/snapshot" >"$tmp/api.snap"
+jq -r .payload "$tmp/api.snap" | base64 -d >"$tmp/api.payload"
+[ "$(jq -r '.blobs | length' "$tmp/api.payload")" = 3 ] || fail "snapshot lists $(jq '.blobs|length' "$tmp/api.payload") blobs, want 3"
+[ "$(jq -r .key_id "$tmp/api.payload")" = "$SK1" ] || fail "snapshot not signed by the store's key"
+[ "$(jq -r .signatures[0].key_id "$tmp/api.snap")" = "$SK1" ] || fail "envelope signature key id"
+"${C[@]}" "$api/v1/manifests/$ID1" | cmp -s - <("${C[@]}" "$api/v1/blobs/$ID1/manifest") \
+  || fail "/v1/manifests/ID differs from /v1/blobs/ID/manifest"
+"${C[@]}" "$api/v1/keys" >"$tmp/keys.json"
+[ "$(jq -r '.signing[0].key_id + " " + .signing[0].state' "$tmp/keys.json")" = "$SK1 active" ] \
+  || fail "/v1/keys does not list the signing key: $(cat "$tmp/keys.json")"
+
+note "trust add: only the key with the fingerprint given"
+expect_rc 1 "$KVFETCH" trust add "$api/v1/keys" --fingerprint 0123456789abcdef --trust "$tmp/trust" --cacert "$tmp/cert.pem"
+expect_err "no key with fingerprint 0123456789abcdef"
+[ ! -e "$tmp/trust/0123456789abcdef.pub" ] || fail "a key was added for a wrong fingerprint"
+expect_rc 0 "$KVFETCH" trust add "$api/v1/keys" --fingerprint "$SK1" --trust "$tmp/trust" --cacert "$tmp/cert.pem"
+cmp -s "$tmp/trust/$SK1.pub" "$S/signing/$SK1.pub" || fail "trusted key differs from the store's"
+
+note "search --snapshot against kvpubd"
+F=(--trust "$tmp/trust" --cacert "$tmp/cert.pem")
+expect_rc 0 "$KVFETCH" search --snapshot "$api" "${F[@]}" --json
+[ "$(jq -r .total "$tmp/out")" = 3 ] || fail "search --snapshot total $(jq .total "$tmp/out")"
+
+note "export: a static tree; priced blobs stay out"
+expect_rc 0 "$K" export --store "$S" --out "$tmp/www" --json
+[ "$(jq -c '[.written, .kept, .priced_not_exported]' "$tmp/out")" = "[2,0,1]" ] || fail "first export: $(cat "$tmp/out")"
+cmp -s "$tmp/www/v1/blobs/$ID1" "$tmp/b1.kvb" || fail "exported blob differs"
+cmp -s "$tmp/www/v1/manifests/$ID1" <("${C[@]}" "$api/v1/manifests/$ID1") || fail "exported manifest differs"
+cp "$tmp/www/v1/snapshot" "$tmp/old.snap"
+start_nginx "$tmp/www"
+web="https://127.0.0.1:$NGINX_PORT"
+
+note "the client reads nginx as it reads kvpubd"
+expect_rc 0 "$KVFETCH" search --snapshot "$web" "${F[@]}"
+grep -q "Doc 1" "$tmp/out" && grep -q "3 of 3 listings" "$tmp/out" || fail "search table: $(cat "$tmp/out")"
+expect_rc 0 "$KVFETCH" get --snapshot "$web" --document "$DOC1" --model-fp "$FP" "${F[@]}"
+[ "$(sha256sum "$(cat "$tmp/out")" | cut -d' ' -f1)" = "$ID1" ] || fail "get --snapshot fetched another blob"
+expect_rc 0 "$KVFETCH" verify "$(cat "$tmp/out")" --trust "$tmp/trust"
+expect_rc 1 "$KVFETCH" get --snapshot "$web" --blob "$ID4" "${F[@]}"
+expect_err "does not list blob $ID4"
+expect_rc 1 "$KVFETCH" get --snapshot "$web" --document "$DOC1" --model-fp "$(printf '00%.0s' $(seq 32))" "${F[@]}"
+expect_err "lists no blob of document"
+
+note "one more publish: the second export writes only the new blob"
+"${C[@]}" -o /dev/null -X PUT -H "Authorization: Bearer $CRED" --data-binary @"$tmp/b4.kvb" "$api/v1/blobs"
+expect_rc 0 "$K" export --store "$S" --out "$tmp/www" --json
+[ "$(jq -c '[.written, .kept]' "$tmp/out")" = "[1,2]" ] || fail "second export: $(cat "$tmp/out")"
+expect_rc 0 "$KVFETCH" get --snapshot "$web" --blob "$ID4" "${F[@]}"
+
+note "rollback and freeze are refused"
+cp "$tmp/www/v1/snapshot" "$tmp/new.snap"
+cp "$tmp/old.snap" "$tmp/www/v1/snapshot"
+expect_rc 5 "$KVFETCH" search --snapshot "$web" "${F[@]}"
+expect_err "older than version .* seen before"
+cp "$tmp/new.snap" "$tmp/www/v1/snapshot"
+expect_rc 6 "$KVFETCH" search --snapshot "$web" "${F[@]}" --now $(( $(date +%s) + 2 * 86400 ))
+expect_err "expired at"
+expect_rc 0 "$KVFETCH" search --snapshot "$web" "${F[@]}"
+
+note "a listing change is a new snapshot version"
+expect_rc 0 "$K" listing set --store "$S" "$ID1" --price 9 --title "Doc one, revised"
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/s.snap"
+expect_rc 0 "$KVFETCH" search --snapshot "$tmp/s.snap" "${F[@]}" --json --q revised
+[ "$(jq -r '.items[0].price' "$tmp/out")" = 9 ] || fail "new price not in the snapshot: $(cat "$tmp/out")"
+expect_rc 1 "$K" listing set --store "$S" "$(printf '00%.0s' $(seq 32))" --price 1
+expect_err "no blob"
+
+note "key rotation: new snapshots by the new key; the retired key's late signatures refused"
+expect_rc 0 "$K" key rotate --store "$S"
+SK2=$(cat "$tmp/out")
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/k2.snap"
+expect_rc 1 "$KVFETCH" search --snapshot "$tmp/k2.snap" "${F[@]}"
+expect_err "not in the trust directory $SK2"
+expect_rc 0 "$KVFETCH" trust add "$api/v1/keys" --fingerprint "$SK2" --trust "$tmp/trust" --cacert "$tmp/cert.pem"
+expect_rc 0 "$KVFETCH" search --snapshot "$tmp/k2.snap" "${F[@]}"
+expect_rc 0 "$K" snapshot --store "$S" --key "$S/signing/$SK1.key" --now $(( $(date +%s) + 5 )) -o "$tmp/late.snap"
+expect_rc 1 "$KVFETCH" search --snapshot "$tmp/late.snap" "${F[@]}" --now $(( $(date +%s) + 10 ))
+expect_err "retired at"
+
+note "a revoked publisher's listings leave the snapshot"
+"$K" publisher revoke --store "$S" --key-id "$(basename "$(ls "$S"/keys/*.pub)" .pub)" >/dev/null 2>&1
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/r.snap"
+expect_rc 0 "$KVFETCH" search --snapshot "$tmp/r.snap" "${F[@]}" --json
+[ "$(jq -r .total "$tmp/out")" = 0 ] || fail "revoked listings still in the snapshot"
+echo "all checks passed"
