@@ -20,8 +20,9 @@
 #include "store/kvstore.h"
 
 static const char publish_usage[] =
-    "usage: kvpubd publish --store DIR --model M.gguf --key PREFIX.key [options] FILE...\n"
-    "Prefills each document after the model's BOS and publishes its KV cache as a signed blob.\n"
+    "usage: kvpubd publish --store DIR --model M.gguf [--key PREFIX.key] [options] FILE...\n"
+    "Prefills each document after the model's BOS and publishes its KV cache as a signed blob,\n"
+    "signed with --key, or without it with the store's active signing key (kvpubd key rotate).\n"
     "  --codec C           f16-zstd (default, lossless), f16, q8, q4\n"
     "  --price N           price in the smallest currency unit (default 0 = free)\n"
     "  --title T           document title (default: the file name; only with one FILE)\n"
@@ -200,8 +201,8 @@ int kvpubd_publish_main(int argc, char **argv)
             return 2;
         }
     }
-    if (!store_dir || !model_path || !key_path || nf == 0) {
-        fprintf(stderr, "kvpubd publish: --store, --model, --key and at least one FILE are required\n%s",
+    if (!store_dir || !model_path || nf == 0) {
+        fprintf(stderr, "kvpubd publish: --store, --model and at least one FILE are required\n%s",
                 publish_usage);
         free(files);
         return 2;
@@ -238,7 +239,7 @@ int kvpubd_publish_main(int argc, char **argv)
     json_t *summary = json_array();
     if (!docs || !summary)
         goto done;
-    if (kvc_key_load_private(key_path, &key, err, sizeof err) != KVC_OK) {
+    if (key_path && kvc_key_load_private(key_path, &key, err, sizeof err) != KVC_OK) {
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }
@@ -265,7 +266,8 @@ int kvpubd_publish_main(int argc, char **argv)
             fprintf(stderr, "kvpubd publish: %s\n", err);
             goto done;
         }
-    if (kvs_store_open(store_dir, &st, err, sizeof err) != KVS_OK) {
+    if (kvs_store_open(store_dir, &st, err, sizeof err) != KVS_OK ||
+        (!key && kvs_store_key_active(st, &key, err, sizeof err) != KVS_OK)) {
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }

@@ -6,7 +6,8 @@
 # `kvfetch get --snapshot` and `kvfetch verify` work as against kvpubd; a second export writes
 # only the new blob; a rolled-back snapshot (exit 5) and an expired one (exit 6) are refused; a
 # listing change makes a new version; a rotated key's old snapshots, a retired key signing
-# after its cut-off, and a revoked publisher's listings are refused or gone.
+# after its cut-off (snapshots and blobs), and revoked publishers' and signing keys' listings are
+# refused or gone; kvpubd publish signs with the store's active key.
 set -eu
 . tests/cli/lib/fetch_env.sh
 fetch_env_init repo-static
@@ -119,9 +120,32 @@ expect_rc 0 "$K" snapshot --store "$S" --key "$S/signing/$SK1.key" --now $(( $(d
 expect_rc 1 "$KVFETCH" search --snapshot "$tmp/late.snap" "${F[@]}" --now $(( $(date +%s) + 10 ))
 expect_err "retired at"
 
+note "publish signs with the active store key; a blob the retired key signed after its cut-off is refused"
+"$BUILD/kvsynth" --arch llama --layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 512 --ctx 96 \
+  --seed 1 -o "$tmp/m.gguf" >/dev/null
+printf 'A document the store signs itself.\n' >"$tmp/d1.txt"
+printf 'A document signed late by the retired key.\n' >"$tmp/d2.txt"
+expect_rc 0 "$K" publish --store "$S" --model "$tmp/m.gguf" --json "$tmp/d1.txt"
+P1=$(jq -r '.documents[0].id' "$tmp/out")
+[ "$("$KVFETCH" inspect --json "$S/blobs/${P1:0:2}/$P1" | jq -r .key_id)" = "$SK2" ] || fail "publish did not sign with $SK2"
+install -m 600 "$S/signing/$SK1.key" "$tmp/sk1.key"
+expect_rc 0 "$K" publish --store "$S" --model "$tmp/m.gguf" --key "$tmp/sk1.key" --json "$tmp/d2.txt"
+P2=$(jq -r '.documents[0].id' "$tmp/out")
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/k3.snap"
+expect_rc 0 "$KVFETCH" get --snapshot "$tmp/k3.snap" --server "$api" --blob "$P1" "${F[@]}"
+expect_rc 1 "$KVFETCH" get --snapshot "$tmp/k3.snap" --server "$api" --blob "$P2" "${F[@]}"
+expect_err "$SK1 was retired at .* dated after that is refused"
+
 note "a revoked publisher's listings leave the snapshot"
 "$K" publisher revoke --store "$S" --key-id "$(basename "$(ls "$S"/keys/*.pub)" .pub)" >/dev/null 2>&1
 expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/r.snap"
 expect_rc 0 "$KVFETCH" search --snapshot "$tmp/r.snap" "${F[@]}" --json
-[ "$(jq -r .total "$tmp/out")" = 0 ] || fail "revoked listings still in the snapshot"
+[ "$(jq -r '[.items[].publisher_key_id] | sort | join(" ")' "$tmp/out")" = "$(printf '%s\n' "$SK1" "$SK2" | sort | paste -sd' ')" ] \
+  || fail "revoked listings still in the snapshot: $(cat "$tmp/out")"
+expect_rc 0 "$K" key revoke --store "$S" --key-id "$SK1"
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/r2.snap"
+expect_rc 0 "$KVFETCH" search --snapshot "$tmp/r2.snap" "${F[@]}" --json
+[ "$(jq -r '[.items[].publisher_key_id] | join(" ")' "$tmp/out")" = "$SK2" ] || fail "a revoked signing key's listing stayed"
+expect_rc 1 "$K" key revoke --store "$S" --key-id 0123456789abcdef
+expect_err "not one of the store's signing keys"
 echo "all checks passed"
