@@ -172,9 +172,9 @@ static inline uint16_t base_f32_to_bf16(float f)
 
 /* ---- worker threads ----
  * No thread pool here, on purpose: engine/pool.c is a fork-join pool whose workers spin between
- * the few hundred tiny jobs of a decode step, while the blob writer and reader stream chunks
- * through a bounded queue to workers that each keep a zstd context and let the producer run
- * ahead; either one serving the other would cost the decode path a sleep or burn a core on I/O.
+ * the few hundred tiny jobs of a decode step and claim their units as they come, while the blob
+ * writer and reader stream chunks through a bounded queue to workers that each keep a zstd
+ * context and let the producer run ahead; either one serving the other would cost the decode path a sleep or burn a core on I/O.
  * What they share is how their threads stop. */
 
 /* Sets *stop under mu, wakes every thread waiting on cv, then joins the n threads th[0..n).

@@ -3,7 +3,7 @@
  * 2048-token context (time to first token after loading a cached document), peak RSS; median
  * of --runs runs (default 3), one line per figure. Wall and process CPU seconds are both
  * printed for prefills: the machine may be shared.
- * usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] */
+ * usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] [--brief 1] */
 #include "base/base.h"
 #include "bench/bench_util.h"
 #include "engine/engine.h"
@@ -15,10 +15,10 @@
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
-        fputs("usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N]\n", argc < 2 ? stderr : stdout);
+        fputs("usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] [--brief 1]\n", argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    bench_opts o = {0, 3, 32};
+    bench_opts o = {0, 3, 32, 0};
     for (int i = 2; i + 1 < argc; i += 2)
         bench_take_opt(&o, argv[i], argv[i + 1]);
     const int threads = o.threads, runs = o.runs, n_dec = o.n_dec;
@@ -48,7 +48,8 @@ int main(int argc, char **argv)
     enum { NSMALL = 3 };
     const int small[NSMALL] = {1, 8, 16};
     double dec[99], sm[NSMALL][99];
-    for (int li = 0; li < 2; li++) {
+    const int nsmall = o.brief ? 0 : NSMALL;
+    for (int li = o.brief ? 1 : 0; li < 2; li++) {
         double tps[99], cpu[99];
         for (int r = 0; r < runs; r++) {
             eng_ctx *c = NULL;
@@ -64,7 +65,7 @@ int main(int argc, char **argv)
             tps[r] = lens[li] / (base_now_s() - t0);
             cpu[r] = bench_cpu_s() - u0;
             if (lens[li] == NMAX) {
-                for (int k = 0; k < NSMALL; k++) {
+                for (int k = 0; k < nsmall; k++) {
                     double t1 = base_now_s();
                     if (eng_prefill(c, toks + 1, NULL, (size_t)small[k], logits, NULL) != ENG_OK) {
                         fputs("bench_engine: small prefill failed\n", stderr);
@@ -92,7 +93,7 @@ int main(int argc, char **argv)
         printf("prefill %d tokens: %.2f tok/s (median of %d), %.2f CPU s per run\n", lens[li],
                bench_median(tps, runs), runs, bench_median(cpu, runs));
     }
-    for (int k = 0; k < NSMALL; k++)
+    for (int k = 0; k < nsmall; k++)
         printf("prefill %d token(s) after %d: %.4f s (median of %d)\n", small[k], NMAX,
                bench_median(sm[k], runs), runs);
     printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, bench_median(dec, runs), runs,

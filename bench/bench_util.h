@@ -15,6 +15,7 @@ typedef struct bench_opts {
     int threads; /* --threads N */
     int runs;    /* --runs N: figures are medians over this many runs */
     int n_dec;   /* --decode N: tokens per decode figure */
+    int brief;   /* --brief 1: only the 2048-token prefill and the decode after it */
 } bench_opts;
 
 /* Stores "NAME VALUE" in o when NAME is one of bench_opts' options. Returns 1 if it was, 0 for
@@ -24,6 +25,7 @@ static inline int bench_take_opt(bench_opts *o, const char *name, const char *va
     int *at = strcmp(name, "--threads") == 0 ? &o->threads
               : strcmp(name, "--runs") == 0  ? &o->runs
               : strcmp(name, "--decode") == 0 ? &o->n_dec
+              : strcmp(name, "--brief") == 0  ? &o->brief
                                               : NULL;
     if (at)
         *at = atoi(value);

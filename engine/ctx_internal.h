@@ -16,12 +16,16 @@ enum { ENG_MAX_ROWS = 2048 };
 
 /* ---- worker threads ---- */
 typedef struct eng_pool eng_pool;
-typedef void (*eng_pool_fn)(void *arg, int ith, int nth);
+/* Computes units [i0, i1) on thread ith (0 = the caller; ith < eng_pool_size picks per-thread
+ * scratch). A unit's result must not depend on which thread computes it or with which others. */
+typedef void (*eng_pool_fn)(void *arg, int i0, int i1, int ith);
 eng_status eng_pool_create(int n_threads, eng_pool **out) ENG_WUR;
 void eng_pool_free(eng_pool *p);
-/* Runs fn(arg, ith, nth) for ith in [0, nth) (ith 0 on the calling thread); returns when all
- * are done. */
-void eng_pool_run(eng_pool *p, eng_pool_fn fn, void *arg);
+/* Runs fn over units [0, units), handed out grain at a time to whichever threads are running
+ * (the caller included); returns when all are done. */
+void eng_pool_for(eng_pool *p, int units, int grain, eng_pool_fn fn, void *arg);
+/* A grain that gives each thread about per_thread claims of units (at least 1). */
+int eng_pool_grain(const eng_pool *p, int units, int per_thread);
 int eng_pool_size(const eng_pool *p);
 
 /* ---- RoPE (ggml's rope_yarn, in f32 as ggml computes it) ---- */

@@ -74,12 +74,11 @@ typedef struct rows_job {
     int n;
 } rows_job;
 
-static void rows_worker(void *a, int ith, int nth)
+static void rows_worker(void *a, int r0, int r1, int ith)
 {
+    (void)ith;
     rows_job *J = a;
-    int r0 = (int)((int64_t)J->n * ith / nth), r1 = (int)((int64_t)J->n * (ith + 1) / nth);
-    if (r1 > r0)
-        J->fn(J->c, J->arg, r0, r1);
+    J->fn(J->c, J->arg, r0, r1);
 }
 
 /* Few rows run on the calling thread: the row-wise steps are microseconds for them, less than
@@ -92,7 +91,7 @@ static void par_rows(eng_ctx *c, int n, rows_fn fn, void *arg)
     if (n < PAR_MIN_ROWS)
         fn(c, arg, 0, n);
     else
-        eng_pool_run(c->pool, rows_worker, &J);
+        eng_pool_for(c->pool, n, eng_pool_grain(c->pool, n, 8), rows_worker, &J);
 }
 
 /* ---- element-wise pieces, as ggml computes them ---- */
@@ -223,14 +222,44 @@ typedef struct lin_job {
     int total;
 } lin_job;
 
-static void lin_worker(void *a, int ith, int nth)
+/* Products with at most this many X rows skip the chunk panels: they read F16 weights in place
+ * or convert a few weight rows at a time into an L1-sized panel. A 1-token prefill after a long
+ * context otherwise cost four decode steps, converting every weight into panels once per call. */
+enum { SMALL_ROWS = 16 };
+
+/* Rows [n0, n0 + nn) of W (at src) for the R packed X rows; buf holds ENG_GEMM_NR + 1 rows of
+ * Kr floats. The same bits as the chunk panels: only where the converted weights sit changes. */
+static void few_rows(const float *X, int R, const eng_wmat *W, const char *src, int nn, float *buf,
+                     float *Y)
+{
+    const int K = (int)W->ncols;
+    const size_t N = (size_t)W->nrows;
+    if (W->type == GGML_T_F16 &&
+        eng_gemm_f16(X, R, (const uint16_t *)src, W->row_bytes / sizeof(uint16_t), nn, K, Y, N))
+        return;
+    float *row = buf + (size_t)ENG_GEMM_NR * (size_t)eng_gemm_kr(K);
+    for (int r0 = 0; r0 < nn; r0 += ENG_GEMM_NR) {
+        const int g = nn - r0 < ENG_GEMM_NR ? nn - r0 : ENG_GEMM_NR;
+        for (int r = 0; r < g; r++) {
+            const char *w = src + (size_t)(r0 + r) * W->row_bytes;
+            size_t step;
+            const size_t at = eng_gemm_row_at(r, g, ENG_GEMM_NR, K, &step);
+            if (eng_dequant_row_panel(W->type, w, buf + at, K, step))
+                continue;
+            eng_dequant_row(W->type, w, row, K);
+            eng_gemm_pack_row(row, K, r, g, ENG_GEMM_NR, buf);
+        }
+        eng_gemm_packed(X, R, buf, g, K, Y + r0, N);
+    }
+}
+
+static void lin_worker(void *a, int u0, int u1, int ith)
 {
     lin_job *J = a;
     const eng_ctx *c = J->c;
     const size_t xarea = (size_t)c->cap_rows * (size_t)xr_width(c);
-    const size_t per = (c->panels_cap - xarea) / (size_t)nth;
+    const size_t per = (c->panels_cap - xarea) / (size_t)eng_pool_size(c->pool);
     float *buf = c->panels + xarea + (size_t)ith * per;
-    const int u0 = (int)((int64_t)J->total * ith / nth), u1 = (int)((int64_t)J->total * (ith + 1) / nth);
     for (int u = u0; u < u1; u++) {
         int m = 0, ch = u;
         while (ch >= J->nch[m])
@@ -239,6 +268,10 @@ static void lin_worker(void *a, int ith, int nth)
         const int64_t K = W->ncols, N = W->nrows, n0 = (int64_t)ch * J->nb[m];
         const int nn = (int)(N - n0 < J->nb[m] ? N - n0 : J->nb[m]);
         const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
+        if (J->R <= SMALL_ROWS) {
+            few_rows(J->X[m], J->R, W, src, nn, buf, J->Y[m] + n0);
+            continue;
+        }
         float *row = buf + (size_t)nn * (size_t)eng_gemm_kr((int)K);
         for (int r = 0; r < nn; r++) {
             size_t step;
@@ -315,7 +348,7 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
             J.nch[k] = (int)((W[i]->nrows + J.nb[k] - 1) / J.nb[k]);
             J.total += J.nch[k];
         }
-        eng_pool_run(c->pool, lin_worker, &J);
+        eng_pool_for(c->pool, J.total, 1, lin_worker, &J);
         i0 = i1;
     }
 }
@@ -333,34 +366,46 @@ static const float *round_vec(uint32_t type, const float *x, int n, float *tmp)
     return tmp;
 }
 
+/* Each matrix is cut into blocks of rows (multiples of 16, to keep threads off each other's
+ * cache lines), a few per thread; the units are the blocks of all matrices in turn. */
 typedef struct mv_arg {
     int n;
     const eng_wmat *W[3];
     const float *x[3];
     float *y[3];
+    int64_t rows[3]; /* rows per block */
+    int nblk[3];
 } mv_arg;
 
-static void mv_worker(void *a, int ith, int nth)
+static void mv_worker(void *a, int u0, int u1, int ith)
 {
+    (void)ith;
     mv_arg *A = a;
-    for (int i = 0; i < A->n; i++) {
-        int64_t N = A->W[i]->nrows;
-        /* split on multiples of 16 rows to keep threads off each other's cache lines */
-        int64_t r0 = N * ith / nth / 16 * 16, r1 = ith == nth - 1 ? N : N * (ith + 1) / nth / 16 * 16;
-        eng_matvec(A->W[i]->type, A->W[i]->data, A->W[i]->row_bytes, A->W[i]->ncols, A->x[i],
-                   A->y[i], r0, r1);
+    for (int u = u0; u < u1; u++) {
+        int i = 0, b = u;
+        while (b >= A->nblk[i])
+            b -= A->nblk[i++];
+        const eng_wmat *W = A->W[i];
+        const int64_t r0 = b * A->rows[i], r1 = r0 + A->rows[i] < W->nrows ? r0 + A->rows[i] : W->nrows;
+        eng_matvec(W->type, W->data, W->row_bytes, W->ncols, A->x[i], A->y[i], r0, r1);
     }
 }
 
 static void matvec_n(eng_ctx *c, int n, const eng_wmat *const *W, const float *const *x, float *const *y)
 {
-    mv_arg A = {n, {0}, {0}, {0}};
+    enum { BLOCKS_PER_THREAD = 4 };
+    mv_arg A = {n, {0}, {0}, {0}, {0}, {0}};
+    int units = 0;
     for (int i = 0; i < n; i++) {
         A.W[i] = W[i];
         A.x[i] = x[i];
         A.y[i] = y[i];
+        const int64_t N = W[i]->nrows, per = N / (BLOCKS_PER_THREAD * eng_pool_size(c->pool));
+        A.rows[i] = per < 16 ? 16 : (per + 15) / 16 * 16;
+        A.nblk[i] = (int)((N + A.rows[i] - 1) / A.rows[i]);
+        units += A.nblk[i];
     }
-    eng_pool_run(c->pool, mv_worker, &A);
+    eng_pool_for(c->pool, units, 1, mv_worker, &A);
 }
 
 /* Products of R rows: the batched path, or matvec when decoding. */

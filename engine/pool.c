@@ -1,6 +1,14 @@
-/* pool.c: a fixed set of worker threads per context that run one function in parallel and
- * join, so the decode path does not create threads per token. Workers spin briefly before
- * sleeping: a decode step hands out a few hundred small jobs. */
+/* pool.c: a fixed set of worker threads per context that share out the units of one job and
+ * join, so the decode path does not create threads per token.
+ *
+ * Units are claimed from a shared counter, not split up front. When the machine is busy and a
+ * worker is not running, the threads that are running take its share instead of waiting for
+ * it: a decode step joins a few hundred times, and with a fixed split every join waited for
+ * the slowest thread's time slice (F16 decode fell 4-12x beside two CPU-bound neighbours). A
+ * worker that wakes after the job has been closed stays out of it, so a join waits only for
+ * workers that are inside the job and thus working. Workers spin briefly before sleeping: the
+ * joins of a decode step are microseconds apart. Which thread computes a unit never changes
+ * the unit's result. */
 #include "engine/ctx_internal.h"
 
 #include <pthread.h>
@@ -16,17 +24,24 @@
 
 enum { POOL_MAX = 64, SPIN_ITERS = 2000 };
 
+/* state: job generation (high 32 bits) | CLOSED | number of workers inside the job */
+#define ST_CLOSED ((uint64_t)1 << 16)
+#define ST_INSIDE ((uint64_t)0xffff)
+#define ST_GEN(s) ((uint32_t)((s) >> 32))
+
 struct eng_pool {
     int n;
     pthread_t th[POOL_MAX];
     pthread_mutex_t mu;
     pthread_cond_t wake;
     pthread_cond_t done;
-    atomic_uint gen;          /* bumped per job */
-    atomic_int pending;       /* workers still running the current job */
-    int quit;
+    _Atomic uint64_t state;
+    atomic_int next;          /* first unclaimed unit of the current job */
+    int quit;                 /* read and written under mu */
+    /* the current job: written before its generation is published, read after entering */
     eng_pool_fn fn;
     void *arg;
+    int units, grain;
 };
 
 typedef struct worker_arg {
@@ -34,36 +49,65 @@ typedef struct worker_arg {
     int ith;
 } worker_arg;
 
+static void claim_units(eng_pool *p, int ith)
+{
+    const int units = p->units, grain = p->grain;
+    for (;;) {
+        const int i0 = atomic_fetch_add_explicit(&p->next, grain, memory_order_relaxed);
+        if (i0 >= units)
+            return;
+        p->fn(p->arg, i0, i0 + grain < units ? i0 + grain : units, ith);
+    }
+}
+
+/* Joins job gen unless it is closed or over; 1 when inside. */
+static int enter_job(eng_pool *p, uint32_t gen)
+{
+    uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
+    while (ST_GEN(s) == gen && !(s & ST_CLOSED))
+        if (atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return 1;
+    return 0;
+}
+
+static void leave_job(eng_pool *p)
+{
+    const uint64_t s = atomic_fetch_sub_explicit(&p->state, 1, memory_order_acq_rel) - 1;
+    if ((s & ST_INSIDE) == 0 && (s & ST_CLOSED)) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
 static void *worker(void *a)
 {
     eng_pool *p = ((worker_arg *)a)->p;
-    int ith = ((worker_arg *)a)->ith;
+    const int ith = ((worker_arg *)a)->ith;
     free(a);
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        unsigned g;
+        uint32_t g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && spins < SPIN_ITERS) {
+        while ((g = ST_GEN(atomic_load_explicit(&p->state, memory_order_acquire))) == seen &&
+               spins < SPIN_ITERS) {
             CPU_RELAX();
             spins++;
         }
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
-            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && !p->quit)
+            while ((g = ST_GEN(atomic_load_explicit(&p->state, memory_order_acquire))) == seen && !p->quit)
                 pthread_cond_wait(&p->wake, &p->mu);
-            int quit = p->quit;
+            const int quit = p->quit;
             pthread_mutex_unlock(&p->mu);
-            if (quit && g == seen)
+            if (quit && g == seen) /* no job is running when the pool is freed */
                 return NULL;
         }
         seen = g;
-        if (p->quit)
-            return NULL;
-        p->fn(p->arg, ith, p->n);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done);
-            pthread_mutex_unlock(&p->mu);
+        if (enter_job(p, g)) {
+            claim_units(p, ith);
+            leave_job(p);
         }
     }
 }
@@ -82,8 +126,8 @@ eng_status eng_pool_create(int n_threads, eng_pool **out)
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
-    atomic_init(&p->gen, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->state, 0);
+    atomic_init(&p->next, 0);
     for (int i = 1; i < n_threads; i++) {
         worker_arg *wa = malloc(sizeof *wa);
         if (!wa)
@@ -113,28 +157,41 @@ void eng_pool_free(eng_pool *p)
 
 int eng_pool_size(const eng_pool *p) { return p->n; }
 
-void eng_pool_run(eng_pool *p, eng_pool_fn fn, void *arg)
+int eng_pool_grain(const eng_pool *p, int units, int per_thread)
 {
-    if (p->n == 1) {
-        fn(arg, 0, 1);
+    const int g = units / (p->n * per_thread);
+    return g > 1 ? g : 1;
+}
+
+void eng_pool_for(eng_pool *p, int units, int grain, eng_pool_fn fn, void *arg)
+{
+    if (grain < 1)
+        grain = 1;
+    if (p->n == 1 || units <= grain) {
+        if (units > 0)
+            fn(arg, 0, units, 0);
         return;
     }
     p->fn = fn;
     p->arg = arg;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    p->units = units;
+    p->grain = grain;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    const uint32_t gen = ST_GEN(atomic_load_explicit(&p->state, memory_order_relaxed)) + 1;
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    atomic_store_explicit(&p->state, (uint64_t)gen << 32, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, p->n);
-    int spins = 0;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0 && spins < SPIN_ITERS) {
+    claim_units(p, 0);
+    /* every unit is claimed: no one may enter now; wait for those inside */
+    uint64_t s = atomic_fetch_or_explicit(&p->state, ST_CLOSED, memory_order_acq_rel) | ST_CLOSED;
+    for (int spins = 0; (s & ST_INSIDE) && spins < SPIN_ITERS; spins++) {
         CPU_RELAX();
-        spins++;
+        s = atomic_load_explicit(&p->state, memory_order_acquire);
     }
-    if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+    if (s & ST_INSIDE) {
         pthread_mutex_lock(&p->mu);
-        while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
+        while (atomic_load_explicit(&p->state, memory_order_acquire) & ST_INSIDE)
             pthread_cond_wait(&p->done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }

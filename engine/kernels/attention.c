@@ -360,15 +360,14 @@ static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt
             memset(Kt + (size_t)d * KB + n, 0, sizeof(float) * (size_t)(KB - n));
 }
 
-static void att_worker(void *arg, int ith, int nth)
+/* later query blocks see more keys: they are the first units */
+static void att_worker(void *arg, int u0, int u1, int ith)
 {
     const att_job *J = arg;
     const eng_ctx *c = J->c;
     float *scr = c->att_scratch + (size_t)ith * c->att_scratch_per;
     const int nkv = c->hp->n_head_kv, nqb = (J->nq + QB - 1) / QB;
-    const int items = nkv * nqb;
-    /* later query blocks see more keys: hand them out first, round robin */
-    for (int it = ith; it < items; it += nth) {
+    for (int it = u0; it < u1; it++) {
         int qb = nqb - 1 - it / nkv, h = it % nkv;
         int i0 = qb * QB, i1 = i0 + QB < J->nq ? i0 + QB : J->nq;
         att_item(J, scr, h, i0, i1);
@@ -379,7 +378,7 @@ eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0,
                          size_t ldo)
 {
     att_job J = {c, il, q, ldq, c0, nq, out, ldo, pick_kernel(c->hp->head_dim)};
-    eng_pool_run(c->pool, att_worker, &J);
+    eng_pool_for(c->pool, c->hp->n_head_kv * ((nq + QB - 1) / QB), 1, att_worker, &J);
     return ENG_OK;
 }
 
@@ -615,15 +614,13 @@ static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *a
     }
 }
 
-/* Each thread takes a contiguous range of kv heads and walks the key blocks once for all of
- * them, so it streams one contiguous part of every cache row. A head's result does not depend
- * on the split. */
-static void dec_worker(void *arg, int ith, int nth)
+/* A unit is a range of kv heads: the key blocks are walked once for all of them, so it streams
+ * one contiguous part of every cache row. A head's result does not depend on the split. */
+static void dec_worker(void *arg, int h0, int h1, int ith)
 {
     const dec_job *J = arg;
     const eng_ctx *c = J->c;
-    const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, nkv = c->hp->n_head_kv;
-    const int h0 = nkv * ith / nth, h1 = nkv * (ith + 1) / nth;
+    const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv;
     float *s = align32(c->att_scratch + (size_t)ith * c->att_scratch_per);
     float *acc = s + (size_t)(2 * G) * KB; /* (h1 - h0, G, hd + 2) */
     for (int t = 0; t < (h1 - h0) * G; t++) {
@@ -650,6 +647,7 @@ static void dec_worker(void *arg, int ith, int nth)
 eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out)
 {
     dec_job J = {c, il, q, cell, out};
-    eng_pool_run(c->pool, dec_worker, &J);
+    const int nkv = c->hp->n_head_kv;
+    eng_pool_for(c->pool, nkv, eng_pool_grain(c->pool, nkv, 2), dec_worker, &J);
     return ENG_OK;
 }

@@ -120,26 +120,18 @@ typedef void (*tile_fn)(const float *xb, const float *wb, int s0, int s1, float 
     {                                                                                             \
         tile(xb, wb, m, n, s0, s1, st, first);                                                    \
     }
-DEF_TILE(1, 1)
-DEF_TILE(1, 2)
-DEF_TILE(1, 3)
-DEF_TILE(2, 1)
-DEF_TILE(2, 2)
-DEF_TILE(2, 3)
-DEF_TILE(3, 1)
-DEF_TILE(3, 2)
-DEF_TILE(3, 3)
-DEF_TILE(4, 1)
-DEF_TILE(4, 2)
-DEF_TILE(4, 3)
+/* Every tile shape up to MR x NR, for the kernels below and their tables. */
+#define TILE_SHAPES(X) X(1, 1) X(1, 2) X(1, 3) X(2, 1) X(2, 2) X(2, 3) X(3, 1) X(3, 2) X(3, 3) \
+                       X(4, 1) X(4, 2) X(4, 3)
+#define TILE_TABLE(prefix)                                                                        \
+    {                                                                                             \
+        {prefix##1_1, prefix##1_2, prefix##1_3}, {prefix##2_1, prefix##2_2, prefix##2_3},         \
+            {prefix##3_1, prefix##3_2, prefix##3_3}, {prefix##4_1, prefix##4_2, prefix##4_3},     \
+    }
+TILE_SHAPES(DEF_TILE)
 #undef DEF_TILE
 
-static const tile_fn k_tiles[MR][NR] = {
-    {tile_1_1, tile_1_2, tile_1_3},
-    {tile_2_1, tile_2_2, tile_2_3},
-    {tile_3_1, tile_3_2, tile_3_3},
-    {tile_4_1, tile_4_2, tile_4_3},
-};
+static const tile_fn k_tiles[MR][NR] = TILE_TABLE(tile_);
 
 static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy)
 {
@@ -182,6 +174,66 @@ static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K
         }
     }
 }
+
+/* ---- few X rows, F16 weights read in place ----
+ * With a handful of X rows, converting W into panels costs more than the product: the
+ * conversion writes four bytes for every two read, and nothing reuses them. Here each W row
+ * is converted in registers as it streams by. The lanes, the order of their FMAs and hsum8
+ * are those of tile(), and the f16 -> f32 conversion is exact, so the bits are the same. */
+#define AVX2F16 __attribute__((target("avx2,fma,f16c")))
+
+static AVX2F16 inline __m256 w8_f16(const uint16_t *w, int k, int K)
+{
+    if (k + 8 <= K)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k)));
+    uint16_t t[8] = {0}; /* columns past K read as 0 */
+    memcpy(t, w + k, sizeof(uint16_t) * (size_t)(K - k));
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+}
+
+static AVX2F16 inline __attribute__((always_inline)) void tile_f16(const float *xb, int mr,
+                                                                   const uint16_t *w, size_t ldw,
+                                                                   int nr, int K, float *Y, size_t ldy)
+{
+    __m256 acc[MR][NR];
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    const float *x = xb;
+    for (int k = 0; k < K; k += 8, x += mr * 8) {
+        __m256 wv[NR];
+#pragma GCC unroll 3
+        for (int j = 0; j < nr; j++)
+            wv[j] = w8_f16(w + (size_t)j * ldw, k, K);
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            const __m256 xv = _mm256_load_ps(x + i * 8);
+#pragma GCC unroll 3
+            for (int j = 0; j < nr; j++)
+                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nr; j++)
+            Y[(size_t)i * ldy + j] = hsum8(acc[i][j]);
+}
+
+typedef void (*tile_f16_fn)(const float *xb, const uint16_t *w, size_t ldw, int K, float *Y, size_t ldy);
+
+#define DEF_TILE_F16(m, n)                                                                        \
+    static AVX2F16 void tile_f16_##m##_##n(const float *xb, const uint16_t *w, size_t ldw, int K, \
+                                           float *Y, size_t ldy)                                  \
+    {                                                                                             \
+        tile_f16(xb, m, w, ldw, n, K, Y, ldy);                                                    \
+    }
+TILE_SHAPES(DEF_TILE_F16)
+#undef DEF_TILE_F16
+
+static const tile_f16_fn k_tiles_f16[MR][NR] = TILE_TABLE(tile_f16_);
 #endif
 
 static int g_force_scalar;
@@ -209,6 +261,27 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
     }
 #endif
     gemm_scalar(Xp, M, Wp, N, K, Y, ldy);
+}
+
+int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy)
+{
+#if defined(__x86_64__)
+    if (!base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA | BASE_CPU_F16C) || g_force_scalar || K <= 0)
+        return 0;
+    const int Kr = eng_gemm_kr(K);
+    for (int i0 = 0; i0 < M; i0 += MR) {
+        const int mr = M - i0 < MR ? M - i0 : MR;
+        for (int j0 = 0; j0 < N; j0 += NR) {
+            const int nr = N - j0 < NR ? N - j0 : NR;
+            k_tiles_f16[mr - 1][nr - 1](group_base(Xp, i0, Kr), W + (size_t)j0 * ldw, ldw, K,
+                                        Y + (size_t)i0 * ldy + j0, ldy);
+        }
+    }
+    return 1;
+#else
+    (void)Xp, (void)M, (void)W, (void)ldw, (void)N, (void)K, (void)Y, (void)ldy;
+    return 0;
+#endif
 }
 
 const char *eng_gemm_kernel(void)

@@ -5,6 +5,7 @@
 #define KVPUB_GEMM_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Every element Y[i][j] = dot(X row i, W row j) over K is computed the same way:
  *   lane l (0..7) starts at +0 and accumulates fma(x[k], w[k], lane) for k = l, l+8, ...
@@ -37,6 +38,13 @@ void eng_gemm_pack_row(const float *src, int K, int r, int rows, int group, floa
 /* Y[i * ldy + j] for i < M, j < N from packed Xp (M rows, groups of ENG_GEMM_MR) and Wp
  * (N rows, groups of ENG_GEMM_NR). Thread-safe; no allocation. */
 void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy);
+
+/* The same product with W given as N rows of K f16 values (row j at W + j * ldw), read in
+ * place and converted in registers: the bits of converting W exactly to f32, packing it and
+ * calling eng_gemm_packed. For few X rows, where packing W would cost more than the product.
+ * Returns 0 (and computes nothing) where the CPU lacks AVX2 + FMA + F16C or the scalar kernel
+ * is forced: callers then pack. */
+int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy);
 
 /* Which kernel eng_gemm_packed runs: "avx2" or "scalar". */
 const char *eng_gemm_kernel(void);

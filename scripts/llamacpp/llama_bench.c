@@ -7,7 +7,7 @@
  * Median of --runs runs; a fresh context per run; F16 K/V cache; n_ubatch 512; flash attention
  * on and/or off (--fa on|off|both). A benchmark helper only: not part of the build or tests.
  *
- * usage: llama_bench LIBDIR MODEL.gguf [--threads N] [--runs N] [--decode N] [--fa on|off|both]
+ * usage: llama_bench LIBDIR MODEL.gguf [--threads N] [--runs N] [--decode N] [--brief 1] [--fa on|off|both]
  * LIBDIR is the folder with libllama*.so / libggml-cpu-*.so; its CPU backends are loaded from there. */
 #define _POSIX_C_SOURCE 200809L
 #include "llama.h"
@@ -42,11 +42,11 @@ int main(int argc, char **argv)
 {
     const int help = argc == 2 && strcmp(argv[1], "--help") == 0;
     if (argc < 3) {
-        fputs("usage: llama_bench LIBDIR MODEL.gguf [--threads N] [--runs N] [--decode N] [--fa on|off|both]\n",
+        fputs("usage: llama_bench LIBDIR MODEL.gguf [--threads N] [--runs N] [--decode N] [--brief 1] [--fa on|off|both]\n",
               help ? stdout : stderr);
         return help ? 0 : 2;
     }
-    bench_opts o = {2, 3, 32};
+    bench_opts o = {2, 3, 32, 0};
     int fa_on = 1, fa_off = 1;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (bench_take_opt(&o, argv[i], argv[i + 1]))
@@ -126,7 +126,7 @@ int main(int argc, char **argv)
         const int lens[2] = {512, NMAX};
         double dec[99], sv[99], rs[99];
         size_t state_bytes = 0;
-        for (int li = 0; li < 2; li++) {
+        for (int li = o.brief ? 1 : 0; li < 2; li++) {
             double tps[99];
             for (int r = 0; r < runs; r++) {
                 struct llama_context *c = llama_init_from_model(model, cp);

@@ -10,6 +10,7 @@
 
 #include <math.h>
 
+#include "base/base.h"
 #include "engine/kernels/gemm_internal.h"
 #include "tests/unit/engine_test_util.h"
 
@@ -82,6 +83,53 @@ static void test_gemm_rows(void **state)
     }
     eng_gemm_force_scalar(0);
     printf("eng_gemm_packed kernel: %s (and scalar)\n", eng_gemm_kernel());
+}
+
+/* eng_gemm_f16 (F16 weights read in place, for few X rows): the same bits as the reference
+ * order over the exact f32 values of the f16 weights, for any M, N, K and row stride. */
+static void test_gemm_f16(void **state)
+{
+    (void)state;
+    static const int shapes[][4] = {{1, 1, 8, 8},    {1, 7, 1024, 1024}, {2, 50, 1024, 1040},
+                                    {16, 97, 3072, 3072}, {5, 4, 13, 16}, {3, 5, 172, 180}};
+    uint64_t s = 43;
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int M = shapes[t][0], N = shapes[t][1], K = shapes[t][2], ldw = shapes[t][3];
+        float *X = malloc(sizeof(float) * (size_t)M * K), *Wf = malloc(sizeof(float) * (size_t)N * K);
+        uint16_t *W = malloc(sizeof(uint16_t) * (size_t)N * ldw);
+        float *Y = malloc(sizeof(float) * (size_t)M * N);
+        for (int i = 0; i < M * K; i++)
+            X[i] = frand(&s);
+        for (int j = 0; j < N; j++)
+            for (int k = 0; k < ldw; k++) {
+                W[(size_t)j * ldw + k] = base_f32_to_f16(frand(&s));
+                if (k < K)
+                    Wf[(size_t)j * K + k] = base_f16_to_f32(W[(size_t)j * ldw + k]);
+            }
+        float *Xp = pack(X, M, K, ENG_GEMM_MR);
+        if (!eng_gemm_f16(Xp, M, W, (size_t)ldw, N, K, Y, (size_t)N)) {
+            printf("eng_gemm_f16: not on this CPU (callers pack the weights)\n");
+        } else {
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    float r = ref_dot(X + (size_t)i * K, Wf + (size_t)j * K, K);
+                    assert_memory_equal(&r, &Y[(size_t)i * N + j], sizeof r);
+                }
+        }
+        free(X);
+        free(Wf);
+        free(W);
+        free(Y);
+        free(Xp);
+    }
+    /* the forced scalar kernel leaves the product to the caller's packing path */
+    eng_gemm_force_scalar(1);
+    float x[8] = {1}, y = 0;
+    uint16_t w[8] = {0};
+    float *xp = pack(x, 1, 8, ENG_GEMM_MR);
+    assert_int_equal(eng_gemm_f16(xp, 1, w, 8, 1, 8, &y, 1), 0);
+    eng_gemm_force_scalar(0);
+    free(xp);
 }
 
 typedef struct xcase {
@@ -204,30 +252,41 @@ static void test_splits(void **state)
     free(part);
 }
 
-/* Thread count must not change results either: a blob made on one machine loads on another. */
+/* Thread count must not change results either: a blob made on one machine loads on another.
+ * Work units go to whichever thread is free (engine/pool.c), so this also covers any
+ * assignment of units to threads; decode included. */
 static void test_threads(void **state)
 {
     (void)state;
-    eng_model *m = et_load_model("models/synth/synth-qwen3-tiny-q80.gguf");
-    assert_non_null(m);
-    const int V = eng_model_info(m)->n_vocab;
-    enum { N = 150 };
-    int32_t toks[N];
-    make_tokens(toks, N, V);
-    float *l1 = malloc(sizeof(float) * V), *l2 = malloc(sizeof(float) * V);
-    eng_ctx_params p1 = {512, 1, 0}, p3 = {512, 3, 0};
-    eng_ctx *c1 = NULL, *c3 = NULL;
-    char err[128];
-    assert_int_equal(eng_ctx_create(m, &p1, &c1, err, sizeof err), ENG_OK);
-    assert_int_equal(eng_ctx_create(m, &p3, &c3, err, sizeof err), ENG_OK);
-    assert_int_equal(eng_prefill(c1, toks, NULL, N, l1, NULL), ENG_OK);
-    assert_int_equal(eng_prefill(c3, toks, NULL, N, l2, NULL), ENG_OK);
-    assert_memory_equal(l1, l2, sizeof(float) * V);
-    eng_ctx_free(c1);
-    eng_ctx_free(c3);
-    eng_model_free(m);
-    free(l1);
-    free(l2);
+    static const char *const models[] = {"models/synth/synth-qwen3-tiny-q80.gguf",
+                                         "models/synth/synth-llama-tiny-f16.gguf"};
+    for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++) {
+        eng_model *m = et_load_model(models[mi]);
+        assert_non_null(m);
+        const int V = eng_model_info(m)->n_vocab;
+        enum { N = 150, DEC = 4 };
+        int32_t toks[N];
+        make_tokens(toks, N, V);
+        float *l1 = malloc(sizeof(float) * V), *l2 = malloc(sizeof(float) * V);
+        eng_ctx_params p1 = {512, 1, 0}, p3 = {512, 3, 0};
+        eng_ctx *c1 = NULL, *c3 = NULL;
+        char err[128];
+        assert_int_equal(eng_ctx_create(m, &p1, &c1, err, sizeof err), ENG_OK);
+        assert_int_equal(eng_ctx_create(m, &p3, &c3, err, sizeof err), ENG_OK);
+        assert_int_equal(eng_prefill(c1, toks, NULL, N, l1, NULL), ENG_OK);
+        assert_int_equal(eng_prefill(c3, toks, NULL, N, l2, NULL), ENG_OK);
+        assert_memory_equal(l1, l2, sizeof(float) * V);
+        for (int i = 0; i < DEC; i++) {
+            assert_int_equal(eng_decode(c1, toks[i + 1], -1, l1), ENG_OK);
+            assert_int_equal(eng_decode(c3, toks[i + 1], -1, l2), ENG_OK);
+            assert_memory_equal(l1, l2, sizeof(float) * V);
+        }
+        eng_ctx_free(c1);
+        eng_ctx_free(c3);
+        eng_model_free(m);
+        free(l1);
+        free(l2);
+    }
 }
 
 #define XCASE(i) cmocka_unit_test_prestate(test_prefix, (void *)&k_models[i])
@@ -237,6 +296,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_rows),
+        cmocka_unit_test(test_gemm_f16),
         XCASE(0), XCASE(1), XCASE(2), XCASE(3), XCASE(4), XCASE(5), XCASE(6),
         SCASE(0), SCASE(2), SCASE(5), SCASE(6),
         cmocka_unit_test(test_threads),
