@@ -1,14 +1,16 @@
 /* client.c: the HTTPS client on libcurl: downloads streamed into a sink with Range resumption,
- * bounded exponential-backoff retries and stall timeouts; small JSON requests. */
+ * bounded exponential-backoff retries and stall timeouts; small JSON requests; uploads. */
 #include "fetch/fetch.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -490,6 +492,33 @@ static size_t on_mem(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* Runs h with its body collected into b (at most b->max bytes): on KVF_OK *out owns the body
+ * (NUL-terminated, *outlen bytes when outlen is non-NULL) and *code is the HTTP status. */
+static kvf_status perform_into(CURL *h, membuf *b, const char *url, char **out, size_t *outlen, long *code,
+                               char *err, size_t errlen)
+{
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_mem);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
+    CURLcode rc = curl_easy_perform(h);
+    kvf_status st = KVF_OK;
+    if (b->over)
+        st = kvf_fail(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, b->max);
+    else if (rc != CURLE_OK)
+        st = kvf_fail(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
+    else if (!b->p && !(b->p = calloc(1, 1)))
+        st = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    if (st == KVF_OK) {
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, code);
+        *out = b->p;
+        b->p = NULL;
+        if (outlen)
+            *outlen = b->len;
+    }
+    free(b->p);
+    b->p = NULL;
+    return st;
+}
+
 kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const char *url,
                             const char *json_body, size_t max, char **out, size_t *outlen,
                             long *code, char *err, size_t errlen)
@@ -521,28 +550,54 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
     if (hdrs)
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_mem);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
-    CURLcode rc = curl_easy_perform(h);
-    if (b.over) {
-        st = kvf_fail(err, errlen, KVF_ERR_TOO_BIG, "%s: response larger than %zu bytes", url, max);
-    } else if (rc != CURLE_OK) {
-        st = kvf_fail(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
-    } else {
-        if (!b.p && !(b.p = calloc(1, 1))) {
-            st = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, code);
-        *out = b.p;
-        b.p = NULL;
-        if (outlen)
-            *outlen = b.len;
-    }
+    st = perform_into(h, &b, url, out, outlen, code, err, errlen);
 out:
-    free(b.p);
     curl_easy_cleanup(h);
     curl_slist_free_all(hdrs);
+    return st;
+}
+
+kvf_status kvf_http_upload(const kvf_http_opts *o, const char *url, const char *path, const char *credential,
+                           char **out, long *code, char *err, size_t errlen)
+{
+    if (!o || !url || !path || !credential || !out)
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_http_upload: NULL argument");
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return kvf_fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    struct stat sb;
+    if (!f || fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        kvf_status st = kvf_fail(err, errlen, KVF_ERR_IO, "%s: %s", path, f ? "not a regular file" : strerror(errno));
+        if (f)
+            fclose(f);
+        return st;
+    }
+    CURL *h = curl_easy_init();
+    struct curl_slist *hdrs = NULL;
+    membuf b = {.max = 64 * 1024};
+    /* the credential is the token of this one request, bound to the URL's own origin */
+    kvf_http_opts po = *o;
+    po.token = credential;
+    po.token_origin = url;
+    kvf_status st = h ? setup_common(h, &po, url, &hdrs, err, errlen) : kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    struct curl_slist *l = st == KVF_OK ? curl_slist_append(hdrs, "Expect: 100-continue") : NULL;
+    if (st == KVF_OK && !l)
+        st = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    if (st == KVF_OK) {
+        hdrs = l;
+        curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L); /* a body and a credential go nowhere else */
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(h, CURLOPT_READDATA, f);
+        curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)sb.st_size);
+        curl_easy_setopt(h, CURLOPT_EXPECT_100_TIMEOUT_MS, 10000L);
+        st = perform_into(h, &b, url, out, NULL, code, err, errlen);
+    }
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
+    fclose(f);
     return st;
 }

@@ -311,4 +311,42 @@ int kvf_url_origin(const char *url, char *out, size_t outlen);
 /* Is s something kvf_get should download (https:// or http://)? */
 int kvf_is_url(const char *s);
 
+/* ---- the buyer's purchase tokens (kvfetch buy / get) ---- */
+
+#define KVF_TOKENS_MAX 4096 /* entries kept; the oldest go first */
+
+/* One stored purchase token: what kvfetch buy keeps and kvfetch get uses. */
+typedef struct kvf_token_rec {
+    char origin[256];  /* the origin that sold it, as kvf_url_origin writes it */
+    uint8_t blob[32];  /* the blob it was bought for */
+    char token[130];   /* the bearer token (64 hex from kvpubd) */
+    int64_t expires;   /* unix seconds */
+    int64_t purchase;  /* the server's purchase number, 0 = unknown */
+} kvf_token_rec;
+
+/* The default token file, into path: $XDG_CONFIG_HOME/kvpub/tokens.json, else
+ * $HOME/.config/kvpub/tokens.json. KVF_ERR_USAGE when neither is set or it does not fit. */
+kvf_status kvf_tokens_default_path(char *path, size_t cap, char *err, size_t errlen) KVF_WUR;
+
+/* The token bought from url's origin for blob, from the token file at path: *found 1 and *out
+ * filled (the newest such purchase, expired or not: the caller judges), or *found 0 (also when
+ * there is no file). A file that is not the caller's own, or that its group or others may
+ * read, is refused with KVF_ERR_IO and says how to fix it. */
+kvf_status kvf_tokens_find(const char *path, const char *url, const uint8_t blob[32], kvf_token_rec *out,
+                           int *found, char *err, size_t errlen) KVF_WUR;
+
+/* Adds rec (rec->origin already an origin) to the token file at path, replacing the entry for
+ * the same origin and blob and dropping entries expired at now: the directories are created
+ * 0700, the file written as a 0600 temporary file, fsynced and renamed over the old one under
+ * an exclusive lock (path.lock), so a reader sees the old file or the new one. */
+kvf_status kvf_tokens_put(const char *path, const kvf_token_rec *rec, int64_t now, char *err, size_t errlen) KVF_WUR;
+
+/* PUTs the file at path to url (a publisher's upload, spec/http-api.md "PUT /v1/blobs") with
+ * "Authorization: Bearer <credential>" sent to that URL only (no redirect is followed) and
+ * "Expect: 100-continue", so an early refusal arrives before the body is sent. On KVF_OK *code
+ * is the HTTP status and *out the response body (malloc'd, NUL-terminated, at most 64 KiB;
+ * caller frees). Not retried. */
+kvf_status kvf_http_upload(const kvf_http_opts *o, const char *url, const char *path, const char *credential,
+                           char **out, long *code, char *err, size_t errlen) KVF_WUR;
+
 #endif

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fetch/fetch.h"
@@ -14,7 +15,7 @@
 #include "kvfetch/opts.h"
 
 static const char usage_text[] =
-    "usage: kvfetch get (URL | --server URL --blob ID) --trust DIR [options]\n"
+    "usage: kvfetch get (URL | ID --server URL | --server URL --blob ID) --trust DIR [options]\n"
     "       kvfetch get --snapshot WHERE (--document SHA256 --model M.gguf | --blob ID) --trust DIR\n"
     "\n"
     "Downloads a kvpub blob over HTTPS (certificate verification always on), verifying its\n"
@@ -24,7 +25,9 @@ static const char usage_text[] =
     "Range request from the bytes already on disk. Prints the verified file's path on stdout.\n"
     "\n"
     "  URL                  a blob URL: the API's /v1/blobs/ID or a static mirror's file\n"
-    "  --server URL         kvpubd API base URL (with --blob)\n"
+    "  --server URL         kvpubd API base URL (with ID or --blob); with no --token and no\n"
+    "                       $KVPUB_TOKEN, the token `kvfetch buy` stored for this blob and\n"
+    "                       this server's origin is sent, to that origin only\n"
     "  --blob ID            blob id (64 hex digits): with --server, or checked against URL\n"
     "  --snapshot WHERE     resolve the blob through a signed snapshot (spec/repository.md):\n"
     "                       a repository (kvpubd or a static mirror: https://host[/prefix]), its\n"
@@ -273,6 +276,10 @@ int kvfetch_get_main(int argc, char **argv)
         fprintf(stderr, "%s: give a blob URL, or --server URL and --blob ID (try --help)\n", prog);
         return 2;
     }
+    if (go.url && go.server && !go.blob_id && !kvf_is_url(go.url)) { /* kvfetch get ID --server URL */
+        go.blob_id = go.url;
+        go.url = NULL;
+    }
     if (go.url && go.server) {
         fprintf(stderr, "%s: give either a URL or --server, not both\n", prog);
         return 2;
@@ -290,6 +297,12 @@ int kvfetch_get_main(int argc, char **argv)
         return rc;
     }
 
+    kvf_token_rec tok;
+    if ((rc = kvf_stored_token(&go, &tok, prog)) != 0) {
+        kvf_snapshot_free(snap);
+        kvf_common_close(&co);
+        return rc;
+    }
     kvf_get_result res;
     char err[8192] = "";
     kvf_status st = kvf_get(co.cache, &go, &res, err, sizeof err);
@@ -303,6 +316,8 @@ int kvfetch_get_main(int argc, char **argv)
             fprintf(stderr, "%s: %s (partial download kept; run again to resume)\n", prog, err);
         else
             fprintf(stderr, "%s: %s\n", prog, err);
+        if (st == KVF_ERR_DENIED)
+            kvf_token_hint(&go, &tok, co.now ? co.now : (int64_t)time(NULL), prog);
         goto out;
     }
     if (out_path && copy_out(res.path, out_path, err, sizeof err) != 0) {
@@ -333,6 +348,7 @@ int kvfetch_get_main(int argc, char **argv)
         }
     }
 out:
+    kvc_wipe(&tok, sizeof tok);
     kvf_snapshot_free(snap);
     kvf_get_result_clear(&res);
     kvf_common_close(&co);

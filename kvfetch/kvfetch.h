@@ -31,5 +31,15 @@ int kvfetch_run_main(int argc, char **argv);
 int kvfetch_compare_main(int argc, char **argv);
 int kvfetch_search_main(int argc, char **argv);
 int kvfetch_trust_main(int argc, char **argv);
+int kvfetch_buy_main(int argc, char **argv);
+
+/* cmd_buy.c, for get: when go carries no token, the one `kvfetch buy` stored for the blob go
+ * names and the origin of its server (or URL) goes into go->http, bound to that origin; rec
+ * gets it (rec->token "" when none). Returns 0, or 2 after printing (a token file that is not
+ * private). */
+int kvf_stored_token(kvf_get_opts *go, kvf_token_rec *rec, const char *prog);
+/* After a download was denied: one line on stderr saying why and how to buy a token (expired
+ * at now, refused, or none stored); nothing for a token the user gave. */
+void kvf_token_hint(const kvf_get_opts *go, const kvf_token_rec *rec, int64_t now, const char *prog);
 
 #endif

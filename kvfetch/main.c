@@ -13,6 +13,7 @@ static const base_cmd cmds[] = {
     {"generate", kvfetch_generate_main, "generate text with a local GGUF model (no blobs)"},
     {"export", kvfetch_export_main, "write a verified, placed blob as a llama.cpp sequence-state file"},
     {"search", kvfetch_search_main, "list a kvpubd catalog or a signed snapshot, filtered (model, document, ...)"},
+    {"buy", kvfetch_buy_main, "buy a blob from a kvpubd marketplace; the token is kept for get"},
     {"trust", kvfetch_trust_main, "add a publisher's key to a trust directory, by its fingerprint"},
     {"tokenize", kvfetch_tokenize_main, "print the token ids a model's tokenizer gives a text"},
     {NULL, NULL, NULL},

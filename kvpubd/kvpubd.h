@@ -12,5 +12,6 @@ int kvpubd_snapshot_main(int argc, char **argv);  /* cmd_repo.c */
 int kvpubd_export_main(int argc, char **argv);    /* cmd_repo.c */
 int kvpubd_key_main(int argc, char **argv);       /* cmd_key.c */
 int kvpubd_listing_main(int argc, char **argv);   /* cmd_listing.c */
+int kvpubd_upload_main(int argc, char **argv);    /* cmd_upload.c */
 
 #endif

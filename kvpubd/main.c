@@ -13,6 +13,7 @@ static const base_cmd cmds[] = {
     {"snapshot", kvpubd_snapshot_main, "sign the catalog as a versioned, expiring snapshot"},
     {"export", kvpubd_export_main, "write a static repository tree any web server can serve"},
     {"key", kvpubd_key_main, "rotate, list or revoke the store's signing keys"},
+    {"upload", kvpubd_upload_main, "upload a signed blob to a kvpubd marketplace (publishers)"},
     {"listing", kvpubd_listing_main, "change a listing's price, title or expiry (no new blob)"},
     {NULL, NULL, NULL},
 };

@@ -64,11 +64,10 @@ say "5. fetching the priced blob without paying is refused"
 "$BUILD/kvfetch" get --trust "$demo/trust" --cacert "$demo/tls.pem" --server "$base" --blob "$gpl" --quiet \
   && { echo "demo: expected a refusal" >&2; exit 1; } || echo "(exit $? as documented: access denied)"
 
-say "6. buy it (POST /v1/purchases) and fetch it: verified while it streams, then cached"
-token=$(curl -s --cacert "$demo/tls.pem" -H 'Content-Type: application/json' -d "{\"blob\": \"$gpl\"}" \
-  "$base/v1/purchases" | grep -o '"token": *"[0-9a-f]*"' | grep -o '[0-9a-f]\{64\}')
-echo "bought a download token (${token:0:8}...)"
-"$BUILD/kvfetch" get --trust "$demo/trust" --cacert "$demo/tls.pem" --server "$base" --blob "$gpl" --token "$token"
+say "6. buy it (kvfetch buy: the token is kept, 0600, for this server only) and fetch it"
+export XDG_CONFIG_HOME="$demo/config"   # the demo's token file, not yours
+"$BUILD/kvfetch" buy "$gpl" --server "$base" --cacert "$demo/tls.pem"
+"$BUILD/kvfetch" get "$gpl" --server "$base" --trust "$demo/trust" --cacert "$demo/tls.pem"
 
 say "7. stop the server: the blob is in the local cache now"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
