@@ -4,7 +4,8 @@
  * "hot" repeats one matrix (it fits in L3 for the smaller types). Time is the thread's CPU
  * time, so that other processes on a shared machine do not count (their memory traffic still
  * does).
- * usage: bench_quant [--scalar] [seconds per figure, default 0.3] */
+ * usage: bench_quant [--scalar] [--type NAME]... [seconds per figure, default 0.3]
+ * (--type, repeatable: only those types, e.g. to compare a pair side by side) */
 #include "engine/engine.h"
 #include "engine/gguf.h"
 
@@ -38,9 +39,13 @@ static double run(uint32_t type, const uint8_t *W, size_t mat_bytes, size_t ncop
 int main(int argc, char **argv)
 {
     double secs = 0.3;
+    const char *only[32];
+    int nonly = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--scalar"))
             eng_quant_force_scalar(1);
+        else if (!strcmp(argv[i], "--type") && i + 1 < argc && nonly < 32)
+            only[nonly++] = argv[++i];
         else
             secs = atof(argv[i]);
     }
@@ -56,6 +61,11 @@ int main(int argc, char **argv)
         uint32_t type = types[t];
         const char *name = "?";
         ggml_type_traits(type, NULL, NULL, &name);
+        int want = !nonly;
+        for (int k = 0; k < nonly; k++)
+            want |= !strcmp(only[k], name);
+        if (!want)
+            continue;
         printf("%-5s", name);
         double call_us = 0;
         for (int s = 0; s < 2; s++) {
