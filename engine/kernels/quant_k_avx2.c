@@ -189,20 +189,25 @@ AVX2 void eng_mv_q2_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const flo
     }
 }
 
+/* One chunk of Q3_K codes: bits 2k..2k+1 of v, plus 4 where hmask bit p is set. k and p are
+ * constants at each call, so every shift is an immediate (16-bit shifts are safe: the masks
+ * keep bits that come from the same byte). */
+static AVX2 INLINE_ALWAYS __m256i q3k_code(__m256i v, __m256i hm, int k, int p)
+{
+    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    __m256i lo = _mm256_and_si256(k ? _mm256_srli_epi16(v, 2 * k) : v, m3);
+    __m256i hi = p > 2 ? _mm256_srli_epi16(hm, p - 2) : p < 2 ? _mm256_slli_epi16(hm, 2 - p) : hm;
+    return _mm256_or_si256(lo, _mm256_and_si256(hi, four));
+}
+
 /* Q3_K: Q2_K's low bits plus 4 where hmask bit 4h + k is set (codes 0..7, value = code - 4);
- * sc8: the half's 8 signed scales. h is a constant at each call, so the shifts are too (16-bit
- * shifts are safe: the mask keeps bit 2 of each byte, which comes from the same byte). */
+ * sc8: the half's 8 signed scales. h is a constant at each call. */
 static AVX2 INLINE_ALWAYS __m256i q3k_half(const uint8_t *qs, __m256i hm, int h, __m128i sc8, const int8_t *q,
                                            const __m256i sel[4])
 {
-    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
-    __m256i v = _mm256_loadu_si256((const __m256i *)qs), c[4];
-    for (int k = 0; k < 4; k++) {
-        int p = 4 * h + k; /* the hmask bit, moved to bit 2 */
-        __m256i hi = p >= 2 ? _mm256_srli_epi16(hm, p - 2) : _mm256_slli_epi16(hm, 2 - p);
-        c[k] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2 * k), m3), _mm256_and_si256(hi, four));
-    }
-    return half_dot(c[0], c[1], c[2], c[3], q, _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)), sel);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    return half_dot(q3k_code(v, hm, 0, 4 * h), q3k_code(v, hm, 1, 4 * h + 1), q3k_code(v, hm, 2, 4 * h + 2),
+                    q3k_code(v, hm, 3, 4 * h + 3), q, _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)), sel);
 }
 
 /* Q3_K (six = 0) and Q6_K (six = 1, a constant at each call): unsigned codes with an offset
