@@ -278,36 +278,101 @@ static AVX2 INLINE_ALWAYS __m256i qb32_codes(const uint8_t *b, int qh_at, int qs
     return v;
 }
 
-/* One block into acc (d_w d_x times the integer dot) and c: the min's m_w * d_x sum(q_x), or
- * for Q5_0 the -16 offset's -16 d_w * d_x sum(q_x) (codes stay unsigned for maddubs). */
-static AVX2 INLINE_ALWAYS void qb32_block(const uint8_t *b, int m_at, int qh_at, int qs_at, int off,
-                                          const eng_xq *xq, int64_t i, __m256 *acc, float *c)
+/* A block's integer dot with its 32 x values, as 8 float lanes (exact: |sum| < 2^24). */
+static AVX2 INLINE_ALWAYS __m256 qb32_dot(const uint8_t *b, int qh_at, int qs_at, const int8_t *q)
 {
-    __m256i p = _mm256_maddubs_epi16(qb32_codes(b, qh_at, qs_at),
-                                     _mm256_load_si256((const __m256i *)(xq->q + i * QB_QK)));
-    float d = f16s(b);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xq->d[i]),
-                           _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1))), *acc);
-    *c += (m_at ? f16s(b + m_at) : (float)-off * d) * xq->dsum[i];
+    __m256i p = _mm256_maddubs_epi16(qb32_codes(b, qh_at, qs_at), _mm256_load_si256((const __m256i *)q));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-/* The layout arguments are constants at each call: one kernel per type, no branch left. */
+/* A block's scale d_w d_x and its constant term: the min's m_w d_x sum(q_x), or for Q5_0 the
+ * -16 offset's -16 d_w d_x sum(q_x) (codes stay unsigned for maddubs). */
+static AVX2 INLINE_ALWAYS float qb32_scale(const uint8_t *b, int m_at, int off, const eng_xq *xq, int64_t i,
+                                           float *c)
+{
+    float d = f16s(b);
+    *c = (m_at ? f16s(b + m_at) : (float)-off * d) * xq->dsum[i];
+    return d * xq->d[i];
+}
+
+static inline int ld32(const uint8_t *p)
+{
+    int v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* qb32_scale of 8 consecutive blocks at once, the same float products: *dd gets the scales,
+ * *cc the constant terms. Each block's first 4 bytes hold d, then m where the type has one
+ * (m_at is 2 or 0). */
+static AVX2 INLINE_ALWAYS void qb32_scale8(const uint8_t *b, size_t bytes, int m_at, int off, const eng_xq *xq,
+                                           int64_t i, __m256 *dd, __m256 *cc)
+{
+    __m128i g0 = _mm_cvtsi32_si128(ld32(b)), g1 = _mm_cvtsi32_si128(ld32(b + 4 * bytes));
+    g0 = _mm_insert_epi32(g0, ld32(b + bytes), 1);
+    g1 = _mm_insert_epi32(g1, ld32(b + 5 * bytes), 1);
+    g0 = _mm_insert_epi32(g0, ld32(b + 2 * bytes), 2);
+    g1 = _mm_insert_epi32(g1, ld32(b + 6 * bytes), 2);
+    g0 = _mm_insert_epi32(g0, ld32(b + 3 * bytes), 3);
+    g1 = _mm_insert_epi32(g1, ld32(b + 7 * bytes), 3);
+    __m256i g = _mm256_set_m128i(g1, g0);
+    /* d words of blocks 0-7 in the low 128 bits, m words in the high ones */
+    __m256i h = _mm256_packus_epi32(_mm256_and_si256(g, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(g, 16));
+    h = _mm256_permute4x64_epi64(h, _MM_SHUFFLE(3, 1, 2, 0));
+    __m256 d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    __m256 k = m_at ? _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)) : _mm256_mul_ps(_mm256_set1_ps((float)-off), d);
+    *dd = _mm256_mul_ps(d, _mm256_loadu_ps(xq->d + i));
+    *cc = _mm256_mul_ps(k, _mm256_loadu_ps(xq->dsum + i));
+}
+
+/* The layout arguments are constants at each call: one kernel per type, no branch left. Even
+ * blocks go to a0/c0, odd ones to a1/c1 (lanes 0 and 1 of c01 while blocks go 8 at a time),
+ * in block order, whether their scales come 8 at a time or one. */
 static AVX2 INLINE_ALWAYS void mv_qb32(size_t bytes, int m_at, int qh_at, int qs_at, int off,
                                        const uint8_t *W, size_t rb, const eng_xq *xq, float *y,
                                        int64_t r0, int64_t r1)
 {
     const int64_t nb = xq->nb;
+    const __m256i lane[4] = {_mm256_set1_epi32(0), _mm256_set1_epi32(1), _mm256_set1_epi32(2),
+                             _mm256_set1_epi32(3)};
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
+        const int8_t *q = xq->q;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        float c0 = 0, c1 = 0;
+        __m128 c01 = _mm_setzero_ps();
         int64_t i = 0;
-        for (; i + 2 <= nb; i += 2, b += 2 * bytes) {
-            qb32_block(b, m_at, qh_at, qs_at, off, xq, i, &a0, &c0);
-            qb32_block(b + bytes, m_at, qh_at, qs_at, off, xq, i + 1, &a1, &c1);
+        for (; i + 8 <= nb; i += 8, b += 8 * bytes, q += 8 * QB_QK) {
+            __m256 dd, cc;
+            qb32_scale8(b, bytes, m_at, off, xq, i, &dd, &cc);
+            for (int h = 0; h < 2; h++) {
+                /* blocks 4h..4h+3: their scales in both 128-bit lanes, then one broadcast each */
+                __m128 dh = h ? _mm256_extractf128_ps(dd, 1) : _mm256_castps256_ps128(dd);
+                __m128 c4 = h ? _mm256_extractf128_ps(cc, 1) : _mm256_castps256_ps128(cc);
+                __m256 d4 = _mm256_set_m128(dh, dh);
+                const uint8_t *bh = b + 4 * h * bytes;
+                const int8_t *qh = q + 4 * h * QB_QK;
+                a0 = _mm256_fmadd_ps(_mm256_permutevar_ps(d4, lane[0]), qb32_dot(bh, qh_at, qs_at, qh), a0);
+                a1 = _mm256_fmadd_ps(_mm256_permutevar_ps(d4, lane[1]),
+                                     qb32_dot(bh + bytes, qh_at, qs_at, qh + QB_QK), a1);
+                c01 = _mm_add_ps(c01, c4);
+                a0 = _mm256_fmadd_ps(_mm256_permutevar_ps(d4, lane[2]),
+                                     qb32_dot(bh + 2 * bytes, qh_at, qs_at, qh + 2 * QB_QK), a0);
+                a1 = _mm256_fmadd_ps(_mm256_permutevar_ps(d4, lane[3]),
+                                     qb32_dot(bh + 3 * bytes, qh_at, qs_at, qh + 3 * QB_QK), a1);
+                c01 = _mm_add_ps(c01, _mm_movehl_ps(c4, c4));
+            }
         }
-        if (i < nb)
-            qb32_block(b, m_at, qh_at, qs_at, off, xq, i, &a0, &c0);
+        float c0 = _mm_cvtss_f32(c01), c1 = _mm_cvtss_f32(_mm_movehdup_ps(c01)), c;
+        for (; i < nb; i++, b += bytes, q += QB_QK) {
+            __m256 s = _mm256_set1_ps(qb32_scale(b, m_at, off, xq, i, &c));
+            if (i & 1) {
+                a1 = _mm256_fmadd_ps(s, qb32_dot(b, qh_at, qs_at, q), a1);
+                c1 += c;
+            } else {
+                a0 = _mm256_fmadd_ps(s, qb32_dot(b, qh_at, qs_at, q), a0);
+                c0 += c;
+            }
+        }
         y[r] = hsum_ps(_mm256_add_ps(a0, a1)) + (c0 + c1);
     }
 }
