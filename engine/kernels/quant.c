@@ -59,47 +59,7 @@ static int have_avx2(void) { return g_cpu_avx2 && !g_force_scalar; }
 
 const char *eng_quant_kernels(void) { return have_avx2() ? "avx2" : "scalar"; }
 
-/* ---- types ---- */
-
-static int type_layout(uint32_t type, int64_t *blk, size_t *bytes)
-{
-    switch (type) {
-    case GGML_T_F32: *blk = 1; *bytes = 4; return 1;
-    case GGML_T_F16: *blk = 1; *bytes = 2; return 1;
-    case GGML_T_BF16: *blk = 1; *bytes = 2; return 1;
-    case GGML_T_Q4_0: *blk = QB_QK; *bytes = QB_Q4_0_BYTES; return 1;
-    case GGML_T_Q4_1: *blk = QB_QK; *bytes = QB_Q4_1_BYTES; return 1;
-    case GGML_T_Q5_0: *blk = QB_QK; *bytes = QB_Q5_0_BYTES; return 1;
-    case GGML_T_Q5_1: *blk = QB_QK; *bytes = QB_Q5_1_BYTES; return 1;
-    case GGML_T_Q8_0: *blk = QB_QK; *bytes = QB_Q8_0_BYTES; return 1;
-    case GGML_T_Q2_K: *blk = QB_QK_K; *bytes = QB_Q2_K_BYTES; return 1;
-    case GGML_T_Q3_K: *blk = QB_QK_K; *bytes = QB_Q3_K_BYTES; return 1;
-    case GGML_T_Q4_K: *blk = QB_QK_K; *bytes = QB_Q4_K_BYTES; return 1;
-    case GGML_T_Q5_K: *blk = QB_QK_K; *bytes = QB_Q5_K_BYTES; return 1;
-    case GGML_T_Q6_K: *blk = QB_QK_K; *bytes = QB_Q6_K_BYTES; return 1;
-    default: return 0;
-    }
-}
-
-int eng_type_supported(uint32_t type)
-{
-    int64_t blk;
-    size_t bytes;
-    return type_layout(type, &blk, &bytes);
-}
-
 /* ---- dequantization ---- */
-
-static void dequant_q4_0(const uint8_t *b, float *y, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, b += QB_Q4_0_BYTES, y += QB_QK) {
-        float d = base_f16_to_f32(qb_ld16(b));
-        for (int j = 0; j < 16; j++) {
-            y[j] = (float)((b[2 + j] & 0xf) - 8) * d;
-            y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
-        }
-    }
-}
 
 static void dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
 {
@@ -110,40 +70,59 @@ static void dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
     }
 }
 
-/* ---- Q4_1, Q5_0, Q5_1: a 4-bit code, maybe a fifth bit, maybe a min ---- */
+/* ---- Q4_0, Q4_1, Q5_0, Q5_1: a 4-bit code, maybe a fifth bit, maybe a min ---- */
 
 /* Where a type's fields sit in its block (0: the type has none) and the offset subtracted
- * from the stored code (Q5_0's 16: its codes are symmetric around 0). d is at byte 0. */
+ * from the stored code (Q4_0's 8, Q5_0's 16: their codes are symmetric around 0). d is at
+ * byte 0. */
 typedef struct qb32 {
     size_t bytes;
     int m_at, qh_at, qs_at, off;
 } qb32;
 
-static const qb32 k_q4_1 = {QB_Q4_1_BYTES, 2, 0, 4, 0};
-static const qb32 k_q5_0 = {QB_Q5_0_BYTES, 0, 2, 6, 16};
-static const qb32 k_q5_1 = {QB_Q5_1_BYTES, 2, 4, 8, 0};
+static const qb32 k_q4_0 = {QB_Q4_0_BYTES, 0, 0, QB_Q4_0_QS, 8};
+static const qb32 k_q4_1 = {QB_Q4_1_BYTES, QB_Q4_1_M, 0, QB_Q4_1_QS, 0};
+static const qb32 k_q5_0 = {QB_Q5_0_BYTES, 0, QB_Q5_0_QH, QB_Q5_0_QS, 16};
+static const qb32 k_q5_1 = {QB_Q5_1_BYTES, QB_Q5_1_M, QB_Q5_1_QH, QB_Q5_1_QS, 0};
 
 static const qb32 *qb32_of(uint32_t type)
 {
-    return type == GGML_T_Q4_1 ? &k_q4_1 : type == GGML_T_Q5_0 ? &k_q5_0 : type == GGML_T_Q5_1 ? &k_q5_1 : NULL;
+    switch (type) {
+    case GGML_T_Q4_0: return &k_q4_0;
+    case GGML_T_Q4_1: return &k_q4_1;
+    case GGML_T_Q5_0: return &k_q5_0;
+    case GGML_T_Q5_1: return &k_q5_1;
+    default: return NULL;
+    }
 }
 
 /* Element j < 16 is the low nibble of qs[j], element j + 16 its high nibble; the fifth bit of
- * element j is bit j of qh read as a little-endian 32-bit word. */
-static void qb32_unpack(const qb32 *t, const uint8_t *b, int v[QB_QK])
+ * element j is bit j of qh read as a little-endian 32-bit word. The bits are tested against a
+ * table rather than shifted out, so that the loop over j vectorizes (SSE2 has no per-lane
+ * shift): the prefill dequantizes every weight row through here. */
+static const uint32_t k_bit[32] = {
+    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+    1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+
+static inline __attribute__((always_inline)) void qb32_unpack(const qb32 *t, const uint8_t *b,
+                                                              int8_t v[QB_QK])
 {
     const uint8_t *qs = b + t->qs_at, *h = b + t->qh_at;
     uint32_t qh = t->qh_at ? (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24 : 0;
     for (int j = 0; j < 16; j++) {
-        v[j] = ((qs[j] & 0xf) | (int)((qh >> j) & 1) << 4) - t->off;
-        v[j + 16] = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - t->off;
+        v[j] = (int8_t)(((qs[j] & 0xf) | ((qh & k_bit[j]) ? 16 : 0)) - t->off);
+        v[j + 16] = (int8_t)(((qs[j] >> 4) | ((qh & k_bit[j + 16]) ? 16 : 0)) - t->off);
     }
 }
 
-/* value * d (+ m): ggml's dequantize_row_q4_1/q5_0/q5_1 operations, so the same floats. */
-static void dequant_qb32(const qb32 *t, const uint8_t *b, float *y, int64_t nb)
+/* value * d (+ m): ggml's dequantize_row_q4_0/q4_1/q5_0/q5_1 operations, so the same floats.
+ * Inlined with t constant at each call, so that each type's loops are its own. */
+static inline __attribute__((always_inline)) void dequant_qb32(const qb32 *t, const uint8_t *b, float *y,
+                                                               int64_t nb)
 {
-    int v[QB_QK];
+    int8_t v[QB_QK];
     for (int64_t i = 0; i < nb; i++, b += t->bytes, y += QB_QK) {
         float d = base_f16_to_f32(qb_ld16(b));
         qb32_unpack(t, b, v);
@@ -177,7 +156,6 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
         for (int64_t i = 0; i < n; i++)
             dst[i] = base_bf16_to_f32(qb_ld16(b + 2 * i));
         break;
-    case GGML_T_Q4_0: dequant_q4_0(b, dst, n / QB_QK); break;
     case GGML_T_Q8_0:
 #if defined(__x86_64__)
         if (have_avx2()) {
@@ -187,9 +165,10 @@ void eng_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
 #endif
         dequant_q8_0(b, dst, n / QB_QK);
         break;
-    case GGML_T_Q4_1:
-    case GGML_T_Q5_0:
-    case GGML_T_Q5_1: dequant_qb32(qb32_of(type), b, dst, n / QB_QK); break;
+    case GGML_T_Q4_0: dequant_qb32(&k_q4_0, b, dst, n / QB_QK); break;
+    case GGML_T_Q4_1: dequant_qb32(&k_q4_1, b, dst, n / QB_QK); break;
+    case GGML_T_Q5_0: dequant_qb32(&k_q5_0, b, dst, n / QB_QK); break;
+    case GGML_T_Q5_1: dequant_qb32(&k_q5_1, b, dst, n / QB_QK); break;
     default: eng_kq_dequant(type, b, dst, n / QB_QK_K); break;
     }
 }
@@ -226,27 +205,6 @@ static void quant_q8_0(const float *x, uint8_t *b, int64_t nb)
     }
 }
 
-static void quant_q4_0(const float *x, uint8_t *b, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, x += QB_QK, b += QB_Q4_0_BYTES) {
-        /* the value of largest magnitude maps to -8 (the sign of d follows it), the full
-         * range of the asymmetric 4-bit code */
-        float mx = 0;
-        for (int j = 0; j < QB_QK; j++)
-            if (fabsf(x[j]) > fabsf(mx))
-                mx = x[j];
-        uint16_t dh = base_f32_to_f16(mx / -8.0f);
-        float d = base_f16_to_f32(dh);
-        float id = d != 0 ? 1.0f / d : 0;
-        qb_st16(b, dh);
-        for (int j = 0; j < 16; j++) {
-            int q0 = qb_clampi((int)lrintf(x[j] * id) + 8, 0, 15);
-            int q1 = qb_clampi((int)lrintf(x[j + 16] * id) + 8, 0, 15);
-            b[2 + j] = (uint8_t)(q0 | (q1 << 4));
-        }
-    }
-}
-
 static void quant_qb32(const qb32 *t, const float *x, uint8_t *b, int64_t nb)
 {
     const int nmax = t->qh_at ? 31 : 15;
@@ -263,7 +221,8 @@ static void quant_qb32(const qb32 *t, const float *x, uint8_t *b, int64_t nb)
             m = base_f16_to_f32(mh);
             qb_st16(b + t->m_at, mh);
             qb_st16(b, qb_f16_ceil(fmaxf(hi - m, 0) / (float)nmax));
-        } else { /* as quant_q4_0: the value of largest magnitude maps to -off */
+        } else { /* the value of largest magnitude maps to -off (the sign of d follows it),
+                  * the full range of the asymmetric code */
             float mx = 0;
             for (int j = 0; j < QB_QK; j++)
                 if (fabsf(x[j]) > fabsf(mx))
@@ -284,9 +243,9 @@ static void quant_qb32(const qb32 *t, const float *x, uint8_t *b, int64_t nb)
 
 size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
 {
-    int64_t blk;
-    size_t bytes;
-    if (!type_layout(type, &blk, &bytes) || n < 0 || n % blk != 0)
+    uint32_t blk, bytes;
+    if (!eng_type_supported(type) || !ggml_type_traits(type, &blk, &bytes, NULL) || n < 0 ||
+        n % blk != 0)
         return 0;
     uint8_t *b = dst;
     switch (type) {
@@ -299,14 +258,12 @@ size_t eng_quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
         for (int64_t i = 0; i < n; i++)
             qb_st16(b + 2 * i, base_f32_to_bf16(src[i]));
         break;
-    case GGML_T_Q4_0: quant_q4_0(src, b, n / blk); break;
     case GGML_T_Q8_0: quant_q8_0(src, b, n / blk); break;
-    case GGML_T_Q4_1:
-    case GGML_T_Q5_0:
-    case GGML_T_Q5_1: quant_qb32(qb32_of(type), src, b, n / blk); break;
     default:
-        if (!eng_kq_quantize(type, src, b, n / blk))
-            return 0;
+        if (qb32_of(type))
+            quant_qb32(qb32_of(type), src, b, n / blk);
+        else
+            eng_kq_quantize(type, src, b, n / blk);
         break;
     }
     return (size_t)(n / blk) * bytes;
@@ -344,47 +301,33 @@ void eng_xq_quantize(const float *x, int64_t n, int blk, eng_xq *out)
 
 /* ---- scalar matvec kernels ---- */
 
-static void mv_f32(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                   float *y, int64_t r0, int64_t r1)
+/* Columns whose Q8 copy of x fits on the stack (about 20 KB); longer rows allocate. */
+enum { XQ_STACK_COLS = 16384 };
+
+/* Through the dequantizer, QB_QK_K elements at a time, summing in f32 in column order: the
+ * portable kernel of the float types, and every type's last resort when x's Q8 scratch
+ * cannot be allocated. */
+static void mv_dequant(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                       const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
+    float buf[QB_QK_K];
+    uint32_t blk, bytes;
+    ggml_type_traits(type, &blk, &bytes, NULL);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *w = W + (size_t)r * rb;
         float s = 0;
-        for (int64_t i = 0; i < ncols; i++) {
-            float v;
-            memcpy(&v, w + 4 * i, 4);
-            s += v * x[i];
+        for (int64_t c = 0; c < ncols; c += QB_QK_K) {
+            int64_t n = ncols - c < QB_QK_K ? ncols - c : QB_QK_K;
+            eng_dequant_row(type, w + (size_t)(c / blk) * bytes, buf, n);
+            for (int64_t j = 0; j < n; j++)
+                s += buf[j] * x[c + j];
         }
         y[r] = s;
     }
 }
 
-static void mv_f16(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                   float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *w = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t i = 0; i < ncols; i++)
-            s += base_f16_to_f32(qb_ld16(w + 2 * i)) * x[i];
-        y[r] = s;
-    }
-}
-
-static void mv_bf16(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *w = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t i = 0; i < ncols; i++)
-            s += base_bf16_to_f32(qb_ld16(w + 2 * i)) * x[i];
-        y[r] = s;
-    }
-}
-
-static void mv_q8_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
+static void mv_q8_0(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                    const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
@@ -400,28 +343,12 @@ static void mv_q8_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, 
     }
 }
 
-static void mv_q4_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *b = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t i = 0; i < xq->nb; i++, b += QB_Q4_0_BYTES) {
-            const int8_t *q = xq->q + i * QB_QK;
-            int sum = 0;
-            for (int j = 0; j < 16; j++)
-                sum += ((b[2 + j] & 0xf) - 8) * q[j] + ((b[2 + j] >> 4) - 8) * q[j + 16];
-            s += base_f16_to_f32(qb_ld16(b)) * xq->d[i] * (float)sum;
-        }
-        y[r] = s;
-    }
-}
-
 /* sum over blocks of d_w d_x sum(v q) (+ m_w d_x sum(q): the min times x's block sum) */
-static void mv_qb32(const qb32 *t, const uint8_t *W, size_t rb, const eng_xq *xq, float *y,
-                    int64_t r0, int64_t r1)
+static void mv_qb32(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                    const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
-    int v[QB_QK];
+    const qb32 *t = qb32_of(type);
+    int8_t v[QB_QK];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
         float s = 0;
@@ -439,97 +366,50 @@ static void mv_qb32(const qb32 *t, const uint8_t *W, size_t rb, const eng_xq *xq
     }
 }
 
-static void mv_q4_1(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    mv_qb32(&k_q4_1, W, rb, xq, y, r0, r1);
-}
-
-static void mv_q5_0(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    mv_qb32(&k_q5_0, W, rb, xq, y, r0, r1);
-}
-
-static void mv_q5_1(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    mv_qb32(&k_q5_1, W, rb, xq, y, r0, r1);
-}
-
 /* ---- matvec entry ---- */
 
-/* Columns whose Q8 copy of x fits on the stack (about 20 KB); longer rows allocate. */
-enum { XQ_STACK_COLS = 16384 };
+/* Each type's portable kernel and the Q8 block of x its integer kernels read (0: they read x
+ * as floats). The AVX2 kernels are eng_mv_k_avx2 for the K-quants, eng_mv_avx2 otherwise. */
+static const struct mv_kernels {
+    uint32_t type;
+    eng_mv_fn scalar;
+    int qblk;
+} k_mv[] = {
+    {GGML_T_F32, mv_dequant, 0},        {GGML_T_F16, mv_dequant, 0},
+    {GGML_T_BF16, mv_dequant, 0},       {GGML_T_Q8_0, mv_q8_0, QB_QK},
+    {GGML_T_Q4_0, mv_qb32, QB_QK},      {GGML_T_Q4_1, mv_qb32, QB_QK},
+    {GGML_T_Q5_0, mv_qb32, QB_QK},      {GGML_T_Q5_1, mv_qb32, QB_QK},
+    {GGML_T_Q2_K, eng_kq_mv, QB_QK_K},  {GGML_T_Q3_K, eng_kq_mv, QB_QK_K},
+    {GGML_T_Q4_K, eng_kq_mv, QB_QK_K},  {GGML_T_Q5_K, eng_kq_mv, QB_QK_K},
+    {GGML_T_Q6_K, eng_kq_mv, QB_QK_K},
+};
 
-/* Last resort when the Q8 scratch cannot be allocated: dequantize and dot in f32. */
-static void mv_dequant(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                       float *y, int64_t r0, int64_t r1)
+static const struct mv_kernels *mv_of(uint32_t type)
 {
-    float buf[QB_QK_K];
-    int64_t blk;
-    size_t bytes;
-    type_layout(type, &blk, &bytes);
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *w = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t c = 0; c < ncols; c += blk) {
-            eng_dequant_row(type, w + (size_t)(c / blk) * bytes, buf, blk);
-            for (int j = 0; j < blk; j++)
-                s += buf[j] * x[c + j];
-        }
-        y[r] = s;
-    }
+    for (size_t i = 0; i < sizeof k_mv / sizeof k_mv[0]; i++)
+        if (k_mv[i].type == type)
+            return &k_mv[i];
+    return NULL;
 }
+
+int eng_type_supported(uint32_t type) { return mv_of(type) != NULL; }
 
 void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, const float *x,
                 float *y, int64_t r0, int64_t r1)
 {
-    int avx2 = have_avx2();
-    eng_mv_fn fn = NULL;
-    int qblk = 0; /* Q8 block of x the kernel wants, 0 = reads x as floats */
-    switch (type) {
-    case GGML_T_F32: fn = mv_f32; break;
-    case GGML_T_F16: fn = mv_f16; break;
-    case GGML_T_BF16: fn = mv_bf16; break;
-    case GGML_T_Q8_0: fn = mv_q8_0; qblk = QB_QK; break;
-    case GGML_T_Q4_0: fn = mv_q4_0; qblk = QB_QK; break;
-    case GGML_T_Q4_1: fn = mv_q4_1; qblk = QB_QK; break;
-    case GGML_T_Q5_0: fn = mv_q5_0; qblk = QB_QK; break;
-    case GGML_T_Q5_1: fn = mv_q5_1; qblk = QB_QK; break;
-    default:
-        fn = eng_kq_mv_scalar(type);
-        if (!fn)
-            return;
-        qblk = QB_QK_K;
-        break;
-    }
+    const struct mv_kernels *k = mv_of(type);
+    if (!k)
+        return;
+    const int qblk = k->qblk, avx2 = have_avx2();
+    eng_mv_fn fn = k->scalar;
 #if defined(__x86_64__)
-    if (avx2) {
-        switch (type) {
-        case GGML_T_F32: fn = eng_mv_f32_avx2; break;
-        case GGML_T_F16: fn = eng_mv_f16_avx2; break;
-        case GGML_T_BF16: fn = eng_mv_bf16_avx2; break;
-        case GGML_T_Q8_0: fn = eng_mv_q8_0_avx2; break;
-        case GGML_T_Q4_0: fn = eng_mv_q4_0_avx2; break;
-        case GGML_T_Q4_1: fn = eng_mv_q4_1_avx2; break;
-        case GGML_T_Q5_0: fn = eng_mv_q5_0_avx2; break;
-        case GGML_T_Q5_1: fn = eng_mv_q5_1_avx2; break;
-        case GGML_T_Q2_K: fn = eng_mv_q2_k_avx2; break;
-        case GGML_T_Q3_K: fn = eng_mv_q3_k_avx2; break;
-        case GGML_T_Q4_K: fn = eng_mv_q4_k_avx2; break;
-        case GGML_T_Q5_K: fn = eng_mv_q5_k_avx2; break;
-        case GGML_T_Q6_K: fn = eng_mv_q6_k_avx2; break;
-        default: break;
-        }
-    }
-#else
-    (void)avx2;
+    if (avx2)
+        fn = qblk == QB_QK_K ? eng_mv_k_avx2 : eng_mv_avx2;
 #endif
     if (r1 <= r0)
         return;
     if (!qblk) {
-        fn(W, row_bytes, ncols, x, NULL, y, r0, r1);
+        fn(type, W, row_bytes, ncols, x, NULL, y, r0, r1);
         return;
     }
     if (ncols % qblk != 0)
@@ -547,7 +427,7 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, c
         heap = aligned_alloc(32, (n + 2 * (n / QB_QK) * sizeof(float) + n / 16 * sizeof(int16_t) +
                                   31) & ~(size_t)31);
         if (!heap) {
-            mv_dequant(type, W, row_bytes, ncols, x, y, r0, r1);
+            mv_dequant(type, W, row_bytes, ncols, x, NULL, y, r0, r1);
             return;
         }
         xq.q = heap;
@@ -562,6 +442,6 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, c
     else
 #endif
         eng_xq_quantize(x, ncols, qblk, &xq);
-    fn(W, row_bytes, ncols, x, &xq, y, r0, r1);
+    fn(type, W, row_bytes, ncols, x, &xq, y, r0, r1);
     free(heap);
 }

@@ -160,27 +160,6 @@ static AVX2 INLINE_ALWAYS void mv_float(enum wkind kind, const uint8_t *W, size_
     }
 }
 
-AVX2 void eng_mv_f32_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                          const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    (void)xq;
-    mv_float(W_F32, W, rb, ncols, x, y, r0, r1);
-}
-
-AVX2 void eng_mv_f16_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                          const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    (void)xq;
-    mv_float(W_F16, W, rb, ncols, x, y, r0, r1);
-}
-
-AVX2 void eng_mv_bf16_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    (void)xq;
-    mv_float(W_BF16, W, rb, ncols, x, y, r0, r1);
-}
-
 /* ---- integer kernels over Q8 activations ---- */
 
 /* 8 int32 lanes of sum(w * x) for 32 signed bytes each: maddubs wants one unsigned operand,
@@ -191,8 +170,7 @@ static AVX2 inline __m256i dot_s8(__m256i w, __m256i x)
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
-AVX2 void eng_mv_q8_0_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+static AVX2 void mv_q8_0(const uint8_t *W, size_t rb, const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
     const int64_t nb = xq->nb;
     for (int64_t r = r0; r < r1; r++) {
@@ -226,8 +204,7 @@ static AVX2 inline __m256i q4_0_unpack(const uint8_t *qs)
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(0x0f));
 }
 
-AVX2 void eng_mv_q4_0_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+static AVX2 void mv_q4_0(const uint8_t *W, size_t rb, const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
     const int64_t nb = xq->nb;
     const __m256i ones = _mm256_set1_epi16(1);
@@ -377,22 +354,21 @@ static AVX2 INLINE_ALWAYS void mv_qb32(size_t bytes, int m_at, int qh_at, int qs
     }
 }
 
-AVX2 void eng_mv_q4_1_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+/* The layouts are constants at each call, so each type gets its own copy of its family's
+ * kernel. */
+AVX2 void eng_mv_avx2(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                      const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
-    mv_qb32(QB_Q4_1_BYTES, 2, 0, 4, 0, W, rb, xq, y, r0, r1);
-}
-
-AVX2 void eng_mv_q5_0_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    mv_qb32(QB_Q5_0_BYTES, 0, 2, 6, 16, W, rb, xq, y, r0, r1);
-}
-
-AVX2 void eng_mv_q5_1_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    mv_qb32(QB_Q5_1_BYTES, 2, 4, 8, 0, W, rb, xq, y, r0, r1);
+    switch (type) {
+    case GGML_T_F32: mv_float(W_F32, W, rb, ncols, x, y, r0, r1); break;
+    case GGML_T_F16: mv_float(W_F16, W, rb, ncols, x, y, r0, r1); break;
+    case GGML_T_BF16: mv_float(W_BF16, W, rb, ncols, x, y, r0, r1); break;
+    case GGML_T_Q8_0: mv_q8_0(W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q4_0: mv_q4_0(W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q4_1: mv_qb32(QB_Q4_1_BYTES, QB_Q4_1_M, 0, QB_Q4_1_QS, 0, W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q5_0: mv_qb32(QB_Q5_0_BYTES, 0, QB_Q5_0_QH, QB_Q5_0_QS, 16, W, rb, xq, y, r0, r1); break;
+    default: mv_qb32(QB_Q5_1_BYTES, QB_Q5_1_M, QB_Q5_1_QH, QB_Q5_1_QS, 0, W, rb, xq, y, r0, r1); break;
+    }
 }
 
 #else

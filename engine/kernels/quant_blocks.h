@@ -16,9 +16,17 @@ enum {
     QB_QK = 32,            /* elements per Q4_0 / Q8_0 block */
     QB_QK_K = 256,         /* elements per K-quant super-block */
     QB_Q4_0_BYTES = 18,    /* f16 d, 16 bytes of nibbles */
+    QB_Q4_0_QS = 2,
     QB_Q4_1_BYTES = 20,    /* f16 d, f16 m, 16 bytes of nibbles */
+    QB_Q4_1_M = 2,
+    QB_Q4_1_QS = 4,
     QB_Q5_0_BYTES = 22,    /* f16 d, 4 bytes of high bits, 16 bytes of nibbles */
+    QB_Q5_0_QH = 2,
+    QB_Q5_0_QS = 6,
     QB_Q5_1_BYTES = 24,    /* f16 d, f16 m, 4 bytes of high bits, 16 bytes of nibbles */
+    QB_Q5_1_M = 2,
+    QB_Q5_1_QH = 4,
+    QB_Q5_1_QS = 8,
     QB_Q8_0_BYTES = 34,    /* f16 d, 32 int8 */
     QB_Q2_K_BYTES = 84,    /* 16 bytes 4-bit scales/mins, 64 bytes 2-bit q, f16 d, f16 dmin */
     QB_Q2_K_QS = 16,
@@ -115,39 +123,16 @@ typedef struct eng_xq {
 void eng_xq_quantize(const float *x, int64_t n, int blk, eng_xq *out);
 
 /* Kernel signature: y[r] = dot(row r, x) for r in [r0, r1). Float kernels read x; integer
- * kernels read xq. */
-typedef void (*eng_mv_fn)(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                          const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+ * kernels read xq. A kernel may serve several types of one family: type says which. */
+typedef void eng_mv_kernel(uint32_t type, const uint8_t *W, size_t row_bytes, int64_t ncols,
+                           const float *x, const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+typedef eng_mv_kernel *eng_mv_fn;
 
 #if defined(__x86_64__)
-/* quant_avx2.c: need AVX2 + FMA + F16C at run time. */
-void eng_mv_f32_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                     const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_f16_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                     const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_bf16_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q8_0_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q4_0_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q4_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q6_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q4_1_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q5_0_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q5_1_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-/* quant_k_avx2.c */
-void eng_mv_q2_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q3_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
-void eng_mv_q5_k_avx2(const uint8_t *W, size_t row_bytes, int64_t ncols, const float *x,
-                      const eng_xq *xq, float *y, int64_t r0, int64_t r1);
+/* quant_avx2.c, needing AVX2 + FMA + F16C at run time: the matvec kernel of the float and
+ * 32-element block types (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), and in quant_k_avx2.c
+ * that of the K-quants. */
+eng_mv_kernel eng_mv_avx2, eng_mv_k_avx2;
 void eng_xq_quantize_avx2(const float *x, int64_t n, int blk, eng_xq *out);
 void eng_f16_to_f32_row_f16c(const uint16_t *src, float *dst, size_t n);
 void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n);
@@ -160,8 +145,8 @@ void eng_f16_panel_f16c(const uint8_t *src, float *dst, int64_t n, size_t stride
  * for a type outside that family (doing nothing), 1 otherwise; nb counts super-blocks. */
 int eng_kq_dequant(uint32_t type, const uint8_t *b, float *y, int64_t nb);
 int eng_kq_quantize(uint32_t type, const float *x, uint8_t *b, int64_t nb);
-/* The portable matvec kernel of a K-quant type, NULL for another type. */
-eng_mv_fn eng_kq_mv_scalar(uint32_t type);
+/* The portable matvec kernel of every K-quant type. */
+eng_mv_kernel eng_kq_mv;
 
 /* For engine/forward.c's GEMM packing: dequantizes n elements (a multiple of 8) of one row
  * to exactly the values eng_dequant_row gives, element k at dst[(k / 8) * stride + k % 8].

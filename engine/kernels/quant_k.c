@@ -10,142 +10,13 @@
 
 static float f16at(const uint8_t *p) { return base_f16_to_f32(qb_ld16(p)); }
 
-/* ---- Q4_K, Q6_K ---- */
-
-static void dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, b += QB_Q4_K_BYTES) {
-        float d = base_f16_to_f32(qb_ld16(b));
-        float dmin = base_f16_to_f32(qb_ld16(b + 2));
-        uint8_t sc[8], mn[8];
-        qb_q4k_scale_min(b + 4, sc, mn);
-        const uint8_t *qs = b + 16;
-        /* each 32 bytes of qs: sub-block 2g in the low nibbles, 2g+1 in the high ones */
-        for (int g = 0; g < 4; g++, qs += 32) {
-            float d0 = d * sc[2 * g], m0 = dmin * mn[2 * g];
-            float d1 = d * sc[2 * g + 1], m1 = dmin * mn[2 * g + 1];
-            for (int l = 0; l < 32; l++)
-                *y++ = d0 * (float)(qs[l] & 0xf) - m0;
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * (float)(qs[l] >> 4) - m1;
-        }
-    }
-}
-
-/* Q6_K: the values q - 32 (-32..31) of one super-block. Each 128-element half h uses 64 bytes
- * of ql and 32 of qh; within it, element 32k + l (k = 0..3, l = 0..31) takes the low (k < 2)
- * or high (k >= 2) nibble of ql[64h + l + 32 (k & 1)] and bits 2k..2k+1 of qh[32h + l]. */
-static void q6k_unpack(const uint8_t *b, int8_t v[QB_QK_K])
-{
-    for (int h = 0; h < 2; h++) {
-        const uint8_t *ql = b + 64 * h, *qh = b + QB_Q6_K_QH + 32 * h;
-        int8_t *o = v + 128 * h;
-        for (int l = 0; l < 32; l++) {
-            o[l] = (int8_t)(((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32);
-            o[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
-            o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-        }
-    }
-}
-
-static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
-{
-    int8_t v[QB_QK_K];
-    for (int64_t i = 0; i < nb; i++, b += QB_Q6_K_BYTES, y += QB_QK_K) {
-        float d = base_f16_to_f32(qb_ld16(b + QB_Q6_K_D));
-        const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
-        q6k_unpack(b, v);
-        for (int j = 0; j < 16; j++) {
-            float ds = d * (float)sc[j];
-            for (int l = 0; l < 16; l++)
-                y[16 * j + l] = ds * (float)v[16 * j + l];
-        }
-    }
-}
-
-static void quant_q6_k(const float *x, uint8_t *b, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, x += QB_QK_K, b += QB_Q6_K_BYTES) {
-        /* per sub-block of 16: x ~= d * sc * (q - 32), symmetric in -31..31 */
-        float scale[16], maxscale = 0;
-        for (int j = 0; j < 16; j++) {
-            scale[j] = qb_absmax(x + 16 * j, 16) / 31.0f;
-            maxscale = fmaxf(maxscale, scale[j]);
-        }
-        uint16_t dh = qb_f16_ceil(maxscale / 127.0f);
-        float d = base_f16_to_f32(dh);
-        memset(b, 0, QB_Q6_K_BYTES);
-        qb_st16(b + QB_Q6_K_D, dh);
-        int8_t *sc = (int8_t *)(b + QB_Q6_K_SC);
-        for (int j = 0; j < 16; j++)
-            sc[j] = (int8_t)(d > 0 ? qb_clampi((int)ceilf(scale[j] / d), 0, 127) : 0);
-        for (int e = 0; e < QB_QK_K; e++) {
-            float sd = d * sc[e >> 4];
-            int q = sd > 0 ? qb_clampi((int)lrintf(x[e] / sd), -32, 31) + 32 : 32;
-            int h = e >> 7, k = (e >> 5) & 3, l = e & 31;
-            b[64 * h + l + 32 * (k & 1)] |= (uint8_t)((q & 0xf) << (k < 2 ? 0 : 4));
-            b[QB_Q6_K_QH + 32 * h + l] |= (uint8_t)((q >> 4) << (2 * k));
-        }
-    }
-}
-
-static void mv_q4_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *b = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t i = 0; i < xq->nb; i++, b += QB_Q4_K_BYTES) {
-            uint8_t sc[8], mn[8];
-            qb_q4k_scale_min(b + 4, sc, mn);
-            const int8_t *q = xq->q + i * QB_QK_K;
-            const int16_t *bs = xq->bsum + i * 16;
-            const uint8_t *qs = b + 16;
-            int sumq = 0, summ = 0;
-            for (int j = 0; j < 8; j++) {
-                int dot = 0, shift = 4 * (j & 1);
-                for (int l = 0; l < 32; l++)
-                    dot += ((qs[32 * (j / 2) + l] >> shift) & 0xf) * q[32 * j + l];
-                sumq += sc[j] * dot;
-                summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-            }
-            s += xq->d[i] * (base_f16_to_f32(qb_ld16(b)) * (float)sumq -
-                             base_f16_to_f32(qb_ld16(b + 2)) * (float)summ);
-        }
-        y[r] = s;
-    }
-}
-
-static void mv_q6_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *b = W + (size_t)r * rb;
-        float s = 0;
-        for (int64_t i = 0; i < xq->nb; i++, b += QB_Q6_K_BYTES) {
-            const int8_t *sc = (const int8_t *)(b + QB_Q6_K_SC);
-            const int8_t *q = xq->q + i * QB_QK_K;
-            int8_t v[QB_QK_K];
-            q6k_unpack(b, v);
-            int sum = 0;
-            for (int j = 0; j < 16; j++) {
-                int dot = 0;
-                for (int l = 0; l < 16; l++)
-                    dot += v[16 * j + l] * q[16 * j + l];
-                sum += sc[j] * dot;
-            }
-            s += xq->d[i] * base_f16_to_f32(qb_ld16(b + QB_Q6_K_D)) * (float)sum;
-        }
-        y[r] = s;
-    }
-}
-
-/* ---- Q2_K, Q3_K, Q5_K through one unpacked form ---- */
+/* ---- every K-quant through one unpacked form ---- */
 
 /* A super-block as the dequantizer and the portable kernel read it: 256 integer values, a
- * scale and a min per 16 elements (Q5_K's per-32 ones repeated; Q3_K has no mins), d and dmin
- * (0 for Q3_K). Element e is d * sc[e / 16] * v[e] - dmin * mn[e / 16]. */
+ * scale and a min per 16 elements (Q4_K/Q5_K's per-32 ones repeated; Q3_K and Q6_K have no
+ * mins), d and dmin (0 without mins). Element e is d * sc[e / 16] * v[e] - dmin * mn[e / 16].
+ * The unpackers walk the bytes in order (l innermost) so that the compiler vectorizes them:
+ * the prefill dequantizes every weight row through here. */
 typedef struct kq_vals {
     int8_t v[QB_QK_K];
     int sc[16], mn[16];
@@ -161,8 +32,10 @@ static void q2k_unpack(const uint8_t *b, kq_vals *u)
         u->sc[j] = b[j] & 0xf;
         u->mn[j] = b[j] >> 4;
     }
-    for (int e = 0; e < QB_QK_K; e++)
-        u->v[e] = (int8_t)((qs[32 * (e >> 7) + (e & 31)] >> (2 * ((e >> 5) & 3))) & 3);
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++)
+                u->v[128 * h + 32 * k + l] = (int8_t)((qs[32 * h + l] >> (2 * k)) & 3);
     u->d = f16at(b + QB_Q2_K_D);
     u->dmin = f16at(b + QB_Q2_K_D + 2);
 }
@@ -180,32 +53,60 @@ static void q3k_unpack(const uint8_t *b, kq_vals *u)
         u->sc[j] = s[j] - 32;
         u->mn[j] = 0;
     }
-    for (int e = 0; e < QB_QK_K; e++) {
-        int h = e >> 7, k = (e >> 5) & 3, l = e & 31;
-        int low = (qs[32 * h + l] >> (2 * k)) & 3;
-        u->v[e] = (int8_t)(low - ((b[l] >> (4 * h + k)) & 1 ? 0 : 4));
-    }
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++)
+                u->v[128 * h + 32 * k + l] = (int8_t)(((qs[32 * h + l] >> (2 * k)) & 3) +
+                                                      4 * ((b[l] >> (4 * h + k)) & 1) - 4);
     u->d = f16at(b + QB_Q3_K_D);
     u->dmin = 0;
 }
 
-/* Q5_K: Q4_K's nibbles and scales; bit j of qh[l] is the fifth bit of element 32j + l. */
-static void q5k_unpack(const uint8_t *b, kq_vals *u)
+/* Q4_K (qh NULL) and Q5_K: each 32 bytes of qs hold sub-block 2g in their low nibbles, 2g+1
+ * in the high ones; bit j of qh[l] is the fifth bit of element 32j + l. */
+static void q45k_unpack(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, kq_vals *u)
 {
-    const uint8_t *qh = b + QB_Q5_K_QH, *qs = b + QB_Q5_K_QS;
     uint8_t sc[8], mn[8];
     qb_q4k_scale_min(b + 4, sc, mn);
     for (int j = 0; j < 16; j++) {
         u->sc[j] = sc[j / 2];
         u->mn[j] = mn[j / 2];
     }
-    for (int e = 0; e < QB_QK_K; e++) {
-        int j = e >> 5, l = e & 31;
-        int nib = (qs[32 * (j >> 1) + l] >> (4 * (j & 1))) & 0xf;
-        u->v[e] = (int8_t)(nib | (((qh[l] >> j) & 1) << 4));
-    }
+    for (int g = 0; g < 4; g++)
+        for (int l = 0; l < 32; l++) {
+            int h = qh ? qh[l] >> (2 * g) : 0;
+            u->v[64 * g + l] = (int8_t)((qs[32 * g + l] & 0xf) | (h & 1) << 4);
+            u->v[64 * g + 32 + l] = (int8_t)((qs[32 * g + l] >> 4) | (h & 2) << 3);
+        }
     u->d = f16at(b);
     u->dmin = f16at(b + 2);
+}
+
+static void q4k_unpack(const uint8_t *b, kq_vals *u) { q45k_unpack(b, NULL, b + 16, u); }
+
+static void q5k_unpack(const uint8_t *b, kq_vals *u) { q45k_unpack(b, b + QB_Q5_K_QH, b + QB_Q5_K_QS, u); }
+
+/* Q6_K: values q - 32 (-32..31), int8 scales, no mins. Each 128-element half h uses 64 bytes
+ * of ql and 32 of qh; within it, element 32k + l (k = 0..3, l = 0..31) takes the low (k < 2)
+ * or high (k >= 2) nibble of ql[64h + l + 32 (k & 1)] and bits 2k..2k+1 of qh[32h + l]. */
+static void q6k_unpack(const uint8_t *b, kq_vals *u)
+{
+    for (int j = 0; j < 16; j++) {
+        u->sc[j] = (int8_t)b[QB_Q6_K_SC + j];
+        u->mn[j] = 0;
+    }
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + QB_Q6_K_QH + 32 * h;
+        int8_t *o = u->v + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (int8_t)(((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32);
+            o[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+    u->d = f16at(b + QB_Q6_K_D);
+    u->dmin = 0;
 }
 
 typedef void (*kq_unpack_fn)(const uint8_t *b, kq_vals *u);
@@ -215,14 +116,16 @@ static kq_unpack_fn kq_unpacker(uint32_t type, size_t *bytes)
     switch (type) {
     case GGML_T_Q2_K: *bytes = QB_Q2_K_BYTES; return q2k_unpack;
     case GGML_T_Q3_K: *bytes = QB_Q3_K_BYTES; return q3k_unpack;
+    case GGML_T_Q4_K: *bytes = QB_Q4_K_BYTES; return q4k_unpack;
     case GGML_T_Q5_K: *bytes = QB_Q5_K_BYTES; return q5k_unpack;
+    case GGML_T_Q6_K: *bytes = QB_Q6_K_BYTES; return q6k_unpack;
     default: return NULL;
     }
 }
 
 /* In ggml's order of operations (scale products first, then value * scale - min), so that
- * the floats are dequantize_row_q2_K/q3_K/q5_K's bit for bit. For Q3_K the min term is +0,
- * which leaves every product unchanged (-0 - +0 is -0). */
+ * the floats are dequantize_row_q*_K's bit for bit. A min term of +0 (always, without mins)
+ * leaves every product unchanged (-0 - +0 is -0), so it is skipped. */
 static void dequant_kq(kq_unpack_fn unpack, size_t bytes, const uint8_t *b, float *y, int64_t nb)
 {
     kq_vals u;
@@ -230,15 +133,21 @@ static void dequant_kq(kq_unpack_fn unpack, size_t bytes, const uint8_t *b, floa
         unpack(b, &u);
         for (int j = 0; j < 16; j++) {
             float dl = u.d * (float)u.sc[j], ml = u.dmin * (float)u.mn[j];
-            for (int l = 0; l < 16; l++)
-                y[16 * j + l] = dl * (float)u.v[16 * j + l] - ml;
+            if (ml == 0 && !signbit(ml))
+                for (int l = 0; l < 16; l++)
+                    y[16 * j + l] = dl * (float)u.v[16 * j + l];
+            else
+                for (int l = 0; l < 16; l++)
+                    y[16 * j + l] = dl * (float)u.v[16 * j + l] - ml;
         }
     }
 }
 
-static void mv_kq(kq_unpack_fn unpack, size_t bytes, const uint8_t *W, size_t rb, const eng_xq *xq,
-                  float *y, int64_t r0, int64_t r1)
+void eng_kq_mv(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+               const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
+    size_t bytes = 0;
+    kq_unpack_fn unpack = kq_unpacker(type, &bytes);
     kq_vals u;
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
@@ -255,28 +164,14 @@ static void mv_kq(kq_unpack_fn unpack, size_t bytes, const uint8_t *W, size_t rb
                 sumq += u.sc[j] * dot;
                 summ += u.mn[j] * bs[j];
             }
-            s += xq->d[i] * (u.d * (float)sumq - u.dmin * (float)summ);
+            /* Q6_K's sum has always been rounded in this order */
+            if (type == GGML_T_Q6_K)
+                s += xq->d[i] * u.d * (float)sumq;
+            else
+                s += xq->d[i] * (u.d * (float)sumq - u.dmin * (float)summ);
         }
         y[r] = s;
     }
-}
-
-static void mv_q2_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    mv_kq(q2k_unpack, QB_Q2_K_BYTES, W, rb, xq, y, r0, r1);
-}
-
-static void mv_q3_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    mv_kq(q3k_unpack, QB_Q3_K_BYTES, W, rb, xq, y, r0, r1);
-}
-
-static void mv_q5_k(const uint8_t *W, size_t rb, int64_t ncols, const float *x, const eng_xq *xq,
-                    float *y, int64_t r0, int64_t r1)
-{
-    mv_kq(q5k_unpack, QB_Q5_K_BYTES, W, rb, xq, y, r0, r1);
 }
 
 /* ---- quantization (min-max / absmax rounding; valid blocks, not optimal ones) ---- */
@@ -401,20 +296,41 @@ static void quant_q3_k(const float *x, uint8_t *b, int64_t nb)
     }
 }
 
+static void quant_q6_k(const float *x, uint8_t *b, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += QB_QK_K, b += QB_Q6_K_BYTES) {
+        /* per sub-block of 16: x ~= d * sc * (q - 32), symmetric in -31..31 */
+        float scale[16], maxscale = 0;
+        for (int j = 0; j < 16; j++) {
+            scale[j] = qb_absmax(x + 16 * j, 16) / 31.0f;
+            maxscale = fmaxf(maxscale, scale[j]);
+        }
+        uint16_t dh = qb_f16_ceil(maxscale / 127.0f);
+        float d = base_f16_to_f32(dh);
+        memset(b, 0, QB_Q6_K_BYTES);
+        qb_st16(b + QB_Q6_K_D, dh);
+        int8_t *sc = (int8_t *)(b + QB_Q6_K_SC);
+        for (int j = 0; j < 16; j++)
+            sc[j] = (int8_t)(d > 0 ? qb_clampi((int)ceilf(scale[j] / d), 0, 127) : 0);
+        for (int e = 0; e < QB_QK_K; e++) {
+            float sd = d * sc[e >> 4];
+            int q = sd > 0 ? qb_clampi((int)lrintf(x[e] / sd), -32, 31) + 32 : 32;
+            int h = e >> 7, k = (e >> 5) & 3, l = e & 31;
+            b[64 * h + l + 32 * (k & 1)] |= (uint8_t)((q & 0xf) << (k < 2 ? 0 : 4));
+            b[QB_Q6_K_QH + 32 * h + l] |= (uint8_t)((q >> 4) << (2 * k));
+        }
+    }
+}
+
 /* ---- entry points for quant.c ---- */
 
 int eng_kq_dequant(uint32_t type, const uint8_t *b, float *y, int64_t nb)
 {
     size_t bytes;
     kq_unpack_fn unpack = kq_unpacker(type, &bytes);
-    if (unpack)
-        dequant_kq(unpack, bytes, b, y, nb);
-    else if (type == GGML_T_Q4_K)
-        dequant_q4_k(b, y, nb);
-    else if (type == GGML_T_Q6_K)
-        dequant_q6_k(b, y, nb);
-    else
+    if (!unpack)
         return 0;
+    dequant_kq(unpack, bytes, b, y, nb);
     return 1;
 }
 
@@ -427,17 +343,5 @@ int eng_kq_quantize(uint32_t type, const float *x, uint8_t *b, int64_t nb)
     case GGML_T_Q5_K: quant_q45_k(x, b, nb, 31); return 1;
     case GGML_T_Q6_K: quant_q6_k(x, b, nb); return 1;
     default: return 0;
-    }
-}
-
-eng_mv_fn eng_kq_mv_scalar(uint32_t type)
-{
-    switch (type) {
-    case GGML_T_Q2_K: return mv_q2_k;
-    case GGML_T_Q3_K: return mv_q3_k;
-    case GGML_T_Q4_K: return mv_q4_k;
-    case GGML_T_Q5_K: return mv_q5_k;
-    case GGML_T_Q6_K: return mv_q6_k;
-    default: return NULL;
     }
 }

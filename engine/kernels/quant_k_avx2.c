@@ -95,18 +95,6 @@ static AVX2 INLINE_ALWAYS void mv_q45_k(int five, const uint8_t *W, size_t rb, c
     }
 }
 
-AVX2 void eng_mv_q4_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    mv_q45_k(0, W, rb, xq, y, r0, r1);
-}
-
-AVX2 void eng_mv_q5_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    mv_q45_k(1, W, rb, xq, y, r0, r1);
-}
-
 /* Four chunks of 32 unsigned codes (v0..v3) against their 128 x values, each 16 scaled by its
  * scale: sc16 holds a half super-block's 8 scales as int16 in both lanes, and pshufb gives
  * sub-block 2k to the low lane of chunk k and 2k+1 to its high lane. */
@@ -161,8 +149,7 @@ static AVX2 inline __m256i q2k_half(const uint8_t *qs, __m128i sc8, const int8_t
     return half_dot(v0, v1, v2, v3, q, _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8)), sel);
 }
 
-AVX2 void eng_mv_q2_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+static AVX2 void mv_q2_k(const uint8_t *W, size_t rb, const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
     const int64_t nb = xq->nb;
     const __m128i m4 = _mm_set1_epi8(0x0f);
@@ -250,16 +237,17 @@ static AVX2 INLINE_ALWAYS void mv_sym_k(int six, const uint8_t *W, size_t rb, co
     }
 }
 
-AVX2 void eng_mv_q3_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+/* The family's kernel is a constant at each call, so each type gets its own copy. */
+AVX2 void eng_mv_k_avx2(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, const float *x,
+                        const eng_xq *xq, float *y, int64_t r0, int64_t r1)
 {
-    mv_sym_k(0, W, rb, xq, y, r0, r1);
-}
-
-AVX2 void eng_mv_q6_k_avx2(const uint8_t *W, size_t rb, int64_t ncols, const float *x,
-                           const eng_xq *xq, float *y, int64_t r0, int64_t r1)
-{
-    mv_sym_k(1, W, rb, xq, y, r0, r1);
+    switch (type) {
+    case GGML_T_Q2_K: mv_q2_k(W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q3_K: mv_sym_k(0, W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q4_K: mv_q45_k(0, W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q5_K: mv_q45_k(1, W, rb, xq, y, r0, r1); break;
+    default: mv_sym_k(1, W, rb, xq, y, r0, r1); break;
+    }
 }
 
 #else

@@ -256,35 +256,6 @@ static void test_dequant_q8_0_block(void **state)
     assert_memory_equal(y, z, sizeof y);
 }
 
-static void test_dequant_q4_k_block(void **state)
-{
-    (void)state;
-    /* 8 distinct 6-bit scales and mins, several using the top 2 bits (>= 16 for 4..7) */
-    static const int sc[8] = {1, 5, 17, 63, 33, 48, 7, 62};
-    static const int mn[8] = {2, 9, 60, 31, 40, 3, 55, 16};
-    /* packed by hand from the GGUF layout */
-    static const uint8_t packed[12] = {0x81, 0xc5, 0x11, 0xff, 0x82, 0x09,
-                                       0xfc, 0x5f, 0x81, 0x30, 0x77, 0x0e};
-    uint8_t b[144];
-    b[0] = 0x00; b[1] = 0x38; /* d = 0.5 */
-    b[2] = 0x00; b[3] = 0x34; /* dmin = 0.25 */
-    memcpy(b + 4, packed, 12);
-    for (int g = 0; g < 4; g++)
-        for (int l = 0; l < 32; l++)
-            b[16 + 32 * g + l] = (uint8_t)((l & 15) | (((l + g) & 15) << 4));
-    float y[256];
-    eng_dequant_row(GGML_T_Q4_K, b, y, 256);
-    for (int g = 0; g < 4; g++) {
-        for (int l = 0; l < 32; l++) {
-            float lo = 0.5f * (float)sc[2 * g] * (float)(l & 15) - 0.25f * (float)mn[2 * g];
-            float hi = 0.5f * (float)sc[2 * g + 1] * (float)((l + g) & 15) - 0.25f * (float)mn[2 * g + 1];
-            if (y[64 * g + l] != lo || y[64 * g + 32 + l] != hi)
-                fail_msg("q4_k sub-blocks %d/%d elem %d: %g %g want %g %g", 2 * g, 2 * g + 1, l,
-                         (double)y[64 * g + l], (double)y[64 * g + 32 + l], (double)lo, (double)hi);
-        }
-    }
-}
-
 /* Q6_K packing from the GGUF layout: per half h of 128, element 32k + l keeps its low 4 bits
  * in ql[64h + l + 32 (k & 1)] (low nibble for k < 2, high for k >= 2) and its top 2 bits in
  * bits 2k..2k+1 of qh[32h + l]. */
@@ -642,7 +613,6 @@ int main(void)
         cmocka_unit_test(test_dequant_f16_paths),
         cmocka_unit_test(test_dequant_q4_0_block),
         cmocka_unit_test(test_dequant_q8_0_block),
-        cmocka_unit_test(test_dequant_q4_k_block),
         cmocka_unit_test(test_dequant_q6_k_block),
         cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_xq_paths_agree),

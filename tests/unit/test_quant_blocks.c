@@ -1,5 +1,6 @@
-/* test_quant_blocks.c: the dequantizers of Q4_1, Q5_0, Q5_1, Q2_K, Q3_K and Q5_K on blocks
- * built by hand from ggml's layouts (ggml-common.h), against values computed here. */
+/* test_quant_blocks.c: the dequantizers of Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K and Q5_K on
+ * blocks built by hand from ggml's layouts (ggml-common.h), against values computed here
+ * (test_quant.c has Q4_0, Q8_0 and Q6_K's). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -150,33 +151,34 @@ static void test_q3_k(void **state)
     expect("q3_k", y, want, 256);
 }
 
-static void test_q5_k(void **state)
+/* Q4_K and Q5_K: 8 distinct 6-bit scales and mins, several using the top 2 bits (>= 16 for
+ * 4..7), packed by hand from the GGUF layout. Element 32j + l (j = 0..7) keeps its low 4 bits
+ * in qs[32 (j / 2) + l] (low nibble for even j); Q5_K's fifth bit is bit j of qh[l]. */
+static void test_q4_k_q5_k(void **state)
 {
     (void)state;
-    /* the scales and mins of test_quant.c's Q4_K block, packed by hand the same way */
     static const int sc[8] = {1, 5, 17, 63, 33, 48, 7, 62};
     static const int mn[8] = {2, 9, 60, 31, 40, 3, 55, 16};
     static const uint8_t packed[12] = {0x81, 0xc5, 0x11, 0xff, 0x82, 0x09,
                                        0xfc, 0x5f, 0x81, 0x30, 0x77, 0x0e};
-    uint8_t b[176];
-    memset(b, 0, sizeof b);
-    put16(b, 0x3800);     /* d = 0.5 */
-    put16(b + 2, 0x3400); /* dmin = 0.25 */
-    memcpy(b + 4, packed, 12);
-    /* element 32j + l (j = 0..7): low 4 bits in qs[32 (j / 2) + l] (low nibble for even j),
-     * fifth bit in bit j of qh[l] */
-    int v[256];
-    for (int e = 0; e < 256; e++) {
-        int j = e / 32, l = e % 32;
-        v[e] = (e * 11 + j) % 32;
-        b[48 + 32 * (j / 2) + l] |= (uint8_t)((v[e] & 15) << (4 * (j % 2)));
-        b[16 + l] |= (uint8_t)((v[e] >> 4) << j);
+    for (int five = 0; five < 2; five++) {
+        uint8_t b[176];
+        memset(b, 0, sizeof b);
+        put16(b, 0x3800);     /* d = 0.5 */
+        put16(b + 2, 0x3400); /* dmin = 0.25 */
+        memcpy(b + 4, packed, 12);
+        uint8_t *qh = b + 16, *qs = b + (five ? 48 : 16);
+        float y[256], want[256];
+        for (int e = 0; e < 256; e++) {
+            int j = e / 32, l = e % 32, v = (e * 11 + j) % (five ? 32 : 16);
+            qs[32 * (j / 2) + l] |= (uint8_t)((v & 15) << (4 * (j % 2)));
+            if (five)
+                qh[l] |= (uint8_t)((v >> 4) << j);
+            want[e] = 0.5f * (float)sc[j] * (float)v - 0.25f * (float)mn[j];
+        }
+        eng_dequant_row(five ? GGML_T_Q5_K : GGML_T_Q4_K, b, y, 256);
+        expect(five ? "q5_k" : "q4_k", y, want, 256);
     }
-    float y[256], want[256];
-    for (int e = 0; e < 256; e++)
-        want[e] = 0.5f * (float)sc[e / 32] * (float)v[e] - 0.25f * (float)mn[e / 32];
-    eng_dequant_row(GGML_T_Q5_K, b, y, 256);
-    expect("q5_k", y, want, 256);
 }
 
 int main(void)
@@ -186,7 +188,7 @@ int main(void)
         cmocka_unit_test(test_q5_0_q5_1),
         cmocka_unit_test(test_q2_k),
         cmocka_unit_test(test_q3_k),
-        cmocka_unit_test(test_q5_k),
+        cmocka_unit_test(test_q4_k_q5_k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
