@@ -278,16 +278,17 @@ typedef struct kvs_snapshot {
     char *bytes;           /* the envelope file, NUL-terminated (len bytes); caller frees */
     size_t len;
     char *payload;         /* the signed payload JSON, NUL-terminated; caller frees */
-    uint64_t version;      /* this signing key's snapshot counter after the increment */
+    uint64_t version;      /* this signing key's snapshot version for this catalog */
     int64_t issued, expires;
     uint64_t gen;          /* the kvs_store_catalog_gen the listing was read at */
     size_t n_blobs;
 } kvs_snapshot;
 
 /* Lists every current listing at now (not expired, publisher not revoked), the signing keys and
- * the revoked key ids; takes the next version of key's counter (kept in the index, so every
- * process signing with this key counts on); and signs the payload with key (private): the
- * envelope of spec/repository.md. ttl: seconds until it expires (>= 1). */
+ * the revoked key ids; takes key's version for it (kept in the index with the catalog
+ * generation it was signed at, so every process signing with this key counts on: the same
+ * catalog keeps its version, a changed one gets the next); and signs the payload with key
+ * (private): the envelope of spec/repository.md. ttl: seconds until it expires (>= 1). */
 kvs_status kvs_store_snapshot(kvs_store *s, const kvc_key *key, int64_t now, int64_t ttl, kvs_snapshot *out,
                               char *err, size_t errlen) KVS_WUR;
 

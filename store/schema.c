@@ -186,6 +186,12 @@ static const char *const migrations[] = {
     "CREATE TRIGGER revocations_gen AFTER INSERT ON revocations BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
     "CREATE TRIGGER signing_gen_ins AFTER INSERT ON signing_keys BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n"
     "CREATE TRIGGER signing_gen_upd AFTER UPDATE ON signing_keys BEGIN UPDATE catalog_gen SET gen = gen + 1; END;\n",
+    /* 7: a snapshot version counts catalog changes, not signatures: the catalog generation the
+     * last version was signed at is kept, and signing the same catalog again (the server
+     * renewing its expiry, an export beside a running server) keeps the version. Otherwise two
+     * processes signing the same catalog would leapfrog, and a client that saw one would take
+     * the other for a rollback. -1: no generation known (signed before this migration). */
+    "ALTER TABLE snapshot_versions ADD COLUMN gen INTEGER NOT NULL DEFAULT -1;\n",
 };
 
 enum { N_MIGRATIONS = sizeof migrations / sizeof migrations[0] };

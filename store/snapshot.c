@@ -134,22 +134,36 @@ static kvs_status read_revoked(kvs_store *s, json_t **out, char *err, size_t err
     return KVS_OK;
 }
 
-/* Takes the next version of key_id's counter: above the last one, and at least 1. */
+/* Takes key_id's version for a catalog read at generation gen: the last one again when it was
+ * signed at gen, else the next (at least 1). *stale = 1 (nothing recorded) when the catalog has
+ * moved past gen since it was read: checked under the write lock, so versions grow with the
+ * generation whatever processes sign side by side. */
 static kvs_status next_version(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], int64_t issued, int64_t expires,
-                               uint64_t *version, char *err, size_t errlen)
+                               uint64_t gen, uint64_t *version, int *stale, char *err, size_t errlen)
 {
+    *stale = 0;
     kvs_status st = db_begin(s->db, err, errlen);
     if (st != KVS_OK)
         return st;
+    uint64_t now_gen = 0;
+    st = kvs_store_catalog_gen(s, &now_gen, err, errlen);
+    if (st == KVS_OK && now_gen != gen) {
+        *stale = 1;
+        db_rollback(s->db);
+        return KVS_OK;
+    }
     db_stmt q;
-    st = kvs_prepare(s, "INSERT INTO snapshot_versions (key_id, version, issued, expires) VALUES (:kid, 1, :iss, :exp) "
-                        "ON CONFLICT (key_id) DO UPDATE SET version = version + 1, issued = :iss, expires = :exp "
-                        "RETURNING version", &q, err, errlen);
+    if (st == KVS_OK)
+        st = kvs_prepare(s, "INSERT INTO snapshot_versions (key_id, version, issued, expires, gen) "
+                            "VALUES (:kid, 1, :iss, :exp, :gen) ON CONFLICT (key_id) DO UPDATE SET "
+                            "version = version + (gen <> :gen), issued = :iss, expires = :exp, gen = :gen "
+                            "RETURNING version", &q, err, errlen);
     int row = 0;
     if (st == KVS_OK) {
         db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
         db_bind_int64(&q, ":iss", issued);
         db_bind_int64(&q, ":exp", expires);
+        db_bind_int64(&q, ":gen", (int64_t)gen);
         st = db_step(&q, &row, err, errlen);
         if (st == KVS_OK && row)
             *version = (uint64_t)sqlite3_column_int64(q.st, 0);
@@ -199,11 +213,13 @@ kvs_status kvs_store_snapshot(kvs_store *s, const kvc_key *key, int64_t now, int
     if (ttl < 1 || now < 1 || now > INT64_MAX - ttl || !kvc_key_is_private(key))
         return base_fail(KVS_ERR_INVALID, err, errlen, "a snapshot needs a private key, a time and a positive lifetime");
     json_t *blobs = NULL, *keys = NULL, *revoked = NULL;
-    uint64_t gen = 0, gen_after = 1;
+    uint64_t gen = 0, gen_after = 1, version = 0;
     kvs_status st = KVS_OK;
+    uint8_t kid[KVC_KEYID_LEN];
+    kvc_key_id(key, kid);
     /* no read transaction spans the pages (the catalog takes its own per page), so a listing
-     * that changed under the reader means reading it again */
-    for (int t = 0; st == KVS_OK && gen != gen_after && t < READ_TRIES; t++) {
+     * that changed under the reader, or before its version was taken, means reading it again */
+    for (int t = 0, stale = 1; st == KVS_OK && stale && t < READ_TRIES; t++) {
         json_decref(blobs);
         json_decref(keys);
         json_decref(revoked);
@@ -217,14 +233,11 @@ kvs_status kvs_store_snapshot(kvs_store *s, const kvc_key *key, int64_t now, int
             st = read_revoked(s, &revoked, err, errlen);
         if (st == KVS_OK)
             st = kvs_store_catalog_gen(s, &gen_after, err, errlen);
+        if (st == KVS_OK && gen == gen_after)
+            st = next_version(s, kid, now, now + ttl, gen, &version, &stale, err, errlen);
     }
-    if (st == KVS_OK && gen != gen_after)
+    if (st == KVS_OK && !version)
         st = base_fail(KVS_ERR_DB, err, errlen, "the catalog kept changing while the snapshot read it");
-    uint8_t kid[KVC_KEYID_LEN];
-    kvc_key_id(key, kid);
-    uint64_t version = 0;
-    if (st == KVS_OK)
-        st = next_version(s, kid, now, now + ttl, &version, err, errlen);
     char kidhex[17];
     json_t *payload = NULL;
     if (st == KVS_OK) {

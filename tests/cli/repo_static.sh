@@ -70,6 +70,11 @@ expect_rc 0 "$K" export --store "$S" --out "$tmp/www" --json
 cmp -s "$tmp/www/v1/blobs/$ID1" "$tmp/b1.kvb" || fail "exported blob differs"
 cmp -s "$tmp/www/v1/manifests/$ID1" <("${C[@]}" "$api/v1/manifests/$ID1") || fail "exported manifest differs"
 cp "$tmp/www/v1/snapshot" "$tmp/old.snap"
+# the server and the export sign the same catalog under the same version: neither looks like a
+# rollback of the other to a client that reads both
+"${C[@]}" "$api/v1/snapshot" | jq -r .payload | base64 -d >"$tmp/api3.payload"
+[ "$(jq .version "$tmp/api3.payload")" = "$(jq -r .payload "$tmp/old.snap" | base64 -d | jq .version)" ] \
+  || fail "kvpubd and the export disagree on the version of one catalog"
 start_nginx "$tmp/www"
 web="https://127.0.0.1:$NGINX_PORT"
 
@@ -85,7 +90,14 @@ expect_rc 1 "$KVFETCH" get --snapshot "$web" --document "$DOC1" --model-fp "$(pr
 expect_err "lists no blob of document"
 
 note "one more publish: the second export writes only the new blob"
+v_before=$("${C[@]}" "$api/v1/snapshot" | jq -r .payload | base64 -d | jq .version)
+[ "$("${C[@]}" "$api/v1/snapshot" | jq -r .payload | base64 -d | jq .version)" = "$v_before" ] \
+  || fail "kvpubd signed a new snapshot though nothing changed"
 "${C[@]}" -o /dev/null -X PUT -H "Authorization: Bearer $CRED" --data-binary @"$tmp/b4.kvb" "$api/v1/blobs"
+sleep 1.1 # the server looks at the catalog at most once a second
+"${C[@]}" "$api/v1/snapshot" | jq -r .payload | base64 -d >"$tmp/api2.payload"
+[ "$(jq .version "$tmp/api2.payload")" -gt "$v_before" ] && [ "$(jq '.blobs | length' "$tmp/api2.payload")" = 4 ] \
+  || fail "kvpubd did not sign a new snapshot after a publish: $(head -c 300 "$tmp/api2.payload")"
 expect_rc 0 "$K" export --store "$S" --out "$tmp/www" --json
 [ "$(jq -c '[.written, .kept]' "$tmp/out")" = "[1,2]" ] || fail "second export: $(cat "$tmp/out")"
 expect_rc 0 "$KVFETCH" get --snapshot "$web" --blob "$ID4" "${F[@]}"

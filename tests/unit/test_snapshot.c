@@ -43,6 +43,9 @@ static void test_base64_strict(void **state)
     }
 }
 
+static void list_blob(kvs_store *s, const char *dir, unsigned doc, unsigned model, const char *codec, int64_t created,
+                      uint8_t id[32]);
+
 /* A listing of document doc for model model with codec, published into s from fake bytes (the
  * store indexes what it is told; the blob format is not its business). */
 static void list_blob(kvs_store *s, const char *dir, unsigned doc, unsigned model, const char *codec, int64_t created,
@@ -93,10 +96,17 @@ static void test_sign_verify_refuse(void **state)
     kvs_signing_key k;
     kvc_trust *trust = NULL;
     kvs_store *s = store_with_key(dir, &k, &trust);
-    kvs_snapshot a, b;
+    kvs_snapshot a, b, again;
     sign(s, NOW, &a);
-    sign(s, NOW + 1, &b);
+    sign(s, NOW + 1, &again); /* the same catalog signed again keeps its version */
     assert_int_equal(a.version, 1);
+    assert_int_equal(again.version, 1);
+    assert_true(strcmp(again.payload, a.payload) != 0); /* issued and expires moved */
+    free(again.bytes);
+    free(again.payload);
+    uint8_t id[32];
+    list_blob(s, dir, 1, 1, "f16", NOW - 5, id);
+    sign(s, NOW + 1, &b);
     assert_int_equal(b.version, 2);
 
     kvf_snapshot *snap = NULL;
