@@ -126,40 +126,23 @@ __attribute__((target("avx2,fma"))) static float hmax8(__m256 v)
     return _mm_cvtss_f32(a);
 }
 
-/* hd must be a multiple of 8. */
-__attribute__((target("avx2,fma"))) static void blk_avx2(const float *q, const float *Kt,
-                                                         const float *Vb, int hd, int jend,
-                                                         float scale, float *s, float *m,
-                                                         float *l, float *acc, int phase)
+#define AVX2_F16C __attribute__((target("avx2,fma,f16c")))
+
+/* 8 values of V at offset off: f32 (v16 = 0, a constant at each call) or f16 converted exactly. */
+static AVX2_F16C inline __attribute__((always_inline)) __m256 v8(const void *V, size_t off, int v16)
 {
-    if (phase == 1)
-        goto softmax;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (int d = 0; d < hd; d++) {
-        const __m256 qd = _mm256_broadcast_ss(q + d);
-        const float *kr = Kt + (size_t)d * KB;
-        a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 0), a0);
-        a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 8), a1);
-        a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 16), a2);
-        a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 24), a3);
-        a4 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 32), a4);
-        a5 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 40), a5);
-        a6 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 48), a6);
-        a7 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 56), a7);
-    }
-    const __m256 vs = _mm256_set1_ps(scale);
-    _mm256_storeu_ps(s + 0, _mm256_mul_ps(a0, vs));
-    _mm256_storeu_ps(s + 8, _mm256_mul_ps(a1, vs));
-    _mm256_storeu_ps(s + 16, _mm256_mul_ps(a2, vs));
-    _mm256_storeu_ps(s + 24, _mm256_mul_ps(a3, vs));
-    _mm256_storeu_ps(s + 32, _mm256_mul_ps(a4, vs));
-    _mm256_storeu_ps(s + 40, _mm256_mul_ps(a5, vs));
-    _mm256_storeu_ps(s + 48, _mm256_mul_ps(a6, vs));
-    _mm256_storeu_ps(s + 56, _mm256_mul_ps(a7, vs));
-    for (int j = jend; j < KB; j++)
-        s[j] = -INFINITY; /* keys after this query's cell */
-    return;
-softmax:;
+    if (v16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)V + off)));
+    return _mm256_loadu_ps((const float *)V + off);
+}
+
+/* Phase 1 of blk_avx2 (softmax of s, then the V product) with V row j at V + j * ldv, in f32
+ * (the converted block) or read straight from the f16 cache: the same values either way. */
+static AVX2_F16C inline __attribute__((always_inline)) void phase1_avx2(const void *V, size_t ldv,
+                                                                        int v16, int hd, int jend,
+                                                                        float *s, float *m, float *l,
+                                                                        float *acc)
+{
     __m256 mx = _mm256_loadu_ps(s);
     for (int j = 8; j < KB; j += 8)
         mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
@@ -191,15 +174,15 @@ softmax:;
         __m256 c6 = _mm256_loadu_ps(acc + d + 48), c7 = _mm256_loadu_ps(acc + d + 56);
         for (int j = 0; j < jend; j++) {
             const __m256 p = _mm256_broadcast_ss(s + j);
-            const float *vr = Vb + (size_t)j * hd + d;
-            c0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 0), c0);
-            c1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8), c1);
-            c2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 16), c2);
-            c3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 24), c3);
-            c4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 32), c4);
-            c5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 40), c5);
-            c6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 48), c6);
-            c7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 56), c7);
+            const size_t vr = (size_t)j * ldv + (size_t)d;
+            c0 = _mm256_fmadd_ps(p, v8(V, vr + 0, v16), c0);
+            c1 = _mm256_fmadd_ps(p, v8(V, vr + 8, v16), c1);
+            c2 = _mm256_fmadd_ps(p, v8(V, vr + 16, v16), c2);
+            c3 = _mm256_fmadd_ps(p, v8(V, vr + 24, v16), c3);
+            c4 = _mm256_fmadd_ps(p, v8(V, vr + 32, v16), c4);
+            c5 = _mm256_fmadd_ps(p, v8(V, vr + 40, v16), c5);
+            c6 = _mm256_fmadd_ps(p, v8(V, vr + 48, v16), c6);
+            c7 = _mm256_fmadd_ps(p, v8(V, vr + 56, v16), c7);
         }
         _mm256_storeu_ps(acc + d, c0);
         _mm256_storeu_ps(acc + d + 8, c1);
@@ -213,16 +196,58 @@ softmax:;
     for (; d < hd; d += 8) {
         __m256 c0 = _mm256_loadu_ps(acc + d);
         for (int j = 0; j < jend; j++)
-            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(s + j), _mm256_loadu_ps(Vb + (size_t)j * hd + d), c0);
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(s + j), v8(V, (size_t)j * ldv + (size_t)d, v16), c0);
         _mm256_storeu_ps(acc + d, c0);
     }
+}
+
+/* hd must be a multiple of 8. Needs F16C as well as AVX2 and FMA: phase1_avx2 can read f16. */
+AVX2_F16C static void blk_avx2(const float *q, const float *Kt, const float *Vb, int hd, int jend,
+                               float scale, float *s, float *m, float *l, float *acc, int phase)
+{
+    if (phase == 1) {
+        phase1_avx2(Vb, (size_t)hd, 0, hd, jend, s, m, l, acc);
+        return;
+    }
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int d = 0; d < hd; d++) {
+        const __m256 qd = _mm256_broadcast_ss(q + d);
+        const float *kr = Kt + (size_t)d * KB;
+        a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 0), a0);
+        a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 8), a1);
+        a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 16), a2);
+        a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 24), a3);
+        a4 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 32), a4);
+        a5 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 40), a5);
+        a6 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 48), a6);
+        a7 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kr + 56), a7);
+    }
+    const __m256 vs = _mm256_set1_ps(scale);
+    _mm256_storeu_ps(s + 0, _mm256_mul_ps(a0, vs));
+    _mm256_storeu_ps(s + 8, _mm256_mul_ps(a1, vs));
+    _mm256_storeu_ps(s + 16, _mm256_mul_ps(a2, vs));
+    _mm256_storeu_ps(s + 24, _mm256_mul_ps(a3, vs));
+    _mm256_storeu_ps(s + 32, _mm256_mul_ps(a4, vs));
+    _mm256_storeu_ps(s + 40, _mm256_mul_ps(a5, vs));
+    _mm256_storeu_ps(s + 48, _mm256_mul_ps(a6, vs));
+    _mm256_storeu_ps(s + 56, _mm256_mul_ps(a7, vs));
+    for (int j = jend; j < KB; j++)
+        s[j] = -INFINITY; /* keys after this query's cell */
+}
+
+/* Phase 1 for a few queries with V read from the f16 cache (v16: kv head's first cell of the
+ * block, rows ldv apart): the block's f32 copy of V is not worth making for them. */
+AVX2_F16C static void blk_v16(const uint16_t *v16, size_t ldv, int hd, int jend, float *s, float *m,
+                              float *l, float *acc)
+{
+    phase1_avx2(v16, ldv, 1, hd, jend, s, m, l, acc);
 }
 #endif
 
 static blk_fn pick_kernel(int hd)
 {
 #if defined(__x86_64__)
-    if (hd % 8 == 0 && base_cpu_has(CPU_AVX2_PATHS))
+    if (hd % 8 == 0 && base_cpu_has(CPU_F16C_PATHS))
         return blk_avx2;
 #endif
     (void)hd;
@@ -247,6 +272,20 @@ static float *align32(float *p)
 
 static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt, float *Vb);
 
+/* Whether an item of nqs query heads reads V straight from the f16 cache (blk_v16) instead of
+ * converting each block first: worth it for a few queries (a short prompt after a long cached
+ * document), each of which passes over V once. */
+static int v_in_place(const att_job *J, int nqs)
+{
+    enum { V_IN_PLACE_MAX = 8 };
+#if defined(__x86_64__)
+    return nqs <= V_IN_PLACE_MAX && !J->c->kv_f32 && J->fn == blk_avx2;
+#else
+    (void)J, (void)nqs;
+    return 0;
+#endif
+}
+
 /* Work item: one kv head and up to QB consecutive queries, for all query heads of its group. */
 static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
 {
@@ -265,8 +304,10 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
         a[hd + 1] = 0;
     }
     const int last = J->c0 + i1 - 1; /* last cell any query of the item sees */
+    const size_t kvd = (size_t)c->kv_dim;
+    const int v16 = v_in_place(J, G * nqi);
     for (int b0 = 0; b0 <= last; b0 += KB) {
-        load_block(c, J->il, h, b0, last + 1 - b0 < KB ? last + 1 - b0 : KB, Kt, Vb);
+        load_block(c, J->il, h, b0, last + 1 - b0 < KB ? last + 1 - b0 : KB, Kt, v16 ? NULL : Vb);
         for (int phase = 0; phase < 2; phase++)
             for (int g = 0; g < G; g++) {
                 const int head = h * G + g;
@@ -277,6 +318,13 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
                     const int jend = ci - b0 + 1 < KB ? ci - b0 + 1 : KB;
                     const size_t t = (size_t)(g * nqi + (i - i0));
                     float *a = st + t * (hd + 2);
+#if defined(__x86_64__)
+                    if (v16 && phase == 1) {
+                        blk_v16((const uint16_t *)c->v[J->il] + (size_t)b0 * kvd + (size_t)h * hd, kvd, hd,
+                                jend, S + t * KB, &a[hd], &a[hd + 1], a);
+                        continue;
+                    }
+#endif
                     J->fn(J->q + (size_t)i * J->ldq + (size_t)head * hd, Kt, Vb, hd, jend, scale,
                           S + t * KB, &a[hd], &a[hd + 1], a, phase);
                 }
@@ -325,8 +373,8 @@ __attribute__((target("avx2,fma,f16c"))) static void k8_f16c(const uint16_t *k, 
 
 /* Cells [b0, b0 + n) (n <= KB) of kv head h of layer il, straight from the cache, into Kt (hd,
  * KB) transposed and Vb (KB, hd) in f32; key columns n.. of Kt are zeroed (they are scored
- * and then masked, so they must be finite). The conversion is exact, so the values are the
- * cache's whatever block or batch asks for them. */
+ * and then masked, so they must be finite); Vb NULL skips V (f16 cache only). The conversion
+ * is exact, so the values are the cache's whatever block or batch asks for them. */
 static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt, float *Vb)
 {
     const int hd = c->hp->head_dim;
@@ -352,7 +400,7 @@ static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt
             for (int d = 0; d < hd; d++)
                 Kt[(size_t)d * KB + jj] = row[d];
         }
-        for (j = 0; j < n; j++)
+        for (j = 0; Vb && j < n; j++)
             eng_f16_to_f32_row(v + (size_t)j * kvd, Vb + (size_t)j * hd, (size_t)hd);
     }
     if (n < KB)

@@ -182,42 +182,56 @@ static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K
  * are those of tile(), and the f16 -> f32 conversion is exact, so the bits are the same. */
 #define AVX2F16 __attribute__((target("avx2,fma,f16c")))
 
-static AVX2F16 inline __m256 w8_f16(const uint16_t *w, int k, int K)
+/* 8 f16 of a row tail (k < K < k + 8), zero-padded: columns past K read as 0. */
+static AVX2F16 inline __m256 w8_tail(const uint16_t *w, int k, int K)
 {
-    if (k + 8 <= K)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k)));
-    uint16_t t[8] = {0}; /* columns past K read as 0 */
+    uint16_t t[8] = {0};
     memcpy(t, w + k, sizeof(uint16_t) * (size_t)(K - k));
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+}
+
+/* One step of 8 columns for an (mr, nr) tile, mr * nr <= 12. A lone X row faces 6 W rows: with
+ * 3, as in the panel kernel, its FMA chains wait on each other (measured half the speed). */
+enum { NR1 = 6 };
+static AVX2F16 inline __attribute__((always_inline)) void step_f16(const float *x, int mr,
+                                                                   const __m256 *wv, int nr,
+                                                                   __m256 acc[][NR1])
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++) {
+        const __m256 xv = _mm256_load_ps(x + i * 8);
+#pragma GCC unroll 6
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
 }
 
 static AVX2F16 inline __attribute__((always_inline)) void tile_f16(const float *xb, int mr,
                                                                    const uint16_t *w, size_t ldw,
                                                                    int nr, int K, float *Y, size_t ldy)
 {
-    __m256 acc[MR][NR];
+    __m256 acc[MR][NR1], wv[NR1];
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
-#pragma GCC unroll 3
+#pragma GCC unroll 6
         for (int j = 0; j < nr; j++)
             acc[i][j] = _mm256_setzero_ps();
     const float *x = xb;
-    for (int k = 0; k < K; k += 8, x += mr * 8) {
-        __m256 wv[NR];
-#pragma GCC unroll 3
+    int k = 0;
+    for (; k + 8 <= K; k += 8, x += mr * 8) {
+#pragma GCC unroll 6
         for (int j = 0; j < nr; j++)
-            wv[j] = w8_f16(w + (size_t)j * ldw, k, K);
-#pragma GCC unroll 4
-        for (int i = 0; i < mr; i++) {
-            const __m256 xv = _mm256_load_ps(x + i * 8);
-#pragma GCC unroll 3
-            for (int j = 0; j < nr; j++)
-                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-        }
+            wv[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + (size_t)j * ldw + k)));
+        step_f16(x, mr, wv, nr, acc);
+    }
+    if (k < K) {
+        for (int j = 0; j < nr; j++)
+            wv[j] = w8_tail(w + (size_t)j * ldw, k, K);
+        step_f16(x, mr, wv, nr, acc);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
-#pragma GCC unroll 3
+#pragma GCC unroll 6
         for (int j = 0; j < nr; j++)
             Y[(size_t)i * ldy + j] = hsum8(acc[i][j]);
 }
@@ -231,9 +245,14 @@ typedef void (*tile_f16_fn)(const float *xb, const uint16_t *w, size_t ldw, int 
         tile_f16(xb, m, w, ldw, n, K, Y, ldy);                                                    \
     }
 TILE_SHAPES(DEF_TILE_F16)
+DEF_TILE_F16(1, 4)
+DEF_TILE_F16(1, 5)
+DEF_TILE_F16(1, 6)
 #undef DEF_TILE_F16
 
 static const tile_f16_fn k_tiles_f16[MR][NR] = TILE_TABLE(tile_f16_);
+static const tile_f16_fn k_row_f16[NR1] = {tile_f16_1_1, tile_f16_1_2, tile_f16_1_3,
+                                           tile_f16_1_4, tile_f16_1_5, tile_f16_1_6};
 #endif
 
 static int g_force_scalar;
@@ -270,11 +289,11 @@ int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, i
         return 0;
     const int Kr = eng_gemm_kr(K);
     for (int i0 = 0; i0 < M; i0 += MR) {
-        const int mr = M - i0 < MR ? M - i0 : MR;
-        for (int j0 = 0; j0 < N; j0 += NR) {
-            const int nr = N - j0 < NR ? N - j0 : NR;
-            k_tiles_f16[mr - 1][nr - 1](group_base(Xp, i0, Kr), W + (size_t)j0 * ldw, ldw, K,
-                                        Y + (size_t)i0 * ldy + j0, ldy);
+        const int mr = M - i0 < MR ? M - i0 : MR, wide = mr == 1 ? NR1 : NR;
+        for (int j0 = 0; j0 < N; j0 += wide) {
+            const int nr = N - j0 < wide ? N - j0 : wide;
+            (mr == 1 ? k_row_f16[nr - 1] : k_tiles_f16[mr - 1][nr - 1])(
+                group_base(Xp, i0, Kr), W + (size_t)j0 * ldw, ldw, K, Y + (size_t)i0 * ldy + j0, ldy);
         }
     }
     return 1;
