@@ -99,12 +99,14 @@ int kvpubd_serve_main(int argc, char **argv)
                 fprintf(stderr, "kvpubd serve: --max-upload '%s': expected a size such as 512M or 4G\n", v);
                 return 2;
             }
-        } else if (strcmp(a, "--token-ttl") == 0 || strcmp(a, "--snapshot-ttl") == 0) {
+        } else if ((dur = strcmp(a, "--token-ttl") == 0      ? &cfg.token_ttl_s
+                          : strcmp(a, "--snapshot-ttl") == 0 ? &cfg.snapshot_ttl_s
+                                                             : NULL)) {
             if (base_parse_duration(v, &n) != 0 || n == 0 || n > 366u * 86400) {
                 fprintf(stderr, "kvpubd serve: %s '%s': expected a duration such as 30m, 24h, 7d\n", a, v);
                 return 2;
             }
-            *(a[2] == 't' ? &cfg.token_ttl_s : &cfg.snapshot_ttl_s) = (unsigned)n;
+            *dur = (unsigned)n;
         } else if ((dur = strcmp(a, "--prune-interval") == 0        ? &cfg.prune_interval_s
                           : strcmp(a, "--unpaid-retention") == 0    ? &cfg.unpaid_retention_s
                           : strcmp(a, "--token-retention") == 0     ? &cfg.token_retention_s
