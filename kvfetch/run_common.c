@@ -423,9 +423,10 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
     json_t *blobs = json_array();
     for (int i = 0; i < s->a.n_blobs; i++) {
         const kvp_load_stats *l = &s->ls[i];
-        json_t *b = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:s, s:s*, s:I, s:I, s:f, s:f, s:f, "
+        /* the blob argument and the path are added apart: json_pack refuses a whole object for
+         * one string that is not UTF-8, and a file name need not be */
+        json_t *b = json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:s, s:s*, s:I, s:I, s:f, s:f, s:f, "
                               "s:f, s:f, s:f, s:i, s:s}",
-                              "blob", s->a.blobs[i], "path", s->paths[i],
                               "tokens", (json_int_t)l->n_tokens, "chunks", (json_int_t)l->n_chunks,
                               "position", (json_int_t)l->pos, "delta", (json_int_t)l->delta,
                               "recomputed_tokens", (json_int_t)l->n_recomputed, "recompute_s", l->recompute_s,
@@ -437,6 +438,8 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
                               "rerotate_s", l->rerotate_s, "import_s", l->import_s, "load_s", l->total_s,
                               "load_cpu_s", l->cpu_s, "decode_threads", l->n_threads,
                               "chunk_digest", kvc_leaf_digest_engine());
+        json_object_set_new(b, "blob", json_string(s->a.blobs[i]));
+        json_object_set_new(b, "path", json_string(s->paths[i]));
         json_array_append_new(blobs, b);
     }
     json_object_set_new(o, "blobs", blobs);

@@ -60,6 +60,12 @@ expect_rc 0 "$KVFETCH" run --trust "$tmp/trust" --threads 2 -n 2 --json --model 
   --prefix "$ctx" --prompt " What is it?"
 [ "$(jq -r '.blobs[0].context' "$tmp/out")" = exact ] && [ "$(jq -r '.blobs[0].delta' "$tmp/out")" = 0 ] \
   || fail "run --json: $(jq -c .blobs "$tmp/out")"
+note "run --json keeps a blob's figures when its file name is not UTF-8"
+cp "$blob" "$tmp/"$'\xff'"blob.kvb"
+expect_rc 0 "$KVFETCH" run --trust "$tmp/trust" --threads 2 -n 2 --json --model "$tmp/m.gguf" \
+  --blob "$tmp/"$'\xff'"blob.kvb" --prefix "$ctx" --prompt " What is it?"
+[ "$(jq -r '.blobs[0].context' "$tmp/out")" = exact ] && [ "$(jq -r '.blobs[0].tokens' "$tmp/out")" -gt 0 ] \
+  || fail "run --json with a non-UTF-8 blob path: $(jq -c .blobs "$tmp/out")"
 
 note "run --json keeps the generated text when its bytes are not valid UTF-8"
 # (this prompt's greedy continuation on this model holds bytes that are not UTF-8; checked below)
