@@ -78,6 +78,22 @@ static AVX2 inline float hsum8(__m256 v)
     return _mm_cvtss_f32(a);
 }
 
+/* One step of 8 columns for an (mr, nr) tile, mr * nr <= 12. In eng_gemm_f16 a lone X row faces
+ * 6 W rows: with 3, as in the panel kernel, its FMA chains wait on each other (half the speed). */
+enum { NR1 = 6 };
+static AVX2 inline __attribute__((always_inline)) void tile_step(const float *x, int mr,
+                                                                const __m256 *wv, int nr,
+                                                                __m256 acc[][NR1])
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++) {
+        const __m256 xv = _mm256_load_ps(x + i * 8);
+#pragma GCC unroll 6
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+}
+
 /* One (mr, nr) register tile over steps [s0, s1) of packed groups xb (mr rows) and wb (nr
  * rows): accumulators come from st (or +0 when first) and go back to st; st holds MR * NR
  * vectors, (i, j) at (i * NR + j) * 8. */
@@ -85,7 +101,7 @@ static AVX2 inline __attribute__((always_inline)) void tile(const float *xb, con
                                                             int mr, int nr, int s0, int s1,
                                                             float *st, int first)
 {
-    __m256 acc[MR][NR];
+    __m256 acc[MR][NR1];
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 3
@@ -97,13 +113,7 @@ static AVX2 inline __attribute__((always_inline)) void tile(const float *xb, con
 #pragma GCC unroll 3
         for (int j = 0; j < nr; j++)
             wv[j] = _mm256_load_ps(w + j * 8);
-#pragma GCC unroll 4
-        for (int i = 0; i < mr; i++) {
-            const __m256 xv = _mm256_load_ps(x + i * 8);
-#pragma GCC unroll 3
-            for (int j = 0; j < nr; j++)
-                acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-        }
+        tile_step(x, mr, wv, nr, acc);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
@@ -190,22 +200,6 @@ static AVX2F16 inline __m256 w8_tail(const uint16_t *w, int k, int K)
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
 }
 
-/* One step of 8 columns for an (mr, nr) tile, mr * nr <= 12. A lone X row faces 6 W rows: with
- * 3, as in the panel kernel, its FMA chains wait on each other (measured half the speed). */
-enum { NR1 = 6 };
-static AVX2F16 inline __attribute__((always_inline)) void step_f16(const float *x, int mr,
-                                                                   const __m256 *wv, int nr,
-                                                                   __m256 acc[][NR1])
-{
-#pragma GCC unroll 4
-    for (int i = 0; i < mr; i++) {
-        const __m256 xv = _mm256_load_ps(x + i * 8);
-#pragma GCC unroll 6
-        for (int j = 0; j < nr; j++)
-            acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-    }
-}
-
 static AVX2F16 inline __attribute__((always_inline)) void tile_f16(const float *xb, int mr,
                                                                    const uint16_t *w, size_t ldw,
                                                                    int nr, int K, float *Y, size_t ldy)
@@ -222,12 +216,12 @@ static AVX2F16 inline __attribute__((always_inline)) void tile_f16(const float *
 #pragma GCC unroll 6
         for (int j = 0; j < nr; j++)
             wv[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + (size_t)j * ldw + k)));
-        step_f16(x, mr, wv, nr, acc);
+        tile_step(x, mr, wv, nr, acc);
     }
     if (k < K) {
         for (int j = 0; j < nr; j++)
             wv[j] = w8_tail(w + (size_t)j * ldw, k, K);
-        step_f16(x, mr, wv, nr, acc);
+        tile_step(x, mr, wv, nr, acc);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
