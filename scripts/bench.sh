@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs kvpub's benchmarks (not tests): blob codecs, quant kernels, engine prefill/decode on a
-# Qwen3-0.6B-shaped synthetic model, load pipeline/TTFT and HTTPS serving vs nginx, as far as
-# each exists. Models and outputs go under $BUILD/bench-data. BENCH=name runs only matching ones.
+# Qwen3-0.6B-shaped synthetic model, load pipeline/TTFT, HTTPS serving vs nginx and the
+# snapshot/mirror figures of spec/scale.md (scripts/bench-*.sh), as far as each exists. Models and outputs go under $BUILD/bench-data. BENCH=name runs only matching ones.
 set -u
 BUILD=${BUILD:-build}
 export BUILD

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# bench-scale.sh: the measured figures of spec/scale.md. Requests/s of the signed catalog
+# snapshot served as a static file by nginx (a `kvpubd export` tree) next to kvpubd's dynamic
+# GET /v1/catalog (one SQLite query per request) and its own cached GET /v1/snapshot, side by
+# side in one run over a store of NLIST+1 listings; then the download throughput of one 117 MB
+# blob from two mirrors at once (nginx serving the export, kvpubd serving the store). kvfetch
+# fetches from one mirror per run, so the two-mirror figure is two concurrent clients, one per
+# mirror (kvfetch get, verifying while it downloads; and curl, not verifying). Medians of RUNS
+# interleaved runs. A benchmark, not a test: run by `make bench` (scripts/bench.sh).
+set -euo pipefail
+BUILD=${BUILD:-build}
+THREADS=${THREADS:-2}      # server worker threads / nginx workers
+RUNS=${RUNS:-3}            # medians of RUNS
+DUR=${DUR:-5}              # seconds of wrk
+NLIST=${NLIST:-100}        # small listings besides the big blob
+. "$(dirname "$0")/bench-serve.inc"
+bs_init scale curl wrk || exit 0
+bs_blob
+bs_kvpubd
+"$BUILD/kvpubd" key rotate --store "$W/store" >/dev/null
+mkdir -p "$W/small" "$W/trust"
+cp "$data/bench.pub" "$W/trust/"
+for i in $(seq "$NLIST"); do
+  "$BUILD/kvsynth" blob --key "$data/bench.key" -o "$W/small/$i.kvb" --tokens 16 --seed "$((1000 + i))" \
+    --title "listing $i"
+  KVPUB_CREDENTIAL=$CRED "$BUILD/kvpubd" upload "$W/small/$i.kvb" --server "https://127.0.0.1:$kport" \
+    --cacert "$W/cert.pem" >/dev/null
+done
+"$BUILD/kvpubd" export --store "$W/store" --out "$W/www" >/dev/null
+bs_nginx "$W/www"
+K="https://127.0.0.1:$kport" N="https://127.0.0.1:$nport"
+C=(curl -sS --cacert "$W/cert.pem")
+snap_bytes=$("${C[@]}" -o /dev/null -w '%{size_download}' "$N/v1/snapshot")
+cat_bytes=$("${C[@]}" -o /dev/null -w '%{size_download}' "$K/v1/catalog")
+ksnap_bytes=$("${C[@]}" -o /dev/null -w '%{size_download}' "$K/v1/snapshot")
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print 0 }'; }
+# mbs SECONDS_NS BYTES -> MB/s
+mbs() { awk -v ns="$1" -v b="$2" 'BEGIN { printf "%.0f", b / (ns / 1e9) / 1e6 }'; }
+# kvget URL -> a verified download into a fresh cache
+kvget() {
+  local c; c=$(mktemp -d "$W/cache.XXXXXX")
+  "$BUILD/kvfetch" get --quiet --trust "$W/trust" --cacert "$W/cert.pem" --cache-dir "$c" "$1" >/dev/null
+  rm -rf "$c"
+}
+cget() { "${C[@]}" -o /dev/null "$1"; }
+# timed CLIENT URL... -> MB/s of one client per URL, all at once (aggregate)
+timed() {
+  local client=$1 t0 t1 u pids=(); shift
+  t0=$(date +%s%N)
+  for u in "$@"; do "$client" "$u" & pids+=($!); done
+  wait "${pids[@]}"
+  t1=$(date +%s%N)
+  mbs $((t1 - t0)) $((size * $#))
+}
+
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); $(nproc) cores shared with the clients;" \
+  "$THREADS server threads/workers; load average before: $load0"
+page=$((NLIST + 1 < 100 ? NLIST + 1 : 100))
+echo "snapshot $snap_bytes bytes ($((NLIST + 1)) listings); catalog page $cat_bytes bytes ($page listings);" \
+  "blob $id: $size bytes"
+for r in $(seq "$RUNS"); do
+  bs_rate "$nport" /v1/snapshot >>"$W/r.nsnap"; echo >>"$W/r.nsnap"
+  bs_rate "$kport" /v1/catalog >>"$W/r.kcat"; echo >>"$W/r.kcat"
+  bs_rate "$kport" /v1/snapshot >>"$W/r.ksnap"; echo >>"$W/r.ksnap"
+  for cl in kvget cget; do
+    timed "$cl" "$N/v1/blobs/$id" >>"$W/d.$cl.n"; echo >>"$W/d.$cl.n"
+    timed "$cl" "$K/v1/blobs/$id" >>"$W/d.$cl.k"; echo >>"$W/d.$cl.k"
+    timed "$cl" "$N/v1/blobs/$id" "$K/v1/blobs/$id" >>"$W/d.$cl.nk"; echo >>"$W/d.$cl.nk"
+  done
+done
+m() { median <"$W/$1"; }
+nsnap=$(m r.nsnap) kcat=$(m r.kcat) ksnap=$(m r.ksnap)
+printf '%-52s %10s %8s\n' "requests/s, wrk -t2 -c32, ${DUR} s, median of $RUNS" "req/s" "x nginx"
+printf '%-52s %10s %8s\n' "nginx: static /v1/snapshot ($snap_bytes B)" "$nsnap" 1.00
+printf '%-52s %10s %8s\n' "kvpubd: dynamic /v1/catalog ($cat_bytes B)" "$kcat" "$(bs_ratio "$kcat" "$nsnap")"
+printf '%-52s %10s %8s\n' "kvpubd: cached /v1/snapshot ($ksnap_bytes B)" "$ksnap" "$(bs_ratio "$ksnap" "$nsnap")"
+printf '%-52s %10s %10s\n' "download of the blob, MB/s, median of $RUNS" "kvfetch" "curl"
+printf '%-52s %10s %10s\n' "1 client, nginx" "$(m d.kvget.n)" "$(m d.cget.n)"
+printf '%-52s %10s %10s\n' "1 client, kvpubd" "$(m d.kvget.k)" "$(m d.cget.k)"
+printf '%-52s %10s %10s\n' "2 clients at once, one per mirror (aggregate)" "$(m d.kvget.nk)" "$(m d.cget.nk)"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (kvfetch verifies every chunk while it downloads;" \
+  "two mirrors means two concurrent clients: kvfetch does not yet split one blob across mirrors)"
