@@ -18,7 +18,7 @@ static const char usage_upload[] =
     "Uploads the signed blob file BLOB to the kvpubd at URL (PUT /v1/blobs, spec/http-api.md),\n"
     "which verifies it against your registered key and lists it. The upload credential (from\n"
     "`kvpubd publisher add`) is read from --credential-file FILE (first line), else from\n"
-    "$KVPUB_CREDENTIAL, else from --credential C (visible to other users in the process list);\n"
+    "--credential C (visible to other users in the process list), else from $KVPUB_CREDENTIAL;\n"
     "it is sent to URL's origin only, never printed and never sent across a redirect.\n"
     "  --server URL           the kvpubd API base, e.g. https://shop.example:8443\n"
     "  --price N              the listing's price in the smallest currency unit (default 0)\n"
@@ -111,7 +111,7 @@ int kvpubd_upload_main(int argc, char **argv)
             return UP_USAGE;
         }
     } else {
-        snprintf(cred, sizeof cred, "%s", env && *env ? env : cred_arg ? cred_arg : "");
+        snprintf(cred, sizeof cred, "%s", cred_arg ? cred_arg : env ? env : "");
     }
     if (!*cred) {
         fprintf(stderr, "%s: no upload credential: give --credential-file FILE or set $KVPUB_CREDENTIAL "
