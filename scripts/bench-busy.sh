@@ -7,12 +7,14 @@
 # share of idle, and ours against llama.cpp's under the same load. Figures: prefill of 2048
 # tokens and decode at 2048 context (tok/s, medians of RUNS runs).
 #
-# Knobs: TYPES ("f16"; the weight types to measure), THREADS (2), RUNS (3), BUSY (2
-#        neighbours), BURN_MEM (MiB each neighbour streams over; empty: spin in registers).
+# Knobs: TYPES ("f16"; the weight types to measure), THREADS (2), RUNS (3), DECODE (16 tokens
+#        per decode figure), BUSY (2 neighbours), BURN_MEM (MiB each neighbour streams over;
+#        empty: spin in registers).
 set -u
 BUILD=${BUILD:-build}
 THREADS=${THREADS:-2}
 RUNS=${RUNS:-3}
+DECODE=${DECODE:-16}
 BUSY=${BUSY:-2}
 TYPES=${TYPES:-f16}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,11 +53,11 @@ for t in $TYPES; do
     [ "$cond" = busy ] && start_burners
     echo "# $t, $cond ($([ "$cond" = busy ] && echo "$BUSY CPU-bound neighbours${BURN_MEM:+ streaming $BURN_MEM MiB each}" || echo "no neighbours")), threads $THREADS"
     echo "#   ours: load $(load)"
-    "$BUILD/bench/bench_engine" "$m" --threads "$THREADS" --runs "$RUNS" --brief 1 > "$data/busy-ours-$t-$cond.txt" ||
+    "$BUILD/bench/bench_engine" "$m" --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --brief 1 > "$data/busy-ours-$t-$cond.txt" ||
       echo "bench-busy: bench_engine failed"
     if [ -n "$llama" ]; then
       echo "#   llama.cpp: load $(load)"
-      "$llama" "$LLAMACPP_LIB" "$m" --threads "$THREADS" --runs "$RUNS" --brief 1 --fa on > "$data/busy-llama-$t-$cond.txt" ||
+      "$llama" "$LLAMACPP_LIB" "$m" --threads "$THREADS" --runs "$RUNS" --decode "$DECODE" --brief 1 --fa on > "$data/busy-llama-$t-$cond.txt" ||
         echo "bench-busy: llama_bench failed"
     fi
     stop_burners
