@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 /* write(2) (off < 0) or pwrite(2) at off until all n bytes are written. */
@@ -130,4 +131,18 @@ int base_write_f32_le(const char *path, const float *x, size_t n)
     if (fclose(f) != 0)
         ok = 0;
     return ok ? 0 : -1;
+}
+
+int base_lock_file(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (flock(fd, LOCK_EX) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -424,13 +423,9 @@ kvf_status kvf_snapshot_remember(const char *dir, const kvf_snapshot *s, uint64_
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "snapshot state directory path too long: %s", dir);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
-    int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lfd < 0 || flock(lfd, LOCK_EX) != 0) {
-        int e = errno;
-        if (lfd >= 0)
-            close(lfd);
-        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot lock %s: %s", lock, strerror(e));
-    }
+    int lfd = base_lock_file(lock);
+    if (lfd < 0)
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot lock %s: %s", lock, strerror(errno));
     kvf_status st = KVF_OK;
     unsigned long long have = 0;
     FILE *f = fopen(path, "r");

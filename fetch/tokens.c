@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -202,13 +201,9 @@ kvf_status kvf_tokens_put(const char *path, const kvf_token_rec *rec, int64_t no
     if (mkdirs(dir) != 0)
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
     /* two buys at once must not lose one of the tokens: read-modify-write under a lock */
-    int lk = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lk < 0 || flock(lk, LOCK_EX) != 0) {
-        int e = errno;
-        if (lk >= 0)
-            close(lk);
-        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot lock %s: %s", lockpath, strerror(e));
-    }
+    int lk = base_lock_file(lockpath);
+    if (lk < 0)
+        return kvf_fail(err, errlen, KVF_ERR_IO, "cannot lock %s: %s", lockpath, strerror(errno));
     json_t *arr, *keep = NULL, *doc = NULL;
     kvf_status st = load(path, &arr, err, errlen);
     if (st == KVF_OK && !(keep = json_array()))
