@@ -81,11 +81,14 @@ int base_parse_ids(const char *s, uint32_t max, int32_t **ids, size_t *n) __attr
 /* ---- CPU features ---- */
 
 /* x86 SIMD extensions this CPU and OS run (AVX-family bits only when the OS saves YMM state);
- * 0 elsewhere. Probed once per process, safe from any thread. */
+ * 0 elsewhere. Probed once per process, safe from any thread. KVPUB_CPU=avx2 hides AVX-512 and
+ * KVPUB_CPU=none hides everything, so that one machine can measure and test the narrower
+ * kernels (results are the same bits; only speed changes). */
 enum {
     BASE_CPU_AVX2 = 1u << 0,
     BASE_CPU_FMA = 1u << 1,
     BASE_CPU_F16C = 1u << 2,
+    BASE_CPU_AVX512 = 1u << 3, /* AVX-512 F, DQ, BW and VL, with the OS saving ZMM state */
 };
 unsigned base_cpu_features(void);
 /* 1 if every bit of want is present. */

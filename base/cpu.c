@@ -3,6 +3,8 @@
 #include "base/base.h"
 
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
@@ -33,7 +35,16 @@ static void detect(void)
         __cpuid_count(7, 0, a, b, c, d);
         if (b & bit_AVX2)
             f |= BASE_CPU_AVX2;
+        /* XCR0 bits 5-7: opmask and both halves of the ZMM registers */
+        const unsigned z = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
+        if ((b & z) == z && (xlo & 0xe0) == 0xe0)
+            f |= BASE_CPU_AVX512;
     }
+    const char *cap = getenv("KVPUB_CPU");
+    if (cap && strcmp(cap, "avx2") == 0)
+        f &= ~(unsigned)BASE_CPU_AVX512;
+    else if (cap && strcmp(cap, "none") == 0)
+        f = 0;
     g_features = f;
 #endif
 }

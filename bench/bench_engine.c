@@ -41,7 +41,8 @@ int main(int argc, char **argv)
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         toks[i] = i == 0 && hp->bos_id >= 0 ? hp->bos_id : (int32_t)((s >> 33) % (uint64_t)hp->n_vocab);
     }
-    eng_ctx_params cp = {NMAX + n_dec + 1, threads, 0};
+    /* room for the decode steps or the small prefills after NMAX, whichever is more */
+    eng_ctx_params cp = {NMAX + (n_dec > 1 + 8 + 16 ? n_dec : 1 + 8 + 16) + 1, threads, 0};
     printf("model %s: %s, %d layers, n_embd %d, weight type %d, threads %d\n", argv[1], hp->arch,
            hp->n_layer, hp->n_embd, hp->weight_type, threads ? threads : eng_default_threads());
     const int lens[2] = {512, NMAX};

@@ -185,6 +185,124 @@ static AVX2 void gemm_avx2(const float *Xp, int M, const float *Wp, int N, int K
     }
 }
 
+/* ---- AVX-512: the same lanes, two elements per register ----
+ * A zmm register holds the 8 lanes of two outputs: X rows 2p and 2p + 1 of a group (adjacent
+ * in the panel, so one load) against one W row (its 8 values broadcast to both halves). Each
+ * lane sees the same FMAs in the same order as in tile(), and the halves are reduced with
+ * hsum8, so the bits are those of the AVX2 and scalar kernels; only the width changes. A tile
+ * is two full X groups (8 rows) by up to two W groups (6 rows): 24 accumulators. Partial X
+ * groups go to the AVX2 kernel. */
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+
+enum { ZW = 2 * NR }; /* W rows per AVX-512 tile */
+
+/* One tile over steps [s0, s1): nx (1 or 2) full X groups at x[0..nx), W rows 0..g0-1 from the
+ * group at w0 (g0 rows) and rows g0..g0+g1-1 from the group at w1 (g1 rows, 0 when absent).
+ * Accumulators come from st (or +0 when first) and go back: pair a (0..3), W row j at
+ * (a * ZW + j) * 16. */
+static AVX512 inline __attribute__((always_inline)) void ztile(const float *const *x, int nx,
+                                                               const float *w0, int g0,
+                                                               const float *w1, int g1, int s0,
+                                                               int s1, float *st, int first)
+{
+    __m512 acc[2 * 2][ZW];
+    const int na = 2 * nx, nw = g0 + g1;
+#pragma GCC unroll 4
+    for (int a = 0; a < na; a++)
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++)
+            acc[a][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(st + (a * ZW + j) * 16);
+    for (int s = s0; s < s1; s++) {
+        __m512 xv[4];
+#pragma GCC unroll 2
+        for (int g = 0; g < nx; g++) {
+            xv[2 * g] = _mm512_loadu_ps(x[g] + (size_t)s * MR * 8);
+            xv[2 * g + 1] = _mm512_loadu_ps(x[g] + (size_t)s * MR * 8 + 16);
+        }
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++) {
+            const float *w = j < g0 ? w0 + ((size_t)s * g0 + j) * 8 : w1 + ((size_t)s * g1 + j - g0) * 8;
+            const __m512 wv = _mm512_broadcast_f32x8(_mm256_load_ps(w));
+#pragma GCC unroll 4
+            for (int a = 0; a < na; a++)
+                acc[a][j] = _mm512_fmadd_ps(xv[a], wv, acc[a][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int a = 0; a < na; a++)
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++)
+            _mm512_store_ps(st + (a * ZW + j) * 16, acc[a][j]);
+}
+
+typedef void (*ztile_fn)(const float *const *x, const float *w0, const float *w1, int s0, int s1,
+                         float *st, int first);
+
+#define DEF_ZTILE(nx, g0, g1)                                                                     \
+    static AVX512 void ztile_##nx##_##g0##_##g1(const float *const *x, const float *w0,           \
+                                                const float *w1, int s0, int s1, float *st,       \
+                                                int first)                                        \
+    {                                                                                             \
+        ztile(x, nx, w0, g0, w1, g1, s0, s1, st, first);                                          \
+    }
+DEF_ZTILE(2, 3, 3)
+DEF_ZTILE(2, 3, 0)
+DEF_ZTILE(2, 2, 0)
+DEF_ZTILE(2, 1, 0)
+DEF_ZTILE(1, 3, 3)
+DEF_ZTILE(1, 3, 0)
+DEF_ZTILE(1, 2, 0)
+DEF_ZTILE(1, 1, 0)
+#undef DEF_ZTILE
+
+/* [nx - 1][first group's rows - 1], the second group full when present */
+static const ztile_fn k_ztiles[2][NR] = {{ztile_1_1_0, ztile_1_2_0, ztile_1_3_0},
+                                         {ztile_2_1_0, ztile_2_2_0, ztile_2_3_0}};
+static const ztile_fn k_ztiles_pair[2] = {ztile_1_3_3, ztile_2_3_3};
+
+static AVX512 void gemm_avx512(const float *Xp, int M, const float *Wp, int N, int K, float *Y,
+                               size_t ldy)
+{
+    float st[(JB / ZW) * 4 * ZW * 16] __attribute__((aligned(64)));
+    const int Kr = eng_gemm_kr(K), steps = Kr / 8, full = M / MR * MR;
+    for (int i0 = 0; i0 < full; i0 += 2 * MR) {
+        const int nx = full - i0 >= 2 * MR ? 2 : 1;
+        const float *x[2] = {group_base(Xp, i0, Kr), nx == 2 ? group_base(Xp, i0 + MR, Kr) : NULL};
+        for (int jb = 0; jb < N; jb += JB) {
+            const int jn = N - jb < JB ? N - jb : JB, nt = (jn + ZW - 1) / ZW;
+            for (int s0 = 0; s0 < steps; s0 += KC / 8) {
+                const int s1 = steps - s0 < KC / 8 ? steps : s0 + KC / 8;
+                for (int t = 0; t < nt; t++) {
+                    /* r rows left in the block from j0: groups start at multiples of 3 */
+                    const int j0 = jb + t * ZW, r = jn - t * ZW;
+                    const float *w0 = group_base(Wp, j0, Kr);
+                    float *ts = st + t * 4 * ZW * 16;
+                    if (r >= ZW) {
+                        k_ztiles_pair[nx - 1](x, w0, group_base(Wp, j0 + NR, Kr), s0, s1, ts, s0 == 0);
+                        continue;
+                    }
+                    k_ztiles[nx - 1][(r < NR ? r : NR) - 1](x, w0, NULL, s0, s1, ts, s0 == 0);
+                    if (r > NR) /* the last group, partial: its rows keep indices 3.. in ts */
+                        k_ztiles[nx - 1][r - NR - 1](x, group_base(Wp, j0 + NR, Kr), NULL, s0, s1,
+                                                     ts + NR * 16, s0 == 0);
+                }
+            }
+            for (int t = 0; t < nt; t++) {
+                const int nw = jn - t * ZW < ZW ? jn - t * ZW : ZW;
+                for (int a = 0; a < 2 * nx; a++)
+                    for (int j = 0; j < nw; j++) {
+                        const __m512 v = _mm512_load_ps(st + t * 4 * ZW * 16 + (a * ZW + j) * 16);
+                        float *y = Y + (size_t)(i0 + 2 * a) * ldy + jb + t * ZW + j;
+                        y[0] = hsum8(_mm512_castps512_ps256(v));
+                        y[ldy] = hsum8(_mm512_extractf32x8_ps(v, 1));
+                    }
+            }
+        }
+    }
+    if (full < M)
+        gemm_avx2(group_base(Xp, full, Kr), M - full, Wp, N, K, Y + (size_t)full * ldy, ldy);
+}
+
 /* ---- few X rows, F16 weights read in place ----
  * With a handful of X rows, converting W into panels costs more than the product: the
  * conversion writes four bytes for every two read, and nothing reuses them. Here each W row
@@ -249,13 +367,26 @@ static const tile_f16_fn k_row_f16[NR1] = {tile_f16_1_1, tile_f16_1_2, tile_f16_
                                            tile_f16_1_4, tile_f16_1_5, tile_f16_1_6};
 #endif
 
-static int g_force_scalar;
+static int g_force; /* an eng_gemm_level, ENG_GEMM_AUTO for the CPU's best */
 
-int eng_gemm_force_scalar(int on)
+int eng_gemm_force(int level)
 {
-    int prev = g_force_scalar;
-    g_force_scalar = on;
+    int prev = g_force;
+    g_force = level;
     return prev;
+}
+
+/* The kernel eng_gemm_packed runs now. */
+static int level(void)
+{
+#if defined(__x86_64__)
+    if (g_force != ENG_GEMM_SCALAR && base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA)) {
+        if (g_force != ENG_GEMM_AVX2 && base_cpu_has(BASE_CPU_AVX512))
+            return ENG_GEMM_AVX512;
+        return ENG_GEMM_AVX2;
+    }
+#endif
+    return ENG_GEMM_SCALAR;
 }
 
 void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, float *Y, size_t ldy)
@@ -267,19 +398,19 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
             memset(Y + (size_t)i * ldy, 0, sizeof(float) * (size_t)N);
         return;
     }
+    switch (level()) {
 #if defined(__x86_64__)
-    if (base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA) && !g_force_scalar) {
-        gemm_avx2(Xp, M, Wp, N, K, Y, ldy);
-        return;
-    }
+    case ENG_GEMM_AVX512: gemm_avx512(Xp, M, Wp, N, K, Y, ldy); return;
+    case ENG_GEMM_AVX2: gemm_avx2(Xp, M, Wp, N, K, Y, ldy); return;
 #endif
-    gemm_scalar(Xp, M, Wp, N, K, Y, ldy);
+    default: gemm_scalar(Xp, M, Wp, N, K, Y, ldy);
+    }
 }
 
 int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy)
 {
 #if defined(__x86_64__)
-    if (!base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA | BASE_CPU_F16C) || g_force_scalar || K <= 0)
+    if (level() == ENG_GEMM_SCALAR || !base_cpu_has(BASE_CPU_F16C) || K <= 0)
         return 0;
     const int Kr = eng_gemm_kr(K);
     for (int i0 = 0; i0 < M; i0 += MR) {
@@ -299,9 +430,6 @@ int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, i
 
 const char *eng_gemm_kernel(void)
 {
-#if defined(__x86_64__)
-    if (base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA) && !g_force_scalar)
-        return "avx2";
-#endif
-    return "scalar";
+    static const char *const names[] = {"scalar", "scalar", "avx2", "avx512"};
+    return names[level()];
 }

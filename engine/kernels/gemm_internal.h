@@ -1,6 +1,6 @@
 /* gemm_internal.h: the engine's batched product Y = X W^T with one fixed, documented
  * accumulation order per output element, so that a token's result never depends on how many
- * other rows share the call, where its row sits, or which kernel (AVX2 or scalar) ran it. */
+ * other rows share the call, where its row sits, or which kernel (AVX-512, AVX2 or scalar) ran it. */
 #ifndef KVPUB_GEMM_INTERNAL_H
 #define KVPUB_GEMM_INTERNAL_H
 
@@ -46,10 +46,14 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
  * is forced: callers then pack. */
 int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy);
 
-/* Which kernel eng_gemm_packed runs: "avx2" or "scalar". */
+/* The kernels, narrowest first. All give the same bits; eng_gemm_force picks one for tests and
+ * benchmarks. */
+enum { ENG_GEMM_AUTO, ENG_GEMM_SCALAR, ENG_GEMM_AVX2, ENG_GEMM_AVX512 };
+
+/* Which kernel eng_gemm_packed runs: "avx512", "avx2" or "scalar". */
 const char *eng_gemm_kernel(void);
-/* Test hook: on = 1 forces the scalar kernel (process-wide, not thread-safe against running
- * products); returns the previous setting. */
-int eng_gemm_force_scalar(int on);
+/* Test hook: caps the kernel at `level` (ENG_GEMM_AUTO: the CPU's best; process-wide, not
+ * thread-safe against running products); returns the previous setting. */
+int eng_gemm_force(int level);
 
 #endif

@@ -43,13 +43,17 @@ static float *pack(const float *X, int M, int K, int group)
 static void test_gemm_rows(void **state)
 {
     (void)state;
-    static const int shapes[][3] = {{1, 1, 8}, {1, 7, 1024}, {5, 50, 1024}, {13, 97, 3072},
-                                    {4, 48, 520}, {9, 10, 172}, {3, 5, 13}, {64, 100, 2048}};
+    /* M around the 4- and 8-row tiles; N around the 3- and 6-row tiles and the 48-row blocks */
+    static const int shapes[][3] = {{1, 1, 8},      {1, 7, 1024},  {5, 50, 1024}, {13, 97, 3072},
+                                    {4, 48, 520},   {9, 10, 172},  {3, 5, 13},    {64, 100, 2048},
+                                    {8, 52, 64},    {12, 4, 24},   {16, 53, 40},  {20, 5, 1100},
+                                    {11, 101, 600}, {8, 2, 16}};
+    /* the CPU's best kernel, then each narrower one */
+    static const int levels[] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2, ENG_GEMM_SCALAR};
     uint64_t s = 42;
     const size_t ns = sizeof shapes / sizeof shapes[0];
-    for (size_t t = 0; t < 2 * ns; t++) {
-        /* first with the CPU's kernel, then again with the scalar one */
-        eng_gemm_force_scalar(t >= ns);
+    for (size_t t = 0; t < 3 * ns; t++) {
+        eng_gemm_force(levels[t / ns]);
         const int M = shapes[t % ns][0], N = shapes[t % ns][1], K = shapes[t % ns][2];
         float *X = malloc(sizeof(float) * (size_t)M * K), *W = malloc(sizeof(float) * (size_t)N * K);
         float *Y = malloc(sizeof(float) * (size_t)M * N), *Y1 = malloc(sizeof(float) * (size_t)N);
@@ -81,8 +85,8 @@ static void test_gemm_rows(void **state)
         free(Wp);
         free(Wp1);
     }
-    eng_gemm_force_scalar(0);
-    printf("eng_gemm_packed kernel: %s (and scalar)\n", eng_gemm_kernel());
+    eng_gemm_force(ENG_GEMM_AUTO);
+    printf("eng_gemm_packed kernel: %s (and the narrower ones)\n", eng_gemm_kernel());
 }
 
 /* eng_gemm_f16 (F16 weights read in place, for few X rows): the same bits as the reference
@@ -123,12 +127,12 @@ static void test_gemm_f16(void **state)
         free(Xp);
     }
     /* the forced scalar kernel leaves the product to the caller's packing path */
-    eng_gemm_force_scalar(1);
+    eng_gemm_force(ENG_GEMM_SCALAR);
     float x[8] = {1}, y = 0;
     uint16_t w[8] = {0};
     float *xp = pack(x, 1, 8, ENG_GEMM_MR);
     assert_int_equal(eng_gemm_f16(xp, 1, w, 8, 1, 8, &y, 1), 0);
-    eng_gemm_force_scalar(0);
+    eng_gemm_force(ENG_GEMM_AUTO);
     free(xp);
 }
 
