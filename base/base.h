@@ -89,6 +89,7 @@ enum {
     BASE_CPU_FMA = 1u << 1,
     BASE_CPU_F16C = 1u << 2,
     BASE_CPU_AVX512 = 1u << 3, /* AVX-512 F, DQ, BW and VL, with the OS saving ZMM state */
+    BASE_CPU_AVX512VNNI = 1u << 4, /* and AVX-512 VNNI (int8 dot products) */
 };
 unsigned base_cpu_features(void);
 /* 1 if every bit of want is present. */

@@ -38,11 +38,11 @@ static void detect(void)
         /* XCR0 bits 5-7: opmask and both halves of the ZMM registers */
         const unsigned z = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
         if ((b & z) == z && (xlo & 0xe0) == 0xe0)
-            f |= BASE_CPU_AVX512;
+            f |= BASE_CPU_AVX512 | (c & bit_AVX512VNNI ? BASE_CPU_AVX512VNNI : 0);
     }
     const char *cap = getenv("KVPUB_CPU");
     if (cap && strcmp(cap, "avx2") == 0)
-        f &= ~(unsigned)BASE_CPU_AVX512;
+        f &= ~(unsigned)(BASE_CPU_AVX512 | BASE_CPU_AVX512VNNI);
     else if (cap && strcmp(cap, "none") == 0)
         f = 0;
     g_features = f;

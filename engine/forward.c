@@ -216,7 +216,8 @@ typedef struct lin_job {
     eng_ctx *c;
     int R;
     const eng_wmat *W[3];
-    const float *X[3];  /* (R, K) rounded for W's type, packed (eng_gemm_pack_row) */
+    const void *X[3];   /* (R, K) rounded for W's type, packed (eng_gemm_pack_row), or for
+                         * Q8_0 weights int8 rows (eng_q8x_quantize_row) */
     float *Y[3];        /* (R, N) */
     int nb[3], nch[3];  /* rows per chunk, chunks */
     int total;
@@ -226,6 +227,18 @@ typedef struct lin_job {
  * or convert a few weight rows at a time into an L1-sized panel. A 1-token prefill after a long
  * context otherwise cost four decode steps, converting every weight into panels once per call. */
 enum { SMALL_ROWS = 16 };
+
+/* Q8_0 weights multiply Q8_0-rounded activations in integers (eng_gemm_q8), for any number of
+ * rows, as ggml does; the other types convert to f32 panels. */
+static int q8_path(uint32_t type, int64_t K) { return type == GGML_T_Q8_0 && K % 32 == 0; }
+
+/* Weight rows per unit of work for the integer path: up to 48, as many 16-row panels as fit in
+ * a thread's share of c->panels (`per` floats, less 64 bytes of alignment). */
+static int chunk_rows_q8(int64_t K, size_t per)
+{
+    const size_t fit = (per * sizeof(float) - 64) / eng_q8w_bytes(ENG_Q8_NV, (int)K) * ENG_Q8_NV;
+    return fit >= 48 ? 48 : fit >= ENG_Q8_NV ? (int)fit : ENG_Q8_NV;
+}
 
 /* Rows [n0, n0 + nn) of W (at src) for the R packed X rows; buf holds ENG_GEMM_NR + 1 rows of
  * Kr floats. The same bits as the chunk panels: only where the converted weights sit changes. */
@@ -253,13 +266,19 @@ static void few_rows(const float *X, int R, const eng_wmat *W, const char *src, 
     }
 }
 
+/* Floats of c->panels after the packed X that each thread has for weight panels. */
+static size_t thread_share(const eng_ctx *c)
+{
+    const size_t xarea = (size_t)c->cap_rows * (size_t)xr_width(c);
+    return (c->panels_cap - xarea) / (size_t)eng_pool_size(c->pool);
+}
+
 static void lin_worker(void *a, int u0, int u1, int ith)
 {
     lin_job *J = a;
     const eng_ctx *c = J->c;
     const size_t xarea = (size_t)c->cap_rows * (size_t)xr_width(c);
-    const size_t per = (c->panels_cap - xarea) / (size_t)eng_pool_size(c->pool);
-    float *buf = c->panels + xarea + (size_t)ith * per;
+    float *buf = c->panels + xarea + (size_t)ith * thread_share(c);
     for (int u = u0; u < u1; u++) {
         int m = 0, ch = u;
         while (ch >= J->nch[m])
@@ -268,6 +287,12 @@ static void lin_worker(void *a, int u0, int u1, int ith)
         const int64_t K = W->ncols, N = W->nrows, n0 = (int64_t)ch * J->nb[m];
         const int nn = (int)(N - n0 < J->nb[m] ? N - n0 : J->nb[m]);
         const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
+        if (q8_path(W->type, K)) {
+            uint8_t *panel = (uint8_t *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
+            const int flags = eng_q8w_pack((const uint8_t *)src, W->row_bytes, nn, (int)K, panel);
+            eng_gemm_q8((const uint8_t *)J->X[m], J->R, panel, nn, (int)K, flags, J->Y[m] + n0, (size_t)N);
+            continue;
+        }
         if (J->R <= SMALL_ROWS) {
             few_rows(J->X[m], J->R, W, src, nn, buf, J->Y[m] + n0);
             continue;
@@ -285,15 +310,18 @@ static void lin_worker(void *a, int u0, int u1, int ith)
     }
 }
 
-/* How activations are rounded for a weight type (round_rows); products sharing one share X. */
+/* How activations are rounded for a weight type (round_rows; 5: int8 rows for eng_gemm_q8);
+ * products sharing one share X. */
 static int round_kind(uint32_t type, int64_t K)
 {
     if (type == GGML_T_F16)
         return 1;
     if (type == GGML_T_BF16)
         return 2;
-    if ((type == GGML_T_Q8_0 || type == GGML_T_Q4_0 || type == GGML_T_Q5_0 || type == GGML_T_Q4_1 ||
-         type == GGML_T_Q5_1) && K % 32 == 0)
+    if (q8_path(type, K))
+        return 5;
+    if ((type == GGML_T_Q4_0 || type == GGML_T_Q5_0 || type == GGML_T_Q4_1 || type == GGML_T_Q5_1) &&
+        K % 32 == 0)
         return 3;
     if (type >= GGML_T_Q2_K && type <= GGML_T_Q6_K && K % 256 == 0)
         return 4;
@@ -308,6 +336,7 @@ typedef struct pack_arg {
     int K, R;
     uint32_t type;
     int round;
+    int q8; /* int8 rows for eng_gemm_q8 into c->xr instead */
 } pack_arg;
 
 static void pack_rows(eng_ctx *c, void *a, int r0, int r1)
@@ -315,6 +344,10 @@ static void pack_rows(eng_ctx *c, void *a, int r0, int r1)
     pack_arg *A = a;
     for (int r = r0; r < r1; r++) {
         const float *x = A->x + (size_t)r * A->K;
+        if (A->q8) {
+            eng_q8x_quantize_row(x, A->K, (uint8_t *)c->xr + (size_t)r * eng_q8x_stride(A->K));
+            continue;
+        }
         if (A->round) {
             round_arg R = {A->type, A->x, c->xr, A->K};
             round_rows(c, &R, r, r + 1);
@@ -335,16 +368,16 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
         while (i1 < n && round_kind(W[i1]->type, W[i1]->ncols) == kind && W[i1]->ncols == W[i0]->ncols)
             i1++;
         const int K = (int)W[i0]->ncols;
-        pack_arg P = {X, c->panels, K, R, W[i0]->type, kind != 0};
+        pack_arg P = {X, c->panels, K, R, W[i0]->type, kind != 0, kind == 5};
         par_rows(c, R, pack_rows, &P);
-        const float *xr = c->panels;
+        const void *xr = kind == 5 ? (const void *)c->xr : (const void *)c->panels;
         lin_job J = {c, R, {0}, {0}, {0}, {0}, {0}, 0};
         for (int i = i0; i < i1; i++) {
             const int k = i - i0;
             J.W[k] = W[i];
             J.X[k] = xr;
             J.Y[k] = Y[i];
-            J.nb[k] = chunk_rows(W[i]->ncols);
+            J.nb[k] = kind == 5 ? chunk_rows_q8(W[i]->ncols, thread_share(c)) : chunk_rows(W[i]->ncols);
             J.nch[k] = (int)((W[i]->nrows + J.nb[k] - 1) / J.nb[k]);
             J.total += J.nch[k];
         }

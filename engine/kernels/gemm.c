@@ -376,8 +376,7 @@ int eng_gemm_force(int level)
     return prev;
 }
 
-/* The kernel eng_gemm_packed runs now. */
-static int level(void)
+int eng_gemm_level(void)
 {
 #if defined(__x86_64__)
     if (g_force != ENG_GEMM_SCALAR && base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA)) {
@@ -398,7 +397,7 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
             memset(Y + (size_t)i * ldy, 0, sizeof(float) * (size_t)N);
         return;
     }
-    switch (level()) {
+    switch (eng_gemm_level()) {
 #if defined(__x86_64__)
     case ENG_GEMM_AVX512: gemm_avx512(Xp, M, Wp, N, K, Y, ldy); return;
     case ENG_GEMM_AVX2: gemm_avx2(Xp, M, Wp, N, K, Y, ldy); return;
@@ -410,7 +409,7 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
 int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy)
 {
 #if defined(__x86_64__)
-    if (level() == ENG_GEMM_SCALAR || !base_cpu_has(BASE_CPU_F16C) || K <= 0)
+    if (eng_gemm_level() == ENG_GEMM_SCALAR || !base_cpu_has(BASE_CPU_F16C) || K <= 0)
         return 0;
     const int Kr = eng_gemm_kr(K);
     for (int i0 = 0; i0 < M; i0 += MR) {
@@ -431,5 +430,5 @@ int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, i
 const char *eng_gemm_kernel(void)
 {
     static const char *const names[] = {"scalar", "scalar", "avx2", "avx512"};
-    return names[level()];
+    return names[eng_gemm_level()];
 }

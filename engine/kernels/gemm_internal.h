@@ -46,10 +46,40 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
  * is forced: callers then pack. */
 int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy);
 
+/* ---- Q8_0 weights against Q8_0-rounded activations (gemm_q8.c) ----
+ * Both operands are 32-element blocks of int8 values with a float scale, so each block's dot
+ * product is an exact integer. For K a multiple of 32, nb = K / 32, every element is
+ *   acc = +0; for b = 0 .. nb-1 in order: acc = fma((float)isum_b, dx_b * dw_b, acc); y = acc
+ * with isum_b = sum of qx * qw over block b (exact in int32), dx_b the activation block's
+ * scale (its f16 value, as ggml stores it) and dw_b the weight block's (f16 -> f32). Every kernel
+ * (AVX-512 VNNI, AVX2, scalar) and every M computes exactly this, as in eng_gemm_packed.
+ *
+ * Activations: row r at Xq + r * eng_q8x_stride(K) holds K int8 values, then nb float scales,
+ * then nb int32 values -128 * (sum of the block's int8 values) that the VNNI kernel needs.
+ * Weights: panels of ENG_Q8_NV rows (the last may be shorter, zero-padded); per block, 8 steps
+ * of 4 columns, each ENG_Q8_NV rows x 4 bytes (value + 128, as unsigned), then ENG_Q8_NV float
+ * scales. */
+enum { ENG_Q8_NV = 16 };
+
+size_t eng_q8x_stride(int K);
+/* Rounds x (K floats, K % 32 == 0) to Q8_0 blocks as ggml's quantize_row_q8_0 does (scale
+ * amax / 127 stored as f16, values rounded to nearest, ties to even) into one row at dst. */
+void eng_q8x_quantize_row(const float *x, int K, uint8_t *dst);
+/* Bytes of the panels of `rows` weight rows. */
+size_t eng_q8w_bytes(int rows, int K);
+/* Packs `rows` Q8_0 weight rows (row i at src + i * row_bytes) into panels at dst (64-byte
+ * aligned, eng_q8w_bytes). Returns the flags to pass to eng_gemm_q8. */
+int eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst);
+/* Y[i * ldy + j] for i < M, j < N. Thread-safe; no allocation. */
+void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int flags, float *Y,
+                 size_t ldy);
+
 /* The kernels, narrowest first. All give the same bits; eng_gemm_force picks one for tests and
  * benchmarks. */
 enum { ENG_GEMM_AUTO, ENG_GEMM_SCALAR, ENG_GEMM_AVX2, ENG_GEMM_AVX512 };
 
+/* The kernel level the products run now (never ENG_GEMM_AUTO). */
+int eng_gemm_level(void);
 /* Which kernel eng_gemm_packed runs: "avx512", "avx2" or "scalar". */
 const char *eng_gemm_kernel(void);
 /* Test hook: caps the kernel at `level` (ENG_GEMM_AUTO: the CPU's best; process-wide, not

@@ -136,6 +136,80 @@ static void test_gemm_f16(void **state)
     free(xp);
 }
 
+/* Q8_0 rounding of one block as ggml's quantize_row_q8_0 (scale amax / 127 as f16, values
+ * rounded to nearest, ties to even), written out independently of engine/kernels/gemm_q8.c. */
+static void ref_q8_block(const float *x, int8_t *q, float *d)
+{
+    float amax = 0;
+    for (int j = 0; j < 32; j++)
+        amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    *d = base_f16_to_f32(base_f32_to_f16(amax / 127.0f));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    for (int j = 0; j < 32; j++)
+        q[j] = (int8_t)nearbyintf(x[j] * id);
+}
+
+/* eng_gemm_q8: every element equals the integer-block order of gemm_internal.h bit for bit,
+ * with each kernel, for any M and N (partial 16-row panels included) and for weights that use
+ * -128 (which the AVX2 kernel hands to the scalar one). */
+static void test_gemm_q8(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{1, 1, 32},   {1, 16, 1024}, {3, 17, 64},  {4, 48, 256},
+                                    {5, 50, 1024}, {9, 33, 96},  {13, 97, 3072}, {8, 64, 2048},
+                                    {2, 5, 32}};
+    static const int levels[] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2, ENG_GEMM_SCALAR};
+    uint64_t s = 44;
+    for (size_t t = 0; t < 3 * (sizeof shapes / sizeof shapes[0]); t++) {
+        const size_t ns = sizeof shapes / sizeof shapes[0];
+        eng_gemm_force(levels[t / ns]);
+        const int M = shapes[t % ns][0], N = shapes[t % ns][1], K = shapes[t % ns][2], nb = K / 32;
+        const int m128 = t % 2; /* every other case puts -128 into some weights */
+        const size_t rb = (size_t)nb * 34, xs = eng_q8x_stride(K);
+        float *X = malloc(sizeof(float) * (size_t)M * K), *Y = malloc(sizeof(float) * (size_t)M * N);
+        uint8_t *W = malloc(rb * (size_t)N), *Xq = malloc(xs * (size_t)M);
+        uint8_t *Wq = aligned_alloc(64, (eng_q8w_bytes(N, K) + 63) / 64 * 64);
+        for (int i = 0; i < M * K; i++)
+            X[i] = frand(&s) * (i % 7 == 0 ? 8.0f : 1.0f);
+        for (int j = 0; j < N; j++)
+            for (int b = 0; b < nb; b++) {
+                uint8_t *blk = W + (size_t)j * rb + (size_t)b * 34;
+                const uint16_t h = base_f32_to_f16(0.001f + 0.01f * (frand(&s) + 0.5f));
+                memcpy(blk, &h, 2);
+                for (int k = 0; k < 32; k++)
+                    blk[2 + k] = (uint8_t)(int8_t)(m128 && (j + b + k) % 11 == 0 ? -128 : (int)(frand(&s) * 254));
+            }
+        for (int i = 0; i < M; i++)
+            eng_q8x_quantize_row(X + (size_t)i * K, K, Xq + (size_t)i * xs);
+        const int flags = eng_q8w_pack(W, rb, N, K, Wq);
+        eng_gemm_q8(Xq, M, Wq, N, K, flags, Y, (size_t)N);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float acc = 0.0f;
+                for (int b = 0; b < nb; b++) {
+                    int8_t q[32];
+                    float dx, dw;
+                    ref_q8_block(X + (size_t)i * K + b * 32, q, &dx);
+                    const uint8_t *blk = W + (size_t)j * rb + (size_t)b * 34;
+                    uint16_t h;
+                    memcpy(&h, blk, 2);
+                    dw = base_f16_to_f32(h);
+                    int32_t isum = 0;
+                    for (int k = 0; k < 32; k++)
+                        isum += (int32_t)q[k] * (int32_t)(int8_t)blk[2 + k];
+                    acc = fmaf((float)isum, dx * dw, acc);
+                }
+                assert_memory_equal(&acc, &Y[(size_t)i * N + j], sizeof acc);
+            }
+        free(X);
+        free(Y);
+        free(W);
+        free(Xq);
+        free(Wq);
+    }
+    eng_gemm_force(ENG_GEMM_AUTO);
+}
+
 typedef struct xcase {
     const char *model;
 } xcase;
@@ -301,6 +375,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_rows),
         cmocka_unit_test(test_gemm_f16),
+        cmocka_unit_test(test_gemm_q8),
         XCASE(0), XCASE(1), XCASE(2), XCASE(3), XCASE(4), XCASE(5), XCASE(6),
         SCASE(0), SCASE(2), SCASE(5), SCASE(6),
         cmocka_unit_test(test_threads),
