@@ -26,6 +26,17 @@ static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 /* curl_global_init is not thread-safe on older libcurl: run it exactly once. */
 static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
+/* A new easy handle in *h (libcurl initialised once before). */
+static kvf_status new_handle(CURL **h, char *err, size_t errlen)
+{
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return kvf_fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
+    if (!(*h = curl_easy_init()))
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    return KVF_OK;
+}
+
 /* State of one download across its attempts. */
 typedef struct xfer {
     const kvf_http_opts *o;
@@ -339,22 +350,20 @@ nomem:
     return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
 }
 
-kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset,
+kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset, uint64_t end,
                              kvf_sink_fn sink, kvf_restart_fn restart, void *user,
                              kvf_http_stats *stats, char *err, size_t errlen)
 {
     if (!o || !url || !sink)
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_http_download: NULL argument");
-    pthread_once(&curl_once, curl_init_once);
-    if (curl_init_rc != CURLE_OK)
-        return kvf_fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
     kvf_http_stats local = {0};
     if (!stats)
         stats = &local;
     memset(stats, 0, sizeof *stats);
-    CURL *h = curl_easy_init();
-    if (!h)
-        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    CURL *h;
+    kvf_status hst = new_handle(&h, err, errlen);
+    if (hst != KVF_OK)
+        return hst;
     struct curl_slist *hdrs = NULL, *cond = NULL;
     xfer x = {.o = o, .sink = sink, .restart = restart, .user = user, .pos = offset,
               .err = err, .errlen = errlen, .stats = stats, .t0 = base_now_s()};
@@ -389,8 +398,15 @@ kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t o
         x.attempt_bytes = 0;
         x.slow = 0;
         cerr[0] = 0;
-        if (x.pos > 0) {
-            snprintf(range, sizeof range, "%llu-", (unsigned long long)x.pos);
+        if (end && x.pos >= end) {
+            st = KVF_OK; /* a retry after the last byte asked for had arrived */
+            goto out;
+        }
+        if (x.pos > 0 || end) {
+            if (end)
+                snprintf(range, sizeof range, "%llu-%llu", (unsigned long long)x.pos, (unsigned long long)end - 1);
+            else
+                snprintf(range, sizeof range, "%llu-", (unsigned long long)x.pos);
             curl_easy_setopt(h, CURLOPT_RANGE, range);
             curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
         } else {
@@ -468,6 +484,47 @@ out:
     return st;
 }
 
+static size_t on_discard(char *data, size_t size, size_t nmemb, void *userp)
+{
+    (void)data;
+    (void)userp;
+    return size * nmemb;
+}
+
+kvf_status kvf_http_probe(const kvf_http_opts *o, const char *url, uint64_t bytes, double *seconds, char *err,
+                          size_t errlen)
+{
+    CURL *h;
+    kvf_status hst = new_handle(&h, err, errlen);
+    if (hst != KVF_OK)
+        return hst;
+    struct curl_slist *hdrs = NULL;
+    char range[48];
+    snprintf(range, sizeof range, "0-%llu", (unsigned long long)(bytes ? bytes - 1 : 0));
+    kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);
+    if (st == KVF_OK) {
+        long limit = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10L;
+        if (hdrs)
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(h, CURLOPT_RANGE, range);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_discard);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT, limit);
+        double t0 = base_now_s();
+        CURLcode rc = curl_easy_perform(h);
+        long code = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+        *seconds = base_now_s() - t0;
+        if (rc != CURLE_OK)
+            st = kvf_fail(err, errlen, KVF_ERR_NET, "%s: %s", url, curl_easy_strerror(rc));
+        else if (code != 200 && code != 206)
+            st = kvf_fail(err, errlen, code == 401 || code == 402 || code == 403 ? KVF_ERR_DENIED : KVF_ERR_HTTP,
+                          "HTTP %ld from %s", code, url);
+    }
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
+    return st;
+}
+
 typedef struct membuf {
     char *p;
     size_t len, max;
@@ -525,13 +582,11 @@ kvf_status kvf_http_request(const kvf_http_opts *o, const char *method, const ch
 {
     if (!o || !method || !url || !out)
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_http_request: NULL argument");
-    pthread_once(&curl_once, curl_init_once);
-    if (curl_init_rc != CURLE_OK)
-        return kvf_fail(err, errlen, KVF_ERR_NET, "libcurl initialisation failed");
     *out = NULL;
-    CURL *h = curl_easy_init();
-    if (!h)
-        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    CURL *h;
+    kvf_status hst = new_handle(&h, err, errlen);
+    if (hst != KVF_OK)
+        return hst;
     struct curl_slist *hdrs = NULL;
     membuf b = {.max = max};
     kvf_status st = setup_common(h, o, url, &hdrs, err, errlen);

@@ -1,6 +1,6 @@
 /* fetch.c: kvf_get: cache lookup, verifying streamed download with resumption, cache insert.
  * Every byte is written to the partial file, hashed (blob id) and fed to a kvb reader. */
-#include "fetch/fetch.h"
+#include "fetch/fetch_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -14,7 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PIECE (1u << 20)
 #define MAX_SHORT_RETRIES 3 /* a body that ended early without a transport error */
 
 int kvf_is_url(const char *s)
@@ -86,165 +85,6 @@ void kvf_get_result_clear(kvf_get_result *res)
     res->manifest = NULL;
 }
 
-/* One verification pass over a byte stream (a partial file, a download, a cached file). */
-typedef struct vstream {
-    const kvf_get_opts *o;
-    kvb_reader *r;
-    kvc_sha256_ctx *h;
-    int fd;                /* partial file to append to; -1 = only verify */
-    uint64_t got;          /* bytes consumed */
-    uint8_t head[KVB_HEADER_LEN];
-    uint64_t prefix;       /* header+manifest+signature bytes, once the header is known */
-    uint64_t size;         /* whole blob size, once the manifest is verified */
-    int no_room;           /* a write failed for lack of space (disk full, quota, file limit) */
-    kvb_status vst;
-} vstream;
-
-static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_header *h, char *err,
-                              size_t errlen)
-{
-    vstream *v = user;
-    v->size = h->file_size;
-    return KVB_OK;
-}
-
-static kvf_status vs_begin(vstream *v, const kvf_get_opts *o, int fd, char *err, size_t errlen)
-{
-    memset(v, 0, sizeof *v);
-    v->o = o;
-    v->fd = fd;
-    kvb_read_opts ro = {0};
-    ro.trust = o->trust;
-    ro.now = o->now;
-    ro.no_decode = 1;
-    ro.n_threads = 1;
-    ro.on_manifest = on_manifest;
-    ro.user = v;
-    v->r = kvb_reader_create(&ro);
-    v->h = kvc_sha256_create();
-    if (!v->r || !v->h) {
-        kvb_reader_free(v->r);
-        kvc_sha256_free(v->h);
-        v->r = NULL;
-        v->h = NULL;
-        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
-    }
-    return KVF_OK;
-}
-
-static void vs_end(vstream *v)
-{
-    kvb_reader_free(v->r);
-    kvc_sha256_free(v->h);
-    v->r = NULL;
-    v->h = NULL;
-}
-
-/* Consumes bytes: refuses more than the blob's declared size, appends them to the partial
- * file (when store), hashes and verifies them. The reader is fed up to the end of the signed
- * prefix first, so the size limit is known before any byte past it is accepted. */
-static kvf_status vs_consume(vstream *v, const uint8_t *p, size_t n, int store, char *err, size_t errlen)
-{
-    while (n) {
-        size_t take = n;
-        if (v->size) {
-            if (v->got + n > v->size)
-                return kvf_fail(err, errlen, KVF_ERR_TOO_BIG,
-                            "refusing a body larger than the blob: the manifest declares %llu bytes",
-                            (unsigned long long)v->size);
-        } else if (v->got < KVB_HEADER_LEN) {
-            take = KVB_HEADER_LEN - v->got < n ? KVB_HEADER_LEN - v->got : n;
-            memcpy(v->head + v->got, p, take);
-        } else {
-            if (!v->prefix) {
-                kvb_status pst;
-                v->prefix = kvb_prefix_len(v->head, KVB_HEADER_LEN, &pst);
-                /* a bad header: let the reader (already fed it) report it below */
-            }
-            if (v->prefix && v->got < v->prefix && v->prefix - v->got < n)
-                take = (size_t)(v->prefix - v->got);
-        }
-        if (store && v->fd >= 0 && base_write_all(v->fd, p, take) != 0) {
-            /* no room: the partial file could only grow the problem; it is removed */
-            v->no_room = errno == ENOSPC || errno == EDQUOT || errno == EFBIG;
-            return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s%s", strerror(errno),
-                            v->no_room ? " (the partial download was removed)" : "");
-        }
-        kvc_sha256_update(v->h, p, take);
-        kvb_status st = kvb_reader_feed(v->r, p, take, err, errlen);
-        if (st != KVB_OK) {
-            v->vst = st;
-            return KVF_ERR_VERIFY;
-        }
-        v->got += take;
-        p += take;
-        n -= take;
-        if (!v->size && v->prefix && v->got >= v->prefix) {
-            const kvb_header *h = kvb_reader_header(v->r);
-            if (h && h->file_size)
-                v->size = h->file_size;
-        }
-    }
-    return KVF_OK;
-}
-
-/* Feeds a whole local file (a partial download or a cached blob) without rewriting it. */
-static kvf_status vs_feed_file(vstream *v, int fd, char *err, size_t errlen)
-{
-    uint8_t *buf = malloc(PIECE);
-    if (!buf)
-        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
-    kvf_status st = KVF_OK;
-    for (;;) {
-        ssize_t r = read(fd, buf, PIECE);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            st = kvf_fail(err, errlen, KVF_ERR_IO, "read: %s", strerror(errno));
-            break;
-        }
-        if (r == 0)
-            break;
-        st = vs_consume(v, buf, (size_t)r, 0, err, errlen);
-        if (st != KVF_OK)
-            break;
-    }
-    free(buf);
-    return st;
-}
-
-static kvf_status sink(void *user, const void *data, size_t len, char *err, size_t errlen)
-{
-    return vs_consume(user, data, len, 1, err, errlen);
-}
-
-static kvf_status restart(void *user, char *err, size_t errlen)
-{
-    vstream *v = user;
-    int fd = v->fd;
-    const kvf_get_opts *o = v->o;
-    vs_end(v);
-    if (ftruncate(fd, 0) != 0 || lseek(fd, 0, SEEK_SET) != 0)
-        return kvf_fail(err, errlen, KVF_ERR_IO, "truncating the partial download: %s", strerror(errno));
-    return vs_begin(v, o, fd, err, errlen);
-}
-
-/* Completes verification; fills res (manifest copy, id). */
-static kvf_status vs_finish(vstream *v, kvf_get_result *res, char *err, size_t errlen)
-{
-    kvb_status st = kvb_reader_finish(v->r, err, errlen);
-    if (st != KVB_OK) {
-        v->vst = st;
-        return KVF_ERR_VERIFY;
-    }
-    kvc_sha256_final(v->h, res->id);
-    res->bytes = v->got;
-    const kvb_header *h = kvb_reader_header(v->r);
-    if (h)
-        res->header = *h;
-    return KVF_OK;
-}
-
 /* A manifest copy for the result: re-parse the verified prefix without the signature check
  * (it was just verified over these very bytes). */
 static void keep_manifest(kvf_get_result *res)
@@ -264,18 +104,18 @@ static kvf_status verify_cached(const kvf_get_opts *o, const char *path, kvf_get
     int fd = open(path, O_RDONLY);
     if (fd < 0)
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    vstream v;
+    kvf_vstream v;
     uint8_t want[32];
     memcpy(want, res->id, 32);
-    kvf_status st = vs_begin(&v, o, -1, err, errlen);
+    kvf_status st = kvf_vs_begin(&v, o, -1, err, errlen);
     if (st == KVF_OK)
-        st = vs_feed_file(&v, fd, err, errlen);
+        st = kvf_vs_feed_file(&v, fd, err, errlen);
     if (st == KVF_OK)
-        st = vs_finish(&v, res, err, errlen);
+        st = kvf_vs_finish(&v, res, err, errlen);
     if (st == KVF_OK && memcmp(want, res->id, 32) != 0)
         st = kvf_fail(err, errlen, KVF_ERR_VERIFY, "cached file %s does not hash to its name", path);
     res->vst = v.vst;
-    vs_end(&v);
+    kvf_vs_end(&v);
     close(fd);
     return st;
 }
@@ -336,6 +176,127 @@ static int open_part_locked(const char *path)
     return -1;
 }
 
+
+static void add_stats(kvf_http_stats *sum, const kvf_http_stats *hs)
+{
+    sum->attempts += hs->attempts;
+    sum->resumed += hs->resumed;
+    sum->bytes += hs->bytes;
+    sum->seconds += hs->seconds;
+    sum->last_http_code = hs->last_http_code;
+}
+
+/* One source's turn: downloads from v->got on, resuming a body that ended early without a
+ * transport error. *last gets the last response's validators. */
+static kvf_status pull(kvf_vstream *v, const char *url, const kvf_http_opts *http, kvf_get_result *res,
+                       kvf_http_stats *last, char *err, size_t errlen)
+{
+    for (int round = 0; round <= MAX_SHORT_RETRIES; round++) {
+        if (v->size && v->got >= v->size)
+            return KVF_OK;
+        memset(last, 0, sizeof *last); /* filled even when the download fails before a request */
+        kvf_status st = kvf_http_download(http, url, v->got, 0, kvf_vs_sink, kvf_vs_restart, v, last, err, errlen);
+        add_stats(&res->http, last);
+        if (st != KVF_OK || last->not_modified || !v->size)
+            return st; /* without a size (an empty body) the reader will say what is missing */
+    }
+    if (v->got >= v->size)
+        return KVF_OK;
+    return kvf_fail(err, errlen, KVF_ERR_NET, "%s: the body ended early %d times (at byte %llu of %llu)", url,
+                    MAX_SHORT_RETRIES + 1, (unsigned long long)v->got, (unsigned long long)v->size);
+}
+
+/* The parallel split applies from here: the manifest and token ids are verified and at least
+ * two chunks are left. */
+static int can_split(const kvf_vstream *v)
+{
+    const kvb_manifest *m = kvb_reader_manifest(v->r);
+    const kvb_header *h = kvb_reader_header(v->r);
+    if (!m || !h || v->fed < kvf_section_end(h, m, 0))
+        return 0;
+    uint32_t left = 0;
+    for (uint32_t c = 1; c <= m->n_chunks; c++)
+        left += kvf_section_end(h, m, c) > v->fed;
+    return left >= 2;
+}
+
+/* Downloads the rest of the blob into v from the sources in rank order, each failing source
+ * abandoned and the download going on from the last verified byte. Returns KVF_OK with every
+ * byte received (the caller finishes the verification), or the most telling failure. */
+static kvf_status download(kvf_vstream *v, kvf_sources *srcs, const kvf_http_opts *http, int parallel,
+                           kvf_get_result *res, kvf_http_stats *last, char *err, size_t errlen)
+{
+    kvf_status worst = KVF_ERR_NET;
+    int have_worst = 0, retried_mixed = 0;
+    char werr[1024] = "";
+    kvb_status wvst = KVB_OK;
+    for (int i = 0; i < srcs->n; i++) {
+        if (srcs->bad[i])
+            continue;
+        int j = i + 1; /* the second source of a parallel download */
+        while (j < srcs->n && srcs->bad[j])
+            j++;
+        kvf_source_report *rep = srcs->rep[i];
+        if (!rep->used)
+            rep->from = v->got;
+        rep->used = 1;
+        uint64_t start = v->got, fed0 = v->fed;
+        kvf_status st;
+        if (parallel && j < srcs->n && can_split(v)) {
+            if ((st = kvf_vs_rewind(v, 0, err, errlen)) != KVF_OK)
+                return st;
+            res->parallel_used = 1;
+            st = kvf_ranges_fetch(v, srcs, http, i, j, &res->http, err, errlen);
+            if (st != KVF_OK && st != KVF_ERR_IO && st != KVF_ERR_NOMEM && have_worst && kvf_telling(worst) > kvf_telling(st)) {
+                st = worst; /* an earlier source's failure says more */
+                v->vst = wvst;
+                if (err && errlen)
+                    snprintf(err, errlen, "%s", werr);
+            }
+            return st;
+        }
+        if (parallel && j < srcs->n)
+            v->stop_after_tokens = 1;
+        st = pull(v, srcs->url[i], http, res, last, err, errlen);
+        v->stop_after_tokens = 0;
+        if (v->fed > fed0) /* (a server that ignored Range started the blob again) */
+            rep->bytes += v->fed - fed0;
+        if (st != KVF_OK && v->stopped) {
+            i--; /* the manifest and token ids are in: the rest goes in two halves */
+            continue;
+        }
+        if (st == KVF_OK) {
+            rep->ok = 1;
+            return KVF_OK;
+        }
+        if (st == KVF_ERR_IO || st == KVF_ERR_NOMEM || st == KVF_ERR_USAGE || v->no_room)
+            return st;
+        if (st == KVF_ERR_VERIFY && is_corruption(v->vst) && v->fed < start && !retried_mixed) {
+            /* the bad section began in an earlier run's partial file: not this source's fault */
+            retried_mixed = 1;
+            res->discarded_partial = 1;
+            if ((st = kvf_vs_rewind(v, 1, err, errlen)) != KVF_OK)
+                return st;
+            i--;
+            continue;
+        }
+        kvf_source_abandon(srcs, i, st, err ? err : "");
+        if (!have_worst || kvf_telling(st) >= kvf_telling(worst)) {
+            worst = st;
+            wvst = v->vst;
+            snprintf(werr, sizeof werr, "%s", err ? err : "");
+            have_worst = 1;
+        }
+        kvf_status rs = kvf_vs_rewind(v, st == KVF_ERR_VERIFY, err, errlen);
+        if (rs != KVF_OK)
+            return rs;
+    }
+    if (err && errlen)
+        snprintf(err, errlen, "%s", werr);
+    v->vst = wvst;
+    return worst;
+}
+
 kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                    char *err, size_t errlen)
 {
@@ -343,7 +304,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     memset(res, 0, sizeof *res);
     if (!cache || !o || !o->trust)
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "kvf_get: cache and trust store are required");
-    char url[4096];
+    char url[4096] = "";
     uint8_t want[32];
     int have_want = 0;
     if (o->blob_id) {
@@ -351,6 +312,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
             return kvf_fail(err, errlen, KVF_ERR_USAGE, "blob id '%s' is not 64 hex digits", o->blob_id);
         have_want = 1;
     }
+    int have_mirrors = o->mirrors && o->mirrors->n > 0;
     if (o->url) {
         if (snprintf(url, sizeof url, "%s", o->url) >= (int)sizeof url)
             return kvf_fail(err, errlen, KVF_ERR_USAGE, "URL longer than %zu bytes", sizeof url - 1);
@@ -368,16 +330,17 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         char hex[65];
         if (snprintf(url, sizeof url, "%.*s/v1/blobs/%s", (int)n, o->server, kvc_hex(want, 32, hex)) >= (int)sizeof url)
             return kvf_fail(err, errlen, KVF_ERR_USAGE, "server URL too long");
-    } else {
-        return kvf_fail(err, errlen, KVF_ERR_USAGE, "give a blob URL, or --server URL and --blob ID");
+    } else if (!(have_want && have_mirrors)) {
+        return kvf_fail(err, errlen, KVF_ERR_USAGE, "give a blob URL, or --server URL (or --mirror URL) and --blob ID");
     }
-    if (!kvf_is_url(url))
+    if (*url && !kvf_is_url(url))
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "'%s' is not an https:// URL", url);
     /* a token goes to the origin that sold it: the one named, else the API server's, else (only
-     * when given for this very URL) the URL's own; never to whatever host a URL names */
+     * when given for this very URL) the URL's own; never to whatever host a URL names, never to
+     * a mirror */
     kvf_http_opts http = o->http;
     if (http.token && !http.token_origin)
-        http.token_origin = o->server ? o->server : http.token_bind_url ? url : NULL;
+        http.token_origin = o->server ? o->server : http.token_bind_url && *url ? url : NULL;
     /* a URL without an id may serve another blob tomorrow: ask whether the one it served
      * last is still current (a 304 costs a round trip, not the blob) */
     kvf_url_rec rec;
@@ -402,11 +365,26 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         kvc_sha256(url, strlen(url), uh);
         kvc_hex(uh, 32, key);
     }
-    if (kvf_cache_part_path(cache, key, part, sizeof part) != 0)
+    kvf_sources *srcs = malloc(sizeof *srcs);
+    if (!srcs)
+        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
+    if ((st = kvf_sources_build(srcs, o, &http, *url ? url : NULL, have_want ? key : NULL, res, err, errlen)) !=
+        KVF_OK) {
+        free(srcs);
+        return st;
+    }
+    /* with somewhere else to go, a failing source is not worth the whole backoff ladder */
+    if (srcs->n > 1 && (http.max_retries == 0 || http.max_retries > 2))
+        http.max_retries = 2;
+    if (kvf_cache_part_path(cache, key, part, sizeof part) != 0) {
+        free(srcs);
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "cache path too long");
+    }
     int fd = open_part_locked(part);
-    if (fd < 0)
+    if (fd < 0) {
+        free(srcs);
         return kvf_fail(err, errlen, KVF_ERR_IO, "cannot open %s: %s", part, strerror(errno));
+    }
     if (have_want && kvf_cache_lookup(cache, want, res->path, sizeof res->path)) {
         /* another kvfetch finished it while we waited for the lock (and open_part_locked
          * created a new, empty partial file: remove it while we hold the lock) */
@@ -414,19 +392,21 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         if (fstat(fd, &sb) == 0 && sb.st_size == 0)
             (void)unlink(part);
         close(fd);
+        free(srcs);
         kvf_get_opts again = *o;
         return kvf_get(cache, &again, res, err, errlen);
     }
 
-    vstream v;
+    kvf_vstream v;
     kvf_url_rec fresh;
     memset(&fresh, 0, sizeof fresh);
-    st = vs_begin(&v, o, fd, err, errlen);
+    st = kvf_vs_begin(&v, o, fd, err, errlen);
     if (st != KVF_OK) {
         close(fd);
+        free(srcs);
         return st;
     }
-    st = vs_feed_file(&v, fd, err, errlen);
+    st = kvf_vs_feed_file(&v, fd, err, errlen);
     if (st == KVF_OK) {
         res->reused = v.got;
     } else if (st == KVF_ERR_VERIFY && !is_corruption(v.vst)) {
@@ -435,64 +415,54 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     } else {
         /* the partial bytes do not verify: start from zero */
         res->discarded_partial = 1;
-        st = restart(&v, err, errlen);
+        st = kvf_vs_restart(&v, err, errlen);
         if (st != KVF_OK)
             goto fail_keep;
     }
-    for (int round = 0;; round++) {
-        if (!v.size || v.got < v.size) {
-            kvf_http_stats hs;
-            memset(&hs, 0, sizeof hs); /* filled even when the download fails before a request */
-            st = kvf_http_download(&http, url, v.got, sink, restart, &v, &hs, err, errlen);
-            res->http.attempts += hs.attempts;
-            res->http.resumed += hs.resumed;
-            res->http.bytes += hs.bytes;
-            res->http.seconds += hs.seconds;
-            res->http.last_http_code = hs.last_http_code;
-            memcpy(fresh.etag, hs.etag, sizeof fresh.etag);
-            memcpy(fresh.last_modified, hs.last_modified, sizeof fresh.last_modified);
-            if (revalidate && v.got == 0 && (hs.not_modified || st == KVF_ERR_NET)) {
-                /* nothing new arrived: the blob the URL served last stands; when the server
-                 * could not be asked it is used all the same, marked stale */
-                if (st == KVF_ERR_NET) {
-                    res->stale = 1;
-                    snprintf(res->stale_why, sizeof res->stale_why, "%s", err ? err : "network error");
-                } else {
-                    res->revalidated = 1;
-                }
-                (void)unlink(part); /* empty, and still ours under the lock */
-                vs_end(&v);
-                close(fd);
-                st = from_cache(cache, o, rec.id, res, t0, err, errlen);
-                if (st != KVF_ERR_HTTP)
-                    return st;
-                kvf_get_opts again = *o; /* it left the cache meanwhile: download it afresh */
-                return kvf_get(cache, &again, res, err, errlen);
-            }
-            if (st == KVF_ERR_VERIFY && is_corruption(v.vst) && res->reused && !res->discarded_partial) {
-                /* the bad bytes may be the old partial file's (a chunk spanning the resume
-                 * point): drop it and fetch the whole blob once more */
-                res->discarded_partial = 1;
-                res->reused = 0;
-                if ((st = restart(&v, err, errlen)) != KVF_OK)
-                    goto fail_keep;
-                round = -1;
-                continue;
-            }
-            if (st == KVF_ERR_VERIFY) {
-                res->vst = v.vst;
-                goto fail_delete;
-            }
-            if (st == KVF_ERR_TOO_BIG || v.no_room)
-                goto fail_delete;
-            if (st != KVF_OK)
-                goto fail_keep;
+    kvf_http_stats hs;
+    memset(&hs, 0, sizeof hs);
+    st = download(&v, srcs, &http, o->parallel >= 2, res, &hs, err, errlen);
+    memcpy(fresh.etag, hs.etag, sizeof fresh.etag);
+    memcpy(fresh.last_modified, hs.last_modified, sizeof fresh.last_modified);
+    if (revalidate && v.got == 0 && (hs.not_modified || st == KVF_ERR_NET)) {
+        /* nothing new arrived: the blob the URL served last stands; when the server could not
+         * be asked it is used all the same, marked stale */
+        if (st == KVF_ERR_NET) {
+            res->stale = 1;
+            snprintf(res->stale_why, sizeof res->stale_why, "%s", err ? err : "network error");
+        } else {
+            res->revalidated = 1;
         }
-        if (v.size && v.got < v.size && round < MAX_SHORT_RETRIES)
-            continue; /* the body ended early without a transport error: resume */
-        break;
+        (void)unlink(part); /* empty, and still ours under the lock */
+        kvf_vs_end(&v);
+        close(fd);
+        free(srcs);
+        st = from_cache(cache, o, rec.id, res, t0, err, errlen);
+        if (st != KVF_ERR_HTTP)
+            return st;
+        kvf_get_opts again = *o; /* it left the cache meanwhile: download it afresh */
+        return kvf_get(cache, &again, res, err, errlen);
     }
-    st = vs_finish(&v, res, err, errlen);
+    if (st == KVF_ERR_VERIFY) {
+        res->vst = v.vst;
+        goto fail_delete;
+    }
+    if (st == KVF_ERR_TOO_BIG || v.no_room)
+        goto fail_delete;
+    if (st != KVF_OK)
+        goto fail_keep;
+    if (res->parallel_used) {
+        /* the halves were checked chunk by chunk; now the whole file, as one stream, once */
+        kvf_vs_end(&v);
+        if ((st = kvf_vs_begin(&v, o, fd, err, errlen)) != KVF_OK)
+            goto fail_delete;
+        if (lseek(fd, 0, SEEK_SET) != 0 || (st = kvf_vs_feed_file(&v, fd, err, errlen)) != KVF_OK) {
+            res->vst = v.vst;
+            st = st == KVF_OK ? kvf_fail(err, errlen, KVF_ERR_IO, "seek: %s", strerror(errno)) : st;
+            goto fail_delete;
+        }
+    }
+    st = kvf_vs_finish(&v, res, err, errlen);
     if (st != KVF_OK) {
         res->vst = v.vst;
         goto fail_delete;
@@ -503,13 +473,15 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                   kvc_hex(want, 32, a), kvc_hex(res->id, 32, b));
         goto fail_delete;
     }
-    vs_end(&v);
+    kvf_vs_end(&v);
+    free(srcs);
     st = kvf_cache_insert(cache, part, res->id, res->path, sizeof res->path, err, errlen);
     close(fd); /* after the rename: a waiting process then finds the blob in the cache */
     if (st != KVF_OK)
         return st;
     memcpy(fresh.id, res->id, 32);
-    kvf_cache_url_put(cache, url, &fresh);
+    if (*url)
+        kvf_cache_url_put(cache, url, &fresh);
     keep_manifest(res);
     res->seconds = base_now_s() - t0;
     return KVF_OK;
@@ -523,8 +495,9 @@ fail_delete:
     /* bytes that failed verification are never kept for a resume */
     (void)unlink(part);
 fail_close:
-    vs_end(&v);
+    kvf_vs_end(&v);
     close(fd);
+    free(srcs);
     res->seconds = base_now_s() - t0;
     return st;
 }

@@ -99,14 +99,22 @@ typedef struct kvf_http_stats {
     char last_modified[KVF_VALIDATOR_MAX + 1]; /* values with control characters are dropped) */
 } kvf_http_stats;
 
-/* GETs url, asking for bytes [offset, end) with a Range header when offset > 0, and hands the
- * body to sink. Transient failures (connect, TLS handshake reset, timeout/stall, a transfer cut
- * short, 408/429/5xx) are retried with exponential backoff, each retry resuming with Range from
- * the last byte the sink accepted. 401/402/403 give KVF_ERR_DENIED, other 4xx KVF_ERR_HTTP, a
- * certificate that does not verify KVF_ERR_NET at once. stats may be NULL. */
-kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset,
+/* GETs url, asking for bytes [offset, end) with a Range header when offset > 0 or end > 0
+ * (end 0 = to the end of the file), and hands the body to sink. Transient failures (connect,
+ * TLS handshake reset, timeout/stall, a transfer cut short, 408/429/5xx) are retried with
+ * exponential backoff, each retry resuming with Range from the last byte the sink accepted.
+ * 401/402/403 give KVF_ERR_DENIED, other 4xx KVF_ERR_HTTP, a certificate that does not verify
+ * KVF_ERR_NET at once. A 200 answer to a request with a Range that does not start at 0 calls
+ * restart (NULL: KVF_ERR_HTTP). stats may be NULL. */
+kvf_status kvf_http_download(const kvf_http_opts *o, const char *url, uint64_t offset, uint64_t end,
                              kvf_sink_fn sink, kvf_restart_fn restart, void *user,
                              kvf_http_stats *stats, char *err, size_t errlen) KVF_WUR;
+
+/* Times a small ranged GET (bytes [0, bytes)) of url, the measure `--mirror-order speed` ranks
+ * sources by: *seconds from the request to the last byte. Not retried; bounded by the connect
+ * timeout. KVF_OK, or the failure (the source is then ranked last). */
+kvf_status kvf_http_probe(const kvf_http_opts *o, const char *url, uint64_t bytes, double *seconds, char *err,
+                          size_t errlen) KVF_WUR;
 
 /* One request with a small body in memory (at most max bytes, else KVF_ERR_TOO_BIG):
  * method "GET" or "POST"; json_body (NUL-terminated) is sent as application/json when non-NULL.
@@ -169,6 +177,50 @@ int kvf_cache_url_get(kvf_cache *c, const char *url, kvf_url_rec *rec);
  * number of files removed. */
 int kvf_cache_evict(kvf_cache *c, const uint8_t *keep);
 
+/* ---- mirrors: other repositories that carry the same blobs (spec/repository.md section 4) ---- */
+
+#define KVF_MIRRORS_MAX 16 /* mirrors per download, besides the primary source */
+#define KVF_SOURCES_MAX (KVF_MIRRORS_MAX + 1)
+
+/* A list of repository base URLs (https://host[:port][/prefix]); the blob with id ID is at
+ * {base}/v1/blobs/{ID}. Zero-initialise; kvf_mirrors_clear frees the strings. */
+typedef struct kvf_mirror_list {
+    char *url[KVF_MIRRORS_MAX];
+    int n;
+} kvf_mirror_list;
+
+/* Appends url (copied, trailing '/' removed) unless the list holds it already. KVF_ERR_USAGE for
+ * a URL that is not https://host... (http:// when allow_http) or one more than KVF_MIRRORS_MAX;
+ * err says which. */
+kvf_status kvf_mirrors_add(kvf_mirror_list *l, const char *url, int allow_http, char *err, size_t errlen) KVF_WUR;
+/* Appends the mirrors of a mirrors file's text (len bytes): one base URL per line; blank lines
+ * and everything from a '#' at the start of a line or after a blank are ignored; surrounding
+ * blanks are trimmed. KVF_ERR_USAGE names the first bad line ("line 3: ..."). */
+kvf_status kvf_mirrors_parse(kvf_mirror_list *l, const char *text, size_t len, int allow_http, char *err,
+                             size_t errlen) KVF_WUR;
+void kvf_mirrors_clear(kvf_mirror_list *l);
+
+/* The order sources are tried in. */
+typedef enum kvf_mirror_order {
+    KVF_ORDER_GIVEN = 0, /* the primary source, then the mirrors as listed */
+    KVF_ORDER_SPEED = 1, /* by the time of a small ranged GET of each (kvf_http_probe), fastest
+                            first; sources whose probe failed last, in the given order */
+} kvf_mirror_order;
+
+/* What one source did for a download (kvf_get_result.sources). */
+typedef struct kvf_source_report {
+    char url[1024];          /* the blob URL asked (cut at 1023 bytes) */
+    int mirror;              /* 0 = the primary source (URL, --server, snapshot), 1 = a mirror */
+    int used;                /* 1 = a download was asked of it */
+    int ok;                  /* 1 = it served its part of the blob and every byte verified */
+    int abandoned;           /* 1 = it failed (why says how) and the download went on without it */
+    kvf_status st;           /* the failure, with abandoned */
+    uint64_t bytes;          /* verified bytes it contributed */
+    uint64_t from;           /* the first byte it was asked for */
+    double probe_s;          /* --mirror-order speed: the probe's time; -1 = not probed or failed */
+    char why[512];
+} kvf_source_report;
+
 /* ---- get a verified blob ---- */
 
 typedef struct kvf_get_opts {
@@ -180,6 +232,13 @@ typedef struct kvf_get_opts {
     int64_t now;             /* unix seconds for expiry; 0 = time(NULL) */
     int trust_cached;        /* 1 = a cache hit is returned without re-verifying (the caller
                                 verifies while loading); 0 = re-verify it (hashes only) */
+    const kvf_mirror_list *mirrors; /* more sources of the same blob (needs its id: with url
+                                alone it is used only when the URL names the id); NULL = none.
+                                With mirrors, server and url may both be NULL */
+    kvf_mirror_order order;
+    int parallel;            /* 2 = fetch two halves of the chunks from two sources at once, when
+                                there are two sources and at least two chunks left; 0/1 = one
+                                source at a time */
     kvf_http_opts http;
 } kvf_get_opts;
 
@@ -197,12 +256,20 @@ typedef struct kvf_get_result {
     kvf_http_stats http;
     double seconds;
     kvb_status vst;          /* why verification failed, with KVF_ERR_VERIFY */
+    kvf_source_report sources[KVF_SOURCES_MAX]; /* the sources in the order they were ranked */
+    int n_sources;
+    int parallel_used;       /* two sources served chunk ranges at once */
     kvb_manifest *manifest;  /* the verified manifest when known; owned, kvf_get_result_clear */
     kvb_header header;
 } kvf_get_result;
 
 /* Gets a verified blob into the cache. A URL or id that names the blob is immutable: a cached
- * copy is used without the network. A URL without an id (a mirror's "latest.kvb") is
+ * copy is used without the network. With mirrors, the sources are tried one after another
+ * (o->order): a source that fails (network after its retries, an HTTP error, a stall, more
+ * bytes than declared, or bytes that do not verify against the signed manifest) is abandoned,
+ * the partial file cut back to the last verified section, and the download goes on from there
+ * with the next source; res->sources says what each did. A blob is accepted only when every
+ * byte verified; when every source failed, the last failure is returned. A URL without an id (a mirror's "latest.kvb") is
  * revalidated with the validators it last came with, and downloaded again when it changed or
  * when the server sent none. Statuses: KVF_ERR_VERIFY (res->vst says how; the
  * partial download is deleted), KVF_ERR_REFUSED (a valid blob with another id than asked),

@@ -15,7 +15,8 @@
 #include "kvfetch/opts.h"
 
 static const char usage_text[] =
-    "usage: kvfetch get (URL | ID --server URL | --server URL --blob ID) --trust DIR [options]\n"
+    "usage: kvfetch get (URL | ID --server URL | --server URL --blob ID | ID --mirror URL...) --trust DIR\n"
+    "                   [options]\n"
     "       kvfetch get --snapshot WHERE (--document SHA256 --model M.gguf | --blob ID) --trust DIR\n"
     "\n"
     "Downloads a kvpub blob over HTTPS (certificate verification always on), verifying its\n"
@@ -33,13 +34,16 @@ static const char usage_text[] =
     "                       a repository (kvpubd or a static mirror: https://host[/prefix]), its\n"
     "                       /v1/snapshot URL, or a snapshot file (then --server names where the\n"
     "                       blobs are). The snapshot must verify, be current and not older than\n"
-    "                       one seen before; a blob it does not list is refused\n"
+    "                       one seen before; a blob it does not list is refused. With --mirror,\n"
+    "                       a refused snapshot (one line on stderr) makes it try the next\n"
+    "                       mirror's, and a mirror whose snapshot was refused serves no blob\n"
     "  --document SHA256    with --snapshot: the document's blob for --model (lossless codecs\n"
     "                       first, then the newest), narrowed by --codec, --context, --publisher\n"
     "  --model FILE         the GGUF model (its fingerprint), or --model-fp HEX\n"
     "  --codec C, --context HASH|none, --publisher KEYID   filters for --document\n"
     "  -o FILE              also copy the verified blob to FILE\n"
-    "  --json               print a JSON summary on stdout instead of the path\n"
+    "  --json               print a JSON summary on stdout instead of the path (\"sources\":\n"
+    "                       what each source and mirror did)\n"
     KVF_SHARED_HELP
     "\n"
     "exit codes: 0 ok; 1 verification failed or refused (bad signature, untrusted or revoked\n"
@@ -48,7 +52,8 @@ static const char usage_text[] =
     "truncated or unsupported blob; 4 access denied by the server (token missing, invalid,\n"
     "expired or used up: buy a new one); 5 snapshot older than one seen before (rollback);\n"
     "6 snapshot expired (a frozen mirror). A snapshot that does not verify, or does not list\n"
-    "the blob, is 1.\n";
+    "the blob, is 1. When every source failed: the code of the most telling failure (what the\n"
+    "bytes or a server said about the blob before a network error), one line per source.\n";
 
 /* Copies src to dst through a temporary file and rename, so dst is never half-written. */
 static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
@@ -115,6 +120,24 @@ static void print_json(const kvf_get_result *r, const char *out_path)
     json_object_set_new(o, "http_bytes", json_integer((json_int_t)r->http.bytes));
     json_object_set_new(o, "seconds", json_real(r->seconds));
     json_object_set_new(o, "signer", json_string(kvc_hex(r->header.key_id, KVC_KEYID_LEN, kid)));
+    json_object_set_new(o, "parallel", json_boolean(r->parallel_used));
+    json_t *srcs = json_array();
+    for (int i = 0; i < r->n_sources; i++) {
+        const kvf_source_report *s = &r->sources[i];
+        json_t *e = json_object();
+        json_object_set_new(e, "url", json_string(s->url));
+        json_object_set_new(e, "mirror", json_boolean(s->mirror));
+        json_object_set_new(e, "result", json_string(s->ok ? "ok" : s->abandoned ? "abandoned" : s->used ? "partial"
+                                                                                                  : "unused"));
+        json_object_set_new(e, "from", json_integer((json_int_t)s->from));
+        json_object_set_new(e, "bytes", json_integer((json_int_t)s->bytes));
+        if (s->probe_s >= 0)
+            json_object_set_new(e, "probe_ms", json_real(s->probe_s * 1e3));
+        if (s->abandoned)
+            json_object_set_new(e, "error", json_string(s->why));
+        json_array_append_new(srcs, e);
+    }
+    json_object_set_new(o, "sources", srcs);
     if (r->manifest) {
         const kvb_manifest *m = r->manifest;
         json_object_set_new(o, "title", json_string(m->doc_title));
@@ -163,7 +186,7 @@ static int resolve(kvf_common *co, const snap_args *a, kvf_get_opts *go, char *b
         if (rc || kvc_unhex(fphex, fp, 32) != KVC_OK)
             return rc ? rc : 2;
     }
-    int rc = kvf_repo_open(co, a->where, prog, snap, base, basecap);
+    int rc = kvf_repo_open_any(co, a->where, prog, snap, base, basecap);
     if (rc)
         return rc;
     const kvf_listing *l = NULL;
@@ -272,13 +295,20 @@ int kvfetch_get_main(int argc, char **argv)
         fprintf(stderr, "%s: --document, --model, --codec, --context and --publisher need --snapshot\n", prog);
         return 2;
     }
-    if (!sa.where && !go.url && !(go.server && go.blob_id)) {
-        fprintf(stderr, "%s: give a blob URL, or --server URL and --blob ID (try --help)\n", prog);
+    if (kvf_common_load_mirrors(&co, prog) != 0)
+        return 2;
+    if (go.url && (go.server || co.mirrors.n) && !go.blob_id && !kvf_is_url(go.url)) {
+        go.blob_id = go.url; /* kvfetch get ID --server URL, kvfetch get ID --mirror URL */
+        go.url = NULL;
+    }
+    if (!sa.where && !go.url && !(go.blob_id && (go.server || co.mirrors.n))) {
+        fprintf(stderr, "%s: give a blob URL, or --server URL (or --mirror URL) and --blob ID (try --help)\n", prog);
         return 2;
     }
-    if (go.url && go.server && !go.blob_id && !kvf_is_url(go.url)) { /* kvfetch get ID --server URL */
-        go.blob_id = go.url;
-        go.url = NULL;
+    uint8_t uid[32];
+    if (go.url && co.mirrors.n && !go.blob_id && !kvf_url_blob_id(go.url, uid)) {
+        fprintf(stderr, "%s: --mirror needs the blob's id: this URL does not name one (add --blob ID)\n", prog);
+        return 2;
     }
     if (go.url && go.server) {
         fprintf(stderr, "%s: give either a URL or --server, not both\n", prog);
@@ -290,12 +320,14 @@ int kvfetch_get_main(int argc, char **argv)
     go.trust = co.trust;
     go.now = co.now;
     go.http = co.http;
+    kvf_common_mirrors(&co, &go);
     kvf_snapshot *snap = NULL;
     char base[4096], idbuf[65];
     if (sa.where && (rc = resolve(&co, &sa, &go, base, sizeof base, idbuf, &snap)) != 0) {
         kvf_common_close(&co);
         return rc;
     }
+    kvf_common_mirrors(&co, &go); /* the mirrors whose snapshot was refused are gone */
 
     kvf_token_rec tok;
     if ((rc = kvf_stored_token(&go, &tok, prog)) != 0) {
@@ -306,6 +338,7 @@ int kvfetch_get_main(int argc, char **argv)
     kvf_get_result res;
     char err[8192] = "";
     kvf_status st = kvf_get(co.cache, &go, &res, err, sizeof err);
+    kvf_report_sources(&res, prog);
     if (st == KVF_OK && snap && (rc = check_listed(snap, &res)) != 0)
         goto out;
     if (st != KVF_OK) {

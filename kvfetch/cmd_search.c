@@ -116,7 +116,7 @@ static int search_snapshot(kvf_common *co, const char *where, const char *const 
     int rc = kvf_common_open(co, prog);
     kvf_snapshot *snap = NULL;
     if (rc == 0)
-        rc = kvf_repo_open(co, where, prog, &snap, NULL, 0);
+        rc = kvf_repo_open_any(co, where, prog, &snap, NULL, 0);
     if (rc != 0) {
         kvf_common_close(co);
         return rc;

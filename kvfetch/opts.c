@@ -101,6 +101,29 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
         }
         co->http.timeout_s = v == 0 ? -1 : (double)v;
         return 1;
+    case KVF_OPT_MIRROR: {
+        char e[512];
+        if (kvf_mirrors_add(&co->mirrors, arg, 0, e, sizeof e) != KVF_OK) {
+            fprintf(stderr, "%s: --mirror: %s\n", prog, e);
+            return -1;
+        }
+        return 1;
+    }
+    case KVF_OPT_MIRRORS: co->mirrors_file = arg; return 1;
+    case KVF_OPT_MIRROR_ORDER:
+        if (strcmp(arg, "given") != 0 && strcmp(arg, "speed") != 0) {
+            fprintf(stderr, "%s: --mirror-order '%s' is not 'given' or 'speed'\n", prog, arg);
+            return -1;
+        }
+        co->order = strcmp(arg, "speed") == 0 ? KVF_ORDER_SPEED : KVF_ORDER_GIVEN;
+        return 1;
+    case KVF_OPT_PARALLEL:
+        if (kvf_parse_long(arg, 1, 2, &v) != 0) {
+            fprintf(stderr, "%s: --parallel '%s' is not 1 or 2\n", prog, arg);
+            return -1;
+        }
+        co->parallel = (int)v;
+        return 1;
     case KVF_OPT_NOW:
         if (kvf_parse_long(arg, 1, 0x7fffffffffffL, &v) != 0) {
             fprintf(stderr, "%s: --now '%s' is not unix seconds\n", prog, arg);
@@ -148,6 +171,58 @@ static void draw_progress(void *user, uint64_t have, uint64_t total, double rate
     }
 }
 
+int kvf_common_load_mirrors(kvf_common *co, const char *prog)
+{
+    if (co->mirrors_loaded)
+        return 0;
+    co->mirrors_loaded = 1;
+    char path[4096];
+    const char *file = co->mirrors_file;
+    if (!file) {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        int n = xdg && *xdg ? snprintf(path, sizeof path, "%s/kvpub/mirrors", xdg)
+                : home && *home ? snprintf(path, sizeof path, "%s/.config/kvpub/mirrors", home) : -1;
+        if (n < 0 || n >= (int)sizeof path || access(path, F_OK) != 0)
+            return 0;
+        file = path;
+    }
+    char e[512];
+    size_t len = 0;
+    FILE *f = fopen(file, "rb");
+    char *text = f ? base_read_stream(f, 1u << 20, &len) : NULL;
+    if (!text) {
+        fprintf(stderr, "%s: mirrors file %s: %s\n", prog, file, errno == EFBIG ? "over 1 MiB" : strerror(errno));
+        if (f)
+            fclose(f);
+        return 2;
+    }
+    fclose(f);
+    kvf_status st = kvf_mirrors_parse(&co->mirrors, text, len, 0, e, sizeof e);
+    free(text);
+    if (st != KVF_OK) {
+        fprintf(stderr, "%s: mirrors file %s: %s\n", prog, file, e);
+        return 2;
+    }
+    return 0;
+}
+
+void kvf_common_mirrors(const kvf_common *co, kvf_get_opts *go)
+{
+    go->mirrors = co->mirrors.n ? &co->mirrors : NULL;
+    go->order = co->order;
+    go->parallel = co->parallel;
+}
+
+void kvf_report_sources(const kvf_get_result *res, const char *prog)
+{
+    /* with one source its failure is the command's own message */
+    for (int i = 0; res->n_sources > 1 && i < res->n_sources; i++) {
+        const kvf_source_report *r = &res->sources[i];
+        if (r->abandoned)
+            fprintf(stderr, "%s: %s %s abandoned: %s\n", prog, r->mirror ? "mirror" : "source", r->url, r->why);
+    }
+}
+
 int kvf_common_open(kvf_common *co, const char *prog)
 {
     char err[512];
@@ -166,6 +241,8 @@ int kvf_common_open(kvf_common *co, const char *prog)
     }
     if (!co->quiet && isatty(2))
         co->http.progress = draw_progress;
+    if (kvf_common_load_mirrors(co, prog) != 0)
+        return 2;
     if (kvc_trust_open(co->trust_dir, &co->trust, err, sizeof err) != KVC_OK) {
         fprintf(stderr, "%s: trust store %s: %s\n", prog, co->trust_dir, err);
         return 2;
@@ -183,6 +260,7 @@ void kvf_common_close(kvf_common *co)
     if (co->trust)
         kvc_trust_free(co->trust);
     kvf_cache_free(co->cache);
+    kvf_mirrors_clear(&co->mirrors);
     co->trust = NULL;
     co->cache = NULL;
 }
@@ -229,4 +307,21 @@ int kvf_repo_open(kvf_common *co, const char *where, const char *prog, kvf_snaps
         return kvf_exit_code(st, KVB_OK);
     }
     return 0;
+}
+
+/* The mirrors are tried in their order; a refused one is dropped, so that the one accepted is
+ * the first left. */
+int kvf_repo_open_any(kvf_common *co, const char *where, const char *prog, kvf_snapshot **snap, char *base,
+                      size_t basecap)
+{
+    int rc = kvf_repo_open(co, where, prog, snap, base, basecap);
+    while (rc != 0 && co->mirrors.n > 0) {
+        char *m = co->mirrors.url[0];
+        if ((rc = kvf_repo_open(co, m, prog, snap, base, basecap)) == 0)
+            break;
+        free(m); /* refused: not a source of the blob either */
+        memmove(&co->mirrors.url[0], &co->mirrors.url[1], (size_t)(co->mirrors.n - 1) * sizeof m);
+        co->mirrors.n--;
+    }
+    return rc;
 }

@@ -13,7 +13,8 @@
 enum {
     KVF_OPT_TRUST = 1000, KVF_OPT_CACERT, KVF_OPT_TOKEN, KVF_OPT_CACHE_DIR, KVF_OPT_CACHE_MAX,
     KVF_OPT_RETRIES, KVF_OPT_CONNECT_TIMEOUT, KVF_OPT_STALL_TIMEOUT, KVF_OPT_NOW, KVF_OPT_QUIET,
-    KVF_OPT_LIMIT_RATE, KVF_OPT_TOKEN_ORIGIN, KVF_OPT_MIN_RATE, KVF_OPT_TIMEOUT,
+    KVF_OPT_LIMIT_RATE, KVF_OPT_TOKEN_ORIGIN, KVF_OPT_MIN_RATE, KVF_OPT_TIMEOUT, KVF_OPT_MIRROR,
+    KVF_OPT_MIRRORS, KVF_OPT_MIRROR_ORDER, KVF_OPT_PARALLEL,
     KVF_OPT_SHARED_END
 };
 
@@ -32,7 +33,11 @@ enum {
     {"limit-rate", required_argument, NULL, KVF_OPT_LIMIT_RATE},                \
     {"token-origin", required_argument, NULL, KVF_OPT_TOKEN_ORIGIN},          \
     {"min-rate", required_argument, NULL, KVF_OPT_MIN_RATE},                  \
-    {"timeout", required_argument, NULL, KVF_OPT_TIMEOUT}
+    {"timeout", required_argument, NULL, KVF_OPT_TIMEOUT},                    \
+    {"mirror", required_argument, NULL, KVF_OPT_MIRROR},                      \
+    {"mirrors", required_argument, NULL, KVF_OPT_MIRRORS},                    \
+    {"mirror-order", required_argument, NULL, KVF_OPT_MIRROR_ORDER},          \
+    {"parallel", required_argument, NULL, KVF_OPT_PARALLEL}
 
 /* Help text for the shared options. */
 #define KVF_SHARED_HELP                                                                        \
@@ -53,6 +58,17 @@ enum {
     "                       below SIZE bytes/s (default 32K; 0 = no floor)\n"                  \
     "  --timeout S          give up a download after S seconds, retries included (default 60 s\n" \
     "                       plus its length at the --min-rate; 0 = none)\n"                    \
+    "  --mirror URL         another repository that carries the blob (base URL: the blob is\n"  \
+    "                       URL/v1/blobs/ID); repeatable; tried after the primary source when\n" \
+    "                       it fails (errors, stalls, wrong bytes: kept up to the last verified\n" \
+    "                       chunk, the rest from the next mirror); tokens are never sent to one\n" \
+    "  --mirrors FILE       more mirrors, one base URL a line, '#' comments (default\n"        \
+    "                       $XDG_CONFIG_HOME/kvpub/mirrors or ~/.config/kvpub/mirrors when it\n" \
+    "                       exists; --mirrors /dev/null for none)\n"                           \
+    "  --mirror-order O     given (default: the primary source, then the mirrors as listed) or\n" \
+    "                       speed (by the time of a 16 KiB ranged GET of each, fastest first)\n" \
+    "  --parallel N         2 = fetch the two halves of a blob's chunks from two sources at once\n" \
+    "                       (default 1)\n"                                                     \
     "  --now UNIX           judge expiry at this time instead of the clock (tests)\n"            \
     "  --quiet              no progress bar or summaries on stderr\n"
 
@@ -63,6 +79,11 @@ typedef struct kvf_common {
     int64_t now;
     int quiet;
     kvf_http_opts http;
+    kvf_mirror_list mirrors; /* --mirror, then the mirrors file's (kvf_common_open reads it) */
+    const char *mirrors_file;
+    kvf_mirror_order order;
+    int parallel;
+    int mirrors_loaded;
     kvc_trust *trust;   /* opened by kvf_common_open */
     kvf_cache *cache;
 } kvf_common;
@@ -77,6 +98,14 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog);
 int kvf_common_open(kvf_common *co, const char *prog);
 void kvf_common_close(kvf_common *co);
 
+/* Appends the mirrors of --mirrors FILE, or of the default mirrors file when there is one
+ * (once; kvf_common_open calls it too). Returns 0, or 2 after printing. */
+int kvf_common_load_mirrors(kvf_common *co, const char *prog);
+/* go's mirror options from co (mirrors, order, parallel). */
+void kvf_common_mirrors(const kvf_common *co, kvf_get_opts *go);
+/* One line on stderr for each source a download with several abandoned: which, and why. */
+void kvf_report_sources(const kvf_get_result *res, const char *prog);
+
 /* The fingerprint of the GGUF model at path as 64 hex digits (hashed once, then cached).
  * Returns 0, or 2 after printing why not with prog as prefix. */
 int kvf_model_fp_hex(const char *path, char hex[65], const char *prog);
@@ -87,5 +116,12 @@ int kvf_model_fp_hex(const char *path, char hex[65], const char *prog);
  * Returns an exit code: 0 and *out, or non-zero after printing one line. */
 int kvf_repo_open(kvf_common *co, const char *where, const char *prog, kvf_snapshot **out, char *base,
                   size_t basecap);
+
+/* kvf_repo_open at `where`, else at each of co's mirrors in turn (each refusal is one line on
+ * stderr). A mirror whose snapshot was refused is dropped from co->mirrors: a repository that
+ * shows an old or frozen catalog serves no blob either. Returns an exit code: 0, or that of the
+ * last refusal. */
+int kvf_repo_open_any(kvf_common *co, const char *where, const char *prog, kvf_snapshot **out, char *base,
+                      size_t basecap);
 
 #endif

@@ -195,7 +195,7 @@ static int resolve_blobs(kvfetch_session *s)
         const char *b = s->a.blobs[i];
         uint8_t id[32];
         int is_id = !kvf_is_url(b) && access(b, F_OK) != 0 && strlen(b) == 64 && kvc_unhex(b, id, 32) == KVC_OK;
-        if (is_id && !s->a.server) { /* a blob id: the local cache, or --server */
+        if (is_id && !s->a.server && !s->a.co.mirrors.n) { /* a blob id: the local cache, or --server */
             if (!kvf_cache_lookup(s->a.co.cache, id, s->paths[i], PATH_MAX)) {
                 fprintf(stderr, "%s: blob %s is not in the local cache (%s); give --server URL to fetch it\n",
                         s->prog, b, kvf_cache_dir(s->a.co.cache));
@@ -221,8 +221,13 @@ static int resolve_blobs(kvfetch_session *s)
         go.now = s->a.co.now;
         go.trust_cached = 1; /* the loader verifies everything while it loads */
         go.http = s->a.co.http;
+        kvf_common_mirrors(&s->a.co, &go);
+        uint8_t uid[32];
+        if (!is_id && !kvf_url_blob_id(b, uid))
+            go.mirrors = NULL; /* a URL that does not name its blob: only it can serve it */
         kvf_get_result res;
         kvf_status st = kvf_get(s->a.co.cache, &go, &res, s->err, sizeof s->err);
+        kvf_report_sources(&res, s->prog);
         if (st != KVF_OK) {
             if (st == KVF_ERR_VERIFY)
                 fprintf(stderr, "%s: %s: verification failed (%s): %s\n", s->prog, b, kvb_status_str(res.vst), s->err);

@@ -20,7 +20,8 @@
     "  --blob FILE|URL|ID   a blob file, an https:// URL (fetched like kvfetch get, cached), or a\n" \
     "                       blob id (64 hex: the local cache, else --server); repeat to place\n" \
     "                       several documents in order (at most 16)\n"                          \
-    "  --server URL         kvpubd API base to fetch --blob IDs from (GET /v1/blobs/ID)\n"      \
+    "  --server URL         kvpubd API base to fetch --blob IDs from (GET /v1/blobs/ID); and/or\n" \
+    "                       the --mirror repositories (below)\n"                              \
     "  --recompute R        when a document does not sit exactly where it was computed, prefill\n" \
     "                       the first R (0..1) of its tokens afresh after the real prefix and load\n" \
     "                       the rest re-rotated (default 0; docs/quality.md has the measurements)\n" \
