@@ -4,6 +4,8 @@
  * every query runs the same operation sequence whatever else is in its batch, which makes
  * prefill results independent of how a sequence was split. */
 #include "engine/ctx_internal.h"
+#include "engine/kernels/attention_internal.h"
+#include "engine/kernels/gemm_internal.h"
 #include "engine/kernels/quant_internal.h"
 
 #include <math.h>
@@ -244,10 +246,14 @@ AVX2_F16C static void blk_v16(const uint16_t *v16, size_t ldv, int hd, int jend,
 }
 #endif
 
+/* The kernel level follows the products' (eng_gemm_level), so one test hook narrows both. */
 static blk_fn pick_kernel(int hd)
 {
 #if defined(__x86_64__)
-    if (hd % 8 == 0 && base_cpu_has(CPU_F16C_PATHS))
+    const int level = eng_gemm_level();
+    if (level == ENG_GEMM_AVX512 && hd % 16 == 0 && base_cpu_has(CPU_F16C_PATHS))
+        return eng_att_blk_avx512;
+    if (level >= ENG_GEMM_AVX2 && hd % 8 == 0 && base_cpu_has(CPU_F16C_PATHS))
         return blk_avx2;
 #endif
     (void)hd;
@@ -279,7 +285,7 @@ static int v_in_place(const att_job *J, int nqs)
 {
     enum { V_IN_PLACE_MAX = 8 };
 #if defined(__x86_64__)
-    return nqs <= V_IN_PLACE_MAX && !J->c->kv_f32 && J->fn == blk_avx2;
+    return nqs <= V_IN_PLACE_MAX && !J->c->kv_f32 && (J->fn == blk_avx2 || J->fn == eng_att_blk_avx512);
 #else
     (void)J, (void)nqs;
     return 0;
@@ -320,8 +326,19 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
                     float *a = st + t * (hd + 2);
 #if defined(__x86_64__)
                     if (v16 && phase == 1) {
-                        blk_v16((const uint16_t *)c->v[J->il] + (size_t)b0 * kvd + (size_t)h * hd, kvd, hd,
-                                jend, S + t * KB, &a[hd], &a[hd + 1], a);
+                        (J->fn == blk_avx2 ? blk_v16 : eng_att_blk_v16_avx512)(
+                            (const uint16_t *)c->v[J->il] + (size_t)b0 * kvd + (size_t)h * hd, kvd,
+                            hd, jend, S + t * KB, &a[hd], &a[hd + 1], a);
+                        continue;
+                    }
+                    if (phase == 0 && J->fn == eng_att_blk_avx512 && i + 1 < i1) {
+                        /* the next query sees this block too (ci + 1 >= b0) */
+                        const int jend1 = ci + 1 - b0 + 1 < KB ? ci + 1 - b0 + 1 : KB;
+                        eng_att_scores2_avx512(J->q + (size_t)i * J->ldq + (size_t)head * hd,
+                                               J->q + (size_t)(i + 1) * J->ldq + (size_t)head * hd,
+                                               Kt, hd, jend, jend1, scale, S + t * KB,
+                                               S + (t + 1) * KB);
+                        i++;
                         continue;
                     }
 #endif

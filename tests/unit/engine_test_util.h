@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 
@@ -119,6 +120,22 @@ static inline eng_model *et_load_model(const char *rel)
     eng_status st = eng_model_load(p, &m, err, sizeof err);
     if (st != ENG_OK)
         fprintf(stderr, "load %s: %s\n", p, err);
+    return m;
+}
+
+/* Writes a model with `$BUILD/kvsynth ARGS -o OUT` (out: a path unique to this process and
+ * tag) and loads it; NULL, with the reason on stderr, when kvsynth or the load fails. */
+static inline eng_model *et_synth(const char *tag, const char *args, char *out, size_t n)
+{
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    char cmd[1536], err[256];
+    snprintf(out, n, "/tmp/kvpub-test-%s-%d.gguf", tag, (int)getpid());
+    snprintf(cmd, sizeof cmd, "%s/kvsynth %s -o %s >/dev/null", build, args, out);
+    eng_model *m = NULL;
+    if (system(cmd) != 0 || eng_model_load(out, &m, err, sizeof err) != ENG_OK) {
+        fprintf(stderr, "kvsynth %s: failed\n", args);
+        return NULL;
+    }
     return m;
 }
 

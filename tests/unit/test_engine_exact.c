@@ -367,6 +367,62 @@ static void test_threads(void **state)
     }
 }
 
+/* The AVX-512 kernels (products and attention) against the AVX2 ones on whole prefills: the
+ * same bits, so a blob published on one machine loads exactly on the other. A prompt longer
+ * than a key block, odd-sized, so that paired and single queries and partial blocks occur. */
+static void test_levels(void **state)
+{
+    (void)state;
+    /* F32 weights pass activations on unrounded, so any differing bit in attention shows in
+     * the logits; the shared models, then head_dim 128 (the widest attention loops) */
+    static const char *const shared[] = {
+        "models/synth/synth-llama-tiny-f32.gguf", "models/synth/synth-qwen2-tiny-f32.gguf",
+        "models/synth/synth-qwen3-tiny-f32.gguf", "models/synth/synth-qwen3-tiny-f16.gguf",
+        "models/synth/synth-qwen3-tiny-q80.gguf", "models/stories260K.gguf"};
+    static const char *const synth[] = {
+        "--arch qwen3 --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --ffn 256 "
+        "--vocab 512 --ctx 256 --type f32 --seed 5",
+        "--arch qwen3 --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --ffn 256 "
+        "--vocab 512 --ctx 256 --type q8_0 --seed 5",
+        "--arch qwen3 --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --ffn 256 "
+        "--vocab 512 --ctx 256 --type f16 --seed 5"};
+    const size_t nshared = sizeof shared / sizeof shared[0], nsynth = sizeof synth / sizeof synth[0];
+    for (size_t mi = 0; mi < nshared + nsynth; mi++) {
+        char path[256];
+        eng_model *m = mi < nshared ? et_load_model(shared[mi])
+                                    : et_synth("levels", synth[mi - nshared], path, sizeof path);
+        assert_non_null(m);
+        if (mi >= nshared)
+            unlink(path);
+        const eng_info *hp = eng_model_info(m);
+        const int V = hp->n_vocab;
+        enum { N = 149 };
+        int32_t toks[N];
+        make_tokens(toks, N, V);
+        float *l[2] = {malloc(sizeof(float) * V), malloc(sizeof(float) * V)};
+        static const int levels[2] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2};
+        for (int k = 0; k < 2; k++) {
+            eng_gemm_force(levels[k]);
+            eng_ctx_params p = {256, 2, 0};
+            eng_ctx *c = NULL;
+            char err[128];
+            assert_int_equal(eng_ctx_create(m, &p, &c, err, sizeof err), ENG_OK);
+            /* a long batch, a medium one, and a few rows (the small-batch paths) */
+            assert_int_equal(eng_prefill(c, toks, NULL, 100, NULL, NULL), ENG_OK);
+            assert_int_equal(eng_prefill(c, toks + 100, NULL, 45, NULL, NULL), ENG_OK);
+            assert_int_equal(eng_prefill(c, toks + 145, NULL, N - 145, l[k], NULL), ENG_OK);
+            eng_ctx_free(c);
+        }
+        eng_gemm_force(ENG_GEMM_AUTO);
+        printf("%s: head_dim %d, %s kernels\n", mi < nshared ? shared[mi] : synth[mi - nshared],
+               hp->head_dim, eng_gemm_kernel());
+        assert_memory_equal(l[0], l[1], sizeof(float) * V);
+        eng_model_free(m);
+        free(l[0]);
+        free(l[1]);
+    }
+}
+
 #define XCASE(i) cmocka_unit_test_prestate(test_prefix, (void *)&k_models[i])
 #define SCASE(i) cmocka_unit_test_prestate(test_splits, (void *)&k_models[i])
 
@@ -379,6 +435,7 @@ int main(void)
         XCASE(0), XCASE(1), XCASE(2), XCASE(3), XCASE(4), XCASE(5), XCASE(6),
         SCASE(0), SCASE(2), SCASE(5), SCASE(6),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_levels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -116,18 +116,14 @@ static void test_rerotate_neox(void **state)
  * without kvsynth. */
 static eng_model *synth_load(const char *args, char *out, size_t n)
 {
-    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
-    char cmd[1024];
-    snprintf(out, n, "/tmp/kvpub-test-rope-%d.gguf", (int)getpid());
-    snprintf(cmd, sizeof cmd,
-             "%s/kvsynth %s --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 32 "
-             "--ffn 128 --vocab 512 --ctx 256 --type f32 --seed 3 -o %s >/dev/null",
-             build, args, out);
-    if (system(cmd) != 0)
+    char all[512];
+    snprintf(all, sizeof all,
+             "%s --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 32 --ffn 128 --vocab 512 "
+             "--ctx 256 --type f32 --seed 3",
+             args);
+    eng_model *m = et_synth("rope", all, out, n);
+    if (!m)
         skip();
-    char err[256];
-    eng_model *m = NULL;
-    assert_int_equal(eng_model_load(out, &m, err, sizeof err), ENG_OK);
     return m;
 }
 

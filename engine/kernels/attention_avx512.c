@@ -1,0 +1,178 @@
+/* attention_avx512.c: the blocked attention's AVX-512 kernels. Each output lane runs the same
+ * operations in the same order as in attention.c's AVX2 kernels (a key's score over the head
+ * dimensions; an accumulator dimension over the keys; the same exp polynomial; the same
+ * summation tree for the block's softmax sum), so results are bit-identical; the registers
+ * are twice as wide, and phase 0 can take two queries at once to keep enough FMA chains. */
+#include "engine/kernels/attention_internal.h"
+#include "engine/ctx_internal.h"
+
+#include <math.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
+
+enum { KB = ENG_KEY_BLOCK, KV = KB / 16 };
+
+/* attention.c's exp_neg_avx2, lane for lane. */
+static AVX512 inline __m512 exp_neg(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    __m512 y = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+    return _mm512_maskz_mov_ps((__mmask16)~under, y);
+}
+
+/* attention.c's hsum8: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). */
+static AVX512 inline float hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+static AVX512 inline __m512 v16(const void *V, size_t off, int f16)
+{
+    if (f16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)V + off)));
+    return _mm512_loadu_ps((const float *)V + off);
+}
+
+/* attention.c's phase1_avx2 at twice the width. */
+static AVX512 inline __attribute__((always_inline)) void phase1(const void *V, size_t ldv, int f16,
+                                                               int hd, int jend, float *s, float *m,
+                                                               float *l, float *acc)
+{
+    __m512 z[KV];
+    __m512 mx = _mm512_loadu_ps(s);
+#pragma GCC unroll 4
+    for (int k = 1; k < KV; k++)
+        mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + 16 * k));
+    const float mnew = fmaxf(*m, _mm512_reduce_max_ps(mx));
+    const __m512 vm = _mm512_set1_ps(mnew);
+#pragma GCC unroll 4
+    for (int k = 0; k < KV; k++) {
+        z[k] = exp_neg(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * k), vm));
+        _mm512_storeu_ps(s + 16 * k, z[k]);
+    }
+    /* the AVX2 tree over eight 8-key sums: sum[2k] and sum[2k + 1] are z[k]'s halves */
+#define LO(k) _mm512_castps512_ps256(z[k])
+#define HI(k) _mm512_extractf32x8_ps(z[k], 1)
+    const __m256 t0 = _mm256_add_ps(_mm256_add_ps(LO(0), HI(0)), _mm256_add_ps(LO(1), HI(1)));
+    const __m256 t1 = _mm256_add_ps(_mm256_add_ps(LO(2), HI(2)), _mm256_add_ps(LO(3), HI(3)));
+#undef LO
+#undef HI
+    const float lsum = hsum8(_mm256_add_ps(t0, t1));
+    const float alpha = expf(*m - mnew);
+    *l = *l * alpha + lsum;
+    *m = mnew;
+    if (alpha != 1.0f) {
+        const __m512 va = _mm512_set1_ps(alpha);
+        for (int d = 0; d < hd; d += 16)
+            _mm512_storeu_ps(acc + d, _mm512_mul_ps(_mm512_loadu_ps(acc + d), va));
+    }
+    /* acc[d] = fma(p_j, v_j[d], acc[d]) in j order for every d */
+    int d = 0;
+    for (; d + 128 <= hd; d += 128) {
+        __m512 c[8];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            c[k] = _mm512_loadu_ps(acc + d + 16 * k);
+        for (int j = 0; j < jend; j++) {
+            const __m512 p = _mm512_set1_ps(s[j]);
+            const size_t vr = (size_t)j * ldv + (size_t)d;
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                c[k] = _mm512_fmadd_ps(p, v16(V, vr + 16 * (size_t)k, f16), c[k]);
+        }
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            _mm512_storeu_ps(acc + d + 16 * k, c[k]);
+    }
+    for (; d < hd; d += 16) {
+        __m512 c0 = _mm512_loadu_ps(acc + d);
+        for (int j = 0; j < jend; j++)
+            c0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), v16(V, (size_t)j * ldv + (size_t)d, f16), c0);
+        _mm512_storeu_ps(acc + d, c0);
+    }
+}
+
+/* Scores of nq (1 or 2) queries: s[j] = (sum over d in order of q[d] * Kt[d][j]) * scale, keys
+ * from jend on masked. */
+static AVX512 inline __attribute__((always_inline)) void scores(const float *const *q, int nq,
+                                                               const float *Kt, int hd,
+                                                               const int *jend, float scale,
+                                                               float *const *s)
+{
+    __m512 a[2][KV];
+#pragma GCC unroll 2
+    for (int i = 0; i < nq; i++)
+#pragma GCC unroll 4
+        for (int k = 0; k < KV; k++)
+            a[i][k] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        const float *kr = Kt + (size_t)d * KB;
+        __m512 kv[KV];
+#pragma GCC unroll 4
+        for (int k = 0; k < KV; k++)
+            kv[k] = _mm512_loadu_ps(kr + 16 * k);
+#pragma GCC unroll 2
+        for (int i = 0; i < nq; i++) {
+            const __m512 qd = _mm512_set1_ps(q[i][d]);
+#pragma GCC unroll 4
+            for (int k = 0; k < KV; k++)
+                a[i][k] = _mm512_fmadd_ps(qd, kv[k], a[i][k]);
+        }
+    }
+    const __m512 vs = _mm512_set1_ps(scale);
+#pragma GCC unroll 2
+    for (int i = 0; i < nq; i++) {
+#pragma GCC unroll 4
+        for (int k = 0; k < KV; k++)
+            _mm512_storeu_ps(s[i] + 16 * k, _mm512_mul_ps(a[i][k], vs));
+        for (int j = jend[i]; j < KB; j++)
+            s[i][j] = -INFINITY; /* keys after this query's cell */
+    }
+}
+
+AVX512 void eng_att_blk_avx512(const float *q, const float *Kt, const float *Vb, int hd, int jend,
+                               float scale, float *s, float *m, float *l, float *acc, int phase)
+{
+    if (phase == 1) {
+        phase1(Vb, (size_t)hd, 0, hd, jend, s, m, l, acc);
+        return;
+    }
+    scores(&q, 1, Kt, hd, &jend, scale, &s);
+}
+
+AVX512 void eng_att_scores2_avx512(const float *qa, const float *qb, const float *Kt, int hd,
+                                   int jend_a, int jend_b, float scale, float *sa, float *sb)
+{
+    const float *q[2] = {qa, qb};
+    const int jend[2] = {jend_a, jend_b};
+    float *s[2] = {sa, sb};
+    scores(q, 2, Kt, hd, jend, scale, s);
+}
+
+AVX512 void eng_att_blk_v16_avx512(const uint16_t *v, size_t ldv, int hd, int jend, float *s,
+                                   float *m, float *l, float *acc)
+{
+    phase1(v, ldv, 1, hd, jend, s, m, l, acc);
+}
+#endif

@@ -1,0 +1,21 @@
+/* attention_internal.h: private to attention.c and attention_avx512.c: the AVX-512 kernels of
+ * the blocked attention, which compute the same bits as attention.c's AVX2 ones. */
+#ifndef KVPUB_ATTENTION_INTERNAL_H
+#define KVPUB_ATTENTION_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One query against one key block, phase 0 (scores) or 1 (softmax and V product): the
+ * contract of attention.c's blk_fn; head_dim a multiple of 16. */
+void eng_att_blk_avx512(const float *q, const float *Kt, const float *Vb, int hd, int jend,
+                        float scale, float *s, float *m, float *l, float *acc, int phase);
+/* Phase 0 for two queries against the same key block, each with its own jend and scores:
+ * the bits of two eng_att_blk_avx512 calls, with twice the FMA chains in flight. */
+void eng_att_scores2_avx512(const float *qa, const float *qb, const float *Kt, int hd, int jend_a,
+                            int jend_b, float scale, float *sa, float *sb);
+/* Phase 1 with V read from the f16 cache (row j at v16 + j * ldv). */
+void eng_att_blk_v16_avx512(const uint16_t *v16, size_t ldv, int hd, int jend, float *s, float *m,
+                            float *l, float *acc);
+
+#endif
