@@ -325,20 +325,31 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
                     const size_t t = (size_t)(g * nqi + (i - i0));
                     float *a = st + t * (hd + 2);
 #if defined(__x86_64__)
-                    if (v16 && phase == 1) {
-                        (J->fn == blk_avx2 ? blk_v16 : eng_att_blk_v16_avx512)(
-                            (const uint16_t *)c->v[J->il] + (size_t)b0 * kvd + (size_t)h * hd, kvd,
-                            hd, jend, S + t * KB, &a[hd], &a[hd + 1], a);
+                    const uint16_t *vh = (const uint16_t *)c->v[J->il] + (size_t)b0 * kvd + (size_t)h * hd;
+                    if (v16 && phase == 1 && J->fn == blk_avx2) {
+                        blk_v16(vh, kvd, hd, jend, S + t * KB, &a[hd], &a[hd + 1], a);
                         continue;
                     }
-                    if (phase == 0 && J->fn == eng_att_blk_avx512 && i + 1 < i1) {
-                        /* the next query sees this block too (ci + 1 >= b0) */
-                        const int jend1 = ci + 1 - b0 + 1 < KB ? ci + 1 - b0 + 1 : KB;
-                        eng_att_scores2_avx512(J->q + (size_t)i * J->ldq + (size_t)head * hd,
-                                               J->q + (size_t)(i + 1) * J->ldq + (size_t)head * hd,
-                                               Kt, hd, jend, jend1, scale, S + t * KB,
-                                               S + (t + 1) * KB);
-                        i++;
+                    if (J->fn == eng_att_blk_avx512) {
+                        /* two queries at once when the next one exists (it sees this block too) */
+                        const int nq = i + 1 < i1 ? 2 : 1;
+                        const int je[2] = {jend, ci + 1 - b0 + 1 < KB ? ci + 1 - b0 + 1 : KB};
+                        float *sp[2] = {S + t * KB, S + (t + nq - 1) * KB};
+                        if (phase == 0 && nq == 1) {
+                            J->fn(J->q + (size_t)i * J->ldq + (size_t)head * hd, Kt, Vb, hd, jend,
+                                  scale, sp[0], &a[hd], &a[hd + 1], a, 0);
+                        } else if (phase == 0) {
+                            eng_att_scores2_avx512(J->q + (size_t)i * J->ldq + (size_t)head * hd,
+                                                   J->q + (size_t)(i + nq - 1) * J->ldq + (size_t)head * hd,
+                                                   Kt, hd, je[0], je[nq - 1], scale, sp[0], sp[1]);
+                        } else {
+                            float *b = a + (size_t)(nq - 1) * (hd + 2);
+                            float *mp[2] = {&a[hd], &b[hd]}, *lp[2] = {&a[hd + 1], &b[hd + 1]};
+                            float *ap[2] = {a, b};
+                            eng_att_phase1x2_avx512(v16 ? (const void *)vh : Vb, v16 ? kvd : (size_t)hd,
+                                                    v16, hd, nq, je, sp, mp, lp, ap);
+                        }
+                        i += nq - 1;
                         continue;
                     }
 #endif

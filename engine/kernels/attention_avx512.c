@@ -54,10 +54,10 @@ static AVX512 inline __m512 v16(const void *V, size_t off, int f16)
     return _mm512_loadu_ps((const float *)V + off);
 }
 
-/* attention.c's phase1_avx2 at twice the width. */
-static AVX512 inline __attribute__((always_inline)) void phase1(const void *V, size_t ldv, int f16,
-                                                               int hd, int jend, float *s, float *m,
-                                                               float *l, float *acc)
+/* The first half of attention.c's phase1_avx2 at twice the width: s (KB scores) becomes the
+ * probabilities, and the running max m, sum l and the accumulator acc (hd) are updated. */
+static AVX512 inline __attribute__((always_inline)) void softmax(int hd, float *s, float *m,
+                                                                float *l, float *acc)
 {
     __m512 z[KV];
     __m512 mx = _mm512_loadu_ps(s);
@@ -87,29 +87,53 @@ static AVX512 inline __attribute__((always_inline)) void phase1(const void *V, s
         for (int d = 0; d < hd; d += 16)
             _mm512_storeu_ps(acc + d, _mm512_mul_ps(_mm512_loadu_ps(acc + d), va));
     }
-    /* acc[d] = fma(p_j, v_j[d], acc[d]) in j order for every d */
-    int d = 0;
-    for (; d + 128 <= hd; d += 128) {
-        __m512 c[8];
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++)
-            c[k] = _mm512_loadu_ps(acc + d + 16 * k);
-        for (int j = 0; j < jend; j++) {
-            const __m512 p = _mm512_set1_ps(s[j]);
-            const size_t vr = (size_t)j * ldv + (size_t)d;
+}
+
+/* acc_i[d] = fma(p_j, v_j[d], acc_i[d]) for j < jend[i], in j order, for nq (1 or 2) queries
+ * sharing each load of V: the keys both see first, then each one's own. */
+static AVX512 inline __attribute__((always_inline)) void v_product(const void *V, size_t ldv,
+                                                                  int f16, int hd, int nq,
+                                                                  const int *jend,
+                                                                  float *const *s,
+                                                                  float *const *acc, int wide)
+{
+    const int both = nq == 2 && jend[1] < jend[0] ? jend[1] : jend[0];
+    for (int d = 0; d < hd; d += 128) {
+        /* registers of 16 dims: 8 (a constant) when hd is a multiple of 128 */
+        const int w = wide ? 8 : hd - d < 128 ? (hd - d) / 16 : 8;
+        __m512 c[2][8];
+#pragma GCC unroll 2
+        for (int i = 0; i < nq; i++)
 #pragma GCC unroll 8
             for (int k = 0; k < 8; k++)
-                c[k] = _mm512_fmadd_ps(p, v16(V, vr + 16 * (size_t)k, f16), c[k]);
-        }
+                c[i][k] = k < w ? _mm512_loadu_ps(acc[i] + d + 16 * k) : _mm512_setzero_ps();
+        for (int j = 0; j < both; j++) {
+            const size_t vr = (size_t)j * ldv + (size_t)d;
+            const __m512 pa = _mm512_set1_ps(s[0][j]), pb = _mm512_set1_ps(s[nq - 1][j]);
 #pragma GCC unroll 8
-        for (int k = 0; k < 8; k++)
-            _mm512_storeu_ps(acc + d + 16 * k, c[k]);
-    }
-    for (; d < hd; d += 16) {
-        __m512 c0 = _mm512_loadu_ps(acc + d);
-        for (int j = 0; j < jend; j++)
-            c0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), v16(V, (size_t)j * ldv + (size_t)d, f16), c0);
-        _mm512_storeu_ps(acc + d, c0);
+            for (int k = 0; k < 8; k++) {
+                if (k >= w)
+                    break;
+                const __m512 v = v16(V, vr + 16 * (size_t)k, f16);
+                c[0][k] = _mm512_fmadd_ps(pa, v, c[0][k]);
+                if (nq == 2)
+                    c[1][k] = _mm512_fmadd_ps(pb, v, c[1][k]);
+            }
+        }
+#pragma GCC unroll 2
+        for (int i = 0; i < nq; i++) {
+            for (int j = both; j < jend[i]; j++) {
+                const __m512 p = _mm512_set1_ps(s[i][j]);
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++)
+                    if (k < w)
+                        c[i][k] = _mm512_fmadd_ps(p, v16(V, (size_t)j * ldv + (size_t)d + 16 * (size_t)k, f16), c[i][k]);
+            }
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                if (k < w)
+                    _mm512_storeu_ps(acc[i] + d + 16 * k, c[i][k]);
+        }
     }
 }
 
@@ -155,7 +179,8 @@ AVX512 void eng_att_blk_avx512(const float *q, const float *Kt, const float *Vb,
                                float scale, float *s, float *m, float *l, float *acc, int phase)
 {
     if (phase == 1) {
-        phase1(Vb, (size_t)hd, 0, hd, jend, s, m, l, acc);
+        softmax(hd, s, m, l, acc);
+        v_product(Vb, (size_t)hd, 0, hd, 1, &jend, &s, &acc, 0);
         return;
     }
     scores(&q, 1, Kt, hd, &jend, scale, &s);
@@ -170,9 +195,27 @@ AVX512 void eng_att_scores2_avx512(const float *qa, const float *qb, const float
     scores(q, 2, Kt, hd, jend, scale, s);
 }
 
-AVX512 void eng_att_blk_v16_avx512(const uint16_t *v, size_t ldv, int hd, int jend, float *s,
-                                   float *m, float *l, float *acc)
+AVX512 void eng_att_phase1x2_avx512(const void *V, size_t ldv, int f16, int hd, int nq,
+                                    const int *jend, float *const *s, float *const *m,
+                                    float *const *l, float *const *acc)
 {
-    phase1(v, ldv, 1, hd, jend, s, m, l, acc);
+    for (int i = 0; i < nq; i++)
+        softmax(hd, s[i], m[i], l[i], acc[i]);
+    /* constant arguments, so that each case compiles to its own straight loop */
+#define V_CASES(wide)                                                                             \
+    if (f16 && nq == 2)                                                                           \
+        v_product(V, ldv, 1, hd, 2, jend, s, acc, wide);                                          \
+    else if (f16)                                                                                 \
+        v_product(V, ldv, 1, hd, 1, jend, s, acc, wide);                                          \
+    else if (nq == 2)                                                                             \
+        v_product(V, ldv, 0, hd, 2, jend, s, acc, wide);                                          \
+    else                                                                                          \
+        v_product(V, ldv, 0, hd, 1, jend, s, acc, wide);
+    if (hd % 128 == 0) {
+        V_CASES(1)
+    } else {
+        V_CASES(0)
+    }
+#undef V_CASES
 }
 #endif

@@ -14,8 +14,10 @@ void eng_att_blk_avx512(const float *q, const float *Kt, const float *Vb, int hd
  * the bits of two eng_att_blk_avx512 calls, with twice the FMA chains in flight. */
 void eng_att_scores2_avx512(const float *qa, const float *qb, const float *Kt, int hd, int jend_a,
                             int jend_b, float scale, float *sa, float *sb);
-/* Phase 1 with V read from the f16 cache (row j at v16 + j * ldv). */
-void eng_att_blk_v16_avx512(const uint16_t *v16, size_t ldv, int hd, int jend, float *s, float *m,
-                            float *l, float *acc);
+/* Phase 1 for nq (1 or 2) queries against the same key block, sharing each load of V: V row j
+ * at V + j * ldv, f32 or (f16 = 1) the f16 cache; query i has jend[i], scores s[i], running max
+ * m[i], sum l[i] and accumulator acc[i]. The bits of separate eng_att_blk_avx512 calls. */
+void eng_att_phase1x2_avx512(const void *V, size_t ldv, int f16, int hd, int nq, const int *jend,
+                             float *const *s, float *const *m, float *const *l, float *const *acc);
 
 #endif
