@@ -182,16 +182,18 @@ int kvf_cache_evict(kvf_cache *c, const uint8_t *keep);
 #define KVF_MIRRORS_MAX 16 /* mirrors per download, besides the primary source */
 #define KVF_SOURCES_MAX (KVF_MIRRORS_MAX + 1)
 
+#define KVF_MIRROR_URL_MAX 1024 /* bytes of a mirror's base URL, its NUL included */
+
 /* A list of repository base URLs (https://host[:port][/prefix]); the blob with id ID is at
- * {base}/v1/blobs/{ID}. Zero-initialise; kvf_mirrors_clear frees the strings. */
+ * {base}/v1/blobs/{ID}. Zero-initialise; it owns no memory (kvf_mirrors_clear only empties it). */
 typedef struct kvf_mirror_list {
-    char *url[KVF_MIRRORS_MAX];
+    char url[KVF_MIRRORS_MAX][KVF_MIRROR_URL_MAX];
     int n;
 } kvf_mirror_list;
 
 /* Appends url (copied, trailing '/' removed) unless the list holds it already. KVF_ERR_USAGE for
- * a URL that is not https://host... (http:// when allow_http) or one more than KVF_MIRRORS_MAX;
- * err says which. */
+ * a URL that is not https://host... (http:// when allow_http), one longer than
+ * KVF_MIRROR_URL_MAX - 1 bytes, or one more than KVF_MIRRORS_MAX; err says which. */
 kvf_status kvf_mirrors_add(kvf_mirror_list *l, const char *url, int allow_http, char *err, size_t errlen) KVF_WUR;
 /* Appends the mirrors of a mirrors file's text (len bytes): one base URL per line; blank lines
  * and everything from a '#' at the start of a line or after a blank are ignored; surrounding

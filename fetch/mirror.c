@@ -15,7 +15,7 @@ kvf_status kvf_mirrors_add(kvf_mirror_list *l, const char *url, int allow_http, 
         n--;
     char origin[512];
     int https = strncmp(url, "https://", 8) == 0;
-    if (!(https || (allow_http && strncmp(url, "http://", 7) == 0)) || n >= 3000 ||
+    if (!(https || (allow_http && strncmp(url, "http://", 7) == 0)) || n >= KVF_MIRROR_URL_MAX ||
         kvf_url_origin(url, origin, sizeof origin) != 0 || strpbrk(url, "?# \t\r\n"))
         return kvf_fail(err, errlen, KVF_ERR_USAGE,
                         "mirror '%.200s' is not a repository base URL (https://host[:port][/prefix])", url);
@@ -24,12 +24,8 @@ kvf_status kvf_mirrors_add(kvf_mirror_list *l, const char *url, int allow_http, 
             return KVF_OK;
     if (l->n == KVF_MIRRORS_MAX)
         return kvf_fail(err, errlen, KVF_ERR_USAGE, "more than %d mirrors", KVF_MIRRORS_MAX);
-    char *copy = malloc(n + 1);
-    if (!copy)
-        return kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
-    memcpy(copy, url, n);
-    copy[n] = 0;
-    l->url[l->n++] = copy;
+    memcpy(l->url[l->n], url, n);
+    l->url[l->n++][n] = 0;
     return KVF_OK;
 }
 
@@ -69,11 +65,8 @@ kvf_status kvf_mirrors_parse(kvf_mirror_list *l, const char *text, size_t len, i
 
 void kvf_mirrors_clear(kvf_mirror_list *l)
 {
-    if (!l)
-        return;
-    for (int i = 0; i < l->n; i++)
-        free(l->url[i]);
-    memset(l, 0, sizeof *l);
+    if (l)
+        l->n = 0;
 }
 
 /* Adds url as the next source unless it is one already. */

@@ -32,11 +32,11 @@ static const char usage_text[] =
     "  --blob ID            blob id (64 hex digits): with --server, or checked against URL\n"
     "  --snapshot WHERE     resolve the blob through a signed snapshot (spec/repository.md):\n"
     "                       a repository (kvpubd or a static mirror: https://host[/prefix]), its\n"
-    "                       /v1/snapshot URL, or a snapshot file (then --server names where the\n"
-    "                       blobs are). The snapshot must verify, be current and not older than\n"
-    "                       one seen before; a blob it does not list is refused. With --mirror,\n"
-    "                       a refused snapshot (one line on stderr) makes it try the next\n"
-    "                       mirror's, and a mirror whose snapshot was refused serves no blob\n"
+    "                       /v1/snapshot URL, or a snapshot file (then --server or --mirror names\n"
+    "                       where the blobs are). The snapshot must verify, be current and not\n"
+    "                       older than one seen before; a blob it does not list is refused. With\n"
+    "                       --mirror, a refused snapshot (one line on stderr) makes it try the\n"
+    "                       next mirror's, and a mirror whose snapshot was refused serves no blob\n"
     "  --document SHA256    with --snapshot: the document's blob for --model (lossless codecs\n"
     "                       first, then the newest), narrowed by --codec, --context, --publisher\n"
     "  --model FILE         the GGUF model (its fingerprint), or --model-fp HEX\n"
@@ -202,8 +202,9 @@ static int resolve(kvf_common *co, const snap_args *a, kvf_get_opts *go, char *b
                          .publisher_id = a->publisher ? pub : NULL};
         st = kvf_snapshot_resolve(*snap, &r, &l, err, sizeof err);
     }
-    if (st == KVF_OK && !go->server && !*base)
-        st = kvf_fail(err, sizeof err, KVF_ERR_USAGE, "a snapshot file names no repository: give --server URL");
+    if (st == KVF_OK && !go->server && !*base && !co->mirrors.n)
+        st = kvf_fail(err, sizeof err, KVF_ERR_USAGE,
+                      "a snapshot file names no repository: give --server URL or --mirror URL");
     if (st != KVF_OK) {
         fprintf(stderr, "%s: %s\n", prog, err);
         kvf_snapshot_free(*snap);
@@ -211,7 +212,7 @@ static int resolve(kvf_common *co, const snap_args *a, kvf_get_opts *go, char *b
         return kvf_exit_code(st, KVB_OK);
     }
     go->blob_id = kvc_hex(l->id, 32, idbuf);
-    if (!go->server)
+    if (!go->server && *base)
         go->server = base;
     return 0;
 }

@@ -316,11 +316,10 @@ int kvf_repo_open_any(kvf_common *co, const char *where, const char *prog, kvf_s
 {
     int rc = kvf_repo_open(co, where, prog, snap, base, basecap);
     while (rc != 0 && co->mirrors.n > 0) {
-        char *m = co->mirrors.url[0];
-        if ((rc = kvf_repo_open(co, m, prog, snap, base, basecap)) == 0)
+        if ((rc = kvf_repo_open(co, co->mirrors.url[0], prog, snap, base, basecap)) == 0)
             break;
-        free(m); /* refused: not a source of the blob either */
-        memmove(&co->mirrors.url[0], &co->mirrors.url[1], (size_t)(co->mirrors.n - 1) * sizeof m);
+        /* refused: not a source of the blob either */
+        memmove(co->mirrors.url[0], co->mirrors.url[1], (size_t)(co->mirrors.n - 1) * sizeof co->mirrors.url[0]);
         co->mirrors.n--;
     }
     return rc;
