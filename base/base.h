@@ -29,6 +29,13 @@ int base_fail(int st, char *err, size_t errlen, const char *fmt, ...) __attribut
 int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
     __attribute__((warn_unused_result));
 
+/* ---- large zeroed buffers ----
+ * Zeroed memory straight from the kernel, backed by 2 MiB pages where the kernel allows
+ * (madvise), so that filling a KV cache of hundreds of MiB takes hundreds of page faults, not
+ * a hundred thousand. NULL when out of memory; base_free_big takes the size it was given. */
+void *base_alloc_big(size_t n);
+void base_free_big(void *p, size_t n);
+
 /* ---- time ---- */
 
 /* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */

@@ -1,9 +1,11 @@
-/* mem.c: the growable array every module keeps (token ids, heaps, tensor lists, paths). */
+/* mem.c: the growable array every module keeps (token ids, heaps, tensor lists, paths), and the
+ * large zeroed buffers of the engine's caches. */
 #include "base/base.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
 {
@@ -20,4 +22,24 @@ int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
     memcpy(items, &p, sizeof p);
     *cap = ncap;
     return 1;
+}
+
+void *base_alloc_big(size_t n)
+{
+    if (n == 0)
+        n = 1;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#if defined(MADV_HUGEPAGE)
+    if (n >= (size_t)2 << 20)
+        (void)madvise(p, n, MADV_HUGEPAGE); /* a hint: without it the pages are 4 KiB */
+#endif
+    return p;
+}
+
+void base_free_big(void *p, size_t n)
+{
+    if (p)
+        munmap(p, n ? n : 1);
 }

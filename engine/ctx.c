@@ -39,15 +39,15 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
     c->k = calloc((size_t)hp->n_layer, sizeof(void *));
     c->v = calloc((size_t)hp->n_layer, sizeof(void *));
     c->pos = calloc((size_t)n_ctx, sizeof(int32_t));
-    if (!c->k || !c->v || !c->pos)
+    /* one zeroed region for every layer's K and V: cells past the filled ones are read (never
+     * used) by whole key blocks, so they must hold finite numbers */
+    c->kv_bytes = 2 * (size_t)hp->n_layer * layer_bytes;
+    c->kv_mem = base_alloc_big(c->kv_bytes);
+    if (!c->k || !c->v || !c->pos || !c->kv_mem)
         goto nomem;
-    /* calloc: cells past the filled ones are read (never used) by whole key blocks, so they
-     * must hold finite numbers */
     for (int il = 0; il < hp->n_layer; il++) {
-        c->k[il] = calloc(1, layer_bytes);
-        c->v[il] = calloc(1, layer_bytes);
-        if (!c->k[il] || !c->v[il])
-            goto nomem;
+        c->k[il] = (char *)c->kv_mem + 2 * (size_t)il * layer_bytes;
+        c->v[il] = (char *)c->k[il] + layer_bytes;
     }
     c->att_scratch_per = (eng_attention_scratch_floats(hp) + 15) & ~(size_t)15;
     c->att_scratch = calloc((size_t)nt * c->att_scratch_per, sizeof(float));
@@ -66,26 +66,11 @@ void eng_ctx_free(eng_ctx *c)
     if (!c)
         return;
     eng_pool_free(c->pool);
-    if (c->k)
-        for (int il = 0; il < c->hp->n_layer; il++)
-            free(c->k[il]);
-    if (c->v)
-        for (int il = 0; il < c->hp->n_layer; il++)
-            free(c->v[il]);
+    base_free_big(c->kv_mem, c->kv_bytes);
     free(c->k);
     free(c->v);
     free(c->pos);
-    free(c->x);
-    free(c->xn);
-    free(c->q);
-    free(c->kk);
-    free(c->vv);
-    free(c->att);
-    free(c->g);
-    free(c->u);
-    free(c->xr);
-    free(c->cs);
-    free(c->panels);
+    base_free_big(c->rows_mem, c->rows_bytes);
     free(c->att_scratch);
     free(c);
 }

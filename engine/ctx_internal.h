@@ -72,6 +72,8 @@ struct eng_ctx {
     int kv_f32;
     int kv_dim;              /* n_head_kv * head_dim */
     void **k, **v;           /* per layer: (n_ctx, kv_dim) f16 bits, or f32 when kv_f32 */
+    void *kv_mem;            /* where k and v point: one base_alloc_big region */
+    size_t kv_bytes;
     int32_t *pos;            /* (n_ctx) position of each cell */
     int n_cells;             /* filled cells */
     eng_rope_cfg rope;
@@ -79,6 +81,8 @@ struct eng_ctx {
 
     /* forward scratch, sized for cap_rows token rows, grown on demand (never per token) */
     int cap_rows;
+    void *rows_mem;          /* where the buffers below point: one base_alloc_big region */
+    size_t rows_bytes;
     float *x;                /* (rows, n_embd) residual stream */
     float *xn;               /* (rows, n_embd) normed input / projection output */
     float *q;                /* (rows, n_head * head_dim) */

@@ -39,26 +39,32 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
     const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
     const size_t KD = (size_t)c->kv_dim, F = (size_t)hp->n_ff;
     const size_t XR = (size_t)xr_width_raw(hp);
-    float **bufs[] = {&c->x, &c->xn, &c->q, &c->kk, &c->vv, &c->att, &c->g, &c->u, &c->xr, &c->cs};
-    const size_t widths[] = {E, E, QD, KD, KD, QD, F, F, XR, (size_t)hp->rope.n_rot};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        free(*bufs[i]);
-        *bufs[i] = calloc((size_t)rows * widths[i], sizeof(float));
-        if (!*bufs[i]) {
-            c->cap_rows = 0;
-            return ENG_ERR_NOMEM;
-        }
-    }
+    float **bufs[] = {&c->x, &c->xn, &c->q, &c->kk, &c->vv, &c->att, &c->g, &c->u, &c->xr, &c->cs,
+                      &c->panels};
+    size_t floats[sizeof bufs / sizeof bufs[0]] = {E, E, QD, KD, KD, QD, F, F, XR, (size_t)hp->rope.n_rot};
     /* c->panels: X packed for the GEMM (rows, Kr of the widest K), then one chunk of packed,
      * dequantized weight rows plus one row of scratch per thread */
-    free(c->panels);
-    const size_t kmax = (size_t)xr_width(c);
+    const size_t nb = sizeof bufs / sizeof bufs[0], kmax = (size_t)xr_width(c);
     const size_t per = (size_t)max64(CHUNK_FLOATS, ENG_GEMM_NR * (int64_t)kmax) + kmax;
     c->panels_cap = (size_t)rows * kmax + per * (size_t)eng_pool_size(c->pool);
-    c->panels = aligned_alloc(64, (c->panels_cap * sizeof(float) + 63) / 64 * 64);
-    if (!c->panels) {
+    size_t total = 0;
+    for (size_t i = 0; i < nb; i++) {
+        floats[i] = i == nb - 1 ? c->panels_cap : (size_t)rows * floats[i];
+        total += (floats[i] * sizeof(float) + 63) / 64 * 64;
+    }
+    /* one zeroed region (base_alloc_big) for all of them, 64-byte aligned each */
+    base_free_big(c->rows_mem, c->rows_bytes);
+    c->rows_mem = base_alloc_big(total);
+    c->rows_bytes = total;
+    if (!c->rows_mem) {
         c->cap_rows = 0;
+        c->rows_bytes = 0;
         return ENG_ERR_NOMEM;
+    }
+    char *at = c->rows_mem;
+    for (size_t i = 0; i < nb; i++) {
+        *bufs[i] = (float *)at;
+        at += (floats[i] * sizeof(float) + 63) / 64 * 64;
     }
     c->cap_rows = rows;
     return ENG_OK;
