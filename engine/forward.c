@@ -293,6 +293,11 @@ static void lin_worker(void *a, int u0, int u1, int ith)
         const int64_t K = W->ncols, N = W->nrows, n0 = (int64_t)ch * J->nb[m];
         const int nn = (int)(N - n0 < J->nb[m] ? N - n0 : J->nb[m]);
         const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
+        if (q8_path(W->type, K) && J->R <= SMALL_ROWS) {
+            eng_gemm_q8_rows((const uint8_t *)J->X[m], J->R, (const uint8_t *)src, W->row_bytes, nn,
+                             (int)K, J->Y[m] + n0, (size_t)N);
+            continue;
+        }
         if (q8_path(W->type, K)) {
             uint8_t *panel = (uint8_t *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
             const int flags = eng_q8w_pack((const uint8_t *)src, W->row_bytes, nn, (int)K, panel);

@@ -12,7 +12,10 @@
 # the package, git or a C compiler is missing.
 #
 # Knobs: THREADS (2), RUNS (3), FA (both | on | off), TYPES ("f16 q8_0"),
-#        COMPARE=1 also runs bench_engine right after on each file and prints a side-by-side table.
+#        COMPARE=1 also runs bench_engine right after on each file and prints a side-by-side table,
+#        ISA=avx2 measures both as an AVX2-only machine would run them: llama.cpp loads its CPU
+#        backend from a copy of the library folder without the AVX-512 / AVX-VNNI variants
+#        (so it picks haswell), and our engine runs with KVPUB_CPU=avx2.
 set -u
 BUILD=${BUILD:-build}
 THREADS=${THREADS:-2}
@@ -28,6 +31,17 @@ command -v "${CC:-cc}" >/dev/null 2>&1 || skip "no C compiler (${CC:-cc})"
 llamacpp_install "$dir" || skip "$LLAMACPP_WHY"
 lib=$LLAMACPP_LIB
 VERSION=$LLAMACPP_VERSION
+if [ "${ISA:-}" = avx2 ]; then
+  narrow="$BUILD/llamacpp-avx2"; rm -rf "$narrow"; mkdir -p "$narrow"
+  for f in "$lib"/*; do
+    case "$(basename "$f")" in
+      libggml-cpu-*) case "$(basename "$f")" in *haswell*|*sse42*|*x64*|*sandybridge*|*ivybridge*|*piledriver*) ;; *) continue ;; esac ;;
+    esac
+    ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$narrow/"
+  done
+  lib=$narrow
+  export KVPUB_CPU=avx2
+fi
 
 exe=$(llamacpp_build llama_bench) || skip "cannot compile scripts/llamacpp/llama_bench.c"
 

@@ -32,5 +32,14 @@ for s in scripts/bench-*.sh; do
   n=$(basename "$s" .sh); n=${n#bench-}
   want "$n" || continue
   section "$n"
-  bash "$s"
+  if [ "$n" = llamacpp ]; then
+    # side by side with our engine; on an AVX-512 machine again as an AVX2-only one would run
+    COMPARE=1 bash "$s"
+    if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+      section "llamacpp, both capped at AVX2 (ISA=avx2)"
+      ISA=avx2 COMPARE=1 bash "$s"
+    fi
+  else
+    bash "$s"
+  fi
 done

@@ -73,6 +73,10 @@ int eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t 
 /* Y[i * ldy + j] for i < M, j < N. Thread-safe; no allocation. */
 void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int flags, float *Y,
                  size_t ldy);
+/* The same product with the weights read in place: N Q8_0 rows, row j at W + j * row_bytes.
+ * For few X rows, where packing would cost more than the product. Same bits. */
+void eng_gemm_q8_rows(const uint8_t *Xq, int M, const uint8_t *W, size_t row_bytes, int N, int K,
+                      float *Y, size_t ldy);
 
 /* The kernels, narrowest first. All give the same bits; eng_gemm_force picks one for tests and
  * benchmarks. */

@@ -373,6 +373,132 @@ static AVX2 void ytile_q8_2(const uint8_t *x, size_t xs, const uint8_t *w, int n
 }
 #endif
 
+/* ---- few X rows: weights read in place from their Q8_0 blocks ----
+ * Packing costs a pass over every weight, which a handful of rows cannot amortize. A block's
+ * integer dot product is exact whatever order its 32 products are added in, so reading each
+ * block as it sits in the file (lanes across its columns, then a horizontal sum) gives the
+ * same isum, and the float steps after it are the documented ones: the bits of eng_gemm_q8. */
+
+/* The exact isum of one block of weight row w against X row x. */
+static int32_t block_isum(const uint8_t *w, const uint8_t *x)
+{
+    int32_t isum = 0;
+    for (int k = 0; k < QK; k++)
+        isum += (int32_t)(int8_t)w[k] * (int32_t)(int8_t)x[k];
+    return isum;
+}
+
+static void rows_scalar(const uint8_t *Xq, int M, const uint8_t *W, size_t rb, int N, int K,
+                        float *Y, size_t ldy)
+{
+    const int nb = K / QK;
+    const size_t xs = eng_q8x_stride(K);
+    for (int j = 0; j < N; j++) {
+        const uint8_t *w = W + (size_t)j * rb;
+        for (int i = 0; i < M; i++) {
+            const uint8_t *x = Xq + (size_t)i * xs;
+            const float *dx = x_scales(x, K);
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = w + (size_t)b * SRC_BLK;
+                uint16_t h;
+                memcpy(&h, blk, 2);
+                acc = fmaf((float)block_isum(blk + 2, x + b * QK), dx[b] * base_f16_to_f32(h), acc);
+            }
+            Y[(size_t)i * ldy + j] = acc;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define AVX2F16 __attribute__((target("avx2,fma,f16c")))
+
+/* Up to this many X rows per pass over a weight row (its blocks stay in L1 between rows). */
+enum { RMR = 4 };
+
+/* Sums of 8 vectors of 8 int32 partials, one per block: lane t of the result is the total of
+ * p[t] (exact; the order of integer additions does not matter). */
+static AVX2F16 inline __m256i reduce8(const __m256i p[8])
+{
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+    /* a: blocks 0-3 of the low 128-bit halves, then of the high ones; b: blocks 4-7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+static AVX2F16 void rows_avx2(const uint8_t *Xq, int M, const uint8_t *W, size_t rb, int N, int K,
+                              float *Y, size_t ldy)
+{
+    const int nb = K / QK;
+    const size_t xs = eng_q8x_stride(K);
+    const __m256i ones = _mm256_set1_epi16(1), m128 = _mm256_set1_epi8((char)0x80);
+    for (int j = 0; j < N; j++) {
+        const uint8_t *w = W + (size_t)j * rb;
+        for (int i0 = 0; i0 < M; i0 += RMR) {
+            const int mr = M - i0 < RMR ? M - i0 : RMR;
+            float acc[RMR] = {0};
+            int b = 0;
+            for (; b + 8 <= nb; b += 8) {
+                /* eight blocks at a time: their weights, scales and whether any weight is -128 */
+                __m256i wv[8], bad = _mm256_setzero_si256();
+                float dw[8];
+                for (int t = 0; t < 8; t++) {
+                    const uint8_t *blk = w + (size_t)(b + t) * SRC_BLK;
+                    wv[t] = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(wv[t], m128));
+                    dw[t] = _cvtsh_ss((unsigned short)(blk[0] | blk[1] << 8));
+                }
+                const int slow = !_mm256_testz_si256(bad, bad); /* the sign trick cannot negate -128 */
+                for (int i = 0; i < mr; i++) {
+                    const uint8_t *xr = Xq + (size_t)(i0 + i) * xs;
+                    const float *dx = x_scales(xr, K) + b;
+                    int32_t is[8];
+                    if (slow) {
+                        for (int t = 0; t < 8; t++)
+                            is[t] = block_isum(w + (size_t)(b + t) * SRC_BLK + 2, xr + (size_t)(b + t) * QK);
+                    } else {
+                        __m256i p[8];
+                        for (int t = 0; t < 8; t++) {
+                            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + (size_t)(b + t) * QK));
+                            p[t] = _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv[t], xv)), ones);
+                        }
+                        _mm256_storeu_si256((__m256i *)is, reduce8(p));
+                    }
+                    float a = acc[i];
+                    for (int t = 0; t < 8; t++)
+                        a = fmaf((float)is[t], dx[t] * dw[t], a);
+                    acc[i] = a;
+                }
+            }
+            for (; b < nb; b++) {
+                const uint8_t *blk = w + (size_t)b * SRC_BLK;
+                const float dw = _cvtsh_ss((unsigned short)(blk[0] | blk[1] << 8));
+                for (int i = 0; i < mr; i++) {
+                    const uint8_t *xr = Xq + (size_t)(i0 + i) * xs;
+                    acc[i] = fmaf((float)block_isum(blk + 2, xr + (size_t)b * QK), x_scales(xr, K)[b] * dw, acc[i]);
+                }
+            }
+            for (int i = 0; i < mr; i++)
+                Y[(size_t)(i0 + i) * ldy + j] = acc[i];
+        }
+    }
+}
+#endif
+
+void eng_gemm_q8_rows(const uint8_t *Xq, int M, const uint8_t *W, size_t row_bytes, int N, int K,
+                      float *Y, size_t ldy)
+{
+#if defined(__x86_64__)
+    if (eng_gemm_level() >= ENG_GEMM_AVX2 && base_cpu_has(BASE_CPU_F16C)) {
+        rows_avx2(Xq, M, W, row_bytes, N, K, Y, ldy);
+        return;
+    }
+#endif
+    rows_scalar(Xq, M, W, row_bytes, N, K, Y, ldy);
+}
+
 void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int flags, float *Y,
                  size_t ldy)
 {

@@ -182,7 +182,12 @@ static void test_gemm_q8(void **state)
         for (int i = 0; i < M; i++)
             eng_q8x_quantize_row(X + (size_t)i * K, K, Xq + (size_t)i * xs);
         const int flags = eng_q8w_pack(W, rb, N, K, Wq);
+        /* the panel kernel, then (for few rows) the one that reads the blocks in place */
+        float *Yr = malloc(sizeof(float) * (size_t)M * N);
         eng_gemm_q8(Xq, M, Wq, N, K, flags, Y, (size_t)N);
+        eng_gemm_q8_rows(Xq, M, W, rb, N, K, Yr, (size_t)N);
+        assert_memory_equal(Y, Yr, sizeof(float) * (size_t)M * N);
+        free(Yr);
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) {
                 float acc = 0.0f;
