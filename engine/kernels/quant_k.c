@@ -64,7 +64,8 @@ static void q3k_unpack(const uint8_t *b, kq_vals *u)
 
 /* Q4_K (qh NULL) and Q5_K: each 32 bytes of qs hold sub-block 2g in their low nibbles, 2g+1
  * in the high ones; bit j of qh[l] is the fifth bit of element 32j + l. */
-static void q45k_unpack(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, kq_vals *u)
+static inline __attribute__((always_inline)) void q45k_unpack(const uint8_t *b, const uint8_t *qh,
+                                                            const uint8_t *qs, kq_vals *u)
 {
     uint8_t sc[8], mn[8];
     qb_q4k_scale_min(b + 4, sc, mn);

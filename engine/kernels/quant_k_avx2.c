@@ -250,6 +250,34 @@ AVX2 void eng_mv_k_avx2(uint32_t type, const uint8_t *W, size_t rb, int64_t ncol
     }
 }
 
+/* Q4_K into a GEMM panel: element k at dst[(k / 8) * stride + k % 8]. Each value is
+ * (d * sc) * q - (dmin * mn), a product and then a difference as in the scalar dequantizer
+ * (ggml's order), so the floats are the same; subtracting a min of +0 changes no value. */
+AVX2 void eng_dequant_q4_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    for (int64_t i = 0; i < n; i += QB_QK_K, b += QB_Q4_K_BYTES) {
+        uint8_t sc[8], mn[8];
+        qb_q4k_scale_min(b + 4, sc, mn);
+        const float d = f16s(b), dmin = f16s(b + 2);
+        for (int g = 0; g < 4; g++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * g));
+            const __m256i nib[2] = {_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)};
+            for (int h = 0; h < 2; h++) { /* sub-block 2g + h: 32 values */
+                const __m256 dl = _mm256_set1_ps(d * (float)sc[2 * g + h]);
+                const __m256 ml = _mm256_set1_ps(dmin * (float)mn[2 * g + h]);
+                const __m128i lo = _mm256_castsi256_si128(nib[h]), hi = _mm256_extracti128_si256(nib[h], 1);
+                const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+                float *o = y + (size_t)((i + 64 * g + 32 * h) / 8) * stride;
+                for (int t = 0; t < 4; t++, o += stride) {
+                    const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[t]));
+                    _mm256_storeu_ps(o, _mm256_sub_ps(_mm256_mul_ps(dl, v), ml));
+                }
+            }
+        }
+    }
+}
+
 #else
 /* Keeps the translation unit non-empty where there is nothing to compile. */
 typedef int eng_quant_k_avx2_unused;

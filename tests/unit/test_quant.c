@@ -308,6 +308,36 @@ static void test_dequant_q6_k_block(void **state)
 
 /* ---- quantize -> dequantize ---- */
 
+/* eng_dequant_row_panel (the prefill's weight panels, SIMD where a type has it): the floats of
+ * eng_dequant_row on the portable path, each at its panel place, for every type it takes. */
+static void test_dequant_panels(void **state)
+{
+    (void)state;
+    enum { N = 1024, STRIDE = 24 };
+    static float x[N], ref[N], pan[N / 8 * STRIDE];
+    static uint8_t q[N * 4];
+    uint64_t s = 11;
+    for (int i = 0; i < N; i++)
+        x[i] = rng_unit(&s) * (i < 512 ? 1.0f : 0.001f);
+    for (int i = 256; i < 320; i++)
+        x[i] = 0; /* an all-zero stretch: mins of +0, zero values */
+    static const uint32_t types[] = {GGML_T_F16, GGML_T_Q8_0, GGML_T_Q4_K};
+    int taken = 0;
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        assert_int_equal(eng_quantize_row(types[t], x, q, N), row_bytes(types[t], N));
+        const int prev = eng_quant_force_scalar(1);
+        eng_dequant_row(types[t], q, ref, N);
+        eng_quant_force_scalar(prev);
+        memset(pan, 0xff, sizeof pan);
+        if (!eng_dequant_row_panel(types[t], q, pan, N, STRIDE))
+            continue; /* no panel kernel on this CPU: the caller dequantizes rows */
+        taken++;
+        for (int k = 0; k < N; k++)
+            assert_memory_equal(&ref[k], &pan[(k / 8) * STRIDE + k % 8], sizeof(float));
+    }
+    printf("panel dequantizers checked: %d of %zu types\n", taken, sizeof types / sizeof types[0]);
+}
+
 static void test_quantize_roundtrip(void **state)
 {
     (void)state;
@@ -614,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_dequant_q4_0_block),
         cmocka_unit_test(test_dequant_q8_0_block),
         cmocka_unit_test(test_dequant_q6_k_block),
+        cmocka_unit_test(test_dequant_panels),
         cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_xq_paths_agree),
         cmocka_unit_test(test_matvec),
