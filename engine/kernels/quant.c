@@ -189,6 +189,10 @@ int eng_dequant_row_panel(uint32_t type, const void *src, float *dst, int64_t n,
             eng_dequant_q4_k_panel_avx2(src, dst, n, stride);
             return 1;
         }
+        if (type == GGML_T_Q6_K && n % QB_QK_K == 0) {
+            eng_dequant_q6_k_panel_avx2(src, dst, n, stride);
+            return 1;
+        }
     }
 #endif
     (void)type, (void)src, (void)dst, (void)n, (void)stride;

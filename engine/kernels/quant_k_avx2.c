@@ -278,6 +278,41 @@ AVX2 void eng_dequant_q4_k_panel_avx2(const uint8_t *b, float *y, int64_t n, siz
     }
 }
 
+
+/* Q6_K into a GEMM panel: (d * sc) * (q - 32), the scalar dequantizer's product (no mins). */
+AVX2 void eng_dequant_q6_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    const __m256i low = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+    for (int64_t i = 0; i < n; i += QB_QK_K, b += QB_Q6_K_BYTES) {
+        const float d = f16s(b + QB_Q6_K_D);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = b + 64 * h, *qhp = b + QB_Q6_K_QH + 32 * h;
+            const __m256i qa = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+            /* elements 32k + l of the half: a nibble of ql and two bits of qh each */
+            const __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(qa, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), two)),
+                _mm256_or_si256(_mm256_and_si256(qb, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), two)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), low), _mm256_and_si256(qh, two)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), low),
+                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), two)),
+            };
+            for (int k = 0; k < 4; k++) {
+                const __m256i q = _mm256_sub_epi8(v[k], off);
+                const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+                const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+                const int e0 = 128 * h + 32 * k; /* element of the super-block */
+                float *o = y + (size_t)((i + e0) / 8) * stride;
+                for (int t = 0; t < 4; t++, o += stride) {
+                    const __m256 dl = _mm256_set1_ps(d * (float)(int8_t)b[QB_Q6_K_SC + (e0 + 8 * t) / 16]);
+                    _mm256_storeu_ps(o, _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[t]))));
+                }
+            }
+        }
+    }
+}
+
 #else
 /* Keeps the translation unit non-empty where there is nothing to compile. */
 typedef int eng_quant_k_avx2_unused;

@@ -321,7 +321,7 @@ static void test_dequant_panels(void **state)
         x[i] = rng_unit(&s) * (i < 512 ? 1.0f : 0.001f);
     for (int i = 256; i < 320; i++)
         x[i] = 0; /* an all-zero stretch: mins of +0, zero values */
-    static const uint32_t types[] = {GGML_T_F16, GGML_T_Q8_0, GGML_T_Q4_K};
+    static const uint32_t types[] = {GGML_T_F16, GGML_T_Q8_0, GGML_T_Q4_K, GGML_T_Q6_K};
     int taken = 0;
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         assert_int_equal(eng_quantize_row(types[t], x, q, N), row_bytes(types[t], N));
