@@ -15,8 +15,8 @@
 #include "kvfetch/opts.h"
 
 static const char usage_text[] =
-    "usage: kvfetch get (URL | ID --server URL | --server URL --blob ID | ID --mirror URL...) --trust DIR\n"
-    "                   [options]\n"
+    "usage: kvfetch get (URL | ID --server URL | --server URL --blob ID) --trust DIR [options]\n"
+    "       kvfetch get ID --mirror URL [--mirror URL...] --trust DIR [options]\n"
     "       kvfetch get --snapshot WHERE (--document SHA256 --model M.gguf | --blob ID) --trust DIR\n"
     "\n"
     "Downloads a kvpub blob over HTTPS (certificate verification always on), verifying its\n"

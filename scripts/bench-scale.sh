@@ -3,16 +3,20 @@
 # snapshot served as a static file by nginx (a `kvpubd export` tree) next to kvpubd's dynamic
 # GET /v1/catalog (one SQLite query per request) and its own cached GET /v1/snapshot, side by
 # side in one run over a store of NLIST+1 listings; then the download throughput of one 117 MB
-# blob from two mirrors at once (nginx serving the export, kvpubd serving the store). kvfetch
-# fetches from one mirror per run, so the two-mirror figure is two concurrent clients, one per
-# mirror (kvfetch get, verifying while it downloads; and curl, not verifying). Medians of RUNS
-# interleaved runs. A benchmark, not a test: run by `make bench` (scripts/bench.sh).
+# blob from two mirrors at once (nginx serving the export, kvpubd serving the store): two
+# concurrent clients, one per mirror (kvfetch get, verifying while it downloads; and curl, not
+# verifying), and one kvfetch get --parallel 2 fetching the two halves of the blob's chunks
+# from both; then the same with each mirror limited to LIMIT bytes/s per connection (two
+# locations of the one nginx with limit_rate: mirrors whose links, not the CPU, set the rate),
+# one mirror against --parallel 2. Medians of RUNS interleaved runs. A benchmark, not a test:
+# run by `make bench` (scripts/bench.sh).
 set -euo pipefail
 BUILD=${BUILD:-build}
 THREADS=${THREADS:-2}      # server worker threads / nginx workers
 RUNS=${RUNS:-3}            # medians of RUNS
 DUR=${DUR:-5}              # seconds of wrk
 NLIST=${NLIST:-100}        # small listings besides the big blob
+LIMIT=${LIMIT:-10m}        # per-connection rate of the two limited mirrors (nginx limit_rate)
 . "$(dirname "$0")/bench-serve.inc"
 bs_init scale curl wrk || exit 0
 bs_blob
@@ -27,6 +31,8 @@ for i in $(seq "$NLIST"); do
     --cacert "$W/cert.pem" >/dev/null
 done
 "$BUILD/kvpubd" export --store "$W/store" --out "$W/www" >/dev/null
+BS_NGINX_EXTRA="location /lim1/ { alias $W/www/; limit_rate $LIMIT; }
+    location /lim2/ { alias $W/www/; limit_rate $LIMIT; }"
 bs_nginx "$W/www"
 K="https://127.0.0.1:$kport" N="https://127.0.0.1:$nport"
 C=(curl -sS --cacert "$W/cert.pem")
@@ -44,6 +50,18 @@ kvget() {
   rm -rf "$c"
 }
 cget() { "${C[@]}" -o /dev/null "$1"; }
+# kvpar ID [MIRROR...] -> one verified download of the blob, its chunks in two halves from two
+# mirrors (default: nginx and kvpubd)
+kvpar() {
+  local c id=$1 m=(); shift
+  for u in "${@:-$N}" ; do m+=(--mirror "$u"); done
+  [ $# -gt 0 ] || m+=(--mirror "$K")
+  c=$(mktemp -d "$W/cache.XXXXXX")
+  "$BUILD/kvfetch" get --quiet --trust "$W/trust" --cacert "$W/cert.pem" --cache-dir "$c" --parallel 2 \
+    "${m[@]}" "$id" >/dev/null
+  rm -rf "$c"
+}
+kvpar_lim() { kvpar "$1" "$N/lim1" "$N/lim2"; }
 # timed CLIENT URL... -> MB/s of one client per URL, all at once (aggregate)
 timed() {
   local client=$1 t0 t1 u pids=(); shift
@@ -69,6 +87,9 @@ for r in $(seq "$RUNS"); do
     timed "$cl" "$K/v1/blobs/$id" >>"$W/d.$cl.k"; echo >>"$W/d.$cl.k"
     timed "$cl" "$N/v1/blobs/$id" "$K/v1/blobs/$id" >>"$W/d.$cl.nk"; echo >>"$W/d.$cl.nk"
   done
+  timed kvpar "$id" >>"$W/d.kvpar"; echo >>"$W/d.kvpar"
+  timed kvget "$N/lim1/v1/blobs/$id" >>"$W/d.lim1"; echo >>"$W/d.lim1"
+  timed kvpar_lim "$id" >>"$W/d.lim2"; echo >>"$W/d.lim2"
 done
 m() { median <"$W/$1"; }
 nsnap=$(m r.nsnap) kcat=$(m r.kcat) ksnap=$(m r.ksnap)
@@ -80,5 +101,8 @@ printf '%-52s %10s %10s\n' "download of the blob, MB/s, median of $RUNS" "kvfetc
 printf '%-52s %10s %10s\n' "1 client, nginx" "$(m d.kvget.n)" "$(m d.cget.n)"
 printf '%-52s %10s %10s\n' "1 client, kvpubd" "$(m d.kvget.k)" "$(m d.cget.k)"
 printf '%-52s %10s %10s\n' "2 clients at once, one per mirror (aggregate)" "$(m d.kvget.nk)" "$(m d.cget.nk)"
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (kvfetch verifies every chunk while it downloads;" \
-  "two mirrors means two concurrent clients: kvfetch does not yet split one blob across mirrors)"
+printf '%-52s %10s %10s\n' "1 client, --parallel 2: half the chunks from each" "$(m d.kvpar)" "-"
+printf '%-52s %10s %10s\n' "mirrors limited to $LIMIT/s a connection: 1 mirror" "$(m d.lim1)" "-"
+printf '%-52s %10s %10s\n' "... 1 client, --parallel 2 over two such mirrors" "$(m d.lim2)" "-"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (kvfetch verifies every chunk while it downloads," \
+  "and a --parallel download once more as a whole before it keeps it)"
