@@ -36,6 +36,15 @@ int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
 void *base_alloc_big(size_t n);
 void base_free_big(void *p, size_t n);
 
+/* ---- cleanup lists ---- */
+
+/* free()s each of the n pointers p[0..n) (NULL ones too: free(NULL) is a no-op). */
+void base_free_n(void *const *p, size_t n);
+/* A destructor's list of owned buffers in one statement: BASE_FREE_ALL(c->x, c->y, c). The
+ * pointers are freed in the order given, so a handle itself goes last. */
+#define BASE_FREE_ALL(...) \
+    base_free_n((void *const[]){__VA_ARGS__}, sizeof((void *const[]){__VA_ARGS__}) / sizeof(void *))
+
 /* ---- time ---- */
 
 /* Seconds on the monotonic clock (for intervals only; the origin is arbitrary). */

@@ -1,5 +1,5 @@
-/* mem.c: the growable array every module keeps (token ids, heaps, tensor lists, paths), and the
- * large zeroed buffers of the engine's caches. */
+/* mem.c: the growable array every module keeps (token ids, heaps, tensor lists, paths), the
+ * large zeroed buffers of the engine's caches, and the destructors' cleanup lists. */
 #include "base/base.h"
 
 #include <stdint.h>
@@ -42,4 +42,10 @@ void base_free_big(void *p, size_t n)
 {
     if (p)
         munmap(p, n ? n : 1);
+}
+
+void base_free_n(void *const *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(p[i]);
 }

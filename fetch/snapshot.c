@@ -344,10 +344,7 @@ void kvf_snapshot_free(kvf_snapshot *s)
     if (!s)
         return;
     json_decref(s->doc);
-    free(s->payload);
-    free(s->items);
-    free(s->keys);
-    free(s);
+    BASE_FREE_ALL(s->payload, s->items, s->keys, s);
 }
 
 uint64_t kvf_snapshot_version(const kvf_snapshot *s) { return s->version; }

@@ -115,17 +115,12 @@ void kvb_reader_free(kvb_reader *r)
         free(r->slots[i].in);
         free(r->slots[i].out);
     }
-    free(r->slots);
-    free(r->prefix);
     kvb_manifest_free(r->m);
-    free(r->tokbuf);
-    free(r->tokens);
-    free(r->stage);
     kvb_codec_ctx_free(r->inline_ctx);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv_work);
     pthread_cond_destroy(&r->cv_done);
-    free(r);
+    BASE_FREE_ALL(r->slots, r->prefix, r->tokbuf, r->tokens, r->stage, r);
 }
 
 const kvb_manifest *kvb_reader_manifest(const kvb_reader *r) { return r->m; }

@@ -297,13 +297,8 @@ void kvb_writer_free(kvb_writer *w)
     free(w->enc);
     if (w->spill_fd >= 0)
         close(w->spill_fd);
-    free(w->spill_off);
-    free(w->spill_dir);
-    free(w->secs);
-    free(w->tok);
-    free(w->ctx);
     kvb_codec_ctx_free(w->codec);
-    free(w);
+    BASE_FREE_ALL(w->spill_off, w->spill_dir, w->secs, w->tok, w->ctx, w);
 }
 
 /* Tokens in chunk i. */

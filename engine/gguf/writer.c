@@ -54,11 +54,7 @@ void ggw_free(ggw *w)
         fclose(w->f);
         unlink(w->tmp);
     }
-    free(w->kv);
-    free(w->t);
-    free(w->path);
-    free(w->tmp);
-    free(w);
+    BASE_FREE_ALL(w->kv, w->t, w->path, w->tmp, w);
 }
 
 static int put(ggw *w, const void *p, size_t n)

@@ -198,18 +198,8 @@ void eng_vocab_free(struct eng_vocab *v)
 {
     if (!v)
         return;
-    free(v->text);
-    free(v->text_off);
-    free(v->piece);
-    free(v->piece_off);
-    free(v->scores);
-    free(v->types);
-    free(v->tokmap.slot);
-    free(v->merges);
-    free(v->mergemap.slot);
-    free(v->special);
-    free(v->chat_template);
-    free(v);
+    BASE_FREE_ALL(v->text, v->text_off, v->piece, v->piece_off, v->scores, v->types, v->tokmap.slot, v->merges,
+                  v->mergemap.slot, v->special, v->chat_template, v);
 }
 
 static eng_status check_id(const char *what, int32_t id, size_t n, char *err, size_t errlen)
