@@ -1,5 +1,5 @@
 /* ctx_internal.h: the inference context shared by engine/ctx.c (KV cache), forward.c (the
- * graph), attention.c, rope.c and pool.c (worker threads). Not part of engine.h. */
+ * graph), attention.c and attention_decode.c, rope.c and pool.c (worker threads). Not part of engine.h. */
 #ifndef KVPUB_CTX_INTERNAL_H
 #define KVPUB_CTX_INTERNAL_H
 

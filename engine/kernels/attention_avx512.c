@@ -15,7 +15,7 @@
 
 enum { KB = ENG_KEY_BLOCK, KV = KB / 16 };
 
-/* attention.c's exp_neg_avx2, lane for lane. */
+/* attention_shared.h's exp_neg_avx2, lane for lane. */
 static AVX512 inline __m512 exp_neg(__m512 x)
 {
     const __m512 lo = _mm512_set1_ps(-87.0f);
@@ -38,7 +38,7 @@ static AVX512 inline __m512 exp_neg(__m512 x)
     return _mm512_maskz_mov_ps((__mmask16)~under, y);
 }
 
-/* attention.c's hsum8: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). */
+/* attention_shared.h's hsum8: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). */
 static AVX512 inline float hsum8(__m256 v)
 {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
