@@ -221,35 +221,28 @@ int kvs_store_schema_version(kvs_store *s)
     return v;
 }
 
-/* A version-0 database that already has tables is someone else's: do not add ours to it. */
-static kvs_status check_foreign(sqlite3 *db, char *err, size_t errlen)
-{
-    db_stmt q;
-    kvs_status st = db_prepare(db, "SELECT name FROM sqlite_master LIMIT 1", &q, err, errlen);
-    int row = 0;
-    if (st == KVS_OK)
-        st = db_step(&q, &row, err, errlen);
-    if (st == KVS_OK && row) {
-        base_errf(err, errlen, "%s is not a kvpub index (it has tables but no kvpub schema version)",
-                  sqlite3_db_filename(db, "main"));
-        st = KVS_ERR_SCHEMA;
-    }
-    db_finalize(&q);
-    return st;
-}
+/* What check_schema refuses: a version-0 database that already has tables is someone else's
+ * (do not add ours to it); a migration that leaves rows breaking a foreign key (PRAGMA
+ * foreign_key_check) is rolled back. */
+enum check_what { FOREIGN_TABLES, BROKEN_REFERENCES };
 
-/* Rows that break a foreign key (PRAGMA foreign_key_check): a migration that leaves any is
- * rolled back. */
-static kvs_status check_foreign_keys(sqlite3 *db, char *err, size_t errlen)
+/* KVS_ERR_SCHEMA, saying why, when the check's query gives a row; KVS_OK when it gives none. */
+static kvs_status check_schema(sqlite3 *db, enum check_what what, char *err, size_t errlen)
 {
     db_stmt q;
-    kvs_status st = db_prepare(db, "PRAGMA foreign_key_check", &q, err, errlen);
+    kvs_status st = db_prepare(db, what == FOREIGN_TABLES ? "SELECT name FROM sqlite_master LIMIT 1"
+                                                          : "PRAGMA foreign_key_check",
+                               &q, err, errlen);
     int row = 0;
     if (st == KVS_OK)
         st = db_step(&q, &row, err, errlen);
     if (st == KVS_OK && row) {
-        base_errf(err, errlen, "schema migration would break a reference from table %s",
-                  (const char *)sqlite3_column_text(q.st, 0));
+        if (what == FOREIGN_TABLES)
+            base_errf(err, errlen, "%s is not a kvpub index (it has tables but no kvpub schema version)",
+                      sqlite3_db_filename(db, "main"));
+        else
+            base_errf(err, errlen, "schema migration would break a reference from table %s",
+                      (const char *)sqlite3_column_text(q.st, 0));
         st = KVS_ERR_SCHEMA;
     }
     db_finalize(&q);
@@ -290,7 +283,7 @@ static kvs_status migrate_locked(sqlite3 *db, char *err, size_t errlen)
             db_rollback(db);
             return st;
         }
-        if (v == 0 && (st = check_foreign(db, err, errlen)) != KVS_OK) {
+        if (v == 0 && (st = check_schema(db, FOREIGN_TABLES, err, errlen)) != KVS_OK) {
             db_rollback(db);
             return st;
         }
@@ -308,7 +301,7 @@ static kvs_status migrate_locked(sqlite3 *db, char *err, size_t errlen)
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
         st = db_exec(db, migrations[v], err, errlen);
         if (st == KVS_OK)
-            st = check_foreign_keys(db, err, errlen);
+            st = check_schema(db, BROKEN_REFERENCES, err, errlen);
         if (st == KVS_OK)
             st = db_exec(db, pragma, err, errlen);
         if (st != KVS_OK) {
