@@ -44,10 +44,8 @@ int kvpubd_gc_main(int argc, char **argv)
     }
     char err[512];
     kvs_store *s = NULL;
-    if (kvs_store_open(dir, &s, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "kvpubd gc: %s\n", err);
+    if (kvpubd_store_open("kvpubd gc", dir, &s, err, sizeof err))
         return 2;
-    }
     size_t blobs = 0;
     kvs_status st = kvs_store_gc(s, (int64_t)now, &blobs, err, sizeof err);
     kvs_store_close(s);

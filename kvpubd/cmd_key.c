@@ -75,10 +75,8 @@ int kvpubd_key_main(int argc, char **argv)
     }
     char err[1024], hex[17], t1[32], t2[32];
     kvs_store *s = NULL;
-    if (kvs_store_open(store, &s, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "%s: %s\n", prog, err);
+    if (kvpubd_store_open(prog, store, &s, err, sizeof err))
         return 2;
-    }
     int64_t now = (int64_t)time(NULL);
     kvs_status st;
     if (!strcmp(verb, "rotate")) {

@@ -76,10 +76,8 @@ int kvpubd_listing_main(int argc, char **argv)
     }
     char err[1024], path[4096], a[32], b[32];
     kvs_store *s = NULL;
-    if (kvs_store_open(store, &s, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "%s: %s\n", prog, err);
+    if (kvpubd_store_open(prog, store, &s, err, sizeof err))
         return 2;
-    }
     kvs_status st = kvs_store_blob_path(s, id, path, sizeof path, err, sizeof err);
     int rc = 0;
     if (st == KVS_OK && u.set_expires) {

@@ -119,8 +119,7 @@ static int cmd_add(const char *dir, const char *keypath, const char *name)
     kvc_wipe(sh, sizeof sh);
 
     kvs_store *s = NULL;
-    if (kvs_store_open(dir, &s, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "kvpubd publisher add: %s\n", err);
+    if (kvpubd_store_open("kvpubd publisher add", dir, &s, err, sizeof err)) {
         kvc_wipe(cred, sizeof cred);
         return 2;
     }
@@ -193,8 +192,7 @@ static int cmd_list(const char *dir)
         return 2;
     }
     kvs_store *s = NULL;
-    if (kvs_store_open(dir, &s, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "kvpubd publisher list: %s\n", err);
+    if (kvpubd_store_open("kvpubd publisher list", dir, &s, err, sizeof err)) {
         kvc_trust_free(t);
         return 2;
     }

@@ -111,10 +111,8 @@ static int make_snapshot(const repo_args *a, const char *prog, kvs_store **st, k
 {
     char err[1024];
     kvc_key *key = NULL;
-    if (kvs_store_open(a->store, st, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "%s: %s\n", prog, err);
+    if (kvpubd_store_open(prog, a->store, st, err, sizeof err))
         return 2;
-    }
     kvs_status s = KVS_OK;
     if (a->key) {
         if (kvc_key_load_private(a->key, &key, err, sizeof err) != KVC_OK)

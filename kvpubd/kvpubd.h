@@ -3,6 +3,10 @@
 #ifndef KVPUB_KVPUBD_H
 #define KVPUB_KVPUBD_H
 
+#include <stddef.h>
+
+#include "store/kvstore.h"
+
 int kvpubd_keygen_main(int argc, char **argv);
 int kvpubd_publish_main(int argc, char **argv);   /* cmd_publish.c */
 int kvpubd_serve_main(int argc, char **argv);     /* cmd_serve.c */
@@ -13,5 +17,10 @@ int kvpubd_export_main(int argc, char **argv);    /* cmd_repo.c */
 int kvpubd_key_main(int argc, char **argv);       /* cmd_key.c */
 int kvpubd_listing_main(int argc, char **argv);   /* cmd_listing.c */
 int kvpubd_upload_main(int argc, char **argv);    /* cmd_upload.c */
+
+/* Shared by the commands (cmd_common.c). */
+/* Opens the store at dir into *s (kvs_store_open, err as its buffer). Returns 0, or 2 after
+ * printing "PROG: why" on stderr. */
+int kvpubd_store_open(const char *prog, const char *dir, kvs_store **s, char *err, size_t errlen);
 
 #endif
