@@ -1,6 +1,6 @@
 /* base.h: the layer under every kvpub module and tool (libc and pthread only): error-buffer
  * formatting, the command-line number grammar, CPU feature detection, f16/bf16 scalar
- * conversion, the tools' subcommand dispatch and cache directory, durable file writes, a
+ * conversion, the tools' subcommand dispatch, options and cache directory, durable file writes, a
  * monotonic clock, a seeded PRNG and stopping worker threads. */
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
@@ -213,8 +213,53 @@ typedef struct base_cmd {
 
 /* The whole of a tool's main() after its setup: PROG --help / -h / help prints the table on
  * stdout and returns 0; PROG COMMAND ... returns COMMAND's fn; no command, or an unknown one,
- * is a one-line error on stderr and 2. The only base_ function that prints. */
+ * is a one-line error on stderr and 2. With base_opts_ below, the only base_ functions that
+ * print. */
 int base_cmd_dispatch(const char *prog, const base_cmd *cmds, int argc, char **argv);
+
+/* ---- the tools' options ----
+ * One getopt_long loop with the tools' conventions, so that every command declares its options
+ * as a struct option table and a switch, and says --help and bad options the same way:
+ *
+ *     base_opts op = {.prog = "kvfetch buy", .usage = usage_buy, .shortopts = "h", .longopts = lo};
+ *     while ((c = base_opts_next(&op, argc, argv)) > 0)
+ *         switch (c) { ... }
+ *     if (c < 0)
+ *         return op.rc;
+ *
+ * The only other base_ functions that print, with base_cmd_dispatch. */
+
+struct option;
+
+typedef struct base_opts {
+    const char *prog;               /* prefixes every message: "kvfetch buy" */
+    const char *usage;              /* the --help text; NULL: usage_fn prints it */
+    void (*usage_fn)(FILE *out);
+    const char *shortopts;          /* getopt_long's; "h" at least */
+    const struct option *longopts;  /* with {"help", no_argument, NULL, 'h'} */
+    int first;                      /* argv index of the first option; 0 means 1 (2 after a verb) */
+    const char *hint;               /* what "(try ...)" names; NULL: "--help" */
+    const char *bad;                /* what a bad option is called; NULL: "unknown or incomplete option" */
+    int getopt_says;                /* 1: getopt names a bad option itself; the usage follows on stderr */
+    /* Options that another module parses (kvfetch's shared ones): 1 when it took code c, 0 when
+     * not, -1 after printing why arg is bad. NULL: none. */
+    int (*more)(void *ctx, int c, const char *arg, const char *prog);
+    void *more_ctx;
+    int started;                    /* 0 until the first base_opts_next */
+    int rc;                         /* the exit code, once base_opts_next returned -1 */
+} base_opts;
+
+/* The next option's code (> 0) for the caller's switch (optarg its value), or 0 after the last
+ * option (optind: the first operand), or -1 with o->rc the command's exit code: 0 after --help
+ * (the usage printed on stdout), 2 after an unknown option or a missing value (one line on
+ * stderr). */
+int base_opts_next(base_opts *o, int argc, char **argv);
+/* After the options: 0 when no operand is left, else 2 after "PROG: unexpected argument 'X'"
+ * on stderr (followed by " (try HINT)" when hint is set). */
+int base_opts_no_operands(const base_opts *o, int argc, char **argv, int hint);
+/* For PROG VERB [options]: 1 when argv[1] is verb; else 0 with o->rc set, after printing the
+ * usage on stdout for --help or -h (rc 0), on stderr otherwise (rc 2). */
+int base_opts_verb(base_opts *o, int argc, char **argv, const char *verb);
 
 /* ---- where the tools cache ---- */
 

@@ -72,9 +72,8 @@ int kvfetch_buy_main(int argc, char **argv)
     kvf_http_opts http = {0};
     int json = 0, c;
     long now = 0;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    base_opts op = {.prog = prog, .usage = usage_buy, .shortopts = "h", .longopts = longopts};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 's': server = optarg; break;
         case 'b': buyer = optarg; break;
@@ -86,12 +85,10 @@ int kvfetch_buy_main(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'h': fputs(usage_buy, stdout); return 0;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
+    if (c < 0)
+        return op.rc;
     kvf_token_rec rec = {0};
     if (optind != argc - 1 || !server) {
         fprintf(stderr, "%s: give one blob ID and --server URL (try --help)\n", prog);

@@ -86,8 +86,9 @@ int kvfetch_generate_main(int argc, char **argv)
     long n_gen = 64, top_k = 0, threads = 0, n_ctx = 0, seed = 1;
     float temp = 0, top_p = 1;
     int print_ids = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "n:h", lo, NULL)) != -1) {
+    base_opts op = {.prog = "kvfetch generate", .usage_fn = usage, .shortopts = "n:h", .longopts = lo,
+                   .getopt_says = 1};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         int bad = 0;
         switch (c) {
         case 'm': model = optarg; break;
@@ -105,8 +106,6 @@ int kvfetch_generate_main(int argc, char **argv)
         case 'L': logits_out = optarg; break;
         case 'j': bad = kvf_parse_long(optarg, 1, 256, &threads); break;
         case 'c': bad = kvf_parse_long(optarg, 1, 1 << 20, &n_ctx); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
         }
         if (bad) {
             fprintf(stderr, "kvfetch generate: bad value '%s' for --%s\n", optarg,
@@ -115,10 +114,10 @@ int kvfetch_generate_main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "kvfetch generate: unexpected argument '%s'\n", argv[optind]);
+    if (c < 0)
+        return op.rc;
+    if (base_opts_no_operands(&op, argc, argv, 0))
         return 2;
-    }
     if (!model || (!prompt == !prompt_ids)) {
         fprintf(stderr, "kvfetch generate: need --model and exactly one of --prompt / --prompt-ids "
                         "(try --help)\n");

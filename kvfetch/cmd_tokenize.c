@@ -97,9 +97,9 @@ int kvfetch_tokenize_main(int argc, char **argv)
     };
     const char *model = NULL, *sep = NULL, *system = NULL;
     int special = 1, add_bos = 1, as_json = 0, chat = 0, show_text = 0, c;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    base_opts op = {.prog = "kvfetch tokenize", .usage_fn = usage, .shortopts = "h", .longopts = longopts,
+                   .bad = "unexpected option"};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 'm': model = optarg; break;
         case 's': special = 1; break;
@@ -110,12 +110,10 @@ int kvfetch_tokenize_main(int argc, char **argv)
         case 'c': chat = 1; break;
         case 'y': system = optarg; break;
         case 't': show_text = 1; break;
-        case 'h': usage(stdout); return KVF_EXIT_OK;
-        default:
-            fprintf(stderr, "kvfetch tokenize: unexpected option '%s' (try --help)\n", argv[optind - 1]);
-            return KVF_EXIT_USAGE;
         }
     }
+    if (c < 0)
+        return op.rc; /* KVF_EXIT_OK after --help, KVF_EXIT_USAGE */
     if (!model || argc - optind > 1 || (sep && !*sep)) {
         fputs(!model ? "kvfetch tokenize: --model is required (try --help)\n"
               : sep && !*sep ? "kvfetch tokenize: --separator must not be empty\n"

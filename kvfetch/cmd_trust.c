@@ -23,33 +23,27 @@ static const char usage_trust[] =
 
 int kvfetch_trust_main(int argc, char **argv)
 {
-    const char *prog = "kvfetch trust add";
-    if (argc < 2 || strcmp(argv[1], "add") != 0) {
-        int help = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
-        fputs(usage_trust, help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
     enum { O_FP = 1, O_TRUST, O_CACERT };
     static const struct option longopts[] = {
         {"fingerprint", required_argument, NULL, O_FP}, {"trust", required_argument, NULL, O_TRUST},
         {"cacert", required_argument, NULL, O_CACERT}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
+    const char *prog = "kvfetch trust add";
+    base_opts op = {.prog = prog, .usage = usage_trust, .shortopts = "h", .longopts = longopts, .first = 2};
+    if (!base_opts_verb(&op, argc, argv, "add"))
+        return op.rc;
     const char *fp = NULL, *dir = NULL;
     kvf_http_opts http = {0};
     int c;
-    optind = 2;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case O_FP: fp = optarg; break;
         case O_TRUST: dir = optarg; break;
         case O_CACERT: http.cacert = optarg; break;
-        case 'h': fputs(usage_trust, stdout); return 0;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
+    if (c < 0)
+        return op.rc;
     uint8_t id[KVC_KEYID_LEN];
     if (optind + 1 != argc || !fp || !dir || strlen(fp) != 16 || kvc_unhex(fp, id, sizeof id) != KVC_OK) {
         fprintf(stderr, "%s: give one URL or FILE, --fingerprint KEYID (16 hex digits) and --trust DIR\n", prog);

@@ -47,9 +47,8 @@ int kvpubd_key_main(int argc, char **argv)
     const char *store = NULL, *keyid = NULL, *reason = NULL;
     uint64_t cutoff = 0;
     int c;
-    optind = 2;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    base_opts op = {.prog = prog, .usage = key_usage, .shortopts = "h", .longopts = longopts, .first = 2};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case O_STORE: store = optarg; break;
         case O_KEYID: keyid = optarg; break;
@@ -60,12 +59,10 @@ int kvpubd_key_main(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'h': fputs(key_usage, stdout); return 0;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
+    if (c < 0)
+        return op.rc;
     uint8_t id[KVC_KEYID_LEN];
     if (!store || optind < argc || (!strcmp(verb, "revoke") && (!keyid || strlen(keyid) != 16 ||
                                                                  kvc_unhex(keyid, id, sizeof id) != KVC_OK))) {

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "base/base.h"
 #include "crypto/kvcrypto.h"
 
 static void keygen_usage(FILE *f)
@@ -62,23 +63,18 @@ int kvpubd_keygen_main(int argc, char **argv)
     };
     const char *prefix = NULL;
     int json = 0, c;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "+o:h", opts, NULL)) != -1) {
+    base_opts op = {.prog = "kvpubd keygen", .usage_fn = keygen_usage, .shortopts = "+o:h", .longopts = opts,
+                   .hint = "kvpubd keygen --help"};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 'o': prefix = optarg; break;
         case 'j': json = 1; break;
-        case 'h': keygen_usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvpubd keygen: unknown or incomplete option '%s' (try kvpubd keygen --help)\n",
-                    argv[optind - 1]);
-            return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "kvpubd keygen: unexpected argument '%s' (try kvpubd keygen --help)\n", argv[optind]);
+    if (c < 0)
+        return op.rc;
+    if (base_opts_no_operands(&op, argc, argv, 1))
         return 2;
-    }
     if (!prefix || !*prefix) {
         fprintf(stderr, "kvpubd keygen: missing -o PREFIX (where to write PREFIX.key and PREFIX.pub)\n");
         return 2;

@@ -21,26 +21,22 @@ static const char listing_usage[] =
 
 int kvpubd_listing_main(int argc, char **argv)
 {
-    const char *prog = "kvpubd listing set";
-    if (argc < 2 || strcmp(argv[1], "set") != 0) {
-        int help = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
-        fputs(listing_usage, help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
     enum { O_STORE = 1, O_PRICE, O_TITLE, O_EXPIRES };
     static const struct option longopts[] = {
         {"store", required_argument, NULL, O_STORE}, {"price", required_argument, NULL, O_PRICE},
         {"title", required_argument, NULL, O_TITLE}, {"expires", required_argument, NULL, O_EXPIRES},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
+    const char *prog = "kvpubd listing set";
+    base_opts op = {.prog = prog, .usage = listing_usage, .shortopts = "h", .longopts = longopts, .first = 2};
+    if (!base_opts_verb(&op, argc, argv, "set"))
+        return op.rc;
     const char *store = NULL;
     kvs_listing_update u = {0};
     int64_t now = (int64_t)time(NULL);
     uint64_t v;
     int c;
-    optind = 2;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case O_STORE: store = optarg; break;
         case O_TITLE: u.title = optarg; break;
@@ -61,12 +57,10 @@ int kvpubd_listing_main(int argc, char **argv)
             }
             u.expires = now + (int64_t)v;
             break;
-        case 'h': fputs(listing_usage, stdout); return 0;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
+    if (c < 0)
+        return op.rc;
     uint8_t id[32];
     if (!store || optind + 1 != argc || strlen(argv[optind]) != 64 || kvc_unhex(argv[optind], id, 32) != KVC_OK ||
         (!u.title && !u.set_price && !u.set_expires)) {

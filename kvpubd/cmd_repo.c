@@ -66,9 +66,8 @@ static int parse_args(int argc, char **argv, const char *prog, const char *usage
     a->ttl = 86400;
     int c;
     uint64_t v;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+    base_opts op = {.prog = prog, .usage = usage, .shortopts = "o:h", .longopts = longopts};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case O_STORE: a->store = optarg; break;
         case 'o': case O_OUT: a->out = optarg; break;
@@ -87,16 +86,12 @@ static int parse_args(int argc, char **argv, const char *prog, const char *usage
             }
             a->now = (int64_t)v;
             break;
-        case 'h': fputs(usage, stdout); return -1;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog, argv[optind]);
+    if (c < 0)
+        return op.rc ? op.rc : -1;
+    if (base_opts_no_operands(&op, argc, argv, 1))
         return 2;
-    }
     if (!a->store) {
         fprintf(stderr, "%s: --store DIR is required (try --help)\n", prog);
         return 2;

@@ -77,9 +77,8 @@ int kvpubd_upload_main(int argc, char **argv)
     const char *server = NULL, *cred_arg = NULL, *cred_file = NULL, *price = NULL;
     kvf_http_opts http = {0};
     int json = 0, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    base_opts op = {.prog = prog, .usage = usage_upload, .shortopts = "h", .longopts = longopts};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 's': server = optarg; break;
         case 'c': cred_arg = optarg; break;
@@ -87,12 +86,10 @@ int kvpubd_upload_main(int argc, char **argv)
         case 'p': price = optarg; break;
         case 'a': http.cacert = optarg; break;
         case 'j': json = 1; break;
-        case 'h': fputs(usage_upload, stdout); return UP_OK;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return UP_USAGE;
         }
     }
+    if (c < 0)
+        return op.rc; /* UP_OK after --help, UP_USAGE */
     if (optind != argc - 1 || !server) {
         fprintf(stderr, "%s: give one blob file and --server URL (try --help)\n", prog);
         return UP_USAGE;
