@@ -46,14 +46,16 @@ static const char export_usage[] =
     "Exit: 0 ok, 2 usage, I/O or no signing key.\n";
 
 typedef struct repo_args {
+    const char *prog; /* "kvpubd snapshot" or "kvpubd export": prefixes messages */
     const char *store, *out, *key;
     uint64_t ttl;
     int64_t now;
     int json;
 } repo_args;
 
-/* Parses the options both commands take. Returns -1 after --help, 0, or 2 on a usage error. */
-static int parse_args(int argc, char **argv, const char *prog, const char *usage, repo_args *a)
+/* Parses the options both commands take (need_out: --out is required). Returns -1 to go on, or
+ * the exit code: 0 after --help, 2 on a usage error. */
+static int parse_args(int argc, char **argv, const char *prog, const char *usage, int need_out, repo_args *a)
 {
     enum { O_STORE = 1, O_OUT, O_EXPIRES, O_KEY, O_NOW, O_JSON };
     static const struct option longopts[] = {
@@ -63,6 +65,7 @@ static int parse_args(int argc, char **argv, const char *prog, const char *usage
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
     memset(a, 0, sizeof *a);
+    a->prog = prog;
     a->ttl = 86400;
     int c;
     uint64_t v;
@@ -89,21 +92,26 @@ static int parse_args(int argc, char **argv, const char *prog, const char *usage
         }
     }
     if (c < 0)
-        return op.rc ? op.rc : -1;
+        return op.rc;
     if (base_opts_no_operands(&op, argc, argv, 1))
         return 2;
     if (!a->store) {
         fprintf(stderr, "%s: --store DIR is required (try --help)\n", prog);
         return 2;
     }
+    if (need_out && !a->out) {
+        fprintf(stderr, "%s: --out DIR is required (try --help)\n", prog);
+        return 2;
+    }
     if (!a->now)
         a->now = (int64_t)time(NULL);
-    return 0;
+    return -1;
 }
 
 /* Opens the store and signs a snapshot. Returns 0 or 2 after printing why. */
-static int make_snapshot(const repo_args *a, const char *prog, kvs_store **st, kvs_snapshot *snap)
+static int make_snapshot(const repo_args *a, kvs_store **st, kvs_snapshot *snap)
 {
+    const char *prog = a->prog;
     char err[1024];
     kvc_key *key = NULL;
     if (kvpubd_store_open(prog, a->store, st, err, sizeof err))
@@ -153,14 +161,14 @@ static int write_file(const char *path, const void *data, size_t len, char *err,
 
 int kvpubd_snapshot_main(int argc, char **argv)
 {
-    const char *prog = "kvpubd snapshot";
     repo_args a;
-    int rc = parse_args(argc, argv, prog, snapshot_usage, &a);
-    if (rc)
-        return rc < 0 ? 0 : rc;
+    int rc = parse_args(argc, argv, "kvpubd snapshot", snapshot_usage, 0, &a);
+    if (rc >= 0)
+        return rc;
+    const char *prog = a.prog;
     kvs_store *st = NULL;
     kvs_snapshot snap;
-    rc = make_snapshot(&a, prog, &st, &snap);
+    rc = make_snapshot(&a, &st, &snap);
     kvs_store_close(st);
     if (rc)
         return rc;
@@ -289,23 +297,19 @@ static void prune_unlisted(const char *out, json_t *listed, export_counts *c)
 
 int kvpubd_export_main(int argc, char **argv)
 {
-    const char *prog = "kvpubd export";
     repo_args a;
-    int rc = parse_args(argc, argv, prog, export_usage, &a);
-    if (rc)
-        return rc < 0 ? 0 : rc;
-    if (!a.out) {
-        fprintf(stderr, "%s: --out DIR is required (try --help)\n", prog);
-        return 2;
-    }
+    int rc = parse_args(argc, argv, "kvpubd export", export_usage, 1, &a);
+    if (rc >= 0)
+        return rc;
     char err[1024], path[PATH_MAX];
+    const char *prog = a.prog;
     if (mkdirs(a.out, err, sizeof err) != 0) {
         fprintf(stderr, "%s: %s\n", prog, err);
         return 2;
     }
     kvs_store *st = NULL;
     kvs_snapshot snap;
-    if ((rc = make_snapshot(&a, prog, &st, &snap)) != 0) {
+    if ((rc = make_snapshot(&a, &st, &snap)) != 0) {
         kvs_store_close(st);
         return rc;
     }
