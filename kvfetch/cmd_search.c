@@ -176,28 +176,21 @@ int kvfetch_search_main(int argc, char **argv)
     const char *server = NULL, *model = NULL, *snapshot = NULL, *vals[O_END] = {0};
     kvf_common co = {0};
     int json = 0, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int r = kvf_common_opt(&co, c, optarg, prog);
-        if (r < 0)
-            return 2;
-        if (r > 0)
-            continue;
+    base_opts op = {.prog = prog, .usage = usage_search, .shortopts = "h", .longopts = longopts,
+                    .more = kvf_common_hook, .more_ctx = &co};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case O_SERVER: server = optarg; break;
         case O_SNAPSHOT: snapshot = optarg; break;
         case O_MODEL: model = optarg; break;
         case O_JSON: json = 1; break;
-        case 'h': fputs(usage_search, stdout); return 0;
         case O_MODEL_FP: case O_DOC: case O_Q: case O_PUB: case O_CTX: case O_LIMIT: case O_OFFSET:
             vals[c] = optarg;
             break;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
+    if (c < 0)
+        return op.rc;
     if (!server == !snapshot || optind < argc || (model && vals[O_MODEL_FP])) {
         fprintf(stderr, "%s: give --server URL or --snapshot URL|FILE (and at most one of --model, --model-fp; "
                         "try --help)\n", prog);

@@ -136,6 +136,11 @@ int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog)
     }
 }
 
+int kvf_common_hook(void *co, int c, const char *arg, const char *prog)
+{
+    return kvf_common_opt(co, c, arg, prog);
+}
+
 static void human(double b, char *out, size_t len)
 {
     const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};

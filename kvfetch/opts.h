@@ -94,6 +94,8 @@ int kvf_parse_long(const char *s, long lo, long hi, long *out);
 /* Handles one shared option (c is getopt's return). Returns 1 if it was one, 0 if not, -1 on a
  * bad value (message printed to stderr with prog as prefix). */
 int kvf_common_opt(kvf_common *co, int c, const char *arg, const char *prog);
+/* kvf_common_opt as base_opts' hook for options parsed elsewhere (co: the kvf_common). */
+int kvf_common_hook(void *co, int c, const char *arg, const char *prog);
 /* Opens the trust store and the cache. Returns an exit code: 0, or 2 after printing. */
 int kvf_common_open(kvf_common *co, const char *prog);
 void kvf_common_close(kvf_common *co);

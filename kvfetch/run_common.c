@@ -51,14 +51,9 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
     a->top_p = 1.0f;
     a->seed = 1;
     int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
-        int r = kvf_common_opt(&a->co, c, optarg, prog);
-        if (r < 0)
-            return 2;
-        if (r > 0)
-            continue;
+    base_opts op = {.prog = prog, .usage = usage, .shortopts = "n:h", .longopts = longopts,
+                    .more = kvf_common_hook, .more_ctx = &a->co};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         char *end = NULL;
         errno = 0;
         switch (c) {
@@ -134,16 +129,12 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
             a->seed = v;
             break;
         }
-        case 'h': fputs(usage, stdout); return -1;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+    if (c < 0)
+        return op.rc ? op.rc : -1;
+    if (base_opts_no_operands(&op, argc, argv, 0))
         return 2;
-    }
     if (exporting != !!a->llama_state || (a->v_trans && !exporting)) {
         fprintf(stderr, exporting ? "%s: --llama-state OUT is required (try --help)\n"
                                   : "%s: --llama-state and --v-trans belong to kvfetch export\n", prog);
