@@ -26,11 +26,12 @@ typedef struct kvsrv_blob_ref {
     uint8_t id[32];
     uint64_t size, price;
     char path[4096]; /* its file in the store */
+    enum MHD_Result done; /* after kvsrv_blob_find failed: the queued response's result */
 } kvsrv_blob_ref;
 
 /* Finds the blob of r->id: 0 and *b, or -1 with a response (404 unknown, 410 expired, 500)
- * queued and its result in *done. */
-int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b, enum MHD_Result *done);
+ * queued and its result in b->done. */
+int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b);
 
 /* ---- the endpoints, as server.c's routing table calls them ---- */
 

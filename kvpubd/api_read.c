@@ -227,13 +227,12 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 enum MHD_Result kvsrv_manifest(kvsrv_req *r)
 {
     kvsrv_blob_ref b;
-    enum MHD_Result done;
-    if (kvsrv_blob_find(r, &b, &done) != 0)
-        return done;
-    int fd = open(b.path, O_RDONLY | O_CLOEXEC);
+    if (kvsrv_blob_find(r, &b) != 0)
+        return b.done;
     uint8_t hdr[KVB_HEADER_LEN];
     kvb_status st = KVB_ERR_IO;
     size_t prefix = 0;
+    int fd = open(b.path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0 && read_full(fd, hdr, sizeof hdr, 0) == 0)
         prefix = kvb_prefix_len(hdr, sizeof hdr, &st);
     char *json = NULL;
@@ -324,9 +323,8 @@ static int spend_token(kvsrv_req *r, const uint8_t id[32], uint64_t len, enum MH
 enum MHD_Result kvsrv_download(kvsrv_req *r)
 {
     kvsrv_blob_ref b;
-    enum MHD_Result done;
-    if (kvsrv_blob_find(r, &b, &done) != 0)
-        return done;
+    if (kvsrv_blob_find(r, &b) != 0)
+        return b.done;
     uint64_t size = b.size, price = b.price;
     int fd = open(b.path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
@@ -365,6 +363,7 @@ enum MHD_Result kvsrv_download(kvsrv_req *r)
                                            "one range of bytes inside the blob is supported (got %.100s)", range);
         }
     }
+    enum MHD_Result done;
     if (price && spend_token(r, b.id, len, &done) != 0) {
         close(fd);
         return done;

@@ -82,10 +82,10 @@ enum MHD_Result kvsrv_store_error(kvsrv_req *r, kvs_status st, const char *e)
                                kvs_status_str(st));
 }
 
-int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b, enum MHD_Result *done)
+int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b)
 {
     if (kvc_unhex(r->id, b->id, 32) != KVC_OK) {
-        *done = kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found", "bad blob id");
+        b->done = kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found", "bad blob id");
         return -1;
     }
     char e[256];
@@ -97,14 +97,14 @@ int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b, enum MHD_Result *done)
     if (s2 != KVS_OK) {
         if (s1 == KVS_OK)
             kvs_blob_free(blob);
-        *done = s2 == KVS_ERR_NOTFOUND
+        b->done = s2 == KVS_ERR_NOTFOUND
                     ? kvsrv_respond_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no blob %s", r->id)
                     : kvsrv_store_error(r, s2, e);
         return -1;
     }
     if (blob->revoked) {
         char pub[17];
-        *done = kvsrv_respond_error(r, MHD_HTTP_GONE, "revoked", "blob %s is withdrawn: its publisher key %s is "
+        b->done = kvsrv_respond_error(r, MHD_HTTP_GONE, "revoked", "blob %s is withdrawn: its publisher key %s is "
                                     "revoked", r->id, kvc_hex(blob->publisher_id, 8, pub));
         kvs_blob_free(blob);
         return -1;
@@ -115,7 +115,7 @@ int kvsrv_blob_find(kvsrv_req *r, kvsrv_blob_ref *b, enum MHD_Result *done)
     kvs_blob_free(blob);
     if (expires && expires <= (int64_t)time(NULL)) {
         char ts[32];
-        *done = kvsrv_respond_error(r, MHD_HTTP_GONE, "expired", "blob %s expired at %s", r->id,
+        b->done = kvsrv_respond_error(r, MHD_HTTP_GONE, "expired", "blob %s expired at %s", r->id,
                                     kvb_time_format(expires, ts, sizeof ts));
         return -1;
     }

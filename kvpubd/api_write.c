@@ -94,9 +94,8 @@ static enum MHD_Result purchase(kvsrv_req *r)
         snprintf(buyer_copy, sizeof buyer_copy, "%s", buyer);
     json_decref(o);
     kvsrv_blob_ref b;
-    enum MHD_Result done;
-    if (kvsrv_blob_find(r, &b, &done) != 0)
-        return done;
+    if (kvsrv_blob_find(r, &b) != 0)
+        return b.done;
     int64_t now = (int64_t)time(NULL), expires = now + r->srv->cfg.token_ttl_s;
     uint8_t token[KVS_TOKEN_LEN];
     int64_t pid = 0;
