@@ -25,9 +25,7 @@ void kvc_trust_free(kvc_trust *t)
         return;
     for (size_t i = 0; i < t->n_keys; i++)
         kvc_key_free(t->keys[i]);
-    free(t->keys);
-    free(t->revoked);
-    free(t);
+    BASE_FREE_ALL(t->keys, t->revoked, t);
 }
 
 static int is_revoked(const kvc_trust *t, const uint8_t id[KVC_KEYID_LEN])

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/base.h"
 #include "kvpub/kvpub_internal.h"
 
 #define PREFILL_BATCH 256 /* tokens per eng_prefill call: progress granularity */
@@ -57,8 +58,7 @@ void kvp_document_clear(kvp_document *d)
 {
     if (!d)
         return;
-    free(d->text);
-    free(d->ids);
+    BASE_FREE_ALL(d->text, d->ids);
     d->text = NULL;
     d->ids = NULL;
 }
