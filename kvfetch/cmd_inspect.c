@@ -39,44 +39,27 @@ static json_t *raw_manifest(const char *path, const kvb_header *h)
 
 int kvfetch_inspect_main(int argc, char **argv)
 {
-    const char *file = NULL, *trust_dir = NULL;
-    int as_json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--json") == 0) {
-            as_json = 1;
-        } else if (strcmp(argv[i], "--trust") == 0 && i + 1 < argc) {
-            trust_dir = argv[++i];
-        } else if (argv[i][0] != '-' && !file) {
-            file = argv[i];
-        } else {
-            fprintf(stderr, "kvfetch inspect: unexpected argument '%s' (try --help)\n", argv[i]);
-            return 2;
-        }
-    }
-    if (!file) {
-        fputs("kvfetch inspect: FILE is required (try --help)\n", stderr);
-        return 2;
-    }
+    kvf_blob_args args;
+    int rc = kvf_blob_args_parse(argc, argv, 0, usage, &args);
+    if (rc >= 0)
+        return rc;
     char err[256];
     kvb_header h;
     kvb_manifest *m = NULL;
-    kvb_status st = kvb_peek_file(file, NULL, &h, &m, err, sizeof err);
+    kvb_status st = kvb_peek_file(args.file, NULL, &h, &m, err, sizeof err);
     if (st) {
-        fprintf(stderr, "kvfetch inspect: %s: %s\n", file, err);
+        fprintf(stderr, "kvfetch inspect: %s: %s\n", args.file, err);
         return kvb_exit_code(st);
     }
     char kid[2 * KVC_KEYID_LEN + 1];
     kvc_hex(h.key_id, KVC_KEYID_LEN, kid);
     const char *sig = "not checked";
-    int rc = 0;
-    if (trust_dir) {
+    rc = 0;
+    if (args.trust_dir) {
         kvc_trust *t = NULL;
         const kvc_key *key = NULL;
         kvb_manifest *m2 = NULL;
-        if (kvc_trust_open(trust_dir, &t, err, sizeof err) != KVC_OK) {
+        if (kvc_trust_open(args.trust_dir, &t, err, sizeof err) != KVC_OK) {
             fprintf(stderr, "kvfetch inspect: %s\n", err);
             kvb_manifest_free(m);
             return 2;
@@ -89,18 +72,18 @@ int kvfetch_inspect_main(int argc, char **argv)
             st = KVB_ERR_UNTRUSTED;
             snprintf(err, sizeof err, "signer key id %s is not in the trust store", kid);
         } else {
-            st = kvb_peek_file(file, key, NULL, &m2, err, sizeof err);
+            st = kvb_peek_file(args.file, key, NULL, &m2, err, sizeof err);
             kvb_manifest_free(m2);
         }
         kvc_trust_free(t);
         sig = st ? kvb_status_str(st) : "good (trusted)";
         if (st) {
-            fprintf(stderr, "kvfetch inspect: %s: %s\n", file, err);
+            fprintf(stderr, "kvfetch inspect: %s: %s\n", args.file, err);
             rc = kvb_exit_code(st);
         }
     }
     struct stat sb;
-    long long fsize = stat(file, &sb) == 0 ? (long long)sb.st_size : -1;
+    long long fsize = stat(args.file, &sb) == 0 ? (long long)sb.st_size : -1;
     int64_t now = (int64_t)time(NULL);
     int expired = m->expires && now >= m->expires;
     double ratio = m->stored_bytes ? (double)m->raw_bytes / (double)m->stored_bytes : 0.0;
@@ -111,9 +94,9 @@ int kvfetch_inspect_main(int argc, char **argv)
     else
         snprintf(expires, sizeof expires, "never");
 
-    if (as_json) {
+    if (args.as_json) {
         json_t *o = json_object();
-        json_object_set_new(o, "file", json_string(file));
+        json_object_set_new(o, "file", json_string(args.file));
         json_object_set_new(o, "file_bytes", json_integer(fsize));
         json_object_set_new(o, "blob_bytes", json_integer((json_int_t)h.file_size));
         json_object_set_new(o, "complete", json_boolean(fsize == (long long)h.file_size));
@@ -124,14 +107,14 @@ int kvfetch_inspect_main(int argc, char **argv)
         json_object_set_new(o, "stored_bytes", json_integer((json_int_t)m->stored_bytes));
         json_object_set_new(o, "ratio", json_real(ratio));
         json_object_set_new(o, "expired", json_boolean(expired));
-        json_object_set_new(o, "manifest", raw_manifest(file, &h));
+        json_object_set_new(o, "manifest", raw_manifest(args.file, &h));
         char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
         if (s)
             puts(s);
         free(s);
         json_decref(o);
     } else {
-        printf("file:       %s (%lld bytes%s)\n", file, fsize,
+        printf("file:       %s (%lld bytes%s)\n", args.file, fsize,
                fsize == (long long)h.file_size ? "" : fsize < (long long)h.file_size ? ", INCOMPLETE" : ", TRAILING DATA");
         printf("document:   \"%s\" %s, %llu bytes, sha256:%s\n", m->doc_title, m->doc_media_type,
                (unsigned long long)m->doc_bytes, hex32(m->doc_sha256, a));

@@ -21,49 +21,59 @@ static void usage(FILE *f)
           f);
 }
 
-int kvfetch_verify_main(int argc, char **argv)
+int kvf_blob_args_parse(int argc, char **argv, int verify, void (*usage_fn)(FILE *f), kvf_blob_args *a)
 {
-    const char *file = NULL, *trust_dir = NULL;
-    int as_json = 0, hash_only = 0, threads = 0;
+    const char *prog = verify ? "kvfetch verify" : "kvfetch inspect";
+    memset(a, 0, sizeof *a);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
+            usage_fn(stdout);
             return 0;
         } else if (strcmp(argv[i], "--json") == 0) {
-            as_json = 1;
-        } else if (strcmp(argv[i], "--hash-only") == 0) {
-            hash_only = 1;
+            a->as_json = 1;
+        } else if (verify && strcmp(argv[i], "--hash-only") == 0) {
+            a->hash_only = 1;
         } else if (strcmp(argv[i], "--trust") == 0 && i + 1 < argc) {
-            trust_dir = argv[++i];
-        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            a->trust_dir = argv[++i];
+        } else if (verify && strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             long v;
             if (kvf_parse_long(argv[++i], 0, 64, &v) != 0) {
-                fprintf(stderr, "kvfetch verify: --threads wants 0..64, got '%s'\n", argv[i]);
+                fprintf(stderr, "%s: --threads wants 0..64, got '%s'\n", prog, argv[i]);
                 return 2;
             }
-            threads = (int)v;
-        } else if ((argv[i][0] != '-' || strcmp(argv[i], "-") == 0) && !file) {
-            file = argv[i];
+            a->threads = (int)v;
+        } else if ((argv[i][0] != '-' || (verify && strcmp(argv[i], "-") == 0)) && !a->file) {
+            a->file = argv[i];
         } else {
-            fprintf(stderr, "kvfetch verify: unexpected argument '%s' (try --help)\n", argv[i]);
+            fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog, argv[i]);
             return 2;
         }
     }
-    if (!file || !trust_dir) {
-        fputs("kvfetch verify: FILE and --trust DIR are required (try --help)\n", stderr);
+    if (!a->file || (verify && !a->trust_dir)) {
+        fprintf(stderr, "%s: %s required (try --help)\n", prog, verify ? "FILE and --trust DIR are" : "FILE is");
         return 2;
     }
+    return -1;
+}
+
+int kvfetch_verify_main(int argc, char **argv)
+{
+    kvf_blob_args args;
+    int rc = kvf_blob_args_parse(argc, argv, 1, usage, &args);
+    if (rc >= 0)
+        return rc;
+    const char *file = args.file;
     char err[256];
     kvc_trust *t = NULL;
-    if (kvc_trust_open(trust_dir, &t, err, sizeof err) != KVC_OK) {
+    if (kvc_trust_open(args.trust_dir, &t, err, sizeof err) != KVC_OK) {
         fprintf(stderr, "kvfetch verify: %s\n", err);
         return 2;
     }
     kvb_read_opts o;
     memset(&o, 0, sizeof o);
     o.trust = t;
-    o.no_decode = hash_only;
-    o.n_threads = threads;
+    o.no_decode = args.hash_only;
+    o.n_threads = args.threads;
     kvb_manifest *m = NULL;
     kvb_header h;
     memset(&h, 0, sizeof h);
@@ -72,7 +82,7 @@ int kvfetch_verify_main(int argc, char **argv)
     char kid[2 * KVC_KEYID_LEN + 1] = "";
     if (m)
         kvc_hex(h.key_id, KVC_KEYID_LEN, kid);
-    if (as_json) {
+    if (args.as_json) {
         json_t *j = json_object();
         json_object_set_new(j, "file", json_string(file));
         json_object_set_new(j, "ok", json_boolean(st == KVB_OK));
@@ -83,7 +93,7 @@ int kvfetch_verify_main(int argc, char **argv)
         json_object_set_new(j, "chunks", json_integer(m ? m->n_chunks : 0));
         json_object_set_new(j, "tokens", json_integer(m ? m->n_tokens : 0));
         json_object_set_new(j, "codec", m ? json_string(kvb_codec_name(m->codec)) : json_null());
-        json_object_set_new(j, "decoded", json_boolean(st == KVB_OK && !hash_only));
+        json_object_set_new(j, "decoded", json_boolean(st == KVB_OK && !args.hash_only));
         char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
         if (s)
             puts(s);
@@ -94,7 +104,7 @@ int kvfetch_verify_main(int argc, char **argv)
         if (m->expires)
             kvb_time_format(m->expires, exp, sizeof exp);
         printf("OK %s: signed by trusted key id %s; %u tokens in %u chunks (%s) %s; expires %s\n", file, kid,
-               m->n_tokens, m->n_chunks, kvb_codec_name(m->codec), hash_only ? "hash-checked" : "hash-checked and decoded",
+               m->n_tokens, m->n_chunks, kvb_codec_name(m->codec), args.hash_only ? "hash-checked" : "hash-checked and decoded",
                exp);
     }
     if (st)

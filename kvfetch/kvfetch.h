@@ -42,4 +42,14 @@ int kvf_stored_token(kvf_get_opts *go, kvf_token_rec *rec, const char *prog);
  * at now, refused, or none stored); nothing for a token the user gave. */
 void kvf_token_hint(const kvf_get_opts *go, const kvf_token_rec *rec, int64_t now, const char *prog);
 
+/* cmd_verify.c, for inspect too: what `kvfetch inspect` and `kvfetch verify` take. */
+typedef struct kvf_blob_args {
+    const char *file, *trust_dir;
+    int as_json, hash_only, threads;
+} kvf_blob_args;
+/* Parses FILE, --trust DIR, --json and --help; for verify also --hash-only, --threads N and
+ * FILE '-' (stdin). Returns -1 to go on, or the exit code after printing: 0 after --help (usage
+ * on stdout), 2 on a usage error. */
+int kvf_blob_args_parse(int argc, char **argv, int verify, void (*usage)(FILE *f), kvf_blob_args *a);
+
 #endif
