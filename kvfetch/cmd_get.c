@@ -260,14 +260,9 @@ int kvfetch_get_main(int argc, char **argv)
     const char *out_path = NULL;
     snap_args sa = {0};
     int json = 0, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
-        int r = kvf_common_opt(&co, c, optarg, prog);
-        if (r < 0)
-            return 2;
-        if (r > 0)
-            continue;
+    base_opts op = {.prog = prog, .usage = usage_text, .shortopts = "o:h", .longopts = longopts,
+                    .more = kvf_common_hook, .more_ctx = &co};
+    while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 's': go.server = optarg; break;
         case 'b': go.blob_id = optarg; break;
@@ -280,18 +275,14 @@ int kvfetch_get_main(int argc, char **argv)
         case 'C': sa.codec = optarg; break;
         case 'X': sa.context = optarg; break;
         case 'P': sa.publisher = optarg; break;
-        case 'h': fputs(usage_text, stdout); return 0;
-        default:
-            fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", prog, argv[optind - 1]);
-            return 2;
         }
     }
+    if (c < 0)
+        return op.rc;
     if (optind < argc)
         go.url = argv[optind++];
-    if (optind < argc) {
-        fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+    if (base_opts_no_operands(&op, argc, argv, 0))
         return 2;
-    }
     if ((sa.document || sa.model || sa.model_fp || sa.codec || sa.context || sa.publisher) && !sa.where) {
         fprintf(stderr, "%s: --document, --model, --codec, --context and --publisher need --snapshot\n", prog);
         return 2;

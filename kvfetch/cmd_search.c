@@ -173,8 +173,8 @@ int kvfetch_search_main(int argc, char **argv)
         {"json", no_argument, NULL, O_JSON}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
     const char *prog = "kvfetch search";
-    const char *server = NULL, *model = NULL, *snapshot = NULL, *vals[O_END] = {0};
     kvf_common co = {0};
+    const char *server = NULL, *model = NULL, *snapshot = NULL, *vals[O_END] = {0};
     int json = 0, c;
     base_opts op = {.prog = prog, .usage = usage_search, .shortopts = "h", .longopts = longopts,
                     .more = kvf_common_hook, .more_ctx = &co};
