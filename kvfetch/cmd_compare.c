@@ -25,10 +25,10 @@ static const char usage_compare[] =
 
 int kvfetch_compare_main(int argc, char **argv)
 {
-    kvfetch_session *s;
     char *text = NULL;
     int32_t *seq = NULL;
     kvp_compare_result r = {0};
+    kvfetch_session *s;
     int done, rc = kvfetch_session_start("kvfetch compare", argc, argv, usage_compare, 0, &s, &done);
     if (done)
         goto out;

@@ -87,7 +87,7 @@ int kvfetch_generate_main(int argc, char **argv)
     float temp = 0, top_p = 1;
     int print_ids = 0, c;
     base_opts op = {.prog = "kvfetch generate", .usage_fn = usage, .shortopts = "n:h", .longopts = lo,
-                   .getopt_says = 1};
+                    .getopt_says = 1};
     while ((c = base_opts_next(&op, argc, argv)) > 0) {
         int bad = 0;
         switch (c) {

@@ -98,7 +98,7 @@ int kvfetch_tokenize_main(int argc, char **argv)
     const char *model = NULL, *sep = NULL, *system = NULL;
     int special = 1, add_bos = 1, as_json = 0, chat = 0, show_text = 0, c;
     base_opts op = {.prog = "kvfetch tokenize", .usage_fn = usage, .shortopts = "h", .longopts = longopts,
-                   .bad = "unexpected option"};
+                    .bad = "unexpected option"};
     while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 'm': model = optarg; break;

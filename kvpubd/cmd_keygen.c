@@ -61,10 +61,10 @@ int kvpubd_keygen_main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    base_opts op = {.prog = "kvpubd keygen", .usage_fn = keygen_usage, .shortopts = "+o:h", .longopts = opts,
+                    .hint = "kvpubd keygen --help"};
     const char *prefix = NULL;
     int json = 0, c;
-    base_opts op = {.prog = "kvpubd keygen", .usage_fn = keygen_usage, .shortopts = "+o:h", .longopts = opts,
-                   .hint = "kvpubd keygen --help"};
     while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 'o': prefix = optarg; break;
