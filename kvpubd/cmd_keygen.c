@@ -46,10 +46,8 @@ static int print_json(const char *key_id, const char *prefix)
         s = json_dumps(o, JSON_COMPACT);
     if (s && printf("%s\n", s) > 0)
         rc = 0;
-    free(s);
     json_decref(o);
-    free(priv);
-    free(pub);
+    BASE_FREE_ALL(s, priv, pub);
     return rc;
 }
 
