@@ -152,9 +152,13 @@ int kvfetch_buy_main(int argc, char **argv)
         fprintf(stderr, "%s: bought, but the token could not be stored: %s\n", prog, err);
         rc = 2;
     } else if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:I, s:s?, s:I, s:I, s:s}", "blob", idhex, "origin", rec.origin, "purchase",
+        json_t *o = json_pack("{s:s, s:s, s:I, s:s?, s:I, s:I}", "blob", idhex, "origin", rec.origin, "purchase",
                               (json_int_t)rec.purchase, "expires", expires, "expires_unix", (json_int_t)rec.expires,
-                              "downloads", downloads, "token_file", path);
+                              "downloads", downloads);
+        /* apart: json_pack refuses the whole object for one string that is not UTF-8, and a
+         * path need not be (the key is then left out) */
+        if (o)
+            json_object_set_new(o, "token_file", json_string(path));
         char *s = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
         if (s)
             printf("%s\n", s);

@@ -74,6 +74,10 @@ expect_rc 0 "$KVFETCH" buy "$free" --server "$shop/" --cacert "$tmp/cert.pem" --
 [ "$(jq -r .blob "$tmp/out")" = "$free" ] && [ "$(jq -r .token "$tmp/out")" = null ] &&
   [ "$(jq -r .downloads "$tmp/out")" -ge 1 ] || fail "buy --json: $(cat "$tmp/out")"
 [ "$(jq '.tokens | length' "$tf")" = 2 ] || fail "second purchase replaced the first: $(cat "$tf")"
+[ "$(jq -r .token_file "$tmp/out")" = "$tf" ] || fail "buy --json token_file: $(cat "$tmp/out")"
+note "buy --json with a token file whose path is not UTF-8 still prints its figures"
+XDG_CONFIG_HOME="$tmp/"$'\xff'"cfg" expect_rc 0 "$KVFETCH" buy "$free" --server "$shop" --cacert "$tmp/cert.pem" --json
+[ "$(jq -r .blob "$tmp/out")" = "$free" ] || fail "buy --json, non-UTF-8 token path: $(cat "$tmp/out")"
 expect_rc 1 "$KVFETCH" buy "$(printf 'ab%.0s' $(seq 32))" --server "$shop" --cacert "$tmp/cert.pem"
 expect_err "HTTP 404 not_found"
 expect_rc 2 "$KVFETCH" buy nothex --server "$shop"
