@@ -4,7 +4,7 @@
  * summation tree for the block's softmax sum), so results are bit-identical; the registers
  * are twice as wide, and phase 0 can take two queries at once to keep enough FMA chains. */
 #include "engine/kernels/attention_internal.h"
-#include "engine/ctx_internal.h"
+#include "engine/kernels/attention_shared.h"
 
 #include <math.h>
 
@@ -13,7 +13,7 @@
 
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
 
-enum { KB = ENG_KEY_BLOCK, KV = KB / 16 };
+enum { KV = KB / 16 };
 
 /* attention_shared.h's exp_neg_avx2, lane for lane. */
 static AVX512 inline __m512 exp_neg(__m512 x)
@@ -36,15 +36,6 @@ static AVX512 inline __m512 exp_neg(__m512 x)
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
     return _mm512_maskz_mov_ps((__mmask16)~under, y);
-}
-
-/* attention_shared.h's hsum8: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). */
-static AVX512 inline float hsum8(__m256 v)
-{
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
 }
 
 static AVX512 inline __m512 v16(const void *V, size_t off, int f16)

@@ -16,7 +16,7 @@ enum {
     CPU_F16C_PATHS = BASE_CPU_AVX2 | BASE_CPU_FMA | BASE_CPU_F16C,
 };
 
-static float *align32(float *p)
+static inline float *align32(float *p)
 {
     return (float *)(((uintptr_t)p + 31) & ~(uintptr_t)31);
 }
@@ -48,7 +48,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp_neg_avx2(__m256 x)
     return _mm256_andnot_ps(under, y);
 }
 
-__attribute__((target("avx2,fma"))) static float hsum8(__m256 v)
+__attribute__((target("avx2,fma"))) static inline float hsum8(__m256 v)
 {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     a = _mm_add_ps(a, _mm_movehl_ps(a, a));

@@ -50,7 +50,9 @@ static void quantize_scalar(const float *x, int K, uint8_t *dst)
             /* |x * id| <= 127: adding and removing 1.5 * 2^23 rounds to the nearest integer,
              * ties to even, as ggml's _mm256_round_ps does */
             volatile float t = x[j] * id + 12582912.0f;
-            const int q = (int)(t - 12582912.0f);
+            const float r = t - 12582912.0f;
+            /* a NaN activation gives -128, as the AVX2 conversion and packs do (no UB cast) */
+            const int q = r >= -128.0f && r <= 127.0f ? (int)r : -128;
             dst[b * QK + j] = (uint8_t)(int8_t)q;
             sum += q;
         }
@@ -530,7 +532,7 @@ void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int 
         return;
     }
 #endif
-    (void)flags;
+    (void)flags; /* only the AVX2 kernel needs them */
     gemm_q8_scalar(Xq, M, Wq, N, K, Y, ldy);
 }
 
