@@ -185,13 +185,18 @@ int eng_dequant_row_panel(uint32_t type, const void *src, float *dst, int64_t n,
             eng_f16_panel_f16c(src, dst, n, stride);
             return 1;
         }
-        if (type == GGML_T_Q4_K && n % QB_QK_K == 0) {
-            eng_dequant_q4_k_panel_avx2(src, dst, n, stride);
-            return 1;
-        }
-        if (type == GGML_T_Q6_K && n % QB_QK_K == 0) {
-            eng_dequant_q6_k_panel_avx2(src, dst, n, stride);
-            return 1;
+        if (n % QB_QK_K == 0) {
+            void (*k_panel)(const uint8_t *, float *, int64_t, size_t) =
+                type == GGML_T_Q2_K   ? eng_dequant_q2_k_panel_avx2
+                : type == GGML_T_Q3_K ? eng_dequant_q3_k_panel_avx2
+                : type == GGML_T_Q4_K ? eng_dequant_q4_k_panel_avx2
+                : type == GGML_T_Q5_K ? eng_dequant_q5_k_panel_avx2
+                : type == GGML_T_Q6_K ? eng_dequant_q6_k_panel_avx2
+                                      : NULL;
+            if (k_panel) {
+                k_panel(src, dst, n, stride);
+                return 1;
+            }
         }
     }
 #endif

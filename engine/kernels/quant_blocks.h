@@ -139,9 +139,12 @@ void eng_f32_to_f16_row_f16c(const float *src, uint16_t *dst, size_t n);
 void eng_dequant_q8_0_avx2(const uint8_t *src, float *dst, int64_t n);
 void eng_dequant_q8_0_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 void eng_f16_panel_f16c(const uint8_t *src, float *dst, int64_t n, size_t stride);
-/* Q4_K and Q6_K rows (n a multiple of 256) into a GEMM panel, the values of the scalar
+/* K-quant rows (n a multiple of 256) into a GEMM panel, the values of the scalar
  * dequantizer. */
+void eng_dequant_q2_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
+void eng_dequant_q3_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 void eng_dequant_q4_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
+void eng_dequant_q5_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 void eng_dequant_q6_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 #endif
 

@@ -1,6 +1,7 @@
 /* quant_k_avx2.c: AVX2 matrix-vector kernels of ggml's K-quant types (Q2_K, Q3_K, Q4_K, Q5_K,
- * Q6_K) over Q8 activations with 16-element sums (eng_xq.bsum). Compiled for any x86-64;
- * quant.c calls them only after checking the CPU. */
+ * Q6_K) over Q8 activations with 16-element sums (eng_xq.bsum), and their dequantizers into
+ * the prefill's GEMM panels. Compiled for any x86-64; quant.c calls them only after checking
+ * the CPU. */
 #include "engine/kernels/quant_internal.h"
 #include "engine/kernels/quant_avx2_internal.h"
 
@@ -250,19 +251,29 @@ AVX2 void eng_mv_k_avx2(uint32_t type, const uint8_t *W, size_t rb, int64_t ncol
     }
 }
 
-/* Q4_K into a GEMM panel: element k at dst[(k / 8) * stride + k % 8]. Each value is
- * (d * sc) * q - (dmin * mn), a product and then a difference as in the scalar dequantizer
- * (ggml's order), so the floats are the same; subtracting a min of +0 changes no value. */
-AVX2 void eng_dequant_q4_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+/* Q4_K (five = 0) and Q5_K (five = 1, a constant at each call) into a GEMM panel: element k
+ * at dst[(k / 8) * stride + k % 8]. Each value is (d * sc) * q - (dmin * mn), a product and
+ * then a difference as in the scalar dequantizer (ggml's order), so the floats are the same;
+ * subtracting a min of +0 changes no value. */
+static AVX2 INLINE_ALWAYS void dequant_q45_k_panel(int five, const uint8_t *b, float *y, int64_t n,
+                                                   size_t stride)
 {
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    for (int64_t i = 0; i < n; i += QB_QK_K, b += QB_Q4_K_BYTES) {
+    const __m256i low = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
+    const size_t bytes = five ? QB_Q5_K_BYTES : QB_Q4_K_BYTES;
+    for (int64_t i = 0; i < n; i += QB_QK_K, b += bytes) {
         uint8_t sc[8], mn[8];
         qb_q4k_scale_min(b + 4, sc, mn);
         const float d = f16s(b), dmin = f16s(b + 2);
+        const uint8_t *qs = b + (five ? QB_Q5_K_QS : 16);
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + QB_Q5_K_QH)) : low;
         for (int g = 0; g < 4; g++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * g));
-            const __m256i nib[2] = {_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)};
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+            __m256i nib[2] = {_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low)};
+            if (five) { /* bits 2g and 2g + 1 of qh: the fifth bits of sub-blocks 2g, 2g + 1 */
+                const __m256i h = _mm256_srli_epi16(qh, 2 * g);
+                nib[0] = _mm256_or_si256(nib[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+                nib[1] = _mm256_or_si256(nib[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+            }
             for (int h = 0; h < 2; h++) { /* sub-block 2g + h: 32 values */
                 const __m256 dl = _mm256_set1_ps(d * (float)sc[2 * g + h]);
                 const __m256 ml = _mm256_set1_ps(dmin * (float)mn[2 * g + h]);
@@ -278,6 +289,93 @@ AVX2 void eng_dequant_q4_k_panel_avx2(const uint8_t *b, float *y, int64_t n, siz
     }
 }
 
+AVX2 void eng_dequant_q4_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    dequant_q45_k_panel(0, b, y, n, stride);
+}
+
+AVX2 void eng_dequant_q5_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    dequant_q45_k_panel(1, b, y, n, stride);
+}
+
+/* 32 codes of Q2_K or Q3_K (c: two sub-blocks of 16, one per 128-bit lane) through their
+ * sub-blocks' tables: lane j's element is tab[j][code & 7], stored at o, o + stride, ... The
+ * tables hold the finished floats of the 8 codes, so vpermps does the whole conversion. */
+static AVX2 INLINE_ALWAYS void panel_lookup32(__m256i c, __m256 tab0, __m256 tab1, float *o, size_t stride)
+{
+    const __m128i lo = _mm256_castsi256_si128(c), hi = _mm256_extracti128_si256(c, 1);
+    _mm256_storeu_ps(o, _mm256_permutevar8x32_ps(tab0, _mm256_cvtepu8_epi32(lo)));
+    _mm256_storeu_ps(o + stride, _mm256_permutevar8x32_ps(tab0, _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))));
+    _mm256_storeu_ps(o + 2 * stride, _mm256_permutevar8x32_ps(tab1, _mm256_cvtepu8_epi32(hi)));
+    _mm256_storeu_ps(o + 3 * stride, _mm256_permutevar8x32_ps(tab1, _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))));
+}
+
+/* Q2_K (three = 0) and Q3_K (three = 1, a constant at each call) into a GEMM panel. Both
+ * have 4 (8) codes per 16-element sub-block, so each sub-block's values are a table of 8
+ * floats computed as the scalar dequantizer does: Q2_K's (d * sc) * c - (dmin * mn) for
+ * c = 0..3 (repeated: a code's bit 2 may be left over from the next pair), Q3_K's
+ * (d * sc) * (c - 4) for c = 0..7 (no min: the scalar code subtracts none). */
+static AVX2 INLINE_ALWAYS void dequant_q23_k_panel(int three, const uint8_t *b, float *y, int64_t n,
+                                                   size_t stride)
+{
+    const __m256 codes = three ? _mm256_setr_ps(-4, -3, -2, -1, 0, 1, 2, 3) : _mm256_setr_ps(0, 1, 2, 3, 0, 1, 2, 3);
+    const size_t bytes = three ? QB_Q3_K_BYTES : QB_Q2_K_BYTES;
+    for (int64_t i = 0; i < n; i += QB_QK_K, b += bytes) {
+        __m256 tab[16];
+        __m256i hm = _mm256_setzero_si256();
+        const uint8_t *qs;
+        if (three) {
+            uint32_t w[4];
+            qb_q3k_scale_words(b + QB_Q3_K_SC, w);
+            const __m128i sc = _mm_sub_epi8(_mm_set_epi32((int)w[3], (int)w[2], (int)w[1], (int)w[0]),
+                                            _mm_set1_epi8(32));
+            const __m256 d = _mm256_set1_ps(f16s(b + QB_Q3_K_D));
+            float dl[16];
+            _mm256_storeu_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+            _mm256_storeu_ps(dl + 8,
+                             _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
+            for (int j = 0; j < 16; j++)
+                tab[j] = _mm256_mul_ps(_mm256_set1_ps(dl[j]), codes);
+            hm = _mm256_loadu_si256((const __m256i *)b);
+            qs = b + QB_Q3_K_QS;
+        } else {
+            const __m128i s = _mm_loadu_si128((const __m128i *)b), m4 = _mm_set1_epi8(0x0f);
+            const __m256 d = _mm256_set1_ps(f16s(b + QB_Q2_K_D)), dmin = _mm256_set1_ps(f16s(b + QB_Q2_K_D + 2));
+            const __m128i sc = _mm_and_si128(s, m4), mn = _mm_and_si128(_mm_srli_epi16(s, 4), m4);
+            float dl[16], ml[16];
+            for (int t = 0; t < 2; t++) {
+                const __m128i st = t ? _mm_unpackhi_epi64(sc, sc) : sc, mt = t ? _mm_unpackhi_epi64(mn, mn) : mn;
+                _mm256_storeu_ps(dl + 8 * t, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(st))));
+                _mm256_storeu_ps(ml + 8 * t, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mt))));
+            }
+            for (int j = 0; j < 16; j++)
+                tab[j] = _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(dl[j]), codes), _mm256_set1_ps(ml[j]));
+            qs = b + QB_Q2_K_QS;
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * h));
+            float *o = y + (size_t)((i + 128 * h) / 8) * stride;
+            /* chunk k: elements 128h + 32k + l, sub-blocks 8h + 2k (l < 16) and 8h + 2k + 1 */
+            for (int k = 0; k < 4; k++, o += 4 * stride) {
+                __m256i c = k ? _mm256_srli_epi16(v, 2 * k) : v;
+                if (three)
+                    c = q3k_code(v, hm, k, 4 * h + k);
+                panel_lookup32(c, tab[8 * h + 2 * k], tab[8 * h + 2 * k + 1], o, stride);
+            }
+        }
+    }
+}
+
+AVX2 void eng_dequant_q2_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    dequant_q23_k_panel(0, b, y, n, stride);
+}
+
+AVX2 void eng_dequant_q3_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)
+{
+    dequant_q23_k_panel(1, b, y, n, stride);
+}
 
 /* Q6_K into a GEMM panel: (d * sc) * (q - 32), the scalar dequantizer's product (no mins). */
 AVX2 void eng_dequant_q6_k_panel_avx2(const uint8_t *b, float *y, int64_t n, size_t stride)

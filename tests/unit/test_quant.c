@@ -321,7 +321,8 @@ static void test_dequant_panels(void **state)
         x[i] = rng_unit(&s) * (i < 512 ? 1.0f : 0.001f);
     for (int i = 256; i < 320; i++)
         x[i] = 0; /* an all-zero stretch: mins of +0, zero values */
-    static const uint32_t types[] = {GGML_T_F16, GGML_T_Q8_0, GGML_T_Q4_K, GGML_T_Q6_K};
+    static const uint32_t types[] = {GGML_T_F16,  GGML_T_Q8_0, GGML_T_Q2_K, GGML_T_Q3_K,
+                                     GGML_T_Q4_K, GGML_T_Q5_K, GGML_T_Q6_K};
     int taken = 0;
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         assert_int_equal(eng_quantize_row(types[t], x, q, N), row_bytes(types[t], N));
@@ -336,6 +337,51 @@ static void test_dequant_panels(void **state)
             assert_memory_equal(&ref[k], &pan[(k / 8) * STRIDE + k % 8], sizeof(float));
     }
     printf("panel dequantizers checked: %d of %zu types\n", taken, sizeof types / sizeof types[0]);
+}
+
+/* The K-quant panel dequantizers on arbitrary blocks (random bytes: every scale, min and code
+ * a file may hold) whose f16 d and dmin take extreme values in turn: +-0, the smallest
+ * subnormal, the largest finite, +-infinity (NaN products of 0 * inf), a NaN, ordinary ones.
+ * Each float must have the scalar dequantizer's bits. */
+static void test_dequant_panels_random(void **state)
+{
+    (void)state;
+    enum { NB = 24, N = NB * 256, STRIDE = 16 };
+    static const uint16_t ext[] = {0x0000, 0x8000, 0x0001, 0x8001, 0x7bff, 0xfbff, 0x7c00,
+                                   0xfc00, 0x7e01, 0x3c00, 0xb555, 0x0400};
+    static const struct {
+        uint32_t type;
+        int d, dmin; /* byte offsets of the f16 d and dmin (-1: none) */
+    } kt[] = {
+        {GGML_T_Q2_K, 80, 82}, {GGML_T_Q3_K, 108, -1}, {GGML_T_Q4_K, 0, 2},
+        {GGML_T_Q5_K, 0, 2},   {GGML_T_Q6_K, 208, -1},
+    };
+    static float ref[N], pan[N / 8 * STRIDE];
+    static uint8_t q[NB * 210];
+    uint64_t s = 29;
+    for (size_t t = 0; t < sizeof kt / sizeof kt[0]; t++) {
+        const size_t bytes = row_bytes(kt[t].type, 256);
+        for (size_t round = 0; round < sizeof ext / sizeof ext[0]; round++) {
+            for (size_t i = 0; i < NB * bytes; i++)
+                q[i] = (uint8_t)rng_next(&s);
+            for (size_t i = 0; i < NB; i++) { /* every (d, dmin) pair of extremes over the rounds */
+                const size_t e = sizeof ext / sizeof ext[0];
+                qb_st16(q + i * bytes + kt[t].d, ext[i % e]);
+                if (kt[t].dmin >= 0)
+                    qb_st16(q + i * bytes + kt[t].dmin, ext[(i + round) % e]);
+            }
+            const int prev = eng_quant_force_scalar(1);
+            eng_dequant_row(kt[t].type, q, ref, N);
+            eng_quant_force_scalar(prev);
+            memset(pan, 0xff, sizeof pan);
+            if (!eng_dequant_row_panel(kt[t].type, q, pan, N, STRIDE))
+                break; /* no panel kernel on this CPU */
+            for (int k = 0; k < N; k++)
+                if (memcmp(&ref[k], &pan[(k / 8) * STRIDE + k % 8], sizeof(float)))
+                    fail_msg("type %u round %zu elem %d: panel %a, scalar %a", kt[t].type, round, k,
+                             (double)pan[(k / 8) * STRIDE + k % 8], (double)ref[k]);
+        }
+    }
 }
 
 static void test_quantize_roundtrip(void **state)
@@ -645,6 +691,7 @@ int main(void)
         cmocka_unit_test(test_dequant_q8_0_block),
         cmocka_unit_test(test_dequant_q6_k_block),
         cmocka_unit_test(test_dequant_panels),
+        cmocka_unit_test(test_dequant_panels_random),
         cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_xq_paths_agree),
         cmocka_unit_test(test_matvec),
