@@ -100,15 +100,26 @@ struct eng_ctx {
     int rerot_ok;
 };
 
-/* Blocked causal attention for nq query rows whose cells are c0..c0+nq-1 (already written to
- * the cache for layer il): q (nq, n_head, head_dim) with row stride ldq floats, out likewise.
+/* Blocked causal attention for nq query rows whose cells are c0..c0+nq-1, or cells[0..nq) when
+ * cells is not NULL (ascending: the rows a selective recompute refreshes), already written to
+ * the cache for layer il: q (nq, n_head, head_dim) with row stride ldq floats, out likewise.
  * Each query's result depends only on the cache contents up to its own cell. */
-eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
-                         size_t ldo) ENG_WUR;
+eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, const int *cells, int nq,
+                         float *out, size_t ldo) ENG_WUR;
 size_t eng_attention_scratch_floats(const eng_info *hp);
 /* The single query of a decode step at `cell` (already written to the cache): q (n_head,
  * head_dim) -> out (n_head, head_dim). Faster for one query than eng_attention; its results
  * may differ from eng_attention's in the last bits. */
 eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out) ENG_WUR;
+
+/* ---- forward.c's pieces, for blend.c ---- */
+/* Scratch rows 0..n-1 get the embeddings of tokens and the RoPE tables of pos. */
+eng_status eng_fwd_begin(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n) ENG_WUR;
+/* Layers [il0, il1) over the n scratch rows, row i at cell c0 + i or cells[i] (ascending):
+ * each layer's K and V are stored in those cells, each row attends to the cells up to its own. */
+eng_status eng_fwd_layers(eng_ctx *c, int n, int c0, const int *cells, int il0, int il1, int decode) ENG_WUR;
+/* Layer il's K (normed, RoPE'd) and V of the n scratch rows into c->kk and c->vv; the cache is
+ * not touched. */
+void eng_fwd_kv(eng_ctx *c, int il, int n);
 
 #endif

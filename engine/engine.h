@@ -281,6 +281,16 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta) ENG_WUR;
 /* Same rotation applied to an exchange-layout buffer (n tokens, one layer's K), so a loader
  * can rotate chunks before import. */
 void eng_rope_rerotate_f16(const eng_model *m, uint16_t *k, int n, int32_t delta);
+/* Selective recompute (CacheBlend) of cells [cell0, cell0+n), already filled, whose tokens
+ * are tokens[0..n): a document loaded after a prefix it was not computed after. Layer 0 is
+ * recomputed for all of them at their positions; then, per window of up to 2048 cells, the
+ * ceil(frac * window) cells whose layer-1 K and V (from the fresh layer 0) deviate most from
+ * the cached ones (squared distance) are recomputed at every further layer, each attending to
+ * the cache as it stands up to its own cell (the real prefix, the loaded cells, the cells
+ * already recomputed); the others keep their cached K/V at layers 1 and up. frac 1 computes
+ * what a prefill of the same tokens after the same cache computes, bit for bit. *n_kept (may
+ * be NULL) gets the number of cells recomputed at every layer. */
+eng_status eng_kv_blend(eng_ctx *c, const int32_t *tokens, int cell0, int n, double frac, int *n_kept) ENG_WUR;
 
 /* ---- sampling ---- */
 

@@ -471,6 +471,8 @@ static void linear_n(eng_ctx *c, int decode, int n, const eng_wmat *const *W, co
 typedef struct qkv_arg {
     const eng_layer *L;
     int il, c0;
+    const int *cells; /* row i's cell: cells[i] when given, else c0 + i */
+    int kv_only;      /* K and V computed for comparison: no Q, nothing stored */
 } qkv_arg;
 
 static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
@@ -480,10 +482,10 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
     const int hd = hp->head_dim, QD = hp->n_head * hd, KD = c->kv_dim;
     const eng_layer *L = A->L;
     for (int i = i0; i < i1; i++) {
-        const int r = i; /* scratch row of cell c0 + i */
+        const int r = i; /* scratch row of the cell */
         float *q = c->q + (size_t)r * QD, *k = c->kk + (size_t)r * KD, *v = c->vv + (size_t)r * KD;
         const float *cs = c->cs + (size_t)r * hp->rope.n_rot;
-        if (L->bq)
+        if (L->bq && !A->kv_only)
             for (int j = 0; j < QD; j++)
                 q[j] += L->bq[j];
         if (L->bk)
@@ -492,7 +494,7 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
         if (L->bv)
             for (int j = 0; j < KD; j++)
                 v[j] += L->bv[j];
-        for (int h = 0; h < hp->n_head; h++) {
+        for (int h = 0; h < hp->n_head && !A->kv_only; h++) {
             if (L->q_norm)
                 rmsnorm_row(q + h * hd, L->q_norm, hd, hp->norm_eps, q + h * hd);
             eng_rope_apply(&c->rope, cs, q + h * hd);
@@ -502,7 +504,9 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
                 rmsnorm_row(k + h * hd, L->k_norm, hd, hp->norm_eps, k + h * hd);
             eng_rope_apply(&c->rope, cs, k + h * hd);
         }
-        const size_t cell = (size_t)(A->c0 + i) * KD;
+        if (A->kv_only)
+            continue;
+        const size_t cell = (size_t)(A->cells ? A->cells[i] : A->c0 + i) * KD;
         if (c->kv_f32) {
             memcpy((float *)c->k[A->il] + cell, k, sizeof(float) * (size_t)KD);
             memcpy((float *)c->v[A->il] + cell, v, sizeof(float) * (size_t)KD);
@@ -535,16 +539,12 @@ static void add_rows(eng_ctx *c, void *a, int r0, int r1)
 
 /* ---- the pass ---- */
 
-/* Evaluates n tokens into cells n_cells.. (row i of the scratch holds cell c0 + i). out_rows:
- * how many of the last rows want logits (0, 1 or n), written to logits (n_vocab per row). */
-static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode,
-                          int out_rows, float *logits)
+eng_status eng_fwd_begin(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n)
 {
     const eng_info *hp = c->hp;
     const eng_weights *w = c->w;
-    const int E = hp->n_embd, QD = hp->n_head * hp->head_dim;
-    const int c0 = c->n_cells, R = n;
-    if (ensure_rows(c, R) != ENG_OK)
+    const int E = hp->n_embd;
+    if (ensure_rows(c, n) != ENG_OK)
         return ENG_ERR_NOMEM;
     for (int i = 0; i < n; i++) {
         eng_dequant_row(w->tok_embd.type,
@@ -552,17 +552,25 @@ static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos,
                         c->x + (size_t)i * E, E);
         eng_rope_cos_sin(&c->rope, (float)pos[i], 1, c->cs + (size_t)i * hp->rope.n_rot);
     }
-    for (int il = 0; il < hp->n_layer; il++) {
+    return ENG_OK;
+}
+
+eng_status eng_fwd_layers(eng_ctx *c, int n, int c0, const int *cells, int il0, int il1, int decode)
+{
+    const eng_info *hp = c->hp;
+    const eng_weights *w = c->w;
+    const int E = hp->n_embd, QD = hp->n_head * hp->head_dim, R = n;
+    for (int il = il0; il < il1; il++) {
         const eng_layer *L = &w->layers[il];
         norm_arg na = {c->x, L->attn_norm, c->xn, E};
         par_rows(c, R, norm_rows, &na);
         const eng_wmat *wqkv[3] = {&L->wq, &L->wk, &L->wv};
         float *yqkv[3] = {c->q, c->kk, c->vv};
         linear_n(c, decode, 3, wqkv, c->xn, R, yqkv);
-        qkv_arg qa = {L, il, c0};
+        qkv_arg qa = {L, il, c0, cells, 0};
         par_rows(c, n, qkv_rows, &qa);
         const eng_status ast = decode ? eng_attention_decode(c, il, c->q, c0, c->att)
-                                      : eng_attention(c, il, c->q, (size_t)QD, c0, n, c->att, (size_t)QD);
+                                      : eng_attention(c, il, c->q, (size_t)QD, c0, cells, n, c->att, (size_t)QD);
         if (ast != ENG_OK)
             return ast;
         const eng_wmat *wo[1] = {&L->wo};
@@ -582,6 +590,34 @@ static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos,
         add_arg ad = {c->x, c->xn, (size_t)E};
         par_rows(c, R, add_rows, &ad);
     }
+    return ENG_OK;
+}
+
+void eng_fwd_kv(eng_ctx *c, int il, int n)
+{
+    const eng_layer *L = &c->w->layers[il];
+    norm_arg na = {c->x, L->attn_norm, c->xn, c->hp->n_embd};
+    par_rows(c, n, norm_rows, &na);
+    const eng_wmat *wkv[2] = {&L->wk, &L->wv};
+    float *ykv[2] = {c->kk, c->vv};
+    linear_n(c, 0, 2, wkv, c->xn, n, ykv);
+    qkv_arg qa = {L, il, 0, NULL, 1};
+    par_rows(c, n, qkv_rows, &qa);
+}
+
+/* Evaluates n tokens into cells n_cells.. (row i of the scratch holds cell c0 + i). out_rows:
+ * how many of the last rows want logits (0, 1 or n), written to logits (n_vocab per row). */
+static eng_status forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode,
+                          int out_rows, float *logits)
+{
+    const eng_info *hp = c->hp;
+    const eng_weights *w = c->w;
+    const int E = hp->n_embd, c0 = c->n_cells;
+    eng_status st = eng_fwd_begin(c, tokens, pos, n);
+    if (st == ENG_OK)
+        st = eng_fwd_layers(c, n, c0, NULL, 0, hp->n_layer, decode);
+    if (st != ENG_OK)
+        return st;
     for (int i = 0; i < n; i++)
         c->pos[c0 + i] = pos[i];
     c->n_cells = c0 + n;

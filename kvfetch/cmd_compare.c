@@ -15,9 +15,10 @@ static const char usage_compare[] =
     "Runs kvfetch run's loaded path, then a full prefill of the identical token sequence\n"
     "(BOS, prefix, the documents' own token ids from the blobs, prompt) in a fresh context, and\n"
     "reports both times to first token and the speedup. The loaded path decodes greedily; its\n"
-    "tokens are teacher-forced into the full path, and at each of the N positions it reports\n"
-    "KL(full || loaded) of the next-token distributions and whether both argmaxes agree. When\n"
-    "all argmaxes agree the full path's own greedy output is the same text. When every logit\n"
+    "tokens are teacher-forced into the full path (--follow full: the other way round), and at\n"
+    "each of the N positions it reports KL(full || loaded) of the next-token distributions and\n"
+    "whether both argmaxes agree. When all argmaxes agree both paths' greedy outputs are the\n"
+    "same text. When every logit\n"
     "matches bit for bit it says 'logits bit-identical to full prefill' (expected with an empty\n"
     "prefix and a lossless codec). --temp is ignored: compare is greedy.\n"
     "\n"
@@ -36,7 +37,7 @@ int kvfetch_compare_main(int argc, char **argv)
     if ((rc = kvfetch_session_sequence(s, &seq, &total)) != 0 || (rc = kvfetch_session_ctx(s, &s->ctx_full)) != 0)
         goto out;
     kvp_compare_opts co = {.model = s->model, .loaded = s->ctx, .full = s->ctx_full, .seq = seq, .n_seq = total,
-                           .n_gen = s->a.n_gen};
+                           .n_gen = s->a.n_gen, .follow_full = s->a.follow_full};
     if (kvp_compare(&co, s->logits, &r, s->err, sizeof s->err) != KVP_OK) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);
         rc = 2;
@@ -61,7 +62,8 @@ int kvfetch_compare_main(int argc, char **argv)
         json_object_set_new(t, "full_ttft_s", json_real(r.full_ttft_s));
         json_object_set_new(o, "sequence_tokens", json_integer((json_int_t)total));
         json_object_set_new(o, "speedup", json_real(speedup));
-        json_object_set_new(o, "method", json_string("teacher-forced with the loaded path's greedy tokens"));
+        json_object_set_new(o, "method", json_string(s->a.follow_full ? "teacher-forced with the full path's greedy tokens"
+                                                                 : "teacher-forced with the loaded path's greedy tokens"));
         json_object_set_new(o, "kl_mean", json_real(r.kl_mean));
         json_object_set_new(o, "kl_max", json_real(r.kl_max));
         json_t *ka = json_array();
@@ -91,8 +93,8 @@ int kvfetch_compare_main(int argc, char **argv)
         if (rn)
             printf("recomputed: %u document tokens in %.2f ms (%.1f%% of the full prefill's time)\n", rn, rs * 1e3,
                    r.full_ttft_s > 0 ? 100 * rs / r.full_ttft_s : 0);
-        printf("KL(full || loaded) over %d positions, teacher-forced with the loaded path's greedy tokens: "
-               "mean %.3g, max %.3g\n", n_done, r.kl_mean, r.kl_max);
+        printf("KL(full || loaded) over %d positions, teacher-forced with the %s path's greedy tokens: "
+               "mean %.3g, max %.3g\n", n_done, s->a.follow_full ? "full" : "loaded", r.kl_mean, r.kl_max);
         if (r.argmax_agree == n_done)
             printf("greedy outputs agree (%d/%d positions)\n", r.argmax_agree, n_done);
         else

@@ -17,7 +17,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
 {
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
            O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
-           O_LOGITS, O_SERVER, O_RECOMPUTE, O_NO_REROTATE, O_DROP_PREFIX };
+           O_LOGITS, O_SERVER, O_RECOMPUTE, O_RECOMPUTE_METHOD, O_FOLLOW, O_NO_REROTATE, O_DROP_PREFIX };
     static const struct option longopts[] = {
         KVF_SHARED_LONGOPTS,
         {"model", required_argument, NULL, O_MODEL},
@@ -39,6 +39,8 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         {"logits", required_argument, NULL, O_LOGITS},
         {"server", required_argument, NULL, O_SERVER},
         {"recompute", required_argument, NULL, O_RECOMPUTE},
+        {"recompute-method", required_argument, NULL, O_RECOMPUTE_METHOD},
+        {"follow", required_argument, NULL, O_FOLLOW},
         {"no-rerotate", no_argument, NULL, O_NO_REROTATE},
         {"drop-prefix", no_argument, NULL, O_DROP_PREFIX},
         {"help", no_argument, NULL, 'h'},
@@ -84,6 +86,23 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
                 fprintf(stderr, "%s: --recompute '%s' is not a fraction in 0..1\n", prog, optarg);
                 return 2;
             }
+            break;
+        case O_RECOMPUTE_METHOD:
+            if (strcmp(optarg, "head") == 0) {
+                a->method = KVP_RECOMPUTE_HEAD;
+            } else if (strcmp(optarg, "blend") == 0) {
+                a->method = KVP_RECOMPUTE_BLEND;
+            } else {
+                fprintf(stderr, "%s: --recompute-method '%s' is not head or blend\n", prog, optarg);
+                return 2;
+            }
+            break;
+        case O_FOLLOW:
+            if (strcmp(optarg, "full") != 0 && strcmp(optarg, "loaded") != 0) {
+                fprintf(stderr, "%s: --follow '%s' is not full or loaded\n", prog, optarg);
+                return 2;
+            }
+            a->follow_full = strcmp(optarg, "full") == 0;
             break;
         case 'n': {
             long v;
@@ -378,6 +397,7 @@ static int loaded_path(kvfetch_session *s)
     s->pr.doc_n = s->doc_n;
     kvp_load_opts lo = {.model = s->model, .ctx = s->ctx, .identity = &s->id, .trust = s->a.co.trust,
                         .now = s->a.co.now, .n_threads = s->a.threads, .recompute = s->a.recompute,
+                        .method = s->a.method,
                         .no_rerotate = s->a.no_rerotate};
     if (s->a.drop_prefix) /* the baseline that ignores the prefix; compare's full path keeps it */
         s->path.n_prefix = 0;
@@ -461,7 +481,10 @@ void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
                 l->read_s * 1e3, l->verify_decode_s * 1e3, l->n_threads, l->rerotate_s * 1e3,
                 l->import_s * 1e3, l->n_recomputed ? "" : "\n");
         if (l->n_recomputed)
-            fprintf(stderr, "; its first %u tokens recomputed in %.2f ms\n", l->n_recomputed, l->recompute_s * 1e3);
+            fprintf(stderr, s->a.method == KVP_RECOMPUTE_BLEND
+                                ? "; layer 0 and the %u most deviating tokens recomputed in %.2f ms\n"
+                                : "; its first %u tokens recomputed in %.2f ms\n",
+                    l->n_recomputed, l->recompute_s * 1e3);
     }
     fprintf(stderr,
             "timings: fetch %.3f s%s, model load %.3f s, fingerprints %.3f s, warm-up %.3f s; prefix prefill (%zu tokens) "

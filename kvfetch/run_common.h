@@ -22,9 +22,13 @@
     "                       several documents in order (at most 16)\n"                          \
     "  --server URL         kvpubd API base to fetch --blob IDs from (GET /v1/blobs/ID); and/or\n" \
     "                       the --mirror repositories (below)\n"                              \
-    "  --recompute R        when a document does not sit exactly where it was computed, prefill\n" \
-    "                       the first R (0..1) of its tokens afresh after the real prefix and load\n" \
+    "  --recompute R        when a document does not sit exactly where it was computed, recompute\n" \
+    "                       R (0..1) of its tokens at every layer after the real prefix and load\n" \
     "                       the rest re-rotated (default 0; docs/quality.md has the measurements)\n" \
+    "  --recompute-method M which tokens: head (EPIC: the document's first ones, default) or blend\n" \
+    "                       (CacheBlend: layer 0 of all, then those whose K/V deviate most)\n"   \
+    "  --follow full|loaded compare: whose greedy tokens both paths are fed (default loaded; full:\n" \
+    "                       the reference continuation, the same for every way of loading)\n" \
     "  --no-rerotate, --drop-prefix  measurement baselines: keys left at the positions they were\n" \
     "                       computed for; the prefix left out of the loaded path (compare keeps\n" \
     "                       it in the full prefill)\n"                                         \
@@ -53,7 +57,9 @@ typedef struct kvfetch_run_args {
     const char *prefix, *prompt, *system;
     int n_gen, threads, top_k, json, chat, special;
     double recompute;          /* kvp_load_opts.recompute */
+    kvp_recompute_method method; /* kvp_load_opts.method */
     int no_rerotate, drop_prefix; /* measurement baselines (kvfetch compare) */
+    int follow_full;           /* compare: kvp_compare_opts.follow_full */
     const char *llama_state;   /* export: the llama.cpp sequence-state file to write */
     const char *server;        /* kvpubd API base that --blob IDs are fetched from */
     const char *logits_out;    /* run: write the loaded path's first logits here */

@@ -1,6 +1,6 @@
 /* compare.c: the loaded path measured against a full prefill of the identical tokens: time to
- * first token of both, then a greedy decode of the loaded path whose tokens are teacher-forced
- * into the full path, with KL(full || loaded), argmax agreement and bit-exactness per position. */
+ * first token of both, then a greedy decode of one path whose tokens are teacher-forced into
+ * the other, with KL(full || loaded), argmax agreement and bit-exactness per position. */
 #include "kvpub/kvpub.h"
 
 #include <math.h>
@@ -48,31 +48,34 @@ typedef struct lockstep {
     const kvp_compare_opts *o;
     kvp_compare_result *r;
     float *logits_full; /* (n_vocab) */
+    float *forced;      /* (n_vocab) the logits of the path that follows the other's tokens */
+    eng_ctx *forced_ctx;
     int nv;
     double kl_sum;
-    eng_status es;      /* the full path's decode failed */
+    eng_status es;      /* the following path's decode failed */
 } lockstep;
 
-/* One position: the loaded path picked t->id from t->logits; the full path's logits are
- * compared, then the same token goes into the full context. */
+/* One position: the leading path picked t->id from t->logits; the other path's logits are
+ * compared, then the same token goes into the other context. */
 static int on_token(void *user, const kvp_token *t)
 {
     lockstep *ls = user;
     kvp_compare_result *r = ls->r;
-    int32_t tfull = kvp_argmax(ls->logits_full, ls->nv);
-    if (memcmp(t->logits, ls->logits_full, (size_t)ls->nv * sizeof(float)) != 0)
+    int32_t tother = kvp_argmax(ls->forced, ls->nv);
+    if (memcmp(t->logits, ls->forced, (size_t)ls->nv * sizeof(float)) != 0)
         r->bit_identical = 0;
-    double kl = kl_div(ls->logits_full, t->logits, ls->nv);
+    const int full_leads = ls->o->follow_full;
+    double kl = kl_div(full_leads ? t->logits : ls->forced, full_leads ? ls->forced : t->logits, ls->nv);
     r->kl[r->positions] = kl;
     ls->kl_sum += kl;
     if (kl > r->kl_max)
         r->kl_max = kl;
-    if (t->id == tfull)
+    if (t->id == tother)
         r->argmax_agree++;
     else if (r->first_disagreement < 0)
         r->first_disagreement = r->positions;
     r->tokens[r->positions++] = t->id;
-    if (t->more && (ls->es = eng_decode(ls->o->full, t->id, -1, ls->logits_full)) != ENG_OK)
+    if (t->more && (ls->es = eng_decode(ls->forced_ctx, t->id, -1, ls->forced)) != ENG_OK)
         return 1;
     return 0;
 }
@@ -106,10 +109,14 @@ kvp_status kvp_compare(const kvp_compare_opts *o, float *logits, kvp_compare_res
     r->sample_s = base_now_s() - t;
     r->full_ttft_s = r->full_prefill_s + r->sample_s;
 
-    kvp_decode_opts d = {.model = o->model, .ctx = o->loaded, .n_max = o->n_gen, .on_token = on_token, .user = &ls};
+    /* the leader decodes greedily with its own logits; the other path follows its tokens */
+    ls.forced = o->follow_full ? logits : ls.logits_full;
+    ls.forced_ctx = o->follow_full ? o->loaded : o->full;
+    kvp_decode_opts d = {.model = o->model, .ctx = o->follow_full ? o->full : o->loaded, .n_max = o->n_gen,
+                         .on_token = on_token, .user = &ls};
     kvp_decode_stats ds;
     char derr[128];
-    if (kvp_decode(&d, logits, &ds, derr, sizeof derr) != KVP_OK) {
+    if (kvp_decode(&d, o->follow_full ? ls.logits_full : logits, &ds, derr, sizeof derr) != KVP_OK) {
         rc = kvp_fail(err, errlen, KVP_ERR_ENGINE, "decode: %s", derr);
         goto out;
     }

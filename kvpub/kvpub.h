@@ -193,9 +193,17 @@ typedef struct kvp_load_stats {
     int context_exact;    /* 1 = the tokens before it are exactly the context: loaded unrotated,
                              as a full prefill computes it */
     char context_note[200]; /* when a declared context does not match: how, in one line */
-    uint32_t n_recomputed; /* tokens prefilled afresh (kvp_load_opts.recompute) */
-    double recompute_s;   /* their prefill */
+    uint32_t n_recomputed; /* tokens recomputed at every layer (kvp_load_opts.recompute) */
+    double recompute_s;   /* the recompute's time (with blend: layer 0 of all tokens too) */
 } kvp_load_stats;
+
+/* How kvp_load_opts.recompute picks its tokens (docs/quality.md measures both). */
+typedef enum kvp_recompute_method {
+    KVP_RECOMPUTE_HEAD,  /* EPIC: the document's first tokens, prefilled before the rest is
+                            imported (they carry the attention sink its own BOS gave them) */
+    KVP_RECOMPUTE_BLEND, /* CacheBlend: after the import, layer 0 of every token, then the
+                            tokens whose layer-1 K/V deviate most (eng_kv_blend) */
+} kvp_recompute_method;
 
 typedef struct kvp_load_opts {
     eng_model *model;
@@ -208,9 +216,10 @@ typedef struct kvp_load_opts {
                                   documents), compared with its declared context; may be NULL */
     size_t n_before;
     double recompute;          /* when the blob does not sit exactly where it was computed: this
-                                  fraction of its tokens, from its start, is prefilled afresh (they
-                                  attend to the real prefix at every layer) and the rest loaded
-                                  re-rotated; 0 = none, 1 = all (a full prefill of the document) */
+                                  fraction of its tokens is recomputed at every layer, attending to
+                                  the real prefix, and the rest loaded re-rotated; 0 = none, 1 = all
+                                  (a full prefill of the document) */
+    kvp_recompute_method method; /* which tokens: KVP_RECOMPUTE_HEAD (0) or _BLEND */
     int no_rerotate;           /* baseline for measurements only: keys keep the rotation of the
                                   positions they were computed at (wrong by delta) */
 } kvp_load_opts;
@@ -323,16 +332,19 @@ typedef struct kvp_compare_opts {
     eng_ctx *full;         /* an empty context with room for n_seq + n_gen tokens */
     const int32_t *seq;    /* the identical sequence: BOS, prefix, documents' ids, prompt */
     size_t n_seq;
-    int n_gen;             /* positions to compare (greedy tokens of the loaded path) */
+    int n_gen;             /* positions to compare */
+    int follow_full;       /* 0: the loaded path decodes greedily and the full path is fed its
+                              tokens; 1: the other way round (the reference continuation, the
+                              same tokens for every way of loading the same document) */
 } kvp_compare_opts;
 
 typedef struct kvp_compare_result {
     double full_prefill_s; /* prefill of seq in the full context */
     double sample_s;       /* picking the first token (counted in both paths' TTFT) */
     double full_ttft_s;    /* full_prefill_s + sample_s */
-    double decode_s;       /* the loaded path's decode time */
-    int positions;         /* compared (the loaded path's end-of-generation token included) */
-    int32_t *tokens;       /* (positions) the loaded path's greedy tokens; owned */
+    double decode_s;       /* the leading path's decode time */
+    int positions;         /* compared (the leading path's end-of-generation token included) */
+    int32_t *tokens;       /* (positions) the leading path's greedy tokens; owned */
     double *kl;            /* (positions) KL(full || loaded) in nats; owned */
     double kl_mean, kl_max;
     int argmax_agree;      /* positions whose argmaxes agree */

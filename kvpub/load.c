@@ -31,6 +31,7 @@ typedef struct load {
     const kvp_load_opts *o;
     kvb_reader *r;       /* for the verified token ids of the tokens recomputed */
     uint32_t skip;       /* tokens from the start that are prefilled, not imported */
+    int blend;           /* recompute CacheBlend's way once everything is imported */
     int prefilled;       /* they are */
     int cell0;           /* first cell of the document */
     int32_t pos;         /* position of its first token */
@@ -82,7 +83,9 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
     l->stats->n_chunks = m->n_chunks;
     judge_context(m, l->o, l->stats);
     int exact = m->n_context ? l->stats->context_exact : l->o->n_before == 0;
-    if (!exact && l->o->recompute > 0) {
+    if (!exact && l->o->recompute > 0 && l->o->method == KVP_RECOMPUTE_BLEND) {
+        l->blend = 1;
+    } else if (!exact && l->o->recompute > 0) {
         double k = ceil(l->o->recompute * (double)m->n_tokens);
         l->skip = k >= (double)m->n_tokens ? m->n_tokens : (uint32_t)k;
     }
@@ -314,6 +317,17 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
         if (vst)
             *vst = KVB_ERR_TRUNCATED;
         goto out;
+    }
+    if (l.blend) {
+        double t = base_now_s();
+        int kept = 0;
+        eng_status es = eng_kv_blend(o->ctx, ids, l.cell0, (int)m->n_tokens, o->recompute, &kept);
+        st->n_recomputed = (uint32_t)kept;
+        st->recompute_s = base_now_s() - t;
+        if (es != ENG_OK) {
+            rst = kvp_fail(err, errlen, KVP_ERR_ENGINE, "recomputing %s: %s", path, eng_status_str(es));
+            goto out;
+        }
     }
     if (n_tokens)
         *n_tokens = m->n_tokens;

@@ -4,12 +4,14 @@
 # what each remedy costs. For each model (stories260K: real trained weights; and a Qwen3-shaped
 # kvsynth model with random weights), 24 documents of real text (license texts), each after
 # prefixes of 16, 64 and 200 tokens of real text taken from another document, and 10 two-document
-# compositions, through `kvfetch compare` (32 greedy positions teacher-forced with the loaded
-# path's tokens, KL(full || loaded) in nats):
+# compositions, through `kvfetch compare` (32 greedy positions teacher-forced with the full
+# prefill's greedy tokens, the same for every variant of a placement; KL(full || loaded) in nats):
 #   drop    the prefix left out entirely (loaded right after BOS)
 #   norot   loaded after the prefix without re-rotating the keys
 #   rerot   loaded after the prefix, keys re-rotated (the default path)
 #   rcF     --recompute F: the first F of the document's tokens prefilled afresh (F = .05 .10 .15 .30)
+#   blF     --recompute F --recompute-method blend: CacheBlend (layer 0 of every token recomputed,
+#           then the F whose layer-1 K/V deviate most recomputed at every layer)
 #   exact   published with the prefix as its declared context (single documents only)
 # Documents 1-12 are the tuning half (the default --recompute was chosen on them), 13-24 are held
 # out; the summary reports both halves. Output under $BUILD/quality/: raw rows (raw-MODEL.tsv),
@@ -72,7 +74,7 @@ model_path() {
 
 # compare ARGS... -> one TSV row: kl_mean kl_max argmax positions greedy_len cost
 measure() {
-  "$KVFETCH" compare --model "$M" --trust "$tmp/trust" --threads "$THREADS" -n "$N" --json --quiet \
+  "$KVFETCH" compare --model "$M" --trust "$tmp/trust" --threads "$THREADS" -n "$N" --json --quiet --follow full \
     --prompt " And so it ends." "$@" >"$tmp/c.json" 2>"$tmp/c.err" || { echo "- - - - - -"; return; }
   jq -r --argjson n "$N" '[.kl_mean, .kl_max, .argmax_agree, .positions,
       (if .first_disagreement < 0 then .positions else .first_disagreement end),
@@ -109,6 +111,7 @@ for name in $MODELS; do
       row norot --no-rerotate
       row rerot
       for f in $FRACS; do row "rc$f" --recompute "$f"; done
+      for f in $FRACS; do row "bl$f" --recompute "$f" --recompute-method blend; done
       "$BUILD/kvpubd" publish --store "$tmp/ctx-$name" --model "$M" --key "$tmp/pub.key" --threads "$THREADS" --json \
         --context "$pfx" "$tmp/doc$d.txt" >"$tmp/cpub.json" || die "publish --context"
       cb=$(find "$tmp/ctx-$name/blobs" -name "$(jq -r '.documents[0].id' "$tmp/cpub.json")")
@@ -124,11 +127,12 @@ for name in $MODELS; do
       text_at "${s%%:*}" "$(( ${s##*:} + 4000 ))" 1500 >"$tmp/pfx.txt"
       trim_to "$M" "$tmp/pfx.txt" "$P"
       pfx=$(cat "$tmp/pfx.txt")
-      for v in drop norot rerot $FRACS; do
+      for v in drop norot rerot $FRACS $(for f in $FRACS; do echo "b$f"; done); do
         case $v in
           drop) args=(--drop-prefix); vn=drop ;;
           norot) args=(--no-rerotate); vn=norot ;;
           rerot) args=(); vn=rerot ;;
+          b*) args=(--recompute "${v#b}" --recompute-method blend); vn="bl${v#b}" ;;
           *) args=(--recompute "$v"); vn="rc$v" ;;
         esac
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$d" "$set_name" "$P" "$vn" \
@@ -166,12 +170,14 @@ if command -v gnuplot >/dev/null 2>&1; then
     [ -f "$f" ] || continue
     nm=$(basename "$f" .tsv); nm=${nm#raw-}
     for P in 16 64 200; do
-      awk -F'\t' -v P="$P" 'NR > 1 && $6 != "-" && $4 == P && ($3 == "tune" || $3 == "held") {
-          v = $5; x = v == "rerot" ? 0 : v ~ /^rc/ ? substr(v, 3) + 0 : -1
-          if (x >= 0) { s[x] += $6; n[x]++ } else { b[v] += $6; m[v]++ } }
-        END { for (x in s) printf "%s %g\n", x, s[x]/n[x] > "/dev/stdout"
-              for (v in b) printf "%s %g\n", v, b[v]/m[v] > "/dev/stderr" }' "$f" \
-        2>"$tmp/base-$nm-$P.txt" | sort -n >"$tmp/curve-$nm-$P.txt"
+      for meth in rc bl; do
+        awk -F'\t' -v P="$P" -v meth="$meth" 'NR > 1 && $6 != "-" && $4 == P && ($3 == "tune" || $3 == "held") {
+            v = $5; x = v == "rerot" ? 0 : substr(v, 1, 2) == meth ? substr(v, 3) + 0 : -1
+            if (x >= 0) { s[x] += $6; n[x]++ } else if (v !~ /^(rc|bl)/) { b[v] += $6; m[v]++ } }
+          END { for (x in s) printf "%s %g\n", x, s[x]/n[x] > "/dev/stdout"
+                for (v in b) printf "%s %g\n", v, b[v]/m[v] > "/dev/stderr" }' "$f" \
+          2>"$tmp/base-$nm-$P.txt" | sort -n >"$tmp/curve-$nm-$P-$meth.txt"
+      done
     done
   done
   {
@@ -185,8 +191,10 @@ if command -v gnuplot >/dev/null 2>&1; then
     printf 'plot '
     sep=""
     for c in "$tmp"/curve-*.txt; do
-      t=$(basename "$c" .txt); t=${t#curve-}
-      printf "%s'%s' using 1:2 with linespoints title 'recompute %s'" "$sep" "$c" "$t"; sep=", "
+      t=$(basename "$c" .txt); t=${t#curve-}; meth=${t##*-}; t=${t%-*}
+      printf "%s'%s' using 1:2 with linespoints title '%s %s'" "$sep" "$c" \
+        "$([ "$meth" = bl ] && echo blend || echo head)" "$t"; sep=", "
+      [ "$meth" = bl ] && continue
       for v in drop norot; do
         y=$(awk -v v="$v" '$1 == v { print $2 }' "$tmp/base-$t.txt")
         [ -n "$y" ] && printf "%s%s with lines dashtype 2 title '%s %s'" "$sep" "$y" "$v" "$t"

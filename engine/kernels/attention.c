@@ -230,10 +230,13 @@ typedef struct att_job {
     const float *q;
     size_t ldq;
     int c0, nq;
+    const int *cells; /* query i's cell: cells[i] (ascending) when given, else c0 + i */
     float *out;
     size_t ldo;
     blk_fn fn;
 } att_job;
+
+static int q_cell(const att_job *J, int i) { return J->cells ? J->cells[i] : J->c0 + i; }
 
 
 static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt, float *Vb);
@@ -269,7 +272,7 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
         a[hd] = -INFINITY;
         a[hd + 1] = 0;
     }
-    const int last = J->c0 + i1 - 1; /* last cell any query of the item sees */
+    const int last = q_cell(J, i1 - 1); /* last cell any query of the item sees */
     const size_t kvd = (size_t)c->kv_dim;
     const int v16 = v_in_place(J, G * nqi);
     for (int b0 = 0; b0 <= last; b0 += KB) {
@@ -278,7 +281,7 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
             for (int g = 0; g < G; g++) {
                 const int head = h * G + g;
                 for (int i = i0; i < i1; i++) {
-                    const int ci = J->c0 + i;
+                    const int ci = q_cell(J, i);
                     if (ci < b0)
                         continue;
                     const int jend = ci - b0 + 1 < KB ? ci - b0 + 1 : KB;
@@ -293,7 +296,8 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
                     if (J->fn == eng_att_blk_avx512) {
                         /* two queries at once when the next one exists (it sees this block too) */
                         const int nq = i + 1 < i1 ? 2 : 1;
-                        const int je[2] = {jend, ci + 1 - b0 + 1 < KB ? ci + 1 - b0 + 1 : KB};
+                        const int cn = q_cell(J, i + nq - 1);
+                        const int je[2] = {jend, cn - b0 + 1 < KB ? cn - b0 + 1 : KB};
                         float *sp[2] = {S + t * KB, S + (t + nq - 1) * KB};
                         if (phase == 0 && nq == 1) {
                             J->fn(J->q + (size_t)i * J->ldq + (size_t)head * hd, Kt, Vb, hd, jend,
@@ -410,10 +414,10 @@ static void att_worker(void *arg, int u0, int u1, int ith)
     }
 }
 
-eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, int nq, float *out,
-                         size_t ldo)
+eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, const int *cells, int nq,
+                         float *out, size_t ldo)
 {
-    att_job J = {c, il, q, ldq, c0, nq, out, ldo, pick_kernel(c->hp->head_dim)};
+    att_job J = {c, il, q, ldq, c0, nq, cells, out, ldo, pick_kernel(c->hp->head_dim)};
     eng_pool_for(c->pool, c->hp->n_head_kv * ((nq + QB - 1) / QB), 1, att_worker, &J);
     return ENG_OK;
 }

@@ -89,6 +89,40 @@ n1=$(jq -r '.blobs[0].tokens' "$tmp/out")
 [ "$(jq -r '.blobs[0].recomputed_tokens' "$tmp/out")" = $(( (n1 + 3) / 4 )) ] || fail "--recompute 0.25 of $n1 tokens"
 expect_rc 2 "${CQ[@]}" --blob "$blob1" --recompute 1.5
 expect_err "--recompute '1.5' is not a fraction"
+# the same invariants with CacheBlend's selection; its kept count is ceil(R * tokens) too
+BL=(--recompute-method blend)
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p16" --recompute 1 "${BL[@]}"
+[ "$(num bit_identical)" = true ] || fail "--recompute 1 (blend) is not a full prefill: $(cat "$tmp/out")"
+expect_rc 0 "${CQ[@]}" --blob "$blob2" --blob "$blob3" --prefix "$p64" --recompute 1 "${BL[@]}"
+[ "$(num bit_identical)" = true ] || fail "--recompute 1 (blend) with two documents: $(cat "$tmp/out")"
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --recompute 0.3 "${BL[@]}"
+[ "$(num bit_identical)" = true ] || fail "blend after BOS changed an exact load: $(cat "$tmp/out")"
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p16" --recompute 0.25 "${BL[@]}"
+[ "$(jq -r '.blobs[0].recomputed_tokens' "$tmp/out")" = $(( (n1 + 3) / 4 )) ] || fail "blend 0.25 of $n1 tokens"
+kl_bl=$(num kl_mean)
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p16"
+kl_rr=$(num kl_mean)
+awk -v a="$kl_bl" -v b="$kl_rr" 'BEGIN { exit !(a < b) }' || fail "blend 0.25 KL $kl_bl is not below re-rotation's $kl_rr"
+expect_rc 2 "${CQ[@]}" --blob "$blob1" --recompute-method cacheblend
+expect_err "--recompute-method 'cacheblend' is not head or blend"
+# --follow full feeds both paths the full prefill's tokens: up to the first disagreement the
+# positions are the same as with the loaded path leading, and so are their KLs
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p64"
+jq -c '[.first_disagreement, .kl]' "$tmp/out" >"$tmp/lead-loaded"
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p64" --follow full
+[ "$(jq -r .method "$tmp/out")" = "teacher-forced with the full path's greedy tokens" ] || fail "--follow full: method"
+jq -c '[.first_disagreement, .kl]' "$tmp/out" >"$tmp/lead-full"
+python3 - "$tmp/lead-loaded" "$tmp/lead-full" <<'PY' || fail "--follow full and loaded disagree before the first difference"
+import json, sys
+(fa, ka), (fb, kb) = (json.load(open(p)) for p in sys.argv[1:])
+assert fa == fb, (fa, fb)
+upto = fa + 1 if fa >= 0 else len(ka)
+assert ka[:upto] == kb[:upto], (ka[:upto], kb[:upto])
+PY
+expect_rc 0 "${CQ[@]}" --blob "$blob1" --follow full
+[ "$(num bit_identical)" = true ] || fail "--follow full right after BOS is not bit-identical"
+expect_rc 2 "${CQ[@]}" --blob "$blob1" --follow both
+expect_err "--follow 'both' is not full or loaded"
 "$BUILD/kvpubd" publish --store "$tmp/store" --model "$MODEL" --key "$tmp/pub.key" --threads 2 --json \
   --context "$p16" "$tmp/docs/doc1.txt" >"$tmp/ctx.json" || fail "publish --context"
 cblob=$(ls "$tmp"/store/blobs/*/"$(jq -r '.documents[0].id' "$tmp/ctx.json")")
