@@ -5,6 +5,7 @@
 #   kvpubd/*.c kvfetch/*.c kvsynth/*.c -> $(BUILD)/<tool>
 #   tests/unit/test_*.c   -> $(BUILD)/tests/test_*      (cmocka, one binary per file)
 #   tests/cli/*.sh        -> run by scripts/run-tests.sh with BUILD set
+#   tests/extra/*.sh      -> their own targets (test-llama-server), outside make test
 #   bench/*.c             -> $(BUILD)/bench/*
 #   fuzz/fuzz_*.c         -> build-fuzz/fuzz/fuzz_*     (clang libFuzzer; kvpubd's parsers from
 #                            build-fuzz/libkvpubd_parse.a)
@@ -45,7 +46,7 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 FUZZ_SRCS  := $(wildcard fuzz/fuzz_*.c)
 
-.PHONY: all deps test check check-asan check-clang bench demo fuzz fuzz-build fuzz-replay install clean
+.PHONY: all deps test test-llama-server check check-asan check-clang bench demo fuzz fuzz-build fuzz-replay install clean
 all: $(foreach t,$(TOOLS),$(BUILD)/$(t))
 
 deps:
@@ -80,8 +81,15 @@ test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BINS)
 	@BUILD=$(BUILD) scripts/run-tests.sh
 
-# What CI runs (.ci/run): the tests, the same tests under the sanitizers, and the fuzz replay.
-check: test check-asan fuzz-replay
+# The README's llama-server steps against the pinned llama.cpp's own server: not in test, as it
+# builds llama-server first (minutes on 2 cores; then cached in $(BUILD)/llamacpp/server/)
+test-llama-server: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) KVPUB_SHARED=$${KVPUB_SHARED:-$$(cd .. && pwd)/shared} bash tests/extra/llama_server_restore.sh
+
+# What CI runs (.ci/run): the tests, the same tests under the sanitizers, the fuzz replay, and
+# the llama-server test.
+check: test check-asan fuzz-replay test-llama-server
 
 # Tests under AddressSanitizer + UndefinedBehaviorSanitizer, in their own build tree.
 check-asan: deps

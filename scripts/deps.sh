@@ -5,10 +5,11 @@ set -eu
 pkgs="build-essential pkg-config clang libclang-rt-14-dev
  libssl-dev openssl libcurl4-openssl-dev curl libsqlite3-dev sqlite3 libzstd-dev
  libmicrohttpd-dev libgnutls28-dev libjansson-dev libcmocka-dev
- jq nginx-light gnuplot-nox git time"
+ jq nginx-light gnuplot-nox git time cmake"
 # git + npm: the interop and parity tests install the pinned prebuilt llama.cpp from the npm
 # registry (scripts/llamacpp/install.sh) and read headers and test vocabularies from its bundle;
-# an npm already on the PATH (e.g. from nodejs.org) will do
+# an npm already on the PATH (e.g. from nodejs.org) will do; cmake builds llama-server from that
+# bundle for make test-llama-server (scripts/llama-server.sh)
 command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
 # multi-buffer SHA-256 for the blob chunk digests (x86-64 only; OpenSSL does it elsewhere)
 if [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ]; then
