@@ -383,8 +383,14 @@ static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt
         const uint16_t *k = (const uint16_t *)c->k[il] + off, *v = (const uint16_t *)c->v[il] + off;
 #if defined(__x86_64__)
         if (hd % 8 == 0 && base_cpu_has(CPU_F16C_PATHS))
-            for (; j + 8 <= n; j += 8)
+            for (; j + 8 <= n; j += 8) {
+                /* the same 8 cells of the next block: the rows are kvd apart, too far apart
+                 * for the hardware prefetcher to follow */
+                for (int i = 0; i < 8; i++)
+                    for (int d = 0; d < hd; d += 32)
+                        __builtin_prefetch(k + (size_t)(j + i + KB) * kvd + d);
                 k8_f16c(k + (size_t)j * kvd, kvd, hd, Kt + j);
+            }
 #endif
         float row[512];
         for (int jj = j; jj < n; jj++) {
