@@ -49,10 +49,12 @@ int eng_quant_force_scalar(int on)
 }
 
 static int g_cpu_avx2; /* AVX2 + FMA + F16C, set once before main */
+static int g_cpu_vnni; /* and AVX-512 with VNNI */
 
 __attribute__((constructor)) static void cpu_detect(void)
 {
     g_cpu_avx2 = base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_FMA | BASE_CPU_F16C);
+    g_cpu_vnni = g_cpu_avx2 && base_cpu_has(BASE_CPU_AVX512 | BASE_CPU_AVX512VNNI);
 }
 
 static int have_avx2(void) { return g_cpu_avx2 && !g_force_scalar; }
@@ -382,7 +384,8 @@ static void mv_qb32(uint32_t type, const uint8_t *W, size_t rb, int64_t ncols, c
 /* ---- matvec entry ---- */
 
 /* Each type's portable kernel and the Q8 block of x its integer kernels read (0: they read x
- * as floats). The AVX2 kernels are eng_mv_k_avx2 for the K-quants, eng_mv_avx2 otherwise. */
+ * as floats). The AVX2 kernels are eng_mv_k_avx2 for the K-quants, eng_mv_avx2 otherwise
+ * (Q3_K's is eng_mv_q3_k_avx512vnni where the CPU has AVX-512 VNNI). */
 static const struct mv_kernels {
     uint32_t type;
     eng_mv_fn scalar;
@@ -417,7 +420,9 @@ void eng_matvec(uint32_t type, const void *W, size_t row_bytes, int64_t ncols, c
     eng_mv_fn fn = k->scalar;
 #if defined(__x86_64__)
     if (avx2)
-        fn = qblk == QB_QK_K ? eng_mv_k_avx2 : eng_mv_avx2;
+        fn = type == GGML_T_Q3_K && g_cpu_vnni ? eng_mv_q3_k_avx512vnni
+             : qblk == QB_QK_K                 ? eng_mv_k_avx2
+                                               : eng_mv_avx2;
 #endif
     if (r1 <= r0)
         return;

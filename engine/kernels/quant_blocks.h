@@ -146,6 +146,9 @@ void eng_dequant_q3_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size
 void eng_dequant_q4_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 void eng_dequant_q5_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
 void eng_dequant_q6_k_panel_avx2(const uint8_t *src, float *dst, int64_t n, size_t stride);
+/* quant_k_avx512.c, needing AVX-512 (F, DQ, BW, VL) and VNNI too: a Q3_K kernel (only that
+ * type) giving eng_mv_k_avx2's floats in fewer instructions. */
+eng_mv_kernel eng_mv_q3_k_avx512vnni;
 #endif
 
 /* quant_k.c: the K-quant super-block types (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K). Each returns 0

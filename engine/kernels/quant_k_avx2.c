@@ -7,14 +7,6 @@
 
 #if defined(__x86_64__)
 
-/* pshufb control that broadcasts int16 word w of each 128-bit lane (lo for the low lane, hi
- * for the high one) across that lane. */
-static AVX2 inline __m256i word_bcast(int lo, int hi)
-{
-    return _mm256_set_m128i(_mm_set1_epi16((short)(((2 * hi + 1) << 8) | (2 * hi))),
-                            _mm_set1_epi16((short)(((2 * lo + 1) << 8) | (2 * lo))));
-}
-
 /* Sub-blocks 2g and 2g+1 of a Q4_K/Q5_K super-block (codes lo, hi as unsigned bytes) against
  * their 64 x values, each scaled by its 6-bit scale (sa, sb: the scale broadcast as int16).
  * Codes are unsigned, so maddubs takes them directly (31 * 127 * 2 fits in int16). */
@@ -113,13 +105,6 @@ static AVX2 inline __m256i half_dot(__m256i v0, __m256i v1, __m256i v2, __m256i 
     return _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
 }
 
-/* half_dot's pshufb controls: chunk k's sub-blocks 2k (low lane) and 2k+1 (high lane). */
-static AVX2 inline void half_sel(__m256i sel[4])
-{
-    for (int k = 0; k < 4; k++)
-        sel[k] = word_bcast(2 * k, 2 * k + 1);
-}
-
 /* One 128-element half of a Q6_K super-block: 64 bytes of ql, 32 of qh, its 8 scales. */
 static AVX2 inline __m256i q6k_half(const uint8_t *ql, const uint8_t *qh, const uint8_t *sc,
                                     const int8_t *q, const __m256i sel[4])
@@ -189,13 +174,13 @@ static AVX2 INLINE_ALWAYS __m256i q3k_code(__m256i v, __m256i hm, int k, int p)
 }
 
 /* Q3_K: Q2_K's low bits plus 4 where hmask bit 4h + k is set (codes 0..7, value = code - 4);
- * sc8: the half's 8 signed scales. h is a constant at each call. */
-static AVX2 INLINE_ALWAYS __m256i q3k_half(const uint8_t *qs, __m256i hm, int h, __m128i sc8, const int8_t *q,
+ * sc16: the half's 8 signed scales as int16 in both lanes. h is a constant at each call. */
+static AVX2 INLINE_ALWAYS __m256i q3k_half(const uint8_t *qs, __m256i hm, int h, __m256i sc16, const int8_t *q,
                                            const __m256i sel[4])
 {
     __m256i v = _mm256_loadu_si256((const __m256i *)qs);
     return half_dot(q3k_code(v, hm, 0, 4 * h), q3k_code(v, hm, 1, 4 * h + 1), q3k_code(v, hm, 2, 4 * h + 2),
-                    q3k_code(v, hm, 3, 4 * h + 3), q, _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)), sel);
+                    q3k_code(v, hm, 3, 4 * h + 3), q, sc16, sel);
 }
 
 /* Q3_K (six = 0) and Q6_K (six = 1, a constant at each call): unsigned codes with an offset
@@ -219,14 +204,11 @@ static AVX2 INLINE_ALWAYS void mv_sym_k(int six, const uint8_t *W, size_t rb, co
                                         q6k_half(b + 64, b + QB_Q6_K_QH + 32, sc + 8, q + 128, sel));
                 sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
             } else {
-                uint32_t w[4];
-                qb_q3k_scale_words(b + QB_Q3_K_SC, w);
-                __m128i sc = _mm_sub_epi8(_mm_set_epi32((int)w[3], (int)w[2], (int)w[1], (int)w[0]),
-                                          _mm_set1_epi8(32));
+                sc_all = _mm256_cvtepi8_epi16(q3k_scales(b));
                 __m256i hm = _mm256_loadu_si256((const __m256i *)b);
-                sumi = _mm256_add_epi32(q3k_half(b + QB_Q3_K_QS, hm, 0, sc, q, sel),
-                                        q3k_half(b + QB_Q3_K_QS + 32, hm, 1, _mm_srli_si128(sc, 8), q + 128, sel));
-                sc_all = _mm256_cvtepi8_epi16(sc);
+                sumi = _mm256_add_epi32(
+                    q3k_half(b + QB_Q3_K_QS, hm, 0, _mm256_permute4x64_epi64(sc_all, 0x44), q, sel),
+                    q3k_half(b + QB_Q3_K_QS + 32, hm, 1, _mm256_permute4x64_epi64(sc_all, 0xee), q + 128, sel));
             }
             /* the offset: 32 (4) * sum_j sc[j] * bsum[j] over the 16 sub-blocks */
             __m256i bs = _mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16));
@@ -326,10 +308,7 @@ static AVX2 INLINE_ALWAYS void dequant_q23_k_panel(int three, const uint8_t *b, 
         __m256i hm = _mm256_setzero_si256();
         const uint8_t *qs;
         if (three) {
-            uint32_t w[4];
-            qb_q3k_scale_words(b + QB_Q3_K_SC, w);
-            const __m128i sc = _mm_sub_epi8(_mm_set_epi32((int)w[3], (int)w[2], (int)w[1], (int)w[0]),
-                                            _mm_set1_epi8(32));
+            const __m128i sc = q3k_scales(b);
             const __m256 d = _mm256_set1_ps(f16s(b + QB_Q3_K_D));
             float dl[16];
             _mm256_storeu_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));

@@ -570,6 +570,49 @@ static void test_xq_paths_agree(void **state)
 #endif
 }
 
+/* Q3_K's AVX-512 VNNI kernel must give the AVX2 one's floats bit for bit (eng_matvec takes the
+ * first where the CPU has it, so the AVX2 one is called directly), on quantized rows and on
+ * random blocks with finite scales, at several widths. */
+static void test_q3k_vnni_agrees(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    if (strcmp(eng_quant_kernels(), "avx2") != 0 || !base_cpu_has(BASE_CPU_AVX512 | BASE_CPU_AVX512VNNI))
+        skip();
+    enum { ROWS = 9, MAXC = 3072 };
+    static float x[MAXC], w[MAXC], y1[ROWS], y2[ROWS];
+    static uint8_t W[ROWS * (MAXC / 256) * 110];
+    _Alignas(32) static int8_t q[MAXC];
+    static float d[MAXC / 256];
+    static int16_t bs[MAXC / 16];
+    uint64_t s = 17;
+    static const int64_t widths[] = {256, 1024, 2816, 3072};
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int64_t n = widths[wi];
+        const size_t rb = row_bytes(GGML_T_Q3_K, n);
+        for (int round = 0; round < 2; round++) {
+            for (int r = 0; r < ROWS; r++) {
+                for (int64_t i = 0; i < n; i++)
+                    w[i] = rng_unit(&s) * (r == 3 ? 100.0f : 1.0f);
+                assert_int_equal(eng_quantize_row(GGML_T_Q3_K, w, W + (size_t)r * rb, n), rb);
+            }
+            if (round) /* any scales and codes; d finite (exponent below 16) */
+                for (size_t i = 0; i < rb * ROWS; i++)
+                    W[i] = (uint8_t)((i % 110 == 109) ? rng_next(&s) & 0xbf : rng_next(&s));
+            for (int64_t i = 0; i < n; i++)
+                x[i] = rng_unit(&s) * (float)(1 + i % 3);
+            eng_xq xq = {.d = d, .q = q, .bsum = bs};
+            eng_xq_quantize(x, n, 256, &xq);
+            eng_mv_k_avx2(GGML_T_Q3_K, W, rb, n, x, &xq, y1, 0, ROWS);
+            eng_mv_q3_k_avx512vnni(GGML_T_Q3_K, W, rb, n, x, &xq, y2, 0, ROWS);
+            assert_memory_equal(y1, y2, sizeof y1);
+        }
+    }
+#else
+    skip();
+#endif
+}
+
 static void test_matvec(void **state)
 {
     (void)state;
@@ -692,6 +735,7 @@ int main(void)
         cmocka_unit_test(test_dequant_q6_k_block),
         cmocka_unit_test(test_dequant_panels),
         cmocka_unit_test(test_dequant_panels_random),
+        cmocka_unit_test(test_q3k_vnni_agrees),
         cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_xq_paths_agree),
         cmocka_unit_test(test_matvec),
