@@ -17,7 +17,8 @@
 # out; the summary reports both halves. Output under $BUILD/quality/: raw rows (raw-MODEL.tsv),
 # the table (quality.txt) and a plot (quality.png: mean KL against the recompute fraction, one
 # line per prefix length and model, baselines as horizontal lines).
-# Knobs: MODELS ("stories260K qwen3-synth"), POSITIONS (32), THREADS (2).
+# Knobs: MODELS ("stories260K qwen3-synth"), POSITIONS (32), THREADS (2), PLOT_ONLY=1 (no
+# measurement: the table and the plot again from the raw rows already under $BUILD/quality).
 set -u
 BUILD=${BUILD:-build}
 SHARED=${KVPUB_SHARED:-../shared}
@@ -72,19 +73,22 @@ model_path() {
   esac
 }
 
-# compare ARGS... -> one TSV row: kl_mean kl_max argmax positions greedy_len cost
+# compare ARGS... -> one TSV row: kl_mean kl_max argmax positions greedy_len cost rcost
 measure() {
   "$KVFETCH" compare --model "$M" --trust "$tmp/trust" --threads "$THREADS" -n "$N" --json --quiet --follow full \
-    --prompt " And so it ends." "$@" >"$tmp/c.json" 2>"$tmp/c.err" || { echo "- - - - - -"; return; }
+    --prompt " And so it ends." "$@" >"$tmp/c.json" 2>"$tmp/c.err" || { echo "- - - - - - -"; return; }
   jq -r --argjson n "$N" '[.kl_mean, .kl_max, .argmax_agree, .positions,
       (if .first_disagreement < 0 then .positions else .first_disagreement end),
-      (if .speedup > 0 then 1 / .speedup else 0 end)] | @tsv' "$tmp/c.json"
+      (if .speedup > 0 then 1 / .speedup else 0 end),
+      (if .timings.full_prefill_s > 0 then ([.blobs[].recompute_s] | add) / .timings.full_prefill_s else 0 end)]
+      | @tsv' "$tmp/c.json"
 }
 
 for name in $MODELS; do
+  [ -n "${PLOT_ONLY:-}" ] && break
   M=$(model_path "$name") && [ -f "$M" ] || { echo "bench-quality: no model $name, skipped"; continue; }
   raw="$out/raw-$name.tsv"
-  printf 'model\tdoc\tset\tprefix\tvariant\tkl_mean\tkl_max\targmax\tpositions\tgreedy_len\tcost\n' >"$raw"
+  printf 'model\tdoc\tset\tprefix\tvariant\tkl_mean\tkl_max\targmax\tpositions\tgreedy_len\tcost\trcost\n' >"$raw"
   # documents: ~120 tokens each (room for a 200-token prefix, two documents and the generation)
   d=0
   for s in $SRC; do
@@ -149,16 +153,17 @@ sum="$out/quality.txt"
   echo "# kl = mean over documents of the per-document mean KL; worst = the largest per-document mean;"
   echo "# max = the largest KL at any position; top1 = argmax agreement; greedy = mean length of the"
   echo "# agreeing greedy prefix; g16 = documents whose greedy outputs agree for 16 tokens;"
-  echo "# cost = loaded time to first token / full prefill's (tiny models: dominated by fixed costs)"
-  printf '%-12s %-6s %6s %-7s %9s %9s %9s %6s %7s %6s %6s\n' model set prefix variant kl worst max top1 greedy g16 cost
+  echo "# cost = loaded time to first token / full prefill's (tiny models: dominated by fixed costs);"
+  echo "# rcost = the recompute's own time / the full prefill's"
+  printf '%-12s %-6s %6s %-7s %9s %9s %9s %6s %7s %6s %6s %6s\n' model set prefix variant kl worst max top1 greedy g16 cost rcost
   for f in "$out"/raw-*.tsv; do
     [ -f "$f" ] || continue
     awk -F'\t' 'NR > 1 && $6 != "-" {
         k = $1 "\t" $3 "\t" $4 "\t" $5; n[k]++; kl[k] += $6; if ($6 > w[k]) w[k] = $6; if ($7 > mx[k]) mx[k] = $7
-        a[k] += $8; p[k] += $9; g[k] += $10; g16[k] += ($10 >= 16); c[k] += $11 }
+        a[k] += $8; p[k] += $9; g[k] += $10; g16[k] += ($10 >= 16); c[k] += $11; rc[k] += $12 }
       END { for (k in n) { split(k, f, "\t")
-        printf "%-12s %-6s %6s %-7s %9.4f %9.4f %9.3f %5.1f%% %7.1f %3d/%-2d %6.2f\n", f[1], f[2], f[3], f[4],
-          kl[k]/n[k], w[k], mx[k], 100*a[k]/p[k], g[k]/n[k], g16[k], n[k], c[k]/n[k] } }' "$f" |
+        printf "%-12s %-6s %6s %-7s %9.4f %9.4f %9.3f %5.1f%% %7.1f %3d/%-2d %6.2f %6.3f\n", f[1], f[2], f[3], f[4],
+          kl[k]/n[k], w[k], mx[k], 100*a[k]/p[k], g[k]/n[k], g16[k], n[k], c[k]/n[k], rc[k]/n[k] } }' "$f" |
       sort -k1,1 -k2,2 -k3,3n -k4,4
   done
 } >"$sum"
@@ -180,27 +185,38 @@ if command -v gnuplot >/dev/null 2>&1; then
       done
     done
   done
+  # one panel per model; a colour per prefix length; head solid, blend dashed; the baselines
+  # (drop, norot) as dotted horizontal lines in the prefix's colour
+  models=$(for f in "$out"/raw-*.tsv; do [ -f "$f" ] && basename "$f" .tsv | sed 's/^raw-//'; done)
+  nmod=$(echo "$models" | wc -w)
   {
-    echo "set terminal pngcairo size 1000,650 noenhanced"
+    echo "set terminal pngcairo size $((560 * nmod)),760 noenhanced"
     echo "set output '$out/quality.png'"
-    echo "set title 'Loaded KV after a prefix: mean KL(full || loaded) vs --recompute (32 positions)'"
+    echo "set multiplot layout 1,$nmod title 'Loaded KV after a prefix: mean KL(full || loaded) against --recompute (32 positions, 24 documents)'"
     echo "set xlabel 'fraction of the document recomputed (0 = re-rotation only)'"
     echo "set ylabel 'mean KL, nats'"
-    echo "set key outside right"
+    echo "set key below maxrows 4 font ',9'"
     echo "set logscale y"
-    printf 'plot '
-    sep=""
-    for c in "$tmp"/curve-*.txt; do
-      t=$(basename "$c" .txt); t=${t#curve-}; meth=${t##*-}; t=${t%-*}
-      printf "%s'%s' using 1:2 with linespoints title '%s %s'" "$sep" "$c" \
-        "$([ "$meth" = bl ] && echo blend || echo head)" "$t"; sep=", "
-      [ "$meth" = bl ] && continue
-      for v in drop norot; do
-        y=$(awk -v v="$v" '$1 == v { print $2 }' "$tmp/base-$t.txt")
-        [ -n "$y" ] && printf "%s%s with lines dashtype 2 title '%s %s'" "$sep" "$y" "$v" "$t"
+    echo "set xrange [0:0.3]"
+    for nm in $models; do
+      echo "set title '$nm'"
+      printf 'plot '
+      sep=""
+      for P in 16 64 200; do
+        col=$(case $P in 16) echo '#1f77b4' ;; 64) echo '#d62728' ;; *) echo '#2ca02c' ;; esac)
+        printf "%s'%s' using 1:2 with linespoints lw 2 pt 7 lc rgb '%s' title 'head, prefix %s'" \
+          "$sep" "$tmp/curve-$nm-$P-rc.txt" "$col" "$P"; sep=", "
+        printf "%s'%s' using 1:2 with linespoints lw 2 dt 2 pt 4 lc rgb '%s' title 'blend, prefix %s'" \
+          "$sep" "$tmp/curve-$nm-$P-bl.txt" "$col" "$P"
+        for v in drop norot; do
+          y=$(awk -v v="$v" '$1 == v { print $2 }' "$tmp/base-$nm-$P.txt")
+          [ -n "$y" ] && printf "%s%s with lines dt %s lc rgb '%s' title '%s, prefix %s'" "$sep" "$y" \
+            "$([ "$v" = drop ] && echo 3 || echo 4)" "$col" "$v" "$P"
+        done
       done
+      echo
     done
-    echo
+    echo "unset multiplot"
   } >"$tmp/plot.gp"
   gnuplot "$tmp/plot.gp" 2>"$tmp/gp.err" && echo "plot: $out/quality.png" || echo "bench-quality: gnuplot failed: $(head -3 "$tmp/gp.err")"
 fi
