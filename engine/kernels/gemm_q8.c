@@ -429,6 +429,54 @@ static AVX2F16 inline __m256i reduce8(const __m256i p[8])
     return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
+/* Eight weight rows at once, lane r of every vector for row j0 + r: per block, the eight exact
+ * isums (reduce8 across the rows instead of across blocks) and one vector FMA, so each lane runs
+ * its row's documented chain acc = fma(isum, dx * dw, acc) while eight chains are in flight.
+ * With one row at a time the chain's latency bounds a 1-token prefill. The next group's rows are
+ * prefetched: several weight rows streaming at once outrun the hardware prefetcher. */
+static AVX2F16 void rows8_avx2(const uint8_t *Xq, int M, const uint8_t *W, size_t rb, int N8, int K,
+                               float *Y, size_t ldy)
+{
+    const int nb = K / QK;
+    const size_t xs = eng_q8x_stride(K);
+    const __m256i ones = _mm256_set1_epi16(1), m128 = _mm256_set1_epi8((char)0x80);
+    for (int j0 = 0; j0 < N8; j0 += 8) {
+        const uint8_t *w = W + (size_t)j0 * rb;
+        for (int i = 0; i < M; i++) {
+            const uint8_t *xr = Xq + (size_t)i * xs;
+            const float *dx = x_scales(xr, K);
+            __m256 acc = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                const size_t off = (size_t)b * SRC_BLK;
+                if (i == 0 && b % 2 == 0)
+                    for (int r = 0; r < 8; r++)
+                        _mm_prefetch((const char *)(w + (size_t)(8 + r) * rb + off), _MM_HINT_T0);
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + (size_t)b * QK));
+                const __m256i xa = _mm256_abs_epi8(xv);
+                __m256i p[8], bad = _mm256_setzero_si256();
+                uint16_t h[8];
+                for (int r = 0; r < 8; r++) {
+                    const uint8_t *blk = w + (size_t)r * rb + off;
+                    const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(wv, m128));
+                    p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv, xv)), ones);
+                    h[r] = (uint16_t)(blk[0] | blk[1] << 8);
+                }
+                __m256i isum = reduce8(p);
+                if (!_mm256_testz_si256(bad, bad)) { /* the sign trick cannot negate -128 */
+                    int32_t is[8];
+                    for (int r = 0; r < 8; r++)
+                        is[r] = block_isum(w + (size_t)r * rb + off + 2, xr + (size_t)b * QK);
+                    isum = _mm256_loadu_si256((const __m256i *)is);
+                }
+                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_set1_ps(dx[b]), dw), acc);
+            }
+            _mm256_storeu_ps(Y + (size_t)i * ldy + j0, acc);
+        }
+    }
+}
+
 static AVX2F16 void rows_avx2(const uint8_t *Xq, int M, const uint8_t *W, size_t rb, int N, int K,
                               float *Y, size_t ldy)
 {
@@ -494,7 +542,10 @@ void eng_gemm_q8_rows(const uint8_t *Xq, int M, const uint8_t *W, size_t row_byt
 {
 #if defined(__x86_64__)
     if (eng_gemm_level() >= ENG_GEMM_AVX2 && base_cpu_has(BASE_CPU_F16C)) {
-        rows_avx2(Xq, M, W, row_bytes, N, K, Y, ldy);
+        const int N8 = N / 8 * 8;
+        rows8_avx2(Xq, M, W, row_bytes, N8, K, Y, ldy);
+        if (N8 < N)
+            rows_avx2(Xq, M, W + (size_t)N8 * row_bytes, row_bytes, N - N8, K, Y + N8, ldy);
         return;
     }
 #endif
