@@ -48,7 +48,12 @@ int main(int argc, char **argv)
     const int lens[2] = {512, NMAX};
     enum { NSMALL = 3 };
     const int small[NSMALL] = {1, 8, 16};
-    double dec[99], sm[NSMALL][99];
+    /* per small size: the first call after the 2048-token prefill (it also pays for the first
+     * writes into the cache's next huge pages at exactly 2048 cells: one 2 MiB page per layer
+     * for K and for V) and the median of SMALL_REPS calls after it (the steady cost, as the
+     * decode steps are measured) */
+    enum { SMALL_REPS = 3 };
+    double dec[99], sm[NSMALL][99], sm1[NSMALL][99];
     const int nsmall = o.brief ? 0 : NSMALL;
     for (int li = o.brief ? 1 : 0; li < 2; li++) {
         double tps[99], cpu[99];
@@ -67,16 +72,21 @@ int main(int argc, char **argv)
             cpu[r] = bench_cpu_s() - u0;
             if (lens[li] == NMAX) {
                 for (int k = 0; k < nsmall; k++) {
-                    double t1 = base_now_s();
-                    if (eng_prefill(c, toks + 1, NULL, (size_t)small[k], logits, NULL) != ENG_OK) {
-                        fputs("bench_engine: small prefill failed\n", stderr);
-                        return 2;
+                    double rep[SMALL_REPS + 1];
+                    for (int q = 0; q <= SMALL_REPS; q++) {
+                        double t1 = base_now_s();
+                        if (eng_prefill(c, toks + 1, NULL, (size_t)small[k], logits, NULL) != ENG_OK) {
+                            fputs("bench_engine: small prefill failed\n", stderr);
+                            return 2;
+                        }
+                        rep[q] = base_now_s() - t1;
+                        if (eng_kv_truncate(c, NMAX) != ENG_OK) {
+                            fputs("bench_engine: truncate failed\n", stderr);
+                            return 2;
+                        }
                     }
-                    sm[k][r] = base_now_s() - t1;
-                    if (eng_kv_truncate(c, NMAX) != ENG_OK) {
-                        fputs("bench_engine: truncate failed\n", stderr);
-                        return 2;
-                    }
+                    sm1[k][r] = rep[0];
+                    sm[k][r] = bench_median(rep + 1, SMALL_REPS);
                 }
                 int32_t t = toks[NMAX];
                 double t1 = base_now_s();
@@ -95,8 +105,8 @@ int main(int argc, char **argv)
                bench_median(tps, runs), runs, bench_median(cpu, runs));
     }
     for (int k = 0; k < nsmall; k++)
-        printf("prefill %d token(s) after %d: %.4f s (median of %d)\n", small[k], NMAX,
-               bench_median(sm[k], runs), runs);
+        printf("prefill %d token(s) after %d: %.4f s (median of %d; the first call after the prefill: %.4f s)\n",
+               small[k], NMAX, bench_median(sm[k], runs), runs, bench_median(sm1[k], runs));
     printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, bench_median(dec, runs), runs,
            n_dec);
     bench_print_peak_rss();
