@@ -1,5 +1,6 @@
 /* ctx.c: eng_ctx lifetime and the KV cache: cells with explicit positions, export/import in
- * the f16 exchange layout, commit, truncate, and K re-rotation. */
+ * the f16 exchange layout, commit, truncate, and K re-rotation; and the prefill and decode
+ * entry points (argument checks, passes of at most ENG_MAX_ROWS) around forward.c's pass. */
 #include "engine/ctx_internal.h"
 #include "engine/kernels/quant_internal.h"
 
@@ -240,4 +241,81 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
     for (int i = 0; i < n; i++)
         c->pos[cell0 + i] += delta;
     return ENG_OK;
+}
+
+static eng_status check_tokens(const eng_ctx *c, const int32_t *tokens, const int32_t *pos, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->hp->n_vocab)
+            return ENG_ERR_RANGE;
+        /* INT32_MAX is refused so that eng_kv_next_pos (last position + 1) cannot overflow */
+        if (pos && (pos[i] < 0 || pos[i] == INT32_MAX))
+            return ENG_ERR_RANGE;
+    }
+    return ENG_OK;
+}
+
+eng_status eng_prefill(eng_ctx *c, const int32_t *tokens, const int32_t *pos, size_t n,
+                       float *logits, float *all_logits)
+{
+    if (!c || (!tokens && n))
+        return ENG_ERR_ARG;
+    if (n == 0)
+        return ENG_OK;
+    if (n > (size_t)(c->n_ctx - c->n_cells))
+        return ENG_ERR_RANGE;
+    eng_status st = check_tokens(c, tokens, pos, n);
+    if (st)
+        return st;
+    const int V = c->hp->n_vocab;
+    int32_t next = eng_kv_next_pos(c);
+    if (!pos && (int64_t)next + (int64_t)n > INT32_MAX)
+        return ENG_ERR_RANGE;
+    int32_t *pbuf = NULL;
+    if (!pos) {
+        pbuf = malloc(n * sizeof(int32_t));
+        if (!pbuf)
+            return ENG_ERR_NOMEM;
+        for (size_t i = 0; i < n; i++)
+            pbuf[i] = next + (int32_t)i;
+        pos = pbuf;
+    }
+    size_t done = 0;
+    while (done < n) {
+        size_t chunk = (size_t)ENG_MAX_ROWS;
+        if (chunk > n - done)
+            chunk = n - done;
+        const int last = done + chunk == n;
+        float *lg = NULL;
+        int rows = 0;
+        if (all_logits) {
+            lg = all_logits + done * (size_t)V;
+            rows = (int)chunk;
+        } else if (logits && last) {
+            lg = logits;
+            rows = 1;
+        }
+        st = eng_forward(c, tokens + done, pos + done, (int)chunk, 0, rows, lg);
+        if (st)
+            break;
+        done += chunk;
+    }
+    if (!st && all_logits && logits)
+        memcpy(logits, all_logits + (n - 1) * (size_t)V, sizeof(float) * (size_t)V);
+    free(pbuf);
+    return st;
+}
+
+eng_status eng_decode(eng_ctx *c, int32_t token, int32_t pos, float *logits)
+{
+    if (!c)
+        return ENG_ERR_ARG;
+    if (c->n_cells >= c->n_ctx)
+        return ENG_ERR_RANGE;
+    if (pos < 0)
+        pos = eng_kv_next_pos(c);
+    eng_status st = check_tokens(c, &token, &pos, 1);
+    if (st)
+        return st;
+    return eng_forward(c, &token, &pos, 1, 1, logits ? 1 : 0, logits);
 }

@@ -112,7 +112,11 @@ size_t eng_attention_scratch_floats(const eng_info *hp);
  * may differ from eng_attention's in the last bits. */
 eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out) ENG_WUR;
 
-/* ---- forward.c's pieces, for blend.c ---- */
+/* ---- forward.c: the pass, and its pieces for blend.c ---- */
+/* Evaluates n tokens into cells n_cells.. (scratch row i holds cell n_cells + i). out_rows:
+ * how many of the last rows want logits (0, 1 or n), written to logits (n_vocab per row). */
+eng_status eng_forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode, int out_rows,
+                       float *logits) ENG_WUR;
 /* Scratch rows 0..n-1 get the embeddings of tokens and the RoPE tables of pos. */
 eng_status eng_fwd_begin(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n) ENG_WUR;
 /* Layers [il0, il1) over the n scratch rows, row i at cell c0 + i or cells[i] (ascending):

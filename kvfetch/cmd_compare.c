@@ -18,9 +18,9 @@ static const char usage_compare[] =
     "tokens are teacher-forced into the full path (--follow full: the other way round), and at\n"
     "each of the N positions it reports KL(full || loaded) of the next-token distributions and\n"
     "whether both argmaxes agree. When all argmaxes agree both paths' greedy outputs are the\n"
-    "same text. When every logit\n"
-    "matches bit for bit it says 'logits bit-identical to full prefill' (expected with an empty\n"
-    "prefix and a lossless codec). --temp is ignored: compare is greedy.\n"
+    "same text. When every logit matches bit for bit it says 'logits bit-identical to full\n"
+    "prefill' (expected with an empty prefix and a lossless codec). --temp is ignored: compare\n"
+    "is greedy.\n"
     "\n"
     "exit codes as kvfetch run.\n";
 
