@@ -98,7 +98,7 @@ eng_status eng_kv_blend(eng_ctx *c, const int32_t *tokens, int cell0, int n, dou
         const double want = ceil(frac * (double)m);
         const int keep = want >= m ? m : (int)want;
         st = blend_window(c, tokens + off, cell0 + off, m, keep, dv, cells, tmp);
-        kept += keep;
+        kept += c->hp->n_layer == 1 ? m : keep; /* one layer: layer 0 is every layer */
     }
     free(dv);
     free(cells);

@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "tests/unit/engine_test_util.h"
@@ -197,10 +198,44 @@ static void test_blend(void **state)
     }
 }
 
+/* One layer: layer 0 is every layer, so any fraction recomputes every cell (and says so). */
+static void test_one_layer(void **state)
+{
+    (void)state;
+    char path[256];
+    eng_model *m = et_synth("blend1", "--arch llama --layers 1 --dim 64 --heads 4 --ffn 128 --vocab 512 "
+                                      "--ctx 256 --type f16 --seed 9", path, sizeof path);
+    assert_non_null(m);
+    unlink(path);
+    const eng_info *hp = eng_model_info(m);
+    const size_t row = (size_t)hp->n_head_kv * hp->head_dim;
+    int32_t toks[NP + ND];
+    for (int i = 0; i < NP + ND; i++)
+        toks[i] = 1 + (int32_t)((i * 37u) % (unsigned)(hp->n_vocab - 1));
+    eng_ctx *full = et_ctx(m, NCTX, 0);
+    assert_non_null(full);
+    assert_int_equal(eng_prefill(full, toks, NULL, NP + ND, NULL, NULL), ENG_OK);
+    kv ref, b;
+    kv_get(full, 1, row, NP, ND, &ref);
+    eng_ctx *c = loaded(m, 0, toks, row);
+    int kept = -1;
+    assert_int_equal(eng_kv_blend(c, toks + NP, NP, ND, 0.2, &kept), ENG_OK);
+    assert_int_equal(kept, ND);
+    kv_get(c, 1, row, NP, ND, &b);
+    assert_memory_equal(b.k, ref.k, sizeof(uint16_t) * row * ND);
+    assert_memory_equal(b.v, ref.v, sizeof(uint16_t) * row * ND);
+    kv_free(&b);
+    kv_free(&ref);
+    eng_ctx_free(c);
+    eng_ctx_free(full);
+    eng_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blend),
+        cmocka_unit_test(test_one_layer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
