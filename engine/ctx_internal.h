@@ -112,6 +112,11 @@ size_t eng_attention_scratch_floats(const eng_info *hp);
  * may differ from eng_attention's in the last bits. */
 eng_status eng_attention_decode(eng_ctx *c, int il, const float *q, int cell, float *out) ENG_WUR;
 
+/* ---- norm.c ---- */
+/* y = the model's norm of x (n floats) times w, plus b when b is given (LayerNorm only); y may
+ * be x. */
+void eng_norm_row(const eng_info *hp, const float *x, const float *w, const float *b, int n, float *y);
+
 /* ---- forward.c: the pass, and its pieces for blend.c ---- */
 /* Evaluates n tokens into cells n_cells.. (scratch row i holds cell n_cells + i). out_rows:
  * how many of the last rows want logits (0, 1 or n), written to logits (n_vocab per row). */

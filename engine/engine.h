@@ -35,8 +35,8 @@ typedef enum eng_rope_scaling {
 
 /* RoPE as the GGUF states it; these fields go into blob manifests and the model fingerprint. */
 typedef struct eng_rope {
-    eng_rope_type type;       /* llama: NORMAL (adjacent pairs); qwen2/qwen3: NEOX (half split) */
-    int n_rot;                /* rotated dims per head (== head_dim for supported archs) */
+    eng_rope_type type;       /* llama: NORMAL (adjacent pairs); qwen2/qwen3/stablelm: NEOX (half split) */
+    int n_rot;                /* rotated dims per head: the first n_rot; < head_dim only on stablelm */
     float freq_base;          /* theta base, e.g. 10000 or 1e6 */
     float freq_scale;         /* 1 / scaling factor; 1 when no scaling */
     eng_rope_scaling scaling;
@@ -47,8 +47,12 @@ typedef struct eng_rope {
     float yarn_beta_slow;     /* 1 by default */
 } eng_rope;
 
+/* Normalisation: llama/qwen2/qwen3 use RMSNorm times a weight; stablelm a LayerNorm (mean
+ * removed) times a weight plus a bias. */
+typedef enum eng_norm_type { ENG_NORM_RMS = 0, ENG_NORM_LAYER = 1 } eng_norm_type;
+
 typedef struct eng_info {
-    char arch[16];            /* "llama", "qwen2", "qwen3" */
+    char arch[16];            /* "llama", "qwen2", "qwen3", "stablelm" */
     int n_layer;
     int n_embd;
     int n_head;
@@ -57,7 +61,8 @@ typedef struct eng_info {
     int n_ff;
     int n_vocab;
     int n_ctx_train;
-    float norm_eps;           /* RMSNorm epsilon */
+    eng_norm_type norm;       /* RMSNorm, or LayerNorm with bias (stablelm) */
+    float norm_eps;           /* the norm's epsilon */
     eng_rope rope;
     int weight_type;          /* ggml type id of the bulk of the weights (attn_q.weight of layer 0) */
     int32_t bos_id;           /* -1 when none */
@@ -69,7 +74,7 @@ typedef struct eng_info {
 typedef struct eng_model eng_model;
 
 /* Loads (mmaps) a GGUF model. On failure returns the status and writes a one-line reason to
- * err, e.g. "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3)". */
+ * err, e.g. "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3, stablelm)". */
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen) ENG_WUR;
 void eng_model_free(eng_model *m); /* NULL is a no-op */
 /* Where eng_model_fingerprint caches (dir is copied, and created when first written); NULL, the

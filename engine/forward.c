@@ -1,4 +1,4 @@
-/* forward.c: the llama / qwen2 / qwen3 forward pass: batched prefill (weight chunks dequantized
+/* forward.c: the llama / qwen2 / qwen3 / stablelm forward pass: batched prefill (weight chunks dequantized
  * once per pass, products in eng_gemm_packed's fixed order) and the single-token decode step
  * (eng_matvec). Per-token work is row-wise, so results do not depend on batching. */
 #include "engine/ctx_internal.h"
@@ -102,21 +102,9 @@ static void par_rows(eng_ctx *c, int n, rows_fn fn, void *arg)
 
 /* ---- element-wise pieces, as ggml computes them ---- */
 
-/* ggml's rms_norm (sum of squares in double) followed by the weight multiply. */
-static void rmsnorm_row(const float *x, const float *w, int n, float eps, float *y)
-{
-    double sum = 0;
-    for (int i = 0; i < n; i++)
-        sum += (double)(x[i] * x[i]);
-    const float mean = (float)(sum / n);
-    const float scale = 1.0f / sqrtf(mean + eps);
-    for (int i = 0; i < n; i++)
-        y[i] = (x[i] * scale) * w[i];
-}
-
 typedef struct norm_arg {
     const float *x;
-    const float *w;
+    const float *w, *b;
     float *y;
     int n;
 } norm_arg;
@@ -125,7 +113,7 @@ static void norm_rows(eng_ctx *c, void *a, int r0, int r1)
 {
     norm_arg *A = a;
     for (int r = r0; r < r1; r++)
-        rmsnorm_row(A->x + (size_t)r * A->n, A->w, A->n, c->hp->norm_eps, A->y + (size_t)r * A->n);
+        eng_norm_row(c->hp, A->x + (size_t)r * A->n, A->w, A->b, A->n, A->y + (size_t)r * A->n);
 }
 
 static void swiglu_rows(eng_ctx *c, void *a, int r0, int r1)
@@ -494,14 +482,15 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
         if (L->bv)
             for (int j = 0; j < KD; j++)
                 v[j] += L->bv[j];
+        const int ns = L->qk_norm_stride;
         for (int h = 0; h < hp->n_head && !A->kv_only; h++) {
             if (L->q_norm)
-                rmsnorm_row(q + h * hd, L->q_norm, hd, hp->norm_eps, q + h * hd);
+                eng_norm_row(hp, q + h * hd, L->q_norm + h * ns, NULL, hd, q + h * hd);
             eng_rope_apply(&c->rope, cs, q + h * hd);
         }
         for (int h = 0; h < hp->n_head_kv; h++) {
             if (L->k_norm)
-                rmsnorm_row(k + h * hd, L->k_norm, hd, hp->norm_eps, k + h * hd);
+                eng_norm_row(hp, k + h * hd, L->k_norm + h * ns, NULL, hd, k + h * hd);
             eng_rope_apply(&c->rope, cs, k + h * hd);
         }
         if (A->kv_only)
@@ -539,6 +528,15 @@ static void add_rows(eng_ctx *c, void *a, int r0, int r1)
 
 /* ---- the pass ---- */
 
+/* c->g = swiglu(gate(c->xn), up(c->xn)) for R rows. */
+static void ffn_gate_up(eng_ctx *c, int decode, const eng_layer *L, int R)
+{
+    const eng_wmat *wgu[2] = {&L->gate, &L->up};
+    float *ygu[2] = {c->g, c->u};
+    linear_n(c, decode, 2, wgu, c->xn, R, ygu);
+    par_rows(c, R, swiglu_rows, NULL);
+}
+
 eng_status eng_fwd_begin(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n)
 {
     const eng_info *hp = c->hp;
@@ -562,11 +560,13 @@ eng_status eng_fwd_layers(eng_ctx *c, int n, int c0, const int *cells, int il0, 
     const int E = hp->n_embd, QD = hp->n_head * hp->head_dim, R = n;
     for (int il = il0; il < il1; il++) {
         const eng_layer *L = &w->layers[il];
-        norm_arg na = {c->x, L->attn_norm, c->xn, E};
+        norm_arg na = {c->x, L->attn_norm, L->attn_norm_b, c->xn, E};
         par_rows(c, R, norm_rows, &na);
         const eng_wmat *wqkv[3] = {&L->wq, &L->wk, &L->wv};
         float *yqkv[3] = {c->q, c->kk, c->vv};
         linear_n(c, decode, 3, wqkv, c->xn, R, yqkv);
+        if (!L->ffn_norm) /* parallel residual: the FFN reads the attention's normed input */
+            ffn_gate_up(c, decode, L, R);
         qkv_arg qa = {L, il, c0, cells, 0};
         par_rows(c, n, qkv_rows, &qa);
         const eng_status ast = decode ? eng_attention_decode(c, il, c->q, c0, c->att)
@@ -578,12 +578,11 @@ eng_status eng_fwd_layers(eng_ctx *c, int n, int c0, const int *cells, int il0, 
         linear_n(c, decode, 1, wo, c->att, R, yo);
         add_arg aa = {c->x, c->xn, (size_t)E};
         par_rows(c, R, add_rows, &aa);
-        norm_arg nf = {c->x, L->ffn_norm, c->xn, E};
-        par_rows(c, R, norm_rows, &nf);
-        const eng_wmat *wgu[2] = {&L->gate, &L->up};
-        float *ygu[2] = {c->g, c->u};
-        linear_n(c, decode, 2, wgu, c->xn, R, ygu);
-        par_rows(c, R, swiglu_rows, NULL);
+        if (L->ffn_norm) {
+            norm_arg nf = {c->x, L->ffn_norm, L->ffn_norm_b, c->xn, E};
+            par_rows(c, R, norm_rows, &nf);
+            ffn_gate_up(c, decode, L, R);
+        }
         const eng_wmat *wd[1] = {&L->down};
         float *yd[1] = {c->xn};
         linear_n(c, decode, 1, wd, c->g, R, yd);
@@ -596,7 +595,7 @@ eng_status eng_fwd_layers(eng_ctx *c, int n, int c0, const int *cells, int il0, 
 void eng_fwd_kv(eng_ctx *c, int il, int n)
 {
     const eng_layer *L = &c->w->layers[il];
-    norm_arg na = {c->x, L->attn_norm, c->xn, c->hp->n_embd};
+    norm_arg na = {c->x, L->attn_norm, L->attn_norm_b, c->xn, c->hp->n_embd};
     par_rows(c, n, norm_rows, &na);
     const eng_wmat *wkv[2] = {&L->wk, &L->wv};
     float *ykv[2] = {c->kk, c->vv};
@@ -623,7 +622,7 @@ eng_status eng_forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, in
     for (int t = 0; t < out_rows; t++) {
         const int r = n - out_rows + t;
         float *xr = c->xn + (size_t)r * E;
-        rmsnorm_row(c->x + (size_t)r * E, w->output_norm, E, hp->norm_eps, xr);
+        eng_norm_row(hp, c->x + (size_t)r * E, w->output_norm, w->output_norm_b, E, xr);
         const eng_wmat *wout[1] = {&w->output};
         const float *xs[1] = {round_vec(w->output.type, xr, E, c->xr)};
         float *ys[1] = {logits + (size_t)t * hp->n_vocab};

@@ -107,9 +107,10 @@ const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name); /* NU
 /* i-th tensor in strcmp name order (names are unique), NULL if out of range. */
 const gguf_tensor *gguf_tensor_sorted(const gguf_file *g, size_t i);
 
-/* Fills info from GGUF metadata: architecture (llama, qwen2, qwen3 only; anything else, or
- * sliding-window / hybrid attention / M-RoPE, is ENG_ERR_UNSUPPORTED naming it), shape,
- * norm eps, RoPE (type from arch; base, scale, linear/YaRN scaling), special ids, add-BOS. */
+/* Fills info from GGUF metadata: architecture (llama, qwen2, qwen3, stablelm only; anything
+ * else, or sliding-window / hybrid attention / M-RoPE, is ENG_ERR_UNSUPPORTED naming it), shape,
+ * norm type and eps, RoPE (type from arch; base, scale, linear/YaRN scaling, partial rotary on
+ * stablelm), special ids, add-BOS. */
 eng_status eng_hparams_from_gguf(const gguf_file *g, eng_info *info, char *err, size_t errlen) ENG_WUR;
 
 /* Fingerprints (docs/design.md, spec/fingerprints.md): pure functions over a validated file. */

@@ -1,5 +1,5 @@
 /* model.c: eng_model: maps a GGUF, reads its hyper-parameters, binds and shape-checks every
- * weight tensor of the llama / qwen2 / qwen3 graph, and loads the vocabulary. */
+ * weight tensor of the llama / qwen2 / qwen3 / stablelm graph, and loads the vocabulary. */
 #include "engine/model_internal.h"
 #include "engine/kernels/quant_internal.h"
 #include "engine/tok/tokenizer_internal.h"
@@ -106,19 +106,22 @@ static eng_status bind_mat(binder *b, const char *name, int64_t rows, int64_t co
     return ENG_OK;
 }
 
-/* Small vectors (norms, biases) are copied to f32 so the forward pass reads one type. */
-static eng_status bind_vec(binder *b, const char *name, int64_t n, int required, const float **out)
+/* Small tensors (norms, biases) are copied to f32 so the forward pass reads one type: a vector
+ * of ne0 (ne1 == 1), or ne1 rows of ne0 (stablelm's per-head norm weights). */
+static eng_status bind_small(binder *b, const char *name, int64_t ne0, int64_t ne1, int required,
+                             const float **out)
 {
     eng_status st;
     const gguf_tensor *t = find(b, name, required, &st);
     *out = NULL;
     if (!t)
         return st;
-    if (t->nelem != (uint64_t)n || t->ne[0] != (uint64_t)n)
+    const int64_t n = ne0 * ne1;
+    if (t->nelem != (uint64_t)n || t->ne[0] != (uint64_t)ne0)
         return eng_fail(b->err, b->errlen, ENG_ERR_FORMAT,
-                    "%s: tensor '%s' has %llu elements (ne0 %llu), expected a vector of %lld",
+                    "%s: tensor '%s' has %llu elements (ne0 %llu), expected %lld x %lld",
                     b->path, name, (unsigned long long)t->nelem, (unsigned long long)t->ne[0],
-                    (long long)n);
+                    (long long)ne0, (long long)ne1);
     if (t->type != GGML_T_F32 && t->type != GGML_T_F16 && t->type != GGML_T_BF16)
         return eng_fail(b->err, b->errlen, ENG_ERR_UNSUPPORTED,
                     "%s: tensor '%s' has type %s, expected f32, f16 or bf16 for a norm/bias vector",
@@ -132,6 +135,30 @@ static eng_status bind_vec(binder *b, const char *name, int64_t n, int required,
     return ENG_OK;
 }
 
+static eng_status bind_vec(binder *b, const char *name, int64_t n, int required, const float **out)
+{
+    return bind_small(b, name, n, 1, required, out);
+}
+
+/* stablelm's LayerNorm biases (required, as llama.cpp's loader has them), its optional FFN
+ * norm (absent: parallel residual) and its optional per-head Q/K LayerNorm weights. */
+static eng_status bind_layer_stablelm(binder *b, const eng_info *hp, int il, eng_layer *L)
+{
+    const int64_t E = hp->n_embd, hd = hp->head_dim;
+    char n[96];
+    eng_status st;
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", il, s), n)
+    if ((st = bind_vec(b, NAME("attn_norm.bias"), E, 1, &L->attn_norm_b)) ||
+        (st = bind_vec(b, NAME("ffn_norm.weight"), E, 0, &L->ffn_norm)) ||
+        (L->ffn_norm && (st = bind_vec(b, NAME("ffn_norm.bias"), E, 0, &L->ffn_norm_b))) ||
+        (st = bind_small(b, NAME("attn_q_norm.weight"), hd, hp->n_head, 0, &L->q_norm)) ||
+        (st = bind_small(b, NAME("attn_k_norm.weight"), hd, hp->n_head_kv, 0, &L->k_norm)))
+        return st;
+#undef NAME
+    L->qk_norm_stride = (int)hd;
+    return ENG_OK;
+}
+
 static eng_status bind_layer(binder *b, const eng_info *hp, int il, eng_layer *L)
 {
     const int64_t E = hp->n_embd, F = hp->n_ff;
@@ -141,7 +168,8 @@ static eng_status bind_layer(binder *b, const eng_info *hp, int il, eng_layer *L
     eng_status st;
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", il, s), n)
     if ((st = bind_vec(b, NAME("attn_norm.weight"), E, 1, &L->attn_norm)) ||
-        (st = bind_vec(b, NAME("ffn_norm.weight"), E, 1, &L->ffn_norm)) ||
+        (st = hp->norm == ENG_NORM_LAYER ? bind_layer_stablelm(b, hp, il, L)
+                                         : bind_vec(b, NAME("ffn_norm.weight"), E, 1, &L->ffn_norm)) ||
         (st = bind_mat(b, NAME("attn_q.weight"), QD, E, &L->wq)) ||
         (st = bind_mat(b, NAME("attn_k.weight"), KD, E, &L->wk)) ||
         (st = bind_mat(b, NAME("attn_v.weight"), KD, E, &L->wv)) ||
@@ -153,8 +181,9 @@ static eng_status bind_layer(binder *b, const eng_info *hp, int il, eng_layer *L
         (st = bind_vec(b, NAME("attn_q.bias"), QD, 0, &L->bq)) ||
         (st = bind_vec(b, NAME("attn_k.bias"), KD, 0, &L->bk)) ||
         (st = bind_vec(b, NAME("attn_v.bias"), KD, 0, &L->bv)) ||
-        (st = bind_vec(b, NAME("attn_q_norm.weight"), hp->head_dim, qwen3, &L->q_norm)) ||
-        (st = bind_vec(b, NAME("attn_k_norm.weight"), hp->head_dim, qwen3, &L->k_norm)))
+        (hp->norm == ENG_NORM_RMS &&
+         ((st = bind_vec(b, NAME("attn_q_norm.weight"), hp->head_dim, qwen3, &L->q_norm)) ||
+          (st = bind_vec(b, NAME("attn_k_norm.weight"), hp->head_dim, qwen3, &L->k_norm)))))
         return st;
 #undef NAME
     if (!!L->q_norm != !!L->k_norm)
@@ -168,10 +197,13 @@ static eng_status bind_tensors(binder *b, eng_model *m)
     const eng_info *hp = &m->info;
     const int64_t E = hp->n_embd;
     eng_status st;
+    const int stablelm = hp->norm == ENG_NORM_LAYER;
     if ((st = bind_mat(b, "token_embd.weight", hp->n_vocab, E, &m->w.tok_embd)) ||
-        (st = bind_vec(b, "output_norm.weight", E, 1, &m->w.output_norm)))
+        (st = bind_vec(b, "output_norm.weight", E, 1, &m->w.output_norm)) ||
+        (stablelm && (st = bind_vec(b, "output_norm.bias", E, 1, &m->w.output_norm_b))))
         return st;
-    if (gguf_find_tensor(m->g, "output.weight")) {
+    /* llama.cpp's stablelm loader requires output.weight; the others tie it when absent */
+    if (stablelm || gguf_find_tensor(m->g, "output.weight")) {
         if ((st = bind_mat(b, "output.weight", hp->n_vocab, E, &m->w.output)))
             return st;
     } else {
@@ -194,8 +226,8 @@ static eng_status bind_all(eng_model *m, char *err, size_t errlen)
     const int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim;
     const int64_t KD = (int64_t)hp->n_head_kv * hp->head_dim;
     /* upper bound of the f32 vector copies: every optional vector present */
-    size_t nvec = (size_t)E + (size_t)hp->rope.n_rot / 2 +
-                  (size_t)hp->n_layer * (size_t)(2 * E + 2 * hp->head_dim + QD + 2 * KD);
+    size_t nvec = 2 * (size_t)E + (size_t)hp->rope.n_rot / 2 +
+                  (size_t)hp->n_layer * (size_t)(4 * E + 2 * hp->head_dim + 2 * QD + 3 * KD);
     m->vecs = malloc(nvec * sizeof(float));
     m->w.layers = calloc((size_t)hp->n_layer, sizeof(eng_layer));
     const gguf_tensor **used = malloc((gguf_n_tensors(m->g) + 1) * sizeof *used);
@@ -230,7 +262,7 @@ eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t e
     const eng_info *hp = &m->info;
     if (hp->n_layer < 1 || hp->n_embd < 1 || hp->n_head < 1 || hp->n_head_kv < 1 ||
         hp->head_dim < 2 || hp->head_dim > 512 || hp->head_dim % 2 || hp->n_head % hp->n_head_kv || hp->n_vocab < 1 ||
-        hp->n_ff < 1 || hp->rope.n_rot != hp->head_dim) {
+        hp->n_ff < 1 || hp->rope.n_rot > hp->head_dim || hp->rope.n_rot < 2 || hp->rope.n_rot % 2) {
         st = eng_fail(err, errlen, ENG_ERR_UNSUPPORTED,
                   "%s: unsupported shape (layers %d, embd %d, heads %d/%d, head dim %d, rot %d)", path,
                   hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim, hp->rope.n_rot);

@@ -25,8 +25,14 @@ typedef struct eng_wmat {
  * copies at load whatever their stored type; NULL where the architecture has none. */
 typedef struct eng_layer {
     const float *attn_norm;      /* (n_embd) */
-    const float *ffn_norm;       /* (n_embd) */
-    const float *q_norm, *k_norm;/* (head_dim): qwen3 per-head RMSNorm, else NULL */
+    const float *ffn_norm;       /* (n_embd); NULL: parallel residual (stablelm 2 12B), the FFN
+                                    reads attn_norm's output */
+    const float *attn_norm_b;    /* (n_embd) LayerNorm biases (stablelm), else NULL */
+    const float *ffn_norm_b;
+    const float *q_norm, *k_norm;/* per-head norm of Q and K, or NULL: qwen3 RMSNorm with one
+                                    (head_dim) weight for all heads; stablelm LayerNorm with a
+                                    weight per head (head_dim x heads) */
+    int qk_norm_stride;          /* floats between heads' q/k norm weights: 0 or head_dim */
     const float *bq;             /* (n_head * head_dim): qwen2, else NULL */
     const float *bk, *bv;        /* (n_head_kv * head_dim): qwen2, else NULL */
     eng_wmat wq;                 /* (n_head * head_dim, n_embd) */
@@ -40,6 +46,7 @@ typedef struct eng_weights {
     eng_wmat tok_embd;           /* (n_vocab, n_embd) */
     eng_wmat output;             /* (n_vocab, n_embd): output.weight, or tok_embd when tied */
     const float *output_norm;    /* (n_embd) */
+    const float *output_norm_b;  /* (n_embd) LayerNorm bias (stablelm), else NULL */
     const float *rope_freqs;     /* (n_rot / 2) llama3 RoPE frequency factors, or NULL */
     eng_layer *layers;           /* n_layer */
 } eng_weights;

@@ -17,7 +17,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvfetch generate --model M.gguf (--prompt TEXT | --prompt-ids ID,ID,...) [options]\n"
           "Generates text with a local model: prefill of the prompt, then one token at a time.\n"
-          "  --model FILE        GGUF model (llama, qwen2, qwen3)\n"
+          "  --model FILE        GGUF model (llama, qwen2, qwen3, stablelm)\n"
           "  --prompt TEXT       prompt text, tokenized with BOS as the model's policy says\n"
           "  --special           match special-token texts such as <|im_start|> in the prompt (the\n"
           "                      default for prompts everywhere: generate, run, compare, tokenize)\n"

@@ -44,7 +44,7 @@ const char *kvp_status_str(kvp_status st);
 typedef struct kvp_identity {
     uint8_t model_fp[32];          /* eng_model_fingerprint */
     uint8_t tokenizer_fp[32];      /* eng_tokenizer_fingerprint */
-    char arch[KVP_ARCH_MAX];       /* "llama", "qwen2", "qwen3" */
+    char arch[KVP_ARCH_MAX];       /* "llama", "qwen2", "qwen3", "stablelm" */
     uint32_t n_layer, n_embd, n_head, n_head_kv, head_dim;
     /* RoPE in the manifest's vocabulary; the model's float values widened to double, so they
      * are compared as float */

@@ -1,4 +1,4 @@
-/* kvsynth/model.c: `kvsynth --arch ... -o m.gguf`, a synthetic llama/qwen2/qwen3 GGUF with
+/* kvsynth/model.c: `kvsynth --arch ... -o m.gguf`, a synthetic llama/qwen2/qwen3/stablelm GGUF with
  * deterministic random weights and a small valid tokenizer, streamed to disk tensor by tensor. */
 #include "kvsynth/kvsynth.h"
 
@@ -14,10 +14,11 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvsynth --arch llama|qwen2|qwen3 --layers N --dim D --heads H [--kv-heads K]\n"
+    fputs("usage: kvsynth --arch llama|qwen2|qwen3|stablelm --layers N --dim D --heads H [--kv-heads K]\n"
           "               [--head-dim HD] --ffn F --vocab V [--ctx C] [--type TYPE]\n"
           "               [--rope-base B] [--yarn FACTOR] [--n-rot R] [--rope-freqs]\n"
           "               [--tied|--untied] [--extra-tensor NAME] [--chat-template FILE]\n"
+          "               [--parallel] [--qk-norm]\n"
           "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--name NAME]\n"
           "               --seed S -o OUT.gguf [--json]\n"
           "Writes a GGUF model with deterministic random weights (same arguments, same bytes).\n"
@@ -31,6 +32,10 @@ static void usage(FILE *f)
           "  --rope-freqs  write rope_freqs.weight, llama3 frequency factors (scale 8, low 1,\n"
           "             high 4, original context C), as Llama 3.1/3.2 GGUFs carry them\n"
           "  --tied     no output.weight (default for qwen3); --untied writes one (default otherwise)\n"
+          "stablelm: LayerNorms with biases, q/k/v biases, partial rotary with --n-rot (StableLM 2\n"
+          "uses a quarter of the head), always an output.weight;\n"
+          "  --parallel  no ffn_norm: the FFN reads the attention's normed input (StableLM 2 12B)\n"
+          "  --qk-norm   per-head LayerNorm weights for Q and K (StableLM 2 12B)\n"
           "  --json     print a JSON summary on stdout\n", f);
 }
 
@@ -100,7 +105,7 @@ typedef struct opts {
     long layers, dim, heads, kv_heads, head_dim, ffn, vocab, ctx, n_rot;
     double rope_base, yarn;
     int tied; /* -1 default */
-    int rope_freqs;
+    int rope_freqs, parallel, qk_norm;
     unsigned long long seed;
     int have_seed, json;
 } opts;
@@ -111,6 +116,7 @@ static size_t make_plan(const opts *o, uint32_t wtype, plan_t *p)
     uint64_t e = (uint64_t)o->dim, qd = (uint64_t)(o->heads * o->head_dim),
              kd = (uint64_t)(o->kv_heads * o->head_dim), f = (uint64_t)o->ffn;
     int qwen2 = strcmp(o->arch, "qwen2") == 0, qwen3 = strcmp(o->arch, "qwen3") == 0;
+    int stablelm = strcmp(o->arch, "stablelm") == 0;
 #define ADD(nm, nd, a, b, ty, kk)                                                  \
     do {                                                                          \
         p[n] = (plan_t){.n_dims = (nd), .ne = {(a), (b)}, .type = (ty), .k = (kk)}; \
@@ -126,10 +132,12 @@ static size_t make_plan(const opts *o, uint32_t wtype, plan_t *p)
         char b[64];
 #define L(sfx) (snprintf(b, sizeof b, "blk.%ld.%s", l, sfx), b)
         ADD(L("attn_norm.weight"), 1, e, 1, GGML_T_F32, K_NORM);
+        if (stablelm)
+            ADD(L("attn_norm.bias"), 1, e, 1, GGML_T_F32, K_BIAS);
         ADD(L("attn_q.weight"), 2, e, qd, wtype, K_WEIGHT);
         ADD(L("attn_k.weight"), 2, e, kd, wtype, K_WEIGHT);
         ADD(L("attn_v.weight"), 2, e, kd, wtype, K_WEIGHT);
-        if (qwen2) {
+        if (qwen2 || stablelm) {
             ADD(L("attn_q.bias"), 1, qd, 1, GGML_T_F32, K_BIAS);
             ADD(L("attn_k.bias"), 1, kd, 1, GGML_T_F32, K_BIAS);
             ADD(L("attn_v.bias"), 1, kd, 1, GGML_T_F32, K_BIAS);
@@ -138,14 +146,23 @@ static size_t make_plan(const opts *o, uint32_t wtype, plan_t *p)
             ADD(L("attn_q_norm.weight"), 1, (uint64_t)o->head_dim, 1, GGML_T_F32, K_NORM);
             ADD(L("attn_k_norm.weight"), 1, (uint64_t)o->head_dim, 1, GGML_T_F32, K_NORM);
         }
+        if (o->qk_norm) {
+            ADD(L("attn_q_norm.weight"), 2, (uint64_t)o->head_dim, (uint64_t)o->heads, GGML_T_F32, K_NORM);
+            ADD(L("attn_k_norm.weight"), 2, (uint64_t)o->head_dim, (uint64_t)o->kv_heads, GGML_T_F32, K_NORM);
+        }
         ADD(L("attn_output.weight"), 2, qd, e, wtype, K_WEIGHT);
-        ADD(L("ffn_norm.weight"), 1, e, 1, GGML_T_F32, K_NORM);
+        if (!o->parallel)
+            ADD(L("ffn_norm.weight"), 1, e, 1, GGML_T_F32, K_NORM);
+        if (stablelm && !o->parallel)
+            ADD(L("ffn_norm.bias"), 1, e, 1, GGML_T_F32, K_BIAS);
         ADD(L("ffn_gate.weight"), 2, e, f, wtype, K_WEIGHT);
         ADD(L("ffn_up.weight"), 2, e, f, wtype, K_WEIGHT);
         ADD(L("ffn_down.weight"), 2, f, e, wtype, K_WEIGHT);
 #undef L
     }
     ADD("output_norm.weight", 1, e, 1, GGML_T_F32, K_NORM);
+    if (stablelm)
+        ADD("output_norm.bias", 1, e, 1, GGML_T_F32, K_BIAS);
     if (!o->tied)
         ADD("output.weight", 2, e, (uint64_t)o->vocab, wtype, K_WEIGHT);
 #undef ADD
@@ -275,6 +292,10 @@ static int parse_args(int argc, char **argv, opts *o)
             o->json = 1;
         else if (strcmp(a, "--rope-freqs") == 0)
             o->rope_freqs = 1;
+        else if (strcmp(a, "--parallel") == 0)
+            o->parallel = 1;
+        else if (strcmp(a, "--qk-norm") == 0)
+            o->qk_norm = 1;
         else {
             flag = 0;
             if (!v) {
@@ -315,8 +336,17 @@ static int parse_args(int argc, char **argv, opts *o)
         fprintf(stderr, "kvsynth: missing required option %s (see --help)\n", missing);
         return -1;
     }
-    if (strcmp(o->arch, "llama") && strcmp(o->arch, "qwen2") && strcmp(o->arch, "qwen3")) {
-        fprintf(stderr, "kvsynth: --arch must be llama, qwen2 or qwen3, got '%s'\n", o->arch);
+    const int stablelm = strcmp(o->arch, "stablelm") == 0;
+    if (strcmp(o->arch, "llama") && strcmp(o->arch, "qwen2") && strcmp(o->arch, "qwen3") && !stablelm) {
+        fprintf(stderr, "kvsynth: --arch must be llama, qwen2, qwen3 or stablelm, got '%s'\n", o->arch);
+        return -1;
+    }
+    if ((o->parallel || o->qk_norm) && !stablelm) {
+        fputs("kvsynth: --parallel and --qk-norm are stablelm features\n", stderr);
+        return -1;
+    }
+    if (stablelm && o->tied == 1) {
+        fputs("kvsynth: stablelm always has an output.weight (llama.cpp requires it)\n", stderr);
         return -1;
     }
     if (o->kv_heads < 0)
@@ -380,7 +410,10 @@ static int write_hparams(ggw *w, const opts *o, uint32_t file_type, const char *
     r |= ggw_kv_u32(w, AK("attention.value_length"), (uint32_t)o->head_dim);
     r |= ggw_kv_u32(w, AK("rope.dimension_count"), (uint32_t)o->n_rot);
     r |= ggw_kv_f32(w, AK("rope.freq_base"), (float)o->rope_base);
-    r |= ggw_kv_f32(w, AK("attention.layer_norm_rms_epsilon"), strcmp(o->arch, "llama") == 0 ? 1e-5f : 1e-6f);
+    if (strcmp(o->arch, "stablelm") == 0)
+        r |= ggw_kv_f32(w, AK("attention.layer_norm_epsilon"), 1e-5f);
+    else
+        r |= ggw_kv_f32(w, AK("attention.layer_norm_rms_epsilon"), strcmp(o->arch, "llama") == 0 ? 1e-5f : 1e-6f);
     r |= ggw_kv_u32(w, AK("vocab_size"), (uint32_t)o->vocab);
     if (o->yarn > 0) {
         r |= ggw_kv_str(w, AK("rope.scaling.type"), "yarn");
@@ -406,7 +439,7 @@ int kvsynth_model_main(int argc, char **argv)
         fprintf(stderr, "kvsynth: unknown --type '%s' (expected f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k)\n", o.type_name);
         return 2;
     }
-    size_t cap = 4 + 16 * (size_t)o.layers;
+    size_t cap = 8 + 18 * (size_t)o.layers;
     plan_t *plan = calloc(cap, sizeof *plan);
     if (!plan) {
         fputs("kvsynth: out of memory\n", stderr);

@@ -1,5 +1,6 @@
 /* hparams.c: eng_hparams_from_gguf, the GGUF metadata -> eng_info mapping for the llama-family
- * architectures we run (llama, qwen2, qwen3), refusing what our forward pass does not do. */
+ * architectures we run (llama, qwen2, qwen3, stablelm), refusing what our forward pass does not
+ * do. */
 #include "base/base.h"
 #include "engine/gguf.h"
 #include "engine/tok/tokenizer_internal.h"
@@ -103,10 +104,13 @@ static eng_status rope_params(hp *h, eng_info *info)
     r->n_rot = info->head_dim;
     if ((st = get_int(h, "rope.dimension_count", 0, 1, 1 << 16, &r->n_rot)))
         return st;
-    /* Partial rotary (n_rot < head dim): llama.cpp's llama, qwen2 and qwen3 graphs assert
-     * n_rot == head dim and abort, so such a file is no buyer's model and has no reference to
-     * be checked against; the kernels and re-rotation would handle it (rope.c). */
-    if (r->n_rot != info->head_dim)
+    /* Partial rotary (n_rot < head dim): llama.cpp's stablelm graph turns the first n_rot dims
+     * of each head and so do we; its llama, qwen2 and qwen3 graphs assert n_rot == head dim and
+     * abort, so such a file is no buyer's model and has no reference to be checked against. */
+    if (r->n_rot > info->head_dim || r->n_rot % 2)
+        return hp_fail(h, ENG_ERR_FORMAT, "%s.rope.dimension_count %d is odd or exceeds the head dim %d",
+                       h->arch, r->n_rot, info->head_dim);
+    if (r->n_rot != info->head_dim && strcmp(info->arch, "stablelm") != 0)
         return hp_fail(h, ENG_ERR_UNSUPPORTED,
                        "partial rotary embedding (%s.rope.dimension_count %d, head dim %d): llama.cpp's %s "
                        "graph refuses it too",
@@ -213,7 +217,7 @@ eng_status eng_hparams_from_gguf(const gguf_file *g, eng_info *info, char *err, 
         return hp_fail(&h, ENG_ERR_FORMAT, "missing required key 'general.architecture'");
     if (r < 0)
         return hp_fail(&h, ENG_ERR_FORMAT, "key 'general.architecture' has the wrong type (expected a string)");
-    static const char *const archs[] = {"llama", "qwen2", "qwen3"};
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "stablelm"};
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
         if (str_is(&a, archs[i]))
             h.arch = archs[i];
@@ -224,7 +228,7 @@ eng_status eng_hparams_from_gguf(const gguf_file *g, eng_info *info, char *err, 
         for (size_t i = 0; i < n; i++)
             shown[i] = (a.p[i] >= 0x20 && a.p[i] < 0x7f) ? a.p[i] : '?';
         shown[n] = 0;
-        return hp_fail(&h, ENG_ERR_UNSUPPORTED, "unsupported architecture '%s' (supported: llama, qwen2, qwen3)",
+        return hp_fail(&h, ENG_ERR_UNSUPPORTED, "unsupported architecture '%s' (supported: llama, qwen2, qwen3, stablelm)",
                        shown);
     }
     snprintf(info->arch, sizeof info->arch, "%s", h.arch);
@@ -253,12 +257,16 @@ eng_status eng_hparams_from_gguf(const gguf_file *g, eng_info *info, char *err, 
     info->n_ctx_train = 2048;
     if ((st = get_int(&h, "context_length", 0, 1, 1 << 30, &info->n_ctx_train)))
         return st;
+    /* stablelm normalises with LayerNorm (its own epsilon key), the others with RMSNorm */
+    info->norm = strcmp(h.arch, "stablelm") == 0 ? ENG_NORM_LAYER : ENG_NORM_RMS;
+    const char *eps_key = info->norm == ENG_NORM_LAYER ? "attention.layer_norm_epsilon"
+                                                        : "attention.layer_norm_rms_epsilon";
     info->norm_eps = 1e-5f;
     int found = 0;
-    if ((st = get_float(&h, "attention.layer_norm_rms_epsilon", 0.0, 1.0, &info->norm_eps, &found)))
+    if ((st = get_float(&h, eps_key, 0.0, 1.0, &info->norm_eps, &found)))
         return st;
     if (!found)
-        return hp_fail(&h, ENG_ERR_FORMAT, "missing required key '%s.attention.layer_norm_rms_epsilon'", h.arch);
+        return hp_fail(&h, ENG_ERR_FORMAT, "missing required key '%s.%s'", h.arch, eps_key);
 
     int sw = 0;
     if ((st = get_int(&h, "attention.sliding_window", 0, 0, INT32_MAX, &sw)))

@@ -5,8 +5,13 @@
 #     logits after a 48-token prompt equal llama.cpp's within 1e-4 (f32 weights and KV cache),
 #     while the same model without the tensor gives llama.cpp logits far from them (so the check
 #     can fail); the factors reach the blob's signed RoPE metadata (kvfetch inspect);
-#   - partial rotary (rope.dimension_count < head dim): llama.cpp's llama and qwen3 graphs
-#     refuse it, and so do we, with one clear line;
+#   - stablelm (LayerNorm with biases, q/k/v biases) with partial rotary (rope.dimension_count <
+#     head dim, the first dims of each head turned), also with an odd number of turned pairs,
+#     grouped-query attention, per-head Q/K LayerNorm and the parallel residual: our logits
+#     equal llama.cpp's within 1e-4, while the same weights with another rotary width give
+#     llama.cpp logits far from them; the blob's signed RoPE metadata states the width;
+#   - partial rotary on llama and qwen3: llama.cpp's graphs refuse it, and so do we, with one
+#     clear line;
 #   - a tensor no forward pass reads: refused, naming it.
 # Skips with one line only when no npm registry is reachable.
 set -eu
@@ -42,7 +47,28 @@ blob=$(find "$tmp/store/blobs" -type f | head -1)
 "$KVFETCH" inspect "$blob" | grep -q "^rope freqs: 8 llama3 frequency factors" || fail "inspect shows no frequency factors"
 echo "ok: the frequency factors are in the blob's RoPE metadata"
 
-# partial rotary: refused by llama.cpp's graphs, and by us
+# stablelm with partial rotary (StableLM 2 turns a quarter of each head)
+for v in "--n-rot 4" "--n-rot 6 --kv-heads 2" "--n-rot 8 --qk-norm --parallel" "--n-rot 16"; do
+  "$KVSYNTH" --arch stablelm $S $v -o "$tmp/st.gguf" >/dev/null
+  ours "$tmp/st.gguf" "$tmp/st.ours"
+  "$logits" "$LLAMACPP_LIB" "$tmp/st.gguf" "$IDS" "$tmp/st.llama" --compare "$tmp/st.ours" --tol 1e-4 ||
+    fail "stablelm $v: our logits differ from llama.cpp's"
+done
+"$KVSYNTH" --arch stablelm $S --n-rot 4 -o "$tmp/st4.gguf" >/dev/null
+"$KVSYNTH" --arch stablelm $S --n-rot 8 -o "$tmp/st8.gguf" >/dev/null
+ours "$tmp/st4.gguf" "$tmp/st4.ours"
+rc=0
+"$logits" "$LLAMACPP_LIB" "$tmp/st8.gguf" "$IDS" "$tmp/st8.llama" --compare "$tmp/st4.ours" --tol 1e-2 || rc=$?
+[ "$rc" -eq 2 ] || fail "control: another rotary width should give other logits in llama.cpp (rc $rc)"
+echo "ok: stablelm logits match llama.cpp with partial rotary; another rotary width would not"
+rm -rf "$tmp/store"
+"$BUILD/kvpubd" publish --store "$tmp/store" --model "$tmp/st4.gguf" --key "$tmp/pub.key" --threads 2 \
+  --json "$tmp/doc.txt" >/dev/null
+blob=$(find "$tmp/store/blobs" -type f | head -1)
+"$KVFETCH" inspect "$blob" | grep -q "^rope: *neox, n_rot 4," || fail "inspect does not show the rotary width"
+echo "ok: the rotary width is in the blob's RoPE metadata"
+
+# partial rotary elsewhere: refused by llama.cpp's graphs, and by us
 for arch in llama qwen3; do
   "$KVSYNTH" --arch $arch $S --n-rot 8 -o "$tmp/partial-$arch.gguf" >/dev/null
   rc=0

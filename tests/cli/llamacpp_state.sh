@@ -10,10 +10,12 @@
 #     and V as written (with flash attention on its logits also depend on how its own KV was
 #     computed and batched: those distances are printed, not held to the f16-KV tolerance);
 #   - after a prefix (the document's keys re-rotated): llama.cpp's logits equal our own loaded
-#     path's (kvfetch run --logits) within the tolerance;
+#     path's (kvfetch run --logits) within the tolerance (test_engine_rope checks the
+#     re-rotated keys against keys computed at the shifted positions);
 #   - a tampered blob, a blob for another model and a truncated blob are refused with the
 #     documented exit codes, and no file is left behind.
-# On stories260K (real weights) and synthetic llama/qwen2/qwen3 models (f16, q8_0, f32).
+# On stories260K (real weights), synthetic llama/qwen2/qwen3 models (f16, q8_0, f32) and a
+# stablelm model made here with StableLM 2's partial rotary (16 of 64 dims turned).
 # Skips with one line only when no npm registry is reachable.
 set -eu
 SHARED=${KVPUB_SHARED:-../shared}
@@ -24,10 +26,15 @@ mkdir -p "$tmp/trust"
 cp "$tmp/pub.pub" "$tmp/trust/"
 head -c 400 /usr/share/common-licenses/Apache-2.0 | tail -c 300 >"$tmp/doc.txt"
 
+"${BUILD}/kvsynth" --arch stablelm --layers 2 --dim 128 --heads 2 --head-dim 64 --n-rot 16 --ffn 256 \
+  --vocab 512 --type f16 --seed 11 -o "$tmp/stablelm-partial-f16.gguf" >/dev/null
 # model and its f16-KV logit tolerance (spec/engine.md: f32 2e-2, f16 1.5e-2, q8_0 0.3)
 for spec in stories260K.gguf:2e-2 synth/synth-llama-tiny-f16.gguf:1.5e-2 synth/synth-qwen2-tiny-q80.gguf:0.3 \
-            synth/synth-qwen3-tiny-f16.gguf:1.5e-2 synth/synth-qwen3-tiny-f32.gguf:2e-2; do
-  m="$SHARED/models/${spec%%:*}"; tol=${spec##*:}; name=$(basename "$m" .gguf)
+            synth/synth-qwen3-tiny-f16.gguf:1.5e-2 synth/synth-qwen3-tiny-f32.gguf:2e-2 \
+            "$tmp/stablelm-partial-f16.gguf:1.5e-2"; do
+  m="$SHARED/models/${spec%%:*}"; tol=${spec##*:}
+  case $spec in /*) m=${spec%%:*} ;; esac
+  name=$(basename "$m" .gguf)
   [ -f "$m" ] || fail "$m missing (set KVPUB_SHARED)"
   rm -rf "$tmp/store"
   "$BUILD/kvpubd" publish --store "$tmp/store" --model "$m" --key "$tmp/pub.key" --threads 2 --json "$tmp/doc.txt" \

@@ -1,5 +1,5 @@
 /* test_engine_rope.c: K re-rotation (K computed at pos0 then shifted by delta vs K computed at
- * pos0 + delta, for normal, NEOX and YaRN RoPE), the buffer re-rotation, KV API argument
+ * pos0 + delta, for normal, NEOX, YaRN and partial RoPE), the buffer re-rotation, KV API argument
  * checks, and model load errors (missing / misshaped tensor, bad file). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -56,13 +56,24 @@ static void check_rerotate(const char *path)
         assert_int_equal(eng_kv_export_layer(a, il, 0, N, ka, NULL), ENG_OK);
         assert_int_equal(eng_kv_export_layer(b, il, 0, N, kb, NULL), ENG_OK);
         const double lim = il == 0 ? RERO_ULPS : DEEP_ULPS;
+        const int nr = hp->rope.n_rot;
         for (int r = 0; r < N * hp->n_head_kv; r++) {
             const uint16_t *x = ka + (size_t)r * hd, *y = kb + (size_t)r * hd;
-            for (int i = 0; i < hd / 2; i++) {
-                /* pair members: adjacent (normal) or half apart (neox); the bound uses the
-                 * larger of both layouts' pair magnitudes, which covers either */
+            /* partial rotary: the dims past n_rot are never turned; in layer 0 they do not
+             * depend on the position at all, deeper they carry the attention's rounding (in
+             * ulps of the head's largest value: single values may be near cancellation) */
+            double top = 0;
+            for (int j = 0; j < hd; j++)
+                top = fmax(top, fabs(base_f16_to_f32(x[j])));
+            for (int j = nr; j < hd; j++) {
+                double a0 = base_f16_to_f32(x[j]), b0 = base_f16_to_f32(y[j]);
+                if (il == 0 ? x[j] != y[j] : fabs(a0 - b0) / ulp16(top) > DEEP_ULPS)
+                    fail_msg("%s layer %d row %d unrotated dim %d: %g vs %g", path, il, r, j, a0, b0);
+            }
+            for (int i = 0; i < nr / 2; i++) {
+                /* pair members: adjacent (normal) or half the rotated dims apart (neox) */
                 int j0 = hp->rope.type == ENG_ROPE_NEOX ? i : 2 * i;
-                int j1 = hp->rope.type == ENG_ROPE_NEOX ? i + hd / 2 : 2 * i + 1;
+                int j1 = hp->rope.type == ENG_ROPE_NEOX ? i + nr / 2 : 2 * i + 1;
                 double a0 = base_f16_to_f32(x[j0]), a1 = base_f16_to_f32(x[j1]);
                 double b0 = base_f16_to_f32(y[j0]), b1 = base_f16_to_f32(y[j1]);
                 double mag = sqrt(a0 * a0 + a1 * a1), u = ulp16(mag);
@@ -155,6 +166,24 @@ static void test_rerotate_rope_freqs(void **state)
     unlink(out);
 }
 
+/* Partial rotary (stablelm: the first n_rot dims of each 32-dim head turn): 16 takes the SIMD
+ * NEOX re-rotation, 8 and 12 the scalar one; the other dims stay as they were. */
+static void test_rerotate_partial(void **state)
+{
+    (void)state;
+    static const char *const args[] = {"--arch stablelm --n-rot 16", "--arch stablelm --n-rot 8",
+                                       "--arch stablelm --n-rot 12 --parallel --qk-norm"};
+    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
+        char out[256];
+        eng_model *m = synth_load(args[i], out, sizeof out);
+        assert_true(eng_model_info(m)->rope.n_rot < eng_model_info(m)->head_dim);
+        assert_int_equal(eng_model_info(m)->norm, ENG_NORM_LAYER);
+        eng_model_free(m);
+        check_rerotate(out);
+        unlink(out);
+    }
+}
+
 /* ---- load errors: edit a copy of stories260K.gguf ---- */
 
 static unsigned char *slurp(const char *path, size_t *n)
@@ -240,6 +269,40 @@ static void test_load_errors(void **state)
     free(b);
 }
 
+/* stablelm files as llama.cpp's loader reads them: output.weight and the LayerNorm biases are
+ * required; without its FFN norm weight (the parallel residual) the bias is a tensor nothing
+ * reads, and the renamed weight too. Each case renames one
+ * tensor of a kvsynth stablelm file (same length, so the file stays valid). */
+static void test_load_errors_stablelm(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        const char *needle;
+    } cases[] = {
+        {"output.weight", "missing tensor 'output.weight'"},
+        {"blk.1.attn_norm.bias", "missing tensor 'blk.1.attn_norm.bias'"},
+        {"output_norm.bias", "missing tensor 'output_norm.bias'"},
+        {"blk.0.ffn_norm.weight", "is not used by the stablelm forward pass"},
+    };
+    char src[256], tmp[256];
+    eng_model_free(synth_load("--arch stablelm --n-rot 8", src, sizeof src));
+    snprintf(tmp, sizeof tmp, "/tmp/kvpub-test-bad-%d.gguf", (int)getpid());
+    size_t n;
+    unsigned char *orig = slurp(src, &n), *b = malloc(n);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memcpy(b, orig, n);
+        size_t at = find_name(b, n, cases[i].name);
+        b[at + strlen(cases[i].name) - 1] = 'X';
+        spit(tmp, b, n);
+        expect_load_error(tmp, i < 3 ? ENG_ERR_FORMAT : ENG_ERR_UNSUPPORTED, cases[i].needle);
+    }
+    unlink(tmp);
+    unlink(src);
+    free(orig);
+    free(b);
+}
+
 /* KV API range checks and status names. */
 static void test_kv_args(void **state)
 {
@@ -303,7 +366,9 @@ int main(void)
         cmocka_unit_test(test_rerotate_neox),
         cmocka_unit_test(test_rerotate_yarn),
         cmocka_unit_test(test_rerotate_rope_freqs),
+        cmocka_unit_test(test_rerotate_partial),
         cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_load_errors_stablelm),
         cmocka_unit_test(test_kv_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

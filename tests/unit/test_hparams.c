@@ -155,7 +155,7 @@ static void test_synth_qwen2(void **state)
 
 typedef enum extra {
     X_NONE, X_SLIDING, X_SLIDING0, X_MROPE, X_HEAD_ARR, X_NO_LAYERS, X_LONGROPE, X_LINEAR, X_LEGACY,
-    X_GPT2, X_BAD_BOS, X_PARTIAL_ROT,
+    X_GPT2, X_BAD_BOS, X_PARTIAL_ROT, X_ODD_ROT, X_WIDE_ROT,
 } extra;
 
 static uint8_t *build(const char *arch, extra x, size_t *n)
@@ -175,7 +175,9 @@ static uint8_t *build(const char *arch, extra x, size_t *n)
         tb_u32(&b, K("attention.head_count"), 4);
     }
     tb_u32(&b, K("feed_forward_length"), 64);
-    tb_f32(&b, K("attention.layer_norm_rms_epsilon"), 1e-5f);
+    /* stablelm states its LayerNorm epsilon under its own key; each arch gets only its own */
+    tb_f32(&b, strcmp(arch, "stablelm") == 0 ? K("attention.layer_norm_epsilon") : K("attention.layer_norm_rms_epsilon"),
+           2e-5f);
     if (x == X_SLIDING || x == X_SLIDING0)
         tb_u32(&b, K("attention.sliding_window"), x == X_SLIDING ? 4096 : 0);
     if (x == X_MROPE) {
@@ -190,8 +192,8 @@ static uint8_t *build(const char *arch, extra x, size_t *n)
     }
     if (x == X_LEGACY)
         tb_f32(&b, K("rope.scale_linear"), 2.0f);
-    if (x == X_PARTIAL_ROT)
-        tb_u32(&b, K("rope.dimension_count"), 4);
+    if (x == X_PARTIAL_ROT || x == X_ODD_ROT || x == X_WIDE_ROT)
+        tb_u32(&b, K("rope.dimension_count"), x == X_PARTIAL_ROT ? 4 : x == X_ODD_ROT ? 5 : 10);
     tb_str(&b, "tokenizer.ggml.model", x == X_GPT2 ? "gpt2" : "llama");
     tb_u32(&b, "tokenizer.ggml.bos_token_id", x == X_BAD_BOS ? 100 : 1);
 #undef K
@@ -225,7 +227,8 @@ static void test_refusals(void **state)
         eng_status st;
         const char *words;
     } cases[] = {
-        {"gemma2", X_NONE, ENG_ERR_UNSUPPORTED, "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3)"},
+        {"gemma2", X_NONE, ENG_ERR_UNSUPPORTED,
+         "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3, stablelm)"},
         {"llama", X_SLIDING, ENG_ERR_UNSUPPORTED, "sliding-window attention (llama.attention.sliding_window = 4096)"},
         {"qwen2", X_MROPE, ENG_ERR_UNSUPPORTED, "M-RoPE ('qwen2.rope.dimension_sections')"},
         {"qwen3", X_HEAD_ARR, ENG_ERR_UNSUPPORTED, "'qwen3.attention.head_count' is a per-layer array"},
@@ -233,6 +236,9 @@ static void test_refusals(void **state)
         {"llama", X_LONGROPE, ENG_ERR_UNSUPPORTED, "RoPE scaling type 'longrope' is not supported"},
         {"llama", X_BAD_BOS, ENG_ERR_FORMAT, "tokenizer.ggml.bos_token_id' is 100, outside the vocabulary of 10"},
         {"llama", X_PARTIAL_ROT, ENG_ERR_UNSUPPORTED, "partial rotary"},
+        {"qwen2", X_PARTIAL_ROT, ENG_ERR_UNSUPPORTED, "llama.cpp's qwen2 graph refuses it too"},
+        {"stablelm", X_ODD_ROT, ENG_ERR_FORMAT, "stablelm.rope.dimension_count 5 is odd or exceeds the head dim 8"},
+        {"stablelm", X_WIDE_ROT, ENG_ERR_FORMAT, "stablelm.rope.dimension_count 10 is odd or exceeds"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         eng_info info;
@@ -258,6 +264,15 @@ static void test_defaults_and_scaling(void **state)
     assert_int_equal(i.add_bos, 1);    /* llama tokenizer default */
     assert_int_equal(i.eos_id, -1);
     assert_int_equal(i.weight_type, -1); /* no blk.0.attn_q.weight */
+
+    assert_int_equal(i.norm, ENG_NORM_RMS);
+    assert_float_equal(i.norm_eps, 2e-5f, 0);
+
+    assert_int_equal(try_build("stablelm", X_PARTIAL_ROT, &i, err, sizeof err), ENG_OK);
+    assert_int_equal(i.norm, ENG_NORM_LAYER);
+    assert_float_equal(i.norm_eps, 2e-5f, 0); /* from stablelm.attention.layer_norm_epsilon */
+    assert_int_equal(i.rope.type, ENG_ROPE_NEOX);
+    assert_int_equal(i.rope.n_rot, 4);        /* half of each 8-dim head turns */
 
     assert_int_equal(try_build("llama", X_SLIDING0, &i, err, sizeof err), ENG_OK); /* 0 = off */
 
