@@ -1,6 +1,8 @@
 /* bench_engine.c: engine throughput on one GGUF: prefill tokens/s at 512 and 2048 tokens,
  * decode tokens/s at 2048 context, the latency of small prefills (1, 8, 16 tokens) after the
- * 2048-token context (time to first token after loading a cached document), peak RSS; median
+ * 2048-token context (time to first token after loading a cached document), a decode step and
+ * a 1-token prefill each after a 3 s pause (the first pass over the weights after a pause
+ * costs more on a machine whose kernel ages pages, e.g. DAMON: both pay it), peak RSS; median
  * of --runs runs (default 3), one line per figure. Wall and process CPU seconds are both
  * printed for prefills: the machine may be shared.
  * usage: bench_engine MODEL.gguf [--threads N] [--runs N] [--decode N] [--brief 1] */
@@ -11,6 +13,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+enum { PAUSE_S = 3 };
+
+/* With the cache cut back to n cells: one decode step, then (cut back again) one 1-token
+ * prefill, each after PAUSE_S seconds of sleep: the first call after a pause, like for like. */
+static int after_pause(eng_ctx *c, int n, int32_t tok, float *logits, double *dec_s, double *pre_s)
+{
+    if (eng_kv_truncate(c, n) != ENG_OK)
+        return -1;
+    sleep(PAUSE_S);
+    double t = base_now_s();
+    if (eng_decode(c, tok, -1, logits) != ENG_OK)
+        return -1;
+    *dec_s = base_now_s() - t;
+    if (eng_kv_truncate(c, n) != ENG_OK)
+        return -1;
+    sleep(PAUSE_S);
+    t = base_now_s();
+    if (eng_prefill(c, &tok, NULL, 1, logits, NULL) != ENG_OK)
+        return -1;
+    *pre_s = base_now_s() - t;
+    return eng_kv_truncate(c, n) == ENG_OK ? 0 : -1;
+}
 
 int main(int argc, char **argv)
 {
@@ -53,7 +79,7 @@ int main(int argc, char **argv)
      * for K and for V) and the median of SMALL_REPS calls after it (the steady cost, as the
      * decode steps are measured) */
     enum { SMALL_REPS = 3 };
-    double dec[99], sm[NSMALL][99], sm1[NSMALL][99];
+    double dec[99], sm[NSMALL][99], sm1[NSMALL][99], pdec[99], ppre[99];
     const int nsmall = o.brief ? 0 : NSMALL;
     for (int li = o.brief ? 1 : 0; li < 2; li++) {
         double tps[99], cpu[99];
@@ -98,6 +124,10 @@ int main(int argc, char **argv)
                     t = (t * 7 + 3) % hp->n_vocab;
                 }
                 dec[r] = n_dec / (base_now_s() - t1);
+                if (nsmall && after_pause(c, NMAX, toks[1], logits, &pdec[r], &ppre[r]) != 0) {
+                    fputs("bench_engine: step after a pause failed\n", stderr);
+                    return 2;
+                }
             }
             eng_ctx_free(c);
         }
@@ -109,6 +139,11 @@ int main(int argc, char **argv)
                small[k], NMAX, bench_median(sm[k], runs), runs, bench_median(sm1[k], runs));
     printf("decode at %d context: %.2f tok/s (median of %d, %d tokens each)\n", NMAX, bench_median(dec, runs), runs,
            n_dec);
+    if (nsmall) {
+        const double d = bench_median(pdec, runs), p1 = bench_median(ppre, runs);
+        printf("after a %d s pause at %d context: decode step %.4f s, 1-token prefill %.4f s (%.2fx; median of %d)\n",
+               PAUSE_S, NMAX, d, p1, p1 / d, runs);
+    }
     bench_print_peak_rss();
     free(toks);
     free(logits);

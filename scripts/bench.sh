@@ -11,6 +11,17 @@ section() { printf '\n== %s ==\n' "$*"; }
 
 . "$(dirname "$0")/bench-model.inc"
 
+# The machine, for reading the figures: CPU, load, and whether the kernel ages pages (DAMON's
+# sampling clears accessed bits, which makes the first pass over mapped weights after a pause
+# slower: see bench_engine's "after a pause" line).
+printf '# %s, %s cores, load %s\n' "$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" \
+  "$(cut -d' ' -f1-3 /proc/loadavg)"
+damon=off
+for st in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
+  [ "$(cat "$st" 2>/dev/null)" = on ] && damon=on
+done
+printf '# DAMON page monitoring: %s\n' "$damon"
+
 if want kvblob && [ -x "$BUILD/bench/bench_kvblob" ]; then
   section "blob codecs (Qwen3-0.6B-shaped KV, 4096 tokens)"
   "$BUILD/bench/bench_kvblob" --tokens 4096
