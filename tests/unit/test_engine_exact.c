@@ -216,18 +216,32 @@ static void test_gemm_q8(void **state)
 }
 
 typedef struct xcase {
-    const char *model;
+    const char *model; /* under $KVPUB_SHARED, or NULL: kvsynth arguments in synth */
+    const char *synth;
 } xcase;
 
 static const xcase k_models[] = {
-    {"models/stories260K.gguf"},
-    {"models/synth/synth-llama-tiny-f16.gguf"},
-    {"models/synth/synth-llama-tiny-q80.gguf"},
-    {"models/synth/synth-qwen2-tiny-f16.gguf"},
-    {"models/synth/synth-qwen2-tiny-q80.gguf"},
-    {"models/synth/synth-qwen3-tiny-f16.gguf"},
-    {"models/synth/synth-qwen3-tiny-q80.gguf"},
+    {"models/stories260K.gguf", NULL},
+    {"models/synth/synth-llama-tiny-f16.gguf", NULL},
+    {"models/synth/synth-llama-tiny-q80.gguf", NULL},
+    {"models/synth/synth-qwen2-tiny-f16.gguf", NULL},
+    {"models/synth/synth-qwen2-tiny-q80.gguf", NULL},
+    {"models/synth/synth-qwen3-tiny-f16.gguf", NULL},
+    {"models/synth/synth-qwen3-tiny-q80.gguf", NULL},
+    /* stablelm: LayerNorm, partial rotary, per-head Q/K norms, the parallel residual */
+    {NULL, "--arch stablelm --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 16 --n-rot 8 --qk-norm "
+           "--parallel --ffn 128 --vocab 512 --ctx 256 --type f16 --seed 9"},
 };
+
+static eng_model *load_case(const xcase *xc)
+{
+    if (xc->model)
+        return et_load_model(xc->model);
+    char path[256];
+    eng_model *m = et_synth("exact", xc->synth, path, sizeof path);
+    unlink(path);
+    return m;
+}
 
 static void make_tokens(int32_t *t, int n, int V)
 {
@@ -242,7 +256,7 @@ static void make_tokens(int32_t *t, int n, int V)
 static void test_prefix(void **state)
 {
     const xcase *xc = *state;
-    eng_model *m = et_load_model(xc->model);
+    eng_model *m = load_case(xc);
     assert_non_null(m);
     const eng_info *hp = eng_model_info(m);
     const int V = hp->n_vocab;
@@ -306,7 +320,7 @@ static void test_prefix(void **state)
 static void test_splits(void **state)
 {
     const xcase *xc = *state;
-    eng_model *m = et_load_model(xc->model);
+    eng_model *m = load_case(xc);
     assert_non_null(m);
     const int V = eng_model_info(m)->n_vocab;
     static const int sizes[] = {1, 1, 1, 5, 17, 64, 65, 3};
@@ -390,7 +404,9 @@ static void test_levels(void **state)
         "--arch qwen3 --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --ffn 256 "
         "--vocab 512 --ctx 256 --type q8_0 --seed 5",
         "--arch qwen3 --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --ffn 256 "
-        "--vocab 512 --ctx 256 --type f16 --seed 5"};
+        "--vocab 512 --ctx 256 --type f16 --seed 5",
+        "--arch stablelm --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --n-rot 32 --qk-norm "
+        "--ffn 256 --vocab 512 --ctx 256 --type f32 --seed 5"};
     const size_t nshared = sizeof shared / sizeof shared[0], nsynth = sizeof synth / sizeof synth[0];
     for (size_t mi = 0; mi < nshared + nsynth; mi++) {
         char path[256];
@@ -437,8 +453,8 @@ int main(void)
         cmocka_unit_test(test_gemm_rows),
         cmocka_unit_test(test_gemm_f16),
         cmocka_unit_test(test_gemm_q8),
-        XCASE(0), XCASE(1), XCASE(2), XCASE(3), XCASE(4), XCASE(5), XCASE(6),
-        SCASE(0), SCASE(2), SCASE(5), SCASE(6),
+        XCASE(0), XCASE(1), XCASE(2), XCASE(3), XCASE(4), XCASE(5), XCASE(6), XCASE(7),
+        SCASE(0), SCASE(2), SCASE(5), SCASE(6), SCASE(7),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_levels),
     };
