@@ -30,7 +30,7 @@ int kvfetch_compare_main(int argc, char **argv)
     int32_t *seq = NULL;
     kvp_compare_result r = {0};
     kvfetch_session *s;
-    int done, rc = kvfetch_session_start("kvfetch compare", argc, argv, usage_compare, 0, &s, &done);
+    int done, rc = kvfetch_session_start("kvfetch compare", argc, argv, usage_compare, KVFETCH_CMD_COMPARE, &s, &done);
     if (done)
         goto out;
     size_t total = 0;

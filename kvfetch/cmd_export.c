@@ -36,7 +36,7 @@ int kvfetch_export_main(int argc, char **argv)
     kvfetch_session *s;
     int32_t *seq = NULL;
     size_t n = 0;
-    int done, rc = kvfetch_session_start("kvfetch export", argc, argv, usage_export, 1, &s, &done);
+    int done, rc = kvfetch_session_start("kvfetch export", argc, argv, usage_export, KVFETCH_CMD_EXPORT, &s, &done);
     if (done || (rc = kvfetch_session_sequence(s, &seq, &n)) != 0)
         goto out;
     double t = base_now_s();

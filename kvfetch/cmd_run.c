@@ -63,7 +63,7 @@ int kvfetch_run_main(int argc, char **argv)
     kvfetch_session *s;
     out_text text = {0};
     eng_sampler *smp = NULL;
-    int done, rc = kvfetch_session_start("kvfetch run", argc, argv, usage_run, 0, &s, &done);
+    int done, rc = kvfetch_session_start("kvfetch run", argc, argv, usage_run, KVFETCH_CMD_RUN, &s, &done);
     if (done)
         goto out;
     smp = eng_sampler_create(s->a.temp, s->a.top_k, s->a.top_p, s->a.seed);

@@ -13,8 +13,10 @@
 #include "kvfetch/kvfetch.h"
 
 static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *prog, const char *usage,
-                      int exporting)
+                      kvfetch_cmd cmd)
 {
+    const int exporting = cmd == KVFETCH_CMD_EXPORT;
+    const char *follow = NULL;
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
            O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
            O_LOGITS, O_SERVER, O_RECOMPUTE, O_RECOMPUTE_METHOD, O_FOLLOW, O_NO_REROTATE, O_DROP_PREFIX };
@@ -103,6 +105,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
                 return 2;
             }
             a->follow_full = strcmp(optarg, "full") == 0;
+            follow = optarg;
             break;
         case 'n': {
             long v;
@@ -157,6 +160,10 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
     if (exporting != !!a->llama_state || (a->v_trans && !exporting)) {
         fprintf(stderr, exporting ? "%s: --llama-state OUT is required (try --help)\n"
                                   : "%s: --llama-state and --v-trans belong to kvfetch export\n", prog);
+        return 2;
+    }
+    if (follow && cmd != KVFETCH_CMD_COMPARE) {
+        fprintf(stderr, "%s: --follow belongs to kvfetch compare (there is one path here)\n", prog);
         return 2;
     }
     if (exporting && a->prompt) {
@@ -546,7 +553,7 @@ void kvfetch_print_json(json_t *o)
     json_decref(o);
 }
 
-int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, int exporting,
+int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, kvfetch_cmd cmd,
                           kvfetch_session **out, int *done)
 {
     *done = 1;
@@ -556,7 +563,7 @@ int kvfetch_session_start(const char *prog, int argc, char **argv, const char *u
         return 2;
     }
     s->prog = prog;
-    int rc = parse_args(argc, argv, &s->a, prog, usage, exporting);
+    int rc = parse_args(argc, argv, &s->a, prog, usage, cmd);
     if (rc)
         return rc < 0 ? 0 : rc; /* -1: --help was printed */
     if ((rc = kvf_common_open(&s->a.co, prog)) != 0 || (rc = resolve_blobs(s)) != 0 ||

@@ -94,11 +94,14 @@ typedef struct kvfetch_session {
     char err[8192];
 } kvfetch_session;
 
+/* Which command's arguments: export has --llama-state (required) and no --prompt (the path
+ * ends with the documents); compare alone has --follow. */
+typedef enum kvfetch_cmd { KVFETCH_CMD_RUN, KVFETCH_CMD_COMPARE, KVFETCH_CMD_EXPORT } kvfetch_cmd;
+
 /* What run, compare and export share up to the first token: parse, open trust and cache, fetch
- * the blobs, load the model, run the loaded path. exporting: export's arguments (--llama-state
- * required, no --prompt: the path ends with the documents). Returns an exit code and sets *done
- * when the command is over (an error, or --help); *out is always set (kvfetch_session_free it). */
-int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, int exporting,
+ * the blobs, load the model, run the loaded path. Returns an exit code and sets *done when the
+ * command is over (an error, or --help); *out is always set (kvfetch_session_free it). */
+int kvfetch_session_start(const char *prog, int argc, char **argv, const char *usage, kvfetch_cmd cmd,
                           kvfetch_session **out, int *done);
 void kvfetch_session_free(kvfetch_session *s); /* NULL is a no-op */
 

@@ -46,6 +46,9 @@ note "--help and usage"
 expect_rc 2 "$KVFETCH" run --model "$tmp/base.gguf" --trust "$tmp/trust" --prompt x
 expect_err "required"
 expect_rc 2 "${R[@]}" --model "$tmp/base.gguf" --blob "$tmp/nonexistent.kvb"
+# compare's --follow chooses between two paths; run has one
+expect_rc 2 "${R[@]}" --model "$tmp/base.gguf" --blob "$b1" --follow full
+expect_err "--follow belongs to kvfetch compare"
 
 note "exact load right after BOS: logits bit-identical to a full prefill"
 expect_rc 0 "${C[@]}" --model "$tmp/base.gguf" --blob "$b1"
