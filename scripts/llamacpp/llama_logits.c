@@ -1,5 +1,5 @@
 /* llama_logits.c: llama.cpp's logits for a token sequence, through the prebuilt libllama's C API,
- * held against ours: the model-feature tests (tests/cli/llamacpp_rope.sh) run `kvfetch generate
+ * held against ours: the model-feature tests (tests/cli/llamacpp_model_features.sh) run `kvfetch generate
  * --logits` and this on the same file and ids. One llama_decode of the whole sequence, the last
  * position's logits; f32 K/V cache and flash attention off, so that the comparison is the exact
  * configuration (the tolerance of the golden files: 1e-4 absolute for f32 weights).
