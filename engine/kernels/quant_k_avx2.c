@@ -89,8 +89,9 @@ static AVX2 INLINE_ALWAYS void mv_q45_k(int five, const uint8_t *W, size_t rb, c
 }
 
 /* Four chunks of 32 unsigned codes (v0..v3) against their 128 x values, each 16 scaled by its
- * scale: sc16 holds a half super-block's 8 scales as int16 in both lanes, and pshufb gives
- * sub-block 2k to the low lane of chunk k and 2k+1 to its high lane. */
+ * scale: sc16 holds scales as int16, and pshufb with sel[k] gives chunk k the scales of its
+ * low and high lanes (Q2_K and Q6_K: a half super-block's 8 scales in both lanes and
+ * half_sel's controls, sub-block 2k to the low lane and 2k+1 to the high one). */
 static AVX2 inline __m256i half_dot(__m256i v0, __m256i v1, __m256i v2, __m256i v3, const int8_t *q,
                                     __m256i sc16, const __m256i sel[4])
 {
@@ -173,48 +174,112 @@ static AVX2 INLINE_ALWAYS __m256i q3k_code(__m256i v, __m256i hm, int k, int p)
     return _mm256_or_si256(lo, _mm256_and_si256(hi, four));
 }
 
-/* Q3_K: Q2_K's low bits plus 4 where hmask bit 4h + k is set (codes 0..7, value = code - 4);
- * sc16: the half's 8 signed scales as int16 in both lanes. h is a constant at each call. */
-static AVX2 INLINE_ALWAYS __m256i q3k_half(const uint8_t *qs, __m256i hm, int h, __m256i sc16, const int8_t *q,
-                                           const __m256i sel[4])
+/* One 128-element half of a Q3_K super-block (qs: its 32 bytes; te, to: its hmask bits from
+ * the tables of mv_q3_k) against its x values. Codes go two to a byte: e holds chunks 0 and 2,
+ * o chunks 1 and 3, each as bits 2k..2k+1 of qs with the hmask bit put above them. The high
+ * nibbles are taken in place, 16 times the code (at most 112, and 112 * 128 * 2 fits int16,
+ * so maddubs cannot saturate); the low nibbles' scales are 16 times larger instead (sc, see
+ * mv_q3_k). sel: the pshufb controls of the half's 4 chunks in sc. */
+static AVX2 INLINE_ALWAYS __m256i q3k_half(const uint8_t *qs, __m256i te, __m256i to, const int8_t *q, __m256i sc,
+                                           const __m256i *sel)
 {
-    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
-    return half_dot(q3k_code(v, hm, 0, 4 * h), q3k_code(v, hm, 1, 4 * h + 1), q3k_code(v, hm, 2, 4 * h + 2),
-                    q3k_code(v, hm, 3, 4 * h + 3), q, sc16, sel);
+    const __m256i m33 = _mm256_set1_epi8(0x33), lo = _mm256_set1_epi8(0x0f), hi = _mm256_set1_epi8((char)0xf0);
+    const __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    /* a 16-bit shift: the mask drops what crossed a byte */
+    const __m256i e = _mm256_or_si256(_mm256_and_si256(v, m33), te);
+    const __m256i o = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 2), m33), to);
+    return half_dot(_mm256_and_si256(e, lo), _mm256_and_si256(o, lo), _mm256_and_si256(e, hi),
+                    _mm256_and_si256(o, hi), q, sc, sel);
 }
 
-/* Q3_K (six = 0) and Q6_K (six = 1, a constant at each call): unsigned codes with an offset
- * (4, 32) taken off per block, signed 8-bit scales per 16 elements, no mins. */
-static AVX2 INLINE_ALWAYS void mv_sym_k(int six, const uint8_t *W, size_t rb, const eng_xq *xq,
-                                        float *y, int64_t r0, int64_t r1)
+/* Q3_K's 16 scales times 4 as signed bytes, 4 * (stored - 32): scales 0-7 in lo, 8-15 in hi.
+ * qb_q3k_scale_words on 64-bit words, in the integer units, which the vector kernel leaves
+ * idle (in vector registers this took 9 vector instructions per block). g holds the top-bit
+ * bytes twice, the copy 30 bits up, so one shift brings the top bits of scales k and 4 + k
+ * (lo) or 8 + k and 12 + k (hi) to bits 6-7 of bytes k and 4 + k. 4 * stored is under 256,
+ * and flipping its bit 7 takes 128 off. */
+static inline void q3k_scales4(const uint8_t *b, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t l;
+    uint32_t h;
+    memcpy(&l, b + QB_Q3_K_SC, 8);
+    memcpy(&h, b + QB_Q3_K_SC + 8, 4);
+    const uint64_t g = (uint64_t)h | ((uint64_t)h << 30), m = 0x3c3c3c3c3c3c3c3cu, t = 0xc0c0c0c0c0c0c0c0u;
+    *lo = (((l << 2) & m) | ((g << 6) & t)) ^ 0x8080808080808080u;
+    *hi = (((l >> 2) & m) | ((g << 2) & t)) ^ 0x8080808080808080u;
+}
+
+/* Q3_K: Q2_K's low bits plus 4 where hmask bit 4h + k is set for chunk k of half h (codes
+ * 0..7, value = code - 4), signed 6-bit scales per 16 elements, no mins. Every product comes
+ * 64 times too large (exact, and under 2^31 summed), and each int32 lane ends with the same
+ * sum as eng_mv_q3_k_avx512vnni's, so the floats are the same. Built for fewer vector
+ * instructions, which bound this loop: two codes per byte, hmask bits by table, scales in
+ * the integer units. */
+static AVX2 INLINE_ALWAYS void mv_q3_k(const uint8_t *W, size_t rb, const eng_xq *xq, float *y, int64_t r0,
+                                       int64_t r1)
 {
     const int64_t nb = xq->nb;
-    const size_t bytes = six ? QB_Q6_K_BYTES : QB_Q3_K_BYTES;
+    /* hmask nibble n (bit k: chunk k of a half) to the bits of chunks 0 and 2 (tab_e) or 1 and
+     * 3 (tab_o), each at bit 2 of its nibble */
+    const __m256i tab_e = _mm256_broadcastsi128_si256(
+        _mm_setr_epi8(0, 4, 0, 4, 64, 68, 64, 68, 0, 4, 0, 4, 64, 68, 64, 68));
+    const __m256i tab_o = _mm256_broadcastsi128_si256(
+        _mm_setr_epi8(0, 0, 4, 4, 0, 0, 4, 4, 64, 64, 68, 68, 64, 64, 68, 68));
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    /* sc: word 4h + k of the low lane is the scale of sub-block 8h + 2k (the low lane of chunk
+     * k of half h), of the high lane 8h + 2k + 1; 4 times the scale, and 64 times for chunks 0
+     * and 1, whose codes q3k_half takes as they are */
+    const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m256i x16 = _mm256_setr_epi16(16, 16, 1, 1, 16, 16, 1, 1, 16, 16, 1, 1, 16, 16, 1, 1);
+    __m256i sel[8];
+    for (int j = 0; j < 8; j++)
+        sel[j] = word_bcast(j, j);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *b = W + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nb; i++, b += QB_Q3_K_BYTES) {
+            const int8_t *q = xq->q + i * QB_QK_K;
+            uint64_t slo, shi;
+            q3k_scales4(b, &slo, &shi);
+            const __m128i sc4 = _mm_insert_epi64(_mm_cvtsi64_si128((long long)slo), (long long)shi, 1);
+            const __m256i sc = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc4, order)), x16);
+            const __m256i hm = _mm256_loadu_si256((const __m256i *)b);
+            const __m256i n0 = _mm256_and_si256(hm, m4), n1 = _mm256_and_si256(_mm256_srli_epi16(hm, 4), m4);
+            __m256i sumi = _mm256_add_epi32(
+                q3k_half(b + QB_Q3_K_QS, _mm256_shuffle_epi8(tab_e, n0), _mm256_shuffle_epi8(tab_o, n0), q, sc,
+                         sel),
+                q3k_half(b + QB_Q3_K_QS + 32, _mm256_shuffle_epi8(tab_e, n1), _mm256_shuffle_epi8(tab_o, n1),
+                         q + 128, sc, sel + 4));
+            /* the offset: 4 * sum_j sc[j] * bsum[j] over the 16 sub-blocks, two per lane */
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16));
+            const __m256i off = _mm256_madd_epi16(bs, _mm256_cvtepi8_epi16(sc4));
+            sumi = _mm256_sub_epi32(_mm256_srai_epi32(sumi, 6), off);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xq->d[i] * f16s(b + QB_Q3_K_D)), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        y[r] = hsum_ps(acc);
+    }
+}
+
+/* Q6_K: unsigned 6-bit codes with 32 taken off per block, signed 8-bit scales per 16
+ * elements, no mins. */
+static AVX2 INLINE_ALWAYS void mv_q6_k(const uint8_t *W, size_t rb, const eng_xq *xq, float *y, int64_t r0, int64_t r1)
+{
+    const int64_t nb = xq->nb;
     __m256i sel[4];
     half_sel(sel);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < nb; i++, b += bytes) {
+        for (int64_t i = 0; i < nb; i++, b += QB_Q6_K_BYTES) {
             const int8_t *q = xq->q + i * QB_QK_K;
-            __m256i sumi, sc_all;
-            if (six) {
-                const uint8_t *sc = b + QB_Q6_K_SC;
-                sumi = _mm256_add_epi32(q6k_half(b, b + QB_Q6_K_QH, sc, q, sel),
-                                        q6k_half(b + 64, b + QB_Q6_K_QH + 32, sc + 8, q + 128, sel));
-                sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
-            } else {
-                sc_all = _mm256_cvtepi8_epi16(q3k_scales(b));
-                __m256i hm = _mm256_loadu_si256((const __m256i *)b);
-                sumi = _mm256_add_epi32(
-                    q3k_half(b + QB_Q3_K_QS, hm, 0, _mm256_permute4x64_epi64(sc_all, 0x44), q, sel),
-                    q3k_half(b + QB_Q3_K_QS + 32, hm, 1, _mm256_permute4x64_epi64(sc_all, 0xee), q + 128, sel));
-            }
-            /* the offset: 32 (4) * sum_j sc[j] * bsum[j] over the 16 sub-blocks */
+            const uint8_t *sc = b + QB_Q6_K_SC;
+            __m256i sumi = _mm256_add_epi32(q6k_half(b, b + QB_Q6_K_QH, sc, q, sel),
+                                            q6k_half(b + 64, b + QB_Q6_K_QH + 32, sc + 8, q + 128, sel));
+            __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+            /* the offset: 32 * sum_j sc[j] * bsum[j] over the 16 sub-blocks */
             __m256i bs = _mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16));
-            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), six ? 5 : 2));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(xq->d[i] * f16s(b + (six ? QB_Q6_K_D : QB_Q3_K_D))),
-                                  _mm256_cvtepi32_ps(sumi), acc);
+            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), 5));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xq->d[i] * f16s(b + QB_Q6_K_D)), _mm256_cvtepi32_ps(sumi), acc);
         }
         y[r] = hsum_ps(acc);
     }
@@ -226,10 +291,10 @@ AVX2 void eng_mv_k_avx2(uint32_t type, const uint8_t *W, size_t rb, int64_t ncol
 {
     switch (type) {
     case GGML_T_Q2_K: mv_q2_k(W, rb, xq, y, r0, r1); break;
-    case GGML_T_Q3_K: mv_sym_k(0, W, rb, xq, y, r0, r1); break;
+    case GGML_T_Q3_K: mv_q3_k(W, rb, xq, y, r0, r1); break;
     case GGML_T_Q4_K: mv_q45_k(0, W, rb, xq, y, r0, r1); break;
     case GGML_T_Q5_K: mv_q45_k(1, W, rb, xq, y, r0, r1); break;
-    default: mv_sym_k(1, W, rb, xq, y, r0, r1); break;
+    default: mv_q6_k(W, rb, xq, y, r0, r1); break;
     }
 }
 
