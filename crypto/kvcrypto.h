@@ -51,8 +51,9 @@ void kvc_sha256_free(kvc_sha256_ctx *c);
  * OpenSSL; the bytes are the same either way. Thread-safe. */
 enum { KVC_LEAF_LEN = 32768 };
 void kvc_leaf_digest(const void *data, size_t len, uint8_t out[KVC_SHA256_LEN]);
-/* What kvc_leaf_digest runs on, e.g. "intel-ipsec-mb sse (SHA-NI, 2 lanes)" or "openssl"
- * (KVPUB_LEAF_HASH=openssl in the environment forces the latter). Never NULL. */
+/* What kvc_leaf_digest runs on, e.g. "intel-ipsec-mb avx512 (16 lanes)" or "openssl"
+ * (KVPUB_LEAF_HASH=openssl in the environment forces the latter; =sse, =avx512 or =avx2 that
+ * intel-ipsec-mb manager where the CPU has it). Never NULL. */
 const char *kvc_leaf_digest_engine(void);
 
 /* Lowercase hex of n bytes into out (2n+1 bytes incl. NUL). Returns out. */

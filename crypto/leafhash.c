@@ -5,12 +5,14 @@
  * available (x86-64) its multi-buffer managers hash 2 (SHA-NI), 8 (AVX2) or 16 (AVX-512)
  * leaves at once; elsewhere, or when it fails its start-up self-test, each leaf goes through
  * OpenSSL. Both give the same bytes: the digest is defined by spec/kvblob.md, not by the
- * engine. KVPUB_LEAF_HASH=openssl forces OpenSSL (benchmarks and tests compare the two). */
+ * engine. KVPUB_LEAF_HASH=openssl forces OpenSSL (benchmarks and tests compare the two), =sse,
+ * =avx512 or =avx2 one manager. */
 #include "crypto/kvcrypto.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 
@@ -78,19 +80,26 @@ static int pool_n;
 static const char *engine_name = "openssl";
 static void (*init_mgr)(IMB_MGR *);
 
-static IMB_MGR *mgr_get(void)
+/* A manager started by init, or NULL. */
+static IMB_MGR *mgr_new(void (*init)(IMB_MGR *))
 {
-    pthread_mutex_lock(&pool_mu);
-    IMB_MGR *m = pool_n ? pool[--pool_n] : NULL;
-    pthread_mutex_unlock(&pool_mu);
-    if (!m && (m = alloc_mb_mgr(0)) != NULL) {
-        init_mgr(m);
+    IMB_MGR *m = alloc_mb_mgr(0);
+    if (m) {
+        init(m);
         if (imb_get_errno(m) != 0) {
             free_mb_mgr(m);
             m = NULL;
         }
     }
     return m;
+}
+
+static IMB_MGR *mgr_get(void)
+{
+    pthread_mutex_lock(&pool_mu);
+    IMB_MGR *m = pool_n ? pool[--pool_n] : NULL;
+    pthread_mutex_unlock(&pool_mu);
+    return m ? m : mgr_new(init_mgr);
 }
 
 static void mgr_put(IMB_MGR *m)
@@ -128,11 +137,8 @@ static void batch_mb(IMB_MGR *m, const uint8_t *p, size_t len, size_t first, siz
         *(uint8_t *)j->user_data = j->status == IMB_STATUS_COMPLETED;
 }
 
-static int digest_mb(const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
+static void digest_with(IMB_MGR *m, const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
 {
-    IMB_MGR *m = mgr_get();
-    if (!m)
-        return 0;
     root r;
     root_init(&r);
     uint8_t d[BATCH * KVC_SHA256_LEN], ok[BATCH];
@@ -145,48 +151,110 @@ static int digest_mb(const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
         root_add(&r, d, k);
     }
     root_final(&r, out);
+}
+
+static int digest_mb(const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
+{
+    IMB_MGR *m = mgr_get();
+    if (!m)
+        return 0;
+    digest_with(m, p, len, out);
     mgr_put(m);
     return 1;
 }
 
-/* Picks the manager once: SHA-NI (2 lanes, measured fastest where present), else AVX-512
- * (16 lanes), else AVX2 (8 lanes), else none. It must then reproduce OpenSSL's digest of a
- * test message of three full leaves and a short one. */
+/* The managers a CPU may run (a tie in the measurement goes to the earlier one). */
+typedef struct candidate {
+    uint64_t need; /* IMB_FEATURE_* bits */
+    void (*init)(IMB_MGR *);
+    const char *force; /* its KVPUB_LEAF_HASH value */
+    const char *name;
+} candidate;
+
+static const candidate candidates[] = {
+    {IMB_FEATURE_SHANI, init_mb_mgr_sse, "sse", "intel-ipsec-mb sse (SHA-NI, 2 lanes)"},
+    {IMB_FEATURE_AVX512_SKX, init_mb_mgr_avx512, "avx512", "intel-ipsec-mb avx512 (16 lanes)"},
+    {IMB_FEATURE_AVX2, init_mb_mgr_avx2, "avx2", "intel-ipsec-mb avx2 (8 lanes)"},
+};
+enum { N_CANDIDATES = sizeof candidates / sizeof candidates[0] };
+
+static double thread_cpu_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* CPU seconds m takes for the leaves of t (n bytes), or -1 when it does not reproduce want
+ * (OpenSSL's digest). */
+static double trial(IMB_MGR *m, const uint8_t *t, size_t n, const uint8_t want[KVC_SHA256_LEN])
+{
+    uint8_t got[KVC_SHA256_LEN];
+    double s = thread_cpu_s();
+    digest_with(m, t, n, got);
+    return memcmp(got, want, sizeof got) == 0 ? thread_cpu_s() - s : -1;
+}
+
+/* Picks the manager once. Which multi-buffer SHA-256 is fastest depends on the core, not on the
+ * features alone: 2 leaves interleaved on SHA-NI hashed 3.0 GB/s on Zen 3 (no AVX-512), but
+ * on Zen 5, whose AVX-512 units are full width, 16 AVX-512 lanes ran 4.5 GB/s against SHA-NI's
+ * 2.3. So where the CPU has more than one, each hashes a test message of 16 leaves (the widest
+ * manager's lanes) twice, alternately, and the faster (best of two, in thread CPU time: a
+ * preemption does not count) is kept; about 1 ms, once per process. Every candidate must
+ * reproduce OpenSSL's digest of the test message, or it is not used. KVPUB_LEAF_HASH=sse,
+ * avx512 or avx2 forces that manager where the CPU has it (else OpenSSL, as =openssl). */
 static void pick_engine(void)
 {
     const char *force = getenv("KVPUB_LEAF_HASH");
     if (force && strcmp(force, "openssl") == 0)
         return;
+    if (force && (!*force || strcmp(force, "auto") == 0))
+        force = NULL;
     IMB_MGR *m = alloc_mb_mgr(0);
     if (!m)
         return;
     uint64_t f = m->features;
     free_mb_mgr(m);
-    if (f & IMB_FEATURE_SHANI) {
-        init_mgr = init_mb_mgr_sse;
-        engine_name = "intel-ipsec-mb sse (SHA-NI, 2 lanes)";
-    } else if ((f & IMB_FEATURE_AVX512_SKX) == IMB_FEATURE_AVX512_SKX) {
-        init_mgr = init_mb_mgr_avx512;
-        engine_name = "intel-ipsec-mb avx512 (16 lanes)";
-    } else if (f & IMB_FEATURE_AVX2) {
-        init_mgr = init_mb_mgr_avx2;
-        engine_name = "intel-ipsec-mb avx2 (8 lanes)";
-    } else {
+    enum { TEST_LEAVES = 16 };
+    size_t n = TEST_LEAVES * KVC_LEAF_LEN + 100; /* and a short last leaf */
+    uint8_t *t = malloc(n), want[KVC_SHA256_LEN];
+    if (!t)
         return;
+    for (size_t i = 0; i < n; i++)
+        t[i] = (uint8_t)(i * 131 + (i >> 9));
+    digest_openssl(t, n, want);
+    double best[N_CANDIDATES];
+    IMB_MGR *mgr[N_CANDIDATES] = {0};
+    int have = 0;
+    for (int c = 0; c < N_CANDIDATES; c++) {
+        best[c] = -1;
+        if ((f & candidates[c].need) != candidates[c].need || (force && strcmp(force, candidates[c].force) != 0))
+            continue;
+        /* AVX2 (8 lanes) only where neither of the others runs: SHA-NI was measured faster
+         * than it (spec/kvblob.md), and AVX-512 has twice its lanes */
+        if (have && candidates[c].need == IMB_FEATURE_AVX2)
+            continue;
+        if ((mgr[c] = mgr_new(candidates[c].init)) != NULL)
+            best[c] = trial(mgr[c], t, n, want);
+        have += best[c] >= 0;
     }
-    size_t n = 3 * KVC_LEAF_LEN + 100;
-    uint8_t *t = malloc(n), a[KVC_SHA256_LEN], b[KVC_SHA256_LEN];
-    int good = 0;
-    if (t) {
-        for (size_t i = 0; i < n; i++)
-            t[i] = (uint8_t)(i * 131 + (i >> 9));
-        digest_openssl(t, n, a);
-        good = digest_mb(t, n, b) && memcmp(a, b, sizeof a) == 0;
-        free(t);
+    for (int c = 0; have > 1 && c < N_CANDIDATES; c++) { /* the second round, where it decides */
+        double s = best[c] >= 0 ? trial(mgr[c], t, n, want) : -1;
+        if (s >= 0 && s < best[c])
+            best[c] = s;
     }
-    if (!good) {
-        init_mgr = NULL;
-        engine_name = "openssl";
+    free(t);
+    int pick = -1;
+    for (int c = 0; c < N_CANDIDATES; c++)
+        if (best[c] >= 0 && (pick < 0 || best[c] < best[pick]))
+            pick = c;
+    init_mgr = pick >= 0 ? candidates[pick].init : NULL;
+    engine_name = pick >= 0 ? candidates[pick].name : "openssl";
+    for (int c = 0; c < N_CANDIDATES; c++) {
+        if (c == pick)
+            mgr_put(mgr[c]); /* started already: the first caller need not start another */
+        else if (mgr[c])
+            free_mb_mgr(mgr[c]);
     }
 }
 
