@@ -6,7 +6,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <string.h>
 #include <zstd.h>
 
@@ -49,27 +48,12 @@ static int simd_ok(void)
 #endif
 }
 
-/* Scratch grows to a chunk's plane (14.7 MB for 256 tokens of Qwen3-0.6B) and is kept. It is
- * mapped with MAP_POPULATE: one batch instead of a page fault per 4 KiB, which took 7-10 ms
- * per context, a sixth of a 512-token load. Under ASan it stays a malloc, whose bounds ASan
- * checks. */
-#if defined(__SANITIZE_ADDRESS__)
-#define SCRATCH_MAP 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SCRATCH_MAP 0
-#endif
-#endif
-#ifndef SCRATCH_MAP
-#define SCRATCH_MAP 1
-#endif
-
+/* Scratch grows to a chunk's plane (14.7 MB for 256 tokens of Qwen3-0.6B) and is kept; a
+ * kvb_big_alloc buffer, so it takes a few 2 MiB page faults where 4 KiB pages took 7-10 ms
+ * of faults per context, a sixth of a 512-token load. */
 static void scratch_free(kvb_codec_ctx *c)
 {
-    if (SCRATCH_MAP && c->scratch)
-        munmap(c->scratch, c->scratch_cap);
-    else
-        free(c->scratch);
+    kvb_big_free(c->scratch, c->scratch_cap);
     c->scratch = NULL;
     c->scratch_cap = 0;
 }
@@ -78,12 +62,7 @@ static uint8_t *scratch(kvb_codec_ctx *c, size_t n)
 {
     if (c->scratch_cap < n) {
         scratch_free(c);
-        if (SCRATCH_MAP) {
-            void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-            c->scratch = p == MAP_FAILED ? NULL : p;
-        } else {
-            c->scratch = malloc(n);
-        }
+        c->scratch = kvb_big_alloc(n);
         c->scratch_cap = c->scratch ? n : 0;
     }
     return c->scratch;

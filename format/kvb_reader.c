@@ -112,8 +112,8 @@ void kvb_reader_free(kvb_reader *r)
         return;
     stop_workers(r);
     for (uint32_t i = 0; i < r->nslots; i++) {
-        free(r->slots[i].in);
-        free(r->slots[i].out);
+        kvb_big_free(r->slots[i].in, r->slots[i].in_cap);
+        kvb_big_free(r->slots[i].out, r->slots[i].out_cap);
     }
     kvb_manifest_free(r->m);
     kvb_codec_ctx_free(r->inline_ctx);
@@ -289,8 +289,8 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
         size_t secn = (size_t)(sec->t1 - sec->t0) * r->m->kv_dim; /* the parser bounded the chunk */
         size_t outb = 2 * kvb_chunk_values(nl, sec->t1 - sec->t0, r->m->kv_dim);
         if (s->out_cap < outb) {
-            free(s->out);
-            s->out = malloc(outb);
+            kvb_big_free(s->out, s->out_cap);
+            s->out = kvb_big_alloc(outb);
             s->out_cap = s->out ? outb : 0;
         }
         if (!s->out)
@@ -312,8 +312,8 @@ static kvb_status own_buffer(kvb_reader *r)
     slot *s = r->cur;
     uint64_t len = r->m->chunks[s->index].length;
     if (s->in_cap < len) {
-        free(s->in);
-        s->in = malloc(len);
+        kvb_big_free(s->in, s->in_cap);
+        s->in = kvb_big_alloc(len);
         s->in_cap = s->in ? len : 0;
         if (!s->in)
             return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);

@@ -1,9 +1,11 @@
-/* kvb_util.c: status names and exit codes, codec names, f16 conversion, RFC 3339 times and the
- * fixed 32-byte header. */
+/* kvb_util.c: status names and exit codes, codec names, f16 conversion, RFC 3339 times, the
+ * fixed 32-byte header and the chunk-sized buffers. */
 #include "format/kvb_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 const char *kvb_status_str(kvb_status st)
@@ -142,6 +144,39 @@ kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t e
                         h->manifest_len, KVB_MAX_MANIFEST);
     h->data_offset = kvb_align((uint64_t)KVB_HEADER_LEN + h->manifest_len + KVC_SIG_LEN);
     return KVB_OK;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define BIG_MAP 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BIG_MAP 0
+#endif
+#endif
+#ifndef BIG_MAP
+#define BIG_MAP 1
+#endif
+
+void *kvb_big_alloc(size_t n)
+{
+    if (!BIG_MAP)
+        return malloc(n ? n : 1);
+    void *p = base_alloc_big(n);
+#ifdef MADV_POPULATE_WRITE
+    /* every byte is written soon: its pages in one batch (huge where the kernel has them) rather
+     * than one fault each; a kernel without it (before 5.14) faults them in as they come */
+    if (p)
+        (void)madvise(p, n ? n : 1, MADV_POPULATE_WRITE);
+#endif
+    return p;
+}
+
+void kvb_big_free(void *p, size_t n)
+{
+    if (!BIG_MAP)
+        free(p);
+    else
+        base_free_big(p, n);
 }
 
 void kvb_chunk_digest(uint16_t version, const void *data, size_t len, uint8_t out[KVC_SHA256_LEN])
