@@ -13,7 +13,7 @@
 # Stages, per document (seconds of wall time unless noted):
 #   full        full prefill of [BOS, doc, prompt] + first token (kvfetch compare)
 #   loaded      BOS prefill + blob load + prompt prefill + first token (same run)
-#   read        mapping the blob file (page cache)            } blob load, 2 decode threads
+#   read        reading the blob file (page cache)            } blob load, 2 decode threads
 #   vfy+dec     signature, chunk SHA-256 and decompression    } (the compare run); import runs
 #   import      copying K/V into the cache (no rotation)      } on the caller's thread
 #   rot+imp     import with K re-rotated, when the document sits after a system prompt
@@ -22,6 +22,8 @@
 #   rest1       CPU of a one-thread load minus verify1: decompression, unshuffle, import
 #   bos/suffix  prefill of BOS (1 token) and of the prompt in the loaded path
 #   GB/s/core   raw KV bytes / CPU seconds of a one-thread load (read+verify+decode+import)
+#   f16 GB/s/c  the same for the document published with --codec f16 (raw f16 chunks: verify,
+#               read and import without decompression), side by side in the same run
 set -euo pipefail
 BUILD=${BUILD:-build}
 TOKENS=${TOKENS:-512 2048 4096}
@@ -64,15 +66,18 @@ size_doc() {  # N -> smallest corpus prefix (bytes) with >= N tokens, by bisecti
   echo $lo
 }
 
-# Publishes document n into its own store and fetches it over HTTPS once into the kvfetch cache;
-# leaves the blob id in $keep/idN.
+# Publishes document n (with codec $2, default f16-zstd) into its own store and fetches it over
+# HTTPS once into the kvfetch cache; leaves the blob id in $keep/idN (f16: $keep/idN-f16).
 publish() {
-  local n=$1 store="$keep/store$1"
+  local n=$1 codec=${2:-f16-zstd} sfx=""
+  [ "$codec" = f16-zstd ] || sfx="-$codec"
+  local store="$keep/store$n$sfx"
   rm -rf "$store"
-  echo "document of $n tokens: publishing (one $n-token prefill)..." >&2
-  "$BUILD/kvpubd" publish --store "$store" --model "$model" --key "$keep/pub.key" --json "$keep/docs/doc$n.txt" >"$keep/pub$n.json"
+  echo "document of $n tokens, $codec: publishing (one $n-token prefill)..." >&2
+  "$BUILD/kvpubd" publish --store "$store" --model "$model" --key "$keep/pub.key" --codec "$codec" --json \
+    "$keep/docs/doc$n.txt" >"$keep/pub$n$sfx.json"
   local id
-  id=$(grep -o '"id": *"[0-9a-f]*"' "$keep/pub$n.json" | grep -o '[0-9a-f]\{64\}')
+  id=$(grep -o '"id": *"[0-9a-f]*"' "$keep/pub$n$sfx.json" | grep -o '[0-9a-f]\{64\}')
   rm -f "$work/port" "$KVPUB_CACHE_DIR/$id"
   "$BUILD/kvpubd" serve --store "$store" --listen 127.0.0.1:0 --tls-cert "$keep/tls.pem" --tls-key "$keep/tls.key" \
     --port-file "$work/port" --log "$work/server.log" &
@@ -81,7 +86,29 @@ publish() {
   "$BUILD/kvfetch" get --trust "$keep/trust" --cacert "$keep/tls.pem" --quiet \
     "https://127.0.0.1:$(cat "$work/port")/v1/blobs/$id" >/dev/null
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-  echo "$id" >"$keep/id$n"
+  echo "$id" >"$keep/id$n$sfx"
+}
+
+# kept blobs are reused unless REPUBLISH is set or an older writer made them (container version 1
+# hashed chunks whole): publishes document n with codec $2 when needed; prints the blob's path
+cached_blob() {
+  local n=$1 codec=$2 sfx="" ver=""
+  [ "$codec" = f16-zstd ] || sfx="-$codec"
+  [ -s "$keep/id$n$sfx" ] && ver=$("$BUILD/kvfetch" inspect "$KVPUB_CACHE_DIR/$(cat "$keep/id$n$sfx")" --json 2>/dev/null \
+    | sed -n 's/^  "version": \([0-9]*\).*/\1/p')
+  [ "$ver" = 2 ] && [ -z "${REPUBLISH:-}" ] || publish "$n" "$codec" >&2
+  echo "$KVPUB_CACHE_DIR/$(cat "$keep/id$n$sfx")"
+}
+
+# median of 5 one-thread loads of blob: CPU seconds (load_cpu_s); the runs' JSON go to $2.N.json
+load_cpu1() {
+  local blob=$1 out=$2 i cpus=""
+  for i in 1 2 3 4 5; do
+    "$BUILD/kvfetch" run --model "$model" --blob "$blob" --trust "$keep/trust" "${prompt[@]}" -n 1 --threads 1 \
+      --json >"$out.$i.json"
+    cpus="$cpus $(jnum load_cpu_s "$out.$i.json")"
+  done
+  printf '%s\n' $cpus | sort -g | sed -n 3p
 }
 
 cpu_of() {  # command... -> "wall user+sys" seconds
@@ -93,21 +120,16 @@ out="$BUILD/ttft.txt"
 {
   printf '# TTFT, Qwen3-0.6B-shaped kvsynth model (28 layers, kv_dim 1024), F16, %s cores, load average at the start %s; loaded = cached f16-zstd blob right after BOS\n' \
     "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-  printf '# times in ms except full/loaded (s); vfy+dec, import: 2-thread load; verify1: CPU ms of a whole `kvfetch verify --hash-only` process on one thread, start-up included (median of 3); rest1 = 1-thread load CPU - verify1 (approximate, so small documents can go below 0); GB/s/core: raw KV / CPU s of a 1-thread load (median of 5)\n'
-  printf '# %5s %8s %8s %7s %8s %7s %8s %7s %7s %8s %8s %8s %8s %7s %6s %6s\n' tokens full_s loaded_s speedup load read vfy+dec import rot+imp verify1 rest1 bos suffix raw_MB GB/s GB/s/c
+  printf '# times in ms except full/loaded (s); vfy+dec, import: 2-thread load; verify1: CPU ms of a whole `kvfetch verify --hash-only` process on one thread, start-up included (median of 3); rest1 = 1-thread load CPU - verify1 (approximate, so small documents can go below 0); GB/s/core: raw KV / CPU s of a 1-thread load (median of 5); f16/c: the same for the document published with --codec f16\n'
+  printf '# %5s %8s %8s %7s %8s %7s %8s %7s %7s %8s %8s %8s %8s %7s %6s %6s %6s\n' tokens full_s loaded_s speedup load read vfy+dec import rot+imp verify1 rest1 bos suffix raw_MB GB/s GB/s/c f16/c
 } >"$out"
 for n in $TOKENS; do
   if [ ! -s "$keep/docs/doc$n.txt" ]; then
     bytes=$(size_doc "$n")
     head -c "$bytes" "$corpus" >"$keep/docs/doc$n.txt"
   fi
-  # kept blobs are reused unless REPUBLISH is set or an older writer made them (container
-  # version 1 hashed chunks whole)
-  ver=""
-  [ -s "$keep/id$n" ] && ver=$("$BUILD/kvfetch" inspect "$KVPUB_CACHE_DIR/$(cat "$keep/id$n")" --json 2>/dev/null \
-    | sed -n 's/^  "version": \([0-9]*\).*/\1/p')
-  [ "$ver" = 2 ] && [ -z "${REPUBLISH:-}" ] || publish "$n"
-  blob="$KVPUB_CACHE_DIR/$(cat "$keep/id$n")"
+  blob=$(cached_blob "$n" f16-zstd)
+  blob16=$(cached_blob "$n" f16)
   prompt=(--prompt " Summary:")
   rc=0
   "$BUILD/kvfetch" run --model "$model" --blob "$blob" --trust "$keep/trust" "${prompt[@]}" -n 1 --threads 1 --json \
@@ -122,14 +144,10 @@ for n in $TOKENS; do
   # document after a short system prompt: K re-rotated by the prompt's length
   "$BUILD/kvfetch" run --model "$model" --blob "$blob" --trust "$keep/trust" --prefix "You are a careful assistant." \
     "${prompt[@]}" -n 1 --json >"$work/rot$n.json"
-  # per-core figures: medians of 5 one-thread loads and of 3 one-thread hash-only verifies
-  cpus=$(jnum load_cpu_s "$work/one$n.json")
-  for i in 2 3 4 5; do
-    "$BUILD/kvfetch" run --model "$model" --blob "$blob" --trust "$keep/trust" "${prompt[@]}" -n 1 --threads 1 \
-      --json >"$work/one$n.$i.json"
-    cpus="$cpus $(jnum load_cpu_s "$work/one$n.$i.json")"
-  done
-  cpu1=$(printf '%s\n' $cpus | sort -g | sed -n 3p)
+  # per-core figures: medians of 5 one-thread loads of each codec's blob and of 3 one-thread
+  # hash-only verifies
+  cpu1=$(load_cpu1 "$blob" "$work/one$n")
+  cpu16=$(load_cpu1 "$blob16" "$work/f16-$n")
   v1s=""
   for i in 1 2 3; do
     read -r _ v < <(cpu_of "$BUILD/kvfetch" verify "$blob" --trust "$keep/trust" --hash-only --threads 1)
@@ -143,10 +161,11 @@ for n in $TOKENS; do
       -v rd="$(jnum read_s "$f")" -v vd="$(jnum verify_decode_s "$f")" -v im="$(jnum import_s "$f")" \
       -v rr="$(jnum rerotate_s "$work/rot$n.json")" -v v1="$v1cpu" \
       -v bos="$(jnum prefix_prefill_s "$f")" -v sf="$(jnum suffix_prefill_s "$f")" -v raw="$(jnum raw_kv_bytes "$f")" \
-      -v cpu1="$cpu1" \
-      'BEGIN { printf "  %5d %8.3f %8.4f %7.1f %8.1f %7.1f %8.1f %7.1f %7.1f %8.1f %8.1f %8.1f %8.1f %7.1f %6.2f %6.2f\n",
+      -v cpu1="$cpu1" -v cpu16="$cpu16" \
+      'BEGIN { printf "  %5d %8.3f %8.4f %7.1f %8.1f %7.1f %8.1f %7.1f %7.1f %8.1f %8.1f %8.1f %8.1f %7.1f %6.2f %6.2f %6.2f\n",
                n, full, ld, full / ld, load * 1e3, rd * 1e3, vd * 1e3, im * 1e3, rr * 1e3, v1 * 1e3,
-               (cpu1 - v1) * 1e3, bos * 1e3, sf * 1e3, raw / 1e6, raw / load / 1e9, raw / cpu1 / 1e9 }' >>"$out"
+               (cpu1 - v1) * 1e3, bos * 1e3, sf * 1e3, raw / 1e6, raw / load / 1e9, raw / cpu1 / 1e9,
+               raw / cpu16 / 1e9 }' >>"$out"
   grep -q '"bit_identical": true' "$f" || echo "warning: loaded path not bit-identical for $n tokens" >&2
 done
 printf '# chunk digests on: %s\n' "$(sed -n 's/^ *"chunk_digest": "\(.*\)",\{0,1\}$/\1/p' "$work"/one*.json | head -1)" >>"$out"
