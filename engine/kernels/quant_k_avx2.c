@@ -209,12 +209,35 @@ static inline void q3k_scales4(const uint8_t *b, uint64_t *lo, uint64_t *hi)
     *hi = (((l >> 2) & m) | ((g << 2) & t)) ^ 0x8080808080808080u;
 }
 
-/* Q3_K: Q2_K's low bits plus 4 where hmask bit 4h + k is set for chunk k of half h (codes
- * 0..7, value = code - 4), signed 6-bit scales per 16 elements, no mins. Every product comes
- * 64 times too large (exact, and under 2^31 summed), and each int32 lane ends with the same
- * sum as eng_mv_q3_k_avx512vnni's, so the floats are the same. Built for fewer vector
- * instructions, which bound this loop: two codes per byte, hmask bits by table, scales in
- * the integer units. */
+/* One Q3_K super-block (b) against its x values (q, bsum, xd), added to acc. Q2_K's low bits
+ * plus 4 where hmask bit 4h + k is set for chunk k of half h (codes 0..7, value = code - 4),
+ * signed 6-bit scales per 16 elements, no mins. Every product comes 64 times too large
+ * (exact, and under 2^31 summed), and each int32 lane ends with the same sum as
+ * eng_mv_q3_k_avx512vnni's, so the floats are the same. Built for fewer vector instructions,
+ * which bound this loop: two codes per byte, hmask bits by table, scales in the integer
+ * units. The constants are mv_q3_k's (kept in registers across its loop). */
+static AVX2 INLINE_ALWAYS __m256 q3k_block(const uint8_t *b, const int8_t *q, const int16_t *bsum, float xd,
+                                           __m256 acc, __m256i tab_e, __m256i tab_o, __m128i order, __m256i x16,
+                                           const __m256i *sel)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    uint64_t slo, shi;
+    q3k_scales4(b, &slo, &shi);
+    const __m128i sc4 = _mm_insert_epi64(_mm_cvtsi64_si128((long long)slo), (long long)shi, 1);
+    const __m256i sc = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc4, order)), x16);
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)b);
+    const __m256i n0 = _mm256_and_si256(hm, m4), n1 = _mm256_and_si256(_mm256_srli_epi16(hm, 4), m4);
+    __m256i sumi = _mm256_add_epi32(
+        q3k_half(b + QB_Q3_K_QS, _mm256_shuffle_epi8(tab_e, n0), _mm256_shuffle_epi8(tab_o, n0), q, sc, sel),
+        q3k_half(b + QB_Q3_K_QS + 32, _mm256_shuffle_epi8(tab_e, n1), _mm256_shuffle_epi8(tab_o, n1), q + 128, sc,
+                 sel + 4));
+    /* the offset: 4 * sum_j sc[j] * bsum[j] over the 16 sub-blocks, two per lane */
+    const __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsum), _mm256_cvtepi8_epi16(sc4));
+    sumi = _mm256_sub_epi32(_mm256_srai_epi32(sumi, 6), off);
+    return _mm256_fmadd_ps(_mm256_set1_ps(xd * f16s(b + QB_Q3_K_D)), _mm256_cvtepi32_ps(sumi), acc);
+}
+
+/* Q3_K, two super-blocks an iteration, which takes the loop's own instructions half out. */
 static AVX2 INLINE_ALWAYS void mv_q3_k(const uint8_t *W, size_t rb, const eng_xq *xq, float *y, int64_t r0,
                                        int64_t r1)
 {
@@ -225,10 +248,9 @@ static AVX2 INLINE_ALWAYS void mv_q3_k(const uint8_t *W, size_t rb, const eng_xq
         _mm_setr_epi8(0, 4, 0, 4, 64, 68, 64, 68, 0, 4, 0, 4, 64, 68, 64, 68));
     const __m256i tab_o = _mm256_broadcastsi128_si256(
         _mm_setr_epi8(0, 0, 4, 4, 0, 0, 4, 4, 64, 64, 68, 68, 64, 64, 68, 68));
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    /* sc: word 4h + k of the low lane is the scale of sub-block 8h + 2k (the low lane of chunk
-     * k of half h), of the high lane 8h + 2k + 1; 4 times the scale, and 64 times for chunks 0
-     * and 1, whose codes q3k_half takes as they are */
+    /* the scales in q3k_block: word 4h + k of the low lane is the scale of sub-block 8h + 2k
+     * (the low lane of chunk k of half h), of the high lane 8h + 2k + 1; 4 times the scale,
+     * and 64 times for chunks 0 and 1, whose codes q3k_half takes as they are */
     const __m128i order = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     const __m256i x16 = _mm256_setr_epi16(16, 16, 1, 1, 16, 16, 1, 1, 16, 16, 1, 1, 16, 16, 1, 1);
     __m256i sel[8];
@@ -237,25 +259,14 @@ static AVX2 INLINE_ALWAYS void mv_q3_k(const uint8_t *W, size_t rb, const eng_xq
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *b = W + (size_t)r * rb;
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < nb; i++, b += QB_Q3_K_BYTES) {
-            const int8_t *q = xq->q + i * QB_QK_K;
-            uint64_t slo, shi;
-            q3k_scales4(b, &slo, &shi);
-            const __m128i sc4 = _mm_insert_epi64(_mm_cvtsi64_si128((long long)slo), (long long)shi, 1);
-            const __m256i sc = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc4, order)), x16);
-            const __m256i hm = _mm256_loadu_si256((const __m256i *)b);
-            const __m256i n0 = _mm256_and_si256(hm, m4), n1 = _mm256_and_si256(_mm256_srli_epi16(hm, 4), m4);
-            __m256i sumi = _mm256_add_epi32(
-                q3k_half(b + QB_Q3_K_QS, _mm256_shuffle_epi8(tab_e, n0), _mm256_shuffle_epi8(tab_o, n0), q, sc,
-                         sel),
-                q3k_half(b + QB_Q3_K_QS + 32, _mm256_shuffle_epi8(tab_e, n1), _mm256_shuffle_epi8(tab_o, n1),
-                         q + 128, sc, sel + 4));
-            /* the offset: 4 * sum_j sc[j] * bsum[j] over the 16 sub-blocks, two per lane */
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(xq->bsum + i * 16));
-            const __m256i off = _mm256_madd_epi16(bs, _mm256_cvtepi8_epi16(sc4));
-            sumi = _mm256_sub_epi32(_mm256_srai_epi32(sumi, 6), off);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(xq->d[i] * f16s(b + QB_Q3_K_D)), _mm256_cvtepi32_ps(sumi), acc);
+        int64_t i = 0;
+        for (; i + 1 < nb; i += 2, b += 2 * QB_Q3_K_BYTES) {
+            acc = q3k_block(b, xq->q + i * QB_QK_K, xq->bsum + i * 16, xq->d[i], acc, tab_e, tab_o, order, x16, sel);
+            acc = q3k_block(b + QB_Q3_K_BYTES, xq->q + (i + 1) * QB_QK_K, xq->bsum + (i + 1) * 16, xq->d[i + 1], acc,
+                            tab_e, tab_o, order, x16, sel);
         }
+        if (i < nb)
+            acc = q3k_block(b, xq->q + i * QB_QK_K, xq->bsum + i * 16, xq->d[i], acc, tab_e, tab_o, order, x16, sel);
         y[r] = hsum_ps(acc);
     }
 }
