@@ -571,8 +571,9 @@ static void test_xq_paths_agree(void **state)
 }
 
 /* Q3_K's AVX-512 VNNI kernel must give the AVX2 one's floats bit for bit (eng_matvec takes the
- * first where the CPU has it, so the AVX2 one is called directly), on quantized rows and on
- * random blocks with finite scales, at several widths. */
+ * first where the CPU has it, so the AVX2 one is called directly), on quantized rows, on
+ * random blocks with finite scales, and on the extremes (every code 7, every scale -32 or 31,
+ * x at +-127 in pairs of one sign: the AVX2 kernel's widest maddubs sums), at several widths. */
 static void test_q3k_vnni_agrees(void **state)
 {
     (void)state;
@@ -590,17 +591,22 @@ static void test_q3k_vnni_agrees(void **state)
     for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
         const int64_t n = widths[wi];
         const size_t rb = row_bytes(GGML_T_Q3_K, n);
-        for (int round = 0; round < 2; round++) {
+        for (int round = 0; round < 3; round++) {
             for (int r = 0; r < ROWS; r++) {
                 for (int64_t i = 0; i < n; i++)
                     w[i] = rng_unit(&s) * (r == 3 ? 100.0f : 1.0f);
                 assert_int_equal(eng_quantize_row(GGML_T_Q3_K, w, W + (size_t)r * rb, n), rb);
             }
-            if (round) /* any scales and codes; d finite (exponent below 16) */
+            if (round == 1) /* any scales and codes; d finite (exponent below 16) */
                 for (size_t i = 0; i < rb * ROWS; i++)
                     W[i] = (uint8_t)((i % 110 == 109) ? rng_next(&s) & 0xbf : rng_next(&s));
+            if (round == 2) /* hmask and codes all ones; scales all 0 or all 63 by row; d = 1 */
+                for (size_t i = 0; i < rb * ROWS; i++) {
+                    const size_t k = i % 110;
+                    W[i] = k == 108 ? 0 : k == 109 ? 0x3c : k >= 96 && (i / rb) % 2 ? 0 : 0xff;
+                }
             for (int64_t i = 0; i < n; i++)
-                x[i] = rng_unit(&s) * (float)(1 + i % 3);
+                x[i] = round == 2 ? (i / 2 % 2 ? -1.0f : 1.0f) : rng_unit(&s) * (float)(1 + i % 3);
             eng_xq xq = {.d = d, .q = q, .bsum = bs};
             eng_xq_quantize(x, n, 256, &xq);
             eng_mv_k_avx2(GGML_T_Q3_K, W, rb, n, x, &xq, y1, 0, ROWS);
