@@ -398,6 +398,11 @@ static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt
             for (int d = 0; d < hd; d++)
                 Kt[(size_t)d * KB + jj] = row[d];
         }
+        /* the next block's V rows, kvd apart like the keys: converted here or read in place
+         * by the V product, the next block's reads then come from cache */
+        for (int jj = 0; jj < KB; jj++)
+            for (int d = 0; d < hd; d += 32)
+                __builtin_prefetch(v + (size_t)(jj + KB) * kvd + d);
         for (j = 0; Vb && j < n; j++)
             eng_f16_to_f32_row(v + (size_t)j * kvd, Vb + (size_t)j * hd, (size_t)hd);
     }
