@@ -189,8 +189,8 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
  * fresh mapping cost about 2 us on its first touch even after MAP_POPULATE (a TLB fill, dear
  * in the VM the benchmarks run in): hashing 393 MB from a fresh mapping took 0.27 s, reading
  * it into a reused huge-page buffer and hashing it there 0.17 s. The reader holds a chunk
- * buffer per slot (two per decode thread), though, so a blob with chunks over MAP_CHUNK is
- * mapped instead, and the reader hashes and decodes straight from the mapping. */
+ * buffer per slot (one per decode thread, plus one), though, so a blob with chunks over
+ * MAP_CHUNK is mapped instead, and the reader hashes and decodes straight from the mapping. */
 #define MAP_CHUNK ((uint64_t)64 << 20)
 
 typedef struct source {
