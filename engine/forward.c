@@ -482,7 +482,7 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
         if (L->bv)
             for (int j = 0; j < KD; j++)
                 v[j] += L->bv[j];
-        const int ns = L->qk_norm_stride;
+        const int ns = hp->norm == ENG_NORM_LAYER ? hd : 0; /* stablelm: a norm weight per head */
         for (int h = 0; h < hp->n_head && !A->kv_only; h++) {
             if (L->q_norm)
                 eng_norm_row(hp, q + h * hd, L->q_norm + h * ns, NULL, hd, q + h * hd);

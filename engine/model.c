@@ -155,7 +155,6 @@ static eng_status bind_layer_stablelm(binder *b, const eng_info *hp, int il, eng
         (st = bind_small(b, NAME("attn_k_norm.weight"), hd, hp->n_head_kv, 0, &L->k_norm)))
         return st;
 #undef NAME
-    L->qk_norm_stride = (int)hd;
     return ENG_OK;
 }
 

@@ -32,7 +32,6 @@ typedef struct eng_layer {
     const float *q_norm, *k_norm;/* per-head norm of Q and K, or NULL: qwen3 RMSNorm with one
                                     (head_dim) weight for all heads; stablelm LayerNorm with a
                                     weight per head (head_dim x heads) */
-    int qk_norm_stride;          /* floats between heads' q/k norm weights: 0 or head_dim */
     const float *bq;             /* (n_head * head_dim): qwen2, else NULL */
     const float *bk, *bv;        /* (n_head_kv * head_dim): qwen2, else NULL */
     eng_wmat wq;                 /* (n_head * head_dim, n_embd) */
