@@ -5,6 +5,8 @@
 # throughput per core. Writes $BUILD/ttft.txt and the plot $BUILD/ttft.png (gnuplot).
 # TOKENS="512 2048" limits the lengths. Targets (docs/design.md): >= 50x at 4096 tokens; load
 # (read + verify + decompress + re-rotate) >= 1 GB/s of raw f16 KV per core.
+# Then the same comparison again with BUSY (default 1; 0: skipped) CPU-bound neighbours beside
+# it (bench_burn processes, started and stopped here), into $BUILD/ttft-busy.txt.
 #
 # The model, documents, keys and published blobs are kept in $BUILD/bench-data/ttft-cache, so
 # a rerun only measures (publishing 4096 tokens is a 4096-token prefill). A cached blob that no
@@ -30,7 +32,9 @@ TOKENS=${TOKENS:-512 2048 4096}
 data="$BUILD/bench-data"; keep="$data/ttft-cache"; work="$data/ttft"
 mkdir -p "$keep/docs" "$keep/trust"; rm -rf "$work"; mkdir -p "$work"
 SERVER_PID=""
-trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; true' EXIT
+BUSY=${BUSY:-1}
+burners=""
+trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; [ -n "$burners" ] && kill $burners 2>/dev/null; wait 2>/dev/null; true' EXIT
 export KVPUB_CACHE_DIR="$keep/kvcache"
 
 . "$(dirname "$0")/bench-model.inc"
@@ -181,3 +185,26 @@ plot "$out" using 1:2 with linespoints title "full prefill", "$out" using 1:3 wi
 PLOT
   echo "plot: $BUILD/ttft.png"
 fi
+# the same comparison with busy neighbours: full prefill and loaded path both share the CPUs
+bout="$BUILD/ttft-busy.txt"; rm -f "$bout"
+if [ "$BUSY" -gt 0 ] && [ -x "$BUILD/bench/bench_burn" ]; then
+  printf '# TTFT as above, with %s CPU-bound neighbour(s) (bench_burn), load average at the start %s:\n' "$BUSY" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$bout"
+  printf '# %5s %8s %8s %7s %8s %8s %8s\n' tokens full_s loaded_s speedup load bos suffix >>"$bout"
+  for n in $TOKENS; do
+    blob="$KVPUB_CACHE_DIR/$(cat "$keep/id$n")"
+    for _ in $(seq "$BUSY"); do "$BUILD/bench/bench_burn" 600 & burners="$burners $!"; done
+    sleep 1 # let them reach their time slices
+    echo "document of $n tokens, $BUSY busy neighbour(s): full prefill vs loaded..." >&2
+    "$BUILD/kvfetch" compare --model "$model" --blob "$blob" --trust "$keep/trust" --prompt " Summary:" -n 4 --json \
+      >"$work/busy$n.json"
+    kill $burners 2>/dev/null || true; wait $burners 2>/dev/null || true; burners=""
+    f=$work/busy$n.json
+    awk -v n="$n" -v full="$(jnum full_ttft_s "$f")" -v ld="$(jnum ttft_s "$f")" -v load="$(jnum load_s "$f")" \
+        -v bos="$(jnum prefix_prefill_s "$f")" -v sf="$(jnum suffix_prefill_s "$f")" \
+        'BEGIN { printf "  %5d %8.3f %8.4f %7.1f %8.1f %8.1f %8.1f\n", n, full, ld, full / ld, load * 1e3, bos * 1e3, sf * 1e3 }' >>"$bout"
+    grep -q '"bit_identical": true' "$f" || echo "warning: loaded path not bit-identical for $n tokens (busy)" >&2
+  done
+  cat "$bout"
+fi
+

@@ -3,7 +3,9 @@
  * visits into per-thread scratch once for all of its queries. Keys are visited in blocks
  * aligned to absolute cell indices, in order, and every query runs the same operation sequence
  * whatever else is in its batch, which makes prefill results independent of how a sequence was
- * split. Decode (one query) is attention_decode.c. */
+ * split. A short batch after a long context (a few query heads per kv head) takes the
+ * AVX-512 kernel with query heads in the lanes (attention_avx512.c), same bits; decode (one
+ * query) is attention_decode.c. */
 #include "engine/ctx_internal.h"
 #include "engine/kernels/attention_internal.h"
 #include "engine/kernels/attention_shared.h"
@@ -32,7 +34,8 @@ size_t eng_attention_scratch_floats(const eng_info *hp)
                        + 64;               /* alignment slack */
     /* decode, with one thread taking every kv head: scores and scratch, accumulators */
     const size_t dec = 2 * G * KB + nkv * G * (hd + 2) + 64;
-    return pre > dec ? pre : dec;
+    const size_t lanes = eng_att_lanes_scratch_floats(hp->head_dim);
+    return pre > dec ? (pre > lanes ? pre : lanes) : (dec > lanes ? dec : lanes);
 }
 
 /* One query against one key block, in two phases so that a work item can run phase 0 (the
@@ -425,10 +428,48 @@ static void att_worker(void *arg, int u0, int u1, int ith)
     }
 }
 
+/* Batches of more than LANES_MIN and at most ENG_ATT_LANES_MAX query heads per kv head take
+ * the lane kernel; fewer do better in the blocked kernels, reading V in place. */
+enum { LANES_MIN = 8 };
+
+/* Unit: a kv head with all of its query heads. */
+static void lanes_worker(void *arg, int u0, int u1, int ith)
+{
+#if defined(__x86_64__)
+    const att_job *J = arg;
+    const eng_ctx *c = J->c;
+    const int nkv = c->hp->n_head_kv, G = c->hp->n_head / nkv, hd = c->hp->head_dim, np = J->nq * G;
+    float *scr = c->att_scratch + (size_t)ith * c->att_scratch_per;
+    const float *qp[ENG_ATT_LANES_MAX];
+    float *op[ENG_ATT_LANES_MAX];
+    int cell[ENG_ATT_LANES_MAX];
+    for (int h = u0; h < u1; h++) {
+        for (int k = 0; k < np; k++) {
+            const int i = k / G, head = h * G + k % G;
+            qp[k] = J->q + (size_t)i * J->ldq + (size_t)head * hd;
+            op[k] = J->out + (size_t)i * J->ldo + (size_t)head * hd;
+            cell[k] = q_cell(J, i);
+        }
+        const size_t off = (size_t)h * (size_t)hd;
+        eng_att_lanes_avx512((const uint16_t *)c->k[J->il] + off, (const uint16_t *)c->v[J->il] + off,
+                             (size_t)c->kv_dim, hd, np, qp, cell, 1.0f / sqrtf((float)hd), op, scr);
+    }
+#else
+    (void)arg, (void)u0, (void)u1, (void)ith;
+#endif
+}
+
 eng_status eng_attention(eng_ctx *c, int il, const float *q, size_t ldq, int c0, const int *cells, int nq,
                          float *out, size_t ldo)
 {
     att_job J = {c, il, q, ldq, c0, nq, cells, out, ldo, pick_kernel(c->hp->head_dim)};
+#if defined(__x86_64__)
+    const int np = nq * (c->hp->n_head / c->hp->n_head_kv);
+    if (J.fn == eng_att_blk_avx512 && !c->kv_f32 && np > LANES_MIN && np <= ENG_ATT_LANES_MAX) {
+        eng_pool_for(c->pool, c->hp->n_head_kv, 1, lanes_worker, &J);
+        return ENG_OK;
+    }
+#endif
     eng_pool_for(c->pool, c->hp->n_head_kv * ((nq + QB - 1) / QB), 1, att_worker, &J);
     return ENG_OK;
 }

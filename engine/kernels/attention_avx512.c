@@ -2,11 +2,15 @@
  * operations in the same order as in attention.c's AVX2 kernels (a key's score over the head
  * dimensions; an accumulator dimension over the keys; the same exp polynomial; the same
  * summation tree for the block's softmax sum), so results are bit-identical; the registers
- * are twice as wide, and phase 0 can take two queries at once to keep enough FMA chains. */
+ * are twice as wide, and phase 0 can take two queries at once to keep enough FMA chains.
+ * For a few queries, a kernel with the query heads in the lanes computes the same bits
+ * without transposing key blocks (eng_att_lanes_avx512). */
 #include "engine/kernels/attention_internal.h"
 #include "engine/kernels/attention_shared.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -208,5 +212,177 @@ AVX512 void eng_att_phase1x2_avx512(const void *V, size_t ldv, int f16, int hd, 
         V_CASES(0)
     }
 #undef V_CASES
+}
+
+/* ---- a few queries: query heads in the lanes ----
+ * A short prompt after a long document has only a few query heads per kv head: too few to
+ * pay for transposing each key block (the blocked kernels' layout, keys in the lanes). Here
+ * the lanes are the query heads instead: a key row is converted once, and each of its values
+ * is broadcast against up to 16 query heads at once; V likewise. Every lane still runs its own
+ * query's operations in the blocked kernels' order (scores over d; one softmax per key block
+ * with the same max, exp and summation tree; the V product over keys), so the bits are the
+ * same as theirs. */
+
+enum { NL = ENG_ATT_LANES, PF_ROWS = 16 };
+
+/* Rows [b0, b0 + n) of one kv head (f16, rows ld apart) converted into R (KB rows of hd
+ * floats; rows n.. up to a multiple of 8 zeroed), prefetching PF_ROWS rows ahead (before row
+ * end), into the next block: the rows sit ld apart, too far apart for the hardware prefetcher
+ * to follow. Measured on Zen 5: 16 rows ahead beat 8 and 32, and prefetching a whole block
+ * ahead, spread over this block's products, did no better than none. */
+static AVX512 void rows_f32(const uint16_t *X, size_t ld, int hd, int b0, int n, int end, float *R)
+{
+    for (int j = 0; j < n; j++) {
+        const uint16_t *x = X + (size_t)(b0 + j) * ld;
+        if (b0 + j + PF_ROWS < end)
+            for (int d = 0; d < hd; d += 32)
+                _mm_prefetch((const char *)(x + (size_t)PF_ROWS * ld + d), _MM_HINT_T0);
+        for (int d = 0; d < hd; d += 16)
+            _mm512_store_ps(R + (size_t)j * hd + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + d))));
+    }
+    for (int j = n; j < (n + 7) / 8 * 8; j++)
+        memset(R + (size_t)j * hd, 0, sizeof(float) * (size_t)hd);
+}
+
+/* S[j] (lanes) = the lanes' scores against key row j of R, scaled, for j < n; -inf where the
+ * key is after a lane's cell (mask[j] clear) and for j >= n. */
+static AVX512 void lane_scores(const float *Qt, const float *R, int hd, int n, const __mmask16 *mask,
+                               float scale, float *S)
+{
+    const __m512 vs = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    for (int j0 = 0; j0 < n; j0 += 8) {
+        __m512 a[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            a[t] = _mm512_setzero_ps();
+        const float *r = R + (size_t)j0 * hd;
+        for (int d = 0; d < hd; d++) {
+            const __m512 qd = _mm512_load_ps(Qt + (size_t)d * NL);
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                a[t] = _mm512_fmadd_ps(qd, _mm512_set1_ps(r[(size_t)t * hd + d]), a[t]);
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            const int j = j0 + t;
+            _mm512_store_ps(S + (size_t)j * NL,
+                            j < n ? _mm512_mask_mov_ps(ninf, mask[j], _mm512_mul_ps(a[t], vs)) : ninf);
+        }
+    }
+    for (int j = (n + 7) / 8 * 8; j < KB; j++)
+        _mm512_store_ps(S + (size_t)j * NL, ninf);
+}
+
+/* The block's softmax for every active lane: S becomes the probabilities; m, l and the
+ * accumulators (hd rows of NL lanes) are updated as softmax() does for one query. */
+static AVX512 void lane_softmax(float *S, __mmask16 act, __m512 *m, __m512 *l,
+                                float *acc, int hd)
+{
+    __m512 mx = _mm512_load_ps(S);
+    for (int j = 1; j < KB; j++)
+        mx = _mm512_max_ps(mx, _mm512_load_ps(S + (size_t)j * NL));
+    /* inactive lanes (no key of the block is theirs) keep everything: mnew 0 makes their
+     * probabilities exp(-inf) = 0 */
+    const __m512 mnew = _mm512_maskz_mov_ps(act, _mm512_max_ps(*m, mx));
+    for (int j = 0; j < KB; j++)
+        _mm512_store_ps(S + (size_t)j * NL, exp_neg(_mm512_sub_ps(_mm512_load_ps(S + (size_t)j * NL), mnew)));
+    /* softmax()'s tree: u[t] sums keys t, t + 8, ..., t + 56 as its eight 8-key sums do, then
+     * hsum8 takes (u0 + u4) + (u2 + u6) + ((u1 + u5) + (u3 + u7)) */
+#define P(j) _mm512_load_ps(S + (size_t)(j) * NL)
+    __m512 u[8];
+    for (int t = 0; t < 8; t++)
+        u[t] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(P(t), P(8 + t)), _mm512_add_ps(P(16 + t), P(24 + t))),
+                             _mm512_add_ps(_mm512_add_ps(P(32 + t), P(40 + t)), _mm512_add_ps(P(48 + t), P(56 + t))));
+#undef P
+    const __m512 lsum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(u[0], u[4]), _mm512_add_ps(u[2], u[6])),
+                                      _mm512_add_ps(_mm512_add_ps(u[1], u[5]), _mm512_add_ps(u[3], u[7])));
+    float mo[NL], mn[NL], al[NL];
+    _mm512_storeu_ps(mo, *m);
+    _mm512_storeu_ps(mn, mnew);
+    for (int i = 0; i < NL; i++)
+        al[i] = act >> i & 1 ? expf(mo[i] - mn[i]) : 1.0f; /* libm's expf, as softmax() */
+    const __m512 alpha = _mm512_loadu_ps(al);
+    *l = _mm512_mask_add_ps(*l, act, _mm512_mul_ps(*l, alpha), lsum);
+    *m = _mm512_mask_mov_ps(*m, act, mnew);
+    for (int d = 0; d < hd; d++)
+        _mm512_store_ps(acc + (size_t)d * NL, _mm512_mul_ps(_mm512_load_ps(acc + (size_t)d * NL), alpha));
+}
+
+/* acc[d] += p_j * v_j[d] in key order for each lane, only for keys the lane sees (mask[j]). */
+static AVX512 void lane_vproduct(const float *S, const float *R, int hd, int n, const __mmask16 *mask,
+                                 float *acc)
+{
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+        __m512 c[16];
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++)
+            c[t] = _mm512_load_ps(acc + (size_t)(d0 + t) * NL);
+        for (int j = 0; j < n; j++) {
+            const __m512 p = _mm512_load_ps(S + (size_t)j * NL);
+            const float *v = R + (size_t)j * hd + d0;
+#pragma GCC unroll 16
+            for (int t = 0; t < 16; t++)
+                c[t] = _mm512_mask3_fmadd_ps(p, _mm512_set1_ps(v[t]), c[t], mask[j]);
+        }
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++)
+            _mm512_store_ps(acc + (size_t)(d0 + t) * NL, c[t]);
+    }
+}
+
+AVX512 void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld, int hd, int np,
+                                 const float *const *q, const int *cell, float scale, float *const *out,
+                                 float *scr)
+{
+    enum { NG = ENG_ATT_LANES_MAX / NL };
+    const int ng = (np + NL - 1) / NL;
+    const size_t per = eng_att_lanes_group_floats(hd);
+    float *R = (float *)(((uintptr_t)scr + 63) & ~(uintptr_t)63), *G0 = R + (size_t)KB * hd;
+    /* group g: Qt (hd x NL, the queries transposed), acc (hd x NL), S (KB x NL) */
+#define QT(g) (G0 + (size_t)(g) * per)
+#define ACC(g) (QT(g) + (size_t)hd * NL)
+#define SC(g) (ACC(g) + (size_t)hd * NL)
+    __m512i cv[NG];
+    __m512 m[NG], l[NG];
+    int last = 0;
+    for (int g = 0; g < ng; g++) {
+        int cl[NL];
+        for (int i = 0; i < NL; i++) {
+            const int k = g * NL + i;
+            cl[i] = k < np ? cell[k] : -1;
+            last = cl[i] > last ? cl[i] : last;
+            for (int d = 0; d < hd; d++)
+                QT(g)[(size_t)d * NL + i] = k < np ? q[k][d] : 0.0f;
+        }
+        cv[g] = _mm512_loadu_si512(cl);
+        m[g] = _mm512_set1_ps(-INFINITY);
+        l[g] = _mm512_setzero_ps();
+        memset(ACC(g), 0, sizeof(float) * (size_t)hd * NL);
+    }
+    __mmask16 mask[NG][KB], act[NG];
+    for (int b0 = 0; b0 <= last; b0 += KB) {
+        const int n = last + 1 - b0 < KB ? last + 1 - b0 : KB;
+        rows_f32(K, ld, hd, b0, n, last + 1, R);
+        for (int g = 0; g < ng; g++) {
+            act[g] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0));
+            for (int j = 0; j < n; j++)
+                mask[g][j] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0 + j));
+            lane_scores(QT(g), R, hd, n, mask[g], scale, SC(g));
+            lane_softmax(SC(g), act[g], &m[g], &l[g], ACC(g), hd);
+        }
+        rows_f32(V, ld, hd, b0, n, last + 1, R);
+        for (int g = 0; g < ng; g++)
+            lane_vproduct(SC(g), R, hd, n, mask[g], ACC(g));
+    }
+    for (int g = 0; g < ng; g++) {
+        float inv[NL];
+        _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), l[g]));
+        for (int i = 0; i < NL && g * NL + i < np; i++)
+            for (int d = 0; d < hd; d++)
+                out[g * NL + i][d] = ACC(g)[(size_t)d * NL + i] * inv[i];
+    }
+#undef QT
+#undef ACC
+#undef SC
 }
 #endif

@@ -3,6 +3,8 @@
 #ifndef KVPUB_ATTENTION_INTERNAL_H
 #define KVPUB_ATTENTION_INTERNAL_H
 
+#include "engine/ctx_internal.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,5 +21,24 @@ void eng_att_scores2_avx512(const float *qa, const float *qb, const float *Kt, i
  * m[i], sum l[i] and accumulator acc[i]. The bits of separate eng_att_blk_avx512 calls. */
 void eng_att_phase1x2_avx512(const void *V, size_t ldv, int f16, int hd, int nq, const int *jend,
                              float *const *s, float *const *m, float *const *l, float *const *acc);
+
+/* Attention for np (1..ENG_ATT_LANES_MAX) query heads that share one kv head, query heads in
+ * the lanes (16 per group): for a few queries (a short prompt after a long document), where
+ * the blocked kernels would transpose every key block for too few queries. K and V: the kv
+ * head's f16 rows, ld apart; query head i is q[i] (hd floats, hd a multiple of 16), sees
+ * cells 0..cell[i] and writes out[i]. The bits of the blocked kernels. scr:
+ * eng_att_lanes_scratch_floats(hd) floats. */
+void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld, int hd, int np,
+                          const float *const *q, const int *cell, float scale, float *const *out,
+                          float *scr);
+enum { ENG_ATT_LANES = 16, ENG_ATT_LANES_MAX = 4 * ENG_ATT_LANES };
+static inline size_t eng_att_lanes_group_floats(int hd)
+{
+    return (2 * (size_t)hd + ENG_KEY_BLOCK) * ENG_ATT_LANES;
+}
+static inline size_t eng_att_lanes_scratch_floats(int hd)
+{
+    return ENG_KEY_BLOCK * (size_t)hd + ENG_ATT_LANES_MAX / ENG_ATT_LANES * eng_att_lanes_group_floats(hd) + 16;
+}
 
 #endif

@@ -315,6 +315,21 @@ static void test_prefix(void **state)
     free(d2);
 }
 
+/* Prefills toks (n) into a in one call and into b in calls of sizes[] (summing to n): every
+ * token's logits (full, part: n * V floats) must be the same bits. */
+static void split_equal(eng_ctx *a, eng_ctx *b, const int32_t *toks, int n, int V, const int *sizes, size_t ns,
+                        float *full, float *part)
+{
+    assert_int_equal(eng_prefill(a, toks, NULL, (size_t)n, NULL, full), ENG_OK);
+    int done = 0;
+    for (size_t i = 0; i < ns; i++) {
+        assert_int_equal(eng_prefill(b, toks + done, NULL, (size_t)sizes[i], NULL, part + (size_t)done * V), ENG_OK);
+        done += sizes[i];
+    }
+    assert_int_equal(done, n);
+    assert_memory_equal(full, part, sizeof(float) * (size_t)n * (size_t)V);
+}
+
 /* Many small calls (the prompt after a loaded cache), odd sizes across 64-cell boundaries,
  * and one call per token: every token's logits equal the single-call prefill's. */
 static void test_splits(void **state)
@@ -329,14 +344,7 @@ static void test_splits(void **state)
     make_tokens(toks, N, V);
     float *full = malloc(sizeof(float) * N * V), *part = malloc(sizeof(float) * N * V);
     eng_ctx *a = et_ctx(m, 512, 0), *b = et_ctx(m, 512, 0);
-    assert_int_equal(eng_prefill(a, toks, NULL, N, NULL, full), ENG_OK);
-    int done = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        assert_int_equal(eng_prefill(b, toks + done, NULL, (size_t)sizes[i], NULL, part + (size_t)done * V), ENG_OK);
-        done += sizes[i];
-    }
-    assert_int_equal(done, N);
-    assert_memory_equal(full, part, sizeof(float) * N * V);
+    split_equal(a, b, toks, N, V, sizes, sizeof sizes / sizeof sizes[0], full, part);
     /* one token per call, last-token logits only */
     eng_kv_clear(b);
     for (int i = 0; i < 20; i++)
@@ -444,6 +452,43 @@ static void test_levels(void **state)
     }
 }
 
+/* Small batches after a long context (the prompt after a loaded document) go through the
+ * attention kernel that puts query heads in the lanes where the CPU has AVX-512; a single
+ * call over the whole sequence goes through the blocked kernels. Every token's logits must
+ * be the same bits: one, two and four lane groups, partial groups, queries whose keys end
+ * inside a block, head dims 128, 64 and 16, and 2 or 4 query heads per kv head. */
+static void test_lanes(void **state)
+{
+    (void)state;
+    static const char *const synth[] = {
+        "--arch qwen3 --layers 2 --dim 256 --heads 4 --kv-heads 2 --head-dim 128 --ffn 128 "
+        "--vocab 384 --ctx 512 --type f32 --seed 11",
+        "--arch llama --layers 2 --dim 256 --heads 8 --kv-heads 2 --head-dim 64 --ffn 128 "
+        "--vocab 384 --ctx 512 --type f32 --seed 12",
+        "--arch qwen2 --layers 2 --dim 64 --heads 4 --kv-heads 2 --head-dim 16 --ffn 64 "
+        "--vocab 384 --ctx 512 --type f16 --seed 13"};
+    static const int sizes[] = {131, 5, 9, 16, 4, 1, 2, 3, 32, 7};
+    enum { N = 210 };
+    for (size_t mi = 0; mi < sizeof synth / sizeof synth[0]; mi++) {
+        char path[256];
+        eng_model *m = et_synth("lanes", synth[mi], path, sizeof path);
+        assert_non_null(m);
+        unlink(path);
+        const int V = eng_model_info(m)->n_vocab;
+        int32_t toks[N];
+        make_tokens(toks, N, V);
+        float *full = malloc(sizeof(float) * N * V), *part = malloc(sizeof(float) * N * V);
+        eng_ctx *a = et_ctx(m, 512, 0), *b = et_ctx(m, 512, 0);
+        printf("%s: %s kernels\n", synth[mi], eng_gemm_kernel());
+        split_equal(a, b, toks, N, V, sizes, sizeof sizes / sizeof sizes[0], full, part);
+        eng_ctx_free(a);
+        eng_ctx_free(b);
+        eng_model_free(m);
+        free(full);
+        free(part);
+    }
+}
+
 #define XCASE(i) cmocka_unit_test_prestate(test_prefix, (void *)&k_models[i])
 #define SCASE(i) cmocka_unit_test_prestate(test_splits, (void *)&k_models[i])
 
@@ -457,6 +502,7 @@ int main(void)
         SCASE(0), SCASE(2), SCASE(5), SCASE(6), SCASE(7),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_levels),
+        cmocka_unit_test(test_lanes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
