@@ -372,6 +372,125 @@ DEF_TILE_F16(1, 6)
 static const tile_f16_fn k_tiles_f16[MR][NR] = TILE_TABLE(tile_f16_);
 static const tile_f16_fn k_row_f16[NR1] = {tile_f16_1_1, tile_f16_1_2, tile_f16_1_3,
                                            tile_f16_1_4, tile_f16_1_5, tile_f16_1_6};
+
+/* AVX-512, F16 weights in place: every X row of the call against ZNW W rows at a time, so that
+ * W streams from memory once per call, not once per X group (an 8-token prefill read every
+ * weight twice). As in gemm_avx512 a zmm holds the lanes of X rows 2p and 2p + 1 (adjacent in
+ * their group's panel: one load) against one W row, converted once into both halves; the lanes,
+ * their FMAs and hsum8 are those of tile(), so the bits are too. */
+#define AVX512F16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
+
+/* A tile is up to ZP row pairs (two X groups) by ZNW W rows: 24 accumulators + 6 W + 1 X = 31
+ * zmm. More X rows go in further blocks against the same W rows, which then come from cache:
+ * 8 pairs by 3 W rows measured slower (the compiler folds each X load into every FMA). */
+enum { ZP = MR, ZNW = 6 };
+
+/* 8 f16 at w, the first n of them (the rest read as 0), converted into both halves. */
+static AVX512F16 inline __m512 zw8(const uint16_t *w, __mmask8 n)
+{
+    return _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_maskz_loadu_epi16(n, w)));
+}
+
+/* One step of 8 columns for np pairs of one or two X groups: the first (if np > 2) at x, step
+ * stride 4 * 8 floats, the last at xl. The last pair loads under lm: where its second row is
+ * absent those lanes read as 0 and are never stored. */
+static AVX512F16 inline __attribute__((always_inline)) void zstep(const float *x, const float *xl,
+                                                                  __mmask16 lm, int np,
+                                                                  const __m512 *wv, int nw,
+                                                                  __m512 acc[][ZNW])
+{
+#pragma GCC unroll 4
+    for (int p = 0; p < np; p++) {
+        const float *a = (p < 2 && np > 2 ? x : xl) + (p % 2) * 16;
+        const __m512 xv = p == np - 1 ? _mm512_maskz_loadu_ps(lm, a) : _mm512_loadu_ps(a);
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++)
+            acc[p][j] = _mm512_fmadd_ps(xv, wv[j], acc[p][j]);
+    }
+}
+
+/* Y rows 0..m-1 (m = 2 * np or 2 * np - 1), columns 0..nw-1, from the X groups at xb (the
+ * second, if any, gs floats on) and the W rows at w + j * ldw. */
+static AVX512F16 inline __attribute__((always_inline)) void zf16(const float *xb, size_t gs, int m,
+                                                                 const uint16_t *w, size_t ldw,
+                                                                 int np, int nw, int K, float *Y,
+                                                                 size_t ldy)
+{
+    __m512 acc[ZP][ZNW];
+#pragma GCC unroll 4
+    for (int p = 0; p < np; p++)
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++)
+            acc[p][j] = _mm512_setzero_ps();
+    const size_t ls = (size_t)(np > 2 ? m - MR : m) * 8; /* the last group's step stride */
+    const __mmask16 lm = m % 2 ? 0xff : 0xffff;
+    const float *x = xb, *xl = np > 2 ? xb + gs : xb;
+    /* the next tile's rows, as in tile_f16 */
+    const uint16_t *next = w + (size_t)nw * ldw;
+    int k = 0;
+    for (; k + 8 <= K; k += 8, x += MR * 8, xl += ls) {
+        if ((k & 31) == 0)
+#pragma GCC unroll 6
+            for (int j = 0; j < nw; j++)
+                _mm_prefetch((const char *)(next + (size_t)j * ldw + k), _MM_HINT_T0);
+        __m512 wv[ZNW];
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++)
+            wv[j] = _mm512_cvtph_ps(
+                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + (size_t)j * ldw + k))));
+        zstep(x, xl, lm, np, wv, nw, acc);
+    }
+    if (k < K) {
+        __m512 wv[ZNW];
+        for (int j = 0; j < nw; j++)
+            wv[j] = zw8(w + (size_t)j * ldw + k, (__mmask8)((1u << (K - k)) - 1));
+        zstep(x, xl, lm, np, wv, nw, acc);
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < np; p++)
+#pragma GCC unroll 6
+        for (int j = 0; j < nw; j++) {
+            float *y = Y + (size_t)(2 * p) * ldy + j;
+            y[0] = hsum8(_mm512_castps512_ps256(acc[p][j]));
+            if (2 * p + 1 < m)
+                y[ldy] = hsum8(_mm512_extractf32x8_ps(acc[p][j], 1));
+        }
+}
+
+typedef void (*zf16_fn)(const float *xb, size_t gs, int m, const uint16_t *w, size_t ldw, int K,
+                        float *Y, size_t ldy);
+
+#define DEF_ZF16(np, nw)                                                                          \
+    static AVX512F16 void zf16_##np##_##nw(const float *xb, size_t gs, int m, const uint16_t *w,  \
+                                           size_t ldw, int K, float *Y, size_t ldy)               \
+    {                                                                                             \
+        zf16(xb, gs, m, w, ldw, np, nw, K, Y, ldy);                                               \
+    }
+#define ZF16_ROW(X, np) X(np, 1) X(np, 2) X(np, 3) X(np, 4) X(np, 5) X(np, 6)
+ZF16_ROW(DEF_ZF16, 1)
+ZF16_ROW(DEF_ZF16, 2)
+ZF16_ROW(DEF_ZF16, 3)
+ZF16_ROW(DEF_ZF16, 4)
+#undef DEF_ZF16
+#define ZF16_ENTRY(np, nw) zf16_##np##_##nw,
+static const zf16_fn k_zf16[ZP][ZNW] = {{ZF16_ROW(ZF16_ENTRY, 1)}, {ZF16_ROW(ZF16_ENTRY, 2)},
+                                        {ZF16_ROW(ZF16_ENTRY, 3)}, {ZF16_ROW(ZF16_ENTRY, 4)}};
+#undef ZF16_ENTRY
+#undef ZF16_ROW
+
+static AVX512F16 void gemm_f16_avx512(const float *Xp, int M, const uint16_t *W, size_t ldw, int N,
+                                      int K, float *Y, size_t ldy)
+{
+    const int Kr = eng_gemm_kr(K);
+    for (int j0 = 0; j0 < N; j0 += ZNW) {
+        const int nr = N - j0 < ZNW ? N - j0 : ZNW;
+        for (int i0 = 0; i0 < M; i0 += 2 * ZP) {
+            const int m = M - i0 < 2 * ZP ? M - i0 : 2 * ZP;
+            k_zf16[(m + 1) / 2 - 1][nr - 1](group_base(Xp, i0, Kr), (size_t)MR * Kr, m,
+                                            W + (size_t)j0 * ldw, ldw, K, Y + (size_t)i0 * ldy + j0, ldy);
+        }
+    }
+}
 #endif
 
 static int g_force; /* an eng_gemm_level, ENG_GEMM_AUTO for the CPU's best */
@@ -418,6 +537,11 @@ int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, i
 #if defined(__x86_64__)
     if (eng_gemm_level() == ENG_GEMM_SCALAR || !base_cpu_has(BASE_CPU_F16C) || K <= 0)
         return 0;
+    /* a lone row would fill half of each zmm: the AVX2 row kernel does the same work */
+    if (eng_gemm_level() == ENG_GEMM_AVX512 && M > 1) {
+        gemm_f16_avx512(Xp, M, W, ldw, N, K, Y, ldy);
+        return 1;
+    }
     const int Kr = eng_gemm_kr(K);
     for (int i0 = 0; i0 < M; i0 += MR) {
         const int mr = M - i0 < MR ? M - i0 : MR, wide = mr == 1 ? NR1 : NR;
