@@ -111,7 +111,14 @@ int kvp_store_tmpfd(const char *store_dir);
 /* ---- publishing a document ---- */
 
 #define KVP_DOC_MAX ((size_t)64 << 20) /* bytes of one document file */
-#define KVP_CHUNK_TOKENS 256           /* default tokens per chunk */
+#define KVP_CHUNK_BYTES ((uint64_t)16 << 20) /* default decoded size of a chunk, at most */
+
+/* Tokens per chunk when the publisher names none: the largest power of two from 16 to 4096
+ * whose decoded chunk (n_layer x K and V x kv_dim f16 values per token) fits KVP_CHUNK_BYTES
+ * (16 tokens if none does). A loader holds a few chunks in fresh buffers and hashes a chunk
+ * whole before decoding it, so chunks of a few MiB start decoding sooner and cost less memory
+ * than a fixed token count that grows with the model. */
+uint32_t kvp_default_chunk_tokens(uint32_t n_layer, uint32_t kv_dim);
 
 /* A document read and tokenized, ready to publish. */
 typedef struct kvp_document {
@@ -141,7 +148,7 @@ typedef struct kvp_publish_opts {
     kvs_store *store;             /* where the blob is indexed */
     const char *store_dir;        /* that store's directory: the blob is written in its tmp/ */
     kvb_codec codec;
-    uint32_t chunk_tokens;        /* 0 = KVP_CHUNK_TOKENS */
+    uint32_t chunk_tokens;        /* 0 = kvp_default_chunk_tokens */
     uint64_t price;               /* smallest currency unit; 0 = free */
     uint64_t expires_in;          /* seconds from now; 0 = never */
     const char *title;            /* NULL = the file name */

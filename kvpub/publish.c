@@ -155,13 +155,22 @@ static void make_manifest(const kvp_publish_opts *o, const kvp_document *d, kvb_
     m->pos0 += m->n_context;
     m->n_tokens = (uint32_t)d->n_tokens;
     m->codec = o->codec;
-    m->chunk_tokens = o->chunk_tokens ? o->chunk_tokens : KVP_CHUNK_TOKENS;
+    m->chunk_tokens = o->chunk_tokens ? o->chunk_tokens : kvp_default_chunk_tokens(m->n_layer, m->n_head_kv * m->head_dim);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     m->created = (int64_t)ts.tv_sec;
     m->expires = o->expires_in ? m->created + (int64_t)o->expires_in : 0;
     /* unix nanoseconds: increases across runs without any state to keep */
     m->serial = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t kvp_default_chunk_tokens(uint32_t n_layer, uint32_t kv_dim)
+{
+    const uint64_t per_token = (uint64_t)n_layer * 2 * kv_dim * 2;
+    uint32_t t = KVB_MAX_CHUNK_TOKENS;
+    while (t > 16 && per_token * t > KVP_CHUNK_BYTES)
+        t /= 2;
+    return t;
 }
 
 /* Exports ctx's KV of the document chunk by chunk into a signed blob written to f. */

@@ -30,7 +30,8 @@ static const char publish_usage[] =
     "                      none; the local path is never published; only with one FILE)\n"
     "  --media-type T      e.g. text/html (default: text/markdown for *.md, else text/plain)\n"
     "  --expires DURATION  e.g. 30d, 12h (default: never)\n"
-    "  --chunk-tokens N    tokens per chunk (default 256)\n"
+    "  --chunk-tokens N    tokens per chunk (default: a power of two, 16 to 4096, that keeps a\n"
+    "                      decoded chunk within 16 MiB; 128 for Qwen3-0.6B)\n"
     "  --threads N         engine threads (default: all cores)\n"
     "  --from-llama-state S  publish the KV llama.cpp computed: S is a sequence state it saved\n"
     "                      (llama_state_seq_save_file, f16 K/V) holding exactly [BOS, context,\n"
@@ -122,7 +123,7 @@ static int context_ids(const ctx_args *a, eng_model *model, int32_t **ids, size_
 int kvpubd_publish_main(int argc, char **argv)
 {
     const char *store_dir = NULL, *model_path = NULL, *key_path = NULL, *codec_name = "f16-zstd";
-    kvp_publish_opts po = {.chunk_tokens = KVP_CHUNK_TOKENS};
+    kvp_publish_opts po = {0};
     int tty = isatty(2);
     int json_out = 0;
     ctx_args ca = {0};

@@ -83,4 +83,30 @@ pubB --json "$T/doc1.txt" > "$T/b.json"
 rc=0; pubB "$T/doc2.md" >/dev/null 2>"$T/err" || rc=$?
 [ $rc = 2 ] && grep -q "revoked" "$T/err" && ok "revoked key cannot publish: $(cat "$T/err")" \
   || fail "revoked key publish: exit $rc: $(cat "$T/err")"
+
+# default chunk size: the largest power of two (16..4096 tokens) whose decoded chunk fits
+# 16 MiB, worked out here from the model's shape: this tiny model's 256-byte tokens reach the
+# 4096 cap; one with 4 layers and kv_dim 2048 (32 KiB a token) gets 512; --chunk-tokens wins
+chunks_of() {  # STORE ID -> "chunk_tokens n_chunks"
+  "${BUILD:-build}/kvfetch" inspect --json "$(find "$1/blobs" -name "$2")" | jq -r '"\(.manifest.chunk_tokens) \(.manifest.chunks | length)"'
+}
+[ "$(chunks_of "$T/store" "$ID1")" = "4096 1" ] && ok "small KV per token: 4096-token chunks" \
+  || fail "default chunks, tiny model: $(chunks_of "$T/store" "$ID1")"
+"$BUILD/kvsynth" --arch llama --layers 4 --dim 64 --heads 4 --kv-heads 4 --head-dim 512 --ffn 128 --vocab 512 \
+  --ctx 1024 --seed 1 -o "$T/wide.gguf" >/dev/null
+head -c 1000 "$KVPUB_ROOT/docs/design.md" > "$T/wide.txt"
+per=$((4 * 2 * 4 * 512 * 2)); want=4096
+while [ $want -gt 16 ] && [ $((want * per)) -gt $((16 << 20)) ]; do want=$((want / 2)); done
+[ $want = 512 ] || fail "test arithmetic: $want"
+"$KVPUBD" publish --store "$T/wide" --model "$T/wide.gguf" --key "$T/pub.key" --json "$T/wide.txt" >"$T/wide.json" \
+  || fail "publish on the wide model"
+n=$(jq -r '.documents[0].tokens' "$T/wide.json")
+[ "$n" -gt 512 ] || fail "the document should span two chunks: $n tokens"
+[ "$(chunks_of "$T/wide" "$(jq -r '.documents[0].id' "$T/wide.json")")" = "512 $(( (n + 511) / 512 ))" ] \
+  && ok "32 KiB per token: 512-token chunks ($n tokens)" \
+  || fail "default chunks, wide model: $(chunks_of "$T/wide" "$(jq -r '.documents[0].id' "$T/wide.json")")"
+"$KVPUBD" publish --store "$T/wide" --model "$T/wide.gguf" --key "$T/pub.key" --chunk-tokens 100 --codec f16 --json \
+  "$T/wide.txt" >"$T/wide100.json" || fail "publish --chunk-tokens 100"
+[ "$(chunks_of "$T/wide" "$(jq -r '.documents[0].id' "$T/wide100.json")")" = "100 $(( (n + 99) / 100 ))" ] \
+  && ok "--chunk-tokens overrides the default" || fail "--chunk-tokens 100"
 done_tests
