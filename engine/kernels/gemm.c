@@ -481,13 +481,20 @@ static const zf16_fn k_zf16[ZP][ZNW] = {{ZF16_ROW(ZF16_ENTRY, 1)}, {ZF16_ROW(ZF1
 static AVX512F16 void gemm_f16_avx512(const float *Xp, int M, const uint16_t *W, size_t ldw, int N,
                                       int K, float *Y, size_t ldy)
 {
-    const int Kr = eng_gemm_kr(K);
-    for (int j0 = 0; j0 < N; j0 += ZNW) {
-        const int nr = N - j0 < ZNW ? N - j0 : ZNW;
+    /* W in blocks of about 128 KiB, which stay in L2 while each 8-row X block passes (and that
+     * X block stays in L1 across the tiles where K is small): W comes from memory once. Tiles of
+     * equal width: 15 rows as 5 + 5 + 5, not 6 + 6 + 3 with a half-empty last tile. */
+    const int Kr = eng_gemm_kr(K), jb = 65536 / K > ZNW ? 65536 / K : ZNW;
+    for (int b0 = 0; b0 < N; b0 += jb) {
+        const int bn = N - b0 < jb ? N - b0 : jb, nt = (bn + ZNW - 1) / ZNW, wide = (bn + nt - 1) / nt;
         for (int i0 = 0; i0 < M; i0 += 2 * ZP) {
             const int m = M - i0 < 2 * ZP ? M - i0 : 2 * ZP;
-            k_zf16[(m + 1) / 2 - 1][nr - 1](group_base(Xp, i0, Kr), (size_t)MR * Kr, m,
-                                            W + (size_t)j0 * ldw, ldw, K, Y + (size_t)i0 * ldy + j0, ldy);
+            for (int j0 = b0; j0 < b0 + bn; j0 += wide) {
+                const int nr = b0 + bn - j0 < wide ? b0 + bn - j0 : wide;
+                k_zf16[(m + 1) / 2 - 1][nr - 1](group_base(Xp, i0, Kr), (size_t)MR * Kr, m,
+                                                W + (size_t)j0 * ldw, ldw, K, Y + (size_t)i0 * ldy + j0,
+                                                ldy);
+            }
         }
     }
 }

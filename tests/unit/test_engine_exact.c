@@ -92,13 +92,14 @@ static void test_gemm_rows(void **state)
 /* eng_gemm_f16 (F16 weights read in place, for few X rows): the same bits as the reference
  * order over the exact f32 values of the f16 weights at every kernel level, for every M from 1
  * to 20 (several 8-row blocks; an odd M leaves half a register pair empty), N off the tile
- * widths, K with and without a tail, and row strides past K. */
+ * widths and over several W blocks, K with and without a tail, and row strides past K. */
 static void test_gemm_f16(void **state)
 {
     (void)state;
     static const int shapes[][3] = {{1, 8, 8},       {7, 1024, 1024}, {50, 1024, 1040},
                                     {97, 3072, 3072}, {4, 13, 16},    {5, 172, 180},
-                                    {13, 37, 40},     {25, 264, 264}, {11, 1031, 1031}};
+                                    {13, 37, 40},     {25, 264, 264}, {11, 1031, 1031},
+                                    {25, 2700, 2700}};
     static const int levels[] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2};
     uint64_t s = 43;
     for (size_t t = 0; t < 2 * 20 * (sizeof shapes / sizeof shapes[0]); t++) {
