@@ -62,8 +62,7 @@ static uint8_t *scratch(kvb_codec_ctx *c, size_t n)
 {
     if (c->scratch_cap < n) {
         scratch_free(c);
-        c->scratch = kvb_big_alloc(n);
-        c->scratch_cap = c->scratch ? n : 0;
+        c->scratch = kvb_big_alloc(n, &c->scratch_cap);
     }
     return c->scratch;
 }
@@ -517,6 +516,15 @@ kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *k
     *out = shrunk ? shrunk : o;
     *outlen = z;
     return KVB_OK;
+}
+
+uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n, uint32_t kv_dim)
+{
+    if (codec == KVB_CODEC_F16)
+        return 0;
+    if (codec == KVB_CODEC_F16_ZSTD)
+        return kvb_chunk_values(n_layer, n, kv_dim); /* the high-byte plane */
+    return payload_bytes(codec, n_layer, n, kv_dim);
 }
 
 kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,

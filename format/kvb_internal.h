@@ -57,10 +57,18 @@ kvb_status kvb_chunk_check(kvb_codec codec, const uint16_t *kv, uint32_t n_layer
 /* Buffers of a chunk or more (chunk bytes, decoded planes) that are streamed through once per
  * chunk: mapped with the huge-page hint of base_alloc_big, since with 4 KiB pages every pass
  * pays a TLB miss per page (measured in the benchmarks' VM: hashing 393 MB took 0.15 s from
- * 4 KiB pages, 0.09 s from huge pages). Plain malloc under ASan, which checks its bounds.
- * kvb_big_alloc returns NULL on failure; kvb_big_free takes the size allocated (NULL: no-op). */
-void *kvb_big_alloc(size_t n);
-void kvb_big_free(void *p, size_t n);
+ * 4 KiB pages, 0.09 s from huge pages), and kept after kvb_big_free for the next allocation
+ * (process-wide, bounded). Their bytes are not zeroed. Plain malloc under ASan, which checks
+ * its bounds. kvb_big_alloc returns NULL on failure, else at least n bytes, their number in
+ * *cap; kvb_big_free takes that number (NULL: no-op). */
+#define KVB_KEEP_BYTES ((uint64_t)256 << 20) /* kept after kvb_big_free, at most */
+void *kvb_big_alloc(size_t n, size_t *cap);
+void kvb_big_free(void *p, size_t cap);
+size_t kvb_big_kept(void); /* bytes kept for reuse now (0 under ASan) */
+void kvb_big_trim(void);   /* gives every kept buffer back to the system */
+
+/* Bytes of scratch kvb_chunk_decode takes to decode a chunk of n tokens with codec. */
+uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n, uint32_t kv_dim);
 
 /* Per-thread codec scratch (zstd contexts + buffers); create returns NULL on OOM. */
 typedef struct kvb_codec_ctx kvb_codec_ctx;

@@ -231,16 +231,23 @@ static kvb_status feeder_fail(kvb_reader *r, kvb_status st, const char *msg)
     return set_err(r, st, "%s", msg);
 }
 
-static kvb_status start_pool(kvb_reader *r)
+/* Decode workers for n_threads (0: online cores) and a blob of n_chunks; 0: decode inline. */
+static int pool_workers(int n_threads, uint32_t n_chunks)
 {
-    int want = r->o.n_threads;
+    int want = n_threads;
     if (want <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         want = n > 0 ? (int)n : 1;
     }
     if (want > MAX_THREADS)
         want = MAX_THREADS;
-    if (want > 1 && r->m->n_chunks > 1) {
+    return want > 1 && n_chunks > 1 ? want : 0;
+}
+
+static kvb_status start_pool(kvb_reader *r)
+{
+    const int want = pool_workers(r->o.n_threads, r->m->n_chunks);
+    if (want) {
         /* one slot per worker plus the one being filled: each slot's buffers are fresh memory,
          * dear on some machines (about 2 ms/MB on the VM the benchmarks run in), and a fourth
          * slot for two workers made loads slower there, not faster */
@@ -293,8 +300,7 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
         size_t outb = 2 * kvb_chunk_values(nl, sec->t1 - sec->t0, r->m->kv_dim);
         if (s->out_cap < outb) {
             kvb_big_free(s->out, s->out_cap);
-            s->out = kvb_big_alloc(outb);
-            s->out_cap = s->out ? outb : 0;
+            s->out = kvb_big_alloc(outb, &s->out_cap);
         }
         if (!s->out)
             return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
@@ -308,16 +314,48 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
     return KVB_OK;
 }
 
-/* The current chunk's own buffer, allocated on first use (the manifest parser bounded the
- * length by the codec's maximum for this chunk shape). */
+static uint64_t longest_chunk(const kvb_manifest *m)
+{
+    uint64_t len = 0;
+    for (uint32_t i = 0; i < m->n_chunks; i++)
+        len = m->chunks[i].length > len ? m->chunks[i].length : len;
+    return len;
+}
+
+void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place)
+{
+    enum { MAX_BUFS = 2 * (MAX_THREADS + 1) + MAX_THREADS };
+    const int workers = pool_workers(n_threads, m->n_chunks), nslots = workers + 1;
+    const uint32_t t = m->n_chunks > 1 ? m->chunk_tokens : m->n_tokens;
+    const uint64_t in = longest_chunk(m), out = in_place ? 0 : 2 * kvb_chunk_values(m->n_layer, t, m->kv_dim);
+    const uint64_t scr = kvb_decode_scratch_bytes(m->codec, m->n_layer, t, m->kv_dim);
+    const int nscr = workers ? workers : 1;
+    if (nslots * (in + out) + nscr * scr > KVB_KEEP_BYTES)
+        return;
+    void *p[MAX_BUFS];
+    size_t cap[MAX_BUFS];
+    int n = 0;
+    for (int i = 0; i < nslots; i++) {
+        p[n] = kvb_big_alloc(in, &cap[n]), n++;
+        if (out)
+            p[n] = kvb_big_alloc(out, &cap[n]), n++;
+    }
+    for (int i = 0; scr && i < nscr; i++)
+        p[n] = kvb_big_alloc(scr, &cap[n]), n++;
+    for (int i = 0; i < n; i++)
+        kvb_big_free(p[i], cap[i]);
+}
+
+/* The current chunk's own buffer, allocated on first use for the longest chunk of the blob
+ * (the manifest parser bounded each length by the codec's maximum for its chunk shape):
+ * stored lengths vary, and growing a slot chunk by chunk mapped fresh memory each time. */
 static kvb_status own_buffer(kvb_reader *r)
 {
     slot *s = r->cur;
     uint64_t len = r->m->chunks[s->index].length;
     if (s->in_cap < len) {
         kvb_big_free(s->in, s->in_cap);
-        s->in = kvb_big_alloc(len);
-        s->in_cap = s->in ? len : 0;
+        s->in = kvb_big_alloc(longest_chunk(r->m), &s->in_cap);
         if (!s->in)
             return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);
     }

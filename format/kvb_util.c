@@ -3,6 +3,7 @@
 #include "format/kvb_internal.h"
 
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -157,26 +158,106 @@ kvb_status kvb_header_parse(const uint8_t *p, kvb_header *h, char *err, size_t e
 #define BIG_MAP 1
 #endif
 
-void *kvb_big_alloc(size_t n)
+/* Freed buffers kept for the next kvb_big_alloc: a load's buffers are the next load's, and
+ * on the VM this was measured on a fresh mapping costs 1-3 ms per MB the first time it is
+ * written (the host backs it then), about as much as hashing it. Bounded: KVB_KEEP_BYTES in at
+ * most CACHE_SLOTS buffers; a buffer is reused for a request of at least half its size. */
+enum { CACHE_SLOTS = 16 };
+#define BIG_ROUND ((size_t)2 << 20) /* a huge page: mappings come in these */
+static struct {
+    void *p;
+    size_t n;
+} g_cache[CACHE_SLOTS];
+static size_t g_cached;
+static pthread_mutex_t g_cache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void *cache_take(size_t n, size_t *cap)
 {
-    if (!BIG_MAP)
-        return malloc(n ? n : 1);
-    void *p = base_alloc_big(n);
+    void *p = NULL;
+    pthread_mutex_lock(&g_cache_mu);
+    int best = -1;
+    for (int i = 0; i < CACHE_SLOTS; i++)
+        if (g_cache[i].p && g_cache[i].n >= n && g_cache[i].n / 2 <= n &&
+            (best < 0 || g_cache[i].n < g_cache[best].n))
+            best = i;
+    if (best >= 0) {
+        p = g_cache[best].p;
+        *cap = g_cache[best].n;
+        g_cached -= g_cache[best].n;
+        g_cache[best].p = NULL;
+    }
+    pthread_mutex_unlock(&g_cache_mu);
+    return p;
+}
+
+static int cache_put(void *p, size_t n)
+{
+    int kept = 0;
+    pthread_mutex_lock(&g_cache_mu);
+    for (int i = 0; !kept && i < CACHE_SLOTS && g_cached + n <= KVB_KEEP_BYTES; i++)
+        if (!g_cache[i].p) {
+            g_cache[i].p = p;
+            g_cache[i].n = n;
+            g_cached += n;
+            kept = 1;
+        }
+    pthread_mutex_unlock(&g_cache_mu);
+    return kept;
+}
+
+void *kvb_big_alloc(size_t n, size_t *cap)
+{
+    n = n ? n : 1;
+    if (!BIG_MAP) {
+        void *m = malloc(n);
+        *cap = m ? n : 0;
+        return m;
+    }
+    void *p = cache_take(n, cap);
+    if (p)
+        return p;
+    /* big ones in whole huge pages, so that they are more often reused; small ones in pages */
+    const size_t round = n >= BIG_ROUND / 2 ? BIG_ROUND : 4096;
+    n = (n + round - 1) / round * round;
+    p = base_alloc_big(n);
+    *cap = p ? n : 0;
 #ifdef MADV_POPULATE_WRITE
     /* every byte is written soon: its pages in one batch (huge where the kernel has them) rather
      * than one fault each; a kernel without it (before 5.14) faults them in as they come */
     if (p)
-        (void)madvise(p, n ? n : 1, MADV_POPULATE_WRITE);
+        (void)madvise(p, n, MADV_POPULATE_WRITE);
 #endif
     return p;
 }
 
-void kvb_big_free(void *p, size_t n)
+size_t kvb_big_kept(void)
 {
+    pthread_mutex_lock(&g_cache_mu);
+    size_t n = g_cached;
+    pthread_mutex_unlock(&g_cache_mu);
+    return n;
+}
+
+void kvb_big_trim(void)
+{
+    pthread_mutex_lock(&g_cache_mu);
+    for (int i = 0; i < CACHE_SLOTS; i++)
+        if (g_cache[i].p) {
+            base_free_big(g_cache[i].p, g_cache[i].n);
+            g_cache[i].p = NULL;
+        }
+    g_cached = 0;
+    pthread_mutex_unlock(&g_cache_mu);
+}
+
+void kvb_big_free(void *p, size_t cap)
+{
+    if (!p)
+        return;
     if (!BIG_MAP)
         free(p);
-    else
-        base_free_big(p, n);
+    else if (!cache_put(p, cap))
+        base_free_big(p, cap);
 }
 
 void kvb_chunk_digest(uint16_t version, const void *data, size_t len, uint8_t out[KVC_SHA256_LEN])

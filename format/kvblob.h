@@ -226,6 +226,14 @@ typedef struct kvb_reader kvb_reader;
 kvb_reader *kvb_reader_create(const kvb_read_opts *opts) KVB_WUR;
 void kvb_reader_free(kvb_reader *r); /* NULL is a no-op; stops its worker threads */
 
+/* Makes ready the large buffers that a reader with n_threads decode workers takes for blob m
+ * (each chunk slot's stored bytes, each worker's decode scratch, and the decoded K/V unless
+ * on_dest decodes in place: in_place), and keeps them for the readers that follow in this
+ * process: fresh memory costs about as much as hashing it on some machines, so a process
+ * that readies itself before it times its first load (as it readies its KV cache) calls
+ * this then. Best effort, within the bound of the kept buffers (256 MiB). */
+void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place);
+
 /* Feeds the next len bytes of the blob, in pieces of any size (borrowed only during the call: a
  * chunk that lies whole inside the piece is hashed and decoded from it in place, and the call
  * waits for that before returning; other chunk bytes are copied once). Verifies the signature over the

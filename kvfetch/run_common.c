@@ -361,6 +361,15 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
     double t = base_now_s();
     int32_t warm_tok = s->path.bos >= 0 ? s->path.bos : s->n_prompt ? s->prompt_ids[0] : 0;
     kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, s->err, sizeof s->err);
+    /* and the loader's buffers, which a long-lived process keeps from one load to the next
+     * (kvb_reader_reserve; chunks decode straight into the f16 cache) */
+    for (int i = 0; ws == KVP_OK && i < s->a.n_blobs; i++) {
+        kvb_manifest *m = NULL;
+        char err[256];
+        if (kvb_peek_file(s->paths[i], NULL, NULL, &m, err, sizeof err) == KVB_OK)
+            kvb_reader_reserve(m, s->a.threads > 0 ? s->a.threads : eng_default_threads(), 1);
+        kvb_manifest_free(m);
+    }
     s->warm_s += base_now_s() - t;
     if (ws != KVP_OK) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);

@@ -2,7 +2,8 @@
  * output identical whatever the thread count (add_layers and add_chunk), SIMD and scalar
  * (KVB_NO_SIMD=1) codecs identical on odd shapes, and zero-copy reading (kvb_reader_buffer /
  * commit, kvb_read_file) identical to kvb_reader_feed, errors included; a signed chunk whose
- * zstd frame is broken does not decode. */
+ * zstd frame is broken does not decode; freed big buffers are kept and reused, dirty, and
+ * kvb_reader_reserve readies a reader's. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "format/kvb_internal.h"
 #include "format/kvblob.h"
 #include "tests/unit/test_util.h"
 
@@ -233,6 +235,93 @@ static uint16_t *expected(const data *d)
         memcpy(e + (size_t)(2 * l + 1) * nv, d->v[l], nv * 2);
     }
     return e;
+}
+
+/* Reads blob with threads workers and checks the decoded values against d (lossless codecs). */
+static void read_exact(const data *d, const uint8_t *blob, size_t len, int threads)
+{
+    char err[256];
+    uint16_t *got = NULL, *want = expected(d);
+    if (read_blob(d, blob, len, FEED_RANDOM, threads, &got, err, sizeof err))
+        fail_msg("threads %d: %s", threads, err);
+    assert_memory_equal(got, want, (size_t)d->s.n_layer * 2 * d->s.n_tokens * d->kv_dim * 2);
+    free(got);
+    free(want);
+}
+
+/* Freed big buffers are kept for the next allocations (their bytes as they were), within
+ * KVB_KEEP_BYTES; kvb_reader_reserve keeps what a reader will take; and readers decode the
+ * same values from kept, dirty buffers as from fresh ones. Under ASan nothing is kept
+ * (malloc, whose bounds it checks): only the reading part runs. */
+static void test_kept_buffers(void **st)
+{
+    (void)st;
+    kvb_big_trim();
+    assert_int_equal(kvb_big_kept(), 0);
+    size_t ca, cb, cc;
+    uint8_t *a = kvb_big_alloc(3u << 20, &ca);
+    assert_non_null(a);
+    assert_true(ca >= 3u << 20);
+    memset(a, 0x5a, ca);
+    kvb_big_free(a, ca);
+    const int keeps = kvb_big_kept() == ca;
+    if (keeps) {
+        uint8_t *b = kvb_big_alloc(2u << 20, &cb); /* at least half of the kept one: reused */
+        assert_ptr_equal(b, a);
+        assert_int_equal(cb, ca);
+        assert_int_equal(b[ca - 1], 0x5a);
+        assert_int_equal(kvb_big_kept(), 0);
+        uint8_t *c = kvb_big_alloc(64u << 10, &cc); /* far smaller: a buffer of its own */
+        assert_ptr_not_equal(c, b);
+        assert_true(cc >= 64u << 10 && cc < 2u << 20);
+        kvb_big_free(c, cc);
+        kvb_big_free(b, cb);
+        void *p[24];
+        size_t cp[24];
+        for (int i = 0; i < 24; i++)
+            assert_non_null(p[i] = kvb_big_alloc(15u << 20, &cp[i]));
+        for (int i = 0; i < 24; i++)
+            kvb_big_free(p[i], cp[i]);
+        assert_true(kvb_big_kept() > 0 && kvb_big_kept() <= KVB_KEEP_BYTES);
+    } else {
+        printf("kvb_big_alloc keeps nothing in this build (ASan): reading part only\n");
+    }
+    /* kept buffers full of 0xff (f16 NaN): decoding must not rely on zeroed memory */
+    kvb_big_trim();
+    for (size_t n = 4096; n <= (8u << 20); n *= 2) {
+        size_t cn;
+        uint8_t *q = kvb_big_alloc(n, &cn);
+        assert_non_null(q);
+        memset(q, 0xff, cn);
+        kvb_big_free(q, cn);
+    }
+    static const kvb_codec lossless[] = {KVB_CODEC_F16, KVB_CODEC_F16_ZSTD};
+    for (size_t ci = 0; ci < 2; ci++) {
+        data d;
+        make(&d, &shapes[3], 0);
+        size_t len;
+        uint8_t *blob = write_blob(&d, lossless[ci], 0, &len);
+        read_exact(&d, blob, len, 1);
+        read_exact(&d, blob, len, 3);
+        /* reserve for 3 workers, decoding into the reader's own buffers: 4 slots of stored and
+         * decoded bytes and 3 decode scratches (none for f16) are kept, then taken */
+        kvb_manifest *m = NULL;
+        char err[256];
+        assert_int_equal(kvb_peek(blob, len, g_key, NULL, &m, err, sizeof err), KVB_OK);
+        kvb_big_trim();
+        kvb_reader_reserve(m, 3, 0);
+        uint64_t longest = 0;
+        for (uint32_t i = 0; i < m->n_chunks; i++)
+            longest = m->chunks[i].length > longest ? m->chunks[i].length : longest;
+        const uint64_t out = 2ull * m->n_layer * 2 * m->chunk_tokens * m->kv_dim;
+        const uint64_t scr = lossless[ci] == KVB_CODEC_F16 ? 0 : out / 2;
+        if (keeps)
+            assert_true(kvb_big_kept() >= 4 * (longest + out) + 3 * scr);
+        read_exact(&d, blob, len, 3);
+        kvb_manifest_free(m);
+        free(blob);
+        unmake(&d);
+    }
 }
 
 static void test_writer_threads_same_bytes(void **st)
@@ -505,6 +594,7 @@ int main(void)
         cmocka_unit_test(test_simd_and_scalar_agree),
         cmocka_unit_test(test_zero_copy_reading),
         cmocka_unit_test(test_signed_chunk_that_does_not_decode),
+        cmocka_unit_test(test_kept_buffers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
