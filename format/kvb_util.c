@@ -2,8 +2,8 @@
  * fixed 32-byte header and the chunk-sized buffers. */
 #include "format/kvb_internal.h"
 
-#include <stdio.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
