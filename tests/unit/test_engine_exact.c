@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "base/base.h"
+#include "engine/ctx_internal.h"
 #include "engine/kernels/gemm_internal.h"
 #include "tests/unit/engine_test_util.h"
 
@@ -465,9 +466,10 @@ static void test_levels(void **state)
 
 /* Small batches after a long context (the prompt after a loaded document) go through the
  * attention kernel that puts query heads in the lanes where the CPU has AVX-512; a single
- * call over the whole sequence goes through the blocked kernels. Every token's logits must
- * be the same bits: one, two and four lane groups, partial groups, queries whose keys end
- * inside a block, head dims 128, 64 and 16, and 2 or 4 query heads per kv head. */
+ * call over the whole sequence goes through the blocked kernels. Every token's logits must be
+ * the same bits, and also with AVX2 forced (blocked kernels only): one, two and four lane
+ * groups, partial groups, queries whose keys end inside a block, head dims 128, 64 and 16,
+ * and 2 or 4 query heads per kv head. */
 static void test_lanes(void **state)
 {
     (void)state;
@@ -480,9 +482,11 @@ static void test_lanes(void **state)
         "--vocab 384 --ctx 512 --type f16 --seed 13"};
     static const int sizes[] = {131, 5, 9, 16, 4, 1, 2, 3, 32, 7};
     enum { N = 210 };
-    for (size_t mi = 0; mi < sizeof synth / sizeof synth[0]; mi++) {
+    static const int levels[2] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2};
+    for (size_t mi = 0; mi < 2 * sizeof synth / sizeof synth[0]; mi++) {
+        eng_gemm_force(levels[mi % 2]);
         char path[256];
-        eng_model *m = et_synth("lanes", synth[mi], path, sizeof path);
+        eng_model *m = et_synth("lanes", synth[mi / 2], path, sizeof path);
         assert_non_null(m);
         unlink(path);
         const int V = eng_model_info(m)->n_vocab;
@@ -490,7 +494,7 @@ static void test_lanes(void **state)
         make_tokens(toks, N, V);
         float *full = malloc(sizeof(float) * N * V), *part = malloc(sizeof(float) * N * V);
         eng_ctx *a = et_ctx(m, 512, 0), *b = et_ctx(m, 512, 0);
-        printf("%s: %s kernels\n", synth[mi], eng_gemm_kernel());
+        printf("%s: %s kernels\n", synth[mi / 2], eng_gemm_kernel());
         split_equal(a, b, toks, N, V, sizes, sizeof sizes / sizeof sizes[0], full, part);
         eng_ctx_free(a);
         eng_ctx_free(b);
@@ -498,6 +502,58 @@ static void test_lanes(void **state)
         free(full);
         free(part);
     }
+    eng_gemm_force(ENG_GEMM_AUTO);
+}
+
+/* A key after a query's cell must not touch it, whatever its value: with an infinite V row
+ * at the batch's last cell, the earlier queries of a batch of 10 query heads (the lane
+ * kernel on AVX-512) equal the same queries run one at a time (the blocked kernels); with
+ * AVX2 forced too. */
+static void test_lanes_masked_inf(void **state)
+{
+    (void)state;
+    char path[256];
+    eng_model *m = et_synth("lanesinf", "--arch qwen3 --layers 1 --dim 256 --heads 4 --kv-heads 2 --head-dim 64 "
+                                        "--ffn 64 --vocab 384 --ctx 512 --type f32 --seed 3", path, sizeof path);
+    assert_non_null(m);
+    unlink(path);
+    const eng_info *hp = eng_model_info(m);
+    const int hd = hp->head_dim, nh = hp->n_head, kvd = hp->n_head_kv * hd;
+    enum { CELLS = 150, NQ = 5 };
+    uint16_t *k = malloc(sizeof(uint16_t) * CELLS * kvd), *v = malloc(sizeof(uint16_t) * CELLS * kvd);
+    uint64_t r = 5;
+    for (int i = 0; i < CELLS * kvd; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        k[i] = (uint16_t)(0x3000 | (r >> 40 & 0x83ff)); /* |x| in [0.125, 0.25) */
+        v[i] = (uint16_t)(0x3400 | (r >> 20 & 0x83ff));
+    }
+    for (int i = 0; i < kvd; i++)
+        v[(CELLS - 1) * kvd + i] = 0x7c00; /* +inf */
+    float q[NQ * 4 * 64], one[NQ * 4 * 64], got[NQ * 4 * 64];
+    assert_true(nh * hd <= 4 * 64);
+    for (int i = 0; i < NQ * nh * hd; i++)
+        q[i] = (float)((int)(i * 7919 % 201) - 100) / 100.0f;
+    static const int levels[2] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2};
+    for (int lv = 0; lv < 2; lv++) {
+        eng_gemm_force(levels[lv]);
+        eng_ctx *c = et_ctx(m, 512, 0);
+        assert_int_equal(eng_kv_import_layer(c, 0, 0, CELLS, k, v), ENG_OK);
+        assert_int_equal(eng_kv_commit(c, 0, CELLS, 0), ENG_OK);
+        const int c0 = CELLS - NQ; /* queries at the last NQ cells, the last one sees the inf */
+        assert_int_equal(eng_attention(c, 0, q, (size_t)nh * hd, c0, NULL, NQ, got, (size_t)nh * hd), ENG_OK);
+        for (int i = 0; i < NQ; i++)
+            assert_int_equal(eng_attention(c, 0, q + (size_t)i * nh * hd, (size_t)nh * hd, c0 + i, NULL, 1,
+                                           one + (size_t)i * nh * hd, (size_t)nh * hd),
+                             ENG_OK);
+        assert_memory_equal(got, one, sizeof(float) * (NQ - 1) * nh * hd);
+        for (int i = 0; i < nh * hd; i++)
+            assert_false(isfinite(got[(NQ - 1) * nh * hd + i]) && isfinite(one[(NQ - 1) * nh * hd + i]));
+        eng_ctx_free(c);
+    }
+    eng_gemm_force(ENG_GEMM_AUTO);
+    eng_model_free(m);
+    free(k);
+    free(v);
 }
 
 #define XCASE(i) cmocka_unit_test_prestate(test_prefix, (void *)&k_models[i])
@@ -514,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_levels),
         cmocka_unit_test(test_lanes),
+        cmocka_unit_test(test_lanes_masked_inf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
