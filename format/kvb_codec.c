@@ -146,10 +146,12 @@ __attribute__((target("avx2"))) static void split_avx2(const uint16_t *x, size_t
     split_scalar(x + i, n - i, lo + i, hi + i);
 }
 
-/* Large outputs (a chunk is tens of MB, more than the caches) are written with non-temporal
+/* Large outputs (a chunk is megabytes, more than the caches) are written with non-temporal
  * stores: no read-for-ownership of lines that are overwritten whole (measured: merge 3.3 ms
- * -> 2.2 ms per 14.7M values). */
-enum { STREAM_MIN = 1 << 18 };
+ * -> 2.2 ms per 14.7M values). A call may be one layer's K or V rows of a chunk (decoding in
+ * place: 131K values for a 128-token Qwen3-0.6B chunk), hence a threshold of 32K values; at
+ * 256K such calls stored normally and a 4096-token load took 166 instead of 157 ms. */
+enum { STREAM_MIN = 1 << 15 };
 
 __attribute__((target("avx2"))) static void merge_avx2(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
 {
