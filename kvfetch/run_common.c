@@ -322,60 +322,68 @@ static int load_model(kvfetch_session *s)
 static int make_ctx(kvfetch_session *s, eng_ctx **out)
 {
     size_t total = s->n_cells; /* compare's second context: the headers were read already */
+    kvb_manifest **ms = NULL;  /* the blobs' manifests, for reserving the loader's buffers */
+    int rc = 0;
     if (!total) {
         total = (s->path.bos >= 0) + s->n_prefix + s->n_prompt + (size_t)s->a.n_gen;
+        ms = calloc((size_t)s->a.n_blobs + 1, sizeof *ms);
+        if (!ms) {
+            fprintf(stderr, "%s: out of memory\n", s->prog);
+            return 2;
+        }
         for (int i = 0; i < s->a.n_blobs; i++) {
-            kvb_manifest *m = NULL;
-            kvb_status ks = kvb_peek_file(s->paths[i], NULL, NULL, &m, s->err, sizeof s->err);
+            kvb_status ks = kvb_peek_file(s->paths[i], NULL, NULL, &ms[i], s->err, sizeof s->err);
             if (ks != KVB_OK) {
                 fprintf(stderr, "%s: %s: %s\n", s->prog, s->paths[i], s->err);
-                return kvb_exit_code(ks);
+                rc = kvb_exit_code(ks);
+                goto done;
             }
-            total += m->n_tokens;
-            kvb_manifest_free(m);
+            total += ms[i]->n_tokens;
         }
         size_t n_ctx = (size_t)eng_model_info(s->model)->n_ctx_train;
         if (total - (size_t)s->a.n_gen > n_ctx) {
             fprintf(stderr, "%s: the sequence is %zu tokens (BOS, prefix, documents, prompt), but the "
                             "model's context is %zu tokens: it would not fit in the runtime that "
                             "made the blob either\n", s->prog, total - (size_t)s->a.n_gen, n_ctx);
-            return KVF_EXIT_REFUSED;
+            rc = KVF_EXIT_REFUSED;
+            goto done;
         }
         if (total > n_ctx) {
             fprintf(stderr, "%s: %zu tokens plus --n-gen %d exceed the model's context of %zu "
                             "tokens: ask for at most %zu\n", s->prog, total - (size_t)s->a.n_gen,
                     s->a.n_gen, n_ctx, n_ctx - (total - (size_t)s->a.n_gen));
-            return 2;
+            rc = 2;
+            goto done;
         }
         s->n_cells = total;
     }
     eng_ctx_params p = {.n_ctx = (int)total, .n_threads = s->a.threads};
     if (eng_ctx_create(s->model, &p, out, s->err, sizeof s->err) != ENG_OK) {
         fprintf(stderr, "%s: context of %zu tokens: %s\n", s->prog, total, s->err);
-        return 2;
+        rc = 2;
+        goto done;
     }
     /* the cost of readying it is reported as warm-up, outside both paths' times; export times
      * nothing against another path, and its own work touches every page the warm-up would */
     if (s->a.llama_state)
-        return 0;
+        goto done;
     double t = base_now_s();
     int32_t warm_tok = s->path.bos >= 0 ? s->path.bos : s->n_prompt ? s->prompt_ids[0] : 0;
     kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, s->err, sizeof s->err);
     /* and the loader's buffers, which a long-lived process keeps from one load to the next
-     * (kvb_reader_reserve; chunks decode straight into the f16 cache) */
-    for (int i = 0; ws == KVP_OK && i < s->a.n_blobs; i++) {
-        kvb_manifest *m = NULL;
-        char err[256];
-        if (kvb_peek_file(s->paths[i], NULL, NULL, &m, err, sizeof err) == KVB_OK)
-            kvb_reader_reserve(m, s->a.threads > 0 ? s->a.threads : eng_default_threads(), 1);
-        kvb_manifest_free(m);
-    }
+     * (kvb_reader_reserve; chunks decode straight into the f16 cache); once per process */
+    for (int i = 0; ws == KVP_OK && ms && i < s->a.n_blobs; i++)
+        kvb_reader_reserve(ms[i], s->a.threads > 0 ? s->a.threads : eng_default_threads(), 1);
     s->warm_s += base_now_s() - t;
     if (ws != KVP_OK) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);
-        return 2;
+        rc = 2;
     }
-    return 0;
+done:
+    for (int i = 0; ms && i < s->a.n_blobs; i++)
+        kvb_manifest_free(ms[i]);
+    free(ms);
+    return rc;
 }
 
 int kvfetch_session_sequence(kvfetch_session *s, int32_t **seq, size_t *n)

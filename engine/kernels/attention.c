@@ -34,8 +34,8 @@ size_t eng_attention_scratch_floats(const eng_info *hp)
                        + 64;               /* alignment slack */
     /* decode, with one thread taking every kv head: scores and scratch, accumulators */
     const size_t dec = 2 * G * KB + nkv * G * (hd + 2) + 64;
-    const size_t lanes = eng_att_lanes_scratch_floats(hp->head_dim);
-    return pre > dec ? (pre > lanes ? pre : lanes) : (dec > lanes ? dec : lanes);
+    const size_t lanes = eng_att_lanes_scratch_floats(hp->head_dim), most = pre > dec ? pre : dec;
+    return most > lanes ? most : lanes;
 }
 
 /* One query against one key block, in two phases so that a work item can run phase 0 (the
