@@ -306,6 +306,52 @@ eng_status eng_prefill(eng_ctx *c, const int32_t *tokens, const int32_t *pos, si
     return st;
 }
 
+eng_status eng_prefill_held(eng_ctx *c, int cell0, const int32_t *held, int n_held, const int32_t *tokens,
+                            size_t n, float *logits)
+{
+    if (!c || (!held && n_held) || (!tokens && n) || n_held < 0 || cell0 < 0)
+        return ENG_ERR_ARG;
+    if (cell0 > c->n_cells || n_held > c->n_cells - cell0 || n > (size_t)(c->n_ctx - c->n_cells))
+        return ENG_ERR_RANGE;
+    const int32_t next = eng_kv_next_pos(c);
+    eng_status st = check_tokens(c, held, NULL, (size_t)n_held);
+    if (st == ENG_OK)
+        st = check_tokens(c, tokens, NULL, n);
+    if (st == ENG_OK && (int64_t)next + (int64_t)n > INT32_MAX)
+        st = ENG_ERR_RANGE;
+    if (st != ENG_OK)
+        return st;
+    const size_t total = (size_t)n_held + n;
+    if (n_held == 0 || total > (size_t)ENG_MAX_ROWS) { /* more than one pass holds: one after the other */
+        st = n_held ? eng_kv_blend(c, held, cell0, n_held, 1.0, NULL) : ENG_OK; /* frac 1: a prefill's bits */
+        return st == ENG_OK ? eng_prefill(c, tokens, NULL, n, logits, NULL) : st;
+    }
+    int32_t *tok = malloc(total * sizeof *tok), *pos = malloc(total * sizeof *pos);
+    int *cells = malloc(total * sizeof *cells);
+    st = tok && pos && cells ? ENG_OK : ENG_ERR_NOMEM;
+    for (size_t i = 0; st == ENG_OK && i < total; i++) {
+        const int h = i < (size_t)n_held;
+        tok[i] = h ? held[i] : tokens[i - (size_t)n_held];
+        cells[i] = h ? cell0 + (int)i : c->n_cells + (int)(i - (size_t)n_held);
+        pos[i] = h ? c->pos[cells[i]] : next + (int32_t)(i - (size_t)n_held);
+    }
+    if (st == ENG_OK)
+        st = eng_fwd_begin(c, tok, pos, (int)total);
+    if (st == ENG_OK)
+        st = eng_fwd_layers(c, (int)total, 0, cells, 0, c->hp->n_layer, 0);
+    if (st == ENG_OK) {
+        for (size_t i = (size_t)n_held; i < total; i++)
+            c->pos[cells[i]] = pos[i];
+        c->n_cells += (int)n;
+        if (logits && n)
+            eng_fwd_logits(c, (int)total, 1, logits);
+    }
+    free(tok);
+    free(pos);
+    free(cells);
+    return st;
+}
+
 eng_status eng_decode(eng_ctx *c, int32_t token, int32_t pos, float *logits)
 {
     if (!c)

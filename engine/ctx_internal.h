@@ -122,6 +122,8 @@ void eng_norm_row(const eng_info *hp, const float *x, const float *w, const floa
  * how many of the last rows want logits (0, 1 or n), written to logits (n_vocab per row). */
 eng_status eng_forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode, int out_rows,
                        float *logits) ENG_WUR;
+/* Logits of the last out_rows of the n scratch rows, after eng_fwd_layers ran every layer. */
+void eng_fwd_logits(eng_ctx *c, int n, int out_rows, float *logits);
 /* Scratch rows 0..n-1 get the embeddings of tokens and the RoPE tables of pos. */
 eng_status eng_fwd_begin(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n) ENG_WUR;
 /* Layers [il0, il1) over the n scratch rows, row i at cell c0 + i or cells[i] (ascending):

@@ -250,6 +250,17 @@ eng_status eng_kv_truncate(eng_ctx *c, int n_cells) ENG_WUR;
 eng_status eng_prefill(eng_ctx *c, const int32_t *tokens, const int32_t *pos, size_t n,
                        float *logits, float *all_logits) ENG_WUR;
 
+/* Evaluates held cells together with new tokens, reading the weights once for both. A loader
+ * that places documents after a head (BOS, a system prompt) can commit the head's cells unfilled
+ * (eng_kv_commit), import the documents after them, and then evaluate the head with the prompt
+ * in one pass. Cells [cell0, cell0 + n_held) are recomputed from held (their tokens, at the
+ * positions committed), each attending to the cache up to its own cell; then n tokens are
+ * prefilled after the filled cells as eng_prefill does (logits: the last one's, or NULL). Every
+ * result has the bits that prefills in sequence order give, provided no cell between the held
+ * ones and the new ones depends on what the held cells contain (imported cells do not). */
+eng_status eng_prefill_held(eng_ctx *c, int cell0, const int32_t *held, int n_held, const int32_t *tokens,
+                            size_t n, float *logits) ENG_WUR;
+
 /* One decode step (the fast matrix-vector path): token at position pos (-1 = next_pos). */
 eng_status eng_decode(eng_ctx *c, int32_t token, int32_t pos, float *logits) ENG_WUR;
 

@@ -604,21 +604,12 @@ void eng_fwd_kv(eng_ctx *c, int il, int n)
     par_rows(c, n, qkv_rows, &qa);
 }
 
-eng_status eng_forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode, int out_rows,
-                       float *logits)
+void eng_fwd_logits(eng_ctx *c, int n, int out_rows, float *logits)
 {
     const eng_info *hp = c->hp;
     const eng_weights *w = c->w;
-    const int E = hp->n_embd, c0 = c->n_cells;
-    eng_status st = eng_fwd_begin(c, tokens, pos, n);
-    if (st == ENG_OK)
-        st = eng_fwd_layers(c, n, c0, NULL, 0, hp->n_layer, decode);
-    if (st != ENG_OK)
-        return st;
-    for (int i = 0; i < n; i++)
-        c->pos[c0 + i] = pos[i];
-    c->n_cells = c0 + n;
-    /* logits rows: one matvec per row, the same code for prefill and decode */
+    const int E = hp->n_embd;
+    /* one matvec per row, the same code for prefill and decode */
     for (int t = 0; t < out_rows; t++) {
         const int r = n - out_rows + t;
         float *xr = c->xn + (size_t)r * E;
@@ -628,5 +619,20 @@ eng_status eng_forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, in
         float *ys[1] = {logits + (size_t)t * hp->n_vocab};
         matvec_n(c, 1, wout, xs, ys);
     }
+}
+
+eng_status eng_forward(eng_ctx *c, const int32_t *tokens, const int32_t *pos, int n, int decode, int out_rows,
+                       float *logits)
+{
+    const int c0 = c->n_cells;
+    eng_status st = eng_fwd_begin(c, tokens, pos, n);
+    if (st == ENG_OK)
+        st = eng_fwd_layers(c, n, c0, NULL, 0, c->hp->n_layer, decode);
+    if (st != ENG_OK)
+        return st;
+    for (int i = 0; i < n; i++)
+        c->pos[c0 + i] = pos[i];
+    c->n_cells = c0 + n;
+    eng_fwd_logits(c, n, out_rows, logits);
     return ENG_OK;
 }

@@ -80,8 +80,9 @@ int kvfetch_compare_main(int argc, char **argv)
         if (!s->a.co.quiet)
             kvfetch_stats_text(s, ttft);
         printf("generated (greedy, %d tokens): %s\n", n_done, text ? text : "");
-        printf("loaded path: time to first token %.2f ms (prefix prefill %.2f, blob load %.2f, suffix prefill %.2f)\n",
-               ttft * 1e3, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->pr.suffix_s * 1e3);
+        printf("loaded path: time to first token %.2f ms (prefix prefill %.2f, blob load %.2f, suffix prefill %.2f%s)\n",
+               ttft * 1e3, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->pr.suffix_s * 1e3,
+               s->pr.head_with_prompt ? " with the prefix" : "");
         printf("full prefill: time to first token %.2f ms (%zu tokens)\n", r.full_ttft_s * 1e3, total);
         printf("speedup: %.1fx\n", speedup);
         double rs = 0;

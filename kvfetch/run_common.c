@@ -489,6 +489,9 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
                           "suffix_prefill_s", s->pr.suffix_s, "ttft_s", ttft_s);
     json_object_set_new(o, "timings", t);
     json_object_set_new(o, "prefix_tokens", json_integer((json_int_t)s->n_prefix));
+    /* [BOS, prefix] evaluated in the suffix's pass (suffix_prefill_s): prefix_prefill_s is then
+     * only the time to hold its cells */
+    json_object_set_new(o, "prefix_with_suffix", json_boolean(s->pr.head_with_prompt));
     json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)s->n_prompt));
 }
 
@@ -512,10 +515,10 @@ void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
     }
     fprintf(stderr,
             "timings: fetch %.3f s%s, model load %.3f s, fingerprints %.3f s, warm-up %.3f s; prefix prefill (%zu tokens) "
-            "%.2f ms, blob load %.2f ms, suffix prefill (%zu tokens) %.2f ms, time to first token %.2f ms\n",
+            "%.2f ms, blob load %.2f ms, suffix prefill (%zu tokens%s) %.2f ms, time to first token %.2f ms\n",
             s->fetch_s, s->fetched_from_cache ? " (cache)" : "", s->model_s, s->fp_s, s->warm_s,
             (s->path.bos >= 0) + s->n_prefix, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->n_prompt,
-            s->pr.suffix_s * 1e3, ttft_s * 1e3);
+            s->pr.head_with_prompt ? ", with the prefix" : "", s->pr.suffix_s * 1e3, ttft_s * 1e3);
 }
 
 /* Length of the valid UTF-8 sequence at p (n bytes left), or 0 (RFC 3629: no overlong forms,

@@ -272,10 +272,14 @@ typedef struct kvp_path_result {
     kvb_status vst;              /* how it failed verification, with KVP_ERR_VERIFY */
     double prefix_s, load_s, suffix_s;
     double ttft_s;               /* from the first prefill to the prompt's logits */
+    int head_with_prompt;        /* [bos, prefix] was evaluated in the prompt's pass (suffix_s) */
 } kvp_path_result;
 
-/* Runs the loaded path in lo->ctx (empty, with room for every token): prefill of [bos, prefix],
- * kvp_load_blob of each blob, prefill of the prompt with its last logits in logits (n_vocab).
+/* Runs the loaded path in lo->ctx (empty, with room for every token): [bos, prefix], kvp_load_blob
+ * of each blob, prefill of the prompt with its last logits in logits (n_vocab). Without
+ * recompute (lo->recompute 0) no document attends to [bos, prefix] in this run, so their cells
+ * are held and evaluated in the prompt's pass (eng_prefill_held): the weights are read once for
+ * both, and the bits are those of prefills in order. Otherwise [bos, prefix] is prefilled first.
  * Statuses as kvp_load_blob (failed_blob says which), or KVP_ERR_ENGINE ("prefill of
  * BOS+prefix: ...", "prefill of the prompt: ..."), KVP_ERR_NOMEM. */
 kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logits,

@@ -44,21 +44,27 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
 {
     r->failed_blob = -1;
     r->vst = KVB_OK;
+    r->head_with_prompt = 0;
     double t0 = base_now_s();
-    size_t nh = (p->bos >= 0) + p->n_prefix;
-    if (nh) {
-        int32_t *head = malloc(nh * sizeof *head);
-        if (!head)
-            return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
-        size_t k = 0;
-        if (p->bos >= 0)
-            head[k++] = p->bos;
-        if (p->n_prefix)
-            memcpy(head + k, p->prefix, p->n_prefix * sizeof *head);
-        eng_status es = eng_prefill(lo->ctx, head, NULL, nh, NULL, NULL);
+    const size_t nh = (p->bos >= 0) + p->n_prefix;
+    const int hcell = eng_kv_len(lo->ctx);
+    int32_t *head = nh ? malloc(nh * sizeof *head) : NULL;
+    if (nh && !head)
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+    if (p->bos >= 0)
+        head[0] = p->bos;
+    if (p->n_prefix)
+        memcpy(head + (p->bos >= 0), p->prefix, p->n_prefix * sizeof *head);
+    /* recompute may make a document attend to the head: then it must be there first */
+    r->head_with_prompt = nh && nh <= INT32_MAX && lo->recompute <= 0;
+    eng_status es = ENG_OK;
+    if (r->head_with_prompt)
+        es = eng_kv_commit(lo->ctx, hcell, (int)nh, eng_kv_next_pos(lo->ctx));
+    else if (nh)
+        es = eng_prefill(lo->ctx, head, NULL, nh, NULL, NULL);
+    if (es != ENG_OK) {
         free(head);
-        if (es != ENG_OK)
-            return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of BOS+prefix: %s", eng_status_str(es));
+        return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of BOS+prefix: %s", eng_status_str(es));
     }
     r->prefix_s = base_now_s() - t0;
     double t1 = base_now_s();
@@ -66,25 +72,22 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
     kvp_load_opts one = *lo;
     int32_t *before = NULL;
     size_t nb = p->n_prefix;
+    kvp_status st = KVP_OK;
     if (nb && !(before = malloc(nb * sizeof *before)))
-        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
-    if (nb)
+        st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+    else if (nb)
         memcpy(before, p->prefix, nb * sizeof *before);
-    for (int i = 0; i < p->n_blobs; i++) {
+    for (int i = 0; st == KVP_OK && i < p->n_blobs; i++) {
         one.before = before;
         one.n_before = nb;
-        kvp_status st = kvp_load_blob(&one, p->blobs[i], &r->doc_tokens[i], &r->doc_n[i], &r->ls[i], &r->vst, err,
-                                      errlen);
+        st = kvp_load_blob(&one, p->blobs[i], &r->doc_tokens[i], &r->doc_n[i], &r->ls[i], &r->vst, err, errlen);
         if (st != KVP_OK) {
-            free(before);
             r->failed_blob = i;
-            return st;
-        }
-        if (i + 1 < p->n_blobs) {
+        } else if (i + 1 < p->n_blobs) {
             int32_t *nbf = realloc(before, (nb + r->doc_n[i]) * sizeof *before);
             if (!nbf) {
-                free(before);
-                return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+                st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
+                break;
             }
             before = nbf;
             memcpy(before + nb, r->doc_tokens[i], r->doc_n[i] * sizeof *before);
@@ -94,7 +97,13 @@ kvp_status kvp_path_run(const kvp_load_opts *lo, const kvp_path *p, float *logit
     free(before);
     r->load_s = base_now_s() - t1;
     double t2 = base_now_s();
-    eng_status es = p->n_prompt ? eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL) : ENG_OK;
+    if (st == KVP_OK && r->head_with_prompt)
+        es = eng_prefill_held(lo->ctx, hcell, head, (int)nh, p->prompt, p->n_prompt, logits);
+    else if (st == KVP_OK && p->n_prompt)
+        es = eng_prefill(lo->ctx, p->prompt, NULL, p->n_prompt, logits, NULL);
+    free(head);
+    if (st != KVP_OK)
+        return st;
     if (es != ENG_OK)
         return kvp_fail(err, errlen, KVP_ERR_ENGINE, "prefill of the prompt: %s", eng_status_str(es));
     r->suffix_s = base_now_s() - t2;

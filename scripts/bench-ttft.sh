@@ -14,7 +14,7 @@
 #
 # Stages, per document (seconds of wall time unless noted):
 #   full        full prefill of [BOS, doc, prompt] + first token (kvfetch compare)
-#   loaded      BOS prefill + blob load + prompt prefill + first token (same run)
+#   loaded      blob load + one pass for BOS and the prompt + first token (same run)
 #   read        reading the blob file (page cache)            } blob load, 2 decode threads
 #   vfy+dec     signature, chunk SHA-256 and decompression    } (the compare run); import runs
 #   import      copying K/V into the cache (no rotation)      } on the caller's thread
@@ -22,7 +22,8 @@
 #               (delta != 0; a separate run with --prefix)
 #   verify1     signature + hashes only, one thread (kvfetch verify --hash-only: CPU seconds)
 #   rest1       CPU of a one-thread load minus verify1: decompression, unshuffle, import
-#   bos/suffix  prefill of BOS (1 token) and of the prompt in the loaded path
+#   bos/suffix  the loaded path's BOS stage, which only holds BOS's cell, and its pass over
+#               BOS and the prompt together (eng_prefill_held; kvfetch says prefix_with_suffix)
 #   GB/s/core   raw KV bytes / CPU seconds of a one-thread load (read+verify+decode+import)
 #   f16 GB/s/c  the same for the document published with --codec f16 (raw f16 chunks: verify,
 #               read and import without decompression), side by side in the same run
@@ -181,7 +182,7 @@ set terminal png size 800,500
 set output "$BUILD/ttft.png"
 set title "Time to first token: fetched KV cache vs full prefill (Qwen3-0.6B shape, F16, $(nproc) cores)"
 set xlabel "document tokens"; set ylabel "seconds"; set logscale y; set grid; set key top left
-plot "$out" using 1:2 with linespoints title "full prefill", "$out" using 1:3 with linespoints title "cached blob (BOS + load + suffix)"
+plot "$out" using 1:2 with linespoints title "full prefill", "$out" using 1:3 with linespoints title "cached blob (load + BOS and suffix)"
 PLOT
   echo "plot: $BUILD/ttft.png"
 fi

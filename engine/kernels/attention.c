@@ -432,7 +432,9 @@ static void att_worker(void *arg, int u0, int u1, int ith)
  * the lane kernel; fewer do better in the blocked kernels, reading V in place. */
 enum { LANES_MIN = 8 };
 
-/* Unit: a kv head with all of its query heads. */
+/* Unit: a kv head with all of its query heads. The lanes take them last query first, so that
+ * a partial group of 16 holds the earliest queries: those of held cells (eng_prefill_held) see
+ * only the first key blocks, and the kernel skips a group for the blocks none of its lanes see. */
 static void lanes_worker(void *arg, int u0, int u1, int ith)
 {
 #if defined(__x86_64__)
@@ -445,10 +447,10 @@ static void lanes_worker(void *arg, int u0, int u1, int ith)
     int cell[ENG_ATT_LANES_MAX];
     for (int h = u0; h < u1; h++) {
         for (int k = 0; k < np; k++) {
-            const int i = k / G, head = h * G + k % G;
-            qp[k] = J->q + (size_t)i * J->ldq + (size_t)head * hd;
-            op[k] = J->out + (size_t)i * J->ldo + (size_t)head * hd;
-            cell[k] = q_cell(J, i);
+            const int i = k / G, head = h * G + k % G, lane = np - 1 - k;
+            qp[lane] = J->q + (size_t)i * J->ldq + (size_t)head * hd;
+            op[lane] = J->out + (size_t)i * J->ldo + (size_t)head * hd;
+            cell[lane] = q_cell(J, i);
         }
         const size_t off = (size_t)h * (size_t)hd;
         eng_att_lanes_avx512((const uint16_t *)c->k[J->il] + off, (const uint16_t *)c->v[J->il] + off,

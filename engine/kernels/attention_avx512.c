@@ -365,6 +365,8 @@ AVX512 void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld
         rows_f32(K, ld, hd, b0, n, last + 1, R);
         for (int g = 0; g < ng; g++) {
             act[g] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0));
+            if (!act[g]) /* no lane sees the block: lane_softmax would leave every lane as it is */
+                continue;
             for (int j = 0; j < n; j++)
                 mask[g][j] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0 + j));
             lane_scores(QT(g), R, hd, n, mask[g], scale, SC(g));
@@ -372,7 +374,8 @@ AVX512 void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld
         }
         rows_f32(V, ld, hd, b0, n, last + 1, R);
         for (int g = 0; g < ng; g++)
-            lane_vproduct(SC(g), R, hd, n, mask[g], ACC(g));
+            if (act[g])
+                lane_vproduct(SC(g), R, hd, n, mask[g], ACC(g));
     }
     for (int g = 0; g < ng; g++) {
         float inv[NL];

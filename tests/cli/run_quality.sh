@@ -55,6 +55,8 @@ for i in $(seq 10); do
       "$np" "$(num kl_mean)" "$(num kl_max)" "$(num argmax_agree)" "$(num positions)" "$agree" "$bit" >>"$out"
     if [ -z "$pfx" ]; then
       [ "$bit" = true ] || fail "doc$i: loaded right after BOS is not bit-identical: $(cat "$tmp/out")"
+      # without recompute BOS is evaluated in the prompt's pass (eng_prefill_held)
+      [ "$(num prefix_with_suffix)" = true ] || fail "doc$i: BOS was not held for the prompt's pass"
       [ "$(num kl_max)" = "0.0" ] || fail "doc$i: KL $(num kl_max) at prefix 0"
     fi
   done
@@ -79,6 +81,7 @@ blob3=$(ls "$tmp"/store/blobs/*/"$(jq -r '.documents[1].id' "$tmp/short.json")")
 CQ=("$KVFETCH" compare --model "$MODEL" --trust "$tmp/trust" --threads 2 --prompt " The little dog said" -n $N --json)
 expect_rc 0 "${CQ[@]}" --blob "$blob1" --prefix "$p16" --recompute 1
 [ "$(num bit_identical)" = true ] || fail "--recompute 1 is not a full prefill: $(cat "$tmp/out")"
+[ "$(num prefix_with_suffix)" = false ] || fail "recomputed tokens must see a prefix prefilled first"
 expect_rc 0 "${CQ[@]}" --blob "$blob2" --blob "$blob3" --prefix "$p64" --recompute 1
 [ "$(num bit_identical)" = true ] || fail "--recompute 1 with two documents: $(cat "$tmp/out")"
 expect_rc 0 "${CQ[@]}" --blob "$blob1" --recompute 0.3
@@ -128,4 +131,5 @@ expect_err "--follow 'both' is not full or loaded"
 cblob=$(ls "$tmp"/store/blobs/*/"$(jq -r '.documents[0].id' "$tmp/ctx.json")")
 expect_rc 0 "${CQ[@]}" --blob "$cblob" --prefix "$p16"
 [ "$(num bit_identical)" = true ] || fail "a matching declared context is not exact: $(cat "$tmp/out")"
+[ "$(num prefix_with_suffix)" = true ] || fail "the prefix was not held for the prompt's pass"
 echo PASS
