@@ -217,10 +217,6 @@ typedef struct lin_job {
     int total;
 } lin_job;
 
-/* Products with at most this many X rows skip the chunk panels: they read F16 weights in place
- * or convert a few weight rows at a time into an L1-sized panel. A 1-token prefill after a long
- * context otherwise cost four decode steps, converting every weight into panels once per call. */
-enum { SMALL_ROWS = 16 };
 
 /* Q8_0 weights multiply Q8_0-rounded activations in integers (eng_gemm_q8), for any number of
  * rows, as ggml does; the other types convert to f32 panels. */
@@ -232,6 +228,22 @@ static int chunk_rows_q8(int64_t K, size_t per)
 {
     const size_t fit = (per * sizeof(float) - 64) / eng_q8w_bytes(ENG_Q8_NV, (int)K) * ENG_Q8_NV;
     return fit >= 48 ? 48 : fit >= ENG_Q8_NV ? (int)fit : ENG_Q8_NV;
+}
+
+/* Products with at most this many X rows skip the chunk panels: they read the weights in place
+ * (F16, Q8_0) or convert a few weight rows at a time into an L1-sized panel. A 1-token prefill
+ * after a long context otherwise cost four decode steps, converting every weight into panels
+ * once per call. Where the panels win depends on the kernel. Measured on Zen 5 (Qwen3-0.6B
+ * shape, 2 threads, prefill after 64 cells, min of 4): F16 read in place beats them up to 128
+ * rows at both levels (AVX-512: 17 rows 77 against 120 ms, 64 rows 210 against 250; even from
+ * 192 to 384); the Q8_0 row kernel only for 1 or 2 rows (8 rows: 102-114 against 44-51 ms with
+ * the VNNI panels, 110-114 against 68-71 at AVX2); converting Q4_K rows is even with the
+ * panels up to 8 rows and 5-15% slower from 16. */
+static int small_rows(uint32_t type, int64_t K)
+{
+    if (q8_path(type, K))
+        return 2;
+    return type == GGML_T_F16 && eng_gemm_f16_in_place() ? 128 : 16;
 }
 
 /* Rows [n0, n0 + nn) of W (at src) for the R packed X rows; buf holds ENG_GEMM_NR + 1 rows of
@@ -281,7 +293,8 @@ static void lin_worker(void *a, int u0, int u1, int ith)
         const int64_t K = W->ncols, N = W->nrows, n0 = (int64_t)ch * J->nb[m];
         const int nn = (int)(N - n0 < J->nb[m] ? N - n0 : J->nb[m]);
         const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
-        if (q8_path(W->type, K) && J->R <= SMALL_ROWS) {
+        const int few = J->R <= small_rows(W->type, K);
+        if (q8_path(W->type, K) && few) {
             eng_gemm_q8_rows((const uint8_t *)J->X[m], J->R, (const uint8_t *)src, W->row_bytes, nn,
                              (int)K, J->Y[m] + n0, (size_t)N);
             continue;
@@ -292,7 +305,7 @@ static void lin_worker(void *a, int u0, int u1, int ith)
             eng_gemm_q8((const uint8_t *)J->X[m], J->R, panel, nn, (int)K, flags, J->Y[m] + n0, (size_t)N);
             continue;
         }
-        if (J->R <= SMALL_ROWS) {
+        if (few) {
             few_rows(J->X[m], J->R, W, src, nn, buf, J->Y[m] + n0);
             continue;
         }

@@ -539,10 +539,19 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
     }
 }
 
+int eng_gemm_f16_in_place(void)
+{
+#if defined(__x86_64__)
+    return eng_gemm_level() != ENG_GEMM_SCALAR && base_cpu_has(BASE_CPU_F16C);
+#else
+    return 0;
+#endif
+}
+
 int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy)
 {
 #if defined(__x86_64__)
-    if (eng_gemm_level() == ENG_GEMM_SCALAR || !base_cpu_has(BASE_CPU_F16C) || K <= 0)
+    if (!eng_gemm_f16_in_place() || K <= 0)
         return 0;
     /* a lone row would fill half of each zmm: the AVX2 row kernel does the same work */
     if (eng_gemm_level() == ENG_GEMM_AVX512 && M > 1) {

@@ -45,6 +45,8 @@ void eng_gemm_packed(const float *Xp, int M, const float *Wp, int N, int K, floa
  * Returns 0 (and computes nothing) where the CPU lacks AVX2 + FMA + F16C or the scalar kernel
  * is forced: callers then pack. */
 int eng_gemm_f16(const float *Xp, int M, const uint16_t *W, size_t ldw, int N, int K, float *Y, size_t ldy);
+/* Whether eng_gemm_f16 computes on this CPU at the current level. */
+int eng_gemm_f16_in_place(void);
 
 /* ---- Q8_0 weights against Q8_0-rounded activations (gemm_q8.c) ----
  * Both operands are 32-element blocks of int8 values with a float scale, so each block's dot

@@ -92,7 +92,8 @@ static void test_gemm_rows(void **state)
 
 /* eng_gemm_f16 (F16 weights read in place, for few X rows): the same bits as the reference
  * order over the exact f32 values of the f16 weights at every kernel level, for every M from 1
- * to 20 (several 8-row blocks; an odd M leaves half a register pair empty), N off the tile
+ * to 20 (several 8-row blocks; an odd M leaves half a register pair empty) and for 33, 64 and
+ * 128 (the most rows the forward pass gives it), N off the tile
  * widths and over several W blocks, K with and without a tail, and row strides past K. */
 static void test_gemm_f16(void **state)
 {
@@ -102,14 +103,17 @@ static void test_gemm_f16(void **state)
                                     {13, 37, 40},     {25, 264, 264}, {11, 1031, 1031},
                                     {25, 2700, 2700}};
     static const int levels[] = {ENG_GEMM_AUTO, ENG_GEMM_AVX2};
+    enum { NM = 23 };
+    static const int big_m[NM - 20] = {33, 64, 128};
     uint64_t s = 43;
-    for (size_t t = 0; t < 2 * 20 * (sizeof shapes / sizeof shapes[0]); t++) {
+    for (size_t t = 0; t < 2 * NM * (sizeof shapes / sizeof shapes[0]); t++) {
         const size_t sh = t % (sizeof shapes / sizeof shapes[0]);
-        const int M = (int)(t / (sizeof shapes / sizeof shapes[0])) % 20 + 1;
+        const int mi = (int)(t / (sizeof shapes / sizeof shapes[0])) % NM;
+        const int M = mi < 20 ? mi + 1 : big_m[mi - 20];
         const int N = shapes[sh][0], K = shapes[sh][1], ldw = shapes[sh][2];
         if (M > 4 && N * K > 100000)
             continue; /* the big shapes once for the one-group kernels */
-        eng_gemm_force(levels[t / (20 * (sizeof shapes / sizeof shapes[0]))]);
+        eng_gemm_force(levels[t / (NM * (sizeof shapes / sizeof shapes[0]))]);
         float *X = malloc(sizeof(float) * (size_t)M * K), *Wf = malloc(sizeof(float) * (size_t)N * K);
         uint16_t *W = malloc(sizeof(uint16_t) * (size_t)N * ldw);
         float *Y = malloc(sizeof(float) * (size_t)M * N);
