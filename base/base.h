@@ -35,6 +35,11 @@ int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
  * a hundred thousand. NULL when out of memory; base_free_big takes the size it was given. */
 void *base_alloc_big(size_t n);
 void base_free_big(void *p, size_t n);
+/* Whether the kernel gives base_alloc_big 2 MiB pages (transparent huge pages "always" or
+ * "madvise"); 0 when it says "never" or does not say. */
+int base_huge_pages(void);
+/* MemAvailable of /proc/meminfo in bytes; 0 when unknown. */
+uint64_t base_mem_available(void);
 
 /* ---- cleanup lists ---- */
 

@@ -73,9 +73,15 @@ typedef struct eng_info {
 
 typedef struct eng_model eng_model;
 
-/* Loads (mmaps) a GGUF model. On failure returns the status and writes a one-line reason to
+/* Loads a GGUF model. The file is read into private memory on 2 MiB pages (gguf_open_copy)
+ * when the kernel gives them and the file takes at most half of the memory available, else
+ * mapped: passes over every weight then walk a few hundred page-table entries, not hundreds of
+ * thousands, and measured steadier (spec/engine.md). KVPUB_WEIGHTS=copy or =map decides instead
+ * (auto, the default, as above). On failure returns the status and writes a one-line reason to
  * err, e.g. "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3, stablelm)". */
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen) ENG_WUR;
+/* How eng_model_load holds the weights: "copy" or "map". */
+const char *eng_model_weights_held(const eng_model *m);
 void eng_model_free(eng_model *m); /* NULL is a no-op */
 /* Where eng_model_fingerprint caches (dir is copied, and created when first written); NULL, the
  * default, caches nothing. The tools pass base_cache_dir(NULL, ...). */

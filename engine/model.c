@@ -1,6 +1,7 @@
 /* model.c: eng_model: maps a GGUF, reads its hyper-parameters, binds and shape-checks every
  * weight tensor of the llama / qwen2 / qwen3 / stablelm graph, and loads the vocabulary. */
 #include "engine/model_internal.h"
+#include "base/base.h"
 #include "engine/kernels/quant_internal.h"
 #include "engine/tok/tokenizer_internal.h"
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct eng_model {
     char *path;
@@ -20,6 +22,7 @@ struct eng_model {
     int have_fp;
     uint8_t fp[32];
     char *fp_cache_dir;       /* NULL: fingerprints are not cached */
+    int copied;               /* the file was read into memory (gguf_open_copy), not mapped */
 };
 
 static const char *type_name(uint32_t type)
@@ -240,6 +243,22 @@ static eng_status bind_all(eng_model *m, char *err, size_t errlen)
     return st;
 }
 
+/* eng_model_load's choice between gguf_open_copy and gguf_open (KVPUB_WEIGHTS, engine.h). */
+static eng_status open_weights(eng_model *m, char *err, size_t errlen)
+{
+    const char *how = getenv("KVPUB_WEIGHTS");
+    if (!how || !*how || strcmp(how, "auto") == 0) {
+        struct stat st;
+        const uint64_t avail = base_mem_available();
+        m->copied = base_huge_pages() && stat(m->path, &st) == 0 && (uint64_t)st.st_size <= avail / 2;
+    } else if (strcmp(how, "copy") == 0 || strcmp(how, "map") == 0) {
+        m->copied = how[0] == 'c';
+    } else {
+        return eng_fail(err, errlen, ENG_ERR_ARG, "KVPUB_WEIGHTS='%s' is not map, copy or auto", how);
+    }
+    return m->copied ? gguf_open_copy(m->path, &m->g, err, errlen) : gguf_open(m->path, &m->g, err, errlen);
+}
+
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen)
 {
     if (err && errlen)
@@ -255,7 +274,7 @@ eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t e
         return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory loading %s", path);
     }
     eng_status st;
-    if ((st = gguf_open(path, &m->g, err, errlen)) ||
+    if ((st = open_weights(m, err, errlen)) ||
         (st = eng_hparams_from_gguf(m->g, &m->info, err, errlen)))
         goto fail;
     const eng_info *hp = &m->info;
@@ -293,6 +312,8 @@ void eng_model_free(eng_model *m)
 }
 
 const eng_info *eng_model_info(const eng_model *m) { return &m->info; }
+
+const char *eng_model_weights_held(const eng_model *m) { return m->copied ? "copy" : "map"; }
 
 size_t eng_model_rope_freqs(const eng_model *m, const float **factors)
 {

@@ -488,6 +488,8 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
                           "prefix_prefill_s", s->pr.prefix_s, "blob_load_s", s->pr.load_s,
                           "suffix_prefill_s", s->pr.suffix_s, "ttft_s", ttft_s);
     json_object_set_new(o, "timings", t);
+    /* the weights read into memory on huge pages ("copy") or mapped (eng_model_load) */
+    json_object_set_new(o, "weights", json_string(s->model ? eng_model_weights_held(s->model) : "none"));
     json_object_set_new(o, "prefix_tokens", json_integer((json_int_t)s->n_prefix));
     /* [BOS, prefix] evaluated in the suffix's pass (suffix_prefill_s): prefix_prefill_s is then
      * only the time to hold its cells */
@@ -514,9 +516,10 @@ void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
                     l->n_recomputed, l->recompute_s * 1e3);
     }
     fprintf(stderr,
-            "timings: fetch %.3f s%s, model load %.3f s, fingerprints %.3f s, warm-up %.3f s; prefix prefill (%zu tokens) "
+            "timings: fetch %.3f s%s, model load %.3f s (%s), fingerprints %.3f s, warm-up %.3f s; prefix prefill (%zu tokens) "
             "%.2f ms, blob load %.2f ms, suffix prefill (%zu tokens%s) %.2f ms, time to first token %.2f ms\n",
-            s->fetch_s, s->fetched_from_cache ? " (cache)" : "", s->model_s, s->fp_s, s->warm_s,
+            s->fetch_s, s->fetched_from_cache ? " (cache)" : "", s->model_s,
+            s->model ? eng_model_weights_held(s->model) : "none", s->fp_s, s->warm_s,
             (s->path.bos >= 0) + s->n_prefix, s->pr.prefix_s * 1e3, s->pr.load_s * 1e3, s->n_prompt,
             s->pr.head_with_prompt ? ", with the prefix" : "", s->pr.suffix_s * 1e3, ttft_s * 1e3);
 }

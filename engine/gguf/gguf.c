@@ -440,44 +440,102 @@ eng_status gguf_open_mem(const void *data, size_t size, gguf_file **out, char *e
     return open_common(g, "<memory>", out, err, errlen);
 }
 
-eng_status gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
+/* Opens path for gguf_open*: a regular file of at least 4 bytes. */
+static eng_status open_file(const char *path, int *fd, struct stat *st, char *err, size_t errlen)
 {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return ENG_ERR_IO;
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    eng_status es = ENG_OK;
+    if (fstat(*fd, st) != 0 || !S_ISREG(st->st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", path);
-        close(fd);
-        return ENG_ERR_IO;
-    }
-    if (st.st_size < 4 || (uint64_t)st.st_size > SIZE_MAX) {
+        es = ENG_ERR_IO;
+    } else if (st->st_size < 4 || (uint64_t)st->st_size > SIZE_MAX) {
         snprintf(err, errlen, "%s: not a GGUF file (size %lld bytes, too small)", base_name(path),
-                 (long long)st.st_size);
-        close(fd);
-        return ENG_ERR_FORMAT;
+                 (long long)st->st_size);
+        es = ENG_ERR_FORMAT;
     }
+    if (es != ENG_OK)
+        close(*fd);
+    return es;
+}
+
+/* The handle over m (size bytes, unmapped at close), then the validation. */
+static eng_status open_held(const char *path, void *m, const struct stat *st, gguf_file **out, char *err,
+                            size_t errlen)
+{
+    gguf_file *g = calloc(1, sizeof *g);
+    if (!g) {
+        munmap(m, (size_t)st->st_size);
+        snprintf(err, errlen, "out of memory");
+        return ENG_ERR_NOMEM;
+    }
+    g->base = m;
+    g->size = (size_t)st->st_size;
+    g->mapped = 1;
+    g->have_stat = 1;
+    g->st = *st;
+    return open_common(g, base_name(path), out, err, errlen);
+}
+
+eng_status gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd;
+    struct stat st;
+    eng_status es = open_file(path, &fd, &st, err, errlen);
+    if (es != ENG_OK)
+        return es;
     void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
         return ENG_ERR_IO;
     }
-    gguf_file *g = calloc(1, sizeof *g);
-    if (!g) {
-        munmap(m, (size_t)st.st_size);
-        snprintf(err, errlen, "out of memory");
+    return open_held(path, m, &st, out, err, errlen);
+}
+
+eng_status gguf_open_copy(const char *path, gguf_file **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd;
+    struct stat st, after;
+    eng_status es = open_file(path, &fd, &st, err, errlen);
+    if (es != ENG_OK)
+        return es;
+    const size_t n = (size_t)st.st_size;
+    char *m = base_alloc_big(n);
+    if (!m) {
+        close(fd);
+        snprintf(err, errlen, "%s: out of memory for a %zu-byte copy", path, n);
         return ENG_ERR_NOMEM;
     }
-    g->base = m;
-    g->size = (size_t)st.st_size;
-    g->mapped = 1;
-    g->have_stat = 1;
-    g->st = st;
-    return open_common(g, base_name(path), out, err, errlen);
+    size_t got = 0;
+    int rerr = 0; /* 0 with got < n: the file ended early */
+    while (got < n) {
+        ssize_t r = pread(fd, m + got, n - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rerr = r < 0 ? errno : 0;
+            break;
+        }
+        got += (size_t)r;
+    }
+    const int same = fstat(fd, &after) == 0 && after.st_size == st.st_size && after.st_ino == st.st_ino &&
+                     after.st_mtim.tv_sec == st.st_mtim.tv_sec && after.st_mtim.tv_nsec == st.st_mtim.tv_nsec;
+    close(fd);
+    if (got < n || !same) {
+        base_free_big(m, n);
+        if (same)
+            snprintf(err, errlen, "%s: cannot read: %s", path, rerr ? strerror(rerr) : "unexpected end of file");
+        else
+            snprintf(err, errlen, "%s: changed while being read", path);
+        return ENG_ERR_IO;
+    }
+    return open_held(path, m, &st, out, err, errlen);
 }
 
 void gguf_close(gguf_file *g)

@@ -1,0 +1,142 @@
+/* test_engine_weights.c: how eng_model_load holds the weights. Read into memory (copy, on huge
+ * pages where the kernel gives them) or mapped, a model computes the same bits and has the same
+ * fingerprint; KVPUB_WEIGHTS picks one, auto follows the kernel's transparent huge pages
+ * setting (read here from sysfs on its own); a bad value and bad files fail with one line. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/gguf.h"
+#include "tests/unit/engine_test_util.h"
+
+static const char *const k_models[] = {"models/stories260K.gguf", "models/synth/synth-qwen2-tiny-f16.gguf",
+                                       "models/synth/synth-llama-tiny-q80.gguf"};
+
+/* Logits of a 12-token prefill, and the fingerprint, of model rel held as `how`. */
+static void run_held(const char *rel, const char *how, float **logits, int *V, uint8_t fp[32])
+{
+    assert_int_equal(setenv("KVPUB_WEIGHTS", how, 1), 0);
+    eng_model *m = et_load_model(rel);
+    assert_non_null(m);
+    const char *want = strcmp(how, "auto") != 0 ? how : NULL;
+    if (want)
+        assert_string_equal(eng_model_weights_held(m), want);
+    char err[256];
+    assert_int_equal(eng_model_fingerprint(m, fp, err, sizeof err), ENG_OK);
+    *V = eng_model_info(m)->n_vocab;
+    eng_ctx *c = et_ctx(m, 64, 0);
+    int32_t t[12];
+    for (int i = 0; i < 12; i++)
+        t[i] = (int32_t)(1 + (i * 37) % (*V - 1));
+    *logits = malloc(sizeof(float) * (size_t)*V);
+    assert_int_equal(eng_prefill(c, t, NULL, 12, *logits, NULL), ENG_OK);
+    eng_ctx_free(c);
+    eng_model_free(m);
+}
+
+static void test_copy_equals_map(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof k_models / sizeof k_models[0]; i++) {
+        float *a, *b;
+        int va, vb;
+        uint8_t fa[32], fb[32];
+        run_held(k_models[i], "map", &a, &va, fa);
+        run_held(k_models[i], "copy", &b, &vb, fb);
+        assert_int_equal(va, vb);
+        assert_memory_equal(a, b, sizeof(float) * (size_t)va);
+        assert_memory_equal(fa, fb, 32);
+        free(a);
+        free(b);
+    }
+    unsetenv("KVPUB_WEIGHTS");
+}
+
+/* auto (also unset or empty): a copy exactly when transparent huge pages are on ("always" or
+ * "madvise"); these models are far below half of any test machine's memory. */
+static void test_auto(void **state)
+{
+    (void)state;
+    char buf[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+    }
+    const char *want = strstr(buf, "[always]") || strstr(buf, "[madvise]") ? "copy" : "map";
+    printf("transparent huge pages: %s -> auto holds the weights as %s\n", buf[0] ? buf : "(unknown)", want);
+    static const char *const autos[] = {"auto", "", NULL};
+    for (int i = 0; i < 3; i++) {
+        if (autos[i])
+            assert_int_equal(setenv("KVPUB_WEIGHTS", autos[i], 1), 0);
+        else
+            unsetenv("KVPUB_WEIGHTS");
+        eng_model *m = et_load_model(k_models[0]);
+        assert_non_null(m);
+        assert_string_equal(eng_model_weights_held(m), want);
+        eng_model_free(m);
+    }
+}
+
+static void test_bad_value(void **state)
+{
+    (void)state;
+    char p[1024], err[256];
+    et_path(p, sizeof p, k_models[0]);
+    assert_int_equal(setenv("KVPUB_WEIGHTS", "mmap", 1), 0);
+    eng_model *m = NULL;
+    assert_int_equal(eng_model_load(p, &m, err, sizeof err), ENG_ERR_ARG);
+    assert_null(m);
+    assert_non_null(strstr(err, "KVPUB_WEIGHTS='mmap' is not map, copy or auto"));
+    unsetenv("KVPUB_WEIGHTS");
+}
+
+/* gguf_open_copy refuses what gguf_open refuses, with the same statuses. */
+static void test_copy_bad_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/kvpub-weights-XXXXXX", path[128], err[256];
+    assert_non_null(mkdtemp(dir));
+    gguf_file *g = NULL;
+    snprintf(path, sizeof path, "%s/missing.gguf", dir);
+    assert_int_equal(gguf_open_copy(path, &g, err, sizeof err), ENG_ERR_IO);
+    assert_non_null(strstr(err, "cannot open"));
+    assert_int_equal(gguf_open_copy(dir, &g, err, sizeof err), ENG_ERR_IO); /* a directory */
+    assert_non_null(strstr(err, "not a regular file"));
+    static const char *const bodies[] = {"GG", "NOTAGGUF-----------------------"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/bad%d.gguf", dir, i);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, bodies[i], strlen(bodies[i])), (ssize_t)strlen(bodies[i]));
+        close(fd);
+        char err2[256];
+        eng_status a = gguf_open(path, &g, err2, sizeof err2);
+        assert_null(g);
+        assert_int_equal(gguf_open_copy(path, &g, err, sizeof err), ENG_ERR_FORMAT);
+        assert_int_equal(a, ENG_ERR_FORMAT);
+        assert_null(g);
+        assert_string_equal(err, err2);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_copy_equals_map),
+        cmocka_unit_test(test_auto),
+        cmocka_unit_test(test_bad_value),
+        cmocka_unit_test(test_copy_bad_files),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
