@@ -1,5 +1,5 @@
 /* bench_engine.c: engine throughput on one GGUF: prefill tokens/s at 512 and 2048 tokens,
- * decode tokens/s at 2048 context, the latency of small prefills (1, 8, 16 tokens) after the
+ * decode tokens/s at 2048 context, the latency of small prefills (1, 8, 16, 32, 64 tokens) after the
  * 2048-token context (time to first token after loading a cached document), a decode step and
  * a 1-token prefill each after a 3 s pause (the first pass over the weights after a pause
  * costs more on a machine whose kernel ages pages, e.g. DAMON: both pay it), peak RSS; median
@@ -67,13 +67,14 @@ int main(int argc, char **argv)
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         toks[i] = i == 0 && hp->bos_id >= 0 ? hp->bos_id : (int32_t)((s >> 33) % (uint64_t)hp->n_vocab);
     }
-    /* room for the decode steps or the small prefills after NMAX, whichever is more */
-    eng_ctx_params cp = {NMAX + (n_dec > 1 + 8 + 16 ? n_dec : 1 + 8 + 16) + 1, threads, 0};
+    /* room for the decode steps or the largest small prefill after NMAX, whichever is more */
+    enum { SMALL_MAX = 64 };
+    eng_ctx_params cp = {NMAX + (n_dec > SMALL_MAX ? n_dec : SMALL_MAX) + 1, threads, 0};
     printf("model %s: %s, %d layers, n_embd %d, weight type %d, threads %d\n", argv[1], hp->arch,
            hp->n_layer, hp->n_embd, hp->weight_type, threads ? threads : eng_default_threads());
     const int lens[2] = {512, NMAX};
-    enum { NSMALL = 3 };
-    const int small[NSMALL] = {1, 8, 16};
+    enum { NSMALL = 5 };
+    const int small[NSMALL] = {1, 8, 16, 32, SMALL_MAX};
     /* per small size: the first call after the 2048-token prefill (it also pays for the first
      * writes into the cache's next huge pages at exactly 2048 cells: one 2 MiB page per layer
      * for K and for V) and the median of SMALL_REPS calls after it (the steady cost, as the

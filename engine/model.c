@@ -1,5 +1,6 @@
-/* model.c: eng_model: maps a GGUF, reads its hyper-parameters, binds and shape-checks every
- * weight tensor of the llama / qwen2 / qwen3 / stablelm graph, and loads the vocabulary. */
+/* model.c: eng_model: reads or maps a GGUF (open_weights), reads its hyper-parameters, binds
+ * and shape-checks every weight tensor of the llama / qwen2 / qwen3 / stablelm graph, and
+ * loads the vocabulary. */
 #include "engine/model_internal.h"
 #include "base/base.h"
 #include "engine/kernels/quant_internal.h"
