@@ -1,7 +1,8 @@
 /* test_engine_weights.c: how eng_model_load holds the weights. Read into memory (copy, on huge
  * pages where the kernel gives them) or mapped, a model computes the same bits and has the same
  * fingerprint; KVPUB_WEIGHTS picks one, auto follows the kernel's transparent huge pages
- * setting (read here from sysfs on its own); a bad value and bad files fail with one line. */
+ * setting and the memory available (read here on their own); a bad value and bad files fail
+ * with one line. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/gguf.h"
@@ -59,10 +61,22 @@ static void test_copy_equals_map(void **state)
 }
 
 /* auto (also unset or empty): a copy exactly when transparent huge pages are on ("always" or
- * "madvise"); these models are far below half of any test machine's memory. */
+ * "madvise") and the file takes at most half of MemAvailable (both read here on their own). */
 static void test_auto(void **state)
 {
     (void)state;
+    unsigned long long avail_kb = 0;
+    FILE *mi = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (mi && fgets(line, sizeof line, mi) && sscanf(line, "MemAvailable: %llu kB", &avail_kb) != 1)
+        ;
+    if (mi)
+        fclose(mi);
+    char p[1024];
+    et_path(p, sizeof p, k_models[0]);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    const int fits = (unsigned long long)st.st_size <= avail_kb * 1024 / 2;
     char buf[128] = "";
     FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
     if (f) {
@@ -71,8 +85,9 @@ static void test_auto(void **state)
         buf[strcspn(buf, "\n")] = 0;
         fclose(f);
     }
-    const char *want = strstr(buf, "[always]") || strstr(buf, "[madvise]") ? "copy" : "map";
-    printf("transparent huge pages: %s -> auto holds the weights as %s\n", buf[0] ? buf : "(unknown)", want);
+    const char *want = (strstr(buf, "[always]") || strstr(buf, "[madvise]")) && fits ? "copy" : "map";
+    printf("transparent huge pages: %s, MemAvailable %llu kB -> auto holds the weights as %s\n",
+           buf[0] ? buf : "(unknown)", avail_kb, want);
     static const char *const autos[] = {"auto", "", NULL};
     for (int i = 0; i < 3; i++) {
         if (autos[i])
