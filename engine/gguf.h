@@ -67,10 +67,14 @@ typedef struct gguf_file gguf_file;
 
 /* Maps and validates path. Errors: ENG_ERR_IO, ENG_ERR_FORMAT (with the reason in err). */
 eng_status gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) ENG_WUR;
-/* Same, the file read into private memory on 2 MiB pages where the kernel gives them
- * (base_alloc_big) instead of mapped: a pass over every weight then walks about 500 page-table
- * entries per GiB, not 260 000. ENG_ERR_IO also when the file changes while it is read. */
-eng_status gguf_open_copy(const char *path, gguf_file **out, char *err, size_t errlen) ENG_WUR;
+/* Same, but a file of at most max_copy bytes is read into private memory on 2 MiB pages where
+ * the kernel gives them (base_alloc_big) instead of mapped: a pass over every weight then walks
+ * about 500 page-table entries per GiB, not 260 000. ENG_ERR_IO also when the file changes
+ * while it is read. gguf_open is gguf_open_copy with max_copy 0. */
+eng_status gguf_open_copy(const char *path, uint64_t max_copy, gguf_file **out, char *err,
+                          size_t errlen) ENG_WUR;
+/* Whether g holds a copy of its file (gguf_open_copy) rather than a mapping. */
+int gguf_is_copy(const gguf_file *g);
 /* Same over a caller-owned buffer (borrowed; must outlive the handle). For fuzzing and tests. */
 eng_status gguf_open_mem(const void *data, size_t size, gguf_file **out, char *err, size_t errlen) ENG_WUR;
 void gguf_close(gguf_file *g);

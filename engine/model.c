@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 struct eng_model {
     char *path;
@@ -23,7 +22,6 @@ struct eng_model {
     int have_fp;
     uint8_t fp[32];
     char *fp_cache_dir;       /* NULL: fingerprints are not cached */
-    int copied;               /* the file was read into memory (gguf_open_copy), not mapped */
 };
 
 static const char *type_name(uint32_t type)
@@ -244,20 +242,18 @@ static eng_status bind_all(eng_model *m, char *err, size_t errlen)
     return st;
 }
 
-/* eng_model_load's choice between gguf_open_copy and gguf_open (KVPUB_WEIGHTS, engine.h). */
+/* How eng_model_load holds the file (KVPUB_WEIGHTS, engine.h): the largest size it copies. */
 static eng_status open_weights(eng_model *m, char *err, size_t errlen)
 {
     const char *how = getenv("KVPUB_WEIGHTS");
-    if (!how || !*how || strcmp(how, "auto") == 0) {
-        struct stat st;
-        const uint64_t avail = base_mem_available();
-        m->copied = base_huge_pages() && stat(m->path, &st) == 0 && (uint64_t)st.st_size <= avail / 2;
-    } else if (strcmp(how, "copy") == 0 || strcmp(how, "map") == 0) {
-        m->copied = how[0] == 'c';
-    } else {
+    uint64_t max_copy;
+    if (!how || !*how || strcmp(how, "auto") == 0)
+        max_copy = base_huge_pages() ? base_mem_available() / 2 : 0;
+    else if (strcmp(how, "copy") == 0 || strcmp(how, "map") == 0)
+        max_copy = how[0] == 'c' ? UINT64_MAX : 0;
+    else
         return eng_fail(err, errlen, ENG_ERR_ARG, "KVPUB_WEIGHTS='%s' is not map, copy or auto", how);
-    }
-    return m->copied ? gguf_open_copy(m->path, &m->g, err, errlen) : gguf_open(m->path, &m->g, err, errlen);
+    return gguf_open_copy(m->path, max_copy, &m->g, err, errlen);
 }
 
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen)
@@ -314,7 +310,7 @@ void eng_model_free(eng_model *m)
 
 const eng_info *eng_model_info(const eng_model *m) { return &m->info; }
 
-const char *eng_model_weights_held(const eng_model *m) { return m->copied ? "copy" : "map"; }
+const char *eng_model_weights_held(const eng_model *m) { return gguf_is_copy(m->g) ? "copy" : "map"; }
 
 size_t eng_model_rope_freqs(const eng_model *m, const float **factors)
 {

@@ -463,8 +463,8 @@ static eng_status open_file(const char *path, int *fd, struct stat *st, char *er
 }
 
 /* The handle over m (size bytes, unmapped at close), then the validation. */
-static eng_status open_held(const char *path, void *m, const struct stat *st, gguf_file **out, char *err,
-                            size_t errlen)
+static eng_status open_held(const char *path, void *m, int copied, const struct stat *st, gguf_file **out,
+                            char *err, size_t errlen)
 {
     gguf_file *g = calloc(1, sizeof *g);
     if (!g) {
@@ -475,29 +475,31 @@ static eng_status open_held(const char *path, void *m, const struct stat *st, gg
     g->base = m;
     g->size = (size_t)st->st_size;
     g->mapped = 1;
+    g->copied = copied;
     g->have_stat = 1;
     g->st = *st;
     return open_common(g, base_name(path), out, err, errlen);
 }
 
-eng_status gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
+/* Maps the file open on fd (closed here). */
+static eng_status map_file(const char *path, int fd, const struct stat *st, gguf_file **out, char *err,
+                           size_t errlen)
 {
-    *out = NULL;
-    int fd;
-    struct stat st;
-    eng_status es = open_file(path, &fd, &st, err, errlen);
-    if (es != ENG_OK)
-        return es;
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *m = mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
         return ENG_ERR_IO;
     }
-    return open_held(path, m, &st, out, err, errlen);
+    return open_held(path, m, 0, st, out, err, errlen);
 }
 
-eng_status gguf_open_copy(const char *path, gguf_file **out, char *err, size_t errlen)
+eng_status gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
+{
+    return gguf_open_copy(path, 0, out, err, errlen);
+}
+
+eng_status gguf_open_copy(const char *path, uint64_t max_copy, gguf_file **out, char *err, size_t errlen)
 {
     *out = NULL;
     int fd;
@@ -506,6 +508,8 @@ eng_status gguf_open_copy(const char *path, gguf_file **out, char *err, size_t e
     if (es != ENG_OK)
         return es;
     const size_t n = (size_t)st.st_size;
+    if ((uint64_t)n > max_copy)
+        return map_file(path, fd, &st, out, err, errlen);
     char *m = base_alloc_big(n);
     if (!m) {
         close(fd);
@@ -535,8 +539,10 @@ eng_status gguf_open_copy(const char *path, gguf_file **out, char *err, size_t e
             snprintf(err, errlen, "%s: changed while being read", path);
         return ENG_ERR_IO;
     }
-    return open_held(path, m, &st, out, err, errlen);
+    return open_held(path, m, 1, &st, out, err, errlen);
 }
+
+int gguf_is_copy(const gguf_file *g) { return g->copied; }
 
 void gguf_close(gguf_file *g)
 {

@@ -23,6 +23,7 @@ struct gguf_file {
     const uint8_t *base;
     size_t size;
     int mapped;              /* munmap at close */
+    int copied;              /* read into memory (gguf_open_copy), not a file mapping */
     uint32_t version;
     uint64_t alignment;
     uint64_t data_off;

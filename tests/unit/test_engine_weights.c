@@ -122,9 +122,9 @@ static void test_copy_bad_files(void **state)
     assert_non_null(mkdtemp(dir));
     gguf_file *g = NULL;
     snprintf(path, sizeof path, "%s/missing.gguf", dir);
-    assert_int_equal(gguf_open_copy(path, &g, err, sizeof err), ENG_ERR_IO);
+    assert_int_equal(gguf_open_copy(path, UINT64_MAX, &g, err, sizeof err), ENG_ERR_IO);
     assert_non_null(strstr(err, "cannot open"));
-    assert_int_equal(gguf_open_copy(dir, &g, err, sizeof err), ENG_ERR_IO); /* a directory */
+    assert_int_equal(gguf_open_copy(dir, UINT64_MAX, &g, err, sizeof err), ENG_ERR_IO); /* a directory */
     assert_non_null(strstr(err, "not a regular file"));
     static const char *const bodies[] = {"GG", "NOTAGGUF-----------------------"};
     for (int i = 0; i < 2; i++) {
@@ -136,7 +136,7 @@ static void test_copy_bad_files(void **state)
         char err2[256];
         eng_status a = gguf_open(path, &g, err2, sizeof err2);
         assert_null(g);
-        assert_int_equal(gguf_open_copy(path, &g, err, sizeof err), ENG_ERR_FORMAT);
+        assert_int_equal(gguf_open_copy(path, UINT64_MAX, &g, err, sizeof err), ENG_ERR_FORMAT);
         assert_int_equal(a, ENG_ERR_FORMAT);
         assert_null(g);
         assert_string_equal(err, err2);
