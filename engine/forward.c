@@ -214,6 +214,7 @@ typedef struct lin_job {
                          * Q8_0 weights int8 rows (eng_q8x_quantize_row) */
     float *Y[3];        /* (R, N) */
     int nb[3], nch[3];  /* rows per chunk, chunks */
+    int few[3];         /* R <= small_rows(): weights in place or a few rows at a time */
     int total;
 } lin_job;
 
@@ -293,7 +294,7 @@ static void lin_worker(void *a, int u0, int u1, int ith)
         const int64_t K = W->ncols, N = W->nrows, n0 = (int64_t)ch * J->nb[m];
         const int nn = (int)(N - n0 < J->nb[m] ? N - n0 : J->nb[m]);
         const char *src = (const char *)W->data + (size_t)n0 * W->row_bytes;
-        const int few = J->R <= small_rows(W->type, K);
+        const int few = J->few[m];
         if (q8_path(W->type, K) && few) {
             eng_gemm_q8_rows((const uint8_t *)J->X[m], J->R, (const uint8_t *)src, W->row_bytes, nn,
                              (int)K, J->Y[m] + n0, (size_t)N);
@@ -383,7 +384,7 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
         pack_arg P = {X, c->panels, K, R, W[i0]->type, kind != 0, kind == 5};
         par_rows(c, R, pack_rows, &P);
         const void *xr = kind == 5 ? (const void *)c->xr : (const void *)c->panels;
-        lin_job J = {c, R, {0}, {0}, {0}, {0}, {0}, 0};
+        lin_job J = {c, R, {0}, {0}, {0}, {0}, {0}, {0}, 0};
         for (int i = i0; i < i1; i++) {
             const int k = i - i0;
             J.W[k] = W[i];
@@ -391,6 +392,7 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
             J.Y[k] = Y[i];
             J.nb[k] = kind == 5 ? chunk_rows_q8(W[i]->ncols, thread_share(c)) : chunk_rows(W[i]->ncols);
             J.nch[k] = (int)((W[i]->nrows + J.nb[k] - 1) / J.nb[k]);
+            J.few[k] = R <= small_rows(W[i]->type, W[i]->ncols);
             J.total += J.nch[k];
         }
         eng_pool_for(c->pool, J.total, 1, lin_worker, &J);
