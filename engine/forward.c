@@ -302,8 +302,8 @@ static void lin_worker(void *a, int u0, int u1, int ith)
         }
         if (q8_path(W->type, K)) {
             uint8_t *panel = (uint8_t *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
-            const int flags = eng_q8w_pack((const uint8_t *)src, W->row_bytes, nn, (int)K, panel);
-            eng_gemm_q8((const uint8_t *)J->X[m], J->R, panel, nn, (int)K, flags, J->Y[m] + n0, (size_t)N);
+            eng_q8w_pack((const uint8_t *)src, W->row_bytes, nn, (int)K, panel);
+            eng_gemm_q8((const uint8_t *)J->X[m], J->R, panel, nn, (int)K, J->Y[m] + n0, (size_t)N);
             continue;
         }
         if (few) {

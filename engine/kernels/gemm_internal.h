@@ -58,23 +58,24 @@ int eng_gemm_f16_in_place(void);
  *
  * Activations: row r at Xq + r * eng_q8x_stride(K) holds K int8 values, then nb float scales,
  * then nb int32 values -128 * (sum of the block's int8 values) that the VNNI kernel needs.
- * Weights: panels of ENG_Q8_NV rows (the last may be shorter, zero-padded); per block, 8 steps
- * of 4 columns, each ENG_Q8_NV rows x 4 bytes (value + 128, as unsigned), then ENG_Q8_NV float
- * scales. */
+ * Weights: panels of ENG_Q8_NV rows (the last may be shorter, zero-padded) in the form the
+ * current level's kernel reads, per block: for the VNNI and scalar kernels 8 steps of 4 columns,
+ * each ENG_Q8_NV rows x 4 bytes (value + 128, as unsigned); for the AVX2 one 16 steps of 2
+ * columns, each ENG_Q8_NV rows x 2 int16 values; then ENG_Q8_NV float scales. Pack and multiply
+ * at the same level (eng_gemm_force between them would mismatch the forms). */
 enum { ENG_Q8_NV = 16 };
 
 size_t eng_q8x_stride(int K);
 /* Rounds x (K floats, K % 32 == 0) to Q8_0 blocks as ggml's quantize_row_q8_0 does (scale
  * amax / 127 stored as f16, values rounded to nearest, ties to even) into one row at dst. */
 void eng_q8x_quantize_row(const float *x, int K, uint8_t *dst);
-/* Bytes of the panels of `rows` weight rows. */
+/* Bytes of the panels of `rows` weight rows (at the current level: AVX2's are twice as big). */
 size_t eng_q8w_bytes(int rows, int K);
 /* Packs `rows` Q8_0 weight rows (row i at src + i * row_bytes) into panels at dst (64-byte
- * aligned, eng_q8w_bytes). Returns the flags to pass to eng_gemm_q8. */
-int eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst);
+ * aligned, eng_q8w_bytes). */
+void eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst);
 /* Y[i * ldy + j] for i < M, j < N. Thread-safe; no allocation. */
-void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int flags, float *Y,
-                 size_t ldy);
+void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, float *Y, size_t ldy);
 /* The same product with the weights read in place: N Q8_0 rows, row j at W + j * row_bytes.
  * For few X rows, where packing would cost more than the product. Same bits. */
 void eng_gemm_q8_rows(const uint8_t *Xq, int M, const uint8_t *W, size_t row_bytes, int N, int K,

@@ -21,16 +21,28 @@ enum {
     QSTEPS = QK / 4,                 /* 4-column steps per block */
     WQ = QSTEPS * ENG_Q8_NV * 4,     /* a panel block's value bytes */
     WBLK = WQ + ENG_Q8_NV * 4,       /* and its scales */
+    WQ16 = QK * ENG_Q8_NV * 2,       /* an int16 panel block's values (AVX2 kernel) */
+    WBLK16 = WQ16 + ENG_Q8_NV * 4,   /* and its scales */
     SRC_BLK = 2 + QK,                /* a Q8_0 block in the file: f16 scale, 32 int8 */
-    HAS_M128 = 1,                    /* flag: some weight is -128 (the AVX2 kernel's sign trick
-                                        cannot negate it) */
 };
 
 size_t eng_q8x_stride(int K) { return (size_t)K + (size_t)(K / QK) * 8; }
 
+/* The panels the current level's kernel reads: int16 for AVX2 without VNNI, bytes otherwise. */
+static int panels_i16(void)
+{
+#if defined(__x86_64__)
+    const int level = eng_gemm_level();
+    return level >= ENG_GEMM_AVX2 && !(level == ENG_GEMM_AVX512 && base_cpu_has(BASE_CPU_AVX512VNNI));
+#else
+    return 0;
+#endif
+}
+
 size_t eng_q8w_bytes(int rows, int K)
 {
-    return (size_t)((rows + ENG_Q8_NV - 1) / ENG_Q8_NV) * (size_t)(K / QK) * WBLK;
+    const size_t blk = panels_i16() ? WBLK16 : WBLK;
+    return (size_t)((rows + ENG_Q8_NV - 1) / ENG_Q8_NV) * (size_t)(K / QK) * blk;
 }
 
 static void quantize_scalar(const float *x, int K, uint8_t *dst)
@@ -63,10 +75,9 @@ static void quantize_scalar(const float *x, int K, uint8_t *dst)
     }
 }
 
-static int pack_scalar(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
+static void pack_scalar(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
 {
     const int nb = K / QK;
-    int flags = 0;
     for (int g = 0; g * ENG_Q8_NV < rows; g++) {
         const int r0 = g * ENG_Q8_NV, n = rows - r0 < ENG_Q8_NV ? rows - r0 : ENG_Q8_NV;
         for (int b = 0; b < nb; b++, dst += WBLK) {
@@ -78,16 +89,12 @@ static int pack_scalar(const uint8_t *src, size_t row_bytes, int rows, int K, ui
                 memcpy(&h, blk, 2);
                 sc[l] = base_f16_to_f32(h);
                 for (int s = 0; s < QSTEPS; s++)
-                    for (int t = 0; t < 4; t++) {
-                        const uint8_t v = blk[2 + s * 4 + t];
-                        flags |= v == 0x80 ? HAS_M128 : 0;
-                        dst[(s * ENG_Q8_NV + l) * 4 + t] = v ^ 0x80;
-                    }
+                    for (int t = 0; t < 4; t++)
+                        dst[(s * ENG_Q8_NV + l) * 4 + t] = blk[2 + s * 4 + t] ^ 0x80;
             }
             memcpy(dst + WQ, sc, sizeof sc);
         }
     }
-    return flags;
 }
 
 /* A row's scales and corrections, after its K values. */
@@ -190,11 +197,23 @@ static AVX2 inline void transpose8(__m256i r[8])
     }
 }
 
-static AVX2 int pack_avx2(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
+/* Weight row r0 + row's block b for packing, with its scale put into sc[row]. 16 rows are read
+ * side by side: each fetches ahead. */
+static inline const uint8_t *pack_block(const uint8_t *src, size_t row_bytes, int r0, int row, int b,
+                                        float *sc)
+{
+    const uint8_t *blk = src + (size_t)(r0 + row) * row_bytes + (size_t)b * SRC_BLK;
+    uint16_t hb;
+    memcpy(&hb, blk, 2);
+    sc[row] = base_f16_to_f32(hb);
+    _mm_prefetch((const char *)blk + 8 * SRC_BLK, _MM_HINT_T0);
+    return blk + 2;
+}
+
+static AVX2 void pack_u8_avx2(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
 {
     const int nb = K / QK;
     const __m256i flip = _mm256_set1_epi8((char)0x80);
-    __m256i m128 = _mm256_setzero_si256();
     for (int g = 0; g * ENG_Q8_NV < rows; g++) {
         const int r0 = g * ENG_Q8_NV, n = rows - r0 < ENG_Q8_NV ? rows - r0 : ENG_Q8_NV;
         for (int b = 0; b < nb; b++, dst += WBLK) {
@@ -207,15 +226,8 @@ static AVX2 int pack_avx2(const uint8_t *src, size_t row_bytes, int rows, int K,
                         r[l] = flip; /* padding rows hold the value 0 */
                         continue;
                     }
-                    const uint8_t *blk = src + (size_t)(r0 + row) * row_bytes + (size_t)b * SRC_BLK;
-                    uint16_t hb;
-                    memcpy(&hb, blk, 2);
-                    sc[row] = base_f16_to_f32(hb);
-                    /* 16 rows are read side by side: fetch ahead on each */
-                    _mm_prefetch((const char *)blk + 8 * SRC_BLK, _MM_HINT_T0);
-                    const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-                    m128 = _mm256_or_si256(m128, _mm256_cmpeq_epi8(w, flip));
-                    r[l] = _mm256_xor_si256(w, flip);
+                    const uint8_t *v = pack_block(src, row_bytes, r0, row, b, sc);
+                    r[l] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)v), flip);
                 }
                 transpose8(r);
                 for (int s = 0; s < QSTEPS; s++)
@@ -224,7 +236,40 @@ static AVX2 int pack_avx2(const uint8_t *src, size_t row_bytes, int rows, int K,
             memcpy(dst + WQ, sc, sizeof sc);
         }
     }
-    return _mm256_testz_si256(m128, m128) ? 0 : HAS_M128;
+}
+
+/* The int16 panels of the AVX2 kernel: per block, 16 steps of 2 columns, each ENG_Q8_NV rows x 2
+ * int16 values, then ENG_Q8_NV float scales. A row's 32 values widen into 16 dwords of 2 values,
+ * and transposing 8 rows' dwords gives each step's register. */
+static AVX2 void pack_i16_avx2(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
+{
+    const int nb = K / QK;
+    for (int g = 0; g * ENG_Q8_NV < rows; g++) {
+        const int r0 = g * ENG_Q8_NV, n = rows - r0 < ENG_Q8_NV ? rows - r0 : ENG_Q8_NV;
+        for (int b = 0; b < nb; b++, dst += WBLK16) {
+            float sc[ENG_Q8_NV] = {0};
+            for (int h = 0; h < 2; h++) {
+                __m256i lo[8], hi[8];
+                for (int l = 0; l < 8; l++) {
+                    const int row = h * 8 + l;
+                    if (row >= n) {
+                        lo[l] = hi[l] = _mm256_setzero_si256(); /* padding rows hold 0 */
+                        continue;
+                    }
+                    const uint8_t *v = pack_block(src, row_bytes, r0, row, b, sc);
+                    lo[l] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)v));
+                    hi[l] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(v + 16)));
+                }
+                transpose8(lo);
+                transpose8(hi);
+                for (int q = 0; q < 8; q++) {
+                    _mm256_store_si256((__m256i *)(dst + q * 64 + h * 32), lo[q]);
+                    _mm256_store_si256((__m256i *)(dst + (q + 8) * 64 + h * 32), hi[q]);
+                }
+            }
+            memcpy(dst + WQ16, sc, sizeof sc);
+        }
+    }
 }
 
 /* ---- AVX-512 VNNI: 16 weight rows per register, X's 4 values broadcast ----
@@ -310,53 +355,54 @@ Q8_SHAPES(DEF_ZTILE_Q8)
 #undef DEF_ZTILE_Q8
 static const q8_tile_fn k_ztiles_q8[ZMR][ZNV] = Q8_TABLE(ztile_q8_);
 
-/* ---- AVX2: 8 weight rows per register, no VNNI ----
- * maddubs multiplies unsigned by signed bytes with 16-bit sums that saturate for w + 128, so
- * the weights are turned back to signed and the usual sign trick makes X's side unsigned:
- * |x| * (w with x's sign). That cannot negate -128: such panels go to the scalar kernel. */
-enum { YMR = 2 }; /* X rows per tile, against one panel (two registers) */
+/* ---- AVX2: int16 panels, 8 weight rows per register ----
+ * Without VNNI the byte products need maddubs, whose 16-bit sums saturate unless one side is
+ * made unsigned with the sign trick; the sign instruction shares the multiply ports, so that
+ * is three of them per 32 products. Panels of int16 weights take two (madd, each two
+ * products per lane, exact in int32), and -128 needs no special case. */
+enum { YMR = 3 };                     /* X rows per tile, against one panel (two registers) */
 
 static AVX2 inline __attribute__((always_inline)) void ytile_q8(const uint8_t *x, size_t xs, int mr,
                                                                 const uint8_t *w, int ncols, int K,
                                                                 float *Y, size_t ldy)
 {
     const int nb = K / QK;
-    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     __m256 f[YMR][2];
-#pragma GCC unroll 2
+    _Alignas(32) int16_t xw[YMR][QK];
+#pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
         f[i][0] = f[i][1] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m256i s[YMR][2];
-#pragma GCC unroll 2
-        for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
             s[i][0] = s[i][1] = _mm256_setzero_si256();
-        const uint8_t *wb = w + (size_t)b * WBLK;
-#pragma GCC unroll 8
-        for (int q = 0; q < QSTEPS; q++) {
-            __m256i wv[2];
-            for (int h = 0; h < 2; h++)
-                wv[h] = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(wb + q * 64 + h * 32)), flip);
-#pragma GCC unroll 2
+            const uint8_t *xb = x + (size_t)i * xs + b * QK;
+            _mm256_store_si256((__m256i *)xw[i], _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)xb)));
+            _mm256_store_si256((__m256i *)(xw[i] + 16), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(xb + 16))));
+        }
+        const uint8_t *wb = w + (size_t)b * WBLK16;
+#pragma GCC unroll 4
+        for (int q = 0; q < QK / 2; q++) {
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wb + q * 64));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wb + q * 64 + 32));
+#pragma GCC unroll 4
             for (int i = 0; i < mr; i++) {
-                const __m256i xb = _mm256_set1_epi32(ld32(x + (size_t)i * xs + b * QK + q * 4));
-                const __m256i ax = _mm256_abs_epi8(xb);
-                for (int h = 0; h < 2; h++) {
-                    const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv[h], xb));
-                    s[i][h] = _mm256_add_epi32(s[i][h], _mm256_madd_epi16(p, ones));
-                }
+                const __m256i xp = _mm256_set1_epi32(ld32((const uint8_t *)(xw[i] + 2 * q)));
+                s[i][0] = _mm256_add_epi32(s[i][0], _mm256_madd_epi16(w0, xp));
+                s[i][1] = _mm256_add_epi32(s[i][1], _mm256_madd_epi16(w1, xp));
             }
         }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
             const __m256 dx = _mm256_set1_ps(x_scales(x + (size_t)i * xs, K)[b]);
             for (int h = 0; h < 2; h++) {
-                const __m256 sc = _mm256_mul_ps(dx, _mm256_load_ps((const float *)(wb + WQ) + h * 8));
+                const __m256 sc = _mm256_mul_ps(dx, _mm256_load_ps((const float *)(wb + WQ16) + h * 8));
                 f[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i][h]), sc, f[i][h]);
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int i = 0; i < mr; i++) {
         float out[ENG_Q8_NV];
         _mm256_storeu_ps(out, f[i][0]);
@@ -365,14 +411,20 @@ static AVX2 inline __attribute__((always_inline)) void ytile_q8(const uint8_t *x
     }
 }
 
-static AVX2 void ytile_q8_1(const uint8_t *x, size_t xs, const uint8_t *w, int ncols, int K, float *Y, size_t ldy)
-{
-    ytile_q8(x, xs, 1, w, ncols, K, Y, ldy);
-}
-static AVX2 void ytile_q8_2(const uint8_t *x, size_t xs, const uint8_t *w, int ncols, int K, float *Y, size_t ldy)
-{
-    ytile_q8(x, xs, 2, w, ncols, K, Y, ldy);
-}
+typedef void (*q8_ytile_fn)(const uint8_t *x, size_t xs, const uint8_t *w, int ncols, int K,
+                            float *Y, size_t ldy);
+#define DEF_YTILE_Q8(m)                                                                            \
+    static AVX2 void ytile_q8_##m(const uint8_t *x, size_t xs, const uint8_t *w, int ncols, int K, \
+                                  float *Y, size_t ldy)                                            \
+    {                                                                                              \
+        ytile_q8(x, xs, m, w, ncols, K, Y, ldy);                                                   \
+    }
+DEF_YTILE_Q8(1)
+DEF_YTILE_Q8(2)
+DEF_YTILE_Q8(3)
+
+#undef DEF_YTILE_Q8
+static const q8_ytile_fn k_ytiles_q8[YMR] = {ytile_q8_1, ytile_q8_2, ytile_q8_3};
 #endif
 
 /* ---- few X rows: weights read in place from their Q8_0 blocks ----
@@ -552,8 +604,7 @@ void eng_gemm_q8_rows(const uint8_t *Xq, int M, const uint8_t *W, size_t row_byt
     rows_scalar(Xq, M, W, row_bytes, N, K, Y, ldy);
 }
 
-void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int flags, float *Y,
-                 size_t ldy)
+void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, float *Y, size_t ldy)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -572,18 +623,17 @@ void eng_gemm_q8(const uint8_t *Xq, int M, const uint8_t *Wq, int N, int K, int 
         }
         return;
     }
-    if (level >= ENG_GEMM_AVX2 && !(flags & HAS_M128)) {
+    if (panels_i16()) {
+        const size_t gs16 = (size_t)(K / QK) * WBLK16;
         for (int i0 = 0; i0 < M; i0 += YMR) {
             const int mr = M - i0 < YMR ? M - i0 : YMR;
             for (int j0 = 0; j0 < N; j0 += ENG_Q8_NV)
-                (mr == 2 ? ytile_q8_2 : ytile_q8_1)(Xq + (size_t)i0 * xs, xs,
-                                                    Wq + (size_t)(j0 / ENG_Q8_NV) * gs, N - j0, K,
-                                                    Y + (size_t)i0 * ldy + j0, ldy);
+                k_ytiles_q8[mr - 1](Xq + (size_t)i0 * xs, xs, Wq + (size_t)(j0 / ENG_Q8_NV) * gs16,
+                                    N - j0, K, Y + (size_t)i0 * ldy + j0, ldy);
         }
         return;
     }
 #endif
-    (void)flags; /* only the AVX2 kernel needs them */
     gemm_q8_scalar(Xq, M, Wq, N, K, Y, ldy);
 }
 
@@ -598,11 +648,17 @@ void eng_q8x_quantize_row(const float *x, int K, uint8_t *dst)
     quantize_scalar(x, K, dst);
 }
 
-int eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
+void eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst)
 {
 #if defined(__x86_64__)
-    if (eng_gemm_level() >= ENG_GEMM_AVX2)
-        return pack_avx2(src, row_bytes, rows, K, dst);
+    if (panels_i16()) {
+        pack_i16_avx2(src, row_bytes, rows, K, dst);
+        return;
+    }
+    if (eng_gemm_level() >= ENG_GEMM_AVX2) {
+        pack_u8_avx2(src, row_bytes, rows, K, dst);
+        return;
+    }
 #endif
-    return pack_scalar(src, row_bytes, rows, K, dst);
+    pack_scalar(src, row_bytes, rows, K, dst);
 }
