@@ -64,8 +64,6 @@ kvb_status kvb_chunk_check(kvb_codec codec, const uint16_t *kv, uint32_t n_layer
 #define KVB_KEEP_BYTES ((uint64_t)256 << 20) /* kept after kvb_big_free, at most */
 void *kvb_big_alloc(size_t n, size_t *cap);
 void kvb_big_free(void *p, size_t cap);
-size_t kvb_big_kept(void); /* bytes kept for reuse now (0 under ASan) */
-void kvb_big_trim(void);   /* gives every kept buffer back to the system */
 
 /* Bytes of scratch kvb_chunk_decode takes to decode a chunk of n tokens with codec. */
 uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n, uint32_t kv_dim);

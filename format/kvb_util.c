@@ -230,7 +230,7 @@ void *kvb_big_alloc(size_t n, size_t *cap)
     return p;
 }
 
-size_t kvb_big_kept(void)
+size_t kvb_buffers_kept(void)
 {
     pthread_mutex_lock(&g_cache_mu);
     size_t n = g_cached;
@@ -238,7 +238,7 @@ size_t kvb_big_kept(void)
     return n;
 }
 
-void kvb_big_trim(void)
+void kvb_buffers_release(void)
 {
     pthread_mutex_lock(&g_cache_mu);
     for (int i = 0; i < CACHE_SLOTS; i++)

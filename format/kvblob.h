@@ -233,6 +233,12 @@ void kvb_reader_free(kvb_reader *r); /* NULL is a no-op; stops its worker thread
  * that readies itself before it times its first load (as it readies its KV cache) calls
  * this then. Best effort, within the bound of the kept buffers (256 MiB). */
 void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place);
+/* Bytes of the buffers that freed readers (and kvb_reader_reserve) keep for the next ones in
+ * this process (0 under ASan, which checks plain allocations instead). */
+size_t kvb_buffers_kept(void);
+/* Gives the kept buffers back to the system: for a long-lived process that stops loading for
+ * a while (a server between uploads). Buffers of live readers are theirs; thread-safe. */
+void kvb_buffers_release(void);
 
 /* Feeds the next len bytes of the blob, in pieces of any size (borrowed only during the call: a
  * chunk that lies whole inside the piece is hashed and decoded from it in place, and the call

@@ -213,7 +213,10 @@ enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
     }
     kvb_read_opts o = {.key = r->up_key, .no_decode = 1, .n_threads = 1, .now = 0};
     r->up_reader = kvb_reader_create(&o);
-    return r->up_reader ? MHD_YES : MHD_NO;
+    if (!r->up_reader)
+        return MHD_NO;
+    atomic_fetch_add(&s->uploads_active, 1);
+    return MHD_YES;
 }
 
 /* The answer to a body the reader refused (r->up_st, r->up_err). */

@@ -84,8 +84,13 @@ void kvsrv_req_free(kvsrv_req *r)
 {
     if (!r)
         return;
-    if (r->up_reader)
+    if (r->up_reader) {
         kvb_reader_free(r->up_reader);
+        /* the reader's chunk buffers are kept for the next one (a chunk of a big model's blob
+         * is tens of MB); with no upload left, an idle server gives them back */
+        if (atomic_fetch_sub(&r->srv->uploads_active, 1) == 1)
+            kvb_buffers_release();
+    }
     if (r->up_fd >= 0)
         close(r->up_fd);
     kvc_key_free(r->up_key);

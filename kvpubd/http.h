@@ -72,6 +72,7 @@ struct kvsrv {
     atomic_long active_conns;
     _Atomic uint64_t requests[EP_COUNT][KVSRV_N_CODES];
     _Atomic uint64_t bytes_sent, errors, uploads_rejected;
+    atomic_int uploads_active;      /* requests holding an upload reader */
 };
 
 /* Per-request state: created on the first access-handler call, freed on completion. */

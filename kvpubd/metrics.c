@@ -87,6 +87,8 @@ enum MHD_Result kvsrv_metrics(kvsrv_req *r)
            atomic_load(&s->rate_limited));
     METRIC("kvpubd_uploads_rejected_total", "counter", "Uploads refused (auth, size, verification).",
            atomic_load(&s->uploads_rejected));
+    METRIC("kvpubd_active_uploads", "gauge", "Uploads being received and verified.", atomic_load(&s->uploads_active));
+    METRIC("kvpubd_kept_buffer_bytes", "gauge", "Verification buffers kept for the next upload.", kvb_buffers_kept());
 #undef METRIC
 #undef EMIT
     return kvsrv_respond_text(r, MHD_HTTP_OK, "text/plain; version=0.0.4", out, len);

@@ -70,6 +70,15 @@ put 200 "$CRED1" good.kvb
 [ "$(json .status)" = exists ] && [ "$(json .id)" = "$ID" ] || fail "second upload reports exists"
 put 201 "$CRED2" bob.kvb
 [ "$(rows)" = 2 ] || fail "two blobs indexed, got $(rows)"
+# an idle server holds no verification buffers: the last upload to end gives them back (the
+# request ends just after its response, so wait for it to leave)
+for _ in $(seq 50); do
+  expect 200 GET /metrics
+  grep -q '^kvpubd_active_uploads 0$' "$T/body" && break
+  sleep 0.1
+done
+grep -q '^kvpubd_active_uploads 0$' "$T/body" && grep -q '^kvpubd_kept_buffer_bytes 0$' "$T/body" \
+  && ok "an idle server keeps no upload buffers" || fail "idle server: $(grep -E '^kvpubd_(active_uploads|kept_buffer)' "$T/body")"
 [ "$(sqlite3 "$T/store/index.db" "select count(*) from blobs where id='$ID'")" = 1 ] || fail "row for $ID"
 expect 200 GET "/v1/blobs/$ID"
 cmp -s "$T/body" "$T/good.kvb" || fail "uploaded blob served back byte-exact"

@@ -256,21 +256,21 @@ static void read_exact(const data *d, const uint8_t *blob, size_t len, int threa
 static void test_kept_buffers(void **st)
 {
     (void)st;
-    kvb_big_trim();
-    assert_int_equal(kvb_big_kept(), 0);
+    kvb_buffers_release();
+    assert_int_equal(kvb_buffers_kept(), 0);
     size_t ca, cb, cc;
     uint8_t *a = kvb_big_alloc(3u << 20, &ca);
     assert_non_null(a);
     assert_true(ca >= 3u << 20);
     memset(a, 0x5a, ca);
     kvb_big_free(a, ca);
-    const int keeps = kvb_big_kept() == ca;
+    const int keeps = kvb_buffers_kept() == ca;
     if (keeps) {
         uint8_t *b = kvb_big_alloc(2u << 20, &cb); /* at least half of the kept one: reused */
         assert_ptr_equal(b, a);
         assert_int_equal(cb, ca);
         assert_int_equal(b[ca - 1], 0x5a);
-        assert_int_equal(kvb_big_kept(), 0);
+        assert_int_equal(kvb_buffers_kept(), 0);
         uint8_t *c = kvb_big_alloc(64u << 10, &cc); /* far smaller: a buffer of its own */
         assert_ptr_not_equal(c, b);
         assert_true(cc >= 64u << 10 && cc < 2u << 20);
@@ -282,12 +282,12 @@ static void test_kept_buffers(void **st)
             assert_non_null(p[i] = kvb_big_alloc(15u << 20, &cp[i]));
         for (int i = 0; i < 24; i++)
             kvb_big_free(p[i], cp[i]);
-        assert_true(kvb_big_kept() > 0 && kvb_big_kept() <= KVB_KEEP_BYTES);
+        assert_true(kvb_buffers_kept() > 0 && kvb_buffers_kept() <= KVB_KEEP_BYTES);
     } else {
         printf("kvb_big_alloc keeps nothing in this build (ASan): reading part only\n");
     }
     /* kept buffers full of 0xff (f16 NaN): decoding must not rely on zeroed memory */
-    kvb_big_trim();
+    kvb_buffers_release();
     for (size_t n = 4096; n <= (8u << 20); n *= 2) {
         size_t cn;
         uint8_t *q = kvb_big_alloc(n, &cn);
@@ -308,7 +308,7 @@ static void test_kept_buffers(void **st)
         kvb_manifest *m = NULL;
         char err[256];
         assert_int_equal(kvb_peek(blob, len, g_key, NULL, &m, err, sizeof err), KVB_OK);
-        kvb_big_trim();
+        kvb_buffers_release();
         kvb_reader_reserve(m, 3, 0);
         uint64_t longest = 0;
         for (uint32_t i = 0; i < m->n_chunks; i++)
@@ -316,7 +316,7 @@ static void test_kept_buffers(void **st)
         const uint64_t out = 2ull * m->n_layer * 2 * m->chunk_tokens * m->kv_dim;
         const uint64_t scr = lossless[ci] == KVB_CODEC_F16 ? 0 : out / 2;
         if (keeps)
-            assert_true(kvb_big_kept() >= 4 * (longest + out) + 3 * scr);
+            assert_true(kvb_buffers_kept() >= 4 * (longest + out) + 3 * scr);
         read_exact(&d, blob, len, 3);
         kvb_manifest_free(m);
         free(blob);
