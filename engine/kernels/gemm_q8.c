@@ -357,10 +357,13 @@ static const q8_tile_fn k_ztiles_q8[ZMR][ZNV] = Q8_TABLE(ztile_q8_);
 
 /* ---- AVX2: int16 panels, 8 weight rows per register ----
  * Without VNNI the byte products need maddubs, whose 16-bit sums saturate unless one side is
- * made unsigned with the sign trick; the sign instruction shares the multiply ports, so that
- * is three of them per 32 products. Panels of int16 weights take two (madd, each two
- * products per lane, exact in int32), and -128 needs no special case. */
-enum { YMR = 3 };                     /* X rows per tile, against one panel (two registers) */
+ * made unsigned with the sign trick: sign, maddubs, madd and add per 32 products, an abs and
+ * undoing the panels' +128 per step besides, and no way to negate -128. Int16 weights take two
+ * madd and two adds per 32 products and nothing else (two products per lane, exact in int32);
+ * measured faster (spec/engine.md section 1). */
+/* X rows per tile, against one panel (two registers): six accumulators. Four rows spilled one
+ * of eight, whose store and reload then chained every step; two rows by two panels spilled too. */
+enum { YMR = 3 };
 
 static AVX2 inline __attribute__((always_inline)) void ytile_q8(const uint8_t *x, size_t xs, int mr,
                                                                 const uint8_t *w, int ncols, int K,
@@ -422,7 +425,6 @@ typedef void (*q8_ytile_fn)(const uint8_t *x, size_t xs, const uint8_t *w, int n
 DEF_YTILE_Q8(1)
 DEF_YTILE_Q8(2)
 DEF_YTILE_Q8(3)
-
 #undef DEF_YTILE_Q8
 static const q8_ytile_fn k_ytiles_q8[YMR] = {ytile_q8_1, ytile_q8_2, ytile_q8_3};
 #endif
