@@ -45,7 +45,10 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
     /* c->panels: X packed for the GEMM (rows, Kr of the widest K), then one chunk of packed,
      * dequantized weight rows plus one row of scratch per thread */
     const size_t nb = sizeof bufs / sizeof bufs[0], kmax = (size_t)xr_width(c);
-    const size_t per = (size_t)max64(CHUNK_FLOATS, ENG_GEMM_NR * (int64_t)kmax) + kmax;
+    /* and at least one 16-row panel of Q8_0 weights of the widest K, in its widest form: the
+     * panel is the integer path's smallest unit (chunk_rows_q8) */
+    const int64_t q8 = ((int64_t)eng_q8w_bytes_max(ENG_Q8_NV, (int)kmax) + 64 + 3) / 4;
+    const size_t per = (size_t)max64(max64(CHUNK_FLOATS, ENG_GEMM_NR * (int64_t)kmax), q8) + kmax;
     c->panels_cap = (size_t)rows * kmax + per * (size_t)eng_pool_size(c->pool);
     size_t total = 0;
     for (size_t i = 0; i < nb; i++) {

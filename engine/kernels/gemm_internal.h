@@ -71,6 +71,8 @@ size_t eng_q8x_stride(int K);
 void eng_q8x_quantize_row(const float *x, int K, uint8_t *dst);
 /* Bytes of the panels of `rows` weight rows (at the current level: AVX2's are twice as big). */
 size_t eng_q8w_bytes(int rows, int K);
+/* The most eng_q8w_bytes gives at any level: what a buffer sized once must hold. */
+size_t eng_q8w_bytes_max(int rows, int K);
 /* Packs `rows` Q8_0 weight rows (row i at src + i * row_bytes) into panels at dst (64-byte
  * aligned, eng_q8w_bytes). */
 void eng_q8w_pack(const uint8_t *src, size_t row_bytes, int rows, int K, uint8_t *dst);

@@ -39,11 +39,14 @@ static int panels_i16(void)
 #endif
 }
 
-size_t eng_q8w_bytes(int rows, int K)
+static size_t panel_bytes(int rows, int K, size_t blk)
 {
-    const size_t blk = panels_i16() ? WBLK16 : WBLK;
     return (size_t)((rows + ENG_Q8_NV - 1) / ENG_Q8_NV) * (size_t)(K / QK) * blk;
 }
+
+size_t eng_q8w_bytes(int rows, int K) { return panel_bytes(rows, K, panels_i16() ? WBLK16 : WBLK); }
+
+size_t eng_q8w_bytes_max(int rows, int K) { return panel_bytes(rows, K, WBLK16 > WBLK ? WBLK16 : WBLK); }
 
 static void quantize_scalar(const float *x, int K, uint8_t *dst)
 {

@@ -430,7 +430,11 @@ static void test_levels(void **state)
         "--arch qwen3 --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --ffn 256 "
         "--vocab 512 --ctx 256 --type f16 --seed 5",
         "--arch stablelm --layers 2 --dim 256 --heads 2 --kv-heads 1 --head-dim 128 --n-rot 32 --qk-norm "
-        "--ffn 256 --vocab 512 --ctx 256 --type f32 --seed 5"};
+        "--ffn 256 --vocab 512 --ctx 256 --type f32 --seed 5",
+        /* a product with K = 16384 (ffn_down): one 16-row Q8_0 panel of it is more than the f32
+         * chunk a thread's panel share was sized for, at both levels (it wrote past the buffer) */
+        "--arch qwen3 --layers 1 --dim 64 --heads 2 --kv-heads 1 --head-dim 32 --ffn 16384 "
+        "--vocab 384 --ctx 256 --type q8_0 --seed 6"};
     const size_t nshared = sizeof shared / sizeof shared[0], nsynth = sizeof synth / sizeof synth[0];
     for (size_t mi = 0; mi < nshared + nsynth; mi++) {
         char path[256];
