@@ -462,19 +462,28 @@ static eng_status open_file(const char *path, int *fd, struct stat *st, char *er
     return es;
 }
 
-/* The handle over m (size bytes, unmapped at close), then the validation. */
+/* Gives back a file's bytes: a copy (base_alloc_big) or a mapping. */
+static void release(const void *m, size_t n, int copied)
+{
+    if (copied)
+        base_free_big((void *)m, n);
+    else
+        munmap((void *)m, n);
+}
+
+/* The handle over m (size bytes: the copy, or the mapping), then the validation. */
 static eng_status open_held(const char *path, void *m, int copied, const struct stat *st, gguf_file **out,
                             char *err, size_t errlen)
 {
     gguf_file *g = calloc(1, sizeof *g);
     if (!g) {
-        munmap(m, (size_t)st->st_size);
+        release(m, (size_t)st->st_size, copied);
         snprintf(err, errlen, "out of memory");
         return ENG_ERR_NOMEM;
     }
     g->base = m;
     g->size = (size_t)st->st_size;
-    g->mapped = 1;
+    g->owned = 1;
     g->copied = copied;
     g->have_stat = 1;
     g->st = *st;
@@ -554,7 +563,7 @@ void gguf_close(gguf_file *g)
     free(g->kv_sorted);
     free(g->t);
     free(g->t_sorted);
-    if (g->mapped)
-        munmap((void *)g->base, g->size);
+    if (g->owned)
+        release(g->base, g->size, g->copied);
     free(g);
 }

@@ -22,7 +22,7 @@ typedef struct gguf_kv {
 struct gguf_file {
     const uint8_t *base;
     size_t size;
-    int mapped;              /* munmap at close */
+    int owned;               /* base is this handle's (a copy or a mapping), released at close */
     int copied;              /* read into memory (gguf_open_copy), not a file mapping */
     uint32_t version;
     uint64_t alignment;
