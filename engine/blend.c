@@ -32,12 +32,15 @@ static int by_row(const void *a, const void *b)
 /* Squared distance between the fresh row (f32) and cache row `cell` of one layer's K or V. */
 static double row_dist(const eng_ctx *c, const void *cache, int cell, const float *fresh, float *tmp)
 {
-    const size_t KD = (size_t)c->kv_dim;
+    const size_t KD = (size_t)c->kv_dim, hd = (size_t)c->hp->head_dim;
+    for (int h = 0; h < c->hp->n_head_kv; h++) {
+        const size_t off = eng_kv_off(c, cell, h);
+        if (c->kv_f32)
+            memcpy(tmp + h * hd, (const float *)cache + off, sizeof(float) * hd);
+        else
+            eng_f16_to_f32_row((const uint16_t *)cache + off, tmp + h * hd, hd);
+    }
     const float *old = tmp;
-    if (c->kv_f32)
-        old = (const float *)cache + (size_t)cell * KD;
-    else
-        eng_f16_to_f32_row((const uint16_t *)cache + (size_t)cell * KD, tmp, KD);
     double s = 0;
     for (size_t j = 0; j < KD; j++) {
         const double e = (double)fresh[j] - (double)old[j];

@@ -96,23 +96,35 @@ eng_status eng_kv_truncate(eng_ctx *c, int n_cells)
     return ENG_OK;
 }
 
+/* Copies rows [cell0, cell0 + n) of one layer's K or V between the cache t and the exchange
+ * layout x ((n, kv_dim) f16): out = 1 from the cache into x, 0 from x into the cache. */
+static void kv_copy(const eng_ctx *c, void *t, int cell0, int n, uint16_t *x, int out)
+{
+    const int hd = c->hp->head_dim, nh = c->hp->n_head_kv;
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < n; i++) {
+            const size_t off = eng_kv_off(c, cell0 + i, h);
+            uint16_t *e = x + (size_t)i * (size_t)c->kv_dim + (size_t)h * hd;
+            if (c->kv_f32 && out)
+                eng_f32_to_f16_row((const float *)t + off, e, (size_t)hd);
+            else if (c->kv_f32)
+                eng_f16_to_f32_row(e, (float *)t + off, (size_t)hd);
+            else if (out)
+                memcpy(e, (const uint16_t *)t + off, sizeof(uint16_t) * (size_t)hd);
+            else
+                memcpy((uint16_t *)t + off, e, sizeof(uint16_t) * (size_t)hd);
+        }
+}
+
 eng_status eng_kv_export_layer(const eng_ctx *c, int layer, int cell0, int n, uint16_t *k, uint16_t *v)
 {
     if (layer < 0 || layer >= c->hp->n_layer || cell0 < 0 || n < 0 || cell0 > c->n_cells ||
         n > c->n_cells - cell0)
         return ENG_ERR_RANGE;
-    size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
-    if (c->kv_f32) {
-        if (k)
-            eng_f32_to_f16_row((const float *)c->k[layer] + off, k, cnt);
-        if (v)
-            eng_f32_to_f16_row((const float *)c->v[layer] + off, v, cnt);
-    } else {
-        if (k)
-            memcpy(k, (const uint16_t *)c->k[layer] + off, cnt * sizeof(uint16_t));
-        if (v)
-            memcpy(v, (const uint16_t *)c->v[layer] + off, cnt * sizeof(uint16_t));
-    }
+    if (k)
+        kv_copy(c, c->k[layer], cell0, n, k, 1);
+    if (v)
+        kv_copy(c, c->v[layer], cell0, n, v, 1);
     return ENG_OK;
 }
 
@@ -127,8 +139,8 @@ static const eng_rerot *rerot_table(eng_ctx *c, int32_t delta)
     return &c->rerot;
 }
 
-/* One memcpy per tensor in the f16 cache (cells are contiguous per layer); K goes through the
- * re-rotation kernel straight into the cache when delta != 0, so nothing is copied twice. */
+/* Each head vector is copied once into its place in the cache; K goes through the re-rotation
+ * kernel on that same copy when delta != 0, so nothing is copied twice. */
 static eng_status import_layer(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
                                const uint16_t *v, int32_t delta)
 {
@@ -140,31 +152,26 @@ static eng_status import_layer(eng_ctx *c, int layer, int cell0, int n, const ui
     if (delta != 0 && c->hp->rope.n_rot > ENG_RERO_MAX_ROT)
         return ENG_ERR_UNSUPPORTED;
     const int hd = c->hp->head_dim;
-    size_t cnt = (size_t)n * (size_t)c->kv_dim, off = (size_t)cell0 * (size_t)c->kv_dim;
-    size_t rows = (size_t)n * (size_t)c->hp->n_head_kv;
-    if (c->kv_f32) {
-        float *kd = (float *)c->k[layer] + off;
-        if (delta == 0) {
-            eng_f16_to_f32_row(k, kd, cnt);
-        } else {
-            const eng_rerot *t = rerot_table(c, delta);
-            uint16_t row[512];
-            if (hd > 512) /* hparams bounds head_dim well below this */
-                return ENG_ERR_UNSUPPORTED;
-            for (size_t r = 0; r < rows; r++) {
-                eng_rerot_f16(t, k + r * (size_t)hd, row, 1, hd);
-                eng_f16_to_f32_row(row, kd + r * (size_t)hd, (size_t)hd);
+    if (hd > 512) /* hparams bounds head_dim well below this */
+        return ENG_ERR_UNSUPPORTED;
+    kv_copy(c, c->v[layer], cell0, n, (uint16_t *)v, 0);
+    if (delta == 0) {
+        kv_copy(c, c->k[layer], cell0, n, (uint16_t *)k, 0);
+        return ENG_OK;
+    }
+    const eng_rerot *t = rerot_table(c, delta);
+    uint16_t row[512];
+    for (int h = 0; h < c->hp->n_head_kv; h++)
+        for (int i = 0; i < n; i++) {
+            const uint16_t *src = k + (size_t)i * (size_t)c->kv_dim + (size_t)h * hd;
+            const size_t off = eng_kv_off(c, cell0 + i, h);
+            if (c->kv_f32) {
+                eng_rerot_f16(t, src, row, 1, hd);
+                eng_f16_to_f32_row(row, (float *)c->k[layer] + off, (size_t)hd);
+            } else {
+                eng_rerot_f16(t, src, (uint16_t *)c->k[layer] + off, 1, hd);
             }
         }
-        eng_f16_to_f32_row(v, (float *)c->v[layer] + off, cnt);
-    } else {
-        uint16_t *kd = (uint16_t *)c->k[layer] + off;
-        if (delta == 0)
-            memcpy(kd, k, cnt * sizeof(uint16_t));
-        else
-            eng_rerot_f16(rerot_table(c, delta), k, kd, rows, hd);
-        memcpy((uint16_t *)c->v[layer] + off, v, cnt * sizeof(uint16_t));
-    }
     return ENG_OK;
 }
 
@@ -180,18 +187,19 @@ eng_status eng_kv_import_layer_rerotated(eng_ctx *c, int layer, int cell0, int n
     return import_layer(c, layer, cell0, n, k, v, delta);
 }
 
-eng_status eng_kv_rows_f16(eng_ctx *c, int layer, int cell0, int n, uint16_t **k, uint16_t **v)
+eng_status eng_kv_rows_f16(eng_ctx *c, int layer, int cell0, int n, uint16_t **k, uint16_t **v,
+                           size_t *head_stride)
 {
-    if (!k || !v)
+    if (!k || !v || !head_stride)
         return ENG_ERR_ARG;
     if (c->kv_f32)
         return ENG_ERR_UNSUPPORTED;
     if (layer < 0 || layer >= c->hp->n_layer || cell0 < c->n_cells || n < 0 || cell0 > c->n_ctx ||
         n > c->n_ctx - cell0)
         return ENG_ERR_RANGE;
-    size_t off = (size_t)cell0 * (size_t)c->kv_dim;
-    *k = (uint16_t *)c->k[layer] + off;
-    *v = (uint16_t *)c->v[layer] + off;
+    *k = (uint16_t *)c->k[layer] + eng_kv_off(c, cell0, 0);
+    *v = (uint16_t *)c->v[layer] + eng_kv_off(c, cell0, 0);
+    *head_stride = (size_t)c->n_ctx * (size_t)c->hp->head_dim;
     return ENG_OK;
 }
 
@@ -224,19 +232,19 @@ eng_status eng_kv_rerotate(eng_ctx *c, int cell0, int n, int32_t delta)
             return ENG_ERR_UNSUPPORTED;
         eng_rope_cos_sin(&c->rope, (float)delta, 0, cs);
         for (int il = 0; il < c->hp->n_layer; il++)
-            for (int i = 0; i < n; i++)
-                for (int h = 0; h < c->hp->n_head_kv; h++)
-                    eng_rope_apply(&c->rope, cs, (float *)c->k[il] + (size_t)(cell0 + i) * c->kv_dim + (size_t)h * hd);
+            for (int h = 0; h < c->hp->n_head_kv; h++)
+                for (int i = 0; i < n; i++)
+                    eng_rope_apply(&c->rope, cs, (float *)c->k[il] + eng_kv_off(c, cell0 + i, h));
     } else {
         if (c->rope.n_rot > ENG_RERO_MAX_ROT)
             return ENG_ERR_UNSUPPORTED;
-        /* the cells of a layer are contiguous: one pass over n * n_head_kv head vectors */
+        /* a head's cells are contiguous: one pass over n head vectors per head and layer */
         const eng_rerot *t = rerot_table(c, delta);
-        size_t rows = (size_t)n * (size_t)c->hp->n_head_kv;
-        for (int il = 0; il < c->hp->n_layer; il++) {
-            uint16_t *kr = (uint16_t *)c->k[il] + (size_t)cell0 * c->kv_dim;
-            eng_rerot_f16(t, kr, kr, rows, hd);
-        }
+        for (int il = 0; il < c->hp->n_layer; il++)
+            for (int h = 0; h < c->hp->n_head_kv; h++) {
+                uint16_t *kr = (uint16_t *)c->k[il] + eng_kv_off(c, cell0, h);
+                eng_rerot_f16(t, kr, kr, (size_t)n, hd);
+            }
     }
     for (int i = 0; i < n; i++)
         c->pos[cell0 + i] += delta;

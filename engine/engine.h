@@ -286,12 +286,14 @@ eng_status eng_kv_import_layer(eng_ctx *c, int layer, int cell0, int n,
  * position than it was computed for. Commit the cells at their new positions. */
 eng_status eng_kv_import_layer_rerotated(eng_ctx *c, int layer, int cell0, int n, const uint16_t *k,
                                          const uint16_t *v, int32_t delta) ENG_WUR;
-/* Where one layer's K and V rows of cells [cell0, cell0+n) live, to be filled in place (a
- * loader decoding straight into the cache): *k and *v each point at n rows of
- * n_head_kv * head_dim f16, K rotated for the positions the cells will be committed with. Only
- * cells not yet filled (cell0 >= kv_len) may be written this way; commit them with
- * eng_kv_commit in order. ENG_ERR_UNSUPPORTED when the cache is not f16. */
-eng_status eng_kv_rows_f16(eng_ctx *c, int layer, int cell0, int n, uint16_t **k, uint16_t **v) ENG_WUR;
+/* Where one layer's K and V of cells [cell0, cell0+n) live, to be filled in place (a loader
+ * decoding straight into the cache). The cache keeps each kv head's cells together: kv head
+ * h's vectors for these cells are n rows of head_dim f16 one after another, starting at
+ * *k + h * *head_stride (V likewise from *v), K rotated for the positions the cells will be
+ * committed with. Only cells not yet filled (cell0 >= kv_len) may be written this way; commit
+ * them with eng_kv_commit in order. ENG_ERR_UNSUPPORTED when the cache is not f16. */
+eng_status eng_kv_rows_f16(eng_ctx *c, int layer, int cell0, int n, uint16_t **k, uint16_t **v,
+                           size_t *head_stride) ENG_WUR;
 /* Marks cells [cell0, cell0+n) filled with positions pos0, pos0+1, ... (kv_len becomes
  * cell0+n). */
 eng_status eng_kv_commit(eng_ctx *c, int cell0, int n, int32_t pos0) ENG_WUR;

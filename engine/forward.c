@@ -513,13 +513,18 @@ static void qkv_rows(eng_ctx *c, void *a, int i0, int i1)
         }
         if (A->kv_only)
             continue;
-        const size_t cell = (size_t)(A->cells ? A->cells[i] : A->c0 + i) * KD;
-        if (c->kv_f32) {
-            memcpy((float *)c->k[A->il] + cell, k, sizeof(float) * (size_t)KD);
-            memcpy((float *)c->v[A->il] + cell, v, sizeof(float) * (size_t)KD);
-        } else {
-            eng_f32_to_f16_row(k, (uint16_t *)c->k[A->il] + cell, (size_t)KD);
-            eng_f32_to_f16_row(v, (uint16_t *)c->v[A->il] + cell, (size_t)KD);
+        const int cell = A->cells ? A->cells[i] : A->c0 + i;
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            const size_t off = eng_kv_off(c, cell, h);
+            if (c->kv_f32) {
+                memcpy((float *)c->k[A->il] + off, k + h * hd, sizeof(float) * (size_t)hd);
+                memcpy((float *)c->v[A->il] + off, v + h * hd, sizeof(float) * (size_t)hd);
+            } else {
+                eng_f32_to_f16_row(k + h * hd, (uint16_t *)c->k[A->il] + off, (size_t)hd);
+                eng_f32_to_f16_row(v + h * hd, (uint16_t *)c->v[A->il] + off, (size_t)hd);
+            }
+        }
+        if (!c->kv_f32) {
             /* ggml multiplies an f16 K by q converted to f16 */
             uint16_t h16[512];
             for (int h = 0; h < hp->n_head; h++) {

@@ -1,7 +1,7 @@
 /* kvb_codec.c: the chunk codecs of spec/kvblob.md section "Codecs": f16 (raw), f16-zstd
  * (a zstd frame of the high bytes, then the low bytes raw), q8 and q4 (K scaled per
- * channel, V per token, f16 scales, zstd). The byte (un)shuffle and the q8/q4 dequantisation
- * have AVX2/F16C versions chosen at run time, bit-identical to the scalar ones. */
+ * channel, V per token, f16 scales, zstd). The q8/q4 dequantisation has an AVX2/F16C version
+ * chosen at run time, bit-identical to the scalar one; the byte planes are kvb_planes.c's. */
 #include "format/kvb_internal.h"
 
 #include <math.h>
@@ -9,13 +9,8 @@
 #include <string.h>
 #include <zstd.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define KVB_X86 1
+#ifdef KVB_X86
 #include <immintrin.h>
-#endif
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define KVB_HOST_LE 1
 #endif
 
 struct kvb_codec_ctx {
@@ -27,26 +22,6 @@ struct kvb_codec_ctx {
     float *fscale;      /* q8/q4 decode: one layer's K scales as f32 */
     size_t fscale_cap;  /* floats */
 };
-
-/* 1 if this CPU runs the AVX2+F16C paths and KVB_NO_SIMD=1 does not ask for the scalar ones
- * (tests compare both). */
-static int simd_ok(void)
-{
-#ifdef KVB_X86
-    static int cached = -1; /* every thread computes the same value: a benign, atomic race */
-    const char *no = getenv("KVB_NO_SIMD");
-    if (no && strcmp(no, "1") == 0)
-        return 0;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_F16C);
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
-#else
-    return 0;
-#endif
-}
 
 /* Scratch grows to a chunk's plane (14.7 MB for 256 tokens of Qwen3-0.6B) and is kept; a
  * kvb_big_alloc buffer, so it takes a few 2 MiB page faults where 4 KiB pages took 7-10 ms
@@ -112,96 +87,12 @@ uint64_t kvb_codec_max_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_
     return p + (p >> 8) + 1024;
 }
 
-/* ---- byte planes: f16 values <-> (low bytes, high bytes) ---- */
-
-static void split_scalar(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi)
+/* The pieces of a section's (n, kv_dim) rows and where each goes: piece s of every row lands
+ * contiguously at dst + s * seg_stride (kvb_rows); seg 0 is one piece, the whole rows. */
+static uint32_t pieces(const kvb_rows *L, uint32_t kv_dim, uint32_t *seg)
 {
-    for (size_t i = 0; i < n; i++) {
-        lo[i] = (uint8_t)x[i];
-        hi[i] = (uint8_t)(x[i] >> 8);
-    }
-}
-
-static void merge_scalar(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = (uint16_t)(lo[i] | (hi[i] << 8));
-}
-
-#ifdef KVB_X86
-__attribute__((target("avx2"))) static void split_avx2(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi)
-{
-    /* per 128-bit lane: even bytes (low halves) to the first 8, odd bytes to the last 8 */
-    const __m256i sh = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + i)), sh);
-        __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(x + i + 16)), sh);
-        a = _mm256_permute4x64_epi64(a, 0xd8); /* lo 0..15 | hi 0..15 */
-        b = _mm256_permute4x64_epi64(b, 0xd8); /* lo 16..31 | hi 16..31 */
-        _mm256_storeu_si256((__m256i *)(lo + i), _mm256_permute2x128_si256(a, b, 0x20));
-        _mm256_storeu_si256((__m256i *)(hi + i), _mm256_permute2x128_si256(a, b, 0x31));
-    }
-    split_scalar(x + i, n - i, lo + i, hi + i);
-}
-
-/* Large outputs (a chunk is megabytes, more than the caches) are written with non-temporal
- * stores: no read-for-ownership of lines that are overwritten whole (measured: merge 3.3 ms
- * -> 2.2 ms per 14.7M values). A call may be one layer's K or V rows of a chunk (decoding in
- * place: 131K values for a 128-token Qwen3-0.6B chunk), hence a threshold of 32K values; at
- * 256K such calls stored normally and a 4096-token load took 166 instead of 157 ms. */
-enum { STREAM_MIN = 1 << 15 };
-
-__attribute__((target("avx2"))) static void merge_avx2(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
-{
-    size_t i = 0;
-    int stream = n >= STREAM_MIN && ((uintptr_t)x & 1) == 0;
-    if (stream) { /* scalar head up to a 32-byte boundary */
-        size_t head = ((32 - ((uintptr_t)x & 31)) & 31) / 2;
-        merge_scalar(lo, hi, head, x);
-        i = head;
-    }
-    for (; i + 32 <= n; i += 32) {
-        __m256i l = _mm256_loadu_si256((const __m256i *)(lo + i));
-        __m256i h = _mm256_loadu_si256((const __m256i *)(hi + i));
-        __m256i a = _mm256_unpacklo_epi8(l, h); /* values 0..7 | 16..23 */
-        __m256i b = _mm256_unpackhi_epi8(l, h); /* values 8..15 | 24..31 */
-        __m256i v0 = _mm256_permute2x128_si256(a, b, 0x20), v1 = _mm256_permute2x128_si256(a, b, 0x31);
-        if (stream) {
-            _mm256_stream_si256((__m256i *)(x + i), v0);
-            _mm256_stream_si256((__m256i *)(x + i + 16), v1);
-        } else {
-            _mm256_storeu_si256((__m256i *)(x + i), v0);
-            _mm256_storeu_si256((__m256i *)(x + i + 16), v1);
-        }
-    }
-    if (stream)
-        _mm_sfence(); /* the stores are visible before the chunk is handed over */
-    merge_scalar(lo + i, hi + i, n - i, x + i);
-}
-#endif
-
-static void split_planes(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi)
-{
-#if defined(KVB_X86) && defined(KVB_HOST_LE)
-    if (simd_ok()) {
-        split_avx2(x, n, lo, hi);
-        return;
-    }
-#endif
-    split_scalar(x, n, lo, hi);
-}
-
-static void merge_planes(const uint8_t *lo, const uint8_t *hi, size_t n, uint16_t *x)
-{
-#if defined(KVB_X86) && defined(KVB_HOST_LE)
-    if (simd_ok()) {
-        merge_avx2(lo, hi, n, x);
-        return;
-    }
-#endif
-    merge_scalar(lo, hi, n, x);
+    *seg = L && L->seg ? L->seg : kv_dim;
+    return kv_dim / *seg;
 }
 
 /* ---- scale selection shared by q8 and q4 ----
@@ -341,29 +232,46 @@ __attribute__((target("avx2,f16c"))) static void dequant_row_avx2(kvb_codec code
 }
 #endif
 
-/* ksf: kv_dim floats of scratch for the K scales. */
-static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_t kv_dim, float *ksf,
-                          uint16_t *k, uint16_t *v)
+/* Row t of a section (kv_dim values) to its place: dst + t * kv_dim, or cut into pieces. */
+static void place_row(const uint16_t *row, uint32_t t, uint32_t kv_dim, const kvb_rows *rows, uint16_t *dst)
 {
+    uint32_t seg, np = pieces(rows, kv_dim, &seg);
+    for (uint32_t p = 0; p < np; p++)
+        memcpy(dst + (np == 1 ? (size_t)t * kv_dim : p * rows->seg_stride + (size_t)t * seg), row + (size_t)p * seg,
+               sizeof(uint16_t) * seg);
+}
+
+/* ksf: kv_dim floats of scratch for the K scales; row: 2 * kv_dim values of scratch when the
+ * rows are cut into pieces (rows->seg), else unused. */
+static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_t kv_dim, float *ksf,
+                          uint16_t *row, const kvb_rows *rows, uint16_t *k, uint16_t *v)
+{
+    const int cut = rows && rows->seg && rows->seg != kv_dim;
     const uint8_t *ks = p, *vs = p + 2ull * kv_dim;
     const uint8_t *kc = vs + 2ull * n;
     const uint8_t *vc = kc + (codec == KVB_CODEC_Q8 ? (size_t)n * kv_dim : ((size_t)n * kv_dim + 1) / 2);
     for (uint32_t c = 0; c < kv_dim; c++)
         ksf[c] = base_f16_to_f32(kvb_le16(ks + 2ull * c));
-    int vec = simd_ok() && kv_dim % 16 == 0;
+    int vec = kvb_simd_ok() && kv_dim % 16 == 0;
     for (uint32_t t = 0; t < n; t++) {
         float vsf = base_f16_to_f32(kvb_le16(vs + 2ull * t));
         size_t i = (size_t)t * kv_dim;
+        uint16_t *ko = cut ? row : k + i, *vo = cut ? row + kv_dim : v + i;
 #ifdef KVB_X86
         if (vec) {
-            dequant_row_avx2(codec, kc, i, kv_dim, ksf, 0.0f, k + i);
-            dequant_row_avx2(codec, vc, i, kv_dim, NULL, vsf, v + i);
-            continue;
-        }
+            dequant_row_avx2(codec, kc, i, kv_dim, ksf, 0.0f, ko);
+            dequant_row_avx2(codec, vc, i, kv_dim, NULL, vsf, vo);
+        } else
 #endif
+        {
+            dequant_row_scalar(codec, kc, i, kv_dim, ksf, 0.0f, ko);
+            dequant_row_scalar(codec, vc, i, kv_dim, NULL, vsf, vo);
+        }
         (void)vec;
-        dequant_row_scalar(codec, kc, i, kv_dim, ksf, 0.0f, k + i);
-        dequant_row_scalar(codec, vc, i, kv_dim, NULL, vsf, v + i);
+        if (cut) {
+            place_row(ko, t, kv_dim, rows, k);
+            place_row(vo, t, kv_dim, rows, v);
+        }
     }
 }
 
@@ -420,7 +328,7 @@ static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t n
         free(o);
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory encoding a chunk");
     }
-    split_planes(kv, nv, lo, hi);
+    kvb_split_planes(kv, nv, lo, hi);
     size_t z;
     kvb_status st = zstd_into(c, o, bound, hi, nv, section, &z, err, errlen);
     if (st) {
@@ -435,7 +343,8 @@ static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t n
 }
 
 static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, uint32_t nsec,
-                                  uint16_t *const *sec, char *err, size_t errlen)
+                                  uint32_t n, uint32_t kv_dim, uint16_t *const *sec, const kvb_rows *rows,
+                                  char *err, size_t errlen)
 {
     if (len < nv)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16-zstd chunk is %zu bytes, less than its %zu low bytes",
@@ -461,8 +370,14 @@ static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t le
     if (ZSTD_isError(z) || z != nv)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s", ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
     size_t secn = nv / nsec; /* values per section: the plane is nsec equal sections */
-    for (uint32_t i = 0; i < nsec; i++)
-        merge_planes(in + zlen + i * secn, hi + i * secn, secn, sec[i]);
+    uint32_t seg, np = pieces(rows, kv_dim, &seg);
+    for (uint32_t i = 0; i < nsec; i++) {
+        const uint8_t *lo = in + zlen + i * secn, *h = hi + i * secn;
+        if (np == 1)
+            kvb_merge_planes(lo, h, 1, 1, secn, 0, sec[i], secn >= KVB_STREAM_MIN);
+        else
+            kvb_merge_planes(lo, h, n, np, seg, rows->seg_stride, sec[i], secn >= KVB_STREAM_MIN);
+    }
     return KVB_OK;
 }
 
@@ -531,8 +446,10 @@ uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n,
 
 kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,
                             uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
-                            char *err, size_t errlen)
+                            const kvb_rows *rows, char *err, size_t errlen)
 {
+    if (rows && rows->seg && (rows->seg > kv_dim || kv_dim % rows->seg))
+        return kvb_fail(err, errlen, KVB_ERR_USAGE, "rows of %u values cut into pieces of %u", kv_dim, rows->seg);
     uint64_t nvals = kvb_chunk_values(n_layer, n, kv_dim);
     uint64_t pbytes = payload_bytes(codec, n_layer, n, kv_dim);
     size_t secn = (size_t)n * kv_dim; /* values in one layer's K or V */
@@ -540,19 +457,25 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
         if (len != pbytes)
             return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16 chunk is %zu bytes, expected %llu", len,
                             (unsigned long long)pbytes);
+        uint32_t seg, np = pieces(rows, kv_dim, &seg);
         for (uint32_t i = 0; i < 2 * n_layer; i++) {
             const uint8_t *p = in + 2 * i * secn;
 #ifdef KVB_HOST_LE
-            memcpy(sec[i], p, 2 * secn);
+            if (np == 1)
+                memcpy(sec[i], p, 2 * secn);
+            else
+                kvb_copy_rows(p, n, np, seg, rows->seg_stride, sec[i], secn >= KVB_STREAM_MIN);
 #else
-            for (size_t j = 0; j < secn; j++)
-                sec[i][j] = kvb_le16(p + 2 * j);
+            for (size_t j = 0; j < secn; j++) {
+                const size_t t = j / kv_dim, q = j % kv_dim / seg, e = j % seg;
+                sec[i][np == 1 ? j : q * rows->seg_stride + t * seg + e] = kvb_le16(p + 2 * j);
+            }
 #endif
         }
         return KVB_OK;
     }
     if (codec == KVB_CODEC_F16_ZSTD)
-        return decode_f16_zstd(c, in, len, (size_t)nvals, 2 * n_layer, sec, err, errlen);
+        return decode_f16_zstd(c, in, len, (size_t)nvals, 2 * n_layer, n, kv_dim, sec, rows, err, errlen);
     if ((unsigned)codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)codec);
     /* The frame must declare exactly the payload size: checked before decompressing so a
@@ -577,8 +500,12 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
     if (ZSTD_isError(z) || z != pbytes)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s",
                         ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
+    uint16_t *row = NULL;
+    if (rows && rows->seg && rows->seg != kv_dim && !(row = malloc(sizeof(uint16_t) * 2 * (size_t)kv_dim)))
+        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");
     uint64_t lb = q_layer_bytes(codec, n, kv_dim);
     for (uint32_t l = 0; l < n_layer; l++)
-        dequant_layer(codec, p + l * lb, n, kv_dim, c->fscale, sec[2 * l], sec[2 * l + 1]);
+        dequant_layer(codec, p + l * lb, n, kv_dim, c->fscale, row, rows, sec[2 * l], sec[2 * l + 1]);
+    free(row);
     return KVB_OK;
 }

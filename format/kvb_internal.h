@@ -8,6 +8,15 @@
 
 #define KVB_MAGIC "\x89KVBLOB\n"
 
+/* KVB_X86: the AVX2 paths may be compiled (x86-64, GCC or clang, little-endian); KVB_HOST_LE:
+ * stored little-endian values can be copied as they are. */
+#if defined(__x86_64__) && defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVB_X86 1
+#endif
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVB_HOST_LE 1
+#endif
+
 static inline uint16_t kvb_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static inline uint32_t kvb_le32(const uint8_t *p)
 {
@@ -65,6 +74,23 @@ kvb_status kvb_chunk_check(kvb_codec codec, const uint16_t *kv, uint32_t n_layer
 void *kvb_big_alloc(size_t n, size_t *cap);
 void kvb_big_free(void *p, size_t cap);
 
+/* ---- kvb_planes.c ---- */
+/* 1 if this CPU runs the AVX2+F16C paths and KVB_NO_SIMD=1 does not ask for the scalar ones
+ * (tests compare both). */
+int kvb_simd_ok(void);
+/* n f16 values into their low and high bytes. */
+void kvb_split_planes(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi);
+/* rows rows of np pieces of seg values each (the values in order in lo and hi) into x: piece
+ * p of row r at x + p * ss + r * seg (kvb_rows; np = 1 with rows = 1: one run of values).
+ * big: the values are part of a section of at least KVB_STREAM_MIN, written with
+ * non-temporal stores. */
+enum { KVB_STREAM_MIN = 1 << 15 };
+void kvb_merge_planes(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t np, size_t seg, size_t ss,
+                      uint16_t *x, int big);
+/* The same for stored f16 values (little-endian, src not necessarily aligned; the f16 codec on
+ * a little-endian host). */
+void kvb_copy_rows(const uint8_t *src, size_t rows, size_t np, size_t seg, size_t ss, uint16_t *x, int big);
+
 /* Bytes of scratch kvb_chunk_decode takes to decode a chunk of n tokens with codec. */
 uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n, uint32_t kv_dim);
 
@@ -78,11 +104,12 @@ kvb_status kvb_chunk_encode(kvb_codec_ctx *c, kvb_codec codec, const uint16_t *k
                             uint32_t n, uint32_t kv_dim, uint8_t **out, size_t *outlen,
                             char *err, size_t errlen);
 /* Decodes len stored bytes into its 2 * n_layer sections: sec[2l] receives layer l's K and
- * sec[2l + 1] its V, each (n, kv_dim) f16 (the sections may lie anywhere, e.g. in a KV cache).
- * The caller has checked the hash; a size mismatch is KVB_ERR_DECODE. */
+ * sec[2l + 1] its V, each (n, kv_dim) f16 laid out as rows says (NULL: rows one after another;
+ * the sections may lie anywhere, e.g. in a KV cache). The caller has checked the hash; a size
+ * mismatch is KVB_ERR_DECODE. */
 kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,
                             uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
-                            char *err, size_t errlen);
+                            const kvb_rows *rows, char *err, size_t errlen);
 
 /* The parsed manifest, handed over to the caller (who frees it with kvb_manifest_free), or
  * NULL before one was read; stops the reader's workers first, since after an error a job may

@@ -26,6 +26,7 @@ typedef struct slot {
     uint16_t *out;   /* the reader's own decode buffer */
     size_t out_cap;  /* bytes */
     uint16_t *sec[2 * KVB_MAX_LAYERS]; /* where each layer's K and V decode: out, or on_dest's rows */
+    kvb_rows rows;   /* their layout (seg 0 in out) */
     int in_place;
     uint32_t index;
     int decode;
@@ -150,7 +151,7 @@ static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
     }
     char e[ERRLEN - 40];
     s->st = kvb_chunk_decode(cc, m->codec, s->data, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->sec,
-                             e, sizeof e);
+                             &s->rows, e, sizeof e);
     if (s->st)
         snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
 }
@@ -283,10 +284,16 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
     s->index = i;
     s->decode = !r->o.no_decode && (r->o.max_chunks == 0 || i < r->o.max_chunks);
     s->in_place = 0;
+    s->rows = (kvb_rows){0, 0};
     uint32_t nl = r->m->n_layer;
     if (s->decode && r->o.on_dest) {
         uint16_t *k[KVB_MAX_LAYERS] = {0}, *v[KVB_MAX_LAYERS] = {0};
-        s->in_place = r->o.on_dest(r->o.user, i, sec->t0, sec->t1, k, v) != 0;
+        s->in_place = r->o.on_dest(r->o.user, i, sec->t0, sec->t1, k, v, &s->rows) != 0;
+        if (s->in_place && s->rows.seg && r->m->kv_dim % s->rows.seg)
+            return set_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest cut rows of %u values into pieces of %u",
+                           i, r->m->n_chunks, r->m->kv_dim, s->rows.seg);
+        if (!s->in_place)
+            s->rows = (kvb_rows){0, 0};
         for (uint32_t l = 0; s->in_place && l < nl; l++) {
             if (!k[l] || !v[l])
                 return set_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest gave no rows for layer %u", i,

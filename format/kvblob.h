@@ -196,13 +196,24 @@ static inline const uint16_t *kvb_chunk_v(const kvb_chunk *c, uint32_t layer) { 
 typedef kvb_status (*kvb_manifest_fn)(void *user, const kvb_manifest *m, const kvb_header *h,
                                       char *err, size_t errlen);
 typedef kvb_status (*kvb_chunk_fn)(void *user, const kvb_chunk *c, char *err, size_t errlen);
+/* How the rows of one decoded K or V land at their destination: (n, kv_dim) rows one after
+ * another when seg is 0; else each row is cut into kv_dim / seg pieces of seg values, and piece
+ * s of row r lands at s * seg_stride + r * seg values from the destination (a cache that keeps
+ * each kv head's cells together: seg = head_dim). */
+typedef struct kvb_rows {
+    uint32_t seg;
+    size_t seg_stride;
+} kvb_rows;
+
 /* Where chunk index (tokens t0..t1) should be decoded, instead of the reader's own buffer: set
- * k[l] and v[l] for every layer l < n_layer to room for (t1 - t0) rows of kv_dim f16, and return
- * 1; or return 0 for the reader's buffer. Called on the thread calling feed/finish, in chunk
+ * k[l] and v[l] for every layer l < n_layer to room for (t1 - t0) rows of kv_dim f16 laid out
+ * as *rows says (zeroed before the call: rows one after another), and return 1; or return 0
+ * for the reader's buffer. A seg that does not divide kv_dim fails the read (KVB_ERR_USAGE). Called on the thread calling feed/finish, in chunk
  * order, before the chunk's hash is checked; the chunk is decoded there (on a decode thread)
  * only once its hash matched, and on_chunk then sees in_place = 1. The rows must stay valid and
  * must not be read until on_chunk for that chunk; after a failure they may hold any bytes. */
-typedef int (*kvb_dest_fn)(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v);
+typedef int (*kvb_dest_fn)(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v,
+                           kvb_rows *rows);
 
 /* Zero-initialise, then set what you need. Exactly one of trust / key / skip_signature. */
 typedef struct kvb_read_opts {

@@ -39,8 +39,12 @@ static void fuzz_decode(const uint8_t *data, size_t size)
     char err[256];
     for (uint32_t i = 0; kv && i < 2 * n_layer; i++) /* sections in reverse order: any placement works */
         sec[i] = kv + (size_t)(2 * n_layer - 1 - i) * n * kv_dim;
+    /* rows cut into pieces (a cache keeping each head's cells together) when data[9] says so:
+     * the pieces of a section fill exactly its n * kv_dim values */
+    const uint32_t seg = kv_dim % 2 == 0 && data[9] & 0x40 ? kv_dim / 2 : 0;
+    const kvb_rows rows = {seg, (size_t)n * seg};
     if (kv && c)
-        (void)kvb_chunk_decode(c, codec, data + 10, size - 10, n_layer, n, kv_dim, sec, err, sizeof err);
+        (void)kvb_chunk_decode(c, codec, data + 10, size - 10, n_layer, n, kv_dim, sec, &rows, err, sizeof err);
     kvb_codec_ctx_free(c);
     free(kv);
 }

@@ -92,14 +92,16 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
     if (l->o->no_rerotate)
         l->delta = 0; /* committed at the new positions, keys as they were computed */
     uint16_t *k, *v;
-    l->in_place = eng_kv_rows_f16(l->o->ctx, 0, l->cell0, 0, &k, &v) == ENG_OK;
+    size_t hs;
+    l->in_place = eng_kv_rows_f16(l->o->ctx, 0, l->cell0, 0, &k, &v, &hs) == ENG_OK;
     l->cb_s += base_now_s() - t;
     return KVB_OK;
 }
 
 /* With an f16 cache the reader decodes each verified chunk straight into the cells it will
  * occupy (cells past kv_len: invisible until committed, dropped if the load fails). */
-static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v)
+static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v,
+                   kvb_rows *rows)
 {
     load *l = user;
     (void)index;
@@ -107,8 +109,10 @@ static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_
         return 0;
     const eng_info *in = eng_model_info(l->o->model);
     for (int layer = 0; layer < in->n_layer; layer++)
-        if (eng_kv_rows_f16(l->o->ctx, layer, l->cell0 + (int)t0, (int)(t1 - t0), &k[layer], &v[layer]) != ENG_OK)
+        if (eng_kv_rows_f16(l->o->ctx, layer, l->cell0 + (int)t0, (int)(t1 - t0), &k[layer], &v[layer],
+                            &rows->seg_stride) != ENG_OK)
             return 0;
+    rows->seg = (uint32_t)in->head_dim; /* each kv head's cells together */
     return 1;
 }
 

@@ -276,7 +276,7 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
         a[hd + 1] = 0;
     }
     const int last = q_cell(J, i1 - 1); /* last cell any query of the item sees */
-    const size_t kvd = (size_t)c->kv_dim;
+    const size_t ld = (size_t)hd;
     const int v16 = v_in_place(J, G * nqi);
     for (int b0 = 0; b0 <= last; b0 += KB) {
         load_block(c, J->il, h, b0, last + 1 - b0 < KB ? last + 1 - b0 : KB, Kt, v16 ? NULL : Vb);
@@ -291,9 +291,9 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
                     const size_t t = (size_t)(g * nqi + (i - i0));
                     float *a = st + t * (hd + 2);
 #if defined(__x86_64__)
-                    const uint16_t *vh = (const uint16_t *)c->v[J->il] + (size_t)b0 * kvd + (size_t)h * hd;
+                    const uint16_t *vh = (const uint16_t *)c->v[J->il] + eng_kv_off(c, b0, h);
                     if (v16 && phase == 1 && J->fn == blk_avx2) {
-                        blk_v16(vh, kvd, hd, jend, S + t * KB, &a[hd], &a[hd + 1], a);
+                        blk_v16(vh, ld, hd, jend, S + t * KB, &a[hd], &a[hd + 1], a);
                         continue;
                     }
                     if (J->fn == eng_att_blk_avx512) {
@@ -313,7 +313,7 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
                             float *b = a + (size_t)(nq - 1) * (hd + 2);
                             float *mp[2] = {&a[hd], &b[hd]}, *lp[2] = {&a[hd + 1], &b[hd + 1]};
                             float *ap[2] = {a, b};
-                            eng_att_phase1x2_avx512(v16 ? (const void *)vh : Vb, v16 ? kvd : (size_t)hd,
+                            eng_att_phase1x2_avx512(v16 ? (const void *)vh : Vb, v16 ? ld : (size_t)hd,
                                                     v16, hd, nq, je, sp, mp, lp, ap);
                         }
                         i += nq - 1;
@@ -338,16 +338,16 @@ static void att_item(const att_job *J, float *scr, int h, int i0, int i1)
 }
 
 #if defined(__x86_64__)
-/* Keys of 8 consecutive cells of one kv head (f16 rows kvd apart) into 8 columns of a
+/* Keys of 8 consecutive cells of one kv head (f16 rows ld apart) into 8 columns of a
  * transposed block: kt[d * KB] receives dim d of the first cell. 8x8 transposes in registers
  * instead of strided scalar stores. */
-__attribute__((target("avx2,fma,f16c"))) static void k8_f16c(const uint16_t *k, size_t kvd, int hd,
+__attribute__((target("avx2,fma,f16c"))) static void k8_f16c(const uint16_t *k, size_t ld, int hd,
                                                              float *kt)
 {
     for (int d = 0; d < hd; d += 8) {
         __m256 r[8], t[8], u[8];
         for (int i = 0; i < 8; i++)
-            r[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + (size_t)i * kvd + d)));
+            r[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + (size_t)i * ld + d)));
         for (int i = 0; i < 8; i += 2) { /* t[i]: dims 0,1 | 4,5 of cells i, i+1 interleaved */
             t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
             t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -373,41 +373,40 @@ __attribute__((target("avx2,fma,f16c"))) static void k8_f16c(const uint16_t *k, 
 static void load_block(const eng_ctx *c, int il, int h, int b0, int n, float *Kt, float *Vb)
 {
     const int hd = c->hp->head_dim;
-    const size_t kvd = (size_t)c->kv_dim, off = (size_t)b0 * kvd + (size_t)h * hd;
+    const size_t ld = (size_t)hd, off = eng_kv_off(c, b0, h);
     int j = 0;
     if (c->kv_f32) {
         const float *k = (const float *)c->k[il] + off, *v = (const float *)c->v[il] + off;
         for (; j < n; j++) {
             for (int d = 0; d < hd; d++)
-                Kt[(size_t)d * KB + j] = k[(size_t)j * kvd + d];
-            memcpy(Vb + (size_t)j * hd, v + (size_t)j * kvd, sizeof(float) * (size_t)hd);
+                Kt[(size_t)d * KB + j] = k[(size_t)j * ld + d];
+            memcpy(Vb + (size_t)j * hd, v + (size_t)j * ld, sizeof(float) * (size_t)hd);
         }
     } else {
         const uint16_t *k = (const uint16_t *)c->k[il] + off, *v = (const uint16_t *)c->v[il] + off;
 #if defined(__x86_64__)
         if (hd % 8 == 0 && base_cpu_has(CPU_F16C_PATHS))
             for (; j + 8 <= n; j += 8) {
-                /* the same 8 cells of the next block: the rows are kvd apart, too far apart
-                 * for the hardware prefetcher to follow */
+                /* the same 8 cells of the next block, into L1 ahead of need */
                 for (int i = 0; i < 8; i++)
                     for (int d = 0; d < hd; d += 32)
-                        __builtin_prefetch(k + (size_t)(j + i + KB) * kvd + d);
-                k8_f16c(k + (size_t)j * kvd, kvd, hd, Kt + j);
+                        __builtin_prefetch(k + (size_t)(j + i + KB) * ld + d);
+                k8_f16c(k + (size_t)j * ld, ld, hd, Kt + j);
             }
 #endif
         float row[512];
         for (int jj = j; jj < n; jj++) {
-            eng_f16_to_f32_row(k + (size_t)jj * kvd, row, (size_t)hd);
+            eng_f16_to_f32_row(k + (size_t)jj * ld, row, (size_t)hd);
             for (int d = 0; d < hd; d++)
                 Kt[(size_t)d * KB + jj] = row[d];
         }
-        /* the next block's V rows, kvd apart like the keys: converted here or read in place
+        /* the next block's V rows, like the keys: converted here or read in place
          * by the V product, the next block's reads then come from cache */
         for (int jj = 0; jj < KB; jj++)
             for (int d = 0; d < hd; d += 32)
-                __builtin_prefetch(v + (size_t)(jj + KB) * kvd + d);
+                __builtin_prefetch(v + (size_t)(jj + KB) * ld + d);
         for (j = 0; Vb && j < n; j++)
-            eng_f16_to_f32_row(v + (size_t)j * kvd, Vb + (size_t)j * hd, (size_t)hd);
+            eng_f16_to_f32_row(v + (size_t)j * ld, Vb + (size_t)j * hd, (size_t)hd);
     }
     if (n < KB)
         for (int d = 0; d < hd; d++)
@@ -452,9 +451,9 @@ static void lanes_worker(void *arg, int u0, int u1, int ith)
             op[lane] = J->out + (size_t)i * J->ldo + (size_t)head * hd;
             cell[lane] = q_cell(J, i);
         }
-        const size_t off = (size_t)h * (size_t)hd;
+        const size_t off = eng_kv_off(c, 0, h);
         eng_att_lanes_avx512((const uint16_t *)c->k[J->il] + off, (const uint16_t *)c->v[J->il] + off,
-                             (size_t)c->kv_dim, hd, np, qp, cell, 1.0f / sqrtf((float)hd), op, scr);
+                             (size_t)hd, hd, np, qp, cell, 1.0f / sqrtf((float)hd), op, scr);
     }
 #else
     (void)arg, (void)u0, (void)u1, (void)ith;

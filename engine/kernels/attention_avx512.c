@@ -223,20 +223,15 @@ AVX512 void eng_att_phase1x2_avx512(const void *V, size_t ldv, int f16, int hd, 
  * with the same max, exp and summation tree; the V product over keys), so the bits are the
  * same as theirs. */
 
-enum { NL = ENG_ATT_LANES, PF_ROWS = 16 };
+enum { NL = ENG_ATT_LANES };
 
 /* Rows [b0, b0 + n) of one kv head (f16, rows ld apart) converted into R (KB rows of hd
- * floats; rows n.. up to a multiple of 8 zeroed), prefetching PF_ROWS rows ahead (before row
- * end), into the next block: the rows sit ld apart, too far apart for the hardware prefetcher
- * to follow. Measured on Zen 5: 16 rows ahead beat 8 and 32, and prefetching a whole block
- * ahead, spread over this block's products, did no better than none. */
-static AVX512 void rows_f32(const uint16_t *X, size_t ld, int hd, int b0, int n, int end, float *R)
+ * floats; rows n.. up to a multiple of 8 zeroed). The products of the block before have
+ * prefetched them (pf_line). */
+static AVX512 void rows_f32(const uint16_t *X, size_t ld, int hd, int b0, int n, float *R)
 {
     for (int j = 0; j < n; j++) {
         const uint16_t *x = X + (size_t)(b0 + j) * ld;
-        if (b0 + j + PF_ROWS < end)
-            for (int d = 0; d < hd; d += 32)
-                _mm_prefetch((const char *)(x + (size_t)PF_ROWS * ld + d), _MM_HINT_T0);
         for (int d = 0; d < hd; d += 16)
             _mm512_store_ps(R + (size_t)j * hd + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + d))));
     }
@@ -244,10 +239,25 @@ static AVX512 void rows_f32(const uint16_t *X, size_t ld, int hd, int b0, int n,
         memset(R + (size_t)j * hd, 0, sizeof(float) * (size_t)hd);
 }
 
+/* The next block's rows, npf of them (rows ld apart), prefetched a line at a time between the
+ * products of this block: line k of rows [t0, t0 + per), when there is one (rows of under 64
+ * bytes are left to the hardware). A burst of a block's prefetches stalled on the miss queue;
+ * spread out, the lines arrive while the FMAs run. always_inline: GCC judged an outlined
+ * prefetch-only function free of effects and deleted its calls. */
+static AVX512 inline __attribute__((always_inline)) void pf_line(const uint16_t *pf, size_t ld, int hd, int npf, int t0, int per, int k)
+{
+    const int lines = hd / 32; /* 64-byte lines per row */
+    if (lines == 0)
+        return;
+    const int t = t0 + k / lines;
+    if (t < npf && t < t0 + per)
+        _mm_prefetch((const char *)(pf + (size_t)t * ld + (size_t)(k % lines) * 32), _MM_HINT_T0);
+}
+
 /* S[j] (lanes) = the lanes' scores against key row j of R, scaled, for j < n; -inf where the
  * key is after a lane's cell (mask[j] clear) and for j >= n. */
 static AVX512 void lane_scores(const float *Qt, const float *R, int hd, int n, const __mmask16 *mask,
-                               float scale, float *S)
+                               float scale, float *S, const uint16_t *pf, size_t ld, int npf)
 {
     const __m512 vs = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
     for (int j0 = 0; j0 < n; j0 += 8) {
@@ -257,6 +267,8 @@ static AVX512 void lane_scores(const float *Qt, const float *R, int hd, int n, c
             a[t] = _mm512_setzero_ps();
         const float *r = R + (size_t)j0 * hd;
         for (int d = 0; d < hd; d++) {
+            if (d % 4 == 0) /* next block's rows j0..j0 + 7, a line per 4 dims */
+                pf_line(pf, ld, hd, npf, j0, 8, d / 4);
             const __m512 qd = _mm512_load_ps(Qt + (size_t)d * NL);
 #pragma GCC unroll 8
             for (int t = 0; t < 8; t++)
@@ -310,14 +322,17 @@ static AVX512 void lane_softmax(float *S, __mmask16 act, __m512 *m, __m512 *l,
 
 /* acc[d] += p_j * v_j[d] in key order for each lane, only for keys the lane sees (mask[j]). */
 static AVX512 void lane_vproduct(const float *S, const float *R, int hd, int n, const __mmask16 *mask,
-                                 float *acc)
+                                 float *acc, const uint16_t *pf, size_t ld, int npf)
 {
+    const int per = (KB * 16 + hd - 1) / hd; /* next block's rows per pass over 16 dims */
     for (int d0 = 0; d0 < hd; d0 += 16) {
         __m512 c[16];
 #pragma GCC unroll 16
         for (int t = 0; t < 16; t++)
             c[t] = _mm512_load_ps(acc + (size_t)(d0 + t) * NL);
         for (int j = 0; j < n; j++) {
+            if (j % 2 == 0) /* a line per 2 keys */
+                pf_line(pf, ld, hd, npf, d0 / 16 * per, per, j / 2);
             const __m512 p = _mm512_load_ps(S + (size_t)j * NL);
             const float *v = R + (size_t)j * hd + d0;
 #pragma GCC unroll 16
@@ -362,20 +377,27 @@ AVX512 void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld
     __mmask16 mask[NG][KB], act[NG];
     for (int b0 = 0; b0 <= last; b0 += KB) {
         const int n = last + 1 - b0 < KB ? last + 1 - b0 : KB;
-        rows_f32(K, ld, hd, b0, n, last + 1, R);
+        /* the next block's rows, prefetched by the first active group's products */
+        const int nn = last + 1 - (b0 + KB) < KB ? last + 1 - (b0 + KB) : KB;
+        const uint16_t *Kn = K + (size_t)(b0 + KB) * ld, *Vn = V + (size_t)(b0 + KB) * ld;
+        int kpf = nn, vpf = nn;
+        rows_f32(K, ld, hd, b0, n, R);
         for (int g = 0; g < ng; g++) {
             act[g] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0));
             if (!act[g]) /* no lane sees the block: lane_softmax would leave every lane as it is */
                 continue;
             for (int j = 0; j < n; j++)
                 mask[g][j] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0 + j));
-            lane_scores(QT(g), R, hd, n, mask[g], scale, SC(g));
+            lane_scores(QT(g), R, hd, n, mask[g], scale, SC(g), Kn, ld, kpf);
+            kpf = 0;
             lane_softmax(SC(g), act[g], &m[g], &l[g], ACC(g), hd);
         }
-        rows_f32(V, ld, hd, b0, n, last + 1, R);
+        rows_f32(V, ld, hd, b0, n, R);
         for (int g = 0; g < ng; g++)
-            if (act[g])
-                lane_vproduct(SC(g), R, hd, n, mask[g], ACC(g));
+            if (act[g]) {
+                lane_vproduct(SC(g), R, hd, n, mask[g], ACC(g), Vn, ld, vpf);
+                vpf = 0;
+            }
     }
     for (int g = 0; g < ng; g++) {
         float inv[NL];

@@ -27,10 +27,9 @@ static void dec_scores_scalar(const eng_ctx *c, int il, int h, const float *q, i
                               float scale, float *s)
 {
     const int hd = c->hp->head_dim;
-    const size_t kvd = (size_t)c->kv_dim;
     float row[512];
     for (int j = 0; j < n; j++) {
-        const size_t off = (size_t)(b0 + j) * kvd + (size_t)h * hd;
+        const size_t off = eng_kv_off(c, b0 + j, h);
         if (c->kv_f32)
             memcpy(row, (const float *)c->k[il] + off, sizeof(float) * (size_t)hd);
         else
@@ -46,17 +45,17 @@ static void dec_scores_scalar(const eng_ctx *c, int il, int h, const float *q, i
 
 #if defined(__x86_64__)
 #define F16C_FN __attribute__((target("avx2,fma,f16c")))
-/* Keys j0..j0+3 (f16 rows kvd apart) against one or two query heads q0, q1 (q1 may be NULL). */
-static F16C_FN void dec_dot4(const uint16_t *k, size_t kvd, int hd, const float *q0, const float *q1,
+/* Keys j0..j0+3 (f16 rows ld apart) against one or two query heads q0, q1 (q1 may be NULL). */
+static F16C_FN void dec_dot4(const uint16_t *k, size_t ld, int hd, const float *q0, const float *q1,
                              float scale, float *s0, float *s1)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int d = 0; d < hd; d += 8) {
         const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + d)));
-        const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + kvd + d)));
-        const __m256 k2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 2 * kvd + d)));
-        const __m256 k3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 3 * kvd + d)));
+        const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + ld + d)));
+        const __m256 k2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 2 * ld + d)));
+        const __m256 k3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + 3 * ld + d)));
         const __m256 x = _mm256_loadu_ps(q0 + d);
         a0 = _mm256_fmadd_ps(x, k0, a0);
         a1 = _mm256_fmadd_ps(x, k1, a1);
@@ -105,15 +104,15 @@ static F16C_FN void dec_scores_f16c(const eng_ctx *c, int il, int h, const float
                                     int n, float scale, float *s)
 {
     const int hd = c->hp->head_dim;
-    const size_t kvd = (size_t)c->kv_dim;
-    const uint16_t *k = (const uint16_t *)c->k[il] + (size_t)b0 * kvd + (size_t)h * hd;
+    const size_t ld = (size_t)hd;
+    const uint16_t *k = (const uint16_t *)c->k[il] + eng_kv_off(c, b0, h);
     /* whole groups of 4 keys; the cache is zero-filled past the filled cells, and columns
      * past n are masked by the caller */
     const int n4 = (n + 3) / 4 * 4 <= c->n_ctx - b0 ? (n + 3) / 4 * 4 : n / 4 * 4;
     for (int g = 0; g < G; g += 2) {
         const float *q0 = q + (size_t)g * hd, *q1 = g + 1 < G ? q0 + hd : NULL;
         for (int j = 0; j < n4; j += 4)
-            dec_dot4(k + (size_t)j * kvd, kvd, hd, q0, q1, scale, s + g * KB + j,
+            dec_dot4(k + (size_t)j * ld, ld, hd, q0, q1, scale, s + g * KB + j,
                      q1 ? s + (g + 1) * KB + j : NULL);
     }
     if (n4 < n) {
@@ -127,7 +126,7 @@ static F16C_FN void dec_scores_f16c(const eng_ctx *c, int il, int h, const float
 
 /* acc (hd) = acc * alpha + sum_j p[j] * V_j over keys [b0, b0 + n), for two heads sharing V
  * (acc1 / p1 NULL for one). */
-static F16C_FN void dec_pv_f16c(const uint16_t *v, size_t kvd, int hd, int n, const float *p0,
+static F16C_FN void dec_pv_f16c(const uint16_t *v, size_t ld, int hd, int n, const float *p0,
                                 const float *p1, float *acc0, float *acc1)
 {
     for (int d = 0; d < hd; d += 32) {
@@ -141,7 +140,7 @@ static F16C_FN void dec_pv_f16c(const uint16_t *v, size_t kvd, int hd, int n, co
             b3 = _mm256_loadu_ps(acc1 + d + 24);
         }
         for (int j = 0; j < n; j++) {
-            const uint16_t *r = v + (size_t)j * kvd + d;
+            const uint16_t *r = v + (size_t)j * ld + d;
             const __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
             const __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 8)));
             const __m256 v2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16)));
@@ -180,7 +179,7 @@ static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *a
     const eng_ctx *c = J->c;
     const int hd = c->hp->head_dim, G = c->hp->n_head / c->hp->n_head_kv, il = J->il;
     const float scale = 1.0f / sqrtf((float)hd);
-    const size_t kvd = (size_t)c->kv_dim;
+    const size_t ld = (size_t)hd;
     const float *q = J->q + (size_t)h * G * hd;
 #if defined(__x86_64__)
     const int fast = !c->kv_f32 && hd % 32 == 0 && base_cpu_has(CPU_F16C_PATHS);
@@ -212,12 +211,12 @@ static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *a
             for (int d = 0; d < hd; d++)
                 a[d] *= alpha;
     }
-    const size_t voff = (size_t)b0 * kvd + (size_t)h * hd;
+    const size_t voff = eng_kv_off(c, b0, h);
 #if defined(__x86_64__)
     if (fast) {
         for (int g = 0; g < G; g += 2) {
             const int two = g + 1 < G;
-            dec_pv_f16c((const uint16_t *)c->v[il] + voff, kvd, hd, n, s + g * KB,
+            dec_pv_f16c((const uint16_t *)c->v[il] + voff, ld, hd, n, s + g * KB,
                         two ? s + (g + 1) * KB : NULL, acc + (size_t)g * (hd + 2),
                         two ? acc + (size_t)(g + 1) * (hd + 2) : NULL);
         }
@@ -227,9 +226,9 @@ static void dec_block(const dec_job *J, int h, int b0, int n, float *s, float *a
     float row[512];
     for (int j = 0; j < n; j++) {
         if (c->kv_f32)
-            memcpy(row, (const float *)c->v[il] + voff + (size_t)j * kvd, sizeof(float) * (size_t)hd);
+            memcpy(row, (const float *)c->v[il] + voff + (size_t)j * ld, sizeof(float) * (size_t)hd);
         else
-            eng_f16_to_f32_row((const uint16_t *)c->v[il] + voff + (size_t)j * kvd, row, (size_t)hd);
+            eng_f16_to_f32_row((const uint16_t *)c->v[il] + voff + (size_t)j * ld, row, (size_t)hd);
         for (int g = 0; g < G; g++) {
             float *a = acc + (size_t)g * (hd + 2);
             const float p = s[g * KB + j];

@@ -323,16 +323,37 @@ static void test_kv_args(void **state)
     assert_int_equal(eng_kv_import_layer(c, 0, 5, 1, buf, buf), ENG_ERR_RANGE); /* gap */
     /* rows to fill in place: only unfilled cells, inside the context, of a real layer */
     uint16_t *rk = NULL, *rv = NULL, *rk2 = NULL, *rv2 = NULL;
-    assert_int_equal(eng_kv_rows_f16(c, 0, 3, 1, &rk, &rv), ENG_ERR_RANGE);  /* filled cell */
-    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 13, &rk, &rv), ENG_ERR_RANGE); /* past n_ctx */
-    assert_int_equal(eng_kv_rows_f16(c, 5, 4, 1, &rk, &rv), ENG_ERR_RANGE);  /* no layer 5 */
-    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 2, &rk, &rv), ENG_OK);
-    assert_int_equal(eng_kv_rows_f16(c, 0, 5, 1, &rk2, &rv2), ENG_OK);
-    assert_ptr_equal(rk2, rk + 32); /* rows are kv_dim (32) apart, K and V apart */
-    assert_ptr_equal(rv2, rv + 32);
+    size_t hs = 0, hs2 = 0;
+    assert_int_equal(eng_kv_rows_f16(c, 0, 3, 1, &rk, &rv, &hs), ENG_ERR_RANGE);  /* filled cell */
+    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 13, &rk, &rv, &hs), ENG_ERR_RANGE); /* past n_ctx */
+    assert_int_equal(eng_kv_rows_f16(c, 5, 4, 1, &rk, &rv, &hs), ENG_ERR_RANGE);  /* no layer 5 */
+    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 1, &rk, &rv, NULL), ENG_ERR_ARG);
+    assert_int_equal(eng_kv_rows_f16(c, 0, 4, 2, &rk, &rv, &hs), ENG_OK);
+    assert_int_equal(eng_kv_rows_f16(c, 0, 5, 1, &rk2, &rv2, &hs2), ENG_OK);
+    /* 4 kv heads of 8 dims: a head's cells are head_dim apart, heads n_ctx cells apart */
+    assert_ptr_equal(rk2, rk + 8);
+    assert_ptr_equal(rv2, rv + 8);
+    assert_int_equal(hs, 16 * 8);
+    assert_int_equal(hs2, hs);
     assert_ptr_not_equal(rk, rv);
+    /* what is written there is what export reads back, in the exchange layout (cell, head, dim) */
+    for (int h = 0; h < 4; h++)
+        for (int i = 0; i < 2; i++)
+            for (int d = 0; d < 8; d++) {
+                rk[h * hs + (size_t)i * 8 + d] = (uint16_t)(0x3c00 + 64 * h + 8 * i + d);
+                rv[h * hs + (size_t)i * 8 + d] = (uint16_t)(0x4400 + 64 * h + 8 * i + d);
+            }
+    assert_int_equal(eng_kv_commit(c, 4, 2, 4), ENG_OK);
+    uint16_t ek[2 * 32], ev[2 * 32];
+    assert_int_equal(eng_kv_export_layer(c, 0, 4, 2, ek, ev), ENG_OK);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 32; j++) {
+            assert_int_equal(ek[i * 32 + j], 0x3c00 + 64 * (j / 8) + 8 * i + j % 8);
+            assert_int_equal(ev[i * 32 + j], 0x4400 + 64 * (j / 8) + 8 * i + j % 8);
+        }
+    assert_int_equal(eng_kv_truncate(c, 4), ENG_OK);
     eng_ctx *cf = et_ctx(m, 16, 1);
-    assert_int_equal(eng_kv_rows_f16(cf, 0, 0, 1, &rk, &rv), ENG_ERR_UNSUPPORTED); /* f32 cache */
+    assert_int_equal(eng_kv_rows_f16(cf, 0, 0, 1, &rk, &rv, &hs), ENG_ERR_UNSUPPORTED); /* f32 cache */
     eng_ctx_free(cf);
     assert_int_equal(eng_kv_rerotate(c, 0, 4, -10), ENG_ERR_RANGE);            /* negative pos */
     assert_int_equal(eng_kv_truncate(c, 5), ENG_ERR_RANGE);

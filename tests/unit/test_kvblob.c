@@ -259,19 +259,29 @@ static void test_roundtrip_q4(void **s) { (void)s; roundtrip_lossy(KVB_CODEC_Q4,
 typedef struct cache {
     uint16_t k[NL][NT * KVD], v[NL][NT * KVD];
     int null_row, in_place, copied;
+    uint32_t seg; /* 0: rows one after another; else pieces of seg, each piece's cells together */
 } cache;
 static cache g_cache;
 
-static int dest_rows(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v)
+/* Where value j of row t goes in the cache's layout (the pieces of one cell range start at
+ * row t0's place, seg_stride = NT * seg apart). */
+static size_t cache_at(const cache *c, uint32_t t, uint32_t j)
+{
+    return c->seg ? (size_t)(j / c->seg) * NT * c->seg + (size_t)t * c->seg + j % c->seg : (size_t)t * KVD + j;
+}
+
+static int dest_rows(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v,
+                     kvb_rows *rows)
 {
     cache *c = user;
     (void)t1;
     if (index % 2)
         return 0;
     for (uint32_t l = 0; l < NL; l++) {
-        k[l] = c->k[l] + (size_t)t0 * KVD;
-        v[l] = c->null_row && l == NL - 1 ? NULL : c->v[l] + (size_t)t0 * KVD;
+        k[l] = c->k[l] + cache_at(c, t0, 0);
+        v[l] = c->null_row && l == NL - 1 ? NULL : c->v[l] + cache_at(c, t0, 0);
     }
+    *rows = (kvb_rows){c->seg, (size_t)NT * c->seg};
     return 1;
 }
 
@@ -283,11 +293,13 @@ static kvb_status dest_chunk(void *user, const kvb_chunk *ch, char *err, size_t 
     assert_int_equal(ch->in_place, ch->index % 2 == 0);
     size_t n = ch->t1 - ch->t0;
     for (uint32_t l = 0; l < NL; l++) {
-        assert_ptr_equal(kvb_chunk_k(ch, l) == c->k[l] + (size_t)ch->t0 * KVD, ch->in_place);
-        if (!ch->in_place) {
-            memcpy(c->k[l] + (size_t)ch->t0 * KVD, kvb_chunk_k(ch, l), n * KVD * 2);
-            memcpy(c->v[l] + (size_t)ch->t0 * KVD, kvb_chunk_v(ch, l), n * KVD * 2);
-        }
+        assert_ptr_equal(kvb_chunk_k(ch, l) == c->k[l] + cache_at(c, ch->t0, 0), ch->in_place);
+        if (!ch->in_place)
+            for (uint32_t t = 0; t < n; t++)
+                for (uint32_t j = 0; j < KVD; j++) {
+                    c->k[l][cache_at(c, ch->t0 + t, j)] = kvb_chunk_k(ch, l)[(size_t)t * KVD + j];
+                    c->v[l][cache_at(c, ch->t0 + t, j)] = kvb_chunk_v(ch, l)[(size_t)t * KVD + j];
+                }
     }
     c->in_place += ch->in_place;
     c->copied += !ch->in_place;
@@ -300,13 +312,14 @@ static void test_decode_in_place(void **s)
     for (int codec = 0; codec < KVB_CODEC_COUNT; codec++) {
         size_t len;
         uint8_t *blob = make_blob((kvb_codec)codec, 0, &len);
-        int threads[] = {1, 3};
-        for (int ti = 0; ti < 2; ti++) {
+        int threads[] = {1, 3, 1, 3};
+        for (int ti = 0; ti < 4; ti++) {
             char err[256] = "";
             kvb_read_opts o = key_opts(threads[ti]);
             kvb_status st = read_blob(blob, len, &o, 0, &g_got, err, sizeof err, NULL); /* reference */
             assert_int_equal(st, KVB_OK);
             memset(&g_cache, 0, sizeof g_cache);
+            g_cache.seg = ti < 2 ? 0 : KVD / 4; /* then as a cache keeping 4 heads apart */
             o = key_opts(threads[ti]);
             o.on_dest = dest_rows;
             o.on_chunk = dest_chunk;
@@ -317,14 +330,27 @@ static void test_decode_in_place(void **s)
             assert_int_equal(st, KVB_OK);
             assert_int_equal(g_cache.in_place, (NCH + 1) / 2);
             assert_int_equal(g_cache.copied, NCH / 2);
-            assert_memory_equal(g_cache.k, g_got.k, sizeof g_got.k);
-            assert_memory_equal(g_cache.v, g_got.v, sizeof g_got.v);
+            for (uint32_t l = 0; l < NL; l++)
+                for (uint32_t t = 0; t < NT; t++)
+                    for (uint32_t j = 0; j < KVD; j++) {
+                        assert_int_equal(g_cache.k[l][cache_at(&g_cache, t, j)], g_got.k[l][(size_t)t * KVD + j]);
+                        assert_int_equal(g_cache.v[l][cache_at(&g_cache, t, j)], g_got.v[l][(size_t)t * KVD + j]);
+                    }
             /* a destination without rows is the caller's mistake, named */
+            const uint32_t seg = g_cache.seg;
             memset(&g_cache, 0, sizeof g_cache);
             g_cache.null_row = 1;
             st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
             assert_int_equal(st, KVB_ERR_USAGE);
             assert_non_null(strstr(err, "on_dest gave no rows for layer"));
+            /* so are pieces that do not divide a row */
+            if (seg) {
+                memset(&g_cache, 0, sizeof g_cache);
+                g_cache.seg = KVD - 1;
+                st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
+                assert_int_equal(st, KVB_ERR_USAGE);
+                assert_non_null(strstr(err, "into pieces of"));
+            }
         }
         free(blob);
     }
