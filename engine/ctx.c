@@ -96,23 +96,22 @@ eng_status eng_kv_truncate(eng_ctx *c, int n_cells)
     return ENG_OK;
 }
 
-/* Copies rows [cell0, cell0 + n) of one layer's K or V between the cache t and the exchange
- * layout x ((n, kv_dim) f16): out = 1 from the cache into x, 0 from x into the cache. */
-static void kv_copy(const eng_ctx *c, void *t, int cell0, int n, uint16_t *x, int out)
+/* Rows [cell0, cell0 + n) of one layer's K or V (t) in the exchange layout ((n, kv_dim) f16):
+ * written from `from` into the cache when it is given, else read from the cache into `to`. */
+static void kv_copy(const eng_ctx *c, void *t, int cell0, int n, const uint16_t *from, uint16_t *to)
 {
     const int hd = c->hp->head_dim, nh = c->hp->n_head_kv;
     for (int h = 0; h < nh; h++)
         for (int i = 0; i < n; i++) {
-            const size_t off = eng_kv_off(c, cell0 + i, h);
-            uint16_t *e = x + (size_t)i * (size_t)c->kv_dim + (size_t)h * hd;
-            if (c->kv_f32 && out)
-                eng_f32_to_f16_row((const float *)t + off, e, (size_t)hd);
+            const size_t off = eng_kv_off(c, cell0 + i, h), e = (size_t)i * (size_t)c->kv_dim + (size_t)h * hd;
+            if (c->kv_f32 && from)
+                eng_f16_to_f32_row(from + e, (float *)t + off, (size_t)hd);
             else if (c->kv_f32)
-                eng_f16_to_f32_row(e, (float *)t + off, (size_t)hd);
-            else if (out)
-                memcpy(e, (const uint16_t *)t + off, sizeof(uint16_t) * (size_t)hd);
+                eng_f32_to_f16_row((const float *)t + off, to + e, (size_t)hd);
+            else if (from)
+                memcpy((uint16_t *)t + off, from + e, sizeof(uint16_t) * (size_t)hd);
             else
-                memcpy((uint16_t *)t + off, e, sizeof(uint16_t) * (size_t)hd);
+                memcpy(to + e, (const uint16_t *)t + off, sizeof(uint16_t) * (size_t)hd);
         }
 }
 
@@ -122,9 +121,9 @@ eng_status eng_kv_export_layer(const eng_ctx *c, int layer, int cell0, int n, ui
         n > c->n_cells - cell0)
         return ENG_ERR_RANGE;
     if (k)
-        kv_copy(c, c->k[layer], cell0, n, k, 1);
+        kv_copy(c, c->k[layer], cell0, n, NULL, k);
     if (v)
-        kv_copy(c, c->v[layer], cell0, n, v, 1);
+        kv_copy(c, c->v[layer], cell0, n, NULL, v);
     return ENG_OK;
 }
 
@@ -151,14 +150,14 @@ static eng_status import_layer(eng_ctx *c, int layer, int cell0, int n, const ui
         return ENG_ERR_RANGE;
     if (delta != 0 && c->hp->rope.n_rot > ENG_RERO_MAX_ROT)
         return ENG_ERR_UNSUPPORTED;
-    const int hd = c->hp->head_dim;
-    if (hd > 512) /* hparams bounds head_dim well below this */
-        return ENG_ERR_UNSUPPORTED;
-    kv_copy(c, c->v[layer], cell0, n, (uint16_t *)v, 0);
+    kv_copy(c, c->v[layer], cell0, n, v, NULL);
     if (delta == 0) {
-        kv_copy(c, c->k[layer], cell0, n, (uint16_t *)k, 0);
+        kv_copy(c, c->k[layer], cell0, n, k, NULL);
         return ENG_OK;
     }
+    const int hd = c->hp->head_dim;
+    if (hd > 512) /* the model loader bounds head_dim to this */
+        return ENG_ERR_UNSUPPORTED;
     const eng_rerot *t = rerot_table(c, delta);
     uint16_t row[512];
     for (int h = 0; h < c->hp->n_head_kv; h++)
