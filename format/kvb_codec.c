@@ -232,21 +232,20 @@ __attribute__((target("avx2,f16c"))) static void dequant_row_avx2(kvb_codec code
 }
 #endif
 
-/* Row t of a section (kv_dim values) to its place: dst + t * kv_dim, or cut into pieces. */
+/* Row t of a section (kv_dim values) cut into its pieces (kvb_rows) at dst. */
 static void place_row(const uint16_t *row, uint32_t t, uint32_t kv_dim, const kvb_rows *rows, uint16_t *dst)
 {
     uint32_t seg, np = pieces(rows, kv_dim, &seg);
     for (uint32_t p = 0; p < np; p++)
-        memcpy(dst + (np == 1 ? (size_t)t * kv_dim : p * rows->seg_stride + (size_t)t * seg), row + (size_t)p * seg,
-               sizeof(uint16_t) * seg);
+        memcpy(dst + p * rows->seg_stride + (size_t)t * seg, row + (size_t)p * seg, sizeof(uint16_t) * seg);
 }
 
 /* ksf: kv_dim floats of scratch for the K scales; row: 2 * kv_dim values of scratch when the
- * rows are cut into pieces (rows->seg), else unused. */
+ * rows are cut into pieces (NULL when they are not). */
 static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_t kv_dim, float *ksf,
                           uint16_t *row, const kvb_rows *rows, uint16_t *k, uint16_t *v)
 {
-    const int cut = rows && rows->seg && rows->seg != kv_dim;
+    const int cut = row != NULL;
     const uint8_t *ks = p, *vs = p + 2ull * kv_dim;
     const uint8_t *kc = vs + 2ull * n;
     const uint8_t *vc = kc + (codec == KVB_CODEC_Q8 ? (size_t)n * kv_dim : ((size_t)n * kv_dim + 1) / 2);
@@ -500,8 +499,9 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
     if (ZSTD_isError(z) || z != pbytes)
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd: %s",
                         ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short output");
-    uint16_t *row = NULL;
-    if (rows && rows->seg && rows->seg != kv_dim && !(row = malloc(sizeof(uint16_t) * 2 * (size_t)kv_dim)))
+    uint32_t seg;
+    uint16_t *row = NULL; /* a row's K and V before they are cut into pieces */
+    if (pieces(rows, kv_dim, &seg) > 1 && !(row = malloc(sizeof(uint16_t) * 2 * (size_t)kv_dim)))
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");
     uint64_t lb = q_layer_bytes(codec, n, kv_dim);
     for (uint32_t l = 0; l < n_layer; l++)

@@ -208,10 +208,11 @@ typedef struct kvb_rows {
 /* Where chunk index (tokens t0..t1) should be decoded, instead of the reader's own buffer: set
  * k[l] and v[l] for every layer l < n_layer to room for (t1 - t0) rows of kv_dim f16 laid out
  * as *rows says (zeroed before the call: rows one after another), and return 1; or return 0
- * for the reader's buffer. A seg that does not divide kv_dim fails the read (KVB_ERR_USAGE). Called on the thread calling feed/finish, in chunk
- * order, before the chunk's hash is checked; the chunk is decoded there (on a decode thread)
- * only once its hash matched, and on_chunk then sees in_place = 1. The rows must stay valid and
- * must not be read until on_chunk for that chunk; after a failure they may hold any bytes. */
+ * for the reader's buffer. A seg that does not divide kv_dim fails the read (KVB_ERR_USAGE).
+ * Called on the thread calling feed/finish, in chunk order, before the chunk's hash is
+ * checked; the chunk is decoded there (on a decode thread) only once its hash matched, and
+ * on_chunk then sees in_place = 1. The rows must stay valid and must not be read until
+ * on_chunk for that chunk; after a failure they may hold any bytes. */
 typedef int (*kvb_dest_fn)(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v,
                            kvb_rows *rows);
 

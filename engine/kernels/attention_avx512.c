@@ -244,7 +244,8 @@ static AVX512 void rows_f32(const uint16_t *X, size_t ld, int hd, int b0, int n,
  * bytes are left to the hardware). A burst of a block's prefetches stalled on the miss queue;
  * spread out, the lines arrive while the FMAs run. always_inline: GCC judged an outlined
  * prefetch-only function free of effects and deleted its calls. */
-static AVX512 inline __attribute__((always_inline)) void pf_line(const uint16_t *pf, size_t ld, int hd, int npf, int t0, int per, int k)
+static AVX512 inline __attribute__((always_inline)) void pf_line(const uint16_t *pf, size_t ld, int hd,
+                                                                 int npf, int t0, int per, int k)
 {
     const int lines = hd / 32; /* 64-byte lines per row */
     if (lines == 0)
