@@ -380,10 +380,12 @@ static const tile_f16_fn k_row_f16[NR1] = {tile_f16_1_1, tile_f16_1_2, tile_f16_
  * their FMAs and hsum8 are those of tile(), so the bits are too. */
 #define AVX512F16 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
 
-/* A tile is up to ZP row pairs (two X groups) by ZNW W rows: 24 accumulators + 6 W + 1 X = 31
- * zmm. More X rows go in further blocks against the same W rows, which then come from cache:
- * 8 pairs by 3 W rows measured slower (the compiler folds each X load into every FMA). */
-enum { ZP = MR, ZNW = 6 };
+/* A tile is up to 4 row pairs (two X groups) by ZNW W rows: 24 accumulators + 6 W + 1 X = 31
+ * zmm; or, for 9 or 10 rows, ZP pairs (three groups) by ZNW5 W rows: 25 + 5 + 1. More X rows go
+ * in further blocks against the same W rows, which then come from cache: 8 pairs by 3 W rows
+ * measured slower (the compiler folds each X load into every FMA), and a ninth row in a block of
+ * its own (a BOS before an 8-token prompt) cost 14 ms of a 99 ms pass over 4096 cells. */
+enum { ZP = MR + 1, ZNW = 6, ZNW5 = 5 };
 
 /* 8 f16 at w, the first n of them (the rest read as 0), converted into both halves. */
 static AVX512F16 inline __m512 zw8(const uint16_t *w, __mmask8 n)
@@ -391,17 +393,17 @@ static AVX512F16 inline __m512 zw8(const uint16_t *w, __mmask8 n)
     return _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_maskz_loadu_epi16(n, w)));
 }
 
-/* One step of 8 columns for np pairs of one or two X groups: the first (if np > 2) at x, step
- * stride 4 * 8 floats, the last at xl. The last pair loads under lm: where its second row is
- * absent those lanes read as 0 and are never stored. */
-static AVX512F16 inline __attribute__((always_inline)) void zstep(const float *x, const float *xl,
-                                                                  __mmask16 lm, int np,
-                                                                  const __m512 *wv, int nw,
+/* One step of 8 columns for np pairs of up to three X groups, pair p in group p / 2: the full
+ * groups at x + g * gs (step stride 4 * 8 floats), the last at xl. The last pair loads under lm:
+ * where its second row is absent those lanes read as 0 and are never stored. */
+static AVX512F16 inline __attribute__((always_inline)) void zstep(const float *x, size_t gs,
+                                                                  const float *xl, __mmask16 lm,
+                                                                  int np, const __m512 *wv, int nw,
                                                                   __m512 acc[][ZNW])
 {
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int p = 0; p < np; p++) {
-        const float *a = (p < 2 && np > 2 ? x : xl) + (p % 2) * 16;
+        const float *a = (p / 2 == (np - 1) / 2 ? xl : x + (size_t)(p / 2) * gs) + (p % 2) * 16;
         const __m512 xv = p == np - 1 ? _mm512_maskz_loadu_ps(lm, a) : _mm512_loadu_ps(a);
 #pragma GCC unroll 6
         for (int j = 0; j < nw; j++)
@@ -410,21 +412,22 @@ static AVX512F16 inline __attribute__((always_inline)) void zstep(const float *x
 }
 
 /* Y rows 0..m-1 (m = 2 * np or 2 * np - 1), columns 0..nw-1, from the X groups at xb (the
- * second, if any, gs floats on) and the W rows at w + j * ldw. */
+ * others, if any, each gs floats on) and the W rows at w + j * ldw. */
 static AVX512F16 inline __attribute__((always_inline)) void zf16(const float *xb, size_t gs, int m,
                                                                  const uint16_t *w, size_t ldw,
                                                                  int np, int nw, int K, float *Y,
                                                                  size_t ldy)
 {
     __m512 acc[ZP][ZNW];
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int p = 0; p < np; p++)
 #pragma GCC unroll 6
         for (int j = 0; j < nw; j++)
             acc[p][j] = _mm512_setzero_ps();
-    const size_t ls = (size_t)(np > 2 ? m - MR : m) * 8; /* the last group's step stride */
+    const int gl = (np - 1) / 2;                 /* the last group */
+    const size_t ls = (size_t)(m - gl * MR) * 8; /* its step stride */
     const __mmask16 lm = m % 2 ? 0xff : 0xffff;
-    const float *x = xb, *xl = np > 2 ? xb + gs : xb;
+    const float *x = xb, *xl = xb + (size_t)gl * gs;
     /* the next tile's rows, as in tile_f16 */
     const uint16_t *next = w + (size_t)nw * ldw;
     int k = 0;
@@ -438,15 +441,15 @@ static AVX512F16 inline __attribute__((always_inline)) void zf16(const float *xb
         for (int j = 0; j < nw; j++)
             wv[j] = _mm512_cvtph_ps(
                 _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + (size_t)j * ldw + k))));
-        zstep(x, xl, lm, np, wv, nw, acc);
+        zstep(x, gs, xl, lm, np, wv, nw, acc);
     }
     if (k < K) {
         __m512 wv[ZNW];
         for (int j = 0; j < nw; j++)
             wv[j] = zw8(w + (size_t)j * ldw + k, (__mmask8)((1u << (K - k)) - 1));
-        zstep(x, xl, lm, np, wv, nw, acc);
+        zstep(x, gs, xl, lm, np, wv, nw, acc);
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 5
     for (int p = 0; p < np; p++)
 #pragma GCC unroll 6
         for (int j = 0; j < nw; j++) {
@@ -466,17 +469,21 @@ typedef void (*zf16_fn)(const float *xb, size_t gs, int m, const uint16_t *w, si
     {                                                                                             \
         zf16(xb, gs, m, w, ldw, np, nw, K, Y, ldy);                                               \
     }
-#define ZF16_ROW(X, np) X(np, 1) X(np, 2) X(np, 3) X(np, 4) X(np, 5) X(np, 6)
+#define ZF16_ROW5(X, np) X(np, 1) X(np, 2) X(np, 3) X(np, 4) X(np, 5)
+#define ZF16_ROW(X, np) ZF16_ROW5(X, np) X(np, 6)
 ZF16_ROW(DEF_ZF16, 1)
 ZF16_ROW(DEF_ZF16, 2)
 ZF16_ROW(DEF_ZF16, 3)
 ZF16_ROW(DEF_ZF16, 4)
+ZF16_ROW5(DEF_ZF16, 5)
 #undef DEF_ZF16
 #define ZF16_ENTRY(np, nw) zf16_##np##_##nw,
 static const zf16_fn k_zf16[ZP][ZNW] = {{ZF16_ROW(ZF16_ENTRY, 1)}, {ZF16_ROW(ZF16_ENTRY, 2)},
-                                        {ZF16_ROW(ZF16_ENTRY, 3)}, {ZF16_ROW(ZF16_ENTRY, 4)}};
+                                        {ZF16_ROW(ZF16_ENTRY, 3)}, {ZF16_ROW(ZF16_ENTRY, 4)},
+                                        {ZF16_ROW5(ZF16_ENTRY, 5)}};
 #undef ZF16_ENTRY
 #undef ZF16_ROW
+#undef ZF16_ROW5
 
 static AVX512F16 void gemm_f16_avx512(const float *Xp, int M, const uint16_t *W, size_t ldw, int N,
                                       int K, float *Y, size_t ldy)
@@ -486,9 +493,12 @@ static AVX512F16 void gemm_f16_avx512(const float *Xp, int M, const uint16_t *W,
      * equal width: 15 rows as 5 + 5 + 5, not 6 + 6 + 3 with a half-empty last tile. */
     const int Kr = eng_gemm_kr(K), jb = 65536 / K > ZNW ? 65536 / K : ZNW;
     for (int b0 = 0; b0 < N; b0 += jb) {
-        const int bn = N - b0 < jb ? N - b0 : jb, nt = (bn + ZNW - 1) / ZNW, wide = (bn + nt - 1) / nt;
-        for (int i0 = 0; i0 < M; i0 += 2 * ZP) {
-            const int m = M - i0 < 2 * ZP ? M - i0 : 2 * ZP;
+        const int bn = N - b0 < jb ? N - b0 : jb;
+        /* blocks of 8 rows, the last of up to 10 */
+        for (int i0 = 0, m; i0 < M; i0 += m) {
+            m = M - i0 <= 2 * ZP ? M - i0 : 2 * MR;
+            const int zn = m > 2 * MR ? ZNW5 : ZNW, nt = (bn + zn - 1) / zn;
+            const int wide = (bn + nt - 1) / nt;
             for (int j0 = b0; j0 < b0 + bn; j0 += wide) {
                 const int nr = b0 + bn - j0 < wide ? b0 + bn - j0 : wide;
                 k_zf16[(m + 1) / 2 - 1][nr - 1](group_base(Xp, i0, Kr), (size_t)MR * Kr, m,

@@ -92,8 +92,8 @@ static void test_gemm_rows(void **state)
 
 /* eng_gemm_f16 (F16 weights read in place, for few X rows): the same bits as the reference
  * order over the exact f32 values of the f16 weights at every kernel level, for every M from 1
- * to 20 (several 8-row blocks; an odd M leaves half a register pair empty) and for 33, 64 and
- * 128 (the most rows the forward pass gives it), N off the tile
+ * to 20 (8-row blocks, the last of up to 10 in three groups; an odd M leaves half a register
+ * pair empty) and for 33, 64 and 128 (the most rows the forward pass gives it), N off the tile
  * widths and over several W blocks, K with and without a tail, and row strides past K. */
 static void test_gemm_f16(void **state)
 {
