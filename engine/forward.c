@@ -250,6 +250,12 @@ static int small_rows(uint32_t type, int64_t K)
     return type == GGML_T_F16 && eng_gemm_f16_in_place() ? 128 : 16;
 }
 
+/* Chunks a thread claims at a time when the weights stream past a few rows: runs of W, not
+ * chunks taken in turn, so that each thread's reads stay sequential for the prefetchers.
+ * Measured on Zen 5 (Qwen3-0.6B shape F16, 2 threads, BOS + 8 tokens, medians of 6): after 64
+ * cells 46.2 ms with single chunks, 41.6 with 4 or 8; after 4096 cells 86.0 against 79.5. */
+enum { FEW_GRAIN = 4 };
+
 /* Rows [n0, n0 + nn) of W (at src) for the R packed X rows; buf holds ENG_GEMM_NR + 1 rows of
  * Kr floats. The same bits as the chunk panels: only where the converted weights sit changes. */
 static void few_rows(const float *X, int R, const eng_wmat *W, const char *src, int nn, float *buf,
@@ -388,6 +394,7 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
         par_rows(c, R, pack_rows, &P);
         const void *xr = kind == 5 ? (const void *)c->xr : (const void *)c->panels;
         lin_job J = {c, R, {0}, {0}, {0}, {0}, {0}, {0}, 0};
+        int few = 1;
         for (int i = i0; i < i1; i++) {
             const int k = i - i0;
             J.W[k] = W[i];
@@ -396,9 +403,10 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
             J.nb[k] = kind == 5 ? chunk_rows_q8(W[i]->ncols, thread_share(c)) : chunk_rows(W[i]->ncols);
             J.nch[k] = (int)((W[i]->nrows + J.nb[k] - 1) / J.nb[k]);
             J.few[k] = R <= small_rows(W[i]->type, W[i]->ncols);
+            few &= J.few[k];
             J.total += J.nch[k];
         }
-        eng_pool_for(c->pool, J.total, 1, lin_worker, &J);
+        eng_pool_for(c->pool, J.total, few ? FEW_GRAIN : 1, lin_worker, &J);
         i0 = i1;
     }
 }
