@@ -51,6 +51,13 @@ void kvc_sha256_free(kvc_sha256_ctx *c);
  * OpenSSL; the bytes are the same either way. Thread-safe. */
 enum { KVC_LEAF_LEN = 32768 };
 void kvc_leaf_digest(const void *data, size_t len, uint8_t out[KVC_SHA256_LEN]);
+/* The same digest over data that arrives in pieces (a file read piece by piece, each piece
+ * hashed while it is still in cache): every piece but the last a whole number of leaves.
+ * begin returns NULL only when out of memory; end writes the digest and frees the context. */
+typedef struct kvc_leaf_ctx kvc_leaf_ctx;
+kvc_leaf_ctx *kvc_leaf_begin(void);
+void kvc_leaf_update(kvc_leaf_ctx *c, const void *data, size_t len);
+void kvc_leaf_end(kvc_leaf_ctx *c, uint8_t out[KVC_SHA256_LEN]);
 /* What kvc_leaf_digest runs on, e.g. "intel-ipsec-mb avx512 (16 lanes)" or "openssl"
  * (KVPUB_LEAF_HASH=openssl in the environment forces the latter; =sse, =avx512 or =avx2 that
  * intel-ipsec-mb manager where the CPU has it). Never NULL. */

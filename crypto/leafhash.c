@@ -51,6 +51,11 @@ static void root_final(root *r, uint8_t out[KVC_SHA256_LEN])
     EVP_MD_CTX_free(r->md);
 }
 
+struct kvc_leaf_ctx {
+    root root;
+    void *mgr; /* an intel-ipsec-mb manager, or NULL: OpenSSL */
+};
+
 static size_t leaf_count(size_t len) { return len / KVC_LEAF_LEN + (len % KVC_LEAF_LEN != 0); }
 
 static size_t leaf_len(size_t len, size_t i)
@@ -59,15 +64,20 @@ static size_t leaf_len(size_t len, size_t i)
     return len - at < KVC_LEAF_LEN ? len - at : KVC_LEAF_LEN;
 }
 
+static void leaves_openssl(root *r, const uint8_t *p, size_t len)
+{
+    uint8_t d[KVC_SHA256_LEN];
+    for (size_t i = 0, n = leaf_count(len); i < n; i++) {
+        kvc_sha256(p + i * KVC_LEAF_LEN, leaf_len(len, i), d);
+        root_add(r, d, 1);
+    }
+}
+
 static void digest_openssl(const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
 {
     root r;
     root_init(&r);
-    uint8_t d[KVC_SHA256_LEN];
-    for (size_t i = 0, n = leaf_count(len); i < n; i++) {
-        kvc_sha256(p + i * KVC_LEAF_LEN, leaf_len(len, i), d);
-        root_add(&r, d, 1);
-    }
+    leaves_openssl(&r, p, len);
     root_final(&r, out);
 }
 
@@ -137,10 +147,8 @@ static void batch_mb(IMB_MGR *m, const uint8_t *p, size_t len, size_t first, siz
         *(uint8_t *)j->user_data = j->status == IMB_STATUS_COMPLETED;
 }
 
-static void digest_with(IMB_MGR *m, const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
+static void leaves_with(IMB_MGR *m, root *r, const uint8_t *p, size_t len)
 {
-    root r;
-    root_init(&r);
     uint8_t d[BATCH * KVC_SHA256_LEN], ok[BATCH];
     for (size_t first = 0, n = leaf_count(len); first < n; first += BATCH) {
         size_t k = n - first < BATCH ? n - first : BATCH;
@@ -148,8 +156,15 @@ static void digest_with(IMB_MGR *m, const uint8_t *p, size_t len, uint8_t out[KV
         for (size_t i = 0; i < k; i++)
             if (!ok[i]) /* never seen; the digest must not depend on it */
                 kvc_sha256(p + (first + i) * KVC_LEAF_LEN, leaf_len(len, first + i), d + i * KVC_SHA256_LEN);
-        root_add(&r, d, k);
+        root_add(r, d, k);
     }
+}
+
+static void digest_with(IMB_MGR *m, const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_LEN])
+{
+    root r;
+    root_init(&r);
+    leaves_with(m, &r, p, len);
     root_final(&r, out);
 }
 
@@ -269,6 +284,33 @@ void kvc_leaf_digest(const void *data, size_t len, uint8_t out[KVC_SHA256_LEN])
     digest_openssl(data, len, out);
 }
 
+void kvc_leaf_update(kvc_leaf_ctx *c, const void *data, size_t len)
+{
+    if (c->mgr)
+        leaves_with(c->mgr, &c->root, data, len);
+    else
+        leaves_openssl(&c->root, data, len);
+}
+
+kvc_leaf_ctx *kvc_leaf_begin(void)
+{
+    pthread_once(&once, pick_engine);
+    kvc_leaf_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    root_init(&c->root);
+    c->mgr = init_mgr ? mgr_get() : NULL;
+    return c;
+}
+
+void kvc_leaf_end(kvc_leaf_ctx *c, uint8_t out[KVC_SHA256_LEN])
+{
+    if (c->mgr)
+        mgr_put(c->mgr);
+    root_final(&c->root, out);
+    free(c);
+}
+
 const char *kvc_leaf_digest_engine(void)
 {
     pthread_once(&once, pick_engine);
@@ -276,6 +318,22 @@ const char *kvc_leaf_digest_engine(void)
 }
 #else
 void kvc_leaf_digest(const void *data, size_t len, uint8_t out[KVC_SHA256_LEN]) { digest_openssl(data, len, out); }
+
+void kvc_leaf_update(kvc_leaf_ctx *c, const void *data, size_t len) { leaves_openssl(&c->root, data, len); }
+
+kvc_leaf_ctx *kvc_leaf_begin(void)
+{
+    kvc_leaf_ctx *c = calloc(1, sizeof *c);
+    if (c)
+        root_init(&c->root);
+    return c;
+}
+
+void kvc_leaf_end(kvc_leaf_ctx *c, uint8_t out[KVC_SHA256_LEN])
+{
+    root_final(&c->root, out);
+    free(c);
+}
 
 const char *kvc_leaf_digest_engine(void) { return "openssl"; }
 #endif

@@ -1,7 +1,7 @@
-/* kvb_file.c: blobs as whole files: kvb_read_file streams a file through the verifying reader
- * with read(2) straight into its buffers, and the manifest-only peek checks the header and the
- * signature over header+manifest (before parsing the manifest) from a blob's first bytes,
- * without touching its chunks. */
+/* kvb_file.c: blobs as whole files: kvb_read_file reads a file through the verifying reader
+ * (a regular file with kvb_reader_feed_fd, stdin with read(2) straight into its buffers), and
+ * the manifest-only peek checks the header and the signature over header+manifest (before
+ * parsing the manifest) from a blob's first bytes, without touching its chunks. */
 #include "format/kvb_internal.h"
 
 #include <errno.h>
@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manifest **mout, kvb_header *hout,
@@ -21,27 +22,30 @@ kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manife
         return kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
     kvb_reader *r = kvb_reader_create(opts);
     kvb_status st = KVB_OK;
+    struct stat sb;
     if (!r) {
         st = kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
     } else {
-        /* read(2) straight into the reader's buffers: the kernel's copy is the only one */
-        for (;;) {
-            void *buf;
-            size_t cap;
-            if ((st = kvb_reader_buffer(r, &buf, &cap, err, errlen)) != KVB_OK)
-                break;
-            ssize_t n = read(fd, buf, cap < (1u << 30) ? cap : (1u << 30));
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error: %s", path, strerror(errno));
-                break;
+        if (fd != STDIN_FILENO && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
+            st = kvb_reader_feed_fd(r, fd, err, errlen);
+        else /* read(2) straight into the reader's buffers: the kernel's copy is the only one */
+            for (;;) {
+                void *buf;
+                size_t cap;
+                if ((st = kvb_reader_buffer(r, &buf, &cap, err, errlen)) != KVB_OK)
+                    break;
+                ssize_t n = read(fd, buf, cap < (1u << 30) ? cap : (1u << 30));
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n < 0) {
+                    st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error: %s", path, strerror(errno));
+                    break;
+                }
+                if (n == 0)
+                    break;
+                if ((st = kvb_reader_commit(r, (size_t)n, err, errlen)) != KVB_OK)
+                    break;
             }
-            if (n == 0)
-                break;
-            if ((st = kvb_reader_commit(r, (size_t)n, err, errlen)) != KVB_OK)
-                break;
-        }
         if (!st)
             st = kvb_reader_finish(r, err, errlen);
         if (kvb_reader_header(r) && hout)

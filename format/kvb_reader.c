@@ -5,72 +5,14 @@
  * piece is hashed and decoded straight from the caller's bytes (feed waits for those jobs
  * before it returns); otherwise its bytes are gathered once into the chunk's slot, or read
  * there directly through kvb_reader_buffer/commit. */
-#include "format/kvb_internal.h"
+#include "format/kvb_reader_internal.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-enum { ERRLEN = 256, MAX_THREADS = 64, STAGE = 64 << 10 };
-enum phase { P_HEADER, P_PREFIX, P_PAD, P_SECTION, P_DONE };
-enum slot_state { S_EMPTY, S_QUEUED, S_RUNNING, S_DONE };
-
-/* One chunk in flight: its stored bytes, its decoded K/V, its outcome. */
-typedef struct slot {
-    uint8_t *in;            /* owned copy, when the chunk arrived in several pieces */
-    size_t in_cap, in_len;
-    const uint8_t *data;    /* the stored bytes: in, or the caller's piece (borrowed) */
-    int borrowed;
-    uint16_t *out;   /* the reader's own decode buffer */
-    size_t out_cap;  /* bytes */
-    uint16_t *sec[2 * KVB_MAX_LAYERS]; /* where each layer's K and V decode: out, or on_dest's rows */
-    kvb_rows rows;   /* their layout (seg 0 in out) */
-    int in_place;
-    uint32_t index;
-    int decode;
-    enum slot_state state;
-    kvb_status st;
-    char err[ERRLEN];
-} slot;
-
-struct kvb_reader {
-    kvb_read_opts o;
-    kvb_status st;          /* sticky first error */
-    char err[ERRLEN];
-    enum phase phase;
-    uint64_t pos;           /* bytes consumed so far */
-    uint8_t hdr[KVB_HEADER_LEN];
-    kvb_header h;
-    const kvc_key *signer;
-    uint8_t *prefix;        /* header + manifest + signature */
-    size_t prefix_len;
-    kvb_manifest *m;
-    uint64_t pad_to;        /* P_PAD: absolute offset where the next section starts */
-    int64_t sec;            /* P_SECTION: -1 token ids, else chunk index */
-    uint64_t sec_have;
-    uint8_t *tokbuf;
-    int32_t *tokens;        /* valid once the token section verified */
-    slot *cur;              /* chunk slot being filled */
-    /* decode pool: slots form a ring indexed by chunk number */
-    slot *slots;
-    uint32_t nslots;
-    uint32_t next_submit, next_run, next_deliver;
-    int nthreads;           /* workers started; 0 = decode inline */
-    pthread_t thr[MAX_THREADS];
-    pthread_mutex_t mu;
-    pthread_cond_t cv_work, cv_done;
-    int shutdown;
-    kvb_codec_ctx *inline_ctx;
-    int borrowing;          /* some slot's data points into the piece being fed */
-    uint8_t *stage;         /* kvb_reader_buffer for padding and trailing bytes */
-    uint8_t *lent;          /* what kvb_reader_buffer returned last (NULL: nothing lent) */
-    size_t lent_len;
-};
-
-static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...)
+kvb_status kvb_rd_err(kvb_reader *r, kvb_status st, const char *fmt, ...)
 {
     if (r->st)
         return r->st;
@@ -81,7 +23,7 @@ static kvb_status set_err(kvb_reader *r, kvb_status st, const char *fmt, ...)
     return r->st = st;
 }
 
-static kvb_status ret(const kvb_reader *r, char *err, size_t errlen)
+kvb_status kvb_rd_ret(const kvb_reader *r, char *err, size_t errlen)
 {
     if (r->st && err && errlen)
         snprintf(err, errlen, "%s", r->err);
@@ -121,7 +63,7 @@ void kvb_reader_free(kvb_reader *r)
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv_work);
     pthread_cond_destroy(&r->cv_done);
-    BASE_FREE_ALL(r->slots, r->prefix, r->tokbuf, r->tokens, r->stage, r);
+    BASE_FREE_ALL(r->slots, r->prefix, r->tokbuf, r->tokens, r->stage, r->piece, r);
 }
 
 const kvb_manifest *kvb_reader_manifest(const kvb_reader *r) { return r->m; }
@@ -130,17 +72,10 @@ const int32_t *kvb_reader_tokens(const kvb_reader *r) { return r->tokens; }
 
 /* ---- the work on one chunk: hash, then (maybe) decode; runs on a worker or inline ---- */
 
-static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
+void kvb_rd_decode(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
 {
     const kvb_manifest *m = r->m;
     const kvb_section *sec = &m->chunks[s->index];
-    uint8_t h[KVC_SHA256_LEN];
-    kvb_chunk_digest(r->h.version, s->data, s->in_len, h);
-    if (memcmp(h, sec->sha256, KVC_SHA256_LEN) != 0) {
-        s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_CHUNK_HASH, "chunk %u of %u: sha256 mismatch", s->index,
-                         m->n_chunks);
-        return;
-    }
     if (!s->decode) {
         s->st = KVB_OK;
         return;
@@ -156,10 +91,28 @@ static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
         snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
 }
 
+static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece)
+{
+    if (s->pread) {
+        kvb_rd_pread_job(r, s, cc, piece);
+        return;
+    }
+    const kvb_manifest *m = r->m;
+    uint8_t h[KVC_SHA256_LEN];
+    kvb_chunk_digest(r->h.version, s->data, s->in_len, h);
+    if (memcmp(h, m->chunks[s->index].sha256, KVC_SHA256_LEN) != 0) {
+        s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_CHUNK_HASH, "chunk %u of %u: sha256 mismatch", s->index,
+                         m->n_chunks);
+        return;
+    }
+    kvb_rd_decode(r, s, cc);
+}
+
 static void *worker(void *arg)
 {
     kvb_reader *r = arg;
     kvb_codec_ctx *cc = kvb_codec_ctx_create(0);
+    uint8_t *piece = NULL;
     pthread_mutex_lock(&r->mu);
     for (;;) {
         while (!r->shutdown && r->next_run == r->next_submit)
@@ -170,13 +123,14 @@ static void *worker(void *arg)
         r->next_run++;
         s->state = S_RUNNING;
         pthread_mutex_unlock(&r->mu);
-        run_job(r, s, cc);
+        run_job(r, s, cc, &piece);
         pthread_mutex_lock(&r->mu);
         s->state = S_DONE;
         pthread_cond_broadcast(&r->cv_done);
     }
     pthread_mutex_unlock(&r->mu);
     kvb_codec_ctx_free(cc);
+    free(piece);
     return NULL;
 }
 
@@ -198,8 +152,9 @@ static int deliver_one(kvb_reader *r, int wait)
     pthread_mutex_unlock(&r->mu);
     s->state = S_EMPTY;
     r->next_deliver++;
+    r->read_s += s->read_s;
     if (s->st) {
-        set_err(r, s->st, "%s", s->err);
+        kvb_rd_err(r, s->st, "%s", s->err);
         return -1;
     }
     if (s->decode && r->o.on_chunk) {
@@ -209,7 +164,7 @@ static int deliver_one(kvb_reader *r, int wait)
         char e[ERRLEN] = "refused by the chunk callback";
         kvb_status st = r->o.on_chunk(r->o.user, &c, e, sizeof e);
         if (st) {
-            set_err(r, st, "%s", e);
+            kvb_rd_err(r, st, "%s", e);
             return -1;
         }
     }
@@ -224,12 +179,11 @@ static kvb_status drain(kvb_reader *r)
     return r->st;
 }
 
-/* A failure found by the feeder itself: chunks before it in the byte stream report first. */
-static kvb_status feeder_fail(kvb_reader *r, kvb_status st, const char *msg)
+kvb_status kvb_rd_feeder_fail(kvb_reader *r, kvb_status st, const char *msg)
 {
     if (drain(r))
         return r->st;
-    return set_err(r, st, "%s", msg);
+    return kvb_rd_err(r, st, "%s", msg);
 }
 
 /* Decode workers for n_threads (0: online cores) and a blob of n_chunks; 0: decode inline. */
@@ -255,7 +209,7 @@ static kvb_status start_pool(kvb_reader *r)
         r->nslots = (uint32_t)want + 1;
         r->slots = calloc(r->nslots, sizeof *r->slots);
         if (!r->slots)
-            return set_err(r, KVB_ERR_NOMEM, "out of memory");
+            return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
         for (int i = 0; i < want; i++) {
             if (pthread_create(&r->thr[i], NULL, worker, r) != 0)
                 break; /* fewer workers is still correct */
@@ -269,7 +223,7 @@ static kvb_status start_pool(kvb_reader *r)
     r->slots = calloc(1, sizeof *r->slots);
     r->inline_ctx = kvb_codec_ctx_create(0);
     if (!r->slots || !r->inline_ctx)
-        return set_err(r, KVB_ERR_NOMEM, "out of memory");
+        return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
     return KVB_OK;
 }
 
@@ -290,13 +244,13 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
         uint16_t *k[KVB_MAX_LAYERS] = {0}, *v[KVB_MAX_LAYERS] = {0};
         s->in_place = r->o.on_dest(r->o.user, i, sec->t0, sec->t1, k, v, &s->rows) != 0;
         if (s->in_place && s->rows.seg && r->m->kv_dim % s->rows.seg)
-            return set_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest cut rows of %u values into pieces of %u",
+            return kvb_rd_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest cut rows of %u values into pieces of %u",
                            i, r->m->n_chunks, r->m->kv_dim, s->rows.seg);
         if (!s->in_place)
             s->rows = (kvb_rows){0, 0};
         for (uint32_t l = 0; s->in_place && l < nl; l++) {
             if (!k[l] || !v[l])
-                return set_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest gave no rows for layer %u", i,
+                return kvb_rd_err(r, KVB_ERR_USAGE, "chunk %u of %u: on_dest gave no rows for layer %u", i,
                                r->m->n_chunks, l);
             s->sec[2 * l] = k[l];
             s->sec[2 * l + 1] = v[l];
@@ -310,18 +264,20 @@ static kvb_status begin_chunk(kvb_reader *r, uint32_t i)
             s->out = kvb_big_alloc(outb, &s->out_cap);
         }
         if (!s->out)
-            return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
+            return kvb_rd_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", i, r->m->n_chunks);
         for (uint32_t j = 0; j < 2 * nl; j++)
             s->sec[j] = s->out + j * secn;
     }
     s->in_len = 0;
     s->data = NULL;
     s->borrowed = 0;
+    s->pread = 0;
+    s->read_s = 0;
     r->cur = s;
     return KVB_OK;
 }
 
-static uint64_t longest_chunk(const kvb_manifest *m)
+uint64_t kvb_rd_longest_chunk(const kvb_manifest *m)
 {
     uint64_t len = 0;
     for (uint32_t i = 0; i < m->n_chunks; i++)
@@ -334,7 +290,7 @@ void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place)
     enum { MAX_BUFS = 2 * (MAX_THREADS + 1) + MAX_THREADS };
     const int workers = pool_workers(n_threads, m->n_chunks), nslots = workers + 1;
     const uint32_t t = m->n_chunks > 1 ? m->chunk_tokens : m->n_tokens;
-    const uint64_t in = longest_chunk(m), out = in_place ? 0 : 2 * kvb_chunk_values(m->n_layer, t, m->kv_dim);
+    const uint64_t in = kvb_rd_longest_chunk(m), out = in_place ? 0 : 2 * kvb_chunk_values(m->n_layer, t, m->kv_dim);
     const uint64_t scr = kvb_decode_scratch_bytes(m->codec, m->n_layer, t, m->kv_dim);
     const int nscr = workers ? workers : 1;
     if (nslots * (in + out) + nscr * scr > KVB_KEEP_BYTES)
@@ -362,29 +318,32 @@ static kvb_status own_buffer(kvb_reader *r)
     uint64_t len = r->m->chunks[s->index].length;
     if (s->in_cap < len) {
         kvb_big_free(s->in, s->in_cap);
-        s->in = kvb_big_alloc(longest_chunk(r->m), &s->in_cap);
+        s->in = kvb_big_alloc(kvb_rd_longest_chunk(r->m), &s->in_cap);
         if (!s->in)
-            return set_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);
+            return kvb_rd_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);
     }
     s->data = s->in;
     return KVB_OK;
 }
 
-/* Before feed returns: no job may still read the caller's piece. Finished jobs keep their
- * decoded output, so they are delivered later as usual. */
-static void wait_borrowed(kvb_reader *r)
+void kvb_rd_wait_caller(kvb_reader *r)
 {
-    if (!r->borrowing)
-        return;
     pthread_mutex_lock(&r->mu);
     for (uint32_t i = 0; i < r->nslots; i++) {
         slot *s = &r->slots[i];
-        while (s->borrowed && (s->state == S_QUEUED || s->state == S_RUNNING))
+        while ((s->borrowed || s->pread) && (s->state == S_QUEUED || s->state == S_RUNNING))
             pthread_cond_wait(&r->cv_done, &r->mu);
         s->borrowed = 0;
+        s->pread = 0;
     }
     pthread_mutex_unlock(&r->mu);
     r->borrowing = 0;
+}
+
+static void wait_borrowed(kvb_reader *r)
+{
+    if (r->borrowing)
+        kvb_rd_wait_caller(r);
 }
 
 static void submit_chunk(kvb_reader *r)
@@ -392,7 +351,7 @@ static void submit_chunk(kvb_reader *r)
     slot *s = r->cur;
     r->cur = NULL;
     if (r->nthreads == 0) {
-        run_job(r, s, r->inline_ctx);
+        run_job(r, s, r->inline_ctx, &r->piece);
         s->state = S_DONE;
         r->next_submit++;
         r->next_run = r->next_submit;
@@ -415,7 +374,7 @@ static void put(uint8_t *dst, const uint8_t *src, size_t n)
 }
 
 /* Padding done: the next section (token ids or chunk r->sec) starts at r->pos. */
-static void enter_section(kvb_reader *r)
+void kvb_rd_enter_section(kvb_reader *r)
 {
     r->phase = P_SECTION;
     r->sec_have = 0;
@@ -428,30 +387,30 @@ static kvb_status on_header(kvb_reader *r)
     char e[ERRLEN];
     kvb_status st = kvb_header_parse(r->hdr, &r->h, e, sizeof e);
     if (st)
-        return set_err(r, st, "%s", e);
+        return kvb_rd_err(r, st, "%s", e);
     char kid[2 * KVC_KEYID_LEN + 1];
     kvc_hex(r->h.key_id, KVC_KEYID_LEN, kid);
     if (r->o.trust) {
         kvc_status ks = kvc_trust_lookup(r->o.trust, r->h.key_id, &r->signer);
         if (ks == KVC_ERR_REVOKED)
-            return set_err(r, KVB_ERR_REVOKED, "signer key id %s is revoked", kid);
+            return kvb_rd_err(r, KVB_ERR_REVOKED, "signer key id %s is revoked", kid);
         if (ks != KVC_OK)
-            return set_err(r, KVB_ERR_UNTRUSTED, "signer key id %s is not in the trust store", kid);
+            return kvb_rd_err(r, KVB_ERR_UNTRUSTED, "signer key id %s is not in the trust store", kid);
     } else if (r->o.key) {
         uint8_t want[KVC_KEYID_LEN];
         char wkid[2 * KVC_KEYID_LEN + 1];
         kvc_key_id(r->o.key, want);
         if (memcmp(want, r->h.key_id, KVC_KEYID_LEN) != 0)
-            return set_err(r, KVB_ERR_WRONG_KEY, "signed by key id %s, expected key id %s", kid,
+            return kvb_rd_err(r, KVB_ERR_WRONG_KEY, "signed by key id %s, expected key id %s", kid,
                            kvc_hex(want, KVC_KEYID_LEN, wkid));
         r->signer = r->o.key;
     } else if (!r->o.skip_signature) {
-        return set_err(r, KVB_ERR_USAGE, "reader: no trust store or key to check the signature with");
+        return kvb_rd_err(r, KVB_ERR_USAGE, "reader: no trust store or key to check the signature with");
     }
     r->prefix_len = KVB_HEADER_LEN + (size_t)r->h.manifest_len + KVC_SIG_LEN;
     r->prefix = malloc(r->prefix_len); /* manifest_len <= KVB_MAX_MANIFEST was checked */
     if (!r->prefix)
-        return set_err(r, KVB_ERR_NOMEM, "out of memory for a %u-byte manifest", r->h.manifest_len);
+        return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory for a %u-byte manifest", r->h.manifest_len);
     memcpy(r->prefix, r->hdr, KVB_HEADER_LEN);
     r->phase = P_PREFIX;
     return KVB_OK;
@@ -463,29 +422,29 @@ static kvb_status on_prefix(kvb_reader *r)
     char kid[2 * KVC_KEYID_LEN + 1];
     kvc_hex(r->h.key_id, KVC_KEYID_LEN, kid);
     if (r->signer && kvc_verify(r->signer, r->prefix, signed_len, r->prefix + signed_len) != KVC_OK)
-        return set_err(r, KVB_ERR_BAD_SIG, "signature does not verify over header+manifest (signer key id %s)", kid);
+        return kvb_rd_err(r, KVB_ERR_BAD_SIG, "signature does not verify over header+manifest (signer key id %s)", kid);
     char e[ERRLEN];
     kvb_status st = kvb_manifest_parse(r->prefix + KVB_HEADER_LEN, r->h.manifest_len, &r->m, e, sizeof e);
     if (st)
-        return set_err(r, st, "%s", e);
+        return kvb_rd_err(r, st, "%s", e);
     const kvb_manifest *m = r->m;
     const kvb_section *last = &m->chunks[m->n_chunks - 1];
     r->h.file_size = r->h.data_offset + last->offset + last->length;
     int64_t now = r->o.now ? r->o.now : (int64_t)time(NULL);
     if (r->o.now >= 0 && m->expires && now >= m->expires) {
         char a[32], b[32];
-        return set_err(r, KVB_ERR_EXPIRED, "blob expired at %s (now %s)", kvb_time_format(m->expires, a, sizeof a),
+        return kvb_rd_err(r, KVB_ERR_EXPIRED, "blob expired at %s (now %s)", kvb_time_format(m->expires, a, sizeof a),
                        kvb_time_format(now, b, sizeof b));
     }
     if (r->o.on_manifest) {
         snprintf(e, sizeof e, "refused by the manifest callback");
         st = r->o.on_manifest(r->o.user, m, &r->h, e, sizeof e);
         if (st)
-            return set_err(r, st, "%s", e);
+            return kvb_rd_err(r, st, "%s", e);
     }
     r->tokbuf = malloc(m->tokens.length);
     if (!r->tokbuf)
-        return set_err(r, KVB_ERR_NOMEM, "out of memory");
+        return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
     if (start_pool(r))
         return r->st;
     r->phase = P_PAD;
@@ -494,17 +453,17 @@ static kvb_status on_prefix(kvb_reader *r)
     return KVB_OK;
 }
 
-static kvb_status on_section_done(kvb_reader *r)
+kvb_status kvb_rd_section_done(kvb_reader *r)
 {
     const kvb_manifest *m = r->m;
     if (r->sec < 0) {
         uint8_t h[KVC_SHA256_LEN];
         kvc_sha256(r->tokbuf, m->tokens.length, h);
         if (memcmp(h, m->tokens.sha256, KVC_SHA256_LEN) != 0)
-            return set_err(r, KVB_ERR_TOKENS_HASH, "token ids: sha256 mismatch");
+            return kvb_rd_err(r, KVB_ERR_TOKENS_HASH, "token ids: sha256 mismatch");
         r->tokens = malloc(4ull * m->n_tokens);
         if (!r->tokens)
-            return set_err(r, KVB_ERR_NOMEM, "out of memory");
+            return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
         for (uint32_t i = 0; i < m->n_tokens; i++)
             r->tokens[i] = (int32_t)kvb_le32(r->tokbuf + 4ull * i);
     } else {
@@ -560,11 +519,11 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
                     char msg[ERRLEN], nb[48];
                     snprintf(msg, sizeof msg, "padding byte at offset %llu before %s is not zero",
                              (unsigned long long)(r->pos + i), sec_name(r, nb, sizeof nb));
-                    feeder_fail(r, KVB_ERR_MALFORMED, msg);
+                    kvb_rd_feeder_fail(r, KVB_ERR_MALFORMED, msg);
                     break;
                 }
             if (!r->st && r->pos + take == r->pad_to)
-                enter_section(r);
+                kvb_rd_enter_section(r);
             break;
         case P_SECTION: {
             uint64_t slen = r->sec < 0 ? r->m->tokens.length : r->m->chunks[r->sec].length;
@@ -586,14 +545,14 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
             }
             r->sec_have += take;
             if (r->sec_have == slen)
-                complete = on_section_done;
+                complete = kvb_rd_section_done;
             break;
         }
         case P_DONE: {
             char msg[ERRLEN];
             snprintf(msg, sizeof msg, "trailing data: the blob ends at byte %llu but more bytes follow",
                      (unsigned long long)r->h.file_size);
-            feeder_fail(r, KVB_ERR_MALFORMED, msg);
+            kvb_rd_feeder_fail(r, KVB_ERR_MALFORMED, msg);
             break;
         }
         }
@@ -604,7 +563,7 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
             complete(r);
     }
     wait_borrowed(r);
-    return ret(r, err, errlen);
+    return kvb_rd_ret(r, err, errlen);
 }
 
 kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, size_t errlen)
@@ -613,11 +572,11 @@ kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, 
     *len = 0;
     r->lent = NULL;
     if (r->st)
-        return ret(r, err, errlen);
+        return kvb_rd_ret(r, err, errlen);
     if (r->phase == P_PAD && r->pos == r->pad_to) {
-        enter_section(r); /* no padding: the section starts here */
+        kvb_rd_enter_section(r); /* no padding: the section starts here */
         if (r->st)
-            return ret(r, err, errlen);
+            return kvb_rd_ret(r, err, errlen);
     }
     uint8_t *p = NULL;
     size_t n = 0;
@@ -642,7 +601,7 @@ kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, 
     case P_PAD:
     case P_DONE:
         if (!r->stage && !(r->stage = malloc(STAGE))) {
-            set_err(r, KVB_ERR_NOMEM, "out of memory");
+            kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
             break;
         }
         p = r->stage;
@@ -650,7 +609,7 @@ kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, 
         break;
     }
     if (r->st)
-        return ret(r, err, errlen);
+        return kvb_rd_ret(r, err, errlen);
     r->lent = p;
     r->lent_len = n;
     *buf = p;
@@ -662,10 +621,10 @@ kvb_status kvb_reader_commit(kvb_reader *r, size_t n, char *err, size_t errlen)
 {
     uint8_t *p = r->lent;
     if (r->st)
-        return ret(r, err, errlen);
+        return kvb_rd_ret(r, err, errlen);
     if (!p || n > r->lent_len) {
-        set_err(r, KVB_ERR_USAGE, "reader: commit of %zu bytes without a buffer of that size", n);
-        return ret(r, err, errlen);
+        kvb_rd_err(r, KVB_ERR_USAGE, "reader: commit of %zu bytes without a buffer of that size", n);
+        return kvb_rd_ret(r, err, errlen);
     }
     r->lent = NULL;
     return kvb_reader_feed(r, p, n, err, errlen);
@@ -681,10 +640,10 @@ kvb_status kvb_reader_finish(kvb_reader *r, char *err, size_t errlen)
         else
             snprintf(msg, sizeof msg, "truncated: input ends at byte %llu inside %s", (unsigned long long)r->pos,
                      sec_name(r, nb, sizeof nb));
-        feeder_fail(r, KVB_ERR_TRUNCATED, msg);
+        kvb_rd_feeder_fail(r, KVB_ERR_TRUNCATED, msg);
     }
     drain(r);
-    return ret(r, err, errlen);
+    return kvb_rd_ret(r, err, errlen);
 }
 
 /* ---- for kvb_read_file ---- */

@@ -267,6 +267,21 @@ kvb_status kvb_reader_feed(kvb_reader *r, const void *data, size_t len, char *er
 kvb_status kvb_reader_buffer(kvb_reader *r, void **buf, size_t *len, char *err, size_t errlen) KVB_WUR;
 /* Feeds the n bytes written into the buffer that kvb_reader_buffer returned last. */
 kvb_status kvb_reader_commit(kvb_reader *r, size_t n, char *err, size_t errlen) KVB_WUR;
+/* Feeds the rest of the blob from fd, a regular file that holds it from offset 0 (bytes fed
+ * before stay fed; the rest are read at their offsets with pread, so fd's offset is left
+ * alone), up to the end of the file; then call kvb_reader_finish as usual. The chunks of a
+ * version-2 blob are read by the decode workers themselves, a few leaves at a time, each
+ * piece hashed while it is in cache (then decoded, from the chunk's buffer); the call returns
+ * once no worker reads fd any more. An f16 chunk that
+ * on_dest places is copied to its rows piece by piece as it is hashed: those rows hold
+ * unverified bytes until the chunk's digest matches, but on_chunk still runs only for a
+ * verified chunk, and after an error the rows of the chunks never delivered are the caller's
+ * to ignore. Errors as for kvb_reader_feed, plus KVB_ERR_IO; KVB_ERR_USAGE if fd is not a
+ * regular file. */
+kvb_status kvb_reader_feed_fd(kvb_reader *r, int fd, char *err, size_t errlen) KVB_WUR;
+/* Seconds the delivered chunks' reads took on the decode workers (kvb_reader_feed_fd): their
+ * sum over the workers, which ran beside the hashing and decoding. */
+double kvb_reader_read_seconds(const kvb_reader *r);
 /* Declares end of input: waits for pending decodes, delivers them, and returns KVB_OK only if
  * the whole blob was received and verified (else e.g. KVB_ERR_TRUNCATED). */
 kvb_status kvb_reader_finish(kvb_reader *r, char *err, size_t errlen) KVB_WUR;

@@ -183,7 +183,9 @@ kvp_status kvp_publish_document(const kvp_publish_opts *o, const kvp_document *d
 
 /* What one load cost, in seconds of wall time on the calling thread. */
 typedef struct kvp_load_stats {
-    double read_s;        /* reading the file */
+    double read_s;        /* reading the file; the chunks of a regular file are read by the
+                             decode workers (kvb_reader_feed_fd): their summed time, which ran
+                             beside verify_decode_s */
     double verify_decode_s; /* inside the reader (signature, hashes, waiting for decode workers) */
     double rerotate_s;    /* importing with K re-rotated on the way in (delta != 0: the rotation
                              is fused into the copy, eng_kv_import_layer_rerotated) */

@@ -203,6 +203,21 @@ static void test_leaf_digest(void **state)
             if (memcmp(d, r, sizeof d) != 0)
                 fail_msg("leaf digest of %zu bytes at offset %zu differs from the reference", lens[i], off);
         }
+    /* in pieces (kvc_leaf_begin/update/end): every piece but the last whole leaves, of 1 to 20
+     * leaves (across the batches of 32), and a first piece of none */
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++) {
+        kvc_leaf_ctx *c = kvc_leaf_begin();
+        assert_non_null(c);
+        kvc_leaf_update(c, buf, 0);
+        for (size_t at = 0, step = 1; at < lens[i]; at += step * KVC_LEAF_LEN, step = step % 20 + 7) {
+            const size_t n = lens[i] - at < step * KVC_LEAF_LEN ? lens[i] - at : step * KVC_LEAF_LEN;
+            kvc_leaf_update(c, buf + 1 + at, n);
+        }
+        kvc_leaf_end(c, d);
+        leaf_reference(buf + 1, lens[i], r);
+        if (memcmp(d, r, sizeof d) != 0)
+            fail_msg("leaf digest of %zu bytes in pieces differs from the reference", lens[i]);
+    }
     /* one changed byte in the last leaf changes the digest */
     kvc_leaf_digest(buf, 3 * KVC_LEAF_LEN, d);
     buf[3 * KVC_LEAF_LEN - 1] ^= 1;

@@ -147,7 +147,11 @@ static kvb_status on_manifest(void *user, const kvb_manifest *m, const kvb_heade
     return KVB_OK;
 }
 
-/* Feeds blob in pieces (piece 0 = whole; <0 = random sizes up to -piece). */
+/* read_blob's piece for: written to a file and read with kvb_reader_feed_fd, after the first
+ * 100 bytes are fed from memory (a caller may start either way). */
+enum { VIA_FILE = 1 << 30 };
+
+/* Feeds blob in pieces (piece 0 = whole; <0 = random sizes up to -piece; VIA_FILE). */
 static kvb_status read_blob(const uint8_t *blob, size_t len, kvb_read_opts *o, long piece, got *g,
                             char *err, size_t errlen, int32_t *tokens_out)
 {
@@ -161,6 +165,19 @@ static kvb_status read_blob(const uint8_t *blob, size_t len, kvb_read_opts *o, l
     assert_non_null(r);
     kvb_status st = KVB_OK;
     size_t off = 0;
+    if (piece == VIA_FILE) {
+        char path[] = "/tmp/kvblob-fd-XXXXXX";
+        const int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        unlink(path);
+        assert_int_equal(write(fd, blob, len), (ssize_t)len);
+        off = len < 100 ? len : 100;
+        st = kvb_reader_feed(r, blob, off, err, errlen);
+        if (!st)
+            st = kvb_reader_feed_fd(r, fd, err, errlen);
+        close(fd);
+        off = len;
+    }
     while (!st && off < len) {
         size_t n = piece == 0 ? len : piece > 0 ? (size_t)piece : 1 + rnd() % (size_t)-piece;
         if (n > len - off)
@@ -312,21 +329,24 @@ static void test_decode_in_place(void **s)
     for (int codec = 0; codec < KVB_CODEC_COUNT; codec++) {
         size_t len;
         uint8_t *blob = make_blob((kvb_codec)codec, 0, &len);
-        int threads[] = {1, 3, 1, 3, 1, 3};
-        for (int ti = 0; ti < 6; ti++) {
-            if (ti >= 4) /* the head-piece layout again, through the scalar paths */
+        /* each layout on 1 and 3 threads: fed from memory, then from a file (kvb_reader_feed_fd,
+         * where f16 chunks are copied to their rows as they are hashed) */
+        for (int ti = 0; ti < 12; ti++) {
+            const int k = ti % 6, threads = k % 2 ? 3 : 1;
+            const long how = ti < 6 ? 0 : VIA_FILE;
+            if (k >= 4) /* the head-piece layout again, through the scalar paths */
                 setenv("KVB_NO_SIMD", "1", 1);
             char err[256] = "";
-            kvb_read_opts o = key_opts(threads[ti]);
+            kvb_read_opts o = key_opts(threads);
             kvb_status st = read_blob(blob, len, &o, 0, &g_got, err, sizeof err, NULL); /* reference */
             assert_int_equal(st, KVB_OK);
             memset(&g_cache, 0, sizeof g_cache);
-            g_cache.seg = ti < 2 ? 0 : KVD / 4; /* then as a cache keeping 4 heads apart */
-            o = key_opts(threads[ti]);
+            g_cache.seg = k < 2 ? 0 : KVD / 4; /* then as a cache keeping 4 heads apart */
+            o = key_opts(threads);
             o.on_dest = dest_rows;
             o.on_chunk = dest_chunk;
             o.user = &g_cache;
-            st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
+            st = read_blob(blob, len, &o, how, NULL, err, sizeof err, NULL);
             if (st)
                 fprintf(stderr, "%s\n", err);
             assert_int_equal(st, KVB_OK);
@@ -342,14 +362,14 @@ static void test_decode_in_place(void **s)
             const uint32_t seg = g_cache.seg;
             memset(&g_cache, 0, sizeof g_cache);
             g_cache.null_row = 1;
-            st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
+            st = read_blob(blob, len, &o, how, NULL, err, sizeof err, NULL);
             assert_int_equal(st, KVB_ERR_USAGE);
             assert_non_null(strstr(err, "on_dest gave no rows for layer"));
             /* so are pieces that do not divide a row */
             if (seg) {
                 memset(&g_cache, 0, sizeof g_cache);
                 g_cache.seg = KVD - 1;
-                st = read_blob(blob, len, &o, 0, NULL, err, sizeof err, NULL);
+                st = read_blob(blob, len, &o, how, NULL, err, sizeof err, NULL);
                 assert_int_equal(st, KVB_ERR_USAGE);
                 assert_non_null(strstr(err, "into pieces of"));
             }
@@ -427,10 +447,13 @@ static void expect(const uint8_t *blob, size_t len, kvb_read_opts *o, kvb_status
     kvb_status st = read_blob(blob, len, o, 0, NULL, err, sizeof err, NULL);
     if (st != want || !strstr(err, substr))
         fail_msg("got status %d (%s) \"%s\", wanted %d with \"%s\"", st, kvb_status_str(st), err, want, substr);
-    /* and the same in small pieces */
+    /* and the same in small pieces, and from a file */
     st = read_blob(blob, len, o, -97, NULL, err, sizeof err, NULL);
     if (st != want || !strstr(err, substr))
         fail_msg("pieces: got status %d \"%s\", wanted %d with \"%s\"", st, err, want, substr);
+    st = read_blob(blob, len, o, VIA_FILE, NULL, err, sizeof err, NULL);
+    if (st != want || !strstr(err, substr))
+        fail_msg("file: got status %d \"%s\", wanted %d with \"%s\"", st, err, want, substr);
 }
 
 static void flip(const uint8_t *blob, size_t len, size_t at, uint8_t bit, kvb_status want, const char *substr)
@@ -479,6 +502,128 @@ static void test_tamper_bits(void **s)
         flip(blob, len, d + m->chunks[1].offset - 1, 0x01, KVB_ERR_MALFORMED, "before chunk 1 of 4");
     kvb_manifest_free(m);
     free(blob);
+}
+
+/* ---- kvb_reader_feed_fd on chunks of several pieces ---- */
+
+typedef struct big {
+    uint32_t nl, nt, kvd, seg;
+    uint16_t **k, **v; /* per layer: nt rows, or the pieces' layout (seg) */
+    uint32_t delivered;
+} big;
+
+static size_t big_at(const big *b, uint32_t t, uint32_t j)
+{
+    return b->seg ? (size_t)(j / b->seg) * b->nt * b->seg + (size_t)t * b->seg + j % b->seg : (size_t)t * b->kvd + j;
+}
+
+static int big_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_t **k, uint16_t **v, kvb_rows *rows)
+{
+    big *b = user;
+    (void)index, (void)t1;
+    for (uint32_t l = 0; l < b->nl; l++) {
+        k[l] = b->k[l] + big_at(b, t0, 0);
+        v[l] = b->v[l] + big_at(b, t0, 0);
+    }
+    *rows = (kvb_rows){b->seg, (size_t)b->nt * b->seg};
+    return 1;
+}
+
+static kvb_status big_chunk(void *user, const kvb_chunk *c, char *err, size_t errlen)
+{
+    big *b = user;
+    (void)err, (void)errlen;
+    assert_int_equal(c->index, b->delivered);
+    assert_true(c->in_place);
+    b->delivered++;
+    return KVB_OK;
+}
+
+/* Rows of 1280 bytes (5 heads of 128) go in pieces of whole rows and leaves, copied to their
+ * rows as each is hashed; rows of 1820 bytes (7 heads of 130) have no such piece of a sane
+ * size and go through the chunk's buffer. Chunks of 256 tokens span several pieces. Both land
+ * as the reader fed from memory puts them, in either layout, on 1 and 2 threads; a byte
+ * flipped in a later piece of chunk 1 fails that chunk, after chunk 0 was delivered. */
+static void test_fd_pieces(void **s)
+{
+    (void)s;
+    static const uint32_t shapes[][2] = {{5, 128}, {7, 130}};
+    for (size_t si = 0; si < 2; si++) {
+        const uint32_t nl = 2, nt = 700, nkv = shapes[si][0], hd = shapes[si][1], kvd = nkv * hd;
+        kvb_manifest m;
+        base_meta(&m, KVB_CODEC_F16);
+        m.n_layer = nl;
+        m.n_head = 2 * nkv;
+        m.n_head_kv = nkv;
+        m.head_dim = hd;
+        m.rope_n_rot = hd;
+        m.n_tokens = nt;
+        m.chunk_tokens = 256;
+        uint16_t *k[2], *v[2], *rk[2], *rv[2];
+        int32_t *tok = malloc(sizeof(int32_t) * nt);
+        for (uint32_t i = 0; i < nt; i++)
+            tok[i] = (int32_t)i;
+        for (uint32_t l = 0; l < nl; l++) {
+            k[l] = malloc(2 * (size_t)nt * kvd);
+            v[l] = malloc(2 * (size_t)nt * kvd);
+            rk[l] = malloc(2 * (size_t)nt * kvd);
+            rv[l] = malloc(2 * (size_t)nt * kvd);
+            for (size_t i = 0; i < (size_t)nt * kvd; i++) {
+                k[l][i] = (uint16_t)(rnd() & 0x7bff);
+                v[l][i] = (uint16_t)(rnd() & 0xfbff);
+            }
+        }
+        uint8_t *blob = NULL;
+        size_t len = 0;
+        char err[256] = "";
+        assert_int_equal(kvb_write(&m, tok, (const uint16_t *const *)k, (const uint16_t *const *)v, NULL, g_key,
+                                   NULL, &blob, &len, err, sizeof err),
+                         KVB_OK);
+        kvb_manifest *pm = NULL;
+        assert_int_equal(kvb_peek(blob, len, NULL, NULL, &pm, err, sizeof err), KVB_OK);
+        assert_true(pm->chunks[1].length > 3 * (16 * KVC_LEAF_LEN) / 2); /* several pieces */
+        for (int t = 0; t < 4; t++) {
+            big b = {nl, nt, kvd, t / 2 ? hd : 0, rk, rv, 0};
+            for (uint32_t l = 0; l < nl; l++) {
+                memset(rk[l], 0xff, 2 * (size_t)nt * kvd);
+                memset(rv[l], 0xff, 2 * (size_t)nt * kvd);
+            }
+            kvb_read_opts o = key_opts(t % 2 + 1);
+            o.on_dest = big_dest;
+            o.on_chunk = big_chunk;
+            o.user = &b;
+            assert_int_equal(read_blob(blob, len, &o, VIA_FILE, NULL, err, sizeof err, NULL), KVB_OK);
+            assert_int_equal(b.delivered, pm->n_chunks);
+            for (uint32_t l = 0; l < nl; l++)
+                for (uint32_t r = 0; r < nt; r++)
+                    for (uint32_t j = 0; j < kvd; j++)
+                        if (rk[l][big_at(&b, r, j)] != k[l][(size_t)r * kvd + j] ||
+                            rv[l][big_at(&b, r, j)] != v[l][(size_t)r * kvd + j])
+                            fail_msg("kv_dim %u, layout %u, %d threads: layer %u row %u value %u differs", kvd,
+                                     b.seg, t % 2 + 1, l, r, j);
+            b.delivered = 0;
+            blob[data_offset(blob) + pm->chunks[1].offset + pm->chunks[1].length - 100] ^= 4;
+            assert_int_equal(read_blob(blob, len, &o, VIA_FILE, NULL, err, sizeof err, NULL), KVB_ERR_CHUNK_HASH);
+            assert_non_null(strstr(err, "chunk 1 of 3: sha256 mismatch"));
+            assert_int_equal(b.delivered, 1);
+            blob[data_offset(blob) + pm->chunks[1].offset + pm->chunks[1].length - 100] ^= 4;
+        }
+        kvb_manifest_free(pm);
+        for (uint32_t l = 0; l < nl; l++)
+            BASE_FREE_ALL(k[l], v[l], rk[l], rv[l]);
+        BASE_FREE_ALL(tok, blob);
+    }
+    /* a pipe has no offsets to read at */
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    kvb_read_opts o = key_opts(2);
+    kvb_reader *r = kvb_reader_create(&o);
+    char err[256] = "";
+    assert_int_equal(kvb_reader_feed_fd(r, p[0], err, sizeof err), KVB_ERR_USAGE);
+    assert_non_null(strstr(err, "regular file"));
+    kvb_reader_free(r);
+    close(p[0]);
+    close(p[1]);
 }
 
 static void test_truncated_and_trailing(void **s)
@@ -949,6 +1094,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_q8),
         cmocka_unit_test(test_roundtrip_q4),
         cmocka_unit_test(test_decode_in_place),
+        cmocka_unit_test(test_fd_pieces),
         cmocka_unit_test(test_sizes_and_ratio),
         cmocka_unit_test(test_streaming_pieces),
         cmocka_unit_test(test_tamper_bits),
