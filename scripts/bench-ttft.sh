@@ -15,9 +15,11 @@
 # Stages, per document (seconds of wall time unless noted):
 #   full        full prefill of [BOS, doc, prompt] + first token (kvfetch compare)
 #   loaded      blob load + one pass for BOS and the prompt + first token (same run)
-#   read        reading the blob file (page cache)            } blob load, 2 decode threads
-#   vfy+dec     signature, chunk SHA-256 and decompression    } (the compare run); import runs
-#   import      copying K/V into the cache (no rotation)      } on the caller's thread
+#   read        reading the blob file (page cache): the decode workers pread their own
+#               chunks, so this is their summed time, spent beside vfy+dec, not before it
+#   vfy+dec     the caller's thread inside the reader: the prefix, then waiting while the
+#               workers read, hash (SHA-256) and decode (f16 chunks straight to their cells)
+#   import      committing the cells (no rotation; blob load on 2 decode threads, compare run)
 #   rot+imp     import with K re-rotated, when the document sits after a system prompt
 #               (delta != 0; a separate run with --prefix)
 #   verify1     signature + hashes only, one thread (kvfetch verify --hash-only: CPU seconds)
