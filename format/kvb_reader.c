@@ -4,7 +4,8 @@
  * the caller strictly in order, on the caller's thread. A chunk that arrives whole inside one
  * piece is hashed and decoded straight from the caller's bytes (feed waits for those jobs
  * before it returns); otherwise its bytes are gathered once into the chunk's slot, or read
- * there directly through kvb_reader_buffer/commit. */
+ * there directly through kvb_reader_buffer/commit, or read by the worker itself from a file
+ * (kvb_reader_fd.c). */
 #include "format/kvb_reader_internal.h"
 
 #include <stdlib.h>

@@ -69,7 +69,7 @@ struct kvb_reader {
     size_t lent_len;
 };
 
-/* Shared between the two files (kvb_reader.c). */
+/* Defined in kvb_reader.c, used by kvb_reader_fd.c as well. */
 kvb_status kvb_rd_err(kvb_reader *r, kvb_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 kvb_status kvb_rd_ret(const kvb_reader *r, char *err, size_t errlen);
 /* A failure found by the feeder itself: chunks before it in the byte stream report first. */
