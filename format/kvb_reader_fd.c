@@ -94,7 +94,7 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
         kvb_big_free(s->in, s->in_cap);
         s->in = kvb_big_alloc(kvb_rd_longest_chunk(m), &s->in_cap);
     }
-    kvc_leaf_ctx *lc = own ? (*piece ? kvc_leaf_begin() : NULL) : (s->in ? kvc_leaf_begin() : NULL);
+    kvc_leaf_ctx *lc = (own ? *piece : s->in) ? kvc_leaf_begin() : NULL;
     if (!lc) {
         s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, m->n_chunks);
         return;
@@ -105,12 +105,13 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
         uint8_t *p = own ? *piece : s->in + off;
         const double t = base_now_s();
         const ssize_t got = pread_full(s->fd, p, k, s->file_off + off);
+        const int e = errno;
         s->read_s += base_now_s() - t;
         if (got != (ssize_t)k) {
             kvc_leaf_end(lc, h);
             if (got < 0)
                 s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_IO, "chunk %u of %u: reading: %s", s->index,
-                                 m->n_chunks, strerror(errno));
+                                 m->n_chunks, strerror(e));
             else
                 s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_TRUNCATED,
                                  "truncated: input ends at byte %llu inside chunk %u of %u; the blob is %llu bytes",
