@@ -150,14 +150,14 @@ static eng_status import_layer(eng_ctx *c, int layer, int cell0, int n, const ui
         return ENG_ERR_RANGE;
     if (delta != 0 && c->hp->rope.n_rot > ENG_RERO_MAX_ROT)
         return ENG_ERR_UNSUPPORTED;
+    const int hd = c->hp->head_dim;
+    if (delta != 0 && hd > 512) /* the model loader bounds head_dim to this */
+        return ENG_ERR_UNSUPPORTED;
     kv_copy(c, c->v[layer], cell0, n, v, NULL);
     if (delta == 0) {
         kv_copy(c, c->k[layer], cell0, n, k, NULL);
         return ENG_OK;
     }
-    const int hd = c->hp->head_dim;
-    if (hd > 512) /* the model loader bounds head_dim to this */
-        return ENG_ERR_UNSUPPORTED;
     const eng_rerot *t = rerot_table(c, delta);
     uint16_t row[512];
     for (int h = 0; h < c->hp->n_head_kv; h++)
