@@ -232,20 +232,13 @@ __attribute__((target("avx2,f16c"))) static void dequant_row_avx2(kvb_codec code
 }
 #endif
 
-/* Row t of a section (kv_dim values) cut into its pieces (kvb_rows) at dst. */
-static void place_row(const uint16_t *row, uint32_t t, uint32_t kv_dim, const kvb_rows *rows, uint16_t *dst)
-{
-    uint32_t seg, np = pieces(rows, kv_dim, &seg);
-    for (uint32_t p = 0; p < np; p++)
-        memcpy(dst + p * rows->seg_stride + (size_t)t * seg, row + (size_t)p * seg, sizeof(uint16_t) * seg);
-}
-
 /* ksf: kv_dim floats of scratch for the K scales; row: 2 * kv_dim values of scratch when the
  * rows are cut into pieces (NULL when they are not). */
 static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_t kv_dim, float *ksf,
                           uint16_t *row, const kvb_rows *rows, uint16_t *k, uint16_t *v)
 {
     const int cut = row != NULL;
+    uint32_t seg, np = pieces(rows, kv_dim, &seg);
     const uint8_t *ks = p, *vs = p + 2ull * kv_dim;
     const uint8_t *kc = vs + 2ull * n;
     const uint8_t *vc = kc + (codec == KVB_CODEC_Q8 ? (size_t)n * kv_dim : ((size_t)n * kv_dim + 1) / 2);
@@ -267,9 +260,9 @@ static void dequant_layer(kvb_codec codec, const uint8_t *p, uint32_t n, uint32_
             dequant_row_scalar(codec, vc, i, kv_dim, NULL, vsf, vo);
         }
         (void)vec;
-        if (cut) {
-            place_row(ko, t, kv_dim, rows, k);
-            place_row(vo, t, kv_dim, rows, v);
+        if (cut) { /* the row's pieces to their places, as bytes */
+            kvb_copy_rows((const uint8_t *)ko, 1, np, seg, rows->seg_stride, k + (size_t)t * seg, 0);
+            kvb_copy_rows((const uint8_t *)vo, 1, np, seg, rows->seg_stride, v + (size_t)t * seg, 0);
         }
     }
 }
@@ -443,6 +436,33 @@ uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n,
     return payload_bytes(codec, n_layer, n, kv_dim);
 }
 
+void kvb_f16_place(const uint8_t *src, uint64_t g, size_t k, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
+                   const kvb_rows *rows)
+{
+    uint32_t seg, np = pieces(rows, kv_dim, &seg);
+    const int big = (size_t)n * kv_dim >= KVB_STREAM_MIN;
+    while (k > 0) {
+        const uint64_t i = g / n, t = g % n;
+        const size_t m = n - t < k ? (size_t)(n - t) : k;
+        uint16_t *x = sec[i] + t * (np == 1 ? kv_dim : seg);
+#ifdef KVB_HOST_LE
+        if (np == 1)
+            memcpy(x, src, 2 * m * kv_dim);
+        else
+            kvb_copy_rows(src, m, np, seg, rows->seg_stride, x, big);
+#else
+        (void)big;
+        for (size_t j = 0; j < m * kv_dim; j++) {
+            const size_t r = j / kv_dim, q = j % kv_dim / seg, e = j % seg;
+            x[np == 1 ? j : q * rows->seg_stride + r * seg + e] = kvb_le16(src + 2 * j);
+        }
+#endif
+        src += 2 * m * kv_dim;
+        g += m;
+        k -= m;
+    }
+}
+
 kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in, size_t len,
                             uint32_t n_layer, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
                             const kvb_rows *rows, char *err, size_t errlen)
@@ -451,26 +471,11 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
         return kvb_fail(err, errlen, KVB_ERR_USAGE, "rows of %u values cut into pieces of %u", kv_dim, rows->seg);
     uint64_t nvals = kvb_chunk_values(n_layer, n, kv_dim);
     uint64_t pbytes = payload_bytes(codec, n_layer, n, kv_dim);
-    size_t secn = (size_t)n * kv_dim; /* values in one layer's K or V */
     if (codec == KVB_CODEC_F16) {
         if (len != pbytes)
             return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16 chunk is %zu bytes, expected %llu", len,
                             (unsigned long long)pbytes);
-        uint32_t seg, np = pieces(rows, kv_dim, &seg);
-        for (uint32_t i = 0; i < 2 * n_layer; i++) {
-            const uint8_t *p = in + 2 * i * secn;
-#ifdef KVB_HOST_LE
-            if (np == 1)
-                memcpy(sec[i], p, 2 * secn);
-            else
-                kvb_copy_rows(p, n, np, seg, rows->seg_stride, sec[i], secn >= KVB_STREAM_MIN);
-#else
-            for (size_t j = 0; j < secn; j++) {
-                const size_t t = j / kv_dim, q = j % kv_dim / seg, e = j % seg;
-                sec[i][np == 1 ? j : q * rows->seg_stride + t * seg + e] = kvb_le16(p + 2 * j);
-            }
-#endif
-        }
+        kvb_f16_place(in, 0, 2 * (size_t)n_layer * n, n, kv_dim, sec, rows);
         return KVB_OK;
     }
     if (codec == KVB_CODEC_F16_ZSTD)

@@ -87,9 +87,15 @@ void kvb_split_planes(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi);
 enum { KVB_STREAM_MIN = 1 << 15 };
 void kvb_merge_planes(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t np, size_t seg, size_t ss,
                       uint16_t *x, int big);
-/* The same for stored f16 values (little-endian, src not necessarily aligned; the f16 codec on
- * a little-endian host). */
+/* The same for f16 values copied as they are, byte for byte (src not necessarily aligned:
+ * the f16 codec's stored values on a little-endian host, or native rows). */
 void kvb_copy_rows(const uint8_t *src, size_t rows, size_t np, size_t seg, size_t ss, uint16_t *x, int big);
+
+/* Rows [g, g + k) of an f16 chunk's payload (its 2 * n_layer sections of n rows of kv_dim
+ * values, one after another), stored at src, to the sections sec laid out as rows says: the
+ * f16 codec's decoding, of a whole chunk or of the rows a piece of it holds. */
+void kvb_f16_place(const uint8_t *src, uint64_t g, size_t k, uint32_t n, uint32_t kv_dim, uint16_t *const *sec,
+                   const kvb_rows *rows);
 
 /* Bytes of scratch kvb_chunk_decode takes to decode a chunk of n tokens with codec. */
 uint64_t kvb_decode_scratch_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n, uint32_t kv_dim);

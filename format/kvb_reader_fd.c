@@ -54,39 +54,17 @@ static size_t row_piece(uint32_t kv_dim)
     return lcm >= PIECE ? lcm : PIECE / lcm * lcm;
 }
 
-/* Rows [g, g + k) of the chunk's 2 * n_layer sections of n rows each, stored f16 at src, to
- * where the slot decodes them. */
-static void place_rows(const slot *s, uint32_t n, uint32_t kv_dim, uint64_t g, size_t k, const uint8_t *src)
-{
-    const uint32_t seg = s->rows.seg ? s->rows.seg : kv_dim, np = kv_dim / seg;
-    const int big = (size_t)n * kv_dim >= KVB_STREAM_MIN;
-    while (k > 0) {
-        const uint64_t i = g / n, t = g % n;
-        const size_t m = n - t < k ? (size_t)(n - t) : k;
-        kvb_copy_rows(src, m, np, seg, s->rows.seg_stride, s->sec[i] + t * (np == 1 ? kv_dim : seg), big);
-        src += m * 2 * (size_t)kv_dim;
-        g += m;
-        k -= m;
-    }
-}
-
 void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece)
 {
     const kvb_manifest *m = r->m;
     const kvb_section *sec = &m->chunks[s->index];
     const uint32_t n = sec->t1 - sec->t0;
     const size_t len = s->in_len, row = 2 * (size_t)m->kv_dim;
-    size_t step = PIECE;
-    int direct = 0;
-#ifdef KVB_HOST_LE
     /* the size check is the f16 decoder's: a chunk of any other length takes the usual path
      * and fails there */
-    if (s->decode && s->in_place && m->codec == KVB_CODEC_F16 && len == 2 * kvb_chunk_values(m->n_layer, n, m->kv_dim) &&
-        row_piece(m->kv_dim)) {
-        direct = 1;
-        step = row_piece(m->kv_dim);
-    }
-#endif
+    const int direct = s->decode && s->in_place && m->codec == KVB_CODEC_F16 &&
+                       len == 2 * kvb_chunk_values(m->n_layer, n, m->kv_dim) && row_piece(m->kv_dim);
+    const size_t step = direct ? row_piece(m->kv_dim) : PIECE;
     const int own = direct || !s->decode; /* into the piece buffer, not the chunk's */
     if (own && !*piece)
         *piece = malloc(2 * PIECE);
@@ -121,7 +99,7 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
         }
         kvc_leaf_update(lc, p, k);
         if (direct)
-            place_rows(s, n, m->kv_dim, off / row, k / row, p);
+            kvb_f16_place(p, off / row, k / row, n, m->kv_dim, s->sec, &s->rows);
         off += k;
     }
     kvc_leaf_end(lc, h);
