@@ -2,7 +2,8 @@
  * pages where the kernel gives them) or mapped, a model computes the same bits and has the same
  * fingerprint; KVPUB_WEIGHTS picks one, auto follows the kernel's transparent huge pages
  * setting and the memory available (read here on their own); a bad value and bad files fail
- * with one line. */
+ * with one line, and so does a file that changes while it is copied (this program's pread
+ * changes it, the way another process would, between the copy's first read and its end). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "engine/gguf.h"
@@ -114,6 +116,78 @@ static void test_bad_value(void **state)
     unsetenv("KVPUB_WEIGHTS");
 }
 
+/* How pread changes the armed file on its first read of it, then disarms. */
+enum { CHANGE_NONE, CHANGE_APPEND, CHANGE_REWRITE, CHANGE_TRUNCATE };
+static int g_change;
+static ino_t g_change_ino;
+static char g_change_path[256];
+
+static void change_file(void)
+{
+    int fd = open(g_change_path, O_WRONLY);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    if (g_change == CHANGE_APPEND)
+        assert_int_equal(pwrite(fd, "x", 1, st.st_size), 1);
+    else if (g_change == CHANGE_TRUNCATE)
+        assert_int_equal(ftruncate(fd, st.st_size / 2), 0);
+    else { /* same size, a byte changed, and a modification time the copy cannot have seen */
+        assert_int_equal(pwrite(fd, "x", 1, st.st_size - 1), 1);
+        struct timespec t[2] = {{0, UTIME_OMIT}, {st.st_mtim.tv_sec + 7, 0}};
+        assert_int_equal(futimens(fd, t), 0);
+    }
+    close(fd);
+    g_change = CHANGE_NONE;
+}
+
+/* This program's pread (and pread64, its other name): the system call, after the change. */
+ssize_t pread(int fd, void *buf, size_t n, off_t off);
+ssize_t pread64(int fd, void *buf, size_t n, off_t off);
+ssize_t pread(int fd, void *buf, size_t n, off_t off)
+{
+    struct stat st;
+    if (g_change != CHANGE_NONE && fstat(fd, &st) == 0 && st.st_ino == g_change_ino)
+        change_file();
+    return syscall(SYS_pread64, fd, buf, n, off);
+}
+ssize_t pread64(int fd, void *buf, size_t n, off_t off) { return pread(fd, buf, n, off); }
+
+/* A file that grows, is rewritten in place or shrinks while gguf_open_copy reads it is
+ * refused with one line, never opened from a mix of old and new bytes. */
+static void test_copy_changed_while_read(void **state)
+{
+    (void)state;
+    char src[1024], err[256];
+    et_path(src, sizeof src, k_models[0]);
+    snprintf(g_change_path, sizeof g_change_path, "/tmp/kvpub-weights-changed-%d.gguf", (int)getpid());
+    for (int how = CHANGE_APPEND; how <= CHANGE_TRUNCATE; how++) {
+        FILE *in = fopen(src, "rb"), *out = fopen(g_change_path, "wb");
+        assert_non_null(in);
+        assert_non_null(out);
+        char b[65536];
+        size_t n;
+        while ((n = fread(b, 1, sizeof b, in)) > 0)
+            assert_int_equal(fwrite(b, 1, n, out), n);
+        fclose(in);
+        assert_int_equal(fclose(out), 0);
+        gguf_file *g = NULL;
+        assert_int_equal(gguf_open_copy(g_change_path, UINT64_MAX, &g, err, sizeof err), ENG_OK); /* unchanged */
+        gguf_close(g);
+        g = NULL;
+        struct stat st;
+        assert_int_equal(stat(g_change_path, &st), 0);
+        g_change_ino = st.st_ino;
+        g_change = how;
+        assert_int_equal(gguf_open_copy(g_change_path, UINT64_MAX, &g, err, sizeof err), ENG_ERR_IO);
+        assert_int_equal(g_change, CHANGE_NONE); /* the change did happen, during the copy */
+        assert_null(g);
+        assert_non_null(strstr(err, "changed while being read"));
+        assert_null(strchr(err, '\n'));
+    }
+    unlink(g_change_path);
+}
+
 /* gguf_open_copy refuses what gguf_open refuses, with the same statuses. */
 static void test_copy_bad_files(void **state)
 {
@@ -152,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_auto),
         cmocka_unit_test(test_bad_value),
         cmocka_unit_test(test_copy_bad_files),
+        cmocka_unit_test(test_copy_changed_while_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
