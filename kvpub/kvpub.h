@@ -193,6 +193,7 @@ typedef struct kvp_load_stats {
     double total_s;
     double cpu_s;         /* CPU time of the whole process during the load (all threads) */
     uint64_t file_bytes;  /* blob bytes read */
+    int mapped;           /* 1 = the file was mapped and hashed from the mapping, not read */
     uint64_t raw_bytes;   /* decoded f16 K+V bytes imported */
     uint32_t n_tokens, n_chunks;
     int32_t pos, delta;   /* first position used, and the re-rotation applied */
@@ -239,8 +240,12 @@ typedef struct kvp_load_opts {
  * failure ctx is truncated back to its previous length. On success *tokens (may be NULL) gets
  * the document's token ids (malloc'd, caller frees) and *n_tokens their count. st may be
  * NULL; *vst (may be NULL) gets the reader status when the result is KVP_ERR_VERIFY.
+ * A regular file is read by the decode workers (pread, a few leaves at a time), or mapped
+ * when one of its chunks is over 64 MiB (a chunk buffer per worker would cost too much);
+ * KVPUB_BLOB_READ=map maps every regular file, =pread maps none, auto (or unset) decides as
+ * said. Anything else (a pipe) is read(2) as it comes.
  * Statuses: KVP_ERR_VERIFY, KVP_ERR_REFUSED, KVP_ERR_ENGINE, KVP_ERR_IO, KVP_ERR_NOMEM,
- * KVP_ERR_USAGE. */
+ * KVP_ERR_USAGE (also for a KVPUB_BLOB_READ that is not map, pread or auto). */
 kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tokens,
                          uint32_t *n_tokens, kvp_load_stats *st, kvb_status *vst,
                          char *err, size_t errlen) KVP_WUR;

@@ -196,11 +196,28 @@ static kvb_status on_chunk(void *user, const kvb_chunk *c, char *err, size_t err
  * in the VM the benchmarks run in): hashing 393 MB from a fresh mapping took 0.27 s, reading
  * it into a reused huge-page buffer and hashing it there 0.17 s. The reader holds a chunk
  * buffer per slot (one per decode thread, plus one), though, so a blob with chunks over
- * MAP_CHUNK is mapped instead, and the reader hashes and decodes straight from the mapping. */
+ * MAP_CHUNK is mapped instead, and the reader hashes and decodes straight from the mapping.
+ * KVPUB_BLOB_READ=map maps every regular file, =pread never maps one (kvpub.h). */
 #define MAP_CHUNK ((uint64_t)64 << 20)
+
+typedef enum read_way { READ_AUTO, READ_MAP, READ_PREAD } read_way;
+
+static kvp_status read_way_from_env(read_way *way, char *err, size_t errlen)
+{
+    const char *v = getenv("KVPUB_BLOB_READ");
+    *way = READ_AUTO;
+    if (!v || !*v || strcmp(v, "auto") == 0)
+        return KVP_OK;
+    if (strcmp(v, "map") == 0 || strcmp(v, "pread") == 0) {
+        *way = v[0] == 'm' ? READ_MAP : READ_PREAD;
+        return KVP_OK;
+    }
+    return kvp_fail(err, errlen, KVP_ERR_USAGE, "KVPUB_BLOB_READ='%s' is not map, pread or auto", v);
+}
 
 typedef struct source {
     int fd;
+    read_way way;
     const uint8_t *map;
     size_t map_len;
 } source;
@@ -233,11 +250,13 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
         kvb_manifest_free(m);
         if (err && errlen)
             err[0] = 0; /* a failed peek is the reader's to report, with the whole story */
-        void *p = biggest > MAP_CHUNK ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE,
-                                             src->fd, 0) : MAP_FAILED;
+        const int map = src->way == READ_MAP || (src->way == READ_AUTO && biggest > MAP_CHUNK);
+        void *p = map ? mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, src->fd, 0)
+                      : MAP_FAILED;
         if (p != MAP_FAILED) {
             src->map = p;
             src->map_len = (size_t)sb.st_size;
+            st->mapped = 1;
             (void)madvise(p, src->map_len, MADV_SEQUENTIAL);
         }
     }
@@ -305,8 +324,11 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
     ro.on_dest = on_dest;
     ro.user = &l;
 
-    source src = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
-    if (src.fd < 0)
+    source src = {.fd = -1};
+    kvp_status wst = read_way_from_env(&src.way, err, errlen);
+    if (wst != KVP_OK)
+        return wst;
+    if ((src.fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvb_reader *r = kvb_reader_create(&ro);
     l.r = r;

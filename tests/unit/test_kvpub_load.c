@@ -153,11 +153,24 @@ static kvp_status load_doc(fixture *f, eng_ctx *c, const char *path, kvp_load_st
     return s;
 }
 
-static void test_exact_after_bos(void **state)
+/* Flips a bit 8 bytes before the end of the blob at path: inside its last chunk. */
+static void flip_in_last_chunk(const char *path)
 {
-    fixture *f = *state;
+    FILE *fp = fopen(path, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, -8, SEEK_END), 0);
+    int ch = fgetc(fp);
+    assert_int_equal(fseek(fp, -8, SEEK_END), 0);
+    fputc(ch ^ 0x40, fp);
+    assert_int_equal(fclose(fp), 0);
+}
+
+/* Loads a fresh blob of the document right after BOS and checks the next logits are those of
+ * a full prefill, bit for bit; returns whether the loader mapped the file. */
+static int exact_after_bos(fixture *f, kvb_codec codec)
+{
     char path[128], err[512];
-    make_blob(f, KVB_CODEC_F16_ZSTD, path);
+    make_blob(f, codec, path);
     int32_t suffix[3] = {f->doc[0], f->doc[1], f->doc[2]};
     int nv = f->in->n_vocab;
     float *a = malloc((size_t)nv * 4), *b = malloc((size_t)nv * 4);
@@ -184,6 +197,50 @@ static void test_exact_after_bos(void **state)
     free(b);
     eng_ctx_free(c);
     eng_ctx_free(full);
+    return st.mapped;
+}
+
+static void test_exact_after_bos(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(exact_after_bos(f, KVB_CODEC_F16_ZSTD), 0);
+}
+
+/* KVPUB_BLOB_READ: the workers' pread (auto, for chunks this small, or pread) or a mapping
+ * (map, as auto does for chunks over 64 MiB) load the same bits, into place (f16) or through
+ * a chunk buffer (f16-zstd), and both refuse a tampered chunk and roll back; a bad value is
+ * refused with one line before the file is opened. */
+static void test_read_ways(void **state)
+{
+    fixture *f = *state;
+    static const char *const ways[] = {"auto", "", "pread", "map"};
+    static const kvb_codec codecs[] = {KVB_CODEC_F16, KVB_CODEC_F16_ZSTD};
+    for (int w = 0; w < 4; w++) {
+        assert_int_equal(setenv("KVPUB_BLOB_READ", ways[w], 1), 0);
+        const int want_map = strcmp(ways[w], "map") == 0;
+        for (int i = 0; i < 2; i++)
+            assert_int_equal(exact_after_bos(f, codecs[i]), want_map);
+        char path[128], err[512];
+        make_blob(f, KVB_CODEC_F16, path);
+        flip_in_last_chunk(path);
+        eng_ctx *c = new_ctx_after_bos(f);
+        kvp_load_stats st;
+        assert_int_equal(load_doc(f, c, path, &st, err, sizeof err), KVP_ERR_VERIFY);
+        assert_int_equal(st.mapped, want_map);
+        assert_non_null(strstr(err, "chunk"));
+        assert_int_equal(eng_kv_len(c), 1);
+        eng_ctx_free(c);
+    }
+    assert_int_equal(setenv("KVPUB_BLOB_READ", "mmap", 1), 0);
+    char path[128], err[512];
+    snprintf(path, sizeof path, "%s/missing.kvb", f->dir);
+    eng_ctx *c = new_ctx_after_bos(f);
+    kvp_load_stats st;
+    assert_int_equal(load_doc(f, c, path, &st, err, sizeof err), KVP_ERR_USAGE);
+    assert_string_equal(err, "KVPUB_BLOB_READ='mmap' is not map, pread or auto");
+    assert_int_equal(eng_kv_len(c), 1);
+    eng_ctx_free(c);
+    unsetenv("KVPUB_BLOB_READ");
 }
 
 static void test_rerotated_layer0(void **state)
@@ -280,13 +337,7 @@ static void test_tampered_rolls_back(void **state)
     fixture *f = *state;
     char path[128], err[512];
     make_blob(f, KVB_CODEC_F16, path);
-    FILE *fp = fopen(path, "r+b");
-    assert_non_null(fp);
-    assert_int_equal(fseek(fp, -8, SEEK_END), 0); /* inside the last chunk */
-    int ch = fgetc(fp);
-    assert_int_equal(fseek(fp, -8, SEEK_END), 0);
-    fputc(ch ^ 0x40, fp);
-    fclose(fp);
+    flip_in_last_chunk(path);
     eng_ctx *c = new_ctx_after_bos(f);
     kvp_load_opts o = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust};
     kvb_status vst = KVB_OK;
@@ -473,6 +524,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_after_bos),
+        cmocka_unit_test(test_read_ways),
         cmocka_unit_test(test_rerotated_layer0),
         cmocka_unit_test(test_manifest_checks),
         cmocka_unit_test(test_tampered_rolls_back),
