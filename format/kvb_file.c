@@ -108,32 +108,65 @@ kvb_status kvb_peek(const void *data, size_t len, const kvc_key *key, kvb_header
     return KVB_OK;
 }
 
-kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
-                         char *err, size_t errlen)
+/* Reads [off, off + n) of fd into buf: the bytes read (fewer at the end of the file), or -1.
+ * A pipe cannot pread: it is read where it stands (the peek reads a fresh one in order). */
+static ssize_t pread_full(int fd, void *buf, size_t n, off_t off)
+{
+    size_t got = 0;
+    int piped = 0;
+    while (got < n) {
+        ssize_t r = piped ? read(fd, (char *)buf + got, n - got)
+                          : pread(fd, (char *)buf + got, n - got, off + (off_t)got);
+        if (r < 0 && errno == ESPIPE && !piped) {
+            piped = 1;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+kvb_status kvb_peek_fd(int fd, const kvc_key *key, kvb_header *hdr, kvb_manifest **out, char *err,
+                       size_t errlen)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
     uint8_t h[KVB_HEADER_LEN];
-    size_t n = fread(h, 1, sizeof h, f);
+    ssize_t got = pread_full(fd, h, sizeof h, 0);
+    if (got < 0)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "%s", strerror(errno));
+    size_t n = (size_t)got;
     kvb_status st = KVB_OK;
     size_t need = kvb_prefix_len(h, n, &st);
     uint8_t *buf = NULL;
     if (!st && need) {
-        buf = malloc(need);
-        if (!buf) {
-            fclose(f);
+        if (!(buf = malloc(need)))
             return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
-        }
         memcpy(buf, h, n);
-        n += fread(buf + n, 1, need - n, f);
+        if ((got = pread_full(fd, buf + n, need - n, (off_t)n)) < 0) {
+            free(buf);
+            return kvb_fail(err, errlen, KVB_ERR_IO, "%s", strerror(errno));
+        }
+        n += (size_t)got;
     }
-    if (ferror(f))
-        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: read error", path);
-    else
-        st = kvb_peek(buf ? buf : h, n, key, hdr, out, err, errlen);
+    st = kvb_peek(buf ? buf : h, n, key, hdr, out, err, errlen);
     free(buf);
-    fclose(f);
+    return st;
+}
+
+kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
+                         char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "%s", strerror(errno));
+    kvb_status st = kvb_peek_fd(fd, key, hdr, out, err, errlen);
+    close(fd);
     return st;
 }

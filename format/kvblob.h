@@ -171,9 +171,14 @@ size_t kvb_prefix_len(const void *data, size_t len, kvb_status *st);
  * hdr may be NULL. */
 kvb_status kvb_peek(const void *data, size_t len, const kvc_key *key, kvb_header *hdr,
                     kvb_manifest **out, char *err, size_t errlen) KVB_WUR;
-/* Same, reading the prefix of the file at path. */
+/* Same, reading the prefix of the file at path. Messages do not repeat path (callers name
+ * the file): "No such file or directory", "Is a directory", or kvb_peek's. */
 kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr,
                          kvb_manifest **out, char *err, size_t errlen) KVB_WUR;
+/* Same, reading the prefix of the file open on fd from offset 0 (pread: fd's offset is left
+ * alone; a pipe is read from where it stands). */
+kvb_status kvb_peek_fd(int fd, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
+                       char *err, size_t errlen) KVB_WUR;
 
 /* ---- reading: streaming, verifying, multithreaded ---- */
 

@@ -235,7 +235,7 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
         kvb_header h;
         kvb_manifest *m = NULL;
         uint64_t biggest = 0;
-        if (kvb_peek_file(path, NULL, &h, &m, err, errlen) == KVB_OK) {
+        if (kvb_peek_fd(src->fd, NULL, &h, &m, err, errlen) == KVB_OK) {
             if ((uint64_t)sb.st_size > h.file_size) {
                 kvb_manifest_free(m);
                 *ks = KVB_ERR_MALFORMED;

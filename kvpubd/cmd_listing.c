@@ -77,7 +77,9 @@ int kvpubd_listing_main(int argc, char **argv)
     if (st == KVS_OK && u.set_expires) {
         /* the blob itself refuses loading after its signed expiry: a listing cannot promise more */
         kvb_manifest *m = NULL;
-        if (kvb_peek_file(path, NULL, NULL, &m, err, sizeof err) != KVB_OK) {
+        char perr[512];
+        if (kvb_peek_file(path, NULL, NULL, &m, perr, sizeof perr) != KVB_OK) {
+            base_errf(err, sizeof err, "%s: %s", path, perr);
             rc = 2;
         } else if (m->expires && (!u.expires || u.expires > m->expires)) {
             base_errf(err, sizeof err, "the blob's signed manifest expires at %s; the listing cannot expire %s%s",

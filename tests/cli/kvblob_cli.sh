@@ -80,6 +80,13 @@ check revoked 1 err "signer key id e5337331b87e3772 is revoked" -- "$KVFETCH" ve
 check expired 1 err "blob expired at 1970-01-01T00:33:20Z" -- "$KVFETCH" verify "$tmp/old/vec-q8.kvb" --trust "$tmp/trust"
 check expired_inspect 0 out "(EXPIRED)" -- "$KVFETCH" inspect "$tmp/old/vec-q8.kvb"
 check missing_file 2 err "No such file" -- "$KVFETCH" verify "$tmp/nope.kvb" --trust "$tmp/trust"
+# the file is named once in the line (the peek's own messages do not repeat it)
+check missing_inspect 2 err "kvfetch inspect: $tmp/nope.kvb: No such file or directory" \
+  -- "$KVFETCH" inspect "$tmp/nope.kvb"
+check dir_inspect 2 err "kvfetch inspect: $tmp/empty: Is a directory" -- "$KVFETCH" inspect "$tmp/empty"
+# a pipe cannot pread: the peek reads it in order
+check inspect_pipe 0 out "codec:      q8, 16 tokens per chunk, 3 chunks" \
+  -- bash -c "cat \"$tmp/v/vec-q8.kvb\" | \"$KVFETCH\" inspect /dev/stdin"
 check missing_trust 2 err "--trust DIR are required" -- "$KVFETCH" verify "$f"
 check bad_option 2 err "unexpected argument '--frobnicate'" -- "$KVFETCH" verify "$f" --trust "$tmp/trust" --frobnicate
 check json_failure 1 out '"status": "chunk hash mismatch"' -- "$KVFETCH" verify "$tmp/chunk.kvb" --trust "$tmp/trust" --json
