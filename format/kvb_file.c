@@ -108,36 +108,12 @@ kvb_status kvb_peek(const void *data, size_t len, const kvc_key *key, kvb_header
     return KVB_OK;
 }
 
-/* Reads [off, off + n) of fd into buf: the bytes read (fewer at the end of the file), or -1.
- * A pipe cannot pread: it is read where it stands (the peek reads a fresh one in order). */
-static ssize_t pread_full(int fd, void *buf, size_t n, off_t off)
-{
-    size_t got = 0;
-    int piped = 0;
-    while (got < n) {
-        ssize_t r = piped ? read(fd, (char *)buf + got, n - got)
-                          : pread(fd, (char *)buf + got, n - got, off + (off_t)got);
-        if (r < 0 && errno == ESPIPE && !piped) {
-            piped = 1;
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 kvb_status kvb_peek_fd(int fd, const kvc_key *key, kvb_header *hdr, kvb_manifest **out, char *err,
                        size_t errlen)
 {
     *out = NULL;
     uint8_t h[KVB_HEADER_LEN];
-    ssize_t got = pread_full(fd, h, sizeof h, 0);
+    ssize_t got = kvb_pread_full(fd, h, sizeof h, 0, 1);
     if (got < 0)
         return kvb_fail(err, errlen, KVB_ERR_IO, "%s", strerror(errno));
     size_t n = (size_t)got;
@@ -148,7 +124,7 @@ kvb_status kvb_peek_fd(int fd, const kvc_key *key, kvb_header *hdr, kvb_manifest
         if (!(buf = malloc(need)))
             return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
         memcpy(buf, h, n);
-        if ((got = pread_full(fd, buf + n, need - n, (off_t)n)) < 0) {
+        if ((got = kvb_pread_full(fd, buf + n, need - n, n, 1)) < 0) {
             free(buf);
             return kvb_fail(err, errlen, KVB_ERR_IO, "%s", strerror(errno));
         }

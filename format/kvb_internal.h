@@ -74,6 +74,11 @@ kvb_status kvb_chunk_check(kvb_codec codec, const uint16_t *kv, uint32_t n_layer
 void *kvb_big_alloc(size_t n, size_t *cap);
 void kvb_big_free(void *p, size_t cap);
 
+/* Reads n bytes of fd at off into buf: how many were read (fewer at the end of the file), or
+ * -1 (errno). in_order: a pipe, which cannot pread, is read where it stands instead (the
+ * caller reads a fresh one from its start, in order). */
+ssize_t kvb_pread_full(int fd, void *buf, size_t n, uint64_t off, int in_order);
+
 /* ---- kvb_planes.c ---- */
 /* 1 if this CPU runs the AVX2+F16C paths and KVB_NO_SIMD=1 does not ask for the scalar ones
  * (tests compare both). */

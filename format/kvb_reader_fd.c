@@ -19,24 +19,6 @@
  * core's L2 while they are hashed and then copied or decoded. */
 enum { PIECE = 16 * KVC_LEAF_LEN };
 
-/* Reads n bytes at off; returns how many were read (fewer at the end of the file), -1 on an
- * error (errno). */
-static ssize_t pread_full(int fd, uint8_t *buf, size_t n, uint64_t off)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t k = pread(fd, buf + got, n - got, (off_t)(off + got));
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return -1;
-        if (k == 0)
-            break;
-        got += (size_t)k;
-    }
-    return (ssize_t)got;
-}
-
 /* Bytes per piece that hold whole rows of kv_dim f16 and whole leaves (a multiple of both, the
  * largest up to PIECE, or the least multiple above it); 0 when that passes 2 * PIECE. */
 static size_t row_piece(uint32_t kv_dim)
@@ -82,7 +64,7 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
         const size_t k = len - off < step ? len - off : step;
         uint8_t *p = own ? *piece : s->in + off;
         const double t = base_now_s();
-        const ssize_t got = pread_full(s->fd, p, k, s->file_off + off);
+        const ssize_t got = kvb_pread_full(s->fd, p, k, s->file_off + off, 0);
         const int e = errno;
         s->read_s += base_now_s() - t;
         if (got != (ssize_t)k) {
@@ -142,7 +124,7 @@ kvb_status kvb_reader_feed_fd(kvb_reader *r, int fd, char *err, size_t errlen)
         size_t cap;
         if (kvb_reader_buffer(r, &buf, &cap, NULL, 0) != KVB_OK)
             break;
-        const ssize_t k = pread_full(fd, buf, cap, r->pos);
+        const ssize_t k = kvb_pread_full(fd, buf, cap, r->pos, 0);
         if (k < 0) {
             char msg[200];
             snprintf(msg, sizeof msg, "reading at byte %llu: %s", (unsigned long long)r->pos, strerror(errno));

@@ -2,12 +2,14 @@
  * fixed 32-byte header and the chunk-sized buffers. */
 #include "format/kvb_internal.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *kvb_status_str(kvb_status st)
 {
@@ -294,4 +296,26 @@ void kvb_header_write(uint8_t *p, uint32_t manifest_len, const uint8_t key_id[KV
     kvb_put16(p + 12, KVB_SIG_ED25519);
     kvb_put32(p + 16, manifest_len);
     memcpy(p + 24, key_id, KVC_KEYID_LEN);
+}
+
+ssize_t kvb_pread_full(int fd, void *buf, size_t n, uint64_t off, int in_order)
+{
+    size_t got = 0;
+    int piped = 0;
+    while (got < n) {
+        ssize_t k = piped ? read(fd, (char *)buf + got, n - got)
+                          : pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
+        if (k < 0 && errno == ESPIPE && in_order && !piped) {
+            piped = 1;
+            continue;
+        }
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return -1;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    return (ssize_t)got;
 }
