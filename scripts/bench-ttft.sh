@@ -29,6 +29,9 @@
 #   GB/s/core   raw KV bytes / CPU seconds of a one-thread load (read+verify+decode+import)
 #   f16 GB/s/c  the same for the document published with --codec f16 (raw f16 chunks: verify,
 #               read and import without decompression), side by side in the same run
+#   limit       (a line under the table) the floor at the longest document that the machine's
+#               SHA-256 rate per core and memory read bandwidth set (bench/bench_limits):
+#               hashing every KV byte on all cores, then reading every weight and KV byte once
 #   run5, f16   time to first token of `kvfetch run` (2 threads, a process per run: the same
 #               path as "loaded"), median of 5 runs alternating the f16-zstd and the f16 blob,
 #               and the speedups over "full" they give (the f16 blob is 19% bigger and has no
@@ -188,6 +191,18 @@ for n in $TOKENS; do
                raw / cpu16 / 1e9, t5, full / t5, t16, full / t16 }' >>"$out"
   grep -q '"bit_identical": true' "$f" || echo "warning: loaded path not bit-identical for $n tokens" >&2
 done
+# the floor this machine's SHA-256 and memory read rates set at the longest document: the
+# distance issue #14 asks for (bench_limits measures both rates with every thread at once)
+if [ -x "$BUILD/bench/bench_limits" ]; then
+  "$BUILD/bench/bench_limits" --kv-bytes "$(jnum raw_kv_bytes "$f")" --weight-bytes "$(stat -c %s "$model")" \
+    >"$work/limits.json"
+  l=$work/limits.json
+  awk -v n="$got" -v full="$(jnum full_ttft_s "$f")" -v t5="$t5" -v t16="$t16" -v thr="$(jnum threads "$l")" \
+      -v hash="$(jnum hash_gbps_per_core "$l")" -v rd="$(jnum read_gbps "$l")" -v lf="$(jnum load_floor_s "$l")" \
+      -v pf="$(jnum pass_floor_s "$l")" -v tf="$(jnum ttft_floor_s "$l")" \
+      'BEGIN { printf "# limit at %d tokens from this machine'"'"'s rates (bench_limits, %d threads: SHA-256 leaf digests %.2f GB/s per core, memory reads %.1f GB/s): load >= %.4f s (every KV byte hashed once), pass >= %.4f s (every weight and KV byte read once), first token >= %.4f s = %.0fx the full prefill; run5 takes %.2fx that limit (f16-zstd) and %.2fx (f16); 150x would be %.4f s\n",
+               n, thr, hash, rd, lf, pf, tf, full / tf, t5 / tf, t16 / tf, full / 150 }' >>"$out"
+fi
 printf '# chunk digests on: %s\n' "$(sed -n 's/^ *"chunk_digest": "\(.*\)",\{0,1\}$/\1/p' "$work"/one*.json | head -1)" >>"$out"
 printf '# load average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$out"
 cat "$out"
