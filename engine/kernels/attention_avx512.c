@@ -312,13 +312,21 @@ static AVX512 void lane_softmax(float *S, __mmask16 act, __m512 *m, __m512 *l,
     float mo[NL], mn[NL], al[NL];
     _mm512_storeu_ps(mo, *m);
     _mm512_storeu_ps(mn, mnew);
-    for (int i = 0; i < NL; i++)
-        al[i] = act >> i & 1 ? expf(mo[i] - mn[i]) : 1.0f; /* libm's expf, as softmax() */
+    int moved = 0;
+    for (int i = 0; i < NL; i++) {
+        /* libm's expf, as softmax(); where the max did not move (the difference is exactly
+         * 0, so neither is infinite or NaN) that is expf(0) = 1 exactly, and multiplying by
+         * 1 changes no float: the block leaves those lanes' accumulators as they are */
+        const float dm = mo[i] - mn[i];
+        al[i] = act >> i & 1 && dm != 0.0f ? expf(dm) : 1.0f;
+        moved |= al[i] != 1.0f;
+    }
     const __m512 alpha = _mm512_loadu_ps(al);
     *l = _mm512_mask_add_ps(*l, act, _mm512_mul_ps(*l, alpha), lsum);
     *m = _mm512_mask_mov_ps(*m, act, mnew);
-    for (int d = 0; d < hd; d++)
-        _mm512_store_ps(acc + (size_t)d * NL, _mm512_mul_ps(_mm512_load_ps(acc + (size_t)d * NL), alpha));
+    if (moved)
+        for (int d = 0; d < hd; d++)
+            _mm512_store_ps(acc + (size_t)d * NL, _mm512_mul_ps(_mm512_load_ps(acc + (size_t)d * NL), alpha));
 }
 
 /* acc[d] += p_j * v_j[d] in key order for each lane, only for keys the lane sees (mask[j]). */
