@@ -310,20 +310,24 @@ void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place)
         kvb_big_free(p[i], cap[i]);
 }
 
-/* The current chunk's own buffer, allocated on first use for the longest chunk of the blob
- * (the manifest parser bounded each length by the codec's maximum for its chunk shape):
- * stored lengths vary, and growing a slot chunk by chunk mapped fresh memory each time. */
+/* A slot's own chunk buffer, allocated on first use for the longest chunk of the blob (the
+ * manifest parser bounded each length by the codec's maximum for its chunk shape): stored
+ * lengths vary, and growing a slot chunk by chunk mapped fresh memory each time. */
+uint8_t *kvb_rd_slot_in(const kvb_manifest *m, slot *s)
+{
+    if (s->in_cap < m->chunks[s->index].length) {
+        kvb_big_free(s->in, s->in_cap);
+        s->in = kvb_big_alloc(kvb_rd_longest_chunk(m), &s->in_cap);
+    }
+    return s->in;
+}
+
+/* The current chunk's bytes go to its slot's own buffer. */
 static kvb_status own_buffer(kvb_reader *r)
 {
     slot *s = r->cur;
-    uint64_t len = r->m->chunks[s->index].length;
-    if (s->in_cap < len) {
-        kvb_big_free(s->in, s->in_cap);
-        s->in = kvb_big_alloc(kvb_rd_longest_chunk(r->m), &s->in_cap);
-        if (!s->in)
-            return kvb_rd_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);
-    }
-    s->data = s->in;
+    if (!(s->data = kvb_rd_slot_in(r->m, s)))
+        return kvb_rd_err(r, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, r->m->n_chunks);
     return KVB_OK;
 }
 

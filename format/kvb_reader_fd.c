@@ -50,11 +50,7 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
     const int own = direct || !s->decode; /* into the piece buffer, not the chunk's */
     if (own && !*piece)
         *piece = malloc(2 * PIECE);
-    if (!own && s->in_cap < len) {
-        kvb_big_free(s->in, s->in_cap);
-        s->in = kvb_big_alloc(kvb_rd_longest_chunk(m), &s->in_cap);
-    }
-    kvc_leaf_ctx *lc = (own ? *piece : s->in) ? kvc_leaf_begin() : NULL;
+    kvc_leaf_ctx *lc = (own ? *piece : kvb_rd_slot_in(m, s)) ? kvc_leaf_begin() : NULL;
     if (!lc) {
         s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, m->n_chunks);
         return;

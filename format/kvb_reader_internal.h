@@ -77,6 +77,8 @@ kvb_status kvb_rd_feeder_fail(kvb_reader *r, kvb_status st, const char *msg);
 void kvb_rd_enter_section(kvb_reader *r);
 kvb_status kvb_rd_section_done(kvb_reader *r);
 uint64_t kvb_rd_longest_chunk(const kvb_manifest *m);
+/* s's own chunk buffer, room for the blob's longest chunk; NULL when out of memory. */
+uint8_t *kvb_rd_slot_in(const kvb_manifest *m, slot *s);
 /* Before a feed call returns: waits until no job still reads the caller's bytes (a borrowed
  * piece, or fd). Finished jobs keep their decoded output: they are delivered later as usual. */
 void kvb_rd_wait_caller(kvb_reader *r);
