@@ -286,12 +286,15 @@ uint64_t kvb_rd_longest_chunk(const kvb_manifest *m)
     return len;
 }
 
-void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place)
+void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int flags)
 {
     enum { MAX_BUFS = 2 * (MAX_THREADS + 1) + MAX_THREADS };
     const int workers = pool_workers(n_threads, m->n_chunks), nslots = workers + 1;
+    const int in_place = flags & KVB_RESERVE_IN_PLACE;
+    const int pieces = in_place && flags & KVB_RESERVE_FILE && kvb_rd_f16_pieces(m);
     const uint32_t t = m->n_chunks > 1 ? m->chunk_tokens : m->n_tokens;
-    const uint64_t in = kvb_rd_longest_chunk(m), out = in_place ? 0 : 2 * kvb_chunk_values(m->n_layer, t, m->kv_dim);
+    const uint64_t in = pieces ? 0 : kvb_rd_longest_chunk(m);
+    const uint64_t out = in_place ? 0 : 2 * kvb_chunk_values(m->n_layer, t, m->kv_dim);
     const uint64_t scr = kvb_decode_scratch_bytes(m->codec, m->n_layer, t, m->kv_dim);
     const int nscr = workers ? workers : 1;
     if (nslots * (in + out) + nscr * scr > KVB_KEEP_BYTES)
@@ -300,7 +303,8 @@ void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place)
     size_t cap[MAX_BUFS];
     int n = 0;
     for (int i = 0; i < nslots; i++) {
-        p[n] = kvb_big_alloc(in, &cap[n]), n++;
+        if (in)
+            p[n] = kvb_big_alloc(in, &cap[n]), n++;
         if (out)
             p[n] = kvb_big_alloc(out, &cap[n]), n++;
     }

@@ -36,6 +36,8 @@ static size_t row_piece(uint32_t kv_dim)
     return lcm >= PIECE ? lcm : PIECE / lcm * lcm;
 }
 
+int kvb_rd_f16_pieces(const kvb_manifest *m) { return m->codec == KVB_CODEC_F16 && row_piece(m->kv_dim); }
+
 void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece)
 {
     const kvb_manifest *m = r->m;
@@ -44,8 +46,8 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
     const size_t len = s->in_len, row = 2 * (size_t)m->kv_dim;
     /* the size check is the f16 decoder's: a chunk of any other length takes the usual path
      * and fails there */
-    const int direct = s->decode && s->in_place && m->codec == KVB_CODEC_F16 &&
-                       len == 2 * kvb_chunk_values(m->n_layer, n, m->kv_dim) && row_piece(m->kv_dim);
+    const int direct = s->decode && s->in_place && kvb_rd_f16_pieces(m) &&
+                       len == 2 * kvb_chunk_values(m->n_layer, n, m->kv_dim);
     const size_t step = direct ? row_piece(m->kv_dim) : PIECE;
     const int own = direct || !s->decode; /* into the piece buffer, not the chunk's */
     if (own && !*piece)

@@ -84,6 +84,9 @@ uint8_t *kvb_rd_slot_in(const kvb_manifest *m, slot *s);
 void kvb_rd_wait_caller(kvb_reader *r);
 /* Decodes the verified chunk in s->data (s->in_len bytes): the second half of a job. */
 void kvb_rd_decode(const kvb_reader *r, slot *s, kvb_codec_ctx *cc);
+/* 1 when blob m's f16 chunks, decoded in place from a file, go piece by piece straight to
+ * their rows (no chunk buffer): pieces can hold whole rows and whole leaves. */
+int kvb_rd_f16_pieces(const kvb_manifest *m);
 /* The whole job of a chunk that s->pread says to read from s->fd (kvb_reader_fd.c); piece is
  * the thread's own piece buffer (allocated on first use, freed by the thread). */
 void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece);

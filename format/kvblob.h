@@ -243,13 +243,18 @@ typedef struct kvb_reader kvb_reader;
 kvb_reader *kvb_reader_create(const kvb_read_opts *opts) KVB_WUR;
 void kvb_reader_free(kvb_reader *r); /* NULL is a no-op; stops its worker threads */
 
+/* How the reader that kvb_reader_reserve readies for will run. IN_PLACE: on_dest decodes in
+ * place (no decoded K/V of the reader's own). FILE: it is fed by kvb_reader_feed_fd, where an
+ * f16 chunk decoded in place goes from small pieces straight to its rows and takes no chunk
+ * buffer (a version-1 blob's chunks still take theirs, on demand). */
+enum { KVB_RESERVE_IN_PLACE = 1, KVB_RESERVE_FILE = 2 };
 /* Makes ready the large buffers that a reader with n_threads decode workers takes for blob m
- * (each chunk slot's stored bytes, each worker's decode scratch, and the decoded K/V unless
- * on_dest decodes in place: in_place), and keeps them for the readers that follow in this
+ * (each chunk slot's stored bytes, each worker's decode scratch, and the decoded K/V), as
+ * flags (KVB_RESERVE_*) say it will run, and keeps them for the readers that follow in this
  * process: fresh memory costs about as much as hashing it on some machines, so a process
  * that readies itself before it times its first load (as it readies its KV cache) calls
  * this then. Best effort, within the bound of the kept buffers (256 MiB). */
-void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int in_place);
+void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int flags);
 /* Bytes of the buffers that freed readers (and kvb_reader_reserve) keep for the next ones in
  * this process (0 under ASan, which checks plain allocations instead). */
 size_t kvb_buffers_kept(void);

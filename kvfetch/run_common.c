@@ -371,9 +371,11 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
     int32_t warm_tok = s->path.bos >= 0 ? s->path.bos : s->n_prompt ? s->prompt_ids[0] : 0;
     kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, s->err, sizeof s->err);
     /* and the loader's buffers, which a long-lived process keeps from one load to the next
-     * (kvb_reader_reserve; chunks decode straight into the f16 cache); once per process */
+     * (kvb_reader_reserve; chunks decode straight into the f16 cache, read from the blob's
+     * file by the decode workers); once per process */
     for (int i = 0; ws == KVP_OK && ms && i < s->a.n_blobs; i++)
-        kvb_reader_reserve(ms[i], s->a.threads > 0 ? s->a.threads : eng_default_threads(), 1);
+        kvb_reader_reserve(ms[i], s->a.threads > 0 ? s->a.threads : eng_default_threads(),
+                           KVB_RESERVE_IN_PLACE | KVB_RESERVE_FILE);
     s->warm_s += base_now_s() - t;
     if (ws != KVP_OK) {
         fprintf(stderr, "%s: %s\n", s->prog, s->err);
