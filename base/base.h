@@ -35,6 +35,10 @@ int base_grow(void *items, size_t *cap, size_t n, size_t size, size_t first)
  * a hundred thousand. NULL when out of memory; base_free_big takes the size it was given. */
 void *base_alloc_big(size_t n);
 void base_free_big(void *p, size_t n);
+/* Faults in every page of n bytes at p (a base_alloc_big region): MADV_POPULATE_WRITE where
+ * the kernel has it, which keeps the bytes; else zeros written over them, so for fresh or
+ * scratch memory only. */
+void base_touch_big(void *p, size_t n);
 /* Whether the kernel gives base_alloc_big 2 MiB pages (transparent huge pages "always" or
  * "madvise"); 0 when it says "never" or does not say. */
 int base_huge_pages(void);

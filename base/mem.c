@@ -39,6 +39,15 @@ void *base_alloc_big(size_t n)
     return p;
 }
 
+void base_touch_big(void *p, size_t n)
+{
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(p, n, MADV_POPULATE_WRITE) == 0)
+        return;
+#endif
+    memset(p, 0, n); /* a kernel before 5.14: the writes fault the pages in */
+}
+
 void base_free_big(void *p, size_t n)
 {
     if (p)

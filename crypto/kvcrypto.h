@@ -62,6 +62,12 @@ void kvc_leaf_end(kvc_leaf_ctx *c, uint8_t out[KVC_SHA256_LEN]);
  * (KVPUB_LEAF_HASH=openssl in the environment forces the latter; =sse, =avx512 or =avx2 that
  * intel-ipsec-mb manager where the CPU has it). Never NULL. */
 const char *kvc_leaf_digest_engine(void);
+/* Readies what n threads hashing leaves at once take: the engine choice (about 1 ms of trial
+ * hashing, once per process) and n started managers, kept for the kvc_leaf_begin calls that
+ * follow (at most 16 are kept). For a process that readies itself before it times a load. */
+void kvc_leaf_reserve(int n);
+/* Managers started and kept for the next kvc_leaf_begin calls (0 with OpenSSL). */
+int kvc_leaf_kept(void);
 
 /* Lowercase hex of n bytes into out (2n+1 bytes incl. NUL). Returns out. */
 char *kvc_hex(const uint8_t *bytes, size_t n, char *out);

@@ -85,7 +85,8 @@ static void digest_openssl(const uint8_t *p, size_t len, uint8_t out[KVC_SHA256_
 /* Managers are not thread-safe and cost about 60 us to set up, so callers borrow one from a
  * small free list. What stays in the list at exit is still reachable, not leaked. */
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static IMB_MGR *pool[16];
+enum { POOL_MAX = 16 };
+static IMB_MGR *pool[POOL_MAX];
 static int pool_n;
 static const char *engine_name = "openssl";
 static void (*init_mgr)(IMB_MGR *);
@@ -115,7 +116,7 @@ static IMB_MGR *mgr_get(void)
 static void mgr_put(IMB_MGR *m)
 {
     pthread_mutex_lock(&pool_mu);
-    if (pool_n < (int)(sizeof pool / sizeof pool[0])) {
+    if (pool_n < POOL_MAX) {
         pool[pool_n++] = m;
         m = NULL;
     }
@@ -316,6 +317,28 @@ const char *kvc_leaf_digest_engine(void)
     pthread_once(&once, pick_engine);
     return engine_name;
 }
+
+void kvc_leaf_reserve(int n)
+{
+    pthread_once(&once, pick_engine);
+    if (!init_mgr)
+        return;
+    IMB_MGR *m[POOL_MAX];
+    int k = 0;
+    for (; k < n && k < POOL_MAX; k++) /* borrowed, so that each call starts a new one or takes a kept one */
+        if (!(m[k] = mgr_get()))
+            break;
+    while (k > 0)
+        mgr_put(m[--k]);
+}
+
+int kvc_leaf_kept(void)
+{
+    pthread_mutex_lock(&pool_mu);
+    const int n = pool_n;
+    pthread_mutex_unlock(&pool_mu);
+    return n;
+}
 #else
 void kvc_leaf_digest(const void *data, size_t len, uint8_t out[KVC_SHA256_LEN]) { digest_openssl(data, len, out); }
 
@@ -336,4 +359,8 @@ void kvc_leaf_end(kvc_leaf_ctx *c, uint8_t out[KVC_SHA256_LEN])
 }
 
 const char *kvc_leaf_digest_engine(void) { return "openssl"; }
+
+void kvc_leaf_reserve(int n) { (void)n; }
+
+int kvc_leaf_kept(void) { return 0; }
 #endif

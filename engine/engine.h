@@ -243,6 +243,11 @@ typedef struct eng_ctx eng_ctx;
 eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out,
                           char *err, size_t errlen) ENG_WUR;
 void eng_ctx_free(eng_ctx *c);
+/* Readies the forward pass's row buffers for batches of up to rows tokens (at most the 2048
+ * a pass takes at once; the buffers grow on demand otherwise, to the largest batch yet) and
+ * faults in their pages, so that a process which times its passes need not pay for fresh
+ * memory in the first one. ENG_ERR_NOMEM when they cannot be had. */
+eng_status eng_ctx_reserve_rows(eng_ctx *c, int rows) ENG_WUR;
 
 int eng_kv_len(const eng_ctx *c);        /* filled cells */
 int32_t eng_kv_next_pos(const eng_ctx *c); /* position after the last filled cell (0 if empty) */

@@ -73,6 +73,16 @@ static eng_status ensure_rows(eng_ctx *c, int rows)
     return ENG_OK;
 }
 
+eng_status eng_ctx_reserve_rows(eng_ctx *c, int rows)
+{
+    const int had = c->cap_rows;
+    if (ensure_rows(c, rows < ENG_MAX_ROWS ? rows : ENG_MAX_ROWS) != ENG_OK)
+        return ENG_ERR_NOMEM;
+    if (c->cap_rows != had) /* fresh: nothing in it yet */
+        base_touch_big(c->rows_mem, c->rows_bytes);
+    return ENG_OK;
+}
+
 /* ---- row-parallel helpers ---- */
 
 typedef void (*rows_fn)(eng_ctx *c, void *arg, int r0, int r1);

@@ -64,7 +64,8 @@ void kvb_reader_free(kvb_reader *r)
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv_work);
     pthread_cond_destroy(&r->cv_done);
-    BASE_FREE_ALL(r->slots, r->prefix, r->tokbuf, r->tokens, r->stage, r->piece, r);
+    kvb_rd_piece_free(&r->piece);
+    BASE_FREE_ALL(r->slots, r->prefix, r->tokbuf, r->tokens, r->stage, r);
 }
 
 const kvb_manifest *kvb_reader_manifest(const kvb_reader *r) { return r->m; }
@@ -92,7 +93,7 @@ void kvb_rd_decode(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
         snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
 }
 
-static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece)
+static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, kvb_piece *piece)
 {
     if (s->pread) {
         kvb_rd_pread_job(r, s, cc, piece);
@@ -113,7 +114,7 @@ static void *worker(void *arg)
 {
     kvb_reader *r = arg;
     kvb_codec_ctx *cc = kvb_codec_ctx_create(0);
-    uint8_t *piece = NULL;
+    kvb_piece piece = {0};
     pthread_mutex_lock(&r->mu);
     for (;;) {
         while (!r->shutdown && r->next_run == r->next_submit)
@@ -131,7 +132,7 @@ static void *worker(void *arg)
     }
     pthread_mutex_unlock(&r->mu);
     kvb_codec_ctx_free(cc);
-    free(piece);
+    kvb_rd_piece_free(&piece);
     return NULL;
 }
 
@@ -288,7 +289,7 @@ uint64_t kvb_rd_longest_chunk(const kvb_manifest *m)
 
 void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int flags)
 {
-    enum { MAX_BUFS = 2 * (MAX_THREADS + 1) + MAX_THREADS };
+    enum { MAX_BUFS = 2 * (MAX_THREADS + 1) + 2 * MAX_THREADS };
     const int workers = pool_workers(n_threads, m->n_chunks), nslots = workers + 1;
     const int in_place = flags & KVB_RESERVE_IN_PLACE;
     const int pieces = in_place && flags & KVB_RESERVE_FILE && kvb_rd_f16_pieces(m);
@@ -296,8 +297,10 @@ void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int flags)
     const uint64_t in = pieces ? 0 : kvb_rd_longest_chunk(m);
     const uint64_t out = in_place ? 0 : 2 * kvb_chunk_values(m->n_layer, t, m->kv_dim);
     const uint64_t scr = kvb_decode_scratch_bytes(m->codec, m->n_layer, t, m->kv_dim);
-    const int nscr = workers ? workers : 1;
-    if (nslots * (in + out) + nscr * scr > KVB_KEEP_BYTES)
+    const int nscr = workers ? workers : 1; /* threads that decode, each with its own buffers */
+    const uint64_t piece = pieces ? KVB_RD_PIECE_BYTES : 0;
+    kvc_leaf_reserve(nscr);
+    if (nslots * (in + out) + nscr * (scr + piece) > KVB_KEEP_BYTES)
         return;
     void *p[MAX_BUFS];
     size_t cap[MAX_BUFS];
@@ -308,8 +311,12 @@ void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int flags)
         if (out)
             p[n] = kvb_big_alloc(out, &cap[n]), n++;
     }
-    for (int i = 0; scr && i < nscr; i++)
-        p[n] = kvb_big_alloc(scr, &cap[n]), n++;
+    for (int i = 0; i < nscr; i++) {
+        if (scr)
+            p[n] = kvb_big_alloc(scr, &cap[n]), n++;
+        if (piece)
+            p[n] = kvb_big_alloc(piece, &cap[n]), n++;
+    }
     for (int i = 0; i < n; i++)
         kvb_big_free(p[i], cap[i]);
 }

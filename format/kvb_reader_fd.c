@@ -18,6 +18,7 @@
 /* Bytes read and hashed at a time: 16 leaves, the AVX-512 manager's lanes, which stay in a
  * core's L2 while they are hashed and then copied or decoded. */
 enum { PIECE = 16 * KVC_LEAF_LEN };
+_Static_assert(KVB_RD_PIECE_BYTES == 2 * PIECE, "a piece buffer holds row_piece's largest piece");
 
 /* Bytes per piece that hold whole rows of kv_dim f16 and whole leaves (a multiple of both, the
  * largest up to PIECE, or the least multiple above it); 0 when that passes 2 * PIECE. */
@@ -38,7 +39,13 @@ static size_t row_piece(uint32_t kv_dim)
 
 int kvb_rd_f16_pieces(const kvb_manifest *m) { return m->codec == KVB_CODEC_F16 && row_piece(m->kv_dim); }
 
-void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece)
+void kvb_rd_piece_free(kvb_piece *piece)
+{
+    kvb_big_free(piece->p, piece->cap);
+    piece->p = NULL;
+}
+
+void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, kvb_piece *piece)
 {
     const kvb_manifest *m = r->m;
     const kvb_section *sec = &m->chunks[s->index];
@@ -50,9 +57,9 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
                        len == 2 * kvb_chunk_values(m->n_layer, n, m->kv_dim);
     const size_t step = direct ? row_piece(m->kv_dim) : PIECE;
     const int own = direct || !s->decode; /* into the piece buffer, not the chunk's */
-    if (own && !*piece)
-        *piece = malloc(2 * PIECE);
-    kvc_leaf_ctx *lc = (own ? *piece : kvb_rd_slot_in(m, s)) ? kvc_leaf_begin() : NULL;
+    if (own && !piece->p)
+        piece->p = kvb_big_alloc(KVB_RD_PIECE_BYTES, &piece->cap);
+    kvc_leaf_ctx *lc = (own ? piece->p : kvb_rd_slot_in(m, s)) ? kvc_leaf_begin() : NULL;
     if (!lc) {
         s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_NOMEM, "chunk %u of %u: out of memory", s->index, m->n_chunks);
         return;
@@ -60,7 +67,7 @@ void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t *
     uint8_t h[KVC_SHA256_LEN];
     for (size_t off = 0; off < len;) {
         const size_t k = len - off < step ? len - off : step;
-        uint8_t *p = own ? *piece : s->in + off;
+        uint8_t *p = own ? piece->p : s->in + off;
         const double t = base_now_s();
         const ssize_t got = kvb_pread_full(s->fd, p, k, s->file_off + off, 0);
         const int e = errno;

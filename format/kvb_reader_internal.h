@@ -12,6 +12,14 @@ enum phase { P_HEADER, P_PREFIX, P_PAD, P_SECTION, P_DONE };
 enum slot_state { S_EMPTY, S_QUEUED, S_RUNNING, S_DONE };
 
 /* One chunk in flight: its stored bytes, its decoded K/V, its outcome. */
+/* A thread's pread piece buffer: KVB_RD_PIECE_BYTES from kvb_big_alloc, so that a reader
+ * takes the one a reader before it (or kvb_reader_reserve) kept instead of fresh pages. */
+enum { KVB_RD_PIECE_BYTES = 2 * 16 * KVC_LEAF_LEN }; /* the largest piece kvb_reader_fd.c reads */
+typedef struct kvb_piece {
+    uint8_t *p;
+    size_t cap;
+} kvb_piece;
+
 typedef struct slot {
     uint8_t *in;            /* owned copy, when the chunk arrived in several pieces */
     size_t in_cap, in_len;
@@ -63,7 +71,7 @@ struct kvb_reader {
     kvb_codec_ctx *inline_ctx;
     int borrowing;          /* some slot's data points into the piece being fed */
     uint8_t *stage;         /* kvb_reader_buffer for padding and trailing bytes */
-    uint8_t *piece;         /* the caller's thread's pread piece, when it decodes inline */
+    kvb_piece piece;        /* the caller's thread's pread piece, when it decodes inline */
     double read_s;          /* summed seconds of the delivered chunks' pread jobs */
     uint8_t *lent;          /* what kvb_reader_buffer returned last (NULL: nothing lent) */
     size_t lent_len;
@@ -88,7 +96,8 @@ void kvb_rd_decode(const kvb_reader *r, slot *s, kvb_codec_ctx *cc);
  * their rows (no chunk buffer): pieces can hold whole rows and whole leaves. */
 int kvb_rd_f16_pieces(const kvb_manifest *m);
 /* The whole job of a chunk that s->pread says to read from s->fd (kvb_reader_fd.c); piece is
- * the thread's own piece buffer (allocated on first use, freed by the thread). */
-void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, uint8_t **piece);
+ * the thread's own piece buffer (taken on first use, given back by kvb_rd_piece_free). */
+void kvb_rd_pread_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, kvb_piece *piece);
+void kvb_rd_piece_free(kvb_piece *piece);
 
 #endif

@@ -369,7 +369,10 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
         goto done;
     double t = base_now_s();
     int32_t warm_tok = s->path.bos >= 0 ? s->path.bos : s->n_prompt ? s->prompt_ids[0] : 0;
-    kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, s->err, sizeof s->err);
+    /* the largest batch of the path it is for: the loaded path's one pass over [BOS, prefix]
+     * and the prompt, or (compare's second context) the full prefill of the whole sequence */
+    const size_t rows = ms ? (s->path.bos >= 0) + s->n_prefix + s->n_prompt : total;
+    kvp_status ws = kvp_ctx_warm_up(*out, s->model, total, warm_tok, rows, s->err, sizeof s->err);
     /* and the loader's buffers, which a long-lived process keeps from one load to the next
      * (kvb_reader_reserve; chunks decode straight into the f16 cache, read from the blob's
      * file by the decode workers); once per process */

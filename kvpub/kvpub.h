@@ -252,11 +252,14 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
 
 /* ---- the loaded path: [BOS, prefix] prefilled, blobs loaded, prompt prefilled ---- */
 
-/* Readies a fresh context for timing: every cell but the last is written (zeros), then tok
- * is prefilled in the last, then the context is cleared, so no later step pays for first-touch
- * page faults or thread start-up. n_cells: the context's size. Returns KVP_OK, KVP_ERR_NOMEM
- * or KVP_ERR_ENGINE ("warm-up: ..."). */
-kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32_t tok,
+/* Readies a fresh context for timing: the row buffers of a batch of n_rows are made and
+ * faulted in, every cell but the last few is written (zeros), then copies of tok (n_rows of
+ * them, at most 64) are prefilled in those, then the context is cleared, so no later step
+ * pays for first-touch page faults or thread start-up. n_cells: the context's size; n_rows
+ * (1 .. n_cells; clamped to that): the largest batch the timed work will prefill at once, as
+ * the loaded path's pass of [BOS, prefix] and the prompt, or a full prefill's (up to 2048
+ * tokens a pass). Returns KVP_OK, KVP_ERR_NOMEM or KVP_ERR_ENGINE ("warm-up: ..."). */
+kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32_t tok, size_t n_rows,
                            char *err, size_t errlen) KVP_WUR;
 
 typedef struct kvp_path {

@@ -3,6 +3,7 @@
  * prefilled; and the identical token sequence a full prefill compares against. */
 #include "kvpub/kvpub.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,21 +11,27 @@
 #include "kvpub/kvpub_internal.h"
 
 /* Readies a fresh context as a long-lived one would be (llama.cpp likewise clears its whole KV
- * buffer when it creates a context): zeros are imported into every cell but the last, then one
- * throwaway token is prefilled in the last cell, and the context is cleared. That faults in
- * the mmap'd weights, the KV cache pages and the attention scratch, and starts the engine's
- * threads, so neither path's time to first token pays for first-touch page faults. */
-kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32_t tok, char *err, size_t errlen)
+ * buffer when it creates a context): the row buffers of a batch of n_rows are made and
+ * faulted in (the engine grows them to the largest batch yet), zeros are imported into every
+ * cell before the last few, throwaway tokens (n_rows of them, at most WARM_PASS) are
+ * prefilled in those, and the context is cleared. That faults in the mmap'd weights, the KV
+ * cache pages, the attention scratch and the code of a pass of that shape, and starts the
+ * engine's threads, so neither path's time to first token pays for first-touch page faults. */
+kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32_t tok, size_t n_rows,
+                           char *err, size_t errlen)
 {
-    enum { BLOCK = 256 };
+    enum { BLOCK = 256, WARM_PASS = 64 };
     const eng_info *in = eng_model_info(m);
     size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
+    n_rows = n_rows < 1 ? 1 : n_rows > n_cells ? n_cells : n_rows;
+    const size_t pass = n_rows < WARM_PASS ? n_rows : WARM_PASS, held = n_cells - pass;
     uint16_t *zero = calloc((size_t)BLOCK * kvd, sizeof *zero);
-    if (!zero)
-        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
-    eng_status es = ENG_OK;
-    for (size_t c0 = 0; es == ENG_OK && c0 + 1 < n_cells; c0 += BLOCK) {
-        int n = (int)(n_cells - 1 - c0 < BLOCK ? n_cells - 1 - c0 : BLOCK);
+    int32_t toks[WARM_PASS];
+    for (size_t i = 0; i < pass; i++)
+        toks[i] = tok;
+    eng_status es = zero ? eng_ctx_reserve_rows(c, n_rows > INT_MAX ? INT_MAX : (int)n_rows) : ENG_ERR_NOMEM;
+    for (size_t c0 = 0; es == ENG_OK && c0 < held; c0 += BLOCK) {
+        int n = (int)(held - c0 < BLOCK ? held - c0 : BLOCK);
         for (int il = 0; es == ENG_OK && il < in->n_layer; il++)
             es = eng_kv_import_layer(c, il, (int)c0, n, zero, zero);
         if (es == ENG_OK)
@@ -32,8 +39,10 @@ kvp_status kvp_ctx_warm_up(eng_ctx *c, const eng_model *m, size_t n_cells, int32
     }
     free(zero);
     if (es == ENG_OK)
-        es = eng_prefill(c, &tok, NULL, 1, NULL, NULL);
+        es = eng_prefill(c, toks, NULL, pass, NULL, NULL);
     eng_kv_clear(c);
+    if (es == ENG_ERR_NOMEM)
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
     if (es != ENG_OK)
         return kvp_fail(err, errlen, KVP_ERR_ENGINE, "warm-up: %s", eng_status_str(es));
     return KVP_OK;

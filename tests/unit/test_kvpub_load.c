@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "kvpub/kvpub.h"
@@ -476,7 +477,7 @@ static void test_path_compare_decode(void **state)
     collected first = {0}, again = {0};
     for (int pass = 0; pass < 2; pass++) {
         eng_ctx *c = new_ctx(f), *full = new_ctx(f);
-        assert_int_equal(kvp_ctx_warm_up(c, f->m, 512, f->in->bos_id, err, sizeof err), KVP_OK);
+        assert_int_equal(kvp_ctx_warm_up(c, f->m, 512, f->in->bos_id, 4, err, sizeof err), KVP_OK);
         kvp_load_stats ls;
         int32_t *doc = NULL;
         uint32_t doc_n = 0;
@@ -520,6 +521,49 @@ static void test_path_compare_decode(void **state)
     free(logits);
 }
 
+static long minor_faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_minflt;
+}
+
+/* The warm-up leaves the context empty and readies a batch of n_rows: a prefill of that many
+ * tokens afterwards maps no fresh row buffers (the engine grows them to the largest batch
+ * yet), where after a one-row warm-up it does; so too for a batch larger than the warm-up's
+ * own pass (64 tokens at most: the buffers are readied without one); n_rows past the context
+ * is clamped to it. */
+static void test_warm_up_rows(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    static const int rows[] = {48, 200};
+    int32_t toks[200];
+    for (int i = 0; i < 200; i++)
+        toks[i] = f->doc[i % (int)f->n_doc];
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        eng_ctx *one = new_ctx(f), *many = new_ctx(f), *all = new_ctx(f);
+        assert_int_equal(kvp_ctx_warm_up(one, f->m, 512, f->in->bos_id, 1, err, sizeof err), KVP_OK);
+        assert_int_equal(kvp_ctx_warm_up(many, f->m, 512, f->in->bos_id, (size_t)rows[r], err, sizeof err), KVP_OK);
+        assert_int_equal(kvp_ctx_warm_up(all, f->m, 512, f->in->bos_id, 100000, err, sizeof err), KVP_OK);
+        assert_int_equal(eng_kv_len(one), 0);
+        assert_int_equal(eng_kv_len(many), 0);
+        assert_int_equal(eng_kv_len(all), 0);
+        long f0 = minor_faults();
+        assert_int_equal(eng_prefill(many, toks, NULL, (size_t)rows[r], NULL, NULL), ENG_OK);
+        const long readied = minor_faults() - f0;
+        f0 = minor_faults();
+        assert_int_equal(eng_prefill(one, toks, NULL, (size_t)rows[r], NULL, NULL), ENG_OK);
+        const long fresh = minor_faults() - f0;
+        print_message("page faults of a %d-token prefill: %ld after a one-row warm-up, %ld after a %d-row one\n",
+                      rows[r], fresh, readied, rows[r]);
+        assert_true(fresh >= readied + 8);
+        eng_ctx_free(one);
+        eng_ctx_free(many);
+        eng_ctx_free(all);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -531,6 +575,7 @@ int main(void)
         cmocka_unit_test(test_rerotated_import_bits),
         cmocka_unit_test(test_rerotate_kernels_agree),
         cmocka_unit_test(test_path_compare_decode),
+        cmocka_unit_test(test_warm_up_rows),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
