@@ -100,9 +100,12 @@ static void rows_worker(void *a, int r0, int r1, int ith)
     J->fn(J->c, J->arg, r0, r1);
 }
 
-/* Few rows run on the calling thread: the row-wise steps are microseconds for them, less than
- * a pool hand-off costs (and far less when the machine is oversubscribed). */
-enum { PAR_MIN_ROWS = 32 };
+/* Fewer rows run on the calling thread: a decode step's row-wise steps are microseconds, less
+ * than a pool hand-off. From 4 rows they are shared: the SwiGLU of a 9-row pass (BOS and an
+ * 8-token prompt) is 28k expf per layer, and run on one thread, with the norms and packing,
+ * they held a 40 ms pass over the weights 4 ms longer while the other thread waited. The pool
+ * waits for no thread that is not running (pool.c), so a busy machine costs no time slice. */
+enum { PAR_MIN_ROWS = 4 };
 
 static void par_rows(eng_ctx *c, int n, rows_fn fn, void *arg)
 {
