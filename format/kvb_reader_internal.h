@@ -11,7 +11,6 @@ enum { ERRLEN = 256, MAX_THREADS = 64, STAGE = 64 << 10 };
 enum phase { P_HEADER, P_PREFIX, P_PAD, P_SECTION, P_DONE };
 enum slot_state { S_EMPTY, S_QUEUED, S_RUNNING, S_DONE };
 
-/* One chunk in flight: its stored bytes, its decoded K/V, its outcome. */
 /* A thread's pread piece buffer: KVB_RD_PIECE_BYTES from kvb_big_alloc, so that a reader
  * takes the one a reader before it (or kvb_reader_reserve) kept instead of fresh pages. */
 enum { KVB_RD_PIECE_BYTES = 2 * 16 * KVC_LEAF_LEN }; /* the largest piece kvb_reader_fd.c reads */
@@ -20,6 +19,7 @@ typedef struct kvb_piece {
     size_t cap;
 } kvb_piece;
 
+/* One chunk in flight: its stored bytes, its decoded K/V, its outcome. */
 typedef struct slot {
     uint8_t *in;            /* owned copy, when the chunk arrived in several pieces */
     size_t in_cap, in_len;
