@@ -38,7 +38,13 @@ if want engine && [ -x "$BUILD/bench/bench_engine" ]; then
     m=$(qwen3_model "$t") && "$BUILD/bench/bench_engine" "$m"
   done
 fi
-for s in scripts/bench-*.sh; do
+# The engine and loader comparisons first, the serving storms (fairness, scale, serve) last:
+# right after fairness's 64 clients, our F16 prefill in the llamacpp section ran 18-33% below
+# its own figures minutes before and after (two runs; llama.cpp's within 5%), so the
+# side-by-side ratios measured the aftermath, not the engines. Any other bench-*.sh follows.
+order="busy llamacpp llamastate ttft quality fairness scale serve"
+for s in $(for n in $order; do echo "scripts/bench-$n.sh"; done) \
+         $(ls scripts/bench-*.sh | grep -vE "/bench-($(echo $order | tr ' ' '|'))\.sh$"); do
   [ -f "$s" ] || continue
   n=$(basename "$s" .sh); n=${n#bench-}
   want "$n" || continue
