@@ -16,9 +16,9 @@
 #include <unistd.h>
 
 /* Bytes read and hashed at a time: 16 leaves, the AVX-512 manager's lanes, which stay in a
- * core's L2 while they are hashed and then copied or decoded. */
-enum { PIECE = 16 * KVC_LEAF_LEN };
-_Static_assert(KVB_RD_PIECE_BYTES == 2 * PIECE, "a piece buffer holds row_piece's largest piece");
+ * core's L2 while they are hashed and then copied or decoded; a piece buffer holds twice that,
+ * row_piece's largest. */
+enum { PIECE = KVB_RD_PIECE_BYTES / 2 };
 
 /* Bytes per piece that hold whole rows of kv_dim f16 and whole leaves (a multiple of both, the
  * largest up to PIECE, or the least multiple above it); 0 when that passes 2 * PIECE. */

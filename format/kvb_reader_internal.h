@@ -13,7 +13,7 @@ enum slot_state { S_EMPTY, S_QUEUED, S_RUNNING, S_DONE };
 
 /* A thread's pread piece buffer: KVB_RD_PIECE_BYTES from kvb_big_alloc, so that a reader
  * takes the one a reader before it (or kvb_reader_reserve) kept instead of fresh pages. */
-enum { KVB_RD_PIECE_BYTES = 2 * 16 * KVC_LEAF_LEN }; /* the largest piece kvb_reader_fd.c reads */
+enum { KVB_RD_PIECE_BYTES = 2 * 16 * KVC_LEAF_LEN }; /* twice kvb_reader_fd.c's PIECE: its largest */
 typedef struct kvb_piece {
     uint8_t *p;
     size_t cap;
