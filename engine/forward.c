@@ -107,14 +107,18 @@ static void rows_worker(void *a, int r0, int r1, int ith)
  * waits for no thread that is not running (pool.c), so a busy machine costs no time slice. */
 enum { PAR_MIN_ROWS = 4 };
 
-static void par_rows(eng_ctx *c, int n, rows_fn fn, void *arg)
+/* Rows in units of whole groups of g (1: any rows): a thread's rows share no cache line
+ * with another's where g rows are packed together. */
+static void par_groups(eng_ctx *c, int n, int g, rows_fn fn, void *arg)
 {
     rows_job J = {c, fn, arg, n};
     if (n < PAR_MIN_ROWS)
         fn(c, arg, 0, n);
     else
-        eng_pool_for(c->pool, n, eng_pool_grain(c->pool, n, 8), rows_worker, &J);
+        eng_pool_for(c->pool, n, (eng_pool_grain(c->pool, n, 8) + g - 1) / g * g, rows_worker, &J);
 }
+
+static void par_rows(eng_ctx *c, int n, rows_fn fn, void *arg) { par_groups(c, n, 1, fn, arg); }
 
 /* ---- element-wise pieces, as ggml computes them ---- */
 
@@ -404,7 +408,7 @@ static void linear_batch(eng_ctx *c, int n, const eng_wmat *const *W, const floa
             i1++;
         const int K = (int)W[i0]->ncols;
         pack_arg P = {X, c->panels, K, R, W[i0]->type, kind != 0, kind == 5};
-        par_rows(c, R, pack_rows, &P);
+        par_groups(c, R, ENG_GEMM_MR, pack_rows, &P);
         const void *xr = kind == 5 ? (const void *)c->xr : (const void *)c->panels;
         lin_job J = {c, R, {0}, {0}, {0}, {0}, {0}, {0}, 0};
         int few = 1;
