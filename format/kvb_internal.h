@@ -88,7 +88,7 @@ void kvb_split_planes(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi);
 /* rows rows of np pieces of seg values each (the values in order in lo and hi) into x: piece
  * p of row r at x + p * ss + r * seg (kvb_rows; np = 1 with rows = 1: one run of values).
  * big: the values are part of a section of at least KVB_STREAM_MIN, written with
- * non-temporal stores. */
+ * non-temporal stores (64-byte ones where the CPU has AVX-512 and KVB_NO_SIMD is not avx512). */
 enum { KVB_STREAM_MIN = 1 << 15 };
 void kvb_merge_planes(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t np, size_t seg, size_t ss,
                       uint16_t *x, int big);

@@ -1,6 +1,7 @@
 /* test_kvblob_fast.c: the fast paths of format/ give the same bytes as the plain ones: writer
  * output identical whatever the thread count (add_layers and add_chunk), SIMD and scalar
- * (KVB_NO_SIMD=1) codecs identical on odd shapes, and zero-copy reading (kvb_reader_buffer /
+ * (KVB_NO_SIMD=1) codecs identical on odd shapes, the row placement (kvb_copy_rows,
+ * kvb_merge_planes) the same at every width and alignment, and zero-copy reading (kvb_reader_buffer /
  * commit, kvb_read_file) identical to kvb_reader_feed, errors included; a signed chunk whose
  * zstd frame is broken does not decode; freed big buffers are kept and reused, dirty, and
  * kvb_reader_reserve readies a reader's. */
@@ -460,6 +461,71 @@ static void test_simd_and_scalar_agree(void **st)
         }
 }
 
+/* kvb_copy_rows and kvb_merge_planes place rows of pieces where kvb_rows says, the same bytes
+ * at every SIMD width (64-byte streaming stores where the CPU has AVX-512, KVB_NO_SIMD=avx512:
+ * AVX2's 32-byte ones, KVB_NO_SIMD=1: scalar), streamed or not, whatever the destination's
+ * alignment (pieces whose heads end before, at and after a line), and touch nothing else. */
+static void test_rows_every_width(void **st)
+{
+    (void)st;
+    static const struct {
+        size_t rows, np, seg, gap;
+    } cases[] = {{3, 8, 128, 0}, {2, 3, 40, 5}, {4, 2, 7, 1}, {1, 1, 300, 0}, {5, 4, 33, 2}, {2, 2, 16, 0}};
+    static const char *const levels[] = {NULL, "avx512", "1"};
+    enum { GUARD = 96 };
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const size_t rows = cases[ci].rows, np = cases[ci].np, seg = cases[ci].seg;
+        const size_t ss = rows * seg + cases[ci].gap, n = rows * np * seg, span = (np - 1) * ss + rows * seg;
+        uint8_t *src = malloc(2 * n), *lo = malloc(n), *hi = malloc(n);
+        uint16_t *want = malloc(2 * (span + 2 * GUARD)), *got = malloc(2 * (span + 2 * GUARD) + 128);
+        assert_non_null(src);
+        assert_non_null(lo);
+        assert_non_null(hi);
+        assert_non_null(want);
+        assert_non_null(got);
+        for (size_t i = 0; i < n; i++) {
+            const uint16_t v = (uint16_t)(i * 40503u + ci * 7u);
+            src[2 * i] = lo[i] = (uint8_t)v;
+            src[2 * i + 1] = hi[i] = (uint8_t)(v >> 8);
+        }
+        /* expected: the guard value everywhere but the pieces */
+        for (size_t i = 0; i < span + 2 * GUARD; i++)
+            want[i] = 0xdead;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t p = 0; p < np; p++)
+                for (size_t e = 0; e < seg; e++) {
+                    const size_t i = (r * np + p) * seg + e;
+                    want[GUARD + p * ss + r * seg + e] = (uint16_t)(src[2 * i] | src[2 * i + 1] << 8);
+                }
+        for (size_t li = 0; li < sizeof levels / sizeof *levels; li++) {
+            if (levels[li])
+                setenv("KVB_NO_SIMD", levels[li], 1);
+            else
+                unsetenv("KVB_NO_SIMD");
+            for (size_t off = 0; off < 64; off += 2) /* destination byte offsets from a line */
+                for (int big = 0; big <= 1; big++)
+                    for (int merge = 0; merge <= 1; merge++) {
+                        uint16_t *x = (uint16_t *)(((uintptr_t)got + 63) / 64 * 64 + off);
+                        for (size_t i = 0; i < span + 2 * GUARD; i++)
+                            x[i] = 0xdead;
+                        if (merge)
+                            kvb_merge_planes(lo, hi, rows, np, seg, ss, x + GUARD, big);
+                        else
+                            kvb_copy_rows(src, rows, np, seg, ss, x + GUARD, big);
+                        if (memcmp(x, want, 2 * (span + 2 * GUARD)) != 0)
+                            fail_msg("case %zu, %s, offset %zu, big %d, %s: wrong bytes", ci,
+                                     levels[li] ? levels[li] : "widest", off, big, merge ? "merge" : "copy");
+                    }
+        }
+        unsetenv("KVB_NO_SIMD");
+        free(src);
+        free(lo);
+        free(hi);
+        free(want);
+        free(got);
+    }
+}
+
 static void test_zero_copy_reading(void **st)
 {
     (void)st;
@@ -601,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_writer_threads_same_bytes),
         cmocka_unit_test(test_writer_spill_failures),
         cmocka_unit_test(test_simd_and_scalar_agree),
+        cmocka_unit_test(test_rows_every_width),
         cmocka_unit_test(test_zero_copy_reading),
         cmocka_unit_test(test_signed_chunk_that_does_not_decode),
         cmocka_unit_test(test_kept_buffers),
