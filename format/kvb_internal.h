@@ -88,12 +88,13 @@ void kvb_split_planes(const uint16_t *x, size_t n, uint8_t *lo, uint8_t *hi);
 /* rows rows of np pieces of seg values each (the values in order in lo and hi) into x: piece
  * p of row r at x + p * ss + r * seg (kvb_rows; np = 1 with rows = 1: one run of values).
  * big: the values are part of a section of at least KVB_STREAM_MIN, written with
- * non-temporal stores (64-byte ones where the CPU has AVX-512 and KVB_NO_SIMD is not avx512). */
+ * non-temporal stores. */
 enum { KVB_STREAM_MIN = 1 << 15 };
 void kvb_merge_planes(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t np, size_t seg, size_t ss,
                       uint16_t *x, int big);
 /* The same for f16 values copied as they are, byte for byte (src not necessarily aligned:
- * the f16 codec's stored values on a little-endian host, or native rows). */
+ * the f16 codec's stored values on a little-endian host, or native rows); the streaming
+ * stores are 64 bytes wide where the CPU has AVX-512 and KVB_NO_SIMD is not avx512. */
 void kvb_copy_rows(const uint8_t *src, size_t rows, size_t np, size_t seg, size_t ss, uint16_t *x, int big);
 
 /* Rows [g, g + k) of an f16 chunk's payload (its 2 * n_layer sections of n rows of kv_dim

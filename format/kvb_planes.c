@@ -1,6 +1,6 @@
 /* kvb_planes.c: f16 values to and from their byte planes (the f16-zstd codec), and stored
- * f16 rows into a destination's layout (kvb_rows), with AVX2 versions chosen at run time that
- * give the same bytes as the scalar ones. */
+ * f16 rows into a destination's layout (kvb_rows), with AVX2 versions (and an AVX-512 copy)
+ * chosen at run time that give the same bytes as the scalar ones. */
 #include "format/kvb_internal.h"
 
 #include <stdlib.h>
@@ -177,36 +177,18 @@ __attribute__((target("avx2"))) static void copy_avx2(const uint8_t *src, size_t
         _mm_sfence();
 }
 
-/* The streaming cases of merge_avx2 and copy_avx2 with 64-byte stores, each filling a whole
- * line (the pieces' heads up to a 64-byte boundary stored as they are). In a 4096-token
- * Qwen3-0.6B load, two threads placing 8 head pieces a row beside the kernel's page-cache
- * reads, 32-byte streaming stores stalled on lines they had half filled: the load took 0.086
- * s and 0.158 s of CPU, against 0.080 s and 0.148 s with these. */
+/* copy_avx2's streaming case with 64-byte stores, each filling a whole line (the pieces' heads
+ * up to a 64-byte boundary stored as they are). In a 4096-token Qwen3-0.6B f16 load, two
+ * threads placing 8 head pieces a row beside the kernel's page-cache reads, perf found the
+ * 32-byte streaming stores stalled, and the load took 0.086 s and 0.158 s of CPU, against
+ * 0.080 s and 0.148 s with these. (merge_avx2 so widened made no measurable difference to an
+ * f16-zstd load, whose time is zstd's.) */
 #define WIDE __attribute__((target("avx512f,avx512bw,avx2")))
 
 static WIDE inline size_t wide_head(const uint16_t *y, size_t seg)
 {
     const size_t head = ((64 - ((uintptr_t)y & 63)) & 63) / 2;
     return head < seg ? head : seg;
-}
-
-WIDE static void merge_avx512(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t np, size_t seg,
-                              size_t ss, uint16_t *x)
-{
-    for (size_t r = 0; r < rows; r++)
-        for (size_t p = 0; p < np; p++) {
-            const uint8_t *l0 = lo + (r * np + p) * seg, *h0 = hi + (r * np + p) * seg;
-            uint16_t *y = x + piece_at(r, p, seg, ss);
-            size_t i = wide_head(y, seg);
-            merge_scalar(l0, h0, i, y);
-            for (; i + 32 <= seg; i += 32) {
-                const __m512i l = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(l0 + i)));
-                const __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(h0 + i)));
-                _mm512_stream_si512((void *)(y + i), _mm512_or_si512(l, _mm512_slli_epi16(h, 8)));
-            }
-            merge_scalar(l0 + i, h0 + i, seg - i, y + i);
-        }
-    _mm_sfence();
 }
 
 WIDE static void copy_avx512(const uint8_t *src, size_t rows, size_t np, size_t seg, size_t ss, uint16_t *x)
@@ -244,10 +226,7 @@ void kvb_merge_planes(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t 
 {
 #if defined(KVB_X86) && defined(KVB_HOST_LE)
     if (kvb_simd_ok()) {
-        if (big && ((uintptr_t)x & 1) == 0 && wide_ok())
-            merge_avx512(lo, hi, rows, np, seg, ss, x);
-        else
-            merge_avx2(lo, hi, rows, np, seg, ss, x, big);
+        merge_avx2(lo, hi, rows, np, seg, ss, x, big);
         return;
     }
 #endif

@@ -462,9 +462,10 @@ static void test_simd_and_scalar_agree(void **st)
 }
 
 /* kvb_copy_rows and kvb_merge_planes place rows of pieces where kvb_rows says, the same bytes
- * at every SIMD width (64-byte streaming stores where the CPU has AVX-512, KVB_NO_SIMD=avx512:
- * AVX2's 32-byte ones, KVB_NO_SIMD=1: scalar), streamed or not, whatever the destination's
- * alignment (pieces whose heads end before, at and after a line), and touch nothing else. */
+ * at every SIMD width (the copy's 64-byte streaming stores where the CPU has AVX-512,
+ * KVB_NO_SIMD=avx512: AVX2's 32-byte ones, KVB_NO_SIMD=1: scalar), streamed or not, whatever
+ * the destination's alignment (pieces whose heads end before, at and after a line), and touch
+ * nothing else. */
 static void test_rows_every_width(void **st)
 {
     (void)st;
