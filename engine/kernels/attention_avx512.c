@@ -226,17 +226,16 @@ AVX512 void eng_att_phase1x2_avx512(const void *V, size_t ldv, int f16, int hd, 
 enum { NL = ENG_ATT_LANES };
 
 /* Rows [b0, b0 + n) of one kv head (f16, rows ld apart) converted into R (KB rows of hd
- * floats; rows n.. up to a multiple of 16 zeroed). The products of the block before have
+ * floats; rows n.. up to a multiple of 8 zeroed). The products of the block before have
  * prefetched them (pf_line). */
-static AVX512 inline __attribute__((always_inline)) void rows_f32(const uint16_t *X, size_t ld, int hd, int b0,
-                                                                  int n, float *R)
+static AVX512 void rows_f32(const uint16_t *X, size_t ld, int hd, int b0, int n, float *R)
 {
     for (int j = 0; j < n; j++) {
         const uint16_t *x = X + (size_t)(b0 + j) * ld;
         for (int d = 0; d < hd; d += 16)
             _mm512_store_ps(R + (size_t)j * hd + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + d))));
     }
-    for (int j = n; j < (n + 15) / 16 * 16; j++)
+    for (int j = n; j < (n + 7) / 8 * 8; j++)
         memset(R + (size_t)j * hd, 0, sizeof(float) * (size_t)hd);
 }
 
@@ -257,42 +256,40 @@ static AVX512 inline __attribute__((always_inline)) void pf_line(const uint16_t 
 }
 
 /* S[j] (lanes) = the lanes' scores against key row j of R, scaled, for j < n; -inf where the
- * key is after a lane's cell (mask[j] clear) and for j >= n. Sixteen keys at a time: sixteen
- * FMA chains, each key value broadcast from R by the FMA itself. */
-static AVX512 inline __attribute__((always_inline)) void lane_scores(const float *Qt, const float *R, int hd, int n,
-                                                                     const __mmask16 *mask, float scale, float *S,
-                                                                     const uint16_t *pf, size_t ld, int npf)
+ * key is after a lane's cell (mask[j] clear) and for j >= n. */
+static AVX512 void lane_scores(const float *Qt, const float *R, int hd, int n, const __mmask16 *mask,
+                               float scale, float *S, const uint16_t *pf, size_t ld, int npf)
 {
     const __m512 vs = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
-    for (int j0 = 0; j0 < n; j0 += 16) {
-        __m512 a[16];
-#pragma GCC unroll 16
-        for (int t = 0; t < 16; t++)
+    for (int j0 = 0; j0 < n; j0 += 8) {
+        __m512 a[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
             a[t] = _mm512_setzero_ps();
         const float *r = R + (size_t)j0 * hd;
         for (int d = 0; d < hd; d++) {
-            if (d % 2 == 0) /* next block's rows j0..j0 + 15, a line per 2 dims */
-                pf_line(pf, ld, hd, npf, j0, 16, d / 2);
+            if (d % 4 == 0) /* next block's rows j0..j0 + 7, a line per 4 dims */
+                pf_line(pf, ld, hd, npf, j0, 8, d / 4);
             const __m512 qd = _mm512_load_ps(Qt + (size_t)d * NL);
-#pragma GCC unroll 16
-            for (int t = 0; t < 16; t++)
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
                 a[t] = _mm512_fmadd_ps(qd, _mm512_set1_ps(r[(size_t)t * hd + d]), a[t]);
         }
-#pragma GCC unroll 16
-        for (int t = 0; t < 16; t++) {
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
             const int j = j0 + t;
             _mm512_store_ps(S + (size_t)j * NL,
                             j < n ? _mm512_mask_mov_ps(ninf, mask[j], _mm512_mul_ps(a[t], vs)) : ninf);
         }
     }
-    for (int j = (n + 15) / 16 * 16; j < KB; j++)
+    for (int j = (n + 7) / 8 * 8; j < KB; j++)
         _mm512_store_ps(S + (size_t)j * NL, ninf);
 }
 
 /* The block's softmax for every active lane: S becomes the probabilities; m, l and the
  * accumulators (hd rows of NL lanes) are updated as softmax() does for one query. */
-static AVX512 inline __attribute__((always_inline)) void lane_softmax(float *S, __mmask16 act, __m512 *m,
-                                                                      __m512 *l, float *acc, int hd)
+static AVX512 void lane_softmax(float *S, __mmask16 act, __m512 *m, __m512 *l,
+                                float *acc, int hd)
 {
     __m512 mx = _mm512_load_ps(S);
     for (int j = 1; j < KB; j++)
@@ -332,12 +329,9 @@ static AVX512 inline __attribute__((always_inline)) void lane_softmax(float *S, 
             _mm512_store_ps(acc + (size_t)d * NL, _mm512_mul_ps(_mm512_load_ps(acc + (size_t)d * NL), alpha));
 }
 
-/* acc[d] += p_j * v_j[d] in key order for each lane, only for keys the lane sees (mask[j]);
- * all: every mask[j] is all lanes, and the FMAs need none. */
-static AVX512 inline __attribute__((always_inline)) void lane_vproduct(const float *S, const float *R, int hd,
-                                                                       int n, const __mmask16 *mask, int all,
-                                                                       float *acc, const uint16_t *pf,
-                                                                       size_t ld, int npf)
+/* acc[d] += p_j * v_j[d] in key order for each lane, only for keys the lane sees (mask[j]). */
+static AVX512 void lane_vproduct(const float *S, const float *R, int hd, int n, const __mmask16 *mask,
+                                 float *acc, const uint16_t *pf, size_t ld, int npf)
 {
     const int per = (KB * 16 + hd - 1) / hd; /* next block's rows per pass over 16 dims */
     for (int d0 = 0; d0 < hd; d0 += 16) {
@@ -350,15 +344,9 @@ static AVX512 inline __attribute__((always_inline)) void lane_vproduct(const flo
                 pf_line(pf, ld, hd, npf, d0 / 16 * per, per, j / 2);
             const __m512 p = _mm512_load_ps(S + (size_t)j * NL);
             const float *v = R + (size_t)j * hd + d0;
-            if (all) {
 #pragma GCC unroll 16
-                for (int t = 0; t < 16; t++)
-                    c[t] = _mm512_fmadd_ps(p, _mm512_set1_ps(v[t]), c[t]);
-            } else {
-#pragma GCC unroll 16
-                for (int t = 0; t < 16; t++)
-                    c[t] = _mm512_mask3_fmadd_ps(p, _mm512_set1_ps(v[t]), c[t], mask[j]);
-            }
+            for (int t = 0; t < 16; t++)
+                c[t] = _mm512_mask3_fmadd_ps(p, _mm512_set1_ps(v[t]), c[t], mask[j]);
         }
 #pragma GCC unroll 16
         for (int t = 0; t < 16; t++)
@@ -366,10 +354,9 @@ static AVX512 inline __attribute__((always_inline)) void lane_vproduct(const flo
     }
 }
 
-/* eng_att_lanes_avx512's body, inlined with hd a constant where it is a common one */
-static AVX512 inline __attribute__((always_inline)) void lanes(const uint16_t *K, const uint16_t *V, size_t ld, int hd,
-                                                               int np, const float *const *q, const int *cell,
-                                                               float scale, float *const *out, float *scr)
+AVX512 void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld, int hd, int np,
+                                 const float *const *q, const int *cell, float scale, float *const *out,
+                                 float *scr)
 {
     enum { NG = ENG_ATT_LANES_MAX / NL };
     const int ng = (np + NL - 1) / NL;
@@ -397,7 +384,6 @@ static AVX512 inline __attribute__((always_inline)) void lanes(const uint16_t *K
         memset(ACC(g), 0, sizeof(float) * (size_t)hd * NL);
     }
     __mmask16 mask[NG][KB], act[NG];
-    int all[NG];
     for (int b0 = 0; b0 <= last; b0 += KB) {
         const int n = last + 1 - b0 < KB ? last + 1 - b0 : KB;
         /* the next block's rows, prefetched by the first active group's products */
@@ -409,11 +395,8 @@ static AVX512 inline __attribute__((always_inline)) void lanes(const uint16_t *K
             act[g] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0));
             if (!act[g]) /* no lane sees the block: lane_softmax would leave every lane as it is */
                 continue;
-            all[g] = 1;
-            for (int j = 0; j < n; j++) {
+            for (int j = 0; j < n; j++)
                 mask[g][j] = _mm512_cmpge_epi32_mask(cv[g], _mm512_set1_epi32(b0 + j));
-                all[g] &= mask[g][j] == 0xffff;
-            }
             lane_scores(QT(g), R, hd, n, mask[g], scale, SC(g), Kn, ld, kpf);
             kpf = 0;
             lane_softmax(SC(g), act[g], &m[g], &l[g], ACC(g), hd);
@@ -421,7 +404,7 @@ static AVX512 inline __attribute__((always_inline)) void lanes(const uint16_t *K
         rows_f32(V, ld, hd, b0, n, R);
         for (int g = 0; g < ng; g++)
             if (act[g]) {
-                lane_vproduct(SC(g), R, hd, n, mask[g], all[g], ACC(g), Vn, ld, vpf);
+                lane_vproduct(SC(g), R, hd, n, mask[g], ACC(g), Vn, ld, vpf);
                 vpf = 0;
             }
     }
@@ -435,17 +418,5 @@ static AVX512 inline __attribute__((always_inline)) void lanes(const uint16_t *K
 #undef QT
 #undef ACC
 #undef SC
-}
-
-AVX512 void eng_att_lanes_avx512(const uint16_t *K, const uint16_t *V, size_t ld, int hd, int np,
-                                 const float *const *q, const int *cell, float scale, float *const *out,
-                                 float *scr)
-{
-    if (hd == 128)
-        lanes(K, V, ld, 128, np, q, cell, scale, out, scr);
-    else if (hd == 64)
-        lanes(K, V, ld, 64, np, q, cell, scale, out, scr);
-    else
-        lanes(K, V, ld, hd, np, q, cell, scale, out, scr);
 }
 #endif
