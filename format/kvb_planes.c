@@ -10,43 +10,30 @@
 #include <immintrin.h>
 #endif
 
-/* 1 if this CPU runs the AVX2+F16C paths and KVB_NO_SIMD=1 does not ask for the scalar ones
- * (tests compare both). */
-int kvb_simd_ok(void)
+/* 0: scalar; 1: the AVX2+F16C paths; 2: also the AVX-512 copy. Probed once (base_cpu_has,
+ * so KVPUB_CPU=avx2 caps it); KVB_NO_SIMD=1 asks for the scalar paths and KVB_NO_SIMD=avx512
+ * for AVX2's, read at every call so that tests can compare them. */
+static int simd_level(void)
 {
 #ifdef KVB_X86
     static int cached = -1; /* every thread computes the same value: a benign, atomic race */
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_F16C) ? 1 + base_cpu_has(BASE_CPU_AVX512) : 0;
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
     const char *no = getenv("KVB_NO_SIMD");
     if (no && strcmp(no, "1") == 0)
         return 0;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = base_cpu_has(BASE_CPU_AVX2 | BASE_CPU_F16C);
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
+    if (no && strcmp(no, "avx512") == 0 && v > 1)
+        return 1;
     return v;
 #else
     return 0;
 #endif
 }
 
-#ifdef KVB_X86
-/* 1 if the streaming stores may be 64 bytes wide: AVX-512 (base_cpu_has, so KVPUB_CPU=avx2
- * hides it) and KVB_NO_SIMD not set to avx512 (tests compare both widths). */
-static int wide_ok(void)
-{
-    static int cached = -1; /* as kvb_simd_ok */
-    const char *no = getenv("KVB_NO_SIMD");
-    if (no && strcmp(no, "avx512") == 0)
-        return 0;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = base_cpu_has(BASE_CPU_AVX512);
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
-#endif
+int kvb_simd_ok(void) { return simd_level() > 0; }
 
 /* ---- byte planes: f16 values <-> (low bytes, high bytes) ---- */
 
@@ -237,8 +224,9 @@ void kvb_merge_planes(const uint8_t *lo, const uint8_t *hi, size_t rows, size_t 
 void kvb_copy_rows(const uint8_t *src, size_t rows, size_t np, size_t seg, size_t ss, uint16_t *x, int big)
 {
 #if defined(KVB_X86) && defined(KVB_HOST_LE)
-    if (kvb_simd_ok()) {
-        if (big && ((uintptr_t)x & 1) == 0 && wide_ok())
+    const int level = simd_level();
+    if (level) {
+        if (level > 1 && big && ((uintptr_t)x & 1) == 0)
             copy_avx512(src, rows, np, seg, ss, x);
         else
             copy_avx2(src, rows, np, seg, ss, x, big);
