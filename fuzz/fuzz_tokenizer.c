@@ -325,9 +325,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* Both kinds have a token for every byte, so without special-token parsing the round
          * trip is exact for UTF-8 text; SPM turns a literal U+2581 in the text into a space, like
          * SentencePiece itself, and text that is not UTF-8 is read as llama.cpp reads it (BPE:
-         * U+FFFD), so such texts are only checked for safety. */
+         * U+FFFD), so such texts are only checked for safety. A user-defined token is matched
+         * even without special-token parsing, and SPM with a space prefix starts the text after
+         * it with a space, as llama.cpp does ("a<|tool|>b" comes back as "a<|tool|> b"). */
         int exact = !parse_special && valid_utf8(text, len) &&
-                    (eng_vocab_get_kind(v) != ENG_VOCAB_SPM || !contains(text, len, SPM_SPACE, 3));
+                    (eng_vocab_get_kind(v) != ENG_VOCAB_SPM || !contains(text, len, SPM_SPACE, 3)) &&
+                    ((mode & 7) != V_SPM || !contains(text, len, "<|tool|>", 8));
         run_text(v, text, len, add_special, parse_special, exact);
     } else {
         run_desc(data + 1, size - 1);

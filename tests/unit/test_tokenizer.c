@@ -70,6 +70,7 @@ enum {
     S_UNK = 0, S_BOS = 1, S_EOS = 2, S_BYTE0 = 3, /* <0x00>.. <0xFF> = 3..258 */
     S_SP = 259, S_H, S_E, S_L, S_O, S_W, S_R, S_D,
     S_SP_H = 267, S_HE, S_LL, S_LLO, S_SP_HELLO, S_SP_W, S_OR, S_LD, S_SP_WOR, S_SP_WORLD,
+    S_TOOL, /* a user-defined token */
 };
 
 static struct vb g_spm; /* one builder is enough: the descriptions are borrowed */
@@ -96,7 +97,8 @@ static struct eng_vocab *spm_vocab(int add_space_prefix)
     };
     for (size_t i = 0; i < N_OF(pieces); i++)
         vb_add(b, pieces[i].t, pieces[i].s, ENG_TOKTYPE_NORMAL);
-    assert_int_equal(b->n, S_SP_WORLD + 1);
+    vb_add(b, "<tool>", 0, ENG_TOKTYPE_USER_DEFINED);
+    assert_int_equal(b->n, S_TOOL + 1);
     eng_vocab_desc d = vb_desc(b, ENG_VOCAB_SPM);
     d.bos_id = S_BOS;
     d.eos_id = S_EOS;
@@ -244,6 +246,15 @@ static void test_spm_special(void **state)
     EXPECT_IDS(v, "hello</s>world", 0, 1, S_SP_H, S_E, S_LLO, S_EOS, S_SP_WORLD);
     /* Without it the marker is plain text: "<", "/", "s", ">" are bytes here. */
     EXPECT_IDS(v, "</s>", 0, 0, S_SP, S_BYTE0 + '<', S_BYTE0 + '/', S_BYTE0 + 's', S_BYTE0 + '>');
+    /* A user-defined token splits the text even without parse_special, and the text after it
+     * gets a space prefix too, so it detokenizes with one space more than it had: llama.cpp's
+     * libllama gives the same ids on an SPM vocabulary with a user-defined token (checked with
+     * a kvsynth vocabulary that had one: "hello<tool>world" -> "▁", "he", "ll", "o", "<tool>",
+     * "▁w", "or", "ld"), and its detokenizer drops only the first token's leading space. */
+    EXPECT_IDS(v, "hello<tool>world", 0, 0, S_SP_H, S_E, S_LLO, S_TOOL, S_SP_WORLD);
+    static const int32_t tool_ids[] = {S_SP_H, S_E, S_LLO, S_TOOL, S_SP_WORLD};
+    expect_detok(v, tool_ids, N_OF(tool_ids), "hello<tool> world", 17);
+    EXPECT_IDS(v, "<tool>", 0, 0, S_TOOL);
     assert_true(eng_vocab_is_eog(v, S_EOS));
     assert_false(eng_vocab_is_eog(v, S_BOS));
     assert_false(eng_vocab_is_eog(v, -1));
