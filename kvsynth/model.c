@@ -19,7 +19,7 @@ static void usage(FILE *f)
           "               [--rope-base B] [--yarn FACTOR] [--n-rot R] [--rope-freqs]\n"
           "               [--tied|--untied] [--extra-tensor NAME] [--chat-template FILE]\n"
           "               [--parallel] [--qk-norm]\n"
-          "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--name NAME]\n"
+          "               [--tokenizer spm|bpe] [--pre llama-bpe|qwen2] [--user-token TEXT] [--name NAME]\n"
           "               --seed S -o OUT.gguf [--json]\n"
           "Writes a GGUF model with deterministic random weights (same arguments, same bytes).\n"
           "  TYPE       f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k (2-D weights;\n"
@@ -27,6 +27,8 @@ static void usage(FILE *f)
           "  --yarn F   YaRN scaling by F: context_length = C*F, original context C\n"
           "  --n-rot R  partial rotary: RoPE turns the first R dims of each head (default: all)\n"
           "  --chat-template FILE  store FILE's text as tokenizer.chat_template\n"
+          "  --user-token TEXT  (spm) the vocabulary's last piece becomes TEXT, a user-defined token\n"
+          "             (for tokenizer tests: llama.cpp matches such tokens in any text)\n"
           "  --extra-tensor NAME  also write an f32 vector NAME that no forward pass reads (a model\n"
           "             feature kvpub does not implement; for refusal tests)\n"
           "  --rope-freqs  write rope_freqs.weight, llama3 frequency factors (scale 8, low 1,\n"
@@ -101,7 +103,7 @@ typedef struct plan_t {
 } plan_t;
 
 typedef struct opts {
-    const char *arch, *out, *type_name, *tok, *pre, *name, *extra_tensor, *chat_template;
+    const char *arch, *out, *type_name, *tok, *pre, *name, *extra_tensor, *chat_template, *user_token;
     long layers, dim, heads, kv_heads, head_dim, ffn, vocab, ctx, n_rot;
     double rope_base, yarn;
     int tied; /* -1 default */
@@ -276,6 +278,7 @@ static int parse_args(int argc, char **argv, opts *o)
         {"--rope-base", .d = &o->rope_base, .lo = 1.0, .hi = 1e12},
         {"--yarn", .d = &o->yarn, .lo = 1.0, .hi = 1024.0},
         {"--chat-template", .s = &o->chat_template},
+        {"--user-token", .s = &o->user_token},
         {"--extra-tensor", .s = &o->extra_tensor},
         {"--n-rot", .l = &o->n_rot, .lo = 2, .hi = 4096},
     };
@@ -381,6 +384,10 @@ static int parse_args(int argc, char **argv, opts *o)
         fprintf(stderr, "kvsynth: --tokenizer must be spm or bpe, got '%s'\n", o->tok);
         return -1;
     }
+    if (o->user_token && strcmp(o->tok, "spm") != 0) {
+        fputs("kvsynth: --user-token needs --tokenizer spm\n", stderr);
+        return -1;
+    }
     if (o->tied < 0)
         o->tied = strcmp(o->arch, "qwen3") == 0;
     if (o->rope_base < 0)
@@ -464,6 +471,8 @@ int kvsynth_model_main(int argc, char **argv)
     synth_vocab v;
     int vr = strcmp(o.tok, "spm") == 0 ? synth_vocab_spm((size_t)o.vocab, &v, err, sizeof err)
                                        : synth_vocab_bpe((size_t)o.vocab, o.pre, &v, err, sizeof err);
+    if (vr == 0 && o.user_token)
+        vr = synth_vocab_user_token(&v, o.user_token, err, sizeof err);
     if (vr != 0) {
         fprintf(stderr, "kvsynth: %s\n", err);
         free(plan);

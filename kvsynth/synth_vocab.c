@@ -546,6 +546,34 @@ void synth_vocab_spm_ids(synth_vocab *v)
     v->add_bos = 1;
 }
 
+int synth_vocab_user_token(synth_vocab *v, const char *text, char *err, size_t errlen)
+{
+    const size_t len = strlen(text);
+    if (strcmp(v->model, "llama") != 0 || v->n == 0) {
+        snprintf(err, errlen, "a user-defined token needs a SentencePiece vocabulary");
+        return -1;
+    }
+    if (len == 0 || len > 64) {
+        snprintf(err, errlen, "user-defined token of %zu bytes: 1 to 64", len);
+        return -1;
+    }
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->tokens[i], text) == 0) {
+            snprintf(err, errlen, "user-defined token '%s' is already token %zu", text, i);
+            return -1;
+        }
+    char *c = strdup(text);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    free(v->tokens[v->n - 1]);
+    v->tokens[v->n - 1] = c;
+    v->types[v->n - 1] = 4;
+    v->scores[v->n - 1] = 0;
+    return 0;
+}
+
 void synth_vocab_free(synth_vocab *v)
 {
     if (!v)

@@ -13,7 +13,7 @@
 typedef struct synth_vocab {
     char **tokens;     /* n NUL-terminated strings */
     float *scores;     /* n */
-    int32_t *types;    /* n: 1 normal, 2 unknown, 3 control, 6 byte */
+    int32_t *types;    /* n: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte */
     size_t n;
     char **merges;     /* n_merges "left right" strings (gpt2 only) */
     size_t n_merges;
@@ -31,6 +31,11 @@ int synth_vocab_bpe(size_t n_vocab, const char *pre, synth_vocab *v, char *err, 
  * read from llama2.c's tokenizer.bin share: <unk> 0, <s> 1 (added as BOS), </s> 2,
  * pre-tokenizer "default". Leaves the tokens alone. */
 void synth_vocab_spm_ids(synth_vocab *v);
+/* Makes the last token text, a user-defined token (type 4, score 0), for tokenizer tests of
+ * added tokens. SentencePiece vocabularies only: there the last token is a scored piece, while
+ * a BPE vocabulary's may be a merge's result. 0, or -1 with err (not SPM, text empty or longer
+ * than 64 bytes or already a token, out of memory). */
+int synth_vocab_user_token(synth_vocab *v, const char *text, char *err, size_t errlen);
 void synth_vocab_free(synth_vocab *v); /* NULL is a no-op */
 
 /* Writes the tokenizer.ggml.* keys. 0 or -1 (out of memory). */

@@ -43,6 +43,17 @@ expect 2 "$K" --arch llama --layers 1 --dim 64 --heads 4 --ffn 64 --vocab 300 --
 grep -q 'multiples of 256' "$T/err" || fail "q4_k block message: $(cat "$T/err")"
 expect 2 "$K" "${BASE[@]}" --vocab 100 -o "$T/x.gguf"
 grep -q 'too small' "$T/err" || fail "small vocab message"
+# --user-token: an SPM vocabulary's last piece becomes a user-defined token (type 4); refused
+# for BPE and for a text that is already a token
+expect 0 "$K" "${BASE[@]}" --user-token "<tool>" -o "$T/ud.gguf"
+printf 'a<tool>b' | "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --no-special --no-bos --json >"$T/ud.json" \
+  || fail "tokenize with --user-token"
+jq -e '[.tokens[] | select(.text == "<tool>")] | length == 1 and .[0].id == 299' "$T/ud.json" >/dev/null \
+  || fail "--user-token: <tool> is not matched as the last token: $(cat "$T/ud.json")"
+expect 2 "$K" "${BASE[@]}" --tokenizer bpe --user-token "<tool>" -o "$T/x.gguf"
+grep -q 'needs --tokenizer spm' "$T/err" || fail "--user-token with bpe message: $(cat "$T/err")"
+expect 2 "$K" "${BASE[@]}" --user-token "<s>" -o "$T/x.gguf"
+grep -q "'<s>' is already token 1" "$T/err" || fail "--user-token duplicate message: $(cat "$T/err")"
 expect 2 "$K" "${BASE[@]}" --tokenizer bpe --vocab 259 -o "$T/x.gguf"
 expect 2 "$K" "${BASE[@]}" --heads 3 -o "$T/x.gguf"
 [ ! -e "$T/x.gguf" ] || fail "a failed run left x.gguf behind"

@@ -8,7 +8,8 @@
 # not UTF-8), in both modes:
 # documents (no special-token parsing, no BOS) and prompts (special tokens parsed, BOS as the
 # vocabulary says). A vocabulary we do not implement must be refused with one clear line (exit
-# 3), never tokenized differently. Prints a parity table. Skips with one line only when no npm
+# 3), never tokenized differently. Also a kvsynth SentencePiece vocabulary with a user-defined
+# token, which none of those has. Prints a parity table. Skips with one line only when no npm
 # registry is reachable.
 set -eu
 HARNESS=llama_tok WHAT="llama.cpp tokenizer parity"
@@ -22,20 +23,9 @@ printf 'caf\xe9 na\xefve \x93quoted\x94%s\xff\xfe x \xc0\x80 y \xed\xa0\x80 z \x
   "$SEP" "$SEP" >"$tmp/invalid"
 fails=0
 printf '%-16s %-9s %8s %8s\n' vocabulary mode texts matched
-for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
-  name=$(basename "$v" .gguf); name=${name#ggml-vocab-}
-  inp="$tmp/$name.txt"
-  { if [ -f "$v.inp" ]; then cat "$v.inp"; printf '%s' "$SEP"; fi; cat "$ours_cases"; printf '%s' "$SEP"
-    cat "$tmp/invalid"; } >"$inp"
-  "$KVFETCH" tokenize --model "$v" --separator "$SEP" <"$inp" >/dev/null 2>"$tmp/err" && rc=0 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    if [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "unsupported" "$tmp/err"; then
-      printf '%-16s %-9s %s\n' "$name" refused "$(sed 's/.*: unsupported/unsupported/' "$tmp/err")"
-    else
-      echo "FAIL: $name: kvfetch tokenize exit $rc without one clear refusal line:"; cat "$tmp/err"; fails=$((fails + 1))
-    fi
-    continue
-  fi
+# compare NAME GGUF INPUT: our ids against libllama's for every text of INPUT, in both modes
+compare() {
+  local name=$1 v=$2 inp=$3 mode ours theirs total same
   for mode in document prompt; do
     if [ $mode = document ]; then ours=(--no-special --no-bos); theirs=(); else ours=(--special); theirs=(--special --add); fi
     "$tok" "$LLAMACPP_LIB" "$v" "$inp" --separator "$SEP" "${theirs[@]}" >"$tmp/want"
@@ -48,6 +38,32 @@ for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
       paste -d '\t' "$tmp/want" "$tmp/got" | awk -F '\t' '$1 != $2 { print "  text " NR ": llama.cpp [" $1 "]\n          kvfetch   [" $2 "]"; if (++k == 3) exit }'
     fi
   done
+}
+for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
+  name=$(basename "$v" .gguf); name=${name#ggml-vocab-}
+  inp="$tmp/$name.txt"
+  { if [ -f "$v.inp" ]; then cat "$v.inp"; printf '%s' "$SEP"; fi; cat "$ours_cases"; printf '%s' "$SEP"
+    cat "$tmp/invalid"; } >"$inp"
+  "$KVFETCH" tokenize --model "$v" --separator "$SEP" >/dev/null <"$inp" 2>"$tmp/err" && rc=0 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "unsupported" "$tmp/err"; then
+      printf '%-16s %-9s %s\n' "$name" refused "$(sed 's/.*: unsupported/unsupported/' "$tmp/err")"
+    else
+      echo "FAIL: $name: kvfetch tokenize exit $rc without one clear refusal line:"; cat "$tmp/err"; fails=$((fails + 1))
+    fi
+    continue
+  fi
+  compare "$name" "$v" "$inp"
 done
+# None of those is SentencePiece with a user-defined token. Such a token splits the text even
+# without special-token parsing, and the text after it gets its own space prefix: a kvsynth
+# vocabulary with one, on texts around it and on ours.
+ud="$tmp/spm-user.gguf"
+"$BUILD/kvsynth" --arch llama --layers 1 --dim 64 --heads 2 --ffn 64 --vocab 600 --tokenizer spm \
+  --user-token "<tool>" --seed 1 -o "$ud" >/dev/null || fail "kvsynth --user-token"
+{ printf 'hello<tool>world%s<tool>the end%sa <tool> b%s<tool>%s  <tool>  \n<tool><tool>x%s' \
+    "$SEP" "$SEP" "$SEP" "$SEP" "$SEP"
+  cat "$ours_cases"; } >"$tmp/spm-user.txt"
+compare spm-user "$ud" "$tmp/spm-user.txt"
 [ "$fails" -eq 0 ] || { echo "FAIL: $fails vocabulary/mode pairs differ from llama.cpp"; exit 1; }
 echo "ok: every supported vocabulary tokenizes as llama.cpp does; the others are refused"

@@ -247,10 +247,10 @@ static void test_spm_special(void **state)
     /* Without it the marker is plain text: "<", "/", "s", ">" are bytes here. */
     EXPECT_IDS(v, "</s>", 0, 0, S_SP, S_BYTE0 + '<', S_BYTE0 + '/', S_BYTE0 + 's', S_BYTE0 + '>');
     /* A user-defined token splits the text even without parse_special, and the text after it
-     * gets a space prefix too, so it detokenizes with one space more than it had: llama.cpp's
-     * libllama gives the same ids on an SPM vocabulary with a user-defined token (checked with
-     * a kvsynth vocabulary that had one: "hello<tool>world" -> "▁", "he", "ll", "o", "<tool>",
-     * "▁w", "or", "ld"), and its detokenizer drops only the first token's leading space. */
+     * gets a space prefix too, so it detokenizes with one space more than it had. llama.cpp
+     * does the same: tests/cli/llamacpp_tokenize.sh holds our ids to libllama's on a kvsynth
+     * vocabulary with a user-defined token, and its detokenizer drops only the first token's
+     * leading space. */
     EXPECT_IDS(v, "hello<tool>world", 0, 0, S_SP_H, S_E, S_LLO, S_TOOL, S_SP_WORLD);
     static const int32_t tool_ids[] = {S_SP_H, S_E, S_LLO, S_TOOL, S_SP_WORLD};
     expect_detok(v, tool_ids, N_OF(tool_ids), "hello<tool> world", 17);
