@@ -471,8 +471,10 @@ int kvsynth_model_main(int argc, char **argv)
     synth_vocab v;
     int vr = strcmp(o.tok, "spm") == 0 ? synth_vocab_spm((size_t)o.vocab, &v, err, sizeof err)
                                        : synth_vocab_bpe((size_t)o.vocab, o.pre, &v, err, sizeof err);
-    if (vr == 0 && o.user_token)
-        vr = synth_vocab_user_token(&v, o.user_token, err, sizeof err);
+    if (vr == 0 && o.user_token && synth_vocab_user_token(&v, o.user_token, err, sizeof err) != 0) {
+        synth_vocab_free(&v);
+        vr = -1;
+    }
     if (vr != 0) {
         fprintf(stderr, "kvsynth: %s\n", err);
         free(plan);
