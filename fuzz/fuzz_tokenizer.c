@@ -16,6 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 #define SPM_SPACE "\xE2\x96\x81" /* U+2581, SentencePiece's visible space */
+#define SPM_USER "<|tool|>"      /* the fixed SPM vocabularies' user-defined token */
 
 /* ---- fixed vocabularies, built once ---- */
 
@@ -51,7 +52,7 @@ static struct eng_vocab *make_spm(int add_space_prefix)
     ADD("<unk>", 0, ENG_TOKTYPE_UNKNOWN);
     ADD("<s>", 0, ENG_TOKTYPE_CONTROL);
     ADD("</s>", 0, ENG_TOKTYPE_CONTROL);
-    ADD("<|tool|>", 0, ENG_TOKTYPE_USER_DEFINED);
+    ADD(SPM_USER, 0, ENG_TOKTYPE_USER_DEFINED);
     for (int i = 0; i < 256; i++) {
         snprintf(g_byte_names[i], sizeof g_byte_names[i], "<0x%02X>", i);
         ADD(g_byte_names[i], 0, ENG_TOKTYPE_BYTE);
@@ -330,7 +331,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * it with a space, as llama.cpp does ("a<|tool|>b" comes back as "a<|tool|> b"). */
         int exact = !parse_special && valid_utf8(text, len) &&
                     (eng_vocab_get_kind(v) != ENG_VOCAB_SPM || !contains(text, len, SPM_SPACE, 3)) &&
-                    ((mode & 7) != V_SPM || !contains(text, len, "<|tool|>", 8));
+                    ((mode & 7) != V_SPM || !contains(text, len, SPM_USER, strlen(SPM_USER)));
         run_text(v, text, len, add_special, parse_special, exact);
     } else {
         run_desc(data + 1, size - 1);

@@ -44,7 +44,7 @@ for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
   inp="$tmp/$name.txt"
   { if [ -f "$v.inp" ]; then cat "$v.inp"; printf '%s' "$SEP"; fi; cat "$ours_cases"; printf '%s' "$SEP"
     cat "$tmp/invalid"; } >"$inp"
-  "$KVFETCH" tokenize --model "$v" --separator "$SEP" >/dev/null <"$inp" 2>"$tmp/err" && rc=0 || rc=$?
+  "$KVFETCH" tokenize --model "$v" --separator "$SEP" <"$inp" >/dev/null 2>"$tmp/err" && rc=0 || rc=$?
   if [ "$rc" -ne 0 ]; then
     if [ "$rc" -eq 3 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "unsupported" "$tmp/err"; then
       printf '%-16s %-9s %s\n' "$name" refused "$(sed 's/.*: unsupported/unsupported/' "$tmp/err")"
