@@ -195,18 +195,22 @@ static uint64_t get_u64(src *s)
     return lo | (uint64_t)get_u32(s) << 32;
 }
 
+/* n f16 values, little-endian in the file, read in one call and put in host order in place */
 static void get_f16(src *s, uint16_t *v, size_t n)
 {
-    for (size_t i = 0; i < n && !s->bad; i++) {
-        unsigned char b[2];
-        if (fread(b, 1, 2, s->f) != 2)
-            s->bad = 1;
-        v[i] = (uint16_t)(b[0] | b[1] << 8);
+    if (s->bad || fread(v, 2, n, s->f) != n) {
+        s->bad = 1;
+        return;
     }
+    const unsigned char *b = (const unsigned char *)v;
+    for (size_t i = 0; i < n; i++)
+        v[i] = (uint16_t)(b[2 * i] | b[2 * i + 1] << 8);
 }
 
-/* Reads every layer's K (then V) into k/v (n_layer blocks of n rows); V may be transposed. */
-static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, uint16_t *v, char *err, size_t errlen)
+/* Reads every layer's K (then V) into k/v (n_layer blocks of n rows); V may be transposed, in
+ * which case tmp (n rows) takes each layer's block as stored before it is turned. */
+static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, uint16_t *v, uint16_t *tmp, char *err,
+                          size_t errlen)
 {
     const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
     uint32_t v_trans = get_u32(s), n_layer = get_u32(s);
@@ -231,9 +235,13 @@ static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, u
             if (!s->bad && (type != GGML_TYPE_F16_ID || el != 2 || width != kvd))
                 return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: layer %d V is type %u, %u wide; the model needs f16, %zu",
                                 s->path, il, type, width, kvd);
-            for (size_t j = 0; j < kvd && !s->bad; j++)
-                for (uint32_t c = 0; c < n && !s->bad; c++)
-                    get_f16(s, &dst[(size_t)c * kvd + j], 1);
+            get_f16(s, tmp, blk); /* kvd rows of n cells, turned 16 cells at a time */
+            for (uint32_t c0 = 0; c0 < n && !s->bad; c0 += 16) {
+                const uint32_t c1 = n - c0 < 16 ? n : c0 + 16;
+                for (size_t j = 0; j < kvd; j++)
+                    for (uint32_t c = c0; c < c1; c++)
+                        dst[(size_t)c * kvd + j] = tmp[j * n + c];
+            }
         }
     }
     return KVP_OK;
@@ -247,7 +255,7 @@ kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *pa
     if (!s.f)
         return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvp_status st = KVP_OK;
-    uint16_t *k = NULL, *v = NULL;
+    uint16_t *k = NULL, *v = NULL, *tmp = NULL;
     uint32_t magic = get_u32(&s), version = get_u32(&s), n = get_u32(&s);
     if (!s.bad && (magic != LLAMA_STATE_MAGIC || version != LLAMA_STATE_VERSION)) {
         st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: not a llama.cpp sequence state of version %d (magic %08x, "
@@ -285,11 +293,12 @@ kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *pa
     size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
     k = malloc((size_t)in->n_layer * blk * sizeof *k);
     v = malloc((size_t)in->n_layer * blk * sizeof *v);
-    if (!k || !v) {
+    tmp = malloc((blk ? blk : 1) * sizeof *tmp);
+    if (!k || !v || !tmp) {
         st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %u cells", n);
         goto out;
     }
-    if ((st = read_kv(&s, in, n, k, v, err, errlen)) != KVP_OK)
+    if ((st = read_kv(&s, in, n, k, v, tmp, err, errlen)) != KVP_OK)
         goto out;
     if (s.bad || fgetc(s.f) != EOF) {
         st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: %s", path, s.bad ? "truncated" : "bytes after the state");
@@ -306,5 +315,6 @@ out:
     fclose(s.f);
     free(k);
     free(v);
+    free(tmp);
     return st;
 }

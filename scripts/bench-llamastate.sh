@@ -78,3 +78,22 @@ num() { sed -n "s/^$1[^:]*: \([0-9.]*\) s.*/\1/p" "$w/ttft.txt" | head -1; }
 awk -v e="$ex_s" -v r="$(num restore)" -v t="$(num 'ttft with')" -v f="$(num 'full prefill')" 'BEGIN {
   printf "time to first token in llama.cpp: full prefill %.3f s; restore + prompt %.3f s (%.1fx faster);\n", f, t, f / t
   printf "  kvfetch export + restore + prompt %.3f s (%.1fx faster); restore alone %.3f s\n", e + t, f / (e + t), r }'
+# the other way: a llama.cpp user publishing the state it already has (both V layouts), instead
+# of a prefill: the whole `kvpubd publish --from-llama-state` command (model load, read, encode,
+# hash, sign, store), median of RUNS
+"$BUILD/kvfetch" export --model "$m" --blob "$blob" --trust "$w/trust" --threads "$THREADS" \
+  --llama-state "$w/doc-vt.state" --v-trans --quiet || die "export --v-trans failed"
+for st in doc doc-vt; do
+  times=()
+  for r in $(seq "$RUNS"); do
+    rm -rf "$w/restore"
+    t0=$(date +%s%N)
+    "$BUILD/kvpubd" publish --store "$w/restore" --model "$m" --key "$w/pub.key" --threads "$THREADS" \
+      --from-llama-state "$w/$st.state" "$doc" >/dev/null || die "publish --from-llama-state failed"
+    times+=($(( ($(date +%s%N) - t0) / 1000 )))
+  done
+  s=$(printf '%s\n' "${times[@]}" | sort -n | awk '{v[NR]=$1} END {printf "%.4f", (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) / 1e6}')
+  awk -v s="$s" -v b="$raw" -v n="$ntok" -v l="$([ $st = doc ] && echo "V as rows" || echo "V transposed")" 'BEGIN {
+    printf "publish a %d-token llama.cpp state (%s): %.4f s (median, whole command), %.2f GB/s of raw KV\n", n, l, s, b / 1e9 / s }'
+done
+rm -rf "$w/restore" "$w/doc-vt.state"
