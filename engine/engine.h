@@ -80,6 +80,11 @@ typedef struct eng_model eng_model;
  * (auto, the default, as above). On failure returns the status and writes a one-line reason to
  * err, e.g. "unsupported architecture 'gemma2' (supported: llama, qwen2, qwen3, stablelm)". */
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen) ENG_WUR;
+/* eng_model_load holding the weights as how says when KVPUB_WEIGHTS does not: "map", "copy"
+ * or "auto" (NULL: auto). For a model no token will be computed with, such as one that only
+ * tokenizes and places KV computed elsewhere, "map" spares copying the file. */
+eng_status eng_model_load_held(const char *path, const char *how, eng_model **out, char *err,
+                               size_t errlen) ENG_WUR;
 /* How eng_model_load holds the weights: "copy" or "map". */
 const char *eng_model_weights_held(const eng_model *m);
 void eng_model_free(eng_model *m); /* NULL is a no-op */

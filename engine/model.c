@@ -242,21 +242,29 @@ static eng_status bind_all(eng_model *m, char *err, size_t errlen)
     return st;
 }
 
-/* How eng_model_load holds the file (KVPUB_WEIGHTS, engine.h): the largest size it copies. */
-static eng_status open_weights(eng_model *m, char *err, size_t errlen)
+/* How the file is held (engine.h: how, else KVPUB_WEIGHTS): the largest size it copies. */
+static eng_status open_weights(eng_model *m, const char *how, char *err, size_t errlen)
 {
-    const char *how = getenv("KVPUB_WEIGHTS");
+    const char *env = getenv("KVPUB_WEIGHTS");
+    if (env && *env)
+        how = env;
     uint64_t max_copy;
     if (!how || !*how || strcmp(how, "auto") == 0)
         max_copy = base_huge_pages() ? base_mem_available() / 2 : 0;
     else if (strcmp(how, "copy") == 0 || strcmp(how, "map") == 0)
         max_copy = how[0] == 'c' ? UINT64_MAX : 0;
     else
-        return eng_fail(err, errlen, ENG_ERR_ARG, "KVPUB_WEIGHTS='%s' is not map, copy or auto", how);
+        return eng_fail(err, errlen, ENG_ERR_ARG, "%s='%s' is not map, copy or auto",
+                        how == env ? "KVPUB_WEIGHTS" : "weights", how);
     return gguf_open_copy(m->path, max_copy, &m->g, err, errlen);
 }
 
 eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t errlen)
+{
+    return eng_model_load_held(path, NULL, out, err, errlen);
+}
+
+eng_status eng_model_load_held(const char *path, const char *how, eng_model **out, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
@@ -271,7 +279,7 @@ eng_status eng_model_load(const char *path, eng_model **out, char *err, size_t e
         return eng_fail(err, errlen, ENG_ERR_NOMEM, "out of memory loading %s", path);
     }
     eng_status st;
-    if ((st = open_weights(m, err, errlen)) ||
+    if ((st = open_weights(m, how, err, errlen)) ||
         (st = eng_hparams_from_gguf(m->g, &m->info, err, errlen)))
         goto fail;
     const eng_info *hp = &m->info;

@@ -244,7 +244,8 @@ int kvpubd_publish_main(int argc, char **argv)
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }
-    if (eng_model_load(model_path, &model, err, sizeof err) != ENG_OK) {
+    /* from a state nothing is computed with the weights: mapping them spares the copy */
+    if (eng_model_load_held(model_path, po.llama_state ? "map" : NULL, &model, err, sizeof err) != ENG_OK) {
         fprintf(stderr, "kvpubd publish: %s\n", err);
         goto done;
     }
@@ -319,7 +320,7 @@ int kvpubd_publish_main(int argc, char **argv)
     }
     rc = 0;
     if (json_out) {
-        json_t *o = json_pack("{s:O}", "documents", summary);
+        json_t *o = json_pack("{s:O, s:s}", "documents", summary, "weights", eng_model_weights_held(model));
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (s)

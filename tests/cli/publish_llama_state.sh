@@ -6,8 +6,9 @@
 # must carry the same chunk digests as the blob it came from: every K and V value back in its
 # cell. Documents whose token count is not a multiple of 16 (the reader turns V 16 cells at a
 # time). Refused with exit 3 and one line, nothing published: a truncated state, a state with
-# bytes after it, a state of another document. tests/cli/llamacpp_state.sh holds llama.cpp's
-# own states to the same path.
+# bytes after it, a state of another document. The weights, which nothing is computed with
+# here, are mapped (publish --json's "weights") unless KVPUB_WEIGHTS says otherwise.
+# tests/cli/llamacpp_state.sh holds llama.cpp's own states to the same path.
 source "$(dirname "$0")/lib_serve.bash"
 "$KVPUBD" keygen -o "$T/pub" >/dev/null
 mkdir -p "$T/trust"
@@ -44,7 +45,12 @@ for m in "$T/llama.gguf" "$T/qwen3.gguf"; do
       { fail "$name: publish --from-llama-state ($layout)"; continue; }
     [ "$(digests "$again")" = "$want" ] && ok "$name, V $layout: $n tokens back with the chunk digests they left with" ||
       fail "$name, V $layout: the republished blob's chunks differ from the original's"
+    # nothing is computed with the weights: they are mapped, not copied, unless KVPUB_WEIGHTS says
+    [ "$(jq -r .weights "$T/pub.json")" = map ] || fail "$name: weights held as $(jq -r .weights "$T/pub.json")"
   done
+  KVPUB_WEIGHTS=copy publish "$m" "$T/s1" "$T/doc.txt" --from-llama-state "$T/rows.state" >/dev/null &&
+    [ "$(jq -r .weights "$T/pub.json")" = copy ] && ok "$name: weights mapped, or copied when KVPUB_WEIGHTS=copy" ||
+    fail "$name: KVPUB_WEIGHTS=copy gave $(jq -r .weights "$T/pub.json")"
   cmp -s "$T/rows.state" "$T/v-trans.state" && fail "$name: the two layouts wrote the same file"
 
   # refusals: exit 3, one line on stderr, no blob

@@ -1,7 +1,8 @@
 /* test_engine_weights.c: how eng_model_load holds the weights. Read into memory (copy, on huge
  * pages where the kernel gives them) or mapped, a model computes the same bits and has the same
  * fingerprint; KVPUB_WEIGHTS picks one, auto follows the kernel's transparent huge pages
- * setting and the memory available (read here on their own); a bad value and bad files fail
+ * setting and the memory available (read here on their own), eng_model_load_held's choice
+ * holds where KVPUB_WEIGHTS is unset; a bad value and bad files fail
  * with one line, and so does a file that changes while it is copied (this program's pread
  * changes it, the way another process would, between the copy's first read and its end). */
 #include <setjmp.h>
@@ -116,6 +117,43 @@ static void test_bad_value(void **state)
     unsetenv("KVPUB_WEIGHTS");
 }
 
+/* eng_model_load_held: the caller's choice holds where KVPUB_WEIGHTS is unset or empty, the
+ * variable's wherever it is set (auto included); a bad choice fails with one line naming it. */
+static void test_load_held(void **state)
+{
+    (void)state;
+    char p[1024], err[256];
+    et_path(p, sizeof p, k_models[1]);
+    static const struct {
+        const char *env, *how, *want;
+    } cases[] = {{NULL, "map", "map"}, {NULL, "copy", "copy"}, {"", "map", "map"},
+                 {"copy", "map", "copy"}, {"map", "copy", "map"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].env)
+            assert_int_equal(setenv("KVPUB_WEIGHTS", cases[i].env, 1), 0);
+        else
+            unsetenv("KVPUB_WEIGHTS");
+        eng_model *m = NULL;
+        assert_int_equal(eng_model_load_held(p, cases[i].how, &m, err, sizeof err), ENG_OK);
+        assert_string_equal(eng_model_weights_held(m), cases[i].want);
+        eng_model_free(m);
+    }
+    /* auto in the environment overrides the caller's map: what auto picks, as eng_model_load */
+    assert_int_equal(setenv("KVPUB_WEIGHTS", "auto", 1), 0);
+    eng_model *a = NULL, *b = NULL;
+    assert_int_equal(eng_model_load_held(p, "map", &a, err, sizeof err), ENG_OK);
+    assert_int_equal(eng_model_load(p, &b, err, sizeof err), ENG_OK);
+    assert_string_equal(eng_model_weights_held(a), eng_model_weights_held(b));
+    eng_model_free(a);
+    eng_model_free(b);
+    unsetenv("KVPUB_WEIGHTS");
+    eng_model *m = NULL;
+    assert_int_equal(eng_model_load_held(p, "mmap", &m, err, sizeof err), ENG_ERR_ARG);
+    assert_null(m);
+    assert_non_null(strstr(err, "weights='mmap' is not map, copy or auto"));
+    assert_null(strchr(err, '\n'));
+}
+
 /* How pread changes the armed file on its first read of it, then disarms. */
 enum { CHANGE_NONE, CHANGE_APPEND, CHANGE_REWRITE, CHANGE_TRUNCATE };
 static int g_change;
@@ -225,6 +263,7 @@ int main(void)
         cmocka_unit_test(test_copy_equals_map),
         cmocka_unit_test(test_auto),
         cmocka_unit_test(test_bad_value),
+        cmocka_unit_test(test_load_held),
         cmocka_unit_test(test_copy_bad_files),
         cmocka_unit_test(test_copy_changed_while_read),
     };
