@@ -235,7 +235,7 @@ static kvp_status index_blob(const kvp_publish_opts *o, const kvp_document *d, c
         rc = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if (kvs_store_publish_fd(o->store, &bi.blob, fileno(f), &pr, err, errlen) != KVS_OK) {
+    if (kvs_store_publish_own(o->store, &bi.blob, fileno(f), &pr, err, errlen) != KVS_OK) {
         rc = KVP_ERR_STORE;
         goto out;
     }

@@ -261,7 +261,7 @@ static enum MHD_Result index_upload(kvsrv_req *r, const kvb_manifest *m)
     kvs_publish_result res;
     char e[256];
     kvs_store *st = kvsrv_pool_get(s);
-    kvs_status s1 = kvs_store_publish_fd(st, &bi.blob, r->up_fd, &res, e, sizeof e);
+    kvs_status s1 = kvs_store_publish_own(st, &bi.blob, r->up_fd, &res, e, sizeof e);
     kvsrv_pool_put(s, st);
     kvp_blobinfo_clear(&bi);
     if (s1 == KVS_ERR_EXISTS || s1 == KVS_ERR_INVALID || s1 == KVS_ERR_MISMATCH)

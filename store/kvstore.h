@@ -115,6 +115,13 @@ kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_
                                 size_t errlen) KVS_WUR;
 kvs_status kvs_store_publish_file(kvs_store *s, const kvs_blob *info, const char *path, kvs_publish_result *res,
                                   char *err, size_t errlen) KVS_WUR;
+/* kvs_store_publish_fd for a file the store may keep as it is: fd is a nameless file made in
+ * the store's tmp/ with O_TMPFILE (kvp_store_tmpfd), read from its start. It is linked there,
+ * hashed where it lies and renamed into place, so the bytes are written once, not twice; the
+ * caller must not write to fd afterwards (it still closes it). A file with a name, or one the
+ * kernel will not link, is copied as kvs_store_publish_fd does. */
+kvs_status kvs_store_publish_own(kvs_store *s, const kvs_blob *info, int fd, kvs_publish_result *res, char *err,
+                                 size_t errlen) KVS_WUR;
 
 /* Looks up one blob. On success *out is a new kvs_blob (free with kvs_blob_free); an unknown
  * id is KVS_ERR_NOTFOUND. */

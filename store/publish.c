@@ -1,5 +1,6 @@
-/* publish.c: atomic publish of a blob: copy to a locked temp file while hashing, fsync, then
- * under the index write lock rename it to its content address and insert the rows. */
+/* publish.c: atomic publish of a blob: copy to a locked temp file while hashing (or give the
+ * caller's nameless temp file a locked name and hash it there), fsync, then under the index
+ * write lock rename it to its content address and insert the rows. */
 #include "store/store_internal.h"
 
 #include <errno.h>
@@ -241,7 +242,8 @@ static int open_locked_temp(const kvs_store *s, char *path, size_t pathlen, char
     return -1;
 }
 
-/* Copies fd to EOF into tfd, hashing; fills id and size. */
+/* Copies fd to EOF into tfd, hashing (tfd < 0: hashes only, fd is the file to keep); fills id
+ * and size. The file kept is made world-readable and synced. */
 static kvs_status copy_hash(int fd, int tfd, const char *tpath, uint8_t id[KVS_SHA256_LEN], uint64_t *size,
                             char *err, size_t errlen)
 {
@@ -266,12 +268,13 @@ static kvs_status copy_hash(int fd, int tfd, const char *tpath, uint8_t id[KVS_S
             break;
         kvc_sha256_update(h, buf, (size_t)r);
         *size += (uint64_t)r;
-        if (base_write_all(tfd, buf, (size_t)r) != 0) {
+        if (tfd >= 0 && base_write_all(tfd, buf, (size_t)r) != 0) {
             base_errf(err, errlen, "cannot write %s: %s", tpath, strerror(errno));
             st = KVS_ERR_IO;
         }
     }
-    if (st == KVS_OK && (fchmod(tfd, 0644) != 0 || fsync(tfd) != 0)) {
+    const int keep = tfd >= 0 ? tfd : fd;
+    if (st == KVS_OK && (fchmod(keep, 0644) != 0 || fsync(keep) != 0)) {
         base_errf(err, errlen, "cannot sync %s: %s", tpath, strerror(errno));
         st = KVS_ERR_IO;
     }
@@ -332,8 +335,36 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
     return st;
 }
 
-kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_publish_result *res, char *err,
-                                size_t errlen)
+/* Gives the nameless file fd (O_TMPFILE, made in the store's tmp/ as kvp_store_tmpfd does) a
+ * name there, DIR/tmp/blob.<random>, already holding its flock as open_locked_temp's files do.
+ * 0, or -1 for a file that has a name (another name could still change the blob) and where the
+ * kernel will not link it (another filesystem, no /proc, a deleted file not made O_TMPFILE):
+ * the caller then copies. */
+static int link_locked_temp(const kvs_store *s, int fd, char *path, size_t pathlen)
+{
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 0 || flock(fd, LOCK_EX) != 0)
+        return -1;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        uint8_t r[8];
+        char hex[17];
+        if (kvc_random_bytes(r, sizeof r) != KVC_OK ||
+            (size_t)snprintf(path, pathlen, "%s/tmp/blob.%s", s->dir, kvc_hex(r, sizeof r, hex)) >= pathlen)
+            break;
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
+            return 0;
+        if (errno != EEXIST)
+            break;
+    }
+    (void)flock(fd, LOCK_UN);
+    return -1;
+}
+
+/* kvs_store_publish_fd, and with own kvs_store_publish_own: fd's file kept where it can be. */
+static kvs_status publish_from(kvs_store *s, const kvs_blob *info, int fd, int own, kvs_publish_result *res,
+                               char *err, size_t errlen)
 {
     memset(res, 0, sizeof *res);
     kvs_status st = check_info(info, err, errlen);
@@ -347,9 +378,16 @@ kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_
         return st;
 
     char tpath[PATH_MAX];
-    int tfd = open_locked_temp(s, tpath, sizeof tpath, err, errlen);
-    if (tfd < 0)
+    if (own && lseek(fd, 0, SEEK_SET) != 0) {
+        base_errf(err, errlen, "cannot read the blob: %s", strerror(errno));
         return KVS_ERR_IO;
+    }
+    int tfd = -1; /* the copy's, when fd's file is not kept under tpath */
+    if (!own || link_locked_temp(s, fd, tpath, sizeof tpath) != 0) {
+        own = 0;
+        if ((tfd = open_locked_temp(s, tpath, sizeof tpath, err, errlen)) < 0)
+            return KVS_ERR_IO;
+    }
     kvs_blob b = *info;
     uint8_t id[KVS_SHA256_LEN];
     uint64_t size = 0;
@@ -387,10 +425,26 @@ kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_
     }
     if (!renamed)
         unlink(tpath);
-    close(tfd); /* releases the flock only now, after the temp name is gone */
+    /* the flock goes only now, after the temp name is gone */
+    if (own)
+        (void)flock(fd, LOCK_UN);
+    else
+        close(tfd);
     if (st != KVS_OK)
         memset(res, 0, sizeof *res);
     return st;
+}
+
+kvs_status kvs_store_publish_fd(kvs_store *s, const kvs_blob *info, int fd, kvs_publish_result *res, char *err,
+                                size_t errlen)
+{
+    return publish_from(s, info, fd, 0, res, err, errlen);
+}
+
+kvs_status kvs_store_publish_own(kvs_store *s, const kvs_blob *info, int fd, kvs_publish_result *res, char *err,
+                                 size_t errlen)
+{
+    return publish_from(s, info, fd, 1, res, err, errlen);
 }
 
 kvs_status kvs_store_publish_file(kvs_store *s, const kvs_blob *info, const char *path, kvs_publish_result *res,

@@ -431,6 +431,101 @@ static void test_republish_is_noop(void **state)
     kvs_store_close(s);
 }
 
+/* A nameless file in the store's tmp/ holding item it's bytes, as kvp_store_tmpfd makes one for
+ * a publish or an upload; its read position left at the end, as a writer leaves it. */
+static int own_tmpfd(const char *sdir, const item *it)
+{
+    char tdir[600];
+    snprintf(tdir, sizeof tdir, "%s/tmp", sdir);
+    int fd = open(tdir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    int in = open(it->blob_path, O_RDONLY | O_CLOEXEC);
+    assert_true(in >= 0);
+    uint8_t *b = malloc(it->len);
+    assert_non_null(b);
+    assert_int_equal(read(in, b, it->len), (ssize_t)it->len);
+    close(in);
+    assert_int_equal(write(fd, b, it->len), (ssize_t)it->len);
+    free(b);
+    return fd;
+}
+
+/* kvs_store_publish_own keeps the caller's nameless temp file as the blob, so its bytes are
+ * written once: the stored file is the fd's own inode, world-readable, the id is its bytes'
+ * hash, and tmp/ is empty after. A file that has a name is copied instead, as
+ * kvs_store_publish_fd does. A declared id the bytes do not match is refused
+ * with nothing left in tmp/ or blobs/; a republish reports the existing blob and keeps nothing. */
+static void test_publish_own(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], err[512] = "", blobs[600], tdir[600], path[512];
+    kvs_store *s = open_store(dir, sdir);
+    snprintf(blobs, sizeof blobs, "%s/blobs", sdir);
+    snprintf(tdir, sizeof tdir, "%s/tmp", sdir);
+    kvs_publish_result res;
+    struct stat fs, bs;
+
+    item a;
+    make_item(&a, dir, 1, 1, "f16-zstd", 300000, 10, 0);
+    int fd = own_tmpfd(sdir, &a);
+    assert_int_equal(kvs_store_publish_own(s, &a.info, fd, &res, err, sizeof err), KVS_OK);
+    assert_int_equal(res.already, 0);
+    assert_memory_equal(res.id, a.sha, 32);
+    assert_int_equal(kvs_store_blob_path(s, a.sha, path, sizeof path, err, sizeof err), KVS_OK);
+    assert_int_equal(fstat(fd, &fs), 0);
+    assert_int_equal(stat(path, &bs), 0);
+    assert_true(fs.st_ino == bs.st_ino && fs.st_dev == bs.st_dev); /* kept, not copied */
+    assert_int_equal(bs.st_mode & 0777, 0644);
+    assert_int_equal(bs.st_nlink, 1);
+    uint8_t got[32];
+    off_t size;
+    sha_file(path, got, &size);
+    assert_memory_equal(got, a.sha, 32);
+    assert_int_equal(size, 300000);
+    assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0); /* the store let go of the file */
+    close(fd);
+    assert_int_equal(count_files(tdir), 0);
+
+    /* a republish of the same listing: the existing blob, and the file is not kept */
+    fd = own_tmpfd(sdir, &a);
+    assert_int_equal(kvs_store_publish_own(s, &a.info, fd, &res, err, sizeof err), KVS_OK);
+    assert_int_equal(res.already, 1);
+    assert_int_equal(fstat(fd, &fs), 0);
+    assert_int_equal(fs.st_nlink, 0);
+    close(fd);
+
+    /* a file with a name is copied (through another name it could still change), to the same
+     * result */
+    item b;
+    make_item(&b, dir, 2, 1, "f16-zstd", 5000, 20, 0);
+    fd = open(b.blob_path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(kvs_store_publish_own(s, &b.info, fd, &res, err, sizeof err), KVS_OK);
+    assert_memory_equal(res.id, b.sha, 32);
+    assert_int_equal(kvs_store_blob_path(s, b.sha, path, sizeof path, err, sizeof err), KVS_OK);
+    assert_int_equal(fstat(fd, &fs), 0);
+    assert_int_equal(stat(path, &bs), 0);
+    assert_true(fs.st_ino != bs.st_ino);
+    sha_file(path, got, &size);
+    assert_memory_equal(got, b.sha, 32);
+    close(fd);
+
+    /* declared id the bytes do not match: refused, nothing kept, the caller's file intact */
+    item m;
+    make_item(&m, dir, 3, 1, "f16-zstd", 7000, 30, 0);
+    memcpy(m.info.id, a.sha, 32);
+    fd = own_tmpfd(sdir, &m);
+    assert_int_equal(kvs_store_publish_own(s, &m.info, fd, &res, err, sizeof err), KVS_ERR_MISMATCH);
+    assert_non_null(strstr(err, "declared"));
+    assert_int_equal(fstat(fd, &fs), 0);
+    assert_int_equal(fs.st_nlink, 0);
+    assert_int_equal(fs.st_size, 7000);
+    close(fd);
+    assert_int_equal(count_files(tdir), 0);
+    assert_int_equal(count_files(blobs), 2);
+    kvs_store_close(s);
+}
+
 /* ---- reconciliation ---- */
 
 static void test_reconcile_orphans(void **state)
@@ -1330,6 +1425,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_statement_cache),
+        TU_TMPDIR_TEST(test_publish_own),
         TU_TMPDIR_TEST(test_publish_and_lookup),
         TU_TMPDIR_TEST(test_catalog_filters_and_pages),
         TU_TMPDIR_TEST(test_republish_is_noop),
