@@ -275,7 +275,8 @@ int kvf_model_fp_hex(const char *path, char hex[65], const char *prog)
     char err[512], dir[4096];
     eng_model *m = NULL;
     uint8_t fp[32];
-    if (eng_model_load(path, &m, err, sizeof err) != ENG_OK) {
+    /* only its fingerprint is wanted, usually from the cache: mapped, not copied */
+    if (eng_model_load_held(path, "map", &m, err, sizeof err) != ENG_OK) {
         fprintf(stderr, "%s: %s: %s\n", prog, path, err);
         return 2;
     }

@@ -265,10 +265,11 @@ static int resolve_blobs(kvfetch_session *s)
     return 0;
 }
 
-static int load_model(kvfetch_session *s)
+/* how: the weights' default hold (eng_model_load_held) */
+static int load_model(kvfetch_session *s, const char *how)
 {
     double t = base_now_s();
-    eng_status es = eng_model_load(s->a.model, &s->model, s->err, sizeof s->err);
+    eng_status es = eng_model_load_held(s->a.model, how, &s->model, s->err, sizeof s->err);
     if (es != ENG_OK) {
         fprintf(stderr, "%s: %s: %s\n", s->prog, s->a.model, s->err);
         return 2;
@@ -493,7 +494,8 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
                           "prefix_prefill_s", s->pr.prefix_s, "blob_load_s", s->pr.load_s,
                           "suffix_prefill_s", s->pr.suffix_s, "ttft_s", ttft_s);
     json_object_set_new(o, "timings", t);
-    /* the weights read into memory on huge pages ("copy") or mapped (eng_model_load) */
+    /* the weights read into memory on huge pages ("copy") or mapped (eng_model_load; export,
+     * which computes one pass, maps them) */
     json_object_set_new(o, "weights", json_string(s->model ? eng_model_weights_held(s->model) : "none"));
     json_object_set_new(o, "prefix_tokens", json_integer((json_int_t)s->n_prefix));
     /* [BOS, prefix] evaluated in the suffix's pass (suffix_prefill_s): prefix_prefill_s is then
@@ -595,7 +597,7 @@ int kvfetch_session_start(const char *prog, int argc, char **argv, const char *u
     if (rc)
         return rc < 0 ? 0 : rc; /* -1: --help was printed */
     if ((rc = kvf_common_open(&s->a.co, prog)) != 0 || (rc = resolve_blobs(s)) != 0 ||
-        (rc = load_model(s)) != 0 || (rc = loaded_path(s)) != 0)
+        (rc = load_model(s, cmd == KVFETCH_CMD_EXPORT ? "map" : NULL)) != 0 || (rc = loaded_path(s)) != 0)
         return rc;
     *done = 0;
     return 0;

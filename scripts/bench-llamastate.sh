@@ -6,6 +6,8 @@
 #     seconds per GB of raw f16 KV;
 #   - llama.cpp restoring that file (llama_state_seq_load_file) and decoding a short prompt;
 #   - llama.cpp prefilling [BOS, document, prompt] itself (the time to first token without kvpub).
+# Then the other way: `kvpubd publish --from-llama-state` of that state and of its V-transposed
+# twin (what a llama.cpp user with a saved state runs instead of our prefill): whole command.
 # llama.cpp is the pinned prebuilt libllama from npm (scripts/llamacpp/install.sh), driven by
 # scripts/llamacpp/llama_ttft.c, flash attention on (its CPU default) and f16 K/V.
 # Skips with one line when npm, the package or a C compiler is missing.

@@ -7,7 +7,8 @@
 # cell. Documents whose token count is not a multiple of 16 (the reader turns V 16 cells at a
 # time). Refused with exit 3 and one line, nothing published: a truncated state, a state with
 # bytes after it, a state of another document. The weights, which nothing is computed with
-# here, are mapped (publish --json's "weights") unless KVPUB_WEIGHTS says otherwise.
+# here, are mapped (publish --json's "weights") unless KVPUB_WEIGHTS says otherwise; so are
+# export's, which computes one pass.
 # tests/cli/llamacpp_state.sh holds llama.cpp's own states to the same path.
 source "$(dirname "$0")/lib_serve.bash"
 "$KVPUBD" keygen -o "$T/pub" >/dev/null
@@ -40,7 +41,9 @@ for m in "$T/llama.gguf" "$T/qwen3.gguf"; do
   for layout in rows v-trans; do
     opt=(); [ $layout = v-trans ] && opt=(--v-trans)
     "$BUILD/kvfetch" export --model "$m" --blob "$blob" --trust "$T/trust" --llama-state "$T/$layout.state" \
-      --quiet "${opt[@]}" || { fail "$name: export $layout"; continue; }
+      --quiet --json "${opt[@]}" >"$T/export.json" || { fail "$name: export $layout"; continue; }
+    # one pass (BOS) is computed: export maps the weights rather than copy them
+    [ "$(jq -r .weights "$T/export.json")" = map ] || fail "$name: export held the weights as $(jq -r .weights "$T/export.json")"
     again=$(publish "$m" "$T/s1" "$T/doc.txt" --from-llama-state "$T/$layout.state") ||
       { fail "$name: publish --from-llama-state ($layout)"; continue; }
     [ "$(digests "$again")" = "$want" ] && ok "$name, V $layout: $n tokens back with the chunk digests they left with" ||
