@@ -195,47 +195,56 @@ static uint64_t get_u64(src *s)
     return lo | (uint64_t)get_u32(s) << 32;
 }
 
-/* n f16 values, little-endian in the file, read in one call and put in host order in place */
+/* n f16 values, little-endian in the file, read in one call (and put in host order in place
+ * where the host is not little-endian) */
 static void get_f16(src *s, uint16_t *v, size_t n)
 {
     if (s->bad || fread(v, 2, n, s->f) != n) {
         s->bad = 1;
         return;
     }
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
     const unsigned char *b = (const unsigned char *)v;
     for (size_t i = 0; i < n; i++)
         v[i] = (uint16_t)(b[2 * i] | b[2 * i + 1] << 8);
+#endif
 }
 
-/* Reads every layer's K (then V) into k/v (n_layer blocks of n rows); V may be transposed, in
- * which case tmp (n rows) takes each layer's block as stored before it is turned. */
-static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, uint16_t *v, uint16_t *tmp, char *err,
-                          size_t errlen)
+/* Reads every layer's K (then V) into k/v (n_layer blocks of n rows); a transposed V block is
+ * read whole into a buffer of its own and turned 16 cells at a time. */
+static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, uint16_t *v, char *err, size_t errlen)
 {
     const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
     uint32_t v_trans = get_u32(s), n_layer = get_u32(s);
     if (!s->bad && (v_trans > 1 || n_layer != (uint32_t)in->n_layer))
         return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: %u layers (v_trans %u), the model has %d", s->path, n_layer,
                         v_trans, in->n_layer);
-    for (int pass = 0; pass < 2 && !s->bad; pass++) {
-        for (int il = 0; il < in->n_layer && !s->bad; il++) {
+    uint16_t *tmp = v_trans ? malloc((blk ? blk : 1) * sizeof *tmp) : NULL;
+    if (v_trans && !tmp)
+        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %u cells", n);
+    kvp_status st = KVP_OK;
+    for (int pass = 0; pass < 2 && !s->bad && st == KVP_OK; pass++) {
+        for (int il = 0; il < in->n_layer && !s->bad && st == KVP_OK; il++) {
             uint16_t *dst = (pass ? v : k) + (size_t)il * blk;
             uint32_t type = get_u32(s);
             if (pass == 0 || !v_trans) {
                 uint64_t row = get_u64(s);
                 if (!s->bad && (type != GGML_TYPE_F16_ID || row != kvd * 2))
-                    return kvp_fail(err, errlen, KVP_ERR_REFUSED,
-                                    "%s: layer %d %s is type %u with %llu-byte rows; the model's f16 rows are %zu bytes "
-                                    "(only f16 K/V caches are read)",
-                                    s->path, il, pass ? "V" : "K", type, (unsigned long long)row, kvd * 2);
-                get_f16(s, dst, blk);
+                    st = kvp_fail(err, errlen, KVP_ERR_REFUSED,
+                                  "%s: layer %d %s is type %u with %llu-byte rows; the model's f16 rows are %zu bytes "
+                                  "(only f16 K/V caches are read)",
+                                  s->path, il, pass ? "V" : "K", type, (unsigned long long)row, kvd * 2);
+                else
+                    get_f16(s, dst, blk);
                 continue;
             }
             uint32_t el = get_u32(s), width = get_u32(s);
-            if (!s->bad && (type != GGML_TYPE_F16_ID || el != 2 || width != kvd))
-                return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: layer %d V is type %u, %u wide; the model needs f16, %zu",
-                                s->path, il, type, width, kvd);
-            get_f16(s, tmp, blk); /* kvd rows of n cells, turned 16 cells at a time */
+            if (!s->bad && (type != GGML_TYPE_F16_ID || el != 2 || width != kvd)) {
+                st = kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: layer %d V is type %u, %u wide; the model needs f16, %zu",
+                              s->path, il, type, width, kvd);
+                continue;
+            }
+            get_f16(s, tmp, blk); /* kvd rows of n cells */
             for (uint32_t c0 = 0; c0 < n && !s->bad; c0 += 16) {
                 const uint32_t c1 = n - c0 < 16 ? n : c0 + 16;
                 for (size_t j = 0; j < kvd; j++)
@@ -244,7 +253,8 @@ static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, u
             }
         }
     }
-    return KVP_OK;
+    free(tmp);
+    return st;
 }
 
 kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *path, const int32_t *want,
@@ -255,7 +265,7 @@ kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *pa
     if (!s.f)
         return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvp_status st = KVP_OK;
-    uint16_t *k = NULL, *v = NULL, *tmp = NULL;
+    uint16_t *k = NULL, *v = NULL;
     uint32_t magic = get_u32(&s), version = get_u32(&s), n = get_u32(&s);
     if (!s.bad && (magic != LLAMA_STATE_MAGIC || version != LLAMA_STATE_VERSION)) {
         st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: not a llama.cpp sequence state of version %d (magic %08x, "
@@ -293,12 +303,11 @@ kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *pa
     size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
     k = malloc((size_t)in->n_layer * blk * sizeof *k);
     v = malloc((size_t)in->n_layer * blk * sizeof *v);
-    tmp = malloc((blk ? blk : 1) * sizeof *tmp);
-    if (!k || !v || !tmp) {
+    if (!k || !v) {
         st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %u cells", n);
         goto out;
     }
-    if ((st = read_kv(&s, in, n, k, v, tmp, err, errlen)) != KVP_OK)
+    if ((st = read_kv(&s, in, n, k, v, err, errlen)) != KVP_OK)
         goto out;
     if (s.bad || fgetc(s.f) != EOF) {
         st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: %s", path, s.bad ? "truncated" : "bytes after the state");
@@ -315,6 +324,5 @@ out:
     fclose(s.f);
     free(k);
     free(v);
-    free(tmp);
     return st;
 }

@@ -20,6 +20,7 @@ NTOK=${NTOK:-2048}
 here=$(cd "$(dirname "$0")" && pwd)
 skip() { echo "bench-llamastate: skipped: $*"; exit 0; }
 die() { echo "bench-llamastate: $*" >&2; exit 1; }
+median_s() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%.4f", (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) / 1e6}'; }  # us -> median s
 
 command -v "${CC:-cc}" >/dev/null 2>&1 || skip "no C compiler (${CC:-cc})"
 . "$here/llamacpp/install.sh"
@@ -66,7 +67,7 @@ for r in $(seq "$RUNS"); do
     --llama-state "$w/doc.state" --json --quiet >"$w/export.json" || die "export failed"
   times+=($(( ($(date +%s%N) - t0) / 1000 )))
 done
-ex_s=$(printf '%s\n' "${times[@]}" | sort -n | awk '{v[NR]=$1} END {printf "%.4f", (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) / 1e6}')
+ex_s=$(median_s "${times[@]}")
 ntok=$(jq -r .tokens "$w/export.json")
 raw=$(( ntok * kv_per_token ))
 awk -v s="$ex_s" -v b="$raw" -v n="$ntok" -v f="$(stat -c %s "$w/doc.state")" 'BEGIN {
@@ -94,7 +95,7 @@ for st in doc doc-vt; do
       --from-llama-state "$w/$st.state" "$doc" >/dev/null || die "publish --from-llama-state failed"
     times+=($(( ($(date +%s%N) - t0) / 1000 )))
   done
-  s=$(printf '%s\n' "${times[@]}" | sort -n | awk '{v[NR]=$1} END {printf "%.4f", (NR % 2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2) / 1e6}')
+  s=$(median_s "${times[@]}")
   awk -v s="$s" -v b="$raw" -v n="$ntok" -v l="$([ $st = doc ] && echo "V as rows" || echo "V transposed")" 'BEGIN {
     printf "publish a %d-token llama.cpp state (%s): %.4f s (median, whole command), %.2f GB/s of raw KV\n", n, l, s, b / 1e9 / s }'
 done
