@@ -5,6 +5,7 @@
 #ifndef KVPUB_BASE_H
 #define KVPUB_BASE_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdarg.h>
@@ -284,8 +285,8 @@ const char *base_cache_dir(const char *sub, char *buf, size_t n);
  * with errno EFBIG past max bytes, ENOMEM, or EIO on a read error. */
 char *base_read_stream(FILE *f, size_t max, size_t *len);
 
-/* Writes n floats to path as little-endian f32 (logits for comparison with other runtimes).
- * 0, or -1 with errno. */
+/* Writes n floats to path as little-endian f32 (logits for comparison with other runtimes),
+ * through base_replace: path holds the old file or all of the new one. 0, or -1 with errno. */
 int base_write_f32_le(const char *path, const float *x, size_t n);
 
 /* ---- durable writes (keys, blobs, the store, downloads) ---- */
@@ -301,6 +302,23 @@ int base_pwrite_all(int fd, const void *data, size_t n, uint64_t off);
  * once): it vanishes with the process, so a crash leaves nothing behind. Returns the fd
  * (O_CLOEXEC) or -1 with errno set. */
 int base_tmpfd(const char *dir);
+/* A file that replaces path whole: written under a fresh name beside it (mkstemp, so never an
+ * existing file or a planted link) and renamed over it once complete and synced. A reader
+ * sees the old file or the whole new one; a failed, aborted or killed write leaves path as it
+ * was (a killed one leaves its "PATH.tmp.XXXXXX" behind). */
+typedef struct base_replace {
+    int fd;          /* write here (O_CLOEXEC); a FILE on dup(fd) is fine, closed before commit */
+    char path[PATH_MAX];
+    char tmp[PATH_MAX + 12];
+} base_replace;
+/* 0, or -1 with errno set (ENAMETOOLONG, or mkstemp's: EACCES, ENOENT, ...). */
+int base_replace_open(base_replace *r, const char *path);
+/* Gives the file mode 0644, fsyncs and closes it, renames it over path and fsyncs the
+ * directory. 0, or -1 with errno set and the temporary file removed (path untouched). */
+int base_replace_commit(base_replace *r);
+/* Closes and removes the temporary file; path stays as it was. Safe after a failed commit. */
+void base_replace_abort(base_replace *r);
+
 /* fsyncs directory dir, or the directory holding path, so renames in it survive a crash.
  * Best effort: some filesystems refuse fsync on directories. */
 void base_fsync_dir(const char *dir);

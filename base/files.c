@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* write(2) (off < 0) or pwrite(2) at off until all n bytes are written. */
@@ -115,22 +116,87 @@ char *base_read_stream(FILE *f, size_t max, size_t *len)
     return buf;
 }
 
+int base_replace_open(base_replace *r, const char *path)
+{
+    r->fd = -1;
+    r->tmp[0] = 0;
+    if (snprintf(r->path, sizeof r->path, "%s", path) >= (int)sizeof r->path ||
+        snprintf(r->tmp, sizeof r->tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof r->tmp) {
+        r->tmp[0] = 0;
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if ((r->fd = mkostemp(r->tmp, O_CLOEXEC)) < 0) {
+        r->tmp[0] = 0;
+        return -1;
+    }
+    return 0;
+}
+
+void base_replace_abort(base_replace *r)
+{
+    int e = errno;
+    if (r->fd >= 0)
+        close(r->fd);
+    if (r->tmp[0])
+        unlink(r->tmp);
+    r->fd = -1;
+    r->tmp[0] = 0;
+    errno = e;
+}
+
+int base_replace_commit(base_replace *r)
+{
+    int fd = r->fd;
+    r->fd = -1;
+    if (fd < 0 || !r->tmp[0]) {
+        base_replace_abort(r);
+        errno = EBADF;
+        return -1;
+    }
+    int ok = fchmod(fd, 0644) == 0 && fsync(fd) == 0;
+    int e = errno;
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (ok && rename(r->tmp, r->path) != 0) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) {
+        base_replace_abort(r);
+        errno = e;
+        return -1;
+    }
+    r->tmp[0] = 0;
+    base_fsync_parent_dir(r->path); /* makes the rename durable */
+    return 0;
+}
+
 int base_write_f32_le(const char *path, const float *x, size_t n)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f)
+    base_replace r;
+    if (base_replace_open(&r, path) != 0)
         return -1;
+    unsigned char b[4096];
+    size_t k = 0;
     int ok = 1;
     for (size_t i = 0; i < n && ok; i++) { /* little-endian whatever the host */
         uint32_t u;
         memcpy(&u, &x[i], 4);
-        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8), (unsigned char)(u >> 16),
-                              (unsigned char)(u >> 24)};
-        ok = fwrite(b, 1, 4, f) == 4;
+        b[k++] = (unsigned char)u, b[k++] = (unsigned char)(u >> 8);
+        b[k++] = (unsigned char)(u >> 16), b[k++] = (unsigned char)(u >> 24);
+        if (k == sizeof b || i + 1 == n) {
+            ok = base_write_all(r.fd, b, k) == 0;
+            k = 0;
+        }
     }
-    if (fclose(f) != 0)
-        ok = 0;
-    return ok ? 0 : -1;
+    if (!ok) {
+        base_replace_abort(&r);
+        return -1;
+    }
+    return base_replace_commit(&r);
 }
 
 int base_lock_file(const char *path)

@@ -536,37 +536,25 @@ kvb_status kvb_writer_finish_file(kvb_writer *w, const kvc_key *key, FILE *f, ch
 
 kvb_status kvb_writer_finish_path(kvb_writer *w, const kvc_key *key, const char *path, char *err, size_t errlen)
 {
-    size_t n = strlen(path);
-    char *tmp = malloc(n + 16);
-    if (!tmp)
-        return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory");
-    memcpy(tmp, path, n);
-    memcpy(tmp + n, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        kvb_status st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(tmp);
+    base_replace r;
+    if (base_replace_open(&r, path) != 0)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
+    int fd = dup(r.fd);
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (!f) {
+        kvb_status st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        base_replace_abort(&r);
         return st;
     }
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return kvb_fail(err, errlen, KVB_ERR_IO, "%s: fdopen failed", path);
-    }
     kvb_status st = kvb_writer_finish_file(w, key, f, err, errlen);
-    if (!st && (fchmod(fd, 0644) != 0 || fsync(fd) != 0))
-        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
     if (fclose(f) != 0 && !st)
-        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: close failed: %s", path, strerror(errno));
-    if (!st && rename(tmp, path) != 0)
-        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
+        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     if (st)
-        unlink(tmp);
-    else
-        base_fsync_parent_dir(path); /* makes the rename durable */
-    free(tmp);
+        base_replace_abort(&r);
+    else if (base_replace_commit(&r) != 0)
+        st = kvb_fail(err, errlen, KVB_ERR_IO, "%s: %s", path, strerror(errno));
     return st;
 }
 

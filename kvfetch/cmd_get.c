@@ -58,19 +58,14 @@ static const char usage_text[] =
 /* Copies src to dst through a temporary file and rename, so dst is never half-written. */
 static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
 {
-    char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", dst) >= (int)sizeof tmp) {
-        snprintf(err, errlen, "output path too long");
-        return -1;
-    }
-    int in = open(src, O_RDONLY);
+    int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0) {
         snprintf(err, errlen, "cannot open %s: %s", src, strerror(errno));
         return -1;
     }
-    int out = mkstemp(tmp);
-    if (out < 0) {
-        snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+    base_replace r;
+    if (base_replace_open(&r, dst) != 0) {
+        snprintf(err, errlen, "cannot create a temporary file beside %s: %s", dst, strerror(errno));
         close(in);
         return -1;
     }
@@ -79,28 +74,26 @@ static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
     if (!buf)
         rc = -1;
     while (rc == 0) {
-        ssize_t r = read(in, buf, 1 << 20);
-        if (r < 0 && errno == EINTR)
+        ssize_t n = read(in, buf, 1 << 20);
+        if (n < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
-            rc = r < 0 ? -1 : 0;
+        if (n <= 0) {
+            rc = n < 0 ? -1 : 0;
             break;
         }
-        if (base_write_all(out, buf, (size_t)r) != 0)
+        if (base_write_all(r.fd, buf, (size_t)n) != 0)
             rc = -1;
     }
+    const int e = errno;
     free(buf);
-    if (rc == 0 && (fchmod(out, 0644) != 0 || fsync(out) != 0))
-        rc = -1;
-    if (close(out) != 0)
-        rc = -1;
     close(in);
-    if (rc == 0 && rename(tmp, dst) != 0)
-        rc = -1;
     if (rc != 0) {
+        base_replace_abort(&r);
+        errno = e;
+    } else
+        rc = base_replace_commit(&r);
+    if (rc != 0)
         snprintf(err, errlen, "writing %s: %s", dst, strerror(errno));
-        unlink(tmp);
-    }
     return rc;
 }
 

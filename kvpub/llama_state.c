@@ -126,44 +126,30 @@ kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t
     const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim;
     uint16_t *k = malloc(n * kvd * sizeof *k), *v = malloc(n * kvd * sizeof *v), *col = malloc(n * sizeof *col);
     sink *s = malloc(sizeof *s);
-    char tmp[4096];
-    int fd = -1;
+    base_replace r = {.fd = -1};
     kvp_status st = KVP_OK;
     if (!k || !v || !col || !s) {
         st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %zu cells", n);
         goto out;
     }
     /* written beside the destination and renamed over it: a reader never sees half a file */
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp ||
-        (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
-        st = kvp_fail(err, errlen, KVP_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    if (base_replace_open(&r, path) != 0) {
+        st = kvp_fail(err, errlen, KVP_ERR_IO, "cannot create a file beside %s: %s", path, strerror(errno));
         goto out;
     }
-    s->fd = fd;
+    s->fd = r.fd;
     s->n = 0;
     s->bad = 0;
     write_state(s, ctx, in, tokens, (uint32_t)n, v_trans, k, v, col);
-    int bad = s->bad;
-    if (!bad && fsync(fd) != 0)
-        bad = 1;
-    if (close(fd) != 0 && !bad)
-        bad = 1;
-    fd = -1;
-    if (!bad && rename(tmp, path) != 0)
-        bad = 1;
-    if (bad) {
-        int e = errno ? errno : EIO;
-        unlink(tmp);
-        st = bad == 2 ? kvp_fail(err, errlen, KVP_ERR_ENGINE, "cannot read the context's KV")
-                      : kvp_fail(err, errlen, KVP_ERR_IO, "writing %s: %s", path, strerror(e));
-    } else {
-        base_fsync_parent_dir(path);
+    if (s->bad) {
+        const int e = errno ? errno : EIO;
+        base_replace_abort(&r);
+        st = s->bad == 2 ? kvp_fail(err, errlen, KVP_ERR_ENGINE, "cannot read the context's KV")
+                         : kvp_fail(err, errlen, KVP_ERR_IO, "writing %s: %s", path, strerror(e));
+    } else if (base_replace_commit(&r) != 0) {
+        st = kvp_fail(err, errlen, KVP_ERR_IO, "writing %s: %s", path, strerror(errno));
     }
 out:
-    if (fd >= 0) {
-        close(fd);
-        unlink(tmp);
-    }
     free(s);
     free(k);
     free(v);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # generate.sh: `kvfetch generate` end to end: greedy ids equal llama.cpp's golden continuation
-# (stories260K, len-7 prompt), text mode, --help, and exit codes / messages for bad input.
+# (stories260K, len-7 prompt), text mode, --help, exit codes / messages for bad input, and
+# --logits written whole or not at all.
 set -eu
 BUILD=${BUILD:-build}
 SHARED=${KVPUB_SHARED:-../shared}
@@ -43,4 +44,21 @@ expect_fail 2 "out of range" --model "$MODEL" --prompt-ids 1,99999
 expect_fail 2 "bad value" --model "$MODEL" --prompt-ids 1 -n abc
 expect_fail 2 "cannot open" --model "$tmp/nope.gguf" --prompt-ids 1
 expect_fail 2 "exceeds --ctx" --model "$MODEL" --prompt-ids 1,2,3 -n 10 --ctx 5
+
+# --logits: n_vocab (512) little-endian floats; where the disk runs out half way (a 1 KiB file
+# size limit stands in for it, as in fetch_edges.sh), exit 2 and the file there before is
+# left whole, with no temporary file beside it
+"$KVFETCH" generate --model "$MODEL" --prompt-ids 1,505,448 -n 0 --threads 2 --logits "$tmp/logits" \
+  >/dev/null 2>"$tmp/e" || fail "--logits: $(cat "$tmp/e")"
+[ "$(stat -c %s "$tmp/logits")" -eq 2048 ] || fail "--logits wrote $(stat -c %s "$tmp/logits") bytes, want 2048"
+echo old >"$tmp/logits"
+set +e
+(trap '' XFSZ; ulimit -f 1; exec "$KVFETCH" generate --model "$MODEL" --prompt-ids 1,505,448 -n 0 --threads 2 \
+  --logits "$tmp/logits") >"$tmp/o" 2>"$tmp/e"
+rc=$?
+set -e
+[ "$rc" -eq 2 ] || fail "--logits out of room: exit $rc, want 2 ($(cat "$tmp/e"))"
+grep -q "cannot write $tmp/logits: File too large" "$tmp/e" || fail "--logits out of room: $(cat "$tmp/e")"
+[ "$(cat "$tmp/logits")" = old ] || fail "a failed --logits write changed the file there before"
+[ -z "$(find "$tmp" -name 'logits.tmp.*')" ] || fail "a failed --logits write left $(find "$tmp" -name 'logits.tmp.*')"
 echo ok

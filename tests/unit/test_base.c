@@ -1,6 +1,8 @@
 /* test_base.c: base/'s one grammar for counts, sizes and durations (accepted forms, units,
  * overflow at the edge, junk, empty, NULL), the error formatter's NULL/zero-length buffers,
- * the f16 conversions' rounding, and the tools' cache directory from the environment. */
+ * the f16 conversions' rounding, the tools' cache directory from the environment, and files
+ * replaced whole (base_replace, base_write_f32_le): the old file or all of the new one, never
+ * half, and no temporary file left after a failure. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,7 +12,13 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <dirent.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "base/base.h"
 
@@ -190,13 +198,148 @@ static void test_grow(void **state)
     free(a);
 }
 
+/* ---- files replaced whole ---- */
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *b = base_read_stream(f, 1 << 24, len);
+    fclose(f);
+    return b;
+}
+
+static void expect_file(const char *path, const char *want)
+{
+    size_t n = 0;
+    char *b = slurp(path, &n);
+    if (!b)
+        fail_msg("%s: %s", path, strerror(errno));
+    if (n != strlen(want) || memcmp(b, want, n) != 0)
+        fail_msg("%s holds '%.*s', want '%s'", path, (int)n, b, want);
+    free(b);
+}
+
+static int entries(const char *dir) /* names in dir besides . and .. */
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+static void put_old(const char *path)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("old", f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_replace(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/kvpub-replace-XXXXXX", path[PATH_MAX], sub[PATH_MAX];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/out", dir);
+    put_old(path);
+
+    /* until the commit, the old file is what a reader sees */
+    base_replace r;
+    assert_int_equal(base_replace_open(&r, path), 0);
+    assert_int_equal(base_write_all(r.fd, "new content", 11), 0);
+    expect_file(path, "old");
+    assert_int_equal(entries(dir), 2);
+    assert_int_equal(base_replace_commit(&r), 0);
+    expect_file(path, "new content");
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0644);
+    assert_int_equal(entries(dir), 1);
+
+    /* abort: nothing changes, nothing is left */
+    assert_int_equal(base_replace_open(&r, path), 0);
+    assert_int_equal(base_write_all(r.fd, "half", 4), 0);
+    base_replace_abort(&r);
+    base_replace_abort(&r); /* twice is harmless */
+    expect_file(path, "new content");
+    assert_int_equal(entries(dir), 1);
+
+    /* a commit that cannot rename (path is a directory by then) removes its file */
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    assert_int_equal(base_replace_open(&r, sub), 0);
+    assert_int_equal(base_write_all(r.fd, "x", 1), 0);
+    assert_int_equal(base_replace_commit(&r), -1);
+    assert_int_equal(errno, EISDIR);
+    assert_int_equal(entries(dir), 2);
+    assert_int_equal(rmdir(sub), 0);
+
+    /* where no file can be made: the error, and nothing made */
+    snprintf(sub, sizeof sub, "%s/no/such/dir/out", dir);
+    assert_int_equal(base_replace_open(&r, sub), -1);
+    assert_int_equal(errno, ENOENT);
+    base_replace_abort(&r);
+    char *lng = malloc(PATH_MAX + 2);
+    assert_non_null(lng);
+    memset(lng, 'a', PATH_MAX + 1);
+    lng[PATH_MAX + 1] = 0;
+    assert_int_equal(base_replace_open(&r, lng), -1);
+    assert_int_equal(errno, ENAMETOOLONG);
+    free(lng);
+
+    /* base_write_f32_le: 3000 floats (several of its 4 KiB buffers and a partial one), as
+     * little-endian bytes written out here one by one */
+    float x[3000];
+    unsigned char want[sizeof x];
+    for (int i = 0; i < 3000; i++) {
+        x[i] = (float)i * -0.37f + 1e-3f * (float)(i % 7);
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        for (int b = 0; b < 4; b++)
+            want[4 * i + b] = (unsigned char)(u >> (8 * b));
+    }
+    assert_int_equal(base_write_f32_le(path, x, 3000), 0);
+    size_t n = 0;
+    char *got = slurp(path, &n);
+    assert_non_null(got);
+    assert_int_equal(n, sizeof want);
+    assert_memory_equal(got, want, sizeof want);
+    free(got);
+
+    /* out of room half way (a 4 KiB file size limit, as a full disk fails a write): the old
+     * file stays whole and no temporary file is left */
+    put_old(path);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = {4096, 4096};
+        setrlimit(RLIMIT_FSIZE, &rl);
+        int rc = base_write_f32_le(path, x, 3000);
+        _exit(rc == -1 && errno == EFBIG ? 0 : 1);
+    }
+    int ws = 0;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    expect_file(path, "old");
+    assert_int_equal(entries(dir), 1);
+
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_u64),    cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_parse_ids), cmocka_unit_test(test_errf),
         cmocka_unit_test(test_f16),            cmocka_unit_test(test_cache_dir),
-        cmocka_unit_test(test_grow),
+        cmocka_unit_test(test_grow),           cmocka_unit_test(test_replace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
