@@ -425,11 +425,14 @@ kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *ques
 kvp_status kvp_llama_state_write(eng_ctx *ctx, const eng_model *m, const int32_t *tokens, size_t n, int v_trans,
                                  const char *path, char *err, size_t errlen) KVP_WUR;
 
-/* Reads a state file llama.cpp saved (either V layout, f16 K/V) into the empty ctx, after
- * checking that it holds exactly the tokens want[0..n_want) (BOS and the document under the
- * model's tokenizer) at positions 0..n-1 of one sequence, with the model's layer count and row
- * sizes. KVP_ERR_REFUSED (other tokens, positions, shapes or cache types), KVP_ERR_FORMAT (not
- * such a file, truncated, trailing bytes), KVP_ERR_IO, KVP_ERR_NOMEM, KVP_ERR_ENGINE. */
+/* Reads a state file llama.cpp saved (either V layout, f16 K/V) into the empty ctx (an f16
+ * cache), after checking that it holds exactly the tokens want[0..n_want) (BOS and the
+ * document under the model's tokenizer) at positions 0..n-1 of one sequence, with the model's
+ * layer count and row sizes. K and V go a layer at a time straight into the cells, so the
+ * state is never held whole; the cells are committed only once the whole file has checked out.
+ * KVP_ERR_REFUSED (other tokens, positions, shapes or cache types), KVP_ERR_FORMAT (not such a
+ * file, truncated, trailing bytes), KVP_ERR_IO, KVP_ERR_NOMEM, KVP_ERR_ENGINE (a ctx that
+ * cannot take the cells: too small, not empty, or an f32 cache). */
 kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *path, const int32_t *want,
                                 size_t n_want, char *err, size_t errlen) KVP_WUR;
 

@@ -196,51 +196,52 @@ static void get_f16(src *s, uint16_t *v, size_t n)
 #endif
 }
 
-/* Reads every layer's K (then V) into k/v (n_layer blocks of n rows); a transposed V block is
- * read whole into a buffer of its own and turned 16 cells at a time. */
-static kvp_status read_kv(src *s, const eng_info *in, uint32_t n, uint16_t *k, uint16_t *v, char *err, size_t errlen)
+/* Reads every layer's K, then every layer's V, straight into the cells [0, n) of ctx: a
+ * layer's block at a time through buf (n * kvd values), its rows spread over the cache's kv
+ * heads; a transposed V block (kvd rows of n cells) is turned 16 cells at a time on the way. */
+static kvp_status read_kv(src *s, eng_ctx *ctx, const eng_info *in, uint32_t n, uint16_t *buf, char *err,
+                          size_t errlen)
 {
-    const size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
+    const size_t hd = (size_t)in->head_dim, kvd = (size_t)in->n_head_kv * hd, blk = (size_t)n * kvd;
     uint32_t v_trans = get_u32(s), n_layer = get_u32(s);
     if (!s->bad && (v_trans > 1 || n_layer != (uint32_t)in->n_layer))
         return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: %u layers (v_trans %u), the model has %d", s->path, n_layer,
                         v_trans, in->n_layer);
-    uint16_t *tmp = v_trans ? malloc((blk ? blk : 1) * sizeof *tmp) : NULL;
-    if (v_trans && !tmp)
-        return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %u cells", n);
-    kvp_status st = KVP_OK;
-    for (int pass = 0; pass < 2 && !s->bad && st == KVP_OK; pass++) {
-        for (int il = 0; il < in->n_layer && !s->bad && st == KVP_OK; il++) {
-            uint16_t *dst = (pass ? v : k) + (size_t)il * blk;
+    for (int pass = 0; pass < 2 && !s->bad; pass++) {
+        for (int il = 0; il < in->n_layer && !s->bad; il++) {
+            uint16_t *k, *v;
+            size_t hs;
+            if (eng_kv_rows_f16(ctx, il, 0, (int)n, &k, &v, &hs) != ENG_OK)
+                return kvp_fail(err, errlen, KVP_ERR_ENGINE, "the context cannot take %u f16 cells", n);
+            uint16_t *dst = pass ? v : k;
             uint32_t type = get_u32(s);
             if (pass == 0 || !v_trans) {
                 uint64_t row = get_u64(s);
                 if (!s->bad && (type != GGML_TYPE_F16_ID || row != kvd * 2))
-                    st = kvp_fail(err, errlen, KVP_ERR_REFUSED,
-                                  "%s: layer %d %s is type %u with %llu-byte rows; the model's f16 rows are %zu bytes "
-                                  "(only f16 K/V caches are read)",
-                                  s->path, il, pass ? "V" : "K", type, (unsigned long long)row, kvd * 2);
-                else
-                    get_f16(s, dst, blk);
+                    return kvp_fail(err, errlen, KVP_ERR_REFUSED,
+                                    "%s: layer %d %s is type %u with %llu-byte rows; the model's f16 rows are %zu "
+                                    "bytes (only f16 K/V caches are read)",
+                                    s->path, il, pass ? "V" : "K", type, (unsigned long long)row, kvd * 2);
+                get_f16(s, buf, blk); /* n rows of kvd */
+                for (uint32_t c = 0; c < n && !s->bad; c++)
+                    for (size_t h = 0; h < (size_t)in->n_head_kv; h++)
+                        memcpy(dst + h * hs + (size_t)c * hd, buf + (size_t)c * kvd + h * hd, hd * sizeof *buf);
                 continue;
             }
             uint32_t el = get_u32(s), width = get_u32(s);
-            if (!s->bad && (type != GGML_TYPE_F16_ID || el != 2 || width != kvd)) {
-                st = kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: layer %d V is type %u, %u wide; the model needs f16, %zu",
-                              s->path, il, type, width, kvd);
-                continue;
-            }
-            get_f16(s, tmp, blk); /* kvd rows of n cells */
+            if (!s->bad && (type != GGML_TYPE_F16_ID || el != 2 || width != kvd))
+                return kvp_fail(err, errlen, KVP_ERR_REFUSED, "%s: layer %d V is type %u, %u wide; the model needs f16, %zu",
+                                s->path, il, type, width, kvd);
+            get_f16(s, buf, blk); /* kvd rows of n cells */
             for (uint32_t c0 = 0; c0 < n && !s->bad; c0 += 16) {
                 const uint32_t c1 = n - c0 < 16 ? n : c0 + 16;
                 for (size_t j = 0; j < kvd; j++)
                     for (uint32_t c = c0; c < c1; c++)
-                        dst[(size_t)c * kvd + j] = tmp[j * n + c];
+                        dst[j / hd * hs + (size_t)c * hd + j % hd] = buf[j * n + c];
             }
         }
     }
-    free(tmp);
-    return st;
+    return KVP_OK;
 }
 
 kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *path, const int32_t *want,
@@ -251,7 +252,7 @@ kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *pa
     if (!s.f)
         return kvp_fail(err, errlen, KVP_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     kvp_status st = KVP_OK;
-    uint16_t *k = NULL, *v = NULL;
+    uint16_t *buf = NULL;
     uint32_t magic = get_u32(&s), version = get_u32(&s), n = get_u32(&s);
     if (!s.bad && (magic != LLAMA_STATE_MAGIC || version != LLAMA_STATE_VERSION)) {
         st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: not a llama.cpp sequence state of version %d (magic %08x, "
@@ -286,29 +287,21 @@ kvp_status kvp_llama_state_read(eng_ctx *ctx, const eng_model *m, const char *pa
             goto out;
         }
     }
-    size_t kvd = (size_t)in->n_head_kv * (size_t)in->head_dim, blk = (size_t)n * kvd;
-    k = malloc((size_t)in->n_layer * blk * sizeof *k);
-    v = malloc((size_t)in->n_layer * blk * sizeof *v);
-    if (!k || !v) {
+    buf = malloc(((size_t)n * (size_t)in->n_head_kv * (size_t)in->head_dim + 1) * sizeof *buf);
+    if (!buf) {
         st = kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory for %u cells", n);
         goto out;
     }
-    if ((st = read_kv(&s, in, n, k, v, err, errlen)) != KVP_OK)
+    if ((st = read_kv(&s, ctx, in, n, buf, err, errlen)) != KVP_OK)
         goto out;
     if (s.bad || fgetc(s.f) != EOF) {
         st = kvp_fail(err, errlen, KVP_ERR_FORMAT, "%s: %s", path, s.bad ? "truncated" : "bytes after the state");
         goto out;
     }
-    for (int il = 0; il < in->n_layer; il++)
-        if (eng_kv_import_layer(ctx, il, 0, (int)n, k + (size_t)il * blk, v + (size_t)il * blk) != ENG_OK) {
-            st = kvp_fail(err, errlen, KVP_ERR_ENGINE, "importing layer %d failed", il);
-            goto out;
-        }
     if (eng_kv_commit(ctx, 0, (int)n, 0) != ENG_OK)
         st = kvp_fail(err, errlen, KVP_ERR_ENGINE, "committing %u cells failed", n);
 out:
     fclose(s.f);
-    free(k);
-    free(v);
+    free(buf);
     return st;
 }
