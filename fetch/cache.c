@@ -178,29 +178,33 @@ static int validator_ok(const char *v)
 
 void kvf_cache_url_put(kvf_cache *c, const char *url, const kvf_url_rec *rec)
 {
-    char p[PATH_MAX], tmp[PATH_MAX + 16], hex[65];
+    char p[PATH_MAX], line[64 + 2 * KVF_VALIDATOR_MAX + 4], hex[65];
     url_path(c, url, p, sizeof p);
-    snprintf(tmp, sizeof tmp, "%s.%ld", p, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return;
     const char *etag = validator_ok(rec->etag) ? rec->etag : "";
     const char *lm = validator_ok(rec->last_modified) ? rec->last_modified : "";
-    int ok = fprintf(f, "%s\n%s\n%s\n", kvc_hex(rec->id, 32, hex), etag, lm) > 0;
-    if (fclose(f) != 0 || !ok || rename(tmp, p) != 0)
-        (void)unlink(tmp); /* only a shortcut: losing it costs one download */
+    const int n = snprintf(line, sizeof line, "%s\n%s\n%s\n", kvc_hex(rec->id, 32, hex), etag, lm);
+    base_replace r;
+    if (n < 0 || (size_t)n >= sizeof line || base_replace_open(&r, p) != 0)
+        return; /* only a shortcut: losing it costs one download */
+    if (base_write_all(r.fd, line, (size_t)n) != 0)
+        base_replace_abort(&r);
+    else
+        (void)base_replace_commit(&r);
 }
 
-/* Reads one line of f into out without its newline; "" at end of file or if it is too long. */
+/* Reads one line of f into out (len bytes: at most len - 1 characters) without its newline;
+ * "" at end of file or if it is longer. The line is read with room for its newline, so one of
+ * exactly len - 1 characters is kept and the next read starts on the next line. */
 static void read_line(FILE *f, char *out, size_t len)
 {
-    if (!fgets(out, (int)len, f)) {
-        out[0] = 0;
+    char buf[KVF_VALIDATOR_MAX + 2];
+    out[0] = 0;
+    if (len + 1 > sizeof buf || !fgets(buf, (int)(len + 1), f))
         return;
-    }
-    size_t n = strcspn(out, "\n");
-    if (out[n] != '\n' && !feof(f))
-        n = 0; /* longer than a validator may be */
+    size_t n = strcspn(buf, "\n");
+    if (buf[n] != '\n' && !feof(f))
+        return; /* longer than a validator may be */
+    memcpy(out, buf, n);
     out[n] = 0;
 }
 

@@ -13,6 +13,7 @@
 
 #include <openssl/rand.h>
 
+#include "base/base.h"
 #include "crypto/kvcrypto.h"
 #include "store/kvstore.h"
 
@@ -29,12 +30,10 @@ static const char publisher_usage[] =
 
 #define PEM_MAX 8192
 
-/* Writes len bytes to path via a temp file + fsync + rename, so readers never see half. */
+/* Writes len bytes to path (after its old content when append_to_existing) through
+ * base_replace, so readers never see half. */
 static int write_atomic(const char *path, const void *data, size_t len, int append_to_existing)
 {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return -1;
     char *old = NULL;
     size_t oldlen = 0;
     if (append_to_existing) {
@@ -53,25 +52,23 @@ static int write_atomic(const char *path, const void *data, size_t len, int appe
             }
         }
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
+    base_replace r;
+    if (base_replace_open(&r, path) != 0) {
         free(old);
         return -1;
     }
     int bad = 0;
     if (oldlen)
-        bad |= write(fd, old, oldlen) != (ssize_t)oldlen;
+        bad |= base_write_all(r.fd, old, oldlen) != 0;
     if (oldlen && old[oldlen - 1] != '\n')
-        bad |= write(fd, "\n", 1) != 1;
-    bad |= write(fd, data, len) != (ssize_t)len;
-    bad |= fsync(fd) != 0;
-    bad |= close(fd) != 0;
+        bad |= base_write_all(r.fd, "\n", 1) != 0;
+    bad |= base_write_all(r.fd, data, len) != 0;
     free(old);
-    if (bad || rename(tmp, path) != 0) {
-        unlink(tmp);
+    if (bad) {
+        base_replace_abort(&r);
         return -1;
     }
-    return 0;
+    return base_replace_commit(&r);
 }
 
 static int keys_dir(const char *store, char *out, size_t outlen)

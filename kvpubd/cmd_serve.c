@@ -43,19 +43,16 @@ static const char serve_usage[] =
 
 static int write_port_file(const char *path, unsigned port)
 {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+    base_replace r;
+    if (base_replace_open(&r, path) != 0)
         return -1;
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return -1;
-    int bad = fprintf(f, "%u\n", port) < 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        unlink(tmp);
+    char line[16];
+    const int n = snprintf(line, sizeof line, "%u\n", port);
+    if (base_write_all(r.fd, line, (size_t)n) != 0) {
+        base_replace_abort(&r);
         return -1;
     }
-    return 0;
+    return base_replace_commit(&r);
 }
 
 int kvpubd_serve_main(int argc, char **argv)

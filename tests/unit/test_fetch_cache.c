@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -90,6 +91,27 @@ static void test_cache_lru(void **state)
     assert_memory_equal(got.id, id[2], 32);
     assert_string_equal(got.etag, "");
     assert_string_equal(got.last_modified, "");
+    /* the longest validators kept come back whole; records are written whole (base_replace),
+     * leaving nothing else in urls/ */
+    memset(rec.etag, 'e', KVF_VALIDATOR_MAX);
+    rec.etag[KVF_VALIDATOR_MAX] = 0;
+    memset(rec.last_modified, 'm', KVF_VALIDATOR_MAX);
+    rec.last_modified[KVF_VALIDATOR_MAX] = 0;
+    kvf_cache_url_put(c, "https://x/long", &rec);
+    assert_int_equal(kvf_cache_url_get(c, "https://x/long", &got), 1);
+    assert_string_equal(got.etag, rec.etag);
+    assert_string_equal(got.last_modified, rec.last_modified);
+    {
+        char ud[PATH_MAX];
+        snprintf(ud, sizeof ud, "%s/urls", kvf_cache_dir(c));
+        DIR *d = opendir(ud);
+        assert_non_null(d);
+        int names = 0;
+        for (struct dirent *e; (e = readdir(d)) != NULL;)
+            names += e->d_name[0] != '.';
+        closedir(d);
+        assert_int_equal(names, 3); /* blob, blob3, long */
+    }
     /* a record written before validators existed (one line) reads as having none */
     {
         uint8_t uh[32];
