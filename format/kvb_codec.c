@@ -77,6 +77,16 @@ static uint64_t payload_bytes(kvb_codec codec, uint32_t n_layer, uint32_t n, uin
     return 2 * kvb_chunk_values(n_layer, n, kv_dim);
 }
 
+uint64_t kvb_codec_min_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_t kv_dim)
+{
+    const uint64_t p = payload_bytes(c, n_layer, n, kv_dim);
+    if (c == KVB_CODEC_F16)
+        return p;
+    if (c == KVB_CODEC_F16_ZSTD) /* a frame of at least a byte, then the p/2 raw low bytes */
+        return p / 2 + 1;
+    return 1;
+}
+
 uint64_t kvb_codec_max_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_t kv_dim)
 {
     uint64_t p = payload_bytes(c, n_layer, n, kv_dim);
@@ -334,6 +344,23 @@ static kvb_status encode_f16_zstd(kvb_codec_ctx *c, const uint16_t *kv, size_t n
     return KVB_OK;
 }
 
+/* A chunk's zstd frame must declare exactly want bytes and span exactly its zlen stored bytes
+ * (spec/kvblob.md section 6): checked before decompressing, so a signed-but-wrong chunk can
+ * neither make us write past the buffer or spin on huge output, nor carry bytes after its frame
+ * (a skippable frame, say) that no decoder looks at. what names the frame in the size error. */
+static kvb_status frame_ok(const void *in, size_t zlen, uint64_t want, const char *what, char *err, size_t errlen)
+{
+    const unsigned long long fcs = ZSTD_getFrameContentSize(in, zlen);
+    if (fcs != want)
+        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame declares %lld bytes, expected %llu",
+                        fcs >= ZSTD_CONTENTSIZE_ERROR ? -1LL : (long long)fcs, (unsigned long long)want);
+    const size_t fs = ZSTD_findFrameCompressedSize(in, zlen);
+    if (fs != zlen)
+        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame %sis %lld bytes, expected %zu", what,
+                        ZSTD_isError(fs) ? -1LL : (long long)fs, zlen);
+    return KVB_OK;
+}
+
 static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t len, size_t nv, uint32_t nsec,
                                   uint32_t n, uint32_t kv_dim, uint16_t *const *sec, const kvb_rows *rows,
                                   char *err, size_t errlen)
@@ -342,17 +369,9 @@ static kvb_status decode_f16_zstd(kvb_codec_ctx *c, const uint8_t *in, size_t le
         return kvb_fail(err, errlen, KVB_ERR_DECODE, "f16-zstd chunk is %zu bytes, less than its %zu low bytes",
                         len, nv);
     size_t zlen = len - nv;
-    /* The frame must declare exactly N bytes and end where the low bytes start: checked before
-     * decompressing, so a signed-but-wrong chunk cannot make us write past the buffer or spin on
-     * huge output. */
-    unsigned long long fcs = ZSTD_getFrameContentSize(in, zlen);
-    if (fcs != nv)
-        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame declares %lld bytes, expected %zu",
-                        fcs >= ZSTD_CONTENTSIZE_ERROR ? -1LL : (long long)fcs, nv);
-    size_t fs = ZSTD_findFrameCompressedSize(in, zlen);
-    if (fs != zlen)
-        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame of the high bytes is %lld bytes, expected %zu",
-                        ZSTD_isError(fs) ? -1LL : (long long)fs, zlen);
+    kvb_status st = frame_ok(in, zlen, nv, "of the high bytes ", err, errlen);
+    if (st != KVB_OK)
+        return st;
     uint8_t *hi = scratch(c, nv);
     if (!hi)
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");
@@ -482,12 +501,9 @@ kvb_status kvb_chunk_decode(kvb_codec_ctx *c, kvb_codec codec, const uint8_t *in
         return decode_f16_zstd(c, in, len, (size_t)nvals, 2 * n_layer, n, kv_dim, sec, rows, err, errlen);
     if ((unsigned)codec >= KVB_CODEC_COUNT)
         return kvb_fail(err, errlen, KVB_ERR_UNSUPPORTED, "unknown codec %d", (int)codec);
-    /* The frame must declare exactly the payload size: checked before decompressing so a
-     * signed-but-wrong chunk cannot make us write past the buffer or spin on huge output. */
-    unsigned long long fcs = ZSTD_getFrameContentSize(in, len);
-    if (fcs != pbytes)
-        return kvb_fail(err, errlen, KVB_ERR_DECODE, "zstd frame declares %lld bytes, expected %llu",
-                        fcs >= ZSTD_CONTENTSIZE_ERROR ? -1LL : (long long)fcs, (unsigned long long)pbytes);
+    kvb_status fst = frame_ok(in, len, pbytes, "", err, errlen);
+    if (fst != KVB_OK)
+        return fst;
     uint8_t *p = scratch(c, pbytes);
     if (!p)
         return kvb_fail(err, errlen, KVB_ERR_NOMEM, "out of memory decoding a chunk");

@@ -52,7 +52,10 @@ static inline uint64_t kvb_chunk_values(uint32_t n_layer, uint32_t n, uint32_t k
 {
     return (uint64_t)n_layer * 2 * n * kv_dim;
 }
-/* Most bytes a chunk of raw_bytes may take when stored with codec c (a reader refuses more). */
+/* Fewest and most bytes a chunk of n tokens may take when stored with codec c (a reader
+ * refuses a manifest listing a length outside them): f16 exactly its decoded size; f16-zstd
+ * more than its raw low-byte plane; q8/q4 at least a byte. */
+uint64_t kvb_codec_min_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_t kv_dim);
 uint64_t kvb_codec_max_stored(kvb_codec c, uint32_t n_layer, uint32_t n, uint32_t kv_dim);
 
 /* Writers' zstd level when kvb_write_opts.zstd_level is 0 (spec/kvblob.md section 6). */

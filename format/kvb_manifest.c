@@ -403,11 +403,12 @@ static kvb_status check_layout(kvb_manifest *m, kvb_section *ch, char *err, size
             return kvb_fail(err, errlen, KVB_ERR_MALFORMED,
                             "chunk %u of %u: offset %llu, expected %llu (sections are contiguous, %d-byte aligned)",
                             i, m->n_chunks, (unsigned long long)s->offset, (unsigned long long)kvb_align(end), KVB_ALIGN);
-        uint64_t maxlen = kvb_codec_max_stored(m->codec, m->n_layer, t1 - t0, m->kv_dim);
-        if (s->length < 1 || s->length > maxlen)
-            return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "chunk %u of %u: length %llu out of range 1..%llu for %s",
-                            i, m->n_chunks, (unsigned long long)s->length, (unsigned long long)maxlen,
-                            kvb_codec_name(m->codec));
+        const uint64_t minlen = kvb_codec_min_stored(m->codec, m->n_layer, t1 - t0, m->kv_dim),
+                       maxlen = kvb_codec_max_stored(m->codec, m->n_layer, t1 - t0, m->kv_dim);
+        if (s->length < minlen || s->length > maxlen)
+            return kvb_fail(err, errlen, KVB_ERR_MALFORMED, "chunk %u of %u: length %llu out of range %llu..%llu for %s",
+                            i, m->n_chunks, (unsigned long long)s->length, (unsigned long long)minlen,
+                            (unsigned long long)maxlen, kvb_codec_name(m->codec));
         end = s->offset + s->length;
         m->stored_bytes += s->length;
     }

@@ -793,6 +793,98 @@ static void ed_chunk_sha(json_t *r)
                         json_string("0000000000000000000000000000000000000000000000000000000000000000"));
 }
 
+/* ---- a chunk's length against its codec's bounds; bytes after a zstd frame ---- */
+
+static json_int_t jint(json_t *o, const char *k) { return json_integer_value(json_object_get(o, k)); }
+/* raw f16 bytes of chunk i, from the manifest's own shape fields */
+static json_int_t decoded_bytes(json_t *r, size_t i)
+{
+    json_t *md = json_object_get(r, "model");
+    return jint(md, "n_layer") * 2 * (jint(chunk(r, i), "t1") - jint(chunk(r, i), "t0")) * jint(md, "n_head_kv") *
+           jint(md, "head_dim") * 2;
+}
+static json_int_t g_set_len;
+static char g_set_sha[65];
+static void ed_len(json_t *r) { json_object_set_new(chunk(r, 3), "length", json_integer(g_set_len)); }
+static void ed_len_sha(json_t *r)
+{
+    ed_len(r);
+    json_object_set_new(chunk(r, 3), "sha256", json_string(g_set_sha));
+}
+
+static json_t *manifest_of(const uint8_t *blob)
+{
+    uint32_t ml = (uint32_t)blob[16] | (uint32_t)blob[17] << 8 | (uint32_t)blob[18] << 16;
+    json_t *root = json_loadb((const char *)blob + 32, ml, 0, NULL);
+    assert_non_null(root);
+    return root;
+}
+
+static void test_chunk_length_bounds(void **s)
+{
+    (void)s;
+    char want[200];
+    kvb_read_opts o = key_opts(2);
+    /* f16: a stored chunk is exactly its decoded size; 2 bytes short is refused from the
+     * manifest alone (hash-only verification and uploads never decode it) */
+    size_t len, n;
+    uint8_t *blob = make_blob(KVB_CODEC_F16, 0, &len);
+    json_t *root = manifest_of(blob);
+    const json_int_t full = decoded_bytes(root, 3);
+    assert_int_equal(jint(chunk(root, 3), "length"), full); /* what the writer wrote */
+    json_decref(root);
+    g_set_len = full - 2;
+    uint8_t *b = resign(blob, len, ed_len, &n);
+    snprintf(want, sizeof want, "chunk 3 of 4: length %lld out of range %lld..%lld for f16", (long long)full - 2,
+             (long long)full, (long long)full);
+    expect(b, n, &o, KVB_ERR_MALFORMED, want);
+    free(b);
+    free(blob);
+
+    /* f16-zstd: more than its N raw low bytes (a frame of at least a byte comes first) */
+    blob = make_blob(KVB_CODEC_F16_ZSTD, 0, &len);
+    root = manifest_of(blob);
+    const json_int_t low = decoded_bytes(root, 3) / 2;
+    json_decref(root);
+    g_set_len = low;
+    b = resign(blob, len, ed_len, &n);
+    snprintf(want, sizeof want, "chunk 3 of 4: length %lld out of range %lld..", (long long)low, (long long)low + 1);
+    expect(b, n, &o, KVB_ERR_MALFORMED, want);
+    free(b);
+    free(blob);
+
+    /* q8: a signed chunk whose frame is followed by a skippable frame (magic 0x184D2A50, 4
+     * bytes of content), its digest and length in the manifest: the frame must span the chunk */
+    blob = make_blob(KVB_CODEC_Q8, 0, &len);
+    root = manifest_of(blob);
+    const json_int_t clen = jint(chunk(root, 3), "length"), coff = jint(chunk(root, 3), "offset");
+    json_decref(root);
+    static const uint8_t skip[12] = {0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 'x', 'y', 'z', 'w'};
+    uint8_t *longer = malloc(len + sizeof skip);
+    assert_non_null(longer);
+    memcpy(longer, blob, len);
+    memcpy(longer + len, skip, sizeof skip);
+    assert_int_equal((json_int_t)(len - data_offset(blob)), coff + clen); /* chunk 3 ends the file */
+    uint8_t sha[32];
+    kvc_leaf_digest(longer + data_offset(blob) + coff, (size_t)clen + sizeof skip, sha);
+    kvc_hex(sha, 32, g_set_sha);
+    g_set_len = clen + (json_int_t)sizeof skip;
+    b = resign(longer, len + sizeof skip, ed_len_sha, &n);
+    snprintf(want, sizeof want, "chunk 3 of 4: zstd frame is %lld bytes, expected %lld", (long long)clen,
+             (long long)g_set_len);
+    expect(b, n, &o, KVB_ERR_DECODE, want);
+    free(b);
+    /* the same bytes without the extra frame read back (the edit itself is sound) */
+    kvc_leaf_digest(blob + data_offset(blob) + coff, (size_t)clen, sha);
+    kvc_hex(sha, 32, g_set_sha);
+    g_set_len = clen;
+    b = resign(blob, len, ed_len_sha, &n);
+    expect(b, n, &o, KVB_OK, "");
+    free(b);
+    free(longer);
+    free(blob);
+}
+
 static void test_resigned_manifests(void **s)
 {
     (void)s;
@@ -1102,6 +1194,7 @@ int main(void)
         cmocka_unit_test(test_keys_trust_revocation),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_resigned_manifests),
+        cmocka_unit_test(test_chunk_length_bounds),
         cmocka_unit_test(test_prefix_verify_only_callback),
         cmocka_unit_test(test_declared_context),
         cmocka_unit_test(test_writer_misuse),
