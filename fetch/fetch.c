@@ -197,8 +197,11 @@ static kvf_status pull(kvf_vstream *v, const char *url, const kvf_http_opts *htt
         memset(last, 0, sizeof *last); /* filled even when the download fails before a request */
         kvf_status st = kvf_http_download(http, url, v->got, 0, kvf_vs_sink, kvf_vs_restart, v, last, err, errlen);
         add_stats(&res->http, last);
-        if (st != KVF_OK || last->not_modified || !v->size)
-            return st; /* without a size (an empty body) the reader will say what is missing */
+        if (st != KVF_OK || last->not_modified)
+            return st;
+        if (!v->size) /* the body ended, whole, before the header and manifest did: the reader
+                       * says where, and this source is abandoned like one that sent bad bytes */
+            return kvf_vs_finish(v, res, err, errlen);
     }
     if (v->got >= v->size)
         return KVF_OK;

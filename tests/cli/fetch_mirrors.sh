@@ -70,6 +70,21 @@ expect_err "mirror $down/v1/blobs/$BIG abandoned: "
 [ "$(grep -c abandoned "$tmp/err")" = 1 ] || fail "want one line per abandoned mirror: $(cat "$tmp/err")"
 [ "$(src 0 result) $(src 1 result) $(src 1 from)" = "abandoned ok 0" ] || fail "sources: $(cat "$tmp/out")"
 
+note "mirror 1 answers 200 with an empty body, or with the blob's first 20 bytes: abandoned, mirror 2 serves"
+mkdir -p "$tmp/www/empty/v1/blobs" "$tmp/www/short/v1/blobs"
+: >"$tmp/www/empty/v1/blobs/$BIG"
+head -c 20 "$tmp/big.kvb" >"$tmp/www/short/v1/blobs/$BIG"
+for m in empty:0 short:20; do  # (mirror 2 goes on after the bytes mirror 1 sent, as after a cut)
+  expect_rc 0 G --json --mirror "$web/${m%:*}" --mirror "$api" "$BIG"
+  same "$tmp/big.kvb"
+  expect_err "mirror $web/${m%:*}/v1/blobs/$BIG abandoned: .*truncated"
+  [ "$(src 0 result) $(src 1 result) $(src 1 from)" = "abandoned ok ${m#*:}" ] || fail "$m: sources: $(cat "$tmp/out")"
+done
+note "... that mirror alone: exit 3 (truncated), nothing kept"
+expect_rc 3 G --mirror "$web/short" "$BIG"
+expect_err "input ends at byte 20 inside the header"
+[ -z "$(ls -A "$tmp/cache$n/tmp")" ] || fail "a partial download was kept after a truncated body"
+
 note "mirror 1 serves a tampered chunk: abandoned; the verified bytes kept, the rest from mirror 2"
 size=$(stat -c %s "$tmp/big.kvb")
 cp "$tmp/big.kvb" "$tmp/bad.kvb"
