@@ -35,6 +35,7 @@ typedef struct shared {
     kvf_status last;      /* the most telling failure (kvf_telling), the latest among equals */
     kvb_status last_vst;  /* how its bytes failed, with KVF_ERR_VERIFY */
     char last_err[1024];
+    int no_room;          /* a write failed for lack of space: v->no_room once both stopped */
 } shared;
 
 /* One worker's transfer of a run from one source: the section being assembled. */
@@ -74,8 +75,17 @@ static kvf_status finish_section(job *j, char *err, size_t errlen)
         j->vst = KVB_ERR_CHUNK_HASH;
         return kvf_fail(err, errlen, KVF_ERR_VERIFY, "chunk %u of %u: sha256 mismatch", s - 1, sh->m->n_chunks);
     }
-    if (base_pwrite_all(sh->v->fd, j->buf, (size_t)j->have, sec_begin(sh, s)) != 0)
-        return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s", strerror(errno));
+    if (base_pwrite_all(sh->v->fd, j->buf, (size_t)j->have, sec_begin(sh, s)) != 0) {
+        /* no room: as vstream.c, the partial file could only grow the problem; it is removed */
+        const int e = errno, none = e == ENOSPC || e == EDQUOT || e == EFBIG;
+        if (none) {
+            pthread_mutex_lock(&sh->mu);
+            sh->no_room = 1;
+            pthread_mutex_unlock(&sh->mu);
+        }
+        return kvf_fail(err, errlen, KVF_ERR_IO, "writing the partial download: %s%s", strerror(e),
+                        none ? " (the partial download was removed)" : "");
+    }
     pthread_mutex_lock(&sh->mu);
     sh->done[s] = 1;
     sh->srcs->rep[j->src]->bytes += j->have;
@@ -115,11 +125,11 @@ static kvf_status transfer(job *j)
     for (uint32_t s = j->r.from; s < j->r.to; s++)
         if (sh->ends[s] - sec_begin(sh, s) > big)
             big = sh->ends[s] - sec_begin(sh, s);
+    j->cur = j->r.from; /* before anything can fail: the worker gives back [cur, to) */
+    j->have = 0;
     j->buf = malloc(big ? (size_t)big : 1);
     if (!j->buf)
         return kvf_fail(j->err, sizeof j->err, KVF_ERR_NOMEM, "out of memory");
-    j->cur = j->r.from;
-    j->have = 0;
     kvf_http_opts http = *sh->http;
     http.progress = NULL; /* two threads would draw over each other */
     kvf_http_stats hs;
@@ -252,6 +262,7 @@ kvf_status kvf_ranges_fetch(kvf_vstream *v, kvf_sources *srcs, const kvf_http_op
         keep = sh.ends[s];
     if (st != KVF_OK) {
         v->vst = sh.last_vst;
+        v->no_room = sh.no_room;
         if (ftruncate(v->fd, (off_t)keep) != 0)
             st = kvf_fail(err, errlen, KVF_ERR_IO, "truncating the partial download: %s", strerror(errno));
         v->got = keep;
