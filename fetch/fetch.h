@@ -325,6 +325,9 @@ size_t kvf_snapshot_count(const kvf_snapshot *s);
 const kvf_listing *kvf_snapshot_get(const kvf_snapshot *s, size_t i); /* NULL when out of range */
 /* The listing of blob id, or NULL when the snapshot does not list it. */
 const kvf_listing *kvf_snapshot_find(const kvf_snapshot *s, const uint8_t id[32]);
+/* Whether listing l is still current at now (0 = the clock): a listing's expiry drops it from
+ * the catalog without a new snapshot version (spec/repository.md 2.1), so clients check it. */
+int kvf_listing_current(const kvf_listing *l, int64_t now);
 
 /* Whether a signature by key_id dated signed_at (a blob's created time) still counts under
  * this snapshot's key list: KVF_OK for a key it lists as active or does not list, and for a
@@ -340,10 +343,11 @@ typedef struct kvf_resolve {
     int no_context;                /* 1: only listings without one */
     const char *codec;
     const uint8_t *publisher_id;
+    int64_t now;                   /* expired listings are passed over; 0 = the clock */
 } kvf_resolve;
 
-/* The one listing for document and model: among those matching, the lossless codecs first
- * (f16-zstd, f16, then q8, q4), then the newest. KVF_ERR_UNLISTED when none matches. */
+/* The one current listing for document and model: among those matching, the lossless codecs
+ * first (f16-zstd, f16, then q8, q4), then the newest. KVF_ERR_UNLISTED when none matches. */
 kvf_status kvf_snapshot_resolve(const kvf_snapshot *s, const kvf_resolve *r, const kvf_listing **out, char *err,
                                 size_t errlen) KVF_WUR;
 

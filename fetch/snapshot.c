@@ -373,6 +373,11 @@ const kvf_listing *kvf_snapshot_find(const kvf_snapshot *s, const uint8_t id[32]
     return NULL;
 }
 
+int kvf_listing_current(const kvf_listing *l, int64_t now)
+{
+    return !l->expires || (now ? now : (int64_t)time(NULL)) < l->expires;
+}
+
 /* Lower is preferred: lossless codecs first. */
 static int codec_rank(const char *c)
 {
@@ -393,7 +398,8 @@ kvf_status kvf_snapshot_resolve(const kvf_snapshot *s, const kvf_resolve *r, con
             (r->no_context && l->n_context) ||
             (r->context_sha256 && (!l->n_context || memcmp(l->context_sha256, r->context_sha256, 32) != 0)) ||
             (r->codec && strcmp(r->codec, l->codec) != 0) ||
-            (r->publisher_id && memcmp(r->publisher_id, l->publisher_id, KVC_KEYID_LEN) != 0))
+            (r->publisher_id && memcmp(r->publisher_id, l->publisher_id, KVC_KEYID_LEN) != 0) ||
+            !kvf_listing_current(l, r->now))
             continue;
         const kvf_listing *b = *out;
         if (!b || codec_rank(l->codec) < codec_rank(b->codec) ||
@@ -404,7 +410,7 @@ kvf_status kvf_snapshot_resolve(const kvf_snapshot *s, const kvf_resolve *r, con
     if (*out)
         return KVF_OK;
     char d[65], m[65];
-    return kvf_fail(err, errlen, KVF_ERR_UNLISTED, "snapshot version %llu lists no blob of document %s for model %s%s",
+    return kvf_fail(err, errlen, KVF_ERR_UNLISTED, "snapshot version %llu lists no current blob of document %s for model %s%s",
                     (unsigned long long)s->version, kvc_hex(r->doc_sha256, 32, d), kvc_hex(r->model_fp, 32, m),
                     r->codec || r->context_sha256 || r->no_context || r->publisher_id ? " with these filters" : "");
 }

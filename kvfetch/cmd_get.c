@@ -185,14 +185,20 @@ static int resolve(kvf_common *co, const snap_args *a, kvf_get_opts *go, char *b
     const kvf_listing *l = NULL;
     kvf_status st = KVF_OK;
     if (go->blob_id) {
+        char t[32];
         if (!(l = kvf_snapshot_find(*snap, id)))
             st = kvf_fail(err, sizeof err, KVF_ERR_UNLISTED, "snapshot version %llu does not list blob %s: refusing it",
                           (unsigned long long)kvf_snapshot_version(*snap), go->blob_id);
+        else if (!kvf_listing_current(l, co->now))
+            st = kvf_fail(err, sizeof err, KVF_ERR_UNLISTED,
+                          "snapshot version %llu lists blob %s only until %s: refusing it",
+                          (unsigned long long)kvf_snapshot_version(*snap), go->blob_id,
+                          kvb_time_format(l->expires, t, sizeof t));
     } else {
         kvf_resolve r = {.doc_sha256 = doc, .model_fp = fp, .codec = a->codec,
                          .context_sha256 = a->context && strcmp(a->context, "none") ? ctx : NULL,
                          .no_context = a->context && !strcmp(a->context, "none"),
-                         .publisher_id = a->publisher ? pub : NULL};
+                         .publisher_id = a->publisher ? pub : NULL, .now = co->now};
         st = kvf_snapshot_resolve(*snap, &r, &l, err, sizeof err);
     }
     if (st == KVF_OK && !go->server && !*base && !co->mirrors.n)

@@ -103,7 +103,8 @@ static int matches(json_t *it, const char *const *vals)
            (!c || (!strcmp(c, "none") ? json_is_null(ctx) : !strcasecmp(c, str(it, "context", "sha256"))));
 }
 
-/* The snapshot's listings that pass the filters, as a catalog page. Returns an exit code. */
+/* The snapshot's current listings that pass the filters, as a catalog page (an expired listing
+ * is left out, as the server's catalog leaves it out). Returns an exit code. */
 static int search_snapshot(kvf_common *co, const char *where, const char *const *vals, int json)
 {
     const char *prog = "kvfetch search";
@@ -126,7 +127,8 @@ static int search_snapshot(kvf_common *co, const char *where, const char *const 
     json_t *doc = json_loadb(payload, plen, 0, NULL), *items = json_array(), *it;
     size_t i, total = 0;
     json_array_foreach(json_object_get(doc, "blobs"), i, it) {
-        if (!matches(it, vals))
+        const kvf_listing *l = kvf_snapshot_get(snap, i); /* the same listing, parsed */
+        if (!matches(it, vals) || !l || !kvf_listing_current(l, co->now))
             continue;
         if (total >= (size_t)offset && total < (size_t)(offset + limit))
             json_array_append(items, it);

@@ -87,7 +87,7 @@ expect_rc 0 "$KVFETCH" verify "$(cat "$tmp/out")" --trust "$tmp/trust"
 expect_rc 1 "$KVFETCH" get --snapshot "$web" --blob "$ID4" "${F[@]}"
 expect_err "does not list blob $ID4"
 expect_rc 1 "$KVFETCH" get --snapshot "$web" --document "$DOC1" --model-fp "$(printf '00%.0s' $(seq 32))" "${F[@]}"
-expect_err "lists no blob of document"
+expect_err "lists no current blob of document"
 
 note "one more publish: the second export writes only the new blob"
 v_before=$("${C[@]}" "$api/v1/snapshot" | jq -r .payload | base64 -d | jq .version)
@@ -119,6 +119,19 @@ expect_rc 0 "$KVFETCH" search --snapshot "$tmp/s.snap" "${F[@]}" --json --q revi
 [ "$(jq -r '.items[0].price' "$tmp/out")" = 9 ] || fail "new price not in the snapshot: $(cat "$tmp/out")"
 expect_rc 1 "$K" listing set --store "$S" "$(printf '00%.0s' $(seq 32))" --price 1
 expect_err "no blob"
+
+note "a listing's expiry: search and get judge it at their --now, within the snapshot's lifetime"
+expect_rc 0 "$K" listing set --store "$S" "$ID1" --expires 1h
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/exp.snap"
+later=$(( $(date +%s) + 7200 ))  # the listing has expired then; the snapshot (a day) has not
+expect_rc 0 "$KVFETCH" search --snapshot "$tmp/exp.snap" "${F[@]}" --json
+jq -e --arg id "$ID1" '[.items[].id] | index($id) != null' "$tmp/out" >/dev/null || fail "listing missing before its expiry"
+expect_rc 0 "$KVFETCH" search --snapshot "$tmp/exp.snap" "${F[@]}" --json --now "$later"
+jq -e --arg id "$ID1" '[.items[].id] | index($id) == null' "$tmp/out" >/dev/null \
+  || fail "an expired listing still searched: $(cat "$tmp/out")"
+expect_rc 1 "$KVFETCH" get --snapshot "$tmp/exp.snap" --server "$api" --blob "$ID1" "${F[@]}" --now "$later"
+expect_err "lists blob $ID1 only until"
+expect_rc 0 "$K" listing set --store "$S" "$ID1" --expires never
 
 note "key rotation: new snapshots by the new key; the retired key's late signatures refused"
 expect_rc 0 "$K" key rotate --store "$S"

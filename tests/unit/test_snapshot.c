@@ -268,6 +268,32 @@ static void test_resolve_and_listing_set(void **state)
     kvf_snapshot_free(v);
     free(snap.bytes);
     free(snap.payload);
+
+    /* a listing's expiry drops it without a new version: the client judges it at its now */
+    kvs_listing_update ue = {.set_expires = 1, .expires = NOW + 100};
+    assert_int_equal(kvs_store_listing_set(s, zstd, &ue, err, sizeof err), KVS_OK);
+    sign(s, NOW, &snap);
+    assert_int_equal(snap.n_blobs, 3);
+    assert_int_equal(kvf_snapshot_open(snap.bytes, snap.len, trust, NOW + 1, &v, err, sizeof err), KVF_OK);
+    l = kvf_snapshot_find(v, zstd);
+    assert_non_null(l);
+    assert_int_equal(l->expires, NOW + 100);
+    assert_true(kvf_listing_current(l, NOW + 99));
+    assert_false(kvf_listing_current(l, NOW + 100));
+    assert_true(kvf_listing_current(kvf_snapshot_find(v, q8), NOW + 100000)); /* never expires */
+    r.model_fp = model;
+    r.now = NOW + 99;
+    assert_int_equal(kvf_snapshot_resolve(v, &r, &l, err, sizeof err), KVF_OK);
+    assert_memory_equal(l->id, zstd, 32);
+    r.now = NOW + 100;
+    assert_int_equal(kvf_snapshot_resolve(v, &r, &l, err, sizeof err), KVF_OK);
+    assert_memory_equal(l->id, q8, 32); /* the lossless listing expired: the next one */
+    r.codec = "f16-zstd";
+    assert_int_equal(kvf_snapshot_resolve(v, &r, &l, err, sizeof err), KVF_ERR_UNLISTED);
+    assert_non_null(strstr(err, "no current blob"));
+    kvf_snapshot_free(v);
+    free(snap.bytes);
+    free(snap.payload);
     kvc_trust_free(trust);
     kvs_store_close(s);
 }
