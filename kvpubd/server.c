@@ -139,25 +139,52 @@ static unsigned busy_slots(unsigned max_conns)
     return n < 4 ? 4 : n > 64 ? 64 : n;
 }
 
-static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+/* What the header scan found that RFC 9112 framing forbids. */
+typedef struct header_scan {
+    unsigned content_length, host;
+    int bad_name;  /* a name with a character a token may not have: whitespace before the colon */
+    int bad_value; /* a CR or LF inside a value (MHD keeps a bare CR) */
+} header_scan;
+
+static int token_char(unsigned char c)
 {
-    (void)kind, (void)value;
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
-        ++*(unsigned *)cls;
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    header_scan *h = cls;
+    if (!*key)
+        h->bad_name = 1;
+    for (const char *k = key; *k; k++)
+        h->bad_name |= !token_char((unsigned char)*k);
+    if (value && strpbrk(value, "\r\n"))
+        h->bad_value = 1;
+    h->content_length += strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0;
+    h->host += strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0;
     return MHD_YES;
 }
 
-/* RFC 9112 framing MHD lets through: a second Content-Length (a proxy that honours the other
- * one would read the rest as a new request: smuggling), and HTTP/1.1 without Host. NULL when
- * the request is well framed, else why not. */
+/* RFC 9112 framing MHD lets through, where a proxy in front could read the request otherwise
+ * (smuggling): a second Content-Length; a header name with whitespace before its colon
+ * ("Content-Length : 38" is no Content-Length to MHD, which then serves the body as a second
+ * request) or other non-token bytes; a bare CR inside a value; a second Host; and HTTP/1.1
+ * (or any 1.x past 1.0) without Host. NULL when the request is well framed, else why not. */
 static const char *request_framing(struct MHD_Connection *conn, const char *version)
 {
-    unsigned n_cl = 0;
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_content_length, &n_cl);
-    if (n_cl > 1)
+    header_scan h = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, scan_header, &h);
+    if (h.bad_name)
+        return "a header name with a character a token may not have (whitespace before the colon?)";
+    if (h.bad_value)
+        return "a header value with a CR or LF in it";
+    if (h.content_length > 1)
         return "more than one Content-Length header";
-    if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
-        !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST))
+    if (h.host > 1)
+        return "more than one Host header";
+    if (strncmp(version, "HTTP/1.", 7) == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0 && !h.host)
         return "an HTTP/1.1 request must carry a Host header";
     return NULL;
 }

@@ -28,6 +28,18 @@ st=$(raw_status 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n')
 [ "$st" = 400 ] && ok "HTTP/1.1 without Host: 400" || fail "HTTP/1.1 without Host: '$st'"
 st=$(raw_status 'GET /healthz HTTP/1.0\r\n\r\n')
 [ "$st" = 200 ] && ok "HTTP/1.0 without Host is fine" || fail "HTTP/1.0 without Host: '$st'"
+# header fields a proxy could frame differently: MHD files "Content-Length : 38" under another
+# name and, without the check, served the 38 body bytes as a second request (200, then 404)
+smuggle='GET /v1/none HTTP/1.1\r\nHost: x\r\n\r\n'
+for case in "Content-Length : 38|whitespace before a header's colon" \
+            "Transfer-Encoding : chunked|whitespace before Transfer-Encoding's colon" \
+            "X-A: a\rContent-Length: 38|a bare CR inside a header value" \
+            "Host: other|a second Host header"; do
+  st=$(raw_status "GET /healthz HTTP/1.1\r\nHost: localhost\r\n${case%%|*}\r\nConnection: close\r\n\r\n$smuggle")
+  [ "$st" = 400 ] && ok "${case#*|}: 400" || fail "${case#*|}: '$st'"
+done
+st=$(raw_status 'GET /healthz HTTP/1.2\r\nConnection: close\r\n\r\n')
+[ "$st" = 400 ] || [ "$st" = 505 ] && ok "HTTP/1.2 without Host: $st" || fail "HTTP/1.2 without Host: '$st'"
 
 expect 404 GET "/v1/blobs/$ID%00.kvb"
 expect 404 GET "/v1/blobs/$ID%2fmanifest"
