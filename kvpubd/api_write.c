@@ -173,14 +173,20 @@ static int upload_publisher(kvsrv_req *r, uint8_t key_id[8], kvs_publisher *pub,
         *done = kvsrv_store_error(r, s2, e);
         return -1;
     }
-    /* a key revoked in STORE/keys/revoked may not publish any more */
+    /* a key revoked in STORE/keys/revoked may not publish any more; a keys directory that does
+     * not read (a bad line in revoked, a malformed key) says nothing either way: refused */
     struct stat sb;
     if (stat(s->keys_dir, &sb) == 0) {
         kvc_trust *t = NULL;
         const kvc_key *k;
-        int revoked = kvc_trust_open(s->keys_dir, &t, e, sizeof e) == KVC_OK &&
-                      kvc_trust_lookup(t, key_id, &k) == KVC_ERR_REVOKED;
+        const int readable = kvc_trust_open(s->keys_dir, &t, e, sizeof e) == KVC_OK;
+        const int revoked = readable && kvc_trust_lookup(t, key_id, &k) == KVC_ERR_REVOKED;
         kvc_trust_free(t);
+        if (!readable) {
+            *done = refused(r, kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                                   "the store's keys directory does not read: %s", e));
+            return -1;
+        }
         if (revoked) {
             *done = refused(r, kvsrv_respond_error(r, MHD_HTTP_FORBIDDEN, "key_revoked",
                                                    "publisher key %.16s is revoked", cred));

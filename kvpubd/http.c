@@ -75,6 +75,7 @@ kvsrv_req *kvsrv_req_create(kvsrv *s, struct MHD_Connection *conn, const char *m
     r->up_fd = -1;
     r->cork_fd = -1;
     r->t0 = base_now_s();
+    r->ep = EP_OTHER; /* until routed: MHD answers some requests itself before that */
     snprintf(r->method, sizeof r->method, "%s", method);
     kvsrv_log_escape(url, r->path, sizeof r->path);
     return r;

@@ -125,6 +125,15 @@ expect 200 GET /v1/keys
 mkblob --key "$T/pub2.key" -o "$T/bob2.kvb" --seed 7
 put 403 "$CRED2" bob2.kvb
 [ "$(json .error)" = key_revoked ] || fail "revoked publisher: $(json .error)"
+# a keys directory that does not read says nothing about revocation: uploads are refused (500)
+# until it reads again, not let past it
+cp "$T/store/keys/revoked" "$T/revoked.good"
+echo "not a key id" >>"$T/store/keys/revoked"
+mkblob --key "$T/pub1.key" -o "$T/alice9.kvb" --seed 9
+put 500 "$CRED1" alice9.kvb
+[ "$(json .error)" = internal ] && grep -q "keys directory does not read" "$T/body" || fail "unreadable keys: $(cat "$T/body")"
+cp "$T/revoked.good" "$T/store/keys/revoked"
+put 201 "$CRED1" alice9.kvb
 "$KVPUBD" publisher list --store "$T/store" > "$T/list" || fail "publisher list exit status"
 grep -q "revoked" "$T/list" && grep -q alice "$T/list" || fail "publisher list: $(cat "$T/list")"
 
