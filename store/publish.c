@@ -318,7 +318,8 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
         return KVS_ERR_INVALID;
     }
     snprintf(sub, sizeof sub, "%.*s", (int)(strrchr(final, '/') - final), final);
-    if (mkdir(sub, 0755) != 0 && errno != EEXIST) {
+    const int made = mkdir(sub, 0755) == 0;
+    if (!made && errno != EEXIST) {
         base_errf(err, errlen, "cannot create directory %s: %s", sub, strerror(errno));
         return KVS_ERR_IO;
     }
@@ -327,8 +328,11 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
         return KVS_ERR_IO;
     }
     *renamed = 1;
-    /* the new name must be durable before the row that points at it */
+    /* the new name must be durable before the row that points at it: its directory, and a new
+     * directory's own name in blobs/ (or a power cut could take both and reconcile the row) */
     base_fsync_dir(sub);
+    if (made)
+        base_fsync_parent_dir(sub);
     st = insert_rows(s, b, err, errlen);
     if (st == KVS_OK)
         memcpy(res->id, b->id, KVS_SHA256_LEN);
