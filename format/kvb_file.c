@@ -135,6 +135,38 @@ kvb_status kvb_peek_fd(int fd, const kvc_key *key, kvb_header *hdr, kvb_manifest
     return st;
 }
 
+kvb_status kvb_trust_signer(const kvc_trust *trust, const uint8_t key_id[KVC_KEYID_LEN], const kvc_key **signer,
+                            char *err, size_t errlen)
+{
+    char kid[2 * KVC_KEYID_LEN + 1];
+    kvc_hex(key_id, KVC_KEYID_LEN, kid);
+    kvc_status ks = kvc_trust_lookup(trust, key_id, signer);
+    if (ks == KVC_ERR_REVOKED)
+        return kvb_fail(err, errlen, KVB_ERR_REVOKED, "signer key id %s is revoked", kid);
+    if (ks != KVC_OK)
+        return kvb_fail(err, errlen, KVB_ERR_UNTRUSTED, "signer key id %s is not in the trust store", kid);
+    return KVB_OK;
+}
+
+kvb_status kvb_peek_fd_trusted(int fd, const kvc_trust *trust, kvb_header *hdr, kvb_manifest **out, char *err,
+                               size_t errlen)
+{
+    *out = NULL;
+    uint8_t h[KVB_HEADER_LEN];
+    kvb_header hd;
+    ssize_t got = kvb_pread_full(fd, h, sizeof h, 0, 1);
+    if (got < 0)
+        return kvb_fail(err, errlen, KVB_ERR_IO, "%s", strerror(errno));
+    if ((size_t)got < sizeof h)
+        return kvb_fail(err, errlen, KVB_ERR_TRUNCATED, "truncated: %zd bytes, a kvblob header is %d", got,
+                        KVB_HEADER_LEN);
+    kvb_status st = kvb_header_parse(h, &hd, err, errlen);
+    const kvc_key *signer = NULL;
+    if (st == KVB_OK)
+        st = kvb_trust_signer(trust, hd.key_id, &signer, err, errlen);
+    return st == KVB_OK ? kvb_peek_fd(fd, signer, hdr, out, err, errlen) : st;
+}
+
 kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
                          char *err, size_t errlen)
 {

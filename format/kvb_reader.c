@@ -407,11 +407,8 @@ static kvb_status on_header(kvb_reader *r)
     char kid[2 * KVC_KEYID_LEN + 1];
     kvc_hex(r->h.key_id, KVC_KEYID_LEN, kid);
     if (r->o.trust) {
-        kvc_status ks = kvc_trust_lookup(r->o.trust, r->h.key_id, &r->signer);
-        if (ks == KVC_ERR_REVOKED)
-            return kvb_rd_err(r, KVB_ERR_REVOKED, "signer key id %s is revoked", kid);
-        if (ks != KVC_OK)
-            return kvb_rd_err(r, KVB_ERR_UNTRUSTED, "signer key id %s is not in the trust store", kid);
+        if ((st = kvb_trust_signer(r->o.trust, r->h.key_id, &r->signer, e, sizeof e)) != KVB_OK)
+            return kvb_rd_err(r, st, "%s", e);
     } else if (r->o.key) {
         uint8_t want[KVC_KEYID_LEN];
         char wkid[2 * KVC_KEYID_LEN + 1];

@@ -179,6 +179,14 @@ kvb_status kvb_peek_file(const char *path, const kvc_key *key, kvb_header *hdr,
  * alone; a pipe is read from where it stands). */
 kvb_status kvb_peek_fd(int fd, const kvc_key *key, kvb_header *hdr, kvb_manifest **out,
                        char *err, size_t errlen) KVB_WUR;
+/* Same, in the reader's order (spec/kvblob.md 3): the header's signer looked up in trust
+ * (KVB_ERR_UNTRUSTED, KVB_ERR_REVOKED), then its signature over header + manifest, and only
+ * then the manifest parsed; so a blob nobody trusted never gets as far as a manifest error. */
+kvb_status kvb_peek_fd_trusted(int fd, const kvc_trust *trust, kvb_header *hdr, kvb_manifest **out,
+                               char *err, size_t errlen) KVB_WUR;
+/* The signer of key_id in trust, with the reader's errors: KVB_ERR_REVOKED, KVB_ERR_UNTRUSTED. */
+kvb_status kvb_trust_signer(const kvc_trust *trust, const uint8_t key_id[KVC_KEYID_LEN], const kvc_key **signer,
+                            char *err, size_t errlen) KVB_WUR;
 
 /* ---- reading: streaming, verifying, multithreaded ---- */
 

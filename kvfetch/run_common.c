@@ -4,6 +4,7 @@
 #include "kvfetch/run_common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -333,10 +334,21 @@ static int make_ctx(kvfetch_session *s, eng_ctx **out)
             return 2;
         }
         for (int i = 0; i < s->a.n_blobs; i++) {
-            kvb_status ks = kvb_peek_file(s->paths[i], NULL, NULL, &ms[i], s->err, sizeof s->err);
+            /* in the loader's order: signer, signature, then the manifest (spec/kvblob.md 3) */
+            int fd = open(s->paths[i], O_RDONLY | O_CLOEXEC);
+            kvb_status ks = fd < 0 ? KVB_ERR_IO
+                                   : kvb_peek_fd_trusted(fd, s->a.co.trust, NULL, &ms[i], s->err, sizeof s->err);
+            if (fd < 0)
+                snprintf(s->err, sizeof s->err, "%s", strerror(errno));
+            else
+                close(fd);
             if (ks != KVB_OK) {
-                fprintf(stderr, "%s: %s: %s\n", s->prog, s->paths[i], s->err);
                 rc = kvb_exit_code(ks);
+                if (rc == 1) /* as the loader words it */
+                    fprintf(stderr, "%s: %s: verification failed (%s): %s\n", s->prog, s->a.blobs[i],
+                            kvb_status_str(ks), s->err);
+                else
+                    fprintf(stderr, "%s: %s: %s\n", s->prog, s->paths[i], s->err);
                 goto done;
             }
             total += ms[i]->n_tokens;

@@ -229,13 +229,13 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
     struct stat sb = {0};
     double t = base_now_s();
     if (fstat(src->fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 && (uint64_t)sb.st_size <= SIZE_MAX) {
-        /* The size the manifest declares, from the prefix alone (the reader verifies it all
-         * again): a file longer than that is refused before a byte of the excess is mapped or
-         * read, however long it is */
+        /* The size the manifest declares, from the prefix alone, signer and signature checked
+         * first (the reader verifies it all again): a file longer than that is refused before a
+         * byte of the excess is mapped or read, however long it is */
         kvb_header h;
         kvb_manifest *m = NULL;
         uint64_t biggest = 0;
-        if (kvb_peek_fd(src->fd, NULL, &h, &m, err, errlen) == KVB_OK) {
+        if (kvb_peek_fd_trusted(src->fd, l->o->trust, &h, &m, err, errlen) == KVB_OK) {
             if ((uint64_t)sb.st_size > h.file_size) {
                 kvb_manifest_free(m);
                 *ks = KVB_ERR_MALFORMED;

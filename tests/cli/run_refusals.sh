@@ -116,7 +116,16 @@ expect_err "trailing data: the blob ends at byte [0-9]+ but the file is 10737418
 rss=$(tail -1 "$tmp/rss")
 [ "$rss" -lt 1000000 ] || fail "10 GiB blob: peak RSS $rss KiB (the excess was read)"
 echo "  refused in $ms ms, peak RSS $rss KiB"
+note "... and by an untrusted signer: the signer is judged first (exit 1, not 3), as by verify"
+expect_rc 1 "$KVFETCH" run --trust "$tmp/other" --model "$tmp/base.gguf" --blob "$tmp/long.kvb" --prompt x
+expect_err "untrusted|not in the trust store"
 rm -f "$tmp/long.kvb"
+cp "$b1" "$tmp/extra.kvb" && printf 'x' >>"$tmp/extra.kvb"
+expect_rc 1 "$KVFETCH" run --trust "$tmp/other" --model "$tmp/base.gguf" --blob "$tmp/extra.kvb" --prompt x
+expect_err "untrusted|not in the trust store"
+expect_rc 1 "$KVFETCH" verify "$tmp/extra.kvb" --trust "$tmp/other"
+expect_rc 3 "${R[@]}" --model "$tmp/base.gguf" --blob "$tmp/extra.kvb"
+expect_err "trailing data"
 
 note "a blob longer than the model's context is refused (exit 1), as publish refuses it"
 synth small --ctx 64
