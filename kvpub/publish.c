@@ -63,13 +63,14 @@ void kvp_document_clear(kvp_document *d)
     d->ids = NULL;
 }
 
-/* Does this publisher list (document, model, codec, context) already? Returns 1 and the id if
- * so. ctx_sha: the declared context's hash, NULL for none. */
+/* Does this publisher list (document, model, codec, context) already, and not expired? Returns 1
+ * and the id if so (an expired listing is published again, and the store replaces it). ctx_sha:
+ * the declared context's hash, NULL for none. */
 static int already_published(kvs_store *st, const uint8_t doc_sha[32], const uint8_t model_fp[32], const char *codec,
                              const uint8_t key_id[KVC_KEYID_LEN], const uint8_t *ctx_sha, uint8_t id[32])
 {
     kvs_query q = {.model_fp = model_fp, .doc_sha256 = doc_sha, .publisher_id = key_id, .limit = KVS_QUERY_MAX_LIMIT,
-                   .context_sha256 = ctx_sha, .no_context = !ctx_sha};
+                   .context_sha256 = ctx_sha, .no_context = !ctx_sha, .now = (int64_t)time(NULL)};
     kvs_list *l = NULL;
     char e[256];
     if (kvs_store_catalog(st, &q, &l, e, sizeof e) != KVS_OK)

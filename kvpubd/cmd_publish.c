@@ -46,7 +46,8 @@ static const char publish_usage[] =
     "  --chat [--system S] the model's chat template up to the user's message (as kvfetch run\n"
     "                      --chat --system S builds it): the document opens the user turn\n"
     "  --json              print a JSON summary on stdout\n"
-    "A (document, model, codec, context) already in the store is skipped. Exit: 0 ok, 2 usage, I/O, or a\n"
+    "A (document, model, codec, context) you list already is skipped, unless it expired: then it\n"
+    "is replaced. Exit: 0 ok, 2 usage, I/O, or a\n"
     "document longer than the model's context, 3 a --from-llama-state file that is not FILE's KV\n"
     "under this model (nothing is published then).\n";
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -64,7 +65,11 @@ static kvs_status check_info(const kvs_blob *b, char *err, size_t errlen)
 
 /* Binds every named parameter of q from b (and the row ids), by name, so the statements
  * below stay readable and one binder serves them all. */
-static void bind_info(db_stmt *q, const kvs_blob *b, const int64_t ids[3])
+/* What bind_info takes besides the blob: the parents' row ids once known, and the time a
+ * listing is judged current at. */
+enum { ID_DOC, ID_MODEL, ID_TOK, ID_NOW, N_IDS };
+
+static void bind_info(db_stmt *q, const kvs_blob *b, const int64_t ids[N_IDS])
 {
     int n = sqlite3_bind_parameter_count(q->st);
     for (int i = 1; i <= n && !q->bad; i++) {
@@ -121,11 +126,13 @@ static void bind_info(db_stmt *q, const kvs_blob *b, const int64_t ids[3])
         } else if (!strcmp(name, ":ctx_tokens")) {
             db_bind_int64(q, name, (int64_t)b->n_context);
         } else if (!strcmp(name, ":doc_id")) {
-            db_bind_int64(q, name, ids[0]);
+            db_bind_int64(q, name, ids[ID_DOC]);
         } else if (!strcmp(name, ":model_id")) {
-            db_bind_int64(q, name, ids[1]);
+            db_bind_int64(q, name, ids[ID_MODEL]);
         } else if (!strcmp(name, ":tok_id")) {
-            db_bind_int64(q, name, ids[2]);
+            db_bind_int64(q, name, ids[ID_TOK]);
+        } else if (!strcmp(name, ":now")) {
+            db_bind_int64(q, name, ids[ID_NOW]);
         } else {
             q->bad = 1;
             snprintf(q->bind_err, sizeof q->bind_err, "no value for parameter %s", name);
@@ -135,7 +142,7 @@ static void bind_info(db_stmt *q, const kvs_blob *b, const int64_t ids[3])
 
 /* Runs sql (bound from b) and returns the first column of its first row as *v, or *found = 0
  * when there is no row. */
-static kvs_status query_one(sqlite3 *db, const char *sql, const kvs_blob *b, const int64_t ids[3], int *found,
+static kvs_status query_one(sqlite3 *db, const char *sql, const kvs_blob *b, const int64_t ids[N_IDS], int *found,
                             int64_t *v, char (*text)[65], char *err, size_t errlen)
 {
     db_stmt q;
@@ -157,19 +164,24 @@ static kvs_status query_one(sqlite3 *db, const char *sql, const kvs_blob *b, con
     return st;
 }
 
-static const char SQL_EXISTING[] =
-    "SELECT b.id FROM blobs b JOIN documents d ON d.id = b.document_id JOIN models m ON m.id = b.model_id "
-    "WHERE d.sha256 = :doc AND m.fingerprint = :model AND b.codec = :codec AND b.publisher_key_id = :publisher "
-    "AND b.context_sha256 = :ctx";
+#define SQL_SAME_LISTING                                                                                    \
+    "FROM blobs b JOIN documents d ON d.id = b.document_id JOIN models m ON m.id = b.model_id "          \
+    "WHERE d.sha256 = :doc AND m.fingerprint = :model AND b.codec = :codec AND b.publisher_key_id = :publisher " \
+    "AND b.context_sha256 = :ctx "
 
-/* Looks for this publisher's blob for (document, model, codec, declared context); *found and
- * res->id. */
-static kvs_status find_existing(kvs_store *s, const kvs_blob *b, int *found, kvs_publish_result *res, char *err,
-                                size_t errlen)
+/* This publisher's current blob for (document, model, codec, declared context); one that has
+ * expired no longer counts (the catalog hides it, and a new publish replaces it). */
+static const char SQL_EXISTING[] = "SELECT b.id " SQL_SAME_LISTING "AND (b.expires IS NULL OR b.expires > :now)";
+static const char SQL_EXPIRED[] = "SELECT b.id " SQL_SAME_LISTING "AND b.expires IS NOT NULL AND b.expires <= :now";
+
+/* Looks for this publisher's current blob for (document, model, codec, declared context);
+ * *found and res->id. */
+static kvs_status find_existing(kvs_store *s, const kvs_blob *b, int64_t now, int *found, kvs_publish_result *res,
+                                char *err, size_t errlen)
 {
     char hex[65] = "";
-    static const int64_t no_ids[3];
-    kvs_status st = query_one(s->db, SQL_EXISTING, b, no_ids, found, NULL, &hex, err, errlen);
+    const int64_t ids[N_IDS] = {[ID_NOW] = now};
+    kvs_status st = query_one(s->db, SQL_EXISTING, b, ids, found, NULL, &hex, err, errlen);
     if (st == KVS_OK && *found) {
         if (kvc_unhex(hex, res->id, KVS_SHA256_LEN) != KVC_OK) {
             base_errf(err, errlen, "index holds a malformed blob id '%.70s'", hex);
@@ -177,6 +189,34 @@ static kvs_status find_existing(kvs_store *s, const kvs_blob *b, int *found, kvs
         }
         res->already = 1;
     }
+    return st;
+}
+
+/* Removes the expired blob (file, then row, as gc does) that holds the listing b is about to
+ * take: under the write lock, so nobody serves or re-creates it meanwhile. */
+static kvs_status drop_expired_listing(kvs_store *s, const kvs_blob *b, int64_t now, char *err, size_t errlen)
+{
+    char hex[65] = "", path[PATH_MAX];
+    const int64_t ids[N_IDS] = {[ID_NOW] = now};
+    int found = 0;
+    uint8_t old[KVS_SHA256_LEN];
+    kvs_status st = query_one(s->db, SQL_EXPIRED, b, ids, &found, NULL, &hex, err, errlen);
+    if (st != KVS_OK || !found)
+        return st;
+    if (kvc_unhex(hex, old, KVS_SHA256_LEN) != KVC_OK || store_blob_path(s, old, path, sizeof path) != 0) {
+        base_errf(err, errlen, "index holds a malformed blob id '%.70s'", hex);
+        return KVS_ERR_DB;
+    }
+    if (unlink(path) != 0 && errno != ENOENT) {
+        base_errf(err, errlen, "cannot remove expired blob %s: %s", path, strerror(errno));
+        return KVS_ERR_IO;
+    }
+    db_stmt q;
+    if ((st = db_prepare(s->db, "DELETE FROM blobs WHERE id = :id", &q, err, errlen)) == KVS_OK) {
+        db_bind_text(&q, ":id", hex);
+        st = db_run(&q, err, errlen);
+    }
+    db_finalize(&q);
     return st;
 }
 
@@ -195,9 +235,9 @@ static kvs_status insert_rows(kvs_store *s, const kvs_blob *b, char *err, size_t
         {"INSERT INTO tokenizers (fingerprint) VALUES (:tok) ON CONFLICT (fingerprint) DO NOTHING",
          "SELECT id FROM tokenizers WHERE fingerprint = :tok"},
     };
-    int64_t ids[3] = {0, 0, 0};
+    int64_t ids[N_IDS] = {0};
     kvs_status st = KVS_OK;
-    for (int i = 0; i < 3 && st == KVS_OK; i++) {
+    for (int i = 0; i < 3 && st == KVS_OK; i++) { /* ID_DOC, ID_MODEL, ID_TOK */
         int found = 0;
         st = query_one(s->db, parents[i].insert, b, ids, &found, NULL, NULL, err, errlen);
         if (st == KVS_OK)
@@ -298,12 +338,15 @@ static kvs_status commit_locked(kvs_store *s, const kvs_blob *b, const char *tpa
                   kvc_hex(b->publisher_id, KVS_KEYID_LEN, hex));
         return KVS_ERR_REVOKED;
     }
+    const int64_t now = (int64_t)time(NULL);
     if (st == KVS_OK)
-        st = find_existing(s, b, &found, res, err, errlen);
+        st = find_existing(s, b, now, &found, res, err, errlen);
+    if (st == KVS_OK && !found)
+        st = drop_expired_listing(s, b, now, err, errlen);
     if (st != KVS_OK || found)
         return st;
     int64_t ignored = 0;
-    static const int64_t no_ids[3];
+    static const int64_t no_ids[N_IDS];
     st = query_one(s->db, "SELECT 1 FROM blobs WHERE id = :id", b, no_ids, &found, &ignored, NULL, err, errlen);
     if (st != KVS_OK)
         return st;
@@ -377,7 +420,7 @@ static kvs_status publish_from(kvs_store *s, const kvs_blob *info, int fd, int o
     /* cheap early answer for a republish, before copying any bytes; the authoritative check
      * runs again under the write lock */
     int found = 0;
-    st = find_existing(s, info, &found, res, err, errlen);
+    st = find_existing(s, info, (int64_t)time(NULL), &found, res, err, errlen);
     if (st != KVS_OK || found)
         return st;
 

@@ -51,6 +51,16 @@ pub --json "$T/doc1.txt" > "$T/again.json"
   && ok "republish skipped" || fail "republish: $(cat "$T/again.json")"
 pub --codec q8 "$T/doc1.txt" | grep -q '^published ' || fail "another codec is another blob"
 [ "$(sqlite3 "$T/store/index.db" 'select count(*) from blobs')" = 3 ] || fail "three rows"
+# an expired listing is no reason to skip: publishing it again replaces it (file and row)
+pub --json --codec q4 --expires 1s "$T/doc2.md" >"$T/q4.json"
+OLDQ4=$(jq -r '.documents[0].id' "$T/q4.json")
+sleep 2
+pub --json --codec q4 --expires 1d "$T/doc2.md" >"$T/q4b.json"
+NEWQ4=$(jq -r '.documents[0].id' "$T/q4b.json")
+[ "$(jq -r '.documents[0].status' "$T/q4b.json")" = published ] && [ "$NEWQ4" != "$OLDQ4" ] \
+  && ok "an expired listing is published again" || fail "republish after expiry: $(cat "$T/q4b.json")"
+[ "$(sqlite3 "$T/store/index.db" "select count(*) from blobs where codec = 'q4'")" = 1 ] || fail "the expired q4 row stayed"
+[ ! -e "$T/store/blobs/${OLDQ4:0:2}/$OLDQ4" ] || fail "the expired q4 file stayed"
 
 # served: catalog fields from the manifest, and the blob passes the upload verification
 start_server "$T/store"

@@ -455,6 +455,47 @@ static int own_tmpfd(const char *sdir, const item *it)
  * hash, and tmp/ is empty after. A file that has a name is copied instead, as
  * kvs_store_publish_fd does. A declared id the bytes do not match is refused
  * with nothing left in tmp/ or blobs/; a republish reports the existing blob and keeps nothing. */
+/* A listing whose blob expired no longer counts: publishing the same (document, model, codec)
+ * again replaces it (the old file and row go, as gc would take them) instead of answering
+ * "already" with the expired id and keeping the catalog without it. */
+static void test_republish_after_expiry(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], err[512] = "", blobs[600], oldpath[700], newpath[700];
+    snprintf(sdir, sizeof sdir, "%s/store", dir);
+    snprintf(blobs, sizeof blobs, "%s/blobs", sdir);
+    kvs_store *s = open_ok(sdir);
+    const int64_t now = (int64_t)time(NULL);
+    item old, fresh, live, again;
+    make_item(&old, dir, 7, 1, "f16-zstd", 3000, now - 100, now - 10); /* expired 10 s ago */
+    publish_ok(s, &old, 0);
+    blob_file_path(dir, old.sha, oldpath, sizeof oldpath);
+    make_item(&fresh, dir, 7, 1, "f16-zstd", 3500, now, now + 3600);
+    publish_ok(s, &fresh, 0); /* not "already": the expired listing is replaced */
+    blob_file_path(dir, fresh.sha, newpath, sizeof newpath);
+    assert_int_equal(access(oldpath, F_OK), -1);
+    assert_int_equal(access(newpath, F_OK), 0);
+    assert_int_equal(count_files(blobs), 1);
+    kvs_blob *got = NULL;
+    assert_int_equal(kvs_store_blob_get(s, old.sha, &got, err, sizeof err), KVS_ERR_NOTFOUND);
+    assert_int_equal(kvs_store_blob_get(s, fresh.sha, &got, err, sizeof err), KVS_OK);
+    assert_int_equal(got->expires, now + 3600);
+    kvs_blob_free(got);
+    /* a listing still current is kept: the next publish of it is a no-op */
+    make_item(&live, dir, 7, 1, "f16-zstd", 4000, now, 0);
+    kvs_publish_result res;
+    assert_int_equal(kvs_store_publish_file(s, &live.info, live.blob_path, &res, err, sizeof err), KVS_OK);
+    assert_int_equal(res.already, 1);
+    assert_memory_equal(res.id, fresh.sha, 32);
+    /* and another publisher's expired listing of the same document is none of ours */
+    make_item(&again, dir, 8, 1, "f16-zstd", 3000, now - 100, now - 10);
+    memset(again.info.publisher_id, 0xcd, sizeof again.info.publisher_id);
+    publish_ok(s, &again, 0);
+    make_item(&again, dir, 8, 1, "f16-zstd", 3100, now, 0);
+    publish_ok(s, &again, 0);
+    kvs_store_close(s);
+}
+
 static void test_publish_own(void **state)
 {
     const char *dir = *state;
@@ -1429,6 +1470,7 @@ int main(void)
         TU_TMPDIR_TEST(test_publish_and_lookup),
         TU_TMPDIR_TEST(test_catalog_filters_and_pages),
         TU_TMPDIR_TEST(test_republish_is_noop),
+        TU_TMPDIR_TEST(test_republish_after_expiry),
         TU_TMPDIR_TEST(test_reconcile_orphans),
         TU_TMPDIR_TEST(test_reconcile_tmp_fifo),
         TU_TMPDIR_TEST(test_gc_expired),
