@@ -277,9 +277,13 @@ static int remove_part(int dfd, const char *name)
  * downloads are ranked by their last write: an abandoned one ages like an unused blob. */
 static uint64_t scan(int dfd, int parts, entry **v, size_t *n, size_t *cap)
 {
-    DIR *d = fdopendir(dup(dfd));
-    if (!d)
+    const int fd = dup(dfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
         return 0;
+    }
     uint64_t total = 0;
     struct dirent *de;
     while ((de = readdir(d)) && *n < MAX_ENTRIES) {

@@ -225,7 +225,9 @@ kvf_status kvf_tokens_put(const char *path, const kvf_token_rec *rec, int64_t no
                               "token", rec->token, "expires_unix", (json_int_t)rec->expires, "purchase",
                               (json_int_t)rec->purchase);
         doc = n ? json_pack("{s:i, s:O}", "version", 1, "tokens", keep) : NULL;
-        if (!n || !doc || json_array_append_new(keep, n) != 0)
+        if (!doc)
+            json_decref(n); /* (NULL is a no-op) */
+        if (!n || !doc || json_array_append_new(keep, n) != 0) /* append_new takes n either way */
             st = kvf_fail(err, errlen, KVF_ERR_NOMEM, "out of memory");
     }
     if (st == KVF_OK)
