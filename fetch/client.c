@@ -194,11 +194,12 @@ static int64_t floor_bps(const kvf_http_opts *o)
 static double deadline_of(const xfer *x, uint64_t total)
 {
     const kvf_http_opts *o = x->o;
+    const double t0 = o->start_s > 0 ? o->start_s : x->t0;
     if (o->timeout_s > 0)
-        return x->t0 + o->timeout_s;
+        return t0 + o->timeout_s;
     if (o->timeout_s < 0 || floor_bps(o) < 0)
         return 0;
-    return x->t0 + DEADLINE_BASE_S + (double)total / (double)floor_bps(o);
+    return t0 + DEADLINE_BASE_S + (double)total / (double)floor_bps(o);
 }
 
 /* Called by libcurl about once a second and as bytes arrive: enforces the deadline and the
@@ -215,7 +216,8 @@ static int on_progress(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_o
     double deadline = deadline_of(x, x->total_seen);
     if (deadline && t > deadline) {
         x->sink_st = kvf_fail(x->err, x->errlen, KVF_ERR_NET,
-                              "gave up after %.0f s: the download's deadline passed (--timeout)", t - x->t0);
+                              "gave up after %.0f s: the download's deadline passed (--timeout)",
+                              t - (x->o->start_s > 0 ? x->o->start_s : x->t0));
         return 1;
     }
     double el = t - x->attempt_t0;

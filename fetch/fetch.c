@@ -187,15 +187,19 @@ static void add_stats(kvf_http_stats *sum, const kvf_http_stats *hs)
 }
 
 /* One source's turn: downloads from v->got on, resuming a body that ended early without a
- * transport error. *last gets the last response's validators. */
-static kvf_status pull(kvf_vstream *v, const char *url, const kvf_http_opts *http, kvf_get_result *res,
+ * transport error, all of it under one deadline (a source sending short bodies cannot restart
+ * it). *last gets the last response's validators. */
+static kvf_status pull(kvf_vstream *v, const char *url, const kvf_http_opts *http0, kvf_get_result *res,
                        kvf_http_stats *last, char *err, size_t errlen)
 {
+    kvf_http_opts http = *http0;
+    if (!http.start_s)
+        http.start_s = base_now_s();
     for (int round = 0; round <= MAX_SHORT_RETRIES; round++) {
         if (v->size && v->got >= v->size)
             return KVF_OK;
         memset(last, 0, sizeof *last); /* filled even when the download fails before a request */
-        kvf_status st = kvf_http_download(http, url, v->got, 0, kvf_vs_sink, kvf_vs_restart, v, last, err, errlen);
+        kvf_status st = kvf_http_download(&http, url, v->got, 0, kvf_vs_sink, kvf_vs_restart, v, last, err, errlen);
         add_stats(&res->http, last);
         if (st != KVF_OK || last->not_modified)
             return st;

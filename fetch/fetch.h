@@ -71,6 +71,8 @@ typedef struct kvf_http_opts {
     double timeout_s;          /* a whole download, every attempt and wait together; 0 = 60 s
                                   plus the body's length at the minimum mean rate (60 s while
                                   the length is unknown; none when the floor is off); <0 = none */
+    double start_s;            /* when that whole download began (base_now_s), so that calls
+                                  going on with one body share one deadline; 0 = this call */
     const char *if_none_match; /* revalidation: the ETag of the copy the caller holds, and */
     const char *if_modified_since; /* its Last-Modified; sent on a request from byte 0 only. A 304
                                   answer then ends kvf_http_download with KVF_OK, no body and

@@ -56,8 +56,9 @@ enum {
     "  --limit-rate SIZE    cap the download rate, bytes per second (e.g. 2M; default none)\n"  \
     "  --min-rate SIZE      abandon a transfer whose mean rate, after the stall timeout, is\n"   \
     "                       below SIZE bytes/s (default 32K; 0 = no floor)\n"                  \
-    "  --timeout S          give up a download after S seconds, retries included (default 60 s\n" \
-    "                       plus its length at the --min-rate; 0 = none)\n"                    \
+    "  --timeout S          give up on a source after S seconds, retries and resumed bodies\n" \
+    "                       included; each mirror has its own (default 60 s plus the blob's\n" \
+    "                       length at the --min-rate; 0 = none)\n"                             \
     "  --mirror URL         another repository that carries the blob (base URL: the blob is\n"  \
     "                       URL/v1/blobs/ID); repeatable; tried after the primary source when\n" \
     "                       it fails (errors, stalls, wrong bytes: kept up to the last verified\n" \

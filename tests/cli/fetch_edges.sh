@@ -96,6 +96,45 @@ kill "$silent" 2>/dev/null || true
 wait "$silent" 2>/dev/null || true
 expect_err "deadline"
 [ "$el" -le 9 ] || fail "--timeout 4 let the silent server hold the get for $el s"
+
+note "a server that sends the blob in short, whole bodies (1500 bytes at 500 B/s): one --timeout for all"
+# each answer ends cleanly, so the get resumes from where it stopped; the deadline must not
+# start again with each resumed body (it did: five bodies of 3 s against --timeout 4)
+cat >"$tmp/short.py" <<'PY'
+import http.server, re, ssl, sys, time
+blob = open(sys.argv[1], 'rb').read()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def log_message(self, *a): pass
+    def do_GET(self):
+        r = self.headers.get('Range'); start = int(re.match(r'bytes=(\d+)-', r).group(1)) if r else 0
+        part = blob[start:start + 1500]
+        self.send_response(206 if r else 200)
+        if r: self.send_header('Content-Range', 'bytes %d-%d/%d' % (start, start + len(part) - 1, len(blob)))
+        self.send_header('Content-Length', str(len(part))); self.end_headers()
+        for i in range(0, len(part), 10):
+            self.wfile.write(part[i:i + 10]); self.wfile.flush(); time.sleep(0.02)
+s = http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[2])), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[3], sys.argv[4])
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+PY
+port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+python3 "$tmp/short.py" spec/vectors/vec-f16-leaves.kvb "$port" "$tmp/cert.pem" "$tmp/key.pem" 2>/dev/null &
+shortsrv=$!
+for i in $(seq 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+rm -rf "$tmp/cache"
+t0=$(date +%s)
+expect_rc 2 "$KVFETCH" get --trust "$tmp/trust" --cacert "$tmp/cert.pem" --retries 1 --timeout 4 \
+  "https://127.0.0.1:$port/short.kvb"
+el=$(( $(date +%s) - t0 ))
+kill "$shortsrv" 2>/dev/null || true
+wait "$shortsrv" 2>/dev/null || true
+expect_err "deadline"
+[ "$el" -le 9 ] || fail "--timeout 4 let short bodies hold the get for $el s"
 expect_rc 2 "$KVFETCH" get --trust "$tmp/trust" --timeout -3 "$base/$q8"
 expect_err "--timeout '-3' is not a number of seconds"
 
