@@ -429,6 +429,26 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
     kvf_http_stats hs;
     memset(&hs, 0, sizeof hs);
     st = download(&v, srcs, &http, o->parallel >= 2, res, &hs, err, errlen);
+    if (!have_want && res->reused && !res->discarded_partial && !v.no_room &&
+        (st == KVF_ERR_TOO_BIG || (st == KVF_ERR_VERIFY && is_corruption(v.vst)))) {
+        /* A URL that names no blob may serve another one than an earlier, interrupted run began
+         * (the mirror published a new latest.kvb): the resumed bytes then do not fit the old
+         * bytes. Start afresh from byte 0, once, with every source back in the running. */
+        res->discarded_partial = 1;
+        res->reused = 0;
+        if ((st = kvf_vs_restart(&v, err, errlen)) == KVF_OK) {
+            for (int i = 0; i < srcs->n; i++) {
+                kvf_source_report *rp = srcs->rep[i];
+                srcs->bad[i] = 0;
+                rp->used = rp->ok = rp->abandoned = 0;
+                rp->st = KVF_OK;
+                rp->bytes = rp->from = 0;
+                rp->why[0] = 0;
+            }
+            memset(&hs, 0, sizeof hs);
+            st = download(&v, srcs, &http, o->parallel >= 2, res, &hs, err, errlen);
+        }
+    }
     memcpy(fresh.etag, hs.etag, sizeof fresh.etag);
     memcpy(fresh.last_modified, hs.last_modified, sizeof fresh.last_modified);
     if (revalidate && v.got == 0 && (hs.not_modified || st == KVF_ERR_NET)) {

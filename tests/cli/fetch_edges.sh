@@ -49,6 +49,17 @@ grep -q '"GET /latest.kvb HTTP/1.1" 200' "$log" || fail "changed file not downlo
 expect_rc 0 "${G[@]}" "$base/latest.kvb"
 [ "$(field id)" = "$q8" ] && [ "$(field revalidated)" = true ] || fail "new blob not revalidated: $(cat "$tmp/out")"
 
+note "an interrupted get of the old latest.kvb, then the mirror publishes a new one: started afresh"
+key=$(printf %s "$base/other.kvb" | sha256sum | cut -d' ' -f1)
+cp spec/vectors/vec-f16.kvb "$tmp/www/other.kvb"
+head -c 3000 spec/vectors/vec-q8.kvb >"$tmp/cache/tmp/$key.part"  # what the earlier run got
+: >"$log"
+expect_rc 0 "${G[@]}" "$base/other.kvb"
+[ "$(field id)" = "$f16" ] && [ "$(field resumed_bytes)" = 0 ] || fail "changed under a partial: $(cat "$tmp/out")"
+grep -q '"GET /other.kvb HTTP/1.1" 206' "$log" && grep -q '"GET /other.kvb HTTP/1.1" 200' "$log" \
+  || fail "not resumed, then fetched again from byte 0: $(cat "$log")"
+[ ! -e "$tmp/cache/tmp/$key.part" ] || fail "the old partial stayed"
+
 note "the mirror is down: the last blob is used, verified, with a warning"
 stop_nginx
 expect_rc 0 "${G[@]}" --connect-timeout 2 "$base/latest.kvb"
