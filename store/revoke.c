@@ -40,21 +40,14 @@ static kvs_status revoke_step(kvs_store *s, const char *sql, const uint8_t key_i
     return st;
 }
 
-kvs_status kvs_store_publisher_revoke(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason,
-                                      int64_t now, size_t *blobs, size_t *refunds, char *err, size_t errlen)
+kvs_status kvs_store_publisher_revoke_locked(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason,
+                                             int64_t now, size_t *n_blobs, size_t *n_refunds, char *err,
+                                             size_t errlen)
 {
-    if (blobs)
-        *blobs = 0;
-    if (refunds)
-        *refunds = 0;
-    if (!reason)
-        reason = "publisher key revoked";
-    kvs_status st = db_begin(s->db, err, errlen);
-    if (st != KVS_OK)
-        return st;
-    size_t added = 0, n_blobs = 0, n_refunds = 0;
-    st = revoke_step(s, "INSERT INTO revocations (key_id, revoked, reason) VALUES (:kid, :now, :reason) "
-                     "ON CONFLICT (key_id) DO NOTHING", key_id, reason, now, &added, err, errlen);
+    size_t added = 0;
+    *n_blobs = *n_refunds = 0;
+    kvs_status st = revoke_step(s, "INSERT INTO revocations (key_id, revoked, reason) VALUES (:kid, :now, :reason) "
+                                "ON CONFLICT (key_id) DO NOTHING", key_id, reason, now, &added, err, errlen);
     if (st == KVS_OK && added) {
         db_stmt q;
         int row = 0;
@@ -62,7 +55,7 @@ kvs_status kvs_store_publisher_revoke(kvs_store *s, const uint8_t key_id[KVS_KEY
         if (st == KVS_OK) {
             db_bind_hex(&q, ":kid", key_id, KVS_KEYID_LEN);
             st = db_step(&q, &row, err, errlen);
-            n_blobs = row ? (size_t)sqlite3_column_int64(q.st, 0) : 0;
+            *n_blobs = row ? (size_t)sqlite3_column_int64(q.st, 0) : 0;
             db_finalize(&q);
         }
     }
@@ -74,7 +67,23 @@ kvs_status kvs_store_publisher_revoke(kvs_store *s, const uint8_t key_id[KVS_KEY
                          "JOIN access_tokens t ON t.purchase_id = p.id JOIN blobs b ON b.id = t.blob_id "
                          "WHERE b.publisher_key_id = :kid AND t.expires > :now AND t.bytes_left > 0 "
                          "ON CONFLICT (purchase_id) DO NOTHING",
-                         key_id, reason, now, &n_refunds, err, errlen);
+                         key_id, reason, now, n_refunds, err, errlen);
+    return st;
+}
+
+kvs_status kvs_store_publisher_revoke(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason,
+                                      int64_t now, size_t *blobs, size_t *refunds, char *err, size_t errlen)
+{
+    if (blobs)
+        *blobs = 0;
+    if (refunds)
+        *refunds = 0;
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK)
+        return st;
+    size_t n_blobs = 0, n_refunds = 0;
+    st = kvs_store_publisher_revoke_locked(s, key_id, reason ? reason : "publisher key revoked", now, &n_blobs,
+                                           &n_refunds, err, errlen);
     st = db_end(s->db, st, err, errlen);
     if (st == KVS_OK) {
         if (blobs)

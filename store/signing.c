@@ -157,16 +157,22 @@ kvs_status kvs_store_key_rotate(kvs_store *s, int64_t now, int64_t cutoff, kvs_s
 kvs_status kvs_store_key_revoke(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason, int64_t now,
                                 char *err, size_t errlen)
 {
+    /* one write transaction: the key is revoked as a publisher and as a signing key together,
+     * or not at all (a crash between the two left it listed as revoked but still signing) */
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK)
+        return st;
     int row = 0;
-    kvs_status st = kvs_has_row(s, "SELECT 1 FROM signing_keys WHERE key_id = :kid", ":kid", key_id, KVS_KEYID_LEN,
-                                &row, err, errlen);
+    st = kvs_has_row(s, "SELECT 1 FROM signing_keys WHERE key_id = :kid", ":kid", key_id, KVS_KEYID_LEN, &row, err,
+                     errlen);
     char hex[17];
     if (st == KVS_OK && !row)
-        return base_fail(KVS_ERR_NOTFOUND, err, errlen, "%s is not one of the store's signing keys",
-                         kvc_hex(key_id, KVS_KEYID_LEN, hex));
+        st = base_fail(KVS_ERR_NOTFOUND, err, errlen, "%s is not one of the store's signing keys",
+                       kvc_hex(key_id, KVS_KEYID_LEN, hex));
+    size_t n_blobs = 0, n_refunds = 0;
     if (st == KVS_OK)
-        st = kvs_store_publisher_revoke(s, key_id, reason ? reason : "signing key revoked", now, NULL, NULL, err,
-                                        errlen);
+        st = kvs_store_publisher_revoke_locked(s, key_id, reason ? reason : "signing key revoked", now, &n_blobs,
+                                               &n_refunds, err, errlen);
     db_stmt q;
     if (st == KVS_OK)
         st = kvs_prepare(s, "UPDATE signing_keys SET state = 'revoked', cutoff = min(coalesce(cutoff, :now), :now) "
@@ -177,7 +183,7 @@ kvs_status kvs_store_key_revoke(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN
         st = db_run(&q, err, errlen);
         db_finalize(&q);
     }
-    return st;
+    return db_end(s->db, st, err, errlen);
 }
 
 /* ---- the /v1/keys document ---- */

@@ -49,6 +49,11 @@ static inline kvs_status kvs_prepare(kvs_store *s, const char *sql, db_stmt *out
 {
     return db_prepare_cached(&s->cache, s->db, sql, out, err, errlen);
 }
+/* kvs_store_publisher_revoke's work inside the caller's write transaction (db_begin): so that
+ * revoking a signing key revokes it as a publisher in the same transaction. */
+kvs_status kvs_store_publisher_revoke_locked(kvs_store *s, const uint8_t key_id[KVS_KEYID_LEN], const char *reason,
+                                             int64_t now, size_t *n_blobs, size_t *n_refunds, char *err,
+                                             size_t errlen) KVS_WUR;
 /* Whether sql, its one parameter `name` bound to the n bytes key as lowercase hex, returns a
  * row: KVS_OK with *row 1 or 0, or the failure. */
 kvs_status kvs_has_row(kvs_store *s, const char *sql, const char *name, const uint8_t *key, size_t n, int *row,

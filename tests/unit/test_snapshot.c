@@ -10,6 +10,8 @@
 
 #include <cmocka.h>
 
+#include <sqlite3.h>
+
 #include "fetch/fetch.h"
 #include "store/kvstore.h"
 #include "test_util.h"
@@ -324,6 +326,39 @@ static void test_keys_find(void **state)
     kvc_key_free(k);
 }
 
+/* Revoking a signing key revokes it as a publisher and as a signing key in one transaction:
+ * when the second half fails (a trigger here makes the signing_keys update abort), neither
+ * stays, so the key cannot end up listed as revoked while it still signs snapshots. */
+static void test_key_revoke_is_atomic(void **state)
+{
+    const char *dir = *state;
+    char err[512] = "", db_path[600];
+    kvs_signing_key k;
+    kvc_trust *trust = NULL;
+    kvs_store *s = store_with_key(dir, &k, &trust);
+    snprintf(db_path, sizeof db_path, "%s/store/index.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TRIGGER no_revoke BEFORE UPDATE ON signing_keys "
+                                      "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_not_equal(kvs_store_key_revoke(s, k.key_id, NULL, NOW, err, sizeof err), KVS_OK);
+    int revoked = 1;
+    assert_int_equal(kvs_store_key_revoked(s, k.key_id, &revoked, NULL, err, sizeof err), KVS_OK);
+    assert_false(revoked); /* the publisher half was rolled back with the rest */
+    kvc_key *key = NULL;
+    assert_int_equal(kvs_store_key_active(s, &key, err, sizeof err), KVS_OK);
+    kvc_key_free(key);
+    assert_int_equal(sqlite3_exec(db, "DROP TRIGGER no_revoke", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    assert_int_equal(kvs_store_key_revoke(s, k.key_id, NULL, NOW, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_key_revoked(s, k.key_id, &revoked, NULL, err, sizeof err), KVS_OK);
+    assert_true(revoked);
+    kvc_trust_free(trust);
+    kvs_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -332,6 +367,7 @@ int main(void)
         TU_TMPDIR_TEST(test_rotation_cutoff),
         TU_TMPDIR_TEST(test_resolve_and_listing_set),
         cmocka_unit_test(test_keys_find),
+        TU_TMPDIR_TEST(test_key_revoke_is_atomic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
