@@ -209,6 +209,10 @@ enum MHD_Result kvsrv_upload_begin(kvsrv_req *r)
     if (r->up_expected < KVB_HEADER_LEN)
         return refused(r, kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "a blob is at least %d bytes",
                                               KVB_HEADER_LEN));
+    const char *ps = kvsrv_arg(r, "price"); /* before the body: a bad price should not cost an upload */
+    if (ps && (base_parse_u64(ps, &r->up_price) != 0 || r->up_price > INT64_MAX))
+        return refused(r, kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                              "price must be a whole number from 0 to 9223372036854775807"));
     memcpy(r->up_key_id, key_id, 8);
     if (kvc_key_from_raw_public(pub.public_key, &r->up_key) != KVC_OK)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "stored publisher key unusable");
@@ -251,13 +255,8 @@ static enum MHD_Result invalid_upload(kvsrv_req *r)
 static enum MHD_Result index_upload(kvsrv_req *r, const kvb_manifest *m)
 {
     kvsrv *s = r->srv;
-    uint64_t price = 0;
-    const char *ps = kvsrv_arg(r, "price");
-    if (ps && (base_parse_u64(ps, &price) != 0 || price > INT64_MAX))
-        return kvsrv_respond_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
-                                   "price must be a whole number from 0 to 9223372036854775807");
     kvp_blobinfo bi;
-    if (kvp_blobinfo_fill(&bi, m, r->up_key_id, price) != 0)
+    if (kvp_blobinfo_fill(&bi, m, r->up_key_id, r->up_price) != 0)
         return kvsrv_respond_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "cannot index the blob's metadata");
     bi.blob.size = r->up_received;
     if (lseek(r->up_fd, 0, SEEK_SET) != 0) {

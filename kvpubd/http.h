@@ -106,6 +106,7 @@ typedef struct kvsrv_req {
     /* uploads */
     int up_fd;                     /* anonymous temp file holding the body */
     uint64_t up_expected, up_received;
+    uint64_t up_price;             /* ?price=, checked before the body is read */
     kvb_reader *up_reader;
     kvc_key *up_key;
     kvb_status up_st;

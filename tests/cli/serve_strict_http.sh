@@ -48,6 +48,9 @@ expect 200 GET "/v1/blobs/$ID/manifest"
 expect 400 GET "/v1/catalog?q=%00zzz"
 expect 200 GET "/v1/catalog?q=strict"
 expect 400 PUT "/v1/blobs?price=9223372036854775808" -H "Authorization: Bearer $CRED" --data-binary @"$T/p.kvb"
+# refused before the body: with Expect: 100-continue the server never asks for it
+expect 400 PUT "/v1/blobs?price=x" -H "Authorization: Bearer $CRED" -H "Expect: 100-continue" --data-binary @"$T/p.kvb"
+! grep -qi '^HTTP/[0-9.]* 100' "$T/hdr" || fail "a bad price was answered only after the body: $(cat "$T/hdr")"
 expect 201 PUT "/v1/blobs?price=9223372036854775807" -H "Authorization: Bearer $CRED" --data-binary @"$T/p.kvb"
 P=$(json .id)
 
