@@ -221,8 +221,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     kvsrv_req *r = kvsrv_req_create(s, conn, "", uri);
     if (!r)
         return NULL;
-    atomic_fetch_add(&s->inflight, 1);
-    r->fresh = 1;
+    r->fresh = 1; /* in flight from its first on_request, once its headers are whole */
     client_address(conn, r->remote, sizeof r->remote);
     const char *q = strchr(uri, '?');
     size_t plen = q ? (size_t)(q - uri) : strlen(uri);
@@ -244,6 +243,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_NO; /* on_uri could not allocate it */
     if (r->fresh) {
         r->fresh = 0;
+        atomic_fetch_add(&s->inflight, 1);
         snprintf(r->method, sizeof r->method, "%s", method);
         int over = kvsrv_watch_mark(s, conn, 1);
         route(url, r);
@@ -335,9 +335,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
               err[0] ? " detail=\"" : "", err, err[0] ? "\"" : "");
     if (endpoints[r->ep].finish)
         endpoints[r->ep].finish(r, ok);
+    const int counted = !r->fresh; /* a request whose headers never completed was not in flight */
     kvsrv_req_free(r);
     (void)kvsrv_watch_mark(s, conn, 0); /* keep-alive: the next request's headers have timeout_s again */
-    atomic_fetch_sub(&s->inflight, 1);
+    if (counted)
+        atomic_fetch_sub(&s->inflight, 1);
 }
 
 /* ---- lifecycle ---- */

@@ -54,4 +54,18 @@ ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 wait "$DL" 2>/dev/null && fail "slow download should have been cut" || ok "slow download cut at the deadline"
 [ "$rc" = 0 ] && [ "$ms" -lt 4000 ] || fail "stop after grace: rc=$rc in ${ms}ms"
 grep -q "event=stopped cut_requests=1" "$T/server.log" || fail "cut request counted"
+
+# a client that sent only a request line has no request in flight: it holds no grace
+start_server "$T/store" --grace 5
+(printf 'GET /healthz HTTP/1.1\r\n'; sleep 8) | timeout 10 openssl s_client -quiet -connect "127.0.0.1:$PORT" \
+  -servername localhost >/dev/null 2>&1 & HALF=$!
+EXTRA_PIDS="$HALF"
+sleep 0.7
+t0=$(date +%s%N)
+kill -TERM "$SERVER_PID"; rc=0; wait "$SERVER_PID" || rc=$?; SERVER_PID=""
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+kill "$HALF" 2>/dev/null || true
+[ "$rc" = 0 ] && [ "$ms" -lt 3000 ] && ok "a half-sent request did not hold the stop (${ms} ms)" \
+  || fail "a half-sent request held the stop: rc=$rc in ${ms}ms"
+grep -q "event=stopped cut_requests=0" "$T/server.log" || fail "a half-sent request counted as cut"
 done_tests
