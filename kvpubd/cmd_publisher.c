@@ -83,20 +83,30 @@ static int keys_dir(const char *store, char *out, size_t outlen)
 static int cmd_add(const char *dir, const char *keypath, const char *name)
 {
     char err[512];
-    kvc_key *k = NULL;
-    if (kvc_key_load_public(keypath, &k, err, sizeof err) != KVC_OK) {
-        fprintf(stderr, "kvpubd publisher add: %s\n", err);
-        return 2;
-    }
-    /* the PEM file itself is what /v1/keys serves and loaders put in their trust directory */
+    /* the file must hold a public key and nothing else: a private key (which a loader of either
+     * kind would take the public half of) must never reach STORE/keys, which /v1/keys serves */
     char pem[PEM_MAX + 1];
     FILE *f = fopen(keypath, "rb");
     size_t pemlen = f ? fread(pem, 1, sizeof pem, f) : 0;
     if (f)
         fclose(f);
-    if (!pemlen || pemlen > PEM_MAX || kvc_key_is_private(k)) {
-        fprintf(stderr, "kvpubd publisher add: %s: give the public key file (PREFIX.pub, a PEM under %d bytes)\n",
-                keypath, PEM_MAX);
+    kvc_key *k = NULL;
+    if (!f || !pemlen || pemlen > PEM_MAX || kvc_key_from_pem_public(pem, pemlen, &k) != KVC_OK ||
+        memmem(pem, pemlen, "PRIVATE", 7)) {
+        fprintf(stderr, "kvpubd publisher add: %s: %s\n", keypath,
+                !f ? strerror(errno)
+                   : "not a public key: give the public key file (PREFIX.pub, one Ed25519 public key PEM under "
+                     "8192 bytes, nothing else)");
+        kvc_wipe(pem, sizeof pem);
+        kvc_key_free(k);
+        return 2;
+    }
+    kvc_wipe(pem, sizeof pem);
+    /* what /v1/keys serves and loaders put in their trust directory: the key's own public PEM,
+     * written here, not the bytes of the file given */
+    char *pub = kvc_key_public_pem(k);
+    if (!pub) {
+        fprintf(stderr, "kvpubd publisher add: out of memory\n");
         kvc_key_free(k);
         return 2;
     }
@@ -118,6 +128,7 @@ static int cmd_add(const char *dir, const char *keypath, const char *name)
     kvs_store *s = NULL;
     if (kvpubd_store_open("kvpubd publisher add", dir, &s, err, sizeof err)) {
         kvc_wipe(cred, sizeof cred);
+        free(pub);
         return 2;
     }
     kvs_status st = kvs_store_publisher_add(s, id, raw, name, cred, strlen(cred), (int64_t)time(NULL), err, sizeof err);
@@ -125,11 +136,15 @@ static int cmd_add(const char *dir, const char *keypath, const char *name)
     if (st != KVS_OK) {
         fprintf(stderr, "kvpubd publisher add: %s\n", err);
         kvc_wipe(cred, sizeof cred);
+        free(pub);
         return st == KVS_ERR_EXISTS ? 1 : 2;
     }
     char kd[4096], path[4200];
-    if (keys_dir(dir, kd, sizeof kd) != 0 || snprintf(path, sizeof path, "%s/%s.pub", kd, idh) >= (int)sizeof path ||
-        write_atomic(path, pem, pemlen, 0) != 0) {
+    const int wrote = keys_dir(dir, kd, sizeof kd) == 0 &&
+                      snprintf(path, sizeof path, "%s/%s.pub", kd, idh) < (int)sizeof path &&
+                      write_atomic(path, pub, strlen(pub), 0) == 0;
+    free(pub);
+    if (!wrote) {
         fprintf(stderr, "kvpubd publisher add: registered, but cannot write %s/keys/%s.pub: %s\n", dir, idh,
                 strerror(errno));
         printf("%s\n", cred);

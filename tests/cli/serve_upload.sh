@@ -14,6 +14,18 @@ CRED1=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name al
 CRED2=$("$KVPUBD" publisher add --store "$T/store" --key "$T/pub2.pub" --name bob 2>/dev/null)
 "$KVPUBD" publisher add --store "$T/store" --key "$T/pub1.pub" --name again >/dev/null 2>&1 && fail "re-adding a key" \
   || ok "a registered key cannot be added twice"
+# a private key never reaches STORE/keys (served at /v1/keys): the key file itself, or a
+# public key with a private one after it, is refused and nothing is registered
+"$KVPUBD" keygen -o "$T/careless" >/dev/null
+cat "$T/careless.pub" "$T/careless.key" >"$T/both.pem"
+for k in careless.key both.pem; do
+  rc=0; "$KVPUBD" publisher add --store "$T/store" --key "$T/$k" --name careless >"$T/o" 2>"$T/e" || rc=$?
+  [ "$rc" = 2 ] && grep -q "not a public key" "$T/e" && [ ! -s "$T/o" ] && ok "publisher add refuses $k" \
+    || fail "publisher add $k: rc=$rc $(cat "$T/e")"
+done
+! grep -rl PRIVATE "$T/store/keys" >/dev/null || fail "a private key in STORE/keys"
+[ "$(ls "$T/store/keys" | wc -l)" = 2 ] || fail "keys/ holds $(ls "$T/store/keys")"
+cmp -s "$T/store/keys/$(cut -d. -f1 <<<"$CRED1").pub" "$T/pub1.pub" || fail "the registered key is not the public PEM"
 mkblob --key "$T/pub1.key" -o "$T/good.kvb" --tokens 100 --seed 1
 mkblob --key "$T/pub2.key" -o "$T/bob.kvb" --tokens 100 --seed 2
 # bob knows the hash of alice's next document (the text is not needed, only its SHA-256)
