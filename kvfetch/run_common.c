@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fetch/fetch.h"
@@ -191,8 +192,11 @@ void kvfetch_session_free(kvfetch_session *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < KVFETCH_MAX_BLOBS; i++)
+    for (int i = 0; i < KVFETCH_MAX_BLOBS; i++) {
         free(s->doc_tokens[i]);
+        if (s->spool_fd[i] >= 0)
+            close(s->spool_fd[i]);
+    }
     free(s->chat_before);
     free(s->chat_after);
     free(s->prefix_ids);
@@ -203,6 +207,35 @@ void kvfetch_session_free(kvfetch_session *s)
     eng_model_free(s->model);
     kvf_common_close(&s->a.co);
     free(s);
+}
+
+/* A --blob that is no regular file (a pipe, `<(...)`) is read twice, its header to size the
+ * context and then whole by the loader, so it is first copied into an unnamed temporary file
+ * (in $TMPDIR, else /tmp), which paths[i] then names through /proc/self/fd. */
+static int spool(kvfetch_session *s, int i, const char *b)
+{
+    const char *dir = getenv("TMPDIR");
+    int in = open(b, O_RDONLY | O_CLOEXEC), out = base_tmpfd(dir && *dir ? dir : "/tmp");
+    char *buf = in >= 0 && out >= 0 ? malloc(1 << 20) : NULL;
+    int ok = buf != NULL;
+    for (ssize_t n; ok && (n = read(in, buf, 1 << 20)) != 0;) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        ok = n > 0 && base_write_all(out, buf, (size_t)n) == 0;
+    }
+    const int e = errno;
+    free(buf);
+    if (in >= 0)
+        close(in);
+    if (!ok) {
+        fprintf(stderr, "%s: cannot copy blob %s to a temporary file: %s\n", s->prog, b, strerror(e));
+        if (out >= 0)
+            close(out);
+        return 2;
+    }
+    s->spool_fd[i] = out;
+    snprintf(s->paths[i], PATH_MAX, "/proc/self/fd/%d", out);
+    return 0;
 }
 
 /* Resolves every --blob to a local file: URLs through kvf_get (and the cache). */
@@ -223,11 +256,18 @@ static int resolve_blobs(kvfetch_session *s)
             continue;
         }
         if (!kvf_is_url(b) && !is_id) {
-            if (access(b, R_OK) != 0) {
+            struct stat sb;
+            if (access(b, R_OK) != 0 || stat(b, &sb) != 0) {
                 fprintf(stderr, "%s: cannot read blob %s: %s\n", s->prog, b, strerror(errno));
                 return 2;
             }
-            snprintf(s->paths[i], PATH_MAX, "%s", b);
+            if (!S_ISREG(sb.st_mode)) {
+                int rc = spool(s, i, b);
+                if (rc)
+                    return rc;
+            } else {
+                snprintf(s->paths[i], PATH_MAX, "%s", b);
+            }
             s->path_of[i] = s->paths[i];
             continue;
         }
@@ -605,6 +645,8 @@ int kvfetch_session_start(const char *prog, int argc, char **argv, const char *u
         return 2;
     }
     s->prog = prog;
+    for (int i = 0; i < KVFETCH_MAX_BLOBS; i++)
+        s->spool_fd[i] = -1;
     int rc = parse_args(argc, argv, &s->a, prog, usage, cmd);
     if (rc)
         return rc < 0 ? 0 : rc; /* -1: --help was printed */

@@ -78,6 +78,7 @@ typedef struct kvfetch_session {
     kvp_identity id;
     char paths[KVFETCH_MAX_BLOBS][PATH_MAX];
     const char *path_of[KVFETCH_MAX_BLOBS]; /* paths[i], as kvp_path takes them */
+    int spool_fd[KVFETCH_MAX_BLOBS]; /* a --blob that is no regular file, copied (-1: none) */
     int32_t *doc_tokens[KVFETCH_MAX_BLOBS];
     uint32_t doc_n[KVFETCH_MAX_BLOBS];
     kvp_load_stats ls[KVFETCH_MAX_BLOBS];

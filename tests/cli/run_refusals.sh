@@ -2,7 +2,8 @@
 # run_refusals.sh: `kvfetch run`/`compare` on local blob files: an exact load after BOS, two
 # documents in order, and every refusal with its documented exit code and a message naming both
 # sides: other weights, other tokenizer, other RoPE base, untrusted, revoked, expired, tampered,
-# truncated. Models: tiny deterministic kvsynth models that differ in one thing each.
+# truncated; and a blob given as a pipe. Models: tiny deterministic kvsynth models that differ
+# in one thing each.
 set -eu
 . tests/cli/lib/fetch_env.sh
 fetch_env_init run-refusals
@@ -59,6 +60,9 @@ want=$(sed -n 's/^generated (greedy, [0-9]* tokens): //p' "$tmp/out")
 expect_rc 0 "${R[@]}" --model "$tmp/base.gguf" --blob "$b1"
 [ "$(cat "$tmp/out")" = "$want" ] || fail "run printed '$(cat "$tmp/out")', compare '$want'"
 expect_err "time to first token"
+note "a blob read from a pipe (process substitution) loads as the file does"
+expect_rc 0 "${R[@]}" --model "$tmp/base.gguf" --blob <(cat "$b1")
+[ "$(cat "$tmp/out")" = "$want" ] || fail "from a pipe run printed '$(cat "$tmp/out")', want '$want'"
 
 note "two documents in order after a prefix (re-rotated), --json"
 expect_rc 0 "${C[@]}" --model "$tmp/base.gguf" --blob "$b1" --blob "$b2" --prefix "System: be brief." --json
