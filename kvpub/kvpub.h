@@ -141,6 +141,9 @@ void kvp_document_clear(kvp_document *d); /* NULL is a no-op */
 /* Called after each prefill batch of a document: done of total tokens. */
 typedef void (*kvp_progress_fn)(void *user, size_t done, size_t total);
 
+/* The furthest a publish may set its blob's expiry: 100 years (as kvpubd listing set). */
+#define KVP_MAX_EXPIRES_S (100ull * 366 * 86400)
+
 typedef struct kvp_publish_opts {
     eng_model *model;
     const kvp_identity *identity; /* the model's, from kvp_identity_from_model */
@@ -150,7 +153,7 @@ typedef struct kvp_publish_opts {
     kvb_codec codec;
     uint32_t chunk_tokens;        /* 0 = kvp_default_chunk_tokens */
     uint64_t price;               /* smallest currency unit; 0 = free */
-    uint64_t expires_in;          /* seconds from now; 0 = never */
+    uint64_t expires_in;          /* seconds from now; 0 = never; at most KVP_MAX_EXPIRES_S */
     const char *title;            /* NULL = the file name */
     const char *source_uri;       /* signed in the manifest; NULL = none (never the local path) */
     const char *media_type;       /* NULL = text/markdown for *.md, else text/plain */

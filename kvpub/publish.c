@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "base/base.h"
 #include "kvpub/kvpub_internal.h"
 
@@ -178,7 +180,7 @@ uint32_t kvp_default_chunk_tokens(uint32_t n_layer, uint32_t kv_dim)
 static kvp_status write_blob(const kvp_publish_opts *o, const kvp_document *d, eng_ctx *ctx, const char *spill_dir,
                              FILE *f, char *err, size_t errlen)
 {
-    char title[512], uri[PATH_MAX + 8];
+    char title[KVB_MAX_STRING + 1], uri[PATH_MAX + 8];
     kvb_manifest m;
     make_manifest(o, d, &m, title, sizeof title, uri, sizeof uri);
     kvb_writer *w = NULL;
@@ -258,6 +260,18 @@ kvp_status kvp_publish_document(const kvp_publish_opts *o, const kvp_document *d
         return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_publish_document: missing argument");
     if (o->n_context && !o->context_ids)
         return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_publish_document: context ids missing");
+    /* what the manifest would refuse after the prefill, refused before it */
+    const char *base = strrchr(d->path, '/'), *title = o->title ? o->title : base ? base + 1 : d->path;
+    json_t *jt = json_string(title); /* NULL for bytes that are not UTF-8 */
+    const int title_ok = jt != NULL && strlen(title) <= KVB_MAX_STRING;
+    json_decref(jt);
+    if (!title_ok)
+        return kvp_fail(err, errlen, KVP_ERR_USAGE, "%s: the title%s is %s: a manifest string is UTF-8 of at most %d "
+                        "bytes (give --title)", d->path, o->title ? "" : " (the file's name)",
+                        strlen(title) > KVB_MAX_STRING ? "too long" : "not UTF-8", KVB_MAX_STRING);
+    if (o->expires_in > KVP_MAX_EXPIRES_S || o->price > INT64_MAX)
+        return kvp_fail(err, errlen, KVP_ERR_USAGE, "%s: %s", d->path,
+                        o->price > INT64_MAX ? "the price is over 2^63-1" : "the expiry is over 100 years away");
     const eng_info *info = eng_model_info(o->model);
     if (o->n_context > KVB_MAX_CONTEXT ||
         o->identity->pos0 + o->n_context + d->n_tokens > (size_t)info->n_ctx_train)

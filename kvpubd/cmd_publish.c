@@ -24,12 +24,13 @@ static const char publish_usage[] =
     "Prefills each document after the model's BOS and publishes its KV cache as a signed blob,\n"
     "signed with --key, or without it with the store's active signing key (kvpubd key rotate).\n"
     "  --codec C           f16-zstd (default, lossless), f16, q8, q4\n"
-    "  --price N           price in the smallest currency unit (default 0 = free)\n"
-    "  --title T           document title (default: the file name; only with one FILE)\n"
+    "  --price N           price in the smallest currency unit, up to 2^63-1 (default 0 = free)\n"
+    "  --title T           document title, UTF-8, at most 4096 bytes (default: the file name;\n"
+    "                      only with one FILE)\n"
     "  --source-uri URI    where the document can be found, signed in the manifest (default:\n"
     "                      none; the local path is never published; only with one FILE)\n"
     "  --media-type T      e.g. text/html (default: text/markdown for *.md, else text/plain)\n"
-    "  --expires DURATION  e.g. 30d, 12h (default: never)\n"
+    "  --expires DURATION  e.g. 30d, 12h; at most 100 years (default: never)\n"
     "  --chunk-tokens N    tokens per chunk (default: a power of two, 16 to 4096, that keeps a\n"
     "                      decoded chunk within 16 MiB; 128 for Qwen3-0.6B)\n"
     "  --threads N         engine threads (default: all cores)\n"
@@ -174,9 +175,10 @@ int kvpubd_publish_main(int argc, char **argv)
         else if (strcmp(a, "--media-type") == 0)
             bad = !*(po.media_type = val) || strlen(val) > 255;
         else if (strcmp(a, "--price") == 0)
-            bad = base_parse_u64(val, &po.price) != 0;
+            bad = base_parse_u64(val, &po.price) != 0 || po.price > INT64_MAX;
         else if (strcmp(a, "--expires") == 0)
-            bad = base_parse_duration(val, &po.expires_in) != 0 || po.expires_in == 0;
+            bad = base_parse_duration(val, &po.expires_in) != 0 || po.expires_in == 0 ||
+                  po.expires_in > KVP_MAX_EXPIRES_S;
         else if (strcmp(a, "--chunk-tokens") == 0) {
             bad = base_parse_u64(val, &v) != 0 || v < 1 || v > KVB_MAX_CHUNK_TOKENS;
             po.chunk_tokens = (uint32_t)v;
@@ -306,10 +308,16 @@ int kvpubd_publish_main(int argc, char **argv)
                 printf(" after a %zu-token context", ncids);
             printf(", %" PRIu64 " bytes, %.2fs)\n", res.bytes, secs);
         } else {
-            json_t *row = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:f, s:I}", "file", d->path, "id", idh, "sha256",
-                                    shah, "tokens", (json_int_t)d->n_tokens, "bytes", (json_int_t)res.bytes,
-                                    "status", skipped ? "skipped" : "published", "seconds", secs, "context_tokens",
+            json_t *row = json_pack("{s:s, s:s, s:I, s:I, s:s, s:f, s:I}", "id", idh, "sha256", shah, "tokens",
+                                    (json_int_t)d->n_tokens, "bytes", (json_int_t)res.bytes, "status",
+                                    skipped ? "skipped" : "published", "seconds", secs, "context_tokens",
                                     (json_int_t)ncids);
+            if (!row) {
+                fprintf(stderr, "kvpubd publish: out of memory\n");
+                goto done;
+            }
+            json_t *file = json_string(d->path); /* NULL for a name that is not UTF-8: null */
+            json_object_set_new(row, "file", file ? file : json_null());
             if (ncids) {
                 uint8_t ch[32];
                 char chh[65];
@@ -320,7 +328,9 @@ int kvpubd_publish_main(int argc, char **argv)
         }
     }
     rc = 0;
-    if (json_out) {
+done:
+    /* with --json, what was published is on stdout also when a later document failed */
+    if (json_out && summary && (rc == 0 || json_array_size(summary))) {
         json_t *o = json_pack("{s:O, s:s}", "documents", summary, "weights", eng_model_weights_held(model));
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
@@ -328,7 +338,6 @@ int kvpubd_publish_main(int argc, char **argv)
             printf("%s\n", s);
         free(s);
     }
-done:
     for (size_t i = 0; docs && i < nf; i++)
         kvp_document_clear(&docs[i]);
     free(docs);

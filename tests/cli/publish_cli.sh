@@ -23,6 +23,11 @@ grep -Eq "long.txt: document is [0-9]+ tokens, but the model's context is 96 tok
 rc=0; pub 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "no FILE: exit 2"
 rc=0; pub --codec zip "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "bad codec: exit 2"
 rc=0; pub --expires soon "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "bad --expires: exit 2"
+# an expiry that would wrap around (and sign a blob expired at birth) or a price past int64
+rc=0; pub --expires 18446744073709550616 "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "huge --expires: $rc"
+rc=0; pub --expires 40000d "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--expires past 100 years: $rc"
+rc=0; pub --price 9223372036854775808 "$T/doc1.txt" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--price past int64: $rc"
+[ ! -e "$T/store" ] || fail "a refused option created the store"
 rc=0; pub --title T "$T/doc1.txt" "$T/doc2.md" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--title with 2 files"
 rc=0; pub --source-uri https://x/ "$T/doc1.txt" "$T/doc2.md" 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "--source-uri with 2 files"
 "$KVPUBD" publish --store "$T/store-uri" --model "$T/m.gguf" --key "$T/pub.key" --json \
@@ -34,6 +39,27 @@ UID1=$(jq -r '.documents[0].id' "$T/uri.json")
   [ "$(jq -r .manifest.document.media_type "$T/uri.inspect")" = text/html ] &&
   [ "$(jq -r .manifest.document.title "$T/uri.inspect")" = "Doc one" ] \
   || fail "--source-uri/--media-type: $(jq -c .manifest.document "$T/uri.inspect")"
+# titles are manifest strings (UTF-8, at most 4096 bytes): one of 600 bytes of "é" is kept
+# whole (it was cut at 511 bytes, inside a character); 4097 bytes, or a file name that is not
+# UTF-8 without --title, are refused before the prefill; with --title, --json names such a
+# file null
+long=$(printf 'é%.0s' $(seq 300))
+"$KVPUBD" publish --store "$T/store-uri" --model "$T/m.gguf" --key "$T/pub.key" --json --codec q8 \
+  --title "$long" "$T/doc1.txt" >"$T/long.json" || fail "publish a 600-byte title"
+LID=$(jq -r '.documents[0].id' "$T/long.json")
+"${BUILD:-build}/kvfetch" inspect --json "$(find "$T/store-uri/blobs" -name "$LID")" >"$T/long.inspect" || fail "inspect"
+[ "$(jq -r .manifest.document.title "$T/long.inspect")" = "$long" ] || fail "the 600-byte title was not kept whole"
+rc=0; "$KVPUBD" publish --store "$T/store-uri" --model "$T/m.gguf" --key "$T/pub.key" --codec q4 \
+  --title "$(printf 'a%.0s' $(seq 4097))" "$T/doc1.txt" 2>"$T/err" >/dev/null || rc=$?
+[ $rc = 2 ] && grep -q "title is too long" "$T/err" || fail "a 4097-byte title: rc=$rc $(cat "$T/err")"
+cp "$T/doc1.txt" "$T/d$(printf '\xff').txt"
+rc=0; "$KVPUBD" publish --store "$T/store-uri" --model "$T/m.gguf" --key "$T/pub.key" --codec q4 \
+  "$T/d$(printf '\xff').txt" 2>"$T/err" >/dev/null || rc=$?
+[ $rc = 2 ] && grep -q "is not UTF-8" "$T/err" || fail "a non-UTF-8 file name as title: rc=$rc $(cat "$T/err")"
+"$KVPUBD" publish --store "$T/store-uri" --model "$T/m.gguf" --key "$T/pub.key" --codec q4 --json --title T \
+  "$T/d$(printf '\xff').txt" >"$T/ff.json" || fail "publish a non-UTF-8 file name with --title"
+[ "$(jq -c '[.documents[0].file, .documents[0].status]' "$T/ff.json")" = '[null,"published"]' ] \
+  || fail "--json row of a non-UTF-8 file name: $(cat "$T/ff.json")"
 
 pub --json --expires 30d --price 7 "$T/doc1.txt" "$T/doc2.md" > "$T/out.json"
 jq -e '.documents | length == 2' "$T/out.json" >/dev/null || fail "--json: two documents: $(cat "$T/out.json")"
