@@ -140,15 +140,10 @@ static eng_status emit_bytes(const struct eng_vocab *v, const char *s, size_t n,
     return ENG_OK;
 }
 
-/* SentencePiece pieces: only these types take part in segmentation. */
-static int32_t spm_piece(const struct eng_vocab *v, const char *s, size_t n)
-{
-    int32_t id = token_find(v, s, n);
-    if (id < 0)
-        return -1;
-    int t = v->types[id];
-    return t == ENG_TOKTYPE_NORMAL || t == ENG_TOKTYPE_UNDEFINED || t == ENG_TOKTYPE_USER_DEFINED ? id : -1;
-}
+/* SentencePiece pieces: as in llama.cpp (llm_tokenizer_spm_session's try_add_bigram and
+ * resegment look texts up with no type filter), a token of any type takes part in
+ * segmentation: control, unused, byte and unknown ones too. */
+static int32_t spm_piece(const struct eng_vocab *v, const char *s, size_t n) { return token_find(v, s, n); }
 
 static int spm_try_pair(const struct eng_vocab *v, struct work *w, int32_t l, int32_t r)
 {
