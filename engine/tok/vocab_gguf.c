@@ -229,8 +229,10 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
     d.rstrip_special = name_has_phi3(g);
     gguf_str ct;
     r = gguf_get_str(g, "tokenizer.chat_template", &ct);
-    if (r < 0)
-        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key 'tokenizer.chat_template' has the wrong type (expected a string)");
+    if (r < 0) {
+        st = eng_fail(err, errlen, ENG_ERR_FORMAT, "key 'tokenizer.chat_template' has the wrong type (expected a string)");
+        goto done; /* the arrays read above are freed there */
+    }
     if (r == 1 && !memchr(ct.p, 0, (size_t)ct.n)) { /* a NUL inside: no template we could read */
         d.chat_template = ct.p;
         d.chat_template_len = (size_t)ct.n;

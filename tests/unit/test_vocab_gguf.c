@@ -253,6 +253,13 @@ static void test_gguf_errors(void **state)
     kv_u32(w, "tokenizer.ggml.bos_token_id", 300);
     load_fails(w, NULL, ENG_ERR_FORMAT, "bos id 300 out of range");
 
+    /* a chat template of the wrong type, after the token arrays were read (under ASan, the
+     * leak check sees whether they were freed) */
+    gw_begin(w);
+    bpe_keys(w, "qwen2", "");
+    kv_u32(w, "tokenizer.chat_template", 7);
+    load_fails(w, NULL, ENG_ERR_FORMAT, "'tokenizer.chat_template' has the wrong type");
+
     /* The model embeds fewer rows than the vocabulary has tokens. */
     eng_info info;
     memset(&info, 0, sizeof info);
@@ -283,6 +290,25 @@ static void test_spm_from_gguf(void **state)
          * by default. */
         static const int32_t with[] = { 1, 5, 5 }, without[] = { 1, 4, 5 };
         expect_ids(v, "a a", prefix ? with : without, 3);
+        eng_vocab_free(v);
+    }
+    /* As llama.cpp, segmentation merges into a piece of any type: "▁a" typed unused (5) or
+     * control (3) is still what "a a" becomes (the type filter kvpub had gave ▁ a ▁ a). */
+    static const int32_t retyped[] = { 5, 3 };
+    for (size_t i = 0; i < N_OF(retyped); i++) {
+        int32_t t2[N_OF(types)];
+        memcpy(t2, types, sizeof types);
+        t2[5] = retyped[i];
+        gw_begin(w);
+        kv_str(w, "tokenizer.ggml.model", "llama");
+        kv_strs(w, "tokenizer.ggml.tokens", toks, N_OF(toks));
+        kv_i32s(w, "tokenizer.ggml.token_type", t2, N_OF(t2));
+        kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
+        kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
+        kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+        struct eng_vocab *v = load_ok(w, NULL);
+        static const int32_t want[] = { 1, 5, 5 };
+        expect_ids(v, "a a", want, 3);
         eng_vocab_free(v);
     }
 }
