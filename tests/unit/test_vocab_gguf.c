@@ -270,22 +270,30 @@ static void test_gguf_errors(void **state)
     load_fails(w, &info, ENG_ERR_FORMAT, "embeds only 200");
 }
 
+/* A six-token SentencePiece vocabulary, "▁a" (id 5) of type type5; add_space_prefix as given
+ * (-1: the key left out, SPM's default on). Returns it loaded. */
+static struct eng_vocab *spm_six(int type5, int prefix)
+{
+    struct gw *w = &g_w;
+    static const char *const toks[] = { "<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "\xE2\x96\x81\x61" };
+    const int32_t types[] = { 2, 3, 3, 1, 1, type5 };
+    gw_begin(w);
+    kv_str(w, "tokenizer.ggml.model", "llama");
+    kv_strs(w, "tokenizer.ggml.tokens", toks, N_OF(toks));
+    kv_i32s(w, "tokenizer.ggml.token_type", types, N_OF(types));
+    kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+    if (prefix >= 0)
+        kv_bool(w, "tokenizer.ggml.add_space_prefix", prefix);
+    return load_ok(w, NULL);
+}
+
 static void test_spm_from_gguf(void **state)
 {
     (void)state;
-    struct gw *w = &g_w;
-    static const char *const toks[] = { "<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "\xE2\x96\x81\x61" };
-    static const int32_t types[] = { 2, 3, 3, 1, 1, 1 };
     for (int prefix = 0; prefix < 2; prefix++) {
-        gw_begin(w);
-        kv_str(w, "tokenizer.ggml.model", "llama");
-        kv_strs(w, "tokenizer.ggml.tokens", toks, N_OF(toks));
-        kv_i32s(w, "tokenizer.ggml.token_type", types, N_OF(types));
-        kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
-        kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
-        kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
-        kv_bool(w, "tokenizer.ggml.add_space_prefix", prefix);
-        struct eng_vocab *v = load_ok(w, NULL);
+        struct eng_vocab *v = spm_six(1, prefix);
         /* No scores: every merge scores 0, and "▁a" is the only two-symbol piece. SPM adds BOS
          * by default. */
         static const int32_t with[] = { 1, 5, 5 }, without[] = { 1, 4, 5 };
@@ -296,17 +304,7 @@ static void test_spm_from_gguf(void **state)
      * control (3) is still what "a a" becomes (the type filter kvpub had gave ▁ a ▁ a). */
     static const int32_t retyped[] = { 5, 3 };
     for (size_t i = 0; i < N_OF(retyped); i++) {
-        int32_t t2[N_OF(types)];
-        memcpy(t2, types, sizeof types);
-        t2[5] = retyped[i];
-        gw_begin(w);
-        kv_str(w, "tokenizer.ggml.model", "llama");
-        kv_strs(w, "tokenizer.ggml.tokens", toks, N_OF(toks));
-        kv_i32s(w, "tokenizer.ggml.token_type", t2, N_OF(t2));
-        kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
-        kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
-        kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
-        struct eng_vocab *v = load_ok(w, NULL);
+        struct eng_vocab *v = spm_six(retyped[i], -1);
         static const int32_t want[] = { 1, 5, 5 };
         expect_ids(v, "a a", want, 3);
         eng_vocab_free(v);
