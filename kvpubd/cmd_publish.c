@@ -308,16 +308,15 @@ int kvpubd_publish_main(int argc, char **argv)
                 printf(" after a %zu-token context", ncids);
             printf(", %" PRIu64 " bytes, %.2fs)\n", res.bytes, secs);
         } else {
-            json_t *row = json_pack("{s:s, s:s, s:I, s:I, s:s, s:f, s:I}", "id", idh, "sha256", shah, "tokens",
-                                    (json_int_t)d->n_tokens, "bytes", (json_int_t)res.bytes, "status",
-                                    skipped ? "skipped" : "published", "seconds", secs, "context_tokens",
-                                    (json_int_t)ncids);
+            json_t *file = json_string(d->path); /* NULL for a name that is not UTF-8: null */
+            json_t *row = json_pack("{s:o, s:s, s:s, s:I, s:I, s:s, s:f, s:I}", "file", file ? file : json_null(),
+                                    "id", idh, "sha256", shah, "tokens", (json_int_t)d->n_tokens, "bytes",
+                                    (json_int_t)res.bytes, "status", skipped ? "skipped" : "published", "seconds",
+                                    secs, "context_tokens", (json_int_t)ncids);
             if (!row) {
                 fprintf(stderr, "kvpubd publish: out of memory\n");
                 goto done;
             }
-            json_t *file = json_string(d->path); /* NULL for a name that is not UTF-8: null */
-            json_object_set_new(row, "file", file ? file : json_null());
             if (ncids) {
                 uint8_t ch[32];
                 char chh[65];
