@@ -76,13 +76,15 @@ static int str_is(const gguf_str *s, const char *lit)
     return s->n == strlen(lit) && memcmp(s->p, lit, (size_t)s->n) == 0;
 }
 
+/* The id under key; when the key is absent, *out keeps what the caller put there (llama.cpp's
+ * default for the tokenizer, eng_vocab_default_specials). */
 static eng_status get_special_id(hp *h, const char *key, int n_vocab, int32_t *out)
 {
     int64_t x;
     int r = gguf_get_int(h->g, key, &x);
-    *out = -1;
     if (r == 0)
         return ENG_OK;
+    *out = -1;
     if (r < 0)
         return hp_fail(h, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an integer)", key);
     /* Some converters write -1 or a huge value for "none". */
@@ -189,6 +191,8 @@ static eng_status tokenizer_params(hp *h, eng_info *info)
         if (memchr(info->tokenizer, 0, n))
             info->tokenizer[0] = 0;
     }
+    int32_t unk;
+    eng_vocab_default_specials(h->g, info->n_vocab, &info->bos_id, &info->eos_id, &unk);
     if ((st = get_special_id(h, "tokenizer.ggml.bos_token_id", info->n_vocab, &info->bos_id)) ||
         (st = get_special_id(h, "tokenizer.ggml.eos_token_id", info->n_vocab, &info->eos_id)))
         return st;

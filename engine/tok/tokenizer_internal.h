@@ -21,6 +21,11 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
  * it: SentencePiece vocabularies do, byte-level BPE ones only for the llama3 family of
  * pre-tokenizers. One answer for the vocabulary and the model's eng_info. */
 int eng_vocab_default_add_bos(const gguf_file *g);
+/* The special-token ids llama.cpp assumes when a key is absent, by tokenizer model: SentencePiece
+ * ("llama") BOS 1, EOS 2, UNK 0; GPT-2 BPE ("gpt2") BOS = EOS = 11 (no BOS for the glm4 and
+ * chatglm-bpe pre-tokenizers), no UNK; none (-1) otherwise. An id the vocabulary of n_vocab
+ * tokens does not hold is none, as llama.cpp disables it. */
+void eng_vocab_default_specials(const gguf_file *g, int n_vocab, int32_t *bos, int32_t *eos, int32_t *unk);
 
 /* ---- BPE pre-tokenizers (exposed for tests) ---- */
 

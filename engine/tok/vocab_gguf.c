@@ -92,14 +92,17 @@ static int int_key(const gguf_file *g, const char *key, const char *expected, in
     return r;
 }
 
+/* The id under key; when the key is absent, *out keeps what the caller put there (a default). */
 static eng_status get_id(const gguf_file *g, const char *key, int32_t *out, char *err, size_t errlen)
 {
     int64_t x;
     eng_status st = ENG_OK;
     int r = int_key(g, key, "an integer", &x, &st, err, errlen);
-    *out = -1;
     if (r < 0)
         return st;
+    if (r == 0)
+        return ENG_OK;
+    *out = -1;
     if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX) {
         if (x > INT32_MAX)
             return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' is %lld, outside any vocabulary", key, (long long)x);
@@ -149,6 +152,22 @@ int eng_vocab_default_add_bos(const gguf_file *g)
     eng_pretok k;
     return gguf_get_str(g, "tokenizer.ggml.pre", &s) == 1 && eng_pretok_from_name(s.p, (size_t)s.n, &k) &&
            eng_pretok_adds_bos(k);
+}
+
+void eng_vocab_default_specials(const gguf_file *g, int n_vocab, int32_t *bos, int32_t *eos, int32_t *unk)
+{
+    *bos = *eos = *unk = -1;
+    if (str_is(g, "tokenizer.ggml.model", "llama")) {
+        *bos = 1, *eos = 2, *unk = 0;
+    } else if (str_is(g, "tokenizer.ggml.model", "gpt2")) {
+        *eos = 11;
+        if (!str_is(g, "tokenizer.ggml.pre", "glm4") && !str_is(g, "tokenizer.ggml.pre", "chatglm-bpe"))
+            *bos = 11;
+    }
+    int32_t *ids[] = {bos, eos, unk};
+    for (int i = 0; i < 3; i++)
+        if (*ids[i] >= n_vocab)
+            *ids[i] = -1;
 }
 
 eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct eng_vocab **out,
@@ -238,6 +257,9 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
         d.chat_template_len = (size_t)ct.n;
     }
     d.add_space_prefix = d.kind == ENG_VOCAB_SPM;
+    eng_vocab_default_specials(g, (int)(d.n_tokens < INT32_MAX ? d.n_tokens : INT32_MAX), &d.bos_id, &d.eos_id,
+                               &d.unk_id);
+    d.eot_id = -1;
     if ((st = get_id(g, "tokenizer.ggml.bos_token_id", &d.bos_id, err, errlen)) ||
         (st = get_id(g, "tokenizer.ggml.eos_token_id", &d.eos_id, err, errlen)) ||
         (st = get_id(g, "tokenizer.ggml.unknown_token_id", &d.unk_id, err, errlen)) ||

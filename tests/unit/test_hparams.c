@@ -262,7 +262,7 @@ static void test_defaults_and_scaling(void **state)
     assert_float_equal(i.rope.freq_base, 10000.0f, 0);
     assert_int_equal(i.n_vocab, 10);   /* from token_embd ne[1] */
     assert_int_equal(i.add_bos, 1);    /* llama tokenizer default */
-    assert_int_equal(i.eos_id, -1);
+    assert_int_equal(i.eos_id, 2);     /* no eos key: llama.cpp's SentencePiece default */
     assert_int_equal(i.weight_type, -1); /* no blk.0.attn_q.weight */
 
     assert_int_equal(i.norm, ENG_NORM_RMS);

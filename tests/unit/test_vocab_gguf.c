@@ -202,10 +202,11 @@ static void test_bpe_from_gguf(void **state)
     assert_int_equal(eng_vocab_add_bos(v), 0);
     eng_vocab_free(v);
 
+    /* llama-bpe adds BOS; without a bos_token_id key it is llama.cpp's GPT-2 default, 11 */
     gw_begin(w);
     bpe_keys(w, "llama-bpe", "");
     v = load_ok(w, NULL);
-    static const int32_t l[] = { 256, 32, 257 };
+    static const int32_t l[] = { 11, 256, 32, 257 };
     expect_ids(v, "ab 12", l, N_OF(l));
     eng_vocab_free(v);
 
@@ -272,7 +273,7 @@ static void test_gguf_errors(void **state)
 
 /* A six-token SentencePiece vocabulary, "▁a" (id 5) of type type5; add_space_prefix as given
  * (-1: the key left out, SPM's default on). Returns it loaded. */
-static struct eng_vocab *spm_six(int type5, int prefix)
+static struct eng_vocab *spm_six_ids(int type5, int prefix, int with_ids)
 {
     struct gw *w = &g_w;
     static const char *const toks[] = { "<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "\xE2\x96\x81\x61" };
@@ -281,13 +282,17 @@ static struct eng_vocab *spm_six(int type5, int prefix)
     kv_str(w, "tokenizer.ggml.model", "llama");
     kv_strs(w, "tokenizer.ggml.tokens", toks, N_OF(toks));
     kv_i32s(w, "tokenizer.ggml.token_type", types, N_OF(types));
-    kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
-    kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
-    kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+    if (with_ids) {
+        kv_u32(w, "tokenizer.ggml.bos_token_id", 1);
+        kv_u32(w, "tokenizer.ggml.eos_token_id", 2);
+        kv_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+    }
     if (prefix >= 0)
         kv_bool(w, "tokenizer.ggml.add_space_prefix", prefix);
     return load_ok(w, NULL);
 }
+
+static struct eng_vocab *spm_six(int type5, int prefix) { return spm_six_ids(type5, prefix, 1); }
 
 static void test_spm_from_gguf(void **state)
 {
@@ -309,6 +314,13 @@ static void test_spm_from_gguf(void **state)
         expect_ids(v, "a a", want, 3);
         eng_vocab_free(v);
     }
+    /* Without bos/eos/unk keys, llama.cpp's SentencePiece defaults (1, 2, 0): BOS is still 1,
+     * and 2 ends a generation (kvpub left both out, so no BOS was added) */
+    struct eng_vocab *v = spm_six_ids(1, -1, 0);
+    static const int32_t want[] = { 1, 5, 5 };
+    expect_ids(v, "a a", want, 3);
+    assert_true(eng_vocab_is_eog(v, 2));
+    eng_vocab_free(v);
 }
 
 /* ---- the public API on a real model ---- */
