@@ -401,8 +401,13 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
         const char *s = tok_text(v, (int32_t)i, &l);
         if (l > 0) {
             size_t slot = tokmap_slot(v, s, l);
-            if (v->tokmap.slot[slot] < 0) /* duplicate texts: the first id wins */
-                v->tokmap.slot[slot] = (int32_t)i;
+            if (v->tokmap.slot[slot] >= 0) { /* llama.cpp asserts against such a vocabulary too */
+                st = ENG_ERR_FORMAT;
+                base_errf(err, errlen, "tokens %d and %zu have the same text (%zu bytes): a vocabulary maps each "
+                          "text to one token", v->tokmap.slot[slot], i, l);
+                goto fail;
+            }
+            v->tokmap.slot[slot] = (int32_t)i;
         }
         int t = v->types[i];
         if (l > 0 && (t == ENG_TOKTYPE_CONTROL || t == ENG_TOKTYPE_USER_DEFINED || t == ENG_TOKTYPE_UNKNOWN))

@@ -808,6 +808,16 @@ static void test_malformed(void **state)
     d.pre = "deepseek-llm";
     expect_create_fails(&d, ENG_ERR_UNSUPPORTED, "'deepseek-llm'");
 
+    /* two tokens of one text: llama.cpp asserts against such a vocabulary; refused by name */
+    d = good;
+    const char *dup[B_N_TOKENS];
+    memcpy(dup, b->tok, sizeof dup);
+    dup[7] = dup[6];
+    d.tokens = dup;
+    char want[64];
+    snprintf(want, sizeof want, "tokens 6 and 7 have the same text (%zu bytes)", strlen(dup[6]));
+    expect_create_fails(&d, ENG_ERR_FORMAT, want);
+
     d = good;
     int32_t types[B_N_TOKENS];
     memcpy(types, b->type, sizeof types);
@@ -833,7 +843,8 @@ static void test_malformed(void **state)
     expect_create_fails(&d, ENG_ERR_ARG, "kind");
     expect_create_fails(NULL, ENG_ERR_ARG, "NULL");
 
-    /* Duplicate token texts are allowed: the first id wins, as does a merge's first rank. */
+    /* Duplicate token texts are refused (llama.cpp asserts against them: its text-to-id map
+     * would be smaller than its id-to-text one); a merge listed twice keeps its first rank. */
     const char *dup_toks[] = { "a", "b", "ab", "ab" };
     const char *dup_merges[] = { "a b", "a b" };
     eng_vocab_desc dd;
@@ -844,6 +855,8 @@ static void test_malformed(void **state)
     dd.merges = dup_merges;
     dd.n_merges = 2;
     dd.bos_id = dd.eos_id = dd.unk_id = dd.eot_id = -1;
+    expect_create_fails(&dd, ENG_ERR_FORMAT, "tokens 2 and 3 have the same text (2 bytes)");
+    dd.n_tokens = 3;
     struct eng_vocab *v = create_ok(&dd);
     EXPECT_IDS(v, "abab", 0, 0, 2, 2);
     int32_t *ids;
