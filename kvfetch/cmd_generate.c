@@ -39,12 +39,14 @@ static void usage(FILE *f)
           f);
 }
 
+/* A number in 0..100 (what run takes for --temp and --top-p): NaN, infinities and negatives
+ * are refused. */
 static int parse_float(const char *s, float *out)
 {
     char *end;
     errno = 0;
     float v = strtof(s, &end);
-    if (errno || end == s || *end)
+    if (errno || end == s || *end || !(v >= 0) || v > 100)
         return -1;
     *out = v;
     return 0;

@@ -44,6 +44,10 @@ expect_fail 2 "out of range" --model "$MODEL" --prompt-ids 1,99999
 expect_fail 2 "bad value" --model "$MODEL" --prompt-ids 1 -n abc
 expect_fail 2 "cannot open" --model "$tmp/nope.gguf" --prompt-ids 1
 expect_fail 2 "exceeds --ctx" --model "$MODEL" --prompt-ids 1,2,3 -n 10 --ctx 5
+for t in nan -1 inf 101; do  # --temp and --top-p take 0..100, as kvfetch run's do
+  expect_fail 2 "bad value" --model "$MODEL" --prompt-ids 1 -n 1 --temp "$t"
+  expect_fail 2 "bad value" --model "$MODEL" --prompt-ids 1 -n 1 --top-p "$t"
+done
 
 # --logits: n_vocab (512) little-endian floats; where the disk runs out half way (a 1 KiB file
 # size limit stands in for it, as in fetch_edges.sh), exit 2 and the file there before is
