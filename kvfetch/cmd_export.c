@@ -24,7 +24,7 @@ static const char usage_export[] =
     "                       (default: flash attention on, llama.cpp's CPU default)\n"
     "  --chat, --system     prefix = the chat template's system turn and user header; the user\n"
     "                       then sends \"\\n\\n\" + question + the end of the turn\n"
-    KVFETCH_RUN_HELP
+    KVFETCH_EXPORT_HELP
     KVF_SHARED_HELP
     "\n"
     "exit codes: 0 ok; 1 refused: verification failed, or the blob was made for another model,\n"

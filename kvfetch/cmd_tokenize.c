@@ -52,7 +52,7 @@ static json_t *token_json(const eng_vocab *v, int32_t id)
         jp = json_stringn(piece, pl); /* NULL when the bytes are not UTF-8 alone */
     free(piece);
     json_t *jt = text ? json_stringn(text, tl) : NULL;
-    return json_pack("{s:i, s:o, s:o}", "id", (json_int_t)id, "text", jt ? jt : json_null(), "piece",
+    return json_pack("{s:I, s:o, s:o}", "id", (json_int_t)id, "text", jt ? jt : json_null(), "piece",
                      jp ? jp : json_null());
 }
 

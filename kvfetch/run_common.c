@@ -56,12 +56,13 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
     a->n_gen = 64;
     a->top_p = 1.0f;
     a->seed = 1;
-    int c;
+    int c, gen_opt = 0; /* a generation option was given (export generates nothing) */
     base_opts op = {.prog = prog, .usage = usage, .shortopts = "n:h", .longopts = longopts,
                     .more = kvf_common_hook, .more_ctx = &a->co};
     while ((c = base_opts_next(&op, argc, argv)) > 0) {
         char *end = NULL;
         errno = 0;
+        gen_opt |= c == 'n' || c == O_TEMP || c == O_TOPP || c == O_TOPK || c == O_SEED || c == O_LOGITS;
         switch (c) {
         case O_MODEL: a->model = optarg; break;
         case O_BLOB:
@@ -146,7 +147,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         }
         case O_SEED: {
             unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg) {
+            if (errno || *end || end == optarg || *optarg == '-') { /* strtoull would wrap -1 */
                 fprintf(stderr, "%s: --seed '%s' is not a number\n", prog, optarg);
                 return 2;
             }
@@ -172,6 +173,13 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         fprintf(stderr, "%s: the state ends with the documents: no --prompt (the llama.cpp user prompts)\n", prog);
         return 2;
     }
+    if (exporting && gen_opt) {
+        fprintf(stderr, "%s: -n, --temp, --top-k, --top-p, --seed and --logits are for run and compare: export "
+                        "generates nothing\n", prog);
+        return 2;
+    }
+    if (exporting)
+        a->n_gen = 0; /* the context holds the documents, not room for a generation */
     if (!a->model || !a->n_blobs || (!exporting && (!a->prompt || !*a->prompt))) {
         fprintf(stderr, "%s: --model, --blob and a non-empty --prompt are required (try --help)\n", prog);
         return 2;

@@ -14,41 +14,51 @@
 #define KVFETCH_MAX_BLOBS 16
 #define KVFETCH_MAX_GEN 4096
 
-/* The options of run and compare, for their --help. */
-#define KVFETCH_RUN_HELP                                                                        \
-    "  --model FILE         GGUF model (required)\n"                                           \
+/* The options of run and compare, and of export (no prompt, no generation), for their --help. */
+#define KVFETCH_HELP_LOAD \
+    "  --model FILE         GGUF model (required)\n" \
     "  --blob FILE|URL|ID   a blob file, an https:// URL (fetched like kvfetch get, cached), or a\n" \
     "                       blob id (64 hex: the local cache, else --server); repeat to place\n" \
-    "                       several documents in order (at most 16)\n"                          \
+    "                       several documents in order (at most 16)\n" \
     "  --server URL         kvpubd API base to fetch --blob IDs from (GET /v1/blobs/ID); and/or\n" \
-    "                       the --mirror repositories (below)\n"                              \
+    "                       the --mirror repositories (below)\n" \
     "  --recompute R        when a document does not sit exactly where it was computed, recompute\n" \
     "                       R (0..1) of its tokens at every layer after the real prefix and load\n" \
     "                       the rest re-rotated (default 0; docs/quality.md has the measurements)\n" \
     "  --recompute-method M which tokens: head (EPIC: the document's first ones, default) or blend\n" \
-    "                       (CacheBlend: layer 0 of all, then those whose K/V deviate most)\n"   \
+    "                       (CacheBlend: layer 0 of all, then those whose K/V deviate most)\n"
+#define KVFETCH_HELP_BASELINES \
     "  --follow full|loaded compare: whose greedy tokens both paths are fed (default loaded; full:\n" \
     "                       the reference continuation, the same for every way of loading)\n" \
     "  --no-rerotate, --drop-prefix  measurement baselines: keys left at the positions they were\n" \
     "                       computed for; the prefix left out of the loaded path (compare keeps\n" \
-    "                       it in the full prefill)\n"                                         \
-    "  --prefix TEXT        text before the documents, e.g. a system prompt (default empty)\n" \
-    "  --prompt TEXT        text after the documents (required, non-empty)\n"                  \
+    "                       it in the full prefill)\n"
+#define KVFETCH_HELP_PREFIX \
+    "  --prefix TEXT        text before the documents, e.g. a system prompt (default empty)\n"
+#define KVFETCH_HELP_PROMPT \
+    "  --prompt TEXT        text after the documents (required, non-empty)\n"
+#define KVFETCH_HELP_TEXT \
     "  --chat               build the conversation with the model's chat template (ChatML/Qwen,\n" \
     "                       Llama 3, Phi-3, as llama.cpp renders them): [--system turn,] a user\n" \
-    "                       turn holding the documents, a blank line and --prompt, then the\n"  \
-    "                       assistant's header; other templates are refused\n"                 \
-    "  --system TEXT        with --chat: the system message\n"                                  \
-    "  --special            match special-token texts (<|im_start|>, ...) in --prefix and\n"   \
-    "                       --prompt (the default for prompts; documents never are)\n"         \
-    "  --no-special         treat them as plain text\n"                                         \
+    "                       turn holding the documents, a blank line and --prompt, then the\n" \
+    "                       assistant's header; other templates are refused\n" \
+    "  --system TEXT        with --chat: the system message\n" \
+    "  --special            match special-token texts (<|im_start|>, ...) in --prefix and\n" \
+    "                       --prompt (the default for prompts; documents never are)\n" \
+    "  --no-special         treat them as plain text\n"
+#define KVFETCH_HELP_GEN \
     "  --logits FILE        write the loaded path's logits after the prompt (n_vocab f32 LE)\n" \
     "  -n N                 tokens to generate (default 64; stops early at end of generation)\n" \
-    "  --temp T             sampling temperature; 0 = greedy (default 0)\n"                    \
-    "  --top-k K, --top-p P sampling filters (default off)\n"                                   \
-    "  --seed S             sampler seed (default 1)\n"                                         \
-    "  --threads N          engine and decode threads (default: all cores)\n"                  \
+    "  --temp T             sampling temperature; 0 = greedy (default 0)\n" \
+    "  --top-k K, --top-p P sampling filters (default off)\n" \
+    "  --seed S             sampler seed (default 1)\n"
+#define KVFETCH_HELP_TAIL \
+    "  --threads N          engine and decode threads (default: all cores)\n" \
     "  --json               machine-readable result on stdout\n"
+#define KVFETCH_RUN_HELP                                                                          \
+    KVFETCH_HELP_LOAD KVFETCH_HELP_BASELINES KVFETCH_HELP_PREFIX KVFETCH_HELP_PROMPT KVFETCH_HELP_TEXT \
+    KVFETCH_HELP_GEN KVFETCH_HELP_TAIL
+#define KVFETCH_EXPORT_HELP KVFETCH_HELP_LOAD KVFETCH_HELP_PREFIX KVFETCH_HELP_TEXT KVFETCH_HELP_TAIL
 
 typedef struct kvfetch_run_args {
     const char *model;

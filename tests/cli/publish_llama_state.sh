@@ -73,4 +73,21 @@ for m in "$T/llama.gguf" "$T/qwen3.gguf"; do
     ok "$name: truncated, overlong and another document's states refused: $(cat "$T/err")" ||
     fail "$name: another document's state: exit $rc: $(cat "$T/err")"
 done
+
+# export generates nothing: a document that fills the model's context but for BOS exports (it
+# was refused while export kept room for run's 64 generated tokens); generation options are
+# refused
+publish "$T/llama.gguf" "$T/s0" "$T/doc.txt" >/dev/null || fail "publish for the tight context"
+n=$(jq '.documents[0].tokens' "$T/pub.json")
+"$BUILD/kvsynth" --arch llama --layers 2 --dim 128 --heads 4 --kv-heads 2 --head-dim 32 --ffn 128 \
+  --vocab 320 --ctx $((n + 1)) --type f16 --seed 3 -o "$T/tight.gguf" >/dev/null
+blob=$(publish "$T/tight.gguf" "$T/s3" "$T/doc.txt") || fail "publish $n tokens with a context of $((n + 1))"
+"$BUILD/kvfetch" export --model "$T/tight.gguf" --blob "$blob" --trust "$T/trust" --llama-state "$T/tight.state" \
+  --quiet 2>"$T/err" && ok "export fills the context ($n tokens and BOS in $((n + 1)))" \
+  || fail "export into a context it fills: $(cat "$T/err")"
+for o in "-n 4" "--temp 0.5" "--seed 3" "--logits $T/l.f32"; do
+  rc=0; "$BUILD/kvfetch" export --model "$T/tight.gguf" --blob "$blob" --trust "$T/trust" \
+    --llama-state "$T/x.state" $o 2>"$T/err" || rc=$?
+  [ $rc -eq 2 ] && grep -q "export generates nothing" "$T/err" && [ ! -e "$T/x.state" ] || fail "export $o: rc=$rc $(cat "$T/err")"
+done
 done_tests
