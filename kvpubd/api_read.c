@@ -393,7 +393,7 @@ void kvsrv_download_finish(kvsrv_req *r, int completed_ok)
     uint64_t sent = atomic_load(&r->file_bytes);
     if (r->spent > sent) { /* give back what this GET did not deliver */
         kvs_store *st = kvsrv_pool_get(r->srv);
-        kvs_status s0 = kvs_store_token_refund(st, r->token, r->spent - sent, e, sizeof e);
+        kvs_status s0 = kvs_store_token_refund(st, r->token, r->spent - sent, (int64_t)time(NULL), e, sizeof e);
         kvsrv_pool_put(r->srv, st);
         if (s0 != KVS_OK)
             kvsrv_log(r->srv, "error", "event=token_refund detail=\"%s\"", kvsrv_log_escape(e, esc, sizeof esc));

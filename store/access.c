@@ -187,6 +187,17 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
         }
         db_finalize(&q);
     }
+    /* the purchase counts the bytes as delivered from here, in the same transaction: a server
+     * killed mid-download cannot leave a paid purchase looking unpaid to the pruning (what the
+     * GET does not deliver comes off again in kvs_store_token_refund) */
+    if (st == KVS_OK && bytes)
+        st = kvs_prepare(s, "UPDATE purchases SET delivered = delivered + :n WHERE id = :pid", &q, err, errlen);
+    if (st == KVS_OK && bytes) {
+        db_bind_int64(&q, ":n", (int64_t)bytes);
+        db_bind_int64(&q, ":pid", pid);
+        st = db_run(&q, err, errlen);
+        db_finalize(&q);
+    }
     st = db_end(s->db, st, err, errlen);
     if (st == KVS_OK) {
         if (downloads_left)
@@ -197,8 +208,8 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
     return st;
 }
 
-kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, char *err,
-                                  size_t errlen)
+kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, int64_t now,
+                                  char *err, size_t errlen)
 {
     if (bytes == 0)
         return KVS_OK;
@@ -206,14 +217,29 @@ kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LE
     kvs_status st = token_begin(s, token, bytes, "refund", h, err, errlen);
     if (st != KVS_OK)
         return st;
-    db_stmt q;
-    st = kvs_prepare(s,
-                    "UPDATE access_tokens SET bytes_left = bytes_left + :n WHERE token_sha256 = :hash",
-                    &q, err, errlen);
-    if (st == KVS_OK) {
-        db_bind_hex(&q, ":hash", h, sizeof h);
-        db_bind_int64(&q, ":n", (int64_t)bytes);
-        st = db_run(&q, err, errlen);
+    /* the bytes go back to the token and off what its purchase delivered; and where the
+     * publisher was revoked while this GET held the budget (so the revocation saw nothing left
+     * to refund), the purchase is refunded now, as the revocation would have (revoke.c) */
+    static const char *const steps[] = {
+        "UPDATE access_tokens SET bytes_left = bytes_left + :n WHERE token_sha256 = :hash",
+        "UPDATE purchases SET delivered = max(delivered - :n, 0) "
+        "WHERE id = (SELECT purchase_id FROM access_tokens WHERE token_sha256 = :hash)",
+        "INSERT INTO refunds (purchase_id, amount, at, reason) "
+        "SELECT p.id, p.price, :now, r.reason FROM access_tokens t JOIN purchases p ON p.id = t.purchase_id "
+        "JOIN blobs b ON b.id = t.blob_id JOIN revocations r ON r.key_id = b.publisher_key_id "
+        "WHERE t.token_sha256 = :hash AND t.bytes_left > 0 AND t.expires > r.revoked AND :n > 0 "
+        "ON CONFLICT (purchase_id) DO NOTHING",
+    };
+    for (size_t i = 0; st == KVS_OK && i < sizeof steps / sizeof steps[0]; i++) {
+        db_stmt q;
+        st = kvs_prepare(s, steps[i], &q, err, errlen);
+        if (st == KVS_OK) {
+            db_bind_hex(&q, ":hash", h, sizeof h);
+            db_bind_int64(&q, ":n", (int64_t)bytes);
+            if (i == 2)
+                db_bind_int64(&q, ":now", now);
+            st = db_run(&q, err, errlen);
+        }
         db_finalize(&q);
     }
     return db_end(s->db, st, err, errlen); /* a token gone with its blob: nothing to give back */
@@ -339,15 +365,7 @@ kvs_status kvs_store_log_download(kvs_store *s, const uint8_t id[KVS_SHA256_LEN]
     kvs_status st = db_begin(s->db, err, errlen);
     if (st != KVS_OK)
         return st;
-    /* what a purchase delivered keeps it out of the pruning of unpaid purchases */
-    if (purchase_id && bytes) {
-        st = kvs_prepare(s, "UPDATE purchases SET delivered = delivered + :bytes WHERE id = :pid", &q, err, errlen);
-        db_bind_int64(&q, ":bytes", (int64_t)bytes);
-        db_bind_int64(&q, ":pid", purchase_id);
-        if (st == KVS_OK)
-            st = db_run(&q, err, errlen);
-        db_finalize(&q);
-    }
+    /* (what a purchase delivered is counted where its token is spent and given back) */
     if (st == KVS_OK)
         st = kvs_prepare(s,
                          "INSERT INTO download_log (at, blob_id, purchase_id, client, bytes, status) "

@@ -183,9 +183,12 @@ kvs_status kvs_store_token_spend(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN
                                  int64_t now, uint64_t bytes, uint32_t *downloads_left, int64_t *purchase_id,
                                  char *err, size_t errlen) KVS_WUR;
 /* Gives back bytes a spent GET did not deliver (the client went away, the server stopped), so
- * resuming it costs only what is still missing. */
-kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, char *err,
-                                  size_t errlen) KVS_WUR;
+ * resuming it costs only what is still missing; they come off the purchase's delivered bytes
+ * too (kvs_store_token_spend counts them as delivered when it spends them). A purchase whose
+ * publisher was revoked while the GET held its budget is refunded at now, as a revocation
+ * refunds every purchase whose token could still download. */
+kvs_status kvs_store_token_refund(kvs_store *s, const uint8_t token[KVS_TOKEN_LEN], uint64_t bytes, int64_t now,
+                                  char *err, size_t errlen) KVS_WUR;
 
 /* ---- publishers ---- */
 

@@ -996,7 +996,7 @@ static void test_purchases_and_tokens(void **state)
     /* exhausted: not even one byte, not even a range after byte 0 */
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 152, 1, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
     /* undelivered bytes come back: a resumption of the missing 30 is paid for, no more */
-    assert_int_equal(kvs_store_token_refund(s, tok, 30, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_token_refund(s, tok, 30, 153, err, sizeof err), KVS_OK);
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 153, 31, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 153, 30, &left, NULL, err, sizeof err), KVS_OK);
     assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 153, 1, &left, NULL, err, sizeof err), KVS_TOKEN_EXHAUSTED);
@@ -1006,7 +1006,7 @@ static void test_purchases_and_tokens(void **state)
     uint8_t fake[32];
     memset(fake, 7, sizeof fake);
     assert_int_equal(kvs_store_token_spend(s, fake, a.sha, 150, 1, &left, NULL, err, sizeof err), KVS_TOKEN_UNKNOWN);
-    assert_int_equal(kvs_store_token_refund(s, fake, 10, err, sizeof err), KVS_OK); /* nothing to give back */
+    assert_int_equal(kvs_store_token_refund(s, fake, 10, 153, err, sizeof err), KVS_OK); /* nothing to give back */
     /* tok2 is still usable before expiry: the expired attempt did not spend it */
     assert_int_equal(kvs_store_token_spend(s, tok2, a.sha, 199, 100, &left, NULL, err, sizeof err), KVS_OK);
 
@@ -1039,6 +1039,40 @@ static kvs_prune_counts prune_all(kvs_store *s, kvs_prune_policy p)
     return sum;
 }
 
+/* A GET holds its token's budget while it streams: a revocation then sees nothing left to
+ * refund. What the GET gives back when it ends comes off the purchase's delivered bytes, and
+ * (the publisher revoked meanwhile) the purchase is refunded then; a purchase killed mid-GET
+ * keeps what it reserved as delivered, so pruning never takes it for unpaid. */
+static void test_refund_after_inflight_revocation(void **state)
+{
+    const char *dir = *state;
+    char sdir[512], dbpath[600], err[512] = "", sql[200];
+    kvs_store *s = open_store_in(dir, sdir, dbpath);
+    item a;
+    make_item(&a, dir, 1, 1, "f16-zstd", 100, 10, 0);
+    a.info.price = 9;
+    publish_ok(s, &a, 0);
+    uint8_t tok[32];
+    int64_t pid = 0;
+    assert_int_equal(kvs_store_purchase(s, a.sha, "b", 100, 5000, 1, tok, &pid, err, sizeof err), KVS_OK);
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 120, 100, NULL, NULL, err, sizeof err), KVS_OK);
+    snprintf(sql, sizeof sql, "SELECT delivered FROM purchases WHERE id = %lld", (long long)pid);
+    assert_int_equal(count_rows(dbpath, sql), 100); /* reserved counts as delivered */
+    size_t blobs = 0, refunds = 9;
+    assert_int_equal(kvs_store_publisher_revoke(s, a.info.publisher_id, "leaked", 130, &blobs, &refunds, err,
+                                                sizeof err), KVS_OK);
+    assert_int_equal(refunds, 0); /* the budget was all held by the GET */
+    /* the GET ends after 9 bytes: 91 come back, and the purchase is refunded */
+    assert_int_equal(kvs_store_token_refund(s, tok, 91, 140, err, sizeof err), KVS_OK);
+    assert_int_equal(count_rows(dbpath, sql), 9);
+    snprintf(sql, sizeof sql, "SELECT amount FROM refunds WHERE purchase_id = %lld AND at = 140", (long long)pid);
+    assert_int_equal(count_rows(dbpath, sql), 9);
+    /* once only */
+    assert_int_equal(kvs_store_token_refund(s, tok, 1, 150, err, sizeof err), KVS_OK);
+    assert_int_equal(count_rows(dbpath, "SELECT count(*) FROM refunds"), 1);
+    kvs_store_close(s);
+}
+
 static void test_prune(void **state)
 {
     const char *dir = *state;
@@ -1056,6 +1090,8 @@ static void test_prune(void **state)
     for (int i = 0; i < 5; i++) /* unpaid: nothing delivered, tokens expire at 200 */
         assert_int_equal(kvs_store_purchase(s, a.sha, "u", 100, 200, 1, tok, NULL, err, sizeof err), KVS_OK);
     assert_int_equal(kvs_store_purchase(s, a.sha, "p", 100, 200, 1, tok, &paid, err, sizeof err), KVS_OK);
+    /* delivered: its token spent (the server's GET), the log written when the GET ended */
+    assert_int_equal(kvs_store_token_spend(s, tok, a.sha, 120, 50, NULL, NULL, err, sizeof err), KVS_OK);
     assert_int_equal(kvs_store_log_download(s, a.sha, paid, "c", 50, 206, 120, err, sizeof err), KVS_OK);
     assert_int_equal(kvs_store_purchase(s, f.sha, "free", 100, 200, 1, tok, &pid, err, sizeof err), KVS_OK);
     assert_int_equal(kvs_store_log_download(s, f.sha, pid, "c", 100, 200, 120, err, sizeof err), KVS_OK);
@@ -1480,6 +1516,7 @@ int main(void)
         TU_TMPDIR_TEST(test_revocation_bites),
         TU_TMPDIR_TEST(test_listing_migration),
         TU_TMPDIR_TEST(test_prune),
+        TU_TMPDIR_TEST(test_refund_after_inflight_revocation),
         TU_TMPDIR_TEST(test_publishers_and_log),
         TU_TMPDIR_TEST(test_schema_newer_refused),
         TU_TMPDIR_TEST(test_two_processes_publish),
