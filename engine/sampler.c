@@ -121,7 +121,9 @@ static int32_t draw(eng_sampler *s, cand *c, int m, float max)
 {
     double total = 0;
     for (int i = 0; i < m; i++) {
-        c[i].w = exp(((double)c[i].logit - max) / s->temp);
+        /* a -inf logit weighs nothing at any temperature (+inf included, where (-inf - max) /
+         * temp would be NaN) */
+        c[i].w = c[i].logit == -INFINITY ? 0 : exp(((double)c[i].logit - max) / s->temp);
         total += c[i].w;
     }
     double u = uniform01(s->s) * total, acc = 0;
@@ -140,11 +142,11 @@ int32_t eng_sample(eng_sampler *s, const float *logits, int n_vocab)
 {
     if (!s || !logits || n_vocab <= 0)
         return -1;
-    if (s->temp <= 0)
+    if (!(s->temp > 0)) /* 0, negative or NaN: greedy */
         return argmax(logits, n_vocab);
     int32_t best = argmax(logits, n_vocab);
     float max = clean(logits[best]);
-    if (max == -INFINITY)
+    if (max == -INFINITY || max == INFINITY) /* nothing to draw from, or one certain token */
         return best;
     if ((size_t)n_vocab > s->cap) {
         cand *c = realloc(s->c, (size_t)n_vocab * sizeof *c);

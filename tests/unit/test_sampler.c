@@ -167,6 +167,38 @@ static void test_seed_determinism(void **state)
     eng_sampler_free(s3);
 }
 
+/* Non-finite inputs: a +inf logit is the one certain token on every path (plain temperature
+ * drew token 0: every weight was NaN); a NaN temperature is greedy, never a banned token; an
+ * infinite one draws uniformly over the tokens that are not -inf. */
+static void test_non_finite(void **state)
+{
+    (void)state;
+    const float inf[] = {0, 1, 2, INFINITY, 1, 0};
+    for (int path = 0; path < 3; path++) {
+        eng_sampler *s = eng_sampler_create(1.0f, path == 1 ? 3 : 0, path == 2 ? 0.9f : 1.0f, 7);
+        for (int i = 0; i < 200; i++)
+            assert_int_equal(eng_sample(s, inf, 6), 3);
+        eng_sampler_free(s);
+    }
+    const float banned[] = {-INFINITY, 1, 3, 2, -INFINITY, 0};
+    eng_sampler *s = eng_sampler_create(NAN, 0, 1.0f, 7);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(eng_sample(s, banned, 6), 2);
+    eng_sampler_free(s);
+    s = eng_sampler_create(INFINITY, 0, 1.0f, 7);
+    int seen[6] = {0};
+    for (int i = 0; i < 4000; i++) {
+        int32_t t = eng_sample(s, banned, 6);
+        assert_true(t >= 0 && t < 6);
+        seen[t]++;
+    }
+    eng_sampler_free(s);
+    assert_int_equal(seen[0] + seen[4], 0);
+    for (int t = 1; t < 6; t++)
+        if (t != 4)
+            assert_true(seen[t] > 800 && seen[t] < 1200); /* 1000 expected, about 5 sigma */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +207,7 @@ int main(void)
         cmocka_unit_test(test_distribution),
         cmocka_unit_test(test_top_p),
         cmocka_unit_test(test_seed_determinism),
+        cmocka_unit_test(test_non_finite),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
