@@ -21,6 +21,9 @@ eng_status eng_ctx_create(eng_model *m, const eng_ctx_params *p, eng_ctx **out, 
     eng_ctx_params def = {0, 0, 0};
     if (!p)
         p = &def;
+    if (p->n_ctx < 0 || p->n_threads < 0) /* 0 asks for the default; a negative is a mistake */
+        return eng_fail(err, errlen, ENG_ERR_ARG, "eng_ctx_create: n_ctx %d or n_threads %d is negative", p->n_ctx,
+                        p->n_threads);
     int n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
     if (n_ctx <= 0 || n_ctx > MAX_CTX)
         return eng_fail(err, errlen, ENG_ERR_ARG, "context size %d out of range (1..%d)", n_ctx, MAX_CTX);
@@ -362,6 +365,8 @@ eng_status eng_prefill_held(eng_ctx *c, int cell0, const int32_t *held, int n_he
 eng_status eng_decode(eng_ctx *c, int32_t token, int32_t pos, float *logits)
 {
     if (!c)
+        return ENG_ERR_ARG;
+    if (pos < -1) /* -1 is "next"; other negatives are no position */
         return ENG_ERR_ARG;
     if (c->n_cells >= c->n_ctx)
         return ENG_ERR_RANGE;

@@ -238,8 +238,8 @@ int eng_vocab_is_eog(const eng_vocab *v, int32_t id);
  * positions). K is stored after RoPE; V never is rotated. */
 
 typedef struct eng_ctx_params {
-    int n_ctx;        /* cells; 0 = the model's training context */
-    int n_threads;    /* 0 = all online cores */
+    int n_ctx;        /* cells; 0 = the model's training context (negative: ENG_ERR_ARG) */
+    int n_threads;    /* 0 = all online cores (negative: ENG_ERR_ARG) */
     int kv_f32;       /* 0: f16 cache (default, as llama.cpp); 1: f32 cache */
 } eng_ctx_params;
 
@@ -277,7 +277,8 @@ eng_status eng_prefill(eng_ctx *c, const int32_t *tokens, const int32_t *pos, si
 eng_status eng_prefill_held(eng_ctx *c, int cell0, const int32_t *held, int n_held, const int32_t *tokens,
                             size_t n, float *logits) ENG_WUR;
 
-/* One decode step (the fast matrix-vector path): token at position pos (-1 = next_pos). */
+/* One decode step (the fast matrix-vector path): token at position pos (-1 = next_pos; another
+ * negative is ENG_ERR_ARG). */
 eng_status eng_decode(eng_ctx *c, int32_t token, int32_t pos, float *logits) ENG_WUR;
 
 /* Bytes of one token's K plus V over all layers in the f16 exchange layout. */

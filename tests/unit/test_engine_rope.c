@@ -360,6 +360,14 @@ static void test_kv_args(void **state)
     assert_int_equal(eng_kv_truncate(c, 2), ENG_OK);
     assert_int_equal(eng_kv_next_pos(c), 2);
     assert_int_equal(eng_decode(c, -5, -1, NULL), ENG_ERR_RANGE);
+    assert_int_equal(eng_decode(c, 1, -2, NULL), ENG_ERR_ARG); /* only -1 means "next" */
+    assert_int_equal(eng_kv_next_pos(c), 2);
+    eng_ctx *bad = NULL;
+    eng_ctx_params neg = {-1, 0, 0};
+    assert_int_equal(eng_ctx_create(m, &neg, &bad, NULL, 0), ENG_ERR_ARG);
+    neg = (eng_ctx_params){16, -3, 0};
+    assert_int_equal(eng_ctx_create(m, &neg, &bad, NULL, 0), ENG_ERR_ARG);
+    assert_null(bad);
     /* positions stop at INT32_MAX - 1, so next_pos (last + 1) never overflows */
     assert_int_equal(eng_kv_rerotate(c, 0, 2, INT32_MAX - 1), ENG_ERR_RANGE);
     assert_int_equal(eng_kv_rerotate(c, 0, 2, INT32_MAX - 2), ENG_OK);
