@@ -294,6 +294,9 @@ int base_write_f32_le(const char *path, const float *x, size_t n);
 /* Writes all n bytes (retrying short writes and EINTR), at the file offset or, for pwrite_all,
  * at off (safe from several threads on one fd). Return 0, or -1 with errno set. */
 int base_write_all(int fd, const void *data, size_t n);
+/* Copies in, from its offset, to out until in's end (retrying EINTR and short writes): 0, or
+ * -1 with errno set. */
+int base_copy_fd(int in, int out);
 /* Opens (creating, 0600) the lock file path and waits for an exclusive flock on it: the fd to
  * close when done, or -1 with errno set. For read-modify-write of small state files. */
 int base_lock_file(const char *path);

@@ -46,6 +46,25 @@ int base_pwrite_all(int fd, const void *data, size_t n, uint64_t off)
     return write_at(fd, data, n, (int64_t)off);
 }
 
+int base_copy_fd(int in, int out)
+{
+    enum { BUF = 1 << 20 };
+    char *buf = malloc(BUF);
+    if (!buf)
+        return -1;
+    int rc = 0;
+    for (ssize_t n; rc == 0 && (n = read(in, buf, BUF)) != 0;) {
+        if (n < 0)
+            rc = errno == EINTR ? 0 : -1;
+        else
+            rc = base_write_all(out, buf, (size_t)n);
+    }
+    const int e = errno;
+    free(buf);
+    errno = e;
+    return rc;
+}
+
 int base_tmpfd(const char *dir)
 {
     int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);

@@ -69,29 +69,15 @@ static int copy_out(const char *src, const char *dst, char *err, size_t errlen)
         close(in);
         return -1;
     }
-    int rc = 0;
-    char *buf = malloc(1 << 20);
-    if (!buf)
-        rc = -1;
-    while (rc == 0) {
-        ssize_t n = read(in, buf, 1 << 20);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            rc = n < 0 ? -1 : 0;
-            break;
-        }
-        if (base_write_all(r.fd, buf, (size_t)n) != 0)
-            rc = -1;
-    }
+    int rc = base_copy_fd(in, r.fd);
     const int e = errno;
-    free(buf);
     close(in);
     if (rc != 0) {
         base_replace_abort(&r);
         errno = e;
-    } else
+    } else {
         rc = base_replace_commit(&r);
+    }
     if (rc != 0)
         snprintf(err, errlen, "writing %s: %s", dst, strerror(errno));
     return rc;

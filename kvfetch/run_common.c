@@ -224,15 +224,8 @@ static int spool(kvfetch_session *s, int i, const char *b)
 {
     const char *dir = getenv("TMPDIR");
     int in = open(b, O_RDONLY | O_CLOEXEC), out = base_tmpfd(dir && *dir ? dir : "/tmp");
-    char *buf = in >= 0 && out >= 0 ? malloc(1 << 20) : NULL;
-    int ok = buf != NULL;
-    for (ssize_t n; ok && (n = read(in, buf, 1 << 20)) != 0;) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        ok = n > 0 && base_write_all(out, buf, (size_t)n) == 0;
-    }
+    const int ok = in >= 0 && out >= 0 && base_copy_fd(in, out) == 0;
     const int e = errno;
-    free(buf);
     if (in >= 0)
         close(in);
     if (!ok) {

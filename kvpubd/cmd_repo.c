@@ -133,30 +133,20 @@ static int make_snapshot(const repo_args *a, kvs_store **st, kvs_snapshot *snap)
     return 0;
 }
 
-/* Ends a file written to tmp (fd, -1 when it could not be made; bad when a write failed):
- * mode 0644, fsync, close, and rename onto path, so readers see the old file or the whole new
- * one. Returns 0, or -1 with err set and tmp removed. */
-static int put_in_place(int fd, const char *tmp, const char *path, int bad, char *err, size_t errlen)
-{
-    bad |= fd < 0 || fchmod(fd, 0644) != 0 || fsync(fd) != 0;
-    if (fd >= 0 && close(fd) != 0)
-        bad = 1;
-    if (bad || rename(tmp, path) != 0) {
-        base_errf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-        if (fd >= 0)
-            unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
-/* Writes len bytes to path through a temporary file in its directory. */
+/* Writes len bytes to path through base_replace (a temporary file in its directory). */
 static int write_file(const char *path, const void *data, size_t len, char *err, size_t errlen)
 {
-    char tmp[PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    return put_in_place(fd, tmp, path, fd >= 0 && base_write_all(fd, data, len) != 0, err, errlen);
+    base_replace r;
+    int rc = base_replace_open(&r, path);
+    if (rc == 0 && base_write_all(r.fd, data, len) != 0) {
+        base_replace_abort(&r);
+        rc = -1;
+    }
+    if (rc == 0)
+        rc = base_replace_commit(&r);
+    if (rc != 0)
+        base_errf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    return rc;
 }
 
 int kvpubd_snapshot_main(int argc, char **argv)
@@ -207,22 +197,25 @@ static int mkdirs(const char *out, char *err, size_t errlen)
     return 0;
 }
 
-/* Copies src to a temporary file next to dst, then renames it into place. */
+/* Copies src to dst through base_replace (a temporary file next to dst, renamed into place). */
 static int copy_file(const char *src, const char *dst, char *err, size_t errlen)
 {
     int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0)
         return base_errf(err, errlen, "cannot read %s: %s", src, strerror(errno)), -1;
-    char tmp[PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", dst);
-    int out = mkstemp(tmp), bad = out < 0;
-    char *buf = bad ? NULL : malloc(1 << 20);
-    bad |= !buf;
-    for (ssize_t n; !bad && (n = read(in, buf, 1 << 20)) != 0;)
-        bad = n < 0 ? errno != EINTR : base_write_all(out, buf, (size_t)n) != 0;
-    free(buf);
+    base_replace r;
+    int rc = base_replace_open(&r, dst);
+    if (rc == 0 && base_copy_fd(in, r.fd) != 0) {
+        base_replace_abort(&r);
+        rc = -1;
+    }
+    if (rc == 0)
+        rc = base_replace_commit(&r);
+    const int e = errno;
     close(in);
-    return put_in_place(out, tmp, dst, bad, err, errlen);
+    if (rc != 0)
+        base_errf(err, errlen, "cannot write %s: %s", dst, strerror(e));
+    return rc;
 }
 
 /* Puts blob idhex (size bytes) and its manifest into OUT unless they are there already. */

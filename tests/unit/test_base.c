@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -333,6 +334,39 @@ static void test_replace(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* base_copy_fd: all of a file longer than its 1 MiB buffer, from the input's offset on; a
+ * descriptor that cannot be read is an error with errno. */
+static void test_copy_fd(void **state)
+{
+    (void)state;
+    char a[] = "/tmp/kvpub-copy-a-XXXXXX", b[] = "/tmp/kvpub-copy-b-XXXXXX";
+    int in = mkstemp(a), out = mkstemp(b);
+    assert_true(in >= 0 && out >= 0);
+    const size_t n = (5u << 20) / 2 + 7;
+    unsigned char *buf = malloc(n), *got = malloc(n);
+    assert_non_null(buf);
+    assert_non_null(got);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)(i * 131 + (i >> 16));
+    assert_int_equal(base_write_all(in, buf, n), 0);
+    assert_int_equal(lseek(in, 10, SEEK_SET), 10);
+    assert_int_equal(base_copy_fd(in, out), 0);
+    assert_int_equal(pread(out, got, n, 0), (ssize_t)(n - 10));
+    assert_memory_equal(got, buf + 10, n - 10);
+    int wr = open(a, O_WRONLY);
+    assert_true(wr >= 0);
+    errno = 0;
+    assert_int_equal(base_copy_fd(wr, out), -1); /* not open for reading */
+    assert_int_equal(errno, EBADF);
+    close(wr);
+    close(in);
+    close(out);
+    unlink(a);
+    unlink(b);
+    free(buf);
+    free(got);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_parse_duration), cmocka_unit_test(test_parse_ids), cmocka_unit_test(test_errf),
         cmocka_unit_test(test_f16),            cmocka_unit_test(test_cache_dir),
         cmocka_unit_test(test_grow),           cmocka_unit_test(test_replace),
+        cmocka_unit_test(test_copy_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
