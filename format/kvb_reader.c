@@ -117,8 +117,10 @@ static void *worker(void *arg)
     kvb_piece piece = {0};
     pthread_mutex_lock(&r->mu);
     for (;;) {
+        r->idle++;
         while (!r->shutdown && r->next_run == r->next_submit)
             pthread_cond_wait(&r->cv_work, &r->mu);
+        r->idle--;
         if (r->shutdown)
             break;
         slot *s = &r->slots[r->next_run % r->nslots];
@@ -136,8 +138,29 @@ static void *worker(void *arg)
     return NULL;
 }
 
-/* Hands the oldest finished chunk to the caller. wait=0: only if it is done already.
- * Returns 1 if one was delivered, 0 if none, -1 on error (r->st set). */
+/* With r->mu held, on the caller's thread, which is one of the reader's n_threads (start_pool
+ * starts one worker fewer): runs a queued chunk that no worker waking up will take. Returns 1
+ * if it ran one (r->mu held again), 0 if there was none. A caller that only waited left two
+ * workers it had just created to the scheduler, which put both on one core and took about 10
+ * ms to move one (the first chunks of a load at half speed, on the benchmarks' VM). */
+static int help(kvb_reader *r)
+{
+    if (r->next_submit - r->next_run <= (uint32_t)r->idle)
+        return 0;
+    slot *s = &r->slots[r->next_run % r->nslots];
+    r->next_run++;
+    s->state = S_RUNNING;
+    pthread_mutex_unlock(&r->mu);
+    run_job(r, s, r->inline_ctx, &r->piece);
+    pthread_mutex_lock(&r->mu);
+    s->state = S_DONE;
+    pthread_cond_broadcast(&r->cv_done);
+    return 1;
+}
+
+/* Hands the oldest finished chunk to the caller, running queued ones while it waits.
+ * wait=0: only if it is done already. Returns 1 if one was delivered, 0 if none, -1 on error
+ * (r->st set). */
 static int deliver_one(kvb_reader *r, int wait)
 {
     if (r->next_deliver == r->next_submit)
@@ -149,7 +172,8 @@ static int deliver_one(kvb_reader *r, int wait)
             pthread_mutex_unlock(&r->mu);
             return 0;
         }
-        pthread_cond_wait(&r->cv_done, &r->mu);
+        if (!help(r))
+            pthread_cond_wait(&r->cv_done, &r->mu);
     }
     pthread_mutex_unlock(&r->mu);
     s->state = S_EMPTY;
@@ -201,18 +225,22 @@ static int pool_workers(int n_threads, uint32_t n_chunks)
     return want > 1 && n_chunks > 1 ? want : 0;
 }
 
+/* Chunks in flight for n threads: one each, one being filled, and one queued, so that a
+ * worker that finishes while the caller runs a chunk (and so submits none) finds the next one
+ * waiting. Each slot's buffers are fresh memory, dear on some machines (about 2 ms/MB on the
+ * VM the benchmarks run in) unless kvb_reader_reserve readied them. */
+static uint32_t ring_slots(int n) { return (uint32_t)n + 2; }
+
 static kvb_status start_pool(kvb_reader *r)
 {
     const int want = pool_workers(r->o.n_threads, r->m->n_chunks);
     if (want) {
-        /* one slot per worker plus the one being filled: each slot's buffers are fresh memory,
-         * dear on some machines (about 2 ms/MB on the VM the benchmarks run in), and a fourth
-         * slot for two workers made loads slower there, not faster */
-        r->nslots = (uint32_t)want + 1;
+        r->nslots = ring_slots(want);
         r->slots = calloc(r->nslots, sizeof *r->slots);
-        if (!r->slots)
+        r->inline_ctx = kvb_codec_ctx_create(0); /* the caller's, for the chunks it runs */
+        if (!r->slots || !r->inline_ctx)
             return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
-        for (int i = 0; i < want; i++) {
+        for (int i = 0; i < want - 1; i++) {
             if (pthread_create(&r->thr[i], NULL, worker, r) != 0)
                 break; /* fewer workers is still correct */
             r->nthreads++;
@@ -223,7 +251,8 @@ static kvb_status start_pool(kvb_reader *r)
     }
     r->nslots = 1;
     r->slots = calloc(1, sizeof *r->slots);
-    r->inline_ctx = kvb_codec_ctx_create(0);
+    if (!r->inline_ctx)
+        r->inline_ctx = kvb_codec_ctx_create(0);
     if (!r->slots || !r->inline_ctx)
         return kvb_rd_err(r, KVB_ERR_NOMEM, "out of memory");
     return KVB_OK;
@@ -289,8 +318,8 @@ uint64_t kvb_rd_longest_chunk(const kvb_manifest *m)
 
 void kvb_reader_reserve(const kvb_manifest *m, int n_threads, int flags)
 {
-    enum { MAX_BUFS = 2 * (MAX_THREADS + 1) + 2 * MAX_THREADS };
-    const int workers = pool_workers(n_threads, m->n_chunks), nslots = workers + 1;
+    enum { MAX_BUFS = 2 * (MAX_THREADS + 2) + 2 * MAX_THREADS };
+    const int workers = pool_workers(n_threads, m->n_chunks), nslots = workers ? (int)ring_slots(workers) : 1;
     const int in_place = flags & KVB_RESERVE_IN_PLACE;
     const int pieces = in_place && flags & KVB_RESERVE_FILE && kvb_rd_f16_pieces(m);
     const uint32_t t = m->n_chunks > 1 ? m->chunk_tokens : m->n_tokens;
@@ -347,8 +376,11 @@ void kvb_rd_wait_caller(kvb_reader *r)
     pthread_mutex_lock(&r->mu);
     for (uint32_t i = 0; i < r->nslots; i++) {
         slot *s = &r->slots[i];
-        while ((s->borrowed || s->pread) && (s->state == S_QUEUED || s->state == S_RUNNING))
-            pthread_cond_wait(&r->cv_done, &r->mu);
+        if (!s->borrowed && !s->pread)
+            continue; /* and a worker may be reading those flags: no writing them */
+        while (s->state == S_QUEUED || s->state == S_RUNNING)
+            if (!help(r))
+                pthread_cond_wait(&r->cv_done, &r->mu);
         s->borrowed = 0;
         s->pread = 0;
     }

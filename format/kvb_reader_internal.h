@@ -64,6 +64,7 @@ struct kvb_reader {
     uint32_t nslots;
     uint32_t next_submit, next_run, next_deliver;
     int nthreads;           /* workers started; 0 = decode inline */
+    int idle;               /* workers waiting for a chunk, or woken for one but not yet on it */
     pthread_t thr[MAX_THREADS];
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;

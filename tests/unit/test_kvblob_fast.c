@@ -181,18 +181,26 @@ static kvb_status collect(void *user, const kvb_chunk *c, char *err, size_t errl
 
 enum mode { FEED_WHOLE, FEED_RANDOM, DIRECT, MIXED };
 
+/* Options that check the signature with g_key and hand each chunk to on_chunk(user). */
+static kvb_read_opts opts_for(int threads, kvb_status (*on_chunk)(void *, const kvb_chunk *, char *, size_t),
+                              void *user)
+{
+    kvb_read_opts o;
+    memset(&o, 0, sizeof o);
+    o.key = g_key;
+    o.n_threads = threads;
+    o.on_chunk = on_chunk;
+    o.user = user;
+    return o;
+}
+
 /* Reads blob with mode and threads into *out (malloc'd). */
 static kvb_status read_blob(const data *d, const uint8_t *blob, size_t len, enum mode mode, int threads,
                             uint16_t **out, char *err, size_t errlen)
 {
     size_t nv = (size_t)d->s.n_layer * 2 * d->s.n_tokens * d->kv_dim;
     sink s = {d, calloc(nv ? nv : 1, 2), 0};
-    kvb_read_opts o;
-    memset(&o, 0, sizeof o);
-    o.key = g_key;
-    o.n_threads = threads;
-    o.on_chunk = collect;
-    o.user = &s;
+    kvb_read_opts o = opts_for(threads, collect, &s);
     kvb_reader *r = kvb_reader_create(&o);
     assert_non_null(r);
     kvb_status st = KVB_OK;
@@ -609,6 +617,73 @@ static void test_zero_copy_reading(void **st)
     kvb_reader_free(r);
 }
 
+/* Threads of this process, from /proc/self/task. */
+static int task_count(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    int n = 0;
+    assert_non_null(dir);
+    for (struct dirent *e; (e = readdir(dir)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(dir);
+    return n;
+}
+
+typedef struct counting_sink {
+    sink s;
+    int most; /* the most threads seen during a delivery */
+} counting_sink;
+
+static kvb_status collect_counting(void *user, const kvb_chunk *c, char *err, size_t errlen)
+{
+    counting_sink *cs = user;
+    const int n = task_count();
+    cs->most = n > cs->most ? n : cs->most;
+    return collect(&cs->s, c, err, errlen);
+}
+
+/* The caller's thread is one of a reader's n_threads: it runs queued chunks while it waits
+ * for the oldest, so the reader starts n_threads - 1 workers (idle, it left the two workers it
+ * had just started to share one core for their first chunks). Every way of feeding, every
+ * thread count, the same values, in order. */
+static void test_caller_is_one_of_the_threads(void **st)
+{
+    (void)st;
+    char err[256];
+    data d;
+    make(&d, &shapes[3], 0);
+    size_t len;
+    uint8_t *blob = write_blob(&d, KVB_CODEC_F16, 0, &len);
+    const size_t bytes = (size_t)d.s.n_layer * 2 * d.s.n_tokens * d.kv_dim * 2;
+    uint16_t *want = expected(&d);
+    char path[] = "/tmp/test_kvblob_fast_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, blob, len), (ssize_t)len);
+    close(fd);
+    const int before = task_count();
+    for (int threads = 2; threads <= 4; threads++) {
+        counting_sink cs = {{&d, calloc(bytes / 2, 2), 0}, 0};
+        kvb_read_opts o = opts_for(threads, collect_counting, &cs);
+        assert_int_equal(kvb_read_file(path, &o, NULL, NULL, err, sizeof err), KVB_OK);
+        assert_int_equal(cs.s.next, 2); /* both chunks, in order (collect checks) */
+        assert_int_equal(cs.most, before + threads - 1);
+        assert_memory_equal(cs.s.kv, want, bytes);
+        free(cs.s.kv);
+        for (int mode = FEED_WHOLE; mode <= MIXED; mode++) {
+            uint16_t *got = NULL;
+            if (read_blob(&d, blob, len, (enum mode)mode, threads, &got, err, sizeof err))
+                fail_msg("mode %d threads %d: %s", mode, threads, err);
+            assert_memory_equal(got, want, bytes);
+            free(got);
+        }
+    }
+    unlink(path);
+    free(want);
+    free(blob);
+    unmake(&d);
+}
+
 /* A hash-valid, correctly signed f16-zstd chunk whose zstd frame is broken does not decode:
  * change a stored byte, put the new chunk digest in the manifest (same length) and sign again. */
 static void test_signed_chunk_that_does_not_decode(void **st)
@@ -670,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_simd_and_scalar_agree),
         cmocka_unit_test(test_rows_every_width),
         cmocka_unit_test(test_zero_copy_reading),
+        cmocka_unit_test(test_caller_is_one_of_the_threads),
         cmocka_unit_test(test_signed_chunk_that_does_not_decode),
         cmocka_unit_test(test_kept_buffers),
     };
