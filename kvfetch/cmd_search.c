@@ -25,7 +25,8 @@ static const char usage_search[] =
     "  --server URL        the kvpubd API base, e.g. https://127.0.0.1:8443\n"
     "  --snapshot WHERE    a repository (kvpubd or a static mirror: https://host[/prefix]), its\n"
     "                      /v1/snapshot URL, or a snapshot file\n"
-    "  --trust DIR, --cache-dir DIR, --now UNIX  as for kvfetch get (with --snapshot)\n"
+    "  --trust DIR, --cache-dir DIR, --now UNIX, --mirror URL, --mirrors FILE  as for\n"
+    "                      kvfetch get (with --snapshot only)\n"
     "  --model FILE        listings for this GGUF model (its fingerprint; hashed once, cached)\n"
     "  --model-fp HEX      the same, by fingerprint\n"
     "  --doc SHA256        listings of this document\n"
@@ -196,6 +197,14 @@ int kvfetch_search_main(int argc, char **argv)
     if (!server == !snapshot || optind < argc || (model && vals[O_MODEL_FP])) {
         fprintf(stderr, "%s: give --server URL or --snapshot URL|FILE (and at most one of --model, --model-fp; "
                         "try --help)\n", prog);
+        return 2;
+    }
+    /* a server's catalog is neither signed nor mirrored: options only a snapshot uses are
+     * refused, not silently ignored */
+    const char *only_snap = co.trust_dir ? "--trust" : co.now ? "--now" : co.cache_dir ? "--cache-dir"
+                            : co.mirrors.n ? "--mirror" : co.mirrors_file ? "--mirrors" : NULL;
+    if (server && only_snap) {
+        fprintf(stderr, "%s: %s applies to --snapshot only (a server's catalog is not signed)\n", prog, only_snap);
         return 2;
     }
     char fphex[65];

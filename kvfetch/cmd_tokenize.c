@@ -114,9 +114,10 @@ int kvfetch_tokenize_main(int argc, char **argv)
     }
     if (c < 0)
         return op.rc; /* KVF_EXIT_OK after --help, KVF_EXIT_USAGE */
-    if (!model || argc - optind > 1 || (sep && !*sep) || (show_text && as_json)) {
+    if (!model || argc - optind > 1 || (sep && !*sep) || (show_text && as_json) || (system && !chat)) {
         fputs(!model ? "kvfetch tokenize: --model is required (try --help)\n"
               : sep && !*sep ? "kvfetch tokenize: --separator must not be empty\n"
+              : system && !chat ? "kvfetch tokenize: --system goes with --chat\n"
               : show_text && as_json ? "kvfetch tokenize: --text prints the text itself; --json is for the ids\n"
                              : "kvfetch tokenize: one TEXT at most (try --help)\n",
               stderr);

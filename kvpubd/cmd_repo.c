@@ -31,6 +31,7 @@ static const char snapshot_usage[] =
     "  --expires DURATION  lifetime, e.g. 12h, 1d (default 1d): clients refuse it afterwards\n"
     "  --key PREFIX.key    sign with this key instead of the store's active signing key\n"
     "  --now UNIX          issue it at this time instead of the clock (tests)\n"
+    "  --json              with -o: print {version, listings, expires, out} on stdout\n"
     "Exit: 0 ok, 2 usage, I/O or no signing key.\n";
 
 static const char export_usage[] =
@@ -156,6 +157,10 @@ int kvpubd_snapshot_main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     const char *prog = a.prog;
+    if (a.json && !a.out) {
+        fprintf(stderr, "%s: --json needs -o FILE (without it the snapshot itself goes to stdout)\n", prog);
+        return 2;
+    }
     kvs_store *st = NULL;
     kvs_snapshot snap;
     rc = make_snapshot(&a, &st, &snap);
@@ -170,9 +175,20 @@ int kvpubd_snapshot_main(int argc, char **argv)
         fprintf(stderr, "%s: cannot write the snapshot to stdout\n", prog);
         rc = 2;
     }
-    if (!rc)
+    if (!rc && a.json) {
+        json_t *o = json_pack("{s:I, s:I, s:I, s:s}", "version", (json_int_t)snap.version, "listings",
+                              (json_int_t)snap.n_blobs, "expires", (json_int_t)(a.now + (int64_t)a.ttl), "out", a.out);
+        char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (!txt || printf("%s\n", txt) < 0 || fflush(stdout) != 0) {
+            fprintf(stderr, "%s: cannot write the summary to stdout\n", prog);
+            rc = 2;
+        }
+        free(txt);
+        json_decref(o);
+    } else if (!rc) {
         fprintf(stderr, "snapshot version %" PRIu64 ": %zu listings, expires in %" PRIu64 " s\n", snap.version,
                 snap.n_blobs, a.ttl);
+    }
     free(snap.bytes);
     free(snap.payload);
     return rc;

@@ -53,6 +53,9 @@ jq -e '[.tokens[] | select(.text == "<tool>")] | length == 1 and .[0].id == 299'
 rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --json --text hello >"$T/o" 2>"$T/e" || rc=$?
 [ "$rc" = 2 ] && grep -q -- "--text prints the text itself" "$T/e" && [ ! -s "$T/o" ] \
   || fail "tokenize --json --text: rc=$rc, $(cat "$T/e")"
+rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --system "Be brief." hello >"$T/o" 2>"$T/e" || rc=$?
+[ "$rc" = 2 ] && grep -q -- "--system goes with --chat" "$T/e" && [ ! -s "$T/o" ] \
+  || fail "tokenize --system without --chat: rc=$rc, $(cat "$T/o" "$T/e")"
 expect 2 "$K" "${BASE[@]}" --tokenizer bpe --user-token "<tool>" -o "$T/x.gguf"
 grep -q 'needs --tokenizer spm' "$T/err" || fail "--user-token with bpe message: $(cat "$T/err")"
 expect 2 "$K" "${BASE[@]}" --user-token "<s>" -o "$T/x.gguf"

@@ -129,6 +129,11 @@ expect_rc 2 "${S[@]}" --context xyz
 expect_err "HTTP 400 .*context must be"
 expect_rc 2 "$KVFETCH" search --model "$tmp/m.gguf"
 expect_err "give --server URL"
+# what only a signed snapshot uses is refused with a server, not ignored
+for o in "--trust $tmp" "--now 1800000000" "--cache-dir $tmp" "--mirror https://127.0.0.1:1"; do
+  expect_rc 2 "${S[@]}" $o
+  expect_err "^kvfetch search: ${o%% *} applies to --snapshot only"
+done
 
 note "run --blob ID: from the local cache, else from --server"
 export KVPUB_CACHE_DIR="$tmp/cache2"

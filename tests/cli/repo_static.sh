@@ -114,6 +114,14 @@ expect_rc 0 "$KVFETCH" search --snapshot "$web" "${F[@]}"
 
 note "a listing change is a new snapshot version"
 expect_rc 0 "$K" listing set --store "$S" "$ID1" --price 9 --title "Doc one, revised"
+expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/s.snap" --json --now 1800000000 --expires 2h
+jq -r .payload "$tmp/s.snap" | base64 -d >"$tmp/s.payload"
+[ "$(jq -r .out "$tmp/out")" = "$tmp/s.snap" ] && [ "$(jq -r .expires "$tmp/out")" = 1800007200 ] \
+  && [ "$(jq -r .listings "$tmp/out")" = "$(jq '.blobs | length' "$tmp/s.payload")" ] \
+  && [ "$(jq -r .version "$tmp/out")" = "$(jq .version "$tmp/s.payload")" ] && [ ! -s "$tmp/err" ] \
+  || fail "snapshot --json: $(cat "$tmp/out" "$tmp/err")"
+expect_rc 2 "$K" snapshot --store "$S" --json
+expect_err "needs -o FILE"
 expect_rc 0 "$K" snapshot --store "$S" -o "$tmp/s.snap"
 expect_rc 0 "$KVFETCH" search --snapshot "$tmp/s.snap" "${F[@]}" --json --q revised
 [ "$(jq -r '.items[0].price' "$tmp/out")" = 9 ] || fail "new price not in the snapshot: $(cat "$tmp/out")"
