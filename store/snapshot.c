@@ -276,27 +276,31 @@ kvs_status kvs_store_listing_set(kvs_store *s, const uint8_t id[KVS_SHA256_LEN],
         (u->set_expires && u->expires < 0))
         return base_fail(KVS_ERR_INVALID, err, errlen, "a title of at most %d bytes, a price up to 2^63-1 and an "
                                                        "expiry after 1970", TITLE_MAX);
+    /* the revocation check and the change in one write transaction: a key revoked in between
+     * (by another process) would otherwise see its listing changed after all */
+    kvs_status st = db_begin(s->db, err, errlen);
+    if (st != KVS_OK)
+        return st;
     kvs_blob *b = NULL;
-    kvs_status st = kvs_store_blob_get(s, id, &b, err, errlen);
+    st = kvs_store_blob_get(s, id, &b, err, errlen);
     if (st == KVS_OK && b->revoked)
         st = base_fail(KVS_ERR_REVOKED, err, errlen, "the listing's publisher key is revoked");
     kvs_blob_free(b);
-    if (st != KVS_OK)
-        return st;
     db_stmt q;
-    st = kvs_prepare(s, "UPDATE blobs SET title = coalesce(:title, title), "
-                        "price = CASE WHEN :setp THEN :price ELSE price END, "
-                        "expires = CASE WHEN :sete THEN nullif(:exp, 0) ELSE expires END WHERE id = :id",
-                     &q, err, errlen);
-    if (st != KVS_OK)
-        return st;
-    db_bind_text(&q, ":title", u->title);
-    db_bind_int64(&q, ":setp", u->set_price);
-    db_bind_int64(&q, ":price", (int64_t)u->price);
-    db_bind_int64(&q, ":sete", u->set_expires);
-    db_bind_int64(&q, ":exp", u->expires);
-    db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
-    st = db_run(&q, err, errlen);
-    db_finalize(&q);
-    return st;
+    if (st == KVS_OK)
+        st = kvs_prepare(s, "UPDATE blobs SET title = coalesce(:title, title), "
+                            "price = CASE WHEN :setp THEN :price ELSE price END, "
+                            "expires = CASE WHEN :sete THEN nullif(:exp, 0) ELSE expires END WHERE id = :id",
+                         &q, err, errlen);
+    if (st == KVS_OK) {
+        db_bind_text(&q, ":title", u->title);
+        db_bind_int64(&q, ":setp", u->set_price);
+        db_bind_int64(&q, ":price", (int64_t)u->price);
+        db_bind_int64(&q, ":sete", u->set_expires);
+        db_bind_int64(&q, ":exp", u->expires);
+        db_bind_hex(&q, ":id", id, KVS_SHA256_LEN);
+        st = db_run(&q, err, errlen);
+        db_finalize(&q);
+    }
+    return db_end(s->db, st, err, errlen);
 }

@@ -10,7 +10,9 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include "fetch/fetch.h"
 #include "store/kvstore.h"
@@ -359,6 +361,57 @@ static void test_key_revoke_is_atomic(void **state)
     kvs_store_close(s);
 }
 
+typedef struct setter {
+    kvs_store *s;
+    const uint8_t *id;
+    kvs_status st;
+    char err[512];
+} setter;
+
+static void *set_price(void *arg)
+{
+    setter *t = arg;
+    kvs_listing_update u = {.set_price = 1, .price = 7};
+    t->st = kvs_store_listing_set(t->s, t->id, &u, t->err, sizeof t->err);
+    return NULL;
+}
+
+/* A listing change races a revocation another process is committing: the change waits for the
+ * write lock and then sees the revocation (KVS_ERR_REVOKED), instead of having checked before
+ * and written after it. */
+static void test_listing_set_waits_for_a_revocation(void **state)
+{
+    const char *dir = *state;
+    char db_path[600], sql[256];
+    kvs_signing_key k;
+    kvc_trust *trust = NULL;
+    kvs_store *s = store_with_key(dir, &k, &trust);
+    uint8_t id[32];
+    list_blob(s, dir, 1, 1, "f16", NOW - 5, id);
+    snprintf(db_path, sizeof db_path, "%s/store/index.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    snprintf(sql, sizeof sql, "INSERT INTO revocations (key_id, revoked, reason) VALUES ('%s', %lld, 'test')",
+             "5a5a5a5a5a5a5a5a", (long long)NOW);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    setter t = {s, id, KVS_OK, ""};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, set_price, &t), 0);
+    usleep(300 * 1000); /* the change is under way: waiting for the lock, or (before) past its check */
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(t.st, KVS_ERR_REVOKED);
+    kvs_blob *b = NULL;
+    char err[512] = "";
+    assert_int_equal(kvs_store_blob_get(s, id, &b, err, sizeof err), KVS_OK);
+    assert_int_not_equal(b->price, 7);
+    kvs_blob_free(b);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    kvc_trust_free(trust);
+    kvs_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +421,7 @@ int main(void)
         TU_TMPDIR_TEST(test_resolve_and_listing_set),
         cmocka_unit_test(test_keys_find),
         TU_TMPDIR_TEST(test_key_revoke_is_atomic),
+        TU_TMPDIR_TEST(test_listing_set_waits_for_a_revocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
