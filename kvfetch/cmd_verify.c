@@ -65,20 +65,22 @@ int kvfetch_verify_main(int argc, char **argv)
     const char *file = args.file;
     char err[256];
     kvc_trust *t = NULL;
-    if (kvc_trust_open(args.trust_dir, &t, err, sizeof err) != KVC_OK) {
-        fprintf(stderr, "kvfetch verify: %s\n", err);
-        return 2;
-    }
-    kvb_read_opts o;
-    memset(&o, 0, sizeof o);
-    o.trust = t;
-    o.no_decode = args.hash_only;
-    o.n_threads = args.threads;
     kvb_manifest *m = NULL;
     kvb_header h;
     memset(&h, 0, sizeof h);
-    kvb_status st = kvb_read_file(file, &o, &m, &h, err, sizeof err);
-    kvc_trust_free(t);
+    kvb_status st = KVB_OK;
+    const int trust_ok = kvc_trust_open(args.trust_dir, &t, err, sizeof err) == KVC_OK;
+    if (!trust_ok) {
+        st = KVB_ERR_USAGE; /* reported like any other failure: --json still gets its object */
+    } else {
+        kvb_read_opts o;
+        memset(&o, 0, sizeof o);
+        o.trust = t;
+        o.no_decode = args.hash_only;
+        o.n_threads = args.threads;
+        st = kvb_read_file(file, &o, &m, &h, err, sizeof err);
+        kvc_trust_free(t);
+    }
     char kid[2 * KVC_KEYID_LEN + 1] = "";
     if (m)
         kvc_hex(h.key_id, KVC_KEYID_LEN, kid);
@@ -107,7 +109,9 @@ int kvfetch_verify_main(int argc, char **argv)
                m->n_tokens, m->n_chunks, kvb_codec_name(m->codec), args.hash_only ? "hash-checked" : "hash-checked and decoded",
                exp);
     }
-    if (st)
+    if (st && !trust_ok)
+        fprintf(stderr, "kvfetch verify: %s\n", err);
+    else if (st)
         fprintf(stderr, "kvfetch verify: %s: %s\n", file, err);
     kvb_manifest_free(m);
     return kvb_exit_code(st);

@@ -45,6 +45,12 @@ done
 check verify_hash_only 0 out "hash-checked;" -- "$KVFETCH" verify "$tmp/v/vec-q4.kvb" --trust "$tmp/trust" --hash-only --threads 1
 check verify_stdin 0 out "OK -:" -- bash -c "\"$KVFETCH\" verify - --trust \"$tmp/trust\" <\"$tmp/v/vec-q8.kvb\""
 check verify_json 0 out '"ok": true' -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/trust" --json
+# a trust directory refused before any reading: one line on stderr, and --json still its object
+mkdir -p "$tmp/opentrust"; chmod 777 "$tmp/opentrust"
+check verify_bad_trust 2 err "kvfetch verify: trust directory $tmp/opentrust is writable by every user" \
+  -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/opentrust"
+check verify_bad_trust_json 2 out '"error": "trust directory' \
+  -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/opentrust" --json
 check inspect 0 out "codec:      q8, 16 tokens per chunk, 3 chunks (container version 2: chunks hashed as SHA-256 lists of 32 KiB leaves)" \
   -- "$KVFETCH" inspect "$tmp/v/vec-q8.kvb"
 check inspect_v1 0 out "3 chunks (container version 1: chunks hashed whole with SHA-256)" \
