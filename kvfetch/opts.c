@@ -31,6 +31,8 @@ int kvf_exit_code(kvf_status st, kvb_status vst)
 int kvf_parse_long(const char *s, long lo, long hi, long *out)
 {
     char *end;
+    if (!((*s >= '0' && *s <= '9') || (*s == '-' && s[1] >= '0' && s[1] <= '9')))
+        return -1; /* strtol would take leading blanks and a '+': a number is digits */
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi)

@@ -89,7 +89,8 @@ typedef struct kvf_common {
     kvf_cache *cache;
 } kvf_common;
 
-/* Parses a whole decimal number in lo..hi. Returns 0, or -1 (nothing printed). */
+/* Parses a whole decimal number in lo..hi: digits, after a '-' at most (no blanks, no '+').
+ * Returns 0, or -1 (nothing printed). */
 int kvf_parse_long(const char *s, long lo, long hi, long *out);
 
 /* Handles one shared option (c is getopt's return). Returns 1 if it was one, 0 if not, -1 on a

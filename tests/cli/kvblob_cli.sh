@@ -45,6 +45,13 @@ done
 check verify_hash_only 0 out "hash-checked;" -- "$KVFETCH" verify "$tmp/v/vec-q4.kvb" --trust "$tmp/trust" --hash-only --threads 1
 check verify_stdin 0 out "OK -:" -- bash -c "\"$KVFETCH\" verify - --trust \"$tmp/trust\" <\"$tmp/v/vec-q8.kvb\""
 check verify_json 0 out '"ok": true' -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/trust" --json
+# numbers are digits: strtol's leading blanks and '+' are refused
+check verify_threads_plus 2 err "--threads wants 0..64, got '+2'" \
+  -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/trust" --threads +2
+check verify_threads_blank 2 err "--threads wants 0..64, got ' 2'" \
+  -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/trust" --threads " 2"
+check verify_threads_minus 2 err "--threads wants 0..64, got '-1'" \
+  -- "$KVFETCH" verify "$tmp/v/vec-f16.kvb" --trust "$tmp/trust" --threads -1
 # a trust directory refused before any reading: one line on stderr, and --json still its object
 mkdir -p "$tmp/opentrust"; chmod 777 "$tmp/opentrust"
 check verify_bad_trust 2 err "kvfetch verify: trust directory $tmp/opentrust is writable by every user" \
