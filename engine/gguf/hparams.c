@@ -76,24 +76,23 @@ static int str_is(const gguf_str *s, const char *lit)
     return s->n == strlen(lit) && memcmp(s->p, lit, (size_t)s->n) == 0;
 }
 
-/* The id under key; when the key is absent, *out keeps what the caller put there (llama.cpp's
- * default for the tokenizer, eng_vocab_default_specials). */
+/* The id under key; when the key is absent, or names no token of the n_vocab, *out keeps what
+ * the caller put there (llama.cpp's default for the tokenizer, eng_vocab_default_specials):
+ * llama.cpp warns "bad special token ... using default id" and keeps it, 0xffffffff included. A
+ * negative value (a signed key) is none. */
 static eng_status get_special_id(hp *h, const char *key, int n_vocab, int32_t *out)
 {
     int64_t x;
     int r = gguf_get_int(h->g, key, &x);
     if (r == 0)
         return ENG_OK;
-    *out = -1;
-    if (r < 0)
+    if (r < 0) {
+        *out = -1;
         return hp_fail(h, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an integer)", key);
-    /* Some converters write -1 or a huge value for "none". */
-    if (x < 0 || x > UINT32_MAX - 1L)
-        return ENG_OK;
+    }
     if (x >= n_vocab)
-        return hp_fail(h, ENG_ERR_FORMAT, "key '%s' is %lld, outside the vocabulary of %d tokens", key,
-                       (long long)x, n_vocab);
-    *out = (int32_t)x;
+        return ENG_OK;
+    *out = x < 0 ? -1 : (int32_t)x;
     return ENG_OK;
 }
 

@@ -92,22 +92,22 @@ static int int_key(const gguf_file *g, const char *key, const char *expected, in
     return r;
 }
 
-/* The id under key; when the key is absent, *out keeps what the caller put there (a default). */
-static eng_status get_id(const gguf_file *g, const char *key, int32_t *out, char *err, size_t errlen)
+/* The id under key; when the key is absent, or names no token of the n_vocab (llama.cpp warns
+ * "bad special token ... using default id" and keeps it), *out keeps what the caller put there
+ * (a default). */
+static eng_status get_id(const gguf_file *g, const char *key, size_t n_vocab, int32_t *out, char *err,
+                         size_t errlen)
 {
     int64_t x;
     eng_status st = ENG_OK;
     int r = int_key(g, key, "an integer", &x, &st, err, errlen);
     if (r < 0)
         return st;
-    if (r == 0)
+    if (r == 0 || (x >= 0 && (uint64_t)x >= n_vocab))
         return ENG_OK;
     *out = -1;
-    if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX) {
-        if (x > INT32_MAX)
-            return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' is %lld, outside any vocabulary", key, (long long)x);
-        *out = (int32_t)x;
-    }
+    if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX)
+        *out = (int32_t)x; /* below n_vocab, itself at most INT32_MAX */
     return ENG_OK;
 }
 
@@ -260,10 +260,10 @@ eng_status eng_vocab_from_gguf(const gguf_file *g, const eng_info *info, struct 
     eng_vocab_default_specials(g, (int)(d.n_tokens < INT32_MAX ? d.n_tokens : INT32_MAX), &d.bos_id, &d.eos_id,
                                &d.unk_id);
     d.eot_id = -1;
-    if ((st = get_id(g, "tokenizer.ggml.bos_token_id", &d.bos_id, err, errlen)) ||
-        (st = get_id(g, "tokenizer.ggml.eos_token_id", &d.eos_id, err, errlen)) ||
-        (st = get_id(g, "tokenizer.ggml.unknown_token_id", &d.unk_id, err, errlen)) ||
-        (st = get_id(g, "tokenizer.ggml.eot_token_id", &d.eot_id, err, errlen)) ||
+    if ((st = get_id(g, "tokenizer.ggml.bos_token_id", d.n_tokens, &d.bos_id, err, errlen)) ||
+        (st = get_id(g, "tokenizer.ggml.eos_token_id", d.n_tokens, &d.eos_id, err, errlen)) ||
+        (st = get_id(g, "tokenizer.ggml.unknown_token_id", d.n_tokens, &d.unk_id, err, errlen)) ||
+        (st = get_id(g, "tokenizer.ggml.eot_token_id", d.n_tokens, &d.eot_id, err, errlen)) ||
         (st = get_flag(g, "tokenizer.ggml.add_bos_token", &d.add_bos, err, errlen)) ||
         (st = get_flag(g, "tokenizer.ggml.add_eos_token", &d.add_eos, err, errlen)) ||
         (st = get_flag(g, "tokenizer.ggml.add_space_prefix", &d.add_space_prefix, err, errlen)))

@@ -196,6 +196,8 @@ static uint8_t *build(const char *arch, extra x, size_t *n)
         tb_u32(&b, K("rope.dimension_count"), x == X_PARTIAL_ROT ? 4 : x == X_ODD_ROT ? 5 : 10);
     tb_str(&b, "tokenizer.ggml.model", x == X_GPT2 ? "gpt2" : "llama");
     tb_u32(&b, "tokenizer.ggml.bos_token_id", x == X_BAD_BOS ? 100 : 1);
+    if (x == X_BAD_BOS)
+        tb_u32(&b, "tokenizer.ggml.eos_token_id", 0xffffffffu);
 #undef K
     uint64_t ne[2] = {32, 10};
     tb_tensor(&b, "token_embd.weight", GGML_T_F32, 2, ne, 32 * 10 * 4, 0);
@@ -234,7 +236,6 @@ static void test_refusals(void **state)
         {"qwen3", X_HEAD_ARR, ENG_ERR_UNSUPPORTED, "'qwen3.attention.head_count' is a per-layer array"},
         {"llama", X_NO_LAYERS, ENG_ERR_FORMAT, "missing required key 'llama.block_count'"},
         {"llama", X_LONGROPE, ENG_ERR_UNSUPPORTED, "RoPE scaling type 'longrope' is not supported"},
-        {"llama", X_BAD_BOS, ENG_ERR_FORMAT, "tokenizer.ggml.bos_token_id' is 100, outside the vocabulary of 10"},
         {"llama", X_PARTIAL_ROT, ENG_ERR_UNSUPPORTED, "partial rotary"},
         {"qwen2", X_PARTIAL_ROT, ENG_ERR_UNSUPPORTED, "llama.cpp's qwen2 graph refuses it too"},
         {"stablelm", X_ODD_ROT, ENG_ERR_FORMAT, "stablelm.rope.dimension_count 5 is odd or exceeds the head dim 8"},
@@ -275,6 +276,12 @@ static void test_defaults_and_scaling(void **state)
     assert_int_equal(i.rope.n_rot, 4);        /* half of each 8-dim head turns */
 
     assert_int_equal(try_build("llama", X_SLIDING0, &i, err, sizeof err), ENG_OK); /* 0 = off */
+
+    /* special ids outside the vocabulary keep the tokenizer's default, as llama.cpp does ("bad
+     * special token ... using default id"), 0xffffffff included */
+    assert_int_equal(try_build("llama", X_BAD_BOS, &i, err, sizeof err), ENG_OK);
+    assert_int_equal(i.bos_id, 1);
+    assert_int_equal(i.eos_id, 2);
 
     assert_int_equal(try_build("qwen2", X_GPT2, &i, err, sizeof err), ENG_OK);
     assert_string_equal(i.tokenizer, "gpt2");
