@@ -76,23 +76,11 @@ static int str_is(const gguf_str *s, const char *lit)
     return s->n == strlen(lit) && memcmp(s->p, lit, (size_t)s->n) == 0;
 }
 
-/* The id under key; when the key is absent, or names no token of the n_vocab, *out keeps what
- * the caller put there (llama.cpp's default for the tokenizer, eng_vocab_default_specials):
- * llama.cpp warns "bad special token ... using default id" and keeps it, 0xffffffff included. A
- * negative value (a signed key) is none. */
+/* The special id under key through eng_vocab_special_id (the vocabulary reads it the same way). */
 static eng_status get_special_id(hp *h, const char *key, int n_vocab, int32_t *out)
 {
-    int64_t x;
-    int r = gguf_get_int(h->g, key, &x);
-    if (r == 0)
-        return ENG_OK;
-    if (r < 0) {
-        *out = -1;
+    if (eng_vocab_special_id(h->g, key, n_vocab > 0 ? (size_t)n_vocab : 0, out) < 0)
         return hp_fail(h, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an integer)", key);
-    }
-    if (x >= n_vocab)
-        return ENG_OK;
-    *out = x < 0 ? -1 : (int32_t)x;
     return ENG_OK;
 }
 

@@ -26,6 +26,12 @@ int eng_vocab_default_add_bos(const gguf_file *g);
  * chatglm-bpe pre-tokenizers), no UNK; none (-1) otherwise. An id the vocabulary of n_vocab
  * tokens does not hold is none, as llama.cpp disables it. */
 void eng_vocab_default_specials(const gguf_file *g, int n_vocab, int32_t *bos, int32_t *eos, int32_t *unk);
+/* The special-token id under key, as llama.cpp reads it, for the vocabulary and the model's
+ * eng_info alike: a value naming a token of the n_vocab becomes *id (1); an absent key, or a
+ * value naming no token (0xffffffff included: llama.cpp warns "bad special token ... using
+ * default id"), leaves *id as the caller set it, the default (0); a negative value (a signed
+ * key) is none, -1 (1). -1 when the key is not an integer. */
+int eng_vocab_special_id(const gguf_file *g, const char *key, size_t n_vocab, int32_t *id);
 
 /* ---- BPE pre-tokenizers (exposed for tests) ---- */
 

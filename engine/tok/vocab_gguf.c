@@ -79,8 +79,6 @@ static eng_status get_arr32(const gguf_file *g, const char *key, gguf_vtype t1, 
     return ENG_OK;
 }
 
-/* Special ids as eng_hparams_from_gguf reads them: absent, negative or 0xFFFFFFFF-style values
- * mean none; eng_vocab_create range-checks the rest. */
 /* An integer key: 1 and *x when present, 0 when absent, -1 when of another type (*st set and
  * err naming what was expected). */
 static int int_key(const gguf_file *g, const char *key, const char *expected, int64_t *x, eng_status *st,
@@ -92,22 +90,12 @@ static int int_key(const gguf_file *g, const char *key, const char *expected, in
     return r;
 }
 
-/* The id under key; when the key is absent, or names no token of the n_vocab (llama.cpp warns
- * "bad special token ... using default id" and keeps it), *out keeps what the caller put there
- * (a default). */
+/* The special id under key through eng_vocab_special_id; a wrong type fails with err. */
 static eng_status get_id(const gguf_file *g, const char *key, size_t n_vocab, int32_t *out, char *err,
                          size_t errlen)
 {
-    int64_t x;
-    eng_status st = ENG_OK;
-    int r = int_key(g, key, "an integer", &x, &st, err, errlen);
-    if (r < 0)
-        return st;
-    if (r == 0 || (x >= 0 && (uint64_t)x >= n_vocab))
-        return ENG_OK;
-    *out = -1;
-    if (r == 1 && x >= 0 && x < (int64_t)UINT32_MAX)
-        *out = (int32_t)x; /* below n_vocab, itself at most INT32_MAX */
+    if (eng_vocab_special_id(g, key, n_vocab, out) < 0)
+        return eng_fail(err, errlen, ENG_ERR_FORMAT, "key '%s' has the wrong type (expected an integer)", key);
     return ENG_OK;
 }
 
@@ -152,6 +140,18 @@ int eng_vocab_default_add_bos(const gguf_file *g)
     eng_pretok k;
     return gguf_get_str(g, "tokenizer.ggml.pre", &s) == 1 && eng_pretok_from_name(s.p, (size_t)s.n, &k) &&
            eng_pretok_adds_bos(k);
+}
+
+int eng_vocab_special_id(const gguf_file *g, const char *key, size_t n_vocab, int32_t *id)
+{
+    int64_t x;
+    const int r = gguf_get_int(g, key, &x);
+    if (r <= 0)
+        return r;
+    if (x >= 0 && (uint64_t)x >= n_vocab)
+        return 0; /* llama.cpp: "bad special token ... using default id" */
+    *id = x < 0 ? -1 : (int32_t)x; /* below n_vocab, itself at most INT32_MAX */
+    return 1;
 }
 
 void eng_vocab_default_specials(const gguf_file *g, int n_vocab, int32_t *bos, int32_t *eos, int32_t *unk)
