@@ -30,12 +30,13 @@ int kvf_exit_code(kvf_status st, kvb_status vst)
 
 int kvf_parse_long(const char *s, long lo, long hi, long *out)
 {
-    char *end;
-    if (!((*s >= '0' && *s <= '9') || (*s == '-' && s[1] >= '0' && s[1] <= '9')))
-        return -1; /* strtol would take leading blanks and a '+': a number is digits */
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
+    /* base_parse_u64's digits, after a '-' at most: strtol would take leading blanks and '+' */
+    const int neg = *s == '-';
+    uint64_t u;
+    if (base_parse_u64(s + neg, &u) != 0 || u > (uint64_t)LONG_MAX)
+        return -1;
+    const long v = neg ? -(long)u : (long)u;
+    if (v < lo || v > hi)
         return -1;
     *out = v;
     return 0;

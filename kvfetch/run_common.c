@@ -146,8 +146,8 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
             break;
         }
         case O_SEED: {
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || *optarg == '-') { /* strtoull would wrap -1 */
+            uint64_t v;
+            if (base_parse_u64(optarg, &v) != 0) { /* digits only: strtoull would wrap -1 */
                 fprintf(stderr, "%s: --seed '%s' is not a number\n", prog, optarg);
                 return 2;
             }
