@@ -566,12 +566,7 @@ static void test_zero_copy_reading(void **st)
         close(fd);
         size_t nv = bytes / 2;
         sink s = {&d, calloc(nv, 2), 0};
-        kvb_read_opts o;
-        memset(&o, 0, sizeof o);
-        o.key = g_key;
-        o.n_threads = 2;
-        o.on_chunk = collect;
-        o.user = &s;
+        kvb_read_opts o = opts_for(2, collect, &s);
         kvb_manifest *m = NULL;
         assert_int_equal(kvb_read_file(path, &o, &m, NULL, err, sizeof err), KVB_OK);
         assert_non_null(m);
