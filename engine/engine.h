@@ -114,17 +114,24 @@ eng_status eng_tokenize(const eng_model *m, const char *text, size_t len, int ad
                         int parse_special, int32_t **ids, size_t *n) ENG_WUR;
 
 /* Streaming detokenizer: feeds one id at a time, returns the bytes to print now (complete
- * UTF-8 only; partial sequences are held back). Concatenating everything returned for
+ * UTF-8 only; partial sequences are held back). Each token gives its piece as llama.cpp's
+ * llama_token_to_piece does (special = false: control and unknown tokens print nothing), the
+ * way llama-server streams generated text, which continues a prompt. strip_first: the first
+ * token also loses one leading space where the vocabulary adds a space prefix, as
+ * llama_detokenize treats a whole text; then concatenating everything returned for
  * tokenize(x) (without BOS) gives x back. */
 typedef struct eng_detok eng_detok;
-eng_detok *eng_detok_create(const eng_model *m);
+eng_detok *eng_detok_create(const eng_model *m, int strip_first);
 /* Returns a pointer valid until the next call; *len bytes (may be 0). */
 const char *eng_detok_push(eng_detok *d, int32_t id, size_t *len);
 const char *eng_detok_flush(eng_detok *d, size_t *len); /* held-back bytes at the end */
 void eng_detok_free(eng_detok *d);
 
-/* Whole-sequence detokenization into a malloc'd NUL-terminated string. */
-eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, char **out, size_t *len) ENG_WUR;
+/* Whole-sequence detokenization into a malloc'd NUL-terminated string: the tokens' pieces back
+ * to back, strip_first as for eng_detok_create (0: llama-server's /detokenize and generated
+ * text; 1: llama_detokenize). */
+eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, int strip_first, char **out,
+                          size_t *len) ENG_WUR;
 
 int eng_token_is_eog(const eng_model *m, int32_t id); /* end of generation (EOS, EOT) */
 
@@ -219,13 +226,17 @@ eng_status eng_vocab_tokenize(const eng_vocab *v, const char *text, size_t len,
                               int add_special, int parse_special, int32_t **ids, size_t *n,
                               char *err, size_t errlen) ENG_WUR;
 
-/* Whole-sequence detokenization into a malloc'd NUL-terminated string. Ids out of range are
+/* Whole-sequence detokenization (eng_detokenize) on a vocabulary. Ids out of range are
  * ENG_ERR_RANGE. */
-eng_status eng_vocab_detokenize(const eng_vocab *v, const int32_t *ids, size_t n,
+eng_status eng_vocab_detokenize(const eng_vocab *v, const int32_t *ids, size_t n, int strip_first,
                                 char **out, size_t *len) ENG_WUR;
 
+/* The bytes token id stands for (*len of them, not NUL-terminated): llama_token_to_piece with
+ * special = false and no strip. NULL when id is out of range. */
+const char *eng_vocab_piece(const eng_vocab *v, int32_t id, size_t *len);
+
 /* Streaming detokenizer on a vocabulary (eng_detok_create wraps it); the vocab is borrowed. */
-eng_detok *eng_vocab_detok_create(const eng_vocab *v);
+eng_detok *eng_vocab_detok_create(const eng_vocab *v, int strip_first);
 
 /* End of generation: EOS, EOT, and the chat end markers "<|im_end|>", "<|eot_id|>",
  * "<|endoftext|>", "<|end_of_text|>", "<|eom_id|>" when the vocabulary has them. */

@@ -158,9 +158,12 @@ static void run_text(const struct eng_vocab *v, const char *text, size_t len, in
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || (size_t)ids[i] >= nv)
             die("tokenize", "id out of range");
+    /* the text's own tokens: a BOS the policy added would keep the space prefix on (as
+     * llama_detokenize strips only a first token's space) */
+    const size_t skip = add_special && n > 0 && ids[0] == eng_vocab_bos(v);
     char *out = NULL;
     size_t olen = 0;
-    if (eng_vocab_detokenize(v, ids, n, &out, &olen) != ENG_OK)
+    if (eng_vocab_detokenize(v, ids + skip, n - skip, 1, &out, &olen) != ENG_OK)
         die("detokenize", "refused ids the tokenizer produced");
     if (out[olen] != 0)
         die("detokenize", "result not NUL-terminated");
@@ -168,12 +171,12 @@ static void run_text(const struct eng_vocab *v, const char *text, size_t len, in
         fprintf(stderr, "round trip: %zu bytes in, %zu out\n", len, olen);
         die("round trip", "detokenize(tokenize(text)) != text");
     }
-    eng_detok *d = eng_vocab_detok_create(v);
+    eng_detok *d = eng_vocab_detok_create(v, 1);
     if (!d)
         die("detok_create", "NULL");
     char *cat = malloc(olen + 1);
     size_t o = 0;
-    for (size_t i = 0; i <= n; i++) {
+    for (size_t i = skip; i <= n; i++) {
         size_t l;
         const char *p = i < n ? eng_detok_push(d, ids[i], &l) : eng_detok_flush(d, &l);
         if (o + l > olen)
@@ -280,9 +283,9 @@ static void run_desc(const uint8_t *data, size_t size)
             ids[i] = (int32_t)(i * 37) % (int32_t)(nt + 2) - 1;
         char *out = NULL;
         size_t olen;
-        if (eng_vocab_detokenize(v, ids, 8, &out, &olen) == ENG_OK)
+        if (eng_vocab_detokenize(v, ids, 8, 0, &out, &olen) == ENG_OK)
             free(out);
-        eng_detok *dt = eng_vocab_detok_create(v);
+        eng_detok *dt = eng_vocab_detok_create(v, 0);
         for (int i = 0; i < 8; i++) {
             size_t l;
             (void)eng_detok_push(dt, ids[i], &l);

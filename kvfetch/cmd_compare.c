@@ -45,8 +45,9 @@ int kvfetch_compare_main(int argc, char **argv)
     }
     int n_done = r.positions;
     size_t n_text = 0;
+    /* the text run prints: generated pieces, the first keeping its leading space */
     if (eng_detokenize(s->model, r.tokens, (size_t)n_done - (n_done && eng_token_is_eog(s->model, r.tokens[n_done - 1])),
-                       &text, &n_text) != ENG_OK)
+                       0, &text, &n_text) != ENG_OK)
         text = NULL;
     double ttft = s->pr.ttft_s + r.sample_s;
     double speedup = ttft > 0 ? r.full_ttft_s / ttft : 0;

@@ -4,6 +4,7 @@
 #include "base/base.h"
 #include "engine/engine.h"
 #include "kvfetch/kvfetch.h"
+#include "kvfetch/run_common.h"
 #include "kvpub/kvpub.h"
 
 #include <errno.h>
@@ -36,6 +37,12 @@ static void usage(FILE *f)
           "  --text           print the text that would be tokenized (after --chat) instead of ids\n"
           "  --json           one JSON object: ids, and per token its vocabulary text and the\n"
           "                   bytes it stands for (null when those are not UTF-8 on their own)\n"
+          "  --detokenize ID,ID,...\n"
+          "                   the other way: print the text those token ids stand for ('-': the\n"
+          "                   list from standard input), each token as llama.cpp's\n"
+          "                   llama_token_to_piece gives it and llama-server's /detokenize joins\n"
+          "                   them: control tokens print nothing and no leading space is dropped.\n"
+          "                   With --json: {ids, text, text_utf8}, bytes that are not UTF-8 as U+FFFD\n"
           "Exit codes: 0 ok, 2 usage or I/O error, 3 the vocabulary cannot be read or used.\n",
           f);
 }
@@ -45,12 +52,9 @@ static json_t *token_json(const eng_vocab *v, int32_t id)
 {
     size_t tl;
     const char *text = eng_vocab_token_text(v, id, &tl);
-    char *piece = NULL;
     size_t pl = 0;
-    json_t *jp = NULL;
-    if (eng_vocab_detokenize(v, &id, 1, &piece, &pl) == ENG_OK)
-        jp = json_stringn(piece, pl); /* NULL when the bytes are not UTF-8 alone */
-    free(piece);
+    const char *piece = eng_vocab_piece(v, id, &pl);
+    json_t *jp = piece ? json_stringn(piece, pl) : NULL; /* NULL when the bytes are not UTF-8 alone */
     json_t *jt = text ? json_stringn(text, tl) : NULL;
     return json_pack("{s:I, s:o, s:o}", "id", (json_int_t)id, "text", jt ? jt : json_null(), "piece",
                      jp ? jp : json_null());
@@ -70,6 +74,67 @@ static int emit(const eng_vocab *v, const int32_t *ids, size_t n, json_t *parts)
         json_array_append_new(toks, token_json(v, ids[i]));
     }
     return json_array_append_new(parts, json_pack("{s:o, s:o}", "ids", jids, "tokens", toks));
+}
+
+static int open_vocab(const char *model, eng_vocab **v)
+{
+    char err[256];
+    eng_status st = eng_vocab_load(model, v, err, sizeof err);
+    if (st == ENG_OK)
+        return KVF_EXIT_OK;
+    fprintf(stderr, "kvfetch tokenize: %s: %s\n", model, err);
+    return st == ENG_ERR_IO ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
+}
+
+/* --detokenize: the pieces of the ids in list ("-": standard input) back to back. */
+static int detokenize(const eng_vocab *v, const char *list, int as_json)
+{
+    char *in = NULL;
+    size_t n_in = 0;
+    if (strcmp(list, "-") == 0) {
+        if (!(in = base_read_stream(stdin, TOKENIZE_MAX_INPUT, &n_in))) {
+            fprintf(stderr, "kvfetch tokenize: reading standard input: %s\n", strerror(errno));
+            return KVF_EXIT_USAGE;
+        }
+        while (n_in > 0 && (in[n_in - 1] == '\n' || in[n_in - 1] == ' '))
+            in[--n_in] = 0;
+        list = in;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    const size_t nv = eng_vocab_n_tokens(v);
+    int rc = KVF_EXIT_OK;
+    if (base_parse_ids(list, (uint32_t)INT32_MAX + 1, &ids, &n) != 0) {
+        fputs("kvfetch tokenize: --detokenize takes ID,ID,... of non-negative token ids\n", stderr);
+        rc = KVF_EXIT_USAGE;
+    }
+    for (size_t i = 0; !rc && i < n; i++)
+        if ((size_t)ids[i] >= nv) {
+            fprintf(stderr, "kvfetch tokenize: token id %d is not in the vocabulary (%zu tokens)\n", (int)ids[i], nv);
+            rc = KVF_EXIT_USAGE;
+        }
+    char *text = NULL;
+    size_t len = 0;
+    if (!rc && eng_vocab_detokenize(v, ids, n, 0, &text, &len) != ENG_OK) {
+        fputs("kvfetch tokenize: out of memory\n", stderr);
+        rc = KVF_EXIT_USAGE;
+    }
+    if (!rc && as_json) {
+        json_t *o = json_object(), *jids = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(jids, json_integer(ids[i]));
+        json_object_set_new(o, "ids", jids);
+        kvfetch_json_text(o, text, len);
+        if (json_dumpf(o, stdout, JSON_COMPACT) != 0 || putchar('\n') == EOF)
+            rc = KVF_EXIT_USAGE;
+        json_decref(o);
+    } else if (!rc && fwrite(text, 1, len, stdout) != len) {
+        rc = KVF_EXIT_USAGE;
+    }
+    free(text);
+    free(ids);
+    free(in);
+    return rc;
 }
 
 /* The conversation --chat tokenizes: [system,] user = the n bytes at s, assistant header. */
@@ -92,10 +157,11 @@ int kvfetch_tokenize_main(int argc, char **argv)
         {"no-special", no_argument, NULL, 'S'},   {"no-bos", no_argument, NULL, 'B'},
         {"separator", required_argument, NULL, 'p'}, {"json", no_argument, NULL, 'j'},
         {"chat", no_argument, NULL, 'c'},         {"system", required_argument, NULL, 'y'},
-        {"text", no_argument, NULL, 't'},         {"help", no_argument, NULL, 'h'},
+        {"text", no_argument, NULL, 't'},         {"detokenize", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *model = NULL, *sep = NULL, *system = NULL;
+    const char *model = NULL, *sep = NULL, *system = NULL, *detok = NULL;
     int special = 1, add_bos = 1, as_json = 0, chat = 0, show_text = 0, c;
     base_opts op = {.prog = "kvfetch tokenize", .usage_fn = usage, .shortopts = "h", .longopts = longopts,
                     .bad = "unexpected option"};
@@ -110,6 +176,7 @@ int kvfetch_tokenize_main(int argc, char **argv)
         case 'c': chat = 1; break;
         case 'y': system = optarg; break;
         case 't': show_text = 1; break;
+        case 'd': detok = optarg; break;
         }
     }
     if (c < 0)
@@ -123,6 +190,19 @@ int kvfetch_tokenize_main(int argc, char **argv)
               stderr);
         return KVF_EXIT_USAGE;
     }
+    if (detok && (chat || sep || show_text || optind < argc)) {
+        fputs("kvfetch tokenize: --detokenize takes the ids alone (no TEXT, --chat, --separator or --text)\n",
+              stderr);
+        return KVF_EXIT_USAGE;
+    }
+    eng_vocab *v = NULL;
+    if (detok) {
+        int rc = open_vocab(model, &v);
+        if (rc == KVF_EXIT_OK)
+            rc = detokenize(v, detok, as_json);
+        eng_vocab_free(v);
+        return rc;
+    }
     size_t len;
     char *text;
     if (optind < argc && strcmp(argv[optind], "-") != 0) {
@@ -133,12 +213,11 @@ int kvfetch_tokenize_main(int argc, char **argv)
         return KVF_EXIT_USAGE;
     }
     char err[256];
-    eng_vocab *v = NULL;
-    eng_status st = eng_vocab_load(model, &v, err, sizeof err);
-    if (st != ENG_OK) {
-        fprintf(stderr, "kvfetch tokenize: %s: %s\n", model, err);
+    eng_status st;
+    int vrc = open_vocab(model, &v);
+    if (vrc != KVF_EXIT_OK) {
         free(text);
-        return st == ENG_ERR_IO ? KVF_EXIT_USAGE : KVF_EXIT_MALFORMED;
+        return vrc;
     }
     kvp_chat_format fmt = KVP_CHAT_NONE;
     if (chat) {

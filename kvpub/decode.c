@@ -25,7 +25,7 @@ kvp_status kvp_decode(const kvp_decode_opts *o, float *logits, kvp_decode_stats 
         return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_decode: missing argument");
     int nv = eng_model_info(o->model)->n_vocab;
     eng_detok *dt = NULL;
-    if (o->text && !(dt = eng_detok_create(o->model)))
+    if (o->text && !(dt = eng_detok_create(o->model, 0)))
         return kvp_fail(err, errlen, KVP_ERR_NOMEM, "out of memory");
     kvp_status rc = KVP_OK;
     double t0 = base_now_s();

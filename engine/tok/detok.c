@@ -9,7 +9,7 @@
 
 struct eng_detok {
     const struct eng_vocab *v;
-    int strip;               /* SPM with space prefix: the first text piece loses its ' ' */
+    int strip;               /* the next token is the first and loses one leading ' ' */
     unsigned char hold[4];   /* incomplete UTF-8 sequence carried to the next push */
     size_t n_hold;
     char *buf;
@@ -18,27 +18,30 @@ struct eng_detok {
 
 /* ---- detokenization ---- */
 
-/* The bytes token id prints given the strip state; NULL when id is out of range. */
+const char *eng_vocab_piece(const struct eng_vocab *v, int32_t id, size_t *len)
+{
+    *len = 0;
+    if (!v || id < 0 || (size_t)id >= v->n_tokens)
+        return NULL;
+    *len = v->piece_off[id + 1] - v->piece_off[id];
+    return v->piece + v->piece_off[id];
+}
+
+/* The bytes token id prints; NULL when id is out of range. *strip: this is the first token of a
+ * text whose space prefix comes off (llama_detokenize strips tokens[0] only: a text that starts
+ * with BOS keeps the space of the token after it); cleared by any token. */
 static const char *piece_of(const struct eng_vocab *v, int32_t id, int *strip, size_t *len)
 {
-    if (id < 0 || (size_t)id >= v->n_tokens)
-        return NULL;
-    const char *p = v->piece + v->piece_off[id];
-    size_t n = v->piece_off[id + 1] - v->piece_off[id];
-    /* The space prefix the tokenizer added shows up as the first text piece's leading ' ';
-     * tokens that print nothing (BOS, other control tokens) do not end the prefix. */
-    if (n > 0 && *strip) {
-        *strip = 0;
-        if (p[0] == ' ') {
-            p++;
-            n--;
-        }
+    const char *p = eng_vocab_piece(v, id, len);
+    if (p && *strip && *len > 0 && p[0] == ' ') {
+        p++;
+        --*len;
     }
-    *len = n;
+    *strip = 0;
     return p;
 }
 
-eng_status eng_vocab_detokenize(const struct eng_vocab *v, const int32_t *ids, size_t n,
+eng_status eng_vocab_detokenize(const struct eng_vocab *v, const int32_t *ids, size_t n, int strip_first,
                                 char **out, size_t *len)
 {
     if (!out)
@@ -49,7 +52,7 @@ eng_status eng_vocab_detokenize(const struct eng_vocab *v, const int32_t *ids, s
     if (!v || (!ids && n))
         return ENG_ERR_ARG;
     size_t total = 0;
-    int strip = v->add_space_prefix;
+    int strip = strip_first && v->add_space_prefix;
     for (size_t i = 0; i < n; i++) {
         size_t l;
         if (!piece_of(v, ids[i], &strip, &l))
@@ -60,7 +63,7 @@ eng_status eng_vocab_detokenize(const struct eng_vocab *v, const int32_t *ids, s
     if (!s)
         return ENG_ERR_NOMEM;
     size_t o = 0;
-    strip = v->add_space_prefix;
+    strip = strip_first && v->add_space_prefix;
     for (size_t i = 0; i < n; i++) {
         size_t l;
         const char *p = piece_of(v, ids[i], &strip, &l);
@@ -74,7 +77,7 @@ eng_status eng_vocab_detokenize(const struct eng_vocab *v, const int32_t *ids, s
     return ENG_OK;
 }
 
-eng_detok *eng_vocab_detok_create(const struct eng_vocab *v)
+eng_detok *eng_vocab_detok_create(const struct eng_vocab *v, int strip_first)
 {
     if (!v)
         return NULL;
@@ -82,7 +85,7 @@ eng_detok *eng_vocab_detok_create(const struct eng_vocab *v)
     if (!d)
         return NULL;
     d->v = v;
-    d->strip = v->add_space_prefix;
+    d->strip = strip_first && v->add_space_prefix;
     /* Held bytes plus the longest piece: pushing never needs to allocate. */
     d->cap = v->max_piece + sizeof d->hold;
     d->buf = malloc(d->cap);

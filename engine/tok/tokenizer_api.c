@@ -37,19 +37,20 @@ const char *eng_model_chat_template(const eng_model *m)
     return m && eng_model_vocab(m) ? eng_vocab_chat_template(eng_model_vocab(m)) : NULL;
 }
 
-eng_detok *eng_detok_create(const eng_model *m)
+eng_detok *eng_detok_create(const eng_model *m, int strip_first)
 {
-    return m ? eng_vocab_detok_create(eng_model_vocab(m)) : NULL;
+    return m ? eng_vocab_detok_create(eng_model_vocab(m), strip_first) : NULL;
 }
 
-eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, char **out, size_t *len)
+eng_status eng_detokenize(const eng_model *m, const int32_t *ids, size_t n, int strip_first, char **out,
+                          size_t *len)
 {
     if (!m || !eng_model_vocab(m)) {
         if (out)
             *out = NULL;
         return ENG_ERR_ARG;
     }
-    return eng_vocab_detokenize(eng_model_vocab(m), ids, n, out, len);
+    return eng_vocab_detokenize(eng_model_vocab(m), ids, n, strip_first, out, len);
 }
 
 int eng_token_is_eog(const eng_model *m, int32_t id)

@@ -9,7 +9,6 @@
 #include <string.h>
 
 #define MAX_ARENA_BYTES ((size_t)1 << 30)
-#define SPM_UNK_PIECE "\xE2\x96\x85" /* U+2585, what llama.cpp prints for an unknown token */
 
 /* Printable excerpt of untrusted bytes for error messages (quotes excluded). */
 static const char *excerpt(const char *s, size_t n, char out[64])
@@ -89,8 +88,16 @@ static int parse_byte_token(const char *s, size_t n)
     return v;
 }
 
-/* Appends the detokenized form of token id to dst (capacity checked by the caller: a piece is
- * never longer than its text). Returns bytes written. */
+/* Puts dst[o..) = the n bytes at s; dst NULL only counts them. */
+static size_t put(char *dst, size_t o, const void *s, size_t n)
+{
+    if (dst)
+        memcpy(dst + o, s, n);
+    return o + n;
+}
+
+/* Writes the detokenized form of token id to dst (NULL: only measures it; the caller sizes dst
+ * with a first pass). Returns its length. */
 static size_t make_piece(const struct eng_vocab *v, int32_t id, char *dst)
 {
     size_t n;
@@ -99,25 +106,18 @@ static size_t make_piece(const struct eng_vocab *v, int32_t id, char *dst)
     switch (type) {
     case ENG_TOKTYPE_CONTROL:
     case ENG_TOKTYPE_UNUSED:
+    case ENG_TOKTYPE_UNKNOWN: /* llama_token_to_piece without special: nothing, as for control */
         return 0;
-    case ENG_TOKTYPE_UNKNOWN:
-        /* The marker must fit in the space of the token's own text ("<unk>" does). */
-        if (v->kind != ENG_VOCAB_SPM || n < 3)
-            return 0;
-        memcpy(dst, SPM_UNK_PIECE, 3);
-        return 3;
     case ENG_TOKTYPE_BYTE: {
         int b = parse_byte_token(s, n);
         if (b >= 0) {
-            dst[0] = (char)b;
-            return 1;
+            const char c = (char)b;
+            return put(dst, 0, &c, 1);
         }
-        memcpy(dst, s, n);
-        return n;
+        return put(dst, 0, s, n);
     }
     case ENG_TOKTYPE_USER_DEFINED:
-        memcpy(dst, s, n);
-        return n;
+        return put(dst, 0, s, n);
     default:
         break;
     }
@@ -125,28 +125,37 @@ static size_t make_piece(const struct eng_vocab *v, int32_t id, char *dst)
     if (v->kind == ENG_VOCAB_SPM) {
         for (size_t i = 0; i < n;) {
             if (n - i >= 3 && memcmp(s + i, SPM_SPACE, 3) == 0) {
-                dst[o++] = ' ';
+                o = put(dst, o, " ", 1);
                 i += 3;
             } else {
-                dst[o++] = s[i++];
+                o = put(dst, o, s + i++, 1);
             }
         }
         return o;
     }
-    /* BPE: every mapped character back to its byte; anything unmapped is copied as is. */
+    /* BPE: every mapped character back to its byte. A character outside the byte map becomes
+     * what llama.cpp's llama_decode_text makes of it: "[UNK_BYTE_0x", its UTF-8 bytes in hex,
+     * the whole token text, "]". Bytes that are not UTF-8 are copied as they are. */
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t l = eng_utf8_decode((const unsigned char *)s + i, n - i, &cp);
         int b = l ? cp_to_byte(v, cp) : -1;
         if (b >= 0) {
-            dst[o++] = (char)b;
-            i += l;
+            const char c = (char)b;
+            o = put(dst, o, &c, 1);
+        } else if (l) {
+            char hex[2 * 4 + 1];
+            for (size_t k = 0; k < l; k++)
+                snprintf(hex + 2 * k, 3, "%02x", (unsigned char)s[i + k]);
+            o = put(dst, o, "[UNK_BYTE_0x", 12);
+            o = put(dst, o, hex, 2 * l);
+            o = put(dst, o, s, n);
+            o = put(dst, o, "]", 1);
         } else {
-            size_t k = l ? l : 1;
-            memcpy(dst + o, s + i, k);
-            o += k;
-            i += k;
+            o = put(dst, o, s + i, 1);
+            l = 1;
         }
+        i += l;
     }
     return o;
 }
@@ -371,13 +380,12 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     }
     bytemap_init(v);
     v->text = malloc(total ? total : 1);
-    v->piece = malloc(total ? total : 1);
     v->text_off = malloc((n + 1) * sizeof *v->text_off);
     v->piece_off = malloc((n + 1) * sizeof *v->piece_off);
     v->scores = malloc(n * sizeof *v->scores);
     v->types = malloc(n);
     eng_status st = ENG_ERR_NOMEM;
-    if (!v->text || !v->piece || !v->text_off || !v->piece_off || !v->scores || !v->types ||
+    if (!v->text || !v->text_off || !v->piece_off || !v->scores || !v->types ||
         !itab_init(&v->tokmap, n))
         goto fail;
 
@@ -429,15 +437,25 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
             goto fail;
     }
 
-    off = 0;
+    off = 0; /* a piece can be longer than its text (llama.cpp's "[UNK_BYTE_0x..]"): sized first */
     for (size_t i = 0; i < n; i++) {
         v->piece_off[i] = off;
-        size_t pl = make_piece(v, (int32_t)i, v->piece + off);
+        size_t pl = make_piece(v, (int32_t)i, NULL);
         off += pl;
         if (pl > v->max_piece)
             v->max_piece = pl;
+        if (off > MAX_ARENA_BYTES) { /* a token of many unmapped characters grows quadratically */
+            base_errf(err, errlen, "token pieces exceed %zu bytes in total", MAX_ARENA_BYTES);
+            st = ENG_ERR_FORMAT;
+            goto fail;
+        }
     }
     v->piece_off[n] = off;
+    st = ENG_ERR_NOMEM;
+    if (!(v->piece = malloc(off ? off : 1)))
+        goto fail;
+    for (size_t i = 0; i < n; i++)
+        make_piece(v, (int32_t)i, v->piece + v->piece_off[i]);
 
     st = ENG_ERR_NOMEM;
     v->special = malloc((n_special ? n_special : 1) * sizeof *v->special);

@@ -50,6 +50,22 @@ printf 'a<tool>b' | "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --no-special 
   || fail "tokenize with --user-token"
 jq -e '[.tokens[] | select(.text == "<tool>")] | length == 1 and .[0].id == 299' "$T/ud.json" >/dev/null \
   || fail "--user-token: <tool> is not matched as the last token: $(cat "$T/ud.json")"
+# --detokenize: the ids' pieces back to back, as llama-server's /detokenize joins them: the
+# first word keeps the space SentencePiece put before it (tests/cli/llamacpp_tokenize.sh holds
+# every piece to libllama's)
+ids=$(jq -r '.ids | map(tostring) | join(",")' "$T/ud.json")
+[ "$("$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize "$ids")" = " a<tool> b" ] \
+  || fail "--detokenize $ids: $("$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize "$ids")"
+echo "$ids" | "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize - --json >"$T/o" || fail "--detokenize - --json"
+jq -e --arg ids "$ids" '.text == " a<tool> b" and .text_utf8 and (.ids | map(tostring) | join(",")) == $ids' "$T/o" \
+  >/dev/null || fail "--detokenize --json: $(cat "$T/o")"
+for bad in "1,,2" "-1" "x" "1,99999"; do
+  rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize "$bad" >"$T/o" 2>"$T/e" || rc=$?
+  [ "$rc" = 2 ] && [ "$(wc -l <"$T/e")" = 1 ] && [ ! -s "$T/o" ] || fail "--detokenize '$bad': rc=$rc, $(cat "$T/e")"
+done
+grep -q "token id 99999 is not in the vocabulary (300 tokens)" "$T/e" || fail "out-of-range id message: $(cat "$T/e")"
+rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize 5 hello >"$T/o" 2>"$T/e" || rc=$?
+[ "$rc" = 2 ] && grep -q -- "--detokenize takes the ids alone" "$T/e" || fail "--detokenize with TEXT: rc=$rc"
 rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --json --text hello >"$T/o" 2>"$T/e" || rc=$?
 [ "$rc" = 2 ] && grep -q -- "--text prints the text itself" "$T/e" && [ ! -s "$T/o" ] \
   || fail "tokenize --json --text: rc=$rc, $(cat "$T/e")"

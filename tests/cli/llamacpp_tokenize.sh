@@ -9,8 +9,12 @@
 # documents (no special-token parsing, no BOS) and prompts (special tokens parsed, BOS as the
 # vocabulary says). A vocabulary we do not implement must be refused with one clear line (exit
 # 3), never tokenized differently. Also a kvsynth SentencePiece vocabulary with a user-defined
-# token, which none of those has. Prints a parity table. Skips with one line only when no npm
-# registry is reachable.
+# token, which none of those has. Prints a parity table.
+# The other way too: every token id of every supported vocabulary, through `kvfetch tokenize
+# --detokenize`, must give the bytes libllama's llama_token_to_piece gives (special = false, no
+# strip; what llama-server's /detokenize and its generated text join), and the text `kvfetch
+# generate` prints must be the pieces of the ids it generated (the first keeping its leading
+# space, as llama-server streams it). Skips with one line only when no npm registry is reachable.
 set -eu
 HARNESS=llama_tok WHAT="llama.cpp tokenizer parity"
 . tests/cli/lib/llamacpp_env.sh
@@ -39,6 +43,20 @@ compare() {
     fi
   done
 }
+# pieces NAME GGUF: every id's piece, ours against libllama's, byte for byte
+pieces() {
+  local name=$1 v=$2 n
+  n=$("$tok" "$LLAMACPP_LIB" "$v" - --n-vocab)
+  seq -s, 0 $((n - 1)) >"$tmp/ids"
+  "$tok" "$LLAMACPP_LIB" "$v" "$tmp/ids" --pieces >"$tmp/want"
+  "$KVFETCH" tokenize --model "$v" --detokenize - <"$tmp/ids" >"$tmp/got"
+  if cmp -s "$tmp/want" "$tmp/got"; then
+    printf '%-16s %-9s %8d %8d\n' "$name" pieces "$n" "$n"
+  else
+    fails=$((fails + 1))
+    printf '%-16s %-9s %8d differ: %s\n' "$name" pieces "$n" "$(cmp "$tmp/want" "$tmp/got" 2>&1 | head -1)"
+  fi
+}
 for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
   name=$(basename "$v" .gguf); name=${name#ggml-vocab-}
   inp="$tmp/$name.txt"
@@ -54,6 +72,7 @@ for v in "$LLAMACPP_SRC"/models/ggml-vocab-*.gguf; do
     continue
   fi
   compare "$name" "$v" "$inp"
+  pieces "$name" "$v"
 done
 # None of those is SentencePiece with a user-defined token. Such a token splits the text even
 # without special-token parsing, and the text after it gets its own space prefix: a kvsynth
@@ -65,5 +84,23 @@ ud="$tmp/spm-user.gguf"
     "$SEP" "$SEP" "$SEP" "$SEP" "$SEP"
   cat "$ours_cases"; } >"$tmp/spm-user.txt"
 compare spm-user "$ud" "$tmp/spm-user.txt"
+pieces spm-user "$ud"
+# Generated text (SentencePiece: its first word's space is not a space prefix to drop): the
+# text `kvfetch generate` prints is the pieces of the ids it generated, for sampled runs that
+# start with such a word, with <unk> and with byte tokens. Not vacuous: some run must start
+# with a space.
+spaced=0 same=0
+for seed in 1 2 3 4 5 6 7 8 9 10 11 12; do
+  gen=(generate --model "$ud" --prompt "hello" -n 24 --temp 1 --seed "$seed")
+  "$KVFETCH" "${gen[@]}" --tokens 2>/dev/null | tr ' ' , >"$tmp/gen.ids"
+  "$tok" "$LLAMACPP_LIB" "$ud" "$tmp/gen.ids" --pieces >"$tmp/want"
+  echo >>"$tmp/want" # generate ends its text with a newline
+  "$KVFETCH" "${gen[@]}" >"$tmp/got" 2>/dev/null
+  if cmp -s "$tmp/want" "$tmp/got"; then same=$((same + 1)); else
+    fails=$((fails + 1)); echo "  generate --seed $seed: text differs from llama.cpp's pieces of its ids"; fi
+  [ "$(head -c 1 "$tmp/got")" != " " ] || spaced=$((spaced + 1))
+done
+printf '%-16s %-9s %8d %8d\n' spm-user generate 12 "$same"
+[ "$spaced" -gt 0 ] || fail "no generated text started with a space: the check would not see a dropped one"
 [ "$fails" -eq 0 ] || { echo "FAIL: $fails vocabulary/mode pairs differ from llama.cpp"; exit 1; }
 echo "ok: every supported vocabulary tokenizes as llama.cpp does; the others are refused"

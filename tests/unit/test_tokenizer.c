@@ -138,11 +138,12 @@ static void expect_ids(const struct eng_vocab *v, const char *text, size_t len, 
         expect_ids((v), (text), strlen(text), (add_special), (parse_special), exp_, N_OF(exp_)); \
     } while (0)
 
+/* Whole-sequence detokenization as llama_detokenize gives it (strip_first). */
 static void expect_detok(const struct eng_vocab *v, const int32_t *ids, size_t n, const char *want, size_t want_len)
 {
     char *s = NULL;
     size_t len = 0;
-    assert_int_equal(eng_vocab_detokenize(v, ids, n, &s, &len), ENG_OK);
+    assert_int_equal(eng_vocab_detokenize(v, ids, n, 1, &s, &len), ENG_OK);
     assert_non_null(s);
     assert_int_equal(len, want_len);
     assert_memory_equal(s, want, want_len);
@@ -176,8 +177,11 @@ static void test_spm_hello_world(void **state)
         assert_int_equal(ids[0], S_BOS);
         free(ids);
     }
+    /* llama_detokenize strips the space prefix from tokens[0] only: after BOS (which prints
+     * nothing) the first word keeps its space; without BOS it loses it. */
     static const int32_t hw[] = { S_BOS, S_SP_H, S_E, S_LLO, S_SP_WORLD, S_EOS };
-    expect_detok(v, hw, N_OF(hw), "hello world", 11);
+    expect_detok(v, hw, N_OF(hw), " hello world", 12);
+    expect_detok(v, hw + 1, N_OF(hw) - 1, "hello world", 11);
     static const int32_t sp[] = { S_SP, S_SP_H, S_E, S_LLO };
     expect_detok(v, sp, N_OF(sp), " hello", 6);
     eng_vocab_free(v);
@@ -208,8 +212,9 @@ static void test_spm_byte_fallback(void **state)
     /* As in llama.cpp, a character is as long as its lead byte says: the Latin-1 \xE9 takes the
      * next two bytes along (half of the escaped space), so no "\xE2\x96\x81h" merge follows. */
     EXPECT_IDS(v, "\xE9 h", 0, 0, S_SP, S_BYTE0 + 0xE9, S_BYTE0 + 0xE2, S_BYTE0 + 0x96, S_BYTE0 + 0x81, S_H);
-    static const int32_t ids[] = { S_BOS, S_SP, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9, S_UNK };
-    expect_detok(v, ids, N_OF(ids), "\xC3\xA9\xE2\x96\x85", 5);
+    /* <unk> prints nothing, as llama_token_to_piece without special gives it */
+    static const int32_t ids[] = { S_SP, S_BYTE0 + 0xC3, S_BYTE0 + 0xA9, S_UNK };
+    expect_detok(v, ids, N_OF(ids), "\xC3\xA9", 2);
     eng_vocab_free(v);
 
     /* Without byte tokens, each byte of an unknown character becomes <unk>. */
@@ -602,17 +607,17 @@ static void round_trip_to(const struct eng_vocab *v, const char *s, size_t n, co
     int32_t *ids = NULL;
     size_t nt = 0;
     char err[256] = "";
-    if (eng_vocab_tokenize(v, s, n, 1, 0, &ids, &nt, err, sizeof err) != ENG_OK)
+    if (eng_vocab_tokenize(v, s, n, 0, 0, &ids, &nt, err, sizeof err) != ENG_OK)
         fail_msg("tokenize: %s", err);
     char *out = NULL;
     size_t len = 0;
-    assert_int_equal(eng_vocab_detokenize(v, ids, nt, &out, &len), ENG_OK);
+    assert_int_equal(eng_vocab_detokenize(v, ids, nt, 1, &out, &len), ENG_OK);
     if (len != want_n || memcmp(out, want, want_n) != 0)
         fail_msg("round trip (%s) of \"%.*s\" gave \"%s\"", eng_vocab_get_kind(v) == ENG_VOCAB_SPM ? "spm" : "bpe", (int)n, s, out);
 
     /* Streaming: every push is complete UTF-8 (unless the input itself is not), and the
      * concatenation equals the whole-sequence result. */
-    eng_detok *d = eng_vocab_detok_create(v);
+    eng_detok *d = eng_vocab_detok_create(v, 1);
     assert_non_null(d);
     char *cat = malloc(want_n + 1);
     size_t o = 0;
@@ -672,14 +677,50 @@ static void push_expect(eng_detok *d, int32_t id, const char *want)
         fail_msg("push %d: got \"%.*s\" (%zu bytes), want \"%s\"", id, (int)l, p, l, want);
 }
 
+/* Generated text continues a prompt: each token prints its piece as llama_token_to_piece gives
+ * it (what llama-server streams), so the first one keeps its leading space; strip_first is for
+ * a whole text, from its first token, as llama_detokenize takes it. */
+static void test_detok_pieces(void **state)
+{
+    (void)state;
+    struct eng_vocab *v = spm_vocab(1);
+    eng_detok *d = eng_vocab_detok_create(v, 0);
+    push_expect(d, S_SP_WORLD, " world");
+    push_expect(d, S_SP_H, " h");
+    eng_detok_free(d);
+    d = eng_vocab_detok_create(v, 1);
+    push_expect(d, S_SP_WORLD, "world");
+    push_expect(d, S_SP_H, " h");
+    eng_detok_free(d);
+    char *s = NULL;
+    size_t len = 0;
+    static const int32_t hello[] = { S_SP_H, S_E, S_LLO };
+    assert_int_equal(eng_vocab_detokenize(v, hello, N_OF(hello), 0, &s, &len), ENG_OK);
+    assert_int_equal(len, 6);
+    assert_memory_equal(s, " hello", 6);
+    free(s);
+    size_t l = 99;
+    const char *p = eng_vocab_piece(v, S_SP_WORLD, &l);
+    assert_int_equal(l, 6);
+    assert_memory_equal(p, " world", 6);
+    assert_non_null(eng_vocab_piece(v, S_UNK, &l)); /* control and unknown: no bytes */
+    assert_int_equal(l, 0);
+    assert_non_null(eng_vocab_piece(v, S_BOS, &l));
+    assert_int_equal(l, 0);
+    assert_null(eng_vocab_piece(v, -1, &l));
+    assert_null(eng_vocab_piece(v, 100000, &l));
+    assert_int_equal(l, 0);
+    eng_vocab_free(v);
+}
+
 static void test_detok_stream(void **state)
 {
     (void)state;
     struct eng_vocab *v = spm_vocab(1);
-    eng_detok *d = eng_vocab_detok_create(v);
+    eng_detok *d = eng_vocab_detok_create(v, 1);
     assert_non_null(d);
     push_expect(d, S_BOS, "");
-    push_expect(d, S_SP, ""); /* the space prefix */
+    push_expect(d, S_SP, " "); /* after BOS the space prefix stays, as in llama_detokenize */
     push_expect(d, S_BYTE0 + 0xC3, "");
     push_expect(d, S_BYTE0 + 0xA9, "\xC3\xA9");
     push_expect(d, S_BYTE0 + 0xF0, "");
@@ -705,7 +746,7 @@ static void test_detok_stream(void **state)
 
     /* BPE pieces that end and start inside one character. */
     v = bpe_vocab("default");
-    d = eng_vocab_detok_create(v);
+    d = eng_vocab_detok_create(v, 0);
     push_expect(d, B_A_C3, "a");
     push_expect(d, B_A9_B, "\xC3\xA9\x62");
     push_expect(d, B_HELLO, "hello");
@@ -745,7 +786,7 @@ static void test_policy(void **state)
     assert_int_equal(eng_vocab_token_type(v, -1), -1);
     char *s = NULL;
     static const int32_t bad[] = { B_HE, B_N_TOKENS };
-    assert_int_equal(eng_vocab_detokenize(v, bad, 2, &s, NULL), ENG_ERR_RANGE);
+    assert_int_equal(eng_vocab_detokenize(v, bad, 2, 0, &s, NULL), ENG_ERR_RANGE);
     assert_null(s);
     eng_vocab_free(v);
     eng_vocab_free(NULL);
@@ -883,6 +924,7 @@ int main(void)
         cmocka_unit_test(test_unicode),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_detok_stream),
+        cmocka_unit_test(test_detok_pieces),
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_malformed),
     };

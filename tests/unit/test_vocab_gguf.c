@@ -354,14 +354,20 @@ static void test_public_api(void **state)
     assert_int_equal(ids[0], 1);
     char *out = NULL;
     size_t len = 0;
-    assert_int_equal(eng_detokenize(m, ids, n, &out, &len), ENG_OK);
+    /* llama_detokenize: the space prefix comes off the first token only, so not after BOS */
+    assert_int_equal(eng_detokenize(m, ids, n, 1, &out, &len), ENG_OK);
+    assert_int_equal(len, strlen(text) + 1);
+    assert_int_equal(out[0], ' ');
+    assert_string_equal(out + 1, text);
+    free(out);
+    assert_int_equal(eng_detokenize(m, ids + 1, n - 1, 1, &out, &len), ENG_OK);
     assert_string_equal(out, text);
     assert_int_equal(len, strlen(text));
-    eng_detok *d = eng_detok_create(m);
+    eng_detok *d = eng_detok_create(m, 1);
     assert_non_null(d);
     char cat[256];
     size_t o = 0, l;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 1; i < n; i++) {
         const char *p = eng_detok_push(d, ids[i], &l);
         assert_true(o + l < sizeof cat);
         memcpy(cat + o, p, l);
