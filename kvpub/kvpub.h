@@ -388,10 +388,17 @@ void kvp_compare_result_clear(kvp_compare_result *r); /* frees tokens and kl; NU
 
 /* ---- chat formats (chat.c) ----
  * The conversation a llama.cpp user's prompt holds, as llama_chat_apply_template renders the
- * GGUF's tokenizer.chat_template with its built-in formats (not Jinja): ChatML (Qwen), Llama 3
- * and Phi-3. */
+ * GGUF's tokenizer.chat_template with its built-in formats (not Jinja): ChatML (Qwen), Llama 3,
+ * Phi-3, and the [INST] family (Mistral v1/v3/v3-tekken/v7/v7-tekken, Llama 2 and variants),
+ * each under llama.cpp's name for it. */
 
-typedef enum kvp_chat_format { KVP_CHAT_NONE = 0, KVP_CHAT_CHATML, KVP_CHAT_LLAMA3, KVP_CHAT_PHI3 } kvp_chat_format;
+typedef enum kvp_chat_format {
+    KVP_CHAT_NONE = 0, KVP_CHAT_CHATML, KVP_CHAT_LLAMA3, KVP_CHAT_PHI3,
+    KVP_CHAT_MISTRAL_V1, KVP_CHAT_MISTRAL_V3, KVP_CHAT_MISTRAL_V3_TEKKEN, KVP_CHAT_MISTRAL_V7,
+    KVP_CHAT_MISTRAL_V7_TEKKEN,
+    KVP_CHAT_LLAMA2, KVP_CHAT_LLAMA2_SYS, KVP_CHAT_LLAMA2_SYS_BOS, KVP_CHAT_LLAMA2_SYS_STRIP, /* Llama 2 last */
+    KVP_CHAT_COUNT
+} kvp_chat_format;
 
 typedef struct kvp_chat_msg {
     const char *role;    /* "system", "user", "assistant" */
@@ -399,9 +406,9 @@ typedef struct kvp_chat_msg {
 } kvp_chat_msg;
 
 /* The format llama.cpp's detector picks for a template (Jinja source or a bare format name).
- * KVP_CHAT_NONE when it is none of the three: *other then names what it is (for the refusal). */
+ * KVP_CHAT_NONE when it is none of those: *other then names what it is (for the refusal). */
 kvp_chat_format kvp_chat_detect(const char *tmpl, const char **other);
-const char *kvp_chat_format_name(kvp_chat_format f); /* "chatml", "llama3", "phi3", "none" */
+const char *kvp_chat_format_name(kvp_chat_format f); /* llama.cpp's name ("chatml", "mistral-v7", ...), "none" */
 /* kvp_chat_detect for a command that needs a format: KVP_OK and *f, or KVP_ERR_USAGE with
  * err saying which template it is and which ones kvpub renders. */
 kvp_status kvp_chat_pick(const char *tmpl, kvp_chat_format *f, char *err, size_t errlen) KVP_WUR;
@@ -413,7 +420,9 @@ kvp_status kvp_chat_render(kvp_chat_format f, const kvp_chat_msg *msgs, size_t n
 /* A conversation with the documents in the user turn, as the text before them (optional system
  * turn, the user header) and after them ("\n\n", the question, the end of the turn and the
  * assistant's header): documents placed between the two give render(system, documents +
- * "\n\n" + question). Both malloc'd. */
+ * "\n\n" + question), but for a trim of the documents' leading white space where the format
+ * trims messages (Llama 3, llama2-sys-strip): documents are published as they are. Both
+ * malloc'd. */
 kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *question, char **before,
                          char **after) KVP_WUR;
 
