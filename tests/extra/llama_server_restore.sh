@@ -10,6 +10,8 @@
 #     same token ids; its greedy tokens equal a full prefill's on a fresh slot (cache_prompt
 #     false) up to the first near-tie (top-2 log-probabilities closer than $TIE), and kvfetch
 #     run's on the same blob likewise;
+#   - the text: the server's own greedy tokens, through `kvfetch tokenize --detokenize`, give
+#     exactly its "content", and kvfetch run prints that content where its tokens are the same;
 #   - a tampered blob never reaches the server: export refuses it (exit 1), writes nothing, and a
 #     restore of that name is an error.
 # The server always runs on 127.0.0.1 on a port it picks, one slot, and is killed on exit.
@@ -136,9 +138,21 @@ for m in "$SHARED/models/stories260K.gguf" "$SHARED/models/synth/synth-qwen3-tin
     vs_text=$(same_greedy "$text_tokens" "$tmp/text-fresh.json")
     vs_ids=$(same_greedy "$ids" "$tmp/fresh.json")
     vs_run=$(same_greedy "$(jq -c .token_ids "$tmp/run.json")" "$tmp/fresh.json")
+    jq -j .content "$tmp/fresh.json" >"$tmp/content"
+    "$KVFETCH" tokenize --model "$m" --detokenize "$(jq -r '.tokens | map(tostring) | join(",")' "$tmp/fresh.json")" \
+      >"$tmp/detok" || fail "$what: detokenize the server's tokens"
+    cmp -s "$tmp/content" "$tmp/detok" ||
+      fail "$what: the server's tokens detokenize to [$(cat "$tmp/detok")], its content is [$(cat "$tmp/content")]"
+    if [ "$vs_run" = equal ]; then
+      jq -j .text "$tmp/run.json" >"$tmp/run.text"
+      cmp -s "$tmp/content" "$tmp/run.text" ||
+        fail "$what: kvfetch run printed [$(cat "$tmp/run.text")], the server [$(cat "$tmp/content")]"
+    fi
     echo "ok: $what: restored $ntok tokens, then evaluated only the new ones ($((ntext - ntok)) text, $nq ids)"
     echo "    text prompt $text_tokens vs a full prefill: $vs_text"
     echo "    token ids $ids vs a full prefill: $vs_ids; kvfetch run's tokens: $vs_run"
+    echo "    text: the server's content $(jq -c .content "$tmp/fresh.json") detokenizes alike$([ "$vs_run" = equal ] &&
+      echo ", and kvfetch run prints it")"
   done
 done
 
