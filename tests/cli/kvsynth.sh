@@ -50,6 +50,9 @@ printf 'a<tool>b' | "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --no-special 
   || fail "tokenize with --user-token"
 jq -e '[.tokens[] | select(.text == "<tool>")] | length == 1 and .[0].id == 299' "$T/ud.json" >/dev/null \
   || fail "--user-token: <tool> is not matched as the last token: $(cat "$T/ud.json")"
+# each token's "piece" is llama_token_to_piece's: "▁" keeps its space, even first
+jq -e '.tokens[0].text == "\u2581" and .tokens[0].piece == " " and .tokens[3].piece == " "' "$T/ud.json" >/dev/null \
+  || fail "--json pieces: $(cat "$T/ud.json")"
 # --detokenize: the ids' pieces back to back, as llama-server's /detokenize joins them: the
 # first word keeps the space SentencePiece put before it (tests/cli/llamacpp_tokenize.sh holds
 # every piece to libllama's)
