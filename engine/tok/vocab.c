@@ -457,7 +457,6 @@ eng_status eng_vocab_create(const eng_vocab_desc *d, struct eng_vocab **out, cha
     for (size_t i = 0; i < n; i++)
         make_piece(v, (int32_t)i, v->piece + v->piece_off[i]);
 
-    st = ENG_ERR_NOMEM;
     v->special = malloc((n_special ? n_special : 1) * sizeof *v->special);
     struct special_key *keys = malloc((n_special ? n_special : 1) * sizeof *keys);
     if (!v->special || !keys) {

@@ -713,6 +713,46 @@ static void test_detok_pieces(void **state)
     eng_vocab_free(v);
 }
 
+/* A byte-level BPE character outside the GPT-2 byte map prints as llama.cpp's
+ * llama_decode_text prints it: "[UNK_BYTE_0x" + its UTF-8 in hex + the whole token text + "]",
+ * so a piece can be much longer than its text; pieces past the arena's bound are refused. */
+static void test_detok_unmapped(void **state)
+{
+    (void)state;
+    static const char *const toks[] = { "a", "\xE4\xB8\xAD", "a\xE4\xB8\xAD" }; /* U+4E2D */
+    eng_vocab_desc d;
+    memset(&d, 0, sizeof d);
+    d.kind = ENG_VOCAB_BPE;
+    d.n_tokens = 3;
+    d.tokens = toks;
+    d.bos_id = d.eos_id = d.unk_id = d.eot_id = -1;
+    struct eng_vocab *v = create_ok(&d);
+    size_t l;
+    const char *p = eng_vocab_piece(v, 1, &l);
+    assert_int_equal(l, strlen("[UNK_BYTE_0xe4b8ad\xE4\xB8\xAD]"));
+    assert_memory_equal(p, "[UNK_BYTE_0xe4b8ad\xE4\xB8\xAD]", l);
+    p = eng_vocab_piece(v, 2, &l);
+    assert_int_equal(l, strlen("a[UNK_BYTE_0xe4b8ada\xE4\xB8\xAD]"));
+    assert_memory_equal(p, "a[UNK_BYTE_0xe4b8ada\xE4\xB8\xAD]", l);
+    eng_vocab_free(v);
+
+    /* one 65535-byte token of 21845 such characters: 21845 pieces of its whole text, 1.4 GB */
+    enum { N_CH = ENG_VOCAB_MAX_TOKEN_BYTES / 3 };
+    char *big = malloc(3 * N_CH + 1);
+    for (int i = 0; i < N_CH; i++)
+        memcpy(big + 3 * i, "\xE4\xB8\xAD", 3);
+    big[3 * N_CH] = 0;
+    const char *btoks[] = { "a", big };
+    d.n_tokens = 2;
+    d.tokens = btoks;
+    char err[256] = "";
+    v = NULL;
+    assert_int_equal(eng_vocab_create(&d, &v, err, sizeof err), ENG_ERR_FORMAT);
+    assert_null(v);
+    assert_non_null(strstr(err, "token pieces exceed"));
+    free(big);
+}
+
 static void test_detok_stream(void **state)
 {
     (void)state;
@@ -925,6 +965,7 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_detok_stream),
         cmocka_unit_test(test_detok_pieces),
+        cmocka_unit_test(test_detok_unmapped),
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_malformed),
     };
