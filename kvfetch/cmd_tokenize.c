@@ -163,15 +163,15 @@ int kvfetch_tokenize_main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *model = NULL, *sep = NULL, *system = NULL, *detok = NULL;
-    int special = 1, add_bos = 1, as_json = 0, chat = 0, show_text = 0, c;
+    int special = 1, add_bos = 1, as_json = 0, chat = 0, show_text = 0, tok_opt = 0, c;
     base_opts op = {.prog = "kvfetch tokenize", .usage_fn = usage, .shortopts = "h", .longopts = longopts,
                     .bad = "unexpected option"};
     while ((c = base_opts_next(&op, argc, argv)) > 0) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 's': special = 1; break;
-        case 'S': special = 0; break;
-        case 'B': add_bos = 0; break;
+        case 's': special = 1, tok_opt = 1; break;
+        case 'S': special = 0, tok_opt = 1; break;
+        case 'B': add_bos = 0, tok_opt = 1; break;
         case 'p': sep = optarg; break;
         case 'j': as_json = 1; break;
         case 'c': chat = 1; break;
@@ -191,8 +191,9 @@ int kvfetch_tokenize_main(int argc, char **argv)
               stderr);
         return KVF_EXIT_USAGE;
     }
-    if (detok && (chat || sep || show_text || optind < argc)) {
-        fputs("kvfetch tokenize: --detokenize takes the ids alone (no TEXT, --chat, --separator or --text)\n",
+    if (detok && (chat || sep || show_text || tok_opt || optind < argc)) {
+        fputs("kvfetch tokenize: --detokenize takes the ids alone (no TEXT, --chat, --separator, --text, "
+              "--special, --no-special or --no-bos)\n",
               stderr);
         return KVF_EXIT_USAGE;
     }

@@ -67,8 +67,11 @@ for bad in "1,,2" "-1" "x" "1,99999"; do
   [ "$rc" = 2 ] && [ "$(wc -l <"$T/e")" = 1 ] && [ ! -s "$T/o" ] || fail "--detokenize '$bad': rc=$rc, $(cat "$T/e")"
 done
 grep -q "token id 99999 is not in the vocabulary (300 tokens)" "$T/e" || fail "out-of-range id message: $(cat "$T/e")"
-rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize 5 hello >"$T/o" 2>"$T/e" || rc=$?
-[ "$rc" = 2 ] && grep -q -- "--detokenize takes the ids alone" "$T/e" || fail "--detokenize with TEXT: rc=$rc"
+for extra in hello --no-bos --special --no-special --chat --text; do
+  rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --detokenize 5 "$extra" >"$T/o" 2>"$T/e" || rc=$?
+  [ "$rc" = 2 ] && grep -q -- "--detokenize takes the ids alone" "$T/e" && [ ! -s "$T/o" ] ||
+    fail "--detokenize with $extra: rc=$rc, $(cat "$T/e")"
+done
 rc=0; "$BUILD/kvfetch" tokenize --model "$T/ud.gguf" --json --text hello >"$T/o" 2>"$T/e" || rc=$?
 [ "$rc" = 2 ] && grep -q -- "--text prints the text itself" "$T/e" && [ ! -s "$T/o" ] \
   || fail "tokenize --json --text: rc=$rc, $(cat "$T/e")"
