@@ -61,6 +61,14 @@ static json_t *token_json(const eng_vocab *v, int32_t id)
                      jp ? jp : json_null());
 }
 
+static json_t *ids_json(const int32_t *ids, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    return a;
+}
+
 static int emit(const eng_vocab *v, const int32_t *ids, size_t n, json_t *parts)
 {
     if (!parts) {
@@ -69,11 +77,9 @@ static int emit(const eng_vocab *v, const int32_t *ids, size_t n, json_t *parts)
         putchar('\n');
         return 0;
     }
-    json_t *jids = json_array(), *toks = json_array();
-    for (size_t i = 0; i < n; i++) {
-        json_array_append_new(jids, json_integer(ids[i]));
+    json_t *jids = ids_json(ids, n), *toks = json_array();
+    for (size_t i = 0; i < n; i++)
         json_array_append_new(toks, token_json(v, ids[i]));
-    }
     return json_array_append_new(parts, json_pack("{s:o, s:o}", "ids", jids, "tokens", toks));
 }
 
@@ -121,10 +127,8 @@ static int detokenize(const eng_vocab *v, const char *list, int as_json)
         rc = KVF_EXIT_USAGE;
     }
     if (!rc && as_json) {
-        json_t *o = json_object(), *jids = json_array();
-        for (size_t i = 0; i < n; i++)
-            json_array_append_new(jids, json_integer(ids[i]));
-        json_object_set_new(o, "ids", jids);
+        json_t *o = json_object();
+        json_object_set_new(o, "ids", ids_json(ids, n));
         kvfetch_json_text(o, text, len);
         if (json_dumpf(o, stdout, JSON_COMPACT) != 0 || putchar('\n') == EOF)
             rc = KVF_EXIT_USAGE;

@@ -271,6 +271,17 @@ kvp_status kvp_chat_render(kvp_chat_format f, const kvp_chat_msg *msgs, size_t n
     return KVP_OK;
 }
 
+/* The longest run of c in s. */
+static size_t longest_run(const char *s, char c)
+{
+    size_t best = 0, run = 0;
+    for (; *s; s++) {
+        run = *s == c ? run + 1 : 0;
+        best = run > best ? run : best;
+    }
+    return best;
+}
+
 kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *question, char **before,
                          char **after)
 {
@@ -279,26 +290,26 @@ kvp_status kvp_chat_wrap(kvp_chat_format f, const char *system, const char *ques
         return KVP_ERR_USAGE;
     /* The conversation rendered with a mark where the documents go, cut at the mark: whatever
      * the format does around the user's content, the two halves are what it does. The mark is
-     * control bytes that neither text holds. */
-    char mark[16] = "\x01\x02";
-    for (size_t k = 2; k + 1 < sizeof mark && ((system && strstr(system, mark)) || strstr(question, mark)); k++)
-        mark[k] = '\x02', mark[k + 1] = 0;
-    if ((system && strstr(system, mark)) || strstr(question, mark))
-        return KVP_ERR_USAGE;
+     * \x01 and a run of \x02 longer than any in the texts (the formats' own text has neither),
+     * so it appears once. */
+    const size_t k = 1 + (system ? longest_run(system, '\x02') : 0) + longest_run(question, '\x02');
     sbuf u = {0};
-    puts_(&u, mark);
+    puts_(&u, "\x01");
+    for (size_t i = 0; i < k; i++)
+        puts_(&u, "\x02");
+    const size_t ml = u.n;
     puts_(&u, "\n\n");
     puts_(&u, question);
     kvp_chat_msg m[2] = {{"system", system ? system : ""}, {"user", u.p}};
     const int with_sys = system && *system;
     char *all = NULL;
     kvp_status st = u.oom ? KVP_ERR_NOMEM : kvp_chat_render(f, with_sys ? m : m + 1, with_sys ? 2 : 1, 1, &all);
+    const char *cut = st == KVP_OK ? memmem(all, strlen(all), u.p, ml) : NULL;
     free(u.p);
     if (st != KVP_OK)
         return st;
-    char *cut = strstr(all, mark);
     *before = cut ? strndup(all, (size_t)(cut - all)) : NULL;
-    *after = cut ? strdup(cut + strlen(mark)) : NULL;
+    *after = cut ? strdup(cut + ml) : NULL;
     free(all);
     if (!*before || !*after) {
         free(*before);
