@@ -1,4 +1,5 @@
-/* cache.c: the local content-addressed blob cache: DIR/<id hex> blobs, DIR/tmp/<key>.part
+/* cache.c: the local content-addressed blob cache: DIR/<id hex> blobs (and DIR/<id hex>.decoded,
+ * their decoded copies), DIR/tmp/<key>.part
  * partial downloads, DIR/urls/<sha256(url) hex> holding the id and validators a URL served.
  * The size cap counts blobs and partial downloads alike. */
 #include "fetch/fetch.h"
@@ -157,6 +158,8 @@ void kvf_cache_remove(kvf_cache *c, const uint8_t id[32])
     char p[PATH_MAX];
     blob_path(c, id, p, sizeof p);
     (void)unlink(p);
+    strcat(p, KVB_DECODED_SUFFIX); /* the directory's length left room for it */
+    (void)unlink(p);
 }
 
 static void url_path(const kvf_cache *c, const char *url, char *path, size_t pathlen)
@@ -230,7 +233,8 @@ int kvf_cache_url_get(kvf_cache *c, const char *url, kvf_url_rec *rec)
 }
 
 typedef struct entry {
-    char name[80];       /* a blob id, or "tmp/<key>.part" */
+    char name[80];       /* a blob id (with its decoded copy), a decoded copy without its blob, or
+                            "tmp/<key>.part" */
     uint64_t size;
     struct timespec atime;
 } entry;
@@ -252,6 +256,46 @@ static int is_id_name(const char *s)
         if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
             return 0;
     return n == 64;
+}
+
+/* The name of the decoded copy of the blob named id (64 hex digits), in out. */
+static const char *copy_of(const char *id, char out[80])
+{
+    memcpy(out, id, 64);
+    memcpy(out + 64, KVB_DECODED_SUFFIX, sizeof KVB_DECODED_SUFFIX);
+    return out;
+}
+
+/* "<id>.decoded": 1 when its blob is gone (the copy is an entry of its own), 2 when the blob
+ * is there (the copy counts with it); 0 for other names. */
+static int decoded_name(int dfd, const char *s)
+{
+    char id[65];
+    size_t n = strlen(s);
+    if (n != 64 + strlen(KVB_DECODED_SUFFIX) || strcmp(s + 64, KVB_DECODED_SUFFIX) != 0)
+        return 0;
+    memcpy(id, s, 64);
+    id[64] = 0;
+    struct stat sb;
+    return !is_id_name(id) ? 0 : fstatat(dfd, id, &sb, 0) == 0 ? 2 : 1;
+}
+
+/* "<id>.decoded.tmp.XXXXXX": a decoded copy being written, or left by a killed kvfetch. One
+ * untouched for ten minutes is removed (writing a copy takes seconds). Returns 1 for such names. */
+static int copy_tmp_name(int dfd, const char *s)
+{
+    static const char mid[] = KVB_DECODED_SUFFIX ".tmp.";
+    char id[65];
+    if (strlen(s) <= 64 + sizeof mid - 1 || strncmp(s + 64, mid, sizeof mid - 1) != 0)
+        return 0;
+    memcpy(id, s, 64);
+    id[64] = 0;
+    if (!is_id_name(id))
+        return 0;
+    struct stat sb;
+    if (fstatat(dfd, s, &sb, AT_SYMLINK_NOFOLLOW) == 0 && sb.st_mtime < time(NULL) - 600)
+        (void)unlinkat(dfd, s, 0);
+    return 1;
 }
 
 static int is_part_name(const char *s)
@@ -287,7 +331,9 @@ static uint64_t scan(int dfd, int parts, entry **v, size_t *n, size_t *cap)
     uint64_t total = 0;
     struct dirent *de;
     while ((de = readdir(d)) && *n < MAX_ENTRIES) {
-        if (parts ? !is_part_name(de->d_name) : !is_id_name(de->d_name))
+        if (!parts && copy_tmp_name(dfd, de->d_name))
+            continue;
+        if (parts ? !is_part_name(de->d_name) : !is_id_name(de->d_name) && decoded_name(dfd, de->d_name) != 1)
             continue;
         struct stat sb;
         if (fstatat(dfd, de->d_name, &sb, 0) != 0 || !S_ISREG(sb.st_mode))
@@ -301,7 +347,7 @@ static uint64_t scan(int dfd, int parts, entry **v, size_t *n, size_t *cap)
             *cap = nc;
         }
         entry *e = &(*v)[(*n)++];
-        char *w = e->name; /* the name was checked: at most 69 bytes */
+        char *w = e->name; /* the name was checked: at most 72 bytes */
         if (parts) {
             memcpy(w, "tmp/", 4);
             w += 4;
@@ -309,6 +355,15 @@ static uint64_t scan(int dfd, int parts, entry **v, size_t *n, size_t *cap)
         memcpy(w, de->d_name, strlen(de->d_name) + 1);
         e->size = (uint64_t)sb.st_size;
         e->atime = parts ? sb.st_mtim : sb.st_atim;
+        char copy[80];
+        struct stat cb;
+        if (!parts && is_id_name(de->d_name) && fstatat(dfd, copy_of(de->d_name, copy), &cb, 0) == 0 &&
+            S_ISREG(cb.st_mode)) {
+            e->size += (uint64_t)cb.st_size; /* loads read the copy: its use counts too */
+            if (cb.st_atim.tv_sec > e->atime.tv_sec ||
+                (cb.st_atim.tv_sec == e->atime.tv_sec && cb.st_atim.tv_nsec > e->atime.tv_nsec))
+                e->atime = cb.st_atim;
+        }
         total += e->size;
     }
     closedir(d);
@@ -333,10 +388,14 @@ int kvf_cache_evict(kvf_cache *c, const uint8_t *keep)
     if (total > c->max) {
         qsort(v, n, sizeof *v, by_atime);
         for (size_t i = 0; i < n && total > c->max; i++) {
-            if (strcmp(v[i].name, keephex) == 0)
+            if (strncmp(v[i].name, keephex, 64) == 0 && keep)
                 continue;
             int part = strncmp(v[i].name, "tmp/", 4) == 0;
             int rc = part ? (tfd >= 0 ? remove_part(tfd, v[i].name + 4) : -1) : unlinkat(dfd, v[i].name, 0);
+            if (rc == 0 && is_id_name(v[i].name)) {
+                char copy[80];
+                (void)unlinkat(dfd, copy_of(v[i].name, copy), 0);
+            }
             if (rc == 0) {
                 total -= v[i].size;
                 removed++;

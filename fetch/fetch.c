@@ -304,8 +304,8 @@ static kvf_status download(kvf_vstream *v, kvf_sources *srcs, const kvf_http_opt
     return worst;
 }
 
-kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
-                   char *err, size_t errlen)
+static kvf_status get_blob(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res, char *err,
+                           size_t errlen)
 {
     double t0 = base_now_s();
     memset(res, 0, sizeof *res);
@@ -401,7 +401,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         close(fd);
         free(srcs);
         kvf_get_opts again = *o;
-        return kvf_get(cache, &again, res, err, errlen);
+        return get_blob(cache, &again, res, err, errlen);
     }
 
     kvf_vstream v;
@@ -468,7 +468,7 @@ kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
         if (st != KVF_ERR_HTTP)
             return st;
         kvf_get_opts again = *o; /* it left the cache meanwhile: download it afresh */
-        return kvf_get(cache, &again, res, err, errlen);
+        return get_blob(cache, &again, res, err, errlen);
     }
     if (st == KVF_ERR_VERIFY) {
         res->vst = v.vst;
@@ -527,4 +527,49 @@ fail_close:
     free(srcs);
     res->seconds = base_now_s() - t0;
     return st;
+}
+
+/* Writes the decoded copy of the blob in res->path beside it, unless it is there already. A
+ * blob whose decoded bytes differ from its signed raw digests is refused and removed, as any
+ * blob that fails verification; a copy that cannot be written (disk full) leaves the blob as
+ * it is, loaded the slower way, with res->decoded_note saying why. */
+static kvf_status ensure_decoded(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res, char *err,
+                                 size_t errlen)
+{
+    char copy[sizeof res->path];
+    struct stat sb;
+    const int n = snprintf(copy, sizeof copy, "%s%s", res->path, KVB_DECODED_SUFFIX);
+    if (n < 0 || (size_t)n >= sizeof copy)
+        return KVF_OK;
+    if (stat(copy, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        snprintf(res->decoded, sizeof res->decoded, "%s", copy);
+        return KVF_OK;
+    }
+    kvb_read_opts ro = {.trust = o->trust, .now = o->now};
+    char e[256];
+    const double t = base_now_s();
+    kvb_status st = kvb_decoded_write(res->path, copy, &ro, e, sizeof e);
+    res->decoded_s = base_now_s() - t;
+    res->seconds += res->decoded_s;
+    if (st == KVB_OK) {
+        snprintf(res->decoded, sizeof res->decoded, "%s", copy);
+        kvf_cache_evict(cache, res->id); /* the cap counts the copy too */
+        return KVF_OK;
+    }
+    const int code = kvb_exit_code(st);
+    if (code != 1 && code != 3) { /* not the blob's fault */
+        snprintf(res->decoded_note, sizeof res->decoded_note, "%s", e);
+        return KVF_OK;
+    }
+    res->vst = st;
+    kvf_cache_remove(cache, res->id);
+    return kvf_fail(err, errlen, KVF_ERR_VERIFY, "%s", e);
+}
+
+kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res, char *err, size_t errlen)
+{
+    kvf_status st = get_blob(cache, o, res, err, errlen);
+    if (st != KVF_OK || o->no_decoded_copy || !res->manifest || !res->manifest->has_raw)
+        return st;
+    return ensure_decoded(cache, o, res, err, errlen);
 }

@@ -157,7 +157,7 @@ int kvf_cache_part_path(const kvf_cache *c, const char *key, char *path, size_t 
 kvf_status kvf_cache_insert(kvf_cache *c, const char *src, const uint8_t id[32], char *path,
                             size_t pathlen, char *err, size_t errlen) KVF_WUR;
 
-/* Removes the blob with this id (a cached file that no longer verifies). */
+/* Removes the blob with this id (a cached file that no longer verifies), and its decoded copy. */
 void kvf_cache_remove(kvf_cache *c, const uint8_t id[32]);
 
 /* What a URL served last: the blob id and the HTTP validators it came with. */
@@ -173,7 +173,8 @@ typedef struct kvf_url_rec {
 void kvf_cache_url_put(kvf_cache *c, const char *url, const kvf_url_rec *rec);
 int kvf_cache_url_get(kvf_cache *c, const char *url, kvf_url_rec *rec);
 
-/* Evicts least recently used blobs (by access time, which lookup sets explicitly) and
+/* Evicts least recently used blobs with their decoded copies (by the later access time of the
+ * two; lookup sets the blob's explicitly), decoded copies whose blob is gone, and
  * abandoned partial downloads (by their last write; never one a kvfetch is writing) until the
  * total size of both is at most the cap; keep (may be NULL) is never evicted. Returns the
  * number of files removed. */
@@ -244,6 +245,8 @@ typedef struct kvf_get_opts {
                                 there are two sources and at least two chunks left; 0/1 = one
                                 source at a time */
     kvf_http_opts http;
+    int no_decoded_copy;     /* 1 = do not write the blob's decoded copy (spec/kvblob.md 4.2)
+                                beside it in the cache */
 } kvf_get_opts;
 
 typedef struct kvf_get_result {
@@ -265,6 +268,10 @@ typedef struct kvf_get_result {
     int parallel_used;       /* two sources served chunk ranges at once */
     kvb_manifest *manifest;  /* the verified manifest when known; owned, kvf_get_result_clear */
     kvb_header header;
+    char decoded[PATH_MAX];  /* the blob's decoded copy beside it ("" = none: the blob has no
+                                raw digests, no_decoded_copy, or it could not be written) */
+    double decoded_s;        /* seconds writing it (0 when it was there already) */
+    char decoded_note[256];  /* why it could not be written (disk full, ...), or "" */
 } kvf_get_result;
 
 /* Gets a verified blob into the cache. A URL or id that names the blob is immutable: a cached
@@ -278,7 +285,11 @@ typedef struct kvf_get_result {
  * when the server sent none. Statuses: KVF_ERR_VERIFY (res->vst says how; the
  * partial download is deleted), KVF_ERR_REFUSED (a valid blob with another id than asked),
  * KVF_ERR_TOO_BIG (more bytes than the manifest declares), KVF_ERR_NET (kept for a later
- * resume), KVF_ERR_DENIED, KVF_ERR_HTTP, KVF_ERR_IO, KVF_ERR_USAGE. */
+ * resume), KVF_ERR_DENIED, KVF_ERR_HTTP, KVF_ERR_IO, KVF_ERR_USAGE.
+ * Then, for a blob whose manifest carries decoded digests (f16-zstd), the decoded copy is
+ * written beside it (res->decoded) unless o->no_decoded_copy or it is there already: a blob
+ * whose decoded bytes differ from those signed digests fails as KVF_ERR_VERIFY and is removed;
+ * a copy that cannot be written is only noted (res->decoded_note). */
 kvf_status kvf_get(kvf_cache *cache, const kvf_get_opts *o, kvf_get_result *res,
                    char *err, size_t errlen) KVF_WUR;
 void kvf_get_result_clear(kvf_get_result *res); /* frees the manifest; the struct stays usable */

@@ -87,12 +87,14 @@ static json_t *timestr(int64_t t)
     return json_string(kvb_time_format(t, buf, sizeof buf));
 }
 
-static json_t *section_json(const kvb_section *s, int with_range)
+static json_t *section_json(const kvb_section *s, int with_range, int with_raw)
 {
     json_t *o = json_object();
     json_object_set_new(o, "offset", json_integer((json_int_t)s->offset));
     json_object_set_new(o, "length", json_integer((json_int_t)s->length));
     json_object_set_new(o, "sha256", hexstr(s->sha256, KVC_SHA256_LEN));
+    if (with_raw)
+        json_object_set_new(o, "raw_sha256", hexstr(s->raw_sha256, KVC_SHA256_LEN));
     if (with_range) {
         json_object_set_new(o, "t0", json_integer(s->t0));
         json_object_set_new(o, "t1", json_integer(s->t1));
@@ -153,7 +155,7 @@ kvb_status kvb_manifest_serialize(const kvb_manifest *m, char **out, size_t *len
     json_object_set_new(tok, "fingerprint", hexstr(m->tokenizer_fingerprint, KVC_SHA256_LEN));
 
     for (uint32_t i = 0; i < m->n_chunks; i++)
-        json_array_append_new(chunks, section_json(&m->chunks[i], 1));
+        json_array_append_new(chunks, section_json(&m->chunks[i], 1, m->has_raw));
 
     json_object_set_new(root, "format", json_string("kvblob"));
     json_object_set_new(root, "document", doc);
@@ -161,7 +163,7 @@ kvb_status kvb_manifest_serialize(const kvb_manifest *m, char **out, size_t *len
     json_object_set_new(root, "tokenizer", tok);
     json_object_set_new(root, "rope", rope);
     json_object_set_new(root, "n_tokens", json_integer(m->n_tokens));
-    json_object_set_new(root, "tokens", section_json(&m->tokens, 0));
+    json_object_set_new(root, "tokens", section_json(&m->tokens, 0, 0));
     json_object_set_new(root, "codec", json_string(kvb_codec_name(m->codec)));
     json_object_set_new(root, "chunk_tokens", json_integer(m->chunk_tokens));
     json_object_set_new(root, "created", timestr(m->created));
@@ -355,19 +357,24 @@ static int64_t get_time(pctx *p, json_t *obj, const char *key, int nullable)
     return t;
 }
 
-static void get_section(pctx *p, json_t *obj, const char *where, kvb_section *s, int with_range)
+/* Returns 1 when the section carries the optional raw_sha256 (read into s->raw_sha256). */
+static int get_section(pctx *p, json_t *obj, const char *where, kvb_section *s, int with_range)
 {
     if (!json_is_object(obj)) {
         PFAIL(p, KVB_ERR_MALFORMED, "manifest: %s is not an object", where);
-        return;
+        return 0;
     }
     s->offset = get_uint(p, obj, where, "offset", MAX_SAFE_INT);
     s->length = get_uint(p, obj, where, "length", MAX_SAFE_INT);
     get_hash(p, obj, where, "sha256", s->sha256);
+    const int raw = with_range && json_object_get(obj, "raw_sha256") != NULL;
+    if (raw)
+        get_hash(p, obj, where, "raw_sha256", s->raw_sha256);
     if (with_range) {
         s->t0 = (uint32_t)get_uint(p, obj, where, "t0", KVB_MAX_TOKENS);
         s->t1 = (uint32_t)get_uint(p, obj, where, "t1", KVB_MAX_TOKENS);
     }
+    return raw;
 }
 
 /* Copies s into the arena at *pos and returns it. */
@@ -522,11 +529,17 @@ kvb_status kvb_manifest_parse(const uint8_t *bytes, size_t len, kvb_manifest **o
         goto done;
     }
     kvb_section *ch = (kvb_section *)(blk + secoff);
+    uint32_t n_raw = 0;
     for (uint32_t i = 0; i < m.n_chunks && !p.st; i++) {
         char where[32];
         snprintf(where, sizeof where, "chunks[%u]", i);
-        get_section(&p, json_array_get(chunks, i), where, &ch[i], 1);
+        n_raw += (uint32_t)get_section(&p, json_array_get(chunks, i), where, &ch[i], 1);
     }
+    /* decoded digests (spec 4.2): on every chunk or none, and only where decoding changes bytes */
+    if (!p.st && n_raw && (n_raw != m.n_chunks || m.codec != KVB_CODEC_F16_ZSTD))
+        PFAIL(&p, KVB_ERR_MALFORMED, "manifest: raw_sha256 on %u of %u chunks of a %s blob (all or none, f16-zstd only)",
+              n_raw, m.n_chunks, kvb_codec_name(m.codec));
+    m.has_raw = n_raw != 0;
     if (!p.st)
         p.st = check_layout(&m, ch, err, errlen);
     if (p.st) {

@@ -89,8 +89,18 @@ void kvb_rd_decode(const kvb_reader *r, slot *s, kvb_codec_ctx *cc)
     char e[ERRLEN - 40];
     s->st = kvb_chunk_decode(cc, m->codec, s->data, s->in_len, m->n_layer, sec->t1 - sec->t0, m->kv_dim, s->sec,
                              &s->rows, e, sizeof e);
-    if (s->st)
+    if (s->st) {
         snprintf(s->err, sizeof s->err, "chunk %u of %u: %s", s->index, m->n_chunks, e);
+        return;
+    }
+    if (r->o.check_raw && m->has_raw && !s->in_place) { /* the reader's buffer: decoded order */
+        uint8_t h[KVC_SHA256_LEN];
+        kvc_leaf_digest(s->out, 2 * kvb_chunk_values(m->n_layer, sec->t1 - sec->t0, m->kv_dim), h);
+        if (memcmp(h, sec->raw_sha256, KVC_SHA256_LEN) != 0)
+            s->st = kvb_fail(s->err, sizeof s->err, KVB_ERR_CHUNK_HASH,
+                             "chunk %u of %u: its decoded bytes differ from the signed raw_sha256", s->index,
+                             m->n_chunks);
+    }
 }
 
 static void run_job(const kvb_reader *r, slot *s, kvb_codec_ctx *cc, kvb_piece *piece)
@@ -471,6 +481,8 @@ static kvb_status on_prefix(kvb_reader *r)
     char e[ERRLEN];
     kvb_status st = kvb_manifest_parse(r->prefix + KVB_HEADER_LEN, r->h.manifest_len, &r->m, e, sizeof e);
     if (st)
+        return kvb_rd_err(r, st, "%s", e);
+    if (r->o.decoded && (st = kvb_manifest_to_decoded(r->m, &r->h, e, sizeof e)) != KVB_OK)
         return kvb_rd_err(r, st, "%s", e);
     const kvb_manifest *m = r->m;
     const kvb_section *last = &m->chunks[m->n_chunks - 1];

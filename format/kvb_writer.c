@@ -121,6 +121,8 @@ static kvb_status encode_chunk(kvb_writer *w, kvb_codec_ctx *cc, const uint16_t 
     s->t0 = i * w->m.chunk_tokens;
     s->t1 = s->t0 + n;
     kvb_chunk_digest(KVB_VERSION, w->enc[i], len, s->sha256);
+    if (w->m.has_raw) /* lossless: the decoded bytes are kv's (spec 4.2) */
+        kvc_leaf_digest(kv, 2 * kvb_chunk_values(w->m.n_layer, n, w->m.kv_dim), s->raw_sha256);
     return w->spill_fd >= 0 ? spill(w, i, err, errlen) : KVB_OK;
 }
 
@@ -261,6 +263,7 @@ kvb_status kvb_writer_create(const kvb_manifest *meta, const int32_t *tokens,
     w->m.doc_media_type = w->strs[2];
     w->m.model_arch = w->strs[3];
     w->m.chunks = w->secs;
+    w->m.has_raw = w->m.codec == KVB_CODEC_F16_ZSTD;
     w->m.context_ids = w->ctx;
     for (uint32_t i = 0; i < m.n_tokens; i++)
         kvb_put32(w->tok + 4ull * i, (uint32_t)tokens[i]);

@@ -92,6 +92,8 @@ typedef struct kvb_section {
     uint64_t length;                 /* bytes as stored (after compression) */
     uint32_t t0, t1;                 /* token range [t0, t1); the token section covers all */
     uint8_t sha256[KVC_SHA256_LEN];  /* of the stored bytes */
+    uint8_t raw_sha256[KVC_SHA256_LEN]; /* chunks of a manifest with has_raw: the chunk digest
+                                           of the decoded bytes (spec/kvblob.md 4.2) */
 } kvb_section;
 
 /* The manifest. For a parsed manifest every pointer points into the same allocation and all
@@ -135,6 +137,8 @@ typedef struct kvb_manifest {
     kvb_section tokens;                       /* out: the token-id section */
     uint32_t n_chunks;                        /* out */
     const kvb_section *chunks;                /* out: n_chunks entries, in token order */
+    int has_raw;                              /* out: every chunk carries raw_sha256 (the writer
+                                                 adds them for f16-zstd) */
     /* derived on parse (out), for convenience */
     uint32_t kv_dim;                          /* n_head_kv * head_dim */
     uint64_t raw_bytes;                       /* n_tokens * n_layer * 2 * kv_dim * 2 */
@@ -239,6 +243,12 @@ typedef struct kvb_read_opts {
     int no_decode;             /* 1 = verify hashes only, never decompress (verify, upload) */
     uint32_t max_chunks;       /* deliver only the first max_chunks chunks (0 = all); the rest
                                   are still hash-checked if fed */
+    int check_raw;             /* 1 = also check each decoded chunk against its signed
+                                  raw_sha256 (manifests with has_raw; chunks decoded into the
+                                  reader's own buffer, not on_dest's): KVB_ERR_CHUNK_HASH */
+    int decoded;               /* 1 = the input is a blob's decoded copy (spec/kvblob.md 4.2),
+                                  read as the f16 blob its manifest's raw digests describe:
+                                  on_manifest sees that manifest (kvb_manifest_to_decoded) */
     kvb_manifest_fn on_manifest; /* after the signature check and manifest parse; may be NULL */
     kvb_chunk_fn on_chunk;     /* each decoded chunk in order; may be NULL */
     kvb_dest_fn on_dest;       /* decode chunks straight into the caller's memory; may be NULL */
@@ -316,6 +326,27 @@ const int32_t *kvb_reader_tokens(const kvb_reader *r);
  * so tools can still describe it). */
 kvb_status kvb_read_file(const char *path, const kvb_read_opts *opts, kvb_manifest **mout,
                          kvb_header *hout, char *err, size_t errlen) KVB_WUR;
+
+/* ---- decoded copies (spec/kvblob.md 4.2) ---- */
+
+/* A blob's decoded copy sits beside it, named PATH.decoded (kvfetch get writes it, loaders
+ * prefer it). */
+#define KVB_DECODED_SUFFIX ".decoded"
+
+/* Turns m (with has_raw, codec f16-zstd) into the manifest of its decoded copy: codec f16,
+ * each chunk at the next 64-byte boundary with its decoded length and raw_sha256 as its
+ * digest; and, when h is not NULL, sets h->file_size to the copy's size. KVB_ERR_UNSUPPORTED
+ * (m unchanged) when m has no raw digests. */
+kvb_status kvb_manifest_to_decoded(kvb_manifest *m, kvb_header *h, char *err, size_t errlen) KVB_WUR;
+/* Writes the decoded copy of the blob at blob to path (replaced whole, through a temporary
+ * file: path holds all of the copy or stays as it was). opts says whose signature to accept
+ * and how many threads decode (its callbacks, decoded and no_decode are ignored). The blob is
+ * verified as it is read; the copy, once written, is read back and verified against the raw
+ * digests before it replaces path: KVB_ERR_CHUNK_HASH when a decoded chunk differs from its
+ * signed raw_sha256 (the publisher's digests are wrong), KVB_ERR_UNSUPPORTED when the blob
+ * has no raw digests; else the reader's errors, or KVB_ERR_IO. */
+kvb_status kvb_decoded_write(const char *blob, const char *path, const kvb_read_opts *opts, char *err,
+                             size_t errlen) KVB_WUR;
 
 /* ---- writing ---- */
 

@@ -24,6 +24,10 @@ static const char usage_text[] =
     "keeps it in the local cache named by its SHA-256 (the blob id). A blob already cached is\n"
     "re-verified from disk without the network. An interrupted download is resumed with a\n"
     "Range request from the bytes already on disk. Prints the verified file's path on stdout.\n"
+    "A blob whose manifest signs its decoded chunks (raw_sha256: f16-zstd blobs) also gets its\n"
+    "decoded copy in the cache, PATH.decoded, about 1.2 times the blob's size, counted in the\n"
+    "cache's cap: kvfetch run reads it at the f16 codec's speed, each chunk verified against\n"
+    "its signed decoded digest. Decoded bytes that differ from those digests fail the blob.\n"
     "\n"
     "  URL                  a blob URL: the API's /v1/blobs/ID or a static mirror's file\n"
     "  --server URL         kvpubd API base URL (with ID or --blob); with no --token and no\n"
@@ -42,6 +46,7 @@ static const char usage_text[] =
     "  --model FILE         the GGUF model (its fingerprint), or --model-fp HEX\n"
     "  --codec C, --context HASH|none, --publisher KEYID   filters for --document\n"
     "  -o FILE              also copy the verified blob to FILE\n"
+    "  --no-decoded-copy    do not write the decoded copy (below)\n"
     "  --json               print a JSON summary on stdout instead of the path (\"sources\":\n"
     "                       what each source and mirror did)\n"
     KVF_SHARED_HELP
@@ -100,6 +105,10 @@ static void print_json(const kvf_get_result *r, const char *out_path)
     json_object_set_new(o, "seconds", json_real(r->seconds));
     json_object_set_new(o, "signer", json_string(kvc_hex(r->header.key_id, KVC_KEYID_LEN, kid)));
     json_object_set_new(o, "parallel", json_boolean(r->parallel_used));
+    json_object_set_new(o, "decoded_path", r->decoded[0] ? json_string(r->decoded) : json_null());
+    json_object_set_new(o, "decoded_seconds", json_real(r->decoded_s));
+    if (r->decoded_note[0])
+        json_object_set_new(o, "decoded_note", json_string(r->decoded_note));
     json_t *srcs = json_array();
     for (int i = 0; i < r->n_sources; i++) {
         const kvf_source_report *s = &r->sources[i];
@@ -237,6 +246,7 @@ int kvfetch_get_main(int argc, char **argv)
         {"codec", required_argument, NULL, 'C'},
         {"context", required_argument, NULL, 'X'},
         {"publisher", required_argument, NULL, 'P'},
+        {"no-decoded-copy", no_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -260,6 +270,7 @@ int kvfetch_get_main(int argc, char **argv)
         case 'C': sa.codec = optarg; break;
         case 'X': sa.context = optarg; break;
         case 'P': sa.publisher = optarg; break;
+        case 'N': go.no_decoded_copy = 1; break;
         }
     }
     if (c < 0)
@@ -338,6 +349,8 @@ int kvfetch_get_main(int argc, char **argv)
     if (res.stale)
         fprintf(stderr, "%s: warning: could not ask whether %s changed (%s); using the copy it "
                         "served last, verified\n", prog, go.url, res.stale_why);
+    if (res.decoded_note[0])
+        fprintf(stderr, "%s: warning: no decoded copy (%s); loads read the blob itself\n", prog, res.decoded_note);
     if (json) {
         print_json(&res, out_path);
     } else {
@@ -355,6 +368,8 @@ int kvfetch_get_main(int argc, char **argv)
                     res.seconds);
             if (res.reused)
                 fprintf(stderr, "resumed: %llu bytes were already on disk\n", (unsigned long long)res.reused);
+            if (res.decoded_s > 0)
+                fprintf(stderr, "decoded copy %s written and verified in %.3f s\n", res.decoded, res.decoded_s);
         }
     }
 out:

@@ -13,7 +13,8 @@ static void usage(FILE *f)
     fputs("usage: kvfetch verify FILE --trust DIR [--json] [--hash-only] [--threads N]\n"
           "Checks a kvblob completely: Ed25519 signature over header+manifest, signer in the trust\n"
           "directory DIR and not revoked, not expired, token-id and every chunk SHA-256, and that\n"
-          "every chunk decodes (skip decoding with --hash-only). FILE '-' reads stdin.\n"
+          "every chunk decodes, to the signed decoded digests where the manifest has them\n"
+          "(f16-zstd: raw_sha256); skip decoding with --hash-only. FILE '-' reads stdin.\n"
           "  --json       print the result as one JSON object on stdout\n"
           "  --threads N  decode threads (default 0 = all cores)\n"
           "Exit codes (spec/kvblob.md): 0 verified, 1 verification failed (signature, untrusted,\n"
@@ -77,6 +78,7 @@ int kvfetch_verify_main(int argc, char **argv)
         memset(&o, 0, sizeof o);
         o.trust = t;
         o.no_decode = args.hash_only;
+        o.check_raw = 1; /* a decoded chunk against its signed decoded digest, where there is one */
         o.n_threads = args.threads;
         st = kvb_read_file(file, &o, &m, &h, err, sizeof err);
         kvc_trust_free(t);

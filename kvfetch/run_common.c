@@ -21,7 +21,8 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
     const char *follow = NULL;
     enum { O_MODEL = KVF_OPT_SHARED_END + 1, O_BLOB, O_PREFIX, O_PROMPT, O_TEMP, O_SEED, O_TOPK,
            O_TOPP, O_THREADS, O_JSON, O_CHAT, O_SYSTEM, O_SPECIAL, O_NO_SPECIAL, O_LLAMA_STATE, O_V_TRANS,
-           O_LOGITS, O_SERVER, O_RECOMPUTE, O_RECOMPUTE_METHOD, O_FOLLOW, O_NO_REROTATE, O_DROP_PREFIX };
+           O_LOGITS, O_SERVER, O_RECOMPUTE, O_RECOMPUTE_METHOD, O_FOLLOW, O_NO_REROTATE, O_DROP_PREFIX,
+           O_NO_DECODED_COPY };
     static const struct option longopts[] = {
         KVF_SHARED_LONGOPTS,
         {"model", required_argument, NULL, O_MODEL},
@@ -47,6 +48,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         {"follow", required_argument, NULL, O_FOLLOW},
         {"no-rerotate", no_argument, NULL, O_NO_REROTATE},
         {"drop-prefix", no_argument, NULL, O_DROP_PREFIX},
+        {"no-decoded-copy", no_argument, NULL, O_NO_DECODED_COPY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -85,6 +87,7 @@ static int parse_args(int argc, char **argv, kvfetch_run_args *a, const char *pr
         case O_SERVER: a->server = optarg; break;
         case O_NO_REROTATE: a->no_rerotate = 1; break;
         case O_DROP_PREFIX: a->drop_prefix = 1; break;
+        case O_NO_DECODED_COPY: a->no_decoded_copy = 1; break;
         case O_RECOMPUTE:
             a->recompute = strtod(optarg, &end);
             if (errno || end == optarg || *end || !(a->recompute >= 0 && a->recompute <= 1)) {
@@ -279,6 +282,7 @@ static int resolve_blobs(kvfetch_session *s)
         go.trust = s->a.co.trust;
         go.now = s->a.co.now;
         go.trust_cached = 1; /* the loader verifies everything while it loads */
+        go.no_decoded_copy = s->a.no_decoded_copy;
         go.http = s->a.co.http;
         kvf_common_mirrors(&s->a.co, &go);
         uint8_t uid[32];
@@ -481,7 +485,7 @@ static int loaded_path(kvfetch_session *s)
     kvp_load_opts lo = {.model = s->model, .ctx = s->ctx, .identity = &s->id, .trust = s->a.co.trust,
                         .now = s->a.co.now, .n_threads = s->a.threads, .recompute = s->a.recompute,
                         .method = s->a.method,
-                        .no_rerotate = s->a.no_rerotate};
+                        .no_rerotate = s->a.no_rerotate, .no_decoded_copy = s->a.no_decoded_copy};
     if (s->a.drop_prefix) /* the baseline that ignores the prefix; compare's full path keeps it */
         s->path.n_prefix = 0;
     kvp_status st = kvp_path_run(&lo, &s->path, s->logits, &s->pr, s->err, sizeof s->err);
@@ -492,6 +496,10 @@ static int loaded_path(kvfetch_session *s)
         return 2;
     }
     if (st == KVP_OK) {
+        for (int b = 0; b < s->a.n_blobs; b++) /* a damaged copy is worth a word even with --quiet */
+            if (s->ls[b].copy_note[0])
+                fprintf(stderr, "%s: %s: warning: %s; loaded the blob itself\n", s->prog, s->a.blobs[b],
+                        s->ls[b].copy_note);
         for (int b = 0; b < s->a.n_blobs && !s->a.co.quiet; b++) {
             const kvp_load_stats *l = &s->ls[b];
             if (l->context_exact)
@@ -537,6 +545,9 @@ void kvfetch_stats_json(json_t *o, const kvfetch_session *s, double ttft_s)
                               "rerotate_s", l->rerotate_s, "import_s", l->import_s, "load_s", l->total_s,
                               "load_cpu_s", l->cpu_s, "decode_threads", l->n_threads,
                               "chunk_digest", kvc_leaf_digest_engine());
+        json_object_set_new(b, "decoded_copy", json_boolean(l->decoded_copy));
+        if (l->copy_note[0])
+            json_object_set_new(b, "decoded_copy_note", json_string(l->copy_note));
         json_object_set_new(b, "blob", json_string(s->a.blobs[i]));
         json_object_set_new(b, "path", json_string(s->paths[i]));
         json_array_append_new(blobs, b);
@@ -565,10 +576,10 @@ void kvfetch_stats_text(const kvfetch_session *s, double ttft_s)
         fprintf(stderr,
                 "blob %d: %u tokens at position %d (re-rotated by %d), %.1f MB raw KV in %.2f ms "
                 "(%.2f GB/s, %.2f ms CPU): read %.2f, verify+decode %.2f (%d threads), re-rotate+import %.2f, "
-                "import %.2f ms%s",
+                "import %.2f ms%s%s",
                 i + 1, l->n_tokens, l->pos, l->delta, (double)l->raw_bytes / 1e6, l->total_s * 1e3, gbs, l->cpu_s * 1e3,
                 l->read_s * 1e3, l->verify_decode_s * 1e3, l->n_threads, l->rerotate_s * 1e3,
-                l->import_s * 1e3, l->n_recomputed ? "" : "\n");
+                l->import_s * 1e3, l->decoded_copy ? " (from its decoded copy)" : "", l->n_recomputed ? "" : "\n");
         if (l->n_recomputed)
             fprintf(stderr, s->a.method == KVP_RECOMPUTE_BLEND
                                 ? "; layer 0 and the %u most deviating tokens recomputed in %.2f ms\n"

@@ -26,7 +26,9 @@
     "                       R (0..1) of its tokens at every layer after the real prefix and load\n" \
     "                       the rest re-rotated (default 0; docs/quality.md has the measurements)\n" \
     "  --recompute-method M which tokens: head (EPIC: the document's first ones, default) or blend\n" \
-    "                       (CacheBlend: layer 0 of all, then those whose K/V deviate most)\n"
+    "                       (CacheBlend: layer 0 of all, then those whose K/V deviate most)\n" \
+    "  --no-decoded-copy    read each blob itself even when its decoded copy (kvfetch get\n" \
+    "                       writes it for f16-zstd blobs) is beside it\n"
 #define KVFETCH_HELP_BASELINES \
     "  --follow full|loaded compare: whose greedy tokens both paths are fed (default loaded; full:\n" \
     "                       the reference continuation, the same for every way of loading)\n" \
@@ -69,6 +71,7 @@ typedef struct kvfetch_run_args {
     double recompute;          /* kvp_load_opts.recompute */
     kvp_recompute_method method; /* kvp_load_opts.method */
     int no_rerotate, drop_prefix; /* measurement baselines (kvfetch compare) */
+    int no_decoded_copy;       /* kvp_load_opts.no_decoded_copy, and none written on fetch */
     int follow_full;           /* compare: kvp_compare_opts.follow_full */
     const char *llama_state;   /* export: the llama.cpp sequence-state file to write */
     const char *server;        /* kvpubd API base that --blob IDs are fetched from */

@@ -208,6 +208,8 @@ typedef struct kvp_load_stats {
     char context_note[200]; /* when a declared context does not match: how, in one line */
     uint32_t n_recomputed; /* tokens recomputed at every layer (kvp_load_opts.recompute) */
     double recompute_s;   /* the recompute's time (with blend: layer 0 of all tokens too) */
+    int decoded_copy;     /* 1 = read from the blob's decoded copy (KVB_DECODED_SUFFIX) */
+    char copy_note[320];  /* when a decoded copy was there but the blob was read: why */
 } kvp_load_stats;
 
 /* How kvp_load_opts.recompute picks its tokens (docs/quality.md measures both). */
@@ -235,6 +237,7 @@ typedef struct kvp_load_opts {
     kvp_recompute_method method; /* which tokens: KVP_RECOMPUTE_HEAD (0) or _BLEND */
     int no_rerotate;           /* baseline for measurements only: keys keep the rotation of the
                                   positions they were computed at (wrong by delta) */
+    int no_decoded_copy;       /* 1 = read the blob even when its decoded copy is beside it */
 } kvp_load_opts;
 
 /* Appends the blob at path to ctx: its tokens go to cells kv_len.. at positions
@@ -249,6 +252,9 @@ typedef struct kvp_load_opts {
  * said. Anything else (a pipe) is read(2) as it comes.
  * Statuses: KVP_ERR_VERIFY, KVP_ERR_REFUSED, KVP_ERR_ENGINE, KVP_ERR_IO, KVP_ERR_NOMEM,
  * KVP_ERR_USAGE (also for a KVPUB_BLOB_READ that is not map, pread or auto). */
+/* A decoded copy beside the blob (PATH.decoded) is read instead, unless o->no_decoded_copy;
+ * a copy that fails for any reason is passed over for the blob (st->copy_note says why), and
+ * removed when its bytes are bad. */
 kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tokens,
                          uint32_t *n_tokens, kvp_load_stats *st, kvb_status *vst,
                          char *err, size_t errlen) KVP_WUR;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ typedef struct load {
     int in_place;        /* chunks decode straight into the cache's cells (f16 cache) */
     kvp_status st;       /* why a callback refused */
     double cb_s;         /* time inside callbacks (excluded from verify_decode) */
+    int decoded;         /* reading the blob's decoded copy */
     kvp_load_stats *stats;
 } load;
 
@@ -235,7 +237,8 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
         kvb_header h;
         kvb_manifest *m = NULL;
         uint64_t biggest = 0;
-        if (kvb_peek_fd_trusted(src->fd, l->o->trust, &h, &m, err, errlen) == KVB_OK) {
+        if (kvb_peek_fd_trusted(src->fd, l->o->trust, &h, &m, err, errlen) == KVB_OK &&
+            (!l->decoded || kvb_manifest_to_decoded(m, &h, err, errlen) == KVB_OK)) {
             if ((uint64_t)sb.st_size > h.file_size) {
                 kvb_manifest_free(m);
                 *ks = KVB_ERR_MALFORMED;
@@ -298,24 +301,23 @@ static kvp_status feed_all(source *src, kvb_reader *r, const char *path, load *l
     }
 }
 
-kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tokens,
-                         uint32_t *n_tokens, kvp_load_stats *stp, kvb_status *vst,
-                         char *err, size_t errlen)
+/* Loads the file at path: the blob, or with decoded its decoded copy. */
+static kvp_status load_file(const kvp_load_opts *o, const char *path, int decoded, int32_t **tokens,
+                            uint32_t *n_tokens, kvp_load_stats *st, kvb_status *vst, char *err, size_t errlen)
 {
-    kvp_load_stats local;
-    kvp_load_stats *st = stp ? stp : &local;
     memset(st, 0, sizeof *st);
     if (tokens)
         *tokens = NULL;
     if (vst)
         *vst = KVB_OK;
-    if (!o || !o->model || !o->ctx || !o->identity || !o->trust || !path)
-        return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_load_blob: missing argument");
     double t0 = base_now_s(), c0 = cpu_now_s();
-    load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVP_OK, .stats = st};
+    load l = {.o = o, .cell0 = eng_kv_len(o->ctx), .pos = eng_kv_next_pos(o->ctx), .st = KVP_OK, .stats = st,
+              .decoded = decoded};
     st->pos = l.pos;
     st->n_threads = o->n_threads > 0 ? o->n_threads : eng_default_threads();
+    st->decoded_copy = decoded;
     kvb_read_opts ro = {0};
+    ro.decoded = decoded;
     ro.trust = o->trust;
     ro.now = o->now;
     ro.n_threads = st->n_threads;
@@ -399,4 +401,68 @@ out:
     st->total_s = base_now_s() - t0;
     st->cpu_s = cpu_now_s() - c0;
     return rst;
+}
+
+/* Statuses that say a decoded copy's bytes are bad (damaged on disk, or not this blob's). */
+static int copy_damaged(kvb_status st)
+{
+    return st == KVB_ERR_CHUNK_HASH || st == KVB_ERR_TOKENS_HASH || st == KVB_ERR_TRUNCATED ||
+           st == KVB_ERR_MALFORMED || st == KVB_ERR_BAD_SIG || st == KVB_ERR_MAGIC || st == KVB_ERR_VERSION;
+}
+
+/* 1 when the files at a and b begin with the same signed prefix (header, manifest and
+ * signature): a decoded copy belongs to its blob, not merely to the same signer. */
+static int same_prefix(const char *a, const char *b)
+{
+    int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC), same = 0;
+    uint8_t hdr[KVB_HEADER_LEN];
+    kvb_status st;
+    size_t n;
+    if (fa >= 0 && fb >= 0 && pread(fa, hdr, sizeof hdr, 0) == (ssize_t)sizeof hdr &&
+        (n = kvb_prefix_len(hdr, sizeof hdr, &st)) > 0) {
+        uint8_t *pa = malloc(n), *pb = malloc(n);
+        same = pa && pb && pread(fa, pa, n, 0) == (ssize_t)n && pread(fb, pb, n, 0) == (ssize_t)n &&
+               memcmp(pa, pb, n) == 0;
+        free(pa);
+        free(pb);
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    return same;
+}
+
+kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tokens,
+                         uint32_t *n_tokens, kvp_load_stats *stp, kvb_status *vst,
+                         char *err, size_t errlen)
+{
+    kvp_load_stats local;
+    kvp_load_stats *st = stp ? stp : &local;
+    if (!o || !o->model || !o->ctx || !o->identity || !o->trust || !path) {
+        memset(st, 0, sizeof *st);
+        return kvp_fail(err, errlen, KVP_ERR_USAGE, "kvp_load_blob: missing argument");
+    }
+    char copy[PATH_MAX];
+    struct stat sb;
+    const int n = snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+    if (o->no_decoded_copy || n < 0 || (size_t)n >= sizeof copy || stat(copy, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return load_file(o, path, 0, tokens, n_tokens, st, vst, err, errlen);
+    /* The decoded copy, verified as strictly as the blob (signature, trust, expiry, every
+     * byte against a signed digest); the blob itself when the copy is refused for any reason */
+    char e[256] = "it is not this blob's (another signed prefix)";
+    kvb_status cvst = KVB_ERR_MALFORMED;
+    kvp_status rs = KVP_ERR_VERIFY;
+    memset(st, 0, sizeof *st);
+    if (same_prefix(path, copy) && (rs = load_file(o, copy, 1, tokens, n_tokens, st, &cvst, e, sizeof e)) == KVP_OK)
+        return KVP_OK;
+    double spent = st->total_s;
+    int damaged = rs == KVP_ERR_VERIFY && copy_damaged(cvst);
+    if (damaged)
+        (void)unlink(copy); /* a derived file: the next kvfetch get writes it again */
+    rs = load_file(o, path, 0, tokens, n_tokens, st, vst, err, errlen);
+    snprintf(st->copy_note, sizeof st->copy_note, "decoded copy %s: %s", damaged ? "refused and removed" : "not used",
+             e);
+    st->total_s += spent;
+    return rs;
 }

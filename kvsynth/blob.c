@@ -6,6 +6,8 @@
 #include "kvsynth/kvsynth.h"
 
 #include <errno.h>
+#include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,8 @@ static void usage(FILE *f)
           "  --doc TEXT        the document text its hash is taken from (default: from the seed)\n"
           "  --expires UNIX    expiry time (default 0: never)\n"
           "  --seed S          data, document and serial seed (default 1)\n"
+          "  --wrong-raw-digest I  f16-zstd: sign zeros as chunk I's decoded digest (raw_sha256),\n"
+          "                    a blob whose decoded copy must fail (tests)\n"
           "Exit: 0 written, 2 usage or I/O error.\n", f);
 }
 
@@ -72,6 +76,7 @@ static int parse_num(const char *s, unsigned long long max, unsigned long long *
 typedef struct blob_opts {
     const char *key, *out, *title, *codec, *doc;
     unsigned long long tokens, layers, kv_dim, chunk, expires, seed;
+    unsigned long long wrong_raw; /* chunk index, or ULLONG_MAX: none */
 } blob_opts;
 
 static int parse_args(int argc, char **argv, blob_opts *o)
@@ -92,7 +97,8 @@ static int parse_args(int argc, char **argv, blob_opts *o)
                                   : strcmp(a, "--kv-dim") == 0       ? &o->kv_dim
                                   : strcmp(a, "--chunk-tokens") == 0 ? &o->chunk
                                   : strcmp(a, "--expires") == 0      ? &o->expires
-                                  : strcmp(a, "--seed") == 0         ? &o->seed : NULL;
+                                  : strcmp(a, "--seed") == 0         ? &o->seed
+                                  : strcmp(a, "--wrong-raw-digest") == 0 ? &o->wrong_raw : NULL;
         if ((!str && !num) || i + 1 >= argc) {
             fprintf(stderr, "kvsynth blob: unknown or incomplete option '%s' (try --help)\n", a);
             return -1;
@@ -145,10 +151,54 @@ static void free_kv(uint16_t **kv, size_t layers)
     free(kv);
 }
 
+/* Writes blob b (n bytes) to path with chunk i's raw_sha256 replaced by zeros in its manifest,
+ * signed again with key. 0, or -1 with the reason on stderr. */
+static int write_wrong_raw(const uint8_t *b, size_t n, unsigned long long i, const kvc_key *key, const char *path)
+{
+    const size_t ml = (size_t)b[16] | (size_t)b[17] << 8 | (size_t)b[18] << 16 | (size_t)b[19] << 24;
+    const size_t d = (32 + ml + KVC_SIG_LEN + 63) & ~(size_t)63;
+    json_t *root = json_loadb((const char *)b + 32, ml, 0, NULL);
+    json_t *c = json_array_get(json_object_get(root, "chunks"), (size_t)i);
+    if (!c || !json_object_get(c, "raw_sha256")) {
+        fprintf(stderr, "kvsynth blob: --wrong-raw-digest %llu: no such chunk with a raw_sha256 (f16-zstd only)\n", i);
+        json_decref(root);
+        return -1;
+    }
+    char zeros[65];
+    memset(zeros, '0', 64);
+    zeros[64] = 0;
+    json_object_set_new(c, "raw_sha256", json_string(zeros));
+    char *js = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    json_decref(root);
+    const size_t nl = js ? strlen(js) : 0, nd = (32 + nl + KVC_SIG_LEN + 63) & ~(size_t)63;
+    uint8_t *o = js ? calloc(1, nd + (n - d)) : NULL;
+    int rc = -1;
+    if (o) {
+        memcpy(o, b, 32);
+        for (int k = 0; k < 4; k++)
+            o[16 + k] = (uint8_t)(nl >> (8 * k));
+        memcpy(o + 32, js, nl);
+        memcpy(o + nd, b + d, n - d);
+        FILE *f = NULL;
+        if (kvc_sign(key, o, 32 + nl, o + 32 + nl) == KVC_OK && (f = fopen(path, "wb")) &&
+            fwrite(o, 1, nd + (n - d), f) == nd + (n - d))
+            rc = 0;
+        if (f && fclose(f) != 0)
+            rc = -1;
+        if (rc)
+            fprintf(stderr, "kvsynth blob: cannot write %s: %s\n", path, strerror(errno));
+    } else {
+        fputs("kvsynth blob: out of memory\n", stderr);
+    }
+    free(o);
+    free(js);
+    return rc;
+}
+
 int kvsynth_blob_main(int argc, char **argv)
 {
     blob_opts o = {.title = "test document", .codec = "f16-zstd", .tokens = 40, .layers = 2, .kv_dim = 64,
-                   .chunk = 16, .seed = 1};
+                   .chunk = 16, .seed = 1, .wrong_raw = ULLONG_MAX};
     int pr = parse_args(argc, argv, &o);
     if (pr)
         return pr > 0 ? 0 : 2;
@@ -194,11 +244,15 @@ int kvsynth_blob_main(int argc, char **argv)
     } else {
         for (size_t t = 0; t < o.tokens; t++)
             ids[t] = (int32_t)(t % 1000);
+        uint8_t *mem = NULL;
+        size_t len = 0;
+        const int wrong = o.wrong_raw != ULLONG_MAX;
         if (kvb_write(&m, ids, (const uint16_t *const *)kv, (const uint16_t *const *)kv + o.layers, NULL, key,
-                      o.out, NULL, NULL, err, sizeof err) != KVB_OK)
+                      wrong ? NULL : o.out, wrong ? &mem : NULL, wrong ? &len : NULL, err, sizeof err) != KVB_OK)
             fprintf(stderr, "kvsynth blob: %s\n", err);
         else
-            rc = 0;
+            rc = wrong && write_wrong_raw(mem, len, o.wrong_raw, key, o.out) != 0 ? 2 : 0;
+        free(mem);
     }
     free_kv(kv, o.layers);
     free(ids);

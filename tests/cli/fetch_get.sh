@@ -105,6 +105,44 @@ cmp -s "$tmp/copy.kvb" spec/vectors/vec-f16.kvb || fail "-o copy differs"
 grep -q "\"id\": \"${ID[f16]}\"" "$tmp/out" || fail "--json lacks the id: $(cat "$tmp/out")"
 grep -q '"from_cache": true' "$tmp/out" || fail "--json: second get not from cache"
 
+note "decoded copies (spec/kvblob.md 4.2): f16-zstd gets one beside the blob, f16 none"
+grep -q '"decoded_path": null' "$tmp/out" || fail "--json: an f16 blob got a decoded copy: $(cat "$tmp/out")"
+[ ! -e "$tmp/cache/${ID[f16]}.decoded" ] || fail "an f16 blob got a decoded copy"
+zid=${ID[f16-zstd]}
+expect_rc 0 "${G[@]}" --no-decoded-copy --json "$base/$zid"
+grep -q '"decoded_path": null' "$tmp/out" || fail "--no-decoded-copy still wrote one: $(cat "$tmp/out")"
+[ ! -e "$tmp/cache/$zid.decoded" ] || fail "--no-decoded-copy still wrote one"
+note "... the next get (from the cache) writes it, verified against the signed raw digests"
+expect_rc 0 "${G[@]}" --json "$base/$zid"
+grep -q "\"decoded_path\": \"$tmp/cache/$zid.decoded\"" "$tmp/out" || fail "no decoded_path: $(cat "$tmp/out")"
+# the signed prefix and the token ids as they are; then 3 chunks of 2 layers x 2 x 16 tokens x 16 f16
+ml=$(od -An -tu4 -j16 -N4 "$tmp/cache/$zid" | tr -d ' ')
+head_len=$(( (32 + ml + 64 + 63) / 64 * 64 + 160 ))
+cmp -s -n "$head_len" "$tmp/cache/$zid" "$tmp/cache/$zid.decoded" || fail "the copy's prefix differs from the blob's"
+[ "$(stat -c %s "$tmp/cache/$zid.decoded")" = $(( head_len + 32 + 2048 + 2048 + 1024 )) ] ||
+  fail "decoded copy is $(stat -c %s "$tmp/cache/$zid.decoded") bytes"
+note "... and its decoded bytes are the f16 vector's chunks"
+fml=$(od -An -tu4 -j16 -N4 spec/vectors/vec-f16.kvb | tr -d ' ')
+fd=$(( (32 + fml + 64 + 63) / 64 * 64 ))
+cmp -s <(tail -c +$((fd + 193)) spec/vectors/vec-f16.kvb) <(tail -c +$((head_len + 33)) "$tmp/cache/$zid.decoded") ||
+  fail "decoded chunks differ from vec-f16.kvb's"
+note "a signed decoded digest that is wrong fails the blob (exit 1): nothing cached, no partial"
+cp spec/vectors/test-key.key "$tmp/tk.key"; chmod 600 "$tmp/tk.key"
+"$BUILD/kvsynth" blob --key "$tmp/tk.key" --wrong-raw-digest 1 -o "$tmp/www/badraw.kvb"
+bid=$(sha256sum "$tmp/www/badraw.kvb" | cut -d' ' -f1)
+mv "$tmp/www/badraw.kvb" "$tmp/www/$bid"
+expect_rc 1 "$KVFETCH" verify "$tmp/www/$bid" --trust "$tmp/trust"
+expect_err "chunk 1 of 3: its decoded bytes differ from the signed raw_sha256"
+expect_rc 0 "$KVFETCH" verify "$tmp/www/$bid" --trust "$tmp/trust" --hash-only
+expect_rc 1 "${G[@]}" "$base/$bid"
+expect_err "verification failed \(chunk hash mismatch\): decoded copy: chunk 1 of 3: sha256 mismatch \(the decoded bytes differ from the signed raw_sha256\)"
+[ ! -e "$tmp/cache/$bid" ] && [ ! -e "$tmp/cache/$bid.decoded" ] || fail "a blob with a wrong decoded digest was kept"
+[ -z "$(ls -A "$tmp/cache/tmp")" ] || fail "partial kept: $(ls "$tmp/cache/tmp")"
+[ -z "$(ls "$tmp/cache" | grep tmp.)" ] || fail "temporary copy left: $(ls "$tmp/cache")"
+note "... the same blob with --no-decoded-copy is fetched (its stored chunks verify)"
+expect_rc 0 "${G[@]}" --no-decoded-copy "$base/$bid"
+rm -f "$tmp/cache/$bid" "$tmp/www/$bid"
+
 note "a truncated download resumes with Range from the bytes on disk"
 rid=${ID[q8]}
 head -c 2500 spec/vectors/vec-q8.kvb >"$tmp/cache/tmp/$rid.part"

@@ -48,6 +48,30 @@ grep -qx "logits bit-identical to full prefill" "$tmp/out" || fail "not exact: $
 expect_rc 0 "$KVFETCH" run --trust "$tmp/trust" --cacert "$tmp/cert.pem" --model "$tmp/m.gguf" \
   --blob "$url" --blob "$base/v1/blobs/$free" --prefix "Read:" --prompt " Thus" -n 6 --threads 2 --json
 grep -q '"generated_tokens": 6' "$tmp/out" || fail "run --json: $(cat "$tmp/out")"
+[ "$(grep -c '"decoded_copy": true' "$tmp/out")" = 2 ] || fail "run did not read both decoded copies: $(cat "$tmp/out")"
+[ -e "$tmp/cache/$free.decoded" ] && [ -e "$tmp/cache/$priced.decoded" ] || fail "no decoded copies: $(ls "$tmp/cache")"
+cp "$tmp/out" "$tmp/run1.json"
+R=("$KVFETCH" run --trust "$tmp/trust" --cacert "$tmp/cert.pem" --model "$tmp/m.gguf" --blob "$base/v1/blobs/$free"
+   --prompt " Thus" -n 6 --threads 2 --json)
+gen() { jq -c '.token_ids' "$1"; }
+note "a damaged decoded copy: run warns, loads the blob itself (the same tokens), and removes it"
+cpy="$tmp/cache/$free.decoded"
+chmod u+w "$cpy"
+printf '\xa5\x5a' | dd of="$cpy" bs=1 seek=$(( $(stat -c %s "$cpy") - 10 )) conv=notrunc status=none
+expect_rc 0 "${R[@]}"
+expect_err "warning: decoded copy refused and removed: chunk [0-9]+ of [0-9]+: sha256 mismatch; loaded the blob itself"
+grep -q '"decoded_copy": false' "$tmp/out" || fail "damaged copy used: $(cat "$tmp/out")"
+[ ! -e "$cpy" ] || fail "damaged copy kept"
+cp "$tmp/out" "$tmp/run-blob.json"
+note "... the next run writes it again and reads it: the same tokens"
+expect_rc 0 "${R[@]}"
+grep -q '"decoded_copy": true' "$tmp/out" || fail "copy not written again: $(cat "$tmp/out")"
+[ -n "$(gen "$tmp/out")" ] && [ "$(gen "$tmp/out")" = "$(gen "$tmp/run-blob.json")" ] ||
+  fail "tokens from the copy $(gen "$tmp/out") differ from the blob's $(gen "$tmp/run-blob.json")"
+note "... --no-decoded-copy reads the blob, without a word"
+expect_rc 0 "${R[@]}" --no-decoded-copy
+grep -q '"decoded_copy": false' "$tmp/out" || fail "--no-decoded-copy used the copy: $(cat "$tmp/out")"
+[ ! -s "$tmp/err" ] || grep -vq warning "$tmp/err" || fail "--no-decoded-copy warned: $(cat "$tmp/err")"
 
 note "kvpubd killed (SIGKILL) mid-download and restarted: get retries, resumes with Range, verifies"
 # A blob big enough (~24 MB, raw f16) that loopback socket buffers cannot hold it, fetched at a

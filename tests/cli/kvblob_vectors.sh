@@ -14,21 +14,37 @@ for f in vec-f16.kvb vec-f16-zstd.kvb vec-q8.kvb vec-q4.kvb vec-f16-leaves.kvb S
 done
 # The chunk digest, computed from the spec's words with coreutils and the openssl tool only:
 # SHA-256 of the concatenated binary SHA-256s of the chunk's 32 KiB pieces.
-v=$ROOT/spec/vectors/vec-f16-leaves.kvb
-ml=$(od -An -tu4 -j16 -N4 "$v" | tr -d ' ')
-data=$(( (32 + ml + 64 + 63) / 64 * 64 ))
 KVFETCH=${KVFETCH:-$BUILD/kvfetch}
+# shell_digest BLOB INSPECT_JSON C: the digest of chunk C's stored bytes; leaves counted in $n
+shell_digest() {
+  local ml data off len
+  ml=$(od -An -tu4 -j16 -N4 "$1" | tr -d ' ')
+  data=$(( (32 + ml + 64 + 63) / 64 * 64 ))
+  off=$(jq -r ".manifest.chunks[$3].offset" "$2")
+  len=$(jq -r ".manifest.chunks[$3].length" "$2")
+  rm -f "$tmp"/leaf.*
+  tail -c +$((data + off + 1)) "$1" | head -c "$len" | split -b 32768 -a 3 - "$tmp/leaf."
+  for f in "$tmp"/leaf.*; do openssl dgst -sha256 -binary "$f"; done | sha256sum | cut -d' ' -f1
+}
+v=$ROOT/spec/vectors/vec-f16-leaves.kvb
 "$KVFETCH" inspect "$v" --json >"$tmp/insp.json" || { echo "FAIL inspect"; fails=$((fails+1)); }
 for c in 0 1; do
-  off=$(jq -r ".manifest.chunks[$c].offset" "$tmp/insp.json")
-  len=$(jq -r ".manifest.chunks[$c].length" "$tmp/insp.json")
   want=$(jq -r ".manifest.chunks[$c].sha256" "$tmp/insp.json")
-  rm -f "$tmp"/leaf.*
-  tail -c +$((data + off + 1)) "$v" | head -c "$len" | split -b 32768 -a 3 - "$tmp/leaf."
-  got=$(for f in "$tmp"/leaf.*; do openssl dgst -sha256 -binary "$f"; done | sha256sum | cut -d' ' -f1)
+  got=$(shell_digest "$v" "$tmp/insp.json" $c)
   n=$(ls "$tmp"/leaf.* | wc -l)
-  if [ "$got" = "$want" ]; then echo "ok   chunk $c ($len bytes, $n leaves): digest as the spec defines it"
+  if [ "$got" = "$want" ]; then echo "ok   chunk $c ($n leaves): digest as the spec defines it"
   else echo "FAIL chunk $c: shell digest $got, manifest $want"; fails=$((fails+1)); fi
+done
+# The f16-zstd vector's decoded digests (spec 4.2), the same way from the f16 vector, whose
+# chunks are the same values stored as they are
+"$KVFETCH" inspect "$ROOT/spec/vectors/vec-f16.kvb" --json >"$tmp/f16.json" &&
+  "$KVFETCH" inspect "$ROOT/spec/vectors/vec-f16-zstd.kvb" --json >"$tmp/zstd.json" ||
+  { echo "FAIL inspect"; fails=$((fails+1)); }
+for c in 0 1 2; do
+  want=$(jq -r ".manifest.chunks[$c].raw_sha256" "$tmp/zstd.json")
+  got=$(shell_digest "$ROOT/spec/vectors/vec-f16.kvb" "$tmp/f16.json" $c)
+  if [ "$got" = "$want" ]; then echo "ok   f16-zstd chunk $c: raw_sha256 is the digest of its decoded bytes"
+  else echo "FAIL f16-zstd chunk $c: shell digest $got, raw_sha256 $want"; fails=$((fails+1)); fi
 done
 # every vector verifies, with the leaves hashed side by side (each manager forced; one the CPU
 # lacks falls back to OpenSSL) and one by one (OpenSSL)

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <dirent.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <limits.h>
@@ -146,10 +148,76 @@ static void test_cache_lru(void **state)
     assert_int_equal(tu_rm_rf(dir), 0);
 }
 
+/* A blob's decoded copy counts with it toward the cap and goes with it; a copy whose blob is
+ * gone is evicted on its own, one abandoned while written after ten minutes; the blob kept is
+ * kept with its copy; kvf_cache_remove takes both. */
+static void test_cache_decoded_copies(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/kvpub-test-cache-XXXXXX", err[256], path[PATH_MAX], src[PATH_MAX], copy[PATH_MAX + 16];
+    assert_non_null(mkdtemp(dir));
+    kvf_cache *c = NULL;
+    assert_int_equal(kvf_cache_open(dir, 10000, &c, err, sizeof err), KVF_OK);
+    uint8_t id[3][32];
+    char hex[65];
+    for (int i = 0; i < 3; i++) {
+        memset(id[i], 0x21 * (i + 1), 32);
+        snprintf(src, sizeof src, "%s/tmp/in%d", dir, i);
+        put_file(src, 1000);
+        assert_int_equal(kvf_cache_insert(c, src, id[i], path, sizeof path, err, sizeof err), KVF_OK);
+        snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+        put_file(copy, 2000);
+        usleep(20000);
+    }
+    /* an orphan copy (its blob gone), the oldest of all */
+    snprintf(copy, sizeof copy, "%s/%s" KVB_DECODED_SUFFIX, dir, kvc_hex((uint8_t[32]){0x77}, 32, hex));
+    put_file(copy, 500);
+    struct timespec old[2] = {{1000, 0}, {1000, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, copy, old, 0), 0);
+    /* a copy a killed kvfetch left half-written goes after ten minutes; a fresh one stays */
+    char stale[PATH_MAX + 32], fresh[PATH_MAX + 32];
+    snprintf(stale, sizeof stale, "%s" KVB_DECODED_SUFFIX ".tmp.AbC123", path);
+    snprintf(fresh, sizeof fresh, "%s" KVB_DECODED_SUFFIX ".tmp.XyZ789", path);
+    put_file(stale, 100);
+    put_file(fresh, 100);
+    struct timespec ago[2] = {{0, UTIME_OMIT}, {time(NULL) - 601, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, stale, ago, 0), 0);
+    /* 9500 bytes fit 10000 */
+    assert_int_equal(kvf_cache_evict(c, NULL), 0);
+    assert_int_equal(access(stale, F_OK), -1);
+    assert_int_equal(access(fresh, F_OK), 0);
+    unlink(fresh);
+    kvf_cache_free(c);
+    /* cap 6000: the orphan goes first (500), then blob 0 with its copy (3000): 6000 left */
+    assert_int_equal(kvf_cache_open(dir, 6000, &c, err, sizeof err), KVF_OK);
+    assert_int_equal(kvf_cache_evict(c, id[2]), 2);
+    assert_int_equal(access(copy, F_OK), -1);
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, kvc_hex(id[i], 32, hex));
+        snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+        assert_int_equal(access(path, F_OK) == 0, i > 0);
+        assert_int_equal(access(copy, F_OK) == 0, i > 0);
+    }
+    kvf_cache_free(c);
+    /* cap 100: only the blob kept (with its copy) stays, even over the cap */
+    assert_int_equal(kvf_cache_open(dir, 100, &c, err, sizeof err), KVF_OK);
+    assert_int_equal(kvf_cache_evict(c, id[2]), 1);
+    snprintf(path, sizeof path, "%s/%s", dir, kvc_hex(id[2], 32, hex));
+    snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+    assert_int_equal(access(path, F_OK), 0);
+    assert_int_equal(access(copy, F_OK), 0);
+    kvf_cache_remove(c, id[2]);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(access(copy, F_OK), -1);
+    kvf_cache_free(c);
+    assert_int_equal(tu_rm_rf(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cache_lru),
+        cmocka_unit_test(test_cache_decoded_copies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

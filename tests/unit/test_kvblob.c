@@ -793,6 +793,16 @@ static void ed_chunk_sha(json_t *r)
                         json_string("0000000000000000000000000000000000000000000000000000000000000000"));
 }
 
+static const char ZERO_HEX[] = "0000000000000000000000000000000000000000000000000000000000000000";
+static void ed_raw_some(json_t *r) { json_object_del(chunk(r, 1), "raw_sha256"); }
+static void ed_raw_hex(json_t *r) { json_object_set_new(chunk(r, 0), "raw_sha256", json_string("xyz")); }
+static void ed_raw_wrong(json_t *r) { json_object_set_new(chunk(r, 2), "raw_sha256", json_string(ZERO_HEX)); }
+static void ed_raw_add(json_t *r)
+{
+    for (size_t i = 0; i < json_array_size(json_object_get(r, "chunks")); i++)
+        json_object_set(chunk(r, i), "raw_sha256", json_object_get(chunk(r, i), "sha256"));
+}
+
 /* ---- a chunk's length against its codec's bounds; bytes after a zstd frame ---- */
 
 static json_int_t jint(json_t *o, const char *k) { return json_integer_value(json_object_get(o, k)); }
@@ -911,6 +921,9 @@ static void test_resigned_manifests(void **s)
         {ed_toklen, KVB_ERR_MALFORMED, "token section"},
         {ed_rope, KVB_ERR_UNSUPPORTED, "rope.type"},
         {ed_chunk_sha, KVB_ERR_CHUNK_HASH, "chunk 2 of 4: sha256 mismatch"},
+        {ed_raw_some, KVB_ERR_MALFORMED, "raw_sha256 on 3 of 4 chunks of a f16-zstd blob (all or none"},
+        {ed_raw_hex, KVB_ERR_MALFORMED, "chunks[0].raw_sha256 is not 64 hex digits"},
+        {ed_raw_wrong, KVB_OK, ""}, /* decoded digests matter only to a decoded copy (below) */
         {ed_ctx_ok, KVB_OK, ""},
         {ed_ctx_sha, KVB_ERR_MALFORMED, "context.sha256 does not match its ids"},
         {ed_ctx_count, KVB_ERR_MALFORMED, "context lists 3 ids for n_tokens 4"},
@@ -1123,6 +1136,113 @@ static void test_write_path_atomic(void **s)
     assert_int_equal(kvb_read_file("/nonexistent/x.kvb", &o, NULL, NULL, err, sizeof err), KVB_ERR_IO);
 }
 
+static void put_file(const char *path, const uint8_t *b, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, n, f), n);
+    assert_int_equal(fclose(f), 0);
+}
+
+static uint8_t *get_file(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    uint8_t *b = (uint8_t *)base_read_stream(f, 64 << 20, n);
+    fclose(f);
+    assert_non_null(b);
+    return b;
+}
+
+/* A decoded copy (spec 4.2): the blob's signed prefix and token ids as they are, then each
+ * chunk decoded at the next 64-byte boundary; read with decoded = 1 it gives the blob's values,
+ * whole, in pieces or from a file. Neither file reads as the other. Decoded bytes that differ
+ * from the signed raw_sha256 fail check_raw and the copy, and nothing is left behind; so do a
+ * wrong signer, a blob without raw digests and a missing blob. */
+static void test_decoded_copy(void **s)
+{
+    (void)s;
+    char dir[] = "/tmp/test_kvblob_decoded_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128], copy[160], err[256];
+    snprintf(path, sizeof path, "%s/b.kvb", dir);
+    snprintf(copy, sizeof copy, "%s/b.kvb" KVB_DECODED_SUFFIX, dir);
+    size_t len, clen;
+    uint8_t *blob = make_blob(KVB_CODEC_F16_ZSTD, 0, &len);
+    put_file(path, blob, len);
+    kvb_read_opts o = key_opts(2);
+    if (kvb_decoded_write(path, copy, &o, err, sizeof err) != KVB_OK)
+        fail_msg("kvb_decoded_write: %s", err);
+    uint8_t *c = get_file(copy, &clen);
+    const uint64_t d = data_offset(blob);
+    assert_memory_equal(c, blob, d + 4 * NT); /* prefix, padding, token ids */
+    uint64_t end = 4 * NT;
+    for (int i = 0; i < NCH; i++) {
+        const uint64_t n = (i + 1) * CT <= NT ? CT : NT - i * CT;
+        end = ((end + 63) & ~(uint64_t)63) + 2ull * NL * 2 * n * KVD;
+    }
+    assert_int_equal(clen, d + end);
+    int32_t tok[NT];
+    static const long pieces[] = {0, -97, VIA_FILE};
+    for (int i = 0; i < 3; i++) {
+        kvb_read_opts od = key_opts(i + 1);
+        od.decoded = 1;
+        assert_int_equal(read_blob(c, clen, &od, pieces[i], &g_got, err, sizeof err, tok), KVB_OK);
+        assert_int_equal(g_got.chunks, NCH);
+        assert_memory_equal(g_got.k, g_k, sizeof g_k);
+        assert_memory_equal(g_got.v, g_v, sizeof g_v);
+        assert_memory_equal(tok, g_tok, sizeof tok);
+    }
+    kvb_read_opts od = key_opts(2);
+    od.decoded = 1;
+    kvb_manifest *m = NULL;
+    assert_int_equal(kvb_read_file(copy, &od, &m, NULL, err, sizeof err), KVB_OK);
+    assert_int_equal(m->codec, KVB_CODEC_F16);
+    assert_int_equal(m->stored_bytes, m->raw_bytes);
+    kvb_manifest_free(m);
+    expect(blob, len, &od, KVB_ERR_CHUNK_HASH, "chunk 0 of 4: sha256 mismatch");
+    expect(c, clen, &o, KVB_ERR_CHUNK_HASH, "chunk 0 of 4: sha256 mismatch");
+    /* f16 has no decoded digests; an f16 manifest that carries them is malformed */
+    size_t fl, n;
+    uint8_t *f16 = make_blob(KVB_CODEC_F16, 0, &fl);
+    expect(f16, fl, &od, KVB_ERR_UNSUPPORTED, "no decoded copy: the manifest carries no decoded chunk digests");
+    uint8_t *b = resign(f16, fl, ed_raw_add, &n);
+    expect(b, n, &o, KVB_ERR_MALFORMED, "raw_sha256 on 4 of 4 chunks of a f16 blob");
+    free(b);
+    put_file(path, f16, fl);
+    unlink(copy);
+    assert_int_equal(kvb_decoded_write(path, copy, &o, err, sizeof err), KVB_ERR_UNSUPPORTED);
+    assert_int_equal(access(copy, F_OK), -1);
+    /* a wrong decoded digest: check_raw finds it (a plain read does not look), and the copy
+     * fails its read-back */
+    b = resign(blob, len, ed_raw_wrong, &n);
+    kvb_read_opts oc = key_opts(2);
+    oc.check_raw = 1;
+    expect(b, n, &oc, KVB_ERR_CHUNK_HASH, "chunk 2 of 4: its decoded bytes differ from the signed raw_sha256");
+    expect(blob, len, &oc, KVB_OK, "");
+    oc.no_decode = 1; /* nothing decoded, nothing to check */
+    expect(b, n, &oc, KVB_OK, "");
+    put_file(path, b, n);
+    free(b);
+    assert_int_equal(kvb_decoded_write(path, copy, &o, err, sizeof err), KVB_ERR_CHUNK_HASH);
+    assert_string_equal(err, "decoded copy: chunk 2 of 4: sha256 mismatch (the decoded bytes differ from the "
+                             "signed raw_sha256)");
+    assert_int_equal(access(copy, F_OK), -1);
+    /* another signer than the one asked for; no blob */
+    put_file(path, blob, len);
+    kvb_read_opts other = key_opts(1);
+    other.key = g_other;
+    assert_int_equal(kvb_decoded_write(path, copy, &other, err, sizeof err), KVB_ERR_WRONG_KEY);
+    assert_int_equal(access(copy, F_OK), -1);
+    unlink(path);
+    assert_int_equal(kvb_decoded_write(path, copy, &o, err, sizeof err), KVB_ERR_IO);
+    assert_int_equal(access(copy, F_OK), -1);
+    free(f16);
+    free(c);
+    free(blob);
+    assert_int_equal(tu_rm_rf(dir), 0);
+}
+
 static void test_f16_and_time(void **s)
 {
     (void)s;
@@ -1199,6 +1319,7 @@ int main(void)
         cmocka_unit_test(test_declared_context),
         cmocka_unit_test(test_writer_misuse),
         cmocka_unit_test(test_write_path_atomic),
+        cmocka_unit_test(test_decoded_copy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

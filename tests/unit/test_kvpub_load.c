@@ -94,6 +94,8 @@ static eng_ctx *new_ctx_after_bos(fixture *f)
     return c;
 }
 
+static uint64_t g_serial;
+
 /* The manifest a publisher writes for this model (as kvpubd publish does). */
 static void fill_manifest(fixture *f, kvb_manifest *m, uint32_t n, kvb_codec codec)
 {
@@ -107,6 +109,7 @@ static void fill_manifest(fixture *f, kvb_manifest *m, uint32_t n, kvb_codec cod
     m->codec = codec;
     m->chunk_tokens = 16; /* several chunks even for a short document */
     m->created = 1700000000;
+    m->serial = g_serial; /* another serial: another blob of the same document */
 }
 
 /* Prefills [BOS, doc] and writes the doc's KV as the blob f->dir/doc.kvb, its path to path. */
@@ -139,9 +142,12 @@ static void make_blob(fixture *f, kvb_codec codec, char path[128])
     eng_ctx_free(c);
 }
 
+static int g_no_copy; /* kvp_load_opts.no_decoded_copy for load_doc */
+
 static kvp_status load_doc(fixture *f, eng_ctx *c, const char *path, kvp_load_stats *st, char *err, size_t errlen)
 {
-    kvp_load_opts o = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust, .n_threads = 2};
+    kvp_load_opts o = {.model = f->m, .ctx = c, .identity = &f->id, .trust = f->trust, .n_threads = 2,
+                       .no_decoded_copy = g_no_copy};
     kvb_status vst;
     uint32_t n = 0;
     int32_t *ids = NULL;
@@ -166,12 +172,25 @@ static void flip_in_last_chunk(const char *path)
     assert_int_equal(fclose(fp), 0);
 }
 
-/* Loads a fresh blob of the document right after BOS and checks the next logits are those of
- * a full prefill, bit for bit; returns whether the loader mapped the file. */
-static int exact_after_bos(fixture *f, kvb_codec codec)
+/* Writes the decoded copy of the blob at path beside it (as kvfetch get does). */
+static void write_copy(fixture *f, const char *path)
+{
+    char copy[160], err[256];
+    snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+    kvb_read_opts ro = {.trust = f->trust, .n_threads = 2};
+    if (kvb_decoded_write(path, copy, &ro, err, sizeof err) != KVB_OK)
+        fail_msg("kvb_decoded_write: %s", err);
+}
+
+/* Loads a fresh blob of the document (with copy: from its decoded copy) right after BOS and
+ * checks the next logits are those of a full prefill, bit for bit; returns whether the loader
+ * mapped the file. */
+static int exact_after_bos_copy(fixture *f, kvb_codec codec, int copy)
 {
     char path[128], err[512];
     make_blob(f, codec, path);
+    if (copy)
+        write_copy(f, path);
     int32_t suffix[3] = {f->doc[0], f->doc[1], f->doc[2]};
     int nv = f->in->n_vocab;
     float *a = malloc((size_t)nv * 4), *b = malloc((size_t)nv * 4);
@@ -180,6 +199,8 @@ static int exact_after_bos(fixture *f, kvb_codec codec)
     kvp_load_stats st;
     if (load_doc(f, c, path, &st, err, sizeof err) != KVP_OK)
         fail_msg("load: %s", err);
+    assert_int_equal(st.decoded_copy, copy);
+    assert_string_equal(st.copy_note, "");
     assert_int_equal(st.delta, 0);
     assert_int_equal(st.n_chunks, (f->n_doc + 15) / 16);
     assert_int_equal(eng_kv_len(c), 1 + (int)f->n_doc);
@@ -198,8 +219,15 @@ static int exact_after_bos(fixture *f, kvb_codec codec)
     free(b);
     eng_ctx_free(c);
     eng_ctx_free(full);
+    if (copy) {
+        char cp[160];
+        snprintf(cp, sizeof cp, "%s" KVB_DECODED_SUFFIX, path);
+        unlink(cp);
+    }
     return st.mapped;
 }
+
+static int exact_after_bos(fixture *f, kvb_codec codec) { return exact_after_bos_copy(f, codec, 0); }
 
 static void test_exact_after_bos(void **state)
 {
@@ -331,6 +359,98 @@ static void test_manifest_checks(void **state)
     m.rope_freq_base = 1e6;
     assert_int_equal(kvp_check_manifest(&m, &f->id, 0, err, sizeof err), KVP_ERR_REFUSED);
     assert_non_null(strstr(err, "RoPE freq_base: blob 1e+06, model 10000"));
+}
+
+/* Makes the f16-zstd blob and its decoded copy, lets damage change the copy, loads: the blob
+ * itself loads (the right tokens, load_doc checks), st.copy_note contains note, and the copy
+ * is removed or kept as removed says. */
+static void copy_case(fixture *f, void (*damage)(fixture *f, const char *path, const char *copy), const char *note,
+                      int removed)
+{
+    char path[128], copy[160], err[512];
+    make_blob(f, KVB_CODEC_F16_ZSTD, path);
+    snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+    write_copy(f, path);
+    damage(f, path, copy);
+    eng_ctx *c = new_ctx_after_bos(f);
+    kvp_load_stats st;
+    if (load_doc(f, c, path, &st, err, sizeof err) != KVP_OK)
+        fail_msg("load: %s", err);
+    assert_int_equal(st.decoded_copy, 0);
+    if (!strstr(st.copy_note, note))
+        fail_msg("copy_note '%s' lacks '%s'", st.copy_note, note);
+    assert_int_equal(access(copy, F_OK) != 0, removed);
+    assert_int_equal(eng_kv_len(c), 1 + (int)f->n_doc);
+    eng_ctx_free(c);
+    unlink(copy);
+}
+
+static void dmg_flip(fixture *f, const char *path, const char *copy) { (void)f, (void)path, flip_in_last_chunk(copy); }
+static void dmg_cut(fixture *f, const char *path, const char *copy)
+{
+    (void)f, (void)path;
+    FILE *fp = fopen(copy, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+    assert_int_equal(ftruncate(fileno(fp), ftell(fp) - 100), 0);
+    fclose(fp);
+}
+/* the blob is replaced by another (a later serial) of the same document and signer */
+static void dmg_other(fixture *f, const char *path, const char *copy)
+{
+    char moved[170], p2[128];
+    snprintf(moved, sizeof moved, "%s.keep", copy);
+    assert_int_equal(rename(copy, moved), 0);
+    g_serial++;
+    make_blob(f, KVB_CODEC_F16_ZSTD, p2);
+    g_serial--;
+    assert_string_equal(p2, path);
+    assert_int_equal(rename(moved, copy), 0);
+}
+/* a blob without decoded digests, with a "copy" that is the blob itself */
+static void dmg_f16(fixture *f, const char *path, const char *copy)
+{
+    char p2[128], cmd[512];
+    make_blob(f, KVB_CODEC_F16, p2);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", path, copy);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A decoded copy beside an f16-zstd blob loads the same bits as the blob (exact after BOS),
+ * and is passed over for the blob when it is damaged, cut short, another blob's, or not a
+ * decoded copy at all; bytes that are bad get it removed. no_decoded_copy reads the blob. */
+static void test_decoded_copy(void **state)
+{
+    fixture *f = *state;
+    static const char *const ways[] = {"pread", "map"};
+    for (int w = 0; w < 2; w++) {
+        assert_int_equal(setenv("KVPUB_BLOB_READ", ways[w], 1), 0);
+        assert_int_equal(exact_after_bos_copy(f, KVB_CODEC_F16_ZSTD, 1), w);
+    }
+    unsetenv("KVPUB_BLOB_READ");
+    copy_case(f, dmg_flip, "decoded copy refused and removed: chunk", 1);
+    copy_case(f, dmg_cut, "decoded copy refused and removed", 1);
+    copy_case(f, dmg_other, "decoded copy refused and removed: it is not this blob's", 1);
+    copy_case(f, dmg_f16, "decoded copy not used: no decoded copy: the manifest carries no decoded chunk digests", 0);
+    /* no_decoded_copy: the blob, without a word */
+    char path[128], copy[160], err[512];
+    make_blob(f, KVB_CODEC_F16_ZSTD, path);
+    write_copy(f, path);
+    g_no_copy = 1;
+    eng_ctx *c = new_ctx_after_bos(f);
+    kvp_load_stats st;
+    assert_int_equal(load_doc(f, c, path, &st, err, sizeof err), KVP_OK);
+    g_no_copy = 0;
+    assert_int_equal(st.decoded_copy, 0);
+    assert_string_equal(st.copy_note, "");
+    eng_ctx_free(c);
+    /* an f16 blob has no decoded copy to write */
+    make_blob(f, KVB_CODEC_F16, path);
+    snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
+    unlink(copy);
+    kvb_read_opts ro = {.trust = f->trust};
+    assert_int_equal(kvb_decoded_write(path, copy, &ro, err, sizeof err), KVB_ERR_UNSUPPORTED);
+    assert_int_equal(access(copy, F_OK), -1);
 }
 
 static void test_tampered_rolls_back(void **state)
@@ -572,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_rerotated_layer0),
         cmocka_unit_test(test_manifest_checks),
         cmocka_unit_test(test_tampered_rolls_back),
+        cmocka_unit_test(test_decoded_copy),
         cmocka_unit_test(test_rerotated_import_bits),
         cmocka_unit_test(test_rerotate_kernels_agree),
         cmocka_unit_test(test_path_compare_decode),
