@@ -557,7 +557,7 @@ static kvf_status ensure_decoded(kvf_cache *cache, const kvf_get_opts *o, kvf_ge
         return KVF_OK;
     }
     const int code = kvb_exit_code(st);
-    if (code != 1 && code != 3) { /* not the blob's fault */
+    if (st == KVB_ERR_UNSUPPORTED || (code != 1 && code != 3)) { /* no copy possible, or not the blob's fault */
         snprintf(res->decoded_note, sizeof res->decoded_note, "%s", e);
         return KVF_OK;
     }
