@@ -2,7 +2,7 @@
  * into pieces chosen by the first byte, fed by kvb_reader_feed or read into kvb_reader_buffer),
  * the file path (the first piece fed, the rest read by kvb_reader_feed_fd from a memfd, with
  * f16 chunks placed in the harness's rows as they are hashed), the manifest parser, plus
- * kvb_peek. Every input goes through each way of feeding. The signature check is skipped so mutated manifests reach
+ * kvb_peek. Every input goes through each way of feeding, and once more read as a decoded copy. The signature check is skipped so mutated manifests reach
  * the parser; seed with spec/vectors. Inputs starting "KVBDEC" go to the chunk decoders directly
  * (a signed chunk can hold any bytes; through the reader a mutated chunk never passes its hash):
  * codec, n_layer, n, kv_dim bytes, then the stored bytes. That is why this format/ harness uses
@@ -97,7 +97,7 @@ static int on_dest(void *user, uint32_t index, uint32_t t0, uint32_t t1, uint16_
     return 1;
 }
 
-enum { FEED, BUFFER, FD, FD_DEST, N_WAYS };
+enum { FEED, BUFFER, FD, FD_DEST, FD_DECODED, N_WAYS };
 
 static void read_blob(const uint8_t *data, size_t size, int way)
 {
@@ -112,6 +112,8 @@ static void read_blob(const uint8_t *data, size_t size, int way)
     o.on_chunk = sink;
     o.on_manifest = on_manifest;
     o.on_dest = way == FD_DEST ? on_dest : NULL;
+    o.check_raw = 1;                /* decoded chunks against raw_sha256, where there are any */
+    o.decoded = way == FD_DECODED; /* the input as a decoded copy (spec/kvblob.md 4.2) */
     o.user = &d;
     kvb_reader *r = kvb_reader_create(&o);
     if (!r)
