@@ -446,8 +446,15 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
     char copy[PATH_MAX];
     struct stat sb;
     const int n = snprintf(copy, sizeof copy, "%s" KVB_DECODED_SUFFIX, path);
-    if (o->no_decoded_copy || n < 0 || (size_t)n >= sizeof copy || stat(copy, &sb) != 0 || !S_ISREG(sb.st_mode))
-        return load_file(o, path, 0, tokens, n_tokens, st, vst, err, errlen);
+    if (o->no_decoded_copy || n < 0 || (size_t)n >= sizeof copy || stat(copy, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        kvp_status rs = load_file(o, path, 0, tokens, n_tokens, st, vst, err, errlen);
+        const size_t pl = strlen(path), sl = strlen(KVB_DECODED_SUFFIX), el = err ? strlen(err) : 0;
+        if (rs == KVP_ERR_VERIFY && pl > sl && strcmp(path + pl - sl, KVB_DECODED_SUFFIX) == 0 && err &&
+            el < errlen)
+            snprintf(err + el, errlen - el, " (%s looks like a decoded copy: give its blob, which loads through it)",
+                     path);
+        return rs;
+    }
     /* The decoded copy, verified as strictly as the blob (signature, trust, expiry, every
      * byte against a signed digest); the blob itself when the copy is refused for any reason */
     char e[256] = "it is not this blob's (another signed prefix)";

@@ -432,6 +432,21 @@ static void test_decoded_copy(void **state)
     copy_case(f, dmg_cut, "decoded copy refused and removed", 1);
     copy_case(f, dmg_other, "decoded copy refused and removed: it is not this blob's", 1);
     copy_case(f, dmg_f16, "decoded copy not used: no decoded copy: the manifest carries no decoded chunk digests", 0);
+    /* the copy named as the blob: refused, with a hint */
+    {
+        char p[128], cp[160], e[512];
+        make_blob(f, KVB_CODEC_F16_ZSTD, p);
+        write_copy(f, p);
+        snprintf(cp, sizeof cp, "%s" KVB_DECODED_SUFFIX, p);
+        eng_ctx *c = new_ctx_after_bos(f);
+        kvp_load_stats st;
+        assert_int_equal(load_doc(f, c, cp, &st, e, sizeof e), KVP_ERR_VERIFY);
+        if (!strstr(e, "looks like a decoded copy: give its blob"))
+            fail_msg("no hint: %s", e);
+        assert_int_equal(eng_kv_len(c), 1);
+        eng_ctx_free(c);
+        unlink(cp);
+    }
     /* no_decoded_copy: the blob, without a word */
     char path[128], copy[160], err[512];
     make_blob(f, KVB_CODEC_F16_ZSTD, path);
