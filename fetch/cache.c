@@ -266,31 +266,33 @@ static const char *copy_of(const char *id, char out[80])
     return out;
 }
 
+/* 1 when s is a blob id (64 hex digits) followed by tail (exact: nothing after it; else
+ * something), the id then in id. */
+static int id_then(const char *s, const char *tail, int exact, char id[65])
+{
+    const size_t t = strlen(tail), n = strlen(s);
+    if (n < 64 + t || (exact && n != 64 + t) || (!exact && n == 64 + t) || strncmp(s + 64, tail, t) != 0)
+        return 0;
+    memcpy(id, s, 64);
+    id[64] = 0;
+    return is_id_name(id);
+}
+
 /* "<id>.decoded": 1 when its blob is gone (the copy is an entry of its own), 2 when the blob
  * is there (the copy counts with it); 0 for other names. */
 static int decoded_name(int dfd, const char *s)
 {
     char id[65];
-    size_t n = strlen(s);
-    if (n != 64 + strlen(KVB_DECODED_SUFFIX) || strcmp(s + 64, KVB_DECODED_SUFFIX) != 0)
-        return 0;
-    memcpy(id, s, 64);
-    id[64] = 0;
     struct stat sb;
-    return !is_id_name(id) ? 0 : fstatat(dfd, id, &sb, 0) == 0 ? 2 : 1;
+    return !id_then(s, KVB_DECODED_SUFFIX, 1, id) ? 0 : fstatat(dfd, id, &sb, 0) == 0 ? 2 : 1;
 }
 
 /* "<id>.decoded.tmp.XXXXXX": a decoded copy being written, or left by a killed kvfetch. One
  * untouched for ten minutes is removed (writing a copy takes seconds). Returns 1 for such names. */
 static int copy_tmp_name(int dfd, const char *s)
 {
-    static const char mid[] = KVB_DECODED_SUFFIX ".tmp.";
     char id[65];
-    if (strlen(s) <= 64 + sizeof mid - 1 || strncmp(s + 64, mid, sizeof mid - 1) != 0)
-        return 0;
-    memcpy(id, s, 64);
-    id[64] = 0;
-    if (!is_id_name(id))
+    if (!id_then(s, KVB_DECODED_SUFFIX ".tmp.", 0, id))
         return 0;
     struct stat sb;
     if (fstatat(dfd, s, &sb, AT_SYMLINK_NOFOLLOW) == 0 && sb.st_mtime < time(NULL) - 600)

@@ -121,11 +121,7 @@ static kvf_status verify_cached(const kvf_get_opts *o, const char *path, kvf_get
 }
 
 /* Statuses after which a cached or partial file is evidence of corruption, not of policy. */
-static int is_corruption(kvb_status st)
-{
-    return st == KVB_ERR_CHUNK_HASH || st == KVB_ERR_TOKENS_HASH || st == KVB_ERR_TRUNCATED ||
-           st == KVB_ERR_MALFORMED || st == KVB_ERR_BAD_SIG || st == KVB_ERR_MAGIC || st == KVB_OK;
-}
+static int is_corruption(kvb_status st) { return st == KVB_OK || kvb_bytes_bad(st); }
 
 /* Answers from the cache: the blob want, verified again unless o->trust_cached. Returns
  * KVF_ERR_HTTP (never otherwise returned here) when it must be downloaded: not cached, or

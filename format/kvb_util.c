@@ -11,6 +11,12 @@
 #include <time.h>
 #include <unistd.h>
 
+int kvb_bytes_bad(kvb_status st)
+{
+    return st == KVB_ERR_CHUNK_HASH || st == KVB_ERR_TOKENS_HASH || st == KVB_ERR_TRUNCATED ||
+           st == KVB_ERR_MALFORMED || st == KVB_ERR_BAD_SIG || st == KVB_ERR_MAGIC;
+}
+
 const char *kvb_status_str(kvb_status st)
 {
     switch (st) {

@@ -35,6 +35,10 @@ typedef enum kvb_status {
     KVB_ERR_INTERNAL = 19,
 } kvb_status;
 
+/* 1 when st says the bytes themselves are bad (damaged, cut short, not a blob), as opposed to
+ * policy (trust, revocation, expiry) or the caller: a cached file with such a status is
+ * corruption to remove, not a refusal to report. */
+int kvb_bytes_bad(kvb_status st);
 /* Short constant name ("chunk hash mismatch", ...). Never NULL. */
 const char *kvb_status_str(kvb_status st);
 /* Exit code a tool returns for st, as spec/kvblob.md section "Exit codes" documents:

@@ -403,13 +403,6 @@ out:
     return rst;
 }
 
-/* Statuses that say a decoded copy's bytes are bad (damaged on disk, or not this blob's). */
-static int copy_damaged(kvb_status st)
-{
-    return st == KVB_ERR_CHUNK_HASH || st == KVB_ERR_TOKENS_HASH || st == KVB_ERR_TRUNCATED ||
-           st == KVB_ERR_MALFORMED || st == KVB_ERR_BAD_SIG || st == KVB_ERR_MAGIC || st == KVB_ERR_VERSION;
-}
-
 /* 1 when the files at a and b begin with the same signed prefix (header, manifest and
  * signature): a decoded copy belongs to its blob, not merely to the same signer. */
 static int same_prefix(const char *a, const char *b)
@@ -464,7 +457,7 @@ kvp_status kvp_load_blob(const kvp_load_opts *o, const char *path, int32_t **tok
     if (same_prefix(path, copy) && (rs = load_file(o, copy, 1, tokens, n_tokens, st, &cvst, e, sizeof e)) == KVP_OK)
         return KVP_OK;
     double spent = st->total_s;
-    int damaged = rs == KVP_ERR_VERIFY && copy_damaged(cvst);
+    int damaged = rs == KVP_ERR_VERIFY && kvb_bytes_bad(cvst);
     if (damaged)
         (void)unlink(copy); /* a derived file: the next kvfetch get writes it again */
     rs = load_file(o, path, 0, tokens, n_tokens, st, vst, err, errlen);

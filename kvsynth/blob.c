@@ -155,8 +155,9 @@ static void free_kv(uint16_t **kv, size_t layers)
  * signed again with key. 0, or -1 with the reason on stderr. */
 static int write_wrong_raw(const uint8_t *b, size_t n, unsigned long long i, const kvc_key *key, const char *path)
 {
-    const size_t ml = (size_t)b[16] | (size_t)b[17] << 8 | (size_t)b[18] << 16 | (size_t)b[19] << 24;
-    const size_t d = (32 + ml + KVC_SIG_LEN + 63) & ~(size_t)63;
+    kvb_status pst;
+    const size_t ml = kvb_prefix_len(b, n, &pst) - KVB_HEADER_LEN - KVC_SIG_LEN; /* our own blob: valid */
+    const size_t d = (KVB_HEADER_LEN + ml + KVC_SIG_LEN + KVB_ALIGN - 1) & ~(size_t)(KVB_ALIGN - 1);
     json_t *root = json_loadb((const char *)b + 32, ml, 0, NULL);
     json_t *c = json_array_get(json_object_get(root, "chunks"), (size_t)i);
     if (!c || !json_object_get(c, "raw_sha256")) {
